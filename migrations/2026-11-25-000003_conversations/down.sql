@@ -1,0 +1,4 @@
+DROP TABLE messages;
+DROP TABLE conversations;
+DROP TABLE channels;
+DROP TABLE slack_workspaces;

@@ -1,0 +1,17 @@
+//! gRPC: generated contracts, the reply service and the agent client.
+
+/// Generated protobuf and tonic code for the three packages.
+pub mod pb {
+    /// `package agent`: the upstream agent's contract.
+    pub mod agent {
+        tonic::include_proto!("agent");
+    }
+    /// `package backend`: SendReply.
+    pub mod backend {
+        tonic::include_proto!("backend");
+    }
+    /// `package infragpt`: the legacy SendReply path.
+    pub mod infragpt {
+        tonic::include_proto!("infragpt");
+    }
+}
