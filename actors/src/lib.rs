@@ -2,6 +2,8 @@
 //! supervisors. This crate does no I/O of its own and does not depend on diesel, actix-web,
 //! tonic, slack-morphism or octocrab.
 
+pub mod audit;
+pub mod inbox;
 pub mod secret;
 
 pub use secret::Secret;

@@ -1,0 +1,219 @@
+//! The durable inbox port: every inbound event is recorded (keyed by its source id) before it
+//! is acknowledged, and its processing state lives on the stored row.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Primary key of a stored inbound event (`inbound_events.id`). Ids grow with arrival order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventRowId(pub i64);
+
+impl std::fmt::Display for EventRowId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Where an event came from; together with the source id it is the idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventSource {
+    /// Slack Socket Mode or Events API (`event_id`).
+    Slack,
+    /// GitHub App webhooks (`X-GitHub-Delivery`).
+    GitHub,
+    /// Clerk webhooks through Svix (`svix-id`).
+    Clerk,
+}
+
+impl EventSource {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Slack => "slack",
+            Self::GitHub => "github",
+            Self::Clerk => "clerk",
+        }
+    }
+}
+
+impl std::str::FromStr for EventSource {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "slack" => Ok(Self::Slack),
+            "github" => Ok(Self::GitHub),
+            "clerk" => Ok(Self::Clerk),
+            other => Err(StoreError::Corrupt(format!("unknown event source {other:?}"))),
+        }
+    }
+}
+
+/// Which keyed actor handles an event. Events with the same key are handled one at a time in
+/// arrival order; different keys run in parallel. Examples: `T1/C1/1700000000.000100` for a
+/// Slack thread, `installation:42` for a GitHub installation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RoutingKey(pub String);
+
+impl std::fmt::Display for RoutingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Processing state of a stored event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventStatus {
+    /// Recorded, not yet handled (or waiting for a retry).
+    Pending,
+    /// Claimed by a handler; after a crash it is handled again.
+    Processing,
+    /// Handled.
+    Done,
+    /// Retry budget spent: a dead letter, visible in the admin API.
+    Failed,
+    /// Recorded but nothing to do (unknown type, discarded dead letter, ...).
+    Ignored,
+}
+
+impl EventStatus {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Processing => "processing",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Ignored => "ignored",
+        }
+    }
+
+    /// True while the event still has to be handled.
+    pub fn is_unfinished(self) -> bool {
+        matches!(self, Self::Pending | Self::Processing)
+    }
+}
+
+impl std::str::FromStr for EventStatus {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(Self::Pending),
+            "processing" => Ok(Self::Processing),
+            "done" => Ok(Self::Done),
+            "failed" => Ok(Self::Failed),
+            "ignored" => Ok(Self::Ignored),
+            other => Err(StoreError::Corrupt(format!("unknown event status {other:?}"))),
+        }
+    }
+}
+
+/// An event to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewInboundEvent {
+    /// Origin.
+    pub source: EventSource,
+    /// The origin's own id (Slack `event_id`, `X-GitHub-Delivery`, `svix-id`).
+    pub source_id: String,
+    /// Which keyed actor handles it.
+    pub routing_key: RoutingKey,
+    /// Event type, e.g. `app_mention`, `pull_request.opened`, `user.created`.
+    pub kind: String,
+    /// The payload as received (parsed JSON).
+    pub payload: serde_json::Value,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InboundEvent {
+    /// Row id.
+    pub id: EventRowId,
+    /// Origin.
+    pub source: EventSource,
+    /// The origin's own id.
+    pub source_id: String,
+    /// Which keyed actor handles it.
+    pub routing_key: RoutingKey,
+    /// Event type.
+    pub kind: String,
+    /// Payload as received.
+    pub payload: serde_json::Value,
+    /// Processing state.
+    pub status: EventStatus,
+    /// How many times a handler has claimed it.
+    pub attempts: i32,
+    /// The last handler error (or panic message).
+    pub last_error: Option<String>,
+    /// When it was recorded.
+    pub received_at: DateTime<Utc>,
+    /// When it reached `done`, `failed` or `ignored`.
+    pub processed_at: Option<DateTime<Utc>>,
+}
+
+/// Result of [`InboundEvents::record`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordOutcome {
+    /// First time this source id was seen; the event must be dispatched.
+    Recorded(InboundEvent),
+    /// Seen before; nothing was changed and nothing must be dispatched.
+    Duplicate(InboundEvent),
+}
+
+impl RecordOutcome {
+    /// The stored event, whichever the outcome.
+    pub fn event(&self) -> &InboundEvent {
+        match self {
+            Self::Recorded(e) | Self::Duplicate(e) => e,
+        }
+    }
+}
+
+/// Inbox storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or the statement failed.
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value could not be read back.
+    #[error("event store holds an unreadable value: {0}")]
+    Corrupt(String),
+}
+
+/// The durable inbox (implemented on the `inbound_events` table in the root crate, and in
+/// memory by [`crate::testing`] for tests).
+#[async_trait]
+pub trait InboundEvents: Send + Sync + 'static {
+    /// Stores the event unless `(source, source_id)` exists; a duplicate changes nothing.
+    async fn record(&self, event: NewInboundEvent) -> Result<RecordOutcome, StoreError>;
+    /// `pending`/`processing` → `processing` with `attempts + 1`; `None` when the event is
+    /// already finished (done, failed or ignored) or does not exist.
+    async fn claim(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError>;
+    /// → `done`.
+    async fn mark_done(&self, id: EventRowId) -> Result<(), StoreError>;
+    /// → `ignored` with the reason in `last_error`.
+    async fn mark_ignored(&self, id: EventRowId, reason: &str) -> Result<(), StoreError>;
+    /// An attempt failed and will be retried: → `pending`, `last_error` set.
+    async fn mark_retry(&self, id: EventRowId, error: &str) -> Result<(), StoreError>;
+    /// Retry budget spent: → `failed` (dead letter) with the error.
+    async fn mark_failed(&self, id: EventRowId, error: &str) -> Result<(), StoreError>;
+    /// Unfinished events (`pending`, `processing`) with id > `after`, oldest first.
+    async fn list_unfinished(
+        &self,
+        after: Option<EventRowId>,
+        limit: i64,
+    ) -> Result<Vec<InboundEvent>, StoreError>;
+    /// Dead letters, newest first.
+    async fn list_failed(&self, limit: i64, offset: i64) -> Result<Vec<InboundEvent>, StoreError>;
+    /// One event.
+    async fn get(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError>;
+    /// A dead letter back to `pending` with `attempts = 0`; `None` when it is not `failed`.
+    async fn requeue(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError>;
+    /// A dead letter → `ignored` (reason `discarded`); false when it is not `failed`.
+    async fn discard(&self, id: EventRowId) -> Result<bool, StoreError>;
+    /// Number of events per status (for metrics and readiness).
+    async fn count_by_status(&self) -> Result<Vec<(EventStatus, i64)>, StoreError>;
+}
