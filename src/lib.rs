@@ -1,4 +1,7 @@
 //! InfraGPT service: adapters (HTTP, gRPC, PostgreSQL, Slack, GitHub, crypto) and the
 //! composition root around the `infragpt-actors` core.
 
+pub mod crypto;
+pub mod github;
 pub mod grpc;
+pub mod identity;
