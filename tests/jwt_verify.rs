@@ -581,3 +581,25 @@ async fn missing_and_malformed_tokens() {
     }
     assert_eq!(server.hits(), 1);
 }
+
+#[tokio::test]
+async fn concurrent_requests_with_a_new_kid_share_one_fetch() {
+    let server = JwksServer::start(jwks(&[(KEY_A, "a"), (KEY_B, "b")])).await;
+    let verifier = Arc::new(verifier_with(
+        server.url.clone(),
+        ClerkJwtConfig::new(ISSUER),
+        Duration::ZERO,
+    ));
+    let token = sign(KEY_B, "b", &base_claims());
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let verifier = verifier.clone();
+            let token = token.clone();
+            tokio::spawn(async move { verifier.verify(&token, now()).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("join").expect("valid");
+    }
+    assert_eq!(server.hits(), 1);
+}

@@ -60,6 +60,28 @@ fn round_trip() {
 }
 
 #[test]
+fn sealed_from_stored_columns() {
+    let ring = ring(&[("k1", &KEY_A)], "k1");
+    let id = Uuid::new_v4();
+    let sealed = ring.seal(&aad(id), &Secret::new(TOKEN)).expect("seal");
+    let restored = Sealed::from_parts(
+        sealed.key_id.as_str(),
+        sealed.nonce.as_ref(),
+        sealed.ciphertext.clone(),
+    )
+    .expect("12-byte nonce");
+    assert_eq!(restored, sealed);
+    assert_eq!(
+        ring.open(&aad(id), &restored).expect("open").expose(),
+        TOKEN
+    );
+    assert!(matches!(
+        Sealed::from_parts("k1", &[0u8; 11], sealed.ciphertext.clone()),
+        Err(VaultError::BadNonceLength(11))
+    ));
+}
+
+#[test]
 fn each_seal_uses_a_fresh_nonce() {
     let ring = ring(&[("k1", &KEY_A)], "k1");
     let id = Uuid::new_v4();

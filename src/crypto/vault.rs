@@ -91,6 +91,9 @@ pub enum VaultError {
     /// The value failed authentication: wrong key, wrong row (AAD), or tampered bytes.
     #[error("sealed value failed authentication (wrong key, wrong row or tampered)")]
     Decrypt,
+    /// A stored nonce is not 12 bytes long.
+    #[error("stored nonce must be {NONCE_LEN} bytes, got {0}")]
+    BadNonceLength(usize),
     /// The decrypted value is not UTF-8 text.
     #[error("decrypted value is not UTF-8")]
     NotUtf8,
@@ -158,6 +161,25 @@ pub struct Sealed {
     pub nonce: [u8; NONCE_LEN],
     /// Ciphertext followed by the authentication tag.
     pub ciphertext: Vec<u8>,
+}
+
+impl Sealed {
+    /// Rebuilds a sealed value from stored columns (`key_id`, `nonce`, `ciphertext`),
+    /// checking the nonce length.
+    pub fn from_parts(
+        key_id: impl Into<String>,
+        nonce: &[u8],
+        ciphertext: Vec<u8>,
+    ) -> Result<Self, VaultError> {
+        let nonce: [u8; NONCE_LEN] = nonce
+            .try_into()
+            .map_err(|_| VaultError::BadNonceLength(nonce.len()))?;
+        Ok(Self {
+            key_id: KeyId::new(key_id),
+            nonce,
+            ciphertext,
+        })
+    }
 }
 
 /// The vault's keys: every key that may have sealed a stored value, and the one used for new

@@ -181,9 +181,10 @@ impl Default for JwksCacheConfig {
     }
 }
 
+type KeyMap = HashMap<String, Arc<DecodingKey>>;
+
 #[derive(Default)]
-struct CacheState {
-    keys: HashMap<String, Arc<DecodingKey>>,
+struct FetchState {
     fetched: bool,
     last_attempt: Option<Instant>,
     last_error: Option<String>,
@@ -194,9 +195,11 @@ pub struct JwksCache {
     url: Url,
     client: reqwest::Client,
     config: JwksCacheConfig,
-    // A tokio mutex, held across the fetch, so concurrent requests with a new kid wait for
-    // one fetch instead of each starting their own.
-    state: tokio::sync::Mutex<CacheState>,
+    // Known keys: read without waiting, even while a fetch is in flight.
+    keys: parking_lot::RwLock<Arc<KeyMap>>,
+    // Held across a fetch, so concurrent requests with a new kid wait for one fetch instead
+    // of each starting their own.
+    fetch: tokio::sync::Mutex<FetchState>,
     fetches: AtomicU64,
 }
 
@@ -217,7 +220,8 @@ impl JwksCache {
             url,
             client,
             config,
-            state: tokio::sync::Mutex::new(CacheState::default()),
+            keys: parking_lot::RwLock::new(Arc::new(KeyMap::new())),
+            fetch: tokio::sync::Mutex::new(FetchState::default()),
             fetches: AtomicU64::new(0),
         }
     }
@@ -229,9 +233,13 @@ impl JwksCache {
 
     /// The key with this `kid`: from the cache, or after a (rate-limited) refetch.
     pub async fn key_for(&self, kid: &str) -> Result<Arc<DecodingKey>, JwtError> {
-        let mut state = self.state.lock().await;
-        if let Some(key) = state.keys.get(kid) {
-            return Ok(key.clone());
+        if let Some(key) = self.cached(kid) {
+            return Ok(key);
+        }
+        let mut state = self.fetch.lock().await;
+        // Another request may have fetched while this one waited for the lock.
+        if let Some(key) = self.cached(kid) {
+            return Ok(key);
         }
         let now = Instant::now();
         if let Some(last) = state.last_attempt
@@ -243,10 +251,10 @@ impl JwksCache {
             });
         }
         state.last_attempt = Some(now);
-        match self.fetch().await {
+        match self.fetch_keys().await {
             Ok(keys) => {
                 tracing::info!(url = %self.url, keys = keys.len(), "fetched JWKS");
-                state.keys = keys;
+                *self.keys.write() = Arc::new(keys);
                 state.fetched = true;
                 state.last_error = None;
             }
@@ -256,14 +264,15 @@ impl JwksCache {
                 return Err(error);
             }
         }
-        state
-            .keys
-            .get(kid)
-            .cloned()
+        self.cached(kid)
             .ok_or_else(|| JwtError::UnknownKid(kid.to_owned()))
     }
 
-    async fn fetch(&self) -> Result<HashMap<String, Arc<DecodingKey>>, JwtError> {
+    fn cached(&self, kid: &str) -> Option<Arc<DecodingKey>> {
+        self.keys.read().get(kid).cloned()
+    }
+
+    async fn fetch_keys(&self) -> Result<KeyMap, JwtError> {
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let response = self
             .client
@@ -308,7 +317,7 @@ struct RawJwk {
 }
 
 /// Parses a JWKS document, keeping RSA signing keys usable with RS256.
-fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<DecodingKey>>, JwtError> {
+fn parse_jwks(body: &[u8]) -> Result<KeyMap, JwtError> {
     let jwks: RawJwks = serde_json::from_slice(body)
         .map_err(|e| JwtError::JwksFetch(format!("JWKS is not valid JSON: {e}")))?;
     let mut keys = HashMap::new();
