@@ -2,3 +2,4 @@
 //! composition root around the `infragpt-actors` core.
 
 pub mod grpc;
+pub mod slack;
