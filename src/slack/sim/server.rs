@@ -165,7 +165,11 @@ async fn api_call(shared: Arc<Shared>, method: String, req: Request<Incoming>) -
             match serde_json::from_slice::<Value>(&body) {
                 Ok(Value::Object(obj)) => params.extend(obj),
                 _ => {
-                    return json_response(200, &json!({"ok": false, "error": "invalid_json"}), None);
+                    return json_response(
+                        200,
+                        &json!({"ok": false, "error": "invalid_json"}),
+                        None,
+                    );
                 }
             }
         } else {
