@@ -76,6 +76,17 @@ pub enum SimError {
     Timeout(Duration),
 }
 
+/// A signed Events API request (see [`SlackSim::signed_event_request`]).
+#[derive(Debug, Clone)]
+pub struct SignedRequest {
+    /// Raw JSON body.
+    pub body: String,
+    /// `X-Slack-Request-Timestamp`.
+    pub timestamp: String,
+    /// `X-Slack-Signature`.
+    pub signature: String,
+}
+
 /// A running simulator. Dropping it stops the server thread.
 #[derive(Debug)]
 pub struct SlackSim {
@@ -308,6 +319,33 @@ impl SlackSim {
             let team = st.team(team_id)?.clone();
             let payload = st.event_callback(&team, event);
             Ok(st.enqueue(payload))
+        })
+    }
+
+    /// An Events API HTTP request for `event` in `team_id`, as Slack would POST it to an app's
+    /// request URL: the `event_callback` body and the signing headers made with the app's
+    /// signing secret at the current time. The event is not delivered over Socket Mode.
+    pub fn signed_event_request(
+        &self,
+        team_id: &str,
+        event: Value,
+    ) -> Result<SignedRequest, SimError> {
+        self.shared.mutate(|st| {
+            let team = st.team(team_id)?.clone();
+            let secret = st
+                .config
+                .apps
+                .iter()
+                .find(|a| a.app_id == team.app_id)
+                .map(|a| a.signing_secret.clone())
+                .ok_or_else(|| SimError::UnknownTeam(team_id.into()))?;
+            let body = st.event_callback(&team, event).to_string();
+            let now = chrono::Utc::now().timestamp();
+            Ok(SignedRequest {
+                signature: crate::slack::signature::sign(&secret, now, body.as_bytes()),
+                timestamp: now.to_string(),
+                body,
+            })
         })
     }
 
