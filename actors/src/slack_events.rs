@@ -675,15 +675,13 @@ pub fn strip_mention(text: &str, bot_user: Option<&UserId>, leading_if_unknown: 
     for (s, e) in remove {
         out.push_str(&text[last..s]);
         last = e;
+        // "a <@U1> b" becomes "a b", not "a  b"; other spacing in the text is left alone.
+        if out.ends_with(' ') && text[last..].starts_with(' ') {
+            last += 1;
+        }
     }
     out.push_str(&text[last..]);
-    // Removing a mention in the middle leaves two spaces; collapse runs created that way.
-    let collapsed = out.split(' ').filter(|p| !p.is_empty()).collect::<Vec<_>>();
-    if out.contains('\n') {
-        out.trim().to_owned()
-    } else {
-        collapsed.join(" ")
-    }
+    out.trim().to_owned()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -834,6 +832,10 @@ mod tests {
         assert_eq!(strip_mention("<@U999> hi", Some(&bot), true), "<@U999> hi");
         assert_eq!(strip_mention(" <@U999> hi ", None, true), "hi");
         assert_eq!(strip_mention("a\n<@U123>\nb", Some(&bot), true), "a\n\nb");
+        assert_eq!(
+            strip_mention("<@U123>  keep  spacing", Some(&bot), true),
+            "keep  spacing"
+        );
         assert!(mentions("x <@U123|n>", &bot));
         assert!(!mentions("x <@U1234>", &bot));
         assert!(!mentions("x <!channel>", &bot));

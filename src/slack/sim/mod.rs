@@ -350,7 +350,8 @@ impl SlackSim {
     }
 
     /// Sends an already delivered envelope `times` more times, identical (same `envelope_id`,
-    /// `event_id` and `retry_attempt`), for deduplication tests.
+    /// `event_id` and `retry_attempt`), for deduplication tests. Fails with
+    /// [`SimError::UnknownConnection`] when the app has no open connection.
     pub fn redeliver(&self, envelope_id: &str, times: u32) -> Result<(), SimError> {
         self.shared.mutate(|st| {
             let idx = st
