@@ -5,3 +5,4 @@ pub mod crypto;
 pub mod github;
 pub mod grpc;
 pub mod identity;
+pub mod slack;

@@ -5,5 +5,6 @@
 pub mod audit;
 pub mod inbox;
 pub mod secret;
+pub mod slack_events;
 
 pub use secret::Secret;
