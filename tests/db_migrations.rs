@@ -328,6 +328,14 @@ async fn harness_works_on_the_actix_runtime() {
     );
 }
 
+/// A temp dir the `postgres` system user can traverse when we run as root (whatever the umask).
+fn cluster_temp_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
 fn binaries_or_skip(test: &str) -> bool {
     match PgBinaries::find() {
         Ok(_) => true,
@@ -356,7 +364,7 @@ fn private_cluster_starts_adopts_and_stops() {
     if !binaries_or_skip("private_cluster_starts_adopts_and_stops") {
         return;
     }
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = cluster_temp_dir();
     let mut first = PrivateCluster::start(dir.path()).expect("start");
     assert!(first.started_by_us());
     assert!(first.is_running());
@@ -427,7 +435,7 @@ fn private_cluster_is_stopped_when_its_owner_dies() {
     if !binaries_or_skip("private_cluster_is_stopped_when_its_owner_dies") {
         return;
     }
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = cluster_temp_dir();
     let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--ignored",

@@ -678,6 +678,9 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
+        // Traversable by the `postgres` system user when we run as root, whatever the umask.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let settings = DbSettings {
             data_dir: dir.path().join("pg"),
             db_name: "fallback".to_owned(),
