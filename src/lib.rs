@@ -2,6 +2,7 @@
 //! composition root around the `infragpt-actors` core.
 
 pub mod crypto;
+pub mod db;
 pub mod github;
 pub mod grpc;
 pub mod identity;
