@@ -173,7 +173,7 @@ impl Cluster {
             health: self.inner.health.clone(),
         });
         let shared = Arc::new(RouterShared::new(self.inner.config.high_water_mark));
-        let addr = Router::new(stream, shared.clone(), self.inner.root_id.clone()).start();
+        let addr = Router::spawn(stream, shared.clone(), self.inner.root_id.clone());
         tracing::info!(stream = %spec.name, source = spec.source.as_str(), kind = %spec.kind, "stream registered");
         streams.insert(
             spec.source,
@@ -211,7 +211,7 @@ impl Cluster {
                     routing_key = %e.routing_key,
                     "event recorded"
                 );
-                self.dispatch(e.id, e.source, e.routing_key.clone());
+                self.dispatch(e.id, e.source, e.routing_key.clone(), false);
             }
             RecordOutcome::Duplicate(e) => {
                 tracing::debug!(
@@ -225,13 +225,13 @@ impl Cluster {
         Ok(outcome)
     }
 
-    fn dispatch(&self, id: EventRowId, source: EventSource, key: RoutingKey) {
+    fn dispatch(&self, id: EventRowId, source: EventSource, key: RoutingKey, requeued: bool) {
         let streams = self.inner.streams.read();
         let Some(stream) = streams.get(&source) else {
             tracing::error!(event_id = %id, source = source.as_str(), "no stream for a recorded event");
             return;
         };
-        if let Err(e) = stream.addr.try_send(Dispatch { id, key }) {
+        if let Err(e) = stream.addr.try_send(Dispatch { id, key, requeued }) {
             // Full mailbox (or a stopped router): the event is durable; the drain loop
             // dispatches it in order later.
             let full = matches!(e, SendError::Full(_));
@@ -241,8 +241,10 @@ impl Cluster {
         }
     }
 
-    /// Re-dispatches every unfinished event in the inbox (in id order per key). Call once
-    /// after the streams are registered; events already in flight are not dispatched twice.
+    /// Re-dispatches every unfinished event in the inbox (in id order per key) and reports
+    /// how many there were. Every router also recovers by itself when it is registered, before
+    /// it dispatches any new event, so this is a report plus an immediate rescan; events
+    /// already in flight are never dispatched twice.
     pub async fn recover(&self) -> Result<RecoveryReport, ClusterError> {
         if !self.is_accepting() {
             return Err(ClusterError::ShuttingDown);
@@ -282,7 +284,7 @@ impl Cluster {
             return Ok(None);
         };
         tracing::info!(event_id = %id, "dead letter requeued");
-        self.dispatch(event.id, event.source, event.routing_key.clone());
+        self.dispatch(event.id, event.source, event.routing_key.clone(), true);
         Ok(Some(event))
     }
 

@@ -50,6 +50,10 @@ impl HandlerError {
 /// Handles the events of one stream. One handler serves every key of its stream; events of
 /// one key reach it one at a time in arrival order, events of different keys concurrently.
 /// State that must survive a worker's idle stop belongs in the database.
+///
+/// Delivery is at least once: an event whose outcome could not be recorded (store down after
+/// the handler ran, or the process died mid-way) is handled again, so side effects should be
+/// idempotent on `event.id` / `event.source_id`.
 #[async_trait]
 pub trait EventHandler: Send + Sync + 'static {
     /// Handles one claimed event (`status = processing`, `attempts` counts this attempt).

@@ -77,9 +77,12 @@ impl RouterShared {
 pub(crate) struct Dispatch {
     pub id: EventRowId,
     pub key: RoutingKey,
+    /// A requeued dead letter: it may still be counted in flight for a moment (its worker's
+    /// report can arrive after the requeue), so it must not be dropped as a duplicate.
+    pub requeued: bool,
 }
 
-/// Scan the inbox for unfinished events (cluster → router, at start).
+/// Scan the inbox for unfinished events now (a router also does so when it starts).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub(crate) struct Recover;
@@ -158,7 +161,21 @@ impl std::fmt::Debug for Router {
 }
 
 impl Router {
-    pub(crate) fn new(stream: Arc<StreamCtx>, shared: Arc<RouterShared>, root: ActorId) -> Self {
+    /// Starts the router on the current arbiter with the configured mailbox bound (set
+    /// before the first message can arrive).
+    pub(crate) fn spawn(
+        stream: Arc<StreamCtx>,
+        shared: Arc<RouterShared>,
+        root: ActorId,
+    ) -> Addr<Self> {
+        let capacity = stream.config.mailbox_capacity;
+        Router::create(move |ctx| {
+            ctx.set_mailbox_capacity(capacity);
+            Router::new(stream, shared, root)
+        })
+    }
+
+    fn new(stream: Arc<StreamCtx>, shared: Arc<RouterShared>, root: ActorId) -> Self {
         let health = stream.health.register(stream.router_id.clone(), Some(root));
         Self {
             stream,
@@ -200,7 +217,11 @@ impl Router {
                 let stream = self.stream.clone();
                 let router = ctx.address().downgrade();
                 let worker_key = key.clone();
-                let addr = Worker::new(worker_key, generation, stream, router).start();
+                let capacity = stream.config.mailbox_capacity;
+                let addr = Worker::create(move |wctx| {
+                    wctx.set_mailbox_capacity(capacity);
+                    Worker::new(worker_key, generation, stream, router)
+                });
                 self.slots.entry(key).or_insert(Slot {
                     addr,
                     generation,
@@ -358,9 +379,12 @@ impl Actor for Router {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(self.stream.config.mailbox_capacity);
         self.health.set_state(ActorState::Running);
         self.stream.metrics.actor_started(ActorKind::Supervisor);
+        // Every router starts by recovering: unfinished events of an earlier run are
+        // dispatched (in id order) before any new event can overtake them.
+        self.shared.defer();
+        self.start_drain(ctx);
         ctx.run_interval(self.stream.config.drain_interval(), |act, ctx| {
             act.tick(ctx)
         });
@@ -375,7 +399,14 @@ impl Actor for Router {
 impl Handler<Dispatch> for Router {
     type Result = ();
     fn handle(&mut self, msg: Dispatch, ctx: &mut Self::Context) {
-        if self.stopping || self.in_flight.contains(&msg.id) {
+        if self.stopping {
+            return;
+        }
+        if self.in_flight.contains(&msg.id) {
+            if msg.requeued {
+                // Picked up by a scan once its previous run has been reported.
+                self.shared.defer();
+            }
             return;
         }
         if self.is_quarantined(&msg.key) {

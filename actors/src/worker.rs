@@ -299,7 +299,6 @@ impl Actor for Worker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(self.stream.config.mailbox_capacity);
         let h = self.stream.health.register(
             ActorId::new(self.stream.kind, self.key.0.clone()),
             Some(self.stream.router_id.clone()),

@@ -272,17 +272,38 @@ async fn restart_resumes_unfinished_events_in_order_exactly_once() {
     );
 
     let second = RecordingHandler::new();
+    let gate = second.gate_all();
     let cluster = start(fast_config(), inbox.clone(), second.clone());
+    // New events arrive right away, before recovery is even asked for: they must not
+    // overtake the older unfinished events of their keys.
+    for k in 0..keys {
+        cluster.ingest(slack_event(&key(k), per_key)).await.unwrap();
+    }
+    // Every key's worker is now held at the gate inside its first event.
+    assert!(eventually(GUARD, || second.total_calls() == keys as u64).await);
     let report = cluster.recover().await.unwrap();
-    assert_eq!(report.unfinished, (total - done_before) as i64);
-    assert!(eventually(GUARD, || second.handled_count() >= total - done_before).await);
+    assert_eq!(report.unfinished, (total - done_before + keys) as i64);
+    gate.add_permits(total + keys);
+    let remaining = total - done_before + keys;
+    assert!(eventually(GUARD, || second.handled_count() >= remaining).await);
 
+    eprintln!(
+        "done_before {done_before}; second order: {:?}",
+        second
+            .handled()
+            .iter()
+            .map(|e| (e.routing_key.0.clone(), seq(e)))
+            .collect::<Vec<_>>()
+    );
     let mut all = first.handled();
     all.extend(second.handled());
-    assert_eq!(all.len(), total);
+    assert_eq!(all.len(), total + keys);
     assert_per_key_order(&all);
-    assert_eq!(first.total_calls() + second.total_calls(), total as u64);
-    assert_eq!(inbox.count(EventStatus::Done), total);
+    assert_eq!(
+        first.total_calls() + second.total_calls(),
+        (total + keys) as u64
+    );
+    assert_eq!(inbox.count(EventStatus::Done), total + keys);
     cluster.shutdown().await;
 }
 
