@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod cluster;
 pub mod config;
+pub mod conversation;
 pub mod handler;
 pub mod health;
 pub mod ids;
