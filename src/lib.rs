@@ -1,4 +1,8 @@
 //! InfraGPT service: adapters (HTTP, gRPC, PostgreSQL, Slack, GitHub, crypto) and the
 //! composition root around the `infragpt-actors` core.
 
+pub mod config;
+pub mod error;
 pub mod grpc;
+pub mod http;
+pub mod telemetry;

@@ -46,7 +46,9 @@ impl std::str::FromStr for EventSource {
             "slack" => Ok(Self::Slack),
             "github" => Ok(Self::GitHub),
             "clerk" => Ok(Self::Clerk),
-            other => Err(StoreError::Corrupt(format!("unknown event source {other:?}"))),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown event source {other:?}"
+            ))),
         }
     }
 }
@@ -107,7 +109,9 @@ impl std::str::FromStr for EventStatus {
             "done" => Ok(Self::Done),
             "failed" => Ok(Self::Failed),
             "ignored" => Ok(Self::Ignored),
-            other => Err(StoreError::Corrupt(format!("unknown event status {other:?}"))),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown event status {other:?}"
+            ))),
         }
     }
 }
