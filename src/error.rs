@@ -93,6 +93,15 @@ impl ApiError {
         )
     }
 
+    /// 500 without logging (the caller has logged the cause already).
+    pub fn internal_quiet() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal server error",
+        )
+    }
+
     /// An error for a status produced outside our handlers (extractors, middleware). 5xx
     /// messages are replaced by a generic one.
     pub fn from_status(status: StatusCode, message: impl Into<String>) -> Self {
@@ -194,8 +203,11 @@ pub fn json_config() -> actix_web::web::JsonConfig {
             let status = err.status_code();
             let api = if status == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::from_status(status, "request body is too large")
-            } else if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
-                ApiError::from_status(status, "expected Content-Type: application/json")
+            } else if matches!(err, actix_web::error::JsonPayloadError::ContentType) {
+                ApiError::from_status(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "expected Content-Type: application/json",
+                )
             } else {
                 ApiError::bad_request(format!("invalid JSON body: {err}"))
             };

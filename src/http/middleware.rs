@@ -45,8 +45,45 @@ pub struct RequestLogSettings {
     pub http_log: bool,
 }
 
-/// Assigns the request id, runs the request inside a span carrying it, turns middleware errors
-/// into the JSON error shape, echoes the id and logs one line per request.
+/// An error leaving the middleware stack: the JSON error plus the request id header. (Errors
+/// are returned rather than turned into a `ServiceResponse` because building one needs the
+/// `HttpRequest`, and holding a clone of it during routing is not allowed by actix-web.)
+#[derive(Debug)]
+struct TaggedError {
+    api: ApiError,
+    request_id: String,
+}
+
+impl std::fmt::Display for TaggedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.api.fmt(f)
+    }
+}
+
+impl ResponseError for TaggedError {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        self.api.status()
+    }
+
+    fn error_response(&self) -> actix_web::HttpResponse {
+        let mut res = self.api.error_response();
+        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
+            res.headers_mut()
+                .insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
+        }
+        res
+    }
+}
+
+fn is_json<B>(res: &actix_web::HttpResponse<B>) -> bool {
+    res.headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// Assigns the request id, runs the request inside a span carrying it, gives every error
+/// response the JSON error shape, echoes the id and logs one line per request.
 pub async fn request_context(
     settings: RequestLogSettings,
     req: ServiceRequest,
@@ -61,25 +98,44 @@ pub async fn request_context(
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().to_string();
     let path = req.path().to_owned();
-    let http_req = req.request().clone();
 
     let span = tracing::info_span!("http_request", request_id = %id);
     let result = next.call(req).instrument(span).await;
-    let mut res = match result {
-        Ok(res) => res.map_into_boxed_body(),
+    let result = match result {
+        Ok(res) => {
+            let mut res = match res.response().error() {
+                // An error rendered by someone else's ResponseError (extractors, CORS, a
+                // handler's own error type): re-render it in the JSON shape.
+                Some(err) if !is_json(res.response()) => {
+                    let api = ApiError::from_status(res.status(), err.to_string());
+                    let (http_req, _) = res.into_parts();
+                    ServiceResponse::new(http_req, api.error_response())
+                }
+                _ => res.map_into_boxed_body(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                res.headers_mut()
+                    .insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
+            }
+            Ok(res)
+        }
         Err(err) => {
-            // Errors raised by inner middleware (e.g. CORS) get the same JSON shape.
             let status = err.as_response_error().status_code();
-            let api = ApiError::from_status(status, err.to_string());
-            ServiceResponse::new(http_req, api.error_response())
+            let api = match err.as_error::<ApiError>() {
+                Some(api) => api.clone(),
+                None => ApiError::from_status(status, err.to_string()),
+            };
+            Err(TaggedError {
+                api,
+                request_id: id.clone(),
+            })
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        res.headers_mut()
-            .insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
-    }
     if settings.http_log {
-        let status = res.status().as_u16();
+        let status = match &result {
+            Ok(res) => res.status().as_u16(),
+            Err(e) => e.api.status().as_u16(),
+        };
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(
             target: "infragpt::http",
@@ -91,17 +147,22 @@ pub async fn request_context(
             "request"
         );
     }
-    Ok(res)
+    result.map_err(Error::from)
 }
 
 /// Turns a panic in a handler into a JSON 500 and an error log line. actix-web does not catch
-/// panics: without this the worker thread's task would unwind.
+/// panics: without this the worker's task would unwind.
 pub async fn catch_panic(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    let http_req = req.request().clone();
-    let request_id = req.extensions().get::<RequestId>().cloned();
+    let method = req.method().to_string();
+    let path = req.path().to_owned();
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
     match AssertUnwindSafe(async move { next.call(req).await })
         .catch_unwind()
         .await
@@ -114,17 +175,13 @@ pub async fn catch_panic(
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-string panic payload".to_owned());
             tracing::error!(
-                request_id = request_id.as_ref().map(|r| r.0.as_str()).unwrap_or(""),
-                method = %http_req.method(),
-                path = %http_req.path(),
+                request_id = %request_id,
+                method = %method,
+                path = %path,
                 panic = %message,
                 "handler panicked"
             );
-            let api = ApiError::from_status(
-                actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "handler panicked",
-            );
-            Ok(ServiceResponse::new(http_req, api.error_response()))
+            Err(ApiError::internal_quiet().into())
         }
     }
 }
