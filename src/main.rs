@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use infragpt::config::{self, Config};
@@ -103,6 +104,61 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{text}");
             Ok(())
         }
-        Command::Serve | Command::Migrate { .. } => anyhow::bail!("TEMP: waiting for db"),
+        Command::Serve => {
+            let _telemetry = infragpt::telemetry::init(&(&config).into())?;
+            block_on(infragpt::server::serve(config))
+        }
+        Command::Migrate { status } => {
+            let _telemetry = infragpt::telemetry::init(&(&config).into())?;
+            block_on(migrate(config, status))
+        }
     }
+}
+
+/// Runs `fut` in an actix system on a multi-threaded tokio runtime (actix actors and HTTP
+/// workers need the system; tonic and blocking work use the runtime's worker threads).
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(fut: F) -> anyhow::Result<()> {
+    actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot build the tokio runtime: {e}"))
+    })
+    .block_on(fut)
+}
+
+async fn migrate(config: Config, status_only: bool) -> anyhow::Result<()> {
+    let db = infragpt::db::Database::open(&infragpt::server::db_settings(&config))
+        .await
+        .context("opening the database")?;
+    let result = async {
+        if status_only {
+            let status = db.migration_status().await?;
+            println!("database: {}", db.describe());
+            for v in &status.applied {
+                println!("applied  {v}");
+            }
+            for v in &status.pending {
+                println!("pending  {v}");
+            }
+            println!(
+                "{} applied, {} pending",
+                status.applied.len(),
+                status.pending.len()
+            );
+        } else {
+            let applied = db.run_migrations().await?;
+            println!("database: {}", db.describe());
+            if applied.is_empty() {
+                println!("up to date");
+            }
+            for v in &applied {
+                println!("applied  {v}");
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    db.shutdown().await;
+    result
 }

@@ -375,3 +375,271 @@ async fn grpc_health_reports_serving_once_ready() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Against a real database.
+
+use infragpt::db::testing::TestDb;
+use infragpt::http::health::{DatabaseCheck, MigrationsCheck};
+
+/// A TCP relay to the test database that can be switched off (connections refused... in
+/// effect: accepted and closed at once, and live relays cut) and on again, so the database
+/// becomes unreachable without touching the server other tests use.
+struct Relay {
+    addr: std::net::SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    async fn start(target: String) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (up, up_rx) = tokio::sync::watch::channel(true);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !*up_rx.borrow() {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let mut up_rx = up_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = up_rx.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, up }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+fn via(url: &infragpt_actors::Secret, addr: std::net::SocketAddr) -> infragpt_actors::Secret {
+    let mut u = url::Url::parse(url.expose()).unwrap();
+    u.set_host(Some(&addr.ip().to_string())).unwrap();
+    u.set_port(Some(addr.port())).unwrap();
+    infragpt_actors::Secret::new(u.to_string())
+}
+
+fn target_of(url: &infragpt_actors::Secret) -> String {
+    let u = url::Url::parse(url.expose()).unwrap();
+    format!("{}:{}", u.host_str().unwrap(), u.port().unwrap_or(5432))
+}
+
+/// GET /readyz → (status, body).
+macro_rules! readyz {
+    ($app:expr) => {{
+        let resp =
+            test::call_service($app, test::TestRequest::get().uri("/readyz").to_request()).await;
+        let status = resp.status().as_u16();
+        (status, body_json(resp).await)
+    }};
+}
+
+#[actix_rt::test]
+async fn readyz_follows_the_database() {
+    let tdb = TestDb::new().await;
+    let relay = Relay::start(target_of(&tdb.url)).await;
+    let url = via(&tdb.url, relay.addr);
+    let timeout = std::time::Duration::from_secs(2);
+    let pool = infragpt::db::build_pool(&url, 2, timeout).unwrap();
+    let db = Arc::new(infragpt::db::Database::from_pool(pool, url, timeout));
+    let readiness = Readiness::new(std::time::Duration::from_secs(5));
+    readiness.add(DatabaseCheck::new(db.clone()));
+    readiness.add(MigrationsCheck::new(db.clone()));
+    let app = test::init_service(http::app(shell(readiness))).await;
+
+    let (status, body) = readyz!(&app);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"]["database"], "ok");
+    assert_eq!(body["checks"]["migrations"], "ok");
+
+    relay.set_up(false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let body = loop {
+        let (status, body) = readyz!(&app);
+        if status == 503 {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "still ready: {body}");
+        actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["status"], "not_ready");
+    assert_ne!(body["checks"]["database"], "ok", "{body}");
+
+    relay.set_up(true);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = readyz!(&app);
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready again: {body}"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn readyz_reports_pending_migrations() {
+    let tdb = TestDb::empty().await;
+    let db = Arc::new(tdb.database());
+    let readiness = Readiness::default();
+    readiness.add(DatabaseCheck::new(db.clone()));
+    readiness.add(MigrationsCheck::new(db.clone()));
+    let app = test::init_service(http::app(shell(readiness))).await;
+    let (status, body) = readyz!(&app);
+    assert_eq!(status, 503);
+    let pending = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .count();
+    assert_eq!(
+        body["checks"]["migrations"],
+        format!("{pending} pending"),
+        "{body}"
+    );
+    assert_eq!(body["checks"]["database"], "ok");
+
+    db.run_migrations().await.unwrap();
+    let (status, body) = readyz!(&app);
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The real binary: `infragpt serve` against a test database, ready, SIGTERM, exit code 0.
+#[tokio::test]
+async fn serve_binary_starts_and_stops_gracefully_on_sigterm() {
+    use std::io::BufRead as _;
+    use std::time::{Duration, Instant};
+
+    let tdb = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("serve.yaml");
+    std::fs::write(
+        &path,
+        "bind_address: 127.0.0.1\nport: 0\ngrpc_port: 0\nlog_format: json\nlog_level: info\n\
+         shutdown_grace_ms: 5000\nadmin:\n  token: ${E2E_ADMIN_TOKEN}\n\
+         database:\n  url: ${E2E_DATABASE_URL}\n  pool_size: 2\n",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_infragpt"))
+        .arg("--config")
+        .arg(&path)
+        .arg("serve")
+        .env("E2E_DATABASE_URL", tdb.url.expose())
+        .env("E2E_ADMIN_TOKEN", "e2e-admin-s3cret")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = tx.send(line);
+        }
+        all
+    });
+
+    // The "serving" line names the bound addresses (ports 0 → chosen by the OS).
+    let serving = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = rx.recv().await {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["message"] == "serving"
+            {
+                return Some(v);
+            }
+        }
+        None
+    })
+    .await;
+    let serving = match serving {
+        Ok(Some(v)) => v,
+        other => {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "no serving line ({other:?}); stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    let http_addr = serving["http_addr"].as_str().unwrap().to_owned();
+    let grpc_addr = serving["grpc_addr"].as_str().unwrap().to_owned();
+
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let resp = client
+            .get(format!("http://{http_addr}/readyz"))
+            .send()
+            .await;
+        if let Ok(r) = resp
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::health_client::HealthClient;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let resp = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(resp.into_inner().status, ServingStatus::Serving as i32);
+    }
+
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let logs = reader.join().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}\nstdout: {logs}");
+    assert!(logs.contains("\"signal\":\"SIGTERM\""), "{logs}");
+    assert!(logs.contains("\"message\":\"stopped\""), "{logs}");
+    assert!(!logs.contains("e2e-admin-s3cret") && !stderr.contains("e2e-admin-s3cret"));
+}

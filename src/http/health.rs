@@ -155,3 +155,69 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz));
 }
+
+/// `database`: a pooled `SELECT 1` within the connect timeout.
+#[derive(Debug, Clone)]
+pub struct DatabaseCheck {
+    db: Arc<crate::db::Database>,
+}
+
+impl DatabaseCheck {
+    /// A check over `db`'s pool.
+    pub fn new(db: Arc<crate::db::Database>) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait::async_trait]
+impl ReadinessCheck for DatabaseCheck {
+    fn name(&self) -> &str {
+        "database"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        self.db.ping().await.map_err(|e| e.to_string())
+    }
+}
+
+/// `migrations`: every embedded migration is applied (`"2 pending"` otherwise). Once all are
+/// applied the result is remembered, so probes do not open a connection each time.
+#[derive(Debug, Clone)]
+pub struct MigrationsCheck {
+    db: Arc<crate::db::Database>,
+    up_to_date: Arc<AtomicBool>,
+}
+
+impl MigrationsCheck {
+    /// A check over `db`.
+    pub fn new(db: Arc<crate::db::Database>) -> Self {
+        Self {
+            db,
+            up_to_date: Arc::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ReadinessCheck for MigrationsCheck {
+    fn name(&self) -> &str {
+        "migrations"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        if self.up_to_date.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let status = self
+            .db
+            .migration_status()
+            .await
+            .map_err(|e| e.to_string())?;
+        if status.pending.is_empty() {
+            self.up_to_date.store(true, Ordering::Relaxed);
+            Ok(())
+        } else {
+            Err(format!("{} pending", status.pending.len()))
+        }
+    }
+}

@@ -1,0 +1,672 @@
+//! PostgreSQL: settings, server resolution (configured URL, default address, or a private
+//! cluster), the diesel-async connection pool and the embedded migrations.
+
+pub mod audit;
+pub mod cluster;
+pub mod inbox;
+pub mod schema;
+pub mod testing;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use infragpt_actors::Secret;
+
+pub use audit::PgAudit;
+pub use cluster::{ClusterError, ClusterOptions, PrivateCluster};
+pub use inbox::PgInbox;
+
+/// The connection pool every adapter uses.
+pub type Pool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;
+
+/// The migrations in `migrations/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Default address probed when nothing is configured.
+const DEFAULT_HOST: &str = "127.0.0.1";
+const DEFAULT_PORT: u16 = 5432;
+const DEFAULT_USER: &str = "postgres";
+/// The probe of the default address must not slow start-up down when nothing listens.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a caller may wait for a free pooled connection.
+const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Advisory lock key serialising concurrent migration runs (two service instances).
+const MIGRATION_LOCK_KEY: i64 = 0x1f2a_6d62_6d69_6772;
+
+/// Where the database is and how to connect.
+#[derive(Debug, Clone)]
+pub struct DbSettings {
+    /// Full connection URL (`postgres://user:pass@host:port/db`); wins over everything else.
+    pub url: Option<Secret>,
+    /// Server host (default `127.0.0.1` when `port` or `user` is set).
+    pub host: Option<String>,
+    /// Server port (default 5432).
+    pub port: Option<u16>,
+    /// Database name (default `infragpt`); created when missing.
+    pub db_name: String,
+    /// User (default `postgres`).
+    pub user: Option<String>,
+    /// Password, if the server wants one.
+    pub password: Option<Secret>,
+    /// Pool size (default 16).
+    pub pool_size: usize,
+    /// Directory of the private cluster started when no server is configured or answers
+    /// (default `.infragpt/pg`).
+    pub data_dir: PathBuf,
+    /// Connect timeout (default 5 s).
+    pub connect_timeout: Duration,
+}
+
+impl Default for DbSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            host: None,
+            port: None,
+            db_name: "infragpt".to_owned(),
+            user: None,
+            password: None,
+            pool_size: 16,
+            data_dir: PathBuf::from(".infragpt/pg"),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Database failures. Messages never contain a password.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The settings cannot describe a server.
+    #[error("invalid database settings: {0}")]
+    Config(String),
+    /// The server could not be reached or refused us.
+    #[error("cannot connect to PostgreSQL at {target}: {reason}")]
+    Connect {
+        /// Redacted address.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// The database did not exist and could not be created.
+    #[error("cannot create database {name:?} at {target}: {reason}")]
+    CreateDatabase {
+        /// Database name.
+        name: String,
+        /// Redacted address.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// The pool could not be built or gave no connection.
+    #[error("database connection pool: {0}")]
+    Pool(String),
+    /// A statement failed.
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    /// Applying, reverting or listing migrations failed.
+    #[error("database migrations failed: {0}")]
+    Migration(String),
+    /// The private cluster could not be started.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// An operation took too long.
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        /// What timed out.
+        what: &'static str,
+        /// The limit.
+        after: Duration,
+    },
+    /// A helper thread died.
+    #[error("database background task failed: {0}")]
+    Task(String),
+}
+
+/// Which migrations are applied and which are not (versions like `20261125000001`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationStatus {
+    /// Applied versions, oldest first.
+    pub applied: Vec<String>,
+    /// Embedded versions not yet applied, oldest first.
+    pub pending: Vec<String>,
+}
+
+/// An open database: the pool, plus the private cluster when we started one.
+pub struct Database {
+    pool: Pool,
+    url: Secret,
+    description: String,
+    connect_timeout: Duration,
+    cluster: Option<PrivateCluster>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("server", &self.description)
+            .field("pool", &self.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    /// Resolves the server (configured URL → explicit host/port/user → default address →
+    /// private cluster in `data_dir`), creates the database when missing and builds the
+    /// pool. Does not migrate.
+    pub async fn open(settings: &DbSettings) -> Result<Database, DbError> {
+        if settings.pool_size == 0 {
+            return Err(DbError::Config("pool_size must be at least 1".to_owned()));
+        }
+        let timeout = settings.connect_timeout;
+        let (url, cluster) = if let Some(url) = settings.url.as_ref().filter(|u| !u.is_empty()) {
+            (url.clone(), None)
+        } else if settings.host.is_some() || settings.port.is_some() || settings.user.is_some() {
+            (explicit_url(settings)?, None)
+        } else {
+            let default_url =
+                server_url(DEFAULT_HOST, DEFAULT_PORT, DEFAULT_USER, None, "postgres")?;
+            match probe(&default_url, timeout.min(PROBE_TIMEOUT)).await {
+                Ok(()) => {
+                    tracing::info!(server = %redact(default_url.expose()), "using PostgreSQL on the default address");
+                    (with_database(&default_url, &settings.db_name)?, None)
+                }
+                Err(reason) => {
+                    tracing::info!(
+                        %reason,
+                        dir = %settings.data_dir.display(),
+                        "no PostgreSQL on the default address; starting a private cluster"
+                    );
+                    let dir = settings.data_dir.clone();
+                    let cluster = tokio::task::spawn_blocking(move || PrivateCluster::start(&dir))
+                        .await
+                        .map_err(|e| DbError::Task(e.to_string()))??;
+                    (Secret::new(cluster.url(&settings.db_name)), Some(cluster))
+                }
+            }
+        };
+        let description = match &cluster {
+            Some(c) => format!(
+                "private cluster at {} (port {})",
+                settings.data_dir.display(),
+                c.port()
+            ),
+            None => redact(url.expose()),
+        };
+        ensure_database(&url, timeout).await?;
+        let pool = build_pool(&url, settings.pool_size, timeout)?;
+        tracing::info!(server = %description, "database ready");
+        Ok(Database {
+            pool,
+            url,
+            description,
+            connect_timeout: timeout,
+            cluster,
+        })
+    }
+
+    /// Wraps an existing pool (the test harness uses this); no private cluster is owned.
+    pub fn from_pool(pool: Pool, url: Secret, connect_timeout: Duration) -> Database {
+        let description = redact(url.expose());
+        Database {
+            pool,
+            url,
+            description,
+            connect_timeout,
+            cluster: None,
+        }
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The resolved connection URL.
+    pub fn url(&self) -> &Secret {
+        &self.url
+    }
+
+    /// Applies pending migrations; returns the versions applied now.
+    pub async fn run_migrations(&self) -> Result<Vec<String>, DbError> {
+        let applied = with_sync_connection(&self.url, self.connect_timeout, |conn| {
+            locked(conn, |conn| {
+                conn.run_pending_migrations(MIGRATIONS)
+                    .map(|versions| versions.iter().map(ToString::to_string).collect::<Vec<_>>())
+                    .map_err(|e| DbError::Migration(e.to_string()))
+            })
+        })
+        .await?;
+        if !applied.is_empty() {
+            tracing::info!(versions = ?applied, "migrations applied");
+        }
+        Ok(applied)
+    }
+
+    /// Applied and pending migrations.
+    pub async fn migration_status(&self) -> Result<MigrationStatus, DbError> {
+        with_sync_connection(&self.url, self.connect_timeout, |conn| {
+            let mut applied: Vec<String> = conn
+                .applied_migrations()
+                .map_err(|e| DbError::Migration(e.to_string()))?
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            applied.sort();
+            let pending = conn
+                .pending_migrations(MIGRATIONS)
+                .map_err(|e| DbError::Migration(e.to_string()))?
+                .iter()
+                .map(|m| m.name().version().to_string())
+                .collect();
+            Ok(MigrationStatus { applied, pending })
+        })
+        .await
+    }
+
+    /// Reverts every applied migration (newest first).
+    pub async fn revert_all_migrations(&self) -> Result<(), DbError> {
+        let reverted = with_sync_connection(&self.url, self.connect_timeout, |conn| {
+            locked(conn, |conn| {
+                conn.revert_all_migrations(MIGRATIONS)
+                    .map(|versions| versions.len())
+                    .map_err(|e| DbError::Migration(e.to_string()))
+            })
+        })
+        .await?;
+        tracing::info!(count = reverted, "migrations reverted");
+        Ok(())
+    }
+
+    /// `SELECT 1` through the pool, within the connect timeout.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        let after = self.connect_timeout;
+        let check = async {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| DbError::Pool(e.to_string()))?;
+            diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
+                .get_result::<i32>(&mut conn)
+                .await?;
+            Ok(())
+        };
+        tokio::time::timeout(after, check)
+            .await
+            .map_err(|_| DbError::Timeout {
+                what: "database ping",
+                after,
+            })?
+    }
+
+    /// True when this `Database` started (or adopted) a private cluster.
+    pub fn started_private_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// Where the data lives, without the password.
+    pub fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    /// Closes the pool and stops the private cluster if we own it.
+    pub async fn shutdown(mut self) {
+        self.pool.close();
+        if let Some(mut cluster) = self.cluster.take() {
+            let stopped = tokio::task::spawn_blocking(move || cluster.stop()).await;
+            match stopped {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "stopping the private cluster failed"),
+                Err(e) => tracing::error!(error = %e, "stopping the private cluster panicked"),
+            }
+        }
+    }
+}
+
+/// A URL built from explicit host/port/user/password settings.
+fn explicit_url(settings: &DbSettings) -> Result<Secret, DbError> {
+    server_url(
+        settings.host.as_deref().unwrap_or(DEFAULT_HOST),
+        settings.port.unwrap_or(DEFAULT_PORT),
+        settings.user.as_deref().unwrap_or(DEFAULT_USER),
+        settings.password.as_ref(),
+        &settings.db_name,
+    )
+}
+
+fn server_url(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: Option<&Secret>,
+    db: &str,
+) -> Result<Secret, DbError> {
+    let mut url =
+        url::Url::parse("postgres://localhost/").map_err(|e| DbError::Config(e.to_string()))?;
+    url.set_host(Some(host))
+        .map_err(|e| DbError::Config(format!("invalid database host {host:?}: {e}")))?;
+    let _ = url.set_port(Some(port));
+    url.set_username(user)
+        .map_err(|()| DbError::Config(format!("invalid database user {user:?}")))?;
+    if let Some(password) = password.filter(|p| !p.is_empty()) {
+        url.set_password(Some(password.expose()))
+            .map_err(|()| DbError::Config("cannot put the password in the URL".to_owned()))?;
+    }
+    with_database(&Secret::new(url.to_string()), db)
+}
+
+/// The same server URL with another database name.
+pub fn with_database(url: &Secret, db: &str) -> Result<Secret, DbError> {
+    if db.is_empty() {
+        return Err(DbError::Config("the database name is empty".to_owned()));
+    }
+    let mut parsed = parse_url(url)?;
+    parsed.set_path(&format!("/{db}"));
+    Ok(Secret::new(parsed.to_string()))
+}
+
+/// The database name in a URL, if any.
+pub fn database_name(url: &Secret) -> Result<Option<String>, DbError> {
+    let parsed = parse_url(url)?;
+    let name = parsed.path().trim_start_matches('/');
+    if name.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(percent_decode(name)))
+}
+
+/// Decodes `%XX` escapes (the URL path form of a database name).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_url(url: &Secret) -> Result<url::Url, DbError> {
+    let parsed = url::Url::parse(url.expose())
+        .map_err(|e| DbError::Config(format!("the database URL is not a valid URL ({e})")))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(DbError::Config(format!(
+            "the database URL must start with postgres:// or postgresql://, not {}://",
+            parsed.scheme()
+        )));
+    }
+    Ok(parsed)
+}
+
+/// The URL with its password (in user info or a `password=` parameter) removed.
+pub fn redact(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "[unparseable database URL]".to_owned();
+    };
+    let _ = parsed.set_password(None);
+    if parsed.query().is_some() {
+        let kept: Vec<(String, String)> = parsed
+            .query_pairs()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("password"))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if kept.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(kept);
+        }
+    }
+    parsed.to_string()
+}
+
+/// Opens one connection within `timeout`.
+pub async fn connect(url: &Secret, timeout: Duration) -> Result<AsyncPgConnection, DbError> {
+    let target = redact(url.expose());
+    match tokio::time::timeout(timeout, AsyncPgConnection::establish(url.expose())).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(DbError::Connect {
+            target,
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(DbError::Connect {
+            target,
+            reason: format!("no answer within {timeout:?}"),
+        }),
+    }
+}
+
+/// Whether a server answers `url` (TCP first, so a closed port fails fast).
+pub(crate) async fn probe(url: &Secret, timeout: Duration) -> Result<(), String> {
+    let parsed = parse_url(url).map_err(|e| e.to_string())?;
+    let host = parsed.host_str().unwrap_or(DEFAULT_HOST).to_owned();
+    let port = parsed.port().unwrap_or(DEFAULT_PORT);
+    match tokio::time::timeout(
+        timeout,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(format!("{host}:{port}: {e}")),
+        Err(_) => return Err(format!("{host}:{port}: no answer within {timeout:?}")),
+    }
+    connect(url, timeout)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+diesel::table! {
+    /// The server's database catalog (read only).
+    pg_catalog.pg_database (datname) {
+        datname -> Text,
+    }
+}
+
+/// Whether database `name` exists on the server `conn` is connected to.
+pub(crate) async fn database_exists(
+    conn: &mut AsyncPgConnection,
+    name: &str,
+) -> Result<bool, DbError> {
+    let found: i64 = pg_database::table
+        .filter(pg_database::datname.eq(name))
+        .count()
+        .get_result(conn)
+        .await?;
+    Ok(found > 0)
+}
+
+/// `CREATE DATABASE` with the name quoted as an identifier.
+pub(crate) async fn create_database(
+    conn: &mut AsyncPgConnection,
+    name: &str,
+) -> Result<(), DbError> {
+    diesel::sql_query(format!("CREATE DATABASE {}", quote_ident(name)))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Makes sure the database in `url` exists, creating it through the `postgres` maintenance
+/// database when it does not.
+async fn ensure_database(url: &Secret, timeout: Duration) -> Result<(), DbError> {
+    let direct = match connect(url, timeout).await {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    let Some(name) = database_name(url)? else {
+        return Err(direct);
+    };
+    let target = redact(url.expose());
+    // Server messages may be localised: decide from the catalog, not from the error text.
+    let Ok(mut admin) = connect(&with_database(url, "postgres")?, timeout).await else {
+        return Err(direct);
+    };
+    if database_exists(&mut admin, &name).await? {
+        return Err(direct);
+    }
+    tracing::info!(database = %name, server = %target, "creating database");
+    if let Err(e) = create_database(&mut admin, &name).await {
+        // Another process may have created it at the same moment.
+        if !database_exists(&mut admin, &name).await? {
+            return Err(DbError::CreateDatabase {
+                name,
+                target,
+                reason: e.to_string(),
+            });
+        }
+    }
+    connect(url, timeout).await.map(drop)
+}
+
+/// A pool of at most `size` connections to `url`.
+pub fn build_pool(url: &Secret, size: usize, connect_timeout: Duration) -> Result<Pool, DbError> {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url.expose());
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool::Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT_TIMEOUT.max(connect_timeout)))
+        .create_timeout(Some(connect_timeout))
+        .recycle_timeout(Some(connect_timeout))
+        .build()
+        .map_err(|e| DbError::Pool(e.to_string()))
+}
+
+/// A synchronous diesel connection (for `diesel_migrations`).
+type SyncConnection = AsyncConnectionWrapper<AsyncPgConnection>;
+
+/// Runs `f` with a synchronous connection on a thread of its own with its own runtime, so it
+/// works from any caller runtime (current-thread, multi-thread, actix) and binds nothing to it.
+pub(crate) async fn with_sync_connection<T, F>(
+    url: &Secret,
+    timeout: Duration,
+    f: F,
+) -> Result<T, DbError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut SyncConnection) -> Result<T, DbError> + Send + 'static,
+{
+    let url = url.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("infragpt-db-sync".to_owned())
+        .spawn(move || {
+            let result = (|| {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| DbError::Task(format!("cannot build a runtime: {e}")))?;
+                // The wrapper drives its futures through the current handle: this runtime's.
+                let _guard = runtime.enter();
+                let conn = runtime.block_on(connect(&url, timeout))?;
+                let mut conn = SyncConnection::from(conn);
+                let result = f(&mut conn);
+                drop(conn);
+                result
+            })();
+            let _ = tx.send(result);
+        })
+        .map_err(|e| DbError::Task(format!("cannot spawn a thread: {e}")))?;
+    rx.await
+        .map_err(|_| DbError::Task("the database helper thread panicked".to_owned()))?
+}
+
+/// Runs `f` holding the migration advisory lock.
+fn locked<T>(
+    conn: &mut SyncConnection,
+    f: impl FnOnce(&mut SyncConnection) -> Result<T, DbError>,
+) -> Result<T, DbError> {
+    use diesel::connection::SimpleConnection as _;
+    conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))?;
+    let result = f(conn);
+    conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))?;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_removes_passwords() {
+        assert_eq!(
+            redact("postgres://app:hunter2@db.example:5433/infragpt"),
+            "postgres://app@db.example:5433/infragpt"
+        );
+        assert_eq!(
+            redact("postgres://app@h/db?password=hunter2&sslmode=disable"),
+            "postgres://app@h/db?sslmode=disable"
+        );
+        assert_eq!(
+            redact("postgres://app@h/db?password=x"),
+            "postgres://app@h/db"
+        );
+        assert!(!redact("not a url hunter2").contains("hunter2"));
+    }
+
+    #[test]
+    fn explicit_settings_build_a_url() {
+        let settings = DbSettings {
+            host: Some("db.internal".to_owned()),
+            port: Some(6543),
+            user: Some("svc".to_owned()),
+            password: Some(Secret::new("p@ss/word")),
+            ..DbSettings::default()
+        };
+        let url = explicit_url(&settings).unwrap();
+        assert_eq!(
+            url.expose(),
+            "postgres://svc:p%40ss%2Fword@db.internal:6543/infragpt"
+        );
+        assert_eq!(database_name(&url).unwrap().as_deref(), Some("infragpt"));
+        assert_eq!(
+            database_name(&Secret::new("postgres://h/my%20db+x"))
+                .unwrap()
+                .as_deref(),
+            Some("my db+x")
+        );
+        assert_eq!(database_name(&Secret::new("postgres://h")).unwrap(), None);
+        assert_eq!(
+            with_database(&url, "other").unwrap().expose(),
+            "postgres://svc:p%40ss%2Fword@db.internal:6543/other"
+        );
+        assert!(!format!("{settings:?}").contains("p@ss"));
+    }
+
+    #[test]
+    fn bad_urls_are_rejected_clearly() {
+        let err = with_database(&Secret::new("mysql://x/y"), "z").unwrap_err();
+        assert!(err.to_string().contains("postgres://"), "{err}");
+        let err = database_name(&Secret::new("::nope")).unwrap_err();
+        assert!(err.to_string().contains("not a valid URL"), "{err}");
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("t_1"), "\"t_1\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

@@ -1,0 +1,235 @@
+// Hand-written to match `migrations/` exactly (what `diesel print-schema` would produce; the
+// diesel CLI is not installed here). Keep it in sync with every new migration.
+
+diesel::table! {
+    /// Append-only record of who changed what (`AuditLog` port).
+    audit_log (id) {
+        id -> Int8,
+        organization_id -> Nullable<Uuid>,
+        actor -> Text,
+        action -> Text,
+        target -> Nullable<Text>,
+        details -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Slack channels the bot knows about, keyed by workspace and channel.
+    channels (team_id, channel_id) {
+        team_id -> Text,
+        channel_id -> Text,
+        name -> Nullable<Text>,
+        monitored -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// One conversation per Slack thread `(team_id, channel_id, thread_ts)`.
+    conversations (id) {
+        id -> Uuid,
+        team_id -> Text,
+        channel_id -> Text,
+        thread_ts -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        last_message_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Summaries of received GitHub webhook deliveries.
+    github_events (id) {
+        id -> Int8,
+        delivery_id -> Text,
+        installation_id -> Nullable<Int8>,
+        event -> Text,
+        action -> Nullable<Text>,
+        repository -> Nullable<Text>,
+        actor -> Nullable<Text>,
+        git_ref -> Nullable<Text>,
+        number -> Nullable<Int8>,
+        title -> Nullable<Text>,
+        state -> Nullable<Text>,
+        conclusion -> Nullable<Text>,
+        summary -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Repositories a GitHub App installation can see.
+    github_repositories (installation_id, repository_id) {
+        installation_id -> Int8,
+        repository_id -> Int8,
+        full_name -> Text,
+        private -> Bool,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// The durable inbox (`InboundEvents` port).
+    inbound_events (id) {
+        id -> Int8,
+        source -> Text,
+        source_id -> Text,
+        routing_key -> Text,
+        kind -> Text,
+        payload -> Jsonb,
+        received_at -> Timestamptz,
+        status -> Text,
+        attempts -> Int4,
+        last_error -> Nullable<Text>,
+        processed_at -> Nullable<Timestamptz>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Encrypted (AES-256-GCM) credentials of an integration.
+    integration_credentials (id) {
+        id -> Uuid,
+        integration_id -> Uuid,
+        credential_type -> Text,
+        nonce -> Bytea,
+        ciphertext -> Bytea,
+        key_id -> Text,
+        expires_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Connectors an organization installed.
+    integrations (id) {
+        id -> Uuid,
+        organization_id -> Uuid,
+        connector_type -> Text,
+        status -> Text,
+        external_id -> Nullable<Text>,
+        metadata -> Jsonb,
+        created_by -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        last_used_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    /// Messages of a conversation, unique per `(conversation_id, slack_ts)`.
+    messages (id) {
+        id -> Uuid,
+        conversation_id -> Uuid,
+        slack_ts -> Text,
+        sender_kind -> Text,
+        sender_id -> Text,
+        sender_name -> Nullable<Text>,
+        sender_email -> Nullable<Text>,
+        text -> Text,
+        deleted -> Bool,
+        edited_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Clerk organization memberships, joined to users and organizations by Clerk id.
+    organization_members (id) {
+        id -> Uuid,
+        clerk_membership_id -> Nullable<Text>,
+        organization_clerk_id -> Text,
+        user_clerk_id -> Text,
+        role -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        deleted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    /// Onboarding answers of an organization.
+    organization_metadata (organization_id) {
+        organization_id -> Uuid,
+        company_size -> Nullable<Text>,
+        team_size -> Nullable<Text>,
+        use_cases -> Array<Text>,
+        observability_stack -> Array<Text>,
+        onboarding_completed_at -> Nullable<Timestamptz>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Organizations mirrored from Clerk.
+    organizations (id) {
+        id -> Uuid,
+        clerk_id -> Text,
+        name -> Text,
+        slug -> Nullable<Text>,
+        image_url -> Nullable<Text>,
+        created_by_clerk_id -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        deleted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    /// Slack workspaces the bot is installed in.
+    slack_workspaces (team_id) {
+        team_id -> Text,
+        team_name -> Nullable<Text>,
+        bot_user_id -> Nullable<Text>,
+        bot_id -> Nullable<Text>,
+        app_id -> Nullable<Text>,
+        organization_id -> Nullable<Uuid>,
+        token_ref -> Nullable<Text>,
+        status -> Text,
+        status_reason -> Nullable<Text>,
+        installed_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Users mirrored from Clerk.
+    users (id) {
+        id -> Uuid,
+        clerk_id -> Text,
+        email -> Nullable<Text>,
+        first_name -> Nullable<Text>,
+        last_name -> Nullable<Text>,
+        username -> Nullable<Text>,
+        image_url -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        deleted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::joinable!(integration_credentials -> integrations (integration_id));
+diesel::joinable!(integrations -> organizations (organization_id));
+diesel::joinable!(messages -> conversations (conversation_id));
+diesel::joinable!(organization_metadata -> organizations (organization_id));
+diesel::joinable!(slack_workspaces -> organizations (organization_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    audit_log,
+    channels,
+    conversations,
+    github_events,
+    github_repositories,
+    inbound_events,
+    integration_credentials,
+    integrations,
+    messages,
+    organization_members,
+    organization_metadata,
+    organizations,
+    slack_workspaces,
+    users,
+);

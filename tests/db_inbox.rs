@@ -1,0 +1,419 @@
+//! `PgInbox` and `PgAudit` against real PostgreSQL (a fresh database per test).
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use infragpt::db::schema::{audit_log, inbound_events};
+use infragpt::db::testing::TestDb;
+use infragpt::db::{PgAudit, PgInbox};
+use infragpt_actors::audit::{AuditEntry, AuditLog};
+use infragpt_actors::inbox::{
+    EventRowId, EventSource, EventStatus, InboundEvents, NewInboundEvent, RecordOutcome, RoutingKey,
+};
+use serde_json::json;
+
+fn event(source_id: &str) -> NewInboundEvent {
+    NewInboundEvent {
+        source: EventSource::Slack,
+        source_id: source_id.to_owned(),
+        routing_key: RoutingKey("T1/C1/1700000000.000100".to_owned()),
+        kind: "app_mention".to_owned(),
+        payload: json!({"event_id": source_id, "text": "<@U0BOT> hello", "n": [1, 2]}),
+    }
+}
+
+async fn recorded(inbox: &PgInbox, source_id: &str) -> EventRowId {
+    match inbox.record(event(source_id)).await.expect("record") {
+        RecordOutcome::Recorded(e) => e.id,
+        RecordOutcome::Duplicate(e) => panic!("{source_id} already stored as {}", e.id),
+    }
+}
+
+async fn row_count(db: &TestDb) -> i64 {
+    let mut conn = db.pool().get().await.expect("connection");
+    inbound_events::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn record_is_idempotent() {
+    let db = TestDb::new().await;
+    let inbox = PgInbox::new(db.pool().clone());
+
+    let first = inbox.record(event("Ev1")).await.expect("record");
+    let RecordOutcome::Recorded(stored) = &first else {
+        panic!("first delivery must be recorded: {first:?}");
+    };
+    assert_eq!(stored.source, EventSource::Slack);
+    assert_eq!(stored.source_id, "Ev1");
+    assert_eq!(stored.routing_key.0, "T1/C1/1700000000.000100");
+    assert_eq!(stored.kind, "app_mention");
+    assert_eq!(stored.payload, event("Ev1").payload);
+    assert_eq!(stored.status, EventStatus::Pending);
+    assert_eq!(stored.attempts, 0);
+    assert_eq!(stored.last_error, None);
+    assert_eq!(stored.processed_at, None);
+
+    // A redelivery with another payload changes nothing.
+    let mut again = event("Ev1");
+    again.payload = json!({"different": true});
+    let second = inbox.record(again).await.expect("record again");
+    let RecordOutcome::Duplicate(existing) = &second else {
+        panic!("redelivery must be a duplicate: {second:?}");
+    };
+    assert_eq!(existing, stored);
+    assert_eq!(row_count(&db).await, 1);
+
+    // The same source id from another source is another event.
+    let mut github = event("Ev1");
+    github.source = EventSource::GitHub;
+    assert!(matches!(
+        inbox.record(github).await.expect("record"),
+        RecordOutcome::Recorded(_)
+    ));
+    assert_eq!(row_count(&db).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_redeliveries_store_one_row() {
+    let db = TestDb::new().await;
+    let inbox = PgInbox::new(db.pool().clone());
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let inbox = inbox.clone();
+            tokio::spawn(async move { inbox.record(event("EvSame")).await })
+        })
+        .collect();
+    let mut recorded_count = 0;
+    let mut ids = Vec::new();
+    for task in tasks {
+        let outcome = task.await.expect("task").expect("record");
+        if matches!(outcome, RecordOutcome::Recorded(_)) {
+            recorded_count += 1;
+        }
+        ids.push(outcome.event().id);
+    }
+    assert_eq!(recorded_count, 1);
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every outcome names the same row");
+    assert_eq!(row_count(&db).await, 1);
+}
+
+#[tokio::test]
+async fn claim_counts_attempts_and_finished_events_are_not_claimed() {
+    let db = TestDb::new().await;
+    let inbox = PgInbox::new(db.pool().clone());
+    let id = recorded(&inbox, "Ev1").await;
+
+    let claimed = inbox.claim(id).await.expect("claim").expect("claimable");
+    assert_eq!(claimed.status, EventStatus::Processing);
+    assert_eq!(claimed.attempts, 1);
+    // A crash while processing: claimed again on restart.
+    let claimed = inbox
+        .claim(id)
+        .await
+        .expect("claim")
+        .expect("still claimable");
+    assert_eq!(claimed.attempts, 2);
+
+    inbox.mark_done(id).await.expect("done");
+    let done = inbox.get(id).await.expect("get").expect("exists");
+    assert_eq!(done.status, EventStatus::Done);
+    assert!(done.processed_at.is_some());
+    assert!(
+        inbox.claim(id).await.expect("claim").is_none(),
+        "done events are not claimed"
+    );
+
+    assert!(
+        inbox
+            .claim(EventRowId(999_999))
+            .await
+            .expect("claim")
+            .is_none()
+    );
+    assert!(inbox.get(EventRowId(999_999)).await.expect("get").is_none());
+    let err = inbox
+        .mark_done(EventRowId(999_999))
+        .await
+        .expect_err("unknown id");
+    assert!(err.to_string().contains("999999"), "{err}");
+}
+
+#[tokio::test]
+async fn retry_and_ignore_set_the_error() {
+    let db = TestDb::new().await;
+    let inbox = PgInbox::new(db.pool().clone());
+    let id = recorded(&inbox, "Ev1").await;
+    inbox.claim(id).await.expect("claim");
+    inbox
+        .mark_retry(id, "agent timed out")
+        .await
+        .expect("retry");
+    let retried = inbox.get(id).await.expect("get").expect("exists");
+    assert_eq!(retried.status, EventStatus::Pending);
+    assert_eq!(retried.last_error.as_deref(), Some("agent timed out"));
+    assert_eq!(retried.processed_at, None);
+    assert_eq!(
+        inbox
+            .claim(id)
+            .await
+            .expect("claim")
+            .expect("claimable")
+            .attempts,
+        2
+    );
+
+    let other = recorded(&inbox, "Ev2").await;
+    inbox
+        .mark_ignored(other, "unknown event type")
+        .await
+        .expect("ignore");
+    let ignored = inbox.get(other).await.expect("get").expect("exists");
+    assert_eq!(ignored.status, EventStatus::Ignored);
+    assert_eq!(ignored.last_error.as_deref(), Some("unknown event type"));
+    assert!(ignored.processed_at.is_some());
+    assert!(inbox.claim(other).await.expect("claim").is_none());
+}
+
+#[tokio::test]
+async fn list_unfinished_is_ordered_and_paged() {
+    let db = TestDb::new().await;
+    let inbox = PgInbox::new(db.pool().clone());
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(recorded(&inbox, &format!("Ev{n}")).await);
+    }
+    inbox.claim(ids[1]).await.expect("claim");
+    inbox.claim(ids[2]).await.expect("claim");
+    inbox.mark_done(ids[2]).await.expect("done");
+    inbox.mark_failed(ids[3], "boom").await.expect("failed");
+
+    let listed: Vec<EventRowId> = inbox
+        .list_unfinished(None, 100)
+        .await
+        .expect("list")
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(
+        listed,
+        [ids[0], ids[1], ids[4]],
+        "pending and processing, oldest first"
+    );
+
+    let after: Vec<EventRowId> = inbox
+        .list_unfinished(Some(ids[0]), 1)
+        .await
+        .expect("list")
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(after, [ids[1]]);
+    assert!(
+        inbox
+            .list_unfinished(Some(ids[4]), 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(
+        inbox.list_unfinished(None, -1).await.is_err(),
+        "negative limit is rejected"
+    );
+}
+
+#[tokio::test]
+async fn dead_letters_can_be_listed_requeued_and_discarded() {
+    let db = TestDb::new().await;
+    let inbox = PgInbox::new(db.pool().clone());
+    let a = recorded(&inbox, "EvA").await;
+    let b = recorded(&inbox, "EvB").await;
+    let c = recorded(&inbox, "EvC").await;
+    for id in [a, b] {
+        inbox.claim(id).await.expect("claim");
+        inbox
+            .mark_failed(id, &format!("failed {id}"))
+            .await
+            .expect("fail");
+    }
+
+    let failed = inbox.list_failed(10, 0).await.expect("list failed");
+    assert_eq!(
+        failed.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [b, a],
+        "newest first"
+    );
+    assert_eq!(failed[0].status, EventStatus::Failed);
+    assert_eq!(failed[0].last_error, Some(format!("failed {b}")));
+    assert!(failed[0].processed_at.is_some());
+    assert_eq!(
+        inbox
+            .list_failed(1, 1)
+            .await
+            .expect("page")
+            .iter()
+            .map(|e| e.id)
+            .collect::<Vec<_>>(),
+        [a]
+    );
+    assert!(
+        inbox.list_failed(10, -1).await.is_err(),
+        "negative offset is rejected"
+    );
+
+    let requeued = inbox
+        .requeue(a)
+        .await
+        .expect("requeue")
+        .expect("was failed");
+    assert_eq!(requeued.status, EventStatus::Pending);
+    assert_eq!(requeued.attempts, 0);
+    assert_eq!(requeued.processed_at, None);
+    assert!(
+        inbox.requeue(a).await.expect("requeue").is_none(),
+        "not failed any more"
+    );
+    assert!(
+        inbox.requeue(c).await.expect("requeue").is_none(),
+        "pending is not a dead letter"
+    );
+    assert_eq!(
+        inbox
+            .claim(a)
+            .await
+            .expect("claim")
+            .expect("claimable")
+            .attempts,
+        1
+    );
+
+    assert!(inbox.discard(b).await.expect("discard"));
+    let discarded = inbox.get(b).await.expect("get").expect("exists");
+    assert_eq!(discarded.status, EventStatus::Ignored);
+    assert_eq!(discarded.last_error.as_deref(), Some("discarded"));
+    assert!(
+        !inbox.discard(b).await.expect("discard"),
+        "already discarded"
+    );
+    assert!(
+        !inbox.discard(c).await.expect("discard"),
+        "pending is not a dead letter"
+    );
+    assert!(inbox.list_failed(10, 0).await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn count_by_status_counts_every_status() {
+    let db = TestDb::new().await;
+    let inbox = PgInbox::new(db.pool().clone());
+    assert!(inbox.count_by_status().await.expect("count").is_empty());
+    let ids: Vec<EventRowId> = {
+        let mut ids = Vec::new();
+        for n in 0..6 {
+            ids.push(recorded(&inbox, &format!("Ev{n}")).await);
+        }
+        ids
+    };
+    inbox.claim(ids[1]).await.expect("claim");
+    inbox.mark_done(ids[2]).await.expect("done");
+    inbox.mark_done(ids[3]).await.expect("done");
+    inbox.mark_failed(ids[4], "x").await.expect("failed");
+    inbox.mark_ignored(ids[5], "y").await.expect("ignored");
+    let mut counts = inbox.count_by_status().await.expect("count");
+    counts.sort_by_key(|(status, _)| status.as_str());
+    assert_eq!(
+        counts,
+        [
+            (EventStatus::Done, 2),
+            (EventStatus::Failed, 1),
+            (EventStatus::Ignored, 1),
+            (EventStatus::Pending, 1),
+            (EventStatus::Processing, 1),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn unknown_stored_values_are_reported_as_corrupt() {
+    let db = TestDb::new().await;
+    let inbox = PgInbox::new(db.pool().clone());
+    let id = recorded(&inbox, "Ev1").await;
+    let mut conn = db.pool().get().await.expect("connection");
+    diesel::update(inbound_events::table.find(id.0))
+        .set(inbound_events::source.eq("carrier-pigeon"))
+        .execute(&mut conn)
+        .await
+        .expect("corrupt the row");
+    let err = inbox.get(id).await.expect_err("unknown source");
+    assert!(err.to_string().contains("carrier-pigeon"), "{err}");
+}
+
+#[actix_rt::test]
+async fn audit_entries_are_appended() {
+    let db = TestDb::new().await;
+    let audit = PgAudit::new(db.pool().clone());
+    let org = uuid::Uuid::new_v4();
+    audit
+        .append(AuditEntry {
+            organization_id: Some(org),
+            actor: "user/user_123".to_owned(),
+            action: "integration.revoked".to_owned(),
+            target: Some("github".to_owned()),
+            details: json!({"reason": "requested"}),
+        })
+        .await
+        .expect("append");
+    audit
+        .append(AuditEntry {
+            organization_id: None,
+            actor: "system".to_owned(),
+            action: "event.requeued".to_owned(),
+            target: None,
+            details: json!({}),
+        })
+        .await
+        .expect("append");
+
+    let mut conn = db.pool().get().await.expect("connection");
+    type Row = (
+        Option<uuid::Uuid>,
+        String,
+        String,
+        Option<String>,
+        serde_json::Value,
+    );
+    let rows: Vec<Row> = audit_log::table
+        .order(audit_log::id.asc())
+        .select((
+            audit_log::organization_id,
+            audit_log::actor,
+            audit_log::action,
+            audit_log::target,
+            audit_log::details,
+        ))
+        .load(&mut conn)
+        .await
+        .expect("read audit log");
+    assert_eq!(
+        rows,
+        [
+            (
+                Some(org),
+                "user/user_123".to_owned(),
+                "integration.revoked".to_owned(),
+                Some("github".to_owned()),
+                json!({"reason": "requested"}),
+            ),
+            (
+                None,
+                "system".to_owned(),
+                "event.requeued".to_owned(),
+                None,
+                json!({})
+            ),
+        ]
+    );
+}

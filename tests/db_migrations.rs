@@ -1,0 +1,456 @@
+//! Migrations, `Database::open` and the private cluster, against real PostgreSQL.
+
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use infragpt::db::cluster::{PgBinaries, PrivateCluster};
+use infragpt::db::testing::TestDb;
+use infragpt::db::{Database, DbSettings, MIGRATIONS, database_name, with_database};
+use infragpt_actors::Secret;
+
+diesel::table! {
+    information_schema.tables (table_schema, table_name) {
+        table_schema -> Text,
+        table_name -> Text,
+    }
+}
+
+/// Every table the migrations create.
+const TABLES: [&str; 14] = [
+    "audit_log",
+    "channels",
+    "conversations",
+    "github_events",
+    "github_repositories",
+    "inbound_events",
+    "integration_credentials",
+    "integrations",
+    "messages",
+    "organization_members",
+    "organization_metadata",
+    "organizations",
+    "slack_workspaces",
+    "users",
+];
+
+async fn public_tables(db: &TestDb) -> Vec<String> {
+    let mut conn = db.pool().get().await.expect("connection");
+    let mut names: Vec<String> = tables::table
+        .filter(tables::table_schema.eq("public"))
+        .filter(tables::table_name.ne("__diesel_schema_migrations"))
+        .select(tables::table_name)
+        .load(&mut conn)
+        .await
+        .expect("list tables");
+    names.sort();
+    names
+}
+
+fn embedded_versions() -> Vec<String> {
+    use diesel::migration::MigrationSource;
+    let mut versions: Vec<String> = MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+        .expect("embedded migrations")
+        .iter()
+        .map(|m| m.name().version().to_string())
+        .collect();
+    versions.sort();
+    versions
+}
+
+#[tokio::test]
+async fn migrations_apply_revert_and_apply_again() {
+    let test_db = TestDb::empty().await;
+    let db = test_db.database();
+    let all = embedded_versions();
+    assert_eq!(all.len(), 4, "four migrations are embedded: {all:?}");
+
+    let status = db.migration_status().await.expect("status");
+    assert!(status.applied.is_empty(), "{status:?}");
+    assert_eq!(status.pending, all);
+    assert!(public_tables(&test_db).await.is_empty());
+
+    let applied = db.run_migrations().await.expect("apply");
+    assert_eq!(applied, all);
+    assert_eq!(public_tables(&test_db).await, TABLES);
+    let status = db.migration_status().await.expect("status");
+    assert_eq!(status.applied, all);
+    assert!(status.pending.is_empty(), "{status:?}");
+    assert!(
+        db.run_migrations().await.expect("re-apply").is_empty(),
+        "nothing left to apply"
+    );
+
+    db.revert_all_migrations().await.expect("revert");
+    assert!(
+        public_tables(&test_db).await.is_empty(),
+        "every down.sql drops its tables"
+    );
+    let status = db.migration_status().await.expect("status");
+    assert!(status.applied.is_empty(), "{status:?}");
+    assert_eq!(status.pending, all);
+
+    assert_eq!(db.run_migrations().await.expect("apply again"), all);
+    assert_eq!(public_tables(&test_db).await, TABLES);
+}
+
+#[tokio::test]
+async fn each_migration_reverts_on_its_own() {
+    use diesel_migrations::MigrationHarness;
+    let test_db = TestDb::empty().await;
+    let url = test_db.url.clone();
+    // One step at a time, newest first, like `diesel migration redo` would.
+    let counts = tokio::task::spawn_blocking(move || {
+        use diesel::Connection as _;
+        let mut conn = diesel_async::async_connection_wrapper::AsyncConnectionWrapper::<
+            diesel_async::AsyncPgConnection,
+        >::establish(url.expose())
+        .expect("connect");
+        conn.run_pending_migrations(MIGRATIONS).expect("apply");
+        let mut remaining = Vec::new();
+        for _ in 0..4 {
+            conn.revert_last_migration(MIGRATIONS).expect("revert one");
+            remaining.push(conn.applied_migrations().expect("applied").len());
+        }
+        remaining
+    })
+    .await
+    .expect("blocking task");
+    assert_eq!(counts, [3, 2, 1, 0]);
+    assert!(public_tables(&test_db).await.is_empty());
+}
+
+#[tokio::test]
+async fn schema_matches_the_migrated_tables() {
+    use infragpt::db::schema::*;
+    let test_db = TestDb::new().await;
+    let mut conn = test_db.pool().get().await.expect("connection");
+    let org_id: uuid::Uuid = diesel::insert_into(organizations::table)
+        .values((
+            organizations::clerk_id.eq("org_1"),
+            organizations::name.eq("Acme"),
+        ))
+        .returning(organizations::id)
+        .get_result(&mut conn)
+        .await
+        .expect("insert organization");
+    diesel::insert_into(organization_metadata::table)
+        .values((
+            organization_metadata::organization_id.eq(org_id),
+            organization_metadata::use_cases.eq(vec!["incidents".to_owned()]),
+        ))
+        .execute(&mut conn)
+        .await
+        .expect("insert metadata");
+    let (use_cases, stack): (Vec<String>, Vec<String>) = organization_metadata::table
+        .find(org_id)
+        .select((
+            organization_metadata::use_cases,
+            organization_metadata::observability_stack,
+        ))
+        .first(&mut conn)
+        .await
+        .expect("read metadata");
+    assert_eq!(use_cases, ["incidents"]);
+    assert!(stack.is_empty());
+    let integration_id: uuid::Uuid = diesel::insert_into(integrations::table)
+        .values((
+            integrations::organization_id.eq(org_id),
+            integrations::connector_type.eq("github"),
+        ))
+        .returning(integrations::id)
+        .get_result(&mut conn)
+        .await
+        .expect("insert integration");
+    diesel::insert_into(integration_credentials::table)
+        .values((
+            integration_credentials::integration_id.eq(integration_id),
+            integration_credentials::credential_type.eq("installation_token"),
+            integration_credentials::nonce.eq(vec![0_u8; 12]),
+            integration_credentials::ciphertext.eq(vec![1_u8, 2, 3]),
+            integration_credentials::key_id.eq("k1"),
+        ))
+        .execute(&mut conn)
+        .await
+        .expect("insert credential");
+    let joined: Vec<(String, Vec<u8>)> = integrations::table
+        .inner_join(integration_credentials::table)
+        .inner_join(organizations::table)
+        .filter(organizations::clerk_id.eq("org_1"))
+        .select((
+            integrations::connector_type,
+            integration_credentials::ciphertext,
+        ))
+        .load(&mut conn)
+        .await
+        .expect("join");
+    assert_eq!(joined, [("github".to_owned(), vec![1, 2, 3])]);
+    let conversation: uuid::Uuid = diesel::insert_into(conversations::table)
+        .values((
+            conversations::team_id.eq("T1"),
+            conversations::channel_id.eq("C1"),
+            conversations::thread_ts.eq("1700000000.000100"),
+        ))
+        .returning(conversations::id)
+        .get_result(&mut conn)
+        .await
+        .expect("insert conversation");
+    diesel::insert_into(messages::table)
+        .values((
+            messages::conversation_id.eq(conversation),
+            messages::slack_ts.eq("1700000000.000100"),
+            messages::sender_kind.eq("user"),
+            messages::sender_id.eq("U1"),
+            messages::text.eq("hello"),
+        ))
+        .execute(&mut conn)
+        .await
+        .expect("insert message");
+    let texts: Vec<String> = messages::table
+        .inner_join(conversations::table)
+        .filter(conversations::team_id.eq("T1"))
+        .select(messages::text)
+        .load(&mut conn)
+        .await
+        .expect("join messages");
+    assert_eq!(texts, ["hello"]);
+    // Every table is reachable through the schema.
+    let counts = [
+        audit_log::table.count().get_result::<i64>(&mut conn).await,
+        channels::table.count().get_result::<i64>(&mut conn).await,
+        github_events::table
+            .count()
+            .get_result::<i64>(&mut conn)
+            .await,
+        github_repositories::table
+            .count()
+            .get_result::<i64>(&mut conn)
+            .await,
+        inbound_events::table
+            .count()
+            .get_result::<i64>(&mut conn)
+            .await,
+        organization_members::table
+            .count()
+            .get_result::<i64>(&mut conn)
+            .await,
+        slack_workspaces::table
+            .count()
+            .get_result::<i64>(&mut conn)
+            .await,
+        users::table.count().get_result::<i64>(&mut conn).await,
+    ];
+    for count in counts {
+        assert_eq!(count.expect("count"), 0);
+    }
+}
+
+#[tokio::test]
+async fn open_creates_a_missing_database_from_explicit_settings() {
+    let test_db = TestDb::empty().await;
+    let server = url::Url::parse(test_db.url.expose()).expect("test url");
+    let name = format!("{}_open", test_db.name);
+    let settings = DbSettings {
+        host: server.host_str().map(str::to_owned),
+        port: server.port(),
+        user: Some(server.username().to_owned()),
+        password: server.password().map(Secret::from),
+        db_name: name.clone(),
+        pool_size: 2,
+        ..DbSettings::default()
+    };
+    let db = Database::open(&settings).await.expect("open");
+    assert!(!db.started_private_cluster());
+    assert!(
+        db.describe().ends_with(&format!("/{name}")),
+        "{}",
+        db.describe()
+    );
+    assert_eq!(
+        database_name(db.url()).expect("url").as_deref(),
+        Some(name.as_str())
+    );
+    db.ping().await.expect("ping");
+    assert_eq!(db.run_migrations().await.expect("migrate").len(), 4);
+    db.shutdown().await;
+
+    // Opening again finds the database (and its migrations) in place.
+    let db = Database::open(&DbSettings {
+        url: Some(with_database(&test_db.url, &name).expect("url")),
+        ..DbSettings::default()
+    })
+    .await
+    .expect("reopen");
+    assert!(
+        db.migration_status()
+            .await
+            .expect("status")
+            .pending
+            .is_empty()
+    );
+    db.shutdown().await;
+
+    let mut conn = test_db.pool().get().await.expect("connection");
+    diesel::sql_query(format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .expect("drop the opened database");
+}
+
+#[tokio::test]
+async fn open_reports_unreachable_servers_without_the_password() {
+    // Port 1 on loopback: nothing listens there.
+    let settings = DbSettings {
+        url: Some(Secret::new("postgres://app:hunter2@127.0.0.1:1/x")),
+        connect_timeout: Duration::from_secs(2),
+        ..DbSettings::default()
+    };
+    let err = Database::open(&settings)
+        .await
+        .expect_err("nothing listens on port 1");
+    let message = err.to_string();
+    assert!(message.contains("127.0.0.1:1"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(!format!("{err:?}").contains("hunter2"));
+}
+
+#[actix_rt::test]
+async fn harness_works_on_the_actix_runtime() {
+    let test_db = TestDb::new().await;
+    let db = test_db.database();
+    db.ping().await.expect("ping");
+    assert!(
+        db.migration_status()
+            .await
+            .expect("status")
+            .pending
+            .is_empty()
+    );
+}
+
+fn binaries_or_skip(test: &str) -> bool {
+    match PgBinaries::find() {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIPPED {test}: {e}");
+            false
+        }
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    // Generous: the machine is shared and slow; this bounds a hang, it measures nothing.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn accepts(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+#[test]
+fn private_cluster_starts_adopts_and_stops() {
+    if !binaries_or_skip("private_cluster_starts_adopts_and_stops") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut first = PrivateCluster::start(dir.path()).expect("start");
+    assert!(first.started_by_us());
+    assert!(first.is_running());
+    let port = first.port();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let url = Secret::new(first.url("postgres"));
+        let mut conn = infragpt::db::connect(&url, Duration::from_secs(10))
+            .await
+            .expect("connect");
+        let one: i32 = diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
+            .get_result(&mut conn)
+            .await
+            .expect("select 1");
+        assert_eq!(one, 1);
+    });
+
+    // A second user adopts the running server; its stop leaves the server to the first.
+    let mut second = PrivateCluster::start(dir.path()).expect("adopt");
+    assert!(!second.started_by_us());
+    assert_eq!(second.port(), port);
+    second.stop().expect("second stop");
+    assert!(first.is_running(), "still used by the first handle");
+    assert!(accepts(port));
+
+    first.stop().expect("stop");
+    assert!(!first.is_running());
+    assert!(!accepts(port), "server gone after stop");
+    first.stop().expect("stopping twice is harmless");
+
+    // A stale postmaster.pid (dead pid) left by a crash is removed on the next start.
+    let mut dead = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
+    let dead_pid = dead.id();
+    dead.wait().expect("wait");
+    let data = first.data_dir().to_path_buf();
+    std::fs::write(
+        data.join("postmaster.pid"),
+        format!(
+            "{dead_pid}\n{}\n0\n{port}\n\n127.0.0.1\n0 0\nready\n",
+            data.display()
+        ),
+    )
+    .expect("write stale pid file");
+    let restarted = PrivateCluster::start(dir.path()).expect("restart over a stale pid file");
+    assert!(restarted.started_by_us());
+    assert!(restarted.is_running());
+    let port = restarted.port();
+    drop(restarted);
+    assert!(!accepts(port), "Drop stops the server");
+}
+
+const GUARDIAN_DIR_ENV: &str = "INFRAGPT_TEST_GUARDIAN_DIR";
+
+/// Runs in a child process: starts a cluster and exits without any destructor.
+#[test]
+#[ignore = "helper process for private_cluster_is_stopped_when_its_owner_dies"]
+fn guardian_child_process() {
+    let dir = std::env::var(GUARDIAN_DIR_ENV).expect("only run by the guardian test");
+    let cluster = PrivateCluster::start(std::path::Path::new(&dir)).expect("start");
+    println!("PORT={}", cluster.port());
+    std::process::exit(0);
+}
+
+#[test]
+fn private_cluster_is_stopped_when_its_owner_dies() {
+    if !binaries_or_skip("private_cluster_is_stopped_when_its_owner_dies") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--ignored",
+            "--exact",
+            "guardian_child_process",
+            "--nocapture",
+        ])
+        .env(GUARDIAN_DIR_ENV, dir.path())
+        .output()
+        .expect("run child");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let port: u16 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("PORT="))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("child printed no port: {stdout}"));
+    let pid_file = dir.path().join("data/postmaster.pid");
+    wait_until("the guardian stops the orphaned server", || {
+        !pid_file.exists() && !accepts(port)
+    });
+}
