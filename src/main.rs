@@ -109,7 +109,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             block_on(infragpt::server::serve(config))
         }
         Command::Migrate { status } => {
-            let _telemetry = infragpt::telemetry::init(&(&config).into())?;
+            let mut telemetry: infragpt::telemetry::TelemetryConfig = (&config).into();
+            telemetry.to_stderr = true;
+            let _telemetry = infragpt::telemetry::init(&telemetry)?;
             block_on(migrate(config, status))
         }
     }

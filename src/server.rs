@@ -102,6 +102,7 @@ pub struct RunningServer {
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
     grpc_stop: tokio::sync::oneshot::Sender<()>,
     grpc_task: tokio::task::JoinHandle<Result<(), crate::grpc::server::GrpcServerError>>,
+    readiness_task: tokio::task::JoinHandle<()>,
     modules: Vec<Box<dyn Module>>,
     db: Database,
 }
@@ -198,7 +199,12 @@ async fn start_with_database(
         // A dropped sender also means stop.
         let _ = stop_rx.await;
     }));
-    grpc_health.set_serving().await;
+    let ready = follow_readiness_once(&readiness, &grpc_health, None).await;
+    let readiness_task = tokio::spawn(follow_readiness(
+        readiness.clone(),
+        grpc_health.clone(),
+        ready,
+    ));
     tracing::info!(%http_addr, %grpc_addr, database = %state.db.describe(), "serving");
 
     Ok(RunningServer {
@@ -210,6 +216,7 @@ async fn start_with_database(
         http_task,
         grpc_stop,
         grpc_task,
+        readiness_task,
         modules,
         db,
     })
@@ -223,6 +230,7 @@ impl RunningServer {
         let grace = self.state.config.shutdown_grace();
         tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down");
         self.state.readiness.set_shutting_down();
+        self.readiness_task.abort();
         self.grpc_health.set_not_serving().await;
 
         let _ = self.grpc_stop.send(());
@@ -263,6 +271,39 @@ impl RunningServer {
         } else {
             anyhow::bail!("shutdown: {}", problems.join("; "))
         }
+    }
+}
+
+/// How often the gRPC health status is brought in line with the readiness checks.
+const READINESS_POLL: Duration = Duration::from_secs(5);
+
+/// Sets the gRPC health from one readiness report; returns the new state.
+async fn follow_readiness_once(
+    readiness: &Readiness,
+    health: &GrpcHealth,
+    previous: Option<bool>,
+) -> bool {
+    let report = readiness.report().await;
+    let ready = report.is_ready();
+    if previous != Some(ready) {
+        if ready {
+            health.set_serving().await;
+        } else {
+            health.set_not_serving().await;
+        }
+        tracing::info!(ready, checks = ?report.checks, "gRPC health updated");
+    }
+    ready
+}
+
+/// Keeps `grpc.health.v1.Health` in line with `/readyz` (SERVING only while ready).
+async fn follow_readiness(readiness: Readiness, health: GrpcHealth, mut ready: bool) {
+    loop {
+        tokio::time::sleep(READINESS_POLL).await;
+        if readiness.is_shutting_down() {
+            return;
+        }
+        ready = follow_readiness_once(&readiness, &health, Some(ready)).await;
     }
 }
 

@@ -15,6 +15,8 @@ pub struct TelemetryConfig {
     pub level: String,
     /// Output format.
     pub format: LogFormat,
+    /// Write to stderr instead of stdout (CLI commands whose stdout is their output).
+    pub to_stderr: bool,
 }
 
 impl From<&Config> for TelemetryConfig {
@@ -22,6 +24,7 @@ impl From<&Config> for TelemetryConfig {
         Self {
             level: c.log_level.clone(),
             format: c.log_format,
+            to_stderr: false,
         }
     }
 }
@@ -60,12 +63,25 @@ fn filter(level: &str) -> Result<EnvFilter, TelemetryError> {
     })
 }
 
-/// Installs the global subscriber, writing to stdout.
+/// Installs the global subscriber, writing to stdout (or stderr).
 pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     let filter = filter(&config.level)?;
+    let to_stderr = config.to_stderr;
+    let writer = move || -> Box<dyn Write> {
+        if to_stderr {
+            Box::new(std::io::stderr())
+        } else {
+            Box::new(std::io::stdout())
+        }
+    };
+    let is_terminal = if to_stderr {
+        std::io::IsTerminal::is_terminal(&std::io::stderr())
+    } else {
+        std::io::IsTerminal::is_terminal(&std::io::stdout())
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(writer);
     let result = match config.format {
         LogFormat::Json => builder
             .json()
@@ -73,7 +89,8 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
             .with_current_span(true)
             .with_span_list(false)
             .try_init(),
-        LogFormat::Pretty => builder.pretty().try_init(),
+        // One line per event, coloured only on a terminal.
+        LogFormat::Pretty => builder.with_ansi(is_terminal).try_init(),
     };
     result.map_err(|e| TelemetryError::AlreadyInstalled(e.to_string()))?;
     Ok(TelemetryGuard { _private: () })

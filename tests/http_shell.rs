@@ -19,6 +19,10 @@ fn shell(readiness: Readiness) -> HttpShell {
             }),
         )
         .route(
+            "/bare",
+            web::get().to(|| async { HttpResponse::TooManyRequests().finish() }),
+        )
+        .route(
             "/teapot",
             web::get().to(|| async { Err::<HttpResponse, _>(ApiError::conflict("already there")) }),
         )
@@ -100,6 +104,22 @@ async fn unknown_path_is_json_404() {
     let body = body_json(resp).await;
     assert_eq!(body["error"]["code"], "not_found");
     assert!(body["error"]["message"].as_str().unwrap().contains("/nope"));
+}
+
+#[actix_rt::test]
+async fn bare_error_statuses_get_the_json_shape() {
+    let app = test::init_service(http::app(shell(Readiness::default()))).await;
+    let resp = test::call_service(&app, test::TestRequest::get().uri("/bare").to_request()).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(
+        body_json(resp).await,
+        serde_json::json!({"error": {"code": "too_many_requests", "message": "too many requests"}})
+    );
+    // A wrong method on a known path is answered like an unknown path, in JSON.
+    let resp =
+        test::call_service(&app, test::TestRequest::post().uri("/healthz").to_request()).await;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(body_json(resp).await["error"]["code"], "not_found");
 }
 
 #[actix_rt::test]
@@ -642,4 +662,115 @@ async fn serve_binary_starts_and_stops_gracefully_on_sigterm() {
     assert!(logs.contains("\"signal\":\"SIGTERM\""), "{logs}");
     assert!(logs.contains("\"message\":\"stopped\""), "{logs}");
     assert!(!logs.contains("e2e-admin-s3cret") && !stderr.contains("e2e-admin-s3cret"));
+}
+
+/// A module that adds a slow route (held until released), a readiness check, and records
+/// that it was stopped.
+struct SlowModule {
+    entered: tokio::sync::mpsc::UnboundedSender<()>,
+    release: tokio::sync::watch::Receiver<bool>,
+    stopped: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl infragpt::server::Module for SlowModule {
+    fn name(&self) -> &str {
+        "slow"
+    }
+
+    async fn start(
+        &mut self,
+        state: &infragpt::server::AppState,
+        http: &mut HttpShell,
+        _grpc: &mut infragpt::grpc::server::GrpcShell,
+    ) -> anyhow::Result<()> {
+        state.readiness.add(Flag {
+            name: "slow_module",
+            up: Arc::new(AtomicBool::new(true)),
+        });
+        let entered = self.entered.clone();
+        let release = self.release.clone();
+        http.add_routes(Arc::new(move |cfg| {
+            let entered = entered.clone();
+            let release = release.clone();
+            cfg.route(
+                "/slow",
+                web::get().to(move || {
+                    let entered = entered.clone();
+                    let mut release = release.clone();
+                    async move {
+                        let _ = entered.send(());
+                        let _ = release.wait_for(|r| *r).await;
+                        HttpResponse::Ok().body("done")
+                    }
+                }),
+            );
+        }));
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+}
+
+#[actix_rt::test]
+async fn stop_finishes_in_flight_requests_then_stops_modules_and_listeners() {
+    let tdb = TestDb::new().await;
+    let mut config = infragpt::config::Config {
+        bind_address: "127.0.0.1".into(),
+        port: 0,
+        grpc_port: 0,
+        shutdown_grace_ms: 10_000,
+        ..Default::default()
+    };
+    config.database.url = Some(tdb.url.clone());
+    config.database.pool_size = 2;
+
+    let (entered_tx, mut entered_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let stopped = Arc::new(AtomicBool::new(false));
+    let module = SlowModule {
+        entered: entered_tx,
+        release: release_rx,
+        stopped: stopped.clone(),
+    };
+    let running = infragpt::server::start(config, vec![Box::new(module)])
+        .await
+        .unwrap();
+    let addr = running.http_addr;
+    let readiness = running.state.readiness.clone();
+    let report = readiness.report().await;
+    assert!(report.is_ready(), "{report:?}");
+    assert_eq!(report.checks["slow_module"], "ok");
+
+    let client = reqwest::Client::new();
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move { client.get(format!("http://{addr}/slow")).send().await }
+    });
+    entered_rx.recv().await.expect("handler entered");
+
+    // Release the handler only once shutdown has begun: it must still complete.
+    let release = async {
+        while !readiness.is_shutting_down() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        release_tx.send_replace(true);
+    };
+    let (stopped_result, ()) = tokio::join!(running.stop(), release);
+    stopped_result.unwrap();
+
+    let resp = in_flight.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "done");
+    assert!(stopped.load(Ordering::SeqCst), "module stop() not called");
+    assert!(
+        client
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "still accepting after stop"
+    );
 }

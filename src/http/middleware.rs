@@ -4,7 +4,7 @@ use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use actix_cors::Cors;
-use actix_web::body::{BoxBody, MessageBody};
+use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
@@ -103,15 +103,31 @@ pub async fn request_context(
     let result = next.call(req).instrument(span).await;
     let result = match result {
         Ok(res) => {
-            let mut res = match res.response().error() {
+            let status = res.status();
+            let rerender = if is_json(res.response()) || status.as_u16() < 400 {
+                None
+            } else if let Some(err) = res.response().error() {
                 // An error rendered by someone else's ResponseError (extractors, CORS, a
                 // handler's own error type): re-render it in the JSON shape.
-                Some(err) if !is_json(res.response()) => {
-                    let api = ApiError::from_status(res.status(), err.to_string());
+                Some(ApiError::from_status(status, err.to_string()))
+            } else if matches!(
+                res.response().body().size(),
+                BodySize::None | BodySize::Sized(0)
+            ) {
+                // A bare status, e.g. actix's 405 for a known path with another method.
+                Some(ApiError::from_status(
+                    status,
+                    status.canonical_reason().unwrap_or("error").to_lowercase(),
+                ))
+            } else {
+                None
+            };
+            let mut res = match rerender {
+                Some(api) => {
                     let (http_req, _) = res.into_parts();
                     ServiceResponse::new(http_req, api.error_response())
                 }
-                _ => res.map_into_boxed_body(),
+                None => res.map_into_boxed_body(),
             };
             if let Ok(v) = HeaderValue::from_str(&id) {
                 res.headers_mut()
