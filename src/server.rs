@@ -151,44 +151,21 @@ async fn start_with_database(
 
     let mut http = HttpShell::from_config(&config, readiness.clone());
     let mut grpc = GrpcShell::new().await;
-    for m in &mut modules {
-        if let Err(e) = m.start(&state, &mut http, &mut grpc).await {
-            let name = m.name().to_owned();
-            for m in modules.iter_mut().rev() {
-                m.stop().await;
-            }
+    for i in 0..modules.len() {
+        if let Err(e) = modules[i].start(&state, &mut http, &mut grpc).await {
+            let name = modules[i].name().to_owned();
+            stop_modules(&mut modules[..i]).await;
             return Err((e.context(format!("starting module {name}")), db));
         }
-        tracing::info!(module = m.name(), "module started");
+        tracing::info!(module = modules[i].name(), "module started");
     }
 
-    let bind = |port: u16| -> anyhow::Result<std::net::TcpListener> {
-        let addr = format!("{}:{port}", config.bind_address);
-        std::net::TcpListener::bind(&addr).with_context(|| format!("binding {addr}"))
-    };
-    let listeners = bind(config.port).and_then(|h| Ok((h, bind(config.grpc_port)?)));
-    let (http_listener, grpc_listener) = match listeners {
-        Ok(l) => l,
-        Err(e) => return Err((e, db)),
-    };
-    let prepared = (|| -> anyhow::Result<_> {
-        let http_addr = http_listener.local_addr()?;
-        let grpc_addr = grpc_listener.local_addr()?;
-        grpc_listener.set_nonblocking(true)?;
-        let grpc_listener = tokio::net::TcpListener::from_std(grpc_listener)?;
-        let grace_secs = config.shutdown_grace_ms.div_ceil(1000).max(1);
-        let shell = http.clone();
-        let server = actix_web::HttpServer::new(move || crate::http::app(shell.clone()))
-            .disable_signals()
-            .shutdown_timeout(grace_secs)
-            .listen(http_listener)
-            .context("starting the HTTP server")?
-            .run();
-        Ok((http_addr, grpc_addr, grpc_listener, server))
-    })();
-    let (http_addr, grpc_addr, grpc_listener, server) = match prepared {
+    let (http_addr, grpc_addr, grpc_listener, server) = match listen(&config, &http) {
         Ok(p) => p,
-        Err(e) => return Err((e, db)),
+        Err(e) => {
+            stop_modules(&mut modules).await;
+            return Err((e, db));
+        }
     };
     let http_handle = server.handle();
     let http_task = tokio::spawn(server);
@@ -222,6 +199,51 @@ async fn start_with_database(
     })
 }
 
+type Listening = (
+    SocketAddr,
+    SocketAddr,
+    tokio::net::TcpListener,
+    actix_web::dev::Server,
+);
+
+/// Binds both listeners and builds the HTTP server (not yet polled).
+fn listen(config: &Config, http: &HttpShell) -> anyhow::Result<Listening> {
+    let ip: std::net::IpAddr = config.bind_address.parse().with_context(|| {
+        format!(
+            "bind_address `{}` is not an IP address",
+            config.bind_address
+        )
+    })?;
+    let bind = |port: u16| {
+        let addr = SocketAddr::new(ip, port);
+        std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))
+    };
+    let http_listener = bind(config.port)?;
+    let grpc_listener = bind(config.grpc_port)?;
+    let http_addr = http_listener.local_addr()?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    grpc_listener.set_nonblocking(true)?;
+    let grpc_listener = tokio::net::TcpListener::from_std(grpc_listener)?;
+    // actix counts the grace period in whole seconds.
+    let grace_secs = config.shutdown_grace_ms.div_ceil(1000).max(1);
+    let shell = http.clone();
+    let server = actix_web::HttpServer::new(move || crate::http::app(shell.clone()))
+        .disable_signals()
+        .shutdown_timeout(grace_secs)
+        .listen(http_listener)
+        .context("starting the HTTP server")?
+        .run();
+    Ok((http_addr, grpc_addr, grpc_listener, server))
+}
+
+/// Stops modules in reverse start order.
+async fn stop_modules(modules: &mut [Box<dyn Module>]) {
+    for m in modules.iter_mut().rev() {
+        m.stop().await;
+        tracing::info!(module = m.name(), "module stopped");
+    }
+}
+
 impl RunningServer {
     /// Stops gracefully: reports not ready, stops accepting, lets in-flight requests finish
     /// within `shutdown_grace_ms`, stops the modules, closes the pool and stops the private
@@ -235,12 +257,14 @@ impl RunningServer {
 
         let _ = self.grpc_stop.send(());
         let http_stopped = self.http_handle.stop(true);
+        let mut grpc_task = self.grpc_task;
+        // actix enforces the grace period itself; the extra second is a safety net.
         let (http_result, grpc_result) = tokio::join!(
             tokio::time::timeout(grace + Duration::from_secs(1), async {
                 http_stopped.await;
                 self.http_task.await
             }),
-            tokio::time::timeout(grace, self.grpc_task),
+            tokio::time::timeout(grace, &mut grpc_task),
         );
         let mut problems = Vec::new();
         match http_result {
@@ -253,17 +277,15 @@ impl RunningServer {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => problems.push(e.to_string()),
             Ok(Err(e)) => problems.push(format!("gRPC server task: {e}")),
-            // In-flight calls past the grace period are cut off (the task is dropped).
+            // In-flight calls past the grace period are cut off.
             Err(_) => {
-                tracing::warn!("gRPC calls still running after the grace period were cut off")
+                grpc_task.abort();
+                tracing::warn!("gRPC calls still running after the grace period were cut off");
             }
         }
 
         let mut modules = self.modules;
-        for m in modules.iter_mut().rev() {
-            m.stop().await;
-            tracing::info!(module = m.name(), "module stopped");
-        }
+        stop_modules(&mut modules).await;
         self.db.shutdown().await;
         if problems.is_empty() {
             tracing::info!("stopped");

@@ -5,8 +5,10 @@
 //! a value is quoted according to where it lands: inside a double-quoted scalar it is escaped,
 //! inside a single-quoted scalar `'` is doubled, and when `${...}` is a whole unquoted value
 //! anything that is not a plain number or boolean is emitted as a double-quoted string (so a
-//! PEM key with newlines, or a token containing `: ` or ` #`, stays one string). `$${` writes a
-//! literal `${`. Comments (from an unquoted `#` to the end of the line) are left untouched.
+//! PEM key with newlines, or a token containing `: ` or ` #`, stays one string). Inside a block
+//! scalar (`key: |`) values go in literally, continuation lines indented like the block. `$${`
+//! writes a literal `${`. Comments (from an unquoted `#` to the end of the line) are left
+//! untouched.
 
 /// Why substitution failed (the caller adds the file name).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,10 +38,110 @@ pub(crate) fn substitute(
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<String, SubstError> {
     let mut out = String::with_capacity(text.len());
+    // Indentation of the key that opened a block scalar (`key: |`), while inside it.
+    let mut block_parent: Option<usize> = None;
     for (idx, line) in text.split_inclusive('\n').enumerate() {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        let blank = line.trim().is_empty();
+        if let Some(parent) = block_parent {
+            if blank || indent > parent {
+                substitute_block_line(line, idx + 1, indent, &lookup, &mut out)?;
+                continue;
+            }
+            block_parent = None;
+        }
         substitute_line(line, idx + 1, &lookup, &mut out)?;
+        if opens_block_scalar(line) {
+            block_parent = Some(indent);
+        }
     }
     Ok(out)
+}
+
+/// `key: |`, `key: >-`, `- |` ...: the following more-indented lines are literal text.
+fn opens_block_scalar(line: &str) -> bool {
+    let code = match line.find(" #") {
+        Some(i) => &line[..i],
+        None => line,
+    };
+    let t = code.trim_end();
+    let Some(head) = t.strip_suffix(['|', '>']).or_else(|| {
+        t.strip_suffix(['-', '+'])
+            .and_then(|h| h.strip_suffix(['|', '>']))
+    }) else {
+        return false;
+    };
+    let head = head.trim_end();
+    head.ends_with(':') || head == "-" || head.ends_with(" -")
+}
+
+/// Inside a block scalar everything is literal text: values go in as is, and a multi-line
+/// value keeps the block's indentation on its following lines.
+fn substitute_block_line(
+    line: &str,
+    line_no: usize,
+    indent: usize,
+    lookup: &impl Fn(&str) -> Option<String>,
+    out: &mut String,
+) -> Result<(), SubstError> {
+    let mut rest = line;
+    while let Some(start) = rest.find('$') {
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        if let Some(after) = rest.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if rest.starts_with("${") {
+            let (_, value, len) = resolve(rest, line_no, lookup)?;
+            let pad = format!("\n{}", " ".repeat(indent));
+            out.push_str(&value.trim_end_matches('\n').replace('\n', &pad));
+            rest = &rest[len..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(())
+}
+
+/// Parses the `${...}` at the start of `text`: (variable, value, length of the reference).
+fn resolve(
+    text: &str,
+    line_no: usize,
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<(String, String, usize), SubstError> {
+    let Some(close) = text.find('}') else {
+        return Err(SubstError::Malformed {
+            line: line_no,
+            reason: "`${` without a closing `}`".to_owned(),
+        });
+    };
+    let inner = &text[2..close];
+    let (var, default) = match inner.split_once(":-") {
+        Some((v, d)) => (v, Some(d)),
+        None => (inner, None),
+    };
+    if var.is_empty()
+        || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        || var.as_bytes()[0].is_ascii_digit()
+    {
+        return Err(SubstError::Malformed {
+            line: line_no,
+            reason: format!("`${{{inner}}}` is not a valid variable reference"),
+        });
+    }
+    let value = match (lookup(var), default) {
+        (Some(v), _) => v,
+        (None, Some(d)) => d.to_owned(),
+        (None, None) => {
+            return Err(SubstError::Missing {
+                var: var.to_owned(),
+                line: line_no,
+            });
+        }
+    };
+    Ok((var.to_owned(), value, close + 1))
 }
 
 fn substitute_line(
@@ -76,36 +178,9 @@ fn substitute_line(
             continue;
         }
         if c == b'$' && line[i..].starts_with("${") {
-            let Some(close) = line[i..].find('}') else {
-                return Err(SubstError::Malformed {
-                    line: line_no,
-                    reason: "`${` without a closing `}`".to_owned(),
-                });
-            };
-            let inner = &line[i + 2..i + close];
-            let (var, default) = match inner.split_once(":-") {
-                Some((v, d)) => (v, Some(d)),
-                None => (inner, None),
-            };
-            if var.is_empty()
-                || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                || var.as_bytes()[0].is_ascii_digit()
-            {
-                return Err(SubstError::Malformed {
-                    line: line_no,
-                    reason: format!("`${{{inner}}}` is not a valid variable reference"),
-                });
-            }
-            let value = match (lookup(var), default) {
-                (Some(v), _) => v,
-                (None, Some(d)) => d.to_owned(),
-                (None, None) => {
-                    return Err(SubstError::Missing {
-                        var: var.to_owned(),
-                        line: line_no,
-                    });
-                }
-            };
+            let (var, value, len) = resolve(&line[i..], line_no, lookup)?;
+            let var = var.as_str();
+            let close = len - 1;
             let end = i + close + 1;
             let whole_value =
                 quote == Quote::None && starts_scalar(&line[..i]) && is_value_end(&line[end..]);
@@ -252,6 +327,15 @@ mod tests {
         assert_eq!(
             substitute("# ${NOT_SET}\na: 1 # ${NOT_SET}\nb: $${X}\n", &e).unwrap(),
             "# ${NOT_SET}\na: 1 # ${NOT_SET}\nb: ${X}\n"
+        );
+    }
+
+    #[test]
+    fn block_scalars_take_values_literally() {
+        let e = env(&[("K", "line1\nline2\n"), ("Q", "a: \"b\"")]);
+        assert_eq!(
+            substitute("key: |\n  ${K}\n  q=${Q}\nnext: ${Q}\n", &e).unwrap(),
+            "key: |\n  line1\n  line2\n  q=a: \"b\"\nnext: \"a: \\\"b\\\"\"\n"
         );
     }
 
