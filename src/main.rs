@@ -1,1 +1,166 @@
-fn main() {}
+//! `infragpt`: the service binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use infragpt::config::{self, Config};
+
+/// InfraGPT: an AI operations assistant that lives in Slack.
+#[derive(Debug, Parser)]
+#[command(name = "infragpt", version, about)]
+struct Cli {
+    /// Configuration file (default: $INFRAGPT_CONFIG, else config/default.yaml).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override `port` (HTTP).
+    #[arg(long, global = true)]
+    port: Option<u16>,
+    /// Override `grpc_port`.
+    #[arg(long, global = true)]
+    grpc_port: Option<u16>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Apply pending database migrations.
+    Migrate {
+        /// Print applied and pending migrations instead of applying.
+        #[arg(long)]
+        status: bool,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and print the effective values (secrets redacted).
+    Check {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Yaml)]
+        format: OutputFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Yaml,
+    Json,
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let path = config::resolve_path(cli.config.as_deref());
+    // The error already names the file, key and reason.
+    let mut config = config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(p) = cli.port {
+        config.port = p;
+    }
+    if let Some(p) = cli.grpc_port {
+        config.grpc_port = p;
+    }
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    // One rustls provider for the whole process (two compiled-in providers panic at first use).
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        eprintln!("error: a rustls crypto provider was already installed");
+        return ExitCode::FAILURE;
+    }
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting with an error");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(&cli)?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Config {
+            command: ConfigCommand::Check { format },
+        } => {
+            let text = match format {
+                OutputFormat::Yaml => config::to_yaml(&config)?,
+                OutputFormat::Json => serde_json::to_string_pretty(&config)? + "\n",
+            };
+            print!("{text}");
+            Ok(())
+        }
+        Command::Serve => {
+            let _telemetry = infragpt::telemetry::init(&(&config).into())?;
+            block_on(infragpt::server::serve(config))
+        }
+        Command::Migrate { status } => {
+            let mut telemetry: infragpt::telemetry::TelemetryConfig = (&config).into();
+            telemetry.to_stderr = true;
+            let _telemetry = infragpt::telemetry::init(&telemetry)?;
+            block_on(migrate(config, status))
+        }
+    }
+}
+
+/// Runs `fut` in an actix system on a multi-threaded tokio runtime (actix actors and HTTP
+/// workers need the system; tonic and blocking work use the runtime's worker threads).
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(fut: F) -> anyhow::Result<()> {
+    actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot build the tokio runtime: {e}"))
+    })
+    .block_on(fut)
+}
+
+async fn migrate(config: Config, status_only: bool) -> anyhow::Result<()> {
+    let db = infragpt::db::Database::open(&infragpt::server::db_settings(&config))
+        .await
+        .context("opening the database")?;
+    let result = async {
+        if status_only {
+            let status = db.migration_status().await?;
+            println!("database: {}", db.describe());
+            for v in &status.applied {
+                println!("applied  {v}");
+            }
+            for v in &status.pending {
+                println!("pending  {v}");
+            }
+            println!(
+                "{} applied, {} pending",
+                status.applied.len(),
+                status.pending.len()
+            );
+        } else {
+            let applied = db.run_migrations().await?;
+            println!("database: {}", db.describe());
+            if applied.is_empty() {
+                println!("up to date");
+            }
+            for v in &applied {
+                println!("applied  {v}");
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    db.shutdown().await;
+    result
+}

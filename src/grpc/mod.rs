@@ -1,5 +1,7 @@
 //! gRPC: generated contracts, the reply service and the agent client.
 
+pub mod server;
+
 /// Generated protobuf and tonic code for the three packages.
 pub mod pb {
     /// `package agent`: the upstream agent's contract.

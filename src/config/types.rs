@@ -1,0 +1,422 @@
+//! The configuration tree. Every struct rejects unknown keys and fills missing keys with
+//! defaults, so a file only needs the keys it changes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use infragpt_actors::Secret;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Treats a missing, `null` or empty value as "not set" (so `${VAR:-}` means unset).
+fn opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Option::<Secret>::deserialize(d)?.filter(|s| !s.is_empty()))
+}
+
+/// Treats a missing, `null` or empty string as "not set".
+fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.trim().is_empty()))
+}
+
+/// The whole service configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP and gRPC listeners bind to.
+    pub bind_address: String,
+    /// HTTP port (REST API, webhooks, health).
+    pub port: u16,
+    /// gRPC port (SendReply, gRPC health).
+    pub grpc_port: u16,
+    /// Log filter (`info`, `infragpt=debug,actix_web=info`); `RUST_LOG` wins when set.
+    pub log_level: String,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// One log line per HTTP request.
+    pub http_log: bool,
+    /// How long in-flight requests get to finish after SIGINT/SIGTERM.
+    pub shutdown_grace_ms: u64,
+    /// Cross-origin policy for the REST API.
+    pub cors: CorsConfig,
+    /// Operator endpoints.
+    pub admin: AdminConfig,
+    /// The Slack app.
+    pub slack: SlackConfig,
+    /// PostgreSQL.
+    pub database: DatabaseConfig,
+    /// The AI agent (gRPC).
+    pub agent: AgentConfig,
+    /// Identity provider.
+    pub identity: IdentityConfig,
+    /// Connectors.
+    pub integrations: IntegrationsConfig,
+    /// Credential encryption keys.
+    pub vault: VaultConfig,
+    /// Actor runtime tuning (owned by the actor core).
+    pub actors: ActorsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind_address: "0.0.0.0".to_owned(),
+            port: 8080,
+            grpc_port: 50051,
+            log_level: "info".to_owned(),
+            log_format: LogFormat::Json,
+            http_log: true,
+            shutdown_grace_ms: 10_000,
+            cors: CorsConfig::default(),
+            admin: AdminConfig::default(),
+            slack: SlackConfig::default(),
+            database: DatabaseConfig::default(),
+            agent: AgentConfig::default(),
+            identity: IdentityConfig::default(),
+            integrations: IntegrationsConfig::default(),
+            vault: VaultConfig::default(),
+            actors: ActorsConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The graceful-shutdown budget.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable, for a terminal.
+    Pretty,
+}
+
+/// Cross-origin resource sharing.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Origins allowed to call the API (`https://app.example.com`), or `*` for any origin.
+    pub allowed_origins: Vec<String>,
+    /// Allow cookies/authorization with cross-origin requests (never together with `*`).
+    pub allow_credentials: bool,
+}
+
+/// Operator endpoints.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token for `/admin/*`; without it the admin endpoints are disabled.
+    #[serde(deserialize_with = "opt_secret")]
+    pub token: Option<Secret>,
+}
+
+/// The Slack app.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlackConfig {
+    /// OAuth client id (multi-workspace installs).
+    #[serde(deserialize_with = "opt_string")]
+    pub client_id: Option<String>,
+    /// OAuth client secret.
+    #[serde(deserialize_with = "opt_secret")]
+    pub client_secret: Option<Secret>,
+    /// App-level token (`xapp-...`) for Socket Mode.
+    #[serde(deserialize_with = "opt_secret")]
+    pub app_token: Option<Secret>,
+    /// Bot token (`xoxb-...`): set it for single-workspace mode.
+    #[serde(deserialize_with = "opt_secret")]
+    pub bot_token: Option<Secret>,
+    /// Signing secret for the HTTP Events API.
+    #[serde(deserialize_with = "opt_secret")]
+    pub signing_secret: Option<Secret>,
+    /// Slack Web API base URL (ends with `/`).
+    pub api_url: String,
+    /// Socket Mode connections to hold (1..=10).
+    pub connections: u32,
+    /// Receive events over Socket Mode (needs `app_token`) instead of the HTTP Events API.
+    pub socket_mode: bool,
+}
+
+impl Default for SlackConfig {
+    fn default() -> Self {
+        Self {
+            client_id: None,
+            client_secret: None,
+            app_token: None,
+            bot_token: None,
+            signing_secret: None,
+            api_url: "https://slack.com/api/".to_owned(),
+            connections: 2,
+            socket_mode: false,
+        }
+    }
+}
+
+/// PostgreSQL. Either `url`, or `host` (+ `port`, `user`, `password`, `db_name`); with
+/// neither, a private cluster is started under `data_dir` (unless one answers locally).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Full connection URL (`postgres://user:pass@host:5432/db`).
+    #[serde(deserialize_with = "opt_secret")]
+    pub url: Option<Secret>,
+    /// Server host.
+    #[serde(deserialize_with = "opt_string")]
+    pub host: Option<String>,
+    /// Server port.
+    pub port: Option<u16>,
+    /// Database name.
+    pub db_name: String,
+    /// User.
+    #[serde(deserialize_with = "opt_string")]
+    pub user: Option<String>,
+    /// Password.
+    #[serde(deserialize_with = "opt_secret")]
+    pub password: Option<Secret>,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// Folder for the private cluster.
+    pub data_dir: PathBuf,
+    /// Connect timeout.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            host: None,
+            port: None,
+            db_name: "infragpt".to_owned(),
+            user: None,
+            password: None,
+            pool_size: 10,
+            data_dir: PathBuf::from(".infragpt/pg"),
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+/// How the agent's answer comes back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyMode {
+    /// The agent calls `SendReply` before returning (the upstream agent's behaviour).
+    #[default]
+    SendReply,
+    /// The answer is taken from `AgentResponse.response_text`.
+    Response,
+}
+
+/// The AI agent (gRPC `agent.AgentService`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// `host:port` (`127.0.0.1:50052`, `[::]:50052`) or a URI (`http://agent:50052`);
+    /// normalised to a URI when loaded (unspecified addresses become loopback).
+    pub endpoint: String,
+    /// Connect timeout.
+    pub connect_timeout_ms: u64,
+    /// Per-call deadline for `ProcessMessage`.
+    pub call_timeout_ms: u64,
+    /// Attempts per turn (1 = no retry).
+    pub retry_attempts: u32,
+    /// How the answer comes back.
+    pub reply_mode: ReplyMode,
+    /// Token the agent must present on `SendReply` (`authorization: Bearer ...`).
+    #[serde(deserialize_with = "opt_secret")]
+    pub reply_token: Option<Secret>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "http://127.0.0.1:50052".to_owned(),
+            connect_timeout_ms: 5_000,
+            call_timeout_ms: 300_000,
+            retry_attempts: 3,
+            reply_mode: ReplyMode::SendReply,
+            reply_token: None,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    /// Per-call deadline.
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms)
+    }
+}
+
+/// Identity providers.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Clerk (users, organizations, session tokens).
+    pub clerk: ClerkConfig,
+}
+
+/// Clerk.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClerkConfig {
+    /// Svix signing secret (`whsec_...`); without it Clerk webhooks are rejected.
+    #[serde(deserialize_with = "opt_secret")]
+    pub webhook_secret: Option<Secret>,
+    /// JWKS URL for session tokens.
+    #[serde(deserialize_with = "opt_string")]
+    pub jwks_url: Option<String>,
+    /// Expected `iss`.
+    #[serde(deserialize_with = "opt_string")]
+    pub issuer: Option<String>,
+    /// Accepted `azp` values (empty: any).
+    pub authorized_parties: Vec<String>,
+    /// Clock skew allowed on `exp`/`nbf`.
+    pub leeway_secs: u64,
+    /// Serve the Clerk webhook on its own port (else on `port`).
+    pub port: Option<u16>,
+}
+
+impl Default for ClerkConfig {
+    fn default() -> Self {
+        Self {
+            webhook_secret: None,
+            jwks_url: None,
+            issuer: None,
+            authorized_parties: Vec::new(),
+            leeway_secs: 5,
+            port: None,
+        }
+    }
+}
+
+/// Connectors.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntegrationsConfig {
+    /// Slack connector (OAuth install into an organization).
+    pub slack: SlackIntegrationConfig,
+    /// GitHub App connector.
+    pub github: GitHubIntegrationConfig,
+}
+
+/// Slack connector.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlackIntegrationConfig {
+    /// OAuth client id.
+    #[serde(deserialize_with = "opt_string")]
+    pub client_id: Option<String>,
+    /// OAuth client secret.
+    #[serde(deserialize_with = "opt_secret")]
+    pub client_secret: Option<Secret>,
+    /// OAuth redirect URL.
+    #[serde(deserialize_with = "opt_string")]
+    pub redirect_url: Option<String>,
+    /// Bot scopes requested on install.
+    pub scopes: Vec<String>,
+}
+
+/// GitHub App connector.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitHubIntegrationConfig {
+    /// App id.
+    pub app_id: Option<u64>,
+    /// App slug (install URL).
+    #[serde(deserialize_with = "opt_string")]
+    pub app_slug: Option<String>,
+    /// App private key (PEM).
+    #[serde(deserialize_with = "opt_secret")]
+    pub private_key: Option<Secret>,
+    /// Webhook secret; without it GitHub webhooks are rejected.
+    #[serde(deserialize_with = "opt_secret")]
+    pub webhook_secret: Option<Secret>,
+    /// REST API base URL.
+    pub api_url: String,
+    /// Serve GitHub webhooks on their own port (else on `port`).
+    pub webhook_port: Option<u16>,
+}
+
+impl Default for GitHubIntegrationConfig {
+    fn default() -> Self {
+        Self {
+            app_id: None,
+            app_slug: None,
+            private_key: None,
+            webhook_secret: None,
+            api_url: "https://api.github.com".to_owned(),
+            webhook_port: None,
+        }
+    }
+}
+
+/// Credential encryption keys (AES-256-GCM).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// Key id → base64 of 32 random bytes. Old keys stay listed so old rows can be read.
+    pub keys: BTreeMap<String, Secret>,
+    /// The key id new credentials are encrypted with.
+    #[serde(deserialize_with = "opt_string")]
+    pub active_key: Option<String>,
+    /// Development only: a key file created on first start when `keys` is empty.
+    pub dev_key_file: Option<PathBuf>,
+}
+
+/// Actor runtime tuning. Owned by the actor core; the composition root maps it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActorsConfig {
+    /// A conversation actor stops after this long without work.
+    pub idle_timeout_ms: u64,
+    /// Attempts for one piece of durable work before it is dead-lettered.
+    pub retry_budget: u32,
+    /// First retry delay.
+    pub backoff_base_ms: u64,
+    /// Largest retry delay.
+    pub backoff_max_ms: u64,
+    /// Restarts allowed per actor within `restart_window_ms`.
+    pub restart_limit: u32,
+    /// Window for `restart_limit`.
+    pub restart_window_ms: u64,
+    /// Mailbox capacity per actor.
+    pub mailbox_capacity: usize,
+    /// Queue depth at which the service reports itself overloaded.
+    pub high_water_mark: usize,
+    /// How often pending durable work is swept from the database.
+    pub drain_interval_ms: u64,
+}
+
+impl Default for ActorsConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout_ms: 600_000,
+            retry_budget: 5,
+            backoff_base_ms: 500,
+            backoff_max_ms: 60_000,
+            restart_limit: 5,
+            restart_window_ms: 60_000,
+            mailbox_capacity: 256,
+            high_water_mark: 1_000,
+            drain_interval_ms: 5_000,
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Checks that need more than types: ranges, URLs, combinations.
+
+use base64::Engine as _;
+
+use super::Config;
+
+type Failure = (String, String);
+
+fn fail(path: &str, reason: impl Into<String>) -> Result<(), Failure> {
+    Err((path.to_owned(), reason.into()))
+}
+
+/// Validates `config`, normalising the agent endpoint to a URI.
+pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
+    if config.bind_address.parse::<std::net::IpAddr>().is_err() {
+        fail(
+            "bind_address",
+            format!("`{}` is not an IP address", config.bind_address),
+        )?;
+    }
+    if config.port != 0 && config.port == config.grpc_port {
+        fail(
+            "grpc_port",
+            format!("must differ from port ({})", config.port),
+        )?;
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log_level) {
+        fail(
+            "log_level",
+            format!("invalid filter `{}`: {e}", config.log_level),
+        )?;
+    }
+
+    for (i, origin) in config.cors.allowed_origins.iter().enumerate() {
+        let path = format!("cors.allowed_origins[{i}]");
+        if origin == "*" {
+            if config.cors.allow_credentials {
+                fail(
+                    &path,
+                    "`*` cannot be combined with cors.allow_credentials: true (browsers reject it and it would expose credentials to any site); list the origins",
+                )?;
+            }
+            continue;
+        }
+        match url::Url::parse(origin) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.path() == "/"
+                    && !origin.ends_with('/') => {}
+            _ => fail(
+                &path,
+                format!(
+                    "`{origin}` is not an origin like https://app.example.com (scheme and host, no path)"
+                ),
+            )?,
+        }
+    }
+
+    let slack = &config.slack;
+    if !(1..=10).contains(&slack.connections) {
+        fail(
+            "slack.connections",
+            format!(
+                "{} is out of range: Slack allows 1 to 10 Socket Mode connections",
+                slack.connections
+            ),
+        )?;
+    }
+    check_http_url("slack.api_url", &slack.api_url)?;
+    if !slack.api_url.ends_with('/') {
+        fail(
+            "slack.api_url",
+            "must end with `/` (e.g. https://slack.com/api/)",
+        )?;
+    }
+    if slack.socket_mode && slack.app_token.is_none() {
+        fail("slack.app_token", "required when slack.socket_mode is true")?;
+    }
+
+    let db = &config.database;
+    if let Some(url) = &db.url {
+        if db.host.is_some() {
+            fail(
+                "database.host",
+                "set either database.url or database.host, not both",
+            )?;
+        }
+        match url::Url::parse(url.expose()) {
+            Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") => {}
+            // The URL may carry a password: never echo it.
+            _ => fail("database.url", "not a postgres:// or postgresql:// URL")?,
+        }
+    }
+    if db.port == Some(0) {
+        fail("database.port", "must not be 0")?;
+    }
+    if db.db_name.trim().is_empty() {
+        fail("database.db_name", "must not be empty")?;
+    }
+    if db.pool_size == 0 {
+        fail("database.pool_size", "must be at least 1")?;
+    }
+    if db.connect_timeout_ms == 0 {
+        fail("database.connect_timeout_ms", "must be greater than 0")?;
+    }
+
+    match normalize_endpoint(&config.agent.endpoint) {
+        Ok(uri) => config.agent.endpoint = uri,
+        Err(reason) => fail("agent.endpoint", reason)?,
+    }
+    if config.agent.connect_timeout_ms == 0 {
+        fail("agent.connect_timeout_ms", "must be greater than 0")?;
+    }
+    if config.agent.call_timeout_ms == 0 {
+        fail("agent.call_timeout_ms", "must be greater than 0")?;
+    }
+    if config.agent.retry_attempts == 0 {
+        fail("agent.retry_attempts", "must be at least 1")?;
+    }
+
+    let clerk = &config.identity.clerk;
+    if let Some(u) = &clerk.jwks_url {
+        check_http_url("identity.clerk.jwks_url", u)?;
+    }
+    if let Some(u) = &clerk.issuer {
+        check_http_url("identity.clerk.issuer", u)?;
+    }
+    if let Some(s) = &clerk.webhook_secret
+        && !s.expose().starts_with("whsec_")
+    {
+        fail("identity.clerk.webhook_secret", "must start with `whsec_`")?;
+    }
+    check_port("identity.clerk.port", clerk.port, config)?;
+
+    if let Some(u) = &config.integrations.slack.redirect_url {
+        check_http_url("integrations.slack.redirect_url", u)?;
+    }
+    let gh = &config.integrations.github;
+    check_http_url("integrations.github.api_url", &gh.api_url)?;
+    if let Some(k) = &gh.private_key
+        && !k.expose().contains("-----BEGIN")
+    {
+        fail(
+            "integrations.github.private_key",
+            "not a PEM key (no -----BEGIN line)",
+        )?;
+    }
+    check_port("integrations.github.webhook_port", gh.webhook_port, config)?;
+
+    let vault = &config.vault;
+    for (id, key) in &vault.keys {
+        let path = format!("vault.keys.{id}");
+        match base64::engine::general_purpose::STANDARD.decode(key.expose().trim()) {
+            Ok(bytes) if bytes.len() == 32 => {}
+            Ok(bytes) => fail(&path, format!("must be 32 bytes, got {}", bytes.len()))?,
+            Err(_) => fail(&path, "not valid base64")?,
+        }
+    }
+    match &vault.active_key {
+        Some(id) if !vault.keys.contains_key(id) => fail(
+            "vault.active_key",
+            format!("`{id}` is not one of vault.keys"),
+        )?,
+        None if !vault.keys.is_empty() => {
+            fail("vault.active_key", "required when vault.keys is set")?
+        }
+        _ => {}
+    }
+
+    let a = &config.actors;
+    if a.backoff_base_ms > a.backoff_max_ms {
+        fail(
+            "actors.backoff_base_ms",
+            "must not exceed actors.backoff_max_ms",
+        )?;
+    }
+    if a.mailbox_capacity == 0 {
+        fail("actors.mailbox_capacity", "must be at least 1")?;
+    }
+    if a.retry_budget == 0 {
+        fail("actors.retry_budget", "must be at least 1")?;
+    }
+    Ok(())
+}
+
+fn check_http_url(path: &str, value: &str) -> Result<(), Failure> {
+    match url::Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        Ok(u) => fail(
+            path,
+            format!(
+                "`{value}`: scheme must be http or https, got `{}`",
+                u.scheme()
+            ),
+        ),
+        Err(e) => fail(path, format!("`{value}` is not a URL: {e}")),
+    }
+}
+
+fn check_port(path: &str, port: Option<u16>, config: &Config) -> Result<(), Failure> {
+    match port {
+        Some(0) => fail(path, "must not be 0"),
+        Some(p) if p == config.port || p == config.grpc_port => fail(
+            path,
+            format!("{p} is already used by port/grpc_port; leave it unset to share the HTTP port"),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Turns an agent endpoint into a URI tonic can dial: `host:port` gains `http://`, and the
+/// unspecified bind addresses `0.0.0.0` / `[::]` (which seed configs use) become loopback.
+pub fn normalize_endpoint(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if raw.contains("://") {
+        let u = url::Url::parse(raw).map_err(|e| format!("`{raw}` is not a URI: {e}"))?;
+        if !matches!(u.scheme(), "http" | "https") {
+            return Err(format!("`{raw}`: scheme must be http or https"));
+        }
+        if u.host().is_none() {
+            return Err(format!("`{raw}` has no host"));
+        }
+        if u.port_or_known_default().is_none() {
+            return Err(format!("`{raw}` has no port"));
+        }
+        return Ok(raw.trim_end_matches('/').to_owned());
+    }
+    if let Ok(addr) = raw.parse::<std::net::SocketAddr>() {
+        let ip = match addr.ip() {
+            std::net::IpAddr::V4(v4) if v4.is_unspecified() => {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            }
+            std::net::IpAddr::V6(v6) if v6.is_unspecified() => {
+                std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+            }
+            ip => ip,
+        };
+        return Ok(format!(
+            "http://{}",
+            std::net::SocketAddr::new(ip, addr.port())
+        ));
+    }
+    let Some((host, port)) = raw.rsplit_once(':') else {
+        return Err(format!(
+            "`{raw}` needs a port (host:port or http://host:port)"
+        ));
+    };
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(format!("`{raw}`: `{port}` is not a port"));
+    }
+    let uri = format!("http://{host}:{port}");
+    match url::Url::parse(&uri) {
+        Ok(u) if u.host().is_some() && !host.is_empty() => Ok(uri),
+        _ => Err(format!("`{raw}`: `{host}` is not a host name")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_endpoint;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            normalize_endpoint("[::]:50051").unwrap(),
+            "http://[::1]:50051"
+        );
+        assert_eq!(
+            normalize_endpoint("0.0.0.0:50051").unwrap(),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(
+            normalize_endpoint("127.0.0.1:50051").unwrap(),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(
+            normalize_endpoint("agent:7000").unwrap(),
+            "http://agent:7000"
+        );
+        assert_eq!(
+            normalize_endpoint("https://agent.example.com/").unwrap(),
+            "https://agent.example.com"
+        );
+        assert!(normalize_endpoint("agent").is_err());
+        assert!(normalize_endpoint("agent:x").is_err());
+        assert!(normalize_endpoint("ftp://agent:1").is_err());
+        assert!(normalize_endpoint(":80").is_err());
+    }
+}
