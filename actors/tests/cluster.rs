@@ -486,3 +486,42 @@ async fn restart_storm_fails_one_worker_and_others_go_on() {
     assert_eq!(worker.state, ActorState::Running);
     cluster.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn store_outage_is_survived_with_restarts() {
+    let inbox = MemoryInbox::new();
+    let handler = RecordingHandler::new();
+    let config = ClusterConfig {
+        restart_limit: 10_000,
+        ..fast_config()
+    };
+    let cluster = start(config, inbox.clone(), handler.clone());
+    let gate = handler.gate_all();
+    let k = key(4);
+    for s in 0..3 {
+        cluster.ingest(slack_event(&k, s)).await.unwrap();
+    }
+    assert!(eventually(GUARD, || handler.total_calls() == 1).await);
+    inbox.set_unavailable(true);
+    assert!(matches!(
+        cluster.ingest(slack_event(&k, 9)).await,
+        Err(IngestError::Store(_))
+    ));
+    gate.add_permits(10);
+    let health = cluster.health().clone();
+    assert!(
+        eventually(GUARD, || health
+            .get(ActorKind::ConversationThread, &k)
+            .is_some_and(|w| w.restarts >= 2))
+        .await,
+        "the worker restarts while the store is down"
+    );
+    inbox.set_unavailable(false);
+    assert!(eventually(GUARD, || inbox.count(EventStatus::Done) == 3).await);
+    let handled = handler.handled();
+    assert_per_key_order(&handled[1..]);
+    // The first event ran but its outcome could not be stored: it runs again (at least once).
+    assert_eq!(handler.calls(inbox.all()[0].id), 2);
+    assert_eq!(handler.total_calls(), 4);
+    cluster.shutdown().await;
+}
