@@ -214,7 +214,21 @@ fn default_yaml_loads_without_secrets() {
 
 #[test]
 fn example_yaml_loads_and_sets_every_section() {
-    let c = config::load(&repo_file("config/example.yaml")).unwrap();
+    let path = repo_file("config/example.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // Only the vault key has no default; everything else comes from the file.
+    let e = config::load_str_with_env(&text, "config/example.yaml", |_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("environment variable `VAULT_KEY_2026` is not set"),
+        "{e}"
+    );
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // base64 of 32 bytes
+    let c = config::load_str_with_env(&text, "config/example.yaml", |k| {
+        (k == "VAULT_KEY_2026").then(|| key.to_owned())
+    })
+    .unwrap();
     assert_eq!(c.slack.connections, 2);
     assert_eq!(c.integrations.github.api_url, "https://api.github.com");
     assert_eq!(c.vault.active_key.as_deref(), Some("k2026"));
