@@ -2,9 +2,13 @@
 //! composition root around the `infragpt-actors` core.
 
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod github;
 pub mod grpc;
 pub mod http;
+pub mod identity;
 pub mod server;
+pub mod slack;
 pub mod telemetry;

@@ -108,6 +108,20 @@ fn semantic_errors_use_the_same_shape() {
 }
 
 #[test]
+fn actor_rules_come_from_the_actor_core() {
+    let e = err("actors:\n  backoff_base_ms: 10\n  backoff_max_ms: 5\n");
+    assert!(
+        e.starts_with("config/x.yaml: actors.backoff_base_ms: backoff_base_ms must not exceed"),
+        "{e}"
+    );
+    let e = err("actors:\n  drain_page_size: 0\n");
+    assert!(
+        e.starts_with("config/x.yaml: actors.drain_page_size: "),
+        "{e}"
+    );
+}
+
+#[test]
 fn database_url_errors_never_echo_the_url() {
     let e = err("database:\n  url: mysql://u:hunter2@h/db\n");
     assert!(e.starts_with("config/x.yaml: database.url: "), "{e}");
@@ -232,7 +246,11 @@ fn example_yaml_loads_and_sets_every_section() {
     assert_eq!(c.slack.connections, 2);
     assert_eq!(c.integrations.github.api_url, "https://api.github.com");
     assert_eq!(c.vault.active_key.as_deref(), Some("k2026"));
-    assert_eq!(c.actors.mailbox_capacity, 256);
+    assert_eq!(c.actors.mailbox_capacity, 1024);
+    assert_eq!(
+        c.actors.to_cluster_config(),
+        infragpt_actors::ClusterConfig::default()
+    );
 }
 
 /// Every key of the effective config appears in example.yaml (documented there).

@@ -58,12 +58,24 @@ fn embedded_versions() -> Vec<String> {
     versions
 }
 
+/// Number of migration directories on disk (each must be embedded and revertible).
+fn migration_dirs() -> usize {
+    std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .expect("migrations dir")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.path().join("up.sql").exists()))
+        .count()
+}
+
 #[tokio::test]
 async fn migrations_apply_revert_and_apply_again() {
     let test_db = TestDb::empty().await;
     let db = test_db.database();
     let all = embedded_versions();
-    assert_eq!(all.len(), 4, "four migrations are embedded: {all:?}");
+    assert_eq!(
+        all.len(),
+        migration_dirs(),
+        "every migration directory is embedded: {all:?}"
+    );
 
     let status = db.migration_status().await.expect("status");
     assert!(status.applied.is_empty(), "{status:?}");
@@ -108,7 +120,7 @@ async fn each_migration_reverts_on_its_own() {
         .expect("connect");
         conn.run_pending_migrations(MIGRATIONS).expect("apply");
         let mut remaining = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..migration_dirs() {
             conn.revert_last_migration(MIGRATIONS).expect("revert one");
             remaining.push(conn.applied_migrations().expect("applied").len());
         }
@@ -116,7 +128,8 @@ async fn each_migration_reverts_on_its_own() {
     })
     .await
     .expect("blocking task");
-    assert_eq!(counts, [3, 2, 1, 0]);
+    let expected: Vec<usize> = (0..migration_dirs()).rev().collect();
+    assert_eq!(counts, expected);
     assert!(public_tables(&test_db).await.is_empty());
 }
 
@@ -271,7 +284,10 @@ async fn open_creates_a_missing_database_from_explicit_settings() {
         Some(name.as_str())
     );
     db.ping().await.expect("ping");
-    assert_eq!(db.run_migrations().await.expect("migrate").len(), 4);
+    assert_eq!(
+        db.run_migrations().await.expect("migrate").len(),
+        migration_dirs()
+    );
     db.shutdown().await;
 
     // Opening again finds the database (and its migrations) in place.
@@ -328,6 +344,14 @@ async fn harness_works_on_the_actix_runtime() {
     );
 }
 
+/// A temp dir the `postgres` system user can traverse when we run as root (whatever the umask).
+fn cluster_temp_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
 fn binaries_or_skip(test: &str) -> bool {
     match PgBinaries::find() {
         Ok(_) => true,
@@ -356,7 +380,7 @@ fn private_cluster_starts_adopts_and_stops() {
     if !binaries_or_skip("private_cluster_starts_adopts_and_stops") {
         return;
     }
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = cluster_temp_dir();
     let mut first = PrivateCluster::start(dir.path()).expect("start");
     assert!(first.started_by_us());
     assert!(first.is_running());
@@ -427,7 +451,7 @@ fn private_cluster_is_stopped_when_its_owner_dies() {
     if !binaries_or_skip("private_cluster_is_stopped_when_its_owner_dies") {
         return;
     }
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = cluster_temp_dir();
     let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--ignored",
@@ -453,4 +477,185 @@ fn private_cluster_is_stopped_when_its_owner_dies() {
     wait_until("the guardian stops the orphaned server", || {
         !pid_file.exists() && !accepts(port)
     });
+}
+
+diesel::table! {
+    // diesel generates a `columns` module inside every table module: rename ours.
+    #[sql_name = "columns"]
+    information_schema.info_columns (table_schema, table_name, column_name) {
+        table_schema -> Text,
+        table_name -> Text,
+        column_name -> Text,
+        ordinal_position -> Integer,
+        udt_name -> Text,
+        #[sql_name = "is_nullable"]
+        nullable -> Text,
+    }
+}
+
+diesel::table! {
+    information_schema.table_constraints (constraint_schema, constraint_name) {
+        constraint_schema -> Text,
+        constraint_name -> Text,
+        table_schema -> Text,
+        table_name -> Text,
+        constraint_type -> Text,
+    }
+}
+
+diesel::table! {
+    information_schema.key_column_usage (constraint_schema, constraint_name, column_name) {
+        constraint_schema -> Text,
+        constraint_name -> Text,
+        column_name -> Text,
+        ordinal_position -> Integer,
+    }
+}
+
+/// `(table, primary key columns, [(column, udt_name, nullable)])` as written in schema.rs.
+type TableShape = (String, Vec<String>, Vec<(String, String, bool)>);
+
+fn parse_schema_rs() -> Vec<TableShape> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/db/schema.rs"))
+        .expect("read schema.rs");
+    let mut tables: Vec<TableShape> = Vec::new();
+    let mut current: Option<TableShape> = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(open) = line.strip_suffix(") {") {
+            let (name, pk) = open.split_once(" (").expect("table header");
+            let pk = pk.split(',').map(|c| c.trim().to_owned()).collect();
+            current = Some((name.to_owned(), pk, Vec::new()));
+        } else if let (Some(table), Some((column, ty))) =
+            (current.as_mut(), line.split_once(" -> "))
+        {
+            let ty = ty.trim_end_matches(',');
+            let (ty, nullable) = match ty.strip_prefix("Nullable<") {
+                Some(inner) => (inner.strip_suffix('>').expect("Nullable<..>"), true),
+                None => (ty, false),
+            };
+            let udt = match ty {
+                "Int4" => "int4",
+                "Int8" => "int8",
+                "Text" => "text",
+                "Bool" => "bool",
+                "Uuid" => "uuid",
+                "Jsonb" => "jsonb",
+                "Bytea" => "bytea",
+                "Timestamptz" => "timestamptz",
+                "Array<Text>" => "_text",
+                other => panic!("schema.rs uses a type this test does not know: {other}"),
+            };
+            table.2.push((column.to_owned(), udt.to_owned(), nullable));
+        } else if line == "}" {
+            tables.extend(current.take());
+        }
+    }
+    tables.sort();
+    tables
+}
+
+#[tokio::test]
+async fn schema_rs_matches_the_migrated_database_exactly() {
+    let test_db = TestDb::new().await;
+    let mut conn = test_db.pool().get().await.expect("connection");
+    let column_rows: Vec<(String, String, i32, String, String)> = info_columns::table
+        .filter(info_columns::table_schema.eq("public"))
+        .filter(info_columns::table_name.ne("__diesel_schema_migrations"))
+        .select((
+            info_columns::table_name,
+            info_columns::column_name,
+            info_columns::ordinal_position,
+            info_columns::udt_name,
+            info_columns::nullable,
+        ))
+        .load(&mut conn)
+        .await
+        .expect("columns");
+    let primary_keys: Vec<(String, String)> = table_constraints::table
+        .filter(table_constraints::table_schema.eq("public"))
+        .filter(table_constraints::constraint_type.eq("PRIMARY KEY"))
+        .select((
+            table_constraints::table_name,
+            table_constraints::constraint_name,
+        ))
+        .load(&mut conn)
+        .await
+        .expect("constraints");
+    let key_columns: Vec<(String, String, i32)> = key_column_usage::table
+        .filter(key_column_usage::constraint_schema.eq("public"))
+        .select((
+            key_column_usage::constraint_name,
+            key_column_usage::column_name,
+            key_column_usage::ordinal_position,
+        ))
+        .load(&mut conn)
+        .await
+        .expect("key columns");
+
+    let mut database: Vec<TableShape> = Vec::new();
+    let mut names: Vec<&String> = column_rows.iter().map(|r| &r.0).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let mut cols: Vec<_> = column_rows.iter().filter(|r| &r.0 == name).collect();
+        cols.sort_by_key(|r| r.2);
+        let constraint = &primary_keys
+            .iter()
+            .find(|(t, _)| t == name)
+            .expect("primary key")
+            .1;
+        let mut pk: Vec<_> = key_columns
+            .iter()
+            .filter(|(c, _, _)| c == constraint)
+            .collect();
+        pk.sort_by_key(|r| r.2);
+        database.push((
+            name.clone(),
+            pk.iter().map(|r| r.1.clone()).collect(),
+            cols.iter()
+                .map(|r| (r.1.clone(), r.3.clone(), r.4 == "YES"))
+                .collect(),
+        ));
+    }
+    let written = parse_schema_rs();
+    assert_eq!(written.len(), TABLES.len());
+    for (db_table, rs_table) in database.iter().zip(&written) {
+        assert_eq!(
+            db_table, rs_table,
+            "schema.rs differs from the migrated database"
+        );
+    }
+    assert_eq!(database.len(), written.len());
+}
+
+diesel::table! {
+    pg_catalog.pg_database (datname) {
+        datname -> Text,
+    }
+}
+
+#[tokio::test]
+async fn test_databases_are_dropped_with_their_handle() {
+    let observer = TestDb::empty().await;
+    let db = TestDb::new().await;
+    let name = db.name.clone();
+    assert!(name.starts_with("t_"), "{name}");
+    let mut conn = observer.pool().get().await.expect("connection");
+    let exists = |n: i64| n == 1;
+    let count = |name: String| {
+        pg_database::table
+            .filter(pg_database::datname.eq(name))
+            .count()
+    };
+    let before: i64 = count(name.clone())
+        .get_result(&mut conn)
+        .await
+        .expect("count");
+    assert!(exists(before));
+    // Even with a connection checked out, the database goes away.
+    let held = db.pool().get().await.expect("held connection");
+    drop(db);
+    drop(held);
+    let after: i64 = count(name).get_result(&mut conn).await.expect("count");
+    assert_eq!(after, 0);
 }

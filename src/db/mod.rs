@@ -159,6 +159,15 @@ impl Database {
     /// private cluster in `data_dir`), creates the database when missing and builds the
     /// pool. Does not migrate.
     pub async fn open(settings: &DbSettings) -> Result<Database, DbError> {
+        let default_url = server_url(DEFAULT_HOST, DEFAULT_PORT, DEFAULT_USER, None, "postgres")?;
+        Self::open_with_default(settings, &default_url).await
+    }
+
+    /// [`Database::open`] with another default address (tests point it at a closed port).
+    async fn open_with_default(
+        settings: &DbSettings,
+        default_url: &Secret,
+    ) -> Result<Database, DbError> {
         if settings.pool_size == 0 {
             return Err(DbError::Config("pool_size must be at least 1".to_owned()));
         }
@@ -168,12 +177,10 @@ impl Database {
         } else if settings.host.is_some() || settings.port.is_some() || settings.user.is_some() {
             (explicit_url(settings)?, None)
         } else {
-            let default_url =
-                server_url(DEFAULT_HOST, DEFAULT_PORT, DEFAULT_USER, None, "postgres")?;
-            match probe(&default_url, timeout.min(PROBE_TIMEOUT)).await {
+            match probe(default_url, timeout.min(PROBE_TIMEOUT)).await {
                 Ok(()) => {
                     tracing::info!(server = %redact(default_url.expose()), "using PostgreSQL on the default address");
-                    (with_database(&default_url, &settings.db_name)?, None)
+                    (with_database(default_url, &settings.db_name)?, None)
                 }
                 Err(reason) => {
                     tracing::info!(
@@ -662,6 +669,52 @@ mod tests {
         assert!(err.to_string().contains("postgres://"), "{err}");
         let err = database_name(&Secret::new("::nope")).unwrap_err();
         assert!(err.to_string().contains("not a valid URL"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn open_falls_back_to_a_private_cluster() {
+        if let Err(e) = cluster::PgBinaries::find() {
+            eprintln!("SKIPPED open_falls_back_to_a_private_cluster: {e}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // Traversable by the `postgres` system user when we run as root, whatever the umask.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let settings = DbSettings {
+            data_dir: dir.path().join("pg"),
+            db_name: "fallback".to_owned(),
+            pool_size: 2,
+            ..DbSettings::default()
+        };
+        // Nothing listens on port 1: the probe fails and the private cluster starts.
+        let closed = Secret::new("postgres://postgres@127.0.0.1:1/postgres");
+        let db = Database::open_with_default(&settings, &closed)
+            .await
+            .unwrap();
+        assert!(db.started_private_cluster());
+        assert!(
+            db.describe().starts_with("private cluster at "),
+            "{}",
+            db.describe()
+        );
+        assert_eq!(
+            database_name(db.url()).unwrap().as_deref(),
+            Some("fallback")
+        );
+        db.ping().await.unwrap();
+        assert_eq!(db.run_migrations().await.unwrap().len(), 4);
+        let pid_file = dir.path().join("pg/data/postmaster.pid");
+        assert!(pid_file.exists());
+        db.shutdown().await;
+        assert!(!pid_file.exists(), "shutdown stops the cluster we started");
+
+        // The next start finds the data (database and migrations) in place.
+        let db = Database::open_with_default(&settings, &closed)
+            .await
+            .unwrap();
+        assert!(db.migration_status().await.unwrap().pending.is_empty());
+        db.shutdown().await;
     }
 
     #[test]

@@ -36,6 +36,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         last_message_at -> Timestamptz,
+        current_turn_ts -> Nullable<Text>,
     }
 }
 
@@ -133,6 +134,8 @@ diesel::table! {
         deleted -> Bool,
         edited_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
+        source_event_id -> Nullable<Int8>,
+        in_reply_to -> Nullable<Text>,
     }
 }
 

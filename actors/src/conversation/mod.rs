@@ -1,0 +1,14 @@
+//! Conversations: one per Slack thread. The handler that turns Slack events into turns for
+//! the agent, the SendReply logic, and the ports they need.
+
+pub mod ports;
+pub mod reply;
+pub mod turn;
+
+pub use ports::{
+    Agent, AgentAnswer, AgentError, AgentTurn, BotIdentity, ChannelRecord, Conversation,
+    ConversationStore, ConversationStoreError, InsertOutcome, NewMessage, PastMessage, Sender,
+    SlackApi, SlackApiError, StoredMessage, UserProfile,
+};
+pub use reply::{ReplyError, ReplyMode, ReplyOutcome, ReplyService, split_message};
+pub use turn::{ConversationHandler, SEEN_REACTION, UNAVAILABLE_REPLY, routing_key};

@@ -1,0 +1,237 @@
+//! Replies into a conversation's thread: the SendReply logic the agent calls (over gRPC or
+//! HTTP), and splitting long answers at Slack's message size.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::ports::{
+    ConversationStore, ConversationStoreError, NewMessage, Sender, SlackApi, SlackApiError,
+};
+use crate::ids::ConversationId;
+
+/// How the agent's answer reaches Slack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyMode {
+    /// The agent calls SendReply before it returns (what the upstream agent does). An answer
+    /// that was not sent through SendReply is posted from the response, so nothing is lost.
+    #[default]
+    SendReply,
+    /// The service posts `response_text` of a successful response.
+    Response,
+}
+
+/// Slack accepts up to 40 000 characters but renders messages over 4 000 poorly; we split at
+/// this many characters.
+pub const MAX_MESSAGE_CHARS: usize = 3_900;
+
+/// Splits text into Slack-sized messages on line boundaries (a single over-long line is cut
+/// at a character boundary). Code fences left open by a split are closed and reopened so
+/// Slack markdown renders the same.
+pub fn split_message(text: &str) -> Vec<String> {
+    split_message_at(text, MAX_MESSAGE_CHARS)
+}
+
+fn split_message_at(text: &str, max: usize) -> Vec<String> {
+    if text.chars().count() <= max {
+        return vec![text.to_owned()];
+    }
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut current_len = 0usize;
+    let mut in_fence = false;
+    let fence_budget = 4; // room for "\n```" when a part must close a fence
+    let push = |parts: &mut Vec<String>, current: &mut String, in_fence: bool| {
+        if in_fence {
+            current.push_str("\n```");
+        }
+        parts.push(std::mem::take(current));
+    };
+    for line in text.split_inclusive('\n') {
+        let mut line = line;
+        loop {
+            let len = line.chars().count();
+            if current_len + len + fence_budget <= max {
+                current.push_str(line);
+                current_len += len;
+                if line.trim_start().starts_with("```") {
+                    in_fence = !in_fence;
+                }
+                break;
+            }
+            if current_len > 0 {
+                push(&mut parts, &mut current, in_fence);
+                current_len = 0;
+                if in_fence {
+                    current.push_str("```\n");
+                    current_len = 4;
+                }
+                continue;
+            }
+            // One line longer than a message: cut it.
+            let take = max.saturating_sub(fence_budget + current_len).max(1);
+            let cut = line.char_indices().nth(take).map_or(line.len(), |(i, _)| i);
+            current.push_str(&line[..cut]);
+            push(&mut parts, &mut current, in_fence);
+            current_len = 0;
+            if in_fence {
+                current.push_str("```\n");
+                current_len = 4;
+            }
+            line = &line[cut..];
+            if line.is_empty() {
+                break;
+            }
+        }
+    }
+    if !current.trim().is_empty() {
+        parts.push(current);
+    }
+    parts
+}
+
+/// SendReply failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    /// `conversation_id` is not a UUID.
+    #[error("conversation_id {0:?} is not a valid UUID")]
+    InvalidConversationId(String),
+    /// The message is empty.
+    #[error("message is empty")]
+    EmptyMessage,
+    /// No such conversation.
+    #[error("conversation {0} not found")]
+    NotFound(ConversationId),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] ConversationStoreError),
+    /// Slack refused or could not be reached.
+    #[error(transparent)]
+    Slack(#[from] SlackApiError),
+}
+
+/// What SendReply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyOutcome {
+    /// Posted now.
+    Posted,
+    /// The same text was already posted for the current turn (an agent retry).
+    AlreadyPosted,
+}
+
+/// Posts agent answers into conversation threads, idempotently per turn.
+pub struct ReplyService {
+    store: Arc<dyn ConversationStore>,
+    slack: Arc<dyn SlackApi>,
+    // One SendReply at a time per conversation, so that two concurrent retries of the same
+    // text cannot both pass the "already posted" check.
+    locks: parking_lot::Mutex<HashMap<ConversationId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for ReplyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyService").finish_non_exhaustive()
+    }
+}
+
+impl ReplyService {
+    /// Builds the service over its ports.
+    pub fn new(store: Arc<dyn ConversationStore>, slack: Arc<dyn SlackApi>) -> Self {
+        Self {
+            store,
+            slack,
+            locks: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock_for(&self, id: ConversationId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock();
+        // Drop locks nobody holds so the map does not grow with every conversation.
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(id).or_default().clone()
+    }
+
+    /// SendReply: posts `message` in the conversation's thread and stores it as an agent
+    /// message answering the current turn. The same text for the same turn is posted once.
+    pub async fn send_reply(
+        &self,
+        conversation_id: &str,
+        message: &str,
+    ) -> Result<ReplyOutcome, ReplyError> {
+        let id: ConversationId = conversation_id
+            .trim()
+            .parse()
+            .map_err(|_| ReplyError::InvalidConversationId(conversation_id.to_owned()))?;
+        if message.trim().is_empty() {
+            return Err(ReplyError::EmptyMessage);
+        }
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let conversation = self.store.find(id).await?.ok_or(ReplyError::NotFound(id))?;
+        let turn = conversation.current_turn_ts.clone();
+        let parts = split_message(message);
+        if let Some(turn) = &turn
+            && let Some(first) = parts.first()
+            && self.store.agent_reply_exists(id, turn, Some(first)).await?
+        {
+            return Ok(ReplyOutcome::AlreadyPosted);
+        }
+        let key = &conversation.key;
+        for part in parts {
+            let ts = self
+                .slack
+                .post_message(&key.team, &key.channel, Some(&key.thread_ts), &part)
+                .await?;
+            self.store
+                .insert_message(NewMessage {
+                    conversation_id: id,
+                    slack_ts: ts,
+                    sender: Sender::Agent,
+                    sender_name: None,
+                    sender_email: None,
+                    text: part,
+                    source_event_id: None,
+                    in_reply_to: turn.clone(),
+                })
+                .await?;
+        }
+        Ok(ReplyOutcome::Posted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_text_is_one_message() {
+        assert_eq!(split_message("hello"), vec!["hello".to_owned()]);
+    }
+
+    #[test]
+    fn splits_on_line_boundaries() {
+        let text = "aaaa\nbbbb\ncccc\n";
+        let parts = split_message_at(text, 10);
+        assert!(parts.iter().all(|p| p.chars().count() <= 10), "{parts:?}");
+        assert_eq!(parts.concat(), text);
+    }
+
+    #[test]
+    fn cuts_overlong_lines() {
+        let text = "x".repeat(25);
+        let parts = split_message_at(&text, 10);
+        assert!(parts.iter().all(|p| p.chars().count() <= 10), "{parts:?}");
+        assert_eq!(parts.concat(), text);
+    }
+
+    #[test]
+    fn reopens_code_fences() {
+        let text = "```\nline one\nline two\nline three\n```\n";
+        let parts = split_message_at(text, 20);
+        for p in &parts {
+            assert_eq!(p.matches("```").count() % 2, 0, "unbalanced fence in {p:?}");
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The plain-logic side of a keyed worker: the [`EventHandler`] port and one attempt at an
+//! event (claim, run with panics caught, record the outcome in the inbox).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use tracing::Instrument;
+
+use crate::inbox::{EventRowId, InboundEvent, InboundEvents, RoutingKey, StoreError};
+use crate::supervision::AttemptResult;
+
+/// What a handler did with an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandleOutcome {
+    /// Handled; the event becomes `done`.
+    Done,
+    /// Nothing to do (unknown type, not for us, ...); the event becomes `ignored` with this
+    /// reason.
+    Ignored(String),
+}
+
+/// A handler failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// Might work later (network, agent down, rate limit): the worker restarts with backoff and
+    /// retries the event within the retry budget.
+    #[error("{0}")]
+    Retryable(String),
+    /// Will never work (malformed payload, unknown workspace): the event becomes a dead letter
+    /// at once, without a restart.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl HandlerError {
+    /// A retryable failure.
+    pub fn retryable(msg: impl std::fmt::Display) -> Self {
+        Self::Retryable(msg.to_string())
+    }
+
+    /// A permanent failure.
+    pub fn permanent(msg: impl std::fmt::Display) -> Self {
+        Self::Permanent(msg.to_string())
+    }
+}
+
+/// Handles the events of one stream. One handler serves every key of its stream; events of
+/// one key reach it one at a time in arrival order, events of different keys concurrently.
+/// State that must survive a worker's idle stop belongs in the database.
+///
+/// Delivery is at least once: an event whose outcome could not be recorded (store down after
+/// the handler ran, or the process died mid-way) is handled again, so side effects should be
+/// idempotent on `event.id` / `event.source_id`.
+#[async_trait]
+pub trait EventHandler: Send + Sync + 'static {
+    /// Handles one claimed event (`status = processing`, `attempts` counts this attempt).
+    async fn handle(&self, event: &InboundEvent) -> Result<HandleOutcome, HandlerError>;
+}
+
+/// The result of [`attempt`], with the time spent in the handler when it ran.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Attempted {
+    pub result: AttemptResult,
+    pub handler_time: Option<Duration>,
+}
+
+/// Text of a caught panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// Marks with a few quick retries: the handler already ran, so a transient store error here
+/// should not make the event run again.
+async fn mark_with_retry<F, Fut>(mut op: F) -> Result<(), StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let mut delay = Duration::from_millis(10);
+    let mut tries = 0;
+    loop {
+        match op().await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries >= 3 => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "marking an event failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                tries += 1;
+            }
+        }
+    }
+}
+
+/// One attempt at event `id`: claim it, run the handler with panics caught, record the outcome.
+/// An event claimed more than `1 + retry_budget` times becomes a dead letter when it fails.
+pub(crate) async fn attempt(
+    inbox: Arc<dyn InboundEvents>,
+    handler: Arc<dyn EventHandler>,
+    id: EventRowId,
+    key: RoutingKey,
+    retry_budget: u32,
+) -> Attempted {
+    let span = tracing::info_span!(
+        "inbound_event",
+        event_id = %id,
+        routing_key = %key,
+        source = tracing::field::Empty,
+        source_id = tracing::field::Empty,
+        kind = tracing::field::Empty,
+        attempt = tracing::field::Empty,
+    );
+    async move {
+        let event = match inbox.claim(id).await {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                tracing::debug!("event already finished, skipped");
+                return Attempted {
+                    result: AttemptResult::AlreadyFinished,
+                    handler_time: None,
+                };
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming event failed");
+                return Attempted {
+                    result: AttemptResult::StoreFailed(e.to_string()),
+                    handler_time: None,
+                };
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("source", event.source.as_str());
+        span.record("source_id", event.source_id.as_str());
+        span.record("kind", event.kind.as_str());
+        span.record("attempt", event.attempts);
+
+        let started = Instant::now();
+        let outcome = AssertUnwindSafe(handler.handle(&event))
+            .catch_unwind()
+            .await;
+        let handler_time = Some(started.elapsed());
+        let error = match outcome {
+            Ok(Ok(HandleOutcome::Done)) => {
+                let r = mark_with_retry(|| inbox.mark_done(id)).await;
+                return finished(r, handler_time, "done");
+            }
+            Ok(Ok(HandleOutcome::Ignored(reason))) => {
+                let r = mark_with_retry(|| inbox.mark_ignored(id, &reason)).await;
+                return finished(r, handler_time, "ignored");
+            }
+            Ok(Err(HandlerError::Permanent(msg))) => {
+                let msg = format!("permanent failure: {msg}");
+                tracing::warn!(error = %msg, "event rejected, dead letter");
+                let r = mark_with_retry(|| inbox.mark_failed(id, &msg)).await;
+                return match r {
+                    Ok(()) => Attempted {
+                        result: AttemptResult::Rejected(msg),
+                        handler_time,
+                    },
+                    Err(e) => store_failed(e, handler_time),
+                };
+            }
+            Ok(Err(HandlerError::Retryable(msg))) => msg,
+            Err(payload) => format!("handler panicked: {}", panic_message(payload.as_ref())),
+        };
+        let attempts = u32::try_from(event.attempts).unwrap_or(0);
+        if attempts > retry_budget {
+            tracing::warn!(error = %error, attempts, "retry budget spent, dead letter");
+            match mark_with_retry(|| inbox.mark_failed(id, &error)).await {
+                Ok(()) => Attempted {
+                    result: AttemptResult::DeadLetter(error),
+                    handler_time,
+                },
+                Err(e) => store_failed(e, handler_time),
+            }
+        } else {
+            tracing::warn!(error = %error, attempts, "handler failed, will retry");
+            match mark_with_retry(|| inbox.mark_retry(id, &error)).await {
+                Ok(()) => Attempted {
+                    result: AttemptResult::Failed(error),
+                    handler_time,
+                },
+                Err(e) => store_failed(e, handler_time),
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn finished(r: Result<(), StoreError>, handler_time: Option<Duration>, what: &str) -> Attempted {
+    match r {
+        Ok(()) => {
+            tracing::debug!(outcome = what, "event handled");
+            Attempted {
+                result: AttemptResult::Finished,
+                handler_time,
+            }
+        }
+        Err(e) => store_failed(e, handler_time),
+    }
+}
+
+fn store_failed(e: StoreError, handler_time: Option<Duration>) -> Attempted {
+    tracing::error!(error = %e, "recording the outcome failed; the event stays unfinished");
+    Attempted {
+        result: AttemptResult::StoreFailed(e.to_string()),
+        handler_time,
+    }
+}

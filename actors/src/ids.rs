@@ -1,0 +1,356 @@
+//! Identifier newtypes and the Slack thread key.
+//!
+//! Every identifier crossing a module boundary has its own type so a channel id can never be
+//! passed where a team id is expected. String ids serialize transparently (as the plain string).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::inbox::RoutingKey;
+
+/// Errors from parsing identifiers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// An identifier was empty.
+    #[error("{what} must not be empty")]
+    Empty {
+        /// Which identifier.
+        what: &'static str,
+    },
+    /// An identifier contained a character it may not hold.
+    #[error("{what} {value:?} contains the forbidden character {ch:?}")]
+    ForbiddenChar {
+        /// Which identifier.
+        what: &'static str,
+        /// The rejected value.
+        value: String,
+        /// The offending character.
+        ch: char,
+    },
+    /// A Slack message timestamp is not `seconds.micros`.
+    #[error("message ts {0:?} is not of the form 1700000000.000100")]
+    BadTs(String),
+    /// A routing key is not `team/channel/thread_ts`.
+    #[error("routing key {0:?} is not of the form TEAM/CHANNEL/THREAD_TS")]
+    BadThreadKey(String),
+}
+
+/// Checks a Slack string id: non-empty, no `/` (the thread key separator), no whitespace.
+fn check_slack_id(what: &'static str, value: &str) -> Result<(), IdError> {
+    if value.is_empty() {
+        return Err(IdError::Empty { what });
+    }
+    if let Some(ch) = value.chars().find(|c| *c == '/' || c.is_whitespace()) {
+        return Err(IdError::ForbiddenChar {
+            what,
+            value: value.to_owned(),
+            ch,
+        });
+    }
+    Ok(())
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                Self::parse(value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
+        impl $name {
+            /// Wraps a value after checking it is non-empty and holds no `/` or whitespace.
+            pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
+                let value = value.into();
+                check_slack_id($what, &value)?;
+                Ok(Self(value))
+            }
+
+            /// The plain string.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A Slack workspace id (`T…`).
+    TeamId,
+    "team id"
+);
+string_id!(
+    /// A Slack channel id (`C…`, `D…`, `G…`).
+    ChannelId,
+    "channel id"
+);
+string_id!(
+    /// A Slack user id (`U…`, `W…`).
+    SlackUserId,
+    "slack user id"
+);
+
+/// A Slack message timestamp (`"1700000000.000100"`), which is also a message's id within
+/// its channel. Kept as the exact string Slack sent: converting to a float loses digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MessageTs(String);
+
+impl TryFrom<String> for MessageTs {
+    type Error = IdError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(value)
+    }
+}
+
+impl From<MessageTs> for String {
+    fn from(value: MessageTs) -> String {
+        value.0
+    }
+}
+
+impl MessageTs {
+    /// Checks the `digits.digits` form.
+    pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
+        let value = value.into();
+        let ok = match value.split_once('.') {
+            Some((secs, frac)) => {
+                !secs.is_empty()
+                    && !frac.is_empty()
+                    && secs.bytes().all(|b| b.is_ascii_digit())
+                    && frac.bytes().all(|b| b.is_ascii_digit())
+            }
+            None => false,
+        };
+        if ok {
+            Ok(Self(value))
+        } else {
+            Err(IdError::BadTs(value))
+        }
+    }
+
+    /// The plain string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MessageTs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for MessageTs {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// A fresh random (v4) id.
+            pub fn new_random() -> Self {
+                Self(Uuid::new_v4())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(s).map(Self)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// Our id of a conversation (one per Slack thread); sent to the agent as `conversation_id`.
+    ConversationId
+);
+uuid_id!(
+    /// Our id of an organization (not Clerk's `org_…` id).
+    OrganizationId
+);
+
+/// A GitHub App installation id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InstallationId(pub i64);
+
+impl InstallationId {
+    /// The routing key of the installation's webhook stream: `installation:42`.
+    pub fn to_routing_key(self) -> RoutingKey {
+        RoutingKey(format!("installation:{}", self.0))
+    }
+}
+
+impl fmt::Display for InstallationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for InstallationId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(Self)
+    }
+}
+
+/// A Slack thread: the unit of conversation ordering. For a top-level message the thread ts
+/// is the message's own ts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ThreadKey {
+    /// Workspace.
+    pub team: TeamId,
+    /// Channel.
+    pub channel: ChannelId,
+    /// Timestamp of the thread's parent message.
+    pub thread_ts: MessageTs,
+}
+
+impl ThreadKey {
+    /// Builds a key.
+    pub fn new(team: TeamId, channel: ChannelId, thread_ts: MessageTs) -> Self {
+        Self {
+            team,
+            channel,
+            thread_ts,
+        }
+    }
+
+    /// `TEAM/CHANNEL/THREAD_TS`, the routing key of the thread's actor. None of the parts can
+    /// hold a `/`, so the key parses back unambiguously.
+    pub fn to_routing_key(&self) -> RoutingKey {
+        RoutingKey(self.to_string())
+    }
+
+    /// Parses a routing key made by [`ThreadKey::to_routing_key`].
+    pub fn from_routing_key(key: &RoutingKey) -> Result<Self, IdError> {
+        key.0.parse()
+    }
+}
+
+impl fmt::Display for ThreadKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.team, self.channel, self.thread_ts)
+    }
+}
+
+impl FromStr for ThreadKey {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || IdError::BadThreadKey(s.to_owned());
+        let mut parts = s.split('/');
+        let (Some(team), Some(channel), Some(ts), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        Ok(Self {
+            team: TeamId::parse(team).map_err(|_| bad())?,
+            channel: ChannelId::parse(channel).map_err(|_| bad())?,
+            thread_ts: MessageTs::parse(ts).map_err(|_| bad())?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_key_round_trip() {
+        let key = ThreadKey::new(
+            TeamId::parse("T1").unwrap(),
+            ChannelId::parse("C2").unwrap(),
+            MessageTs::parse("1700000000.000100").unwrap(),
+        );
+        let rk = key.to_routing_key();
+        assert_eq!(rk.0, "T1/C2/1700000000.000100");
+        assert_eq!(ThreadKey::from_routing_key(&rk).unwrap(), key);
+    }
+
+    #[test]
+    fn thread_key_rejects_malformed() {
+        for bad in [
+            "",
+            "T1/C2",
+            "T1/C2/1.2/x",
+            "/C2/1.2",
+            "T1//1.2",
+            "T1/C2/abc",
+            "T1/C2/1.",
+            "T 1/C2/1.2",
+        ] {
+            assert!(
+                bad.parse::<ThreadKey>().is_err(),
+                "{bad:?} must be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn ids_reject_separator_and_empty() {
+        assert_eq!(TeamId::parse(""), Err(IdError::Empty { what: "team id" }));
+        assert!(ChannelId::parse("C1/x").is_err());
+        assert!(MessageTs::parse("1700000000").is_err());
+    }
+
+    #[test]
+    fn serde_is_transparent() {
+        let t = TeamId::parse("T9").unwrap();
+        assert_eq!(serde_json::to_string(&t).unwrap(), "\"T9\"");
+        assert_eq!(serde_json::from_str::<TeamId>("\"T9\"").unwrap(), t);
+        assert!(serde_json::from_str::<TeamId>("\"T/9\"").is_err());
+        assert!(serde_json::from_str::<MessageTs>("\"x\"").is_err());
+        let i = InstallationId(42);
+        assert_eq!(serde_json::to_string(&i).unwrap(), "42");
+        assert_eq!(i.to_routing_key().0, "installation:42");
+        let c = ConversationId::new_random();
+        assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{}\"", c.0));
+        assert_eq!(c.to_string().parse::<ConversationId>().unwrap(), c);
+    }
+}

@@ -1,0 +1,239 @@
+//! Prometheus metrics of the actor cluster. The HTTP layer registers its own metrics on the
+//! same [`Metrics::registry`] and serves [`Metrics::encode_text`].
+
+use std::fmt;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::health::ActorKind;
+use crate::inbox::EventStatus;
+
+/// The cluster's metrics. Cheap to clone; clones share the same collectors.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    actors_live: IntGaugeVec,
+    messages_handled: IntCounterVec,
+    failures: IntCounterVec,
+    restarts: IntCounterVec,
+    handling_seconds: HistogramVec,
+    dead_letters_total: IntCounterVec,
+    router_backlog: IntGaugeVec,
+    deferred_total: IntCounterVec,
+    inbox_events: IntGaugeVec,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Metrics on a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        Self::with_registry(Registry::new())
+    }
+
+    /// Metrics registered on `registry`.
+    pub fn with_registry(registry: Registry) -> Result<Self, prometheus::Error> {
+        let kind = &["kind"];
+        let actors_live = IntGaugeVec::new(
+            Opts::new("infragpt_actors_live", "Live actors per kind"),
+            kind,
+        )?;
+        let messages_handled = IntCounterVec::new(
+            Opts::new(
+                "infragpt_actor_messages_handled_total",
+                "Events handled (done or ignored) per actor kind",
+            ),
+            kind,
+        )?;
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "infragpt_actor_failures_total",
+                "Handler errors and panics per actor kind",
+            ),
+            kind,
+        )?;
+        let restarts = IntCounterVec::new(
+            Opts::new("infragpt_actor_restarts_total", "Actor restarts per kind"),
+            kind,
+        )?;
+        let handling_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "infragpt_actor_handling_seconds",
+                "Time to handle one event per actor kind",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            kind,
+        )?;
+        let dead_letters_total = IntCounterVec::new(
+            Opts::new(
+                "infragpt_dead_letters_total",
+                "Events that became dead letters per actor kind",
+            ),
+            kind,
+        )?;
+        let router_backlog = IntGaugeVec::new(
+            Opts::new(
+                "infragpt_inbox_backlog",
+                "Events dispatched to a stream's workers and not yet finished",
+            ),
+            &["stream"],
+        )?;
+        let deferred_total = IntCounterVec::new(
+            Opts::new(
+                "infragpt_inbox_deferred_total",
+                "Events left in the inbox by backpressure, dispatched later by the drain loop",
+            ),
+            &["stream"],
+        )?;
+        let inbox_events = IntGaugeVec::new(
+            Opts::new(
+                "infragpt_inbox_events",
+                "Stored inbound events per status (failed = dead letters)",
+            ),
+            &["status"],
+        )?;
+        registry.register(Box::new(actors_live.clone()))?;
+        registry.register(Box::new(messages_handled.clone()))?;
+        registry.register(Box::new(failures.clone()))?;
+        registry.register(Box::new(restarts.clone()))?;
+        registry.register(Box::new(handling_seconds.clone()))?;
+        registry.register(Box::new(dead_letters_total.clone()))?;
+        registry.register(Box::new(router_backlog.clone()))?;
+        registry.register(Box::new(deferred_total.clone()))?;
+        registry.register(Box::new(inbox_events.clone()))?;
+        let m = Self {
+            registry,
+            actors_live,
+            messages_handled,
+            failures,
+            restarts,
+            handling_seconds,
+            dead_letters_total,
+            router_backlog,
+            deferred_total,
+            inbox_events,
+        };
+        // Every series exists from the start so dashboards and tests see zeros, not gaps.
+        for k in ActorKind::ALL {
+            let k = k.as_str();
+            m.actors_live.with_label_values(&[k]);
+            m.messages_handled.with_label_values(&[k]);
+            m.failures.with_label_values(&[k]);
+            m.restarts.with_label_values(&[k]);
+            m.dead_letters_total.with_label_values(&[k]);
+        }
+        Ok(m)
+    }
+
+    /// The registry (register more collectors here).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Everything in the Prometheus text format.
+    pub fn encode_text(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec only fails on inconsistent metric families, which the typed
+        // collectors above cannot produce; keep whatever was written.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    pub(crate) fn actor_started(&self, kind: ActorKind) {
+        self.actors_live.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    pub(crate) fn actor_stopped(&self, kind: ActorKind) {
+        self.actors_live.with_label_values(&[kind.as_str()]).dec();
+    }
+
+    pub(crate) fn handled(&self, kind: ActorKind, seconds: f64) {
+        self.messages_handled
+            .with_label_values(&[kind.as_str()])
+            .inc();
+        self.handling_seconds
+            .with_label_values(&[kind.as_str()])
+            .observe(seconds);
+    }
+
+    pub(crate) fn failure(&self, kind: ActorKind) {
+        self.failures.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    pub(crate) fn restart(&self, kind: ActorKind) {
+        self.restarts.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    pub(crate) fn dead_letter(&self, kind: ActorKind) {
+        self.dead_letters_total
+            .with_label_values(&[kind.as_str()])
+            .inc();
+    }
+
+    pub(crate) fn set_backlog(&self, stream: &str, backlog: usize) {
+        self.router_backlog
+            .with_label_values(&[stream])
+            .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn deferred(&self, stream: &str) {
+        self.deferred_total.with_label_values(&[stream]).inc();
+    }
+
+    pub(crate) fn set_inbox_counts(&self, counts: &[(EventStatus, i64)]) {
+        for status in [
+            EventStatus::Pending,
+            EventStatus::Processing,
+            EventStatus::Done,
+            EventStatus::Failed,
+            EventStatus::Ignored,
+        ] {
+            let n = counts
+                .iter()
+                .filter(|(s, _)| *s == status)
+                .map(|(_, n)| *n)
+                .sum();
+            self.inbox_events
+                .with_label_values(&[status.as_str()])
+                .set(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_has_zeroed_series_and_moves() {
+        let m = Metrics::new().unwrap();
+        let text = m.encode_text();
+        assert!(
+            text.contains("infragpt_actor_messages_handled_total{kind=\"conversation_thread\"} 0")
+        );
+        m.handled(ActorKind::ConversationThread, 0.01);
+        m.set_inbox_counts(&[(EventStatus::Failed, 3)]);
+        let text = m.encode_text();
+        assert!(
+            text.contains("infragpt_actor_messages_handled_total{kind=\"conversation_thread\"} 1")
+        );
+        assert!(text.contains("infragpt_inbox_events{status=\"failed\"} 3"));
+        assert!(text.contains("infragpt_actor_handling_seconds_bucket"));
+    }
+
+    #[test]
+    fn two_metrics_on_one_registry_conflict() {
+        let m = Metrics::new().unwrap();
+        assert!(Metrics::with_registry(m.registry().clone()).is_err());
+    }
+}

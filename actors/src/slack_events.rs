@@ -1,0 +1,843 @@
+//! Slack inbound classification: pure parsing and decision logic, no I/O.
+//!
+//! Two steps. [`parse_body`] turns an Events API request body (or the `payload` of a Socket Mode
+//! `events_api` envelope) into an [`Inbound`]; [`decide`] then says what the service does with an
+//! event callback given what it knows about the channel and thread: start a [`Turn`], update or
+//! delete a stored message, or ignore it for a stated [`IgnoreReason`]. [`parse_socket_frame`]
+//! classifies the Socket Mode frames themselves (`hello`, `disconnect`, envelopes).
+
+use serde::Deserialize;
+use serde_json::Value;
+
+macro_rules! id_newtype {
+    ($(#[$doc:meta] $name:ident),* $(,)?) => {$(
+        #[$doc]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            /// The raw id.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(value: &str) -> Self {
+                Self(value.to_owned())
+            }
+        }
+    )*};
+}
+
+id_newtype!(
+    /// Slack workspace id (`T…`).
+    TeamId,
+    /// Slack channel id (`C…`, `G…`, `D…`).
+    ChannelId,
+    /// Slack user id (`U…`, `W…`).
+    UserId,
+    /// Slack bot id (`B…`), distinct from the bot's user id.
+    BotId,
+    /// Slack app id (`A…`).
+    AppId,
+    /// Slack message timestamp (`1610241741.000200`), unique within a channel.
+    Ts,
+    /// Events API event id (`Ev…`), stable across redeliveries: the dedupe key for inbound events.
+    EventId,
+);
+
+/// Why a body or frame could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Not JSON at all.
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    /// JSON, but a required field is missing or has the wrong type.
+    #[error("{kind}: missing or invalid field `{field}`")]
+    Field {
+        /// What was being parsed (`event_callback`, `app_mention`, `hello`, ...).
+        kind: &'static str,
+        /// The offending field.
+        field: &'static str,
+    },
+}
+
+/// A parsed Events API body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// Endpoint verification: answer with the challenge.
+    UrlVerification {
+        /// Value to echo back.
+        challenge: String,
+    },
+    /// An event.
+    EventCallback(Box<EventCallback>),
+    /// Any other body type (`app_rate_limited`, ...): acknowledge and ignore.
+    Other {
+        /// The body's `type`.
+        kind: String,
+    },
+}
+
+/// The envelope around one event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventCallback {
+    /// Stable across redeliveries.
+    pub event_id: EventId,
+    /// Workspace the event belongs to.
+    pub team_id: TeamId,
+    /// Unix seconds.
+    pub event_time: i64,
+    /// App the event was sent to.
+    pub api_app_id: Option<AppId>,
+    /// The bot user id from `authorizations` (the first `is_bot` entry), when present.
+    pub authorized_bot_user_id: Option<UserId>,
+    /// The event itself.
+    pub event: SlackEvent,
+}
+
+/// The events we distinguish.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SlackEvent {
+    /// Someone mentioned the bot.
+    AppMention(AppMention),
+    /// A `message` event that is not an edit or delete (any other subtype is kept in `subtype`).
+    Message(MessageEvent),
+    /// `message` / `message_changed`.
+    MessageChanged {
+        /// Channel of the edited message.
+        channel: ChannelId,
+        /// `ts` of the edited message (not of the event).
+        ts: Ts,
+        /// New text.
+        new_text: String,
+        /// Who edited it (`message.edited.user`), when given.
+        edited_by: Option<UserId>,
+    },
+    /// `message` / `message_deleted`.
+    MessageDeleted {
+        /// Channel of the deleted message.
+        channel: ChannelId,
+        /// `ts` of the deleted message.
+        deleted_ts: Ts,
+    },
+    /// Anything else (`reaction_added`, `member_joined_channel`, ...).
+    Other {
+        /// The event's `type`.
+        kind: String,
+    },
+}
+
+/// An `app_mention` event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppMention {
+    /// Where.
+    pub channel: ChannelId,
+    /// Who (absent only in odd bot-originated mentions).
+    pub user: Option<UserId>,
+    /// Raw text, mention included.
+    pub text: String,
+    /// Message ts.
+    pub ts: Ts,
+    /// Thread parent ts when the mention is a thread reply.
+    pub thread_ts: Option<Ts>,
+    /// Set when a bot wrote the mention.
+    pub bot_id: Option<BotId>,
+}
+
+/// A `message` event (plain, thread reply, bot message, join, ...).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageEvent {
+    /// Where.
+    pub channel: ChannelId,
+    /// `channel`, `group`, `im`, `mpim` when given.
+    pub channel_type: Option<String>,
+    /// Author (absent for classic bot messages).
+    pub user: Option<UserId>,
+    /// Raw text (empty when absent).
+    pub text: String,
+    /// Message ts.
+    pub ts: Ts,
+    /// Thread parent ts for replies.
+    pub thread_ts: Option<Ts>,
+    /// Author of the thread parent, for replies.
+    pub parent_user_id: Option<UserId>,
+    /// `bot_message`, `channel_join`, `thread_broadcast`, ...; `None` for a plain message.
+    pub subtype: Option<String>,
+    /// Present when a bot (any app) wrote it.
+    pub bot_id: Option<BotId>,
+    /// App that wrote it, when given.
+    pub app_id: Option<AppId>,
+}
+
+#[derive(Deserialize)]
+struct RawBody {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    challenge: Option<String>,
+    event_id: Option<String>,
+    team_id: Option<String>,
+    event_time: Option<i64>,
+    api_app_id: Option<String>,
+    #[serde(default)]
+    authorizations: Vec<RawAuthorization>,
+    event: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawAuthorization {
+    user_id: Option<String>,
+    #[serde(default)]
+    is_bot: bool,
+}
+
+/// Parses an Events API body (HTTP) or the `payload` of a Socket Mode `events_api` envelope.
+pub fn parse_body(body: &[u8]) -> Result<Inbound, ParseError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| ParseError::Json(e.to_string()))?;
+    parse_value(value)
+}
+
+/// Like [`parse_body`], from an already decoded JSON value.
+pub fn parse_value(value: Value) -> Result<Inbound, ParseError> {
+    let raw: RawBody =
+        serde_json::from_value(value).map_err(|e| ParseError::Json(e.to_string()))?;
+    let kind = raw.kind.ok_or(ParseError::Field {
+        kind: "body",
+        field: "type",
+    })?;
+    match kind.as_str() {
+        "url_verification" => Ok(Inbound::UrlVerification {
+            challenge: raw.challenge.ok_or(ParseError::Field {
+                kind: "url_verification",
+                field: "challenge",
+            })?,
+        }),
+        "event_callback" => {
+            let missing = |field| ParseError::Field {
+                kind: "event_callback",
+                field,
+            };
+            let event = raw.event.ok_or(missing("event"))?;
+            Ok(Inbound::EventCallback(Box::new(EventCallback {
+                event_id: EventId(raw.event_id.ok_or(missing("event_id"))?),
+                team_id: TeamId(raw.team_id.ok_or(missing("team_id"))?),
+                event_time: raw.event_time.ok_or(missing("event_time"))?,
+                api_app_id: raw.api_app_id.map(AppId),
+                authorized_bot_user_id: raw
+                    .authorizations
+                    .into_iter()
+                    .find(|a| a.is_bot)
+                    .and_then(|a| a.user_id)
+                    .map(UserId),
+                event: parse_event(&event)?,
+            })))
+        }
+        _ => Ok(Inbound::Other { kind }),
+    }
+}
+
+fn str_field(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn parse_event(event: &Value) -> Result<SlackEvent, ParseError> {
+    let kind = str_field(event, "type").ok_or(ParseError::Field {
+        kind: "event",
+        field: "type",
+    })?;
+    match kind.as_str() {
+        "app_mention" => {
+            let req = |field| {
+                str_field(event, field).ok_or(ParseError::Field {
+                    kind: "app_mention",
+                    field,
+                })
+            };
+            Ok(SlackEvent::AppMention(AppMention {
+                channel: ChannelId(req("channel")?),
+                user: str_field(event, "user").map(UserId),
+                text: str_field(event, "text").unwrap_or_default(),
+                ts: Ts(req("ts")?),
+                thread_ts: str_field(event, "thread_ts").map(Ts),
+                bot_id: str_field(event, "bot_id").map(BotId),
+            }))
+        }
+        "message" => parse_message(event),
+        _ => Ok(SlackEvent::Other { kind }),
+    }
+}
+
+fn parse_message(event: &Value) -> Result<SlackEvent, ParseError> {
+    let subtype = str_field(event, "subtype");
+    let channel = str_field(event, "channel")
+        .map(ChannelId)
+        .ok_or(ParseError::Field {
+            kind: "message",
+            field: "channel",
+        })?;
+    match subtype.as_deref() {
+        Some("message_changed") => {
+            let missing = |field| ParseError::Field {
+                kind: "message_changed",
+                field,
+            };
+            let message = event.get("message").ok_or(missing("message"))?;
+            Ok(SlackEvent::MessageChanged {
+                channel,
+                ts: Ts(str_field(message, "ts").ok_or(missing("message.ts"))?),
+                new_text: str_field(message, "text").unwrap_or_default(),
+                edited_by: message
+                    .get("edited")
+                    .and_then(|e| str_field(e, "user"))
+                    .map(UserId),
+            })
+        }
+        Some("message_deleted") => Ok(SlackEvent::MessageDeleted {
+            channel,
+            deleted_ts: str_field(event, "deleted_ts")
+                .map(Ts)
+                .ok_or(ParseError::Field {
+                    kind: "message_deleted",
+                    field: "deleted_ts",
+                })?,
+        }),
+        _ => Ok(SlackEvent::Message(MessageEvent {
+            channel,
+            channel_type: str_field(event, "channel_type"),
+            user: str_field(event, "user").map(UserId),
+            text: str_field(event, "text").unwrap_or_default(),
+            ts: str_field(event, "ts").map(Ts).ok_or(ParseError::Field {
+                kind: "message",
+                field: "ts",
+            })?,
+            thread_ts: str_field(event, "thread_ts").map(Ts),
+            parent_user_id: str_field(event, "parent_user_id").map(UserId),
+            subtype,
+            bot_id: str_field(event, "bot_id").map(BotId),
+            app_id: str_field(event, "app_id").map(AppId),
+        })),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decisions
+// ---------------------------------------------------------------------------------------------
+
+/// What the caller knows when deciding about an event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecideContext {
+    /// Our bot's user id in this workspace (from the installation). Falls back to the event's
+    /// `authorizations` when `None`.
+    pub bot_user_id: Option<UserId>,
+    /// The channel is one the bot monitors (it was mentioned there before, or configured).
+    pub channel_monitored: bool,
+    /// The bot has taken part in the thread the message belongs to.
+    pub bot_in_thread: bool,
+}
+
+/// One human message, identified the same way whether it came as `app_mention` or `message`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TurnId {
+    /// Workspace.
+    pub team_id: TeamId,
+    /// Channel.
+    pub channel: ChannelId,
+    /// The message's own ts.
+    pub ts: Ts,
+}
+
+/// A conversation thread: `(team, channel, thread_ts or ts)`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ThreadKey {
+    /// Workspace.
+    pub team_id: TeamId,
+    /// Channel.
+    pub channel: ChannelId,
+    /// The thread parent's ts (the message's own ts when it starts a thread).
+    pub thread_ts: Ts,
+}
+
+/// A message that becomes a turn in a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Turn {
+    /// Dedupe key of the human message.
+    pub turn_id: TurnId,
+    /// Conversation it belongs to.
+    pub thread: ThreadKey,
+    /// Source event (for the inbox row).
+    pub event_id: EventId,
+    /// Author.
+    pub user: UserId,
+    /// Text with the bot mention stripped and trimmed.
+    pub text: String,
+    /// Text as Slack sent it.
+    pub raw_text: String,
+    /// Unix seconds of the event.
+    pub event_time: i64,
+    /// The turn came from an `app_mention`: the channel becomes monitored.
+    pub marks_channel_monitored: bool,
+}
+
+/// Key of a stored message, for edits and deletes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MessageKey {
+    /// Workspace.
+    pub team_id: TeamId,
+    /// Channel.
+    pub channel: ChannelId,
+    /// The message's ts.
+    pub ts: Ts,
+}
+
+/// Why an event does not become a turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IgnoreReason {
+    /// Written by our own bot user.
+    OwnBotMessage,
+    /// Written by a bot (`bot_id` present).
+    FromBot {
+        /// The bot's id.
+        bot_id: BotId,
+    },
+    /// A message subtype that is not a human message (`channel_join`, `bot_message`, ...).
+    Subtype(String),
+    /// The `message` twin of an `app_mention`: the mention event makes the turn.
+    CoveredByAppMention,
+    /// Neither a monitored channel nor a thread the bot is part of.
+    NotMonitored,
+    /// No author.
+    NoUser,
+    /// An event type we do not act on.
+    UnsupportedEvent(String),
+}
+
+impl std::fmt::Display for IgnoreReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::OwnBotMessage => f.write_str("message from our own bot"),
+            Self::FromBot { bot_id } => write!(f, "message from bot {bot_id}"),
+            Self::Subtype(s) => write!(f, "message subtype {s} is not a human message"),
+            Self::CoveredByAppMention => {
+                f.write_str("message mentions the bot; its app_mention makes the turn")
+            }
+            Self::NotMonitored => {
+                f.write_str("channel not monitored and bot not part of the thread")
+            }
+            Self::NoUser => f.write_str("message has no user"),
+            Self::UnsupportedEvent(k) => write!(f, "event type {k} is not handled"),
+        }
+    }
+}
+
+/// What to do with an event callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Start a turn.
+    Turn(Turn),
+    /// Update the stored text of a message.
+    Update {
+        /// Which message.
+        key: MessageKey,
+        /// Its new text.
+        new_text: String,
+        /// Who edited it.
+        edited_by: Option<UserId>,
+    },
+    /// Mark a stored message deleted.
+    Delete {
+        /// Which message.
+        key: MessageKey,
+    },
+    /// Nothing to do, for this reason.
+    Ignored(IgnoreReason),
+}
+
+/// Decides what an event callback becomes.
+///
+/// - `app_mention` is a turn anywhere (and marks the channel monitored), unless a bot wrote it
+///   (bots mentioning bots would loop).
+/// - A `message` without subtype (or `thread_broadcast`, which is a thread reply) from a human
+///   is a turn when the channel is monitored, the channel is a DM with the bot (`im`), or it is a
+///   reply in a thread the bot is part of; unless it mentions the bot, in which case the
+///   `app_mention` Slack also sends makes the turn.
+/// - `message_changed` / `message_deleted` update or delete the stored message.
+/// - Everything else is ignored with a reason.
+pub fn decide(cb: &EventCallback, ctx: &DecideContext) -> Decision {
+    let bot_user = ctx
+        .bot_user_id
+        .as_ref()
+        .or(cb.authorized_bot_user_id.as_ref());
+    match &cb.event {
+        SlackEvent::AppMention(m) => {
+            if let Some(bot_id) = &m.bot_id {
+                return Decision::Ignored(IgnoreReason::FromBot {
+                    bot_id: bot_id.clone(),
+                });
+            }
+            let Some(user) = &m.user else {
+                return Decision::Ignored(IgnoreReason::NoUser);
+            };
+            if Some(user) == bot_user {
+                return Decision::Ignored(IgnoreReason::OwnBotMessage);
+            }
+            Decision::Turn(make_turn(
+                cb,
+                &m.channel,
+                user,
+                &m.text,
+                &m.ts,
+                m.thread_ts.as_ref(),
+                strip_mention(&m.text, bot_user, true),
+                true,
+            ))
+        }
+        SlackEvent::Message(m) => {
+            match m.subtype.as_deref() {
+                None | Some("thread_broadcast") => {}
+                Some(other) => return Decision::Ignored(IgnoreReason::Subtype(other.to_owned())),
+            }
+            if m.user.is_some() && m.user.as_ref() == bot_user {
+                return Decision::Ignored(IgnoreReason::OwnBotMessage);
+            }
+            if let Some(bot_id) = &m.bot_id {
+                return Decision::Ignored(IgnoreReason::FromBot {
+                    bot_id: bot_id.clone(),
+                });
+            }
+            let Some(user) = &m.user else {
+                return Decision::Ignored(IgnoreReason::NoUser);
+            };
+            if bot_user.is_some_and(|b| mentions(&m.text, b)) {
+                return Decision::Ignored(IgnoreReason::CoveredByAppMention);
+            }
+            let is_reply = m.thread_ts.as_ref().is_some_and(|t| *t != m.ts);
+            let is_dm = m.channel_type.as_deref() == Some("im");
+            if !(ctx.channel_monitored || is_dm || (is_reply && ctx.bot_in_thread)) {
+                return Decision::Ignored(IgnoreReason::NotMonitored);
+            }
+            Decision::Turn(make_turn(
+                cb,
+                &m.channel,
+                user,
+                &m.text,
+                &m.ts,
+                m.thread_ts.as_ref(),
+                strip_mention(&m.text, bot_user, false),
+                false,
+            ))
+        }
+        SlackEvent::MessageChanged {
+            channel,
+            ts,
+            new_text,
+            edited_by,
+        } => Decision::Update {
+            key: MessageKey {
+                team_id: cb.team_id.clone(),
+                channel: channel.clone(),
+                ts: ts.clone(),
+            },
+            new_text: new_text.clone(),
+            edited_by: edited_by.clone(),
+        },
+        SlackEvent::MessageDeleted {
+            channel,
+            deleted_ts,
+        } => Decision::Delete {
+            key: MessageKey {
+                team_id: cb.team_id.clone(),
+                channel: channel.clone(),
+                ts: deleted_ts.clone(),
+            },
+        },
+        SlackEvent::Other { kind } => {
+            Decision::Ignored(IgnoreReason::UnsupportedEvent(kind.clone()))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make_turn(
+    cb: &EventCallback,
+    channel: &ChannelId,
+    user: &UserId,
+    raw_text: &str,
+    ts: &Ts,
+    thread_ts: Option<&Ts>,
+    text: String,
+    marks_channel_monitored: bool,
+) -> Turn {
+    Turn {
+        turn_id: TurnId {
+            team_id: cb.team_id.clone(),
+            channel: channel.clone(),
+            ts: ts.clone(),
+        },
+        thread: ThreadKey {
+            team_id: cb.team_id.clone(),
+            channel: channel.clone(),
+            thread_ts: thread_ts.unwrap_or(ts).clone(),
+        },
+        event_id: cb.event_id.clone(),
+        user: user.clone(),
+        text,
+        raw_text: raw_text.to_owned(),
+        event_time: cb.event_time,
+        marks_channel_monitored,
+    }
+}
+
+/// The turn id a human message maps to, whichever of `app_mention` / `message` carried it:
+/// `(team, channel, ts)`. `None` for events that are not messages.
+pub fn turn_id(cb: &EventCallback) -> Option<TurnId> {
+    let (channel, ts) = match &cb.event {
+        SlackEvent::AppMention(m) => (&m.channel, &m.ts),
+        SlackEvent::Message(m) => (&m.channel, &m.ts),
+        _ => return None,
+    };
+    Some(TurnId {
+        team_id: cb.team_id.clone(),
+        channel: channel.clone(),
+        ts: ts.clone(),
+    })
+}
+
+/// The conversation thread of a message: `thread_ts` when it is a reply, else its own `ts`.
+pub fn thread_key(
+    team_id: &TeamId,
+    channel: &ChannelId,
+    ts: &Ts,
+    thread_ts: Option<&Ts>,
+) -> ThreadKey {
+    ThreadKey {
+        team_id: team_id.clone(),
+        channel: channel.clone(),
+        thread_ts: thread_ts.unwrap_or(ts).clone(),
+    }
+}
+
+/// True when `text` mentions `user` (`<@U123>` or `<@U123|name>`).
+pub fn mentions(text: &str, user: &UserId) -> bool {
+    mention_spans(text)
+        .iter()
+        .any(|(_, _, id)| *id == user.as_str())
+}
+
+/// Finds `<@ID>` / `<@ID|label>` spans: (start, end exclusive, id).
+fn mention_spans(text: &str) -> Vec<(usize, usize, &str)> {
+    let mut spans = Vec::new();
+    let mut from = 0;
+    while let Some(rel) = text[from..].find("<@") {
+        let start = from + rel;
+        let Some(close_rel) = text[start..].find('>') else {
+            break;
+        };
+        let end = start + close_rel + 1;
+        let inner = &text[start + 2..end - 1];
+        let id = inner.split('|').next().unwrap_or(inner);
+        if !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            spans.push((start, end, id));
+        }
+        from = end;
+    }
+    spans
+}
+
+/// Removes mentions of the bot (`<@U123>`, `<@U123|name>`) and trims. When the bot's id is not
+/// known and `leading_if_unknown` is set (an `app_mention`, which by definition mentions the
+/// bot), a leading mention is removed instead.
+pub fn strip_mention(text: &str, bot_user: Option<&UserId>, leading_if_unknown: bool) -> String {
+    let spans = mention_spans(text);
+    let remove: Vec<(usize, usize)> = match bot_user {
+        Some(bot) => spans
+            .iter()
+            .filter(|(_, _, id)| *id == bot.as_str())
+            .map(|(s, e, _)| (*s, *e))
+            .collect(),
+        None if leading_if_unknown => spans
+            .iter()
+            .filter(|(s, _, _)| text[..*s].trim().is_empty())
+            .map(|(s, e, _)| (*s, *e))
+            .take(1)
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (s, e) in remove {
+        out.push_str(&text[last..s]);
+        last = e;
+        // "a <@U1> b" becomes "a b", not "a  b"; other spacing in the text is left alone.
+        if out.ends_with(' ') && text[last..].starts_with(' ') {
+            last += 1;
+        }
+    }
+    out.push_str(&text[last..]);
+    out.trim().to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket Mode frames
+// ---------------------------------------------------------------------------------------------
+
+/// Why Slack asks a Socket Mode client to disconnect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The connection will be closed soon; open a new one.
+    Warning,
+    /// Routine refresh; reconnect.
+    RefreshRequested,
+    /// Over the per-app connection limit (10); back off before reconnecting.
+    TooManyWebsockets,
+    /// Socket Mode was turned off for the app: fatal, do not reconnect.
+    LinkDisabled,
+    /// A reason we do not know; reconnect with backoff.
+    Other(String),
+}
+
+impl DisconnectReason {
+    fn parse(s: &str) -> Self {
+        match s {
+            "warning" => Self::Warning,
+            "refresh_requested" => Self::RefreshRequested,
+            "too_many_websockets" => Self::TooManyWebsockets,
+            "link_disabled" => Self::LinkDisabled,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+
+    /// True when reconnecting is pointless.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::LinkDisabled)
+    }
+}
+
+/// A Socket Mode frame from Slack.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SocketFrame {
+    /// First frame on a new connection.
+    Hello {
+        /// Connections the app has open (including this one).
+        num_connections: u32,
+        /// App the connection belongs to.
+        app_id: Option<AppId>,
+        /// `debug_info.host`.
+        host: Option<String>,
+    },
+    /// Slack will close this connection.
+    Disconnect {
+        /// Why.
+        reason: DisconnectReason,
+        /// `debug_info.host`, when given (the minimal form omits it).
+        host: Option<String>,
+    },
+    /// An envelope to acknowledge with `{"envelope_id": ...}`.
+    Envelope {
+        /// `events_api`, `interactive`, `slash_commands`.
+        kind: String,
+        /// Echo this in the ack.
+        envelope_id: String,
+        /// The body (for `events_api`, an Events API body: feed it to [`parse_value`]).
+        payload: Value,
+        /// Whether the ack may carry a response payload.
+        accepts_response_payload: bool,
+        /// 0 on first delivery.
+        retry_attempt: u32,
+        /// `""`, `timeout`, ...
+        retry_reason: String,
+    },
+    /// A frame type we do not know.
+    Other {
+        /// Its `type`.
+        kind: String,
+    },
+}
+
+/// Parses a Socket Mode text frame.
+pub fn parse_socket_frame(text: &str) -> Result<SocketFrame, ParseError> {
+    let v: Value = serde_json::from_str(text).map_err(|e| ParseError::Json(e.to_string()))?;
+    let kind = str_field(&v, "type").ok_or(ParseError::Field {
+        kind: "socket frame",
+        field: "type",
+    })?;
+    let host = v.get("debug_info").and_then(|d| str_field(d, "host"));
+    match kind.as_str() {
+        "hello" => Ok(SocketFrame::Hello {
+            num_connections: v
+                .get("num_connections")
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or(ParseError::Field {
+                    kind: "hello",
+                    field: "num_connections",
+                })?,
+            app_id: v
+                .get("connection_info")
+                .and_then(|c| str_field(c, "app_id"))
+                .map(AppId),
+            host,
+        }),
+        "disconnect" => Ok(SocketFrame::Disconnect {
+            reason: DisconnectReason::parse(&str_field(&v, "reason").ok_or(ParseError::Field {
+                kind: "disconnect",
+                field: "reason",
+            })?),
+            host,
+        }),
+        "events_api" | "interactive" | "slash_commands" => {
+            let missing = |field| ParseError::Field {
+                kind: "envelope",
+                field,
+            };
+            Ok(SocketFrame::Envelope {
+                envelope_id: str_field(&v, "envelope_id").ok_or(missing("envelope_id"))?,
+                payload: v.get("payload").cloned().ok_or(missing("payload"))?,
+                accepts_response_payload: v
+                    .get("accepts_response_payload")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+                retry_attempt: v
+                    .get("retry_attempt")
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .unwrap_or(0),
+                retry_reason: str_field(&v, "retry_reason").unwrap_or_default(),
+                kind,
+            })
+        }
+        _ => Ok(SocketFrame::Other { kind }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_variants() {
+        let bot = UserId::from("U123");
+        assert_eq!(strip_mention("<@U123> hi", Some(&bot), true), "hi");
+        assert_eq!(
+            strip_mention("hey <@U123|infragpt> do x", Some(&bot), true),
+            "hey do x"
+        );
+        assert_eq!(strip_mention("<@U999> hi", Some(&bot), true), "<@U999> hi");
+        assert_eq!(strip_mention(" <@U999> hi ", None, true), "hi");
+        assert_eq!(strip_mention("a\n<@U123>\nb", Some(&bot), true), "a\n\nb");
+        assert_eq!(
+            strip_mention("<@U123>  keep  spacing", Some(&bot), true),
+            "keep  spacing"
+        );
+        assert!(mentions("x <@U123|n>", &bot));
+        assert!(!mentions("x <@U1234>", &bot));
+        assert!(!mentions("x <!channel>", &bot));
+    }
+}

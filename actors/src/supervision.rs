@@ -1,0 +1,350 @@
+//! Plain supervision logic, free of actix so it can be unit-tested: restart backoff, restart
+//! storm detection and the per-key worker queue state machine.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::inbox::EventRowId;
+
+/// Exponential backoff: `base * 2^(n-1)` for the n-th consecutive failure, capped at `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// A backoff policy.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self { base, max }
+    }
+
+    /// Delay after the `failures`-th consecutive failure (1-based; 0 gives no delay).
+    pub fn delay(&self, failures: u32) -> Duration {
+        if failures == 0 {
+            return Duration::ZERO;
+        }
+        let shift = (failures - 1).min(31);
+        self.base
+            .checked_mul(1u32 << shift)
+            .map_or(self.max, |d| d.min(self.max))
+    }
+}
+
+/// Counts restarts in a sliding window; a storm is `limit` restarts within `window`.
+#[derive(Debug, Clone)]
+pub struct RestartTracker {
+    limit: u32,
+    window: Duration,
+    recent: VecDeque<Instant>,
+    total: u64,
+}
+
+impl RestartTracker {
+    /// A tracker for `limit` restarts per `window`.
+    pub fn new(limit: u32, window: Duration) -> Self {
+        Self {
+            limit,
+            window,
+            recent: VecDeque::new(),
+            total: 0,
+        }
+    }
+
+    /// Records a restart at `now`; true when this restart completes a storm.
+    pub fn record(&mut self, now: Instant) -> bool {
+        self.total += 1;
+        self.recent.push_back(now);
+        while let Some(first) = self.recent.front() {
+            if now.duration_since(*first) > self.window {
+                self.recent.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.recent.len() >= self.limit as usize
+    }
+
+    /// All restarts recorded so far.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+/// How one attempt at an event ended (as seen by the worker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// Handled (`done`) or deliberately ignored (`ignored`).
+    Finished,
+    /// The event was already finished (or gone) when claimed; nothing ran.
+    AlreadyFinished,
+    /// The handler failed (error or panic); the event is pending again for a retry.
+    Failed(String),
+    /// The handler failed and the retry budget is spent: the event is a dead letter.
+    DeadLetter(String),
+    /// The inbox could not be read or written; the event is retried.
+    StoreFailed(String),
+    /// The handler refused the event for good: a dead letter at once, no restart.
+    Rejected(String),
+}
+
+/// What the worker does after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Take the next queued event now (the finished one is reported to the router).
+    Continue {
+        /// The event that left the worker.
+        finished: EventRowId,
+    },
+    /// Restart, then after the delay retry the same event.
+    RetryAfter(Duration),
+    /// Restart, then after the delay continue with the next event (the failed one left).
+    ContinueAfter {
+        /// The event that left the worker (a dead letter).
+        finished: EventRowId,
+        /// Restart delay.
+        delay: Duration,
+    },
+    /// Too many restarts: report `failed`, release every queued event and stop.
+    Storm {
+        /// The event that left the worker, if the last attempt finished it.
+        finished: Option<EventRowId>,
+        /// Events still owed to the key, to be left in the inbox for later.
+        released: Vec<EventRowId>,
+    },
+}
+
+/// The queue and failure accounting of one keyed worker. Events are taken lowest id first
+/// (arrival order), one at a time.
+#[derive(Debug)]
+pub struct WorkerCore {
+    queue: BTreeSet<EventRowId>,
+    current: Option<EventRowId>,
+    consecutive_failures: u32,
+    restarts: RestartTracker,
+    backoff: Backoff,
+}
+
+impl WorkerCore {
+    /// An idle worker.
+    pub fn new(backoff: Backoff, restarts: RestartTracker) -> Self {
+        Self {
+            queue: BTreeSet::new(),
+            current: None,
+            consecutive_failures: 0,
+            restarts,
+            backoff,
+        }
+    }
+
+    /// Queues an event; false when it is already queued or being handled.
+    pub fn enqueue(&mut self, id: EventRowId) -> bool {
+        if self.current == Some(id) {
+            return false;
+        }
+        self.queue.insert(id)
+    }
+
+    /// Takes the next event if none is being handled.
+    pub fn start_next(&mut self) -> Option<EventRowId> {
+        if self.current.is_some() {
+            return None;
+        }
+        let id = self.queue.pop_first()?;
+        self.current = Some(id);
+        Some(id)
+    }
+
+    /// The event being handled (or waiting for its retry).
+    pub fn current(&self) -> Option<EventRowId> {
+        self.current
+    }
+
+    /// Queued events, not counting the current one.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Nothing queued and nothing being handled.
+    pub fn is_idle(&self) -> bool {
+        self.current.is_none() && self.queue.is_empty()
+    }
+
+    /// Restarts so far.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.total()
+    }
+
+    /// Removes and returns every event still owed (current first, then the queue), e.g. on
+    /// shutdown. They stay unfinished in the inbox.
+    pub fn release_all(&mut self) -> Vec<EventRowId> {
+        let mut out: Vec<EventRowId> = self.current.take().into_iter().collect();
+        out.extend(std::mem::take(&mut self.queue));
+        out
+    }
+
+    /// Accounts for the end of an attempt at the current event and says what comes next.
+    /// Every failure is a restart of the worker.
+    pub fn on_attempt(&mut self, result: &AttemptResult, now: Instant) -> Next {
+        let Some(current) = self.current else {
+            // Nothing was running: a stale result, ignore it.
+            return Next::RetryAfter(Duration::ZERO);
+        };
+        let failed = match result {
+            AttemptResult::Finished
+            | AttemptResult::AlreadyFinished
+            | AttemptResult::Rejected(_) => {
+                if matches!(result, AttemptResult::Finished) {
+                    self.consecutive_failures = 0;
+                }
+                self.current = None;
+                return Next::Continue { finished: current };
+            }
+            AttemptResult::DeadLetter(_) => Some(current),
+            AttemptResult::Failed(_) | AttemptResult::StoreFailed(_) => None,
+        };
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        let storm = self.restarts.record(now);
+        if failed.is_some() {
+            self.current = None;
+        }
+        if storm {
+            return Next::Storm {
+                finished: failed,
+                released: self.release_all(),
+            };
+        }
+        let delay = self.backoff.delay(self.consecutive_failures);
+        match failed {
+            Some(finished) => Next::ContinueAfter { finished, delay },
+            None => Next::RetryAfter(delay),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let b = Backoff::new(ms(100), ms(1000));
+        assert_eq!(b.delay(0), Duration::ZERO);
+        assert_eq!(b.delay(1), ms(100));
+        assert_eq!(b.delay(2), ms(200));
+        assert_eq!(b.delay(4), ms(800));
+        assert_eq!(b.delay(5), ms(1000));
+        assert_eq!(b.delay(400), ms(1000));
+    }
+
+    #[test]
+    fn restart_storm_needs_limit_within_window() {
+        let mut t = RestartTracker::new(3, ms(1000));
+        let t0 = Instant::now();
+        assert!(!t.record(t0));
+        assert!(!t.record(t0 + ms(10)));
+        // The first two leave the window before the third arrives.
+        assert!(!t.record(t0 + ms(1500)));
+        assert!(!t.record(t0 + ms(1600)));
+        assert!(t.record(t0 + ms(1700)));
+        assert_eq!(t.total(), 5);
+    }
+
+    fn core(limit: u32) -> WorkerCore {
+        WorkerCore::new(
+            Backoff::new(ms(10), ms(100)),
+            RestartTracker::new(limit, ms(60_000)),
+        )
+    }
+
+    #[test]
+    fn queue_is_lowest_id_first_and_one_at_a_time() {
+        let mut c = core(10);
+        assert!(c.enqueue(EventRowId(5)));
+        assert!(c.enqueue(EventRowId(3)));
+        assert!(!c.enqueue(EventRowId(3)));
+        assert_eq!(c.start_next(), Some(EventRowId(3)));
+        assert_eq!(c.start_next(), None, "one at a time");
+        assert!(!c.enqueue(EventRowId(3)), "current is not queued twice");
+        let now = Instant::now();
+        assert_eq!(
+            c.on_attempt(&AttemptResult::Finished, now),
+            Next::Continue {
+                finished: EventRowId(3)
+            }
+        );
+        assert_eq!(c.start_next(), Some(EventRowId(5)));
+        c.on_attempt(&AttemptResult::AlreadyFinished, now);
+        assert!(c.is_idle());
+        c.enqueue(EventRowId(6));
+        c.start_next();
+        assert_eq!(
+            c.on_attempt(&AttemptResult::Rejected("bad".into()), now),
+            Next::Continue {
+                finished: EventRowId(6)
+            }
+        );
+        assert_eq!(c.restarts(), 0, "a rejection is not a restart");
+    }
+
+    #[test]
+    fn failures_retry_with_backoff_then_dead_letter_continues() {
+        let mut c = core(10);
+        c.enqueue(EventRowId(1));
+        c.enqueue(EventRowId(2));
+        let now = Instant::now();
+        assert_eq!(c.start_next(), Some(EventRowId(1)));
+        assert_eq!(
+            c.on_attempt(&AttemptResult::Failed("x".into()), now),
+            Next::RetryAfter(ms(10))
+        );
+        assert_eq!(c.current(), Some(EventRowId(1)), "same event is retried");
+        assert_eq!(
+            c.on_attempt(&AttemptResult::Failed("x".into()), now),
+            Next::RetryAfter(ms(20))
+        );
+        assert_eq!(
+            c.on_attempt(&AttemptResult::DeadLetter("x".into()), now),
+            Next::ContinueAfter {
+                finished: EventRowId(1),
+                delay: ms(40)
+            }
+        );
+        assert_eq!(c.restarts(), 3);
+        assert_eq!(c.start_next(), Some(EventRowId(2)));
+        c.on_attempt(&AttemptResult::Finished, now);
+        // A success resets the backoff.
+        c.enqueue(EventRowId(3));
+        c.start_next();
+        assert_eq!(
+            c.on_attempt(&AttemptResult::StoreFailed("db".into()), now),
+            Next::RetryAfter(ms(10))
+        );
+    }
+
+    #[test]
+    fn storm_releases_everything() {
+        let mut c = core(2);
+        for i in 1..=3 {
+            c.enqueue(EventRowId(i));
+        }
+        let now = Instant::now();
+        c.start_next();
+        assert!(matches!(
+            c.on_attempt(&AttemptResult::Failed("x".into()), now),
+            Next::RetryAfter(_)
+        ));
+        assert_eq!(
+            c.on_attempt(&AttemptResult::Failed("x".into()), now),
+            Next::Storm {
+                finished: None,
+                released: vec![EventRowId(1), EventRowId(2), EventRowId(3)]
+            }
+        );
+        assert!(c.is_idle());
+    }
+}

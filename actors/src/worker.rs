@@ -1,0 +1,360 @@
+//! The keyed worker actor: a thin actix shell over [`WorkerCore`] and [`attempt`]. One worker
+//! per routing key; it handles its key's events one at a time, lowest id first.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::WeakAddr;
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::handler::{Attempted, attempt};
+use crate::health::{ActorHealth, ActorId, ActorState};
+use crate::inbox::{EventRowId, RoutingKey};
+use crate::router::{Router, StreamCtx, WorkerFailed, WorkerFinished, WorkerIdle};
+use crate::supervision::{AttemptResult, Backoff, Next, RestartTracker, WorkerCore};
+
+/// Queue an event (router → worker).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Enqueue(pub EventRowId);
+
+/// Stop now: idle and nothing outstanding (router → worker).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct StopIdle;
+
+/// Finish the event being handled, then stop; queued events stay in the inbox (shutdown).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct DrainAndStop(pub oneshot::Sender<()>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Idle,
+    Shutdown,
+    Failed,
+}
+
+/// One key's worker.
+pub(crate) struct Worker {
+    key: RoutingKey,
+    generation: u64,
+    stream: Arc<StreamCtx>,
+    router: WeakAddr<Router>,
+    core: WorkerCore,
+    health: Option<ActorHealth>,
+    /// An attempt is running.
+    running: bool,
+    /// Waiting for a restart delay to pass.
+    backing_off: bool,
+    idle_epoch: u64,
+    exit: Option<Exit>,
+    drain_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("key", &self.key)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    pub(crate) fn new(
+        key: RoutingKey,
+        generation: u64,
+        stream: Arc<StreamCtx>,
+        router: WeakAddr<Router>,
+    ) -> Self {
+        let c = &stream.config;
+        let core = WorkerCore::new(
+            Backoff::new(c.backoff_base(), c.backoff_max()),
+            RestartTracker::new(c.restart_limit, c.restart_window()),
+        );
+        Self {
+            key,
+            generation,
+            stream,
+            router,
+            core,
+            health: None,
+            running: false,
+            backing_off: false,
+            idle_epoch: 0,
+            exit: None,
+            drain_waiters: Vec::new(),
+        }
+    }
+
+    fn send_router<M>(&self, msg: M)
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        Router: Handler<M>,
+    {
+        if let Some(router) = self.router.upgrade() {
+            router.do_send(msg);
+        }
+    }
+
+    fn update_backlog(&self) {
+        if let Some(h) = &self.health {
+            h.set_backlog(self.core.queued() as u64);
+        }
+    }
+
+    /// Starts the next queued event unless one is running, a restart is pending, or the
+    /// worker is stopping.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.running || self.backing_off || self.exit.is_some() {
+            return;
+        }
+        match self.core.start_next() {
+            Some(id) => self.run(id, ctx),
+            None => self.arm_idle_timer(ctx),
+        }
+        self.update_backlog();
+    }
+
+    fn run(&mut self, id: EventRowId, ctx: &mut Context<Self>) {
+        self.running = true;
+        let fut = attempt(
+            self.stream.inbox.clone(),
+            self.stream.handler.clone(),
+            id,
+            self.key.clone(),
+            self.stream.config.retry_budget,
+        );
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(|attempted, act, ctx| act.on_attempted(attempted, ctx)),
+        );
+    }
+
+    fn on_attempted(&mut self, attempted: Attempted, ctx: &mut Context<Self>) {
+        self.running = false;
+        let kind = self.stream.kind;
+        let metrics = &self.stream.metrics;
+        match &attempted.result {
+            AttemptResult::Finished => {
+                if let Some(t) = attempted.handler_time {
+                    metrics.handled(kind, t.as_secs_f64());
+                }
+                if let Some(h) = &self.health {
+                    h.record_message();
+                }
+            }
+            AttemptResult::AlreadyFinished => {}
+            AttemptResult::Rejected(e) => {
+                metrics.failure(kind);
+                metrics.dead_letter(kind);
+                if let Some(h) = &self.health {
+                    h.record_error(e);
+                }
+            }
+            AttemptResult::DeadLetter(_)
+            | AttemptResult::Failed(_)
+            | AttemptResult::StoreFailed(_) => {
+                metrics.failure(kind);
+                if matches!(attempted.result, AttemptResult::DeadLetter(_)) {
+                    metrics.dead_letter(kind);
+                }
+            }
+        }
+        let error = match &attempted.result {
+            AttemptResult::DeadLetter(e)
+            | AttemptResult::Failed(e)
+            | AttemptResult::StoreFailed(e) => Some(e.clone()),
+            _ => None,
+        };
+        let next = self.core.on_attempt(&attempted.result, Instant::now());
+
+        if self.exit == Some(Exit::Shutdown) {
+            // Shutting down: report what finished, leave the rest in the inbox.
+            match next {
+                Next::Continue { finished } | Next::ContinueAfter { finished, .. } => {
+                    self.report_finished(finished)
+                }
+                Next::Storm {
+                    finished: Some(f), ..
+                } => self.report_finished(f),
+                _ => {}
+            }
+            self.finish_drain(ctx);
+            return;
+        }
+
+        match next {
+            Next::Continue { finished } => {
+                self.report_finished(finished);
+                self.pump(ctx);
+            }
+            Next::RetryAfter(delay) => {
+                self.restart(error.as_deref().unwrap_or("failure"));
+                self.backing_off = true;
+                ctx.run_later(delay, |act, ctx| {
+                    act.backing_off = false;
+                    if act.exit.is_some() {
+                        return;
+                    }
+                    act.set_state(ActorState::Running);
+                    match act.core.current() {
+                        Some(id) => act.run(id, ctx),
+                        None => act.pump(ctx),
+                    }
+                });
+            }
+            Next::ContinueAfter { finished, delay } => {
+                self.report_finished(finished);
+                self.restart(error.as_deref().unwrap_or("failure"));
+                self.backing_off = true;
+                ctx.run_later(delay, |act, ctx| {
+                    act.backing_off = false;
+                    if act.exit.is_some() {
+                        return;
+                    }
+                    act.set_state(ActorState::Running);
+                    act.pump(ctx);
+                });
+            }
+            Next::Storm { finished, released } => {
+                let error = format!(
+                    "restart limit reached ({} restarts within {:?}): {}",
+                    self.stream.config.restart_limit,
+                    self.stream.config.restart_window(),
+                    error.as_deref().unwrap_or("failure")
+                );
+                tracing::error!(routing_key = %self.key, stream = %self.stream.name, error = %error, "worker failed");
+                self.stream.metrics.restart(kind);
+                if let Some(h) = &self.health {
+                    h.restarting(&error);
+                    h.failed(&error);
+                }
+                self.exit = Some(Exit::Failed);
+                self.send_router(WorkerFailed {
+                    key: self.key.clone(),
+                    generation: self.generation,
+                    finished,
+                    released,
+                });
+                ctx.stop();
+            }
+        }
+    }
+
+    fn restart(&mut self, error: &str) {
+        tracing::info!(routing_key = %self.key, stream = %self.stream.name, error = %error, "restarting worker");
+        self.stream.metrics.restart(self.stream.kind);
+        if let Some(h) = &self.health {
+            h.restarting(error);
+        }
+    }
+
+    fn set_state(&self, state: ActorState) {
+        if let Some(h) = &self.health {
+            h.set_state(state);
+        }
+    }
+
+    fn report_finished(&self, id: EventRowId) {
+        self.send_router(WorkerFinished {
+            key: self.key.clone(),
+            generation: self.generation,
+            id,
+        });
+    }
+
+    fn arm_idle_timer(&mut self, ctx: &mut Context<Self>) {
+        self.idle_epoch += 1;
+        let epoch = self.idle_epoch;
+        ctx.run_later(self.stream.config.idle_timeout(), move |act, _ctx| {
+            if act.idle_epoch == epoch
+                && act.core.is_idle()
+                && !act.running
+                && !act.backing_off
+                && act.exit.is_none()
+            {
+                act.send_router(WorkerIdle {
+                    key: act.key.clone(),
+                    generation: act.generation,
+                });
+            }
+        });
+    }
+
+    fn finish_drain(&mut self, ctx: &mut Context<Self>) {
+        // Queued events were never claimed: they stay `pending` for the next start.
+        self.core.release_all();
+        for w in self.drain_waiters.drain(..) {
+            let _ = w.send(());
+        }
+        ctx.stop();
+    }
+}
+
+impl Actor for Worker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let h = self.stream.health.register(
+            ActorId::new(self.stream.kind, self.key.0.clone()),
+            Some(self.stream.router_id.clone()),
+        );
+        h.set_state(ActorState::Running);
+        self.health = Some(h);
+        self.stream.metrics.actor_started(self.stream.kind);
+        self.pump(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.stream.metrics.actor_stopped(self.stream.kind);
+        for w in self.drain_waiters.drain(..) {
+            let _ = w.send(());
+        }
+        if let Some(h) = self.health.take() {
+            match self.exit {
+                // Idle threads leave no trace: their state is in the database.
+                Some(Exit::Idle) => h.deregister(),
+                Some(Exit::Failed) => {}
+                Some(Exit::Shutdown) | None => h.set_state(ActorState::Stopped),
+            }
+        }
+    }
+}
+
+impl Handler<Enqueue> for Worker {
+    type Result = ();
+    fn handle(&mut self, msg: Enqueue, ctx: &mut Self::Context) {
+        if self.exit.is_some() {
+            return;
+        }
+        self.idle_epoch += 1;
+        self.core.enqueue(msg.0);
+        self.pump(ctx);
+    }
+}
+
+impl Handler<StopIdle> for Worker {
+    type Result = ();
+    fn handle(&mut self, _: StopIdle, ctx: &mut Self::Context) {
+        tracing::debug!(routing_key = %self.key, stream = %self.stream.name, "idle worker stopped");
+        self.exit = Some(Exit::Idle);
+        ctx.stop();
+    }
+}
+
+impl Handler<DrainAndStop> for Worker {
+    type Result = ();
+    fn handle(&mut self, msg: DrainAndStop, ctx: &mut Self::Context) {
+        self.drain_waiters.push(msg.0);
+        if self.exit.is_none() {
+            self.exit = Some(Exit::Shutdown);
+        }
+        if !self.running {
+            self.finish_drain(ctx);
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! GitHub App webhooks: signature verification and payload normalization.
+
+pub mod normalize;
+pub mod signature;

@@ -1,0 +1,403 @@
+//! Web API methods of the simulator, answered in Slack's shapes.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde_json::{Map, Value, json};
+
+use super::events;
+use super::state::{ApiCall, SimMessage, SimState, TokenKind};
+
+/// What the HTTP layer sends back.
+#[derive(Debug)]
+pub(crate) struct ApiReply {
+    pub status: u16,
+    pub retry_after: Option<u64>,
+    pub body: Value,
+}
+
+impl ApiReply {
+    fn ok(mut body: Value) -> Self {
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert("ok".into(), Value::Bool(true));
+        }
+        Self {
+            status: 200,
+            retry_after: None,
+            body,
+        }
+    }
+
+    fn err(error: &str) -> Self {
+        Self {
+            status: 200,
+            retry_after: None,
+            body: json!({"ok": false, "error": error}),
+        }
+    }
+}
+
+/// Credentials presented with a request.
+#[derive(Debug, Default)]
+pub(crate) struct Credentials {
+    pub bearer: Option<String>,
+    pub basic: Option<(String, String)>,
+}
+
+fn param(params: &Map<String, Value>, key: &str) -> Option<String> {
+    match params.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(Value::Bool(b)) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+enum Auth {
+    Bot { team_id: String },
+    App { app_id: String },
+}
+
+fn authenticate(
+    st: &SimState,
+    creds: &Credentials,
+    params: &Map<String, Value>,
+) -> Result<Auth, &'static str> {
+    let token = creds
+        .bearer
+        .clone()
+        .or_else(|| param(params, "token"))
+        .ok_or("not_authed")?;
+    let info = st.tokens.get(&token).ok_or("invalid_auth")?;
+    if info.revoked {
+        return Err("token_revoked");
+    }
+    if info.expires_at.is_some_and(|at| Instant::now() >= at) {
+        return Err("token_expired");
+    }
+    match &info.kind {
+        TokenKind::Bot { team_id } => {
+            if st.invalid_auth_teams.contains(team_id) {
+                return Err("invalid_auth");
+            }
+            Ok(Auth::Bot {
+                team_id: team_id.clone(),
+            })
+        }
+        TokenKind::App { app_id } => Ok(Auth::App {
+            app_id: app_id.clone(),
+        }),
+    }
+}
+
+/// Handles one Web API call and records it.
+pub(crate) fn handle(
+    st: &mut SimState,
+    method: &str,
+    creds: &Credentials,
+    params: Map<String, Value>,
+) -> ApiReply {
+    let (reply, team_id) = dispatch(st, method, creds, &params);
+    let mut recorded = params;
+    recorded.remove("token");
+    recorded.remove("client_secret");
+    recorded.remove("refresh_token");
+    st.calls.push(ApiCall {
+        method: method.to_owned(),
+        team_id,
+        params: Value::Object(recorded),
+        status: reply.status,
+        error: reply.body["error"].as_str().map(str::to_owned),
+    });
+    reply
+}
+
+fn dispatch(
+    st: &mut SimState,
+    method: &str,
+    creds: &Credentials,
+    params: &Map<String, Value>,
+) -> (ApiReply, Option<String>) {
+    if let Some((remaining, retry_after)) = st.rate_limits.get_mut(method)
+        && *remaining > 0
+    {
+        *remaining -= 1;
+        let retry_after = *retry_after;
+        return (
+            ApiReply {
+                status: 429,
+                retry_after: Some(retry_after),
+                body: json!({"ok": false, "error": "ratelimited"}),
+            },
+            None,
+        );
+    }
+    if method == "oauth.v2.access" {
+        return (oauth_access(st, creds, params), None);
+    }
+    let auth = match authenticate(st, creds, params) {
+        Ok(auth) => auth,
+        Err(error) => return (ApiReply::err(error), None),
+    };
+    match (method, auth) {
+        ("apps.connections.open", Auth::App { app_id }) => {
+            let ticket = uuid::Uuid::new_v4().to_string();
+            st.tickets.insert(ticket.clone(), app_id.clone());
+            let url = format!(
+                "ws://127.0.0.1:{}/link/?ticket={ticket}&app_id={app_id}",
+                st.port
+            );
+            (ApiReply::ok(json!({ "url": url })), None)
+        }
+        ("apps.connections.open", Auth::Bot { team_id }) => {
+            (ApiReply::err("not_allowed_token_type"), Some(team_id))
+        }
+        (_, Auth::App { .. }) => (ApiReply::err("not_allowed_token_type"), None),
+        (method, Auth::Bot { team_id }) => {
+            let reply = bot_method(st, method, &team_id, creds, params);
+            (reply, Some(team_id))
+        }
+    }
+}
+
+fn bot_method(
+    st: &mut SimState,
+    method: &str,
+    team_id: &str,
+    creds: &Credentials,
+    params: &Map<String, Value>,
+) -> ApiReply {
+    let Some(team) = st.config.team(team_id).cloned() else {
+        return ApiReply::err("team_not_found");
+    };
+    let resolve_channel = |raw: Option<String>| -> Option<String> {
+        let raw = raw?;
+        let name = raw.trim_start_matches('#');
+        team.channels
+            .iter()
+            .find(|c| c.id == raw || c.name == name)
+            .map(|c| c.id.clone())
+    };
+    match method {
+        "auth.test" => ApiReply::ok(json!({
+            "url": format!("https://{}.slack.com/", team.domain),
+            "team": team.name,
+            "user": team.bot_name,
+            "team_id": team.id,
+            "user_id": team.bot_user_id,
+            "bot_id": team.bot_id,
+            "is_enterprise_install": false
+        })),
+        "auth.revoke" => {
+            let token = creds.bearer.clone().or_else(|| param(params, "token"));
+            let test = param(params, "test").is_some_and(|t| t == "true" || t == "1");
+            if !test && let Some(info) = token.and_then(|t| st.tokens.get_mut(&t)) {
+                info.revoked = true;
+            }
+            ApiReply::ok(json!({ "revoked": !test }))
+        }
+        "chat.postMessage" => {
+            let Some(channel) = resolve_channel(param(params, "channel")) else {
+                return ApiReply::err("channel_not_found");
+            };
+            let text = param(params, "text").unwrap_or_default();
+            let has_blocks = params.get("blocks").is_some_and(|b| !b.is_null());
+            if text.is_empty() && !has_blocks {
+                return ApiReply::err("no_text");
+            }
+            let thread_ts = param(params, "thread_ts");
+            let ts = st.next_ts();
+            let parent_user = thread_ts
+                .as_deref()
+                .and_then(|t| st.parent_user(team_id, &channel, t));
+            st.store_message(
+                team_id,
+                &channel,
+                SimMessage {
+                    ts: ts.clone(),
+                    user: team.bot_user_id.clone(),
+                    bot_id: Some(team.bot_id.clone()),
+                    text: text.clone(),
+                    thread_ts: thread_ts.clone(),
+                    reactions: BTreeMap::new(),
+                    deleted: false,
+                },
+            );
+            let message = events::bot_message(
+                &team,
+                &channel,
+                &ts,
+                &text,
+                thread_ts.as_deref(),
+                parent_user.as_deref(),
+            );
+            if st.config.echo_bot_messages && st.config.subscriptions.message {
+                let mut event = message.clone();
+                if let Some(obj) = event.as_object_mut() {
+                    obj.insert("channel".into(), json!(channel));
+                    obj.insert("event_ts".into(), json!(ts));
+                    obj.insert("channel_type".into(), json!(events::channel_type(&channel)));
+                }
+                let payload = st.event_callback(&team, event);
+                st.enqueue(payload);
+            }
+            ApiReply::ok(json!({ "channel": channel, "ts": ts, "message": message }))
+        }
+        "reactions.add" => {
+            let Some(channel) = resolve_channel(param(params, "channel")) else {
+                return ApiReply::err("channel_not_found");
+            };
+            let Some(name) = param(params, "name") else {
+                return ApiReply::err("invalid_name");
+            };
+            let Some(ts) = param(params, "timestamp") else {
+                return ApiReply::err("no_item_specified");
+            };
+            let bot_user = team.bot_user_id.clone();
+            match st.find_message_mut(team_id, &channel, &ts) {
+                None => ApiReply::err("message_not_found"),
+                Some(msg) => {
+                    let users = msg
+                        .reactions
+                        .entry(name.trim_matches(':').to_owned())
+                        .or_default();
+                    if users.contains(&bot_user) {
+                        ApiReply::err("already_reacted")
+                    } else {
+                        users.push(bot_user);
+                        ApiReply::ok(json!({}))
+                    }
+                }
+            }
+        }
+        "users.info" => {
+            let Some(user_id) = param(params, "user") else {
+                return ApiReply::err("user_not_found");
+            };
+            if user_id == team.bot_user_id {
+                return ApiReply::ok(json!({ "user": {
+                    "id": team.bot_user_id, "team_id": team.id, "name": team.bot_name,
+                    "deleted": false, "real_name": team.bot_name, "is_bot": true,
+                    "is_app_user": false, "updated": 1_700_000_000,
+                    "profile": { "real_name": team.bot_name, "display_name": "",
+                                 "bot_id": team.bot_id, "team": team.id }
+                }}));
+            }
+            match team.users.iter().find(|u| u.id == user_id) {
+                None => ApiReply::err("user_not_found"),
+                Some(u) => ApiReply::ok(json!({ "user": {
+                    "id": u.id, "team_id": team.id, "name": u.name, "deleted": false,
+                    "color": "9f69e7", "real_name": u.real_name, "tz": "Europe/London",
+                    "tz_label": "Greenwich Mean Time", "tz_offset": 0,
+                    "is_admin": false, "is_owner": false, "is_primary_owner": false,
+                    "is_restricted": false, "is_ultra_restricted": false,
+                    "is_bot": false, "is_app_user": false, "updated": 1_700_000_000,
+                    "profile": { "real_name": u.real_name, "real_name_normalized": u.real_name,
+                                 "display_name": u.name, "display_name_normalized": u.name,
+                                 "email": u.email, "team": team.id }
+                }})),
+            }
+        }
+        "conversations.info" => {
+            let Some(channel_id) = param(params, "channel") else {
+                return ApiReply::err("channel_not_found");
+            };
+            match team.channels.iter().find(|c| c.id == channel_id) {
+                None => ApiReply::err("channel_not_found"),
+                Some(c) => {
+                    let is_im = c.id.starts_with('D');
+                    ApiReply::ok(json!({ "channel": {
+                        "id": c.id, "name": c.name, "name_normalized": c.name,
+                        "is_channel": !c.is_private && !is_im, "is_group": c.is_private,
+                        "is_im": is_im, "is_mpim": false, "is_private": c.is_private || is_im,
+                        "created": 1_600_000_000, "is_archived": false,
+                        "is_general": c.name == "general", "unlinked": 0,
+                        "is_shared": false, "is_org_shared": false, "is_ext_shared": false,
+                        "is_pending_ext_shared": false, "is_member": true,
+                        "creator": team.users.first().map(|u| u.id.clone()).unwrap_or_default(),
+                        "topic": { "value": "", "creator": "", "last_set": 0 },
+                        "purpose": { "value": "", "creator": "", "last_set": 0 },
+                        "previous_names": []
+                    }}))
+                }
+            }
+        }
+        _ => ApiReply::err("unknown_method"),
+    }
+}
+
+fn oauth_access(st: &mut SimState, creds: &Credentials, params: &Map<String, Value>) -> ApiReply {
+    let (client_id, client_secret) = match &creds.basic {
+        Some((id, secret)) => (Some(id.clone()), Some(secret.clone())),
+        None => (param(params, "client_id"), param(params, "client_secret")),
+    };
+    let Some(client_id) = client_id else {
+        return ApiReply::err("invalid_client_id");
+    };
+    let Some(app) = st
+        .config
+        .apps
+        .iter()
+        .find(|a| a.client_id == client_id)
+        .cloned()
+    else {
+        return ApiReply::err("invalid_client_id");
+    };
+    if !client_secret.is_some_and(|s| app.client_secret.ct_eq(&s)) {
+        return ApiReply::err("bad_client_secret");
+    }
+    let rotation = st
+        .config
+        .token_rotation
+        .then_some(st.config.token_expires_in);
+    let (team_id, user_id) = if param(params, "grant_type").as_deref() == Some("refresh_token") {
+        let Some(refresh) = param(params, "refresh_token") else {
+            return ApiReply::err("invalid_refresh_token");
+        };
+        // A refresh token is single use: the response carries its successor.
+        let Some(team_id) = st.refresh_tokens.remove(&refresh) else {
+            return ApiReply::err("invalid_refresh_token");
+        };
+        (team_id, None)
+    } else {
+        let Some(code) = param(params, "code") else {
+            return ApiReply::err("invalid_code");
+        };
+        let Some(grant) = st.codes.remove(&code) else {
+            return ApiReply::err("invalid_code");
+        };
+        (grant.team_id, Some(grant.user_id))
+    };
+    let Some(team) = st.config.team(&team_id).cloned() else {
+        return ApiReply::err("team_not_found");
+    };
+    if team.app_id != app.app_id {
+        return ApiReply::err("invalid_client_id");
+    }
+    let access_token = st.issue_token(
+        TokenKind::Bot {
+            team_id: team.id.clone(),
+        },
+        rotation,
+    );
+    let mut body = json!({
+        "access_token": access_token,
+        "token_type": "bot",
+        "scope": "app_mentions:read,channels:history,chat:write,groups:history,im:history,reactions:write,users:read",
+        "bot_user_id": team.bot_user_id,
+        "app_id": app.app_id,
+        "team": { "id": team.id, "name": team.name },
+        "enterprise": null,
+        "is_enterprise_install": false,
+        "authed_user": { "id": user_id.unwrap_or_else(|| team.users.first().map(|u| u.id.clone()).unwrap_or_default()) }
+    });
+    if let Some(lifetime) = rotation {
+        let refresh = format!("xoxe-1-sim{}", uuid::Uuid::new_v4().simple());
+        st.refresh_tokens.insert(refresh.clone(), team.id.clone());
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert("refresh_token".into(), json!(refresh));
+            obj.insert("expires_in".into(), json!(lifetime.as_secs()));
+        }
+    }
+    ApiReply::ok(body)
+}

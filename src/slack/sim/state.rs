@@ -1,0 +1,640 @@
+//! The simulator's state: workspaces, tokens, messages, Socket Mode connections and deliveries,
+//! plus everything recorded for tests.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Weak;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::SimError;
+use super::config::{SimConfig, SimTeam};
+use super::server::Shared;
+
+/// One recorded Web API call.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiCall {
+    /// Method name (`chat.postMessage`).
+    pub method: String,
+    /// Team of the token used, when it resolved to one.
+    pub team_id: Option<String>,
+    /// Request parameters (query, form or JSON merged; `token` removed).
+    pub params: Value,
+    /// HTTP status returned.
+    pub status: u16,
+    /// The `error` returned, if any.
+    pub error: Option<String>,
+}
+
+/// A message in a channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimMessage {
+    /// Message ts.
+    pub ts: String,
+    /// Author user id (the bot's user id for bot posts).
+    pub user: String,
+    /// Set for bot posts.
+    pub bot_id: Option<String>,
+    /// Current text.
+    pub text: String,
+    /// Thread parent, for replies.
+    pub thread_ts: Option<String>,
+    /// Reactions: name → users.
+    pub reactions: BTreeMap<String, Vec<String>>,
+    /// Set once deleted.
+    pub deleted: bool,
+}
+
+/// State of a Socket Mode connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ConnState {
+    /// Receiving envelopes.
+    Open,
+    /// A `disconnect` was sent; no new envelopes are routed to it.
+    Disconnecting,
+    /// Gone.
+    Closed,
+}
+
+/// One Socket Mode connection (open or past).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionInfo {
+    /// Sequential id (1, 2, ...).
+    pub id: u64,
+    /// App it belongs to.
+    pub app_id: String,
+    /// `debug_info.host` sent in its frames.
+    pub host: String,
+    /// Current state.
+    pub state: ConnState,
+    /// Why it ended (`disconnect:refresh_requested`, `client_closed`, `dropped`, ...).
+    pub end_reason: Option<String>,
+}
+
+/// A frame the simulator sent.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrameRecord {
+    /// Connection it went to.
+    pub connection_id: u64,
+    /// The frame's `type`.
+    pub kind: String,
+    /// The frame.
+    pub frame: Value,
+}
+
+/// An acknowledgement received from a client.
+#[derive(Debug, Clone, Serialize)]
+pub struct AckRecord {
+    /// Connection it came on.
+    pub connection_id: u64,
+    /// Echoed envelope id.
+    pub envelope_id: String,
+    /// Event id of the acknowledged envelope, when the envelope was known.
+    pub event_id: Option<String>,
+    /// Response payload, when the ack carried one.
+    pub payload: Option<Value>,
+}
+
+/// One event to deliver over Socket Mode, with its retry state.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryInfo {
+    /// Envelope id (kept across redeliveries).
+    pub envelope_id: String,
+    /// `event_id` of the payload.
+    pub event_id: String,
+    /// Workspace.
+    pub team_id: String,
+    /// App.
+    pub app_id: String,
+    /// `event.type` (`app_mention`, `message`).
+    pub event_type: String,
+    /// `event.ts` when the event has one.
+    pub ts: Option<String>,
+    /// Times sent (0 while waiting for a connection).
+    pub sends: u32,
+    /// `retry_attempt` of the latest send.
+    pub retry_attempt: u32,
+    /// Acknowledged.
+    pub acked: bool,
+    /// Gave up after the last redelivery.
+    pub exhausted: bool,
+    /// The `events_api` payload (an `event_callback`).
+    pub payload: Value,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum TokenKind {
+    Bot { team_id: String },
+    App { app_id: String },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct TokenInfo {
+    pub kind: TokenKind,
+    pub revoked: bool,
+    pub expires_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct OauthCode {
+    pub team_id: String,
+    pub user_id: String,
+}
+
+/// Commands to a connection task.
+#[derive(Debug)]
+pub(crate) enum ConnCmd {
+    Frame(String),
+    /// Send this frame, then close.
+    FrameThenClose(String),
+    /// Drop the socket without a close frame.
+    Drop,
+}
+
+#[derive(Debug)]
+pub(crate) struct LiveConn {
+    pub tx: UnboundedSender<ConnCmd>,
+}
+
+/// Everything the simulator knows and recorded. Tests read it through [`super::SlackSim`] or in
+/// [`super::SlackSim::wait_for`] predicates.
+#[derive(Debug)]
+pub struct SimState {
+    pub(crate) config: SimConfig,
+    pub(crate) port: u16,
+    pub(crate) me: Weak<Shared>,
+    pub(crate) rt: tokio::runtime::Handle,
+    pub(crate) tokens: HashMap<String, TokenInfo>,
+    pub(crate) refresh_tokens: HashMap<String, String>,
+    pub(crate) codes: HashMap<String, OauthCode>,
+    pub(crate) tickets: HashMap<String, String>,
+    pub(crate) messages: HashMap<(String, String), Vec<SimMessage>>,
+    pub(crate) calls: Vec<ApiCall>,
+    pub(crate) frames: Vec<FrameRecord>,
+    pub(crate) acks: Vec<AckRecord>,
+    pub(crate) connections: Vec<ConnectionInfo>,
+    pub(crate) live: HashMap<u64, LiveConn>,
+    pub(crate) deliveries: Vec<DeliveryInfo>,
+    pub(crate) rr: HashMap<String, usize>,
+    pub(crate) rate_limits: HashMap<String, (u32, u64)>,
+    pub(crate) invalid_auth_teams: HashSet<String>,
+    pub(crate) link_disabled: bool,
+    seq: u64,
+    last_ts_micros: u128,
+}
+
+impl SimState {
+    pub(crate) fn new(
+        config: SimConfig,
+        port: u16,
+        me: Weak<Shared>,
+        rt: tokio::runtime::Handle,
+    ) -> Self {
+        let mut tokens = HashMap::new();
+        for app in &config.apps {
+            tokens.insert(
+                app.app_token.expose().to_owned(),
+                TokenInfo {
+                    kind: TokenKind::App {
+                        app_id: app.app_id.clone(),
+                    },
+                    revoked: false,
+                    expires_at: None,
+                },
+            );
+        }
+        for team in &config.teams {
+            tokens.insert(
+                team.bot_token.expose().to_owned(),
+                TokenInfo {
+                    kind: TokenKind::Bot {
+                        team_id: team.id.clone(),
+                    },
+                    revoked: false,
+                    expires_at: None,
+                },
+            );
+        }
+        Self {
+            config,
+            port,
+            me,
+            rt,
+            tokens,
+            refresh_tokens: HashMap::new(),
+            codes: HashMap::new(),
+            tickets: HashMap::new(),
+            messages: HashMap::new(),
+            calls: Vec::new(),
+            frames: Vec::new(),
+            acks: Vec::new(),
+            connections: Vec::new(),
+            live: HashMap::new(),
+            deliveries: Vec::new(),
+            rr: HashMap::new(),
+            rate_limits: HashMap::new(),
+            invalid_auth_teams: HashSet::new(),
+            link_disabled: false,
+            seq: 0,
+            last_ts_micros: 0,
+        }
+    }
+
+    // ----- read API -------------------------------------------------------------------------
+
+    /// The configuration the simulator runs with.
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    /// Recorded calls of one Web API method, oldest first.
+    pub fn calls(&self, method: &str) -> Vec<&ApiCall> {
+        self.calls.iter().filter(|c| c.method == method).collect()
+    }
+
+    /// All recorded Web API calls.
+    pub fn all_calls(&self) -> &[ApiCall] {
+        &self.calls
+    }
+
+    /// Messages in a channel (top level and replies), in posting order; deleted ones included
+    /// with `deleted: true`.
+    pub fn messages_in(&self, team_id: &str, channel: &str) -> &[SimMessage] {
+        self.messages
+            .get(&(team_id.to_owned(), channel.to_owned()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// Messages posted by the team's bot in a channel.
+    pub fn bot_messages_in(&self, team_id: &str, channel: &str) -> Vec<&SimMessage> {
+        self.messages_in(team_id, channel)
+            .iter()
+            .filter(|m| m.bot_id.is_some())
+            .collect()
+    }
+
+    /// Every acknowledgement received.
+    pub fn acks(&self) -> &[AckRecord] {
+        &self.acks
+    }
+
+    /// Every connection seen, open or closed.
+    pub fn connections(&self) -> &[ConnectionInfo] {
+        &self.connections
+    }
+
+    /// Connections currently open (receiving envelopes).
+    pub fn open_connections(&self) -> Vec<&ConnectionInfo> {
+        self.connections
+            .iter()
+            .filter(|c| c.state == ConnState::Open)
+            .collect()
+    }
+
+    /// Every frame sent.
+    pub fn frames(&self) -> &[FrameRecord] {
+        &self.frames
+    }
+
+    /// Every event delivery with its retry state.
+    pub fn deliveries(&self) -> &[DeliveryInfo] {
+        &self.deliveries
+    }
+
+    // ----- ids and time ---------------------------------------------------------------------
+
+    pub(crate) fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// A fresh message ts, strictly increasing (Slack's ts is unique per channel).
+    pub(crate) fn next_ts(&mut self) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        let micros = now.max(self.last_ts_micros + 1);
+        self.last_ts_micros = micros;
+        format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+    }
+
+    pub(crate) fn next_event_id(&mut self) -> String {
+        format!("Ev0SIM{:06}", self.next_seq())
+    }
+
+    pub(crate) fn host(&self, conn_id: u64) -> String {
+        format!("applink-sim-{conn_id}")
+    }
+
+    pub(crate) fn team(&self, team_id: &str) -> Result<&SimTeam, SimError> {
+        self.config
+            .team(team_id)
+            .ok_or_else(|| SimError::UnknownTeam(team_id.to_owned()))
+    }
+
+    // ----- messages -------------------------------------------------------------------------
+
+    pub(crate) fn store_message(&mut self, team_id: &str, channel: &str, msg: SimMessage) {
+        self.messages
+            .entry((team_id.to_owned(), channel.to_owned()))
+            .or_default()
+            .push(msg);
+    }
+
+    pub(crate) fn find_message_mut(
+        &mut self,
+        team_id: &str,
+        channel: &str,
+        ts: &str,
+    ) -> Option<&mut SimMessage> {
+        self.messages
+            .get_mut(&(team_id.to_owned(), channel.to_owned()))
+            .and_then(|msgs| msgs.iter_mut().find(|m| m.ts == ts))
+    }
+
+    pub(crate) fn parent_user(
+        &self,
+        team_id: &str,
+        channel: &str,
+        thread_ts: &str,
+    ) -> Option<String> {
+        self.messages_in(team_id, channel)
+            .iter()
+            .find(|m| m.ts == thread_ts)
+            .map(|m| m.user.clone())
+    }
+
+    // ----- events ---------------------------------------------------------------------------
+
+    /// Wraps an event in an `event_callback` exactly as Slack does.
+    pub(crate) fn event_callback(&mut self, team: &SimTeam, event: Value) -> Value {
+        let event_id = self.next_event_id();
+        let app = self.config.apps.iter().find(|a| a.app_id == team.app_id);
+        let verification = app
+            .map(|a| a.verification_token.clone())
+            .unwrap_or_default();
+        let event_type = event["type"].as_str().unwrap_or("message").to_owned();
+        let channel = event["channel"].as_str().unwrap_or_default().to_owned();
+        let event_time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let context = json!({"et": event_type, "tid": team.id, "aid": team.app_id, "cid": channel});
+        let event_context = format!(
+            "4-{}",
+            base64::engine::general_purpose::STANDARD.encode(context.to_string())
+        );
+        json!({
+            "token": verification,
+            "team_id": team.id,
+            "context_team_id": team.id,
+            "context_enterprise_id": null,
+            "api_app_id": team.app_id,
+            "event": event,
+            "type": "event_callback",
+            "event_id": event_id,
+            "event_time": event_time,
+            "authorizations": [{
+                "enterprise_id": null,
+                "team_id": team.id,
+                "user_id": team.bot_user_id,
+                "is_bot": true,
+                "is_enterprise_install": false
+            }],
+            "is_ext_shared_channel": false,
+            "event_context": event_context
+        })
+    }
+
+    /// Queues an `event_callback` payload for Socket Mode delivery and sends it if a
+    /// connection is open. Returns the envelope id.
+    pub(crate) fn enqueue(&mut self, payload: Value) -> String {
+        let envelope_id = uuid::Uuid::new_v4().to_string();
+        let info = DeliveryInfo {
+            envelope_id: envelope_id.clone(),
+            event_id: payload["event_id"].as_str().unwrap_or_default().to_owned(),
+            team_id: payload["team_id"].as_str().unwrap_or_default().to_owned(),
+            app_id: payload["api_app_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            event_type: payload["event"]["type"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            ts: payload["event"]["ts"].as_str().map(str::to_owned),
+            sends: 0,
+            retry_attempt: 0,
+            acked: false,
+            exhausted: false,
+            payload,
+        };
+        self.deliveries.push(info);
+        self.send_delivery(self.deliveries.len() - 1, 0, "");
+        envelope_id
+    }
+
+    /// Builds the `events_api` envelope for a delivery.
+    pub(crate) fn envelope_frame(
+        d: &DeliveryInfo,
+        retry_attempt: u32,
+        retry_reason: &str,
+    ) -> Value {
+        json!({
+            "envelope_id": d.envelope_id,
+            "payload": d.payload,
+            "type": "events_api",
+            "accepts_response_payload": false,
+            "retry_attempt": retry_attempt,
+            "retry_reason": retry_reason
+        })
+    }
+
+    /// Picks the next open connection of an app (round robin).
+    fn pick_connection(&mut self, app_id: &str) -> Option<u64> {
+        let open: Vec<u64> = self
+            .connections
+            .iter()
+            .filter(|c| c.app_id == app_id && c.state == ConnState::Open)
+            .map(|c| c.id)
+            .collect();
+        if open.is_empty() {
+            return None;
+        }
+        let counter = self.rr.entry(app_id.to_owned()).or_insert(0);
+        let id = open[*counter % open.len()];
+        *counter += 1;
+        Some(id)
+    }
+
+    /// Sends (or re-sends) delivery `idx`. Without an open connection it stays queued and goes
+    /// out when one opens. Starts the ack timer.
+    pub(crate) fn send_delivery(&mut self, idx: usize, retry_attempt: u32, retry_reason: &str) {
+        let app_id = self.deliveries[idx].app_id.clone();
+        let Some(conn_id) = self.pick_connection(&app_id) else {
+            return;
+        };
+        let frame = Self::envelope_frame(&self.deliveries[idx], retry_attempt, retry_reason);
+        {
+            let d = &mut self.deliveries[idx];
+            d.sends += 1;
+            d.retry_attempt = retry_attempt;
+        }
+        self.send_frame(conn_id, frame, false);
+        self.start_ack_timer(self.deliveries[idx].envelope_id.clone(), retry_attempt);
+    }
+
+    fn start_ack_timer(&self, envelope_id: String, attempt: u32) {
+        let me = self.me.clone();
+        let timeout = self.config.ack_timeout;
+        self.rt.spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if let Some(shared) = me.upgrade() {
+                shared.mutate(|st| st.on_ack_timeout(&envelope_id, attempt));
+            }
+        });
+    }
+
+    fn on_ack_timeout(&mut self, envelope_id: &str, attempt: u32) {
+        let max = self.config.max_redeliveries;
+        let Some(idx) = self
+            .deliveries
+            .iter()
+            .position(|d| d.envelope_id == envelope_id)
+        else {
+            return;
+        };
+        let d = &self.deliveries[idx];
+        // A later attempt has its own timer; only the latest one acts.
+        if d.acked || d.retry_attempt != attempt {
+            return;
+        }
+        if attempt >= max {
+            tracing::debug!(
+                envelope_id,
+                attempt,
+                "sim: envelope never acknowledged, giving up"
+            );
+            self.deliveries[idx].exhausted = true;
+            return;
+        }
+        self.send_delivery(idx, attempt + 1, "timeout");
+    }
+
+    /// Sends every queued (never sent) delivery of an app; called when a connection opens.
+    pub(crate) fn flush_pending(&mut self, app_id: &str) {
+        let pending: Vec<usize> = self
+            .deliveries
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.app_id == app_id && !d.acked && !d.exhausted && d.sends == 0)
+            .map(|(i, _)| i)
+            .collect();
+        for idx in pending {
+            self.send_delivery(idx, 0, "");
+        }
+    }
+
+    /// Records and sends one frame to a connection.
+    pub(crate) fn send_frame(&mut self, conn_id: u64, frame: Value, then_close: bool) {
+        let text = frame.to_string();
+        self.frames.push(FrameRecord {
+            connection_id: conn_id,
+            kind: frame["type"].as_str().unwrap_or_default().to_owned(),
+            frame,
+        });
+        if let Some(live) = self.live.get(&conn_id) {
+            let cmd = if then_close {
+                ConnCmd::FrameThenClose(text)
+            } else {
+                ConnCmd::Frame(text)
+            };
+            // A closed receiver means the task is ending; the close is recorded there.
+            let _ = live.tx.send(cmd);
+        }
+    }
+
+    /// Records a frame received from a client (acks).
+    pub(crate) fn on_client_frame(&mut self, conn_id: u64, text: &str) {
+        let Ok(v) = serde_json::from_str::<Value>(text) else {
+            tracing::warn!(conn_id, "sim: client sent a non-JSON frame");
+            return;
+        };
+        let Some(envelope_id) = v["envelope_id"].as_str().map(str::to_owned) else {
+            tracing::warn!(conn_id, "sim: client frame without envelope_id");
+            return;
+        };
+        let event_id = self
+            .deliveries
+            .iter_mut()
+            .find(|d| d.envelope_id == envelope_id)
+            .map(|d| {
+                d.acked = true;
+                d.event_id.clone()
+            });
+        self.acks.push(AckRecord {
+            connection_id: conn_id,
+            envelope_id,
+            event_id,
+            payload: v.get("payload").cloned(),
+        });
+    }
+
+    pub(crate) fn disconnect_frame(&self, conn_id: u64, reason: &str) -> Value {
+        json!({"type": "disconnect", "reason": reason, "debug_info": {"host": self.host(conn_id)}})
+    }
+
+    /// Sends `disconnect` with a reason and closes.
+    pub(crate) fn disconnect(&mut self, conn_id: u64, reason: &str) {
+        let frame = self.disconnect_frame(conn_id, reason);
+        if let Some(c) = self.connections.iter_mut().find(|c| c.id == conn_id)
+            && c.state == ConnState::Open
+        {
+            c.state = ConnState::Disconnecting;
+            c.end_reason = Some(format!("disconnect:{reason}"));
+        }
+        self.send_frame(conn_id, frame, true);
+    }
+
+    pub(crate) fn conn_closed(&mut self, conn_id: u64, reason: &str) {
+        self.live.remove(&conn_id);
+        if let Some(c) = self.connections.iter_mut().find(|c| c.id == conn_id) {
+            c.state = ConnState::Closed;
+            if c.end_reason.is_none() {
+                c.end_reason = Some(reason.to_owned());
+            }
+        }
+    }
+
+    pub(crate) fn open_count(&self, app_id: &str) -> usize {
+        self.connections
+            .iter()
+            .filter(|c| c.app_id == app_id && c.state != ConnState::Closed)
+            .count()
+    }
+
+    /// Token expiry check helper used by the Web API.
+    pub(crate) fn issue_token(&mut self, kind: TokenKind, lifetime: Option<Duration>) -> String {
+        let n = self.next_seq();
+        let prefix = match (&kind, lifetime.is_some()) {
+            (TokenKind::Bot { .. }, true) => "xoxe.xoxb-1",
+            (TokenKind::Bot { .. }, false) => "xoxb-1",
+            (TokenKind::App { .. }, _) => "xapp-1",
+        };
+        let token = format!("{prefix}-sim{n:06}-{}", uuid::Uuid::new_v4().simple());
+        self.tokens.insert(
+            token.clone(),
+            TokenInfo {
+                kind,
+                revoked: false,
+                expires_at: lifetime.map(|l| Instant::now() + l),
+            },
+        );
+        token
+    }
+}
