@@ -108,6 +108,20 @@ fn semantic_errors_use_the_same_shape() {
 }
 
 #[test]
+fn actor_rules_come_from_the_actor_core() {
+    let e = err("actors:\n  backoff_base_ms: 10\n  backoff_max_ms: 5\n");
+    assert!(
+        e.starts_with("config/x.yaml: actors.backoff_base_ms: backoff_base_ms must not exceed"),
+        "{e}"
+    );
+    let e = err("actors:\n  drain_page_size: 0\n");
+    assert!(
+        e.starts_with("config/x.yaml: actors.drain_page_size: "),
+        "{e}"
+    );
+}
+
+#[test]
 fn database_url_errors_never_echo_the_url() {
     let e = err("database:\n  url: mysql://u:hunter2@h/db\n");
     assert!(e.starts_with("config/x.yaml: database.url: "), "{e}");
@@ -214,11 +228,29 @@ fn default_yaml_loads_without_secrets() {
 
 #[test]
 fn example_yaml_loads_and_sets_every_section() {
-    let c = config::load(&repo_file("config/example.yaml")).unwrap();
+    let path = repo_file("config/example.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // Only the vault key has no default; everything else comes from the file.
+    let e = config::load_str_with_env(&text, "config/example.yaml", |_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("environment variable `VAULT_KEY_2026` is not set"),
+        "{e}"
+    );
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // base64 of 32 bytes
+    let c = config::load_str_with_env(&text, "config/example.yaml", |k| {
+        (k == "VAULT_KEY_2026").then(|| key.to_owned())
+    })
+    .unwrap();
     assert_eq!(c.slack.connections, 2);
     assert_eq!(c.integrations.github.api_url, "https://api.github.com");
     assert_eq!(c.vault.active_key.as_deref(), Some("k2026"));
-    assert_eq!(c.actors.mailbox_capacity, 256);
+    assert_eq!(c.actors.mailbox_capacity, 1024);
+    assert_eq!(
+        c.actors.to_cluster_config(),
+        infragpt_actors::ClusterConfig::default()
+    );
 }
 
 /// Every key of the effective config appears in example.yaml (documented there).

@@ -53,7 +53,7 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
-    /// A key with a bad value, an unknown key, or invalid YAML (then `path` is `.`).
+    /// A key with a bad value, an unknown key, or invalid YAML (then `path` is `(top level)`).
     #[error("{file}: {path}: {reason}")]
     Invalid {
         /// The file.
@@ -135,7 +135,10 @@ fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     }
     let de = serde_yaml::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
+        let path = match e.path().to_string() {
+            p if p == "." => "(top level)".to_owned(),
+            p => p,
+        };
         let inner = e.into_inner();
         let location = inner
             .location()
@@ -166,7 +169,7 @@ fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
 pub fn to_yaml(config: &Config) -> Result<String, ConfigError> {
     serde_yaml::to_string(config).map_err(|e| ConfigError::Invalid {
         file: "<effective config>".to_owned(),
-        path: ".".to_owned(),
+        path: "(top level)".to_owned(),
         reason: e.to_string(),
     })
 }

@@ -381,42 +381,109 @@ pub struct VaultConfig {
     pub dev_key_file: Option<PathBuf>,
 }
 
-/// Actor runtime tuning. Owned by the actor core; the composition root maps it.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+impl VaultConfig {
+    /// The vault's key ring settings, or `None` when no keys are configured (then
+    /// `dev_key_file` applies).
+    pub fn keys_config(&self) -> Option<crate::crypto::vault::VaultKeysConfig> {
+        if self.keys.is_empty() {
+            return None;
+        }
+        Some(crate::crypto::vault::VaultKeysConfig {
+            keys: self.keys.clone(),
+            active: self.active_key.clone().unwrap_or_default(),
+        })
+    }
+}
+
+impl ClerkConfig {
+    /// Session-token verification settings, or `None` when no issuer is configured.
+    pub fn jwt_config(&self) -> Option<crate::identity::jwt::ClerkJwtConfig> {
+        let issuer = self.issuer.clone()?;
+        Some(crate::identity::jwt::ClerkJwtConfig {
+            issuer,
+            authorized_parties: self.authorized_parties.clone(),
+            leeway: Duration::from_secs(self.leeway_secs),
+        })
+    }
+}
+
+/// Actor runtime tuning: the `actors:` section, mirrored field for field from
+/// [`infragpt_actors::ClusterConfig`] (which owns the defaults and the rules) so the effective
+/// value can be printed. Convert with [`ActorsConfig::to_cluster_config`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActorsConfig {
-    /// A conversation actor stops after this long without work.
+    /// An idle conversation worker stops after this long (its state is in the database).
     pub idle_timeout_ms: u64,
-    /// Attempts for one piece of durable work before it is dead-lettered.
+    /// Retries of a failed event after its first attempt before it becomes a dead letter.
     pub retry_budget: u32,
-    /// First retry delay.
+    /// First restart delay of a failed worker; doubles per consecutive failure.
     pub backoff_base_ms: u64,
-    /// Largest retry delay.
+    /// Largest restart delay.
     pub backoff_max_ms: u64,
-    /// Restarts allowed per actor within `restart_window_ms`.
+    /// Restarts within `restart_window_ms` after which a worker is reported failed.
     pub restart_limit: u32,
-    /// Window for `restart_limit`.
+    /// Window of `restart_limit`.
     pub restart_window_ms: u64,
-    /// Mailbox capacity per actor.
+    /// Mailbox capacity per router.
     pub mailbox_capacity: usize,
-    /// Queue depth at which the service reports itself overloaded.
+    /// Unfinished events per router at which new events wait in the inbox (overloaded).
     pub high_water_mark: usize,
-    /// How often pending durable work is swept from the database.
+    /// How often deferred events are swept from the inbox.
     pub drain_interval_ms: u64,
+    /// Page size of inbox scans.
+    pub drain_page_size: i64,
+    /// How long the cluster's shutdown waits for events being handled.
+    pub shutdown_timeout_ms: u64,
+    /// How long stopped and failed actors stay visible in the health registry.
+    pub stopped_retention_ms: u64,
+    /// How often the registry is pruned and inbox gauges refreshed.
+    pub housekeeping_interval_ms: u64,
 }
 
 impl Default for ActorsConfig {
     fn default() -> Self {
+        Self::from(&infragpt_actors::ClusterConfig::default())
+    }
+}
+
+impl From<&infragpt_actors::ClusterConfig> for ActorsConfig {
+    fn from(c: &infragpt_actors::ClusterConfig) -> Self {
         Self {
-            idle_timeout_ms: 600_000,
-            retry_budget: 5,
-            backoff_base_ms: 500,
-            backoff_max_ms: 60_000,
-            restart_limit: 5,
-            restart_window_ms: 60_000,
-            mailbox_capacity: 256,
-            high_water_mark: 1_000,
-            drain_interval_ms: 5_000,
+            idle_timeout_ms: c.idle_timeout_ms,
+            retry_budget: c.retry_budget,
+            backoff_base_ms: c.backoff_base_ms,
+            backoff_max_ms: c.backoff_max_ms,
+            restart_limit: c.restart_limit,
+            restart_window_ms: c.restart_window_ms,
+            mailbox_capacity: c.mailbox_capacity,
+            high_water_mark: c.high_water_mark,
+            drain_interval_ms: c.drain_interval_ms,
+            drain_page_size: c.drain_page_size,
+            shutdown_timeout_ms: c.shutdown_timeout_ms,
+            stopped_retention_ms: c.stopped_retention_ms,
+            housekeeping_interval_ms: c.housekeeping_interval_ms,
+        }
+    }
+}
+
+impl ActorsConfig {
+    /// The actor core's configuration.
+    pub fn to_cluster_config(&self) -> infragpt_actors::ClusterConfig {
+        infragpt_actors::ClusterConfig {
+            idle_timeout_ms: self.idle_timeout_ms,
+            retry_budget: self.retry_budget,
+            backoff_base_ms: self.backoff_base_ms,
+            backoff_max_ms: self.backoff_max_ms,
+            restart_limit: self.restart_limit,
+            restart_window_ms: self.restart_window_ms,
+            mailbox_capacity: self.mailbox_capacity,
+            high_water_mark: self.high_water_mark,
+            drain_interval_ms: self.drain_interval_ms,
+            drain_page_size: self.drain_page_size,
+            shutdown_timeout_ms: self.shutdown_timeout_ms,
+            stopped_retention_ms: self.stopped_retention_ms,
+            housekeeping_interval_ms: self.housekeeping_interval_ms,
         }
     }
 }

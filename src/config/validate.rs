@@ -168,18 +168,12 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
         _ => {}
     }
 
-    let a = &config.actors;
-    if a.backoff_base_ms > a.backoff_max_ms {
-        fail(
-            "actors.backoff_base_ms",
-            "must not exceed actors.backoff_max_ms",
-        )?;
-    }
-    if a.mailbox_capacity == 0 {
-        fail("actors.mailbox_capacity", "must be at least 1")?;
-    }
-    if a.retry_budget == 0 {
-        fail("actors.retry_budget", "must be at least 1")?;
+    // The actor core owns these rules.
+    if let Err(e) = config.actors.to_cluster_config().validate() {
+        let reason = e.0;
+        // Its messages start with the field name: name the key like every other error.
+        let field = reason.split_whitespace().next().unwrap_or_default();
+        fail(&format!("actors.{field}"), reason.clone())?;
     }
     Ok(())
 }

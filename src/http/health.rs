@@ -156,6 +156,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(readyz));
 }
 
+/// `/readyz` is unauthenticated: answer the kind of failure, log the details (server address).
+fn public_reason(e: &crate::db::DbError) -> String {
+    use crate::db::DbError;
+    tracing::warn!(error = %e, "readiness check failed");
+    match e {
+        DbError::Timeout { after, .. } => format!("timed out after {} ms", after.as_millis()),
+        DbError::Connect { .. } | DbError::Pool(_) => "cannot connect".to_owned(),
+        DbError::Query(_) => "query failed".to_owned(),
+        DbError::Migration(_) => "cannot read migration status".to_owned(),
+        _ => "unavailable".to_owned(),
+    }
+}
+
 /// `database`: a pooled `SELECT 1` within the connect timeout.
 #[derive(Debug, Clone)]
 pub struct DatabaseCheck {
@@ -176,7 +189,7 @@ impl ReadinessCheck for DatabaseCheck {
     }
 
     async fn check(&self) -> Result<(), String> {
-        self.db.ping().await.map_err(|e| e.to_string())
+        self.db.ping().await.map_err(|e| public_reason(&e))
     }
 }
 
