@@ -703,7 +703,12 @@ mod tests {
             Some("fallback")
         );
         db.ping().await.unwrap();
-        assert_eq!(db.run_migrations().await.unwrap().len(), 4);
+        assert_eq!(
+            db.run_migrations().await.unwrap().len(),
+            diesel::migration::MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+                .unwrap()
+                .len()
+        );
         let pid_file = dir.path().join("pg/data/postmaster.pid");
         assert!(pid_file.exists());
         db.shutdown().await;
