@@ -1,6 +1,7 @@
 //! InfraGPT service: adapters (HTTP, gRPC, PostgreSQL, Slack, GitHub, crypto) and the
 //! composition root around the `infragpt-actors` core.
 
+pub mod app;
 pub mod config;
 pub mod crypto;
 pub mod db;

@@ -106,7 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve => {
             let _telemetry = infragpt::telemetry::init(&(&config).into())?;
-            block_on(infragpt::server::serve(config))
+            block_on(infragpt::app::serve(config))
         }
         Command::Migrate { status } => {
             let mut telemetry: infragpt::telemetry::TelemetryConfig = (&config).into();

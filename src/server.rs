@@ -365,6 +365,30 @@ pub async fn serve_with(config: Config, modules: Vec<Box<dyn Module>>) -> anyhow
     // Installed before starting, so a signal during start-up is not lost.
     let mut signals = ShutdownSignals::install()?;
     let running = start(config, modules).await?;
+    run_until_signal(running, &mut signals).await
+}
+
+/// Like [`start`], over a database the caller opened and migrated already (the composition
+/// root needs the pool to build the modules). On failure the database is shut down.
+pub async fn start_prepared(
+    config: Config,
+    modules: Vec<Box<dyn Module>>,
+    db: Database,
+) -> anyhow::Result<RunningServer> {
+    match start_with_database(config, modules, db).await {
+        Ok(running) => Ok(running),
+        Err((e, db)) => {
+            db.shutdown().await;
+            Err(e)
+        }
+    }
+}
+
+/// Serves `running` until SIGINT/SIGTERM (or a listener failure), then stops gracefully.
+pub async fn run_until_signal(
+    running: RunningServer,
+    signals: &mut ShutdownSignals,
+) -> anyhow::Result<()> {
     let result = tokio::select! {
         name = signals.recv() => {
             tracing::info!(signal = name, "signal received");

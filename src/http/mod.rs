@@ -3,6 +3,7 @@
 
 pub mod health;
 pub mod middleware;
+pub mod ops;
 
 use std::sync::Arc;
 

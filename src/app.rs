@@ -1,0 +1,142 @@
+//! The composition root: builds every adapter, hands them to the actors, and plugs the
+//! pieces into the server as [`Module`]s. `infragpt serve` and `infragpt demo` both start
+//! the service through [`start`].
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use infragpt_actors::{Cluster, HealthRegistry, Metrics};
+
+use crate::config::Config;
+use crate::db::Database;
+use crate::db::audit::PgAudit;
+use crate::db::inbox::PgInbox;
+use crate::grpc::server::GrpcShell;
+use crate::http::ops::{self, OpsState};
+use crate::http::{HttpShell, ReadinessCheck};
+use crate::server::{self, AppState, Module, RunningServer, ShutdownSignals};
+
+/// The actor system and what every module shares with it.
+#[derive(Clone, Debug)]
+pub struct Core {
+    /// The actor system (routers, workers, supervisors).
+    pub cluster: Cluster,
+    /// The audit log.
+    pub audit: Arc<PgAudit>,
+}
+
+impl Core {
+    /// Starts the actor system over the database. Must run inside an actix System.
+    pub fn start(config: &Config, db: &Database) -> anyhow::Result<Self> {
+        let metrics = Metrics::new().context("registering metrics")?;
+        let inbox = Arc::new(PgInbox::new(db.pool().clone()));
+        let cluster = Cluster::start(
+            config.actors.to_cluster_config(),
+            inbox,
+            HealthRegistry::new(),
+            metrics,
+        )
+        .context("starting the actor system")?;
+        Ok(Self {
+            cluster,
+            audit: Arc::new(PgAudit::new(db.pool().clone())),
+        })
+    }
+}
+
+/// `/readyz` fails while the routers' backlog is past its high-water mark: events are still
+/// recorded, but a load balancer should send new work elsewhere.
+struct OverloadCheck(Cluster);
+
+#[async_trait::async_trait]
+impl ReadinessCheck for OverloadCheck {
+    fn name(&self) -> &str {
+        "actors"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        if !self.0.is_accepting() {
+            Err("the actor system is shutting down".to_owned())
+        } else if self.0.is_overloaded() {
+            Err("overloaded: dispatch is deferred until the backlog drains".to_owned())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The actor system's module: ops routes, the overload readiness check, and an orderly
+/// actor shutdown after the listeners have drained.
+#[derive(Debug)]
+pub struct CoreModule {
+    core: Core,
+}
+
+impl CoreModule {
+    /// Wraps the core.
+    pub fn new(core: Core) -> Self {
+        Self { core }
+    }
+}
+
+#[async_trait::async_trait]
+impl Module for CoreModule {
+    fn name(&self) -> &str {
+        "actors"
+    }
+
+    async fn start(
+        &mut self,
+        state: &AppState,
+        http: &mut HttpShell,
+        _grpc: &mut GrpcShell,
+    ) -> anyhow::Result<()> {
+        let admin_token = state.config.admin.token.clone();
+        if admin_token.is_none() {
+            tracing::warn!("admin.token is not set: the admin API (/admin/events) is disabled");
+        }
+        http.add_routes(Arc::new(ops::routes(OpsState {
+            cluster: self.core.cluster.clone(),
+            admin_token,
+            audit: self.core.audit.clone(),
+        })));
+        state
+            .readiness
+            .add(OverloadCheck(self.core.cluster.clone()));
+        let report = self
+            .core
+            .cluster
+            .recover()
+            .await
+            .context("recovering unfinished events")?;
+        tracing::info!(unfinished = report.unfinished, "inbox recovered");
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        self.core.cluster.shutdown().await;
+    }
+}
+
+/// Opens the database, builds every module and starts the listeners.
+pub async fn start(config: Config) -> anyhow::Result<(RunningServer, Core)> {
+    let db = server::open_database(&config).await?;
+    let core = match Core::start(&config, &db) {
+        Ok(core) => core,
+        Err(e) => {
+            db.shutdown().await;
+            return Err(e);
+        }
+    };
+    let modules: Vec<Box<dyn Module>> = vec![Box::new(CoreModule::new(core.clone()))];
+    let running = server::start_prepared(config, modules, db).await?;
+    Ok((running, core))
+}
+
+/// `infragpt serve`: starts everything, waits for SIGINT/SIGTERM, stops gracefully.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    // Installed before starting, so a signal during start-up is not lost.
+    let mut signals = ShutdownSignals::install()?;
+    let (running, _core) = start(config).await?;
+    server::run_until_signal(running, &mut signals).await
+}

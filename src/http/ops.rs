@@ -1,0 +1,236 @@
+//! Operations endpoints: the actor supervision tree (`/actors`), Prometheus metrics
+//! (`/metrics`) and the admin API for dead letters (`/admin/events`).
+
+use std::sync::Arc;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use infragpt_actors::audit::{AuditEntry, AuditLog};
+use infragpt_actors::inbox::EventRowId;
+use infragpt_actors::{ActorKind, Cluster, Secret};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::ApiError;
+
+/// Children listed per supervisor in `/actors` (counts always cover every actor); a
+/// thousand live threads would otherwise make the tree unreadable.
+const DEFAULT_TREE_LIMIT: usize = 200;
+
+/// What the ops routes need.
+#[derive(Clone)]
+pub struct OpsState {
+    /// The actor system.
+    pub cluster: Cluster,
+    /// Admin token; `None` disables the admin API (fail closed).
+    pub admin_token: Option<Secret>,
+    /// Where admin actions are recorded.
+    pub audit: Arc<dyn AuditLog>,
+}
+
+impl std::fmt::Debug for OpsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpsState")
+            .field("admin_token", &self.admin_token)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Adds the routes; `state` becomes app data.
+pub fn routes(state: OpsState) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
+    move |cfg| {
+        cfg.app_data(web::Data::new(state.clone()))
+            .route("/actors", web::get().to(actors_tree))
+            .route("/actors/{kind}", web::get().to(actors_group))
+            .route("/actors/{kind}/{key:.*}", web::get().to(actor_one))
+            .route("/metrics", web::get().to(metrics))
+            .route("/admin/events", web::get().to(list_dead_letters))
+            .route("/admin/events/{id}", web::get().to(get_event))
+            .route("/admin/events/{id}/retry", web::post().to(retry_event))
+            .route("/admin/events/{id}", web::delete().to(discard_event));
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TreeQuery {
+    limit: Option<usize>,
+}
+
+async fn actors_tree(state: web::Data<OpsState>, q: web::Query<TreeQuery>) -> HttpResponse {
+    let tree = state
+        .cluster
+        .health()
+        .tree_limited(q.limit.unwrap_or(DEFAULT_TREE_LIMIT));
+    HttpResponse::Ok().json(tree)
+}
+
+fn parse_kind(kind: &str) -> Result<ActorKind, ApiError> {
+    kind.parse::<ActorKind>()
+        .map_err(|_| ApiError::not_found(format!("no actor kind {kind:?}")))
+}
+
+async fn actors_group(
+    state: web::Data<OpsState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let kind = parse_kind(&path)?;
+    let actors = state.cluster.health().group(kind);
+    Ok(HttpResponse::Ok().json(json!({
+        "kind": kind.as_str(),
+        "count": actors.len(),
+        "actors": actors,
+    })))
+}
+
+async fn actor_one(
+    state: web::Data<OpsState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (kind, key) = path.into_inner();
+    let kind = parse_kind(&kind)?;
+    let actor = state
+        .cluster
+        .health()
+        .get(kind, &key)
+        .ok_or_else(|| ApiError::not_found(format!("no {} actor {key:?}", kind.as_str())))?;
+    Ok(HttpResponse::Ok().json(actor))
+}
+
+async fn metrics(state: web::Data<OpsState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.cluster.metrics().encode_text())
+}
+
+/// Checks `Authorization: Bearer <admin token>` in constant time. No token configured means
+/// the admin API is off.
+fn require_admin(state: &OpsState, req: &HttpRequest) -> Result<(), ApiError> {
+    let Some(token) = state.admin_token.as_ref().filter(|t| !t.is_empty()) else {
+        return Err(ApiError::unauthorized(
+            "the admin API is disabled: set admin.token in the configuration",
+        ));
+    };
+    let presented = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+    if token.ct_eq(presented.trim()) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized("invalid admin token"))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+async fn list_dead_letters(
+    state: web::Data<OpsState>,
+    req: HttpRequest,
+    page: web::Query<Page>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&state, &req)?;
+    let limit = page.limit.unwrap_or(50);
+    let offset = page.offset.unwrap_or(0);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::unprocessable(
+            "limit",
+            "must be between 1 and 500",
+        ));
+    }
+    if offset < 0 {
+        return Err(ApiError::unprocessable("offset", "must not be negative"));
+    }
+    let events = state
+        .cluster
+        .dead_letters(limit, offset)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "events": events,
+        "limit": limit,
+        "offset": offset,
+    })))
+}
+
+fn parse_id(raw: &str) -> Result<EventRowId, ApiError> {
+    raw.parse::<i64>()
+        .map(EventRowId)
+        .map_err(|_| ApiError::bad_request(format!("event id {raw:?} is not a number")))
+}
+
+async fn get_event(
+    state: web::Data<OpsState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&state, &req)?;
+    let id = parse_id(&path)?;
+    let event = state
+        .cluster
+        .inbox()
+        .get(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no event {id}")))?;
+    Ok(HttpResponse::Ok().json(event))
+}
+
+async fn audit(state: &OpsState, action: &str, id: EventRowId) {
+    let entry = AuditEntry {
+        organization_id: None,
+        actor: "admin".to_owned(),
+        action: action.to_owned(),
+        target: Some(format!("inbound_event:{id}")),
+        details: json!({}),
+    };
+    if let Err(e) = state.audit.append(entry).await {
+        tracing::error!(error = %e, event_id = %id, action, "audit log write failed");
+    }
+}
+
+async fn retry_event(
+    state: web::Data<OpsState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&state, &req)?;
+    let id = parse_id(&path)?;
+    let event = state
+        .cluster
+        .requeue_dead_letter(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::conflict(format!("event {id} is not a dead letter")))?;
+    audit(&state, "event.requeued", id).await;
+    tracing::info!(event_id = %id, "dead letter requeued");
+    Ok(HttpResponse::Accepted().json(event))
+}
+
+async fn discard_event(
+    state: web::Data<OpsState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&state, &req)?;
+    let id = parse_id(&path)?;
+    if !state
+        .cluster
+        .discard_dead_letter(id)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        return Err(ApiError::conflict(format!(
+            "event {id} is not a dead letter"
+        )));
+    }
+    audit(&state, "event.discarded", id).await;
+    tracing::info!(event_id = %id, "dead letter discarded");
+    Ok(HttpResponse::NoContent().finish())
+}

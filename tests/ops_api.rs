@@ -1,0 +1,289 @@
+//! The operations endpoints of the assembled service: `/actors`, `/metrics` and the admin
+//! dead-letter API, against real PostgreSQL.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use infragpt::config;
+use infragpt::db::testing::TestDb;
+use infragpt_actors::inbox::{EventSource, InboundEvent, NewInboundEvent, RoutingKey};
+use infragpt_actors::{ActorKind, EventHandler, HandleOutcome, HandlerError, StreamSpec};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "test-admin-token-0123456789";
+
+/// Fails permanently on payloads with `"fail": true`, handles the rest.
+#[derive(Default)]
+struct Picky {
+    handled: AtomicUsize,
+}
+
+#[async_trait]
+impl EventHandler for Picky {
+    async fn handle(&self, event: &InboundEvent) -> Result<HandleOutcome, HandlerError> {
+        if event.payload["fail"] == json!(true) {
+            return Err(HandlerError::permanent("this event is poison"));
+        }
+        self.handled.fetch_add(1, Ordering::SeqCst);
+        Ok(HandleOutcome::Done)
+    }
+}
+
+fn test_config(db: &TestDb) -> config::Config {
+    let yaml = format!(
+        "port: 0\ngrpc_port: 0\nlog_level: warn\nhttp_log: false\nadmin:\n  token: {ADMIN}\ndatabase:\n  url: \"{}\"\n",
+        db.url.expose()
+    );
+    config::load_str(&yaml, "ops-test.yaml").expect("config")
+}
+
+fn event(id: &str, fail: bool) -> NewInboundEvent {
+    NewInboundEvent {
+        source: EventSource::Clerk,
+        source_id: id.to_owned(),
+        routing_key: RoutingKey("clerk".to_owned()),
+        kind: "test.event".to_owned(),
+        payload: json!({ "fail": fail }),
+    }
+}
+
+async fn wait_until<F: Fn() -> bool>(what: &str, f: F) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn counter(samples: &[prometheus_parse::Sample], name: &str, kind: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.metric == name && s.labels.get("kind") == Some(kind))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+async fn scrape(client: &reqwest::Client, base: &str) -> prometheus_parse::Scrape {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).expect("metrics parse as Prometheus text format")
+}
+
+#[actix_rt::test]
+async fn actors_metrics_and_dead_letters() {
+    let db = TestDb::new().await;
+    let (running, core) = infragpt::app::start(test_config(&db))
+        .await
+        .expect("service starts");
+    let handler = Arc::new(Picky::default());
+    core.cluster
+        .register_stream(StreamSpec {
+            name: "clerk".to_owned(),
+            kind: ActorKind::IdentitySync,
+            source: EventSource::Clerk,
+            handler: handler.clone(),
+        })
+        .expect("stream");
+    let base = format!("http://{}", running.http_addr);
+    let client = reqwest::Client::new();
+
+    let before = scrape(&client, &base).await;
+    assert_eq!(
+        counter(
+            &before.samples,
+            "infragpt_actor_messages_handled_total",
+            "identity_sync"
+        ),
+        0.0
+    );
+
+    for i in 0..5 {
+        core.cluster
+            .ingest(event(&format!("ok-{i}"), false))
+            .await
+            .expect("ingest");
+    }
+    core.cluster
+        .ingest(event("poison", true))
+        .await
+        .expect("ingest");
+    wait_until("five handled", || {
+        handler.handled.load(Ordering::SeqCst) == 5
+    })
+    .await;
+
+    // The tree shows the root supervisor with the stream's router under it.
+    let tree: Value = client
+        .get(format!("{base}/actors"))
+        .send()
+        .await
+        .expect("actors")
+        .json()
+        .await
+        .expect("json");
+    assert!(tree["total"].as_u64().unwrap() >= 2, "{tree}");
+    assert_eq!(tree["roots"][0]["kind"], "supervisor", "{tree}");
+    let group = client
+        .get(format!("{base}/actors/supervisor"))
+        .send()
+        .await
+        .expect("group");
+    assert_eq!(group.status(), 200);
+    let unknown = client
+        .get(format!("{base}/actors/not_a_kind"))
+        .send()
+        .await
+        .expect("unknown");
+    assert_eq!(unknown.status(), 404);
+    let body: Value = unknown.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "not_found");
+    let missing = client
+        .get(format!("{base}/actors/supervisor/nope"))
+        .send()
+        .await
+        .expect("missing");
+    assert_eq!(missing.status(), 404);
+
+    // The admin API needs the token.
+    let denied = client
+        .get(format!("{base}/admin/events"))
+        .send()
+        .await
+        .expect("denied");
+    assert_eq!(denied.status(), 401);
+    let wrong = client
+        .get(format!("{base}/admin/events"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .expect("wrong");
+    assert_eq!(wrong.status(), 401);
+
+    let mut dead = Value::Null;
+    for _ in 0..250 {
+        dead = client
+            .get(format!("{base}/admin/events"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        if dead["events"].as_array().is_some_and(|e| !e.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events = dead["events"].as_array().expect("events");
+    assert_eq!(events.len(), 1, "{dead}");
+    assert_eq!(events[0]["source_id"], "poison");
+    assert_eq!(events[0]["status"], "failed");
+    assert!(
+        events[0]["last_error"].as_str().unwrap().contains("poison"),
+        "{dead}"
+    );
+    let id = events[0]["id"].as_i64().expect("id");
+
+    // Counters moved with the work.
+    let after = scrape(&client, &base).await;
+    assert_eq!(
+        counter(
+            &after.samples,
+            "infragpt_actor_messages_handled_total",
+            "identity_sync"
+        ),
+        5.0
+    );
+    assert_eq!(
+        counter(
+            &after.samples,
+            "infragpt_dead_letters_total",
+            "identity_sync"
+        ),
+        1.0
+    );
+
+    // Retry runs it again (it fails again: still a dead letter), discard removes it.
+    let retried = client
+        .post(format!("{base}/admin/events/{id}/retry"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("retry");
+    assert_eq!(retried.status(), 202);
+    let mut attempts = 0;
+    for _ in 0..250 {
+        let ev: Value = client
+            .get(format!("{base}/admin/events/{id}"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if ev["status"] == "failed" && ev["attempts"].as_i64() == Some(1) {
+            attempts = 1;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(attempts, 1, "the requeued event ran again and failed again");
+    let discarded = client
+        .delete(format!("{base}/admin/events/{id}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("discard");
+    assert_eq!(discarded.status(), 204);
+    let again = client
+        .delete(format!("{base}/admin/events/{id}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("discard again");
+    assert_eq!(again.status(), 409);
+    let bad_id = client
+        .post(format!("{base}/admin/events/abc/retry"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("bad id");
+    assert_eq!(bad_id.status(), 400);
+
+    // Both admin actions are audited.
+    assert_eq!(
+        audit_actions(&db).await,
+        ["event.requeued", "event.discarded"]
+    );
+
+    running.stop().await.expect("clean stop");
+}
+
+async fn audit_actions(db: &TestDb) -> Vec<String> {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use infragpt::db::schema::audit_log;
+    let mut conn = db.pool().get().await.expect("conn");
+    audit_log::table
+        .select(audit_log::action)
+        .order(audit_log::id)
+        .load(&mut conn)
+        .await
+        .expect("audit")
+}
