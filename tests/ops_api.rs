@@ -23,6 +23,9 @@ struct Picky {
 #[async_trait]
 impl EventHandler for Picky {
     async fn handle(&self, event: &InboundEvent) -> Result<HandleOutcome, HandlerError> {
+        if event.payload["panic"] == json!(true) {
+            panic!("boom on purpose");
+        }
         if event.payload["fail"] == json!(true) {
             return Err(HandlerError::permanent("this event is poison"));
         }
@@ -33,7 +36,7 @@ impl EventHandler for Picky {
 
 fn test_config(db: &TestDb) -> config::Config {
     let yaml = format!(
-        "port: 0\ngrpc_port: 0\nlog_level: warn\nhttp_log: false\nadmin:\n  token: {ADMIN}\ndatabase:\n  url: \"{}\"\n",
+        "port: 0\ngrpc_port: 0\nlog_level: warn\nhttp_log: false\nadmin:\n  token: {ADMIN}\nactors:\n  retry_budget: 2\n  backoff_base_ms: 1\n  backoff_max_ms: 5\ndatabase:\n  url: \"{}\"\n",
         db.url.expose()
     );
     config::load_str(&yaml, "ops-test.yaml").expect("config")
@@ -271,6 +274,64 @@ async fn actors_metrics_and_dead_letters() {
         audit_actions(&db).await,
         ["event.requeued", "event.discarded"]
     );
+
+    // A panicking handler: retried within the budget, then a dead letter with the panic
+    // message; the worker's restarts show in /actors; the service keeps serving.
+    core.cluster
+        .ingest(NewInboundEvent {
+            payload: json!({ "panic": true }),
+            ..event("panics", false)
+        })
+        .await
+        .expect("ingest");
+    let mut panicked = Value::Null;
+    for _ in 0..500 {
+        panicked = client
+            .get(format!("{base}/admin/events"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        if panicked["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["source_id"] == "panics"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dead = panicked["events"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["source_id"] == "panics"))
+        .unwrap_or_else(|| panic!("no dead letter for the panicking event: {panicked}"));
+    assert_eq!(dead["attempts"], 3, "1 try + retry_budget 2: {dead}");
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("boom on purpose"),
+        "{dead}"
+    );
+    let worker: Value = client
+        .get(format!("{base}/actors/identity_sync/clerk"))
+        .send()
+        .await
+        .expect("worker")
+        .json()
+        .await
+        .expect("json");
+    assert!(worker["restarts"].as_u64().unwrap() >= 2, "{worker}");
+    core.cluster
+        .ingest(event("after-panic", false))
+        .await
+        .expect("ingest");
+    wait_until("the worker handles the next event", || {
+        handler.handled.load(Ordering::SeqCst) == 6
+    })
+    .await;
 
     running.stop().await.expect("clean stop");
 }
