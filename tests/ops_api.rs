@@ -348,3 +348,67 @@ async fn audit_actions(db: &TestDb) -> Vec<String> {
         .await
         .expect("audit")
 }
+
+#[actix_rt::test]
+async fn readiness_reports_overload_and_recovers() {
+    use infragpt_actors::testing::RecordingHandler;
+    let db = TestDb::new().await;
+    let yaml = format!(
+        "port: 0\ngrpc_port: 0\nlog_level: warn\nhttp_log: false\nactors:\n  high_water_mark: 2\n  mailbox_capacity: 4\n  drain_interval_ms: 20\ndatabase:\n  url: \"{}\"\n",
+        db.url.expose()
+    );
+    let config = config::load_str(&yaml, "overload-test.yaml").expect("config");
+    let (running, core) = infragpt::app::start(config).await.expect("service starts");
+    let handler = RecordingHandler::new();
+    let gate = handler.gate_all();
+    core.cluster
+        .register_stream(StreamSpec {
+            name: "clerk".to_owned(),
+            kind: ActorKind::IdentitySync,
+            source: EventSource::Clerk,
+            handler: handler.clone(),
+        })
+        .expect("stream");
+    let base = format!("http://{}", running.http_addr);
+    let client = reqwest::Client::new();
+    for i in 0..10 {
+        core.cluster
+            .ingest(NewInboundEvent {
+                routing_key: RoutingKey(format!("key-{i}")),
+                ..event(&format!("e-{i}"), false)
+            })
+            .await
+            .expect("ingest while overloaded still records");
+    }
+    let ready = client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.expect("json");
+    assert!(
+        body["checks"]["actors"]
+            .as_str()
+            .is_some_and(|s| s.contains("overloaded")),
+        "{body}"
+    );
+    gate.add_permits(100);
+    wait_until("all handled", || handler.handled_count() == 10).await;
+    let mut status = 0;
+    for _ in 0..250 {
+        status = client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status()
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200, "ready again once the backlog drained");
+    running.stop().await.expect("clean stop");
+}
