@@ -155,7 +155,9 @@ pub struct Permit<'a> {
 
 impl fmt::Debug for Permit<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Permit").field("probe", &self.probe).finish()
+        f.debug_struct("Permit")
+            .field("probe", &self.probe)
+            .finish()
     }
 }
 
