@@ -3,6 +3,7 @@
 
 pub mod health;
 pub mod middleware;
+pub mod reply;
 
 use std::sync::Arc;
 
