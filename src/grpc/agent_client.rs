@@ -40,7 +40,7 @@ pub const HEALTH_KEY: &str = "agent";
 /// How the client reaches the agent.
 #[derive(Debug, Clone)]
 pub struct GrpcAgentOptions {
-    /// `http://host:port` (see `config::validate::normalize_endpoint` for `host:port`).
+    /// `http://host:port` (see `config::normalize_endpoint` for `host:port`).
     pub endpoint: String,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
