@@ -242,7 +242,7 @@ impl std::fmt::Debug for DevAgentHandle {
 pub struct DevAgent;
 
 /// How long a stopping server waits for open calls before it is cut off.
-const STOP_GRACE: Duration = Duration::from_secs(2);
+const STOP_GRACE: Duration = Duration::from_millis(500);
 
 impl DevAgent {
     /// Binds `config.bind` and serves on a thread of its own.

@@ -246,6 +246,15 @@ impl GrpcAgent {
         metrics: &Metrics,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AgentClientError> {
+        // The config normalises already; options built by hand get the same treatment.
+        let mut options = options;
+        options.endpoint =
+            crate::config::normalize_endpoint(&options.endpoint).map_err(|reason| {
+                AgentClientError::InvalidEndpoint {
+                    endpoint: options.endpoint.clone(),
+                    reason,
+                }
+            })?;
         let invalid = |reason: String| AgentClientError::InvalidEndpoint {
             endpoint: options.endpoint.clone(),
             reason,
@@ -327,10 +336,19 @@ impl GrpcAgent {
     async fn attempt(&self, request: AgentRequest) -> Result<AgentResponse, Attempt> {
         let mut client = self.client.clone();
         let mut request = tonic::Request::new(request);
+        // Sent as `grpc-timeout` so the agent can stop too; tonic also enforces it locally
+        // (answering CANCELLED "Timeout expired"), as does the outer timeout.
         request.set_timeout(self.options.call_timeout);
+        let started = Instant::now();
         match tokio::time::timeout(self.options.call_timeout, client.process_message(request)).await
         {
             Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status))
+                if status.code() == Code::Cancelled
+                    && started.elapsed() >= self.options.call_timeout =>
+            {
+                Err(Attempt::Timeout)
+            }
             Ok(Err(status)) => Err(Attempt::Status(status)),
             Err(_) => Err(Attempt::Timeout),
         }
