@@ -22,6 +22,7 @@
 //!   [`handler`]; the actors only schedule it.
 
 pub mod audit;
+pub mod circuit;
 pub mod cluster;
 pub mod config;
 pub mod conversation;

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod cluster;
+pub mod conversations;
 pub mod inbox;
 pub mod schema;
 pub mod testing;
@@ -19,6 +20,7 @@ use infragpt_actors::Secret;
 
 pub use audit::PgAudit;
 pub use cluster::{ClusterError, ClusterOptions, PrivateCluster};
+pub use conversations::PgConversationStore;
 pub use inbox::PgInbox;
 
 /// The connection pool every adapter uses.

@@ -1,5 +1,7 @@
 //! gRPC: generated contracts, the reply service and the agent client.
 
+pub mod agent_client;
+pub mod reply;
 pub mod server;
 
 /// Generated protobuf and tonic code for the three packages.

@@ -4,6 +4,7 @@
 pub mod health;
 pub mod middleware;
 pub mod ops;
+pub mod reply;
 
 use std::sync::Arc;
 

@@ -1,0 +1,343 @@
+//! `PgConversationStore` against a fresh PostgreSQL database per test.
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use infragpt::db::PgConversationStore;
+use infragpt::db::schema::{conversations, messages};
+use infragpt::db::testing::TestDb;
+use infragpt_actors::conversation::{
+    ChannelRecord, ConversationStore, InsertOutcome, NewMessage, Sender,
+};
+use infragpt_actors::ids::{ChannelId, ConversationId, MessageTs, SlackUserId, TeamId, ThreadKey};
+use infragpt_actors::inbox::EventRowId;
+
+fn team() -> TeamId {
+    TeamId::parse("T1").unwrap()
+}
+fn channel() -> ChannelId {
+    ChannelId::parse("C1").unwrap()
+}
+fn ts(s: &str) -> MessageTs {
+    MessageTs::parse(s).unwrap()
+}
+fn key(thread: &str) -> ThreadKey {
+    ThreadKey::new(team(), channel(), ts(thread))
+}
+fn user(id: &str) -> Sender {
+    Sender::User(SlackUserId::parse(id).unwrap())
+}
+
+fn message(conv: ConversationId, at: &str, sender: Sender, text: &str) -> NewMessage {
+    NewMessage {
+        conversation_id: conv,
+        slack_ts: ts(at),
+        sender,
+        sender_name: Some("Alice".into()),
+        sender_email: Some("alice@example.com".into()),
+        text: text.into(),
+        source_event_id: None,
+        in_reply_to: None,
+    }
+}
+
+#[tokio::test]
+async fn upsert_conversation_is_idempotent_per_thread() {
+    let db = TestDb::new().await;
+    let store = PgConversationStore::new(db.pool().clone());
+    let a = store.upsert_conversation(&key("100.000001")).await.unwrap();
+    let again = store.upsert_conversation(&key("100.000001")).await.unwrap();
+    let other = store.upsert_conversation(&key("200.000001")).await.unwrap();
+    assert_eq!(a.id, again.id);
+    assert_ne!(a.id, other.id);
+    assert_eq!(a.key, key("100.000001"));
+    assert_eq!(a.current_turn_ts, None);
+    assert_eq!(
+        store.find_by_key(&key("100.000001")).await.unwrap(),
+        Some(a.clone())
+    );
+    assert_eq!(store.find_by_key(&key("300.000001")).await.unwrap(), None);
+    assert_eq!(store.find(a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(
+        store.find(ConversationId::new_random()).await.unwrap(),
+        None
+    );
+
+    store
+        .set_current_turn(a.id, &ts("100.000002"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.find(a.id).await.unwrap().unwrap().current_turn_ts,
+        Some(ts("100.000002"))
+    );
+    assert!(
+        store
+            .set_current_turn(ConversationId::new_random(), &ts("1.1"))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn insert_message_once_per_ts_and_history_in_order() {
+    let db = TestDb::new().await;
+    let store = PgConversationStore::new(db.pool().clone());
+    let conv = store.upsert_conversation(&key("100.000001")).await.unwrap();
+
+    let before: chrono::DateTime<chrono::Utc> = {
+        let mut conn = db.pool().get().await.unwrap();
+        conversations::table
+            .find(conv.id.0)
+            .select(conversations::last_message_at)
+            .first(&mut conn)
+            .await
+            .unwrap()
+    };
+
+    let mut first = message(conv.id, "100.000001", user("U1"), "hello");
+    first.source_event_id = Some(EventRowId(7));
+    assert_eq!(
+        store.insert_message(first.clone()).await.unwrap(),
+        InsertOutcome::Inserted
+    );
+    // A redelivery (or the twin event) stores nothing and names the first event.
+    let mut twin = first.clone();
+    twin.source_event_id = Some(EventRowId(8));
+    twin.text = "changed".into();
+    assert_eq!(
+        store.insert_message(twin).await.unwrap(),
+        InsertOutcome::Exists {
+            source_event_id: Some(EventRowId(7))
+        }
+    );
+    let mut reply = message(conv.id, "100.000002", Sender::Agent, "hi there");
+    reply.in_reply_to = Some(ts("100.000001"));
+    reply.sender_name = None;
+    reply.sender_email = None;
+    assert_eq!(
+        store.insert_message(reply).await.unwrap(),
+        InsertOutcome::Inserted
+    );
+    store
+        .insert_message(message(conv.id, "100.000003", user("U2"), "thanks"))
+        .await
+        .unwrap();
+
+    let history = store.history(conv.id).await.unwrap();
+    let seen: Vec<(&str, Sender, &str)> = history
+        .iter()
+        .map(|m| (m.slack_ts.as_str(), m.sender.clone(), m.text.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("100.000001", user("U1"), "hello"),
+            ("100.000002", Sender::Agent, "hi there"),
+            ("100.000003", user("U2"), "thanks"),
+        ]
+    );
+
+    let mut conn = db.pool().get().await.unwrap();
+    let after: chrono::DateTime<chrono::Utc> = conversations::table
+        .find(conv.id.0)
+        .select(conversations::last_message_at)
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert!(after > before, "last_message_at moves on insert");
+    let stored: (String, String, Option<String>, Option<String>) = messages::table
+        .filter(messages::slack_ts.eq("100.000001"))
+        .select((
+            messages::sender_kind,
+            messages::sender_id,
+            messages::sender_name,
+            messages::sender_email,
+        ))
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        (
+            "user".into(),
+            "U1".into(),
+            Some("Alice".into()),
+            Some("alice@example.com".into())
+        )
+    );
+}
+
+#[tokio::test]
+async fn agent_reply_exists_matches_turn_and_text() {
+    let db = TestDb::new().await;
+    let store = PgConversationStore::new(db.pool().clone());
+    let conv = store.upsert_conversation(&key("100.000001")).await.unwrap();
+    let turn = ts("100.000001");
+    store
+        .insert_message(message(conv.id, "100.000001", user("U1"), "q"))
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .agent_reply_exists(conv.id, &turn, None)
+            .await
+            .unwrap()
+    );
+    let mut reply = message(conv.id, "100.000002", Sender::Agent, "answer");
+    reply.in_reply_to = Some(turn.clone());
+    store.insert_message(reply).await.unwrap();
+    assert!(
+        store
+            .agent_reply_exists(conv.id, &turn, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .agent_reply_exists(conv.id, &turn, Some("answer"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .agent_reply_exists(conv.id, &turn, Some("other"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .agent_reply_exists(conv.id, &ts("100.000009"), None)
+            .await
+            .unwrap()
+    );
+    // A user message with in_reply_to does not count (only agent messages do).
+    let other = store.upsert_conversation(&key("200.000001")).await.unwrap();
+    let mut user_msg = message(other.id, "200.000002", user("U1"), "answer");
+    user_msg.in_reply_to = Some(ts("200.000001"));
+    store.insert_message(user_msg).await.unwrap();
+    assert!(
+        !store
+            .agent_reply_exists(other.id, &ts("200.000001"), None)
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn edit_and_delete_by_channel_and_ts() {
+    let db = TestDb::new().await;
+    let store = PgConversationStore::new(db.pool().clone());
+    let conv = store.upsert_conversation(&key("100.000001")).await.unwrap();
+    store
+        .insert_message(message(conv.id, "100.000001", user("U1"), "first"))
+        .await
+        .unwrap();
+    store
+        .insert_message(message(conv.id, "100.000002", user("U1"), "second"))
+        .await
+        .unwrap();
+
+    assert!(
+        store
+            .edit_message(&team(), &channel(), &ts("100.000001"), "first, edited")
+            .await
+            .unwrap()
+    );
+    // Another channel or team with the same ts is a different message.
+    let other_channel = ChannelId::parse("C2").unwrap();
+    assert!(
+        !store
+            .edit_message(&team(), &other_channel, &ts("100.000001"), "x")
+            .await
+            .unwrap()
+    );
+    let other_team = TeamId::parse("T2").unwrap();
+    assert!(
+        !store
+            .mark_deleted(&other_team, &channel(), &ts("100.000002"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .edit_message(&team(), &channel(), &ts("999.000001"), "x")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .mark_deleted(&team(), &channel(), &ts("100.000002"))
+            .await
+            .unwrap()
+    );
+
+    let history = store.history(conv.id).await.unwrap();
+    assert_eq!(history.len(), 1, "deleted messages leave the history");
+    assert_eq!(history[0].text, "first, edited");
+    let mut conn = db.pool().get().await.unwrap();
+    let edited: Option<chrono::DateTime<chrono::Utc>> = messages::table
+        .filter(messages::slack_ts.eq("100.000001"))
+        .select(messages::edited_at)
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert!(edited.is_some());
+}
+
+#[tokio::test]
+async fn channels_monitoring_only_turns_on_and_names_are_kept() {
+    let db = TestDb::new().await;
+    let store = PgConversationStore::new(db.pool().clone());
+    assert_eq!(store.channel(&team(), &channel()).await.unwrap(), None);
+
+    store
+        .upsert_channel(&team(), &channel(), None, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.channel(&team(), &channel()).await.unwrap(),
+        Some(ChannelRecord {
+            name: None,
+            monitored: false
+        })
+    );
+    store
+        .upsert_channel(&team(), &channel(), Some("ops"), true)
+        .await
+        .unwrap();
+    // A later upsert without a name and without monitoring changes neither.
+    store
+        .upsert_channel(&team(), &channel(), None, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.channel(&team(), &channel()).await.unwrap(),
+        Some(ChannelRecord {
+            name: Some("ops".into()),
+            monitored: true
+        })
+    );
+    store
+        .upsert_channel(&team(), &channel(), Some("ops-renamed"), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.channel(&team(), &channel()).await.unwrap(),
+        Some(ChannelRecord {
+            name: Some("ops-renamed".into()),
+            monitored: true
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_closed_pool_is_reported_as_unavailable() {
+    let db = TestDb::new().await;
+    let store = PgConversationStore::new(db.pool().clone());
+    db.pool().close();
+    let err = store
+        .upsert_conversation(&key("100.000001"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unavailable"), "{err}");
+}
