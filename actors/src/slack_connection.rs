@@ -536,7 +536,10 @@ mod tests {
     fn watchdog() {
         let mut m = machine();
         let t0 = Instant::now();
-        assert!(!m.watchdog_expired(t0 + Duration::from_secs(100)), "not open");
+        assert!(
+            !m.watchdog_expired(t0 + Duration::from_secs(100)),
+            "not open"
+        );
         m.socket_opened(t0);
         assert!(!m.watchdog_expired(t0 + Duration::from_secs(30)));
         assert!(m.watchdog_expired(t0 + Duration::from_secs(31)));

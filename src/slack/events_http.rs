@@ -16,7 +16,9 @@ use infragpt_actors::inbox::RecordOutcome;
 use infragpt_actors::slack_events::{self, Inbound};
 use serde_json::{Value, json};
 
-use super::signature::{SIGNATURE_HEADER, SignatureError, SlackSignatureVerifier, TIMESTAMP_HEADER};
+use super::signature::{
+    SIGNATURE_HEADER, SignatureError, SlackSignatureVerifier, TIMESTAMP_HEADER,
+};
 use super::socket::{InboundClass, inbound_event};
 use crate::error::ApiError;
 
@@ -127,7 +129,9 @@ async fn slack_events_handler(
         Err(e @ (IngestError::ShuttingDown | IngestError::Store(_))) => {
             // Not recorded: a 5xx makes Slack retry later.
             tracing::error!(event_id = %event_id, error = %e, "recording a slack event failed");
-            Err(ApiError::unavailable("the event could not be recorded; retry later"))
+            Err(ApiError::unavailable(
+                "the event could not be recorded; retry later",
+            ))
         }
         Err(e) => Err(ApiError::internal(e)),
     }

@@ -167,7 +167,11 @@ impl SlackModule {
         if !self.connections.is_empty() {
             return self.connections.len();
         }
-        let Some(app_token) = self.config.app_token.clone().filter(|_| self.config.socket_mode)
+        let Some(app_token) = self
+            .config
+            .app_token
+            .clone()
+            .filter(|_| self.config.socket_mode)
         else {
             return 0;
         };

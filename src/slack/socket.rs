@@ -481,11 +481,7 @@ impl Conn {
     }
 
     /// Handles one text frame; `Some` when the socket must be given up.
-    async fn on_text<S>(
-        &self,
-        text: &str,
-        sink: &mut Sink<S>,
-    ) -> Option<Ended>
+    async fn on_text<S>(&self, text: &str, sink: &mut Sink<S>) -> Option<Ended>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {

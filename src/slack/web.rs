@@ -37,8 +37,8 @@ use slack_morphism::prelude::{
 
 use super::connector::{ConnectorError, SlackHyperClient, http_connector, https_connector};
 use super::workspaces::{
-    CONFIG_TOKEN_REF, TokenSourceError, WorkspaceBoard, WorkspaceDirectory,
-    WorkspaceRegistration, WorkspaceTokens,
+    CONFIG_TOKEN_REF, TokenSourceError, WorkspaceBoard, WorkspaceDirectory, WorkspaceRegistration,
+    WorkspaceTokens,
 };
 
 /// Slack error codes that mean the token no longer works for the workspace.
@@ -88,7 +88,10 @@ pub fn rate_control(settings: &WebSettings) -> SlackApiRateControlConfig {
 
 /// A slack-morphism client for `api_url` with rate control. `https://` URLs get the
 /// https-only connector; anything else (the simulator's `http://`) the permissive one.
-pub fn web_client(api_url: &str, settings: &WebSettings) -> Result<SlackHyperClient, ConnectorError> {
+pub fn web_client(
+    api_url: &str,
+    settings: &WebSettings,
+) -> Result<SlackHyperClient, ConnectorError> {
     let connector = if api_url.starts_with("https://") {
         https_connector()?.with_slack_api_url(api_url.trim_end_matches('/'))
     } else {
@@ -173,9 +176,7 @@ where
                 Failure::Code(code) => return Err(Ok(code)),
                 Failure::Final(err) => return Err(Err(err)),
                 Failure::Retry(why) if attempt < settings.transient_retries => {
-                    let delay = settings
-                        .retry_base
-                        .saturating_mul(1u32 << attempt.min(16));
+                    let delay = settings.retry_base.saturating_mul(1u32 << attempt.min(16));
                     attempt += 1;
                     tracing::warn!(method, attempt, error = %why, delay_ms = delay.as_millis() as u64, "slack call failed; retrying");
                     tokio::time::sleep(delay).await;
