@@ -403,3 +403,37 @@ async fn stopping_closes_the_sockets() {
         .await
     );
 }
+
+#[actix_rt::test]
+async fn a_refused_app_token_is_retried_and_reported() {
+    let inbox = MemoryInbox::new();
+    let sim = SlackSim::start(sim_config(true)).unwrap();
+    let (cluster, _handler) = cluster_with(inbox);
+    let cfg = SlackConfig {
+        app_token: Some(infragpt_actors::Secret::new("xapp-1-not-a-real-token")),
+        socket_mode: true,
+        connections: 1,
+        api_url: sim.base_url(),
+        ..SlackConfig::default()
+    };
+    let web = SlackModule::build_web(&cfg, None, None).unwrap();
+    let mut module =
+        SlackModule::new(cfg, cluster.clone(), web).with_socket_settings(socket_settings(1));
+    module.start_socket_mode();
+    sim.wait_for(|st| st.calls("apps.connections.open").len() >= 3, WAIT)
+        .await
+        .unwrap();
+    let conn = cluster
+        .health()
+        .get(ActorKind::SlackConnection, "conn-1")
+        .unwrap();
+    assert!(conn.restarts >= 2, "{conn:?}");
+    assert!(
+        conn.last_error.as_deref().unwrap().contains("invalid_auth"),
+        "{conn:?}"
+    );
+    // Not fatal: readiness holds while it keeps trying.
+    assert!(module.readiness().check().await.is_ok());
+    assert!(sim.connections().is_empty());
+    module.stop_socket_mode().await;
+}

@@ -355,39 +355,31 @@ impl Conn {
             }
             self.machine.lock().connecting();
             self.publish();
-            match self.connect().await {
-                Ok(Ws::Plain(ws)) => match self.serve(*ws, &mut shutdown).await {
-                    SocketEnd::Shutdown => break,
-                    SocketEnd::Reconnect(d) => delay = d,
-                    SocketEnd::Fatal(reason) => {
-                        tracing::error!(connection = %self.key, reason = %reason, "slack socket mode disabled; not reconnecting");
-                        let why = self
-                            .machine
-                            .lock()
-                            .fatal_reason()
-                            .unwrap_or(&reason)
-                            .to_owned();
-                        self.publish();
-                        self.health.failed(&why);
-                        return;
-                    }
-                },
-                Ok(Ws::Tls(ws)) => match self.serve(*ws, &mut shutdown).await {
-                    SocketEnd::Shutdown => break,
-                    SocketEnd::Reconnect(d) => delay = d,
-                    SocketEnd::Fatal(reason) => {
-                        tracing::error!(connection = %self.key, reason = %reason, "slack socket mode disabled; not reconnecting");
-                        let why = self
-                            .machine
-                            .lock()
-                            .fatal_reason()
-                            .unwrap_or(&reason)
-                            .to_owned();
-                        self.publish();
-                        self.health.failed(&why);
-                        return;
-                    }
-                },
+            // A shutdown must not wait for `apps.connections.open` retries or a slow handshake.
+            let connected = tokio::select! {
+                r = self.connect() => r,
+                _ = shutdown.changed() => break,
+            };
+            let end = match connected {
+                Ok(Ws::Plain(ws)) => Ok(self.serve(*ws, &mut shutdown).await),
+                Ok(Ws::Tls(ws)) => Ok(self.serve(*ws, &mut shutdown).await),
+                Err(e) => Err(e),
+            };
+            match end {
+                Ok(SocketEnd::Shutdown) => break,
+                Ok(SocketEnd::Reconnect(d)) => delay = d,
+                Ok(SocketEnd::Fatal(reason)) => {
+                    tracing::error!(connection = %self.key, reason = %reason, "slack socket mode disabled; not reconnecting");
+                    let why = self
+                        .machine
+                        .lock()
+                        .fatal_reason()
+                        .unwrap_or(&reason)
+                        .to_owned();
+                    self.publish();
+                    self.health.failed(&why);
+                    return;
+                }
                 Err(e) => {
                     let d = self.machine.lock().on_connect_failed(&e);
                     tracing::warn!(connection = %self.key, error = %e, delay_ms = d.as_millis() as u64, "slack socket mode connect failed");
