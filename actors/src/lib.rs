@@ -33,6 +33,7 @@ pub mod inbox;
 pub mod metrics;
 mod router;
 pub mod secret;
+pub mod slack_connection;
 pub mod slack_events;
 pub mod supervision;
 pub mod testing;

@@ -1,0 +1,138 @@
+//! `POST /slack/events`: the HTTP Events API, the alternative to Socket Mode.
+//!
+//! The signature (`X-Slack-Signature` over `v0:{ts}:{raw body}`, ±5 minutes, constant time)
+//! is checked on the raw bytes before anything is parsed; without a signing secret every
+//! request is refused (fail closed). Then: `url_verification` → the challenge;
+//! `event_callback` → recorded with [`Cluster::ingest`] (deduplicated on `event_id`, so a
+//! redelivery with `X-Slack-Retry-Num` records nothing new) and answered 200 right after;
+//! other body types → 200 and ignored. Not JSON → 400.
+
+use std::sync::Arc;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use infragpt_actors::Secret;
+use infragpt_actors::cluster::{Cluster, IngestError};
+use infragpt_actors::inbox::RecordOutcome;
+use infragpt_actors::slack_events::{self, Inbound};
+use serde_json::{Value, json};
+
+use super::signature::{
+    SIGNATURE_HEADER, SignatureError, SlackSignatureVerifier, TIMESTAMP_HEADER,
+};
+use super::socket::{InboundClass, inbound_event};
+use crate::error::ApiError;
+
+/// The route path.
+pub const EVENTS_PATH: &str = "/slack/events";
+/// Header Slack sets on redeliveries.
+pub const RETRY_NUM_HEADER: &str = "x-slack-retry-num";
+
+/// State of the endpoint.
+pub struct EventsEndpoint {
+    verifier: SlackSignatureVerifier,
+    cluster: Cluster,
+}
+
+impl std::fmt::Debug for EventsEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventsEndpoint")
+            .field("verifier", &self.verifier)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventsEndpoint {
+    /// An endpoint verifying with `signing_secret`; `None` refuses every request (and logs a
+    /// warning now).
+    pub fn new(signing_secret: Option<&Secret>, cluster: Cluster) -> Self {
+        if signing_secret.is_none_or(|s| s.is_empty()) {
+            tracing::warn!(
+                path = EVENTS_PATH,
+                "slack.signing_secret is not set: the HTTP Events API refuses every request"
+            );
+        }
+        let secret = signing_secret.cloned().unwrap_or_default();
+        Self::with_verifier(SlackSignatureVerifier::new(&secret), cluster)
+    }
+
+    /// An endpoint with a ready verifier (tests pin its clock).
+    pub fn with_verifier(verifier: SlackSignatureVerifier, cluster: Cluster) -> Self {
+        Self { verifier, cluster }
+    }
+}
+
+/// Adds `POST /slack/events`.
+pub fn configure(cfg: &mut web::ServiceConfig, endpoint: Arc<EventsEndpoint>) {
+    cfg.app_data(web::Data::from(endpoint))
+        .route(EVENTS_PATH, web::post().to(slack_events_handler));
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Result<Option<&'a str>, SignatureError> {
+    match req.headers().get(name) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(Some).map_err(|_| {
+            if name == SIGNATURE_HEADER {
+                SignatureError::BadSignatureFormat
+            } else {
+                SignatureError::BadTimestamp("<non-ascii>".into())
+            }
+        }),
+    }
+}
+
+fn verify(ep: &EventsEndpoint, req: &HttpRequest, body: &[u8]) -> Result<(), SignatureError> {
+    let ts = header(req, TIMESTAMP_HEADER)?;
+    let sig = header(req, SIGNATURE_HEADER)?;
+    ep.verifier.verify(ts, sig, body)
+}
+
+async fn slack_events_handler(
+    req: HttpRequest,
+    body: web::Bytes,
+    ep: web::Data<EventsEndpoint>,
+) -> Result<HttpResponse, ApiError> {
+    if let Err(e) = verify(&ep, &req, &body) {
+        tracing::warn!(error = %e, "slack events request rejected");
+        return Err(ApiError::unauthorized(match e {
+            SignatureError::NotConfigured => {
+                "slack events are not accepted: no signing secret is configured".to_owned()
+            }
+            other => format!("invalid slack signature: {other}"),
+        }));
+    }
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))?;
+    if let Ok(Inbound::UrlVerification { challenge }) = slack_events::parse_value(value.clone()) {
+        tracing::info!("slack url_verification answered");
+        return Ok(HttpResponse::Ok().json(json!({ "challenge": challenge })));
+    }
+    let retry_num = req
+        .headers()
+        .get(RETRY_NUM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("0")
+        .to_owned();
+    let event = match inbound_event(&value, None).map_err(ApiError::bad_request)? {
+        InboundClass::Ignore(kind) => {
+            tracing::info!(kind = %kind, "slack events body ignored");
+            return Ok(HttpResponse::Ok().json(json!({ "ok": true })));
+        }
+        InboundClass::Event(event) => event,
+    };
+    let event_id = event.source_id.clone();
+    match ep.cluster.ingest(event).await {
+        Ok(outcome) => {
+            let duplicate = matches!(outcome, RecordOutcome::Duplicate(_));
+            tracing::debug!(event_id = %event_id, retry_num = %retry_num, duplicate, "slack event recorded");
+            Ok(HttpResponse::Ok().json(json!({ "ok": true })))
+        }
+        Err(e @ (IngestError::ShuttingDown | IngestError::Store(_))) => {
+            // Not recorded: a 5xx makes Slack retry later.
+            tracing::error!(event_id = %event_id, error = %e, "recording a slack event failed");
+            Err(ApiError::unavailable(
+                "the event could not be recorded; retry later",
+            ))
+        }
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}

@@ -1,0 +1,657 @@
+//! The Slack Web API adapter: [`SlackWeb`] implements the conversation logic's
+//! [`SlackApi`] port over slack-morphism.
+//!
+//! * Rate limits: slack-morphism's rate control throttles per team and method tier and, on
+//!   `429`, waits for `Retry-After` and retries (up to [`WebSettings::rate_limit_retries`]).
+//!   Still limited after that → [`SlackApiError::RateLimited`].
+//! * Transient failures (connection errors, 5xx, Slack's `internal_error`/`fatal_error`/
+//!   `service_unavailable`/`request_timeout`) are retried with exponential backoff, bounded by
+//!   [`WebSettings::transient_retries`]; then [`SlackApiError::Transport`].
+//! * `invalid_auth`, `token_revoked`, `account_inactive` mark the workspace inactive in the
+//!   [`WorkspaceDirectory`] (the `slack_workspaces` table) and on the [`WorkspaceBoard`], and
+//!   answer [`SlackApiError::WorkspaceInactive`].
+//! * Caches: `auth.test` per team for the life of the process; `users.info` per
+//!   `(team, user)` for [`WebSettings::user_cache_ttl`].
+//!
+//! Responses are decoded into small local structs (only the fields we use), so a new or odd
+//! field in a Slack object never breaks a call.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use infragpt_actors::Secret;
+use infragpt_actors::conversation::{BotIdentity, SlackApi, SlackApiError, UserProfile};
+use infragpt_actors::ids::{ChannelId, MessageTs, SlackUserId, TeamId};
+use parking_lot::{Mutex, RwLock};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use slack_morphism::errors::SlackClientError;
+use slack_morphism::prelude::{
+    SLACK_TIER3_METHOD_CONFIG, SLACK_TIER4_METHOD_CONFIG, SlackApiMethodRateControlConfig,
+    SlackApiRateControlConfig, SlackApiRateControlLimit, SlackApiRateControlSpecialLimit,
+    SlackApiToken, SlackApiTokenValue, SlackTeamId,
+};
+
+use super::connector::{ConnectorError, SlackHyperClient, http_connector, https_connector};
+use super::workspaces::{
+    CONFIG_TOKEN_REF, TokenSourceError, WorkspaceBoard, WorkspaceDirectory, WorkspaceRegistration,
+    WorkspaceTokens,
+};
+
+/// Slack error codes that mean the token no longer works for the workspace.
+pub const INACTIVE_ERRORS: [&str; 3] = ["invalid_auth", "token_revoked", "account_inactive"];
+
+/// Slack error codes worth retrying.
+const TRANSIENT_ERRORS: [&str; 4] = [
+    "internal_error",
+    "fatal_error",
+    "service_unavailable",
+    "request_timeout",
+];
+
+/// Tuning of the Web API adapter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSettings {
+    /// How long a `users.info` answer is reused.
+    pub user_cache_ttl: Duration,
+    /// Retries of a transient failure (after the first attempt).
+    pub transient_retries: u32,
+    /// First delay between transient retries; doubles each time.
+    pub retry_base: Duration,
+    /// `429` retries slack-morphism makes (each after `Retry-After`).
+    pub rate_limit_retries: usize,
+    /// Longest `Retry-After` wait slack-morphism accepts before giving up.
+    pub max_rate_limit_delay: Duration,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        Self {
+            user_cache_ttl: Duration::from_secs(10 * 60),
+            transient_retries: 3,
+            retry_base: Duration::from_millis(250),
+            rate_limit_retries: 5,
+            max_rate_limit_delay: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The rate control we give slack-morphism: its per-tier limits per team, `429` retries.
+pub fn rate_control(settings: &WebSettings) -> SlackApiRateControlConfig {
+    SlackApiRateControlConfig::new()
+        .with_max_retries(settings.rate_limit_retries)
+        .with_max_delay_timeout(settings.max_rate_limit_delay)
+}
+
+/// A slack-morphism client for `api_url` with rate control. `https://` URLs get the
+/// https-only connector; anything else (the simulator's `http://`) the permissive one.
+pub fn web_client(
+    api_url: &str,
+    settings: &WebSettings,
+) -> Result<SlackHyperClient, ConnectorError> {
+    let connector = if api_url.starts_with("https://") {
+        https_connector()?.with_slack_api_url(api_url.trim_end_matches('/'))
+    } else {
+        http_connector(api_url)?
+    };
+    Ok(slack_morphism::SlackClient::new(
+        connector.with_rate_control(rate_control(settings)),
+    ))
+}
+
+/// Building the adapter failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    /// The HTTP connector could not be built.
+    #[error(transparent)]
+    Connector(#[from] ConnectorError),
+}
+
+/// Why one call failed, before mapping to [`SlackApiError`].
+enum Failure {
+    Retry(String),
+    Final(SlackApiError),
+    Code(String),
+}
+
+fn classify(e: SlackClientError) -> Failure {
+    match e {
+        SlackClientError::ApiError(api) => {
+            if TRANSIENT_ERRORS.contains(&api.code.as_str()) {
+                Failure::Retry(api.code)
+            } else {
+                Failure::Code(api.code)
+            }
+        }
+        SlackClientError::RateLimitError(r) => Failure::Final(SlackApiError::RateLimited {
+            retry_after: r.retry_after.unwrap_or(Duration::from_secs(1)),
+        }),
+        SlackClientError::HttpError(h) if h.status_code.is_server_error() => {
+            Failure::Retry(format!("http status {}", h.status_code))
+        }
+        SlackClientError::HttpError(h) => Failure::Final(SlackApiError::Transport(format!(
+            "http status {}",
+            h.status_code
+        ))),
+        SlackClientError::HttpProtocolError(_)
+        | SlackClientError::EndOfStream(_)
+        | SlackClientError::SystemError(_) => Failure::Retry(e.to_string()),
+        SlackClientError::ProtocolError(p) => Failure::Final(SlackApiError::Transport(format!(
+            "unreadable slack response: {}",
+            p.json_error
+        ))),
+        SlackClientError::SocketModeProtocolError(p) => {
+            Failure::Final(SlackApiError::Transport(p.message))
+        }
+    }
+}
+
+fn api_token(token: &Secret, team: Option<&TeamId>) -> SlackApiToken {
+    let t = SlackApiToken::new(SlackApiTokenValue(token.expose().to_owned()));
+    match team {
+        Some(team) => t.with_team_id(SlackTeamId(team.as_str().to_owned())),
+        None => t,
+    }
+}
+
+/// Runs one Web API request with the transient-retry policy. `Code` failures are returned as
+/// `Err(Ok(code))` for the caller to interpret; everything else as `Err(Err(api_error))`.
+async fn request<RS, F, Fut>(
+    settings: &WebSettings,
+    method: &str,
+    mut send: F,
+) -> Result<RS, Result<String, SlackApiError>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<RS, SlackClientError>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match send().await {
+            Ok(rs) => return Ok(rs),
+            Err(e) => match classify(e) {
+                Failure::Code(code) => return Err(Ok(code)),
+                Failure::Final(err) => return Err(Err(err)),
+                Failure::Retry(why) if attempt < settings.transient_retries => {
+                    let delay = settings.retry_base.saturating_mul(1u32 << attempt.min(16));
+                    attempt += 1;
+                    tracing::warn!(method, attempt, error = %why, delay_ms = delay.as_millis() as u64, "slack call failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Failure::Retry(why) => {
+                    return Err(Err(SlackApiError::Transport(format!(
+                        "{method}: {why} (after {attempt} retries)"
+                    ))));
+                }
+            },
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AuthTest {
+    user_id: String,
+    team_id: String,
+    team: Option<String>,
+    bot_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Posted {
+    ts: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Empty {}
+
+#[derive(Debug, Deserialize)]
+struct UsersInfo {
+    user: UserObj,
+}
+
+#[derive(Debug, Deserialize)]
+struct UserObj {
+    name: Option<String>,
+    real_name: Option<String>,
+    #[serde(default)]
+    profile: ProfileObj,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ProfileObj {
+    display_name: Option<String>,
+    real_name: Option<String>,
+    email: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConversationsInfo {
+    channel: ChannelObj,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChannelObj {
+    name: Option<String>,
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.trim().is_empty())
+}
+
+impl From<UserObj> for UserProfile {
+    fn from(u: UserObj) -> Self {
+        UserProfile {
+            name: non_empty(u.profile.display_name)
+                .or_else(|| non_empty(u.profile.real_name))
+                .or_else(|| non_empty(u.real_name)),
+            username: non_empty(u.name),
+            email: non_empty(u.profile.email),
+        }
+    }
+}
+
+async fn auth_test(
+    client: &SlackHyperClient,
+    settings: &WebSettings,
+    token: &SlackApiToken,
+) -> Result<AuthTest, Result<String, SlackApiError>> {
+    request(settings, "auth.test", || async {
+        let session = client.open_session(token);
+        session
+            .http_session_api
+            .http_get::<AuthTest, _, String>(
+                "auth.test",
+                &Vec::<(&str, Option<String>)>::new(),
+                Some(&SLACK_TIER4_METHOD_CONFIG),
+            )
+            .await
+    })
+    .await
+}
+
+/// The single-workspace token (`slack.bot_token`): it serves whichever team `auth.test`
+/// reports for it, resolved on first use and then recorded in `slack_workspaces` with
+/// `token_ref = 'config'`.
+pub struct ConfigBotToken {
+    token: Secret,
+    client: Arc<SlackHyperClient>,
+    settings: WebSettings,
+    directory: Option<Arc<dyn WorkspaceDirectory>>,
+    board: WorkspaceBoard,
+    team: tokio::sync::OnceCell<TeamId>,
+}
+
+impl std::fmt::Debug for ConfigBotToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigBotToken")
+            .field("team", &self.team.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConfigBotToken {
+    /// A source for `token`; `directory` (when given) records the workspace once resolved.
+    pub fn new(
+        token: Secret,
+        client: Arc<SlackHyperClient>,
+        settings: WebSettings,
+        directory: Option<Arc<dyn WorkspaceDirectory>>,
+        board: WorkspaceBoard,
+    ) -> Self {
+        Self {
+            token,
+            client,
+            settings,
+            directory,
+            board,
+            team: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The team the token belongs to (`auth.test`, once).
+    pub async fn team(&self) -> Result<TeamId, TokenSourceError> {
+        self.team
+            .get_or_try_init(|| async {
+                let token = api_token(&self.token, None);
+                let auth = auth_test(&self.client, &self.settings, &token)
+                    .await
+                    .map_err(|e| {
+                        let why = match e {
+                            Ok(code) => code,
+                            Err(err) => err.to_string(),
+                        };
+                        tracing::error!(error = %why, "slack.bot_token: auth.test failed");
+                        TokenSourceError(format!("auth.test for slack.bot_token failed: {why}"))
+                    })?;
+                let team = TeamId::parse(auth.team_id.clone())
+                    .map_err(|e| TokenSourceError(format!("auth.test team_id: {e}")))?;
+                let reg = WorkspaceRegistration {
+                    team_id: team.clone(),
+                    team_name: auth.team.clone(),
+                    bot_user_id: Some(auth.user_id.clone()),
+                    bot_id: auth.bot_id.clone(),
+                    token_ref: Some(CONFIG_TOKEN_REF.to_owned()),
+                };
+                if let Some(dir) = &self.directory {
+                    // Recording is bookkeeping: a database hiccup must not stop replies.
+                    if let Err(e) = dir.record(&reg).await {
+                        tracing::warn!(team_id = %team, error = %e, "recording the config workspace failed");
+                    }
+                }
+                self.board.active(&team, auth.team);
+                tracing::info!(team_id = %team, "slack.bot_token serves this workspace");
+                Ok(team)
+            })
+            .await
+            .cloned()
+    }
+}
+
+#[async_trait]
+impl WorkspaceTokens for ConfigBotToken {
+    async fn bot_token(&self, team: &TeamId) -> Result<Option<Secret>, TokenSourceError> {
+        Ok((&self.team().await? == team).then(|| self.token.clone()))
+    }
+}
+
+/// The Slack Web API adapter. Cheap to share (`Arc`).
+pub struct SlackWeb {
+    client: Arc<SlackHyperClient>,
+    tokens: Arc<dyn WorkspaceTokens>,
+    directory: Option<Arc<dyn WorkspaceDirectory>>,
+    board: WorkspaceBoard,
+    settings: WebSettings,
+    post_message_limit: SlackApiMethodRateControlConfig,
+    identities: RwLock<HashMap<TeamId, BotIdentity>>,
+    users: Mutex<HashMap<(TeamId, SlackUserId), (Instant, UserProfile)>>,
+}
+
+impl std::fmt::Debug for SlackWeb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlackWeb")
+            .field("settings", &self.settings)
+            .field("identities", &self.identities.read().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SlackWeb {
+    /// An adapter over `client` with tokens from `tokens`.
+    pub fn new(
+        client: Arc<SlackHyperClient>,
+        tokens: Arc<dyn WorkspaceTokens>,
+        settings: WebSettings,
+    ) -> Self {
+        // Slack: about one message per second per channel with bursts, several hundred per
+        // minute per workspace. slack-morphism's default (1/s per workspace) would serialise
+        // every thread of a workspace, so we allow bursts and rely on 429 + Retry-After.
+        let post_message_limit = SlackApiMethodRateControlConfig::new().with_special_rate_limit(
+            SlackApiRateControlSpecialLimit::new(
+                "chat.postMessage".into(),
+                SlackApiRateControlLimit::new(300, Duration::from_secs(60)),
+            ),
+        );
+        Self {
+            client,
+            tokens,
+            directory: None,
+            board: WorkspaceBoard::new(),
+            settings,
+            post_message_limit,
+            identities: RwLock::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Where workspace facts and inactive statuses are written (builder style).
+    pub fn with_directory(mut self, directory: Arc<dyn WorkspaceDirectory>) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
+    /// The status board to update (builder style; by default a private one).
+    pub fn with_board(mut self, board: WorkspaceBoard) -> Self {
+        self.board = board;
+        self
+    }
+
+    /// The workspace status board this adapter updates.
+    pub fn board(&self) -> &WorkspaceBoard {
+        &self.board
+    }
+
+    /// The underlying client.
+    pub fn client(&self) -> &Arc<SlackHyperClient> {
+        &self.client
+    }
+
+    async fn token(&self, team: &TeamId) -> Result<SlackApiToken, SlackApiError> {
+        match self.tokens.bot_token(team).await {
+            Ok(Some(token)) => Ok(api_token(&token, Some(team))),
+            Ok(None) => Err(SlackApiError::UnknownWorkspace(team.clone())),
+            Err(e) => Err(SlackApiError::Transport(e.to_string())),
+        }
+    }
+
+    /// Turns an error code into the port's error, marking the workspace inactive when the
+    /// code says the token is dead.
+    async fn code_error(&self, team: &TeamId, method: &str, code: String) -> SlackApiError {
+        if INACTIVE_ERRORS.contains(&code.as_str()) {
+            self.board.inactive(team, &code);
+            self.identities.write().remove(team);
+            if let Some(dir) = &self.directory
+                && let Err(e) = dir.mark_inactive(team, &code).await
+            {
+                tracing::error!(team_id = %team, error = %e, "could not record the inactive workspace");
+            }
+            tracing::warn!(team_id = %team, method, error = %code, "slack workspace is inactive");
+            return SlackApiError::WorkspaceInactive {
+                team: team.clone(),
+                error: code,
+            };
+        }
+        tracing::debug!(team_id = %team, method, error = %code, "slack api error");
+        SlackApiError::Api(format!("{method}: {code}"))
+    }
+
+    async fn finish<T>(
+        &self,
+        team: &TeamId,
+        method: &str,
+        result: Result<T, Result<String, SlackApiError>>,
+    ) -> Result<T, SlackApiError> {
+        match result {
+            Ok(v) => Ok(v),
+            Err(Ok(code)) => Err(self.code_error(team, method, code).await),
+            Err(Err(e)) => Err(e),
+        }
+    }
+
+    async fn post<RS: DeserializeOwned + Send>(
+        &self,
+        team: &TeamId,
+        method: &'static str,
+        body: &Value,
+        limit: &SlackApiMethodRateControlConfig,
+    ) -> Result<Result<RS, String>, SlackApiError> {
+        let token = self.token(team).await?;
+        let result = request(&self.settings, method, || async {
+            let session = self.client.open_session(&token);
+            session
+                .http_session_api
+                .http_post::<Value, RS>(method, body, Some(limit))
+                .await
+        })
+        .await;
+        match result {
+            Ok(v) => Ok(Ok(v)),
+            Err(Ok(code)) => Ok(Err(code)),
+            Err(Err(e)) => Err(e),
+        }
+    }
+
+    async fn get<RS: DeserializeOwned + Send>(
+        &self,
+        team: &TeamId,
+        method: &'static str,
+        params: Vec<(&'static str, Option<String>)>,
+        limit: &SlackApiMethodRateControlConfig,
+    ) -> Result<RS, SlackApiError> {
+        let token = self.token(team).await?;
+        let result = request(&self.settings, method, || async {
+            let session = self.client.open_session(&token);
+            session
+                .http_session_api
+                .http_get::<RS, _, String>(method, &params, Some(limit))
+                .await
+        })
+        .await;
+        self.finish(team, method, result).await
+    }
+}
+
+#[async_trait]
+impl SlackApi for SlackWeb {
+    async fn bot_identity(&self, team: &TeamId) -> Result<BotIdentity, SlackApiError> {
+        if let Some(id) = self.identities.read().get(team) {
+            return Ok(id.clone());
+        }
+        let token = self.token(team).await?;
+        let result = auth_test(&self.client, &self.settings, &token).await;
+        let auth = self.finish(team, "auth.test", result).await?;
+        if auth.team_id != team.as_str() {
+            return Err(SlackApiError::Api(format!(
+                "auth.test: the token of {team} belongs to {}",
+                auth.team_id
+            )));
+        }
+        let identity = BotIdentity {
+            user_id: SlackUserId::parse(auth.user_id)
+                .map_err(|e| SlackApiError::Api(format!("auth.test user_id: {e}")))?,
+            bot_id: auth.bot_id,
+            team_name: auth.team,
+        };
+        self.board.active(team, identity.team_name.clone());
+        self.identities
+            .write()
+            .insert(team.clone(), identity.clone());
+        Ok(identity)
+    }
+
+    async fn post_message(
+        &self,
+        team: &TeamId,
+        channel: &ChannelId,
+        thread_ts: Option<&MessageTs>,
+        text: &str,
+    ) -> Result<MessageTs, SlackApiError> {
+        let mut body = json!({ "channel": channel.as_str(), "text": text });
+        if let (Some(ts), Some(obj)) = (thread_ts, body.as_object_mut()) {
+            obj.insert("thread_ts".into(), json!(ts.as_str()));
+        }
+        let posted: Posted = match self
+            .post(team, "chat.postMessage", &body, &self.post_message_limit)
+            .await?
+        {
+            Ok(p) => p,
+            Err(code) => return Err(self.code_error(team, "chat.postMessage", code).await),
+        };
+        MessageTs::parse(posted.ts)
+            .map_err(|e| SlackApiError::Api(format!("chat.postMessage ts: {e}")))
+    }
+
+    async fn add_reaction(
+        &self,
+        team: &TeamId,
+        channel: &ChannelId,
+        ts: &MessageTs,
+        name: &str,
+    ) -> Result<(), SlackApiError> {
+        let body = json!({ "channel": channel.as_str(), "timestamp": ts.as_str(), "name": name });
+        match self
+            .post::<Empty>(team, "reactions.add", &body, &SLACK_TIER3_METHOD_CONFIG)
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(code) if code == "already_reacted" => Ok(()),
+            Err(code) => Err(self.code_error(team, "reactions.add", code).await),
+        }
+    }
+
+    async fn user_profile(
+        &self,
+        team: &TeamId,
+        user: &SlackUserId,
+    ) -> Result<UserProfile, SlackApiError> {
+        let key = (team.clone(), user.clone());
+        if let Some((at, profile)) = self.users.lock().get(&key)
+            && at.elapsed() < self.settings.user_cache_ttl
+        {
+            return Ok(profile.clone());
+        }
+        let info: UsersInfo = self
+            .get(
+                team,
+                "users.info",
+                vec![("user", Some(user.as_str().to_owned()))],
+                &SLACK_TIER4_METHOD_CONFIG,
+            )
+            .await?;
+        let profile = UserProfile::from(info.user);
+        let mut users = self.users.lock();
+        // Keep the cache bounded: expired entries go whenever a new one comes in.
+        let ttl = self.settings.user_cache_ttl;
+        users.retain(|_, (at, _)| at.elapsed() < ttl);
+        users.insert(key, (Instant::now(), profile.clone()));
+        Ok(profile)
+    }
+
+    async fn channel_name(
+        &self,
+        team: &TeamId,
+        channel: &ChannelId,
+    ) -> Result<Option<String>, SlackApiError> {
+        let info: ConversationsInfo = self
+            .get(
+                team,
+                "conversations.info",
+                vec![("channel", Some(channel.as_str().to_owned()))],
+                &SLACK_TIER3_METHOD_CONFIG,
+            )
+            .await?;
+        Ok(non_empty(info.channel.name))
+    }
+}
+
+/// `apps.connections.open` with the app token: the Socket Mode URL.
+pub async fn open_socket_url(
+    client: &SlackHyperClient,
+    settings: &WebSettings,
+    app_token: &Secret,
+) -> Result<String, SlackApiError> {
+    #[derive(Deserialize)]
+    struct Opened {
+        url: String,
+    }
+    let token = api_token(app_token, None);
+    let opened: Result<Opened, _> = request(settings, "apps.connections.open", || async {
+        let session = client.open_session(&token);
+        session
+            .http_session_api
+            .http_post::<Value, Opened>(
+                "apps.connections.open",
+                &json!({}),
+                Some(&slack_morphism::prelude::SLACK_TIER1_METHOD_CONFIG),
+            )
+            .await
+    })
+    .await;
+    match opened {
+        Ok(o) => Ok(o.url),
+        Err(Ok(code)) => Err(SlackApiError::Api(format!("apps.connections.open: {code}"))),
+        Err(Err(e)) => Err(e),
+    }
+}
