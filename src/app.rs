@@ -5,16 +5,23 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use infragpt_actors::{Cluster, HealthRegistry, Metrics};
+use infragpt_actors::conversation::{ConversationHandler, ReplyService};
+use infragpt_actors::inbox::EventSource;
+use infragpt_actors::{ActorKind, Cluster, HealthRegistry, Metrics, StreamSpec};
 
 use crate::config::Config;
 use crate::db::Database;
 use crate::db::audit::PgAudit;
+use crate::db::conversations::PgConversationStore;
 use crate::db::inbox::PgInbox;
+use crate::grpc::agent_client::{GrpcAgent, GrpcAgentOptions};
+use crate::grpc::reply::ReplyModule;
 use crate::grpc::server::GrpcShell;
 use crate::http::ops::{self, OpsState};
+use crate::http::reply::ReplyAuth;
 use crate::http::{HttpShell, ReadinessCheck};
 use crate::server::{self, AppState, Module, RunningServer, ShutdownSignals};
+use crate::slack::module::SlackModule;
 
 /// The actor system and what every module shares with it.
 #[derive(Clone, Debug)]
@@ -121,16 +128,69 @@ impl Module for CoreModule {
 /// Opens the database, builds every module and starts the listeners.
 pub async fn start(config: Config) -> anyhow::Result<(RunningServer, Core)> {
     let db = server::open_database(&config).await?;
-    let core = match Core::start(&config, &db) {
-        Ok(core) => core,
+    let built = Core::start(&config, &db).and_then(|core| {
+        let modules = build_modules(&config, &db, &core)?;
+        Ok((core, modules))
+    });
+    let (core, modules) = match built {
+        Ok(b) => b,
         Err(e) => {
             db.shutdown().await;
             return Err(e);
         }
     };
-    let modules: Vec<Box<dyn Module>> = vec![Box::new(CoreModule::new(core.clone()))];
     let running = server::start_prepared(config, modules, db).await?;
     Ok((running, core))
+}
+
+/// Builds the adapters, registers the event streams on the cluster and returns the modules
+/// in start order.
+fn build_modules(
+    config: &Config,
+    db: &Database,
+    core: &Core,
+) -> anyhow::Result<Vec<Box<dyn Module>>> {
+    let pool = db.pool().clone();
+    let cluster = &core.cluster;
+
+    // Conversations: Slack events → thread actors → agent → reply in the thread.
+    let store = Arc::new(PgConversationStore::new(pool.clone()));
+    let slack_web = SlackModule::build_web(&config.slack, Some(pool.clone()), None)
+        .context("building the Slack Web API client")?;
+    let agent = GrpcAgent::new(
+        GrpcAgentOptions::from_config(&config.agent),
+        cluster.health(),
+        cluster.metrics(),
+    )
+    .context("building the agent client")?;
+    let handler = ConversationHandler::new(
+        store.clone(),
+        slack_web.clone(),
+        Arc::new(agent),
+        config.agent.reply_mode,
+    );
+    cluster
+        .register_stream(StreamSpec {
+            name: "conversations".to_owned(),
+            kind: ActorKind::ConversationThread,
+            source: EventSource::Slack,
+            handler: Arc::new(handler),
+        })
+        .context("registering the conversation stream")?;
+    let replies = Arc::new(ReplyService::new(store, slack_web.clone()));
+
+    Ok(vec![
+        Box::new(CoreModule::new(core.clone())),
+        Box::new(SlackModule::new(
+            config.slack.clone(),
+            cluster.clone(),
+            slack_web,
+        )),
+        Box::new(ReplyModule::new(
+            replies,
+            ReplyAuth::new(config.agent.reply_token.clone()),
+        )),
+    ])
 }
 
 /// `infragpt serve`: starts everything, waits for SIGINT/SIGTERM, stops gracefully.

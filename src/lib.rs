@@ -5,6 +5,7 @@ pub mod app;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod demo;
 pub mod devagent;
 pub mod error;
 pub mod github;

@@ -35,6 +35,23 @@ enum Command {
         #[arg(long)]
         status: bool,
     },
+    /// Try the whole product locally: a simulated Slack workspace, the service and a
+    /// development agent, with a terminal chat in #ops.
+    Demo {
+        /// Run the lines of FILE instead of reading the terminal; exits non-zero unless
+        /// every turn got a reply.
+        #[arg(long, value_name = "FILE")]
+        script: Option<PathBuf>,
+        /// Delete the demo's data (its database) and exit.
+        #[arg(long)]
+        reset: bool,
+        /// Talk to this agent (`host:port` or URI) instead of the development agent.
+        #[arg(long, value_name = "ENDPOINT")]
+        agent: Option<String>,
+        /// Seconds to wait for each reply.
+        #[arg(long, default_value_t = 60)]
+        reply_timeout: u64,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -107,6 +124,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => {
             let _telemetry = infragpt::telemetry::init(&(&config).into())?;
             block_on(infragpt::app::serve(config))
+        }
+        Command::Demo {
+            script,
+            reset,
+            agent,
+            reply_timeout,
+        } => {
+            let mut config = config;
+            // The chat owns the terminal: service logs go to stderr, warnings only, unless
+            // RUST_LOG asks for more.
+            config.log_level = "warn".to_owned();
+            config.http_log = false;
+            let mut telemetry: infragpt::telemetry::TelemetryConfig = (&config).into();
+            telemetry.to_stderr = true;
+            let _telemetry = infragpt::telemetry::init(&telemetry)?;
+            if reset {
+                return block_on(async move {
+                    println!("{}", infragpt::demo::reset(&config).await?);
+                    Ok(())
+                });
+            }
+            let options = infragpt::demo::DemoOptions {
+                script,
+                reset,
+                agent_endpoint: agent,
+                reply_timeout: std::time::Duration::from_secs(reply_timeout.max(1)),
+            };
+            block_on(async move {
+                let summary = infragpt::demo::run(config, options).await?;
+                if summary.answered < summary.turns {
+                    anyhow::bail!(
+                        "{} of {} turns got no reply",
+                        summary.turns - summary.answered,
+                        summary.turns
+                    );
+                }
+                Ok(())
+            })
         }
         Command::Migrate { status } => {
             let mut telemetry: infragpt::telemetry::TelemetryConfig = (&config).into();

@@ -210,16 +210,8 @@ impl DatabaseConfig {
     }
 }
 
-/// How the agent's answer comes back.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReplyMode {
-    /// The agent calls `SendReply` before returning (the upstream agent's behaviour).
-    #[default]
-    SendReply,
-    /// The answer is taken from `AgentResponse.response_text`.
-    Response,
-}
+/// How the agent's answer comes back (`send_reply` or `response`).
+pub use infragpt_actors::conversation::ReplyMode;
 
 /// The AI agent (gRPC `agent.AgentService`).
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -141,7 +141,10 @@ mod tests {
             parse_line("@InfraGPT deploy api").unwrap(),
             Line::Mention("deploy api".into())
         );
-        assert_eq!(parse_line("and the db?").unwrap(), Line::Message("and the db?".into()));
+        assert_eq!(
+            parse_line("and the db?").unwrap(),
+            Line::Message("and the db?".into())
+        );
         assert_eq!(parse_line("/thread 2").unwrap(), Line::Thread(2));
         assert!(parse_line("/thread x").is_err());
         assert!(parse_line("/thread 0").is_err());

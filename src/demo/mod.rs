@@ -77,7 +77,12 @@ pub fn sim_config() -> SimConfig {
     config
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// `wanted` when it can be bound (0 means any), else a free port: the demo should start even
+/// when a real service already holds the default ports.
+fn usable_port(wanted: u16) -> anyhow::Result<u16> {
+    if wanted != 0 && std::net::TcpListener::bind(("0.0.0.0", wanted)).is_ok() {
+        return Ok(wanted);
+    }
     let listener =
         std::net::TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
     Ok(listener.local_addr()?.port())
@@ -140,11 +145,11 @@ pub struct DemoSummary {
 /// Runs the demo until the script ends, `/quit`, or end of input.
 pub async fn run(config: Config, options: DemoOptions) -> anyhow::Result<DemoSummary> {
     let sim = SlackSim::start(sim_config()).context("starting the Slack simulator")?;
+    let mut config = config;
     // The development agent calls SendReply on our gRPC port, so fix that port first.
-    if config.grpc_port == 0 {
-        let mut config = config;
-        config.grpc_port = free_port()?;
-        return run_with(config, options, sim).await;
+    config.grpc_port = usable_port(config.grpc_port)?;
+    if config.port != 0 {
+        config.port = usable_port(config.port)?;
     }
     run_with(config, options, sim).await
 }
@@ -174,7 +179,11 @@ async fn run_with(
     let (running, _core) = crate::app::start(config)
         .await
         .context("starting the service")?;
-    let base = format!("http://{}", running.http_addr);
+    let mut shown = running.http_addr;
+    if shown.ip().is_unspecified() {
+        shown.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let base = format!("http://{shown}");
     let database = running.state.db.describe();
 
     // Wait until the service's Socket Mode connection is open, so the first line is heard.
@@ -209,9 +218,7 @@ async fn run_with(
     if let Some(agent) = dev_agent {
         agent.stop();
     }
-    println!(
-        "Demo data: database {DEMO_DB} on {database}. `infragpt demo --reset` clears it."
-    );
+    println!("Demo data: database {DEMO_DB} on {database}. `infragpt demo --reset` clears it.");
     summary
 }
 
@@ -285,7 +292,12 @@ async fn chat_loop(sim: &SlackSim, options: &DemoOptions) -> anyhow::Result<Demo
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading script {}", path.display()))?;
-            Box::new(text.lines().map(|l| Ok(l.to_owned())).collect::<Vec<_>>().into_iter())
+            Box::new(
+                text.lines()
+                    .map(|l| Ok(l.to_owned()))
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            )
         }
         None => Box::new(std::io::stdin().lock().lines()),
     };
@@ -308,18 +320,19 @@ async fn chat_loop(sim: &SlackSim, options: &DemoOptions) -> anyhow::Result<Demo
         options.reply_timeout
     };
     let prompt = |threads: &Threads, user: &SimUser| {
+        if scripted {
+            return;
+        }
         let place = threads
             .current
             .map_or_else(|| "#ops".to_owned(), |i| format!("#ops thread {}", i + 1));
         print!("{} @ {place}> ", user.name);
         let _ = std::io::stdout().flush();
     };
-    if !scripted {
-        prompt(&threads, &user);
-    }
+    prompt(&threads, &user);
     for line in lines {
         let raw = line.context("reading input")?;
-        if scripted && !raw.trim().is_empty() {
+        if scripted && !raw.trim().is_empty() && !raw.trim().starts_with('#') {
             println!("{} > {}", user.name, raw.trim());
         }
         let parsed = match parse_line(&raw) {
@@ -335,9 +348,7 @@ async fn chat_loop(sim: &SlackSim, options: &DemoOptions) -> anyhow::Result<Demo
         };
         let (text, mention) = match parsed {
             Line::Nothing => {
-                if !scripted {
-                    prompt(&threads, &user);
-                }
+                prompt(&threads, &user);
                 continue;
             }
             Line::Quit => break,
@@ -376,7 +387,11 @@ async fn chat_loop(sim: &SlackSim, options: &DemoOptions) -> anyhow::Result<Demo
                     Some(u) => user = u.clone(),
                     None => println!(
                         "  ! no user {name}; try {}",
-                        users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", ")
+                        users
+                            .iter()
+                            .map(|u| u.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 }
                 prompt(&threads, &user);
@@ -431,14 +446,9 @@ async fn chat_loop(sim: &SlackSim, options: &DemoOptions) -> anyhow::Result<Demo
                 println!("  ! no reply within {}s", timeout.as_secs());
             }
         }
-        if !scripted {
-            prompt(&threads, &user);
-        }
+        prompt(&threads, &user);
     }
     printer.print_new(sim, &threads, &asked);
-    println!(
-        "{} of {} turns answered",
-        summary.answered, summary.turns
-    );
+    println!("{} of {} turns answered", summary.answered, summary.turns);
     Ok(summary)
 }

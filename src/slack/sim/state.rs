@@ -184,6 +184,7 @@ pub struct SimState {
     pub(crate) link_disabled: bool,
     seq: u64,
     last_ts_micros: u128,
+    event_id_prefix: String,
 }
 
 impl SimState {
@@ -240,6 +241,7 @@ impl SimState {
             link_disabled: false,
             seq: 0,
             last_ts_micros: 0,
+            event_id_prefix: String::new(),
         }
     }
 
@@ -323,8 +325,18 @@ impl SimState {
         format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
     }
 
+    /// Event ids are unique across simulator runs, as Slack's are globally: a service that
+    /// keeps its database between runs (the demo) must not see a new event as a redelivery.
     pub(crate) fn next_event_id(&mut self) -> String {
-        format!("Ev0SIM{:06}", self.next_seq())
+        let seq = self.next_seq();
+        if self.event_id_prefix.is_empty() {
+            let started = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros())
+                .unwrap_or(0);
+            self.event_id_prefix = format!("Ev0{started:X}");
+        }
+        format!("{}S{seq:06}", self.event_id_prefix)
     }
 
     pub(crate) fn host(&self, conn_id: u64) -> String {
