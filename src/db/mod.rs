@@ -3,7 +3,9 @@
 
 pub mod audit;
 pub mod cluster;
+pub mod credentials;
 pub mod inbox;
+pub mod nonces;
 pub mod schema;
 pub mod testing;
 
