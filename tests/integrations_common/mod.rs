@@ -352,3 +352,80 @@ pub fn test_private_key() -> Secret {
 pub fn sorted<K: Ord, V>(items: impl IntoIterator<Item = (K, V)>) -> BTreeMap<K, V> {
     items.into_iter().collect()
 }
+
+/// A cluster on the PostgreSQL inbox of `pool` (inside the current actix system).
+pub fn start_cluster(pool: &Pool) -> infragpt_actors::Cluster {
+    infragpt_actors::Cluster::start(
+        infragpt_actors::ClusterConfig::default(),
+        Arc::new(infragpt::db::PgInbox::new(pool.clone())),
+        infragpt_actors::HealthRegistry::new(),
+        infragpt_actors::Metrics::new().expect("metrics"),
+    )
+    .expect("cluster")
+}
+
+/// The shared fixtures directory (`shared/fixtures`, or `INFRAGPT_FIXTURES`).
+pub fn fixtures_dir() -> std::path::PathBuf {
+    if let Ok(dir) = std::env::var("INFRAGPT_FIXTURES") {
+        return std::path::PathBuf::from(dir);
+    }
+    let mut dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    loop {
+        let candidate = dir.join("shared").join("fixtures");
+        if candidate.is_dir() {
+            return candidate;
+        }
+        dir = dir
+            .parent()
+            .expect("shared/fixtures not found above the crate; set INFRAGPT_FIXTURES");
+    }
+}
+
+/// Every GitHub webhook fixture as (event name, file name, raw bytes).
+pub fn github_fixtures() -> Vec<(String, String, Vec<u8>)> {
+    let root = fixtures_dir().join("github-webhooks");
+    let mut out = Vec::new();
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .expect("github-webhooks dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let event = dir.file_name().and_then(|n| n.to_str()).expect("name").to_owned();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("event dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        for file in files {
+            let name = file.file_name().and_then(|n| n.to_str()).expect("name").to_owned();
+            out.push((event.clone(), name, std::fs::read(&file).expect("read")));
+        }
+    }
+    out
+}
+
+/// Waits until no inbound event is pending or processing (or panics after `timeout`).
+pub async fn wait_inbox_idle(pool: &Pool, timeout: Duration) {
+    use infragpt::db::schema::inbound_events;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut conn = pool.get().await.expect("connection");
+        let open: i64 = inbound_events::table
+            .filter(inbound_events::status.eq_any(["pending", "processing"]))
+            .count()
+            .get_result(&mut conn)
+            .await
+            .expect("count");
+        if open == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} inbound events still unfinished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
