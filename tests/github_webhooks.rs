@@ -45,7 +45,12 @@ async fn counts(pool: &infragpt::db::Pool) -> (i64, i64) {
     (inbox, events)
 }
 
-fn request(event: &str, delivery: &str, body: &[u8], signature: Option<String>) -> test::TestRequest {
+fn request(
+    event: &str,
+    delivery: &str,
+    body: &[u8],
+    signature: Option<String>,
+) -> test::TestRequest {
     let mut req = test::TestRequest::post()
         .uri("/webhooks/github")
         .insert_header(("X-GitHub-Event", event))
@@ -99,7 +104,11 @@ async fn every_fixture_is_recorded_once_and_normalized_or_ignored() {
             .await;
             assert_eq!(resp.status().as_u16(), 202, "{event}/{file}");
             let answer: Value = test::read_body_json(resp).await;
-            let expected = if attempt == 0 { "recorded" } else { "duplicate" };
+            let expected = if attempt == 0 {
+                "recorded"
+            } else {
+                "duplicate"
+            };
             assert_eq!(answer["status"], expected, "{event}/{file}");
         }
     }
@@ -194,12 +203,19 @@ async fn bad_deliveries_are_refused_and_nothing_is_stored() {
 
     // Wrong signature (other secret), tampered body, missing, malformed.
     let wrong = sign(&Secret::new("another-secret"), body);
-    let resp = test::call_service(&app, request("ping", "d1", body, Some(wrong)).to_request()).await;
+    let resp =
+        test::call_service(&app, request("ping", "d1", body, Some(wrong)).to_request()).await;
     assert_eq!(error_code(resp).await, (401, "unauthorized".to_owned()));
     let good = sign(&secret, body);
     let resp = test::call_service(
         &app,
-        request("ping", "d2", br#"{"zen":"tampered","hook_id":1}"#, Some(good.clone())).to_request(),
+        request(
+            "ping",
+            "d2",
+            br#"{"zen":"tampered","hook_id":1}"#,
+            Some(good.clone()),
+        )
+        .to_request(),
     )
     .await;
     assert_eq!(error_code(resp).await, (401, "unauthorized".to_owned()));
@@ -244,8 +260,13 @@ async fn bad_deliveries_are_refused_and_nothing_is_stored() {
     let closed = GithubWebhook::new(None, cluster.clone());
     let empty = GithubWebhook::new(Some(&Secret::new("")), cluster.clone());
     for hook in [closed, empty] {
-        let app = test::init_service(App::new().configure(|c| webhook::configure(c, hook.clone()))).await;
-        let resp = test::call_service(&app, request("ping", "d7", body, Some(good.clone())).to_request()).await;
+        let app =
+            test::init_service(App::new().configure(|c| webhook::configure(c, hook.clone()))).await;
+        let resp = test::call_service(
+            &app,
+            request("ping", "d7", body, Some(good.clone())).to_request(),
+        )
+        .await;
         assert_eq!(error_code(resp).await, (503, "unavailable".to_owned()));
     }
     assert_eq!(counts(&pool).await, (0, 0));

@@ -46,7 +46,10 @@ async fn sealed_round_trip_and_every_tamper_fails() {
     let i2 = insert_integration(&pool, org, "github", "active", None).await;
 
     let id = store
-        .put(i1, &issued("bot_token", "xoxb-super-secret-value", Some(3600)))
+        .put(
+            i1,
+            &issued("bot_token", "xoxb-super-secret-value", Some(3600)),
+        )
         .await
         .unwrap();
     let (value, expires) = store.get(i1, "bot_token").await.unwrap().unwrap();
@@ -140,7 +143,13 @@ async fn sealed_round_trip_and_every_tamper_fails() {
         .unwrap();
     assert_eq!(again, id);
     assert_eq!(
-        store.get(i1, "bot_token").await.unwrap().unwrap().0.expose(),
+        store
+            .get(i1, "bot_token")
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .expose(),
         "xoxb-replaced"
     );
 }
@@ -158,8 +167,7 @@ async fn rotation_moves_every_row_and_status_counts_per_key() {
     let org = create_org(&pool, "acme").await;
     let mut expected = Vec::new();
     for n in 0..7 {
-        let integration =
-            insert_integration(&pool, org, &format!("conn{n}"), "active", None).await;
+        let integration = insert_integration(&pool, org, &format!("conn{n}"), "active", None).await;
         for kind in ["bot_token", "refresh_token"] {
             let value = format!("secret-{n}-{kind}");
             old_store
@@ -220,7 +228,9 @@ async fn rotation_reports_rows_it_cannot_open() {
     assert_eq!((report.examined, report.rotated, report.failed), (1, 0, 1));
     assert_eq!(report.failed_ids.len(), 1);
     // The row is left as it was.
-    let status = vault_cli::status(&db.database(), Some(&ring)).await.unwrap();
+    let status = vault_cli::status(&db.database(), Some(&ring))
+        .await
+        .unwrap();
     assert_eq!(status.keys_pending_rotation, vec!["lost".to_owned()]);
 }
 
@@ -273,7 +283,12 @@ fn refuses_to_start_without_a_key_unless_a_dev_key_file_is_set() {
 
 async fn vault_setup(
     pool: &infragpt::db::Pool,
-) -> (VaultRegistry, Arc<FakeConnector>, CredentialStore, HealthRegistry) {
+) -> (
+    VaultRegistry,
+    Arc<FakeConnector>,
+    CredentialStore,
+    HealthRegistry,
+) {
     let fake = Arc::new(FakeConnector {
         name: "fake",
         ..FakeConnector::default()
@@ -329,7 +344,11 @@ async fn hundred_concurrent_requests_for_an_expiring_token_refresh_once() {
     assert_eq!(stored.expose(), "fresh-token-1");
     assert!(expires.unwrap() > Utc::now() + chrono::Duration::minutes(30));
     assert_eq!(
-        registry.credential(org, integration).await.unwrap().expose(),
+        registry
+            .credential(org, integration)
+            .await
+            .unwrap()
+            .expose(),
         "fresh-token-1"
     );
     assert_eq!(fake.refresh_count(), 1);
@@ -365,12 +384,19 @@ async fn a_valid_token_is_served_without_refresh_and_inactive_integrations_are_r
     let org = create_org(&pool, "acme").await;
     let integration = insert_integration(&pool, org, "fake", "active", None).await;
     credentials
-        .put(integration, &issued("access_token", "long-lived", Some(7200)))
+        .put(
+            integration,
+            &issued("access_token", "long-lived", Some(7200)),
+        )
         .await
         .unwrap();
     let results =
         futures::future::join_all((0..20).map(|_| registry.credential(org, integration))).await;
-    assert!(results.iter().all(|r| r.as_ref().unwrap().expose() == "long-lived"));
+    assert!(
+        results
+            .iter()
+            .all(|r| r.as_ref().unwrap().expose() == "long-lived")
+    );
     assert_eq!(fake.refresh_count(), 0);
 
     let pending = insert_integration(&pool, org, "fake2", "pending", None).await;

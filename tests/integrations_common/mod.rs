@@ -91,8 +91,7 @@ pub async fn insert_integration(
 pub async fn test_auth(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
-) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error>
-{
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     let org = req
         .headers()
         .get(ORG_HEADER)
@@ -240,13 +239,18 @@ async fn mock_access_token(
     st: web::Data<Arc<Mutex<GithubMockState>>>,
 ) -> HttpResponse {
     let mut st = st.lock();
-    st.calls.push(format!("POST /app/installations/{}/access_tokens", path));
+    st.calls
+        .push(format!("POST /app/installations/{}/access_tokens", path));
     let Some(jwt) = bearer(&req).filter(|t| t.split('.').count() == 3) else {
-        return HttpResponse::Unauthorized().json(json!({"message": "A JSON web token could not be decoded"}));
+        return HttpResponse::Unauthorized()
+            .json(json!({"message": "A JSON web token could not be decoded"}));
     };
     st.app_auth.push(jwt);
     // Real tokens are long (~520 characters): make ours long too.
-    let token = format!("ghs_{}", "x".repeat(16) + &Uuid::new_v4().simple().to_string().repeat(14));
+    let token = format!(
+        "ghs_{}",
+        "x".repeat(16) + &Uuid::new_v4().simple().to_string().repeat(16)
+    );
     st.tokens.push(token.clone());
     HttpResponse::Created().json(json!({
         "token": token,
@@ -287,7 +291,12 @@ async fn mock_repositories(
     let mut st = st.lock();
     st.calls.push("GET /installation/repositories".to_owned());
     let token = bearer(&req);
-    if token.is_none() || !st.tokens.contains(token.as_ref().unwrap_or(&String::new())) || st.revoked.contains(token.as_ref().unwrap_or(&String::new())) {
+    if token.is_none()
+        || !st.tokens.contains(token.as_ref().unwrap_or(&String::new()))
+        || st
+            .revoked
+            .contains(token.as_ref().unwrap_or(&String::new()))
+    {
         return HttpResponse::Unauthorized().json(json!({"message": "Bad credentials"}));
     }
     HttpResponse::Ok().json(json!({
@@ -326,7 +335,10 @@ impl GithubMock {
                     web::post().to(mock_access_token),
                 )
                 .route("/app/installations/{id}", web::get().to(mock_installation))
-                .route("/installation/repositories", web::get().to(mock_repositories))
+                .route(
+                    "/installation/repositories",
+                    web::get().to(mock_repositories),
+                )
                 .route("/installation/token", web::delete().to(mock_revoke))
         })
         .workers(1)
@@ -344,7 +356,8 @@ impl GithubMock {
 
 /// The RSA test key (PEM) from `tests/data`.
 pub fn test_private_key() -> Secret {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jwt-test-key-a.pem");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jwt-test-key-a.pem");
     Secret::new(std::fs::read_to_string(path).expect("test key"))
 }
 
@@ -392,7 +405,11 @@ pub fn github_fixtures() -> Vec<(String, String, Vec<u8>)> {
         .collect();
     dirs.sort();
     for dir in dirs {
-        let event = dir.file_name().and_then(|n| n.to_str()).expect("name").to_owned();
+        let event = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
+            .to_owned();
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .expect("event dir")
             .map(|e| e.expect("entry").path())
@@ -400,7 +417,11 @@ pub fn github_fixtures() -> Vec<(String, String, Vec<u8>)> {
             .collect();
         files.sort();
         for file in files {
-            let name = file.file_name().and_then(|n| n.to_str()).expect("name").to_owned();
+            let name = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .expect("name")
+                .to_owned();
             out.push((event.clone(), name, std::fs::read(&file).expect("read")));
         }
     }
