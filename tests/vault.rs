@@ -320,7 +320,6 @@ async fn hundred_concurrent_requests_for_an_expiring_token_refresh_once() {
     let (registry, fake, credentials, health) = vault_setup(&pool).await;
     let org = create_org(&pool, "acme").await;
     let integration = insert_integration(&pool, org, "fake", "active", None).await;
-    // Expires in one minute: inside the five-minute refresh margin.
     credentials
         .put(
             integration,
@@ -328,6 +327,15 @@ async fn hundred_concurrent_requests_for_an_expiring_token_refresh_once() {
         )
         .await
         .unwrap();
+    // Issued an hour ago, expires in a minute: inside the five-minute refresh margin.
+    age_credential(
+        &pool,
+        integration,
+        "access_token",
+        chrono::Duration::seconds(60),
+        chrono::Duration::hours(1),
+    )
+    .await;
 
     let calls = (0..100).map(|_| registry.credential(org, integration));
     let results = futures::future::join_all(calls).await;
@@ -396,6 +404,20 @@ async fn a_valid_token_is_served_without_refresh_and_inactive_integrations_are_r
         results
             .iter()
             .all(|r| r.as_ref().unwrap().expose() == "long-lived")
+    );
+    assert_eq!(fake.refresh_count(), 0);
+
+    // A short-lived credential (two minutes, just issued) is not "about to expire": the
+    // margin is at most half its lifetime, so it is served, not refreshed in a loop.
+    let org2 = create_org(&pool, "initech").await;
+    let short = insert_integration(&pool, org2, "fake", "active", None).await;
+    credentials
+        .put(short, &issued("access_token", "short-lived", Some(120)))
+        .await
+        .unwrap();
+    assert_eq!(
+        registry.credential(org2, short).await.unwrap().expose(),
+        "short-lived"
     );
     assert_eq!(fake.refresh_count(), 0);
 

@@ -79,6 +79,17 @@ impl From<StoreError> for CredentialError {
     }
 }
 
+/// A decrypted credential with its timing.
+#[derive(Debug, Clone)]
+pub struct OpenedCredential {
+    /// The value.
+    pub secret: Secret,
+    /// When it stops working, if it expires.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was stored (about when it was issued).
+    pub stored_at: DateTime<Utc>,
+}
+
 /// Seals and stores credentials; loads and opens them.
 #[derive(Clone)]
 pub struct CredentialStore {
@@ -154,6 +165,18 @@ impl CredentialStore {
         integration_id: Uuid,
         credential_type: &str,
     ) -> Result<Option<(Secret, Option<DateTime<Utc>>)>, CredentialError> {
+        Ok(self
+            .open_one(integration_id, credential_type)
+            .await?
+            .map(|c| (c.secret, c.expires_at)))
+    }
+
+    /// Opens one credential with its timing.
+    pub async fn open_one(
+        &self,
+        integration_id: Uuid,
+        credential_type: &str,
+    ) -> Result<Option<OpenedCredential>, CredentialError> {
         let Some(row) = self.db.get(integration_id, credential_type).await? else {
             return Ok(None);
         };
@@ -161,10 +184,11 @@ impl CredentialStore {
             integration_id,
             credential_type,
         };
-        Ok(Some((
-            self.keyring.open(&aad, &row.sealed)?,
-            row.expires_at,
-        )))
+        Ok(Some(OpenedCredential {
+            secret: self.keyring.open(&aad, &row.sealed)?,
+            expires_at: row.expires_at,
+            stored_at: row.updated_at,
+        }))
     }
 
     /// Opens every credential of an integration.
@@ -192,7 +216,9 @@ impl CredentialStore {
 pub struct VaultTuning {
     /// A decrypted credential is served from memory for at most this long.
     pub cache_ttl: Duration,
-    /// A credential expiring within this margin is refreshed before it is served.
+    /// A credential expiring within this margin is refreshed before it is served. For
+    /// short-lived credentials the margin is at most half their lifetime, so a fresh one is
+    /// never "about to expire" at once.
     pub refresh_margin: chrono::Duration,
 }
 
@@ -207,7 +233,7 @@ impl Default for VaultTuning {
 
 struct Cached {
     secret: Secret,
-    expires_at: Option<DateTime<Utc>>,
+    refresh_at: Option<DateTime<Utc>>,
     fetched: Instant,
 }
 
@@ -266,23 +292,35 @@ impl OrgVault {
         self.organization_id
     }
 
-    fn usable(&self, expires_at: Option<DateTime<Utc>>) -> bool {
-        expires_at.is_none_or(|at| at - self.deps.tuning.refresh_margin > Utc::now())
+    /// When a credential issued at `issued_at` and expiring at `expires_at` is due for a
+    /// refresh: `refresh_margin` before expiry, or half-way for short-lived ones.
+    fn refresh_at(
+        &self,
+        issued_at: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Option<DateTime<Utc>> {
+        let expires_at = expires_at?;
+        let half_life = (expires_at - issued_at) / 2;
+        Some(expires_at - self.deps.tuning.refresh_margin.min(half_life))
+    }
+
+    fn usable(refresh_at: Option<DateTime<Utc>>) -> bool {
+        refresh_at.is_none_or(|at| Utc::now() < at)
     }
 
     fn cached(&self, integration_id: Uuid) -> Option<Secret> {
         let cache = self.cache.lock();
         let entry = cache.get(&integration_id)?;
-        (entry.fetched.elapsed() < self.deps.tuning.cache_ttl && self.usable(entry.expires_at))
+        (entry.fetched.elapsed() < self.deps.tuning.cache_ttl && Self::usable(entry.refresh_at))
             .then(|| entry.secret.clone())
     }
 
-    fn remember(&self, integration_id: Uuid, secret: &Secret, expires_at: Option<DateTime<Utc>>) {
+    fn remember(&self, integration_id: Uuid, secret: &Secret, refresh_at: Option<DateTime<Utc>>) {
         self.cache.lock().insert(
             integration_id,
             Cached {
                 secret: secret.clone(),
-                expires_at,
+                refresh_at,
                 fetched: Instant::now(),
             },
         );
@@ -336,13 +374,18 @@ impl OrgVault {
             .ok_or_else(|| CredentialError::NoConnector(integration.connector_type.clone()))?
             .clone();
         let primary = connector.primary_credential();
-        if let Some((secret, expires_at)) =
-            self.deps.credentials.get(integration_id, primary).await?
-            && self.usable(expires_at)
+        if let Some(stored) = self
+            .deps
+            .credentials
+            .open_one(integration_id, primary)
+            .await?
         {
-            self.remember(integration_id, &secret, expires_at);
-            self.touch(integration_id).await;
-            return Ok(secret);
+            let refresh_at = self.refresh_at(stored.stored_at, stored.expires_at);
+            if Self::usable(refresh_at) {
+                self.remember(integration_id, &stored.secret, refresh_at);
+                self.touch(integration_id).await;
+                return Ok(stored.secret);
+            }
         }
         let secret = self.refresh_locked(&integration).await?;
         self.touch(integration_id).await;
@@ -382,7 +425,11 @@ impl OrgVault {
             .ok_or_else(|| {
                 CredentialError::Refresh(ConnectorError::MissingCredential(primary.to_owned()))
             })?;
-        self.remember(integration.id, &fresh.secret, fresh.expires_at);
+        self.remember(
+            integration.id,
+            &fresh.secret,
+            self.refresh_at(Utc::now(), fresh.expires_at),
+        );
         tracing::info!(
             organization_id = %self.organization_id,
             integration_id = %integration.id,

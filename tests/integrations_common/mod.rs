@@ -450,3 +450,29 @@ pub async fn wait_inbox_idle(pool: &Pool, timeout: Duration) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Makes a stored credential look issued `age` ago and expiring in `expires_in` (a token
+/// near the end of a long life).
+pub async fn age_credential(
+    pool: &Pool,
+    integration_id: Uuid,
+    credential_type: &str,
+    expires_in: chrono::Duration,
+    age: chrono::Duration,
+) {
+    use infragpt::db::schema::integration_credentials as ic;
+    let mut conn = pool.get().await.expect("connection");
+    let changed = diesel::update(
+        ic::table
+            .filter(ic::integration_id.eq(integration_id))
+            .filter(ic::credential_type.eq(credential_type)),
+    )
+    .set((
+        ic::expires_at.eq(Some(Utc::now() + expires_in)),
+        ic::updated_at.eq(Utc::now() - age),
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("age credential");
+    assert_eq!(changed, 1);
+}
