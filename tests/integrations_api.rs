@@ -634,3 +634,66 @@ async fn other_organizations_get_404_on_every_route() {
     assert_eq!(resp.status().as_u16(), 422);
     cluster.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn module_serves_webhooks_on_the_main_and_the_dedicated_port() {
+    let db = TestDb::new().await;
+    let cluster = start_cluster(db.pool());
+    let webhook_port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut config = Config {
+        bind_address: "127.0.0.1".to_owned(),
+        port: 0,
+        grpc_port: 0,
+        ..Config::default()
+    };
+    config.database.url = Some(db.url.clone());
+    config.integrations.github.webhook_secret = Some(Secret::new(WEBHOOK_SECRET));
+    config.integrations.github.webhook_port = Some(webhook_port);
+    config.vault.keys = [("k1".to_owned(), random_key())].into_iter().collect();
+    config.vault.active_key = Some("k1".to_owned());
+    let keyring = Arc::new(infragpt::integrations::load_keyring(&config.vault).unwrap());
+    let module = infragpt::integrations::IntegrationsModule::new(
+        Arc::new(config.clone()),
+        cluster.clone(),
+        keyring,
+    );
+    let running = infragpt::server::start(config, vec![Box::new(module)])
+        .await
+        .unwrap();
+    let body = br#"{"zen":"Design for failure.","hook_id":7}"#.to_vec();
+    let client = reqwest::Client::new();
+    for (n, base) in [
+        format!("http://{}", running.http_addr),
+        format!("http://127.0.0.1:{webhook_port}"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let resp = client
+            .post(format!("{base}/webhooks/github"))
+            .header("X-GitHub-Event", "ping")
+            .header("X-GitHub-Delivery", format!("module-{n}"))
+            .header(
+                "X-Hub-Signature-256",
+                sign(&Secret::new(WEBHOOK_SECRET), &body),
+            )
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 202, "{base}");
+        // Unauthenticated REST calls are refused (the auth middleware supplies the principal).
+        let resp = client
+            .get(format!("http://{}/integrations", running.http_addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401);
+    }
+    wait_inbox_idle(db.pool(), Duration::from_secs(30)).await;
+    running.stop().await.unwrap();
+    cluster.shutdown().await;
+}

@@ -427,3 +427,27 @@ async fn a_valid_token_is_served_without_refresh_and_inactive_integrations_are_r
         Err(CredentialError::NotActive { .. })
     ));
 }
+
+#[tokio::test]
+async fn the_database_nonce_ledger_accepts_each_nonce_once() {
+    use infragpt::crypto::state::{NonceLedger, StateNonce};
+    use infragpt::db::nonces::PgNonceLedger;
+    let db = TestDb::new().await;
+    let ledger = PgNonceLedger::new(db.pool().clone());
+    let nonce = StateNonce::random().unwrap();
+    let later = Utc::now() + chrono::Duration::minutes(10);
+    assert!(ledger.consume(&nonce, later).await.unwrap());
+    assert!(!ledger.consume(&nonce, later).await.unwrap());
+    // A second ledger on the same database (another instance) sees the use too.
+    let other = PgNonceLedger::new(db.pool().clone());
+    assert!(!other.consume(&nonce, later).await.unwrap());
+    let expired = StateNonce::random().unwrap();
+    assert!(
+        ledger
+            .consume(&expired, Utc::now() - chrono::Duration::minutes(1))
+            .await
+            .unwrap()
+    );
+    assert_eq!(ledger.prune_expired(Utc::now()).await.unwrap(), 1);
+    assert!(!ledger.consume(&nonce, later).await.unwrap());
+}
