@@ -365,7 +365,7 @@ async fn github_app_install_flow_events_and_uninstall() {
         ]
     );
 
-    // After uninstall a new install can start again.
+    // After uninstall a new install can start again and completes on the same row.
     let resp = test::call_service(
         &app,
         as_org(test::TestRequest::post().uri("/integrations"), org)
@@ -374,6 +374,51 @@ async fn github_app_install_flow_events_and_uninstall() {
     )
     .await;
     assert_eq!(resp.status().as_u16(), 201);
+    let again: Value = test::read_body_json(resp).await;
+    assert_eq!(again["integration_id"], id.to_string());
+    let state = state_of(again["url"].as_str().unwrap());
+    let resp = test::call_service(
+        &app,
+        test::TestRequest::get()
+            .uri(&format!(
+                "/integrations/callback/github?installation_id={INSTALLATION}&state={state}"
+            ))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let token = mock.state.lock().tokens.last().cloned().unwrap();
+
+    // DELETE revokes the installation token at GitHub and deletes the credentials.
+    let resp = test::call_service(
+        &app,
+        as_org(
+            test::TestRequest::delete().uri(&format!("/integrations/{id}")),
+            org,
+        )
+        .to_request(),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let deleted: Value = test::read_body_json(resp).await;
+    assert_eq!(deleted["provider_revoked"], true, "{deleted}");
+    assert_eq!(deleted["integration"]["status"], "revoked");
+    assert_eq!(mock.state.lock().revoked, vec![token]);
+    let left: i64 = integration_credentials::table
+        .filter(integration_credentials::integration_id.eq(id))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    let last_action: String = audit_log::table
+        .filter(audit_log::organization_id.eq(org))
+        .order(audit_log::id.desc())
+        .select(audit_log::action)
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(last_action, "integration.deleted");
 
     // No token, key or webhook secret in any log line.
     let text = logs.contents();

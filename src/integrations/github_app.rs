@@ -214,7 +214,7 @@ impl GithubApp {
             account_type: text("/account/type").unwrap_or_else(|| "User".to_owned()),
             permissions,
             repository_selection: text("/repository_selection"),
-            suspended: !body["suspended_at"].is_null() && body.get("suspended_at").is_some(),
+            suspended: !body["suspended_at"].is_null(),
         })
     }
 

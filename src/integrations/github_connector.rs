@@ -166,6 +166,7 @@ impl Connector for GithubConnector {
                 "account_type": info.account_type,
                 "permissions": info.permissions,
                 "repository_selection": info.repository_selection,
+                "suspended": info.suspended,
                 "setup_action": params.setup_action,
             }),
             credentials: vec![IssuedCredential {
