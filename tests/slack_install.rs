@@ -16,7 +16,7 @@ use infragpt::crypto::state::StateClaims;
 use infragpt::db::schema::{integration_credentials, slack_workspaces};
 use infragpt::db::testing::TestDb;
 use infragpt::integrations::IntegrationParts;
-use infragpt::integrations::slack_connector::workspace_token_ref;
+use infragpt::integrations::slack_connector::{bot_token_for_team, workspace_token_ref};
 use infragpt::slack::sim::{SimConfig, SlackSim};
 use infragpt_actors::Secret;
 use integrations_common::*;
@@ -243,6 +243,19 @@ async fn slack_install_rotation_reinstall_and_revoke() {
         Some(bot_rows[0])
     );
 
+    // The Slack adapter's view: the team's bot token through the vault.
+    let by_team = bot_token_for_team(&parts.service.store, &parts.service.vaults, TEAM)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_team.expose(), reinstalled.expose());
+    assert!(
+        bot_token_for_team(&parts.service.store, &parts.service.vaults, "T0SIMGLOB1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
     // Delete: auth.revoke with the bot token, credentials gone, workspace revoked.
     let resp = test::call_service(
         &app,
@@ -268,6 +281,12 @@ async fn slack_install_rotation_reinstall_and_revoke() {
         .await
         .unwrap();
     assert_eq!(ws_status, "revoked");
+    assert!(
+        bot_token_for_team(&parts.service.store, &parts.service.vaults, TEAM)
+            .await
+            .unwrap()
+            .is_none()
+    );
     // The revoked token no longer works at Slack.
     let check = reqwest::Client::new()
         .post(format!("{}auth.test", sim.base_url()))

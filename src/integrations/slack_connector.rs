@@ -377,3 +377,32 @@ pub async fn workspace_token_ref(
         .and_then(|(_, token_ref, _)| token_ref)
         .and_then(|t| t.parse().ok()))
 }
+
+/// The bot token of an installed workspace, through its organization's vault (refreshed when
+/// it is about to expire): what the Slack Web API adapter uses for workspaces whose
+/// `slack_workspaces.token_ref` is a credential id. `Ok(None)` when the team is not installed
+/// through an integration (unknown, revoked, or served by the configured `slack.bot_token`).
+pub async fn bot_token_for_team(
+    store: &IntegrationStore,
+    vaults: &super::vault::VaultRegistry,
+    team_id: &str,
+) -> Result<Option<Secret>, super::vault::CredentialError> {
+    let Some((status, Some(_token_ref), Some(organization_id))) =
+        store.slack_workspace(team_id).await?
+    else {
+        return Ok(None);
+    };
+    if status != "active" {
+        return Ok(None);
+    }
+    let Some(integration) = store.find_for_org(organization_id, SLACK).await? else {
+        return Ok(None);
+    };
+    if integration.external_id.as_deref() != Some(team_id) {
+        return Ok(None);
+    }
+    vaults
+        .credential(organization_id, integration.id)
+        .await
+        .map(Some)
+}
