@@ -20,6 +20,8 @@ use crate::grpc::server::GrpcShell;
 use crate::http::ops::{self, OpsState};
 use crate::http::reply::ReplyAuth;
 use crate::http::{HttpShell, ReadinessCheck};
+use crate::integrations::slack_connector::VaultSlackTokens;
+use crate::integrations::{IntegrationParts, IntegrationsModule, load_keyring, state_key};
 use crate::server::{self, AppState, Module, RunningServer, ShutdownSignals};
 use crate::slack::module::SlackModule;
 
@@ -153,9 +155,25 @@ fn build_modules(
     let pool = db.pool().clone();
     let cluster = &core.cluster;
 
+    // Integrations first: the vault holds the bot tokens of installed Slack workspaces.
+    let keyring = Arc::new(load_keyring(&config.vault).context("loading the vault keys")?);
+    let integrations = IntegrationParts::build(
+        pool.clone(),
+        config,
+        cluster,
+        keyring.clone(),
+        &state_key(&config.vault).context("deriving the OAuth state key")?,
+        None,
+    )
+    .context("building the integrations")?;
+    let vault_tokens = Arc::new(VaultSlackTokens::new(
+        integrations.service.store.clone(),
+        integrations.service.vaults.clone(),
+    ));
+
     // Conversations: Slack events → thread actors → agent → reply in the thread.
     let store = Arc::new(PgConversationStore::new(pool.clone()));
-    let slack_web = SlackModule::build_web(&config.slack, Some(pool.clone()), None)
+    let slack_web = SlackModule::build_web(&config.slack, Some(pool.clone()), Some(vault_tokens))
         .context("building the Slack Web API client")?;
     let agent = GrpcAgent::new(
         GrpcAgentOptions::from_config(&config.agent),
@@ -190,6 +208,10 @@ fn build_modules(
             replies,
             ReplyAuth::new(config.agent.reply_token.clone()),
         )),
+        Box::new(
+            IntegrationsModule::new(Arc::new(config.clone()), cluster.clone(), keyring)
+                .with_parts(integrations),
+        ),
     ])
 }
 

@@ -12,6 +12,7 @@ pub mod github;
 pub mod grpc;
 pub mod http;
 pub mod identity;
+pub mod integrations;
 pub mod server;
 pub mod slack;
 pub mod telemetry;

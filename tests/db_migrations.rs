@@ -17,7 +17,7 @@ diesel::table! {
 }
 
 /// Every table the migrations create.
-const TABLES: [&str; 14] = [
+const TABLES: [&str; 15] = [
     "audit_log",
     "channels",
     "conversations",
@@ -27,6 +27,7 @@ const TABLES: [&str; 14] = [
     "integration_credentials",
     "integrations",
     "messages",
+    "oauth_nonces",
     "organization_members",
     "organization_metadata",
     "organizations",

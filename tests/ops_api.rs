@@ -13,6 +13,8 @@ use infragpt_actors::{ActorKind, EventHandler, HandleOutcome, HandlerError, Stre
 use serde_json::{Value, json};
 
 const ADMIN: &str = "test-admin-token-0123456789";
+/// A test-only vault key (32 bytes, base64).
+const VAULT_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 /// Fails permanently on payloads with `"fail": true`, handles the rest.
 #[derive(Default)]
@@ -36,7 +38,7 @@ impl EventHandler for Picky {
 
 fn test_config(db: &TestDb) -> config::Config {
     let yaml = format!(
-        "port: 0\ngrpc_port: 0\nlog_level: warn\nhttp_log: false\nadmin:\n  token: {ADMIN}\nactors:\n  retry_budget: 2\n  backoff_base_ms: 1\n  backoff_max_ms: 5\ndatabase:\n  url: \"{}\"\n",
+        "port: 0\ngrpc_port: 0\nlog_level: warn\nhttp_log: false\nadmin:\n  token: {ADMIN}\nactors:\n  retry_budget: 2\n  backoff_base_ms: 1\n  backoff_max_ms: 5\nvault:\n  active_key: k1\n  keys:\n    k1: \"{VAULT_KEY}\"\ndatabase:\n  url: \"{}\"\n",
         db.url.expose()
     );
     config::load_str(&yaml, "ops-test.yaml").expect("config")
@@ -354,7 +356,7 @@ async fn readiness_reports_overload_and_recovers() {
     use infragpt_actors::testing::RecordingHandler;
     let db = TestDb::new().await;
     let yaml = format!(
-        "port: 0\ngrpc_port: 0\nlog_level: warn\nhttp_log: false\nactors:\n  high_water_mark: 2\n  mailbox_capacity: 4\n  drain_interval_ms: 20\ndatabase:\n  url: \"{}\"\n",
+        "port: 0\ngrpc_port: 0\nlog_level: warn\nhttp_log: false\nactors:\n  high_water_mark: 2\n  mailbox_capacity: 4\n  drain_interval_ms: 20\nvault:\n  active_key: k1\n  keys:\n    k1: \"{VAULT_KEY}\"\ndatabase:\n  url: \"{}\"\n",
         db.url.expose()
     );
     let config = config::load_str(&yaml, "overload-test.yaml").expect("config");

@@ -4,7 +4,9 @@
 pub mod audit;
 pub mod cluster;
 pub mod conversations;
+pub mod credentials;
 pub mod inbox;
+pub mod nonces;
 pub mod schema;
 pub mod testing;
 

@@ -140,6 +140,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Used OAuth/installation state nonces (single use).
+    oauth_nonces (nonce) {
+        nonce -> Text,
+        expires_at -> Timestamptz,
+        used_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     /// Clerk organization memberships, joined to users and organizations by Clerk id.
     organization_members (id) {
         id -> Uuid,
@@ -230,6 +239,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     integration_credentials,
     integrations,
     messages,
+    oauth_nonces,
     organization_members,
     organization_metadata,
     organizations,

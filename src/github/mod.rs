@@ -2,3 +2,5 @@
 
 pub mod normalize;
 pub mod signature;
+pub mod stream;
+pub mod webhook;

@@ -1,0 +1,259 @@
+//! Encrypted credentials on `integration_credentials`: one row per (integration, credential
+//! type), sealed with the vault's key ring (see [`crate::crypto::vault`]). This module stores
+//! and loads sealed bytes only; sealing and opening happen in
+//! [`crate::integrations::vault::CredentialStore`].
+
+use chrono::{DateTime, Utc};
+use diesel::dsl::now;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use uuid::Uuid;
+
+use super::Pool;
+use super::schema::integration_credentials as ic;
+use crate::crypto::vault::{Sealed, VaultError};
+
+/// Storage failures of the credential table. Never carries plaintext.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialDbError {
+    /// No pooled connection.
+    #[error("credential store unavailable: {0}")]
+    Pool(String),
+    /// A statement failed.
+    #[error("credential store query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    /// A stored row is unreadable (bad nonce length).
+    #[error("stored credential is corrupt: {0}")]
+    Corrupt(#[from] VaultError),
+}
+
+/// One stored (still sealed) credential.
+#[derive(Debug, Clone)]
+pub struct StoredCredential {
+    /// Row id (what `slack_workspaces.token_ref` points at).
+    pub id: Uuid,
+    /// Owning integration.
+    pub integration_id: Uuid,
+    /// `bot_token`, `refresh_token`, `installation_token`, ...
+    pub credential_type: String,
+    /// Key id, nonce and ciphertext.
+    pub sealed: Sealed,
+    /// When the provider stops accepting it, if it expires.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Last write.
+    pub updated_at: DateTime<Utc>,
+}
+
+type Row = (
+    Uuid,
+    Uuid,
+    String,
+    Vec<u8>,
+    Vec<u8>,
+    String,
+    Option<DateTime<Utc>>,
+    DateTime<Utc>,
+);
+
+fn columns() -> (
+    ic::id,
+    ic::integration_id,
+    ic::credential_type,
+    ic::nonce,
+    ic::ciphertext,
+    ic::key_id,
+    ic::expires_at,
+    ic::updated_at,
+) {
+    (
+        ic::id,
+        ic::integration_id,
+        ic::credential_type,
+        ic::nonce,
+        ic::ciphertext,
+        ic::key_id,
+        ic::expires_at,
+        ic::updated_at,
+    )
+}
+
+fn from_row(row: Row) -> Result<StoredCredential, CredentialDbError> {
+    let (id, integration_id, credential_type, nonce, ciphertext, key_id, expires_at, updated_at) =
+        row;
+    Ok(StoredCredential {
+        id,
+        integration_id,
+        credential_type,
+        sealed: Sealed::from_parts(key_id, &nonce, ciphertext)?,
+        expires_at,
+        updated_at,
+    })
+}
+
+/// The credential table in PostgreSQL.
+#[derive(Clone)]
+pub struct PgCredentials {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgCredentials")
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+impl PgCredentials {
+    /// Credentials on `pool`.
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    async fn conn(
+        &self,
+    ) -> Result<
+        diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection>,
+        CredentialDbError,
+    > {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| CredentialDbError::Pool(e.to_string()))
+    }
+
+    /// Inserts or replaces the credential of `credential_type`; returns the row id (stable
+    /// across replacements).
+    pub async fn upsert(
+        &self,
+        integration_id: Uuid,
+        credential_type: &str,
+        sealed: &Sealed,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<Uuid, CredentialDbError> {
+        let mut conn = self.conn().await?;
+        let id = diesel::insert_into(ic::table)
+            .values((
+                ic::integration_id.eq(integration_id),
+                ic::credential_type.eq(credential_type),
+                ic::nonce.eq(sealed.nonce.as_slice()),
+                ic::ciphertext.eq(&sealed.ciphertext),
+                ic::key_id.eq(sealed.key_id.as_str()),
+                ic::expires_at.eq(expires_at),
+            ))
+            .on_conflict((ic::integration_id, ic::credential_type))
+            .do_update()
+            .set((
+                ic::nonce.eq(sealed.nonce.as_slice()),
+                ic::ciphertext.eq(&sealed.ciphertext),
+                ic::key_id.eq(sealed.key_id.as_str()),
+                ic::expires_at.eq(expires_at),
+                ic::updated_at.eq(now),
+            ))
+            .returning(ic::id)
+            .get_result(&mut conn)
+            .await?;
+        Ok(id)
+    }
+
+    /// The credential of `credential_type`, if stored.
+    pub async fn get(
+        &self,
+        integration_id: Uuid,
+        credential_type: &str,
+    ) -> Result<Option<StoredCredential>, CredentialDbError> {
+        let mut conn = self.conn().await?;
+        let row: Option<Row> = ic::table
+            .filter(ic::integration_id.eq(integration_id))
+            .filter(ic::credential_type.eq(credential_type))
+            .select(columns())
+            .first(&mut conn)
+            .await
+            .optional()?;
+        row.map(from_row).transpose()
+    }
+
+    /// Every credential of an integration.
+    pub async fn list(
+        &self,
+        integration_id: Uuid,
+    ) -> Result<Vec<StoredCredential>, CredentialDbError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<Row> = ic::table
+            .filter(ic::integration_id.eq(integration_id))
+            .order(ic::credential_type.asc())
+            .select(columns())
+            .load(&mut conn)
+            .await?;
+        rows.into_iter().map(from_row).collect()
+    }
+
+    /// Deletes every credential of an integration; returns how many rows went.
+    pub async fn delete_all(&self, integration_id: Uuid) -> Result<usize, CredentialDbError> {
+        let mut conn = self.conn().await?;
+        Ok(
+            diesel::delete(ic::table.filter(ic::integration_id.eq(integration_id)))
+                .execute(&mut conn)
+                .await?,
+        )
+    }
+
+    /// Up to `limit` rows not sealed with `active_key`, in id order after `after` (rotation
+    /// batches; a row that could not be moved is skipped by the cursor, not retried forever).
+    pub async fn batch_not_under_key(
+        &self,
+        active_key: &str,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<StoredCredential>, CredentialDbError> {
+        let mut conn = self.conn().await?;
+        let mut query = ic::table
+            .filter(ic::key_id.ne(active_key))
+            .order(ic::id.asc())
+            .limit(limit)
+            .select(columns())
+            .into_boxed();
+        if let Some(after) = after {
+            query = query.filter(ic::id.gt(after));
+        }
+        let rows: Vec<Row> = query.load(&mut conn).await?;
+        rows.into_iter().map(from_row).collect()
+    }
+
+    /// Replaces the sealed value of row `id` only if it is still sealed with `old_key_id`
+    /// (compare-and-swap, so a concurrent refresh is never overwritten by rotation). True when
+    /// the row was updated.
+    pub async fn reseal(
+        &self,
+        id: Uuid,
+        old_key_id: &str,
+        sealed: &Sealed,
+    ) -> Result<bool, CredentialDbError> {
+        let mut conn = self.conn().await?;
+        let changed = diesel::update(
+            ic::table
+                .filter(ic::id.eq(id))
+                .filter(ic::key_id.eq(old_key_id)),
+        )
+        .set((
+            ic::nonce.eq(sealed.nonce.as_slice()),
+            ic::ciphertext.eq(&sealed.ciphertext),
+            ic::key_id.eq(sealed.key_id.as_str()),
+        ))
+        .execute(&mut conn)
+        .await?;
+        Ok(changed == 1)
+    }
+
+    /// Number of rows per key id.
+    pub async fn count_by_key(&self) -> Result<Vec<(String, i64)>, CredentialDbError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<(String, i64)> = ic::table
+            .group_by(ic::key_id)
+            .select((ic::key_id, diesel::dsl::count_star()))
+            .order(ic::key_id.asc())
+            .load(&mut conn)
+            .await?;
+        Ok(rows)
+    }
+}

@@ -1,0 +1,289 @@
+//! The `GitHubWebhookStream` handler: one keyed worker per installation (routing key
+//! `installation:{id}`) handles that installation's deliveries in order.
+//!
+//! * `installation`: created → the integration linked to the installation becomes active with
+//!   the account facts and the granted repositories; deleted → revoked (credentials deleted,
+//!   repositories removed); suspend/unsuspend → status.
+//! * `installation_repositories`: repositories added/removed.
+//! * Every supported event (including the two above) is stored once as a normalized row in
+//!   `github_events` (idempotent on the delivery id).
+//! * Unknown events → `ignored`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use infragpt_actors::audit::{AuditEntry, AuditLog};
+use infragpt_actors::inbox::{EventSource, InboundEvent};
+use infragpt_actors::{ActorKind, EventHandler, HandleOutcome, HandlerError, StreamSpec};
+use serde_json::json;
+
+use super::normalize::{
+    InstallationChange, NormalizeError, Normalized, installation_change, normalize,
+    repositories_change,
+};
+use crate::integrations::github_app::GITHUB;
+use crate::integrations::store::{IntegrationStore, StoreError, status};
+use crate::integrations::vault::{CredentialStore, VaultRegistry};
+
+/// Name of the stream (router) in the actor tree.
+pub const STREAM_NAME: &str = "github_webhooks";
+
+/// The handler.
+#[derive(Clone)]
+pub struct GithubStreamHandler {
+    store: IntegrationStore,
+    credentials: CredentialStore,
+    vaults: Option<VaultRegistry>,
+    audit: Arc<dyn AuditLog>,
+}
+
+impl std::fmt::Debug for GithubStreamHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GithubStreamHandler")
+            .finish_non_exhaustive()
+    }
+}
+
+fn retryable(e: StoreError) -> HandlerError {
+    HandlerError::retryable(e)
+}
+
+impl GithubStreamHandler {
+    /// A handler writing through `store`/`credentials`; `vaults` (when given) has its cache
+    /// dropped when an installation is deleted.
+    pub fn new(
+        store: IntegrationStore,
+        credentials: CredentialStore,
+        vaults: Option<VaultRegistry>,
+        audit: Arc<dyn AuditLog>,
+    ) -> Self {
+        Self {
+            store,
+            credentials,
+            vaults,
+            audit,
+        }
+    }
+
+    /// The stream registration for [`infragpt_actors::Cluster::register_stream`].
+    pub fn stream_spec(self) -> StreamSpec {
+        StreamSpec {
+            name: STREAM_NAME.to_owned(),
+            kind: ActorKind::GitHubWebhookStream,
+            source: EventSource::GitHub,
+            handler: Arc::new(self),
+        }
+    }
+
+    async fn audit(
+        &self,
+        organization_id: uuid::Uuid,
+        action: &str,
+        target: uuid::Uuid,
+        details: serde_json::Value,
+    ) {
+        let entry = AuditEntry {
+            organization_id: Some(organization_id),
+            actor: "github".to_owned(),
+            action: action.to_owned(),
+            target: Some(target.to_string()),
+            details,
+        };
+        if let Err(error) = self.audit.append(entry).await {
+            tracing::error!(%error, action, "audit entry lost");
+        }
+    }
+
+    async fn installation(
+        &self,
+        change: InstallationChange,
+    ) -> Result<Option<String>, HandlerError> {
+        match change {
+            InstallationChange::Created {
+                installation_id,
+                account_login,
+                account_type,
+                permissions,
+                repositories,
+            } => {
+                self.store
+                    .add_repositories(installation_id, &repositories)
+                    .await
+                    .map_err(retryable)?;
+                let Some(integration) = self
+                    .store
+                    .find_by_external(GITHUB, &installation_id.to_string())
+                    .await
+                    .map_err(retryable)?
+                else {
+                    // The install callback (with our state) links it; it may come later.
+                    return Ok(Some(format!(
+                        "installation {installation_id} is not linked to an integration yet"
+                    )));
+                };
+                let mut metadata = integration.metadata.clone();
+                if let Some(obj) = metadata.as_object_mut() {
+                    obj.insert("installation_id".into(), json!(installation_id));
+                    obj.insert("account_login".into(), json!(account_login));
+                    obj.insert("account_type".into(), json!(account_type));
+                    obj.insert("permissions".into(), json!(permissions));
+                }
+                self.store
+                    .activate(integration.id, &installation_id.to_string(), &metadata)
+                    .await
+                    .map_err(retryable)?;
+                self.audit(
+                    integration.organization_id,
+                    "integration.linked",
+                    integration.id,
+                    json!({ "installation_id": installation_id }),
+                )
+                .await;
+                Ok(None)
+            }
+            InstallationChange::Deleted {
+                installation_id, ..
+            } => {
+                self.store
+                    .remove_all_repositories(installation_id)
+                    .await
+                    .map_err(retryable)?;
+                let Some(integration) = self
+                    .store
+                    .find_by_external(GITHUB, &installation_id.to_string())
+                    .await
+                    .map_err(retryable)?
+                else {
+                    return Ok(Some(format!(
+                        "installation {installation_id} has no integration"
+                    )));
+                };
+                self.credentials
+                    .delete_all(integration.id)
+                    .await
+                    .map_err(HandlerError::retryable)?;
+                if let Some(vaults) = &self.vaults {
+                    vaults.invalidate(integration.organization_id, integration.id);
+                }
+                self.store
+                    .set_status(integration.id, status::REVOKED)
+                    .await
+                    .map_err(retryable)?;
+                tracing::info!(installation_id, integration_id = %integration.id, "github installation deleted; integration revoked");
+                self.audit(
+                    integration.organization_id,
+                    "integration.revoked",
+                    integration.id,
+                    json!({ "installation_id": installation_id, "reason": "installation.deleted" }),
+                )
+                .await;
+                Ok(None)
+            }
+            InstallationChange::Suspended { installation_id } => {
+                self.set_status(installation_id, status::SUSPENDED).await
+            }
+            InstallationChange::Unsuspended { installation_id } => {
+                self.set_status(installation_id, status::ACTIVE).await
+            }
+            InstallationChange::NewPermissionsAccepted {
+                installation_id,
+                permissions,
+            } => {
+                if let Some(integration) = self
+                    .store
+                    .find_by_external(GITHUB, &installation_id.to_string())
+                    .await
+                    .map_err(retryable)?
+                {
+                    self.store
+                        .merge_metadata(integration.id, &json!({ "permissions": permissions }))
+                        .await
+                        .map_err(retryable)?;
+                }
+                Ok(None)
+            }
+            InstallationChange::Other {
+                installation_id,
+                action,
+            } => {
+                tracing::info!(installation_id, %action, "unhandled installation action");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn set_status(
+        &self,
+        installation_id: i64,
+        new_status: &str,
+    ) -> Result<Option<String>, HandlerError> {
+        let Some(integration) = self
+            .store
+            .find_by_external(GITHUB, &installation_id.to_string())
+            .await
+            .map_err(retryable)?
+        else {
+            return Ok(Some(format!(
+                "installation {installation_id} has no integration"
+            )));
+        };
+        if integration.status == status::REVOKED {
+            return Ok(Some("integration is revoked".to_owned()));
+        }
+        self.store
+            .set_status(integration.id, new_status)
+            .await
+            .map_err(retryable)?;
+        self.audit(
+            integration.organization_id,
+            &format!("integration.{new_status}"),
+            integration.id,
+            json!({ "installation_id": installation_id }),
+        )
+        .await;
+        Ok(None)
+    }
+}
+
+fn permanent(e: NormalizeError) -> HandlerError {
+    HandlerError::permanent(e)
+}
+
+#[async_trait]
+impl EventHandler for GithubStreamHandler {
+    async fn handle(&self, event: &InboundEvent) -> Result<HandleOutcome, HandlerError> {
+        let name = event.kind.split('.').next().unwrap_or_default();
+        let normalized = match normalize(name, &event.payload).map_err(permanent)? {
+            Normalized::Event(e) => e,
+            Normalized::Ignored(reason) => return Ok(HandleOutcome::Ignored(reason)),
+        };
+        let note = match name {
+            "installation" => {
+                let change = installation_change(name, &event.payload).map_err(permanent)?;
+                self.installation(change).await?
+            }
+            "installation_repositories" => {
+                let change = repositories_change(name, &event.payload).map_err(permanent)?;
+                self.store
+                    .add_repositories(change.installation_id, &change.added)
+                    .await
+                    .map_err(retryable)?;
+                let removed: Vec<i64> = change.removed.iter().map(|r| r.id).collect();
+                self.store
+                    .remove_repositories(change.installation_id, &removed)
+                    .await
+                    .map_err(retryable)?;
+                None
+            }
+            _ => None,
+        };
+        self.store
+            .insert_event(&event.source_id, &normalized)
+            .await
+            .map_err(retryable)?;
+        if let Some(note) = note {
+            tracing::debug!(delivery_id = %event.source_id, %note, "github event stored");
+        }
+        Ok(HandleOutcome::Done)
+    }
+}

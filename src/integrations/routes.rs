@@ -1,0 +1,197 @@
+//! REST routes of the integrations API. Everything except the provider callbacks needs a
+//! [`Principal`] (organization from the verified token); callbacks are authenticated by the
+//! signed single-use `state` instead, because the provider's browser redirect carries no token.
+//!
+//! | Route | |
+//! |---|---|
+//! | `POST /integrations` `{connector_type}` | `{type, url, integration_id}`; 409 if one exists |
+//! | `GET /integrations/callback/{connector}` | `code` or `installation_id`, `state` |
+//! | `GET /slack/oauth/callback` | the Slack callback under its historic path |
+//! | `GET /integrations?connector_type=` | list |
+//! | `GET /integrations/{id}` | one |
+//! | `GET /integrations/{id}/status` | live validation |
+//! | `POST /integrations/{id}/refresh` | refresh now |
+//! | `DELETE /integrations/{id}` | revoke at the provider, delete credentials |
+//! | `GET /integrations/{id}/events?before=&limit=` | normalized GitHub events |
+
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::connector::{CallbackParams, ConnectorError};
+use super::principal::Principal;
+use super::service::{IntegrationService, ServiceError};
+use super::slack_connector::SLACK;
+use crate::error::ApiError;
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::UnknownConnector(t) => {
+                ApiError::unprocessable("connector_type", format!("unknown connector {t:?}"))
+            }
+            ServiceError::NotFound => ApiError::not_found("integration not found"),
+            ServiceError::Exists { connector_type, .. } => ApiError::conflict(format!(
+                "a {connector_type} integration already exists for this organization"
+            )),
+            ServiceError::BadState(m) => ApiError::bad_request(format!("invalid state: {m}")),
+            ServiceError::Conflict(m) => ApiError::conflict(m),
+            ServiceError::BadRequest(m) => ApiError::bad_request(m),
+            ServiceError::Provider(ConnectorError::NotConfigured { connector, reason }) => {
+                ApiError::unavailable(format!("{connector} is not configured: {reason}"))
+            }
+            ServiceError::Provider(ConnectorError::Unavailable { connector, reason }) => {
+                tracing::warn!(connector, %reason, "provider unavailable");
+                ApiError::unavailable(format!("{connector} is unavailable, try again later"))
+            }
+            ServiceError::Provider(other) => ApiError::bad_request(other.to_string()),
+            ServiceError::Credential(c) => ApiError::internal(c),
+            ServiceError::Store(s) => ApiError::internal(s),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateBody {
+    connector_type: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    connector_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    installation_id: Option<String>,
+    setup_action: Option<String>,
+    state: Option<String>,
+    /// Slack puts `error=access_denied` here when the user cancels.
+    error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn create(
+    service: web::Data<IntegrationService>,
+    principal: Principal,
+    body: web::Json<CreateBody>,
+) -> Result<HttpResponse, ApiError> {
+    let initiated = service.initiate(&principal, &body.connector_type).await?;
+    Ok(HttpResponse::Created().json(initiated))
+}
+
+async fn callback_inner(
+    service: &IntegrationService,
+    connector: &str,
+    query: CallbackQuery,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(error) = query.error {
+        return Err(ApiError::bad_request(format!(
+            "the provider reported an error: {error}"
+        )));
+    }
+    let params = CallbackParams {
+        code: query.code,
+        installation_id: query.installation_id,
+        setup_action: query.setup_action,
+    };
+    let integration = service
+        .complete(connector, query.state.as_deref(), &params)
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "integration": integration })))
+}
+
+async fn callback(
+    service: web::Data<IntegrationService>,
+    path: web::Path<String>,
+    query: web::Query<CallbackQuery>,
+) -> Result<HttpResponse, ApiError> {
+    callback_inner(&service, &path.into_inner(), query.into_inner()).await
+}
+
+async fn slack_callback(
+    service: web::Data<IntegrationService>,
+    query: web::Query<CallbackQuery>,
+) -> Result<HttpResponse, ApiError> {
+    callback_inner(&service, SLACK, query.into_inner()).await
+}
+
+async fn list(
+    service: web::Data<IntegrationService>,
+    principal: Principal,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let items = service
+        .list(&principal, query.connector_type.as_deref())
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "integrations": items })))
+}
+
+async fn get_one(
+    service: web::Data<IntegrationService>,
+    principal: Principal,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(service.get(&principal, *id).await?))
+}
+
+async fn status(
+    service: web::Data<IntegrationService>,
+    principal: Principal,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(service.status(&principal, *id).await?))
+}
+
+async fn refresh(
+    service: web::Data<IntegrationService>,
+    principal: Principal,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(service.refresh(&principal, *id).await?))
+}
+
+async fn delete(
+    service: web::Data<IntegrationService>,
+    principal: Principal,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(service.delete(&principal, *id).await?))
+}
+
+async fn events(
+    service: web::Data<IntegrationService>,
+    principal: Principal,
+    id: web::Path<Uuid>,
+    query: web::Query<EventsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(
+        service
+            .events(&principal, *id, query.before, query.limit)
+            .await?,
+    ))
+}
+
+/// Adds the integration routes and the service as app data.
+pub fn configure(cfg: &mut web::ServiceConfig, service: IntegrationService) {
+    cfg.app_data(web::Data::new(service))
+        .route("/slack/oauth/callback", web::get().to(slack_callback))
+        .route("/integrations", web::post().to(create))
+        .route("/integrations", web::get().to(list))
+        .route(
+            "/integrations/callback/{connector}",
+            web::get().to(callback),
+        )
+        .route("/integrations/{id}", web::get().to(get_one))
+        .route("/integrations/{id}", web::delete().to(delete))
+        .route("/integrations/{id}/status", web::get().to(status))
+        .route("/integrations/{id}/refresh", web::post().to(refresh))
+        .route("/integrations/{id}/events", web::get().to(events));
+}

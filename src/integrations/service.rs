@@ -1,0 +1,488 @@
+//! The integration lifecycle (plain logic behind the REST routes): initiate with a signed
+//! state, complete at the callback, list/get, validate live, refresh, delete (revoke at the
+//! provider), and the GitHub event listing. Every change goes to the audit log.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use infragpt_actors::audit::{AuditEntry, AuditLog};
+use serde::Serialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::connector::{
+    CallbackParams, ConnectorError, ConnectorRegistry, StoredAuthorization, Validation,
+};
+use super::principal::Principal;
+use super::store::{GithubEventRow, Integration, IntegrationStore, StoreError, status};
+use super::vault::{CredentialError, CredentialStore, VaultRegistry};
+use crate::crypto::state::{NonceLedger, StateClaims, StateError, StateSigner};
+
+/// How long a state is accepted.
+pub const STATE_TTL_MINUTES: i64 = 10;
+/// Largest page of events.
+pub const MAX_EVENTS_PAGE: i64 = 100;
+
+/// Lifecycle failures, mapped to HTTP statuses by the routes.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Unknown connector type.
+    #[error("unknown connector type {0:?}")]
+    UnknownConnector(String),
+    /// Not found in the caller's organization.
+    #[error("integration not found")]
+    NotFound,
+    /// The organization already has a live integration of this type.
+    #[error("a {connector_type} integration already exists ({id})")]
+    Exists {
+        /// Type.
+        connector_type: String,
+        /// The existing integration.
+        id: Uuid,
+    },
+    /// The state is forged, expired, replayed or for another connector.
+    #[error("invalid state: {0}")]
+    BadState(String),
+    /// The operation does not apply in the integration's current status.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The provider refused.
+    #[error(transparent)]
+    Provider(ConnectorError),
+    /// A credential operation failed.
+    #[error(transparent)]
+    Credential(CredentialError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<CredentialError> for ServiceError {
+    fn from(e: CredentialError) -> Self {
+        match e {
+            CredentialError::NotFound(_) => Self::NotFound,
+            CredentialError::NotActive { status, .. } => {
+                Self::Conflict(format!("the integration is {status}"))
+            }
+            CredentialError::Refresh(c) => Self::Provider(c),
+            other => Self::Credential(other),
+        }
+    }
+}
+
+impl From<ConnectorError> for ServiceError {
+    fn from(e: ConnectorError) -> Self {
+        match e {
+            ConnectorError::BadCallback(m) => Self::BadRequest(m),
+            other => Self::Provider(other),
+        }
+    }
+}
+
+/// Answer of `POST /integrations`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Initiated {
+    /// Connector type.
+    #[serde(rename = "type")]
+    pub connector_type: String,
+    /// Where to send the user.
+    pub url: String,
+    /// The pending integration.
+    pub integration_id: Uuid,
+}
+
+/// Answer of `GET /integrations/{id}/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// The integration.
+    pub integration: Integration,
+    /// Live check result.
+    pub validation: Validation,
+}
+
+/// Answer of `DELETE /integrations/{id}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Deleted {
+    /// The integration, now revoked.
+    pub integration: Integration,
+    /// Whether the provider confirmed the revocation.
+    pub provider_revoked: bool,
+    /// Credentials deleted.
+    pub credentials_deleted: usize,
+}
+
+/// A page of events.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventsPage {
+    /// Newest first.
+    pub events: Vec<GithubEventRow>,
+    /// Pass as `before` for the next page; absent on the last page.
+    pub next_before: Option<i64>,
+}
+
+/// The lifecycle service. Cheap to clone.
+#[derive(Clone)]
+pub struct IntegrationService {
+    /// Integration rows.
+    pub store: IntegrationStore,
+    /// Credential rows.
+    pub credentials: CredentialStore,
+    /// Connectors.
+    pub connectors: ConnectorRegistry,
+    /// Vault actors.
+    pub vaults: VaultRegistry,
+    /// State signing.
+    pub signer: Arc<StateSigner>,
+    /// Single use of states.
+    pub ledger: Arc<dyn NonceLedger>,
+    /// Audit log.
+    pub audit: Arc<dyn AuditLog>,
+}
+
+impl std::fmt::Debug for IntegrationService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntegrationService")
+            .field("connectors", &self.connectors)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IntegrationService {
+    async fn audit(
+        &self,
+        organization_id: Uuid,
+        actor: String,
+        action: &str,
+        target: Uuid,
+        details: serde_json::Value,
+    ) {
+        let entry = AuditEntry {
+            organization_id: Some(organization_id),
+            actor,
+            action: action.to_owned(),
+            target: Some(target.to_string()),
+            details,
+        };
+        if let Err(error) = self.audit.append(entry).await {
+            // The change happened; a lost audit line is an operational alert, not a failure.
+            tracing::error!(%error, action, integration_id = %target, "audit entry lost");
+        }
+    }
+
+    /// `POST /integrations`: a pending integration and the provider URL with a signed state.
+    pub async fn initiate(
+        &self,
+        principal: &Principal,
+        connector_type: &str,
+    ) -> Result<Initiated, ServiceError> {
+        let connector = self
+            .connectors
+            .get(connector_type)
+            .ok_or_else(|| ServiceError::UnknownConnector(connector_type.to_owned()))?
+            .clone();
+        let claims = StateClaims::new(
+            principal.organization_id,
+            principal.user_id.clone(),
+            connector_type,
+            Utc::now(),
+            chrono::Duration::minutes(STATE_TTL_MINUTES),
+        )
+        .map_err(|e| ServiceError::Credential(CredentialError::Crypto(e.to_string())))?;
+        let state = self
+            .signer
+            .issue(&claims)
+            .map_err(|e| ServiceError::Credential(CredentialError::Crypto(e.to_string())))?;
+        // Fail on configuration before creating anything.
+        let url = connector.authorization_url(&state)?;
+        let integration = match self
+            .store
+            .begin(
+                principal.organization_id,
+                connector_type,
+                &principal.user_id,
+            )
+            .await?
+        {
+            Ok(row) => row,
+            Err(existing) => {
+                return Err(ServiceError::Exists {
+                    connector_type: connector_type.to_owned(),
+                    id: existing.id,
+                });
+            }
+        };
+        self.audit(
+            principal.organization_id,
+            principal.audit_actor(),
+            "integration.initiated",
+            integration.id,
+            json!({ "connector_type": connector_type }),
+        )
+        .await;
+        Ok(Initiated {
+            connector_type: connector_type.to_owned(),
+            url,
+            integration_id: integration.id,
+        })
+    }
+
+    /// The callback: verifies and consumes the state (before any provider call), completes
+    /// the authorization, stores the credentials encrypted and activates the integration.
+    pub async fn complete(
+        &self,
+        connector_type: &str,
+        state: Option<&str>,
+        params: &CallbackParams,
+    ) -> Result<Integration, ServiceError> {
+        let state = state
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ServiceError::BadState("state is required".to_owned()))?;
+        let connector = self
+            .connectors
+            .get(connector_type)
+            .ok_or_else(|| ServiceError::UnknownConnector(connector_type.to_owned()))?
+            .clone();
+        // MAC and expiry first, then the connector, then consume: a state sent to the wrong
+        // callback is refused without being used up.
+        let claims = self
+            .signer
+            .verify(state, Utc::now())
+            .map_err(|e| ServiceError::BadState(e.to_string()))?;
+        if claims.connector != connector_type {
+            return Err(ServiceError::BadState(format!(
+                "state was issued for {}",
+                claims.connector
+            )));
+        }
+        let claims = self
+            .signer
+            .verify_and_consume(state, Utc::now(), self.ledger.as_ref())
+            .await
+            .map_err(|e| match e {
+                StateError::Ledger(l) => {
+                    ServiceError::Credential(CredentialError::Storage(l.to_string()))
+                }
+                other => ServiceError::BadState(other.to_string()),
+            })?;
+        let authorized = connector.complete_authorization(params).await?;
+        let integration = match self
+            .store
+            .find_for_org(claims.organization_id, connector_type)
+            .await?
+        {
+            Some(row) => row,
+            None => match self
+                .store
+                .begin(claims.organization_id, connector_type, &claims.user_id)
+                .await?
+            {
+                Ok(row) | Err(row) => row,
+            },
+        };
+        // A reinstall replaces the old credentials entirely.
+        self.credentials
+            .delete_all(integration.id)
+            .await
+            .map_err(ServiceError::from)?;
+        let credential_ids = self
+            .credentials
+            .put_all(integration.id, &authorized.credentials)
+            .await?;
+        let integration = self
+            .store
+            .activate(
+                integration.id,
+                &authorized.external_id,
+                &authorized.metadata,
+            )
+            .await?;
+        self.vaults
+            .invalidate(integration.organization_id, integration.id);
+        connector
+            .after_stored(StoredAuthorization {
+                integration: &integration,
+                authorized: &authorized,
+                credential_ids: &credential_ids,
+            })
+            .await?;
+        self.audit(
+            claims.organization_id,
+            format!("user/{}", claims.user_id),
+            "integration.connected",
+            integration.id,
+            json!({
+                "connector_type": connector_type,
+                "external_id": authorized.external_id,
+                "credential_types": credential_ids.keys().collect::<Vec<_>>(),
+            }),
+        )
+        .await;
+        Ok(integration)
+    }
+
+    /// The organization's integrations.
+    pub async fn list(
+        &self,
+        principal: &Principal,
+        connector_type: Option<&str>,
+    ) -> Result<Vec<Integration>, ServiceError> {
+        Ok(self
+            .store
+            .list(principal.organization_id, connector_type)
+            .await?)
+    }
+
+    /// One integration of the caller's organization.
+    pub async fn get(&self, principal: &Principal, id: Uuid) -> Result<Integration, ServiceError> {
+        self.store
+            .get(principal.organization_id, id)
+            .await?
+            .ok_or(ServiceError::NotFound)
+    }
+
+    /// Validates the credential live at the provider.
+    pub async fn status(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+    ) -> Result<StatusReport, ServiceError> {
+        let integration = self.get(principal, id).await?;
+        let connector = self
+            .connectors
+            .get(&integration.connector_type)
+            .ok_or_else(|| ServiceError::UnknownConnector(integration.connector_type.clone()))?
+            .clone();
+        if integration.status != status::ACTIVE {
+            return Ok(StatusReport {
+                validation: Validation {
+                    valid: false,
+                    detail: json!({ "error": format!("integration is {}", integration.status) }),
+                },
+                integration,
+            });
+        }
+        let credential = self
+            .vaults
+            .credential(principal.organization_id, id)
+            .await?;
+        let validation = connector.validate(&integration, &credential).await?;
+        Ok(StatusReport {
+            integration,
+            validation,
+        })
+    }
+
+    /// Refreshes the credentials now.
+    pub async fn refresh(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+    ) -> Result<Integration, ServiceError> {
+        // 404 for another organization's id before anything else.
+        self.get(principal, id).await?;
+        let integration = self.vaults.refresh(principal.organization_id, id).await?;
+        self.audit(
+            principal.organization_id,
+            principal.audit_actor(),
+            "integration.refreshed",
+            id,
+            json!({ "connector_type": integration.connector_type }),
+        )
+        .await;
+        self.get(principal, id).await
+    }
+
+    /// Revokes at the provider, deletes the credentials, marks the integration revoked.
+    pub async fn delete(&self, principal: &Principal, id: Uuid) -> Result<Deleted, ServiceError> {
+        let integration = self.get(principal, id).await?;
+        let connector = self
+            .connectors
+            .get(&integration.connector_type)
+            .ok_or_else(|| ServiceError::UnknownConnector(integration.connector_type.clone()))?
+            .clone();
+        let current = self
+            .credentials
+            .load_set(id)
+            .await
+            .map_err(ServiceError::from)?;
+        let revoke_error = if current.is_empty() {
+            None
+        } else {
+            connector.revoke(&integration, &current).await.err()
+        };
+        drop(current);
+        if let Some(error) = &revoke_error {
+            // The user asked for the credentials to be gone: delete them anyway and record
+            // that the provider did not confirm.
+            tracing::warn!(%error, integration_id = %id, "provider revocation failed; deleting credentials anyway");
+        }
+        let credentials_deleted = self
+            .credentials
+            .delete_all(id)
+            .await
+            .map_err(ServiceError::from)?;
+        self.vaults.invalidate(principal.organization_id, id);
+        let integration = self
+            .store
+            .set_status(id, status::REVOKED)
+            .await?
+            .ok_or(ServiceError::NotFound)?;
+        self.audit(
+            principal.organization_id,
+            principal.audit_actor(),
+            "integration.deleted",
+            id,
+            json!({
+                "connector_type": integration.connector_type,
+                "provider_revoked": revoke_error.is_none(),
+                "revoke_error": revoke_error.as_ref().map(ToString::to_string),
+                "credentials_deleted": credentials_deleted,
+            }),
+        )
+        .await;
+        Ok(Deleted {
+            integration,
+            provider_revoked: revoke_error.is_none(),
+            credentials_deleted,
+        })
+    }
+
+    /// Recent normalized GitHub events of an integration's installation.
+    pub async fn events(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        before: Option<i64>,
+        limit: Option<i64>,
+    ) -> Result<EventsPage, ServiceError> {
+        let integration = self.get(principal, id).await?;
+        let limit = limit.unwrap_or(50);
+        if !(1..=MAX_EVENTS_PAGE).contains(&limit) {
+            return Err(ServiceError::BadRequest(format!(
+                "limit must be between 1 and {MAX_EVENTS_PAGE}"
+            )));
+        }
+        let Some(installation_id) = integration
+            .external_id
+            .as_deref()
+            .filter(|_| integration.connector_type == super::github_app::GITHUB)
+            .and_then(|s| s.parse::<i64>().ok())
+        else {
+            return Ok(EventsPage {
+                events: Vec::new(),
+                next_before: None,
+            });
+        };
+        let events = self.store.events(installation_id, before, limit).await?;
+        let next_before = (i64::try_from(events.len()).unwrap_or(0) == limit)
+            .then(|| events.last().map(|e| e.id))
+            .flatten();
+        Ok(EventsPage {
+            events,
+            next_before,
+        })
+    }
+}

@@ -1,0 +1,441 @@
+//! The Slack connector: OAuth v2 install (`oauth.v2.access`, with token rotation when Slack
+//! returns `refresh_token` + `expires_in`), `auth.test` validation, `auth.revoke`.
+//!
+//! Calls go straight to the Web API with `reqwest` (form-encoded, as Slack documents) so the
+//! base URL can be the simulator's plain `http://` address.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{Duration, Utc};
+use infragpt_actors::Secret;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::connector::{
+    Authorized, CallbackParams, Connector, ConnectorError, CredentialSet, IssuedCredential,
+    StoredAuthorization, Validation, WebhookSetup,
+};
+use super::store::{Integration, IntegrationStore, SlackWorkspaceRecord};
+use crate::config::SlackIntegrationConfig;
+
+/// Connector type.
+pub const SLACK: &str = "slack";
+/// The bot token credential.
+pub const BOT_TOKEN: &str = "bot_token";
+/// The rotation refresh token credential.
+pub const REFRESH_TOKEN: &str = "refresh_token";
+/// Scopes requested when none are configured.
+const DEFAULT_SCOPES: &[&str] = &[
+    "app_mentions:read",
+    "channels:history",
+    "channels:read",
+    "chat:write",
+    "groups:history",
+    "im:history",
+    "reactions:write",
+    "users:read",
+    "users:read.email",
+];
+
+/// Slack connector settings.
+#[derive(Debug, Clone)]
+pub struct SlackConnectorConfig {
+    /// OAuth client id.
+    pub client_id: Option<String>,
+    /// OAuth client secret.
+    pub client_secret: Option<Secret>,
+    /// Redirect URL registered with the app.
+    pub redirect_url: Option<String>,
+    /// Bot scopes.
+    pub scopes: Vec<String>,
+    /// Web API base (`https://slack.com/api/` or a simulator's).
+    pub api_url: String,
+}
+
+impl SlackConnectorConfig {
+    /// From the `integrations.slack` section and `slack.api_url`.
+    pub fn from_config(section: &SlackIntegrationConfig, api_url: &str) -> Self {
+        Self {
+            client_id: section.client_id.clone(),
+            client_secret: section.client_secret.clone(),
+            redirect_url: section.redirect_url.clone(),
+            scopes: section.scopes.clone(),
+            api_url: api_url.to_owned(),
+        }
+    }
+}
+
+/// The Slack connector.
+pub struct SlackConnector {
+    config: SlackConnectorConfig,
+    http: reqwest::Client,
+    store: IntegrationStore,
+}
+
+impl std::fmt::Debug for SlackConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlackConnector")
+            .field("api_url", &self.config.api_url)
+            .field("client_id", &self.config.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ConnectorError {
+    ConnectorError::Unavailable {
+        connector: SLACK,
+        reason: e.to_string(),
+    }
+}
+
+fn rejected(reason: impl Into<String>) -> ConnectorError {
+    ConnectorError::Rejected {
+        connector: SLACK,
+        reason: reason.into(),
+    }
+}
+
+impl SlackConnector {
+    /// A connector with its own HTTP client.
+    pub fn new(
+        config: SlackConnectorConfig,
+        store: IntegrationStore,
+    ) -> Result<Arc<Self>, ConnectorError> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(15))
+            .build()
+            .map_err(|e| ConnectorError::NotConfigured {
+                connector: SLACK,
+                reason: format!("cannot build the HTTP client: {e}"),
+            })?;
+        Ok(Arc::new(Self {
+            config,
+            http,
+            store,
+        }))
+    }
+
+    fn method_url(&self, method: &str) -> String {
+        format!("{}/{method}", self.config.api_url.trim_end_matches('/'))
+    }
+
+    fn client(&self) -> Result<(&str, &Secret), ConnectorError> {
+        match (&self.config.client_id, &self.config.client_secret) {
+            (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => Ok((id, secret)),
+            _ => Err(ConnectorError::NotConfigured {
+                connector: SLACK,
+                reason: "integrations.slack.client_id and client_secret are required".to_owned(),
+            }),
+        }
+    }
+
+    /// Calls a Web API method with form parameters; `Ok(body)` only when `ok: true`.
+    async fn call(
+        &self,
+        method: &str,
+        bearer: Option<&Secret>,
+        basic: Option<(&str, &Secret)>,
+        form: &[(&str, &str)],
+    ) -> Result<Value, ConnectorError> {
+        let mut request = self.http.post(self.method_url(method)).form(form);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token.expose());
+        }
+        if let Some((id, secret)) = basic {
+            request = request.basic_auth(id, Some(secret.expose()));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| unavailable(e.without_url()))?;
+        let status = response.status();
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(unavailable(format!("{method} answered HTTP {status}")));
+        }
+        let body: Value = response.json().await.map_err(|e| {
+            unavailable(format!("{method}: unreadable answer: {}", e.without_url()))
+        })?;
+        if body["ok"].as_bool() == Some(true) {
+            Ok(body)
+        } else {
+            let error = body["error"].as_str().unwrap_or("unknown_error");
+            Err(rejected(format!("{method}: {error}")))
+        }
+    }
+
+    /// The credentials in an `oauth.v2.access` answer.
+    fn issued(body: &Value) -> Result<Vec<IssuedCredential>, ConnectorError> {
+        let token = body["access_token"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| rejected("oauth.v2.access returned no access_token"))?;
+        let expires_at = body["expires_in"]
+            .as_i64()
+            .map(|secs| Utc::now() + Duration::seconds(secs));
+        let mut out = vec![IssuedCredential {
+            credential_type: BOT_TOKEN.to_owned(),
+            secret: Secret::new(token),
+            expires_at,
+        }];
+        if let Some(refresh) = body["refresh_token"].as_str().filter(|t| !t.is_empty()) {
+            out.push(IssuedCredential {
+                credential_type: REFRESH_TOKEN.to_owned(),
+                secret: Secret::new(refresh),
+                expires_at: None,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Connector for SlackConnector {
+    fn connector_type(&self) -> &'static str {
+        SLACK
+    }
+
+    fn primary_credential(&self) -> &'static str {
+        BOT_TOKEN
+    }
+
+    fn authorization_url(&self, state: &str) -> Result<String, ConnectorError> {
+        let (client_id, _) = self.client()?;
+        // `https://slack.com/api/` → `https://slack.com/oauth/v2/authorize`.
+        let api = self.config.api_url.trim_end_matches('/');
+        let root = api.strip_suffix("/api").unwrap_or(api);
+        let scopes = if self.config.scopes.is_empty() {
+            DEFAULT_SCOPES.join(",")
+        } else {
+            self.config.scopes.join(",")
+        };
+        let mut url = url::Url::parse(&format!("{root}/oauth/v2/authorize")).map_err(|e| {
+            ConnectorError::NotConfigured {
+                connector: SLACK,
+                reason: format!("slack.api_url: {e}"),
+            }
+        })?;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("client_id", client_id);
+            q.append_pair("scope", &scopes);
+            if let Some(redirect) = &self.config.redirect_url {
+                q.append_pair("redirect_uri", redirect);
+            }
+            q.append_pair("state", state);
+        }
+        Ok(url.into())
+    }
+
+    async fn complete_authorization(
+        &self,
+        params: &CallbackParams,
+    ) -> Result<Authorized, ConnectorError> {
+        let code = params
+            .code
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| ConnectorError::BadCallback("code is required".to_owned()))?;
+        let (client_id, secret) = self.client()?;
+        let mut form = vec![("code", code)];
+        if let Some(redirect) = &self.config.redirect_url {
+            form.push(("redirect_uri", redirect.as_str()));
+        }
+        let body = self
+            .call("oauth.v2.access", None, Some((client_id, secret)), &form)
+            .await?;
+        let team_id = body["team"]["id"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| rejected("oauth.v2.access returned no team.id"))?
+            .to_owned();
+        let credentials = Self::issued(&body)?;
+        let metadata = json!({
+            "team_id": team_id,
+            "team_name": body["team"]["name"],
+            "bot_user_id": body["bot_user_id"],
+            "app_id": body["app_id"],
+            "scope": body["scope"],
+            "authed_user": body["authed_user"]["id"],
+            "enterprise_id": body["enterprise"]["id"],
+            "token_rotation": body["refresh_token"].is_string(),
+        });
+        tracing::info!(team_id = %team_id, rotation = body["refresh_token"].is_string(), "slack workspace authorized");
+        Ok(Authorized {
+            external_id: team_id,
+            metadata,
+            credentials,
+        })
+    }
+
+    async fn after_stored(&self, stored: StoredAuthorization<'_>) -> Result<(), ConnectorError> {
+        let Some(token_ref) = stored.credential_ids.get(BOT_TOKEN).copied() else {
+            return Err(ConnectorError::MissingCredential(BOT_TOKEN.to_owned()));
+        };
+        let meta = &stored.authorized.metadata;
+        let text = |k: &str| meta[k].as_str().map(str::to_owned);
+        self.store
+            .upsert_slack_workspace(&SlackWorkspaceRecord {
+                team_id: stored.authorized.external_id.clone(),
+                team_name: text("team_name"),
+                bot_user_id: text("bot_user_id"),
+                app_id: text("app_id"),
+                organization_id: stored.integration.organization_id,
+                token_ref,
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn validate(
+        &self,
+        _integration: &Integration,
+        credential: &Secret,
+    ) -> Result<Validation, ConnectorError> {
+        match self.call("auth.test", Some(credential), None, &[]).await {
+            Ok(body) => Ok(Validation {
+                valid: true,
+                detail: json!({
+                    "team_id": body["team_id"],
+                    "team": body["team"],
+                    "bot_user_id": body["user_id"],
+                }),
+            }),
+            Err(ConnectorError::Rejected { reason, .. }) => Ok(Validation {
+                valid: false,
+                detail: json!({ "error": reason }),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn refresh(
+        &self,
+        integration: &Integration,
+        current: &CredentialSet,
+    ) -> Result<Vec<IssuedCredential>, ConnectorError> {
+        let Some(refresh) = current.get(REFRESH_TOKEN) else {
+            // No rotation: the bot token does not expire and there is nothing to refresh.
+            return Err(ConnectorError::Unsupported {
+                connector: SLACK,
+                operation: "refresh without token rotation",
+            });
+        };
+        let (client_id, secret) = self.client()?;
+        let body = self
+            .call(
+                "oauth.v2.access",
+                None,
+                Some((client_id, secret)),
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh.expose()),
+                ],
+            )
+            .await?;
+        tracing::info!(integration_id = %integration.id, "slack bot token refreshed");
+        Self::issued(&body)
+    }
+
+    async fn revoke(
+        &self,
+        integration: &Integration,
+        current: &CredentialSet,
+    ) -> Result<(), ConnectorError> {
+        if let Some(token) = current.get(BOT_TOKEN) {
+            self.call("auth.revoke", Some(token), None, &[]).await?;
+        }
+        if let Some(team) = &integration.external_id {
+            self.store
+                .revoke_slack_workspace(team, "integration deleted")
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn configure_webhooks(
+        &self,
+        _integration: &Integration,
+    ) -> Result<WebhookSetup, ConnectorError> {
+        Ok(WebhookSetup {
+            delivery: "socket_mode_or_events_api".to_owned(),
+            note: "Slack events are subscribed in the app manifest (Socket Mode or /slack/events)"
+                .to_owned(),
+        })
+    }
+}
+
+/// Used by tests: the credential row id recorded for a team (`slack_workspaces.token_ref`).
+pub async fn workspace_token_ref(
+    store: &IntegrationStore,
+    team_id: &str,
+) -> Result<Option<Uuid>, super::store::StoreError> {
+    Ok(store
+        .slack_workspace(team_id)
+        .await?
+        .and_then(|(_, token_ref, _)| token_ref)
+        .and_then(|t| t.parse().ok()))
+}
+
+/// The bot token of an installed workspace, through its organization's vault (refreshed when
+/// it is about to expire): what the Slack Web API adapter uses for workspaces whose
+/// `slack_workspaces.token_ref` is a credential id. `Ok(None)` when the team is not installed
+/// through an integration (unknown, revoked, or served by the configured `slack.bot_token`).
+pub async fn bot_token_for_team(
+    store: &IntegrationStore,
+    vaults: &super::vault::VaultRegistry,
+    team_id: &str,
+) -> Result<Option<Secret>, super::vault::CredentialError> {
+    let Some((status, Some(_token_ref), Some(organization_id))) =
+        store.slack_workspace(team_id).await?
+    else {
+        return Ok(None);
+    };
+    if status != "active" {
+        return Ok(None);
+    }
+    let Some(integration) = store.find_for_org(organization_id, SLACK).await? else {
+        return Ok(None);
+    };
+    if integration.external_id.as_deref() != Some(team_id) {
+        return Ok(None);
+    }
+    vaults
+        .credential(organization_id, integration.id)
+        .await
+        .map(Some)
+}
+
+/// Bot tokens of workspaces installed through the Slack integration, decrypted by the
+/// organization's vault actor: the multi-workspace source for the Slack Web API adapter.
+#[derive(Clone)]
+pub struct VaultSlackTokens {
+    store: IntegrationStore,
+    vaults: super::vault::VaultRegistry,
+}
+
+impl std::fmt::Debug for VaultSlackTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultSlackTokens").finish_non_exhaustive()
+    }
+}
+
+impl VaultSlackTokens {
+    /// A source over the integration store and the vault actors.
+    pub fn new(store: IntegrationStore, vaults: super::vault::VaultRegistry) -> Self {
+        Self { store, vaults }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::slack::workspaces::WorkspaceTokens for VaultSlackTokens {
+    async fn bot_token(
+        &self,
+        team: &infragpt_actors::ids::TeamId,
+    ) -> Result<Option<Secret>, crate::slack::workspaces::TokenSourceError> {
+        bot_token_for_team(&self.store, &self.vaults, team.as_str())
+            .await
+            .map_err(|e| crate::slack::workspaces::TokenSourceError(e.to_string()))
+    }
+}

@@ -1,0 +1,581 @@
+//! Integration rows, GitHub repositories and events, Slack workspaces: the non-secret state of
+//! the integrations. Every organization-facing read is scoped by organization id.
+
+use chrono::{DateTime, Utc};
+use diesel::dsl::now;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::db::Pool;
+use crate::db::schema::{github_events, github_repositories, integrations, slack_workspaces};
+use crate::github::normalize::{NormalizedEvent, RepoRef};
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No pooled connection.
+    #[error("integration store unavailable: {0}")]
+    Pool(String),
+    /// A statement failed.
+    #[error("integration store query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+}
+
+/// Lifecycle state of an integration.
+pub mod status {
+    /// Started, waiting for the provider's callback.
+    pub const PENDING: &str = "pending";
+    /// Authorized and usable.
+    pub const ACTIVE: &str = "active";
+    /// Suspended at the provider (GitHub installation suspended).
+    pub const SUSPENDED: &str = "suspended";
+    /// Uninstalled or revoked; credentials deleted.
+    pub const REVOKED: &str = "revoked";
+    /// The credential no longer works (validation or refresh failed for good).
+    pub const ERROR: &str = "error";
+}
+
+/// An `integrations` row. Holds no secrets, so it can be answered as is.
+#[derive(Debug, Clone, PartialEq, Serialize, Queryable, Selectable)]
+#[diesel(table_name = integrations)]
+pub struct Integration {
+    /// Our id.
+    pub id: Uuid,
+    /// Owning organization.
+    pub organization_id: Uuid,
+    /// `slack`, `github`, ...
+    pub connector_type: String,
+    /// See [`status`].
+    pub status: String,
+    /// Slack team id, GitHub installation id.
+    pub external_id: Option<String>,
+    /// Provider facts (account, permissions, team name...).
+    pub metadata: serde_json::Value,
+    /// Clerk user id of whoever started it.
+    pub created_by: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Last time a credential was served.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// A stored normalized GitHub event.
+#[derive(Debug, Clone, PartialEq, Serialize, Queryable, Selectable)]
+#[diesel(table_name = github_events)]
+pub struct GithubEventRow {
+    /// Row id (the pagination cursor).
+    pub id: i64,
+    /// `X-GitHub-Delivery`.
+    pub delivery_id: String,
+    /// Installation.
+    pub installation_id: Option<i64>,
+    /// Event name.
+    pub event: String,
+    /// Action.
+    pub action: Option<String>,
+    /// `owner/name`.
+    pub repository: Option<String>,
+    /// Sender login.
+    pub actor: Option<String>,
+    /// Branch or tag.
+    pub git_ref: Option<String>,
+    /// PR/issue/run number.
+    pub number: Option<i64>,
+    /// Title or name.
+    pub title: Option<String>,
+    /// State or status.
+    pub state: Option<String>,
+    /// Conclusion.
+    pub conclusion: Option<String>,
+    /// Event-specific facts.
+    pub summary: serde_json::Value,
+    /// When stored.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A Slack workspace to record after an install.
+#[derive(Debug, Clone)]
+pub struct SlackWorkspaceRecord {
+    /// Team id.
+    pub team_id: String,
+    /// Team name.
+    pub team_name: Option<String>,
+    /// The bot's user id.
+    pub bot_user_id: Option<String>,
+    /// The app id.
+    pub app_id: Option<String>,
+    /// Owning organization.
+    pub organization_id: Uuid,
+    /// `integration_credentials.id` of the bot token.
+    pub token_ref: Uuid,
+}
+
+/// The integration tables.
+#[derive(Clone)]
+pub struct IntegrationStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for IntegrationStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntegrationStore")
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+type Conn = diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection>;
+
+impl IntegrationStore {
+    /// A store on `pool`.
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool (shared with the other adapters).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Pool(e.to_string()))
+    }
+
+    /// The organization's integration of `connector_type`, if any.
+    pub async fn find_for_org(
+        &self,
+        organization_id: Uuid,
+        connector_type: &str,
+    ) -> Result<Option<Integration>, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(integrations::table
+            .filter(integrations::organization_id.eq(organization_id))
+            .filter(integrations::connector_type.eq(connector_type))
+            .select(Integration::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?)
+    }
+
+    /// Creates a pending integration, or resets an existing pending/revoked/error one to
+    /// pending. `Ok(Err(existing))` when the organization already has a live one (active or
+    /// suspended).
+    pub async fn begin(
+        &self,
+        organization_id: Uuid,
+        connector_type: &str,
+        user_id: &str,
+    ) -> Result<Result<Integration, Integration>, StoreError> {
+        let mut conn = self.conn().await?;
+        let inserted: Option<Integration> = diesel::insert_into(integrations::table)
+            .values((
+                integrations::organization_id.eq(organization_id),
+                integrations::connector_type.eq(connector_type),
+                integrations::status.eq(status::PENDING),
+                integrations::created_by.eq(user_id),
+            ))
+            .on_conflict_do_nothing()
+            .returning(Integration::as_returning())
+            .get_result(&mut conn)
+            .await
+            .optional()?;
+        if let Some(row) = inserted {
+            return Ok(Ok(row));
+        }
+        // Reuse a finished attempt; a live integration is left alone.
+        let reset: Option<Integration> = diesel::update(
+            integrations::table
+                .filter(integrations::organization_id.eq(organization_id))
+                .filter(integrations::connector_type.eq(connector_type))
+                .filter(integrations::status.ne_all([status::ACTIVE, status::SUSPENDED])),
+        )
+        .set((
+            integrations::status.eq(status::PENDING),
+            integrations::created_by.eq(user_id),
+            integrations::updated_at.eq(now),
+        ))
+        .returning(Integration::as_returning())
+        .get_result(&mut conn)
+        .await
+        .optional()?;
+        if let Some(row) = reset {
+            return Ok(Ok(row));
+        }
+        let existing = integrations::table
+            .filter(integrations::organization_id.eq(organization_id))
+            .filter(integrations::connector_type.eq(connector_type))
+            .select(Integration::as_select())
+            .first(&mut conn)
+            .await?;
+        Ok(Err(existing))
+    }
+
+    /// One integration of one organization (another organization's → `None`).
+    pub async fn get(
+        &self,
+        organization_id: Uuid,
+        id: Uuid,
+    ) -> Result<Option<Integration>, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(integrations::table
+            .filter(integrations::id.eq(id))
+            .filter(integrations::organization_id.eq(organization_id))
+            .select(Integration::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?)
+    }
+
+    /// One integration by id, whatever its organization (internal use: stream handlers,
+    /// rotation).
+    pub async fn get_any(&self, id: Uuid) -> Result<Option<Integration>, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(integrations::table
+            .find(id)
+            .select(Integration::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?)
+    }
+
+    /// The organization's integrations, optionally of one connector type.
+    pub async fn list(
+        &self,
+        organization_id: Uuid,
+        connector_type: Option<&str>,
+    ) -> Result<Vec<Integration>, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut query = integrations::table
+            .filter(integrations::organization_id.eq(organization_id))
+            .order(integrations::created_at.asc())
+            .select(Integration::as_select())
+            .into_boxed();
+        if let Some(t) = connector_type {
+            query = query.filter(integrations::connector_type.eq(t.to_owned()));
+        }
+        Ok(query.load(&mut conn).await?)
+    }
+
+    /// The integration linked to a provider-side id (`github` + installation id).
+    pub async fn find_by_external(
+        &self,
+        connector_type: &str,
+        external_id: &str,
+    ) -> Result<Option<Integration>, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(integrations::table
+            .filter(integrations::connector_type.eq(connector_type))
+            .filter(integrations::external_id.eq(external_id))
+            .order(integrations::updated_at.desc())
+            .select(Integration::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?)
+    }
+
+    /// Marks an integration authorized: status, provider id and metadata.
+    pub async fn activate(
+        &self,
+        id: Uuid,
+        external_id: &str,
+        metadata: &serde_json::Value,
+    ) -> Result<Integration, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(diesel::update(integrations::table.find(id))
+            .set((
+                integrations::status.eq(status::ACTIVE),
+                integrations::external_id.eq(external_id),
+                integrations::metadata.eq(metadata),
+                integrations::updated_at.eq(now),
+            ))
+            .returning(Integration::as_returning())
+            .get_result(&mut conn)
+            .await?)
+    }
+
+    /// Sets the status; returns the updated row (`None` when it does not exist).
+    pub async fn set_status(
+        &self,
+        id: Uuid,
+        new_status: &str,
+    ) -> Result<Option<Integration>, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(diesel::update(integrations::table.find(id))
+            .set((
+                integrations::status.eq(new_status),
+                integrations::updated_at.eq(now),
+            ))
+            .returning(Integration::as_returning())
+            .get_result(&mut conn)
+            .await
+            .optional()?)
+    }
+
+    /// Merges `patch` (an object) into the metadata.
+    pub async fn merge_metadata(
+        &self,
+        id: Uuid,
+        patch: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let Some(current) = self.get_any(id).await? else {
+            return Ok(());
+        };
+        let mut merged = current.metadata;
+        if let (Some(target), Some(src)) = (merged.as_object_mut(), patch.as_object()) {
+            for (k, v) in src {
+                target.insert(k.clone(), v.clone());
+            }
+        }
+        let mut conn = self.conn().await?;
+        diesel::update(integrations::table.find(id))
+            .set((
+                integrations::metadata.eq(merged),
+                integrations::updated_at.eq(now),
+            ))
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Records that a credential of the integration was served.
+    pub async fn touch(&self, id: Uuid) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        diesel::update(integrations::table.find(id))
+            .set(integrations::last_used_at.eq(now))
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    // ----- GitHub repositories -------------------------------------------------------------
+
+    /// Adds (or renames) repositories of an installation.
+    pub async fn add_repositories(
+        &self,
+        installation_id: i64,
+        repos: &[RepoRef],
+    ) -> Result<(), StoreError> {
+        if repos.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        for repo in repos {
+            diesel::insert_into(github_repositories::table)
+                .values((
+                    github_repositories::installation_id.eq(installation_id),
+                    github_repositories::repository_id.eq(repo.id),
+                    github_repositories::full_name.eq(&repo.full_name),
+                    github_repositories::private.eq(repo.private),
+                ))
+                .on_conflict((
+                    github_repositories::installation_id,
+                    github_repositories::repository_id,
+                ))
+                .do_update()
+                .set((
+                    github_repositories::full_name.eq(&repo.full_name),
+                    github_repositories::private.eq(repo.private),
+                ))
+                .execute(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the repository list of an installation.
+    pub async fn replace_repositories(
+        &self,
+        installation_id: i64,
+        repos: &[RepoRef],
+    ) -> Result<(), StoreError> {
+        self.remove_all_repositories(installation_id).await?;
+        self.add_repositories(installation_id, repos).await
+    }
+
+    /// Removes repositories of an installation.
+    pub async fn remove_repositories(
+        &self,
+        installation_id: i64,
+        repository_ids: &[i64],
+    ) -> Result<(), StoreError> {
+        if repository_ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        diesel::delete(
+            github_repositories::table
+                .filter(github_repositories::installation_id.eq(installation_id))
+                .filter(github_repositories::repository_id.eq_any(repository_ids)),
+        )
+        .execute(&mut conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes every repository of an installation.
+    pub async fn remove_all_repositories(&self, installation_id: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        diesel::delete(
+            github_repositories::table
+                .filter(github_repositories::installation_id.eq(installation_id)),
+        )
+        .execute(&mut conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Repositories of an installation, by name.
+    pub async fn repositories(&self, installation_id: i64) -> Result<Vec<RepoRef>, StoreError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<(i64, String, bool)> = github_repositories::table
+            .filter(github_repositories::installation_id.eq(installation_id))
+            .order(github_repositories::full_name.asc())
+            .select((
+                github_repositories::repository_id,
+                github_repositories::full_name,
+                github_repositories::private,
+            ))
+            .load(&mut conn)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, full_name, private)| RepoRef {
+                id,
+                full_name,
+                private,
+            })
+            .collect())
+    }
+
+    // ----- GitHub events -------------------------------------------------------------------
+
+    /// Stores a normalized event once per delivery id; true when it was new.
+    pub async fn insert_event(
+        &self,
+        delivery_id: &str,
+        event: &NormalizedEvent,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let n = diesel::insert_into(github_events::table)
+            .values((
+                github_events::delivery_id.eq(delivery_id),
+                github_events::installation_id.eq(event.installation_id),
+                github_events::event.eq(&event.event),
+                github_events::action.eq(&event.action),
+                github_events::repository.eq(&event.repository),
+                github_events::actor.eq(&event.actor),
+                github_events::git_ref.eq(&event.git_ref),
+                github_events::number.eq(event.number),
+                github_events::title.eq(&event.title),
+                github_events::state.eq(&event.state),
+                github_events::conclusion.eq(&event.conclusion),
+                github_events::summary.eq(&event.summary),
+            ))
+            .on_conflict(github_events::delivery_id)
+            .do_nothing()
+            .execute(&mut conn)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Newest events of an installation, `limit` at most, older than the `before` row id.
+    pub async fn events(
+        &self,
+        installation_id: i64,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<GithubEventRow>, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut query = github_events::table
+            .filter(github_events::installation_id.eq(installation_id))
+            .order(github_events::id.desc())
+            .limit(limit)
+            .select(GithubEventRow::as_select())
+            .into_boxed();
+        if let Some(before) = before {
+            query = query.filter(github_events::id.lt(before));
+        }
+        Ok(query.load(&mut conn).await?)
+    }
+
+    // ----- Slack workspaces ----------------------------------------------------------------
+
+    /// Records an installed workspace; a reinstall replaces the token reference (one active
+    /// token per team).
+    pub async fn upsert_slack_workspace(
+        &self,
+        ws: &SlackWorkspaceRecord,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let token_ref = ws.token_ref.to_string();
+        diesel::insert_into(slack_workspaces::table)
+            .values((
+                slack_workspaces::team_id.eq(&ws.team_id),
+                slack_workspaces::team_name.eq(&ws.team_name),
+                slack_workspaces::bot_user_id.eq(&ws.bot_user_id),
+                slack_workspaces::app_id.eq(&ws.app_id),
+                slack_workspaces::organization_id.eq(ws.organization_id),
+                slack_workspaces::token_ref.eq(&token_ref),
+                slack_workspaces::status.eq("active"),
+            ))
+            .on_conflict(slack_workspaces::team_id)
+            .do_update()
+            .set((
+                slack_workspaces::team_name.eq(&ws.team_name),
+                slack_workspaces::bot_user_id.eq(&ws.bot_user_id),
+                slack_workspaces::app_id.eq(&ws.app_id),
+                slack_workspaces::organization_id.eq(ws.organization_id),
+                slack_workspaces::token_ref.eq(&token_ref),
+                slack_workspaces::status.eq("active"),
+                slack_workspaces::status_reason.eq(None::<String>),
+                slack_workspaces::updated_at.eq(now),
+            ))
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a workspace revoked (its token is gone).
+    pub async fn revoke_slack_workspace(
+        &self,
+        team_id: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        diesel::update(slack_workspaces::table.find(team_id))
+            .set((
+                slack_workspaces::status.eq("revoked"),
+                slack_workspaces::status_reason.eq(reason),
+                slack_workspaces::token_ref.eq(None::<String>),
+                slack_workspaces::updated_at.eq(now),
+            ))
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// `(status, token_ref)` of a workspace.
+    pub async fn slack_workspace(
+        &self,
+        team_id: &str,
+    ) -> Result<Option<(String, Option<String>, Option<Uuid>)>, StoreError> {
+        let mut conn = self.conn().await?;
+        Ok(slack_workspaces::table
+            .find(team_id)
+            .select((
+                slack_workspaces::status,
+                slack_workspaces::token_ref,
+                slack_workspaces::organization_id,
+            ))
+            .first(&mut conn)
+            .await
+            .optional()?)
+    }
+}
