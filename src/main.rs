@@ -52,11 +52,28 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         reply_timeout: u64,
     },
+    /// Credential vault maintenance.
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum VaultCommand {
+    /// Re-encrypt every credential under the active key (resumable; safe to run again).
+    Rotate {
+        /// Rows per batch.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+    },
+    /// How many credentials each key seals; a key with no rows can be removed.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +180,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        Command::Vault { command } => {
+            let mut telemetry: infragpt::telemetry::TelemetryConfig = (&config).into();
+            telemetry.to_stderr = true;
+            let _telemetry = infragpt::telemetry::init(&telemetry)?;
+            block_on(vault(config, command))
+        }
         Command::Migrate { status } => {
             let mut telemetry: infragpt::telemetry::TelemetryConfig = (&config).into();
             telemetry.to_stderr = true;
@@ -182,6 +205,60 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(fut: F) -> anyh
             .unwrap_or_else(|e| panic!("cannot build the tokio runtime: {e}"))
     })
     .block_on(fut)
+}
+
+async fn vault(config: Config, command: VaultCommand) -> anyhow::Result<()> {
+    use infragpt::integrations::{load_keyring, vault_cli};
+    let db = infragpt::server::open_database(&config).await?;
+    let result = async {
+        match command {
+            VaultCommand::Rotate { batch } => {
+                let keyring = load_keyring(&config.vault).context("loading the vault keys")?;
+                let report = vault_cli::rotate(&db, &keyring, batch).await?;
+                println!(
+                    "active key {}: {} examined, {} rotated, {} skipped, {} failed in {} batches",
+                    report.active_key,
+                    report.examined,
+                    report.rotated,
+                    report.skipped,
+                    report.failed,
+                    report.batches
+                );
+                for id in &report.failed_ids {
+                    println!("failed   {id}");
+                }
+                if report.failed > 0 {
+                    anyhow::bail!("{} credentials could not be re-encrypted", report.failed);
+                }
+            }
+            VaultCommand::Status => {
+                let keyring = load_keyring(&config.vault).ok();
+                let status = vault_cli::status(&db, keyring.as_ref()).await?;
+                println!(
+                    "active key: {}",
+                    status
+                        .active_key
+                        .as_deref()
+                        .unwrap_or("(no key configured)")
+                );
+                for (key, rows) in &status.rows_per_key {
+                    println!("{key}: {rows} credentials");
+                }
+                if status.keys_pending_rotation.is_empty() {
+                    println!("no credential uses an old key");
+                } else {
+                    println!(
+                        "still in use, run `infragpt vault rotate`: {}",
+                        status.keys_pending_rotation.join(", ")
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    db.shutdown().await;
+    result
 }
 
 async fn migrate(config: Config, status_only: bool) -> anyhow::Result<()> {
