@@ -130,13 +130,18 @@ impl Module for CoreModule {
 /// Opens the database, builds every module and starts the listeners.
 pub async fn start(config: Config) -> anyhow::Result<(RunningServer, Core)> {
     let db = server::open_database(&config).await?;
-    let built = Core::start(&config, &db).and_then(|core| {
-        let modules = build_modules(&config, &db, &core)?;
-        Ok((core, modules))
-    });
-    let (core, modules) = match built {
-        Ok(b) => b,
+    let core = match Core::start(&config, &db) {
+        Ok(core) => core,
         Err(e) => {
+            db.shutdown().await;
+            return Err(e);
+        }
+    };
+    let modules = match build_modules(&config, &db, &core) {
+        Ok(modules) => modules,
+        Err(e) => {
+            // Stop the actors while the runtime still runs them.
+            core.cluster.shutdown().await;
             db.shutdown().await;
             return Err(e);
         }

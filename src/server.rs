@@ -298,6 +298,8 @@ impl RunningServer {
 
 /// How often the gRPC health status is brought in line with the readiness checks.
 const READINESS_POLL: Duration = Duration::from_secs(5);
+/// How often readiness is re-checked while not ready.
+const READINESS_POLL_NOT_READY: Duration = Duration::from_millis(250);
 
 /// Sets the gRPC health from one readiness report; returns the new state.
 async fn follow_readiness_once(
@@ -321,7 +323,14 @@ async fn follow_readiness_once(
 /// Keeps `grpc.health.v1.Health` in line with `/readyz` (SERVING only while ready).
 async fn follow_readiness(readiness: Readiness, health: GrpcHealth, mut ready: bool) {
     loop {
-        tokio::time::sleep(READINESS_POLL).await;
+        // While not ready, look again soon: SERVING should follow /readyz closely after
+        // start-up or an outage, not up to a whole poll period later.
+        let wait = if ready {
+            READINESS_POLL
+        } else {
+            READINESS_POLL_NOT_READY
+        };
+        tokio::time::sleep(wait).await;
         if readiness.is_shutting_down() {
             return;
         }

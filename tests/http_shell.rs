@@ -554,6 +554,7 @@ async fn serve_binary_starts_and_stops_gracefully_on_sigterm() {
         &path,
         "bind_address: 127.0.0.1\nport: 0\ngrpc_port: 0\nlog_format: json\nlog_level: info\n\
          shutdown_grace_ms: 5000\nadmin:\n  token: ${E2E_ADMIN_TOKEN}\n\
+         vault:\n  dev_key_file: ${E2E_VAULT_FILE}\n\
          database:\n  url: ${E2E_DATABASE_URL}\n  pool_size: 2\n",
     )
     .unwrap();
@@ -563,6 +564,7 @@ async fn serve_binary_starts_and_stops_gracefully_on_sigterm() {
         .arg("serve")
         .env("E2E_DATABASE_URL", tdb.url.expose())
         .env("E2E_ADMIN_TOKEN", "e2e-admin-s3cret")
+        .env("E2E_VAULT_FILE", dir.path().join("vault.key"))
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -635,13 +637,24 @@ async fn serve_binary_starts_and_stops_gracefully_on_sigterm() {
             .connect()
             .await
             .unwrap();
-        let resp = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .unwrap();
-        assert_eq!(resp.into_inner().status, ServingStatus::Serving as i32);
+        // gRPC health follows /readyz within a poll period.
+        let mut client = HealthClient::new(channel);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = client
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            if status == ServingStatus::Serving as i32 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "gRPC health never SERVING");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     let killed = std::process::Command::new("kill")
