@@ -150,6 +150,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         deleted_at -> Nullable<Timestamptz>,
+        clerk_updated_at -> Nullable<Int8>,
     }
 }
 
@@ -178,6 +179,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         deleted_at -> Nullable<Timestamptz>,
+        clerk_updated_at -> Nullable<Int8>,
     }
 }
 
@@ -211,6 +213,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         deleted_at -> Nullable<Timestamptz>,
+        clerk_updated_at -> Nullable<Int8>,
     }
 }
 
