@@ -25,7 +25,8 @@ async fn bad_signatures_are_401_and_record_nothing() {
         .expect("a J in John");
     tampered[pos] = b'X';
 
-    let cases: Vec<(&str, Vec<u8>, Vec<(&str, String)>)> = vec![
+    type Case = (&'static str, Vec<u8>, Vec<(&'static str, String)>);
+    let cases: Vec<Case> = vec![
         (
             "tampered body",
             tampered,
@@ -543,9 +544,11 @@ async fn module_serves_the_webhook_on_its_own_port_too() {
         infragpt_actors::Metrics::new().expect("metrics"),
     )
     .expect("cluster");
-    let mut config = Config::default();
-    config.bind_address = "127.0.0.1".into();
-    config.http_log = false;
+    let mut config = Config {
+        bind_address: "127.0.0.1".into(),
+        http_log: false,
+        ..Config::default()
+    };
     config.identity.clerk.webhook_secret = Some(infragpt_actors::Secret::new(SVIX_SECRET));
     config.identity.clerk.port = Some(0);
     let state = AppState {
