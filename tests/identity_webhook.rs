@@ -618,3 +618,27 @@ async fn module_serves_the_webhook_on_its_own_port_too() {
     );
     cluster.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn slug_clash_from_a_missed_rename_does_not_block_the_stream() {
+    let h = Harness::start().await;
+    let app = test::init_service(infragpt::http::app(h.shell(None))).await;
+    // Org X holds `acme-corp`; Clerk renamed it (event not here yet) and org Y took the slug.
+    deliver(&app, &new_svix_id(), &clerk_fixture("organization.created")).await;
+    let mut other: Value =
+        serde_json::from_slice(&clerk_fixture("organization.created")).expect("json");
+    other["data"]["id"] = json!("org_other");
+    other["data"]["name"] = json!("Other");
+    deliver(&app, &new_svix_id(), other.to_string().as_bytes()).await;
+    h.wait_idle().await;
+    assert_eq!(h.count(EventStatus::Done).await, 2, "no dead letter");
+    let orgs = rows(&full_dump(h.pool()).await, "organizations");
+    assert_eq!(row(&orgs, "clerk_id", "org_other")["slug"], "acme-corp");
+    assert_eq!(row(&orgs, "clerk_id", ORG)["slug"], Value::Null);
+    // X's rename arrives: it gets its new slug.
+    deliver(&app, &new_svix_id(), &clerk_fixture("organization.updated")).await;
+    h.wait_idle().await;
+    let orgs = rows(&full_dump(h.pool()).await, "organizations");
+    assert_eq!(row(&orgs, "clerk_id", ORG)["slug"], "acme-corp-updated");
+    assert_eq!(row(&orgs, "clerk_id", "org_other")["slug"], "acme-corp");
+}
