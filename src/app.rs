@@ -20,6 +20,7 @@ use crate::grpc::server::GrpcShell;
 use crate::http::ops::{self, OpsState};
 use crate::http::reply::ReplyAuth;
 use crate::http::{HttpShell, ReadinessCheck};
+use crate::identity::module::IdentityModule;
 use crate::integrations::slack_connector::VaultSlackTokens;
 use crate::integrations::{IntegrationParts, IntegrationsModule, load_keyring, state_key};
 use crate::server::{self, AppState, Module, RunningServer, ShutdownSignals};
@@ -204,6 +205,8 @@ fn build_modules(
 
     Ok(vec![
         Box::new(CoreModule::new(core.clone())),
+        // Identity before the REST modules: it adds the JWT authenticator as app data.
+        Box::new(IdentityModule::new(config.identity.clone(), cluster.clone())),
         Box::new(SlackModule::new(
             config.slack.clone(),
             cluster.clone(),

@@ -44,6 +44,24 @@ fn test_config(db: &TestDb) -> config::Config {
     config::load_str(&yaml, "ops-test.yaml").expect("config")
 }
 
+/// The service with only the actor core's module (ops routes, overload check): the three
+/// real event sources belong to the Slack, GitHub and identity modules, and these tests plug
+/// their own handler into one of them.
+async fn start_core(
+    config: config::Config,
+) -> (infragpt::server::RunningServer, infragpt::app::Core) {
+    let db = infragpt::server::open_database(&config)
+        .await
+        .expect("database");
+    let core = infragpt::app::Core::start(&config, &db).expect("core");
+    let modules: Vec<Box<dyn infragpt::server::Module>> =
+        vec![Box::new(infragpt::app::CoreModule::new(core.clone()))];
+    let running = infragpt::server::start_prepared(config, modules, db)
+        .await
+        .expect("service starts");
+    (running, core)
+}
+
 fn event(id: &str, fail: bool) -> NewInboundEvent {
     NewInboundEvent {
         source: EventSource::Clerk,
@@ -91,9 +109,7 @@ async fn scrape(client: &reqwest::Client, base: &str) -> prometheus_parse::Scrap
 #[actix_rt::test]
 async fn actors_metrics_and_dead_letters() {
     let db = TestDb::new().await;
-    let (running, core) = infragpt::app::start(test_config(&db))
-        .await
-        .expect("service starts");
+    let (running, core) = start_core(test_config(&db)).await;
     let handler = Arc::new(Picky::default());
     core.cluster
         .register_stream(StreamSpec {
@@ -360,7 +376,7 @@ async fn readiness_reports_overload_and_recovers() {
         db.url.expose()
     );
     let config = config::load_str(&yaml, "overload-test.yaml").expect("config");
-    let (running, core) = infragpt::app::start(config).await.expect("service starts");
+    let (running, core) = start_core(config).await;
     let handler = RecordingHandler::new();
     let gate = handler.gate_all();
     core.cluster
@@ -412,5 +428,41 @@ async fn readiness_reports_overload_and_recovers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(status, 200, "ready again once the backlog drained");
+    running.stop().await.expect("clean stop");
+}
+
+/// The fully assembled service: every module starts, the tree shows them, and the REST API
+/// fails closed when Clerk JWT verification is not configured.
+#[actix_rt::test]
+async fn assembled_service_starts_and_rest_api_fails_closed() {
+    let db = TestDb::new().await;
+    let (running, _core) = infragpt::app::start(test_config(&db))
+        .await
+        .expect("service starts");
+    let base = format!("http://{}", running.http_addr);
+    let client = reqwest::Client::new();
+    for path in ["/identity/me", "/integrations"] {
+        let resp = client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("rest");
+        assert_eq!(resp.status(), 503, "{path}");
+        let body: Value = resp.json().await.expect("json");
+        assert!(body["error"]["code"].is_string(), "{path}: {body}");
+    }
+    let tree: Value = client
+        .get(format!("{base}/actors"))
+        .send()
+        .await
+        .expect("actors")
+        .json()
+        .await
+        .expect("json");
+    let text = tree.to_string();
+    for stream in ["conversations", "identity-sync"] {
+        assert!(text.contains(stream), "{stream} router missing: {tree}");
+    }
+    assert!(text.contains("agent_client"), "agent client missing: {tree}");
     running.stop().await.expect("clean stop");
 }

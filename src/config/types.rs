@@ -282,7 +282,7 @@ pub struct ClerkConfig {
     pub authorized_parties: Vec<String>,
     /// Clock skew allowed on `exp`/`nbf`.
     pub leeway_secs: u64,
-    /// Serve the Clerk webhook on its own port (else on `port`).
+    /// Also serve the Clerk webhook on this port (it is always served on `port` too).
     pub port: Option<u16>,
 }
 

@@ -159,6 +159,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         deleted_at -> Nullable<Timestamptz>,
+        clerk_updated_at -> Nullable<Int8>,
     }
 }
 
@@ -187,6 +188,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         deleted_at -> Nullable<Timestamptz>,
+        clerk_updated_at -> Nullable<Int8>,
     }
 }
 
@@ -220,6 +222,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         deleted_at -> Nullable<Timestamptz>,
+        clerk_updated_at -> Nullable<Int8>,
     }
 }
 

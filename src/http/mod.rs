@@ -1,6 +1,7 @@
 //! The HTTP shell: middleware, error handling, health routes, and a hook for the routes other
 //! modules add. Build the app with [`app`]; the composition root passes it to `HttpServer`.
 
+pub mod auth;
 pub mod health;
 pub mod middleware;
 pub mod ops;

@@ -1,8 +1,14 @@
-//! Identity: Clerk webhooks (Svix signatures, typed event parsing) and Clerk session JWTs.
+//! Identity: Clerk webhooks (Svix signatures, typed event parsing), the identity store and
+//! sync handler, Clerk session JWTs, the `/identity` API and the [`module::IdentityModule`].
 
+pub mod api;
 pub mod clerk_events;
 pub mod jwt;
+pub mod module;
+pub mod store;
 pub mod svix;
+pub mod sync;
+pub mod webhook;
 
 use serde::{Deserialize, Serialize};
 

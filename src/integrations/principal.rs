@@ -1,16 +1,15 @@
 //! Who is calling the integrations API: the organization (our UUID) and the Clerk user id.
 //!
-//! Stand-in until `crate::http::auth::OrgPrincipal` (verified Clerk JWT) is merged: the
-//! authentication middleware puts a [`Principal`] into the request extensions and this
-//! extractor takes it from there; a request without one is answered 401. The lead swaps the
-//! extractor for `OrgPrincipal` (same two fields) when wiring.
-
-use std::future::{Ready, ready};
+//! Taken from the verified Clerk session ([`crate::http::auth::OrgPrincipal`]: RS256 JWT,
+//! organization resolved and membership checked). A trusted middleware may instead put a
+//! [`Principal`] into the request extensions (clients cannot set extensions); the
+//! integration tests use that to exercise the routes without minting tokens.
 
 use actix_web::{FromRequest, HttpMessage as _, HttpRequest, dev::Payload};
+use futures::future::LocalBoxFuture;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::http::auth::OrgPrincipal;
 
 /// The verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,16 +27,24 @@ impl Principal {
     }
 }
 
-impl FromRequest for Principal {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, Self::Error>>;
+impl From<OrgPrincipal> for Principal {
+    fn from(who: OrgPrincipal) -> Self {
+        Self {
+            organization_id: who.organization_id.0,
+            user_id: who.user_id().to_string(),
+        }
+    }
+}
 
-    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
-        ready(
-            req.extensions()
-                .get::<Principal>()
-                .cloned()
-                .ok_or_else(|| ApiError::unauthorized("authentication required")),
-        )
+impl FromRequest for Principal {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        if let Some(p) = req.extensions().get::<Principal>().cloned() {
+            return Box::pin(async move { Ok(p) });
+        }
+        let org = OrgPrincipal::from_request(req, payload);
+        Box::pin(async move { org.await.map(Principal::from) })
     }
 }

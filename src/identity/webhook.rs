@@ -1,0 +1,153 @@
+//! `POST /webhooks/clerk`: Clerk webhooks delivered by Svix.
+//!
+//! 1. No secret configured → **503** `unavailable` (fail closed; nothing is read or stored).
+//!    503 rather than 401 because the fault is ours, and Svix keeps retrying a 5xx for about a
+//!    day, so no event is lost while the secret is being configured.
+//! 2. The Svix headers are verified on the raw body bytes before anything is parsed
+//!    ([`SvixVerifier`], clock = now, ±5 minutes). Missing header, stale or future timestamp,
+//!    or no matching signature → **401**; nothing is recorded.
+//! 3. A body that is not JSON, or not a Clerk event envelope (`object: "event"`, string
+//!    `type`) → **400**.
+//! 4. The event is recorded in the inbox (source `clerk`, source id = `svix-id`, routing key
+//!    [`super::sync::ROUTING_KEY`], kind = event type) and only then answered **200**
+//!    (`{"status":"recorded","event_id":N}`). A redelivery with the same `svix-id` is answered
+//!    200 (`"status":"duplicate"`) and changes nothing. Types we do not handle are recorded
+//!    too and end `ignored`. Inbox down or shutting down → 503 (Svix retries).
+
+use std::sync::Arc;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::Utc;
+use infragpt_actors::inbox::{EventSource, NewInboundEvent, RecordOutcome};
+use infragpt_actors::{Cluster, IngestError, Secret};
+use serde_json::{Value, json};
+
+use super::svix::{
+    HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, SvixError, SvixHeaders, SvixVerifier,
+};
+use crate::error::ApiError;
+
+/// Path of the webhook.
+pub const PATH: &str = "/webhooks/clerk";
+/// Largest accepted body (Clerk events are a few kB).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// What the webhook route needs: the verifier (absent when no secret is configured) and the
+/// cluster that records events.
+#[derive(Clone)]
+pub struct ClerkWebhook {
+    verifier: Option<Arc<SvixVerifier>>,
+    cluster: Cluster,
+}
+
+impl std::fmt::Debug for ClerkWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClerkWebhook")
+            .field("configured", &self.verifier.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClerkWebhook {
+    /// A webhook verifying with `secret` (`whsec_...`). `None` (or empty) gives a webhook that
+    /// refuses every request; a malformed secret is an error.
+    pub fn new(secret: Option<&Secret>, cluster: Cluster) -> Result<Self, SvixError> {
+        let verifier = match secret.filter(|s| !s.is_empty()) {
+            Some(secret) => Some(Arc::new(SvixVerifier::new(secret)?)),
+            None => None,
+        };
+        Ok(Self { verifier, cluster })
+    }
+
+    /// True when a secret is configured.
+    pub fn is_configured(&self) -> bool {
+        self.verifier.is_some()
+    }
+}
+
+/// Adds `POST /webhooks/clerk` (with its own state and body limit) to `cfg`.
+pub fn configure(cfg: &mut web::ServiceConfig, webhook: ClerkWebhook) {
+    cfg.service(
+        web::resource(PATH)
+            .app_data(web::Data::new(webhook))
+            .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+            .route(web::post().to(receive)),
+    );
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn receive(
+    req: HttpRequest,
+    body: web::Bytes,
+    webhook: web::Data<ClerkWebhook>,
+) -> Result<HttpResponse, ApiError> {
+    let Some(verifier) = &webhook.verifier else {
+        tracing::warn!("clerk webhook refused: identity.clerk.webhook_secret is not configured");
+        return Err(ApiError::unavailable(
+            "clerk webhook secret is not configured",
+        ));
+    };
+    let headers = SvixHeaders {
+        id: header(&req, HEADER_ID),
+        timestamp: header(&req, HEADER_TIMESTAMP),
+        signature: header(&req, HEADER_SIGNATURE),
+    };
+    if let Err(e) = verifier.verify(&headers, &body, Utc::now()) {
+        tracing::warn!(reason = %e, svix_id = ?headers.id, "clerk webhook signature rejected");
+        return Err(ApiError::unauthorized("invalid webhook signature"));
+    }
+    // verify() guarantees a non-empty id.
+    let svix_id = headers.id.unwrap_or_default().trim().to_owned();
+
+    let payload: Value = serde_json::from_slice(&body).map_err(|e| {
+        tracing::warn!(svix_id = %svix_id, error = %e, "clerk webhook body is not JSON");
+        ApiError::bad_request("body is not valid JSON")
+    })?;
+    let kind = match (
+        payload.get("object").and_then(Value::as_str),
+        payload.get("type").and_then(Value::as_str),
+    ) {
+        (Some("event"), Some(kind)) if !kind.is_empty() => kind.to_owned(),
+        _ => {
+            tracing::warn!(svix_id = %svix_id, "clerk webhook body is not an event envelope");
+            return Err(ApiError::bad_request(
+                "body is not a Clerk event (needs \"object\": \"event\" and a \"type\")",
+            ));
+        }
+    };
+
+    let outcome = webhook
+        .cluster
+        .ingest(NewInboundEvent {
+            source: EventSource::Clerk,
+            source_id: svix_id.clone(),
+            routing_key: super::sync::routing_key(),
+            kind: kind.clone(),
+            payload,
+        })
+        .await
+        .map_err(|e| match e {
+            IngestError::ShuttingDown => ApiError::unavailable("shutting down, retry later"),
+            IngestError::Store(e) => {
+                tracing::error!(svix_id = %svix_id, error = %e, "recording clerk webhook failed");
+                ApiError::unavailable("event store unavailable, retry later")
+            }
+            IngestError::NoStream(source) => {
+                tracing::error!(
+                    source,
+                    "no stream handles clerk events (identity module not started?)"
+                );
+                ApiError::unavailable("clerk events are not being processed")
+            }
+            IngestError::EmptyRoutingKey => ApiError::internal("empty routing key for clerk event"),
+        })?;
+    let (status, event_id) = match &outcome {
+        RecordOutcome::Recorded(e) => ("recorded", e.id),
+        RecordOutcome::Duplicate(e) => ("duplicate", e.id),
+    };
+    tracing::info!(svix_id = %svix_id, kind = %kind, event_id = %event_id, status, "clerk webhook accepted");
+    Ok(HttpResponse::Ok().json(json!({ "status": status, "event_id": event_id })))
+}
