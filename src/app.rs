@@ -206,7 +206,10 @@ fn build_modules(
     Ok(vec![
         Box::new(CoreModule::new(core.clone())),
         // Identity before the REST modules: it adds the JWT authenticator as app data.
-        Box::new(IdentityModule::new(config.identity.clone(), cluster.clone())),
+        Box::new(IdentityModule::new(
+            config.identity.clone(),
+            cluster.clone(),
+        )),
         Box::new(SlackModule::new(
             config.slack.clone(),
             cluster.clone(),

@@ -463,6 +463,9 @@ async fn assembled_service_starts_and_rest_api_fails_closed() {
     for stream in ["conversations", "identity-sync"] {
         assert!(text.contains(stream), "{stream} router missing: {tree}");
     }
-    assert!(text.contains("agent_client"), "agent client missing: {tree}");
+    assert!(
+        text.contains("agent_client"),
+        "agent client missing: {tree}"
+    );
     running.stop().await.expect("clean stop");
 }
