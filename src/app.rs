@@ -40,13 +40,8 @@ impl Core {
     pub fn start(config: &Config, db: &Database) -> anyhow::Result<Self> {
         let metrics = Metrics::new().context("registering metrics")?;
         let inbox = Arc::new(PgInbox::new(db.pool().clone()));
-        let cluster = Cluster::start(
-            config.actors.to_cluster_config(),
-            inbox,
-            HealthRegistry::new(),
-            metrics,
-        )
-        .context("starting the actor system")?;
+        let cluster = Cluster::start(config.actors.clone(), inbox, HealthRegistry::new(), metrics)
+            .context("starting the actor system")?;
         Ok(Self {
             cluster,
             audit: Arc::new(PgAudit::new(db.pool().clone())),

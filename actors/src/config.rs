@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Timeouts, retry policy and queue bounds of the actor cluster. Every field has a default, so
 /// an empty `actors:` section (or none) is valid; unknown keys are rejected. Durations are in
 /// milliseconds.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// A keyed worker (e.g. a conversation thread) with nothing to do for this long is stopped;

@@ -169,7 +169,7 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
     }
 
     // The actor core owns these rules.
-    if let Err(e) = config.actors.to_cluster_config().validate() {
+    if let Err(e) = config.actors.validate() {
         let reason = e.0;
         // Its messages start with the field name: name the key like every other error.
         let field = reason.split_whitespace().next().unwrap_or_default();
