@@ -225,7 +225,7 @@ fn bot_replies(sim: &SlackSim, team: &str, channel: &str, thread: &str) -> Vec<S
         .into_iter()
         .filter(|m| m.bot_id.is_some() && m.thread_ts.as_deref() == Some(thread))
         .collect();
-    v.sort_by(|a, b| ts_key(&a.ts).cmp(&ts_key(&b.ts)));
+    v.sort_by_key(|m| ts_key(&m.ts));
     v
 }
 
@@ -337,6 +337,20 @@ fn post_calls_in(sim: &SlackSim, thread: &str) -> Vec<infragpt::slack::sim::ApiC
         .collect()
 }
 
+/// Waits until `ts` in #ops carries the bot's `eyes` reaction.
+async fn wait_reaction(sim: &SlackSim, ts: &str) {
+    sim.wait_for(
+        |s| {
+            s.messages_in(ACME, OPS)
+                .iter()
+                .any(|m| m.ts == ts && m.reactions.contains_key("eyes"))
+        },
+        GUARD,
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no eyes reaction on {ts}"));
+}
+
 /// The per-message token the dev agent's echo answer repeats (`You said: “…”`).
 fn echoed(text: &str) -> Option<&str> {
     let start = text.find("You said: “")? + "You said: “".len();
@@ -355,6 +369,8 @@ async fn mention_is_answered_in_its_thread_and_follow_up_carries_history() {
     let ts1 = h.mention(ALICE, "why is the api slow? tok-1");
     h.wait_replies(&ts1, 1).await;
     h.settle().await;
+    // The reaction is best effort and off the turn's path: wait for it, not for the turn.
+    wait_reaction(&h.sim, &ts1).await;
 
     // Eyes on the triggering message, once.
     let reactions: Vec<_> = h
@@ -466,6 +482,7 @@ async fn mention_is_answered_in_its_thread_and_follow_up_carries_history() {
     assert_eq!(ctx["message_ts"], ts2.as_str(), "{ctx}");
     assert_eq!(ctx["sender"]["user_id"], BOB, "{ctx}");
 
+    wait_reaction(&h.sim, &ts2).await;
     let replies = h.bot_replies(&ts1);
     assert_eq!(replies.len(), 2, "{replies:?}");
     assert_eq!(post_calls_in(&h.sim, &ts1).len(), 2);

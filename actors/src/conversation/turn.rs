@@ -196,12 +196,24 @@ impl ConversationHandler {
             )));
         }
 
-        if let Err(e) = self
-            .slack
-            .add_reaction(&team, &channel, &ts, SEEN_REACTION)
-            .await
+        // Best effort and off the turn's path: reactions.add is a Tier 3 method (about 50 a
+        // minute per workspace), so under load the client throttles it for seconds, which
+        // must not delay the agent call or the thread's next turn.
         {
-            warn!(team_id = %team, channel_id = %channel, ts = %ts, error = %e, "reactions.add failed");
+            let (slack, team, channel, ts) = (
+                self.slack.clone(),
+                team.clone(),
+                channel.clone(),
+                ts.clone(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = slack
+                    .add_reaction(&team, &channel, &ts, SEEN_REACTION)
+                    .await
+                {
+                    warn!(team_id = %team, channel_id = %channel, ts = %ts, error = %e, "reactions.add failed");
+                }
+            });
         }
 
         // A retry after a crash: the answer may already be in the thread.
