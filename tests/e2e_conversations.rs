@@ -640,8 +640,36 @@ async fn agent_down_turns_are_dead_letters_that_retry_answers() {
         .map(|m| echoed(&m.text).unwrap_or("?").to_owned())
         .collect();
     assert_eq!(answered, ["anyone? tok-a3"]);
-    assert_eq!(h.agent().requests().len(), 3);
-    let _ = ts2;
+    // A retried turn's history holds what came before it, not the later follow-up.
+    let reqs = h.agent().requests();
+    assert_eq!(reqs.len(), 3);
+    let history = |text: &str| -> Vec<String> {
+        reqs.iter()
+            .find(|r| r.current_message == text)
+            .unwrap_or_else(|| panic!("no request for {text}"))
+            .past_messages
+            .iter()
+            .map(|m| format!("{}: {}", m.sender, m.content))
+            .collect()
+    };
+    assert_eq!(history("are you there? tok-a1"), Vec::<String>::new());
+    let first_answer = &h.bot_replies(&ts1)[2].text;
+    assert_eq!(
+        history("hello? tok-a2"),
+        [
+            format!("user/{ALICE}: are you there? tok-a1"),
+            format!("agent: {first_answer}")
+        ]
+    );
+    let ctx: Value = serde_json::from_str(
+        &reqs
+            .iter()
+            .find(|r| r.current_message == "hello? tok-a2")
+            .expect("request")
+            .context,
+    )
+    .expect("context");
+    assert_eq!(ctx["message_ts"], ts2.as_str());
 
     // An agent retrying SendReply with the same text: posted once.
     let conv = conversation_rows(&h.db)

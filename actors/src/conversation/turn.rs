@@ -235,9 +235,17 @@ impl ConversationHandler {
             .history(conversation.id)
             .await
             .map_err(store_err)?;
+        // What came before this turn: a retried turn (admin retry of a dead letter) must not
+        // see later messages of the thread as its past.
         let past_messages = history
             .into_iter()
-            .filter(|m| m.slack_ts != ts)
+            .filter(|m| {
+                let turn_of = match m.sender {
+                    Sender::User(_) => Some(&m.slack_ts),
+                    Sender::Agent => m.in_reply_to.as_ref(),
+                };
+                turn_of.is_none_or(|t| t.chrono_cmp(&ts).is_lt())
+            })
             .map(|m| PastMessage {
                 message_id: m.id.to_string(),
                 content: m.text,
