@@ -544,6 +544,11 @@ async fn redeliveries_and_twins_are_one_turn() {
             .count();
         assert_eq!(acks, 3, "every delivery is acknowledged");
     }
+    // And once more after the turn is done.
+    for (envelope, _) in &envelopes {
+        h.sim.redeliver(envelope, 1).expect("redeliver");
+    }
+    h.settle().await;
     assert_eq!(h.agent().requests().len(), 1, "one turn");
     assert_eq!(h.bot_replies(&ts).len(), 1, "one reply");
     assert_eq!(h.sim.calls("chat.postMessage").len(), 1);
@@ -557,6 +562,39 @@ async fn redeliveries_and_twins_are_one_turn() {
         ],
         "one row per event id; the twin is ignored"
     );
+    h.stop().await;
+}
+
+/// Acks that arrive after the simulator's ack timeout (1 ms here): Slack redelivers with
+/// `retry_attempt` 1, 2, 3 over both connections; every turn is still answered once.
+#[actix_rt::test]
+async fn late_acks_redeliver_but_each_turn_is_answered_once() {
+    let sim_config = SimConfig::default().with_ack_timeout(Duration::from_millis(1));
+    let h = Harness::start(sim_config, 2, true).await;
+    let threads: Vec<(String, usize)> = (1..=6)
+        .map(|n| (h.mention(ALICE, &format!("late tok-l{n}")), n))
+        .collect();
+    for (ts, _) in &threads {
+        h.wait_replies(ts, 1).await;
+    }
+    h.settle().await;
+    let redelivered = h
+        .sim
+        .deliveries()
+        .into_iter()
+        .filter(|d| d.sends > 1 && d.retry_attempt > 0)
+        .count();
+    assert!(redelivered > 0, "the 1 ms ack timeout made Slack redeliver");
+    for (ts, n) in &threads {
+        let replies = h.bot_replies(ts);
+        assert_eq!(replies.len(), 1, "turn {n}: {replies:?}");
+        assert_eq!(
+            echoed(&replies[0].text),
+            Some(format!("late tok-l{n}").as_str())
+        );
+    }
+    assert_eq!(h.agent().requests().len(), threads.len());
+    assert_eq!(h.sim.calls("chat.postMessage").len(), threads.len());
     h.stop().await;
 }
 
