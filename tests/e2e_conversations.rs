@@ -20,7 +20,7 @@ use infragpt::config::{self, Config};
 use infragpt::db::conversations::PgConversationStore;
 use infragpt::db::schema::{conversations, inbound_events, messages};
 use infragpt::db::testing::TestDb;
-use infragpt::devagent::{DevAgent, DevAgentConfig, DevAgentHandle};
+use infragpt::devagent::{DevAgent, DevAgentConfig, DevAgentHandle, FailMode};
 use infragpt::grpc::agent_client::{GrpcAgent, GrpcAgentOptions};
 use infragpt::grpc::pb::backend::SendReplyCommand;
 use infragpt::grpc::pb::backend::backend_service_client::BackendServiceClient;
@@ -97,11 +97,27 @@ impl Harness {
     /// The service from `app::start` serving the Acme workspace of the default simulator
     /// (single-workspace mode), with the dev agent up unless `agent_up` is false.
     async fn start(sim_config: SimConfig, connections: u32, agent_up: bool) -> Harness {
+        Self::start_with(sim_config, connections, agent_up, |_| {}).await
+    }
+
+    /// [`Harness::start`] with a last change to the configuration.
+    async fn start_with(
+        sim_config: SimConfig,
+        connections: u32,
+        agent_up: bool,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Harness {
         let db = TestDb::new().await;
         let sim = SlackSim::start(sim_config).expect("simulator");
         let agent_addr = reserve_port();
         let mut config = base_config(&db, &sim, agent_addr, connections);
         config.slack.bot_token = Some(sim.team(ACME).expect("acme").bot_token);
+        tweak(&mut config);
+        let connections = if config.slack.socket_mode {
+            connections
+        } else {
+            0
+        };
         let (running, core) = infragpt::app::start(config).await.expect("service starts");
         let base = format!("http://{}", running.http_addr);
         let mut h = Harness {
@@ -595,6 +611,87 @@ async fn late_acks_redeliver_but_each_turn_is_answered_once() {
     }
     assert_eq!(h.agent().requests().len(), threads.len());
     assert_eq!(h.sim.calls("chat.postMessage").len(), threads.len());
+    h.stop().await;
+}
+
+/// The HTTP Events API as the transport (Socket Mode off): a signed mention is answered in
+/// its thread; Slack's retry of the same request (`X-Slack-Retry-Num`) records nothing new.
+#[actix_rt::test]
+async fn events_api_mention_is_answered_once() {
+    let h = Harness::start_with(SimConfig::default(), 1, true, |c| {
+        c.slack.socket_mode = false;
+    })
+    .await;
+    let ts = "1760000000.000100";
+    let event = serde_json::json!({
+        "type": "app_mention", "user": ALICE, "text": format!("<@{ACME_BOT}> over http tok-h"),
+        "ts": ts, "team": ACME, "channel": OPS, "event_ts": ts
+    });
+    let signed = h.sim.signed_event_request(ACME, event).expect("signed");
+    for retry in [None, Some("1"), Some("2")] {
+        let mut req = h
+            .http
+            .post(format!("{}/slack/events", h.base))
+            .header("content-type", "application/json")
+            .header("x-slack-request-timestamp", &signed.timestamp)
+            .header("x-slack-signature", &signed.signature)
+            .body(signed.body.clone());
+        if let Some(n) = retry {
+            req = req
+                .header("x-slack-retry-num", n)
+                .header("x-slack-retry-reason", "http_timeout");
+        }
+        let r = req.send().await.expect("post");
+        assert_eq!(r.status(), 200);
+    }
+    h.wait_replies(ts, 1).await;
+    // Quiet: the one inbox row is finished.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while inbox_counts(&h.db).await != (1, 0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            inbox_counts(&h.db).await
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let replies = h.bot_replies(ts);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(echoed(&replies[0].text), Some("over http tok-h"));
+    assert_eq!(h.agent().requests().len(), 1);
+    h.stop().await;
+}
+
+/// The agent answering `UNAVAILABLE` once: the client retries (before any response) and the
+/// turn is answered once; an unsuccessful answer is reported in the thread.
+#[actix_rt::test]
+async fn agent_unavailable_once_is_retried_and_unsuccessful_is_reported() {
+    let h = Harness::start(SimConfig::default(), 1, true).await;
+    h.agent().set_fail_mode(FailMode::Status {
+        code: tonic::Code::Unavailable,
+        times: Some(1),
+    });
+    let ts = h.mention(ALICE, "flaky tok-f");
+    h.wait_replies(&ts, 1).await;
+    h.settle().await;
+    assert_eq!(h.agent().requests().len(), 2, "one retry after UNAVAILABLE");
+    let replies = h.bot_replies(&ts);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(echoed(&replies[0].text), Some("flaky tok-f"));
+
+    h.agent()
+        .set_fail_mode(FailMode::Unsuccessful("model overloaded".to_owned()));
+    let ts = h.mention(ALICE, "unlucky tok-u");
+    h.wait_replies(&ts, 1).await;
+    h.settle().await;
+    let replies = h.bot_replies(&ts);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(
+        replies[0].text.contains("model overloaded"),
+        "{}",
+        replies[0].text
+    );
+    assert_eq!(h.agent().requests().len(), 3, "an answer is not retried");
     h.stop().await;
 }
 
