@@ -1182,3 +1182,95 @@ async fn many_threads_across_workspaces_keep_order() {
     running.stop().await.expect("clean stop");
     agent.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. A restart in the middle of a turn
+// ---------------------------------------------------------------------------------------------
+
+/// How long the dev agent thinks in the restart test.
+const THINK: Duration = Duration::from_millis(2000);
+
+/// The service stops while the agent is still thinking about a turn, and starts again on
+/// the same database: the unfinished turn is resumed and answered exactly once.
+#[actix_rt::test]
+async fn a_turn_interrupted_by_a_restart_is_answered_once() {
+    let db = TestDb::new().await;
+    let sim = SlackSim::start(SimConfig::default()).expect("simulator");
+    let agent_addr = reserve_port();
+    let grpc = reserve_port();
+    let mut config = base_config(&db, &sim, agent_addr, 1);
+    config.slack.bot_token = Some(sim.team(ACME).expect("acme").bot_token);
+    config.grpc_port = grpc.port();
+    config.actors.shutdown_timeout_ms = 100;
+    let (running, _core) = infragpt::app::start(config.clone())
+        .await
+        .expect("service starts");
+    let agent = DevAgent::start(DevAgentConfig {
+        bind: agent_addr,
+        reply_endpoint: Some(format!("http://{grpc}")),
+        think_time: THINK,
+        ..DevAgentConfig::default()
+    })
+    .expect("dev agent");
+    sim.wait_for(|s| !s.open_connections().is_empty(), GUARD)
+        .await
+        .expect("connected");
+    let ts = sim
+        .post_user_message(
+            ACME,
+            OPS,
+            ALICE,
+            &format!("<@{ACME_BOT}> restart tok-x"),
+            None,
+        )
+        .expect("post");
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while agent.requests().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "agent never asked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // When the first (interrupted) call will have called SendReply, if it ever does.
+    let first_call_done = tokio::time::Instant::now() + THINK + Duration::from_millis(500);
+    running.stop().await.expect("stop");
+    let mut unfinished = events_for_ts(&db, &ts).await;
+    unfinished.sort();
+    assert_eq!(
+        unfinished,
+        [
+            ("app_mention".to_owned(), "processing".to_owned()),
+            ("message".to_owned(), "pending".to_owned())
+        ],
+        "the turn was cut off by the stop"
+    );
+
+    let (running, _core) = infragpt::app::start(config)
+        .await
+        .expect("service starts again");
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while bot_replies(&sim, ACME, OPS, &ts).is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never answered");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    settle(&sim, &db, GUARD).await;
+    // Not a timing assertion: only gives a duplicate from the first call the chance to show.
+    tokio::time::sleep_until(first_call_done).await;
+    let replies = bot_replies(&sim, ACME, OPS, &ts);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(echoed(&replies[0].text), Some("restart tok-x"));
+    assert_eq!(post_calls_in(&sim, &ts).len(), 1);
+    let mut events = events_for_ts(&db, &ts).await;
+    events.sort();
+    assert_eq!(
+        events,
+        [
+            ("app_mention".to_owned(), "done".to_owned()),
+            ("message".to_owned(), "ignored".to_owned())
+        ]
+    );
+    assert!(
+        (1..=2).contains(&agent.requests().len()),
+        "the resumed turn asks again at most once"
+    );
+    running.stop().await.expect("stop");
+    agent.stop();
+}
