@@ -1282,3 +1282,51 @@ async fn a_turn_interrupted_by_a_restart_is_answered_once() {
     running.stop().await.expect("stop");
     agent.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. Edits and deletes reach the stored history
+// ---------------------------------------------------------------------------------------------
+
+/// An edited message is stored with its new text (mention stripped) and a deleted one drops
+/// out of the history the agent gets on the next turn.
+#[actix_rt::test]
+async fn edits_and_deletes_shape_the_history() {
+    let h = Harness::start(SimConfig::default(), 1, true).await;
+    let ts1 = h.mention(ALICE, "first version tok-e1");
+    h.wait_replies(&ts1, 1).await;
+    let ts2 = h.reply_in(&ts1, ALICE, "a typo tok-e2");
+    h.wait_replies(&ts1, 2).await;
+    h.settle().await;
+
+    h.sim
+        .edit_message(
+            ACME,
+            OPS,
+            &ts1,
+            &format!("<@{ACME_BOT}> second version tok-e1"),
+        )
+        .expect("edit");
+    h.sim.delete_message(ACME, OPS, &ts2).expect("delete");
+    h.settle().await;
+
+    h.reply_in(&ts1, BOB, "what now tok-e3");
+    h.wait_replies(&ts1, 3).await;
+    h.settle().await;
+    let reqs = h.agent().requests();
+    assert_eq!(reqs.len(), 3, "edits and deletes are not turns");
+    let history: Vec<String> = reqs[2]
+        .past_messages
+        .iter()
+        .map(|m| format!("{}: {}", m.sender, m.content))
+        .collect();
+    let answers: Vec<String> = h.bot_replies(&ts1).into_iter().map(|m| m.text).collect();
+    assert_eq!(
+        history,
+        [
+            format!("user/{ALICE}: second version tok-e1"),
+            format!("agent: {}", answers[0]),
+            format!("agent: {}", answers[1]),
+        ]
+    );
+    h.stop().await;
+}
