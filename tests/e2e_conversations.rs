@@ -1330,3 +1330,60 @@ async fn edits_and_deletes_shape_the_history() {
     );
     h.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. Reply modes
+// ---------------------------------------------------------------------------------------------
+
+/// `agent.reply_mode: response` with an agent that never calls SendReply: the answer is
+/// posted from `response_text`, once, in the thread, and stored; a mention inside someone
+/// else's thread joins that thread's conversation.
+#[actix_rt::test]
+async fn response_mode_posts_the_response_text() {
+    let mut h = Harness::start_with(SimConfig::default(), 1, false, |c| {
+        c.agent.reply_mode = infragpt_actors::conversation::ReplyMode::Response;
+    })
+    .await;
+    h.agent = Some(
+        DevAgent::start(DevAgentConfig {
+            bind: h.agent_addr,
+            reply_endpoint: None,
+            call_send_reply: false,
+            ..DevAgentConfig::default()
+        })
+        .expect("dev agent"),
+    );
+    // Someone's thread, no bot in it yet; then the bot is mentioned in a reply there.
+    let root = h
+        .sim
+        .post_user_message(ACME, OPS, BOB, "deploys are failing", None)
+        .expect("post");
+    let ts = h
+        .sim
+        .post_user_message(
+            ACME,
+            OPS,
+            ALICE,
+            &format!("<@{ACME_BOT}> can you look? tok-p"),
+            Some(&root),
+        )
+        .expect("post");
+    h.wait_replies(&root, 1).await;
+    h.settle().await;
+    let replies = h.bot_replies(&root);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(echoed(&replies[0].text), Some("can you look? tok-p"));
+    let convs = conversation_rows(&h.db).await;
+    assert_eq!(convs.len(), 1, "{convs:?}");
+    assert_eq!(convs[0].3, root, "keyed by the thread, not the mention");
+    let rows = message_rows(&h.db, convs[0].0).await;
+    let kinds: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|(t, k, _, _)| (t.as_str(), k.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [(ts.as_str(), "user"), (replies[0].ts.as_str(), "agent")]
+    );
+    h.stop().await;
+}
