@@ -161,6 +161,21 @@ impl MessageTs {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Chronological order (the digits compared as numbers, never through a float; the
+    /// derived `Ord` compares the strings).
+    pub fn chrono_cmp(&self, other: &Self) -> std::cmp::Ordering {
+        fn parts(ts: &str) -> (&str, &str) {
+            let (secs, frac) = ts.split_once('.').unwrap_or((ts, ""));
+            (secs.trim_start_matches('0'), frac.trim_end_matches('0'))
+        }
+        let (s1, f1) = parts(&self.0);
+        let (s2, f2) = parts(&other.0);
+        s1.len()
+            .cmp(&s2.len())
+            .then_with(|| s1.cmp(s2))
+            .then_with(|| f1.cmp(f2))
+    }
 }
 
 impl fmt::Display for MessageTs {
@@ -300,6 +315,28 @@ impl FromStr for ThreadKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ts_chronological_order() {
+        let ts = |s: &str| MessageTs::parse(s).expect("ts");
+        use std::cmp::Ordering::*;
+        assert_eq!(
+            ts("1700000000.000100").chrono_cmp(&ts("1700000000.000200")),
+            Less
+        );
+        assert_eq!(
+            ts("999999999.900000").chrono_cmp(&ts("1000000000.000001")),
+            Less
+        );
+        assert_eq!(
+            ts("1700000000.1").chrono_cmp(&ts("1700000000.100000")),
+            Equal
+        );
+        assert_eq!(
+            ts("1700000001.000000").chrono_cmp(&ts("1700000000.999999")),
+            Greater
+        );
+    }
 
     #[test]
     fn thread_key_round_trip() {

@@ -446,7 +446,7 @@ pub enum Decision {
     Update {
         /// Which message.
         key: MessageKey,
-        /// Its new text.
+        /// Its new text, bot mention stripped (as the original was stored).
         new_text: String,
         /// Who edited it.
         edited_by: Option<UserId>,
@@ -545,7 +545,8 @@ pub fn decide(cb: &EventCallback, ctx: &DecideContext) -> Decision {
                 channel: channel.clone(),
                 ts: ts.clone(),
             },
-            new_text: new_text.clone(),
+            // Stored like the original: without the bot mention.
+            new_text: strip_mention(new_text, bot_user, false),
             edited_by: edited_by.clone(),
         },
         SlackEvent::MessageDeleted {

@@ -92,6 +92,7 @@ struct MessageRow {
     sender_id: String,
     text: String,
     created_at: DateTime<Utc>,
+    in_reply_to: Option<String>,
 }
 
 impl TryFrom<MessageRow> for StoredMessage {
@@ -114,6 +115,11 @@ impl TryFrom<MessageRow> for StoredMessage {
             sender,
             text: row.text,
             created_at: row.created_at,
+            in_reply_to: row
+                .in_reply_to
+                .map(MessageTs::parse)
+                .transpose()
+                .map_err(|e| corrupt(e.to_string()))?,
         })
     }
 }

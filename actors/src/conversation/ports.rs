@@ -54,6 +54,8 @@ pub struct StoredMessage {
     pub text: String,
     /// When it was stored.
     pub created_at: DateTime<Utc>,
+    /// For an agent message: the `ts` of the turn it answers, when known.
+    pub in_reply_to: Option<MessageTs>,
 }
 
 /// A message to store.

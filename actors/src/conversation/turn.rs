@@ -196,12 +196,24 @@ impl ConversationHandler {
             )));
         }
 
-        if let Err(e) = self
-            .slack
-            .add_reaction(&team, &channel, &ts, SEEN_REACTION)
-            .await
+        // Best effort and off the turn's path: reactions.add is a Tier 3 method (about 50 a
+        // minute per workspace), so under load the client throttles it for seconds, which
+        // must not delay the agent call or the thread's next turn.
         {
-            warn!(team_id = %team, channel_id = %channel, ts = %ts, error = %e, "reactions.add failed");
+            let (slack, team, channel, ts) = (
+                self.slack.clone(),
+                team.clone(),
+                channel.clone(),
+                ts.clone(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = slack
+                    .add_reaction(&team, &channel, &ts, SEEN_REACTION)
+                    .await
+                {
+                    warn!(team_id = %team, channel_id = %channel, ts = %ts, error = %e, "reactions.add failed");
+                }
+            });
         }
 
         // A retry after a crash: the answer may already be in the thread.
@@ -223,9 +235,17 @@ impl ConversationHandler {
             .history(conversation.id)
             .await
             .map_err(store_err)?;
+        // What came before this turn: a retried turn (admin retry of a dead letter) must not
+        // see later messages of the thread as its past.
         let past_messages = history
             .into_iter()
-            .filter(|m| m.slack_ts != ts)
+            .filter(|m| {
+                let turn_of = match m.sender {
+                    Sender::User(_) => Some(&m.slack_ts),
+                    Sender::Agent => m.in_reply_to.as_ref(),
+                };
+                turn_of.is_none_or(|t| t.chrono_cmp(&ts).is_lt())
+            })
             .map(|m| PastMessage {
                 message_id: m.id.to_string(),
                 content: m.text,

@@ -489,6 +489,13 @@ impl SimState {
     pub(crate) fn send_delivery(&mut self, idx: usize, retry_attempt: u32, retry_reason: &str) {
         let app_id = self.deliveries[idx].app_id.clone();
         let Some(conn_id) = self.pick_connection(&app_id) else {
+            // A redelivery with no connection open: try again after another ack timeout
+            // (a first send waits in `flush_pending` instead). Without this, an envelope
+            // sent on a socket that died before reconnecting was never delivered again.
+            let d = &self.deliveries[idx];
+            if d.sends > 0 {
+                self.start_ack_timer(d.envelope_id.clone(), d.retry_attempt);
+            }
             return;
         };
         let frame = Self::envelope_frame(&self.deliveries[idx], retry_attempt, retry_reason);
