@@ -245,6 +245,12 @@ async fn stop_modules(modules: &mut [Box<dyn Module>]) {
 }
 
 impl RunningServer {
+    /// Where the database is, as an operator would look for it (a private cluster names its
+    /// folder).
+    pub fn database_description(&self) -> String {
+        self.db.describe()
+    }
+
     /// Stops gracefully: reports not ready, stops accepting, lets in-flight requests finish
     /// within `shutdown_grace_ms`, stops the modules, closes the pool and stops the private
     /// PostgreSQL if we started it.

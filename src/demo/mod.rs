@@ -184,7 +184,7 @@ async fn run_with(
         shown.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let base = format!("http://{shown}");
-    let database = running.state.db.describe();
+    let database = running.database_description();
 
     // Wait until the service's Socket Mode connection is open, so the first line is heard.
     let connected = sim
