@@ -64,6 +64,9 @@ pub struct DevAgentConfig {
     pub think_time: Duration,
     /// Deliberate failures.
     pub fail_mode: FailMode,
+    /// Keep every request for [`DevAgentHandle::requests`] (default true; benchmarks turn it
+    /// off so memory does not grow with the load).
+    pub record_requests: bool,
 }
 
 impl Default for DevAgentConfig {
@@ -75,6 +78,7 @@ impl Default for DevAgentConfig {
             call_send_reply: true,
             think_time: Duration::ZERO,
             fail_mode: FailMode::None,
+            record_requests: true,
         }
     }
 }
@@ -174,7 +178,9 @@ impl AgentService for Service {
         request: tonic::Request<AgentRequest>,
     ) -> Result<tonic::Response<AgentResponse>, tonic::Status> {
         let request = request.into_inner();
-        self.shared.requests.lock().push(request.clone());
+        if self.shared.config.record_requests {
+            self.shared.requests.lock().push(request.clone());
+        }
         if !self.shared.config.think_time.is_zero() {
             tokio::time::sleep(self.shared.config.think_time).await;
         }

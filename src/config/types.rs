@@ -141,6 +141,9 @@ pub struct SlackConfig {
     pub connections: u32,
     /// Receive events over Socket Mode (needs `app_token`) instead of the HTTP Events API.
     pub socket_mode: bool,
+    /// Throttle Web API calls to Slack's per-workspace limits (keep it on against Slack;
+    /// benchmarks against the simulator turn it off).
+    pub throttle: bool,
 }
 
 impl Default for SlackConfig {
@@ -154,6 +157,7 @@ impl Default for SlackConfig {
             api_url: "https://slack.com/api/".to_owned(),
             connections: 2,
             socket_mode: false,
+            throttle: true,
         }
     }
 }

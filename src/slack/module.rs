@@ -108,7 +108,11 @@ impl SlackModule {
         pool: Option<Pool>,
         extra_tokens: Option<Arc<dyn WorkspaceTokens>>,
     ) -> Result<Arc<SlackWeb>, WebError> {
-        Self::build_web_with(config, pool, extra_tokens, WebSettings::default())
+        let settings = WebSettings {
+            throttle: config.throttle,
+            ..WebSettings::default()
+        };
+        Self::build_web_with(config, pool, extra_tokens, settings)
     }
 
     /// [`SlackModule::build_web`] with explicit adapter settings.

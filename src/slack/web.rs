@@ -65,6 +65,10 @@ pub struct WebSettings {
     pub rate_limit_retries: usize,
     /// Longest `Retry-After` wait slack-morphism accepts before giving up.
     pub max_rate_limit_delay: Duration,
+    /// Throttle calls to Slack's published per-workspace limits before sending them (method
+    /// tiers; `chat.postMessage` 300/min). `false` sends at once and still honours `429` +
+    /// `Retry-After`: for simulators and benchmarks, where the throttle would be all we measure.
+    pub throttle: bool,
 }
 
 impl Default for WebSettings {
@@ -75,15 +79,21 @@ impl Default for WebSettings {
             retry_base: Duration::from_millis(250),
             rate_limit_retries: 5,
             max_rate_limit_delay: Duration::from_secs(120),
+            throttle: true,
         }
     }
 }
 
 /// The rate control we give slack-morphism: its per-tier limits per team, `429` retries.
 pub fn rate_control(settings: &WebSettings) -> SlackApiRateControlConfig {
-    SlackApiRateControlConfig::new()
+    let mut config = SlackApiRateControlConfig::new()
         .with_max_retries(settings.rate_limit_retries)
-        .with_max_delay_timeout(settings.max_rate_limit_delay)
+        .with_max_delay_timeout(settings.max_rate_limit_delay);
+    if !settings.throttle {
+        // No tier limits: nothing waits before sending; 429 retries stay.
+        config.tiers_limits.clear();
+    }
+    config
 }
 
 /// A slack-morphism client for `api_url` with rate control. `https://` URLs get the
@@ -388,12 +398,16 @@ impl SlackWeb {
         // Slack: about one message per second per channel with bursts, several hundred per
         // minute per workspace. slack-morphism's default (1/s per workspace) would serialise
         // every thread of a workspace, so we allow bursts and rely on 429 + Retry-After.
-        let post_message_limit = SlackApiMethodRateControlConfig::new().with_special_rate_limit(
-            SlackApiRateControlSpecialLimit::new(
-                "chat.postMessage".into(),
-                SlackApiRateControlLimit::new(300, Duration::from_secs(60)),
-            ),
-        );
+        let post_message_limit = if settings.throttle {
+            SlackApiMethodRateControlConfig::new().with_special_rate_limit(
+                SlackApiRateControlSpecialLimit::new(
+                    "chat.postMessage".into(),
+                    SlackApiRateControlLimit::new(300, Duration::from_secs(60)),
+                ),
+            )
+        } else {
+            SlackApiMethodRateControlConfig::new()
+        };
         Self {
             client,
             tokens,

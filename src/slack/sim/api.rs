@@ -98,6 +98,9 @@ pub(crate) fn handle(
     params: Map<String, Value>,
 ) -> ApiReply {
     let (reply, team_id) = dispatch(st, method, creds, &params);
+    if !st.config.record_traffic {
+        return reply;
+    }
     let mut recorded = params;
     recorded.remove("token");
     recorded.remove("client_secret");
@@ -223,6 +226,13 @@ fn bot_method(
                     deleted: false,
                 },
             );
+            st.notify_bot_post(super::state::BotPost {
+                team_id: team_id.to_owned(),
+                channel: channel.clone(),
+                ts: ts.clone(),
+                thread_ts: thread_ts.clone(),
+                at: std::time::Instant::now(),
+            });
             let message = events::bot_message(
                 &team,
                 &channel,

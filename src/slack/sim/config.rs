@@ -101,6 +101,10 @@ pub struct SimConfig {
     /// Messages posted by the bot through `chat.postMessage` come back as `message` events
     /// (with `bot_id`), as Slack does for subscribed channels.
     pub echo_bot_messages: bool,
+    /// Record every Web API call and every `events_api` frame for inspection (default true).
+    /// Benchmarks turn it off so the simulator's own memory does not grow with the load;
+    /// deliveries, acks and messages are always kept.
+    pub record_traffic: bool,
 }
 
 impl SimConfig {
@@ -119,6 +123,12 @@ impl SimConfig {
     pub fn with_token_rotation(mut self, expires_in: Duration) -> Self {
         self.token_rotation = true;
         self.token_expires_in = expires_in;
+        self
+    }
+
+    /// Sets whether calls and envelope frames are recorded (builder style).
+    pub fn with_record_traffic(mut self, record: bool) -> Self {
+        self.record_traffic = record;
         self
     }
 
@@ -205,6 +215,7 @@ impl Default for SimConfig {
             token_rotation: false,
             token_expires_in: Duration::from_secs(12 * 3600),
             echo_bot_messages: true,
+            record_traffic: true,
         }
     }
 }

@@ -26,7 +26,8 @@ use serde_json::Value;
 
 pub use config::{SimApp, SimChannel, SimConfig, SimTeam, SimUser, Subscriptions};
 pub use state::{
-    AckRecord, ApiCall, ConnState, ConnectionInfo, DeliveryInfo, FrameRecord, SimMessage, SimState,
+    AckRecord, ApiCall, BotPost, ConnState, ConnectionInfo, DeliveryInfo, FrameRecord, SimMessage,
+    SimState,
 };
 
 use server::Shared;
@@ -355,9 +356,7 @@ impl SlackSim {
     pub fn redeliver(&self, envelope_id: &str, times: u32) -> Result<(), SimError> {
         self.shared.mutate(|st| {
             let idx = st
-                .deliveries
-                .iter()
-                .position(|d| d.envelope_id == envelope_id)
+                .delivery_position(envelope_id)
                 .ok_or_else(|| SimError::UnknownEnvelope(envelope_id.into()))?;
             for _ in 0..times {
                 let d = &st.deliveries[idx];
@@ -490,6 +489,14 @@ impl SlackSim {
             );
             Ok(code)
         })
+    }
+
+    /// Every message the bot posts from now on is sent to the returned receiver as it is
+    /// stored (benchmarks time replies with it instead of polling the state).
+    pub fn subscribe_bot_posts(&self) -> tokio::sync::mpsc::UnboundedReceiver<BotPost> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.shared.mutate(|st| st.bot_post_subscribers.push(tx));
+        rx
     }
 
     // ----- observing -------------------------------------------------------------------------

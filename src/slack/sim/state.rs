@@ -48,6 +48,22 @@ pub struct SimMessage {
     pub deleted: bool,
 }
 
+/// A message the bot posted (`chat.postMessage`), as told to
+/// [`super::SlackSim::subscribe_bot_posts`] subscribers.
+#[derive(Debug, Clone)]
+pub struct BotPost {
+    /// Workspace.
+    pub team_id: String,
+    /// Channel.
+    pub channel: String,
+    /// The new message's ts.
+    pub ts: String,
+    /// Thread it was posted in, if any.
+    pub thread_ts: Option<String>,
+    /// When the simulator stored it.
+    pub at: Instant,
+}
+
 /// State of a Socket Mode connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ConnState {
@@ -96,6 +112,9 @@ pub struct AckRecord {
     pub event_id: Option<String>,
     /// Response payload, when the ack carried one.
     pub payload: Option<Value>,
+    /// When the simulator received it (benchmarks measure ack latency from this).
+    #[serde(skip)]
+    pub at: Option<Instant>,
 }
 
 /// One event to deliver over Socket Mode, with its retry state.
@@ -121,6 +140,12 @@ pub struct DeliveryInfo {
     pub acked: bool,
     /// Gave up after the last redelivery.
     pub exhausted: bool,
+    /// When the envelope was first written to a connection.
+    #[serde(skip)]
+    pub first_sent_at: Option<Instant>,
+    /// When the first acknowledgement arrived.
+    #[serde(skip)]
+    pub acked_at: Option<Instant>,
     /// The `events_api` payload (an `event_callback`).
     pub payload: Value,
 }
@@ -178,6 +203,10 @@ pub struct SimState {
     pub(crate) connections: Vec<ConnectionInfo>,
     pub(crate) live: HashMap<u64, LiveConn>,
     pub(crate) deliveries: Vec<DeliveryInfo>,
+    /// `envelope_id` → index in `deliveries` (acks are matched per frame; a scan is O(n)).
+    pub(crate) delivery_index: HashMap<String, usize>,
+    /// Receivers of every bot post (see [`super::SlackSim::subscribe_bot_posts`]).
+    pub(crate) bot_post_subscribers: Vec<UnboundedSender<BotPost>>,
     pub(crate) rr: HashMap<String, usize>,
     pub(crate) rate_limits: HashMap<String, (u32, u64)>,
     pub(crate) invalid_auth_teams: HashSet<String>,
@@ -235,6 +264,8 @@ impl SimState {
             connections: Vec::new(),
             live: HashMap::new(),
             deliveries: Vec::new(),
+            delivery_index: HashMap::new(),
+            bot_post_subscribers: Vec::new(),
             rr: HashMap::new(),
             rate_limits: HashMap::new(),
             invalid_auth_teams: HashSet::new(),
@@ -307,6 +338,21 @@ impl SimState {
         &self.deliveries
     }
 
+    /// Index of the delivery with this envelope id.
+    pub(crate) fn delivery_position(&self, envelope_id: &str) -> Option<usize> {
+        self.delivery_index.get(envelope_id).copied()
+    }
+
+    /// Tells the bot-post subscribers about a message the bot just posted; drops the ones
+    /// that went away.
+    pub(crate) fn notify_bot_post(&mut self, post: BotPost) {
+        if self.bot_post_subscribers.is_empty() {
+            return;
+        }
+        self.bot_post_subscribers
+            .retain(|tx| tx.send(post.clone()).is_ok());
+    }
+
     // ----- ids and time ---------------------------------------------------------------------
 
     pub(crate) fn next_seq(&mut self) -> u64 {
@@ -366,7 +412,8 @@ impl SimState {
     ) -> Option<&mut SimMessage> {
         self.messages
             .get_mut(&(team_id.to_owned(), channel.to_owned()))
-            .and_then(|msgs| msgs.iter_mut().find(|m| m.ts == ts))
+            // From the end: edits and replies usually concern recent messages.
+            .and_then(|msgs| msgs.iter_mut().rev().find(|m| m.ts == ts))
     }
 
     pub(crate) fn parent_user(
@@ -377,6 +424,7 @@ impl SimState {
     ) -> Option<String> {
         self.messages_in(team_id, channel)
             .iter()
+            .rev()
             .find(|m| m.ts == thread_ts)
             .map(|m| m.user.clone())
     }
@@ -444,8 +492,12 @@ impl SimState {
             retry_attempt: 0,
             acked: false,
             exhausted: false,
+            first_sent_at: None,
+            acked_at: None,
             payload,
         };
+        self.delivery_index
+            .insert(envelope_id.clone(), self.deliveries.len());
         self.deliveries.push(info);
         self.send_delivery(self.deliveries.len() - 1, 0, "");
         envelope_id
@@ -503,6 +555,7 @@ impl SimState {
             let d = &mut self.deliveries[idx];
             d.sends += 1;
             d.retry_attempt = retry_attempt;
+            d.first_sent_at.get_or_insert_with(Instant::now);
         }
         self.send_frame(conn_id, frame, false);
         self.start_ack_timer(self.deliveries[idx].envelope_id.clone(), retry_attempt);
@@ -521,11 +574,7 @@ impl SimState {
 
     fn on_ack_timeout(&mut self, envelope_id: &str, attempt: u32) {
         let max = self.config.max_redeliveries;
-        let Some(idx) = self
-            .deliveries
-            .iter()
-            .position(|d| d.envelope_id == envelope_id)
-        else {
+        let Some(idx) = self.delivery_position(envelope_id) else {
             return;
         };
         let d = &self.deliveries[idx];
@@ -562,11 +611,13 @@ impl SimState {
     /// Records and sends one frame to a connection.
     pub(crate) fn send_frame(&mut self, conn_id: u64, frame: Value, then_close: bool) {
         let text = frame.to_string();
-        self.frames.push(FrameRecord {
-            connection_id: conn_id,
-            kind: frame["type"].as_str().unwrap_or_default().to_owned(),
-            frame,
-        });
+        if self.config.record_traffic || frame["type"] != "events_api" {
+            self.frames.push(FrameRecord {
+                connection_id: conn_id,
+                kind: frame["type"].as_str().unwrap_or_default().to_owned(),
+                frame,
+            });
+        }
         if let Some(live) = self.live.get(&conn_id) {
             let cmd = if then_close {
                 ConnCmd::FrameThenClose(text)
@@ -588,19 +639,22 @@ impl SimState {
             tracing::warn!(conn_id, "sim: client frame without envelope_id");
             return;
         };
-        let event_id = self
-            .deliveries
-            .iter_mut()
-            .find(|d| d.envelope_id == envelope_id)
-            .map(|d| {
-                d.acked = true;
-                d.event_id.clone()
-            });
+        let now = Instant::now();
+        let event_id = self.delivery_position(&envelope_id).map(|idx| {
+            let d = &mut self.deliveries[idx];
+            d.acked = true;
+            d.acked_at.get_or_insert(now);
+            d.event_id.clone()
+        });
+        if !self.config.record_traffic {
+            return;
+        }
         self.acks.push(AckRecord {
             connection_id: conn_id,
             envelope_id,
             event_id,
             payload: v.get("payload").cloned(),
+            at: Some(now),
         });
     }
 
