@@ -86,9 +86,10 @@ struct Args {
     /// Live actor counts to measure in `memory` mode.
     #[arg(long, value_delimiter = ',', default_values_t = [10_000usize, 100_000])]
     actors: Vec<usize>,
-    /// GitHub webhook fixtures (one folder per event).
-    #[arg(long, default_value = "/work/shared/fixtures/github-webhooks")]
-    fixtures: PathBuf,
+    /// GitHub webhook fixtures (one folder per event); default: the nearest
+    /// `shared/fixtures/github-webhooks` above the crate.
+    #[arg(long)]
+    fixtures: Option<PathBuf>,
     /// Keep the Slack Web API throttle on (Slack's per-workspace limits).
     #[arg(long)]
     slack_throttle: bool,
@@ -1008,6 +1009,16 @@ async fn conversations(args: &Args) -> anyhow::Result<ConversationsReport> {
 // ----- webhooks --------------------------------------------------------------------------------
 
 /// `(event, file, body)` of every fixture.
+/// The nearest `shared/fixtures/github-webhooks` above the crate (the repository's clone sits
+/// beside `shared/`).
+fn default_fixtures() -> anyhow::Result<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join("shared/fixtures/github-webhooks"))
+        .find(|p| p.is_dir())
+        .context("no shared/fixtures/github-webhooks above the crate; pass --fixtures DIR")
+}
+
 fn load_fixtures(dir: &Path) -> anyhow::Result<Vec<(String, String, Vec<u8>)>> {
     let mut out = Vec::new();
     let mut events: Vec<_> = std::fs::read_dir(dir)
@@ -1039,7 +1050,11 @@ fn load_fixtures(dir: &Path) -> anyhow::Result<Vec<(String, String, Vec<u8>)>> {
 }
 
 async fn webhooks(args: &Args) -> anyhow::Result<WebhooksReport> {
-    let fixtures = Arc::new(load_fixtures(&args.fixtures)?);
+    let dir = match &args.fixtures {
+        Some(dir) => dir.clone(),
+        None => default_fixtures()?,
+    };
+    let fixtures = Arc::new(load_fixtures(&dir)?);
     let db = TestDb::try_new().await.context("creating the database")?;
     let mut config = base_config(&db, args, free_port()?)?;
     config.integrations.github.webhook_secret = Some(Secret::new(WEBHOOK_SECRET));
