@@ -173,7 +173,7 @@ async fn run_with(
     let agent_endpoint = match (&options.agent_endpoint, &dev_agent) {
         (Some(e), _) => e.clone(),
         (None, Some(d)) => d.endpoint(),
-        (None, None) => unreachable_agent(),
+        (None, None) => anyhow::bail!("no agent: neither --agent nor the development agent"),
     };
     let config = demo_config(config, &sim, &agent_endpoint);
     let (running, _core) = crate::app::start(config)
@@ -220,12 +220,6 @@ async fn run_with(
     }
     println!("Demo data: database {DEMO_DB} on {database}. `infragpt demo --reset` clears it.");
     summary
-}
-
-fn unreachable_agent() -> String {
-    // Only reachable if neither an endpoint nor a development agent exists, which `run_with`
-    // rules out; answer with an address that fails clearly rather than panicking.
-    "http://127.0.0.1:1".to_owned()
 }
 
 /// Prints bot messages as they arrive and tracks which user messages were answered.
