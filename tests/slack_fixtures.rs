@@ -46,7 +46,7 @@ fn slack_files(sub: &str) -> Vec<(String, Vec<u8>)> {
 
 fn ctx(bot: Option<&str>, monitored: bool, in_thread: bool) -> DecideContext {
     DecideContext {
-        bot_user_id: bot.map(UserId::from),
+        bot_user_id: bot.map(|b| UserId::parse(b).expect("id")),
         channel_monitored: monitored,
         bot_in_thread: in_thread,
     }
@@ -63,7 +63,7 @@ fn expect_turn(d: Decision, text: &str, thread_ts: &str) -> infragpt_actors::sla
     match d {
         Decision::Turn(t) => {
             assert_eq!(t.text, text);
-            assert_eq!(t.thread.thread_ts, Ts::from(thread_ts));
+            assert_eq!(t.thread.thread_ts, Ts::parse(thread_ts).expect("id"));
             t
         }
         other => panic!("expected a turn, got {other:?}"),
@@ -94,7 +94,7 @@ fn check_events_api(name: &str, body: &[u8]) {
         "app_mention.json" => {
             let cb = callback(body);
             assert_eq!(cb.event_id.as_str(), "Ev111");
-            assert_eq!(cb.team_id, TeamId::from("T111"));
+            assert_eq!(cb.team_id, TeamId::parse("T111").expect("id"));
             // No `authorizations` here (older body with `authed_users`): the bot id comes
             // from the installation. A mention is a turn even in an unmonitored channel.
             let t = expect_turn(
@@ -103,7 +103,7 @@ fn check_events_api(name: &str, body: &[u8]) {
                 "1595926230.009600",
             );
             assert!(t.marks_channel_monitored);
-            assert_eq!(t.user, UserId::from("W222"));
+            assert_eq!(t.user, UserId::parse("W222").expect("id"));
             assert_eq!(t.raw_text, "<@W111> Hi there!");
         }
         "message.bot_id_no_subtype.json" => {
@@ -137,8 +137,8 @@ fn check_events_api(name: &str, body: &[u8]) {
                 new_text,
                 edited_by,
             } => {
-                assert_eq!(key.channel, ChannelId::from("C043YJGBY49"));
-                assert_eq!(key.ts, Ts::from("1663969333.524439"));
+                assert_eq!(key.channel, ChannelId::parse("C043YJGBY49").expect("id"));
+                assert_eq!(key.ts, Ts::parse("1663969333.524439").expect("id"));
                 assert!(new_text.starts_with("<https://jadeapptesting.slack.com/"));
                 assert_eq!(edited_by, None);
             }
@@ -151,10 +151,10 @@ fn check_events_api(name: &str, body: &[u8]) {
                 new_text,
                 edited_by,
             } => {
-                assert_eq!(key.team_id, TeamId::from("TXXXXXXXXXX"));
-                assert_eq!(key.ts, Ts::from("1701735043.989889"));
+                assert_eq!(key.team_id, TeamId::parse("TXXXXXXXXXX").expect("id"));
+                assert_eq!(key.ts, Ts::parse("1701735043.989889").expect("id"));
                 assert_eq!(new_text, "edited message");
-                assert_eq!(edited_by, Some(UserId::from("UXXXXXXXXXX")));
+                assert_eq!(edited_by, Some(UserId::parse("UXXXXXXXXXX").expect("id")));
             }
             other => panic!("expected update, got {other:?}"),
         },
@@ -162,14 +162,16 @@ fn check_events_api(name: &str, body: &[u8]) {
             decide(&callback(body), &none),
             Decision::Delete {
                 key: infragpt_actors::slack_events::MessageKey {
-                    team_id: "T043DB835ML".into(),
-                    channel: "C043YJGBY49".into(),
-                    ts: "1663966382.046509".into(),
+                    team_id: "T043DB835ML".parse().expect("id"),
+                    channel: "C043YJGBY49".parse().expect("id"),
+                    ts: "1663966382.046509".parse().expect("id"),
                 }
             }
         ),
         "message.message_deleted.bolt.json" => match decide(&callback(body), &none) {
-            Decision::Delete { key } => assert_eq!(key.ts, Ts::from("1665368619.804829")),
+            Decision::Delete { key } => {
+                assert_eq!(key.ts, Ts::parse("1665368619.804829").expect("id"))
+            }
             other => panic!("expected delete, got {other:?}"),
         },
         "message.plain.im.json" => {
@@ -216,7 +218,7 @@ fn check_events_api(name: &str, body: &[u8]) {
                 "When Slack was released?",
                 "1726133698.626339",
             );
-            assert_eq!(t.turn_id.ts, Ts::from("1726133700.887259"));
+            assert_eq!(t.turn_id.ts, Ts::parse("1726133700.887259").expect("id"));
         }
         other => panic!("no expectation for events_api fixture {other}"),
     }

@@ -366,7 +366,7 @@ async fn frames_match_slack_fixtures_and_acks_are_tracked() {
     // Our classifier reads the sim's payloads: one turn, deduplicated by (team, channel, ts).
     use infragpt_actors::slack_events as se;
     let ctx = se::DecideContext {
-        bot_user_id: Some(BOT.into()),
+        bot_user_id: Some(BOT.parse().expect("id")),
         ..Default::default()
     };
     let decide = |frame: &Value| match se::parse_value(frame["payload"].clone()).expect("parses") {
@@ -807,16 +807,16 @@ async fn edits_and_deletes_reach_the_app_and_classify() {
         other => panic!("{other:?}"),
     };
     let key = se::MessageKey {
-        team_id: ACME.into(),
-        channel: GENERAL.into(),
-        ts: ts.as_str().into(),
+        team_id: ACME.parse().expect("id"),
+        channel: GENERAL.parse().expect("id"),
+        ts: ts.parse().expect("ts"),
     };
     assert_eq!(
         decide(&next_frame(&mut ws).await),
         se::Decision::Update {
             key: key.clone(),
             new_text: "fixed".into(),
-            edited_by: Some(ALICE.into()),
+            edited_by: Some(ALICE.parse().expect("id")),
         }
     );
     assert_eq!(

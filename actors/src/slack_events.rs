@@ -38,21 +38,35 @@ macro_rules! id_newtype {
 }
 
 id_newtype!(
-    /// Slack workspace id (`T…`).
-    TeamId,
-    /// Slack channel id (`C…`, `G…`, `D…`).
-    ChannelId,
-    /// Slack user id (`U…`, `W…`).
-    UserId,
     /// Slack bot id (`B…`), distinct from the bot's user id.
     BotId,
     /// Slack app id (`A…`).
     AppId,
-    /// Slack message timestamp (`1610241741.000200`), unique within a channel.
-    Ts,
     /// Events API event id (`Ev…`), stable across redeliveries: the dedupe key for inbound events.
     EventId,
 );
+
+/// Workspace, channel, user and message ids are the core's validated newtypes; the names here
+/// follow Slack's field names.
+pub use crate::ids::{ChannelId, MessageTs as Ts, SlackUserId as UserId, TeamId};
+
+/// A required id field, validated.
+fn id<T: TryFrom<String>>(
+    value: String,
+    kind: &'static str,
+    field: &'static str,
+) -> Result<T, ParseError> {
+    T::try_from(value).map_err(|_| ParseError::Field { kind, field })
+}
+
+/// An optional id field, validated when present.
+fn opt_id<T: TryFrom<String>>(
+    value: Option<String>,
+    kind: &'static str,
+    field: &'static str,
+) -> Result<Option<T>, ParseError> {
+    value.map(|v| id(v, kind, field)).transpose()
+}
 
 /// Why a body or frame could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -228,15 +242,21 @@ pub fn parse_value(value: Value) -> Result<Inbound, ParseError> {
             let event = raw.event.ok_or(missing("event"))?;
             Ok(Inbound::EventCallback(Box::new(EventCallback {
                 event_id: EventId(raw.event_id.ok_or(missing("event_id"))?),
-                team_id: TeamId(raw.team_id.ok_or(missing("team_id"))?),
+                team_id: id(
+                    raw.team_id.ok_or(missing("team_id"))?,
+                    "event_callback",
+                    "team_id",
+                )?,
                 event_time: raw.event_time.ok_or(missing("event_time"))?,
                 api_app_id: raw.api_app_id.map(AppId),
-                authorized_bot_user_id: raw
-                    .authorizations
-                    .into_iter()
-                    .find(|a| a.is_bot)
-                    .and_then(|a| a.user_id)
-                    .map(UserId),
+                authorized_bot_user_id: opt_id(
+                    raw.authorizations
+                        .into_iter()
+                        .find(|a| a.is_bot)
+                        .and_then(|a| a.user_id),
+                    "event_callback",
+                    "authorizations.user_id",
+                )?,
                 event: parse_event(&event)?,
             })))
         }
@@ -262,11 +282,11 @@ fn parse_event(event: &Value) -> Result<SlackEvent, ParseError> {
                 })
             };
             Ok(SlackEvent::AppMention(AppMention {
-                channel: ChannelId(req("channel")?),
-                user: str_field(event, "user").map(UserId),
+                channel: id(req("channel")?, "app_mention", "channel")?,
+                user: opt_id(str_field(event, "user"), "app_mention", "user")?,
                 text: str_field(event, "text").unwrap_or_default(),
-                ts: Ts(req("ts")?),
-                thread_ts: str_field(event, "thread_ts").map(Ts),
+                ts: id(req("ts")?, "app_mention", "ts")?,
+                thread_ts: opt_id(str_field(event, "thread_ts"), "app_mention", "thread_ts")?,
                 bot_id: str_field(event, "bot_id").map(BotId),
             }))
         }
@@ -277,12 +297,14 @@ fn parse_event(event: &Value) -> Result<SlackEvent, ParseError> {
 
 fn parse_message(event: &Value) -> Result<SlackEvent, ParseError> {
     let subtype = str_field(event, "subtype");
-    let channel = str_field(event, "channel")
-        .map(ChannelId)
-        .ok_or(ParseError::Field {
+    let channel: ChannelId = id(
+        str_field(event, "channel").ok_or(ParseError::Field {
             kind: "message",
             field: "channel",
-        })?;
+        })?,
+        "message",
+        "channel",
+    )?;
     match subtype.as_deref() {
         Some("message_changed") => {
             let missing = |field| ParseError::Field {
@@ -292,34 +314,49 @@ fn parse_message(event: &Value) -> Result<SlackEvent, ParseError> {
             let message = event.get("message").ok_or(missing("message"))?;
             Ok(SlackEvent::MessageChanged {
                 channel,
-                ts: Ts(str_field(message, "ts").ok_or(missing("message.ts"))?),
+                ts: id(
+                    str_field(message, "ts").ok_or(missing("message.ts"))?,
+                    "message_changed",
+                    "message.ts",
+                )?,
                 new_text: str_field(message, "text").unwrap_or_default(),
-                edited_by: message
-                    .get("edited")
-                    .and_then(|e| str_field(e, "user"))
-                    .map(UserId),
+                edited_by: opt_id(
+                    message.get("edited").and_then(|e| str_field(e, "user")),
+                    "message_changed",
+                    "message.edited.user",
+                )?,
             })
         }
         Some("message_deleted") => Ok(SlackEvent::MessageDeleted {
             channel,
-            deleted_ts: str_field(event, "deleted_ts")
-                .map(Ts)
-                .ok_or(ParseError::Field {
+            deleted_ts: id(
+                str_field(event, "deleted_ts").ok_or(ParseError::Field {
                     kind: "message_deleted",
                     field: "deleted_ts",
                 })?,
+                "message_deleted",
+                "deleted_ts",
+            )?,
         }),
         _ => Ok(SlackEvent::Message(MessageEvent {
             channel,
             channel_type: str_field(event, "channel_type"),
-            user: str_field(event, "user").map(UserId),
+            user: opt_id(str_field(event, "user"), "message", "user")?,
             text: str_field(event, "text").unwrap_or_default(),
-            ts: str_field(event, "ts").map(Ts).ok_or(ParseError::Field {
-                kind: "message",
-                field: "ts",
-            })?,
-            thread_ts: str_field(event, "thread_ts").map(Ts),
-            parent_user_id: str_field(event, "parent_user_id").map(UserId),
+            ts: id(
+                str_field(event, "ts").ok_or(ParseError::Field {
+                    kind: "message",
+                    field: "ts",
+                })?,
+                "message",
+                "ts",
+            )?,
+            thread_ts: opt_id(str_field(event, "thread_ts"), "message", "thread_ts")?,
+            parent_user_id: opt_id(
+                str_field(event, "parent_user_id"),
+                "message",
+                "parent_user_id",
+            )?,
             subtype,
             bot_id: str_field(event, "bot_id").map(BotId),
             app_id: str_field(event, "app_id").map(AppId),
@@ -354,16 +391,8 @@ pub struct TurnId {
     pub ts: Ts,
 }
 
-/// A conversation thread: `(team, channel, thread_ts or ts)`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ThreadKey {
-    /// Workspace.
-    pub team_id: TeamId,
-    /// Channel.
-    pub channel: ChannelId,
-    /// The thread parent's ts (the message's own ts when it starts a thread).
-    pub thread_ts: Ts,
-}
+/// A conversation thread: `(team, channel, thread_ts or ts)` (the core's key).
+pub use crate::ids::ThreadKey;
 
 /// A message that becomes a turn in a conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -582,11 +611,11 @@ fn make_turn(
             channel: channel.clone(),
             ts: ts.clone(),
         },
-        thread: ThreadKey {
-            team_id: cb.team_id.clone(),
-            channel: channel.clone(),
-            thread_ts: thread_ts.unwrap_or(ts).clone(),
-        },
+        thread: ThreadKey::new(
+            cb.team_id.clone(),
+            channel.clone(),
+            thread_ts.unwrap_or(ts).clone(),
+        ),
         event_id: cb.event_id.clone(),
         user: user.clone(),
         text,
@@ -618,11 +647,11 @@ pub fn thread_key(
     ts: &Ts,
     thread_ts: Option<&Ts>,
 ) -> ThreadKey {
-    ThreadKey {
-        team_id: team_id.clone(),
-        channel: channel.clone(),
-        thread_ts: thread_ts.unwrap_or(ts).clone(),
-    }
+    ThreadKey::new(
+        team_id.clone(),
+        channel.clone(),
+        thread_ts.unwrap_or(ts).clone(),
+    )
 }
 
 /// True when `text` mentions `user` (`<@U123>` or `<@U123|name>`).
@@ -824,7 +853,7 @@ mod tests {
 
     #[test]
     fn strip_variants() {
-        let bot = UserId::from("U123");
+        let bot = UserId::parse("U123").expect("valid id");
         assert_eq!(strip_mention("<@U123> hi", Some(&bot), true), "hi");
         assert_eq!(
             strip_mention("hey <@U123|infragpt> do x", Some(&bot), true),

@@ -13,7 +13,7 @@ use super::ports::{
 };
 use super::reply::{ReplyMode, split_message};
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
-use crate::ids::{ChannelId, MessageTs, SlackUserId, TeamId, ThreadKey};
+use crate::ids::{MessageTs, ThreadKey};
 use crate::inbox::{InboundEvent, RoutingKey};
 use crate::slack_events::{self, DecideContext, Decision, Inbound, SlackEvent};
 
@@ -54,10 +54,6 @@ fn slack_err(e: SlackApiError) -> HandlerError {
         }
         _ => HandlerError::retryable(e),
     }
-}
-
-fn id<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, HandlerError> {
-    r.map_err(|e| HandlerError::permanent(format!("malformed slack id: {e}")))
 }
 
 /// Handles Slack events for the conversation threads.
@@ -127,15 +123,11 @@ impl ConversationHandler {
         event: &InboundEvent,
         turn: slack_events::Turn,
     ) -> Result<HandleOutcome, HandlerError> {
-        let team = id(TeamId::parse(turn.thread.team_id.as_str()))?;
-        let channel = id(ChannelId::parse(turn.thread.channel.as_str()))?;
-        let key = ThreadKey::new(
-            team.clone(),
-            channel.clone(),
-            id(MessageTs::parse(turn.thread.thread_ts.as_str()))?,
-        );
-        let ts = id(MessageTs::parse(turn.turn_id.ts.as_str()))?;
-        let user = id(SlackUserId::parse(turn.user.as_str()))?;
+        let key = turn.thread.clone();
+        let team = key.team.clone();
+        let channel = key.channel.clone();
+        let ts = turn.turn_id.ts.clone();
+        let user = turn.user.clone();
 
         if turn.marks_channel_monitored {
             let known = self
@@ -347,11 +339,11 @@ impl EventHandler for ConversationHandler {
                 )));
             }
         };
-        let team = id(TeamId::parse(cb.team_id.as_str()))?;
+        let team = cb.team_id.clone();
         let bot = self.slack.bot_identity(&team).await.map_err(slack_err)?;
         let (channel_monitored, bot_in_thread) = match &cb.event {
             SlackEvent::Message(m) => {
-                let channel = id(ChannelId::parse(m.channel.as_str()))?;
+                let channel = m.channel.clone();
                 let monitored = self
                     .store
                     .channel(&team, &channel)
@@ -361,11 +353,7 @@ impl EventHandler for ConversationHandler {
                 let in_thread = match &m.thread_ts {
                     Some(t) => self
                         .store
-                        .find_by_key(&ThreadKey::new(
-                            team.clone(),
-                            channel,
-                            id(MessageTs::parse(t.as_str()))?,
-                        ))
+                        .find_by_key(&ThreadKey::new(team.clone(), channel, t.clone()))
                         .await
                         .map_err(store_err)?
                         .is_some(),
@@ -376,7 +364,7 @@ impl EventHandler for ConversationHandler {
             _ => (false, false),
         };
         let ctx = DecideContext {
-            bot_user_id: Some(slack_events::UserId(bot.user_id.to_string())),
+            bot_user_id: Some(bot.user_id.clone()),
             channel_monitored,
             bot_in_thread,
         };
@@ -385,12 +373,7 @@ impl EventHandler for ConversationHandler {
             Decision::Update { key, new_text, .. } => {
                 let found = self
                     .store
-                    .edit_message(
-                        &team,
-                        &id(ChannelId::parse(key.channel.as_str()))?,
-                        &id(MessageTs::parse(key.ts.as_str()))?,
-                        &new_text,
-                    )
+                    .edit_message(&team, &key.channel, &key.ts, &new_text)
                     .await
                     .map_err(store_err)?;
                 Ok(if found {
@@ -402,11 +385,7 @@ impl EventHandler for ConversationHandler {
             Decision::Delete { key } => {
                 let found = self
                     .store
-                    .mark_deleted(
-                        &team,
-                        &id(ChannelId::parse(key.channel.as_str()))?,
-                        &id(MessageTs::parse(key.ts.as_str()))?,
-                    )
+                    .mark_deleted(&team, &key.channel, &key.ts)
                     .await
                     .map_err(store_err)?;
                 Ok(if found {
