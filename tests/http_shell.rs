@@ -571,6 +571,8 @@ async fn serve_binary_starts_and_stops_gracefully_on_sigterm() {
         .spawn()
         .unwrap();
     let pid = child.id();
+    // A failed assertion must not leave the service running after the test.
+    let _reaper = KillOnPanic(pid);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
@@ -788,4 +790,17 @@ async fn stop_finishes_in_flight_requests_then_stops_modules_and_listeners() {
             .is_err(),
         "still accepting after stop"
     );
+}
+
+/// Kills a child process when the test panics before it could stop it.
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
 }
