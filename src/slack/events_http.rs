@@ -13,7 +13,6 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use infragpt_actors::Secret;
 use infragpt_actors::cluster::{Cluster, IngestError};
 use infragpt_actors::inbox::RecordOutcome;
-use infragpt_actors::slack_events::{self, Inbound};
 use serde_json::{Value, json};
 
 use super::signature::{
@@ -102,17 +101,18 @@ async fn slack_events_handler(
     }
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))?;
-    if let Ok(Inbound::UrlVerification { challenge }) = slack_events::parse_value(value.clone()) {
-        tracing::info!("slack url_verification answered");
-        return Ok(HttpResponse::Ok().json(json!({ "challenge": challenge })));
-    }
     let retry_num = req
         .headers()
         .get(RETRY_NUM_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("0")
         .to_owned();
+    // One parse classifies the body: challenge, ignored type, or an event to record.
     let event = match inbound_event(&value, None).map_err(ApiError::bad_request)? {
+        InboundClass::UrlVerification(challenge) => {
+            tracing::info!("slack url_verification answered");
+            return Ok(HttpResponse::Ok().json(json!({ "challenge": challenge })));
+        }
         InboundClass::Ignore(kind) => {
             tracing::info!(kind = %kind, "slack events body ignored");
             return Ok(HttpResponse::Ok().json(json!({ "ok": true })));

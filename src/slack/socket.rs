@@ -60,7 +60,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub enum InboundClass {
     /// Record it in the inbox.
     Event(NewInboundEvent),
-    /// Acknowledge and do nothing (`app_rate_limited`, `url_verification` over a socket, ...).
+    /// Endpoint verification: the HTTP endpoint echoes the challenge; a socket ignores it.
+    UrlVerification(String),
+    /// Acknowledge and do nothing (`app_rate_limited`, ...).
     Ignore(String),
 }
 
@@ -85,7 +87,7 @@ pub fn inbound_event(
                 .to_owned(),
             payload: payload.clone(),
         })),
-        Ok(Inbound::UrlVerification { .. }) => Ok(InboundClass::Ignore("url_verification".into())),
+        Ok(Inbound::UrlVerification { challenge }) => Ok(InboundClass::UrlVerification(challenge)),
         Ok(Inbound::Other { kind }) => Ok(InboundClass::Ignore(kind)),
         Err(e) => {
             let source_id = payload["event_id"]
@@ -543,6 +545,9 @@ impl Conn {
     {
         let fallback = format!("envelope:{envelope_id}");
         match inbound_event(payload, Some(&fallback)) {
+            Ok(InboundClass::UrlVerification(_)) => {
+                tracing::info!(connection = %self.key, envelope_id, kind = "url_verification", "events_api body ignored");
+            }
             Ok(InboundClass::Ignore(kind)) => {
                 tracing::info!(connection = %self.key, envelope_id, kind = %kind, "events_api body ignored");
             }
