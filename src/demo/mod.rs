@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use infragpt_actors::Secret;
+use infragpt_actors::ids::MessageTs;
 
 use crate::config::Config;
 use crate::devagent::{DevAgent, DevAgentConfig, DevAgentHandle};
-use crate::slack::sim::{SimChannel, SimConfig, SimTeam, SimUser, SlackSim};
+use crate::slack::sim::{SimChannel, SimConfig, SimState, SimTeam, SimUser, SlackSim};
 use chat::{HELP, Line, Threads, parse_line};
 
 /// The demo workspace.
@@ -259,26 +260,16 @@ impl Printer {
 }
 
 /// True when the thread `thread_ts` holds a bot message newer than `after_ts`.
-fn answered(sim: &SlackSim, thread_ts: &str, after_ts: &str) -> bool {
-    sim.with_state(|s| {
-        s.messages
-            .get(&(TEAM_ID.to_owned(), OPS_CHANNEL.to_owned()))
-            .is_some_and(|msgs| {
-                msgs.iter().any(|m| {
-                    m.bot_id.is_some()
-                        && m.thread_ts.as_deref() == Some(thread_ts)
-                        && ts_after(&m.ts, after_ts)
-                })
+fn answered(s: &SimState, thread_ts: &str, after_ts: &MessageTs) -> bool {
+    s.messages
+        .get(&(TEAM_ID.to_owned(), OPS_CHANNEL.to_owned()))
+        .is_some_and(|msgs| {
+            msgs.iter().any(|m| {
+                m.bot_id.is_some()
+                    && m.thread_ts.as_deref() == Some(thread_ts)
+                    && MessageTs::parse(m.ts.as_str()).is_ok_and(|t| t.chrono_cmp(after_ts).is_gt())
             })
-    })
-}
-
-fn ts_after(a: &str, b: &str) -> bool {
-    let parse = |t: &str| -> (u64, u64) {
-        let (s, f) = t.split_once('.').unwrap_or((t, "0"));
-        (s.parse().unwrap_or(0), f.parse().unwrap_or(0))
-    };
-    parse(a) > parse(b)
+        })
 }
 
 async fn chat_loop(sim: &SlackSim, options: &DemoOptions) -> anyhow::Result<DemoSummary> {
@@ -421,16 +412,12 @@ async fn chat_loop(sim: &SlackSim, options: &DemoOptions) -> anyhow::Result<Demo
         if expects_reply {
             summary.turns += 1;
             asked.push((root.clone(), Instant::now()));
-            let deadline = Instant::now() + timeout;
-            let mut got = false;
-            while Instant::now() < deadline {
-                printer.print_new(sim, &threads, &asked);
-                if answered(sim, &root, &ts) {
-                    got = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            // The simulator wakes the wait on every change; no polling.
+            let after = MessageTs::parse(ts.as_str()).context("the simulator's message ts")?;
+            let got = sim
+                .wait_for(|s| answered(s, &root, &after), timeout)
+                .await
+                .is_ok();
             // Answers can come in several messages; give the rest a moment to land.
             tokio::time::sleep(Duration::from_millis(150)).await;
             printer.print_new(sim, &threads, &asked);
