@@ -1,26 +1,14 @@
 //! Clerk webhook parsing against every payload in `shared/fixtures/svix/clerk/`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use infragpt::identity::clerk_events::{ClerkEvent, ClerkEventError, ClerkUser, parse_event};
 use infragpt::identity::{ClerkMembershipId, ClerkOrgId, ClerkUserId};
 use serde_json::json;
 
-fn fixtures_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("INFRAGPT_FIXTURES") {
-        return PathBuf::from(dir);
-    }
-    let mut dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    loop {
-        let candidate = dir.join("shared").join("fixtures");
-        if candidate.is_dir() {
-            return candidate;
-        }
-        dir = dir
-            .parent()
-            .expect("shared/fixtures not found above the crate; set INFRAGPT_FIXTURES");
-    }
-}
+#[path = "support/fixtures.rs"]
+mod fixtures;
+use fixtures::fixtures_dir;
 
 fn clerk_dir() -> PathBuf {
     fixtures_dir().join("svix").join("clerk")

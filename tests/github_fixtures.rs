@@ -2,7 +2,7 @@
 //! `shared/fixtures/github-webhooks/` (event name = directory name).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use infragpt::github::normalize::{
     InstallationChange, NormalizeError, Normalized, NormalizedEvent, RepoRef, SUPPORTED_EVENTS,
@@ -12,21 +12,9 @@ use infragpt::github::signature::{GithubSignatureError, GithubSignatureVerifier,
 use infragpt_actors::Secret;
 use serde_json::{Value, json};
 
-fn fixtures_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("INFRAGPT_FIXTURES") {
-        return PathBuf::from(dir);
-    }
-    let mut dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    loop {
-        let candidate = dir.join("shared").join("fixtures");
-        if candidate.is_dir() {
-            return candidate;
-        }
-        dir = dir
-            .parent()
-            .expect("shared/fixtures not found above the crate; set INFRAGPT_FIXTURES");
-    }
-}
+#[path = "support/fixtures.rs"]
+mod fixtures;
+use fixtures::fixtures_dir;
 
 fn webhooks_dir() -> PathBuf {
     fixtures_dir().join("github-webhooks")

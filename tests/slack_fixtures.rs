@@ -1,7 +1,6 @@
 //! Every Slack fixture in `shared/fixtures/slack/` parses into an event or a clear ignored
 //! outcome, with the classification asserted per file; plus the request-signing vector.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use infragpt::slack::signature::{SignatureError, SlackSignatureVerifier, sign};
@@ -12,21 +11,9 @@ use infragpt_actors::slack_events::{
 };
 use serde_json::Value;
 
-/// `INFRAGPT_FIXTURES_DIR`, else the nearest `shared/fixtures` above the crate.
-fn fixtures_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("INFRAGPT_FIXTURES_DIR") {
-        return PathBuf::from(dir);
-    }
-    let mut dir = Some(Path::new(env!("CARGO_MANIFEST_DIR")));
-    while let Some(d) = dir {
-        let candidate = d.join("shared/fixtures");
-        if candidate.is_dir() {
-            return candidate;
-        }
-        dir = d.parent();
-    }
-    panic!("fixtures not found: set INFRAGPT_FIXTURES_DIR to the shared/fixtures folder");
-}
+#[path = "support/fixtures.rs"]
+mod fixtures;
+use fixtures::fixtures_dir;
 
 fn slack_files(sub: &str) -> Vec<(String, Vec<u8>)> {
     let dir = fixtures_dir().join("slack").join(sub);

@@ -1,28 +1,14 @@
 //! Svix signature verification against the published Svix test vectors
 //! (`shared/fixtures/svix/`), with a clock fixed at each vector's timestamp.
 
-use std::path::{Path, PathBuf};
-
 use chrono::{DateTime, Duration, Utc};
 use infragpt::identity::svix::{SvixError, SvixHeaders, SvixVerifier};
 use infragpt_actors::Secret;
 use serde_json::Value;
 
-fn fixtures_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("INFRAGPT_FIXTURES") {
-        return PathBuf::from(dir);
-    }
-    let mut dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    loop {
-        let candidate = dir.join("shared").join("fixtures");
-        if candidate.is_dir() {
-            return candidate;
-        }
-        dir = dir
-            .parent()
-            .expect("shared/fixtures not found above the crate; set INFRAGPT_FIXTURES");
-    }
-}
+#[path = "support/fixtures.rs"]
+mod fixtures;
+use fixtures::fixtures_dir;
 
 fn load(name: &str) -> Vec<Value> {
     let path = fixtures_dir().join("svix").join(name);

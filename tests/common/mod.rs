@@ -2,7 +2,6 @@
 //! signing, a cluster with the IdentitySync stream on a fresh database, table dumps.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -47,21 +46,9 @@ pub const GUARD: Duration = Duration::from_secs(60);
 
 // ----- fixtures ---------------------------------------------------------------------------
 
-pub fn fixtures_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("INFRAGPT_FIXTURES") {
-        return PathBuf::from(dir);
-    }
-    let mut dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    loop {
-        let candidate = dir.join("shared").join("fixtures");
-        if candidate.is_dir() {
-            return candidate;
-        }
-        dir = dir
-            .parent()
-            .expect("shared/fixtures not found above the crate; set INFRAGPT_FIXTURES");
-    }
-}
+#[path = "../support/fixtures.rs"]
+mod fixtures;
+pub use fixtures::fixtures_dir;
 
 /// The raw bytes of `svix/clerk/<name>.json`.
 pub fn clerk_fixture(name: &str) -> Vec<u8> {

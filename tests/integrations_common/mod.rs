@@ -377,22 +377,9 @@ pub fn start_cluster(pool: &Pool) -> infragpt_actors::Cluster {
     .expect("cluster")
 }
 
-/// The shared fixtures directory (`shared/fixtures`, or `INFRAGPT_FIXTURES`).
-pub fn fixtures_dir() -> std::path::PathBuf {
-    if let Ok(dir) = std::env::var("INFRAGPT_FIXTURES") {
-        return std::path::PathBuf::from(dir);
-    }
-    let mut dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    loop {
-        let candidate = dir.join("shared").join("fixtures");
-        if candidate.is_dir() {
-            return candidate;
-        }
-        dir = dir
-            .parent()
-            .expect("shared/fixtures not found above the crate; set INFRAGPT_FIXTURES");
-    }
-}
+#[path = "../support/fixtures.rs"]
+mod fixtures;
+pub use fixtures::fixtures_dir;
 
 /// Every GitHub webhook fixture as (event name, file name, raw bytes).
 pub fn github_fixtures() -> Vec<(String, String, Vec<u8>)> {
