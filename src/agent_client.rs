@@ -50,9 +50,7 @@ pub struct GrpcAgentOptions {
     pub retry_attempts: u32,
     /// Backoff before the first retry; doubles per retry.
     pub backoff_initial: Duration,
-    /// Longest backoff.
     pub backoff_max: Duration,
-    /// Circuit breaker settings.
     pub circuit: CircuitConfig,
     /// Supervisor shown as the parent in the actor tree.
     pub health_parent: Option<ActorId>,
@@ -89,9 +87,7 @@ pub enum AgentClientError {
     /// The endpoint is not a URI tonic can dial.
     #[error("agent endpoint {endpoint:?} is invalid: {reason}")]
     InvalidEndpoint {
-        /// The endpoint.
         endpoint: String,
-        /// Why.
         reason: String,
     },
     /// Built outside a tokio runtime (the channel's background task needs one).

@@ -2,6 +2,8 @@
 //! pieces into the server as [`Module`]s. `infragpt serve` and `infragpt demo` both start
 //! the service through [`start`].
 
+pub mod integrations;
+
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -9,29 +11,27 @@ use infragpt_actors::conversation::{ConversationHandler, ReplyService};
 use infragpt_actors::inbox::EventSource;
 use infragpt_actors::{ActorKind, Cluster, HealthRegistry, Metrics, StreamSpec};
 
+use self::integrations::{IntegrationParts, IntegrationsModule, load_keyring, state_key};
+use crate::agent_client::{GrpcAgent, GrpcAgentOptions};
 use crate::config::Config;
 use crate::db::Database;
 use crate::db::audit::PgAudit;
 use crate::db::conversations::PgConversationStore;
 use crate::db::inbox::PgInbox;
-use crate::grpc::agent_client::{GrpcAgent, GrpcAgentOptions};
-use crate::grpc::reply::ReplyModule;
 use crate::grpc::server::GrpcShell;
-use crate::http::ops::{self, OpsState};
-use crate::http::reply::ReplyAuth;
 use crate::http::{HttpShell, ReadinessCheck};
-use crate::identity::module::IdentityModule;
-use crate::integrations::slack_connector::VaultSlackTokens;
-use crate::integrations::{IntegrationParts, IntegrationsModule, load_keyring, state_key};
+use crate::identity::wiring::IdentityModule;
+use crate::ops::{self, OpsState};
+use crate::reply::{ReplyAuth, ReplyModule};
 use crate::server::{self, AppState, Module, RunningServer, ShutdownSignals};
-use crate::slack::module::SlackModule;
+use crate::slack::integration::VaultSlackTokens;
+use crate::slack::transport::SlackModule;
 
 /// The actor system and what every module shares with it.
 #[derive(Clone, Debug)]
 pub struct Core {
     /// The actor system (routers, workers, supervisors).
     pub cluster: Cluster,
-    /// The audit log.
     pub audit: Arc<PgAudit>,
 }
 

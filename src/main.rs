@@ -208,7 +208,8 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(fut: F) -> anyh
 }
 
 async fn vault(config: Config, command: VaultCommand) -> anyhow::Result<()> {
-    use infragpt::integrations::{load_keyring, vault_cli};
+    use infragpt::app::integrations::load_keyring;
+    use infragpt::integrations::vault_cli;
     let db = infragpt::server::open_database(&config).await?;
     let result = async {
         match command {

@@ -91,11 +91,8 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Database> {
 
 /// A started server: listeners bound, serving. Stop it with [`RunningServer::stop`].
 pub struct RunningServer {
-    /// Where HTTP listens.
     pub http_addr: SocketAddr,
-    /// Where gRPC listens.
     pub grpc_addr: SocketAddr,
-    /// The shared state.
     pub state: AppState,
     grpc_health: GrpcHealth,
     http_handle: actix_web::dev::ServerHandle,

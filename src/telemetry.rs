@@ -13,7 +13,6 @@ use crate::config::{Config, LogFormat};
 pub struct TelemetryConfig {
     /// Filter directives (`info`, `infragpt=debug`); `RUST_LOG` wins when set.
     pub level: String,
-    /// Output format.
     pub format: LogFormat,
     /// Write to stderr instead of stdout (CLI commands whose stdout is their output).
     pub to_stderr: bool,
@@ -35,9 +34,7 @@ pub enum TelemetryError {
     /// The filter (from `RUST_LOG` or `log_level`) does not parse.
     #[error("invalid log filter `{filter}`: {reason}")]
     Filter {
-        /// The filter text.
         filter: String,
-        /// Why.
         reason: String,
     },
     /// A global subscriber is already installed.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use infragpt::db::inbox::PgInbox;
-use infragpt::db::testing::TestDb;
+use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::health::{ActorKind, HealthRegistry};
 use infragpt_actors::inbox::{
     EventSource, EventStatus, InboundEvent, InboundEvents, RecordOutcome, RoutingKey,

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use infragpt::devagent::{AGENT_TYPE, DEMO_LABEL, DevAgent, DevAgentConfig, FailMode};
-use infragpt::grpc::agent_client::{GrpcAgent, GrpcAgentOptions, HEALTH_KEY};
+use infragpt::testkit::devagent::{AGENT_TYPE, DEMO_LABEL, DevAgent, DevAgentConfig, FailMode};
+use infragpt::agent_client::{GrpcAgent, GrpcAgentOptions, HEALTH_KEY};
 use infragpt_actors::circuit::{CircuitConfig, CircuitState, ManualClock};
 use infragpt_actors::conversation::{Agent, AgentError, AgentTurn, PastMessage};
 use infragpt_actors::ids::ConversationId;
@@ -12,7 +12,7 @@ use infragpt_actors::{ActorKind, ActorState, HealthRegistry, Metrics};
 use serde_json::json;
 use tonic::Code;
 
-fn dev_agent(fail_mode: FailMode) -> infragpt::devagent::DevAgentHandle {
+fn dev_agent(fail_mode: FailMode) -> infragpt::testkit::devagent::DevAgentHandle {
     DevAgent::start(DevAgentConfig {
         call_send_reply: false,
         fail_mode,

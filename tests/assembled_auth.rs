@@ -14,7 +14,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use infragpt::config;
 use infragpt::db::schema::organization_members;
-use infragpt::db::testing::TestDb;
+use infragpt::testkit::test_db::TestDb;
 use serde_json::Value;
 
 const VAULT_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";

@@ -4,7 +4,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use infragpt::db::PgConversationStore;
 use infragpt::db::schema::{conversations, messages};
-use infragpt::db::testing::TestDb;
+use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::conversation::{
     ChannelRecord, ConversationStore, InsertOutcome, NewMessage, Sender,
 };

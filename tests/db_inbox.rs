@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use infragpt::db::schema::{audit_log, inbound_events};
-use infragpt::db::testing::TestDb;
+use infragpt::testkit::test_db::TestDb;
 use infragpt::db::{PgAudit, PgInbox};
 use infragpt_actors::audit::{AuditEntry, AuditLog};
 use infragpt_actors::inbox::{

@@ -7,7 +7,7 @@ use std::process::Command;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use infragpt::db::schema::{conversations, messages};
-use infragpt::db::testing::TestDb;
+use infragpt::testkit::test_db::TestDb;
 
 /// A test-only vault key (32 bytes, base64).
 const VAULT_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";

@@ -19,16 +19,16 @@ use infragpt::app::{Core, CoreModule};
 use infragpt::config::{self, Config};
 use infragpt::db::conversations::PgConversationStore;
 use infragpt::db::schema::{conversations, inbound_events, messages};
-use infragpt::db::testing::TestDb;
-use infragpt::devagent::{DevAgent, DevAgentConfig, DevAgentHandle, FailMode};
-use infragpt::grpc::agent_client::{GrpcAgent, GrpcAgentOptions};
+use infragpt::testkit::test_db::TestDb;
+use infragpt::testkit::devagent::{DevAgent, DevAgentConfig, DevAgentHandle, FailMode};
+use infragpt::agent_client::{GrpcAgent, GrpcAgentOptions};
 use infragpt::grpc::pb::backend::SendReplyCommand;
 use infragpt::grpc::pb::backend::backend_service_client::BackendServiceClient;
-use infragpt::grpc::reply::ReplyModule;
-use infragpt::http::reply::ReplyAuth;
+use infragpt::reply::grpc::ReplyModule;
+use infragpt::reply::http::ReplyAuth;
 use infragpt::server::{self, Module, RunningServer};
-use infragpt::slack::module::SlackModule;
-use infragpt::slack::sim::{
+use infragpt::slack::transport::SlackModule;
+use infragpt::testkit::slack_sim::{
     ConnState, SimChannel, SimConfig, SimMessage, SimTeam, SimUser, SlackSim,
 };
 use infragpt::slack::workspaces::StaticTokens;
@@ -346,7 +346,7 @@ async fn events_for_ts(db: &TestDb, ts: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn post_calls_in(sim: &SlackSim, thread: &str) -> Vec<infragpt::slack::sim::ApiCall> {
+fn post_calls_in(sim: &SlackSim, thread: &str) -> Vec<infragpt::testkit::slack_sim::ApiCall> {
     sim.calls("chat.postMessage")
         .into_iter()
         .filter(|c| c.params["thread_ts"] == thread)

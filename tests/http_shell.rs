@@ -399,7 +399,7 @@ async fn grpc_health_reports_serving_once_ready() {
 // ---------------------------------------------------------------------------------------------
 // Against a real database.
 
-use infragpt::db::testing::TestDb;
+use infragpt::testkit::test_db::TestDb;
 use infragpt::http::health::{DatabaseCheck, MigrationsCheck};
 
 /// A TCP relay to the test database that can be switched off (connections refused... in

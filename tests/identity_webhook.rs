@@ -532,11 +532,11 @@ async fn module_serves_the_webhook_on_its_own_port_too() {
     use std::sync::Arc;
 
     use infragpt::config::Config;
-    use infragpt::identity::module::IdentityModule;
+    use infragpt::identity::wiring::IdentityModule;
     use infragpt::server::{AppState, Module};
 
     // No Harness: the module registers the Clerk stream on a cluster of its own.
-    let db = infragpt::db::testing::TestDb::new().await;
+    let db = infragpt::testkit::test_db::TestDb::new().await;
     let cluster = infragpt_actors::Cluster::start(
         infragpt_actors::ClusterConfig::default(),
         Arc::new(infragpt::db::PgInbox::new(db.pool().clone())),

@@ -15,9 +15,9 @@ use diesel_async::RunQueryDsl;
 use infragpt::config::Config;
 use infragpt::crypto::state::StateClaims;
 use infragpt::db::schema::{audit_log, github_repositories, integration_credentials};
-use infragpt::db::testing::TestDb;
+use infragpt::testkit::test_db::TestDb;
 use infragpt::github::signature::sign;
-use infragpt::integrations::IntegrationParts;
+use infragpt::app::integrations::IntegrationParts;
 use infragpt::integrations::connector::ConnectorRegistry;
 use infragpt_actors::Secret;
 use integrations_common::*;
@@ -700,8 +700,8 @@ async fn module_serves_webhooks_on_the_main_and_the_dedicated_port() {
     config.integrations.github.webhook_port = Some(webhook_port);
     config.vault.keys = [("k1".to_owned(), random_key())].into_iter().collect();
     config.vault.active_key = Some("k1".to_owned());
-    let keyring = Arc::new(infragpt::integrations::load_keyring(&config.vault).unwrap());
-    let module = infragpt::integrations::IntegrationsModule::new(
+    let keyring = Arc::new(infragpt::app::integrations::load_keyring(&config.vault).unwrap());
+    let module = infragpt::app::integrations::IntegrationsModule::new(
         Arc::new(config.clone()),
         cluster.clone(),
         keyring,

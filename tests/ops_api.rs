@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use infragpt::config;
-use infragpt::db::testing::TestDb;
+use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::inbox::{EventSource, InboundEvent, NewInboundEvent, RoutingKey};
 use infragpt_actors::{ActorKind, EventHandler, HandleOutcome, HandlerError, StreamSpec};
 use serde_json::{Value, json};

@@ -8,17 +8,17 @@ use actix_web::test as atest;
 use async_trait::async_trait;
 use infragpt::config::CorsConfig;
 use infragpt::db::PgConversationStore;
-use infragpt::db::testing::TestDb;
-use infragpt::devagent::{DEMO_LABEL, DevAgent, DevAgentConfig};
-use infragpt::grpc::agent_client::{GrpcAgent, GrpcAgentOptions};
+use infragpt::testkit::test_db::TestDb;
+use infragpt::testkit::devagent::{DEMO_LABEL, DevAgent, DevAgentConfig};
+use infragpt::agent_client::{GrpcAgent, GrpcAgentOptions};
 use infragpt::grpc::pb::backend::SendReplyCommand;
 use infragpt::grpc::pb::backend::backend_service_client::BackendServiceClient;
 use infragpt::grpc::pb::infragpt::infra_gpt_service_client::InfraGptServiceClient;
-use infragpt::grpc::reply::ReplyGrpc;
+use infragpt::reply::grpc::ReplyGrpc;
 use infragpt::grpc::server::GrpcShell;
-use infragpt::http::reply::{ReplyAuth, configure};
+use infragpt::reply::http::{ReplyAuth, configure};
 use infragpt::http::{HttpShell, Readiness};
-use infragpt::slack::sim::SlackSim;
+use infragpt::testkit::slack_sim::SlackSim;
 use infragpt_actors::Secret;
 use infragpt_actors::conversation::{
     Agent, AgentTurn, BotIdentity, Conversation, ConversationStore, NewMessage, ReplyService,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt as _, StreamExt as _};
-use infragpt::slack::connector::http_client;
-use infragpt::slack::sim::{ConnState, SimConfig, SimState, SlackSim};
+use infragpt::slack::http_connector::http_client;
+use infragpt::testkit::slack_sim::{ConnState, SimConfig, SimState, SlackSim};
 use serde_json::{Value, json};
 use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
@@ -830,7 +830,7 @@ async fn edits_and_deletes_reach_the_app_and_classify() {
     );
     assert!(matches!(
         sim.edit_message(ACME, GENERAL, "1.000001", "x"),
-        Err(infragpt::slack::sim::SimError::UnknownMessage { .. })
+        Err(infragpt::testkit::slack_sim::SimError::UnknownMessage { .. })
     ));
     assert!(
         sim.post_user_message(ACME, "C0NOPE", ALICE, "x", None)

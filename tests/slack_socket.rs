@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use infragpt::config::SlackConfig;
 use infragpt::db::PgInbox;
-use infragpt::db::testing::TestDb;
+use infragpt::testkit::test_db::TestDb;
 use infragpt::http::ReadinessCheck;
-use infragpt::slack::module::SlackModule;
-use infragpt::slack::sim::{ConnState, SimConfig, SlackSim, Subscriptions};
+use infragpt::slack::transport::SlackModule;
+use infragpt::testkit::slack_sim::{ConnState, SimConfig, SlackSim, Subscriptions};
 use infragpt::slack::socket::SocketSettings;
 use infragpt::slack::web::WebSettings;
 use infragpt_actors::inbox::{EventSource, InboundEvents};

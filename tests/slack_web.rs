@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use infragpt::config::SlackConfig;
-use infragpt::db::testing::TestDb;
-use infragpt::slack::module::SlackModule;
-use infragpt::slack::sim::{SimConfig, SlackSim};
+use infragpt::testkit::test_db::TestDb;
+use infragpt::slack::transport::SlackModule;
+use infragpt::testkit::slack_sim::{SimConfig, SlackSim};
 use infragpt::slack::web::{SlackWeb, WebSettings, web_client};
 use infragpt::slack::workspaces::{PgWorkspaces, StaticTokens, WorkspaceStatus};
 use infragpt_actors::conversation::{SlackApi, SlackApiError};

@@ -11,16 +11,17 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use infragpt::config::VaultConfig;
 use infragpt::crypto::vault::CredentialAad;
-use infragpt::db::credentials::PgCredentials;
+use infragpt::integrations::credentials::PgCredentials;
 use infragpt::db::schema::integration_credentials;
-use infragpt::db::testing::TestDb;
+use infragpt::testkit::test_db::TestDb;
 use infragpt::integrations::connector::{ConnectorRegistry, IssuedCredential};
-use infragpt::integrations::module::SetupError;
+use infragpt::app::integrations::SetupError;
 use infragpt::integrations::store::IntegrationStore;
 use infragpt::integrations::vault::{
     CredentialError, CredentialStore, VaultDeps, VaultRegistry, VaultTuning,
 };
-use infragpt::integrations::{load_keyring, vault_cli};
+use infragpt::app::integrations::load_keyring;
+use infragpt::integrations::vault_cli;
 use infragpt_actors::{ActorKind, HealthRegistry, Secret};
 use integrations_common::*;
 
@@ -274,8 +275,8 @@ fn refuses_to_start_without_a_key_unless_a_dev_key_file_is_set() {
     assert_eq!(opened.expose(), "v");
 
     // The state key is derived, stable, and not the vault key.
-    let s1 = infragpt::integrations::state_key(&config).unwrap();
-    let s2 = infragpt::integrations::state_key(&config).unwrap();
+    let s1 = infragpt::app::integrations::state_key(&config).unwrap();
+    let s2 = infragpt::app::integrations::state_key(&config).unwrap();
     assert_eq!(s1.expose(), s2.expose());
     let file = std::fs::read_to_string(&path).unwrap();
     assert_ne!(s1.expose(), file.trim());

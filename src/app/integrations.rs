@@ -1,6 +1,8 @@
-//! Wiring: [`IntegrationParts::build`] assembles the stores, connectors, vault registry,
-//! service, webhook endpoint and stream handler from a pool; [`IntegrationsModule`] plugs them
-//! into the server ([`crate::server::Module`]).
+//! Wiring of the integrations with their providers (part of the composition root, since it
+//! joins [`crate::integrations`] with the Slack and GitHub slices): [`IntegrationParts::build`]
+//! assembles the stores, connectors, vault registry, service, webhook endpoint and stream
+//! handler from a pool; [`IntegrationsModule`] plugs them into the server
+//! ([`crate::server::Module`]).
 
 use std::sync::Arc;
 
@@ -10,23 +12,23 @@ use base64::engine::general_purpose::STANDARD;
 use infragpt_actors::{Cluster, Secret};
 use ring::hkdf;
 
-use super::connector::{ConnectorError, ConnectorRegistry};
-use super::github_connector::GithubConnector;
-use super::routes;
-use super::service::IntegrationService;
-use super::slack_connector::{SlackConnector, SlackConnectorConfig};
-use super::store::IntegrationStore;
-use super::vault::{CredentialStore, VaultDeps, VaultRegistry, VaultTuning};
 use crate::config::{Config, VaultConfig};
 use crate::crypto::state::{StateError, StateSigner};
-use crate::crypto::vault::{DEV_KEY_ID, KeyRing, VaultError};
-use crate::db::credentials::PgCredentials;
+use crate::crypto::vault::{DEV_KEY_ID, KeyRing, VaultError, VaultKeysConfig};
 use crate::db::nonces::PgNonceLedger;
 use crate::db::{PgAudit, Pool};
+use crate::github::integration::GithubConnector;
 use crate::github::stream::GithubStreamHandler;
 use crate::github::webhook::{self, GithubWebhook};
 use crate::http::HttpShell;
+use crate::integrations::connector::{ConnectorError, ConnectorRegistry};
+use crate::integrations::credentials::PgCredentials;
+use crate::integrations::routes;
+use crate::integrations::service::IntegrationService;
+use crate::integrations::store::IntegrationStore;
+use crate::integrations::vault::{CredentialStore, VaultDeps, VaultRegistry, VaultTuning};
 use crate::server::{AppState, Module};
+use crate::slack::integration::{SlackConnector, SlackConnectorConfig};
 
 /// Why the integrations could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +52,7 @@ pub enum SetupError {
 /// The key ring from the `vault` section. Refuses to run without a key unless
 /// `vault.dev_key_file` is set (then the file is created with a random key on first start).
 pub fn load_keyring(vault: &VaultConfig) -> Result<KeyRing, SetupError> {
-    if let Some(keys) = vault.keys_config() {
+    if let Some(keys) = VaultKeysConfig::from_vault_config(vault) {
         return Ok(KeyRing::from_config(&keys)?);
     }
     match &vault.dev_key_file {
@@ -64,7 +66,7 @@ pub fn load_keyring(vault: &VaultConfig) -> Result<KeyRing, SetupError> {
 /// instance sharing the vault keys accepts each other's states; rotating the active key
 /// invalidates states in flight (they live ten minutes).
 pub fn state_key(vault: &VaultConfig) -> Result<Secret, SetupError> {
-    let encoded: String = if let Some(keys) = vault.keys_config() {
+    let encoded: String = if let Some(keys) = VaultKeysConfig::from_vault_config(vault) {
         keys.keys
             .get(&keys.active)
             .ok_or_else(|| VaultError::ActiveKeyMissing(keys.active.clone()))?
@@ -197,7 +199,7 @@ pub fn default_connectors(
 /// cluster, adds the routes, and serves `POST /webhooks/github` on
 /// `integrations.github.webhook_port` too when it is set.
 ///
-/// The REST routes expect a [`super::principal::Principal`] in the request extensions (put
+/// The REST routes expect a [`crate::integrations::Principal`] in the request extensions (put
 /// there by the authentication middleware).
 pub struct IntegrationsModule {
     config: Arc<Config>,

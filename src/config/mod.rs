@@ -26,9 +26,7 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("{file}: cannot read the file: {source}")]
     Read {
-        /// The file.
         file: String,
-        /// The I/O error.
         source: std::io::Error,
     },
     /// `${VAR}` without a default, and `VAR` is not set.
@@ -36,9 +34,7 @@ pub enum ConfigError {
         "{file}: line {line}: environment variable `{var}` is not set (set it, or write ${{{var}:-default}})"
     )]
     MissingEnv {
-        /// The file.
         file: String,
-        /// The variable.
         var: String,
         /// 1-based line.
         line: usize,
@@ -46,21 +42,17 @@ pub enum ConfigError {
     /// A `${...}` reference that cannot be substituted.
     #[error("{file}: line {line}: {reason}")]
     Substitution {
-        /// The file.
         file: String,
         /// 1-based line.
         line: usize,
-        /// Why.
         reason: String,
     },
     /// A key with a bad value, an unknown key, or invalid YAML (then `path` is `(top level)`).
     #[error("{file}: {path}: {reason}")]
     Invalid {
-        /// The file.
         file: String,
         /// Dotted key path (`database.port`, `cors.allowed_origins[1]`).
         path: String,
-        /// Why.
         reason: String,
     },
 }

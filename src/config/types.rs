@@ -30,7 +30,6 @@ pub struct Config {
     pub grpc_port: u16,
     /// Log filter (`info`, `infragpt=debug,actix_web=info`); `RUST_LOG` wins when set.
     pub log_level: String,
-    /// Log output format.
     pub log_format: LogFormat,
     /// One log line per HTTP request.
     pub http_log: bool,
@@ -175,19 +174,15 @@ pub struct DatabaseConfig {
     pub host: Option<String>,
     /// Server port.
     pub port: Option<u16>,
-    /// Database name.
     pub db_name: String,
-    /// User.
     #[serde(deserialize_with = "opt_string")]
     pub user: Option<String>,
-    /// Password.
     #[serde(deserialize_with = "opt_secret")]
     pub password: Option<Secret>,
     /// Connections in the pool.
     pub pool_size: usize,
     /// Folder for the private cluster.
     pub data_dir: PathBuf,
-    /// Connect timeout.
     pub connect_timeout_ms: u64,
 }
 
@@ -224,7 +219,6 @@ pub struct AgentConfig {
     /// `host:port` (`127.0.0.1:50052`, `[::]:50052`) or a URI (`http://agent:50052`);
     /// normalised to a URI when loaded (unspecified addresses become loopback).
     pub endpoint: String,
-    /// Connect timeout.
     pub connect_timeout_ms: u64,
     /// Per-call deadline for `ProcessMessage`.
     pub call_timeout_ms: u64,
@@ -334,7 +328,6 @@ pub struct SlackIntegrationConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GitHubIntegrationConfig {
-    /// App id.
     pub app_id: Option<u64>,
     /// App slug (install URL).
     #[serde(deserialize_with = "opt_string")]
@@ -375,32 +368,6 @@ pub struct VaultConfig {
     pub active_key: Option<String>,
     /// Development only: a key file created on first start when `keys` is empty.
     pub dev_key_file: Option<PathBuf>,
-}
-
-impl VaultConfig {
-    /// The vault's key ring settings, or `None` when no keys are configured (then
-    /// `dev_key_file` applies).
-    pub fn keys_config(&self) -> Option<crate::crypto::vault::VaultKeysConfig> {
-        if self.keys.is_empty() {
-            return None;
-        }
-        Some(crate::crypto::vault::VaultKeysConfig {
-            keys: self.keys.clone(),
-            active: self.active_key.clone().unwrap_or_default(),
-        })
-    }
-}
-
-impl ClerkConfig {
-    /// Session-token verification settings, or `None` when no issuer is configured.
-    pub fn jwt_config(&self) -> Option<crate::identity::jwt::ClerkJwtConfig> {
-        let issuer = self.issuer.clone()?;
-        Some(crate::identity::jwt::ClerkJwtConfig {
-            issuer,
-            authorized_parties: self.authorized_parties.clone(),
-            leeway: Duration::from_secs(self.leeway_secs),
-        })
-    }
 }
 
 /// Actor runtime tuning: the `actors:` section is the actor core's own configuration (it owns

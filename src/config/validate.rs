@@ -2,7 +2,9 @@
 
 use base64::Engine as _;
 
-use super::Config;
+use super::{
+    ActorsConfig, AgentConfig, Config, CorsConfig, DatabaseConfig, SlackConfig, VaultConfig,
+};
 
 type Failure = (String, String);
 
@@ -10,8 +12,22 @@ fn fail(path: &str, reason: impl Into<String>) -> Result<(), Failure> {
     Err((path.to_owned(), reason.into()))
 }
 
-/// Validates `config`, normalising the agent endpoint to a URI.
+/// Validates `config`, normalising the agent endpoint to a URI. Sections are checked in file
+/// order; the first failure is reported.
 pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
+    check_listeners(config)?;
+    check_cors(&config.cors)?;
+    check_slack(&config.slack)?;
+    check_database(&config.database)?;
+    check_agent(&mut config.agent)?;
+    check_identity(config)?;
+    check_integrations(config)?;
+    check_vault(&config.vault)?;
+    check_actors(&config.actors)
+}
+
+/// `bind_address`, `port`/`grpc_port`, `log_level`.
+fn check_listeners(config: &Config) -> Result<(), Failure> {
     if config.bind_address.parse::<std::net::IpAddr>().is_err() {
         fail(
             "bind_address",
@@ -30,11 +46,14 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
             format!("invalid filter `{}`: {e}", config.log_level),
         )?;
     }
+    Ok(())
+}
 
-    for (i, origin) in config.cors.allowed_origins.iter().enumerate() {
+fn check_cors(cors: &CorsConfig) -> Result<(), Failure> {
+    for (i, origin) in cors.allowed_origins.iter().enumerate() {
         let path = format!("cors.allowed_origins[{i}]");
         if origin == "*" {
-            if config.cors.allow_credentials {
+            if cors.allow_credentials {
                 fail(
                     &path,
                     "`*` cannot be combined with cors.allow_credentials: true (browsers reject it and it would expose credentials to any site); list the origins",
@@ -56,8 +75,10 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
             )?,
         }
     }
+    Ok(())
+}
 
-    let slack = &config.slack;
+fn check_slack(slack: &SlackConfig) -> Result<(), Failure> {
     if !(1..=10).contains(&slack.connections) {
         fail(
             "slack.connections",
@@ -77,8 +98,10 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
     if slack.socket_mode && slack.app_token.is_none() {
         fail("slack.app_token", "required when slack.socket_mode is true")?;
     }
+    Ok(())
+}
 
-    let db = &config.database;
+fn check_database(db: &DatabaseConfig) -> Result<(), Failure> {
     if let Some(url) = &db.url {
         if db.host.is_some() {
             fail(
@@ -104,21 +127,28 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
     if db.connect_timeout_ms == 0 {
         fail("database.connect_timeout_ms", "must be greater than 0")?;
     }
+    Ok(())
+}
 
-    match normalize_endpoint(&config.agent.endpoint) {
-        Ok(uri) => config.agent.endpoint = uri,
+/// Also normalises `agent.endpoint` to a URI.
+fn check_agent(agent: &mut AgentConfig) -> Result<(), Failure> {
+    match normalize_endpoint(&agent.endpoint) {
+        Ok(uri) => agent.endpoint = uri,
         Err(reason) => fail("agent.endpoint", reason)?,
     }
-    if config.agent.connect_timeout_ms == 0 {
+    if agent.connect_timeout_ms == 0 {
         fail("agent.connect_timeout_ms", "must be greater than 0")?;
     }
-    if config.agent.call_timeout_ms == 0 {
+    if agent.call_timeout_ms == 0 {
         fail("agent.call_timeout_ms", "must be greater than 0")?;
     }
-    if config.agent.retry_attempts == 0 {
+    if agent.retry_attempts == 0 {
         fail("agent.retry_attempts", "must be at least 1")?;
     }
+    Ok(())
+}
 
+fn check_identity(config: &Config) -> Result<(), Failure> {
     let clerk = &config.identity.clerk;
     if let Some(u) = &clerk.jwks_url {
         check_http_url("identity.clerk.jwks_url", u)?;
@@ -132,7 +162,10 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
         fail("identity.clerk.webhook_secret", "must start with `whsec_`")?;
     }
     check_port("identity.clerk.port", clerk.port, config)?;
+    Ok(())
+}
 
+fn check_integrations(config: &Config) -> Result<(), Failure> {
     if let Some(u) = &config.integrations.slack.redirect_url {
         check_http_url("integrations.slack.redirect_url", u)?;
     }
@@ -147,8 +180,10 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
         )?;
     }
     check_port("integrations.github.webhook_port", gh.webhook_port, config)?;
+    Ok(())
+}
 
-    let vault = &config.vault;
+fn check_vault(vault: &VaultConfig) -> Result<(), Failure> {
     for (id, key) in &vault.keys {
         let path = format!("vault.keys.{id}");
         match base64::engine::general_purpose::STANDARD.decode(key.expose().trim()) {
@@ -167,9 +202,12 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
         }
         _ => {}
     }
+    Ok(())
+}
 
+fn check_actors(actors: &ActorsConfig) -> Result<(), Failure> {
     // The actor core owns these rules.
-    if let Err(e) = config.actors.validate() {
+    if let Err(e) = actors.validate() {
         let reason = e.0;
         // Its messages start with the field name: name the key like every other error.
         let field = reason.split_whitespace().next().unwrap_or_default();

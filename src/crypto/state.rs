@@ -128,7 +128,6 @@ pub enum StateError {
     /// The state expired.
     #[error("state expired at {expires_at}")]
     Expired {
-        /// When it expired.
         expires_at: DateTime<Utc>,
     },
     /// The state was already used.

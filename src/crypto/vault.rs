@@ -20,6 +20,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::config::VaultConfig;
+
 /// Length of an AES-256 key in bytes.
 pub const KEY_LEN: usize = 32;
 /// Key id used by [`KeyRing::dev_key_file`].
@@ -57,6 +59,20 @@ pub struct VaultKeysConfig {
     pub keys: BTreeMap<String, Secret>,
     /// Id of the key used to seal new values; must be one of `keys`.
     pub active: String,
+}
+
+impl VaultKeysConfig {
+    /// The key ring settings of the `vault` section, or `None` when no keys are configured
+    /// (then `vault.dev_key_file` applies).
+    pub fn from_vault_config(vault: &VaultConfig) -> Option<Self> {
+        if vault.keys.is_empty() {
+            return None;
+        }
+        Some(Self {
+            keys: vault.keys.clone(),
+            active: vault.active_key.clone().unwrap_or_default(),
+        })
+    }
 }
 
 /// Why the vault refused a configuration or a value. Never carries key material.
@@ -106,9 +122,7 @@ pub enum VaultError {
     /// The development key file could not be read or written.
     #[error("vault key file {path}: {source}")]
     KeyFileIo {
-        /// The file.
         path: PathBuf,
-        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -117,7 +131,6 @@ pub enum VaultError {
         "vault key file {path} has mode {mode:o}; it must not be accessible to group or others (chmod 600)"
     )]
     KeyFileTooOpen {
-        /// The file.
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
@@ -125,7 +138,6 @@ pub enum VaultError {
     /// The development key file does not hold a base64 32-byte key.
     #[error("vault key file {path} does not hold a base64 {KEY_LEN}-byte key")]
     KeyFileInvalid {
-        /// The file.
         path: PathBuf,
     },
 }

@@ -2,13 +2,11 @@
 //! cluster), the diesel-async connection pool and the embedded migrations.
 
 pub mod audit;
-pub mod cluster;
 pub mod conversations;
-pub mod credentials;
 pub mod inbox;
 pub mod nonces;
+pub mod private_pg;
 pub mod schema;
-pub mod testing;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,7 +19,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use infragpt_actors::Secret;
 
 pub use audit::PgAudit;
-pub use cluster::{ClusterError, ClusterOptions, PrivateCluster};
+pub use private_pg::{ClusterError, ClusterOptions, PrivateCluster};
 pub use conversations::PgConversationStore;
 pub use inbox::PgInbox;
 
@@ -677,7 +675,7 @@ mod tests {
 
     #[tokio::test]
     async fn open_falls_back_to_a_private_cluster() {
-        if let Err(e) = cluster::PgBinaries::find() {
+        if let Err(e) = private_pg::PgBinaries::find() {
             eprintln!("SKIPPED open_falls_back_to_a_private_cluster: {e}");
             return;
         }

@@ -17,8 +17,8 @@ use infragpt_actors::Secret;
 use infragpt_actors::ids::MessageTs;
 
 use crate::config::Config;
-use crate::devagent::{DevAgent, DevAgentConfig, DevAgentHandle};
-use crate::slack::sim::{SimChannel, SimConfig, SimState, SimTeam, SimUser, SlackSim};
+use crate::testkit::devagent::{DevAgent, DevAgentConfig, DevAgentHandle};
+use crate::testkit::slack_sim::{SimChannel, SimConfig, SimState, SimTeam, SimUser, SlackSim};
 use chat::{HELP, Line, Threads, parse_line};
 
 /// The demo workspace.
@@ -193,7 +193,7 @@ async fn run_with(
             |s| {
                 s.connections
                     .iter()
-                    .any(|c| c.state == crate::slack::sim::ConnState::Open)
+                    .any(|c| c.state == crate::testkit::slack_sim::ConnState::Open)
                     && s.frames.iter().any(|f| f.kind == "hello")
             },
             Duration::from_secs(30),

@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use crate::github::normalize::RepoRef;
 
-/// Connector type and label in errors.
-pub const GITHUB: &str = "github";
+pub use crate::integrations::providers::GITHUB;
+
 /// Maximum pages of repositories fetched (100 per page).
 const MAX_REPO_PAGES: u32 = 50;
 

@@ -9,13 +9,13 @@ use async_trait::async_trait;
 use infragpt_actors::Secret;
 use serde_json::json;
 
-use super::connector::{
+use super::app_client::{GITHUB, GithubApp, GithubAppError};
+use crate::config::GitHubIntegrationConfig;
+use crate::integrations::connector::{
     Authorized, CallbackParams, Connector, ConnectorError, CredentialSet, IssuedCredential,
     StoredAuthorization, Validation, WebhookSetup,
 };
-use super::github_app::{GITHUB, GithubApp, GithubAppError};
-use super::store::{Integration, IntegrationStore};
-use crate::config::GitHubIntegrationConfig;
+use crate::integrations::store::{Integration, IntegrationStore};
 
 /// The installation token credential.
 pub const INSTALLATION_TOKEN: &str = "installation_token";

@@ -1,5 +1,9 @@
-//! GitHub App webhooks: signature verification and payload normalization.
+//! GitHub: the GitHub App integration ([`integration`] over the octocrab client in
+//! [`app_client`]) and its webhooks (signature verification, payload normalization, and the
+//! per-installation stream handler).
 
+pub mod app_client;
+pub mod integration;
 pub mod normalize;
 pub mod signature;
 pub mod stream;

@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+// The records the integrations store keeps; defined there so the store never imports this slice.
+pub use crate::integrations::providers::{NormalizedEvent, RepoRef};
+
 /// Events [`normalize`] understands.
 pub const SUPPORTED_EVENTS: &[&str] = &[
     "push",
@@ -43,7 +46,6 @@ pub enum NormalizeError {
     /// The payload is JSON but not an object (for example `null`).
     #[error("github {event} payload must be a JSON object, got {found}")]
     NotAnObject {
-        /// The event name.
         event: String,
         /// The JSON type found.
         found: &'static str,
@@ -54,7 +56,6 @@ pub enum NormalizeError {
     /// A field the event must have is absent or has the wrong type.
     #[error("github {event} payload lacks {field}")]
     MissingField {
-        /// The event name.
         event: String,
         /// Dotted path of the field.
         field: &'static str,
@@ -76,44 +77,6 @@ pub enum Normalized {
     Event(Box<NormalizedEvent>),
     /// An event this service does not handle; acknowledge and store nothing else.
     Ignored(String),
-}
-
-/// The facts every consumer wants from a delivery, whatever the event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NormalizedEvent {
-    /// `X-GitHub-Event` (`pull_request`, `push`, ...).
-    pub event: String,
-    /// `action`, when the event has one.
-    pub action: Option<String>,
-    /// `installation.id` (GitHub App deliveries).
-    pub installation_id: Option<i64>,
-    /// `repository.full_name`.
-    pub repository: Option<String>,
-    /// `sender.login`.
-    pub actor: Option<String>,
-    /// The branch or tag concerned (push `ref`, PR head branch, run head branch, tag name...).
-    pub git_ref: Option<String>,
-    /// PR or issue number; run number for workflow runs.
-    pub number: Option<i64>,
-    /// PR/issue title, workflow/job/check name, release name or tag.
-    pub title: Option<String>,
-    /// PR/issue state, run/job/check status, deployment status state.
-    pub state: Option<String>,
-    /// Run/job/check conclusion.
-    pub conclusion: Option<String>,
-    /// A few more event-specific facts (URLs, SHAs, flags); an object, never null.
-    pub summary: Value,
-}
-
-/// A repository as listed in installation events.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RepoRef {
-    /// GitHub repository id.
-    pub id: i64,
-    /// `owner/name`.
-    pub full_name: String,
-    /// Whether it is private.
-    pub private: bool,
 }
 
 /// Typed view of an `installation` event.
@@ -161,7 +124,6 @@ pub enum InstallationChange {
     Other {
         /// `installation.id`
         installation_id: i64,
-        /// The action.
         action: String,
     },
 }
@@ -199,224 +161,311 @@ pub fn normalize(event_name: &str, payload: &Value) -> Result<Normalized, Normal
         )));
     }
     let p = Payload { event, root };
-
-    let mut out = NormalizedEvent {
+    // SUPPORTED_EVENTS and the match in `details` list the same names; keep them in step.
+    let Some(details) = details(&p, payload)? else {
+        return Ok(Normalized::Ignored(format!(
+            "github event {event:?} is not handled"
+        )));
+    };
+    Ok(Normalized::Event(Box::new(NormalizedEvent {
         event: event.to_owned(),
         action: str_at(payload, &["action"]),
         installation_id: i64_at(payload, &["installation", "id"]),
         repository: str_at(payload, &["repository", "full_name"]),
         actor: str_at(payload, &["sender", "login"]),
-        git_ref: None,
-        number: None,
-        title: None,
-        state: None,
-        conclusion: None,
-        summary: Value::Object(Map::new()),
-    };
+        git_ref: details.git_ref,
+        number: details.number,
+        title: details.title,
+        state: details.state,
+        conclusion: details.conclusion,
+        summary: details.summary,
+    })))
+}
 
-    match event {
-        "push" => {
-            p.require_str("ref", &["ref"])?;
-            out.git_ref = str_at(payload, &["ref"]);
-            out.summary = json!({
-                "before": payload.get("before"),
-                "after": payload.get("after"),
-                "created": payload.get("created"),
-                "deleted": payload.get("deleted"),
-                "forced": payload.get("forced"),
-                "commit_count": payload.get("commits").and_then(Value::as_array).map(Vec::len),
-                "head_commit_message": payload.pointer("/head_commit/message"),
-                "compare": payload.get("compare"),
-            });
-        }
-        "pull_request" => {
-            let pr = p.require_object("pull_request", "pull_request")?;
-            out.number = i64_at(payload, &["number"]).or_else(|| i64_at(pr, &["number"]));
-            out.title = str_at(pr, &["title"]);
-            out.state = str_at(pr, &["state"]);
-            out.git_ref = str_at(pr, &["head", "ref"]);
-            out.summary = json!({
-                "url": pr.get("html_url"),
-                "base_ref": pr.pointer("/base/ref"),
-                "head_sha": pr.pointer("/head/sha"),
-                "draft": pr.get("draft"),
-                "merged": pr.get("merged"),
-                "author": pr.pointer("/user/login"),
-            });
-        }
-        "issues" => {
-            let issue = p.require_object("issue", "issue")?;
-            out.number = i64_at(issue, &["number"]);
-            out.title = str_at(issue, &["title"]);
-            out.state = str_at(issue, &["state"]);
-            out.summary = json!({
-                "url": issue.get("html_url"),
-                "author": issue.pointer("/user/login"),
-                "is_pull_request": issue.get("pull_request").is_some(),
-            });
-        }
-        "issue_comment" => {
-            let issue = p.require_object("issue", "issue")?;
-            let comment = p.require_object("comment", "comment")?;
-            out.number = i64_at(issue, &["number"]);
-            out.title = str_at(issue, &["title"]);
-            out.state = str_at(issue, &["state"]);
-            out.summary = json!({
-                "comment_id": comment.get("id"),
-                "comment_url": comment.get("html_url"),
-                "comment_author": comment.pointer("/user/login"),
-                "is_pull_request": issue.get("pull_request").is_some(),
-            });
-        }
-        "workflow_run" => {
-            let run = p.require_object("workflow_run", "workflow_run")?;
-            out.number = i64_at(run, &["run_number"]);
-            out.title = first_non_empty(&[str_at(run, &["name"]), str_at(run, &["display_title"])]);
-            out.state = str_at(run, &["status"]);
-            out.conclusion = str_at(run, &["conclusion"]);
-            out.git_ref = str_at(run, &["head_branch"]);
-            out.summary = json!({
-                "run_id": run.get("id"),
-                "url": run.get("html_url"),
-                "head_sha": run.get("head_sha"),
-                "display_title": run.get("display_title"),
-                "event": run.get("event"),
-                "workflow": payload.pointer("/workflow/name"),
-            });
-        }
-        "workflow_job" => {
-            let job = p.require_object("workflow_job", "workflow_job")?;
-            out.title = str_at(job, &["name"]);
-            out.state = str_at(job, &["status"]);
-            out.conclusion = str_at(job, &["conclusion"]);
-            out.git_ref = str_at(job, &["head_branch"]);
-            out.summary = json!({
-                "job_id": job.get("id"),
-                "run_id": job.get("run_id"),
-                "url": job.get("html_url"),
-                "head_sha": job.get("head_sha"),
-                "workflow_name": job.get("workflow_name"),
-                "runner_name": job.get("runner_name"),
-            });
-        }
-        "check_run" => {
-            let run = p.require_object("check_run", "check_run")?;
-            out.title = str_at(run, &["name"]);
-            out.state = str_at(run, &["status"]);
-            out.conclusion = str_at(run, &["conclusion"]);
-            out.git_ref = str_at(run, &["check_suite", "head_branch"]);
-            out.summary = json!({
-                "check_run_id": run.get("id"),
-                "url": run.get("html_url"),
-                "head_sha": run.get("head_sha"),
-                "app": run.pointer("/app/slug"),
-            });
-        }
-        "check_suite" => {
-            let suite = p.require_object("check_suite", "check_suite")?;
-            out.title = str_at(suite, &["app", "name"]);
-            out.state = str_at(suite, &["status"]);
-            out.conclusion = str_at(suite, &["conclusion"]);
-            out.git_ref = str_at(suite, &["head_branch"]);
-            out.summary = json!({
-                "check_suite_id": suite.get("id"),
-                "head_sha": suite.get("head_sha"),
-                "app": suite.pointer("/app/slug"),
-            });
-        }
-        "release" => {
-            let release = p.require_object("release", "release")?;
-            out.git_ref = str_at(release, &["tag_name"]);
-            out.title = first_non_empty(&[str_at(release, &["name"]), out.git_ref.clone()]);
-            out.summary = json!({
-                "release_id": release.get("id"),
-                "url": release.get("html_url"),
-                "draft": release.get("draft"),
-                "prerelease": release.get("prerelease"),
-            });
-        }
-        "ping" => {
-            out.summary = json!({
-                "zen": payload.get("zen"),
-                "hook_id": payload.get("hook_id"),
-                "hook_type": payload.pointer("/hook/type"),
-                "app_id": payload.pointer("/hook/app_id"),
-            });
-        }
-        "installation" => {
-            p.require_object("installation", "installation")?;
-            p.require_i64("installation.id", &["installation", "id"])?;
-            out.summary = json!({
-                "account": payload.pointer("/installation/account/login"),
-                "account_type": payload.pointer("/installation/account/type"),
-                "repository_selection": payload.pointer("/installation/repository_selection"),
-                "repository_count": payload.get("repositories").and_then(Value::as_array).map(Vec::len),
-            });
-        }
-        "installation_repositories" => {
-            p.require_i64("installation.id", &["installation", "id"])?;
-            out.summary = json!({
-                "account": payload.pointer("/installation/account/login"),
-                "repository_selection": payload.get("repository_selection"),
-                "added": repo_names(payload.get("repositories_added")),
-                "removed": repo_names(payload.get("repositories_removed")),
-            });
-        }
-        "create" | "delete" => {
-            p.require_str("ref", &["ref"])?;
-            out.git_ref = str_at(payload, &["ref"]);
-            out.summary = json!({
-                "ref_type": payload.get("ref_type"),
-                "pusher_type": payload.get("pusher_type"),
-            });
-        }
-        "repository" => {
-            let repo = p.require_object("repository", "repository")?;
-            out.summary = json!({
-                "url": repo.get("html_url"),
-                "private": repo.get("private"),
-                "default_branch": repo.get("default_branch"),
-                "changes": payload.get("changes"),
-            });
-        }
-        "deployment" => {
-            let deployment = p.require_object("deployment", "deployment")?;
-            out.git_ref = str_at(deployment, &["ref"]);
-            out.title = str_at(deployment, &["environment"]);
-            out.summary = json!({
-                "deployment_id": deployment.get("id"),
-                "environment": deployment.get("environment"),
-                "task": deployment.get("task"),
-                "sha": deployment.get("sha"),
-            });
-        }
-        "deployment_status" => {
-            let status = p.require_object("deployment_status", "deployment_status")?;
-            let deployment = p.require_object("deployment", "deployment")?;
-            out.git_ref = str_at(deployment, &["ref"]);
-            out.title =
-                str_at(status, &["environment"]).or_else(|| str_at(deployment, &["environment"]));
-            out.state = str_at(status, &["state"]);
-            out.summary = json!({
-                "deployment_id": deployment.get("id"),
-                "deployment_status_id": status.get("id"),
-                "environment": status.get("environment"),
-                "target_url": status.get("target_url"),
-                "description": status.get("description"),
-            });
-        }
-        "star" => {
-            p.require_object("repository", "repository")?;
-            out.summary = json!({ "starred_at": payload.get("starred_at") });
-        }
-        // SUPPORTED_EVENTS and this match list the same names; keep them in step.
-        other => {
-            return Ok(Normalized::Ignored(format!(
-                "github event {other:?} is not handled"
-            )));
+/// The event-specific fields of a [`NormalizedEvent`]; each event fills in what it has.
+struct Details {
+    git_ref: Option<String>,
+    number: Option<i64>,
+    title: Option<String>,
+    state: Option<String>,
+    conclusion: Option<String>,
+    summary: Value,
+}
+
+impl Details {
+    fn new(summary: Value) -> Self {
+        Self {
+            git_ref: None,
+            number: None,
+            title: None,
+            state: None,
+            conclusion: None,
+            summary,
         }
     }
-    Ok(Normalized::Event(Box::new(out)))
+}
+
+/// The event-specific fields, or `None` for an event this module does not handle.
+fn details(p: &Payload<'_>, payload: &Value) -> Result<Option<Details>, NormalizeError> {
+    let details = match p.event {
+        "push" => push(p, payload)?,
+        "pull_request" => pull_request(p, payload)?,
+        "issues" => issues(p)?,
+        "issue_comment" => issue_comment(p)?,
+        "workflow_run" => workflow_run(p, payload)?,
+        "workflow_job" => workflow_job(p)?,
+        "check_run" => check_run(p)?,
+        "check_suite" => check_suite(p)?,
+        "release" => release(p)?,
+        "ping" => ping(payload),
+        "installation" => installation(p, payload)?,
+        "installation_repositories" => installation_repositories(p, payload)?,
+        "create" | "delete" => ref_created_or_deleted(p, payload)?,
+        "repository" => repository(p, payload)?,
+        "deployment" => deployment(p)?,
+        "deployment_status" => deployment_status(p)?,
+        "star" => star(p, payload)?,
+        _ => return Ok(None),
+    };
+    Ok(Some(details))
+}
+
+fn push(p: &Payload<'_>, payload: &Value) -> Result<Details, NormalizeError> {
+    p.require_str("ref", &["ref"])?;
+    Ok(Details {
+        git_ref: str_at(payload, &["ref"]),
+        ..Details::new(json!({
+            "before": payload.get("before"),
+            "after": payload.get("after"),
+            "created": payload.get("created"),
+            "deleted": payload.get("deleted"),
+            "forced": payload.get("forced"),
+            "commit_count": payload.get("commits").and_then(Value::as_array).map(Vec::len),
+            "head_commit_message": payload.pointer("/head_commit/message"),
+            "compare": payload.get("compare"),
+        }))
+    })
+}
+
+fn pull_request(p: &Payload<'_>, payload: &Value) -> Result<Details, NormalizeError> {
+    let pr = p.require_object("pull_request", "pull_request")?;
+    Ok(Details {
+        number: i64_at(payload, &["number"]).or_else(|| i64_at(pr, &["number"])),
+        title: str_at(pr, &["title"]),
+        state: str_at(pr, &["state"]),
+        git_ref: str_at(pr, &["head", "ref"]),
+        ..Details::new(json!({
+            "url": pr.get("html_url"),
+            "base_ref": pr.pointer("/base/ref"),
+            "head_sha": pr.pointer("/head/sha"),
+            "draft": pr.get("draft"),
+            "merged": pr.get("merged"),
+            "author": pr.pointer("/user/login"),
+        }))
+    })
+}
+
+fn issues(p: &Payload<'_>) -> Result<Details, NormalizeError> {
+    let issue = p.require_object("issue", "issue")?;
+    Ok(Details {
+        number: i64_at(issue, &["number"]),
+        title: str_at(issue, &["title"]),
+        state: str_at(issue, &["state"]),
+        ..Details::new(json!({
+            "url": issue.get("html_url"),
+            "author": issue.pointer("/user/login"),
+            "is_pull_request": issue.get("pull_request").is_some(),
+        }))
+    })
+}
+
+fn issue_comment(p: &Payload<'_>) -> Result<Details, NormalizeError> {
+    let issue = p.require_object("issue", "issue")?;
+    let comment = p.require_object("comment", "comment")?;
+    Ok(Details {
+        number: i64_at(issue, &["number"]),
+        title: str_at(issue, &["title"]),
+        state: str_at(issue, &["state"]),
+        ..Details::new(json!({
+            "comment_id": comment.get("id"),
+            "comment_url": comment.get("html_url"),
+            "comment_author": comment.pointer("/user/login"),
+            "is_pull_request": issue.get("pull_request").is_some(),
+        }))
+    })
+}
+
+fn workflow_run(p: &Payload<'_>, payload: &Value) -> Result<Details, NormalizeError> {
+    let run = p.require_object("workflow_run", "workflow_run")?;
+    Ok(Details {
+        number: i64_at(run, &["run_number"]),
+        title: first_non_empty(&[str_at(run, &["name"]), str_at(run, &["display_title"])]),
+        state: str_at(run, &["status"]),
+        conclusion: str_at(run, &["conclusion"]),
+        git_ref: str_at(run, &["head_branch"]),
+        ..Details::new(json!({
+            "run_id": run.get("id"),
+            "url": run.get("html_url"),
+            "head_sha": run.get("head_sha"),
+            "display_title": run.get("display_title"),
+            "event": run.get("event"),
+            "workflow": payload.pointer("/workflow/name"),
+        }))
+    })
+}
+
+fn workflow_job(p: &Payload<'_>) -> Result<Details, NormalizeError> {
+    let job = p.require_object("workflow_job", "workflow_job")?;
+    Ok(Details {
+        title: str_at(job, &["name"]),
+        state: str_at(job, &["status"]),
+        conclusion: str_at(job, &["conclusion"]),
+        git_ref: str_at(job, &["head_branch"]),
+        ..Details::new(json!({
+            "job_id": job.get("id"),
+            "run_id": job.get("run_id"),
+            "url": job.get("html_url"),
+            "head_sha": job.get("head_sha"),
+            "workflow_name": job.get("workflow_name"),
+            "runner_name": job.get("runner_name"),
+        }))
+    })
+}
+
+fn check_run(p: &Payload<'_>) -> Result<Details, NormalizeError> {
+    let run = p.require_object("check_run", "check_run")?;
+    Ok(Details {
+        title: str_at(run, &["name"]),
+        state: str_at(run, &["status"]),
+        conclusion: str_at(run, &["conclusion"]),
+        git_ref: str_at(run, &["check_suite", "head_branch"]),
+        ..Details::new(json!({
+            "check_run_id": run.get("id"),
+            "url": run.get("html_url"),
+            "head_sha": run.get("head_sha"),
+            "app": run.pointer("/app/slug"),
+        }))
+    })
+}
+
+fn check_suite(p: &Payload<'_>) -> Result<Details, NormalizeError> {
+    let suite = p.require_object("check_suite", "check_suite")?;
+    Ok(Details {
+        title: str_at(suite, &["app", "name"]),
+        state: str_at(suite, &["status"]),
+        conclusion: str_at(suite, &["conclusion"]),
+        git_ref: str_at(suite, &["head_branch"]),
+        ..Details::new(json!({
+            "check_suite_id": suite.get("id"),
+            "head_sha": suite.get("head_sha"),
+            "app": suite.pointer("/app/slug"),
+        }))
+    })
+}
+
+fn release(p: &Payload<'_>) -> Result<Details, NormalizeError> {
+    let release = p.require_object("release", "release")?;
+    let tag = str_at(release, &["tag_name"]);
+    Ok(Details {
+        title: first_non_empty(&[str_at(release, &["name"]), tag.clone()]),
+        git_ref: tag,
+        ..Details::new(json!({
+            "release_id": release.get("id"),
+            "url": release.get("html_url"),
+            "draft": release.get("draft"),
+            "prerelease": release.get("prerelease"),
+        }))
+    })
+}
+
+fn ping(payload: &Value) -> Details {
+    Details::new(json!({
+        "zen": payload.get("zen"),
+        "hook_id": payload.get("hook_id"),
+        "hook_type": payload.pointer("/hook/type"),
+        "app_id": payload.pointer("/hook/app_id"),
+    }))
+}
+
+fn installation(p: &Payload<'_>, payload: &Value) -> Result<Details, NormalizeError> {
+    p.require_object("installation", "installation")?;
+    p.require_i64("installation.id", &["installation", "id"])?;
+    Ok(Details::new(json!({
+        "account": payload.pointer("/installation/account/login"),
+        "account_type": payload.pointer("/installation/account/type"),
+        "repository_selection": payload.pointer("/installation/repository_selection"),
+        "repository_count": payload.get("repositories").and_then(Value::as_array).map(Vec::len),
+    })))
+}
+
+fn installation_repositories(p: &Payload<'_>, payload: &Value) -> Result<Details, NormalizeError> {
+    p.require_i64("installation.id", &["installation", "id"])?;
+    Ok(Details::new(json!({
+        "account": payload.pointer("/installation/account/login"),
+        "repository_selection": payload.get("repository_selection"),
+        "added": repo_names(payload.get("repositories_added")),
+        "removed": repo_names(payload.get("repositories_removed")),
+    })))
+}
+
+/// `create` and `delete` (a branch or tag).
+fn ref_created_or_deleted(p: &Payload<'_>, payload: &Value) -> Result<Details, NormalizeError> {
+    p.require_str("ref", &["ref"])?;
+    Ok(Details {
+        git_ref: str_at(payload, &["ref"]),
+        ..Details::new(json!({
+            "ref_type": payload.get("ref_type"),
+            "pusher_type": payload.get("pusher_type"),
+        }))
+    })
+}
+
+fn repository(p: &Payload<'_>, payload: &Value) -> Result<Details, NormalizeError> {
+    let repo = p.require_object("repository", "repository")?;
+    Ok(Details::new(json!({
+        "url": repo.get("html_url"),
+        "private": repo.get("private"),
+        "default_branch": repo.get("default_branch"),
+        "changes": payload.get("changes"),
+    })))
+}
+
+fn deployment(p: &Payload<'_>) -> Result<Details, NormalizeError> {
+    let deployment = p.require_object("deployment", "deployment")?;
+    Ok(Details {
+        git_ref: str_at(deployment, &["ref"]),
+        title: str_at(deployment, &["environment"]),
+        ..Details::new(json!({
+            "deployment_id": deployment.get("id"),
+            "environment": deployment.get("environment"),
+            "task": deployment.get("task"),
+            "sha": deployment.get("sha"),
+        }))
+    })
+}
+
+fn deployment_status(p: &Payload<'_>) -> Result<Details, NormalizeError> {
+    let status = p.require_object("deployment_status", "deployment_status")?;
+    let deployment = p.require_object("deployment", "deployment")?;
+    Ok(Details {
+        git_ref: str_at(deployment, &["ref"]),
+        title: str_at(status, &["environment"]).or_else(|| str_at(deployment, &["environment"])),
+        state: str_at(status, &["state"]),
+        ..Details::new(json!({
+            "deployment_id": deployment.get("id"),
+            "deployment_status_id": status.get("id"),
+            "environment": status.get("environment"),
+            "target_url": status.get("target_url"),
+            "description": status.get("description"),
+        }))
+    })
+}
+
+fn star(p: &Payload<'_>, payload: &Value) -> Result<Details, NormalizeError> {
+    p.require_object("repository", "repository")?;
+    Ok(Details::new(
+        json!({ "starred_at": payload.get("starred_at") }),
+    ))
 }
 
 /// Typed view of an `installation` event payload.

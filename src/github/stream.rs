@@ -21,7 +21,7 @@ use super::normalize::{
     InstallationChange, NormalizeError, Normalized, installation_change, normalize,
     repositories_change,
 };
-use crate::integrations::github_app::GITHUB;
+use crate::github::app_client::GITHUB;
 use crate::integrations::store::{IntegrationStore, StoreError, status};
 use crate::integrations::vault::{CredentialStore, VaultRegistry};
 

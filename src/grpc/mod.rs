@@ -1,7 +1,6 @@
-//! gRPC: generated contracts, the reply service and the agent client.
+//! gRPC technology shared by the features: the generated contracts ([`pb`]) and the tonic
+//! server shell ([`server`]) that feature modules add their services to.
 
-pub mod agent_client;
-pub mod reply;
 pub mod server;
 
 /// Generated protobuf and tonic code for the three packages.

@@ -1,11 +1,8 @@
-//! The HTTP shell: middleware, error handling, health routes, and a hook for the routes other
-//! modules add. Build the app with [`app`]; the composition root passes it to `HttpServer`.
+//! The HTTP shell: middleware, error handling, health routes, and a hook for the routes the
+//! feature modules add (features plug in here; this module imports none of them). Build the app with [`app`]; the composition root passes it to `HttpServer`.
 
-pub mod auth;
 pub mod health;
 pub mod middleware;
-pub mod ops;
-pub mod reply;
 
 use std::sync::Arc;
 

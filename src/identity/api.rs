@@ -29,7 +29,7 @@ use serde_json::{Map, Value, json};
 
 use super::store::{IdentityStore, MetadataUpdate, OrganizationMetadata};
 use crate::error::ApiError;
-use crate::http::auth::{OrgPrincipal, Principal};
+use crate::identity::auth::{OrgPrincipal, Principal};
 
 /// Allowed `company_size` values.
 pub const COMPANY_SIZES: &[&str] = &[
@@ -101,7 +101,7 @@ impl IdentityApi {
     }
 }
 
-/// Adds the `/identity` routes. The [`crate::http::auth::Authenticator`] must be registered
+/// Adds the `/identity` routes. The [`crate::identity::auth::Authenticator`] must be registered
 /// in the app too (else every route answers 503).
 pub fn configure(cfg: &mut web::ServiceConfig, api: IdentityApi) {
     cfg.service(
@@ -121,7 +121,7 @@ fn store_error(e: impl std::fmt::Display) -> ApiError {
 async fn me(
     principal: Principal,
     api: web::Data<IdentityApi>,
-    auth: web::Data<crate::http::auth::Authenticator>,
+    auth: web::Data<crate::identity::auth::Authenticator>,
 ) -> Result<HttpResponse, ApiError> {
     // A token that names an organization must name one the user belongs to.
     let org = match principal.org {

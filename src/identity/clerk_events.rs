@@ -23,9 +23,7 @@ pub enum ClerkEventError {
     /// `data` of a known event type lacks a field or has the wrong shape.
     #[error("clerk {event_type} event: invalid data: {reason}")]
     InvalidData {
-        /// The event type.
         event_type: String,
-        /// What was wrong.
         reason: String,
     },
 }

@@ -32,6 +32,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::{ClerkOrgId, ClerkSessionId, ClerkUserId};
+use crate::config::ClerkConfig;
 
 /// Default clock-skew allowance for `exp`, `nbf` and `iat`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
@@ -160,6 +161,16 @@ impl ClerkJwtConfig {
             authorized_parties: Vec::new(),
             leeway: DEFAULT_LEEWAY,
         }
+    }
+
+    /// The settings from `identity.clerk`, or `None` when no issuer is configured.
+    pub fn from_clerk_config(clerk: &ClerkConfig) -> Option<Self> {
+        let issuer = clerk.issuer.clone()?;
+        Some(Self {
+            issuer,
+            authorized_parties: clerk.authorized_parties.clone(),
+            leeway: Duration::from_secs(clerk.leeway_secs),
+        })
     }
 }
 

@@ -1,14 +1,16 @@
 //! Identity: Clerk webhooks (Svix signatures, typed event parsing), the identity store and
-//! sync handler, Clerk session JWTs, the `/identity` API and the [`module::IdentityModule`].
+//! sync handler, Clerk session JWTs and the REST API's session authentication ([`auth`]), the
+//! `/identity` API, and [`wiring::IdentityModule`] that plugs them into the server.
 
 pub mod api;
+pub mod auth;
 pub mod clerk_events;
 pub mod jwt;
-pub mod module;
 pub mod store;
 pub mod svix;
 pub mod sync;
 pub mod webhook;
+pub mod wiring;
 
 use serde::{Deserialize, Serialize};
 

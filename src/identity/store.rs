@@ -71,15 +71,11 @@ impl Applied {
 pub struct UserRecord {
     /// Our id.
     pub id: Uuid,
-    /// Clerk's id.
     pub clerk_id: String,
     /// Primary email address.
     pub email: Option<String>,
-    /// First name.
     pub first_name: Option<String>,
-    /// Last name.
     pub last_name: Option<String>,
-    /// Username.
     pub username: Option<String>,
     /// Avatar URL.
     pub image_url: Option<String>,
@@ -107,7 +103,6 @@ struct OrganizationRow {
 pub struct OrganizationRecord {
     /// Our id.
     pub id: OrganizationId,
-    /// Clerk's id.
     pub clerk_id: ClerkOrgId,
     /// Display name.
     pub name: String,
@@ -182,39 +177,28 @@ impl From<MetadataRow> for OrganizationMetadata {
 /// New metadata values (already validated).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetadataUpdate {
-    /// Company size.
     pub company_size: Option<String>,
-    /// Team size.
     pub team_size: Option<String>,
-    /// Use cases.
     pub use_cases: Vec<String>,
-    /// Observability stack.
     pub observability_stack: Vec<String>,
 }
 
 /// An organization to upsert (from `organization.created` / `organization.updated`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrganizationUpsert {
-    /// Clerk id.
     pub clerk_id: ClerkOrgId,
-    /// Name.
     pub name: String,
-    /// Slug.
     pub slug: Option<String>,
     /// Logo URL.
     pub image_url: Option<String>,
-    /// Creator.
     pub created_by: Option<ClerkUserId>,
 }
 
 /// A membership to upsert (from `organizationMembership.created` / `.updated`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MembershipUpsert {
-    /// Clerk membership id.
     pub clerk_membership_id: ClerkMembershipId,
-    /// Organization.
     pub org_clerk_id: ClerkOrgId,
-    /// User.
     pub user_clerk_id: ClerkUserId,
     /// Role (`org:admin`, `org:member`, ...).
     pub role: String,
@@ -236,9 +220,7 @@ pub struct MembershipApplied {
 pub enum OrgAccess {
     /// A live member of a live organization.
     Member {
-        /// The organization.
         organization: OrganizationRecord,
-        /// The membership role.
         role: String,
     },
     /// No live organization has this Clerk id.

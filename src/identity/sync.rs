@@ -16,6 +16,7 @@ use infragpt_actors::{EventHandler, HandleOutcome, HandlerError};
 use serde_json::{Value, json};
 
 use super::clerk_events::{ClerkEvent, parse_event};
+use super::{ClerkMembershipId, ClerkOrgId, ClerkUserId};
 use super::store::{
     Applied, CREATOR_ROLE, IdentityStore, IdentityStoreError, MembershipApplied, MembershipUpsert,
     OrganizationUpsert,
@@ -95,7 +96,12 @@ impl IdentitySync {
         typed: ClerkEvent,
         version: Option<i64>,
     ) -> Result<HandleOutcome, HandlerError> {
-        let svix_id = event.source_id.as_str();
+        let cx = Applying {
+            event,
+            event_type,
+            svix_id: event.source_id.as_str(),
+            version,
+        };
         match typed {
             ClerkEvent::UserUpserted(user) => {
                 let applied = self
@@ -117,81 +123,16 @@ impl IdentitySync {
                 created_by,
             } => {
                 let upsert = OrganizationUpsert {
-                    clerk_id: clerk_id.clone(),
+                    clerk_id,
                     name,
                     slug,
                     image_url,
-                    created_by: created_by.clone(),
+                    created_by,
                 };
-                let (org_id, applied) = self
-                    .store
-                    .upsert_organization(&upsert, version)
-                    .await
-                    .map_err(retryable)?;
-                tracing::info!(org = %clerk_id, ?applied, "clerk organization applied");
-                if applied.changed() {
-                    let action = if applied == Applied::Inserted {
-                        "organization.created"
-                    } else {
-                        "organization.updated"
-                    };
-                    self.audit_change(
-                        Some(org_id),
-                        action,
-                        clerk_id.as_str(),
-                        json!({
-                            "clerk_org_id": clerk_id,
-                            "name": upsert.name,
-                            "slug": upsert.slug,
-                            "event_type": event_type,
-                            "svix_id": svix_id,
-                        }),
-                    )
-                    .await;
-                }
-                if event_type == "organization.created"
-                    && let Some(creator) = created_by
-                {
-                    let added = self
-                        .store
-                        .ensure_creator_membership(&clerk_id, &creator)
-                        .await
-                        .map_err(retryable)?;
-                    if added {
-                        tracing::info!(org = %clerk_id, user = %creator, "creator made admin");
-                        self.audit_change(
-                            Some(org_id),
-                            "membership.created",
-                            &format!("{clerk_id}/{creator}"),
-                            json!({
-                                "clerk_org_id": clerk_id,
-                                "clerk_user_id": creator,
-                                "role": CREATOR_ROLE,
-                                "implicit": true,
-                                "event_type": event_type,
-                                "svix_id": svix_id,
-                            }),
-                        )
-                        .await;
-                    }
-                }
+                self.upsert_organization(&cx, upsert).await?;
             }
             ClerkEvent::OrganizationDeleted { clerk_id } => {
-                let (org_id, applied) = self
-                    .store
-                    .delete_organization(&clerk_id)
-                    .await
-                    .map_err(retryable)?;
-                tracing::info!(org = %clerk_id, ?applied, "clerk organization deleted");
-                if applied.changed() {
-                    self.audit_change(
-                        Some(org_id),
-                        "organization.deleted",
-                        clerk_id.as_str(),
-                        json!({"clerk_org_id": clerk_id, "event_type": event_type, "svix_id": svix_id}),
-                    )
-                    .await;
-                }
+                self.delete_organization(&cx, &clerk_id).await?;
             }
             ClerkEvent::MembershipUpserted {
                 clerk_membership_id,
@@ -200,85 +141,20 @@ impl IdentitySync {
                 role,
             } => {
                 let upsert = MembershipUpsert {
-                    clerk_membership_id: clerk_membership_id.clone(),
-                    org_clerk_id: org_clerk_id.clone(),
-                    user_clerk_id: user_clerk_id.clone(),
-                    role: role.clone(),
+                    clerk_membership_id,
+                    org_clerk_id,
+                    user_clerk_id,
+                    role,
                 };
-                let MembershipApplied {
-                    applied,
-                    previous_role,
-                    organization_id,
-                } = self
-                    .store
-                    .upsert_membership(&upsert, version)
-                    .await
-                    .map_err(retryable)?;
-                tracing::info!(membership = %clerk_membership_id, org = %org_clerk_id, user = %user_clerk_id, ?applied, "clerk membership applied");
-                let action = match applied {
-                    Applied::Inserted => Some("membership.created"),
-                    Applied::Updated if previous_role.as_deref() != Some(role.as_str()) => {
-                        Some("membership.role_changed")
-                    }
-                    _ => None,
-                };
-                if let Some(action) = action {
-                    self.audit_change(
-                        organization_id,
-                        action,
-                        clerk_membership_id.as_str(),
-                        json!({
-                            "clerk_org_id": org_clerk_id,
-                            "clerk_user_id": user_clerk_id,
-                            "role": role,
-                            "previous_role": previous_role,
-                            "event_type": event_type,
-                            "svix_id": svix_id,
-                        }),
-                    )
-                    .await;
-                }
+                self.upsert_membership(&cx, &upsert).await?;
             }
             ClerkEvent::MembershipDeleted {
                 clerk_membership_id,
                 org_clerk_id,
                 user_clerk_id,
             } => {
-                let role = event
-                    .payload
-                    .pointer("/data/role")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                let MembershipApplied {
-                    applied,
-                    previous_role,
-                    organization_id,
-                } = self
-                    .store
-                    .delete_membership(
-                        &clerk_membership_id,
-                        &org_clerk_id,
-                        &user_clerk_id,
-                        role.as_deref(),
-                    )
-                    .await
-                    .map_err(retryable)?;
-                tracing::info!(membership = %clerk_membership_id, org = %org_clerk_id, user = %user_clerk_id, ?applied, "clerk membership deleted");
-                if applied.changed() {
-                    self.audit_change(
-                        organization_id,
-                        "membership.deleted",
-                        clerk_membership_id.as_str(),
-                        json!({
-                            "clerk_org_id": org_clerk_id,
-                            "clerk_user_id": user_clerk_id,
-                            "role": previous_role.or(role),
-                            "event_type": event_type,
-                            "svix_id": svix_id,
-                        }),
-                    )
-                    .await;
-                }
+                self.delete_membership(&cx, &clerk_membership_id, &org_clerk_id, &user_clerk_id)
+                    .await?;
             }
             ClerkEvent::Ignored { event_type } => {
                 return Ok(HandleOutcome::Ignored(format!(
@@ -288,6 +164,190 @@ impl IdentitySync {
         }
         Ok(HandleOutcome::Done)
     }
+
+    /// `organization.created` / `organization.updated`; a created organization also gets its
+    /// creator as an (implicit) admin member.
+    async fn upsert_organization(
+        &self,
+        cx: &Applying<'_>,
+        upsert: OrganizationUpsert,
+    ) -> Result<(), HandlerError> {
+        let clerk_id = &upsert.clerk_id;
+        let (org_id, applied) = self
+            .store
+            .upsert_organization(&upsert, cx.version)
+            .await
+            .map_err(retryable)?;
+        tracing::info!(org = %clerk_id, ?applied, "clerk organization applied");
+        if applied.changed() {
+            let action = if applied == Applied::Inserted {
+                "organization.created"
+            } else {
+                "organization.updated"
+            };
+            self.audit_change(
+                Some(org_id),
+                action,
+                clerk_id.as_str(),
+                json!({
+                    "clerk_org_id": clerk_id,
+                    "name": upsert.name,
+                    "slug": upsert.slug,
+                    "event_type": cx.event_type,
+                    "svix_id": cx.svix_id,
+                }),
+            )
+            .await;
+        }
+        if cx.event_type == "organization.created"
+            && let Some(creator) = &upsert.created_by
+        {
+            let added = self
+                .store
+                .ensure_creator_membership(clerk_id, creator)
+                .await
+                .map_err(retryable)?;
+            if added {
+                tracing::info!(org = %clerk_id, user = %creator, "creator made admin");
+                self.audit_change(
+                    Some(org_id),
+                    "membership.created",
+                    &format!("{clerk_id}/{creator}"),
+                    json!({
+                        "clerk_org_id": clerk_id,
+                        "clerk_user_id": creator,
+                        "role": CREATOR_ROLE,
+                        "implicit": true,
+                        "event_type": cx.event_type,
+                        "svix_id": cx.svix_id,
+                    }),
+                )
+                .await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_organization(
+        &self,
+        cx: &Applying<'_>,
+        clerk_id: &ClerkOrgId,
+    ) -> Result<(), HandlerError> {
+        let (org_id, applied) = self
+            .store
+            .delete_organization(clerk_id)
+            .await
+            .map_err(retryable)?;
+        tracing::info!(org = %clerk_id, ?applied, "clerk organization deleted");
+        if applied.changed() {
+            self.audit_change(
+                Some(org_id),
+                "organization.deleted",
+                clerk_id.as_str(),
+                json!({"clerk_org_id": clerk_id, "event_type": cx.event_type, "svix_id": cx.svix_id}),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// A membership created or updated; audited when created or when its role changed.
+    async fn upsert_membership(
+        &self,
+        cx: &Applying<'_>,
+        upsert: &MembershipUpsert,
+    ) -> Result<(), HandlerError> {
+        let MembershipApplied {
+            applied,
+            previous_role,
+            organization_id,
+        } = self
+            .store
+            .upsert_membership(upsert, cx.version)
+            .await
+            .map_err(retryable)?;
+        tracing::info!(membership = %upsert.clerk_membership_id, org = %upsert.org_clerk_id, user = %upsert.user_clerk_id, ?applied, "clerk membership applied");
+        let action = match applied {
+            Applied::Inserted => Some("membership.created"),
+            Applied::Updated if previous_role.as_deref() != Some(upsert.role.as_str()) => {
+                Some("membership.role_changed")
+            }
+            _ => None,
+        };
+        if let Some(action) = action {
+            self.audit_change(
+                organization_id,
+                action,
+                upsert.clerk_membership_id.as_str(),
+                json!({
+                    "clerk_org_id": upsert.org_clerk_id,
+                    "clerk_user_id": upsert.user_clerk_id,
+                    "role": upsert.role,
+                    "previous_role": previous_role,
+                    "event_type": cx.event_type,
+                    "svix_id": cx.svix_id,
+                }),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// A membership deleted. The role for the audit entry is the stored one, else the one the
+    /// event carries.
+    async fn delete_membership(
+        &self,
+        cx: &Applying<'_>,
+        clerk_membership_id: &ClerkMembershipId,
+        org_clerk_id: &ClerkOrgId,
+        user_clerk_id: &ClerkUserId,
+    ) -> Result<(), HandlerError> {
+        let role = cx
+            .event
+            .payload
+            .pointer("/data/role")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let MembershipApplied {
+            applied,
+            previous_role,
+            organization_id,
+        } = self
+            .store
+            .delete_membership(
+                clerk_membership_id,
+                org_clerk_id,
+                user_clerk_id,
+                role.as_deref(),
+            )
+            .await
+            .map_err(retryable)?;
+        tracing::info!(membership = %clerk_membership_id, org = %org_clerk_id, user = %user_clerk_id, ?applied, "clerk membership deleted");
+        if applied.changed() {
+            self.audit_change(
+                organization_id,
+                "membership.deleted",
+                clerk_membership_id.as_str(),
+                json!({
+                    "clerk_org_id": org_clerk_id,
+                    "clerk_user_id": user_clerk_id,
+                    "role": previous_role.or(role),
+                    "event_type": cx.event_type,
+                    "svix_id": cx.svix_id,
+                }),
+            )
+            .await;
+        }
+        Ok(())
+    }
+}
+
+/// The event being applied: what every audit entry and versioned write needs from it.
+struct Applying<'a> {
+    event: &'a InboundEvent,
+    event_type: &'a str,
+    svix_id: &'a str,
+    version: Option<i64>,
 }
 
 /// The Clerk `updated_at` (ms) of the object in an event, the version that orders writes.

@@ -16,7 +16,7 @@ use crate::config::IdentityConfig;
 use crate::db::PgAudit;
 use crate::grpc::server::GrpcShell;
 use crate::http::HttpShell;
-use crate::http::auth::Authenticator;
+use crate::identity::auth::Authenticator;
 use crate::server::{AppState, Module};
 
 /// Name of the Clerk stream's router (actor tree, metrics).
@@ -26,7 +26,7 @@ pub const STREAM_NAME: &str = "identity-sync";
 ///
 /// * registers the Clerk stream (`IdentitySync` workers) on the cluster,
 /// * adds `POST /webhooks/clerk`, the `/identity` API and the app-wide [`Authenticator`]
-///   (so other modules' routes can use [`crate::http::auth::OrgPrincipal`]),
+///   (so other modules' routes can use [`crate::identity::auth::OrgPrincipal`]),
 /// * when `identity.clerk.port` is set, also serves the webhook on that port (its own small
 ///   HTTP server, stopped in [`Module::stop`]),
 /// * warns when the webhook secret or the JWT settings are missing (those endpoints then

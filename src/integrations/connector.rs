@@ -1,8 +1,8 @@
 //! The [`Connector`] port every provider implements, and the [`ConnectorRegistry`] that maps
 //! a connector type (`slack`, `github`) to its implementation.
 //!
-//! Adding a connector is one module implementing [`Connector`] plus one
-//! [`ConnectorRegistry::register`] line in [`crate::integrations::module`].
+//! Adding a connector is one module implementing [`Connector`] (in its provider slice) plus one
+//! [`ConnectorRegistry::register`] line in `app::integrations::default_connectors`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Who is calling the integrations API: the organization (our UUID) and the Clerk user id.
 //!
-//! Taken from the verified Clerk session ([`crate::http::auth::OrgPrincipal`]: RS256 JWT,
+//! Taken from the verified Clerk session ([`crate::identity::auth::OrgPrincipal`]: RS256 JWT,
 //! organization resolved and membership checked). A trusted middleware may instead put a
 //! [`Principal`] into the request extensions (clients cannot set extensions); the
 //! integration tests use that to exercise the routes without minting tokens.
@@ -9,7 +9,7 @@ use actix_web::{FromRequest, HttpMessage as _, HttpRequest, dev::Payload};
 use futures::future::LocalBoxFuture;
 use uuid::Uuid;
 
-use crate::http::auth::OrgPrincipal;
+use crate::identity::auth::OrgPrincipal;
 
 /// The verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]

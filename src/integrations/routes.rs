@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::connector::{CallbackParams, ConnectorError};
 use super::principal::Principal;
 use super::service::{IntegrationService, ServiceError};
-use super::slack_connector::SLACK;
+use super::providers::SLACK;
 use crate::error::ApiError;
 
 impl From<ServiceError> for ApiError {

@@ -468,7 +468,7 @@ impl IntegrationService {
         let Some(installation_id) = integration
             .external_id
             .as_deref()
-            .filter(|_| integration.connector_type == super::github_app::GITHUB)
+            .filter(|_| integration.connector_type == super::providers::GITHUB)
             .and_then(|s| s.parse::<i64>().ok())
         else {
             return Ok(EventsPage {

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::db::Pool;
 use crate::db::schema::{github_events, github_repositories, integrations, slack_workspaces};
-use crate::github::normalize::{NormalizedEvent, RepoRef};
+use super::providers::{NormalizedEvent, RepoRef};
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]

@@ -28,7 +28,7 @@ use uuid::Uuid;
 use super::connector::{ConnectorError, ConnectorRegistry, CredentialSet, IssuedCredential};
 use super::store::{Integration, IntegrationStore, StoreError, status};
 use crate::crypto::vault::{CredentialAad, KeyRing, VaultError};
-use crate::db::credentials::{CredentialDbError, PgCredentials};
+use crate::integrations::credentials::{CredentialDbError, PgCredentials};
 
 /// Why a credential could not be served or stored. Never carries plaintext.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::crypto::vault::{CredentialAad, KeyRing};
 use crate::db::Database;
-use crate::db::credentials::{CredentialDbError, PgCredentials};
+use crate::integrations::credentials::{CredentialDbError, PgCredentials};
 
 /// Counts of a rotation run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

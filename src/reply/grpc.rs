@@ -21,8 +21,8 @@ use infragpt_actors::conversation::{ReplyError, ReplyOutcome, ReplyService};
 use crate::grpc::pb::backend::backend_service_server::{BackendService, BackendServiceServer};
 use crate::grpc::pb::backend::{SendReplyCommand, Status};
 use crate::grpc::pb::infragpt::infra_gpt_service_server::{InfraGptService, InfraGptServiceServer};
+use super::{ReplyAuth, api_error};
 use crate::grpc::server::GrpcShell;
-use crate::http::reply::{ReplyAuth, api_error};
 
 /// The SendReply gRPC services (one value serves both paths).
 #[derive(Debug, Clone)]
@@ -116,51 +116,5 @@ impl InfraGptService for ReplyGrpc {
         request: tonic::Request<SendReplyCommand>,
     ) -> Result<tonic::Response<Status>, tonic::Status> {
         self.handle(request, "grpc infragpt.InfraGPTService").await
-    }
-}
-
-/// SendReply as a [`crate::server::Module`]: `POST /reply` on the HTTP listener and both gRPC
-/// services on the gRPC listener, sharing one [`ReplyService`] and one [`ReplyAuth`].
-pub struct ReplyModule {
-    service: Arc<ReplyService>,
-    auth: ReplyAuth,
-}
-
-impl std::fmt::Debug for ReplyModule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplyModule")
-            .field("token_required", &self.auth.is_required())
-            .finish_non_exhaustive()
-    }
-}
-
-impl ReplyModule {
-    /// The module; `auth` usually comes from `ReplyAuth::new(config.agent.reply_token.clone())`.
-    pub fn new(service: Arc<ReplyService>, auth: ReplyAuth) -> Self {
-        Self { service, auth }
-    }
-}
-
-#[async_trait::async_trait]
-impl crate::server::Module for ReplyModule {
-    fn name(&self) -> &str {
-        "send_reply"
-    }
-
-    async fn start(
-        &mut self,
-        _state: &crate::server::AppState,
-        http: &mut crate::http::HttpShell,
-        grpc: &mut GrpcShell,
-    ) -> anyhow::Result<()> {
-        http.add_routes(Arc::new(crate::http::reply::configure(
-            self.service.clone(),
-            self.auth.clone(),
-        )));
-        ReplyGrpc::new(self.service.clone(), self.auth.clone()).add_to(grpc);
-        if !self.auth.is_required() {
-            tracing::warn!("agent.reply_token is not set: SendReply accepts unauthenticated calls");
-        }
-        Ok(())
     }
 }

@@ -12,15 +12,15 @@ use infragpt_actors::Secret;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::connector::{
+use crate::config::SlackIntegrationConfig;
+use crate::integrations::connector::{
     Authorized, CallbackParams, Connector, ConnectorError, CredentialSet, IssuedCredential,
     StoredAuthorization, Validation, WebhookSetup,
 };
-use super::store::{Integration, IntegrationStore, SlackWorkspaceRecord};
-use crate::config::SlackIntegrationConfig;
+use crate::integrations::store::{Integration, IntegrationStore, SlackWorkspaceRecord};
 
-/// Connector type.
-pub const SLACK: &str = "slack";
+pub use crate::integrations::providers::SLACK;
+
 /// The bot token credential.
 pub const BOT_TOKEN: &str = "bot_token";
 /// The rotation refresh token credential.
@@ -370,7 +370,7 @@ impl Connector for SlackConnector {
 pub async fn workspace_token_ref(
     store: &IntegrationStore,
     team_id: &str,
-) -> Result<Option<Uuid>, super::store::StoreError> {
+) -> Result<Option<Uuid>, crate::integrations::store::StoreError> {
     Ok(store
         .slack_workspace(team_id)
         .await?
@@ -384,9 +384,9 @@ pub async fn workspace_token_ref(
 /// through an integration (unknown, revoked, or served by the configured `slack.bot_token`).
 pub async fn bot_token_for_team(
     store: &IntegrationStore,
-    vaults: &super::vault::VaultRegistry,
+    vaults: &crate::integrations::vault::VaultRegistry,
     team_id: &str,
-) -> Result<Option<Secret>, super::vault::CredentialError> {
+) -> Result<Option<Secret>, crate::integrations::vault::CredentialError> {
     let Some((status, Some(_token_ref), Some(organization_id))) =
         store.slack_workspace(team_id).await?
     else {
@@ -412,7 +412,7 @@ pub async fn bot_token_for_team(
 #[derive(Clone)]
 pub struct VaultSlackTokens {
     store: IntegrationStore,
-    vaults: super::vault::VaultRegistry,
+    vaults: crate::integrations::vault::VaultRegistry,
 }
 
 impl std::fmt::Debug for VaultSlackTokens {
@@ -423,7 +423,7 @@ impl std::fmt::Debug for VaultSlackTokens {
 
 impl VaultSlackTokens {
     /// A source over the integration store and the vault actors.
-    pub fn new(store: IntegrationStore, vaults: super::vault::VaultRegistry) -> Self {
+    pub fn new(store: IntegrationStore, vaults: crate::integrations::vault::VaultRegistry) -> Self {
         Self { store, vaults }
     }
 }

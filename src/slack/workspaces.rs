@@ -135,11 +135,9 @@ impl WorkspaceStatus {
 pub struct WorkspaceRegistration {
     /// Workspace.
     pub team_id: TeamId,
-    /// Its name.
     pub team_name: Option<String>,
     /// The bot's user id.
     pub bot_user_id: Option<String>,
-    /// The bot id.
     pub bot_id: Option<String>,
     /// Where the token lives (`config`, or an `integration_credentials` id).
     pub token_ref: Option<String>,
@@ -151,13 +149,9 @@ pub struct WorkspaceRegistration {
 pub struct WorkspaceRecord {
     /// Workspace id.
     pub team_id: String,
-    /// Name.
     pub team_name: Option<String>,
-    /// Bot user id.
     pub bot_user_id: Option<String>,
-    /// Bot id.
     pub bot_id: Option<String>,
-    /// App id.
     pub app_id: Option<String>,
     /// Where the token lives.
     pub token_ref: Option<String>,
@@ -294,7 +288,6 @@ pub struct WorkspaceState {
     pub team_id: String,
     /// Name, when known.
     pub team_name: Option<String>,
-    /// Status.
     pub status: WorkspaceStatus,
     /// Slack's error code when inactive.
     pub reason: Option<String>,

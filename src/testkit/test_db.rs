@@ -21,7 +21,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use infragpt_actors::Secret;
 
-use super::{
+use crate::db::{
     ClusterOptions, Database, DbError, Pool, PrivateCluster, build_pool, connect, create_database,
     quote_ident, redact, with_database,
 };
@@ -194,7 +194,7 @@ async fn resolve_server() -> Result<Server, DbError> {
         let default_answers = if env_flag(ENV_NO_DEFAULT) {
             false
         } else {
-            match super::probe(&default, Duration::from_secs(2)).await {
+            match crate::db::probe(&default, Duration::from_secs(2)).await {
                 Ok(()) => true,
                 Err(reason) => {
                     eprintln!("no usable PostgreSQL on 127.0.0.1:5432 ({reason})");
@@ -238,7 +238,7 @@ diesel::table! {
 
 /// Drops `t_<uuid v7>` databases that are old and unused: leftovers of killed test runs.
 async fn drop_stale_databases(admin_url: &Secret) -> Result<(), DbError> {
-    use super::pg_database;
+    use crate::db::pg_database;
     let mut conn = connect(admin_url, TIMEOUT).await?;
     let names: Vec<String> = pg_database::table
         .select(pg_database::datname)

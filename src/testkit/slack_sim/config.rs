@@ -41,7 +41,6 @@ pub struct SimChannel {
     pub id: String,
     /// Name without `#`.
     pub name: String,
-    /// Private channel.
     pub is_private: bool,
 }
 
@@ -66,7 +65,6 @@ pub struct SimTeam {
     pub bot_token: Secret,
     /// Members.
     pub users: Vec<SimUser>,
-    /// Channels.
     pub channels: Vec<SimChannel>,
 }
 

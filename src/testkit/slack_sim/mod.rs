@@ -45,25 +45,19 @@ pub enum SimError {
     /// No such channel in the workspace.
     #[error("unknown channel {channel} in team {team}")]
     UnknownChannel {
-        /// Team.
         team: String,
-        /// Channel.
         channel: String,
     },
     /// No such user in the workspace.
     #[error("unknown user {user} in team {team}")]
     UnknownUser {
-        /// Team.
         team: String,
-        /// User.
         user: String,
     },
     /// No such message.
     #[error("no message {ts} in {channel}")]
     UnknownMessage {
-        /// Channel.
         channel: String,
-        /// Message ts.
         ts: String,
     },
     /// No such envelope.
@@ -154,7 +148,7 @@ impl SlackSim {
     }
 
     /// Web API base URL, `http://127.0.0.1:PORT/api/` (slack-morphism wants it without the
-    /// trailing slash; [`crate::slack::connector::http_connector`] trims it).
+    /// trailing slash; [`crate::slack::http_connector::http_connector`] trims it).
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}/api/", self.port)
     }

@@ -32,7 +32,6 @@ pub struct ApiCall {
 /// A message in a channel.
 #[derive(Debug, Clone, Serialize)]
 pub struct SimMessage {
-    /// Message ts.
     pub ts: String,
     /// Author user id (the bot's user id for bot posts).
     pub user: String,
@@ -54,7 +53,6 @@ pub struct SimMessage {
 pub struct BotPost {
     /// Workspace.
     pub team_id: String,
-    /// Channel.
     pub channel: String,
     /// The new message's ts.
     pub ts: String,
@@ -84,7 +82,6 @@ pub struct ConnectionInfo {
     pub app_id: String,
     /// `debug_info.host` sent in its frames.
     pub host: String,
-    /// Current state.
     pub state: ConnState,
     /// Why it ended (`disconnect:refresh_requested`, `client_closed`, `dropped`, ...).
     pub end_reason: Option<String>,
@@ -97,7 +94,6 @@ pub struct FrameRecord {
     pub connection_id: u64,
     /// The frame's `type`.
     pub kind: String,
-    /// The frame.
     pub frame: Value,
 }
 
@@ -126,7 +122,6 @@ pub struct DeliveryInfo {
     pub event_id: String,
     /// Workspace.
     pub team_id: String,
-    /// App.
     pub app_id: String,
     /// `event.type` (`app_mention`, `message`).
     pub event_type: String,
@@ -136,7 +131,6 @@ pub struct DeliveryInfo {
     pub sends: u32,
     /// `retry_attempt` of the latest send.
     pub retry_attempt: u32,
-    /// Acknowledged.
     pub acked: bool,
     /// Gave up after the last redelivery.
     pub exhausted: bool,
