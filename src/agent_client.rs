@@ -86,10 +86,7 @@ impl GrpcAgentOptions {
 pub enum AgentClientError {
     /// The endpoint is not a URI tonic can dial.
     #[error("agent endpoint {endpoint:?} is invalid: {reason}")]
-    InvalidEndpoint {
-        endpoint: String,
-        reason: String,
-    },
+    InvalidEndpoint { endpoint: String, reason: String },
     /// Built outside a tokio runtime (the channel's background task needs one).
     #[error("the agent client must be created inside a tokio runtime")]
     NoRuntime,

@@ -67,7 +67,11 @@ mod layout_tests {
             let rest = &source[at + "crate::".len()..];
             if let Some(group) = rest.strip_prefix('{') {
                 let group = &group[..group.find('}').unwrap_or(group.len())];
-                refs.extend(group.split(',').map(|item| ident_at(item.trim()).to_owned()));
+                refs.extend(
+                    group
+                        .split(',')
+                        .map(|item| ident_at(item.trim()).to_owned()),
+                );
             } else {
                 refs.insert(ident_at(rest).to_owned());
             }
@@ -101,7 +105,10 @@ mod layout_tests {
     #[test]
     fn crate_refs_reads_paths_and_groups() {
         let refs = crate_refs("use crate::db::Pool;\nuse crate::{config::Config, http};\n");
-        assert_eq!(refs, BTreeSet::from(["config", "db", "http"].map(String::from)));
+        assert_eq!(
+            refs,
+            BTreeSet::from(["config", "db", "http"].map(String::from))
+        );
     }
 
     #[test]
@@ -149,6 +156,9 @@ mod layout_tests {
                 format!("{m} -> {within:?}")
             })
             .collect();
-        assert!(cyclic.is_empty(), "module dependency cycle among: {cyclic:?}");
+        assert!(
+            cyclic.is_empty(),
+            "module dependency cycle among: {cyclic:?}"
+        );
     }
 }

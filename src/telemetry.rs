@@ -33,10 +33,7 @@ impl From<&Config> for TelemetryConfig {
 pub enum TelemetryError {
     /// The filter (from `RUST_LOG` or `log_level`) does not parse.
     #[error("invalid log filter `{filter}`: {reason}")]
-    Filter {
-        filter: String,
-        reason: String,
-    },
+    Filter { filter: String, reason: String },
     /// A global subscriber is already installed.
     #[error("a global tracing subscriber is already installed: {0}")]
     AlreadyInstalled(String),

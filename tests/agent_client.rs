@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use infragpt::testkit::devagent::{AGENT_TYPE, DEMO_LABEL, DevAgent, DevAgentConfig, FailMode};
 use infragpt::agent_client::{GrpcAgent, GrpcAgentOptions, HEALTH_KEY};
+use infragpt::testkit::devagent::{AGENT_TYPE, DEMO_LABEL, DevAgent, DevAgentConfig, FailMode};
 use infragpt_actors::circuit::{CircuitConfig, CircuitState, ManualClock};
 use infragpt_actors::conversation::{Agent, AgentError, AgentTurn, PastMessage};
 use infragpt_actors::ids::ConversationId;

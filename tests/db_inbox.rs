@@ -3,8 +3,8 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use infragpt::db::schema::{audit_log, inbound_events};
-use infragpt::testkit::test_db::TestDb;
 use infragpt::db::{PgAudit, PgInbox};
+use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::audit::{AuditEntry, AuditLog};
 use infragpt_actors::inbox::{
     EventRowId, EventSource, EventStatus, InboundEvents, NewInboundEvent, RecordOutcome, RoutingKey,

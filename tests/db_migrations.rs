@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use infragpt::db::private_pg::{PgBinaries, PrivateCluster};
-use infragpt::testkit::test_db::TestDb;
 use infragpt::db::{Database, DbSettings, MIGRATIONS, database_name, with_database};
+use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::Secret;
 
 diesel::table! {

@@ -15,23 +15,22 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use infragpt::agent_client::{GrpcAgent, GrpcAgentOptions};
 use infragpt::app::{Core, CoreModule};
 use infragpt::config::{self, Config};
 use infragpt::db::conversations::PgConversationStore;
 use infragpt::db::schema::{conversations, inbound_events, messages};
-use infragpt::testkit::test_db::TestDb;
-use infragpt::testkit::devagent::{DevAgent, DevAgentConfig, DevAgentHandle, FailMode};
-use infragpt::agent_client::{GrpcAgent, GrpcAgentOptions};
 use infragpt::grpc::pb::backend::SendReplyCommand;
 use infragpt::grpc::pb::backend::backend_service_client::BackendServiceClient;
-use infragpt::reply::grpc::ReplyModule;
-use infragpt::reply::http::ReplyAuth;
+use infragpt::reply::{ReplyAuth, ReplyModule};
 use infragpt::server::{self, Module, RunningServer};
 use infragpt::slack::transport::SlackModule;
+use infragpt::slack::workspaces::StaticTokens;
+use infragpt::testkit::devagent::{DevAgent, DevAgentConfig, DevAgentHandle, FailMode};
 use infragpt::testkit::slack_sim::{
     ConnState, SimChannel, SimConfig, SimMessage, SimTeam, SimUser, SlackSim,
 };
-use infragpt::slack::workspaces::StaticTokens;
+use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::conversation::{ConversationHandler, ReplyService, UNAVAILABLE_REPLY};
 use infragpt_actors::ids::TeamId;
 use infragpt_actors::inbox::EventSource;

@@ -399,8 +399,8 @@ async fn grpc_health_reports_serving_once_ready() {
 // ---------------------------------------------------------------------------------------------
 // Against a real database.
 
-use infragpt::testkit::test_db::TestDb;
 use infragpt::http::health::{DatabaseCheck, MigrationsCheck};
+use infragpt::testkit::test_db::TestDb;
 
 /// A TCP relay to the test database that can be switched off (connections refused... in
 /// effect: accepted and closed at once, and live relays cut) and on again, so the database

@@ -6,19 +6,20 @@ use std::time::Duration;
 
 use actix_web::test as atest;
 use async_trait::async_trait;
+use infragpt::agent_client::{GrpcAgent, GrpcAgentOptions};
 use infragpt::config::CorsConfig;
 use infragpt::db::PgConversationStore;
-use infragpt::testkit::test_db::TestDb;
-use infragpt::testkit::devagent::{DEMO_LABEL, DevAgent, DevAgentConfig};
-use infragpt::agent_client::{GrpcAgent, GrpcAgentOptions};
 use infragpt::grpc::pb::backend::SendReplyCommand;
 use infragpt::grpc::pb::backend::backend_service_client::BackendServiceClient;
 use infragpt::grpc::pb::infragpt::infra_gpt_service_client::InfraGptServiceClient;
-use infragpt::reply::grpc::ReplyGrpc;
 use infragpt::grpc::server::GrpcShell;
-use infragpt::reply::http::{ReplyAuth, configure};
 use infragpt::http::{HttpShell, Readiness};
+use infragpt::reply::ReplyAuth;
+use infragpt::reply::grpc::ReplyGrpc;
+use infragpt::reply::http::configure;
+use infragpt::testkit::devagent::{DEMO_LABEL, DevAgent, DevAgentConfig};
 use infragpt::testkit::slack_sim::SlackSim;
+use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::Secret;
 use infragpt_actors::conversation::{
     Agent, AgentTurn, BotIdentity, Conversation, ConversationStore, NewMessage, ReplyService,

@@ -7,10 +7,10 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::{App, test, web};
 use infragpt::db::PgInbox;
-use infragpt::testkit::test_db::TestDb;
 use infragpt::slack::events_http::{self, EventsEndpoint};
 use infragpt::slack::signature::sign;
 use infragpt::testkit::slack_sim::{SimConfig, SlackSim};
+use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::inbox::{EventSource, InboundEvents};
 use infragpt_actors::testing::{MemoryInbox, RecordingHandler, eventually};
 use infragpt_actors::{

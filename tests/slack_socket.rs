@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use infragpt::config::SlackConfig;
 use infragpt::db::PgInbox;
-use infragpt::testkit::test_db::TestDb;
 use infragpt::http::ReadinessCheck;
-use infragpt::slack::transport::SlackModule;
-use infragpt::testkit::slack_sim::{ConnState, SimConfig, SlackSim, Subscriptions};
 use infragpt::slack::socket::SocketSettings;
+use infragpt::slack::transport::SlackModule;
 use infragpt::slack::web::WebSettings;
+use infragpt::testkit::slack_sim::{ConnState, SimConfig, SlackSim, Subscriptions};
+use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::inbox::{EventSource, InboundEvents};
 use infragpt_actors::slack_connection::ConnectionSettings;
 use infragpt_actors::testing::{MemoryInbox, RecordingHandler, eventually, eventually_async};

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use infragpt::config::SlackConfig;
-use infragpt::testkit::test_db::TestDb;
 use infragpt::slack::transport::SlackModule;
-use infragpt::testkit::slack_sim::{SimConfig, SlackSim};
 use infragpt::slack::web::{SlackWeb, WebSettings, web_client};
 use infragpt::slack::workspaces::{PgWorkspaces, StaticTokens, WorkspaceStatus};
+use infragpt::testkit::slack_sim::{SimConfig, SlackSim};
+use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::conversation::{SlackApi, SlackApiError};
 use infragpt_actors::ids::{ChannelId, MessageTs, SlackUserId, TeamId};
 

@@ -9,19 +9,19 @@ use std::sync::Arc;
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use infragpt::app::integrations::SetupError;
+use infragpt::app::integrations::load_keyring;
 use infragpt::config::VaultConfig;
 use infragpt::crypto::vault::CredentialAad;
-use infragpt::integrations::credentials::PgCredentials;
 use infragpt::db::schema::integration_credentials;
-use infragpt::testkit::test_db::TestDb;
 use infragpt::integrations::connector::{ConnectorRegistry, IssuedCredential};
-use infragpt::app::integrations::SetupError;
+use infragpt::integrations::credentials::PgCredentials;
 use infragpt::integrations::store::IntegrationStore;
 use infragpt::integrations::vault::{
     CredentialError, CredentialStore, VaultDeps, VaultRegistry, VaultTuning,
 };
-use infragpt::app::integrations::load_keyring;
 use infragpt::integrations::vault_cli;
+use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::{ActorKind, HealthRegistry, Secret};
 use integrations_common::*;
 

@@ -127,9 +127,7 @@ pub enum StateError {
     BadPayload(String),
     /// The state expired.
     #[error("state expired at {expires_at}")]
-    Expired {
-        expires_at: DateTime<Utc>,
-    },
+    Expired { expires_at: DateTime<Utc> },
     /// The state was already used.
     #[error("state was already used")]
     Replayed,

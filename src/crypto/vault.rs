@@ -137,9 +137,7 @@ pub enum VaultError {
     },
     /// The development key file does not hold a base64 32-byte key.
     #[error("vault key file {path} does not hold a base64 {KEY_LEN}-byte key")]
-    KeyFileInvalid {
-        path: PathBuf,
-    },
+    KeyFileInvalid { path: PathBuf },
 }
 
 /// Binds a ciphertext to the row it belongs to.

@@ -19,9 +19,9 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use infragpt_actors::Secret;
 
 pub use audit::PgAudit;
-pub use private_pg::{ClusterError, ClusterOptions, PrivateCluster};
 pub use conversations::PgConversationStore;
 pub use inbox::PgInbox;
+pub use private_pg::{ClusterError, ClusterOptions, PrivateCluster};
 
 /// The connection pool every adapter uses.
 pub type Pool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;

@@ -32,7 +32,8 @@ use infragpt_actors::ids::OrganizationId;
 use crate::config::ClerkConfig;
 use crate::error::ApiError;
 use crate::identity::jwt::{
-    ClerkJwtConfig, ClerkJwtVerifier, JwksCache, JwksCacheConfig, JwtError, OrgClaim, VerifiedSession,
+    ClerkJwtConfig, ClerkJwtVerifier, JwksCache, JwksCacheConfig, JwtError, OrgClaim,
+    VerifiedSession,
 };
 use crate::identity::store::{IdentityStore, OrgAccess, OrganizationRecord};
 use crate::identity::{ClerkOrgId, ClerkSessionId, ClerkUserId};
@@ -75,10 +76,9 @@ impl Authenticator {
     /// `leeway_secs`). Without a JWKS URL or an issuer the result refuses every protected
     /// request (and [`Authenticator::is_configured`] is false, so start-up can warn).
     pub fn from_config(clerk: &ClerkConfig, store: IdentityStore) -> Result<Self, AuthConfigError> {
-        let (Some(jwks_url), Some(jwt_config)) = (
-            &clerk.jwks_url,
-            ClerkJwtConfig::from_clerk_config(clerk),
-        ) else {
+        let (Some(jwks_url), Some(jwt_config)) =
+            (&clerk.jwks_url, ClerkJwtConfig::from_clerk_config(clerk))
+        else {
             return Ok(Self::new(None, store));
         };
         let url: url::Url = jwks_url

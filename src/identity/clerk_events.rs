@@ -22,10 +22,7 @@ pub enum ClerkEventError {
     NotAnEvent(String),
     /// `data` of a known event type lacks a field or has the wrong shape.
     #[error("clerk {event_type} event: invalid data: {reason}")]
-    InvalidData {
-        event_type: String,
-        reason: String,
-    },
+    InvalidData { event_type: String, reason: String },
 }
 
 /// A parsed webhook: envelope fields plus the typed event.

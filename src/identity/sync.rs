@@ -16,11 +16,11 @@ use infragpt_actors::{EventHandler, HandleOutcome, HandlerError};
 use serde_json::{Value, json};
 
 use super::clerk_events::{ClerkEvent, parse_event};
-use super::{ClerkMembershipId, ClerkOrgId, ClerkUserId};
 use super::store::{
     Applied, CREATOR_ROLE, IdentityStore, IdentityStoreError, MembershipApplied, MembershipUpsert,
     OrganizationUpsert,
 };
+use super::{ClerkMembershipId, ClerkOrgId, ClerkUserId};
 
 /// The routing key of every Clerk event.
 pub const ROUTING_KEY: &str = "clerk";

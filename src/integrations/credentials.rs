@@ -9,9 +9,9 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
-use super::Pool;
-use super::schema::integration_credentials as ic;
 use crate::crypto::vault::{Sealed, VaultError};
+use crate::db::Pool;
+use crate::db::schema::integration_credentials as ic;
 
 /// Storage failures of the credential table. Never carries plaintext.
 #[derive(Debug, thiserror::Error)]

@@ -21,8 +21,8 @@ use uuid::Uuid;
 
 use super::connector::{CallbackParams, ConnectorError};
 use super::principal::Principal;
-use super::service::{IntegrationService, ServiceError};
 use super::providers::SLACK;
+use super::service::{IntegrationService, ServiceError};
 use crate::error::ApiError;
 
 impl From<ServiceError> for ApiError {

@@ -8,9 +8,9 @@ use diesel_async::RunQueryDsl;
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::providers::{NormalizedEvent, RepoRef};
 use crate::db::Pool;
 use crate::db::schema::{github_events, github_repositories, integrations, slack_workspaces};
-use super::providers::{NormalizedEvent, RepoRef};
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]

@@ -18,10 +18,10 @@ use std::sync::Arc;
 
 use infragpt_actors::conversation::{ReplyError, ReplyOutcome, ReplyService};
 
+use super::{ReplyAuth, api_error};
 use crate::grpc::pb::backend::backend_service_server::{BackendService, BackendServiceServer};
 use crate::grpc::pb::backend::{SendReplyCommand, Status};
 use crate::grpc::pb::infragpt::infra_gpt_service_server::{InfraGptService, InfraGptServiceServer};
-use super::{ReplyAuth, api_error};
 use crate::grpc::server::GrpcShell;
 
 /// The SendReply gRPC services (one value serves both paths).

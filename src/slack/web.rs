@@ -35,7 +35,7 @@ use slack_morphism::prelude::{
     SlackApiToken, SlackApiTokenValue, SlackTeamId,
 };
 
-use super::connector::{ConnectorError, SlackHyperClient, http_connector, https_connector};
+use super::http_connector::{ConnectorError, SlackHyperClient, http_connector, https_connector};
 use super::workspaces::{
     CONFIG_TOKEN_REF, TokenSourceError, WorkspaceBoard, WorkspaceDirectory, WorkspaceRegistration,
     WorkspaceTokens,

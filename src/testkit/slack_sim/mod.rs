@@ -44,22 +44,13 @@ pub enum SimError {
     UnknownTeam(String),
     /// No such channel in the workspace.
     #[error("unknown channel {channel} in team {team}")]
-    UnknownChannel {
-        team: String,
-        channel: String,
-    },
+    UnknownChannel { team: String, channel: String },
     /// No such user in the workspace.
     #[error("unknown user {user} in team {team}")]
-    UnknownUser {
-        team: String,
-        user: String,
-    },
+    UnknownUser { team: String, user: String },
     /// No such message.
     #[error("no message {ts} in {channel}")]
-    UnknownMessage {
-        channel: String,
-        ts: String,
-    },
+    UnknownMessage { channel: String, ts: String },
     /// No such envelope.
     #[error("unknown envelope {0}")]
     UnknownEnvelope(String),
