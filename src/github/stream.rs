@@ -22,7 +22,8 @@ use super::normalize::{
     repositories_change,
 };
 use crate::integrations::github_app::GITHUB;
-use crate::integrations::store::{IntegrationStore, StoreError, status};
+use crate::db::StoreError;
+use crate::integrations::store::{IntegrationStore, status};
 use crate::integrations::vault::{CredentialStore, VaultRegistry};
 
 /// Name of the stream (router) in the actor tree.

@@ -17,9 +17,9 @@ use serde_json::{Value, json};
 
 use super::clerk_events::{ClerkEvent, parse_event};
 use super::store::{
-    Applied, CREATOR_ROLE, IdentityStore, IdentityStoreError, MembershipApplied, MembershipUpsert,
-    OrganizationUpsert,
+    Applied, CREATOR_ROLE, IdentityStore, MembershipApplied, MembershipUpsert, OrganizationUpsert,
 };
+use crate::db::StoreError;
 
 /// The routing key of every Clerk event.
 pub const ROUTING_KEY: &str = "clerk";
@@ -46,7 +46,7 @@ impl std::fmt::Debug for IdentitySync {
     }
 }
 
-fn retryable(e: IdentityStoreError) -> HandlerError {
+fn retryable(e: StoreError) -> HandlerError {
     HandlerError::retryable(e)
 }
 

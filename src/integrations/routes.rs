@@ -36,6 +36,7 @@ impl From<ServiceError> for ApiError {
                 "a {connector_type} integration already exists for this organization"
             )),
             ServiceError::BadState(m) => ApiError::bad_request(format!("invalid state: {m}")),
+            ServiceError::InvalidState(e) => ApiError::bad_request(format!("invalid state: {e}")),
             ServiceError::Conflict(m) => ApiError::conflict(m),
             ServiceError::BadRequest(m) => ApiError::bad_request(m),
             ServiceError::Provider(ConnectorError::NotConfigured { connector, reason }) => {
@@ -47,6 +48,7 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::Provider(other) => ApiError::bad_request(other.to_string()),
             ServiceError::Credential(c) => ApiError::internal(c),
+            ServiceError::State(e) => ApiError::internal(e),
             ServiceError::Store(s) => ApiError::internal(s),
         }
     }

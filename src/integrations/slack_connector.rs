@@ -370,7 +370,7 @@ impl Connector for SlackConnector {
 pub async fn workspace_token_ref(
     store: &IntegrationStore,
     team_id: &str,
-) -> Result<Option<Uuid>, super::store::StoreError> {
+) -> Result<Option<Uuid>, crate::db::StoreError> {
     Ok(store
         .slack_workspace(team_id)
         .await?
@@ -436,6 +436,6 @@ impl crate::slack::workspaces::WorkspaceTokens for VaultSlackTokens {
     ) -> Result<Option<Secret>, crate::slack::workspaces::TokenSourceError> {
         bot_token_for_team(&self.store, &self.vaults, team.as_str())
             .await
-            .map_err(|e| crate::slack::workspaces::TokenSourceError(e.to_string()))
+            .map_err(|e| crate::slack::workspaces::TokenSourceError::new("vault", e))
     }
 }

@@ -329,15 +329,19 @@ impl ConfigBotToken {
                 let auth = auth_test(&self.client, &self.settings, &token)
                     .await
                     .map_err(|e| {
-                        let why = match e {
-                            Ok(code) => code,
-                            Err(err) => err.to_string(),
-                        };
-                        tracing::error!(error = %why, "slack.bot_token: auth.test failed");
-                        TokenSourceError(format!("auth.test for slack.bot_token failed: {why}"))
+                        let error = TokenSourceError::new(
+                            "auth.test for slack.bot_token failed",
+                            match e {
+                                // Slack's error code: a message from Slack, not an error type.
+                                Ok(code) => code.into(),
+                                Err(err) => Box::new(err),
+                            },
+                        );
+                        tracing::error!(error = %error.source, "slack.bot_token: auth.test failed");
+                        error
                     })?;
                 let team = TeamId::parse(auth.team_id.clone())
-                    .map_err(|e| TokenSourceError(format!("auth.test team_id: {e}")))?;
+                    .map_err(|e| TokenSourceError::new("auth.test team_id", e))?;
                 let reg = WorkspaceRegistration {
                     team_id: team.clone(),
                     team_name: auth.team.clone(),
