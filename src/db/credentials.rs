@@ -150,10 +150,7 @@ impl PgCredentials {
     }
 
     /// Every credential of an integration.
-    pub async fn list(
-        &self,
-        integration_id: Uuid,
-    ) -> Result<Vec<StoredCredential>, StoreError> {
+    pub async fn list(&self, integration_id: Uuid) -> Result<Vec<StoredCredential>, StoreError> {
         let mut conn = conn(&self.pool).await?;
         let rows: Vec<Row> = ic::table
             .filter(ic::integration_id.eq(integration_id))

@@ -1,8 +1,8 @@
 //! The one error of the PostgreSQL stores, and the one way they get a pooled connection.
 //!
 //! Every store (`identity`, `integrations`, credentials, conversations, inbox, workspaces,
-//! audit, nonces) answers [`StoreError`]; callers classify it with
-//! [`StoreError::is_unavailable`] (retry later, 503) instead of matching on text.
+//! audit, nonces) gets its connections from [`conn`] and answers [`StoreError`] (the port
+//! adapters wrap it, as the source, in their port's error).
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::AsyncPgConnection;
@@ -56,25 +56,10 @@ impl From<DieselError> for StoreError {
 
 impl StoreError {
     /// A stored value that does not read, with its cause.
-    pub fn corrupt(
-        what: impl Into<String>,
-        source: impl Into<BoxError>,
-    ) -> Self {
+    pub fn corrupt(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Self::Corrupt {
             what: what.into(),
             source: source.into(),
-        }
-    }
-
-    /// True when the database could not be reached (no pooled connection, or the connection
-    /// broke mid-statement): the caller should answer "unavailable, retry later".
-    pub fn is_unavailable(&self) -> bool {
-        match self {
-            Self::Unavailable(_) => true,
-            Self::Query(DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _)) => {
-                true
-            }
-            _ => false,
         }
     }
 }

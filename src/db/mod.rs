@@ -241,8 +241,8 @@ impl Database {
                         "no PostgreSQL on the default address; starting a private cluster"
                     );
                     let dir = settings.data_dir.clone();
-                    let cluster = tokio::task::spawn_blocking(move || PrivateCluster::start(&dir))
-                        .await??;
+                    let cluster =
+                        tokio::task::spawn_blocking(move || PrivateCluster::start(&dir)).await??;
                     (Secret::new(cluster.url(&settings.db_name)), Some(cluster))
                 }
             }

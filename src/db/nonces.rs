@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::{Pool, conn};
 use super::schema::oauth_nonces;
+use super::{Pool, conn};
 use crate::crypto::state::{NonceLedger, NonceLedgerError, StateNonce};
 
 /// The nonce ledger in PostgreSQL.

@@ -21,8 +21,8 @@ use super::normalize::{
     InstallationChange, NormalizeError, Normalized, installation_change, normalize,
     repositories_change,
 };
-use crate::integrations::github_app::GITHUB;
 use crate::db::StoreError;
+use crate::integrations::github_app::GITHUB;
 use crate::integrations::store::{IntegrationStore, status};
 use crate::integrations::vault::{CredentialStore, VaultRegistry};
 

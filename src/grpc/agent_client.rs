@@ -86,13 +86,22 @@ impl GrpcAgentOptions {
 /// The client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentClientError {
-    /// The endpoint is not a URI tonic can dial.
+    /// The endpoint is not one we can dial (normalisation refused it, or https).
     #[error("agent endpoint {endpoint:?} is invalid: {reason}")]
     InvalidEndpoint {
         /// The endpoint.
         endpoint: String,
         /// Why.
         reason: String,
+    },
+    /// The endpoint is not a URI tonic accepts.
+    #[error("agent endpoint {endpoint:?} is invalid: {source}")]
+    InvalidUri {
+        /// The endpoint as configured.
+        endpoint: String,
+        /// Why tonic refused it.
+        #[source]
+        source: tonic::transport::Error,
     },
     /// Built outside a tokio runtime (the channel's background task needs one).
     #[error("the agent client must be created inside a tokio runtime")]
@@ -265,7 +274,10 @@ impl GrpcAgent {
             ));
         }
         let endpoint = Endpoint::from_shared(options.endpoint.clone())
-            .map_err(|e| invalid(e.to_string()))?
+            .map_err(|source| AgentClientError::InvalidUri {
+                endpoint: options.endpoint.clone(),
+                source,
+            })?
             .connect_timeout(options.connect_timeout);
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(AgentClientError::NoRuntime);

@@ -28,8 +28,8 @@ use uuid::Uuid;
 
 use super::clerk_events::ClerkUser;
 use super::{ClerkMembershipId, ClerkOrgId, ClerkUserId};
-use crate::db::{Pool, StoreError, conn};
 use crate::db::schema::{organization_members, organization_metadata, organizations, users};
+use crate::db::{Pool, StoreError, conn};
 
 /// Role given to an organization's creator by the implicit membership.
 pub const CREATOR_ROLE: &str = "org:admin";
@@ -666,10 +666,7 @@ impl IdentityStore {
     // ----- API side -----------------------------------------------------------------------
 
     /// A live user.
-    pub async fn user(
-        &self,
-        clerk_id: &ClerkUserId,
-    ) -> Result<Option<UserRecord>, StoreError> {
+    pub async fn user(&self, clerk_id: &ClerkUserId) -> Result<Option<UserRecord>, StoreError> {
         let mut conn = conn(&self.pool).await?;
         Ok(users::table
             .filter(users::clerk_id.eq(clerk_id.as_str()))
@@ -741,10 +738,7 @@ impl IdentityStore {
     }
 
     /// The organization's metadata (defaults when never written).
-    pub async fn metadata(
-        &self,
-        id: OrganizationId,
-    ) -> Result<OrganizationMetadata, StoreError> {
+    pub async fn metadata(&self, id: OrganizationId) -> Result<OrganizationMetadata, StoreError> {
         let mut conn = conn(&self.pool).await?;
         let row: Option<MetadataRow> = organization_metadata::table
             .find(id.0)

@@ -42,8 +42,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::Provider(ConnectorError::NotConfigured { connector, reason }) => {
                 ApiError::unavailable(format!("{connector} is not configured: {reason}"))
             }
-            ServiceError::Provider(ConnectorError::Unavailable { connector, reason }) => {
-                tracing::warn!(connector, %reason, "provider unavailable");
+            ServiceError::Provider(ConnectorError::Unavailable { connector, source }) => {
+                tracing::warn!(connector, reason = %source, "provider unavailable");
                 ApiError::unavailable(format!("{connector} is unavailable, try again later"))
             }
             ServiceError::Provider(other) => ApiError::bad_request(other.to_string()),

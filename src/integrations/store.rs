@@ -8,8 +8,8 @@ use diesel_async::RunQueryDsl;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::db::{Pool, StoreError, conn};
 use crate::db::schema::{github_events, github_repositories, integrations, slack_workspaces};
+use crate::db::{Pool, StoreError, conn};
 use crate::github::normalize::{NormalizedEvent, RepoRef};
 
 /// Lifecycle state of an integration.

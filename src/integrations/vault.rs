@@ -722,8 +722,11 @@ impl VaultRegistry {
             ActorId::new(ActorKind::CredentialVault, organization_id.to_string()),
             Some(self.inner.supervisor.clone()),
         );
-        let addr = CredentialVault::new(OrgVault::new(organization_id, self.inner.deps.clone()), health)
-            .start();
+        let addr = CredentialVault::new(
+            OrgVault::new(organization_id, self.inner.deps.clone()),
+            health,
+        )
+        .start();
         vaults.insert(organization_id, addr.clone());
         addr
     }

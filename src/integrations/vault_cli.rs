@@ -102,10 +102,7 @@ pub async fn rotate(
 }
 
 /// How many credential rows each key id seals; `keyring` (optional) names the active key.
-pub async fn status(
-    db: &Database,
-    keyring: Option<&KeyRing>,
-) -> Result<VaultStatus, StoreError> {
+pub async fn status(db: &Database, keyring: Option<&KeyRing>) -> Result<VaultStatus, StoreError> {
     let table = PgCredentials::new(db.pool().clone());
     let rows_per_key: BTreeMap<String, i64> = table.count_by_key().await?.into_iter().collect();
     let active_key = keyring.map(|k| k.active_key_id().as_str().to_owned());

@@ -19,8 +19,8 @@ use infragpt_actors::ids::TeamId;
 use parking_lot::RwLock;
 use serde::Serialize;
 
-use crate::db::{Pool, StoreError, conn};
 use crate::db::schema::slack_workspaces;
+use crate::db::{Pool, StoreError, conn};
 
 /// `token_ref` of the workspace served by `slack.bot_token`.
 pub const CONFIG_TOKEN_REF: &str = "config";
