@@ -84,9 +84,16 @@ impl GrpcAgentOptions {
 /// The client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentClientError {
-    /// The endpoint is not a URI tonic can dial.
+    /// The endpoint is not one we can dial (normalisation refused it, or https).
     #[error("agent endpoint {endpoint:?} is invalid: {reason}")]
     InvalidEndpoint { endpoint: String, reason: String },
+    /// The endpoint is not a URI tonic accepts.
+    #[error("agent endpoint {endpoint:?} is invalid: {source}")]
+    InvalidUri {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
     /// Built outside a tokio runtime (the channel's background task needs one).
     #[error("the agent client must be created inside a tokio runtime")]
     NoRuntime,
@@ -258,7 +265,10 @@ impl GrpcAgent {
             ));
         }
         let endpoint = Endpoint::from_shared(options.endpoint.clone())
-            .map_err(|e| invalid(e.to_string()))?
+            .map_err(|source| AgentClientError::InvalidUri {
+                endpoint: options.endpoint.clone(),
+                source,
+            })?
             .connect_timeout(options.connect_timeout);
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(AgentClientError::NoRuntime);

@@ -32,11 +32,15 @@ impl From<&Config> for TelemetryConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     /// The filter (from `RUST_LOG` or `log_level`) does not parse.
-    #[error("invalid log filter `{filter}`: {reason}")]
-    Filter { filter: String, reason: String },
+    #[error("invalid log filter `{filter}`: {source}")]
+    Filter {
+        filter: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
     /// A global subscriber is already installed.
     #[error("a global tracing subscriber is already installed: {0}")]
-    AlreadyInstalled(String),
+    AlreadyInstalled(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Keeps telemetry alive; hold it until the process ends.
@@ -51,9 +55,9 @@ fn filter(level: &str) -> Result<EnvFilter, TelemetryError> {
         Ok(v) if !v.trim().is_empty() => v,
         _ => level.to_owned(),
     };
-    EnvFilter::try_new(&text).map_err(|e| TelemetryError::Filter {
+    EnvFilter::try_new(&text).map_err(|source| TelemetryError::Filter {
         filter: text,
-        reason: e.to_string(),
+        source,
     })
 }
 
@@ -86,7 +90,7 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         // One line per event, coloured only on a terminal.
         LogFormat::Pretty => builder.with_ansi(is_terminal).try_init(),
     };
-    result.map_err(|e| TelemetryError::AlreadyInstalled(e.to_string()))?;
+    result.map_err(TelemetryError::AlreadyInstalled)?;
     Ok(TelemetryGuard { _private: () })
 }
 

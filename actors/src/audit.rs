@@ -18,10 +18,10 @@ pub struct AuditEntry {
     pub details: serde_json::Value,
 }
 
-/// Audit log failures.
+/// Audit log failures, with the adapter's error as the source.
 #[derive(Debug, thiserror::Error)]
 #[error("audit log unavailable: {0}")]
-pub struct AuditError(pub String);
+pub struct AuditError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
 
 /// Where audit entries go.
 #[async_trait]

@@ -46,9 +46,9 @@ impl std::str::FromStr for EventSource {
             "slack" => Ok(Self::Slack),
             "github" => Ok(Self::GitHub),
             "clerk" => Ok(Self::Clerk),
-            other => Err(StoreError::Corrupt(format!(
-                "unknown event source {other:?}"
-            ))),
+            other => Err(StoreError::Corrupt(
+                format!("unknown event source {other:?}").into(),
+            )),
         }
     }
 }
@@ -109,9 +109,9 @@ impl std::str::FromStr for EventStatus {
             "done" => Ok(Self::Done),
             "failed" => Ok(Self::Failed),
             "ignored" => Ok(Self::Ignored),
-            other => Err(StoreError::Corrupt(format!(
-                "unknown event status {other:?}"
-            ))),
+            other => Err(StoreError::Corrupt(
+                format!("unknown event status {other:?}").into(),
+            )),
         }
     }
 }
@@ -176,15 +176,15 @@ impl RecordOutcome {
     }
 }
 
-/// Inbox storage failures.
+/// Inbox storage failures, with the adapter's error as the source.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be reached or the statement failed.
     #[error("event store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A stored value could not be read back.
     #[error("event store holds an unreadable value: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The durable inbox (implemented on the `inbound_events` table in the root crate, and in

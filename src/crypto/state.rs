@@ -124,7 +124,7 @@ pub enum StateError {
     /// The signature matched but the payload is not valid claims (signed by a different
     /// version of this code).
     #[error("state payload is not valid: {0}")]
-    BadPayload(String),
+    BadPayload(#[source] serde_json::Error),
     /// The state expired.
     #[error("state expired at {expires_at}")]
     Expired { expires_at: DateTime<Utc> },
@@ -139,7 +139,7 @@ pub enum StateError {
     Random,
     /// The claims could not be serialized.
     #[error("state claims could not be serialized: {0}")]
-    Serialize(String),
+    Serialize(#[source] serde_json::Error),
 }
 
 /// Issues and verifies state values with one HMAC key.
@@ -168,7 +168,7 @@ impl StateSigner {
 
     /// Encodes and signs `claims`.
     pub fn issue(&self, claims: &StateClaims) -> Result<String, StateError> {
-        let json = serde_json::to_vec(claims).map_err(|e| StateError::Serialize(e.to_string()))?;
+        let json = serde_json::to_vec(claims).map_err(StateError::Serialize)?;
         let payload = URL_SAFE_NO_PAD.encode(json);
         let tag = hmac::sign(&self.key, payload.as_bytes());
         Ok(format!(
@@ -191,8 +191,7 @@ impl StateSigner {
         let json = URL_SAFE_NO_PAD
             .decode(payload)
             .map_err(|_| StateError::BadFormat)?;
-        let claims: StateClaims =
-            serde_json::from_slice(&json).map_err(|e| StateError::BadPayload(e.to_string()))?;
+        let claims: StateClaims = serde_json::from_slice(&json).map_err(StateError::BadPayload)?;
         if now >= claims.expires_at {
             return Err(StateError::Expired {
                 expires_at: claims.expires_at,

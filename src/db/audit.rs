@@ -5,8 +5,8 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use infragpt_actors::audit::{AuditEntry, AuditError, AuditLog};
 
-use super::Pool;
 use super::schema::audit_log;
+use super::{Pool, StoreError, conn};
 
 /// The audit log in PostgreSQL (append only).
 #[derive(Clone)]
@@ -29,14 +29,14 @@ impl PgAudit {
     }
 }
 
+fn audit_error(e: StoreError) -> AuditError {
+    AuditError(Box::new(e))
+}
+
 #[async_trait]
 impl AuditLog for PgAudit {
     async fn append(&self, entry: AuditEntry) -> Result<(), AuditError> {
-        let mut conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| AuditError(e.to_string()))?;
+        let mut conn = conn(&self.pool).await.map_err(audit_error)?;
         diesel::insert_into(audit_log::table)
             .values((
                 audit_log::organization_id.eq(entry.organization_id),
@@ -47,7 +47,7 @@ impl AuditLog for PgAudit {
             ))
             .execute(&mut conn)
             .await
-            .map_err(|e| AuditError(e.to_string()))?;
+            .map_err(|e| audit_error(e.into()))?;
         tracing::debug!(actor = %entry.actor, action = %entry.action, "audit entry appended");
         Ok(())
     }

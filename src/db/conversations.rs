@@ -13,8 +13,8 @@ use infragpt_actors::conversation::{
 use infragpt_actors::ids::{ChannelId, ConversationId, MessageTs, SlackUserId, TeamId, ThreadKey};
 use infragpt_actors::inbox::EventRowId;
 
-use super::Pool;
 use super::schema::{channels, conversations, messages};
+use super::{Pool, StoreError, conn};
 
 /// `messages.sender_kind` of a Slack user's message.
 const KIND_USER: &str = "user";
@@ -42,10 +42,15 @@ impl std::fmt::Debug for PgConversationStore {
     }
 }
 
-type Conn = diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection>;
+/// The port's error, with the store's error as its source.
+impl From<StoreError> for ConversationStoreError {
+    fn from(e: StoreError) -> Self {
+        ConversationStoreError::Unavailable(Box::new(e))
+    }
+}
 
-fn unavailable(e: impl std::fmt::Display) -> ConversationStoreError {
-    ConversationStoreError::Unavailable(e.to_string())
+fn unavailable(e: diesel::result::Error) -> ConversationStoreError {
+    StoreError::from(e).into()
 }
 
 /// One `conversations` row (the columns the port needs).
@@ -63,7 +68,7 @@ impl TryFrom<ConversationRow> for Conversation {
     type Error = ConversationStoreError;
     fn try_from(row: ConversationRow) -> Result<Self, Self::Error> {
         let corrupt = |e: infragpt_actors::ids::IdError| {
-            ConversationStoreError::Unavailable(format!("conversation {} is corrupt: {e}", row.id))
+            ConversationStoreError::from(StoreError::corrupt(format!("conversation {}", row.id), e))
         };
         Ok(Conversation {
             id: ConversationId(row.id),
@@ -98,20 +103,19 @@ struct MessageRow {
 impl TryFrom<MessageRow> for StoredMessage {
     type Error = ConversationStoreError;
     fn try_from(row: MessageRow) -> Result<Self, Self::Error> {
-        let corrupt = |e: String| {
-            ConversationStoreError::Unavailable(format!("message {} is corrupt: {e}", row.id))
+        let corrupt = |e: crate::db::error::BoxError| {
+            ConversationStoreError::from(StoreError::corrupt(format!("message {}", row.id), e))
         };
         let sender = match row.sender_kind.as_str() {
             KIND_AGENT => Sender::Agent,
             KIND_USER => Sender::User(
-                SlackUserId::parse(row.sender_id.as_str()).map_err(|e| corrupt(e.to_string()))?,
+                SlackUserId::parse(row.sender_id.as_str()).map_err(|e| corrupt(e.into()))?,
             ),
-            other => return Err(corrupt(format!("unknown sender kind {other:?}"))),
+            other => return Err(corrupt(format!("unknown sender kind {other:?}").into())),
         };
         Ok(StoredMessage {
             id: row.id,
-            slack_ts: MessageTs::parse(row.slack_ts.as_str())
-                .map_err(|e| corrupt(e.to_string()))?,
+            slack_ts: MessageTs::parse(row.slack_ts.as_str()).map_err(|e| corrupt(e.into()))?,
             sender,
             text: row.text,
             created_at: row.created_at,
@@ -119,7 +123,7 @@ impl TryFrom<MessageRow> for StoredMessage {
                 .in_reply_to
                 .map(MessageTs::parse)
                 .transpose()
-                .map_err(|e| corrupt(e.to_string()))?,
+                .map_err(|e| corrupt(e.into()))?,
         })
     }
 }
@@ -128,10 +132,6 @@ impl PgConversationStore {
     /// A store on `pool`.
     pub fn new(pool: Pool) -> Self {
         Self { pool }
-    }
-
-    async fn conn(&self) -> Result<Conn, ConversationStoreError> {
-        self.pool.get().await.map_err(unavailable)
     }
 
     /// Ids of the conversations of one channel (for edits and deletes, which Slack addresses
@@ -154,7 +154,7 @@ impl ConversationStore for PgConversationStore {
         &self,
         key: &ThreadKey,
     ) -> Result<Conversation, ConversationStoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let row: ConversationRow = diesel::insert_into(conversations::table)
             .values((
                 conversations::team_id.eq(key.team.as_str()),
@@ -179,7 +179,7 @@ impl ConversationStore for PgConversationStore {
         &self,
         key: &ThreadKey,
     ) -> Result<Option<Conversation>, ConversationStoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let row: Option<ConversationRow> = conversations::table
             .filter(conversations::team_id.eq(key.team.as_str()))
             .filter(conversations::channel_id.eq(key.channel.as_str()))
@@ -196,7 +196,7 @@ impl ConversationStore for PgConversationStore {
         &self,
         id: ConversationId,
     ) -> Result<Option<Conversation>, ConversationStoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let row: Option<ConversationRow> = conversations::table
             .find(id.0)
             .select(ConversationRow::as_select())
@@ -215,7 +215,7 @@ impl ConversationStore for PgConversationStore {
             Sender::User(u) => (KIND_USER, u.as_str().to_owned()),
             Sender::Agent => (KIND_AGENT, AGENT_SENDER_ID.to_owned()),
         };
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let inserted: Option<uuid::Uuid> = diesel::insert_into(messages::table)
             .values((
                 messages::conversation_id.eq(msg.conversation_id.0),
@@ -262,7 +262,7 @@ impl ConversationStore for PgConversationStore {
         &self,
         id: ConversationId,
     ) -> Result<Vec<StoredMessage>, ConversationStoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let rows: Vec<MessageRow> = messages::table
             .filter(messages::conversation_id.eq(id.0))
             .filter(messages::deleted.eq(false))
@@ -279,7 +279,7 @@ impl ConversationStore for PgConversationStore {
         id: ConversationId,
         ts: &MessageTs,
     ) -> Result<(), ConversationStoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let changed = diesel::update(conversations::table.find(id.0))
             .set((
                 conversations::current_turn_ts.eq(ts.as_str()),
@@ -289,9 +289,7 @@ impl ConversationStore for PgConversationStore {
             .await
             .map_err(unavailable)?;
         if changed == 0 {
-            return Err(ConversationStoreError::Unavailable(format!(
-                "conversation {id} does not exist"
-            )));
+            return Err(StoreError::NotFound(format!("conversation {id}")).into());
         }
         Ok(())
     }
@@ -302,7 +300,7 @@ impl ConversationStore for PgConversationStore {
         in_reply_to: &MessageTs,
         text: Option<&str>,
     ) -> Result<bool, ConversationStoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let mut query = messages::table
             .filter(messages::conversation_id.eq(id.0))
             .filter(messages::in_reply_to.eq(in_reply_to.as_str()))
@@ -326,7 +324,7 @@ impl ConversationStore for PgConversationStore {
         ts: &MessageTs,
         text: &str,
     ) -> Result<bool, ConversationStoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let changed = diesel::update(
             messages::table
                 .filter(messages::slack_ts.eq(ts.as_str()))
@@ -347,7 +345,7 @@ impl ConversationStore for PgConversationStore {
         channel: &ChannelId,
         ts: &MessageTs,
     ) -> Result<bool, ConversationStoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let changed = diesel::update(
             messages::table
                 .filter(messages::slack_ts.eq(ts.as_str()))
@@ -367,7 +365,7 @@ impl ConversationStore for PgConversationStore {
         team: &TeamId,
         channel: &ChannelId,
     ) -> Result<Option<ChannelRecord>, ConversationStoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let row: Option<(Option<String>, bool)> = channels::table
             .find((team.as_str(), channel.as_str()))
             .select((channels::name, channels::monitored))
@@ -385,7 +383,7 @@ impl ConversationStore for PgConversationStore {
         name: Option<&str>,
         monitored: bool,
     ) -> Result<(), ConversationStoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         diesel::insert_into(channels::table)
             .values((
                 channels::team_id.eq(team.as_str()),

@@ -10,8 +10,8 @@ use infragpt_actors::inbox::{
     RoutingKey, StoreError,
 };
 
-use super::Pool;
 use super::schema::inbound_events;
+use super::{Pool, conn};
 
 /// Statuses a handler may still claim.
 const CLAIMABLE: [&str; 2] = ["pending", "processing"];
@@ -36,18 +36,6 @@ impl PgInbox {
         Self { pool }
     }
 
-    async fn conn(
-        &self,
-    ) -> Result<
-        diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection>,
-        StoreError,
-    > {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
-    }
-
     /// Sets `status`, `last_error` (when given) and the finish time of one event.
     async fn finish(
         &self,
@@ -55,7 +43,7 @@ impl PgInbox {
         status: EventStatus,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let target = inbound_events::table.find(id.0);
         let changed = match error {
             Some(error) => {
@@ -123,28 +111,38 @@ impl TryFrom<EventRow> for InboundEvent {
     }
 }
 
-fn unavailable(e: diesel::result::Error) -> StoreError {
-    match e {
-        diesel::result::Error::DeserializationError(e) => StoreError::Corrupt(e.to_string()),
-        other => StoreError::Unavailable(other.to_string()),
+/// The port's error: values that do not read back are `Corrupt`; everything else is
+/// `Unavailable` (the caller retries later).
+impl From<super::StoreError> for StoreError {
+    fn from(e: super::StoreError) -> Self {
+        match e {
+            super::StoreError::Corrupt { .. }
+            | super::StoreError::Query(diesel::result::Error::DeserializationError(_)) => {
+                StoreError::Corrupt(Box::new(e))
+            }
+            other => StoreError::Unavailable(Box::new(other)),
+        }
     }
+}
+
+fn unavailable(e: diesel::result::Error) -> StoreError {
+    super::StoreError::from(e).into()
 }
 
 fn expect_one(changed: usize, id: EventRowId) -> Result<(), StoreError> {
     if changed == 0 {
         // Ids come from our own rows: a missing one is a bug worth surfacing.
-        return Err(StoreError::Unavailable(format!(
-            "inbound event {id} does not exist"
-        )));
+        return Err(super::StoreError::NotFound(format!("inbound event {id}")).into());
     }
     Ok(())
 }
 
 fn check_page(limit: i64, offset: i64) -> Result<(), StoreError> {
     if limit < 0 || offset < 0 {
-        return Err(StoreError::Unavailable(format!(
-            "invalid page (limit {limit}, offset {offset}): both must be zero or more"
-        )));
+        return Err(StoreError::Unavailable(
+            format!("invalid page (limit {limit}, offset {offset}): both must be zero or more")
+                .into(),
+        ));
     }
     Ok(())
 }
@@ -156,7 +154,7 @@ fn convert_all(rows: Vec<EventRow>) -> Result<Vec<InboundEvent>, StoreError> {
 #[async_trait]
 impl InboundEvents for PgInbox {
     async fn record(&self, event: NewInboundEvent) -> Result<RecordOutcome, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let inserted: Option<EventRow> = diesel::insert_into(inbound_events::table)
             .values((
                 inbound_events::source.eq(event.source.as_str()),
@@ -199,7 +197,7 @@ impl InboundEvents for PgInbox {
     }
 
     async fn claim(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let row: Option<EventRow> = diesel::update(
             inbound_events::table
                 .find(id.0)
@@ -227,7 +225,7 @@ impl InboundEvents for PgInbox {
     }
 
     async fn mark_retry(&self, id: EventRowId, error: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let changed = diesel::update(inbound_events::table.find(id.0))
             .set((
                 inbound_events::status.eq(EventStatus::Pending.as_str()),
@@ -250,7 +248,7 @@ impl InboundEvents for PgInbox {
         limit: i64,
     ) -> Result<Vec<InboundEvent>, StoreError> {
         check_page(limit, 0)?;
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let mut query = inbound_events::table
             .filter(inbound_events::status.eq_any(CLAIMABLE))
             .order(inbound_events::id.asc())
@@ -266,7 +264,7 @@ impl InboundEvents for PgInbox {
 
     async fn list_failed(&self, limit: i64, offset: i64) -> Result<Vec<InboundEvent>, StoreError> {
         check_page(limit, offset)?;
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let rows = inbound_events::table
             .filter(inbound_events::status.eq(EventStatus::Failed.as_str()))
             .order(inbound_events::id.desc())
@@ -280,7 +278,7 @@ impl InboundEvents for PgInbox {
     }
 
     async fn get(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let row = inbound_events::table
             .find(id.0)
             .select(EventRow::as_select())
@@ -292,7 +290,7 @@ impl InboundEvents for PgInbox {
     }
 
     async fn requeue(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let row: Option<EventRow> = diesel::update(
             inbound_events::table
                 .find(id.0)
@@ -316,7 +314,7 @@ impl InboundEvents for PgInbox {
     }
 
     async fn discard(&self, id: EventRowId) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let changed = diesel::update(
             inbound_events::table
                 .find(id.0)
@@ -338,7 +336,7 @@ impl InboundEvents for PgInbox {
     }
 
     async fn count_by_status(&self) -> Result<Vec<(EventStatus, i64)>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let rows: Vec<(String, i64)> = inbound_events::table
             .group_by(inbound_events::status)
             .select((inbound_events::status, diesel::dsl::count_star()))

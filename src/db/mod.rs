@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod conversations;
+pub mod error;
 pub mod inbox;
 pub mod nonces;
 pub mod private_pg;
@@ -20,6 +21,7 @@ use infragpt_actors::Secret;
 
 pub use audit::PgAudit;
 pub use conversations::PgConversationStore;
+pub use error::{Conn, StoreError, conn};
 pub use inbox::PgInbox;
 pub use private_pg::{ClusterError, ClusterOptions, PrivateCluster};
 
@@ -86,33 +88,67 @@ pub enum DbError {
     /// The settings cannot describe a server.
     #[error("invalid database settings: {0}")]
     Config(String),
+    /// The database URL does not parse.
+    #[error("invalid database settings: the database URL is not a valid URL ({0})")]
+    InvalidUrl(#[source] url::ParseError),
+    /// The configured host cannot be put in a URL.
+    #[error("invalid database settings: invalid database host {host:?}: {source}")]
+    InvalidHost {
+        /// The host as configured.
+        host: String,
+        /// Why the URL refused it.
+        #[source]
+        source: url::ParseError,
+    },
     /// The server could not be reached or refused us.
-    #[error("cannot connect to PostgreSQL at {target}: {reason}")]
+    #[error("cannot connect to PostgreSQL at {target}: {source}")]
     Connect {
         /// Redacted address.
         target: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: diesel::ConnectionError,
+    },
+    /// The server did not answer within the connect timeout.
+    #[error("cannot connect to PostgreSQL at {target}: no answer within {after:?}")]
+    ConnectTimeout {
+        /// Redacted address (or `host:port`).
+        target: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// Nothing accepts TCP connections at the address.
+    #[error("{target}: {source}")]
+    Unreachable {
+        /// `host:port`.
+        target: String,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
     },
     /// The database did not exist and could not be created.
-    #[error("cannot create database {name:?} at {target}: {reason}")]
+    #[error("cannot create database {name:?} at {target}: {source}")]
     CreateDatabase {
         /// Database name.
         name: String,
         /// Redacted address.
         target: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: Box<DbError>,
     },
-    /// The pool could not be built or gave no connection.
+    /// The pool could not be built.
     #[error("database connection pool: {0}")]
-    Pool(String),
+    PoolBuild(#[source] diesel_async::pooled_connection::deadpool::BuildError),
+    /// The pool gave no connection.
+    #[error("database connection pool: {0}")]
+    Pool(#[source] error::PoolError),
     /// A statement failed.
     #[error("database query failed: {0}")]
     Query(#[from] diesel::result::Error),
     /// Applying, reverting or listing migrations failed.
     #[error("database migrations failed: {0}")]
-    Migration(String),
+    Migration(#[source] error::BoxError),
     /// The private cluster could not be started.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
@@ -124,9 +160,21 @@ pub enum DbError {
         /// The limit.
         after: Duration,
     },
-    /// A helper thread died.
+    /// A helper task died.
     #[error("database background task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
+    /// A helper thread or its runtime could not be started.
+    #[error("database background task failed: cannot {what}: {source}")]
+    Thread {
+        /// What could not be done (`build a runtime`, `spawn a thread`).
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A helper thread panicked.
+    #[error("database background task failed: the database helper thread panicked")]
+    ThreadPanicked,
 }
 
 /// Which migrations are applied and which are not (versions like `20261125000001`).
@@ -191,9 +239,8 @@ impl Database {
                         "no PostgreSQL on the default address; starting a private cluster"
                     );
                     let dir = settings.data_dir.clone();
-                    let cluster = tokio::task::spawn_blocking(move || PrivateCluster::start(&dir))
-                        .await
-                        .map_err(|e| DbError::Task(e.to_string()))??;
+                    let cluster =
+                        tokio::task::spawn_blocking(move || PrivateCluster::start(&dir)).await??;
                     (Secret::new(cluster.url(&settings.db_name)), Some(cluster))
                 }
             }
@@ -246,7 +293,7 @@ impl Database {
             locked(conn, |conn| {
                 conn.run_pending_migrations(MIGRATIONS)
                     .map(|versions| versions.iter().map(ToString::to_string).collect::<Vec<_>>())
-                    .map_err(|e| DbError::Migration(e.to_string()))
+                    .map_err(DbError::Migration)
             })
         })
         .await?;
@@ -261,14 +308,14 @@ impl Database {
         with_sync_connection(&self.url, self.connect_timeout, |conn| {
             let mut applied: Vec<String> = conn
                 .applied_migrations()
-                .map_err(|e| DbError::Migration(e.to_string()))?
+                .map_err(DbError::Migration)?
                 .iter()
                 .map(ToString::to_string)
                 .collect();
             applied.sort();
             let pending = conn
                 .pending_migrations(MIGRATIONS)
-                .map_err(|e| DbError::Migration(e.to_string()))?
+                .map_err(DbError::Migration)?
                 .iter()
                 .map(|m| m.name().version().to_string())
                 .collect();
@@ -283,7 +330,7 @@ impl Database {
             locked(conn, |conn| {
                 conn.revert_all_migrations(MIGRATIONS)
                     .map(|versions| versions.len())
-                    .map_err(|e| DbError::Migration(e.to_string()))
+                    .map_err(DbError::Migration)
             })
         })
         .await?;
@@ -295,11 +342,7 @@ impl Database {
     pub async fn ping(&self) -> Result<(), DbError> {
         let after = self.connect_timeout;
         let check = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| DbError::Pool(e.to_string()))?;
+            let mut conn = self.pool.get().await.map_err(DbError::Pool)?;
             diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
                 .get_result::<i32>(&mut conn)
                 .await?;
@@ -355,10 +398,12 @@ fn server_url(
     password: Option<&Secret>,
     db: &str,
 ) -> Result<Secret, DbError> {
-    let mut url =
-        url::Url::parse("postgres://localhost/").map_err(|e| DbError::Config(e.to_string()))?;
+    let mut url = url::Url::parse("postgres://localhost/").map_err(DbError::InvalidUrl)?;
     url.set_host(Some(host))
-        .map_err(|e| DbError::Config(format!("invalid database host {host:?}: {e}")))?;
+        .map_err(|source| DbError::InvalidHost {
+            host: host.to_owned(),
+            source,
+        })?;
     let _ = url.set_port(Some(port));
     url.set_username(user)
         .map_err(|()| DbError::Config(format!("invalid database user {user:?}")))?;
@@ -414,8 +459,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn parse_url(url: &Secret) -> Result<url::Url, DbError> {
-    let parsed = url::Url::parse(url.expose())
-        .map_err(|e| DbError::Config(format!("the database URL is not a valid URL ({e})")))?;
+    let parsed = url::Url::parse(url.expose()).map_err(DbError::InvalidUrl)?;
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
         return Err(DbError::Config(format!(
             "the database URL must start with postgres:// or postgresql://, not {}://",
@@ -451,22 +495,20 @@ pub async fn connect(url: &Secret, timeout: Duration) -> Result<AsyncPgConnectio
     let target = redact(url.expose());
     match tokio::time::timeout(timeout, AsyncPgConnection::establish(url.expose())).await {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(DbError::Connect {
+        Ok(Err(source)) => Err(DbError::Connect { target, source }),
+        Err(_) => Err(DbError::ConnectTimeout {
             target,
-            reason: e.to_string(),
-        }),
-        Err(_) => Err(DbError::Connect {
-            target,
-            reason: format!("no answer within {timeout:?}"),
+            after: timeout,
         }),
     }
 }
 
 /// Whether a server answers `url` (TCP first, so a closed port fails fast).
-pub(crate) async fn probe(url: &Secret, timeout: Duration) -> Result<(), String> {
-    let parsed = parse_url(url).map_err(|e| e.to_string())?;
+pub(crate) async fn probe(url: &Secret, timeout: Duration) -> Result<(), DbError> {
+    let parsed = parse_url(url)?;
     let host = parsed.host_str().unwrap_or(DEFAULT_HOST).to_owned();
     let port = parsed.port().unwrap_or(DEFAULT_PORT);
+    let target = format!("{host}:{port}");
     match tokio::time::timeout(
         timeout,
         tokio::net::TcpStream::connect((host.as_str(), port)),
@@ -474,13 +516,15 @@ pub(crate) async fn probe(url: &Secret, timeout: Duration) -> Result<(), String>
     .await
     {
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(format!("{host}:{port}: {e}")),
-        Err(_) => return Err(format!("{host}:{port}: no answer within {timeout:?}")),
+        Ok(Err(source)) => return Err(DbError::Unreachable { target, source }),
+        Err(_) => {
+            return Err(DbError::ConnectTimeout {
+                target,
+                after: timeout,
+            });
+        }
     }
-    connect(url, timeout)
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string())
+    connect(url, timeout).await.map(drop)
 }
 
 diesel::table! {
@@ -543,7 +587,7 @@ async fn ensure_database(url: &Secret, timeout: Duration) -> Result<(), DbError>
             return Err(DbError::CreateDatabase {
                 name,
                 target,
-                reason: e.to_string(),
+                source: Box::new(e),
             });
         }
     }
@@ -560,7 +604,7 @@ pub fn build_pool(url: &Secret, size: usize, connect_timeout: Duration) -> Resul
         .create_timeout(Some(connect_timeout))
         .recycle_timeout(Some(connect_timeout))
         .build()
-        .map_err(|e| DbError::Pool(e.to_string()))
+        .map_err(DbError::PoolBuild)
 }
 
 /// A synchronous diesel connection (for `diesel_migrations`).
@@ -587,7 +631,10 @@ where
                     .worker_threads(1)
                     .enable_all()
                     .build()
-                    .map_err(|e| DbError::Task(format!("cannot build a runtime: {e}")))?;
+                    .map_err(|source| DbError::Thread {
+                        what: "build a runtime",
+                        source,
+                    })?;
                 // The wrapper drives its futures through the current handle: this runtime's.
                 let _guard = runtime.enter();
                 let conn = runtime.block_on(connect(&url, timeout))?;
@@ -598,9 +645,11 @@ where
             })();
             let _ = tx.send(result);
         })
-        .map_err(|e| DbError::Task(format!("cannot spawn a thread: {e}")))?;
-    rx.await
-        .map_err(|_| DbError::Task("the database helper thread panicked".to_owned()))?
+        .map_err(|source| DbError::Thread {
+            what: "spawn a thread",
+            source,
+        })?;
+    rx.await.map_err(|_| DbError::ThreadPanicked)?
 }
 
 /// Runs `f` holding the migration advisory lock.

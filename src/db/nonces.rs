@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::Pool;
 use super::schema::oauth_nonces;
+use super::{Pool, conn};
 use crate::crypto::state::{NonceLedger, NonceLedgerError, StateNonce};
 
 /// The nonce ledger in PostgreSQL.
@@ -33,7 +33,7 @@ impl PgNonceLedger {
     /// Forgets nonces whose state expired before `now` (those states are refused anyway);
     /// returns how many rows were removed.
     pub async fn prune_expired(&self, now: DateTime<Utc>) -> Result<usize, NonceLedgerError> {
-        let mut conn = self.pool.get().await.map_err(ledger_err)?;
+        let mut conn = conn(&self.pool).await.map_err(ledger_err)?;
         diesel::delete(oauth_nonces::table.filter(oauth_nonces::expires_at.lt(now)))
             .execute(&mut conn)
             .await
@@ -52,7 +52,7 @@ impl NonceLedger for PgNonceLedger {
         nonce: &StateNonce,
         expires_at: DateTime<Utc>,
     ) -> Result<bool, NonceLedgerError> {
-        let mut conn = self.pool.get().await.map_err(ledger_err)?;
+        let mut conn = conn(&self.pool).await.map_err(ledger_err)?;
         // The primary key makes the first insert win; a replay inserts nothing.
         let inserted = diesel::insert_into(oauth_nonces::table)
             .values((

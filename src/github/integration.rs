@@ -51,7 +51,7 @@ impl From<GithubAppError> for ConnectorError {
             },
             GithubAppError::Unavailable(reason) => ConnectorError::Unavailable {
                 connector: GITHUB,
-                reason,
+                source: reason.into(),
             },
         }
     }
@@ -191,7 +191,7 @@ impl Connector for GithubConnector {
             .await
             .map_err(|e| ConnectorError::Unavailable {
                 connector: GITHUB,
-                reason: e.to_string(),
+                source: Box::new(e),
             })?;
         tracing::info!(
             installation_id,
@@ -246,7 +246,7 @@ impl Connector for GithubConnector {
             self.store.remove_all_repositories(id).await.map_err(|e| {
                 ConnectorError::Unavailable {
                     connector: GITHUB,
-                    reason: e.to_string(),
+                    source: Box::new(e),
                 }
             })?;
         }

@@ -21,8 +21,9 @@ use super::normalize::{
     InstallationChange, NormalizeError, Normalized, installation_change, normalize,
     repositories_change,
 };
+use crate::db::StoreError;
 use crate::github::app_client::GITHUB;
-use crate::integrations::store::{IntegrationStore, StoreError, status};
+use crate::integrations::store::{IntegrationStore, status};
 use crate::integrations::vault::{CredentialStore, VaultRegistry};
 
 /// Name of the stream (router) in the actor tree.

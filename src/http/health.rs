@@ -162,7 +162,10 @@ fn public_reason(e: &crate::db::DbError) -> String {
     tracing::warn!(error = %e, "readiness check failed");
     match e {
         DbError::Timeout { after, .. } => format!("timed out after {} ms", after.as_millis()),
-        DbError::Connect { .. } | DbError::Pool(_) => "cannot connect".to_owned(),
+        DbError::Connect { .. }
+        | DbError::ConnectTimeout { .. }
+        | DbError::Unreachable { .. }
+        | DbError::Pool(_) => "cannot connect".to_owned(),
         DbError::Query(_) => "query failed".to_owned(),
         DbError::Migration(_) => "cannot read migration status".to_owned(),
         _ => "unavailable".to_owned(),

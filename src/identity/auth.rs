@@ -43,10 +43,10 @@ use crate::identity::{ClerkOrgId, ClerkSessionId, ClerkUserId};
 pub enum AuthConfigError {
     /// `identity.clerk.jwks_url` is not a URL.
     #[error("identity.clerk.jwks_url is not a valid URL: {0}")]
-    JwksUrl(String),
+    JwksUrl(#[source] url::ParseError),
     /// The HTTP client for JWKS fetches could not be built.
     #[error("cannot build the JWKS HTTP client: {0}")]
-    Client(String),
+    Client(#[source] reqwest::Error),
 }
 
 /// Verifies session tokens and resolves organizations. Shared app data
@@ -81,13 +81,11 @@ impl Authenticator {
         else {
             return Ok(Self::new(None, store));
         };
-        let url: url::Url = jwks_url
-            .parse()
-            .map_err(|e: url::ParseError| AuthConfigError::JwksUrl(e.to_string()))?;
+        let url: url::Url = jwks_url.parse().map_err(AuthConfigError::JwksUrl)?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
-            .map_err(|e| AuthConfigError::Client(e.to_string()))?;
+            .map_err(AuthConfigError::Client)?;
         let cache = JwksCache::new(url, client, JwksCacheConfig::default());
         let verifier = ClerkJwtVerifier::new(jwt_config, Arc::new(cache));
         Ok(Self::new(Some(Arc::new(verifier)), store))

@@ -16,13 +16,17 @@ use super::{ClerkMembershipId, ClerkOrgId, ClerkUserId};
 pub enum ClerkEventError {
     /// The body is not JSON, or not an envelope (`type`, `object`, `data`).
     #[error("clerk webhook body is not a valid event envelope: {0}")]
-    InvalidEnvelope(String),
+    InvalidEnvelope(#[source] serde_json::Error),
     /// `object` is not `"event"`.
     #[error("clerk webhook object is {0:?}, expected \"event\"")]
     NotAnEvent(String),
     /// `data` of a known event type lacks a field or has the wrong shape.
-    #[error("clerk {event_type} event: invalid data: {reason}")]
-    InvalidData { event_type: String, reason: String },
+    #[error("clerk {event_type} event: invalid data: {source}")]
+    InvalidData {
+        event_type: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// A parsed webhook: envelope fields plus the typed event.
@@ -184,8 +188,8 @@ struct RawMembership {
 
 /// Parses a verified webhook body.
 pub fn parse_event(raw_body: &[u8]) -> Result<ClerkEnvelope, ClerkEventError> {
-    let envelope: RawEnvelope = serde_json::from_slice(raw_body)
-        .map_err(|e| ClerkEventError::InvalidEnvelope(e.to_string()))?;
+    let envelope: RawEnvelope =
+        serde_json::from_slice(raw_body).map_err(ClerkEventError::InvalidEnvelope)?;
     if envelope.object != "event" {
         return Err(ClerkEventError::NotAnEvent(envelope.object));
     }
@@ -202,9 +206,9 @@ fn data<T: serde::de::DeserializeOwned>(
     event_type: &str,
     data: Value,
 ) -> Result<T, ClerkEventError> {
-    serde_json::from_value(data).map_err(|e| ClerkEventError::InvalidData {
+    serde_json::from_value(data).map_err(|source| ClerkEventError::InvalidData {
         event_type: event_type.to_owned(),
-        reason: e.to_string(),
+        source,
     })
 }
 
@@ -256,7 +260,7 @@ fn typed_event(event_type: &str, raw: Value) -> Result<ClerkEvent, ClerkEventErr
             let m: RawMembership = data(event_type, raw)?;
             let role = m.role.ok_or_else(|| ClerkEventError::InvalidData {
                 event_type: event_type.to_owned(),
-                reason: "missing field `role`".to_owned(),
+                source: serde::de::Error::missing_field("role"),
             })?;
             ClerkEvent::MembershipUpserted {
                 clerk_membership_id: ClerkMembershipId::new(m.id),

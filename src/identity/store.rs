@@ -28,22 +28,11 @@ use uuid::Uuid;
 
 use super::clerk_events::ClerkUser;
 use super::{ClerkMembershipId, ClerkOrgId, ClerkUserId};
-use crate::db::Pool;
 use crate::db::schema::{organization_members, organization_metadata, organizations, users};
+use crate::db::{Pool, StoreError, conn};
 
 /// Role given to an organization's creator by the implicit membership.
 pub const CREATOR_ROLE: &str = "org:admin";
-
-/// Identity store failures.
-#[derive(Debug, thiserror::Error)]
-pub enum IdentityStoreError {
-    /// No connection could be had from the pool.
-    #[error("identity store unavailable: {0}")]
-    Unavailable(String),
-    /// A statement failed.
-    #[error("identity store query failed: {0}")]
-    Query(#[from] diesel::result::Error),
-}
 
 /// What an upsert or delete did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,8 +218,6 @@ pub enum OrgAccess {
     NotMember,
 }
 
-type Conn = diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>;
-
 /// The identity tables in PostgreSQL. Cheap to clone.
 #[derive(Clone)]
 pub struct IdentityStore {
@@ -261,13 +248,6 @@ impl IdentityStore {
         Self { pool }
     }
 
-    async fn conn(&self) -> Result<Conn, IdentityStoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| IdentityStoreError::Unavailable(e.to_string()))
-    }
-
     // ----- webhook side -------------------------------------------------------------------
 
     /// Applies `user.created` / `user.updated` written at Clerk `version` (ms).
@@ -275,10 +255,10 @@ impl IdentityStore {
         &self,
         user: &ClerkUser,
         version: Option<i64>,
-    ) -> Result<Applied, IdentityStoreError> {
-        let mut conn = self.conn().await?;
+    ) -> Result<Applied, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         let user = user.clone();
-        conn.transaction::<_, IdentityStoreError, _>(async move |conn| {
+        conn.transaction::<_, StoreError, _>(async move |conn| {
             let existing: Option<Option<i64>> = users::table
                 .filter(users::clerk_id.eq(user.clerk_id.as_str()))
                 .select(users::clerk_updated_at)
@@ -324,8 +304,8 @@ impl IdentityStore {
     }
 
     /// Applies `user.deleted` (soft; a tombstone when the user is unknown).
-    pub async fn delete_user(&self, clerk_id: &ClerkUserId) -> Result<Applied, IdentityStoreError> {
-        let mut conn = self.conn().await?;
+    pub async fn delete_user(&self, clerk_id: &ClerkUserId) -> Result<Applied, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         let updated = diesel::update(
             users::table
                 .filter(users::clerk_id.eq(clerk_id.as_str()))
@@ -362,10 +342,10 @@ impl IdentityStore {
         &self,
         org: &OrganizationUpsert,
         version: Option<i64>,
-    ) -> Result<(OrganizationId, Applied), IdentityStoreError> {
-        let mut conn = self.conn().await?;
+    ) -> Result<(OrganizationId, Applied), StoreError> {
+        let mut conn = conn(&self.pool).await?;
         let org = org.clone();
-        conn.transaction::<_, IdentityStoreError, _>(async move |conn| {
+        conn.transaction::<_, StoreError, _>(async move |conn| {
             let existing: Option<(Uuid, Option<i64>, Option<DateTime<Utc>>)> =
                 organizations::table
                     .filter(organizations::clerk_id.eq(org.clerk_id.as_str()))
@@ -445,8 +425,8 @@ impl IdentityStore {
     pub async fn delete_organization(
         &self,
         clerk_id: &ClerkOrgId,
-    ) -> Result<(OrganizationId, Applied), IdentityStoreError> {
-        let mut conn = self.conn().await?;
+    ) -> Result<(OrganizationId, Applied), StoreError> {
+        let mut conn = conn(&self.pool).await?;
         let deleted: Option<Uuid> = diesel::update(
             organizations::table
                 .filter(organizations::clerk_id.eq(clerk_id.as_str()))
@@ -491,8 +471,8 @@ impl IdentityStore {
     pub async fn organization_id(
         &self,
         clerk_id: &ClerkOrgId,
-    ) -> Result<Option<OrganizationId>, IdentityStoreError> {
-        let mut conn = self.conn().await?;
+    ) -> Result<Option<OrganizationId>, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         let id: Option<Uuid> = organizations::table
             .filter(organizations::clerk_id.eq(clerk_id.as_str()))
             .select(organizations::id)
@@ -507,12 +487,12 @@ impl IdentityStore {
         &self,
         m: &MembershipUpsert,
         version: Option<i64>,
-    ) -> Result<MembershipApplied, IdentityStoreError> {
-        let mut conn = self.conn().await?;
+    ) -> Result<MembershipApplied, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         let org_clerk_id = m.org_clerk_id.clone();
         let m = m.clone();
         let (applied, previous_role) = conn
-            .transaction::<_, IdentityStoreError, _>(async move |conn| {
+            .transaction::<_, StoreError, _>(async move |conn| {
                 let existing: Option<(Uuid, String, Option<i64>)> = organization_members::table
                     .filter(
                         organization_members::clerk_membership_id
@@ -575,12 +555,12 @@ impl IdentityStore {
         org: &ClerkOrgId,
         user: &ClerkUserId,
         role: Option<&str>,
-    ) -> Result<MembershipApplied, IdentityStoreError> {
-        let mut conn = self.conn().await?;
+    ) -> Result<MembershipApplied, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         let (membership, org_id, user_id) = (membership.clone(), org.clone(), user.clone());
         let role = role.unwrap_or_default().to_owned();
         let (applied, previous_role) = conn
-            .transaction::<_, IdentityStoreError, _>(async move |conn| {
+            .transaction::<_, StoreError, _>(async move |conn| {
                 let deleted: Option<String> = diesel::update(
                     organization_members::table
                         .filter(organization_members::clerk_membership_id.eq(membership.as_str()))
@@ -632,10 +612,10 @@ impl IdentityStore {
         &self,
         org: &ClerkOrgId,
         creator: &ClerkUserId,
-    ) -> Result<bool, IdentityStoreError> {
-        let mut conn = self.conn().await?;
+    ) -> Result<bool, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         let (org, creator) = (org.clone(), creator.clone());
-        conn.transaction::<_, IdentityStoreError, _>(async move |conn| {
+        conn.transaction::<_, StoreError, _>(async move |conn| {
             // Serialise against concurrent writers of the same pair (the sync worker is
             // serial, but the lock makes that no precondition).
             diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
@@ -668,11 +648,8 @@ impl IdentityStore {
     // ----- API side -----------------------------------------------------------------------
 
     /// A live user.
-    pub async fn user(
-        &self,
-        clerk_id: &ClerkUserId,
-    ) -> Result<Option<UserRecord>, IdentityStoreError> {
-        let mut conn = self.conn().await?;
+    pub async fn user(&self, clerk_id: &ClerkUserId) -> Result<Option<UserRecord>, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         Ok(users::table
             .filter(users::clerk_id.eq(clerk_id.as_str()))
             .filter(users::deleted_at.is_null())
@@ -687,8 +664,8 @@ impl IdentityStore {
         &self,
         user: &ClerkUserId,
         org: &ClerkOrgId,
-    ) -> Result<OrgAccess, IdentityStoreError> {
-        let mut conn = self.conn().await?;
+    ) -> Result<OrgAccess, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         let organization: Option<OrganizationRow> = organizations::table
             .filter(organizations::clerk_id.eq(org.as_str()))
             .filter(organizations::deleted_at.is_null())
@@ -730,8 +707,8 @@ impl IdentityStore {
     pub async fn organization(
         &self,
         id: OrganizationId,
-    ) -> Result<Option<OrganizationRecord>, IdentityStoreError> {
-        let mut conn = self.conn().await?;
+    ) -> Result<Option<OrganizationRecord>, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         let row: Option<OrganizationRow> = organizations::table
             .find(id.0)
             .filter(organizations::deleted_at.is_null())
@@ -743,11 +720,8 @@ impl IdentityStore {
     }
 
     /// The organization's metadata (defaults when never written).
-    pub async fn metadata(
-        &self,
-        id: OrganizationId,
-    ) -> Result<OrganizationMetadata, IdentityStoreError> {
-        let mut conn = self.conn().await?;
+    pub async fn metadata(&self, id: OrganizationId) -> Result<OrganizationMetadata, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         let row: Option<MetadataRow> = organization_metadata::table
             .find(id.0)
             .select(MetadataRow::as_select())
@@ -763,10 +737,10 @@ impl IdentityStore {
         &self,
         id: OrganizationId,
         update: &MetadataUpdate,
-    ) -> Result<(OrganizationMetadata, OrganizationMetadata), IdentityStoreError> {
-        let mut conn = self.conn().await?;
+    ) -> Result<(OrganizationMetadata, OrganizationMetadata), StoreError> {
+        let mut conn = conn(&self.pool).await?;
         let update = update.clone();
-        conn.transaction::<_, IdentityStoreError, _>(async move |conn| {
+        conn.transaction::<_, StoreError, _>(async move |conn| {
             let before: Option<MetadataRow> = organization_metadata::table
                 .find(id.0)
                 .select(MetadataRow::as_select())
@@ -806,7 +780,7 @@ async fn remove_implicit(
     conn: &mut AsyncPgConnection,
     org: &ClerkOrgId,
     user: &ClerkUserId,
-) -> Result<(), IdentityStoreError> {
+) -> Result<(), StoreError> {
     let removed = diesel::delete(
         organization_members::table
             .filter(organization_members::organization_clerk_id.eq(org.as_str()))

@@ -17,10 +17,10 @@ use serde_json::{Value, json};
 
 use super::clerk_events::{ClerkEvent, parse_event};
 use super::store::{
-    Applied, CREATOR_ROLE, IdentityStore, IdentityStoreError, MembershipApplied, MembershipUpsert,
-    OrganizationUpsert,
+    Applied, CREATOR_ROLE, IdentityStore, MembershipApplied, MembershipUpsert, OrganizationUpsert,
 };
 use super::{ClerkMembershipId, ClerkOrgId, ClerkUserId};
+use crate::db::StoreError;
 
 /// The routing key of every Clerk event.
 pub const ROUTING_KEY: &str = "clerk";
@@ -47,7 +47,7 @@ impl std::fmt::Debug for IdentitySync {
     }
 }
 
-fn retryable(e: IdentityStoreError) -> HandlerError {
+fn retryable(e: StoreError) -> HandlerError {
     HandlerError::retryable(e)
 }
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::store::Integration;
 
 /// Why a provider call failed. Messages never contain credentials.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
     /// The connector is not configured (missing client id, app id, key...).
     #[error("{connector} connector is not configured: {reason}")]
@@ -24,6 +24,15 @@ pub enum ConnectorError {
         connector: &'static str,
         /// What is missing.
         reason: String,
+    },
+    /// The connector's client could not be built (no root certificates, ...).
+    #[error("{connector} connector cannot build its HTTP client: {source}")]
+    Setup {
+        /// Connector type.
+        connector: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The callback lacks a parameter or has a bad one.
     #[error("invalid callback: {0}")]
@@ -38,12 +47,13 @@ pub enum ConnectorError {
         reason: String,
     },
     /// The provider could not be reached or failed; may work later.
-    #[error("{connector} is unavailable: {reason}")]
+    #[error("{connector} is unavailable: {source}")]
     Unavailable {
         /// Connector type.
         connector: &'static str,
-        /// What happened.
-        reason: String,
+        /// What happened (the transport or store error, or the provider's answer).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A credential this operation needs is not stored.
     #[error("credential {0} is missing")]

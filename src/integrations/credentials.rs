@@ -9,23 +9,9 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
-use crate::crypto::vault::{Sealed, VaultError};
-use crate::db::Pool;
+use crate::crypto::vault::Sealed;
 use crate::db::schema::integration_credentials as ic;
-
-/// Storage failures of the credential table. Never carries plaintext.
-#[derive(Debug, thiserror::Error)]
-pub enum CredentialDbError {
-    /// No pooled connection.
-    #[error("credential store unavailable: {0}")]
-    Pool(String),
-    /// A statement failed.
-    #[error("credential store query failed: {0}")]
-    Query(#[from] diesel::result::Error),
-    /// A stored row is unreadable (bad nonce length).
-    #[error("stored credential is corrupt: {0}")]
-    Corrupt(#[from] VaultError),
-}
+use crate::db::{Pool, StoreError, conn};
 
 /// One stored (still sealed) credential.
 #[derive(Debug, Clone)]
@@ -77,14 +63,16 @@ fn columns() -> (
     )
 }
 
-fn from_row(row: Row) -> Result<StoredCredential, CredentialDbError> {
+/// A row as stored; a row that does not read (bad nonce length) is [`StoreError::Corrupt`].
+fn from_row(row: Row) -> Result<StoredCredential, StoreError> {
     let (id, integration_id, credential_type, nonce, ciphertext, key_id, expires_at, updated_at) =
         row;
     Ok(StoredCredential {
         id,
         integration_id,
         credential_type,
-        sealed: Sealed::from_parts(key_id, &nonce, ciphertext)?,
+        sealed: Sealed::from_parts(key_id, &nonce, ciphertext)
+            .map_err(|e| StoreError::corrupt(format!("credential {id}"), e))?,
         expires_at,
         updated_at,
     })
@@ -110,18 +98,6 @@ impl PgCredentials {
         Self { pool }
     }
 
-    async fn conn(
-        &self,
-    ) -> Result<
-        diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection>,
-        CredentialDbError,
-    > {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| CredentialDbError::Pool(e.to_string()))
-    }
-
     /// Inserts or replaces the credential of `credential_type`; returns the row id (stable
     /// across replacements).
     pub async fn upsert(
@@ -130,8 +106,8 @@ impl PgCredentials {
         credential_type: &str,
         sealed: &Sealed,
         expires_at: Option<DateTime<Utc>>,
-    ) -> Result<Uuid, CredentialDbError> {
-        let mut conn = self.conn().await?;
+    ) -> Result<Uuid, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         let id = diesel::insert_into(ic::table)
             .values((
                 ic::integration_id.eq(integration_id),
@@ -161,8 +137,8 @@ impl PgCredentials {
         &self,
         integration_id: Uuid,
         credential_type: &str,
-    ) -> Result<Option<StoredCredential>, CredentialDbError> {
-        let mut conn = self.conn().await?;
+    ) -> Result<Option<StoredCredential>, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         let row: Option<Row> = ic::table
             .filter(ic::integration_id.eq(integration_id))
             .filter(ic::credential_type.eq(credential_type))
@@ -174,11 +150,8 @@ impl PgCredentials {
     }
 
     /// Every credential of an integration.
-    pub async fn list(
-        &self,
-        integration_id: Uuid,
-    ) -> Result<Vec<StoredCredential>, CredentialDbError> {
-        let mut conn = self.conn().await?;
+    pub async fn list(&self, integration_id: Uuid) -> Result<Vec<StoredCredential>, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         let rows: Vec<Row> = ic::table
             .filter(ic::integration_id.eq(integration_id))
             .order(ic::credential_type.asc())
@@ -189,8 +162,8 @@ impl PgCredentials {
     }
 
     /// Deletes every credential of an integration; returns how many rows went.
-    pub async fn delete_all(&self, integration_id: Uuid) -> Result<usize, CredentialDbError> {
-        let mut conn = self.conn().await?;
+    pub async fn delete_all(&self, integration_id: Uuid) -> Result<usize, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         Ok(
             diesel::delete(ic::table.filter(ic::integration_id.eq(integration_id)))
                 .execute(&mut conn)
@@ -205,8 +178,8 @@ impl PgCredentials {
         active_key: &str,
         after: Option<Uuid>,
         limit: i64,
-    ) -> Result<Vec<StoredCredential>, CredentialDbError> {
-        let mut conn = self.conn().await?;
+    ) -> Result<Vec<StoredCredential>, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         let mut query = ic::table
             .filter(ic::key_id.ne(active_key))
             .order(ic::id.asc())
@@ -228,8 +201,8 @@ impl PgCredentials {
         id: Uuid,
         old_key_id: &str,
         sealed: &Sealed,
-    ) -> Result<bool, CredentialDbError> {
-        let mut conn = self.conn().await?;
+    ) -> Result<bool, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         let changed = diesel::update(
             ic::table
                 .filter(ic::id.eq(id))
@@ -246,8 +219,8 @@ impl PgCredentials {
     }
 
     /// Number of rows per key id.
-    pub async fn count_by_key(&self) -> Result<Vec<(String, i64)>, CredentialDbError> {
-        let mut conn = self.conn().await?;
+    pub async fn count_by_key(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         let rows: Vec<(String, i64)> = ic::table
             .group_by(ic::key_id)
             .select((ic::key_id, diesel::dsl::count_star()))

@@ -36,17 +36,19 @@ impl From<ServiceError> for ApiError {
                 "a {connector_type} integration already exists for this organization"
             )),
             ServiceError::BadState(m) => ApiError::bad_request(format!("invalid state: {m}")),
+            ServiceError::InvalidState(e) => ApiError::bad_request(format!("invalid state: {e}")),
             ServiceError::Conflict(m) => ApiError::conflict(m),
             ServiceError::BadRequest(m) => ApiError::bad_request(m),
             ServiceError::Provider(ConnectorError::NotConfigured { connector, reason }) => {
                 ApiError::unavailable(format!("{connector} is not configured: {reason}"))
             }
-            ServiceError::Provider(ConnectorError::Unavailable { connector, reason }) => {
-                tracing::warn!(connector, %reason, "provider unavailable");
+            ServiceError::Provider(ConnectorError::Unavailable { connector, source }) => {
+                tracing::warn!(connector, reason = %source, "provider unavailable");
                 ApiError::unavailable(format!("{connector} is unavailable, try again later"))
             }
             ServiceError::Provider(other) => ApiError::bad_request(other.to_string()),
             ServiceError::Credential(c) => ApiError::internal(c),
+            ServiceError::State(e) => ApiError::internal(e),
             ServiceError::Store(s) => ApiError::internal(s),
         }
     }

@@ -14,9 +14,10 @@ use super::connector::{
     CallbackParams, ConnectorError, ConnectorRegistry, StoredAuthorization, Validation,
 };
 use super::principal::Principal;
-use super::store::{GithubEventRow, Integration, IntegrationStore, StoreError, status};
+use super::store::{GithubEventRow, Integration, IntegrationStore, status};
 use super::vault::{CredentialError, CredentialStore, VaultRegistry};
 use crate::crypto::state::{NonceLedger, StateClaims, StateError, StateSigner};
+use crate::db::StoreError;
 
 /// How long a state is accepted.
 pub const STATE_TTL_MINUTES: i64 = 10;
@@ -40,9 +41,15 @@ pub enum ServiceError {
         /// The existing integration.
         id: Uuid,
     },
-    /// The state is forged, expired, replayed or for another connector.
+    /// The state is missing or for another connector.
     #[error("invalid state: {0}")]
     BadState(String),
+    /// The state is forged, expired or replayed.
+    #[error("invalid state: {0}")]
+    InvalidState(#[source] StateError),
+    /// A state could not be issued, or its nonce could not be recorded.
+    #[error("oauth state: {0}")]
+    State(#[source] StateError),
     /// The operation does not apply in the integration's current status.
     #[error("{0}")]
     Conflict(String),
@@ -190,11 +197,8 @@ impl IntegrationService {
             Utc::now(),
             chrono::Duration::minutes(STATE_TTL_MINUTES),
         )
-        .map_err(|e| ServiceError::Credential(CredentialError::Crypto(e.to_string())))?;
-        let state = self
-            .signer
-            .issue(&claims)
-            .map_err(|e| ServiceError::Credential(CredentialError::Crypto(e.to_string())))?;
+        .map_err(ServiceError::State)?;
+        let state = self.signer.issue(&claims).map_err(ServiceError::State)?;
         // Fail on configuration before creating anything.
         let url = connector.authorization_url(&state)?;
         let integration = match self
@@ -250,7 +254,7 @@ impl IntegrationService {
         let claims = self
             .signer
             .verify(state, Utc::now())
-            .map_err(|e| ServiceError::BadState(e.to_string()))?;
+            .map_err(ServiceError::InvalidState)?;
         if claims.connector != connector_type {
             return Err(ServiceError::BadState(format!(
                 "state was issued for {}",
@@ -262,10 +266,8 @@ impl IntegrationService {
             .verify_and_consume(state, Utc::now(), self.ledger.as_ref())
             .await
             .map_err(|e| match e {
-                StateError::Ledger(l) => {
-                    ServiceError::Credential(CredentialError::Storage(l.to_string()))
-                }
-                other => ServiceError::BadState(other.to_string()),
+                StateError::Ledger(_) => ServiceError::State(e),
+                other => ServiceError::InvalidState(other),
             })?;
         let authorized = connector.complete_authorization(params).await?;
         let integration = match self

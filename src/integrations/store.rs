@@ -9,19 +9,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::providers::{NormalizedEvent, RepoRef};
-use crate::db::Pool;
 use crate::db::schema::{github_events, github_repositories, integrations, slack_workspaces};
-
-/// Storage failures.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// No pooled connection.
-    #[error("integration store unavailable: {0}")]
-    Pool(String),
-    /// A statement failed.
-    #[error("integration store query failed: {0}")]
-    Query(#[from] diesel::result::Error),
-}
+use crate::db::{Pool, StoreError, conn};
 
 /// Lifecycle state of an integration.
 pub mod status {
@@ -128,8 +117,6 @@ impl std::fmt::Debug for IntegrationStore {
     }
 }
 
-type Conn = diesel_async::pooled_connection::deadpool::Object<diesel_async::AsyncPgConnection>;
-
 impl IntegrationStore {
     /// A store on `pool`.
     pub fn new(pool: Pool) -> Self {
@@ -141,20 +128,13 @@ impl IntegrationStore {
         &self.pool
     }
 
-    async fn conn(&self) -> Result<Conn, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Pool(e.to_string()))
-    }
-
     /// The organization's integration of `connector_type`, if any.
     pub async fn find_for_org(
         &self,
         organization_id: Uuid,
         connector_type: &str,
     ) -> Result<Option<Integration>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         Ok(integrations::table
             .filter(integrations::organization_id.eq(organization_id))
             .filter(integrations::connector_type.eq(connector_type))
@@ -173,7 +153,7 @@ impl IntegrationStore {
         connector_type: &str,
         user_id: &str,
     ) -> Result<Result<Integration, Integration>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let inserted: Option<Integration> = diesel::insert_into(integrations::table)
             .values((
                 integrations::organization_id.eq(organization_id),
@@ -223,7 +203,7 @@ impl IntegrationStore {
         organization_id: Uuid,
         id: Uuid,
     ) -> Result<Option<Integration>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         Ok(integrations::table
             .filter(integrations::id.eq(id))
             .filter(integrations::organization_id.eq(organization_id))
@@ -236,7 +216,7 @@ impl IntegrationStore {
     /// One integration by id, whatever its organization (internal use: stream handlers,
     /// rotation).
     pub async fn get_any(&self, id: Uuid) -> Result<Option<Integration>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         Ok(integrations::table
             .find(id)
             .select(Integration::as_select())
@@ -251,7 +231,7 @@ impl IntegrationStore {
         organization_id: Uuid,
         connector_type: Option<&str>,
     ) -> Result<Vec<Integration>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let mut query = integrations::table
             .filter(integrations::organization_id.eq(organization_id))
             .order(integrations::created_at.asc())
@@ -269,7 +249,7 @@ impl IntegrationStore {
         connector_type: &str,
         external_id: &str,
     ) -> Result<Option<Integration>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         Ok(integrations::table
             .filter(integrations::connector_type.eq(connector_type))
             .filter(integrations::external_id.eq(external_id))
@@ -287,7 +267,7 @@ impl IntegrationStore {
         external_id: &str,
         metadata: &serde_json::Value,
     ) -> Result<Integration, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         Ok(diesel::update(integrations::table.find(id))
             .set((
                 integrations::status.eq(status::ACTIVE),
@@ -306,7 +286,7 @@ impl IntegrationStore {
         id: Uuid,
         new_status: &str,
     ) -> Result<Option<Integration>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         Ok(diesel::update(integrations::table.find(id))
             .set((
                 integrations::status.eq(new_status),
@@ -333,7 +313,7 @@ impl IntegrationStore {
                 target.insert(k.clone(), v.clone());
             }
         }
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         diesel::update(integrations::table.find(id))
             .set((
                 integrations::metadata.eq(merged),
@@ -346,7 +326,7 @@ impl IntegrationStore {
 
     /// Records that a credential of the integration was served.
     pub async fn touch(&self, id: Uuid) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         diesel::update(integrations::table.find(id))
             .set(integrations::last_used_at.eq(now))
             .execute(&mut conn)
@@ -365,7 +345,7 @@ impl IntegrationStore {
         if repos.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         for repo in repos {
             diesel::insert_into(github_repositories::table)
                 .values((
@@ -408,7 +388,7 @@ impl IntegrationStore {
         if repository_ids.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         diesel::delete(
             github_repositories::table
                 .filter(github_repositories::installation_id.eq(installation_id))
@@ -421,7 +401,7 @@ impl IntegrationStore {
 
     /// Removes every repository of an installation.
     pub async fn remove_all_repositories(&self, installation_id: i64) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         diesel::delete(
             github_repositories::table
                 .filter(github_repositories::installation_id.eq(installation_id)),
@@ -433,7 +413,7 @@ impl IntegrationStore {
 
     /// Repositories of an installation, by name.
     pub async fn repositories(&self, installation_id: i64) -> Result<Vec<RepoRef>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let rows: Vec<(i64, String, bool)> = github_repositories::table
             .filter(github_repositories::installation_id.eq(installation_id))
             .order(github_repositories::full_name.asc())
@@ -462,7 +442,7 @@ impl IntegrationStore {
         delivery_id: &str,
         event: &NormalizedEvent,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let n = diesel::insert_into(github_events::table)
             .values((
                 github_events::delivery_id.eq(delivery_id),
@@ -492,7 +472,7 @@ impl IntegrationStore {
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<GithubEventRow>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let mut query = github_events::table
             .filter(github_events::installation_id.eq(installation_id))
             .order(github_events::id.desc())
@@ -513,7 +493,7 @@ impl IntegrationStore {
         &self,
         ws: &SlackWorkspaceRecord,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         let token_ref = ws.token_ref.to_string();
         diesel::insert_into(slack_workspaces::table)
             .values((
@@ -548,7 +528,7 @@ impl IntegrationStore {
         team_id: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         diesel::update(slack_workspaces::table.find(team_id))
             .set((
                 slack_workspaces::status.eq("revoked"),
@@ -566,7 +546,7 @@ impl IntegrationStore {
         &self,
         team_id: &str,
     ) -> Result<Option<(String, Option<String>, Option<Uuid>)>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = conn(&self.pool).await?;
         Ok(slack_workspaces::table
             .find(team_id)
             .select((

@@ -2,19 +2,22 @@
 //!
 //! * [`CredentialStore`]: seals credentials with the key ring (AAD = integration id +
 //!   credential type) into `integration_credentials`, and opens them.
-//! * [`OrgVault`]: the plain logic of one organization's vault: serves the primary credential
-//!   of an integration, caches it briefly, and refreshes it through its connector when it is
-//!   missing or expires within [`VaultTuning::refresh_margin`]. Refreshes are single-flight per
-//!   integration: callers queue on a per-integration lock and the ones behind the first find
-//!   the fresh value in the cache.
-//! * [`CredentialVault`]: the actix actor (one per organization) around an [`OrgVault`];
-//!   requests run concurrently (`ResponseFuture`), the lock gives the per-integration order.
+//! * [`OrgVault`]: the plain logic of one organization's vault (no state, no actix): loads the
+//!   primary credential of an integration and refreshes it through its connector when it is
+//!   missing or expires within [`VaultTuning::refresh_margin`].
+//! * [`CredentialVault`]: the actix actor (one per organization). It owns what must be
+//!   serialized per organization: the cache of decrypted credentials and, per integration, a
+//!   queue of operations of which at most one (a load or a refresh) runs at a time. Its mailbox
+//!   is what orders them: a request that finds a load under way waits in the queue and is then
+//!   answered from the cache, so concurrent requests for an expiring token refresh it once.
+//!   Different integrations load concurrently (the work runs as futures of the actor's
+//!   context; only the bookkeeping is in the handlers).
 //! * [`VaultRegistry`]: the supervisor that creates vault actors on demand and registers them
 //!   in the health registry (kind `credential_vault`, key = organization id).
 //!
 //! Plaintext exists only inside [`Secret`] values; errors name ids and types, never values.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,15 +26,17 @@ use chrono::{DateTime, Utc};
 use infragpt_actors::health::{ActorHealth, ActorId};
 use infragpt_actors::{ActorKind, ActorState, HealthRegistry, Secret};
 use parking_lot::Mutex;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::connector::{ConnectorError, ConnectorRegistry, CredentialSet, IssuedCredential};
-use super::store::{Integration, IntegrationStore, StoreError, status};
+use super::store::{Integration, IntegrationStore, status};
 use crate::crypto::vault::{CredentialAad, KeyRing, VaultError};
-use crate::integrations::credentials::{CredentialDbError, PgCredentials};
+use crate::db::StoreError;
+use crate::integrations::credentials::PgCredentials;
 
 /// Why a credential could not be served or stored. Never carries plaintext.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
     /// No such integration in this organization.
     #[error("integration {0} not found")]
@@ -49,34 +54,16 @@ pub enum CredentialError {
     NoConnector(String),
     /// Sealing or opening failed (wrong key, tampered row...).
     #[error("credential crypto failed: {0}")]
-    Crypto(String),
+    Crypto(#[from] VaultError),
     /// The database failed.
     #[error("credential storage failed: {0}")]
-    Storage(String),
+    Storage(#[from] StoreError),
     /// The provider refused or failed the refresh.
     #[error("refreshing the credential failed: {0}")]
     Refresh(#[from] ConnectorError),
     /// The vault actor is gone (shutting down).
     #[error("credential vault unavailable")]
     VaultStopped,
-}
-
-impl From<VaultError> for CredentialError {
-    fn from(e: VaultError) -> Self {
-        Self::Crypto(e.to_string())
-    }
-}
-
-impl From<CredentialDbError> for CredentialError {
-    fn from(e: CredentialDbError) -> Self {
-        Self::Storage(e.to_string())
-    }
-}
-
-impl From<StoreError> for CredentialError {
-    fn from(e: StoreError) -> Self {
-        Self::Storage(e.to_string())
-    }
 }
 
 /// A decrypted credential with its timing.
@@ -231,6 +218,7 @@ impl Default for VaultTuning {
     }
 }
 
+/// A decrypted credential held by the vault actor.
 struct Cached {
     secret: Secret,
     refresh_at: Option<DateTime<Utc>>,
@@ -259,19 +247,26 @@ impl std::fmt::Debug for VaultDeps {
     }
 }
 
-/// One organization's vault logic (no actix).
+/// A credential as loaded or refreshed, with when it is due for a refresh.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The value.
+    pub secret: Secret,
+    /// When it should be refreshed (`None`: it does not expire).
+    pub refresh_at: Option<DateTime<Utc>>,
+}
+
+/// One organization's vault logic (no state, no actix). Its methods must not run
+/// concurrently for one integration: [`CredentialVault`] makes sure they do not.
 pub struct OrgVault {
     organization_id: Uuid,
     deps: VaultDeps,
-    cache: Mutex<HashMap<Uuid, Cached>>,
-    locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for OrgVault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OrgVault")
             .field("organization_id", &self.organization_id)
-            .field("cached", &self.cache.lock().len())
             .finish_non_exhaustive()
     }
 }
@@ -282,14 +277,17 @@ impl OrgVault {
         Self {
             organization_id,
             deps,
-            cache: Mutex::new(HashMap::new()),
-            locks: Mutex::new(HashMap::new()),
         }
     }
 
     /// The organization.
     pub fn organization_id(&self) -> Uuid {
         self.organization_id
+    }
+
+    /// How long a decrypted credential may be served from memory.
+    pub fn cache_ttl(&self) -> Duration {
+        self.deps.tuning.cache_ttl
     }
 
     /// When a credential issued at `issued_at` and expiring at `expires_at` is due for a
@@ -304,35 +302,9 @@ impl OrgVault {
         Some(expires_at - self.deps.tuning.refresh_margin.min(half_life))
     }
 
-    fn usable(refresh_at: Option<DateTime<Utc>>) -> bool {
+    /// True while a credential due at `refresh_at` may still be served.
+    pub fn usable(refresh_at: Option<DateTime<Utc>>) -> bool {
         refresh_at.is_none_or(|at| Utc::now() < at)
-    }
-
-    fn cached(&self, integration_id: Uuid) -> Option<Secret> {
-        let cache = self.cache.lock();
-        let entry = cache.get(&integration_id)?;
-        (entry.fetched.elapsed() < self.deps.tuning.cache_ttl && Self::usable(entry.refresh_at))
-            .then(|| entry.secret.clone())
-    }
-
-    fn remember(&self, integration_id: Uuid, secret: &Secret, refresh_at: Option<DateTime<Utc>>) {
-        self.cache.lock().insert(
-            integration_id,
-            Cached {
-                secret: secret.clone(),
-                refresh_at,
-                fetched: Instant::now(),
-            },
-        );
-    }
-
-    fn lock_for(&self, integration_id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.lock().entry(integration_id).or_default().clone()
-    }
-
-    /// Drops the cached value of an integration (after a delete or a webhook revoke).
-    pub fn invalidate(&self, integration_id: Uuid) {
-        self.cache.lock().remove(&integration_id);
     }
 
     async fn active_integration(
@@ -354,18 +326,9 @@ impl OrgVault {
         Ok(integration)
     }
 
-    /// The primary credential of an integration, refreshed first when it is missing or about
-    /// to expire.
-    pub async fn credential(&self, integration_id: Uuid) -> Result<Secret, CredentialError> {
-        if let Some(secret) = self.cached(integration_id) {
-            return Ok(secret);
-        }
-        let lock = self.lock_for(integration_id);
-        let _guard = lock.lock().await;
-        // Whoever held the lock before us may have refreshed it.
-        if let Some(secret) = self.cached(integration_id) {
-            return Ok(secret);
-        }
+    /// The primary credential of an integration as stored, refreshed first when it is missing
+    /// or about to expire.
+    pub async fn load(&self, integration_id: Uuid) -> Result<Loaded, CredentialError> {
         let integration = self.active_integration(integration_id).await?;
         let connector = self
             .deps
@@ -382,30 +345,29 @@ impl OrgVault {
         {
             let refresh_at = self.refresh_at(stored.stored_at, stored.expires_at);
             if Self::usable(refresh_at) {
-                self.remember(integration_id, &stored.secret, refresh_at);
                 self.touch(integration_id).await;
-                return Ok(stored.secret);
+                return Ok(Loaded {
+                    secret: stored.secret,
+                    refresh_at,
+                });
             }
         }
-        let secret = self.refresh_locked(&integration).await?;
+        let loaded = self.refresh(&integration).await?;
         self.touch(integration_id).await;
-        Ok(secret)
+        Ok(loaded)
     }
 
     /// Refreshes the credentials of an integration now (`POST /integrations/{id}/refresh`).
     pub async fn force_refresh(
         &self,
         integration_id: Uuid,
-    ) -> Result<Integration, CredentialError> {
-        let lock = self.lock_for(integration_id);
-        let _guard = lock.lock().await;
+    ) -> Result<(Integration, Loaded), CredentialError> {
         let integration = self.active_integration(integration_id).await?;
-        self.refresh_locked(&integration).await?;
-        Ok(integration)
+        let loaded = self.refresh(&integration).await?;
+        Ok((integration, loaded))
     }
 
-    /// Refresh with the integration's lock held.
-    async fn refresh_locked(&self, integration: &Integration) -> Result<Secret, CredentialError> {
+    async fn refresh(&self, integration: &Integration) -> Result<Loaded, CredentialError> {
         let connector = self
             .deps
             .connectors
@@ -425,18 +387,16 @@ impl OrgVault {
             .ok_or_else(|| {
                 CredentialError::Refresh(ConnectorError::MissingCredential(primary.to_owned()))
             })?;
-        self.remember(
-            integration.id,
-            &fresh.secret,
-            self.refresh_at(Utc::now(), fresh.expires_at),
-        );
         tracing::info!(
             organization_id = %self.organization_id,
             integration_id = %integration.id,
             credential_type = primary,
             "credential refreshed"
         );
-        Ok(fresh.secret.clone())
+        Ok(Loaded {
+            secret: fresh.secret.clone(),
+            refresh_at: self.refresh_at(Utc::now(), fresh.expires_at),
+        })
     }
 
     async fn touch(&self, integration_id: Uuid) {
@@ -476,16 +436,33 @@ pub struct InvalidateCredential {
     pub integration_id: Uuid,
 }
 
-/// The vault actor of one organization.
+/// A request waiting for its integration's turn.
+enum Op {
+    Get(oneshot::Sender<Result<Secret, CredentialError>>),
+    Refresh(oneshot::Sender<Result<Integration, CredentialError>>),
+}
+
+/// The operations of one integration: at most one runs (`busy`), the others wait in order.
+#[derive(Default)]
+struct Lane {
+    busy: bool,
+    waiting: VecDeque<Op>,
+}
+
+/// The vault actor of one organization: owns the cache and the per-integration order.
 pub struct CredentialVault {
     logic: Arc<OrgVault>,
-    health: Arc<ActorHealth>,
+    health: ActorHealth,
+    cache: HashMap<Uuid, Cached>,
+    lanes: HashMap<Uuid, Lane>,
 }
 
 impl std::fmt::Debug for CredentialVault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CredentialVault")
             .field("logic", &self.logic)
+            .field("cached", &self.cache.len())
+            .field("busy", &self.lanes.len())
             .finish_non_exhaustive()
     }
 }
@@ -503,47 +480,176 @@ impl Actor for CredentialVault {
 }
 
 impl CredentialVault {
-    fn report<T>(health: &ActorHealth, result: &Result<T, CredentialError>) {
-        health.record_message();
-        if let Err(e) = result {
-            // Expected refusals (not found, not active) are the caller's business.
-            if matches!(
-                e,
-                CredentialError::Refresh(_)
-                    | CredentialError::Crypto(_)
-                    | CredentialError::Storage(_)
-            ) {
-                health.record_error(&e.to_string());
-            }
+    /// A vault actor (not started) over `logic`, reporting to `health`.
+    pub fn new(logic: OrgVault, health: ActorHealth) -> Self {
+        Self {
+            logic: Arc::new(logic),
+            health,
+            cache: HashMap::new(),
+            lanes: HashMap::new(),
         }
     }
+
+    /// The cached value of an integration while it is fresh and not due for a refresh.
+    fn cached(&self, integration_id: Uuid) -> Option<Secret> {
+        let entry = self.cache.get(&integration_id)?;
+        (entry.fetched.elapsed() < self.logic.cache_ttl() && OrgVault::usable(entry.refresh_at))
+            .then(|| entry.secret.clone())
+    }
+
+    fn remember(&mut self, integration_id: Uuid, loaded: &Loaded) {
+        self.cache.insert(
+            integration_id,
+            Cached {
+                secret: loaded.secret.clone(),
+                refresh_at: loaded.refresh_at,
+                fetched: Instant::now(),
+            },
+        );
+    }
+
+    /// Records a failure worth seeing in `/actors`; expected refusals (not found, not
+    /// active) are the caller's business.
+    fn report<T>(&self, result: &Result<T, CredentialError>) {
+        if let Err(
+            e @ (CredentialError::Refresh(_)
+            | CredentialError::Crypto(_)
+            | CredentialError::Storage(_)),
+        ) = result
+        {
+            self.health.record_error(&e.to_string());
+        }
+    }
+
+    fn update_backlog(&self) {
+        let waiting: usize = self.lanes.values().map(|l| l.waiting.len()).sum();
+        self.health.set_backlog(waiting as u64);
+    }
+
+    /// Queues `op` behind the integration's running operation, or starts it.
+    fn enqueue(&mut self, integration_id: Uuid, op: Op, ctx: &mut Context<Self>) {
+        let lane = self.lanes.entry(integration_id).or_default();
+        lane.waiting.push_back(op);
+        if !lane.busy {
+            self.run_next(integration_id, ctx);
+        }
+        self.update_backlog();
+    }
+
+    /// Starts the next waiting operation of an idle integration. A `Get` queued behind a
+    /// finished load is answered from the cache without running anything.
+    fn run_next(&mut self, integration_id: Uuid, ctx: &mut Context<Self>) {
+        loop {
+            let Some(op) = self
+                .lanes
+                .get_mut(&integration_id)
+                .and_then(|lane| lane.waiting.pop_front())
+            else {
+                self.lanes.remove(&integration_id);
+                return;
+            };
+            let op = match op {
+                Op::Get(reply) => match self.cached(integration_id) {
+                    Some(secret) => {
+                        let _ = reply.send(Ok(secret));
+                        continue;
+                    }
+                    None => Op::Get(reply),
+                },
+                refresh @ Op::Refresh(_) => refresh,
+            };
+            self.start(integration_id, op, ctx);
+            return;
+        }
+    }
+
+    /// Runs `op` as a future of the actor's context; [`CredentialVault::finish`] takes the
+    /// result back in the actor.
+    fn start(&mut self, integration_id: Uuid, op: Op, ctx: &mut Context<Self>) {
+        if let Some(lane) = self.lanes.get_mut(&integration_id) {
+            lane.busy = true;
+        }
+        let logic = self.logic.clone();
+        let work = async move {
+            match op {
+                Op::Get(reply) => Done::Get {
+                    result: logic.load(integration_id).await,
+                    reply,
+                },
+                Op::Refresh(reply) => Done::Refresh {
+                    result: logic.force_refresh(integration_id).await,
+                    reply,
+                },
+            }
+        };
+        ctx.spawn(
+            work.into_actor(self)
+                .map(move |done, act, ctx| act.finish(integration_id, done, ctx)),
+        );
+    }
+
+    /// Caches what an operation loaded, answers its request, and starts the next one.
+    fn finish(&mut self, integration_id: Uuid, done: Done, ctx: &mut Context<Self>) {
+        match done {
+            Done::Get { result, reply } => {
+                if let Ok(loaded) = &result {
+                    self.remember(integration_id, loaded);
+                }
+                let result = result.map(|loaded| loaded.secret);
+                self.report(&result);
+                let _ = reply.send(result);
+            }
+            Done::Refresh { result, reply } => {
+                if let Ok((_, loaded)) = &result {
+                    self.remember(integration_id, loaded);
+                }
+                let result = result.map(|(integration, _)| integration);
+                self.report(&result);
+                let _ = reply.send(result);
+            }
+        }
+        if let Some(lane) = self.lanes.get_mut(&integration_id) {
+            lane.busy = false;
+        }
+        self.run_next(integration_id, ctx);
+        self.update_backlog();
+    }
+}
+
+/// A finished operation with the request it answers.
+enum Done {
+    Get {
+        result: Result<Loaded, CredentialError>,
+        reply: oneshot::Sender<Result<Secret, CredentialError>>,
+    },
+    Refresh {
+        result: Result<(Integration, Loaded), CredentialError>,
+        reply: oneshot::Sender<Result<Integration, CredentialError>>,
+    },
 }
 
 impl Handler<GetCredential> for CredentialVault {
     type Result = ResponseFuture<Result<Secret, CredentialError>>;
 
-    fn handle(&mut self, msg: GetCredential, _ctx: &mut Self::Context) -> Self::Result {
-        let logic = self.logic.clone();
-        let health = self.health.clone();
-        Box::pin(async move {
-            let result = logic.credential(msg.integration_id).await;
-            Self::report(&health, &result);
-            result
-        })
+    fn handle(&mut self, msg: GetCredential, ctx: &mut Self::Context) -> Self::Result {
+        self.health.record_message();
+        if let Some(secret) = self.cached(msg.integration_id) {
+            return Box::pin(std::future::ready(Ok(secret)));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(msg.integration_id, Op::Get(reply), ctx);
+        Box::pin(async move { answer.await.unwrap_or(Err(CredentialError::VaultStopped)) })
     }
 }
 
 impl Handler<RefreshCredential> for CredentialVault {
     type Result = ResponseFuture<Result<Integration, CredentialError>>;
 
-    fn handle(&mut self, msg: RefreshCredential, _ctx: &mut Self::Context) -> Self::Result {
-        let logic = self.logic.clone();
-        let health = self.health.clone();
-        Box::pin(async move {
-            let result = logic.force_refresh(msg.integration_id).await;
-            Self::report(&health, &result);
-            result
-        })
+    fn handle(&mut self, msg: RefreshCredential, ctx: &mut Self::Context) -> Self::Result {
+        self.health.record_message();
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(msg.integration_id, Op::Refresh(reply), ctx);
+        Box::pin(async move { answer.await.unwrap_or(Err(CredentialError::VaultStopped)) })
     }
 }
 
@@ -551,7 +657,7 @@ impl Handler<InvalidateCredential> for CredentialVault {
     type Result = ();
 
     fn handle(&mut self, msg: InvalidateCredential, _ctx: &mut Self::Context) {
-        self.logic.invalidate(msg.integration_id);
+        self.cache.remove(&msg.integration_id);
     }
 }
 
@@ -616,10 +722,10 @@ impl VaultRegistry {
             ActorId::new(ActorKind::CredentialVault, organization_id.to_string()),
             Some(self.inner.supervisor.clone()),
         );
-        let addr = CredentialVault {
-            logic: Arc::new(OrgVault::new(organization_id, self.inner.deps.clone())),
-            health: Arc::new(health),
-        }
+        let addr = CredentialVault::new(
+            OrgVault::new(organization_id, self.inner.deps.clone()),
+            health,
+        )
         .start();
         vaults.insert(organization_id, addr.clone());
         addr

@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 use crate::crypto::vault::{CredentialAad, KeyRing};
 use crate::db::Database;
-use crate::integrations::credentials::{CredentialDbError, PgCredentials};
+use crate::db::StoreError;
+use crate::integrations::credentials::PgCredentials;
 
 /// Counts of a rotation run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -49,7 +50,7 @@ pub async fn rotate(
     db: &Database,
     keyring: &KeyRing,
     batch: usize,
-) -> Result<RotateReport, CredentialDbError> {
+) -> Result<RotateReport, StoreError> {
     let table = PgCredentials::new(db.pool().clone());
     let active = keyring.active_key_id().as_str().to_owned();
     let limit = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
@@ -101,10 +102,7 @@ pub async fn rotate(
 }
 
 /// How many credential rows each key id seals; `keyring` (optional) names the active key.
-pub async fn status(
-    db: &Database,
-    keyring: Option<&KeyRing>,
-) -> Result<VaultStatus, CredentialDbError> {
+pub async fn status(db: &Database, keyring: Option<&KeyRing>) -> Result<VaultStatus, StoreError> {
     let table = PgCredentials::new(db.pool().clone());
     let rows_per_key: BTreeMap<String, i64> = table.count_by_key().await?.into_iter().collect();
     let active_key = keyring.map(|k| k.active_key_id().as_str().to_owned());

@@ -1,8 +1,15 @@
 //! The Slack connector: OAuth v2 install (`oauth.v2.access`, with token rotation when Slack
 //! returns `refresh_token` + `expires_in`), `auth.test` validation, `auth.revoke`.
 //!
-//! Calls go straight to the Web API with `reqwest` (form-encoded, as Slack documents) so the
-//! base URL can be the simulator's plain `http://` address.
+//! Calls go through the same slack-morphism client type as the Web API adapter
+//! ([`crate::slack::web::web_client`]), so the base URL can be the simulator's plain `http://`
+//! address, and `auth.test` is the adapter's own call.
+//!
+//! `oauth.v2.access` is sent as a GET with the app credentials and the code (or refresh token)
+//! as query parameters, which Slack accepts for every method: slack-morphism's own
+//! `oauth2_access` has no `refresh_token`/`expires_in` (token rotation) and logs the request
+//! URL at debug level, while a request marked sensitive is logged with its URL redacted. Its
+//! answer is read as JSON and only the fields used are taken, as before.
 
 use std::sync::Arc;
 
@@ -10,6 +17,9 @@ use async_trait::async_trait;
 use chrono::{Duration, Utc};
 use infragpt_actors::Secret;
 use serde_json::{Value, json};
+use slack_morphism::errors::SlackClientError;
+use slack_morphism::prelude::{SlackApiToken, SlackApiTokenValue};
+use slack_morphism::{SlackClientApiCallContext, SlackClientHttpApiUri, SlackClientHttpConnector};
 use uuid::Uuid;
 
 use crate::config::SlackIntegrationConfig;
@@ -18,6 +28,8 @@ use crate::integrations::connector::{
     StoredAuthorization, Validation, WebhookSetup,
 };
 use crate::integrations::store::{Integration, IntegrationStore, SlackWorkspaceRecord};
+use crate::slack::http_connector::SlackHyperClient;
+use crate::slack::web::{WebSettings, auth_test, web_client};
 
 pub use crate::integrations::providers::SLACK;
 
@@ -25,6 +37,8 @@ pub use crate::integrations::providers::SLACK;
 pub const BOT_TOKEN: &str = "bot_token";
 /// The rotation refresh token credential.
 pub const REFRESH_TOKEN: &str = "refresh_token";
+/// How long one call to Slack may take.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 /// Scopes requested when none are configured.
 const DEFAULT_SCOPES: &[&str] = &[
     "app_mentions:read",
@@ -69,7 +83,8 @@ impl SlackConnectorConfig {
 /// The Slack connector.
 pub struct SlackConnector {
     config: SlackConnectorConfig,
-    http: reqwest::Client,
+    client: SlackHyperClient,
+    settings: WebSettings,
     store: IntegrationStore,
 }
 
@@ -82,10 +97,49 @@ impl std::fmt::Debug for SlackConnector {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> ConnectorError {
+/// Why a call to Slack got no answer from Slack itself.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    /// Slack (or a proxy) answered with an HTTP error status.
+    #[error("{method} answered HTTP {status}")]
+    Status {
+        /// The Web API method.
+        method: &'static str,
+        /// The status.
+        status: http::StatusCode,
+    },
+    /// The answer is not the JSON Slack sends. (Never the body: it may hold tokens.)
+    #[error("{method}: unreadable answer: {source}")]
+    Unreadable {
+        /// The Web API method.
+        method: &'static str,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The request could not be sent or its answer not received.
+    #[error("{method}: {source}")]
+    Transport {
+        /// The Web API method.
+        method: &'static str,
+        /// The client's error.
+        #[source]
+        source: SlackClientError,
+    },
+    /// No answer within [`CALL_TIMEOUT`].
+    #[error("{method} timed out after {after:?}")]
+    Timeout {
+        /// The Web API method.
+        method: &'static str,
+        /// The limit.
+        after: std::time::Duration,
+    },
+}
+
+fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ConnectorError {
     ConnectorError::Unavailable {
         connector: SLACK,
-        reason: e.to_string(),
+        source: e.into(),
     }
 }
 
@@ -96,28 +150,47 @@ fn rejected(reason: impl Into<String>) -> ConnectorError {
     }
 }
 
+/// Slack's `ok: false` answers are rejections (their error code is Slack's message); the
+/// rest means Slack could not be asked.
+fn call_failed(method: &'static str, e: SlackClientError) -> ConnectorError {
+    match e {
+        SlackClientError::ApiError(api) => rejected(format!("{method}: {}", api.code)),
+        SlackClientError::HttpError(h) => unavailable(CallError::Status {
+            method,
+            status: h.status_code,
+        }),
+        SlackClientError::RateLimitError(_) => unavailable(CallError::Status {
+            method,
+            status: http::StatusCode::TOO_MANY_REQUESTS,
+        }),
+        SlackClientError::ProtocolError(p) => unavailable(CallError::Unreadable {
+            method,
+            source: p.json_error,
+        }),
+        other => unavailable(CallError::Transport {
+            method,
+            source: other,
+        }),
+    }
+}
+
 impl SlackConnector {
-    /// A connector with its own HTTP client.
+    /// A connector with its own slack-morphism client for `config.api_url`.
     pub fn new(
         config: SlackConnectorConfig,
         store: IntegrationStore,
     ) -> Result<Arc<Self>, ConnectorError> {
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(15))
-            .build()
-            .map_err(|e| ConnectorError::NotConfigured {
-                connector: SLACK,
-                reason: format!("cannot build the HTTP client: {e}"),
-            })?;
+        let settings = WebSettings::default();
+        let client = web_client(&config.api_url, &settings).map_err(|e| ConnectorError::Setup {
+            connector: SLACK,
+            source: Box::new(e),
+        })?;
         Ok(Arc::new(Self {
             config,
-            http,
+            client,
+            settings,
             store,
         }))
-    }
-
-    fn method_url(&self, method: &str) -> String {
-        format!("{}/{method}", self.config.api_url.trim_end_matches('/'))
     }
 
     fn client(&self) -> Result<(&str, &Secret), ConnectorError> {
@@ -130,38 +203,44 @@ impl SlackConnector {
         }
     }
 
-    /// Calls a Web API method with form parameters; `Ok(body)` only when `ok: true`.
-    async fn call(
-        &self,
-        method: &str,
-        bearer: Option<&Secret>,
-        basic: Option<(&str, &Secret)>,
-        form: &[(&str, &str)],
-    ) -> Result<Value, ConnectorError> {
-        let mut request = self.http.post(self.method_url(method)).form(form);
-        if let Some(token) = bearer {
-            request = request.bearer_auth(token.expose());
+    /// Runs one call within [`CALL_TIMEOUT`].
+    async fn bounded<T>(
+        method: &'static str,
+        call: impl std::future::Future<Output = Result<T, SlackClientError>>,
+    ) -> Result<T, ConnectorError> {
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(result) => result.map_err(|e| call_failed(method, e)),
+            Err(_) => Err(unavailable(CallError::Timeout {
+                method,
+                after: CALL_TIMEOUT,
+            })),
         }
-        if let Some((id, secret)) = basic {
-            request = request.basic_auth(id, Some(secret.expose()));
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| unavailable(e.without_url()))?;
-        let status = response.status();
-        if status.is_server_error() || status.as_u16() == 429 {
-            return Err(unavailable(format!("{method} answered HTTP {status}")));
-        }
-        let body: Value = response.json().await.map_err(|e| {
-            unavailable(format!("{method}: unreadable answer: {}", e.without_url()))
-        })?;
-        if body["ok"].as_bool() == Some(true) {
-            Ok(body)
-        } else {
-            let error = body["error"].as_str().unwrap_or("unknown_error");
-            Err(rejected(format!("{method}: {error}")))
-        }
+    }
+
+    /// `oauth.v2.access` with the app's credentials and `params` (a code, or a refresh token);
+    /// `Ok(body)` only when `ok: true`.
+    async fn oauth_access(&self, params: &[(&str, &str)]) -> Result<Value, ConnectorError> {
+        const METHOD: &str = "oauth.v2.access";
+        let (client_id, secret) = self.client()?;
+        let mut query = vec![
+            ("client_id", Some(client_id)),
+            ("client_secret", Some(secret.expose())),
+        ];
+        query.extend(params.iter().map(|&(k, v)| (k, Some(v))));
+        let connector = &self.client.http_api.connector;
+        let url = connector
+            .create_method_uri_path(METHOD)
+            .and_then(|base| SlackClientHttpApiUri::create_url_with_params(base, &query))
+            .map_err(|e| call_failed(METHOD, e))?;
+        let span = tracing::debug_span!("slack_oauth", method = METHOD);
+        let context = SlackClientApiCallContext {
+            rate_control_params: None,
+            token: None,
+            tracing_span: &span,
+            // The query holds the client secret and the code or refresh token.
+            is_sensitive_url: true,
+        };
+        Self::bounded(METHOD, connector.http_get_uri::<Value>(url, context)).await
     }
 
     /// The credentials in an `oauth.v2.access` answer.
@@ -236,14 +315,11 @@ impl Connector for SlackConnector {
             .as_deref()
             .filter(|c| !c.is_empty())
             .ok_or_else(|| ConnectorError::BadCallback("code is required".to_owned()))?;
-        let (client_id, secret) = self.client()?;
-        let mut form = vec![("code", code)];
+        let mut params = vec![("code", code)];
         if let Some(redirect) = &self.config.redirect_url {
-            form.push(("redirect_uri", redirect.as_str()));
+            params.push(("redirect_uri", redirect.as_str()));
         }
-        let body = self
-            .call("oauth.v2.access", None, Some((client_id, secret)), &form)
-            .await?;
+        let body = self.oauth_access(&params).await?;
         let team_id = body["team"]["id"]
             .as_str()
             .filter(|t| !t.is_empty())
@@ -292,20 +368,31 @@ impl Connector for SlackConnector {
         _integration: &Integration,
         credential: &Secret,
     ) -> Result<Validation, ConnectorError> {
-        match self.call("auth.test", Some(credential), None, &[]).await {
-            Ok(body) => Ok(Validation {
+        let token = SlackApiToken::new(SlackApiTokenValue(credential.expose().to_owned()));
+        let checked = tokio::time::timeout(
+            CALL_TIMEOUT,
+            auth_test(&self.client, &self.settings, &token),
+        )
+        .await;
+        match checked {
+            Ok(Ok(auth)) => Ok(Validation {
                 valid: true,
                 detail: json!({
-                    "team_id": body["team_id"],
-                    "team": body["team"],
-                    "bot_user_id": body["user_id"],
+                    "team_id": auth.team_id,
+                    "team": auth.team,
+                    "bot_user_id": auth.user_id,
                 }),
             }),
-            Err(ConnectorError::Rejected { reason, .. }) => Ok(Validation {
+            // Slack's error code: the credential does not work.
+            Ok(Err(Ok(code))) => Ok(Validation {
                 valid: false,
-                detail: json!({ "error": reason }),
+                detail: json!({ "error": format!("auth.test: {code}") }),
             }),
-            Err(e) => Err(e),
+            Ok(Err(Err(e))) => Err(unavailable(e)),
+            Err(_) => Err(unavailable(CallError::Timeout {
+                method: "auth.test",
+                after: CALL_TIMEOUT,
+            })),
         }
     }
 
@@ -321,17 +408,11 @@ impl Connector for SlackConnector {
                 operation: "refresh without token rotation",
             });
         };
-        let (client_id, secret) = self.client()?;
         let body = self
-            .call(
-                "oauth.v2.access",
-                None,
-                Some((client_id, secret)),
-                &[
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", refresh.expose()),
-                ],
-            )
+            .oauth_access(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh.expose()),
+            ])
             .await?;
         tracing::info!(integration_id = %integration.id, "slack bot token refreshed");
         Self::issued(&body)
@@ -343,7 +424,17 @@ impl Connector for SlackConnector {
         current: &CredentialSet,
     ) -> Result<(), ConnectorError> {
         if let Some(token) = current.get(BOT_TOKEN) {
-            self.call("auth.revoke", Some(token), None, &[]).await?;
+            let token = SlackApiToken::new(SlackApiTokenValue(token.expose().to_owned()));
+            let session = self.client.open_session(&token);
+            Self::bounded(
+                "auth.revoke",
+                session.http_session_api.http_get::<Value, _, &str>(
+                    "auth.revoke",
+                    &Vec::<(&str, Option<&str>)>::new(),
+                    None,
+                ),
+            )
+            .await?;
         }
         if let Some(team) = &integration.external_id {
             self.store
@@ -370,7 +461,7 @@ impl Connector for SlackConnector {
 pub async fn workspace_token_ref(
     store: &IntegrationStore,
     team_id: &str,
-) -> Result<Option<Uuid>, crate::integrations::store::StoreError> {
+) -> Result<Option<Uuid>, crate::db::StoreError> {
     Ok(store
         .slack_workspace(team_id)
         .await?
@@ -436,6 +527,6 @@ impl crate::slack::workspaces::WorkspaceTokens for VaultSlackTokens {
     ) -> Result<Option<Secret>, crate::slack::workspaces::TokenSourceError> {
         bot_token_for_team(&self.store, &self.vaults, team.as_str())
             .await
-            .map_err(|e| crate::slack::workspaces::TokenSourceError(e.to_string()))
+            .map_err(|e| crate::slack::workspaces::TokenSourceError::new("vault", e))
     }
 }

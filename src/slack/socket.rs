@@ -383,6 +383,7 @@ impl Conn {
                     return;
                 }
                 Err(e) => {
+                    let e = e.to_string();
                     let d = self.machine.lock().on_connect_failed(&e);
                     tracing::warn!(connection = %self.key, error = %e, delay_ms = d.as_millis() as u64, "slack socket mode connect failed");
                     self.health.restarting(&e);
@@ -395,17 +396,16 @@ impl Conn {
         tracing::info!(connection = %self.key, "slack connection stopped");
     }
 
-    async fn connect(&self) -> Result<Ws, String> {
+    async fn connect(&self) -> Result<Ws, ConnectError> {
         let url = open_socket_url(
             &self.ctx.client,
             &self.ctx.web_settings,
             &self.ctx.app_token,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         let ws = tokio::time::timeout(CONNECT_TIMEOUT, connect_ws(&url))
             .await
-            .map_err(|_| format!("websocket connect timed out after {CONNECT_TIMEOUT:?}"))??;
+            .map_err(|_| ConnectError::Timeout(CONNECT_TIMEOUT))??;
         self.machine.lock().socket_opened(Instant::now());
         tracing::debug!(connection = %self.key, "slack websocket open");
         Ok(ws)
@@ -628,7 +628,63 @@ enum Ws {
     Tls(Box<WebSocketStream<TlsStream>>),
 }
 
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+/// Why a Socket Mode connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    /// `apps.connections.open` failed.
+    #[error(transparent)]
+    OpenUrl(#[from] infragpt_actors::conversation::SlackApiError),
+    /// Slack's URL does not parse.
+    #[error("bad socket url: {0}")]
+    BadUrl(#[source] url::ParseError),
+    /// Slack's URL lacks a part we need (`host`, `port`).
+    #[error("socket url without a {0}")]
+    Incomplete(&'static str),
+    /// The URL's scheme is neither `ws` nor `wss`.
+    #[error("unsupported socket url scheme {0}")]
+    Scheme(String),
+    /// The TCP connection failed.
+    #[error("tcp connect to {target}: {source}")]
+    Tcp {
+        /// `host:port`.
+        target: String,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The host is not a valid TLS server name.
+    #[error("bad tls server name {host}: {source}")]
+    ServerName {
+        /// The host.
+        host: String,
+        /// Why.
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    /// No root certificate to verify `wss://` with.
+    #[error("no native root certificates for wss://")]
+    NoRoots,
+    /// The TLS client configuration was refused.
+    #[error(transparent)]
+    TlsConfig(#[from] rustls::Error),
+    /// The TLS handshake failed.
+    #[error("tls handshake with {host}: {source}")]
+    Tls {
+        /// The host.
+        host: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The websocket handshake failed.
+    #[error("websocket handshake: {0}")]
+    Handshake(#[source] tokio_tungstenite::tungstenite::Error),
+    /// Everything together took longer than allowed.
+    #[error("websocket connect timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, ConnectError> {
     let mut roots = rustls::RootCertStore::empty();
     let loaded = rustls_native_certs::load_native_certs();
     for cert in loaded.certs {
@@ -636,50 +692,56 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
         let _ = roots.add(cert);
     }
     if roots.is_empty() {
-        return Err("no native root certificates for wss://".into());
+        return Err(ConnectError::NoRoots);
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
-async fn connect_ws(url: &str) -> Result<Ws, String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("bad socket url: {e}"))?;
+async fn connect_ws(url: &str) -> Result<Ws, ConnectError> {
+    let parsed = url::Url::parse(url).map_err(ConnectError::BadUrl)?;
     let host = parsed
         .host_str()
-        .ok_or("socket url without a host")?
+        .ok_or(ConnectError::Incomplete("host"))?
         .to_owned();
     let port = parsed
         .port_or_known_default()
-        .ok_or("socket url without a port")?;
+        .ok_or(ConnectError::Incomplete("port"))?;
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
-        .map_err(|e| format!("tcp connect to {host}:{port}: {e}"))?;
+        .map_err(|source| ConnectError::Tcp {
+            target: format!("{host}:{port}"),
+            source,
+        })?;
     let _ = tcp.set_nodelay(true);
     match parsed.scheme() {
         "ws" => {
             let (ws, _) = tokio_tungstenite::client_async(url, tcp)
                 .await
-                .map_err(|e| format!("websocket handshake: {e}"))?;
+                .map_err(ConnectError::Handshake)?;
             Ok(Ws::Plain(Box::new(ws)))
         }
         "wss" => {
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| format!("bad tls server name {host}: {e}"))?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|source| {
+                ConnectError::ServerName {
+                    host: host.clone(),
+                    source,
+                }
+            })?;
             let connector = tokio_rustls::TlsConnector::from(tls_config()?);
             let tls = connector
                 .connect(name, tcp)
                 .await
-                .map_err(|e| format!("tls handshake with {host}: {e}"))?;
+                .map_err(|source| ConnectError::Tls { host, source })?;
             let (ws, _) = tokio_tungstenite::client_async(url, tls)
                 .await
-                .map_err(|e| format!("websocket handshake: {e}"))?;
+                .map_err(ConnectError::Handshake)?;
             Ok(Ws::Tls(Box::new(ws)))
         }
-        other => Err(format!("unsupported socket url scheme {other}")),
+        other => Err(ConnectError::Scheme(other.to_owned())),
     }
 }

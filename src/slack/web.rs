@@ -201,12 +201,17 @@ where
     }
 }
 
+/// An `auth.test` answer (the fields we use).
 #[derive(Debug, Deserialize)]
-struct AuthTest {
-    user_id: String,
-    team_id: String,
-    team: Option<String>,
-    bot_id: Option<String>,
+pub(crate) struct AuthTest {
+    /// The token's user (the bot user for a bot token).
+    pub user_id: String,
+    /// The workspace.
+    pub team_id: String,
+    /// The workspace's name.
+    pub team: Option<String>,
+    /// The bot id.
+    pub bot_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,7 +268,9 @@ impl From<UserObj> for UserProfile {
     }
 }
 
-async fn auth_test(
+/// `auth.test` with `token`, with the transient-retry policy: the one place it is called
+/// (workspace identity here, integration validation in the Slack connector).
+pub(crate) async fn auth_test(
     client: &SlackHyperClient,
     settings: &WebSettings,
     token: &SlackApiToken,
@@ -329,15 +336,19 @@ impl ConfigBotToken {
                 let auth = auth_test(&self.client, &self.settings, &token)
                     .await
                     .map_err(|e| {
-                        let why = match e {
-                            Ok(code) => code,
-                            Err(err) => err.to_string(),
-                        };
-                        tracing::error!(error = %why, "slack.bot_token: auth.test failed");
-                        TokenSourceError(format!("auth.test for slack.bot_token failed: {why}"))
+                        let error = TokenSourceError::new(
+                            "auth.test for slack.bot_token failed",
+                            match e {
+                                // Slack's error code: a message from Slack, not an error type.
+                                Ok(code) => Box::<dyn std::error::Error + Send + Sync>::from(code),
+                                Err(err) => Box::new(err),
+                            },
+                        );
+                        tracing::error!(error = %error.source, "slack.bot_token: auth.test failed");
+                        error
                     })?;
                 let team = TeamId::parse(auth.team_id.clone())
-                    .map_err(|e| TokenSourceError(format!("auth.test team_id: {e}")))?;
+                    .map_err(|e| TokenSourceError::new("auth.test team_id", e))?;
                 let reg = WorkspaceRegistration {
                     team_id: team.clone(),
                     team_name: auth.team.clone(),

@@ -19,16 +19,35 @@ use infragpt_actors::ids::TeamId;
 use parking_lot::RwLock;
 use serde::Serialize;
 
-use crate::db::Pool;
 use crate::db::schema::slack_workspaces;
+use crate::db::{Pool, StoreError, conn};
 
 /// `token_ref` of the workspace served by `slack.bot_token`.
 pub const CONFIG_TOKEN_REF: &str = "config";
 
 /// A token source failed (not "no token": that is `Ok(None)`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("slack token source failed: {0}")]
-pub struct TokenSourceError(pub String);
+#[derive(Debug, thiserror::Error)]
+#[error("slack token source failed: {what}: {source}")]
+pub struct TokenSourceError {
+    /// What the source was doing.
+    pub what: &'static str,
+    /// Why it failed.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl TokenSourceError {
+    /// A failure of `what`, caused by `source`.
+    pub fn new(
+        what: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            what,
+            source: source.into(),
+        }
+    }
+}
 
 /// Where bot tokens come from, per workspace.
 #[async_trait]
@@ -165,18 +184,13 @@ pub struct WorkspaceRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Workspace store failures.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("slack workspace store unavailable: {0}")]
-pub struct WorkspaceStoreError(pub String);
-
 /// Where workspace facts and statuses are written (the `slack_workspaces` table).
 #[async_trait]
 pub trait WorkspaceDirectory: Send + Sync + 'static {
     /// Creates or updates the workspace and marks it active.
-    async fn record(&self, reg: &WorkspaceRegistration) -> Result<(), WorkspaceStoreError>;
+    async fn record(&self, reg: &WorkspaceRegistration) -> Result<(), StoreError>;
     /// Marks the workspace inactive with Slack's error code (creates the row if needed).
-    async fn mark_inactive(&self, team: &TeamId, reason: &str) -> Result<(), WorkspaceStoreError>;
+    async fn mark_inactive(&self, team: &TeamId, reason: &str) -> Result<(), StoreError>;
 }
 
 /// The `slack_workspaces` table.
@@ -193,10 +207,6 @@ impl std::fmt::Debug for PgWorkspaces {
     }
 }
 
-fn store_err(e: impl std::fmt::Display) -> WorkspaceStoreError {
-    WorkspaceStoreError(e.to_string())
-}
-
 impl PgWorkspaces {
     /// The table on `pool`.
     pub fn new(pool: Pool) -> Self {
@@ -204,33 +214,33 @@ impl PgWorkspaces {
     }
 
     /// One workspace.
-    pub async fn get(&self, team: &TeamId) -> Result<Option<WorkspaceRecord>, WorkspaceStoreError> {
-        let mut conn = self.pool.get().await.map_err(store_err)?;
+    pub async fn get(&self, team: &TeamId) -> Result<Option<WorkspaceRecord>, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         slack_workspaces::table
             .find(team.as_str())
             .select(WorkspaceRecord::as_select())
             .first(&mut conn)
             .await
             .optional()
-            .map_err(store_err)
+            .map_err(StoreError::from)
     }
 
     /// Every workspace, by team id.
-    pub async fn list(&self) -> Result<Vec<WorkspaceRecord>, WorkspaceStoreError> {
-        let mut conn = self.pool.get().await.map_err(store_err)?;
+    pub async fn list(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
+        let mut conn = conn(&self.pool).await?;
         slack_workspaces::table
             .order(slack_workspaces::team_id)
             .select(WorkspaceRecord::as_select())
             .load(&mut conn)
             .await
-            .map_err(store_err)
+            .map_err(StoreError::from)
     }
 }
 
 #[async_trait]
 impl WorkspaceDirectory for PgWorkspaces {
-    async fn record(&self, reg: &WorkspaceRegistration) -> Result<(), WorkspaceStoreError> {
-        let mut conn = self.pool.get().await.map_err(store_err)?;
+    async fn record(&self, reg: &WorkspaceRegistration) -> Result<(), StoreError> {
+        let mut conn = conn(&self.pool).await?;
         diesel::insert_into(slack_workspaces::table)
             .values((
                 slack_workspaces::team_id.eq(reg.team_id.as_str()),
@@ -252,14 +262,13 @@ impl WorkspaceDirectory for PgWorkspaces {
                 slack_workspaces::updated_at.eq(diesel::dsl::now),
             ))
             .execute(&mut conn)
-            .await
-            .map_err(store_err)?;
+            .await?;
         tracing::info!(team_id = %reg.team_id, "slack workspace recorded");
         Ok(())
     }
 
-    async fn mark_inactive(&self, team: &TeamId, reason: &str) -> Result<(), WorkspaceStoreError> {
-        let mut conn = self.pool.get().await.map_err(store_err)?;
+    async fn mark_inactive(&self, team: &TeamId, reason: &str) -> Result<(), StoreError> {
+        let mut conn = conn(&self.pool).await?;
         diesel::insert_into(slack_workspaces::table)
             .values((
                 slack_workspaces::team_id.eq(team.as_str()),
@@ -274,8 +283,7 @@ impl WorkspaceDirectory for PgWorkspaces {
                 slack_workspaces::updated_at.eq(diesel::dsl::now),
             ))
             .execute(&mut conn)
-            .await
-            .map_err(store_err)?;
+            .await?;
         tracing::warn!(team_id = %team, reason, "slack workspace marked inactive");
         Ok(())
     }

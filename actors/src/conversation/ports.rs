@@ -106,7 +106,7 @@ pub struct ChannelRecord {
 pub enum ConversationStoreError {
     /// The store could not be reached or the statement failed.
     #[error("conversation store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Conversations, messages and channels.
