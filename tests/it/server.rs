@@ -8,6 +8,9 @@ use infragpt::config::CorsConfig;
 use infragpt::error::ApiError;
 use infragpt::http::{self, HttpShell, Readiness, ReadinessCheck};
 
+use crate::support::body_json;
+use crate::support::wait::eventually;
+
 fn shell(readiness: Readiness) -> HttpShell {
     HttpShell::new(readiness, true, CorsConfig::default()).with_routes(|cfg| {
         cfg.route(
@@ -33,12 +36,6 @@ fn shell(readiness: Readiness) -> HttpShell {
             }),
         );
     })
-}
-
-async fn body_json(resp: actix_web::dev::ServiceResponse) -> serde_json::Value {
-    let bytes = test::read_body(resp).await;
-    serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
 }
 
 #[actix_rt::test]
@@ -486,33 +483,22 @@ async fn readyz_follows_the_database() {
     assert_eq!(body["checks"]["migrations"], "ok");
 
     relay.set_up(false);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let body = loop {
+    let body = eventually("not ready without the database", async || {
         let (status, body) = readyz!(&app);
-        if status == 503 {
-            break body;
-        }
-        assert!(std::time::Instant::now() < deadline, "still ready: {body}");
-        actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+        if status == 503 { Ok(body) } else { Err(body) }
+    })
+    .await;
     assert_eq!(body["status"], "not_ready");
     assert_ne!(body["checks"]["database"], "ok", "{body}");
     // The public endpoint names the kind of failure, not the server's address.
     assert!(!body.to_string().contains("127.0.0.1"), "{body}");
 
     relay.set_up(true);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    eventually("ready again", async || {
         let (status, body) = readyz!(&app);
-        if status == 200 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not ready again: {body}"
-        );
-        actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+        if status == 200 { Ok(()) } else { Err(body) }
+    })
+    .await;
 }
 
 #[actix_rt::test]
@@ -545,7 +531,7 @@ async fn readyz_reports_pending_migrations() {
 #[tokio::test]
 async fn serve_binary_starts_and_stops_gracefully_on_sigterm() {
     use std::io::BufRead as _;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     let tdb = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
@@ -615,20 +601,16 @@ async fn serve_binary_starts_and_stops_gracefully_on_sigterm() {
     let grpc_addr = serving["grpc_addr"].as_str().unwrap().to_owned();
 
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually("the service is ready", async || {
         let resp = client
             .get(format!("http://{http_addr}/readyz"))
             .send()
             .await;
-        if let Ok(r) = resp
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        resp.map(|r| r.status()).map_err(|e| e.to_string()).and_then(|status| {
+            if status == 200 { Ok(()) } else { Err(status.to_string()) }
+        })
+    })
+    .await;
 
     {
         use tonic_health::pb::HealthCheckRequest;
@@ -640,10 +622,10 @@ async fn serve_binary_starts_and_stops_gracefully_on_sigterm() {
             .await
             .unwrap();
         // gRPC health follows /readyz within a poll period.
-        let mut client = HealthClient::new(channel);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let client = HealthClient::new(channel);
+        eventually("gRPC health is SERVING", async || {
             let status = client
+                .clone()
                 .check(HealthCheckRequest {
                     service: String::new(),
                 })
@@ -651,12 +633,9 @@ async fn serve_binary_starts_and_stops_gracefully_on_sigterm() {
                 .unwrap()
                 .into_inner()
                 .status;
-            if status == ServingStatus::Serving as i32 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "gRPC health never SERVING");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            if status == ServingStatus::Serving as i32 { Ok(()) } else { Err(status) }
+        })
+        .await;
     }
 
     let killed = std::process::Command::new("kill")
@@ -664,14 +643,10 @@ async fn serve_binary_starts_and_stops_gracefully_on_sigterm() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = eventually("the service exits after SIGTERM", async || {
+        child.try_wait().unwrap()
+    })
+    .await;
     let logs = reader.join().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
@@ -770,9 +745,7 @@ async fn stop_finishes_in_flight_requests_then_stops_modules_and_listeners() {
 
     // Release the handler only once shutdown has begun: it must still complete.
     let release = async {
-        while !readiness.is_shutting_down() {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        eventually("shutdown begins", async || readiness.is_shutting_down()).await;
         release_tx.send_replace(true);
     };
     let (stopped_result, ()) = tokio::join!(running.stop(), release);

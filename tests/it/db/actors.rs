@@ -12,10 +12,10 @@ use infragpt_actors::health::{ActorKind, HealthRegistry};
 use infragpt_actors::inbox::{
     EventSource, EventStatus, InboundEvent, InboundEvents, RecordOutcome, RoutingKey,
 };
-use infragpt_actors::testing::{RecordingHandler, eventually, eventually_async, slack_event};
+use infragpt_actors::testing::{RecordingHandler, slack_event};
 use infragpt_actors::{Cluster, ClusterConfig, Metrics, StreamSpec};
 
-const GUARD: Duration = Duration::from_secs(120);
+use crate::support::wait::eventually;
 
 fn config() -> ClusterConfig {
     ClusterConfig {
@@ -92,16 +92,14 @@ async fn two_hundred_threads_interleaved_exactly_once_in_order() {
         }
     }
     let total = keys * per_key as usize;
-    assert!(eventually(GUARD, || handler.handled_count() >= total).await);
+    eventually("every event is handled", async || handler.handled_count() >= total).await;
     assert_per_key_order(&handler.handled());
     assert_eq!(handler.total_calls(), total as u64);
     assert_eq!(handler.overlaps(), 0, "two events of one thread overlapped");
-    assert!(
-        eventually_async(GUARD, || async {
-            count(&inbox, EventStatus::Done).await == total as i64
-        })
-        .await
-    );
+    eventually("every event is done in the inbox", async || {
+        count(&inbox, EventStatus::Done).await == total as i64
+    })
+    .await;
     cluster.shutdown().await;
 }
 
@@ -121,13 +119,13 @@ async fn recording_the_same_source_id_twice_dispatches_once() {
         .expect("second");
     assert!(matches!(first, RecordOutcome::Recorded(_)));
     assert!(matches!(second, RecordOutcome::Duplicate(_)));
-    assert!(eventually(GUARD, || handler.handled_count() == 1).await);
+    eventually("the event is handled", async || handler.handled_count() == 1).await;
     // One more event behind it proves the duplicate was never queued.
     cluster
         .ingest(slack_event(&key(1), 8))
         .await
         .expect("third");
-    assert!(eventually(GUARD, || handler.handled_count() == 2).await);
+    eventually("both events are handled", async || handler.handled_count() == 2).await;
     assert_eq!(handler.total_calls(), 2);
     cluster.shutdown().await;
 }
@@ -150,12 +148,12 @@ async fn kill_and_restart_on_the_same_database_resumes_in_order_exactly_once() {
     }
     let total = keys * per_key as usize;
     gate.add_permits(40);
-    assert!(eventually(GUARD, || first.handled_count() >= 40).await);
+    eventually("40 events are handled", async || first.handled_count() >= 40).await;
     let stopping = {
         let c = cluster.clone();
         actix_rt::spawn(async move { c.shutdown().await })
     };
-    assert!(eventually(GUARD, || !cluster.is_accepting()).await);
+    eventually("the cluster stops accepting", async || !cluster.is_accepting()).await;
     gate.add_permits(total);
     stopping.await.expect("shutdown");
     let done_before = first.handled_count();
@@ -172,17 +170,15 @@ async fn kill_and_restart_on_the_same_database_resumes_in_order_exactly_once() {
     let report = cluster2.recover().await.expect("recover");
     assert!(report.unfinished >= 0);
     let remaining = total - done_before;
-    assert!(eventually(GUARD, || second.handled_count() >= remaining).await);
+    eventually("the rest is handled after the restart", async || second.handled_count() >= remaining).await;
     let mut all = first.handled();
     all.extend(second.handled());
     assert_eq!(all.len(), total);
     assert_per_key_order(&all);
     assert_eq!(first.total_calls() + second.total_calls(), total as u64);
-    assert!(
-        eventually_async(GUARD, || async {
-            count(&inbox2, EventStatus::Done).await == total as i64
-        })
-        .await
-    );
+    eventually("every event is done in the inbox", async || {
+        count(&inbox2, EventStatus::Done).await == total as i64
+    })
+    .await;
     cluster2.shutdown().await;
 }

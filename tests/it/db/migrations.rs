@@ -1,6 +1,6 @@
 //! Migrations, `Database::open` and the private cluster, against real PostgreSQL.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -8,6 +8,8 @@ use infragpt::db::cluster::{PgBinaries, PrivateCluster};
 use infragpt::db::testing::TestDb;
 use infragpt::db::{Database, DbSettings, MIGRATIONS, database_name, with_database};
 use infragpt_actors::Secret;
+
+use crate::support::wait::eventually;
 
 diesel::table! {
     information_schema.tables (table_schema, table_name) {
@@ -363,15 +365,6 @@ fn binaries_or_skip(test: &str) -> bool {
     }
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    // Generous: the machine is shared and slow; this bounds a hang, it measures nothing.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn accepts(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
@@ -447,19 +440,17 @@ fn guardian_child_process() {
     std::process::exit(0);
 }
 
-#[test]
-fn private_cluster_is_stopped_when_its_owner_dies() {
+#[tokio::test]
+async fn private_cluster_is_stopped_when_its_owner_dies() {
     if !binaries_or_skip("private_cluster_is_stopped_when_its_owner_dies") {
         return;
     }
     let dir = cluster_temp_dir();
+    // The child's full test name: this module's path without the crate name.
+    let (_, module) = module_path!().split_once("::").expect("a test module");
+    let child = format!("{module}::guardian_child_process");
     let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--ignored",
-            "--exact",
-            "guardian_child_process",
-            "--nocapture",
-        ])
+        .args(["--ignored", "--exact", &child, "--nocapture"])
         .env(GUARDIAN_DIR_ENV, dir.path())
         .output()
         .expect("run child");
@@ -475,9 +466,10 @@ fn private_cluster_is_stopped_when_its_owner_dies() {
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or_else(|| panic!("child printed no port: {stdout}"));
     let pid_file = dir.path().join("data/postmaster.pid");
-    wait_until("the guardian stops the orphaned server", || {
+    eventually("the guardian stops the orphaned server", async || {
         !pid_file.exists() && !accepts(port)
-    });
+    })
+    .await;
 }
 
 diesel::table! {

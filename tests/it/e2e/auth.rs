@@ -2,45 +2,27 @@
 //! endpoint populate the organization, and the REST API (identity and integrations) accepts
 //! only verified session tokens, scoped to the token's organization.
 
-mod common;
-
-use std::time::Duration;
-
-use common::{
-    AZP, ISSUER, JwksServer, KEY_A, SVIX_SECRET, claims_v2, jwks, new_svix_id, sign_jwt,
-    svix_headers,
-};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use infragpt::config;
 use infragpt::db::schema::organization_members;
-use infragpt::db::testing::TestDb;
 use serde_json::Value;
 
-const VAULT_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+use crate::support::app::TestApp;
+use crate::support::fixtures;
+use crate::support::identity::{KEY_A, KID_A, claims_v2, new_svix_id, sign_jwt, svix_headers};
+use crate::support::wait::eventually;
 
 #[actix_rt::test]
 async fn clerk_webhooks_then_scoped_rest_calls() {
-    let db = TestDb::new().await;
-    let jwks_server = JwksServer::start(jwks(&[(KEY_A, "kid-a")])).await;
-    let yaml = format!(
-        "port: 0\ngrpc_port: 0\nlog_level: warn\nhttp_log: false\n\
-         vault:\n  active_key: k1\n  keys:\n    k1: \"{VAULT_KEY}\"\n\
-         identity:\n  clerk:\n    webhook_secret: \"{SVIX_SECRET}\"\n    jwks_url: \"{}\"\n    issuer: \"{ISSUER}\"\n    authorized_parties: [\"{AZP}\"]\n\
-         database:\n  url: \"{}\"\n",
-        jwks_server.url,
-        db.url.expose()
-    );
-    let config = config::load_str(&yaml, "assembled.yaml").expect("config");
-    let (running, _core) = infragpt::app::start(config).await.expect("service starts");
-    let base = format!("http://{}", running.http_addr);
-    let client = reqwest::Client::new();
+    let app = TestApp::builder().with_identity().start().await;
+    let base = app.base_url();
+    let client = app.http().clone();
 
     // A user, and an organization that user created (the creator becomes its admin).
     let mut user_event: Value =
-        serde_json::from_slice(&common::clerk_fixture("user.created")).expect("user");
+        serde_json::from_slice(&fixtures::clerk("user.created")).expect("user");
     let mut org_event: Value =
-        serde_json::from_slice(&common::clerk_fixture("organization.created")).expect("org");
+        serde_json::from_slice(&fixtures::clerk("organization.created")).expect("org");
     let user = user_event["data"]["id"]
         .as_str()
         .expect("user id")
@@ -62,9 +44,8 @@ async fn clerk_webhooks_then_scoped_rest_calls() {
     }
 
     // The identity stream applies events asynchronously: wait for the creator's membership.
-    let mut live = false;
-    for _ in 0..300 {
-        let mut conn = db.pool().get().await.expect("conn");
+    eventually("organization.created made its creator a member", async || {
+        let mut conn = app.pool().get().await.expect("conn");
         let n: i64 = organization_members::table
             .filter(organization_members::organization_clerk_id.eq(&org))
             .filter(organization_members::user_clerk_id.eq(&user))
@@ -73,14 +54,10 @@ async fn clerk_webhooks_then_scoped_rest_calls() {
             .get_result(&mut conn)
             .await
             .expect("members");
-        if n == 1 {
-            live = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(live, "organization.created made its creator a member");
-    let token = sign_jwt(KEY_A, "kid-a", &claims_v2(&user, &org, "org:admin"));
+        n == 1
+    })
+    .await;
+    let token = sign_jwt(KEY_A, KID_A, &claims_v2(&user, &org, "org:admin"));
 
     let me = client
         .get(format!("{base}/identity/me"))
@@ -115,7 +92,7 @@ async fn clerk_webhooks_then_scoped_rest_calls() {
     assert_eq!(forged.status(), 401);
     let other = sign_jwt(
         KEY_A,
-        "kid-a",
+        KID_A,
         &claims_v2(&user, "org_someone_else", "org:admin"),
     );
     let resp = client
@@ -126,5 +103,5 @@ async fn clerk_webhooks_then_scoped_rest_calls() {
         .expect("other org");
     assert_eq!(resp.status(), 403);
 
-    running.stop().await.expect("clean stop");
+    app.stop().await;
 }

@@ -9,24 +9,22 @@
 //! checked after the system is quiet: every envelope acknowledged, recorded and finished.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use infragpt::app::{Core, CoreModule};
-use infragpt::config::{self, Config};
+use infragpt::app::CoreModule;
 use infragpt::db::conversations::PgConversationStore;
 use infragpt::db::schema::{conversations, inbound_events, messages};
 use infragpt::db::testing::TestDb;
-use infragpt::devagent::{DevAgent, DevAgentConfig, DevAgentHandle, FailMode};
+use infragpt::devagent::{DevAgentConfig, FailMode};
 use infragpt::grpc::agent_client::{GrpcAgent, GrpcAgentOptions};
 use infragpt::grpc::pb::backend::SendReplyCommand;
 use infragpt::grpc::pb::backend::backend_service_client::BackendServiceClient;
 use infragpt::grpc::reply::ReplyModule;
 use infragpt::http::reply::ReplyAuth;
-use infragpt::server::{self, Module, RunningServer};
+use infragpt::server::Module;
 use infragpt::slack::module::SlackModule;
 use infragpt::slack::sim::{
     ConnState, SimChannel, SimConfig, SimMessage, SimTeam, SimUser, SlackSim,
@@ -38,9 +36,8 @@ use infragpt_actors::inbox::EventSource;
 use infragpt_actors::{ActorKind, Secret, StreamSpec};
 use serde_json::Value;
 
-const ADMIN: &str = "e2e-admin-token-0123456789";
-/// A test-only vault key (32 bytes, base64).
-const VAULT_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+use crate::support::app::{ADMIN, TestApp, TestAppBuilder, reserve_port};
+use crate::support::wait::{GUARD, eventually};
 
 const ACME: &str = "T0SIMACME1";
 const ACME_BOT: &str = "U0ACMEBOT1";
@@ -48,146 +45,55 @@ const OPS: &str = "C0OPS00001";
 const ALICE: &str = "U0ALICE001";
 const BOB: &str = "U0BOB00001";
 
-/// Hang guard for anything the service should do promptly.
-const GUARD: Duration = Duration::from_secs(30);
-
 // ---------------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-/// A free loopback port for the agent: the service is configured with it before the dev
-/// agent (which needs the service's gRPC port for SendReply) starts on it.
-fn reserve_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+/// The service from `app::start` serving the Acme workspace of `sim` over Socket Mode, with
+/// a small retry budget and short backoffs.
+fn service(sim: SimConfig) -> TestAppBuilder {
+    TestApp::builder().with_slack_sim(sim).configure(|c| {
+        c.actors.retry_budget = 2;
+        c.actors.backoff_base_ms = 10;
+        c.actors.backoff_max_ms = 100;
+        c.actors.drain_interval_ms = 100;
+    })
 }
 
-fn base_config(db: &TestDb, sim: &SlackSim, agent: SocketAddr, connections: u32) -> Config {
-    let yaml = format!(
-        "bind_address: 127.0.0.1\nport: 0\ngrpc_port: 0\nlog_level: warn\nhttp_log: false\n\
-         admin:\n  token: {ADMIN}\n\
-         actors:\n  retry_budget: 2\n  backoff_base_ms: 10\n  backoff_max_ms: 100\n  drain_interval_ms: 100\n\
-         agent:\n  endpoint: \"http://{agent}\"\n  connect_timeout_ms: 1000\n  call_timeout_ms: 20000\n  retry_attempts: 2\n\
-         vault:\n  active_key: k1\n  keys:\n    k1: \"{VAULT_KEY}\"\n\
-         database:\n  url: \"{}\"\n",
-        db.url.expose()
-    );
-    let mut config = config::load_str(&yaml, "e2e.yaml").expect("config");
-    let sim_config = sim.config();
-    config.slack.api_url = sim.base_url();
-    config.slack.app_token = Some(sim_config.apps[0].app_token.clone());
-    config.slack.signing_secret = Some(sim_config.apps[0].signing_secret.clone());
-    config.slack.socket_mode = true;
-    config.slack.connections = connections;
-    config
+/// What these tests do in #ops of Acme through the simulator.
+trait Chat {
+    /// Posts a mention of the bot; returns its ts.
+    fn mention(&self, user: &str, text: &str) -> String;
+    /// Posts a reply in `thread`; returns its ts.
+    fn reply_in(&self, thread: &str, user: &str, text: &str) -> String;
+    /// Bot messages in a thread of #ops, oldest first.
+    fn bot_replies(&self, thread: &str) -> Vec<SimMessage>;
+    /// Waits until the bot replied `n` times in `thread`.
+    async fn wait_replies(&self, thread: &str, n: usize);
+    /// Waits until the system is quiet (see [`settle`]).
+    async fn settle(&self);
 }
 
-struct Harness {
-    db: TestDb,
-    sim: SlackSim,
-    running: Option<RunningServer>,
-    _core: Core,
-    agent: Option<DevAgentHandle>,
-    agent_addr: SocketAddr,
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Harness {
-    /// The service from `app::start` serving the Acme workspace of the default simulator
-    /// (single-workspace mode), with the dev agent up unless `agent_up` is false.
-    async fn start(sim_config: SimConfig, connections: u32, agent_up: bool) -> Harness {
-        Self::start_with(sim_config, connections, agent_up, |_| {}).await
-    }
-
-    /// [`Harness::start`] with a last change to the configuration.
-    async fn start_with(
-        sim_config: SimConfig,
-        connections: u32,
-        agent_up: bool,
-        tweak: impl FnOnce(&mut Config),
-    ) -> Harness {
-        let db = TestDb::new().await;
-        let sim = SlackSim::start(sim_config).expect("simulator");
-        let agent_addr = reserve_port();
-        let mut config = base_config(&db, &sim, agent_addr, connections);
-        config.slack.bot_token = Some(sim.team(ACME).expect("acme").bot_token);
-        tweak(&mut config);
-        let connections = if config.slack.socket_mode {
-            connections
-        } else {
-            0
-        };
-        let (running, core) = infragpt::app::start(config).await.expect("service starts");
-        let base = format!("http://{}", running.http_addr);
-        let mut h = Harness {
-            db,
-            sim,
-            running: Some(running),
-            _core: core,
-            agent: None,
-            agent_addr,
-            base,
-            http: reqwest::Client::new(),
-        };
-        if agent_up {
-            h.start_agent();
-        }
-        h.wait_connected(connections as usize).await;
-        h
-    }
-
-    fn grpc_addr(&self) -> SocketAddr {
-        self.running.as_ref().expect("running").grpc_addr
-    }
-
-    fn start_agent(&mut self) {
-        let agent = DevAgent::start(DevAgentConfig {
-            bind: self.agent_addr,
-            reply_endpoint: Some(format!("http://{}", self.grpc_addr())),
-            ..DevAgentConfig::default()
-        })
-        .expect("dev agent");
-        self.agent = Some(agent);
-    }
-
-    fn agent(&self) -> &DevAgentHandle {
-        self.agent.as_ref().expect("agent running")
-    }
-
-    async fn wait_connected(&self, n: usize) {
-        self.sim
-            .wait_for(
-                |s| {
-                    s.open_connections().len() >= n
-                        && s.frames().iter().filter(|f| f.kind == "hello").count() >= n
-                },
-                GUARD,
-            )
-            .await
-            .expect("socket mode connected");
-    }
-
+impl Chat for TestApp {
     fn mention(&self, user: &str, text: &str) -> String {
-        self.sim
+        self.sim()
             .post_user_message(ACME, OPS, user, &format!("<@{ACME_BOT}> {text}"), None)
             .expect("post")
     }
 
     fn reply_in(&self, thread: &str, user: &str, text: &str) -> String {
-        self.sim
+        self.sim()
             .post_user_message(ACME, OPS, user, text, Some(thread))
             .expect("post")
     }
 
-    /// Bot messages in a thread of #ops, oldest first.
     fn bot_replies(&self, thread: &str) -> Vec<SimMessage> {
-        bot_replies(&self.sim, ACME, OPS, thread)
+        bot_replies(self.sim(), ACME, OPS, thread)
     }
 
     async fn wait_replies(&self, thread: &str, n: usize) {
         let thread = thread.to_owned();
-        self.sim
+        self.sim()
             .wait_for(
                 |s| {
                     s.messages_in(ACME, OPS)
@@ -210,28 +116,7 @@ impl Harness {
     }
 
     async fn settle(&self) {
-        settle(&self.sim, &self.db, GUARD).await;
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .expect("http");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn stop(mut self) {
-        if let Some(r) = self.running.take() {
-            r.stop().await.expect("clean stop");
-        }
-        if let Some(a) = self.agent.take() {
-            a.stop();
-        }
+        settle(self.sim(), &self.db).await;
     }
 }
 
@@ -255,24 +140,22 @@ fn ts_key(ts: &str) -> (u64, u64) {
 
 /// Quiet: every envelope the simulator sent was acknowledged, every distinct event is a row
 /// in the inbox, and no row is pending or processing.
-async fn settle(sim: &SlackSim, db: &TestDb, guard: Duration) {
-    let deadline = tokio::time::Instant::now() + guard;
-    loop {
+async fn settle(sim: &SlackSim, db: &TestDb) {
+    eventually("quiet", async || {
         let deliveries = sim.deliveries();
         let acked = deliveries.iter().all(|d| d.acked);
         let ids: HashSet<&str> = deliveries.iter().map(|d| d.event_id.as_str()).collect();
         let (recorded, unfinished) = inbox_counts(db).await;
         if acked && recorded == ids.len() as i64 && unfinished == 0 {
-            return;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!(
-                "not quiet: acked={acked} recorded={recorded} events={} unfinished={unfinished}",
+            Ok(())
+        } else {
+            Err(format!(
+                "acked={acked} recorded={recorded} events={} unfinished={unfinished}",
                 ids.len()
-            );
+            ))
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await
 }
 
 async fn inbox_counts(db: &TestDb) -> (i64, i64) {
@@ -380,17 +263,17 @@ fn echoed(text: &str) -> Option<&str> {
 
 #[actix_rt::test]
 async fn mention_is_answered_in_its_thread_and_follow_up_carries_history() {
-    let h = Harness::start(SimConfig::default(), 1, true).await;
+    let h = service(SimConfig::default()).with_dev_agent().start().await;
 
     let ts1 = h.mention(ALICE, "why is the api slow? tok-1");
     h.wait_replies(&ts1, 1).await;
     h.settle().await;
     // The reaction is best effort and off the turn's path: wait for it, not for the turn.
-    wait_reaction(&h.sim, &ts1).await;
+    wait_reaction(h.sim(), &ts1).await;
 
     // Eyes on the triggering message, once.
     let reactions: Vec<_> = h
-        .sim
+        .sim()
         .calls("reactions.add")
         .into_iter()
         .filter(|c| c.status == 200 && c.error.is_none())
@@ -400,7 +283,7 @@ async fn mention_is_answered_in_its_thread_and_follow_up_carries_history() {
     assert_eq!(reactions[0].params["timestamp"], ts1.as_str());
     assert_eq!(reactions[0].params["channel"], OPS);
     let original = h
-        .sim
+        .sim()
         .messages_in(ACME, OPS)
         .into_iter()
         .find(|m| m.ts == ts1)
@@ -411,7 +294,7 @@ async fn mention_is_answered_in_its_thread_and_follow_up_carries_history() {
     );
 
     // Exactly one reply, in the thread of the mention.
-    let posts = h.sim.calls("chat.postMessage");
+    let posts = h.sim().calls("chat.postMessage");
     assert_eq!(posts.len(), 1, "{posts:?}");
     assert_eq!(posts[0].params["thread_ts"], ts1.as_str());
     assert_eq!(posts[0].params["channel"], OPS);
@@ -498,12 +381,12 @@ async fn mention_is_answered_in_its_thread_and_follow_up_carries_history() {
     assert_eq!(ctx["message_ts"], ts2.as_str(), "{ctx}");
     assert_eq!(ctx["sender"]["user_id"], BOB, "{ctx}");
 
-    wait_reaction(&h.sim, &ts2).await;
+    wait_reaction(h.sim(), &ts2).await;
     let replies = h.bot_replies(&ts1);
     assert_eq!(replies.len(), 2, "{replies:?}");
-    assert_eq!(post_calls_in(&h.sim, &ts1).len(), 2);
+    assert_eq!(post_calls_in(h.sim(), &ts1).len(), 2);
     assert_eq!(
-        h.sim
+        h.sim()
             .calls("reactions.add")
             .iter()
             .filter(|c| c.params["timestamp"] == ts2.as_str())
@@ -520,12 +403,12 @@ async fn mention_is_answered_in_its_thread_and_follow_up_carries_history() {
 
 #[actix_rt::test]
 async fn redeliveries_and_twins_are_one_turn() {
-    let h = Harness::start(SimConfig::default(), 1, true).await;
+    let h = service(SimConfig::default()).with_dev_agent().start().await;
 
     let ts = h.mention(ALICE, "dedupe me tok-d");
     // The same envelopes again, twice more each (three deliveries), while the turn runs.
     let envelopes: Vec<(String, String)> = h
-        .sim
+        .sim()
         .deliveries()
         .into_iter()
         .filter(|d| d.ts.as_deref() == Some(ts.as_str()))
@@ -538,14 +421,14 @@ async fn redeliveries_and_twins_are_one_turn() {
         "Slack sends a mention as both events"
     );
     for (envelope, _) in &envelopes {
-        h.sim.redeliver(envelope, 2).expect("redeliver");
+        h.sim().redeliver(envelope, 2).expect("redeliver");
     }
     h.wait_replies(&ts, 1).await;
     h.settle().await;
 
     for (envelope, _) in &envelopes {
         let sends = h
-            .sim
+            .sim()
             .deliveries()
             .into_iter()
             .find(|d| &d.envelope_id == envelope)
@@ -553,7 +436,7 @@ async fn redeliveries_and_twins_are_one_turn() {
             .sends;
         assert_eq!(sends, 3, "delivered three times");
         let acks = h
-            .sim
+            .sim()
             .acks()
             .iter()
             .filter(|a| &a.envelope_id == envelope)
@@ -562,12 +445,12 @@ async fn redeliveries_and_twins_are_one_turn() {
     }
     // And once more after the turn is done.
     for (envelope, _) in &envelopes {
-        h.sim.redeliver(envelope, 1).expect("redeliver");
+        h.sim().redeliver(envelope, 1).expect("redeliver");
     }
     h.settle().await;
     assert_eq!(h.agent().requests().len(), 1, "one turn");
     assert_eq!(h.bot_replies(&ts).len(), 1, "one reply");
-    assert_eq!(h.sim.calls("chat.postMessage").len(), 1);
+    assert_eq!(h.sim().calls("chat.postMessage").len(), 1);
     let mut events = events_for_ts(&h.db, &ts).await;
     events.sort();
     assert_eq!(
@@ -586,7 +469,11 @@ async fn redeliveries_and_twins_are_one_turn() {
 #[actix_rt::test]
 async fn late_acks_redeliver_but_each_turn_is_answered_once() {
     let sim_config = SimConfig::default().with_ack_timeout(Duration::from_millis(1));
-    let h = Harness::start(sim_config, 2, true).await;
+    let h = service(sim_config)
+        .with_connections(2)
+        .with_dev_agent()
+        .start()
+        .await;
     let threads: Vec<(String, usize)> = (1..=6)
         .map(|n| (h.mention(ALICE, &format!("late tok-l{n}")), n))
         .collect();
@@ -595,7 +482,7 @@ async fn late_acks_redeliver_but_each_turn_is_answered_once() {
     }
     h.settle().await;
     let redelivered = h
-        .sim
+        .sim()
         .deliveries()
         .into_iter()
         .filter(|d| d.sends > 1 && d.retry_attempt > 0)
@@ -610,7 +497,7 @@ async fn late_acks_redeliver_but_each_turn_is_answered_once() {
         );
     }
     assert_eq!(h.agent().requests().len(), threads.len());
-    assert_eq!(h.sim.calls("chat.postMessage").len(), threads.len());
+    assert_eq!(h.sim().calls("chat.postMessage").len(), threads.len());
     h.stop().await;
 }
 
@@ -618,20 +505,21 @@ async fn late_acks_redeliver_but_each_turn_is_answered_once() {
 /// its thread; Slack's retry of the same request (`X-Slack-Retry-Num`) records nothing new.
 #[actix_rt::test]
 async fn events_api_mention_is_answered_once() {
-    let h = Harness::start_with(SimConfig::default(), 1, true, |c| {
-        c.slack.socket_mode = false;
-    })
-    .await;
+    let h = service(SimConfig::default())
+        .configure(|c| c.slack.socket_mode = false)
+        .with_dev_agent()
+        .start()
+        .await;
     let ts = "1760000000.000100";
     let event = serde_json::json!({
         "type": "app_mention", "user": ALICE, "text": format!("<@{ACME_BOT}> over http tok-h"),
         "ts": ts, "team": ACME, "channel": OPS, "event_ts": ts
     });
-    let signed = h.sim.signed_event_request(ACME, event).expect("signed");
+    let signed = h.sim().signed_event_request(ACME, event).expect("signed");
     for retry in [None, Some("1"), Some("2")] {
         let mut req = h
-            .http
-            .post(format!("{}/slack/events", h.base))
+            .http()
+            .post(format!("{}/slack/events", h.base_url()))
             .header("content-type", "application/json")
             .header("x-slack-request-timestamp", &signed.timestamp)
             .header("x-slack-signature", &signed.signature)
@@ -646,15 +534,11 @@ async fn events_api_mention_is_answered_once() {
     }
     h.wait_replies(ts, 1).await;
     // Quiet: the one inbox row is finished.
-    let deadline = tokio::time::Instant::now() + GUARD;
-    while inbox_counts(&h.db).await != (1, 0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:?}",
-            inbox_counts(&h.db).await
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    eventually("the one inbox row is finished", async || {
+        let counts = inbox_counts(&h.db).await;
+        if counts == (1, 0) { Ok(()) } else { Err(counts) }
+    })
+    .await;
     let replies = h.bot_replies(ts);
     assert_eq!(replies.len(), 1, "{replies:?}");
     assert_eq!(echoed(&replies[0].text), Some("over http tok-h"));
@@ -666,7 +550,7 @@ async fn events_api_mention_is_answered_once() {
 /// turn is answered once; an unsuccessful answer is reported in the thread.
 #[actix_rt::test]
 async fn agent_unavailable_once_is_retried_and_unsuccessful_is_reported() {
-    let h = Harness::start(SimConfig::default(), 1, true).await;
+    let h = service(SimConfig::default()).with_dev_agent().start().await;
     h.agent().set_fail_mode(FailMode::Status {
         code: tonic::Code::Unavailable,
         times: Some(1),
@@ -701,7 +585,7 @@ async fn agent_unavailable_once_is_retried_and_unsuccessful_is_reported() {
 
 #[actix_rt::test]
 async fn agent_down_turns_are_dead_letters_that_retry_answers() {
-    let mut h = Harness::start(SimConfig::default(), 1, false).await;
+    let mut h = service(SimConfig::default()).start().await;
 
     let ts1 = h.mention(ALICE, "are you there? tok-a1");
     h.wait_replies(&ts1, 1).await;
@@ -718,7 +602,7 @@ async fn agent_down_turns_are_dead_letters_that_retry_answers() {
     assert_eq!(texts, [UNAVAILABLE_REPLY]);
 
     // The turns are dead letters in the admin API; the service stays healthy and ready.
-    let (status, list) = h.get("/admin/events").await;
+    let (status, list) = h.admin_get("/admin/events").await;
     assert_eq!(status, 200, "{list}");
     let events = list["events"].as_array().expect("events").clone();
     assert_eq!(events.len(), 3, "{list}");
@@ -735,12 +619,12 @@ async fn agent_down_turns_are_dead_letters_that_retry_answers() {
         .collect();
     kinds.sort();
     assert_eq!(kinds, ["app_mention", "app_mention", "message"], "{list}");
-    assert_eq!(h.get("/healthz").await.0, 200);
-    let (ready, body) = h.get("/readyz").await;
+    assert_eq!(h.admin_get("/healthz").await.0, 200);
+    let (ready, body) = h.admin_get("/readyz").await;
     assert_eq!(ready, 200, "{body}");
 
     // The agent comes back; the operator retries each dead letter: each turn is answered.
-    h.start_agent();
+    h.start_agent(h.dev_agent_config());
     let mut ids: Vec<i64> = events
         .iter()
         .map(|e| e["id"].as_i64().expect("id"))
@@ -748,8 +632,8 @@ async fn agent_down_turns_are_dead_letters_that_retry_answers() {
     ids.sort();
     for id in &ids {
         let r = h
-            .http
-            .post(format!("{}/admin/events/{id}/retry", h.base))
+            .http()
+            .post(format!("{}/admin/events/{id}/retry", h.base_url()))
             .bearer_auth(ADMIN)
             .send()
             .await
@@ -759,7 +643,7 @@ async fn agent_down_turns_are_dead_letters_that_retry_answers() {
     h.wait_replies(&ts1, 4).await;
     h.wait_replies(&ts3, 2).await;
     h.settle().await;
-    let (_, list) = h.get("/admin/events").await;
+    let (_, list) = h.admin_get("/admin/events").await;
     assert_eq!(list["events"].as_array().map(Vec::len), Some(0), "{list}");
     let answered: Vec<String> = h
         .bot_replies(&ts1)
@@ -828,7 +712,7 @@ async fn agent_down_turns_are_dead_letters_that_retry_answers() {
         assert!(status.success, "{}", status.error);
     }
     let posted = h
-        .sim
+        .sim()
         .calls("chat.postMessage")
         .into_iter()
         .filter(|c| c.params["text"] == "one more thing tok-sr")
@@ -843,13 +727,13 @@ async fn agent_down_turns_are_dead_letters_that_retry_answers() {
 
 #[actix_rt::test]
 async fn rate_limited_reply_is_delivered_after_retry_after() {
-    let h = Harness::start(SimConfig::default(), 1, true).await;
-    h.sim.inject_rate_limit("chat.postMessage", 1, 1);
+    let h = service(SimConfig::default()).with_dev_agent().start().await;
+    h.sim().inject_rate_limit("chat.postMessage", 1, 1);
     let ts = h.mention(ALICE, "rate limit me tok-r");
     h.wait_replies(&ts, 1).await;
     h.settle().await;
     let statuses: Vec<u16> = h
-        .sim
+        .sim()
         .calls("chat.postMessage")
         .iter()
         .map(|c| c.status)
@@ -868,7 +752,7 @@ async fn rate_limited_reply_is_delivered_after_retry_after() {
 #[actix_rt::test]
 async fn disconnects_lose_no_turn_and_link_disabled_is_fatal() {
     let sim_config = SimConfig::default().with_ack_timeout(Duration::from_secs(1));
-    let h = Harness::start(sim_config, 1, true).await;
+    let h = service(sim_config).with_dev_agent().start().await;
 
     let mut threads = Vec::new();
     let mut n = 0;
@@ -878,9 +762,9 @@ async fn disconnects_lose_no_turn_and_link_disabled_is_fatal() {
         "too_many_websockets",
         "drop",
     ] {
-        let before = h.sim.connections().len();
+        let before = h.sim().connections().len();
         let open = h
-            .sim
+            .sim()
             .connections()
             .into_iter()
             .rev()
@@ -892,16 +776,16 @@ async fn disconnects_lose_no_turn_and_link_disabled_is_fatal() {
             threads.push((h.mention(ALICE, &format!("turn tok-{n}")), n));
         }
         if reason == "drop" {
-            h.sim.drop_connection(open).expect("drop");
+            h.sim().drop_connection(open).expect("drop");
         } else {
-            h.sim.disconnect(open, reason).expect("disconnect");
+            h.sim().disconnect(open, reason).expect("disconnect");
         }
         for _ in 0..2 {
             n += 1;
             threads.push((h.mention(BOB, &format!("turn tok-{n}")), n));
         }
         // Reconnection observed: a new connection is open.
-        h.sim
+        h.sim()
             .wait_for(
                 |s| {
                     s.connections().len() > before
@@ -932,7 +816,7 @@ async fn disconnects_lose_no_turn_and_link_disabled_is_fatal() {
         "one request per turn"
     );
     let ends: Vec<String> = h
-        .sim
+        .sim()
         .connections()
         .into_iter()
         .filter_map(|c| c.end_reason)
@@ -946,31 +830,25 @@ async fn disconnects_lose_no_turn_and_link_disabled_is_fatal() {
     assert!(ends.iter().any(|e| e == "dropped"), "{ends:?}");
 
     // Socket Mode turned off: fatal, visible in /actors and /readyz.
-    h.sim.set_link_disabled(true);
-    let mut group = Value::Null;
-    for _ in 0..600 {
-        group = h.get("/actors/slack_connection").await.1;
-        if group["actors"]
+    h.sim().set_link_disabled(true);
+    let failed = eventually("a failed connection in /actors", async || {
+        let group = h.admin_get("/actors/slack_connection").await.1;
+        group["actors"]
             .as_array()
-            .is_some_and(|a| a.iter().any(|c| c["state"] == "failed"))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let failed = group["actors"]
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["state"] == "failed"))
-        .unwrap_or_else(|| panic!("no failed connection: {group}"));
+            .and_then(|a| a.iter().find(|c| c["state"] == "failed"))
+            .cloned()
+            .ok_or(group)
+    })
+    .await;
     assert!(
         failed["last_error"]
             .as_str()
             .is_some_and(|e| e.contains("link_disabled")),
         "{failed}"
     );
-    let (ready, body) = h.get("/readyz").await;
+    let (ready, body) = h.admin_get("/readyz").await;
     assert_eq!(ready, 503, "{body}");
-    assert_eq!(h.get("/healthz").await.0, 200);
+    assert_eq!(h.admin_get("/healthz").await.0, 200);
     h.stop().await;
 }
 
@@ -1030,67 +908,59 @@ const TURNS: usize = 10;
 /// throttled, so they are not asserted here (test 1 checks them).
 #[actix_rt::test]
 async fn many_threads_across_workspaces_keep_order() {
-    let db = TestDb::new().await;
-    let sim = SlackSim::start(scale_sim_config()).expect("simulator");
-    let agent_addr = reserve_port();
-    let config = base_config(&db, &sim, agent_addr, 2);
-    let sim_config = sim.config();
-
-    // The composition root's pieces, with a token per workspace.
-    let database = server::open_database(&config).await.expect("db");
-    let core = Core::start(&config, &database).expect("core");
-    let pool = database.pool().clone();
-    let mut tokens = StaticTokens::new();
-    for team in &sim_config.teams {
-        tokens = tokens.with(
-            TeamId::parse(team.id.clone()).expect("team id"),
-            team.bot_token.clone(),
-        );
-    }
-    let web = SlackModule::build_web(&config.slack, Some(pool.clone()), Some(Arc::new(tokens)))
-        .expect("web");
-    let store = Arc::new(PgConversationStore::new(pool.clone()));
-    let agent = GrpcAgent::new(
-        GrpcAgentOptions::from_config(&config.agent),
-        core.cluster.health(),
-        core.cluster.metrics(),
-    )
-    .expect("agent client");
-    core.cluster
-        .register_stream(StreamSpec {
-            name: "conversations".to_owned(),
-            kind: ActorKind::ConversationThread,
-            source: EventSource::Slack,
-            handler: Arc::new(ConversationHandler::new(
-                store.clone(),
-                web.clone(),
-                Arc::new(agent),
-                config.agent.reply_mode,
-            )),
+    // The composition root's pieces, with a token per workspace (no single-workspace token).
+    let app = service(scale_sim_config())
+        .with_connections(2)
+        .configure(|c| c.slack.bot_token = None)
+        .with_modules(|config, database, core| {
+            let pool = database.pool().clone();
+            let mut tokens = StaticTokens::new();
+            for team in &scale_sim_config().teams {
+                tokens = tokens.with(
+                    TeamId::parse(team.id.clone()).expect("team id"),
+                    team.bot_token.clone(),
+                );
+            }
+            let web =
+                SlackModule::build_web(&config.slack, Some(pool.clone()), Some(Arc::new(tokens)))
+                    .expect("web");
+            let store = Arc::new(PgConversationStore::new(pool));
+            let agent = GrpcAgent::new(
+                GrpcAgentOptions::from_config(&config.agent),
+                core.cluster.health(),
+                core.cluster.metrics(),
+            )
+            .expect("agent client");
+            core.cluster
+                .register_stream(StreamSpec {
+                    name: "conversations".to_owned(),
+                    kind: ActorKind::ConversationThread,
+                    source: EventSource::Slack,
+                    handler: Arc::new(ConversationHandler::new(
+                        store.clone(),
+                        web.clone(),
+                        Arc::new(agent),
+                        config.agent.reply_mode,
+                    )),
+                })
+                .expect("stream");
+            let replies = Arc::new(ReplyService::new(store, web.clone()));
+            let modules: Vec<Box<dyn Module>> = vec![
+                Box::new(CoreModule::new(core.clone())),
+                Box::new(SlackModule::new(
+                    config.slack.clone(),
+                    core.cluster.clone(),
+                    web,
+                )),
+                Box::new(ReplyModule::new(replies, ReplyAuth::new(None))),
+            ];
+            Ok(modules)
         })
-        .expect("stream");
-    let replies = Arc::new(ReplyService::new(store, web.clone()));
-    let modules: Vec<Box<dyn Module>> = vec![
-        Box::new(CoreModule::new(core.clone())),
-        Box::new(SlackModule::new(
-            config.slack.clone(),
-            core.cluster.clone(),
-            web,
-        )),
-        Box::new(ReplyModule::new(replies, ReplyAuth::new(None))),
-    ];
-    let running = server::start_prepared(config, modules, database)
-        .await
-        .expect("service starts");
-    let agent = DevAgent::start(DevAgentConfig {
-        bind: agent_addr,
-        reply_endpoint: Some(format!("http://{}", running.grpc_addr)),
-        ..DevAgentConfig::default()
-    })
-    .expect("dev agent");
-    sim.wait_for(|s| s.open_connections().len() >= 2, GUARD)
-        .await
-        .expect("two connections");
+        .with_dev_agent()
+        .start()
+        .await;
+    let (sim, db, agent) = (app.sim(), &app.db, app.agent());
+    let sim_config = sim.config();
 
     let started = std::time::Instant::now();
     // Thread i: workspace i % 3, channel and user spread within it.
@@ -1151,13 +1021,13 @@ async fn many_threads_across_workspaces_keep_order() {
             sim.calls("chat.postMessage").len()
         )
     });
-    settle(&sim, &db, total_guard).await;
+    settle(sim, db).await;
     let elapsed = started.elapsed();
 
     let mut per_thread: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     for (i, root) in roots.iter().enumerate() {
         let (team, channel, _, _) = place(i);
-        let replies = bot_replies(&sim, &team, &channel, root);
+        let replies = bot_replies(sim, &team, &channel, root);
         per_thread.insert(
             i,
             replies
@@ -1187,8 +1057,7 @@ async fn many_threads_across_workspaces_keep_order() {
     );
     eprintln!("scale: {expected} turns in {:.1}s", elapsed.as_secs_f64());
 
-    running.stop().await.expect("clean stop");
-    agent.stop();
+    app.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1202,45 +1071,25 @@ const THINK: Duration = Duration::from_millis(2000);
 /// the same database: the unfinished turn is resumed and answered exactly once.
 #[actix_rt::test]
 async fn a_turn_interrupted_by_a_restart_is_answered_once() {
-    let db = TestDb::new().await;
-    let sim = SlackSim::start(SimConfig::default()).expect("simulator");
-    let agent_addr = reserve_port();
+    // A fixed gRPC port: the agent's SendReply endpoint outlives the restart.
     let grpc = reserve_port();
-    let mut config = base_config(&db, &sim, agent_addr, 1);
-    config.slack.bot_token = Some(sim.team(ACME).expect("acme").bot_token);
-    config.grpc_port = grpc.port();
-    config.actors.shutdown_timeout_ms = 100;
-    let (running, _core) = infragpt::app::start(config.clone())
-        .await
-        .expect("service starts");
-    let agent = DevAgent::start(DevAgentConfig {
-        bind: agent_addr,
-        reply_endpoint: Some(format!("http://{grpc}")),
+    let mut app = service(SimConfig::default())
+        .configure(move |c| {
+            c.grpc_port = grpc.port();
+            c.actors.shutdown_timeout_ms = 100;
+        })
+        .start()
+        .await;
+    app.start_agent(DevAgentConfig {
         think_time: THINK,
-        ..DevAgentConfig::default()
-    })
-    .expect("dev agent");
-    sim.wait_for(|s| !s.open_connections().is_empty(), GUARD)
-        .await
-        .expect("connected");
-    let ts = sim
-        .post_user_message(
-            ACME,
-            OPS,
-            ALICE,
-            &format!("<@{ACME_BOT}> restart tok-x"),
-            None,
-        )
-        .expect("post");
-    let deadline = tokio::time::Instant::now() + GUARD;
-    while agent.requests().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "agent never asked");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        ..app.dev_agent_config()
+    });
+    let ts = app.mention(ALICE, "restart tok-x");
+    eventually("the agent is asked", async || !app.agent().requests().is_empty()).await;
     // When the first (interrupted) call will have called SendReply, if it ever does.
     let first_call_done = tokio::time::Instant::now() + THINK + Duration::from_millis(500);
-    running.stop().await.expect("stop");
-    let mut unfinished = events_for_ts(&db, &ts).await;
+    app.stop_service().await;
+    let mut unfinished = events_for_ts(&app.db, &ts).await;
     unfinished.sort();
     assert_eq!(
         unfinished,
@@ -1251,22 +1100,16 @@ async fn a_turn_interrupted_by_a_restart_is_answered_once() {
         "the turn was cut off by the stop"
     );
 
-    let (running, _core) = infragpt::app::start(config)
-        .await
-        .expect("service starts again");
-    let deadline = tokio::time::Instant::now() + GUARD;
-    while bot_replies(&sim, ACME, OPS, &ts).is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "never answered");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    settle(&sim, &db, GUARD).await;
+    app.start_service().await;
+    eventually("the turn is answered", async || !app.bot_replies(&ts).is_empty()).await;
+    app.settle().await;
     // Not a timing assertion: only gives a duplicate from the first call the chance to show.
     tokio::time::sleep_until(first_call_done).await;
-    let replies = bot_replies(&sim, ACME, OPS, &ts);
+    let replies = app.bot_replies(&ts);
     assert_eq!(replies.len(), 1, "{replies:?}");
     assert_eq!(echoed(&replies[0].text), Some("restart tok-x"));
-    assert_eq!(post_calls_in(&sim, &ts).len(), 1);
-    let mut events = events_for_ts(&db, &ts).await;
+    assert_eq!(post_calls_in(app.sim(), &ts).len(), 1);
+    let mut events = events_for_ts(&app.db, &ts).await;
     events.sort();
     assert_eq!(
         events,
@@ -1276,11 +1119,10 @@ async fn a_turn_interrupted_by_a_restart_is_answered_once() {
         ]
     );
     assert!(
-        (1..=2).contains(&agent.requests().len()),
+        (1..=2).contains(&app.agent().requests().len()),
         "the resumed turn asks again at most once"
     );
-    running.stop().await.expect("stop");
-    agent.stop();
+    app.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1291,14 +1133,14 @@ async fn a_turn_interrupted_by_a_restart_is_answered_once() {
 /// out of the history the agent gets on the next turn.
 #[actix_rt::test]
 async fn edits_and_deletes_shape_the_history() {
-    let h = Harness::start(SimConfig::default(), 1, true).await;
+    let h = service(SimConfig::default()).with_dev_agent().start().await;
     let ts1 = h.mention(ALICE, "first version tok-e1");
     h.wait_replies(&ts1, 1).await;
     let ts2 = h.reply_in(&ts1, ALICE, "a typo tok-e2");
     h.wait_replies(&ts1, 2).await;
     h.settle().await;
 
-    h.sim
+    h.sim()
         .edit_message(
             ACME,
             OPS,
@@ -1306,7 +1148,7 @@ async fn edits_and_deletes_shape_the_history() {
             &format!("<@{ACME_BOT}> second version tok-e1"),
         )
         .expect("edit");
-    h.sim.delete_message(ACME, OPS, &ts2).expect("delete");
+    h.sim().delete_message(ACME, OPS, &ts2).expect("delete");
     h.settle().await;
 
     h.reply_in(&ts1, BOB, "what now tok-e3");
@@ -1340,26 +1182,22 @@ async fn edits_and_deletes_shape_the_history() {
 /// else's thread joins that thread's conversation.
 #[actix_rt::test]
 async fn response_mode_posts_the_response_text() {
-    let mut h = Harness::start_with(SimConfig::default(), 1, false, |c| {
-        c.agent.reply_mode = infragpt_actors::conversation::ReplyMode::Response;
-    })
-    .await;
-    h.agent = Some(
-        DevAgent::start(DevAgentConfig {
-            bind: h.agent_addr,
-            reply_endpoint: None,
-            call_send_reply: false,
-            ..DevAgentConfig::default()
-        })
-        .expect("dev agent"),
-    );
+    let mut h = service(SimConfig::default())
+        .configure(|c| c.agent.reply_mode = infragpt_actors::conversation::ReplyMode::Response)
+        .start()
+        .await;
+    h.start_agent(DevAgentConfig {
+        reply_endpoint: None,
+        call_send_reply: false,
+        ..h.dev_agent_config()
+    });
     // Someone's thread, no bot in it yet; then the bot is mentioned in a reply there.
     let root = h
-        .sim
+        .sim()
         .post_user_message(ACME, OPS, BOB, "deploys are failing", None)
         .expect("post");
     let ts = h
-        .sim
+        .sim()
         .post_user_message(
             ACME,
             OPS,

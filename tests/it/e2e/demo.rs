@@ -9,8 +9,7 @@ use diesel_async::RunQueryDsl;
 use infragpt::db::schema::{conversations, messages};
 use infragpt::db::testing::TestDb;
 
-/// A test-only vault key (32 bytes, base64).
-const VAULT_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+use crate::support::app::VAULT_KEY;
 
 #[tokio::test]
 async fn scripted_demo_answers_every_turn_in_its_thread() {

@@ -3,18 +3,16 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use infragpt::config;
-use infragpt::db::testing::TestDb;
+use infragpt::config::Config;
+use infragpt::db::Pool;
 use infragpt_actors::inbox::{EventSource, InboundEvent, NewInboundEvent, RoutingKey};
 use infragpt_actors::{ActorKind, EventHandler, HandleOutcome, HandlerError, StreamSpec};
 use serde_json::{Value, json};
 
-const ADMIN: &str = "test-admin-token-0123456789";
-/// A test-only vault key (32 bytes, base64).
-const VAULT_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+use crate::support::app::{ADMIN, TestApp};
+use crate::support::wait::eventually;
 
 /// Fails permanently on payloads with `"fail": true`, handles the rest.
 #[derive(Default)]
@@ -36,30 +34,11 @@ impl EventHandler for Picky {
     }
 }
 
-fn test_config(db: &TestDb) -> config::Config {
-    let yaml = format!(
-        "port: 0\ngrpc_port: 0\nlog_level: warn\nhttp_log: false\nadmin:\n  token: {ADMIN}\nactors:\n  retry_budget: 2\n  backoff_base_ms: 1\n  backoff_max_ms: 5\nvault:\n  active_key: k1\n  keys:\n    k1: \"{VAULT_KEY}\"\ndatabase:\n  url: \"{}\"\n",
-        db.url.expose()
-    );
-    config::load_str(&yaml, "ops-test.yaml").expect("config")
-}
-
-/// The service with only the actor core's module (ops routes, overload check): the three
-/// real event sources belong to the Slack, GitHub and identity modules, and these tests plug
-/// their own handler into one of them.
-async fn start_core(
-    config: config::Config,
-) -> (infragpt::server::RunningServer, infragpt::app::Core) {
-    let db = infragpt::server::open_database(&config)
-        .await
-        .expect("database");
-    let core = infragpt::app::Core::start(&config, &db).expect("core");
-    let modules: Vec<Box<dyn infragpt::server::Module>> =
-        vec![Box::new(infragpt::app::CoreModule::new(core.clone()))];
-    let running = infragpt::server::start_prepared(config, modules, db)
-        .await
-        .expect("service starts");
-    (running, core)
+/// Retries at once, within a budget of two.
+fn quick_retries(c: &mut Config) {
+    c.actors.retry_budget = 2;
+    c.actors.backoff_base_ms = 1;
+    c.actors.backoff_max_ms = 5;
 }
 
 fn event(id: &str, fail: bool) -> NewInboundEvent {
@@ -70,16 +49,6 @@ fn event(id: &str, fail: bool) -> NewInboundEvent {
         kind: "test.event".to_owned(),
         payload: json!({ "fail": fail }),
     }
-}
-
-async fn wait_until<F: Fn() -> bool>(what: &str, f: F) {
-    for _ in 0..500 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn counter(samples: &[prometheus_parse::Sample], name: &str, kind: &str) -> f64 {
@@ -108,8 +77,14 @@ async fn scrape(client: &reqwest::Client, base: &str) -> prometheus_parse::Scrap
 
 #[actix_rt::test]
 async fn actors_metrics_and_dead_letters() {
-    let db = TestDb::new().await;
-    let (running, core) = start_core(test_config(&db)).await;
+    // Only the actor core's module: the three real event sources belong to the Slack, GitHub
+    // and identity modules, and this test plugs its own handler into one of them.
+    let app = TestApp::builder()
+        .core_only()
+        .configure(quick_retries)
+        .start()
+        .await;
+    let core = app.core();
     let handler = Arc::new(Picky::default());
     core.cluster
         .register_stream(StreamSpec {
@@ -119,8 +94,8 @@ async fn actors_metrics_and_dead_letters() {
             handler: handler.clone(),
         })
         .expect("stream");
-    let base = format!("http://{}", running.http_addr);
-    let client = reqwest::Client::new();
+    let base = app.base_url();
+    let client = app.http().clone();
 
     let before = scrape(&client, &base).await;
     assert_eq!(
@@ -142,7 +117,7 @@ async fn actors_metrics_and_dead_letters() {
         .ingest(event("poison", true))
         .await
         .expect("ingest");
-    wait_until("five handled", || {
+    eventually("five handled", async || {
         handler.handled.load(Ordering::SeqCst) == 5
     })
     .await;
@@ -194,22 +169,15 @@ async fn actors_metrics_and_dead_letters() {
         .expect("wrong");
     assert_eq!(wrong.status(), 401);
 
-    let mut dead = Value::Null;
-    for _ in 0..250 {
-        dead = client
-            .get(format!("{base}/admin/events"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .expect("list")
-            .json()
-            .await
-            .expect("json");
+    let dead = eventually("a dead letter is listed", async || {
+        let (_, dead) = app.admin_get("/admin/events").await;
         if dead["events"].as_array().is_some_and(|e| !e.is_empty()) {
-            break;
+            Ok(dead)
+        } else {
+            Err(dead)
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     let events = dead["events"].as_array().expect("events");
     assert_eq!(events.len(), 1, "{dead}");
     assert_eq!(events[0]["source_id"], "poison");
@@ -247,24 +215,15 @@ async fn actors_metrics_and_dead_letters() {
         .await
         .expect("retry");
     assert_eq!(retried.status(), 202);
-    let mut attempts = 0;
-    for _ in 0..250 {
-        let ev: Value = client
-            .get(format!("{base}/admin/events/{id}"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+    eventually("the requeued event ran again and failed again", async || {
+        let (_, ev) = app.admin_get(&format!("/admin/events/{id}")).await;
         if ev["status"] == "failed" && ev["attempts"].as_i64() == Some(1) {
-            attempts = 1;
-            break;
+            Ok(())
+        } else {
+            Err(ev)
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(attempts, 1, "the requeued event ran again and failed again");
+    })
+    .await;
     let discarded = client
         .delete(format!("{base}/admin/events/{id}"))
         .bearer_auth(ADMIN)
@@ -289,7 +248,7 @@ async fn actors_metrics_and_dead_letters() {
 
     // Both admin actions are audited.
     assert_eq!(
-        audit_actions(&db).await,
+        audit_actions(app.pool()).await,
         ["event.requeued", "event.discarded"]
     );
 
@@ -302,29 +261,15 @@ async fn actors_metrics_and_dead_letters() {
         })
         .await
         .expect("ingest");
-    let mut panicked = Value::Null;
-    for _ in 0..500 {
-        panicked = client
-            .get(format!("{base}/admin/events"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .expect("list")
-            .json()
-            .await
-            .expect("json");
-        if panicked["events"]
+    let dead = eventually("a dead letter for the panicking event", async || {
+        let (_, listed) = app.admin_get("/admin/events").await;
+        listed["events"]
             .as_array()
-            .is_some_and(|e| e.iter().any(|e| e["source_id"] == "panics"))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let dead = panicked["events"]
-        .as_array()
-        .and_then(|e| e.iter().find(|e| e["source_id"] == "panics"))
-        .unwrap_or_else(|| panic!("no dead letter for the panicking event: {panicked}"));
+            .and_then(|e| e.iter().find(|e| e["source_id"] == "panics"))
+            .cloned()
+            .ok_or(listed)
+    })
+    .await;
     assert_eq!(dead["attempts"], 3, "1 try + retry_budget 2: {dead}");
     assert!(
         dead["last_error"]
@@ -346,19 +291,19 @@ async fn actors_metrics_and_dead_letters() {
         .ingest(event("after-panic", false))
         .await
         .expect("ingest");
-    wait_until("the worker handles the next event", || {
+    eventually("the worker handles the next event", async || {
         handler.handled.load(Ordering::SeqCst) == 6
     })
     .await;
 
-    running.stop().await.expect("clean stop");
+    app.stop().await;
 }
 
-async fn audit_actions(db: &TestDb) -> Vec<String> {
+async fn audit_actions(pool: &Pool) -> Vec<String> {
     use diesel::prelude::*;
     use diesel_async::RunQueryDsl;
     use infragpt::db::schema::audit_log;
-    let mut conn = db.pool().get().await.expect("conn");
+    let mut conn = pool.get().await.expect("conn");
     audit_log::table
         .select(audit_log::action)
         .order(audit_log::id)
@@ -370,13 +315,16 @@ async fn audit_actions(db: &TestDb) -> Vec<String> {
 #[actix_rt::test]
 async fn readiness_reports_overload_and_recovers() {
     use infragpt_actors::testing::RecordingHandler;
-    let db = TestDb::new().await;
-    let yaml = format!(
-        "port: 0\ngrpc_port: 0\nlog_level: warn\nhttp_log: false\nactors:\n  high_water_mark: 2\n  mailbox_capacity: 4\n  drain_interval_ms: 20\nvault:\n  active_key: k1\n  keys:\n    k1: \"{VAULT_KEY}\"\ndatabase:\n  url: \"{}\"\n",
-        db.url.expose()
-    );
-    let config = config::load_str(&yaml, "overload-test.yaml").expect("config");
-    let (running, core) = start_core(config).await;
+    let app = TestApp::builder()
+        .core_only()
+        .configure(|c| {
+            c.actors.high_water_mark = 2;
+            c.actors.mailbox_capacity = 4;
+            c.actors.drain_interval_ms = 20;
+        })
+        .start()
+        .await;
+    let core = app.core();
     let handler = RecordingHandler::new();
     let gate = handler.gate_all();
     core.cluster
@@ -387,8 +335,8 @@ async fn readiness_reports_overload_and_recovers() {
             handler: handler.clone(),
         })
         .expect("stream");
-    let base = format!("http://{}", running.http_addr);
-    let client = reqwest::Client::new();
+    let base = app.base_url();
+    let client = app.http().clone();
     for i in 0..10 {
         core.cluster
             .ingest(NewInboundEvent {
@@ -412,35 +360,28 @@ async fn readiness_reports_overload_and_recovers() {
         "{body}"
     );
     gate.add_permits(100);
-    wait_until("all handled", || handler.handled_count() == 10).await;
-    let mut status = 0;
-    for _ in 0..250 {
-        status = client
+    eventually("all handled", async || handler.handled_count() == 10).await;
+    eventually("ready again once the backlog drained", async || {
+        let status = client
             .get(format!("{base}/readyz"))
             .send()
             .await
             .expect("readyz")
             .status()
             .as_u16();
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, 200, "ready again once the backlog drained");
-    running.stop().await.expect("clean stop");
+        if status == 200 { Ok(()) } else { Err(status) }
+    })
+    .await;
+    app.stop().await;
 }
 
 /// The fully assembled service: every module starts, the tree shows them, and the REST API
 /// fails closed when Clerk JWT verification is not configured.
 #[actix_rt::test]
 async fn assembled_service_starts_and_rest_api_fails_closed() {
-    let db = TestDb::new().await;
-    let (running, _core) = infragpt::app::start(test_config(&db))
-        .await
-        .expect("service starts");
-    let base = format!("http://{}", running.http_addr);
-    let client = reqwest::Client::new();
+    let app = TestApp::builder().configure(quick_retries).start().await;
+    let base = app.base_url();
+    let client = app.http().clone();
     for path in ["/identity/me", "/integrations"] {
         let resp = client
             .get(format!("{base}{path}"))
@@ -467,5 +408,5 @@ async fn assembled_service_starts_and_rest_api_fails_closed() {
         text.contains("agent_client"),
         "agent client missing: {tree}"
     );
-    running.stop().await.expect("clean stop");
+    app.stop().await;
 }

@@ -1,8 +1,7 @@
 //! GitHub webhooks: signature verification, and normalization of every payload in
-//! `shared/fixtures/github-webhooks/` (event name = directory name).
+//! `tests/data/github-webhooks/` (event name = directory name).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use infragpt::github::normalize::{
     InstallationChange, NormalizeError, Normalized, NormalizedEvent, RepoRef, SUPPORTED_EVENTS,
@@ -12,17 +11,10 @@ use infragpt::github::signature::{GithubSignatureError, GithubSignatureVerifier,
 use infragpt_actors::Secret;
 use serde_json::{Value, json};
 
-#[path = "support/fixtures.rs"]
-mod fixtures;
-use fixtures::fixtures_dir;
-
-fn webhooks_dir() -> PathBuf {
-    fixtures_dir().join("github-webhooks")
-}
+use crate::support::fixtures;
 
 fn raw(event: &str, file: &str) -> Vec<u8> {
-    let path = webhooks_dir().join(event).join(file);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    fixtures::read(&format!("github-webhooks/{event}/{file}"))
 }
 
 fn payload(event: &str, file: &str) -> Value {
@@ -34,40 +26,6 @@ fn event(event_name: &str, file: &str) -> NormalizedEvent {
         Ok(Normalized::Event(e)) => *e,
         other => panic!("{event_name}/{file}: {other:?}"),
     }
-}
-
-/// Every fixture file as (event name, file name, raw bytes).
-fn all_fixtures() -> Vec<(String, String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut dirs: Vec<_> = std::fs::read_dir(webhooks_dir())
-        .expect("github-webhooks dir")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    for dir in dirs {
-        let event = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("utf-8 name")
-            .to_owned();
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .expect("event dir")
-            .map(|e| e.expect("dir entry").path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        files.sort();
-        for file in files {
-            let name = file
-                .file_name()
-                .and_then(|n| n.to_str())
-                .expect("utf-8")
-                .to_owned();
-            let bytes = std::fs::read(&file).expect("read fixture");
-            out.push((event.clone(), name, bytes));
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------- signatures
@@ -132,7 +90,7 @@ fn verifier_cannot_be_built_without_a_secret() {
 fn every_fixture_verifies_with_its_signature() {
     let secret = Secret::new("fixture-secret");
     let verifier = GithubSignatureVerifier::new(&secret).expect("configured");
-    for (event, file, bytes) in all_fixtures() {
+    for (event, file, bytes) in fixtures::github_webhooks() {
         let header = sign(&secret, &bytes);
         assert_eq!(
             verifier.verify(Some(&header), &bytes),
@@ -146,7 +104,7 @@ fn every_fixture_verifies_with_its_signature() {
 
 #[test]
 fn every_fixture_normalizes() {
-    let fixtures = all_fixtures();
+    let fixtures = fixtures::github_webhooks();
     assert_eq!(fixtures.len(), 147, "fixture count changed");
     let mut events_seen = std::collections::BTreeSet::new();
     for (event, file, bytes) in &fixtures {

@@ -3,24 +3,23 @@
 //! nothing; bad signatures, missing secret and non-JSON bodies are refused with the JSON error
 //! shape and nothing stored.
 
-mod integrations_common;
-
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::{App, test};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use infragpt::config::Config;
 use infragpt::db::schema::{github_events, inbound_events};
-use infragpt::db::testing::TestDb;
 use infragpt::github::normalize::{Normalized, normalize};
 use infragpt::github::signature::sign;
 use infragpt::github::webhook::{self, GithubWebhook, NO_INSTALLATION_KEY};
 use infragpt::integrations::IntegrationParts;
 use infragpt_actors::Secret;
-use integrations_common::*;
 use serde_json::Value;
+
+use crate::support::app::TestApp;
+use crate::support::fixtures;
+use crate::support::integrations::*;
 
 const SECRET: &str = "test-webhook-secret-for-fixtures";
 
@@ -66,9 +65,9 @@ fn request(
 #[actix_rt::test]
 async fn every_fixture_is_recorded_once_and_normalized_or_ignored() {
     let logs = infragpt::telemetry::capture();
-    let db = TestDb::new().await;
-    let pool = db.pool().clone();
-    let cluster = start_cluster(&pool);
+    let test_app = TestApp::builder().build().await;
+    let pool = test_app.pool().clone();
+    let cluster = test_app.cluster().clone();
     let parts = IntegrationParts::build(
         pool.clone(),
         &config(),
@@ -83,7 +82,7 @@ async fn every_fixture_is_recorded_once_and_normalized_or_ignored() {
         .unwrap();
     let app = test::init_service(App::new().configure(|c| parts.configure(c))).await;
 
-    let fixtures = github_fixtures();
+    let fixtures = fixtures::github_webhooks();
     assert_eq!(fixtures.len(), 147, "fixture count changed");
     let secret = Secret::new(SECRET);
     let mut expected_events = 0i64;
@@ -112,7 +111,7 @@ async fn every_fixture_is_recorded_once_and_normalized_or_ignored() {
             assert_eq!(answer["status"], expected, "{event}/{file}");
         }
     }
-    wait_inbox_idle(&pool, Duration::from_secs(60)).await;
+    test_app.wait_idle().await;
 
     let (inbox, events) = counts(&pool).await;
     assert_eq!(inbox, 147);
@@ -182,9 +181,9 @@ async fn error_code(resp: actix_web::dev::ServiceResponse) -> (u16, String) {
 
 #[actix_rt::test]
 async fn bad_deliveries_are_refused_and_nothing_is_stored() {
-    let db = TestDb::new().await;
-    let pool = db.pool().clone();
-    let cluster = start_cluster(&pool);
+    let test_app = TestApp::builder().build().await;
+    let pool = test_app.pool().clone();
+    let cluster = test_app.cluster().clone();
     let parts = IntegrationParts::build(
         pool.clone(),
         &config(),
@@ -274,7 +273,7 @@ async fn bad_deliveries_are_refused_and_nothing_is_stored() {
     // And a good one is accepted.
     let resp = test::call_service(&app, request("ping", "d8", body, Some(good)).to_request()).await;
     assert_eq!(resp.status().as_u16(), 202);
-    wait_inbox_idle(&pool, Duration::from_secs(30)).await;
+    test_app.wait_idle().await;
     assert_eq!(counts(&pool).await, (1, 1));
     cluster.shutdown().await;
 }

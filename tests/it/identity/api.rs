@@ -1,17 +1,19 @@
 //! The `/identity` API and the JWT extractors against real PostgreSQL and a local JWKS
 //! server; tokens are signed in the tests with the test RSA keys in `tests/data/`.
 
-mod common;
-
 use actix_web::test;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::*;
 use infragpt::identity::clerk_events::ClerkUser;
 use infragpt::identity::store::{MembershipUpsert, OrganizationUpsert};
 use infragpt::identity::{ClerkMembershipId, ClerkOrgId, ClerkUserId};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
+
+use super::identity_app;
+use crate::support::app::TestApp;
+use crate::support::body_json;
+use crate::support::identity::*;
 
 const ALICE: &str = "user_alice";
 const BOB: &str = "user_bob";
@@ -19,9 +21,9 @@ const ORG_A: &str = "org_a";
 const ORG_B: &str = "org_b";
 
 /// Alice is an admin of A, Bob a member of B.
-async fn seed(h: &Harness) {
+async fn seed(h: &TestApp) {
     for (id, email) in [(ALICE, "alice@a.test"), (BOB, "bob@b.test")] {
-        h.store
+        h.identity_store()
             .upsert_user(
                 &ClerkUser {
                     clerk_id: ClerkUserId::new(id),
@@ -37,7 +39,7 @@ async fn seed(h: &Harness) {
             .expect("user");
     }
     for (id, name) in [(ORG_A, "Org A"), (ORG_B, "Org B")] {
-        h.store
+        h.identity_store()
             .upsert_organization(
                 &OrganizationUpsert {
                     clerk_id: ClerkOrgId::new(id),
@@ -55,7 +57,7 @@ async fn seed(h: &Harness) {
         ("orgmem_a", ORG_A, ALICE, "org:admin"),
         ("orgmem_b", ORG_B, BOB, "org:member"),
     ] {
-        h.store
+        h.identity_store()
             .upsert_membership(
                 &MembershipUpsert {
                     clerk_membership_id: ClerkMembershipId::new(mem),
@@ -70,16 +72,11 @@ async fn seed(h: &Harness) {
     }
 }
 
-struct Env {
-    h: Harness,
-    jwks: JwksServer,
-}
-
-async fn env() -> Env {
-    let h = Harness::start().await;
+/// The identity app, seeded, with its JWKS server serving [`KEY_A`] as [`KID_A`].
+async fn env() -> TestApp {
+    let h = identity_app().await;
     seed(&h).await;
-    let jwks = JwksServer::start(jwks(&[(KEY_A, "a")])).await;
-    Env { h, jwks }
+    h
 }
 
 fn bearer(token: &str) -> (&'static str, String) {
@@ -89,7 +86,7 @@ fn bearer(token: &str) -> (&'static str, String) {
 macro_rules! app {
     ($env:expr) => {
         test::init_service(infragpt::http::app(
-            $env.h.shell(Some(jwt_verifier($env.jwks.url.clone()))),
+            $env.identity_shell(Some($env.jwt_verifier())),
         ))
         .await
     };
@@ -127,7 +124,7 @@ where
 }
 
 fn alice_a() -> String {
-    sign_jwt(KEY_A, "a", &claims_v2(ALICE, ORG_A, "org:admin"))
+    sign_jwt(KEY_A, KID_A, &claims_v2(ALICE, ORG_A, "org:admin"))
 }
 
 const ROUTES: [(&str, &str); 3] = [
@@ -159,11 +156,11 @@ async fn invalid_tokens_are_401_on_every_route() {
 
     let none_token = format!(
         "{}.{}.",
-        URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT","kid":"a"}"#),
+        URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"none","typ":"JWT","kid":"{KID_A}"}}"#)),
         URL_SAFE_NO_PAD.encode(base.to_string())
     );
     let mut hs = Header::new(Algorithm::HS256);
-    hs.kid = Some("a".into());
+    hs.kid = Some(KID_A.into());
     let hs256_with_public_key =
         jsonwebtoken::encode(&hs, &base, &EncodingKey::from_secret(PUB_A.as_bytes()))
             .expect("hs256");
@@ -179,21 +176,21 @@ async fn invalid_tokens_are_401_on_every_route() {
         ("garbage", Some("not-a-jwt".into())),
         (
             "expired",
-            Some(sign_jwt(KEY_A, "a", &with("exp", json!(now - 3600)))),
+            Some(sign_jwt(KEY_A, KID_A, &with("exp", json!(now - 3600)))),
         ),
         (
             "nbf in the future",
-            Some(sign_jwt(KEY_A, "a", &with("nbf", json!(now + 3600)))),
+            Some(sign_jwt(KEY_A, KID_A, &with("nbf", json!(now + 3600)))),
         ),
         (
             "iat in the future",
-            Some(sign_jwt(KEY_A, "a", &with("iat", json!(now + 3600)))),
+            Some(sign_jwt(KEY_A, KID_A, &with("iat", json!(now + 3600)))),
         ),
         (
             "wrong issuer",
             Some(sign_jwt(
                 KEY_A,
-                "a",
+                KID_A,
                 &with("iss", json!("https://evil.test")),
             )),
         ),
@@ -201,12 +198,12 @@ async fn invalid_tokens_are_401_on_every_route() {
             "wrong azp",
             Some(sign_jwt(
                 KEY_A,
-                "a",
+                KID_A,
                 &with("azp", json!("https://evil.test")),
             )),
         ),
         ("unknown kid", Some(sign_jwt(KEY_B, "b", &base))),
-        ("key b under kid a", Some(sign_jwt(KEY_B, "a", &base))),
+        ("key b under kid a", Some(sign_jwt(KEY_B, KID_A, &base))),
         ("alg none", Some(none_token)),
         ("HS256 with the public key", Some(hs256_with_public_key)),
         ("tampered claims", Some(tampered)),
@@ -221,11 +218,11 @@ async fn invalid_tokens_are_401_on_every_route() {
     }
     // Nothing was written by any of them.
     assert!(
-        dump_table(env.h.pool(), "organization_metadata")
+        dump_table(env.pool(), "organization_metadata")
             .await
             .is_empty()
     );
-    assert!(dump_table(env.h.pool(), "audit_log").await.is_empty());
+    assert!(dump_table(env.pool(), "audit_log").await.is_empty());
 }
 
 #[actix_rt::test]
@@ -236,7 +233,7 @@ async fn v1_and_v2_organization_claims_are_accepted() {
         claims_v2(ALICE, ORG_A, "org:admin"),
         claims_v1(ALICE, ORG_A, "org:admin"),
     ] {
-        let token = sign_jwt(KEY_A, "a", &claims);
+        let token = sign_jwt(KEY_A, KID_A, &claims);
         let (status, answer) = call(&app, "GET", "/identity/me", Some(&token), None).await;
         assert_eq!(status, 200, "{answer}");
         assert_eq!(answer["user"]["clerk_id"], ALICE);
@@ -259,13 +256,13 @@ async fn rotated_key_is_fetched_on_unknown_kid() {
     let app = app!(env);
     let (status, _) = call(&app, "GET", "/identity/me", Some(&alice_a()), None).await;
     assert_eq!(status, 200);
-    let hits = env.jwks.hits();
+    let hits = env.jwks().hits();
     // Clerk rotates: the JWKS now holds key b only.
-    env.jwks.serve(jwks(&[(KEY_B, "b")]));
+    env.jwks().serve(jwks(&[(KEY_B, "b")]));
     let token_b = sign_jwt(KEY_B, "b", &claims_v2(ALICE, ORG_A, "org:admin"));
     let (status, answer) = call(&app, "GET", "/identity/me", Some(&token_b), None).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(env.jwks.hits(), hits + 1, "one refetch for the new kid");
+    assert_eq!(env.jwks().hits(), hits + 1, "one refetch for the new kid");
 }
 
 #[actix_rt::test]
@@ -273,7 +270,7 @@ async fn other_organizations_are_never_reachable() {
     let env = env().await;
     let app = app!(env);
     // B's metadata, written by Bob.
-    let bob = sign_jwt(KEY_A, "a", &claims_v2(BOB, ORG_B, "org:member"));
+    let bob = sign_jwt(KEY_A, KID_A, &claims_v2(BOB, ORG_B, "org:member"));
     let (status, _) = call(
         &app,
         "PUT",
@@ -283,21 +280,21 @@ async fn other_organizations_are_never_reachable() {
     )
     .await;
     assert_eq!(status, 200);
-    let b_metadata = dump_table(env.h.pool(), "organization_metadata").await;
+    let b_metadata = dump_table(env.pool(), "organization_metadata").await;
 
     // Alice with a token naming org B (not her organization), and with unknown orgs.
     let tokens = [
         (
             "alice in B (v2)",
-            sign_jwt(KEY_A, "a", &claims_v2(ALICE, ORG_B, "org:admin")),
+            sign_jwt(KEY_A, KID_A, &claims_v2(ALICE, ORG_B, "org:admin")),
         ),
         (
             "alice in B (v1)",
-            sign_jwt(KEY_A, "a", &claims_v1(ALICE, ORG_B, "org:admin")),
+            sign_jwt(KEY_A, KID_A, &claims_v1(ALICE, ORG_B, "org:admin")),
         ),
         (
             "alice in unknown org",
-            sign_jwt(KEY_A, "a", &claims_v2(ALICE, "org_zzz", "org:admin")),
+            sign_jwt(KEY_A, KID_A, &claims_v2(ALICE, "org_zzz", "org:admin")),
         ),
     ];
     for (name, token) in &tokens {
@@ -336,13 +333,13 @@ async fn other_organizations_are_never_reachable() {
     .await;
     assert_eq!(status, 404);
     assert_eq!(
-        dump_table(env.h.pool(), "organization_metadata").await,
+        dump_table(env.pool(), "organization_metadata").await,
         b_metadata,
         "B's metadata untouched"
     );
 
     // A token without an organization: /me works (no organization), org routes are 403.
-    let plain = sign_jwt(KEY_A, "a", &claims(ALICE));
+    let plain = sign_jwt(KEY_A, KID_A, &claims(ALICE));
     let (status, answer) = call(&app, "GET", "/identity/me", Some(&plain), None).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["organization"], Value::Null);
@@ -358,11 +355,10 @@ async fn other_organizations_are_never_reachable() {
 async fn removed_members_and_deleted_organizations_lose_access() {
     let env = env().await;
     let app = app!(env);
-    let bob = sign_jwt(KEY_A, "a", &claims_v2(BOB, ORG_B, "org:member"));
+    let bob = sign_jwt(KEY_A, KID_A, &claims_v2(BOB, ORG_B, "org:member"));
     let (status, _) = call(&app, "GET", "/identity/organization", Some(&bob), None).await;
     assert_eq!(status, 200);
-    env.h
-        .store
+    env.identity_store()
         .delete_membership(
             &ClerkMembershipId::new("orgmem_b"),
             &ClerkOrgId::new(ORG_B),
@@ -386,8 +382,7 @@ async fn removed_members_and_deleted_organizations_lose_access() {
     )
     .await;
     assert_eq!(status, 200);
-    env.h
-        .store
+    env.identity_store()
         .delete_organization(&ClerkOrgId::new(ORG_A))
         .await
         .expect("delete");
@@ -425,7 +420,7 @@ async fn metadata_is_validated_written_and_audited() {
         assert_eq!(answer["error"]["code"], "unprocessable");
         assert_eq!(answer["error"]["field"], field, "{body}");
     }
-    assert!(dump_table(env.h.pool(), "audit_log").await.is_empty());
+    assert!(dump_table(env.pool(), "audit_log").await.is_empty());
 
     let (status, answer) = call(
         &app,
@@ -448,7 +443,7 @@ async fn metadata_is_validated_written_and_audited() {
     );
     assert_eq!(answer["role"], "org:admin");
 
-    let audit = audit_rows(env.h.pool()).await;
+    let audit = audit_rows(env.pool()).await;
     assert_eq!(audit.len(), 1, "{audit:?}");
     let entry = &audit[0];
     assert_eq!(entry["actor"], format!("user/{ALICE}"));
@@ -461,9 +456,9 @@ async fn metadata_is_validated_written_and_audited() {
 
 #[actix_rt::test]
 async fn without_jwks_every_protected_route_fails_closed() {
-    let h = Harness::start().await;
+    let h = identity_app().await;
     seed(&h).await;
-    let app = test::init_service(infragpt::http::app(h.shell(None))).await;
+    let app = test::init_service(infragpt::http::app(h.identity_shell(None))).await;
     let token = alice_a();
     for (method, uri) in ROUTES {
         let body = (method == "PUT").then(metadata_body);
@@ -479,7 +474,7 @@ async fn without_jwks_every_protected_route_fails_closed() {
             infragpt::config::CorsConfig::default(),
         )
         .with_routes({
-            let api = infragpt::identity::api::IdentityApi::new(h.store.clone(), h.audit.clone());
+            let api = infragpt::identity::api::IdentityApi::new(h.identity_store().clone(), h.audit());
             move |cfg| infragpt::identity::api::configure(cfg, api.clone())
         }),
     ))

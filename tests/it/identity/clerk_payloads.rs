@@ -1,18 +1,10 @@
-//! Clerk webhook parsing against every payload in `shared/fixtures/svix/clerk/`.
-
-use std::path::PathBuf;
+//! Clerk webhook parsing against every payload in `tests/data/svix/clerk/`.
 
 use infragpt::identity::clerk_events::{ClerkEvent, ClerkEventError, ClerkUser, parse_event};
 use infragpt::identity::{ClerkMembershipId, ClerkOrgId, ClerkUserId};
 use serde_json::json;
 
-#[path = "support/fixtures.rs"]
-mod fixtures;
-use fixtures::fixtures_dir;
-
-fn clerk_dir() -> PathBuf {
-    fixtures_dir().join("svix").join("clerk")
-}
+use crate::support::fixtures;
 
 /// Expected result for each fixture file name.
 fn expected(file: &str) -> ClerkEvent {
@@ -88,20 +80,9 @@ fn expected(file: &str) -> ClerkEvent {
 
 #[test]
 fn every_clerk_fixture_parses_to_the_expected_event() {
-    let mut files: Vec<_> = std::fs::read_dir(clerk_dir())
-        .expect("clerk fixtures dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
+    let files = fixtures::json_files("svix/clerk");
     assert_eq!(files.len(), 10, "fixture count changed");
-    for path in files {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("utf-8")
-            .to_owned();
-        let bytes = std::fs::read(&path).expect("read");
+    for (name, bytes) in files {
         let envelope = parse_event(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(envelope.event, expected(&name), "{name}");
         // The file name starts with the event type.
@@ -117,7 +98,7 @@ fn every_clerk_fixture_parses_to_the_expected_event() {
 
 #[test]
 fn envelope_fields() {
-    let bytes = std::fs::read(clerk_dir().join("user.created.docs.json")).expect("read");
+    let bytes = fixtures::clerk("user.created.docs");
     let envelope = parse_event(&bytes).expect("parse");
     assert_eq!(envelope.event_type, "user.created");
     assert_eq!(envelope.instance_id.as_deref(), Some("ins_123"));

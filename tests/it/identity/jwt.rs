@@ -4,7 +4,6 @@
 //! debug builds need not generate 2048-bit keys at run time).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -14,97 +13,15 @@ use infragpt::identity::jwt::{
     ClerkJwtConfig, ClerkJwtVerifier, JwksCache, JwksCacheConfig, JwtError, OrgClaim,
 };
 use infragpt::identity::{ClerkOrgId, ClerkSessionId, ClerkUserId};
-use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpListener;
 
-const KEY_A: &str = include_str!("data/jwt-test-key-a.pem");
-const KEY_B: &str = include_str!("data/jwt-test-key-b.pem");
-const PUB_A: &str = include_str!("data/jwt-test-key-a.pub.pem");
-const ISSUER: &str = "https://clerk.example.test";
+use crate::support::identity::{ISSUER, JwksServer, KEY_A, KEY_B, PUB_A, jwks, sign_jwt as sign};
+
 const NOW: i64 = 1_750_000_000;
 
 fn now() -> DateTime<Utc> {
     DateTime::from_timestamp(NOW, 0).expect("ts")
-}
-
-fn jwk_json(pem: &str, kid: &str) -> Value {
-    let key = EncodingKey::from_rsa_pem(pem.as_bytes()).expect("test key");
-    let jwk = Jwk::from_encoding_key(&key, Algorithm::RS256).expect("jwk");
-    let AlgorithmParameters::RSA(rsa) = jwk.algorithm else {
-        panic!("not RSA")
-    };
-    json!({"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": rsa.n, "e": rsa.e})
-}
-
-fn jwks(keys: &[(&str, &str)]) -> String {
-    let keys: Vec<Value> = keys.iter().map(|(pem, kid)| jwk_json(pem, kid)).collect();
-    json!({ "keys": keys }).to_string()
-}
-
-/// A tiny HTTP server that answers every request with the current JWKS and counts requests.
-struct JwksServer {
-    url: url::Url,
-    body: Arc<Mutex<String>>,
-    status: Arc<AtomicU16>,
-    hits: Arc<AtomicUsize>,
-}
-
-impl JwksServer {
-    async fn start(body: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let body = Arc::new(Mutex::new(body));
-        let status = Arc::new(AtomicU16::new(200));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (b, s, h) = (body.clone(), status.clone(), hits.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut socket, _)) = listener.accept().await else {
-                    return;
-                };
-                let (b, s, h) = (b.clone(), s.clone(), h.clone());
-                tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    h.fetch_add(1, Ordering::SeqCst);
-                    let code = s.load(Ordering::SeqCst);
-                    let body = b.lock().clone();
-                    let response = format!(
-                        "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = socket.write_all(response.as_bytes()).await;
-                    let _ = socket.shutdown().await;
-                });
-            }
-        });
-        Self {
-            url: format!("http://{addr}/.well-known/jwks.json")
-                .parse()
-                .expect("url"),
-            body,
-            status,
-            hits,
-        }
-    }
-
-    fn serve(&self, body: String) {
-        *self.body.lock() = body;
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
 }
 
 fn verifier_with(url: url::Url, config: ClerkJwtConfig, refetch: Duration) -> ClerkJwtVerifier {
@@ -129,17 +46,6 @@ fn base_claims() -> Value {
         "iat": NOW - 1,
         "nbf": NOW - 6,
     })
-}
-
-fn sign(pem: &str, kid: &str, claims: &Value) -> String {
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some(kid.to_owned());
-    jsonwebtoken::encode(
-        &header,
-        claims,
-        &EncodingKey::from_rsa_pem(pem.as_bytes()).expect("key"),
-    )
-    .expect("encode")
 }
 
 fn with(mut claims: Value, key: &str, value: Value) -> Value {
@@ -409,7 +315,7 @@ async fn refetch_is_rate_limited() {
 #[tokio::test]
 async fn failed_fetch_gives_a_clear_error() {
     let server = JwksServer::start("oops".into()).await;
-    server.status.store(500, Ordering::SeqCst);
+    server.set_status(500);
     let verifier = verifier_with(
         server.url.clone(),
         ClerkJwtConfig::new(ISSUER),

@@ -1,19 +1,16 @@
 //! Svix signature verification against the published Svix test vectors
-//! (`shared/fixtures/svix/`), with a clock fixed at each vector's timestamp.
+//! (`tests/data/svix/`), with a clock fixed at each vector's timestamp.
 
 use chrono::{DateTime, Duration, Utc};
 use infragpt::identity::svix::{SvixError, SvixHeaders, SvixVerifier};
 use infragpt_actors::Secret;
 use serde_json::Value;
 
-#[path = "support/fixtures.rs"]
-mod fixtures;
-use fixtures::fixtures_dir;
+use crate::support::fixtures;
 
 fn load(name: &str) -> Vec<Value> {
-    let path = fixtures_dir().join("svix").join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_json::from_value(fixtures::json(&format!("svix/{name}")))
+        .unwrap_or_else(|e| panic!("{name}: not an array: {e}"))
 }
 
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {

@@ -2,18 +2,22 @@
 //! applying every Clerk fixture, replays, order independence, the separate webhook port.
 //! Real PostgreSQL (TestDb); the fixtures' old timestamps are re-signed with the current time.
 
-mod common;
-
 use actix_web::test;
-use common::*;
 use infragpt_actors::inbox::EventStatus;
 use serde_json::{Value, json};
 
+use super::identity_app;
+use crate::support::app::TestApp;
+use crate::support::fixtures::{self, clerk_natural};
+use crate::support::body_json;
+use crate::support::identity::*;
+use crate::support::wait::eventually;
+
 #[actix_rt::test]
 async fn bad_signatures_are_401_and_record_nothing() {
-    let h = Harness::start().await;
-    let app = test::init_service(infragpt::http::app(h.shell(None))).await;
-    let body = clerk_fixture("user.created");
+    let h = identity_app().await;
+    let app = test::init_service(infragpt::http::app(h.identity_shell(None))).await;
+    let body = fixtures::clerk("user.created");
     let id = new_svix_id();
     let now = chrono::Utc::now().timestamp();
     let good = svix_sign(SVIX_SECRET, &id, now, &body);
@@ -132,9 +136,9 @@ async fn bad_signatures_are_401_and_record_nothing() {
 
 #[actix_rt::test]
 async fn one_valid_signature_among_several_is_accepted() {
-    let h = Harness::start().await;
-    let app = test::init_service(infragpt::http::app(h.shell(None))).await;
-    let body = clerk_fixture("user.created.docs");
+    let h = identity_app().await;
+    let app = test::init_service(infragpt::http::app(h.identity_shell(None))).await;
+    let body = fixtures::clerk("user.created.docs");
     let id = new_svix_id();
     let now = chrono::Utc::now().timestamp();
     let good = svix_sign(SVIX_SECRET, &id, now, &body);
@@ -168,10 +172,10 @@ async fn one_valid_signature_among_several_is_accepted() {
 
 #[actix_rt::test]
 async fn missing_secret_refuses_every_delivery() {
-    let h = Harness::start().await;
-    let shell = h.shell_with(h.webhook(None), None);
+    let h = identity_app().await;
+    let shell = h.identity_shell_with(h.clerk_webhook(None), None);
     let app = test::init_service(infragpt::http::app(shell)).await;
-    let body = clerk_fixture("user.created");
+    let body = fixtures::clerk("user.created");
     let resp = post_webhook(&app, &body, &svix_headers(&new_svix_id(), &body)).await;
     assert_eq!(resp.status(), 503);
     let answer = body_json(resp).await;
@@ -181,8 +185,8 @@ async fn missing_secret_refuses_every_delivery() {
 
 #[actix_rt::test]
 async fn non_json_and_non_event_bodies_are_400_and_record_nothing() {
-    let h = Harness::start().await;
-    let app = test::init_service(infragpt::http::app(h.shell(None))).await;
+    let h = identity_app().await;
+    let app = test::init_service(infragpt::http::app(h.identity_shell(None))).await;
     for body in [
         &b"not json at all"[..],
         br#"{"type": "user.created", "object": "user", "data": {}}"#,
@@ -198,8 +202,8 @@ async fn non_json_and_non_event_bodies_are_400_and_record_nothing() {
 
 #[actix_rt::test]
 async fn unhandled_types_are_acknowledged_and_ignored_malformed_known_types_dead_letter() {
-    let h = Harness::start().await;
-    let app = test::init_service(infragpt::http::app(h.shell(None))).await;
+    let h = identity_app().await;
+    let app = test::init_service(infragpt::http::app(h.identity_shell(None))).await;
     let session =
         json!({"object": "event", "type": "session.created", "data": {"id": "sess_1"}}).to_string();
     let answer = deliver(&app, &new_svix_id(), session.as_bytes()).await;
@@ -212,7 +216,7 @@ async fn unhandled_types_are_acknowledged_and_ignored_malformed_known_types_dead
     h.wait_idle().await;
     assert_eq!(h.count(EventStatus::Ignored).await, 1);
     assert_eq!(h.count(EventStatus::Failed).await, 1);
-    let dead = h.cluster.dead_letters(10, 0).await.expect("dead letters");
+    let dead = h.cluster().dead_letters(10, 0).await.expect("dead letters");
     assert_eq!(dead.len(), 1);
     assert!(
         dead[0]
@@ -248,9 +252,9 @@ fn rows(dump: &[(String, Vec<String>)], table: &str) -> Vec<Value> {
 
 #[actix_rt::test]
 async fn every_fixture_is_applied_and_replaying_changes_nothing() {
-    let h = Harness::start().await;
-    let app = test::init_service(infragpt::http::app(h.shell(None))).await;
-    let fixtures = clerk_fixtures_natural();
+    let h = identity_app().await;
+    let app = test::init_service(infragpt::http::app(h.identity_shell(None))).await;
+    let fixtures = clerk_natural();
     let mut ids = Vec::new();
     for (name, body) in &fixtures {
         let id = new_svix_id();
@@ -352,8 +356,8 @@ async fn every_fixture_is_applied_and_replaying_changes_nothing() {
 }
 
 async fn apply_in_order(order: &[(String, Vec<u8>)]) -> Vec<(String, Vec<String>)> {
-    let h = Harness::start().await;
-    let app = test::init_service(infragpt::http::app(h.shell(None))).await;
+    let h = identity_app().await;
+    let app = test::init_service(infragpt::http::app(h.identity_shell(None))).await;
     for (_, body) in order {
         deliver(&app, &new_svix_id(), body).await;
     }
@@ -364,7 +368,7 @@ async fn apply_in_order(order: &[(String, Vec<u8>)]) -> Vec<(String, Vec<String>
 
 #[actix_rt::test]
 async fn reverse_and_shuffled_orders_end_in_the_natural_state() {
-    let natural = clerk_fixtures_natural();
+    let natural = clerk_natural();
     let expected = apply_in_order(&natural).await;
 
     let mut reversed = natural.clone();
@@ -394,33 +398,33 @@ async fn membership_before_user_and_organization_becomes_visible_when_they_arriv
     use infragpt::identity::store::OrgAccess;
     use infragpt::identity::{ClerkOrgId, ClerkUserId};
 
-    let h = Harness::start().await;
-    let app = test::init_service(infragpt::http::app(h.shell(None))).await;
+    let h = identity_app().await;
+    let app = test::init_service(infragpt::http::app(h.identity_shell(None))).await;
     let jane = ClerkUserId::new(USER_JANE);
     let org = ClerkOrgId::new(ORG);
 
     deliver(
         &app,
         &new_svix_id(),
-        &clerk_fixture("organizationMembership.created"),
+        &fixtures::clerk("organizationMembership.created"),
     )
     .await;
     h.wait_idle().await;
     assert_eq!(
-        h.store.access(&jane, &org).await.expect("access"),
+        h.identity_store().access(&jane, &org).await.expect("access"),
         OrgAccess::UnknownOrganization
     );
 
-    deliver(&app, &new_svix_id(), &clerk_fixture("organization.created")).await;
+    deliver(&app, &new_svix_id(), &fixtures::clerk("organization.created")).await;
     h.wait_idle().await;
     assert_eq!(
-        h.store.access(&jane, &org).await.expect("access"),
+        h.identity_store().access(&jane, &org).await.expect("access"),
         OrgAccess::NotMember,
         "the user is not known yet"
     );
 
     // Jane's user.created: the fixture user with Jane's id and a matching primary email.
-    let mut user: Value = serde_json::from_slice(&clerk_fixture("user.created")).expect("json");
+    let mut user: Value = serde_json::from_slice(&fixtures::clerk("user.created")).expect("json");
     user["data"]["id"] = json!(USER_JANE);
     user["data"]["email_addresses"] = json!([
         {"id": "idn_other", "email_address": "other@acme.com"},
@@ -428,7 +432,7 @@ async fn membership_before_user_and_organization_becomes_visible_when_they_arriv
     ]);
     deliver(&app, &new_svix_id(), user.to_string().as_bytes()).await;
     h.wait_idle().await;
-    match h.store.access(&jane, &org).await.expect("access") {
+    match h.identity_store().access(&jane, &org).await.expect("access") {
         OrgAccess::Member { organization, role } => {
             assert_eq!(role, "org:member");
             assert_eq!(organization.clerk_id, org);
@@ -436,30 +440,30 @@ async fn membership_before_user_and_organization_becomes_visible_when_they_arriv
         }
         other => panic!("expected membership, got {other:?}"),
     }
-    let stored = h.store.user(&jane).await.expect("user").expect("jane");
+    let stored = h.identity_store().user(&jane).await.expect("user").expect("jane");
     assert_eq!(stored.email.as_deref(), Some("jane.doe@acme.com"));
 
     // The creator got the implicit admin membership...
     let john = ClerkUserId::new(USER_JOHN);
-    deliver(&app, &new_svix_id(), &clerk_fixture("user.created")).await;
+    deliver(&app, &new_svix_id(), &fixtures::clerk("user.created")).await;
     h.wait_idle().await;
     assert!(matches!(
-        h.store.access(&john, &org).await.expect("access"),
+        h.identity_store().access(&john, &org).await.expect("access"),
         OrgAccess::Member { role, .. } if role == "org:admin"
     ));
     // ... which an explicit membership event replaces, whatever its role.
     let mut explicit: Value =
-        serde_json::from_slice(&clerk_fixture("organizationMembership.created")).expect("json");
+        serde_json::from_slice(&fixtures::clerk("organizationMembership.created")).expect("json");
     explicit["data"]["id"] = json!("orgmem_john");
     explicit["data"]["public_user_data"]["user_id"] = json!(USER_JOHN);
     explicit["data"]["role"] = json!("org:member");
     deliver(&app, &new_svix_id(), explicit.to_string().as_bytes()).await;
     // A late organization.created (redelivered as a new message) must not re-add the
     // implicit admin row over the explicit data.
-    deliver(&app, &new_svix_id(), &clerk_fixture("organization.created")).await;
+    deliver(&app, &new_svix_id(), &fixtures::clerk("organization.created")).await;
     h.wait_idle().await;
     assert!(matches!(
-        h.store.access(&john, &org).await.expect("access"),
+        h.identity_store().access(&john, &org).await.expect("access"),
         OrgAccess::Member { role, .. } if role == "org:member"
     ));
     let members = dump_table(h.pool(), "organization_members").await;
@@ -471,12 +475,12 @@ async fn removed_and_added_again_is_a_member_with_the_new_membership() {
     use infragpt::identity::store::OrgAccess;
     use infragpt::identity::{ClerkOrgId, ClerkUserId};
 
-    let h = Harness::start().await;
-    let app = test::init_service(infragpt::http::app(h.shell(None))).await;
-    let mut jane: Value = serde_json::from_slice(&clerk_fixture("user.created")).expect("json");
+    let h = identity_app().await;
+    let app = test::init_service(infragpt::http::app(h.identity_shell(None))).await;
+    let mut jane: Value = serde_json::from_slice(&fixtures::clerk("user.created")).expect("json");
     jane["data"]["id"] = json!(USER_JANE);
-    let created = clerk_fixture("organizationMembership.created");
-    let deleted = clerk_fixture("organizationMembership.deleted");
+    let created = fixtures::clerk("organizationMembership.created");
+    let deleted = fixtures::clerk("organizationMembership.deleted");
     let mut again: Value = serde_json::from_slice(&created).expect("json");
     again["data"]["id"] = json!("orgmem_second");
     again["data"]["role"] = json!("org:billing");
@@ -485,7 +489,7 @@ async fn removed_and_added_again_is_a_member_with_the_new_membership() {
     // Arrival order scrambled: the re-add first, then the old membership's delete and create.
     for body in [
         jane.to_string().into_bytes(),
-        clerk_fixture("organization.created"),
+        fixtures::clerk("organization.created"),
         again.to_string().into_bytes(),
         deleted,
         created,
@@ -506,10 +510,10 @@ async fn removed_and_added_again_is_a_member_with_the_new_membership() {
 
 #[actix_rt::test]
 async fn older_update_never_overwrites_a_newer_one() {
-    let h = Harness::start().await;
-    let app = test::init_service(infragpt::http::app(h.shell(None))).await;
-    deliver(&app, &new_svix_id(), &clerk_fixture("organization.updated")).await;
-    deliver(&app, &new_svix_id(), &clerk_fixture("organization.created")).await;
+    let h = identity_app().await;
+    let app = test::init_service(infragpt::http::app(h.identity_shell(None))).await;
+    deliver(&app, &new_svix_id(), &fixtures::clerk("organization.updated")).await;
+    deliver(&app, &new_svix_id(), &fixtures::clerk("organization.created")).await;
     h.wait_idle().await;
     let org = h
         .store
@@ -535,15 +539,9 @@ async fn module_serves_the_webhook_on_its_own_port_too() {
     use infragpt::identity::module::IdentityModule;
     use infragpt::server::{AppState, Module};
 
-    // No Harness: the module registers the Clerk stream on a cluster of its own.
-    let db = infragpt::db::testing::TestDb::new().await;
-    let cluster = infragpt_actors::Cluster::start(
-        infragpt_actors::ClusterConfig::default(),
-        Arc::new(infragpt::db::PgInbox::new(db.pool().clone())),
-        infragpt_actors::HealthRegistry::new(),
-        infragpt_actors::Metrics::new().expect("metrics"),
-    )
-    .expect("cluster");
+    // Without identity: the module registers the Clerk stream on the app's cluster itself.
+    let app = TestApp::builder().build().await;
+    let cluster = app.cluster().clone();
     let mut config = Config {
         bind_address: "127.0.0.1".into(),
         http_log: false,
@@ -554,7 +552,7 @@ async fn module_serves_the_webhook_on_its_own_port_too() {
     let state = AppState {
         config: Arc::new(config.clone()),
         readiness: infragpt::http::Readiness::default(),
-        db: Arc::new(db.database()),
+        db: Arc::new(app.db.database()),
     };
     let mut module = IdentityModule::new(config.identity.clone(), cluster.clone());
     let mut http = infragpt::http::HttpShell::from_config(&config, state.readiness.clone());
@@ -565,7 +563,7 @@ async fn module_serves_the_webhook_on_its_own_port_too() {
         .expect("module starts");
     let addr = module.webhook_addr().expect("separate listener");
 
-    let body = clerk_fixture("user.created.docs");
+    let body = fixtures::clerk("user.created.docs");
     let client = reqwest::Client::new();
     let mut req = client
         .post(format!("http://{addr}/webhooks/clerk"))
@@ -586,7 +584,7 @@ async fn module_serves_the_webhook_on_its_own_port_too() {
 
     // The main app gets the same route from the module's hook.
     let app = test::init_service(infragpt::http::app(http)).await;
-    let answer = deliver(&app, &new_svix_id(), &clerk_fixture("organization.created")).await;
+    let answer = deliver(&app, &new_svix_id(), &fixtures::clerk("organization.created")).await;
     assert_eq!(answer["status"], "recorded");
     // Without JWT settings the API fails closed.
     let resp = test::call_service(
@@ -596,16 +594,15 @@ async fn module_serves_the_webhook_on_its_own_port_too() {
     .await;
     assert_eq!(resp.status(), 503);
 
-    let done = infragpt_actors::testing::eventually_async(GUARD, || async {
-        cluster
-            .inbox()
-            .count_by_status()
-            .await
-            .expect("counts")
-            .contains(&(EventStatus::Done, 2))
+    eventually("both deliveries are handled", async || {
+        let counts = cluster.inbox().count_by_status().await.expect("counts");
+        if counts.contains(&(EventStatus::Done, 2)) {
+            Ok(())
+        } else {
+            Err(counts)
+        }
     })
     .await;
-    assert!(done, "both deliveries handled");
     module.stop().await;
     assert!(
         client
@@ -621,12 +618,12 @@ async fn module_serves_the_webhook_on_its_own_port_too() {
 
 #[actix_rt::test]
 async fn slug_clash_from_a_missed_rename_does_not_block_the_stream() {
-    let h = Harness::start().await;
-    let app = test::init_service(infragpt::http::app(h.shell(None))).await;
+    let h = identity_app().await;
+    let app = test::init_service(infragpt::http::app(h.identity_shell(None))).await;
     // Org X holds `acme-corp`; Clerk renamed it (event not here yet) and org Y took the slug.
-    deliver(&app, &new_svix_id(), &clerk_fixture("organization.created")).await;
+    deliver(&app, &new_svix_id(), &fixtures::clerk("organization.created")).await;
     let mut other: Value =
-        serde_json::from_slice(&clerk_fixture("organization.created")).expect("json");
+        serde_json::from_slice(&fixtures::clerk("organization.created")).expect("json");
     other["data"]["id"] = json!("org_other");
     other["data"]["name"] = json!("Other");
     deliver(&app, &new_svix_id(), other.to_string().as_bytes()).await;
@@ -636,7 +633,7 @@ async fn slug_clash_from_a_missed_rename_does_not_block_the_stream() {
     assert_eq!(row(&orgs, "clerk_id", "org_other")["slug"], "acme-corp");
     assert_eq!(row(&orgs, "clerk_id", ORG)["slug"], Value::Null);
     // X's rename arrives: it gets its new slug.
-    deliver(&app, &new_svix_id(), &clerk_fixture("organization.updated")).await;
+    deliver(&app, &new_svix_id(), &fixtures::clerk("organization.updated")).await;
     h.wait_idle().await;
     let orgs = rows(&full_dump(h.pool()).await, "organizations");
     assert_eq!(row(&orgs, "clerk_id", ORG)["slug"], "acme-corp-updated");

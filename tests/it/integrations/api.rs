@@ -3,10 +3,7 @@
 //! `installation.deleted` revokes), state forgery/expiry/replay, cross-organization access on
 //! every route, audit entries, and no secret in any log line.
 
-mod integrations_common;
-
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::{App, middleware::from_fn, test};
 use chrono::Utc;
@@ -15,14 +12,16 @@ use diesel_async::RunQueryDsl;
 use infragpt::config::Config;
 use infragpt::crypto::state::StateClaims;
 use infragpt::db::schema::{audit_log, github_repositories, integration_credentials};
-use infragpt::db::testing::TestDb;
 use infragpt::github::signature::sign;
 use infragpt::integrations::IntegrationParts;
 use infragpt::integrations::connector::ConnectorRegistry;
 use infragpt_actors::Secret;
-use integrations_common::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+use crate::support::app::{TestApp, reserve_port};
+use crate::support::fixtures;
+use crate::support::integrations::*;
 
 const WEBHOOK_SECRET: &str = "api-test-webhook-secret";
 const INSTALLATION: i64 = 4242;
@@ -53,11 +52,7 @@ fn as_org(req: test::TestRequest, org: Uuid) -> test::TestRequest {
 }
 
 fn fixture(event: &str, file: &str) -> Value {
-    let path = fixtures_dir()
-        .join("github-webhooks")
-        .join(event)
-        .join(file);
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    fixtures::json(&format!("github-webhooks/{event}/{file}"))
 }
 
 fn for_installation(mut payload: Value) -> Vec<u8> {
@@ -80,10 +75,10 @@ fn delivery(event: &str, id: &str, body: &[u8]) -> test::TestRequest {
 #[actix_rt::test]
 async fn github_app_install_flow_events_and_uninstall() {
     let logs = infragpt::telemetry::capture();
-    let db = TestDb::new().await;
-    let pool = db.pool().clone();
+    let test_app = TestApp::builder().build().await;
+    let pool = test_app.pool().clone();
     let mock = GithubMock::start();
-    let cluster = start_cluster(&pool);
+    let cluster = test_app.cluster().clone();
     let state_key = Secret::new("k".repeat(40));
     let parts = IntegrationParts::build(
         pool.clone(),
@@ -281,7 +276,7 @@ async fn github_app_install_flow_events_and_uninstall() {
         .await;
         assert_eq!(resp.status().as_u16(), 202);
     }
-    wait_inbox_idle(&pool, Duration::from_secs(30)).await;
+    test_app.wait_idle().await;
     let resp = test::call_service(
         &app,
         as_org(
@@ -320,7 +315,7 @@ async fn github_app_install_flow_events_and_uninstall() {
     )
     .await;
     assert_eq!(resp.status().as_u16(), 202);
-    wait_inbox_idle(&pool, Duration::from_secs(30)).await;
+    test_app.wait_idle().await;
     let resp = test::call_service(
         &app,
         as_org(
@@ -433,9 +428,9 @@ async fn github_app_install_flow_events_and_uninstall() {
 
 #[actix_rt::test]
 async fn states_are_refused_when_forged_expired_replayed_or_for_another_connector() {
-    let db = TestDb::new().await;
-    let pool = db.pool().clone();
-    let cluster = start_cluster(&pool);
+    let test_app = TestApp::builder().build().await;
+    let pool = test_app.pool().clone();
+    let cluster = test_app.cluster().clone();
     let fake = Arc::new(FakeConnector {
         name: "fake",
         ..FakeConnector::default()
@@ -559,9 +554,9 @@ async fn states_are_refused_when_forged_expired_replayed_or_for_another_connecto
 
 #[actix_rt::test]
 async fn other_organizations_get_404_on_every_route() {
-    let db = TestDb::new().await;
-    let pool = db.pool().clone();
-    let cluster = start_cluster(&pool);
+    let test_app = TestApp::builder().build().await;
+    let pool = test_app.pool().clone();
+    let cluster = test_app.cluster().clone();
     let fake = Arc::new(FakeConnector {
         name: "fake",
         ..FakeConnector::default()
@@ -683,19 +678,16 @@ async fn other_organizations_get_404_on_every_route() {
 
 #[actix_rt::test]
 async fn module_serves_webhooks_on_the_main_and_the_dedicated_port() {
-    let db = TestDb::new().await;
-    let cluster = start_cluster(db.pool());
-    let webhook_port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let test_app = TestApp::builder().build().await;
+    let cluster = test_app.cluster().clone();
+    let webhook_port = reserve_port().port();
     let mut config = Config {
         bind_address: "127.0.0.1".to_owned(),
         port: 0,
         grpc_port: 0,
         ..Config::default()
     };
-    config.database.url = Some(db.url.clone());
+    config.database.url = Some(test_app.db.url.clone());
     config.integrations.github.webhook_secret = Some(Secret::new(WEBHOOK_SECRET));
     config.integrations.github.webhook_port = Some(webhook_port);
     config.vault.keys = [("k1".to_owned(), random_key())].into_iter().collect();
@@ -740,7 +732,7 @@ async fn module_serves_webhooks_on_the_main_and_the_dedicated_port() {
             .unwrap();
         assert_eq!(resp.status().as_u16(), 503);
     }
-    wait_inbox_idle(db.pool(), Duration::from_secs(30)).await;
+    test_app.wait_idle().await;
     running.stop().await.unwrap();
     cluster.shutdown().await;
 }

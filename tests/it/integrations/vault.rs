@@ -2,8 +2,6 @@
 //! wrong key), rotation and status, start-up key rules, and the per-organization vault actor
 //! (100 concurrent requests for an expiring token → one refresh).
 
-mod integrations_common;
-
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -22,7 +20,8 @@ use infragpt::integrations::vault::{
 };
 use infragpt::integrations::{load_keyring, vault_cli};
 use infragpt_actors::{ActorKind, HealthRegistry, Secret};
-use integrations_common::*;
+
+use crate::support::integrations::*;
 
 fn issued(kind: &str, value: &str, expires_in_secs: Option<i64>) -> IssuedCredential {
     IssuedCredential {

@@ -12,11 +12,13 @@ use infragpt::slack::events_http::{self, EventsEndpoint};
 use infragpt::slack::signature::sign;
 use infragpt::slack::sim::{SimConfig, SlackSim};
 use infragpt_actors::inbox::{EventSource, InboundEvents};
-use infragpt_actors::testing::{MemoryInbox, RecordingHandler, eventually};
+use infragpt_actors::testing::{MemoryInbox, RecordingHandler};
 use infragpt_actors::{
     ActorKind, Cluster, ClusterConfig, HealthRegistry, Metrics, Secret, StreamSpec,
 };
 use serde_json::{Value, json};
+
+use crate::support::wait::eventually;
 
 const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 
@@ -99,7 +101,7 @@ async fn signed_event_is_recorded_once_and_redelivery_is_deduplicated() {
     let body = mention("Ev0HTTP0001");
     let resp = test::call_service(&app, signed(&body, now(), SECRET).to_request()).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(eventually(Duration::from_secs(20), || handler.handled_count() == 1).await);
+    eventually("the event is handled", async || handler.handled_count() == 1).await;
     let event = &handler.handled()[0];
     assert_eq!(event.source_id, "Ev0HTTP0001");
     assert_eq!(event.kind, "app_mention");
@@ -155,7 +157,7 @@ async fn the_simulators_signed_request_is_accepted() {
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
     // Unknown event types are recorded (and handled as the handler sees fit), never an error.
-    assert!(eventually(Duration::from_secs(20), || handler.handled_count() == 1).await);
+    eventually("the event is handled", async || handler.handled_count() == 1).await;
     assert_eq!(inbox.all()[0].kind, "reaction_added");
     assert_eq!(inbox.all()[0].routing_key.0, "T0SIMACME1/-/-");
 }

@@ -1,4 +1,4 @@
-//! Every Slack fixture in `shared/fixtures/slack/` parses into an event or a clear ignored
+//! Every Slack fixture in `tests/data/slack/` parses into an event or a clear ignored
 //! outcome, with the classification asserted per file; plus the request-signing vector.
 
 use std::sync::Arc;
@@ -11,24 +11,10 @@ use infragpt_actors::slack_events::{
 };
 use serde_json::Value;
 
-#[path = "support/fixtures.rs"]
-mod fixtures;
-use fixtures::fixtures_dir;
+use crate::support::fixtures;
 
 fn slack_files(sub: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = fixtures_dir().join("slack").join(sub);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|entry| entry.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .map(|p| {
-            let name = p.file_name().expect("name").to_string_lossy().into_owned();
-            (name, std::fs::read(&p).expect("read fixture"))
-        })
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no fixtures in {}", dir.display());
-    files
+    fixtures::json_files(&format!("slack/{sub}"))
 }
 
 fn ctx(bot: Option<&str>, monitored: bool, in_thread: bool) -> DecideContext {
@@ -336,8 +322,7 @@ struct Vector {
 }
 
 fn vector() -> Vector {
-    let path = fixtures_dir().join("slack/signing-vector.json");
-    serde_json::from_slice(&std::fs::read(path).expect("read vector")).expect("vector parses")
+    serde_json::from_value(fixtures::json("slack/signing-vector.json")).expect("vector parses")
 }
 
 #[test]

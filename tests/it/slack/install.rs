@@ -2,8 +2,6 @@
 //! → bot token stored encrypted per team and the workspace recorded; token rotation refreshed
 //! before expiry; reinstall replaces the token; delete calls `auth.revoke`.
 
-mod integrations_common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,14 +12,15 @@ use diesel_async::RunQueryDsl;
 use infragpt::config::Config;
 use infragpt::crypto::state::StateClaims;
 use infragpt::db::schema::{integration_credentials, slack_workspaces};
-use infragpt::db::testing::TestDb;
 use infragpt::integrations::IntegrationParts;
 use infragpt::integrations::slack_connector::{bot_token_for_team, workspace_token_ref};
 use infragpt::slack::sim::{SimConfig, SlackSim};
 use infragpt_actors::Secret;
-use integrations_common::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+use crate::support::app::TestApp;
+use crate::support::integrations::*;
 
 const TEAM: &str = "T0SIMACME1";
 
@@ -56,9 +55,9 @@ async fn slack_install_rotation_reinstall_and_revoke() {
     // Rotated tokens live two minutes.
     let sim = SlackSim::start(SimConfig::default().with_token_rotation(Duration::from_secs(120)))
         .unwrap();
-    let db = TestDb::new().await;
-    let pool = db.pool().clone();
-    let cluster = start_cluster(&pool);
+    let test_app = TestApp::builder().build().await;
+    let pool = test_app.pool().clone();
+    let cluster = test_app.cluster().clone();
     let parts = IntegrationParts::build(
         pool.clone(),
         &slack_config(&sim),
@@ -311,9 +310,9 @@ async fn slack_install_rotation_reinstall_and_revoke() {
 #[actix_rt::test]
 async fn slack_callback_errors_are_clear() {
     let sim = SlackSim::start_default().unwrap();
-    let db = TestDb::new().await;
-    let pool = db.pool().clone();
-    let cluster = start_cluster(&pool);
+    let test_app = TestApp::builder().build().await;
+    let pool = test_app.pool().clone();
+    let cluster = test_app.cluster().clone();
     let parts = IntegrationParts::build(
         pool.clone(),
         &slack_config(&sim),

@@ -1,7 +1,6 @@
 //! The Slack simulator, driven by slack-morphism's own Socket Mode client and Web API client,
 //! and by a raw websocket / HTTP client for the protocol details.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +12,8 @@ use slack_morphism::errors::SlackClientError;
 use slack_morphism::prelude::*;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::fixtures;
 
 const ACME: &str = "T0SIMACME1";
 const GENERAL: &str = "C0GENERAL1";
@@ -295,20 +296,9 @@ async fn ack(ws: &mut Ws, frame: &Value) {
     ws.send(Message::text(ack)).await.expect("send ack");
 }
 
-/// Socket Mode fixtures (`shared/fixtures/slack/socket_mode`).
+/// Socket Mode fixtures (`tests/data/slack/socket_mode`).
 fn fixture(name: &str) -> Value {
-    let dir = std::env::var("INFRAGPT_FIXTURES_DIR")
-        .map(PathBuf::from)
-        .ok()
-        .or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .ancestors()
-                .map(|d| d.join("shared/fixtures"))
-                .find(|d| d.is_dir())
-        })
-        .expect("fixtures not found: set INFRAGPT_FIXTURES_DIR");
-    let path = dir.join("slack/socket_mode").join(name);
-    serde_json::from_slice(&std::fs::read(&path).expect("read fixture")).expect("fixture JSON")
+    fixtures::json(&format!("slack/socket_mode/{name}"))
 }
 
 /// Every field of `fixture` exists in `ours` with the same JSON type, recursively.

@@ -16,10 +16,12 @@ use infragpt::slack::socket::SocketSettings;
 use infragpt::slack::web::WebSettings;
 use infragpt_actors::inbox::{EventSource, InboundEvents};
 use infragpt_actors::slack_connection::ConnectionSettings;
-use infragpt_actors::testing::{MemoryInbox, RecordingHandler, eventually, eventually_async};
+use infragpt_actors::testing::{MemoryInbox, RecordingHandler};
 use infragpt_actors::{
     ActorKind, ActorState, Cluster, ClusterConfig, HealthRegistry, Metrics, StreamSpec,
 };
+
+use crate::support::wait::{eventually, poll};
 
 const ACME: &str = "T0SIMACME1";
 const GENERAL: &str = "C0GENERAL1";
@@ -153,7 +155,7 @@ async fn mention_is_recorded_then_acked_and_handled_once_despite_redelivery() {
         .unwrap();
     // app_mention + message: two envelopes, two events.
     wait_all_acked(&h.sim, 2).await;
-    assert!(eventually(WAIT, || h.handler.handled_count() == 2).await);
+    eventually("both events are handled", async || h.handler.handled_count() == 2).await;
     assert_eq!(stored(&h.cluster).await, 2);
     let handled = h.handler.handled();
     let kinds: BTreeSet<&str> = handled.iter().map(|e| e.kind.as_str()).collect();
@@ -239,7 +241,7 @@ async fn no_ack_while_the_inbox_is_down_and_redelivery_records_it() {
     assert!(conn.detail["ingest_failures"].as_u64().unwrap() >= 1);
     inbox.set_unavailable(false);
     wait_all_acked(&h.sim, 1).await;
-    assert!(eventually(WAIT, || h.handler.handled_count() == 1).await);
+    eventually("the event is handled", async || h.handler.handled_count() == 1).await;
     assert_eq!(inbox.all().len(), 1);
 }
 
@@ -257,7 +259,7 @@ async fn two_connections_share_the_events() {
     wait_all_acked(&h.sim, 10).await;
     let used: BTreeSet<u64> = h.sim.acks().iter().map(|a| a.connection_id).collect();
     assert_eq!(used.len(), 2, "both connections carried events: {used:?}");
-    assert!(eventually(WAIT, || h.handler.handled_count() == 10).await);
+    eventually("ten events are handled", async || h.handler.handled_count() == 10).await;
     assert_eq!(stored(&h.cluster).await, 10);
     let conns = h.cluster.health().group(ActorKind::SlackConnection);
     let keys: Vec<&str> = conns.iter().map(|c| c.key.as_str()).collect();
@@ -314,7 +316,7 @@ async fn every_disconnect_reason_and_a_dropped_socket_lose_nothing() {
             .unwrap_or_else(|e| panic!("reconnect after {reason}: {e}"));
         wait_all_acked(&h.sim, n).await;
     }
-    assert!(eventually(WAIT, || h.handler.handled_count() == posted).await);
+    eventually("every posted event is handled", async || h.handler.handled_count() == posted).await;
     assert_eq!(stored(&h.cluster).await, posted as i64);
     let ends: Vec<String> = h
         .sim
@@ -350,12 +352,10 @@ async fn link_disabled_is_fatal_and_fails_readiness() {
     let opened = h.sim.connections().len();
     h.sim.set_link_disabled(true);
     let health = h.cluster.health().clone();
-    assert!(
-        eventually(WAIT, || health
-            .count(ActorKind::SlackConnection, ActorState::Failed)
-            == 2)
-        .await
-    );
+    eventually("both connections fail", async || {
+        health.count(ActorKind::SlackConnection, ActorState::Failed) == 2
+    })
+    .await;
     for key in ["conn-1", "conn-2"] {
         let conn = health.get(ActorKind::SlackConnection, key).unwrap();
         assert!(
@@ -375,11 +375,11 @@ async fn link_disabled_is_fatal_and_fails_readiness() {
     );
     // No reconnect attempts after a fatal disconnect.
     let module = &h.module;
-    let recovered = eventually_async(Duration::from_millis(300), || async {
+    let recovered = poll(Duration::from_millis(300), async || {
         module.readiness().check().await.is_ok()
     })
     .await;
-    assert!(!recovered, "a fatal connection stays failed");
+    assert!(recovered.is_err(), "a fatal connection stays failed");
     assert_eq!(h.sim.connections().len(), opened);
     h.module.stop_socket_mode().await;
 }
@@ -396,12 +396,10 @@ async fn stopping_closes_the_sockets() {
         .await
         .unwrap();
     let health = h.cluster.health().clone();
-    assert!(
-        eventually(WAIT, || health
-            .count(ActorKind::SlackConnection, ActorState::Stopped)
-            == 2)
-        .await
-    );
+    eventually("both connections stop", async || {
+        health.count(ActorKind::SlackConnection, ActorState::Stopped) == 2
+    })
+    .await;
 }
 
 #[actix_rt::test]

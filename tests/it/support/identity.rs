@@ -1,30 +1,18 @@
-//! Helpers shared by the identity integration tests: a local JWKS server, JWT and Svix
-//! signing, a cluster with the IdentitySync stream on a fresh database, table dumps.
-#![allow(dead_code)]
+//! Identity helpers: the test RSA keys, a local JWKS server, session-token claims and
+//! signing, Svix signing, webhook delivery to an in-process app, and table dumps.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::test;
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl as _;
-use infragpt::config::CorsConfig;
-use infragpt::db::testing::TestDb;
-use infragpt::db::{PgAudit, PgInbox, Pool};
-use infragpt::http::auth::Authenticator;
-use infragpt::http::{HttpShell, Readiness};
-use infragpt::identity::api::{self, IdentityApi};
+use infragpt::db::Pool;
 use infragpt::identity::jwt::{ClerkJwtConfig, ClerkJwtVerifier, JwksCache, JwksCacheConfig};
-use infragpt::identity::store::IdentityStore;
 use infragpt::identity::svix::SvixVerifier;
-use infragpt::identity::sync::IdentitySync;
-use infragpt::identity::webhook::{self, ClerkWebhook};
-use infragpt_actors::audit::AuditLog;
-use infragpt_actors::health::{ActorKind, HealthRegistry};
-use infragpt_actors::inbox::{EventSource, EventStatus};
-use infragpt_actors::{Cluster, ClusterConfig, Metrics, Secret, StreamSpec};
+use infragpt_actors::Secret;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parking_lot::Mutex;
@@ -32,67 +20,17 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
-pub const KEY_A: &str = include_str!("../data/jwt-test-key-a.pem");
-pub const KEY_B: &str = include_str!("../data/jwt-test-key-b.pem");
-pub const PUB_A: &str = include_str!("../data/jwt-test-key-a.pub.pem");
+pub const KEY_A: &str = include_str!("../../data/jwt-test-key-a.pem");
+pub const KEY_B: &str = include_str!("../../data/jwt-test-key-b.pem");
+pub const PUB_A: &str = include_str!("../../data/jwt-test-key-a.pub.pem");
+/// The key id [`KEY_A`] has on the JWKS server of a [`TestApp`](super::app::TestApp).
+pub const KID_A: &str = "a";
 pub const ISSUER: &str = "https://clerk.example.test";
 pub const AZP: &str = "https://app.example.test";
 /// The Svix endpoint secret of the tests (from Svix's own test vectors).
 pub const SVIX_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// Another valid secret (for "wrong secret").
 pub const OTHER_SVIX_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
-/// Guard against hangs only; no assertion depends on timing.
-pub const GUARD: Duration = Duration::from_secs(60);
-
-// ----- fixtures ---------------------------------------------------------------------------
-
-#[path = "../support/fixtures.rs"]
-mod fixtures;
-pub use fixtures::fixtures_dir;
-
-/// The raw bytes of `svix/clerk/<name>.json`.
-pub fn clerk_fixture(name: &str) -> Vec<u8> {
-    let path = fixtures_dir()
-        .join("svix")
-        .join("clerk")
-        .join(format!("{name}.json"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Every Clerk fixture in natural order (created, updated, deleted; users, organizations,
-/// memberships). The list is checked against the folder so a new fixture is not forgotten.
-pub fn clerk_fixtures_natural() -> Vec<(String, Vec<u8>)> {
-    let names = [
-        "user.created.docs",
-        "user.created",
-        "user.updated",
-        "user.deleted",
-        "organization.created",
-        "organization.updated",
-        "organization.deleted",
-        "organizationMembership.created",
-        "organizationMembership.updated",
-        "organizationMembership.deleted",
-    ];
-    let mut on_disk: Vec<String> = std::fs::read_dir(fixtures_dir().join("svix").join("clerk"))
-        .expect("clerk fixtures")
-        .map(|e| {
-            e.expect("entry")
-                .file_name()
-                .to_string_lossy()
-                .trim_end_matches(".json")
-                .to_owned()
-        })
-        .collect();
-    on_disk.sort();
-    let mut listed: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
-    listed.sort();
-    assert_eq!(on_disk, listed, "the fixture list is out of date");
-    names
-        .iter()
-        .map(|n| ((*n).to_owned(), clerk_fixture(n)))
-        .collect()
-}
 
 // ----- Svix -------------------------------------------------------------------------------
 
@@ -140,10 +78,12 @@ pub fn jwks(keys: &[(&str, &str)]) -> String {
     json!({ "keys": keys }).to_string()
 }
 
-/// A tiny HTTP server that answers every request with the current JWKS and counts requests.
+/// A tiny HTTP server that answers every request with the current JWKS (and status) and
+/// counts requests.
 pub struct JwksServer {
     pub url: url::Url,
     body: Arc<Mutex<String>>,
+    status: Arc<AtomicU16>,
     hits: Arc<AtomicUsize>,
 }
 
@@ -152,14 +92,15 @@ impl JwksServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let body = Arc::new(Mutex::new(body));
+        let status = Arc::new(AtomicU16::new(200));
         let hits = Arc::new(AtomicUsize::new(0));
-        let (b, h) = (body.clone(), hits.clone());
+        let (b, s, h) = (body.clone(), status.clone(), hits.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut socket, _)) = listener.accept().await else {
                     return;
                 };
-                let (b, h) = (b.clone(), h.clone());
+                let (b, s, h) = (b.clone(), s.clone(), h.clone());
                 tokio::spawn(async move {
                     let mut request = Vec::new();
                     let mut buf = [0u8; 1024];
@@ -170,9 +111,10 @@ impl JwksServer {
                         }
                     }
                     h.fetch_add(1, Ordering::SeqCst);
+                    let code = s.load(Ordering::SeqCst);
                     let body = b.lock().clone();
                     let response = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
                     );
                     let _ = socket.write_all(response.as_bytes()).await;
@@ -185,16 +127,24 @@ impl JwksServer {
                 .parse()
                 .expect("url"),
             body,
+            status,
             hits,
         }
     }
 
+    /// Answers with `body` from now on.
     pub fn serve(&self, body: String) {
         *self.body.lock() = body;
     }
 
+    /// Answers with HTTP status `code` from now on.
+    pub fn set_status(&self, code: u16) {
+        self.status.store(code, Ordering::SeqCst);
+    }
+
+    /// Requests answered so far.
     pub fn hits(&self) -> usize {
-        AtomicUsize::load(&self.hits, Ordering::SeqCst)
+        self.hits.load(Ordering::SeqCst)
     }
 }
 
@@ -256,129 +206,6 @@ pub fn sign_jwt(pem: &str, kid: &str, claims: &Value) -> String {
     .expect("encode")
 }
 
-// ----- cluster, store, app ----------------------------------------------------------------
-
-/// A fresh database, a cluster with the IdentitySync stream on it, and the pieces the HTTP
-/// app is built from.
-pub struct Harness {
-    pub db: TestDb,
-    pub cluster: Cluster,
-    pub store: IdentityStore,
-    pub audit: Arc<dyn AuditLog>,
-}
-
-impl Harness {
-    /// Must be called inside an actix system (`#[actix_rt::test]`).
-    pub async fn start() -> Harness {
-        let db = TestDb::new().await;
-        let pool = db.pool().clone();
-        let store = IdentityStore::new(pool.clone());
-        let audit: Arc<dyn AuditLog> = Arc::new(PgAudit::new(pool.clone()));
-        let cluster = Cluster::start(
-            ClusterConfig {
-                backoff_base_ms: 1,
-                backoff_max_ms: 5,
-                drain_interval_ms: 10,
-                ..ClusterConfig::default()
-            },
-            Arc::new(PgInbox::new(pool)),
-            HealthRegistry::new(),
-            Metrics::new().expect("metrics"),
-        )
-        .expect("cluster");
-        cluster
-            .register_stream(StreamSpec {
-                name: "identity-sync".into(),
-                kind: ActorKind::IdentitySync,
-                source: EventSource::Clerk,
-                handler: Arc::new(IdentitySync::new(store.clone(), audit.clone())),
-            })
-            .expect("stream");
-        Harness {
-            db,
-            cluster,
-            store,
-            audit,
-        }
-    }
-
-    pub fn pool(&self) -> &Pool {
-        self.db.pool()
-    }
-
-    /// The webhook with the test secret (or none).
-    pub fn webhook(&self, secret: Option<&str>) -> ClerkWebhook {
-        ClerkWebhook::new(secret.map(Secret::new).as_ref(), self.cluster.clone()).expect("webhook")
-    }
-
-    /// An HTTP shell with the webhook (test secret), the authenticator and the API.
-    pub fn shell(
-        &self,
-        verifier: Option<Arc<infragpt::identity::jwt::ClerkJwtVerifier>>,
-    ) -> HttpShell {
-        self.shell_with(self.webhook(Some(SVIX_SECRET)), verifier)
-    }
-
-    pub fn shell_with(
-        &self,
-        hook: ClerkWebhook,
-        verifier: Option<Arc<infragpt::identity::jwt::ClerkJwtVerifier>>,
-    ) -> HttpShell {
-        let auth = Authenticator::new(verifier, self.store.clone());
-        let api = IdentityApi::new(self.store.clone(), self.audit.clone());
-        HttpShell::new(Readiness::default(), false, CorsConfig::default()).with_routes(move |cfg| {
-            auth.configure(cfg);
-            webhook::configure(cfg, hook.clone());
-            api::configure(cfg, api.clone());
-        })
-    }
-
-    /// Waits until no Clerk event is pending or processing.
-    pub async fn wait_idle(&self) {
-        let inbox = self.cluster.inbox().clone();
-        let deadline = tokio::time::Instant::now() + GUARD;
-        loop {
-            let counts = inbox.count_by_status().await.expect("counts");
-            if counts
-                .iter()
-                .all(|(status, n)| !status.is_unfinished() || *n == 0)
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "events still unfinished: {counts:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Number of inbox rows with `status`.
-    pub async fn count(&self, status: EventStatus) -> i64 {
-        self.cluster
-            .inbox()
-            .count_by_status()
-            .await
-            .expect("counts")
-            .into_iter()
-            .find(|(s, _)| *s == status)
-            .map(|(_, n)| n)
-            .unwrap_or(0)
-    }
-
-    /// Total inbox rows.
-    pub async fn recorded(&self) -> i64 {
-        self.cluster
-            .inbox()
-            .count_by_status()
-            .await
-            .expect("counts")
-            .into_iter()
-            .map(|(_, n)| n)
-            .sum()
-    }
-}
-
 /// POSTs `body` to the webhook with `headers`.
 pub async fn post_webhook<S>(app: &S, body: &[u8], headers: &[(&str, String)]) -> ServiceResponse
 where
@@ -401,16 +228,11 @@ where
 {
     let resp = post_webhook(app, body, &svix_headers(id, body)).await;
     let status = resp.status();
-    let answer = body_json(resp).await;
+    let answer = super::body_json(resp).await;
     assert_eq!(status, 200, "{answer}");
     answer
 }
 
-pub async fn body_json(resp: ServiceResponse) -> Value {
-    let bytes = test::read_body(resp).await;
-    serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
-}
 
 #[derive(QueryableByName)]
 struct JsonRow {

@@ -1,7 +1,5 @@
-//! Helpers shared by the integrations tests: key rings, organizations, a test principal
+//! Integrations helpers: key rings, organization and integration rows, a test principal
 //! middleware, a fake connector, and a local mock of the GitHub API.
-
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -354,88 +352,14 @@ impl GithubMock {
     }
 }
 
-/// The RSA test key (PEM) from `tests/data`.
+/// The RSA test key (PEM) as a GitHub App private key.
 pub fn test_private_key() -> Secret {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jwt-test-key-a.pem");
-    Secret::new(std::fs::read_to_string(path).expect("test key"))
+    Secret::new(super::identity::KEY_A)
 }
 
 /// Sorted map helper for assertions.
 pub fn sorted<K: Ord, V>(items: impl IntoIterator<Item = (K, V)>) -> BTreeMap<K, V> {
     items.into_iter().collect()
-}
-
-/// A cluster on the PostgreSQL inbox of `pool` (inside the current actix system).
-pub fn start_cluster(pool: &Pool) -> infragpt_actors::Cluster {
-    infragpt_actors::Cluster::start(
-        infragpt_actors::ClusterConfig::default(),
-        Arc::new(infragpt::db::PgInbox::new(pool.clone())),
-        infragpt_actors::HealthRegistry::new(),
-        infragpt_actors::Metrics::new().expect("metrics"),
-    )
-    .expect("cluster")
-}
-
-#[path = "../support/fixtures.rs"]
-mod fixtures;
-pub use fixtures::fixtures_dir;
-
-/// Every GitHub webhook fixture as (event name, file name, raw bytes).
-pub fn github_fixtures() -> Vec<(String, String, Vec<u8>)> {
-    let root = fixtures_dir().join("github-webhooks");
-    let mut out = Vec::new();
-    let mut dirs: Vec<_> = std::fs::read_dir(&root)
-        .expect("github-webhooks dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    for dir in dirs {
-        let event = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("name")
-            .to_owned();
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .expect("event dir")
-            .map(|e| e.expect("entry").path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        files.sort();
-        for file in files {
-            let name = file
-                .file_name()
-                .and_then(|n| n.to_str())
-                .expect("name")
-                .to_owned();
-            out.push((event.clone(), name, std::fs::read(&file).expect("read")));
-        }
-    }
-    out
-}
-
-/// Waits until no inbound event is pending or processing (or panics after `timeout`).
-pub async fn wait_inbox_idle(pool: &Pool, timeout: Duration) {
-    use infragpt::db::schema::inbound_events;
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let mut conn = pool.get().await.expect("connection");
-        let open: i64 = inbound_events::table
-            .filter(inbound_events::status.eq_any(["pending", "processing"]))
-            .count()
-            .get_result(&mut conn)
-            .await
-            .expect("count");
-        if open == 0 {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{open} inbound events still unfinished"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Makes a stored credential look issued `age` ago and expiring in `expires_in` (a token
