@@ -606,9 +606,15 @@ async fn serve_binary_starts_and_stops_gracefully_on_sigterm() {
             .get(format!("http://{http_addr}/readyz"))
             .send()
             .await;
-        resp.map(|r| r.status()).map_err(|e| e.to_string()).and_then(|status| {
-            if status == 200 { Ok(()) } else { Err(status.to_string()) }
-        })
+        resp.map(|r| r.status())
+            .map_err(|e| e.to_string())
+            .and_then(|status| {
+                if status == 200 {
+                    Ok(())
+                } else {
+                    Err(status.to_string())
+                }
+            })
     })
     .await;
 
@@ -633,7 +639,11 @@ async fn serve_binary_starts_and_stops_gracefully_on_sigterm() {
                 .unwrap()
                 .into_inner()
                 .status;
-            if status == ServingStatus::Serving as i32 { Ok(()) } else { Err(status) }
+            if status == ServingStatus::Serving as i32 {
+                Ok(())
+            } else {
+                Err(status)
+            }
         })
         .await;
     }

@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use infragpt::db::inbox::PgInbox;
 use infragpt::db::testing::TestDb;
@@ -92,7 +91,10 @@ async fn two_hundred_threads_interleaved_exactly_once_in_order() {
         }
     }
     let total = keys * per_key as usize;
-    eventually("every event is handled", async || handler.handled_count() >= total).await;
+    eventually("every event is handled", async || {
+        handler.handled_count() >= total
+    })
+    .await;
     assert_per_key_order(&handler.handled());
     assert_eq!(handler.total_calls(), total as u64);
     assert_eq!(handler.overlaps(), 0, "two events of one thread overlapped");
@@ -119,13 +121,19 @@ async fn recording_the_same_source_id_twice_dispatches_once() {
         .expect("second");
     assert!(matches!(first, RecordOutcome::Recorded(_)));
     assert!(matches!(second, RecordOutcome::Duplicate(_)));
-    eventually("the event is handled", async || handler.handled_count() == 1).await;
+    eventually("the event is handled", async || {
+        handler.handled_count() == 1
+    })
+    .await;
     // One more event behind it proves the duplicate was never queued.
     cluster
         .ingest(slack_event(&key(1), 8))
         .await
         .expect("third");
-    eventually("both events are handled", async || handler.handled_count() == 2).await;
+    eventually("both events are handled", async || {
+        handler.handled_count() == 2
+    })
+    .await;
     assert_eq!(handler.total_calls(), 2);
     cluster.shutdown().await;
 }
@@ -148,12 +156,18 @@ async fn kill_and_restart_on_the_same_database_resumes_in_order_exactly_once() {
     }
     let total = keys * per_key as usize;
     gate.add_permits(40);
-    eventually("40 events are handled", async || first.handled_count() >= 40).await;
+    eventually("40 events are handled", async || {
+        first.handled_count() >= 40
+    })
+    .await;
     let stopping = {
         let c = cluster.clone();
         actix_rt::spawn(async move { c.shutdown().await })
     };
-    eventually("the cluster stops accepting", async || !cluster.is_accepting()).await;
+    eventually("the cluster stops accepting", async || {
+        !cluster.is_accepting()
+    })
+    .await;
     gate.add_permits(total);
     stopping.await.expect("shutdown");
     let done_before = first.handled_count();
@@ -170,7 +184,10 @@ async fn kill_and_restart_on_the_same_database_resumes_in_order_exactly_once() {
     let report = cluster2.recover().await.expect("recover");
     assert!(report.unfinished >= 0);
     let remaining = total - done_before;
-    eventually("the rest is handled after the restart", async || second.handled_count() >= remaining).await;
+    eventually("the rest is handled after the restart", async || {
+        second.handled_count() >= remaining
+    })
+    .await;
     let mut all = first.handled();
     all.extend(second.handled());
     assert_eq!(all.len(), total);

@@ -44,18 +44,21 @@ async fn clerk_webhooks_then_scoped_rest_calls() {
     }
 
     // The identity stream applies events asynchronously: wait for the creator's membership.
-    eventually("organization.created made its creator a member", async || {
-        let mut conn = app.pool().get().await.expect("conn");
-        let n: i64 = organization_members::table
-            .filter(organization_members::organization_clerk_id.eq(&org))
-            .filter(organization_members::user_clerk_id.eq(&user))
-            .filter(organization_members::deleted_at.is_null())
-            .count()
-            .get_result(&mut conn)
-            .await
-            .expect("members");
-        n == 1
-    })
+    eventually(
+        "organization.created made its creator a member",
+        async || {
+            let mut conn = app.pool().get().await.expect("conn");
+            let n: i64 = organization_members::table
+                .filter(organization_members::organization_clerk_id.eq(&org))
+                .filter(organization_members::user_clerk_id.eq(&user))
+                .filter(organization_members::deleted_at.is_null())
+                .count()
+                .get_result(&mut conn)
+                .await
+                .expect("members");
+            n == 1
+        },
+    )
     .await;
     let token = sign_jwt(KEY_A, KID_A, &claims_v2(&user, &org, "org:admin"));
 

@@ -536,7 +536,11 @@ async fn events_api_mention_is_answered_once() {
     // Quiet: the one inbox row is finished.
     eventually("the one inbox row is finished", async || {
         let counts = inbox_counts(&h.db).await;
-        if counts == (1, 0) { Ok(()) } else { Err(counts) }
+        if counts == (1, 0) {
+            Ok(())
+        } else {
+            Err(counts)
+        }
     })
     .await;
     let replies = h.bot_replies(ts);
@@ -1085,7 +1089,10 @@ async fn a_turn_interrupted_by_a_restart_is_answered_once() {
         ..app.dev_agent_config()
     });
     let ts = app.mention(ALICE, "restart tok-x");
-    eventually("the agent is asked", async || !app.agent().requests().is_empty()).await;
+    eventually("the agent is asked", async || {
+        !app.agent().requests().is_empty()
+    })
+    .await;
     // When the first (interrupted) call will have called SendReply, if it ever does.
     let first_call_done = tokio::time::Instant::now() + THINK + Duration::from_millis(500);
     app.stop_service().await;
@@ -1101,7 +1108,10 @@ async fn a_turn_interrupted_by_a_restart_is_answered_once() {
     );
 
     app.start_service().await;
-    eventually("the turn is answered", async || !app.bot_replies(&ts).is_empty()).await;
+    eventually("the turn is answered", async || {
+        !app.bot_replies(&ts).is_empty()
+    })
+    .await;
     app.settle().await;
     // Not a timing assertion: only gives a duplicate from the first call the chance to show.
     tokio::time::sleep_until(first_call_done).await;

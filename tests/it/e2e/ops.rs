@@ -215,14 +215,17 @@ async fn actors_metrics_and_dead_letters() {
         .await
         .expect("retry");
     assert_eq!(retried.status(), 202);
-    eventually("the requeued event ran again and failed again", async || {
-        let (_, ev) = app.admin_get(&format!("/admin/events/{id}")).await;
-        if ev["status"] == "failed" && ev["attempts"].as_i64() == Some(1) {
-            Ok(())
-        } else {
-            Err(ev)
-        }
-    })
+    eventually(
+        "the requeued event ran again and failed again",
+        async || {
+            let (_, ev) = app.admin_get(&format!("/admin/events/{id}")).await;
+            if ev["status"] == "failed" && ev["attempts"].as_i64() == Some(1) {
+                Ok(())
+            } else {
+                Err(ev)
+            }
+        },
+    )
     .await;
     let discarded = client
         .delete(format!("{base}/admin/events/{id}"))

@@ -474,7 +474,8 @@ async fn without_jwks_every_protected_route_fails_closed() {
             infragpt::config::CorsConfig::default(),
         )
         .with_routes({
-            let api = infragpt::identity::api::IdentityApi::new(h.identity_store().clone(), h.audit());
+            let api =
+                infragpt::identity::api::IdentityApi::new(h.identity_store().clone(), h.audit());
             move |cfg| infragpt::identity::api::configure(cfg, api.clone())
         }),
     ))

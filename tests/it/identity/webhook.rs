@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 use super::identity_app;
 use crate::support::app::TestApp;
-use crate::support::fixtures::{self, clerk_natural};
 use crate::support::body_json;
+use crate::support::fixtures::{self, clerk_natural};
 use crate::support::identity::*;
 use crate::support::wait::eventually;
 
@@ -160,7 +160,7 @@ async fn one_valid_signature_among_several_is_accepted() {
     h.wait_idle().await;
     assert_eq!(h.count(EventStatus::Done).await, 1);
     let user = h
-        .store
+        .identity_store()
         .user(&infragpt::identity::ClerkUserId::new(
             "user_29w83sxmDNGwOuEthce5gg56FcC",
         ))
@@ -411,14 +411,25 @@ async fn membership_before_user_and_organization_becomes_visible_when_they_arriv
     .await;
     h.wait_idle().await;
     assert_eq!(
-        h.identity_store().access(&jane, &org).await.expect("access"),
+        h.identity_store()
+            .access(&jane, &org)
+            .await
+            .expect("access"),
         OrgAccess::UnknownOrganization
     );
 
-    deliver(&app, &new_svix_id(), &fixtures::clerk("organization.created")).await;
+    deliver(
+        &app,
+        &new_svix_id(),
+        &fixtures::clerk("organization.created"),
+    )
+    .await;
     h.wait_idle().await;
     assert_eq!(
-        h.identity_store().access(&jane, &org).await.expect("access"),
+        h.identity_store()
+            .access(&jane, &org)
+            .await
+            .expect("access"),
         OrgAccess::NotMember,
         "the user is not known yet"
     );
@@ -432,7 +443,12 @@ async fn membership_before_user_and_organization_becomes_visible_when_they_arriv
     ]);
     deliver(&app, &new_svix_id(), user.to_string().as_bytes()).await;
     h.wait_idle().await;
-    match h.identity_store().access(&jane, &org).await.expect("access") {
+    match h
+        .identity_store()
+        .access(&jane, &org)
+        .await
+        .expect("access")
+    {
         OrgAccess::Member { organization, role } => {
             assert_eq!(role, "org:member");
             assert_eq!(organization.clerk_id, org);
@@ -440,7 +456,12 @@ async fn membership_before_user_and_organization_becomes_visible_when_they_arriv
         }
         other => panic!("expected membership, got {other:?}"),
     }
-    let stored = h.identity_store().user(&jane).await.expect("user").expect("jane");
+    let stored = h
+        .identity_store()
+        .user(&jane)
+        .await
+        .expect("user")
+        .expect("jane");
     assert_eq!(stored.email.as_deref(), Some("jane.doe@acme.com"));
 
     // The creator got the implicit admin membership...
@@ -460,7 +481,12 @@ async fn membership_before_user_and_organization_becomes_visible_when_they_arriv
     deliver(&app, &new_svix_id(), explicit.to_string().as_bytes()).await;
     // A late organization.created (redelivered as a new message) must not re-add the
     // implicit admin row over the explicit data.
-    deliver(&app, &new_svix_id(), &fixtures::clerk("organization.created")).await;
+    deliver(
+        &app,
+        &new_svix_id(),
+        &fixtures::clerk("organization.created"),
+    )
+    .await;
     h.wait_idle().await;
     assert!(matches!(
         h.identity_store().access(&john, &org).await.expect("access"),
@@ -498,7 +524,7 @@ async fn removed_and_added_again_is_a_member_with_the_new_membership() {
     }
     h.wait_idle().await;
     match h
-        .store
+        .identity_store()
         .access(&ClerkUserId::new(USER_JANE), &ClerkOrgId::new(ORG))
         .await
         .expect("access")
@@ -512,17 +538,27 @@ async fn removed_and_added_again_is_a_member_with_the_new_membership() {
 async fn older_update_never_overwrites_a_newer_one() {
     let h = identity_app().await;
     let app = test::init_service(infragpt::http::app(h.identity_shell(None))).await;
-    deliver(&app, &new_svix_id(), &fixtures::clerk("organization.updated")).await;
-    deliver(&app, &new_svix_id(), &fixtures::clerk("organization.created")).await;
+    deliver(
+        &app,
+        &new_svix_id(),
+        &fixtures::clerk("organization.updated"),
+    )
+    .await;
+    deliver(
+        &app,
+        &new_svix_id(),
+        &fixtures::clerk("organization.created"),
+    )
+    .await;
     h.wait_idle().await;
     let org = h
-        .store
+        .identity_store()
         .organization_id(&infragpt::identity::ClerkOrgId::new(ORG))
         .await
         .expect("store")
         .expect("org");
     let record = h
-        .store
+        .identity_store()
         .organization(org)
         .await
         .expect("store")
@@ -584,7 +620,12 @@ async fn module_serves_the_webhook_on_its_own_port_too() {
 
     // The main app gets the same route from the module's hook.
     let app = test::init_service(infragpt::http::app(http)).await;
-    let answer = deliver(&app, &new_svix_id(), &fixtures::clerk("organization.created")).await;
+    let answer = deliver(
+        &app,
+        &new_svix_id(),
+        &fixtures::clerk("organization.created"),
+    )
+    .await;
     assert_eq!(answer["status"], "recorded");
     // Without JWT settings the API fails closed.
     let resp = test::call_service(
@@ -621,7 +662,12 @@ async fn slug_clash_from_a_missed_rename_does_not_block_the_stream() {
     let h = identity_app().await;
     let app = test::init_service(infragpt::http::app(h.identity_shell(None))).await;
     // Org X holds `acme-corp`; Clerk renamed it (event not here yet) and org Y took the slug.
-    deliver(&app, &new_svix_id(), &fixtures::clerk("organization.created")).await;
+    deliver(
+        &app,
+        &new_svix_id(),
+        &fixtures::clerk("organization.created"),
+    )
+    .await;
     let mut other: Value =
         serde_json::from_slice(&fixtures::clerk("organization.created")).expect("json");
     other["data"]["id"] = json!("org_other");
@@ -633,7 +679,12 @@ async fn slug_clash_from_a_missed_rename_does_not_block_the_stream() {
     assert_eq!(row(&orgs, "clerk_id", "org_other")["slug"], "acme-corp");
     assert_eq!(row(&orgs, "clerk_id", ORG)["slug"], Value::Null);
     // X's rename arrives: it gets its new slug.
-    deliver(&app, &new_svix_id(), &fixtures::clerk("organization.updated")).await;
+    deliver(
+        &app,
+        &new_svix_id(),
+        &fixtures::clerk("organization.updated"),
+    )
+    .await;
     h.wait_idle().await;
     let orgs = rows(&full_dump(h.pool()).await, "organizations");
     assert_eq!(row(&orgs, "clerk_id", ORG)["slug"], "acme-corp-updated");

@@ -2,7 +2,6 @@
 //! no secret), the URL challenge, redelivery, non-JSON bodies.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{App, test, web};
@@ -101,7 +100,10 @@ async fn signed_event_is_recorded_once_and_redelivery_is_deduplicated() {
     let body = mention("Ev0HTTP0001");
     let resp = test::call_service(&app, signed(&body, now(), SECRET).to_request()).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    eventually("the event is handled", async || handler.handled_count() == 1).await;
+    eventually("the event is handled", async || {
+        handler.handled_count() == 1
+    })
+    .await;
     let event = &handler.handled()[0];
     assert_eq!(event.source_id, "Ev0HTTP0001");
     assert_eq!(event.kind, "app_mention");
@@ -157,7 +159,10 @@ async fn the_simulators_signed_request_is_accepted() {
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
     // Unknown event types are recorded (and handled as the handler sees fit), never an error.
-    eventually("the event is handled", async || handler.handled_count() == 1).await;
+    eventually("the event is handled", async || {
+        handler.handled_count() == 1
+    })
+    .await;
     assert_eq!(inbox.all()[0].kind, "reaction_added");
     assert_eq!(inbox.all()[0].routing_key.0, "T0SIMACME1/-/-");
 }

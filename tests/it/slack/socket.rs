@@ -155,7 +155,10 @@ async fn mention_is_recorded_then_acked_and_handled_once_despite_redelivery() {
         .unwrap();
     // app_mention + message: two envelopes, two events.
     wait_all_acked(&h.sim, 2).await;
-    eventually("both events are handled", async || h.handler.handled_count() == 2).await;
+    eventually("both events are handled", async || {
+        h.handler.handled_count() == 2
+    })
+    .await;
     assert_eq!(stored(&h.cluster).await, 2);
     let handled = h.handler.handled();
     let kinds: BTreeSet<&str> = handled.iter().map(|e| e.kind.as_str()).collect();
@@ -241,7 +244,10 @@ async fn no_ack_while_the_inbox_is_down_and_redelivery_records_it() {
     assert!(conn.detail["ingest_failures"].as_u64().unwrap() >= 1);
     inbox.set_unavailable(false);
     wait_all_acked(&h.sim, 1).await;
-    eventually("the event is handled", async || h.handler.handled_count() == 1).await;
+    eventually("the event is handled", async || {
+        h.handler.handled_count() == 1
+    })
+    .await;
     assert_eq!(inbox.all().len(), 1);
 }
 
@@ -259,7 +265,10 @@ async fn two_connections_share_the_events() {
     wait_all_acked(&h.sim, 10).await;
     let used: BTreeSet<u64> = h.sim.acks().iter().map(|a| a.connection_id).collect();
     assert_eq!(used.len(), 2, "both connections carried events: {used:?}");
-    eventually("ten events are handled", async || h.handler.handled_count() == 10).await;
+    eventually("ten events are handled", async || {
+        h.handler.handled_count() == 10
+    })
+    .await;
     assert_eq!(stored(&h.cluster).await, 10);
     let conns = h.cluster.health().group(ActorKind::SlackConnection);
     let keys: Vec<&str> = conns.iter().map(|c| c.key.as_str()).collect();
@@ -316,7 +325,10 @@ async fn every_disconnect_reason_and_a_dropped_socket_lose_nothing() {
             .unwrap_or_else(|e| panic!("reconnect after {reason}: {e}"));
         wait_all_acked(&h.sim, n).await;
     }
-    eventually("every posted event is handled", async || h.handler.handled_count() == posted).await;
+    eventually("every posted event is handled", async || {
+        h.handler.handled_count() == posted
+    })
+    .await;
     assert_eq!(stored(&h.cluster).await, posted as i64);
     let ends: Vec<String> = h
         .sim

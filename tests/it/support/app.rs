@@ -105,7 +105,10 @@ impl TestAppBuilder {
 
     /// The app in process, without listeners. Must run inside an actix system.
     pub async fn build(self) -> TestApp {
-        assert!(!self.dev_agent, "the dev agent needs a served app: use start()");
+        assert!(
+            !self.dev_agent,
+            "the dev agent needs a served app: use start()"
+        );
         let identity = self.identity;
         let mut app = self.prepare().await;
         let core = Core::start(&app.config, &app.db.database()).expect("core");
@@ -227,11 +230,6 @@ impl TestApp {
 
     pub fn pool(&self) -> &Pool {
         self.db.pool()
-    }
-
-    /// The configuration the service runs with.
-    pub fn config(&self) -> &Config {
-        &self.config
     }
 
     pub fn core(&self) -> &Core {
@@ -368,7 +366,12 @@ impl TestApp {
     /// Waits until no event is pending or processing.
     pub async fn wait_idle(&self) {
         eventually("no event is pending or processing", async || {
-            let counts = self.cluster().inbox().count_by_status().await.expect("counts");
+            let counts = self
+                .cluster()
+                .inbox()
+                .count_by_status()
+                .await
+                .expect("counts");
             if counts.iter().all(|(s, n)| !s.is_unfinished() || *n == 0) {
                 Ok(())
             } else {
@@ -414,7 +417,8 @@ impl TestApp {
 
     /// The Clerk webhook with `secret` (none: refuses every delivery).
     pub fn clerk_webhook(&self, secret: Option<&str>) -> ClerkWebhook {
-        ClerkWebhook::new(secret.map(Secret::new).as_ref(), self.cluster().clone()).expect("webhook")
+        ClerkWebhook::new(secret.map(Secret::new).as_ref(), self.cluster().clone())
+            .expect("webhook")
     }
 
     /// An HTTP shell with the Clerk webhook (test secret), the authenticator and the

@@ -89,8 +89,5 @@ pub fn clerk_natural() -> Vec<(String, Vec<u8>)> {
     let mut listed: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
     listed.sort();
     assert_eq!(on_disk, listed, "the fixture list is out of date");
-    names
-        .iter()
-        .map(|n| ((*n).to_owned(), clerk(n)))
-        .collect()
+    names.iter().map(|n| ((*n).to_owned(), clerk(n))).collect()
 }

@@ -111,7 +111,7 @@ impl JwksServer {
                         }
                     }
                     h.fetch_add(1, Ordering::SeqCst);
-                    let code = s.load(Ordering::SeqCst);
+                    let code = AtomicU16::load(&s, Ordering::SeqCst);
                     let body = b.lock().clone();
                     let response = format!(
                         "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -144,7 +144,7 @@ impl JwksServer {
 
     /// Requests answered so far.
     pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
+        AtomicUsize::load(&self.hits, Ordering::SeqCst)
     }
 }
 
@@ -232,7 +232,6 @@ where
     assert_eq!(status, 200, "{answer}");
     answer
 }
-
 
 #[derive(QueryableByName)]
 struct JsonRow {

@@ -1,7 +1,6 @@
 //! Integrations helpers: key rings, organization and integration rows, a test principal
 //! middleware, a fake connector, and a local mock of the GitHub API.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -355,11 +354,6 @@ impl GithubMock {
 /// The RSA test key (PEM) as a GitHub App private key.
 pub fn test_private_key() -> Secret {
     Secret::new(super::identity::KEY_A)
-}
-
-/// Sorted map helper for assertions.
-pub fn sorted<K: Ord, V>(items: impl IntoIterator<Item = (K, V)>) -> BTreeMap<K, V> {
-    items.into_iter().collect()
 }
 
 /// Makes a stored credential look issued `age` ago and expiring in `expires_in` (a token
