@@ -86,8 +86,8 @@ struct Args {
     /// Live actor counts to measure in `memory` mode.
     #[arg(long, value_delimiter = ',', default_values_t = [10_000usize, 100_000])]
     actors: Vec<usize>,
-    /// GitHub webhook fixtures (one folder per event); default: the nearest
-    /// `shared/fixtures/github-webhooks` above the crate.
+    /// GitHub webhook fixtures (one folder per event); default: the repository's
+    /// `tests/data/github-webhooks`.
     #[arg(long)]
     fixtures: Option<PathBuf>,
     /// Keep the Slack Web API throttle on (Slack's per-workspace limits).
@@ -1008,17 +1008,12 @@ async fn conversations(args: &Args) -> anyhow::Result<ConversationsReport> {
 
 // ----- webhooks --------------------------------------------------------------------------------
 
-/// `(event, file, body)` of every fixture.
-/// The nearest `shared/fixtures/github-webhooks` above the crate (the repository's clone sits
-/// beside `shared/`).
-fn default_fixtures() -> anyhow::Result<PathBuf> {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|a| a.join("shared/fixtures/github-webhooks"))
-        .find(|p| p.is_dir())
-        .context("no shared/fixtures/github-webhooks above the crate; pass --fixtures DIR")
+/// The repository's `tests/data/github-webhooks`.
+fn default_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/github-webhooks")
 }
 
+/// `(event, file, body)` of every fixture.
 fn load_fixtures(dir: &Path) -> anyhow::Result<Vec<(String, String, Vec<u8>)>> {
     let mut out = Vec::new();
     let mut events: Vec<_> = std::fs::read_dir(dir)
@@ -1052,7 +1047,7 @@ fn load_fixtures(dir: &Path) -> anyhow::Result<Vec<(String, String, Vec<u8>)>> {
 async fn webhooks(args: &Args) -> anyhow::Result<WebhooksReport> {
     let dir = match &args.fixtures {
         Some(dir) => dir.clone(),
-        None => default_fixtures()?,
+        None => default_fixtures(),
     };
     let fixtures = Arc::new(load_fixtures(&dir)?);
     let db = TestDb::try_new().await.context("creating the database")?;

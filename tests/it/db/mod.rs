@@ -1,0 +1,7 @@
+//! PostgreSQL: migrations and the test databases, the inbox, the conversation store, and
+//! the actor system over the real inbox.
+
+mod actors;
+mod conversation_store;
+mod inbox;
+mod migrations;

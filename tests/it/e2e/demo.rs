@@ -1,0 +1,85 @@
+//! `infragpt demo --script`: the real binary runs the service, the simulated workspace and
+//! the development agent in one process; every turn must be answered in the right thread and
+//! the conversations stored.
+
+use std::process::Command;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use infragpt::db::schema::{conversations, messages};
+use infragpt::testkit::test_db::TestDb;
+
+use crate::support::app::VAULT_KEY;
+
+#[tokio::test]
+async fn scripted_demo_answers_every_turn_in_its_thread() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("demo.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "port: 0\ngrpc_port: 0\nlog_level: warn\nvault:\n  active_key: k1\n  keys:\n    k1: \"{VAULT_KEY}\"\ndatabase:\n  url: \"{}\"\n",
+            db.url.expose()
+        ),
+    )
+    .expect("config");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/demo.script");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_infragpt"))
+            .args(["--config", config.to_str().expect("utf-8 path")])
+            .args(["demo", "--script", script, "--reply-timeout", "60"])
+            .output()
+            .expect("run the demo")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("6 of 6 turns answered"), "{stdout}");
+    assert!(
+        stdout.contains("/actors"),
+        "the status line names /actors: {stdout}"
+    );
+
+    // Replies arrive in the thread of the line that asked, in order.
+    let labels: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix('[').and_then(|l| l.split_once(']')))
+        .map(|(label, _)| label)
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "thread 1", "thread 1", "thread 2", "thread 2", "thread 1", "thread 1"
+        ],
+        "{stdout}"
+    );
+    assert!(stdout.contains("Thread summary"), "{stdout}");
+    assert!(stdout.contains("[demo agent]"), "{stdout}");
+
+    // Two conversations, each message stored: 6 user messages and 6 agent replies.
+    let mut conn = db.pool().get().await.expect("conn");
+    let threads: i64 = conversations::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(threads, 2);
+    let by_kind: Vec<(String, i64)> = messages::table
+        .group_by(messages::sender_kind)
+        .select((messages::sender_kind, diesel::dsl::count_star()))
+        .order(messages::sender_kind)
+        .load(&mut conn)
+        .await
+        .expect("messages");
+    assert_eq!(
+        by_kind,
+        [("agent".to_owned(), 6), ("user".to_owned(), 6)],
+        "{stdout}"
+    );
+}

@@ -1,0 +1,8 @@
+//! The assembled service (`app::start`), driven from outside: conversations through the
+//! Slack simulator and the dev agent, the demo binary, the operations endpoints, and Clerk
+//! webhooks with the authenticated REST API.
+
+mod auth;
+mod conversations;
+mod demo;
+mod ops;

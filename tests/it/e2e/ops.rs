@@ -1,0 +1,415 @@
+//! The operations endpoints of the assembled service: `/actors`, `/metrics` and the admin
+//! dead-letter API, against real PostgreSQL.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use infragpt::config::Config;
+use infragpt::db::Pool;
+use infragpt_actors::inbox::{EventSource, InboundEvent, NewInboundEvent, RoutingKey};
+use infragpt_actors::{ActorKind, EventHandler, HandleOutcome, HandlerError, StreamSpec};
+use serde_json::{Value, json};
+
+use crate::support::app::{ADMIN, TestApp};
+use crate::support::wait::eventually;
+
+/// Fails permanently on payloads with `"fail": true`, handles the rest.
+#[derive(Default)]
+struct Picky {
+    handled: AtomicUsize,
+}
+
+#[async_trait]
+impl EventHandler for Picky {
+    async fn handle(&self, event: &InboundEvent) -> Result<HandleOutcome, HandlerError> {
+        if event.payload["panic"] == json!(true) {
+            panic!("boom on purpose");
+        }
+        if event.payload["fail"] == json!(true) {
+            return Err(HandlerError::permanent("this event is poison"));
+        }
+        self.handled.fetch_add(1, Ordering::SeqCst);
+        Ok(HandleOutcome::Done)
+    }
+}
+
+/// Retries at once, within a budget of two.
+fn quick_retries(c: &mut Config) {
+    c.actors.retry_budget = 2;
+    c.actors.backoff_base_ms = 1;
+    c.actors.backoff_max_ms = 5;
+}
+
+fn event(id: &str, fail: bool) -> NewInboundEvent {
+    NewInboundEvent {
+        source: EventSource::Clerk,
+        source_id: id.to_owned(),
+        routing_key: RoutingKey("clerk".to_owned()),
+        kind: "test.event".to_owned(),
+        payload: json!({ "fail": fail }),
+    }
+}
+
+fn counter(samples: &[prometheus_parse::Sample], name: &str, kind: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.metric == name && s.labels.get("kind") == Some(kind))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+async fn scrape(client: &reqwest::Client, base: &str) -> prometheus_parse::Scrape {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).expect("metrics parse as Prometheus text format")
+}
+
+#[actix_rt::test]
+async fn actors_metrics_and_dead_letters() {
+    // Only the actor core's module: the three real event sources belong to the Slack, GitHub
+    // and identity modules, and this test plugs its own handler into one of them.
+    let app = TestApp::builder()
+        .core_only()
+        .configure(quick_retries)
+        .start()
+        .await;
+    let core = app.core();
+    let handler = Arc::new(Picky::default());
+    core.cluster
+        .register_stream(StreamSpec {
+            name: "clerk".to_owned(),
+            kind: ActorKind::IdentitySync,
+            source: EventSource::Clerk,
+            handler: handler.clone(),
+        })
+        .expect("stream");
+    let base = app.base_url();
+    let client = app.http().clone();
+
+    let before = scrape(&client, &base).await;
+    assert_eq!(
+        counter(
+            &before.samples,
+            "infragpt_actor_messages_handled_total",
+            "identity_sync"
+        ),
+        0.0
+    );
+
+    for i in 0..5 {
+        core.cluster
+            .ingest(event(&format!("ok-{i}"), false))
+            .await
+            .expect("ingest");
+    }
+    core.cluster
+        .ingest(event("poison", true))
+        .await
+        .expect("ingest");
+    eventually("five handled", async || {
+        handler.handled.load(Ordering::SeqCst) == 5
+    })
+    .await;
+
+    // The tree shows the root supervisor with the stream's router under it.
+    let tree: Value = client
+        .get(format!("{base}/actors"))
+        .send()
+        .await
+        .expect("actors")
+        .json()
+        .await
+        .expect("json");
+    assert!(tree["total"].as_u64().unwrap() >= 2, "{tree}");
+    assert_eq!(tree["roots"][0]["kind"], "supervisor", "{tree}");
+    let group = client
+        .get(format!("{base}/actors/supervisor"))
+        .send()
+        .await
+        .expect("group");
+    assert_eq!(group.status(), 200);
+    let unknown = client
+        .get(format!("{base}/actors/not_a_kind"))
+        .send()
+        .await
+        .expect("unknown");
+    assert_eq!(unknown.status(), 404);
+    let body: Value = unknown.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "not_found");
+    let missing = client
+        .get(format!("{base}/actors/supervisor/nope"))
+        .send()
+        .await
+        .expect("missing");
+    assert_eq!(missing.status(), 404);
+
+    // The admin API needs the token.
+    let denied = client
+        .get(format!("{base}/admin/events"))
+        .send()
+        .await
+        .expect("denied");
+    assert_eq!(denied.status(), 401);
+    let wrong = client
+        .get(format!("{base}/admin/events"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .expect("wrong");
+    assert_eq!(wrong.status(), 401);
+
+    let dead = eventually("a dead letter is listed", async || {
+        let (_, dead) = app.admin_get("/admin/events").await;
+        if dead["events"].as_array().is_some_and(|e| !e.is_empty()) {
+            Ok(dead)
+        } else {
+            Err(dead)
+        }
+    })
+    .await;
+    let events = dead["events"].as_array().expect("events");
+    assert_eq!(events.len(), 1, "{dead}");
+    assert_eq!(events[0]["source_id"], "poison");
+    assert_eq!(events[0]["status"], "failed");
+    assert!(
+        events[0]["last_error"].as_str().unwrap().contains("poison"),
+        "{dead}"
+    );
+    let id = events[0]["id"].as_i64().expect("id");
+
+    // Counters moved with the work.
+    let after = scrape(&client, &base).await;
+    assert_eq!(
+        counter(
+            &after.samples,
+            "infragpt_actor_messages_handled_total",
+            "identity_sync"
+        ),
+        5.0
+    );
+    assert_eq!(
+        counter(
+            &after.samples,
+            "infragpt_dead_letters_total",
+            "identity_sync"
+        ),
+        1.0
+    );
+
+    // Retry runs it again (it fails again: still a dead letter), discard removes it.
+    let retried = client
+        .post(format!("{base}/admin/events/{id}/retry"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("retry");
+    assert_eq!(retried.status(), 202);
+    eventually(
+        "the requeued event ran again and failed again",
+        async || {
+            let (_, ev) = app.admin_get(&format!("/admin/events/{id}")).await;
+            if ev["status"] == "failed" && ev["attempts"].as_i64() == Some(1) {
+                Ok(())
+            } else {
+                Err(ev)
+            }
+        },
+    )
+    .await;
+    let discarded = client
+        .delete(format!("{base}/admin/events/{id}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("discard");
+    assert_eq!(discarded.status(), 204);
+    let again = client
+        .delete(format!("{base}/admin/events/{id}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("discard again");
+    assert_eq!(again.status(), 409);
+    let bad_id = client
+        .post(format!("{base}/admin/events/abc/retry"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("bad id");
+    assert_eq!(bad_id.status(), 400);
+
+    // Both admin actions are audited.
+    assert_eq!(
+        audit_actions(app.pool()).await,
+        ["event.requeued", "event.discarded"]
+    );
+
+    // A panicking handler: retried within the budget, then a dead letter with the panic
+    // message; the worker's restarts show in /actors; the service keeps serving.
+    core.cluster
+        .ingest(NewInboundEvent {
+            payload: json!({ "panic": true }),
+            ..event("panics", false)
+        })
+        .await
+        .expect("ingest");
+    let dead = eventually("a dead letter for the panicking event", async || {
+        let (_, listed) = app.admin_get("/admin/events").await;
+        listed["events"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["source_id"] == "panics"))
+            .cloned()
+            .ok_or(listed)
+    })
+    .await;
+    assert_eq!(dead["attempts"], 3, "1 try + retry_budget 2: {dead}");
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("boom on purpose"),
+        "{dead}"
+    );
+    let worker: Value = client
+        .get(format!("{base}/actors/identity_sync/clerk"))
+        .send()
+        .await
+        .expect("worker")
+        .json()
+        .await
+        .expect("json");
+    assert!(worker["restarts"].as_u64().unwrap() >= 2, "{worker}");
+    core.cluster
+        .ingest(event("after-panic", false))
+        .await
+        .expect("ingest");
+    eventually("the worker handles the next event", async || {
+        handler.handled.load(Ordering::SeqCst) == 6
+    })
+    .await;
+
+    app.stop().await;
+}
+
+async fn audit_actions(pool: &Pool) -> Vec<String> {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use infragpt::db::schema::audit_log;
+    let mut conn = pool.get().await.expect("conn");
+    audit_log::table
+        .select(audit_log::action)
+        .order(audit_log::id)
+        .load(&mut conn)
+        .await
+        .expect("audit")
+}
+
+#[actix_rt::test]
+async fn readiness_reports_overload_and_recovers() {
+    use infragpt_actors::testing::RecordingHandler;
+    let app = TestApp::builder()
+        .core_only()
+        .configure(|c| {
+            c.actors.high_water_mark = 2;
+            c.actors.mailbox_capacity = 4;
+            c.actors.drain_interval_ms = 20;
+        })
+        .start()
+        .await;
+    let core = app.core();
+    let handler = RecordingHandler::new();
+    let gate = handler.gate_all();
+    core.cluster
+        .register_stream(StreamSpec {
+            name: "clerk".to_owned(),
+            kind: ActorKind::IdentitySync,
+            source: EventSource::Clerk,
+            handler: handler.clone(),
+        })
+        .expect("stream");
+    let base = app.base_url();
+    let client = app.http().clone();
+    for i in 0..10 {
+        core.cluster
+            .ingest(NewInboundEvent {
+                routing_key: RoutingKey(format!("key-{i}")),
+                ..event(&format!("e-{i}"), false)
+            })
+            .await
+            .expect("ingest while overloaded still records");
+    }
+    let ready = client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.expect("json");
+    assert!(
+        body["checks"]["actors"]
+            .as_str()
+            .is_some_and(|s| s.contains("overloaded")),
+        "{body}"
+    );
+    gate.add_permits(100);
+    eventually("all handled", async || handler.handled_count() == 10).await;
+    eventually("ready again once the backlog drained", async || {
+        let status = client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status()
+            .as_u16();
+        if status == 200 { Ok(()) } else { Err(status) }
+    })
+    .await;
+    app.stop().await;
+}
+
+/// The fully assembled service: every module starts, the tree shows them, and the REST API
+/// fails closed when Clerk JWT verification is not configured.
+#[actix_rt::test]
+async fn assembled_service_starts_and_rest_api_fails_closed() {
+    let app = TestApp::builder().configure(quick_retries).start().await;
+    let base = app.base_url();
+    let client = app.http().clone();
+    for path in ["/identity/me", "/integrations"] {
+        let resp = client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("rest");
+        assert_eq!(resp.status(), 503, "{path}");
+        let body: Value = resp.json().await.expect("json");
+        assert!(body["error"]["code"].is_string(), "{path}: {body}");
+    }
+    let tree: Value = client
+        .get(format!("{base}/actors"))
+        .send()
+        .await
+        .expect("actors")
+        .json()
+        .await
+        .expect("json");
+    let text = tree.to_string();
+    for stream in ["conversations", "identity-sync"] {
+        assert!(text.contains(stream), "{stream} router missing: {tree}");
+    }
+    assert!(
+        text.contains("agent_client"),
+        "agent client missing: {tree}"
+    );
+    app.stop().await;
+}

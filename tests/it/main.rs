@@ -1,0 +1,14 @@
+//! The integration tests: one binary (`cargo test --test it`), a module per feature area.
+//! Shared helpers live in [`support`]: the test-app builder, the one polling helper and the
+//! fixtures in `tests/data`.
+
+mod agent;
+mod config;
+mod db;
+mod e2e;
+mod github;
+mod identity;
+mod integrations;
+mod server;
+mod slack;
+mod support;

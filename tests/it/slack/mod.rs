@@ -1,0 +1,9 @@
+//! Slack: fixtures and signing, the simulator, Socket Mode, the Events API endpoint, the
+//! Web API adapter and the OAuth install.
+
+mod events_http;
+mod fixtures;
+mod install;
+mod sim;
+mod socket;
+mod web;
