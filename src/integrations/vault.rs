@@ -446,6 +446,8 @@ enum Op {
 #[derive(Default)]
 struct Lane {
     busy: bool,
+    /// Invalidated while an operation ran: what it loaded is not cached.
+    stale: bool,
     waiting: VecDeque<Op>,
 }
 
@@ -462,7 +464,7 @@ impl std::fmt::Debug for CredentialVault {
         f.debug_struct("CredentialVault")
             .field("logic", &self.logic)
             .field("cached", &self.cache.len())
-            .field("busy", &self.lanes.len())
+            .field("lanes", &self.lanes.len())
             .finish_non_exhaustive()
     }
 }
@@ -568,6 +570,7 @@ impl CredentialVault {
     fn start(&mut self, integration_id: Uuid, op: Op, ctx: &mut Context<Self>) {
         if let Some(lane) = self.lanes.get_mut(&integration_id) {
             lane.busy = true;
+            lane.stale = false;
         }
         let logic = self.logic.clone();
         let work = async move {
@@ -590,9 +593,15 @@ impl CredentialVault {
 
     /// Caches what an operation loaded, answers its request, and starts the next one.
     fn finish(&mut self, integration_id: Uuid, done: Done, ctx: &mut Context<Self>) {
+        let stale = self
+            .lanes
+            .get(&integration_id)
+            .is_some_and(|lane| lane.stale);
         match done {
             Done::Get { result, reply } => {
-                if let Ok(loaded) = &result {
+                if let Ok(loaded) = &result
+                    && !stale
+                {
                     self.remember(integration_id, loaded);
                 }
                 let result = result.map(|loaded| loaded.secret);
@@ -600,7 +609,9 @@ impl CredentialVault {
                 let _ = reply.send(result);
             }
             Done::Refresh { result, reply } => {
-                if let Ok((_, loaded)) = &result {
+                if let Ok((_, loaded)) = &result
+                    && !stale
+                {
                     self.remember(integration_id, loaded);
                 }
                 let result = result.map(|(integration, _)| integration);
@@ -658,6 +669,11 @@ impl Handler<InvalidateCredential> for CredentialVault {
 
     fn handle(&mut self, msg: InvalidateCredential, _ctx: &mut Self::Context) {
         self.cache.remove(&msg.integration_id);
+        if let Some(lane) = self.lanes.get_mut(&msg.integration_id)
+            && lane.busy
+        {
+            lane.stale = true;
+        }
     }
 }
 

@@ -89,6 +89,15 @@ pub enum DevAgentError {
     /// The settings are inconsistent.
     #[error("dev agent config: {0}")]
     Config(String),
+    /// `reply_endpoint` is not a URI tonic accepts.
+    #[error("dev agent config: reply_endpoint {uri:?}: {source}")]
+    ReplyEndpoint {
+        /// The endpoint.
+        uri: String,
+        /// Why tonic refused it.
+        #[source]
+        source: tonic::transport::Error,
+    },
     /// Binding, the runtime or the thread failed.
     #[error("dev agent I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -269,7 +278,7 @@ impl DevAgent {
             .map(|uri| {
                 tonic::transport::Endpoint::from_shared(uri.clone())
                     .map(|e| e.connect_timeout(Duration::from_secs(5)))
-                    .map_err(|e| DevAgentError::Config(format!("reply_endpoint {uri:?}: {e}")))
+                    .map_err(|source| DevAgentError::ReplyEndpoint { uri, source })
             })
             .transpose()?;
 
