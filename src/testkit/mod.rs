@@ -1,8 +1,10 @@
 //! Development and test support, apart from the service: a local Slack simulator
 //! ([`slack_sim`]), a development agent ([`devagent`]) and the per-test database harness
-//! ([`test_db`]). The demo (`infragpt demo`) and the tests use them; no service
-//! module imports this tree (a unit test in `lib.rs` checks that).
+//! (`test_db`, built for tests and benches only). The demo (`infragpt demo`) and the tests use
+//! them; no service module imports this tree (a unit test in `lib.rs` checks that).
 
 pub mod devagent;
 pub mod slack_sim;
+// Dev-only: compiled for the tests and benches (feature `testkit`), not into the service.
+#[cfg(any(test, feature = "testkit"))]
 pub mod test_db;
