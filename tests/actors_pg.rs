@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use infragpt::db::inbox::PgInbox;
 use infragpt::db::testing::TestDb;
+use infragpt_actors::{kinds, sources};
 use infragpt_actors::health::{ActorKind, HealthRegistry};
 use infragpt_actors::inbox::{
     EventSource, EventStatus, InboundEvent, InboundEvents, RecordOutcome, RoutingKey,
@@ -37,8 +38,8 @@ fn start(inbox: Arc<PgInbox>, handler: Arc<RecordingHandler>) -> Cluster {
     cluster
         .register_stream(StreamSpec {
             name: "conversations".into(),
-            kind: ActorKind::ConversationThread,
-            source: EventSource::Slack,
+            kind: kinds::CONVERSATION_THREAD,
+            source: sources::SLACK,
             handler,
         })
         .expect("stream registers");

@@ -32,6 +32,7 @@ use infragpt::slack::sim::{
     ConnState, SimChannel, SimConfig, SimMessage, SimTeam, SimUser, SlackSim,
 };
 use infragpt::slack::workspaces::StaticTokens;
+use infragpt_actors::{kinds, sources};
 use infragpt_actors::conversation::{ConversationHandler, ReplyService, UNAVAILABLE_REPLY};
 use infragpt_actors::ids::TeamId;
 use infragpt_actors::inbox::EventSource;
@@ -1059,8 +1060,8 @@ async fn many_threads_across_workspaces_keep_order() {
     core.cluster
         .register_stream(StreamSpec {
             name: "conversations".to_owned(),
-            kind: ActorKind::ConversationThread,
-            source: EventSource::Slack,
+            kind: kinds::CONVERSATION_THREAD,
+            source: sources::SLACK,
             handler: Arc::new(ConversationHandler::new(
                 store.clone(),
                 web.clone(),

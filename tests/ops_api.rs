@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use infragpt::config;
 use infragpt::db::testing::TestDb;
+use infragpt_actors::{kinds, sources};
 use infragpt_actors::inbox::{EventSource, InboundEvent, NewInboundEvent, RoutingKey};
 use infragpt_actors::{ActorKind, EventHandler, HandleOutcome, HandlerError, StreamSpec};
 use serde_json::{Value, json};
@@ -64,7 +65,7 @@ async fn start_core(
 
 fn event(id: &str, fail: bool) -> NewInboundEvent {
     NewInboundEvent {
-        source: EventSource::Clerk,
+        source: sources::CLERK,
         source_id: id.to_owned(),
         routing_key: RoutingKey("clerk".to_owned()),
         kind: "test.event".to_owned(),
@@ -114,8 +115,8 @@ async fn actors_metrics_and_dead_letters() {
     core.cluster
         .register_stream(StreamSpec {
             name: "clerk".to_owned(),
-            kind: ActorKind::IdentitySync,
-            source: EventSource::Clerk,
+            kind: kinds::IDENTITY_SYNC,
+            source: sources::CLERK,
             handler: handler.clone(),
         })
         .expect("stream");
@@ -382,8 +383,8 @@ async fn readiness_reports_overload_and_recovers() {
     core.cluster
         .register_stream(StreamSpec {
             name: "clerk".to_owned(),
-            kind: ActorKind::IdentitySync,
-            source: EventSource::Clerk,
+            kind: kinds::IDENTITY_SYNC,
+            source: sources::CLERK,
             handler: handler.clone(),
         })
         .expect("stream");

@@ -11,6 +11,7 @@ use infragpt::db::testing::TestDb;
 use infragpt::slack::events_http::{self, EventsEndpoint};
 use infragpt::slack::signature::sign;
 use infragpt::slack::sim::{SimConfig, SlackSim};
+use infragpt_actors::{kinds, sources};
 use infragpt_actors::inbox::{EventSource, InboundEvents};
 use infragpt_actors::testing::{MemoryInbox, RecordingHandler, eventually};
 use infragpt_actors::{
@@ -32,8 +33,8 @@ fn cluster_with(inbox: Arc<dyn InboundEvents>) -> (Cluster, Arc<RecordingHandler
     cluster
         .register_stream(StreamSpec {
             name: "conversations".into(),
-            kind: ActorKind::ConversationThread,
-            source: EventSource::Slack,
+            kind: kinds::CONVERSATION_THREAD,
+            source: sources::SLACK,
             handler: handler.clone(),
         })
         .unwrap();

@@ -14,6 +14,7 @@ use infragpt::slack::module::SlackModule;
 use infragpt::slack::sim::{ConnState, SimConfig, SlackSim, Subscriptions};
 use infragpt::slack::socket::SocketSettings;
 use infragpt::slack::web::WebSettings;
+use infragpt_actors::{kinds, sources};
 use infragpt_actors::inbox::{EventSource, InboundEvents};
 use infragpt_actors::slack_connection::ConnectionSettings;
 use infragpt_actors::testing::{MemoryInbox, RecordingHandler, eventually, eventually_async};
@@ -72,8 +73,8 @@ fn cluster_with(inbox: Arc<dyn InboundEvents>) -> (Cluster, Arc<RecordingHandler
     cluster
         .register_stream(StreamSpec {
             name: "conversations".into(),
-            kind: ActorKind::ConversationThread,
-            source: EventSource::Slack,
+            kind: kinds::CONVERSATION_THREAD,
+            source: sources::SLACK,
             handler: handler.clone(),
         })
         .unwrap();
@@ -194,7 +195,7 @@ async fn mention_is_recorded_then_acked_and_handled_once_despite_redelivery() {
     let conn = h
         .cluster
         .health()
-        .get(ActorKind::SlackConnection, "conn-1")
+        .get(kinds::SLACK_CONNECTION, "conn-1")
         .unwrap();
     assert_eq!(conn.state, ActorState::Running);
     assert_eq!(conn.detail["state"], "connected");
@@ -234,7 +235,7 @@ async fn no_ack_while_the_inbox_is_down_and_redelivery_records_it() {
     let conn = h
         .cluster
         .health()
-        .get(ActorKind::SlackConnection, "conn-1")
+        .get(kinds::SLACK_CONNECTION, "conn-1")
         .unwrap();
     assert!(conn.detail["ingest_failures"].as_u64().unwrap() >= 1);
     inbox.set_unavailable(false);
@@ -259,7 +260,7 @@ async fn two_connections_share_the_events() {
     assert_eq!(used.len(), 2, "both connections carried events: {used:?}");
     assert!(eventually(WAIT, || h.handler.handled_count() == 10).await);
     assert_eq!(stored(&h.cluster).await, 10);
-    let conns = h.cluster.health().group(ActorKind::SlackConnection);
+    let conns = h.cluster.health().group(kinds::SLACK_CONNECTION);
     let keys: Vec<&str> = conns.iter().map(|c| c.key.as_str()).collect();
     assert_eq!(keys, vec!["conn-1", "conn-2"]);
     assert!(conns.iter().all(|c| c.state == ActorState::Running));
@@ -334,7 +335,7 @@ async fn every_disconnect_reason_and_a_dropped_socket_lose_nothing() {
     let conn = h
         .cluster
         .health()
-        .get(ActorKind::SlackConnection, "conn-1")
+        .get(kinds::SLACK_CONNECTION, "conn-1")
         .unwrap();
     assert!(conn.detail["reconnects"].as_u64().unwrap() >= 4, "{conn:?}");
     assert!(conn.restarts >= 4);
@@ -352,12 +353,12 @@ async fn link_disabled_is_fatal_and_fails_readiness() {
     let health = h.cluster.health().clone();
     assert!(
         eventually(WAIT, || health
-            .count(ActorKind::SlackConnection, ActorState::Failed)
+            .count(kinds::SLACK_CONNECTION, ActorState::Failed)
             == 2)
         .await
     );
     for key in ["conn-1", "conn-2"] {
-        let conn = health.get(ActorKind::SlackConnection, key).unwrap();
+        let conn = health.get(kinds::SLACK_CONNECTION, key).unwrap();
         assert!(
             conn.last_error
                 .as_deref()
@@ -398,7 +399,7 @@ async fn stopping_closes_the_sockets() {
     let health = h.cluster.health().clone();
     assert!(
         eventually(WAIT, || health
-            .count(ActorKind::SlackConnection, ActorState::Stopped)
+            .count(kinds::SLACK_CONNECTION, ActorState::Stopped)
             == 2)
         .await
     );
@@ -425,7 +426,7 @@ async fn a_refused_app_token_is_retried_and_reported() {
         .unwrap();
     let conn = cluster
         .health()
-        .get(ActorKind::SlackConnection, "conn-1")
+        .get(kinds::SLACK_CONNECTION, "conn-1")
         .unwrap();
     assert!(conn.restarts >= 2, "{conn:?}");
     assert!(

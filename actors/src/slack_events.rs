@@ -9,42 +9,18 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-macro_rules! id_newtype {
-    ($(#[$doc:meta] $name:ident),* $(,)?) => {$(
-        #[$doc]
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(pub String);
-
-        impl $name {
-            /// The raw id.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl From<&str> for $name {
-            fn from(value: &str) -> Self {
-                Self(value.to_owned())
-            }
-        }
-    )*};
-}
-
-id_newtype!(
+crate::id_newtype! {
     /// Slack bot id (`B…`), distinct from the bot's user id.
-    BotId,
+    pub struct BotId(pub String);
+}
+crate::id_newtype! {
     /// Slack app id (`A…`).
-    AppId,
+    pub struct AppId(pub String);
+}
+crate::id_newtype! {
     /// Events API event id (`Ev…`), stable across redeliveries: the dedupe key for inbound events.
-    EventId,
-);
+    pub struct EventId(pub String);
+}
 
 /// Workspace, channel, user and message ids are the core's validated newtypes; the names here
 /// follow Slack's field names.
@@ -611,11 +587,7 @@ fn make_turn(
             channel: channel.clone(),
             ts: ts.clone(),
         },
-        thread: ThreadKey::new(
-            cb.team_id.clone(),
-            channel.clone(),
-            thread_ts.unwrap_or(ts).clone(),
-        ),
+        thread: ThreadKey::of_message(&cb.team_id, channel, ts, thread_ts),
         event_id: cb.event_id.clone(),
         user: user.clone(),
         text,
@@ -638,20 +610,6 @@ pub fn turn_id(cb: &EventCallback) -> Option<TurnId> {
         channel: channel.clone(),
         ts: ts.clone(),
     })
-}
-
-/// The conversation thread of a message: `thread_ts` when it is a reply, else its own `ts`.
-pub fn thread_key(
-    team_id: &TeamId,
-    channel: &ChannelId,
-    ts: &Ts,
-    thread_ts: Option<&Ts>,
-) -> ThreadKey {
-    ThreadKey::new(
-        team_id.clone(),
-        channel.clone(),
-        thread_ts.unwrap_or(ts).clone(),
-    )
 }
 
 /// True when `text` mentions `user` (`<@U123>` or `<@U123|name>`).

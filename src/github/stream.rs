@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use infragpt_actors::{kinds, sources};
 use infragpt_actors::audit::{AuditEntry, AuditLog};
 use infragpt_actors::inbox::{EventSource, InboundEvent};
 use infragpt_actors::{ActorKind, EventHandler, HandleOutcome, HandlerError, StreamSpec};
@@ -69,8 +70,8 @@ impl GithubStreamHandler {
     pub fn stream_spec(self) -> StreamSpec {
         StreamSpec {
             name: STREAM_NAME.to_owned(),
-            kind: ActorKind::GitHubWebhookStream,
-            source: EventSource::GitHub,
+            kind: kinds::GITHUB_WEBHOOK_STREAM,
+            source: sources::GITHUB,
             handler: Arc::new(self),
         }
     }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt as _, StreamExt as _};
+use infragpt_actors::{kinds, sources};
 use infragpt_actors::Secret;
 use infragpt_actors::cluster::Cluster;
 use infragpt_actors::conversation::routing_key;
@@ -78,7 +79,7 @@ pub fn inbound_event(
 ) -> Result<InboundClass, String> {
     match slack_events::parse_value(payload.clone()) {
         Ok(Inbound::EventCallback(cb)) => Ok(InboundClass::Event(NewInboundEvent {
-            source: EventSource::Slack,
+            source: sources::SLACK,
             source_id: cb.event_id.0.clone(),
             routing_key: routing_key(&cb),
             kind: payload["event"]["type"]
@@ -102,7 +103,7 @@ pub fn inbound_event(
                 .unwrap_or("unknown");
             tracing::warn!(source_id = %source_id, error = %e, "recording an unreadable slack event");
             Ok(InboundClass::Event(NewInboundEvent {
-                source: EventSource::Slack,
+                source: sources::SLACK,
                 source_id,
                 routing_key: RoutingKey(format!("{team}/-/-")),
                 kind: "unparseable".into(),
@@ -203,7 +204,7 @@ impl Actor for SlackConnection {
     fn started(&mut self, _ctx: &mut Self::Context) {
         let registry = self.ctx.cluster.health().clone();
         let health = registry.register(
-            ActorId::new(ActorKind::SlackConnection, self.key.clone()),
+            ActorId::new(kinds::SLACK_CONNECTION, self.key.clone()),
             self.parent.clone(),
         );
         let (tx, rx) = watch::channel(false);
@@ -278,7 +279,7 @@ pub fn start_connections(
 /// Why the Socket Mode readiness check fails: a connection is in a fatal state.
 pub fn fatal_connections(registry: &HealthRegistry) -> Vec<String> {
     registry
-        .group(ActorKind::SlackConnection)
+        .group(kinds::SLACK_CONNECTION)
         .into_iter()
         .filter(|a| a.state == ActorState::Failed)
         .map(|a| {

@@ -21,6 +21,7 @@ use infragpt::identity::store::IdentityStore;
 use infragpt::identity::svix::SvixVerifier;
 use infragpt::identity::sync::IdentitySync;
 use infragpt::identity::webhook::{self, ClerkWebhook};
+use infragpt_actors::{kinds, sources};
 use infragpt_actors::audit::AuditLog;
 use infragpt_actors::health::{ActorKind, HealthRegistry};
 use infragpt_actors::inbox::{EventSource, EventStatus};
@@ -289,8 +290,8 @@ impl Harness {
         cluster
             .register_stream(StreamSpec {
                 name: "identity-sync".into(),
-                kind: ActorKind::IdentitySync,
-                source: EventSource::Clerk,
+                kind: kinds::IDENTITY_SYNC,
+                source: sources::CLERK,
                 handler: Arc::new(IdentitySync::new(store.clone(), audit.clone())),
             })
             .expect("stream");

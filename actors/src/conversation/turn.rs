@@ -28,7 +28,6 @@ pub const SEEN_REACTION: &str = "eyes";
 /// (including the `app_mention`/`message` twins of one human message) is handled in order by
 /// one actor. Events that belong to no thread go to one key per workspace.
 pub fn routing_key(cb: &slack_events::EventCallback) -> RoutingKey {
-    let team = cb.team_id.as_str();
     let (channel, ts, thread_ts) = match &cb.event {
         SlackEvent::AppMention(m) => (&m.channel, &m.ts, m.thread_ts.as_ref()),
         SlackEvent::Message(m) => (&m.channel, &m.ts, m.thread_ts.as_ref()),
@@ -37,10 +36,11 @@ pub fn routing_key(cb: &slack_events::EventCallback) -> RoutingKey {
             channel,
             deleted_ts,
         } => (channel, deleted_ts, None),
-        SlackEvent::Other { .. } => return RoutingKey(format!("{team}/-/-")),
+        SlackEvent::Other { .. } => {
+            return ThreadKey::unthreaded_routing_key(cb.team_id.as_str());
+        }
     };
-    let thread = thread_ts.unwrap_or(ts);
-    RoutingKey(format!("{team}/{}/{}", channel.as_str(), thread.as_str()))
+    ThreadKey::of_message(&cb.team_id, channel, ts, thread_ts).to_routing_key()
 }
 
 fn store_err(e: ConversationStoreError) -> HandlerError {

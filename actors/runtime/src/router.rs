@@ -1,4 +1,4 @@
-//! The keyed router: a supervisor for one stream (e.g. Slack conversations) that starts a
+//! The keyed router: a supervisor for one stream (e.g. chat conversations) that starts a
 //! worker per routing key on demand, stops idle workers, applies backpressure and recovers
 //! unfinished events from the inbox.
 //!
@@ -380,7 +380,7 @@ impl Actor for Router {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.health.set_state(ActorState::Running);
-        self.stream.metrics.actor_started(ActorKind::Supervisor);
+        self.stream.metrics.actor_started(ActorKind::SUPERVISOR);
         // Every router starts by recovering: unfinished events of an earlier run are
         // dispatched (in id order) before any new event can overtake them.
         self.shared.defer();
@@ -391,7 +391,7 @@ impl Actor for Router {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.stream.metrics.actor_stopped(ActorKind::Supervisor);
+        self.stream.metrics.actor_stopped(ActorKind::SUPERVISOR);
         self.health.set_state(ActorState::Stopped);
     }
 }
