@@ -1,7 +1,8 @@
 //! The logic of one Slack Socket Mode connection, without I/O: its states, the reconnect
 //! backoff, what each frame asks for, the watchdog verdict and the health detail.
 //!
-//! The I/O loop (in the root crate) asks this machine what to do and does it:
+//! The connection actor (in the root crate) owns one machine, feeds it every frame and does
+//! what it answers:
 //!
 //! * `hello` → connected; the backoff resets.
 //! * `events_api` envelope → record it in the inbox, then (only then) acknowledge it.
@@ -88,7 +89,7 @@ pub enum Reconnect {
     After(Duration),
 }
 
-/// What the I/O loop does with a frame.
+/// What the connection actor does with a frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FrameAction {
     /// Nothing (a `hello`, an unknown frame type).
