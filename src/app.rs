@@ -5,10 +5,9 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use infragpt_actors::{kinds, sources};
 use infragpt_actors::conversation::{ConversationHandler, ReplyService};
-use infragpt_actors::inbox::EventSource;
-use infragpt_actors::{ActorKind, Cluster, HealthRegistry, Metrics, StreamSpec};
+use infragpt_actors::{Cluster, HealthRegistry, Metrics, StreamSpec};
+use infragpt_actors::{kinds, sources};
 
 use crate::config::Config;
 use crate::db::Database;

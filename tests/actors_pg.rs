@@ -8,13 +8,11 @@ use std::time::Duration;
 
 use infragpt::db::inbox::PgInbox;
 use infragpt::db::testing::TestDb;
-use infragpt_actors::{kinds, sources};
-use infragpt_actors::health::{ActorKind, HealthRegistry};
-use infragpt_actors::inbox::{
-    EventSource, EventStatus, InboundEvent, InboundEvents, RecordOutcome, RoutingKey,
-};
+use infragpt_actors::health::HealthRegistry;
+use infragpt_actors::inbox::{EventStatus, InboundEvent, InboundEvents, RecordOutcome, RoutingKey};
 use infragpt_actors::testing::{RecordingHandler, eventually, eventually_async, slack_event};
 use infragpt_actors::{Cluster, ClusterConfig, Metrics, StreamSpec};
+use infragpt_actors::{kinds, sources};
 
 const GUARD: Duration = Duration::from_secs(120);
 

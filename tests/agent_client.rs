@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use infragpt::devagent::{AGENT_TYPE, DEMO_LABEL, DevAgent, DevAgentConfig, FailMode};
 use infragpt::grpc::agent_client::{GrpcAgent, GrpcAgentOptions, HEALTH_KEY};
-use infragpt_actors::kinds;
 use infragpt_actors::circuit::{CircuitConfig, CircuitState, ManualClock};
 use infragpt_actors::conversation::{Agent, AgentError, AgentTurn, PastMessage};
 use infragpt_actors::ids::ConversationId;
-use infragpt_actors::{ActorKind, ActorState, HealthRegistry, Metrics};
+use infragpt_actors::kinds;
+use infragpt_actors::{ActorState, HealthRegistry, Metrics};
 use serde_json::json;
 use tonic::Code;
 
@@ -383,10 +383,7 @@ async fn health_entry_survives_pruning() {
     let c = client(o);
     c.agent.process(turn("x")).await.unwrap_err();
     assert_eq!(
-        c.health
-            .get(kinds::AGENT_CLIENT, HEALTH_KEY)
-            .unwrap()
-            .state,
+        c.health.get(kinds::AGENT_CLIENT, HEALTH_KEY).unwrap().state,
         ActorState::Failed
     );
     assert_eq!(c.health.prune(Duration::ZERO), 1);

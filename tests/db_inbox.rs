@@ -5,11 +5,11 @@ use diesel_async::RunQueryDsl;
 use infragpt::db::schema::{audit_log, inbound_events};
 use infragpt::db::testing::TestDb;
 use infragpt::db::{PgAudit, PgInbox};
-use infragpt_actors::sources;
 use infragpt_actors::audit::{AuditEntry, AuditLog};
 use infragpt_actors::inbox::{
-    EventRowId, EventSource, EventStatus, InboundEvents, NewInboundEvent, RecordOutcome, RoutingKey,
+    EventRowId, EventStatus, InboundEvents, NewInboundEvent, RecordOutcome, RoutingKey,
 };
+use infragpt_actors::sources;
 use serde_json::json;
 
 fn event(source_id: &str) -> NewInboundEvent {

@@ -32,11 +32,10 @@ use infragpt::slack::sim::{
     ConnState, SimChannel, SimConfig, SimMessage, SimTeam, SimUser, SlackSim,
 };
 use infragpt::slack::workspaces::StaticTokens;
-use infragpt_actors::{kinds, sources};
 use infragpt_actors::conversation::{ConversationHandler, ReplyService, UNAVAILABLE_REPLY};
 use infragpt_actors::ids::TeamId;
-use infragpt_actors::inbox::EventSource;
-use infragpt_actors::{ActorKind, Secret, StreamSpec};
+use infragpt_actors::{Secret, StreamSpec};
+use infragpt_actors::{kinds, sources};
 use serde_json::Value;
 
 const ADMIN: &str = "e2e-admin-token-0123456789";

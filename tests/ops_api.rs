@@ -8,9 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use infragpt::config;
 use infragpt::db::testing::TestDb;
+use infragpt_actors::inbox::{InboundEvent, NewInboundEvent, RoutingKey};
+use infragpt_actors::{EventHandler, HandleOutcome, HandlerError, StreamSpec};
 use infragpt_actors::{kinds, sources};
-use infragpt_actors::inbox::{EventSource, InboundEvent, NewInboundEvent, RoutingKey};
-use infragpt_actors::{ActorKind, EventHandler, HandleOutcome, HandlerError, StreamSpec};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "test-admin-token-0123456789";

@@ -11,12 +11,10 @@ use infragpt::db::testing::TestDb;
 use infragpt::slack::events_http::{self, EventsEndpoint};
 use infragpt::slack::signature::sign;
 use infragpt::slack::sim::{SimConfig, SlackSim};
-use infragpt_actors::{kinds, sources};
-use infragpt_actors::inbox::{EventSource, InboundEvents};
+use infragpt_actors::inbox::InboundEvents;
 use infragpt_actors::testing::{MemoryInbox, RecordingHandler, eventually};
-use infragpt_actors::{
-    ActorKind, Cluster, ClusterConfig, HealthRegistry, Metrics, Secret, StreamSpec,
-};
+use infragpt_actors::{Cluster, ClusterConfig, HealthRegistry, Metrics, Secret, StreamSpec};
+use infragpt_actors::{kinds, sources};
 use serde_json::{Value, json};
 
 const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";

@@ -14,13 +14,11 @@ use infragpt::slack::module::SlackModule;
 use infragpt::slack::sim::{ConnState, SimConfig, SlackSim, Subscriptions};
 use infragpt::slack::socket::SocketSettings;
 use infragpt::slack::web::WebSettings;
-use infragpt_actors::{kinds, sources};
-use infragpt_actors::inbox::{EventSource, InboundEvents};
+use infragpt_actors::inbox::InboundEvents;
 use infragpt_actors::slack_connection::ConnectionSettings;
 use infragpt_actors::testing::{MemoryInbox, RecordingHandler, eventually, eventually_async};
-use infragpt_actors::{
-    ActorKind, ActorState, Cluster, ClusterConfig, HealthRegistry, Metrics, StreamSpec,
-};
+use infragpt_actors::{ActorState, Cluster, ClusterConfig, HealthRegistry, Metrics, StreamSpec};
+use infragpt_actors::{kinds, sources};
 
 const ACME: &str = "T0SIMACME1";
 const GENERAL: &str = "C0GENERAL1";

@@ -22,7 +22,7 @@ use infragpt::integrations::vault::{
 };
 use infragpt::integrations::{load_keyring, vault_cli};
 use infragpt_actors::kinds;
-use infragpt_actors::{ActorKind, HealthRegistry, Secret};
+use infragpt_actors::{HealthRegistry, Secret};
 use integrations_common::*;
 
 fn issued(kind: &str, value: &str, expires_in_secs: Option<i64>) -> IssuedCredential {

@@ -7,7 +7,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::inbox::RoutingKey;
 
@@ -277,9 +276,7 @@ impl FromStr for InstallationId {
 /// is the message's own ts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ThreadKey {
-    /// Workspace.
     pub team: TeamId,
-    /// Channel.
     pub channel: ChannelId,
     /// Timestamp of the thread's parent message.
     pub thread_ts: MessageTs,

@@ -16,12 +16,12 @@ pub mod slack_events;
 pub mod testing;
 
 pub use infragpt_runtime::{
-    backoff, circuit, cluster, config, handler, health, inbox, metrics, secret, supervision,
+    ActorKind, ActorState, Backoff, Cluster, ClusterConfig, ClusterError, EventHandler,
+    EventSource, HandleOutcome, HandlerError, HealthRegistry, IngestError, Metrics, RecoveryReport,
+    Secret, StreamSpec,
 };
 pub use infragpt_runtime::{
-    ActorKind, ActorState, Backoff, Cluster, ClusterConfig, ClusterError, EventHandler,
-    EventSource, HandleOutcome, HandlerError, HealthRegistry, IngestError, Metrics,
-    RecoveryReport, Secret, StreamSpec,
+    backoff, circuit, cluster, config, handler, health, inbox, metrics, secret, supervision,
 };
 
 /// The application's actor kinds (the runtime itself only defines

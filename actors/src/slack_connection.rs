@@ -114,14 +114,10 @@ pub enum FrameAction {
     Reconnect {
         /// Why (Slack's reason).
         reason: String,
-        /// How.
         how: Reconnect,
     },
     /// Stop for good (`link_disabled`).
-    Fatal {
-        /// Why.
-        reason: String,
-    },
+    Fatal { reason: String },
 }
 
 /// One connection's state machine and counters.

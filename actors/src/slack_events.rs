@@ -90,7 +90,6 @@ pub struct EventCallback {
     pub api_app_id: Option<AppId>,
     /// The bot user id from `authorizations` (the first `is_bot` entry), when present.
     pub authorized_bot_user_id: Option<UserId>,
-    /// The event itself.
     pub event: SlackEvent,
 }
 
@@ -129,13 +128,11 @@ pub enum SlackEvent {
 /// An `app_mention` event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppMention {
-    /// Where.
     pub channel: ChannelId,
     /// Who (absent only in odd bot-originated mentions).
     pub user: Option<UserId>,
     /// Raw text, mention included.
     pub text: String,
-    /// Message ts.
     pub ts: Ts,
     /// Thread parent ts when the mention is a thread reply.
     pub thread_ts: Option<Ts>,
@@ -146,7 +143,6 @@ pub struct AppMention {
 /// A `message` event (plain, thread reply, bot message, join, ...).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MessageEvent {
-    /// Where.
     pub channel: ChannelId,
     /// `channel`, `group`, `im`, `mpim` when given.
     pub channel_type: Option<String>,
@@ -154,7 +150,6 @@ pub struct MessageEvent {
     pub user: Option<UserId>,
     /// Raw text (empty when absent).
     pub text: String,
-    /// Message ts.
     pub ts: Ts,
     /// Thread parent ts for replies.
     pub thread_ts: Option<Ts>,
@@ -359,9 +354,7 @@ pub struct DecideContext {
 /// One human message, identified the same way whether it came as `app_mention` or `message`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TurnId {
-    /// Workspace.
     pub team_id: TeamId,
-    /// Channel.
     pub channel: ChannelId,
     /// The message's own ts.
     pub ts: Ts,
@@ -379,7 +372,6 @@ pub struct Turn {
     pub thread: ThreadKey,
     /// Source event (for the inbox row).
     pub event_id: EventId,
-    /// Author.
     pub user: UserId,
     /// Text with the bot mention stripped and trimmed.
     pub text: String,
@@ -394,11 +386,8 @@ pub struct Turn {
 /// Key of a stored message, for edits and deletes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MessageKey {
-    /// Workspace.
     pub team_id: TeamId,
-    /// Channel.
     pub channel: ChannelId,
-    /// The message's ts.
     pub ts: Ts,
 }
 
@@ -408,10 +397,7 @@ pub enum IgnoreReason {
     /// Written by our own bot user.
     OwnBotMessage,
     /// Written by a bot (`bot_id` present).
-    FromBot {
-        /// The bot's id.
-        bot_id: BotId,
-    },
+    FromBot { bot_id: BotId },
     /// A message subtype that is not a human message (`channel_join`, `bot_message`, ...).
     Subtype(String),
     /// The `message` twin of an `app_mention`: the mention event makes the turn.
@@ -449,18 +435,13 @@ pub enum Decision {
     Turn(Turn),
     /// Update the stored text of a message.
     Update {
-        /// Which message.
         key: MessageKey,
         /// Its new text, bot mention stripped (as the original was stored).
         new_text: String,
-        /// Who edited it.
         edited_by: Option<UserId>,
     },
     /// Mark a stored message deleted.
-    Delete {
-        /// Which message.
-        key: MessageKey,
-    },
+    Delete { key: MessageKey },
     /// Nothing to do, for this reason.
     Ignored(IgnoreReason),
 }
@@ -722,7 +703,6 @@ pub enum SocketFrame {
     },
     /// Slack will close this connection.
     Disconnect {
-        /// Why.
         reason: DisconnectReason,
         /// `debug_info.host`, when given (the minimal form omits it).
         host: Option<String>,

@@ -12,10 +12,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use infragpt_actors::{kinds, sources};
 use infragpt_actors::audit::{AuditEntry, AuditLog};
-use infragpt_actors::inbox::{EventSource, InboundEvent};
-use infragpt_actors::{ActorKind, EventHandler, HandleOutcome, HandlerError, StreamSpec};
+use infragpt_actors::inbox::InboundEvent;
+use infragpt_actors::{EventHandler, HandleOutcome, HandlerError, StreamSpec};
+use infragpt_actors::{kinds, sources};
 use serde_json::json;
 
 use super::normalize::{

@@ -9,10 +9,10 @@
 use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use infragpt_actors::sources;
 use infragpt_actors::Cluster;
 use infragpt_actors::ids::InstallationId;
-use infragpt_actors::inbox::{EventSource, NewInboundEvent, RecordOutcome, RoutingKey};
+use infragpt_actors::inbox::{NewInboundEvent, RecordOutcome, RoutingKey};
+use infragpt_actors::sources;
 use infragpt_actors::{IngestError, Secret};
 use serde_json::{Value, json};
 

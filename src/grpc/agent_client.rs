@@ -21,10 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use infragpt_actors::kinds;
 use infragpt_actors::circuit::{CircuitBreaker, CircuitConfig, CircuitState, Clock, SystemClock};
 use infragpt_actors::conversation::{Agent, AgentAnswer, AgentError, AgentTurn};
 use infragpt_actors::health::{ActorHealth, ActorId};
+use infragpt_actors::kinds;
 use infragpt_actors::{ActorState, Backoff, HealthRegistry, Metrics};
 use parking_lot::Mutex;
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
@@ -191,11 +191,7 @@ impl HealthSlot {
 
     fn with<R>(&self, f: impl FnOnce(&ActorHealth) -> R) -> R {
         let mut handle = self.handle.lock();
-        if self
-            .registry
-            .get(kinds::AGENT_CLIENT, HEALTH_KEY)
-            .is_none()
-        {
+        if self.registry.get(kinds::AGENT_CLIENT, HEALTH_KEY).is_none() {
             *handle = self.registry.register(
                 ActorId::new(kinds::AGENT_CLIENT, HEALTH_KEY),
                 self.parent.clone(),

@@ -4,10 +4,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use infragpt_actors::{kinds, sources};
 use infragpt_actors::audit::AuditLog;
-use infragpt_actors::inbox::EventSource;
-use infragpt_actors::{ActorKind, Cluster, StreamSpec};
+use infragpt_actors::{Cluster, StreamSpec};
+use infragpt_actors::{kinds, sources};
 
 use super::api::{self, IdentityApi};
 use super::store::IdentityStore;

@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
+use infragpt_actors::inbox::{NewInboundEvent, RecordOutcome};
 use infragpt_actors::sources;
-use infragpt_actors::inbox::{EventSource, NewInboundEvent, RecordOutcome};
 use infragpt_actors::{Cluster, IngestError, Secret};
 use serde_json::{Value, json};
 

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use infragpt_actors::kinds;
 use infragpt_actors::health::{ActorHealth, ActorId};
-use infragpt_actors::{ActorKind, ActorState, HealthRegistry, Secret};
+use infragpt_actors::kinds;
+use infragpt_actors::{ActorState, HealthRegistry, Secret};
 use parking_lot::Mutex;
 use uuid::Uuid;
 

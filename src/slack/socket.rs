@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::{Sink, SinkExt as _, Stream, StreamExt as _};
-use infragpt_actors::{Secret, kinds, sources};
 use infragpt_actors::cluster::Cluster;
 use infragpt_actors::conversation::routing_key;
 use infragpt_actors::health::{ActorHealth, ActorId, ActorState, HealthRegistry};
@@ -37,6 +36,7 @@ use infragpt_actors::slack_connection::{
     ConnState, ConnectionMachine, ConnectionSettings, FrameAction, Reconnect,
 };
 use infragpt_actors::slack_events::{self, Inbound, SocketFrame, parse_socket_frame};
+use infragpt_actors::{Secret, kinds, sources};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
@@ -225,10 +225,10 @@ impl SlackConnection {
         parent: Option<ActorId>,
     ) -> Self {
         let key = key.into();
-        let health = ctx.cluster.health().register(
-            ActorId::new(kinds::SLACK_CONNECTION, key.clone()),
-            parent,
-        );
+        let health = ctx
+            .cluster
+            .health()
+            .register(ActorId::new(kinds::SLACK_CONNECTION, key.clone()), parent);
         Self {
             key,
             ctx,
@@ -341,8 +341,8 @@ impl SlackConnection {
         if let Some(mut sink) = socket.sink {
             ctx.spawn(
                 async move {
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(None)))
-                        .await;
+                    let _ =
+                        tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(None))).await;
                 }
                 .into_actor(self),
             );
@@ -407,11 +407,16 @@ impl SlackConnection {
             self.reconnect(None, ctx);
             return;
         }
-        self.send(id, Message::Ping(Vec::new().into()), ctx, move |act, sent, ctx| {
-            if let Err(e) = sent {
-                act.socket_ended(id, &format!("ping failed: {e}"), ctx);
-            }
-        });
+        self.send(
+            id,
+            Message::Ping(Vec::new().into()),
+            ctx,
+            move |act, sent, ctx| {
+                if let Err(e) = sent {
+                    act.socket_ended(id, &format!("ping failed: {e}"), ctx);
+                }
+            },
+        );
     }
 
     /// A text frame of the current socket: what the machine says to do with it.

@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use infragpt_actors::{Backoff, Secret};
 use infragpt_actors::conversation::{BotIdentity, SlackApi, SlackApiError, UserProfile};
 use infragpt_actors::ids::{ChannelId, MessageTs, SlackUserId, TeamId};
+use infragpt_actors::{Backoff, Secret};
 use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;

@@ -190,19 +190,15 @@ struct Entry {
 /// A point-in-time view of one actor.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ActorSnapshot {
-    /// Kind.
     pub kind: ActorKind,
-    /// Key.
     pub key: String,
     /// Supervisor, if any.
     pub parent: Option<ActorId>,
-    /// State.
     pub state: ActorState,
     /// When it (last) started.
     pub started_at: DateTime<Utc>,
     /// Restarts since it started.
     pub restarts: u64,
-    /// The last failure.
     pub last_error: Option<String>,
     /// Messages handled since it started.
     pub messages_handled: u64,
@@ -562,10 +558,7 @@ mod tests {
         }
         let tree = reg.tree_limited(3);
         assert_eq!(tree.total, 7);
-        assert_eq!(
-            tree.counts[&THREAD][&ActorState::Running],
-            5
-        );
+        assert_eq!(tree.counts[&THREAD][&ActorState::Running], 5);
         assert_eq!(tree.roots.len(), 1);
         let convs = &tree.roots[0].children[0];
         assert_eq!(convs.actor.key, "conversations");
@@ -584,10 +577,7 @@ mod tests {
         let old = reg.register(id.clone(), None);
         let new = reg.register(id.clone(), None);
         old.deregister();
-        assert!(
-            reg.get(CLIENT, "a").is_some(),
-            "newer entry kept"
-        );
+        assert!(reg.get(CLIENT, "a").is_some(), "newer entry kept");
         new.retrying("boom");
         let s = reg.get(CLIENT, "a").unwrap();
         assert_eq!(s.restarts, 1);

@@ -127,7 +127,6 @@ impl std::str::FromStr for EventStatus {
 /// An event to record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewInboundEvent {
-    /// Origin.
     pub source: EventSource,
     /// The origin's own id (e.g. a webhook delivery id).
     pub source_id: String,
@@ -142,9 +141,7 @@ pub struct NewInboundEvent {
 /// A stored event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InboundEvent {
-    /// Row id.
     pub id: EventRowId,
-    /// Origin.
     pub source: EventSource,
     /// The origin's own id.
     pub source_id: String,

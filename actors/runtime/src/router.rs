@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use actix::ArbiterHandle;
 use actix::prelude::*;
 use futures::future::join_all;
 use tokio::sync::oneshot;
@@ -161,17 +162,21 @@ impl std::fmt::Debug for Router {
 }
 
 impl Router {
-    /// Starts the router on the current arbiter with the configured mailbox bound (set
-    /// before the first message can arrive).
+    /// Starts the router (and so every worker it creates, and every handler future they
+    /// run) on `arbiter`, with the configured mailbox bound. It registers in the health
+    /// registry before this returns. Events dispatched before it runs are safe either way:
+    /// a router starts deferring until its first inbox scan is done.
     pub(crate) fn spawn(
         stream: Arc<StreamCtx>,
         shared: Arc<RouterShared>,
         root: ActorId,
+        arbiter: &ArbiterHandle,
     ) -> Addr<Self> {
         let capacity = stream.config.mailbox_capacity;
-        Router::create(move |ctx| {
+        let router = Router::new(stream, shared, root);
+        Router::start_in_arbiter(arbiter, move |ctx| {
             ctx.set_mailbox_capacity(capacity);
-            Router::new(stream, shared, root)
+            router
         })
     }
 
@@ -393,6 +398,8 @@ impl Actor for Router {
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.stream.metrics.actor_stopped(ActorKind::SUPERVISOR);
         self.health.set_state(ActorState::Stopped);
+        // The arbiter is this stream's own (see `Router::spawn`); its workers have stopped.
+        Arbiter::current().stop();
     }
 }
 

@@ -12,7 +12,6 @@ use crate::handler::{Attempted, attempt};
 use crate::health::{ActorHealth, ActorId, ActorState};
 use crate::inbox::{EventRowId, RoutingKey};
 use crate::router::{Router, StreamCtx, WorkerFailed, WorkerFinished, WorkerIdle};
-use crate::backoff::Backoff;
 use crate::supervision::{AttemptResult, FailureWindow, Next, WorkerCore};
 
 /// Queue an event (router → worker).
@@ -289,11 +288,9 @@ impl Worker {
     }
 
     fn finish_drain(&mut self, ctx: &mut Context<Self>) {
-        // Queued events were never claimed: they stay `pending` for the next start.
+        // Queued events were never claimed: they stay `pending` for the next start. The drain
+        // waiters hear from `stopped`, once the worker's health and metrics are final.
         self.core.release_all();
-        for w in self.drain_waiters.drain(..) {
-            let _ = w.send(());
-        }
         ctx.stop();
     }
 }
@@ -314,9 +311,6 @@ impl Actor for Worker {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.stream.metrics.actor_stopped(self.stream.kind);
-        for w in self.drain_waiters.drain(..) {
-            let _ = w.send(());
-        }
         if let Some(h) = self.health.take() {
             match self.exit {
                 // Idle threads leave no trace: their state is in the database.
@@ -324,6 +318,9 @@ impl Actor for Worker {
                 Some(Exit::Failed) => {}
                 Some(Exit::Shutdown) | None => h.set_state(ActorState::Stopped),
             }
+        }
+        for w in self.drain_waiters.drain(..) {
+            let _ = w.send(());
         }
     }
 }

@@ -329,10 +329,7 @@ async fn idle_workers_stop_and_restart_on_demand() {
     assert!(eventually(GUARD, || handler.handled_count() == 1).await);
     let health = cluster.health().clone();
     assert!(
-        eventually(GUARD, || health
-            .get(THREAD, &k)
-            .is_none())
-        .await,
+        eventually(GUARD, || health.get(THREAD, &k).is_none()).await,
         "idle worker stops and leaves the registry"
     );
     let text = cluster.metrics().encode_text();
@@ -480,10 +477,7 @@ async fn restart_storm_fails_one_worker_and_others_go_on() {
     cluster.ingest(slack_event(&key(1), 3)).await.unwrap();
     assert!(eventually(GUARD, || handler.handled_count() >= 7).await);
     let tree = health.tree();
-    assert_eq!(
-        tree.counts[&THREAD][&ActorState::Failed],
-        1
-    );
+    assert_eq!(tree.counts[&THREAD][&ActorState::Failed], 1);
 
     // Once the quarantine ends the key gets a fresh worker and its events run, in order.
     handler.script(format!("{bad}#0"), Script::Ignore("recovered".into()));

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use infragpt_actors::health::{ActorState, HealthRegistry};
 use infragpt_actors::inbox::{InboundEvent, InboundEvents};
-use infragpt_actors::testing::{MemoryInbox, eventually, slack_event};
 use infragpt_actors::kinds::CONVERSATION_THREAD;
 use infragpt_actors::sources::SLACK;
+use infragpt_actors::testing::{MemoryInbox, eventually, slack_event};
 use infragpt_actors::{
     Cluster, ClusterConfig, EventHandler, HandleOutcome, HandlerError, Metrics, StreamSpec,
 };
