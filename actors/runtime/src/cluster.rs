@@ -96,10 +96,8 @@ struct Inner {
 }
 
 /// The actor cluster. Cheap to clone. Create it inside an actix system (e.g. in the
-/// `actix_web::main` function). The root supervisor runs on the arbiter that calls
-/// [`Cluster::start`]; each stream's router, its workers and their handlers run on an arbiter
-/// (thread) of their own, started by [`Cluster::register_stream`] and stopped by
-/// [`Cluster::shutdown`].
+/// `actix_web::main` function); its actors run on the arbiter that calls
+/// [`Cluster::start`] and [`Cluster::register_stream`].
 #[derive(Clone)]
 pub struct Cluster {
     inner: Arc<Inner>,
@@ -176,15 +174,7 @@ impl Cluster {
         });
         let shared = Arc::new(RouterShared::new(self.inner.config.high_water_mark));
         self.inner.metrics.declare_kind(spec.kind);
-        // The router's own thread: its workers' handler futures run there, beside (not on)
-        // the system arbiter that serves HTTP, gRPC and the transports. The router stops it.
-        let arbiter = Arbiter::new();
-        let addr = Router::spawn(
-            stream,
-            shared.clone(),
-            self.inner.root_id.clone(),
-            &arbiter.handle(),
-        );
+        let addr = Router::spawn(stream, shared.clone(), self.inner.root_id.clone());
         tracing::info!(stream = %spec.name, source = spec.source.as_str(), kind = %spec.kind, "stream registered");
         streams.insert(
             spec.source,
