@@ -31,6 +31,7 @@ use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::health::{ActorKind, ActorState};
 use infragpt_actors::inbox::{EventSource, InboundEvent, NewInboundEvent, RoutingKey};
 use infragpt_actors::{EventHandler, HandleOutcome, HandlerError, Secret, StreamSpec};
+use infragpt_actors::{kinds, sources};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -1228,8 +1229,8 @@ async fn memory(args: &Args) -> anyhow::Result<MemoryReport> {
     core.cluster
         .register_stream(StreamSpec {
             name: "bench-threads".to_owned(),
-            kind: ActorKind::ConversationThread,
-            source: EventSource::Clerk,
+            kind: kinds::CONVERSATION_THREAD,
+            source: sources::CLERK,
             handler: handler.clone(),
         })
         .context("registering the no-op stream")?;
@@ -1247,7 +1248,7 @@ async fn memory(args: &Args) -> anyhow::Result<MemoryReport> {
                 let k = from + i;
                 cluster
                     .ingest(NewInboundEvent {
-                        source: EventSource::Clerk,
+                        source: sources::CLERK,
                         source_id: format!("bench-{k}"),
                         routing_key: RoutingKey(format!("{TEAM}/C0BENCH000/{k}.000100")),
                         kind: "bench.turn".to_owned(),
@@ -1264,7 +1265,7 @@ async fn memory(args: &Args) -> anyhow::Result<MemoryReport> {
         made = target;
         let deadline = Instant::now() + Duration::from_secs(300);
         while (AtomicUsize::load(&handler.0, Ordering::Relaxed) < target
-            || health.count(ActorKind::ConversationThread, ActorState::Running) < target)
+            || health.count(kinds::CONVERSATION_THREAD, ActorState::Running) < target)
             && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1273,7 +1274,7 @@ async fn memory(args: &Args) -> anyhow::Result<MemoryReport> {
         // Let the last frees settle.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let rss = rss_kib();
-        let live = health.count(ActorKind::ConversationThread, ActorState::Running);
+        let live = health.count(kinds::CONVERSATION_THREAD, ActorState::Running);
         points.push(MemoryPoint {
             actors: target,
             live_actors: live,

@@ -24,7 +24,8 @@ use async_trait::async_trait;
 use infragpt_actors::circuit::{CircuitBreaker, CircuitConfig, CircuitState, Clock, SystemClock};
 use infragpt_actors::conversation::{Agent, AgentAnswer, AgentError, AgentTurn};
 use infragpt_actors::health::{ActorHealth, ActorId};
-use infragpt_actors::{ActorKind, ActorState, HealthRegistry, Metrics};
+use infragpt_actors::kinds;
+use infragpt_actors::{ActorState, Backoff, HealthRegistry, Metrics};
 use parking_lot::Mutex;
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
 use tonic::Code;
@@ -74,10 +75,7 @@ impl GrpcAgentOptions {
 
     /// Backoff before retry number `retry` (1-based), without jitter.
     fn backoff(&self, retry: u32) -> Duration {
-        let factor = 2u32.saturating_pow(retry.saturating_sub(1));
-        self.backoff_initial
-            .saturating_mul(factor)
-            .min(self.backoff_max)
+        Backoff::new(self.backoff_initial, self.backoff_max).delay(retry)
     }
 }
 
@@ -180,7 +178,7 @@ struct HealthSlot {
 impl HealthSlot {
     fn new(registry: &HealthRegistry, parent: Option<ActorId>) -> Self {
         let handle = registry.register(
-            ActorId::new(ActorKind::AgentClient, HEALTH_KEY),
+            ActorId::new(kinds::AGENT_CLIENT, HEALTH_KEY),
             parent.clone(),
         );
         handle.set_state(ActorState::Running);
@@ -193,13 +191,9 @@ impl HealthSlot {
 
     fn with<R>(&self, f: impl FnOnce(&ActorHealth) -> R) -> R {
         let mut handle = self.handle.lock();
-        if self
-            .registry
-            .get(ActorKind::AgentClient, HEALTH_KEY)
-            .is_none()
-        {
+        if self.registry.get(kinds::AGENT_CLIENT, HEALTH_KEY).is_none() {
             *handle = self.registry.register(
-                ActorId::new(ActorKind::AgentClient, HEALTH_KEY),
+                ActorId::new(kinds::AGENT_CLIENT, HEALTH_KEY),
                 self.parent.clone(),
             );
         }

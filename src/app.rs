@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use infragpt_actors::conversation::{ConversationHandler, ReplyService};
-use infragpt_actors::inbox::EventSource;
-use infragpt_actors::{ActorKind, Cluster, HealthRegistry, Metrics, StreamSpec};
+use infragpt_actors::{Cluster, HealthRegistry, Metrics, StreamSpec};
+use infragpt_actors::{kinds, sources};
 
 use self::integrations::{IntegrationParts, IntegrationsModule, load_keyring, state_key};
 use crate::agent_client::{GrpcAgent, GrpcAgentOptions};
@@ -191,8 +191,8 @@ fn build_modules(
     cluster
         .register_stream(StreamSpec {
             name: "conversations".to_owned(),
-            kind: ActorKind::ConversationThread,
-            source: EventSource::Slack,
+            kind: kinds::CONVERSATION_THREAD,
+            source: sources::SLACK,
             handler: Arc::new(handler),
         })
         .context("registering the conversation stream")?;

@@ -65,7 +65,7 @@ async fn actors_tree(state: web::Data<OpsState>, q: web::Query<TreeQuery>) -> Ht
 }
 
 fn parse_kind(kind: &str) -> Result<ActorKind, ApiError> {
-    kind.parse::<ActorKind>()
+    infragpt_actors::kinds::parse(kind)
         .map_err(|_| ApiError::not_found(format!("no actor kind {kind:?}")))
 }
 

@@ -7,7 +7,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::inbox::RoutingKey;
 
@@ -53,31 +52,92 @@ fn check_slack_id(what: &'static str, value: &str) -> Result<(), IdError> {
     Ok(())
 }
 
-macro_rules! string_id {
-    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+/// Declares an identifier newtype; the one macro for every id of the code base. Three forms:
+///
+/// * `pub struct X(String);` (or `(pub String)`): an id taken as the sender spelled it, with
+///   `new`, `as_str`, `Display`, `From<&str>`/`From<String>`, comparison with `str`, and
+///   transparent serde.
+/// * `pub struct X(String) checked by check_fn("what");`: a validated id; `check_fn(what,
+///   &value) -> Result<(), IdError>` guards `parse`, `FromStr`, `TryFrom<String>` and
+///   deserialization; serializes as the plain string.
+/// * `pub struct X(pub Uuid);`: our own UUID ids, with `new_random`, `Display`, `FromStr` and
+///   transparent serde.
+///
+/// The crate that uses it needs `serde` (and `uuid` for the UUID form) as dependencies.
+#[macro_export]
+macro_rules! id_newtype {
+    ($(#[$doc:meta])* $vis:vis struct $name:ident($fvis:vis String);) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, ::serde::Serialize, ::serde::Deserialize)]
+        #[serde(transparent)]
+        $vis struct $name($fvis String);
 
-        impl TryFrom<String> for $name {
-            type Error = IdError;
+        impl $name {
+            /// Wraps an id as the sender spelled it.
+            pub fn new(value: impl Into<String>) -> Self {
+                Self(value.into())
+            }
+
+            /// The id as a string.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl ::std::convert::From<&str> for $name {
+            fn from(value: &str) -> Self {
+                Self(value.to_owned())
+            }
+        }
+
+        impl ::std::convert::From<String> for $name {
+            fn from(value: String) -> Self {
+                Self(value)
+            }
+        }
+
+        impl ::std::cmp::PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl ::std::cmp::PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+    ($(#[$doc:meta])* $vis:vis struct $name:ident(String) checked by $check:ident($what:literal);) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, ::serde::Serialize, ::serde::Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        $vis struct $name(String);
+
+        impl ::std::convert::TryFrom<String> for $name {
+            type Error = $crate::ids::IdError;
             fn try_from(value: String) -> Result<Self, Self::Error> {
                 Self::parse(value)
             }
         }
 
-        impl From<$name> for String {
+        impl ::std::convert::From<$name> for String {
             fn from(value: $name) -> String {
                 value.0
             }
         }
 
         impl $name {
-            /// Wraps a value after checking it is non-empty and holds no `/` or whitespace.
-            pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
+            #[doc = concat!("Wraps a value after checking it is a valid ", $what, ".")]
+            pub fn parse(value: impl Into<String>) -> Result<Self, $crate::ids::IdError> {
                 let value = value.into();
-                check_slack_id($what, &value)?;
+                $check($what, &value)?;
                 Ok(Self(value))
             }
 
@@ -87,81 +147,81 @@ macro_rules! string_id {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(&self.0)
             }
         }
 
-        impl FromStr for $name {
-            type Err = IdError;
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::ids::IdError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 Self::parse(s)
             }
         }
     };
+    ($(#[$doc:meta])* $vis:vis struct $name:ident(pub Uuid);) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ::serde::Serialize, ::serde::Deserialize)]
+        #[serde(transparent)]
+        $vis struct $name(pub ::uuid::Uuid);
+
+        impl $name {
+            /// A fresh random (v4) id.
+            pub fn new_random() -> Self {
+                Self(::uuid::Uuid::new_v4())
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl ::std::str::FromStr for $name {
+            type Err = ::uuid::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                ::uuid::Uuid::parse_str(s).map(Self)
+            }
+        }
+    };
 }
 
-string_id!(
+id_newtype! {
     /// A Slack workspace id (`T…`).
-    TeamId,
-    "team id"
-);
-string_id!(
+    pub struct TeamId(String) checked by check_slack_id("team id");
+}
+id_newtype! {
     /// A Slack channel id (`C…`, `D…`, `G…`).
-    ChannelId,
-    "channel id"
-);
-string_id!(
+    pub struct ChannelId(String) checked by check_slack_id("channel id");
+}
+id_newtype! {
     /// A Slack user id (`U…`, `W…`).
-    SlackUserId,
-    "slack user id"
-);
-
-/// A Slack message timestamp (`"1700000000.000100"`), which is also a message's id within
-/// its channel. Kept as the exact string Slack sent: converting to a float loses digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct MessageTs(String);
-
-impl TryFrom<String> for MessageTs {
-    type Error = IdError;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(value)
-    }
+    pub struct SlackUserId(String) checked by check_slack_id("slack user id");
+}
+id_newtype! {
+    /// A Slack message timestamp (`"1700000000.000100"`), which is also a message's id within
+    /// its channel. Kept as the exact string Slack sent: converting to a float loses digits.
+    pub struct MessageTs(String) checked by check_ts("message ts");
 }
 
-impl From<MessageTs> for String {
-    fn from(value: MessageTs) -> String {
-        value.0
+/// Checks the `digits.digits` form of a message ts.
+fn check_ts(_what: &'static str, value: &str) -> Result<(), IdError> {
+    let ok = value.split_once('.').is_some_and(|(secs, frac)| {
+        !secs.is_empty()
+            && !frac.is_empty()
+            && secs.bytes().all(|b| b.is_ascii_digit())
+            && frac.bytes().all(|b| b.is_ascii_digit())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(IdError::BadTs(value.to_owned()))
     }
 }
 
 impl MessageTs {
-    /// Checks the `digits.digits` form.
-    pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
-        let value = value.into();
-        let ok = match value.split_once('.') {
-            Some((secs, frac)) => {
-                !secs.is_empty()
-                    && !frac.is_empty()
-                    && secs.bytes().all(|b| b.is_ascii_digit())
-                    && frac.bytes().all(|b| b.is_ascii_digit())
-            }
-            None => false,
-        };
-        if ok {
-            Ok(Self(value))
-        } else {
-            Err(IdError::BadTs(value))
-        }
-    }
-
-    /// The plain string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// Chronological order (the digits compared as numbers, never through a float; the
     /// derived `Ord` compares the strings).
     pub fn chrono_cmp(&self, other: &Self) -> std::cmp::Ordering {
@@ -178,56 +238,14 @@ impl MessageTs {
     }
 }
 
-impl fmt::Display for MessageTs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl FromStr for MessageTs {
-    type Err = IdError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
-
-macro_rules! uuid_id {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(pub Uuid);
-
-        impl $name {
-            /// A fresh random (v4) id.
-            pub fn new_random() -> Self {
-                Self(Uuid::new_v4())
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                self.0.fmt(f)
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = uuid::Error;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Uuid::parse_str(s).map(Self)
-            }
-        }
-    };
-}
-
-uuid_id!(
+id_newtype! {
     /// Our id of a conversation (one per Slack thread); sent to the agent as `conversation_id`.
-    ConversationId
-);
-uuid_id!(
+    pub struct ConversationId(pub Uuid);
+}
+id_newtype! {
     /// Our id of an organization (not Clerk's `org_…` id).
-    OrganizationId
-);
+    pub struct OrganizationId(pub Uuid);
+}
 
 /// A GitHub App installation id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -258,9 +276,7 @@ impl FromStr for InstallationId {
 /// is the message's own ts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ThreadKey {
-    /// Workspace.
     pub team: TeamId,
-    /// Channel.
     pub channel: ChannelId,
     /// Timestamp of the thread's parent message.
     pub thread_ts: MessageTs,
@@ -274,6 +290,27 @@ impl ThreadKey {
             channel,
             thread_ts,
         }
+    }
+
+    /// The thread of a message: its `thread_ts` when it is a reply, else its own `ts` (a
+    /// top-level message starts its thread). The one place that rule lives.
+    pub fn of_message(
+        team: &TeamId,
+        channel: &ChannelId,
+        ts: &MessageTs,
+        thread_ts: Option<&MessageTs>,
+    ) -> Self {
+        Self::new(
+            team.clone(),
+            channel.clone(),
+            thread_ts.unwrap_or(ts).clone(),
+        )
+    }
+
+    /// The routing key of a workspace's events that belong to no thread (and of events too
+    /// broken to tell): `TEAM/-/-`, which no thread key can equal (`-` is not a valid ts).
+    pub fn unthreaded_routing_key(team: &str) -> RoutingKey {
+        RoutingKey(format!("{team}/-/-"))
     }
 
     /// `TEAM/CHANNEL/THREAD_TS`, the routing key of the thread's actor. None of the parts can
@@ -348,6 +385,18 @@ mod tests {
         let rk = key.to_routing_key();
         assert_eq!(rk.0, "T1/C2/1700000000.000100");
         assert_eq!(ThreadKey::from_routing_key(&rk).unwrap(), key);
+        let reply = MessageTs::parse("1700000001.000100").unwrap();
+        assert_eq!(
+            ThreadKey::of_message(&key.team, &key.channel, &reply, Some(&key.thread_ts)),
+            key
+        );
+        assert_eq!(
+            ThreadKey::of_message(&key.team, &key.channel, &key.thread_ts, None),
+            key
+        );
+        let loose = ThreadKey::unthreaded_routing_key("T1");
+        assert_eq!(loose.0, "T1/-/-");
+        assert!(ThreadKey::from_routing_key(&loose).is_err());
     }
 
     #[test]

@@ -1,47 +1,106 @@
-//! InfraGPT core: domain types, ports (traits the outside world implements), actors and
-//! supervisors. This crate does no I/O of its own and does not depend on diesel, actix-web,
-//! tonic, slack-morphism or octocrab.
+//! InfraGPT domain: identifiers, Slack event parsing and decisions, the Socket Mode connection
+//! state machine, the conversation logic and the ports (traits) the outside world implements.
+//! It does no I/O of its own and does not depend on diesel, actix-web, tonic, slack-morphism
+//! or octocrab.
 //!
-//! # The actor model in short
-//!
-//! * [`Cluster`] is the facade: `ingest` records an event in the durable inbox
-//!   ([`inbox::InboundEvents`]) and, only when it is new, dispatches it to the router of its
-//!   source. A duplicate is never dispatched.
-//! * One router (a supervisor, [`ActorKind::Supervisor`]) per stream starts a worker per
-//!   routing key on demand and stops it after `idle_timeout_ms`. A key's events run one at a
-//!   time, lowest id first; keys run concurrently.
-//! * A worker claims the event, runs the [`EventHandler`] with panics caught, and records
-//!   `done`/`ignored`. A failure restarts the worker (counted, exponential backoff) and
-//!   retries the event up to `retry_budget`; then it is a dead letter (`failed`). Too many
-//!   restarts within `restart_window_ms` mark the worker `failed` and quarantine its key for
-//!   one window; its events wait in the inbox.
-//! * Backpressure: above `high_water_mark` dispatched-but-unfinished events (or a full router
-//!   mailbox) new events stay in the inbox and a drain scan dispatches them later, in id order.
-//!   Every router starts with such a scan, which is the recovery after a restart.
-//! * The plain logic (queue, backoff, restart accounting) is in [`supervision`] and
-//!   [`handler`]; the actors only schedule it.
+//! The generic actor runtime (durable inbox, keyed routers and workers, supervision, health,
+//! metrics, circuit breaker) is the `infragpt-runtime` crate; this crate names the
+//! application's event [`sources`] and actor [`kinds`] and re-exports the runtime's modules
+//! under their usual paths, so the service depends on this crate alone.
 
 pub mod audit;
-pub mod circuit;
-pub mod cluster;
-pub mod config;
 pub mod conversation;
-pub mod handler;
-pub mod health;
 pub mod ids;
-pub mod inbox;
-pub mod metrics;
-mod router;
-pub mod secret;
 pub mod slack_connection;
 pub mod slack_events;
-pub mod supervision;
 pub mod testing;
-mod worker;
 
-pub use cluster::{Cluster, ClusterError, IngestError, RecoveryReport, StreamSpec};
-pub use config::ClusterConfig;
-pub use handler::{EventHandler, HandleOutcome, HandlerError};
-pub use health::{ActorKind, ActorState, HealthRegistry};
-pub use metrics::Metrics;
-pub use secret::Secret;
+pub use infragpt_runtime::{
+    ActorKind, ActorState, Backoff, Cluster, ClusterConfig, ClusterError, EventHandler,
+    EventSource, HandleOutcome, HandlerError, HealthRegistry, IngestError, Metrics, RecoveryReport,
+    Secret, StreamSpec,
+};
+pub use infragpt_runtime::{
+    backoff, circuit, cluster, config, handler, health, inbox, metrics, secret, supervision,
+};
+
+/// The application's actor kinds (the runtime itself only defines
+/// [`ActorKind::SUPERVISOR`]).
+pub mod kinds {
+    use infragpt_runtime::ActorKind;
+    use infragpt_runtime::health::UnknownName;
+
+    /// Owns and supervises other actors (the root and one router per stream).
+    pub const SUPERVISOR: ActorKind = ActorKind::SUPERVISOR;
+    /// One Slack Socket Mode connection.
+    pub const SLACK_CONNECTION: ActorKind = ActorKind::new("slack_connection");
+    /// The webhook stream of one GitHub installation.
+    pub const GITHUB_WEBHOOK_STREAM: ActorKind = ActorKind::new("github_webhook_stream");
+    /// One Slack thread.
+    pub const CONVERSATION_THREAD: ActorKind = ActorKind::new("conversation_thread");
+    /// Credentials of one organization.
+    pub const CREDENTIAL_VAULT: ActorKind = ActorKind::new("credential_vault");
+    /// The gRPC client of the agent: not an actor, a component that reports its health (circuit
+    /// state) in the same registry.
+    pub const AGENT_CLIENT: ActorKind = ActorKind::new("agent_client");
+    /// Clerk identity synchronisation.
+    pub const IDENTITY_SYNC: ActorKind = ActorKind::new("identity_sync");
+
+    /// Every kind, in display order.
+    pub const ALL: [ActorKind; 7] = [
+        SUPERVISOR,
+        SLACK_CONNECTION,
+        GITHUB_WEBHOOK_STREAM,
+        CONVERSATION_THREAD,
+        CREDENTIAL_VAULT,
+        AGENT_CLIENT,
+        IDENTITY_SYNC,
+    ];
+
+    /// The kind named `name` (as in URLs and JSON).
+    pub fn parse(name: &str) -> Result<ActorKind, UnknownName> {
+        ActorKind::find(name, &ALL)
+    }
+}
+
+/// The application's event sources (stored spelling in `inbound_events.source`).
+pub mod sources {
+    use infragpt_runtime::EventSource;
+    use infragpt_runtime::inbox::StoreError;
+
+    /// Slack Socket Mode or Events API (`event_id`).
+    pub const SLACK: EventSource = EventSource::new("slack");
+    /// GitHub App webhooks (`X-GitHub-Delivery`).
+    pub const GITHUB: EventSource = EventSource::new("github");
+    /// Clerk webhooks through Svix (`svix-id`).
+    pub const CLERK: EventSource = EventSource::new("clerk");
+
+    /// Every source.
+    pub const ALL: [EventSource; 3] = [SLACK, GITHUB, CLERK];
+
+    /// The source stored as `name`; anything else is a corrupt row.
+    pub fn parse(name: &str) -> Result<EventSource, StoreError> {
+        EventSource::find(name, &ALL)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_sources_round_trip() {
+        for k in kinds::ALL {
+            assert_eq!(kinds::parse(k.as_str()).unwrap(), k);
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.as_str())
+            );
+        }
+        assert!(kinds::parse("nope").is_err());
+        for s in sources::ALL {
+            assert_eq!(sources::parse(s.as_str()).unwrap(), s);
+        }
+        assert!(sources::parse("gitlab").is_err());
+    }
+}

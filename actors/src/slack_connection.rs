@@ -1,7 +1,8 @@
 //! The logic of one Slack Socket Mode connection, without I/O: its states, the reconnect
 //! backoff, what each frame asks for, the watchdog verdict and the health detail.
 //!
-//! The I/O loop (in the root crate) asks this machine what to do and does it:
+//! The connection actor (in the root crate) owns one machine, feeds it every frame and does
+//! what it answers:
 //!
 //! * `hello` → connected; the backoff resets.
 //! * `events_api` envelope → record it in the inbox, then (only then) acknowledge it.
@@ -16,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+
+use infragpt_runtime::Backoff;
 
 use crate::slack_events::{DisconnectReason, SocketFrame};
 
@@ -46,42 +49,6 @@ impl Default for ConnectionSettings {
             too_many_base: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
         }
-    }
-}
-
-/// Exponential backoff: `base * 2^n`, capped at `max`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    failures: u32,
-}
-
-impl Backoff {
-    /// A backoff with no failures yet.
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Self {
-            base,
-            max,
-            failures: 0,
-        }
-    }
-
-    /// The delay before the next attempt; counts one more failure.
-    pub fn next_delay(&mut self) -> Duration {
-        let factor = 1u32.checked_shl(self.failures.min(20)).unwrap_or(u32::MAX);
-        self.failures = self.failures.saturating_add(1);
-        self.base.saturating_mul(factor).min(self.max)
-    }
-
-    /// Consecutive failures so far.
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-
-    /// Forgets the failures (after a successful connection).
-    pub fn reset(&mut self) {
-        self.failures = 0;
     }
 }
 
@@ -122,7 +89,7 @@ pub enum Reconnect {
     After(Duration),
 }
 
-/// What the I/O loop does with a frame.
+/// What the connection actor does with a frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FrameAction {
     /// Nothing (a `hello`, an unknown frame type).
@@ -147,14 +114,10 @@ pub enum FrameAction {
     Reconnect {
         /// Why (Slack's reason).
         reason: String,
-        /// How.
         how: Reconnect,
     },
     /// Stop for good (`link_disabled`).
-    Fatal {
-        /// Why.
-        reason: String,
-    },
+    Fatal { reason: String },
 }
 
 /// One connection's state machine and counters.
@@ -408,20 +371,6 @@ mod tests {
         frame(&format!(
             r#"{{"type":"disconnect","reason":"{reason}","debug_info":{{"host":"h"}}}}"#
         ))
-    }
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
-        let delays: Vec<u128> = (0..5).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(delays, vec![100, 200, 400, 500, 500]);
-        assert_eq!(b.failures(), 5);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(100));
-        let mut huge = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-        for _ in 0..100 {
-            assert!(huge.next_delay() <= Duration::from_secs(60));
-        }
     }
 
     #[test]

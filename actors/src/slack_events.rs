@@ -9,42 +9,18 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-macro_rules! id_newtype {
-    ($(#[$doc:meta] $name:ident),* $(,)?) => {$(
-        #[$doc]
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(pub String);
-
-        impl $name {
-            /// The raw id.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl From<&str> for $name {
-            fn from(value: &str) -> Self {
-                Self(value.to_owned())
-            }
-        }
-    )*};
-}
-
-id_newtype!(
+crate::id_newtype! {
     /// Slack bot id (`B…`), distinct from the bot's user id.
-    BotId,
+    pub struct BotId(pub String);
+}
+crate::id_newtype! {
     /// Slack app id (`A…`).
-    AppId,
+    pub struct AppId(pub String);
+}
+crate::id_newtype! {
     /// Events API event id (`Ev…`), stable across redeliveries: the dedupe key for inbound events.
-    EventId,
-);
+    pub struct EventId(pub String);
+}
 
 /// Workspace, channel, user and message ids are the core's validated newtypes; the names here
 /// follow Slack's field names.
@@ -114,7 +90,6 @@ pub struct EventCallback {
     pub api_app_id: Option<AppId>,
     /// The bot user id from `authorizations` (the first `is_bot` entry), when present.
     pub authorized_bot_user_id: Option<UserId>,
-    /// The event itself.
     pub event: SlackEvent,
 }
 
@@ -153,13 +128,11 @@ pub enum SlackEvent {
 /// An `app_mention` event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppMention {
-    /// Where.
     pub channel: ChannelId,
     /// Who (absent only in odd bot-originated mentions).
     pub user: Option<UserId>,
     /// Raw text, mention included.
     pub text: String,
-    /// Message ts.
     pub ts: Ts,
     /// Thread parent ts when the mention is a thread reply.
     pub thread_ts: Option<Ts>,
@@ -170,7 +143,6 @@ pub struct AppMention {
 /// A `message` event (plain, thread reply, bot message, join, ...).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MessageEvent {
-    /// Where.
     pub channel: ChannelId,
     /// `channel`, `group`, `im`, `mpim` when given.
     pub channel_type: Option<String>,
@@ -178,7 +150,6 @@ pub struct MessageEvent {
     pub user: Option<UserId>,
     /// Raw text (empty when absent).
     pub text: String,
-    /// Message ts.
     pub ts: Ts,
     /// Thread parent ts for replies.
     pub thread_ts: Option<Ts>,
@@ -383,9 +354,7 @@ pub struct DecideContext {
 /// One human message, identified the same way whether it came as `app_mention` or `message`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TurnId {
-    /// Workspace.
     pub team_id: TeamId,
-    /// Channel.
     pub channel: ChannelId,
     /// The message's own ts.
     pub ts: Ts,
@@ -403,7 +372,6 @@ pub struct Turn {
     pub thread: ThreadKey,
     /// Source event (for the inbox row).
     pub event_id: EventId,
-    /// Author.
     pub user: UserId,
     /// Text with the bot mention stripped and trimmed.
     pub text: String,
@@ -418,11 +386,8 @@ pub struct Turn {
 /// Key of a stored message, for edits and deletes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MessageKey {
-    /// Workspace.
     pub team_id: TeamId,
-    /// Channel.
     pub channel: ChannelId,
-    /// The message's ts.
     pub ts: Ts,
 }
 
@@ -432,10 +397,7 @@ pub enum IgnoreReason {
     /// Written by our own bot user.
     OwnBotMessage,
     /// Written by a bot (`bot_id` present).
-    FromBot {
-        /// The bot's id.
-        bot_id: BotId,
-    },
+    FromBot { bot_id: BotId },
     /// A message subtype that is not a human message (`channel_join`, `bot_message`, ...).
     Subtype(String),
     /// The `message` twin of an `app_mention`: the mention event makes the turn.
@@ -473,18 +435,13 @@ pub enum Decision {
     Turn(Turn),
     /// Update the stored text of a message.
     Update {
-        /// Which message.
         key: MessageKey,
         /// Its new text, bot mention stripped (as the original was stored).
         new_text: String,
-        /// Who edited it.
         edited_by: Option<UserId>,
     },
     /// Mark a stored message deleted.
-    Delete {
-        /// Which message.
-        key: MessageKey,
-    },
+    Delete { key: MessageKey },
     /// Nothing to do, for this reason.
     Ignored(IgnoreReason),
 }
@@ -611,11 +568,7 @@ fn make_turn(
             channel: channel.clone(),
             ts: ts.clone(),
         },
-        thread: ThreadKey::new(
-            cb.team_id.clone(),
-            channel.clone(),
-            thread_ts.unwrap_or(ts).clone(),
-        ),
+        thread: ThreadKey::of_message(&cb.team_id, channel, ts, thread_ts),
         event_id: cb.event_id.clone(),
         user: user.clone(),
         text,
@@ -638,20 +591,6 @@ pub fn turn_id(cb: &EventCallback) -> Option<TurnId> {
         channel: channel.clone(),
         ts: ts.clone(),
     })
-}
-
-/// The conversation thread of a message: `thread_ts` when it is a reply, else its own `ts`.
-pub fn thread_key(
-    team_id: &TeamId,
-    channel: &ChannelId,
-    ts: &Ts,
-    thread_ts: Option<&Ts>,
-) -> ThreadKey {
-    ThreadKey::new(
-        team_id.clone(),
-        channel.clone(),
-        thread_ts.unwrap_or(ts).clone(),
-    )
 }
 
 /// True when `text` mentions `user` (`<@U123>` or `<@U123|name>`).
@@ -764,7 +703,6 @@ pub enum SocketFrame {
     },
     /// Slack will close this connection.
     Disconnect {
-        /// Why.
         reason: DisconnectReason,
         /// `debug_info.host`, when given (the minimal form omits it).
         host: Option<String>,

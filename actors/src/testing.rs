@@ -1,475 +1,506 @@
-//! Test support, compiled always so the root crate's tests can use it too: an in-memory
-//! [`InboundEvents`] with the semantics of the PostgreSQL one, and scriptable handlers.
+//! Test support, compiled always so the root crate's tests can use it too: the runtime's
+//! in-memory inbox and scriptable handlers, a Slack-like test event, and in-memory fakes of
+//! the conversation ports.
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+pub use infragpt_runtime::testing::*;
 
-use async_trait::async_trait;
-use chrono::Utc;
-use parking_lot::Mutex;
-use tokio::sync::Semaphore;
+use infragpt_runtime::inbox::NewInboundEvent;
 
-use crate::handler::{EventHandler, HandleOutcome, HandlerError};
-use crate::inbox::{
-    EventRowId, EventSource, EventStatus, InboundEvent, InboundEvents, NewInboundEvent,
-    RecordOutcome, RoutingKey, StoreError,
-};
+use crate::sources;
 
-#[derive(Debug, Default)]
-struct InboxState {
-    events: BTreeMap<EventRowId, InboundEvent>,
-    by_source: HashMap<(EventSource, String), EventRowId>,
-    next_id: i64,
-    claims: HashMap<EventRowId, u32>,
+/// A Slack-like event for tests: source id `"{key}#{seq}"`, kind `app_mention`, payload
+/// `{"seq": seq}`.
+pub fn slack_event(key: &str, seq: u64) -> NewInboundEvent {
+    NewInboundEvent {
+        kind: "app_mention".into(),
+        ..keyed_event(sources::SLACK, key, seq)
+    }
 }
 
-/// An in-memory inbox: ids grow with arrival, `(source, source_id)` is unique, statuses move
-/// as in the `inbound_events` table.
-#[derive(Debug, Default)]
-pub struct MemoryInbox {
-    state: Mutex<InboxState>,
-    unavailable: AtomicBool,
-}
+pub use conversation_fakes::{FakeAgent, FakeSlack, MemoryConversationStore, PostedMessage};
 
-impl MemoryInbox {
-    /// An empty inbox.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+/// In-memory fakes of the conversation ports, with the semantics of the real adapters that
+/// the conversation logic relies on (unique message ts per conversation, soft deletes,
+/// `monitored` only ever turning on).
+mod conversation_fakes {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use async_trait::async_trait;
+    use chrono::Utc;
+    use parking_lot::Mutex;
+
+    use crate::conversation::{
+        Agent, AgentAnswer, AgentError, AgentTurn, BotIdentity, ChannelRecord, Conversation,
+        ConversationStore, ConversationStoreError, InsertOutcome, NewMessage, ReplyService,
+        SlackApi, SlackApiError, StoredMessage, UserProfile,
+    };
+    use crate::ids::{ChannelId, ConversationId, MessageTs, SlackUserId, TeamId, ThreadKey};
+    use crate::inbox::EventRowId;
+
+    #[derive(Debug, Clone)]
+    struct Row {
+        message: StoredMessage,
+        conversation: ConversationId,
+        source_event_id: Option<EventRowId>,
+        deleted: bool,
     }
 
-    /// Makes every call fail with [`StoreError::Unavailable`] (or work again).
-    pub fn set_unavailable(&self, unavailable: bool) {
-        self.unavailable.store(unavailable, Ordering::SeqCst);
+    #[derive(Debug, Default)]
+    struct StoreState {
+        conversations: Vec<Conversation>,
+        rows: Vec<Row>,
+        channels: HashMap<(TeamId, ChannelId), ChannelRecord>,
     }
 
-    /// Every stored event, by id.
-    pub fn all(&self) -> Vec<InboundEvent> {
-        self.state.lock().events.values().cloned().collect()
+    /// An in-memory [`ConversationStore`].
+    #[derive(Debug, Default)]
+    pub struct MemoryConversationStore {
+        state: Mutex<StoreState>,
+        unavailable: AtomicBool,
     }
 
-    /// How many times `claim` was called for `id` (whatever it returned).
-    pub fn claim_calls(&self, id: EventRowId) -> u32 {
-        self.state.lock().claims.get(&id).copied().unwrap_or(0)
+    impl MemoryConversationStore {
+        /// An empty store.
+        pub fn new() -> Arc<Self> {
+            Arc::new(Self::default())
+        }
+
+        /// Makes every call fail with [`ConversationStoreError::Unavailable`] (or work again).
+        pub fn set_unavailable(&self, unavailable: bool) {
+            self.unavailable.store(unavailable, Ordering::SeqCst);
+        }
+
+        /// The conversation of a thread.
+        pub fn conversation(&self, key: &ThreadKey) -> Option<Conversation> {
+            let st = self.state.lock();
+            st.conversations.iter().find(|c| c.key == *key).cloned()
+        }
+
+        /// Every stored message of a conversation, deleted ones included, oldest first.
+        pub fn messages(&self, id: ConversationId) -> Vec<StoredMessage> {
+            let st = self.state.lock();
+            st.rows
+                .iter()
+                .filter(|r| r.conversation == id)
+                .map(|r| r.message.clone())
+                .collect()
+        }
+
+        /// A channel as stored.
+        pub fn channel_record(&self, team: &TeamId, channel: &ChannelId) -> Option<ChannelRecord> {
+            let st = self.state.lock();
+            st.channels.get(&(team.clone(), channel.clone())).cloned()
+        }
+
+        fn check(&self) -> Result<(), ConversationStoreError> {
+            if self.unavailable.load(Ordering::SeqCst) {
+                Err(ConversationStoreError::Unavailable(
+                    "memory store switched off".into(),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+
+        fn in_channel<'a>(
+            st: &'a mut StoreState,
+            team: &TeamId,
+            channel: &ChannelId,
+            ts: &MessageTs,
+        ) -> Option<&'a mut Row> {
+            let ids: Vec<ConversationId> = st
+                .conversations
+                .iter()
+                .filter(|c| c.key.team == *team && c.key.channel == *channel)
+                .map(|c| c.id)
+                .collect();
+            st.rows
+                .iter_mut()
+                .find(|r| ids.contains(&r.conversation) && r.message.slack_ts == *ts && !r.deleted)
+        }
     }
 
-    /// Number of events in `status`.
-    pub fn count(&self, status: EventStatus) -> usize {
-        self.state
-            .lock()
-            .events
-            .values()
-            .filter(|e| e.status == status)
-            .count()
-    }
+    #[async_trait]
+    impl ConversationStore for MemoryConversationStore {
+        async fn upsert_conversation(
+            &self,
+            key: &ThreadKey,
+        ) -> Result<Conversation, ConversationStoreError> {
+            self.check()?;
+            let mut st = self.state.lock();
+            if let Some(c) = st.conversations.iter().find(|c| c.key == *key) {
+                return Ok(c.clone());
+            }
+            let c = Conversation {
+                id: ConversationId::new_random(),
+                key: key.clone(),
+                current_turn_ts: None,
+            };
+            st.conversations.push(c.clone());
+            Ok(c)
+        }
 
-    fn check(&self) -> Result<(), StoreError> {
-        if self.unavailable.load(Ordering::SeqCst) {
-            Err(StoreError::Unavailable("memory inbox switched off".into()))
-        } else {
+        async fn find_by_key(
+            &self,
+            key: &ThreadKey,
+        ) -> Result<Option<Conversation>, ConversationStoreError> {
+            self.check()?;
+            Ok(self.conversation(key))
+        }
+
+        async fn find(
+            &self,
+            id: ConversationId,
+        ) -> Result<Option<Conversation>, ConversationStoreError> {
+            self.check()?;
+            let st = self.state.lock();
+            Ok(st.conversations.iter().find(|c| c.id == id).cloned())
+        }
+
+        async fn insert_message(
+            &self,
+            msg: NewMessage,
+        ) -> Result<InsertOutcome, ConversationStoreError> {
+            self.check()?;
+            let mut st = self.state.lock();
+            if let Some(r) = st.rows.iter().find(|r| {
+                r.conversation == msg.conversation_id && r.message.slack_ts == msg.slack_ts
+            }) {
+                return Ok(InsertOutcome::Exists {
+                    source_event_id: r.source_event_id,
+                });
+            }
+            st.rows.push(Row {
+                message: StoredMessage {
+                    id: uuid::Uuid::new_v4(),
+                    slack_ts: msg.slack_ts,
+                    sender: msg.sender,
+                    text: msg.text,
+                    created_at: Utc::now(),
+                    in_reply_to: msg.in_reply_to,
+                },
+                conversation: msg.conversation_id,
+                source_event_id: msg.source_event_id,
+                deleted: false,
+            });
+            Ok(InsertOutcome::Inserted)
+        }
+
+        async fn history(
+            &self,
+            id: ConversationId,
+        ) -> Result<Vec<StoredMessage>, ConversationStoreError> {
+            self.check()?;
+            let st = self.state.lock();
+            Ok(st
+                .rows
+                .iter()
+                .filter(|r| r.conversation == id && !r.deleted)
+                .map(|r| r.message.clone())
+                .collect())
+        }
+
+        async fn set_current_turn(
+            &self,
+            id: ConversationId,
+            ts: &MessageTs,
+        ) -> Result<(), ConversationStoreError> {
+            self.check()?;
+            let mut st = self.state.lock();
+            if let Some(c) = st.conversations.iter_mut().find(|c| c.id == id) {
+                c.current_turn_ts = Some(ts.clone());
+            }
+            Ok(())
+        }
+
+        async fn agent_reply_exists(
+            &self,
+            id: ConversationId,
+            in_reply_to: &MessageTs,
+            text: Option<&str>,
+        ) -> Result<bool, ConversationStoreError> {
+            self.check()?;
+            let st = self.state.lock();
+            Ok(st.rows.iter().any(|r| {
+                r.conversation == id
+                    && r.message.sender == crate::conversation::Sender::Agent
+                    && r.message.in_reply_to.as_ref() == Some(in_reply_to)
+                    && text.is_none_or(|t| r.message.text == t)
+            }))
+        }
+
+        async fn edit_message(
+            &self,
+            team: &TeamId,
+            channel: &ChannelId,
+            ts: &MessageTs,
+            text: &str,
+        ) -> Result<bool, ConversationStoreError> {
+            self.check()?;
+            let mut st = self.state.lock();
+            Ok(Self::in_channel(&mut st, team, channel, ts)
+                .map(|r| r.message.text = text.to_owned())
+                .is_some())
+        }
+
+        async fn mark_deleted(
+            &self,
+            team: &TeamId,
+            channel: &ChannelId,
+            ts: &MessageTs,
+        ) -> Result<bool, ConversationStoreError> {
+            self.check()?;
+            let mut st = self.state.lock();
+            Ok(Self::in_channel(&mut st, team, channel, ts)
+                .map(|r| r.deleted = true)
+                .is_some())
+        }
+
+        async fn channel(
+            &self,
+            team: &TeamId,
+            channel: &ChannelId,
+        ) -> Result<Option<ChannelRecord>, ConversationStoreError> {
+            self.check()?;
+            Ok(self.channel_record(team, channel))
+        }
+
+        async fn upsert_channel(
+            &self,
+            team: &TeamId,
+            channel: &ChannelId,
+            name: Option<&str>,
+            monitored: bool,
+        ) -> Result<(), ConversationStoreError> {
+            self.check()?;
+            let mut st = self.state.lock();
+            let record = st
+                .channels
+                .entry((team.clone(), channel.clone()))
+                .or_insert(ChannelRecord {
+                    name: None,
+                    monitored: false,
+                });
+            if let Some(name) = name {
+                record.name = Some(name.to_owned());
+            }
+            record.monitored |= monitored;
             Ok(())
         }
     }
 
-    fn update(&self, id: EventRowId, f: impl FnOnce(&mut InboundEvent)) -> Result<(), StoreError> {
-        self.check()?;
-        if let Some(e) = self.state.lock().events.get_mut(&id) {
-            f(e);
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl InboundEvents for MemoryInbox {
-    async fn record(&self, event: NewInboundEvent) -> Result<RecordOutcome, StoreError> {
-        self.check()?;
-        let mut st = self.state.lock();
-        let dedup = (event.source, event.source_id.clone());
-        if let Some(id) = st.by_source.get(&dedup) {
-            let existing = st.events[id].clone();
-            return Ok(RecordOutcome::Duplicate(existing));
-        }
-        st.next_id += 1;
-        let id = EventRowId(st.next_id);
-        let stored = InboundEvent {
-            id,
-            source: event.source,
-            source_id: event.source_id,
-            routing_key: event.routing_key,
-            kind: event.kind,
-            payload: event.payload,
-            status: EventStatus::Pending,
-            attempts: 0,
-            last_error: None,
-            received_at: Utc::now(),
-            processed_at: None,
-        };
-        st.by_source.insert(dedup, id);
-        st.events.insert(id, stored.clone());
-        Ok(RecordOutcome::Recorded(stored))
+    /// A message [`FakeSlack`] posted.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct PostedMessage {
+        pub team: TeamId,
+        pub channel: ChannelId,
+        pub thread_ts: Option<MessageTs>,
+        pub ts: MessageTs,
+        pub text: String,
     }
 
-    async fn claim(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError> {
-        self.check()?;
-        let mut st = self.state.lock();
-        *st.claims.entry(id).or_default() += 1;
-        match st.events.get_mut(&id) {
-            Some(e) if e.status.is_unfinished() => {
-                e.status = EventStatus::Processing;
-                e.attempts += 1;
-                Ok(Some(e.clone()))
+    #[derive(Debug, Default)]
+    struct SlackState {
+        posts: Vec<PostedMessage>,
+        reactions: Vec<(ChannelId, MessageTs, String)>,
+        identity_error: Option<SlackApiError>,
+        post_error: Option<SlackApiError>,
+    }
+
+    /// A [`SlackApi`] that records posts and reactions. The bot is `U0BOT`, every user is
+    /// called by their id, every channel `ops`; posted messages get increasing timestamps.
+    #[derive(Debug, Default)]
+    pub struct FakeSlack {
+        state: Mutex<SlackState>,
+        next_ts: AtomicU64,
+    }
+
+    impl FakeSlack {
+        /// The bot's user id.
+        pub const BOT_USER: &'static str = "U0BOT";
+
+        /// A fake with nothing posted.
+        pub fn new() -> Arc<Self> {
+            Arc::new(Self::default())
+        }
+
+        /// Every post, in order.
+        pub fn posts(&self) -> Vec<PostedMessage> {
+            self.state.lock().posts.clone()
+        }
+
+        /// Every reaction added: channel, message ts, reaction name.
+        pub fn reactions(&self) -> Vec<(ChannelId, MessageTs, String)> {
+            self.state.lock().reactions.clone()
+        }
+
+        /// Makes `auth.test` fail with `error` from now on.
+        pub fn fail_identity(&self, error: SlackApiError) {
+            self.state.lock().identity_error = Some(error);
+        }
+
+        /// Makes `chat.postMessage` fail with `error` from now on (`None`: work again).
+        pub fn fail_posts(&self, error: Option<SlackApiError>) {
+            self.state.lock().post_error = error;
+        }
+    }
+
+    #[async_trait]
+    impl SlackApi for FakeSlack {
+        async fn bot_identity(&self, _team: &TeamId) -> Result<BotIdentity, SlackApiError> {
+            if let Some(e) = self.state.lock().identity_error.clone() {
+                return Err(e);
             }
-            _ => Ok(None),
+            Ok(BotIdentity {
+                user_id: SlackUserId::parse(Self::BOT_USER)
+                    .map_err(|e| SlackApiError::Api(e.to_string()))?,
+                bot_id: Some("B0BOT".into()),
+                team_name: Some("Test".into()),
+            })
         }
-    }
 
-    async fn mark_done(&self, id: EventRowId) -> Result<(), StoreError> {
-        self.update(id, |e| {
-            e.status = EventStatus::Done;
-            e.processed_at = Some(Utc::now());
-        })
-    }
-
-    async fn mark_ignored(&self, id: EventRowId, reason: &str) -> Result<(), StoreError> {
-        self.update(id, |e| {
-            e.status = EventStatus::Ignored;
-            e.last_error = Some(reason.to_owned());
-            e.processed_at = Some(Utc::now());
-        })
-    }
-
-    async fn mark_retry(&self, id: EventRowId, error: &str) -> Result<(), StoreError> {
-        self.update(id, |e| {
-            e.status = EventStatus::Pending;
-            e.last_error = Some(error.to_owned());
-        })
-    }
-
-    async fn mark_failed(&self, id: EventRowId, error: &str) -> Result<(), StoreError> {
-        self.update(id, |e| {
-            e.status = EventStatus::Failed;
-            e.last_error = Some(error.to_owned());
-            e.processed_at = Some(Utc::now());
-        })
-    }
-
-    async fn list_unfinished(
-        &self,
-        after: Option<EventRowId>,
-        limit: i64,
-    ) -> Result<Vec<InboundEvent>, StoreError> {
-        self.check()?;
-        let limit = usize::try_from(limit).unwrap_or(0);
-        let st = self.state.lock();
-        let from = after.map_or(EventRowId(i64::MIN), |a| EventRowId(a.0.saturating_add(1)));
-        Ok(st
-            .events
-            .range(from..)
-            .map(|(_, e)| e)
-            .filter(|e| e.status.is_unfinished())
-            .take(limit)
-            .cloned()
-            .collect())
-    }
-
-    async fn list_failed(&self, limit: i64, offset: i64) -> Result<Vec<InboundEvent>, StoreError> {
-        self.check()?;
-        let limit = usize::try_from(limit).unwrap_or(0);
-        let offset = usize::try_from(offset).unwrap_or(0);
-        let st = self.state.lock();
-        Ok(st
-            .events
-            .values()
-            .rev()
-            .filter(|e| e.status == EventStatus::Failed)
-            .skip(offset)
-            .take(limit)
-            .cloned()
-            .collect())
-    }
-
-    async fn get(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError> {
-        self.check()?;
-        Ok(self.state.lock().events.get(&id).cloned())
-    }
-
-    async fn requeue(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError> {
-        self.check()?;
-        let mut st = self.state.lock();
-        match st.events.get_mut(&id) {
-            Some(e) if e.status == EventStatus::Failed => {
-                e.status = EventStatus::Pending;
-                e.attempts = 0;
-                e.processed_at = None;
-                Ok(Some(e.clone()))
-            }
-            _ => Ok(None),
-        }
-    }
-
-    async fn discard(&self, id: EventRowId) -> Result<bool, StoreError> {
-        self.check()?;
-        let mut st = self.state.lock();
-        match st.events.get_mut(&id) {
-            Some(e) if e.status == EventStatus::Failed => {
-                e.status = EventStatus::Ignored;
-                e.last_error = Some("discarded".into());
-                e.processed_at = Some(Utc::now());
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    async fn count_by_status(&self) -> Result<Vec<(EventStatus, i64)>, StoreError> {
-        self.check()?;
-        let st = self.state.lock();
-        let mut counts: HashMap<EventStatus, i64> = HashMap::new();
-        for e in st.events.values() {
-            *counts.entry(e.status).or_default() += 1;
-        }
-        Ok(counts.into_iter().collect())
-    }
-}
-
-/// A handler that does nothing and succeeds.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoopHandler;
-
-#[async_trait]
-impl EventHandler for NoopHandler {
-    async fn handle(&self, _event: &InboundEvent) -> Result<HandleOutcome, HandlerError> {
-        Ok(HandleOutcome::Done)
-    }
-}
-
-/// What [`RecordingHandler`] does with an event (matched by `source_id`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Script {
-    /// Panics with this message.
-    Panic(String),
-    /// Fails with [`HandlerError::Retryable`].
-    Fail(String),
-    /// Fails with [`HandlerError::Permanent`].
-    Reject(String),
-    /// Returns [`HandleOutcome::Ignored`].
-    Ignore(String),
-}
-
-#[derive(Debug, Default)]
-struct RecState {
-    handled: Vec<InboundEvent>,
-    calls: HashMap<EventRowId, u32>,
-    active: HashMap<RoutingKey, usize>,
-    overlaps: usize,
-}
-
-/// A handler that records what it handled (in completion order), counts calls, detects two
-/// events of one key running at once, and can be scripted to fail or held at a gate.
-#[derive(Debug, Default)]
-pub struct RecordingHandler {
-    state: Mutex<RecState>,
-    scripts: Mutex<HashMap<String, Script>>,
-    gates: Mutex<HashMap<RoutingKey, Arc<Semaphore>>>,
-    global_gate: Mutex<Option<Arc<Semaphore>>>,
-}
-
-impl RecordingHandler {
-    /// A handler that succeeds on everything.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-
-    /// Scripts the behaviour for the event with this source id.
-    pub fn script(&self, source_id: impl Into<String>, script: Script) {
-        self.scripts.lock().insert(source_id.into(), script);
-    }
-
-    /// From now on each event of `key` waits for one permit of the returned semaphore.
-    pub fn gate_key(&self, key: &RoutingKey) -> Arc<Semaphore> {
-        let sem = Arc::new(Semaphore::new(0));
-        self.gates.lock().insert(key.clone(), sem.clone());
-        sem
-    }
-
-    /// From now on every event waits for one permit of the returned semaphore.
-    pub fn gate_all(&self) -> Arc<Semaphore> {
-        let sem = Arc::new(Semaphore::new(0));
-        *self.global_gate.lock() = Some(sem.clone());
-        sem
-    }
-
-    /// Events handled successfully (done), in completion order.
-    pub fn handled(&self) -> Vec<InboundEvent> {
-        self.state.lock().handled.clone()
-    }
-
-    /// Number of events handled successfully.
-    pub fn handled_count(&self) -> usize {
-        self.state.lock().handled.len()
-    }
-
-    /// How many times the handler was called for `id`.
-    pub fn calls(&self, id: EventRowId) -> u32 {
-        self.state.lock().calls.get(&id).copied().unwrap_or(0)
-    }
-
-    /// Total handler calls.
-    pub fn total_calls(&self) -> u64 {
-        self.state
-            .lock()
-            .calls
-            .values()
-            .map(|n| u64::from(*n))
-            .sum()
-    }
-
-    /// How often an event started while another of the same key was running (must be 0).
-    pub fn overlaps(&self) -> usize {
-        self.state.lock().overlaps
-    }
-}
-
-/// Leaves the key's active count even when the handler panics.
-struct ActiveGuard<'a> {
-    handler: &'a RecordingHandler,
-    key: RoutingKey,
-}
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        let mut st = self.handler.state.lock();
-        if let Some(n) = st.active.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                st.active.remove(&self.key);
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl EventHandler for RecordingHandler {
-    async fn handle(&self, event: &InboundEvent) -> Result<HandleOutcome, HandlerError> {
-        {
+        async fn post_message(
+            &self,
+            team: &TeamId,
+            channel: &ChannelId,
+            thread_ts: Option<&MessageTs>,
+            text: &str,
+        ) -> Result<MessageTs, SlackApiError> {
             let mut st = self.state.lock();
-            *st.calls.entry(event.id).or_default() += 1;
-            let active = st.active.entry(event.routing_key.clone()).or_default();
-            *active += 1;
-            if *active > 1 {
-                st.overlaps += 1;
+            if let Some(e) = st.post_error.clone() {
+                return Err(e);
             }
+            let n = self.next_ts.fetch_add(1, Ordering::SeqCst) + 1;
+            let ts = MessageTs::parse(format!("1900000000.{n:06}"))
+                .map_err(|e| SlackApiError::Api(e.to_string()))?;
+            st.posts.push(PostedMessage {
+                team: team.clone(),
+                channel: channel.clone(),
+                thread_ts: thread_ts.cloned(),
+                ts: ts.clone(),
+                text: text.to_owned(),
+            });
+            Ok(ts)
         }
-        let _guard = ActiveGuard {
-            handler: self,
-            key: event.routing_key.clone(),
-        };
-        let gate = self.gates.lock().get(&event.routing_key).cloned();
-        if let Some(gate) = gate {
-            match gate.acquire().await {
-                Ok(p) => p.forget(),
-                Err(_) => return Err(HandlerError::retryable("gate closed")),
-            }
+
+        async fn add_reaction(
+            &self,
+            _team: &TeamId,
+            channel: &ChannelId,
+            ts: &MessageTs,
+            name: &str,
+        ) -> Result<(), SlackApiError> {
+            self.state
+                .lock()
+                .reactions
+                .push((channel.clone(), ts.clone(), name.to_owned()));
+            Ok(())
         }
-        let global = self.global_gate.lock().clone();
-        if let Some(gate) = global {
-            match gate.acquire().await {
-                Ok(p) => p.forget(),
-                Err(_) => return Err(HandlerError::retryable("gate closed")),
-            }
+
+        async fn user_profile(
+            &self,
+            _team: &TeamId,
+            user: &SlackUserId,
+        ) -> Result<UserProfile, SlackApiError> {
+            Ok(UserProfile {
+                name: Some(format!("name of {user}")),
+                username: Some(user.to_string()),
+                email: None,
+            })
         }
-        let script = self.scripts.lock().get(&event.source_id).cloned();
-        match script {
-            Some(Script::Panic(msg)) => panic!("{msg}"),
-            Some(Script::Fail(msg)) => Err(HandlerError::Retryable(msg)),
-            Some(Script::Reject(msg)) => Err(HandlerError::Permanent(msg)),
-            Some(Script::Ignore(reason)) => Ok(HandleOutcome::Ignored(reason)),
-            None => {
-                self.state.lock().handled.push(event.clone());
-                Ok(HandleOutcome::Done)
+
+        async fn channel_name(
+            &self,
+            _team: &TeamId,
+            _channel: &ChannelId,
+        ) -> Result<Option<String>, SlackApiError> {
+            Ok(Some("ops".into()))
+        }
+    }
+
+    /// What [`FakeAgent`] does with each turn.
+    #[derive(Debug, Clone)]
+    enum Behaviour {
+        Answer(AgentAnswer),
+        Fail(AgentError),
+        /// Posts the text through SendReply, then answers successfully with it.
+        SendReply(String),
+    }
+
+    /// An [`Agent`] that records the turns it got and answers as told (by default
+    /// successfully, with `answer to: {current message}`).
+    #[derive(Debug, Default)]
+    pub struct FakeAgent {
+        turns: Mutex<Vec<AgentTurn>>,
+        behaviour: Mutex<Option<Behaviour>>,
+        replies: Mutex<Option<Arc<ReplyService>>>,
+    }
+
+    impl FakeAgent {
+        /// An agent answering every turn.
+        pub fn new() -> Arc<Self> {
+            Arc::new(Self::default())
+        }
+
+        /// Every turn it was asked, in order.
+        pub fn turns(&self) -> Vec<AgentTurn> {
+            self.turns.lock().clone()
+        }
+
+        /// Answers with `answer` from now on.
+        pub fn answer_with(&self, answer: AgentAnswer) {
+            *self.behaviour.lock() = Some(Behaviour::Answer(answer));
+        }
+
+        /// Fails with `error` from now on.
+        pub fn fail_with(&self, error: AgentError) {
+            *self.behaviour.lock() = Some(Behaviour::Fail(error));
+        }
+
+        /// Posts `text` through `replies` (SendReply) before it returns, from now on.
+        pub fn send_reply_with(&self, replies: Arc<ReplyService>, text: impl Into<String>) {
+            *self.replies.lock() = Some(replies);
+            *self.behaviour.lock() = Some(Behaviour::SendReply(text.into()));
+        }
+
+        /// A successful answer with `text`.
+        pub fn success(text: &str) -> AgentAnswer {
+            AgentAnswer {
+                success: true,
+                response_text: text.to_owned(),
+                error_message: String::new(),
+                agent_type: "fake".into(),
+                confidence: 1.0,
+                tools_used: Vec::new(),
             }
         }
     }
-}
 
-/// Polls `cond` every few milliseconds until it holds or `timeout` passes; returns whether
-/// it held. The timeout is only a guard against hanging tests, never a speed assertion.
-pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
+    #[async_trait]
+    impl Agent for FakeAgent {
+        async fn process(&self, turn: AgentTurn) -> Result<AgentAnswer, AgentError> {
+            self.turns.lock().push(turn.clone());
+            let behaviour = self.behaviour.lock().clone();
+            match behaviour {
+                None => Ok(Self::success(&format!(
+                    "answer to: {}",
+                    turn.current_message
+                ))),
+                Some(Behaviour::Answer(a)) => Ok(a),
+                Some(Behaviour::Fail(e)) => Err(e),
+                Some(Behaviour::SendReply(text)) => {
+                    let replies = self.replies.lock().clone();
+                    if let Some(replies) = replies {
+                        replies
+                            .send_reply(&turn.conversation_id.to_string(), &text)
+                            .await
+                            .map_err(|e| AgentError::Failed(e.to_string()))?;
+                    }
+                    Ok(Self::success(&text))
+                }
+            }
         }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-/// Like [`eventually`] with an async condition.
-pub async fn eventually_async<F, Fut>(timeout: Duration, mut cond: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if cond().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-/// A Slack-like event for tests: source id `"{key}#{seq}"`, payload `{"seq": seq}`.
-pub fn slack_event(key: &str, seq: u64) -> NewInboundEvent {
-    NewInboundEvent {
-        source: EventSource::Slack,
-        source_id: format!("{key}#{seq}"),
-        routing_key: RoutingKey(key.to_owned()),
-        kind: "app_mention".into(),
-        payload: serde_json::json!({ "seq": seq }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn memory_inbox_semantics() {
-        let inbox = MemoryInbox::new();
-        let a = inbox.record(slack_event("k", 1)).await.unwrap();
-        let RecordOutcome::Recorded(a) = a else {
-            panic!("first record must be Recorded")
-        };
-        assert!(matches!(
-            inbox.record(slack_event("k", 1)).await.unwrap(),
-            RecordOutcome::Duplicate(ref d) if d.id == a.id
-        ));
-        let b = inbox.record(slack_event("k", 2)).await.unwrap().event().id;
-        let c = inbox.claim(a.id).await.unwrap().unwrap();
-        assert_eq!((c.status, c.attempts), (EventStatus::Processing, 1));
-        inbox.mark_retry(a.id, "x").await.unwrap();
-        assert_eq!(inbox.claim(a.id).await.unwrap().unwrap().attempts, 2);
-        inbox.mark_failed(a.id, "dead").await.unwrap();
-        assert!(inbox.claim(a.id).await.unwrap().is_none());
-        let unfinished = inbox.list_unfinished(None, 10).await.unwrap();
-        assert_eq!(unfinished.iter().map(|e| e.id).collect::<Vec<_>>(), vec![b]);
-        assert!(inbox.list_unfinished(Some(b), 10).await.unwrap().is_empty());
-        assert_eq!(inbox.list_failed(10, 0).await.unwrap()[0].id, a.id);
-        let r = inbox.requeue(a.id).await.unwrap().unwrap();
-        assert_eq!((r.status, r.attempts), (EventStatus::Pending, 0));
-        assert!(inbox.requeue(a.id).await.unwrap().is_none());
-        assert!(!inbox.discard(a.id).await.unwrap());
-        inbox.set_unavailable(true);
-        assert!(inbox.get(a.id).await.is_err());
     }
 }

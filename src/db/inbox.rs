@@ -97,7 +97,7 @@ impl TryFrom<EventRow> for InboundEvent {
     fn try_from(row: EventRow) -> Result<Self, StoreError> {
         Ok(InboundEvent {
             id: EventRowId(row.id),
-            source: row.source.parse()?,
+            source: infragpt_actors::sources::parse(&row.source)?,
             source_id: row.source_id,
             routing_key: RoutingKey(row.routing_key),
             kind: row.kind,

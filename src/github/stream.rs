@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use infragpt_actors::audit::{AuditEntry, AuditLog};
-use infragpt_actors::inbox::{EventSource, InboundEvent};
-use infragpt_actors::{ActorKind, EventHandler, HandleOutcome, HandlerError, StreamSpec};
+use infragpt_actors::inbox::InboundEvent;
+use infragpt_actors::{EventHandler, HandleOutcome, HandlerError, StreamSpec};
+use infragpt_actors::{kinds, sources};
 use serde_json::json;
 
 use super::normalize::{
@@ -70,8 +71,8 @@ impl GithubStreamHandler {
     pub fn stream_spec(self) -> StreamSpec {
         StreamSpec {
             name: STREAM_NAME.to_owned(),
-            kind: ActorKind::GitHubWebhookStream,
-            source: EventSource::GitHub,
+            kind: kinds::GITHUB_WEBHOOK_STREAM,
+            source: sources::GITHUB,
             handler: Arc::new(self),
         }
     }

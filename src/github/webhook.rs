@@ -11,7 +11,8 @@ use std::sync::Arc;
 use actix_web::{HttpRequest, HttpResponse, web};
 use infragpt_actors::Cluster;
 use infragpt_actors::ids::InstallationId;
-use infragpt_actors::inbox::{EventSource, NewInboundEvent, RecordOutcome, RoutingKey};
+use infragpt_actors::inbox::{NewInboundEvent, RecordOutcome, RoutingKey};
+use infragpt_actors::sources;
 use infragpt_actors::{IngestError, Secret};
 use serde_json::{Value, json};
 
@@ -111,7 +112,7 @@ pub async fn receive(
     let outcome = hook
         .cluster
         .ingest(NewInboundEvent {
-            source: EventSource::GitHub,
+            source: sources::GITHUB,
             source_id: delivery.clone(),
             routing_key,
             kind: kind.clone(),

@@ -12,60 +12,19 @@ pub mod sync;
 pub mod webhook;
 pub mod wiring;
 
-use serde::{Deserialize, Serialize};
-
-macro_rules! clerk_id {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
-
-        impl $name {
-            /// Wraps an id as Clerk sent it.
-            pub fn new(value: impl Into<String>) -> Self {
-                Self(value.into())
-            }
-
-            /// The id as a string.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl PartialEq<str> for $name {
-            fn eq(&self, other: &str) -> bool {
-                self.0 == other
-            }
-        }
-
-        impl PartialEq<&str> for $name {
-            fn eq(&self, other: &&str) -> bool {
-                self.0 == *other
-            }
-        }
-    };
-}
-
-clerk_id!(
+infragpt_actors::id_newtype! {
     /// A Clerk user id (`user_...`).
-    ClerkUserId
-);
-clerk_id!(
+    pub struct ClerkUserId(String);
+}
+infragpt_actors::id_newtype! {
     /// A Clerk organization id (`org_...`).
-    ClerkOrgId
-);
-clerk_id!(
+    pub struct ClerkOrgId(String);
+}
+infragpt_actors::id_newtype! {
     /// A Clerk organization membership id (`orgmem_...`).
-    ClerkMembershipId
-);
-clerk_id!(
+    pub struct ClerkMembershipId(String);
+}
+infragpt_actors::id_newtype! {
     /// A Clerk session id (`sess_...`), the `sid` claim of a session token.
-    ClerkSessionId
-);
+    pub struct ClerkSessionId(String);
+}

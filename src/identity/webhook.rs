@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
-use infragpt_actors::inbox::{EventSource, NewInboundEvent, RecordOutcome};
+use infragpt_actors::inbox::{NewInboundEvent, RecordOutcome};
+use infragpt_actors::sources;
 use infragpt_actors::{Cluster, IngestError, Secret};
 use serde_json::{Value, json};
 
@@ -122,7 +123,7 @@ async fn receive(
     let outcome = webhook
         .cluster
         .ingest(NewInboundEvent {
-            source: EventSource::Clerk,
+            source: sources::CLERK,
             source_id: svix_id.clone(),
             routing_key: super::sync::routing_key(),
             kind: kind.clone(),

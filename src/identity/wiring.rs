@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use infragpt_actors::audit::AuditLog;
-use infragpt_actors::inbox::EventSource;
-use infragpt_actors::{ActorKind, Cluster, StreamSpec};
+use infragpt_actors::{Cluster, StreamSpec};
+use infragpt_actors::{kinds, sources};
 
 use super::api::{self, IdentityApi};
 use super::store::IdentityStore;
@@ -88,8 +88,8 @@ impl Module for IdentityModule {
         self.cluster
             .register_stream(StreamSpec {
                 name: STREAM_NAME.to_owned(),
-                kind: ActorKind::IdentitySync,
-                source: EventSource::Clerk,
+                kind: kinds::IDENTITY_SYNC,
+                source: sources::CLERK,
                 handler: Arc::new(IdentitySync::new(store.clone(), audit.clone())),
             })
             .context("registering the Clerk stream")?;

@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use infragpt_actors::health::{ActorHealth, ActorId};
-use infragpt_actors::{ActorKind, ActorState, HealthRegistry, Secret};
+use infragpt_actors::kinds;
+use infragpt_actors::{ActorState, HealthRegistry, Secret};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -703,10 +704,10 @@ impl VaultRegistry {
     /// A registry reporting to `health` under a `credential_vaults` supervisor node (child of
     /// the cluster's `root`).
     pub fn new(deps: VaultDeps, health: HealthRegistry) -> Self {
-        let supervisor = ActorId::new(ActorKind::Supervisor, "credential_vaults");
+        let supervisor = ActorId::new(kinds::SUPERVISOR, "credential_vaults");
         let supervisor_health = health.register(
             supervisor.clone(),
-            Some(ActorId::new(ActorKind::Supervisor, "root")),
+            Some(ActorId::new(kinds::SUPERVISOR, "root")),
         );
         supervisor_health.set_state(ActorState::Running);
         Self {
@@ -735,7 +736,7 @@ impl VaultRegistry {
             return addr.clone();
         }
         let health = self.inner.health.register(
-            ActorId::new(ActorKind::CredentialVault, organization_id.to_string()),
+            ActorId::new(kinds::CREDENTIAL_VAULT, organization_id.to_string()),
             Some(self.inner.supervisor.clone()),
         );
         let addr = CredentialVault::new(

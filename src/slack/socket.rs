@@ -1,11 +1,12 @@
-//! Slack Socket Mode: our own client loop over tokio-tungstenite (slack-morphism's listener
+//! Slack Socket Mode: our own client over tokio-tungstenite (slack-morphism's listener
 //! acknowledges only after the callback returns and gives no control over reconnect reasons
 //! or a watchdog).
 //!
 //! Each of `slack.connections` connections is a [`SlackConnection`] actor (kind
-//! `slack_connection`, key `conn-N`) whose loop does: `apps.connections.open` with the app
-//! token → websocket → frames. What to do with each frame is decided by the pure
-//! [`ConnectionMachine`]; this module only does the I/O:
+//! `slack_connection`, key `conn-N`): `apps.connections.open` with the app token → websocket,
+//! whose frames are a stream of the actor; pings and the watchdog run on the actor's interval.
+//! What to do with each frame is decided by the pure [`ConnectionMachine`], which the actor
+//! owns; this module only does the I/O:
 //!
 //! * `events_api` envelope → [`Cluster::ingest`] (recorded in the inbox, dispatched to the
 //!   thread actors when new) and only after it returns `Ok` (recorded or duplicate) the ack
@@ -19,29 +20,29 @@
 //! * Pings every `ping_interval`; a socket silent (no frame, no pong) for `idle_timeout` is
 //!   replaced.
 
+use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt as _, StreamExt as _};
-use infragpt_actors::Secret;
+use futures::{Sink, SinkExt as _, Stream, StreamExt as _};
 use infragpt_actors::cluster::Cluster;
 use infragpt_actors::conversation::routing_key;
-use infragpt_actors::health::{ActorHealth, ActorId, ActorKind, ActorState, HealthRegistry};
-use infragpt_actors::inbox::{EventSource, NewInboundEvent, RecordOutcome, RoutingKey};
+use infragpt_actors::health::{ActorHealth, ActorId, ActorState, HealthRegistry};
+use infragpt_actors::ids::ThreadKey;
+use infragpt_actors::inbox::{NewInboundEvent, RecordOutcome};
 use infragpt_actors::slack_connection::{
     ConnState, ConnectionMachine, ConnectionSettings, FrameAction, Reconnect,
 };
-use infragpt_actors::slack_events::{self, Inbound, parse_socket_frame};
-use parking_lot::Mutex;
+use infragpt_actors::slack_events::{self, Inbound, SocketFrame, parse_socket_frame};
+use infragpt_actors::{Secret, kinds, sources};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::http_connector::SlackHyperClient;
+use super::connector::SlackHyperClient;
 use super::web::{WebSettings, open_socket_url};
 use super::workspaces::WorkspaceBoard;
 
@@ -78,7 +79,7 @@ pub fn inbound_event(
 ) -> Result<InboundClass, String> {
     match slack_events::parse_value(payload.clone()) {
         Ok(Inbound::EventCallback(cb)) => Ok(InboundClass::Event(NewInboundEvent {
-            source: EventSource::Slack,
+            source: sources::SLACK,
             source_id: cb.event_id.0.clone(),
             routing_key: routing_key(&cb),
             kind: payload["event"]["type"]
@@ -102,9 +103,9 @@ pub fn inbound_event(
                 .unwrap_or("unknown");
             tracing::warn!(source_id = %source_id, error = %e, "recording an unreadable slack event");
             Ok(InboundClass::Event(NewInboundEvent {
-                source: EventSource::Slack,
+                source: sources::SLACK,
                 source_id,
-                routing_key: RoutingKey(format!("{team}/-/-")),
+                routing_key: ThreadKey::unthreaded_routing_key(team),
                 kind: "unparseable".into(),
                 payload: payload.clone(),
             }))
@@ -159,74 +160,455 @@ impl std::fmt::Debug for SocketContext {
 // The actor
 // ---------------------------------------------------------------------------------------------
 
-/// One Socket Mode connection. Its loop runs on the actor's arbiter; stopping the actor (or
-/// sending [`StopConnection`]) closes the socket.
+type WsError = tokio_tungstenite::tungstenite::Error;
+type WsSink = Pin<Box<dyn Sink<Message, Error = WsError>>>;
+type WsStream = Pin<Box<dyn Stream<Item = Result<Message, WsError>>>>;
+
+/// How long one frame (ack, ping) may take to send before the socket counts as broken.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a close frame may take before the socket is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A frame (or the end) of one of the connection's sockets. Sockets are numbered so the frames
+/// of a replaced socket that is still draining are told apart from the current one's.
+#[derive(Debug)]
+enum SocketEvent {
+    Frame(u64, Result<Message, WsError>),
+    Ended(u64),
+}
+
+/// One open websocket: its reader is a stream of the actor, its writer is owned here (and
+/// lent to the one send in flight).
+struct Socket {
+    sink: Option<WsSink>,
+    reader: SpawnHandle,
+    /// Replaced by a newer socket; read only until it closes or the drain timeout.
+    draining: bool,
+}
+
+/// One Socket Mode connection. The actor owns its [`ConnectionMachine`]; frames arrive as a
+/// stream of the actor, pings and the watchdog run on an interval, and each envelope is
+/// recorded and then acknowledged before the next frame is read (so the inbox keeps the
+/// order Slack delivered). Stopping the actor (or sending [`StopConnection`]) closes its
+/// sockets.
 pub struct SlackConnection {
     key: String,
     ctx: SocketContext,
-    settings: ConnectionSettings,
-    parent: Option<ActorId>,
-    shutdown: Option<watch::Sender<bool>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    machine: ConnectionMachine,
+    health: ActorHealth,
+    sockets: HashMap<u64, Socket>,
+    next_socket: u64,
+    /// The socket pings and the watchdog apply to (the newest one, once open).
+    current: Option<u64>,
+    /// `apps.connections.open` plus the handshake in flight, or the wait before the next try.
+    pending: Option<SpawnHandle>,
+    stopping: bool,
 }
 
 impl std::fmt::Debug for SlackConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SlackConnection")
             .field("key", &self.key)
+            .field("state", &self.machine.state())
             .finish_non_exhaustive()
     }
 }
 
 impl SlackConnection {
-    /// A connection actor (not started) with key `key` (`conn-1`, …).
+    /// A connection actor (not started) with key `key` (`conn-1`, …), registered in the
+    /// cluster's health registry under `parent`.
     pub fn new(
         key: impl Into<String>,
         ctx: SocketContext,
         settings: ConnectionSettings,
         parent: Option<ActorId>,
     ) -> Self {
+        let key = key.into();
+        let health = ctx
+            .cluster
+            .health()
+            .register(ActorId::new(kinds::SLACK_CONNECTION, key.clone()), parent);
         Self {
-            key: key.into(),
+            key,
             ctx,
-            settings,
-            parent,
-            shutdown: None,
-            task: None,
+            machine: ConnectionMachine::new(settings),
+            health,
+            sockets: HashMap::new(),
+            next_socket: 1,
+            current: None,
+            pending: None,
+            stopping: false,
         }
+    }
+
+    /// Copies the machine's detail (and the workspaces' statuses) into the health entry.
+    fn publish(&self) {
+        let mut detail = self.machine.detail();
+        if let Some(obj) = detail.as_object_mut() {
+            let ws = serde_json::to_value(self.ctx.board.snapshot()).unwrap_or(Value::Null);
+            obj.insert("workspaces".into(), ws);
+        }
+        self.health.set_detail(detail);
+        match self.machine.state() {
+            ConnState::Connected => self.health.set_state(ActorState::Running),
+            ConnState::Stopped => self.health.set_state(ActorState::Stopped),
+            // Failed, connecting and backing off are set where they happen (with reasons).
+            ConnState::Failed | ConnState::Connecting | ConnState::BackingOff => {}
+        }
+    }
+
+    /// Opens a new socket: `apps.connections.open`, then the websocket handshake. Runs beside
+    /// the actor's other work (a draining socket, a stop request).
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping || self.machine.state() == ConnState::Failed {
+            return;
+        }
+        self.machine.connecting();
+        self.publish();
+        let client = self.ctx.client.clone();
+        let settings = self.ctx.web_settings.clone();
+        let token = self.ctx.app_token.clone();
+        let open = async move {
+            let url = open_socket_url(&client, &settings, &token).await?;
+            tokio::time::timeout(CONNECT_TIMEOUT, connect_ws(&url))
+                .await
+                .map_err(|_| ConnectError::Timeout(CONNECT_TIMEOUT))?
+        };
+        let handle = ctx.spawn(open.into_actor(self).map(|opened, act, ctx| {
+            act.pending = None;
+            act.on_connect(opened, ctx);
+        }));
+        self.pending = Some(handle);
+    }
+
+    fn on_connect(
+        &mut self,
+        opened: Result<(WsSink, WsStream), ConnectError>,
+        ctx: &mut Context<Self>,
+    ) {
+        match opened {
+            Ok((sink, stream)) => {
+                self.machine.socket_opened(Instant::now());
+                let id = self.next_socket;
+                self.next_socket += 1;
+                let frames = stream
+                    .map(move |frame| SocketEvent::Frame(id, frame))
+                    .chain(futures::stream::once(async move { SocketEvent::Ended(id) }));
+                let reader = ctx.add_stream(frames);
+                self.sockets.insert(
+                    id,
+                    Socket {
+                        sink: Some(sink),
+                        reader,
+                        draining: false,
+                    },
+                );
+                self.current = Some(id);
+                tracing::debug!(connection = %self.key, "slack websocket open");
+            }
+            Err(e) => {
+                let e = e.to_string();
+                let d = self.machine.on_connect_failed(&e);
+                tracing::warn!(connection = %self.key, error = %e, delay_ms = d.as_millis() as u64, "slack socket mode connect failed");
+                self.health.retrying(&e);
+                self.reconnect(Some(d), ctx);
+            }
+        }
+    }
+
+    /// Opens the next socket after `delay` (at once without one).
+    fn reconnect(&mut self, delay: Option<Duration>, ctx: &mut Context<Self>) {
+        self.publish();
+        match delay {
+            Some(d) => {
+                let handle = ctx.run_later(d, |act, ctx| {
+                    act.pending = None;
+                    act.connect(ctx);
+                });
+                self.pending = Some(handle);
+            }
+            None => self.connect(ctx),
+        }
+    }
+
+    /// Stops reading socket `id` and closes it (bounded by [`CLOSE_TIMEOUT`]).
+    fn close_socket(&mut self, id: u64, ctx: &mut Context<Self>) {
+        if self.current == Some(id) {
+            self.current = None;
+        }
+        let Some(socket) = self.sockets.remove(&id) else {
+            return;
+        };
+        ctx.cancel_future(socket.reader);
+        if let Some(mut sink) = socket.sink {
+            ctx.spawn(
+                async move {
+                    let _ =
+                        tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(None))).await;
+                }
+                .into_actor(self),
+            );
+        }
+        if socket.draining {
+            tracing::debug!(connection = %self.key, "old slack socket drained");
+        }
+    }
+
+    /// Socket `id` closed, broke or failed a send: the current one is replaced after the
+    /// backoff delay, a draining one is just dropped.
+    fn socket_ended(&mut self, id: u64, why: &str, ctx: &mut Context<Self>) {
+        let was_current = self.current == Some(id);
+        if !self.sockets.contains_key(&id) {
+            return;
+        }
+        self.close_socket(id, ctx);
+        if was_current {
+            let d = self.machine.on_closed(why);
+            tracing::info!(connection = %self.key, reason = why, delay_ms = d.as_millis() as u64, "slack socket closed; reconnecting");
+            self.health.retrying(why);
+            self.reconnect(Some(d), ctx);
+        }
+    }
+
+    /// Sends `msg` on socket `id`, holding every other event of the actor until it is sent,
+    /// then calls `then` with the result.
+    fn send<F>(&mut self, id: u64, msg: Message, ctx: &mut Context<Self>, then: F)
+    where
+        F: FnOnce(&mut Self, Result<(), String>, &mut Context<Self>) + 'static,
+    {
+        let Some(mut sink) = self.sockets.get_mut(&id).and_then(|s| s.sink.take()) else {
+            then(self, Err("socket closed".into()), ctx);
+            return;
+        };
+        let sent = async move {
+            let result = match tokio::time::timeout(SEND_TIMEOUT, sink.send(msg)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("send timed out after {SEND_TIMEOUT:?}")),
+            };
+            (sink, result)
+        };
+        ctx.wait(sent.into_actor(self).map(move |(sink, result), act, ctx| {
+            if let Some(socket) = act.sockets.get_mut(&id) {
+                socket.sink = Some(sink);
+            }
+            then(act, result, ctx);
+        }));
+    }
+
+    /// Pings the current socket, or replaces it when it has been silent too long.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let Some(id) = self.current else {
+            return;
+        };
+        if self.machine.watchdog_expired(Instant::now()) {
+            self.machine.on_watchdog();
+            tracing::warn!(connection = %self.key, "slack socket silent; replacing it");
+            self.health.retrying("watchdog: no frame and no pong");
+            self.close_socket(id, ctx);
+            self.reconnect(None, ctx);
+            return;
+        }
+        self.send(
+            id,
+            Message::Ping(Vec::new().into()),
+            ctx,
+            move |act, sent, ctx| {
+                if let Err(e) = sent {
+                    act.socket_ended(id, &format!("ping failed: {e}"), ctx);
+                }
+            },
+        );
+    }
+
+    /// A text frame of the current socket: what the machine says to do with it.
+    fn on_text(&mut self, id: u64, text: &str, ctx: &mut Context<Self>) {
+        let frame = match parse_socket_frame(text) {
+            Ok(f) => f,
+            Err(e) => {
+                self.machine.activity(Instant::now());
+                tracing::warn!(connection = %self.key, error = %e, "unreadable socket mode frame");
+                return;
+            }
+        };
+        match self.machine.on_frame(frame, Instant::now()) {
+            FrameAction::None => {}
+            FrameAction::Ingest {
+                envelope_id,
+                payload,
+                retry_attempt,
+            } => self.ingest_and_ack(id, envelope_id, &payload, retry_attempt, ctx),
+            FrameAction::AckIgnored { envelope_id, kind } => {
+                tracing::info!(connection = %self.key, envelope_id = %envelope_id, kind = %kind, "socket mode envelope ignored");
+                self.ack(id, envelope_id, false, ctx);
+            }
+            FrameAction::Reconnect { reason, how } => {
+                tracing::info!(connection = %self.key, reason = %reason, "slack asked to disconnect");
+                self.health.retrying(&format!("disconnect: {reason}"));
+                match how {
+                    Reconnect::Overlap => {
+                        // The old socket keeps delivering (and is acknowledged) until Slack
+                        // closes it or the drain timeout passes.
+                        self.current = None;
+                        if let Some(socket) = self.sockets.get_mut(&id) {
+                            socket.draining = true;
+                        }
+                        let timeout = self.machine.settings().drain_timeout;
+                        ctx.run_later(timeout, move |act, ctx| act.close_socket(id, ctx));
+                        self.reconnect(None, ctx);
+                    }
+                    Reconnect::After(d) => {
+                        self.close_socket(id, ctx);
+                        self.reconnect(Some(d), ctx);
+                    }
+                }
+            }
+            FrameAction::Fatal { reason } => {
+                self.close_socket(id, ctx);
+                tracing::error!(connection = %self.key, reason = %reason, "slack socket mode disabled; not reconnecting");
+                let why = self.machine.fatal_reason().unwrap_or(&reason).to_owned();
+                self.publish();
+                self.health.failed(&why);
+            }
+        }
+        self.publish();
+    }
+
+    /// A text frame of a draining socket: envelopes are still recorded and acknowledged.
+    fn on_drained_text(&mut self, id: u64, text: &str, ctx: &mut Context<Self>) {
+        if let Ok(SocketFrame::Envelope {
+            kind,
+            envelope_id,
+            payload,
+            retry_attempt,
+            ..
+        }) = parse_socket_frame(text)
+        {
+            if kind == "events_api" {
+                self.ingest_and_ack(id, envelope_id, &payload, retry_attempt, ctx);
+            } else {
+                self.ack(id, envelope_id, false, ctx);
+            }
+        }
+    }
+
+    /// Records an `events_api` envelope, then (only then) acknowledges it. An envelope that
+    /// could not be recorded is not acknowledged: Slack redelivers it.
+    fn ingest_and_ack(
+        &mut self,
+        id: u64,
+        envelope_id: String,
+        payload: &Value,
+        retry_attempt: u32,
+        ctx: &mut Context<Self>,
+    ) {
+        let fallback = format!("envelope:{envelope_id}");
+        let event = match inbound_event(payload, Some(&fallback)) {
+            Ok(InboundClass::Event(event)) => event,
+            Ok(InboundClass::UrlVerification(_)) => {
+                tracing::info!(connection = %self.key, envelope_id, kind = "url_verification", "events_api body ignored");
+                return self.ack(id, envelope_id, true, ctx);
+            }
+            Ok(InboundClass::Ignore(kind)) => {
+                tracing::info!(connection = %self.key, envelope_id, kind = %kind, "events_api body ignored");
+                return self.ack(id, envelope_id, true, ctx);
+            }
+            Err(e) => {
+                tracing::error!(connection = %self.key, envelope_id, error = %e, "events_api envelope cannot be recorded; acknowledging to stop redelivery");
+                return self.ack(id, envelope_id, true, ctx);
+            }
+        };
+        let source_id = event.source_id.clone();
+        let cluster = self.ctx.cluster.clone();
+        let recorded = async move { cluster.ingest(event).await };
+        ctx.wait(recorded.into_actor(self).map(move |outcome, act, ctx| match outcome {
+            Ok(outcome) => {
+                let duplicate = matches!(outcome, RecordOutcome::Duplicate(_));
+                tracing::debug!(connection = %act.key, envelope_id, event_id = %source_id, retry_attempt, duplicate, "slack event recorded");
+                act.ack(id, envelope_id, true, ctx);
+            }
+            Err(e) => {
+                tracing::error!(connection = %act.key, envelope_id, event_id = %source_id, error = %e, "recording a slack event failed; not acknowledging");
+                act.machine.on_ingest_failed(&e.to_string());
+                act.health.record_error(&e.to_string());
+                act.publish();
+            }
+        }));
+    }
+
+    /// Acknowledges an envelope; `counts_as_message` for envelopes that went to the inbox.
+    fn ack(
+        &mut self,
+        id: u64,
+        envelope_id: String,
+        counts_as_message: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let ack = serde_json::json!({ "envelope_id": envelope_id }).to_string();
+        self.send(id, Message::text(ack), ctx, move |act, sent, _ctx| {
+            match sent {
+                Ok(()) => {
+                    act.machine.on_acked();
+                    if counts_as_message {
+                        act.health.record_message();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(connection = %act.key, envelope_id, error = %e, "ack not sent; slack will redeliver");
+                }
+            }
+            act.publish();
+        });
     }
 }
 
 impl Actor for SlackConnection {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Self::Context) {
-        let registry = self.ctx.cluster.health().clone();
-        let health = registry.register(
-            ActorId::new(ActorKind::SlackConnection, self.key.clone()),
-            self.parent.clone(),
-        );
-        let (tx, rx) = watch::channel(false);
-        let conn = Conn {
-            key: self.key.clone(),
-            ctx: self.ctx.clone(),
-            machine: Arc::new(Mutex::new(ConnectionMachine::new(self.settings.clone()))),
-            health: Arc::new(health),
-        };
-        conn.publish();
-        self.shutdown = Some(tx);
-        self.task = Some(actix::spawn(conn.run(rx)));
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.publish();
+        let period = self.machine.settings().ping_interval;
+        ctx.run_interval(period, |act, ctx| act.tick(ctx));
+        self.connect(ctx);
     }
 
-    fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
-        if let Some(tx) = &self.shutdown {
-            let _ = tx.send(true);
-        }
-        Running::Stop
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.machine.stopped();
+        self.publish();
+        tracing::info!(connection = %self.key, "slack connection stopped");
     }
 }
 
-/// Stops a connection: closes its socket and waits (bounded) for its loop to end.
+impl StreamHandler<SocketEvent> for SlackConnection {
+    fn handle(&mut self, event: SocketEvent, ctx: &mut Self::Context) {
+        match event {
+            SocketEvent::Ended(id) => self.socket_ended(id, "socket closed", ctx),
+            SocketEvent::Frame(id, Err(e)) => {
+                self.socket_ended(id, &format!("socket error: {e}"), ctx)
+            }
+            SocketEvent::Frame(id, Ok(Message::Close(_))) => {
+                self.socket_ended(id, "closed by slack", ctx)
+            }
+            SocketEvent::Frame(id, Ok(Message::Text(text))) if self.current == Some(id) => {
+                self.on_text(id, text.as_str(), ctx)
+            }
+            SocketEvent::Frame(id, Ok(Message::Text(text))) => {
+                self.on_drained_text(id, text.as_str(), ctx)
+            }
+            SocketEvent::Frame(id, Ok(_)) => {
+                if self.current == Some(id) {
+                    self.machine.activity(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Each socket reports its own end ([`SocketEvent::Ended`]); the actor outlives them.
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+/// Stops a connection: closes its sockets (each close bounded by a second), then stops.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct StopConnection;
@@ -235,22 +617,23 @@ impl Handler<StopConnection> for SlackConnection {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _msg: StopConnection, ctx: &mut Self::Context) -> Self::Result {
-        if let Some(tx) = &self.shutdown {
-            let _ = tx.send(true);
+        self.stopping = true;
+        self.current = None;
+        if let Some(pending) = self.pending.take() {
+            ctx.cancel_future(pending);
         }
-        let task = self.task.take();
-        ctx.stop();
+        let mut sinks = Vec::new();
+        for (_, socket) in self.sockets.drain() {
+            ctx.cancel_future(socket.reader);
+            sinks.extend(socket.sink);
+        }
+        let closes = sinks.into_iter().map(|mut sink| async move {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(None))).await;
+        });
         Box::pin(
-            async move {
-                if let Some(task) = task
-                    && tokio::time::timeout(Duration::from_secs(5), task)
-                        .await
-                        .is_err()
-                {
-                    tracing::warn!("slack connection did not stop within 5 s");
-                }
-            }
-            .into_actor(self),
+            futures::future::join_all(closes)
+                .into_actor(self)
+                .map(|_, _act, ctx| ctx.stop()),
         )
     }
 }
@@ -278,7 +661,7 @@ pub fn start_connections(
 /// Why the Socket Mode readiness check fails: a connection is in a fatal state.
 pub fn fatal_connections(registry: &HealthRegistry) -> Vec<String> {
     registry
-        .group(ActorKind::SlackConnection)
+        .group(kinds::SLACK_CONNECTION)
         .into_iter()
         .filter(|a| a.state == ActorState::Failed)
         .map(|a| {
@@ -292,340 +675,18 @@ pub fn fatal_connections(registry: &HealthRegistry) -> Vec<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The loop
-// ---------------------------------------------------------------------------------------------
-
-enum SocketEnd {
-    Shutdown,
-    Reconnect(Option<Duration>),
-    Fatal(String),
-}
-
-#[derive(Clone)]
-struct Conn {
-    key: String,
-    ctx: SocketContext,
-    machine: Arc<Mutex<ConnectionMachine>>,
-    health: Arc<ActorHealth>,
-}
-
-type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
-type Stream<S> = SplitStream<WebSocketStream<S>>;
-
-/// Sleeps `d`; true when shut down meanwhile.
-async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-    if *shutdown.borrow() {
-        return true;
-    }
-    tokio::select! {
-        _ = tokio::time::sleep(d) => *shutdown.borrow(),
-        _ = shutdown.changed() => true,
-    }
-}
-
-impl Conn {
-    fn publish(&self) {
-        let (detail, state) = {
-            let m = self.machine.lock();
-            (m.detail(), m.state())
-        };
-        let mut detail = detail;
-        if let Some(obj) = detail.as_object_mut() {
-            let ws = serde_json::to_value(self.ctx.board.snapshot()).unwrap_or(Value::Null);
-            obj.insert("workspaces".into(), ws);
-        }
-        self.health.set_detail(detail);
-        match state {
-            ConnState::Connected => self.health.set_state(ActorState::Running),
-            ConnState::Stopped => self.health.set_state(ActorState::Stopped),
-            // Failed, connecting and backing off are set where they happen (with reasons).
-            ConnState::Failed | ConnState::Connecting | ConnState::BackingOff => {}
-        }
-    }
-
-    async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut delay: Option<Duration> = None;
-        loop {
-            if let Some(d) = delay.take() {
-                self.publish();
-                if sleep_or_shutdown(d, &mut shutdown).await {
-                    break;
-                }
-            }
-            if *shutdown.borrow() {
-                break;
-            }
-            self.machine.lock().connecting();
-            self.publish();
-            // A shutdown must not wait for `apps.connections.open` retries or a slow handshake.
-            let connected = tokio::select! {
-                r = self.connect() => r,
-                _ = shutdown.changed() => break,
-            };
-            let end = match connected {
-                Ok(Ws::Plain(ws)) => Ok(self.serve(*ws, &mut shutdown).await),
-                Ok(Ws::Tls(ws)) => Ok(self.serve(*ws, &mut shutdown).await),
-                Err(e) => Err(e),
-            };
-            match end {
-                Ok(SocketEnd::Shutdown) => break,
-                Ok(SocketEnd::Reconnect(d)) => delay = d,
-                Ok(SocketEnd::Fatal(reason)) => {
-                    tracing::error!(connection = %self.key, reason = %reason, "slack socket mode disabled; not reconnecting");
-                    let why = self
-                        .machine
-                        .lock()
-                        .fatal_reason()
-                        .unwrap_or(&reason)
-                        .to_owned();
-                    self.publish();
-                    self.health.failed(&why);
-                    return;
-                }
-                Err(e) => {
-                    let e = e.to_string();
-                    let d = self.machine.lock().on_connect_failed(&e);
-                    tracing::warn!(connection = %self.key, error = %e, delay_ms = d.as_millis() as u64, "slack socket mode connect failed");
-                    self.health.restarting(&e);
-                    delay = Some(d);
-                }
-            }
-        }
-        self.machine.lock().stopped();
-        self.publish();
-        tracing::info!(connection = %self.key, "slack connection stopped");
-    }
-
-    async fn connect(&self) -> Result<Ws, ConnectError> {
-        let url = open_socket_url(
-            &self.ctx.client,
-            &self.ctx.web_settings,
-            &self.ctx.app_token,
-        )
-        .await?;
-        let ws = tokio::time::timeout(CONNECT_TIMEOUT, connect_ws(&url))
-            .await
-            .map_err(|_| ConnectError::Timeout(CONNECT_TIMEOUT))??;
-        self.machine.lock().socket_opened(Instant::now());
-        tracing::debug!(connection = %self.key, "slack websocket open");
-        Ok(ws)
-    }
-
-    async fn serve<S>(
-        &self,
-        ws: WebSocketStream<S>,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> SocketEnd
-    where
-        S: AsyncRead + AsyncWrite + Unpin + 'static,
-    {
-        let (mut sink, mut stream) = ws.split();
-        let period = self.machine.lock().settings().ping_interval;
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => {
-                    let _ = sink.send(Message::Close(None)).await;
-                    return SocketEnd::Shutdown;
-                }
-                _ = ping.tick() => {
-                    if self.machine.lock().watchdog_expired(Instant::now()) {
-                        self.machine.lock().on_watchdog();
-                        tracing::warn!(connection = %self.key, "slack socket silent; replacing it");
-                        self.health.restarting("watchdog: no frame and no pong");
-                        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(None))).await;
-                        return SocketEnd::Reconnect(None);
-                    }
-                    if let Err(e) = sink.send(Message::Ping(Vec::new().into())).await {
-                        return self.closed(&format!("ping failed: {e}"));
-                    }
-                }
-                msg = stream.next() => match msg {
-                    None => return self.closed("socket closed"),
-                    Some(Err(e)) => return self.closed(&format!("socket error: {e}")),
-                    Some(Ok(Message::Close(_))) => return self.closed("closed by slack"),
-                    Some(Ok(Message::Text(text))) => {
-                        if let Some(end) = self.on_text(text.as_str(), &mut sink).await {
-                            match end {
-                                Ended::Overlap => {
-                                    let drain = self.clone();
-                                    let timeout = self.machine.lock().settings().drain_timeout;
-                                    actix::spawn(async move { drain.drain(sink, stream, timeout).await });
-                                    return SocketEnd::Reconnect(None);
-                                }
-                                Ended::End(end) => {
-                                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(None))).await;
-                                    return end;
-                                }
-                            }
-                        }
-                    }
-                    Some(Ok(_)) => self.machine.lock().activity(Instant::now()),
-                },
-            }
-        }
-    }
-
-    fn closed(&self, why: &str) -> SocketEnd {
-        let d = self.machine.lock().on_closed(why);
-        tracing::info!(connection = %self.key, reason = why, delay_ms = d.as_millis() as u64, "slack socket closed; reconnecting");
-        self.health.restarting(why);
-        SocketEnd::Reconnect(Some(d))
-    }
-
-    /// Handles one text frame; `Some` when the socket must be given up.
-    async fn on_text<S>(&self, text: &str, sink: &mut Sink<S>) -> Option<Ended>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let frame = match parse_socket_frame(text) {
-            Ok(f) => f,
-            Err(e) => {
-                self.machine.lock().activity(Instant::now());
-                tracing::warn!(connection = %self.key, error = %e, "unreadable socket mode frame");
-                return None;
-            }
-        };
-        let action = self.machine.lock().on_frame(frame, Instant::now());
-        let end = match action {
-            FrameAction::None => None,
-            FrameAction::Ingest {
-                envelope_id,
-                payload,
-                retry_attempt,
-            } => {
-                self.ingest_and_ack(sink, &envelope_id, &payload, retry_attempt)
-                    .await;
-                None
-            }
-            FrameAction::AckIgnored { envelope_id, kind } => {
-                tracing::info!(connection = %self.key, envelope_id = %envelope_id, kind = %kind, "socket mode envelope ignored");
-                if self.ack(sink, &envelope_id).await {
-                    self.machine.lock().on_acked();
-                }
-                None
-            }
-            FrameAction::Reconnect { reason, how } => {
-                tracing::info!(connection = %self.key, reason = %reason, "slack asked to disconnect");
-                self.health.restarting(&format!("disconnect: {reason}"));
-                match how {
-                    Reconnect::Overlap => Some(Ended::Overlap),
-                    Reconnect::After(d) => Some(Ended::End(SocketEnd::Reconnect(Some(d)))),
-                }
-            }
-            FrameAction::Fatal { reason } => Some(Ended::End(SocketEnd::Fatal(reason))),
-        };
-        self.publish();
-        end
-    }
-
-    async fn ack<S>(&self, sink: &mut Sink<S>, envelope_id: &str) -> bool
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let ack = serde_json::json!({ "envelope_id": envelope_id }).to_string();
-        match sink.send(Message::text(ack)).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(connection = %self.key, envelope_id, error = %e, "ack not sent; slack will redeliver");
-                false
-            }
-        }
-    }
-
-    async fn ingest_and_ack<S>(
-        &self,
-        sink: &mut Sink<S>,
-        envelope_id: &str,
-        payload: &Value,
-        retry_attempt: u32,
-    ) where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let fallback = format!("envelope:{envelope_id}");
-        match inbound_event(payload, Some(&fallback)) {
-            Ok(InboundClass::UrlVerification(_)) => {
-                tracing::info!(connection = %self.key, envelope_id, kind = "url_verification", "events_api body ignored");
-            }
-            Ok(InboundClass::Ignore(kind)) => {
-                tracing::info!(connection = %self.key, envelope_id, kind = %kind, "events_api body ignored");
-            }
-            Ok(InboundClass::Event(event)) => {
-                let source_id = event.source_id.clone();
-                match self.ctx.cluster.ingest(event).await {
-                    Ok(outcome) => {
-                        let duplicate = matches!(outcome, RecordOutcome::Duplicate(_));
-                        tracing::debug!(connection = %self.key, envelope_id, event_id = %source_id, retry_attempt, duplicate, "slack event recorded");
-                    }
-                    Err(e) => {
-                        // Not recorded: no ack, so Slack redelivers it.
-                        tracing::error!(connection = %self.key, envelope_id, event_id = %source_id, error = %e, "recording a slack event failed; not acknowledging");
-                        self.machine.lock().on_ingest_failed(&e.to_string());
-                        self.health.record_error(&e.to_string());
-                        return;
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(connection = %self.key, envelope_id, error = %e, "events_api envelope cannot be recorded; acknowledging to stop redelivery");
-            }
-        }
-        if self.ack(sink, envelope_id).await {
-            self.machine.lock().on_acked();
-            self.health.record_message();
-        }
-    }
-
-    /// Keeps reading a replaced socket until Slack closes it (or `timeout`), so envelopes
-    /// already routed to it are still recorded and acknowledged.
-    async fn drain<S>(self, mut sink: Sink<S>, mut stream: Stream<S>, timeout: Duration)
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let next = tokio::time::timeout_at(deadline, stream.next()).await;
-            let text = match next {
-                Ok(Some(Ok(Message::Text(text)))) => text,
-                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => break,
-                Ok(Some(Ok(_))) => continue,
-            };
-            if let Ok(slack_events::SocketFrame::Envelope {
-                kind,
-                envelope_id,
-                payload,
-                retry_attempt,
-                ..
-            }) = parse_socket_frame(text.as_str())
-            {
-                if kind == "events_api" {
-                    self.ingest_and_ack(&mut sink, &envelope_id, &payload, retry_attempt)
-                        .await;
-                } else if self.ack(&mut sink, &envelope_id).await {
-                    self.machine.lock().on_acked();
-                }
-            }
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(None))).await;
-        tracing::debug!(connection = %self.key, "old slack socket drained");
-    }
-}
-
-enum Ended {
-    Overlap,
-    End(SocketEnd),
-}
-
-// ---------------------------------------------------------------------------------------------
 // Websocket connect (ws:// and wss:// with rustls + ring)
 // ---------------------------------------------------------------------------------------------
 
 type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
-enum Ws {
-    Plain(Box<WebSocketStream<tokio::net::TcpStream>>),
-    Tls(Box<WebSocketStream<TlsStream>>),
+/// Splits a websocket into its halves, with the transport (plain or TLS) erased.
+fn split_ws<S>(ws: WebSocketStream<S>) -> (WsSink, WsStream)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let (sink, stream) = ws.split();
+    (Box::pin(sink), Box::pin(stream))
 }
 
 /// Why a Socket Mode connection could not be opened.
@@ -634,49 +695,35 @@ enum ConnectError {
     /// `apps.connections.open` failed.
     #[error(transparent)]
     OpenUrl(#[from] infragpt_actors::conversation::SlackApiError),
-    /// Slack's URL does not parse.
     #[error("bad socket url: {0}")]
     BadUrl(#[source] url::ParseError),
     /// Slack's URL lacks a part we need (`host`, `port`).
     #[error("socket url without a {0}")]
     Incomplete(&'static str),
-    /// The URL's scheme is neither `ws` nor `wss`.
     #[error("unsupported socket url scheme {0}")]
     Scheme(String),
-    /// The TCP connection failed.
     #[error("tcp connect to {target}: {source}")]
     Tcp {
-        /// `host:port`.
         target: String,
-        /// The socket error.
         #[source]
         source: std::io::Error,
     },
-    /// The host is not a valid TLS server name.
     #[error("bad tls server name {host}: {source}")]
     ServerName {
-        /// The host.
         host: String,
-        /// Why.
         #[source]
         source: rustls::pki_types::InvalidDnsNameError,
     },
-    /// No root certificate to verify `wss://` with.
     #[error("no native root certificates for wss://")]
     NoRoots,
-    /// The TLS client configuration was refused.
     #[error(transparent)]
     TlsConfig(#[from] rustls::Error),
-    /// The TLS handshake failed.
     #[error("tls handshake with {host}: {source}")]
     Tls {
-        /// The host.
         host: String,
-        /// Why.
         #[source]
         source: std::io::Error,
     },
-    /// The websocket handshake failed.
     #[error("websocket handshake: {0}")]
     Handshake(#[source] tokio_tungstenite::tungstenite::Error),
     /// Everything together took longer than allowed.
@@ -702,7 +749,7 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, ConnectError> {
     Ok(Arc::new(config))
 }
 
-async fn connect_ws(url: &str) -> Result<Ws, ConnectError> {
+async fn connect_ws(url: &str) -> Result<(WsSink, WsStream), ConnectError> {
     let parsed = url::Url::parse(url).map_err(ConnectError::BadUrl)?;
     let host = parsed
         .host_str()
@@ -723,7 +770,7 @@ async fn connect_ws(url: &str) -> Result<Ws, ConnectError> {
             let (ws, _) = tokio_tungstenite::client_async(url, tcp)
                 .await
                 .map_err(ConnectError::Handshake)?;
-            Ok(Ws::Plain(Box::new(ws)))
+            Ok(split_ws(ws))
         }
         "wss" => {
             let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|source| {
@@ -740,7 +787,7 @@ async fn connect_ws(url: &str) -> Result<Ws, ConnectError> {
             let (ws, _) = tokio_tungstenite::client_async(url, tls)
                 .await
                 .map_err(ConnectError::Handshake)?;
-            Ok(Ws::Tls(Box::new(ws)))
+            Ok(split_ws::<TlsStream>(ws))
         }
         other => Err(ConnectError::Scheme(other.to_owned())),
     }

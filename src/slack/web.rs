@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use infragpt_actors::Secret;
 use infragpt_actors::conversation::{BotIdentity, SlackApi, SlackApiError, UserProfile};
 use infragpt_actors::ids::{ChannelId, MessageTs, SlackUserId, TeamId};
+use infragpt_actors::{Backoff, Secret};
 use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -186,8 +186,8 @@ where
                 Failure::Code(code) => return Err(Ok(code)),
                 Failure::Final(err) => return Err(Err(err)),
                 Failure::Retry(why) if attempt < settings.transient_retries => {
-                    let delay = settings.retry_base.saturating_mul(1u32 << attempt.min(16));
                     attempt += 1;
+                    let delay = Backoff::uncapped(settings.retry_base).delay(attempt);
                     tracing::warn!(method, attempt, error = %why, delay_ms = delay.as_millis() as u64, "slack call failed; retrying");
                     tokio::time::sleep(delay).await;
                 }

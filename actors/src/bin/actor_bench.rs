@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use infragpt_actors::health::{ActorKind, ActorState, HealthRegistry};
-use infragpt_actors::inbox::{EventSource, InboundEvent, InboundEvents};
+use infragpt_actors::health::{ActorState, HealthRegistry};
+use infragpt_actors::inbox::{InboundEvent, InboundEvents};
+use infragpt_actors::kinds::CONVERSATION_THREAD;
+use infragpt_actors::sources::SLACK;
 use infragpt_actors::testing::{MemoryInbox, eventually, slack_event};
 use infragpt_actors::{
     Cluster, ClusterConfig, EventHandler, HandleOutcome, HandlerError, Metrics, StreamSpec,
@@ -48,8 +50,8 @@ fn cluster(config: ClusterConfig, inbox: Arc<MemoryInbox>, handler: Arc<Counting
     cluster
         .register_stream(StreamSpec {
             name: "conversations".into(),
-            kind: ActorKind::ConversationThread,
-            source: EventSource::Slack,
+            kind: CONVERSATION_THREAD,
+            source: SLACK,
             handler,
         })
         .expect("stream");
@@ -136,12 +138,12 @@ async fn memory_per_worker(workers: usize) -> (f64, u64) {
     wait_for(&handler, workers as u64).await;
     let health = c.health().clone();
     let ok = eventually(Duration::from_secs(60), || {
-        health.count(ActorKind::ConversationThread, ActorState::Running) == workers
+        health.count(CONVERSATION_THREAD, ActorState::Running) == workers
     })
     .await;
     assert!(ok, "workers did not all register");
     let after = rss_kib();
-    let live = health.count(ActorKind::ConversationThread, ActorState::Running) as u64;
+    let live = health.count(CONVERSATION_THREAD, ActorState::Running) as u64;
     let per = (after.saturating_sub(before) as f64 * 1024.0) / workers as f64;
     c.shutdown().await;
     (per, live)

@@ -12,3 +12,6 @@ pub use ports::{
 };
 pub use reply::{ReplyError, ReplyMode, ReplyOutcome, ReplyService, split_message};
 pub use turn::{ConversationHandler, SEEN_REACTION, UNAVAILABLE_REPLY, routing_key};
+
+#[cfg(test)]
+mod handler_tests;

@@ -35,7 +35,6 @@ impl Sender {
 pub struct Conversation {
     /// Our id (sent to the agent).
     pub id: ConversationId,
-    /// The thread.
     pub key: ThreadKey,
     /// The user message the current turn answers (set when a turn starts).
     pub current_turn_ts: Option<MessageTs>,
@@ -44,11 +43,8 @@ pub struct Conversation {
 /// A stored message, as the agent sees it in its history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoredMessage {
-    /// Row id.
     pub id: uuid::Uuid,
-    /// Slack's ts.
     pub slack_ts: MessageTs,
-    /// Author.
     pub sender: Sender,
     /// Text (mention stripped for user messages).
     pub text: String,
@@ -61,17 +57,14 @@ pub struct StoredMessage {
 /// A message to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
-    /// Conversation.
     pub conversation_id: ConversationId,
     /// Slack's ts (unique per conversation).
     pub slack_ts: MessageTs,
-    /// Author.
     pub sender: Sender,
     /// Display name of a user author, when known.
     pub sender_name: Option<String>,
     /// Email of a user author, when known.
     pub sender_email: Option<String>,
-    /// Text.
     pub text: String,
     /// The inbound event that carried a user message.
     pub source_event_id: Option<EventRowId>,
@@ -218,7 +211,6 @@ pub enum SlackApiError {
     /// `account_inactive`): the workspace is marked inactive.
     #[error("slack workspace {team} is inactive: {error}")]
     WorkspaceInactive {
-        /// Workspace.
         team: TeamId,
         /// Slack's error code.
         error: String,
@@ -274,7 +266,6 @@ pub trait SlackApi: Send + Sync + 'static {
 pub struct PastMessage {
     /// Our message id.
     pub message_id: String,
-    /// Text.
     pub content: String,
     /// `agent` or `user/{slack user id}`.
     pub sender: String,

@@ -8,14 +8,15 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::ports::{
-    AgentError, AgentTurn, ConversationStore, ConversationStoreError, InsertOutcome, NewMessage,
-    PastMessage, Sender, SlackApi, SlackApiError,
+    Agent, AgentAnswer, AgentError, AgentTurn, Conversation, ConversationStore,
+    ConversationStoreError, InsertOutcome, NewMessage, PastMessage, Sender, SlackApi,
+    SlackApiError, StoredMessage, UserProfile,
 };
 use super::reply::{ReplyMode, split_message};
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
-use crate::ids::{MessageTs, ThreadKey};
+use crate::ids::{ChannelId, ConversationId, MessageTs, TeamId, ThreadKey};
 use crate::inbox::{InboundEvent, RoutingKey};
-use crate::slack_events::{self, DecideContext, Decision, Inbound, SlackEvent};
+use crate::slack_events::{self, DecideContext, Decision, Inbound, MessageKey, SlackEvent};
 
 /// The reply posted in the thread when the agent cannot answer a turn.
 pub const UNAVAILABLE_REPLY: &str = ":warning: The InfraGPT assistant is unavailable right now, \
@@ -28,7 +29,6 @@ pub const SEEN_REACTION: &str = "eyes";
 /// (including the `app_mention`/`message` twins of one human message) is handled in order by
 /// one actor. Events that belong to no thread go to one key per workspace.
 pub fn routing_key(cb: &slack_events::EventCallback) -> RoutingKey {
-    let team = cb.team_id.as_str();
     let (channel, ts, thread_ts) = match &cb.event {
         SlackEvent::AppMention(m) => (&m.channel, &m.ts, m.thread_ts.as_ref()),
         SlackEvent::Message(m) => (&m.channel, &m.ts, m.thread_ts.as_ref()),
@@ -37,10 +37,11 @@ pub fn routing_key(cb: &slack_events::EventCallback) -> RoutingKey {
             channel,
             deleted_ts,
         } => (channel, deleted_ts, None),
-        SlackEvent::Other { .. } => return RoutingKey(format!("{team}/-/-")),
+        SlackEvent::Other { .. } => {
+            return ThreadKey::unthreaded_routing_key(cb.team_id.as_str());
+        }
     };
-    let thread = thread_ts.unwrap_or(ts);
-    RoutingKey(format!("{team}/{}/{}", channel.as_str(), thread.as_str()))
+    ThreadKey::of_message(&cb.team_id, channel, ts, thread_ts).to_routing_key()
 }
 
 fn store_err(e: ConversationStoreError) -> HandlerError {
@@ -60,7 +61,7 @@ fn slack_err(e: SlackApiError) -> HandlerError {
 pub struct ConversationHandler {
     store: Arc<dyn ConversationStore>,
     slack: Arc<dyn SlackApi>,
-    agent: Arc<dyn super::ports::Agent>,
+    agent: Arc<dyn Agent>,
     reply_mode: ReplyMode,
 }
 
@@ -77,7 +78,7 @@ impl ConversationHandler {
     pub fn new(
         store: Arc<dyn ConversationStore>,
         slack: Arc<dyn SlackApi>,
-        agent: Arc<dyn super::ports::Agent>,
+        agent: Arc<dyn Agent>,
         reply_mode: ReplyMode,
     ) -> Self {
         Self {
@@ -91,7 +92,7 @@ impl ConversationHandler {
     async fn post_reply(
         &self,
         key: &ThreadKey,
-        conversation: crate::ids::ConversationId,
+        conversation: ConversationId,
         in_reply_to: &MessageTs,
         text: &str,
     ) -> Result<(), HandlerError> {
@@ -118,57 +119,93 @@ impl ConversationHandler {
         Ok(())
     }
 
+    /// One turn: record the user message (once per human message), then let the agent answer
+    /// it. Each step is idempotent, so a retried event resumes where the last attempt stopped.
     async fn turn(
         &self,
         event: &InboundEvent,
         turn: slack_events::Turn,
     ) -> Result<HandleOutcome, HandlerError> {
-        let key = turn.thread.clone();
-        let team = key.team.clone();
-        let channel = key.channel.clone();
-        let ts = turn.turn_id.ts.clone();
-        let user = turn.user.clone();
-
         if turn.marks_channel_monitored {
-            let known = self
-                .store
-                .channel(&team, &channel)
-                .await
-                .map_err(store_err)?;
-            let name = match known.and_then(|c| c.name) {
-                Some(name) => Some(name),
-                None => match self.slack.channel_name(&team, &channel).await {
-                    Ok(name) => name,
-                    Err(e) => {
-                        warn!(team_id = %team, channel_id = %channel, error = %e, "conversations.info failed");
-                        None
-                    }
-                },
-            };
-            self.store
-                .upsert_channel(&team, &channel, name.as_deref(), true)
-                .await
-                .map_err(store_err)?;
+            self.mark_monitored(&turn.thread.team, &turn.thread.channel)
+                .await?;
         }
-
         let conversation = self
             .store
-            .upsert_conversation(&key)
+            .upsert_conversation(&turn.thread)
             .await
             .map_err(store_err)?;
-        let profile = match self.slack.user_profile(&team, &user).await {
+        let profile = self.sender_profile(&turn).await;
+        if let Some(twin) = self
+            .store_user_message(event, &conversation, &turn, &profile)
+            .await?
+        {
+            return Ok(twin);
+        }
+        self.add_seen_reaction(&turn);
+
+        // A retry after a crash: the answer may already be in the thread.
+        if self.answered(&conversation, &turn.turn_id.ts).await? {
+            return Ok(HandleOutcome::Done);
+        }
+        self.store
+            .set_current_turn(conversation.id, &turn.turn_id.ts)
+            .await
+            .map_err(store_err)?;
+        let agent_turn = self.agent_turn(&conversation, &turn, &profile).await?;
+        match self.agent.process(agent_turn).await {
+            Ok(answer) => self.deliver(&conversation, &turn, answer).await,
+            Err(e) => self.agent_failed(&conversation, &turn, e).await,
+        }
+    }
+
+    /// An `app_mention` makes its channel monitored, named from `conversations.info` once.
+    async fn mark_monitored(&self, team: &TeamId, channel: &ChannelId) -> Result<(), HandlerError> {
+        let known = self.store.channel(team, channel).await.map_err(store_err)?;
+        let name = match known.and_then(|c| c.name) {
+            Some(name) => Some(name),
+            None => match self.slack.channel_name(team, channel).await {
+                Ok(name) => name,
+                Err(e) => {
+                    warn!(team_id = %team, channel_id = %channel, error = %e, "conversations.info failed");
+                    None
+                }
+            },
+        };
+        self.store
+            .upsert_channel(team, channel, name.as_deref(), true)
+            .await
+            .map_err(store_err)
+    }
+
+    /// The author's profile (`users.info`); a lookup failure leaves it empty.
+    async fn sender_profile(&self, turn: &slack_events::Turn) -> UserProfile {
+        let team = &turn.thread.team;
+        match self.slack.user_profile(team, &turn.user).await {
             Ok(p) => p,
             Err(e) => {
-                warn!(team_id = %team, user_id = %user, error = %e, "users.info failed");
-                Default::default()
+                warn!(team_id = %team, user_id = %turn.user, error = %e, "users.info failed");
+                UserProfile::default()
             }
-        };
+        }
+    }
+
+    /// Stores the user message, unique per conversation and ts. `Some` when another inbound
+    /// event already stored it: that event makes the turn, this one is ignored.
+    async fn store_user_message(
+        &self,
+        event: &InboundEvent,
+        conversation: &Conversation,
+        turn: &slack_events::Turn,
+        profile: &UserProfile,
+    ) -> Result<Option<HandleOutcome>, HandlerError> {
+        let ts = &turn.turn_id.ts;
         let inserted = self
             .store
             .insert_message(NewMessage {
                 conversation_id: conversation.id,
                 slack_ts: ts.clone(),
-                sender: Sender::User(user.clone()),
+                sender: Sender::User(turn.user.clone()),
                 sender_name: profile.name.clone(),
                 sender_email: profile.email.clone(),
                 text: turn.text.clone(),
@@ -177,183 +214,163 @@ impl ConversationHandler {
             })
             .await
             .map_err(store_err)?;
-        if let InsertOutcome::Exists { source_event_id } = inserted
-            && source_event_id != Some(event.id)
-        {
-            // The same human message arrived as another event (app_mention and message
-            // twins, or a redelivery with a new event id): one turn only.
-            return Ok(HandleOutcome::Ignored(format!(
-                "message {ts} already handled as inbound event {}",
-                source_event_id.map_or_else(|| "?".to_owned(), |i| i.to_string())
-            )));
+        match inserted {
+            InsertOutcome::Exists { source_event_id } if source_event_id != Some(event.id) => {
+                // The same human message arrived as another event (app_mention and message
+                // twins, or a redelivery with a new event id): one turn only.
+                Ok(Some(HandleOutcome::Ignored(format!(
+                    "message {ts} already handled as inbound event {}",
+                    source_event_id.map_or_else(|| "?".to_owned(), |i| i.to_string())
+                ))))
+            }
+            InsertOutcome::Inserted | InsertOutcome::Exists { .. } => Ok(None),
         }
+    }
 
-        // Best effort and off the turn's path: reactions.add is a Tier 3 method (about 50 a
-        // minute per workspace), so under load the client throttles it for seconds, which
-        // must not delay the agent call or the thread's next turn.
-        {
-            let (slack, team, channel, ts) = (
-                self.slack.clone(),
-                team.clone(),
-                channel.clone(),
-                ts.clone(),
-            );
-            tokio::spawn(async move {
-                if let Err(e) = slack
-                    .add_reaction(&team, &channel, &ts, SEEN_REACTION)
-                    .await
-                {
-                    warn!(team_id = %team, channel_id = %channel, ts = %ts, error = %e, "reactions.add failed");
-                }
-            });
-        }
+    /// Adds the "seen" reaction, best effort and off the turn's path: reactions.add is a
+    /// Tier 3 method (about 50 a minute per workspace), so under load the client throttles it
+    /// for seconds, which must not delay the agent call or the thread's next turn.
+    fn add_seen_reaction(&self, turn: &slack_events::Turn) {
+        let slack = self.slack.clone();
+        let id = turn.turn_id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = slack
+                .add_reaction(&id.team_id, &id.channel, &id.ts, SEEN_REACTION)
+                .await
+            {
+                warn!(team_id = %id.team_id, channel_id = %id.channel, ts = %id.ts, error = %e, "reactions.add failed");
+            }
+        });
+    }
 
-        // A retry after a crash: the answer may already be in the thread.
-        if self
-            .store
-            .agent_reply_exists(conversation.id, &ts, None)
-            .await
-            .map_err(store_err)?
-        {
-            return Ok(HandleOutcome::Done);
-        }
+    /// True when an agent message answering `ts` is stored.
+    async fn answered(
+        &self,
+        conversation: &Conversation,
+        ts: &MessageTs,
+    ) -> Result<bool, HandlerError> {
         self.store
-            .set_current_turn(conversation.id, &ts)
+            .agent_reply_exists(conversation.id, ts, None)
             .await
-            .map_err(store_err)?;
+            .map_err(store_err)
+    }
 
+    /// The request for the agent: the turn's text, the thread before it, and its context.
+    async fn agent_turn(
+        &self,
+        conversation: &Conversation,
+        turn: &slack_events::Turn,
+        profile: &UserProfile,
+    ) -> Result<AgentTurn, HandlerError> {
         let history = self
             .store
             .history(conversation.id)
             .await
             .map_err(store_err)?;
-        // What came before this turn: a retried turn (admin retry of a dead letter) must not
-        // see later messages of the thread as its past.
-        let past_messages = history
-            .into_iter()
-            .filter(|m| {
-                let turn_of = match m.sender {
-                    Sender::User(_) => Some(&m.slack_ts),
-                    Sender::Agent => m.in_reply_to.as_ref(),
-                };
-                turn_of.is_none_or(|t| t.chrono_cmp(&ts).is_lt())
-            })
-            .map(|m| PastMessage {
-                message_id: m.id.to_string(),
-                content: m.text,
-                sender: m.sender.to_agent_sender(),
-                timestamp: m
-                    .created_at
-                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            })
-            .collect();
-        let agent_turn = AgentTurn {
+        let key = &turn.thread;
+        let ts = &turn.turn_id.ts;
+        Ok(AgentTurn {
             conversation_id: conversation.id,
             current_message: turn.text.clone(),
-            past_messages,
+            past_messages: past_messages(history, ts),
             context: json!({
-                "team_id": team.as_str(),
-                "channel_id": channel.as_str(),
+                "team_id": key.team.as_str(),
+                "channel_id": key.channel.as_str(),
                 "thread_ts": key.thread_ts.as_str(),
                 "message_ts": ts.as_str(),
                 "sender": {
-                    "user_id": user.as_str(),
+                    "user_id": turn.user.as_str(),
                     "name": profile.name,
                     "username": profile.username,
                     "email": profile.email,
                 },
                 "source": "slack",
             }),
-            user_id: user.to_string(),
-            channel_id: channel.to_string(),
-        };
-
-        match self.agent.process(agent_turn).await {
-            Ok(answer) => {
-                let posted = self
-                    .store
-                    .agent_reply_exists(conversation.id, &ts, None)
-                    .await
-                    .map_err(store_err)?;
-                if posted {
-                    // The agent posted through SendReply (send_reply mode).
-                    return Ok(HandleOutcome::Done);
-                }
-                let text = if answer.success && !answer.response_text.trim().is_empty() {
-                    answer.response_text
-                } else if answer.success {
-                    return Ok(HandleOutcome::Done);
-                } else {
-                    format!(
-                        ":warning: The assistant could not answer: {}",
-                        if answer.error_message.is_empty() {
-                            "no reason given"
-                        } else {
-                            &answer.error_message
-                        }
-                    )
-                };
-                if self.reply_mode == ReplyMode::SendReply && answer.success {
-                    // The upstream agent posts through SendReply before it returns; one that
-                    // did not is answered from its response so nothing is lost.
-                    info!(conversation_id = %conversation.id, "agent returned without SendReply; posting its response");
-                }
-                self.post_reply(&key, conversation.id, &ts, &text).await?;
-                Ok(HandleOutcome::Done)
-            }
-            Err(e) => {
-                warn!(conversation_id = %conversation.id, error = %e, "agent call failed");
-                if let Err(post) = self
-                    .slack
-                    .post_message(&team, &channel, Some(&key.thread_ts), UNAVAILABLE_REPLY)
-                    .await
-                {
-                    warn!(conversation_id = %conversation.id, error = %post, "could not post the unavailable notice");
-                }
-                Err(HandlerError::permanent(match e {
-                    AgentError::Unavailable(_) | AgentError::Timeout(_) | AgentError::Failed(_) => {
-                        e.to_string()
-                    }
-                }))
-            }
-        }
+            user_id: turn.user.to_string(),
+            channel_id: key.channel.to_string(),
+        })
     }
-}
 
-#[async_trait]
-impl EventHandler for ConversationHandler {
-    async fn handle(&self, event: &InboundEvent) -> Result<HandleOutcome, HandlerError> {
-        let cb = match slack_events::parse_value(event.payload.clone()) {
-            Ok(Inbound::EventCallback(cb)) => cb,
-            Ok(Inbound::UrlVerification { .. }) => {
-                return Ok(HandleOutcome::Ignored("url_verification".into()));
-            }
-            Ok(Inbound::Other { kind }) => {
-                return Ok(HandleOutcome::Ignored(format!(
-                    "body type {kind} is not handled"
-                )));
-            }
-            Err(e) => {
-                return Err(HandlerError::permanent(format!(
-                    "unreadable slack event: {e}"
-                )));
-            }
+    /// The agent answered: post its answer unless it was posted through SendReply already.
+    async fn deliver(
+        &self,
+        conversation: &Conversation,
+        turn: &slack_events::Turn,
+        answer: AgentAnswer,
+    ) -> Result<HandleOutcome, HandlerError> {
+        let ts = &turn.turn_id.ts;
+        if self.answered(conversation, ts).await? {
+            // The agent posted through SendReply (send_reply mode).
+            return Ok(HandleOutcome::Done);
+        }
+        let text = if answer.success && !answer.response_text.trim().is_empty() {
+            answer.response_text
+        } else if answer.success {
+            return Ok(HandleOutcome::Done);
+        } else {
+            format!(
+                ":warning: The assistant could not answer: {}",
+                if answer.error_message.is_empty() {
+                    "no reason given"
+                } else {
+                    &answer.error_message
+                }
+            )
         };
-        let team = cb.team_id.clone();
-        let bot = self.slack.bot_identity(&team).await.map_err(slack_err)?;
+        if self.reply_mode == ReplyMode::SendReply && answer.success {
+            // The upstream agent posts through SendReply before it returns; one that did not
+            // is answered from its response so nothing is lost.
+            info!(conversation_id = %conversation.id, "agent returned without SendReply; posting its response");
+        }
+        self.post_reply(&turn.thread, conversation.id, ts, &text)
+            .await?;
+        Ok(HandleOutcome::Done)
+    }
+
+    /// The agent could not answer: one short notice in the thread, and the event becomes a
+    /// dead letter (retryable by an operator) instead of a retry storm against a down agent.
+    async fn agent_failed(
+        &self,
+        conversation: &Conversation,
+        turn: &slack_events::Turn,
+        error: AgentError,
+    ) -> Result<HandleOutcome, HandlerError> {
+        warn!(conversation_id = %conversation.id, error = %error, "agent call failed");
+        let key = &turn.thread;
+        if let Err(post) = self
+            .slack
+            .post_message(
+                &key.team,
+                &key.channel,
+                Some(&key.thread_ts),
+                UNAVAILABLE_REPLY,
+            )
+            .await
+        {
+            warn!(conversation_id = %conversation.id, error = %post, "could not post the unavailable notice");
+        }
+        Err(HandlerError::permanent(error))
+    }
+
+    /// What the conversation's store, channel and thread say about a callback.
+    async fn decide_context(
+        &self,
+        cb: &slack_events::EventCallback,
+    ) -> Result<DecideContext, HandlerError> {
+        let team = &cb.team_id;
+        let bot = self.slack.bot_identity(team).await.map_err(slack_err)?;
         let (channel_monitored, bot_in_thread) = match &cb.event {
             SlackEvent::Message(m) => {
-                let channel = m.channel.clone();
                 let monitored = self
                     .store
-                    .channel(&team, &channel)
+                    .channel(team, &m.channel)
                     .await
                     .map_err(store_err)?
                     .is_some_and(|c| c.monitored);
                 let in_thread = match &m.thread_ts {
                     Some(t) => self
                         .store
-                        .find_by_key(&ThreadKey::new(team.clone(), channel, t.clone()))
+                        .find_by_key(&ThreadKey::new(team.clone(), m.channel.clone(), t.clone()))
                         .await
                         .map_err(store_err)?
                         .is_some(),
@@ -363,37 +380,96 @@ impl EventHandler for ConversationHandler {
             }
             _ => (false, false),
         };
-        let ctx = DecideContext {
-            bot_user_id: Some(bot.user_id.clone()),
+        Ok(DecideContext {
+            bot_user_id: Some(bot.user_id),
             channel_monitored,
             bot_in_thread,
+        })
+    }
+
+    /// An edit of a stored message.
+    async fn edit(&self, key: &MessageKey, new_text: &str) -> Result<HandleOutcome, HandlerError> {
+        let found = self
+            .store
+            .edit_message(&key.team_id, &key.channel, &key.ts, new_text)
+            .await
+            .map_err(store_err)?;
+        Ok(if found {
+            HandleOutcome::Done
+        } else {
+            HandleOutcome::Ignored("edited message is not stored".into())
+        })
+    }
+
+    /// A delete of a stored message.
+    async fn delete(&self, key: &MessageKey) -> Result<HandleOutcome, HandlerError> {
+        let found = self
+            .store
+            .mark_deleted(&key.team_id, &key.channel, &key.ts)
+            .await
+            .map_err(store_err)?;
+        Ok(if found {
+            HandleOutcome::Done
+        } else {
+            HandleOutcome::Ignored("deleted message is not stored".into())
+        })
+    }
+}
+
+/// What came before the turn at `ts`, as the agent sees it: a retried turn (admin retry of a
+/// dead letter) must not see later messages of the thread as its past.
+fn past_messages(history: Vec<StoredMessage>, ts: &MessageTs) -> Vec<PastMessage> {
+    history
+        .into_iter()
+        .filter(|m| {
+            let turn_of = match m.sender {
+                Sender::User(_) => Some(&m.slack_ts),
+                Sender::Agent => m.in_reply_to.as_ref(),
+            };
+            turn_of.is_none_or(|t| t.chrono_cmp(ts).is_lt())
+        })
+        .map(|m| PastMessage {
+            message_id: m.id.to_string(),
+            content: m.text,
+            sender: m.sender.to_agent_sender(),
+            timestamp: m
+                .created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        })
+        .collect()
+}
+
+/// The callback inside an inbound Slack event; bodies that hold none are ignored, unreadable
+/// ones are dead letters at once.
+fn callback(
+    event: &InboundEvent,
+) -> Result<slack_events::EventCallback, Result<HandleOutcome, HandlerError>> {
+    match slack_events::parse_value(event.payload.clone()) {
+        Ok(Inbound::EventCallback(cb)) => Ok(*cb),
+        Ok(Inbound::UrlVerification { .. }) => {
+            Err(Ok(HandleOutcome::Ignored("url_verification".into())))
+        }
+        Ok(Inbound::Other { kind }) => Err(Ok(HandleOutcome::Ignored(format!(
+            "body type {kind} is not handled"
+        )))),
+        Err(e) => Err(Err(HandlerError::permanent(format!(
+            "unreadable slack event: {e}"
+        )))),
+    }
+}
+
+#[async_trait]
+impl EventHandler for ConversationHandler {
+    async fn handle(&self, event: &InboundEvent) -> Result<HandleOutcome, HandlerError> {
+        let cb = match callback(event) {
+            Ok(cb) => cb,
+            Err(outcome) => return outcome,
         };
+        let ctx = self.decide_context(&cb).await?;
         match slack_events::decide(&cb, &ctx) {
             Decision::Turn(turn) => self.turn(event, turn).await,
-            Decision::Update { key, new_text, .. } => {
-                let found = self
-                    .store
-                    .edit_message(&team, &key.channel, &key.ts, &new_text)
-                    .await
-                    .map_err(store_err)?;
-                Ok(if found {
-                    HandleOutcome::Done
-                } else {
-                    HandleOutcome::Ignored("edited message is not stored".into())
-                })
-            }
-            Decision::Delete { key } => {
-                let found = self
-                    .store
-                    .mark_deleted(&team, &key.channel, &key.ts)
-                    .await
-                    .map_err(store_err)?;
-                Ok(if found {
-                    HandleOutcome::Done
-                } else {
-                    HandleOutcome::Ignored("deleted message is not stored".into())
-                })
-            }
+            Decision::Update { key, new_text, .. } => self.edit(&key, &new_text).await,
+            Decision::Delete { key } => self.delete(&key).await,
             Decision::Ignored(reason) => Ok(HandleOutcome::Ignored(reason.to_string())),
         }
     }

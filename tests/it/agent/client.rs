@@ -8,7 +8,8 @@ use infragpt::testkit::devagent::{AGENT_TYPE, DEMO_LABEL, DevAgent, DevAgentConf
 use infragpt_actors::circuit::{CircuitConfig, CircuitState, ManualClock};
 use infragpt_actors::conversation::{Agent, AgentError, AgentTurn, PastMessage};
 use infragpt_actors::ids::ConversationId;
-use infragpt_actors::{ActorKind, ActorState, HealthRegistry, Metrics};
+use infragpt_actors::kinds;
+use infragpt_actors::{ActorState, HealthRegistry, Metrics};
 use serde_json::json;
 use tonic::Code;
 
@@ -159,7 +160,7 @@ async fn request_and_response_mapping() {
     assert!(answer.confidence > 0.0);
     assert!(answer.error_message.is_empty());
 
-    let snap = c.health.get(ActorKind::AgentClient, HEALTH_KEY).unwrap();
+    let snap = c.health.get(kinds::AGENT_CLIENT, HEALTH_KEY).unwrap();
     assert_eq!(snap.state, ActorState::Running);
     assert_eq!(snap.detail["calls"], 1);
     assert_eq!(snap.detail["failures"], 0);
@@ -326,7 +327,7 @@ async fn circuit_opens_fails_fast_and_closes_when_the_agent_returns() {
         Some(2.0)
     );
     assert_eq!(c.agent.circuit_state(), CircuitState::Open);
-    let snap = c.health.get(ActorKind::AgentClient, HEALTH_KEY).unwrap();
+    let snap = c.health.get(kinds::AGENT_CLIENT, HEALTH_KEY).unwrap();
     assert_eq!(snap.state, ActorState::Failed);
     assert_eq!(snap.detail["circuit"], "open");
     assert_eq!(snap.detail["failures"], 2);
@@ -367,7 +368,7 @@ async fn circuit_opens_fails_fast_and_closes_when_the_agent_returns() {
     let answer = c.agent.process(turn("status")).await.unwrap();
     assert!(answer.success);
     assert_eq!(c.agent.circuit_state(), CircuitState::Closed);
-    let snap = c.health.get(ActorKind::AgentClient, HEALTH_KEY).unwrap();
+    let snap = c.health.get(kinds::AGENT_CLIENT, HEALTH_KEY).unwrap();
     assert_eq!(snap.state, ActorState::Running);
     assert_eq!(snap.detail["circuit"], "closed");
     assert_eq!(dev.requests().len(), 1);
@@ -382,15 +383,12 @@ async fn health_entry_survives_pruning() {
     let c = client(o);
     c.agent.process(turn("x")).await.unwrap_err();
     assert_eq!(
-        c.health
-            .get(ActorKind::AgentClient, HEALTH_KEY)
-            .unwrap()
-            .state,
+        c.health.get(kinds::AGENT_CLIENT, HEALTH_KEY).unwrap().state,
         ActorState::Failed
     );
     assert_eq!(c.health.prune(Duration::ZERO), 1);
     c.agent.process(turn("x")).await.unwrap_err();
-    let snap = c.health.get(ActorKind::AgentClient, HEALTH_KEY).unwrap();
+    let snap = c.health.get(kinds::AGENT_CLIENT, HEALTH_KEY).unwrap();
     assert_eq!(snap.detail["circuit"], "open");
 }
 

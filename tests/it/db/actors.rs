@@ -13,6 +13,7 @@ use infragpt_actors::inbox::{
 };
 use infragpt_actors::testing::{RecordingHandler, slack_event};
 use infragpt_actors::{Cluster, ClusterConfig, Metrics, StreamSpec};
+use infragpt_actors::{kinds, sources};
 
 use crate::support::wait::eventually;
 
@@ -36,8 +37,8 @@ fn start(inbox: Arc<PgInbox>, handler: Arc<RecordingHandler>) -> Cluster {
     cluster
         .register_stream(StreamSpec {
             name: "conversations".into(),
-            kind: ActorKind::ConversationThread,
-            source: EventSource::Slack,
+            kind: kinds::CONVERSATION_THREAD,
+            source: sources::SLACK,
             handler,
         })
         .expect("stream registers");

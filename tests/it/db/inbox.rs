@@ -7,13 +7,14 @@ use infragpt::db::{PgAudit, PgInbox};
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::audit::{AuditEntry, AuditLog};
 use infragpt_actors::inbox::{
-    EventRowId, EventSource, EventStatus, InboundEvents, NewInboundEvent, RecordOutcome, RoutingKey,
+    EventRowId, EventStatus, InboundEvents, NewInboundEvent, RecordOutcome, RoutingKey,
 };
+use infragpt_actors::sources;
 use serde_json::json;
 
 fn event(source_id: &str) -> NewInboundEvent {
     NewInboundEvent {
-        source: EventSource::Slack,
+        source: sources::SLACK,
         source_id: source_id.to_owned(),
         routing_key: RoutingKey("T1/C1/1700000000.000100".to_owned()),
         kind: "app_mention".to_owned(),
@@ -46,7 +47,7 @@ async fn record_is_idempotent() {
     let RecordOutcome::Recorded(stored) = &first else {
         panic!("first delivery must be recorded: {first:?}");
     };
-    assert_eq!(stored.source, EventSource::Slack);
+    assert_eq!(stored.source, sources::SLACK);
     assert_eq!(stored.source_id, "Ev1");
     assert_eq!(stored.routing_key.0, "T1/C1/1700000000.000100");
     assert_eq!(stored.kind, "app_mention");
@@ -68,7 +69,7 @@ async fn record_is_idempotent() {
 
     // The same source id from another source is another event.
     let mut github = event("Ev1");
-    github.source = EventSource::GitHub;
+    github.source = sources::GITHUB;
     assert!(matches!(
         inbox.record(github).await.expect("record"),
         RecordOutcome::Recorded(_)

@@ -31,8 +31,8 @@ use infragpt::testkit::slack_sim::{
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::conversation::{ConversationHandler, ReplyService, UNAVAILABLE_REPLY};
 use infragpt_actors::ids::TeamId;
-use infragpt_actors::inbox::EventSource;
-use infragpt_actors::{ActorKind, Secret, StreamSpec};
+use infragpt_actors::{Secret, StreamSpec};
+use infragpt_actors::{kinds, sources};
 use serde_json::Value;
 
 use crate::support::app::{ADMIN, TestApp, TestAppBuilder, reserve_port};
@@ -937,8 +937,8 @@ async fn many_threads_across_workspaces_keep_order() {
             core.cluster
                 .register_stream(StreamSpec {
                     name: "conversations".to_owned(),
-                    kind: ActorKind::ConversationThread,
-                    source: EventSource::Slack,
+                    kind: kinds::CONVERSATION_THREAD,
+                    source: sources::SLACK,
                     handler: Arc::new(ConversationHandler::new(
                         store.clone(),
                         web.clone(),

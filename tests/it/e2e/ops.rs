@@ -43,7 +43,7 @@ fn quick_retries(c: &mut Config) {
 
 fn event(id: &str, fail: bool) -> NewInboundEvent {
     NewInboundEvent {
-        source: EventSource::Clerk,
+        source: sources::CLERK,
         source_id: id.to_owned(),
         routing_key: RoutingKey("clerk".to_owned()),
         kind: "test.event".to_owned(),
@@ -89,8 +89,8 @@ async fn actors_metrics_and_dead_letters() {
     core.cluster
         .register_stream(StreamSpec {
             name: "clerk".to_owned(),
-            kind: ActorKind::IdentitySync,
-            source: EventSource::Clerk,
+            kind: kinds::IDENTITY_SYNC,
+            source: sources::CLERK,
             handler: handler.clone(),
         })
         .expect("stream");
@@ -333,8 +333,8 @@ async fn readiness_reports_overload_and_recovers() {
     core.cluster
         .register_stream(StreamSpec {
             name: "clerk".to_owned(),
-            kind: ActorKind::IdentitySync,
-            source: EventSource::Clerk,
+            kind: kinds::IDENTITY_SYNC,
+            source: sources::CLERK,
             handler: handler.clone(),
         })
         .expect("stream");

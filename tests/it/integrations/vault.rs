@@ -363,7 +363,7 @@ async fn hundred_concurrent_requests_for_an_expiring_token_refresh_once() {
 
     // The vault actor is in the health registry under its organization.
     let snapshot = health
-        .get(ActorKind::CredentialVault, &org.to_string())
+        .get(kinds::CREDENTIAL_VAULT, &org.to_string())
         .expect("vault registered");
     assert_eq!(snapshot.state.as_str(), "running");
 

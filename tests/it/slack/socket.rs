@@ -74,8 +74,8 @@ fn cluster_with(inbox: Arc<dyn InboundEvents>) -> (Cluster, Arc<RecordingHandler
     cluster
         .register_stream(StreamSpec {
             name: "conversations".into(),
-            kind: ActorKind::ConversationThread,
-            source: EventSource::Slack,
+            kind: kinds::CONVERSATION_THREAD,
+            source: sources::SLACK,
             handler: handler.clone(),
         })
         .unwrap();
@@ -199,7 +199,7 @@ async fn mention_is_recorded_then_acked_and_handled_once_despite_redelivery() {
     let conn = h
         .cluster
         .health()
-        .get(ActorKind::SlackConnection, "conn-1")
+        .get(kinds::SLACK_CONNECTION, "conn-1")
         .unwrap();
     assert_eq!(conn.state, ActorState::Running);
     assert_eq!(conn.detail["state"], "connected");
@@ -239,7 +239,7 @@ async fn no_ack_while_the_inbox_is_down_and_redelivery_records_it() {
     let conn = h
         .cluster
         .health()
-        .get(ActorKind::SlackConnection, "conn-1")
+        .get(kinds::SLACK_CONNECTION, "conn-1")
         .unwrap();
     assert!(conn.detail["ingest_failures"].as_u64().unwrap() >= 1);
     inbox.set_unavailable(false);
@@ -270,7 +270,7 @@ async fn two_connections_share_the_events() {
     })
     .await;
     assert_eq!(stored(&h.cluster).await, 10);
-    let conns = h.cluster.health().group(ActorKind::SlackConnection);
+    let conns = h.cluster.health().group(kinds::SLACK_CONNECTION);
     let keys: Vec<&str> = conns.iter().map(|c| c.key.as_str()).collect();
     assert_eq!(keys, vec!["conn-1", "conn-2"]);
     assert!(conns.iter().all(|c| c.state == ActorState::Running));
@@ -348,7 +348,7 @@ async fn every_disconnect_reason_and_a_dropped_socket_lose_nothing() {
     let conn = h
         .cluster
         .health()
-        .get(ActorKind::SlackConnection, "conn-1")
+        .get(kinds::SLACK_CONNECTION, "conn-1")
         .unwrap();
     assert!(conn.detail["reconnects"].as_u64().unwrap() >= 4, "{conn:?}");
     assert!(conn.restarts >= 4);
@@ -365,11 +365,11 @@ async fn link_disabled_is_fatal_and_fails_readiness() {
     h.sim.set_link_disabled(true);
     let health = h.cluster.health().clone();
     eventually("both connections fail", async || {
-        health.count(ActorKind::SlackConnection, ActorState::Failed) == 2
+        health.count(kinds::SLACK_CONNECTION, ActorState::Failed) == 2
     })
     .await;
     for key in ["conn-1", "conn-2"] {
-        let conn = health.get(ActorKind::SlackConnection, key).unwrap();
+        let conn = health.get(kinds::SLACK_CONNECTION, key).unwrap();
         assert!(
             conn.last_error
                 .as_deref()
@@ -409,7 +409,7 @@ async fn stopping_closes_the_sockets() {
         .unwrap();
     let health = h.cluster.health().clone();
     eventually("both connections stop", async || {
-        health.count(ActorKind::SlackConnection, ActorState::Stopped) == 2
+        health.count(kinds::SLACK_CONNECTION, ActorState::Stopped) == 2
     })
     .await;
 }
@@ -435,7 +435,7 @@ async fn a_refused_app_token_is_retried_and_reported() {
         .unwrap();
     let conn = cluster
         .health()
-        .get(ActorKind::SlackConnection, "conn-1")
+        .get(kinds::SLACK_CONNECTION, "conn-1")
         .unwrap();
     assert!(conn.restarts >= 2, "{conn:?}");
     assert!(

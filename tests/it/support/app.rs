@@ -118,8 +118,8 @@ impl TestAppBuilder {
             core.cluster
                 .register_stream(StreamSpec {
                     name: "identity-sync".into(),
-                    kind: ActorKind::IdentitySync,
-                    source: EventSource::Clerk,
+                    kind: kinds::IDENTITY_SYNC,
+                    source: sources::CLERK,
                     handler: Arc::new(IdentitySync::new(store.clone(), audit)),
                 })
                 .expect("identity stream");

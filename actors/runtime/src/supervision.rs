@@ -1,46 +1,27 @@
-//! Plain supervision logic, free of actix so it can be unit-tested: restart backoff, restart
-//! storm detection and the per-key worker queue state machine.
+//! Plain supervision logic, free of actix so it can be unit-tested: failure-storm detection
+//! and the per-key worker queue state machine (retry delays come from [`Backoff`]).
+//!
+//! A "restart" here (and in the `restarts` counters and the `restarting` state the health
+//! registry and metrics expose) is a retry after a backoff delay: the worker actor keeps its
+//! queue and runs the failed event again, nothing is torn down and rebuilt.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::backoff::Backoff;
 use crate::inbox::EventRowId;
 
-/// Exponential backoff: `base * 2^(n-1)` for the n-th consecutive failure, capped at `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    /// A backoff policy.
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Self { base, max }
-    }
-
-    /// Delay after the `failures`-th consecutive failure (1-based; 0 gives no delay).
-    pub fn delay(&self, failures: u32) -> Duration {
-        if failures == 0 {
-            return Duration::ZERO;
-        }
-        let shift = (failures - 1).min(31);
-        self.base
-            .checked_mul(1u32 << shift)
-            .map_or(self.max, |d| d.min(self.max))
-    }
-}
-
-/// Counts restarts in a sliding window; a storm is `limit` restarts within `window`.
+/// Counts failures (each one retried after a backoff) in a sliding window; a storm is `limit`
+/// of them within `window`.
 #[derive(Debug, Clone)]
-pub struct RestartTracker {
+pub struct FailureWindow {
     limit: u32,
     window: Duration,
     recent: VecDeque<Instant>,
     total: u64,
 }
 
-impl RestartTracker {
+impl FailureWindow {
     /// A tracker for `limit` restarts per `window`.
     pub fn new(limit: u32, window: Duration) -> Self {
         Self {
@@ -51,7 +32,7 @@ impl RestartTracker {
         }
     }
 
-    /// Records a restart at `now`; true when this restart completes a storm.
+    /// Records a failure at `now`; true when it completes a storm.
     pub fn record(&mut self, now: Instant) -> bool {
         self.total += 1;
         self.recent.push_back(now);
@@ -65,7 +46,7 @@ impl RestartTracker {
         self.recent.len() >= self.limit as usize
     }
 
-    /// All restarts recorded so far.
+    /// All failures recorded so far.
     pub fn total(&self) -> u64 {
         self.total
     }
@@ -96,16 +77,16 @@ pub enum Next {
         /// The event that left the worker.
         finished: EventRowId,
     },
-    /// Restart, then after the delay retry the same event.
+    /// Back off, then retry the same event.
     RetryAfter(Duration),
-    /// Restart, then after the delay continue with the next event (the failed one left).
+    /// Back off, then continue with the next event (the failed one left).
     ContinueAfter {
         /// The event that left the worker (a dead letter).
         finished: EventRowId,
-        /// Restart delay.
+        /// Backoff delay.
         delay: Duration,
     },
-    /// Too many restarts: report `failed`, release every queued event and stop.
+    /// Too many failures in the window: report `failed`, release every queued event and stop.
     Storm {
         /// The event that left the worker, if the last attempt finished it.
         finished: Option<EventRowId>,
@@ -120,19 +101,18 @@ pub enum Next {
 pub struct WorkerCore {
     queue: BTreeSet<EventRowId>,
     current: Option<EventRowId>,
-    consecutive_failures: u32,
-    restarts: RestartTracker,
+    failures: FailureWindow,
+    /// Counts consecutive failures; a success resets it.
     backoff: Backoff,
 }
 
 impl WorkerCore {
     /// An idle worker.
-    pub fn new(backoff: Backoff, restarts: RestartTracker) -> Self {
+    pub fn new(backoff: Backoff, failures: FailureWindow) -> Self {
         Self {
             queue: BTreeSet::new(),
             current: None,
-            consecutive_failures: 0,
-            restarts,
+            failures,
             backoff,
         }
     }
@@ -170,9 +150,9 @@ impl WorkerCore {
         self.current.is_none() && self.queue.is_empty()
     }
 
-    /// Restarts so far.
+    /// Failures retried (or given up on) so far.
     pub fn restarts(&self) -> u64 {
-        self.restarts.total()
+        self.failures.total()
     }
 
     /// Removes and returns every event still owed (current first, then the queue), e.g. on
@@ -184,7 +164,7 @@ impl WorkerCore {
     }
 
     /// Accounts for the end of an attempt at the current event and says what comes next.
-    /// Every failure is a restart of the worker.
+    /// Every failure backs off before the worker goes on.
     pub fn on_attempt(&mut self, result: &AttemptResult, now: Instant) -> Next {
         let Some(current) = self.current else {
             // Nothing was running: a stale result, ignore it.
@@ -195,7 +175,7 @@ impl WorkerCore {
             | AttemptResult::AlreadyFinished
             | AttemptResult::Rejected(_) => {
                 if matches!(result, AttemptResult::Finished) {
-                    self.consecutive_failures = 0;
+                    self.backoff.reset();
                 }
                 self.current = None;
                 return Next::Continue { finished: current };
@@ -203,8 +183,8 @@ impl WorkerCore {
             AttemptResult::DeadLetter(_) => Some(current),
             AttemptResult::Failed(_) | AttemptResult::StoreFailed(_) => None,
         };
-        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-        let storm = self.restarts.record(now);
+        let delay = self.backoff.next_delay();
+        let storm = self.failures.record(now);
         if failed.is_some() {
             self.current = None;
         }
@@ -214,7 +194,6 @@ impl WorkerCore {
                 released: self.release_all(),
             };
         }
-        let delay = self.backoff.delay(self.consecutive_failures);
         match failed {
             Some(finished) => Next::ContinueAfter { finished, delay },
             None => Next::RetryAfter(delay),
@@ -231,19 +210,8 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_and_caps() {
-        let b = Backoff::new(ms(100), ms(1000));
-        assert_eq!(b.delay(0), Duration::ZERO);
-        assert_eq!(b.delay(1), ms(100));
-        assert_eq!(b.delay(2), ms(200));
-        assert_eq!(b.delay(4), ms(800));
-        assert_eq!(b.delay(5), ms(1000));
-        assert_eq!(b.delay(400), ms(1000));
-    }
-
-    #[test]
     fn restart_storm_needs_limit_within_window() {
-        let mut t = RestartTracker::new(3, ms(1000));
+        let mut t = FailureWindow::new(3, ms(1000));
         let t0 = Instant::now();
         assert!(!t.record(t0));
         assert!(!t.record(t0 + ms(10)));
@@ -257,7 +225,7 @@ mod tests {
     fn core(limit: u32) -> WorkerCore {
         WorkerCore::new(
             Backoff::new(ms(10), ms(100)),
-            RestartTracker::new(limit, ms(60_000)),
+            FailureWindow::new(limit, ms(60_000)),
         )
     }
 

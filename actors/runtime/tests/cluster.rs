@@ -5,12 +5,20 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use infragpt_actors::health::{ActorKind, ActorState, HealthRegistry};
-use infragpt_actors::inbox::{EventSource, EventStatus, InboundEvent, RecordOutcome, RoutingKey};
-use infragpt_actors::testing::{MemoryInbox, RecordingHandler, Script, eventually, slack_event};
-use infragpt_actors::{Cluster, ClusterConfig, IngestError, Metrics, StreamSpec};
+use infragpt_runtime::health::{ActorKind, ActorState, HealthRegistry};
+use infragpt_runtime::inbox::{EventSource, EventStatus, InboundEvent, RecordOutcome, RoutingKey};
+use infragpt_runtime::testing::{MemoryInbox, RecordingHandler, Script, eventually, keyed_event};
+use infragpt_runtime::{Cluster, ClusterConfig, IngestError, Metrics, StreamSpec};
 
 const GUARD: Duration = Duration::from_secs(60);
+
+/// The worker kind and source of the stream under test (names as the application uses them).
+const THREAD: ActorKind = ActorKind::new("conversation_thread");
+const SLACK: EventSource = EventSource::new("slack");
+
+fn slack_event(key: &str, seq: u64) -> infragpt_runtime::inbox::NewInboundEvent {
+    keyed_event(SLACK, key, seq)
+}
 
 fn fast_config() -> ClusterConfig {
     ClusterConfig {
@@ -36,8 +44,8 @@ fn start(
     cluster
         .register_stream(StreamSpec {
             name: "conversations".into(),
-            kind: ActorKind::ConversationThread,
-            source: EventSource::Slack,
+            kind: THREAD,
+            source: SLACK,
             handler,
         })
         .expect("stream registers");
@@ -171,7 +179,7 @@ async fn panicking_event_is_retried_then_dead_lettered() {
 
     let worker = cluster
         .health()
-        .get(ActorKind::ConversationThread, &poison_key)
+        .get(THREAD, &poison_key)
         .expect("worker still registered");
     assert_eq!(worker.restarts, 3);
     assert_eq!(worker.state, ActorState::Running);
@@ -321,10 +329,7 @@ async fn idle_workers_stop_and_restart_on_demand() {
     assert!(eventually(GUARD, || handler.handled_count() == 1).await);
     let health = cluster.health().clone();
     assert!(
-        eventually(GUARD, || health
-            .get(ActorKind::ConversationThread, &k)
-            .is_none())
-        .await,
+        eventually(GUARD, || health.get(THREAD, &k).is_none()).await,
         "idle worker stops and leaves the registry"
     );
     let text = cluster.metrics().encode_text();
@@ -457,32 +462,29 @@ async fn restart_storm_fails_one_worker_and_others_go_on() {
     let health = cluster.health().clone();
     assert!(
         eventually(GUARD, || health
-            .get(ActorKind::ConversationThread, &bad)
+            .get(THREAD, &bad)
             .is_some_and(|w| w.state == ActorState::Failed))
         .await
     );
     assert!(eventually(GUARD, || handler.handled_count() == 6).await);
     // The failed key's events wait in the inbox (quarantined), nothing was lost.
     assert_eq!(inbox.count(EventStatus::Pending), 3);
-    let worker = health.get(ActorKind::ConversationThread, &bad).unwrap();
+    let worker = health.get(THREAD, &bad).unwrap();
     assert!(worker.last_error.unwrap().contains("restart limit"));
-    let router = health.get(ActorKind::Supervisor, "conversations").unwrap();
+    let router = health.get(ActorKind::SUPERVISOR, "conversations").unwrap();
     assert_eq!(router.state, ActorState::Running);
     // Still serving other keys.
     cluster.ingest(slack_event(&key(1), 3)).await.unwrap();
     assert!(eventually(GUARD, || handler.handled_count() >= 7).await);
     let tree = health.tree();
-    assert_eq!(
-        tree.counts[&ActorKind::ConversationThread][&ActorState::Failed],
-        1
-    );
+    assert_eq!(tree.counts[&THREAD][&ActorState::Failed], 1);
 
     // Once the quarantine ends the key gets a fresh worker and its events run, in order.
     handler.script(format!("{bad}#0"), Script::Ignore("recovered".into()));
     assert!(eventually(GUARD, || handler.handled_count() == 9).await);
     assert!(eventually(GUARD, || inbox.count(EventStatus::Ignored) == 1).await);
     assert_per_key_order(&handler.handled());
-    let worker = health.get(ActorKind::ConversationThread, &bad).unwrap();
+    let worker = health.get(THREAD, &bad).unwrap();
     assert_eq!(worker.state, ActorState::Running);
     cluster.shutdown().await;
 }
@@ -511,7 +513,7 @@ async fn store_outage_is_survived_with_restarts() {
     let health = cluster.health().clone();
     assert!(
         eventually(GUARD, || health
-            .get(ActorKind::ConversationThread, &k)
+            .get(THREAD, &k)
             .is_some_and(|w| w.restarts >= 2))
         .await,
         "the worker restarts while the store is down"

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backoff::Backoff;
+
 /// Timeouts, retry policy and queue bounds of the actor cluster. Every field has a default, so
 /// an empty `actors:` section (or none) is valid; unknown keys are rejected. Durations are in
 /// milliseconds.
@@ -16,12 +18,13 @@ pub struct ClusterConfig {
     /// How many times a failed event is retried after its first attempt before it becomes a
     /// dead letter (so an event is handled at most `1 + retry_budget` times).
     pub retry_budget: u32,
-    /// Delay before the first restart of a failed worker; doubles with each consecutive failure.
+    /// Delay before a failed event is retried; doubles with each consecutive failure.
     pub backoff_base_ms: u64,
-    /// Upper bound of the restart delay.
+    /// Upper bound of the retry delay.
     pub backoff_max_ms: u64,
-    /// A worker that restarts this many times within `restart_window_ms` is reported `failed`
-    /// and stopped; its key is quarantined for one window (its events stay in the inbox).
+    /// A worker with this many failures (each retried after a backoff, counted as restarts)
+    /// within `restart_window_ms` is reported `failed` and stopped; its key is quarantined
+    /// for one window (its events stay in the inbox).
     pub restart_limit: u32,
     /// The window of `restart_limit`.
     pub restart_window_ms: u64,
@@ -101,13 +104,12 @@ impl ClusterConfig {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
     }
-    /// `backoff_base_ms` as a duration.
-    pub fn backoff_base(&self) -> Duration {
-        Duration::from_millis(self.backoff_base_ms)
-    }
-    /// `backoff_max_ms` as a duration.
-    pub fn backoff_max(&self) -> Duration {
-        Duration::from_millis(self.backoff_max_ms)
+    /// The retry backoff of a worker (`backoff_base_ms` doubling up to `backoff_max_ms`).
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(
+            Duration::from_millis(self.backoff_base_ms),
+            Duration::from_millis(self.backoff_max_ms),
+        )
     }
     /// `restart_window_ms` as a duration.
     pub fn restart_window(&self) -> Duration {

@@ -12,7 +12,7 @@ use crate::handler::{Attempted, attempt};
 use crate::health::{ActorHealth, ActorId, ActorState};
 use crate::inbox::{EventRowId, RoutingKey};
 use crate::router::{Router, StreamCtx, WorkerFailed, WorkerFinished, WorkerIdle};
-use crate::supervision::{AttemptResult, Backoff, Next, RestartTracker, WorkerCore};
+use crate::supervision::{AttemptResult, FailureWindow, Next, WorkerCore};
 
 /// Queue an event (router → worker).
 #[derive(Debug, Message)]
@@ -46,7 +46,7 @@ pub(crate) struct Worker {
     health: Option<ActorHealth>,
     /// An attempt is running.
     running: bool,
-    /// Waiting for a restart delay to pass.
+    /// Waiting for a backoff delay to pass before the next attempt.
     backing_off: bool,
     idle_epoch: u64,
     exit: Option<Exit>,
@@ -71,8 +71,8 @@ impl Worker {
     ) -> Self {
         let c = &stream.config;
         let core = WorkerCore::new(
-            Backoff::new(c.backoff_base(), c.backoff_max()),
-            RestartTracker::new(c.restart_limit, c.restart_window()),
+            c.backoff(),
+            FailureWindow::new(c.restart_limit, c.restart_window()),
         );
         Self {
             key,
@@ -106,7 +106,7 @@ impl Worker {
         }
     }
 
-    /// Starts the next queued event unless one is running, a restart is pending, or the
+    /// Starts the next queued event unless one is running, a retry is backing off, or the
     /// worker is stopping.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         if self.running || self.backing_off || self.exit.is_some() {
@@ -193,7 +193,7 @@ impl Worker {
                 self.pump(ctx);
             }
             Next::RetryAfter(delay) => {
-                self.restart(error.as_deref().unwrap_or("failure"));
+                self.back_off(error.as_deref().unwrap_or("failure"));
                 self.backing_off = true;
                 ctx.run_later(delay, |act, ctx| {
                     act.backing_off = false;
@@ -209,7 +209,7 @@ impl Worker {
             }
             Next::ContinueAfter { finished, delay } => {
                 self.report_finished(finished);
-                self.restart(error.as_deref().unwrap_or("failure"));
+                self.back_off(error.as_deref().unwrap_or("failure"));
                 self.backing_off = true;
                 ctx.run_later(delay, |act, ctx| {
                     act.backing_off = false;
@@ -222,15 +222,15 @@ impl Worker {
             }
             Next::Storm { finished, released } => {
                 let error = format!(
-                    "restart limit reached ({} restarts within {:?}): {}",
+                    "restart limit reached ({} failures within {:?}): {}",
                     self.stream.config.restart_limit,
                     self.stream.config.restart_window(),
                     error.as_deref().unwrap_or("failure")
                 );
                 tracing::error!(routing_key = %self.key, stream = %self.stream.name, error = %error, "worker failed");
-                self.stream.metrics.restart(kind);
+                self.stream.metrics.retry(kind);
                 if let Some(h) = &self.health {
-                    h.restarting(&error);
+                    h.retrying(&error);
                     h.failed(&error);
                 }
                 self.exit = Some(Exit::Failed);
@@ -245,11 +245,13 @@ impl Worker {
         }
     }
 
-    fn restart(&mut self, error: &str) {
-        tracing::info!(routing_key = %self.key, stream = %self.stream.name, error = %error, "restarting worker");
-        self.stream.metrics.restart(self.stream.kind);
+    /// A failure the worker retries after a backoff delay (counted as a restart in health
+    /// and metrics; the actor itself keeps running).
+    fn back_off(&mut self, error: &str) {
+        tracing::info!(routing_key = %self.key, stream = %self.stream.name, error = %error, "worker backing off before the next attempt");
+        self.stream.metrics.retry(self.stream.kind);
         if let Some(h) = &self.health {
-            h.restarting(error);
+            h.retrying(error);
         }
     }
 
@@ -286,11 +288,9 @@ impl Worker {
     }
 
     fn finish_drain(&mut self, ctx: &mut Context<Self>) {
-        // Queued events were never claimed: they stay `pending` for the next start.
+        // Queued events were never claimed: they stay `pending` for the next start. The drain
+        // waiters hear from `stopped`, once the worker's health and metrics are final.
         self.core.release_all();
-        for w in self.drain_waiters.drain(..) {
-            let _ = w.send(());
-        }
         ctx.stop();
     }
 }
@@ -311,9 +311,6 @@ impl Actor for Worker {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.stream.metrics.actor_stopped(self.stream.kind);
-        for w in self.drain_waiters.drain(..) {
-            let _ = w.send(());
-        }
         if let Some(h) = self.health.take() {
             match self.exit {
                 // Idle threads leave no trace: their state is in the database.
@@ -321,6 +318,9 @@ impl Actor for Worker {
                 Some(Exit::Failed) => {}
                 Some(Exit::Shutdown) | None => h.set_state(ActorState::Stopped),
             }
+        }
+        for w in self.drain_waiters.drain(..) {
+            let _ = w.send(());
         }
     }
 }

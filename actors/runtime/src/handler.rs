@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use tracing::Instrument;
 
+use crate::backoff::Backoff;
 use crate::inbox::{EventRowId, InboundEvent, InboundEvents, RoutingKey, StoreError};
 use crate::supervision::AttemptResult;
 
@@ -25,12 +26,12 @@ pub enum HandleOutcome {
 /// A handler failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandlerError {
-    /// Might work later (network, agent down, rate limit): the worker restarts with backoff and
-    /// retries the event within the retry budget.
+    /// Might work later (network, agent down, rate limit): the worker retries the event after
+    /// a backoff delay, within the retry budget.
     #[error("{0}")]
     Retryable(String),
     /// Will never work (malformed payload, unknown workspace): the event becomes a dead letter
-    /// at once, without a restart.
+    /// at once, without a retry.
     #[error("{0}")]
     Permanent(String),
 }
@@ -85,17 +86,14 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), StoreError>>,
 {
-    let mut delay = Duration::from_millis(10);
-    let mut tries = 0;
+    let mut backoff = Backoff::uncapped(Duration::from_millis(10));
     loop {
         match op().await {
             Ok(()) => return Ok(()),
-            Err(e) if tries >= 3 => return Err(e),
+            Err(e) if backoff.failures() >= 3 => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "marking an event failed, retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                tries += 1;
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

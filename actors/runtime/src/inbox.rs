@@ -16,46 +16,54 @@ impl std::fmt::Display for EventRowId {
     }
 }
 
-/// Where an event came from; together with the source id it is the idempotency key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventSource {
-    /// Slack Socket Mode or Events API (`event_id`).
-    Slack,
-    /// GitHub App webhooks (`X-GitHub-Delivery`).
-    GitHub,
-    /// Clerk webhooks through Svix (`svix-id`).
-    Clerk,
-}
+/// Where an event came from; together with the source id it is the idempotency key, and it
+/// selects the stream (router) that handles the event. An open name (the stored spelling);
+/// the application defines its sources as constants.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventSource(&'static str);
 
 impl EventSource {
+    /// A source named `name` (its stored spelling).
+    pub const fn new(name: &'static str) -> Self {
+        Self(name)
+    }
+
     /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Slack => "slack",
-            Self::GitHub => "github",
-            Self::Clerk => "clerk",
-        }
+    pub const fn as_str(self) -> &'static str {
+        self.0
+    }
+
+    /// The source among `known` stored as `name`; anything else is a corrupt row.
+    pub fn find(name: &str, known: &[EventSource]) -> Result<Self, StoreError> {
+        known
+            .iter()
+            .copied()
+            .find(|s| s.0 == name)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown event source {name:?}").into()))
     }
 }
 
-impl std::str::FromStr for EventSource {
-    type Err = StoreError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "slack" => Ok(Self::Slack),
-            "github" => Ok(Self::GitHub),
-            "clerk" => Ok(Self::Clerk),
-            other => Err(StoreError::Corrupt(
-                format!("unknown event source {other:?}").into(),
-            )),
-        }
+impl std::fmt::Debug for EventSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EventSource({})", self.0)
+    }
+}
+
+impl std::fmt::Display for EventSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl Serialize for EventSource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
     }
 }
 
 /// Which keyed actor handles an event. Events with the same key are handled one at a time in
-/// arrival order; different keys run in parallel. Examples: `T1/C1/1700000000.000100` for a
-/// Slack thread, `installation:42` for a GitHub installation.
+/// arrival order; different keys run in parallel. The application chooses the keys (a chat
+/// thread, an installation, ...).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RoutingKey(pub String);
@@ -119,9 +127,8 @@ impl std::str::FromStr for EventStatus {
 /// An event to record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewInboundEvent {
-    /// Origin.
     pub source: EventSource,
-    /// The origin's own id (Slack `event_id`, `X-GitHub-Delivery`, `svix-id`).
+    /// The origin's own id (e.g. a webhook delivery id).
     pub source_id: String,
     /// Which keyed actor handles it.
     pub routing_key: RoutingKey,
@@ -134,9 +141,7 @@ pub struct NewInboundEvent {
 /// A stored event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InboundEvent {
-    /// Row id.
     pub id: EventRowId,
-    /// Origin.
     pub source: EventSource,
     /// The origin's own id.
     pub source_id: String,

@@ -121,16 +121,19 @@ impl Metrics {
             deferred_total,
             inbox_events,
         };
-        // Every series exists from the start so dashboards and tests see zeros, not gaps.
-        for k in ActorKind::ALL {
-            let k = k.as_str();
-            m.actors_live.with_label_values(&[k]);
-            m.messages_handled.with_label_values(&[k]);
-            m.failures.with_label_values(&[k]);
-            m.restarts.with_label_values(&[k]);
-            m.dead_letters_total.with_label_values(&[k]);
-        }
+        m.declare_kind(ActorKind::SUPERVISOR);
         Ok(m)
+    }
+
+    /// Creates the per-kind series of `kind` at zero, so dashboards and tests see zeros, not
+    /// gaps. The cluster declares the supervisor kind and each registered stream's worker kind.
+    pub fn declare_kind(&self, kind: ActorKind) {
+        let k = kind.as_str();
+        self.actors_live.with_label_values(&[k]);
+        self.messages_handled.with_label_values(&[k]);
+        self.failures.with_label_values(&[k]);
+        self.restarts.with_label_values(&[k]);
+        self.dead_letters_total.with_label_values(&[k]);
     }
 
     /// The registry (register more collectors here).
@@ -170,7 +173,8 @@ impl Metrics {
         self.failures.with_label_values(&[kind.as_str()]).inc();
     }
 
-    pub(crate) fn restart(&self, kind: ActorKind) {
+    /// A failure retried after a backoff (the `restarts` series).
+    pub(crate) fn retry(&self, kind: ActorKind) {
         self.restarts.with_label_values(&[kind.as_str()]).inc();
     }
 
@@ -217,11 +221,13 @@ mod tests {
     #[test]
     fn text_has_zeroed_series_and_moves() {
         let m = Metrics::new().unwrap();
+        let thread = ActorKind::new("conversation_thread");
+        m.declare_kind(thread);
         let text = m.encode_text();
         assert!(
             text.contains("infragpt_actor_messages_handled_total{kind=\"conversation_thread\"} 0")
         );
-        m.handled(ActorKind::ConversationThread, 0.01);
+        m.handled(thread, 0.01);
         m.set_inbox_counts(&[(EventStatus::Failed, 3)]);
         let text = m.encode_text();
         assert!(

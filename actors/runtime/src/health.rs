@@ -16,56 +16,67 @@ use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-/// What an actor is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ActorKind {
-    /// Owns and restarts other actors (the root and one router per stream).
-    Supervisor,
-    /// One Slack Socket Mode connection.
-    SlackConnection,
-    /// The webhook stream of one GitHub installation.
-    #[serde(rename = "github_webhook_stream")]
-    GitHubWebhookStream,
-    /// One Slack thread.
-    ConversationThread,
-    /// Credentials of one organization.
-    CredentialVault,
-    /// The gRPC client of the agent.
-    AgentClient,
-    /// Clerk identity synchronisation.
-    IdentitySync,
-}
+/// What an actor is: an open name (`snake_case`, used in JSON, metrics labels and URLs). The
+/// runtime defines [`ActorKind::SUPERVISOR`] (the root and one router per stream); the
+/// application defines the kinds of its workers and other components as constants.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ActorKind(&'static str);
 
 impl ActorKind {
-    /// Every kind, in display order.
-    pub const ALL: [ActorKind; 7] = [
-        Self::Supervisor,
-        Self::SlackConnection,
-        Self::GitHubWebhookStream,
-        Self::ConversationThread,
-        Self::CredentialVault,
-        Self::AgentClient,
-        Self::IdentitySync,
-    ];
+    /// Owns and supervises other actors (the root and one router per stream).
+    pub const SUPERVISOR: ActorKind = ActorKind("supervisor");
 
-    /// The snake_case name used in JSON, metrics labels and URLs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Supervisor => "supervisor",
-            Self::SlackConnection => "slack_connection",
-            Self::GitHubWebhookStream => "github_webhook_stream",
-            Self::ConversationThread => "conversation_thread",
-            Self::CredentialVault => "credential_vault",
-            Self::AgentClient => "agent_client",
-            Self::IdentitySync => "identity_sync",
-        }
+    /// A kind named `name` (`snake_case`).
+    pub const fn new(name: &'static str) -> Self {
+        Self(name)
+    }
+
+    /// The name used in JSON, metrics labels and URLs.
+    pub const fn as_str(self) -> &'static str {
+        self.0
+    }
+
+    /// The kind among `known` whose name is `name`.
+    pub fn find(name: &str, known: &[ActorKind]) -> Result<Self, UnknownName> {
+        known
+            .iter()
+            .copied()
+            .find(|k| k.0 == name)
+            .ok_or_else(|| UnknownName {
+                what: "kind",
+                value: name.to_owned(),
+            })
+    }
+}
+
+impl fmt::Debug for ActorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ActorKind({})", self.0)
     }
 }
 
 impl fmt::Display for ActorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.0)
+    }
+}
+
+/// Supervisors first (the backbone of the tree), then by name.
+impl Ord for ActorKind {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (*self != Self::SUPERVISOR, self.0).cmp(&(*other != Self::SUPERVISOR, other.0))
+    }
+}
+
+impl PartialOrd for ActorKind {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Serialize for ActorKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
     }
 }
 
@@ -79,19 +90,6 @@ pub struct UnknownName {
     pub value: String,
 }
 
-impl FromStr for ActorKind {
-    type Err = UnknownName;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownName {
-                what: "kind",
-                value: s.to_owned(),
-            })
-    }
-}
-
 /// Lifecycle state of an actor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -100,7 +98,7 @@ pub enum ActorState {
     Starting,
     /// Serving.
     Running,
-    /// Failed and waiting for its restart (backoff).
+    /// Failed and waiting for a backoff delay before it tries again.
     Restarting,
     /// Stopped on purpose.
     Stopped,
@@ -152,9 +150,8 @@ impl FromStr for ActorState {
 }
 
 /// Identity of an actor in the registry.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct ActorId {
-    /// Kind.
     pub kind: ActorKind,
     /// Key within the kind (routing key, stream name, connection id, ...).
     pub key: String,
@@ -193,19 +190,15 @@ struct Entry {
 /// A point-in-time view of one actor.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ActorSnapshot {
-    /// Kind.
     pub kind: ActorKind,
-    /// Key.
     pub key: String,
     /// Supervisor, if any.
     pub parent: Option<ActorId>,
-    /// State.
     pub state: ActorState,
     /// When it (last) started.
     pub started_at: DateTime<Utc>,
     /// Restarts since it started.
     pub restarts: u64,
-    /// The last failure.
     pub last_error: Option<String>,
     /// Messages handled since it started.
     pub messages_handled: u64,
@@ -213,7 +206,7 @@ pub struct ActorSnapshot {
     pub backlog: u64,
     /// When it last finished a message.
     pub last_message_at: Option<DateTime<Utc>>,
-    /// Kind-specific facts (e.g. a Slack connection's workspace status).
+    /// Kind-specific facts the actor publishes.
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub detail: serde_json::Value,
 }
@@ -462,8 +455,9 @@ impl ActorHealth {
         e.stopped_at = state.is_terminal().then(Instant::now);
     }
 
-    /// A failure that will be followed by a restart: counts it and records the error.
-    pub fn restarting(&self, error: &str) {
+    /// A failure that will be retried after a backoff delay: state `restarting`, counted in
+    /// `restarts`, error recorded.
+    pub fn retrying(&self, error: &str) {
         let mut e = self.slot.lock();
         e.state = ActorState::Restarting;
         e.restarts += 1;
@@ -521,31 +515,42 @@ impl ActorHealth {
 mod tests {
     use super::*;
 
+    const THREAD: ActorKind = ActorKind::new("conversation_thread");
+    const CLIENT: ActorKind = ActorKind::new("agent_client");
+    const KNOWN: [ActorKind; 3] = [ActorKind::SUPERVISOR, THREAD, CLIENT];
+
     #[test]
     fn kinds_round_trip() {
-        for k in ActorKind::ALL {
-            assert_eq!(k.as_str().parse::<ActorKind>().unwrap(), k);
+        for k in KNOWN {
+            assert_eq!(ActorKind::find(k.as_str(), &KNOWN).unwrap(), k);
             assert_eq!(
                 serde_json::to_string(&k).unwrap(),
                 format!("\"{}\"", k.as_str())
             );
         }
-        assert!("nope".parse::<ActorKind>().is_err());
+        assert!(ActorKind::find("nope", &KNOWN).is_err());
         assert_eq!("failed".parse::<ActorState>().unwrap(), ActorState::Failed);
+    }
+
+    #[test]
+    fn supervisors_sort_first() {
+        let mut kinds = vec![THREAD, CLIENT, ActorKind::SUPERVISOR];
+        kinds.sort();
+        assert_eq!(kinds, vec![ActorKind::SUPERVISOR, CLIENT, THREAD]);
     }
 
     #[test]
     fn tree_groups_children_and_counts() {
         let reg = HealthRegistry::new();
-        let root = ActorId::new(ActorKind::Supervisor, "root");
+        let root = ActorId::new(ActorKind::SUPERVISOR, "root");
         let r = reg.register(root.clone(), None);
         r.set_state(ActorState::Running);
-        let conv = ActorId::new(ActorKind::Supervisor, "conversations");
+        let conv = ActorId::new(ActorKind::SUPERVISOR, "conversations");
         reg.register(conv.clone(), Some(root.clone()))
             .set_state(ActorState::Running);
         for i in 0..5 {
             let h = reg.register(
-                ActorId::new(ActorKind::ConversationThread, format!("T/C/{i}.0")),
+                ActorId::new(THREAD, format!("T/C/{i}.0")),
                 Some(conv.clone()),
             );
             h.set_state(ActorState::Running);
@@ -553,10 +558,7 @@ mod tests {
         }
         let tree = reg.tree_limited(3);
         assert_eq!(tree.total, 7);
-        assert_eq!(
-            tree.counts[&ActorKind::ConversationThread][&ActorState::Running],
-            5
-        );
+        assert_eq!(tree.counts[&THREAD][&ActorState::Running], 5);
         assert_eq!(tree.roots.len(), 1);
         let convs = &tree.roots[0].children[0];
         assert_eq!(convs.actor.key, "conversations");
@@ -565,22 +567,19 @@ mod tests {
         let json = serde_json::to_value(&tree).unwrap();
         assert_eq!(json["roots"][0]["kind"], "supervisor");
         assert_eq!(json["counts"]["conversation_thread"]["running"], 5);
-        assert_eq!(reg.group(ActorKind::ConversationThread).len(), 5);
+        assert_eq!(reg.group(THREAD).len(), 5);
     }
 
     #[test]
     fn deregister_and_prune() {
         let reg = HealthRegistry::new();
-        let id = ActorId::new(ActorKind::AgentClient, "a");
+        let id = ActorId::new(CLIENT, "a");
         let old = reg.register(id.clone(), None);
         let new = reg.register(id.clone(), None);
         old.deregister();
-        assert!(
-            reg.get(ActorKind::AgentClient, "a").is_some(),
-            "newer entry kept"
-        );
-        new.restarting("boom");
-        let s = reg.get(ActorKind::AgentClient, "a").unwrap();
+        assert!(reg.get(CLIENT, "a").is_some(), "newer entry kept");
+        new.retrying("boom");
+        let s = reg.get(CLIENT, "a").unwrap();
         assert_eq!(s.restarts, 1);
         assert_eq!(s.last_error.as_deref(), Some("boom"));
         new.failed("gave up");

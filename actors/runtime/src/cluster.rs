@@ -23,7 +23,7 @@ use crate::router::{Dispatch, Recover, Router, RouterShared, Shutdown, StreamCtx
 pub struct StreamSpec {
     /// Router name, shown in the actor tree and metrics (e.g. `conversations`).
     pub name: String,
-    /// Kind of the per-key workers (e.g. [`ActorKind::ConversationThread`]).
+    /// Kind of the per-key workers (an application-defined kind, e.g. `conversation_thread`).
     pub kind: ActorKind,
     /// The events this stream handles.
     pub source: EventSource,
@@ -128,7 +128,7 @@ impl Cluster {
         metrics: Metrics,
     ) -> Result<Self, ClusterError> {
         config.validate()?;
-        let root_id = ActorId::new(ActorKind::Supervisor, "root");
+        let root_id = ActorId::new(ActorKind::SUPERVISOR, "root");
         let root_health = health.register(root_id.clone(), None);
         let root = RootSupervisor {
             health: root_health,
@@ -162,7 +162,7 @@ impl Cluster {
             return Err(ClusterError::DuplicateStream(spec.source.as_str()));
         }
         let stream = Arc::new(StreamCtx {
-            router_id: ActorId::new(ActorKind::Supervisor, spec.name.clone()),
+            router_id: ActorId::new(ActorKind::SUPERVISOR, spec.name.clone()),
             name: spec.name.clone(),
             kind: spec.kind,
             source: spec.source,
@@ -173,6 +173,7 @@ impl Cluster {
             health: self.inner.health.clone(),
         });
         let shared = Arc::new(RouterShared::new(self.inner.config.high_water_mark));
+        self.inner.metrics.declare_kind(spec.kind);
         let addr = Router::spawn(stream, shared.clone(), self.inner.root_id.clone());
         tracing::info!(stream = %spec.name, source = spec.source.as_str(), kind = %spec.kind, "stream registered");
         streams.insert(
@@ -422,7 +423,7 @@ impl Actor for RootSupervisor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.health.set_state(ActorState::Running);
-        self.metrics.actor_started(ActorKind::Supervisor);
+        self.metrics.actor_started(ActorKind::SUPERVISOR);
         self.housekeeping(ctx);
         ctx.run_interval(self.config.housekeeping_interval(), |act, ctx| {
             act.housekeeping(ctx)
@@ -430,7 +431,7 @@ impl Actor for RootSupervisor {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.metrics.actor_stopped(ActorKind::Supervisor);
+        self.metrics.actor_stopped(ActorKind::SUPERVISOR);
         self.health.set_state(ActorState::Stopped);
     }
 }
