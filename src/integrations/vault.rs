@@ -287,7 +287,7 @@ impl OrgVault {
     }
 
     /// How long a decrypted credential may be served from memory.
-    pub fn cache_ttl(&self) -> Duration {
+    fn cache_ttl(&self) -> Duration {
         self.deps.tuning.cache_ttl
     }
 
@@ -304,7 +304,7 @@ impl OrgVault {
     }
 
     /// True while a credential due at `refresh_at` may still be served.
-    pub fn usable(refresh_at: Option<DateTime<Utc>>) -> bool {
+    fn usable(refresh_at: Option<DateTime<Utc>>) -> bool {
         refresh_at.is_none_or(|at| Utc::now() < at)
     }
 
