@@ -21,8 +21,8 @@ use infragpt::http::{HttpShell, Readiness};
 use infragpt::slack::sim::SlackSim;
 use infragpt_actors::Secret;
 use infragpt_actors::conversation::{
-    Agent, AgentTurn, BotIdentity, Conversation, ConversationStore, NewMessage, ReplyService,
-    Sender, SlackApi, SlackApiError, UserProfile,
+    Agent, AgentTurn, BotIdentity, Conversation, ConversationStore, MessageKind, NewMessage,
+    ReplyService, Sender, SlackApi, SlackApiError, UserProfile,
 };
 use infragpt_actors::ids::{ChannelId, MessageTs, SlackUserId, TeamId, ThreadKey};
 use infragpt_actors::{HealthRegistry, Metrics};
@@ -146,6 +146,7 @@ impl World {
                 text: "is prod ok?".into(),
                 source_event_id: None,
                 in_reply_to: None,
+                kind: MessageKind::Message,
             })
             .await
             .unwrap();

@@ -118,6 +118,35 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
     if config.agent.retry_attempts == 0 {
         fail("agent.retry_attempts", "must be at least 1")?;
     }
+    for (i, entry) in config.agent.reply_allowed_networks.iter().enumerate() {
+        if let Err(e) = super::Networks::parse([entry]) {
+            fail(&format!("agent.reply_allowed_networks[{i}]"), e.to_string())?;
+        }
+    }
+    if config.agent.failure_notice.trim().is_empty() {
+        fail(
+            "agent.failure_notice",
+            "must not be empty: it is what the thread sees when the agent fails",
+        )?;
+    }
+    let tls = &config.grpc_tls;
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(_), None) => fail(
+            "grpc_tls.key_file",
+            "required when grpc_tls.cert_file is set",
+        )?,
+        (None, Some(_)) => fail(
+            "grpc_tls.cert_file",
+            "required when grpc_tls.key_file is set",
+        )?,
+        _ => {}
+    }
+    if tls.client_ca_file.is_some() && tls.cert_file.is_none() {
+        fail(
+            "grpc_tls.client_ca_file",
+            "needs grpc_tls.cert_file and grpc_tls.key_file (mutual TLS is TLS with client certificates)",
+        )?;
+    }
 
     let clerk = &config.identity.clerk;
     if let Some(u) = &clerk.jwks_url {

@@ -9,8 +9,9 @@
 //! * `conversation_id` not a UUID, or an empty message → OK, `success: false` with the reason
 //!   in `error` (the HTTP endpoint answers 400);
 //! * unknown conversation → `NOT_FOUND` (HTTP 404);
-//! * `agent.reply_token` configured and `authorization: Bearer <token>` metadata missing or
-//!   wrong → `UNAUTHENTICATED` (HTTP 401);
+//! * the caller has neither the reply token (`authorization: Bearer <token>` metadata), nor a
+//!   verified client certificate, nor a source address in `agent.reply_allowed_networks`, or
+//!   presents a wrong token → `UNAUTHENTICATED` (HTTP 401; see [`ReplyAuth`]);
 //! * store or Slack unavailable → `UNAVAILABLE` (HTTP 503; the agent may retry, SendReply is
 //!   idempotent per turn).
 
@@ -22,7 +23,7 @@ use crate::grpc::pb::backend::backend_service_server::{BackendService, BackendSe
 use crate::grpc::pb::backend::{SendReplyCommand, Status};
 use crate::grpc::pb::infragpt::infra_gpt_service_server::{InfraGptService, InfraGptServiceServer};
 use crate::grpc::server::GrpcShell;
-use crate::http::reply::{ReplyAuth, api_error};
+use crate::http::reply::{ReplyAuth, ReplyCaller, api_error};
 
 /// The SendReply gRPC services (one value serves both paths).
 #[derive(Debug, Clone)]
@@ -32,7 +33,7 @@ pub struct ReplyGrpc {
 }
 
 impl ReplyGrpc {
-    /// Both services over `service`, requiring `auth`'s token when it has one.
+    /// Both services over `service`, accepting the callers `auth` accepts.
     pub fn new(service: Arc<ReplyService>, auth: ReplyAuth) -> Self {
         Self { service, auth }
     }
@@ -66,9 +67,16 @@ impl ReplyGrpc {
                     .map_err(|_| tonic::Status::unauthenticated("authorization is not ASCII"))
             })
             .transpose()?;
-        self.auth
-            .check(authorization)
-            .map_err(tonic::Status::from)?;
+        // The TCP peer (also under TLS), and whether mutual TLS verified a client certificate.
+        let caller = ReplyCaller {
+            authorization,
+            peer: request.remote_addr().map(|a| a.ip()),
+            client_certificate: request.peer_certs().is_some_and(|certs| !certs.is_empty()),
+        };
+        let authenticated = self.auth.check(&caller).map_err(|e| {
+            tracing::info!(transport = path, peer = ?caller.peer, error = %e.message(), "SendReply refused");
+            tonic::Status::from(e)
+        })?;
         let command = request.into_inner();
         match self
             .service
@@ -79,6 +87,7 @@ impl ReplyGrpc {
                 tracing::info!(
                     conversation_id = %command.conversation_id.trim(),
                     already_posted = outcome == ReplyOutcome::AlreadyPosted,
+                    authenticated_by = authenticated.as_str(),
                     transport = path,
                     "SendReply handled"
                 );
@@ -130,12 +139,13 @@ impl std::fmt::Debug for ReplyModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReplyModule")
             .field("token_required", &self.auth.is_required())
+            .field("allowed_networks", &self.auth.networks().to_string())
             .finish_non_exhaustive()
     }
 }
 
 impl ReplyModule {
-    /// The module; `auth` usually comes from `ReplyAuth::new(config.agent.reply_token.clone())`.
+    /// The module; `auth` usually comes from [`ReplyAuth::from_config`].
     pub fn new(service: Arc<ReplyService>, auth: ReplyAuth) -> Self {
         Self { service, auth }
     }
@@ -158,8 +168,16 @@ impl crate::server::Module for ReplyModule {
             self.auth.clone(),
         )));
         ReplyGrpc::new(self.service.clone(), self.auth.clone()).add_to(grpc);
-        if !self.auth.is_required() {
-            tracing::warn!("agent.reply_token is not set: SendReply accepts unauthenticated calls");
+        if self.auth.accepts_nobody() {
+            tracing::warn!(
+                "SendReply accepts nobody: agent.reply_token is not set, agent.reply_allowed_networks is empty and grpc_tls.client_ca_file is not set; agent answers arrive only through response_text"
+            );
+        } else {
+            tracing::info!(
+                token = self.auth.is_required(),
+                allowed_networks = %self.auth.networks(),
+                "SendReply authentication"
+            );
         }
         Ok(())
     }
