@@ -685,14 +685,18 @@ fn leaf(
 
 impl Pki {
     fn new() -> Self {
-        let ca = ca("InfraGPT test agents CA");
+        let agents_ca = ca("InfraGPT test agents CA");
         let other = ca("Someone else's CA");
         let server = leaf(
-            &ca,
+            &agents_ca,
             &["localhost", "127.0.0.1"],
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         );
-        let client = leaf(&ca, &["agent"], rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+        let client = leaf(
+            &agents_ca,
+            &["agent"],
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        );
         let rogue_client = leaf(
             &other,
             &["agent"],
@@ -701,10 +705,10 @@ impl Pki {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("server.crt"), &server.0).expect("write");
         std::fs::write(dir.path().join("server.key"), &server.1).expect("write");
-        std::fs::write(dir.path().join("ca.crt"), ca.pem()).expect("write");
+        std::fs::write(dir.path().join("ca.crt"), agents_ca.pem()).expect("write");
         Pki {
             dir,
-            ca_pem: ca.pem(),
+            ca_pem: agents_ca.pem(),
             client,
             rogue_client,
         }
