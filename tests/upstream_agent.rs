@@ -888,3 +888,68 @@ fn new_keys_are_validated_with_their_path() {
     assert_eq!(d.agent.history_sender, config::HistorySender::Proto);
     assert!(!d.grpc_tls.enabled());
 }
+
+/// The store: a notice is returned with its kind and never counts as the turn's answer.
+#[tokio::test]
+async fn notices_do_not_answer_a_turn() {
+    use infragpt::db::PgConversationStore;
+    use infragpt_actors::conversation::{ConversationStore, MessageKind, NewMessage, Sender};
+    use infragpt_actors::ids::{ChannelId, MessageTs, SlackUserId, TeamId, ThreadKey};
+
+    let db = TestDb::new().await;
+    let store = PgConversationStore::new(db.pool().clone());
+    let turn = MessageTs::parse("100.000001").unwrap();
+    let conv = store
+        .upsert_conversation(&ThreadKey::new(
+            TeamId::parse("T1").unwrap(),
+            ChannelId::parse("C1").unwrap(),
+            turn.clone(),
+        ))
+        .await
+        .unwrap();
+    let msg = |ts: &str, sender: Sender, kind: MessageKind, text: &str| NewMessage {
+        conversation_id: conv.id,
+        slack_ts: MessageTs::parse(ts).unwrap(),
+        sender,
+        sender_name: None,
+        sender_email: None,
+        text: text.to_owned(),
+        source_event_id: None,
+        in_reply_to: matches!(kind, MessageKind::Notice).then(|| turn.clone()),
+        kind,
+    };
+    let user = Sender::User(SlackUserId::parse("U1").unwrap());
+    store
+        .insert_message(msg("100.000001", user, MessageKind::Message, "q"))
+        .await
+        .unwrap();
+    store
+        .insert_message(msg(
+            "100.000002",
+            Sender::Agent,
+            MessageKind::Notice,
+            NOTICE,
+        ))
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .agent_reply_exists(conv.id, &turn, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .agent_reply_exists(conv.id, &turn, Some(NOTICE))
+            .await
+            .unwrap()
+    );
+    let kinds: Vec<MessageKind> = store
+        .history(conv.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.kind)
+        .collect();
+    assert_eq!(kinds, [MessageKind::Message, MessageKind::Notice]);
+}
