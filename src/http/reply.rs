@@ -269,11 +269,11 @@ pub fn configure(
 mod tests {
     use super::*;
 
-    fn caller(
-        authorization: Option<&str>,
+    fn caller<'a>(
+        authorization: Option<&'a str>,
         peer: Option<&str>,
         client_certificate: bool,
-    ) -> ReplyCaller<'_> {
+    ) -> ReplyCaller<'a> {
         ReplyCaller {
             authorization,
             peer: peer.map(|p| p.parse().unwrap()),
