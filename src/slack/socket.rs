@@ -42,7 +42,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::connector::SlackHyperClient;
+use super::http_connector::SlackHyperClient;
 use super::web::{WebSettings, open_socket_url};
 use super::workspaces::WorkspaceBoard;
 

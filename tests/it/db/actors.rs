@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use infragpt::db::inbox::PgInbox;
 use infragpt::testkit::test_db::TestDb;
-use infragpt_actors::health::{ActorKind, HealthRegistry};
+use infragpt_actors::health::HealthRegistry;
 use infragpt_actors::inbox::{
-    EventSource, EventStatus, InboundEvent, InboundEvents, RecordOutcome, RoutingKey,
+    EventStatus, InboundEvent, InboundEvents, RecordOutcome, RoutingKey,
 };
 use infragpt_actors::testing::{RecordingHandler, slack_event};
 use infragpt_actors::{Cluster, ClusterConfig, Metrics, StreamSpec};

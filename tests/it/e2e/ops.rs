@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use infragpt::config::Config;
 use infragpt::db::Pool;
-use infragpt_actors::inbox::{EventSource, InboundEvent, NewInboundEvent, RoutingKey};
-use infragpt_actors::{ActorKind, EventHandler, HandleOutcome, HandlerError, StreamSpec};
+use infragpt_actors::inbox::{InboundEvent, NewInboundEvent, RoutingKey};
+use infragpt_actors::{EventHandler, HandleOutcome, HandlerError, StreamSpec, kinds, sources};
 use serde_json::{Value, json};
 
 use crate::support::app::{ADMIN, TestApp};

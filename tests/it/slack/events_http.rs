@@ -10,10 +10,11 @@ use infragpt::slack::events_http::{self, EventsEndpoint};
 use infragpt::slack::signature::sign;
 use infragpt::testkit::slack_sim::{SimConfig, SlackSim};
 use infragpt::testkit::test_db::TestDb;
-use infragpt_actors::inbox::{EventSource, InboundEvents};
+use infragpt_actors::inbox::InboundEvents;
+use infragpt_actors::{kinds, sources};
 use infragpt_actors::testing::{MemoryInbox, RecordingHandler};
 use infragpt_actors::{
-    ActorKind, Cluster, ClusterConfig, HealthRegistry, Metrics, Secret, StreamSpec,
+    Cluster, ClusterConfig, HealthRegistry, Metrics, Secret, StreamSpec,
 };
 use serde_json::{Value, json};
 

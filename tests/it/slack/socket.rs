@@ -14,11 +14,12 @@ use infragpt::slack::transport::SlackModule;
 use infragpt::slack::web::WebSettings;
 use infragpt::testkit::slack_sim::{ConnState, SimConfig, SlackSim, Subscriptions};
 use infragpt::testkit::test_db::TestDb;
-use infragpt_actors::inbox::{EventSource, InboundEvents};
+use infragpt_actors::inbox::InboundEvents;
+use infragpt_actors::{kinds, sources};
 use infragpt_actors::slack_connection::ConnectionSettings;
 use infragpt_actors::testing::{MemoryInbox, RecordingHandler};
 use infragpt_actors::{
-    ActorKind, ActorState, Cluster, ClusterConfig, HealthRegistry, Metrics, StreamSpec,
+    ActorState, Cluster, ClusterConfig, HealthRegistry, Metrics, StreamSpec,
 };
 
 use crate::support::wait::{eventually, poll};

@@ -25,8 +25,8 @@ use infragpt::testkit::devagent::{DevAgent, DevAgentConfig, DevAgentHandle};
 use infragpt::testkit::slack_sim::{SimConfig, SlackSim};
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::audit::AuditLog;
-use infragpt_actors::health::ActorKind;
-use infragpt_actors::inbox::{EventSource, EventStatus};
+use infragpt_actors::inbox::EventStatus;
+use infragpt_actors::{kinds, sources};
 use infragpt_actors::{Cluster, Secret, StreamSpec};
 use serde_json::Value;
 
