@@ -20,16 +20,16 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use infragpt::config::{self, Config};
 use infragpt::db::schema::{conversations, inbound_events, messages};
-use infragpt::testkit::test_db::TestDb;
-use infragpt::testkit::devagent::{
-    DEMO_LABEL, DevAgent, DevAgentConfig, DevAgentHandle, FailMode, UPSTREAM_ERROR_RESPONSE,
-    UPSTREAM_MESSAGE_BUG,
-};
 use infragpt::grpc::pb::backend::backend_service_client::BackendServiceClient;
 use infragpt::grpc::pb::backend::{SendReplyCommand, Status};
 use infragpt::grpc::pb::infragpt::infra_gpt_service_client::InfraGptServiceClient;
 use infragpt::server::RunningServer;
+use infragpt::testkit::devagent::{
+    DEMO_LABEL, DevAgent, DevAgentConfig, DevAgentHandle, FailMode, UPSTREAM_ERROR_RESPONSE,
+    UPSTREAM_MESSAGE_BUG,
+};
 use infragpt::testkit::slack_sim::{SimConfig, SimMessage, SlackSim};
+use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::conversation::UNAVAILABLE_REPLY;
 use serde_json::Value;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};

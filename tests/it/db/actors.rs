@@ -8,9 +8,7 @@ use std::sync::Arc;
 use infragpt::db::inbox::PgInbox;
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::health::HealthRegistry;
-use infragpt_actors::inbox::{
-    EventStatus, InboundEvent, InboundEvents, RecordOutcome, RoutingKey,
-};
+use infragpt_actors::inbox::{EventStatus, InboundEvent, InboundEvents, RecordOutcome, RoutingKey};
 use infragpt_actors::testing::{RecordingHandler, slack_event};
 use infragpt_actors::{Cluster, ClusterConfig, Metrics, StreamSpec};
 use infragpt_actors::{kinds, sources};

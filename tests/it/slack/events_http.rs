@@ -11,11 +11,9 @@ use infragpt::slack::signature::sign;
 use infragpt::testkit::slack_sim::{SimConfig, SlackSim};
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::inbox::InboundEvents;
-use infragpt_actors::{kinds, sources};
 use infragpt_actors::testing::{MemoryInbox, RecordingHandler};
-use infragpt_actors::{
-    Cluster, ClusterConfig, HealthRegistry, Metrics, Secret, StreamSpec,
-};
+use infragpt_actors::{Cluster, ClusterConfig, HealthRegistry, Metrics, Secret, StreamSpec};
+use infragpt_actors::{kinds, sources};
 use serde_json::{Value, json};
 
 use crate::support::wait::eventually;

@@ -15,12 +15,10 @@ use infragpt::slack::web::WebSettings;
 use infragpt::testkit::slack_sim::{ConnState, SimConfig, SlackSim, Subscriptions};
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::inbox::InboundEvents;
-use infragpt_actors::{kinds, sources};
 use infragpt_actors::slack_connection::ConnectionSettings;
 use infragpt_actors::testing::{MemoryInbox, RecordingHandler};
-use infragpt_actors::{
-    ActorState, Cluster, ClusterConfig, HealthRegistry, Metrics, StreamSpec,
-};
+use infragpt_actors::{ActorState, Cluster, ClusterConfig, HealthRegistry, Metrics, StreamSpec};
+use infragpt_actors::{kinds, sources};
 
 use crate::support::wait::{eventually, poll};
 
