@@ -187,7 +187,9 @@ fn build_modules(
         slack_web.clone(),
         Arc::new(agent),
         config.agent.reply_mode,
-    );
+    )
+    .with_failure_notice(config.agent.failure_notice.clone())
+    .with_history_sender(config.agent.history_sender);
     cluster
         .register_stream(StreamSpec {
             name: "conversations".to_owned(),
@@ -212,7 +214,7 @@ fn build_modules(
         )),
         Box::new(ReplyModule::new(
             replies,
-            ReplyAuth::new(config.agent.reply_token.clone()),
+            ReplyAuth::from_config(config).context("agent.reply_allowed_networks")?,
         )),
         Box::new(
             IntegrationsModule::new(Arc::new(config.clone()), cluster.clone(), keyring)

@@ -157,6 +157,10 @@ async fn start_with_database(
         tracing::info!(module = modules[i].name(), "module started");
     }
 
+    if let Err(e) = grpc_tls(&config, &mut grpc) {
+        stop_modules(&mut modules).await;
+        return Err((e.into(), db));
+    }
     let (http_addr, grpc_addr, grpc_listener, server) = match listen(&config, &http) {
         Ok(p) => p,
         Err(e) => {
@@ -202,6 +206,21 @@ type Listening = (
     tokio::net::TcpListener,
     actix_web::dev::Server,
 );
+
+/// Puts the gRPC listener behind TLS when `grpc_tls` says so.
+fn grpc_tls(
+    config: &Config,
+    grpc: &mut GrpcShell,
+) -> Result<(), crate::grpc::server::GrpcTlsError> {
+    if let Some(tls) = crate::grpc::server::tls_config(&config.grpc_tls)? {
+        grpc.set_tls(tls)?;
+        tracing::info!(
+            client_certificates = config.grpc_tls.client_certificates_required(),
+            "gRPC listener uses TLS"
+        );
+    }
+    Ok(())
+}
 
 /// Binds both listeners and builds the HTTP server (not yet polled).
 fn listen(config: &Config, http: &HttpShell) -> anyhow::Result<Listening> {

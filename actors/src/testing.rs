@@ -180,6 +180,7 @@ mod conversation_fakes {
                     text: msg.text,
                     created_at: Utc::now(),
                     in_reply_to: msg.in_reply_to,
+                    kind: msg.kind,
                 },
                 conversation: msg.conversation_id,
                 source_event_id: msg.source_event_id,
@@ -226,6 +227,8 @@ mod conversation_fakes {
             Ok(st.rows.iter().any(|r| {
                 r.conversation == id
                     && r.message.sender == crate::conversation::Sender::Agent
+                    // A notice is not an answer, as in the PostgreSQL store.
+                    && r.message.kind == crate::conversation::MessageKind::Message
                     && r.message.in_reply_to.as_ref() == Some(in_reply_to)
                     && text.is_none_or(|t| r.message.text == t)
             }))

@@ -6,8 +6,11 @@
 //! `config/x.yaml: database.port: invalid type: string "x", expected u16`.
 
 mod env;
+mod networks;
 mod types;
 mod validate;
+
+pub use networks::{NetworkParseError, Networks};
 
 pub use validate::normalize_endpoint;
 

@@ -18,6 +18,11 @@ fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Erro
     Ok(Option::<String>::deserialize(d)?.filter(|s| !s.trim().is_empty()))
 }
 
+/// Treats a missing, `null` or empty path as "not set".
+fn opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    Ok(opt_string(d)?.map(PathBuf::from))
+}
+
 /// The whole service configuration.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -28,6 +33,8 @@ pub struct Config {
     pub port: u16,
     /// gRPC port (SendReply, gRPC health).
     pub grpc_port: u16,
+    /// TLS (and mutual TLS) on the gRPC listener.
+    pub grpc_tls: GrpcTlsConfig,
     /// Log filter (`info`, `infragpt=debug,actix_web=info`); `RUST_LOG` wins when set.
     pub log_level: String,
     pub log_format: LogFormat,
@@ -61,6 +68,7 @@ impl Default for Config {
             bind_address: "0.0.0.0".to_owned(),
             port: 8080,
             grpc_port: 50051,
+            grpc_tls: GrpcTlsConfig::default(),
             log_level: "info".to_owned(),
             log_format: LogFormat::Json,
             http_log: true,
@@ -82,6 +90,36 @@ impl Config {
     /// The graceful-shutdown budget.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// TLS on the gRPC listener. Off unless `cert_file` is set; with `client_ca_file` every
+/// client must present a certificate signed by that CA (mutual TLS), and such a certificate
+/// authenticates SendReply.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcTlsConfig {
+    /// The server's certificate chain (PEM).
+    #[serde(deserialize_with = "opt_path")]
+    pub cert_file: Option<PathBuf>,
+    /// The server's private key (PEM).
+    #[serde(deserialize_with = "opt_path")]
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to; set: client certificate
+    /// required.
+    #[serde(deserialize_with = "opt_path")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl GrpcTlsConfig {
+    /// True when the listener speaks TLS.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+
+    /// True when clients must present a certificate.
+    pub fn client_certificates_required(&self) -> bool {
+        self.enabled() && self.client_ca_file.is_some()
     }
 }
 
@@ -210,7 +248,7 @@ impl DatabaseConfig {
 }
 
 /// How the agent's answer comes back (`send_reply` or `response`).
-pub use infragpt_actors::conversation::ReplyMode;
+pub use infragpt_actors::conversation::{HistorySender, ReplyMode};
 
 /// The AI agent (gRPC `agent.AgentService`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -226,10 +264,21 @@ pub struct AgentConfig {
     pub retry_attempts: u32,
     /// How the answer comes back.
     pub reply_mode: ReplyMode,
-    /// Token the agent must present on `SendReply` (`authorization: Bearer ...`).
+    /// Token the agent may present on `SendReply` (`authorization: Bearer ...`).
     #[serde(deserialize_with = "opt_secret")]
     pub reply_token: Option<Secret>,
+    /// Source networks (CIDRs, or single addresses) SendReply is accepted from without a
+    /// token: the upstream agent's client cannot send metadata.
+    pub reply_allowed_networks: Vec<String>,
+    /// Posted in the thread when the agent answers `success: false` (its error text stays in
+    /// the logs and the dead letter).
+    pub failure_notice: String,
+    /// How past senders are spelled in the history sent to the agent.
+    pub history_sender: HistorySender,
 }
+
+/// The default of `agent.reply_allowed_networks`: loopback only.
+pub const DEFAULT_REPLY_ALLOWED_NETWORKS: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -240,6 +289,12 @@ impl Default for AgentConfig {
             retry_attempts: 3,
             reply_mode: ReplyMode::SendReply,
             reply_token: None,
+            reply_allowed_networks: DEFAULT_REPLY_ALLOWED_NETWORKS
+                .iter()
+                .map(|n| (*n).to_owned())
+                .collect(),
+            failure_notice: infragpt_actors::conversation::DEFAULT_FAILURE_NOTICE.to_owned(),
+            history_sender: HistorySender::Proto,
         }
     }
 }

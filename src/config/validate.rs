@@ -3,7 +3,8 @@
 use base64::Engine as _;
 
 use super::{
-    ActorsConfig, AgentConfig, Config, CorsConfig, DatabaseConfig, SlackConfig, VaultConfig,
+    ActorsConfig, AgentConfig, Config, CorsConfig, DatabaseConfig, GrpcTlsConfig, SlackConfig,
+    VaultConfig,
 };
 
 type Failure = (String, String);
@@ -20,6 +21,7 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
     check_slack(&config.slack)?;
     check_database(&config.database)?;
     check_agent(&mut config.agent)?;
+    check_grpc_tls(&config.grpc_tls)?;
     check_identity(config)?;
     check_integrations(config)?;
     check_vault(&config.vault)?;
@@ -144,6 +146,39 @@ fn check_agent(agent: &mut AgentConfig) -> Result<(), Failure> {
     }
     if agent.retry_attempts == 0 {
         fail("agent.retry_attempts", "must be at least 1")?;
+    }
+    for (i, entry) in agent.reply_allowed_networks.iter().enumerate() {
+        if let Err(e) = super::Networks::parse([entry]) {
+            fail(&format!("agent.reply_allowed_networks[{i}]"), e.to_string())?;
+        }
+    }
+    if agent.failure_notice.trim().is_empty() {
+        fail(
+            "agent.failure_notice",
+            "must not be empty: it is what the thread sees when the agent fails",
+        )?;
+    }
+    Ok(())
+}
+
+/// `grpc_tls`: key and certificate together; client CAs only with TLS.
+fn check_grpc_tls(tls: &GrpcTlsConfig) -> Result<(), Failure> {
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(_), None) => fail(
+            "grpc_tls.key_file",
+            "required when grpc_tls.cert_file is set",
+        )?,
+        (None, Some(_)) => fail(
+            "grpc_tls.cert_file",
+            "required when grpc_tls.key_file is set",
+        )?,
+        _ => {}
+    }
+    if tls.client_ca_file.is_some() && tls.cert_file.is_none() {
+        fail(
+            "grpc_tls.client_ca_file",
+            "needs grpc_tls.cert_file and grpc_tls.key_file (mutual TLS is TLS with client certificates)",
+        )?;
     }
     Ok(())
 }

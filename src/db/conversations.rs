@@ -8,7 +8,7 @@ use diesel::upsert::excluded;
 use diesel_async::RunQueryDsl;
 use infragpt_actors::conversation::{
     ChannelRecord, Conversation, ConversationStore, ConversationStoreError, InsertOutcome,
-    NewMessage, Sender, StoredMessage,
+    MessageKind, NewMessage, Sender, StoredMessage,
 };
 use infragpt_actors::ids::{ChannelId, ConversationId, MessageTs, SlackUserId, TeamId, ThreadKey};
 use infragpt_actors::inbox::EventRowId;
@@ -98,6 +98,7 @@ struct MessageRow {
     text: String,
     created_at: DateTime<Utc>,
     in_reply_to: Option<String>,
+    kind: String,
 }
 
 impl TryFrom<MessageRow> for StoredMessage {
@@ -113,6 +114,8 @@ impl TryFrom<MessageRow> for StoredMessage {
             ),
             other => return Err(corrupt(format!("unknown sender kind {other:?}").into())),
         };
+        let kind = MessageKind::parse(&row.kind)
+            .ok_or_else(|| corrupt(format!("unknown message kind {:?}", row.kind).into()))?;
         Ok(StoredMessage {
             id: row.id,
             slack_ts: MessageTs::parse(row.slack_ts.as_str()).map_err(|e| corrupt(e.into()))?,
@@ -124,6 +127,7 @@ impl TryFrom<MessageRow> for StoredMessage {
                 .map(MessageTs::parse)
                 .transpose()
                 .map_err(|e| corrupt(e.into()))?,
+            kind,
         })
     }
 }
@@ -227,6 +231,7 @@ impl ConversationStore for PgConversationStore {
                 messages::text.eq(&msg.text),
                 messages::source_event_id.eq(msg.source_event_id.map(|e| e.0)),
                 messages::in_reply_to.eq(msg.in_reply_to.as_ref().map(MessageTs::as_str)),
+                messages::kind.eq(msg.kind.as_str()),
             ))
             .on_conflict((messages::conversation_id, messages::slack_ts))
             .do_nothing()
@@ -305,6 +310,8 @@ impl ConversationStore for PgConversationStore {
             .filter(messages::conversation_id.eq(id.0))
             .filter(messages::in_reply_to.eq(in_reply_to.as_str()))
             .filter(messages::sender_kind.eq(KIND_AGENT))
+            // A notice ("could not answer") is not an answer: a retry must still call the agent.
+            .filter(messages::kind.eq(MessageKind::Message.as_str()))
             .into_boxed();
         if let Some(text) = text {
             query = query.filter(messages::text.eq(text.to_owned()));

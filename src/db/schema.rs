@@ -136,6 +136,7 @@ diesel::table! {
         created_at -> Timestamptz,
         source_event_id -> Nullable<Int8>,
         in_reply_to -> Nullable<Text>,
+        kind -> Text,
     }
 }
 

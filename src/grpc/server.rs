@@ -1,5 +1,5 @@
 //! The gRPC server shell: tonic with the standard `grpc.health.v1.Health` service and a place to
-//! add the service implementations.
+//! add the service implementations, optionally behind TLS or mutual TLS (`grpc_tls`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -16,6 +17,51 @@ pub enum GrpcServerError {
     /// The transport failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+}
+
+/// The gRPC listener's TLS settings could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcTlsError {
+    /// A PEM file could not be read.
+    #[error("grpc_tls.{key}: cannot read {}: {source}", path.display())]
+    Read {
+        /// The configuration key.
+        key: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The certificates or the key are not usable PEM.
+    #[error("grpc_tls: the certificate, key or client CA is not usable: {0}")]
+    Invalid(#[source] tonic::transport::Error),
+}
+
+/// The listener's TLS configuration from `grpc_tls`: `None` when `cert_file` is not set. With
+/// `client_ca_file`, clients must present a certificate signed by one of its CAs.
+pub fn tls_config(
+    config: &crate::config::GrpcTlsConfig,
+) -> Result<Option<ServerTlsConfig>, GrpcTlsError> {
+    let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) else {
+        return Ok(None);
+    };
+    let read = |key: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| GrpcTlsError::Read {
+            key,
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+        read("cert_file", cert)?,
+        read("key_file", key)?,
+    ));
+    if let Some(ca) = &config.client_ca_file {
+        // client_auth_optional stays false: a connection without a certificate fails the
+        // handshake.
+        tls = tls.client_ca_root(Certificate::from_pem(read("client_ca_file", ca)?));
+    }
+    Ok(Some(tls))
 }
 
 /// Controls what `grpc.health.v1.Health` reports: for the server as a whole (service `""`)
@@ -56,6 +102,7 @@ impl GrpcHealth {
 pub struct GrpcShell {
     routes: RoutesBuilder,
     health: GrpcHealth,
+    tls: Option<ServerTlsConfig>,
 }
 
 impl GrpcShell {
@@ -70,7 +117,21 @@ impl GrpcShell {
         health.set_not_serving().await;
         let mut routes = RoutesBuilder::default();
         routes.add_service(health_service);
-        Self { routes, health }
+        Self {
+            routes,
+            health,
+            tls: None,
+        }
+    }
+
+    /// Serves over TLS (mutual TLS when `tls` has a client CA). The configuration is tried
+    /// here, so a bad certificate or key fails the start, not the listener later.
+    pub fn set_tls(&mut self, tls: ServerTlsConfig) -> Result<&mut Self, GrpcTlsError> {
+        tonic::transport::Server::builder()
+            .tls_config(tls.clone())
+            .map_err(GrpcTlsError::Invalid)?;
+        self.tls = Some(tls);
+        Ok(self)
     }
 
     /// Adds a service; its health follows the server's.
@@ -105,7 +166,11 @@ impl GrpcShell {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), GrpcServerError> {
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls)?;
+        }
+        builder
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;

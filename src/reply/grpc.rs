@@ -9,8 +9,9 @@
 //! * `conversation_id` not a UUID, or an empty message → OK, `success: false` with the reason
 //!   in `error` (the HTTP endpoint answers 400);
 //! * unknown conversation → `NOT_FOUND` (HTTP 404);
-//! * `agent.reply_token` configured and `authorization: Bearer <token>` metadata missing or
-//!   wrong → `UNAUTHENTICATED` (HTTP 401);
+//! * the caller has neither the reply token (`authorization: Bearer <token>` metadata), nor a
+//!   verified client certificate, nor a source address in `agent.reply_allowed_networks`, or
+//!   presents a wrong token → `UNAUTHENTICATED` (HTTP 401; see [`ReplyAuth`]);
 //! * store or Slack unavailable → `UNAVAILABLE` (HTTP 503; the agent may retry, SendReply is
 //!   idempotent per turn).
 
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use infragpt_actors::conversation::{ReplyError, ReplyOutcome, ReplyService};
 
-use super::{ReplyAuth, api_error};
+use super::{ReplyAuth, ReplyCaller, api_error};
 use crate::grpc::pb::backend::backend_service_server::{BackendService, BackendServiceServer};
 use crate::grpc::pb::backend::{SendReplyCommand, Status};
 use crate::grpc::pb::infragpt::infra_gpt_service_server::{InfraGptService, InfraGptServiceServer};
@@ -32,7 +33,7 @@ pub struct ReplyGrpc {
 }
 
 impl ReplyGrpc {
-    /// Both services over `service`, requiring `auth`'s token when it has one.
+    /// Both services over `service`, accepting the callers `auth` accepts.
     pub fn new(service: Arc<ReplyService>, auth: ReplyAuth) -> Self {
         Self { service, auth }
     }
@@ -66,9 +67,16 @@ impl ReplyGrpc {
                     .map_err(|_| tonic::Status::unauthenticated("authorization is not ASCII"))
             })
             .transpose()?;
-        self.auth
-            .check(authorization)
-            .map_err(tonic::Status::from)?;
+        // The TCP peer (also under TLS), and whether mutual TLS verified a client certificate.
+        let caller = ReplyCaller {
+            authorization,
+            peer: request.remote_addr().map(|a| a.ip()),
+            client_certificate: request.peer_certs().is_some_and(|certs| !certs.is_empty()),
+        };
+        let authenticated = self.auth.check(&caller).map_err(|e| {
+            tracing::info!(transport = path, peer = ?caller.peer, error = %e.message(), "SendReply refused");
+            tonic::Status::from(e)
+        })?;
         let command = request.into_inner();
         match self
             .service
@@ -79,6 +87,7 @@ impl ReplyGrpc {
                 tracing::info!(
                     conversation_id = %command.conversation_id.trim(),
                     already_posted = outcome == ReplyOutcome::AlreadyPosted,
+                    authenticated_by = authenticated.as_str(),
                     transport = path,
                     "SendReply handled"
                 );

@@ -1,10 +1,9 @@
 //! `POST /reply`: SendReply over HTTP (JSON `{"conversation_id": "...", "message": "..."}`).
 //!
 //! Answers: 200 `{"success":true,"error":""}`; 400 for a conversation id that is not a UUID,
-//! an empty message or a malformed body; 404 for an unknown conversation; 401 when
-//! `agent.reply_token` is configured and the `Authorization: Bearer <token>` header is missing
-//! or wrong (checked before the body is read); 503 when the store or Slack is unavailable.
-//! Errors use the API's JSON error shape.
+//! an empty message or a malformed body; 404 for an unknown conversation; 401 when the caller
+//! is not authenticated (see [`ReplyAuth`]; checked before the body is read); 503 when the
+//! store or Slack is unavailable. Errors use the API's JSON error shape.
 
 use std::sync::Arc;
 
@@ -12,7 +11,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use infragpt_actors::conversation::{ReplyOutcome, ReplyService};
 use serde::{Deserialize, Serialize};
 
-use super::{ReplyAuth, api_error};
+use super::{ReplyAuth, ReplyCaller, api_error};
 use crate::error::ApiError;
 
 /// Body of `POST /reply` (the gRPC `SendReplyCommand`).
@@ -48,8 +47,13 @@ async fn post_reply(
                 .map_err(|_| ApiError::unauthorized("authorization header is not ASCII"))
         })
         .transpose()?;
-    // Authenticate before reading anything the caller sent.
-    auth.check(authorization)?;
+    // Authenticate before reading anything the caller sent. The peer is the TCP peer:
+    // X-Forwarded-For is written by clients and proves nothing.
+    let authenticated = auth.check(&ReplyCaller {
+        authorization,
+        peer: req.peer_addr().map(|a| a.ip()),
+        client_certificate: false,
+    })?;
     let request: ReplyRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let outcome = service
@@ -59,6 +63,7 @@ async fn post_reply(
     tracing::info!(
         conversation_id = %request.conversation_id.trim(),
         already_posted = outcome == ReplyOutcome::AlreadyPosted,
+        authenticated_by = authenticated.as_str(),
         transport = "http",
         "SendReply handled"
     );

@@ -1,63 +1,166 @@
 //! SendReply, the agent's way to post into a conversation, over both transports: gRPC
 //! ([`grpc`]: `backend.BackendService/SendReply` and the legacy
 //! `infragpt.InfraGPTService/SendReply`) and HTTP ([`http`]: `POST /reply`). Both delegate to one
-//! [`ReplyService`] and share the bearer check ([`ReplyAuth`]) and the error mapping
-//! ([`api_error`]); [`ReplyModule`] plugs them into the server.
+//! [`ReplyService`] and share who may call it ([`ReplyAuth`]: token, allowed networks or a
+//! mutual-TLS client certificate) and the error mapping ([`api_error`]); [`ReplyModule`] plugs
+//! them into the server.
 
 pub mod grpc;
 pub mod http;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use infragpt_actors::Secret;
 use infragpt_actors::conversation::{ReplyError, ReplyService, SlackApiError};
 
 use self::grpc::ReplyGrpc;
+use crate::config::{Config, NetworkParseError, Networks};
 use crate::error::ApiError;
 use crate::grpc::server::GrpcShell;
 use crate::http::HttpShell;
 use crate::server::{AppState, Module};
 
-/// Who may call SendReply.
-#[derive(Debug, Clone, Default)]
+/// Who may call SendReply. Any one of these suffices:
+///
+/// * the bearer token (`agent.reply_token`), when one is configured and presented;
+/// * a client certificate verified by the gRPC listener's mutual TLS
+///   (`grpc_tls.client_ca_file`; gRPC only);
+/// * a source address in `agent.reply_allowed_networks` (loopback by default): the upstream
+///   agent's client sends no metadata, so this is how it is authenticated.
+///
+/// A token that is presented but wrong is refused even from an allowed network: a caller that
+/// sends one means to use it, and a stale token should be noticed, not silently bypassed.
+/// Without a token, a certificate or an allowed address the call is refused (fail closed).
+/// The source address is the TCP peer, never a forwarding header a client could write.
+#[derive(Debug, Clone)]
 pub struct ReplyAuth {
     token: Option<Secret>,
+    networks: Networks,
+    client_certificates: bool,
+}
+
+impl Default for ReplyAuth {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+/// What the transport knows about a SendReply caller.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplyCaller<'a> {
+    /// The `authorization` header or metadata value.
+    pub authorization: Option<&'a str>,
+    /// The TCP peer address.
+    pub peer: Option<IpAddr>,
+    /// The connection carried a client certificate the TLS layer verified.
+    pub client_certificate: bool,
+}
+
+/// How a SendReply caller was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyAuthenticated {
+    /// The bearer token.
+    Token,
+    /// A verified client certificate (mutual TLS).
+    ClientCertificate,
+    /// The source address is in an allowed network.
+    Network,
+}
+
+impl ReplyAuthenticated {
+    /// For logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::ClientCertificate => "client_certificate",
+            Self::Network => "network",
+        }
+    }
 }
 
 impl ReplyAuth {
-    /// Requires `Authorization: Bearer <token>` when a token is given; open otherwise.
+    /// The token (when given) or a loopback source address, as with the default
+    /// `agent.reply_allowed_networks`.
     pub fn new(token: Option<Secret>) -> Self {
         Self {
             token: token.filter(|t| !t.is_empty()),
+            networks: Networks::loopback(),
+            client_certificates: false,
         }
     }
 
-    /// True when a token is required.
+    /// `agent.reply_token`, `agent.reply_allowed_networks`, and client certificates when the
+    /// gRPC listener requires them (`grpc_tls.client_ca_file`).
+    pub fn from_config(config: &Config) -> Result<Self, NetworkParseError> {
+        Ok(Self::new(config.agent.reply_token.clone())
+            .with_networks(Networks::parse(&config.agent.reply_allowed_networks)?)
+            .with_client_certificates(config.grpc_tls.client_certificates_required()))
+    }
+
+    /// Accepts callers from these networks (replaces the loopback default).
+    pub fn with_networks(mut self, networks: Networks) -> Self {
+        self.networks = networks;
+        self
+    }
+
+    /// Accepts callers with a client certificate verified by the TLS layer (only set this when
+    /// the listener verifies them against a CA).
+    pub fn with_client_certificates(mut self, accept: bool) -> Self {
+        self.client_certificates = accept;
+        self
+    }
+
+    /// True when a token is configured.
     pub fn is_required(&self) -> bool {
         self.token.is_some()
     }
 
-    /// Checks an `authorization` header value (constant-time comparison of the token).
-    pub fn check(&self, authorization: Option<&str>) -> Result<(), ApiError> {
-        let Some(token) = &self.token else {
-            return Ok(());
-        };
-        let Some(value) = authorization else {
-            return Err(ApiError::unauthorized(
-                "missing authorization: Bearer <reply token>",
-            ));
-        };
-        let presented = value
-            .split_once(' ')
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, rest)| rest.trim());
-        match presented {
-            Some(presented) if token.ct_eq(presented) => Ok(()),
-            Some(_) => Err(ApiError::unauthorized("invalid reply token")),
-            None => Err(ApiError::unauthorized(
-                "authorization must be Bearer <reply token>",
-            )),
+    /// The networks callers are accepted from without a token.
+    pub fn networks(&self) -> &Networks {
+        &self.networks
+    }
+
+    /// True when no caller can ever be accepted (no token, no client certificates, no
+    /// network).
+    pub fn accepts_nobody(&self) -> bool {
+        self.token.is_none() && !self.client_certificates && self.networks.is_empty()
+    }
+
+    /// Decides whether `caller` may call SendReply (constant-time comparison of the token).
+    pub fn check(&self, caller: &ReplyCaller<'_>) -> Result<ReplyAuthenticated, ApiError> {
+        if let (Some(token), Some(value)) = (&self.token, caller.authorization) {
+            let presented = value
+                .split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, rest)| rest.trim());
+            return match presented {
+                Some(presented) if token.ct_eq(presented) => Ok(ReplyAuthenticated::Token),
+                Some(_) => Err(ApiError::unauthorized("invalid reply token")),
+                None => Err(ApiError::unauthorized(
+                    "authorization must be Bearer <reply token>",
+                )),
+            };
         }
+        if self.client_certificates && caller.client_certificate {
+            return Ok(ReplyAuthenticated::ClientCertificate);
+        }
+        if caller.peer.is_some_and(|ip| self.networks.contains(ip)) {
+            return Ok(ReplyAuthenticated::Network);
+        }
+        let from = caller.peer.map_or_else(
+            || "an unknown address".to_owned(),
+            |ip| ip.to_canonical().to_string(),
+        );
+        Err(ApiError::unauthorized(if self.token.is_some() {
+            format!(
+                "missing authorization: Bearer <reply token> (SendReply from {from} is not in agent.reply_allowed_networks)"
+            )
+        } else {
+            format!(
+                "SendReply from {from} is not allowed: call from agent.reply_allowed_networks, present a client certificate, or configure agent.reply_token"
+            )
+        }))
     }
 }
 
@@ -97,12 +200,13 @@ impl std::fmt::Debug for ReplyModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReplyModule")
             .field("token_required", &self.auth.is_required())
+            .field("allowed_networks", &self.auth.networks().to_string())
             .finish_non_exhaustive()
     }
 }
 
 impl ReplyModule {
-    /// The module; `auth` usually comes from `ReplyAuth::new(config.agent.reply_token.clone())`.
+    /// The module; `auth` usually comes from [`ReplyAuth::from_config`].
     pub fn new(service: Arc<ReplyService>, auth: ReplyAuth) -> Self {
         Self { service, auth }
     }
@@ -125,8 +229,16 @@ impl Module for ReplyModule {
             self.auth.clone(),
         )));
         ReplyGrpc::new(self.service.clone(), self.auth.clone()).add_to(grpc);
-        if !self.auth.is_required() {
-            tracing::warn!("agent.reply_token is not set: SendReply accepts unauthenticated calls");
+        if self.auth.accepts_nobody() {
+            tracing::warn!(
+                "SendReply accepts nobody: agent.reply_token is not set, agent.reply_allowed_networks is empty and grpc_tls.client_ca_file is not set; agent answers arrive only through response_text"
+            );
+        } else {
+            tracing::info!(
+                token = self.auth.is_required(),
+                allowed_networks = %self.auth.networks(),
+                "SendReply authentication"
+            );
         }
         Ok(())
     }
@@ -136,15 +248,30 @@ impl Module for ReplyModule {
 mod tests {
     use super::*;
 
+    fn caller<'a>(
+        authorization: Option<&'a str>,
+        peer: Option<&str>,
+        client_certificate: bool,
+    ) -> ReplyCaller<'a> {
+        ReplyCaller {
+            authorization,
+            peer: peer.map(|p| p.parse().unwrap()),
+            client_certificate,
+        }
+    }
+
     #[test]
     fn bearer_check() {
-        let open = ReplyAuth::new(None);
-        assert!(open.check(None).is_ok());
         assert!(!ReplyAuth::new(Some(Secret::new(""))).is_required());
-        let auth = ReplyAuth::new(Some(Secret::new("s3cret")));
+        let auth = ReplyAuth::new(Some(Secret::new("s3cret"))).with_networks(Networks::none());
         assert!(auth.is_required());
-        assert!(auth.check(Some("Bearer s3cret")).is_ok());
-        assert!(auth.check(Some("bearer s3cret")).is_ok());
+        for good in ["Bearer s3cret", "bearer s3cret"] {
+            assert_eq!(
+                auth.check(&caller(Some(good), Some("10.0.0.1"), false))
+                    .unwrap(),
+                ReplyAuthenticated::Token
+            );
+        }
         for bad in [
             None,
             Some("Bearer nope"),
@@ -152,13 +279,77 @@ mod tests {
             Some("Basic s3cret"),
             Some("Bearer "),
         ] {
-            let e = auth.check(bad).unwrap_err();
+            let e = auth
+                .check(&caller(bad, Some("127.0.0.1"), false))
+                .unwrap_err();
             assert_eq!(
                 e.status(),
                 actix_web::http::StatusCode::UNAUTHORIZED,
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn networks_and_client_certificates() {
+        use ReplyAuthenticated::*;
+        // No token: loopback by default, nothing else (fail closed).
+        let open = ReplyAuth::new(None);
+        assert!(!open.accepts_nobody());
+        assert_eq!(
+            open.check(&caller(None, Some("127.0.0.1"), false)).unwrap(),
+            Network
+        );
+        assert_eq!(
+            open.check(&caller(None, Some("::1"), false)).unwrap(),
+            Network
+        );
+        assert_eq!(
+            open.check(&caller(None, Some("::ffff:127.0.0.5"), false))
+                .unwrap(),
+            Network
+        );
+        for refused in [
+            caller(None, Some("10.0.0.1"), false),
+            caller(None, None, false),
+        ] {
+            let e = open.check(&refused).unwrap_err();
+            assert_eq!(e.status(), actix_web::http::StatusCode::UNAUTHORIZED);
+        }
+        // A certificate counts only when the listener verifies them.
+        assert!(open.check(&caller(None, Some("10.0.0.1"), true)).is_err());
+        let mtls = ReplyAuth::new(None)
+            .with_networks(Networks::none())
+            .with_client_certificates(true);
+        assert_eq!(
+            mtls.check(&caller(None, Some("10.0.0.1"), true)).unwrap(),
+            ClientCertificate
+        );
+        assert!(mtls.check(&caller(None, Some("127.0.0.1"), false)).is_err());
+
+        // Token and networks: either suffices, but a wrong token is refused everywhere.
+        let both = ReplyAuth::new(Some(Secret::new("s3cret")))
+            .with_networks(Networks::parse(["10.0.0.0/8"]).unwrap());
+        assert_eq!(
+            both.check(&caller(None, Some("10.9.9.9"), false)).unwrap(),
+            Network
+        );
+        assert_eq!(
+            both.check(&caller(Some("Bearer s3cret"), Some("192.0.2.1"), false))
+                .unwrap(),
+            Token
+        );
+        assert!(both.check(&caller(None, Some("192.0.2.1"), false)).is_err());
+        assert!(
+            both.check(&caller(Some("Bearer nope"), Some("10.9.9.9"), false))
+                .is_err()
+        );
+
+        assert!(
+            ReplyAuth::new(None)
+                .with_networks(Networks::none())
+                .accepts_nobody()
+        );
     }
 
     #[test]

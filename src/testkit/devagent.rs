@@ -32,6 +32,16 @@ pub const AGENT_TYPE: &str = "infragpt-dev";
 /// Prefix of every answer.
 pub const DEMO_LABEL: &str = "[demo agent]";
 
+/// `response_text` of the upstream agent (v0.1.52) when its handler raised
+/// (`src/grpc/handlers.py`); the exception text goes in `error_message`.
+pub const UPSTREAM_ERROR_RESPONSE: &str = "I encountered an error while processing your request.";
+
+/// The exception the upstream agent (v0.1.52) raises on every turn that has history: its
+/// `Message` (`src/models/context.py`) is a stdlib dataclass over a pydantic model and cannot
+/// be constructed.
+pub const UPSTREAM_MESSAGE_BUG: &str =
+    "'Message' object has no attribute '__pydantic_fields_set__'";
+
 /// How the dev agent misbehaves on purpose (tests).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum FailMode {
@@ -47,6 +57,13 @@ pub enum FailMode {
     },
     /// Answers `success: false` with this error message (without calling SendReply).
     Unsuccessful(String),
+    /// Answers like the upstream agent when its handler raised: `success: false`,
+    /// `response_text` [`UPSTREAM_ERROR_RESPONSE`], this exception text as `error_message`,
+    /// `agent_type: "error"`, and no SendReply.
+    Exception(String),
+    /// Answers normally (`success: true` with the text) but never calls SendReply, like the
+    /// upstream agent whose SendReply was refused.
+    NoSendReply,
 }
 
 /// Dev agent settings.
@@ -132,7 +149,9 @@ impl Service {
         let mut mode = self.shared.fail_mode.lock();
         match &mut *mode {
             FailMode::None => None,
-            FailMode::Unsuccessful(_) => Some(mode.clone()),
+            FailMode::Unsuccessful(_) | FailMode::Exception(_) | FailMode::NoSendReply => {
+                Some(mode.clone())
+            }
             FailMode::Status { times: None, .. } => Some(mode.clone()),
             FailMode::Status {
                 code,
@@ -205,6 +224,27 @@ impl AgentService for Service {
                     agent_type: AGENT_TYPE.to_owned(),
                     confidence: 0.0,
                     tools_used: Vec::new(),
+                }));
+            }
+            Some(FailMode::Exception(error)) => {
+                return Ok(tonic::Response::new(AgentResponse {
+                    success: false,
+                    response_text: UPSTREAM_ERROR_RESPONSE.to_owned(),
+                    error_message: error,
+                    agent_type: "error".to_owned(),
+                    confidence: 0.0,
+                    tools_used: Vec::new(),
+                }));
+            }
+            Some(FailMode::NoSendReply) => {
+                let answer = compose_answer(&request);
+                return Ok(tonic::Response::new(AgentResponse {
+                    success: true,
+                    response_text: answer.text,
+                    error_message: String::new(),
+                    agent_type: AGENT_TYPE.to_owned(),
+                    confidence: answer.confidence,
+                    tools_used: answer.tools_used,
                 }));
             }
             Some(FailMode::None) | None => {}
@@ -508,8 +548,14 @@ fn display_sender(sender: &str) -> String {
     match sender.strip_prefix("user/") {
         Some(id) => format!("<@{id}>"),
         None if sender == "agent" => "InfraGPT".to_owned(),
+        None if sender == "user" => "a user".to_owned(),
         None => sender.to_owned(),
     }
+}
+
+/// `user/{id}`, or plain `user` (`agent.history_sender: plain`).
+fn is_user(sender: &str) -> bool {
+    sender == "user" || sender.starts_with("user/")
 }
 
 fn first_line(text: &str) -> String {
@@ -540,7 +586,7 @@ fn summary(request: &AgentRequest) -> String {
         .collect();
     let points: Vec<String> = past
         .iter()
-        .filter(|m| m.sender.starts_with("user/"))
+        .filter(|m| is_user(&m.sender))
         .map(|m| first_line(&m.content))
         .filter(|l| !l.is_empty())
         .map(|l| format!("• {l}"))

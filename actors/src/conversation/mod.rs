@@ -7,11 +7,13 @@ pub mod turn;
 
 pub use ports::{
     Agent, AgentAnswer, AgentError, AgentTurn, BotIdentity, ChannelRecord, Conversation,
-    ConversationStore, ConversationStoreError, InsertOutcome, NewMessage, PastMessage, Sender,
-    SlackApi, SlackApiError, StoredMessage, UserProfile,
+    ConversationStore, ConversationStoreError, HistorySender, InsertOutcome, MessageKind,
+    NewMessage, PastMessage, Sender, SlackApi, SlackApiError, StoredMessage, UserProfile,
 };
 pub use reply::{ReplyError, ReplyMode, ReplyOutcome, ReplyService, split_message};
-pub use turn::{ConversationHandler, SEEN_REACTION, UNAVAILABLE_REPLY, routing_key};
+pub use turn::{
+    ConversationHandler, DEFAULT_FAILURE_NOTICE, SEEN_REACTION, UNAVAILABLE_REPLY, routing_key,
+};
 
 #[cfg(test)]
 mod handler_tests;

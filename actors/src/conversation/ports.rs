@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ids::{ChannelId, ConversationId, MessageTs, SlackUserId, TeamId, ThreadKey};
 use crate::inbox::EventRowId;
@@ -26,6 +26,59 @@ impl Sender {
         match self {
             Self::User(u) => format!("user/{u}"),
             Self::Agent => "agent".to_owned(),
+        }
+    }
+
+    /// The spelling `format` asks for in the agent's history.
+    pub fn to_history_sender(&self, format: HistorySender) -> String {
+        match (format, self) {
+            (HistorySender::Plain, Self::User(_)) => "user".to_owned(),
+            _ => self.to_agent_sender(),
+        }
+    }
+}
+
+/// How past senders are spelled in the history sent to the agent (`agent.history_sender`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistorySender {
+    /// The contract's spelling: `user/{slack user id}` or `agent`.
+    #[default]
+    Proto,
+    /// `user` or `agent`: the upstream agent (v0.1.52) maps only the exact string `user` to
+    /// the user role, so with `proto` every past user message reaches its model as the
+    /// assistant's. The user ids then travel in the context JSON (`history_senders`).
+    Plain,
+}
+
+/// What a stored message is, besides who sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageKind {
+    /// The conversation proper: a user's text or the agent's answer. Only these are sent to
+    /// the agent as history, and only an agent message of this kind answers a turn.
+    #[default]
+    Message,
+    /// Posted by the service itself (the agent failed or is unavailable): shown in the
+    /// thread, kept out of the agent's history.
+    Notice,
+}
+
+impl MessageKind {
+    /// The `messages.kind` spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Message => "message",
+            Self::Notice => "notice",
+        }
+    }
+
+    /// Parses the `messages.kind` spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "message" => Some(Self::Message),
+            "notice" => Some(Self::Notice),
+            _ => None,
         }
     }
 }
@@ -52,6 +105,8 @@ pub struct StoredMessage {
     pub created_at: DateTime<Utc>,
     /// For an agent message: the `ts` of the turn it answers, when known.
     pub in_reply_to: Option<MessageTs>,
+    /// Conversation or notice.
+    pub kind: MessageKind,
 }
 
 /// A message to store.
@@ -70,6 +125,8 @@ pub struct NewMessage {
     pub source_event_id: Option<EventRowId>,
     /// For agent messages: the user message they answer.
     pub in_reply_to: Option<MessageTs>,
+    /// Conversation or notice.
+    pub kind: MessageKind,
 }
 
 /// Result of storing a message.
@@ -136,8 +193,8 @@ pub trait ConversationStore: Send + Sync + 'static {
         id: ConversationId,
         ts: &MessageTs,
     ) -> Result<(), ConversationStoreError>;
-    /// True when an agent message answering `in_reply_to` is stored (with exactly `text`,
-    /// when given).
+    /// True when an agent message (kind `message`, notices do not answer) answering
+    /// `in_reply_to` is stored (with exactly `text`, when given).
     async fn agent_reply_exists(
         &self,
         id: ConversationId,
@@ -267,7 +324,7 @@ pub struct PastMessage {
     /// Our message id.
     pub message_id: String,
     pub content: String,
-    /// `agent` or `user/{slack user id}`.
+    /// `agent` or `user/{slack user id}` (`user` with [`HistorySender::Plain`]).
     pub sender: String,
     /// RFC 3339.
     pub timestamp: String,

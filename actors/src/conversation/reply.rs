@@ -7,7 +7,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::ports::{
-    ConversationStore, ConversationStoreError, NewMessage, Sender, SlackApi, SlackApiError,
+    ConversationStore, ConversationStoreError, MessageKind, NewMessage, Sender, SlackApi,
+    SlackApiError,
 };
 use crate::ids::ConversationId;
 
@@ -194,6 +195,7 @@ impl ReplyService {
                     text: part,
                     source_event_id: None,
                     in_reply_to: turn.clone(),
+                    kind: MessageKind::Message,
                 })
                 .await?;
         }

@@ -9,8 +9,8 @@ use tracing::{info, warn};
 
 use super::ports::{
     Agent, AgentAnswer, AgentError, AgentTurn, Conversation, ConversationStore,
-    ConversationStoreError, InsertOutcome, NewMessage, PastMessage, Sender, SlackApi,
-    SlackApiError, StoredMessage, UserProfile,
+    ConversationStoreError, HistorySender, InsertOutcome, MessageKind, NewMessage, PastMessage,
+    Sender, SlackApi, SlackApiError, StoredMessage, UserProfile,
 };
 use super::reply::{ReplyMode, split_message};
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
@@ -21,6 +21,12 @@ use crate::slack_events::{self, DecideContext, Decision, Inbound, MessageKey, Sl
 /// The reply posted in the thread when the agent cannot answer a turn.
 pub const UNAVAILABLE_REPLY: &str = ":warning: The InfraGPT assistant is unavailable right now, \
 so I could not answer this message. It has been saved and an operator can retry it.";
+
+/// The notice posted in the thread when the agent answers `success: false` (the default of
+/// `agent.failure_notice`). The agent's error text stays in the logs, the dead letter and the
+/// admin API: it can be an internal exception, not something for the channel.
+pub const DEFAULT_FAILURE_NOTICE: &str = ":warning: Sorry, I could not answer this message. \
+The problem has been recorded and an operator can retry it.";
 
 /// The reaction added to each message that becomes a turn.
 pub const SEEN_REACTION: &str = "eyes";
@@ -63,12 +69,15 @@ pub struct ConversationHandler {
     slack: Arc<dyn SlackApi>,
     agent: Arc<dyn Agent>,
     reply_mode: ReplyMode,
+    failure_notice: String,
+    history_sender: HistorySender,
 }
 
 impl std::fmt::Debug for ConversationHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConversationHandler")
             .field("reply_mode", &self.reply_mode)
+            .field("history_sender", &self.history_sender)
             .finish_non_exhaustive()
     }
 }
@@ -86,6 +95,39 @@ impl ConversationHandler {
             slack,
             agent,
             reply_mode,
+            failure_notice: DEFAULT_FAILURE_NOTICE.to_owned(),
+            history_sender: HistorySender::default(),
+        }
+    }
+
+    /// Posts `notice` instead of the agent's error text when it answers `success: false`
+    /// (`agent.failure_notice`).
+    pub fn with_failure_notice(mut self, notice: impl Into<String>) -> Self {
+        self.failure_notice = notice.into();
+        self
+    }
+
+    /// Spells past senders in the agent's history as `format` says (`agent.history_sender`).
+    pub fn with_history_sender(mut self, format: HistorySender) -> Self {
+        self.history_sender = format;
+        self
+    }
+
+    /// Posts a notice of the service's own in the thread and stores it as a notice (so it
+    /// never reaches the agent's history nor counts as the turn's answer). Best effort: the
+    /// turn's outcome does not depend on it.
+    async fn post_notice(
+        &self,
+        key: &ThreadKey,
+        conversation: ConversationId,
+        in_reply_to: &MessageTs,
+        text: &str,
+    ) {
+        if let Err(e) = self
+            .post_reply(key, conversation, in_reply_to, text, MessageKind::Notice)
+            .await
+        {
+            warn!(conversation_id = %conversation, error = %e, "could not post the notice");
         }
     }
 
@@ -95,6 +137,7 @@ impl ConversationHandler {
         conversation: ConversationId,
         in_reply_to: &MessageTs,
         text: &str,
+        kind: MessageKind,
     ) -> Result<(), HandlerError> {
         for chunk in split_message(text) {
             let ts = self
@@ -112,6 +155,7 @@ impl ConversationHandler {
                     text: chunk,
                     source_event_id: None,
                     in_reply_to: Some(in_reply_to.clone()),
+                    kind,
                 })
                 .await
                 .map_err(store_err)?;
@@ -211,6 +255,7 @@ impl ConversationHandler {
                 text: turn.text.clone(),
                 source_event_id: Some(event.id),
                 in_reply_to: None,
+                kind: MessageKind::Message,
             })
             .await
             .map_err(store_err)?;
@@ -269,23 +314,44 @@ impl ConversationHandler {
             .map_err(store_err)?;
         let key = &turn.thread;
         let ts = &turn.turn_id.ts;
+        let past = past_messages(history, ts);
+        let mut context = json!({
+            "team_id": key.team.as_str(),
+            "channel_id": key.channel.as_str(),
+            "thread_ts": key.thread_ts.as_str(),
+            "message_ts": ts.as_str(),
+            "sender": {
+                "user_id": turn.user.as_str(),
+                "name": profile.name,
+                "username": profile.username,
+                "email": profile.email,
+            },
+            "source": "slack",
+        });
+        // With plain senders the ids are not in the messages: they travel in the context.
+        if self.history_sender == HistorySender::Plain {
+            context["history_senders"] = serde_json::Value::Object(
+                past.iter()
+                    .map(|m| (m.id.to_string(), json!(m.sender.to_agent_sender())))
+                    .collect(),
+            );
+        }
+        let past_messages = past
+            .into_iter()
+            .map(|m| PastMessage {
+                message_id: m.id.to_string(),
+                content: m.text,
+                sender: m.sender.to_history_sender(self.history_sender),
+                timestamp: m
+                    .created_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            })
+            .collect();
         Ok(AgentTurn {
             conversation_id: conversation.id,
             current_message: turn.text.clone(),
-            past_messages: past_messages(history, ts),
-            context: json!({
-                "team_id": key.team.as_str(),
-                "channel_id": key.channel.as_str(),
-                "thread_ts": key.thread_ts.as_str(),
-                "message_ts": ts.as_str(),
-                "sender": {
-                    "user_id": turn.user.as_str(),
-                    "name": profile.name,
-                    "username": profile.username,
-                    "email": profile.email,
-                },
-                "source": "slack",
-            }),
+            past_messages,
+            context,
             user_id: turn.user.to_string(),
             channel_id: key.channel.to_string(),
         })
@@ -301,29 +367,44 @@ impl ConversationHandler {
         let ts = &turn.turn_id.ts;
         if self.answered(conversation, ts).await? {
             // The agent posted through SendReply (send_reply mode).
+            if !answer.success {
+                warn!(conversation_id = %conversation.id, agent_type = %answer.agent_type, error = %answer.error_message, "agent posted a reply but answered success=false");
+            }
             return Ok(HandleOutcome::Done);
         }
-        let text = if answer.success && !answer.response_text.trim().is_empty() {
-            answer.response_text
-        } else if answer.success {
+        if !answer.success {
+            // The error text can be an internal exception: it goes to the logs and the dead
+            // letter (admin API), the thread gets a short notice.
+            let error = if answer.error_message.trim().is_empty() {
+                "no reason given"
+            } else {
+                answer.error_message.as_str()
+            };
+            warn!(conversation_id = %conversation.id, agent_type = %answer.agent_type, error, "agent could not answer the turn");
+            self.post_notice(&turn.thread, conversation.id, ts, &self.failure_notice)
+                .await;
+            return Err(HandlerError::permanent(format!(
+                "the agent answered success=false (agent_type {:?}): {error}",
+                answer.agent_type
+            )));
+        }
+        if answer.response_text.trim().is_empty() {
             return Ok(HandleOutcome::Done);
-        } else {
-            format!(
-                ":warning: The assistant could not answer: {}",
-                if answer.error_message.is_empty() {
-                    "no reason given"
-                } else {
-                    &answer.error_message
-                }
-            )
-        };
-        if self.reply_mode == ReplyMode::SendReply && answer.success {
+        }
+        if self.reply_mode == ReplyMode::SendReply {
             // The upstream agent posts through SendReply before it returns; one that did not
-            // is answered from its response so nothing is lost.
+            // (or whose SendReply was refused) is answered from its response so nothing is
+            // lost.
             info!(conversation_id = %conversation.id, "agent returned without SendReply; posting its response");
         }
-        self.post_reply(&turn.thread, conversation.id, ts, &text)
-            .await?;
+        self.post_reply(
+            &turn.thread,
+            conversation.id,
+            ts,
+            &answer.response_text,
+            MessageKind::Message,
+        )
+        .await?;
         Ok(HandleOutcome::Done)
     }
 
@@ -336,19 +417,13 @@ impl ConversationHandler {
         error: AgentError,
     ) -> Result<HandleOutcome, HandlerError> {
         warn!(conversation_id = %conversation.id, error = %error, "agent call failed");
-        let key = &turn.thread;
-        if let Err(post) = self
-            .slack
-            .post_message(
-                &key.team,
-                &key.channel,
-                Some(&key.thread_ts),
-                UNAVAILABLE_REPLY,
-            )
-            .await
-        {
-            warn!(conversation_id = %conversation.id, error = %post, "could not post the unavailable notice");
-        }
+        self.post_notice(
+            &turn.thread,
+            conversation.id,
+            &turn.turn_id.ts,
+            UNAVAILABLE_REPLY,
+        )
+        .await;
         Err(HandlerError::permanent(error))
     }
 
@@ -417,24 +492,18 @@ impl ConversationHandler {
 }
 
 /// What came before the turn at `ts`, as the agent sees it: a retried turn (admin retry of a
-/// dead letter) must not see later messages of the thread as its past.
-fn past_messages(history: Vec<StoredMessage>, ts: &MessageTs) -> Vec<PastMessage> {
+/// dead letter) must not see later messages of the thread as its past. Notices are ours, not
+/// the conversation's: the agent never sees them.
+fn past_messages(history: Vec<StoredMessage>, ts: &MessageTs) -> Vec<StoredMessage> {
     history
         .into_iter()
+        .filter(|m| m.kind == MessageKind::Message)
         .filter(|m| {
             let turn_of = match m.sender {
                 Sender::User(_) => Some(&m.slack_ts),
                 Sender::Agent => m.in_reply_to.as_ref(),
             };
             turn_of.is_none_or(|t| t.chrono_cmp(ts).is_lt())
-        })
-        .map(|m| PastMessage {
-            message_id: m.id.to_string(),
-            content: m.text,
-            sender: m.sender.to_agent_sender(),
-            timestamp: m
-                .created_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         })
         .collect()
 }

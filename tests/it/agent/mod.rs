@@ -2,3 +2,4 @@
 
 mod client;
 mod send_reply;
+mod upstream;

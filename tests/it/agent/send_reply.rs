@@ -7,7 +7,7 @@ use std::time::Duration;
 use actix_web::test as atest;
 use async_trait::async_trait;
 use infragpt::agent_client::{GrpcAgent, GrpcAgentOptions};
-use infragpt::config::CorsConfig;
+use infragpt::config::{CorsConfig, Networks};
 use infragpt::db::PgConversationStore;
 use infragpt::grpc::pb::backend::SendReplyCommand;
 use infragpt::grpc::pb::backend::backend_service_client::BackendServiceClient;
@@ -22,8 +22,8 @@ use infragpt::testkit::slack_sim::SlackSim;
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::Secret;
 use infragpt_actors::conversation::{
-    Agent, AgentTurn, BotIdentity, Conversation, ConversationStore, NewMessage, ReplyService,
-    Sender, SlackApi, SlackApiError, UserProfile,
+    Agent, AgentTurn, BotIdentity, Conversation, ConversationStore, MessageKind, NewMessage,
+    ReplyService, Sender, SlackApi, SlackApiError, UserProfile,
 };
 use infragpt_actors::ids::{ChannelId, MessageTs, SlackUserId, TeamId, ThreadKey};
 use infragpt_actors::{HealthRegistry, Metrics};
@@ -147,6 +147,7 @@ impl World {
                 text: "is prod ok?".into(),
                 source_event_id: None,
                 in_reply_to: None,
+                kind: MessageKind::Message,
             })
             .await
             .unwrap();
@@ -205,9 +206,17 @@ impl Drop for GrpcServer {
     }
 }
 
+/// The token alone when one is given (no network trusted), else the loopback default.
+fn reply_auth(token: Option<&str>) -> ReplyAuth {
+    match token {
+        Some(t) => ReplyAuth::new(Some(Secret::new(t))).with_networks(Networks::none()),
+        None => ReplyAuth::new(None),
+    }
+}
+
 async fn grpc_server(service: Arc<ReplyService>, token: Option<&str>) -> GrpcServer {
     let mut shell = GrpcShell::new().await;
-    ReplyGrpc::new(service, ReplyAuth::new(token.map(Secret::new))).add_to(&mut shell);
+    ReplyGrpc::new(service, reply_auth(token)).add_to(&mut shell);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -411,13 +420,17 @@ macro_rules! http_app {
     ($service:expr, $token:expr) => {{
         let token: Option<&str> = $token;
         let shell = HttpShell::new(Readiness::default(), false, CorsConfig::default())
-            .with_routes(configure($service, ReplyAuth::new(token.map(Secret::new))));
+            .with_routes(configure($service, reply_auth(token)));
         atest::init_service(infragpt::http::app(shell)).await
     }};
 }
 
 fn post(body: serde_json::Value, token: Option<&str>) -> atest::TestRequest {
-    let mut req = atest::TestRequest::post().uri("/reply").set_json(body);
+    // From loopback, as a local agent would call.
+    let mut req = atest::TestRequest::post()
+        .uri("/reply")
+        .peer_addr(std::net::SocketAddr::from(([127, 0, 0, 1], 40000)))
+        .set_json(body);
     if let Some(token) = token {
         req = req.insert_header(("authorization", format!("Bearer {token}")));
     }

@@ -6,7 +6,7 @@ use infragpt::db::PgConversationStore;
 use infragpt::db::schema::{conversations, messages};
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::conversation::{
-    ChannelRecord, ConversationStore, InsertOutcome, NewMessage, Sender,
+    ChannelRecord, ConversationStore, InsertOutcome, MessageKind, NewMessage, Sender,
 };
 use infragpt_actors::ids::{ChannelId, ConversationId, MessageTs, SlackUserId, TeamId, ThreadKey};
 use infragpt_actors::inbox::EventRowId;
@@ -37,6 +37,7 @@ fn message(conv: ConversationId, at: &str, sender: Sender, text: &str) -> NewMes
         text: text.into(),
         source_event_id: None,
         in_reply_to: None,
+        kind: MessageKind::Message,
     }
 }
 

@@ -29,7 +29,9 @@ use infragpt::testkit::slack_sim::{
     ConnState, SimChannel, SimConfig, SimMessage, SimTeam, SimUser, SlackSim,
 };
 use infragpt::testkit::test_db::TestDb;
-use infragpt_actors::conversation::{ConversationHandler, ReplyService, UNAVAILABLE_REPLY};
+use infragpt_actors::conversation::{
+    ConversationHandler, DEFAULT_FAILURE_NOTICE, ReplyService, UNAVAILABLE_REPLY,
+};
 use infragpt_actors::ids::TeamId;
 use infragpt_actors::{Secret, StreamSpec};
 use infragpt_actors::{kinds, sources};
@@ -550,7 +552,8 @@ async fn events_api_mention_is_answered_once() {
 }
 
 /// The agent answering `UNAVAILABLE` once: the client retries (before any response) and the
-/// turn is answered once; an unsuccessful answer is reported in the thread.
+/// turn is answered once; an unsuccessful answer gets the failure notice in the thread (its
+/// error text stays in the dead letter).
 #[actix_rt::test]
 async fn agent_unavailable_once_is_retried_and_unsuccessful_is_reported() {
     let h = service(SimConfig::default()).with_dev_agent().start().await;
@@ -573,12 +576,17 @@ async fn agent_unavailable_once_is_retried_and_unsuccessful_is_reported() {
     h.settle().await;
     let replies = h.bot_replies(&ts);
     assert_eq!(replies.len(), 1, "{replies:?}");
-    assert!(
-        replies[0].text.contains("model overloaded"),
-        "{}",
-        replies[0].text
-    );
+    assert_eq!(replies[0].text, DEFAULT_FAILURE_NOTICE);
     assert_eq!(h.agent().requests().len(), 3, "an answer is not retried");
+    let (_, list) = h.admin_get("/admin/events").await;
+    let events = list["events"].as_array().expect("events").clone();
+    assert_eq!(events.len(), 1, "{list}");
+    assert!(
+        events[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("model overloaded")),
+        "{list}"
+    );
     h.stop().await;
 }
 

@@ -8,8 +8,7 @@ use async_trait::async_trait;
 use infragpt::config::Config;
 use infragpt::db::Pool;
 use infragpt_actors::inbox::{InboundEvent, NewInboundEvent, RoutingKey};
-use infragpt_actors::{EventHandler, HandleOutcome, HandlerError, StreamSpec};
-use infragpt_actors::{kinds, sources};
+use infragpt_actors::{EventHandler, HandleOutcome, HandlerError, StreamSpec, kinds, sources};
 use serde_json::{Value, json};
 
 use crate::support::app::{ADMIN, TestApp};

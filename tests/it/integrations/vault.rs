@@ -20,8 +20,7 @@ use infragpt::integrations::vault::{
 };
 use infragpt::integrations::vault_cli;
 use infragpt::testkit::test_db::TestDb;
-use infragpt_actors::kinds;
-use infragpt_actors::{HealthRegistry, Secret};
+use infragpt_actors::{HealthRegistry, Secret, kinds};
 
 use crate::support::integrations::*;
 

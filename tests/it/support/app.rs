@@ -25,10 +25,9 @@ use infragpt::testkit::devagent::{DevAgent, DevAgentConfig, DevAgentHandle};
 use infragpt::testkit::slack_sim::{SimConfig, SlackSim};
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::audit::AuditLog;
-use infragpt_actors::{kinds, sources};
-
 use infragpt_actors::inbox::EventStatus;
 use infragpt_actors::{Cluster, Secret, StreamSpec};
+use infragpt_actors::{kinds, sources};
 use serde_json::Value;
 
 use super::identity::{AZP, ISSUER, JwksServer, KEY_A, KID_A, SVIX_SECRET, jwks, jwt_verifier};
