@@ -7,8 +7,8 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::{
-    AgentAnswer, AgentError, ConversationHandler, ReplyMode, ReplyService, Sender, SlackApiError,
-    UNAVAILABLE_REPLY,
+    AgentAnswer, AgentError, ConversationHandler, DEFAULT_FAILURE_NOTICE, MessageKind, ReplyMode,
+    ReplyService, Sender, SlackApiError, UNAVAILABLE_REPLY,
 };
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
 use crate::ids::{ChannelId, MessageTs, SlackUserId, TeamId, ThreadKey};
@@ -307,8 +307,29 @@ async fn an_agent_failure_posts_one_notice_and_dead_letters_the_event() {
     assert_eq!(posts.len(), 1);
     assert_eq!(posts[0].text, UNAVAILABLE_REPLY);
     assert_eq!(posts[0].thread_ts, Some(ts(ROOT_TS)));
-    // The question is kept for an operator's retry; no answer is stored.
-    assert_eq!(thread_texts(&f, ROOT_TS), vec![(user(), "hi".to_owned())]);
+    // The question is kept for an operator's retry; the notice is stored as a notice, so no
+    // answer is stored.
+    let conversation = f
+        .store
+        .conversation(&thread(ROOT_TS))
+        .expect("conversation");
+    let stored: Vec<_> = f
+        .store
+        .messages(conversation.id)
+        .into_iter()
+        .map(|m| (m.sender, m.kind, m.text))
+        .collect();
+    assert_eq!(
+        stored,
+        vec![
+            (user(), MessageKind::Message, "hi".to_owned()),
+            (
+                Sender::Agent,
+                MessageKind::Notice,
+                UNAVAILABLE_REPLY.to_owned()
+            ),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -319,21 +340,30 @@ async fn unsuccessful_and_empty_answers() {
         error_message: "quota exceeded".into(),
         ..FakeAgent::success("")
     });
-    f.handler
-        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> one")))
-        .await
-        .expect("handled");
+    // The error text goes to the dead letter, never into the thread.
+    assert_eq!(
+        f.handler
+            .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> one")))
+            .await,
+        Err(HandlerError::Permanent(
+            "the agent answered success=false (agent_type \"fake\"): quota exceeded".into()
+        ))
+    );
     f.agent.answer_with(AgentAnswer {
         success: false,
         ..FakeAgent::success("")
     });
-    f.handler
-        .handle(&event(
-            2,
-            mention("1700000000.000200", None, "<@U0BOT> two"),
+    assert_eq!(
+        f.handler
+            .handle(&event(
+                2,
+                mention("1700000000.000200", None, "<@U0BOT> two"),
+            ))
+            .await,
+        Err(HandlerError::Permanent(
+            "the agent answered success=false (agent_type \"fake\"): no reason given".into()
         ))
-        .await
-        .expect("handled");
+    );
     f.agent.answer_with(FakeAgent::success("   "));
     assert_eq!(
         f.handler
@@ -348,8 +378,8 @@ async fn unsuccessful_and_empty_answers() {
     assert_eq!(
         texts,
         vec![
-            ":warning: The assistant could not answer: quota exceeded".to_owned(),
-            ":warning: The assistant could not answer: no reason given".to_owned(),
+            DEFAULT_FAILURE_NOTICE.to_owned(),
+            DEFAULT_FAILURE_NOTICE.to_owned(),
         ],
         "an empty successful answer posts nothing"
     );
