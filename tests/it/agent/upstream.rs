@@ -19,7 +19,7 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use infragpt::config::{self, Config};
-use infragpt::db::schema::{conversations, inbound_events, messages};
+use infragpt::db::schema::{conversations, messages};
 use infragpt::grpc::pb::backend::backend_service_client::BackendServiceClient;
 use infragpt::grpc::pb::backend::{SendReplyCommand, Status};
 use infragpt::grpc::pb::infragpt::infra_gpt_service_client::InfraGptServiceClient;
@@ -141,17 +141,7 @@ impl Harness {
 
     /// Bot messages in a thread of #ops, oldest first.
     fn bot_replies(&self, thread: &str) -> Vec<SimMessage> {
-        let mut v: Vec<SimMessage> = self
-            .sim
-            .messages_in(ACME, OPS)
-            .into_iter()
-            .filter(|m| m.bot_id.is_some() && m.thread_ts.as_deref() == Some(thread))
-            .collect();
-        v.sort_by_key(|m| {
-            let (s, f) = m.ts.split_once('.').unwrap_or((&m.ts, "0"));
-            (s.parse::<u64>().expect("ts"), f.parse::<u64>().expect("ts"))
-        });
-        v
+        crate::e2e::conversations::bot_replies(&self.sim, ACME, OPS, thread)
     }
 
     async fn wait_replies(&self, thread: &str, n: usize) {
@@ -180,35 +170,7 @@ impl Harness {
 
     /// Quiet: every envelope acknowledged and recorded, no inbox row pending or processing.
     async fn settle(&self) {
-        let deadline = tokio::time::Instant::now() + GUARD;
-        loop {
-            let deliveries = self.sim.deliveries();
-            let acked = deliveries.iter().all(|d| d.acked);
-            let ids: std::collections::HashSet<&str> =
-                deliveries.iter().map(|d| d.event_id.as_str()).collect();
-            let mut conn = self.db.pool().get().await.expect("conn");
-            let recorded: i64 = inbound_events::table
-                .filter(inbound_events::source.eq("slack"))
-                .count()
-                .get_result(&mut conn)
-                .await
-                .expect("count");
-            let unfinished: i64 = inbound_events::table
-                .filter(inbound_events::status.eq_any(["pending", "processing"]))
-                .count()
-                .get_result(&mut conn)
-                .await
-                .expect("count");
-            if acked && recorded == ids.len() as i64 && unfinished == 0 {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "not quiet: acked={acked} recorded={recorded} events={} unfinished={unfinished}",
-                ids.len()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        crate::e2e::conversations::settle(&self.sim, &self.db).await;
     }
 
     /// The conversation of a thread.

@@ -121,7 +121,12 @@ impl Chat for TestApp {
     }
 }
 
-fn bot_replies(sim: &SlackSim, team: &str, channel: &str, thread: &str) -> Vec<SimMessage> {
+pub(crate) fn bot_replies(
+    sim: &SlackSim,
+    team: &str,
+    channel: &str,
+    thread: &str,
+) -> Vec<SimMessage> {
     let mut v: Vec<SimMessage> = sim
         .messages_in(team, channel)
         .into_iter()
@@ -141,7 +146,7 @@ fn ts_key(ts: &str) -> (u64, u64) {
 
 /// Quiet: every envelope the simulator sent was acknowledged, every distinct event is a row
 /// in the inbox, and no row is pending or processing.
-async fn settle(sim: &SlackSim, db: &TestDb) {
+pub(crate) async fn settle(sim: &SlackSim, db: &TestDb) {
     eventually("quiet", async || {
         let deliveries = sim.deliveries();
         let acked = deliveries.iter().all(|d| d.acked);

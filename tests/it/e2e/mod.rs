@@ -3,6 +3,6 @@
 //! webhooks with the authenticated REST API.
 
 mod auth;
-mod conversations;
+pub(crate) mod conversations;
 mod demo;
 mod ops;
