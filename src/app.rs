@@ -21,7 +21,7 @@ use crate::db::inbox::PgInbox;
 use crate::grpc::server::GrpcShell;
 use crate::http::{HttpShell, ReadinessCheck};
 use crate::identity::wiring::IdentityModule;
-use crate::ops::{self, OpsState};
+use crate::ops::{self, OpsState, ReadAccess};
 use crate::reply::{ReplyAuth, ReplyModule};
 use crate::server::{self, AppState, Module, RunningServer, ShutdownSignals};
 use crate::slack::integration::VaultSlackTokens;
@@ -49,12 +49,15 @@ impl Core {
     }
 }
 
-/// `/readyz` fails while the routers' backlog is past its high-water mark: events are still
-/// recorded, but a load balancer should send new work elsewhere.
-struct OverloadCheck(Cluster);
+/// `actors` in `/readyz`: not ready once the actor system shuts down. A backlog past the
+/// routers' high-water mark shows as `degraded` but keeps the service ready: events are still
+/// recorded durably and drain in the background, and a replica that stops taking traffic in a
+/// burst only moves the burst elsewhere (or turns it into an outage when there is nowhere
+/// else). Likewise a restart with a large backlog is ready as soon as it can record.
+struct ActorsCheck(Cluster);
 
 #[async_trait::async_trait]
-impl ReadinessCheck for OverloadCheck {
+impl ReadinessCheck for ActorsCheck {
     fn name(&self) -> &str {
         "actors"
     }
@@ -63,14 +66,22 @@ impl ReadinessCheck for OverloadCheck {
         if !self.0.is_accepting() {
             Err("the actor system is shutting down".to_owned())
         } else if self.0.is_overloaded() {
-            Err("overloaded: dispatch is deferred until the backlog drains".to_owned())
+            Err(
+                "backlog past the high-water mark: events are recorded and drain in the background"
+                    .to_owned(),
+            )
         } else {
             Ok(())
         }
     }
+
+    fn advisory(&self) -> bool {
+        // Shutting down is covered by the readiness shell itself (`shutdown`).
+        self.0.is_accepting()
+    }
 }
 
-/// The actor system's module: ops routes, the overload readiness check, and an orderly
+/// The actor system's module: ops routes, the actors readiness check, and an orderly
 /// actor shutdown after the listeners have drained.
 #[derive(Debug)]
 pub struct CoreModule {
@@ -100,14 +111,18 @@ impl Module for CoreModule {
         if admin_token.is_none() {
             tracing::warn!("admin.token is not set: the admin API (/admin/events) is disabled");
         }
-        http.add_routes(Arc::new(ops::routes(OpsState {
+        let ops_state = OpsState {
             cluster: self.core.cluster.clone(),
+            read_access: ReadAccess::AdminToken,
             admin_token,
             audit: self.core.audit.clone(),
+        };
+        http.add_ops_routes(Arc::new(ops::routes(OpsState {
+            read_access: ReadAccess::Open,
+            ..ops_state.clone()
         })));
-        state
-            .readiness
-            .add(OverloadCheck(self.core.cluster.clone()));
+        http.add_routes(Arc::new(ops::routes(ops_state)));
+        state.readiness.add(ActorsCheck(self.core.cluster.clone()));
         let report = self
             .core
             .cluster

@@ -1,5 +1,9 @@
 //! Operations endpoints: the actor supervision tree (`/actors`), Prometheus metrics
 //! (`/metrics`) and the admin API for dead letters (`/admin/events`).
+//!
+//! The tree and the metrics name Slack teams, channels and threads, installation ids and
+//! error texts, so on the public port they need the admin token like `/admin`; the internal
+//! ops listener (`ops.port`) serves them without one ([`ReadAccess`]).
 
 use std::sync::Arc;
 
@@ -16,11 +20,22 @@ use crate::error::ApiError;
 /// thousand live threads would otherwise make the tree unreadable.
 const DEFAULT_TREE_LIMIT: usize = 200;
 
+/// Who may read `/actors` and `/metrics` on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAccess {
+    /// The admin token is required (the public port).
+    AdminToken,
+    /// Anyone who reaches the listener (the internal ops listener).
+    Open,
+}
+
 /// What the ops routes need.
 #[derive(Clone)]
 pub struct OpsState {
     /// The actor system.
     pub cluster: Cluster,
+    /// Who may read the tree and the metrics here.
+    pub read_access: ReadAccess,
     /// Admin token; `None` disables the admin API (fail closed).
     pub admin_token: Option<Secret>,
     /// Where admin actions are recorded.
@@ -31,6 +46,7 @@ impl std::fmt::Debug for OpsState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpsState")
             .field("admin_token", &self.admin_token)
+            .field("read_access", &self.read_access)
             .finish_non_exhaustive()
     }
 }
@@ -56,12 +72,17 @@ struct TreeQuery {
     limit: Option<usize>,
 }
 
-async fn actors_tree(state: web::Data<OpsState>, q: web::Query<TreeQuery>) -> HttpResponse {
+async fn actors_tree(
+    state: web::Data<OpsState>,
+    req: HttpRequest,
+    q: web::Query<TreeQuery>,
+) -> Result<HttpResponse, ApiError> {
+    require_read(&state, &req)?;
     let tree = state
         .cluster
         .health()
         .tree_limited(q.limit.unwrap_or(DEFAULT_TREE_LIMIT));
-    HttpResponse::Ok().json(tree)
+    Ok(HttpResponse::Ok().json(tree))
 }
 
 fn parse_kind(kind: &str) -> Result<ActorKind, ApiError> {
@@ -71,8 +92,10 @@ fn parse_kind(kind: &str) -> Result<ActorKind, ApiError> {
 
 async fn actors_group(
     state: web::Data<OpsState>,
+    req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    require_read(&state, &req)?;
     let kind = parse_kind(&path)?;
     let actors = state.cluster.health().group(kind);
     Ok(HttpResponse::Ok().json(json!({
@@ -84,8 +107,10 @@ async fn actors_group(
 
 async fn actor_one(
     state: web::Data<OpsState>,
+    req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
+    require_read(&state, &req)?;
     let (kind, key) = path.into_inner();
     let kind = parse_kind(&kind)?;
     let actor = state
@@ -96,10 +121,19 @@ async fn actor_one(
     Ok(HttpResponse::Ok().json(actor))
 }
 
-async fn metrics(state: web::Data<OpsState>) -> HttpResponse {
-    HttpResponse::Ok()
+async fn metrics(state: web::Data<OpsState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    require_read(&state, &req)?;
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.cluster.metrics().encode_text())
+        .body(state.cluster.encode_metrics()))
+}
+
+/// The tree and the metrics: open on the ops listener, the admin token elsewhere.
+fn require_read(state: &OpsState, req: &HttpRequest) -> Result<(), ApiError> {
+    match state.read_access {
+        ReadAccess::Open => Ok(()),
+        ReadAccess::AdminToken => require_admin(state, req),
+    }
 }
 
 /// Checks `Authorization: Bearer <admin token>` in constant time. No token configured means
@@ -107,16 +141,16 @@ async fn metrics(state: web::Data<OpsState>) -> HttpResponse {
 fn require_admin(state: &OpsState, req: &HttpRequest) -> Result<(), ApiError> {
     let Some(token) = state.admin_token.as_ref().filter(|t| !t.is_empty()) else {
         return Err(ApiError::unauthorized(
-            "the admin API is disabled: set admin.token in the configuration",
+            "the admin API is disabled: set admin.token in the configuration (the actor tree and metrics are also served without a token on ops.port)",
         ));
     };
     let presented = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(crate::http::bearer_token)
         .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
-    if token.ct_eq(presented.trim()) {
+    if token.ct_eq(presented) {
         Ok(())
     } else {
         Err(ApiError::unauthorized("invalid admin token"))

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::db::{Database, DbSettings};
 use crate::grpc::server::{GrpcHealth, GrpcShell};
 use crate::http::health::{DatabaseCheck, MigrationsCheck};
+use crate::http::side::SideListener;
 use crate::http::{HttpShell, Readiness};
 
 /// What every module and handler shares.
@@ -93,6 +94,8 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Database> {
 pub struct RunningServer {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// The internal ops listener's address, when `ops.port` is set.
+    pub ops_addr: Option<SocketAddr>,
     pub state: AppState,
     grpc_health: GrpcHealth,
     http_handle: actix_web::dev::ServerHandle,
@@ -100,6 +103,7 @@ pub struct RunningServer {
     grpc_stop: tokio::sync::oneshot::Sender<()>,
     grpc_task: tokio::task::JoinHandle<Result<(), crate::grpc::server::GrpcServerError>>,
     readiness_task: tokio::task::JoinHandle<()>,
+    ops: Option<SideListener>,
     modules: Vec<Box<dyn Module>>,
     db: Database,
 }
@@ -109,6 +113,7 @@ impl std::fmt::Debug for RunningServer {
         f.debug_struct("RunningServer")
             .field("http_addr", &self.http_addr)
             .field("grpc_addr", &self.grpc_addr)
+            .field("ops_addr", &self.ops_addr)
             .finish_non_exhaustive()
     }
 }
@@ -168,6 +173,13 @@ async fn start_with_database(
             return Err((e, db));
         }
     };
+    let ops = match start_ops_listener(&config, &http) {
+        Ok(ops) => ops,
+        Err(e) => {
+            stop_modules(&mut modules).await;
+            return Err((e, db));
+        }
+    };
     let http_handle = server.handle();
     let http_task = tokio::spawn(server);
 
@@ -188,6 +200,7 @@ async fn start_with_database(
     Ok(RunningServer {
         http_addr,
         grpc_addr,
+        ops_addr: ops.as_ref().map(SideListener::addr),
         state,
         grpc_health,
         http_handle,
@@ -195,6 +208,7 @@ async fn start_with_database(
         grpc_stop,
         grpc_task,
         readiness_task,
+        ops,
         modules,
         db,
     })
@@ -252,6 +266,25 @@ fn listen(config: &Config, http: &HttpShell) -> anyhow::Result<Listening> {
     Ok((http_addr, grpc_addr, grpc_listener, server))
 }
 
+/// Starts the internal ops listener when `ops.port` is set.
+fn start_ops_listener(config: &Config, http: &HttpShell) -> anyhow::Result<Option<SideListener>> {
+    let Some(port) = config.ops.port else {
+        return Ok(None);
+    };
+    let ip: std::net::IpAddr = config.ops.bind_address.parse().with_context(|| {
+        format!(
+            "ops.bind_address `{}` is not an IP address",
+            config.ops.bind_address
+        )
+    })?;
+    let listener =
+        SideListener::start("ops", ip, port, http.ops_shell(), config.shutdown_grace_ms)?;
+    if !ip.is_loopback() {
+        tracing::warn!(addr = %listener.addr(), "the ops listener (actor tree, metrics) is reachable beyond this machine without a token");
+    }
+    Ok(Some(listener))
+}
+
 /// Stops modules in reverse start order.
 async fn stop_modules(modules: &mut [Box<dyn Module>]) {
     for m in modules.iter_mut().rev() {
@@ -279,14 +312,20 @@ impl RunningServer {
 
         let _ = self.grpc_stop.send(());
         let http_stopped = self.http_handle.stop(true);
+        let ops_stopped = async {
+            if let Some(ops) = self.ops {
+                ops.stop().await;
+            }
+        };
         let mut grpc_task = self.grpc_task;
         // actix enforces the grace period itself; the extra second is a safety net.
-        let (http_result, grpc_result) = tokio::join!(
+        let (http_result, grpc_result, ()) = tokio::join!(
             tokio::time::timeout(grace + Duration::from_secs(1), async {
                 http_stopped.await;
                 self.http_task.await
             }),
             tokio::time::timeout(grace, &mut grpc_task),
+            ops_stopped,
         );
         let mut problems = Vec::new();
         match http_result {

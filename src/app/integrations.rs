@@ -21,6 +21,7 @@ use crate::github::integration::GithubConnector;
 use crate::github::stream::GithubStreamHandler;
 use crate::github::webhook::{self, GithubWebhook};
 use crate::http::HttpShell;
+use crate::http::side::SideListener;
 use crate::integrations::connector::{ConnectorError, ConnectorRegistry};
 use crate::integrations::credentials::PgCredentials;
 use crate::integrations::routes;
@@ -206,7 +207,7 @@ pub struct IntegrationsModule {
     cluster: Cluster,
     keyring: Arc<KeyRing>,
     parts: Option<IntegrationParts>,
-    webhook_server: Option<actix_web::dev::ServerHandle>,
+    webhook_server: Option<SideListener>,
 }
 
 impl std::fmt::Debug for IntegrationsModule {
@@ -271,7 +272,6 @@ impl Module for IntegrationsModule {
         let hook_parts = parts.clone();
         http.add_routes(Arc::new(move |cfg| hook_parts.configure(cfg)));
         if let Some(port) = self.config.integrations.github.webhook_port {
-            let ip: std::net::IpAddr = self.config.bind_address.parse()?;
             let hook = parts.webhook.clone();
             let shell = HttpShell::new(
                 crate::http::Readiness::default(),
@@ -279,22 +279,21 @@ impl Module for IntegrationsModule {
                 self.config.cors.clone(),
             )
             .with_routes(move |cfg| webhook::configure(cfg, hook.clone()));
-            let server = actix_web::HttpServer::new(move || crate::http::app(shell.clone()))
-                .disable_signals()
-                .workers(1)
-                .bind((ip, port))?
-                .run();
-            self.webhook_server = Some(server.handle());
-            tokio::spawn(server);
-            tracing::info!(port, "github webhooks also served on their own port");
+            self.webhook_server = Some(SideListener::start(
+                "github webhook",
+                self.config.bind_ip()?,
+                port,
+                shell,
+                self.config.shutdown_grace_ms,
+            )?);
         }
         self.parts = Some(parts);
         Ok(())
     }
 
     async fn stop(&mut self) {
-        if let Some(handle) = self.webhook_server.take() {
-            handle.stop(true).await;
+        if let Some(server) = self.webhook_server.take() {
+            server.stop().await;
         }
         if let Some(parts) = &self.parts {
             parts.service.vaults.stop_all();

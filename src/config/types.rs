@@ -46,6 +46,8 @@ pub struct Config {
     pub cors: CorsConfig,
     /// Operator endpoints.
     pub admin: AdminConfig,
+    /// The internal ops listener (`/actors`, `/metrics`, health without a token).
+    pub ops: OpsConfig,
     /// The Slack app.
     pub slack: SlackConfig,
     /// PostgreSQL.
@@ -75,6 +77,7 @@ impl Default for Config {
             shutdown_grace_ms: 10_000,
             cors: CorsConfig::default(),
             admin: AdminConfig::default(),
+            ops: OpsConfig::default(),
             slack: SlackConfig::default(),
             database: DatabaseConfig::default(),
             agent: AgentConfig::default(),
@@ -87,6 +90,13 @@ impl Default for Config {
 }
 
 impl Config {
+    /// `bind_address` as an IP address (validation guarantees it parses).
+    pub fn bind_ip(&self) -> anyhow::Result<std::net::IpAddr> {
+        self.bind_address.parse().map_err(|_| {
+            anyhow::anyhow!("bind_address `{}` is not an IP address", self.bind_address)
+        })
+    }
+
     /// The graceful-shutdown budget.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
@@ -151,6 +161,28 @@ pub struct AdminConfig {
     /// Bearer token for `/admin/*`; without it the admin endpoints are disabled.
     #[serde(deserialize_with = "opt_secret")]
     pub token: Option<Secret>,
+}
+
+/// The internal ops listener. `/actors` and `/metrics` show Slack team, channel and thread
+/// keys, installation ids and error texts: on the public port they need the admin token, and
+/// this listener serves them (with `/healthz` and `/readyz`) without one, for Prometheus and
+/// operators on a network that is already trusted.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Port of the ops listener; unset: no ops listener. 0 picks a free port (logged).
+    pub port: Option<u16>,
+    /// Address the ops listener binds to; loopback unless the network is trusted.
+    pub bind_address: String,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            port: None,
+            bind_address: "127.0.0.1".to_owned(),
+        }
+    }
 }
 
 /// The Slack app.

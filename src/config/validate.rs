@@ -42,6 +42,21 @@ fn check_listeners(config: &Config) -> Result<(), Failure> {
             format!("must differ from port ({})", config.port),
         )?;
     }
+    if config.ops.bind_address.parse::<std::net::IpAddr>().is_err() {
+        fail(
+            "ops.bind_address",
+            format!("`{}` is not an IP address", config.ops.bind_address),
+        )?;
+    }
+    if let Some(p) = config.ops.port
+        && p != 0
+        && (p == config.port || p == config.grpc_port)
+    {
+        fail(
+            "ops.port",
+            format!("{p} is already used by port/grpc_port; pick another port or leave it unset"),
+        )?;
+    }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log_level) {
         fail(
             "log_level",

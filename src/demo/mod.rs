@@ -100,6 +100,11 @@ fn demo_config(mut config: Config, sim: &SlackSim, agent_endpoint: &str) -> Conf
     config.slack.socket_mode = true;
     config.slack.connections = 1;
     config.agent.endpoint = agent_endpoint.to_owned();
+    // The actor tree and metrics are on the public port only with the admin token, which a
+    // browser cannot send: the demo serves them on a loopback ops listener it can print.
+    if config.ops.port.is_none() {
+        config.ops.port = Some(0);
+    }
     if config.database.url.is_none() && config.database.host.is_none() {
         config.database.db_name = DEMO_DB.to_owned();
         config.database.data_dir = PathBuf::from(DEMO_DATA_DIR);
@@ -185,6 +190,9 @@ async fn run_with(
         shown.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let base = format!("http://{shown}");
+    let ops = running
+        .ops_addr
+        .map_or_else(|| base.clone(), |a| format!("http://{a}"));
     let database = running.database_description();
 
     // Wait until the service's Socket Mode connection is open, so the first line is heard.
@@ -202,7 +210,7 @@ async fn run_with(
     let summary = match connected {
         Ok(()) => {
             println!(
-                "InfraGPT demo · workspace \"Demo Workspace\", #ops, you are alice\n  service {base}   actors {base}/actors   metrics {base}/metrics\n  agent: {}\n  type /help for commands",
+                "InfraGPT demo · workspace \"Demo Workspace\", #ops, you are alice\n  service {base}   actors {ops}/actors   metrics {ops}/metrics\n  agent: {}\n  type /help for commands",
                 if dev_agent.is_some() {
                     format!("development agent at {agent_endpoint}")
                 } else {

@@ -17,6 +17,12 @@ pub trait ReadinessCheck: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// `Ok(())` when ready, else why not (shown to the caller; no secrets).
     async fn check(&self) -> Result<(), String>;
+    /// An advisory check is shown in `/readyz` as `degraded: <why>` when it fails but never
+    /// makes the service not ready: a state worth seeing (a backlog) that taking traffic away
+    /// would only make worse.
+    fn advisory(&self) -> bool {
+        false
+    }
 }
 
 /// The set of readiness checks. Cheap to clone; checks can be added after the server starts.
@@ -103,7 +109,7 @@ impl Readiness {
                 Ok(r) => r,
                 Err(_) => Err(format!("timed out after {} ms", timeout.as_millis())),
             };
-            (c.name().to_owned(), outcome)
+            (c.name().to_owned(), c.advisory(), outcome)
         }))
         .await;
         let mut ready = true;
@@ -112,9 +118,10 @@ impl Readiness {
             ready = false;
             map.insert("shutdown".to_owned(), "shutting down".to_owned());
         }
-        for (name, outcome) in results {
+        for (name, advisory, outcome) in results {
             let text = match outcome {
                 Ok(()) => "ok".to_owned(),
+                Err(why) if advisory => format!("degraded: {why}"),
                 Err(why) => {
                     ready = false;
                     why

@@ -3,6 +3,7 @@
 
 pub mod health;
 pub mod middleware;
+pub mod side;
 
 use std::sync::Arc;
 
@@ -14,6 +15,15 @@ pub use health::{Readiness, ReadinessCheck, ReadinessReport};
 pub use middleware::{REQUEST_ID_HEADER, RequestId};
 
 use crate::config::{Config, CorsConfig};
+
+/// The credentials of an `Authorization: Bearer <token>` header value. The scheme is
+/// case-insensitive (RFC 9110 section 11.1) and any whitespace may separate it from the token;
+/// `None` for another scheme or an empty token. The one parser every route uses.
+pub fn bearer_token(header_value: &str) -> Option<&str> {
+    let (scheme, token) = header_value.trim().split_once(char::is_whitespace)?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
 
 /// A function that adds routes (and app data) to the app.
 pub type RouteHook = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
@@ -28,6 +38,7 @@ pub struct HttpShell {
     /// Cross-origin policy.
     pub cors: CorsConfig,
     routes: Vec<RouteHook>,
+    ops_routes: Vec<RouteHook>,
 }
 
 impl std::fmt::Debug for HttpShell {
@@ -37,6 +48,7 @@ impl std::fmt::Debug for HttpShell {
             .field("http_log", &self.http_log)
             .field("cors", &self.cors)
             .field("routes", &self.routes.len())
+            .field("ops_routes", &self.ops_routes.len())
             .finish()
     }
 }
@@ -49,6 +61,7 @@ impl HttpShell {
             http_log,
             cors,
             routes: Vec::new(),
+            ops_routes: Vec::new(),
         }
     }
 
@@ -69,6 +82,23 @@ impl HttpShell {
     /// Adds a shared route hook.
     pub fn add_routes(&mut self, hook: RouteHook) {
         self.routes.push(hook);
+    }
+
+    /// Adds routes served only on the internal ops listener (`ops.port`), when there is one.
+    pub fn add_ops_routes(&mut self, hook: RouteHook) {
+        self.ops_routes.push(hook);
+    }
+
+    /// The shell of the ops listener: the same middleware and health routes, with the ops
+    /// routes in place of the public ones.
+    pub fn ops_shell(&self) -> HttpShell {
+        HttpShell {
+            readiness: self.readiness.clone(),
+            http_log: self.http_log,
+            cors: CorsConfig::default(),
+            routes: self.ops_routes.clone(),
+            ops_routes: Vec::new(),
+        }
     }
 }
 
@@ -103,4 +133,26 @@ pub fn app(
         .wrap(actix_web::middleware::from_fn(move |req, next| {
             middleware::request_context(settings, req, next)
         }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for (header, token) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER  abc ", Some("abc")),
+            ("Bearer\tabc", Some("abc")),
+            ("Bearer ", None),
+            ("Bearer", None),
+            ("Basic abc", None),
+            ("Bearerabc", None),
+            ("", None),
+        ] {
+            assert_eq!(bearer_token(header), token, "{header:?}");
+        }
+    }
 }

@@ -448,13 +448,7 @@ impl ClerkJwtVerifier {
         now: DateTime<Utc>,
     ) -> Result<VerifiedSession, JwtError> {
         let token = authorization
-            .map(str::trim)
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+            .and_then(crate::http::bearer_token)
             .ok_or(JwtError::Missing)?;
         self.verify(token, now).await
     }

@@ -16,6 +16,7 @@ use crate::config::IdentityConfig;
 use crate::db::PgAudit;
 use crate::grpc::server::GrpcShell;
 use crate::http::HttpShell;
+use crate::http::side::SideListener;
 use crate::identity::auth::Authenticator;
 use crate::server::{AppState, Module};
 
@@ -34,13 +35,7 @@ pub const STREAM_NAME: &str = "identity-sync";
 pub struct IdentityModule {
     config: IdentityConfig,
     cluster: Cluster,
-    webhook_server: Option<WebhookServer>,
-}
-
-struct WebhookServer {
-    addr: SocketAddr,
-    handle: actix_web::dev::ServerHandle,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    webhook_server: Option<SideListener>,
 }
 
 impl std::fmt::Debug for IdentityModule {
@@ -64,7 +59,7 @@ impl IdentityModule {
     /// Where the separate webhook listener is bound, when `identity.clerk.port` is set and
     /// the module runs.
     pub fn webhook_addr(&self) -> Option<SocketAddr> {
-        self.webhook_server.as_ref().map(|s| s.addr)
+        self.webhook_server.as_ref().map(SideListener::addr)
     }
 }
 
@@ -118,42 +113,22 @@ impl Module for IdentityModule {
         }));
 
         if let Some(port) = clerk.port {
-            let ip: std::net::IpAddr = state.config.bind_address.parse().with_context(|| {
-                format!(
-                    "bind_address `{}` is not an IP address",
-                    state.config.bind_address
-                )
-            })?;
-            let addr = SocketAddr::new(ip, port);
-            let listener =
-                std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
-            let addr = listener.local_addr()?;
             let shell = HttpShell::from_config(&state.config, state.readiness.clone())
                 .with_routes(move |cfg| webhook::configure(cfg, hook.clone()));
-            let grace_secs = state.config.shutdown_grace_ms.div_ceil(1000).max(1);
-            let server = actix_web::HttpServer::new(move || crate::http::app(shell.clone()))
-                .workers(1)
-                .disable_signals()
-                .shutdown_timeout(grace_secs)
-                .listen(listener)
-                .context("starting the Clerk webhook listener")?
-                .run();
-            let handle = server.handle();
-            let task = tokio::spawn(server);
-            tracing::info!(%addr, "clerk webhook listener started");
-            self.webhook_server = Some(WebhookServer { addr, handle, task });
+            self.webhook_server = Some(SideListener::start(
+                "clerk webhook",
+                state.config.bind_ip()?,
+                port,
+                shell,
+                state.config.shutdown_grace_ms,
+            )?);
         }
         Ok(())
     }
 
     async fn stop(&mut self) {
         if let Some(server) = self.webhook_server.take() {
-            server.handle.stop(true).await;
-            match server.task.await {
-                Ok(Ok(())) => tracing::info!("clerk webhook listener stopped"),
-                Ok(Err(e)) => tracing::error!(error = %e, "clerk webhook listener failed"),
-                Err(e) => tracing::error!(error = %e, "clerk webhook listener task failed"),
-            }
+            server.stop().await;
         }
     }
 }

@@ -312,6 +312,15 @@ impl Cluster {
         &self.inner.health
     }
 
+    /// Every metric in the Prometheus text format, with the live-actor gauge taken from the
+    /// health registry at this moment (so `/metrics` and `/actors` always agree).
+    pub fn encode_metrics(&self) -> String {
+        self.inner
+            .metrics
+            .set_live(&self.inner.health.live_counts());
+        self.inner.metrics.encode_text()
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
@@ -423,7 +432,6 @@ impl Actor for RootSupervisor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.health.set_state(ActorState::Running);
-        self.metrics.actor_started(ActorKind::SUPERVISOR);
         self.housekeeping(ctx);
         ctx.run_interval(self.config.housekeeping_interval(), |act, ctx| {
             act.housekeeping(ctx)
@@ -431,7 +439,6 @@ impl Actor for RootSupervisor {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.metrics.actor_stopped(ActorKind::SUPERVISOR);
         self.health.set_state(ActorState::Stopped);
     }
 }

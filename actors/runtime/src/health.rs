@@ -311,6 +311,17 @@ impl HealthRegistry {
             .count()
     }
 
+    /// Live actors (not stopped or failed) per kind.
+    pub fn live_counts(&self) -> std::collections::BTreeMap<ActorKind, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for (id, slot) in self.slots() {
+            if !slot.lock().state.is_terminal() {
+                *out.entry(id.kind).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
     /// Number of registered actors.
     pub fn len(&self) -> usize {
         self.actors.read().len()

@@ -23,6 +23,8 @@ pub struct Metrics {
     router_backlog: IntGaugeVec,
     deferred_total: IntCounterVec,
     inbox_events: IntGaugeVec,
+    /// Kinds `actors_live` has a series for (kept at zero when none is live).
+    live_kinds: std::sync::Arc<parking_lot::Mutex<std::collections::BTreeSet<ActorKind>>>,
 }
 
 impl fmt::Debug for Metrics {
@@ -120,6 +122,7 @@ impl Metrics {
             router_backlog,
             deferred_total,
             inbox_events,
+            live_kinds: Default::default(),
         };
         m.declare_kind(ActorKind::SUPERVISOR);
         Ok(m)
@@ -130,6 +133,7 @@ impl Metrics {
     pub fn declare_kind(&self, kind: ActorKind) {
         let k = kind.as_str();
         self.actors_live.with_label_values(&[k]);
+        self.live_kinds.lock().insert(kind);
         self.messages_handled.with_label_values(&[k]);
         self.failures.with_label_values(&[k]);
         self.restarts.with_label_values(&[k]);
@@ -152,12 +156,18 @@ impl Metrics {
         String::from_utf8_lossy(&buf).into_owned()
     }
 
-    pub(crate) fn actor_started(&self, kind: ActorKind) {
-        self.actors_live.with_label_values(&[kind.as_str()]).inc();
-    }
-
-    pub(crate) fn actor_stopped(&self, kind: ActorKind) {
-        self.actors_live.with_label_values(&[kind.as_str()]).dec();
+    /// Sets `infragpt_actors_live` from live counts per kind (kinds seen before and absent
+    /// now go to zero). The health registry is the one source of these counts, so the gauge
+    /// always agrees with `/actors`.
+    pub fn set_live(&self, live: &std::collections::BTreeMap<ActorKind, usize>) {
+        let mut known = self.live_kinds.lock();
+        known.extend(live.keys().copied());
+        for kind in known.iter() {
+            let n = live.get(kind).copied().unwrap_or(0);
+            self.actors_live
+                .with_label_values(&[kind.as_str()])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     pub(crate) fn handled(&self, kind: ActorKind, seconds: f64) {

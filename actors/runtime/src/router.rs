@@ -383,7 +383,6 @@ impl Actor for Router {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.health.set_state(ActorState::Running);
-        self.stream.metrics.actor_started(ActorKind::SUPERVISOR);
         // Every router starts by recovering: unfinished events of an earlier run are
         // dispatched (in id order) before any new event can overtake them.
         self.shared.defer();
@@ -394,7 +393,6 @@ impl Actor for Router {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.stream.metrics.actor_stopped(ActorKind::SUPERVISOR);
         self.health.set_state(ActorState::Stopped);
     }
 }

@@ -305,12 +305,10 @@ impl Actor for Worker {
         );
         h.set_state(ActorState::Running);
         self.health = Some(h);
-        self.stream.metrics.actor_started(self.stream.kind);
         self.pump(ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.stream.metrics.actor_stopped(self.stream.kind);
         if let Some(h) = self.health.take() {
             match self.exit {
                 // Idle threads leave no trace: their state is in the database.

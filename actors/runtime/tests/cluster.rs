@@ -184,7 +184,7 @@ async fn panicking_event_is_retried_then_dead_lettered() {
     assert_eq!(worker.restarts, 3);
     assert_eq!(worker.state, ActorState::Running);
     assert!(worker.last_error.unwrap().contains("boom at seq 3"));
-    let text = cluster.metrics().encode_text();
+    let text = cluster.encode_metrics();
     assert_eq!(
         metric(
             &text,
@@ -332,7 +332,7 @@ async fn idle_workers_stop_and_restart_on_demand() {
         eventually(GUARD, || health.get(THREAD, &k).is_none()).await,
         "idle worker stops and leaves the registry"
     );
-    let text = cluster.metrics().encode_text();
+    let text = cluster.encode_metrics();
     assert_eq!(
         metric(&text, "infragpt_actors_live{kind=\"conversation_thread\"}"),
         0.0
@@ -350,7 +350,7 @@ async fn metrics_move_with_the_work() {
     let handler = RecordingHandler::new();
     let cluster = start(fast_config(), inbox.clone(), handler.clone());
     let series = "infragpt_actor_messages_handled_total{kind=\"conversation_thread\"}";
-    assert_eq!(metric(&cluster.metrics().encode_text(), series), 0.0);
+    assert_eq!(metric(&cluster.encode_metrics(), series), 0.0);
     handler.script(format!("{}#2", key(0)), Script::Reject("malformed".into()));
     for s in 0..3 {
         for k in 0..4 {
@@ -359,7 +359,7 @@ async fn metrics_move_with_the_work() {
     }
     assert!(eventually(GUARD, || handler.handled_count() == 11).await);
     assert!(eventually(GUARD, || inbox.count(EventStatus::Failed) == 1).await);
-    let text = cluster.metrics().encode_text();
+    let text = cluster.encode_metrics();
     assert_eq!(metric(&text, series), 11.0);
     assert_eq!(
         metric(
@@ -430,7 +430,7 @@ async fn backpressure_defers_but_handles_everything_once_in_order() {
     assert_per_key_order(&handled);
     assert_eq!(handler.total_calls(), total as u64);
     assert_eq!(handler.overlaps(), 0);
-    let text = cluster.metrics().encode_text();
+    let text = cluster.encode_metrics();
     assert!(
         metric(
             &text,

@@ -156,6 +156,7 @@ impl TestAppBuilder {
         let mut yaml = format!(
             "bind_address: 127.0.0.1\nport: 0\ngrpc_port: 0\nlog_level: warn\nhttp_log: false\n\
              admin:\n  token: {ADMIN}\n\
+             ops:\n  port: 0\n\
              agent:\n  endpoint: \"http://{agent_addr}\"\n  connect_timeout_ms: 1000\n  call_timeout_ms: 20000\n  retry_attempts: 2\n\
              vault:\n  active_key: k1\n  keys:\n    k1: \"{VAULT_KEY}\"\n\
              database:\n  url: \"{}\"\n",
@@ -270,6 +271,17 @@ impl TestApp {
     /// `http://<http addr>`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.http_addr())
+    }
+
+    /// `http://<ops listener addr>`: `/actors` and `/metrics` without a token (every served
+    /// test app has an ops listener on a free loopback port).
+    pub fn ops_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.running()
+                .ops_addr
+                .expect("the test app serves an ops listener")
+        )
     }
 
     /// A client for the served app.
