@@ -520,3 +520,68 @@ async fn ops_data_needs_the_admin_token_on_the_public_port() {
     }
     app.stop().await;
 }
+
+/// A replica that restarts over a large backlog (rows a killed process left pending) is ready
+/// as soon as it can record, and drains the backlog in the background.
+#[actix_rt::test]
+async fn restart_over_a_large_backlog_is_ready_at_once() {
+    use infragpt::db::inbox::PgInbox;
+    use infragpt_actors::inbox::InboundEvents as _;
+    use infragpt_actors::testing::RecordingHandler;
+    let app = TestApp::builder()
+        .core_only()
+        .configure(|c| {
+            c.actors.high_water_mark = 5;
+            c.actors.mailbox_capacity = 4;
+            c.actors.drain_interval_ms = 20;
+        })
+        .start()
+        .await;
+    // What a killed replica leaves behind: recorded, never handled.
+    let inbox = PgInbox::new(app.pool().clone());
+    for i in 0..200 {
+        inbox
+            .record(NewInboundEvent {
+                routing_key: RoutingKey(format!("key-{}", i % 20)),
+                ..event(&format!("left-{i}"), false)
+            })
+            .await
+            .expect("record");
+    }
+    let handler = RecordingHandler::new();
+    let gate = handler.gate_all();
+    app.core()
+        .cluster
+        .register_stream(StreamSpec {
+            name: "clerk".to_owned(),
+            kind: kinds::IDENTITY_SYNC,
+            source: sources::CLERK,
+            handler: handler.clone(),
+        })
+        .expect("stream");
+    let client = app.http().clone();
+    let base = app.base_url();
+    let (status, body) = eventually("the recovering backlog is visible", async || {
+        let r = client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz");
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.expect("json");
+        if body["checks"]["actors"] != "ok" {
+            Ok((status, body))
+        } else {
+            Err(body)
+        }
+    })
+    .await;
+    assert_eq!(status, 200, "ready while the backlog drains: {body}");
+    assert_eq!(body["status"], "ready", "{body}");
+    gate.add_permits(1000);
+    eventually("the backlog drains", async || {
+        handler.handled_count() == 200
+    })
+    .await;
+    app.stop().await;
+}
