@@ -1,5 +1,5 @@
-//! The `GitHubWebhookStream` handler: one keyed worker per installation (routing key
-//! `installation:{id}`) handles that installation's deliveries in order.
+//! The `GitHubWebhookStream` handler: one keyed worker per repository (installation-level
+//! deliveries: per installation; see [`super::routing`]) handles its deliveries in order.
 //!
 //! * `installation`: created → the integration linked to the installation becomes active with
 //!   the account facts and the granted repositories; deleted → revoked (credentials deleted,
