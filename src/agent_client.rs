@@ -424,7 +424,7 @@ pub fn to_request(turn: &AgentTurn) -> AgentRequest {
 }
 
 /// The contract's response as the port's answer.
-pub fn from_response(response: AgentResponse) -> AgentAnswer {
+pub(crate) fn from_response(response: AgentResponse) -> AgentAnswer {
     AgentAnswer {
         success: response.success,
         response_text: response.response_text,

@@ -165,7 +165,7 @@ impl LogCapture {
 
 /// A subscriber that writes JSON lines (level `debug` and up) into `logs`; use it with
 /// `tracing::subscriber::with_default` or `WithSubscriber` on other threads/futures.
-pub fn capture_dispatch(logs: &CapturedLogs) -> tracing::Dispatch {
+pub(crate) fn capture_dispatch(logs: &CapturedLogs) -> tracing::Dispatch {
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new("debug"))
         .json()

@@ -294,7 +294,7 @@ impl ThreadKey {
 
     /// The thread of a message: its `thread_ts` when it is a reply, else its own `ts` (a
     /// top-level message starts its thread). The one place that rule lives.
-    pub fn of_message(
+    pub(crate) fn of_message(
         team: &TeamId,
         channel: &ChannelId,
         ts: &MessageTs,

@@ -623,7 +623,11 @@ fn mention_spans(text: &str) -> Vec<(usize, usize, &str)> {
 /// Removes mentions of the bot (`<@U123>`, `<@U123|name>`) and trims. When the bot's id is not
 /// known and `leading_if_unknown` is set (an `app_mention`, which by definition mentions the
 /// bot), a leading mention is removed instead.
-pub fn strip_mention(text: &str, bot_user: Option<&UserId>, leading_if_unknown: bool) -> String {
+pub(crate) fn strip_mention(
+    text: &str,
+    bot_user: Option<&UserId>,
+    leading_if_unknown: bool,
+) -> String {
     let spans = mention_spans(text);
     let remove: Vec<(usize, usize)> = match bot_user {
         Some(bot) => spans

@@ -180,7 +180,7 @@ impl IntegrationParts {
 
 /// The Slack and GitHub connectors from configuration. Adding a connector: one module and
 /// one `register` line here.
-pub fn default_connectors(
+pub(crate) fn default_connectors(
     config: &Config,
     store: &IntegrationStore,
 ) -> Result<ConnectorRegistry, SetupError> {
@@ -233,7 +233,7 @@ impl IntegrationsModule {
 
     /// A module over parts built beforehand (the composition root builds them early so the
     /// Slack adapter can use the vault-backed token source).
-    pub fn with_parts(mut self, parts: IntegrationParts) -> Self {
+    pub(crate) fn with_parts(mut self, parts: IntegrationParts) -> Self {
         self.parts = Some(parts);
         self
     }

@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Minimum length of the HMAC key, in bytes.
-pub const MIN_KEY_LEN: usize = 32;
+pub(crate) const MIN_KEY_LEN: usize = 32;
 /// Length of a state nonce, in bytes (128 bits).
-pub const NONCE_LEN: usize = 16;
+pub(crate) const NONCE_LEN: usize = 16;
 
 /// A random 128-bit single-use value carried in a state. Serialized as lowercase hex.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

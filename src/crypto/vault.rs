@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::config::VaultConfig;
 
 /// Length of an AES-256 key in bytes.
-pub const KEY_LEN: usize = 32;
+pub(crate) const KEY_LEN: usize = 32;
 /// Key id used by [`KeyRing::dev_key_file`].
 pub const DEV_KEY_ID: &str = "dev";
 /// Domain separation for the AAD, versioned so the layout can change later.
@@ -64,7 +64,7 @@ pub struct VaultKeysConfig {
 impl VaultKeysConfig {
     /// The key ring settings of the `vault` section, or `None` when no keys are configured
     /// (then `vault.dev_key_file` applies).
-    pub fn from_vault_config(vault: &VaultConfig) -> Option<Self> {
+    pub(crate) fn from_vault_config(vault: &VaultConfig) -> Option<Self> {
         if vault.keys.is_empty() {
             return None;
         }

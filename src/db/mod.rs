@@ -470,7 +470,7 @@ fn parse_url(url: &Secret) -> Result<url::Url, DbError> {
 }
 
 /// The URL with its password (in user info or a `password=` parameter) removed.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let Ok(mut parsed) = url::Url::parse(url) else {
         return "[unparseable database URL]".to_owned();
     };

@@ -180,7 +180,7 @@ impl PrivateCluster {
 
     /// Starts (or adopts, when a live server from an earlier run owns the directory) the
     /// cluster in `root`, running `initdb` first if the directory is new. Blocking.
-    pub fn start_with(
+    pub(crate) fn start_with(
         root: &Path,
         options: &ClusterOptions,
     ) -> Result<PrivateCluster, ClusterError> {

@@ -2,7 +2,7 @@
 
 /// One typed line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Line {
+pub(crate) enum Line {
     /// `@infragpt ...`: a mention (starts a thread from the channel, or replies in the
     /// current thread).
     Mention(String),
@@ -25,7 +25,7 @@ pub enum Line {
 }
 
 /// What the demo prints for `/help`.
-pub const HELP: &str = "\
+pub(crate) const HELP: &str = "\
   @infragpt <text>   mention the bot (starts a thread, or replies in the current one)
   <text>             reply in the current thread (or post in #ops)
   /thread N          switch to thread N        /new       back to the channel
@@ -33,7 +33,7 @@ pub const HELP: &str = "\
   /help              this help                 /quit      leave";
 
 /// Parses one line.
-pub fn parse_line(line: &str) -> Result<Line, String> {
+pub(crate) fn parse_line(line: &str) -> Result<Line, String> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return Ok(Line::Nothing);
@@ -93,12 +93,12 @@ pub struct Threads {
 
 impl Threads {
     /// The thread ts a new message is posted under, if any.
-    pub fn current_ts(&self) -> Option<&str> {
+    pub(crate) fn current_ts(&self) -> Option<&str> {
         self.current.map(|i| self.list[i].ts.as_str())
     }
 
     /// Switches to thread `n` (1-based).
-    pub fn switch(&mut self, n: usize) -> Result<(), String> {
+    pub(crate) fn switch(&mut self, n: usize) -> Result<(), String> {
         if n == 0 || n > self.list.len() {
             return Err(format!(
                 "no thread {n}; there are {} (see /threads)",
@@ -122,7 +122,7 @@ impl Threads {
     }
 
     /// The 1-based number of the thread with parent `ts`.
-    pub fn number_of(&self, ts: &str) -> Option<usize> {
+    pub(crate) fn number_of(&self, ts: &str) -> Option<usize> {
         self.list.iter().position(|t| t.ts == ts).map(|i| i + 1)
     }
 }

@@ -22,15 +22,15 @@ use crate::testkit::slack_sim::{SimChannel, SimConfig, SimState, SimTeam, SimUse
 use chat::{HELP, Line, Threads, parse_line};
 
 /// The demo workspace.
-pub const TEAM_ID: &str = "T0DEMO0001";
+pub(crate) const TEAM_ID: &str = "T0DEMO0001";
 /// `#ops`.
-pub const OPS_CHANNEL: &str = "C0DEMOOPS1";
+pub(crate) const OPS_CHANNEL: &str = "C0DEMOOPS1";
 /// The bot's user id in the demo workspace.
 pub const BOT_USER: &str = "U0DEMOBOT1";
 /// Database the demo keeps its data in.
-pub const DEMO_DB: &str = "infragpt_demo";
+pub(crate) const DEMO_DB: &str = "infragpt_demo";
 /// Private cluster folder of the demo (when no PostgreSQL answers on 127.0.0.1:5432).
-pub const DEMO_DATA_DIR: &str = ".infragpt/demo-pg";
+pub(crate) const DEMO_DATA_DIR: &str = ".infragpt/demo-pg";
 
 /// Command-line options of `infragpt demo`.
 #[derive(Debug, Clone, Default)]

@@ -23,7 +23,7 @@ const MAX_REPO_PAGES: u32 = 50;
 
 /// GitHub App client failures. Never carries a token or key.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum GithubAppError {
+pub(crate) enum GithubAppError {
     /// `app_id` or `private_key` missing, or the key is not an RSA PEM.
     #[error("github app is not configured: {0}")]
     NotConfigured(String),
@@ -65,7 +65,7 @@ impl GithubAppError {
 
 /// An installation access token.
 #[derive(Clone)]
-pub struct InstallationToken {
+pub(crate) struct InstallationToken {
     /// The token (can be ~520 characters).
     pub token: Secret,
     /// When it stops working (one hour after issue).
@@ -83,7 +83,7 @@ impl std::fmt::Debug for InstallationToken {
 
 /// Facts about an installation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstallationInfo {
+pub(crate) struct InstallationInfo {
     /// Installation id.
     pub id: i64,
     /// `account.login`.
@@ -121,7 +121,7 @@ struct RepoBody {
 
 /// The GitHub App client.
 #[derive(Clone)]
-pub struct GithubApp {
+pub(crate) struct GithubApp {
     app: Octocrab,
     api_url: String,
 }
@@ -154,11 +154,6 @@ impl GithubApp {
             app,
             api_url: api_url.to_owned(),
         })
-    }
-
-    /// The configured API base.
-    pub fn api_url(&self) -> &str {
-        &self.api_url
     }
 
     fn as_installation(&self, token: &Secret) -> Result<Octocrab, GithubAppError> {
@@ -246,7 +241,7 @@ impl GithubApp {
 
     /// Checks a token: `GET /installation/repositories?per_page=1`; returns the repository
     /// count.
-    pub async fn check_token(&self, token: &Secret) -> Result<i64, GithubAppError> {
+    pub(crate) async fn check_token(&self, token: &Secret) -> Result<i64, GithubAppError> {
         let client = self.as_installation(token)?;
         let body: ReposPage = client
             .get("/installation/repositories?per_page=1", None::<&()>)

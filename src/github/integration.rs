@@ -18,10 +18,10 @@ use crate::integrations::connector::{
 use crate::integrations::store::{Integration, IntegrationStore};
 
 /// The installation token credential.
-pub const INSTALLATION_TOKEN: &str = "installation_token";
+pub(crate) const INSTALLATION_TOKEN: &str = "installation_token";
 
 /// The GitHub connector.
-pub struct GithubConnector {
+pub(crate) struct GithubConnector {
     app: Option<GithubApp>,
     app_slug: Option<String>,
     web_url: String,
@@ -108,11 +108,6 @@ impl GithubConnector {
                 connector: GITHUB,
                 reason: self.not_configured.clone(),
             })
-    }
-
-    /// The app client (for the webhook stream's follow-up calls).
-    pub fn github_app(&self) -> Option<&GithubApp> {
-        self.app.as_ref()
     }
 }
 

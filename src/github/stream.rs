@@ -28,7 +28,7 @@ use crate::integrations::store::{IntegrationStore, status};
 use crate::integrations::vault::{CredentialStore, VaultRegistry};
 
 /// Name of the stream (router) in the actor tree.
-pub const STREAM_NAME: &str = "github_webhooks";
+pub(crate) const STREAM_NAME: &str = "github_webhooks";
 
 /// The handler.
 #[derive(Clone)]

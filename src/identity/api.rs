@@ -32,7 +32,7 @@ use crate::error::ApiError;
 use crate::identity::auth::{OrgPrincipal, Principal};
 
 /// Allowed `company_size` values.
-pub const COMPANY_SIZES: &[&str] = &[
+pub(crate) const COMPANY_SIZES: &[&str] = &[
     "1-10",
     "11-50",
     "51-200",
@@ -42,9 +42,9 @@ pub const COMPANY_SIZES: &[&str] = &[
     "5000+",
 ];
 /// Allowed `team_size` values.
-pub const TEAM_SIZES: &[&str] = &["1-5", "6-10", "11-25", "26-50", "51-100", "100+"];
+pub(crate) const TEAM_SIZES: &[&str] = &["1-5", "6-10", "11-25", "26-50", "51-100", "100+"];
 /// Allowed `use_cases` values.
-pub const USE_CASES: &[&str] = &[
+pub(crate) const USE_CASES: &[&str] = &[
     "incident_response",
     "alert_triage",
     "root_cause_analysis",
@@ -59,7 +59,7 @@ pub const USE_CASES: &[&str] = &[
     "other",
 ];
 /// Allowed `observability_stack` values.
-pub const OBSERVABILITY_STACK: &[&str] = &[
+pub(crate) const OBSERVABILITY_STACK: &[&str] = &[
     "datadog",
     "prometheus",
     "grafana",
@@ -233,7 +233,7 @@ fn many_of(field: &str, value: &Value, allowed: &[&str]) -> Result<Vec<String>, 
 }
 
 /// Checks a metadata body against the allowed values (see the module docs).
-pub fn validate_metadata(body: &Value) -> Result<MetadataUpdate, ApiError> {
+pub(crate) fn validate_metadata(body: &Value) -> Result<MetadataUpdate, ApiError> {
     let Some(object) = body.as_object() else {
         return Err(ApiError::unprocessable("body", "must be a JSON object"));
     };

@@ -92,7 +92,7 @@ impl Authenticator {
     }
 
     /// True when session tokens can be verified.
-    pub fn is_configured(&self) -> bool {
+    pub(crate) fn is_configured(&self) -> bool {
         self.verifier.is_some()
     }
 
@@ -127,7 +127,10 @@ impl Authenticator {
 
     /// Resolves the principal's active organization to our organization row and the user's
     /// membership in it.
-    pub async fn authorize_org(&self, principal: Principal) -> Result<OrgPrincipal, ApiError> {
+    pub(crate) async fn authorize_org(
+        &self,
+        principal: Principal,
+    ) -> Result<OrgPrincipal, ApiError> {
         let Some(claim) = principal.org.clone() else {
             tracing::info!(user = %principal.user_id, "request refused: session has no active organization");
             return Err(ApiError::forbidden(
@@ -198,7 +201,7 @@ pub struct Principal {
 
 impl Principal {
     /// The audit actor for this user: `user/{clerk user id}`.
-    pub fn audit_actor(&self) -> String {
+    pub(crate) fn audit_actor(&self) -> String {
         format!("user/{}", self.user_id)
     }
 }
@@ -218,7 +221,7 @@ impl From<VerifiedSession> for Principal {
 /// only, exists (not deleted) in our `organizations` table, and the user is a live member.
 /// Scope every query of an organization route to [`OrgPrincipal::organization_id`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrgPrincipal {
+pub(crate) struct OrgPrincipal {
     /// Our id of the organization (`organizations.id`).
     pub organization_id: OrganizationId,
     /// Clerk's id of the organization.
@@ -238,13 +241,8 @@ impl OrgPrincipal {
         &self.principal.user_id
     }
 
-    /// True for Clerk's admin role.
-    pub fn is_admin(&self) -> bool {
-        self.role == "org:admin" || self.role == "admin"
-    }
-
     /// The audit actor for this user: `user/{clerk user id}`.
-    pub fn audit_actor(&self) -> String {
+    pub(crate) fn audit_actor(&self) -> String {
         self.principal.audit_actor()
     }
 }

@@ -35,11 +35,11 @@ use super::{ClerkOrgId, ClerkSessionId, ClerkUserId};
 use crate::config::ClerkConfig;
 
 /// Default clock-skew allowance for `exp`, `nbf` and `iat`.
-pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
 /// Default minimum time between two JWKS fetches.
-pub const DEFAULT_MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 /// Default timeout of one JWKS request.
-pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a session token was refused. The HTTP layer logs [`JwtError::reason`] and answers 401
 /// (or 503 for the JWKS variants, at its choice); it never shows the details to the caller.
@@ -164,7 +164,7 @@ impl ClerkJwtConfig {
     }
 
     /// The settings from `identity.clerk`, or `None` when no issuer is configured.
-    pub fn from_clerk_config(clerk: &ClerkConfig) -> Option<Self> {
+    pub(crate) fn from_clerk_config(clerk: &ClerkConfig) -> Option<Self> {
         let issuer = clerk.issuer.clone()?;
         Some(Self {
             issuer,
@@ -243,7 +243,7 @@ impl JwksCache {
     }
 
     /// The key with this `kid`: from the cache, or after a (rate-limited) refetch.
-    pub async fn key_for(&self, kid: &str) -> Result<Arc<DecodingKey>, JwtError> {
+    pub(crate) async fn key_for(&self, kid: &str) -> Result<Arc<DecodingKey>, JwtError> {
         if let Some(key) = self.cached(kid) {
             return Ok(key);
         }

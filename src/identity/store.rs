@@ -32,7 +32,7 @@ use crate::db::schema::{organization_members, organization_metadata, organizatio
 use crate::db::{Pool, StoreError, conn};
 
 /// Role given to an organization's creator by the implicit membership.
-pub const CREATOR_ROLE: &str = "org:admin";
+pub(crate) const CREATOR_ROLE: &str = "org:admin";
 
 /// What an upsert or delete did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +165,7 @@ impl From<MetadataRow> for OrganizationMetadata {
 
 /// New metadata values (already validated).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MetadataUpdate {
+pub(crate) struct MetadataUpdate {
     pub company_size: Option<String>,
     pub team_size: Option<String>,
     pub use_cases: Vec<String>,
@@ -304,7 +304,7 @@ impl IdentityStore {
     }
 
     /// Applies `user.deleted` (soft; a tombstone when the user is unknown).
-    pub async fn delete_user(&self, clerk_id: &ClerkUserId) -> Result<Applied, StoreError> {
+    pub(crate) async fn delete_user(&self, clerk_id: &ClerkUserId) -> Result<Applied, StoreError> {
         let mut conn = conn(&self.pool).await?;
         let updated = diesel::update(
             users::table
@@ -608,7 +608,7 @@ impl IdentityStore {
     /// Makes `creator` an admin of `org` through an implicit membership, unless the pair
     /// already has any membership row (explicit data wins, whatever its role or state).
     /// Returns true when the row was written.
-    pub async fn ensure_creator_membership(
+    pub(crate) async fn ensure_creator_membership(
         &self,
         org: &ClerkOrgId,
         creator: &ClerkUserId,
@@ -733,7 +733,7 @@ impl IdentityStore {
 
     /// Replaces the organization's metadata; returns (before, after). The first write sets
     /// `onboarding_completed_at`.
-    pub async fn put_metadata(
+    pub(crate) async fn put_metadata(
         &self,
         id: OrganizationId,
         update: &MetadataUpdate,

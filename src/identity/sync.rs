@@ -23,9 +23,9 @@ use super::{ClerkMembershipId, ClerkOrgId, ClerkUserId};
 use crate::db::StoreError;
 
 /// The routing key of every Clerk event.
-pub const ROUTING_KEY: &str = "clerk";
+pub(crate) const ROUTING_KEY: &str = "clerk";
 /// The audit actor of webhook-driven changes.
-pub const AUDIT_ACTOR: &str = "clerk";
+pub(crate) const AUDIT_ACTOR: &str = "clerk";
 
 /// The routing key of every Clerk event, as a [`RoutingKey`].
 pub fn routing_key() -> RoutingKey {
@@ -351,7 +351,7 @@ struct Applying<'a> {
 }
 
 /// The Clerk `updated_at` (ms) of the object in an event, the version that orders writes.
-pub fn object_version(payload: &Value) -> Option<i64> {
+pub(crate) fn object_version(payload: &Value) -> Option<i64> {
     payload.pointer("/data/updated_at").and_then(Value::as_i64)
 }
 

@@ -21,7 +21,7 @@ use crate::identity::auth::Authenticator;
 use crate::server::{AppState, Module};
 
 /// Name of the Clerk stream's router (actor tree, metrics).
-pub const STREAM_NAME: &str = "identity-sync";
+pub(crate) const STREAM_NAME: &str = "identity-sync";
 
 /// The identity module. On start it
 ///

@@ -142,12 +142,6 @@ impl CredentialSet {
         self.values.get(credential_type).map(|(s, _)| s)
     }
 
-    /// A credential by type, or [`ConnectorError::MissingCredential`].
-    pub fn require(&self, credential_type: &str) -> Result<&Secret, ConnectorError> {
-        self.get(credential_type)
-            .ok_or_else(|| ConnectorError::MissingCredential(credential_type.to_owned()))
-    }
-
     /// True when nothing is stored.
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()

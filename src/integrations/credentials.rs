@@ -162,7 +162,7 @@ impl PgCredentials {
     }
 
     /// Deletes every credential of an integration; returns how many rows went.
-    pub async fn delete_all(&self, integration_id: Uuid) -> Result<usize, StoreError> {
+    pub(crate) async fn delete_all(&self, integration_id: Uuid) -> Result<usize, StoreError> {
         let mut conn = conn(&self.pool).await?;
         Ok(
             diesel::delete(ic::table.filter(ic::integration_id.eq(integration_id)))
@@ -173,7 +173,7 @@ impl PgCredentials {
 
     /// Up to `limit` rows not sealed with `active_key`, in id order after `after` (rotation
     /// batches; a row that could not be moved is skipped by the cursor, not retried forever).
-    pub async fn batch_not_under_key(
+    pub(crate) async fn batch_not_under_key(
         &self,
         active_key: &str,
         after: Option<Uuid>,
@@ -219,7 +219,7 @@ impl PgCredentials {
     }
 
     /// Number of rows per key id.
-    pub async fn count_by_key(&self) -> Result<Vec<(String, i64)>, StoreError> {
+    pub(crate) async fn count_by_key(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let mut conn = conn(&self.pool).await?;
         let rows: Vec<(String, i64)> = ic::table
             .group_by(ic::key_id)

@@ -22,7 +22,7 @@ pub struct Principal {
 
 impl Principal {
     /// The audit `actor` string: `user/{clerk id}`.
-    pub fn audit_actor(&self) -> String {
+    pub(crate) fn audit_actor(&self) -> String {
         format!("user/{}", self.user_id)
     }
 }

@@ -20,9 +20,9 @@ use crate::crypto::state::{NonceLedger, StateClaims, StateError, StateSigner};
 use crate::db::StoreError;
 
 /// How long a state is accepted.
-pub const STATE_TTL_MINUTES: i64 = 10;
+pub(crate) const STATE_TTL_MINUTES: i64 = 10;
 /// Largest page of events.
-pub const MAX_EVENTS_PAGE: i64 = 100;
+pub(crate) const MAX_EVENTS_PAGE: i64 = 100;
 
 /// Lifecycle failures, mapped to HTTP statuses by the routes.
 #[derive(Debug, thiserror::Error)]

@@ -15,13 +15,13 @@ use crate::db::{Pool, StoreError, conn};
 /// Lifecycle state of an integration.
 pub mod status {
     /// Started, waiting for the provider's callback.
-    pub const PENDING: &str = "pending";
+    pub(crate) const PENDING: &str = "pending";
     /// Authorized and usable.
-    pub const ACTIVE: &str = "active";
+    pub(crate) const ACTIVE: &str = "active";
     /// Suspended at the provider (GitHub installation suspended).
-    pub const SUSPENDED: &str = "suspended";
+    pub(crate) const SUSPENDED: &str = "suspended";
     /// Uninstalled or revoked; credentials deleted.
-    pub const REVOKED: &str = "revoked";
+    pub(crate) const REVOKED: &str = "revoked";
     /// The credential no longer works (validation or refresh failed for good).
     pub const ERROR: &str = "error";
 }
@@ -88,7 +88,7 @@ pub struct GithubEventRow {
 
 /// A Slack workspace to record after an install.
 #[derive(Debug, Clone)]
-pub struct SlackWorkspaceRecord {
+pub(crate) struct SlackWorkspaceRecord {
     /// Team id.
     pub team_id: String,
     /// Team name.
@@ -129,7 +129,7 @@ impl IntegrationStore {
     }
 
     /// The organization's integration of `connector_type`, if any.
-    pub async fn find_for_org(
+    pub(crate) async fn find_for_org(
         &self,
         organization_id: Uuid,
         connector_type: &str,
@@ -147,7 +147,7 @@ impl IntegrationStore {
     /// Creates a pending integration, or resets an existing pending/revoked/error one to
     /// pending. `Ok(Err(existing))` when the organization already has a live one (active or
     /// suspended).
-    pub async fn begin(
+    pub(crate) async fn begin(
         &self,
         organization_id: Uuid,
         connector_type: &str,
@@ -215,7 +215,7 @@ impl IntegrationStore {
 
     /// One integration by id, whatever its organization (internal use: stream handlers,
     /// rotation).
-    pub async fn get_any(&self, id: Uuid) -> Result<Option<Integration>, StoreError> {
+    pub(crate) async fn get_any(&self, id: Uuid) -> Result<Option<Integration>, StoreError> {
         let mut conn = conn(&self.pool).await?;
         Ok(integrations::table
             .find(id)
@@ -244,7 +244,7 @@ impl IntegrationStore {
     }
 
     /// The integration linked to a provider-side id (`github` + installation id).
-    pub async fn find_by_external(
+    pub(crate) async fn find_by_external(
         &self,
         connector_type: &str,
         external_id: &str,
@@ -261,7 +261,7 @@ impl IntegrationStore {
     }
 
     /// Marks an integration authorized: status, provider id and metadata.
-    pub async fn activate(
+    pub(crate) async fn activate(
         &self,
         id: Uuid,
         external_id: &str,
@@ -299,7 +299,7 @@ impl IntegrationStore {
     }
 
     /// Merges `patch` (an object) into the metadata.
-    pub async fn merge_metadata(
+    pub(crate) async fn merge_metadata(
         &self,
         id: Uuid,
         patch: &serde_json::Value,
@@ -325,7 +325,7 @@ impl IntegrationStore {
     }
 
     /// Records that a credential of the integration was served.
-    pub async fn touch(&self, id: Uuid) -> Result<(), StoreError> {
+    pub(crate) async fn touch(&self, id: Uuid) -> Result<(), StoreError> {
         let mut conn = conn(&self.pool).await?;
         diesel::update(integrations::table.find(id))
             .set(integrations::last_used_at.eq(now))
@@ -337,7 +337,7 @@ impl IntegrationStore {
     // ----- GitHub repositories -------------------------------------------------------------
 
     /// Adds (or renames) repositories of an installation.
-    pub async fn add_repositories(
+    pub(crate) async fn add_repositories(
         &self,
         installation_id: i64,
         repos: &[RepoRef],
@@ -370,7 +370,7 @@ impl IntegrationStore {
     }
 
     /// Replaces the repository list of an installation.
-    pub async fn replace_repositories(
+    pub(crate) async fn replace_repositories(
         &self,
         installation_id: i64,
         repos: &[RepoRef],
@@ -380,7 +380,7 @@ impl IntegrationStore {
     }
 
     /// Removes repositories of an installation.
-    pub async fn remove_repositories(
+    pub(crate) async fn remove_repositories(
         &self,
         installation_id: i64,
         repository_ids: &[i64],
@@ -400,7 +400,10 @@ impl IntegrationStore {
     }
 
     /// Removes every repository of an installation.
-    pub async fn remove_all_repositories(&self, installation_id: i64) -> Result<(), StoreError> {
+    pub(crate) async fn remove_all_repositories(
+        &self,
+        installation_id: i64,
+    ) -> Result<(), StoreError> {
         let mut conn = conn(&self.pool).await?;
         diesel::delete(
             github_repositories::table
@@ -437,7 +440,7 @@ impl IntegrationStore {
     // ----- GitHub events -------------------------------------------------------------------
 
     /// Stores a normalized event once per delivery id; true when it was new.
-    pub async fn insert_event(
+    pub(crate) async fn insert_event(
         &self,
         delivery_id: &str,
         event: &NormalizedEvent,
@@ -489,7 +492,7 @@ impl IntegrationStore {
 
     /// Records an installed workspace; a reinstall replaces the token reference (one active
     /// token per team).
-    pub async fn upsert_slack_workspace(
+    pub(crate) async fn upsert_slack_workspace(
         &self,
         ws: &SlackWorkspaceRecord,
     ) -> Result<(), StoreError> {
@@ -523,7 +526,7 @@ impl IntegrationStore {
     }
 
     /// Marks a workspace revoked (its token is gone).
-    pub async fn revoke_slack_workspace(
+    pub(crate) async fn revoke_slack_workspace(
         &self,
         team_id: &str,
         reason: &str,
@@ -542,7 +545,7 @@ impl IntegrationStore {
     }
 
     /// `(status, token_ref)` of a workspace.
-    pub async fn slack_workspace(
+    pub(crate) async fn slack_workspace(
         &self,
         team_id: &str,
     ) -> Result<Option<(String, Option<String>, Option<Uuid>)>, StoreError> {

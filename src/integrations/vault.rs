@@ -69,7 +69,7 @@ pub enum CredentialError {
 
 /// A decrypted credential with its timing.
 #[derive(Debug, Clone)]
-pub struct OpenedCredential {
+pub(crate) struct OpenedCredential {
     /// The value.
     pub secret: Secret,
     /// When it stops working, if it expires.
@@ -132,7 +132,7 @@ impl CredentialStore {
     }
 
     /// [`CredentialStore::put`] for several; returns type → row id.
-    pub async fn put_all(
+    pub(crate) async fn put_all(
         &self,
         integration_id: Uuid,
         credentials: &[IssuedCredential],
@@ -160,7 +160,7 @@ impl CredentialStore {
     }
 
     /// Opens one credential with its timing.
-    pub async fn open_one(
+    pub(crate) async fn open_one(
         &self,
         integration_id: Uuid,
         credential_type: &str,
@@ -194,7 +194,7 @@ impl CredentialStore {
     }
 
     /// Deletes every credential of an integration.
-    pub async fn delete_all(&self, integration_id: Uuid) -> Result<usize, CredentialError> {
+    pub(crate) async fn delete_all(&self, integration_id: Uuid) -> Result<usize, CredentialError> {
         Ok(self.db.delete_all(integration_id).await?)
     }
 }
@@ -359,7 +359,7 @@ impl OrgVault {
     }
 
     /// Refreshes the credentials of an integration now (`POST /integrations/{id}/refresh`).
-    pub async fn force_refresh(
+    pub(crate) async fn force_refresh(
         &self,
         integration_id: Uuid,
     ) -> Result<(Integration, Loaded), CredentialError> {
@@ -409,7 +409,7 @@ impl OrgVault {
 
 /// Asks a vault for the primary credential of an integration.
 #[derive(Debug)]
-pub struct GetCredential {
+pub(crate) struct GetCredential {
     /// The integration.
     pub integration_id: Uuid,
 }
@@ -420,7 +420,7 @@ impl Message for GetCredential {
 
 /// Asks a vault to refresh an integration's credentials now.
 #[derive(Debug)]
-pub struct RefreshCredential {
+pub(crate) struct RefreshCredential {
     /// The integration.
     pub integration_id: Uuid,
 }
@@ -432,7 +432,7 @@ impl Message for RefreshCredential {
 /// Drops an integration's cached credential.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct InvalidateCredential {
+pub(crate) struct InvalidateCredential {
     /// The integration.
     pub integration_id: Uuid,
 }
@@ -721,11 +721,6 @@ impl VaultRegistry {
         }
     }
 
-    /// The shared dependencies.
-    pub fn deps(&self) -> &VaultDeps {
-        &self.inner.deps
-    }
-
     /// The vault actor of an organization, started on first use (or again after it stopped).
     /// Must be called inside an actix system.
     pub fn vault(&self, organization_id: Uuid) -> Addr<CredentialVault> {
@@ -773,14 +768,14 @@ impl VaultRegistry {
     }
 
     /// Drops the cached credential of an integration (no-op when its vault is not running).
-    pub fn invalidate(&self, organization_id: Uuid, integration_id: Uuid) {
+    pub(crate) fn invalidate(&self, organization_id: Uuid, integration_id: Uuid) {
         if let Some(addr) = self.inner.vaults.lock().get(&organization_id) {
             addr.do_send(InvalidateCredential { integration_id });
         }
     }
 
     /// Stops every vault actor.
-    pub fn stop_all(&self) {
+    pub(crate) fn stop_all(&self) {
         for (_, addr) in self.inner.vaults.lock().drain() {
             drop(addr);
         }

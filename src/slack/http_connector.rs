@@ -27,7 +27,7 @@ fn ring() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// An https-only connector for `https://slack.com/api` (what `SlackClientHyperConnector::new()`
 /// gives, with the ring provider named explicitly).
-pub fn https_connector() -> Result<SlackClientHyperHttpsConnector, ConnectorError> {
+pub(crate) fn https_connector() -> Result<SlackClientHyperHttpsConnector, ConnectorError> {
     let https = HttpsConnectorBuilder::new()
         .with_provider_and_native_roots(ring())?
         .https_only()

@@ -34,9 +34,9 @@ use crate::slack::web::{WebSettings, auth_test, web_client};
 pub use crate::integrations::providers::SLACK;
 
 /// The bot token credential.
-pub const BOT_TOKEN: &str = "bot_token";
+pub(crate) const BOT_TOKEN: &str = "bot_token";
 /// The rotation refresh token credential.
-pub const REFRESH_TOKEN: &str = "refresh_token";
+pub(crate) const REFRESH_TOKEN: &str = "refresh_token";
 /// How long one call to Slack may take.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 /// Scopes requested when none are configured.
@@ -54,7 +54,7 @@ const DEFAULT_SCOPES: &[&str] = &[
 
 /// Slack connector settings.
 #[derive(Debug, Clone)]
-pub struct SlackConnectorConfig {
+pub(crate) struct SlackConnectorConfig {
     /// OAuth client id.
     pub client_id: Option<String>,
     /// OAuth client secret.
@@ -81,7 +81,7 @@ impl SlackConnectorConfig {
 }
 
 /// The Slack connector.
-pub struct SlackConnector {
+pub(crate) struct SlackConnector {
     config: SlackConnectorConfig,
     client: SlackHyperClient,
     settings: WebSettings,
@@ -501,7 +501,7 @@ pub async fn bot_token_for_team(
 /// Bot tokens of workspaces installed through the Slack integration, decrypted by the
 /// organization's vault actor: the multi-workspace source for the Slack Web API adapter.
 #[derive(Clone)]
-pub struct VaultSlackTokens {
+pub(crate) struct VaultSlackTokens {
     store: IntegrationStore,
     vaults: crate::integrations::vault::VaultRegistry,
 }

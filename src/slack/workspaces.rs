@@ -23,7 +23,7 @@ use crate::db::schema::slack_workspaces;
 use crate::db::{Pool, StoreError, conn};
 
 /// `token_ref` of the workspace served by `slack.bot_token`.
-pub const CONFIG_TOKEN_REF: &str = "config";
+pub(crate) const CONFIG_TOKEN_REF: &str = "config";
 
 /// A token source failed (not "no token": that is `Ok(None)`).
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +58,7 @@ pub trait WorkspaceTokens: Send + Sync + 'static {
 
 /// Several token sources, asked in order; the first that serves a team wins.
 #[derive(Clone, Default)]
-pub struct TokenChain {
+pub(crate) struct TokenChain {
     sources: Vec<Arc<dyn WorkspaceTokens>>,
 }
 

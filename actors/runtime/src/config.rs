@@ -112,11 +112,11 @@ impl ClusterConfig {
         )
     }
     /// `restart_window_ms` as a duration.
-    pub fn restart_window(&self) -> Duration {
+    pub(crate) fn restart_window(&self) -> Duration {
         Duration::from_millis(self.restart_window_ms)
     }
     /// `drain_interval_ms` as a duration.
-    pub fn drain_interval(&self) -> Duration {
+    pub(crate) fn drain_interval(&self) -> Duration {
         Duration::from_millis(self.drain_interval_ms)
     }
     /// `shutdown_timeout_ms` as a duration.
@@ -124,11 +124,11 @@ impl ClusterConfig {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
     /// `stopped_retention_ms` as a duration.
-    pub fn stopped_retention(&self) -> Duration {
+    pub(crate) fn stopped_retention(&self) -> Duration {
         Duration::from_millis(self.stopped_retention_ms)
     }
     /// `housekeeping_interval_ms` as a duration.
-    pub fn housekeeping_interval(&self) -> Duration {
+    pub(crate) fn housekeeping_interval(&self) -> Duration {
         Duration::from_millis(self.housekeeping_interval_ms)
     }
 }

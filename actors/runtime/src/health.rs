@@ -312,7 +312,7 @@ impl HealthRegistry {
     }
 
     /// Live actors (not stopped or failed) per kind.
-    pub fn live_counts(&self) -> std::collections::BTreeMap<ActorKind, usize> {
+    pub(crate) fn live_counts(&self) -> std::collections::BTreeMap<ActorKind, usize> {
         let mut out = std::collections::BTreeMap::new();
         for (id, slot) in self.slots() {
             if !slot.lock().state.is_terminal() {
@@ -511,7 +511,7 @@ impl ActorHealth {
     }
 
     /// Removes the entry (unless another actor with the same id has registered since).
-    pub fn deregister(self) {
+    pub(crate) fn deregister(self) {
         let mut map = self.registry.actors.write();
         if map
             .get(&self.id)

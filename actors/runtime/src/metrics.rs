@@ -40,7 +40,7 @@ impl Metrics {
     }
 
     /// Metrics registered on `registry`.
-    pub fn with_registry(registry: Registry) -> Result<Self, prometheus::Error> {
+    pub(crate) fn with_registry(registry: Registry) -> Result<Self, prometheus::Error> {
         let kind = &["kind"];
         let actors_live = IntGaugeVec::new(
             Opts::new("infragpt_actors_live", "Live actors per kind"),
@@ -130,7 +130,7 @@ impl Metrics {
 
     /// Creates the per-kind series of `kind` at zero, so dashboards and tests see zeros, not
     /// gaps. The cluster declares the supervisor kind and each registered stream's worker kind.
-    pub fn declare_kind(&self, kind: ActorKind) {
+    pub(crate) fn declare_kind(&self, kind: ActorKind) {
         let k = kind.as_str();
         self.actors_live.with_label_values(&[k]);
         self.live_kinds.lock().insert(kind);
@@ -159,7 +159,7 @@ impl Metrics {
     /// Sets `infragpt_actors_live` from live counts per kind (kinds seen before and absent
     /// now go to zero). The health registry is the one source of these counts, so the gauge
     /// always agrees with `/actors`.
-    pub fn set_live(&self, live: &std::collections::BTreeMap<ActorKind, usize>) {
+    pub(crate) fn set_live(&self, live: &std::collections::BTreeMap<ActorKind, usize>) {
         let mut known = self.live_kinds.lock();
         known.extend(live.keys().copied());
         for kind in known.iter() {

@@ -57,7 +57,7 @@ impl RouterShared {
         }
     }
 
-    pub fn is_deferring(&self) -> bool {
+    pub(crate) fn is_deferring(&self) -> bool {
         self.skipped.load(Ordering::SeqCst) > self.drained_through.load(Ordering::SeqCst)
     }
 
@@ -66,7 +66,7 @@ impl RouterShared {
     }
 
     /// Records that an event was left in the inbox; a drain scan will dispatch it.
-    pub fn defer(&self) {
+    pub(crate) fn defer(&self) {
         self.skipped.fetch_add(1, Ordering::SeqCst);
     }
 }

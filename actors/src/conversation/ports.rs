@@ -22,7 +22,7 @@ pub enum Sender {
 
 impl Sender {
     /// The agent contract's spelling: `agent` or `user/{slack user id}`.
-    pub fn to_agent_sender(&self) -> String {
+    pub(crate) fn to_agent_sender(&self) -> String {
         match self {
             Self::User(u) => format!("user/{u}"),
             Self::Agent => "agent".to_owned(),
@@ -30,7 +30,7 @@ impl Sender {
     }
 
     /// The spelling `format` asks for in the agent's history.
-    pub fn to_history_sender(&self, format: HistorySender) -> String {
+    pub(crate) fn to_history_sender(&self, format: HistorySender) -> String {
         match (format, self) {
             (HistorySender::Plain, Self::User(_)) => "user".to_owned(),
             _ => self.to_agent_sender(),

@@ -26,7 +26,7 @@ pub enum ReplyMode {
 
 /// Slack accepts up to 40 000 characters but renders messages over 4 000 poorly; we split at
 /// this many characters.
-pub const MAX_MESSAGE_CHARS: usize = 3_900;
+pub(crate) const MAX_MESSAGE_CHARS: usize = 3_900;
 
 /// Splits text into Slack-sized messages on line boundaries (a single over-long line is cut
 /// at a character boundary). Code fences left open by a split are closed and reopened so
