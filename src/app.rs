@@ -204,7 +204,8 @@ fn build_modules(
         config.agent.reply_mode,
     )
     .with_failure_notice(config.agent.failure_notice.clone())
-    .with_history_sender(config.agent.history_sender);
+    .with_history_sender(config.agent.history_sender)
+    .with_answer_format(config.agent.answer_format);
     cluster
         .register_stream(StreamSpec {
             name: "conversations".to_owned(),
@@ -213,7 +214,9 @@ fn build_modules(
             handler: Arc::new(handler),
         })
         .context("registering the conversation stream")?;
-    let replies = Arc::new(ReplyService::new(store, slack_web.clone()));
+    let replies = Arc::new(
+        ReplyService::new(store, slack_web.clone()).with_answer_format(config.agent.answer_format),
+    );
 
     Ok(vec![
         Box::new(CoreModule::new(core.clone())),

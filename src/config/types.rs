@@ -280,7 +280,7 @@ impl DatabaseConfig {
 }
 
 /// How the agent's answer comes back (`send_reply` or `response`).
-pub use infragpt_actors::conversation::{HistorySender, ReplyMode};
+pub use infragpt_actors::conversation::{AnswerFormat, HistorySender, ReplyMode};
 
 /// The AI agent (gRPC `agent.AgentService`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -307,6 +307,8 @@ pub struct AgentConfig {
     pub failure_notice: String,
     /// How past senders are spelled in the history sent to the agent.
     pub history_sender: HistorySender,
+    /// What the agent writes its answers in: Markdown is converted to Slack mrkdwn.
+    pub answer_format: AnswerFormat,
 }
 
 /// The default of `agent.reply_allowed_networks`: loopback only.
@@ -327,6 +329,7 @@ impl Default for AgentConfig {
                 .collect(),
             failure_notice: infragpt_actors::conversation::DEFAULT_FAILURE_NOTICE.to_owned(),
             history_sender: HistorySender::Proto,
+            answer_format: AnswerFormat::Markdown,
         }
     }
 }

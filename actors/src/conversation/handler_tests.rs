@@ -7,8 +7,8 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::{
-    AgentAnswer, AgentError, ConversationHandler, DEFAULT_FAILURE_NOTICE, MessageKind, ReplyMode,
-    ReplyService, Sender, SlackApiError, UNAVAILABLE_REPLY,
+    AgentAnswer, AgentError, AnswerFormat, ConversationHandler, DEFAULT_FAILURE_NOTICE,
+    MessageKind, ReplyMode, ReplyService, Sender, SlackApiError, UNAVAILABLE_REPLY,
 };
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
 use crate::ids::{ChannelId, MessageTs, SlackUserId, TeamId, ThreadKey};
@@ -535,4 +535,79 @@ async fn a_store_outage_is_retried_and_an_inactive_workspace_is_not() {
         "{outcome:?}"
     );
     assert!(f.agent.turns().is_empty());
+}
+
+const MARKDOWN_ANSWER: &str = "## Pods\n**api** is _down_, see [the runbook](https://rb.example/a?x=1&y=2):\n\n```\nkubectl get pods | grep **api**\n```";
+const MRKDWN_ANSWER: &str = "*Pods*\n\n*api* is _down_, see <https://rb.example/a?x=1&amp;y=2|the runbook>:\n\n```\nkubectl get pods | grep **api**\n```";
+
+#[tokio::test]
+async fn markdown_answers_are_posted_and_stored_as_mrkdwn_on_both_paths() {
+    // Posted from the agent's response.
+    let f = fixture(ReplyMode::Response);
+    f.agent.answer_with(FakeAgent::success(MARKDOWN_ANSWER));
+    f.handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> pods?")))
+        .await
+        .expect("turn");
+    let texts: Vec<String> = f.slack.posts().into_iter().map(|p| p.text).collect();
+    assert_eq!(texts, vec![MRKDWN_ANSWER.to_owned()]);
+    assert_eq!(
+        thread_texts(&f, ROOT_TS)[1],
+        (Sender::Agent, MRKDWN_ANSWER.to_owned())
+    );
+
+    // Posted through SendReply.
+    let f = fixture(ReplyMode::SendReply);
+    let replies = Arc::new(ReplyService::new(f.store.clone(), f.slack.clone()));
+    f.agent.send_reply_with(replies, MARKDOWN_ANSWER);
+    f.handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> pods?")))
+        .await
+        .expect("turn");
+    let texts: Vec<String> = f.slack.posts().into_iter().map(|p| p.text).collect();
+    assert_eq!(texts, vec![MRKDWN_ANSWER.to_owned()]);
+}
+
+#[tokio::test]
+async fn mrkdwn_answers_and_notices_are_posted_as_they_are() {
+    let store = MemoryConversationStore::new();
+    let slack = FakeSlack::new();
+    let agent = FakeAgent::new();
+    let handler = ConversationHandler::new(
+        store.clone(),
+        slack.clone(),
+        agent.clone(),
+        ReplyMode::Response,
+    )
+    .with_answer_format(AnswerFormat::Mrkdwn)
+    .with_failure_notice("*bold* notice with a <https://status.example|status page>");
+    agent.answer_with(FakeAgent::success("*already* mrkdwn"));
+    handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> one")))
+        .await
+        .expect("turn");
+    assert_eq!(slack.posts()[0].text, "*already* mrkdwn");
+
+    // A notice is never converted, whatever the answer format.
+    let f = fixture(ReplyMode::Response);
+    let f = Fixture {
+        handler: f
+            .handler
+            .with_failure_notice("**not** converted <https://status.example|status>"),
+        ..f
+    };
+    f.agent.answer_with(AgentAnswer {
+        success: false,
+        error_message: "boom".to_owned(),
+        ..FakeAgent::success("")
+    });
+    let _ = f
+        .handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> two")))
+        .await;
+    let texts: Vec<String> = f.slack.posts().into_iter().map(|p| p.text).collect();
+    assert_eq!(
+        texts,
+        vec!["**not** converted <https://status.example|status>".to_owned()]
+    );
 }

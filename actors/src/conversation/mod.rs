@@ -1,6 +1,7 @@
 //! Conversations: one per Slack thread. The handler that turns Slack events into turns for
 //! the agent, the SendReply logic, and the ports they need.
 
+pub mod mrkdwn;
 pub mod ports;
 pub mod reply;
 pub mod turn;
@@ -10,7 +11,7 @@ pub use ports::{
     ConversationStore, ConversationStoreError, HistorySender, InsertOutcome, MessageKind,
     NewMessage, PastMessage, Sender, SlackApi, SlackApiError, StoredMessage, UserProfile,
 };
-pub use reply::{ReplyError, ReplyMode, ReplyOutcome, ReplyService, split_message};
+pub use reply::{AnswerFormat, ReplyError, ReplyMode, ReplyOutcome, ReplyService, split_message};
 pub use turn::{
     ConversationHandler, DEFAULT_FAILURE_NOTICE, SEEN_REACTION, UNAVAILABLE_REPLY, routing_key,
 };

@@ -24,6 +24,27 @@ pub enum ReplyMode {
     Response,
 }
 
+/// What the agent's answers are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerFormat {
+    /// Markdown (what models write): converted to Slack mrkdwn before posting.
+    #[default]
+    Markdown,
+    /// Already Slack mrkdwn: posted as it is.
+    Mrkdwn,
+}
+
+impl AnswerFormat {
+    /// The answer as Slack should receive it.
+    pub fn to_slack(self, answer: &str) -> String {
+        match self {
+            Self::Markdown => super::mrkdwn::from_markdown(answer),
+            Self::Mrkdwn => answer.to_owned(),
+        }
+    }
+}
+
 /// Slack accepts up to 40 000 characters but renders messages over 4 000 poorly; we split at
 /// this many characters.
 pub(crate) const MAX_MESSAGE_CHARS: usize = 3_900;
@@ -126,6 +147,7 @@ pub enum ReplyOutcome {
 pub struct ReplyService {
     store: Arc<dyn ConversationStore>,
     slack: Arc<dyn SlackApi>,
+    format: AnswerFormat,
     // One SendReply at a time per conversation, so that two concurrent retries of the same
     // text cannot both pass the "already posted" check.
     locks: parking_lot::Mutex<HashMap<ConversationId, Arc<tokio::sync::Mutex<()>>>>,
@@ -143,8 +165,15 @@ impl ReplyService {
         Self {
             store,
             slack,
+            format: AnswerFormat::default(),
             locks: parking_lot::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Answers are written in `format` (`agent.answer_format`).
+    pub fn with_answer_format(mut self, format: AnswerFormat) -> Self {
+        self.format = format;
+        self
     }
 
     fn lock_for(&self, id: ConversationId) -> Arc<tokio::sync::Mutex<()>> {
@@ -154,8 +183,9 @@ impl ReplyService {
         locks.entry(id).or_default().clone()
     }
 
-    /// SendReply: posts `message` in the conversation's thread and stores it as an agent
-    /// message answering the current turn. The same text for the same turn is posted once.
+    /// SendReply: posts `message` (converted to mrkdwn unless it is already) in the
+    /// conversation's thread and stores what was posted as an agent message answering the
+    /// current turn. The same text for the same turn is posted once.
     pub async fn send_reply(
         &self,
         conversation_id: &str,
@@ -172,7 +202,7 @@ impl ReplyService {
         let _guard = lock.lock().await;
         let conversation = self.store.find(id).await?.ok_or(ReplyError::NotFound(id))?;
         let turn = conversation.current_turn_ts.clone();
-        let parts = split_message(message);
+        let parts = split_message(&self.format.to_slack(message));
         if let Some(turn) = &turn
             && let Some(first) = parts.first()
             && self.store.agent_reply_exists(id, turn, Some(first)).await?

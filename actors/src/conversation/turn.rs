@@ -12,7 +12,7 @@ use super::ports::{
     ConversationStoreError, HistorySender, InsertOutcome, MessageKind, NewMessage, PastMessage,
     Sender, SlackApi, SlackApiError, StoredMessage, UserProfile,
 };
-use super::reply::{ReplyMode, split_message};
+use super::reply::{AnswerFormat, ReplyMode, split_message};
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
 use crate::ids::{ChannelId, ConversationId, MessageTs, TeamId, ThreadKey};
 use crate::inbox::{InboundEvent, RoutingKey};
@@ -71,6 +71,7 @@ pub struct ConversationHandler {
     reply_mode: ReplyMode,
     failure_notice: String,
     history_sender: HistorySender,
+    answer_format: AnswerFormat,
 }
 
 impl std::fmt::Debug for ConversationHandler {
@@ -97,7 +98,15 @@ impl ConversationHandler {
             reply_mode,
             failure_notice: DEFAULT_FAILURE_NOTICE.to_owned(),
             history_sender: HistorySender::default(),
+            answer_format: AnswerFormat::default(),
         }
+    }
+
+    /// Answers are written in `format` (`agent.answer_format`); notices are posted as
+    /// configured.
+    pub fn with_answer_format(mut self, format: AnswerFormat) -> Self {
+        self.answer_format = format;
+        self
     }
 
     /// Posts `notice` instead of the agent's error text when it answers `success: false`
@@ -139,7 +148,12 @@ impl ConversationHandler {
         text: &str,
         kind: MessageKind,
     ) -> Result<(), HandlerError> {
-        for chunk in split_message(text) {
+        let text = match kind {
+            MessageKind::Message => self.answer_format.to_slack(text),
+            // Our own notices are configured in mrkdwn already.
+            MessageKind::Notice => text.to_owned(),
+        };
+        for chunk in split_message(&text) {
             let ts = self
                 .slack
                 .post_message(&key.team, &key.channel, Some(&key.thread_ts), &chunk)
