@@ -261,17 +261,9 @@ impl Writer {
                     self.newline();
                 }
             }
-            TagEnd::Item => {
-                if !self.at_line_start {
-                    self.newline();
-                }
-            }
+            TagEnd::Item if !self.at_line_start => self.newline(),
             TagEnd::Emphasis => self.out.push('_'),
-            TagEnd::Strong => {
-                if !self.in_heading {
-                    self.out.push('*');
-                }
-            }
+            TagEnd::Strong if !self.in_heading => self.out.push('*'),
             TagEnd::Strikethrough => self.out.push('~'),
             _ => {}
         }
