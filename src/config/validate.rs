@@ -3,8 +3,8 @@
 use base64::Engine as _;
 
 use super::{
-    ActorsConfig, AgentConfig, Config, CorsConfig, DatabaseConfig, GrpcConfig, GrpcTlsConfig, SlackConfig,
-    VaultConfig,
+    ActorsConfig, AgentConfig, Config, CorsConfig, DatabaseConfig, GrpcConfig, GrpcTlsConfig,
+    SlackConfig, VaultConfig,
 };
 
 type Failure = (String, String);

@@ -64,35 +64,32 @@ pub fn incoming(
         .with_nodelay(Some(true))
         .with_keepalive(limits.tcp_keepalive);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    futures::stream::unfold(
-        (accepted, slots),
-        move |(mut accepted, slots)| async move {
-            loop {
-                match accepted.next().await? {
-                    Ok(tcp) => match slots.clone().try_acquire_owned() {
-                        Ok(slot) => {
-                            let io = GuardedIo::new(tcp, slot, &limits);
-                            return Some((Ok(io), (accepted, slots)));
-                        }
-                        Err(_) => {
-                            tracing::warn!(
-                                peer = ?tcp.peer_addr().ok(),
-                                max_connections = limits.max_connections,
-                                "gRPC connection refused: too many open connections"
-                            );
-                            drop(tcp);
-                        }
-                    },
-                    // Returning the error would stop tonic's server; a full descriptor table
-                    // or an aborted connection is worth waiting out instead.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "gRPC accept failed");
-                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+    futures::stream::unfold((accepted, slots), move |(mut accepted, slots)| async move {
+        loop {
+            match accepted.next().await? {
+                Ok(tcp) => match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let io = GuardedIo::new(tcp, slot, &limits);
+                        return Some((Ok(io), (accepted, slots)));
                     }
+                    Err(_) => {
+                        tracing::warn!(
+                            peer = ?tcp.peer_addr().ok(),
+                            max_connections = limits.max_connections,
+                            "gRPC connection refused: too many open connections"
+                        );
+                        drop(tcp);
+                    }
+                },
+                // Returning the error would stop tonic's server; a full descriptor table
+                // or an aborted connection is worth waiting out instead.
+                Err(e) => {
+                    tracing::warn!(error = %e, "gRPC accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 }
             }
-        },
-    )
+        }
+    })
 }
 
 /// An accepted connection that times out a missing handshake and idleness, and holds one of
