@@ -14,10 +14,11 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
+use super::upstream::Pki;
 use crate::support::app::TestApp;
 use crate::support::wait::eventually;
 
@@ -165,6 +166,50 @@ async fn connections_over_the_cap_are_closed_while_open_ones_keep_working() {
     health(first)
         .await
         .expect("the first connection still works");
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn under_mutual_tls_a_silent_connection_is_closed_and_certified_clients_are_served() {
+    let pki = Pki::new();
+    let (cert, key, ca) = (
+        pki.path("server.crt"),
+        pki.path("server.key"),
+        pki.path("ca.crt"),
+    );
+    let app = TestApp::builder()
+        .configure(move |c| {
+            c.grpc.handshake_timeout_ms = 300;
+            c.grpc.idle_timeout_ms = 600_000;
+            c.grpc_tls.cert_file = Some(cert);
+            c.grpc_tls.key_file = Some(key);
+            c.grpc_tls.client_ca_file = Some(ca);
+        })
+        .start()
+        .await;
+    let mut silent = TcpStream::connect(app.grpc_addr()).await.unwrap();
+    closed_by_server(&mut silent, "no ClientHello").await;
+
+    // The TLS handshake runs over the guarded connection; the client certificate still
+    // reaches the service (every call needs one here), also after the handshake timeout.
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(&pki.client.0, &pki.client.1));
+    let channel = Endpoint::from_shared(format!("https://127.0.0.1:{}", app.grpc_addr().port()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("TLS connect");
+    health(channel.clone())
+        .await
+        .expect("health check over mTLS");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    health(channel)
+        .await
+        .expect("health check after the handshake timeout");
     app.stop().await;
 }
 
