@@ -1,9 +1,32 @@
 //! The one error shape of the HTTP API: `{"error":{"code":"...","message":"..."}}`, plus its
 //! mapping to gRPC status codes.
 
+use std::borrow::Cow;
+
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
+
+/// Characters of a caller's value an error message echoes (see [`echo`]).
+pub const ECHO_MAX_CHARS: usize = 64;
+
+/// Characters of an error message at most: a safety net for messages that embed caller input
+/// we cannot clip on its own (a parser's error text).
+pub const MESSAGE_MAX_CHARS: usize = 512;
+
+/// A caller's value as an error message may echo it: at most [`ECHO_MAX_CHARS`] characters,
+/// then `…(N bytes)` with the full length. A 200 KB id must not come back in a 200 KB error.
+pub fn echo(value: &str) -> Cow<'_, str> {
+    clip(value, ECHO_MAX_CHARS)
+}
+
+/// `value` cut to `max_chars` characters plus `…(N bytes)`, or as is when it is short enough.
+pub fn clip(value: &str, max_chars: usize) -> Cow<'_, str> {
+    match value.char_indices().nth(max_chars) {
+        None => Cow::Borrowed(value),
+        Some((end, _)) => Cow::Owned(format!("{}…({} bytes)", &value[..end], value.len())),
+    }
+}
 
 /// An error answered to an HTTP (or gRPC) caller. The message is meant for the caller; internal
 /// details are logged, never returned.
@@ -30,10 +53,15 @@ struct Inner<'a> {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let message = match clip(&message, MESSAGE_MAX_CHARS) {
+            Cow::Borrowed(_) => message,
+            Cow::Owned(clipped) => clipped,
+        };
         Self {
             status,
             code,
-            message: message.into(),
+            message,
             field: None,
         }
     }
@@ -63,12 +91,19 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
 
+    /// 409 `failed_precondition` (gRPC `FAILED_PRECONDITION`): the request is fine, but the
+    /// state of something it depends on refuses it, and retrying will not help until that
+    /// state changes (a Slack workspace without a token, an archived channel).
+    pub fn failed_precondition(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "failed_precondition", message)
+    }
+
     /// 422: well-formed, but `field` is invalid.
     pub fn unprocessable(field: impl Into<String>, message: impl Into<String>) -> Self {
         let field = field.into();
-        let message = format!("{field}: {}", message.into());
+        let message = format!("{}: {}", echo(&field), message.into());
         Self {
-            field: Some(field),
+            field: Some(echo(&field).into_owned()),
             ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", message)
         }
     }
@@ -181,6 +216,8 @@ impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
         use tonic::Code;
         let code = match e.status {
+            // 409 is two codes; the error code tells them apart.
+            StatusCode::CONFLICT if e.code == "failed_precondition" => Code::FailedPrecondition,
             StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => Code::InvalidArgument,
             StatusCode::UNAUTHORIZED => Code::Unauthenticated,
             StatusCode::FORBIDDEN => Code::PermissionDenied,
@@ -229,7 +266,12 @@ pub fn query_config() -> actix_web::web::QueryConfig {
 
 /// The default service: JSON 404 for every unknown path.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    ApiError::not_found(format!("no route for {} {}", req.method(), req.path())).error_response()
+    ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        echo(req.path())
+    ))
+    .error_response()
 }
 
 #[cfg(test)]
@@ -258,7 +300,31 @@ mod tests {
     }
 
     #[test]
+    fn echo_clips_long_values() {
+        assert_eq!(echo("short"), "short");
+        let exact = "x".repeat(ECHO_MAX_CHARS);
+        assert_eq!(echo(&exact), exact.as_str());
+        let long = "é".repeat(100_000);
+        let clipped = echo(&long);
+        assert_eq!(
+            clipped,
+            format!("{}…(200000 bytes)", "é".repeat(ECHO_MAX_CHARS))
+        );
+        let e = ApiError::bad_request("y".repeat(10_000));
+        assert!(e.message().chars().count() < MESSAGE_MAX_CHARS + 20);
+        assert!(e.message().ends_with("…(10000 bytes)"), "{}", e.message());
+    }
+
+    #[test]
     fn grpc_codes() {
+        let s: tonic::Status = ApiError::failed_precondition("x").into();
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            ApiError::failed_precondition("x").status(),
+            StatusCode::CONFLICT
+        );
+        let s: tonic::Status = ApiError::conflict("x").into();
+        assert_eq!(s.code(), tonic::Code::AlreadyExists);
         let s: tonic::Status = ApiError::unauthorized("x").into();
         assert_eq!(s.code(), tonic::Code::Unauthenticated);
         let s: tonic::Status = ApiError::too_many_requests("x").into();

@@ -153,6 +153,7 @@ async fn start_with_database(
 
     let mut http = HttpShell::from_config(&config, readiness.clone());
     let mut grpc = GrpcShell::new().await;
+    grpc.set_limits(config.grpc.clone());
     for i in 0..modules.len() {
         if let Err(e) = modules[i].start(&state, &mut http, &mut grpc).await {
             let name = modules[i].name().to_owned();

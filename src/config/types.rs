@@ -35,6 +35,8 @@ pub struct Config {
     pub grpc_port: u16,
     /// TLS (and mutual TLS) on the gRPC listener.
     pub grpc_tls: GrpcTlsConfig,
+    /// Connection limits of the gRPC listener (timeouts, keepalive, connection cap).
+    pub grpc: GrpcConfig,
     /// Log filter (`info`, `infragpt=debug,actix_web=info`); `RUST_LOG` wins when set.
     pub log_level: String,
     pub log_format: LogFormat,
@@ -71,6 +73,7 @@ impl Default for Config {
             port: 8080,
             grpc_port: 50051,
             grpc_tls: GrpcTlsConfig::default(),
+            grpc: GrpcConfig::default(),
             log_level: "info".to_owned(),
             log_format: LogFormat::Json,
             http_log: true,
@@ -130,6 +133,80 @@ impl GrpcTlsConfig {
     /// True when clients must present a certificate.
     pub fn client_certificates_required(&self) -> bool {
         self.enabled() && self.client_ca_file.is_some()
+    }
+}
+
+/// Connection limits of the gRPC listener. A connection is closed when the first bytes
+/// (the HTTP/2 preface, or the TLS ClientHello) have not arrived within `handshake_timeout_ms`,
+/// and when no byte has moved either way for `idle_timeout_ms`; over `max_connections` a new
+/// connection is accepted and closed at once. `0` turns a timeout off.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Time from accept until the first bytes of the handshake (also bounds the TLS handshake).
+    pub handshake_timeout_ms: u64,
+    /// A connection with no bytes moving in either direction for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// HTTP/2 PING interval (0: off). Pings are traffic: a peer that answers them is never
+    /// idle, so with keepalive on, `idle_timeout_ms` only closes unresponsive peers.
+    pub keepalive_interval_ms: u64,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub keepalive_timeout_ms: u64,
+    /// TCP keepalive probes after this much silence (0: off); invisible to the idle timeout.
+    pub tcp_keepalive_ms: u64,
+    /// Open connections at most (including those still in the handshake).
+    pub max_connections: usize,
+    /// Deadline of one call (0: none; a shorter `grpc-timeout` from the client wins).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout_ms: 5_000,
+            idle_timeout_ms: 300_000,
+            keepalive_interval_ms: 0,
+            keepalive_timeout_ms: 20_000,
+            tcp_keepalive_ms: 60_000,
+            max_connections: 1024,
+            request_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl GrpcConfig {
+    fn millis(ms: u64) -> Option<Duration> {
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
+    /// The handshake timeout, `None` when off.
+    pub fn handshake_timeout(&self) -> Option<Duration> {
+        Self::millis(self.handshake_timeout_ms)
+    }
+
+    /// The idle timeout, `None` when off.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        Self::millis(self.idle_timeout_ms)
+    }
+
+    /// The HTTP/2 keepalive interval, `None` when off.
+    pub fn keepalive_interval(&self) -> Option<Duration> {
+        Self::millis(self.keepalive_interval_ms)
+    }
+
+    /// The HTTP/2 keepalive timeout.
+    pub fn keepalive_timeout(&self) -> Duration {
+        Duration::from_millis(self.keepalive_timeout_ms)
+    }
+
+    /// The TCP keepalive time, `None` when off.
+    pub fn tcp_keepalive(&self) -> Option<Duration> {
+        Self::millis(self.tcp_keepalive_ms)
+    }
+
+    /// The per-call deadline, `None` when off.
+    pub fn request_timeout(&self) -> Option<Duration> {
+        Self::millis(self.request_timeout_ms)
     }
 }
 

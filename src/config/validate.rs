@@ -3,8 +3,8 @@
 use base64::Engine as _;
 
 use super::{
-    ActorsConfig, AgentConfig, Config, CorsConfig, DatabaseConfig, GrpcTlsConfig, SlackConfig,
-    VaultConfig,
+    ActorsConfig, AgentConfig, Config, CorsConfig, DatabaseConfig, GrpcConfig, GrpcTlsConfig,
+    SlackConfig, VaultConfig,
 };
 
 type Failure = (String, String);
@@ -22,6 +22,7 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
     check_database(&config.database)?;
     check_agent(&mut config.agent)?;
     check_grpc_tls(&config.grpc_tls)?;
+    check_grpc(&config.grpc)?;
     check_identity(config)?;
     check_integrations(config)?;
     check_vault(&config.vault)?;
@@ -171,6 +172,23 @@ fn check_agent(agent: &mut AgentConfig) -> Result<(), Failure> {
         fail(
             "agent.failure_notice",
             "must not be empty: it is what the thread sees when the agent fails",
+        )?;
+    }
+    Ok(())
+}
+
+/// `grpc`: a connection cap of at least one, keepalive that can fire.
+fn check_grpc(grpc: &GrpcConfig) -> Result<(), Failure> {
+    if grpc.max_connections == 0 {
+        fail(
+            "grpc.max_connections",
+            "must be at least 1 (0 would refuse every connection)",
+        )?;
+    }
+    if grpc.keepalive_interval_ms > 0 && grpc.keepalive_timeout_ms == 0 {
+        fail(
+            "grpc.keepalive_timeout_ms",
+            "must be above 0 when grpc.keepalive_interval_ms is set",
         )?;
     }
     Ok(())

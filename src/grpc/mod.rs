@@ -1,6 +1,8 @@
 //! gRPC technology shared by the features: the generated contracts ([`pb`]) and the tonic
-//! server shell ([`server`]) that feature modules add their services to.
+//! server shell ([`server`]) that feature modules add their services to, with the connection
+//! limits tonic lacks ([`limits`]).
 
+pub mod limits;
 pub mod server;
 
 /// Generated protobuf and tonic code for the three packages.

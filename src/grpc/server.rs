@@ -1,5 +1,6 @@
 //! The gRPC server shell: tonic with the standard `grpc.health.v1.Health` service and a place to
-//! add the service implementations, optionally behind TLS or mutual TLS (`grpc_tls`).
+//! add the service implementations, optionally behind TLS or mutual TLS (`grpc_tls`), with the
+//! connection limits of the `grpc` section (see [`super::limits`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,6 +11,9 @@ use tonic::service::RoutesBuilder;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+
+use super::limits::ConnectionLimits;
+use crate::config::GrpcConfig;
 
 /// The gRPC server failed.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +107,7 @@ pub struct GrpcShell {
     routes: RoutesBuilder,
     health: GrpcHealth,
     tls: Option<ServerTlsConfig>,
+    limits: GrpcConfig,
 }
 
 impl GrpcShell {
@@ -121,7 +126,15 @@ impl GrpcShell {
             routes,
             health,
             tls: None,
+            limits: GrpcConfig::default(),
         }
+    }
+
+    /// Timeouts, keepalive and the connection cap (the `grpc` section; its defaults until
+    /// set).
+    pub fn set_limits(&mut self, limits: GrpcConfig) -> &mut Self {
+        self.limits = limits;
+        self
     }
 
     /// Serves over TLS (mutual TLS when `tls` has a client CA). The configuration is tried
@@ -165,9 +178,19 @@ impl GrpcShell {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), GrpcServerError> {
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = self.tls {
+        let limits = &self.limits;
+        let incoming = super::limits::incoming(listener, ConnectionLimits::from(limits));
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(limits.keepalive_interval())
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout()));
+        if let Some(timeout) = limits.request_timeout() {
+            builder = builder.timeout(timeout);
+        }
+        if let Some(mut tls) = self.tls {
+            // The TLS handshake gets the same budget as a plaintext preface.
+            if let Some(timeout) = limits.handshake_timeout() {
+                tls = tls.timeout(timeout);
+            }
             builder = builder.tls_config(tls)?;
         }
         builder

@@ -2,22 +2,18 @@
 //! `infragpt.InfraGPTService/SendReply` (same messages), both delegating to one
 //! [`ReplyService`].
 //!
-//! Answers (the contract returns a `Status` message, so caller mistakes the agent can act on
-//! are reported in it, while conditions gRPC has codes for use them):
-//!
-//! * posted, or the same text already posted for the current turn → OK, `success: true`;
-//! * `conversation_id` not a UUID, or an empty message → OK, `success: false` with the reason
-//!   in `error` (the HTTP endpoint answers 400);
-//! * unknown conversation → `NOT_FOUND` (HTTP 404);
-//! * the caller has neither the reply token (`authorization: Bearer <token>` metadata), nor a
-//!   verified client certificate, nor a source address in `agent.reply_allowed_networks`, or
-//!   presents a wrong token → `UNAUTHENTICATED` (HTTP 401; see [`ReplyAuth`]);
-//! * store or Slack unavailable → `UNAVAILABLE` (HTTP 503; the agent may retry, SendReply is
-//!   idempotent per turn).
+//! Answers: posted, or the same text already posted for the current turn → OK,
+//! `success: true`. Every failure is a gRPC status whose code says what to do (the same
+//! mapping as `POST /reply`, see [`api_error`]): `INVALID_ARGUMENT` for malformed input,
+//! `NOT_FOUND` for an unknown conversation, `FAILED_PRECONDITION` when Slack refused for good,
+//! `UNAVAILABLE` when a retry may work, `UNAUTHENTICATED` when the caller has neither the
+//! reply token (`authorization: Bearer <token>` metadata), nor a verified client certificate,
+//! nor a source address in `agent.reply_allowed_networks` (see [`ReplyAuth`]). Caller values
+//! are echoed clipped.
 
 use std::sync::Arc;
 
-use infragpt_actors::conversation::{ReplyError, ReplyOutcome, ReplyService};
+use infragpt_actors::conversation::{ReplyOutcome, ReplyService};
 
 use super::{ReplyAuth, ReplyCaller, api_error};
 use crate::grpc::pb::backend::backend_service_server::{BackendService, BackendServiceServer};
@@ -96,14 +92,11 @@ impl ReplyGrpc {
                     error: String::new(),
                 }))
             }
-            Err(e @ (ReplyError::InvalidConversationId(_) | ReplyError::EmptyMessage)) => {
-                tracing::info!(transport = path, error = %e, "SendReply rejected");
-                Ok(tonic::Response::new(Status {
-                    success: false,
-                    error: e.to_string(),
-                }))
+            Err(e) => {
+                let e = api_error(e);
+                tracing::info!(transport = path, code = e.code(), error = %e.message(), "SendReply failed");
+                Err(e.into())
             }
-            Err(e) => Err(api_error(e).into()),
         }
     }
 }

@@ -1,18 +1,22 @@
 //! `POST /reply`: SendReply over HTTP (JSON `{"conversation_id": "...", "message": "..."}`).
 //!
 //! Answers: 200 `{"success":true,"error":""}`; 400 for a conversation id that is not a UUID,
-//! an empty message or a malformed body; 404 for an unknown conversation; 401 when the caller
-//! is not authenticated (see [`ReplyAuth`]; checked before the body is read); 503 when the
-//! store or Slack is unavailable. Errors use the API's JSON error shape.
+//! an empty message or a malformed body; 404 for an unknown conversation; 409
+//! (`failed_precondition`) when Slack refused the reply for good; 401 when the caller is not
+//! authenticated (see [`ReplyAuth`]; checked before the body is read); 503 when the store or
+//! Slack is unavailable and a retry may work (see [`api_error`]). Errors use the API's JSON
+//! error shape plus `"success": false`, so a client reading the `Status` fields still sees the
+//! failure: `{"success":false,"error":{"code":"...","message":"..."}}`.
 
 use std::sync::Arc;
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use infragpt_actors::conversation::{ReplyOutcome, ReplyService};
 use serde::{Deserialize, Serialize};
 
 use super::{ReplyAuth, ReplyCaller, api_error};
-use crate::error::ApiError;
+use crate::error::{ApiError, clip};
 
 /// Body of `POST /reply` (the gRPC `SendReplyCommand`).
 #[derive(Debug, Clone, Deserialize)]
@@ -33,12 +37,43 @@ pub struct ReplyStatus {
     pub error: String,
 }
 
+/// An error of `POST /reply`: the API's error shape with `"success": false` added.
+#[derive(Debug)]
+pub struct ReplyHttpError(pub ApiError);
+
+impl From<ApiError> for ReplyHttpError {
+    fn from(e: ApiError) -> Self {
+        Self(e)
+    }
+}
+
+impl std::fmt::Display for ReplyHttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl ResponseError for ReplyHttpError {
+    fn status_code(&self) -> StatusCode {
+        self.0.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body: serde_json::Value =
+            serde_json::from_str(&self.0.to_json()).unwrap_or_default();
+        if let Some(object) = body.as_object_mut() {
+            object.insert("success".into(), serde_json::Value::Bool(false));
+        }
+        HttpResponse::build(self.0.status()).json(body)
+    }
+}
+
 async fn post_reply(
     req: HttpRequest,
     body: web::Bytes,
     service: web::Data<Arc<ReplyService>>,
     auth: web::Data<ReplyAuth>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, ReplyHttpError> {
     let authorization = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -54,8 +89,10 @@ async fn post_reply(
         peer: req.peer_addr().map(|a| a.ip()),
         client_certificate: false,
     })?;
-    let request: ReplyRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    // serde's message may quote the caller's text (an unknown field): clipped.
+    let request: ReplyRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("invalid JSON body: {}", clip(&e.to_string(), 256)))
+    })?;
     let outcome = service
         .send_reply(&request.conversation_id, &request.message)
         .await

@@ -12,11 +12,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use infragpt_actors::Secret;
-use infragpt_actors::conversation::{ReplyError, ReplyService, SlackApiError};
+use infragpt_actors::conversation::{ReplyError, ReplyService};
 
 use self::grpc::ReplyGrpc;
 use crate::config::{Config, NetworkParseError, Networks};
-use crate::error::ApiError;
+use crate::error::{ApiError, echo};
 use crate::grpc::server::GrpcShell;
 use crate::http::HttpShell;
 use crate::server::{AppState, Module};
@@ -164,27 +164,39 @@ impl ReplyAuth {
     }
 }
 
-/// The SendReply error as the API answers it.
+/// The SendReply error as the API answers it, the same on both gRPC paths and `POST /reply`.
+/// The code tells the agent what to do:
+///
+/// * malformed input (not a UUID, empty message) → 400 / `INVALID_ARGUMENT`: fix the call;
+/// * unknown conversation → 404 / `NOT_FOUND`;
+/// * Slack refused for good ([`is_transient`] is false: no token for the
+///   workspace, an inactive workspace, `channel_not_found`, `is_archived`, `msg_too_long`...)
+///   → 409 / `FAILED_PRECONDITION`: retrying the same call will not help;
+/// * the store or Slack is unavailable (network, 5xx, rate limited) → 503 / `UNAVAILABLE`:
+///   retry later (SendReply is idempotent per turn).
+///
+/// Caller values are echoed clipped ([`echo`]).
+///
+/// [`is_transient`]: infragpt_actors::conversation::SlackApiError::is_transient
 pub fn api_error(e: ReplyError) -> ApiError {
     match e {
-        ReplyError::InvalidConversationId(_) | ReplyError::EmptyMessage => {
-            ApiError::bad_request(e.to_string())
-        }
+        ReplyError::InvalidConversationId(raw) => ApiError::bad_request(format!(
+            "conversation_id {:?} is not a valid UUID",
+            echo(&raw)
+        )),
+        ReplyError::EmptyMessage => ApiError::bad_request(e.to_string()),
         ReplyError::NotFound(_) => ApiError::not_found(e.to_string()),
         ReplyError::Store(store) => {
             tracing::warn!(error = %store, "SendReply: conversation store unavailable");
             ApiError::unavailable("the conversation store is unavailable; retry later")
         }
+        ReplyError::Slack(slack) if slack.is_transient() => {
+            tracing::warn!(error = %slack, transient = true, "SendReply: posting to Slack failed");
+            ApiError::unavailable(format!("slack is unavailable; retry later ({slack})"))
+        }
         ReplyError::Slack(slack) => {
-            tracing::warn!(error = %slack, "SendReply: posting to Slack failed");
-            match slack {
-                SlackApiError::RateLimited { .. } | SlackApiError::Transport(_) => {
-                    ApiError::unavailable(format!("slack is unavailable; retry later ({slack})"))
-                }
-                // Slack refused (inactive workspace, unknown token, API error): retrying will
-                // not help, but the caller should know why.
-                other => ApiError::unavailable(format!("slack refused the reply: {other}")),
-            }
+            tracing::warn!(error = %slack, transient = false, "SendReply: Slack refused the reply");
+            ApiError::failed_precondition(format!("slack refused the reply: {slack}"))
         }
     }
 }
@@ -246,6 +258,8 @@ impl Module for ReplyModule {
 
 #[cfg(test)]
 mod tests {
+    use infragpt_actors::conversation::SlackApiError;
+
     use super::*;
 
     fn caller<'a>(
@@ -367,5 +381,12 @@ mod tests {
             api_error(ReplyError::Slack(SlackApiError::Transport("x".into()))).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
+        let team = infragpt_actors::ids::TeamId::parse("T0TEST0001").unwrap();
+        let refused = api_error(ReplyError::Slack(SlackApiError::UnknownWorkspace(team)));
+        assert_eq!(refused.status(), StatusCode::CONFLICT);
+        assert_eq!(refused.code(), "failed_precondition");
+        let long = api_error(ReplyError::InvalidConversationId("z".repeat(200_000)));
+        assert!(long.message().len() < 200, "{}", long.message());
+        assert!(long.message().contains("(200000 bytes)"));
     }
 }

@@ -4,9 +4,10 @@
 //! * Rate limits: slack-morphism's rate control throttles per team and method tier and, on
 //!   `429`, waits for `Retry-After` and retries (up to [`WebSettings::rate_limit_retries`]).
 //!   Still limited after that → [`SlackApiError::RateLimited`].
-//! * Transient failures (connection errors, 5xx, Slack's `internal_error`/`fatal_error`/
-//!   `service_unavailable`/`request_timeout`) are retried with exponential backoff, bounded by
-//!   [`WebSettings::transient_retries`]; then [`SlackApiError::Transport`].
+//! * Transient failures (connection errors, 5xx, Slack's [`TRANSIENT_SLACK_ERRORS`] codes) are
+//!   retried with exponential backoff, bounded by [`WebSettings::transient_retries`]; then
+//!   [`SlackApiError::Transport`]. Every other error code is final (see
+//!   [`SlackApiError::is_transient`], the one classification).
 //! * `invalid_auth`, `token_revoked`, `account_inactive` mark the workspace inactive in the
 //!   [`WorkspaceDirectory`] (the `slack_workspaces` table) and on the [`WorkspaceBoard`], and
 //!   answer [`SlackApiError::WorkspaceInactive`].
@@ -21,7 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use infragpt_actors::conversation::{BotIdentity, SlackApi, SlackApiError, UserProfile};
+use infragpt_actors::conversation::{
+    BotIdentity, SlackApi, SlackApiError, TRANSIENT_SLACK_ERRORS, UserProfile,
+};
 use infragpt_actors::ids::{ChannelId, MessageTs, SlackUserId, TeamId};
 use infragpt_actors::{Backoff, Secret};
 use parking_lot::{Mutex, RwLock};
@@ -44,13 +47,9 @@ use super::workspaces::{
 /// Slack error codes that mean the token no longer works for the workspace.
 pub const INACTIVE_ERRORS: [&str; 3] = ["invalid_auth", "token_revoked", "account_inactive"];
 
-/// Slack error codes worth retrying.
-const TRANSIENT_ERRORS: [&str; 4] = [
-    "internal_error",
-    "fatal_error",
-    "service_unavailable",
-    "request_timeout",
-];
+/// Slack error codes worth retrying: the port's one list, so what this adapter retries and
+/// what callers treat as transient ([`SlackApiError::is_transient`]) agree.
+const TRANSIENT_ERRORS: [&str; 6] = TRANSIENT_SLACK_ERRORS;
 
 /// Tuning of the Web API adapter.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -350,3 +350,26 @@ fn config_path_from_environment() {
     assert_eq!(v["port"], 7777);
     assert_eq!(v["grpc_port"], 7778);
 }
+
+/// The `grpc:` section: defaults, and the values that cannot work are refused by path.
+#[test]
+fn grpc_connection_limits() {
+    let c = load_with("grpc:\n  idle_timeout_ms: 0\n", &[]).unwrap();
+    assert_eq!(
+        c.grpc.handshake_timeout(),
+        Some(std::time::Duration::from_secs(5))
+    );
+    assert_eq!(c.grpc.idle_timeout(), None, "0 turns the idle timeout off");
+    assert_eq!(c.grpc.max_connections, 1024);
+    assert_eq!(
+        c.grpc.keepalive_interval(),
+        None,
+        "HTTP/2 pings are off by default"
+    );
+    let e = err("grpc:\n  max_connections: 0\n");
+    assert!(e.contains("grpc.max_connections"), "{e}");
+    let e = err("grpc:\n  keepalive_interval_ms: 1000\n  keepalive_timeout_ms: 0\n");
+    assert!(e.contains("grpc.keepalive_timeout_ms"), "{e}");
+    let e = err("grpc:\n  handshake_timeout: 5\n");
+    assert!(e.contains("grpc"), "unknown keys are errors: {e}");
+}

@@ -9,7 +9,8 @@ pub mod turn;
 pub use ports::{
     Agent, AgentAnswer, AgentError, AgentTurn, BotIdentity, ChannelRecord, Conversation,
     ConversationStore, ConversationStoreError, HistorySender, InsertOutcome, MessageKind,
-    NewMessage, PastMessage, Sender, SlackApi, SlackApiError, StoredMessage, UserProfile,
+    NewMessage, PastMessage, Sender, SlackApi, SlackApiError, StoredMessage,
+    TRANSIENT_SLACK_ERRORS, UserProfile,
 };
 pub use reply::{AnswerFormat, ReplyError, ReplyMode, ReplyOutcome, ReplyService, split_message};
 pub use turn::{

@@ -283,6 +283,40 @@ pub enum SlackApiError {
     Transport(String),
 }
 
+/// Slack `ok: false` error codes that are worth retrying: Slack's side failed or throttled.
+/// Every other code is Slack refusing the call for good (`channel_not_found`,
+/// `not_in_channel`, `is_archived`, `msg_too_long`, `invalid_auth`, ...).
+pub const TRANSIENT_SLACK_ERRORS: [&str; 6] = [
+    "ratelimited",
+    "rate_limited",
+    "internal_error",
+    "fatal_error",
+    "service_unavailable",
+    "request_timeout",
+];
+
+impl SlackApiError {
+    /// The one classification of Slack failures: `true` when the same call may succeed if
+    /// retried later (rate limits, network and Slack-side failures), `false` when Slack
+    /// refused it for good (no token for the workspace, a dead token, an error code about the
+    /// channel or the message). Workers retry only transient failures; SendReply answers
+    /// them UNAVAILABLE and the others FAILED_PRECONDITION.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::RateLimited { .. } | Self::Transport(_) => true,
+            Self::WorkspaceInactive { .. } | Self::UnknownWorkspace(_) => false,
+            Self::Api(text) => TRANSIENT_SLACK_ERRORS.contains(&api_error_code(text)),
+        }
+    }
+}
+
+/// The error code in an [`SlackApiError::Api`] text: adapters write `method: code`, and
+/// some write the code as a JSON string.
+fn api_error_code(text: &str) -> &str {
+    let code = text.rsplit(": ").next().unwrap_or(text);
+    code.trim().trim_matches('"')
+}
+
 /// The Slack Web API calls the conversation logic makes, per workspace.
 #[async_trait]
 pub trait SlackApi: Send + Sync + 'static {
@@ -384,4 +418,39 @@ pub enum AgentError {
 pub trait Agent: Send + Sync + 'static {
     /// `ProcessMessage`.
     async fn process(&self, turn: AgentTurn) -> Result<AgentAnswer, AgentError>;
+}
+
+#[cfg(test)]
+mod slack_error_tests {
+    use super::*;
+
+    #[test]
+    fn transient_and_permanent_slack_failures() {
+        let team = TeamId::parse("T0TEST0001").unwrap();
+        for transient in [
+            SlackApiError::RateLimited {
+                retry_after: Duration::from_secs(1),
+            },
+            SlackApiError::Transport("connection reset".into()),
+            SlackApiError::Api("chat.postMessage: ratelimited".into()),
+            SlackApiError::Api("\"internal_error\"".into()),
+            SlackApiError::Api("service_unavailable".into()),
+        ] {
+            assert!(transient.is_transient(), "{transient:?}");
+        }
+        for permanent in [
+            SlackApiError::UnknownWorkspace(team.clone()),
+            SlackApiError::WorkspaceInactive {
+                team,
+                error: "invalid_auth".into(),
+            },
+            SlackApiError::Api("chat.postMessage: channel_not_found".into()),
+            SlackApiError::Api("chat.postMessage: not_in_channel".into()),
+            SlackApiError::Api("chat.postMessage: is_archived".into()),
+            SlackApiError::Api("chat.postMessage: msg_too_long".into()),
+            SlackApiError::Api("\"account_inactive\"".into()),
+        ] {
+            assert!(!permanent.is_transient(), "{permanent:?}");
+        }
+    }
 }

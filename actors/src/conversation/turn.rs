@@ -55,11 +55,10 @@ fn store_err(e: ConversationStoreError) -> HandlerError {
 }
 
 fn slack_err(e: SlackApiError) -> HandlerError {
-    match e {
-        SlackApiError::WorkspaceInactive { .. } | SlackApiError::UnknownWorkspace(_) => {
-            HandlerError::permanent(e)
-        }
-        _ => HandlerError::retryable(e),
+    if e.is_transient() {
+        HandlerError::retryable(e)
+    } else {
+        HandlerError::permanent(e)
     }
 }
 

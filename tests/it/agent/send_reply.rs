@@ -323,30 +323,25 @@ async fn invalid_input_and_unknown_conversations() {
         .await
         .unwrap();
 
-    let status = backend
+    // Malformed input is INVALID_ARGUMENT on both paths (the caller must fix the call).
+    let err = backend
         .send_reply(command("not-a-uuid", "hi"))
         .await
-        .unwrap()
-        .into_inner();
-    assert!(!status.success);
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
     assert!(
-        status.error.contains("not a valid UUID"),
+        err.message().contains("not a valid UUID"),
         "{}",
-        status.error
+        err.message()
     );
-    let status = legacy
-        .send_reply(command("", "hi"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!status.success);
-    let status = backend
+    let err = legacy.send_reply(command("", "hi")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = backend
         .send_reply(command(&w.conversation.id.to_string(), "  "))
         .await
-        .unwrap()
-        .into_inner();
-    assert!(!status.success);
-    assert!(status.error.contains("empty"), "{}", status.error);
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("empty"), "{}", err.message());
 
     let unknown = uuid::Uuid::new_v4().to_string();
     let err = backend
@@ -484,6 +479,7 @@ async fn post_reply_over_http() {
     assert_eq!(resp.status(), 400);
     let body: serde_json::Value = atest::read_body_json(resp).await;
     assert_eq!(body["error"]["code"], "bad_request");
+    assert_eq!(body["success"], false);
     assert!(
         body["error"]["message"]
             .as_str()

@@ -605,11 +605,11 @@ async fn send_reply_is_accepted_from_allowed_networks_or_with_the_token() {
 }
 
 /// Test PKI made with rcgen: a CA, a server certificate for localhost/127.0.0.1, a client
-/// certificate from the CA and one from another CA.
-struct Pki {
+/// certificate from the CA and one from another CA. Also used by `grpc_limits`.
+pub(super) struct Pki {
     dir: tempfile::TempDir,
-    ca_pem: String,
-    client: (String, String),
+    pub(super) ca_pem: String,
+    pub(super) client: (String, String),
     rogue_client: (String, String),
 }
 
@@ -646,7 +646,7 @@ fn leaf(
 }
 
 impl Pki {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let agents_ca = ca("InfraGPT test agents CA");
         let other = ca("Someone else's CA");
         let server = leaf(
@@ -676,7 +676,7 @@ impl Pki {
         }
     }
 
-    fn path(&self, name: &str) -> std::path::PathBuf {
+    pub(super) fn path(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(name)
     }
 }
