@@ -1,6 +1,6 @@
-//! Test support: the runtime's in-memory inbox and scriptable handlers and a Slack-like test
-//! event, compiled always so the root crate's tests can use them too; and in-memory fakes of
-//! the conversation ports, for this crate's own handler tests only.
+//! Test support, compiled always so the root crate's tests can use it too: the runtime's
+//! in-memory inbox and scriptable handlers, a Slack-like test event, and in-memory fakes of
+//! the conversation ports.
 
 pub use infragpt_runtime::testing::*;
 
@@ -17,13 +17,11 @@ pub fn slack_event(key: &str, seq: u64) -> NewInboundEvent {
     }
 }
 
-#[cfg(test)]
-pub(crate) use conversation_fakes::{FakeAgent, FakeSlack, MemoryConversationStore};
+pub use conversation_fakes::{FakeAgent, FakeSlack, MemoryConversationStore, PostedMessage};
 
 /// In-memory fakes of the conversation ports, with the semantics of the real adapters that
 /// the conversation logic relies on (unique message ts per conversation, soft deletes,
-/// `monitored` only ever turning on). Only the crate's own handler tests use them.
-#[cfg(test)]
+/// `monitored` only ever turning on).
 mod conversation_fakes {
     use std::collections::HashMap;
     use std::sync::Arc;
@@ -91,11 +89,7 @@ mod conversation_fakes {
         }
 
         /// A channel as stored.
-        pub(crate) fn channel_record(
-            &self,
-            team: &TeamId,
-            channel: &ChannelId,
-        ) -> Option<ChannelRecord> {
+        pub fn channel_record(&self, team: &TeamId, channel: &ChannelId) -> Option<ChannelRecord> {
             let st = self.state.lock();
             st.channels.get(&(team.clone(), channel.clone())).cloned()
         }
@@ -346,12 +340,12 @@ mod conversation_fakes {
         }
 
         /// Makes `auth.test` fail with `error` from now on.
-        pub(crate) fn fail_identity(&self, error: SlackApiError) {
+        pub fn fail_identity(&self, error: SlackApiError) {
             self.state.lock().identity_error = Some(error);
         }
 
         /// Makes `chat.postMessage` fail with `error` from now on (`None`: work again).
-        pub(crate) fn fail_posts(&self, error: Option<SlackApiError>) {
+        pub fn fail_posts(&self, error: Option<SlackApiError>) {
             self.state.lock().post_error = error;
         }
     }
@@ -459,17 +453,17 @@ mod conversation_fakes {
         }
 
         /// Answers with `answer` from now on.
-        pub(crate) fn answer_with(&self, answer: AgentAnswer) {
+        pub fn answer_with(&self, answer: AgentAnswer) {
             *self.behaviour.lock() = Some(Behaviour::Answer(answer));
         }
 
         /// Fails with `error` from now on.
-        pub(crate) fn fail_with(&self, error: AgentError) {
+        pub fn fail_with(&self, error: AgentError) {
             *self.behaviour.lock() = Some(Behaviour::Fail(error));
         }
 
         /// Posts `text` through `replies` (SendReply) before it returns, from now on.
-        pub(crate) fn send_reply_with(&self, replies: Arc<ReplyService>, text: impl Into<String>) {
+        pub fn send_reply_with(&self, replies: Arc<ReplyService>, text: impl Into<String>) {
             *self.replies.lock() = Some(replies);
             *self.behaviour.lock() = Some(Behaviour::SendReply(text.into()));
         }

@@ -130,11 +130,7 @@ impl ReplyAuth {
     /// Decides whether `caller` may call SendReply (constant-time comparison of the token).
     pub fn check(&self, caller: &ReplyCaller<'_>) -> Result<ReplyAuthenticated, ApiError> {
         if let (Some(token), Some(value)) = (&self.token, caller.authorization) {
-            let presented = value
-                .split_once(' ')
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map(|(_, rest)| rest.trim());
-            return match presented {
+            return match crate::http::bearer_token(value) {
                 Some(presented) if token.ct_eq(presented) => Ok(ReplyAuthenticated::Token),
                 Some(_) => Err(ApiError::unauthorized("invalid reply token")),
                 None => Err(ApiError::unauthorized(
