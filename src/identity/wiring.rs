@@ -128,7 +128,9 @@ impl Module for IdentityModule {
             let listener =
                 std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
             let addr = listener.local_addr()?;
+            // The main shell's webhook budget: one per process, whatever the port.
             let shell = HttpShell::from_config(&state.config, state.readiness.clone())
+                .with_webhooks(http.webhooks.clone())
                 .with_routes(move |cfg| webhook::configure(cfg, hook.clone()));
             let grace_secs = state.config.shutdown_grace_ms.div_ceil(1000).max(1);
             let server = actix_web::HttpServer::new(move || crate::http::app(shell.clone()))
