@@ -33,11 +33,13 @@ async fn served(tweak: impl FnOnce(&mut Config) + 'static) -> TestApp {
         .await
 }
 
+type Headers = Vec<(&'static str, String)>;
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn well_formed_github() -> Vec<(&'static str, String)> {
+fn well_formed_github() -> Headers {
     vec![
         ("x-hub-signature-256", format!("sha256={}", "0".repeat(64))),
         ("x-github-event", "ping".into()),
@@ -52,7 +54,7 @@ async fn bad_signature_headers_are_refused_before_the_body_is_read() {
     let app = served(|_| {}).await;
     let stale = (now() - 3600).to_string();
     let fresh = now().to_string();
-    let cases: Vec<(&str, &str, Vec<(&str, String)>)> = vec![
+    let cases: Vec<(&str, &str, Headers)> = vec![
         ("github, no signature", "/webhooks/github", vec![]),
         (
             "github, not sha256=<hex>",
@@ -112,7 +114,7 @@ async fn bad_signature_headers_are_refused_before_the_body_is_read() {
 async fn oversized_content_length_is_413_before_the_body_is_read() {
     let app = served(|_| {}).await;
     let id = new_svix_id();
-    let cases: Vec<(&str, usize, Vec<(&str, String)>)> = vec![
+    let cases: Vec<(&str, usize, Headers)> = vec![
         ("/webhooks/github", 26 * 1024 * 1024, well_formed_github()),
         (
             "/slack/events",
@@ -189,20 +191,21 @@ async fn slow_bodies_time_out_and_excess_uploads_are_shed() {
     app.stop().await;
 }
 
-/// Twelve 8 MiB uploads at once with well-formed but wrong signatures (anyone can forge the
-/// header's shape): all refused, and the service's peak memory grows by about the 16 MiB
-/// budget, not by the 96 MiB sent (the old code buffered every body whole, then some).
+/// Sixteen 8 MiB uploads at once with well-formed but wrong signatures (anyone can forge the
+/// header's shape): all refused, and the service's peak memory grows by about the 8 MiB
+/// budget, not by the 128 MiB sent. Measured: the old code +72 MiB (every body buffered whole,
+/// as fast as they came), this code about +20 MiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unverified_uploads_are_bounded_by_the_budget() {
     let service = Spawned::start(&format!(
         "integrations:\n  github:\n    webhook_secret: {GITHUB_SECRET}\n\
-         webhooks:\n  max_unverified_bytes: 16777216\n  body_timeout_ms: 60000\n"
+         webhooks:\n  max_unverified_bytes: 8388608\n  body_timeout_ms: 60000\n"
     ))
     .await;
     let body = std::sync::Arc::new(vec![b' '; 8 * 1024 * 1024]);
     service.reset_peak();
     let before = service.rss();
-    let tasks: Vec<_> = (0..12)
+    let tasks: Vec<_> = (0..16)
         .map(|_| {
             let (addr, body) = (service.http_addr, body.clone());
             tokio::spawn(async move {
@@ -221,9 +224,9 @@ async fn unverified_uploads_are_bounded_by_the_budget() {
         "{statuses:?}"
     );
     let growth = service.peak() - before;
-    println!("12 x 8 MiB unverified uploads: peak RSS growth {growth:.1} MiB ({statuses:?})");
+    println!("16 x 8 MiB unverified uploads: peak RSS growth {growth:.1} MiB ({statuses:?})");
     assert!(
-        growth < 56.0,
-        "12 x 8 MiB unverified uploads grew the peak by {growth:.1} MiB (budget 16 MiB)"
+        growth < 40.0,
+        "16 x 8 MiB unverified uploads grew the peak by {growth:.1} MiB (budget 8 MiB)"
     );
 }
