@@ -553,3 +553,58 @@ impl InboundEvents for PgInbox {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn nul_is_replaced_in_strings_and_keys() {
+        let value = json!({"a\u{0}": ["x\u{0}y", 1, null], "b": {"c": "\u{0}"}});
+        assert!(holds_nul(&value));
+        let clean = sanitize(value);
+        assert!(!holds_nul(&clean));
+        assert_eq!(
+            clean,
+            json!({"a\u{FFFD}": ["x\u{FFFD}y", 1, null], "b": {"c": "\u{FFFD}"}})
+        );
+    }
+
+    #[test]
+    fn raw_bodies_are_kept_only_when_they_must_change() {
+        let plain = r#"{"text": "fine"}"#.to_owned();
+        let p = StoredPayload::prepare(EventPayload::Raw(plain.clone())).unwrap();
+        assert_eq!((p.json, p.raw_body), (plain, None));
+
+        // An escaped backslash followed by "u0000" is text, not a NUL.
+        let backslash = r#"{"text": "\\u0000"}"#.to_owned();
+        let p = StoredPayload::prepare(EventPayload::Raw(backslash.clone())).unwrap();
+        assert_eq!((p.json, p.raw_body), (backslash, None));
+
+        let nul = r#"{"text":  "a\u0000b"}"#.to_owned();
+        let p = StoredPayload::prepare(EventPayload::Raw(nul.clone())).unwrap();
+        assert_eq!(p.raw_body.as_deref(), Some(nul.as_str()));
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&p.json).unwrap(),
+            json!({"text": "a\u{FFFD}b"})
+        );
+
+        let parsed = json!({"text": "a\u{0}b"});
+        let p = StoredPayload::prepare(parsed.clone().into()).unwrap();
+        let kept: serde_json::Value = serde_json::from_str(&p.raw_body.unwrap()).unwrap();
+        assert_eq!(kept, parsed);
+        assert_eq!(p.value, json!({"text": "a\u{FFFD}b"}));
+    }
+
+    #[test]
+    fn large_payloads_are_recognised() {
+        let big = json!({"filler": "x".repeat(2 << 20)});
+        assert!(json_len_at_least(&big, LARGE_STATEMENT_BYTES));
+        assert!(!json_len_at_least(
+            &json!({"a": [1, 2, "b"]}),
+            LARGE_STATEMENT_BYTES
+        ));
+    }
+}

@@ -193,9 +193,9 @@ pub struct InboundEvent {
 /// Result of [`InboundEvents::record`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordOutcome {
-    /// First time this source id was seen; the event must be dispatched. Its `payload` is the
-    /// one given (as stored) when it was given parsed, and `Null` when it was given raw: a
-    /// large body is not parsed again just to be returned (claim loads it).
+    /// First time this source id was seen; the event must be dispatched. Its `payload` may
+    /// be `Null` when it was given raw: a store need not parse a large body again just to
+    /// return it (claim loads it).
     Recorded(InboundEvent),
     /// Seen before; nothing was changed and nothing must be dispatched.
     Duplicate(InboundEvent),
