@@ -230,3 +230,29 @@ async fn unverified_uploads_are_bounded_by_the_budget() {
         "16 x 8 MiB unverified uploads grew the peak by {growth:.1} MiB (budget 8 MiB)"
     );
 }
+
+/// The `webhooks:` section: defaults, and values that cannot work are refused by name.
+#[test]
+fn webhooks_config_defaults_and_validation() {
+    let defaults = infragpt::config::load_str("{}", "defaults.yaml").unwrap();
+    assert_eq!(defaults.webhooks.body_timeout_ms, 10_000);
+    assert_eq!(defaults.webhooks.max_unverified_bytes, 64 * 1024 * 1024);
+    assert_eq!(defaults.webhooks.max_unverified_uploads, 32);
+    for (yaml, key) in [
+        (
+            "webhooks:\n  body_timeout_ms: 0\n",
+            "webhooks.body_timeout_ms",
+        ),
+        (
+            "webhooks:\n  max_unverified_bytes: 1000\n",
+            "webhooks.max_unverified_bytes",
+        ),
+        (
+            "webhooks:\n  max_unverified_uploads: 0\n",
+            "webhooks.max_unverified_uploads",
+        ),
+    ] {
+        let err = infragpt::config::load_str(yaml, "bad.yaml").unwrap_err();
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
+}
