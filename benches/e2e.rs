@@ -1252,7 +1252,7 @@ async fn memory(args: &Args) -> anyhow::Result<MemoryReport> {
                         source_id: format!("bench-{k}"),
                         routing_key: RoutingKey(format!("{TEAM}/C0BENCH000/{k}.000100")),
                         kind: "bench.turn".to_owned(),
-                        payload: json!({}),
+                        payload: json!({}).into(),
                     })
                     .await?;
                 Ok(())

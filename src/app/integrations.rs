@@ -278,6 +278,8 @@ impl Module for IntegrationsModule {
                 self.config.http_log,
                 self.config.cors.clone(),
             )
+            // The main shell's webhook budget: one per process, whatever the port.
+            .with_webhooks(http.webhooks.clone())
             .with_routes(move |cfg| webhook::configure(cfg, hook.clone()));
             self.webhook_server = Some(SideListener::start(
                 "github webhook",

@@ -64,6 +64,8 @@ pub struct Config {
     pub vault: VaultConfig,
     /// Actor runtime tuning (owned by the actor core).
     pub actors: ActorsConfig,
+    /// Limits on reading webhook bodies (Slack Events API, Clerk, GitHub).
+    pub webhooks: WebhooksConfig,
 }
 
 impl Default for Config {
@@ -88,6 +90,7 @@ impl Default for Config {
             integrations: IntegrationsConfig::default(),
             vault: VaultConfig::default(),
             actors: ActorsConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -535,6 +538,42 @@ pub struct VaultConfig {
     pub active_key: Option<String>,
     /// Development only: a key file created on first start when `keys` is empty.
     pub dev_key_file: Option<PathBuf>,
+}
+
+/// Limits on reading webhook bodies, shared by every webhook route (Slack Events API, Clerk,
+/// GitHub). A body is read only after its signature headers are well formed, and it is
+/// verified while it streams; these bound what a sender without the secret can make us hold.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Deadline for a whole webhook body (waiting for the byte budget included); past it the
+    /// request is answered 408.
+    pub body_timeout_ms: u64,
+    /// Bytes of webhook bodies held in memory at once, all routes together: reserved before a
+    /// body is read (from its Content-Length, or chunk by chunk) and released once the request
+    /// is answered. Over the budget (after waiting until the body deadline) → 503 with
+    /// Retry-After.
+    pub max_unverified_bytes: u64,
+    /// Webhook bodies being read and not yet verified at once; more → 503 with Retry-After
+    /// at once.
+    pub max_unverified_uploads: u32,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            body_timeout_ms: 10_000,
+            max_unverified_bytes: 64 * 1024 * 1024,
+            max_unverified_uploads: 32,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// The body deadline.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
 }
 
 /// Actor runtime tuning: the `actors:` section is the actor core's own configuration (it owns

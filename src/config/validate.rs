@@ -4,7 +4,7 @@ use base64::Engine as _;
 
 use super::{
     ActorsConfig, AgentConfig, Config, CorsConfig, DatabaseConfig, GrpcConfig, GrpcTlsConfig,
-    SlackConfig, VaultConfig,
+    SlackConfig, VaultConfig, WebhooksConfig,
 };
 
 type Failure = (String, String);
@@ -26,7 +26,32 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
     check_identity(config)?;
     check_integrations(config)?;
     check_vault(&config.vault)?;
-    check_actors(&config.actors)
+    check_actors(&config.actors)?;
+    check_webhooks(&config.webhooks)
+}
+
+/// `webhooks.*`: a budget too small for a Slack or Clerk event, or one tokio's semaphore
+/// cannot count, is a mistake.
+fn check_webhooks(webhooks: &WebhooksConfig) -> Result<(), Failure> {
+    if webhooks.body_timeout_ms == 0 {
+        fail("webhooks.body_timeout_ms", "must be greater than 0")?;
+    }
+    if webhooks.max_unverified_bytes < 1 << 20 {
+        fail(
+            "webhooks.max_unverified_bytes",
+            "must be at least 1048576 (1 MiB)",
+        )?;
+    }
+    if webhooks.max_unverified_bytes > u64::from(u32::MAX) {
+        fail(
+            "webhooks.max_unverified_bytes",
+            "must be at most 4294967295",
+        )?;
+    }
+    if webhooks.max_unverified_uploads == 0 {
+        fail("webhooks.max_unverified_uploads", "must be at least 1")?;
+    }
+    Ok(())
 }
 
 /// `bind_address`, `port`/`grpc_port`, `log_level`.

@@ -31,6 +31,12 @@ pub enum StoreError {
     /// A unique constraint refused the write (the row exists already).
     #[error("database write conflicts with an existing row: {0}")]
     Conflict(#[source] DieselError),
+    /// The database refused the data of a statement: a data exception (SQLSTATE class 22,
+    /// e.g. 22P05 untranslatable character, 22021 invalid byte sequence) or an integrity
+    /// violation other than a duplicate (class 23). Permanent: the same data fails the same
+    /// way, and the database is fine, so never report it as an outage.
+    #[error("database refused the data: {0}")]
+    Data(#[source] DieselError),
     /// A row the operation needs does not exist.
     #[error("{0} does not exist")]
     NotFound(String),
@@ -47,10 +53,51 @@ pub enum StoreError {
 
 impl From<DieselError> for StoreError {
     fn from(e: DieselError) -> Self {
-        match e {
+        match &e {
             DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => Self::Conflict(e),
-            other => Self::Query(other),
+            DieselError::DatabaseError(kind, info) if is_data_error(kind, info.message()) => {
+                Self::Data(e)
+            }
+            _ => Self::Query(e),
         }
+    }
+}
+
+/// Server messages of the data exceptions (SQLSTATE class 22) that input values raise.
+/// diesel-async does not pass the SQLSTATE on (its error information holds the server's
+/// message, detail and hint only), so class 22 is recognised by PostgreSQL's message texts;
+/// with a non-English `lc_messages` such an error stays a [`StoreError::Query`] (retried).
+const DATA_EXCEPTION_MESSAGES: [&str; 13] = [
+    "unsupported unicode escape sequence", // 22P05 (jsonb "\u0000")
+    "has no equivalent in encoding",       // 22P05
+    "invalid byte sequence for encoding",  // 22021 (a NUL in text)
+    "invalid input syntax for type",       // 22P02
+    "invalid unicode escape",              // 22P02 / 22025
+    "invalid escape string",               // 22025
+    "value too long for type",             // 22001
+    "numeric field overflow",              // 22003
+    "is out of range for type",            // 22003
+    "integer out of range",                // 22003
+    "date/time field value out of range",  // 22008
+    "invalid input value for enum",        // 22P02
+    "cannot be converted to text",         // 22P05 (detail of the jsonb case)
+];
+
+/// True for errors the statement's data causes: integrity violations other than a duplicate
+/// (their kinds carry the SQLSTATE), and data exceptions (by message, see
+/// [`DATA_EXCEPTION_MESSAGES`]).
+fn is_data_error(kind: &DatabaseErrorKind, message: &str) -> bool {
+    match kind {
+        DatabaseErrorKind::NotNullViolation
+        | DatabaseErrorKind::CheckViolation
+        | DatabaseErrorKind::ForeignKeyViolation
+        | DatabaseErrorKind::RestrictViolation
+        | DatabaseErrorKind::ExclusionViolation => true,
+        DatabaseErrorKind::Unknown => {
+            let message = message.to_ascii_lowercase();
+            DATA_EXCEPTION_MESSAGES.iter().any(|m| message.contains(m))
+        }
+        _ => false,
     }
 }
 

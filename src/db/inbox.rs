@@ -4,14 +4,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
 use diesel::prelude::*;
+use diesel::sql_types::{Jsonb, Text};
 use diesel_async::RunQueryDsl;
 use infragpt_actors::inbox::{
-    EventRowId, EventStatus, InboundEvent, InboundEvents, NewInboundEvent, RecordOutcome,
-    RoutingKey, StoreError,
+    EventPayload, EventRowId, EventStatus, InboundEvent, InboundEvents, NewInboundEvent,
+    RecordOutcome, RoutingKey, StoreError,
 };
 
 use super::schema::inbound_events;
-use super::{Pool, conn};
+use super::{Conn, Pool, conn};
 
 /// Statuses a handler may still claim.
 const CLAIMABLE: [&str; 2] = ["pending", "processing"];
@@ -43,9 +44,10 @@ impl PgInbox {
         status: EventStatus,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
+        let error = error.map(error_text);
         let mut conn = conn(&self.pool).await?;
         let target = inbound_events::table.find(id.0);
-        let changed = match error {
+        let changed = match error.as_deref() {
             Some(error) => {
                 diesel::update(target)
                     .set((
@@ -111,8 +113,9 @@ impl TryFrom<EventRow> for InboundEvent {
     }
 }
 
-/// The port's error: values that do not read back are `Corrupt`; everything else is
-/// `Unavailable` (the caller retries later).
+/// The port's error: values that do not read back are `Corrupt`; data the database refuses
+/// is `Rejected` (permanent, never an outage); everything else is `Unavailable` (the caller
+/// retries later).
 impl From<super::StoreError> for StoreError {
     fn from(e: super::StoreError) -> Self {
         match e {
@@ -120,7 +123,164 @@ impl From<super::StoreError> for StoreError {
             | super::StoreError::Query(diesel::result::Error::DeserializationError(_)) => {
                 StoreError::Corrupt(Box::new(e))
             }
+            super::StoreError::Data(_) => StoreError::Rejected(Box::new(e)),
             other => StoreError::Unavailable(Box::new(other)),
+        }
+    }
+}
+
+/// Statements moving more than this leave their connection's buffers grown: tokio-postgres
+/// keeps the capacity of its read and write buffers for the life of the connection, so a pool
+/// that carried a few 20 MB deliveries would hold that memory per connection for good. Such a
+/// connection is closed instead of being returned to the pool.
+const LARGE_STATEMENT_BYTES: usize = 1 << 20;
+
+/// Returns `conn` to the pool, or closes it when it carried a large statement (see
+/// [`LARGE_STATEMENT_BYTES`]).
+fn release(conn: Conn, large: bool) {
+    if large {
+        drop(deadpool::managed::Object::take(conn));
+        tracing::debug!("a connection that carried a large payload was closed");
+    }
+}
+
+/// True when `value` as JSON text is at least `limit` bytes (about; stops counting there).
+fn json_len_at_least(value: &serde_json::Value, limit: usize) -> bool {
+    use serde_json::Value;
+    fn walk(value: &Value, total: &mut usize, limit: usize) -> bool {
+        match value {
+            Value::String(s) => *total += s.len() + 2,
+            Value::Array(items) => {
+                *total += 2;
+                for item in items {
+                    if walk(item, total, limit) {
+                        return true;
+                    }
+                }
+            }
+            Value::Object(map) => {
+                *total += 2;
+                for (key, item) in map {
+                    *total += key.len() + 3;
+                    if walk(item, total, limit) {
+                        return true;
+                    }
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => *total += 4,
+        }
+        *total >= limit
+    }
+    let mut total = 0;
+    walk(value, &mut total, limit)
+}
+
+/// What PostgreSQL text and jsonb cannot hold (U+0000) becomes U+FFFD.
+const NUL_REPLACEMENT: &str = "\u{FFFD}";
+
+/// An error for `last_error`: handler errors may quote payload text, NULs included.
+fn error_text(error: &str) -> std::borrow::Cow<'_, str> {
+    if error.contains('\0') {
+        std::borrow::Cow::Owned(error.replace('\0', NUL_REPLACEMENT))
+    } else {
+        std::borrow::Cow::Borrowed(error)
+    }
+}
+
+/// `text` without NUL characters (PostgreSQL text cannot hold them).
+fn text_without_nul(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', NUL_REPLACEMENT)
+    } else {
+        text
+    }
+}
+
+/// True when a string or key anywhere in `value` holds a NUL.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+/// `value` with every NUL in its strings and keys replaced (see [`NUL_REPLACEMENT`]).
+fn sanitize(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(text_without_nul(s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(sanitize).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (text_without_nul(k), sanitize(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// A payload ready for the insert: the JSON text PostgreSQL parses into `payload`, the body as
+/// received when that text had to differ from it, and the value to return (when the caller
+/// gave one).
+struct StoredPayload {
+    json: String,
+    raw_body: Option<String>,
+    value: serde_json::Value,
+}
+
+impl StoredPayload {
+    /// Parsed payloads are serialized once; raw bodies go as they are unless they hold an
+    /// escaped NUL (`\u0000`), which jsonb refuses: those are parsed, cleaned and kept
+    /// verbatim in `raw_body`. Sanitizing here covers every source (webhooks and Socket Mode).
+    fn prepare(payload: EventPayload) -> Result<Self, StoreError> {
+        let rejected = |e: serde_json::Error| StoreError::Rejected(Box::new(e));
+        match payload {
+            EventPayload::Json(value) => {
+                if holds_nul(&value) {
+                    // No bytes were received for it (Socket Mode frames are parsed by the
+                    // transport): the original value's text is the lossless copy.
+                    let raw_body = serde_json::to_string(&value).map_err(rejected)?;
+                    let value = sanitize(value);
+                    let json = serde_json::to_string(&value).map_err(rejected)?;
+                    Ok(Self {
+                        json,
+                        raw_body: Some(raw_body),
+                        value,
+                    })
+                } else {
+                    let json = serde_json::to_string(&value).map_err(rejected)?;
+                    Ok(Self {
+                        json,
+                        raw_body: None,
+                        value,
+                    })
+                }
+            }
+            EventPayload::Raw(text) if text.contains("\\u0000") => {
+                let value: serde_json::Value = serde_json::from_str(&text).map_err(rejected)?;
+                if !holds_nul(&value) {
+                    // An escaped backslash before "u0000": nothing to clean.
+                    return Ok(Self {
+                        json: text,
+                        raw_body: None,
+                        value: serde_json::Value::Null,
+                    });
+                }
+                let json = serde_json::to_string(&sanitize(value)).map_err(rejected)?;
+                Ok(Self {
+                    json,
+                    raw_body: Some(text),
+                    value: serde_json::Value::Null,
+                })
+            }
+            EventPayload::Raw(text) => Ok(Self {
+                json: text,
+                raw_body: None,
+                value: serde_json::Value::Null,
+            }),
         }
     }
 }
@@ -154,42 +314,80 @@ fn convert_all(rows: Vec<EventRow>) -> Result<Vec<InboundEvent>, StoreError> {
 #[async_trait]
 impl InboundEvents for PgInbox {
     async fn record(&self, event: NewInboundEvent) -> Result<RecordOutcome, StoreError> {
+        let NewInboundEvent {
+            source,
+            source_id,
+            routing_key,
+            kind,
+            payload,
+        } = event;
+        // Text columns cannot hold NUL either (a signed payload's `type` or `action` can).
+        let source_id = text_without_nul(source_id);
+        let routing_key = RoutingKey(text_without_nul(routing_key.0));
+        let kind = text_without_nul(kind);
+        let payload = StoredPayload::prepare(payload)?;
         let mut conn = conn(&self.pool).await?;
-        let inserted: Option<EventRow> = diesel::insert_into(inbound_events::table)
-            .values((
-                inbound_events::source.eq(event.source.as_str()),
-                inbound_events::source_id.eq(&event.source_id),
-                inbound_events::routing_key.eq(&event.routing_key.0),
-                inbound_events::kind.eq(&event.kind),
-                inbound_events::payload.eq(&event.payload),
-            ))
-            .on_conflict((inbound_events::source, inbound_events::source_id))
-            .do_nothing()
-            .returning(EventRow::as_returning())
-            .get_result(&mut conn)
-            .await
-            .optional()
-            .map_err(unavailable)?;
-        if let Some(row) = inserted {
-            let stored = InboundEvent::try_from(row)?;
+        // The payload goes as text and PostgreSQL builds the jsonb (no second copy as a bound
+        // jsonb value); only the columns the outcome needs come back, never the payload.
+        let inserted: Option<(i64, DateTime<Utc>, String, i32)> =
+            diesel::insert_into(inbound_events::table)
+                .values((
+                    inbound_events::source.eq(source.as_str()),
+                    inbound_events::source_id.eq(&source_id),
+                    inbound_events::routing_key.eq(&routing_key.0),
+                    inbound_events::kind.eq(&kind),
+                    inbound_events::payload.eq(diesel::dsl::sql::<Jsonb>("CAST(")
+                        .bind::<Text, _>(payload.json.as_str())
+                        .sql(" AS jsonb)")),
+                    inbound_events::raw_body.eq(payload.raw_body.as_deref()),
+                ))
+                .on_conflict((inbound_events::source, inbound_events::source_id))
+                .do_nothing()
+                .returning((
+                    inbound_events::id,
+                    inbound_events::received_at,
+                    inbound_events::status,
+                    inbound_events::attempts,
+                ))
+                .get_result(&mut conn)
+                .await
+                .optional()
+                .map_err(unavailable)?;
+        let large = payload.json.len() >= LARGE_STATEMENT_BYTES;
+        if let Some((id, received_at, status, attempts)) = inserted {
+            release(conn, large);
             tracing::debug!(
-                source = event.source.as_str(),
-                source_id = %event.source_id,
-                event_id = %stored.id,
+                source = source.as_str(),
+                source_id = %source_id,
+                event_id = id,
+                raw_body_kept = payload.raw_body.is_some(),
                 "inbound event recorded"
             );
-            return Ok(RecordOutcome::Recorded(stored));
+            return Ok(RecordOutcome::Recorded(InboundEvent {
+                id: EventRowId(id),
+                source,
+                source_id,
+                routing_key,
+                kind,
+                payload: payload.value,
+                status: status.parse()?,
+                attempts,
+                last_error: None,
+                received_at,
+                processed_at: None,
+            }));
         }
         let existing: EventRow = inbound_events::table
-            .filter(inbound_events::source.eq(event.source.as_str()))
-            .filter(inbound_events::source_id.eq(&event.source_id))
+            .filter(inbound_events::source.eq(source.as_str()))
+            .filter(inbound_events::source_id.eq(&source_id))
             .select(EventRow::as_select())
             .first(&mut conn)
             .await
             .map_err(unavailable)?;
+        release(conn, large);
         tracing::debug!(
-            source = event.source.as_str(),
-            source_id = %event.source_id,
+            source = source.as_str(),
+            source_id = %source_id,
             event_id = existing.id,
             "duplicate inbound event ignored"
         );
@@ -213,6 +411,10 @@ impl InboundEvents for PgInbox {
         .await
         .optional()
         .map_err(unavailable)?;
+        let large = row
+            .as_ref()
+            .is_some_and(|r| json_len_at_least(&r.payload, LARGE_STATEMENT_BYTES));
+        release(conn, large);
         row.map(InboundEvent::try_from).transpose()
     }
 
@@ -225,6 +427,8 @@ impl InboundEvents for PgInbox {
     }
 
     async fn mark_retry(&self, id: EventRowId, error: &str) -> Result<(), StoreError> {
+        let error = error_text(error);
+        let error = error.as_ref();
         let mut conn = conn(&self.pool).await?;
         let changed = diesel::update(inbound_events::table.find(id.0))
             .set((
@@ -347,5 +551,60 @@ impl InboundEvents for PgInbox {
         rows.into_iter()
             .map(|(status, count)| Ok((status.parse()?, count)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn nul_is_replaced_in_strings_and_keys() {
+        let value = json!({"a\u{0}": ["x\u{0}y", 1, null], "b": {"c": "\u{0}"}});
+        assert!(holds_nul(&value));
+        let clean = sanitize(value);
+        assert!(!holds_nul(&clean));
+        assert_eq!(
+            clean,
+            json!({"a\u{FFFD}": ["x\u{FFFD}y", 1, null], "b": {"c": "\u{FFFD}"}})
+        );
+    }
+
+    #[test]
+    fn raw_bodies_are_kept_only_when_they_must_change() {
+        let plain = r#"{"text": "fine"}"#.to_owned();
+        let p = StoredPayload::prepare(EventPayload::Raw(plain.clone())).unwrap();
+        assert_eq!((p.json, p.raw_body), (plain, None));
+
+        // An escaped backslash followed by "u0000" is text, not a NUL.
+        let backslash = r#"{"text": "\\u0000"}"#.to_owned();
+        let p = StoredPayload::prepare(EventPayload::Raw(backslash.clone())).unwrap();
+        assert_eq!((p.json, p.raw_body), (backslash, None));
+
+        let nul = r#"{"text":  "a\u0000b"}"#.to_owned();
+        let p = StoredPayload::prepare(EventPayload::Raw(nul.clone())).unwrap();
+        assert_eq!(p.raw_body.as_deref(), Some(nul.as_str()));
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&p.json).unwrap(),
+            json!({"text": "a\u{FFFD}b"})
+        );
+
+        let parsed = json!({"text": "a\u{0}b"});
+        let p = StoredPayload::prepare(parsed.clone().into()).unwrap();
+        let kept: serde_json::Value = serde_json::from_str(&p.raw_body.unwrap()).unwrap();
+        assert_eq!(kept, parsed);
+        assert_eq!(p.value, json!({"text": "a\u{FFFD}b"}));
+    }
+
+    #[test]
+    fn large_payloads_are_recognised() {
+        let big = json!({"filler": "x".repeat(2 << 20)});
+        assert!(json_len_at_least(&big, LARGE_STATEMENT_BYTES));
+        assert!(!json_len_at_least(
+            &json!({"a": [1, 2, "b"]}),
+            LARGE_STATEMENT_BYTES
+        ));
     }
 }

@@ -86,6 +86,7 @@ diesel::table! {
         last_error -> Nullable<Text>,
         processed_at -> Nullable<Timestamptz>,
         updated_at -> Timestamptz,
+        raw_body -> Nullable<Text>,
     }
 }
 

@@ -2,6 +2,7 @@
 
 use infragpt_actors::Secret;
 use ring::hmac;
+use subtle::ConstantTimeEq;
 
 /// Name of the header GitHub puts the signature in.
 pub const SIGNATURE_HEADER: &str = "X-Hub-Signature-256";
@@ -54,6 +55,14 @@ impl GithubSignatureVerifier {
         header: Option<&str>,
         raw_body: &[u8],
     ) -> Result<(), GithubSignatureError> {
+        let mut check = self.begin(header)?;
+        check.update(raw_body);
+        check.finish()
+    }
+
+    /// Checks the header (present, `sha256=` and 64 hex digits) before a byte of the body is
+    /// read; feed the body to the returned check as it arrives.
+    pub fn begin(&self, header: Option<&str>) -> Result<GithubBodyCheck, GithubSignatureError> {
         let header = header
             .map(str::trim)
             .filter(|h| !h.is_empty())
@@ -61,10 +70,53 @@ impl GithubSignatureVerifier {
         let hex_digest = header
             .strip_prefix(PREFIX)
             .ok_or(GithubSignatureError::Malformed)?;
-        let mut signature = [0u8; 32];
-        hex::decode_to_slice(hex_digest, &mut signature)
+        let mut expected = [0u8; 32];
+        hex::decode_to_slice(hex_digest, &mut expected)
             .map_err(|_| GithubSignatureError::Malformed)?;
-        hmac::verify(&self.key, raw_body, &signature).map_err(|_| GithubSignatureError::Mismatch)
+        Ok(GithubBodyCheck {
+            ctx: hmac::Context::with_key(&self.key),
+            expected,
+        })
+    }
+}
+
+/// A GitHub signature check in progress: the MAC from the header and the HMAC of the body so
+/// far.
+pub struct GithubBodyCheck {
+    ctx: hmac::Context,
+    expected: [u8; 32],
+}
+
+impl std::fmt::Debug for GithubBodyCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GithubBodyCheck").finish_non_exhaustive()
+    }
+}
+
+impl GithubBodyCheck {
+    /// The next bytes of the raw body.
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.ctx.update(chunk);
+    }
+
+    /// Compares the MAC of the whole body with the header's, in constant time.
+    pub fn finish(self) -> Result<(), GithubSignatureError> {
+        let tag = self.ctx.sign();
+        if bool::from(tag.as_ref().ct_eq(&self.expected)) {
+            Ok(())
+        } else {
+            Err(GithubSignatureError::Mismatch)
+        }
+    }
+}
+
+impl crate::http::webhook_body::BodyVerifier for GithubBodyCheck {
+    type Error = GithubSignatureError;
+    fn update(&mut self, chunk: &[u8]) {
+        GithubBodyCheck::update(self, chunk);
+    }
+    fn finish(self) -> Result<(), GithubSignatureError> {
+        GithubBodyCheck::finish(self)
     }
 }
 

@@ -1,23 +1,33 @@
 //! `POST /webhooks/github`: verify `X-Hub-Signature-256` on the raw body (constant time,
-//! before parsing; no secret configured → refused), then record the delivery in the inbox
-//! keyed by `X-GitHub-Delivery` and answer 202. A redelivery (same id) changes nothing.
+//! before parsing; no secret configured → refused; a missing or malformed header → 401 before
+//! the body is read, which is streamed under the webhook limits of
+//! [`crate::http::webhook_body`]), then record the delivery in the inbox keyed by
+//! `X-GitHub-Delivery` and answer 202. A redelivery (same id) changes nothing.
+//!
+//! Memory: the body is held once. Only the installation id and the action are extracted (no
+//! JSON tree is built); the text goes to PostgreSQL, which builds the jsonb.
 //!
 //! The inbox row: `source = github`, `source_id` = delivery id, `routing_key` =
 //! `installation:{id}` (or [`NO_INSTALLATION_KEY`]), `kind` = `event.action` (or `event`),
 //! `payload` = the body as received.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use infragpt_actors::Cluster;
 use infragpt_actors::ids::InstallationId;
-use infragpt_actors::inbox::{NewInboundEvent, RecordOutcome, RoutingKey};
+use infragpt_actors::inbox::{
+    EventPayload, NewInboundEvent, RecordOutcome, RoutingKey, StoreError,
+};
 use infragpt_actors::sources;
 use infragpt_actors::{IngestError, Secret};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Value, json};
 
 use super::signature::{GithubSignatureError, GithubSignatureVerifier, SIGNATURE_HEADER};
 use crate::error::ApiError;
+use crate::http::webhook_body::{WebhookIntake, read_verified};
 
 /// GitHub's maximum webhook payload.
 pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
@@ -65,27 +75,90 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
+/// What the route reads from a delivery: the installation id and the action. Everything else
+/// is skipped (still checked to be JSON) without building a tree; a repeated key keeps its
+/// last value, as a parsed object would.
+#[derive(Debug, Default)]
+struct Delivery {
+    installation_id: Option<i64>,
+    action: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Delivery {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = Delivery;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Delivery, A::Error> {
+                let mut delivery = Delivery::default();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        // Small objects and strings: a Value keeps the old leniency (a
+                        // non-numeric id or non-string action counts as absent).
+                        "installation" => {
+                            let installation: Value = map.next_value()?;
+                            delivery.installation_id =
+                                installation.get("id").and_then(Value::as_i64);
+                        }
+                        "action" => {
+                            let action: Value = map.next_value()?;
+                            delivery.action = action.as_str().map(str::to_owned);
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(delivery)
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
+/// The routing key of a delivery: its installation's, else [`NO_INSTALLATION_KEY`]. The one
+/// place the scheme lives (it is to become per repository).
+fn routing_key(installation_id: Option<i64>) -> RoutingKey {
+    installation_id
+        .map(|id| InstallationId(id).to_routing_key())
+        .unwrap_or_else(|| RoutingKey(NO_INSTALLATION_KEY.to_owned()))
+}
+
+fn rejected(e: GithubSignatureError) -> ApiError {
+    match e {
+        GithubSignatureError::SecretNotConfigured => ApiError::unavailable(e.to_string()),
+        e => {
+            tracing::warn!(error = %e, "github webhook signature rejected");
+            ApiError::unauthorized(e.to_string())
+        }
+    }
+}
+
 /// The handler.
 pub async fn receive(
     hook: web::Data<GithubWebhook>,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let Some(verifier) = &hook.verifier else {
         return Err(ApiError::unavailable(
             "github webhooks are not configured (no webhook secret)",
         ));
     };
-    match verifier.verify(header(&req, SIGNATURE_HEADER), &body) {
-        Ok(()) => {}
-        Err(e @ GithubSignatureError::SecretNotConfigured) => {
-            return Err(ApiError::unavailable(e.to_string()));
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "github webhook signature rejected");
-            return Err(ApiError::unauthorized(e.to_string()));
-        }
-    }
+    // The signature header first: without a well-formed one nothing of the body is read.
+    let check = verifier
+        .begin(header(&req, SIGNATURE_HEADER))
+        .map_err(rejected)?;
+    let intake = WebhookIntake::for_request(&req);
+    let verified = read_verified(&intake, &req, payload, MAX_BODY_BYTES, check)
+        .await
+        .map_err(|e| e.into_api(rejected))?;
+    // One copy of the body from here on: it goes to PostgreSQL as text (which builds the
+    // jsonb); the reservation is held until the delivery is recorded.
+    let (body, _reservation) = verified.into_parts();
     let event = header(&req, EVENT_HEADER)
         .ok_or_else(|| ApiError::bad_request("missing X-GitHub-Event header"))?
         .to_owned();
@@ -95,17 +168,17 @@ pub async fn receive(
     if delivery.len() > 200 {
         return Err(ApiError::bad_request("X-GitHub-Delivery is too long"));
     }
-    let payload: Value = serde_json::from_slice(&body)
+    let fields: Delivery = serde_json::from_slice(&body).map_err(|e| {
+        if e.is_data() {
+            ApiError::bad_request("body must be a JSON object")
+        } else {
+            ApiError::bad_request(format!("body is not valid JSON: {e}"))
+        }
+    })?;
+    // Skipped strings are not checked for UTF-8 by the parse above; the text column needs it.
+    let body = String::from_utf8(body)
         .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
-    if !payload.is_object() {
-        return Err(ApiError::bad_request("body must be a JSON object"));
-    }
-    let routing_key = payload
-        .pointer("/installation/id")
-        .and_then(Value::as_i64)
-        .map(|id| InstallationId(id).to_routing_key())
-        .unwrap_or_else(|| RoutingKey(NO_INSTALLATION_KEY.to_owned()));
-    let kind = match payload.get("action").and_then(Value::as_str) {
+    let kind = match fields.action {
         Some(action) => format!("{event}.{action}"),
         None => event.clone(),
     };
@@ -114,15 +187,20 @@ pub async fn receive(
         .ingest(NewInboundEvent {
             source: sources::GITHUB,
             source_id: delivery.clone(),
-            routing_key,
+            routing_key: routing_key(fields.installation_id),
             kind: kind.clone(),
-            payload,
+            payload: EventPayload::Raw(body),
         })
         .await
         .map_err(|e| match e {
             IngestError::ShuttingDown => ApiError::unavailable("shutting down, retry later"),
             IngestError::NoStream(_) => ApiError::internal(e),
             IngestError::EmptyRoutingKey => ApiError::internal(e),
+            IngestError::Store(s @ StoreError::Rejected(_)) => {
+                // Permanent: a redelivery would fail the same way (and the database is fine).
+                tracing::error!(delivery_id = %delivery, error = %s, "the event store refused a github delivery");
+                ApiError::unprocessable("payload", "the delivery could not be stored")
+            }
             IngestError::Store(s) => {
                 tracing::error!(error = %s, "recording a github delivery failed");
                 ApiError::unavailable("could not record the delivery, retry later")
@@ -136,12 +214,12 @@ pub async fn receive(
     Ok(HttpResponse::Accepted().json(json!({ "status": status, "delivery_id": delivery })))
 }
 
-/// Adds `POST /webhooks/github` (with its 25 MB body limit) and its data.
+/// Adds `POST /webhooks/github` and its data. The body is streamed under [`MAX_BODY_BYTES`]
+/// and the process's webhook limits ([`crate::http::webhook_body`]).
 pub fn configure(cfg: &mut web::ServiceConfig, hook: GithubWebhook) {
     cfg.service(
         web::resource("/webhooks/github")
             .app_data(web::Data::new(hook))
-            .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
             .route(web::post().to(receive)),
     );
 }

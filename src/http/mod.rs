@@ -4,6 +4,7 @@
 pub mod health;
 pub mod middleware;
 pub mod side;
+pub mod webhook_body;
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use actix_web::{App, Error, web};
 
 pub use health::{Readiness, ReadinessCheck, ReadinessReport};
 pub use middleware::{REQUEST_ID_HEADER, RequestId};
+pub use webhook_body::WebhookIntake;
 
 use crate::config::{Config, CorsConfig};
 
@@ -37,6 +39,9 @@ pub struct HttpShell {
     pub http_log: bool,
     /// Cross-origin policy.
     pub cors: CorsConfig,
+    /// Webhook body limits, shared by every webhook route (and by the shells of the extra
+    /// webhook ports, which take the main shell's).
+    pub webhooks: Arc<WebhookIntake>,
     routes: Vec<RouteHook>,
     ops_routes: Vec<RouteHook>,
 }
@@ -47,6 +52,7 @@ impl std::fmt::Debug for HttpShell {
             .field("readiness", &self.readiness)
             .field("http_log", &self.http_log)
             .field("cors", &self.cors)
+            .field("webhooks", &self.webhooks)
             .field("routes", &self.routes.len())
             .field("ops_routes", &self.ops_routes.len())
             .finish()
@@ -54,12 +60,13 @@ impl std::fmt::Debug for HttpShell {
 }
 
 impl HttpShell {
-    /// A shell with the health routes only.
+    /// A shell with the health routes only (and the default webhook limits).
     pub fn new(readiness: Readiness, http_log: bool, cors: CorsConfig) -> Self {
         Self {
             readiness,
             http_log,
             cors,
+            webhooks: Arc::new(WebhookIntake::new(&Default::default())),
             routes: Vec::new(),
             ops_routes: Vec::new(),
         }
@@ -68,6 +75,13 @@ impl HttpShell {
     /// A shell configured from `config`.
     pub fn from_config(config: &Config, readiness: Readiness) -> Self {
         Self::new(readiness, config.http_log, config.cors.clone())
+            .with_webhooks(Arc::new(WebhookIntake::new(&config.webhooks)))
+    }
+
+    /// Uses `intake` for the webhook routes (share one between the shells of one process).
+    pub fn with_webhooks(mut self, intake: Arc<WebhookIntake>) -> Self {
+        self.webhooks = intake;
+        self
     }
 
     /// Adds routes; hooks run in the order added, on every worker.
@@ -96,6 +110,7 @@ impl HttpShell {
             readiness: self.readiness.clone(),
             http_log: self.http_log,
             cors: CorsConfig::default(),
+            webhooks: self.webhooks.clone(),
             routes: self.ops_routes.clone(),
             ops_routes: Vec::new(),
         }
@@ -120,6 +135,7 @@ pub fn app(
     };
     let mut app = App::new()
         .app_data(web::Data::new(shell.readiness.clone()))
+        .app_data(web::Data::from(shell.webhooks.clone()))
         .app_data(crate::error::json_config())
         .app_data(crate::error::path_config())
         .app_data(crate::error::query_config())

@@ -127,6 +127,19 @@ impl SvixVerifier {
         raw_body: &[u8],
         now: DateTime<Utc>,
     ) -> Result<(), SvixError> {
+        let mut check = self.begin(headers, now)?;
+        check.update(raw_body);
+        check.finish()
+    }
+
+    /// Checks everything but the MAC (headers present, timestamp within ±5 minutes of `now`,
+    /// at least one `v1` entry) before a byte of the body is read, and starts the MAC over
+    /// `{id}.{timestamp}.`; feed the body to the returned check as it arrives.
+    pub fn begin(
+        &self,
+        headers: &SvixHeaders<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<SvixBodyCheck, SvixError> {
         let id = non_empty(headers.id).ok_or(SvixError::MissingHeader(HEADER_ID))?;
         let timestamp_text =
             non_empty(headers.timestamp).ok_or(SvixError::MissingHeader(HEADER_TIMESTAMP))?;
@@ -147,9 +160,8 @@ impl SvixVerifier {
             });
         }
 
-        let expected = self.tag(id, timestamp_text, raw_body);
         let mut saw_v1 = false;
-        let mut matched = false;
+        let mut candidates = Vec::new();
         for entry in signature_header.split_whitespace() {
             let Some((version, encoded)) = entry.split_once(',') else {
                 continue;
@@ -158,22 +170,20 @@ impl SvixVerifier {
                 continue;
             }
             saw_v1 = true;
-            let Ok(candidate) = STANDARD.decode(encoded) else {
-                continue;
-            };
-            // `ct_eq` on slices of different lengths is false without leaking where they differ;
-            // keep looping so the time taken does not depend on which entry matched.
-            if bool::from(expected.as_ref().ct_eq(candidate.as_slice())) {
-                matched = true;
+            // An entry that is not base64 matches nothing (it still counts as a v1 entry).
+            if let Ok(candidate) = STANDARD.decode(encoded) {
+                candidates.push(candidate);
             }
         }
-        if matched {
-            Ok(())
-        } else if saw_v1 {
-            Err(SvixError::SignatureMismatch)
-        } else {
-            Err(SvixError::NoSupportedSignature)
+        if !saw_v1 {
+            return Err(SvixError::NoSupportedSignature);
         }
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(id.as_bytes());
+        ctx.update(b".");
+        ctx.update(timestamp_text.as_bytes());
+        ctx.update(b".");
+        Ok(SvixBodyCheck { ctx, candidates })
     }
 
     /// Signs a message the way Svix does and returns the `v1,<base64>` header entry
@@ -191,6 +201,56 @@ impl SvixVerifier {
         ctx.update(b".");
         ctx.update(raw_body);
         ctx.sign()
+    }
+}
+
+/// A Svix signature check in progress: the header's `v1` signatures, and the HMAC of
+/// `{id}.{timestamp}.` and the body so far.
+pub struct SvixBodyCheck {
+    ctx: hmac::Context,
+    candidates: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SvixBodyCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SvixBodyCheck")
+            .field("candidates", &self.candidates.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SvixBodyCheck {
+    /// The next bytes of the raw body.
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.ctx.update(chunk);
+    }
+
+    /// True when any `v1` signature matches the whole body (each compared in constant time).
+    pub fn finish(self) -> Result<(), SvixError> {
+        let expected = self.ctx.sign();
+        let mut matched = false;
+        for candidate in &self.candidates {
+            // `ct_eq` on slices of different lengths is false without leaking where they
+            // differ; keep looping so the time taken does not depend on which entry matched.
+            if bool::from(expected.as_ref().ct_eq(candidate.as_slice())) {
+                matched = true;
+            }
+        }
+        if matched {
+            Ok(())
+        } else {
+            Err(SvixError::SignatureMismatch)
+        }
+    }
+}
+
+impl crate::http::webhook_body::BodyVerifier for SvixBodyCheck {
+    type Error = SvixError;
+    fn update(&mut self, chunk: &[u8]) {
+        SvixBodyCheck::update(self, chunk);
+    }
+    fn finish(self) -> Result<(), SvixError> {
+        SvixBodyCheck::finish(self)
     }
 }
 

@@ -4,8 +4,10 @@
 //!    503 rather than 401 because the fault is ours, and Svix keeps retrying a 5xx for about a
 //!    day, so no event is lost while the secret is being configured.
 //! 2. The Svix headers are verified on the raw body bytes before anything is parsed
-//!    ([`SvixVerifier`], clock = now, ±5 minutes). Missing header, stale or future timestamp,
-//!    or no matching signature → **401**; nothing is recorded.
+//!    ([`SvixVerifier`], clock = now, ±5 minutes). Missing header, stale or future timestamp
+//!    or no `v1` entry → **401** before the body is read; no matching signature → **401**
+//!    once it is; nothing is recorded. The body is read under the webhook limits
+//!    ([`crate::http::webhook_body`]: 413, 408, 503 + Retry-After).
 //! 3. A body that is not JSON, or not a Clerk event envelope (`object: "event"`, string
 //!    `type`) → **400**.
 //! 4. The event is recorded in the inbox (source `clerk`, source id = `svix-id`, routing key
@@ -18,7 +20,7 @@ use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
-use infragpt_actors::inbox::{NewInboundEvent, RecordOutcome};
+use infragpt_actors::inbox::{EventPayload, NewInboundEvent, RecordOutcome, StoreError};
 use infragpt_actors::sources;
 use infragpt_actors::{Cluster, IngestError, Secret};
 use serde_json::{Value, json};
@@ -27,6 +29,7 @@ use super::svix::{
     HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, SvixError, SvixHeaders, SvixVerifier,
 };
 use crate::error::ApiError;
+use crate::http::webhook_body::{WebhookIntake, read_verified};
 
 /// Path of the webhook.
 pub const PATH: &str = "/webhooks/clerk";
@@ -66,12 +69,12 @@ impl ClerkWebhook {
     }
 }
 
-/// Adds `POST /webhooks/clerk` (with its own state and body limit) to `cfg`.
+/// Adds `POST /webhooks/clerk` (with its own state) to `cfg`. The body is streamed under
+/// [`MAX_BODY_BYTES`] and the process's webhook limits ([`crate::http::webhook_body`]).
 pub fn configure(cfg: &mut web::ServiceConfig, webhook: ClerkWebhook) {
     cfg.service(
         web::resource(PATH)
             .app_data(web::Data::new(webhook))
-            .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
             .route(web::post().to(receive)),
     );
 }
@@ -82,7 +85,7 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
 
 async fn receive(
     req: HttpRequest,
-    body: web::Bytes,
+    body: web::Payload,
     webhook: web::Data<ClerkWebhook>,
 ) -> Result<HttpResponse, ApiError> {
     let Some(verifier) = &webhook.verifier else {
@@ -96,11 +99,18 @@ async fn receive(
         timestamp: header(&req, HEADER_TIMESTAMP),
         signature: header(&req, HEADER_SIGNATURE),
     };
-    if let Err(e) = verifier.verify(&headers, &body, Utc::now()) {
+    let rejected = |e: SvixError| {
         tracing::warn!(reason = %e, svix_id = ?headers.id, "clerk webhook signature rejected");
-        return Err(ApiError::unauthorized("invalid webhook signature"));
-    }
-    // verify() guarantees a non-empty id.
+        ApiError::unauthorized("invalid webhook signature")
+    };
+    // Headers and timestamp first: without them nothing of the body is read.
+    let check = verifier.begin(&headers, Utc::now()).map_err(rejected)?;
+    let intake = WebhookIntake::for_request(&req);
+    let verified = read_verified(&intake, &req, body, MAX_BODY_BYTES, check)
+        .await
+        .map_err(|e| e.into_api(rejected))?;
+    let (body, _reservation) = verified.into_parts();
+    // begin() guarantees a non-empty id.
     let svix_id = headers.id.unwrap_or_default().trim().to_owned();
 
     let payload: Value = serde_json::from_slice(&body).map_err(|e| {
@@ -120,6 +130,9 @@ async fn receive(
         }
     };
 
+    drop(payload);
+    // The body as received (UTF-8: it parsed): kept verbatim when the store has to clean it.
+    let raw = String::from_utf8(body).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
     let outcome = webhook
         .cluster
         .ingest(NewInboundEvent {
@@ -127,11 +140,16 @@ async fn receive(
             source_id: svix_id.clone(),
             routing_key: super::sync::routing_key(),
             kind: kind.clone(),
-            payload,
+            payload: EventPayload::Raw(raw),
         })
         .await
         .map_err(|e| match e {
             IngestError::ShuttingDown => ApiError::unavailable("shutting down, retry later"),
+            IngestError::Store(e @ StoreError::Rejected(_)) => {
+                // Permanent: a retry would fail the same way (and the database is fine).
+                tracing::error!(svix_id = %svix_id, error = %e, "the event store refused a clerk event");
+                ApiError::unprocessable("event", "the event could not be stored")
+            }
             IngestError::Store(e) => {
                 tracing::error!(svix_id = %svix_id, error = %e, "recording clerk webhook failed");
                 ApiError::unavailable("event store unavailable, retry later")

@@ -113,7 +113,9 @@ impl Module for IdentityModule {
         }));
 
         if let Some(port) = clerk.port {
+            // The main shell's webhook budget: one per process, whatever the port.
             let shell = HttpShell::from_config(&state.config, state.readiness.clone())
+                .with_webhooks(http.webhooks.clone())
                 .with_routes(move |cfg| webhook::configure(cfg, hook.clone()));
             self.webhook_server = Some(SideListener::start(
                 "clerk webhook",

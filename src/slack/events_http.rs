@@ -1,8 +1,10 @@
 //! `POST /slack/events`: the HTTP Events API, the alternative to Socket Mode.
 //!
 //! The signature (`X-Slack-Signature` over `v0:{ts}:{raw body}`, ±5 minutes, constant time)
-//! is checked on the raw bytes before anything is parsed; without a signing secret every
-//! request is refused (fail closed). Then: `url_verification` → the challenge;
+//! is checked on the raw bytes before anything is parsed; its headers and the timestamp are
+//! checked before the body is read, and the MAC while it streams
+//! ([`crate::http::webhook_body`]); without a signing secret every request is refused (fail
+//! closed). Then: `url_verification` → the challenge;
 //! `event_callback` → recorded with [`Cluster::ingest`] (deduplicated on `event_id`, so a
 //! redelivery with `X-Slack-Retry-Num` records nothing new) and answered 200 right after;
 //! other body types → 200 and ignored. Not JSON → 400.
@@ -12,17 +14,20 @@ use std::sync::Arc;
 use actix_web::{HttpRequest, HttpResponse, web};
 use infragpt_actors::Secret;
 use infragpt_actors::cluster::{Cluster, IngestError};
-use infragpt_actors::inbox::RecordOutcome;
+use infragpt_actors::inbox::{EventPayload, RecordOutcome, StoreError};
 use serde_json::{Value, json};
 
 use super::signature::{
-    SIGNATURE_HEADER, SignatureError, SlackSignatureVerifier, TIMESTAMP_HEADER,
+    SIGNATURE_HEADER, SignatureError, SlackBodyCheck, SlackSignatureVerifier, TIMESTAMP_HEADER,
 };
 use super::socket::{InboundClass, inbound_event};
 use crate::error::ApiError;
+use crate::http::webhook_body::{WebhookIntake, read_verified};
 
 /// The route path.
 pub const EVENTS_PATH: &str = "/slack/events";
+/// Largest accepted body (actix's default limit, which applied before bodies were streamed).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Header Slack sets on redeliveries.
 pub const RETRY_NUM_HEADER: &str = "x-slack-retry-num";
 
@@ -79,26 +84,35 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Result<Option<&'a str>, Signa
     }
 }
 
-fn verify(ep: &EventsEndpoint, req: &HttpRequest, body: &[u8]) -> Result<(), SignatureError> {
+/// Everything but the MAC, before the body is read (see [`SlackSignatureVerifier::begin`]).
+fn begin(ep: &EventsEndpoint, req: &HttpRequest) -> Result<SlackBodyCheck, SignatureError> {
     let ts = header(req, TIMESTAMP_HEADER)?;
     let sig = header(req, SIGNATURE_HEADER)?;
-    ep.verifier.verify(ts, sig, body)
+    ep.verifier.begin(ts, sig)
+}
+
+fn rejected(e: SignatureError) -> ApiError {
+    tracing::warn!(error = %e, "slack events request rejected");
+    ApiError::unauthorized(match e {
+        SignatureError::NotConfigured => {
+            "slack events are not accepted: no signing secret is configured".to_owned()
+        }
+        other => format!("invalid slack signature: {other}"),
+    })
 }
 
 async fn slack_events_handler(
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
     ep: web::Data<EventsEndpoint>,
 ) -> Result<HttpResponse, ApiError> {
-    if let Err(e) = verify(&ep, &req, &body) {
-        tracing::warn!(error = %e, "slack events request rejected");
-        return Err(ApiError::unauthorized(match e {
-            SignatureError::NotConfigured => {
-                "slack events are not accepted: no signing secret is configured".to_owned()
-            }
-            other => format!("invalid slack signature: {other}"),
-        }));
-    }
+    // Headers and timestamp first: without a fresh, well-formed signature nothing is read.
+    let check = begin(&ep, &req).map_err(rejected)?;
+    let intake = WebhookIntake::for_request(&req);
+    let verified = read_verified(&intake, &req, payload, MAX_BODY_BYTES, check)
+        .await
+        .map_err(|e| e.into_api(rejected))?;
+    let (body, _reservation) = verified.into_parts();
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))?;
     let retry_num = req
@@ -108,7 +122,7 @@ async fn slack_events_handler(
         .unwrap_or("0")
         .to_owned();
     // One parse classifies the body: challenge, ignored type, or an event to record.
-    let event = match inbound_event(&value, None).map_err(ApiError::bad_request)? {
+    let mut event = match inbound_event(&value, None).map_err(ApiError::bad_request)? {
         InboundClass::UrlVerification(challenge) => {
             tracing::info!("slack url_verification answered");
             return Ok(HttpResponse::Ok().json(json!({ "challenge": challenge })));
@@ -119,12 +133,27 @@ async fn slack_events_handler(
         }
         InboundClass::Event(event) => event,
     };
+    drop(value);
+    // The body as received (valid UTF-8: it parsed): the store keeps it verbatim when it has
+    // to clean the value (a "\u0000" in a message).
+    event.payload = match String::from_utf8(body) {
+        Ok(text) => EventPayload::Raw(text),
+        Err(_) => return Err(ApiError::bad_request("body is not UTF-8")),
+    };
     let event_id = event.source_id.clone();
     match ep.cluster.ingest(event).await {
         Ok(outcome) => {
             let duplicate = matches!(outcome, RecordOutcome::Duplicate(_));
             tracing::debug!(event_id = %event_id, retry_num = %retry_num, duplicate, "slack event recorded");
             Ok(HttpResponse::Ok().json(json!({ "ok": true })))
+        }
+        Err(IngestError::Store(e @ StoreError::Rejected(_))) => {
+            // Permanent: the store refuses this event's data; a retry would fail the same way.
+            tracing::error!(event_id = %event_id, error = %e, "the event store refused a slack event");
+            Err(ApiError::unprocessable(
+                "event",
+                "the event could not be stored",
+            ))
         }
         Err(e @ (IngestError::ShuttingDown | IngestError::Store(_))) => {
             // Not recorded: a 5xx makes Slack retry later.

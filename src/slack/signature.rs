@@ -1,13 +1,15 @@
 //! Slack request signature verification (`X-Slack-Signature`, `X-Slack-Request-Timestamp`).
 //!
 //! Slack signs `v0:{timestamp}:{raw body}` with HMAC-SHA256 under the app's signing secret and
-//! sends `v0=` + lowercase hex. We check the timestamp window first (cheap, stops replays), then
-//! the MAC in constant time with `ring::hmac::verify`, on the raw bytes, before any parsing.
+//! sends `v0=` + lowercase hex. We check the headers and the timestamp window first (cheap,
+//! stops replays, and before the body is read: [`SlackSignatureVerifier::begin`]), then the MAC
+//! of the raw bytes as they stream, compared in constant time, before any parsing.
 
 use std::sync::Arc;
 
 use infragpt_actors::Secret;
 use ring::hmac;
+use subtle::ConstantTimeEq;
 
 /// Header carrying the signature (`v0=<hex>`).
 pub const SIGNATURE_HEADER: &str = "x-slack-signature";
@@ -107,16 +109,30 @@ impl SlackSignatureVerifier {
         signature: Option<&str>,
         body: &[u8],
     ) -> Result<(), SignatureError> {
+        let mut check = self.begin(timestamp, signature)?;
+        check.update(body);
+        check.finish()
+    }
+
+    /// Checks everything but the MAC (configured, headers present and well formed, timestamp
+    /// fresh) before a byte of the body is read, and starts the MAC over `v0:{timestamp}:`;
+    /// feed the body to the returned check as it arrives.
+    pub fn begin(
+        &self,
+        timestamp: Option<&str>,
+        signature: Option<&str>,
+    ) -> Result<SlackBodyCheck, SignatureError> {
         let key = self.key.as_ref().ok_or(SignatureError::NotConfigured)?;
         let timestamp_raw = timestamp.ok_or(SignatureError::MissingTimestamp)?.trim();
         let signature = signature.ok_or(SignatureError::MissingSignature)?.trim();
         let ts: i64 = timestamp_raw
             .parse()
             .map_err(|_| SignatureError::BadTimestamp(timestamp_raw.to_owned()))?;
-        let mac = signature
+        let mut expected = [0u8; 32];
+        signature
             .strip_prefix("v0=")
             .filter(|hex_part| hex_part.len() == 64)
-            .and_then(|hex_part| hex::decode(hex_part).ok())
+            .and_then(|hex_part| hex::decode_to_slice(hex_part, &mut expected).ok())
             .ok_or(SignatureError::BadSignatureFormat)?;
         let skew_secs = (self.clock)().saturating_sub(ts);
         if skew_secs.abs() > self.tolerance_secs {
@@ -126,17 +142,19 @@ impl SlackSignatureVerifier {
                 tolerance_secs: self.tolerance_secs,
             });
         }
-        hmac::verify(key, &base_string(timestamp_raw, body), &mac)
-            .map_err(|_| SignatureError::Mismatch)
+        let mut ctx = hmac::Context::with_key(key);
+        ctx.update(b"v0:");
+        ctx.update(timestamp_raw.as_bytes());
+        ctx.update(b":");
+        Ok(SlackBodyCheck { ctx, expected })
     }
 
-    /// Verifies using the request's headers (`X-Slack-Request-Timestamp`, `X-Slack-Signature`).
-    pub fn verify_headers(
+    /// [`begin`](Self::begin) with the request's headers (a header that is present but not
+    /// visible ASCII counts as a bad value, not a missing one).
+    pub fn begin_headers(
         &self,
         headers: &http::HeaderMap,
-        body: &[u8],
-    ) -> Result<(), SignatureError> {
-        // A header that is present but not visible ASCII counts as a bad value, not a missing one.
+    ) -> Result<SlackBodyCheck, SignatureError> {
         let signature = match headers.get(SIGNATURE_HEADER) {
             Some(v) => Some(v.to_str().map_err(|_| SignatureError::BadSignatureFormat)?),
             None => None,
@@ -148,7 +166,58 @@ impl SlackSignatureVerifier {
             ),
             None => None,
         };
-        self.verify(timestamp, signature, body)
+        self.begin(timestamp, signature)
+    }
+
+    /// Verifies using the request's headers (`X-Slack-Request-Timestamp`, `X-Slack-Signature`).
+    pub fn verify_headers(
+        &self,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<(), SignatureError> {
+        let mut check = self.begin_headers(headers)?;
+        check.update(body);
+        check.finish()
+    }
+}
+
+/// A Slack signature check in progress: the MAC from the header, and the HMAC of
+/// `v0:{timestamp}:` and the body so far.
+pub struct SlackBodyCheck {
+    ctx: hmac::Context,
+    expected: [u8; 32],
+}
+
+impl std::fmt::Debug for SlackBodyCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlackBodyCheck").finish_non_exhaustive()
+    }
+}
+
+impl SlackBodyCheck {
+    /// The next bytes of the raw body.
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.ctx.update(chunk);
+    }
+
+    /// Compares the MAC of the whole body with the header's, in constant time.
+    pub fn finish(self) -> Result<(), SignatureError> {
+        let tag = self.ctx.sign();
+        if bool::from(tag.as_ref().ct_eq(&self.expected)) {
+            Ok(())
+        } else {
+            Err(SignatureError::Mismatch)
+        }
+    }
+}
+
+impl crate::http::webhook_body::BodyVerifier for SlackBodyCheck {
+    type Error = SignatureError;
+    fn update(&mut self, chunk: &[u8]) {
+        SlackBodyCheck::update(self, chunk);
+    }
+    fn finish(self) -> Result<(), SignatureError> {
+        SlackBodyCheck::finish(self)
     }
 }
 

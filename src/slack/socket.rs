@@ -86,7 +86,7 @@ pub fn inbound_event(
                 .as_str()
                 .unwrap_or("unknown")
                 .to_owned(),
-            payload: payload.clone(),
+            payload: payload.clone().into(),
         })),
         Ok(Inbound::UrlVerification { challenge }) => Ok(InboundClass::UrlVerification(challenge)),
         Ok(Inbound::Other { kind }) => Ok(InboundClass::Ignore(kind)),
@@ -107,7 +107,7 @@ pub fn inbound_event(
                 source_id,
                 routing_key: ThreadKey::unthreaded_routing_key(team),
                 kind: "unparseable".into(),
-                payload: payload.clone(),
+                payload: payload.clone().into(),
             }))
         }
     }

@@ -6,6 +6,7 @@ mod agent;
 mod config;
 mod db;
 mod e2e;
+mod edge;
 mod github;
 mod identity;
 mod integrations;

@@ -134,8 +134,35 @@ pub struct NewInboundEvent {
     pub routing_key: RoutingKey,
     /// Event type, e.g. `app_mention`, `pull_request.opened`, `user.created`.
     pub kind: String,
-    /// The payload as received (parsed JSON).
-    pub payload: serde_json::Value,
+    /// The payload as received.
+    pub payload: EventPayload,
+}
+
+/// The payload of an event to record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventPayload {
+    /// Parsed JSON.
+    Json(serde_json::Value),
+    /// The body as received: the text of one JSON value, already checked by the caller. The
+    /// store parses it itself, so large bodies are never held as a tree here, and keeps the
+    /// text verbatim when it has to alter the value to store it.
+    Raw(String),
+}
+
+impl EventPayload {
+    /// The payload as a JSON value (parses a raw body).
+    pub fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        match self {
+            Self::Json(value) => Ok(value.clone()),
+            Self::Raw(text) => serde_json::from_str(text),
+        }
+    }
+}
+
+impl From<serde_json::Value> for EventPayload {
+    fn from(value: serde_json::Value) -> Self {
+        Self::Json(value)
+    }
 }
 
 /// A stored event.
@@ -166,7 +193,9 @@ pub struct InboundEvent {
 /// Result of [`InboundEvents::record`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordOutcome {
-    /// First time this source id was seen; the event must be dispatched.
+    /// First time this source id was seen; the event must be dispatched. Its `payload` may
+    /// be `Null` when it was given raw: a store need not parse a large body again just to
+    /// return it (claim loads it).
     Recorded(InboundEvent),
     /// Seen before; nothing was changed and nothing must be dispatched.
     Duplicate(InboundEvent),
@@ -190,6 +219,10 @@ pub enum StoreError {
     /// A stored value could not be read back.
     #[error("event store holds an unreadable value: {0}")]
     Corrupt(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store refused the event's data (a permanent data error, not an outage): sending
+    /// the same event again fails the same way.
+    #[error("event store refused the event's data: {0}")]
+    Rejected(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The durable inbox (implemented on the `inbound_events` table in the root crate, and in

@@ -14,8 +14,8 @@ use tokio::sync::Semaphore;
 
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
 use crate::inbox::{
-    EventRowId, EventSource, EventStatus, InboundEvent, InboundEvents, NewInboundEvent,
-    RecordOutcome, RoutingKey, StoreError,
+    EventPayload, EventRowId, EventSource, EventStatus, InboundEvent, InboundEvents,
+    NewInboundEvent, RecordOutcome, RoutingKey, StoreError,
 };
 
 #[derive(Debug, Default)]
@@ -92,6 +92,12 @@ impl InboundEvents for MemoryInbox {
             let existing = st.events[id].clone();
             return Ok(RecordOutcome::Duplicate(existing));
         }
+        let payload = match event.payload {
+            EventPayload::Json(value) => value,
+            EventPayload::Raw(text) => {
+                serde_json::from_str(&text).map_err(|e| StoreError::Rejected(Box::new(e)))?
+            }
+        };
         st.next_id += 1;
         let id = EventRowId(st.next_id);
         let stored = InboundEvent {
@@ -100,7 +106,7 @@ impl InboundEvents for MemoryInbox {
             source_id: event.source_id,
             routing_key: event.routing_key,
             kind: event.kind,
-            payload: event.payload,
+            payload,
             status: EventStatus::Pending,
             attempts: 0,
             last_error: None,
@@ -436,7 +442,7 @@ pub fn keyed_event(source: EventSource, key: &str, seq: u64) -> NewInboundEvent 
         source_id: format!("{key}#{seq}"),
         routing_key: RoutingKey(key.to_owned()),
         kind: "test".into(),
-        payload: serde_json::json!({ "seq": seq }),
+        payload: serde_json::json!({ "seq": seq }).into(),
     }
 }
 

@@ -18,7 +18,7 @@ fn event(source_id: &str) -> NewInboundEvent {
         source_id: source_id.to_owned(),
         routing_key: RoutingKey("T1/C1/1700000000.000100".to_owned()),
         kind: "app_mention".to_owned(),
-        payload: json!({"event_id": source_id, "text": "<@U0BOT> hello", "n": [1, 2]}),
+        payload: json!({"event_id": source_id, "text": "<@U0BOT> hello", "n": [1, 2]}).into(),
     }
 }
 
@@ -51,7 +51,7 @@ async fn record_is_idempotent() {
     assert_eq!(stored.source_id, "Ev1");
     assert_eq!(stored.routing_key.0, "T1/C1/1700000000.000100");
     assert_eq!(stored.kind, "app_mention");
-    assert_eq!(stored.payload, event("Ev1").payload);
+    assert_eq!(stored.payload, event("Ev1").payload.to_value().unwrap());
     assert_eq!(stored.status, EventStatus::Pending);
     assert_eq!(stored.attempts, 0);
     assert_eq!(stored.last_error, None);
@@ -59,7 +59,7 @@ async fn record_is_idempotent() {
 
     // A redelivery with another payload changes nothing.
     let mut again = event("Ev1");
-    again.payload = json!({"different": true});
+    again.payload = json!({"different": true}).into();
     let second = inbox.record(again).await.expect("record again");
     let RecordOutcome::Duplicate(existing) = &second else {
         panic!("redelivery must be a duplicate: {second:?}");

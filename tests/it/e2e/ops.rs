@@ -47,7 +47,7 @@ fn event(id: &str, fail: bool) -> NewInboundEvent {
         source_id: id.to_owned(),
         routing_key: RoutingKey("clerk".to_owned()),
         kind: "test.event".to_owned(),
-        payload: json!({ "fail": fail }),
+        payload: json!({ "fail": fail }).into(),
     }
 }
 
@@ -260,7 +260,7 @@ async fn actors_metrics_and_dead_letters() {
     // message; the worker's restarts show in /actors; the service keeps serving.
     core.cluster
         .ingest(NewInboundEvent {
-            payload: json!({ "panic": true }),
+            payload: json!({ "panic": true }).into(),
             ..event("panics", false)
         })
         .await

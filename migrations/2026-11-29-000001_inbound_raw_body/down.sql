@@ -1,0 +1,1 @@
+ALTER TABLE inbound_events DROP COLUMN raw_body;

@@ -1,0 +1,275 @@
+//! Reading a webhook body: bounded, timed and verified while it streams.
+//!
+//! Every webhook route (Slack Events API, Clerk, GitHub) reads its body with [`read_verified`].
+//! The route checks its signature headers first, so a request without a well-formed signature
+//! is refused before a byte of its body is read; it then hands a [`BodyVerifier`] that sees
+//! every chunk as it arrives (an incremental HMAC) and decides once the body is complete.
+//!
+//! What a sender without the secret can make us hold is bounded by one [`WebhookIntake`] per
+//! process (`webhooks:` in the configuration), shared by every route:
+//! - a `Content-Length` over the route's limit is answered 413 before reading;
+//! - at most `max_unverified_uploads` bodies are read at once (one more: 503 + Retry-After);
+//! - the bytes of bodies in memory are reserved from a shared budget of `max_unverified_bytes`
+//!   before they are read (from `Content-Length`, else chunk by chunk) and given back when the
+//!   request is answered, so large verified deliveries are bounded too; a request that cannot
+//!   get its share before its deadline is answered 503 + Retry-After;
+//! - the whole body (waiting for the budget included) must arrive within `body_timeout_ms`
+//!   (else 408).
+//!
+//! The body is read into one buffer, sized from `Content-Length` up front (no doubling).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use actix_web::http::header::CONTENT_LENGTH;
+use actix_web::{HttpRequest, web};
+use futures::StreamExt as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::config::WebhooksConfig;
+use crate::error::ApiError;
+
+/// Sees a webhook body chunk by chunk and decides on it once it is complete.
+pub trait BodyVerifier {
+    /// Why the body was rejected.
+    type Error;
+    /// The next chunk of the raw body.
+    fn update(&mut self, chunk: &[u8]);
+    /// The body is complete: accept it or say why not (compare in constant time).
+    fn finish(self) -> Result<(), Self::Error>;
+}
+
+/// The limits and budgets of webhook body reading, shared by every webhook route of the
+/// process (the HTTP shell registers one as app data; see [`WebhookIntake::for_request`]).
+#[derive(Debug)]
+pub struct WebhookIntake {
+    body_timeout: Duration,
+    budget: u32,
+    bytes: Arc<Semaphore>,
+    uploads: Arc<Semaphore>,
+}
+
+impl WebhookIntake {
+    /// Limits from `webhooks:` (validated: budget within `u32`, at least one upload).
+    pub fn new(config: &WebhooksConfig) -> Self {
+        let budget = u32::try_from(config.max_unverified_bytes).unwrap_or(u32::MAX);
+        Self {
+            body_timeout: config.body_timeout(),
+            budget,
+            bytes: Arc::new(Semaphore::new(budget as usize)),
+            uploads: Arc::new(Semaphore::new(config.max_unverified_uploads as usize)),
+        }
+    }
+
+    /// The intake the app registered, or a process-wide one with the default limits (routes
+    /// mounted outside the HTTP shell, e.g. in tests).
+    pub fn for_request(req: &HttpRequest) -> Arc<Self> {
+        static FALLBACK: OnceLock<Arc<WebhookIntake>> = OnceLock::new();
+        match req.app_data::<web::Data<WebhookIntake>>() {
+            Some(data) => data.clone().into_inner(),
+            None => FALLBACK
+                .get_or_init(|| Arc::new(Self::new(&WebhooksConfig::default())))
+                .clone(),
+        }
+    }
+
+    /// Bytes of the budget not reserved now.
+    pub fn available_bytes(&self) -> usize {
+        self.bytes.available_permits()
+    }
+
+    /// Upload slots free now.
+    pub fn available_uploads(&self) -> usize {
+        self.uploads.available_permits()
+    }
+
+    /// What a refused sender is told to wait (seconds): about as long as a body may take.
+    fn retry_after_secs(&self) -> u64 {
+        self.body_timeout.as_secs().max(1)
+    }
+}
+
+/// Bytes reserved from the shared budget; given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Reservation {
+    fn bytes(&self) -> usize {
+        self.permit
+            .as_ref()
+            .map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    /// Reserves `n` more bytes, waiting until `deadline` at most. A body larger than the whole
+    /// budget reserves all of it (so it is read alone) rather than never getting in.
+    async fn grow(
+        &mut self,
+        intake: &WebhookIntake,
+        n: usize,
+        deadline: Instant,
+    ) -> Result<(), Busy> {
+        let room = (intake.budget as usize).saturating_sub(self.bytes());
+        let want = u32::try_from(n.min(room)).unwrap_or(u32::MAX);
+        if want == 0 {
+            return Ok(());
+        }
+        let acquire = intake.bytes.clone().acquire_many_owned(want);
+        let permit = match tokio::time::timeout_at(deadline, acquire).await {
+            Ok(Ok(permit)) => permit,
+            // Timed out, or the semaphore was closed (never done): either way, not now.
+            _ => return Err(Busy),
+        };
+        match &mut self.permit {
+            Some(held) => held.merge(permit),
+            None => self.permit = Some(permit),
+        }
+        Ok(())
+    }
+}
+
+struct Busy;
+
+/// A complete, verified body and its share of the byte budget (held until this is dropped,
+/// or until the [`Reservation`] from [`into_parts`](Self::into_parts) is).
+#[derive(Debug)]
+pub struct VerifiedBody {
+    bytes: Vec<u8>,
+    reservation: Reservation,
+}
+
+impl VerifiedBody {
+    /// The raw body.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The body and its reservation: keep the reservation until the request is answered.
+    pub fn into_parts(self) -> (Vec<u8>, Reservation) {
+        (self.bytes, self.reservation)
+    }
+}
+
+/// Why a webhook body was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError<E> {
+    /// `Content-Length`, or the bytes received, over the route's limit.
+    #[error("request body is larger than {limit} bytes")]
+    TooLarge {
+        /// The route's limit.
+        limit: usize,
+    },
+    /// The body did not arrive before the deadline.
+    #[error("request body did not arrive within {0:?}")]
+    Timeout(Duration),
+    /// Too many bodies, or too many bytes, in flight.
+    #[error("too many webhook bodies in flight")]
+    Busy {
+        /// Seconds to tell the sender to wait.
+        retry_after: u64,
+    },
+    /// The connection failed while the body was read.
+    #[error("reading the request body failed: {0}")]
+    Payload(#[source] actix_web::error::PayloadError),
+    /// The verifier rejected the body.
+    #[error("the body's signature was rejected")]
+    Rejected(E),
+}
+
+impl<E> BodyError<E> {
+    /// The HTTP answer: 413, 408, 503 with Retry-After, 400, or what `rejected` makes of the
+    /// verifier's error.
+    pub fn into_api(self, rejected: impl FnOnce(E) -> ApiError) -> ApiError {
+        match self {
+            Self::Rejected(e) => rejected(e),
+            Self::TooLarge { limit } => {
+                ApiError::payload_too_large(format!("request body is larger than {limit} bytes"))
+            }
+            Self::Timeout(after) => ApiError::request_timeout(format!(
+                "request body did not arrive within {} ms",
+                after.as_millis()
+            )),
+            Self::Busy { retry_after } => {
+                ApiError::unavailable("too many webhook deliveries in flight, retry later")
+                    .with_retry_after(retry_after)
+            }
+            Self::Payload(e) => ApiError::bad_request(format!("reading the body failed: {e}")),
+        }
+    }
+}
+
+/// The declared `Content-Length` (absent or unreadable: `None`; actix has refused a malformed
+/// one already).
+fn content_length(req: &HttpRequest) -> Option<usize> {
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Reads the body of `req` (at most `limit` bytes) under `intake`'s limits, feeding every
+/// chunk to `verifier`, and returns it once `verifier` accepts it. Call it only after the
+/// signature headers were checked.
+pub async fn read_verified<V: BodyVerifier>(
+    intake: &WebhookIntake,
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+    mut verifier: V,
+) -> Result<VerifiedBody, BodyError<V::Error>> {
+    let declared = content_length(req);
+    if declared.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let busy = || BodyError::Busy {
+        retry_after: intake.retry_after_secs(),
+    };
+    // No waiting for a slot: the slots bound the connections parked here.
+    let upload = intake
+        .uploads
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| busy())?;
+    let deadline = Instant::now() + intake.body_timeout;
+    let mut reservation = Reservation { permit: None };
+    if let Some(n) = declared {
+        reservation
+            .grow(intake, n, deadline)
+            .await
+            .map_err(|Busy| busy())?;
+    }
+    // One buffer of the declared size (reserved above, at most `limit`).
+    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    let read = async {
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(BodyError::Payload)?;
+            if body.len() + chunk.len() > limit {
+                return Err(BodyError::TooLarge { limit });
+            }
+            if declared.is_none() {
+                reservation
+                    .grow(intake, chunk.len(), deadline)
+                    .await
+                    .map_err(|Busy| busy())?;
+            }
+            verifier.update(&chunk);
+            body.extend_from_slice(&chunk);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(result) => result?,
+        Err(_) => return Err(BodyError::Timeout(intake.body_timeout)),
+    }
+    drop(upload);
+    verifier.finish().map_err(BodyError::Rejected)?;
+    Ok(VerifiedBody {
+        bytes: body,
+        reservation,
+    })
+}
