@@ -4,22 +4,21 @@
 //! [`crate::http::webhook_body`]), then record the delivery in the inbox keyed by
 //! `X-GitHub-Delivery` and answer 202. A redelivery (same id) changes nothing.
 //!
-//! Memory: the body is held once. Only the installation id and the action are extracted (no
+//! Memory: the body is held once. Only the installation and repository ids and the action are
+//! extracted (no
 //! JSON tree is built); the text goes to PostgreSQL, which builds the jsonb.
 //!
-//! The inbox row: `source = github`, `source_id` = delivery id, `routing_key` =
-//! `installation:{id}` (or [`NO_INSTALLATION_KEY`]), `kind` = `event.action` (or `event`),
+//! The inbox row: `source = github`, `source_id` = delivery id, `routing_key` per repository
+//! (see [`super::routing`]), `kind` = `event.action` (or `event`),
 //! `payload` = the body as received.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use super::routing::routing_key;
 use actix_web::{HttpRequest, HttpResponse, web};
 use infragpt_actors::Cluster;
-use infragpt_actors::ids::InstallationId;
-use infragpt_actors::inbox::{
-    EventPayload, NewInboundEvent, RecordOutcome, RoutingKey, StoreError,
-};
+use infragpt_actors::inbox::{EventPayload, NewInboundEvent, RecordOutcome, StoreError};
 use infragpt_actors::sources;
 use infragpt_actors::{IngestError, Secret};
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -31,8 +30,7 @@ use crate::http::webhook_body::{WebhookIntake, read_verified};
 
 /// GitHub's maximum webhook payload.
 pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
-/// Routing key of deliveries without an installation (app-level `ping`, ...).
-pub const NO_INSTALLATION_KEY: &str = "github:no-installation";
+pub use super::routing::NO_INSTALLATION_KEY;
 const EVENT_HEADER: &str = "X-GitHub-Event";
 const DELIVERY_HEADER: &str = "X-GitHub-Delivery";
 
@@ -75,12 +73,14 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// What the route reads from a delivery: the installation id and the action. Everything else
+/// What the route reads from a delivery: the installation and repository ids and the action.
+/// Everything else
 /// is skipped (still checked to be JSON) without building a tree; a repeated key keeps its
 /// last value, as a parsed object would.
 #[derive(Debug, Default)]
 struct Delivery {
     installation_id: Option<i64>,
+    repository_id: Option<i64>,
     action: Option<String>,
 }
 
@@ -103,6 +103,10 @@ impl<'de> Deserialize<'de> for Delivery {
                             delivery.installation_id =
                                 installation.get("id").and_then(Value::as_i64);
                         }
+                        "repository" => {
+                            let repository: Value = map.next_value()?;
+                            delivery.repository_id = repository.get("id").and_then(Value::as_i64);
+                        }
                         "action" => {
                             let action: Value = map.next_value()?;
                             delivery.action = action.as_str().map(str::to_owned);
@@ -117,14 +121,6 @@ impl<'de> Deserialize<'de> for Delivery {
         }
         d.deserialize_map(Fields)
     }
-}
-
-/// The routing key of a delivery: its installation's, else [`NO_INSTALLATION_KEY`]. The one
-/// place the scheme lives (it is to become per repository).
-fn routing_key(installation_id: Option<i64>) -> RoutingKey {
-    installation_id
-        .map(|id| InstallationId(id).to_routing_key())
-        .unwrap_or_else(|| RoutingKey(NO_INSTALLATION_KEY.to_owned()))
 }
 
 fn rejected(e: GithubSignatureError) -> ApiError {
@@ -187,7 +183,7 @@ pub async fn receive(
         .ingest(NewInboundEvent {
             source: sources::GITHUB,
             source_id: delivery.clone(),
-            routing_key: routing_key(fields.installation_id),
+            routing_key: routing_key(fields.installation_id, fields.repository_id),
             kind: kind.clone(),
             payload: EventPayload::Raw(body),
         })

@@ -484,7 +484,7 @@ fn status_table() -> String {
         table.push_str(&format!("{name:<17} {status:<13} {uptime:<12} {p95}\n"));
     }
     format!(
-        "*Service status* (sample data, not live):\n```\n{table}```\n:warning: `search` is degraded: p95 latency is above its 500 ms objective. Next step: check the indexer's queue depth and recent deploys."
+        "**Service status** (sample data, not live):\n\n```\n{table}```\n:warning: `search` is degraded: p95 latency is above its 500 ms objective. Next step: check the indexer's queue depth and recent deploys."
     )
 }
 
@@ -525,7 +525,7 @@ fn deploy_plan(text: &str) -> String {
     let target = target.unwrap_or_else(|| "the service".to_owned());
     let env = env.unwrap_or_else(|| "production".to_owned());
     format!(
-        "*Deploy plan for `{target}` → `{env}`* (checklist only; nothing was deployed):\n\
+        "**Deploy plan for `{target}` → `{env}`** (checklist only; nothing was deployed):\n\n\
          1. Confirm CI is green on the commit you are shipping and the changelog is reviewed.\n\
          2. Check `{env}` health and error budget first (`status` shows the sample dashboard).\n\
          3. Apply pending database migrations, backwards compatible with the running version.\n\
@@ -536,10 +536,10 @@ fn deploy_plan(text: &str) -> String {
 }
 
 fn on_call() -> String {
-    "*On-call rotation* (demo schedule):\n\
-     • Primary: Alice Liddell (until Monday 09:00 UTC)\n\
-     • Secondary: Bob Builder\n\
-     • Escalation: #ops, then the engineering manager after 15 minutes\n\
+    "**On-call rotation** (demo schedule):\n\n\
+     - Primary: Alice Liddell (until Monday 09:00 UTC)\n\
+     - Secondary: Bob Builder\n\
+     - Escalation: #ops, then the engineering manager after 15 minutes\n\n\
      Page the primary for anything customer-facing."
         .to_owned()
 }
@@ -576,7 +576,7 @@ fn first_line(text: &str) -> String {
 fn summary(request: &AgentRequest) -> String {
     let past = &request.past_messages;
     if past.is_empty() {
-        return "*Thread summary*: there are no earlier messages in this thread yet.".to_owned();
+        return "**Thread summary**: there are no earlier messages in this thread yet.".to_owned();
     }
     let mut seen = BTreeSet::new();
     let participants: Vec<String> = past
@@ -589,11 +589,11 @@ fn summary(request: &AgentRequest) -> String {
         .filter(|m| is_user(&m.sender))
         .map(|m| first_line(&m.content))
         .filter(|l| !l.is_empty())
-        .map(|l| format!("• {l}"))
+        .map(|l| format!("- {l}"))
         .collect();
     let agent_replies = past.iter().filter(|m| m.sender == "agent").count();
     let mut out = format!(
-        "*Thread summary*: {} earlier message{} ({} from the assistant) by {}.\n",
+        "**Thread summary**: {} earlier message{} ({} from the assistant) by {}.\n\n",
         past.len(),
         if past.len() == 1 { "" } else { "s" },
         agent_replies,
@@ -602,18 +602,18 @@ fn summary(request: &AgentRequest) -> String {
     if points.is_empty() {
         out.push_str("No user messages to summarise yet.");
     } else {
-        out.push_str("*Main points:*\n");
+        out.push_str("**Main points:**\n\n");
         out.push_str(&points.join("\n"));
     }
     out
 }
 
 fn help() -> String {
-    "I am the development agent (no AI model behind me). Try:\n\
-     • `status` – a sample service status table\n\
-     • `deploy <service> to <env>` – a deploy checklist\n\
-     • `who is on call?` – the demo rotation\n\
-     • `summarize` – a summary of this thread so far\n\
+    "I am the development agent (no AI model behind me). Try:\n\n\
+     - `status` – a sample service status table\n\
+     - `deploy <service> to <env>` – a deploy checklist\n\
+     - `who is on call?` – the demo rotation\n\
+     - `summarize` – a summary of this thread so far\n\n\
      Point `agent.endpoint` at the real agent for real answers."
         .to_owned()
 }

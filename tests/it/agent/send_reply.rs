@@ -22,8 +22,8 @@ use infragpt::testkit::slack_sim::SlackSim;
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::Secret;
 use infragpt_actors::conversation::{
-    Agent, AgentTurn, BotIdentity, Conversation, ConversationStore, MessageKind, NewMessage,
-    ReplyService, Sender, SlackApi, SlackApiError, UserProfile,
+    Agent, AgentTurn, AnswerFormat, BotIdentity, Conversation, ConversationStore, MessageKind,
+    NewMessage, ReplyService, Sender, SlackApi, SlackApiError, UserProfile,
 };
 use infragpt_actors::ids::{ChannelId, MessageTs, SlackUserId, TeamId, ThreadKey};
 use infragpt_actors::{HealthRegistry, Metrics};
@@ -569,8 +569,16 @@ async fn dev_agent_replies_through_send_reply() {
     let posts = w.bot_posts();
     assert_eq!(posts.len(), 1);
     assert_eq!(
-        posts[0].0, answer.response_text,
-        "SendReply posted the same text"
+        posts[0].0,
+        AnswerFormat::Markdown.to_slack(&answer.response_text),
+        "SendReply posted the same text, as mrkdwn"
+    );
+    assert!(
+        posts[0]
+            .0
+            .contains("*Deploy plan for `api-gateway` → `staging`*"),
+        "the Markdown heading line is bold in mrkdwn: {}",
+        posts[0].0
     );
     assert_eq!(posts[0].1.as_deref(), Some(w.turn.as_str()));
     assert!(

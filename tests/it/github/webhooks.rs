@@ -132,18 +132,29 @@ async fn every_fixture_is_recorded_once_and_normalized_or_ignored() {
         .unwrap();
     assert_eq!(ignored, expected_ignored);
 
-    // Routing: by installation, or the shared key.
+    // Routing: per repository within an installation, per installation for installation-level
+    // events, else the shared key.
     let keys: Vec<(String, Value)> = inbound_events::table
         .select((inbound_events::routing_key, inbound_events::payload))
         .load(&mut conn)
         .await
         .unwrap();
+    let mut per_repository = 0;
     for (key, payload) in keys {
-        match payload.pointer("/installation/id").and_then(Value::as_i64) {
-            Some(id) => assert_eq!(key, format!("installation:{id}")),
-            None => assert_eq!(key, NO_INSTALLATION_KEY),
-        }
+        let installation = payload.pointer("/installation/id").and_then(Value::as_i64);
+        let repository = payload.pointer("/repository/id").and_then(Value::as_i64);
+        let expected = match (installation, repository) {
+            (Some(i), Some(r)) => {
+                per_repository += 1;
+                format!("installation:{i}:repository:{r}")
+            }
+            (Some(i), None) => format!("installation:{i}"),
+            (None, Some(r)) => format!("github:repository:{r}"),
+            (None, None) => NO_INSTALLATION_KEY.to_owned(),
+        };
+        assert_eq!(key, expected, "{payload}");
     }
+    assert!(per_repository > 0, "the fixtures include repository events");
     // A kind like `pull_request.opened`.
     let kind: String = inbound_events::table
         .filter(inbound_events::source_id.like("%-pull_request-%"))
