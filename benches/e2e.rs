@@ -91,6 +91,11 @@ struct Args {
     /// `tests/data/github-webhooks`.
     #[arg(long)]
     fixtures: Option<PathBuf>,
+    /// Webhooks mode: spread the deliveries that name a repository over this many
+    /// repositories of the installation (0: as in the fixtures). 1 against N shows what
+    /// per-repository routing buys: with one repository every delivery shares one worker.
+    #[arg(long, default_value_t = 0)]
+    repositories: usize,
     /// Keep the Slack Web API throttle on (Slack's per-workspace limits).
     #[arg(long)]
     slack_throttle: bool,
@@ -290,6 +295,8 @@ struct ConversationsReport {
 #[derive(Debug, Serialize)]
 struct WebhooksReport {
     deliveries: usize,
+    /// Repositories the deliveries were spread over (0: as in the fixtures).
+    repositories: usize,
     concurrency: usize,
     threads: usize,
     pool_size: usize,
@@ -418,8 +425,8 @@ fn print_table(out: &Output) {
         }
         Report::Webhooks(r) => {
             println!(
-                "webhooks: {} signed deliveries ({} fixtures), concurrency {}, {} load threads, pool {}",
-                r.deliveries, r.fixtures, r.concurrency, r.threads, r.pool_size
+                "webhooks: {} signed deliveries ({} fixtures, {} repositories), concurrency {}, {} load threads, pool {}",
+                r.deliveries, r.fixtures, r.repositories, r.concurrency, r.threads, r.pool_size
             );
             row(
                 "accepted (202)",
@@ -1069,12 +1076,13 @@ async fn webhooks(args: &Args) -> anyhow::Result<WebhooksReport> {
     let signed: Arc<Vec<(String, Vec<u8>, String)>> = Arc::new(
         fixtures
             .iter()
-            .map(|(event, _, body)| {
-                (
-                    event.clone(),
-                    body.clone(),
-                    infragpt::github::signature::sign(&secret, body),
-                )
+            .flat_map(|(event, _, body)| {
+                spread_over_repositories(body, args.repositories)
+                    .into_iter()
+                    .map(|body| {
+                        let signature = infragpt::github::signature::sign(&secret, &body);
+                        (event.clone(), body, signature)
+                    })
             })
             .collect(),
     );
@@ -1173,6 +1181,7 @@ async fn webhooks(args: &Args) -> anyhow::Result<WebhooksReport> {
     let deliveries_per_s = accepted as f64 / wall.as_secs_f64();
     Ok(WebhooksReport {
         deliveries: n,
+        repositories: args.repositories,
         concurrency: args.concurrency,
         threads: args.threads,
         pool_size: args.pool_size,
@@ -1189,6 +1198,23 @@ async fn webhooks(args: &Args) -> anyhow::Result<WebhooksReport> {
         ratio: deliveries_per_s / ceiling.tx_per_s,
         ceiling,
     })
+}
+
+/// `body` once per repository id `1..=n` when it names a repository (interleaved by the
+/// caller's order, so consecutive deliveries hit different repositories), else once.
+fn spread_over_repositories(body: &[u8], n: usize) -> Vec<Vec<u8>> {
+    let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+        return vec![body.to_vec()];
+    };
+    if n == 0 || value.pointer("/repository/id").is_none() {
+        return vec![body.to_vec()];
+    }
+    (1..=n)
+        .map(|r| {
+            value["repository"]["id"] = json!(900_000_000 + r);
+            serde_json::to_vec(&value).unwrap_or_else(|_| body.to_vec())
+        })
+        .collect()
 }
 
 // ----- memory ----------------------------------------------------------------------------------

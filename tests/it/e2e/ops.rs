@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use infragpt::config::Config;
 use infragpt::db::Pool;
 use infragpt_actors::inbox::{InboundEvent, NewInboundEvent, RoutingKey};
+use infragpt_actors::testing::RecordingHandler;
 use infragpt_actors::{EventHandler, HandleOutcome, HandlerError, StreamSpec, kinds, sources};
 use serde_json::{Value, json};
 
@@ -316,22 +317,25 @@ async fn audit_actions(pool: &Pool) -> Vec<String> {
         .expect("audit")
 }
 
-#[actix_rt::test]
-async fn overload_is_reported_but_keeps_the_service_ready() {
-    use infragpt_actors::testing::RecordingHandler;
-    let app = TestApp::builder()
+/// An app whose routers defer past `high_water_mark` events, quickly.
+async fn small_backlog_app(high_water_mark: usize) -> TestApp {
+    TestApp::builder()
         .core_only()
-        .configure(|c| {
-            c.actors.high_water_mark = 2;
+        .configure(move |c| {
+            c.actors.high_water_mark = high_water_mark;
             c.actors.mailbox_capacity = 4;
             c.actors.drain_interval_ms = 20;
         })
         .start()
-        .await;
-    let core = app.core();
+        .await
+}
+
+/// Registers the `clerk` stream with a handler that handles nothing until the gate opens.
+fn register_gated_stream(app: &TestApp) -> (Arc<RecordingHandler>, Arc<tokio::sync::Semaphore>) {
     let handler = RecordingHandler::new();
     let gate = handler.gate_all();
-    core.cluster
+    app.core()
+        .cluster
         .register_stream(StreamSpec {
             name: "clerk".to_owned(),
             kind: kinds::IDENTITY_SYNC,
@@ -339,6 +343,14 @@ async fn overload_is_reported_but_keeps_the_service_ready() {
             handler: handler.clone(),
         })
         .expect("stream");
+    (handler, gate)
+}
+
+#[actix_rt::test]
+async fn overload_is_reported_but_keeps_the_service_ready() {
+    let app = small_backlog_app(2).await;
+    let core = app.core();
+    let (handler, gate) = register_gated_stream(&app);
     let base = app.base_url();
     let client = app.http().clone();
     for i in 0..10 {
@@ -527,16 +539,7 @@ async fn ops_data_needs_the_admin_token_on_the_public_port() {
 async fn restart_over_a_large_backlog_is_ready_at_once() {
     use infragpt::db::inbox::PgInbox;
     use infragpt_actors::inbox::InboundEvents as _;
-    use infragpt_actors::testing::RecordingHandler;
-    let app = TestApp::builder()
-        .core_only()
-        .configure(|c| {
-            c.actors.high_water_mark = 5;
-            c.actors.mailbox_capacity = 4;
-            c.actors.drain_interval_ms = 20;
-        })
-        .start()
-        .await;
+    let app = small_backlog_app(5).await;
     // What a killed replica leaves behind: recorded, never handled.
     let inbox = PgInbox::new(app.pool().clone());
     for i in 0..200 {
@@ -548,17 +551,7 @@ async fn restart_over_a_large_backlog_is_ready_at_once() {
             .await
             .expect("record");
     }
-    let handler = RecordingHandler::new();
-    let gate = handler.gate_all();
-    app.core()
-        .cluster
-        .register_stream(StreamSpec {
-            name: "clerk".to_owned(),
-            kind: kinds::IDENTITY_SYNC,
-            source: sources::CLERK,
-            handler: handler.clone(),
-        })
-        .expect("stream");
+    let (handler, gate) = register_gated_stream(&app);
     let client = app.http().clone();
     let base = app.base_url();
     let (status, body) = eventually("the recovering backlog is visible", async || {
