@@ -10,8 +10,9 @@
 //!   `POST /reply`; with mutual TLS on the gRPC listener, a client certificate authenticates
 //!   and a connection without one (or with one from another CA) gets nowhere.
 //!
-//! Everything runs for real: PostgreSQL, the Slack simulator over Socket Mode, the service from
-//! `app::start`, and the development agent as a tonic `AgentService` on loopback.
+//! Everything runs for real: PostgreSQL, the Slack simulator over Socket Mode, the service
+//! assembled by [`TestApp`] (`app::start`), and the development agent as a tonic
+//! `AgentService` on loopback.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -23,20 +24,19 @@ use infragpt::db::schema::{conversations, messages};
 use infragpt::grpc::pb::backend::backend_service_client::BackendServiceClient;
 use infragpt::grpc::pb::backend::{SendReplyCommand, Status};
 use infragpt::grpc::pb::infragpt::infra_gpt_service_client::InfraGptServiceClient;
-use infragpt::server::RunningServer;
 use infragpt::testkit::devagent::{
-    DEMO_LABEL, DevAgent, DevAgentConfig, DevAgentHandle, FailMode, UPSTREAM_ERROR_RESPONSE,
+    DEMO_LABEL, DevAgentConfig, DevAgentHandle, FailMode, UPSTREAM_ERROR_RESPONSE,
     UPSTREAM_MESSAGE_BUG,
 };
-use infragpt::testkit::slack_sim::{SimConfig, SimMessage, SlackSim};
+use infragpt::testkit::slack_sim::{SimConfig, SimMessage};
 use infragpt::testkit::test_db::TestDb;
-use infragpt_actors::conversation::UNAVAILABLE_REPLY;
+use infragpt_actors::Secret;
+use infragpt_actors::conversation::{HistorySender, UNAVAILABLE_REPLY};
 use serde_json::Value;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-const ADMIN: &str = "upstream-admin-token-0123456789";
-/// A test-only vault key (32 bytes, base64).
-const VAULT_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+use crate::support::app::{ADMIN, TestApp, VAULT_KEY};
+
 const ACME: &str = "T0SIMACME1";
 const ACME_BOT: &str = "U0ACMEBOT1";
 const OPS: &str = "C0OPS00001";
@@ -50,103 +50,72 @@ const GUARD: Duration = Duration::from_secs(30);
 // Harness
 // ---------------------------------------------------------------------------------------------
 
+/// The served app ([`TestApp`]) with what these tests ask of it.
 struct Harness {
-    db: TestDb,
-    sim: SlackSim,
-    running: Option<RunningServer>,
-    _core: infragpt::app::Core,
-    agent: Option<DevAgentHandle>,
-    agent_addr: SocketAddr,
-    base: String,
-    http: reqwest::Client,
+    app: TestApp,
 }
 
 impl Harness {
-    /// The service serving the simulator's Acme workspace over Socket Mode, `extra_agent_yaml`
-    /// appended to its `agent:` section and `tweak` applied last; the dev agent answers with
-    /// `fail_mode` (and calls SendReply unless told otherwise).
-    async fn start(
-        extra_agent_yaml: &str,
-        fail_mode: FailMode,
-        tweak: impl FnOnce(&mut Config),
-    ) -> Self {
-        let db = TestDb::new().await;
-        let sim = SlackSim::start(SimConfig::default()).expect("simulator");
-        let agent_addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port");
-        let yaml = format!(
-            "bind_address: 127.0.0.1\nport: 0\ngrpc_port: 0\nlog_level: warn\nhttp_log: false\n\
-             admin:\n  token: {ADMIN}\n\
-             actors:\n  retry_budget: 1\n  backoff_base_ms: 10\n  backoff_max_ms: 100\n  drain_interval_ms: 100\n\
-             agent:\n  endpoint: \"http://{agent_addr}\"\n  connect_timeout_ms: 1000\n  call_timeout_ms: 20000\n  retry_attempts: 1\n{extra_agent_yaml}\
-             vault:\n  active_key: k1\n  keys:\n    k1: \"{VAULT_KEY}\"\n\
-             database:\n  url: \"{}\"\n",
-            db.url.expose()
+    /// The service serving the simulator's Acme workspace over Socket Mode, with quick retries,
+    /// one agent attempt and `tweak` applied last; the dev agent answers with `fail_mode` (and
+    /// calls SendReply unless told otherwise).
+    async fn start(fail_mode: FailMode, tweak: impl FnOnce(&mut Config) + 'static) -> Self {
+        let mut app = TestApp::builder()
+            .with_slack_sim(SimConfig::default())
+            .configure(|c| {
+                c.actors.retry_budget = 1;
+                c.actors.backoff_base_ms = 10;
+                c.actors.backoff_max_ms = 100;
+                c.actors.drain_interval_ms = 100;
+                c.agent.retry_attempts = 1;
+            })
+            .configure(tweak)
+            .start()
+            .await;
+        assert_eq!(
+            app.sim().config().teams[0].id,
+            ACME,
+            "the served workspace is Acme"
         );
-        let mut config = config::load_str(&yaml, "upstream.yaml").expect("config");
-        let sim_config = sim.config();
-        config.slack.api_url = sim.base_url();
-        config.slack.app_token = Some(sim_config.apps[0].app_token.clone());
-        config.slack.signing_secret = Some(sim_config.apps[0].signing_secret.clone());
-        config.slack.socket_mode = true;
-        config.slack.connections = 1;
-        config.slack.bot_token = Some(sim.team(ACME).expect("acme").bot_token);
-        tweak(&mut config);
-        let (running, core) = infragpt::app::start(config).await.expect("service starts");
-        let base = format!("http://{}", running.http_addr);
-        let agent = DevAgent::start(DevAgentConfig {
-            bind: agent_addr,
-            reply_endpoint: Some(format!("http://{}", running.grpc_addr)),
+        let agent = DevAgentConfig {
             fail_mode,
-            ..DevAgentConfig::default()
-        })
-        .expect("dev agent");
-        let h = Harness {
-            db,
-            sim,
-            running: Some(running),
-            _core: core,
-            agent: Some(agent),
-            agent_addr,
-            base,
-            http: reqwest::Client::new(),
+            ..app.dev_agent_config()
         };
-        h.sim
-            .wait_for(|s| s.open_connections().len() == 1, GUARD)
-            .await
-            .expect("socket mode connected");
-        h
+        app.start_agent(agent);
+        Self { app }
     }
 
     fn grpc_addr(&self) -> SocketAddr {
-        self.running.as_ref().expect("running").grpc_addr
+        self.app.grpc_addr()
     }
 
     fn agent(&self) -> &DevAgentHandle {
-        self.agent.as_ref().expect("agent running")
+        self.app.agent()
     }
 
     fn mention(&self, user: &str, text: &str) -> String {
-        self.sim
+        self.app
+            .sim()
             .post_user_message(ACME, OPS, user, &format!("<@{ACME_BOT}> {text}"), None)
             .expect("post")
     }
 
     fn reply_in(&self, thread: &str, user: &str, text: &str) -> String {
-        self.sim
+        self.app
+            .sim()
             .post_user_message(ACME, OPS, user, text, Some(thread))
             .expect("post")
     }
 
     /// Bot messages in a thread of #ops, oldest first.
     fn bot_replies(&self, thread: &str) -> Vec<SimMessage> {
-        crate::e2e::conversations::bot_replies(&self.sim, ACME, OPS, thread)
+        crate::e2e::conversations::bot_replies(self.app.sim(), ACME, OPS, thread)
     }
 
     async fn wait_replies(&self, thread: &str, n: usize) {
         let t = thread.to_owned();
-        self.sim
+        self.app
+            .sim()
             .wait_for(
                 |s| {
                     s.messages_in(ACME, OPS)
@@ -170,12 +139,12 @@ impl Harness {
 
     /// Quiet: every envelope acknowledged and recorded, no inbox row pending or processing.
     async fn settle(&self) {
-        crate::e2e::conversations::settle(&self.sim, &self.db).await;
+        crate::e2e::conversations::settle(self.app.sim(), &self.app.db).await;
     }
 
     /// The conversation of a thread.
     async fn conversation(&self, thread: &str) -> uuid::Uuid {
-        let mut conn = self.db.pool().get().await.expect("conn");
+        let mut conn = self.app.pool().get().await.expect("conn");
         conversations::table
             .filter(conversations::thread_ts.eq(thread))
             .select(conversations::id)
@@ -186,7 +155,7 @@ impl Harness {
 
     /// (slack_ts, sender_kind, kind, text) of a conversation's messages in order.
     async fn rows(&self, conversation: uuid::Uuid) -> Vec<(String, String, String, String)> {
-        let mut conn = self.db.pool().get().await.expect("conn");
+        let mut conn = self.app.pool().get().await.expect("conn");
         messages::table
             .filter(messages::conversation_id.eq(conversation))
             .order((messages::created_at, messages::id))
@@ -203,8 +172,9 @@ impl Harness {
 
     async fn admin(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
         let r = self
-            .http
-            .request(method, format!("{}{path}", self.base))
+            .app
+            .http()
+            .request(method, format!("{}{path}", self.app.base_url()))
             .bearer_auth(ADMIN)
             .send()
             .await
@@ -215,7 +185,8 @@ impl Harness {
 
     /// Every text the bot posted anywhere.
     fn posted_texts(&self) -> Vec<String> {
-        self.sim
+        self.app
+            .sim()
             .calls("chat.postMessage")
             .into_iter()
             .map(|c| c.params["text"].as_str().unwrap_or_default().to_owned())
@@ -236,18 +207,13 @@ impl Harness {
             .collect()
     }
 
-    async fn stop(mut self) {
-        if let Some(r) = self.running.take() {
-            r.stop().await.expect("clean stop");
-        }
-        if let Some(a) = self.agent.take() {
-            a.stop();
-        }
+    async fn stop(self) {
+        self.app.stop().await;
     }
 }
 
-fn failure_notice_yaml() -> String {
-    format!("  failure_notice: \"{NOTICE}\"\n")
+fn failure_notice(c: &mut Config) {
+    c.agent.failure_notice = NOTICE.to_owned();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -257,9 +223,8 @@ fn failure_notice_yaml() -> String {
 #[actix_rt::test]
 async fn failed_answers_post_a_notice_that_the_next_turn_does_not_see() {
     let h = Harness::start(
-        &failure_notice_yaml(),
         FailMode::Exception(UPSTREAM_MESSAGE_BUG.to_owned()),
-        |_| {},
+        failure_notice,
     )
     .await;
 
@@ -365,10 +330,8 @@ async fn failed_answers_post_a_notice_that_the_next_turn_does_not_see() {
 /// The "assistant unavailable" notice is a notice too: stored, never history.
 #[actix_rt::test]
 async fn unavailable_notice_stays_out_of_history() {
-    let mut h = Harness::start("", FailMode::None, |_| {}).await;
-    if let Some(a) = h.agent.take() {
-        a.stop();
-    }
+    let mut h = Harness::start(FailMode::None, |_| {}).await;
+    h.app.stop_agent();
     let ts1 = h.mention(ALICE, "hello? tok-u1");
     h.wait_replies(&ts1, 1).await;
     h.settle().await;
@@ -381,14 +344,8 @@ async fn unavailable_notice_stays_out_of_history() {
         ("agent", "notice")
     );
 
-    h.agent = Some(
-        DevAgent::start(DevAgentConfig {
-            bind: h.agent_addr,
-            reply_endpoint: Some(format!("http://{}", h.grpc_addr())),
-            ..DevAgentConfig::default()
-        })
-        .expect("dev agent"),
-    );
+    let agent = h.app.dev_agent_config();
+    h.app.start_agent(agent);
     h.reply_in(&ts1, ALICE, "back? tok-u2");
     h.wait_replies(&ts1, 2).await;
     h.settle().await;
@@ -405,7 +362,10 @@ async fn unavailable_notice_stays_out_of_history() {
 
 #[actix_rt::test]
 async fn answers_without_send_reply_are_posted_and_plain_senders_keep_ids_in_the_context() {
-    let h = Harness::start("  history_sender: plain\n", FailMode::NoSendReply, |_| {}).await;
+    let h = Harness::start(FailMode::NoSendReply, |c| {
+        c.agent.history_sender = HistorySender::Plain;
+    })
+    .await;
     let ts1 = h.mention(ALICE, "status please tok-p1");
     h.wait_replies(&ts1, 1).await;
     h.settle().await;
@@ -508,11 +468,10 @@ const LOOPBACK_2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 #[actix_rt::test]
 async fn send_reply_is_accepted_from_allowed_networks_or_with_the_token() {
-    let h = Harness::start(
-        "  reply_token: t0ken-upstream\n  reply_allowed_networks: [127.0.0.1/32]\n",
-        FailMode::None,
-        |_| {},
-    )
+    let h = Harness::start(FailMode::None, |c| {
+        c.agent.reply_token = Some(Secret::new("t0ken-upstream"));
+        c.agent.reply_allowed_networks = vec!["127.0.0.1/32".to_owned()];
+    })
     .await;
     // The dev agent calls SendReply from 127.0.0.1 without a token: allowed by network.
     let ts = h.mention(ALICE, "status tok-n1");
@@ -559,7 +518,7 @@ async fn send_reply_is_accepted_from_allowed_networks_or_with_the_token() {
     };
     let post = |client: reqwest::Client, text: &str, token: Option<&str>| {
         let mut r = client
-            .post(format!("{}/reply", h.base))
+            .post(format!("{}/reply", h.app.base_url()))
             .json(&serde_json::json!({"conversation_id": conv, "message": text}));
         if let Some(t) = token {
             r = r.bearer_auth(t);
@@ -723,15 +682,17 @@ async fn mutual_tls_client_certificates_authenticate_send_reply() {
     let pki = Pki::new();
     // No token and no allowed network: only a client certificate can authenticate. The dev
     // agent (plaintext client, like the upstream one) is answered from response_text.
-    let h = Harness::start(
-        "  reply_allowed_networks: []\n",
-        FailMode::NoSendReply,
-        |c| {
-            c.grpc_tls.cert_file = Some(pki.path("server.crt"));
-            c.grpc_tls.key_file = Some(pki.path("server.key"));
-            c.grpc_tls.client_ca_file = Some(pki.path("ca.crt"));
-        },
-    )
+    let (cert, key, client_ca) = (
+        pki.path("server.crt"),
+        pki.path("server.key"),
+        pki.path("ca.crt"),
+    );
+    let h = Harness::start(FailMode::NoSendReply, move |c| {
+        c.agent.reply_allowed_networks = Vec::new();
+        c.grpc_tls.cert_file = Some(cert);
+        c.grpc_tls.key_file = Some(key);
+        c.grpc_tls.client_ca_file = Some(client_ca);
+    })
     .await;
     let ts = h.mention(ALICE, "status tok-m1");
     h.wait_replies(&ts, 1).await;
@@ -779,8 +740,9 @@ async fn mutual_tls_client_certificates_authenticate_send_reply() {
     }
     // POST /reply is not behind the gRPC listener's TLS: loopback is not allowed here.
     let r = h
-        .http
-        .post(format!("{}/reply", h.base))
+        .app
+        .http()
+        .post(format!("{}/reply", h.app.base_url()))
         .json(&serde_json::json!({"conversation_id": conv, "message": "http tok-m6"}))
         .send()
         .await

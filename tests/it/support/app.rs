@@ -355,6 +355,13 @@ impl TestApp {
         self.agent = Some(DevAgent::start(config).expect("dev agent"));
     }
 
+    /// Stops the dev agent (the service then finds it unreachable).
+    pub fn stop_agent(&mut self) {
+        if let Some(agent) = self.agent.take() {
+            agent.stop();
+        }
+    }
+
     pub fn agent(&self) -> &DevAgentHandle {
         self.agent.as_ref().expect("agent running")
     }
