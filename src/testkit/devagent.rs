@@ -708,12 +708,12 @@ mod tests {
         );
         assert!(a.text.contains("<@U1>, InfraGPT, <@U2>"), "{}", a.text);
         assert!(
-            a.text.contains("• The API is slow since 10:00\n"),
+            a.text.contains("- The API is slow since 10:00\n"),
             "{}",
             a.text
         );
         assert!(!a.text.contains("more detail"));
         assert!(!a.text.contains("Looking into it"));
-        assert!(a.text.contains("• Rolled back the cache change"));
+        assert!(a.text.contains("- Rolled back the cache change"));
     }
 }
