@@ -7,7 +7,7 @@ pub mod integrations;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use infragpt_actors::conversation::{ConversationHandler, ReplyService};
+use infragpt_actors::conversation::{AnswerStyle, ConversationHandler, ReplyService};
 use infragpt_actors::{Cluster, HealthRegistry, Metrics, StreamSpec};
 use infragpt_actors::{kinds, sources};
 
@@ -197,6 +197,10 @@ fn build_modules(
         cluster.metrics(),
     )
     .context("building the agent client")?;
+    let answer_style = AnswerStyle {
+        format: config.agent.answer_format,
+        file_threshold: config.slack.answer_file_threshold,
+    };
     let handler = ConversationHandler::new(
         store.clone(),
         slack_web.clone(),
@@ -205,7 +209,7 @@ fn build_modules(
     )
     .with_failure_notice(config.agent.failure_notice.clone())
     .with_history_sender(config.agent.history_sender)
-    .with_answer_format(config.agent.answer_format);
+    .with_answer_style(answer_style);
     cluster
         .register_stream(StreamSpec {
             name: "conversations".to_owned(),
@@ -214,9 +218,8 @@ fn build_modules(
             handler: Arc::new(handler),
         })
         .context("registering the conversation stream")?;
-    let replies = Arc::new(
-        ReplyService::new(store, slack_web.clone()).with_answer_format(config.agent.answer_format),
-    );
+    let replies =
+        Arc::new(ReplyService::new(store, slack_web.clone()).with_answer_style(answer_style));
 
     Ok(vec![
         Box::new(CoreModule::new(core.clone())),

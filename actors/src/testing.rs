@@ -17,7 +17,9 @@ pub fn slack_event(key: &str, seq: u64) -> NewInboundEvent {
     }
 }
 
-pub use conversation_fakes::{FakeAgent, FakeSlack, MemoryConversationStore, PostedMessage};
+pub use conversation_fakes::{
+    FakeAgent, FakeSlack, MemoryConversationStore, PostedMessage, UploadedFile,
+};
 
 /// In-memory fakes of the conversation ports, with the semantics of the real adapters that
 /// the conversation logic relies on (unique message ts per conversation, soft deletes,
@@ -304,9 +306,20 @@ mod conversation_fakes {
         pub text: String,
     }
 
+    /// A file [`FakeSlack`] shared in a thread.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct UploadedFile {
+        pub channel: ChannelId,
+        pub thread_ts: MessageTs,
+        pub filename: String,
+        pub title: String,
+        pub content: String,
+    }
+
     #[derive(Debug, Default)]
     struct SlackState {
         posts: Vec<PostedMessage>,
+        uploads: Vec<UploadedFile>,
         reactions: Vec<(ChannelId, MessageTs, String)>,
         identity_error: Option<SlackApiError>,
         post_error: Option<SlackApiError>,
@@ -332,6 +345,11 @@ mod conversation_fakes {
         /// Every post, in order.
         pub fn posts(&self) -> Vec<PostedMessage> {
             self.state.lock().posts.clone()
+        }
+
+        /// Every file shared, in order.
+        pub fn uploads(&self) -> Vec<UploadedFile> {
+            self.state.lock().uploads.clone()
         }
 
         /// Every reaction added: channel, message ts, reaction name.
@@ -386,6 +404,29 @@ mod conversation_fakes {
                 text: text.to_owned(),
             });
             Ok(ts)
+        }
+
+        async fn upload_file(
+            &self,
+            _team: &TeamId,
+            channel: &ChannelId,
+            thread_ts: &MessageTs,
+            filename: &str,
+            title: &str,
+            content: &str,
+        ) -> Result<(), SlackApiError> {
+            let mut st = self.state.lock();
+            if let Some(e) = st.post_error.clone() {
+                return Err(e);
+            }
+            st.uploads.push(UploadedFile {
+                channel: channel.clone(),
+                thread_ts: thread_ts.clone(),
+                filename: filename.to_owned(),
+                title: title.to_owned(),
+                content: content.to_owned(),
+            });
+            Ok(())
         }
 
         async fn add_reaction(

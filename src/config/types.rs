@@ -293,6 +293,9 @@ pub struct SlackConfig {
     /// Throttle Web API calls to Slack's per-workspace limits (keep it on against Slack;
     /// benchmarks against the simulator turn it off).
     pub throttle: bool,
+    /// Answers longer than this many characters are posted as their first lines plus the
+    /// whole answer as a file snippet in the thread; 0: always as messages.
+    pub answer_file_threshold: usize,
 }
 
 impl Default for SlackConfig {
@@ -307,6 +310,7 @@ impl Default for SlackConfig {
             connections: 2,
             socket_mode: false,
             throttle: true,
+            answer_file_threshold: infragpt_actors::conversation::DEFAULT_FILE_THRESHOLD,
         }
     }
 }

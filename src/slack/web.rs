@@ -587,6 +587,64 @@ impl SlackApi for SlackWeb {
             .map_err(|e| SlackApiError::Api(format!("chat.postMessage ts: {e}")))
     }
 
+    async fn upload_file(
+        &self,
+        team: &TeamId,
+        channel: &ChannelId,
+        thread_ts: &MessageTs,
+        filename: &str,
+        title: &str,
+        content: &str,
+    ) -> Result<(), SlackApiError> {
+        use slack_morphism::prelude::{
+            SlackApiFilesComplete, SlackApiFilesCompleteUploadExternalRequest,
+            SlackApiFilesGetUploadUrlExternalRequest, SlackApiFilesUploadViaUrlRequest,
+            SlackChannelId, SlackTs,
+        };
+        let token = self.token(team).await?;
+        let url_request =
+            SlackApiFilesGetUploadUrlExternalRequest::new(filename.to_owned(), content.len());
+        let result = request(&self.settings, "files.getUploadURLExternal", || async {
+            self.client
+                .open_session(&token)
+                .get_upload_url_external(&url_request)
+                .await
+        })
+        .await;
+        let target = self
+            .finish(team, "files.getUploadURLExternal", result)
+            .await?;
+        let upload = SlackApiFilesUploadViaUrlRequest::new(
+            target.upload_url,
+            content.as_bytes().to_vec(),
+            "text/plain; charset=utf-8".to_owned(),
+        );
+        let result = request(&self.settings, "files.upload (upload URL)", || async {
+            self.client
+                .open_session(&token)
+                .files_upload_via_url(&upload)
+                .await
+        })
+        .await;
+        self.finish(team, "files.upload (upload URL)", result)
+            .await?;
+        let complete = SlackApiFilesCompleteUploadExternalRequest::new(vec![
+            SlackApiFilesComplete::new(target.file_id).with_title(title.to_owned()),
+        ])
+        .with_channel_id(SlackChannelId::new(channel.as_str().to_owned()))
+        .with_thread_ts(SlackTs::new(thread_ts.as_str().to_owned()));
+        let result = request(&self.settings, "files.completeUploadExternal", || async {
+            self.client
+                .open_session(&token)
+                .files_complete_upload_external(&complete)
+                .await
+        })
+        .await;
+        self.finish(team, "files.completeUploadExternal", result)
+            .await
+            .map(drop)
+    }
+
     async fn add_reaction(
         &self,
         team: &TeamId,

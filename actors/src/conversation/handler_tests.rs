@@ -7,8 +7,9 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::{
-    AgentAnswer, AgentError, AnswerFormat, ConversationHandler, DEFAULT_FAILURE_NOTICE,
-    MessageKind, ReplyMode, ReplyService, Sender, SlackApiError, UNAVAILABLE_REPLY,
+    AgentAnswer, AgentError, AnswerFormat, AnswerStyle, ConversationHandler,
+    DEFAULT_FAILURE_NOTICE, MessageKind, ReplyMode, ReplyService, Sender, SlackApiError,
+    UNAVAILABLE_REPLY,
 };
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
 use crate::ids::{ChannelId, MessageTs, SlackUserId, TeamId, ThreadKey};
@@ -579,7 +580,10 @@ async fn mrkdwn_answers_and_notices_are_posted_as_they_are() {
         agent.clone(),
         ReplyMode::Response,
     )
-    .with_answer_format(AnswerFormat::Mrkdwn)
+    .with_answer_style(AnswerStyle {
+        format: AnswerFormat::Mrkdwn,
+        ..AnswerStyle::default()
+    })
     .with_failure_notice("*bold* notice with a <https://status.example|status page>");
     agent.answer_with(FakeAgent::success("*already* mrkdwn"));
     handler
@@ -610,4 +614,61 @@ async fn mrkdwn_answers_and_notices_are_posted_as_they_are() {
         texts,
         vec!["**not** converted <https://status.example|status>".to_owned()]
     );
+}
+
+#[tokio::test]
+async fn long_answers_post_their_first_lines_and_share_the_whole_answer_as_a_file() {
+    let long: String = (0..400).map(|i| format!("- line **{i}**\n")).collect();
+    let f = fixture(ReplyMode::Response);
+    let f = Fixture {
+        handler: f.handler.with_answer_style(AnswerStyle {
+            file_threshold: 1_000,
+            ..AnswerStyle::default()
+        }),
+        ..f
+    };
+    f.agent.answer_with(FakeAgent::success(&long));
+    f.handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> report")))
+        .await
+        .expect("turn");
+    let posts = f.slack.posts();
+    assert_eq!(posts.len(), 1, "one preview message");
+    assert!(
+        posts[0].text.starts_with("• line *0*\n"),
+        "{}",
+        posts[0].text
+    );
+    assert!(posts[0].text.chars().count() < 1_700);
+    let uploads = f.slack.uploads();
+    assert_eq!(uploads.len(), 1);
+    assert_eq!(
+        uploads[0].content, long,
+        "the file is the answer as written"
+    );
+    assert_eq!(uploads[0].thread_ts, ts(ROOT_TS));
+    let stored = &thread_texts(&f, ROOT_TS)[1];
+    assert_eq!(stored.0, Sender::Agent);
+    assert!(
+        stored.1.contains("• line *399*"),
+        "the whole answer is stored"
+    );
+
+    // Threshold 0: always messages, split at Slack's size.
+    let f = fixture(ReplyMode::Response);
+    let f = Fixture {
+        handler: f.handler.with_answer_style(AnswerStyle {
+            file_threshold: 0,
+            ..AnswerStyle::default()
+        }),
+        ..f
+    };
+    let huge: String = (0..1_000).map(|i| format!("line {i}\n")).collect();
+    f.agent.answer_with(FakeAgent::success(&huge));
+    f.handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> report")))
+        .await
+        .expect("turn");
+    assert!(f.slack.uploads().is_empty());
+    assert!(f.slack.posts().len() > 1, "split into several messages");
 }

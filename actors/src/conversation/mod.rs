@@ -12,7 +12,10 @@ pub use ports::{
     NewMessage, PastMessage, Sender, SlackApi, SlackApiError, StoredMessage,
     TRANSIENT_SLACK_ERRORS, UserProfile,
 };
-pub use reply::{AnswerFormat, ReplyError, ReplyMode, ReplyOutcome, ReplyService, split_message};
+pub use reply::{
+    AnswerFormat, AnswerStyle, DEFAULT_FILE_THRESHOLD, ReplyError, ReplyMode, ReplyOutcome,
+    ReplyService, split_message,
+};
 pub use turn::{
     ConversationHandler, DEFAULT_FAILURE_NOTICE, SEEN_REACTION, UNAVAILABLE_REPLY, routing_key,
 };

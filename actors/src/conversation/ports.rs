@@ -330,6 +330,17 @@ pub trait SlackApi: Send + Sync + 'static {
         thread_ts: Option<&MessageTs>,
         text: &str,
     ) -> Result<MessageTs, SlackApiError>;
+    /// Shares `content` as a text file in the thread (`files.getUploadURLExternal`, the upload,
+    /// `files.completeUploadExternal`), titled `title`.
+    async fn upload_file(
+        &self,
+        team: &TeamId,
+        channel: &ChannelId,
+        thread_ts: &MessageTs,
+        filename: &str,
+        title: &str,
+        content: &str,
+    ) -> Result<(), SlackApiError>;
     /// `reactions.add`; `already_reacted` counts as success.
     async fn add_reaction(
         &self,

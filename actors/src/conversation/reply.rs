@@ -10,7 +10,7 @@ use super::ports::{
     ConversationStore, ConversationStoreError, MessageKind, NewMessage, Sender, SlackApi,
     SlackApiError,
 };
-use crate::ids::ConversationId;
+use crate::ids::{ConversationId, MessageTs, ThreadKey};
 
 /// How the agent's answer reaches Slack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
@@ -43,6 +43,130 @@ impl AnswerFormat {
             Self::Mrkdwn => answer.to_owned(),
         }
     }
+}
+
+/// How answers look in Slack: their format, and from what size they go as a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerStyle {
+    pub format: AnswerFormat,
+    /// Answers longer than this many characters are posted as their first lines plus the
+    /// whole answer as a file snippet in the thread; 0: always as messages.
+    pub file_threshold: usize,
+}
+
+impl Default for AnswerStyle {
+    fn default() -> Self {
+        Self {
+            format: AnswerFormat::default(),
+            file_threshold: DEFAULT_FILE_THRESHOLD,
+        }
+    }
+}
+
+/// The default of `slack.answer_file_threshold`.
+pub const DEFAULT_FILE_THRESHOLD: usize = 12_000;
+/// At most this many characters of a long answer are posted as text before its file.
+const PREVIEW_CHARS: usize = 1_500;
+
+/// How one answer is posted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Posting {
+    /// Slack-sized messages, each stored as posted.
+    Messages(Vec<String>),
+    /// The first lines as a message (stored with the whole converted answer, so the history
+    /// keeps it all), then the whole answer as a file snippet in the thread.
+    File {
+        preview: String,
+        stored: String,
+        filename: &'static str,
+        content: String,
+    },
+}
+
+impl Posting {
+    /// What the first stored message holds (to recognise an answer already posted).
+    pub(crate) fn first_stored(&self) -> Option<&str> {
+        match self {
+            Self::Messages(parts) => parts.first().map(String::as_str),
+            Self::File { stored, .. } => Some(stored),
+        }
+    }
+}
+
+impl AnswerStyle {
+    /// How `answer` goes to Slack.
+    pub(crate) fn plan(&self, answer: &str) -> Posting {
+        let text = self.format.to_slack(answer);
+        let chars = answer.chars().count();
+        if self.file_threshold == 0 || chars <= self.file_threshold {
+            return Posting::Messages(split_message(&text));
+        }
+        let head = split_message_at(&text, PREVIEW_CHARS)
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        Posting::File {
+            preview: format!(
+                "{head}\n\n_The whole answer ({chars} characters) is in the attached file._"
+            ),
+            stored: text,
+            filename: match self.format {
+                AnswerFormat::Markdown => "answer.md",
+                AnswerFormat::Mrkdwn => "answer.txt",
+            },
+            content: answer.to_owned(),
+        }
+    }
+}
+
+/// Stores one posted message (see [`post_answer`]).
+pub(crate) type StoreFuture<'a, E> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), E>> + Send + 'a>>;
+
+/// Posts an answer in the thread as `posting` says, handing each posted message (its ts and
+/// the text to store) to `store` right after it is posted.
+pub(crate) async fn post_answer<'a, E>(
+    slack: &dyn SlackApi,
+    key: &ThreadKey,
+    posting: Posting,
+    slack_err: impl Fn(SlackApiError) -> E,
+    store: impl Fn(MessageTs, String) -> StoreFuture<'a, E>,
+) -> Result<(), E> {
+    match posting {
+        Posting::Messages(parts) => {
+            for part in parts {
+                let ts = slack
+                    .post_message(&key.team, &key.channel, Some(&key.thread_ts), &part)
+                    .await
+                    .map_err(&slack_err)?;
+                store(ts, part).await?;
+            }
+        }
+        Posting::File {
+            preview,
+            stored,
+            filename,
+            content,
+        } => {
+            let ts = slack
+                .post_message(&key.team, &key.channel, Some(&key.thread_ts), &preview)
+                .await
+                .map_err(&slack_err)?;
+            slack
+                .upload_file(
+                    &key.team,
+                    &key.channel,
+                    &key.thread_ts,
+                    filename,
+                    "The whole answer",
+                    &content,
+                )
+                .await
+                .map_err(&slack_err)?;
+            store(ts, stored).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Slack accepts up to 40 000 characters but renders messages over 4 000 poorly; we split at
@@ -147,7 +271,7 @@ pub enum ReplyOutcome {
 pub struct ReplyService {
     store: Arc<dyn ConversationStore>,
     slack: Arc<dyn SlackApi>,
-    format: AnswerFormat,
+    style: AnswerStyle,
     // One SendReply at a time per conversation, so that two concurrent retries of the same
     // text cannot both pass the "already posted" check.
     locks: parking_lot::Mutex<HashMap<ConversationId, Arc<tokio::sync::Mutex<()>>>>,
@@ -165,14 +289,15 @@ impl ReplyService {
         Self {
             store,
             slack,
-            format: AnswerFormat::default(),
+            style: AnswerStyle::default(),
             locks: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
-    /// Answers are written in `format` (`agent.answer_format`).
-    pub fn with_answer_format(mut self, format: AnswerFormat) -> Self {
-        self.format = format;
+    /// Answers are formatted and sized for Slack as `style` says (`agent.answer_format`,
+    /// `slack.answer_file_threshold`).
+    pub fn with_answer_style(mut self, style: AnswerStyle) -> Self {
+        self.style = style;
         self
     }
 
@@ -202,33 +327,40 @@ impl ReplyService {
         let _guard = lock.lock().await;
         let conversation = self.store.find(id).await?.ok_or(ReplyError::NotFound(id))?;
         let turn = conversation.current_turn_ts.clone();
-        let parts = split_message(&self.format.to_slack(message));
+        let posting = self.style.plan(message);
         if let Some(turn) = &turn
-            && let Some(first) = parts.first()
+            && let Some(first) = posting.first_stored()
             && self.store.agent_reply_exists(id, turn, Some(first)).await?
         {
             return Ok(ReplyOutcome::AlreadyPosted);
         }
-        let key = &conversation.key;
-        for part in parts {
-            let ts = self
-                .slack
-                .post_message(&key.team, &key.channel, Some(&key.thread_ts), &part)
-                .await?;
-            self.store
-                .insert_message(NewMessage {
+        post_answer(
+            self.slack.as_ref(),
+            &conversation.key,
+            posting,
+            ReplyError::Slack,
+            |ts, text| {
+                let message = NewMessage {
                     conversation_id: id,
                     slack_ts: ts,
                     sender: Sender::Agent,
                     sender_name: None,
                     sender_email: None,
-                    text: part,
+                    text,
                     source_event_id: None,
                     in_reply_to: turn.clone(),
                     kind: MessageKind::Message,
+                };
+                Box::pin(async move {
+                    self.store
+                        .insert_message(message)
+                        .await
+                        .map(drop)
+                        .map_err(ReplyError::from)
                 })
-                .await?;
-        }
+            },
+        )
+        .await?;
         Ok(ReplyOutcome::Posted)
     }
 }

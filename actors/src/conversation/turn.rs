@@ -12,7 +12,7 @@ use super::ports::{
     ConversationStoreError, HistorySender, InsertOutcome, MessageKind, NewMessage, PastMessage,
     Sender, SlackApi, SlackApiError, StoredMessage, UserProfile,
 };
-use super::reply::{AnswerFormat, ReplyMode, split_message};
+use super::reply::{AnswerStyle, Posting, ReplyMode, post_answer, split_message};
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
 use crate::ids::{ChannelId, ConversationId, MessageTs, TeamId, ThreadKey};
 use crate::inbox::{InboundEvent, RoutingKey};
@@ -70,7 +70,7 @@ pub struct ConversationHandler {
     reply_mode: ReplyMode,
     failure_notice: String,
     history_sender: HistorySender,
-    answer_format: AnswerFormat,
+    answer_style: AnswerStyle,
 }
 
 impl std::fmt::Debug for ConversationHandler {
@@ -97,14 +97,14 @@ impl ConversationHandler {
             reply_mode,
             failure_notice: DEFAULT_FAILURE_NOTICE.to_owned(),
             history_sender: HistorySender::default(),
-            answer_format: AnswerFormat::default(),
+            answer_style: AnswerStyle::default(),
         }
     }
 
-    /// Answers are written in `format` (`agent.answer_format`); notices are posted as
-    /// configured.
-    pub fn with_answer_format(mut self, format: AnswerFormat) -> Self {
-        self.answer_format = format;
+    /// Answers are formatted and sized for Slack as `style` says (`agent.answer_format`,
+    /// `slack.answer_file_threshold`); notices are posted as configured.
+    pub fn with_answer_style(mut self, style: AnswerStyle) -> Self {
+        self.answer_style = style;
         self
     }
 
@@ -147,32 +147,32 @@ impl ConversationHandler {
         text: &str,
         kind: MessageKind,
     ) -> Result<(), HandlerError> {
-        let text = match kind {
-            MessageKind::Message => self.answer_format.to_slack(text),
-            // Our own notices are configured in mrkdwn already.
-            MessageKind::Notice => text.to_owned(),
+        let posting = match kind {
+            MessageKind::Message => self.answer_style.plan(text),
+            // Our own notices are configured in mrkdwn already, and short.
+            MessageKind::Notice => Posting::Messages(split_message(text)),
         };
-        for chunk in split_message(&text) {
-            let ts = self
-                .slack
-                .post_message(&key.team, &key.channel, Some(&key.thread_ts), &chunk)
-                .await
-                .map_err(slack_err)?;
-            self.store
-                .insert_message(NewMessage {
-                    conversation_id: conversation,
-                    slack_ts: ts,
-                    sender: Sender::Agent,
-                    sender_name: None,
-                    sender_email: None,
-                    text: chunk,
-                    source_event_id: None,
-                    in_reply_to: Some(in_reply_to.clone()),
-                    kind,
-                })
-                .await
-                .map_err(store_err)?;
-        }
+        post_answer(self.slack.as_ref(), key, posting, slack_err, |ts, text| {
+            let message = NewMessage {
+                conversation_id: conversation,
+                slack_ts: ts,
+                sender: Sender::Agent,
+                sender_name: None,
+                sender_email: None,
+                text,
+                source_event_id: None,
+                in_reply_to: Some(in_reply_to.clone()),
+                kind,
+            };
+            Box::pin(async move {
+                self.store
+                    .insert_message(message)
+                    .await
+                    .map(drop)
+                    .map_err(store_err)
+            })
+        })
+        .await?;
         Ok(())
     }
 

@@ -253,6 +253,87 @@ fn bot_method(
             }
             ApiReply::ok(json!({ "channel": channel, "ts": ts, "message": message }))
         }
+        "files.getUploadURLExternal" => {
+            let Some(filename) = param(params, "filename").filter(|f| !f.is_empty()) else {
+                return ApiReply::err("invalid_arguments");
+            };
+            let Some(length) = param(params, "length")
+                .and_then(|l| l.parse::<usize>().ok())
+                .filter(|l| *l > 0)
+            else {
+                return ApiReply::err("invalid_arguments");
+            };
+            let file_id = format!("F{:010}", st.next_seq());
+            st.uploads.insert(
+                file_id.clone(),
+                super::state::PendingUpload {
+                    team_id: team_id.to_owned(),
+                    filename,
+                    length,
+                    content: None,
+                },
+            );
+            let upload_url = format!("http://127.0.0.1:{}/upload/{file_id}", st.port);
+            ApiReply::ok(json!({ "upload_url": upload_url, "file_id": file_id }))
+        }
+        "files.completeUploadExternal" => {
+            // `files` is a JSON array, or its text in a form body.
+            let files: Vec<Value> = match params.get("files") {
+                Some(Value::Array(a)) => a.clone(),
+                Some(Value::String(text)) => serde_json::from_str(text).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            if files.is_empty() {
+                return ApiReply::err("invalid_arguments");
+            }
+            let Some(channel) = resolve_channel(param(params, "channel_id")) else {
+                return ApiReply::err("channel_not_found");
+            };
+            let thread_ts = param(params, "thread_ts");
+            let mut shared = Vec::new();
+            for file in &files {
+                let id = file["id"].as_str().unwrap_or_default();
+                let ready = st.uploads.get(id).is_some_and(|u| {
+                    u.team_id == team_id && u.content.as_ref().is_some_and(|c| c.len() == u.length)
+                });
+                if !ready {
+                    return ApiReply::err("file_not_found");
+                }
+                shared.push((id.to_owned(), file["title"].as_str().map(str::to_owned)));
+            }
+            let comment = param(params, "initial_comment").unwrap_or_default();
+            let ts = st.next_ts();
+            st.store_message(
+                team_id,
+                &channel,
+                SimMessage {
+                    ts,
+                    user: team.bot_user_id.clone(),
+                    bot_id: Some(team.bot_id.clone()),
+                    text: comment,
+                    thread_ts: thread_ts.clone(),
+                    reactions: BTreeMap::new(),
+                    deleted: false,
+                },
+            );
+            let mut out = Vec::new();
+            for (id, title) in shared {
+                let Some(upload) = st.uploads.remove(&id) else {
+                    continue;
+                };
+                out.push(json!({ "id": id, "title": title.clone().unwrap_or_else(|| upload.filename.clone()) }));
+                st.files.push(super::state::SimFile {
+                    id,
+                    team_id: team_id.to_owned(),
+                    channel: channel.clone(),
+                    thread_ts: thread_ts.clone(),
+                    filename: upload.filename,
+                    title,
+                    content: upload.content.unwrap_or_default(),
+                });
+            }
+            ApiReply::ok(json!({ "files": out }))
+        }
         "reactions.add" => {
             let Some(channel) = resolve_channel(param(params, "channel")) else {
                 return ApiReply::err("channel_not_found");

@@ -26,8 +26,8 @@ use serde_json::Value;
 
 pub use config::{SimApp, SimChannel, SimConfig, SimTeam, SimUser, Subscriptions};
 pub use state::{
-    AckRecord, ApiCall, BotPost, ConnState, ConnectionInfo, DeliveryInfo, FrameRecord, SimMessage,
-    SimState,
+    AckRecord, ApiCall, BotPost, ConnState, ConnectionInfo, DeliveryInfo, FrameRecord, SimFile,
+    SimMessage, SimState,
 };
 
 use server::Shared;
@@ -495,6 +495,11 @@ impl SlackSim {
     pub fn calls(&self, method: &str) -> Vec<ApiCall> {
         self.shared
             .read(|st| st.calls(method).into_iter().cloned().collect())
+    }
+
+    /// Files shared with `files.completeUploadExternal`, in order.
+    pub fn files(&self) -> Vec<SimFile> {
+        self.shared.read(|st| st.files.clone())
     }
 
     /// Messages in a channel.

@@ -115,9 +115,43 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     if path.starts_with("/link") {
         return upgrade(shared, req);
     }
+    if let Some(file_id) = path.strip_prefix("/upload/") {
+        return upload(shared, file_id.to_owned(), req).await;
+    }
     match path.strip_prefix("/api/") {
         Some(method) => api_call(shared, method.trim_start_matches('/').to_owned(), req).await,
         None => plain(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// The upload URL of `files.getUploadURLExternal`: takes the file's bytes once, as Slack's
+/// does (`OK - <length>` in text).
+async fn upload(shared: Arc<Shared>, file_id: String, req: Request<Incoming>) -> Response<Body> {
+    if req.method() != hyper::Method::POST {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "POST the file's bytes");
+    }
+    let body = match req.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return plain(StatusCode::BAD_REQUEST, "unreadable body"),
+    };
+    let stored = shared.mutate(|st| match st.uploads.get_mut(&file_id) {
+        Some(upload) if upload.content.is_none() => {
+            upload.content = Some(body.to_vec());
+            Ok(body.len())
+        }
+        Some(_) => Err((StatusCode::CONFLICT, "already uploaded")),
+        None => Err((StatusCode::NOT_FOUND, "unknown upload")),
+    });
+    match stored {
+        Ok(len) => {
+            let mut resp = Response::new(Full::new(Bytes::from(format!("OK - {len}"))));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            resp
+        }
+        Err((status, why)) => plain(status, why),
     }
 }
 

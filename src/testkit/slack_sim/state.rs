@@ -29,6 +29,29 @@ pub struct ApiCall {
     pub error: Option<String>,
 }
 
+/// An upload between `files.getUploadURLExternal` and `files.completeUploadExternal`.
+#[derive(Debug, Clone)]
+pub struct PendingUpload {
+    pub(crate) team_id: String,
+    pub(crate) filename: String,
+    /// The `length` announced by `files.getUploadURLExternal`.
+    pub(crate) length: usize,
+    /// The bytes POSTed to the upload URL.
+    pub(crate) content: Option<Vec<u8>>,
+}
+
+/// A file shared into a channel (`files.completeUploadExternal`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimFile {
+    pub id: String,
+    pub team_id: String,
+    pub channel: String,
+    pub thread_ts: Option<String>,
+    pub filename: String,
+    pub title: Option<String>,
+    pub content: Vec<u8>,
+}
+
 /// A message in a channel.
 #[derive(Debug, Clone, Serialize)]
 pub struct SimMessage {
@@ -205,6 +228,10 @@ pub struct SimState {
     pub(crate) rate_limits: HashMap<String, (u32, u64)>,
     pub(crate) invalid_auth_teams: HashSet<String>,
     pub(crate) link_disabled: bool,
+    /// Uploads started with `files.getUploadURLExternal`, by file id.
+    pub(crate) uploads: HashMap<String, PendingUpload>,
+    /// Files shared with `files.completeUploadExternal`.
+    pub(crate) files: Vec<SimFile>,
     seq: u64,
     last_ts_micros: u128,
     event_id_prefix: String,
@@ -263,6 +290,8 @@ impl SimState {
             rr: HashMap::new(),
             rate_limits: HashMap::new(),
             invalid_auth_teams: HashSet::new(),
+            uploads: HashMap::new(),
+            files: Vec::new(),
             link_disabled: false,
             seq: 0,
             last_ts_micros: 0,

@@ -78,6 +78,20 @@ impl SlackApi for SimSlack {
             .map_err(|e| SlackApiError::Api(e.to_string()))
     }
 
+    async fn upload_file(
+        &self,
+        _team: &TeamId,
+        _channel: &ChannelId,
+        _thread_ts: &MessageTs,
+        _filename: &str,
+        _title: &str,
+        _content: &str,
+    ) -> Result<(), SlackApiError> {
+        Err(SlackApiError::Api(
+            "files are not used by these tests".into(),
+        ))
+    }
+
     async fn add_reaction(
         &self,
         _team: &TeamId,

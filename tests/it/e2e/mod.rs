@@ -5,4 +5,5 @@
 mod auth;
 pub(crate) mod conversations;
 mod demo;
+mod long_answers;
 mod ops;
