@@ -145,10 +145,23 @@ async fn role_changes_in_the_mirror_apply_to_tokens_already_issued() {
 
     env.set_role_in_a(ALICE, "org:member", 2).await;
     let before = env.snapshot().await;
+    let logs = infragpt::telemetry::capture();
     let (status, answer) = call(&svc, "POST", &refresh, Some(&alice), None).await;
     assert_eq!(status, 403, "demoted alice: {answer}");
     assert_eq!(answer["error"]["message"], NEEDS_ADMIN);
     assert_eq!(env.snapshot().await, before);
+    // The refusal is logged with who, where and which role, the route as its pattern.
+    let lines = logs.lines();
+    let refusal = lines
+        .iter()
+        .find(|l| l["message"] == "request refused: role may not change this organization")
+        .unwrap_or_else(|| panic!("no refusal logged: {}", logs.contents()));
+    assert_eq!(refusal["org"], env.org_a);
+    assert_eq!(refusal["user"], ALICE);
+    assert_eq!(refusal["role"], "org:member");
+    assert_eq!(refusal["method"], "POST");
+    assert_eq!(refusal["route"], "/integrations/{id}/refresh");
+    drop(logs);
 
     env.set_role_in_a(CAROL, "org:admin", 2).await;
     let (status, answer) = call(&svc, "POST", &refresh, Some(&carol), None).await;
