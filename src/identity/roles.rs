@@ -11,8 +11,8 @@
 //! | any other role (`org:member`, custom roles) | read the organization, its metadata and its integrations |
 //!
 //! Handlers of admin-only routes call `require_admin` on their principal
-//! ([`crate::identity::auth::OrgPrincipal::require_admin`],
-//! [`crate::integrations::Principal::require_admin`]); both end in [`require_admin`] here.
+//! ([`crate::identity::auth::OrgPrincipal::require_admin`], and the integrations API's
+//! `Principal`, which identity does not depend on); both end in [`require_admin`] here.
 //! The check runs before the organization's data is looked up, so a refusal says nothing
 //! about whether the target exists.
 
@@ -124,7 +124,9 @@ mod tests {
 
     #[test]
     fn refusal_is_a_403_naming_the_role() {
-        let req = TestRequest::delete().uri("/integrations/x").to_http_request();
+        let req = TestRequest::delete()
+            .uri("/integrations/x")
+            .to_http_request();
         let member = OrgRole::new("org:member");
         let caller = Caller {
             organization_id: Uuid::nil(),

@@ -21,7 +21,8 @@ const fn row(
     }
 }
 
-const METADATA: &str = r#"{"company_size": "5000+", "team_size": "100+", "use_cases": ["incident_response"]}"#;
+const METADATA: &str =
+    r#"{"company_size": "5000+", "team_size": "100+", "use_cases": ["incident_response"]}"#;
 /// The organization comes from the token only; naming another one in the body is an
 /// unknown field for an admin, and a member is refused before the body is looked at.
 const METADATA_FOR_B: &str = r#"{"organization_id": "org_roles_b", "company_size": "5000+"}"#;

@@ -31,7 +31,7 @@ const CREATE: &str = r#"{"connector_type": "fake2"}"#;
 const CALLBACK: &str = "/integrations/callback/fake?code=c1&state=forged";
 const SLACK_CALLBACK: &str = "/slack/oauth/callback?code=c1&state=forged";
 
-use Target::{Own, OtherId, OtherOrg};
+use Target::{OtherId, OtherOrg, Own};
 
 /// In execution order: the changes that succeed come last, refresh before delete.
 #[rustfmt::skip]
@@ -107,7 +107,11 @@ async fn only_admins_obtain_a_state_and_the_state_alone_completes_the_callback()
     assert_error_shape(&answer, "forbidden", "member initiates");
     assert_eq!(answer["error"]["message"], NEEDS_ADMIN);
     assert!(answer.get("url").is_none() && !answer.to_string().contains("state="));
-    assert_eq!(env.snapshot().await, before, "no pending integration, no audit");
+    assert_eq!(
+        env.snapshot().await,
+        before,
+        "no pending integration, no audit"
+    );
 
     let (status, answer) = call(
         &svc,

@@ -401,8 +401,7 @@ where
     let bob = sign_jwt(KEY_A, KID_A, &claims_v2(BOB, ORG_B, "org:admin"));
     let (status, integrations) = call(svc, "GET", "/integrations", Some(&bob), None).await;
     assert_eq!(status, 200, "{integrations}");
-    let (status, organization) =
-        call(svc, "GET", "/identity/organization", Some(&bob), None).await;
+    let (status, organization) = call(svc, "GET", "/identity/organization", Some(&bob), None).await;
     assert_eq!(status, 200, "{organization}");
     json!({ "integrations": integrations, "organization": organization })
 }
@@ -443,8 +442,7 @@ pub async fn run_matrix(persona: Persona, rows: &[Row]) {
             row.method
         );
         let before = env.snapshot().await;
-        let (status, answer) =
-            call(&svc, row.method, &uri, Some(&persona.token(org)), body).await;
+        let (status, answer) = call(&svc, row.method, &uri, Some(&persona.token(org)), body).await;
         assert_eq!(status, expect, "{context}: {answer}");
         if status >= 400 {
             let code = error_code(status);
