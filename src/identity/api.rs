@@ -1,11 +1,11 @@
 //! The identity REST API. Every route needs a Clerk session token; the organization is only
 //! ever the one in the verified token ([`OrgPrincipal`]), never one named in the request.
 //!
-//! | route | answer |
-//! |---|---|
-//! | `GET /identity/me` | `{"user": {...}, "organization": {...} \| null, "role": "org:admin" \| null}`; when the token names an organization it must be one the user is a live member of (else 403) |
-//! | `GET /identity/organization` | `{"organization": {...}, "role": "...", "metadata": {...}}` |
-//! | `PUT /identity/organization/metadata` | replaces the metadata, answers it; audited as `organization.metadata_updated` by `user/{clerk id}` |
+//! | route | who | answer |
+//! |---|---|---|
+//! | `GET /identity/me` | any session | `{"user": {...}, "organization": {...} \| null, "role": "org:admin" \| null}`; when the token names an organization it must be one the user is a live member of (else 403) |
+//! | `GET /identity/organization` | any member | `{"organization": {...}, "role": "...", "metadata": {...}}` |
+//! | `PUT /identity/organization/metadata` | `org:admin` (else 403, [`crate::identity::roles`]) | replaces the metadata, answers it; audited as `organization.metadata_updated` by `user/{clerk id}` |
 //!
 //! ## Organization metadata
 //!
@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use infragpt_actors::audit::{AuditEntry, AuditLog};
 use serde_json::{Map, Value, json};
 
@@ -158,10 +158,13 @@ async fn organization(
 }
 
 async fn put_metadata(
+    req: HttpRequest,
     who: OrgPrincipal,
     body: web::Json<Value>,
     api: web::Data<IdentityApi>,
 ) -> Result<HttpResponse, ApiError> {
+    // Before validation: a member learns nothing about the body's fate.
+    who.require_admin(&req)?;
     let update = validate_metadata(&body)?;
     let (before, after) = api
         .store

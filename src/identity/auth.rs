@@ -17,6 +17,7 @@
 //! | no JWKS URL / issuer configured, or no `Authenticator` in the app (fail closed) | 503 `unavailable` |
 //! | `OrgPrincipal`: token has no organization | 403 `forbidden` |
 //! | `OrgPrincipal`: organization unknown or deleted, or the user is not a live member | 403 `forbidden` |
+//! | admin-only route, caller's role (from the membership mirror) is not an admin role ([`crate::identity::roles`]) | 403 `forbidden` |
 //!
 //! The rejection reason ([`JwtError::reason`]) is logged as a field; the token never is.
 
@@ -35,6 +36,7 @@ use crate::identity::jwt::{
     ClerkJwtConfig, ClerkJwtVerifier, JwksCache, JwksCacheConfig, JwtError, OrgClaim,
     VerifiedSession,
 };
+use crate::identity::roles::{self, OrgRole};
 use crate::identity::store::{IdentityStore, OrgAccess, OrganizationRecord};
 use crate::identity::{ClerkOrgId, ClerkSessionId, ClerkUserId};
 
@@ -149,7 +151,7 @@ impl Authenticator {
             OrgAccess::Member { organization, role } => Ok(OrgPrincipal {
                 organization_id: organization.id,
                 clerk_org_id: organization.clerk_id.clone(),
-                role,
+                role: OrgRole::new(role),
                 organization,
                 claim,
                 principal,
@@ -226,8 +228,9 @@ pub(crate) struct OrgPrincipal {
     pub organization_id: OrganizationId,
     /// Clerk's id of the organization.
     pub clerk_org_id: ClerkOrgId,
-    /// The user's role from our membership mirror (`org:admin`, `org:member`, ...).
-    pub role: String,
+    /// The user's role from our membership mirror (`org:admin`, `org:member`, ...), not the
+    /// token's claim; see [`crate::identity::roles`].
+    pub role: OrgRole,
     pub organization: OrganizationRecord,
     /// The organization claim as the token carried it (role, slug, permissions).
     pub claim: OrgClaim,
@@ -244,6 +247,18 @@ impl OrgPrincipal {
     /// The audit actor for this user: `user/{clerk user id}`.
     pub(crate) fn audit_actor(&self) -> String {
         self.principal.audit_actor()
+    }
+
+    /// 403 unless the caller is an admin of the organization ([`roles::require_admin`]).
+    pub(crate) fn require_admin(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        roles::require_admin(
+            roles::Caller {
+                organization_id: self.organization_id.0,
+                user_id: self.user_id().as_str(),
+                role: &self.role,
+            },
+            req,
+        )
     }
 }
 

@@ -1,11 +1,13 @@
 //! Identity: Clerk webhooks (Svix signatures, typed event parsing), the identity store and
 //! sync handler, Clerk session JWTs and the REST API's session authentication ([`auth`]), the
-//! `/identity` API, and [`wiring::IdentityModule`] that plugs them into the server.
+//! `/identity` API, [`roles`] (who may change what), and [`wiring::IdentityModule`] that plugs
+//! them into the server.
 
 pub mod api;
 pub mod auth;
 pub mod clerk_events;
 pub mod jwt;
+pub mod roles;
 pub mod store;
 pub mod svix;
 pub mod sync;

@@ -2,19 +2,30 @@
 //! [`Principal`] (organization from the verified token); callbacks are authenticated by the
 //! signed single-use `state` instead, because the provider's browser redirect carries no token.
 //!
-//! | Route | |
-//! |---|---|
-//! | `POST /integrations` `{connector_type}` | `{type, url, integration_id}`; 409 if one exists |
-//! | `GET /integrations/callback/{connector}` | `code` or `installation_id`, `state` |
-//! | `GET /slack/oauth/callback` | the Slack callback under its historic path |
-//! | `GET /integrations?connector_type=` | list |
-//! | `GET /integrations/{id}` | one |
-//! | `GET /integrations/{id}/status` | live validation |
-//! | `POST /integrations/{id}/refresh` | refresh now |
-//! | `DELETE /integrations/{id}` | revoke at the provider, delete credentials |
-//! | `GET /integrations/{id}/events?before=&limit=` | normalized GitHub events |
+//! | Route | who | |
+//! |---|---|---|
+//! | `POST /integrations` `{connector_type}` | admin | `{type, url, integration_id}`; 409 if one exists |
+//! | `GET /integrations/callback/{connector}` | holder of a `state` | `code` or `installation_id`, `state` |
+//! | `GET /slack/oauth/callback` | holder of a `state` | the Slack callback under its historic path |
+//! | `GET /integrations?connector_type=` | member | list |
+//! | `GET /integrations/{id}` | member | one |
+//! | `GET /integrations/{id}/status` | member | live validation |
+//! | `POST /integrations/{id}/refresh` | admin | refresh now |
+//! | `DELETE /integrations/{id}` | admin | revoke at the provider, delete credentials |
+//! | `GET /integrations/{id}/events?before=&limit=` | member | normalized GitHub events |
+//!
+//! "admin" is `org:admin` (or the legacy `admin`) in the membership mirror; anyone else gets
+//! 403 `forbidden` ([`crate::identity::roles`]) before the integration is looked up, so the
+//! answer is the same whether the id exists or belongs to another organization. An admin
+//! naming another organization's id gets 404, like any member reading it.
+//!
+//! **Why the callbacks check no role.** They carry no session token; what authorizes them is
+//! the `state`: HMAC-signed, bound to the organization, user and connector, valid 10 minutes,
+//! consumed on use. The only way to obtain one is `POST /integrations`, which is admin-only,
+//! so completing an authorization is an admin's act too. (The role is checked when the state
+//! is issued, not again when it comes back.)
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -81,10 +92,13 @@ struct EventsQuery {
 }
 
 async fn create(
+    req: HttpRequest,
     service: web::Data<IntegrationService>,
     principal: Principal,
     body: web::Json<CreateBody>,
 ) -> Result<HttpResponse, ApiError> {
+    // The state issued here is what later authorizes the callback: only admins get one.
+    principal.require_admin(&req)?;
     let initiated = service.initiate(&principal, &body.connector_type).await?;
     Ok(HttpResponse::Created().json(initiated))
 }
@@ -153,18 +167,22 @@ async fn status(
 }
 
 async fn refresh(
+    req: HttpRequest,
     service: web::Data<IntegrationService>,
     principal: Principal,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
+    principal.require_admin(&req)?;
     Ok(HttpResponse::Ok().json(service.refresh(&principal, *id).await?))
 }
 
 async fn delete(
+    req: HttpRequest,
     service: web::Data<IntegrationService>,
     principal: Principal,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
+    principal.require_admin(&req)?;
     Ok(HttpResponse::Ok().json(service.delete(&principal, *id).await?))
 }
 

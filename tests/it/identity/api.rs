@@ -20,7 +20,7 @@ const BOB: &str = "user_bob";
 const ORG_A: &str = "org_a";
 const ORG_B: &str = "org_b";
 
-/// Alice is an admin of A, Bob a member of B.
+/// Alice is an admin of A, Bob an admin of B (members' rights: `identity::roles`).
 async fn seed(h: &TestApp) {
     for (id, email) in [(ALICE, "alice@a.test"), (BOB, "bob@b.test")] {
         h.identity_store()
@@ -55,7 +55,7 @@ async fn seed(h: &TestApp) {
     }
     for (mem, org, user, role) in [
         ("orgmem_a", ORG_A, ALICE, "org:admin"),
-        ("orgmem_b", ORG_B, BOB, "org:member"),
+        ("orgmem_b", ORG_B, BOB, "org:admin"),
     ] {
         h.identity_store()
             .upsert_membership(
@@ -269,8 +269,8 @@ async fn rotated_key_is_fetched_on_unknown_kid() {
 async fn other_organizations_are_never_reachable() {
     let env = env().await;
     let app = app!(env);
-    // B's metadata, written by Bob.
-    let bob = sign_jwt(KEY_A, KID_A, &claims_v2(BOB, ORG_B, "org:member"));
+    // B's metadata, written by Bob (B's admin).
+    let bob = sign_jwt(KEY_A, KID_A, &claims_v2(BOB, ORG_B, "org:admin"));
     let (status, _) = call(
         &app,
         "PUT",

@@ -1,9 +1,10 @@
-//! Identity: Clerk payloads, Svix signatures, session tokens (JWT/JWKS), the Clerk webhook
-//! and the identity REST API.
+//! Identity: Clerk payloads, Svix signatures, session tokens (JWT/JWKS), the Clerk webhook,
+//! the identity REST API and who may call it (roles).
 
 mod api;
 mod clerk_payloads;
 mod jwt;
+mod roles;
 mod svix;
 mod webhook;
 

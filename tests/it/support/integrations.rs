@@ -14,6 +14,7 @@ use diesel_async::RunQueryDsl;
 use infragpt::crypto::vault::{KeyRing, VaultKeysConfig};
 use infragpt::db::Pool;
 use infragpt::db::schema::{integrations, organizations};
+use infragpt::identity::roles::OrgRole;
 use infragpt::integrations::Principal;
 use infragpt::integrations::connector::{
     Authorized, CallbackParams, Connector, ConnectorError, CredentialSet, IssuedCredential,
@@ -29,6 +30,9 @@ use uuid::Uuid;
 pub const ORG_HEADER: &str = "x-test-org";
 /// Header the test middleware reads the user from.
 pub const USER_HEADER: &str = "x-test-user";
+/// Header the test middleware reads the role from (absent: `org:admin`, so the lifecycle
+/// tests may change things; the role matrix uses real tokens instead).
+pub const ROLE_HEADER: &str = "x-test-role";
 
 /// A random base64 32-byte key.
 pub fn random_key() -> Secret {
@@ -84,7 +88,8 @@ pub async fn insert_integration(
         .expect("insert integration")
 }
 
-/// Test authentication: `x-test-org` + `x-test-user` headers become a [`Principal`].
+/// Test authentication: `x-test-org` + `x-test-user` (+ `x-test-role`) headers become a
+/// [`Principal`].
 pub async fn test_auth(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
@@ -99,10 +104,16 @@ pub async fn test_auth(
         .get(USER_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let role = req
+        .headers()
+        .get(ROLE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(OrgRole::admin, OrgRole::new);
     if let (Some(organization_id), Some(user_id)) = (org, user) {
         req.extensions_mut().insert(Principal {
             organization_id,
             user_id,
+            role,
         });
     }
     next.call(req).await

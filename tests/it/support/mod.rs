@@ -1,11 +1,12 @@
 //! What the integration tests share: [`app::TestApp`] (the service under test),
 //! [`wait::eventually`] (the one polling helper), [`fixtures`] (the payloads in
-//! `tests/data`), and helpers per area.
+//! `tests/data`), helpers per area, and [`rest`] (the REST API on real session tokens).
 
 pub mod app;
 pub mod fixtures;
 pub mod identity;
 pub mod integrations;
+pub mod rest;
 pub mod wait;
 
 /// The JSON body of an in-process response (panics with the body when it is not JSON).
