@@ -27,10 +27,15 @@ struct Fixture {
 }
 
 fn fixture(mode: ReplyMode) -> Fixture {
+    fixture_with_style(mode, AnswerStyle::default())
+}
+
+fn fixture_with_style(mode: ReplyMode, style: AnswerStyle) -> Fixture {
     let store = MemoryConversationStore::new();
     let slack = FakeSlack::new();
     let agent = FakeAgent::new();
-    let handler = ConversationHandler::new(store.clone(), slack.clone(), agent.clone(), mode);
+    let handler = ConversationHandler::new(store.clone(), slack.clone(), agent.clone(), mode)
+        .with_answer_style(style);
     Fixture {
         store,
         slack,
@@ -619,14 +624,13 @@ async fn mrkdwn_answers_and_notices_are_posted_as_they_are() {
 #[tokio::test]
 async fn long_answers_post_their_first_lines_and_share_the_whole_answer_as_a_file() {
     let long: String = (0..400).map(|i| format!("- line **{i}**\n")).collect();
-    let f = fixture(ReplyMode::Response);
-    let f = Fixture {
-        handler: f.handler.with_answer_style(AnswerStyle {
+    let f = fixture_with_style(
+        ReplyMode::Response,
+        AnswerStyle {
             file_threshold: 1_000,
             ..AnswerStyle::default()
-        }),
-        ..f
-    };
+        },
+    );
     f.agent.answer_with(FakeAgent::success(&long));
     f.handler
         .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> report")))
@@ -655,14 +659,13 @@ async fn long_answers_post_their_first_lines_and_share_the_whole_answer_as_a_fil
     );
 
     // Threshold 0: always messages, split at Slack's size.
-    let f = fixture(ReplyMode::Response);
-    let f = Fixture {
-        handler: f.handler.with_answer_style(AnswerStyle {
+    let f = fixture_with_style(
+        ReplyMode::Response,
+        AnswerStyle {
             file_threshold: 0,
             ..AnswerStyle::default()
-        }),
-        ..f
-    };
+        },
+    );
     let huge: String = (0..1_000).map(|i| format!("line {i}\n")).collect();
     f.agent.answer_with(FakeAgent::success(&huge));
     f.handler

@@ -129,6 +129,30 @@ pub struct NewMessage {
     pub kind: MessageKind,
 }
 
+impl NewMessage {
+    /// A message the service posted for the agent (an answer or a notice), answering the user
+    /// message `in_reply_to`.
+    pub fn from_agent(
+        conversation_id: ConversationId,
+        slack_ts: MessageTs,
+        text: String,
+        in_reply_to: Option<MessageTs>,
+        kind: MessageKind,
+    ) -> Self {
+        Self {
+            conversation_id,
+            slack_ts,
+            sender: Sender::Agent,
+            sender_name: None,
+            sender_email: None,
+            text,
+            source_event_id: None,
+            in_reply_to,
+            kind,
+        }
+    }
+}
+
 /// Result of storing a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InsertOutcome {

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::ports::{
-    ConversationStore, ConversationStoreError, MessageKind, NewMessage, Sender, SlackApi,
-    SlackApiError,
+    ConversationStore, ConversationStoreError, MessageKind, NewMessage, SlackApi, SlackApiError,
 };
 use crate::ids::{ConversationId, MessageTs, ThreadKey};
 
@@ -340,17 +339,8 @@ impl ReplyService {
             posting,
             ReplyError::Slack,
             |ts, text| {
-                let message = NewMessage {
-                    conversation_id: id,
-                    slack_ts: ts,
-                    sender: Sender::Agent,
-                    sender_name: None,
-                    sender_email: None,
-                    text,
-                    source_event_id: None,
-                    in_reply_to: turn.clone(),
-                    kind: MessageKind::Message,
-                };
+                let message =
+                    NewMessage::from_agent(id, ts, text, turn.clone(), MessageKind::Message);
                 Box::pin(async move {
                     self.store
                         .insert_message(message)

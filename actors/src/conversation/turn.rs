@@ -153,17 +153,8 @@ impl ConversationHandler {
             MessageKind::Notice => Posting::Messages(split_message(text)),
         };
         post_answer(self.slack.as_ref(), key, posting, slack_err, |ts, text| {
-            let message = NewMessage {
-                conversation_id: conversation,
-                slack_ts: ts,
-                sender: Sender::Agent,
-                sender_name: None,
-                sender_email: None,
-                text,
-                source_event_id: None,
-                in_reply_to: Some(in_reply_to.clone()),
-                kind,
-            };
+            let message =
+                NewMessage::from_agent(conversation, ts, text, Some(in_reply_to.clone()), kind);
             Box::pin(async move {
                 self.store
                     .insert_message(message)
