@@ -21,12 +21,15 @@ pub const RETENTION_LOCK_KEY: i64 = 0x1f2a_7265_7465_6e74;
 
 /// One batch: the oldest finished rows past the cut-off. The literal statuses match the
 /// partial index `inbound_events_retention_idx` (a bound array would not prove its predicate).
+/// `id = ANY(ARRAY(…))` rather than `id IN (…)`: with `IN` the planner may hash-join the ids
+/// against a sequential scan of the whole table; the array makes it a primary-key lookup.
 /// Rows locked by someone else are skipped: the next run takes them.
-const DELETE_BATCH: &str = "DELETE FROM inbound_events WHERE id IN (\
+const DELETE_BATCH: &str = "DELETE FROM inbound_events WHERE id = ANY(ARRAY(\
      SELECT id FROM inbound_events \
      WHERE status IN ('done', 'ignored') AND processed_at < $1 \
      ORDER BY processed_at LIMIT $2 \
-     FOR UPDATE SKIP LOCKED)";
+     FOR UPDATE SKIP LOCKED)) \
+     AND status IN ('done', 'ignored')";
 
 /// What a run deletes and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
