@@ -2,6 +2,7 @@
 //! pieces into the server as [`Module`]s. `infragpt serve` and `infragpt demo` both start
 //! the service through [`start`].
 
+pub mod housekeeping;
 pub mod integrations;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use infragpt_actors::conversation::{AnswerStyle, ConversationHandler, ReplyServi
 use infragpt_actors::{Cluster, HealthRegistry, Metrics, StreamSpec};
 use infragpt_actors::{kinds, sources};
 
+use self::housekeeping::{Housekeeping, StopHousekeeping};
 use self::integrations::{IntegrationParts, IntegrationsModule, load_keyring, state_key};
 use crate::agent_client::{GrpcAgent, GrpcAgentOptions};
 use crate::config::Config;
@@ -81,17 +83,21 @@ impl ReadinessCheck for ActorsCheck {
     }
 }
 
-/// The actor system's module: ops routes, the actors readiness check, and an orderly
-/// actor shutdown after the listeners have drained.
+/// The actor system's module: ops routes, the actors readiness check, the housekeeping actor
+/// (inbox retention), and an orderly actor shutdown after the listeners have drained.
 #[derive(Debug)]
 pub struct CoreModule {
     core: Core,
+    housekeeping: Option<actix::Addr<Housekeeping>>,
 }
 
 impl CoreModule {
     /// Wraps the core.
     pub fn new(core: Core) -> Self {
-        Self { core }
+        Self {
+            core,
+            housekeeping: None,
+        }
     }
 }
 
@@ -130,10 +136,24 @@ impl Module for CoreModule {
             .await
             .context("recovering unfinished events")?;
         tracing::info!(unfinished = report.unfinished, "inbox recovered");
+        let cluster = &self.core.cluster;
+        self.housekeeping = Some(
+            Housekeeping::start(
+                state.db.pool().clone(),
+                &state.config.retention,
+                cluster.health(),
+                cluster.metrics(),
+            )
+            .context("registering the retention metrics")?,
+        );
         Ok(())
     }
 
     async fn stop(&mut self) {
+        if let Some(housekeeping) = self.housekeeping.take() {
+            // Its connection (and retention lock) go with it; the pool closes after this.
+            housekeeping.do_send(StopHousekeeping);
+        }
         self.core.cluster.shutdown().await;
     }
 }

@@ -45,9 +45,12 @@ pub mod kinds {
     pub const AGENT_CLIENT: ActorKind = ActorKind::new("agent_client");
     /// Clerk identity synchronisation.
     pub const IDENTITY_SYNC: ActorKind = ActorKind::new("identity_sync");
+    /// Periodic database housekeeping (inbox retention); one per process, and one process at
+    /// a time deletes (advisory lock).
+    pub const HOUSEKEEPING: ActorKind = ActorKind::new("housekeeping");
 
     /// Every kind, in display order.
-    pub const ALL: [ActorKind; 7] = [
+    pub const ALL: [ActorKind; 8] = [
         SUPERVISOR,
         SLACK_CONNECTION,
         GITHUB_WEBHOOK_STREAM,
@@ -55,6 +58,7 @@ pub mod kinds {
         CREDENTIAL_VAULT,
         AGENT_CLIENT,
         IDENTITY_SYNC,
+        HOUSEKEEPING,
     ];
 
     /// The kind named `name` (as in URLs and JSON).

@@ -66,6 +66,8 @@ pub struct Config {
     pub actors: ActorsConfig,
     /// Limits on reading webhook bodies (Slack Events API, Clerk, GitHub).
     pub webhooks: WebhooksConfig,
+    /// How long stored data is kept (the inbox).
+    pub retention: RetentionConfig,
 }
 
 impl Default for Config {
@@ -91,6 +93,7 @@ impl Default for Config {
             vault: VaultConfig::default(),
             actors: ActorsConfig::default(),
             webhooks: WebhooksConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -577,6 +580,48 @@ impl WebhooksConfig {
     /// The body deadline.
     pub fn body_timeout(&self) -> Duration {
         Duration::from_millis(self.body_timeout_ms)
+    }
+}
+
+/// How long stored data is kept. Finished inbound events (`done`, `ignored`) are deleted by
+/// age in small batches by the housekeeping actor; dead letters (`failed`) and unfinished
+/// events are never deleted.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days a finished inbound event is kept after it was processed; 0 keeps them forever.
+    pub inbound_events_days: u32,
+    /// Rows deleted per statement (one short transaction each).
+    pub batch_size: u32,
+    /// Pause between two batches, so a long backlog of deletions leaves the inbox responsive.
+    pub batch_pause_ms: u64,
+    /// Time between two retention runs.
+    pub interval_secs: u64,
+    /// Delay of the first run after start.
+    pub first_run_delay_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            inbound_events_days: 14,
+            batch_size: 1000,
+            batch_pause_ms: 100,
+            interval_secs: 3600,
+            first_run_delay_secs: 60,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// Time between two runs.
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_secs)
+    }
+
+    /// Delay of the first run.
+    pub fn first_run_delay(&self) -> Duration {
+        Duration::from_secs(self.first_run_delay_secs)
     }
 }
 

@@ -4,7 +4,7 @@ use base64::Engine as _;
 
 use super::{
     ActorsConfig, AgentConfig, Config, CorsConfig, DatabaseConfig, GrpcConfig, GrpcTlsConfig,
-    SlackConfig, VaultConfig, WebhooksConfig,
+    RetentionConfig, SlackConfig, VaultConfig, WebhooksConfig,
 };
 
 type Failure = (String, String);
@@ -27,7 +27,36 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
     check_integrations(config)?;
     check_vault(&config.vault)?;
     check_actors(&config.actors)?;
-    check_webhooks(&config.webhooks)
+    check_webhooks(&config.webhooks)?;
+    check_retention(&config.retention)
+}
+
+/// Largest `retention.inbound_events_days` (100 years): beyond it the cut-off is not a date.
+const MAX_RETENTION_DAYS: u32 = 36_500;
+/// Largest `retention.batch_size`: a bigger batch is one long transaction, what batching avoids.
+const MAX_RETENTION_BATCH: u32 = 100_000;
+
+/// `retention.*`: a zero batch or interval would never finish or spin.
+fn check_retention(retention: &RetentionConfig) -> Result<(), Failure> {
+    if retention.inbound_events_days > MAX_RETENTION_DAYS {
+        fail(
+            "retention.inbound_events_days",
+            format!("must be at most {MAX_RETENTION_DAYS} (0 keeps events forever)"),
+        )?;
+    }
+    if retention.batch_size == 0 || retention.batch_size > MAX_RETENTION_BATCH {
+        fail(
+            "retention.batch_size",
+            format!("must be between 1 and {MAX_RETENTION_BATCH}"),
+        )?;
+    }
+    if retention.interval_secs == 0 {
+        fail("retention.interval_secs", "must be greater than 0")?;
+    }
+    if retention.batch_pause_ms > 60_000 {
+        fail("retention.batch_pause_ms", "must be at most 60000")?;
+    }
+    Ok(())
 }
 
 /// `webhooks.*`: a budget too small for a Slack or Clerk event, or one tokio's semaphore

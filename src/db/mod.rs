@@ -7,6 +7,7 @@ pub mod error;
 pub mod inbox;
 pub mod nonces;
 pub mod private_pg;
+pub mod retention;
 pub mod schema;
 
 use std::path::PathBuf;

@@ -373,3 +373,32 @@ fn grpc_connection_limits() {
     let e = err("grpc:\n  handshake_timeout: 5\n");
     assert!(e.contains("grpc"), "unknown keys are errors: {e}");
 }
+
+/// The `retention:` section: defaults, 0 keeps events forever, and values that cannot work are
+/// refused by path.
+#[test]
+fn retention_defaults_and_limits() {
+    let c = load_with("", &[]).unwrap();
+    assert_eq!(c.retention.inbound_events_days, 14);
+    assert_eq!(c.retention.batch_size, 1000);
+    assert_eq!(c.retention.interval(), std::time::Duration::from_secs(3600));
+    let c = load_with("retention:\n  inbound_events_days: 0\n", &[]).unwrap();
+    assert_eq!(c.retention.inbound_events_days, 0, "0 keeps events forever");
+    let e = err("retention:\n  batch_size: 0\n");
+    assert!(
+        e.starts_with("config/x.yaml: retention.batch_size: must be between 1"),
+        "{e}"
+    );
+    let e = err("retention:\n  interval_secs: 0\n");
+    assert!(
+        e.starts_with("config/x.yaml: retention.interval_secs: "),
+        "{e}"
+    );
+    let e = err("retention:\n  inbound_events_days: 40000\n");
+    assert!(
+        e.starts_with("config/x.yaml: retention.inbound_events_days: "),
+        "{e}"
+    );
+    let e = err("retention:\n  days: 3\n");
+    assert!(e.contains("retention"), "unknown keys are errors: {e}");
+}

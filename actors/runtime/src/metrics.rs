@@ -204,7 +204,10 @@ impl Metrics {
         self.deferred_total.with_label_values(&[stream]).inc();
     }
 
-    pub(crate) fn set_inbox_counts(&self, counts: &[(EventStatus, i64)]) {
+    /// Sets `infragpt_inbox_events` from stored rows per status (statuses absent from
+    /// `counts` go to zero). The cluster refreshes it periodically; the application's inbox
+    /// housekeeping after it changes the table.
+    pub fn set_inbox_counts(&self, counts: &[(EventStatus, i64)]) {
         for status in [
             EventStatus::Pending,
             EventStatus::Processing,

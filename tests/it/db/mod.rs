@@ -5,3 +5,4 @@ mod actors;
 mod conversation_store;
 mod inbox;
 mod migrations;
+mod retention;

@@ -1,0 +1,1 @@
+DROP INDEX inbound_events_retention_idx;
