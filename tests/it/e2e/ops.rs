@@ -1,5 +1,5 @@
-//! The operations endpoints of the assembled service: `/actors`, `/metrics` and the admin
-//! dead-letter API, against real PostgreSQL.
+//! The operations endpoints of the assembled service: `/actors`, `/metrics`, the admin
+//! dead-letter API and the admin audit log, against real PostgreSQL.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
