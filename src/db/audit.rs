@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use infragpt_actors::audit::{AuditEntry, AuditError, AuditLog};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -32,6 +32,26 @@ impl PgAudit {
     }
 }
 
+/// Inserts `entry` on `conn`: inside a caller's transaction, the entry commits or rolls back
+/// with the change it records (what [`AuditLog::append`] cannot offer, having no shared
+/// transaction).
+pub(crate) async fn insert_entry(
+    conn: &mut AsyncPgConnection,
+    entry: &AuditEntry,
+) -> Result<(), diesel::result::Error> {
+    diesel::insert_into(audit_log::table)
+        .values((
+            audit_log::organization_id.eq(entry.organization_id),
+            audit_log::actor.eq(&entry.actor),
+            audit_log::action.eq(&entry.action),
+            audit_log::target.eq(&entry.target),
+            audit_log::details.eq(&entry.details),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 fn audit_error(e: StoreError) -> AuditError {
     AuditError(Box::new(e))
 }
@@ -40,15 +60,7 @@ fn audit_error(e: StoreError) -> AuditError {
 impl AuditLog for PgAudit {
     async fn append(&self, entry: AuditEntry) -> Result<(), AuditError> {
         let mut conn = conn(&self.pool).await.map_err(audit_error)?;
-        diesel::insert_into(audit_log::table)
-            .values((
-                audit_log::organization_id.eq(entry.organization_id),
-                audit_log::actor.eq(&entry.actor),
-                audit_log::action.eq(&entry.action),
-                audit_log::target.eq(&entry.target),
-                audit_log::details.eq(&entry.details),
-            ))
-            .execute(&mut conn)
+        insert_entry(&mut conn, &entry)
             .await
             .map_err(|e| audit_error(e.into()))?;
         tracing::debug!(actor = %entry.actor, action = %entry.action, "audit entry appended");
