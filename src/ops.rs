@@ -1,5 +1,6 @@
 //! Operations endpoints: the actor supervision tree (`/actors`), Prometheus metrics
-//! (`/metrics`) and the admin API for dead letters (`/admin/events`).
+//! (`/metrics`), the admin API for dead letters (`/admin/events`) and the audit log of every
+//! organization (`/admin/audit`).
 //!
 //! The tree and the metrics name Slack teams, channels and threads, installation ids and
 //! error texts, so on the public port they need the admin token like `/admin`; the internal
@@ -8,12 +9,13 @@
 use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use infragpt_actors::audit::{AuditEntry, AuditLog};
+use infragpt_actors::audit::{AuditEntry, AuditLog as _};
 use infragpt_actors::inbox::EventRowId;
 use infragpt_actors::{ActorKind, Cluster, Secret};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::db::audit::{AuditParams, PgAudit};
 use crate::error::ApiError;
 
 /// Children listed per supervisor in `/actors` (counts always cover every actor); a
@@ -38,8 +40,8 @@ pub struct OpsState {
     pub read_access: ReadAccess,
     /// Admin token; `None` disables the admin API (fail closed).
     pub admin_token: Option<Secret>,
-    /// Where admin actions are recorded.
-    pub audit: Arc<dyn AuditLog>,
+    /// Where admin actions are recorded, and read back by `/admin/audit`.
+    pub audit: Arc<PgAudit>,
 }
 
 impl std::fmt::Debug for OpsState {
@@ -62,7 +64,8 @@ pub fn routes(state: OpsState) -> impl Fn(&mut web::ServiceConfig) + Send + Sync
             .route("/admin/events", web::get().to(list_dead_letters))
             .route("/admin/events/{id}", web::get().to(get_event))
             .route("/admin/events/{id}/retry", web::post().to(retry_event))
-            .route("/admin/events/{id}", web::delete().to(discard_event));
+            .route("/admin/events/{id}", web::delete().to(discard_event))
+            .route("/admin/audit", web::get().to(list_audit));
     }
 }
 
@@ -191,6 +194,33 @@ async fn list_dead_letters(
         "limit": limit,
         "offset": offset,
     })))
+}
+
+/// Every organization's audit entries (and those of none, like the admin's own actions),
+/// newest first; `?organization_id=` narrows to one. Same parameters and answer as the
+/// organization-scoped `GET /audit` ([`AuditParams`]).
+async fn list_audit(
+    state: web::Data<OpsState>,
+    req: HttpRequest,
+    params: web::Query<AuditParams>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&state, &req)?;
+    let params = params.into_inner();
+    let organization_id = params
+        .organization_id
+        .as_deref()
+        .map(uuid::Uuid::parse_str)
+        .transpose()
+        .map_err(|_| ApiError::bad_request("invalid organization_id: not a UUID"))?;
+    let query = params
+        .into_query(organization_id)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let page = state
+        .audit
+        .query(&query)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok().json(page))
 }
 
 fn parse_id(raw: &str) -> Result<EventRowId, ApiError> {

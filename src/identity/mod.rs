@@ -1,9 +1,10 @@
 //! Identity: Clerk webhooks (Svix signatures, typed event parsing), the identity store and
 //! sync handler, Clerk session JWTs and the REST API's session authentication ([`auth`]), the
-//! `/identity` API, [`roles`] (who may change what), and [`wiring::IdentityModule`] that plugs
-//! them into the server.
+//! `/identity` API, the organization's audit log ([`audit`], `GET /audit`), [`roles`] (who may
+//! change what), and [`wiring::IdentityModule`] that plugs them into the server.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod clerk_events;
 pub mod jwt;

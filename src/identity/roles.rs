@@ -7,7 +7,7 @@
 //!
 //! | role | may |
 //! |---|---|
-//! | `org:admin` (or Clerk's legacy `admin`) | everything a member may, and create, authorize, refresh or delete integrations, change organization metadata |
+//! | `org:admin` (or Clerk's legacy `admin`) | everything a member may, and create, authorize, refresh or delete integrations, change organization metadata, read the organization's audit log (`GET /audit`) |
 //! | any other role (`org:member`, custom roles) | read the organization, its metadata and its integrations |
 //!
 //! Handlers of admin-only routes call `require_admin` on their principal

@@ -9,6 +9,7 @@ use infragpt_actors::{Cluster, StreamSpec};
 use infragpt_actors::{kinds, sources};
 
 use super::api::{self, IdentityApi};
+use super::audit;
 use super::store::IdentityStore;
 use super::sync::IdentitySync;
 use super::webhook::{self, ClerkWebhook};
@@ -26,7 +27,7 @@ pub(crate) const STREAM_NAME: &str = "identity-sync";
 /// The identity module. On start it
 ///
 /// * registers the Clerk stream (`IdentitySync` workers) on the cluster,
-/// * adds `POST /webhooks/clerk`, the `/identity` API and the app-wide [`Authenticator`]
+/// * adds `POST /webhooks/clerk`, the `/identity` API, `GET /audit` and the app-wide [`Authenticator`]
 ///   (so other modules' routes can use [`crate::identity::auth::OrgPrincipal`]),
 /// * when `identity.clerk.port` is set, also serves the webhook on that port (its own small
 ///   HTTP server, stopped in [`Module::stop`]),
@@ -78,7 +79,8 @@ impl Module for IdentityModule {
         let clerk = &self.config.clerk;
         let pool = state.db.pool().clone();
         let store = IdentityStore::new(pool.clone());
-        let audit: Arc<dyn AuditLog> = Arc::new(PgAudit::new(pool));
+        let audit_log = PgAudit::new(pool);
+        let audit: Arc<dyn AuditLog> = Arc::new(audit_log.clone());
 
         self.cluster
             .register_stream(StreamSpec {
@@ -110,6 +112,7 @@ impl Module for IdentityModule {
             auth.configure(cfg);
             webhook::configure(cfg, routes_hook.clone());
             api::configure(cfg, api.clone());
+            audit::configure(cfg, audit_log.clone());
         }));
 
         if let Some(port) = clerk.port {

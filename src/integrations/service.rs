@@ -1,6 +1,7 @@
 //! The integration lifecycle (plain logic behind the REST routes): initiate with a signed
 //! state, complete at the callback, list/get, validate live, refresh, delete (revoke at the
-//! provider), and the GitHub event listing. Every change goes to the audit log.
+//! provider), and the GitHub event listing. Every change goes to the audit log; starting and
+//! deleting an integration write their entry in the transaction of the change.
 
 use std::sync::Arc;
 
@@ -157,6 +158,23 @@ impl std::fmt::Debug for IntegrationService {
     }
 }
 
+/// An audit entry about integration `target`.
+fn integration_entry(
+    organization_id: Uuid,
+    actor: String,
+    action: &str,
+    target: Uuid,
+    details: serde_json::Value,
+) -> AuditEntry {
+    AuditEntry {
+        organization_id: Some(organization_id),
+        actor,
+        action: action.to_owned(),
+        target: Some(target.to_string()),
+        details,
+    }
+}
+
 impl IntegrationService {
     async fn audit(
         &self,
@@ -166,13 +184,7 @@ impl IntegrationService {
         target: Uuid,
         details: serde_json::Value,
     ) {
-        let entry = AuditEntry {
-            organization_id: Some(organization_id),
-            actor,
-            action: action.to_owned(),
-            target: Some(target.to_string()),
-            details,
-        };
+        let entry = integration_entry(organization_id, actor, action, target, details);
         if let Err(error) = self.audit.append(entry).await {
             // The change happened; a lost audit line is an operational alert, not a failure.
             tracing::error!(%error, action, integration_id = %target, "audit entry lost");
@@ -201,12 +213,23 @@ impl IntegrationService {
         let state = self.signer.issue(&claims).map_err(ServiceError::State)?;
         // Fail on configuration before creating anything.
         let url = connector.authorization_url(&state)?;
+        let actor = principal.audit_actor();
         let integration = match self
             .store
             .begin(
                 principal.organization_id,
                 connector_type,
                 &principal.user_id,
+                // Recorded with the pending row, in its transaction.
+                |row| {
+                    Some(integration_entry(
+                        principal.organization_id,
+                        actor,
+                        "integration.initiated",
+                        row.id,
+                        json!({ "connector_type": connector_type }),
+                    ))
+                },
             )
             .await?
         {
@@ -218,14 +241,6 @@ impl IntegrationService {
                 });
             }
         };
-        self.audit(
-            principal.organization_id,
-            principal.audit_actor(),
-            "integration.initiated",
-            integration.id,
-            json!({ "connector_type": connector_type }),
-        )
-        .await;
         Ok(Initiated {
             connector_type: connector_type.to_owned(),
             url,
@@ -278,7 +293,13 @@ impl IntegrationService {
             Some(row) => row,
             None => match self
                 .store
-                .begin(claims.organization_id, connector_type, &claims.user_id)
+                // Only when the pending row vanished; `integration.connected` below records it.
+                .begin(
+                    claims.organization_id,
+                    connector_type,
+                    &claims.user_id,
+                    |_| None,
+                )
                 .await?
             {
                 Ok(row) | Err(row) => row,
@@ -427,12 +448,7 @@ impl IntegrationService {
             .await
             .map_err(ServiceError::from)?;
         self.vaults.invalidate(principal.organization_id, id);
-        let integration = self
-            .store
-            .set_status(id, status::REVOKED)
-            .await?
-            .ok_or(ServiceError::NotFound)?;
-        self.audit(
+        let entry = integration_entry(
             principal.organization_id,
             principal.audit_actor(),
             "integration.deleted",
@@ -443,8 +459,13 @@ impl IntegrationService {
                 "revoke_error": revoke_error.as_ref().map(ToString::to_string),
                 "credentials_deleted": credentials_deleted,
             }),
-        )
-        .await;
+        );
+        // The revoked status and its audit entry commit together.
+        let integration = self
+            .store
+            .set_status_audited(id, status::REVOKED, Some(&entry))
+            .await?
+            .ok_or(ServiceError::NotFound)?;
         Ok(Deleted {
             integration,
             provider_revoked: revoke_error.is_none(),

@@ -4,11 +4,13 @@
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
+use infragpt_actors::audit::AuditEntry;
 use serde::Serialize;
 use uuid::Uuid;
 
 use super::providers::{NormalizedEvent, RepoRef};
+use crate::db::audit::insert_entry;
 use crate::db::schema::{github_events, github_repositories, integrations, slack_workspaces};
 use crate::db::{Pool, StoreError, conn};
 
@@ -146,55 +148,27 @@ impl IntegrationStore {
 
     /// Creates a pending integration, or resets an existing pending/revoked/error one to
     /// pending. `Ok(Err(existing))` when the organization already has a live one (active or
-    /// suspended).
+    /// suspended). The entry `audit` makes of the pending row is written in the same
+    /// transaction: both commit or neither.
     pub(crate) async fn begin(
         &self,
         organization_id: Uuid,
         connector_type: &str,
         user_id: &str,
+        audit: impl FnOnce(&Integration) -> Option<AuditEntry> + Send,
     ) -> Result<Result<Integration, Integration>, StoreError> {
         let mut conn = conn(&self.pool).await?;
-        let inserted: Option<Integration> = diesel::insert_into(integrations::table)
-            .values((
-                integrations::organization_id.eq(organization_id),
-                integrations::connector_type.eq(connector_type),
-                integrations::status.eq(status::PENDING),
-                integrations::created_by.eq(user_id),
-            ))
-            .on_conflict_do_nothing()
-            .returning(Integration::as_returning())
-            .get_result(&mut conn)
-            .await
-            .optional()?;
-        if let Some(row) = inserted {
-            return Ok(Ok(row));
-        }
-        // Reuse a finished attempt; a live integration is left alone.
-        let reset: Option<Integration> = diesel::update(
-            integrations::table
-                .filter(integrations::organization_id.eq(organization_id))
-                .filter(integrations::connector_type.eq(connector_type))
-                .filter(integrations::status.ne_all([status::ACTIVE, status::SUSPENDED])),
-        )
-        .set((
-            integrations::status.eq(status::PENDING),
-            integrations::created_by.eq(user_id),
-            integrations::updated_at.eq(now),
-        ))
-        .returning(Integration::as_returning())
-        .get_result(&mut conn)
+        conn.transaction::<_, StoreError, _>(async move |conn| {
+            let row = match begin_in(conn, organization_id, connector_type, user_id).await? {
+                Ok(row) => row,
+                Err(existing) => return Ok(Err(existing)),
+            };
+            if let Some(entry) = audit(&row) {
+                insert_entry(conn, &entry).await?;
+            }
+            Ok(Ok(row))
+        })
         .await
-        .optional()?;
-        if let Some(row) = reset {
-            return Ok(Ok(row));
-        }
-        let existing = integrations::table
-            .filter(integrations::organization_id.eq(organization_id))
-            .filter(integrations::connector_type.eq(connector_type))
-            .select(Integration::as_select())
-            .first(&mut conn)
-            .await?;
-        Ok(Err(existing))
     }
 
     /// One integration of one organization (another organization's → `None`).
@@ -286,16 +260,34 @@ impl IntegrationStore {
         id: Uuid,
         new_status: &str,
     ) -> Result<Option<Integration>, StoreError> {
+        self.set_status_audited(id, new_status, None).await
+    }
+
+    /// [`set_status`](Self::set_status), writing `audit` in the same transaction when the
+    /// row exists (no row: nothing changed, nothing recorded).
+    pub(crate) async fn set_status_audited(
+        &self,
+        id: Uuid,
+        new_status: &str,
+        audit: Option<&AuditEntry>,
+    ) -> Result<Option<Integration>, StoreError> {
         let mut conn = conn(&self.pool).await?;
-        Ok(diesel::update(integrations::table.find(id))
-            .set((
-                integrations::status.eq(new_status),
-                integrations::updated_at.eq(now),
-            ))
-            .returning(Integration::as_returning())
-            .get_result(&mut conn)
-            .await
-            .optional()?)
+        conn.transaction::<_, StoreError, _>(async move |conn| {
+            let row = diesel::update(integrations::table.find(id))
+                .set((
+                    integrations::status.eq(new_status),
+                    integrations::updated_at.eq(now),
+                ))
+                .returning(Integration::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?;
+            if let (Some(_), Some(entry)) = (&row, audit) {
+                insert_entry(conn, entry).await?;
+            }
+            Ok(row)
+        })
+        .await
     }
 
     /// Merges `patch` (an object) into the metadata.
@@ -561,4 +553,54 @@ impl IntegrationStore {
             .await
             .optional()?)
     }
+}
+
+/// The body of [`IntegrationStore::begin`], on the caller's connection (transaction).
+async fn begin_in(
+    conn: &mut AsyncPgConnection,
+    organization_id: Uuid,
+    connector_type: &str,
+    user_id: &str,
+) -> Result<Result<Integration, Integration>, StoreError> {
+    let inserted: Option<Integration> = diesel::insert_into(integrations::table)
+        .values((
+            integrations::organization_id.eq(organization_id),
+            integrations::connector_type.eq(connector_type),
+            integrations::status.eq(status::PENDING),
+            integrations::created_by.eq(user_id),
+        ))
+        .on_conflict_do_nothing()
+        .returning(Integration::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
+    if let Some(row) = inserted {
+        return Ok(Ok(row));
+    }
+    // Reuse a finished attempt; a live integration is left alone.
+    let reset: Option<Integration> = diesel::update(
+        integrations::table
+            .filter(integrations::organization_id.eq(organization_id))
+            .filter(integrations::connector_type.eq(connector_type))
+            .filter(integrations::status.ne_all([status::ACTIVE, status::SUSPENDED])),
+    )
+    .set((
+        integrations::status.eq(status::PENDING),
+        integrations::created_by.eq(user_id),
+        integrations::updated_at.eq(now),
+    ))
+    .returning(Integration::as_returning())
+    .get_result(conn)
+    .await
+    .optional()?;
+    if let Some(row) = reset {
+        return Ok(Ok(row));
+    }
+    let existing = integrations::table
+        .filter(integrations::organization_id.eq(organization_id))
+        .filter(integrations::connector_type.eq(connector_type))
+        .select(Integration::as_select())
+        .first(conn)
+        .await?;
+    Ok(Err(existing))
 }

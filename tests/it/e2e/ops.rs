@@ -1,5 +1,5 @@
-//! The operations endpoints of the assembled service: `/actors`, `/metrics` and the admin
-//! dead-letter API, against real PostgreSQL.
+//! The operations endpoints of the assembled service: `/actors`, `/metrics`, the admin
+//! dead-letter API and the admin audit log, against real PostgreSQL.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -576,5 +576,120 @@ async fn restart_over_a_large_backlog_is_ready_at_once() {
         handler.handled_count() == 200
     })
     .await;
+    app.stop().await;
+}
+
+/// `GET /admin/audit` on the assembled service: the admin token (any case of `Bearer`), every
+/// organization's entries and those of none, `?organization_id=` narrowing to one, paging.
+#[actix_rt::test]
+async fn admin_audit_needs_the_token_and_sees_every_organization() {
+    use infragpt_actors::audit::AuditEntry;
+
+    let app = TestApp::builder().core_only().start().await;
+    let (org_a, org_b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    for (org, action) in [
+        (Some(org_a), "integration.connected"),
+        (Some(org_b), "integration.connected"),
+        (Some(org_a), "organization.metadata_updated"),
+        (None, "event.requeued"),
+        (Some(org_b), "integration.deleted"),
+    ] {
+        app.audit()
+            .append(AuditEntry {
+                organization_id: org,
+                actor: "system".to_owned(),
+                action: action.to_owned(),
+                target: None,
+                details: json!({}),
+            })
+            .await
+            .expect("append");
+    }
+    let base = app.base_url();
+    let client = app.http().clone();
+    let anonymous = client
+        .get(format!("{base}/admin/audit"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(anonymous.status(), 401);
+    let body: Value = anonymous.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+    let wrong = client
+        .get(format!("{base}/admin/audit"))
+        .header("authorization", "Bearer not-the-token")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(wrong.status(), 401);
+    let lower = client
+        .get(format!("{base}/admin/audit"))
+        .header("authorization", format!("bearer {ADMIN}"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(lower.status(), 200, "lowercase bearer");
+    let all: Value = lower.json().await.expect("json");
+    let orgs: Vec<Value> = all["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["organization_id"].clone())
+        .collect();
+    assert_eq!(
+        orgs,
+        [
+            json!(org_b),
+            Value::Null,
+            json!(org_a),
+            json!(org_b),
+            json!(org_a)
+        ],
+        "every organization, newest first: {all}"
+    );
+    assert_eq!(all["next_cursor"], Value::Null);
+
+    let (status, only_b) = app
+        .admin_get(&format!("/admin/audit?organization_id={org_b}"))
+        .await;
+    assert_eq!(status, 200, "{only_b}");
+    let actions: Vec<&str> = only_b["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["action"].as_str().expect("action"))
+        .collect();
+    assert_eq!(actions, ["integration.deleted", "integration.connected"]);
+
+    let (status, prefixed) = app
+        .admin_get("/admin/audit?action=integration.&limit=2")
+        .await;
+    assert_eq!(status, 200, "{prefixed}");
+    assert_eq!(prefixed["entries"].as_array().expect("entries").len(), 2);
+    let cursor = prefixed["next_cursor"].as_str().expect("a next page");
+    let (_, rest) = app
+        .admin_get(&format!(
+            "/admin/audit?action=integration.&limit=2&before={cursor}"
+        ))
+        .await;
+    assert_eq!(
+        rest["entries"].as_array().expect("entries").len(),
+        1,
+        "{rest}"
+    );
+    assert_eq!(rest["entries"][0]["organization_id"], json!(org_a));
+    assert_eq!(rest["next_cursor"], Value::Null);
+
+    for (query, param) in [
+        ("organization_id=not-a-uuid", "organization_id"),
+        ("before=x", "before"),
+        ("since=soon", "since"),
+    ] {
+        let (status, answer) = app.admin_get(&format!("/admin/audit?{query}")).await;
+        assert_eq!(status, 400, "{query}: {answer}");
+        assert_eq!(answer["error"]["code"], "bad_request");
+        let message = answer["error"]["message"].as_str().expect("message");
+        assert!(message.contains(param), "{query}: {message}");
+    }
     app.stop().await;
 }

@@ -1,7 +1,8 @@
 //! Identity: Clerk payloads, Svix signatures, session tokens (JWT/JWKS), the Clerk webhook,
-//! the identity REST API and who may call it (roles).
+//! the identity REST API and who may call it (roles), the organization's audit log.
 
 mod api;
+mod audit;
 mod clerk_payloads;
 mod jwt;
 mod roles;

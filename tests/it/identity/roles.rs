@@ -36,11 +36,14 @@ const MATRIX: &[Row] = &[
     row(OtherOrg,    "GET",  "/identity/me",                     "",             [403, 403, 403, 403]),
     row(OtherOrg,    "GET",  "/identity/organization",           "",             [403, 403, 403, 403]),
     row(OtherOrg,    "PUT",  "/identity/organization/metadata",  METADATA,       [403, 403, 403, 403]),
+    row(OtherOrg,    "GET",  "/audit",                           "",             [403, 403, 403, 403]),
     // A's token, a body naming B.
     row(OtherInBody, "PUT",  "/identity/organization/metadata",  METADATA_FOR_B, [422, 422, 403, 403]),
     // Own organization; the change last.
     row(Own,         "GET",  "/identity/me",                     "",             [200, 200, 200, 403]),
     row(Own,         "GET",  "/identity/organization",           "",             [200, 200, 200, 403]),
+    // The audit log is for admins only, though it only reads.
+    row(Own,         "GET",  "/audit",                           "",             [200, 200, 403, 403]),
     row(Own,         "PUT",  "/identity/organization/metadata",  METADATA,       [200, 200, 403, 403]),
 ];
 

@@ -440,8 +440,8 @@ impl TestApp {
             .expect("webhook")
     }
 
-    /// An HTTP shell with the Clerk webhook (test secret), the authenticator and the
-    /// identity API.
+    /// An HTTP shell with the Clerk webhook (test secret), the authenticator, the identity
+    /// API and `GET /audit`.
     pub fn identity_shell(&self, verifier: Option<Arc<ClerkJwtVerifier>>) -> HttpShell {
         self.identity_shell_with(self.clerk_webhook(Some(SVIX_SECRET)), verifier)
     }
@@ -454,10 +454,12 @@ impl TestApp {
     ) -> HttpShell {
         let auth = Authenticator::new(verifier, self.identity_store().clone());
         let api = IdentityApi::new(self.identity_store().clone(), self.audit());
+        let audit_log = (*self.core().audit).clone();
         HttpShell::new(Readiness::default(), false, CorsConfig::default()).with_routes(move |cfg| {
             auth.configure(cfg);
             webhook::configure(cfg, hook.clone());
             api::configure(cfg, api.clone());
+            infragpt::identity::audit::configure(cfg, audit_log.clone());
         })
     }
 }
