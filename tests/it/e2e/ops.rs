@@ -76,6 +76,38 @@ async fn scrape(client: &reqwest::Client, ops: &str) -> prometheus_parse::Scrape
     prometheus_parse::Scrape::parse(lines).expect("metrics parse as Prometheus text format")
 }
 
+/// `GET {base}{path}` is refused (401 in the JSON error shape) without the admin token and with
+/// a wrong one, and answered 200 with it in any case of the scheme; the last answer's body.
+async fn requires_the_admin_token(client: &reqwest::Client, base: &str, path: &str) -> Value {
+    let anonymous = client
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(anonymous.status(), 401, "{path} without a token");
+    let body: Value = anonymous.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], "unauthorized", "{path}: {body}");
+    let wrong = client
+        .get(format!("{base}{path}"))
+        .header("authorization", "Bearer not-the-token")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(wrong.status(), 401, "{path} with a wrong token");
+    let mut last = Value::Null;
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let ok = client
+            .get(format!("{base}{path}"))
+            .header("authorization", format!("{scheme} {ADMIN}"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(ok.status(), 200, "{path} with `{scheme}`");
+        last = ok.json().await.unwrap_or(Value::Null);
+    }
+    last
+}
+
 #[actix_rt::test]
 async fn actors_metrics_and_dead_letters() {
     // Only the actor core's module: the three real event sources belong to the Slack, GitHub
@@ -447,30 +479,7 @@ async fn ops_data_needs_the_admin_token_on_the_public_port() {
     let ops = app.ops_url();
     let client = app.http().clone();
     for path in ["/actors", "/actors/supervisor", "/metrics"] {
-        let anonymous = client
-            .get(format!("{base}{path}"))
-            .send()
-            .await
-            .expect("get");
-        assert_eq!(anonymous.status(), 401, "{path} without a token");
-        let body: Value = anonymous.json().await.expect("json error");
-        assert_eq!(body["error"]["code"], "unauthorized", "{path}: {body}");
-        let wrong = client
-            .get(format!("{base}{path}"))
-            .header("authorization", "Bearer not-the-token")
-            .send()
-            .await
-            .expect("get");
-        assert_eq!(wrong.status(), 401, "{path} with a wrong token");
-        for scheme in ["Bearer", "bearer", "BEARER"] {
-            let ok = client
-                .get(format!("{base}{path}"))
-                .header("authorization", format!("{scheme} {ADMIN}"))
-                .send()
-                .await
-                .expect("get");
-            assert_eq!(ok.status(), 200, "{path} with `{scheme}`");
-        }
+        requires_the_admin_token(&client, &base, path).await;
         let internal = client
             .get(format!("{ops}{path}"))
             .send()
@@ -607,29 +616,7 @@ async fn admin_audit_needs_the_token_and_sees_every_organization() {
     }
     let base = app.base_url();
     let client = app.http().clone();
-    let anonymous = client
-        .get(format!("{base}/admin/audit"))
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(anonymous.status(), 401);
-    let body: Value = anonymous.json().await.expect("json error");
-    assert_eq!(body["error"]["code"], "unauthorized", "{body}");
-    let wrong = client
-        .get(format!("{base}/admin/audit"))
-        .header("authorization", "Bearer not-the-token")
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(wrong.status(), 401);
-    let lower = client
-        .get(format!("{base}/admin/audit"))
-        .header("authorization", format!("bearer {ADMIN}"))
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(lower.status(), 200, "lowercase bearer");
-    let all: Value = lower.json().await.expect("json");
+    let all = requires_the_admin_token(&client, &base, "/admin/audit").await;
     let orgs: Vec<Value> = all["entries"]
         .as_array()
         .expect("entries")
