@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::db::audit::{AuditParams, PgAudit};
-use crate::error::ApiError;
+use crate::error::{ApiError, echo};
 
 /// Children listed per supervisor in `/actors` (counts always cover every actor); a
 /// thousand live threads would otherwise make the tree unreadable.
@@ -90,7 +90,7 @@ async fn actors_tree(
 
 fn parse_kind(kind: &str) -> Result<ActorKind, ApiError> {
     infragpt_actors::kinds::parse(kind)
-        .map_err(|_| ApiError::not_found(format!("no actor kind {kind:?}")))
+        .map_err(|_| ApiError::not_found(format!("no actor kind {:?}", echo(kind))))
 }
 
 async fn actors_group(
@@ -116,11 +116,9 @@ async fn actor_one(
     require_read(&state, &req)?;
     let (kind, key) = path.into_inner();
     let kind = parse_kind(&kind)?;
-    let actor = state
-        .cluster
-        .health()
-        .get(kind, &key)
-        .ok_or_else(|| ApiError::not_found(format!("no {} actor {key:?}", kind.as_str())))?;
+    let actor = state.cluster.health().get(kind, &key).ok_or_else(|| {
+        ApiError::not_found(format!("no {} actor {:?}", kind.as_str(), echo(&key)))
+    })?;
     Ok(HttpResponse::Ok().json(actor))
 }
 
@@ -226,7 +224,7 @@ async fn list_audit(
 fn parse_id(raw: &str) -> Result<EventRowId, ApiError> {
     raw.parse::<i64>()
         .map(EventRowId)
-        .map_err(|_| ApiError::bad_request(format!("event id {raw:?} is not a number")))
+        .map_err(|_| ApiError::bad_request(format!("event id {:?} is not a number", echo(raw))))
 }
 
 async fn get_event(

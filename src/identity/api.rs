@@ -28,7 +28,7 @@ use infragpt_actors::audit::{AuditEntry, AuditLog};
 use serde_json::{Map, Value, json};
 
 use super::store::{IdentityStore, MetadataUpdate, OrganizationMetadata};
-use crate::error::ApiError;
+use crate::error::{ApiError, echo};
 use crate::identity::auth::{OrgPrincipal, Principal};
 
 /// Allowed `company_size` values.
@@ -201,7 +201,7 @@ fn one_of(field: &str, value: &Value, allowed: &[&str]) -> Result<Option<String>
         Value::String(s) if allowed.contains(&s.as_str()) => Ok(Some(s.clone())),
         Value::String(s) => Err(ApiError::unprocessable(
             field,
-            format!("{s:?} is not one of {}", allowed.join(", ")),
+            format!("{:?} is not one of {}", echo(s), allowed.join(", ")),
         )),
         _ => Err(ApiError::unprocessable(field, "must be a string or null")),
     }

@@ -34,14 +34,15 @@ use super::connector::{CallbackParams, ConnectorError};
 use super::principal::Principal;
 use super::providers::SLACK;
 use super::service::{IntegrationService, ServiceError};
-use crate::error::ApiError;
+use crate::error::{ApiError, echo};
 
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match e {
-            ServiceError::UnknownConnector(t) => {
-                ApiError::unprocessable("connector_type", format!("unknown connector {t:?}"))
-            }
+            ServiceError::UnknownConnector(t) => ApiError::unprocessable(
+                "connector_type",
+                format!("unknown connector {:?}", echo(&t)),
+            ),
             ServiceError::NotFound => ApiError::not_found("integration not found"),
             ServiceError::Exists { connector_type, .. } => ApiError::conflict(format!(
                 "a {connector_type} integration already exists for this organization"

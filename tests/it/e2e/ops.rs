@@ -680,3 +680,29 @@ async fn admin_audit_needs_the_token_and_sees_every_organization() {
     }
     app.stop().await;
 }
+
+/// Values from the caller are echoed clipped in error messages (no 10 KB path segment comes
+/// back in a 404 or 400).
+#[actix_rt::test]
+async fn echoed_values_are_clipped() {
+    let app = TestApp::builder().core_only().start().await;
+    let long = "x".repeat(10_000);
+    for (url, status) in [
+        (format!("{}/actors/{long}", app.ops_url()), 404),
+        (format!("{}/actors/supervisor/{long}", app.ops_url()), 404),
+        (format!("{}/admin/events/{long}", app.base_url()), 400),
+    ] {
+        let resp = app
+            .http()
+            .get(&url)
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(resp.status(), status, "{}", &url[..60]);
+        let body = resp.text().await.expect("body");
+        assert!(body.len() < 1_000, "{} bytes: {}", body.len(), &body[..200]);
+        assert!(body.contains("(10000 bytes)"), "{body}");
+    }
+    app.stop().await;
+}
