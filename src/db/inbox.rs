@@ -541,17 +541,29 @@ impl InboundEvents for PgInbox {
 
     async fn count_by_status(&self) -> Result<Vec<(EventStatus, i64)>, StoreError> {
         let mut conn = conn(&self.pool).await?;
-        let rows: Vec<(String, i64)> = inbound_events::table
-            .group_by(inbound_events::status)
-            .select((inbound_events::status, diesel::dsl::count_star()))
-            .order(inbound_events::status.asc())
-            .load(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        rows.into_iter()
-            .map(|(status, count)| Ok((status.parse()?, count)))
-            .collect()
+        Ok(count_by_status(&mut conn).await?)
     }
+}
+
+/// Stored events per status, in status order (the port's `count_by_status`, and retention's
+/// report after a run).
+pub(super) async fn count_by_status(
+    conn: &mut Conn,
+) -> Result<Vec<(EventStatus, i64)>, super::StoreError> {
+    let rows: Vec<(String, i64)> = inbound_events::table
+        .group_by(inbound_events::status)
+        .select((inbound_events::status, diesel::dsl::count_star()))
+        .order(inbound_events::status.asc())
+        .load(conn)
+        .await?;
+    rows.into_iter()
+        .map(|(status, n)| {
+            let parsed = status.parse::<EventStatus>().map_err(|e| {
+                super::StoreError::corrupt(format!("inbound event status {status:?}"), e)
+            })?;
+            Ok((parsed, n))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use diesel::sql_types::{BigInt, Bool, Timestamptz};
 use diesel_async::RunQueryDsl;
 use infragpt_actors::inbox::EventStatus;
 
-use super::schema::inbound_events;
 use super::{Conn, Pool, StoreError, conn};
 
 /// Session advisory lock key held for a whole retention run: with several replicas on one
@@ -177,7 +176,7 @@ pub async fn run_retention_once(
         }
     }
     let mut conn = conn(pool).await?;
-    report.rows = count_by_status(&mut conn).await?;
+    report.rows = super::inbox::count_by_status(&mut conn).await?;
     report.bytes = diesel::sql_query("SELECT pg_total_relation_size('inbound_events') AS bytes")
         .get_result::<Size>(&mut conn)
         .await?
@@ -210,20 +209,4 @@ async fn delete_due(
             tokio::time::sleep(settings.batch_pause).await;
         }
     }
-}
-
-async fn count_by_status(conn: &mut Conn) -> Result<Vec<(EventStatus, i64)>, StoreError> {
-    let rows: Vec<(String, i64)> = inbound_events::table
-        .group_by(inbound_events::status)
-        .select((inbound_events::status, diesel::dsl::count_star()))
-        .load(conn)
-        .await?;
-    rows.into_iter()
-        .map(|(status, n)| {
-            let status = status
-                .parse::<EventStatus>()
-                .map_err(|e| StoreError::corrupt(format!("inbound event status {status:?}"), e))?;
-            Ok((status, n))
-        })
-        .collect()
 }
