@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use infragpt_actors::conversation::{AnswerStyle, ConversationHandler, ReplyService};
 use infragpt_actors::{Cluster, HealthRegistry, Metrics, StreamSpec};
+use infragpt_actors::partitions::ReplicaId;
 use infragpt_actors::{kinds, sources};
 
 use self::housekeeping::{Housekeeping, StopHousekeeping};
@@ -18,6 +19,7 @@ use crate::agent_client::{GrpcAgent, GrpcAgentOptions};
 use crate::config::Config;
 use crate::db::Database;
 use crate::db::audit::PgAudit;
+use crate::db::cluster::PgMembership;
 use crate::db::conversations::PgConversationStore;
 use crate::db::inbox::PgInbox;
 use crate::grpc::server::GrpcShell;
@@ -38,17 +40,47 @@ pub struct Core {
 }
 
 impl Core {
-    /// Starts the actor system over the database. Must run inside an actix System.
+    /// Starts the actor system over the database as one replica among any others on it.
+    /// Must run inside an actix System.
     pub fn start(config: &Config, db: &Database) -> anyhow::Result<Self> {
         let metrics = Metrics::new().context("registering metrics")?;
-        let inbox = Arc::new(PgInbox::new(db.pool().clone()));
-        let cluster = Cluster::start(config.actors.clone(), inbox, HealthRegistry::new(), metrics)
-            .context("starting the actor system")?;
+        let host = host_name();
+        let replica = ReplicaId::generate(&host);
+        let margin = std::time::Duration::from_millis(config.cluster.safety_margin_ms);
+        let inbox = Arc::new(PgInbox::fenced(db.pool().clone(), &replica, margin));
+        let membership = Arc::new(PgMembership::new(
+            db.pool().clone(),
+            db.url().clone(),
+            db.connect_timeout(),
+            replica.clone(),
+            host,
+        ));
+        tracing::info!(replica = %replica, "this process is replica {replica}");
+        let cluster = Cluster::start_replicated(
+            config.actors.clone(),
+            config.cluster.clone(),
+            inbox,
+            HealthRegistry::new(),
+            metrics,
+            membership,
+        )
+        .context("starting the actor system")?;
         Ok(Self {
             cluster,
             audit: Arc::new(PgAudit::new(db.pool().clone())),
         })
     }
+}
+
+/// The host name shown in `/cluster` (`HOSTNAME`, else the kernel's); only for people reading
+/// it, so an unreadable one is named `unknown-host`.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_owned())
 }
 
 /// `actors` in `/readyz`: not ready once the actor system shuts down. A backlog past the
@@ -67,6 +99,8 @@ impl ReadinessCheck for ActorsCheck {
     async fn check(&self) -> Result<(), String> {
         if !self.0.is_accepting() {
             Err("the actor system is shutting down".to_owned())
+        } else if !self.0.is_in_contact() {
+            Err("no partition lease renewed within the lease: this replica gave up its partitions until the database answers".to_owned())
         } else if self.0.is_overloaded() {
             Err(
                 "backlog past the high-water mark: events are recorded and drain in the background"
@@ -78,8 +112,9 @@ impl ReadinessCheck for ActorsCheck {
     }
 
     fn advisory(&self) -> bool {
-        // Shutting down is covered by the readiness shell itself (`shutdown`).
-        self.0.is_accepting()
+        // Shutting down is covered by the readiness shell itself (`shutdown`); a replica
+        // that lost its leases must leave the load balancer's rotation.
+        self.0.is_accepting() && self.0.is_in_contact()
     }
 }
 

@@ -61,6 +61,7 @@ pub fn routes(state: OpsState) -> impl Fn(&mut web::ServiceConfig) + Send + Sync
             .route("/actors/{kind}", web::get().to(actors_group))
             .route("/actors/{kind}/{key:.*}", web::get().to(actor_one))
             .route("/metrics", web::get().to(metrics))
+            .route("/cluster", web::get().to(cluster_view))
             .route("/admin/events", web::get().to(list_dead_letters))
             .route("/admin/events/{id}", web::get().to(get_event))
             .route("/admin/events/{id}/retry", web::post().to(retry_event))
@@ -85,7 +86,30 @@ async fn actors_tree(
         .cluster
         .health()
         .tree_limited(q.limit.unwrap_or(DEFAULT_TREE_LIMIT));
-    Ok(HttpResponse::Ok().json(tree))
+    let mut body = serde_json::to_value(tree).map_err(ApiError::internal)?;
+    // This replica's side of the cluster (what it holds, whom it sees); `/cluster` has the
+    // database's view of every replica.
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("cluster".to_owned(), json!(state.cluster.replica_status()));
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// `GET /cluster`: every replica with its heartbeat and partitions, every partition with its
+/// owner, lease and backlog (from the database), and this replica's own status.
+async fn cluster_view(
+    state: web::Data<OpsState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    require_read(&state, &req)?;
+    let view = state.cluster.cluster_view().await.map_err(|e| {
+        tracing::warn!(error = %e, "reading the cluster view failed");
+        ApiError::unavailable("the cluster view could not be read from the database")
+    })?;
+    Ok(HttpResponse::Ok().json(json!({
+        "this_replica": state.cluster.replica_status(),
+        "view": view,
+    })))
 }
 
 fn parse_kind(kind: &str) -> Result<ActorKind, ApiError> {

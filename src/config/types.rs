@@ -68,6 +68,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// How long stored data is kept (the inbox).
     pub retention: RetentionConfig,
+    /// Several replicas on one database: lease timing (owned by the actor core).
+    pub cluster: ClusterReplicationConfig,
 }
 
 impl Default for Config {
@@ -94,6 +96,7 @@ impl Default for Config {
             actors: ActorsConfig::default(),
             webhooks: WebhooksConfig::default(),
             retention: RetentionConfig::default(),
+            cluster: ClusterReplicationConfig::default(),
         }
     }
 }
@@ -628,3 +631,6 @@ impl RetentionConfig {
 /// Actor runtime tuning: the `actors:` section is the actor core's own configuration (it owns
 /// the keys, their defaults and the rules), embedded as is.
 pub type ActorsConfig = infragpt_actors::ClusterConfig;
+
+/// The `cluster:` section: lease timing of the replicas sharing the database.
+pub type ClusterReplicationConfig = infragpt_actors::partitions::ReplicationConfig;

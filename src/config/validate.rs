@@ -3,7 +3,7 @@
 use base64::Engine as _;
 
 use super::{
-    ActorsConfig, AgentConfig, Config, CorsConfig, DatabaseConfig, GrpcConfig, GrpcTlsConfig,
+    AgentConfig, Config, CorsConfig, DatabaseConfig, GrpcConfig, GrpcTlsConfig,
     RetentionConfig, SlackConfig, VaultConfig, WebhooksConfig,
 };
 
@@ -26,7 +26,9 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
     check_identity(config)?;
     check_integrations(config)?;
     check_vault(&config.vault)?;
-    check_actors(&config.actors)?;
+    // The actor core owns the rules of these sections.
+    check_core_section("actors", config.actors.validate())?;
+    check_core_section("cluster", config.cluster.validate())?;
     check_webhooks(&config.webhooks)?;
     check_retention(&config.retention)
 }
@@ -327,13 +329,16 @@ fn check_vault(vault: &VaultConfig) -> Result<(), Failure> {
     Ok(())
 }
 
-fn check_actors(actors: &ActorsConfig) -> Result<(), Failure> {
-    // The actor core owns these rules.
-    if let Err(e) = actors.validate() {
+/// A section whose rules the actor core owns: its messages start with the field name, so the
+/// key is named like every other error.
+fn check_core_section(
+    section: &str,
+    result: Result<(), infragpt_actors::config::ConfigError>,
+) -> Result<(), Failure> {
+    if let Err(e) = result {
         let reason = e.0;
-        // Its messages start with the field name: name the key like every other error.
         let field = reason.split_whitespace().next().unwrap_or_default();
-        fail(&format!("actors.{field}"), reason.clone())?;
+        fail(&format!("{section}.{field}"), reason.clone())?;
     }
     Ok(())
 }

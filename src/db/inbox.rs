@@ -6,10 +6,12 @@ use diesel::dsl::now;
 use diesel::prelude::*;
 use diesel::sql_types::{Jsonb, Text};
 use diesel_async::RunQueryDsl;
+use diesel::sql_types::{BigInt, Double, Integer, Nullable};
 use infragpt_actors::inbox::{
-    EventPayload, EventRowId, EventStatus, InboundEvent, InboundEvents, NewInboundEvent,
-    RecordOutcome, RoutingKey, StoreError,
+    Claim, EventPayload, EventRowId, EventStatus, InboundEvent, InboundEvents, NewInboundEvent,
+    Partition, RecordOutcome, RoutingKey, StoreError,
 };
+use infragpt_actors::partitions::ReplicaId;
 
 use super::schema::inbound_events;
 use super::{Conn, Pool, conn};
@@ -21,7 +23,27 @@ const CLAIMABLE: [&str; 2] = ["pending", "processing"];
 #[derive(Clone)]
 pub struct PgInbox {
     pool: Pool,
+    /// The replica whose partition leases fence claims and marks (`None`: a process alone on
+    /// the inbox, or a tool).
+    replica: Option<String>,
+    /// How much lease [`InboundEvents::confirm`] wants left, in seconds.
+    confirm_margin_secs: f64,
 }
+
+/// The fence of claims and marks: the event's partition is leased to the replica bound as
+/// `$owner`, with more than `$margin` seconds left (always true for an unfenced inbox, which
+/// binds a null owner). A correlated lookup by primary key in a 64-row table.
+fn fence(owner: &str, margin: &str) -> String {
+    format!(
+        "({owner}::text IS NULL OR EXISTS (SELECT 1 FROM cluster_partitions cp \
+         WHERE cp.partition = inbound_events.partition AND cp.owner = {owner} \
+         AND cp.lease_until > now() + make_interval(secs => {margin})))"
+    )
+}
+
+/// The columns of [`EventRow`], for statements written in SQL.
+const EVENT_COLUMNS: &str = "id, source, source_id, routing_key, kind, payload, received_at, \
+     status, attempts, last_error, processed_at, partition";
 
 impl std::fmt::Debug for PgInbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -32,53 +54,60 @@ impl std::fmt::Debug for PgInbox {
 }
 
 impl PgInbox {
-    /// An inbox on `pool`.
+    /// An inbox on `pool` for a process alone on it (tests, tools): claims are not fenced by
+    /// partition leases; marks still need their claim.
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            replica: None,
+            confirm_margin_secs: 0.0,
+        }
     }
 
-    /// Sets `status`, `last_error` (when given) and the finish time of one event.
+    /// An inbox for `replica` among others: it claims and marks only events of partitions
+    /// the replica holds a current lease on, and [`InboundEvents::confirm`] wants at least
+    /// `margin` of lease left.
+    pub fn fenced(pool: Pool, replica: &ReplicaId, margin: std::time::Duration) -> Self {
+        Self {
+            pool,
+            replica: Some(replica.0.clone()),
+            confirm_margin_secs: margin.as_secs_f64(),
+        }
+    }
+
+    /// Sets `status`, `last_error` (when given) and the finish time of one claimed event.
     async fn finish(
         &self,
-        id: EventRowId,
+        claim: Claim,
         status: EventStatus,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
         let error = error.map(error_text);
         let mut conn = conn(&self.pool).await?;
-        let target = inbound_events::table.find(id.0);
-        let changed = match error.as_deref() {
-            Some(error) => {
-                diesel::update(target)
-                    .set((
-                        inbound_events::status.eq(status.as_str()),
-                        inbound_events::last_error.eq(error),
-                        inbound_events::processed_at.eq(now),
-                        inbound_events::updated_at.eq(now),
-                    ))
-                    .execute(&mut conn)
-                    .await
-            }
-            None => {
-                diesel::update(target)
-                    .set((
-                        inbound_events::status.eq(status.as_str()),
-                        inbound_events::processed_at.eq(now),
-                        inbound_events::updated_at.eq(now),
-                    ))
-                    .execute(&mut conn)
-                    .await
-            }
-        }
+        let changed = diesel::sql_query(format!(
+            "UPDATE inbound_events SET status = $3, last_error = COALESCE($4, last_error), \
+             processed_at = now(), updated_at = now() \
+             WHERE id = $1 AND status = 'processing' AND attempts = $2 AND {}",
+            fence("$5", "0")
+        ))
+        .bind::<BigInt, _>(claim.id.0)
+        .bind::<Integer, _>(claim.attempt)
+        .bind::<Text, _>(status.as_str())
+        .bind::<Nullable<Text>, _>(error.as_deref())
+        .bind::<Nullable<Text>, _>(self.replica.as_deref())
+        .execute(&mut conn)
+        .await
         .map_err(unavailable)?;
-        expect_one(changed, id)?;
-        tracing::debug!(event_id = %id, status = status.as_str(), "inbound event finished");
+        if changed == 0 {
+            return Err(StoreError::Fenced(claim.id));
+        }
+        tracing::debug!(event_id = %claim.id, status = status.as_str(), "inbound event finished");
         Ok(())
     }
 }
 
 /// One `inbound_events` row.
-#[derive(Debug, Queryable, Selectable)]
+#[derive(Debug, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = inbound_events, check_for_backend(diesel::pg::Pg))]
 struct EventRow {
     id: i64,
@@ -92,6 +121,7 @@ struct EventRow {
     attempts: i32,
     last_error: Option<String>,
     processed_at: Option<DateTime<Utc>>,
+    partition: i16,
 }
 
 impl TryFrom<EventRow> for InboundEvent {
@@ -102,6 +132,9 @@ impl TryFrom<EventRow> for InboundEvent {
             source: infragpt_actors::sources::parse(&row.source)?,
             source_id: row.source_id,
             routing_key: RoutingKey(row.routing_key),
+            partition: Partition(u16::try_from(row.partition).map_err(|_| {
+                StoreError::Corrupt(format!("partition {} out of range", row.partition).into())
+            })?),
             kind: row.kind,
             payload: row.payload,
             status: row.status.parse()?,
@@ -289,14 +322,6 @@ fn unavailable(e: diesel::result::Error) -> StoreError {
     super::StoreError::from(e).into()
 }
 
-fn expect_one(changed: usize, id: EventRowId) -> Result<(), StoreError> {
-    if changed == 0 {
-        // Ids come from our own rows: a missing one is a bug worth surfacing.
-        return Err(super::StoreError::NotFound(format!("inbound event {id}")).into());
-    }
-    Ok(())
-}
-
 fn check_page(limit: i64, offset: i64) -> Result<(), StoreError> {
     if limit < 0 || offset < 0 {
         return Err(StoreError::Unavailable(
@@ -324,6 +349,7 @@ impl InboundEvents for PgInbox {
         // Text columns cannot hold NUL either (a signed payload's `type` or `action` can).
         let source_id = text_without_nul(source_id);
         let routing_key = RoutingKey(text_without_nul(routing_key.0));
+        let partition = Partition::of(&routing_key);
         let kind = text_without_nul(kind);
         let payload = StoredPayload::prepare(payload)?;
         let mut conn = conn(&self.pool).await?;
@@ -335,6 +361,7 @@ impl InboundEvents for PgInbox {
                     inbound_events::source.eq(source.as_str()),
                     inbound_events::source_id.eq(&source_id),
                     inbound_events::routing_key.eq(&routing_key.0),
+                    inbound_events::partition.eq(partition.0 as i16),
                     inbound_events::kind.eq(&kind),
                     inbound_events::payload.eq(diesel::dsl::sql::<Jsonb>("CAST(")
                         .bind::<Text, _>(payload.json.as_str())
@@ -368,6 +395,7 @@ impl InboundEvents for PgInbox {
                 source,
                 source_id,
                 routing_key,
+                partition,
                 kind,
                 payload: payload.value,
                 status: status.parse()?,
@@ -396,21 +424,32 @@ impl InboundEvents for PgInbox {
 
     async fn claim(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError> {
         let mut conn = conn(&self.pool).await?;
-        let row: Option<EventRow> = diesel::update(
-            inbound_events::table
-                .find(id.0)
-                .filter(inbound_events::status.eq_any(CLAIMABLE)),
-        )
-        .set((
-            inbound_events::status.eq(EventStatus::Processing.as_str()),
-            inbound_events::attempts.eq(inbound_events::attempts + 1),
-            inbound_events::updated_at.eq(now),
+        let row: Option<EventRow> = diesel::sql_query(format!(
+            "UPDATE inbound_events SET status = 'processing', attempts = attempts + 1, \
+             updated_at = now() \
+             WHERE id = $1 AND status IN ('pending', 'processing') AND {} \
+             RETURNING {EVENT_COLUMNS}",
+            fence("$2", "0")
         ))
-        .returning(EventRow::as_returning())
+        .bind::<BigInt, _>(id.0)
+        .bind::<Nullable<Text>, _>(self.replica.as_deref())
         .get_result(&mut conn)
         .await
         .optional()
         .map_err(unavailable)?;
+        if row.is_none() && self.replica.is_some() {
+            // Finished, or unfinished in a partition this replica does not hold.
+            let status: Option<String> = inbound_events::table
+                .find(id.0)
+                .select(inbound_events::status)
+                .first(&mut conn)
+                .await
+                .optional()
+                .map_err(unavailable)?;
+            if status.is_some_and(|s| CLAIMABLE.contains(&s.as_str())) {
+                return Err(StoreError::Fenced(id));
+            }
+        }
         let large = row
             .as_ref()
             .is_some_and(|r| json_len_at_least(&r.payload, LARGE_STATEMENT_BYTES));
@@ -418,38 +457,70 @@ impl InboundEvents for PgInbox {
         row.map(InboundEvent::try_from).transpose()
     }
 
-    async fn mark_done(&self, id: EventRowId) -> Result<(), StoreError> {
-        self.finish(id, EventStatus::Done, None).await
-    }
-
-    async fn mark_ignored(&self, id: EventRowId, reason: &str) -> Result<(), StoreError> {
-        self.finish(id, EventStatus::Ignored, Some(reason)).await
-    }
-
-    async fn mark_retry(&self, id: EventRowId, error: &str) -> Result<(), StoreError> {
-        let error = error_text(error);
-        let error = error.as_ref();
+    async fn confirm(&self, claim: Claim) -> Result<(), StoreError> {
+        #[derive(QueryableByName)]
+        struct Held {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            held: bool,
+        }
         let mut conn = conn(&self.pool).await?;
-        let changed = diesel::update(inbound_events::table.find(id.0))
-            .set((
-                inbound_events::status.eq(EventStatus::Pending.as_str()),
-                inbound_events::last_error.eq(error),
-                inbound_events::updated_at.eq(now),
-            ))
-            .execute(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        expect_one(changed, id)
+        let row: Held = diesel::sql_query(format!(
+            "SELECT EXISTS (SELECT 1 FROM inbound_events WHERE id = $1 \
+             AND status = 'processing' AND attempts = $2 AND {}) AS held",
+            fence("$3", "$4")
+        ))
+        .bind::<BigInt, _>(claim.id.0)
+        .bind::<Integer, _>(claim.attempt)
+        .bind::<Nullable<Text>, _>(self.replica.as_deref())
+        .bind::<Double, _>(self.confirm_margin_secs)
+        .get_result(&mut conn)
+        .await
+        .map_err(unavailable)?;
+        if row.held {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced(claim.id))
+        }
     }
 
-    async fn mark_failed(&self, id: EventRowId, error: &str) -> Result<(), StoreError> {
-        self.finish(id, EventStatus::Failed, Some(error)).await
+    async fn mark_done(&self, claim: Claim) -> Result<(), StoreError> {
+        self.finish(claim, EventStatus::Done, None).await
+    }
+
+    async fn mark_ignored(&self, claim: Claim, reason: &str) -> Result<(), StoreError> {
+        self.finish(claim, EventStatus::Ignored, Some(reason)).await
+    }
+
+    async fn mark_retry(&self, claim: Claim, error: &str) -> Result<(), StoreError> {
+        let error = error_text(error);
+        let mut conn = conn(&self.pool).await?;
+        let changed = diesel::sql_query(format!(
+            "UPDATE inbound_events SET status = 'pending', last_error = $3, updated_at = now() \
+             WHERE id = $1 AND status = 'processing' AND attempts = $2 AND {}",
+            fence("$4", "0")
+        ))
+        .bind::<BigInt, _>(claim.id.0)
+        .bind::<Integer, _>(claim.attempt)
+        .bind::<Text, _>(error.as_ref())
+        .bind::<Nullable<Text>, _>(self.replica.as_deref())
+        .execute(&mut conn)
+        .await
+        .map_err(unavailable)?;
+        if changed == 0 {
+            return Err(StoreError::Fenced(claim.id));
+        }
+        Ok(())
+    }
+
+    async fn mark_failed(&self, claim: Claim, error: &str) -> Result<(), StoreError> {
+        self.finish(claim, EventStatus::Failed, Some(error)).await
     }
 
     async fn list_unfinished(
         &self,
         after: Option<EventRowId>,
         limit: i64,
+        partitions: Option<&[Partition]>,
     ) -> Result<Vec<InboundEvent>, StoreError> {
         check_page(limit, 0)?;
         let mut conn = conn(&self.pool).await?;
@@ -461,6 +532,10 @@ impl InboundEvents for PgInbox {
             .into_boxed();
         if let Some(after) = after {
             query = query.filter(inbound_events::id.gt(after.0));
+        }
+        if let Some(partitions) = partitions {
+            let partitions: Vec<i16> = partitions.iter().map(|p| p.0 as i16).collect();
+            query = query.filter(inbound_events::partition.eq_any(partitions));
         }
         let rows = query.load(&mut conn).await.map_err(unavailable)?;
         convert_all(rows)

@@ -2,6 +2,7 @@
 //! cluster), the diesel-async connection pool and the embedded migrations.
 
 pub mod audit;
+pub mod cluster;
 pub mod conversations;
 pub mod error;
 pub mod inbox;
@@ -283,7 +284,12 @@ impl Database {
         &self.pool
     }
 
-    /// The resolved connection URL.
+    /// How long opening one connection may take.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The resolved connection URL (for connections of their own, outside the pool).
     pub fn url(&self) -> &Secret {
         &self.url
     }

@@ -87,6 +87,31 @@ diesel::table! {
         processed_at -> Nullable<Timestamptz>,
         updated_at -> Timestamptz,
         raw_body -> Nullable<Text>,
+        partition -> Int2,
+    }
+}
+
+diesel::table! {
+    /// One row per replica process, with its heartbeat.
+    cluster_replicas (replica_id) {
+        replica_id -> Text,
+        host -> Text,
+        pid -> Int4,
+        version -> Text,
+        started_at -> Timestamptz,
+        heartbeat_at -> Timestamptz,
+        status -> Text,
+    }
+}
+
+diesel::table! {
+    /// Partition leases: owner, fencing epoch, lease end.
+    cluster_partitions (partition) {
+        partition -> Int2,
+        owner -> Nullable<Text>,
+        epoch -> Int8,
+        lease_until -> Nullable<Timestamptz>,
+        acquired_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -240,6 +265,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     conversations,
     github_events,
     github_repositories,
+    cluster_partitions,
+    cluster_replicas,
     inbound_events,
     integration_credentials,
     integrations,

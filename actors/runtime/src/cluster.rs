@@ -11,12 +11,14 @@ use parking_lot::RwLock;
 use crate::config::{ClusterConfig, ConfigError};
 use crate::handler::EventHandler;
 use crate::health::{ActorHealth, ActorId, ActorKind, ActorState, HealthRegistry};
+use crate::coordinator::{Coordinator, Drain, FirstRound, Leave, ReplicaStatus};
 use crate::inbox::{
     EventRowId, EventSource, EventStatus, InboundEvent, InboundEvents, NewInboundEvent,
-    RecordOutcome, RoutingKey, StoreError,
+    Partition, RecordOutcome, RoutingKey, StoreError,
 };
 use crate::metrics::Metrics;
-use crate::router::{Dispatch, Recover, Router, RouterShared, Shutdown, StreamCtx};
+use crate::partitions::{ClusterView, Membership, Ownership, RecordedNotice, ReplicationConfig};
+use crate::router::{Dispatch, InFlightIn, Recover, Router, RouterShared, Shutdown, StreamCtx};
 
 /// A stream of events of one source, handled by one keyed router.
 #[derive(Clone)]
@@ -59,6 +61,9 @@ pub enum ClusterError {
     /// The inbox failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The first membership round (heartbeat and leases) failed.
+    #[error("joining the replicas failed: {0}")]
+    Membership(String),
 }
 
 /// Errors of [`Cluster::ingest`].
@@ -93,6 +98,16 @@ struct Inner {
     root: Addr<RootSupervisor>,
     streams: RwLock<HashMap<EventSource, StreamEntry>>,
     accepting: AtomicBool,
+    ownership: Arc<Ownership>,
+    replication: Option<Replication>,
+}
+
+/// What a replica among others adds.
+struct Replication {
+    membership: Arc<dyn Membership>,
+    config: ReplicationConfig,
+    status: Arc<RwLock<ReplicaStatus>>,
+    coordinator: parking_lot::Mutex<Option<Addr<Coordinator>>>,
 }
 
 /// The actor cluster. Cheap to clone. Create it inside an actix system (e.g. in the
@@ -120,14 +135,57 @@ pub struct RecoveryReport {
 }
 
 impl Cluster {
-    /// Starts the root supervisor. Must be called inside an actix system.
+    /// Starts the root supervisor of a process alone on its inbox (it handles every
+    /// partition). Must be called inside an actix system.
     pub fn start(
         config: ClusterConfig,
         inbox: Arc<dyn InboundEvents>,
         health: HealthRegistry,
         metrics: Metrics,
     ) -> Result<Self, ClusterError> {
+        Self::start_with(config, inbox, health, metrics, None)
+    }
+
+    /// Starts the root supervisor of one replica among others sharing the inbox through
+    /// `membership` (see [`crate::partitions`]). It holds no partition until
+    /// [`Cluster::recover`] has run the first membership round.
+    pub fn start_replicated(
+        config: ClusterConfig,
+        replication: ReplicationConfig,
+        inbox: Arc<dyn InboundEvents>,
+        health: HealthRegistry,
+        metrics: Metrics,
+        membership: Arc<dyn Membership>,
+    ) -> Result<Self, ClusterError> {
+        replication.validate()?;
+        let status = Coordinator::shared_status(membership.replica().clone());
+        Self::start_with(
+            config,
+            inbox,
+            health,
+            metrics,
+            Some(Replication {
+                membership,
+                config: replication,
+                status,
+                coordinator: parking_lot::Mutex::new(None),
+            }),
+        )
+    }
+
+    fn start_with(
+        config: ClusterConfig,
+        inbox: Arc<dyn InboundEvents>,
+        health: HealthRegistry,
+        metrics: Metrics,
+        replication: Option<Replication>,
+    ) -> Result<Self, ClusterError> {
         config.validate()?;
+        let ownership = if replication.is_some() {
+            Ownership::leased()
+        } else {
+            Ownership::everything()
+        };
         let root_id = ActorId::new(ActorKind::SUPERVISOR, "root");
         let root_health = health.register(root_id.clone(), None);
         let root = RootSupervisor {
@@ -148,6 +206,8 @@ impl Cluster {
                 root,
                 streams: RwLock::new(HashMap::new()),
                 accepting: AtomicBool::new(true),
+                ownership,
+                replication,
             }),
         })
     }
@@ -171,6 +231,7 @@ impl Cluster {
             config: self.inner.config.clone(),
             metrics: self.inner.metrics.clone(),
             health: self.inner.health.clone(),
+            ownership: self.inner.ownership.clone(),
         });
         let shared = Arc::new(RouterShared::new(self.inner.config.high_water_mark));
         self.inner.metrics.declare_kind(spec.kind);
@@ -212,7 +273,8 @@ impl Cluster {
                     routing_key = %e.routing_key,
                     "event recorded"
                 );
-                self.dispatch(e.id, e.source, e.routing_key.clone(), false);
+                self.route(e.id, e.source, &e.routing_key, e.partition, false)
+                    .await;
             }
             RecordOutcome::Duplicate(e) => {
                 tracing::debug!(
@@ -226,13 +288,102 @@ impl Cluster {
         Ok(outcome)
     }
 
-    fn dispatch(&self, id: EventRowId, source: EventSource, key: RoutingKey, requeued: bool) {
+    /// Dispatches a recorded event here when this replica holds its partition, else tells
+    /// the replicas that it was recorded (its owner dispatches it; if the announcement is
+    /// lost, the owner's rescan finds it).
+    async fn route(
+        &self,
+        id: EventRowId,
+        source: EventSource,
+        key: &RoutingKey,
+        partition: Partition,
+        requeued: bool,
+    ) {
+        if self.inner.ownership.owns(partition) {
+            self.dispatch(id, source, key.clone(), partition, requeued);
+            return;
+        }
+        let Some(replication) = &self.inner.replication else {
+            return;
+        };
+        let notice = RecordedNotice {
+            source: source.as_str().to_owned(),
+            partition,
+            id,
+            routing_key: key.clone(),
+            sent_at_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        if let Err(e) = replication.membership.announce(&notice).await {
+            tracing::warn!(event_id = %id, partition = %partition, error = %e, "announcing an event failed; its owner's rescan picks it up");
+        }
+    }
+
+    /// An event another replica recorded, for a partition this one holds.
+    pub(crate) fn dispatch_notice(&self, notice: &RecordedNotice) {
+        let source = self
+            .inner
+            .streams
+            .read()
+            .keys()
+            .copied()
+            .find(|s| s.as_str() == notice.source);
+        match source {
+            Some(source) => self.dispatch(
+                notice.id,
+                source,
+                notice.routing_key.clone(),
+                notice.partition,
+                false,
+            ),
+            None => {
+                tracing::warn!(event_id = %notice.id, source = %notice.source, "announced event of a source without a stream here")
+            }
+        }
+    }
+
+    /// Every router rescans the partitions this replica holds (acquired partitions, a
+    /// reconnected announcement stream, the periodic fallback).
+    pub(crate) fn rescan(&self) {
+        for stream in self.inner.streams.read().values() {
+            stream.addr.do_send(Recover);
+        }
+    }
+
+    /// Dispatched, unfinished events of `partitions` over every stream.
+    pub(crate) async fn in_flight_in(&self, partitions: &[Partition]) -> usize {
+        let addrs: Vec<Addr<Router>> = self
+            .inner
+            .streams
+            .read()
+            .values()
+            .map(|s| s.addr.clone())
+            .collect();
+        let mut n = 0;
+        for addr in addrs {
+            n += addr.send(InFlightIn(partitions.to_vec())).await.unwrap_or(0);
+        }
+        n
+    }
+
+    fn dispatch(
+        &self,
+        id: EventRowId,
+        source: EventSource,
+        key: RoutingKey,
+        partition: Partition,
+        requeued: bool,
+    ) {
         let streams = self.inner.streams.read();
         let Some(stream) = streams.get(&source) else {
             tracing::error!(event_id = %id, source = source.as_str(), "no stream for a recorded event");
             return;
         };
-        if let Err(e) = stream.addr.try_send(Dispatch { id, key, requeued }) {
+        if let Err(e) = stream.addr.try_send(Dispatch {
+            id,
+            key,
+            partition,
+            requeued,
+        }) {
             // Full mailbox (or a stopped router): the event is durable; the drain loop
             // dispatches it in order later.
             let full = matches!(e, SendError::Full(_));
@@ -246,9 +397,38 @@ impl Cluster {
     /// how many there were. Every router also recovers by itself when it is registered, before
     /// it dispatches any new event, so this is a report plus an immediate rescan; events
     /// already in flight are never dispatched twice.
+    ///
+    /// A replica first joins the others: it starts its coordinator and waits for the first
+    /// membership round, so it holds its partitions before it scans.
     pub async fn recover(&self) -> Result<RecoveryReport, ClusterError> {
         if !self.is_accepting() {
             return Err(ClusterError::ShuttingDown);
+        }
+        if let Some(replication) = &self.inner.replication {
+            let addr = {
+                let mut slot = replication.coordinator.lock();
+                slot.get_or_insert_with(|| {
+                    let health = self.inner.health.register(
+                        crate::health::ActorId::new(ActorKind::SUPERVISOR, "cluster"),
+                        Some(self.inner.root_id.clone()),
+                    );
+                    Coordinator::new(
+                        self.clone(),
+                        replication.membership.clone(),
+                        self.inner.ownership.clone(),
+                        replication.config.clone(),
+                        health,
+                        self.inner.metrics.clone(),
+                        replication.status.clone(),
+                    )
+                    .start()
+                })
+                .clone()
+            };
+            addr.send(FirstRound)
+                .await
+                .map_err(|_| ClusterError::ShuttingDown)?
+                .map_err(ClusterError::Membership)?;
         }
         let counts = self.inner.inbox.count_by_status().await?;
         let unfinished = counts
@@ -285,7 +465,14 @@ impl Cluster {
             return Ok(None);
         };
         tracing::info!(event_id = %id, "dead letter requeued");
-        self.dispatch(event.id, event.source, event.routing_key.clone(), true);
+        self.route(
+            event.id,
+            event.source,
+            &event.routing_key,
+            event.partition,
+            true,
+        )
+        .await;
         Ok(Some(event))
     }
 
@@ -336,6 +523,37 @@ impl Cluster {
         &self.inner.config
     }
 
+    /// Which partitions this process handles.
+    pub fn ownership(&self) -> &Arc<Ownership> {
+        &self.inner.ownership
+    }
+
+    /// This replica's view of itself; `None` for a process alone on its inbox.
+    pub fn replica_status(&self) -> Option<ReplicaStatus> {
+        self.inner
+            .replication
+            .as_ref()
+            .map(|r| r.status.read().clone())
+    }
+
+    /// False when this replica has not renewed its leases within the lease (it lost the
+    /// database and holds nothing); always true for a process alone on its inbox.
+    pub fn is_in_contact(&self) -> bool {
+        self.inner
+            .replication
+            .as_ref()
+            .is_none_or(|r| r.status.read().in_contact(&r.config))
+    }
+
+    /// Replicas, leases and backlogs as the database has them; `None` for a process alone on
+    /// its inbox.
+    pub async fn cluster_view(&self) -> Result<Option<ClusterView>, ClusterError> {
+        match &self.inner.replication {
+            Some(r) => Ok(Some(r.membership.view(r.config.lease()).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// True while some stream defers dispatch (backlog above the high-water mark, or
     /// deferred events not yet drained). Readiness should report not ready.
     pub fn is_overloaded(&self) -> bool {
@@ -359,6 +577,16 @@ impl Cluster {
             return;
         }
         tracing::info!("actor cluster shutting down");
+        let coordinator = self
+            .inner
+            .replication
+            .as_ref()
+            .and_then(|r| r.coordinator.lock().clone());
+        if let Some(coordinator) = &coordinator {
+            // Hand every partition over first: the events in flight finish here, and the
+            // other replicas take the partitions the moment they are released.
+            let _ = coordinator.send(Drain).await;
+        }
         let addrs: Vec<Addr<Router>> = self
             .inner
             .streams
@@ -369,6 +597,13 @@ impl Cluster {
         let waits = addrs.iter().map(|a| a.send(Shutdown));
         // A router that is already gone has nothing left to finish.
         let _ = futures::future::join_all(waits).await;
+        if let Some(coordinator) = coordinator {
+            let _ = coordinator.send(Leave).await;
+        }
+        if let Some(r) = &self.inner.replication {
+            // Breaks the coordinator's reference cycle with the cluster.
+            r.coordinator.lock().take();
+        }
         let _ = self.inner.root.send(StopRoot).await;
         tracing::info!("actor cluster stopped");
     }

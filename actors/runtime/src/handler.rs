@@ -90,6 +90,8 @@ where
     loop {
         match op().await {
             Ok(()) => return Ok(()),
+            // Another replica holds the event now: retrying cannot help.
+            Err(e @ StoreError::Fenced(_)) => return Err(e),
             Err(e) if backoff.failures() >= 3 => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "marking an event failed, retrying");
@@ -127,6 +129,13 @@ pub(crate) async fn attempt(
                     handler_time: None,
                 };
             }
+            Err(StoreError::Fenced(_)) => {
+                tracing::debug!("event belongs to another replica now, skipped");
+                return Attempted {
+                    result: AttemptResult::Fenced,
+                    handler_time: None,
+                };
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "claiming event failed");
                 return Attempted {
@@ -140,6 +149,7 @@ pub(crate) async fn attempt(
         span.record("source_id", event.source_id.as_str());
         span.record("kind", event.kind.as_str());
         span.record("attempt", event.attempts);
+        let claim = event.claim();
 
         let started = Instant::now();
         let outcome = AssertUnwindSafe(handler.handle(&event))
@@ -148,17 +158,17 @@ pub(crate) async fn attempt(
         let handler_time = Some(started.elapsed());
         let error = match outcome {
             Ok(Ok(HandleOutcome::Done)) => {
-                let r = mark_with_retry(|| inbox.mark_done(id)).await;
+                let r = mark_with_retry(|| inbox.mark_done(claim)).await;
                 return finished(r, handler_time, "done");
             }
             Ok(Ok(HandleOutcome::Ignored(reason))) => {
-                let r = mark_with_retry(|| inbox.mark_ignored(id, &reason)).await;
+                let r = mark_with_retry(|| inbox.mark_ignored(claim, &reason)).await;
                 return finished(r, handler_time, "ignored");
             }
             Ok(Err(HandlerError::Permanent(msg))) => {
                 let msg = format!("permanent failure: {msg}");
                 tracing::warn!(error = %msg, "event rejected, dead letter");
-                let r = mark_with_retry(|| inbox.mark_failed(id, &msg)).await;
+                let r = mark_with_retry(|| inbox.mark_failed(claim, &msg)).await;
                 return match r {
                     Ok(()) => Attempted {
                         result: AttemptResult::Rejected(msg),
@@ -173,7 +183,7 @@ pub(crate) async fn attempt(
         let attempts = u32::try_from(event.attempts).unwrap_or(0);
         if attempts > retry_budget {
             tracing::warn!(error = %error, attempts, "retry budget spent, dead letter");
-            match mark_with_retry(|| inbox.mark_failed(id, &error)).await {
+            match mark_with_retry(|| inbox.mark_failed(claim, &error)).await {
                 Ok(()) => Attempted {
                     result: AttemptResult::DeadLetter(error),
                     handler_time,
@@ -182,7 +192,7 @@ pub(crate) async fn attempt(
             }
         } else {
             tracing::warn!(error = %error, attempts, "handler failed, will retry");
-            match mark_with_retry(|| inbox.mark_retry(id, &error)).await {
+            match mark_with_retry(|| inbox.mark_retry(claim, &error)).await {
                 Ok(()) => Attempted {
                     result: AttemptResult::Failed(error),
                     handler_time,
@@ -209,6 +219,15 @@ fn finished(r: Result<(), StoreError>, handler_time: Option<Duration>, what: &st
 }
 
 fn store_failed(e: StoreError, handler_time: Option<Duration>) -> Attempted {
+    if let StoreError::Fenced(_) = e {
+        // The partition's lease lapsed while the handler ran and another replica claimed
+        // the event: its outcome is that replica's to record.
+        tracing::warn!(error = %e, "outcome not recorded: the event was taken over");
+        return Attempted {
+            result: AttemptResult::Fenced,
+            handler_time,
+        };
+    }
     tracing::error!(error = %e, "recording the outcome failed; the event stays unfinished");
     Attempted {
         result: AttemptResult::StoreFailed(e.to_string()),

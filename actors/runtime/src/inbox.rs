@@ -74,6 +74,53 @@ impl std::fmt::Display for RoutingKey {
     }
 }
 
+/// How many partitions the routing keys are hashed into. Fixed: every replica and every stored
+/// row must agree on it (`inbound_events.partition`), and 64 spreads evenly over up to a few
+/// dozen replicas.
+pub const PARTITIONS: u16 = 64;
+
+/// One of the [`PARTITIONS`] slices of the routing keys. A partition is owned by one replica at
+/// a time, which handles every event of its keys; a key never changes partition, so its order
+/// holds across replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Partition(pub u16);
+
+impl Partition {
+    /// The partition of a routing key: FNV-1a (32 bit) of its UTF-8 bytes, modulo
+    /// [`PARTITIONS`]. The database computes the same for rows stored before partitions
+    /// existed (`infragpt_partition(text)`, migration `2026-11-30-000001_cluster`); a test keeps
+    /// the two equal.
+    pub fn of(key: &RoutingKey) -> Self {
+        let mut hash: u32 = 0x811c_9dc5;
+        for byte in key.0.as_bytes() {
+            hash ^= u32::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        Self((hash % u32::from(PARTITIONS)) as u16)
+    }
+
+    /// Every partition, in order.
+    pub fn all() -> impl Iterator<Item = Partition> {
+        (0..PARTITIONS).map(Partition)
+    }
+}
+
+impl std::fmt::Display for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Proof of one claim of an event: its id and the attempt number the claim set. Every mark
+/// names it, so a mark from an attempt that lost its claim (another replica claimed the event
+/// since, after this one's partition lease lapsed) changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Claim {
+    pub id: EventRowId,
+    pub attempt: i32,
+}
+
 /// Processing state of a stored event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -174,6 +221,8 @@ pub struct InboundEvent {
     pub source_id: String,
     /// Which keyed actor handles it.
     pub routing_key: RoutingKey,
+    /// The partition of `routing_key`.
+    pub partition: Partition,
     /// Event type.
     pub kind: String,
     /// Payload as received.
@@ -188,6 +237,16 @@ pub struct InboundEvent {
     pub received_at: DateTime<Utc>,
     /// When it reached `done`, `failed` or `ignored`.
     pub processed_at: Option<DateTime<Utc>>,
+}
+
+impl InboundEvent {
+    /// The claim this (claimed) event was handed out under.
+    pub fn claim(&self) -> Claim {
+        Claim {
+            id: self.id,
+            attempt: self.attempts,
+        }
+    }
 }
 
 /// Result of [`InboundEvents::record`].
@@ -223,6 +282,11 @@ pub enum StoreError {
     /// the same event again fails the same way.
     #[error("event store refused the event's data: {0}")]
     Rejected(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// This process may not claim or mark the event: its partition is not (or no longer)
+    /// leased to this replica, or the claim was taken over by another attempt. Not a failure
+    /// of the event: its partition's owner handles it.
+    #[error("event {0} belongs to another replica now (partition lease or claim lost)")]
+    Fenced(EventRowId),
 }
 
 /// The durable inbox (implemented on the `inbound_events` table in the root crate, and in
@@ -232,21 +296,28 @@ pub trait InboundEvents: Send + Sync + 'static {
     /// Stores the event unless `(source, source_id)` exists; a duplicate changes nothing.
     async fn record(&self, event: NewInboundEvent) -> Result<RecordOutcome, StoreError>;
     /// `pending`/`processing` → `processing` with `attempts + 1`; `None` when the event is
-    /// already finished (done, failed or ignored) or does not exist.
+    /// already finished (done, failed or ignored) or does not exist. A replicated store
+    /// answers [`StoreError::Fenced`] when this replica does not hold the event's partition.
     async fn claim(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError>;
-    /// → `done`.
-    async fn mark_done(&self, id: EventRowId) -> Result<(), StoreError>;
+    /// Checks that `claim` still holds (the event is `processing` under this attempt and, in
+    /// a replicated store, its partition's lease has time left): [`StoreError::Fenced`]
+    /// otherwise. Handlers call it right before a side effect that cannot be undone.
+    async fn confirm(&self, claim: Claim) -> Result<(), StoreError>;
+    /// → `done`. Every mark applies only under its claim ([`StoreError::Fenced`] otherwise).
+    async fn mark_done(&self, claim: Claim) -> Result<(), StoreError>;
     /// → `ignored` with the reason in `last_error`.
-    async fn mark_ignored(&self, id: EventRowId, reason: &str) -> Result<(), StoreError>;
+    async fn mark_ignored(&self, claim: Claim, reason: &str) -> Result<(), StoreError>;
     /// An attempt failed and will be retried: → `pending`, `last_error` set.
-    async fn mark_retry(&self, id: EventRowId, error: &str) -> Result<(), StoreError>;
+    async fn mark_retry(&self, claim: Claim, error: &str) -> Result<(), StoreError>;
     /// Retry budget spent: → `failed` (dead letter) with the error.
-    async fn mark_failed(&self, id: EventRowId, error: &str) -> Result<(), StoreError>;
-    /// Unfinished events (`pending`, `processing`) with id > `after`, oldest first.
+    async fn mark_failed(&self, claim: Claim, error: &str) -> Result<(), StoreError>;
+    /// Unfinished events (`pending`, `processing`) with id > `after`, oldest first; only those
+    /// of `partitions` when given.
     async fn list_unfinished(
         &self,
         after: Option<EventRowId>,
         limit: i64,
+        partitions: Option<&[Partition]>,
     ) -> Result<Vec<InboundEvent>, StoreError>;
     /// Dead letters, newest first.
     async fn list_failed(&self, limit: i64, offset: i64) -> Result<Vec<InboundEvent>, StoreError>;

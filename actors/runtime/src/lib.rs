@@ -18,6 +18,8 @@
 //! * Backpressure: above `high_water_mark` dispatched-but-unfinished events (or a full router
 //!   mailbox) new events stay in the inbox and a drain scan dispatches them later, in id order.
 //!   Every router starts with such a scan, which is the recovery after a restart.
+//! * Replicas: several processes share one inbox by partitioning the routing keys and
+//!   leasing each partition to one of them ([`partitions`]); a lone process holds them all.
 //! * The plain logic (queue, backoff, failure accounting) is in [`supervision`], [`backoff`]
 //!   and [`handler`]; the actors only schedule it.
 
@@ -25,10 +27,12 @@ pub mod backoff;
 pub mod circuit;
 pub mod cluster;
 pub mod config;
+mod coordinator;
 pub mod handler;
 pub mod health;
 pub mod inbox;
 pub mod metrics;
+pub mod partitions;
 mod router;
 pub mod secret;
 pub mod supervision;
@@ -38,6 +42,7 @@ mod worker;
 pub use backoff::Backoff;
 pub use cluster::{Cluster, ClusterError, IngestError, RecoveryReport, StreamSpec};
 pub use config::ClusterConfig;
+pub use coordinator::ReplicaStatus;
 pub use handler::{EventHandler, HandleOutcome, HandlerError};
 pub use health::{ActorKind, ActorState, HealthRegistry};
 pub use inbox::EventSource;

@@ -4,7 +4,8 @@
 use std::fmt;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::health::ActorKind;
@@ -23,6 +24,11 @@ pub struct Metrics {
     router_backlog: IntGaugeVec,
     deferred_total: IntCounterVec,
     inbox_events: IntGaugeVec,
+    fenced_total: IntCounterVec,
+    partitions_owned: IntGauge,
+    rebalances_total: IntCounter,
+    failover_seconds: Histogram,
+    notify_lag_seconds: Histogram,
     /// Kinds `actors_live` has a series for (kept at zero when none is live).
     live_kinds: std::sync::Arc<parking_lot::Mutex<std::collections::BTreeSet<ActorKind>>>,
 }
@@ -102,6 +108,42 @@ impl Metrics {
             ),
             &["status"],
         )?;
+        let fenced_total = IntCounterVec::new(
+            Opts::new(
+                "infragpt_actor_fenced_total",
+                "Attempts that ended because the event's partition or claim moved to another replica",
+            ),
+            kind,
+        )?;
+        let partitions_owned = IntGauge::new(
+            "infragpt_cluster_partitions_owned",
+            "Inbox partitions this replica holds a lease on",
+        )?;
+        let rebalances_total = IntCounter::new(
+            "infragpt_cluster_rebalances_total",
+            "Times this replica acquired or handed over partitions",
+        )?;
+        let failover_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "infragpt_cluster_failover_seconds",
+                "From the last renewal of a lapsed lease to its takeover by this replica",
+            )
+            .buckets(vec![0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0]),
+        )?;
+        let notify_lag_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "infragpt_cluster_notify_lag_seconds",
+                "From recording an event on another replica to its notice reaching the owner",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )?;
+        registry.register(Box::new(fenced_total.clone()))?;
+        registry.register(Box::new(partitions_owned.clone()))?;
+        registry.register(Box::new(rebalances_total.clone()))?;
+        registry.register(Box::new(failover_seconds.clone()))?;
+        registry.register(Box::new(notify_lag_seconds.clone()))?;
         registry.register(Box::new(actors_live.clone()))?;
         registry.register(Box::new(messages_handled.clone()))?;
         registry.register(Box::new(failures.clone()))?;
@@ -122,6 +164,11 @@ impl Metrics {
             router_backlog,
             deferred_total,
             inbox_events,
+            fenced_total,
+            partitions_owned,
+            rebalances_total,
+            failover_seconds,
+            notify_lag_seconds,
             live_kinds: Default::default(),
         };
         m.declare_kind(ActorKind::SUPERVISOR);
@@ -138,6 +185,7 @@ impl Metrics {
         self.failures.with_label_values(&[k]);
         self.restarts.with_label_values(&[k]);
         self.dead_letters_total.with_label_values(&[k]);
+        self.fenced_total.with_label_values(&[k]);
     }
 
     /// The registry (register more collectors here).
@@ -198,6 +246,27 @@ impl Metrics {
         self.router_backlog
             .with_label_values(&[stream])
             .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn fenced(&self, kind: ActorKind) {
+        self.fenced_total.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    pub(crate) fn set_partitions_owned(&self, n: usize) {
+        self.partitions_owned
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn rebalanced(&self) {
+        self.rebalances_total.inc();
+    }
+
+    pub(crate) fn failover(&self, seconds: f64) {
+        self.failover_seconds.observe(seconds);
+    }
+
+    pub(crate) fn notify_lag(&self, seconds: f64) {
+        self.notify_lag_seconds.observe(seconds);
     }
 
     pub(crate) fn deferred(&self, stream: &str) {

@@ -19,8 +19,11 @@ use tokio::sync::oneshot;
 use crate::config::ClusterConfig;
 use crate::handler::EventHandler;
 use crate::health::{ActorHealth, ActorId, ActorKind, ActorState, HealthRegistry};
-use crate::inbox::{EventRowId, EventSource, InboundEvent, InboundEvents, RoutingKey, StoreError};
+use crate::inbox::{
+    EventRowId, EventSource, InboundEvent, InboundEvents, Partition, RoutingKey, StoreError,
+};
 use crate::metrics::Metrics;
+use crate::partitions::Ownership;
 use crate::worker::{DrainAndStop, Enqueue, StopIdle, Worker};
 
 /// Everything a stream's router and workers share.
@@ -34,6 +37,8 @@ pub(crate) struct StreamCtx {
     pub metrics: Metrics,
     pub health: HealthRegistry,
     pub router_id: ActorId,
+    /// Which partitions this process handles now.
+    pub ownership: Arc<Ownership>,
 }
 
 /// State the router shares with the cluster facade (readable without a message round trip).
@@ -77,6 +82,7 @@ impl RouterShared {
 pub(crate) struct Dispatch {
     pub id: EventRowId,
     pub key: RoutingKey,
+    pub partition: Partition,
     /// A requeued dead letter: it may still be counted in flight for a moment (its worker's
     /// report can arrive after the requeue), so it must not be dropped as a duplicate.
     pub requeued: bool,
@@ -86,6 +92,12 @@ pub(crate) struct Dispatch {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub(crate) struct Recover;
+
+/// How many dispatched, unfinished events belong to these partitions (a hand-over waits for
+/// zero).
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub(crate) struct InFlightIn(pub Vec<Partition>);
 
 /// Let handled events finish, stop every worker, then stop (cluster → router).
 #[derive(Debug, Message)]
@@ -124,7 +136,9 @@ struct Scan {
     /// `skipped` when the scan began.
     mark: u64,
     /// Events that reached the router while the scan ran, dispatched when it ends.
-    buffer: Vec<(EventRowId, RoutingKey)>,
+    buffer: Vec<(EventRowId, RoutingKey, Partition)>,
+    /// The partitions it covers (`None`: all).
+    partitions: Option<Vec<Partition>>,
     /// Events this scan dispatched.
     dispatched: HashSet<EventRowId>,
 }
@@ -141,7 +155,7 @@ pub(crate) struct Router {
     shared: Arc<RouterShared>,
     health: ActorHealth,
     slots: HashMap<RoutingKey, Slot>,
-    in_flight: HashSet<EventRowId>,
+    in_flight: HashMap<EventRowId, Partition>,
     next_generation: u64,
     /// The drain scan in progress.
     scan: Option<Scan>,
@@ -185,7 +199,7 @@ impl Router {
             shared,
             health,
             slots: HashMap::new(),
-            in_flight: HashSet::new(),
+            in_flight: HashMap::new(),
             next_generation: 0,
             scan: None,
             quarantine: HashMap::new(),
@@ -209,8 +223,14 @@ impl Router {
     }
 
     /// Hands the event to its key's worker, starting one if needed.
-    fn dispatch_now(&mut self, id: EventRowId, key: RoutingKey, ctx: &mut Context<Self>) {
-        self.in_flight.insert(id);
+    fn dispatch_now(
+        &mut self,
+        id: EventRowId,
+        key: RoutingKey,
+        partition: Partition,
+        ctx: &mut Context<Self>,
+    ) {
+        self.in_flight.insert(id, partition);
         self.health.record_message();
         let slot = match self.slots.get_mut(&key) {
             Some(slot) => slot,
@@ -260,6 +280,7 @@ impl Router {
         self.scan = Some(Scan {
             mark: self.shared.skipped.load(Ordering::SeqCst),
             buffer: Vec::new(),
+            partitions: self.stream.ownership.scan_filter(),
             dispatched: HashSet::new(),
         });
         self.fetch_page(None, ctx);
@@ -277,8 +298,15 @@ impl Router {
     fn fetch_page(&mut self, after: Option<EventRowId>, ctx: &mut Context<Self>) {
         let inbox = self.stream.inbox.clone();
         let limit = self.stream.config.drain_page_size;
+        let partitions = self.scan.as_ref().and_then(|s| s.partitions.clone());
         ctx.spawn(
-            async move { inbox.list_unfinished(after, limit).await }
+            async move {
+                match partitions.as_deref() {
+                    // This replica holds nothing right now: the scan is trivially complete.
+                    Some([]) => Ok(Vec::new()),
+                    filter => inbox.list_unfinished(after, limit, filter).await,
+                }
+            }
                 .into_actor(self)
                 .map(move |page, act, ctx| act.on_page(page, ctx)),
         );
@@ -304,8 +332,9 @@ impl Router {
         let last = page.last().map(|e| e.id);
         for event in page {
             if event.source != self.stream.source
-                || self.in_flight.contains(&event.id)
+                || self.in_flight.contains_key(&event.id)
                 || self.is_quarantined(&event.routing_key)
+                || !self.stream.ownership.owns(event.partition)
             {
                 continue;
             }
@@ -317,7 +346,7 @@ impl Router {
             if let Some(scan) = self.scan.as_mut() {
                 scan.dispatched.insert(event.id);
             }
-            self.dispatch_now(event.id, event.routing_key, ctx);
+            self.dispatch_now(event.id, event.routing_key, event.partition, ctx);
         }
         if let Some(last) = last
             && full_page
@@ -331,11 +360,12 @@ impl Router {
         let Some(mut scan) = self.scan.take() else {
             return;
         };
-        scan.buffer.sort_by_key(|(id, _)| *id);
-        for (id, key) in scan.buffer {
-            if self.in_flight.contains(&id)
+        scan.buffer.sort_by_key(|(id, _, _)| *id);
+        for (id, key, partition) in scan.buffer {
+            if self.in_flight.contains_key(&id)
                 || scan.dispatched.contains(&id)
                 || self.is_quarantined(&key)
+                || !self.stream.ownership.owns(partition)
             {
                 continue;
             }
@@ -343,7 +373,7 @@ impl Router {
                 self.shared.defer();
                 break;
             }
-            self.dispatch_now(id, key, ctx);
+            self.dispatch_now(id, key, partition, ctx);
         }
         // Events deferred without reaching the router (full mailbox, recovery) before the
         // scan began are covered; later ones need another scan.
@@ -403,7 +433,13 @@ impl Handler<Dispatch> for Router {
         if self.stopping {
             return;
         }
-        if self.in_flight.contains(&msg.id) {
+        if !self.stream.ownership.owns(msg.partition) {
+            // Another replica holds (or is taking over) the partition: it picks the event
+            // up from the inbox.
+            tracing::debug!(event_id = %msg.id, partition = %msg.partition, "event of a partition held elsewhere not dispatched");
+            return;
+        }
+        if self.in_flight.contains_key(&msg.id) {
             if msg.requeued {
                 // Picked up by a scan once its previous run has been reported.
                 self.shared.defer();
@@ -418,13 +454,25 @@ impl Handler<Dispatch> for Router {
             self.stream.metrics.deferred(&self.stream.name);
             let cap = self.stream.config.high_water_mark;
             match self.scan.as_mut() {
-                Some(scan) if scan.buffer.len() < cap => scan.buffer.push((msg.id, msg.key)),
+                Some(scan) if scan.buffer.len() < cap => {
+                    scan.buffer.push((msg.id, msg.key, msg.partition))
+                }
                 _ => self.shared.defer(),
             }
             self.maybe_drain(ctx);
             return;
         }
-        self.dispatch_now(msg.id, msg.key, ctx);
+        self.dispatch_now(msg.id, msg.key, msg.partition, ctx);
+    }
+}
+
+impl Handler<InFlightIn> for Router {
+    type Result = usize;
+    fn handle(&mut self, msg: InFlightIn, _ctx: &mut Self::Context) -> usize {
+        self.in_flight
+            .values()
+            .filter(|p| msg.0.contains(p))
+            .count()
     }
 }
 

@@ -67,6 +67,9 @@ pub enum AttemptResult {
     StoreFailed(String),
     /// The handler refused the event for good: a dead letter at once, no restart.
     Rejected(String),
+    /// The event's partition (or its claim) belongs to another replica now: it left this
+    /// worker without an outcome of its own; the owner handles it.
+    Fenced,
 }
 
 /// What the worker does after an attempt.
@@ -173,6 +176,7 @@ impl WorkerCore {
         let failed = match result {
             AttemptResult::Finished
             | AttemptResult::AlreadyFinished
+            | AttemptResult::Fenced
             | AttemptResult::Rejected(_) => {
                 if matches!(result, AttemptResult::Finished) {
                     self.backoff.reset();

@@ -14,8 +14,8 @@ use tokio::sync::Semaphore;
 
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
 use crate::inbox::{
-    EventPayload, EventRowId, EventSource, EventStatus, InboundEvent, InboundEvents,
-    NewInboundEvent, RecordOutcome, RoutingKey, StoreError,
+    Claim, EventPayload, EventRowId, EventSource, EventStatus, InboundEvent, InboundEvents,
+    NewInboundEvent, Partition, RecordOutcome, RoutingKey, StoreError,
 };
 
 #[derive(Debug, Default)]
@@ -73,12 +73,17 @@ impl MemoryInbox {
         }
     }
 
-    fn update(&self, id: EventRowId, f: impl FnOnce(&mut InboundEvent)) -> Result<(), StoreError> {
+    /// Applies `f` to the claimed event, as the PostgreSQL inbox does: only while it is
+    /// `processing` under `claim`'s attempt.
+    fn update(&self, claim: Claim, f: impl FnOnce(&mut InboundEvent)) -> Result<(), StoreError> {
         self.check()?;
-        if let Some(e) = self.state.lock().events.get_mut(&id) {
-            f(e);
+        match self.state.lock().events.get_mut(&claim.id) {
+            Some(e) if e.status == EventStatus::Processing && e.attempts == claim.attempt => {
+                f(e);
+                Ok(())
+            }
+            _ => Err(StoreError::Fenced(claim.id)),
         }
-        Ok(())
     }
 }
 
@@ -104,6 +109,7 @@ impl InboundEvents for MemoryInbox {
             id,
             source: event.source,
             source_id: event.source_id,
+            partition: Partition::of(&event.routing_key),
             routing_key: event.routing_key,
             kind: event.kind,
             payload,
@@ -132,40 +138,45 @@ impl InboundEvents for MemoryInbox {
         }
     }
 
-    async fn mark_done(&self, id: EventRowId) -> Result<(), StoreError> {
-        self.update(id, |e| {
+    async fn mark_done(&self, claim: Claim) -> Result<(), StoreError> {
+        self.update(claim, |e| {
             e.status = EventStatus::Done;
             e.processed_at = Some(Utc::now());
         })
     }
 
-    async fn mark_ignored(&self, id: EventRowId, reason: &str) -> Result<(), StoreError> {
-        self.update(id, |e| {
+    async fn mark_ignored(&self, claim: Claim, reason: &str) -> Result<(), StoreError> {
+        self.update(claim, |e| {
             e.status = EventStatus::Ignored;
             e.last_error = Some(reason.to_owned());
             e.processed_at = Some(Utc::now());
         })
     }
 
-    async fn mark_retry(&self, id: EventRowId, error: &str) -> Result<(), StoreError> {
-        self.update(id, |e| {
+    async fn mark_retry(&self, claim: Claim, error: &str) -> Result<(), StoreError> {
+        self.update(claim, |e| {
             e.status = EventStatus::Pending;
             e.last_error = Some(error.to_owned());
         })
     }
 
-    async fn mark_failed(&self, id: EventRowId, error: &str) -> Result<(), StoreError> {
-        self.update(id, |e| {
+    async fn mark_failed(&self, claim: Claim, error: &str) -> Result<(), StoreError> {
+        self.update(claim, |e| {
             e.status = EventStatus::Failed;
             e.last_error = Some(error.to_owned());
             e.processed_at = Some(Utc::now());
         })
     }
 
+    async fn confirm(&self, claim: Claim) -> Result<(), StoreError> {
+        self.update(claim, |_| {})
+    }
+
     async fn list_unfinished(
         &self,
         after: Option<EventRowId>,
         limit: i64,
+        partitions: Option<&[Partition]>,
     ) -> Result<Vec<InboundEvent>, StoreError> {
         self.check()?;
         let limit = usize::try_from(limit).unwrap_or(0);
@@ -176,6 +187,7 @@ impl InboundEvents for MemoryInbox {
             .range(from..)
             .map(|(_, e)| e)
             .filter(|e| e.status.is_unfinished())
+            .filter(|e| partitions.is_none_or(|ps| ps.contains(&e.partition)))
             .take(limit)
             .cloned()
             .collect())
@@ -468,13 +480,27 @@ mod tests {
         let b = inbox.record(slack_event("k", 2)).await.unwrap().event().id;
         let c = inbox.claim(a.id).await.unwrap().unwrap();
         assert_eq!((c.status, c.attempts), (EventStatus::Processing, 1));
-        inbox.mark_retry(a.id, "x").await.unwrap();
-        assert_eq!(inbox.claim(a.id).await.unwrap().unwrap().attempts, 2);
-        inbox.mark_failed(a.id, "dead").await.unwrap();
+        inbox.mark_retry(c.claim(), "x").await.unwrap();
+        let again = inbox.claim(a.id).await.unwrap().unwrap();
+        assert_eq!(again.attempts, 2);
+        // The first claim is gone: its marks change nothing.
+        assert!(matches!(
+            inbox.mark_done(c.claim()).await,
+            Err(StoreError::Fenced(id)) if id == a.id
+        ));
+        inbox.mark_failed(again.claim(), "dead").await.unwrap();
         assert!(inbox.claim(a.id).await.unwrap().is_none());
-        let unfinished = inbox.list_unfinished(None, 10).await.unwrap();
+        let unfinished = inbox.list_unfinished(None, 10, None).await.unwrap();
         assert_eq!(unfinished.iter().map(|e| e.id).collect::<Vec<_>>(), vec![b]);
-        assert!(inbox.list_unfinished(Some(b), 10).await.unwrap().is_empty());
+        assert!(inbox.list_unfinished(Some(b), 10, None).await.unwrap().is_empty());
+        let other = Partition((Partition::of(&RoutingKey("k".into())).0 + 1) % 64);
+        assert!(
+            inbox
+                .list_unfinished(None, 10, Some(&[other]))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(inbox.list_failed(10, 0).await.unwrap()[0].id, a.id);
         let r = inbox.requeue(a.id).await.unwrap().unwrap();
         assert_eq!((r.status, r.attempts), (EventStatus::Pending, 0));

@@ -148,6 +148,7 @@ impl Worker {
                 }
             }
             AttemptResult::AlreadyFinished => {}
+            AttemptResult::Fenced => metrics.fenced(kind),
             AttemptResult::Rejected(e) => {
                 metrics.failure(kind);
                 metrics.dead_letter(kind);
