@@ -1166,6 +1166,7 @@ async fn webhooks(args: &Args) -> anyhow::Result<WebhooksReport> {
                         inbound_events::source.eq("github"),
                         inbound_events::source_id.eq(format!("ceiling-{}", uuid::Uuid::new_v4())),
                         inbound_events::routing_key.eq("github/ceiling"),
+                        inbound_events::partition.eq(0i16),
                         inbound_events::kind.eq(event),
                         inbound_events::payload.eq(payload),
                     ))

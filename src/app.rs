@@ -184,6 +184,10 @@ impl Module for CoreModule {
         Ok(())
     }
 
+    async fn drain(&mut self) {
+        self.core.cluster.drain().await;
+    }
+
     async fn stop(&mut self) {
         if let Some(housekeeping) = self.housekeeping.take() {
             // Its connection (and retention lock) go with it; the pool closes after this.

@@ -53,6 +53,10 @@ pub trait Module: Send {
         grpc: &mut GrpcShell,
     ) -> anyhow::Result<()>;
 
+    /// First step of a graceful stop, while the listeners still serve (readiness already
+    /// says shutting down): hand work over to the other replicas.
+    async fn drain(&mut self) {}
+
     /// Stops the module after the listeners have drained, before the database closes.
     async fn stop(&mut self) {}
 }
@@ -310,6 +314,10 @@ impl RunningServer {
         self.state.readiness.set_shutting_down();
         self.readiness_task.abort();
         self.grpc_health.set_not_serving().await;
+        let mut modules = self.modules;
+        for module in modules.iter_mut() {
+            module.drain().await;
+        }
 
         let _ = self.grpc_stop.send(());
         let http_stopped = self.http_handle.stop(true);
@@ -346,7 +354,6 @@ impl RunningServer {
             }
         }
 
-        let mut modules = self.modules;
         stop_modules(&mut modules).await;
         self.db.shutdown().await;
         if problems.is_empty() {

@@ -569,6 +569,24 @@ impl Cluster {
         self.inner.accepting.load(Ordering::SeqCst)
     }
 
+    /// Hands every partition this replica holds over to the others: nothing new is
+    /// dispatched here, the events in flight get `shutdown_timeout_ms` to finish, then the
+    /// leases are released and the others take them at once. Events recorded here meanwhile
+    /// are announced to their new owners. A graceful stop calls it while the listeners still
+    /// serve (so a turn in flight can still receive its SendReply); a no-op for a process
+    /// alone on its inbox, and idempotent.
+    pub async fn drain(&self) {
+        let coordinator = self
+            .inner
+            .replication
+            .as_ref()
+            .and_then(|r| r.coordinator.lock().clone());
+        if let Some(coordinator) = coordinator {
+            let timeout = self.inner.config.shutdown_timeout();
+            let _ = coordinator.send(Drain { timeout }).await;
+        }
+    }
+
     /// Stops accepting events, lets the events being handled finish (bounded by
     /// `shutdown_timeout_ms`), stops every worker and router. Queued events stay in the
     /// inbox for the next start. Idempotent.
@@ -577,16 +595,12 @@ impl Cluster {
             return;
         }
         tracing::info!("actor cluster shutting down");
+        self.drain().await;
         let coordinator = self
             .inner
             .replication
             .as_ref()
             .and_then(|r| r.coordinator.lock().clone());
-        if let Some(coordinator) = &coordinator {
-            // Hand every partition over first: the events in flight finish here, and the
-            // other replicas take the partitions the moment they are released.
-            let _ = coordinator.send(Drain).await;
-        }
         let addrs: Vec<Addr<Router>> = self
             .inner
             .streams

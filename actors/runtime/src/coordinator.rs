@@ -80,10 +80,13 @@ pub(crate) struct TickNow;
 #[rtype(result = "Result<(), String>")]
 pub(crate) struct FirstRound;
 
-/// Hand every partition over, then answer (graceful stop).
+/// Hand every partition over, then answer (graceful stop). The events in flight get
+/// `timeout` to finish before the leases are released anyway.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub(crate) struct Drain;
+pub(crate) struct Drain {
+    pub timeout: Duration,
+}
 
 /// Mark the replica stopped and stop.
 #[derive(Debug, Message)]
@@ -100,6 +103,8 @@ pub struct Coordinator {
     metrics: Metrics,
     status: Arc<RwLock<ReplicaStatus>>,
     draining: bool,
+    /// How long a drain's hand-over waits for events in flight.
+    drain_timeout: Duration,
     ticking: bool,
     tick_again: bool,
     handing_over: bool,
@@ -137,6 +142,7 @@ impl Coordinator {
             metrics,
             status,
             draining: false,
+            drain_timeout: Duration::ZERO,
             ticking: false,
             tick_again: false,
             handing_over: false,
@@ -306,7 +312,11 @@ impl Coordinator {
         tracing::info!(partitions = ?partitions.iter().map(|p| p.0).collect::<Vec<_>>(), draining = self.draining, "handing partitions over");
         let cluster = self.cluster.clone();
         let membership = self.membership.clone();
-        let timeout = self.config.handover_timeout();
+        let timeout = if self.draining {
+            self.drain_timeout
+        } else {
+            self.config.handover_timeout()
+        };
         let work = async move {
             let deadline = Instant::now() + timeout;
             loop {
@@ -464,9 +474,10 @@ impl Handler<FirstRound> for Coordinator {
 
 impl Handler<Drain> for Coordinator {
     type Result = ResponseFuture<()>;
-    fn handle(&mut self, _: Drain, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         self.draining = true;
+        self.drain_timeout = msg.timeout;
         self.status.write().draining = true;
         if self.ownership.held().is_empty() {
             let _ = tx.send(());
@@ -474,7 +485,7 @@ impl Handler<Drain> for Coordinator {
             self.drained.push(tx);
         }
         self.tick(ctx);
-        let bound = self.config.handover_timeout() + self.config.lease();
+        let bound = msg.timeout + self.config.lease();
         Box::pin(async move {
             if tokio::time::timeout(bound, rx).await.is_err() {
                 tracing::warn!("drain timed out: the remaining leases lapse instead");

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
 use crate::ids::{ChannelId, MessageTs, SlackUserId, TeamId, ThreadKey};
-use crate::inbox::{EventRowId, EventStatus, InboundEvent, RoutingKey};
+use crate::inbox::{EventRowId, EventStatus, InboundEvent, Partition, RoutingKey};
 use crate::sources;
 use crate::testing::{FakeAgent, FakeSlack, MemoryConversationStore, eventually};
 
@@ -62,6 +62,7 @@ fn event(id: i64, payload: Value) -> InboundEvent {
         source: sources::SLACK,
         source_id: format!("Ev{id}"),
         routing_key: RoutingKey(format!("T1/C1/{ROOT_TS}")),
+        partition: Partition::of(&RoutingKey(format!("T1/C1/{ROOT_TS}"))),
         kind: payload["event"]["type"]
             .as_str()
             .unwrap_or("unknown")

@@ -7,7 +7,8 @@ use infragpt::db::{PgAudit, PgInbox};
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::audit::{AuditEntry, AuditLog};
 use infragpt_actors::inbox::{
-    EventRowId, EventStatus, InboundEvents, NewInboundEvent, RecordOutcome, RoutingKey,
+    Claim, EventRowId, EventStatus, InboundEvents, NewInboundEvent, RecordOutcome, RoutingKey,
+    StoreError,
 };
 use infragpt_actors::sources;
 use serde_json::json;
@@ -27,6 +28,16 @@ async fn recorded(inbox: &PgInbox, source_id: &str) -> EventRowId {
         RecordOutcome::Recorded(e) => e.id,
         RecordOutcome::Duplicate(e) => panic!("{source_id} already stored as {}", e.id),
     }
+}
+
+/// Claims `id` (it must be claimable) and returns the claim.
+async fn claimed(inbox: &PgInbox, id: EventRowId) -> Claim {
+    inbox
+        .claim(id)
+        .await
+        .expect("claim")
+        .expect("claimable")
+        .claim()
 }
 
 async fn row_count(db: &TestDb) -> i64 {
@@ -112,14 +123,20 @@ async fn claim_counts_attempts_and_finished_events_are_not_claimed() {
     assert_eq!(claimed.status, EventStatus::Processing);
     assert_eq!(claimed.attempts, 1);
     // A crash while processing: claimed again on restart.
+    let first = claimed.claim();
     let claimed = inbox
         .claim(id)
         .await
         .expect("claim")
         .expect("still claimable");
     assert_eq!(claimed.attempts, 2);
+    // The first claim was taken over: its marks change nothing.
+    assert!(matches!(
+        inbox.mark_done(first).await,
+        Err(StoreError::Fenced(fenced)) if fenced == id
+    ));
 
-    inbox.mark_done(id).await.expect("done");
+    inbox.mark_done(claimed.claim()).await.expect("done");
     let done = inbox.get(id).await.expect("get").expect("exists");
     assert_eq!(done.status, EventStatus::Done);
     assert!(done.processed_at.is_some());
@@ -137,7 +154,10 @@ async fn claim_counts_attempts_and_finished_events_are_not_claimed() {
     );
     assert!(inbox.get(EventRowId(999_999)).await.expect("get").is_none());
     let err = inbox
-        .mark_done(EventRowId(999_999))
+        .mark_done(Claim {
+            id: EventRowId(999_999),
+            attempt: 1,
+        })
         .await
         .expect_err("unknown id");
     assert!(err.to_string().contains("999999"), "{err}");
@@ -148,9 +168,9 @@ async fn retry_and_ignore_set_the_error() {
     let db = TestDb::new().await;
     let inbox = PgInbox::new(db.pool().clone());
     let id = recorded(&inbox, "Ev1").await;
-    inbox.claim(id).await.expect("claim");
+    let claim = claimed(&inbox, id).await;
     inbox
-        .mark_retry(id, "agent timed out")
+        .mark_retry(claim, "agent timed out")
         .await
         .expect("retry");
     let retried = inbox.get(id).await.expect("get").expect("exists");
@@ -168,8 +188,9 @@ async fn retry_and_ignore_set_the_error() {
     );
 
     let other = recorded(&inbox, "Ev2").await;
+    let claim = claimed(&inbox, other).await;
     inbox
-        .mark_ignored(other, "unknown event type")
+        .mark_ignored(claim, "unknown event type")
         .await
         .expect("ignore");
     let ignored = inbox.get(other).await.expect("get").expect("exists");
@@ -188,12 +209,13 @@ async fn list_unfinished_is_ordered_and_paged() {
         ids.push(recorded(&inbox, &format!("Ev{n}")).await);
     }
     inbox.claim(ids[1]).await.expect("claim");
-    inbox.claim(ids[2]).await.expect("claim");
-    inbox.mark_done(ids[2]).await.expect("done");
-    inbox.mark_failed(ids[3], "boom").await.expect("failed");
+    let claim = claimed(&inbox, ids[2]).await;
+    inbox.mark_done(claim).await.expect("done");
+    let claim = claimed(&inbox, ids[3]).await;
+    inbox.mark_failed(claim, "boom").await.expect("failed");
 
     let listed: Vec<EventRowId> = inbox
-        .list_unfinished(None, 100)
+        .list_unfinished(None, 100, None)
         .await
         .expect("list")
         .iter()
@@ -206,7 +228,7 @@ async fn list_unfinished_is_ordered_and_paged() {
     );
 
     let after: Vec<EventRowId> = inbox
-        .list_unfinished(Some(ids[0]), 1)
+        .list_unfinished(Some(ids[0]), 1, None)
         .await
         .expect("list")
         .iter()
@@ -215,13 +237,13 @@ async fn list_unfinished_is_ordered_and_paged() {
     assert_eq!(after, [ids[1]]);
     assert!(
         inbox
-            .list_unfinished(Some(ids[4]), 10)
+            .list_unfinished(Some(ids[4]), 10, None)
             .await
             .expect("list")
             .is_empty()
     );
     assert!(
-        inbox.list_unfinished(None, -1).await.is_err(),
+        inbox.list_unfinished(None, -1, None).await.is_err(),
         "negative limit is rejected"
     );
 }
@@ -234,9 +256,9 @@ async fn dead_letters_can_be_listed_requeued_and_discarded() {
     let b = recorded(&inbox, "EvB").await;
     let c = recorded(&inbox, "EvC").await;
     for id in [a, b] {
-        inbox.claim(id).await.expect("claim");
+        let claim = claimed(&inbox, id).await;
         inbox
-            .mark_failed(id, &format!("failed {id}"))
+            .mark_failed(claim, &format!("failed {id}"))
             .await
             .expect("fail");
     }
@@ -319,10 +341,14 @@ async fn count_by_status_counts_every_status() {
         ids
     };
     inbox.claim(ids[1]).await.expect("claim");
-    inbox.mark_done(ids[2]).await.expect("done");
-    inbox.mark_done(ids[3]).await.expect("done");
-    inbox.mark_failed(ids[4], "x").await.expect("failed");
-    inbox.mark_ignored(ids[5], "y").await.expect("ignored");
+    for id in &ids[2..4] {
+        let claim = claimed(&inbox, *id).await;
+        inbox.mark_done(claim).await.expect("done");
+    }
+    let claim = claimed(&inbox, ids[4]).await;
+    inbox.mark_failed(claim, "x").await.expect("failed");
+    let claim = claimed(&inbox, ids[5]).await;
+    inbox.mark_ignored(claim, "y").await.expect("ignored");
     let mut counts = inbox.count_by_status().await.expect("count");
     counts.sort_by_key(|(status, _)| status.as_str());
     assert_eq!(

@@ -19,9 +19,11 @@ diesel::table! {
 }
 
 /// Every table the migrations create.
-const TABLES: [&str; 15] = [
+const TABLES: [&str; 17] = [
     "audit_log",
     "channels",
+    "cluster_partitions",
+    "cluster_replicas",
     "conversations",
     "github_events",
     "github_repositories",
@@ -527,6 +529,7 @@ fn parse_schema_rs() -> Vec<TableShape> {
                 None => (ty, false),
             };
             let udt = match ty {
+                "Int2" => "int2",
                 "Int4" => "int4",
                 "Int8" => "int8",
                 "Text" => "text",

@@ -36,6 +36,7 @@ async fn insert(pool: &Pool, source_id: &str, status: &str, processed_at: Option
             inbound_events::source.eq("slack"),
             inbound_events::source_id.eq(source_id),
             inbound_events::routing_key.eq("T1/C1/1700000000.000100"),
+            inbound_events::partition.eq(0i16),
             inbound_events::kind.eq("app_mention"),
             inbound_events::payload.eq(json!({"event_id": source_id})),
             inbound_events::status.eq(status),

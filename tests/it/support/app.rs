@@ -112,6 +112,9 @@ impl TestAppBuilder {
         let identity = self.identity;
         let mut app = self.prepare().await;
         let core = Core::start(&app.config, &app.db.database()).expect("core");
+        // Join the (one-replica) cluster: its partitions are leased before anything is
+        // ingested. Streams registered later scan what this replica holds when they start.
+        core.cluster.recover().await.expect("join the cluster");
         if identity {
             let store = IdentityStore::new(app.pool().clone());
             let audit: Arc<dyn AuditLog> = core.audit.clone();
