@@ -19,7 +19,7 @@ diesel::table! {
 }
 
 /// Every table the migrations create.
-const TABLES: [&str; 15] = [
+const TABLES: [&str; 16] = [
     "audit_log",
     "channels",
     "conversations",
@@ -33,6 +33,7 @@ const TABLES: [&str; 15] = [
     "organization_members",
     "organization_metadata",
     "organizations",
+    "reply_intents",
     "slack_workspaces",
     "users",
 ];
