@@ -70,8 +70,8 @@ fn default_owner() -> String {
     format!("{host}-{}-{}", std::process::id(), &random[..8])
 }
 
-/// The key digest of an intent's text: SHA-256, hex.
-fn digest(text: &str) -> String {
+/// The key digest of an intent's text (`reply_intents.digest`): SHA-256, hex.
+pub fn intent_digest(text: &str) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()))
 }
 
@@ -638,7 +638,7 @@ impl ConversationStore for PgConversationStore {
             .as_ref()
             .map_or(NO_TURN, MessageTs::as_str)
             .to_owned();
-        let digest = digest(&intent.text);
+        let digest = intent_digest(&intent.text);
         let posting = serde_json::to_value(&intent.posting)
             .map_err(|e| StoreError::corrupt("reply intent posting", e))?;
         let parts = i32::try_from(intent.posting.message_count())

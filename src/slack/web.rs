@@ -126,7 +126,10 @@ pub enum WebError {
 /// Why one call failed, before mapping to [`SlackApiError`].
 enum Failure {
     /// Worth retrying; `maybe_done`: the call may have taken effect all the same.
-    Retry { why: String, maybe_done: bool },
+    Retry {
+        why: String,
+        maybe_done: bool,
+    },
     Final(SlackApiError),
     Code(String),
 }

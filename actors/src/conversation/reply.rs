@@ -70,8 +70,8 @@ pub const DEFAULT_FILE_THRESHOLD: usize = 12_000;
 const PREVIEW_CHARS: usize = 1_500;
 
 impl AnswerStyle {
-    /// How `answer` goes to Slack.
-    pub(crate) fn plan(&self, answer: &str) -> Posting {
+    /// How `answer` goes to Slack (what a reply intent records).
+    pub fn plan(&self, answer: &str) -> Posting {
         let text = self.format.to_slack(answer);
         let chars = answer.chars().count();
         if self.file_threshold == 0 || chars <= self.file_threshold {

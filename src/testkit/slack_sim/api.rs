@@ -504,7 +504,10 @@ fn conversations_replies(
     };
     let key = |ts: &str| {
         let (secs, frac) = ts.split_once('.').unwrap_or((ts, ""));
-        (secs.parse::<u64>().unwrap_or(0), frac.parse::<u64>().unwrap_or(0))
+        (
+            secs.parse::<u64>().unwrap_or(0),
+            frac.parse::<u64>().unwrap_or(0),
+        )
     };
     let bound = |name: &str| param(params, name).map(|t| key(&t));
     let (oldest, latest) = (bound("oldest"), bound("latest"));
@@ -545,7 +548,8 @@ fn conversations_replies(
         .collect();
     let mut body = json!({ "messages": shaped, "has_more": more });
     if more && let Some(next) = replies.get(room) {
-        let cursor = base64::engine::general_purpose::STANDARD.encode(format!("next_ts:{}", next.ts));
+        let cursor =
+            base64::engine::general_purpose::STANDARD.encode(format!("next_ts:{}", next.ts));
         body["response_metadata"] = json!({ "next_cursor": cursor });
     }
     ApiReply::ok(body)
@@ -558,7 +562,12 @@ enum ThreadRole<'a> {
 }
 
 /// One message of a thread as `conversations.replies` shows it.
-fn thread_message(m: &SimMessage, thread_ts: &str, role: ThreadRole<'_>, with_metadata: bool) -> Value {
+fn thread_message(
+    m: &SimMessage,
+    thread_ts: &str,
+    role: ThreadRole<'_>,
+    with_metadata: bool,
+) -> Value {
     let mut v = json!({
         "type": "message",
         "user": m.user,
