@@ -453,6 +453,7 @@ mod conversation_fakes {
             &self,
             conversation: ConversationId,
             in_reply_to: &MessageTs,
+            kind: MessageKind,
         ) -> Result<Vec<ReplyIntentId>, ConversationStoreError> {
             self.check()?;
             let st = self.state.lock();
@@ -462,6 +463,7 @@ mod conversation_fakes {
                 .filter(|i| {
                     i.conversation == conversation
                         && i.in_reply_to.as_ref() == Some(in_reply_to)
+                        && i.kind == kind
                         && !i.posted
                 })
                 .map(|i| i.id)

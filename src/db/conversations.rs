@@ -697,11 +697,13 @@ impl ConversationStore for PgConversationStore {
         &self,
         conversation: ConversationId,
         in_reply_to: &MessageTs,
+        kind: MessageKind,
     ) -> Result<Vec<ReplyIntentId>, ConversationStoreError> {
         let mut conn = conn(&self.pool).await?;
         let ids: Vec<uuid::Uuid> = reply_intents::table
             .filter(reply_intents::conversation_id.eq(conversation.0))
             .filter(reply_intents::turn_ts.eq(in_reply_to.as_str()))
+            .filter(reply_intents::kind.eq(kind.as_str()))
             .filter(reply_intents::posted_at.is_null())
             .order(reply_intents::created_at.asc())
             .select(reply_intents::id)

@@ -1045,3 +1045,43 @@ async fn concurrent_send_replies_post_once_and_a_held_claim_is_waited_for() {
         .count();
     assert_eq!(degraded, 1);
 }
+
+#[tokio::test]
+async fn a_notice_cut_off_by_a_crash_is_finished_only_when_it_is_due_again() {
+    let f = fixture(ReplyMode::SendReply);
+    f.agent
+        .fail_with(AgentError::Unavailable("connection refused".into()));
+    // Dies right after posting the notice.
+    let store = f.store.clone();
+    f.slack.after_post(move |_| store.set_unavailable(true));
+    let first = f
+        .handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+        .await;
+    assert!(first.is_err(), "{first:?}");
+    f.slack.after_post(|_| {});
+    f.store.set_unavailable(false);
+    f.store.expire_claims();
+    // The agent is still down: the same notice is due, found in the thread, not posted again.
+    let second = f
+        .handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+        .await;
+    assert!(
+        matches!(second, Err(HandlerError::Permanent(_))),
+        "{second:?}"
+    );
+    assert_eq!(f.slack.posts().len(), 1);
+    assert_eq!(f.slack.lookups(), 1);
+    assert!(f.store.intents()[0].posted);
+    // An operator's retry once the agent is back: the answer, and nothing else.
+    f.agent.answer_with(FakeAgent::success("back"));
+    assert_eq!(
+        f.handler
+            .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+            .await,
+        Ok(HandleOutcome::Done)
+    );
+    let texts: Vec<String> = f.slack.posts().into_iter().map(|p| p.text).collect();
+    assert_eq!(texts, vec![UNAVAILABLE_REPLY.to_owned(), "back".to_owned()]);
+}

@@ -19,7 +19,8 @@ use tracing::{debug, info, warn};
 
 use super::ports::{
     ClaimToken, ClaimedIntent, ConversationStore, ConversationStoreError, IntentClaim, IntentStep,
-    MessageMetadata, NewIntent, NewMessage, Posting, SlackApi, SlackApiError, ThreadMessage,
+    MessageKind, MessageMetadata, NewIntent, NewMessage, Posting, SlackApi, SlackApiError,
+    ThreadMessage,
 };
 use crate::ids::{ConversationId, MessageTs, ReplyIntentId, ThreadKey};
 
@@ -176,8 +177,10 @@ impl Poster<'_> {
         }
     }
 
-    /// Finishes every intent answering `turn` that an earlier attempt started and did not
-    /// finish (a crash, a lost claim, a failed post). True when one was finished here.
+    /// Finishes every answer to `turn` that an earlier attempt started and did not finish (a
+    /// crash, a lost claim, a failed post). Notices are left alone: a stale "could not
+    /// answer" must not appear before the answer; one posted again is finished through its
+    /// key like any other. True when an answer was finished here.
     pub async fn finish_started(
         &self,
         key: &ThreadKey,
@@ -185,10 +188,14 @@ impl Poster<'_> {
         turn: &MessageTs,
     ) -> Result<bool, PostError> {
         let mut finished = false;
-        for id in self.store.unfinished_intents(conversation, turn).await? {
+        let started = self
+            .store
+            .unfinished_intents(conversation, turn, MessageKind::Message)
+            .await?;
+        for id in started {
             let claim = self.claim(Target::Recorded(id)).await?;
             if let Some(claimed) = claim {
-                info!(conversation_id = %conversation, intent_id = %id, claim = claimed.token.claim, "finishing a reply an earlier attempt started");
+                info!(conversation_id = %conversation, intent_id = %id, claim = claimed.token.claim, "finishing an answer an earlier attempt started");
                 self.finish(key, claimed).await?;
                 finished = true;
             }

@@ -395,11 +395,13 @@ pub trait ConversationStore: Send + Sync + 'static {
         id: ReplyIntentId,
         lease: Duration,
     ) -> Result<IntentClaim, ConversationStoreError>;
-    /// The unfinished intents answering the user message `in_reply_to`, oldest first.
+    /// The unfinished intents of `kind` answering the user message `in_reply_to`, oldest
+    /// first.
     async fn unfinished_intents(
         &self,
         conversation: ConversationId,
         in_reply_to: &MessageTs,
+        kind: MessageKind,
     ) -> Result<Vec<ReplyIntentId>, ConversationStoreError>;
     /// Records a step of a claimed intent; `lease` is the claim's new lease where the step
     /// extends it. False when `token` is no longer the intent's latest claim (its lease ran

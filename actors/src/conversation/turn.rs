@@ -161,9 +161,9 @@ impl ConversationHandler {
         }
     }
 
-    /// Finishes the replies to `ts` an earlier attempt (of any process) started and did not
+    /// Finishes the answers to `ts` an earlier attempt (of any process) started and did not
     /// finish, before anything decides whether the turn is answered.
-    async fn finish_started_replies(
+    async fn finish_started_answers(
         &self,
         event: &InboundEvent,
         key: &ThreadKey,
@@ -289,7 +289,7 @@ impl ConversationHandler {
         self.add_seen_reaction(&turn);
 
         // A retry after a crash: the answer may already be in the thread, or half of it.
-        self.finish_started_replies(event, &turn.thread, conversation.id, &turn.turn_id.ts)
+        self.finish_started_answers(event, &turn.thread, conversation.id, &turn.turn_id.ts)
             .await?;
         if self.answered(&conversation, &turn.turn_id.ts).await? {
             return Ok(HandleOutcome::Done);
@@ -469,7 +469,7 @@ impl ConversationHandler {
     ) -> Result<HandleOutcome, HandlerError> {
         let ts = &turn.turn_id.ts;
         // A SendReply that stopped half way (here or on another replica) is finished first.
-        self.finish_started_replies(event, &turn.thread, conversation.id, ts)
+        self.finish_started_answers(event, &turn.thread, conversation.id, ts)
             .await?;
         if self.answered(conversation, ts).await? {
             // The agent posted through SendReply (send_reply mode).
