@@ -246,6 +246,11 @@ id_newtype! {
     /// Our id of an organization (not Clerk's `org_…` id).
     pub struct OrganizationId(pub Uuid);
 }
+id_newtype! {
+    /// Our id of a reply intent (one answer or notice to post once); it travels in the
+    /// metadata of every message posted for the intent.
+    pub struct ReplyIntentId(pub Uuid);
+}
 
 /// A GitHub App installation id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

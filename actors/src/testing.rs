@@ -18,27 +18,31 @@ pub fn slack_event(key: &str, seq: u64) -> NewInboundEvent {
 }
 
 pub use conversation_fakes::{
-    FakeAgent, FakeSlack, MemoryConversationStore, PostedMessage, UploadedFile,
+    FakeAgent, FakeSlack, MemoryConversationStore, PostedMessage, StoredIntent, UploadedFile,
 };
 
 /// In-memory fakes of the conversation ports, with the semantics of the real adapters that
 /// the conversation logic relies on (unique message ts per conversation, soft deletes,
-/// `monitored` only ever turning on).
+/// `monitored` only ever turning on, reply intents claimed with a lease and a claim count).
 mod conversation_fakes {
     use std::collections::HashMap;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Duration;
 
     use async_trait::async_trait;
-    use chrono::Utc;
+    use chrono::{DateTime, Utc};
     use parking_lot::Mutex;
 
     use crate::conversation::{
-        Agent, AgentAnswer, AgentError, AgentTurn, BotIdentity, ChannelRecord, Conversation,
-        ConversationStore, ConversationStoreError, InsertOutcome, NewMessage, ReplyService,
-        SlackApi, SlackApiError, StoredMessage, UserProfile,
+        Agent, AgentAnswer, AgentError, AgentTurn, BotIdentity, ChannelRecord, ClaimToken,
+        ClaimedIntent, Conversation, ConversationStore, ConversationStoreError, InsertOutcome,
+        IntentClaim, IntentStep, MessageKind, MessageMetadata, NewIntent, NewMessage, Posting,
+        ReplyService, SlackApi, SlackApiError, StoredMessage, ThreadMessage, UserProfile,
     };
-    use crate::ids::{ChannelId, ConversationId, MessageTs, SlackUserId, TeamId, ThreadKey};
+    use crate::ids::{
+        ChannelId, ConversationId, MessageTs, ReplyIntentId, SlackUserId, TeamId, ThreadKey,
+    };
     use crate::inbox::EventRowId;
 
     #[derive(Debug, Clone)]
@@ -49,18 +53,63 @@ mod conversation_fakes {
         deleted: bool,
     }
 
+    /// A reply intent as [`MemoryConversationStore`] keeps it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct StoredIntent {
+        pub id: ReplyIntentId,
+        pub conversation: ConversationId,
+        pub in_reply_to: Option<MessageTs>,
+        /// The key's text (the real store keeps its digest).
+        pub text: String,
+        pub kind: MessageKind,
+        pub posting: Posting,
+        pub parts_done: usize,
+        pub posting_part: Option<usize>,
+        pub file_id: Option<String>,
+        pub file_done: bool,
+        pub posted: bool,
+        pub claims: i32,
+        pub claimed_by: Option<String>,
+        pub claimed_until: Option<DateTime<Utc>>,
+    }
+
+    impl StoredIntent {
+        fn claimable(&self, now: DateTime<Utc>) -> bool {
+            !self.posted && self.claimed_until.is_none_or(|until| until <= now)
+        }
+
+        fn complete(&self) -> bool {
+            self.parts_done >= self.posting.message_count()
+                && (!self.posting.has_file() || self.file_done)
+        }
+    }
+
     #[derive(Debug, Default)]
     struct StoreState {
         conversations: Vec<Conversation>,
         rows: Vec<Row>,
         channels: HashMap<(TeamId, ChannelId), ChannelRecord>,
+        intents: Vec<StoredIntent>,
     }
 
     /// An in-memory [`ConversationStore`].
-    #[derive(Debug, Default)]
+    #[derive(Debug)]
     pub struct MemoryConversationStore {
         state: Mutex<StoreState>,
         unavailable: AtomicBool,
+        fail_next_record: AtomicBool,
+        owner: String,
+    }
+
+    impl Default for MemoryConversationStore {
+        fn default() -> Self {
+            Self {
+                state: Mutex::default(),
+                unavailable: AtomicBool::new(false),
+                fail_next_record: AtomicBool::new(false),
+                owner: "memory".to_owned(),
+            }
+        }
     }
 
     impl MemoryConversationStore {
@@ -72,6 +121,82 @@ mod conversation_fakes {
         /// Makes every call fail with [`ConversationStoreError::Unavailable`] (or work again).
         pub fn set_unavailable(&self, unavailable: bool) {
             self.unavailable.store(unavailable, Ordering::SeqCst);
+        }
+
+        /// The next recording of a posted reply message fails (once), as if the process
+        /// lost the database right after the post.
+        pub fn fail_next_record(&self) {
+            self.fail_next_record.store(true, Ordering::SeqCst);
+        }
+
+        /// Every reply intent, oldest first.
+        pub fn intents(&self) -> Vec<StoredIntent> {
+            self.state.lock().intents.clone()
+        }
+
+        /// Ends every claim now, as if their leases ran out (their holders stopped).
+        pub fn expire_claims(&self) {
+            let now = Utc::now();
+            for i in &mut self.state.lock().intents {
+                if i.claimed_until.is_some() {
+                    i.claimed_until = Some(now);
+                }
+            }
+        }
+
+        fn claim(&self, i: &mut StoredIntent, lease: Duration) -> IntentClaim {
+            let now = Utc::now();
+            if i.posted {
+                return IntentClaim::Posted;
+            }
+            if !i.claimable(now) {
+                return IntentClaim::Busy {
+                    claimed_by: i.claimed_by.clone().unwrap_or_default(),
+                    claimed_until: i.claimed_until.unwrap_or(now),
+                };
+            }
+            i.claims += 1;
+            i.claimed_by = Some(self.owner.clone());
+            i.claimed_until = Some(now + lease);
+            IntentClaim::Claimed(ClaimedIntent {
+                token: ClaimToken {
+                    intent: i.id,
+                    claim: i.claims,
+                },
+                conversation_id: i.conversation,
+                in_reply_to: i.in_reply_to.clone(),
+                kind: i.kind,
+                posting: i.posting.clone(),
+                parts_done: i.parts_done,
+                uncertain_part: i.posting_part,
+                file_id: i.file_id.clone(),
+                file_done: i.file_done,
+            })
+        }
+
+        fn insert(st: &mut StoreState, msg: NewMessage) -> InsertOutcome {
+            if let Some(r) = st.rows.iter().find(|r| {
+                r.conversation == msg.conversation_id && r.message.slack_ts == msg.slack_ts
+            }) {
+                return InsertOutcome::Exists {
+                    source_event_id: r.source_event_id,
+                };
+            }
+            st.rows.push(Row {
+                message: StoredMessage {
+                    id: uuid::Uuid::new_v4(),
+                    slack_ts: msg.slack_ts,
+                    sender: msg.sender,
+                    text: msg.text,
+                    created_at: Utc::now(),
+                    in_reply_to: msg.in_reply_to,
+                    kind: msg.kind,
+                },
+                conversation: msg.conversation_id,
+                source_event_id: msg.source_event_id,
+                deleted: false,
+            });
+            InsertOutcome::Inserted
         }
 
         /// The conversation of a thread.
@@ -166,29 +291,7 @@ mod conversation_fakes {
             msg: NewMessage,
         ) -> Result<InsertOutcome, ConversationStoreError> {
             self.check()?;
-            let mut st = self.state.lock();
-            if let Some(r) = st.rows.iter().find(|r| {
-                r.conversation == msg.conversation_id && r.message.slack_ts == msg.slack_ts
-            }) {
-                return Ok(InsertOutcome::Exists {
-                    source_event_id: r.source_event_id,
-                });
-            }
-            st.rows.push(Row {
-                message: StoredMessage {
-                    id: uuid::Uuid::new_v4(),
-                    slack_ts: msg.slack_ts,
-                    sender: msg.sender,
-                    text: msg.text,
-                    created_at: Utc::now(),
-                    in_reply_to: msg.in_reply_to,
-                    kind: msg.kind,
-                },
-                conversation: msg.conversation_id,
-                source_event_id: msg.source_event_id,
-                deleted: false,
-            });
-            Ok(InsertOutcome::Inserted)
+            Ok(Self::insert(&mut self.state.lock(), msg))
         }
 
         async fn history(
@@ -294,6 +397,140 @@ mod conversation_fakes {
             record.monitored |= monitored;
             Ok(())
         }
+
+        async fn claim_intent(
+            &self,
+            intent: &NewIntent,
+            lease: Duration,
+        ) -> Result<IntentClaim, ConversationStoreError> {
+            self.check()?;
+            let mut st = self.state.lock();
+            let idx = match st.intents.iter().position(|i| {
+                i.conversation == intent.conversation_id
+                    && i.in_reply_to == intent.in_reply_to
+                    && i.text == intent.text
+            }) {
+                Some(idx) => idx,
+                None => {
+                    st.intents.push(StoredIntent {
+                        id: ReplyIntentId::new_random(),
+                        conversation: intent.conversation_id,
+                        in_reply_to: intent.in_reply_to.clone(),
+                        text: intent.text.clone(),
+                        kind: intent.kind,
+                        posting: intent.posting.clone(),
+                        parts_done: 0,
+                        posting_part: None,
+                        file_id: None,
+                        file_done: false,
+                        posted: false,
+                        claims: 0,
+                        claimed_by: None,
+                        claimed_until: None,
+                    });
+                    st.intents.len() - 1
+                }
+            };
+            Ok(self.claim(&mut st.intents[idx], lease))
+        }
+
+        async fn claim_intent_by_id(
+            &self,
+            id: ReplyIntentId,
+            lease: Duration,
+        ) -> Result<IntentClaim, ConversationStoreError> {
+            self.check()?;
+            let mut st = self.state.lock();
+            match st.intents.iter_mut().find(|i| i.id == id) {
+                Some(i) => Ok(self.claim(i, lease)),
+                None => Err(ConversationStoreError::Unavailable(
+                    format!("no reply intent {id}").into(),
+                )),
+            }
+        }
+
+        async fn unfinished_intents(
+            &self,
+            conversation: ConversationId,
+            in_reply_to: &MessageTs,
+            kind: MessageKind,
+        ) -> Result<Vec<ReplyIntentId>, ConversationStoreError> {
+            self.check()?;
+            let st = self.state.lock();
+            Ok(st
+                .intents
+                .iter()
+                .filter(|i| {
+                    i.conversation == conversation
+                        && i.in_reply_to.as_ref() == Some(in_reply_to)
+                        && i.kind == kind
+                        && !i.posted
+                })
+                .map(|i| i.id)
+                .collect())
+        }
+
+        async fn advance_intent(
+            &self,
+            token: ClaimToken,
+            step: IntentStep,
+            lease: Duration,
+        ) -> Result<bool, ConversationStoreError> {
+            self.check()?;
+            if matches!(step, IntentStep::Posted { .. })
+                && self.fail_next_record.swap(false, Ordering::SeqCst)
+            {
+                return Err(ConversationStoreError::Unavailable(
+                    "memory store failed the recording once".into(),
+                ));
+            }
+            let mut st = self.state.lock();
+            let Some(idx) = st.intents.iter().position(|i| i.id == token.intent) else {
+                return Err(ConversationStoreError::Unavailable(
+                    format!("no reply intent {}", token.intent).into(),
+                ));
+            };
+            let ours = st.intents[idx].claims == token.claim;
+            let renew = Utc::now() + lease;
+            match step {
+                IntentStep::Renew if ours => st.intents[idx].claimed_until = Some(renew),
+                IntentStep::Posting { part } if ours && !st.intents[idx].posted => {
+                    let i = &mut st.intents[idx];
+                    i.posting_part = Some(part);
+                    i.claimed_until = Some(renew);
+                }
+                IntentStep::Posting { .. } => return Ok(false),
+                IntentStep::Posted { part, message } => {
+                    Self::insert(&mut st, message);
+                    let i = &mut st.intents[idx];
+                    i.parts_done = i.parts_done.max(part + 1);
+                    if ours {
+                        i.posting_part = None;
+                        i.claimed_until = Some(renew);
+                    }
+                    i.posted = i.complete();
+                }
+                IntentStep::FileUploaded { file_id } if ours => {
+                    st.intents[idx].file_id = Some(file_id);
+                }
+                IntentStep::FileShared => {
+                    let i = &mut st.intents[idx];
+                    i.file_done = true;
+                    i.posted = i.complete();
+                }
+                IntentStep::Abandon { uncertain } if ours => {
+                    let i = &mut st.intents[idx];
+                    i.claimed_until = Some(Utc::now());
+                    if !uncertain {
+                        i.posting_part = None;
+                    }
+                }
+                IntentStep::Renew
+                | IntentStep::FileUploaded { .. }
+                | IntentStep::Abandon { .. } => {}
+            }
+            Ok(ours)
+        }
     }
 
     /// A message [`FakeSlack`] posted.
@@ -304,25 +541,47 @@ mod conversation_fakes {
         pub thread_ts: Option<MessageTs>,
         pub ts: MessageTs,
         pub text: String,
+        pub metadata: Option<MessageMetadata>,
     }
 
     /// A file [`FakeSlack`] shared in a thread.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct UploadedFile {
+        pub file_id: String,
         pub channel: ChannelId,
         pub thread_ts: MessageTs,
+        /// The ts of the message that shares it.
+        pub ts: MessageTs,
         pub filename: String,
         pub title: String,
         pub content: String,
     }
 
-    #[derive(Debug, Default)]
+    /// Called after each successful post with the number of posts so far.
+    type AfterPost = Arc<dyn Fn(usize) + Send + Sync>;
+
+    #[derive(Default)]
     struct SlackState {
         posts: Vec<PostedMessage>,
+        /// Uploaded, not shared yet: id → (filename, content).
+        pending_uploads: HashMap<String, (String, String)>,
         uploads: Vec<UploadedFile>,
         reactions: Vec<(ChannelId, MessageTs, String)>,
         identity_error: Option<SlackApiError>,
         post_error: Option<SlackApiError>,
+        /// Posts fail with this error after they took effect (the answer was lost).
+        lost_answers: Option<SlackApiError>,
+        after_post: Option<AfterPost>,
+        lookups: usize,
+    }
+
+    impl std::fmt::Debug for SlackState {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SlackState")
+                .field("posts", &self.posts.len())
+                .field("uploads", &self.uploads.len())
+                .finish_non_exhaustive()
+        }
     }
 
     /// A [`SlackApi`] that records posts and reactions. The bot is `U0BOT`, every user is
@@ -366,6 +625,29 @@ mod conversation_fakes {
         pub fn fail_posts(&self, error: Option<SlackApiError>) {
             self.state.lock().post_error = error;
         }
+
+        /// Makes every post and file share take effect and then fail with `error`, as when
+        /// the answer is lost on the way back (`None`: work again).
+        pub fn lose_answers(&self, error: Option<SlackApiError>) {
+            self.state.lock().lost_answers = error;
+        }
+
+        /// Calls `f` after each successful post or file share with the number of them so
+        /// far (tests stop the store there to play a crash).
+        pub fn after_post(&self, f: impl Fn(usize) + Send + Sync + 'static) {
+            self.state.lock().after_post = Some(Arc::new(f));
+        }
+
+        /// How many times the bot's messages of a thread were looked up.
+        pub fn lookups(&self) -> usize {
+            self.state.lock().lookups
+        }
+
+        fn next_ts(&self) -> Result<MessageTs, SlackApiError> {
+            let n = self.next_ts.fetch_add(1, Ordering::SeqCst) + 1;
+            MessageTs::parse(format!("1900000000.{n:06}"))
+                .map_err(|e| SlackApiError::Api(e.to_string()))
+        }
     }
 
     #[async_trait]
@@ -388,45 +670,130 @@ mod conversation_fakes {
             channel: &ChannelId,
             thread_ts: Option<&MessageTs>,
             text: &str,
+            metadata: Option<&MessageMetadata>,
         ) -> Result<MessageTs, SlackApiError> {
-            let mut st = self.state.lock();
-            if let Some(e) = st.post_error.clone() {
-                return Err(e);
+            let (ts, count, after, lost) = {
+                let mut st = self.state.lock();
+                if let Some(e) = st.post_error.clone() {
+                    return Err(e);
+                }
+                let ts = self.next_ts()?;
+                st.posts.push(PostedMessage {
+                    team: team.clone(),
+                    channel: channel.clone(),
+                    thread_ts: thread_ts.cloned(),
+                    ts: ts.clone(),
+                    text: text.to_owned(),
+                    metadata: metadata.cloned(),
+                });
+                (
+                    ts,
+                    st.posts.len() + st.uploads.len(),
+                    st.after_post.clone(),
+                    st.lost_answers.clone(),
+                )
+            };
+            if let Some(f) = after {
+                f(count);
             }
-            let n = self.next_ts.fetch_add(1, Ordering::SeqCst) + 1;
-            let ts = MessageTs::parse(format!("1900000000.{n:06}"))
-                .map_err(|e| SlackApiError::Api(e.to_string()))?;
-            st.posts.push(PostedMessage {
-                team: team.clone(),
-                channel: channel.clone(),
-                thread_ts: thread_ts.cloned(),
-                ts: ts.clone(),
-                text: text.to_owned(),
-            });
-            Ok(ts)
+            match lost {
+                Some(e) => Err(e),
+                None => Ok(ts),
+            }
         }
 
         async fn upload_file(
             &self,
             _team: &TeamId,
+            filename: &str,
+            content: &str,
+        ) -> Result<String, SlackApiError> {
+            let mut st = self.state.lock();
+            if let Some(e) = st.post_error.clone() {
+                return Err(e);
+            }
+            let id = format!("F{:06}", st.pending_uploads.len() + st.uploads.len() + 1);
+            st.pending_uploads
+                .insert(id.clone(), (filename.to_owned(), content.to_owned()));
+            Ok(id)
+        }
+
+        async fn share_file(
+            &self,
+            _team: &TeamId,
             channel: &ChannelId,
             thread_ts: &MessageTs,
-            filename: &str,
+            file_id: &str,
             title: &str,
-            content: &str,
         ) -> Result<(), SlackApiError> {
             let mut st = self.state.lock();
             if let Some(e) = st.post_error.clone() {
                 return Err(e);
             }
+            let Some((filename, content)) = st.pending_uploads.remove(file_id) else {
+                return Err(SlackApiError::Api(
+                    "files.completeUploadExternal: file_not_found".into(),
+                ));
+            };
+            let ts = self.next_ts()?;
             st.uploads.push(UploadedFile {
+                file_id: file_id.to_owned(),
                 channel: channel.clone(),
                 thread_ts: thread_ts.clone(),
-                filename: filename.to_owned(),
+                ts,
+                filename,
                 title: title.to_owned(),
-                content: content.to_owned(),
+                content,
             });
-            Ok(())
+            let (count, after, lost) = (
+                st.posts.len() + st.uploads.len(),
+                st.after_post.clone(),
+                st.lost_answers.clone(),
+            );
+            drop(st);
+            if let Some(f) = after {
+                f(count);
+            }
+            match lost {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        }
+
+        async fn bot_messages_in_thread(
+            &self,
+            _team: &TeamId,
+            channel: &ChannelId,
+            thread_ts: &MessageTs,
+            after: Option<&MessageTs>,
+        ) -> Result<Vec<ThreadMessage>, SlackApiError> {
+            let mut st = self.state.lock();
+            st.lookups += 1;
+            let later = |ts: &MessageTs| after.is_none_or(|a| ts.chrono_cmp(a).is_gt());
+            let mut found: Vec<ThreadMessage> = st
+                .posts
+                .iter()
+                .filter(|p| {
+                    p.channel == *channel && p.thread_ts.as_ref() == Some(thread_ts) && later(&p.ts)
+                })
+                .map(|p| ThreadMessage {
+                    ts: p.ts.clone(),
+                    metadata: p.metadata.clone(),
+                    file_ids: Vec::new(),
+                })
+                .collect();
+            found.extend(
+                st.uploads
+                    .iter()
+                    .filter(|u| u.channel == *channel && u.thread_ts == *thread_ts && later(&u.ts))
+                    .map(|u| ThreadMessage {
+                        ts: u.ts.clone(),
+                        metadata: None,
+                        file_ids: vec![u.file_id.clone()],
+                    }),
+            );
+            found.sort_by(|a, b| a.ts.chrono_cmp(&b.ts));
+            Ok(found)
         }
 
         async fn add_reaction(
@@ -471,6 +838,9 @@ mod conversation_fakes {
         Fail(AgentError),
         /// Posts the text through SendReply, then answers successfully with it.
         SendReply(String),
+        /// Posts the text through SendReply and answers successfully with it whether or not
+        /// SendReply worked.
+        SendReplyBestEffort(String),
     }
 
     /// An [`Agent`] that records the turns it got and answers as told (by default
@@ -509,6 +879,13 @@ mod conversation_fakes {
             *self.behaviour.lock() = Some(Behaviour::SendReply(text.into()));
         }
 
+        /// Like [`Self::send_reply_with`], but answers `text` successfully even when
+        /// SendReply failed.
+        pub fn send_reply_best_effort(&self, replies: Arc<ReplyService>, text: impl Into<String>) {
+            *self.replies.lock() = Some(replies);
+            *self.behaviour.lock() = Some(Behaviour::SendReplyBestEffort(text.into()));
+        }
+
         /// A successful answer with `text`.
         pub fn success(text: &str) -> AgentAnswer {
             AgentAnswer {
@@ -541,6 +918,17 @@ mod conversation_fakes {
                             .send_reply(&turn.conversation_id.to_string(), &text)
                             .await
                             .map_err(|e| AgentError::Failed(e.to_string()))?;
+                    }
+                    Ok(Self::success(&text))
+                }
+                Some(Behaviour::SendReplyBestEffort(text)) => {
+                    let replies = self.replies.lock().clone();
+                    if let Some(replies) = replies
+                        && let Err(e) = replies
+                            .send_reply(&turn.conversation_id.to_string(), &text)
+                            .await
+                    {
+                        tracing::warn!(error = %e, "fake agent: SendReply failed; answering anyway");
                     }
                     Ok(Self::success(&text))
                 }

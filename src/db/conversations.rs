@@ -1,19 +1,26 @@
-//! [`ConversationStore`] on the `conversations`, `messages` and `channels` tables.
+//! [`ConversationStore`] on the `conversations`, `messages`, `channels` and `reply_intents`
+//! tables.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Integer, Jsonb, Nullable, Text};
 use diesel::upsert::excluded;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use infragpt_actors::conversation::{
-    ChannelRecord, Conversation, ConversationStore, ConversationStoreError, InsertOutcome,
-    MessageKind, NewMessage, Sender, StoredMessage,
+    ChannelRecord, ClaimToken, ClaimedIntent, Conversation, ConversationStore,
+    ConversationStoreError, InsertOutcome, IntentClaim, IntentStep, MessageKind, NewIntent,
+    NewMessage, Posting, Sender, StoredMessage,
 };
-use infragpt_actors::ids::{ChannelId, ConversationId, MessageTs, SlackUserId, TeamId, ThreadKey};
+use infragpt_actors::ids::{
+    ChannelId, ConversationId, MessageTs, ReplyIntentId, SlackUserId, TeamId, ThreadKey,
+};
 use infragpt_actors::inbox::EventRowId;
 
-use super::schema::{channels, conversations, messages};
+use super::schema::{channels, conversations, messages, reply_intents};
 use super::{Pool, StoreError, conn};
 
 /// `messages.sender_kind` of a Slack user's message.
@@ -28,18 +35,237 @@ diesel::define_sql_function! {
     fn coalesce(x: diesel::sql_types::Nullable<diesel::sql_types::Text>, y: diesel::sql_types::Nullable<diesel::sql_types::Text>) -> diesel::sql_types::Nullable<diesel::sql_types::Text>;
 }
 
-/// Conversations, messages and channels in PostgreSQL.
+/// `reply_intents.turn_ts` of an intent that answers no known turn.
+const NO_TURN: &str = "";
+
+/// Conversations, messages, channels and reply intents in PostgreSQL.
 #[derive(Clone)]
 pub struct PgConversationStore {
     pool: Pool,
+    /// `reply_intents.claimed_by` of this store's claims.
+    owner: String,
 }
 
 impl std::fmt::Debug for PgConversationStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgConversationStore")
             .field("pool", &self.pool.status())
+            .field("owner", &self.owner)
             .finish()
     }
+}
+
+/// A claim owner name unique to this store: `host-pid-xxxxxxxx`. The random part makes two
+/// stores of one process (two test apps on one database) distinct, like two replicas. The
+/// host name is only a label for people reading `claimed_by`; claims are told apart by
+/// their count, never by this name.
+fn default_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &random[..8])
+}
+
+/// The key digest of an intent's text (`reply_intents.digest`): SHA-256, hex.
+pub fn intent_digest(text: &str) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()))
+}
+
+fn millis(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn part_number(part: usize) -> i32 {
+    i32::try_from(part).unwrap_or(i32::MAX)
+}
+
+/// Records the intent (new key) or claims it again (its claim ran out), in one statement.
+const CLAIM_BY_KEY: &str = "\
+INSERT INTO reply_intents AS i
+    (conversation_id, turn_ts, digest, kind, posting, parts, claims, claimed_by, claimed_until)
+VALUES ($1, $2, $3, $4, $5, $6, 1, $7, now() + $8 * interval '1 millisecond')
+ON CONFLICT (conversation_id, turn_ts, digest) DO UPDATE
+    SET claims = i.claims + 1, claimed_by = EXCLUDED.claimed_by,
+        claimed_until = EXCLUDED.claimed_until
+    WHERE i.posted_at IS NULL AND (i.claimed_until IS NULL OR i.claimed_until <= now())
+RETURNING i.id, i.claims, i.conversation_id, i.turn_ts, i.kind, i.posting, i.parts_done,
+    i.posting_part, i.file_id, i.file_done";
+
+/// Claims a recorded intent whose claim ran out.
+const CLAIM_BY_ID: &str = "\
+UPDATE reply_intents
+    SET claims = claims + 1, claimed_by = $2,
+        claimed_until = now() + $3 * interval '1 millisecond'
+    WHERE id = $1 AND posted_at IS NULL AND (claimed_until IS NULL OR claimed_until <= now())
+RETURNING id, claims, conversation_id, turn_ts, kind, posting, parts_done, posting_part,
+    file_id, file_done";
+
+/// Records that part `$3 - 1` is in the thread (a fact, whoever holds the claim); clears the
+/// in-flight mark and extends the lease only for the current claim. True: still ours.
+const PART_POSTED: &str = "\
+UPDATE reply_intents
+    SET parts_done = GREATEST(parts_done, $3),
+        posting_part = CASE WHEN claims = $2 THEN NULL ELSE posting_part END,
+        claimed_until = CASE WHEN claims = $2 THEN now() + $4 * interval '1 millisecond'
+                             ELSE claimed_until END,
+        posted_at = CASE WHEN GREATEST(parts_done, $3) >= parts
+                              AND (posting->>'kind' <> 'file' OR file_done)
+                         THEN COALESCE(posted_at, now()) ELSE posted_at END
+    WHERE id = $1
+RETURNING claims = $2 AS flag";
+
+/// Records that the file is in the thread (a fact). True: the claim is still ours.
+const FILE_SHARED: &str = "\
+UPDATE reply_intents
+    SET file_done = true,
+        posted_at = CASE WHEN parts_done >= parts THEN COALESCE(posted_at, now())
+                         ELSE posted_at END
+    WHERE id = $1
+RETURNING claims = $2 AS flag";
+
+/// Renews the lease of the current claim (marking part `$4` under way when given).
+const RENEW: &str = "\
+UPDATE reply_intents
+    SET claimed_until = now() + $3 * interval '1 millisecond',
+        posting_part = COALESCE($4, posting_part)
+    WHERE id = $1 AND claims = $2 AND posted_at IS NULL";
+
+/// Ends the current claim now; forgets the in-flight marks unless something may be in the
+/// thread unrecorded.
+const ABANDON: &str = "\
+UPDATE reply_intents
+    SET claimed_until = now(),
+        posting_part = CASE WHEN $3 THEN posting_part ELSE NULL END,
+        file_id = CASE WHEN $3 OR file_done THEN file_id ELSE NULL END
+    WHERE id = $1 AND claims = $2";
+
+/// One claimed `reply_intents` row.
+#[derive(Debug, QueryableByName)]
+#[diesel(table_name = reply_intents, check_for_backend(diesel::pg::Pg))]
+struct ClaimRow {
+    id: uuid::Uuid,
+    claims: i32,
+    conversation_id: uuid::Uuid,
+    turn_ts: String,
+    kind: String,
+    posting: serde_json::Value,
+    parts_done: i32,
+    posting_part: Option<i32>,
+    file_id: Option<String>,
+    file_done: bool,
+}
+
+impl TryFrom<ClaimRow> for ClaimedIntent {
+    type Error = ConversationStoreError;
+    fn try_from(row: ClaimRow) -> Result<Self, Self::Error> {
+        let corrupt = |e: crate::db::error::BoxError| {
+            ConversationStoreError::from(StoreError::corrupt(format!("reply intent {}", row.id), e))
+        };
+        let in_reply_to = match row.turn_ts.as_str() {
+            NO_TURN => None,
+            ts => Some(MessageTs::parse(ts).map_err(|e| corrupt(e.into()))?),
+        };
+        let kind = MessageKind::parse(&row.kind)
+            .ok_or_else(|| corrupt(format!("unknown kind {:?}", row.kind).into()))?;
+        let posting: Posting =
+            serde_json::from_value(row.posting.clone()).map_err(|e| corrupt(e.into()))?;
+        let count = |n: i32| usize::try_from(n).map_err(|e| corrupt(e.into()));
+        Ok(ClaimedIntent {
+            token: ClaimToken {
+                intent: ReplyIntentId(row.id),
+                claim: row.claims,
+            },
+            conversation_id: ConversationId(row.conversation_id),
+            in_reply_to,
+            kind,
+            posting,
+            parts_done: count(row.parts_done)?,
+            uncertain_part: row.posting_part.map(count).transpose()?,
+            file_id: row.file_id,
+            file_done: row.file_done,
+        })
+    }
+}
+
+/// Who holds an intent that could not be claimed.
+#[derive(Debug, Queryable)]
+struct HolderRow {
+    posted_at: Option<DateTime<Utc>>,
+    claimed_by: Option<String>,
+    claimed_until: Option<DateTime<Utc>>,
+}
+
+impl From<HolderRow> for IntentClaim {
+    fn from(row: HolderRow) -> Self {
+        if row.posted_at.is_some() {
+            return IntentClaim::Posted;
+        }
+        IntentClaim::Busy {
+            claimed_by: row.claimed_by.unwrap_or_default(),
+            // Free again by now (a race with its release): the caller tries once more.
+            claimed_until: row.claimed_until.unwrap_or_else(Utc::now),
+        }
+    }
+}
+
+#[derive(Debug, QueryableByName)]
+struct Flag {
+    #[diesel(sql_type = Bool)]
+    flag: bool,
+}
+
+/// Stores a message unless its ts is stored in the conversation already (on `conn`, so it
+/// can share a transaction).
+async fn insert_on(
+    conn: &mut AsyncPgConnection,
+    msg: &NewMessage,
+) -> Result<InsertOutcome, diesel::result::Error> {
+    let (kind, sender_id) = match &msg.sender {
+        Sender::User(u) => (KIND_USER, u.as_str().to_owned()),
+        Sender::Agent => (KIND_AGENT, AGENT_SENDER_ID.to_owned()),
+    };
+    let inserted: Option<uuid::Uuid> = diesel::insert_into(messages::table)
+        .values((
+            messages::conversation_id.eq(msg.conversation_id.0),
+            messages::slack_ts.eq(msg.slack_ts.as_str()),
+            messages::sender_kind.eq(kind),
+            messages::sender_id.eq(&sender_id),
+            messages::sender_name.eq(msg.sender_name.as_deref()),
+            messages::sender_email.eq(msg.sender_email.as_deref()),
+            messages::text.eq(&msg.text),
+            messages::source_event_id.eq(msg.source_event_id.map(|e| e.0)),
+            messages::in_reply_to.eq(msg.in_reply_to.as_ref().map(MessageTs::as_str)),
+            messages::kind.eq(msg.kind.as_str()),
+        ))
+        .on_conflict((messages::conversation_id, messages::slack_ts))
+        .do_nothing()
+        .returning(messages::id)
+        .get_result(conn)
+        .await
+        .optional()?;
+    if inserted.is_some() {
+        diesel::update(conversations::table.find(msg.conversation_id.0))
+            .set((
+                conversations::last_message_at.eq(now),
+                conversations::updated_at.eq(now),
+            ))
+            .execute(conn)
+            .await?;
+        return Ok(InsertOutcome::Inserted);
+    }
+    let source: Option<i64> = messages::table
+        .filter(messages::conversation_id.eq(msg.conversation_id.0))
+        .filter(messages::slack_ts.eq(msg.slack_ts.as_str()))
+        .select(messages::source_event_id)
+        .first(conn)
+        .await?;
+    Ok(InsertOutcome::Exists {
+        source_event_id: source.map(EventRowId),
+    })
 }
 
 /// The port's error, with the store's error as its source.
@@ -133,9 +359,42 @@ impl TryFrom<MessageRow> for StoredMessage {
 }
 
 impl PgConversationStore {
-    /// A store on `pool`.
+    /// A store on `pool`, claiming reply intents under a name of its own (see
+    /// [`Self::with_owner`]).
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            owner: default_owner(),
+        }
+    }
+
+    /// Claims reply intents as `owner` (`reply_intents.claimed_by`: a pod or host name,
+    /// for people reading the table).
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
+    /// The name this store claims reply intents under.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Why `key`'s intent could not be claimed.
+    async fn holder(
+        conn: &mut AsyncPgConnection,
+        filter: reply_intents::BoxedQuery<'_, diesel::pg::Pg>,
+    ) -> Result<IntentClaim, ConversationStoreError> {
+        let row: HolderRow = filter
+            .select((
+                reply_intents::posted_at,
+                reply_intents::claimed_by,
+                reply_intents::claimed_until,
+            ))
+            .first(conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(row.into())
     }
 
     /// Ids of the conversations of one channel (for edits and deletes, which Slack addresses
@@ -215,52 +474,8 @@ impl ConversationStore for PgConversationStore {
         &self,
         msg: NewMessage,
     ) -> Result<InsertOutcome, ConversationStoreError> {
-        let (kind, sender_id) = match &msg.sender {
-            Sender::User(u) => (KIND_USER, u.as_str().to_owned()),
-            Sender::Agent => (KIND_AGENT, AGENT_SENDER_ID.to_owned()),
-        };
         let mut conn = conn(&self.pool).await?;
-        let inserted: Option<uuid::Uuid> = diesel::insert_into(messages::table)
-            .values((
-                messages::conversation_id.eq(msg.conversation_id.0),
-                messages::slack_ts.eq(msg.slack_ts.as_str()),
-                messages::sender_kind.eq(kind),
-                messages::sender_id.eq(&sender_id),
-                messages::sender_name.eq(msg.sender_name.as_deref()),
-                messages::sender_email.eq(msg.sender_email.as_deref()),
-                messages::text.eq(&msg.text),
-                messages::source_event_id.eq(msg.source_event_id.map(|e| e.0)),
-                messages::in_reply_to.eq(msg.in_reply_to.as_ref().map(MessageTs::as_str)),
-                messages::kind.eq(msg.kind.as_str()),
-            ))
-            .on_conflict((messages::conversation_id, messages::slack_ts))
-            .do_nothing()
-            .returning(messages::id)
-            .get_result(&mut conn)
-            .await
-            .optional()
-            .map_err(unavailable)?;
-        if inserted.is_some() {
-            diesel::update(conversations::table.find(msg.conversation_id.0))
-                .set((
-                    conversations::last_message_at.eq(now),
-                    conversations::updated_at.eq(now),
-                ))
-                .execute(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            return Ok(InsertOutcome::Inserted);
-        }
-        let source: Option<i64> = messages::table
-            .filter(messages::conversation_id.eq(msg.conversation_id.0))
-            .filter(messages::slack_ts.eq(msg.slack_ts.as_str()))
-            .select(messages::source_event_id)
-            .first(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(InsertOutcome::Exists {
-            source_event_id: source.map(EventRowId),
-        })
+        insert_on(&mut conn, &msg).await.map_err(unavailable)
     }
 
     async fn history(
@@ -411,5 +626,152 @@ impl ConversationStore for PgConversationStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn claim_intent(
+        &self,
+        intent: &NewIntent,
+        lease: Duration,
+    ) -> Result<IntentClaim, ConversationStoreError> {
+        let turn = intent
+            .in_reply_to
+            .as_ref()
+            .map_or(NO_TURN, MessageTs::as_str)
+            .to_owned();
+        let digest = intent_digest(&intent.text);
+        let posting = serde_json::to_value(&intent.posting)
+            .map_err(|e| StoreError::corrupt("reply intent posting", e))?;
+        let parts = i32::try_from(intent.posting.message_count())
+            .map_err(|e| StoreError::corrupt("reply intent parts", e))?;
+        let mut conn = conn(&self.pool).await?;
+        let claimed: Option<ClaimRow> = diesel::sql_query(CLAIM_BY_KEY)
+            .bind::<diesel::sql_types::Uuid, _>(intent.conversation_id.0)
+            .bind::<Text, _>(&turn)
+            .bind::<Text, _>(&digest)
+            .bind::<Text, _>(intent.kind.as_str())
+            .bind::<Jsonb, _>(&posting)
+            .bind::<Integer, _>(parts)
+            .bind::<Text, _>(&self.owner)
+            .bind::<BigInt, _>(millis(lease))
+            .get_result(&mut conn)
+            .await
+            .optional()
+            .map_err(unavailable)?;
+        match claimed {
+            Some(row) => Ok(IntentClaim::Claimed(row.try_into()?)),
+            None => {
+                let filter = reply_intents::table
+                    .filter(reply_intents::conversation_id.eq(intent.conversation_id.0))
+                    .filter(reply_intents::turn_ts.eq(turn))
+                    .filter(reply_intents::digest.eq(digest))
+                    .into_boxed();
+                Self::holder(&mut conn, filter).await
+            }
+        }
+    }
+
+    async fn claim_intent_by_id(
+        &self,
+        id: ReplyIntentId,
+        lease: Duration,
+    ) -> Result<IntentClaim, ConversationStoreError> {
+        let mut conn = conn(&self.pool).await?;
+        let claimed: Option<ClaimRow> = diesel::sql_query(CLAIM_BY_ID)
+            .bind::<diesel::sql_types::Uuid, _>(id.0)
+            .bind::<Text, _>(&self.owner)
+            .bind::<BigInt, _>(millis(lease))
+            .get_result(&mut conn)
+            .await
+            .optional()
+            .map_err(unavailable)?;
+        match claimed {
+            Some(row) => Ok(IntentClaim::Claimed(row.try_into()?)),
+            None => {
+                let filter = reply_intents::table.find(id.0).into_boxed();
+                Self::holder(&mut conn, filter).await
+            }
+        }
+    }
+
+    async fn unfinished_intents(
+        &self,
+        conversation: ConversationId,
+        in_reply_to: &MessageTs,
+        kind: MessageKind,
+    ) -> Result<Vec<ReplyIntentId>, ConversationStoreError> {
+        let mut conn = conn(&self.pool).await?;
+        let ids: Vec<uuid::Uuid> = reply_intents::table
+            .filter(reply_intents::conversation_id.eq(conversation.0))
+            .filter(reply_intents::turn_ts.eq(in_reply_to.as_str()))
+            .filter(reply_intents::kind.eq(kind.as_str()))
+            .filter(reply_intents::posted_at.is_null())
+            .order(reply_intents::created_at.asc())
+            .select(reply_intents::id)
+            .load(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(ids.into_iter().map(ReplyIntentId).collect())
+    }
+
+    async fn advance_intent(
+        &self,
+        token: ClaimToken,
+        step: IntentStep,
+        lease: Duration,
+    ) -> Result<bool, ConversationStoreError> {
+        let id = token.intent.0;
+        let mut conn = conn(&self.pool).await?;
+        let renew = async |conn: &mut AsyncPgConnection, part: Option<i32>| {
+            diesel::sql_query(RENEW)
+                .bind::<diesel::sql_types::Uuid, _>(id)
+                .bind::<Integer, _>(token.claim)
+                .bind::<BigInt, _>(millis(lease))
+                .bind::<Nullable<Integer>, _>(part)
+                .execute(conn)
+                .await
+                .map(|n| n == 1)
+        };
+        let ours = match step {
+            IntentStep::Renew => renew(&mut conn, None).await,
+            IntentStep::Posting { part } => renew(&mut conn, Some(part_number(part))).await,
+            IntentStep::Posted { part, message } => {
+                conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+                    insert_on(conn, &message).await?;
+                    diesel::sql_query(PART_POSTED)
+                        .bind::<diesel::sql_types::Uuid, _>(id)
+                        .bind::<Integer, _>(token.claim)
+                        .bind::<Integer, _>(part_number(part).saturating_add(1))
+                        .bind::<BigInt, _>(millis(lease))
+                        .get_result::<Flag>(conn)
+                        .await
+                        .map(|f| f.flag)
+                })
+                .await
+            }
+            IntentStep::FileUploaded { file_id } => diesel::update(
+                reply_intents::table
+                    .find(id)
+                    .filter(reply_intents::claims.eq(token.claim))
+                    .filter(reply_intents::posted_at.is_null()),
+            )
+            .set(reply_intents::file_id.eq(file_id))
+            .execute(&mut conn)
+            .await
+            .map(|n| n == 1),
+            IntentStep::FileShared => diesel::sql_query(FILE_SHARED)
+                .bind::<diesel::sql_types::Uuid, _>(id)
+                .bind::<Integer, _>(token.claim)
+                .get_result::<Flag>(&mut conn)
+                .await
+                .map(|f| f.flag),
+            IntentStep::Abandon { uncertain } => diesel::sql_query(ABANDON)
+                .bind::<diesel::sql_types::Uuid, _>(id)
+                .bind::<Integer, _>(token.claim)
+                .bind::<Bool, _>(uncertain)
+                .execute(&mut conn)
+                .await
+                .map(|n| n == 1),
+        };
+        ours.map_err(unavailable)
     }
 }

@@ -220,6 +220,28 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Answers and notices to post into a thread exactly once (migration 2026-11-30-000010).
+    reply_intents (id) {
+        id -> Uuid,
+        conversation_id -> Uuid,
+        turn_ts -> Text,
+        digest -> Text,
+        kind -> Text,
+        posting -> Jsonb,
+        parts -> Int4,
+        parts_done -> Int4,
+        posting_part -> Nullable<Int4>,
+        file_id -> Nullable<Text>,
+        file_done -> Bool,
+        claims -> Int4,
+        claimed_by -> Nullable<Text>,
+        claimed_until -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        posted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     /// Slack workspaces the bot is installed in.
     slack_workspaces (team_id) {
         team_id -> Text,
@@ -257,6 +279,7 @@ diesel::joinable!(integration_credentials -> integrations (integration_id));
 diesel::joinable!(integrations -> organizations (organization_id));
 diesel::joinable!(messages -> conversations (conversation_id));
 diesel::joinable!(organization_metadata -> organizations (organization_id));
+diesel::joinable!(reply_intents -> conversations (conversation_id));
 diesel::joinable!(slack_workspaces -> organizations (organization_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -275,6 +298,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     organization_members,
     organization_metadata,
     organizations,
+    reply_intents,
     slack_workspaces,
     users,
 );

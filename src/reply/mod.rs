@@ -168,8 +168,9 @@ impl ReplyAuth {
 /// * Slack refused for good ([`is_transient`] is false: no token for the
 ///   workspace, an inactive workspace, `channel_not_found`, `is_archived`, `msg_too_long`...)
 ///   → 409 / `FAILED_PRECONDITION`: retrying the same call will not help;
-/// * the store or Slack is unavailable (network, 5xx, rate limited) → 503 / `UNAVAILABLE`:
-///   retry later (SendReply is idempotent per turn).
+/// * the store or Slack is unavailable (network, 5xx, rate limited), or another replica
+///   holds the claim on the same reply past the wait → 503 / `UNAVAILABLE`: retry later
+///   (SendReply is idempotent per turn and text, across replicas).
 ///
 /// Caller values are echoed clipped ([`echo`]).
 ///
@@ -193,6 +194,12 @@ pub fn api_error(e: ReplyError) -> ApiError {
         ReplyError::Slack(slack) => {
             tracing::warn!(error = %slack, transient = false, "SendReply: Slack refused the reply");
             ApiError::failed_precondition(format!("slack refused the reply: {slack}"))
+        }
+        ReplyError::Contended(contended) => {
+            tracing::warn!(error = %contended, "SendReply: another process is posting the same reply");
+            ApiError::unavailable(format!(
+                "the same reply is being posted by another process; retry later ({contended})"
+            ))
         }
     }
 }

@@ -7,7 +7,10 @@
 //! * Transient failures (connection errors, 5xx, Slack's [`TRANSIENT_SLACK_ERRORS`] codes) are
 //!   retried with exponential backoff, bounded by [`WebSettings::transient_retries`]; then
 //!   [`SlackApiError::Transport`]. Every other error code is final (see
-//!   [`SlackApiError::is_transient`], the one classification).
+//!   [`SlackApiError::is_transient`], the one classification). Posts (`chat.postMessage`,
+//!   `files.completeUploadExternal`) are retried only after failures that prove nothing was
+//!   posted: after a lost answer the message may exist, and the caller looks in the thread
+//!   before posting again (`conversation::once`).
 //! * `invalid_auth`, `token_revoked`, `account_inactive` mark the workspace inactive in the
 //!   [`WorkspaceDirectory`] (the `slack_workspaces` table) and on the [`WorkspaceBoard`], and
 //!   answer [`SlackApiError::WorkspaceInactive`].
@@ -23,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use infragpt_actors::conversation::{
-    BotIdentity, SlackApi, SlackApiError, TRANSIENT_SLACK_ERRORS, UserProfile,
+    BotIdentity, MessageMetadata, SlackApi, SlackApiError, TRANSIENT_SLACK_ERRORS, ThreadMessage,
+    UserProfile,
 };
 use infragpt_actors::ids::{ChannelId, MessageTs, SlackUserId, TeamId};
 use infragpt_actors::{Backoff, Secret};
@@ -121,16 +125,26 @@ pub enum WebError {
 
 /// Why one call failed, before mapping to [`SlackApiError`].
 enum Failure {
-    Retry(String),
+    /// Worth retrying; `maybe_done`: the call may have taken effect all the same.
+    Retry {
+        why: String,
+        maybe_done: bool,
+    },
     Final(SlackApiError),
     Code(String),
 }
+
+/// Transient codes after which Slack may have done the call (Slack's own words for them).
+const MAYBE_DONE_ERRORS: [&str; 2] = ["internal_error", "fatal_error"];
 
 fn classify(e: SlackClientError) -> Failure {
     match e {
         SlackClientError::ApiError(api) => {
             if TRANSIENT_ERRORS.contains(&api.code.as_str()) {
-                Failure::Retry(api.code)
+                Failure::Retry {
+                    maybe_done: MAYBE_DONE_ERRORS.contains(&api.code.as_str()),
+                    why: api.code,
+                }
             } else {
                 Failure::Code(api.code)
             }
@@ -138,16 +152,21 @@ fn classify(e: SlackClientError) -> Failure {
         SlackClientError::RateLimitError(r) => Failure::Final(SlackApiError::RateLimited {
             retry_after: r.retry_after.unwrap_or(Duration::from_secs(1)),
         }),
-        SlackClientError::HttpError(h) if h.status_code.is_server_error() => {
-            Failure::Retry(format!("http status {}", h.status_code))
-        }
+        SlackClientError::HttpError(h) if h.status_code.is_server_error() => Failure::Retry {
+            why: format!("http status {}", h.status_code),
+            maybe_done: true,
+        },
         SlackClientError::HttpError(h) => Failure::Final(SlackApiError::Transport(format!(
             "http status {}",
             h.status_code
         ))),
+        // The request may have been sent before the connection failed.
         SlackClientError::HttpProtocolError(_)
         | SlackClientError::EndOfStream(_)
-        | SlackClientError::SystemError(_) => Failure::Retry(e.to_string()),
+        | SlackClientError::SystemError(_) => Failure::Retry {
+            why: e.to_string(),
+            maybe_done: true,
+        },
         SlackClientError::ProtocolError(p) => Failure::Final(SlackApiError::Transport(format!(
             "unreadable slack response: {}",
             p.json_error
@@ -166,11 +185,35 @@ fn api_token(token: &Secret, team: Option<&TeamId>) -> SlackApiToken {
     }
 }
 
+/// Whether a failed call may be sent again blindly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Reads and idempotent writes: retry every transient failure.
+    Always,
+    /// Posts: retry only failures that prove nothing happened; after the others the caller
+    /// must look before posting again.
+    IfNothingHappened,
+}
+
 /// Runs one Web API request with the transient-retry policy. `Code` failures are returned as
 /// `Err(Ok(code))` for the caller to interpret; everything else as `Err(Err(api_error))`.
 async fn request<RS, F, Fut>(
     settings: &WebSettings,
     method: &str,
+    send: F,
+) -> Result<RS, Result<String, SlackApiError>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<RS, SlackClientError>>,
+{
+    request_with(settings, method, Repeat::Always, send).await
+}
+
+/// [`request`] with the given repeat policy.
+async fn request_with<RS, F, Fut>(
+    settings: &WebSettings,
+    method: &str,
+    repeat: Repeat,
     mut send: F,
 ) -> Result<RS, Result<String, SlackApiError>>
 where
@@ -184,13 +227,21 @@ where
             Err(e) => match classify(e) {
                 Failure::Code(code) => return Err(Ok(code)),
                 Failure::Final(err) => return Err(Err(err)),
-                Failure::Retry(why) if attempt < settings.transient_retries => {
+                Failure::Retry { why, maybe_done }
+                    if maybe_done && repeat == Repeat::IfNothingHappened =>
+                {
+                    tracing::warn!(method, error = %why, "slack call failed after it may have taken effect; not repeating it");
+                    return Err(Err(SlackApiError::Transport(format!(
+                        "{method}: {why} (may have taken effect)"
+                    ))));
+                }
+                Failure::Retry { why, .. } if attempt < settings.transient_retries => {
                     attempt += 1;
                     let delay = Backoff::uncapped(settings.retry_base).delay(attempt);
                     tracing::warn!(method, attempt, error = %why, delay_ms = delay.as_millis() as u64, "slack call failed; retrying");
                     tokio::time::sleep(delay).await;
                 }
-                Failure::Retry(why) => {
+                Failure::Retry { why, .. } => {
                     return Err(Err(SlackApiError::Transport(format!(
                         "{method}: {why} (after {attempt} retries)"
                     ))));
@@ -220,6 +271,47 @@ struct Posted {
 
 #[derive(Debug, Deserialize)]
 struct Empty {}
+
+/// A `conversations.replies` page (the fields we use).
+#[derive(Debug, Deserialize)]
+struct RepliesPage {
+    #[serde(default)]
+    messages: Vec<ReplyObj>,
+    #[serde(default)]
+    has_more: bool,
+    response_metadata: Option<PageCursor>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PageCursor {
+    next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReplyObj {
+    ts: String,
+    user: Option<String>,
+    bot_id: Option<String>,
+    metadata: Option<Value>,
+    #[serde(default)]
+    files: Vec<FileObj>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileObj {
+    id: String,
+}
+
+/// Messages per `conversations.replies` page (Slack allows up to 1 000).
+const REPLIES_PAGE: u32 = 200;
+/// Pages read before a thread counts as unreadable (100 000 messages).
+const MAX_REPLIES_PAGES: u32 = 500;
+
+/// Slack's message metadata as our port spells it; metadata of another shape (another
+/// app's) is skipped.
+fn metadata_of(value: Option<Value>) -> Option<MessageMetadata> {
+    serde_json::from_value(value?).ok()
+}
 
 #[derive(Debug, Deserialize)]
 struct UsersInfo {
@@ -500,9 +592,10 @@ impl SlackWeb {
         method: &'static str,
         body: &Value,
         limit: &SlackApiMethodRateControlConfig,
+        repeat: Repeat,
     ) -> Result<Result<RS, String>, SlackApiError> {
         let token = self.token(team).await?;
-        let result = request(&self.settings, method, || async {
+        let result = request_with(&self.settings, method, repeat, || async {
             let session = self.client.open_session(&token);
             session
                 .http_session_api
@@ -571,13 +664,29 @@ impl SlackApi for SlackWeb {
         channel: &ChannelId,
         thread_ts: Option<&MessageTs>,
         text: &str,
+        metadata: Option<&MessageMetadata>,
     ) -> Result<MessageTs, SlackApiError> {
         let mut body = json!({ "channel": channel.as_str(), "text": text });
-        if let (Some(ts), Some(obj)) = (thread_ts, body.as_object_mut()) {
-            obj.insert("thread_ts".into(), json!(ts.as_str()));
+        if let Some(obj) = body.as_object_mut() {
+            if let Some(ts) = thread_ts {
+                obj.insert("thread_ts".into(), json!(ts.as_str()));
+            }
+            if let Some(m) = metadata {
+                // A JSON body takes the metadata as an object (a form body as its JSON text).
+                obj.insert(
+                    "metadata".into(),
+                    json!({ "event_type": m.event_type, "event_payload": m.event_payload }),
+                );
+            }
         }
         let posted: Posted = match self
-            .post(team, "chat.postMessage", &body, &self.post_message_limit)
+            .post(
+                team,
+                "chat.postMessage",
+                &body,
+                &self.post_message_limit,
+                Repeat::IfNothingHappened,
+            )
             .await?
         {
             Ok(p) => p,
@@ -590,16 +699,11 @@ impl SlackApi for SlackWeb {
     async fn upload_file(
         &self,
         team: &TeamId,
-        channel: &ChannelId,
-        thread_ts: &MessageTs,
         filename: &str,
-        title: &str,
         content: &str,
-    ) -> Result<(), SlackApiError> {
+    ) -> Result<String, SlackApiError> {
         use slack_morphism::prelude::{
-            SlackApiFilesComplete, SlackApiFilesCompleteUploadExternalRequest,
             SlackApiFilesGetUploadUrlExternalRequest, SlackApiFilesUploadViaUrlRequest,
-            SlackChannelId, SlackTs,
         };
         let token = self.token(team).await?;
         let url_request =
@@ -628,21 +732,105 @@ impl SlackApi for SlackWeb {
         .await;
         self.finish(team, "files.upload (upload URL)", result)
             .await?;
+        Ok(target.file_id.0)
+    }
+
+    async fn share_file(
+        &self,
+        team: &TeamId,
+        channel: &ChannelId,
+        thread_ts: &MessageTs,
+        file_id: &str,
+        title: &str,
+    ) -> Result<(), SlackApiError> {
+        use slack_morphism::prelude::{
+            SlackApiFilesComplete, SlackApiFilesCompleteUploadExternalRequest, SlackChannelId,
+            SlackFileId, SlackTs,
+        };
+        let token = self.token(team).await?;
         let complete = SlackApiFilesCompleteUploadExternalRequest::new(vec![
-            SlackApiFilesComplete::new(target.file_id).with_title(title.to_owned()),
+            SlackApiFilesComplete::new(SlackFileId::new(file_id.to_owned()))
+                .with_title(title.to_owned()),
         ])
         .with_channel_id(SlackChannelId::new(channel.as_str().to_owned()))
         .with_thread_ts(SlackTs::new(thread_ts.as_str().to_owned()));
-        let result = request(&self.settings, "files.completeUploadExternal", || async {
-            self.client
-                .open_session(&token)
-                .files_complete_upload_external(&complete)
-                .await
-        })
+        let result = request_with(
+            &self.settings,
+            "files.completeUploadExternal",
+            Repeat::IfNothingHappened,
+            || async {
+                self.client
+                    .open_session(&token)
+                    .files_complete_upload_external(&complete)
+                    .await
+            },
+        )
         .await;
         self.finish(team, "files.completeUploadExternal", result)
             .await
             .map(drop)
+    }
+
+    async fn bot_messages_in_thread(
+        &self,
+        team: &TeamId,
+        channel: &ChannelId,
+        thread_ts: &MessageTs,
+        after: Option<&MessageTs>,
+    ) -> Result<Vec<ThreadMessage>, SlackApiError> {
+        let bot = self.bot_identity(team).await?;
+        let ours = |m: &ReplyObj| {
+            m.user.as_deref() == Some(bot.user_id.as_str())
+                || (m.bot_id.is_some() && m.bot_id == bot.bot_id)
+        };
+        let mut found = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_REPLIES_PAGES {
+            // slack-morphism's replies request has no `include_all_metadata` (2.31): a plain GET.
+            let mut params: Vec<(&'static str, Option<String>)> = vec![
+                ("channel", Some(channel.as_str().to_owned())),
+                ("ts", Some(thread_ts.as_str().to_owned())),
+                ("include_all_metadata", Some("true".to_owned())),
+                ("limit", Some(REPLIES_PAGE.to_string())),
+            ];
+            if let Some(after) = after {
+                params.push(("oldest", Some(after.as_str().to_owned())));
+            }
+            if let Some(c) = &cursor {
+                params.push(("cursor", Some(c.clone())));
+            }
+            let page: RepliesPage = self
+                .get(
+                    team,
+                    "conversations.replies",
+                    params,
+                    &SLACK_TIER3_METHOD_CONFIG,
+                )
+                .await?;
+            for m in page.messages {
+                if !ours(&m) {
+                    continue;
+                }
+                let ts = MessageTs::parse(m.ts.as_str())
+                    .map_err(|e| SlackApiError::Api(format!("conversations.replies ts: {e}")))?;
+                found.push(ThreadMessage {
+                    ts,
+                    file_ids: m.files.into_iter().map(|f| f.id).collect(),
+                    metadata: metadata_of(m.metadata),
+                });
+            }
+            cursor = page
+                .response_metadata
+                .and_then(|r| r.next_cursor)
+                .filter(|c| !c.is_empty());
+            if !page.has_more || cursor.is_none() {
+                return Ok(found);
+            }
+        }
+        Err(SlackApiError::Api(format!(
+            "conversations.replies: thread {thread_ts} has more than {} pages",
+            MAX_REPLIES_PAGES
+        )))
     }
 
     async fn add_reaction(
@@ -654,7 +842,13 @@ impl SlackApi for SlackWeb {
     ) -> Result<(), SlackApiError> {
         let body = json!({ "channel": channel.as_str(), "timestamp": ts.as_str(), "name": name });
         match self
-            .post::<Empty>(team, "reactions.add", &body, &SLACK_TIER3_METHOD_CONFIG)
+            .post::<Empty>(
+                team,
+                "reactions.add",
+                &body,
+                &SLACK_TIER3_METHOD_CONFIG,
+                Repeat::Always,
+            )
             .await?
         {
             Ok(_) => Ok(()),

@@ -284,7 +284,11 @@ async fn a_retry_resumes_a_turn_whose_reply_was_not_posted() {
             .await,
         Ok(HandleOutcome::Done)
     );
-    assert_eq!(f.agent.turns().len(), 2, "the retry asks the agent again");
+    assert_eq!(
+        f.agent.turns().len(),
+        1,
+        "the retry posts the answer the agent gave, recorded in its intent"
+    );
     assert_eq!(f.slack.posts().len(), 1);
     assert_eq!(
         thread_texts(&f, ROOT_TS),
@@ -675,4 +679,410 @@ async fn long_answers_post_their_first_lines_and_share_the_whole_answer_as_a_fil
         .expect("turn");
     assert!(f.slack.uploads().is_empty());
     assert!(f.slack.posts().len() > 1, "split into several messages");
+}
+
+// ----- exactly-once posting -------------------------------------------------------------
+
+/// An answer of `n` Slack-sized messages (each line is 1 000 characters).
+fn answer_of_parts(n: usize) -> String {
+    (0..n * 3)
+        .map(|i| format!("{}{}\n", i % 10, "x".repeat(999)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_post_whose_recording_failed_is_not_posted_again() {
+    let f = fixture(ReplyMode::Response);
+    f.store.fail_next_record();
+    let first = f
+        .handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+        .await;
+    assert!(
+        matches!(first, Err(HandlerError::Retryable(_))),
+        "{first:?}"
+    );
+    assert_eq!(
+        f.slack.posts().len(),
+        1,
+        "posted, then the recording failed"
+    );
+    assert_eq!(f.slack.lookups(), 0);
+
+    assert_eq!(
+        f.handler
+            .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+            .await,
+        Ok(HandleOutcome::Done)
+    );
+    let posts = f.slack.posts();
+    assert_eq!(posts.len(), 1, "the retry found the post in the thread");
+    assert_eq!(f.slack.lookups(), 1);
+    assert_eq!(f.agent.turns().len(), 1);
+    let stored = thread_texts(&f, ROOT_TS);
+    assert_eq!(
+        stored,
+        vec![
+            (user(), "hi".to_owned()),
+            (Sender::Agent, "answer to: hi".to_owned())
+        ]
+    );
+    let conversation = f
+        .store
+        .conversation(&thread(ROOT_TS))
+        .expect("conversation");
+    let agent_msg = f.store.messages(conversation.id).pop().expect("answer");
+    assert_eq!(agent_msg.slack_ts, posts[0].ts, "recorded with its real ts");
+    let intents = f.store.intents();
+    assert_eq!(intents.len(), 1);
+    assert!(intents[0].posted);
+    assert_eq!(intents[0].claims, 2);
+    let metadata = posts[0].metadata.as_ref().expect("metadata");
+    assert_eq!(metadata.event_type, super::REPLY_EVENT_TYPE);
+    assert_eq!(
+        metadata.event_payload["intent_id"],
+        json!(intents[0].id.to_string())
+    );
+    assert_eq!(metadata.event_payload["part"], json!(0));
+}
+
+#[tokio::test]
+async fn parts_posted_before_a_crash_are_not_posted_again() {
+    let f = fixture(ReplyMode::Response);
+    let answer = answer_of_parts(3);
+    f.agent.answer_with(FakeAgent::success(&answer));
+    // The process dies right after its second post: nothing more is recorded or released.
+    let store = f.store.clone();
+    f.slack.after_post(move |n| {
+        if n == 2 {
+            store.set_unavailable(true);
+        }
+    });
+    let crashed = f
+        .handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> report")))
+        .await;
+    assert!(
+        matches!(crashed, Err(HandlerError::Retryable(_))),
+        "{crashed:?}"
+    );
+    assert_eq!(f.slack.posts().len(), 2);
+    let intent = &f.store.intents()[0];
+    assert_eq!(intent.posting.message_count(), 3);
+    assert_eq!(
+        (intent.parts_done, intent.posting_part),
+        (1, Some(1)),
+        "part 0 recorded, part 1 posted but not recorded"
+    );
+
+    // Restarted: the claim of the dead process is still leased, so the retry waits...
+    f.slack.after_post(|_| {});
+    f.store.set_unavailable(false);
+    let f = Fixture {
+        handler: f
+            .handler
+            .with_claim_timing(Duration::from_secs(30), Duration::from_millis(200)),
+        ..f
+    };
+    let busy = f
+        .handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> report")))
+        .await;
+    assert!(
+        matches!(&busy, Err(HandlerError::Retryable(m)) if m.contains("another process")),
+        "{busy:?}"
+    );
+    assert_eq!(f.slack.posts().len(), 2);
+    // ...and finishes it once the lease ran out.
+    f.store.expire_claims();
+    assert_eq!(
+        f.handler
+            .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> report")))
+            .await,
+        Ok(HandleOutcome::Done)
+    );
+    let posts = f.slack.posts();
+    let parts: Vec<_> = posts
+        .iter()
+        .map(|p| p.metadata.as_ref().expect("metadata").event_payload["part"].clone())
+        .collect();
+    assert_eq!(parts, vec![json!(0), json!(1), json!(2)], "each part once");
+    assert_eq!(f.agent.turns().len(), 1, "the agent is not asked again");
+    let stored: Vec<MessageTs> = {
+        let conversation = f
+            .store
+            .conversation(&thread(ROOT_TS))
+            .expect("conversation");
+        f.store
+            .messages(conversation.id)
+            .into_iter()
+            .filter(|m| m.sender == Sender::Agent)
+            .map(|m| m.slack_ts)
+            .collect()
+    };
+    assert_eq!(
+        stored,
+        posts.iter().map(|p| p.ts.clone()).collect::<Vec<_>>()
+    );
+    assert!(f.store.intents()[0].posted);
+}
+
+#[tokio::test]
+async fn a_post_whose_answer_was_lost_is_found_not_repeated() {
+    let f = fixture(ReplyMode::Response);
+    f.agent.answer_with(FakeAgent::success(&answer_of_parts(2)));
+    // Each post reaches the thread but its answer is lost: the attempt looks in the thread
+    // before trying again, and records what it finds.
+    f.slack
+        .lose_answers(Some(SlackApiError::Transport("connection reset".into())));
+    assert_eq!(
+        f.handler
+            .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> report")))
+            .await,
+        Ok(HandleOutcome::Done)
+    );
+    let parts: Vec<_> = f
+        .slack
+        .posts()
+        .iter()
+        .map(|p| p.metadata.as_ref().expect("metadata").event_payload["part"].clone())
+        .collect();
+    assert_eq!(parts, vec![json!(0), json!(1)]);
+    assert_eq!(f.slack.lookups(), 2);
+    assert!(f.store.intents()[0].posted);
+}
+
+fn long_answer_fixture() -> Fixture {
+    let long: String = (0..400).map(|i| format!("- line **{i}**\n")).collect();
+    let f = fixture_with_style(
+        ReplyMode::Response,
+        AnswerStyle {
+            file_threshold: 1_000,
+            ..AnswerStyle::default()
+        },
+    );
+    f.agent.answer_with(FakeAgent::success(&long));
+    f
+}
+
+/// Handles the mention with the process "dying" (the store gone) right after Slack call
+/// number `n` (posts and file shares), then again after the dead claim's lease ran out.
+async fn crash_after_call(f: &Fixture, n: usize) {
+    let store = f.store.clone();
+    f.slack.after_post(move |count| {
+        if count == n {
+            store.set_unavailable(true);
+        }
+    });
+    let crashed = f
+        .handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> report")))
+        .await;
+    assert!(
+        matches!(crashed, Err(HandlerError::Retryable(_))),
+        "{crashed:?}"
+    );
+    f.slack.after_post(|_| {});
+    f.store.set_unavailable(false);
+    f.store.expire_claims();
+    assert_eq!(
+        f.handler
+            .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> report")))
+            .await,
+        Ok(HandleOutcome::Done)
+    );
+}
+
+#[tokio::test]
+async fn a_long_answer_crashed_after_its_preview_gets_one_preview_and_one_file() {
+    let f = long_answer_fixture();
+    crash_after_call(&f, 1).await;
+    assert_eq!(f.slack.posts().len(), 1, "one preview");
+    assert_eq!(f.slack.uploads().len(), 1, "one file in the thread");
+    assert_eq!(f.slack.lookups(), 1);
+    let intent = &f.store.intents()[0];
+    assert!(intent.posted && intent.file_done);
+    assert!(thread_texts(&f, ROOT_TS)[1].1.contains("• line *399*"));
+}
+
+#[tokio::test]
+async fn a_long_answer_crashed_after_its_file_share_shares_nothing_more() {
+    let f = long_answer_fixture();
+    crash_after_call(&f, 2).await;
+    assert_eq!(f.slack.posts().len(), 1);
+    assert_eq!(
+        f.slack.uploads().len(),
+        1,
+        "the share was found in the thread"
+    );
+    assert_eq!(f.slack.lookups(), 1);
+    let intent = &f.store.intents()[0];
+    assert!(intent.posted && intent.file_done);
+    assert_eq!(f.agent.turns().len(), 1);
+}
+
+#[tokio::test]
+async fn a_notice_is_posted_once_per_turn() {
+    let f = fixture(ReplyMode::SendReply);
+    f.agent
+        .fail_with(AgentError::Unavailable("connection refused".into()));
+    for _ in 0..2 {
+        // An operator retries the dead letter while the agent is still down.
+        let outcome = f
+            .handler
+            .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+            .await;
+        assert!(
+            matches!(outcome, Err(HandlerError::Permanent(_))),
+            "{outcome:?}"
+        );
+    }
+    let texts: Vec<String> = f.slack.posts().into_iter().map(|p| p.text).collect();
+    assert_eq!(texts, vec![UNAVAILABLE_REPLY.to_owned()]);
+    assert_eq!(f.agent.turns().len(), 2, "the agent is asked each time");
+}
+
+#[tokio::test]
+async fn the_fallback_answer_and_a_send_reply_of_the_same_text_post_once() {
+    let f = fixture(ReplyMode::SendReply);
+    let replies = Arc::new(ReplyService::new(f.store.clone(), f.slack.clone()));
+    // The agent's SendReply failed half way (the store went away after the post); the
+    // agent returns its answer all the same and the worker posts it from the response.
+    f.agent
+        .send_reply_best_effort(replies.clone(), "sent by the agent");
+    f.store.fail_next_record();
+    assert_eq!(
+        f.handler
+            .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+            .await,
+        Ok(HandleOutcome::Done)
+    );
+    let texts: Vec<String> = f.slack.posts().into_iter().map(|p| p.text).collect();
+    assert_eq!(texts, vec!["sent by the agent".to_owned()]);
+    // A late retry of the SendReply.
+    let conversation = f
+        .store
+        .conversation(&thread(ROOT_TS))
+        .expect("conversation");
+    assert_eq!(
+        replies
+            .send_reply(&conversation.id.to_string(), "sent by the agent")
+            .await
+            .expect("send reply"),
+        super::ReplyOutcome::AlreadyPosted
+    );
+    assert_eq!(f.slack.posts().len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_send_replies_post_once_and_a_held_claim_is_waited_for() {
+    let f = fixture(ReplyMode::SendReply);
+    f.handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+        .await
+        .expect("turn");
+    let conversation = f
+        .store
+        .conversation(&thread(ROOT_TS))
+        .expect("conversation");
+    let id = conversation.id.to_string();
+    let replies = Arc::new(ReplyService::new(f.store.clone(), f.slack.clone()));
+    let calls = (0..8).map(|_| {
+        let (replies, id) = (replies.clone(), id.clone());
+        tokio::spawn(async move { replies.send_reply(&id, "All green.").await })
+    });
+    let mut outcomes = Vec::new();
+    for call in calls {
+        outcomes.push(call.await.expect("join").expect("send reply"));
+    }
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == super::ReplyOutcome::Posted)
+            .count(),
+        1,
+        "{outcomes:?}"
+    );
+    let greens = f
+        .slack
+        .posts()
+        .into_iter()
+        .filter(|p| p.text == "All green.")
+        .count();
+    assert_eq!(greens, 1);
+
+    // Another process holds the claim of a new text (it stopped mid-way): a caller waits
+    // for it, then answers that the reply is contended.
+    let impatient = ReplyService::new(f.store.clone(), f.slack.clone())
+        .with_claim_timing(Duration::from_secs(30), Duration::from_millis(150));
+    let store = f.store.clone();
+    f.slack.after_post(move |_| store.set_unavailable(true));
+    let crashed = replies.send_reply(&id, "Search is degraded.").await;
+    assert!(
+        matches!(crashed, Err(super::ReplyError::Store(_))),
+        "{crashed:?}"
+    );
+    f.store.set_unavailable(false);
+    f.slack.after_post(|_| {});
+    let err = impatient
+        .send_reply(&id, "Search is degraded.")
+        .await
+        .expect_err("contended");
+    assert!(matches!(err, super::ReplyError::Contended(_)), "{err:?}");
+    f.store.expire_claims();
+    assert_eq!(
+        impatient
+            .send_reply(&id, "Search is degraded.")
+            .await
+            .expect("taken over"),
+        super::ReplyOutcome::Posted,
+        "the part found in the thread is recorded: finished here"
+    );
+    let degraded = f
+        .slack
+        .posts()
+        .into_iter()
+        .filter(|p| p.text == "Search is degraded.")
+        .count();
+    assert_eq!(degraded, 1);
+}
+
+#[tokio::test]
+async fn a_notice_cut_off_by_a_crash_is_finished_only_when_it_is_due_again() {
+    let f = fixture(ReplyMode::SendReply);
+    f.agent
+        .fail_with(AgentError::Unavailable("connection refused".into()));
+    // Dies right after posting the notice.
+    let store = f.store.clone();
+    f.slack.after_post(move |_| store.set_unavailable(true));
+    let first = f
+        .handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+        .await;
+    assert!(first.is_err(), "{first:?}");
+    f.slack.after_post(|_| {});
+    f.store.set_unavailable(false);
+    f.store.expire_claims();
+    // The agent is still down: the same notice is due, found in the thread, not posted again.
+    let second = f
+        .handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+        .await;
+    assert!(
+        matches!(second, Err(HandlerError::Permanent(_))),
+        "{second:?}"
+    );
+    assert_eq!(f.slack.posts().len(), 1);
+    assert_eq!(f.slack.lookups(), 1);
+    assert!(f.store.intents()[0].posted);
+    // An operator's retry once the agent is back: the answer, and nothing else.
+    f.agent.answer_with(FakeAgent::success("back"));
+    assert_eq!(
+        f.handler
+            .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+            .await,
+        Ok(HandleOutcome::Done)
+    );
+    let texts: Vec<String> = f.slack.posts().into_iter().map(|p| p.text).collect();
+    assert_eq!(texts, vec![UNAVAILABLE_REPLY.to_owned(), "back".to_owned()]);
 }

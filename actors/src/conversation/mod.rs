@@ -2,15 +2,21 @@
 //! the agent, the SendReply logic, and the ports they need.
 
 pub mod mrkdwn;
+pub mod once;
 pub mod ports;
 pub mod reply;
 pub mod turn;
 
+pub use once::{
+    BUSY_WAIT, BeforePost, FenceError, INTENT_LEASE, NoFence, PostError, PostOutcome,
+    REPLY_EVENT_TYPE, intent_metadata,
+};
 pub use ports::{
-    Agent, AgentAnswer, AgentError, AgentTurn, BotIdentity, ChannelRecord, Conversation,
-    ConversationStore, ConversationStoreError, HistorySender, InsertOutcome, MessageKind,
-    NewMessage, PastMessage, Sender, SlackApi, SlackApiError, StoredMessage,
-    TRANSIENT_SLACK_ERRORS, UserProfile,
+    Agent, AgentAnswer, AgentError, AgentTurn, BotIdentity, ChannelRecord, ClaimToken,
+    ClaimedIntent, Conversation, ConversationStore, ConversationStoreError, HistorySender,
+    InsertOutcome, IntentClaim, IntentStep, MessageKind, MessageMetadata, NewIntent, NewMessage,
+    PastMessage, Posting, Sender, SlackApi, SlackApiError, StoredMessage, TRANSIENT_SLACK_ERRORS,
+    ThreadMessage, UserProfile,
 };
 pub use reply::{
     AnswerFormat, AnswerStyle, DEFAULT_FILE_THRESHOLD, ReplyError, ReplyMode, ReplyOutcome,

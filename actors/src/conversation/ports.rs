@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ChannelId, ConversationId, MessageTs, SlackUserId, TeamId, ThreadKey};
+use crate::ids::{
+    ChannelId, ConversationId, MessageTs, ReplyIntentId, SlackUserId, TeamId, ThreadKey,
+};
 use crate::inbox::EventRowId;
 
 /// Who wrote a stored message.
@@ -175,6 +177,126 @@ pub struct ChannelRecord {
     pub monitored: bool,
 }
 
+/// How one answer or notice is posted. Recorded with its intent, so that any process can
+/// finish posting it exactly as the first one planned it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Posting {
+    /// Slack-sized messages, each stored as posted.
+    Messages { parts: Vec<String> },
+    /// The first lines as a message (stored with the whole converted answer, so the history
+    /// keeps it all), then the whole answer as a file snippet in the thread.
+    File {
+        preview: String,
+        stored: String,
+        filename: String,
+        content: String,
+    },
+}
+
+impl Posting {
+    /// How many messages it posts (a file's preview counts, the file does not).
+    pub fn message_count(&self) -> usize {
+        match self {
+            Self::Messages { parts } => parts.len(),
+            Self::File { .. } => 1,
+        }
+    }
+
+    /// True when a file follows the messages.
+    pub fn has_file(&self) -> bool {
+        matches!(self, Self::File { .. })
+    }
+
+    /// Message `part`: what is posted and what is stored for it.
+    pub fn part(&self, part: usize) -> Option<(&str, &str)> {
+        match self {
+            Self::Messages { parts } => parts.get(part).map(|p| (p.as_str(), p.as_str())),
+            Self::File {
+                preview, stored, ..
+            } if part == 0 => Some((preview, stored)),
+            Self::File { .. } => None,
+        }
+    }
+}
+
+/// A reply to post exactly once. Its key is the conversation, the turn it answers and its
+/// text: the same text for the same turn is one intent, whoever posts it (the worker's own
+/// answer or notice, or SendReply on any replica).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewIntent {
+    pub conversation_id: ConversationId,
+    /// The user message it answers (the conversation's current turn), when known.
+    pub in_reply_to: Option<MessageTs>,
+    pub kind: MessageKind,
+    /// The text as the agent (or the configuration) wrote it: the key's third part.
+    pub text: String,
+    pub posting: Posting,
+}
+
+/// One claim of an intent: the store counts claims, and refuses the writes of a claim that
+/// is no longer the latest (a fencing token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimToken {
+    pub intent: ReplyIntentId,
+    /// The claim's number (1 for the first).
+    pub claim: i32,
+}
+
+/// An intent this caller holds until its lease runs out: what is posted so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedIntent {
+    pub token: ClaimToken,
+    pub conversation_id: ConversationId,
+    pub in_reply_to: Option<MessageTs>,
+    pub kind: MessageKind,
+    /// As the first claim planned it.
+    pub posting: Posting,
+    /// Messages posted and recorded, from the first.
+    pub parts_done: usize,
+    /// A message an earlier claim started posting and did not record: it may be in the
+    /// thread already.
+    pub uncertain_part: Option<usize>,
+    /// The file an earlier claim uploaded and was sharing, when not known to be shared.
+    pub file_id: Option<String>,
+    /// The file is shared in the thread.
+    pub file_done: bool,
+}
+
+/// What claiming an intent found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntentClaim {
+    /// Claimed: this caller posts what is missing.
+    Claimed(ClaimedIntent),
+    /// Everything is posted and recorded.
+    Posted,
+    /// Another process holds an unexpired claim.
+    Busy {
+        claimed_by: String,
+        claimed_until: DateTime<Utc>,
+    },
+}
+
+/// Progress of a claimed intent (see [`ConversationStore::advance_intent`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntentStep {
+    /// Extends the claim's lease.
+    Renew,
+    /// Message `part` is about to be posted (extends the lease): until it is recorded, a later
+    /// claim looks for it in the thread first.
+    Posting { part: usize },
+    /// Message `part` is in the thread as `message`: stored with the intent's progress, in one
+    /// transaction. Recorded even when the claim was lost, since it is a fact.
+    Posted { part: usize, message: NewMessage },
+    /// The file is uploaded as `file_id` and about to be shared.
+    FileUploaded { file_id: String },
+    /// The file is shared in the thread (a fact, recorded whoever holds the claim).
+    FileShared,
+    /// The claim ends early. `uncertain`: a message or the file may be in the thread without
+    /// being recorded, so the next claim must look before posting.
+    Abandon { uncertain: bool },
+}
+
 /// Conversation store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ConversationStoreError {
@@ -255,6 +377,41 @@ pub trait ConversationStore: Send + Sync + 'static {
         name: Option<&str>,
         monitored: bool,
     ) -> Result<(), ConversationStoreError>;
+
+    // ----- reply intents (exactly-once posting) ---------------------------------------------
+
+    /// Records the intent (unless its key is recorded already) and claims it for `lease`
+    /// under the store's owner name, in one statement: an unfinished intent whose claim has
+    /// run out is claimed again; a posted one answers [`IntentClaim::Posted`], one claimed by
+    /// someone else [`IntentClaim::Busy`].
+    async fn claim_intent(
+        &self,
+        intent: &NewIntent,
+        lease: Duration,
+    ) -> Result<IntentClaim, ConversationStoreError>;
+    /// [`Self::claim_intent`] for an intent recorded already.
+    async fn claim_intent_by_id(
+        &self,
+        id: ReplyIntentId,
+        lease: Duration,
+    ) -> Result<IntentClaim, ConversationStoreError>;
+    /// The unfinished intents of `kind` answering the user message `in_reply_to`, oldest
+    /// first.
+    async fn unfinished_intents(
+        &self,
+        conversation: ConversationId,
+        in_reply_to: &MessageTs,
+        kind: MessageKind,
+    ) -> Result<Vec<ReplyIntentId>, ConversationStoreError>;
+    /// Records a step of a claimed intent; `lease` is the claim's new lease where the step
+    /// extends it. False when `token` is no longer the intent's latest claim (its lease ran
+    /// out and another process claimed it): the caller must stop posting.
+    async fn advance_intent(
+        &self,
+        token: ClaimToken,
+        step: IntentStep,
+        lease: Duration,
+    ) -> Result<bool, ConversationStoreError>;
 }
 
 /// The bot's identity in one workspace (`auth.test`).
@@ -307,6 +464,24 @@ pub enum SlackApiError {
     Transport(String),
 }
 
+/// Machine-readable data attached to a posted message (Slack's message `metadata`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageMetadata {
+    /// Lowercase letters, digits and underscores.
+    pub event_type: String,
+    pub event_payload: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A message of ours found in a thread (see [`SlackApi::bot_messages_in_thread`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadMessage {
+    pub ts: MessageTs,
+    /// Its metadata, if it carries any.
+    pub metadata: Option<MessageMetadata>,
+    /// Ids of the files it shares.
+    pub file_ids: Vec<String>,
+}
+
 /// Slack `ok: false` error codes that are worth retrying: Slack's side failed or throttled.
 /// Every other code is Slack refusing the call for good (`channel_not_found`,
 /// `not_in_channel`, `is_archived`, `msg_too_long`, `invalid_auth`, ...).
@@ -319,7 +494,25 @@ pub const TRANSIENT_SLACK_ERRORS: [&str; 6] = [
     "request_timeout",
 ];
 
+/// Slack error codes after which the call may have taken effect all the same (Slack's docs:
+/// "it's possible some aspect of the operation succeeded before the error was raised").
+const MAYBE_DONE_SLACK_ERRORS: [&str; 2] = ["internal_error", "fatal_error"];
+
 impl SlackApiError {
+    /// True when a failed post may be in the thread all the same: the request may have
+    /// reached Slack and only the answer was lost (a network failure), or Slack says it may
+    /// have done part of it. Such a post is never repeated blindly: the thread is looked at
+    /// first.
+    pub fn may_have_taken_effect(&self) -> bool {
+        match self {
+            Self::Transport(_) => true,
+            Self::Api(text) => MAYBE_DONE_SLACK_ERRORS.contains(&api_error_code(text)),
+            Self::RateLimited { .. }
+            | Self::WorkspaceInactive { .. }
+            | Self::UnknownWorkspace(_) => false,
+        }
+    }
+
     /// The one classification of Slack failures: `true` when the same call may succeed if
     /// retried later (rate limits, network and Slack-side failures), `false` when Slack
     /// refused it for good (no token for the workspace, a dead token, an error code about the
@@ -346,25 +539,44 @@ fn api_error_code(text: &str) -> &str {
 pub trait SlackApi: Send + Sync + 'static {
     /// The bot's identity (`auth.test`), cached by the adapter.
     async fn bot_identity(&self, team: &TeamId) -> Result<BotIdentity, SlackApiError>;
-    /// `chat.postMessage`; returns the posted message's ts.
+    /// `chat.postMessage`, with `metadata` attached when given; returns the posted message's
+    /// ts. A failure after which the message may exist all the same is not retried by the
+    /// adapter (see [`SlackApiError::may_have_taken_effect`]).
     async fn post_message(
         &self,
         team: &TeamId,
         channel: &ChannelId,
         thread_ts: Option<&MessageTs>,
         text: &str,
+        metadata: Option<&MessageMetadata>,
     ) -> Result<MessageTs, SlackApiError>;
-    /// Shares `content` as a text file in the thread (`files.getUploadURLExternal`, the upload,
-    /// `files.completeUploadExternal`), titled `title`.
+    /// Uploads `content` as a text file (`files.getUploadURLExternal`, then the upload)
+    /// without sharing it anywhere; returns the file's id.
     async fn upload_file(
+        &self,
+        team: &TeamId,
+        filename: &str,
+        content: &str,
+    ) -> Result<String, SlackApiError>;
+    /// Shares an uploaded file in the thread, titled `title` (`files.completeUploadExternal`).
+    async fn share_file(
         &self,
         team: &TeamId,
         channel: &ChannelId,
         thread_ts: &MessageTs,
-        filename: &str,
+        file_id: &str,
         title: &str,
-        content: &str,
     ) -> Result<(), SlackApiError>;
+    /// Every message our bot posted in the thread after `after` (all of the thread when
+    /// `None`), with its metadata and files (`conversations.replies` with
+    /// `include_all_metadata`, every page).
+    async fn bot_messages_in_thread(
+        &self,
+        team: &TeamId,
+        channel: &ChannelId,
+        thread_ts: &MessageTs,
+        after: Option<&MessageTs>,
+    ) -> Result<Vec<ThreadMessage>, SlackApiError>;
     /// `reactions.add`; `already_reacted` counts as success.
     async fn add_reaction(
         &self,
@@ -486,6 +698,28 @@ mod slack_error_tests {
             SlackApiError::Api("\"account_inactive\"".into()),
         ] {
             assert!(!permanent.is_transient(), "{permanent:?}");
+        }
+    }
+
+    #[test]
+    fn failures_after_which_a_post_may_exist() {
+        let team = TeamId::parse("T0TEST0001").unwrap();
+        for maybe in [
+            SlackApiError::Transport("connection reset".into()),
+            SlackApiError::Api("chat.postMessage: internal_error".into()),
+            SlackApiError::Api("\"fatal_error\"".into()),
+        ] {
+            assert!(maybe.may_have_taken_effect(), "{maybe:?}");
+        }
+        for refused in [
+            SlackApiError::RateLimited {
+                retry_after: Duration::from_secs(1),
+            },
+            SlackApiError::UnknownWorkspace(team),
+            SlackApiError::Api("chat.postMessage: ratelimited".into()),
+            SlackApiError::Api("chat.postMessage: channel_not_found".into()),
+        ] {
+            assert!(!refused.may_have_taken_effect(), "{refused:?}");
         }
     }
 }

@@ -1,15 +1,17 @@
 //! Replies into a conversation's thread: the SendReply logic the agent calls (over gRPC or
 //! HTTP), and splitting long answers at Slack's message size.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::once::{BUSY_WAIT, INTENT_LEASE, NoFence, PostError, PostOutcome, Poster};
 use super::ports::{
-    ConversationStore, ConversationStoreError, MessageKind, NewMessage, SlackApi, SlackApiError,
+    ConversationStore, ConversationStoreError, MessageKind, NewIntent, Posting, SlackApi,
+    SlackApiError,
 };
-use crate::ids::{ConversationId, MessageTs, ThreadKey};
+use crate::ids::ConversationId;
 
 /// How the agent's answer reaches Slack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
@@ -67,38 +69,15 @@ pub const DEFAULT_FILE_THRESHOLD: usize = 12_000;
 /// At most this many characters of a long answer are posted as text before its file.
 const PREVIEW_CHARS: usize = 1_500;
 
-/// How one answer is posted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Posting {
-    /// Slack-sized messages, each stored as posted.
-    Messages(Vec<String>),
-    /// The first lines as a message (stored with the whole converted answer, so the history
-    /// keeps it all), then the whole answer as a file snippet in the thread.
-    File {
-        preview: String,
-        stored: String,
-        filename: &'static str,
-        content: String,
-    },
-}
-
-impl Posting {
-    /// What the first stored message holds (to recognise an answer already posted).
-    pub(crate) fn first_stored(&self) -> Option<&str> {
-        match self {
-            Self::Messages(parts) => parts.first().map(String::as_str),
-            Self::File { stored, .. } => Some(stored),
-        }
-    }
-}
-
 impl AnswerStyle {
-    /// How `answer` goes to Slack.
-    pub(crate) fn plan(&self, answer: &str) -> Posting {
+    /// How `answer` goes to Slack (what a reply intent records).
+    pub fn plan(&self, answer: &str) -> Posting {
         let text = self.format.to_slack(answer);
         let chars = answer.chars().count();
         if self.file_threshold == 0 || chars <= self.file_threshold {
-            return Posting::Messages(split_message(&text));
+            return Posting::Messages {
+                parts: split_message(&text),
+            };
         }
         let head = split_message_at(&text, PREVIEW_CHARS)
             .into_iter()
@@ -112,60 +91,11 @@ impl AnswerStyle {
             filename: match self.format {
                 AnswerFormat::Markdown => "answer.md",
                 AnswerFormat::Mrkdwn => "answer.txt",
-            },
+            }
+            .to_owned(),
             content: answer.to_owned(),
         }
     }
-}
-
-/// Stores one posted message (see [`post_answer`]).
-pub(crate) type StoreFuture<'a, E> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), E>> + Send + 'a>>;
-
-/// Posts an answer in the thread as `posting` says, handing each posted message (its ts and
-/// the text to store) to `store` right after it is posted.
-pub(crate) async fn post_answer<'a, E>(
-    slack: &dyn SlackApi,
-    key: &ThreadKey,
-    posting: Posting,
-    slack_err: impl Fn(SlackApiError) -> E,
-    store: impl Fn(MessageTs, String) -> StoreFuture<'a, E>,
-) -> Result<(), E> {
-    match posting {
-        Posting::Messages(parts) => {
-            for part in parts {
-                let ts = slack
-                    .post_message(&key.team, &key.channel, Some(&key.thread_ts), &part)
-                    .await
-                    .map_err(&slack_err)?;
-                store(ts, part).await?;
-            }
-        }
-        Posting::File {
-            preview,
-            stored,
-            filename,
-            content,
-        } => {
-            let ts = slack
-                .post_message(&key.team, &key.channel, Some(&key.thread_ts), &preview)
-                .await
-                .map_err(&slack_err)?;
-            slack
-                .upload_file(
-                    &key.team,
-                    &key.channel,
-                    &key.thread_ts,
-                    filename,
-                    "The whole answer",
-                    &content,
-                )
-                .await
-                .map_err(&slack_err)?;
-            store(ts, stored).await?;
-        }
-    }
-    Ok(())
 }
 
 /// Slack accepts up to 40 000 characters but renders messages over 4 000 poorly; we split at
@@ -255,6 +185,22 @@ pub enum ReplyError {
     /// Slack refused or could not be reached.
     #[error(transparent)]
     Slack(#[from] SlackApiError),
+    /// Another process is posting the same reply (or stopped while posting it and its claim
+    /// has not run out): worth retrying later.
+    #[error(transparent)]
+    Contended(PostError),
+}
+
+impl From<PostError> for ReplyError {
+    fn from(e: PostError) -> Self {
+        match e {
+            PostError::Store(e) => Self::Store(e),
+            PostError::Slack(e) => Self::Slack(e),
+            PostError::Busy { .. } | PostError::ClaimLost(_) | PostError::Fenced(_) => {
+                Self::Contended(e)
+            }
+        }
+    }
 }
 
 /// What SendReply did.
@@ -266,14 +212,14 @@ pub enum ReplyOutcome {
     AlreadyPosted,
 }
 
-/// Posts agent answers into conversation threads, idempotently per turn.
+/// Posts agent answers into conversation threads, exactly once per turn and text across
+/// processes (see [`super::once`]).
 pub struct ReplyService {
     store: Arc<dyn ConversationStore>,
     slack: Arc<dyn SlackApi>,
     style: AnswerStyle,
-    // One SendReply at a time per conversation, so that two concurrent retries of the same
-    // text cannot both pass the "already posted" check.
-    locks: parking_lot::Mutex<HashMap<ConversationId, Arc<tokio::sync::Mutex<()>>>>,
+    lease: Duration,
+    busy_wait: Duration,
 }
 
 impl std::fmt::Debug for ReplyService {
@@ -289,7 +235,8 @@ impl ReplyService {
             store,
             slack,
             style: AnswerStyle::default(),
-            locks: parking_lot::Mutex::new(HashMap::new()),
+            lease: INTENT_LEASE,
+            busy_wait: BUSY_WAIT,
         }
     }
 
@@ -300,16 +247,19 @@ impl ReplyService {
         self
     }
 
-    fn lock_for(&self, id: ConversationId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock();
-        // Drop locks nobody holds so the map does not grow with every conversation.
-        locks.retain(|_, l| Arc::strong_count(l) > 1);
-        locks.entry(id).or_default().clone()
+    /// How long a claim on a reply lasts, and how long a second caller of the same reply
+    /// waits for another process's claim before answering UNAVAILABLE (tests shorten them).
+    pub fn with_claim_timing(mut self, lease: Duration, busy_wait: Duration) -> Self {
+        self.lease = lease;
+        self.busy_wait = busy_wait;
+        self
     }
 
     /// SendReply: posts `message` (converted to mrkdwn unless it is already) in the
     /// conversation's thread and stores what was posted as an agent message answering the
-    /// current turn. The same text for the same turn is posted once.
+    /// current turn. The same text for the same turn is posted once, whichever replica gets
+    /// the call: a concurrent second call waits for the first one's post (up to the busy
+    /// wait) and answers AlreadyPosted.
     pub async fn send_reply(
         &self,
         conversation_id: &str,
@@ -322,36 +272,25 @@ impl ReplyService {
         if message.trim().is_empty() {
             return Err(ReplyError::EmptyMessage);
         }
-        let lock = self.lock_for(id);
-        let _guard = lock.lock().await;
         let conversation = self.store.find(id).await?.ok_or(ReplyError::NotFound(id))?;
-        let turn = conversation.current_turn_ts.clone();
-        let posting = self.style.plan(message);
-        if let Some(turn) = &turn
-            && let Some(first) = posting.first_stored()
-            && self.store.agent_reply_exists(id, turn, Some(first)).await?
-        {
-            return Ok(ReplyOutcome::AlreadyPosted);
+        let intent = NewIntent {
+            conversation_id: id,
+            in_reply_to: conversation.current_turn_ts.clone(),
+            kind: MessageKind::Message,
+            text: message.to_owned(),
+            posting: self.style.plan(message),
+        };
+        let poster = Poster {
+            store: self.store.as_ref(),
+            slack: self.slack.as_ref(),
+            lease: self.lease,
+            busy_wait: self.busy_wait,
+            fence: &NoFence,
+        };
+        match poster.post(&conversation.key, &intent).await? {
+            PostOutcome::Posted => Ok(ReplyOutcome::Posted),
+            PostOutcome::AlreadyPosted => Ok(ReplyOutcome::AlreadyPosted),
         }
-        post_answer(
-            self.slack.as_ref(),
-            &conversation.key,
-            posting,
-            ReplyError::Slack,
-            |ts, text| {
-                let message =
-                    NewMessage::from_agent(id, ts, text, turn.clone(), MessageKind::Message);
-                Box::pin(async move {
-                    self.store
-                        .insert_message(message)
-                        .await
-                        .map(drop)
-                        .map_err(ReplyError::from)
-                })
-            },
-        )
-        .await?;
-        Ok(ReplyOutcome::Posted)
     }
 }
 

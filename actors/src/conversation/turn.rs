@@ -2,17 +2,19 @@
 //! every thread; the router hands it one thread's events one at a time, in order.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::json;
 use tracing::{info, warn};
 
+use super::once::{BUSY_WAIT, BeforePost, FenceError, INTENT_LEASE, PostError, Poster};
 use super::ports::{
     Agent, AgentAnswer, AgentError, AgentTurn, Conversation, ConversationStore,
-    ConversationStoreError, HistorySender, InsertOutcome, MessageKind, NewMessage, PastMessage,
-    Sender, SlackApi, SlackApiError, StoredMessage, UserProfile,
+    ConversationStoreError, HistorySender, InsertOutcome, MessageKind, NewIntent, NewMessage,
+    PastMessage, Posting, Sender, SlackApi, SlackApiError, StoredMessage, UserProfile,
 };
-use super::reply::{AnswerStyle, Posting, ReplyMode, post_answer, split_message};
+use super::reply::{AnswerStyle, ReplyMode, split_message};
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
 use crate::ids::{ChannelId, ConversationId, MessageTs, TeamId, ThreadKey};
 use crate::inbox::{InboundEvent, RoutingKey};
@@ -62,6 +64,30 @@ fn slack_err(e: SlackApiError) -> HandlerError {
     }
 }
 
+fn post_err(e: PostError) -> HandlerError {
+    match e {
+        PostError::Store(e) => store_err(e),
+        PostError::Slack(e) => slack_err(e),
+        // Another process is posting the reply, or took it over: the retry finds it done.
+        PostError::Busy { .. } | PostError::ClaimLost(_) => HandlerError::retryable(e),
+        // Whoever owns the event now handles it; this attempt ends without posting.
+        PostError::Fenced(_) => HandlerError::retryable(e),
+    }
+}
+
+/// The pre-post check of one inbound event ([`ConversationHandler::before_post`]).
+struct EventFence<'a> {
+    handler: &'a ConversationHandler,
+    event: &'a InboundEvent,
+}
+
+#[async_trait]
+impl BeforePost for EventFence<'_> {
+    async fn check(&self) -> Result<(), FenceError> {
+        self.handler.before_post(self.event).await
+    }
+}
+
 /// Handles Slack events for the conversation threads.
 pub struct ConversationHandler {
     store: Arc<dyn ConversationStore>,
@@ -71,6 +97,8 @@ pub struct ConversationHandler {
     failure_notice: String,
     history_sender: HistorySender,
     answer_style: AnswerStyle,
+    lease: Duration,
+    busy_wait: Duration,
 }
 
 impl std::fmt::Debug for ConversationHandler {
@@ -98,7 +126,59 @@ impl ConversationHandler {
             failure_notice: DEFAULT_FAILURE_NOTICE.to_owned(),
             history_sender: HistorySender::default(),
             answer_style: AnswerStyle::default(),
+            lease: INTENT_LEASE,
+            busy_wait: BUSY_WAIT,
         }
+    }
+
+    /// How long a claim on a reply lasts, and how long the handler waits for another
+    /// process's claim on the same reply (tests shorten them).
+    pub fn with_claim_timing(mut self, lease: Duration, busy_wait: Duration) -> Self {
+        self.lease = lease;
+        self.busy_wait = busy_wait;
+        self
+    }
+
+    /// The one check right before each Slack post made for `event` (every message and file
+    /// share of an answer or notice, after the reply is claimed and before the post is
+    /// marked as under way). `Err` stops the posting: nothing more reaches Slack for this
+    /// attempt, the claim is given up and the event is retried.
+    ///
+    /// It passes today: this is where the check that this replica still owns `event` goes
+    /// once events are partitioned across replicas.
+    pub async fn before_post(&self, event: &InboundEvent) -> Result<(), FenceError> {
+        let _ = event;
+        Ok(())
+    }
+
+    fn poster<'a>(&'a self, fence: &'a dyn BeforePost) -> Poster<'a> {
+        Poster {
+            store: self.store.as_ref(),
+            slack: self.slack.as_ref(),
+            lease: self.lease,
+            busy_wait: self.busy_wait,
+            fence,
+        }
+    }
+
+    /// Finishes the answers to `ts` an earlier attempt (of any process) started and did not
+    /// finish, before anything decides whether the turn is answered.
+    async fn finish_started_answers(
+        &self,
+        event: &InboundEvent,
+        key: &ThreadKey,
+        conversation: ConversationId,
+        ts: &MessageTs,
+    ) -> Result<(), HandlerError> {
+        let fence = EventFence {
+            handler: self,
+            event,
+        };
+        self.poster(&fence)
+            .finish_started(key, conversation, ts)
+            .await
+            .map(drop)
+            .map_err(post_err)
     }
 
     /// Answers are formatted and sized for Slack as `style` says (`agent.answer_format`,
@@ -122,25 +202,36 @@ impl ConversationHandler {
     }
 
     /// Posts a notice of the service's own in the thread and stores it as a notice (so it
-    /// never reaches the agent's history nor counts as the turn's answer). Best effort: the
-    /// turn's outcome does not depend on it.
+    /// never reaches the agent's history nor counts as the turn's answer), once per turn
+    /// and text. Best effort: the turn's outcome does not depend on it.
     async fn post_notice(
         &self,
+        event: &InboundEvent,
         key: &ThreadKey,
         conversation: ConversationId,
         in_reply_to: &MessageTs,
         text: &str,
     ) {
         if let Err(e) = self
-            .post_reply(key, conversation, in_reply_to, text, MessageKind::Notice)
+            .post_reply(
+                event,
+                key,
+                conversation,
+                in_reply_to,
+                text,
+                MessageKind::Notice,
+            )
             .await
         {
             warn!(conversation_id = %conversation, error = %e, "could not post the notice");
         }
     }
 
+    /// Posts an answer or notice once (see [`super::once`]), checking
+    /// [`Self::before_post`] right before each post.
     async fn post_reply(
         &self,
+        event: &InboundEvent,
         key: &ThreadKey,
         conversation: ConversationId,
         in_reply_to: &MessageTs,
@@ -150,21 +241,26 @@ impl ConversationHandler {
         let posting = match kind {
             MessageKind::Message => self.answer_style.plan(text),
             // Our own notices are configured in mrkdwn already, and short.
-            MessageKind::Notice => Posting::Messages(split_message(text)),
+            MessageKind::Notice => Posting::Messages {
+                parts: split_message(text),
+            },
         };
-        post_answer(self.slack.as_ref(), key, posting, slack_err, |ts, text| {
-            let message =
-                NewMessage::from_agent(conversation, ts, text, Some(in_reply_to.clone()), kind);
-            Box::pin(async move {
-                self.store
-                    .insert_message(message)
-                    .await
-                    .map(drop)
-                    .map_err(store_err)
-            })
-        })
-        .await?;
-        Ok(())
+        let intent = NewIntent {
+            conversation_id: conversation,
+            in_reply_to: Some(in_reply_to.clone()),
+            kind,
+            text: text.to_owned(),
+            posting,
+        };
+        let fence = EventFence {
+            handler: self,
+            event,
+        };
+        self.poster(&fence)
+            .post(key, &intent)
+            .await
+            .map(drop)
+            .map_err(post_err)
     }
 
     /// One turn: record the user message (once per human message), then let the agent answer
@@ -192,7 +288,9 @@ impl ConversationHandler {
         }
         self.add_seen_reaction(&turn);
 
-        // A retry after a crash: the answer may already be in the thread.
+        // A retry after a crash: the answer may already be in the thread, or half of it.
+        self.finish_started_answers(event, &turn.thread, conversation.id, &turn.turn_id.ts)
+            .await?;
         if self.answered(&conversation, &turn.turn_id.ts).await? {
             return Ok(HandleOutcome::Done);
         }
@@ -202,8 +300,8 @@ impl ConversationHandler {
             .map_err(store_err)?;
         let agent_turn = self.agent_turn(&conversation, &turn, &profile).await?;
         match self.agent.process(agent_turn).await {
-            Ok(answer) => self.deliver(&conversation, &turn, answer).await,
-            Err(e) => self.agent_failed(&conversation, &turn, e).await,
+            Ok(answer) => self.deliver(event, &conversation, &turn, answer).await,
+            Err(e) => self.agent_failed(event, &conversation, &turn, e).await,
         }
     }
 
@@ -364,11 +462,15 @@ impl ConversationHandler {
     /// The agent answered: post its answer unless it was posted through SendReply already.
     async fn deliver(
         &self,
+        event: &InboundEvent,
         conversation: &Conversation,
         turn: &slack_events::Turn,
         answer: AgentAnswer,
     ) -> Result<HandleOutcome, HandlerError> {
         let ts = &turn.turn_id.ts;
+        // A SendReply that stopped half way (here or on another replica) is finished first.
+        self.finish_started_answers(event, &turn.thread, conversation.id, ts)
+            .await?;
         if self.answered(conversation, ts).await? {
             // The agent posted through SendReply (send_reply mode).
             if !answer.success {
@@ -385,8 +487,14 @@ impl ConversationHandler {
                 answer.error_message.as_str()
             };
             warn!(conversation_id = %conversation.id, agent_type = %answer.agent_type, error, "agent could not answer the turn");
-            self.post_notice(&turn.thread, conversation.id, ts, &self.failure_notice)
-                .await;
+            self.post_notice(
+                event,
+                &turn.thread,
+                conversation.id,
+                ts,
+                &self.failure_notice,
+            )
+            .await;
             return Err(HandlerError::permanent(format!(
                 "the agent answered success=false (agent_type {:?}): {error}",
                 answer.agent_type
@@ -402,6 +510,7 @@ impl ConversationHandler {
             info!(conversation_id = %conversation.id, "agent returned without SendReply; posting its response");
         }
         self.post_reply(
+            event,
             &turn.thread,
             conversation.id,
             ts,
@@ -416,12 +525,14 @@ impl ConversationHandler {
     /// dead letter (retryable by an operator) instead of a retry storm against a down agent.
     async fn agent_failed(
         &self,
+        event: &InboundEvent,
         conversation: &Conversation,
         turn: &slack_events::Turn,
         error: AgentError,
     ) -> Result<HandleOutcome, HandlerError> {
         warn!(conversation_id = %conversation.id, error = %error, "agent call failed");
         self.post_notice(
+            event,
             &turn.thread,
             conversation.id,
             &turn.turn_id.ts,

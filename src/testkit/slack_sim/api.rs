@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use super::events;
@@ -208,6 +209,10 @@ fn bot_method(
             if text.is_empty() && !has_blocks {
                 return ApiReply::err("no_text");
             }
+            let metadata = match message_metadata(params) {
+                Ok(m) => m,
+                Err(error) => return ApiReply::err(error),
+            };
             let thread_ts = param(params, "thread_ts");
             let ts = st.next_ts();
             let parent_user = thread_ts
@@ -224,6 +229,8 @@ fn bot_method(
                     thread_ts: thread_ts.clone(),
                     reactions: BTreeMap::new(),
                     deleted: false,
+                    metadata,
+                    files: Vec::new(),
                 },
             );
             st.notify_bot_post(super::state::BotPost {
@@ -314,6 +321,8 @@ fn bot_method(
                     thread_ts: thread_ts.clone(),
                     reactions: BTreeMap::new(),
                     deleted: false,
+                    metadata: None,
+                    files: shared.iter().map(|(id, _)| id.clone()).collect(),
                 },
             );
             let mut out = Vec::new();
@@ -389,6 +398,7 @@ fn bot_method(
                 }})),
             }
         }
+        "conversations.replies" => conversations_replies(st, team_id, &resolve_channel, params),
         "conversations.info" => {
             let Some(channel_id) = param(params, "channel") else {
                 return ApiReply::err("channel_not_found");
@@ -415,6 +425,179 @@ fn bot_method(
         }
         _ => ApiReply::err("unknown_method"),
     }
+}
+
+/// `metadata` of `chat.postMessage`: a JSON object in a JSON body, its JSON text in a form
+/// field. Slack answers `invalid_metadata_format` for what is not such an object with an
+/// `event_type` string and an `event_payload` object, and `invalid_metadata_schema` for an
+/// `event_type` other than lowercase letters, digits and underscores.
+fn message_metadata(params: &Map<String, Value>) -> Result<Option<Value>, &'static str> {
+    let value = match params.get("metadata") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(text)) if text.is_empty() => return Ok(None),
+        Some(Value::String(text)) => {
+            serde_json::from_str::<Value>(text).map_err(|_| "invalid_metadata_format")?
+        }
+        Some(other) => other.clone(),
+    };
+    let event_type = value
+        .get("event_type")
+        .and_then(Value::as_str)
+        .ok_or("invalid_metadata_format")?;
+    if !value.get("event_payload").is_some_and(Value::is_object) {
+        return Err("invalid_metadata_format");
+    }
+    let well_formed = !event_type.is_empty()
+        && event_type
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !well_formed {
+        return Err("invalid_metadata_schema");
+    }
+    Ok(Some(json!({
+        "event_type": event_type,
+        "event_payload": value["event_payload"],
+    })))
+}
+
+/// `conversations.replies`: the parent message first, then its replies in order. Paginated
+/// like Slack: `limit` (default and at most 1 000), and while more remain `has_more: true`
+/// with `response_metadata.next_cursor` (an opaque `next_ts:` cursor); `oldest`/`latest`
+/// bound the replies (exclusive unless `inclusive`). `metadata` is in the messages only with
+/// `include_all_metadata=true`. Choice where Slack's documentation is silent: the parent is on
+/// the first page only, whatever `oldest` says.
+fn conversations_replies(
+    st: &SimState,
+    team_id: &str,
+    resolve_channel: &dyn Fn(Option<String>) -> Option<String>,
+    params: &Map<String, Value>,
+) -> ApiReply {
+    let Some(channel) = resolve_channel(param(params, "channel")) else {
+        return ApiReply::err("channel_not_found");
+    };
+    let Some(ts) = param(params, "ts") else {
+        return ApiReply::err("thread_not_found");
+    };
+    let messages = st.messages_in(team_id, &channel);
+    let Some(parent) = messages.iter().find(|m| m.ts == ts && !m.deleted) else {
+        return ApiReply::err("thread_not_found");
+    };
+    let flag = |key: &str| param(params, key).is_some_and(|v| v == "true" || v == "1");
+    let with_metadata = flag("include_all_metadata");
+    let inclusive = flag("inclusive");
+    let limit = match param(params, "limit").map(|l| l.parse::<usize>()) {
+        None => 1_000,
+        Some(Ok(l)) => l.clamp(1, 1_000),
+        Some(Err(_)) => return ApiReply::err("invalid_limit"),
+    };
+    let after = match param(params, "cursor") {
+        None => None,
+        Some(cursor) => match base64::engine::general_purpose::STANDARD
+            .decode(cursor.as_bytes())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|c| c.strip_prefix("next_ts:").map(str::to_owned))
+        {
+            Some(ts) => Some(ts),
+            None => return ApiReply::err("invalid_cursor"),
+        },
+    };
+    let key = |ts: &str| {
+        let (secs, frac) = ts.split_once('.').unwrap_or((ts, ""));
+        (
+            secs.parse::<u64>().unwrap_or(0),
+            frac.parse::<u64>().unwrap_or(0),
+        )
+    };
+    let bound = |name: &str| param(params, name).map(|t| key(&t));
+    let (oldest, latest) = (bound("oldest"), bound("latest"));
+    let mut replies: Vec<&SimMessage> = messages
+        .iter()
+        .filter(|m| !m.deleted && m.ts != ts && m.thread_ts.as_deref() == Some(ts.as_str()))
+        .filter(|m| {
+            let k = key(&m.ts);
+            oldest.is_none_or(|o| if inclusive { k >= o } else { k > o })
+                && latest.is_none_or(|l| if inclusive { k <= l } else { k < l })
+        })
+        .filter(|m| after.as_deref().is_none_or(|a| key(&m.ts) >= key(a)))
+        .collect();
+    replies.sort_by_key(|m| key(&m.ts));
+    let mut page: Vec<&SimMessage> = Vec::with_capacity(limit);
+    if after.is_none() {
+        page.push(parent);
+    }
+    let room = limit.saturating_sub(page.len());
+    let more = replies.len() > room;
+    page.extend(replies.iter().take(room));
+    let reply_count = messages
+        .iter()
+        .filter(|m| !m.deleted && m.ts != ts && m.thread_ts.as_deref() == Some(ts.as_str()))
+        .count();
+    let shaped: Vec<Value> = page
+        .into_iter()
+        .map(|m| {
+            let role = if std::ptr::eq(m, parent) {
+                ThreadRole::Parent { reply_count }
+            } else {
+                ThreadRole::Reply {
+                    parent_user: &parent.user,
+                }
+            };
+            thread_message(m, &ts, role, with_metadata)
+        })
+        .collect();
+    let mut body = json!({ "messages": shaped, "has_more": more });
+    if more && let Some(next) = replies.get(room) {
+        let cursor =
+            base64::engine::general_purpose::STANDARD.encode(format!("next_ts:{}", next.ts));
+        body["response_metadata"] = json!({ "next_cursor": cursor });
+    }
+    ApiReply::ok(body)
+}
+
+/// Where a message sits in its thread.
+enum ThreadRole<'a> {
+    Parent { reply_count: usize },
+    Reply { parent_user: &'a str },
+}
+
+/// One message of a thread as `conversations.replies` shows it.
+fn thread_message(
+    m: &SimMessage,
+    thread_ts: &str,
+    role: ThreadRole<'_>,
+    with_metadata: bool,
+) -> Value {
+    let mut v = json!({
+        "type": "message",
+        "user": m.user,
+        "text": m.text,
+        "ts": m.ts,
+        "thread_ts": thread_ts,
+    });
+    let Some(obj) = v.as_object_mut() else {
+        return v;
+    };
+    if let Some(bot_id) = &m.bot_id {
+        obj.insert("bot_id".into(), json!(bot_id));
+    }
+    match role {
+        ThreadRole::Parent { reply_count } => {
+            obj.insert("reply_count".into(), json!(reply_count));
+        }
+        ThreadRole::Reply { parent_user } => {
+            obj.insert("parent_user_id".into(), json!(parent_user));
+        }
+    }
+    if with_metadata && let Some(metadata) = &m.metadata {
+        obj.insert("metadata".into(), metadata.clone());
+    }
+    if !m.files.is_empty() {
+        let files: Vec<Value> = m.files.iter().map(|id| json!({ "id": id })).collect();
+        obj.insert("files".into(), json!(files));
+        obj.insert("upload".into(), json!(false));
+    }
+    v
 }
 
 fn oauth_access(st: &mut SimState, creds: &Credentials, params: &Map<String, Value>) -> ApiReply {

@@ -195,6 +195,8 @@ impl SlackSim {
                     thread_ts: thread_ts.map(str::to_owned),
                     reactions: Default::default(),
                     deleted: false,
+                    metadata: None,
+                    files: Vec::new(),
                 },
             );
             let client_msg_id = uuid::Uuid::new_v4().to_string();

@@ -68,6 +68,10 @@ pub struct SimMessage {
     pub reactions: BTreeMap<String, Vec<String>>,
     /// Set once deleted.
     pub deleted: bool,
+    /// The `metadata` it was posted with (`event_type`, `event_payload`), as Slack keeps it.
+    pub metadata: Option<Value>,
+    /// Ids of the files it shares (`files.completeUploadExternal`).
+    pub files: Vec<String>,
 }
 
 /// A message the bot posted (`chat.postMessage`), as told to

@@ -1,6 +1,8 @@
-//! The agent side of a turn: the gRPC agent client and the SendReply command.
+//! The agent side of a turn: the gRPC agent client, the SendReply command, and posting each
+//! reply exactly once across replicas and crashes.
 
 mod client;
+mod exactly_once;
 mod grpc_limits;
 mod reply_codes;
 mod send_reply;

@@ -281,8 +281,9 @@ async fn send_reply_codes_agree_on_all_three_paths() {
             assert!(body["error"]["message"].is_string(), "{case}: {body}");
         }
     }
-    // Only the successful case posted (once per path).
-    assert_eq!(r.slack.posts().len(), 3);
+    // Only the successful case posted, and once: the same text for the same turn is one
+    // reply, whichever path carries it.
+    assert_eq!(r.slack.posts().len(), 1);
     r.app.stop().await;
 }
 

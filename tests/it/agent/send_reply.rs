@@ -23,7 +23,8 @@ use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::Secret;
 use infragpt_actors::conversation::{
     Agent, AgentTurn, AnswerFormat, BotIdentity, Conversation, ConversationStore, MessageKind,
-    NewMessage, ReplyService, Sender, SlackApi, SlackApiError, UserProfile,
+    MessageMetadata, NewMessage, ReplyService, Sender, SlackApi, SlackApiError, ThreadMessage,
+    UserProfile,
 };
 use infragpt_actors::ids::{ChannelId, MessageTs, SlackUserId, TeamId, ThreadKey};
 use infragpt_actors::{HealthRegistry, Metrics};
@@ -54,11 +55,13 @@ impl SlackApi for SimSlack {
         channel: &ChannelId,
         thread_ts: Option<&MessageTs>,
         text: &str,
+        metadata: Option<&MessageMetadata>,
     ) -> Result<MessageTs, SlackApiError> {
         let body = serde_json::json!({
             "channel": channel.as_str(),
             "thread_ts": thread_ts.map(MessageTs::as_str),
             "text": text,
+            "metadata": metadata,
         });
         let reply: serde_json::Value = self
             .http
@@ -81,14 +84,36 @@ impl SlackApi for SimSlack {
     async fn upload_file(
         &self,
         _team: &TeamId,
+        _filename: &str,
+        _content: &str,
+    ) -> Result<String, SlackApiError> {
+        Err(SlackApiError::Api(
+            "files are not used by these tests".into(),
+        ))
+    }
+
+    async fn share_file(
+        &self,
+        _team: &TeamId,
         _channel: &ChannelId,
         _thread_ts: &MessageTs,
-        _filename: &str,
+        _file_id: &str,
         _title: &str,
-        _content: &str,
     ) -> Result<(), SlackApiError> {
         Err(SlackApiError::Api(
             "files are not used by these tests".into(),
+        ))
+    }
+
+    async fn bot_messages_in_thread(
+        &self,
+        _team: &TeamId,
+        _channel: &ChannelId,
+        _thread_ts: &MessageTs,
+        _after: Option<&MessageTs>,
+    ) -> Result<Vec<ThreadMessage>, SlackApiError> {
+        Err(SlackApiError::Api(
+            "conversations.replies is not used by these tests".into(),
         ))
     }
 

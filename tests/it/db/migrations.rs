@@ -19,7 +19,7 @@ diesel::table! {
 }
 
 /// Every table the migrations create.
-const TABLES: [&str; 17] = [
+const TABLES: [&str; 18] = [
     "audit_log",
     "channels",
     "cluster_partitions",
@@ -35,6 +35,7 @@ const TABLES: [&str; 17] = [
     "organization_members",
     "organization_metadata",
     "organizations",
+    "reply_intents",
     "slack_workspaces",
     "users",
 ];

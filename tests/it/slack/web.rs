@@ -57,6 +57,7 @@ async fn post_message_waits_out_a_429_and_is_delivered() {
             &ChannelId::parse(GENERAL).unwrap(),
             Some(&parent),
             "hello *world*",
+            None,
         )
         .await
         .expect("delivered after Retry-After");
@@ -83,7 +84,13 @@ async fn rate_limited_beyond_the_retries_is_reported() {
     let web = web_for(&sim, &db, settings);
     sim.inject_rate_limit("chat.postMessage", 5, 1);
     let err = web
-        .post_message(&team(ACME), &ChannelId::parse(GENERAL).unwrap(), None, "x")
+        .post_message(
+            &team(ACME),
+            &ChannelId::parse(GENERAL).unwrap(),
+            None,
+            "x",
+            None,
+        )
         .await
         .unwrap_err();
     assert_eq!(
@@ -106,7 +113,13 @@ async fn invalid_auth_marks_the_workspace_inactive() {
     assert_eq!(id.user_id.as_str(), "U0ACMEBOT1");
     sim.set_invalid_auth(ACME, true);
     let err = web
-        .post_message(&team(ACME), &ChannelId::parse(GENERAL).unwrap(), None, "x")
+        .post_message(
+            &team(ACME),
+            &ChannelId::parse(GENERAL).unwrap(),
+            None,
+            "x",
+            None,
+        )
         .await
         .unwrap_err();
     assert_eq!(
@@ -132,6 +145,7 @@ async fn invalid_auth_marks_the_workspace_inactive() {
         &ChannelId::parse("C0GLOBGEN1").unwrap(),
         None,
         "ok",
+        None,
     )
     .await
     .unwrap();

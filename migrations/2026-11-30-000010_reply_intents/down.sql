@@ -1,0 +1,1 @@
+DROP TABLE reply_intents;
