@@ -956,6 +956,21 @@ impl VaultRegistry {
         Ok(validation)
     }
 
+    /// Takes the cross-replica refresh lock of an integration for a write outside a refresh
+    /// (a reinstall replacing its credentials), with the vault's bounds.
+    pub(crate) async fn refresh_lock(
+        &self,
+        integration_id: Uuid,
+    ) -> Result<RefreshLock, CredentialError> {
+        let deps = &self.inner.deps;
+        Ok(RefreshLock::acquire(
+            deps.credentials.db().pool(),
+            integration_id,
+            deps.tuning.lock,
+        )
+        .await?)
+    }
+
     /// Drops the cached credential of an integration (no-op when its vault is not running).
     pub(crate) fn invalidate(&self, organization_id: Uuid, integration_id: Uuid) {
         if let Some(addr) = self.inner.vaults.lock().get(&organization_id) {
