@@ -15,11 +15,18 @@
 //!
 //! On any error, or when dropped unreleased, the connection is closed rather than pooled, so
 //! no pooled session ever sits inside a lock's transaction.
+//!
+//! Each lock (held or awaited) ties up a pooled connection while the refresh itself needs
+//! others for its reads and writes, so [`RefreshLocks`] lets only a few refreshes of one
+//! process take or wait for a lock at once: a burst of due credentials (many installations
+//! after a restart) cannot take every connection and starve their own writes.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::db::{Conn, Pool, StoreError, conn};
@@ -43,6 +50,16 @@ pub struct LockBounds {
 /// The lock could not be taken or given back.
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshLockError {
+    /// Every refresh slot of this process stayed taken for the whole wait bound.
+    #[error(
+        "no refresh slot of this process came free within {after:?} for integration {integration_id}"
+    )]
+    Busy {
+        /// Integration.
+        integration_id: Uuid,
+        /// The wait bound.
+        after: Duration,
+    },
     /// A statement taking the lock failed; a `lock_timeout` (another replica's refresh did not
     /// end within [`LockBounds::wait`]) shows as PostgreSQL's "canceling statement due to lock
     /// timeout".
@@ -89,11 +106,69 @@ fn close(conn: Conn) {
     drop(deadpool::managed::Object::take(conn));
 }
 
+/// Where one process's refresh locks come from: the pool, the bounds, and a few slots (see
+/// the module documentation). Cheap to clone.
+#[derive(Clone)]
+pub struct RefreshLocks {
+    pool: Pool,
+    bounds: LockBounds,
+    slots: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for RefreshLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshLocks")
+            .field("bounds", &self.bounds)
+            .field("free_slots", &self.slots.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RefreshLocks {
+    /// Locks on `pool` within `bounds`, at most `slots` taken or awaited at once, and never
+    /// more than half the pool (at least one).
+    pub fn new(pool: Pool, bounds: LockBounds, slots: usize) -> Self {
+        let slots = slots.min(pool.status().max_size / 2).max(1);
+        Self {
+            pool,
+            bounds,
+            slots: Arc::new(Semaphore::new(slots)),
+        }
+    }
+
+    /// Waits for a slot, then for the lock of `integration_id`: [`LockBounds::wait`] in all.
+    pub async fn acquire(&self, integration_id: Uuid) -> Result<RefreshLock, RefreshLockError> {
+        let started = Instant::now();
+        let busy = || RefreshLockError::Busy {
+            integration_id,
+            after: self.bounds.wait,
+        };
+        let permit = tokio::time::timeout(self.bounds.wait, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            // The semaphore is never closed; a closed one would hand out no slot either.
+            .map_err(|_| busy())?;
+        let bounds = LockBounds {
+            wait: self
+                .bounds
+                .wait
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_millis(1)),
+            ..self.bounds
+        };
+        let mut lock = RefreshLock::acquire(&self.pool, integration_id, bounds).await?;
+        lock.permit = Some(permit);
+        Ok(lock)
+    }
+}
+
 /// An integration's refresh lock, held until [`RefreshLock::release`] (or closed with its
 /// connection when dropped).
 pub struct RefreshLock {
     integration_id: Uuid,
     conn: Option<Conn>,
+    /// The process's refresh slot, given back with the lock.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for RefreshLock {
@@ -106,7 +181,8 @@ impl std::fmt::Debug for RefreshLock {
 }
 
 impl RefreshLock {
-    /// Waits (at most `bounds.wait`) for the refresh lock of `integration_id`.
+    /// Waits (at most `bounds.wait`) for the refresh lock of `integration_id`, outside any
+    /// slot limit (the vault goes through [`RefreshLocks`]).
     pub async fn acquire(
         pool: &Pool,
         integration_id: Uuid,
@@ -122,6 +198,7 @@ impl RefreshLock {
             Ok(Ok(())) => Ok(Self {
                 integration_id,
                 conn: Some(conn),
+                permit: None,
             }),
             Ok(Err(e)) => {
                 close(conn);

@@ -36,7 +36,7 @@ use super::connector::{
     Connector, ConnectorError, ConnectorRegistry, CredentialSet, IssuedCredential, Validation,
 };
 use super::credentials::SealedCredential;
-use super::refresh_lock::{LockBounds, RefreshLock, RefreshLockError};
+use super::refresh_lock::{LockBounds, RefreshLock, RefreshLockError, RefreshLocks};
 use super::store::{Integration, IntegrationStore, status};
 use crate::crypto::vault::{CredentialAad, KeyRing, VaultError};
 use crate::db::StoreError;
@@ -141,8 +141,8 @@ impl CredentialStore {
             .await?)
     }
 
-    /// [`CredentialStore::put`] for several; returns type → row id.
-    /// Stores them in one transaction (see [`PgCredentials::upsert_all`]).
+    /// [`CredentialStore::put`] for several, in one transaction ([`PgCredentials::upsert_all`]);
+    /// returns type → row id.
     pub(crate) async fn put_all(
         &self,
         integration_id: Uuid,
@@ -237,6 +237,9 @@ pub struct VaultTuning {
     /// The cross-replica refresh lock: how long a replica waits for another's refresh, and
     /// how long a holder may keep the lock before the server ends its session.
     pub lock: LockBounds,
+    /// Refreshes of one process that take or wait for a lock at once (each ties up a pooled
+    /// connection): well below the pool size.
+    pub refresh_slots: usize,
 }
 
 impl Default for VaultTuning {
@@ -249,6 +252,7 @@ impl Default for VaultTuning {
                 wait: Duration::from_secs(60),
                 hold: Duration::from_secs(45),
             },
+            refresh_slots: 4,
         }
     }
 }
@@ -316,6 +320,7 @@ pub struct Loaded {
 pub struct OrgVault {
     organization_id: Uuid,
     deps: VaultDeps,
+    locks: RefreshLocks,
 }
 
 impl std::fmt::Debug for OrgVault {
@@ -327,11 +332,13 @@ impl std::fmt::Debug for OrgVault {
 }
 
 impl OrgVault {
-    /// The vault of one organization.
-    pub fn new(organization_id: Uuid, deps: VaultDeps) -> Self {
+    /// The vault of one organization, taking refresh locks from `locks` (shared by every
+    /// organization of the process).
+    pub fn new(organization_id: Uuid, deps: VaultDeps, locks: RefreshLocks) -> Self {
         Self {
             organization_id,
             deps,
+            locks,
         }
     }
 
@@ -447,12 +454,7 @@ impl OrgVault {
         connector: &dyn Connector,
         wanted: Wanted,
     ) -> Result<Loaded, CredentialError> {
-        let lock = RefreshLock::acquire(
-            self.deps.credentials.db().pool(),
-            integration.id,
-            self.deps.tuning.lock,
-        )
-        .await?;
+        let lock = self.locks.acquire(integration.id).await?;
         let result = self.refresh_locked(integration, connector, wanted).await;
         if let Err(error) = lock.release().await {
             // What the refresh issued is stored already (through the pool, not the lock's
@@ -490,7 +492,7 @@ impl OrgVault {
                     organization_id = %self.organization_id,
                     integration_id = %integration.id,
                     credential_type = primary,
-                    "credential refreshed by another replica meanwhile; not calling the provider"
+                    "credential replaced meanwhile (another replica's refresh, a reinstall); not calling the provider"
                 );
                 return Ok(Loaded {
                     secret: stored.secret,
@@ -824,6 +826,7 @@ impl Handler<InvalidateCredential> for CredentialVault {
 
 struct RegistryInner {
     deps: VaultDeps,
+    locks: RefreshLocks,
     health: HealthRegistry,
     supervisor: ActorId,
     _supervisor_health: ActorHealth,
@@ -856,6 +859,11 @@ impl VaultRegistry {
         supervisor_health.set_state(ActorState::Running);
         Self {
             inner: Arc::new(RegistryInner {
+                locks: RefreshLocks::new(
+                    deps.credentials.db().pool().clone(),
+                    deps.tuning.lock,
+                    deps.tuning.refresh_slots,
+                ),
                 deps,
                 health,
                 supervisor,
@@ -879,7 +887,11 @@ impl VaultRegistry {
             Some(self.inner.supervisor.clone()),
         );
         let addr = CredentialVault::new(
-            OrgVault::new(organization_id, self.inner.deps.clone()),
+            OrgVault::new(
+                organization_id,
+                self.inner.deps.clone(),
+                self.inner.locks.clone(),
+            ),
             health,
         )
         .start();
@@ -962,13 +974,7 @@ impl VaultRegistry {
         &self,
         integration_id: Uuid,
     ) -> Result<RefreshLock, CredentialError> {
-        let deps = &self.inner.deps;
-        Ok(RefreshLock::acquire(
-            deps.credentials.db().pool(),
-            integration_id,
-            deps.tuning.lock,
-        )
-        .await?)
+        Ok(self.inner.locks.acquire(integration_id).await?)
     }
 
     /// Drops the cached credential of an integration (no-op when its vault is not running).

@@ -554,3 +554,28 @@ async fn a_refused_token_replaced_by_another_replica_keeps_the_workspace_active(
         Err(SlackApiError::UnknownWorkspace(_))
     ));
 }
+
+#[actix_rt::test]
+async fn a_burst_of_due_credentials_does_not_starve_its_own_pool() {
+    let db = TestDb::new().await;
+    let keyring = Arc::new(keyring(&[("a", &random_key())], "a"));
+    let fake = Arc::new(FakeConnector {
+        name: "fake",
+        ..FakeConnector::default()
+    });
+    // Four connections: were every due credential to hold one for its lock, none would be
+    // left for the refreshes' own reads and writes.
+    let (registry, credentials, pool) = fake_replica(&db, &keyring, &fake, VaultTuning::default());
+    let mut due = Vec::new();
+    for _ in 0..10 {
+        due.push(expiring_fake(&pool, &credentials).await);
+    }
+    let started = Instant::now();
+    let served =
+        futures::future::join_all(due.iter().map(|&(org, id)| registry.credential(org, id))).await;
+    for s in &served {
+        assert!(s.as_ref().unwrap().expose().starts_with("fresh-token-"));
+    }
+    assert_eq!(fake.refresh_count(), 10);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
