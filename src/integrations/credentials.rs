@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::crypto::vault::Sealed;
@@ -78,6 +78,49 @@ fn from_row(row: Row) -> Result<StoredCredential, StoreError> {
     })
 }
 
+/// One sealed credential to store ([`PgCredentials::upsert_all`]).
+#[derive(Debug)]
+pub struct SealedCredential<'a> {
+    /// `bot_token`, `refresh_token`, `installation_token`, ...
+    pub credential_type: &'a str,
+    /// Key id, nonce and ciphertext.
+    pub sealed: Sealed,
+    /// When the provider stops accepting it, if it expires.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Inserts or replaces one credential on `conn`; returns the row id.
+async fn upsert_on(
+    conn: &mut AsyncPgConnection,
+    integration_id: Uuid,
+    credential_type: &str,
+    sealed: &Sealed,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<Uuid, StoreError> {
+    let id = diesel::insert_into(ic::table)
+        .values((
+            ic::integration_id.eq(integration_id),
+            ic::credential_type.eq(credential_type),
+            ic::nonce.eq(sealed.nonce.as_slice()),
+            ic::ciphertext.eq(&sealed.ciphertext),
+            ic::key_id.eq(sealed.key_id.as_str()),
+            ic::expires_at.eq(expires_at),
+        ))
+        .on_conflict((ic::integration_id, ic::credential_type))
+        .do_update()
+        .set((
+            ic::nonce.eq(sealed.nonce.as_slice()),
+            ic::ciphertext.eq(&sealed.ciphertext),
+            ic::key_id.eq(sealed.key_id.as_str()),
+            ic::expires_at.eq(expires_at),
+            ic::updated_at.eq(now),
+        ))
+        .returning(ic::id)
+        .get_result(conn)
+        .await?;
+    Ok(id)
+}
+
 /// The credential table in PostgreSQL.
 #[derive(Clone)]
 pub struct PgCredentials {
@@ -98,6 +141,11 @@ impl PgCredentials {
         Self { pool }
     }
 
+    /// The pool (the refresh lock takes its dedicated connection from it).
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Inserts or replaces the credential of `credential_type`; returns the row id (stable
     /// across replacements).
     pub async fn upsert(
@@ -108,28 +156,42 @@ impl PgCredentials {
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<Uuid, StoreError> {
         let mut conn = conn(&self.pool).await?;
-        let id = diesel::insert_into(ic::table)
-            .values((
-                ic::integration_id.eq(integration_id),
-                ic::credential_type.eq(credential_type),
-                ic::nonce.eq(sealed.nonce.as_slice()),
-                ic::ciphertext.eq(&sealed.ciphertext),
-                ic::key_id.eq(sealed.key_id.as_str()),
-                ic::expires_at.eq(expires_at),
-            ))
-            .on_conflict((ic::integration_id, ic::credential_type))
-            .do_update()
-            .set((
-                ic::nonce.eq(sealed.nonce.as_slice()),
-                ic::ciphertext.eq(&sealed.ciphertext),
-                ic::key_id.eq(sealed.key_id.as_str()),
-                ic::expires_at.eq(expires_at),
-                ic::updated_at.eq(now),
-            ))
-            .returning(ic::id)
-            .get_result(&mut conn)
-            .await?;
-        Ok(id)
+        upsert_on(
+            &mut conn,
+            integration_id,
+            credential_type,
+            sealed,
+            expires_at,
+        )
+        .await
+    }
+
+    /// [`PgCredentials::upsert`] for several credentials in one transaction: what one refresh
+    /// issued (a rotated bot token and its refresh token) is stored together or not at all, so
+    /// the stored pair always comes from the same answer. Returns the row ids in order.
+    pub async fn upsert_all(
+        &self,
+        integration_id: Uuid,
+        credentials: &[SealedCredential<'_>],
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mut conn = conn(&self.pool).await?;
+        conn.transaction::<_, StoreError, _>(async move |conn| {
+            let mut ids = Vec::with_capacity(credentials.len());
+            for c in credentials {
+                ids.push(
+                    upsert_on(
+                        conn,
+                        integration_id,
+                        c.credential_type,
+                        &c.sealed,
+                        c.expires_at,
+                    )
+                    .await?,
+                );
+            }
+            Ok(ids)
+        })
+        .await
     }
 
     /// The credential of `credential_type`, if stored.

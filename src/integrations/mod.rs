@@ -8,7 +8,7 @@
 //! * [`store`]: integration rows, GitHub repositories/events, Slack workspaces; [`providers`]
 //!   names the connector types and the provider records the store keeps.
 //! * [`vault`] over [`credentials`]: sealing into `integration_credentials`, the vault actors,
-//!   single-flight refresh.
+//!   single-flight refresh; [`refresh_lock`] makes refreshes single-flight across replicas.
 //! * [`service`] + [`routes`]: the lifecycle and its HTTP routes; [`principal`] is the caller.
 //! * [`vault_cli`]: `vault rotate` / `vault status`.
 
@@ -16,6 +16,7 @@ pub mod connector;
 pub mod credentials;
 pub mod principal;
 pub mod providers;
+pub mod refresh_lock;
 pub mod routes;
 pub mod service;
 pub mod store;

@@ -34,6 +34,7 @@ use super::connector::{CallbackParams, ConnectorError};
 use super::principal::Principal;
 use super::providers::SLACK;
 use super::service::{IntegrationService, ServiceError};
+use super::vault::CredentialError;
 use crate::error::{ApiError, echo};
 
 impl From<ServiceError> for ApiError {
@@ -59,6 +60,11 @@ impl From<ServiceError> for ApiError {
                 ApiError::unavailable(format!("{connector} is unavailable, try again later"))
             }
             ServiceError::Provider(other) => ApiError::bad_request(other.to_string()),
+            ServiceError::Credential(CredentialError::RefreshLock(e)) => {
+                // Another replica's refresh of this integration is still running.
+                tracing::warn!(error = %e, "credential refresh lock unavailable");
+                ApiError::unavailable("the credential is being refreshed, try again later")
+            }
             ServiceError::Credential(c) => ApiError::internal(c),
             ServiceError::State(e) => ApiError::internal(e),
             ServiceError::Store(s) => ApiError::internal(s),

@@ -305,7 +305,10 @@ impl IntegrationService {
                 Ok(row) | Err(row) => row,
             },
         };
-        // A reinstall replaces the old credentials entirely.
+        // A reinstall replaces the old credentials entirely, under the refresh lock: a refresh
+        // on another replica that read the old refresh token must not store its answer after
+        // the new credentials (it re-reads them once it holds the lock).
+        let lock = self.vaults.refresh_lock(integration.id).await?;
         self.credentials
             .delete_all(integration.id)
             .await
@@ -314,6 +317,10 @@ impl IntegrationService {
             .credentials
             .put_all(integration.id, &authorized.credentials)
             .await?;
+        if let Err(error) = lock.release().await {
+            // The credentials are stored (through the pool); only the lock's session was lost.
+            tracing::warn!(%error, integration_id = %integration.id, "releasing the refresh lock failed");
+        }
         let integration = self
             .store
             .activate(

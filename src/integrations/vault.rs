@@ -4,7 +4,9 @@
 //!   credential type) into `integration_credentials`, and opens them.
 //! * [`OrgVault`]: the plain logic of one organization's vault (no state, no actix): loads the
 //!   primary credential of an integration and refreshes it through its connector when it is
-//!   missing or expires within [`VaultTuning::refresh_margin`].
+//!   missing or expires within [`VaultTuning::refresh_margin`]. A refresh runs under the
+//!   integration's [`RefreshLock`] (single flight across replicas) and re-reads the stored
+//!   credential once it holds it: another replica may have refreshed it meanwhile.
 //! * [`CredentialVault`]: the actix actor (one per organization). It owns what must be
 //!   serialized per organization: the cache of decrypted credentials and, per integration, a
 //!   queue of operations of which at most one (a load or a refresh) runs at a time. Its mailbox
@@ -30,7 +32,11 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::connector::{ConnectorError, ConnectorRegistry, CredentialSet, IssuedCredential};
+use super::connector::{
+    Connector, ConnectorError, ConnectorRegistry, CredentialSet, IssuedCredential, Validation,
+};
+use super::credentials::SealedCredential;
+use super::refresh_lock::{LockBounds, RefreshLock, RefreshLockError, RefreshLocks};
 use super::store::{Integration, IntegrationStore, status};
 use crate::crypto::vault::{CredentialAad, KeyRing, VaultError};
 use crate::db::StoreError;
@@ -62,6 +68,10 @@ pub enum CredentialError {
     /// The provider refused or failed the refresh.
     #[error("refreshing the credential failed: {0}")]
     Refresh(#[from] ConnectorError),
+    /// The cluster-wide refresh lock could not be had (another replica's refresh outlasted
+    /// [`LockBounds::wait`], or the database failed).
+    #[error(transparent)]
+    RefreshLock(#[from] RefreshLockError),
     /// The vault actor is gone (shutting down).
     #[error("credential vault unavailable")]
     VaultStopped,
@@ -131,20 +141,33 @@ impl CredentialStore {
             .await?)
     }
 
-    /// [`CredentialStore::put`] for several; returns type → row id.
+    /// [`CredentialStore::put`] for several, in one transaction ([`PgCredentials::upsert_all`]);
+    /// returns type → row id.
     pub(crate) async fn put_all(
         &self,
         integration_id: Uuid,
         credentials: &[IssuedCredential],
     ) -> Result<BTreeMap<String, Uuid>, CredentialError> {
-        let mut ids = BTreeMap::new();
-        for c in credentials {
-            ids.insert(
-                c.credential_type.clone(),
-                self.put(integration_id, c).await?,
-            );
-        }
-        Ok(ids)
+        let sealed = credentials
+            .iter()
+            .map(|c| {
+                let aad = CredentialAad {
+                    integration_id,
+                    credential_type: &c.credential_type,
+                };
+                Ok(SealedCredential {
+                    credential_type: &c.credential_type,
+                    sealed: self.keyring.seal(&aad, &c.secret)?,
+                    expires_at: c.expires_at,
+                })
+            })
+            .collect::<Result<Vec<_>, VaultError>>()?;
+        let ids = self.db.upsert_all(integration_id, &sealed).await?;
+        Ok(credentials
+            .iter()
+            .map(|c| c.credential_type.clone())
+            .zip(ids)
+            .collect())
     }
 
     /// Opens one credential: `(value, expires_at)`.
@@ -208,6 +231,15 @@ pub struct VaultTuning {
     /// short-lived credentials the margin is at most half their lifetime, so a fresh one is
     /// never "about to expire" at once.
     pub refresh_margin: chrono::Duration,
+    /// Longest provider call of a refresh (and of a re-check's validation); shorter than
+    /// `lock.hold`, so a live holder never loses the lock to the server's cut-off.
+    pub refresh_timeout: Duration,
+    /// The cross-replica refresh lock: how long a replica waits for another's refresh, and
+    /// how long a holder may keep the lock before the server ends its session.
+    pub lock: LockBounds,
+    /// Refreshes of one process that take or wait for a lock at once (each ties up a pooled
+    /// connection): well below the pool size.
+    pub refresh_slots: usize,
 }
 
 impl Default for VaultTuning {
@@ -215,8 +247,34 @@ impl Default for VaultTuning {
         Self {
             cache_ttl: Duration::from_secs(60),
             refresh_margin: chrono::Duration::minutes(5),
+            refresh_timeout: Duration::from_secs(20),
+            lock: LockBounds {
+                wait: Duration::from_secs(60),
+                hold: Duration::from_secs(45),
+            },
+            refresh_slots: 4,
         }
     }
+}
+
+/// A provider call of the vault got no answer within [`VaultTuning::refresh_timeout`].
+#[derive(Debug, thiserror::Error)]
+#[error("{operation} got no answer within {after:?}")]
+pub struct ProviderTimeout {
+    /// `refresh` or `validate`.
+    pub operation: &'static str,
+    /// The limit.
+    pub after: Duration,
+}
+
+/// What a replica saw before it asked for the refresh lock: decides whether the credential
+/// it finds stored once it holds the lock already is the refresh it wanted.
+#[derive(Debug, Clone, Copy)]
+enum Wanted {
+    /// A usable credential (the stored one was missing or due).
+    Usable,
+    /// One stored after this time (an explicit refresh; `None`: nothing was stored).
+    StoredAfter(Option<DateTime<Utc>>),
 }
 
 /// A decrypted credential held by the vault actor.
@@ -262,6 +320,7 @@ pub struct Loaded {
 pub struct OrgVault {
     organization_id: Uuid,
     deps: VaultDeps,
+    locks: RefreshLocks,
 }
 
 impl std::fmt::Debug for OrgVault {
@@ -273,11 +332,13 @@ impl std::fmt::Debug for OrgVault {
 }
 
 impl OrgVault {
-    /// The vault of one organization.
-    pub fn new(organization_id: Uuid, deps: VaultDeps) -> Self {
+    /// The vault of one organization, taking refresh locks from `locks` (shared by every
+    /// organization of the process).
+    pub fn new(organization_id: Uuid, deps: VaultDeps, locks: RefreshLocks) -> Self {
         Self {
             organization_id,
             deps,
+            locks,
         }
     }
 
@@ -327,16 +388,19 @@ impl OrgVault {
         Ok(integration)
     }
 
+    fn connector(&self, integration: &Integration) -> Result<Arc<dyn Connector>, CredentialError> {
+        self.deps
+            .connectors
+            .get(&integration.connector_type)
+            .cloned()
+            .ok_or_else(|| CredentialError::NoConnector(integration.connector_type.clone()))
+    }
+
     /// The primary credential of an integration as stored, refreshed first when it is missing
     /// or about to expire.
     pub async fn load(&self, integration_id: Uuid) -> Result<Loaded, CredentialError> {
         let integration = self.active_integration(integration_id).await?;
-        let connector = self
-            .deps
-            .connectors
-            .get(&integration.connector_type)
-            .ok_or_else(|| CredentialError::NoConnector(integration.connector_type.clone()))?
-            .clone();
+        let connector = self.connector(&integration)?;
         let primary = connector.primary_credential();
         if let Some(stored) = self
             .deps
@@ -353,31 +417,112 @@ impl OrgVault {
                 });
             }
         }
-        let loaded = self.refresh(&integration).await?;
+        let loaded = self
+            .refresh_single_flight(&integration, connector.as_ref(), Wanted::Usable)
+            .await?;
         self.touch(integration_id).await;
         Ok(loaded)
     }
 
     /// Refreshes the credentials of an integration now (`POST /integrations/{id}/refresh`).
+    /// A refresh another replica stored while this one waited for the lock counts: it
+    /// happened after the request.
     pub(crate) async fn force_refresh(
         &self,
         integration_id: Uuid,
     ) -> Result<(Integration, Loaded), CredentialError> {
         let integration = self.active_integration(integration_id).await?;
-        let loaded = self.refresh(&integration).await?;
+        let connector = self.connector(&integration)?;
+        let seen = self
+            .deps
+            .credentials
+            .db()
+            .get(integration_id, connector.primary_credential())
+            .await?
+            .map(|row| row.updated_at);
+        let loaded = self
+            .refresh_single_flight(&integration, connector.as_ref(), Wanted::StoredAfter(seen))
+            .await?;
         Ok((integration, loaded))
     }
 
-    async fn refresh(&self, integration: &Integration) -> Result<Loaded, CredentialError> {
-        let connector = self
-            .deps
-            .connectors
-            .get(&integration.connector_type)
-            .ok_or_else(|| CredentialError::NoConnector(integration.connector_type.clone()))?
-            .clone();
+    /// Refreshes under the integration's cluster-wide lock, unless the credential stored by
+    /// the time this replica holds it is already what it wanted.
+    async fn refresh_single_flight(
+        &self,
+        integration: &Integration,
+        connector: &dyn Connector,
+        wanted: Wanted,
+    ) -> Result<Loaded, CredentialError> {
+        let lock = self.locks.acquire(integration.id).await?;
+        let result = self.refresh_locked(integration, connector, wanted).await;
+        if let Err(error) = lock.release().await {
+            // What the refresh issued is stored already (through the pool, not the lock's
+            // session), so the result stands; only the lock's session was lost.
+            tracing::warn!(
+                %error,
+                organization_id = %self.organization_id,
+                integration_id = %integration.id,
+                "releasing the refresh lock failed"
+            );
+        }
+        result
+    }
+
+    async fn refresh_locked(
+        &self,
+        integration: &Integration,
+        connector: &dyn Connector,
+        wanted: Wanted,
+    ) -> Result<Loaded, CredentialError> {
         let primary = connector.primary_credential();
+        if let Some(stored) = self
+            .deps
+            .credentials
+            .open_one(integration.id, primary)
+            .await?
+        {
+            let refresh_at = self.refresh_at(stored.stored_at, stored.expires_at);
+            let wanted = match wanted {
+                Wanted::Usable => true,
+                Wanted::StoredAfter(seen) => seen.is_none_or(|seen| stored.stored_at > seen),
+            };
+            if wanted && Self::usable(refresh_at) {
+                tracing::info!(
+                    organization_id = %self.organization_id,
+                    integration_id = %integration.id,
+                    credential_type = primary,
+                    "credential replaced meanwhile (another replica's refresh, a reinstall); not calling the provider"
+                );
+                return Ok(Loaded {
+                    secret: stored.secret,
+                    refresh_at,
+                });
+            }
+        }
+        self.refresh(integration, connector).await
+    }
+
+    /// Calls the provider (within [`VaultTuning::refresh_timeout`]) and stores what it
+    /// issued. Only under the integration's [`RefreshLock`].
+    async fn refresh(
+        &self,
+        integration: &Integration,
+        connector: &dyn Connector,
+    ) -> Result<Loaded, CredentialError> {
+        let primary = connector.primary_credential();
+        // Read under the lock: a rotated refresh token is single use.
         let current = self.deps.credentials.load_set(integration.id).await?;
-        let issued = connector.refresh(integration, &current).await?;
+        let after = self.deps.tuning.refresh_timeout;
+        let issued = tokio::time::timeout(after, connector.refresh(integration, &current))
+            .await
+            .map_err(|_| ConnectorError::Unavailable {
+                connector: connector.connector_type(),
+                source: Box::new(ProviderTimeout {
+                    operation: "refresh",
+                    after,
+                }),
+            })??;
         self.deps
             .credentials
             .put_all(integration.id, &issued)
@@ -516,6 +661,7 @@ impl CredentialVault {
     fn report<T>(&self, result: &Result<T, CredentialError>) {
         if let Err(
             e @ (CredentialError::Refresh(_)
+            | CredentialError::RefreshLock(_)
             | CredentialError::Crypto(_)
             | CredentialError::Storage(_)),
         ) = result
@@ -680,6 +826,7 @@ impl Handler<InvalidateCredential> for CredentialVault {
 
 struct RegistryInner {
     deps: VaultDeps,
+    locks: RefreshLocks,
     health: HealthRegistry,
     supervisor: ActorId,
     _supervisor_health: ActorHealth,
@@ -712,6 +859,11 @@ impl VaultRegistry {
         supervisor_health.set_state(ActorState::Running);
         Self {
             inner: Arc::new(RegistryInner {
+                locks: RefreshLocks::new(
+                    deps.credentials.db().pool().clone(),
+                    deps.tuning.lock,
+                    deps.tuning.refresh_slots,
+                ),
                 deps,
                 health,
                 supervisor,
@@ -735,7 +887,11 @@ impl VaultRegistry {
             Some(self.inner.supervisor.clone()),
         );
         let addr = CredentialVault::new(
-            OrgVault::new(organization_id, self.inner.deps.clone()),
+            OrgVault::new(
+                organization_id,
+                self.inner.deps.clone(),
+                self.inner.locks.clone(),
+            ),
             health,
         )
         .start();
@@ -765,6 +921,60 @@ impl VaultRegistry {
             .send(RefreshCredential { integration_id })
             .await
             .map_err(|_| CredentialError::VaultStopped)?
+    }
+
+    /// The provider refused the credential this process served: drops the cached value,
+    /// loads the stored one again (another replica may have replaced it; refreshed first
+    /// when due) and checks it live at the provider. Whether the integration is really
+    /// refused is decided by the credential stored now, not by one this process had cached.
+    pub async fn recheck(
+        &self,
+        organization_id: Uuid,
+        integration_id: Uuid,
+    ) -> Result<Validation, CredentialError> {
+        let vault = self.vault(organization_id);
+        // The mailbox is first in, first out: the load below runs after the invalidation.
+        vault.do_send(InvalidateCredential { integration_id });
+        let secret = vault
+            .send(GetCredential { integration_id })
+            .await
+            .map_err(|_| CredentialError::VaultStopped)??;
+        let deps = &self.inner.deps;
+        let integration = deps
+            .store
+            .get(organization_id, integration_id)
+            .await?
+            .ok_or(CredentialError::NotFound(integration_id))?;
+        let connector = deps
+            .connectors
+            .get(&integration.connector_type)
+            .ok_or_else(|| CredentialError::NoConnector(integration.connector_type.clone()))?;
+        let after = deps.tuning.refresh_timeout;
+        let validation = tokio::time::timeout(after, connector.validate(&integration, &secret))
+            .await
+            .map_err(|_| ConnectorError::Unavailable {
+                connector: connector.connector_type(),
+                source: Box::new(ProviderTimeout {
+                    operation: "validate",
+                    after,
+                }),
+            })??;
+        tracing::info!(
+            organization_id = %organization_id,
+            integration_id = %integration_id,
+            valid = validation.valid,
+            "stored credential re-checked after the provider refused a served one"
+        );
+        Ok(validation)
+    }
+
+    /// Takes the cross-replica refresh lock of an integration for a write outside a refresh
+    /// (a reinstall replacing its credentials), with the vault's bounds.
+    pub(crate) async fn refresh_lock(
+        &self,
+        integration_id: Uuid,
+    ) -> Result<RefreshLock, CredentialError> {
+        Ok(self.inner.locks.acquire(integration_id).await?)
     }
 
     /// Drops the cached credential of an integration (no-op when its vault is not running).

@@ -469,15 +469,14 @@ pub async fn workspace_token_ref(
         .and_then(|t| t.parse().ok()))
 }
 
-/// The bot token of an installed workspace, through its organization's vault (refreshed when
-/// it is about to expire): what the Slack Web API adapter uses for workspaces whose
-/// `slack_workspaces.token_ref` is a credential id. `Ok(None)` when the team is not installed
-/// through an integration (unknown, revoked, or served by the configured `slack.bot_token`).
-pub async fn bot_token_for_team(
+/// The organization and integration that serve `team_id`'s bot token: an active workspace
+/// with a `token_ref`, and its organization's Slack integration for that team. `None` when
+/// the team is not installed through an integration (unknown, revoked, or served by the
+/// configured `slack.bot_token`).
+async fn integration_for_team(
     store: &IntegrationStore,
-    vaults: &crate::integrations::vault::VaultRegistry,
     team_id: &str,
-) -> Result<Option<Secret>, crate::integrations::vault::CredentialError> {
+) -> Result<Option<(Uuid, Uuid)>, crate::db::StoreError> {
     let Some((status, Some(_token_ref), Some(organization_id))) =
         store.slack_workspace(team_id).await?
     else {
@@ -492,16 +491,34 @@ pub async fn bot_token_for_team(
     if integration.external_id.as_deref() != Some(team_id) {
         return Ok(None);
     }
+    Ok(Some((organization_id, integration.id)))
+}
+
+/// The bot token of an installed workspace, through its organization's vault (refreshed when
+/// it is about to expire): what the Slack Web API adapter uses for workspaces whose
+/// `slack_workspaces.token_ref` is a credential id. `Ok(None)` when the team is not installed
+/// through an integration (unknown, revoked, or served by the configured `slack.bot_token`).
+pub async fn bot_token_for_team(
+    store: &IntegrationStore,
+    vaults: &crate::integrations::vault::VaultRegistry,
+    team_id: &str,
+) -> Result<Option<Secret>, crate::integrations::vault::CredentialError> {
+    let Some((organization_id, integration_id)) = integration_for_team(store, team_id).await?
+    else {
+        return Ok(None);
+    };
     vaults
-        .credential(organization_id, integration.id)
+        .credential(organization_id, integration_id)
         .await
         .map(Some)
 }
 
 /// Bot tokens of workspaces installed through the Slack integration, decrypted by the
 /// organization's vault actor: the multi-workspace source for the Slack Web API adapter.
+/// A refused token is re-checked against the one stored now (another replica may have
+/// rotated it), see [`crate::slack::workspaces::RecheckingDirectory`].
 #[derive(Clone)]
-pub(crate) struct VaultSlackTokens {
+pub struct VaultSlackTokens {
     store: IntegrationStore,
     vaults: crate::integrations::vault::VaultRegistry,
 }
@@ -528,5 +545,30 @@ impl crate::slack::workspaces::WorkspaceTokens for VaultSlackTokens {
         bot_token_for_team(&self.store, &self.vaults, team.as_str())
             .await
             .map_err(|e| crate::slack::workspaces::TokenSourceError::new("vault", e))
+    }
+
+    async fn recheck(
+        &self,
+        team: &infragpt_actors::ids::TeamId,
+    ) -> Result<crate::slack::workspaces::TokenRecheck, crate::slack::workspaces::TokenSourceError>
+    {
+        use crate::slack::workspaces::{TokenRecheck, TokenSourceError};
+        let Some((organization_id, integration_id)) =
+            integration_for_team(&self.store, team.as_str())
+                .await
+                .map_err(|e| TokenSourceError::new("finding the workspace's integration", e))?
+        else {
+            return Ok(TokenRecheck::NotServed);
+        };
+        let validation = self
+            .vaults
+            .recheck(organization_id, integration_id)
+            .await
+            .map_err(|e| TokenSourceError::new("vault recheck", e))?;
+        Ok(if validation.valid {
+            TokenRecheck::Superseded
+        } else {
+            TokenRecheck::Refused
+        })
     }
 }

@@ -21,7 +21,9 @@ use super::socket::{
     start_connections,
 };
 use super::web::{ConfigBotToken, SlackWeb, WebError, WebSettings, web_client};
-use super::workspaces::{PgWorkspaces, TokenChain, WorkspaceBoard, WorkspaceTokens};
+use super::workspaces::{
+    PgWorkspaces, RecheckingDirectory, TokenChain, WorkspaceBoard, WorkspaceTokens,
+};
 use crate::config::SlackConfig;
 use crate::db::Pool;
 use crate::grpc::server::GrpcShell;
@@ -102,7 +104,8 @@ impl SlackModule {
 
     /// The Web API adapter for `config`: tokens from `slack.bot_token` (single workspace,
     /// team from `auth.test`) and then `extra_tokens` (e.g. the vault-backed multi-workspace
-    /// source); workspaces recorded in `slack_workspaces` when `pool` is given.
+    /// source); workspaces recorded in `slack_workspaces` when `pool` is given, inactive only
+    /// once the token stored now is refused too ([`RecheckingDirectory`]).
     pub fn build_web(
         config: &SlackConfig,
         pool: Option<Pool>,
@@ -140,9 +143,12 @@ impl SlackModule {
         if let Some(extra) = extra_tokens {
             chain = chain.with(extra);
         }
-        let mut web = SlackWeb::new(client, Arc::new(chain), settings).with_board(board);
+        let chain: Arc<dyn WorkspaceTokens> = Arc::new(chain);
+        let mut web = SlackWeb::new(client, chain.clone(), settings).with_board(board.clone());
         if let Some(dir) = directory {
-            web = web.with_directory(dir);
+            // A refused token is re-read before the workspace is recorded inactive: another
+            // replica may have replaced it.
+            web = web.with_directory(Arc::new(RecheckingDirectory::new(dir, chain, board)));
         }
         Ok(Arc::new(web))
     }

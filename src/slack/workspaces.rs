@@ -4,8 +4,14 @@
 //! `/actors`) and that the composition root can serve as is.
 //!
 //! Token sources plug in behind [`WorkspaceTokens`]: the single-workspace `slack.bot_token`
-//! (see [`crate::slack::web::ConfigBotToken`]), and later the encrypted per-team tokens of the
+//! (see [`crate::slack::web::ConfigBotToken`]), and the encrypted per-team tokens of the
 //! integrations vault. [`TokenChain`] asks several sources in order.
+//!
+//! With several replicas a token this process served may have been replaced since (another
+//! replica rotated it, the workspace was reinstalled), so a refused token alone does not make
+//! a workspace inactive: [`RecheckingDirectory`] asks the token source to re-read and check
+//! the token stored now ([`WorkspaceTokens::recheck`]) before recording the workspace
+//! inactive, a status every replica then obeys.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,11 +55,28 @@ impl TokenSourceError {
     }
 }
 
+/// What re-reading a workspace's token after Slack refused one found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRecheck {
+    /// This source does not serve the team (or keeps no other copy to re-read).
+    NotServed,
+    /// The token stored now works: the refused one had been replaced meanwhile.
+    Superseded,
+    /// The token stored now is refused too.
+    Refused,
+}
+
 /// Where bot tokens come from, per workspace.
 #[async_trait]
 pub trait WorkspaceTokens: Send + Sync + 'static {
     /// The bot token of `team`, or `None` when this source does not serve it.
     async fn bot_token(&self, team: &TeamId) -> Result<Option<Secret>, TokenSourceError>;
+
+    /// Slack refused a token this source served for `team`: re-read the stored one and check
+    /// it. A source with a single fixed token has nothing to re-read (the default).
+    async fn recheck(&self, _team: &TeamId) -> Result<TokenRecheck, TokenSourceError> {
+        Ok(TokenRecheck::NotServed)
+    }
 }
 
 /// Several token sources, asked in order; the first that serves a team wins.
@@ -92,6 +115,16 @@ impl WorkspaceTokens for TokenChain {
             }
         }
         Ok(None)
+    }
+
+    async fn recheck(&self, team: &TeamId) -> Result<TokenRecheck, TokenSourceError> {
+        for source in &self.sources {
+            match source.recheck(team).await? {
+                TokenRecheck::NotServed => {}
+                found => return Ok(found),
+            }
+        }
+        Ok(TokenRecheck::NotServed)
     }
 }
 
@@ -286,6 +319,74 @@ impl WorkspaceDirectory for PgWorkspaces {
             .await?;
         tracing::warn!(team_id = %team, reason, "slack workspace marked inactive");
         Ok(())
+    }
+}
+
+/// A [`WorkspaceDirectory`] that records a workspace inactive only when the token stored now
+/// is refused too (see the module documentation). When the refused token had been replaced
+/// and the stored one works, the workspace stays active (here and on the board); when the
+/// re-check itself fails, nothing is recorded: an inactive status stops every replica until
+/// the workspace is reinstalled, while a workspace left active is checked again at its next
+/// refusal.
+pub struct RecheckingDirectory {
+    inner: Arc<dyn WorkspaceDirectory>,
+    tokens: Arc<dyn WorkspaceTokens>,
+    board: WorkspaceBoard,
+}
+
+impl std::fmt::Debug for RecheckingDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecheckingDirectory")
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecheckingDirectory {
+    /// Records into `inner` after re-checking with `tokens`; restores `board` entries.
+    pub fn new(
+        inner: Arc<dyn WorkspaceDirectory>,
+        tokens: Arc<dyn WorkspaceTokens>,
+        board: WorkspaceBoard,
+    ) -> Self {
+        Self {
+            inner,
+            tokens,
+            board,
+        }
+    }
+}
+
+#[async_trait]
+impl WorkspaceDirectory for RecheckingDirectory {
+    async fn record(&self, reg: &WorkspaceRegistration) -> Result<(), StoreError> {
+        self.inner.record(reg).await
+    }
+
+    async fn mark_inactive(&self, team: &TeamId, reason: &str) -> Result<(), StoreError> {
+        match self.tokens.recheck(team).await {
+            Ok(TokenRecheck::Superseded) => {
+                let name = self.board.get(team).and_then(|s| s.team_name);
+                self.board.active(team, name);
+                tracing::info!(
+                    team_id = %team,
+                    reason,
+                    "slack refused a token that had been replaced; the stored one works, the workspace stays active"
+                );
+                Ok(())
+            }
+            Ok(TokenRecheck::Refused | TokenRecheck::NotServed) => {
+                self.inner.mark_inactive(team, reason).await
+            }
+            Err(error) => {
+                tracing::error!(
+                    team_id = %team,
+                    reason,
+                    %error,
+                    "re-checking the refused token failed; the workspace is not recorded inactive"
+                );
+                Ok(())
+            }
+        }
     }
 }
 

@@ -224,6 +224,16 @@ pub struct GithubMockState {
     pub revoked: Vec<String>,
     /// Authorization headers seen on `/app/...` calls.
     pub app_auth: Vec<String>,
+    /// Lifetime of the installation tokens issued (`None`: an hour, like GitHub).
+    pub token_lifetime: Option<chrono::Duration>,
+}
+
+impl GithubMockState {
+    /// `POST /app/installations/{installation}/access_tokens` requests so far.
+    pub fn token_requests(&self, installation: i64) -> usize {
+        let call = format!("POST /app/installations/{installation}/access_tokens");
+        self.calls.iter().filter(|c| **c == call).count()
+    }
 }
 
 /// A local GitHub API: installations, access tokens, repositories.
@@ -260,9 +270,10 @@ async fn mock_access_token(
         "x".repeat(16) + &Uuid::new_v4().simple().to_string().repeat(16)
     );
     st.tokens.push(token.clone());
+    let lifetime = st.token_lifetime.unwrap_or(chrono::Duration::hours(1));
     HttpResponse::Created().json(json!({
         "token": token,
-        "expires_at": (Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+        "expires_at": (Utc::now() + lifetime).to_rfc3339(),
         "permissions": {"contents": "read", "issues": "write"},
         "repository_selection": "selected"
     }))
@@ -331,7 +342,12 @@ async fn mock_revoke(req: HttpRequest, st: web::Data<Arc<Mutex<GithubMockState>>
 impl GithubMock {
     /// Starts the mock on a loopback port (inside the current actix system).
     pub fn start() -> GithubMock {
-        let state = Arc::new(Mutex::new(GithubMockState::default()));
+        Self::start_with(GithubMockState::default())
+    }
+
+    /// [`GithubMock::start`] from a prepared state (e.g. a short `token_lifetime`).
+    pub fn start_with(state: GithubMockState) -> GithubMock {
+        let state = Arc::new(Mutex::new(state));
         let data = web::Data::new(state.clone());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind mock");
         let port = listener.local_addr().expect("addr").port();
