@@ -247,7 +247,12 @@ fn build_modules(
     ));
 
     // Conversations: Slack events → thread actors → agent → reply in the thread.
-    let store = Arc::new(PgConversationStore::new(pool.clone()));
+    let mut store = PgConversationStore::new(pool.clone());
+    if let Some(status) = cluster.replica_status() {
+        // Reply claims carry the replica's name, as leases do.
+        store = store.with_owner(status.replica.0);
+    }
+    let store = Arc::new(store);
     let slack_web = SlackModule::build_web(&config.slack, Some(pool.clone()), Some(vault_tokens))
         .context("building the Slack Web API client")?;
     let agent = GrpcAgent::new(
@@ -266,6 +271,7 @@ fn build_modules(
         Arc::new(agent),
         config.agent.reply_mode,
     )
+    .with_claim_fence(cluster.inbox().clone())
     .with_failure_notice(config.agent.failure_notice.clone())
     .with_history_sender(config.agent.history_sender)
     .with_answer_style(answer_style);

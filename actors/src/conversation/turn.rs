@@ -17,7 +17,7 @@ use super::ports::{
 use super::reply::{AnswerStyle, ReplyMode, split_message};
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
 use crate::ids::{ChannelId, ConversationId, MessageTs, TeamId, ThreadKey};
-use crate::inbox::{InboundEvent, RoutingKey};
+use crate::inbox::{InboundEvent, InboundEvents, RoutingKey};
 use crate::slack_events::{self, DecideContext, Decision, Inbound, MessageKey, SlackEvent};
 
 /// The reply posted in the thread when the agent cannot answer a turn.
@@ -99,6 +99,8 @@ pub struct ConversationHandler {
     answer_style: AnswerStyle,
     lease: Duration,
     busy_wait: Duration,
+    /// The inbox whose claims fence posts (see [`Self::with_claim_fence`]).
+    claims: Option<Arc<dyn InboundEvents>>,
 }
 
 impl std::fmt::Debug for ConversationHandler {
@@ -128,7 +130,17 @@ impl ConversationHandler {
             answer_style: AnswerStyle::default(),
             lease: INTENT_LEASE,
             busy_wait: BUSY_WAIT,
+            claims: None,
         }
+    }
+
+    /// Posts only while the event's claim in `inbox` holds: with several replicas, a replica
+    /// that lost the event's partition (paused past its lease, cut off from the database)
+    /// posts nothing for it. The service always sets it; without it (unit tests over fakes)
+    /// every post goes ahead.
+    pub fn with_claim_fence(mut self, inbox: Arc<dyn InboundEvents>) -> Self {
+        self.claims = Some(inbox);
+        self
     }
 
     /// How long a claim on a reply lasts, and how long the handler waits for another
@@ -144,11 +156,17 @@ impl ConversationHandler {
     /// marked as under way). `Err` stops the posting: nothing more reaches Slack for this
     /// attempt, the claim is given up and the event is retried.
     ///
-    /// It passes today: this is where the check that this replica still owns `event` goes
-    /// once events are partitioned across replicas.
+    /// The check: the event is still `processing` under this attempt's claim and its
+    /// partition's lease is this replica's with at least `cluster.safety_margin_ms` left
+    /// ([`InboundEvents::confirm`]).
     pub async fn before_post(&self, event: &InboundEvent) -> Result<(), FenceError> {
-        let _ = event;
-        Ok(())
+        match &self.claims {
+            Some(inbox) => inbox
+                .confirm(event.claim())
+                .await
+                .map_err(|e| FenceError(e.to_string())),
+            None => Ok(()),
+        }
     }
 
     fn poster<'a>(&'a self, fence: &'a dyn BeforePost) -> Poster<'a> {
