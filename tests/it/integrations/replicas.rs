@@ -213,7 +213,7 @@ async fn three_replicas_refresh_a_rotated_slack_token_once_per_expiry() {
             let (team, general) = (team.clone(), general.clone());
             async move {
                 r.web
-                    .post_message(&team, &general, None, &format!("expiry {expiry}"))
+                    .post_message(&team, &general, None, &format!("expiry {expiry}"), None)
                     .await
             }
         });
@@ -510,7 +510,7 @@ async fn a_refused_token_replaced_by_another_replica_keeps_the_workspace_active(
 
     // Replica A posts: it now has the installed token cached.
     a.web
-        .post_message(&team, &general, None, "first")
+        .post_message(&team, &general, None, "first", None)
         .await
         .unwrap();
     let old = a.parts.service.vaults.credential(org, id).await.unwrap();
@@ -521,7 +521,7 @@ async fn a_refused_token_replaced_by_another_replica_keeps_the_workspace_active(
 
     // A's cached token is refused: that call fails, but the stored token works, so the
     // workspace is not recorded inactive, and A's next call uses the stored token.
-    let refused = a.web.post_message(&team, &general, None, "second").await;
+    let refused = a.web.post_message(&team, &general, None, "second", None).await;
     assert!(
         matches!(&refused, Err(SlackApiError::WorkspaceInactive { error, .. }) if error == "token_revoked"),
         "{refused:?}"
