@@ -532,7 +532,7 @@ async fn a_refused_token_replaced_by_another_replica_keeps_the_workspace_active(
         Some("active")
     );
     a.web
-        .post_message(&team, &general, None, "third")
+        .post_message(&team, &general, None, "third", None)
         .await
         .expect("the stored token is used after the re-check");
 
@@ -540,7 +540,7 @@ async fn a_refused_token_replaced_by_another_replica_keeps_the_workspace_active(
     let current = a.parts.service.vaults.credential(org, id).await.unwrap();
     assert_ne!(current.expose(), old.expose());
     assert!(sim.revoke_token(current.expose()));
-    let refused = a.web.post_message(&team, &general, None, "fourth").await;
+    let refused = a.web.post_message(&team, &general, None, "fourth", None).await;
     assert!(
         matches!(&refused, Err(SlackApiError::WorkspaceInactive { .. })),
         "{refused:?}"
@@ -550,7 +550,7 @@ async fn a_refused_token_replaced_by_another_replica_keeps_the_workspace_active(
         ("inactive".to_owned(), Some("token_revoked".to_owned()))
     );
     assert!(matches!(
-        b.web.post_message(&team, &general, None, "fifth").await,
+        b.web.post_message(&team, &general, None, "fifth", None).await,
         Err(SlackApiError::UnknownWorkspace(_))
     ));
 }
