@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use infragpt_actors::conversation::{AnswerStyle, ConversationHandler, ReplyService};
-use infragpt_actors::{Cluster, HealthRegistry, Metrics, StreamSpec};
 use infragpt_actors::partitions::ReplicaId;
+use infragpt_actors::{Cluster, HealthRegistry, Metrics, StreamSpec};
 use infragpt_actors::{kinds, sources};
 
 use self::housekeeping::{Housekeeping, StopHousekeeping};

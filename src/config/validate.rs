@@ -3,8 +3,8 @@
 use base64::Engine as _;
 
 use super::{
-    AgentConfig, Config, CorsConfig, DatabaseConfig, GrpcConfig, GrpcTlsConfig,
-    RetentionConfig, SlackConfig, VaultConfig, WebhooksConfig,
+    AgentConfig, Config, CorsConfig, DatabaseConfig, GrpcConfig, GrpcTlsConfig, RetentionConfig,
+    SlackConfig, VaultConfig, WebhooksConfig,
 };
 
 type Failure = (String, String);

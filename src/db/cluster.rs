@@ -278,9 +278,7 @@ impl Membership for PgMembership {
             report.held.push(lease);
             report.acquired.push(Acquired {
                 lease,
-                lapsed_for: a
-                    .lapsed_secs
-                    .map(|s| Duration::from_secs_f64(s.max(0.0))),
+                lapsed_for: a.lapsed_secs.map(|s| Duration::from_secs_f64(s.max(0.0))),
             });
         }
         report.held.sort_by_key(|l| l.partition);
@@ -456,7 +454,9 @@ pub async fn sql_partition(pool: &Pool, key: &str) -> Result<u16, StoreError> {
         .map_err(unavailable)?;
     match row.and_then(|r| r.p) {
         Some(p) => Ok(partition(p)?.0),
-        None => Err(StoreError::Corrupt("infragpt_partition returned null".into())),
+        None => Err(StoreError::Corrupt(
+            "infragpt_partition returned null".into(),
+        )),
     }
 }
 

@@ -4,9 +4,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Double, Integer, Nullable};
 use diesel::sql_types::{Jsonb, Text};
 use diesel_async::RunQueryDsl;
-use diesel::sql_types::{BigInt, Double, Integer, Nullable};
 use infragpt_actors::inbox::{
     Claim, EventPayload, EventRowId, EventStatus, InboundEvent, InboundEvents, NewInboundEvent,
     Partition, RecordOutcome, RoutingKey, StoreError,

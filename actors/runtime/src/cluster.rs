@@ -9,12 +9,12 @@ use actix::prelude::*;
 use parking_lot::RwLock;
 
 use crate::config::{ClusterConfig, ConfigError};
+use crate::coordinator::{Coordinator, Drain, FirstRound, Leave, ReplicaStatus};
 use crate::handler::EventHandler;
 use crate::health::{ActorHealth, ActorId, ActorKind, ActorState, HealthRegistry};
-use crate::coordinator::{Coordinator, Drain, FirstRound, Leave, ReplicaStatus};
 use crate::inbox::{
-    EventRowId, EventSource, EventStatus, InboundEvent, InboundEvents, NewInboundEvent,
-    Partition, RecordOutcome, RoutingKey, StoreError,
+    EventRowId, EventSource, EventStatus, InboundEvent, InboundEvents, NewInboundEvent, Partition,
+    RecordOutcome, RoutingKey, StoreError,
 };
 use crate::metrics::Metrics;
 use crate::partitions::{ClusterView, Membership, Ownership, RecordedNotice, ReplicationConfig};
@@ -360,7 +360,10 @@ impl Cluster {
             .collect();
         let mut n = 0;
         for addr in addrs {
-            n += addr.send(InFlightIn(partitions.to_vec())).await.unwrap_or(0);
+            n += addr
+                .send(InFlightIn(partitions.to_vec()))
+                .await
+                .unwrap_or(0);
         }
         n
     }

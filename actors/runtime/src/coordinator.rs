@@ -209,8 +209,11 @@ impl Coordinator {
                             self.metrics.failover(lapsed.as_secs_f64());
                         }
                     }
-                    let partitions: Vec<u16> =
-                        report.acquired.iter().map(|a| a.lease.partition.0).collect();
+                    let partitions: Vec<u16> = report
+                        .acquired
+                        .iter()
+                        .map(|a| a.lease.partition.0)
+                        .collect();
                     let taken_over = report
                         .acquired
                         .iter()

@@ -169,8 +169,11 @@ pub trait Membership: Send + Sync + 'static {
     /// Records this replica's heartbeat (and whether it is draining) and returns the live
     /// replicas that may own partitions: active, heartbeat within `lease`, this one included
     /// unless it is draining.
-    async fn heartbeat(&self, draining: bool, lease: Duration)
-    -> Result<Vec<ReplicaId>, StoreError>;
+    async fn heartbeat(
+        &self,
+        draining: bool,
+        lease: Duration,
+    ) -> Result<Vec<ReplicaId>, StoreError>;
     /// Renews every lease this replica holds and acquires those of `wanted` that are free or
     /// lapsed, each for `lease` from the database's now. A lease this replica lost (another
     /// took it over after it lapsed) is simply absent from the report.
@@ -355,7 +358,10 @@ impl Ownership {
 
     /// Stops dispatching `partitions` (a hand-over begins).
     pub(crate) fn begin_release(&self, partitions: &[Partition]) {
-        self.state.write().releasing.extend(partitions.iter().copied());
+        self.state
+            .write()
+            .releasing
+            .extend(partitions.iter().copied());
     }
 
     /// The hand-over of `partitions` is done: they are no longer held.
@@ -407,12 +413,11 @@ fn rendezvous_score(partition: Partition, replica: &ReplicaId) -> u64 {
 /// The replica of `live` that should own `partition` (highest rendezvous score; ties broken
 /// by id), or `None` when no replica is live.
 pub fn preferred_owner(partition: Partition, live: &[ReplicaId]) -> Option<&ReplicaId> {
-    live.iter()
-        .max_by(|a, b| {
-            rendezvous_score(partition, a)
-                .cmp(&rendezvous_score(partition, b))
-                .then_with(|| a.cmp(b))
-        })
+    live.iter().max_by(|a, b| {
+        rendezvous_score(partition, a)
+            .cmp(&rendezvous_score(partition, b))
+            .then_with(|| a.cmp(b))
+    })
 }
 
 /// The partitions `me` should own among `live`.

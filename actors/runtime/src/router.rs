@@ -307,8 +307,8 @@ impl Router {
                     filter => inbox.list_unfinished(after, limit, filter).await,
                 }
             }
-                .into_actor(self)
-                .map(move |page, act, ctx| act.on_page(page, ctx)),
+            .into_actor(self)
+            .map(move |page, act, ctx| act.on_page(page, ctx)),
         );
     }
 

@@ -492,7 +492,13 @@ mod tests {
         assert!(inbox.claim(a.id).await.unwrap().is_none());
         let unfinished = inbox.list_unfinished(None, 10, None).await.unwrap();
         assert_eq!(unfinished.iter().map(|e| e.id).collect::<Vec<_>>(), vec![b]);
-        assert!(inbox.list_unfinished(Some(b), 10, None).await.unwrap().is_empty());
+        assert!(
+            inbox
+                .list_unfinished(Some(b), 10, None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let other = Partition((Partition::of(&RoutingKey("k".into())).0 + 1) % 64);
         assert!(
             inbox

@@ -40,10 +40,10 @@ use serde_json::Value;
 use crate::support::app::{ADMIN, TestApp, TestAppBuilder, reserve_port};
 use crate::support::wait::{GUARD, eventually};
 
-const ACME: &str = "T0SIMACME1";
+pub(crate) const ACME: &str = "T0SIMACME1";
 const ACME_BOT: &str = "U0ACMEBOT1";
-const OPS: &str = "C0OPS00001";
-const ALICE: &str = "U0ALICE001";
+pub(crate) const OPS: &str = "C0OPS00001";
+pub(crate) const ALICE: &str = "U0ALICE001";
 const BOB: &str = "U0BOB00001";
 
 // ---------------------------------------------------------------------------------------------
@@ -52,7 +52,7 @@ const BOB: &str = "U0BOB00001";
 
 /// The service from `app::start` serving the Acme workspace of `sim` over Socket Mode, with
 /// a small retry budget and short backoffs.
-fn service(sim: SimConfig) -> TestAppBuilder {
+pub(crate) fn service(sim: SimConfig) -> TestAppBuilder {
     TestApp::builder().with_slack_sim(sim).configure(|c| {
         c.actors.retry_budget = 2;
         c.actors.backoff_base_ms = 10;
@@ -62,7 +62,7 @@ fn service(sim: SimConfig) -> TestAppBuilder {
 }
 
 /// What these tests do in #ops of Acme through the simulator.
-trait Chat {
+pub(crate) trait Chat {
     /// Posts a mention of the bot; returns its ts.
     fn mention(&self, user: &str, text: &str) -> String;
     /// Posts a reply in `thread`; returns its ts.

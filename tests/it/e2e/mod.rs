@@ -7,3 +7,4 @@ pub(crate) mod conversations;
 mod demo;
 mod long_answers;
 mod ops;
+mod replicas;

@@ -521,7 +521,10 @@ async fn a_refused_token_replaced_by_another_replica_keeps_the_workspace_active(
 
     // A's cached token is refused: that call fails, but the stored token works, so the
     // workspace is not recorded inactive, and A's next call uses the stored token.
-    let refused = a.web.post_message(&team, &general, None, "second", None).await;
+    let refused = a
+        .web
+        .post_message(&team, &general, None, "second", None)
+        .await;
     assert!(
         matches!(&refused, Err(SlackApiError::WorkspaceInactive { error, .. }) if error == "token_revoked"),
         "{refused:?}"
@@ -540,7 +543,10 @@ async fn a_refused_token_replaced_by_another_replica_keeps_the_workspace_active(
     let current = a.parts.service.vaults.credential(org, id).await.unwrap();
     assert_ne!(current.expose(), old.expose());
     assert!(sim.revoke_token(current.expose()));
-    let refused = a.web.post_message(&team, &general, None, "fourth", None).await;
+    let refused = a
+        .web
+        .post_message(&team, &general, None, "fourth", None)
+        .await;
     assert!(
         matches!(&refused, Err(SlackApiError::WorkspaceInactive { .. })),
         "{refused:?}"
@@ -550,7 +556,9 @@ async fn a_refused_token_replaced_by_another_replica_keeps_the_workspace_active(
         ("inactive".to_owned(), Some("token_revoked".to_owned()))
     );
     assert!(matches!(
-        b.web.post_message(&team, &general, None, "fifth", None).await,
+        b.web
+            .post_message(&team, &general, None, "fifth", None)
+            .await,
         Err(SlackApiError::UnknownWorkspace(_))
     ));
 }

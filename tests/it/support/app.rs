@@ -326,6 +326,14 @@ impl TestApp {
         self.core = Some(core);
     }
 
+    /// Another replica of the served app: the same configuration (so the same database and
+    /// simulator) on new loopback ports, assembled by `app::start` like the first.
+    pub async fn start_replica(&self) -> (RunningServer, Core) {
+        infragpt::app::start(self.config.clone())
+            .await
+            .expect("replica starts")
+    }
+
     /// Stops the service (cleanly); the database, simulator and agent stay.
     pub async fn stop_service(&mut self) {
         let running = self.running.take().expect("the service runs");
