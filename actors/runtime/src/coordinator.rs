@@ -195,6 +195,18 @@ impl Coordinator {
         self.rounds += 1;
         match res {
             Ok((live, wanted, report)) => {
+                let reconnected =
+                    self.rounds > 1 && !self.status.read().in_contact(&self.config);
+                if reconnected {
+                    // Back after losing the database: announcements sent meanwhile were
+                    // dropped (this replica held nothing), and the listener's connection may
+                    // be half-open. A fresh listener rescans when it subscribes.
+                    tracing::info!("the database answers again: rejoining");
+                    if let Some(l) = self.listener.take() {
+                        l.abort();
+                    }
+                    self.start_listener(ctx);
+                }
                 let lost = self
                     .ownership
                     .renewed(&report.held, started + self.config.local_validity());
