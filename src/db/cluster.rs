@@ -190,9 +190,13 @@ impl Membership for PgMembership {
     ) -> Result<Vec<ReplicaId>, StoreError> {
         let mut conn = conn(&self.pool).await?;
         // The CTE's insert is invisible to the outer select (one snapshot): this replica is
-        // added from the insert's own result.
+        // added from the insert's own result. Replicas silent for a day (killed, never
+        // stopped) are forgotten on the way.
         let rows: Vec<ReplicaIdRow> = diesel::sql_query(
-            "WITH beat AS ( \
+            "WITH gone AS ( \
+               DELETE FROM cluster_replicas \
+               WHERE heartbeat_at < now() - interval '1 day' AND replica_id <> $1), \
+             beat AS ( \
                INSERT INTO cluster_replicas (replica_id, host, pid, version, status) \
                VALUES ($1, $2, $3, $4, $5) \
                ON CONFLICT (replica_id) DO UPDATE \

@@ -382,6 +382,11 @@ impl Router {
                 .drained_through
                 .store(scan.mark, Ordering::SeqCst);
             tracing::debug!(stream = %self.stream.name, "inbox drained");
+        } else if !self.is_full() {
+            // More was deferred while this scan ran (partitions acquired, a rescan asked
+            // for): scan again now rather than at the next tick, so a takeover is not
+            // delayed by the drain interval.
+            self.start_drain(ctx);
         }
     }
 
