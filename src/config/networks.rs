@@ -54,6 +54,15 @@ impl Networks {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The listed networks that reach beyond this host (not wholly loopback).
+    pub fn beyond_loopback(&self) -> Vec<IpNet> {
+        self.0
+            .iter()
+            .filter(|n| !(n.network().is_loopback() && n.broadcast().is_loopback()))
+            .copied()
+            .collect()
+    }
 }
 
 impl std::fmt::Display for Networks {

@@ -392,6 +392,10 @@ pub struct AgentConfig {
     /// Source networks (CIDRs, or single addresses) SendReply is accepted from without a
     /// token: the upstream agent's client cannot send metadata.
     pub reply_allowed_networks: Vec<String>,
+    /// Must be `true` to start with networks beyond loopback in `reply_allowed_networks` and
+    /// neither `reply_token` nor client certificates: whoever reaches the port from those
+    /// networks can then post into any thread. Logged at warn on every start.
+    pub allow_unauthenticated_replies: bool,
     /// Posted in the thread when the agent answers `success: false` (its error text stays in
     /// the logs and the dead letter).
     pub failure_notice: String,
@@ -417,6 +421,7 @@ impl Default for AgentConfig {
                 .iter()
                 .map(|n| (*n).to_owned())
                 .collect(),
+            allow_unauthenticated_replies: false,
             failure_notice: infragpt_actors::conversation::DEFAULT_FAILURE_NOTICE.to_owned(),
             history_sender: HistorySender::Proto,
             answer_format: AnswerFormat::Markdown,

@@ -22,6 +22,7 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
     check_database(&config.database)?;
     check_agent(&mut config.agent)?;
     check_grpc_tls(&config.grpc_tls)?;
+    check_reply_exposure(config)?;
     check_grpc(&config.grpc)?;
     check_identity(config)?;
     check_integrations(config)?;
@@ -31,6 +32,43 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
     check_core_section("cluster", config.cluster.validate())?;
     check_webhooks(&config.webhooks)?;
     check_retention(&config.retention)
+}
+
+/// The networks from which SendReply (and the agent's other calls) would be accepted without
+/// any credential: `agent.reply_allowed_networks` beyond loopback, when neither
+/// `agent.reply_token` nor client certificates are configured.
+pub fn unauthenticated_reply_networks(config: &Config) -> Vec<ipnet::IpNet> {
+    let agent = &config.agent;
+    if agent.reply_token.is_some() || config.grpc_tls.client_certificates_required() {
+        return Vec::new();
+    }
+    // A bad entry is reported by `check_agent`.
+    super::Networks::parse(&agent.reply_allowed_networks)
+        .map(|n| n.beyond_loopback())
+        .unwrap_or_default()
+}
+
+/// Fail closed: these calls post into customers' threads, so opening them to networks beyond
+/// this host without a credential needs an explicit yes (the reply module warns about it on
+/// every start).
+fn check_reply_exposure(config: &Config) -> Result<(), Failure> {
+    let open = unauthenticated_reply_networks(config);
+    if open.is_empty() || config.agent.allow_unauthenticated_replies {
+        return Ok(());
+    }
+    let listed = open
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    fail(
+        "agent.reply_allowed_networks",
+        format!(
+            "lets callers from {listed} post into Slack threads without a token: set \
+             agent.reply_token (or grpc_tls.client_ca_file), or, if those networks are trusted, \
+             agent.allow_unauthenticated_replies: true"
+        ),
+    )
 }
 
 /// Largest `retention.inbound_events_days` (100 years): beyond it the cut-off is not a date.

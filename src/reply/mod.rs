@@ -235,10 +235,19 @@ impl Module for ReplyModule {
 
     async fn start(
         &mut self,
-        _state: &AppState,
+        state: &AppState,
         http: &mut HttpShell,
         grpc: &mut GrpcShell,
     ) -> anyhow::Result<()> {
+        let open = crate::config::unauthenticated_reply_networks(&state.config);
+        if !open.is_empty() {
+            // Validation refused this unless the flag says yes; say it on every start.
+            let networks: Vec<String> = open.iter().map(ToString::to_string).collect();
+            tracing::warn!(
+                ?networks,
+                "agent.allow_unauthenticated_replies is set: any caller from these networks can post into every Slack thread without a token"
+            );
+        }
         http.add_routes(Arc::new(self::http::configure(
             self.service.clone(),
             self.auth.clone(),

@@ -195,8 +195,7 @@ impl Coordinator {
         self.rounds += 1;
         match res {
             Ok((live, wanted, report)) => {
-                let reconnected =
-                    self.rounds > 1 && !self.status.read().in_contact(&self.config);
+                let reconnected = self.rounds > 1 && !self.status.read().in_contact(&self.config);
                 if reconnected {
                     // Back after losing the database: announcements sent meanwhile were
                     // dropped (this replica held nothing), and the listener's connection may

@@ -812,6 +812,30 @@ fn new_keys_are_validated_with_their_path() {
     assert!(!d.grpc_tls.enabled());
 }
 
+/// Fail closed (issue 16): networks beyond loopback without a credential need an explicit yes.
+#[test]
+fn reply_networks_beyond_loopback_need_a_credential_or_an_explicit_yes() {
+    let load = |yaml: &str| config::load_str(yaml, "x.yaml");
+    let e = load("agent:\n  reply_allowed_networks: [127.0.0.0/8, 10.42.0.0/16]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("agent.reply_allowed_networks")
+            && e.contains("10.42.0.0/16")
+            && e.contains("allow_unauthenticated_replies"),
+        "{e}"
+    );
+    // A network that also covers loopback is still beyond it.
+    assert!(load("agent:\n  reply_allowed_networks: [0.0.0.0/0]\n").is_err());
+    for ok in [
+        "agent:\n  reply_allowed_networks: [127.0.0.2/32, \"::1/128\"]\n",
+        "agent:\n  reply_allowed_networks: [10.42.0.0/16]\n  allow_unauthenticated_replies: true\n",
+        "agent:\n  reply_allowed_networks: [10.42.0.0/16]\n  reply_token: s3cret-token-value\n",
+    ] {
+        load(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+}
+
 /// The store: a notice is returned with its kind and never counts as the turn's answer.
 #[tokio::test]
 async fn notices_do_not_answer_a_turn() {
