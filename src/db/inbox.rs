@@ -75,25 +75,28 @@ impl PgInbox {
         }
     }
 
-    /// Sets `status`, `last_error` (when given) and the finish time of one claimed event.
-    async fn finish(
+    /// Moves one claimed event to `status` (with `last_error` when given; stamping the finish
+    /// time when `finished`), only under its claim and, for a replica, its lease.
+    async fn set_claimed(
         &self,
         claim: Claim,
         status: EventStatus,
         error: Option<&str>,
+        finished: bool,
     ) -> Result<(), StoreError> {
         let error = error.map(error_text);
         let mut conn = conn(&self.pool).await?;
         let changed = diesel::sql_query(format!(
             "UPDATE inbound_events SET status = $3, last_error = COALESCE($4, last_error), \
-             processed_at = now(), updated_at = now() \
+             processed_at = CASE WHEN $5 THEN now() ELSE processed_at END, updated_at = now() \
              WHERE id = $1 AND status = 'processing' AND attempts = $2 AND {}",
-            fence("$5", "0")
+            fence("$6", "0")
         ))
         .bind::<BigInt, _>(claim.id.0)
         .bind::<Integer, _>(claim.attempt)
         .bind::<Text, _>(status.as_str())
         .bind::<Nullable<Text>, _>(error.as_deref())
+        .bind::<diesel::sql_types::Bool, _>(finished)
         .bind::<Nullable<Text>, _>(self.replica.as_deref())
         .execute(&mut conn)
         .await
@@ -101,7 +104,7 @@ impl PgInbox {
         if changed == 0 {
             return Err(StoreError::Fenced(claim.id));
         }
-        tracing::debug!(event_id = %claim.id, status = status.as_str(), "inbound event finished");
+        tracing::debug!(event_id = %claim.id, status = status.as_str(), "inbound event marked");
         Ok(())
     }
 }
@@ -484,36 +487,22 @@ impl InboundEvents for PgInbox {
     }
 
     async fn mark_done(&self, claim: Claim) -> Result<(), StoreError> {
-        self.finish(claim, EventStatus::Done, None).await
+        self.set_claimed(claim, EventStatus::Done, None, true).await
     }
 
     async fn mark_ignored(&self, claim: Claim, reason: &str) -> Result<(), StoreError> {
-        self.finish(claim, EventStatus::Ignored, Some(reason)).await
+        self.set_claimed(claim, EventStatus::Ignored, Some(reason), true)
+            .await
     }
 
     async fn mark_retry(&self, claim: Claim, error: &str) -> Result<(), StoreError> {
-        let error = error_text(error);
-        let mut conn = conn(&self.pool).await?;
-        let changed = diesel::sql_query(format!(
-            "UPDATE inbound_events SET status = 'pending', last_error = $3, updated_at = now() \
-             WHERE id = $1 AND status = 'processing' AND attempts = $2 AND {}",
-            fence("$4", "0")
-        ))
-        .bind::<BigInt, _>(claim.id.0)
-        .bind::<Integer, _>(claim.attempt)
-        .bind::<Text, _>(error.as_ref())
-        .bind::<Nullable<Text>, _>(self.replica.as_deref())
-        .execute(&mut conn)
-        .await
-        .map_err(unavailable)?;
-        if changed == 0 {
-            return Err(StoreError::Fenced(claim.id));
-        }
-        Ok(())
+        self.set_claimed(claim, EventStatus::Pending, Some(error), false)
+            .await
     }
 
     async fn mark_failed(&self, claim: Claim, error: &str) -> Result<(), StoreError> {
-        self.finish(claim, EventStatus::Failed, Some(error)).await
+        self.set_claimed(claim, EventStatus::Failed, Some(error), true)
+            .await
     }
 
     async fn list_unfinished(

@@ -344,20 +344,24 @@ impl Cluster {
     /// Every router rescans the partitions this replica holds (acquired partitions, a
     /// reconnected announcement stream, the periodic fallback).
     pub(crate) fn rescan(&self) {
-        for stream in self.inner.streams.read().values() {
-            stream.addr.do_send(Recover);
+        for addr in self.routers() {
+            addr.do_send(Recover);
         }
     }
 
-    /// Dispatched, unfinished events of `partitions` over every stream.
-    pub(crate) async fn in_flight_in(&self, partitions: &[Partition]) -> usize {
-        let addrs: Vec<Addr<Router>> = self
-            .inner
+    /// Every stream's router.
+    fn routers(&self) -> Vec<Addr<Router>> {
+        self.inner
             .streams
             .read()
             .values()
             .map(|s| s.addr.clone())
-            .collect();
+            .collect()
+    }
+
+    /// Dispatched, unfinished events of `partitions` over every stream.
+    pub(crate) async fn in_flight_in(&self, partitions: &[Partition]) -> usize {
+        let addrs = self.routers();
         let mut n = 0;
         for addr in addrs {
             n += addr
@@ -439,13 +443,7 @@ impl Cluster {
             .filter(|(s, _)| s.is_unfinished())
             .map(|(_, n)| n)
             .sum();
-        let addrs: Vec<Addr<Router>> = self
-            .inner
-            .streams
-            .read()
-            .values()
-            .map(|s| s.addr.clone())
-            .collect();
+        let addrs = self.routers();
         for addr in addrs {
             if addr.send(Recover).await.is_err() {
                 return Err(ClusterError::ShuttingDown);
@@ -604,13 +602,7 @@ impl Cluster {
             .replication
             .as_ref()
             .and_then(|r| r.coordinator.lock().clone());
-        let addrs: Vec<Addr<Router>> = self
-            .inner
-            .streams
-            .read()
-            .values()
-            .map(|s| s.addr.clone())
-            .collect();
+        let addrs = self.routers();
         let waits = addrs.iter().map(|a| a.send(Shutdown));
         // A router that is already gone has nothing left to finish.
         let _ = futures::future::join_all(waits).await;
