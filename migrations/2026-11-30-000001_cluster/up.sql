@@ -19,6 +19,10 @@ $$;
 ALTER TABLE inbound_events ADD COLUMN partition smallint;
 UPDATE inbound_events SET partition = infragpt_partition(routing_key);
 ALTER TABLE inbound_events ALTER COLUMN partition SET NOT NULL;
+-- A claim checks that no older event of the same key is unfinished (per-key order across
+-- replicas is decided by the inbox): this keeps that check an index lookup.
+CREATE INDEX inbound_events_unfinished_key_idx ON inbound_events (routing_key, id)
+    WHERE status IN ('pending', 'processing');
 
 -- One row per replica process: its heartbeat says it is alive.
 CREATE TABLE cluster_replicas (

@@ -109,6 +109,51 @@ impl PgInbox {
     }
 }
 
+/// Why a claim changed nothing.
+enum Refusal {
+    /// Finished or unknown.
+    Finished,
+    /// Older events of its key are unfinished (oldest first, at most 100).
+    Behind(Vec<EventRowId>),
+    /// Unfinished, nothing older, so its partition is not leased to this replica.
+    Fenced,
+}
+
+async fn claim_refusal(conn: &mut Conn, id: EventRowId) -> Result<Refusal, StoreError> {
+    #[derive(QueryableByName)]
+    struct Older {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let status: Option<String> = inbound_events::table
+        .find(id.0)
+        .select(inbound_events::status)
+        .first(conn)
+        .await
+        .optional()
+        .map_err(unavailable)?;
+    if !status.is_some_and(|s| CLAIMABLE.contains(&s.as_str())) {
+        return Ok(Refusal::Finished);
+    }
+    let older: Vec<Older> = diesel::sql_query(
+        "SELECT o.id FROM inbound_events e JOIN inbound_events o \
+           ON o.routing_key = e.routing_key AND o.source = e.source AND o.id < e.id \
+         WHERE e.id = $1 AND o.status IN ('pending', 'processing') \
+         ORDER BY o.id LIMIT 100",
+    )
+    .bind::<BigInt, _>(id.0)
+    .load(conn)
+    .await
+    .map_err(unavailable)?;
+    if older.is_empty() {
+        Ok(Refusal::Fenced)
+    } else {
+        Ok(Refusal::Behind(
+            older.into_iter().map(|o| EventRowId(o.id)).collect(),
+        ))
+    }
+}
+
 /// One `inbound_events` row.
 #[derive(Debug, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = inbound_events, check_for_backend(diesel::pg::Pg))]
@@ -427,10 +472,16 @@ impl InboundEvents for PgInbox {
 
     async fn claim(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError> {
         let mut conn = conn(&self.pool).await?;
+        // Per-key order is decided here, not by the dispatch path: an event is claimed only
+        // when no older event of its key is unfinished (`inbound_events_unfinished_key_idx`).
         let row: Option<EventRow> = diesel::sql_query(format!(
             "UPDATE inbound_events SET status = 'processing', attempts = attempts + 1, \
              updated_at = now() \
              WHERE id = $1 AND status IN ('pending', 'processing') AND {} \
+             AND NOT EXISTS (SELECT 1 FROM inbound_events o \
+               WHERE o.routing_key = inbound_events.routing_key \
+                 AND o.source = inbound_events.source AND o.id < inbound_events.id \
+                 AND o.status IN ('pending', 'processing')) \
              RETURNING {EVENT_COLUMNS}",
             fence("$2", "0")
         ))
@@ -440,24 +491,18 @@ impl InboundEvents for PgInbox {
         .await
         .optional()
         .map_err(unavailable)?;
-        if row.is_none() && self.replica.is_some() {
-            // Finished, or unfinished in a partition this replica does not hold.
-            let status: Option<String> = inbound_events::table
-                .find(id.0)
-                .select(inbound_events::status)
-                .first(&mut conn)
-                .await
-                .optional()
-                .map_err(unavailable)?;
-            if status.is_some_and(|s| CLAIMABLE.contains(&s.as_str())) {
-                return Err(StoreError::Fenced(id));
-            }
-        }
-        let large = row
-            .as_ref()
-            .is_some_and(|r| json_len_at_least(&r.payload, LARGE_STATEMENT_BYTES));
+        let Some(row) = row else {
+            let refusal = claim_refusal(&mut conn, id).await;
+            release(conn, false);
+            return match refusal? {
+                Refusal::Finished => Ok(None),
+                Refusal::Behind(older) => Err(StoreError::Behind { id, older }),
+                Refusal::Fenced => Err(StoreError::Fenced(id)),
+            };
+        };
+        let large = json_len_at_least(&row.payload, LARGE_STATEMENT_BYTES);
         release(conn, large);
-        row.map(InboundEvent::try_from).transpose()
+        InboundEvent::try_from(row).map(Some)
     }
 
     async fn confirm(&self, claim: Claim) -> Result<(), StoreError> {

@@ -129,6 +129,13 @@ pub(crate) async fn attempt(
                     handler_time: None,
                 };
             }
+            Err(StoreError::Behind { older, .. }) => {
+                tracing::debug!(older = ?older, "older events of the key go first");
+                return Attempted {
+                    result: AttemptResult::Behind(older),
+                    handler_time: None,
+                };
+            }
             Err(StoreError::Fenced(_)) => {
                 tracing::debug!("event belongs to another replica now, skipped");
                 return Attempted {

@@ -287,6 +287,15 @@ pub enum StoreError {
     /// of the event: its partition's owner handles it.
     #[error("event {0} belongs to another replica now (partition lease or claim lost)")]
     Fenced(EventRowId),
+    /// Older events of the same routing key are still unfinished: they go first (an event
+    /// can reach its key's worker ahead of an older one, e.g. one recorded on another
+    /// replica whose announcement is still on its way). Not a failure of the event.
+    #[error("event {id} waits for older unfinished events of its key: {older:?}")]
+    Behind {
+        id: EventRowId,
+        /// The older unfinished events, oldest first (at most a page of them).
+        older: Vec<EventRowId>,
+    },
 }
 
 /// The durable inbox (implemented on the `inbound_events` table in the root crate, and in
@@ -296,8 +305,11 @@ pub trait InboundEvents: Send + Sync + 'static {
     /// Stores the event unless `(source, source_id)` exists; a duplicate changes nothing.
     async fn record(&self, event: NewInboundEvent) -> Result<RecordOutcome, StoreError>;
     /// `pending`/`processing` → `processing` with `attempts + 1`; `None` when the event is
-    /// already finished (done, failed or ignored) or does not exist. A replicated store
-    /// answers [`StoreError::Fenced`] when this replica does not hold the event's partition.
+    /// already finished (done, failed or ignored) or does not exist. Refused with
+    /// [`StoreError::Behind`] while an older event of the same source and routing key is
+    /// unfinished (the inbox, not the dispatch path, guarantees per-key order), and, by a
+    /// replicated store, with [`StoreError::Fenced`] when this replica does not hold the
+    /// event's partition.
     async fn claim(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError>;
     /// Checks that `claim` still holds (the event is `processing` under this attempt and, in
     /// a replicated store, its partition's lease has time left): [`StoreError::Fenced`]

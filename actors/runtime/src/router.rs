@@ -113,6 +113,17 @@ pub(crate) struct WorkerFinished {
     pub id: EventRowId,
 }
 
+/// The worker queued older events of its key that the router had not dispatched (they were
+/// still on their way, e.g. announced from another replica): the router counts them in
+/// flight so it never dispatches them twice nor stops the worker before they are done.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Adopted {
+    pub key: RoutingKey,
+    pub generation: u64,
+    pub ids: Vec<EventRowId>,
+}
+
 /// The worker has been idle for the idle timeout.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -504,6 +515,27 @@ impl Handler<WorkerFinished> for Router {
         }
         self.backlog_changed();
         self.maybe_drain(ctx);
+    }
+}
+
+impl Handler<Adopted> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: Adopted, _ctx: &mut Self::Context) {
+        let partition = Partition::of(&msg.key);
+        let Some(slot) = self
+            .slots
+            .get_mut(&msg.key)
+            .filter(|s| s.generation == msg.generation)
+        else {
+            return;
+        };
+        for id in msg.ids {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.in_flight.entry(id) {
+                e.insert(partition);
+                slot.outstanding += 1;
+            }
+        }
+        self.backlog_changed();
     }
 }
 

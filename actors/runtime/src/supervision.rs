@@ -70,6 +70,9 @@ pub enum AttemptResult {
     /// The event's partition (or its claim) belongs to another replica now: it left this
     /// worker without an outcome of its own; the owner handles it.
     Fenced,
+    /// Older events of the key are unfinished: they are queued ahead of it (the event waits
+    /// in the queue, nothing ran).
+    Behind(Vec<EventRowId>),
 }
 
 /// What the worker does after an attempt.
@@ -89,6 +92,9 @@ pub enum Next {
         /// Backoff delay.
         delay: Duration,
     },
+    /// Older events of the key were queued ahead of the current one (which went back into
+    /// the queue): tell the router it now owes them, then take the next (oldest) event.
+    Adopt(Vec<EventRowId>),
     /// Too many failures in the window: report `failed`, release every queued event and stop.
     Storm {
         /// The event that left the worker, if the last attempt finished it.
@@ -174,6 +180,16 @@ impl WorkerCore {
             return Next::RetryAfter(Duration::ZERO);
         };
         let failed = match result {
+            AttemptResult::Behind(older) => {
+                self.current = None;
+                self.queue.insert(current);
+                let adopted: Vec<EventRowId> = older
+                    .iter()
+                    .copied()
+                    .filter(|id| self.queue.insert(*id))
+                    .collect();
+                return Next::Adopt(adopted);
+            }
             AttemptResult::Finished
             | AttemptResult::AlreadyFinished
             | AttemptResult::Fenced

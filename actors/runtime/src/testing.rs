@@ -128,6 +128,22 @@ impl InboundEvents for MemoryInbox {
         self.check()?;
         let mut st = self.state.lock();
         *st.claims.entry(id).or_default() += 1;
+        if let Some(e) = st.events.get(&id).filter(|e| e.status.is_unfinished()) {
+            let older: Vec<EventRowId> = st
+                .events
+                .range(..id)
+                .map(|(_, o)| o)
+                .filter(|o| {
+                    o.status.is_unfinished()
+                        && o.source == e.source
+                        && o.routing_key == e.routing_key
+                })
+                .map(|o| o.id)
+                .collect();
+            if !older.is_empty() {
+                return Err(StoreError::Behind { id, older });
+            }
+        }
         match st.events.get_mut(&id) {
             Some(e) if e.status.is_unfinished() => {
                 e.status = EventStatus::Processing;

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use crate::handler::{Attempted, attempt};
 use crate::health::{ActorHealth, ActorId, ActorState};
 use crate::inbox::{EventRowId, RoutingKey};
-use crate::router::{Router, StreamCtx, WorkerFailed, WorkerFinished, WorkerIdle};
+use crate::router::{Adopted, Router, StreamCtx, WorkerFailed, WorkerFinished, WorkerIdle};
 use crate::supervision::{AttemptResult, FailureWindow, Next, WorkerCore};
 
 /// Queue an event (router → worker).
@@ -147,7 +147,7 @@ impl Worker {
                     h.record_message();
                 }
             }
-            AttemptResult::AlreadyFinished => {}
+            AttemptResult::AlreadyFinished | AttemptResult::Behind(_) => {}
             AttemptResult::Fenced => metrics.fenced(kind),
             AttemptResult::Rejected(e) => {
                 metrics.failure(kind);
@@ -191,6 +191,16 @@ impl Worker {
         match next {
             Next::Continue { finished } => {
                 self.report_finished(finished);
+                self.pump(ctx);
+            }
+            Next::Adopt(ids) => {
+                if !ids.is_empty() {
+                    self.send_router(Adopted {
+                        key: self.key.clone(),
+                        generation: self.generation,
+                        ids,
+                    });
+                }
                 self.pump(ctx);
             }
             Next::RetryAfter(delay) => {

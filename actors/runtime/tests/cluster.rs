@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use infragpt_runtime::health::{ActorKind, ActorState, HealthRegistry};
-use infragpt_runtime::inbox::{EventSource, EventStatus, InboundEvent, RecordOutcome, RoutingKey};
+use infragpt_runtime::inbox::{
+    EventSource, EventStatus, InboundEvent, InboundEvents, RecordOutcome, RoutingKey,
+};
 use infragpt_runtime::testing::{MemoryInbox, RecordingHandler, Script, eventually, keyed_event};
 use infragpt_runtime::{Cluster, ClusterConfig, IngestError, Metrics, StreamSpec};
 
@@ -525,5 +527,33 @@ async fn store_outage_is_survived_with_restarts() {
     // The first event ran but its outcome could not be stored: it runs again (at least once).
     assert_eq!(handler.calls(inbox.all()[0].id), 2);
     assert_eq!(handler.total_calls(), 4);
+    cluster.shutdown().await;
+}
+
+/// An event can reach its key's worker before an older one of the same key (with replicas,
+/// the older one was recorded elsewhere and its announcement is still on its way): the inbox
+/// refuses the newer claim, the worker takes the older events first, and each runs once.
+#[actix_rt::test]
+async fn a_newer_event_that_arrives_first_waits_for_the_older_ones() {
+    let inbox = MemoryInbox::new();
+    let handler = RecordingHandler::new();
+    let cluster = start(fast_config(), inbox.clone(), handler.clone());
+    cluster.recover().await.expect("recover");
+    let k = key(1);
+    // Recorded, never dispatched: as if another replica's announcement were still in flight.
+    for s in 0..3 {
+        inbox.record(slack_event(&k, s)).await.expect("record");
+    }
+    cluster.ingest(slack_event(&k, 3)).await.expect("ingest");
+    assert!(eventually(GUARD, || handler.handled_count() >= 4).await);
+    let handled = handler.handled();
+    assert_eq!(
+        handled.iter().map(seq).collect::<Vec<_>>(),
+        [0, 1, 2, 3],
+        "in id order"
+    );
+    assert_per_key_order(&handled);
+    assert_eq!(handler.total_calls(), 4, "each event handled once");
+    assert_eq!(inbox.count(EventStatus::Done), 4);
     cluster.shutdown().await;
 }

@@ -7,17 +7,22 @@ use infragpt::db::{PgAudit, PgInbox};
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::audit::{AuditEntry, AuditLog};
 use infragpt_actors::inbox::{
-    Claim, EventRowId, EventStatus, InboundEvents, NewInboundEvent, RecordOutcome, RoutingKey,
-    StoreError,
+    Claim, EventRowId, EventStatus, InboundEvents, NewInboundEvent, Partition, RecordOutcome,
+    RoutingKey, StoreError,
 };
 use infragpt_actors::sources;
 use serde_json::json;
 
+/// An event in a thread of its own (per-key order is tested with [`event_in`]).
 fn event(source_id: &str) -> NewInboundEvent {
+    event_in(source_id, &format!("T1/C1/{source_id}"))
+}
+
+fn event_in(source_id: &str, key: &str) -> NewInboundEvent {
     NewInboundEvent {
         source: sources::SLACK,
         source_id: source_id.to_owned(),
-        routing_key: RoutingKey("T1/C1/1700000000.000100".to_owned()),
+        routing_key: RoutingKey(key.to_owned()),
         kind: "app_mention".to_owned(),
         payload: json!({"event_id": source_id, "text": "<@U0BOT> hello", "n": [1, 2]}).into(),
     }
@@ -60,7 +65,8 @@ async fn record_is_idempotent() {
     };
     assert_eq!(stored.source, sources::SLACK);
     assert_eq!(stored.source_id, "Ev1");
-    assert_eq!(stored.routing_key.0, "T1/C1/1700000000.000100");
+    assert_eq!(stored.routing_key.0, "T1/C1/Ev1");
+    assert_eq!(stored.partition, Partition::of(&stored.routing_key));
     assert_eq!(stored.kind, "app_mention");
     assert_eq!(stored.payload, event("Ev1").payload.to_value().unwrap());
     assert_eq!(stored.status, EventStatus::Pending);
@@ -161,6 +167,38 @@ async fn claim_counts_attempts_and_finished_events_are_not_claimed() {
         .await
         .expect_err("unknown id");
     assert!(err.to_string().contains("999999"), "{err}");
+}
+
+#[tokio::test]
+async fn a_key_is_claimed_in_id_order_whatever_reaches_the_worker_first() {
+    let db = TestDb::new().await;
+    let inbox = PgInbox::new(db.pool().clone());
+    let key = "T1/C1/1700000000.000100";
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let outcome = inbox.record(event_in(&format!("Ev{n}"), key)).await;
+        ids.push(outcome.expect("record").event().id);
+    }
+    let other = recorded(&inbox, "EvOther").await;
+    // The newest first (an announcement of the older ones still on its way): refused, with
+    // the older ones to take first, oldest first. Another key is not held up.
+    match inbox.claim(ids[2]).await {
+        Err(StoreError::Behind { id, older }) => {
+            assert_eq!((id, older), (ids[2], vec![ids[0], ids[1]]));
+        }
+        other => panic!("expected Behind, got {other:?}"),
+    }
+    claimed(&inbox, other).await;
+    let first = claimed(&inbox, ids[0]).await;
+    assert!(matches!(
+        inbox.claim(ids[1]).await,
+        Err(StoreError::Behind { .. })
+    ));
+    // A dead letter does not hold its key up.
+    inbox.mark_failed(first, "boom").await.expect("failed");
+    let second = claimed(&inbox, ids[1]).await;
+    inbox.mark_done(second).await.expect("done");
+    claimed(&inbox, ids[2]).await;
 }
 
 #[tokio::test]
