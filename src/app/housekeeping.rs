@@ -24,7 +24,12 @@ use crate::db::retention::{RetentionReport, RetentionSettings, run_retention_onc
 pub const HEALTH_KEY: &str = "inbox_retention";
 
 /// The `table` label values of `infragpt_retention_deleted_total`.
-const TABLES: [&str; 4] = ["inbound_events", "conversations", "messages", "reply_intents"];
+const TABLES: [&str; 4] = [
+    "inbound_events",
+    "conversations",
+    "messages",
+    "reply_intents",
+];
 
 impl From<&RetentionConfig> for RetentionSettings {
     fn from(c: &RetentionConfig) -> Self {

@@ -282,11 +282,7 @@ struct KeyRow {
 /// The routing keys of a conversation's Slack events: its thread's, and each message's own
 /// ts in its channel (Slack's edits and deletes of a reply carry the reply's ts and no thread,
 /// so they are routed by it; see `conversation::routing_key`).
-fn routing_keys(
-    id: Uuid,
-    row: &KeyRow,
-    message_ts: &[String],
-) -> Result<Vec<String>, StoreError> {
+fn routing_keys(id: Uuid, row: &KeyRow, message_ts: &[String]) -> Result<Vec<String>, StoreError> {
     let corrupt = |e| StoreError::corrupt(format!("conversation {id}"), e);
     let team = TeamId::parse(row.team_id.as_str()).map_err(corrupt)?;
     let channel = ChannelId::parse(row.channel_id.as_str()).map_err(corrupt)?;
@@ -559,10 +555,7 @@ mod tests {
             &["1700000000.000100".into(), "1700000001.000200".into()],
         )
         .expect("keys");
-        assert_eq!(
-            keys,
-            ["T1/C1/1700000000.000100", "T1/C1/1700000001.000200"]
-        );
+        assert_eq!(keys, ["T1/C1/1700000000.000100", "T1/C1/1700000001.000200"]);
         let broken = KeyRow {
             thread_ts: "not-a-ts".into(),
             ..key
@@ -585,7 +578,10 @@ mod tests {
             created_at: DateTime::UNIX_EPOCH,
             in_reply_to: None,
         };
-        assert_eq!(MessageView::from(row(false)).text.as_deref(), Some("secret"));
+        assert_eq!(
+            MessageView::from(row(false)).text.as_deref(),
+            Some("secret")
+        );
         assert_eq!(MessageView::from(row(true)).text, None);
     }
 }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::support::conversations::{
     AGENT, Intent, days_ago, event_payload, event_row, insert_event, insert_event_from,
-    insert_intent, key, link_workspace, seed_conversation, set_event_status, set_times, stored,
+    insert_intent, key, link_workspace, rows_of, seed_conversation, set_event_status, set_times,
 };
 use crate::support::identity::{KEY_A, KID_A, audit_rows, claims_v2, sign_jwt};
 use crate::support::rest::{
@@ -90,7 +90,7 @@ async fn an_admin_forgets_a_conversation_its_messages_intents_and_event_payloads
         })
     );
 
-    assert_eq!(stored(pool, id).await, (0, 0, 0), "rows gone");
+    assert_eq!(rows_of(pool, id).await, (0, 0, 0), "rows gone");
     for event in [mention, twin, edit] {
         let (status, payload, raw, error, _) = event_row(pool, event).await;
         assert_eq!(payload, tombstone(), "event {event}");
@@ -100,7 +100,10 @@ async fn an_admin_forgets_a_conversation_its_messages_intents_and_event_payloads
     }
     let (status, payload, _, error, source_id) = event_row(pool, dead).await;
     assert_eq!(payload, tombstone());
-    assert_eq!(status, "ignored", "the dead letter is closed: a retry would replay nothing");
+    assert_eq!(
+        status, "ignored",
+        "the dead letter is closed: a retry would replay nothing"
+    );
     assert_eq!(
         error.as_deref(),
         Some("discarded: its conversation was deleted")
@@ -115,7 +118,7 @@ async fn an_admin_forgets_a_conversation_its_messages_intents_and_event_payloads
         assert_eq!(payload, event_payload(source_id), "{source_id} untouched");
         assert_eq!(status, "done");
     }
-    let (c, m, _) = stored(pool, env.conversation_b.parse().expect("id")).await;
+    let (c, m, _) = rows_of(pool, env.conversation_b.parse().expect("id")).await;
     assert_eq!((c, m), (1, 3), "B's conversation untouched");
 
     // Audited with the counts, by whom and which.
@@ -144,8 +147,14 @@ async fn an_admin_forgets_a_conversation_its_messages_intents_and_event_payloads
 
     // Gone: a second delete and a read are 404, and it is no longer listed.
     for method in ["DELETE", "GET"] {
-        let (status, answer) =
-            call(&svc, method, &format!("/conversations/{id}"), Some(&admin()), None).await;
+        let (status, answer) = call(
+            &svc,
+            method,
+            &format!("/conversations/{id}"),
+            Some(&admin()),
+            None,
+        )
+        .await;
         assert_eq!(status, 404, "{method}: {answer}");
         assert_error_shape(&answer, "not_found", method);
     }
@@ -248,7 +257,10 @@ async fn conversations_page_newest_first_and_only_the_organizations() {
     let org_a: Uuid = env.org_a.parse().expect("id");
     link_workspace(pool, "T0ROLESA2", Some(org_a)).await;
     link_workspace(pool, "T0NOBODY1", None).await;
-    let mut expected = vec![(days_ago(30), env.conversation_a.parse::<Uuid>().expect("id"))];
+    let mut expected = vec![(
+        days_ago(30),
+        env.conversation_a.parse::<Uuid>().expect("id"),
+    )];
     set_times(pool, expected[0].1, expected[0].0, expected[0].0).await;
     let tie = days_ago(3);
     for (n, (team, created_at)) in [
@@ -300,7 +312,14 @@ async fn conversations_page_newest_first_and_only_the_organizations() {
     }
 
     // The summary of one conversation.
-    let (_, page) = call(&svc, "GET", "/conversations?limit=200", Some(&admin()), None).await;
+    let (_, page) = call(
+        &svc,
+        "GET",
+        "/conversations?limit=200",
+        Some(&admin()),
+        None,
+    )
+    .await;
     let seeded = page["conversations"]
         .as_array()
         .expect("array")
@@ -373,7 +392,9 @@ async fn a_conversation_is_read_with_its_messages_in_order() {
     // Deleted in Slack by its author: listed, its text not shown.
     let mut conn = pool.get().await.expect("conn");
     diesel_async::RunQueryDsl::execute(
-        diesel::sql_query("UPDATE messages SET deleted = true WHERE slack_ts = '1700000302.000100'"),
+        diesel::sql_query(
+            "UPDATE messages SET deleted = true WHERE slack_ts = '1700000302.000100'",
+        ),
         &mut conn,
     )
     .await
@@ -408,8 +429,18 @@ async fn a_conversation_is_read_with_its_messages_in_order() {
         summary,
         vec![
             (json!(ts), json!("user"), json!("first"), json!(false)),
-            (json!("1700000301.000100"), json!("agent"), json!("answer"), json!(false)),
-            (json!("1700000302.000100"), json!("user"), Value::Null, json!(true)),
+            (
+                json!("1700000301.000100"),
+                json!("agent"),
+                json!("answer"),
+                json!(false)
+            ),
+            (
+                json!("1700000302.000100"),
+                json!("user"),
+                Value::Null,
+                json!(true)
+            ),
         ]
     );
     assert_eq!(messages[1]["in_reply_to"], ts);
@@ -421,7 +452,14 @@ async fn a_conversation_is_read_with_its_messages_in_order() {
     );
 
     // B's admin cannot read it; A's cannot read B's.
-    let (status, _) = call(&svc, "GET", &format!("/conversations/{id}"), Some(&bob()), None).await;
+    let (status, _) = call(
+        &svc,
+        "GET",
+        &format!("/conversations/{id}"),
+        Some(&bob()),
+        None,
+    )
+    .await;
     assert_eq!(status, 404);
     let uri = format!("/conversations/{}", env.conversation_b);
     let (status, answer) = call(&svc, "GET", &uri, Some(&admin()), None).await;

@@ -172,7 +172,10 @@ async fn a_forgotten_thread_leaves_no_text_behind_and_the_next_message_starts_af
         .expect("delete");
     assert_eq!(deleted.status(), 200);
     let deleted: Value = deleted.json().await.expect("json");
-    assert_eq!(deleted["messages"], 2, "the question and the answer: {deleted}");
+    assert_eq!(
+        deleted["messages"], 2,
+        "the question and the answer: {deleted}"
+    );
     assert!(
         deleted["inbound_events_forgotten"].as_u64() >= Some(1),
         "{deleted}"

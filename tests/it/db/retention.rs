@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::support::app::TestApp;
 use crate::support::conversations::{
     AGENT, Intent, conversation_ids, days_ago as days_before, insert_event, insert_intent, key,
-    seed_conversation, set_event_status, set_times, stored,
+    rows_of, seed_conversation, set_event_status, set_times,
 };
 use crate::support::wait::eventually;
 
@@ -277,11 +277,32 @@ async fn conversation_retention_deletes_old_conversations_in_batches() {
     }
     // Old, but with a turn in flight: a queued event, a running one, a reply being posted.
     let queued = aged_conversation(pool, 6, 60).await;
-    let queued_event = insert_event(pool, "Ev-6", &key("T1", "C1", "1700000006.000100"), "pending", None).await;
+    let queued_event = insert_event(
+        pool,
+        "Ev-6",
+        &key("T1", "C1", "1700000006.000100"),
+        "pending",
+        None,
+    )
+    .await;
     let running = aged_conversation(pool, 7, 50).await;
-    let running_event = insert_event(pool, "Ev-7", &key("T1", "C1", "1700000007.000100"), "processing", None).await;
+    let running_event = insert_event(
+        pool,
+        "Ev-7",
+        &key("T1", "C1", "1700000007.000100"),
+        "processing",
+        None,
+    )
+    .await;
     let posting = aged_conversation(pool, 8, 45).await;
-    insert_intent(pool, posting, "1700000008.000100", "another answer", Intent::Claimed(30)).await;
+    insert_intent(
+        pool,
+        posting,
+        "1700000008.000100",
+        "another answer",
+        Intent::Claimed(30),
+    )
+    .await;
     let in_flight = [queued, running, posting];
     let all: Vec<Uuid> = [&old[..], &recent[..], &in_flight[..]].concat();
 
@@ -299,6 +320,12 @@ async fn conversation_retention_deletes_old_conversations_in_batches() {
     assert_eq!(report.outcome, RetentionOutcome::Locked);
     assert_eq!(report.conversations.deleted, 0);
     assert_eq!(conversation_ids(pool).await, ids(&all));
+    let released = diesel::sql_query("SELECT pg_advisory_unlock($1) AS flag")
+        .bind::<BigInt, _>(RETENTION_LOCK_KEY)
+        .get_result::<Flag>(&mut other)
+        .await
+        .expect("unlock");
+    assert!(released.flag);
     drop(other);
 
     let report = run_retention_once(pool, &conversation_settings(30, 2))
@@ -317,10 +344,14 @@ async fn conversation_retention_deletes_old_conversations_in_batches() {
     let kept: Vec<Uuid> = [&recent[..], &in_flight[..]].concat();
     assert_eq!(conversation_ids(pool).await, ids(&kept));
     for id in &old {
-        assert_eq!(stored(pool, *id).await, (0, 0, 0), "{id}: with its rows");
+        assert_eq!(rows_of(pool, *id).await, (0, 0, 0), "{id}: with its rows");
     }
     for id in &kept {
-        assert_eq!(stored(pool, *id).await, (1, 2, 1 + i64::from(*id == posting)), "{id}");
+        assert_eq!(
+            rows_of(pool, *id).await,
+            (1, 2, 1 + i64::from(*id == posting)),
+            "{id}"
+        );
     }
     assert_eq!(advisory_locks(pool).await, 0, "the lock is released");
 
@@ -336,7 +367,10 @@ async fn conversation_retention_deletes_old_conversations_in_batches() {
     let report = run_retention_once(pool, &conversation_settings(30, 1000))
         .await
         .expect("retention");
-    assert_eq!((report.conversations.deleted, report.conversations.batches), (3, 1));
+    assert_eq!(
+        (report.conversations.deleted, report.conversations.batches),
+        (3, 1)
+    );
     assert_eq!(conversation_ids(pool).await, ids(&recent));
 }
 
@@ -457,11 +491,19 @@ async fn served_app_runs_the_housekeeping_actor_with_its_metrics() {
     app.start_service().await;
     let actor = published_run(&app, 1).await;
     let run = &actor["detail"]["last_run"]["conversations"];
-    assert_eq!((&run["messages"], &run["reply_intents"]), (&json!(2), &json!(1)), "{actor}");
+    assert_eq!(
+        (&run["messages"], &run["reply_intents"]),
+        (&json!(2), &json!(1)),
+        "{actor}"
+    );
     assert_eq!(conversation_ids(app.pool()).await, vec![recent]);
-    assert_eq!(stored(app.pool(), old).await, (0, 0, 0));
+    assert_eq!(rows_of(app.pool(), old).await, (0, 0, 0));
     let text = metrics_text(&app).await;
-    for (table, n) in [("conversations", 1.0), ("messages", 2.0), ("reply_intents", 1.0)] {
+    for (table, n) in [
+        ("conversations", 1.0),
+        ("messages", 2.0),
+        ("reply_intents", 1.0),
+    ] {
         assert_eq!(deleted_total(&text, table), Some(n), "{table}: {text}");
     }
 }

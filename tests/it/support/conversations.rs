@@ -70,6 +70,7 @@ pub async fn seed_conversation(
                 slack_ts,
                 (*text).to_owned(),
                 Some(thread.clone()),
+                MessageKind::Message,
             )
         } else {
             NewMessage {
@@ -193,7 +194,13 @@ pub enum Intent {
 }
 
 /// A reply intent of `conversation` for turn `turn_ts` and `text`.
-pub async fn insert_intent(pool: &Pool, conversation: Uuid, turn_ts: &str, text: &str, how: Intent) {
+pub async fn insert_intent(
+    pool: &Pool,
+    conversation: Uuid,
+    turn_ts: &str,
+    text: &str,
+    how: Intent,
+) {
     let mut conn = pool.get().await.expect("conn");
     let (posted, claimed_secs) = match how {
         Intent::Posted => (true, 0),
@@ -218,7 +225,7 @@ pub async fn insert_intent(pool: &Pool, conversation: Uuid, turn_ts: &str, text:
 }
 
 /// (conversations, messages, reply intents) stored for conversation `id`.
-pub async fn stored(pool: &Pool, id: Uuid) -> (i64, i64, i64) {
+pub async fn rows_of(pool: &Pool, id: Uuid) -> (i64, i64, i64) {
     let mut conn = pool.get().await.expect("conn");
     let c = conversations::table
         .filter(conversations::id.eq(id))

@@ -23,11 +23,11 @@ use actix_web::dev::{Service, ServiceResponse};
 use actix_web::test;
 use infragpt::app::integrations::IntegrationParts;
 use infragpt::config::Config;
+use infragpt::conversations::routes as conversation_routes;
+use infragpt::conversations::store::OrgConversations;
 use infragpt::identity::clerk_events::ClerkUser;
 use infragpt::identity::store::{MembershipUpsert, OrganizationUpsert};
 use infragpt::identity::{ClerkMembershipId, ClerkOrgId, ClerkUserId};
-use infragpt::conversations::routes as conversation_routes;
-use infragpt::conversations::store::OrgConversations;
 use infragpt::integrations::connector::ConnectorRegistry;
 use infragpt_actors::Secret;
 use serde_json::{Value, json};
@@ -103,9 +103,8 @@ pub struct RestEnv {
     pub fake: Arc<FakeConnector>,
     pub fake2: Arc<FakeConnector>,
     pub slack: Arc<FakeConnector>,
-    /// Our ids of organizations A and B.
+    /// Our id of organization A.
     pub org_a: String,
-    pub org_b: String,
     /// A's and B's `fake` integrations.
     pub integration_a: String,
     pub integration_b: String,
@@ -160,7 +159,6 @@ impl RestEnv {
             fake2,
             slack,
             org_a: String::new(),
-            org_b: String::new(),
             integration_a: String::new(),
             integration_b: String::new(),
             conversation_a: String::new(),
@@ -231,7 +229,6 @@ impl RestEnv {
             conversations.try_into().expect("two conversations");
         RestEnv {
             org_a,
-            org_b,
             integration_a,
             integration_b,
             conversation_a,
@@ -494,10 +491,7 @@ pub async fn run_matrix(persona: Persona, rows: &[Row]) {
             }
             Target::OtherOrg => (&env.integration_b, &env.conversation_b, ORG_B),
         };
-        let uri = row
-            .path
-            .replace("{id}", id)
-            .replace("{conv}", conversation);
+        let uri = row.path.replace("{id}", id).replace("{conv}", conversation);
         let body = (!row.body.is_empty())
             .then(|| serde_json::from_str::<Value>(row.body).expect("row body"));
         let context = format!(
