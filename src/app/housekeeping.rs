@@ -138,8 +138,8 @@ impl Housekeeping {
             tracing::warn!(
                 inbound_events_days = events_days,
                 conversations_days,
-                "Slack payloads are kept longer than conversations: the text of a deleted \
-                 conversation stays in inbound_events until inbound_events_days"
+                "retention.inbound_events_days is 0 or longer than conversations_days: the \
+                 Slack payloads of a conversation deleted by retention outlive it"
             );
         }
         let health = health.register(ActorId::new(kinds::HOUSEKEEPING, HEALTH_KEY), None);

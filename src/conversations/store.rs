@@ -33,17 +33,42 @@ pub fn tombstone() -> serde_json::Value {
 /// API's discard writes `discarded`).
 const CLOSED_DEAD_LETTER: &str = "discarded: its conversation was deleted";
 
-/// The columns every answer about a conversation has; `$1` is the organization.
-const SUMMARY: &str = "SELECT c.id, c.team_id, c.channel_id, ch.name AS channel_name, \
+/// The columns of a [`ConversationSummary`] over `c`, a set of conversation rows.
+const SUMMARY_COLUMNS: &str = "SELECT c.id, c.team_id, c.channel_id, ch.name AS channel_name, \
      c.thread_ts, c.created_at, c.last_message_at, \
-     (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count \
-     FROM conversations c \
-     JOIN slack_workspaces w ON w.team_id = c.team_id \
-     LEFT JOIN channels ch ON ch.team_id = c.team_id AND ch.channel_id = c.channel_id \
-     WHERE w.organization_id = $1";
+     (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count";
 
-/// Newest first; the order of the cursor, which `conversations_team_created_idx` serves.
-const NEWEST_FIRST: &str = " ORDER BY c.created_at DESC, c.id DESC LIMIT $2";
+/// The channel's name, when known.
+const CHANNEL_NAME: &str =
+    "LEFT JOIN channels ch ON ch.team_id = c.team_id AND ch.channel_id = c.channel_id";
+
+/// One conversation (`$2`) of the organization (`$1`).
+const ONE: &str = "FROM conversations c JOIN slack_workspaces w ON w.team_id = c.team_id";
+
+/// A page of the organization's (`$1`) conversations, `$2` rows, newest first, older than the
+/// cursor when `{cursor}` is given. Each workspace's newest come from an ordered scan of
+/// `conversations_team_created_idx` stopped at the page size, then the workspaces' are merged:
+/// a page reads about a page per workspace, however many conversations there are; the
+/// messages are counted for the page's rows only.
+const PAGE: &str = "FROM (SELECT c.* FROM slack_workspaces w \
+     CROSS JOIN LATERAL (SELECT * FROM conversations c WHERE c.team_id = w.team_id {cursor} \
+         ORDER BY c.created_at DESC, c.id DESC LIMIT $2) c \
+     WHERE w.organization_id = $1 \
+     ORDER BY c.created_at DESC, c.id DESC LIMIT $2) c";
+
+/// The order of the cursor.
+const NEWEST_FIRST: &str = "ORDER BY c.created_at DESC, c.id DESC";
+
+/// The page query, after the cursor (`$3`, `$4`) or from the newest.
+fn page_query(after_cursor: bool) -> String {
+    let cursor = if after_cursor {
+        "AND (c.created_at, c.id) < ($3, $4)"
+    } else {
+        ""
+    };
+    let from = PAGE.replace("{cursor}", cursor);
+    format!("{SUMMARY_COLUMNS} {from} {CHANNEL_NAME} {NEWEST_FIRST}")
+}
 
 /// The conversation, if the organization's, locked until the transaction ends: a worker
 /// storing a message in it (a foreign key check) or a reply claiming an intent waits, and
@@ -330,22 +355,20 @@ impl OrgConversations {
         // One row more than the page tells whether there is a next page.
         let mut conversations: Vec<ConversationSummary> = match before {
             None => {
-                diesel::sql_query(format!("{SUMMARY}{NEWEST_FIRST}"))
+                diesel::sql_query(page_query(false))
                     .bind::<diesel::sql_types::Uuid, _>(organization_id)
                     .bind::<BigInt, _>(limit + 1)
                     .load(&mut conn)
                     .await?
             }
             Some(cursor) => {
-                diesel::sql_query(format!(
-                    "{SUMMARY} AND (c.created_at, c.id) < ($3, $4){NEWEST_FIRST}"
-                ))
-                .bind::<diesel::sql_types::Uuid, _>(organization_id)
-                .bind::<BigInt, _>(limit + 1)
-                .bind::<Timestamptz, _>(cursor.created_at)
-                .bind::<diesel::sql_types::Uuid, _>(cursor.id)
-                .load(&mut conn)
-                .await?
+                diesel::sql_query(page_query(true))
+                    .bind::<diesel::sql_types::Uuid, _>(organization_id)
+                    .bind::<BigInt, _>(limit + 1)
+                    .bind::<Timestamptz, _>(cursor.created_at)
+                    .bind::<diesel::sql_types::Uuid, _>(cursor.id)
+                    .load(&mut conn)
+                    .await?
             }
         };
         let next_cursor = if conversations.len() as i64 > limit {
@@ -376,13 +399,14 @@ impl OrgConversations {
         id: Uuid,
     ) -> Result<Option<ConversationDetail>, StoreError> {
         let mut conn = conn(&self.pool).await?;
-        let conversation: Option<ConversationSummary> =
-            diesel::sql_query(format!("{SUMMARY} AND c.id = $2"))
-                .bind::<diesel::sql_types::Uuid, _>(organization_id)
-                .bind::<diesel::sql_types::Uuid, _>(id)
-                .get_result(&mut conn)
-                .await
-                .optional()?;
+        let conversation: Option<ConversationSummary> = diesel::sql_query(format!(
+            "{SUMMARY_COLUMNS} {ONE} {CHANNEL_NAME} WHERE w.organization_id = $1 AND c.id = $2"
+        ))
+        .bind::<diesel::sql_types::Uuid, _>(organization_id)
+        .bind::<diesel::sql_types::Uuid, _>(id)
+        .get_result(&mut conn)
+        .await
+        .optional()?;
         let Some(conversation) = conversation else {
             return Ok(None);
         };

@@ -36,8 +36,10 @@ const DELETE_BATCH: &str = "DELETE FROM inbound_events WHERE id = ANY(ARRAY(\
 /// except those with a turn in flight: an unfinished event of the thread (its routing key is
 /// `ThreadKey::to_routing_key`, `team/channel/thread_ts`; the literal source matches the
 /// partial index `inbound_events_slack_key_idx`) or a reply being posted (an unposted intent
-/// with a live claim). Locked rows are skipped: a worker storing a message holds a key-share
-/// lock on its conversation, so a thread coming back to life is not deleted under it.
+/// with a live claim); a worker storing a message is handling such an event. Rows another
+/// transaction locked are skipped, the next run takes them. A message stored after this
+/// selection waits on the row lock (its foreign key), fails once the batch commits, and its
+/// retry starts a new conversation.
 const DUE_CONVERSATIONS: &str = "SELECT c.id FROM conversations c \
      WHERE c.last_message_at < $1 \
      AND NOT EXISTS (SELECT 1 FROM inbound_events e \
