@@ -17,6 +17,7 @@ use self::housekeeping::{Housekeeping, StopHousekeeping};
 use self::integrations::{IntegrationParts, IntegrationsModule, load_keyring, state_key};
 use crate::agent_client::{GrpcAgent, GrpcAgentOptions};
 use crate::config::Config;
+use crate::conversations::ConversationsModule;
 use crate::db::Database;
 use crate::db::audit::PgAudit;
 use crate::db::cluster::PgMembership;
@@ -293,6 +294,7 @@ fn build_modules(
             config.identity.clone(),
             cluster.clone(),
         )),
+        Box::new(ConversationsModule::new()),
         Box::new(SlackModule::new(
             config.slack.clone(),
             cluster.clone(),

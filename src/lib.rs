@@ -5,8 +5,8 @@
 //!   [`http`] (actix-web shell, middleware, health), [`grpc`] (tonic shell and contracts),
 //!   [`db`] (pool, migrations, private PostgreSQL, core port adapters), [`crypto`], [`config`],
 //!   [`error`], [`telemetry`];
-//! * features: [`slack`], [`github`], [`identity`], [`integrations`], [`reply`],
-//!   [`agent_client`], [`ops`];
+//! * features: [`slack`], [`github`], [`identity`], [`integrations`], [`conversations`],
+//!   [`reply`], [`agent_client`], [`ops`];
 //! * the composition root [`app`];
 //! * dev-only, never imported by the service modules: [`testkit`] and [`demo`].
 //!
@@ -15,6 +15,7 @@
 pub mod agent_client;
 pub mod app;
 pub mod config;
+pub mod conversations;
 pub mod crypto;
 pub mod db;
 pub mod demo;

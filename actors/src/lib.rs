@@ -46,8 +46,8 @@ pub mod kinds {
     pub const AGENT_CLIENT: ActorKind = ActorKind::new("agent_client");
     /// Clerk identity synchronisation.
     pub const IDENTITY_SYNC: ActorKind = ActorKind::new("identity_sync");
-    /// Periodic database housekeeping (inbox retention); one per process, and one process at
-    /// a time deletes (advisory lock).
+    /// Periodic database housekeeping (retention of the inbox and of conversations); one per
+    /// process, and one process at a time deletes (advisory lock).
     pub const HOUSEKEEPING: ActorKind = ActorKind::new("housekeeping");
 
     /// Every kind, in display order.

@@ -1,4 +1,5 @@
-//! The housekeeping actor: runs inbox retention ([`run_retention_once`]) every
+//! The housekeeping actor: runs retention ([`run_retention_once`]: finished inbound events,
+//! and conversations when `retention.conversations_days` is set) every
 //! `retention.interval_secs`, publishes the last run in the health registry (kind
 //! `housekeeping`) and keeps the retention metrics.
 //!
@@ -11,20 +12,30 @@ use actix::prelude::*;
 use chrono::{DateTime, TimeDelta, Utc};
 use infragpt_actors::health::{ActorHealth, ActorId};
 use infragpt_actors::{ActorState, HealthRegistry, Metrics, kinds};
-use prometheus::{IntCounter, IntGauge};
+use prometheus::{IntCounterVec, IntGauge, Opts};
 use serde_json::json;
 
 use crate::config::RetentionConfig;
 use crate::db::Pool;
 use crate::db::retention::{RetentionReport, RetentionSettings, run_retention_once};
 
-/// Key of the housekeeping actor in the health registry.
+/// Key of the housekeeping actor in the health registry (named when it only did the inbox;
+/// kept, since dashboards and alerts name it).
 pub const HEALTH_KEY: &str = "inbox_retention";
+
+/// The `table` label values of `infragpt_retention_deleted_total`.
+const TABLES: [&str; 4] = [
+    "inbound_events",
+    "conversations",
+    "messages",
+    "reply_intents",
+];
 
 impl From<&RetentionConfig> for RetentionSettings {
     fn from(c: &RetentionConfig) -> Self {
         Self {
             inbound_events_days: c.inbound_events_days,
+            conversations_days: c.conversations_days,
             batch_size: c.batch_size,
             batch_pause: Duration::from_millis(c.batch_pause_ms),
         }
@@ -35,16 +46,24 @@ impl From<&RetentionConfig> for RetentionSettings {
 #[derive(Clone)]
 struct RetentionMetrics {
     cluster: Metrics,
-    deleted_total: IntCounter,
+    deleted_total: IntCounterVec,
     inbox_bytes: IntGauge,
 }
 
 impl RetentionMetrics {
     fn register(metrics: &Metrics) -> Result<Self, prometheus::Error> {
-        let deleted_total = IntCounter::new(
-            "infragpt_retention_deleted_total",
-            "Finished inbound events deleted by retention",
+        let deleted_total = IntCounterVec::new(
+            Opts::new(
+                "infragpt_retention_deleted_total",
+                "Rows deleted by retention, per table",
+            ),
+            &["table"],
         )?;
+        // Every table from the start, so a rate over a table that had nothing due is 0, not
+        // absent.
+        for table in TABLES {
+            deleted_total.with_label_values(&[table]);
+        }
         let inbox_bytes = IntGauge::new(
             "infragpt_inbox_bytes",
             "Size of the inbound_events table with its indexes and TOAST (bytes)",
@@ -61,7 +80,15 @@ impl RetentionMetrics {
     }
 
     fn record(&self, report: &RetentionReport) {
-        self.deleted_total.inc_by(report.deleted);
+        let conversations = &report.conversations;
+        for (table, n) in TABLES.into_iter().zip([
+            report.deleted,
+            conversations.deleted,
+            conversations.messages,
+            conversations.reply_intents,
+        ]) {
+            self.deleted_total.with_label_values(&[table]).inc_by(n);
+        }
         self.inbox_bytes.set(report.bytes);
         // Rows per status are the cluster's `infragpt_inbox_events`; refresh it now that the
         // table changed instead of waiting for the cluster's next sweep.
@@ -69,7 +96,7 @@ impl RetentionMetrics {
     }
 }
 
-/// Runs inbox retention periodically.
+/// Runs retention periodically.
 pub struct Housekeeping {
     pool: Pool,
     settings: RetentionSettings,
@@ -104,6 +131,17 @@ impl Housekeeping {
         metrics: &Metrics,
     ) -> Result<Addr<Self>, prometheus::Error> {
         let metrics = RetentionMetrics::register(metrics)?;
+        let (events_days, conversations_days) =
+            (config.inbound_events_days, config.conversations_days);
+        if conversations_days > 0 && (events_days == 0 || events_days > conversations_days) {
+            // Not refused: keeping raw events longer can be deliberate (audits, replays).
+            tracing::warn!(
+                inbound_events_days = events_days,
+                conversations_days,
+                "retention.inbound_events_days is 0 or longer than conversations_days: the \
+                 Slack payloads of a conversation deleted by retention outlive it"
+            );
+        }
         let health = health.register(ActorId::new(kinds::HOUSEKEEPING, HEALTH_KEY), None);
         let actor = Self {
             pool,
@@ -125,7 +163,7 @@ impl Housekeeping {
     fn tick(&mut self, ctx: &mut Context<Self>) {
         self.next_run_at = after(self.interval);
         if self.running {
-            tracing::info!("inbox retention still running; this tick is skipped");
+            tracing::info!("retention still running; this tick is skipped");
             self.publish();
             return;
         }
@@ -146,13 +184,18 @@ impl Housekeeping {
         match result {
             Ok(report) => {
                 self.metrics.record(&report);
+                let conversations = &report.conversations;
                 tracing::info!(
                     outcome = report.outcome.as_str(),
                     deleted = report.deleted,
                     batches = report.batches,
+                    conversations_deleted = conversations.deleted,
+                    messages_deleted = conversations.messages,
+                    reply_intents_deleted = conversations.reply_intents,
+                    conversation_batches = conversations.batches,
                     duration_ms = report.duration.as_millis() as u64,
                     inbox_bytes = report.bytes,
-                    "inbox retention run"
+                    "retention run"
                 );
                 self.last_run = json!({
                     "at": now,
@@ -160,6 +203,13 @@ impl Housekeeping {
                     "cutoff": report.cutoff,
                     "deleted": report.deleted,
                     "batches": report.batches,
+                    "conversations": {
+                        "cutoff": conversations.cutoff,
+                        "deleted": conversations.deleted,
+                        "messages": conversations.messages,
+                        "reply_intents": conversations.reply_intents,
+                        "batches": conversations.batches,
+                    },
                     "duration_ms": report.duration.as_millis() as u64,
                     "inbox_bytes": report.bytes,
                 });
@@ -168,7 +218,7 @@ impl Housekeeping {
             Err(e) => {
                 // The next run retries; the entry stays `running` with the error recorded.
                 let error = e.to_string();
-                tracing::warn!(error = %error, "inbox retention run failed");
+                tracing::warn!(error = %error, "retention run failed");
                 self.health.record_error(&error);
                 self.last_error = json!({ "at": now, "error": error });
             }
@@ -179,6 +229,7 @@ impl Housekeeping {
     fn publish(&self) {
         self.health.set_detail(json!({
             "inbound_events_days": self.settings.inbound_events_days,
+            "conversations_days": self.settings.conversations_days,
             "batch_size": self.settings.batch_size,
             "interval_secs": self.interval.as_secs(),
             "running": self.running,

@@ -593,12 +593,15 @@ impl WebhooksConfig {
 
 /// How long stored data is kept. Finished inbound events (`done`, `ignored`) are deleted by
 /// age in small batches by the housekeeping actor; dead letters (`failed`) and unfinished
-/// events are never deleted.
+/// events are never deleted. Conversations (with their messages and reply intents) are
+/// deleted when their last message is older than `conversations_days`, if set.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     /// Days a finished inbound event is kept after it was processed; 0 keeps them forever.
     pub inbound_events_days: u32,
+    /// Days a conversation is kept after its last message; 0 (the default) keeps them forever.
+    pub conversations_days: u32,
     /// Rows deleted per statement (one short transaction each).
     pub batch_size: u32,
     /// Pause between two batches, so a long backlog of deletions leaves the inbox responsive.
@@ -613,6 +616,7 @@ impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
             inbound_events_days: 14,
+            conversations_days: 0,
             batch_size: 1000,
             batch_pause_ms: 100,
             interval_secs: 3600,

@@ -71,7 +71,8 @@ fn check_reply_exposure(config: &Config) -> Result<(), Failure> {
     )
 }
 
-/// Largest `retention.inbound_events_days` (100 years): beyond it the cut-off is not a date.
+/// Largest `retention.inbound_events_days` and `retention.conversations_days` (100 years):
+/// beyond it the cut-off is not a date.
 const MAX_RETENTION_DAYS: u32 = 36_500;
 /// Largest `retention.batch_size`: a bigger batch is one long transaction, what batching avoids.
 const MAX_RETENTION_BATCH: u32 = 100_000;
@@ -82,6 +83,12 @@ fn check_retention(retention: &RetentionConfig) -> Result<(), Failure> {
         fail(
             "retention.inbound_events_days",
             format!("must be at most {MAX_RETENTION_DAYS} (0 keeps events forever)"),
+        )?;
+    }
+    if retention.conversations_days > MAX_RETENTION_DAYS {
+        fail(
+            "retention.conversations_days",
+            format!("must be at most {MAX_RETENTION_DAYS} (0 keeps conversations forever)"),
         )?;
     }
     if retention.batch_size == 0 || retention.batch_size > MAX_RETENTION_BATCH {

@@ -1,15 +1,17 @@
-//! Inbox retention: deletes finished inbound events (`done`, `ignored`) older than the
-//! retention period, in small batches, from one process at a time.
+//! Retention: deletes finished inbound events (`done`, `ignored`) older than the retention
+//! period and, when configured, conversations whose last message is older than theirs (with
+//! their messages and reply intents), in small batches, from one process at a time.
 //!
 //! Dead letters (`failed`) stay until an operator retries or discards them; unfinished events
-//! (`pending`, `processing`) are work. Neither is ever deleted here.
+//! (`pending`, `processing`) are work. Neither is ever deleted here, and neither is a
+//! conversation with a turn in flight.
 
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Timestamptz};
-use diesel_async::RunQueryDsl;
+use diesel::sql_types::{Array, BigInt, Bool, Timestamptz};
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use infragpt_actors::inbox::EventStatus;
 
 use super::{Conn, Pool, StoreError, conn};
@@ -30,11 +32,39 @@ const DELETE_BATCH: &str = "DELETE FROM inbound_events WHERE id = ANY(ARRAY(\
      FOR UPDATE SKIP LOCKED)) \
      AND status IN ('done', 'ignored')";
 
+/// One batch of conversations: those whose last message is before the cut-off, oldest first,
+/// except those with a turn in flight: an unfinished event of the thread (its routing key is
+/// `ThreadKey::to_routing_key`, `team/channel/thread_ts`; the literal source matches the
+/// partial index `inbound_events_slack_key_idx`) or a reply being posted (an unposted intent
+/// with a live claim); a worker storing a message is handling such an event. Rows another
+/// transaction locked are skipped, the next run takes them. A message stored after this
+/// selection waits on the row lock (its foreign key), fails once the batch commits, and its
+/// retry starts a new conversation.
+const DUE_CONVERSATIONS: &str = "SELECT c.id FROM conversations c \
+     WHERE c.last_message_at < $1 \
+     AND NOT EXISTS (SELECT 1 FROM inbound_events e \
+         WHERE e.source = 'slack' \
+         AND e.routing_key = c.team_id || '/' || c.channel_id || '/' || c.thread_ts \
+         AND e.status IN ('pending', 'processing')) \
+     AND NOT EXISTS (SELECT 1 FROM reply_intents i \
+         WHERE i.conversation_id = c.id AND i.posted_at IS NULL AND i.claimed_until > now()) \
+     ORDER BY c.last_message_at LIMIT $2 \
+     FOR UPDATE OF c SKIP LOCKED";
+
+/// The rows that reference a batch of conversations, then the conversations. The foreign
+/// keys would cascade, but explicit deletes tell how many rows of each table went.
+const DELETE_CONVERSATION_INTENTS: &str =
+    "DELETE FROM reply_intents WHERE conversation_id = ANY($1)";
+const DELETE_CONVERSATION_MESSAGES: &str = "DELETE FROM messages WHERE conversation_id = ANY($1)";
+const DELETE_CONVERSATIONS: &str = "DELETE FROM conversations WHERE id = ANY($1)";
+
 /// What a run deletes and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionSettings {
     /// Days a finished event is kept after it was processed; 0 keeps them forever.
     pub inbound_events_days: u32,
+    /// Days a conversation is kept after its last message; 0 keeps them forever.
+    pub conversations_days: u32,
     /// Rows per DELETE statement (one short transaction each); at least 1.
     pub batch_size: u32,
     /// Pause between two batches.
@@ -44,7 +74,8 @@ pub struct RetentionSettings {
 /// How a run went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetentionOutcome {
-    /// Retention is off (`inbound_events_days: 0`): nothing was deleted.
+    /// Retention is off (`inbound_events_days` and `conversations_days` both 0): nothing was
+    /// deleted.
     Disabled,
     /// Another process holds the retention lock: this run skipped the deletion.
     Locked,
@@ -67,12 +98,14 @@ impl RetentionOutcome {
 #[derive(Debug, Clone)]
 pub struct RetentionReport {
     pub outcome: RetentionOutcome,
-    /// Events with `processed_at` before this were due (none when disabled).
+    /// Events with `processed_at` before this were due (none when their retention is off).
     pub cutoff: Option<DateTime<Utc>>,
-    /// Rows deleted.
+    /// Inbound events deleted.
     pub deleted: u64,
-    /// DELETE statements run (the last one deletes fewer than a batch).
+    /// DELETE statements run on the inbox (the last one deletes fewer than a batch).
     pub batches: u32,
+    /// What went of the conversations.
+    pub conversations: ConversationsRun,
     /// Wall time of the run.
     pub duration: Duration,
     /// Rows per status after the run.
@@ -81,10 +114,32 @@ pub struct RetentionReport {
     pub bytes: i64,
 }
 
+/// The conversations' part of a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConversationsRun {
+    /// Conversations whose last message is before this were due (none when their retention
+    /// is off).
+    pub cutoff: Option<DateTime<Utc>>,
+    /// Conversations deleted.
+    pub deleted: u64,
+    /// Their messages.
+    pub messages: u64,
+    /// Their reply intents.
+    pub reply_intents: u64,
+    /// Batches run, each one transaction (the last one deletes fewer than a batch).
+    pub batches: u32,
+}
+
 #[derive(QueryableByName)]
 struct Flag {
     #[diesel(sql_type = Bool)]
     flag: bool,
+}
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: uuid::Uuid,
 }
 
 #[derive(QueryableByName)]
@@ -142,8 +197,13 @@ impl Drop for LockedConn {
     }
 }
 
+/// `days` before now; `None` for 0 (kept forever).
+fn cutoff(days: u32) -> Option<DateTime<Utc>> {
+    (days > 0).then(|| Utc::now() - TimeDelta::days(i64::from(days)))
+}
+
 /// One retention run over `pool`: takes the lock (or skips), deletes the due rows in batches,
-/// then measures the table (also when disabled or skipped, for the gauges).
+/// then measures the inbox (also when disabled or skipped, for the gauges).
 pub async fn run_retention_once(
     pool: &Pool,
     settings: &RetentionSettings,
@@ -151,16 +211,18 @@ pub async fn run_retention_once(
     let started = Instant::now();
     let mut report = RetentionReport {
         outcome: RetentionOutcome::Disabled,
-        cutoff: None,
+        cutoff: cutoff(settings.inbound_events_days),
         deleted: 0,
         batches: 0,
+        conversations: ConversationsRun {
+            cutoff: cutoff(settings.conversations_days),
+            ..ConversationsRun::default()
+        },
         duration: Duration::ZERO,
         rows: Vec::new(),
         bytes: 0,
     };
-    if settings.inbound_events_days > 0 {
-        let cutoff = Utc::now() - TimeDelta::days(i64::from(settings.inbound_events_days));
-        report.cutoff = Some(cutoff);
+    if report.cutoff.is_some() || report.conversations.cutoff.is_some() {
         let mut conn = conn(pool).await?;
         let locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS flag")
             .bind::<BigInt, _>(RETENTION_LOCK_KEY)
@@ -168,7 +230,13 @@ pub async fn run_retention_once(
             .await?;
         if locked.flag {
             let mut locked = LockedConn { conn: Some(conn) };
-            delete_due(locked.get(), settings, cutoff, &mut report).await?;
+            if let Some(cutoff) = report.cutoff {
+                delete_due(locked.get(), settings, cutoff, &mut report).await?;
+            }
+            if let Some(cutoff) = report.conversations.cutoff {
+                delete_due_conversations(locked.get(), settings, cutoff, &mut report.conversations)
+                    .await?;
+            }
             locked.release().await?;
             report.outcome = RetentionOutcome::Ran;
         } else {
@@ -203,6 +271,64 @@ async fn delete_due(
         report.deleted += deleted as u64;
         tracing::debug!(batch = report.batches, deleted, "retention batch");
         if deleted < batch as usize {
+            return Ok(());
+        }
+        if !settings.batch_pause.is_zero() {
+            tokio::time::sleep(settings.batch_pause).await;
+        }
+    }
+}
+
+/// Deletes conversations batch after batch, each batch one transaction (its conversations,
+/// their messages and reply intents), until one comes back short.
+async fn delete_due_conversations(
+    conn: &mut Conn,
+    settings: &RetentionSettings,
+    cutoff: DateTime<Utc>,
+    run: &mut ConversationsRun,
+) -> Result<(), StoreError> {
+    let batch = settings.batch_size.max(1);
+    loop {
+        let [reply_intents, messages, conversations] = conn
+            .transaction::<_, StoreError, _>(async move |conn| {
+                let ids: Vec<uuid::Uuid> = diesel::sql_query(DUE_CONVERSATIONS)
+                    .bind::<Timestamptz, _>(cutoff)
+                    .bind::<BigInt, _>(i64::from(batch))
+                    .load::<IdRow>(conn)
+                    .await?
+                    .into_iter()
+                    .map(|r| r.id)
+                    .collect();
+                let mut deleted = [0usize; 3];
+                if ids.is_empty() {
+                    return Ok(deleted);
+                }
+                let statements = [
+                    DELETE_CONVERSATION_INTENTS,
+                    DELETE_CONVERSATION_MESSAGES,
+                    DELETE_CONVERSATIONS,
+                ];
+                for (n, statement) in deleted.iter_mut().zip(statements) {
+                    *n = diesel::sql_query(statement)
+                        .bind::<Array<diesel::sql_types::Uuid>, _>(&ids)
+                        .execute(conn)
+                        .await?;
+                }
+                Ok(deleted)
+            })
+            .await?;
+        run.batches += 1;
+        run.deleted += conversations as u64;
+        run.messages += messages as u64;
+        run.reply_intents += reply_intents as u64;
+        tracing::debug!(
+            batch = run.batches,
+            conversations,
+            messages,
+            reply_intents,
+            "conversation retention batch"
+        );
+        if conversations < batch as usize {
             return Ok(());
         }
         if !settings.batch_pause.is_zero() {

@@ -380,6 +380,10 @@ fn grpc_connection_limits() {
 fn retention_defaults_and_limits() {
     let c = load_with("", &[]).unwrap();
     assert_eq!(c.retention.inbound_events_days, 14);
+    assert_eq!(
+        c.retention.conversations_days, 0,
+        "conversations are kept by default"
+    );
     assert_eq!(c.retention.batch_size, 1000);
     assert_eq!(c.retention.interval(), std::time::Duration::from_secs(3600));
     let c = load_with("retention:\n  inbound_events_days: 0\n", &[]).unwrap();
@@ -397,6 +401,13 @@ fn retention_defaults_and_limits() {
     let e = err("retention:\n  inbound_events_days: 40000\n");
     assert!(
         e.starts_with("config/x.yaml: retention.inbound_events_days: "),
+        "{e}"
+    );
+    let c = load_with("retention:\n  conversations_days: 90\n", &[]).unwrap();
+    assert_eq!(c.retention.conversations_days, 90);
+    let e = err("retention:\n  conversations_days: 40000\n");
+    assert!(
+        e.starts_with("config/x.yaml: retention.conversations_days: "),
         "{e}"
     );
     let e = err("retention:\n  days: 3\n");

@@ -4,6 +4,7 @@
 
 mod agent;
 mod config;
+mod conversations;
 mod db;
 mod e2e;
 mod edge;

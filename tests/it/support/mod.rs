@@ -3,6 +3,7 @@
 //! `tests/data`), helpers per area, and [`rest`] (the REST API on real session tokens).
 
 pub mod app;
+pub mod conversations;
 pub mod fixtures;
 pub mod identity;
 pub mod integrations;

@@ -14,7 +14,8 @@
 //! | bob | - | `org:admin` |
 //!
 //! Each organization has an active `fake` integration, installed through the real flow
-//! (POST /integrations by its admin, then the callback with the state), and metadata.
+//! (POST /integrations by its admin, then the callback with the state), metadata, a Slack
+//! workspace (`TEAM_A`, `TEAM_B`) and one conversation in it with three messages.
 
 use std::sync::Arc;
 
@@ -22,6 +23,8 @@ use actix_web::dev::{Service, ServiceResponse};
 use actix_web::test;
 use infragpt::app::integrations::IntegrationParts;
 use infragpt::config::Config;
+use infragpt::conversations::routes as conversation_routes;
+use infragpt::conversations::store::OrgConversations;
 use infragpt::identity::clerk_events::ClerkUser;
 use infragpt::identity::store::{MembershipUpsert, OrganizationUpsert};
 use infragpt::identity::{ClerkMembershipId, ClerkOrgId, ClerkUserId};
@@ -31,6 +34,7 @@ use serde_json::{Value, json};
 
 use super::app::TestApp;
 use super::body_json;
+use super::conversations::{AGENT, link_workspace, seed_conversation};
 use super::identity::{KEY_A, KID_A, claims_v2, dump_table, sign_jwt};
 use super::integrations::{FakeConnector, keyring, random_key};
 
@@ -41,6 +45,13 @@ pub const ERIN: &str = "user_erin";
 pub const CAROL: &str = "user_carol";
 pub const DAVE: &str = "user_dave";
 pub const BOB: &str = "user_bob";
+
+/// Organization A's and B's Slack workspaces, and the channel of their conversations.
+pub const TEAM_A: &str = "T0ROLESA1";
+pub const TEAM_B: &str = "T0ROLESB1";
+pub const CHANNEL: &str = "C0ROLES01";
+/// The thread of each organization's seeded conversation.
+pub const THREAD: &str = "1700000000.000100";
 
 /// The connector every organization has installed.
 pub const FAKE: &str = "fake";
@@ -97,6 +108,9 @@ pub struct RestEnv {
     /// A's and B's `fake` integrations.
     pub integration_a: String,
     pub integration_b: String,
+    /// A's and B's conversations.
+    pub conversation_a: String,
+    pub conversation_b: String,
 }
 
 /// Everything a request can change, plus what the connectors were asked to do.
@@ -147,6 +161,8 @@ impl RestEnv {
             org_a: String::new(),
             integration_a: String::new(),
             integration_b: String::new(),
+            conversation_a: String::new(),
+            conversation_b: String::new(),
         };
         let svc = env.service().await;
         let mut installed = Vec::new();
@@ -189,26 +205,52 @@ impl RestEnv {
             installed.push((organization_id, id));
         }
         drop(svc);
-        let [(org_a, integration_a), (_, integration_b)]: [(String, String); 2] =
+        let [(org_a, integration_a), (org_b, integration_b)]: [(String, String); 2] =
             installed.try_into().expect("two organizations");
+        let mut conversations = Vec::new();
+        for (team, org) in [(TEAM_A, &org_a), (TEAM_B, &org_b)] {
+            let pool = env.app.pool();
+            link_workspace(pool, team, Some(org.parse().expect("organization id"))).await;
+            let id = seed_conversation(
+                pool,
+                team,
+                CHANNEL,
+                THREAD,
+                &[
+                    (THREAD, "U0ROLESUS1", "why is the api slow?"),
+                    ("1700000001.000100", AGENT, "the database is busy"),
+                    ("1700000002.000100", "U0ROLESUS1", "thanks"),
+                ],
+            )
+            .await;
+            conversations.push(id.to_string());
+        }
+        let [conversation_a, conversation_b]: [String; 2] =
+            conversations.try_into().expect("two conversations");
         RestEnv {
             org_a,
             integration_a,
             integration_b,
+            conversation_a,
+            conversation_b,
             ..env
         }
     }
 
-    /// The identity and integrations routes in one in-process app.
+    /// The identity, integrations and conversations routes in one in-process app.
     pub async fn service(
         &self,
     ) -> impl Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>
     {
         let parts = self.parts.clone();
+        let conversations = OrgConversations::new(self.app.pool().clone());
         let shell = self
             .app
             .identity_shell(Some(self.app.jwt_verifier()))
-            .with_routes(move |cfg| parts.configure(cfg));
+            .with_routes(move |cfg| {
+                parts.configure(cfg);
+                conversation_routes::configure(cfg, conversations.clone());
+            });
         test::init_service(infragpt::http::app(shell)).await
     }
 
@@ -224,6 +266,11 @@ impl RestEnv {
             "integration_credentials",
             "oauth_nonces",
             "audit_log",
+            "slack_workspaces",
+            "conversations",
+            "messages",
+            "reply_intents",
+            "inbound_events",
         ] {
             tables.push((table, dump_table(self.app.pool(), table).await));
         }
@@ -370,13 +417,14 @@ pub fn assert_error_shape(answer: &Value, code: &str, context: &str) {
 /// Which organization a matrix row aims at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// Token names A; `{id}` is A's integration.
+    /// Token names A; `{id}` is A's integration, `{conv}` A's conversation.
     Own,
-    /// Token names A; `{id}` is B's integration.
+    /// Token names A; `{id}` is B's integration, `{conv}` B's conversation.
     OtherId,
     /// Token names A; the body names organization B.
     OtherInBody,
-    /// Token names B (nobody but bob is a member); `{id}` is B's integration.
+    /// Token names B (nobody but bob is a member); `{id}` is B's integration, `{conv}` B's
+    /// conversation.
     OtherOrg,
 }
 
@@ -386,15 +434,16 @@ pub enum Target {
 pub struct Row {
     pub target: Target,
     pub method: &'static str,
-    /// `{id}` is replaced by the target's integration id.
+    /// `{id}` is replaced by the target's integration id, `{conv}` by its conversation id.
     pub path: &'static str,
     /// JSON body, or empty for none.
     pub body: &'static str,
     pub expect: [u16; 4],
 }
 
-/// What bob (B's admin) sees of B: its integrations and its organization with metadata.
-async fn b_view<S>(svc: &S) -> Value
+/// What bob (B's admin) sees of B: its integrations, its organization with metadata and its
+/// conversation with its messages.
+async fn b_view<S>(svc: &S, conversation_b: &str) -> Value
 where
     S: Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>,
 {
@@ -403,7 +452,14 @@ where
     assert_eq!(status, 200, "{integrations}");
     let (status, organization) = call(svc, "GET", "/identity/organization", Some(&bob), None).await;
     assert_eq!(status, 200, "{organization}");
-    json!({ "integrations": integrations, "organization": organization })
+    let uri = format!("/conversations/{conversation_b}");
+    let (status, conversation) = call(svc, "GET", &uri, Some(&bob), None).await;
+    assert_eq!(status, 200, "{conversation}");
+    json!({
+        "integrations": integrations,
+        "organization": organization,
+        "conversation": conversation,
+    })
 }
 
 fn error_code(status: u16) -> &'static str {
@@ -412,6 +468,7 @@ fn error_code(status: u16) -> &'static str {
         401 => "unauthorized",
         403 => "forbidden",
         404 => "not_found",
+        409 => "conflict",
         422 => "unprocessable",
         other => panic!("no error code expected for {other}"),
     }
@@ -424,15 +481,17 @@ fn error_code(status: u16) -> &'static str {
 pub async fn run_matrix(persona: Persona, rows: &[Row]) {
     let env = RestEnv::new().await;
     let svc = env.service().await;
-    let b_before = b_view(&svc).await;
+    let b_before = b_view(&svc, &env.conversation_b).await;
     for row in rows {
         let expect = row.expect[persona.column()];
-        let (id, org) = match row.target {
-            Target::Own => (&env.integration_a, ORG_A),
-            Target::OtherId | Target::OtherInBody => (&env.integration_b, ORG_A),
-            Target::OtherOrg => (&env.integration_b, ORG_B),
+        let (id, conversation, org) = match row.target {
+            Target::Own => (&env.integration_a, &env.conversation_a, ORG_A),
+            Target::OtherId | Target::OtherInBody => {
+                (&env.integration_b, &env.conversation_b, ORG_A)
+            }
+            Target::OtherOrg => (&env.integration_b, &env.conversation_b, ORG_B),
         };
-        let uri = row.path.replace("{id}", id);
+        let uri = row.path.replace("{id}", id).replace("{conv}", conversation);
         let body = (!row.body.is_empty())
             .then(|| serde_json::from_str::<Value>(row.body).expect("row body"));
         let context = format!(
@@ -475,9 +534,16 @@ pub async fn run_matrix(persona: Persona, rows: &[Row]) {
         }
         let text = answer.to_string();
         assert!(
-            !text.contains(&env.integration_b) && !text.contains("Org B"),
+            !text.contains(&env.integration_b)
+                && !text.contains("Org B")
+                && !text.contains(&env.conversation_b)
+                && !text.contains(TEAM_B),
             "{context}: B leaked: {answer}"
         );
     }
-    assert_eq!(b_view(&svc).await, b_before, "{persona:?}: B changed");
+    assert_eq!(
+        b_view(&svc, &env.conversation_b).await,
+        b_before,
+        "{persona:?}: B changed"
+    );
 }

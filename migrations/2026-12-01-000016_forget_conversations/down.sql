@@ -1,0 +1,3 @@
+DROP INDEX conversations_last_message_idx;
+DROP INDEX conversations_team_created_idx;
+DROP INDEX inbound_events_slack_key_idx;
