@@ -120,7 +120,8 @@ impl ReadinessCheck for ActorsCheck {
 }
 
 /// The actor system's module: ops routes, the actors readiness check, the housekeeping actor
-/// (inbox retention), and an orderly actor shutdown after the listeners have drained.
+/// (inbox and conversation retention), the hand-over of partitions on a graceful stop, and an
+/// orderly actor shutdown after the listeners have drained.
 #[derive(Debug)]
 pub struct CoreModule {
     core: Core,
