@@ -9,6 +9,16 @@
 //! thread's turns in order, nothing unfinished or dead in the inbox, and `/cluster` shows the
 //! 64 partitions held by the live replicas.
 //!
+//! `github_deliveries_of_one_repository_finish_in_id_order` is ignored: it fails about one
+//! run in three on a bug of the replica core. An event recorded while its partition's lease
+//! had lapsed (its owner just killed) is announced to nobody and waits for a scan; the replica
+//! that takes the partition over dispatches the key's next event, recorded on itself right
+//! after the takeover, at once, before its takeover scan has dispatched the older one (seen:
+//! event 309 recorded by replica 2 at 13.234, partition taken over by replica 0 at 13.407,
+//! event 324 of the same repository recorded by replica 0 at 13.400 and done at 13.572, event
+//! 309 claimed only at 14.810). The same can happen whenever a newer event of a key is
+//! dispatched locally while an older one is still travelling as a NOTIFY.
+//!
 //! Found while writing these (Slack's behaviour, not ours to change here): a replica that is
 //! paused or cut off from the database keeps its Socket Mode connections open, so the
 //! simulator (like Slack) keeps sending it envelopes it cannot record; they are redelivered
@@ -83,31 +93,31 @@ async fn check_stored_answers(h: &Harness, mentions: usize) {
 async fn mentions_are_answered_once_through_a_kill_and_a_rolling_restart() {
     let started = Instant::now();
     let mut h = Harness::start("").await;
-    let (threads, turns) = (30, 50);
-    let load = h.start_load(threads, turns);
+    // Closed loop per thread; the load runs until the restarts are over and at least
+    // MENTIONS mentions are answered.
+    const THREADS: usize = 30;
+    const MENTIONS: usize = 1_500;
+    let load = h.start_load(THREADS, 1_000);
 
     answered(&load, 200).await;
     h.set.kill(0);
     h.restart(0).await;
     for index in 1..REPLICAS {
-        let next = load.answered() + 200;
+        let next = load.answered() + 150;
         answered(&load, next).await;
         h.terminate(index).await;
         h.restart(index).await;
     }
     let during = load.answered();
-    assert!(
-        !load.finished(),
-        "the load ended before the restarts did ({during} answered): raise it"
-    );
-    let logs = load.finish().await;
-    h.check(&logs, threads * turns).await;
-    check_stored_answers(&h, threads * turns).await;
+    answered(&load, MENTIONS).await;
+    let logs = load.stop().await;
+    let mentions = infragpt::testkit::replicas::mentions(&logs);
+    h.check(&logs, MENTIONS).await;
+    check_stored_answers(&h, mentions).await;
     let holdings = h.wait_partitions_held_by(0, REPLICAS).await;
     eprintln!(
-        "kill + rolling restart: {} mentions ({during} answered while replicas restarted), \
-         partitions {:?}, agent reply failovers {}, {:?}",
-        threads * turns,
+        "kill + rolling restart: {mentions} mentions ({during} answered by the end of the \
+         restarts), partitions {:?}, agent reply failovers {}, {:?}",
         holdings.live.values().map(Vec::len).collect::<Vec<_>>(),
         h.agent.reply_failovers(),
         started.elapsed()
@@ -125,19 +135,34 @@ fn delivery(template: &Value, installation: i64, repository: i64) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn github_deliveries_to_any_replica_are_stored_once_in_order_per_repository() {
-    let started = Instant::now();
+/// An inbox row of a delivery: id, delivery id, routing key, status, finish time.
+type GithubRow = (
+    i64,
+    String,
+    String,
+    String,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
+const GITHUB_TOTAL: usize = 480;
+const GITHUB_SENDERS: usize = 8;
+
+/// Sends [`GITHUB_TOTAL`] signed deliveries over 4 installations × 4 repositories, round
+/// robin over the replicas (a replica that is down or failing: the next one, with the same
+/// delivery id, as GitHub redelivers), SIGKILLs and restarts replica 1 after a third, waits
+/// until the inbox is idle, checks that every delivery was stored once and returns the inbox
+/// rows in id order. The deliveries of one repository come from one sender, one after the
+/// other: each is sent once the previous one was answered 202 (recorded).
+async fn github_scenario() -> (Harness, Vec<GithubRow>) {
     let mut h = Harness::start(&format!(
         "integrations:\n  github:\n    webhook_secret: {GITHUB_SECRET}\n"
     ))
     .await;
     let template = fixtures::json("github-webhooks/issues/assigned.with-installation.json");
     let secret = Secret::new(GITHUB_SECRET);
-    const TOTAL: usize = 480;
-    const SENDERS: usize = 8;
-    // 4 installations × 4 repositories: 16 routing keys.
-    let deliveries: Vec<(String, Vec<u8>)> = (0..TOTAL)
+    // Delivery i: installation i % 4, repository (i / 4) % 4, so the routing key is i % 16
+    // and every repository's deliveries go through sender i % 8, in order.
+    let deliveries: Vec<(String, Vec<u8>)> = (0..GITHUB_TOTAL)
         .map(|i| {
             let installation = 9_000 + (i % 4) as i64;
             let repository = 70_000 + ((i / 4) % 4) as i64;
@@ -154,7 +179,7 @@ async fn github_deliveries_to_any_replica_are_stored_once_in_order_per_repositor
         .unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let deliveries = Arc::new(deliveries);
-    let senders: Vec<_> = (0..SENDERS)
+    let senders: Vec<_> = (0..GITHUB_SENDERS)
         .map(|s| {
             let (client, addrs, accepted, deliveries, secret) = (
                 client.clone(),
@@ -165,15 +190,16 @@ async fn github_deliveries_to_any_replica_are_stored_once_in_order_per_repositor
             );
             tokio::spawn(async move {
                 let mut refused = Vec::new();
-                for i in (s..TOTAL).step_by(SENDERS) {
+                for i in (s..GITHUB_TOTAL).step_by(GITHUB_SENDERS) {
                     let (id, body) = &deliveries[i];
                     let deadline = Instant::now() + Duration::from_secs(90);
-                    // Round robin; a replica that is down or failing: the next one (GitHub
-                    // redelivers with the same delivery id).
                     let mut replica = i;
                     loop {
                         let answer = client
-                            .post(format!("http://{}/webhooks/github", addrs[replica % addrs.len()]))
+                            .post(format!(
+                                "http://{}/webhooks/github",
+                                addrs[replica % addrs.len()]
+                            ))
                             .header("X-GitHub-Event", "issues")
                             .header("X-GitHub-Delivery", id)
                             .header("X-Hub-Signature-256", sign(&secret, body))
@@ -207,7 +233,7 @@ async fn github_deliveries_to_any_replica_are_stored_once_in_order_per_repositor
         .collect();
 
     eventually("a third of the deliveries accepted", async || {
-        AtomicUsize::load(&accepted, Ordering::Relaxed) >= TOTAL / 3
+        AtomicUsize::load(&accepted, Ordering::Relaxed) >= GITHUB_TOTAL / 3
     })
     .await;
     h.set.kill(1);
@@ -238,50 +264,70 @@ async fn github_deliveries_to_any_replica_are_stored_once_in_order_per_repositor
         .collect();
     assert!(missing.is_empty(), "deliveries never stored: {missing:?}");
 
-    let rows: Vec<(i64, String, String, Option<chrono::DateTime<chrono::Utc>>)> =
-        inbound_events::table
-            .filter(inbound_events::source.eq("github"))
-            .select((
-                inbound_events::id,
-                inbound_events::routing_key,
-                inbound_events::status,
-                inbound_events::processed_at,
-            ))
-            .order(inbound_events::id)
-            .load(&mut conn)
-            .await
-            .unwrap();
-    assert_eq!(rows.len(), TOTAL, "inbox rows: one per delivery");
-    let not_done: Vec<_> = rows.iter().filter(|r| r.2 != "done").collect();
+    let rows: Vec<GithubRow> = inbound_events::table
+        .filter(inbound_events::source.eq("github"))
+        .select((
+            inbound_events::id,
+            inbound_events::source_id,
+            inbound_events::routing_key,
+            inbound_events::status,
+            inbound_events::processed_at,
+        ))
+        .order(inbound_events::id)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(rows.len(), GITHUB_TOTAL, "inbox rows: one per delivery");
+    let not_done: Vec<_> = rows.iter().filter(|r| r.3 != "done").collect();
     assert!(not_done.is_empty(), "inbox rows not done: {not_done:?}");
-    let mut per_key: BTreeMap<&str, Vec<(i64, chrono::DateTime<chrono::Utc>)>> = BTreeMap::new();
-    for (id, key, _, processed_at) in &rows {
-        per_key
-            .entry(key.as_str())
-            .or_default()
-            .push((*id, processed_at.expect("done rows have processed_at")));
+    (h, rows)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_deliveries_to_any_replica_are_stored_once() {
+    let started = Instant::now();
+    let (h, _rows) = github_scenario().await;
+    h.wait_partitions_held_by(2, REPLICAS).await;
+    eprintln!(
+        "github: {GITHUB_TOTAL} deliveries to {REPLICAS} replicas around a SIGKILL, {:?}",
+        started.elapsed()
+    );
+}
+
+/// The replica core does not keep a routing key's events in id order across replicas: an
+/// event recorded by a replica that does not hold the partition reaches the owner through
+/// NOTIFY, and the next event of the same key, recorded by the owner itself (or announced
+/// faster), is dispatched at once and can run first. Nothing makes a worker take the older
+/// unfinished events of its key first. See the report of `wip/procs` (and ARCHITECTURE's
+/// "Ordered within a key"). Run with `--ignored` to see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "replica core bug: a routing key's events can finish out of id order across replicas"]
+async fn github_deliveries_of_one_repository_finish_in_id_order() {
+    let (_h, rows) = github_scenario().await;
+    let mut per_key: BTreeMap<&str, Vec<&GithubRow>> = BTreeMap::new();
+    for row in &rows {
+        per_key.entry(row.2.as_str()).or_default().push(row);
     }
     assert_eq!(per_key.len(), 16, "routing keys: {:?}", per_key.keys());
     let mut out_of_order = Vec::new();
     for (key, events) in &per_key {
         for pair in events.windows(2) {
-            if pair[1].1 < pair[0].1 {
+            let (a, b) = (pair[0], pair[1]);
+            let (at_a, at_b) = (a.4.expect("done rows have processed_at"), b.4.expect("done"));
+            if at_b < at_a {
                 out_of_order.push(format!(
-                    "{key}: event {} finished at {} before event {} at {}",
-                    pair[1].0, pair[1].1, pair[0].0, pair[0].1
+                    "{key}: event {} ({}) finished at {at_b}, before event {} ({}) at {at_a}",
+                    b.0, b.1, a.0, a.1
                 ));
             }
         }
     }
     assert!(
         out_of_order.is_empty(),
-        "events of one routing key finished out of id order:\n{}",
+        "events of one routing key finished out of id order (delivery i went first to replica \
+         i % 3):\n{}",
         out_of_order.join("\n")
-    );
-    h.wait_partitions_held_by(2, REPLICAS).await;
-    eprintln!(
-        "github: {TOTAL} deliveries to {REPLICAS} replicas around a SIGKILL, {:?}",
-        started.elapsed()
     );
 }
 
