@@ -153,7 +153,11 @@ impl Probes {
     }
 
     /// Waits until the last mention of each of `probes` is answered; returns the answer times.
-    async fn answers(&mut self, probes: &[usize], within: Duration) -> anyhow::Result<Vec<Instant>> {
+    async fn answers(
+        &mut self,
+        probes: &[usize],
+        within: Duration,
+    ) -> anyhow::Result<Vec<Instant>> {
         let deadline = tokio::time::Instant::now() + within;
         let mut times = Vec::new();
         while times.len() < probes.len() {
@@ -164,10 +168,14 @@ impl Probes {
             let Some((thread, turn)) = replicas::parse_tag(&post.text) else {
                 continue;
             };
-            let Some(i) = thread.checked_sub(self.first).filter(|i| *i < self.logs.len()) else {
+            let Some(i) = thread
+                .checked_sub(self.first)
+                .filter(|i| *i < self.logs.len())
+            else {
                 continue;
             };
-            if turn + 1 == self.logs[i].turns.len() && self.logs[i].turns[turn].answered_at.is_none()
+            if turn + 1 == self.logs[i].turns.len()
+                && self.logs[i].turns[turn].answered_at.is_none()
             {
                 self.logs[i].turns[turn].answered_at = Some(post.at);
                 if probes.contains(&i) {
@@ -225,10 +233,7 @@ pub async fn run(args: &Args) -> anyhow::Result<ReplicasReport> {
     // 1. Throughput with 1, 2, 3 replicas.
     set.start(0).await?;
     let threads = args.concurrency;
-    let load = Load::start(
-        sim.clone(),
-        LoadConfig::for_sim(&sim, threads, usize::MAX),
-    );
+    let load = Load::start(sim.clone(), LoadConfig::for_sim(&sim, threads, usize::MAX));
     let mut throughput = Vec::new();
     for n in 1..=REPLICAS {
         if n > 1 {
@@ -291,8 +296,14 @@ pub async fn run(args: &Args) -> anyhow::Result<ReplicasReport> {
             probes.post(&sim, *i)?;
         }
         let times = probes.answers(&targets, Duration::from_secs(60)).await?;
-        let first = times.iter().min().map_or(f64::NAN, |t| (*t - killed).as_secs_f64() * 1e3);
-        let last = times.iter().max().map_or(f64::NAN, |t| (*t - killed).as_secs_f64() * 1e3);
+        let first = times
+            .iter()
+            .min()
+            .map_or(f64::NAN, |t| (*t - killed).as_secs_f64() * 1e3);
+        let last = times
+            .iter()
+            .max()
+            .map_or(f64::NAN, |t| (*t - killed).as_secs_f64() * 1e3);
         eprintln!(
             "kill {k} (replica {victim}): first answer after {first:.0} ms, all {} after {last:.0} ms",
             targets.len()
@@ -383,7 +394,12 @@ pub fn print(r: &ReplicasReport, row: &dyn Fn(&str, String)) {
             &format!("throughput, {} replica(s)", p.replicas),
             format!(
                 "{:.1} mentions/s ({} answered in {:.1} s; latency p50/p99/max {:.1} / {:.1} / {:.1} ms)",
-                p.mentions_per_s, p.answered, p.seconds, p.latency.p50_ms, p.latency.p99_ms, p.latency.max_ms
+                p.mentions_per_s,
+                p.answered,
+                p.seconds,
+                p.latency.p50_ms,
+                p.latency.p99_ms,
+                p.latency.max_ms
             ),
         );
     }
@@ -414,7 +430,11 @@ pub fn print(r: &ReplicasReport, row: &dyn Fn(&str, String)) {
         "turn latency, rolling SIGTERM restart",
         format!(
             "p50/p99/max {:.1} / {:.1} / {:.1} ms ({} turns in {:.1} s)",
-            r.rolling.p50_ms, r.rolling.p99_ms, r.rolling.max_ms, r.rolling.samples, r.rolling_seconds
+            r.rolling.p50_ms,
+            r.rolling.p99_ms,
+            r.rolling.max_ms,
+            r.rolling.samples,
+            r.rolling_seconds
         ),
     );
     row(

@@ -268,7 +268,7 @@ impl Service {
             self.shared.reply_failovers.fetch_add(1, Ordering::Relaxed);
             index += 1;
             tried += 1;
-            if tried % clients.len() == 0 {
+            if tried.is_multiple_of(clients.len()) {
                 // Every endpoint refused once: give restarting replicas a moment.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

@@ -185,7 +185,9 @@ fn signal(pid: u32, name: &str) -> std::io::Result<()> {
     if status.success() {
         Ok(())
     } else {
-        Err(std::io::Error::other(format!("kill -{name} {pid}: {status}")))
+        Err(std::io::Error::other(format!(
+            "kill -{name} {pid}: {status}"
+        )))
     }
 }
 
@@ -314,10 +316,12 @@ impl ReplicaSet {
             self.replicas[index].child.is_none(),
             "replica {index} already runs"
         );
-        let io = |what| move |source| ReplicaError::Io {
-            index,
-            what,
-            source,
+        let io = |what| {
+            move |source| ReplicaError::Io {
+                index,
+                what,
+                source,
+            }
         };
         let path = self.dir.join(format!("replica-{index}.yaml"));
         std::fs::write(&path, self.yaml(index)).map_err(io("writing its configuration"))?;
@@ -793,8 +797,7 @@ impl Load {
             let _ = t.await;
         }
         self.dispatcher.abort();
-        let logs = self.logs.lock().clone();
-        logs
+        self.logs.lock().clone()
     }
 }
 
@@ -869,12 +872,15 @@ pub fn mentions(logs: &[ThreadLog]) -> usize {
     logs.iter().map(|l| l.turns.len()).sum()
 }
 
+/// Where a bot message is: channel and thread.
+type Place = (String, Option<String>);
+
 /// Every mention answered exactly once, in its own thread, and no other bot message in the
 /// load's channels. Returns the violations, each naming the mention.
 pub fn check_answers(sim: &SlackSim, config: &LoadConfig, logs: &[ThreadLog]) -> Vec<String> {
     let mut violations = Vec::new();
     // tag → (channel, thread_ts) of each bot message carrying it.
-    let mut answers: HashMap<(usize, usize), Vec<(String, Option<String>)>> = HashMap::new();
+    let mut answers: HashMap<(usize, usize), Vec<Place>> = HashMap::new();
     for channel in &config.channels {
         for m in sim.messages_in(&config.team, channel) {
             if m.bot_id.is_none() {

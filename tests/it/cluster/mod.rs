@@ -107,10 +107,13 @@ impl Harness {
     /// Waits until every replica's Socket Mode connections are open.
     pub async fn wait_connections(&self) {
         let want = REPLICAS * CONNECTIONS as usize;
-        eventually(format!("{want} Socket Mode connections are open"), async || {
-            let open = self.sim.with_state(|s| s.open_connections().len());
-            if open >= want { Ok(()) } else { Err(open) }
-        })
+        eventually(
+            format!("{want} Socket Mode connections are open"),
+            async || {
+                let open = self.sim.with_state(|s| s.open_connections().len());
+                if open >= want { Ok(()) } else { Err(open) }
+            },
+        )
         .await;
     }
 
@@ -192,9 +195,7 @@ impl Harness {
         }
         let bot_posts = bot_post_count(&self.sim, &config);
         if bot_posts != posted {
-            violations.push(format!(
-                "{bot_posts} bot messages for {posted} mentions"
-            ));
+            violations.push(format!("{bot_posts} bot messages for {posted} mentions"));
         }
         tracing::info!(
             mentions = posted,
@@ -295,7 +296,11 @@ impl Relay {
         let parsed = url::Url::parse(url.expose()).expect("a database URL");
         let host = parsed.host_str().expect("a TCP database URL (host)");
         let port = parsed.port().unwrap_or(5432);
-        let host = if host == "localhost" { "127.0.0.1" } else { host };
+        let host = if host == "localhost" {
+            "127.0.0.1"
+        } else {
+            host
+        };
         format!("{host}:{port}").parse().expect("host:port")
     }
 
@@ -319,7 +324,8 @@ impl Relay {
 
     /// Closes every connection and stops listening.
     pub async fn cut(&self) {
-        if let Some(accept) = self.accept.lock().take() {
+        let accept = self.accept.lock().take();
+        if let Some(accept) = accept {
             accept.abort();
             let _ = accept.await;
         }

@@ -84,7 +84,10 @@ async fn check_stored_answers(h: &Harness, mentions: usize) {
         }
     }
     let twice: Vec<_> = per_turn.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "turns with several stored answers: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "turns with several stored answers: {twice:?}"
+    );
     assert_eq!(notices, 0, "notices were posted");
     assert_eq!(per_turn.len(), mentions, "stored answers vs mentions");
 }
@@ -314,7 +317,10 @@ async fn github_deliveries_of_one_repository_finish_in_id_order() {
     for (key, events) in &per_key {
         for pair in events.windows(2) {
             let (a, b) = (pair[0], pair[1]);
-            let (at_a, at_b) = (a.4.expect("done rows have processed_at"), b.4.expect("done"));
+            let (at_a, at_b) = (
+                a.4.expect("done rows have processed_at"),
+                b.4.expect("done"),
+            );
             if at_b < at_a {
                 out_of_order.push(format!(
                     "{key}: event {} ({}) finished at {at_b}, before event {} ({}) at {at_a}",
@@ -345,12 +351,13 @@ async fn a_replica_cut_off_from_the_database_gives_its_partitions_up_and_rejoins
 
     relay.cut().await;
     let cut_at = Instant::now();
-    eventually("the cut-off replica's /readyz answers 503", async || {
-        match h.set.readyz(CUT).await {
+    eventually(
+        "the cut-off replica's /readyz answers 503",
+        async || match h.set.readyz(CUT).await {
             Ok((503, _)) => Ok(()),
             other => Err(other),
-        }
-    })
+        },
+    )
     .await;
     let holdings = h.wait_partitions_held_by(0, REPLICAS - 1).await;
     assert!(
@@ -371,15 +378,18 @@ async fn a_replica_cut_off_from_the_database_gives_its_partitions_up_and_rejoins
         .wait_ready(CUT, Duration::from_secs(120))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    eventually("the reconnected replica holds partitions again", async || {
-        let view = h.set.cluster_view(0).await?;
-        let holdings = Holdings::of(&view);
-        holdings.all_held_by(REPLICAS)?;
-        match holdings.live.get(&cut_id) {
-            Some(p) if !p.is_empty() => Ok(()),
-            _ => Err(format!("{cut_id} holds nothing: {holdings:?}")),
-        }
-    })
+    eventually(
+        "the reconnected replica holds partitions again",
+        async || {
+            let view = h.set.cluster_view(0).await?;
+            let holdings = Holdings::of(&view);
+            holdings.all_held_by(REPLICAS)?;
+            match holdings.live.get(&cut_id) {
+                Some(p) if !p.is_empty() => Ok(()),
+                _ => Err(format!("{cut_id} holds nothing: {holdings:?}")),
+            }
+        },
+    )
     .await;
     let after = load.answered() + 60;
     answered(&load, after).await;
