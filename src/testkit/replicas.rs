@@ -177,6 +177,21 @@ pub fn free_port() -> SocketAddr {
     l.local_addr().expect("local addr")
 }
 
+/// `n` distinct free loopback ports, none of `except`: all are bound at once, then released.
+pub fn free_ports(n: usize, except: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let addr = l.local_addr().expect("local addr");
+        if !except.iter().any(|e| e.port() == addr.port()) {
+            ports.push(addr);
+        }
+        held.push(l);
+    }
+    ports
+}
+
 fn signal(pid: u32, name: &str) -> std::io::Result<()> {
     let status = Command::new("kill")
         .arg(format!("-{name}"))
@@ -204,12 +219,15 @@ impl ReplicaSet {
             what: "creating the directory",
             source,
         })?;
+        // Held together so the OS cannot hand the same port out twice; never the agent's.
+        let mut ports = free_ports(3 * config.replicas, &[config.agent_addr]).into_iter();
+        let mut next = || ports.next().expect("enough ports");
         let replicas = (0..config.replicas)
             .map(|_| Replica {
                 ports: Ports {
-                    http: free_port(),
-                    grpc: free_port(),
-                    ops: free_port(),
+                    http: next(),
+                    grpc: next(),
+                    ops: next(),
                 },
                 database_url: config.database_url.clone(),
                 child: None,
