@@ -1,6 +1,6 @@
 //! End-to-end benchmark of the assembled service (not a test). See `BENCHMARKS.md`.
 //!
-//! Run: `cargo bench --bench e2e -- [conversations|webhooks|memory] [options]`
+//! Run: `cargo bench --bench e2e -- [conversations|webhooks|memory|replicas] [options]`
 //! (`cargo bench --bench e2e -- --help` lists the options).
 //!
 //! Everything runs in this process on loopback: the service (`infragpt::app::start`, the same
@@ -9,6 +9,9 @@
 //! Every mode measures a *ceiling* next to its end-to-end figure: the bare database work of
 //! one event driven through a pool of the same size at the same concurrency, so the ratio
 //! says how much of the database's capacity the pipeline turns into finished work.
+
+#[path = "e2e/replicas.rs"]
+mod replicas;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -51,6 +54,9 @@ enum Mode {
     Webhooks,
     /// RSS of the idle service and per live conversation actor.
     Memory,
+    /// Three `infragpt serve` processes (the release binary) on one database: throughput with
+    /// 1, 2 and 3 replicas, failover after SIGKILL, latency during a rolling SIGTERM restart.
+    Replicas,
 }
 
 /// End-to-end benchmark of InfraGPT (service, Slack simulator and dev agent in one process).
@@ -96,6 +102,13 @@ struct Args {
     /// per-repository routing buys: with one repository every delivery shares one worker.
     #[arg(long, default_value_t = 0)]
     repositories: usize,
+    /// Replicas mode: seconds of each measuring window (throughput per replica count, steady
+    /// latency).
+    #[arg(long, default_value_t = 15)]
+    window_s: u64,
+    /// Replicas mode: SIGKILLs for the failover figure.
+    #[arg(long, default_value_t = 5)]
+    kills: usize,
     /// Keep the Slack Web API throttle on (Slack's per-workspace limits).
     #[arg(long)]
     slack_throttle: bool,
@@ -137,6 +150,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Mode::Conversations => Report::Conversations(conversations(&args).await?),
         Mode::Webhooks => Report::Webhooks(webhooks(&args).await?),
         Mode::Memory => Report::Memory(memory(&args).await?),
+        Mode::Replicas => Report::Replicas(replicas::run(&args).await?),
     };
     let out = Output {
         mode: args.mode,
@@ -152,6 +166,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Report::Conversations(r) => !r.check.passed || r.errors > 0,
         Report::Webhooks(r) => r.errors > 0,
         Report::Memory(_) => false,
+        Report::Replicas(r) => !r.violations.is_empty() || r.unfinished > 0 || r.dead_letters > 0,
     };
     if failed {
         bail!("the run had errors (see above)");
@@ -174,6 +189,7 @@ enum Report {
     Conversations(ConversationsReport),
     Webhooks(WebhooksReport),
     Memory(MemoryReport),
+    Replicas(replicas::ReplicasReport),
 }
 
 #[derive(Debug, Serialize)]
@@ -485,6 +501,7 @@ fn print_table(out: &Output) {
             }
             row("peak RSS (VmHWM)", mib(r.peak_rss_kib));
         }
+        Report::Replicas(r) => replicas::print(r, &row),
     }
 }
 

@@ -16,6 +16,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use infragpt_actors::Secret;
@@ -73,6 +74,12 @@ pub struct DevAgentConfig {
     pub bind: SocketAddr,
     /// The backend's gRPC address for SendReply (`http://127.0.0.1:PORT` or `host:port`).
     pub reply_endpoint: Option<String>,
+    /// Further backends (replicas) for SendReply. With any, each SendReply goes to the next
+    /// backend in turn (round robin over `reply_endpoint` and these) and, when one refuses
+    /// or is down (`UNAVAILABLE`, `UNKNOWN`, `CANCELLED`, a deadline or a transport error),
+    /// to the one after it, for up to [`REPLY_FAILOVER_BUDGET`]. The same text is sent again,
+    /// which SendReply posts once however many backends receive it.
+    pub more_reply_endpoints: Vec<String>,
     /// Sent as `authorization: Bearer <token>` on SendReply.
     pub reply_token: Option<Secret>,
     /// Call SendReply before returning (the upstream agent's behaviour; default true).
@@ -91,6 +98,7 @@ impl Default for DevAgentConfig {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             reply_endpoint: None,
+            more_reply_endpoints: Vec::new(),
             reply_token: None,
             call_send_reply: true,
             think_time: Duration::ZERO,
@@ -135,7 +143,28 @@ struct Shared {
     config: DevAgentConfig,
     fail_mode: Mutex<FailMode>,
     requests: Mutex<Vec<AgentRequest>>,
-    reply_client: Option<BackendServiceClient<tonic::transport::Channel>>,
+    /// One client per reply endpoint (`reply_endpoint` first).
+    reply_clients: Vec<BackendServiceClient<tonic::transport::Channel>>,
+    /// The next reply endpoint to use (round robin).
+    next_reply: AtomicUsize,
+    /// SendReply calls that failed over to another endpoint.
+    reply_failovers: AtomicU64,
+}
+
+/// How long a SendReply keeps failing over between several reply endpoints before the turn
+/// is answered `success: false`.
+pub const REPLY_FAILOVER_BUDGET: Duration = Duration::from_secs(60);
+/// Per-call deadline of a SendReply when failing over is possible (SendReply waits up to
+/// 10 s for another replica holding the same reply).
+const REPLY_CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Codes after which another backend may succeed: the backend is down, stopping, or holds
+/// nothing it could answer.
+fn worth_failing_over(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    )
 }
 
 #[derive(Clone)]
@@ -172,29 +201,77 @@ impl Service {
     }
 
     async fn send_reply(&self, conversation_id: &str, text: &str) -> Result<(), String> {
-        let Some(client) = &self.shared.reply_client else {
+        let clients = &self.shared.reply_clients;
+        if clients.is_empty() {
             return Err("no reply endpoint configured".to_owned());
-        };
-        let mut request = tonic::Request::new(SendReplyCommand {
-            conversation_id: conversation_id.to_owned(),
-            message: text.to_owned(),
-        });
-        if let Some(token) = &self.shared.config.reply_token {
-            let value = format!("Bearer {}", token.expose())
-                .parse()
-                .map_err(|_| "the reply token is not valid header text".to_owned())?;
-            request.metadata_mut().insert("authorization", value);
         }
-        let status = client
-            .clone()
-            .send_reply(request)
-            .await
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-            .into_inner();
-        if status.success {
-            Ok(())
-        } else {
-            Err(status.error)
+        let request = || -> Result<tonic::Request<SendReplyCommand>, String> {
+            let mut request = tonic::Request::new(SendReplyCommand {
+                conversation_id: conversation_id.to_owned(),
+                message: text.to_owned(),
+            });
+            if let Some(token) = &self.shared.config.reply_token {
+                let value = format!("Bearer {}", token.expose())
+                    .parse()
+                    .map_err(|_| "the reply token is not valid header text".to_owned())?;
+                request.metadata_mut().insert("authorization", value);
+            }
+            Ok(request)
+        };
+        if clients.len() == 1 {
+            let status = clients[0]
+                .clone()
+                .send_reply(request()?)
+                .await
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            return if status.success {
+                Ok(())
+            } else {
+                Err(status.error)
+            };
+        }
+        // Several replicas: the next one in turn, then the others while they refuse.
+        let deadline = tokio::time::Instant::now() + REPLY_FAILOVER_BUDGET;
+        let mut index = self.shared.next_reply.fetch_add(1, Ordering::Relaxed);
+        let mut tried = 0usize;
+        loop {
+            let client = &clients[index % clients.len()];
+            let mut call = request()?;
+            call.set_timeout(REPLY_CALL_TIMEOUT);
+            let error = match client.clone().send_reply(call).await {
+                Ok(answer) => {
+                    let answer = answer.into_inner();
+                    return if answer.success {
+                        Ok(())
+                    } else {
+                        Err(answer.error)
+                    };
+                }
+                Err(status) if worth_failing_over(status.code()) => status,
+                Err(status) => return Err(format!("{:?}: {}", status.code(), status.message())),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "every reply endpoint refused for {REPLY_FAILOVER_BUDGET:?}; last: {:?}: {}",
+                    error.code(),
+                    error.message()
+                ));
+            }
+            tracing::debug!(
+                conversation_id,
+                endpoint = index % clients.len(),
+                code = ?error.code(),
+                error = %error.message(),
+                "dev agent: SendReply failing over to the next endpoint"
+            );
+            self.shared.reply_failovers.fetch_add(1, Ordering::Relaxed);
+            index += 1;
+            tried += 1;
+            if tried.is_multiple_of(clients.len()) {
+                // Every endpoint refused once: give restarting replicas a moment.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 }
@@ -302,25 +379,30 @@ const STOP_GRACE: Duration = Duration::from_millis(500);
 impl DevAgent {
     /// Binds `config.bind` and serves on a thread of its own.
     pub fn start(config: DevAgentConfig) -> Result<DevAgentHandle, DevAgentError> {
-        let reply_endpoint = match &config.reply_endpoint {
-            Some(raw) => Some(
-                crate::config::normalize_endpoint(raw)
-                    .map_err(|e| DevAgentError::Config(format!("reply_endpoint: {e}")))?,
-            ),
-            None if config.call_send_reply => {
+        if config.reply_endpoint.is_none() {
+            if config.call_send_reply {
                 return Err(DevAgentError::Config(
                     "call_send_reply needs reply_endpoint (the backend's gRPC address)".to_owned(),
                 ));
             }
-            None => None,
-        };
-        let reply_endpoint = reply_endpoint
-            .map(|uri| {
+            if !config.more_reply_endpoints.is_empty() {
+                return Err(DevAgentError::Config(
+                    "more_reply_endpoints needs reply_endpoint".to_owned(),
+                ));
+            }
+        }
+        let reply_endpoints = config
+            .reply_endpoint
+            .iter()
+            .chain(&config.more_reply_endpoints)
+            .map(|raw| {
+                let uri = crate::config::normalize_endpoint(raw)
+                    .map_err(|e| DevAgentError::Config(format!("reply endpoint: {e}")))?;
                 tonic::transport::Endpoint::from_shared(uri.clone())
                     .map(|e| e.connect_timeout(Duration::from_secs(5)))
                     .map_err(|source| DevAgentError::ReplyEndpoint { uri, source })
             })
-            .transpose()?;
+            .collect::<Result<Vec<_>, _>>()?;
 
         let listener = std::net::TcpListener::bind(config.bind)?;
         listener.set_nonblocking(true)?;
@@ -331,15 +413,20 @@ impl DevAgent {
             .enable_all()
             .build()?;
         // The SendReply channel's background task lives on the agent's runtime.
-        let reply_client = reply_endpoint.map(|e| {
+        let reply_clients = {
             let _guard = runtime.enter();
-            BackendServiceClient::new(e.connect_lazy())
-        });
+            reply_endpoints
+                .into_iter()
+                .map(|e| BackendServiceClient::new(e.connect_lazy()))
+                .collect()
+        };
         let shared = Arc::new(Shared {
             fail_mode: Mutex::new(config.fail_mode.clone()),
             config,
             requests: Mutex::new(Vec::new()),
-            reply_client,
+            reply_clients,
+            next_reply: AtomicUsize::new(0),
+            reply_failovers: AtomicU64::new(0),
         });
         let service = Service {
             shared: shared.clone(),
@@ -414,6 +501,12 @@ impl DevAgentHandle {
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<AgentRequest> {
         self.shared.requests.lock().clone()
+    }
+
+    /// SendReply calls that went on to another reply endpoint after one refused or was down
+    /// (several endpoints only).
+    pub fn reply_failovers(&self) -> u64 {
+        self.shared.reply_failovers.load(Ordering::Relaxed)
     }
 
     /// Changes the failure mode from now on.

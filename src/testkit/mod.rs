@@ -4,6 +4,9 @@
 //! them; no service module imports this tree (a unit test in `lib.rs` checks that).
 
 pub mod devagent;
+// Dev-only: several `infragpt serve` processes on one database, and a load over them.
+#[cfg(any(test, feature = "testkit"))]
+pub mod replicas;
 pub mod slack_sim;
 // Dev-only: compiled for the tests and benches (feature `testkit`), not into the service.
 #[cfg(any(test, feature = "testkit"))]

@@ -238,6 +238,7 @@ fn bot_method(
                 channel: channel.clone(),
                 ts: ts.clone(),
                 thread_ts: thread_ts.clone(),
+                text: text.clone(),
                 at: std::time::Instant::now(),
             });
             let message = events::bot_message(

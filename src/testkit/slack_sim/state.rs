@@ -85,6 +85,8 @@ pub struct BotPost {
     pub ts: String,
     /// Thread it was posted in, if any.
     pub thread_ts: Option<String>,
+    /// Its text as posted (load drivers tell which mention it answers).
+    pub text: String,
     /// When the simulator stored it.
     pub at: Instant,
 }
