@@ -76,13 +76,18 @@ impl ReplyGrpc {
         let command = request.into_inner();
         match self
             .service
-            .send_reply(&command.conversation_id, &command.message)
+            .send_reply_to(
+                &command.conversation_id,
+                &command.message,
+                Some(command.turn_ts.as_str()),
+            )
             .await
         {
             Ok(outcome) => {
                 tracing::info!(
                     conversation_id = %command.conversation_id.trim(),
                     already_posted = outcome == ReplyOutcome::AlreadyPosted,
+                    superseded = outcome == ReplyOutcome::Superseded,
                     authenticated_by = authenticated.as_str(),
                     transport = path,
                     "SendReply handled"

@@ -1,4 +1,5 @@
-//! `POST /reply`: SendReply over HTTP (JSON `{"conversation_id": "...", "message": "..."}`).
+//! `POST /reply`: SendReply over HTTP (JSON `{"conversation_id": "...", "message": "..."}`,
+//! optionally `"turn_ts"`).
 //!
 //! Answers: 200 `{"success":true,"error":""}`; 400 for a conversation id that is not a UUID,
 //! an empty message or a malformed body; 404 for an unknown conversation; 409
@@ -26,6 +27,9 @@ pub struct ReplyRequest {
     pub conversation_id: String,
     /// The text to post.
     pub message: String,
+    /// The turn it answers (optional; see `SendReplyCommand.turn_ts`).
+    #[serde(default)]
+    pub turn_ts: Option<String>,
 }
 
 /// Answer of `POST /reply` (the gRPC `Status`).
@@ -94,12 +98,17 @@ async fn post_reply(
         ApiError::bad_request(format!("invalid JSON body: {}", clip(&e.to_string(), 256)))
     })?;
     let outcome = service
-        .send_reply(&request.conversation_id, &request.message)
+        .send_reply_to(
+            &request.conversation_id,
+            &request.message,
+            request.turn_ts.as_deref(),
+        )
         .await
         .map_err(api_error)?;
     tracing::info!(
         conversation_id = %request.conversation_id.trim(),
         already_posted = outcome == ReplyOutcome::AlreadyPosted,
+        superseded = outcome == ReplyOutcome::Superseded,
         authenticated_by = authenticated.as_str(),
         transport = "http",
         "SendReply handled"

@@ -182,6 +182,10 @@ pub fn api_error(e: ReplyError) -> ApiError {
             echo(&raw)
         )),
         ReplyError::EmptyMessage => ApiError::bad_request(e.to_string()),
+        ReplyError::InvalidTurn(raw) => ApiError::bad_request(format!(
+            "turn_ts {:?} is not a Slack message ts (digits.digits)",
+            echo(&raw)
+        )),
         ReplyError::NotFound(_) => ApiError::not_found(e.to_string()),
         ReplyError::Store(store) => {
             tracing::warn!(error = %store, "SendReply: conversation store unavailable");

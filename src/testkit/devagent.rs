@@ -200,7 +200,13 @@ impl Service {
         }
     }
 
-    async fn send_reply(&self, conversation_id: &str, text: &str) -> Result<(), String> {
+    /// SendReply with the turn it answers (`turn_ts`, echoed from the context's `message_ts`).
+    async fn send_reply(
+        &self,
+        conversation_id: &str,
+        text: &str,
+        turn_ts: &str,
+    ) -> Result<(), String> {
         let clients = &self.shared.reply_clients;
         if clients.is_empty() {
             return Err("no reply endpoint configured".to_owned());
@@ -209,6 +215,7 @@ impl Service {
             let mut request = tonic::Request::new(SendReplyCommand {
                 conversation_id: conversation_id.to_owned(),
                 message: text.to_owned(),
+                turn_ts: turn_ts.to_owned(),
             });
             if let Some(token) = &self.shared.config.reply_token {
                 let value = format!("Bearer {}", token.expose())
@@ -327,9 +334,13 @@ impl AgentService for Service {
             Some(FailMode::None) | None => {}
         }
         let answer = compose_answer(&request);
+        let turn_ts = serde_json::from_str::<serde_json::Value>(&request.context)
+            .ok()
+            .and_then(|c| c["message_ts"].as_str().map(str::to_owned))
+            .unwrap_or_default();
         if self.shared.config.call_send_reply
             && let Err(error) = self
-                .send_reply(&request.conversation_id, &answer.text)
+                .send_reply(&request.conversation_id, &answer.text, &turn_ts)
                 .await
         {
             tracing::warn!(conversation_id = %request.conversation_id, %error, "dev agent: SendReply failed");

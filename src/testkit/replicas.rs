@@ -953,11 +953,26 @@ pub fn check_answers(sim: &SlackSim, config: &LoadConfig, logs: &[ThreadLog]) ->
     violations
 }
 
-/// What the agent saw, per conversation: the mentions' turns in order. A turn asked again
-/// right after itself (a retried event) is allowed and counted; anything else out of order,
-/// a conversation mixing threads, or a posted mention the agent never saw is a violation.
-/// Returns the violations and how many repeated asks there were.
-pub fn check_agent_order(requests: &[AgentRequest], logs: &[ThreadLog]) -> (Vec<String>, usize) {
+/// Which repeated asks [`check_agent_order`] accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeats {
+    /// Only a turn asked again right after itself (a retried event).
+    Adjacent,
+    /// Also a late ask for any older turn: a replica paused past its lease can send a request
+    /// it had begun before the pause once it resumes (the bytes leave after SIGCONT); the
+    /// agent then answers a turn that was answered already, and the reply is dropped.
+    Late,
+}
+
+/// What the agent saw, per conversation: the mentions' turns in order. A repeated ask that
+/// `repeats` accepts is counted; anything else out of order, a conversation mixing threads,
+/// or a posted mention the agent never saw is a violation. Returns the violations and how
+/// many repeated asks there were.
+pub fn check_agent_order(
+    requests: &[AgentRequest],
+    logs: &[ThreadLog],
+    repeats_allowed: Repeats,
+) -> (Vec<String>, usize) {
     let mut violations = Vec::new();
     let mut per_conversation: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
     for r in requests {
@@ -990,7 +1005,9 @@ pub fn check_agent_order(requests: &[AgentRequest], logs: &[ThreadLog]) -> (Vec<
                 ));
             } else if *turn == expected {
                 expected += 1;
-            } else if i > 0 && *turn + 1 == expected {
+            } else if i > 0
+                && (*turn + 1 == expected || (repeats_allowed == Repeats::Late && *turn < expected))
+            {
                 repeats += 1;
             } else {
                 violations.push(format!(
@@ -1093,14 +1110,17 @@ mod tests {
             request("c", 0, 1),
             request("c", 0, 2),
         ];
-        assert_eq!(check_agent_order(&ok, &logs), (vec![], 1));
+        assert_eq!(
+            check_agent_order(&ok, &logs, Repeats::Adjacent),
+            (vec![], 1)
+        );
         let bad = [request("c", 0, 0), request("c", 0, 2), request("c", 0, 1)];
-        let (violations, _) = check_agent_order(&bad, &logs);
+        let (violations, _) = check_agent_order(&bad, &logs, Repeats::Adjacent);
         assert!(
             violations[0].contains("out of order") && violations[0].contains("load-t000-m0002"),
             "{violations:?}"
         );
-        let (violations, _) = check_agent_order(&[request("c", 0, 0)], &logs);
+        let (violations, _) = check_agent_order(&[request("c", 0, 0)], &logs, Repeats::Adjacent);
         assert_eq!(
             violations,
             vec!["thread 0: the agent saw turns 0..1 of the 3 posted"]

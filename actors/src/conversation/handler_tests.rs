@@ -1086,3 +1086,55 @@ async fn a_notice_cut_off_by_a_crash_is_finished_only_when_it_is_due_again() {
     let texts: Vec<String> = f.slack.posts().into_iter().map(|p| p.text).collect();
     assert_eq!(texts, vec![UNAVAILABLE_REPLY.to_owned(), "back".to_owned()]);
 }
+
+/// A SendReply naming an older, answered turn (the late answer of a request a paused replica
+/// sent after another replica had answered) is dropped instead of being posted under the
+/// current turn; one naming an older unanswered turn is posted under that turn.
+#[tokio::test]
+async fn a_late_send_reply_for_an_answered_turn_is_dropped() {
+    const NEXT_TS: &str = "1700000000.000200";
+    const LATER_TS: &str = "1700000000.000300";
+    let f = fixture(ReplyMode::Response);
+    f.handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> one")))
+        .await
+        .expect("turn one");
+    f.handler
+        .handle(&event(2, mention(NEXT_TS, Some(ROOT_TS), "<@U0BOT> two")))
+        .await
+        .expect("turn two");
+    let conversation = f
+        .store
+        .conversation(&thread(ROOT_TS))
+        .expect("conversation");
+    let id = conversation.id.to_string();
+    let replies = ReplyService::new(f.store.clone(), f.slack.clone());
+    let posts = f.slack.posts().len();
+    assert_eq!(
+        replies
+            .send_reply_to(&id, "a different, late answer to one", Some(ROOT_TS))
+            .await
+            .expect("send reply"),
+        super::ReplyOutcome::Superseded
+    );
+    assert_eq!(f.slack.posts().len(), posts, "nothing posted");
+    // An older turn that has no answer yet gets the reply under its own ts.
+    super::ConversationStore::set_current_turn(
+        f.store.as_ref(),
+        conversation.id,
+        &MessageTs::parse(LATER_TS).expect("ts"),
+    )
+    .await
+    .expect("current turn");
+    assert_eq!(
+        replies
+            .send_reply_to(&id, "a late answer", Some("1700000000.000250"))
+            .await
+            .expect("send reply"),
+        super::ReplyOutcome::Posted
+    );
+    assert!(matches!(
+        replies.send_reply_to(&id, "x", Some("not-a-ts")).await,
+        Err(super::ReplyError::InvalidTurn(_))
+    ));
+}

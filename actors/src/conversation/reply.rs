@@ -11,7 +11,7 @@ use super::ports::{
     ConversationStore, ConversationStoreError, MessageKind, NewIntent, Posting, SlackApi,
     SlackApiError,
 };
-use crate::ids::ConversationId;
+use crate::ids::{ConversationId, MessageTs};
 
 /// How the agent's answer reaches Slack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
@@ -176,6 +176,9 @@ pub enum ReplyError {
     /// The message is empty.
     #[error("message is empty")]
     EmptyMessage,
+    /// `turn_ts` is not a Slack message ts.
+    #[error("turn_ts {0:?} is not a Slack message ts (digits.digits)")]
+    InvalidTurn(String),
     /// No such conversation.
     #[error("conversation {0} not found")]
     NotFound(ConversationId),
@@ -210,6 +213,8 @@ pub enum ReplyOutcome {
     Posted,
     /// The same text was already posted for the current turn (an agent retry).
     AlreadyPosted,
+    /// A reply naming an older turn that is answered already: dropped.
+    Superseded,
 }
 
 /// Posts agent answers into conversation threads, exactly once per turn and text across
@@ -265,6 +270,22 @@ impl ReplyService {
         conversation_id: &str,
         message: &str,
     ) -> Result<ReplyOutcome, ReplyError> {
+        self.send_reply_to(conversation_id, message, None).await
+    }
+
+    /// SendReply naming the turn it answers (`turn_ts`, optional in the contract: an agent
+    /// may echo the `message_ts` of ProcessMessage's context; the upstream agent does not).
+    /// A reply for the current turn, or without a turn, is [`Self::send_reply`]. A reply
+    /// for an older turn is posted under that turn, unless the turn has an answer already:
+    /// then it is the late answer of a superseded request (a replica that was paused past
+    /// its lease asked the agent again after another replica had answered) and nothing is
+    /// posted ([`ReplyOutcome::Superseded`]).
+    pub async fn send_reply_to(
+        &self,
+        conversation_id: &str,
+        message: &str,
+        turn: Option<&str>,
+    ) -> Result<ReplyOutcome, ReplyError> {
         let id: ConversationId = conversation_id
             .trim()
             .parse()
@@ -272,10 +293,27 @@ impl ReplyService {
         if message.trim().is_empty() {
             return Err(ReplyError::EmptyMessage);
         }
+        let turn = match turn.map(str::trim).filter(|t| !t.is_empty()) {
+            Some(t) => {
+                Some(MessageTs::parse(t).map_err(|_| ReplyError::InvalidTurn(t.to_owned()))?)
+            }
+            None => None,
+        };
         let conversation = self.store.find(id).await?.ok_or(ReplyError::NotFound(id))?;
+        let in_reply_to = match turn {
+            Some(turn) if conversation.current_turn_ts.as_ref() != Some(&turn) => {
+                if self.store.agent_reply_exists(id, &turn, None).await? {
+                    tracing::info!(conversation_id = %id, turn_ts = %turn, "late reply for an answered turn dropped");
+                    return Ok(ReplyOutcome::Superseded);
+                }
+                Some(turn)
+            }
+            Some(turn) => Some(turn),
+            None => conversation.current_turn_ts.clone(),
+        };
         let intent = NewIntent {
             conversation_id: id,
-            in_reply_to: conversation.current_turn_ts.clone(),
+            in_reply_to,
             kind: MessageKind::Message,
             text: message.to_owned(),
             posting: self.style.plan(message),

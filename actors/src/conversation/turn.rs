@@ -312,11 +312,19 @@ impl ConversationHandler {
         if self.answered(&conversation, &turn.turn_id.ts).await? {
             return Ok(HandleOutcome::Done);
         }
+        let agent_turn = self.agent_turn(&conversation, &turn, &profile).await?;
+        // The agent answers through SendReply, which posts under the conversation's current
+        // turn and cannot be fenced (the wire contract carries no turn). So a replica that
+        // lost this event (paused past its lease while another replica went on to the
+        // thread's next turns) must neither move the current turn back nor ask the agent:
+        // its claim is confirmed right before both.
+        self.before_post(event)
+            .await
+            .map_err(|e| HandlerError::retryable(format!("not asking the agent: {e}")))?;
         self.store
             .set_current_turn(conversation.id, &turn.turn_id.ts)
             .await
             .map_err(store_err)?;
-        let agent_turn = self.agent_turn(&conversation, &turn, &profile).await?;
         match self.agent.process(agent_turn).await {
             Ok(answer) => self.deliver(event, &conversation, &turn, answer).await,
             Err(e) => self.agent_failed(event, &conversation, &turn, e).await,

@@ -127,6 +127,7 @@ async fn send_reply(
 ) -> Result<bool, tonic::Status> {
     client
         .send_reply(SendReplyCommand {
+            turn_ts: String::new(),
             conversation_id: conversation,
             message,
         })

@@ -67,6 +67,7 @@ impl Reply {
     /// The gRPC code and message of a SendReply on both gRPC paths.
     async fn grpc(&self, id: &str, message: &str) -> [(Code, String); 2] {
         let command = || SendReplyCommand {
+            turn_ts: String::new(),
             conversation_id: id.to_owned(),
             message: message.to_owned(),
         };

@@ -270,6 +270,7 @@ async fn grpc_server(service: Arc<ReplyService>, token: Option<&str>) -> GrpcSer
 
 fn command(conversation_id: &str, message: &str) -> SendReplyCommand {
     SendReplyCommand {
+        turn_ts: String::new(),
         conversation_id: conversation_id.to_owned(),
         message: message.to_owned(),
     }

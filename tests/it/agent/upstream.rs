@@ -422,6 +422,7 @@ async fn answers_without_send_reply_are_posted_and_plain_senders_keep_ids_in_the
 
 fn command(conversation: uuid::Uuid, message: &str) -> SendReplyCommand {
     SendReplyCommand {
+        turn_ts: String::new(),
         conversation_id: conversation.to_string(),
         message: message.to_owned(),
     }

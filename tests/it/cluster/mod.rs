@@ -18,7 +18,7 @@ use diesel_async::RunQueryDsl;
 use infragpt::db::schema::inbound_events;
 use infragpt::testkit::devagent::{DevAgent, DevAgentConfig, DevAgentHandle};
 use infragpt::testkit::replicas::{
-    self, Holdings, Load, LoadConfig, ReplicaSet, ReplicaSetConfig, SlackSetup, ThreadLog,
+    self, Holdings, Load, LoadConfig, Repeats, ReplicaSet, ReplicaSetConfig, SlackSetup, ThreadLog,
 };
 use infragpt::testkit::slack_sim::{SimConfig, SlackSim};
 use infragpt::testkit::test_db::TestDb;
@@ -179,10 +179,15 @@ impl Harness {
     /// thread, the agent saw every thread's turns in order, nothing unfinished or dead in the
     /// inbox. Fails the test with every violation found.
     pub async fn check(&self, logs: &[ThreadLog], at_least: usize) {
+        self.check_with(logs, at_least, Repeats::Adjacent).await;
+    }
+
+    /// [`Self::check`], accepting the repeated asks `repeats` says.
+    pub async fn check_with(&self, logs: &[ThreadLog], at_least: usize, repeats: Repeats) {
         self.wait_inbox_idle().await;
         let config = LoadConfig::for_sim(&self.sim, logs.len(), 0);
         let mut violations = replicas::check_answers(&self.sim, &config, logs);
-        let (order, repeats) = replicas::check_agent_order(&self.agent.requests(), logs);
+        let (order, repeats) = replicas::check_agent_order(&self.agent.requests(), logs, repeats);
         violations.extend(order);
         for (id, status, error) in dead_letters(&self.db).await {
             violations.push(format!("inbox event {id} is {status}: {error:?}"));

@@ -719,6 +719,7 @@ async fn agent_down_turns_are_dead_letters_that_retry_answers() {
     for _ in 0..2 {
         let status = client
             .send_reply(SendReplyCommand {
+                turn_ts: String::new(),
                 conversation_id: conv.to_string(),
                 message: "one more thing tok-sr".to_owned(),
             })
