@@ -26,7 +26,7 @@ use infragpt::testkit::devagent::{DevAgent, DevAgentConfig};
 use infragpt::testkit::replicas::{
     self, Holdings, Load, LoadConfig, ReplicaSet, ReplicaSetConfig, SlackSetup, ThreadLog, Turn,
 };
-use infragpt::testkit::slack_sim::{BotPost, SimConfig, SlackSim};
+use infragpt::testkit::slack_sim::{BotPost, SlackSim};
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::inbox::{Partition, RoutingKey};
 use serde::Serialize;
@@ -74,16 +74,6 @@ pub struct ReplicasReport {
     pub violations: Vec<String>,
     pub unfinished: i64,
     pub dead_letters: i64,
-}
-
-fn sim_config() -> SimConfig {
-    let mut config = SimConfig::default()
-        .with_record_traffic(false)
-        .with_echo_bot_messages(false)
-        .with_ack_timeout(Duration::from_secs(2));
-    config.subscriptions.message = false;
-    config.max_redeliveries = 30;
-    config
 }
 
 fn latency_of(logs: &[ThreadLog], from: Instant, to: Instant) -> Latency {
@@ -209,7 +199,7 @@ async fn wait_all_held(set: &ReplicaSet, ask: usize, live: usize) -> anyhow::Res
 
 pub async fn run(args: &Args) -> anyhow::Result<ReplicasReport> {
     let db = TestDb::new().await;
-    let sim = Arc::new(SlackSim::start(sim_config()).context("Slack simulator")?);
+    let sim = Arc::new(SlackSim::start(replicas::sim_config()).context("Slack simulator")?);
     let agent_addr = replicas::free_port();
     let binary = env!("CARGO_BIN_EXE_infragpt");
     let mut config = ReplicaSetConfig::new(binary, REPLICAS, db.url.clone(), agent_addr);

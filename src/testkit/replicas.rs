@@ -28,7 +28,23 @@ use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::grpc::pb::agent::AgentRequest;
-use crate::testkit::slack_sim::{BotPost, SlackSim};
+use crate::testkit::slack_sim::{BotPost, SimConfig, SlackSim};
+
+/// The simulator for replica runs (tests and the bench): mentions only (one envelope per
+/// mention), bot posts not echoed, nothing recorded but deliveries and messages. Envelopes
+/// are redelivered after 2 s up to 30 times: while a replica is paused or cut off, its
+/// connections still take their turn in the simulator's round robin, and with Slack's 3
+/// redeliveries an envelope could land on them every time.
+pub fn sim_config() -> SimConfig {
+    let mut config = SimConfig::default()
+        .with_record_traffic(false)
+        .with_echo_bot_messages(false)
+        .with_ack_timeout(Duration::from_secs(2));
+    config.subscriptions.message = false;
+    config.max_redeliveries = 30;
+    config.max_connections = 10;
+    config
+}
 
 /// Cluster timings short enough for tests: a dead replica's partitions move within about 2 s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use infragpt::testkit::devagent::{DevAgent, DevAgentConfig, DevAgentHandle};
 use infragpt::testkit::replicas::{
     self, Holdings, Load, LoadConfig, Repeats, ReplicaSet, ReplicaSetConfig, SlackSetup, ThreadLog,
 };
-use infragpt::testkit::slack_sim::{SimConfig, SlackSim};
+use infragpt::testkit::slack_sim::SlackSim;
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::Secret;
 use parking_lot::Mutex;
@@ -33,22 +33,6 @@ use crate::support::wait::eventually;
 pub const REPLICAS: usize = 3;
 /// Socket Mode connections per replica.
 const CONNECTIONS: u32 = 2;
-
-/// A simulator for the load: mentions only (one envelope per mention), bot posts not echoed,
-/// nothing recorded but deliveries and messages. Envelopes are redelivered after 2 s up to
-/// 30 times: while a replica is paused or cut off, its two connections still take their turn
-/// in the simulator's round robin, and with Slack's 3 redeliveries an envelope can land on
-/// them every time (see the report in `processes`).
-fn sim_config() -> SimConfig {
-    let mut config = SimConfig::default()
-        .with_record_traffic(false)
-        .with_echo_bot_messages(false)
-        .with_ack_timeout(Duration::from_secs(2));
-    config.subscriptions.message = false;
-    config.max_redeliveries = 30;
-    config.max_connections = 10;
-    config
-}
 
 /// One database, a Slack simulator, the development agent replying through every replica
 /// (round robin, failing over), and [`REPLICAS`] replicas.
@@ -63,7 +47,7 @@ impl Harness {
     /// Builds everything but starts no replica: `prepare` may change the set first.
     pub async fn new(extra_yaml: &str) -> Self {
         let db = TestDb::new().await;
-        let sim = Arc::new(SlackSim::start(sim_config()).expect("Slack simulator"));
+        let sim = Arc::new(SlackSim::start(replicas::sim_config()).expect("Slack simulator"));
         let agent_addr = replicas::free_port();
         let mut config = ReplicaSetConfig::new(
             env!("CARGO_BIN_EXE_infragpt"),
