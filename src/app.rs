@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use infragpt_actors::conversation::{AnswerStyle, ConversationHandler, ReplyService};
-use infragpt_actors::partitions::ReplicaId;
+use infragpt_actors::partitions::{ReplicaId, host_name};
 use infragpt_actors::{Cluster, HealthRegistry, Metrics, StreamSpec};
 use infragpt_actors::{kinds, sources};
 
@@ -71,17 +71,6 @@ impl Core {
             audit: Arc::new(PgAudit::new(db.pool().clone())),
         })
     }
-}
-
-/// The host name shown in `/cluster` (`HOSTNAME`, else the kernel's); only for people reading
-/// it, so an unreadable one is named `unknown-host`.
-fn host_name() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown-host".to_owned())
 }
 
 /// `actors` in `/readyz`: not ready once the actor system shuts down. A backlog past the

@@ -81,13 +81,7 @@ fn secs(d: Duration) -> f64 {
 }
 
 fn partitions_sql(partitions: &[Partition]) -> Vec<i16> {
-    partitions.iter().map(|p| p.0 as i16).collect()
-}
-
-fn partition(p: i16) -> Result<Partition, StoreError> {
-    u16::try_from(p)
-        .map(Partition)
-        .map_err(|_| StoreError::Corrupt(format!("partition {p} out of range").into()))
+    partitions.iter().map(|p| p.stored()).collect()
 }
 
 #[derive(QueryableByName)]
@@ -270,13 +264,13 @@ impl Membership for PgMembership {
         let mut report = LeaseReport::default();
         for r in &renewed {
             report.held.push(Lease {
-                partition: partition(r.partition)?,
+                partition: Partition::from_stored(r.partition)?,
                 epoch: r.epoch,
             });
         }
         for a in &acquired {
             let lease = Lease {
-                partition: partition(a.partition)?,
+                partition: Partition::from_stored(a.partition)?,
                 epoch: a.epoch,
             };
             report.held.push(lease);
@@ -404,7 +398,7 @@ impl Membership for PgMembership {
         let mut views = Vec::with_capacity(partitions.len());
         for p in partitions {
             views.push(PartitionView {
-                partition: partition(p.partition)?.0,
+                partition: Partition::from_stored(p.partition)?.0,
                 owner: p.owner.map(ReplicaId),
                 epoch: p.epoch,
                 lease_until: p.lease_until,
@@ -457,7 +451,7 @@ pub async fn sql_partition(pool: &Pool, key: &str) -> Result<u16, StoreError> {
         .optional()
         .map_err(unavailable)?;
     match row.and_then(|r| r.p) {
-        Some(p) => Ok(partition(p)?.0),
+        Some(p) => Ok(Partition::from_stored(p)?.0),
         None => Err(StoreError::Corrupt(
             "infragpt_partition returned null".into(),
         )),

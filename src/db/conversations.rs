@@ -55,21 +55,6 @@ impl std::fmt::Debug for PgConversationStore {
     }
 }
 
-/// A claim owner name unique to this store: `host-pid-xxxxxxxx`. The random part makes two
-/// stores of one process (two test apps on one database) distinct, like two replicas. The
-/// host name is only a label for people reading `claimed_by`; claims are told apart by
-/// their count, never by this name.
-fn default_owner() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".to_owned());
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &random[..8])
-}
-
 /// The key digest of an intent's text (`reply_intents.digest`): SHA-256, hex.
 pub fn intent_digest(text: &str) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()))
@@ -364,7 +349,9 @@ impl PgConversationStore {
     pub fn new(pool: Pool) -> Self {
         Self {
             pool,
-            owner: default_owner(),
+            // Unique per store, like a replica: two test apps on one database are two owners;
+            // claims are told apart by their count, the name is a label.
+            owner: infragpt_actors::partitions::ReplicaId::for_this_process().0,
         }
     }
 

@@ -180,9 +180,7 @@ impl TryFrom<EventRow> for InboundEvent {
             source: infragpt_actors::sources::parse(&row.source)?,
             source_id: row.source_id,
             routing_key: RoutingKey(row.routing_key),
-            partition: Partition(u16::try_from(row.partition).map_err(|_| {
-                StoreError::Corrupt(format!("partition {} out of range", row.partition).into())
-            })?),
+            partition: Partition::from_stored(row.partition)?,
             kind: row.kind,
             payload: row.payload,
             status: row.status.parse()?,
@@ -409,7 +407,7 @@ impl InboundEvents for PgInbox {
                     inbound_events::source.eq(source.as_str()),
                     inbound_events::source_id.eq(&source_id),
                     inbound_events::routing_key.eq(&routing_key.0),
-                    inbound_events::partition.eq(partition.0 as i16),
+                    inbound_events::partition.eq(partition.stored()),
                     inbound_events::kind.eq(&kind),
                     inbound_events::payload.eq(diesel::dsl::sql::<Jsonb>("CAST(")
                         .bind::<Text, _>(payload.json.as_str())
@@ -568,7 +566,7 @@ impl InboundEvents for PgInbox {
             query = query.filter(inbound_events::id.gt(after.0));
         }
         if let Some(partitions) = partitions {
-            let partitions: Vec<i16> = partitions.iter().map(|p| p.0 as i16).collect();
+            let partitions: Vec<i16> = partitions.iter().map(|p| p.stored()).collect();
             query = query.filter(inbound_events::partition.eq_any(partitions));
         }
         let rows = query.load(&mut conn).await.map_err(unavailable)?;

@@ -628,7 +628,7 @@ impl Holdings {
         let held: usize = self.live.values().map(Vec::len).sum();
         let counts: Vec<usize> = self.live.values().map(Vec::len).collect();
         if self.live.len() == replicas
-            && held == usize::from(infragpt_actors::partitions::partition_count())
+            && held == usize::from(infragpt_actors::inbox::PARTITIONS)
             && counts.iter().all(|n| *n > 0)
         {
             Ok(())

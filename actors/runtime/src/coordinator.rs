@@ -3,7 +3,6 @@
 //! when another replica should hold them (or when draining), listens for announcements of
 //! events recorded elsewhere, and rescans the inbox as the fallback.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use crate::inbox::{Partition, StoreError};
 use crate::metrics::Metrics;
 use crate::partitions::{
     ClusterSignal, LeaseReport, Membership, Ownership, ReplicaId, ReplicationConfig,
-    preferred_share,
+    preferred_share, surplus,
 };
 
 /// What this replica knows about itself, readable without a message round trip (readiness,
@@ -236,13 +235,7 @@ impl Coordinator {
                     self.cluster.rescan();
                     rebalanced = true;
                 }
-                let wanted: BTreeSet<Partition> = wanted.into_iter().collect();
-                let surplus: Vec<Partition> = report
-                    .held
-                    .iter()
-                    .map(|l| l.partition)
-                    .filter(|p| !wanted.contains(p))
-                    .collect();
+                let surplus = surplus(&report.held, &wanted);
                 if !surplus.is_empty() && !self.handing_over {
                     self.hand_over(surplus, ctx);
                 }

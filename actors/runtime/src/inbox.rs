@@ -104,6 +104,21 @@ impl Partition {
     pub fn all() -> impl Iterator<Item = Partition> {
         (0..PARTITIONS).map(Partition)
     }
+
+    /// The stored form (`smallint`).
+    pub fn stored(self) -> i16 {
+        // PARTITIONS fits in an i16.
+        self.0 as i16
+    }
+
+    /// A stored partition; outside `0..PARTITIONS` is a corrupt row.
+    pub fn from_stored(value: i16) -> Result<Self, StoreError> {
+        u16::try_from(value)
+            .ok()
+            .filter(|p| *p < PARTITIONS)
+            .map(Self)
+            .ok_or_else(|| StoreError::Corrupt(format!("partition {value} out of range").into()))
+    }
 }
 
 impl std::fmt::Display for Partition {

@@ -1,6 +1,6 @@
 //! Several replicas on one database: which replica handles which routing keys.
 //!
-//! Routing keys hash into [`PARTITIONS`] partitions ([`Partition::of`]). Each partition is
+//! Routing keys hash into [`PARTITIONS`](crate::inbox::PARTITIONS) partitions ([`Partition::of`]). Each partition is
 //! leased to at most one replica at a time through the [`Membership`] port (rows in the
 //! database: an owner, a fencing epoch and a lease end in the database's clock). A replica
 //! handles the events of the partitions it holds and no others, so a key's events run on one
@@ -36,7 +36,7 @@ use futures::stream::BoxStream;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::inbox::{EventRowId, PARTITIONS, Partition, RoutingKey, StoreError};
+use crate::inbox::{EventRowId, Partition, RoutingKey, StoreError};
 
 pub use crate::coordinator::ReplicaStatus;
 
@@ -48,23 +48,29 @@ pub use crate::coordinator::ReplicaStatus;
 pub struct ReplicaId(pub String);
 
 impl ReplicaId {
-    /// `{host}-{pid}-{random}`: readable in `/cluster`, and unique even when two processes
-    /// on one host reuse a pid over time.
+    /// `{host}-{pid}-{random}`: readable in `/cluster` and in reply claims, and unique even
+    /// when two processes on one host reuse a pid over time, or one process runs two
+    /// replicas (tests).
     pub fn generate(host: &str) -> Self {
-        let suffix: u32 = rand_suffix();
-        Self(format!("{host}-{}-{suffix:08x}", std::process::id()))
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        Self(format!("{host}-{}-{}", std::process::id(), &random[..8]))
+    }
+
+    /// [`Self::generate`] on [`host_name`].
+    pub fn for_this_process() -> Self {
+        Self::generate(&host_name())
     }
 }
 
-fn rand_suffix() -> u32 {
-    // The clock's nanoseconds mixed with the address of a stack value: enough to tell apart
-    // two processes started in the same second with the same pid (containers).
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let local = 0u8;
-    let addr = std::ptr::addr_of!(local) as usize as u64;
-    (mix(u64::from(nanos) ^ addr.rotate_left(17)) >> 32) as u32
+/// This host's name (`HOSTNAME`, else the kernel's): only a label for people reading replica
+/// and claim names, so an unreadable one is `unknown-host`.
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_owned())
 }
 
 impl std::fmt::Display for ReplicaId {
@@ -427,14 +433,18 @@ pub fn preferred_share(me: &ReplicaId, live: &[ReplicaId]) -> Vec<Partition> {
         .collect()
 }
 
-/// How many partitions there are (for views and tests).
-pub const fn partition_count() -> u16 {
-    PARTITIONS
+/// What a replica holds but should not (a hand-over is due): `held` minus `wanted`.
+pub(crate) fn surplus(held: &[Lease], wanted: &[Partition]) -> Vec<Partition> {
+    held.iter()
+        .map(|l| l.partition)
+        .filter(|p| !wanted.contains(p))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inbox::PARTITIONS;
 
     fn ids(n: usize) -> Vec<ReplicaId> {
         (0..n)
@@ -475,6 +485,19 @@ mod tests {
                 .all(|p| preferred_owner(*p, &four) == Some(&four[3]))
         );
         assert_eq!(moved.len(), preferred_share(&four[3], &four).len());
+    }
+
+    #[test]
+    fn surplus_is_what_is_held_and_not_wanted() {
+        let held = [1, 2, 3].map(|p| Lease {
+            partition: Partition(p),
+            epoch: 1,
+        });
+        assert_eq!(
+            surplus(&held, &[Partition(2), Partition(9)]),
+            [Partition(1), Partition(3)]
+        );
+        assert!(surplus(&held, &[Partition(1), Partition(2), Partition(3)]).is_empty());
     }
 
     #[test]
