@@ -240,8 +240,12 @@ fn build_modules(
     // Conversations: Slack events → thread actors → agent → reply in the thread.
     let mut store = PgConversationStore::new(pool.clone());
     if let Some(status) = cluster.replica_status() {
-        // Reply claims carry the replica's name, as leases do.
-        store = store.with_owner(status.replica.0);
+        // Reply claims carry the replica's name, as leases do; a turn starts only under the
+        // replica's lease, as claims and marks do.
+        let margin = std::time::Duration::from_millis(config.cluster.safety_margin_ms);
+        store = store
+            .with_lease_fence(&status.replica, margin)
+            .with_owner(status.replica.0);
     }
     let store = Arc::new(store);
     let slack_web = SlackModule::build_web(&config.slack, Some(pool.clone()), Some(vault_tokens))

@@ -7,19 +7,21 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Integer, Jsonb, Nullable, Text};
+use diesel::sql_types::{BigInt, Bool, Double, Integer, Jsonb, Nullable, Text};
 use diesel::upsert::excluded;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use infragpt_actors::conversation::{
-    ChannelRecord, ClaimToken, ClaimedIntent, Conversation, ConversationStore,
+    AgentTurnStart, ChannelRecord, ClaimToken, ClaimedIntent, Conversation, ConversationStore,
     ConversationStoreError, InsertOutcome, IntentClaim, IntentStep, MessageKind, NewIntent,
-    NewMessage, Posting, Sender, StoredMessage,
+    NewMessage, Posting, Sender, StoredMessage, TurnStart, TurnState,
 };
 use infragpt_actors::ids::{
     ChannelId, ConversationId, MessageTs, ReplyIntentId, SlackUserId, TeamId, ThreadKey,
 };
-use infragpt_actors::inbox::EventRowId;
+use infragpt_actors::inbox::{Claim, EventRowId};
+use infragpt_actors::partitions::ReplicaId;
 
+use super::prepared::PreparedExt;
 use super::schema::{channels, conversations, messages, reply_intents};
 use super::{Pool, StoreError, conn};
 
@@ -44,6 +46,11 @@ pub struct PgConversationStore {
     pool: Pool,
     /// `reply_intents.claimed_by` of this store's claims.
     owner: String,
+    /// The replica whose partition leases fence [`ConversationStore::start_agent_turn`]
+    /// (`None`: a process alone on the database, or a tool).
+    fence_replica: Option<String>,
+    /// How much lease that step wants left, in seconds.
+    fence_margin_secs: f64,
 }
 
 impl std::fmt::Debug for PgConversationStore {
@@ -128,6 +135,84 @@ UPDATE reply_intents
         file_id = CASE WHEN $3 OR file_done THEN file_id ELSE NULL END
     WHERE id = $1 AND claims = $2";
 
+/// A turn's first step in one statement: the thread's conversation (created when new), the
+/// user message (unless stored already), and the turn's answer so far. The subqueries see
+/// the database as it was before the statement, so a message stored now is not among
+/// them; one stored before is, with the event that stored it.
+const BEGIN_TURN: &str = "\
+WITH conv AS (
+    INSERT INTO conversations AS c (team_id, channel_id, thread_ts) VALUES ($1, $2, $3)
+    ON CONFLICT (team_id, channel_id, thread_ts)
+        DO UPDATE SET updated_at = now(), last_message_at = now()
+    RETURNING c.id, c.team_id, c.channel_id, c.thread_ts, c.current_turn_ts
+), msg AS (
+    INSERT INTO messages (conversation_id, slack_ts, sender_kind, sender_id, sender_name,
+        sender_email, text, source_event_id, in_reply_to, kind)
+    SELECT conv.id, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM conv
+    ON CONFLICT (conversation_id, slack_ts) DO NOTHING
+    RETURNING id
+)
+SELECT conv.id, conv.team_id, conv.channel_id, conv.thread_ts, conv.current_turn_ts,
+    EXISTS (SELECT 1 FROM msg) AS inserted,
+    (SELECT m.source_event_id FROM messages m
+        WHERE m.conversation_id = conv.id AND m.slack_ts = $4) AS stored_by,
+    ARRAY(SELECT i.id FROM reply_intents i
+        WHERE i.conversation_id = conv.id AND i.turn_ts = $4 AND i.kind = 'message'
+          AND i.posted_at IS NULL ORDER BY i.created_at) AS unfinished,
+    EXISTS (SELECT 1 FROM messages a
+        WHERE a.conversation_id = conv.id AND a.in_reply_to = $4 AND a.sender_kind = 'agent'
+          AND a.kind = 'message') AS answered
+FROM conv";
+
+/// The history of the thread `($1, $2, $3)`, oldest first: sent right behind
+/// [`BEGIN_TURN`] on the same connection (pipelined), so it names the thread, not the id
+/// that statement returns.
+const THREAD_HISTORY: &str = "\
+SELECT m.id, m.slack_ts, m.sender_kind, m.sender_id, m.text, m.created_at, m.in_reply_to, m.kind
+FROM messages m JOIN conversations c ON c.id = m.conversation_id
+WHERE c.team_id = $1 AND c.channel_id = $2 AND c.thread_ts = $3 AND NOT m.deleted
+ORDER BY m.created_at, m.slack_ts";
+
+/// The answer to turn `$2` of conversation `$1` so far.
+const TURN_STATE: &str = "\
+SELECT ARRAY(SELECT i.id FROM reply_intents i
+        WHERE i.conversation_id = $1 AND i.turn_ts = $2 AND i.kind = 'message'
+          AND i.posted_at IS NULL ORDER BY i.created_at) AS unfinished,
+    EXISTS (SELECT 1 FROM messages a
+        WHERE a.conversation_id = $1 AND a.in_reply_to = $2 AND a.sender_kind = 'agent'
+          AND a.kind = 'message') AS answered";
+
+/// Stores an agent message (a posted part) unless its ts is stored, and records the part in
+/// its intent ([`PART_POSTED`]'s update), in one statement.
+const PART_POSTED_WITH_MESSAGE: &str = "\
+WITH stored AS (
+    INSERT INTO messages (conversation_id, slack_ts, sender_kind, sender_id, sender_name,
+        sender_email, text, source_event_id, in_reply_to, kind)
+    VALUES ($5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+    ON CONFLICT (conversation_id, slack_ts) DO NOTHING
+    RETURNING conversation_id
+), touched AS (
+    UPDATE conversations SET last_message_at = now(), updated_at = now()
+    WHERE id IN (SELECT conversation_id FROM stored)
+)
+";
+
+/// Makes `$2` the current turn of conversation `$1`, only while the claim `($3, $4)` holds
+/// (when given): the event is still processing under that attempt, and its partition is
+/// leased to the replica `$5` with `$6` seconds left.
+static START_AGENT_TURN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "UPDATE conversations SET current_turn_ts = $2, updated_at = now() \
+         WHERE id = $1 AND ($3::bigint IS NULL OR EXISTS (SELECT 1 FROM inbound_events \
+           WHERE id = $3 AND status = 'processing' AND attempts = $4 AND {}))",
+        super::inbox::fence("$5", "$6")
+    )
+});
+
+/// [`PART_POSTED_WITH_MESSAGE`] followed by [`PART_POSTED`].
+static PART_POSTED_STORING: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{PART_POSTED_WITH_MESSAGE}{PART_POSTED}"));
+
 /// One claimed `reply_intents` row.
 #[derive(Debug, QueryableByName)]
 #[diesel(table_name = reply_intents, check_for_backend(diesel::pg::Pg))]
@@ -176,6 +261,45 @@ impl TryFrom<ClaimRow> for ClaimedIntent {
     }
 }
 
+/// What [`BEGIN_TURN`] returns.
+#[derive(Debug, QueryableByName)]
+struct BeginTurnRow {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: uuid::Uuid,
+    #[diesel(sql_type = Text)]
+    team_id: String,
+    #[diesel(sql_type = Text)]
+    channel_id: String,
+    #[diesel(sql_type = Text)]
+    thread_ts: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    current_turn_ts: Option<String>,
+    #[diesel(sql_type = Bool)]
+    inserted: bool,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    stored_by: Option<i64>,
+    #[diesel(embed)]
+    state: TurnStateRow,
+}
+
+/// What [`TURN_STATE`] returns (and the end of [`BEGIN_TURN`]'s row).
+#[derive(Debug, QueryableByName)]
+struct TurnStateRow {
+    #[diesel(sql_type = diesel::sql_types::Array<diesel::sql_types::Uuid>)]
+    unfinished: Vec<uuid::Uuid>,
+    #[diesel(sql_type = Bool)]
+    answered: bool,
+}
+
+impl From<TurnStateRow> for TurnState {
+    fn from(row: TurnStateRow) -> Self {
+        TurnState {
+            unfinished: row.unfinished.into_iter().map(ReplyIntentId).collect(),
+            answered: row.answered,
+        }
+    }
+}
+
 /// Who holds an intent that could not be claimed.
 #[derive(Debug, Queryable)]
 struct HolderRow {
@@ -203,22 +327,46 @@ struct Flag {
     flag: bool,
 }
 
+/// `messages.sender_kind` and `sender_id` of `sender`.
+fn sender_columns(sender: &Sender) -> (&'static str, &str) {
+    match sender {
+        Sender::User(u) => (KIND_USER, u.as_str()),
+        Sender::Agent => (KIND_AGENT, AGENT_SENDER_ID),
+    }
+}
+
+/// Binds a message's columns after a statement's first binds, as [`BEGIN_TURN`]'s and
+/// [`PART_POSTED_WITH_MESSAGE`]'s inserts take them (the ts first, the kind last).
+macro_rules! bind_message {
+    ($query:expr, $msg:expr) => {{
+        let msg: &NewMessage = $msg;
+        let (kind, sender_id) = sender_columns(&msg.sender);
+        $query
+            .bind::<Text, _>(msg.slack_ts.as_str())
+            .bind::<Text, _>(kind)
+            .bind::<Text, _>(sender_id)
+            .bind::<Nullable<Text>, _>(msg.sender_name.as_deref())
+            .bind::<Nullable<Text>, _>(msg.sender_email.as_deref())
+            .bind::<Text, _>(&msg.text)
+            .bind::<Nullable<BigInt>, _>(msg.source_event_id.map(|e| e.0))
+            .bind::<Nullable<Text>, _>(msg.in_reply_to.as_ref().map(MessageTs::as_str))
+            .bind::<Text, _>(msg.kind.as_str())
+    }};
+}
+
 /// Stores a message unless its ts is stored in the conversation already (on `conn`, so it
 /// can share a transaction).
 async fn insert_on(
     conn: &mut AsyncPgConnection,
     msg: &NewMessage,
 ) -> Result<InsertOutcome, diesel::result::Error> {
-    let (kind, sender_id) = match &msg.sender {
-        Sender::User(u) => (KIND_USER, u.as_str().to_owned()),
-        Sender::Agent => (KIND_AGENT, AGENT_SENDER_ID.to_owned()),
-    };
+    let (kind, sender_id) = sender_columns(&msg.sender);
     let inserted: Option<uuid::Uuid> = diesel::insert_into(messages::table)
         .values((
             messages::conversation_id.eq(msg.conversation_id.0),
             messages::slack_ts.eq(msg.slack_ts.as_str()),
             messages::sender_kind.eq(kind),
-            messages::sender_id.eq(&sender_id),
+            messages::sender_id.eq(sender_id),
             messages::sender_name.eq(msg.sender_name.as_deref()),
             messages::sender_email.eq(msg.sender_email.as_deref()),
             messages::text.eq(&msg.text),
@@ -299,7 +447,7 @@ impl TryFrom<ConversationRow> for Conversation {
 }
 
 /// One `messages` row as the history needs it.
-#[derive(Debug, Queryable, Selectable)]
+#[derive(Debug, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = messages, check_for_backend(diesel::pg::Pg))]
 struct MessageRow {
     id: uuid::Uuid,
@@ -351,8 +499,18 @@ impl PgConversationStore {
             pool,
             // Unique per store, like a replica: two test apps on one database are two owners;
             // claims are told apart by their count, the name is a label.
-            owner: infragpt_actors::partitions::ReplicaId::for_this_process().0,
+            owner: ReplicaId::for_this_process().0,
+            fence_replica: None,
+            fence_margin_secs: 0.0,
         }
+    }
+
+    /// Checks, when a turn starts, that the inbound event's partition is leased to
+    /// `replica` with at least `margin` left (as [`super::PgInbox::fenced`] does for claims).
+    pub fn with_lease_fence(mut self, replica: &ReplicaId, margin: Duration) -> Self {
+        self.fence_replica = Some(replica.0.clone());
+        self.fence_margin_secs = margin.as_secs_f64();
+        self
     }
 
     /// Claims reply intents as `owner` (`reply_intents.claimed_by`: a pod or host name,
@@ -501,6 +659,107 @@ impl ConversationStore for PgConversationStore {
         Ok(())
     }
 
+    async fn begin_turn(
+        &self,
+        key: &ThreadKey,
+        message: NewMessage,
+    ) -> Result<TurnStart, ConversationStoreError> {
+        let pooled = conn(&self.pool).await?;
+        let conn: &AsyncPgConnection = &pooled;
+        let begin = diesel::sql_query(BEGIN_TURN)
+            .bind::<Text, _>(key.team.as_str())
+            .bind::<Text, _>(key.channel.as_str())
+            .bind::<Text, _>(key.thread_ts.as_str());
+        let begin = bind_message!(begin, &message)
+            .prepared()
+            .get_result::<BeginTurnRow>(&mut &*conn);
+        // Sent behind the first statement without waiting for it: one round trip for both.
+        let history = diesel::sql_query(THREAD_HISTORY)
+            .bind::<Text, _>(key.team.as_str())
+            .bind::<Text, _>(key.channel.as_str())
+            .bind::<Text, _>(key.thread_ts.as_str())
+            .prepared()
+            .load::<MessageRow>(&mut &*conn);
+        let (row, history) = futures::try_join!(begin, history).map_err(unavailable)?;
+        drop(pooled);
+        let inserted = if row.inserted {
+            InsertOutcome::Inserted
+        } else {
+            InsertOutcome::Exists {
+                source_event_id: row.stored_by.map(EventRowId),
+            }
+        };
+        let conversation = Conversation::try_from(ConversationRow {
+            id: row.id,
+            team_id: row.team_id,
+            channel_id: row.channel_id,
+            thread_ts: row.thread_ts,
+            current_turn_ts: row.current_turn_ts,
+        })?;
+        Ok(TurnStart {
+            conversation,
+            inserted,
+            state: row.state.into(),
+            history: history
+                .into_iter()
+                .map(StoredMessage::try_from)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    async fn turn_state(
+        &self,
+        id: ConversationId,
+        ts: &MessageTs,
+    ) -> Result<TurnState, ConversationStoreError> {
+        let mut conn = conn(&self.pool).await?;
+        let row: TurnStateRow = diesel::sql_query(TURN_STATE)
+            .bind::<diesel::sql_types::Uuid, _>(id.0)
+            .bind::<Text, _>(ts.as_str())
+            .prepared()
+            .get_result(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(row.into())
+    }
+
+    async fn start_agent_turn(
+        &self,
+        id: ConversationId,
+        ts: &MessageTs,
+        claim: Option<Claim>,
+    ) -> Result<AgentTurnStart, ConversationStoreError> {
+        let mut conn = conn(&self.pool).await?;
+        let changed = diesel::sql_query(START_AGENT_TURN.as_str())
+            .bind::<diesel::sql_types::Uuid, _>(id.0)
+            .bind::<Text, _>(ts.as_str())
+            .bind::<Nullable<BigInt>, _>(claim.map(|c| c.id.0))
+            .bind::<Integer, _>(claim.map_or(0, |c| c.attempt))
+            .bind::<Nullable<Text>, _>(self.fence_replica.as_deref())
+            .bind::<Double, _>(self.fence_margin_secs)
+            .prepared()
+            .execute(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if changed == 1 {
+            return Ok(AgentTurnStart::Started);
+        }
+        let exists: i64 = conversations::table
+            .find(id.0)
+            .count()
+            .get_result(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if exists == 0 {
+            return Err(StoreError::NotFound(format!("conversation {id}")).into());
+        }
+        Ok(AgentTurnStart::Fenced)
+    }
+
+    fn checks_claims(&self) -> bool {
+        true
+    }
+
     async fn agent_reply_exists(
         &self,
         id: ConversationId,
@@ -640,6 +899,7 @@ impl ConversationStore for PgConversationStore {
             .bind::<Integer, _>(parts)
             .bind::<Text, _>(&self.owner)
             .bind::<BigInt, _>(millis(lease))
+            .prepared()
             .get_result(&mut conn)
             .await
             .optional()
@@ -667,6 +927,7 @@ impl ConversationStore for PgConversationStore {
             .bind::<diesel::sql_types::Uuid, _>(id.0)
             .bind::<Text, _>(&self.owner)
             .bind::<BigInt, _>(millis(lease))
+            .prepared()
             .get_result(&mut conn)
             .await
             .optional()
@@ -714,6 +975,7 @@ impl ConversationStore for PgConversationStore {
                 .bind::<Integer, _>(token.claim)
                 .bind::<BigInt, _>(millis(lease))
                 .bind::<Nullable<Integer>, _>(part)
+                .prepared()
                 .execute(conn)
                 .await
                 .map(|n| n == 1)
@@ -722,18 +984,17 @@ impl ConversationStore for PgConversationStore {
             IntentStep::Renew => renew(&mut conn, None).await,
             IntentStep::Posting { part } => renew(&mut conn, Some(part_number(part))).await,
             IntentStep::Posted { part, message } => {
-                conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
-                    insert_on(conn, &message).await?;
-                    diesel::sql_query(PART_POSTED)
-                        .bind::<diesel::sql_types::Uuid, _>(id)
-                        .bind::<Integer, _>(token.claim)
-                        .bind::<Integer, _>(part_number(part).saturating_add(1))
-                        .bind::<BigInt, _>(millis(lease))
-                        .get_result::<Flag>(conn)
-                        .await
-                        .map(|f| f.flag)
-                })
-                .await
+                let query = diesel::sql_query(PART_POSTED_STORING.as_str())
+                    .bind::<diesel::sql_types::Uuid, _>(id)
+                    .bind::<Integer, _>(token.claim)
+                    .bind::<Integer, _>(part_number(part).saturating_add(1))
+                    .bind::<BigInt, _>(millis(lease))
+                    .bind::<diesel::sql_types::Uuid, _>(message.conversation_id.0);
+                bind_message!(query, &message)
+                    .prepared()
+                    .get_result::<Flag>(&mut conn)
+                    .await
+                    .map(|f| f.flag)
             }
             IntentStep::FileUploaded { file_id } => diesel::update(
                 reply_intents::table
@@ -748,6 +1009,7 @@ impl ConversationStore for PgConversationStore {
             IntentStep::FileShared => diesel::sql_query(FILE_SHARED)
                 .bind::<diesel::sql_types::Uuid, _>(id)
                 .bind::<Integer, _>(token.claim)
+                .prepared()
                 .get_result::<Flag>(&mut conn)
                 .await
                 .map(|f| f.flag),
@@ -755,6 +1017,7 @@ impl ConversationStore for PgConversationStore {
                 .bind::<diesel::sql_types::Uuid, _>(id)
                 .bind::<Integer, _>(token.claim)
                 .bind::<Bool, _>(uncertain)
+                .prepared()
                 .execute(&mut conn)
                 .await
                 .map(|n| n == 1),

@@ -13,6 +13,7 @@ use infragpt_actors::inbox::{
 };
 use infragpt_actors::partitions::ReplicaId;
 
+use super::prepared::PreparedExt;
 use super::schema::inbound_events;
 use super::{Conn, Pool, conn};
 
@@ -33,7 +34,7 @@ pub struct PgInbox {
 /// The fence of claims and marks: the event's partition is leased to the replica bound as
 /// `$owner`, with more than `$margin` seconds left (always true for an unfenced inbox, which
 /// binds a null owner). A correlated lookup by primary key in a 64-row table.
-fn fence(owner: &str, margin: &str) -> String {
+pub(super) fn fence(owner: &str, margin: &str) -> String {
     format!(
         "({owner}::text IS NULL OR EXISTS (SELECT 1 FROM cluster_partitions cp \
          WHERE cp.partition = inbound_events.partition AND cp.owner = {owner} \
@@ -98,6 +99,7 @@ impl PgInbox {
         .bind::<Nullable<Text>, _>(error.as_deref())
         .bind::<diesel::sql_types::Bool, _>(finished)
         .bind::<Nullable<Text>, _>(self.replica.as_deref())
+        .prepared()
         .execute(&mut conn)
         .await
         .map_err(unavailable)?;
@@ -142,6 +144,7 @@ async fn claim_refusal(conn: &mut Conn, id: EventRowId) -> Result<Refusal, Store
          ORDER BY o.id LIMIT 100",
     )
     .bind::<BigInt, _>(id.0)
+    .prepared()
     .load(conn)
     .await
     .map_err(unavailable)?;
@@ -485,6 +488,7 @@ impl InboundEvents for PgInbox {
         ))
         .bind::<BigInt, _>(id.0)
         .bind::<Nullable<Text>, _>(self.replica.as_deref())
+        .prepared()
         .get_result(&mut conn)
         .await
         .optional()
@@ -519,6 +523,7 @@ impl InboundEvents for PgInbox {
         .bind::<Integer, _>(claim.attempt)
         .bind::<Nullable<Text>, _>(self.replica.as_deref())
         .bind::<Double, _>(self.confirm_margin_secs)
+        .prepared()
         .get_result(&mut conn)
         .await
         .map_err(unavailable)?;

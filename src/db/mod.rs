@@ -7,6 +7,7 @@ pub mod conversations;
 pub mod error;
 pub mod inbox;
 pub mod nonces;
+pub mod prepared;
 pub mod private_pg;
 pub mod retention;
 pub mod schema;
@@ -41,6 +42,8 @@ const DEFAULT_USER: &str = "postgres";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a caller may wait for a free pooled connection.
 const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A pooled connection unused for this long is tested before it is handed out again.
+const VERIFY_IDLE_AFTER: Duration = Duration::from_secs(5);
 /// Advisory lock key serialising concurrent migration runs (two service instances).
 const MIGRATION_LOCK_KEY: i64 = 0x1f2a_6d62_6d69_6772;
 
@@ -602,9 +605,35 @@ async fn ensure_database(url: &Secret, timeout: Duration) -> Result<(), DbError>
 }
 
 /// A pool of at most `size` connections to `url`.
+///
+/// A connection handed out again soon after its last use goes without a test query (diesel's
+/// default runs `SELECT 1` on every checkout, a round trip per statement); one idle for
+/// [`VERIFY_IDLE_AFTER`] is tested first, and a closed one is never handed out (its client
+/// notices the closed socket). A connection that breaks in between fails its statement,
+/// which callers treat as the database being unavailable and retry.
 pub fn build_pool(url: &Secret, size: usize, connect_timeout: Duration) -> Result<Pool, DbError> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url.expose());
+    use diesel_async::pooled_connection::deadpool::{Hook, HookError};
+    use diesel_async::pooled_connection::{ManagerConfig, PoolError, RecyclingMethod};
+
+    let mut config = ManagerConfig::default();
+    config.recycling_method = RecyclingMethod::Fast;
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url.expose(), config);
+    let verify_idle =
+        Hook::<AsyncPgConnection>::async_fn(|conn: &mut AsyncPgConnection, metrics| {
+            Box::pin(async move {
+                if metrics.last_used() < VERIFY_IDLE_AFTER {
+                    return Ok(());
+                }
+                diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
+                    .execute(conn)
+                    .await
+                    .map(drop)
+                    .map_err(|e| HookError::Backend(PoolError::QueryError(e)))
+            })
+        });
     Pool::builder(manager)
+        .pre_recycle(verify_idle)
         .max_size(size)
         .runtime(deadpool::Runtime::Tokio1)
         .wait_timeout(Some(POOL_WAIT_TIMEOUT.max(connect_timeout)))

@@ -12,11 +12,11 @@ pub use once::{
     REPLY_EVENT_TYPE, intent_metadata,
 };
 pub use ports::{
-    Agent, AgentAnswer, AgentError, AgentTurn, BotIdentity, ChannelRecord, ClaimToken,
-    ClaimedIntent, Conversation, ConversationStore, ConversationStoreError, HistorySender,
-    InsertOutcome, IntentClaim, IntentStep, MessageKind, MessageMetadata, NewIntent, NewMessage,
-    PastMessage, Posting, Sender, SlackApi, SlackApiError, StoredMessage, TRANSIENT_SLACK_ERRORS,
-    ThreadMessage, UserProfile,
+    Agent, AgentAnswer, AgentError, AgentTurn, AgentTurnStart, BotIdentity, ChannelRecord,
+    ClaimToken, ClaimedIntent, Conversation, ConversationStore, ConversationStoreError,
+    HistorySender, InsertOutcome, IntentClaim, IntentStep, MessageKind, MessageMetadata, NewIntent,
+    NewMessage, PastMessage, Posting, Sender, SlackApi, SlackApiError, StoredMessage,
+    TRANSIENT_SLACK_ERRORS, ThreadMessage, TurnStart, TurnState, UserProfile,
 };
 pub use reply::{
     AnswerFormat, AnswerStyle, DEFAULT_FILE_THRESHOLD, ReplyError, ReplyMode, ReplyOutcome,

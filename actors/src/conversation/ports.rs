@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{
     ChannelId, ConversationId, MessageTs, ReplyIntentId, SlackUserId, TeamId, ThreadKey,
 };
-use crate::inbox::EventRowId;
+use crate::inbox::{Claim, EventRowId};
 
 /// Who wrote a stored message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -166,6 +166,38 @@ pub enum InsertOutcome {
         /// The event that stored it first.
         source_event_id: Option<EventRowId>,
     },
+}
+
+/// Whether a turn has its answer: what decides, after a crash or a redelivery, between
+/// finishing a started answer, doing nothing, and asking the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TurnState {
+    /// Answers (not notices) to the turn that an earlier attempt started posting and did not
+    /// finish, oldest first.
+    pub unfinished: Vec<ReplyIntentId>,
+    /// An agent message answering the turn is stored.
+    pub answered: bool,
+}
+
+/// What [`ConversationStore::begin_turn`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnStart {
+    pub conversation: Conversation,
+    /// The user message: stored now, or stored before (by this event or another one).
+    pub inserted: InsertOutcome,
+    /// The turn's answer so far.
+    pub state: TurnState,
+    /// The conversation's non-deleted messages, oldest first (the turn's own included).
+    pub history: Vec<StoredMessage>,
+}
+
+/// Whether [`ConversationStore::start_agent_turn`] moved the current turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentTurnStart {
+    /// The turn is the conversation's current one: ask the agent.
+    Started,
+    /// The event's claim no longer holds (another replica owns it now): nothing changed.
+    Fenced,
 }
 
 /// A channel the bot knows.
@@ -339,6 +371,65 @@ pub trait ConversationStore: Send + Sync + 'static {
         id: ConversationId,
         ts: &MessageTs,
     ) -> Result<(), ConversationStoreError>;
+    /// Everything a turn needs before the agent is asked, as one step: the thread's
+    /// conversation (created when new), the user message `message` stored in it (its
+    /// `conversation_id` is ignored), the turn's answer so far and the history. The default
+    /// composes the single-step methods; a database store does it in one or two statements.
+    async fn begin_turn(
+        &self,
+        key: &ThreadKey,
+        message: NewMessage,
+    ) -> Result<TurnStart, ConversationStoreError> {
+        let conversation = self.upsert_conversation(key).await?;
+        let ts = message.slack_ts.clone();
+        let inserted = self
+            .insert_message(NewMessage {
+                conversation_id: conversation.id,
+                ..message
+            })
+            .await?;
+        let state = self.turn_state(conversation.id, &ts).await?;
+        let history = self.history(conversation.id).await?;
+        Ok(TurnStart {
+            conversation,
+            inserted,
+            state,
+            history,
+        })
+    }
+    /// The answer to the turn at `ts` so far: answers started and not finished, and whether
+    /// one is stored.
+    async fn turn_state(
+        &self,
+        id: ConversationId,
+        ts: &MessageTs,
+    ) -> Result<TurnState, ConversationStoreError> {
+        Ok(TurnState {
+            unfinished: self
+                .unfinished_intents(id, ts, MessageKind::Message)
+                .await?,
+            answered: self.agent_reply_exists(id, ts, None).await?,
+        })
+    }
+    /// Makes `ts` the conversation's current turn right before the agent is asked, only
+    /// while `claim` (the inbound event's claim, when the caller is fenced) still holds: the
+    /// event is this attempt's and its partition is leased to this replica with the safety
+    /// margin left. The default, for stores that do not share the inbox's database (test
+    /// fakes), does not look at the claim: a fenced caller confirms it with the inbox first.
+    async fn start_agent_turn(
+        &self,
+        id: ConversationId,
+        ts: &MessageTs,
+        claim: Option<Claim>,
+    ) -> Result<AgentTurnStart, ConversationStoreError> {
+        let _ = claim;
+        self.set_current_turn(id, ts).await?;
+        Ok(AgentTurnStart::Started)
+    }
+    /// Whether [`Self::start_agent_turn`] checks the claim itself. False by default.
+    fn checks_claims(&self) -> bool {
+        false
+    }
     /// True when an agent message (kind `message`, notices do not answer) answering
     /// `in_reply_to` is stored (with exactly `text`, when given).
     async fn agent_reply_exists(

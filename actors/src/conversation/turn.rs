@@ -1,8 +1,9 @@
 //! The conversation handler: what a Slack event does to a conversation. One instance serves
 //! every thread; the router hands it one thread's events one at a time, in order.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::json;
@@ -10,9 +11,9 @@ use tracing::{info, warn};
 
 use super::once::{BUSY_WAIT, BeforePost, FenceError, INTENT_LEASE, PostError, Poster};
 use super::ports::{
-    Agent, AgentAnswer, AgentError, AgentTurn, Conversation, ConversationStore,
+    Agent, AgentAnswer, AgentError, AgentTurn, AgentTurnStart, Conversation, ConversationStore,
     ConversationStoreError, HistorySender, InsertOutcome, MessageKind, NewIntent, NewMessage,
-    PastMessage, Posting, Sender, SlackApi, SlackApiError, StoredMessage, UserProfile,
+    PastMessage, Posting, Sender, SlackApi, SlackApiError, StoredMessage, TurnState, UserProfile,
 };
 use super::reply::{AnswerStyle, ReplyMode, split_message};
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
@@ -29,6 +30,13 @@ so I could not answer this message. It has been saved and an operator can retry 
 /// admin API: it can be an internal exception, not something for the channel.
 pub const DEFAULT_FAILURE_NOTICE: &str = ":warning: Sorry, I could not answer this message. \
 The problem has been recorded and an operator can retry it.";
+
+/// How long a channel this process marked monitored is not marked again. Every mention
+/// would otherwise read and write its channel row; monitoring only ever turns on, so the
+/// skip only delays, by this long, re-marking a channel whose row was deleted since.
+const MONITORED_RECHECK: Duration = Duration::from_secs(60);
+/// Past this many remembered channels, the stale ones are forgotten.
+const MONITORED_REMEMBERED: usize = 10_000;
 
 /// The reaction added to each message that becomes a turn.
 pub const SEEN_REACTION: &str = "eyes";
@@ -101,6 +109,8 @@ pub struct ConversationHandler {
     busy_wait: Duration,
     /// The inbox whose claims fence posts (see [`Self::with_claim_fence`]).
     claims: Option<Arc<dyn InboundEvents>>,
+    /// Channels this handler marked monitored, and when (see [`MONITORED_RECHECK`]).
+    monitored: Mutex<HashMap<(TeamId, ChannelId), Instant>>,
 }
 
 impl std::fmt::Debug for ConversationHandler {
@@ -131,6 +141,7 @@ impl ConversationHandler {
             lease: INTENT_LEASE,
             busy_wait: BUSY_WAIT,
             claims: None,
+            monitored: Mutex::default(),
         }
     }
 
@@ -292,47 +303,81 @@ impl ConversationHandler {
             self.mark_monitored(&turn.thread.team, &turn.thread.channel)
                 .await?;
         }
-        let conversation = self
+        let profile = self.sender_profile(&turn).await;
+        let ts = &turn.turn_id.ts;
+        let start = self
             .store
-            .upsert_conversation(&turn.thread)
+            .begin_turn(&turn.thread, user_message(event, &turn, &profile))
             .await
             .map_err(store_err)?;
-        let profile = self.sender_profile(&turn).await;
-        if let Some(twin) = self
-            .store_user_message(event, &conversation, &turn, &profile)
-            .await?
+        if let InsertOutcome::Exists { source_event_id } = start.inserted
+            && source_event_id != Some(event.id)
         {
-            return Ok(twin);
+            // The same human message arrived as another event (app_mention and message
+            // twins, or a redelivery with a new event id): one turn only.
+            return Ok(HandleOutcome::Ignored(format!(
+                "message {ts} already handled as inbound event {}",
+                source_event_id.map_or_else(|| "?".to_owned(), |i| i.to_string())
+            )));
         }
+        let conversation = start.conversation;
         self.add_seen_reaction(&turn);
 
         // A retry after a crash: the answer may already be in the thread, or half of it.
-        self.finish_started_answers(event, &turn.thread, conversation.id, &turn.turn_id.ts)
-            .await?;
-        if self.answered(&conversation, &turn.turn_id.ts).await? {
+        if self
+            .answered(event, &turn.thread, conversation.id, ts, start.state)
+            .await?
+        {
             return Ok(HandleOutcome::Done);
         }
-        let agent_turn = self.agent_turn(&conversation, &turn, &profile).await?;
-        // The agent answers through SendReply, which posts under the conversation's current
-        // turn and cannot be fenced (the wire contract carries no turn). So a replica that
-        // lost this event (paused past its lease while another replica went on to the
-        // thread's next turns) must neither move the current turn back nor ask the agent:
-        // its claim is confirmed right before both.
-        self.before_post(event)
-            .await
-            .map_err(|e| HandlerError::retryable(format!("not asking the agent: {e}")))?;
-        self.store
-            .set_current_turn(conversation.id, &turn.turn_id.ts)
-            .await
-            .map_err(store_err)?;
+        let agent_turn = self.agent_turn(&conversation, &turn, &profile, start.history);
+        self.start_agent_turn(event, conversation.id, ts).await?;
         match self.agent.process(agent_turn).await {
             Ok(answer) => self.deliver(event, &conversation, &turn, answer).await,
             Err(e) => self.agent_failed(event, &conversation, &turn, e).await,
         }
     }
 
+    /// Makes the turn current right before the agent is asked. The agent answers through
+    /// SendReply, which posts under the conversation's current turn and cannot be fenced
+    /// (the upstream agent names no turn). So a replica that lost this event (paused past
+    /// its lease while another replica went on to the thread's next turns) must neither move
+    /// the current turn back nor ask the agent: the claim is checked in the same step.
+    async fn start_agent_turn(
+        &self,
+        event: &InboundEvent,
+        conversation: ConversationId,
+        ts: &MessageTs,
+    ) -> Result<(), HandlerError> {
+        let claim = self.claims.as_ref().map(|_| event.claim());
+        if claim.is_some() && !self.store.checks_claims() {
+            self.before_post(event)
+                .await
+                .map_err(|e| HandlerError::retryable(format!("not asking the agent: {e}")))?;
+        }
+        match self
+            .store
+            .start_agent_turn(conversation, ts, claim)
+            .await
+            .map_err(store_err)?
+        {
+            AgentTurnStart::Started => Ok(()),
+            AgentTurnStart::Fenced => Err(HandlerError::retryable(
+                "not asking the agent: the event's claim no longer holds (another replica owns it)",
+            )),
+        }
+    }
+
     /// An `app_mention` makes its channel monitored, named from `conversations.info` once.
     async fn mark_monitored(&self, team: &TeamId, channel: &ChannelId) -> Result<(), HandlerError> {
+        let remembered = (team.clone(), channel.clone());
+        if self
+            .monitored_marks()
+            .get(&remembered)
+            .is_some_and(|at| at.elapsed() < MONITORED_RECHECK)
+        {
+            return Ok(());
+        }
         let known = self.store.channel(team, channel).await.map_err(store_err)?;
         let name = match known.and_then(|c| c.name) {
             Some(name) => Some(name),
@@ -347,7 +392,20 @@ impl ConversationHandler {
         self.store
             .upsert_channel(team, channel, name.as_deref(), true)
             .await
-            .map_err(store_err)
+            .map_err(store_err)?;
+        if name.is_some() {
+            let mut marks = self.monitored_marks();
+            if marks.len() >= MONITORED_REMEMBERED {
+                marks.retain(|_, at| at.elapsed() < MONITORED_RECHECK);
+            }
+            marks.insert(remembered, Instant::now());
+        }
+        Ok(())
+    }
+
+    fn monitored_marks(&self) -> std::sync::MutexGuard<'_, HashMap<(TeamId, ChannelId), Instant>> {
+        // A panic while holding it leaves a plain map: still usable.
+        self.monitored.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The author's profile (`users.info`); a lookup failure leaves it empty.
@@ -359,44 +417,6 @@ impl ConversationHandler {
                 warn!(team_id = %team, user_id = %turn.user, error = %e, "users.info failed");
                 UserProfile::default()
             }
-        }
-    }
-
-    /// Stores the user message, unique per conversation and ts. `Some` when another inbound
-    /// event already stored it: that event makes the turn, this one is ignored.
-    async fn store_user_message(
-        &self,
-        event: &InboundEvent,
-        conversation: &Conversation,
-        turn: &slack_events::Turn,
-        profile: &UserProfile,
-    ) -> Result<Option<HandleOutcome>, HandlerError> {
-        let ts = &turn.turn_id.ts;
-        let inserted = self
-            .store
-            .insert_message(NewMessage {
-                conversation_id: conversation.id,
-                slack_ts: ts.clone(),
-                sender: Sender::User(turn.user.clone()),
-                sender_name: profile.name.clone(),
-                sender_email: profile.email.clone(),
-                text: turn.text.clone(),
-                source_event_id: Some(event.id),
-                in_reply_to: None,
-                kind: MessageKind::Message,
-            })
-            .await
-            .map_err(store_err)?;
-        match inserted {
-            InsertOutcome::Exists { source_event_id } if source_event_id != Some(event.id) => {
-                // The same human message arrived as another event (app_mention and message
-                // twins, or a redelivery with a new event id): one turn only.
-                Ok(Some(HandleOutcome::Ignored(format!(
-                    "message {ts} already handled as inbound event {}",
-                    source_event_id.map_or_else(|| "?".to_owned(), |i| i.to_string())
-                ))))
-            }
-            InsertOutcome::Inserted | InsertOutcome::Exists { .. } => Ok(None),
         }
     }
 
@@ -416,30 +436,38 @@ impl ConversationHandler {
         });
     }
 
-    /// True when an agent message answering `ts` is stored.
+    /// True when the turn at `ts` has its answer, given what the store said of it (`state`):
+    /// answers an earlier attempt (of any process) started and did not finish are finished
+    /// first, then looked at again.
     async fn answered(
         &self,
-        conversation: &Conversation,
+        event: &InboundEvent,
+        key: &ThreadKey,
+        conversation: ConversationId,
         ts: &MessageTs,
+        state: TurnState,
     ) -> Result<bool, HandlerError> {
-        self.store
-            .agent_reply_exists(conversation.id, ts, None)
+        if state.unfinished.is_empty() {
+            return Ok(state.answered);
+        }
+        self.finish_started_answers(event, key, conversation, ts)
+            .await?;
+        let state = self
+            .store
+            .turn_state(conversation, ts)
             .await
-            .map_err(store_err)
+            .map_err(store_err)?;
+        Ok(state.answered)
     }
 
     /// The request for the agent: the turn's text, the thread before it, and its context.
-    async fn agent_turn(
+    fn agent_turn(
         &self,
         conversation: &Conversation,
         turn: &slack_events::Turn,
         profile: &UserProfile,
-    ) -> Result<AgentTurn, HandlerError> {
-        let history = self
-            .store
-            .history(conversation.id)
-            .await
-            .map_err(store_err)?;
+        history: Vec<StoredMessage>,
+    ) -> AgentTurn {
         let key = &turn.thread;
         let ts = &turn.turn_id.ts;
         let past = past_messages(history, ts);
@@ -475,14 +503,14 @@ impl ConversationHandler {
                     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             })
             .collect();
-        Ok(AgentTurn {
+        AgentTurn {
             conversation_id: conversation.id,
             current_message: turn.text.clone(),
             past_messages,
             context,
             user_id: turn.user.to_string(),
             channel_id: key.channel.to_string(),
-        })
+        }
     }
 
     /// The agent answered: post its answer unless it was posted through SendReply already.
@@ -495,9 +523,15 @@ impl ConversationHandler {
     ) -> Result<HandleOutcome, HandlerError> {
         let ts = &turn.turn_id.ts;
         // A SendReply that stopped half way (here or on another replica) is finished first.
-        self.finish_started_answers(event, &turn.thread, conversation.id, ts)
-            .await?;
-        if self.answered(conversation, ts).await? {
+        let state = self
+            .store
+            .turn_state(conversation.id, ts)
+            .await
+            .map_err(store_err)?;
+        if self
+            .answered(event, &turn.thread, conversation.id, ts, state)
+            .await?
+        {
             // The agent posted through SendReply (send_reply mode).
             if !answer.success {
                 warn!(conversation_id = %conversation.id, agent_type = %answer.agent_type, error = %answer.error_message, "agent posted a reply but answered success=false");
@@ -629,6 +663,26 @@ impl ConversationHandler {
         } else {
             HandleOutcome::Ignored("deleted message is not stored".into())
         })
+    }
+}
+
+/// The user message a turn stores (its conversation is filled in by
+/// [`ConversationStore::begin_turn`]).
+fn user_message(
+    event: &InboundEvent,
+    turn: &slack_events::Turn,
+    profile: &UserProfile,
+) -> NewMessage {
+    NewMessage {
+        conversation_id: ConversationId(uuid::Uuid::nil()),
+        slack_ts: turn.turn_id.ts.clone(),
+        sender: Sender::User(turn.user.clone()),
+        sender_name: profile.name.clone(),
+        sender_email: profile.email.clone(),
+        text: turn.text.clone(),
+        source_event_id: Some(event.id),
+        in_reply_to: None,
+        kind: MessageKind::Message,
     }
 }
 

@@ -342,3 +342,218 @@ async fn a_closed_pool_is_reported_as_unavailable() {
         .unwrap_err();
     assert!(err.to_string().contains("unavailable"), "{err}");
 }
+
+/// `begin_turn` (one pipelined round trip in PostgreSQL) says what the single steps say:
+/// the conversation, whether the message is new or who stored it, the answer so far and
+/// the history.
+#[tokio::test]
+async fn begin_turn_agrees_with_the_single_steps() {
+    use infragpt_actors::conversation::{IntentClaim, NewIntent, Posting};
+
+    let db = TestDb::new().await;
+    let store = PgConversationStore::new(db.pool().clone());
+    let thread = key("300.000001");
+    let first = |event: i64| NewMessage {
+        source_event_id: Some(EventRowId(event)),
+        ..message(
+            ConversationId(uuid::Uuid::nil()),
+            "300.000001",
+            user("U1"),
+            "hi",
+        )
+    };
+
+    let start = store.begin_turn(&thread, first(7)).await.unwrap();
+    assert_eq!(start.inserted, InsertOutcome::Inserted);
+    assert_eq!(
+        start.conversation,
+        store.find_by_key(&thread).await.unwrap().unwrap()
+    );
+    assert!(!start.state.answered);
+    assert!(start.state.unfinished.is_empty());
+    assert_eq!(
+        start.history,
+        store.history(start.conversation.id).await.unwrap()
+    );
+    assert_eq!(
+        start.history.len(),
+        1,
+        "the turn's own message is in the history"
+    );
+    let id = start.conversation.id;
+
+    // The same message again: stored by event 7, whichever event asks.
+    let again = store.begin_turn(&thread, first(7)).await.unwrap();
+    assert_eq!(again.conversation.id, id);
+    assert_eq!(
+        again.inserted,
+        InsertOutcome::Exists {
+            source_event_id: Some(EventRowId(7))
+        }
+    );
+    let twin = store.begin_turn(&thread, first(8)).await.unwrap();
+    assert_eq!(
+        twin.inserted,
+        InsertOutcome::Exists {
+            source_event_id: Some(EventRowId(7))
+        }
+    );
+
+    // An answer started and not finished, then one stored.
+    let intent = NewIntent {
+        conversation_id: id,
+        in_reply_to: Some(ts("300.000001")),
+        kind: MessageKind::Message,
+        text: "answer".into(),
+        posting: Posting::Messages {
+            parts: vec!["answer".into()],
+        },
+    };
+    let IntentClaim::Claimed(claimed) = store
+        .claim_intent(&intent, std::time::Duration::from_secs(30))
+        .await
+        .unwrap()
+    else {
+        panic!("a new intent is claimed");
+    };
+    let state = store.begin_turn(&thread, first(7)).await.unwrap().state;
+    assert_eq!(state.unfinished, vec![claimed.token.intent]);
+    assert!(!state.answered);
+    assert_eq!(
+        state,
+        store.turn_state(id, &ts("300.000001")).await.unwrap()
+    );
+    store
+        .insert_message(NewMessage {
+            in_reply_to: Some(ts("300.000001")),
+            ..message(id, "300.000002", Sender::Agent, "answer")
+        })
+        .await
+        .unwrap();
+    let later = store.begin_turn(&thread, first(7)).await.unwrap();
+    assert!(later.state.answered);
+    assert_eq!(later.history, store.history(id).await.unwrap());
+    assert_eq!(later.history.len(), 2);
+}
+
+/// A turn starts only while the event's claim holds: the attempt that claimed it, still
+/// processing.
+#[tokio::test]
+async fn start_agent_turn_is_fenced_by_the_claim() {
+    use infragpt::db::PgInbox;
+    use infragpt_actors::conversation::AgentTurnStart;
+    use infragpt_actors::inbox::{InboundEvents, NewInboundEvent, RecordOutcome, RoutingKey};
+
+    let db = TestDb::new().await;
+    let store = PgConversationStore::new(db.pool().clone());
+    let inbox = PgInbox::new(db.pool().clone());
+    let conv = store.upsert_conversation(&key("400.000001")).await.unwrap();
+    let RecordOutcome::Recorded(event) = inbox
+        .record(NewInboundEvent {
+            source: infragpt_actors::sources::SLACK,
+            source_id: "Ev1".into(),
+            routing_key: RoutingKey("T1/C1/400.000001".into()),
+            kind: "app_mention".into(),
+            payload: serde_json::json!({"event_id": "Ev1"}).into(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("a new event is recorded");
+    };
+    let claimed = inbox.claim(event.id).await.unwrap().expect("claimable");
+    let claim = claimed.claim();
+    let turn = ts("400.000001");
+
+    assert_eq!(
+        store
+            .start_agent_turn(conv.id, &turn, Some(claim))
+            .await
+            .unwrap(),
+        AgentTurnStart::Started
+    );
+    assert_eq!(
+        store.find(conv.id).await.unwrap().unwrap().current_turn_ts,
+        Some(turn.clone())
+    );
+    // An older attempt's claim, and a finished event, no longer hold.
+    let stale = infragpt_actors::inbox::Claim {
+        attempt: claim.attempt - 1,
+        ..claim
+    };
+    let next = ts("400.000002");
+    assert_eq!(
+        store
+            .start_agent_turn(conv.id, &next, Some(stale))
+            .await
+            .unwrap(),
+        AgentTurnStart::Fenced
+    );
+    inbox.mark_done(claim).await.unwrap();
+    assert_eq!(
+        store
+            .start_agent_turn(conv.id, &next, Some(claim))
+            .await
+            .unwrap(),
+        AgentTurnStart::Fenced
+    );
+    assert_eq!(
+        store.find(conv.id).await.unwrap().unwrap().current_turn_ts,
+        Some(turn),
+        "a fenced start changes nothing"
+    );
+    // Unfenced callers always start; an unknown conversation is an error, not a fence.
+    assert_eq!(
+        store.start_agent_turn(conv.id, &next, None).await.unwrap(),
+        AgentTurnStart::Started
+    );
+    assert!(
+        store
+            .start_agent_turn(ConversationId(uuid::Uuid::new_v4()), &next, Some(claim))
+            .await
+            .is_err()
+    );
+}
+
+/// Raw statements marked `prepared()` stay prepared on their connection (diesel prepares
+/// every other raw statement afresh, a round trip and a parse per call).
+#[tokio::test]
+async fn prepared_raw_statements_are_kept_per_connection() {
+    use diesel::sql_types::{BigInt, Text};
+    use infragpt::db::prepared::PreparedExt;
+
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let db = TestDb::new().await;
+    let mut conn = db.pool().get().await.unwrap();
+    async fn kept(conn: &mut diesel_async::AsyncPgConnection, text: &str) -> i64 {
+        diesel::sql_query("SELECT count(*) AS n FROM pg_prepared_statements WHERE statement = $1")
+            .bind::<Text, _>(text)
+            .get_result::<Count>(conn)
+            .await
+            .unwrap()
+            .n
+    }
+    const CACHED: &str = "SELECT $1::bigint AS n";
+    const FRESH: &str = "SELECT $1::bigint + 0 AS n";
+    for i in 0..3 {
+        let c: Count = diesel::sql_query(CACHED)
+            .bind::<BigInt, _>(i)
+            .prepared()
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(c.n, i);
+        let f: Count = diesel::sql_query(FRESH)
+            .bind::<BigInt, _>(i)
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(f.n, i);
+    }
+    assert_eq!(kept(&mut conn, CACHED).await, 1);
+    assert_eq!(kept(&mut conn, FRESH).await, 0);
+}

@@ -5,4 +5,5 @@ mod actors;
 mod conversation_store;
 mod inbox;
 mod migrations;
+mod pool;
 mod retention;
