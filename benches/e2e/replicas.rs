@@ -312,14 +312,19 @@ pub async fn run(args: &Args) -> anyhow::Result<ReplicasReport> {
     let steady_from = Instant::now();
     tokio::time::sleep(window).await;
     let steady_to = Instant::now();
+    let mut stops = Vec::new();
     for i in 0..REPLICAS {
+        let asked = Instant::now();
         set.terminate(i, Duration::from_secs(60)).await?;
+        let exited = Instant::now();
         set.start(i).await?;
+        stops.push((i, asked, exited, Instant::now()));
     }
     let rolling_to = Instant::now();
     let logs = load.stop().await;
     let steady = latency_of(&logs, steady_from, steady_to);
     let rolling = latency_of(&logs, steady_to, rolling_to);
+    print_slowest(&logs, steady_to, rolling_to, &stops);
 
     // Checks.
     let mut all_logs = logs;
@@ -357,6 +362,41 @@ pub async fn run(args: &Args) -> anyhow::Result<ReplicasReport> {
         unfinished,
         dead_letters,
     })
+}
+
+/// The slowest turns of the rolling restart, placed against the SIGTERMs (on stderr: where
+/// a rolling restart's latency comes from).
+fn print_slowest(
+    logs: &[ThreadLog],
+    from: Instant,
+    to: Instant,
+    stops: &[(usize, Instant, Instant, Instant)],
+) {
+    for (i, asked, exited, ready) in stops {
+        eprintln!(
+            "rolling: replica {i} SIGTERM at +{:.0} ms, exited after {:.0} ms, ready again after {:.0} ms",
+            (*asked - from).as_secs_f64() * 1e3,
+            (*exited - *asked).as_secs_f64() * 1e3,
+            (*ready - *asked).as_secs_f64() * 1e3,
+        );
+    }
+    let mut slow: Vec<(f64, f64, &str)> = logs
+        .iter()
+        .flat_map(|l| l.turns.iter().map(move |t| (l, t)))
+        .filter(|(_, t)| t.posted_at >= from && t.posted_at < to)
+        .filter_map(|(l, t)| {
+            let latency = (t.answered_at? - t.posted_at).as_secs_f64() * 1e3;
+            Some((
+                latency,
+                (t.posted_at - from).as_secs_f64() * 1e3,
+                l.channel.as_str(),
+            ))
+        })
+        .collect();
+    slow.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (latency, posted, channel) in slow.iter().take(8) {
+        eprintln!("rolling: slow turn {latency:.0} ms, posted at +{posted:.0} ms in {channel}");
+    }
 }
 
 async fn inbox_counts(db: &TestDb) -> anyhow::Result<(i64, i64)> {

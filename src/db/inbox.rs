@@ -425,6 +425,8 @@ impl InboundEvents for PgInbox {
                     inbound_events::status,
                     inbound_events::attempts,
                 ))
+                // Its text is fixed (the `CAST` literal makes diesel assume otherwise).
+                .prepared()
                 .get_result(&mut conn)
                 .await
                 .optional()

@@ -1,18 +1,22 @@
-//! Raw SQL statements kept prepared per connection.
+//! Statements kept prepared per connection.
 //!
-//! diesel prepares every `sql_query` afresh (`SqlQuery` marks itself unsafe to cache, since
-//! it cannot know whether its text varies between calls), so each raw statement costs an
-//! extra round trip and a parse and plan in PostgreSQL. The inbox's fenced claims and marks
-//! and the reply intents' claims run on every turn; their text is fixed, so they can be
-//! cached like the DSL's queries. The cache is keyed by the SQL text and bind types.
+//! diesel prepares some statements afresh on every call: every `sql_query`, every
+//! `UPDATE`, every upsert and anything with an SQL literal mark themselves unsafe to cache,
+//! since diesel cannot know whether their text varies between calls. Each such call costs an
+//! extra round trip and a parse and plan in PostgreSQL. The statements of a turn (the
+//! inbox's record, fenced claim and marks, the reply intents' steps) have a fixed text, so
+//! they can be kept like diesel's cacheable queries. The cache is keyed by the SQL text and
+//! bind types, so even a statement whose text did vary would be correct, only cached once
+//! per variant.
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::result::QueryResult;
 
-/// A raw statement (`diesel::sql_query(..)` with its binds) that the connection's statement
-/// cache may keep. Only for statements whose SQL text is the same on every call (binds
-/// vary, the text does not): a text built from varying values would fill the cache.
+/// A statement (`diesel::sql_query(..)` with its binds, or a DSL statement) that the
+/// connection's statement cache may keep. Only for statements whose SQL text is the same on
+/// every call (binds vary, the text does not): a text built from varying values would fill
+/// the cache.
 #[derive(Debug, Clone)]
 pub struct Prepared<Q>(pub Q);
 

@@ -204,6 +204,8 @@ pub struct SlackConnection {
     /// `apps.connections.open` plus the handshake in flight, or the wait before the next try.
     pending: Option<SpawnHandle>,
     stopping: bool,
+    /// Told when the last socket of a stopping connection has closed.
+    all_closed: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl std::fmt::Debug for SlackConnection {
@@ -239,6 +241,7 @@ impl SlackConnection {
             current: None,
             pending: None,
             stopping: false,
+            all_closed: None,
         }
     }
 
@@ -352,6 +355,17 @@ impl SlackConnection {
         }
         if socket.draining {
             tracing::debug!(connection = %self.key, "old slack socket drained");
+        }
+        self.notify_if_all_closed();
+    }
+
+    /// A stopping connection whose sockets have all closed tells [`StopConnection`].
+    fn notify_if_all_closed(&mut self) {
+        if self.stopping
+            && self.sockets.is_empty()
+            && let Some(tx) = self.all_closed.take()
+        {
+            let _ = tx.send(());
         }
     }
 
@@ -554,6 +568,10 @@ impl SlackConnection {
                         act.health.record_message();
                     }
                 }
+                // Stopping: the envelope is recorded, Slack's redelivery will be a duplicate.
+                Err(e) if act.stopping => {
+                    tracing::debug!(connection = %act.key, envelope_id, error = %e, "recorded while stopping; the ack can no longer be sent");
+                }
                 Err(e) => {
                     tracing::warn!(connection = %act.key, envelope_id, error = %e, "ack not sent; slack will redeliver");
                 }
@@ -608,10 +626,19 @@ impl StreamHandler<SocketEvent> for SlackConnection {
     fn finished(&mut self, _ctx: &mut Self::Context) {}
 }
 
-/// Stops a connection: closes its sockets (each close bounded by a second), then stops.
+/// Stops a connection: closes its sockets, reading each until Slack closes it too (bounded by
+/// [`STOP_DRAIN_TIMEOUT`]), then stops.
+///
+/// Envelopes Slack sent before it saw the close are still read and recorded, so their turns
+/// start now rather than after Slack's redelivery (seconds later, on another replica's
+/// socket); their acks can no longer be sent, and the redelivery is a duplicate the inbox
+/// ignores. Cancelling the reader at once would drop whatever was buffered in the socket.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct StopConnection;
+
+/// How long a stopping connection reads its closing sockets for envelopes already sent.
+const STOP_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Handler<StopConnection> for SlackConnection {
     type Result = ResponseActFuture<Self, ()>;
@@ -622,18 +649,38 @@ impl Handler<StopConnection> for SlackConnection {
         if let Some(pending) = self.pending.take() {
             ctx.cancel_future(pending);
         }
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+        self.all_closed = Some(closed_tx);
         let mut sinks = Vec::new();
-        for (_, socket) in self.sockets.drain() {
-            ctx.cancel_future(socket.reader);
-            sinks.extend(socket.sink);
+        for socket in self.sockets.values_mut() {
+            // Frames of a socket that is not current are recorded as a draining socket's.
+            socket.draining = true;
+            sinks.extend(socket.sink.take());
         }
-        let closes = sinks.into_iter().map(|mut sink| async move {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(None))).await;
-        });
+        for mut sink in sinks {
+            ctx.spawn(
+                async move {
+                    let _ =
+                        tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(None))).await;
+                }
+                .into_actor(self),
+            );
+        }
+        self.notify_if_all_closed();
         Box::pin(
-            futures::future::join_all(closes)
-                .into_actor(self)
-                .map(|_, _act, ctx| ctx.stop()),
+            async move {
+                let _ = tokio::time::timeout(STOP_DRAIN_TIMEOUT, closed_rx).await;
+            }
+            .into_actor(self)
+            .map(|(), act, ctx| {
+                if !act.sockets.is_empty() {
+                    tracing::warn!(connection = %act.key, sockets = act.sockets.len(), "slack did not close the sockets in time; dropping them");
+                }
+                for (_, socket) in act.sockets.drain() {
+                    ctx.cancel_future(socket.reader);
+                }
+                ctx.stop();
+            }),
         )
     }
 }

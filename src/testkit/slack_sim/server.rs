@@ -314,7 +314,12 @@ where
                     shared.mutate(|st| st.on_client_frame(conn_id, text.as_str()));
                 }
                 // Pings are answered by tungstenite itself (the pong goes out on the next read).
-                Some(Ok(Message::Close(_))) | None => break "client_closed",
+                // The close handshake's reply (queued by tungstenite) goes out before the drop.
+                Some(Ok(Message::Close(_))) => {
+                    let _ = ws.flush().await;
+                    break "client_closed";
+                }
+                None => break "client_closed",
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
                     tracing::debug!(conn_id, %error, "sim: websocket error");

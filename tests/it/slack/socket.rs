@@ -446,3 +446,50 @@ async fn a_refused_app_token_is_retried_and_reported() {
     assert!(sim.connections().is_empty());
     module.stop_socket_mode().await;
 }
+
+/// Envelopes already sent on a socket when the connection stops are recorded before it
+/// closes, not dropped with the reader and left to Slack's redelivery (seconds later): a
+/// rolling restart then adds no latency to them. The inbox's only connection is held so
+/// that envelopes pile up in the socket while the first one is being recorded.
+#[actix_rt::test]
+async fn stopping_records_the_envelopes_already_sent() {
+    let db = TestDb::new().await;
+    let pool = infragpt::db::build_pool(db.database().url(), 1, Duration::from_secs(5)).unwrap();
+    let sim = SlackSim::start(sim_config(true)).unwrap();
+    let mut h = harness(sim, Arc::new(PgInbox::new(pool.clone())), 1);
+    wait_open(&h.sim, 1).await;
+
+    let held = pool.get().await.unwrap();
+    for i in 0..5 {
+        h.sim
+            .post_user_message(ACME, GENERAL, ALICE, &format!("<@U0ACMEBOT1> n{i}"), None)
+            .unwrap();
+    }
+    h.sim
+        .wait_for(
+            |st| st.deliveries().iter().filter(|d| d.sends > 0).count() == 5,
+            WAIT,
+        )
+        .await
+        .unwrap();
+    // The first envelope's record waits for the held connection; the others arrive and wait
+    // in the socket. The stop waits behind that record.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stop = actix_rt::spawn(async move {
+        h.module.stop_socket_mode().await;
+        h
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(held);
+    let h = stop.await.unwrap();
+    let counts = PgInbox::new(db.pool().clone())
+        .count_by_status()
+        .await
+        .unwrap();
+    let recorded: i64 = counts.iter().map(|(_, n)| n).sum();
+    assert_eq!(
+        recorded, 5,
+        "every envelope sent before the close is recorded: {counts:?}"
+    );
+    drop(h);
+}
