@@ -115,6 +115,10 @@ struct Args {
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
+    /// Conversations mode: also print where a turn's time went, stage by stage (the
+    /// service's `infragpt_stage_seconds`: count, mean, and time per completed turn).
+    #[arg(long)]
+    profile: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -160,7 +164,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        print_table(&out);
+        print_table(&out, args.profile);
     }
     let failed = match &out.report {
         Report::Conversations(r) => !r.check.passed || r.errors > 0,
@@ -306,6 +310,18 @@ struct ConversationsReport {
     peak_rss_kib: u64,
     ceiling: Ceiling,
     ratio: f64,
+    /// Where a turn's time went (`infragpt_stage_seconds`).
+    stages: Vec<Stage>,
+}
+
+/// One stage of the service's work over the whole run.
+#[derive(Debug, Serialize)]
+struct Stage {
+    stage: String,
+    count: u64,
+    mean_ms: f64,
+    /// Time in this stage per completed turn.
+    per_turn_ms: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -356,7 +372,7 @@ fn lat(l: &Latency) -> String {
     format!("{:.2} / {:.2} / {:.2} ms", l.p50_ms, l.p99_ms, l.max_ms)
 }
 
-fn print_table(out: &Output) {
+fn print_table(out: &Output, profile: bool) {
     let m = &out.machine;
     println!(
         "machine: {} cores ({}), {}, commit {}",
@@ -438,6 +454,17 @@ fn print_table(out: &Output) {
                 "ratio e2e events/s ÷ ceiling tx/s",
                 format!("{:.3}", r.ratio),
             );
+            if profile {
+                for st in &r.stages {
+                    row(
+                        &format!("stage {}", st.stage),
+                        format!(
+                            "{} × {:.3} ms mean = {:.3} ms per turn",
+                            st.count, st.mean_ms, st.per_turn_ms
+                        ),
+                    );
+                }
+            }
         }
         Report::Webhooks(r) => {
             println!(
@@ -771,7 +798,7 @@ async fn conversations(args: &Args) -> anyhow::Result<ConversationsReport> {
     // second: the benchmark measures the pipeline, not the throttle (see BENCHMARKS.md).
     config.slack.throttle = args.slack_throttle;
     config.agent.endpoint = agent.endpoint();
-    let (running, _core) = infragpt::app::start(config)
+    let (running, core) = infragpt::app::start(config)
         .await
         .context("starting the service")?;
 
@@ -985,6 +1012,22 @@ async fn conversations(args: &Args) -> anyhow::Result<ConversationsReport> {
     let rows = count_rows(db.pool()).await?;
     let rss_end = rss_kib();
     let peak = peak_rss_kib();
+    let stages = core
+        .cluster
+        .metrics()
+        .stage_totals()
+        .into_iter()
+        .map(|(stage, count, seconds)| Stage {
+            stage,
+            count,
+            mean_ms: if count == 0 {
+                0.0
+            } else {
+                seconds * 1e3 / count as f64
+            },
+            per_turn_ms: seconds * 1e3 / completed.max(1) as f64,
+        })
+        .collect();
     dispatcher.abort();
     load.shutdown_background();
     running.stop().await.context("stopping the service")?;
@@ -1028,6 +1071,7 @@ async fn conversations(args: &Args) -> anyhow::Result<ConversationsReport> {
         peak_rss_kib: peak,
         ratio: events_per_s / ceiling.tx_per_s,
         ceiling,
+        stages,
     })
 }
 

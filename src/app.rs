@@ -267,6 +267,7 @@ fn build_modules(
         config.agent.reply_mode,
     )
     .with_claim_fence(cluster.inbox().clone())
+    .with_metrics(cluster.metrics().clone())
     .with_failure_notice(config.agent.failure_notice.clone())
     .with_history_sender(config.agent.history_sender)
     .with_answer_style(answer_style);
@@ -278,8 +279,11 @@ fn build_modules(
             handler: Arc::new(handler),
         })
         .context("registering the conversation stream")?;
-    let replies =
-        Arc::new(ReplyService::new(store, slack_web.clone()).with_answer_style(answer_style));
+    let replies = Arc::new(
+        ReplyService::new(store, slack_web.clone())
+            .with_answer_style(answer_style)
+            .with_metrics(cluster.metrics().clone()),
+    );
 
     Ok(vec![
         Box::new(CoreModule::new(core.clone())),

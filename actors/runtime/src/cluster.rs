@@ -263,7 +263,11 @@ impl Cluster {
         if !self.inner.streams.read().contains_key(&source) {
             return Err(IngestError::NoStream(source.as_str()));
         }
+        let started = std::time::Instant::now();
         let outcome = self.inner.inbox.record(event).await?;
+        self.inner
+            .metrics
+            .observe_stage("inbox_write", started.elapsed());
         match &outcome {
             RecordOutcome::Recorded(e) => {
                 tracing::debug!(

@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::inbox::{EventRowId, InboundEvent, InboundEvents, RoutingKey, StoreError};
+use crate::metrics::Metrics;
 use crate::supervision::AttemptResult;
 
 /// What a handler did with an event.
@@ -109,6 +110,7 @@ pub(crate) async fn attempt(
     id: EventRowId,
     key: RoutingKey,
     retry_budget: u32,
+    metrics: Metrics,
 ) -> Attempted {
     let span = tracing::info_span!(
         "inbound_event",
@@ -120,7 +122,10 @@ pub(crate) async fn attempt(
         attempt = tracing::field::Empty,
     );
     async move {
-        let event = match inbox.claim(id).await {
+        let claiming = Instant::now();
+        let claimed = inbox.claim(id).await;
+        metrics.observe_stage("claim", claiming.elapsed());
+        let event = match claimed {
             Ok(Some(e)) => e,
             Ok(None) => {
                 tracing::debug!("event already finished, skipped");
@@ -165,7 +170,9 @@ pub(crate) async fn attempt(
         let handler_time = Some(started.elapsed());
         let error = match outcome {
             Ok(Ok(HandleOutcome::Done)) => {
+                let marking = Instant::now();
                 let r = mark_with_retry(|| inbox.mark_done(claim)).await;
+                metrics.observe_stage("mark", marking.elapsed());
                 return finished(r, handler_time, "done");
             }
             Ok(Ok(HandleOutcome::Ignored(reason))) => {

@@ -29,6 +29,7 @@ pub struct Metrics {
     rebalances_total: IntCounter,
     failover_seconds: Histogram,
     notify_lag_seconds: Histogram,
+    stage_seconds: HistogramVec,
     /// Kinds `actors_live` has a series for (kept at zero when none is live).
     live_kinds: std::sync::Arc<parking_lot::Mutex<std::collections::BTreeSet<ActorKind>>>,
 }
@@ -139,6 +140,19 @@ impl Metrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ]),
         )?;
+        let stage_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "infragpt_stage_seconds",
+                "Time spent in one stage of handling an event (inbox_write, claim, mark, and \
+                 the conversation's begin_turn, start_turn, agent_call, deliver, send_reply)",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                5.0,
+            ]),
+            &["stage"],
+        )?;
+        registry.register(Box::new(stage_seconds.clone()))?;
         registry.register(Box::new(fenced_total.clone()))?;
         registry.register(Box::new(partitions_owned.clone()))?;
         registry.register(Box::new(rebalances_total.clone()))?;
@@ -169,6 +183,7 @@ impl Metrics {
             rebalances_total,
             failover_seconds,
             notify_lag_seconds,
+            stage_seconds,
             live_kinds: Default::default(),
         };
         m.declare_kind(ActorKind::SUPERVISOR);
@@ -267,6 +282,34 @@ impl Metrics {
 
     pub(crate) fn notify_lag(&self, seconds: f64) {
         self.notify_lag_seconds.observe(seconds);
+    }
+
+    /// Records the time one stage of handling an event took (`infragpt_stage_seconds`):
+    /// where a turn's time goes, stage by stage.
+    pub fn observe_stage(&self, stage: &str, elapsed: std::time::Duration) {
+        self.stage_seconds
+            .with_label_values(&[stage])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Count and total seconds per stage observed so far, by stage name.
+    pub fn stage_totals(&self) -> Vec<(String, u64, f64)> {
+        use prometheus::core::Collector;
+        let mut out = Vec::new();
+        for family in self.stage_seconds.collect() {
+            for metric in family.get_metric() {
+                let stage = metric
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "stage")
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default();
+                let h = metric.get_histogram();
+                out.push((stage, h.get_sample_count(), h.get_sample_sum()));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     pub(crate) fn deferred(&self, stream: &str) {

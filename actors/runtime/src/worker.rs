@@ -127,6 +127,7 @@ impl Worker {
             id,
             self.key.clone(),
             self.stream.config.retry_budget,
+            self.stream.metrics.clone(),
         );
         ctx.spawn(
             fut.into_actor(self)

@@ -225,6 +225,8 @@ pub struct ReplyService {
     style: AnswerStyle,
     lease: Duration,
     busy_wait: Duration,
+    /// Where the `send_reply` stage timing goes, when set.
+    metrics: Option<crate::Metrics>,
 }
 
 impl std::fmt::Debug for ReplyService {
@@ -242,6 +244,7 @@ impl ReplyService {
             style: AnswerStyle::default(),
             lease: INTENT_LEASE,
             busy_wait: BUSY_WAIT,
+            metrics: None,
         }
     }
 
@@ -281,6 +284,26 @@ impl ReplyService {
     /// its lease asked the agent again after another replica had answered) and nothing is
     /// posted ([`ReplyOutcome::Superseded`]).
     pub async fn send_reply_to(
+        &self,
+        conversation_id: &str,
+        message: &str,
+        turn: Option<&str>,
+    ) -> Result<ReplyOutcome, ReplyError> {
+        let started = std::time::Instant::now();
+        let outcome = self.send(conversation_id, message, turn).await;
+        if let Some(m) = &self.metrics {
+            m.observe_stage("send_reply", started.elapsed());
+        }
+        outcome
+    }
+
+    /// Records how long each SendReply takes (stage `send_reply`) in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    async fn send(
         &self,
         conversation_id: &str,
         message: &str,

@@ -16,6 +16,7 @@ use super::ports::{
     PastMessage, Posting, Sender, SlackApi, SlackApiError, StoredMessage, TurnState, UserProfile,
 };
 use super::reply::{AnswerStyle, ReplyMode, split_message};
+use crate::Metrics;
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
 use crate::ids::{ChannelId, ConversationId, MessageTs, TeamId, ThreadKey};
 use crate::inbox::{InboundEvent, InboundEvents, RoutingKey};
@@ -111,6 +112,8 @@ pub struct ConversationHandler {
     claims: Option<Arc<dyn InboundEvents>>,
     /// Channels this handler marked monitored, and when (see [`MONITORED_RECHECK`]).
     monitored: Mutex<HashMap<(TeamId, ChannelId), Instant>>,
+    /// Where the stage timings go (`infragpt_stage_seconds`), when set.
+    metrics: Option<Metrics>,
 }
 
 impl std::fmt::Debug for ConversationHandler {
@@ -142,6 +145,20 @@ impl ConversationHandler {
             busy_wait: BUSY_WAIT,
             claims: None,
             monitored: Mutex::default(),
+            metrics: None,
+        }
+    }
+
+    /// Records how long each stage of a turn takes (`begin_turn`, `start_turn`,
+    /// `agent_call`, `deliver`) in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn stage(&self, stage: &str, started: Instant) {
+        if let Some(m) = &self.metrics {
+            m.observe_stage(stage, started.elapsed());
         }
     }
 
@@ -305,11 +322,13 @@ impl ConversationHandler {
         }
         let profile = self.sender_profile(&turn).await;
         let ts = &turn.turn_id.ts;
+        let started = Instant::now();
         let start = self
             .store
             .begin_turn(&turn.thread, user_message(event, &turn, &profile))
             .await
             .map_err(store_err)?;
+        self.stage("begin_turn", started);
         if let InsertOutcome::Exists { source_event_id } = start.inserted
             && source_event_id != Some(event.id)
         {
@@ -331,9 +350,19 @@ impl ConversationHandler {
             return Ok(HandleOutcome::Done);
         }
         let agent_turn = self.agent_turn(&conversation, &turn, &profile, start.history);
+        let started = Instant::now();
         self.start_agent_turn(event, conversation.id, ts).await?;
-        match self.agent.process(agent_turn).await {
-            Ok(answer) => self.deliver(event, &conversation, &turn, answer).await,
+        self.stage("start_turn", started);
+        let started = Instant::now();
+        let answer = self.agent.process(agent_turn).await;
+        self.stage("agent_call", started);
+        match answer {
+            Ok(answer) => {
+                let started = Instant::now();
+                let delivered = self.deliver(event, &conversation, &turn, answer).await;
+                self.stage("deliver", started);
+                delivered
+            }
             Err(e) => self.agent_failed(event, &conversation, &turn, e).await,
         }
     }
