@@ -15,6 +15,8 @@ use infragpt_actors::{ActorKind, Cluster, Secret};
 use serde::Deserialize;
 use serde_json::json;
 
+pub mod page;
+
 use crate::db::audit::{AuditParams, PgAudit};
 use crate::error::{ApiError, echo};
 
@@ -57,6 +59,7 @@ impl std::fmt::Debug for OpsState {
 pub fn routes(state: OpsState) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
     move |cfg| {
         cfg.app_data(web::Data::new(state.clone()))
+            .configure(page::routes)
             .route("/actors", web::get().to(actors_tree))
             .route("/actors/{kind}", web::get().to(actors_group))
             .route("/actors/{kind}/{key:.*}", web::get().to(actor_one))
@@ -70,12 +73,41 @@ pub fn routes(state: OpsState) -> impl Fn(&mut web::ServiceConfig) + Send + Sync
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The ops routes' part of the OpenAPI document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(
+    actors_tree,
+    actors_group,
+    actor_one,
+    metrics,
+    cluster_view,
+    list_dead_letters,
+    get_event,
+    retry_event,
+    discard_event,
+    list_audit,
+    page::page,
+    page::css,
+    page::js,
+))]
+pub struct OpsApi;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct TreeQuery {
+    /// Children listed per supervisor (default 200; counts always cover every actor).
     limit: Option<usize>,
 }
 
+/// The supervision tree with counts per kind and state, and this replica's cluster status.
+/// Open on the ops listener; the admin token on the public port.
+#[utoipa::path(get, path = "/actors", tag = "ops", params(TreeQuery), security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{total, counts: {kind: {state: n}}, roots: [actor with children], cluster}`", body = serde_json::Value),
+        (status = 400, description = "A query parameter does not read", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token (public port)", body = crate::error::ErrorBody),
+    ))]
 async fn actors_tree(
     state: web::Data<OpsState>,
     req: HttpRequest,
@@ -97,6 +129,12 @@ async fn actors_tree(
 
 /// `GET /cluster`: every replica with its heartbeat and partitions, every partition with its
 /// owner, lease and backlog (from the database), and this replica's own status.
+#[utoipa::path(get, path = "/cluster", tag = "ops", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{this_replica, view: {now, replicas, partitions}}`", body = serde_json::Value),
+        (status = 401, description = "Missing or wrong admin token (public port)", body = crate::error::ErrorBody),
+        (status = 503, description = "The database could not be read", body = crate::error::ErrorBody),
+    ))]
 async fn cluster_view(
     state: web::Data<OpsState>,
     req: HttpRequest,
@@ -117,6 +155,14 @@ fn parse_kind(kind: &str) -> Result<ActorKind, ApiError> {
         .map_err(|_| ApiError::not_found(format!("no actor kind {:?}", echo(kind))))
 }
 
+/// The actors of one kind.
+#[utoipa::path(get, path = "/actors/{kind}", tag = "ops", security(("admin_token" = [])),
+    params(("kind" = String, Path, description = "An actor kind (`slack_connection`, `conversation_thread`, ...)")),
+    responses(
+        (status = 200, description = "`{kind, count, actors}`", body = serde_json::Value),
+        (status = 401, description = "Missing or wrong admin token (public port)", body = crate::error::ErrorBody),
+        (status = 404, description = "No such kind", body = crate::error::ErrorBody),
+    ))]
 async fn actors_group(
     state: web::Data<OpsState>,
     req: HttpRequest,
@@ -132,6 +178,17 @@ async fn actors_group(
     })))
 }
 
+/// One actor.
+#[utoipa::path(get, path = "/actors/{kind}/{key}", tag = "ops", security(("admin_token" = [])),
+    params(
+        ("kind" = String, Path, description = "An actor kind"),
+        ("key" = String, Path, description = "The actor's key (may contain `/`)"),
+    ),
+    responses(
+        (status = 200, description = "The actor's snapshot", body = serde_json::Value),
+        (status = 401, description = "Missing or wrong admin token (public port)", body = crate::error::ErrorBody),
+        (status = 404, description = "No such kind or actor", body = crate::error::ErrorBody),
+    ))]
 async fn actor_one(
     state: web::Data<OpsState>,
     req: HttpRequest,
@@ -146,6 +203,12 @@ async fn actor_one(
     Ok(HttpResponse::Ok().json(actor))
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "ops", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or wrong admin token (public port)", body = crate::error::ErrorBody),
+    ))]
 async fn metrics(state: web::Data<OpsState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     require_read(&state, &req)?;
     Ok(HttpResponse::Ok()
@@ -182,13 +245,24 @@ fn require_admin(state: &OpsState, req: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// 1 to 500 (default 50).
     limit: Option<i64>,
+    /// Rows to skip (default 0).
     offset: Option<i64>,
 }
 
+/// Dead letters (events that failed for good), newest first.
+#[utoipa::path(get, path = "/admin/events", tag = "admin", params(Page), security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{events: [event], limit, offset}`", body = serde_json::Value),
+        (status = 400, description = "A query parameter does not read", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token, or no admin token configured", body = crate::error::ErrorBody),
+        (status = 422, description = "`limit` or `offset` out of range", body = crate::error::ErrorBody),
+    ))]
 async fn list_dead_letters(
     state: web::Data<OpsState>,
     req: HttpRequest,
@@ -221,6 +295,12 @@ async fn list_dead_letters(
 /// Every organization's audit entries (and those of none, like the admin's own actions),
 /// newest first; `?organization_id=` narrows to one. Same parameters and answer as the
 /// organization-scoped `GET /audit` ([`AuditParams`]).
+#[utoipa::path(get, path = "/admin/audit", tag = "admin", params(AuditParams), security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "A page of entries, newest first", body = crate::db::audit::AuditPage),
+        (status = 400, description = "A parameter does not read", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = crate::error::ErrorBody),
+    ))]
 async fn list_audit(
     state: web::Data<OpsState>,
     req: HttpRequest,
@@ -251,6 +331,14 @@ fn parse_id(raw: &str) -> Result<EventRowId, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("event id {:?} is not a number", echo(raw))))
 }
 
+/// One stored inbound event.
+#[utoipa::path(get, path = "/admin/events/{id}", tag = "admin", params(("id" = String, Path, description = "The event's row id (a number)")), security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The event", body = serde_json::Value),
+        (status = 400, description = "The id is not a number", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = crate::error::ErrorBody),
+        (status = 404, description = "No such event", body = crate::error::ErrorBody),
+    ))]
 async fn get_event(
     state: web::Data<OpsState>,
     req: HttpRequest,
@@ -281,6 +369,14 @@ async fn audit(state: &OpsState, action: &str, id: EventRowId) {
     }
 }
 
+/// Puts a dead letter back in the inbox (audited).
+#[utoipa::path(post, path = "/admin/events/{id}/retry", tag = "admin", params(("id" = String, Path, description = "The event's row id (a number)")), security(("admin_token" = [])),
+    responses(
+        (status = 202, description = "Requeued; the event as it is now", body = serde_json::Value),
+        (status = 400, description = "The id is not a number", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = crate::error::ErrorBody),
+        (status = 409, description = "Not a dead letter (or no such event)", body = crate::error::ErrorBody),
+    ))]
 async fn retry_event(
     state: web::Data<OpsState>,
     req: HttpRequest,
@@ -299,6 +395,14 @@ async fn retry_event(
     Ok(HttpResponse::Accepted().json(event))
 }
 
+/// Discards a dead letter (audited).
+#[utoipa::path(delete, path = "/admin/events/{id}", tag = "admin", params(("id" = String, Path, description = "The event's row id (a number)")), security(("admin_token" = [])),
+    responses(
+        (status = 204, description = "Discarded"),
+        (status = 400, description = "The id is not a number", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = crate::error::ErrorBody),
+        (status = 409, description = "Not a dead letter (or no such event)", body = crate::error::ErrorBody),
+    ))]
 async fn discard_event(
     state: web::Data<OpsState>,
     req: HttpRequest,

@@ -1,8 +1,10 @@
 //! What the integration tests share: [`app::TestApp`] (the service under test),
 //! [`wait::eventually`] (the one polling helper), [`fixtures`] (the payloads in
-//! `tests/data`), helpers per area, and [`rest`] (the REST API on real session tokens).
+//! `tests/data`), helpers per area, [`rest`] (the REST API on real session tokens) and
+//! [`browser`] (a headless Chromium over the DevTools protocol).
 
 pub mod app;
+pub mod browser;
 pub mod conversations;
 pub mod fixtures;
 pub mod identity;
