@@ -509,7 +509,7 @@ impl Cluster {
     pub fn encode_metrics(&self) -> String {
         self.inner
             .metrics
-            .set_live(&self.inner.health.live_counts());
+            .set_counts(&self.inner.health.state_counts());
         self.inner.metrics.encode_text()
     }
 

@@ -243,6 +243,7 @@ impl Coordinator {
                     self.metrics.rebalanced();
                 }
                 self.metrics.set_partitions_owned(report.held.len());
+                self.metrics.set_replicas_live(live.len());
                 {
                     let mut st = self.status.write();
                     st.live_replicas = live;

@@ -107,6 +107,15 @@ pub enum ActorState {
 }
 
 impl ActorState {
+    /// Every state.
+    pub const ALL: [ActorState; 5] = [
+        Self::Starting,
+        Self::Running,
+        Self::Restarting,
+        Self::Stopped,
+        Self::Failed,
+    ];
+
     /// The snake_case name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -133,15 +142,9 @@ impl fmt::Display for ActorState {
 impl FromStr for ActorState {
     type Err = UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            Self::Starting,
-            Self::Running,
-            Self::Restarting,
-            Self::Stopped,
-            Self::Failed,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
         .ok_or_else(|| UnknownName {
             what: "state",
             value: s.to_owned(),
@@ -311,13 +314,12 @@ impl HealthRegistry {
             .count()
     }
 
-    /// Live actors (not stopped or failed) per kind.
-    pub(crate) fn live_counts(&self) -> std::collections::BTreeMap<ActorKind, usize> {
-        let mut out = std::collections::BTreeMap::new();
+    /// Actors per kind and state (what `/actors` counts).
+    pub(crate) fn state_counts(&self) -> BTreeMap<ActorKind, BTreeMap<ActorState, u64>> {
+        let mut out: BTreeMap<ActorKind, BTreeMap<ActorState, u64>> = BTreeMap::new();
         for (id, slot) in self.slots() {
-            if !slot.lock().state.is_terminal() {
-                *out.entry(id.kind).or_insert(0) += 1;
-            }
+            let state = slot.lock().state;
+            *out.entry(id.kind).or_default().entry(state).or_insert(0) += 1;
         }
         out
     }

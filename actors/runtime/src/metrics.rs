@@ -8,7 +8,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::health::ActorKind;
+use crate::health::{ActorKind, ActorState};
 use crate::inbox::EventStatus;
 
 /// The cluster's metrics. Cheap to clone; clones share the same collectors.
@@ -16,6 +16,7 @@ use crate::inbox::EventStatus;
 pub struct Metrics {
     registry: Registry,
     actors_live: IntGaugeVec,
+    actors_by_state: IntGaugeVec,
     messages_handled: IntCounterVec,
     failures: IntCounterVec,
     restarts: IntCounterVec,
@@ -26,6 +27,7 @@ pub struct Metrics {
     inbox_events: IntGaugeVec,
     fenced_total: IntCounterVec,
     partitions_owned: IntGauge,
+    replicas_live: IntGauge,
     rebalances_total: IntCounter,
     failover_seconds: Histogram,
     notify_lag_seconds: Histogram,
@@ -52,6 +54,13 @@ impl Metrics {
         let actors_live = IntGaugeVec::new(
             Opts::new("infragpt_actors_live", "Live actors per kind"),
             kind,
+        )?;
+        let actors_by_state = IntGaugeVec::new(
+            Opts::new(
+                "infragpt_actors",
+                "Actors per kind and state (starting, running, restarting, stopped, failed), as /actors counts them",
+            ),
+            &["kind", "state"],
         )?;
         let messages_handled = IntCounterVec::new(
             Opts::new(
@@ -120,6 +129,10 @@ impl Metrics {
             "infragpt_cluster_partitions_owned",
             "Inbox partitions this replica holds a lease on",
         )?;
+        let replicas_live = IntGauge::new(
+            "infragpt_cluster_replicas_live",
+            "Live replicas this replica saw at its last heartbeat (itself included unless draining)",
+        )?;
         let rebalances_total = IntCounter::new(
             "infragpt_cluster_rebalances_total",
             "Times this replica acquired or handed over partitions",
@@ -155,10 +168,12 @@ impl Metrics {
         registry.register(Box::new(stage_seconds.clone()))?;
         registry.register(Box::new(fenced_total.clone()))?;
         registry.register(Box::new(partitions_owned.clone()))?;
+        registry.register(Box::new(replicas_live.clone()))?;
         registry.register(Box::new(rebalances_total.clone()))?;
         registry.register(Box::new(failover_seconds.clone()))?;
         registry.register(Box::new(notify_lag_seconds.clone()))?;
         registry.register(Box::new(actors_live.clone()))?;
+        registry.register(Box::new(actors_by_state.clone()))?;
         registry.register(Box::new(messages_handled.clone()))?;
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(restarts.clone()))?;
@@ -170,6 +185,7 @@ impl Metrics {
         let m = Self {
             registry,
             actors_live,
+            actors_by_state,
             messages_handled,
             failures,
             restarts,
@@ -180,6 +196,7 @@ impl Metrics {
             inbox_events,
             fenced_total,
             partitions_owned,
+            replicas_live,
             rebalances_total,
             failover_seconds,
             notify_lag_seconds,
@@ -219,17 +236,35 @@ impl Metrics {
         String::from_utf8_lossy(&buf).into_owned()
     }
 
-    /// Sets `infragpt_actors_live` from live counts per kind (kinds seen before and absent
-    /// now go to zero). The health registry is the one source of these counts, so the gauge
-    /// always agrees with `/actors`.
-    pub(crate) fn set_live(&self, live: &std::collections::BTreeMap<ActorKind, usize>) {
+    /// Sets `infragpt_actors_live` (not stopped or failed) and `infragpt_actors{kind,state}`
+    /// from the counts per kind and state (kinds seen before and absent now, and states with
+    /// no actor, go to zero: alerts see a 0, not a gap). The health registry is the one
+    /// source of these counts, so the gauges always agree with `/actors`.
+    pub(crate) fn set_counts(
+        &self,
+        counts: &std::collections::BTreeMap<
+            ActorKind,
+            std::collections::BTreeMap<ActorState, u64>,
+        >,
+    ) {
         let mut known = self.live_kinds.lock();
-        known.extend(live.keys().copied());
+        known.extend(counts.keys().copied());
         for kind in known.iter() {
-            let n = live.get(kind).copied().unwrap_or(0);
+            let by_state = counts.get(kind);
+            let n = |state: ActorState| by_state.and_then(|m| m.get(&state)).copied().unwrap_or(0);
+            let live: u64 = ActorState::ALL
+                .into_iter()
+                .filter(|s| !s.is_terminal())
+                .map(n)
+                .sum();
             self.actors_live
                 .with_label_values(&[kind.as_str()])
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
+                .set(i64::try_from(live).unwrap_or(i64::MAX));
+            for state in ActorState::ALL {
+                self.actors_by_state
+                    .with_label_values(&[kind.as_str(), state.as_str()])
+                    .set(i64::try_from(n(state)).unwrap_or(i64::MAX));
+            }
         }
     }
 
@@ -265,6 +300,11 @@ impl Metrics {
 
     pub(crate) fn fenced(&self, kind: ActorKind) {
         self.fenced_total.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    pub(crate) fn set_replicas_live(&self, n: usize) {
+        self.replicas_live
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn set_partitions_owned(&self, n: usize) {
