@@ -4,6 +4,7 @@
 
 pub mod housekeeping;
 pub mod integrations;
+pub mod openapi;
 
 use std::sync::Arc;
 
@@ -154,6 +155,7 @@ impl Module for CoreModule {
             ..ops_state.clone()
         })));
         http.add_routes(Arc::new(ops::routes(ops_state)));
+        http.add_routes(Arc::new(openapi::routes));
         state.readiness.add(ActorsCheck(self.core.cluster.clone()));
         let report = self
             .core

@@ -40,17 +40,28 @@ pub struct ApiError {
     retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
+/// The error body every route answers (`{"error":{"code","message","field"?}}`); the type
+/// that is serialized is the one the OpenAPI document describes.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
-    code: &'a str,
-    message: &'a str,
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
+    /// `conflict`, `failed_precondition`, `unprocessable`, `payload_too_large`,
+    /// `too_many_requests`, `unavailable`, `internal`, ...
+    #[schema(example = "not_found")]
+    pub code: String,
+    /// For people; never internal details.
+    pub message: String,
+    /// The invalid field (422 only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -198,14 +209,14 @@ impl ApiError {
 
     /// The JSON body.
     pub fn to_json(&self) -> String {
-        let body = Body {
-            error: Inner {
-                code: self.code,
-                message: &self.message,
-                field: self.field.as_deref(),
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message.clone(),
+                field: self.field.clone(),
             },
         };
-        // Serializing two strings cannot fail; keep a valid body even if it somehow did.
+        // Serializing three strings cannot fail; keep a valid body even if it somehow did.
         serde_json::to_string(&body).unwrap_or_else(|_| {
             r#"{"error":{"code":"internal","message":"internal server error"}}"#.to_owned()
         })

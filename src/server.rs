@@ -101,6 +101,8 @@ pub struct RunningServer {
     /// The internal ops listener's address, when `ops.port` is set.
     pub ops_addr: Option<SocketAddr>,
     pub state: AppState,
+    /// The HTTP app as served (its routes; the route test builds the app from it).
+    pub http: HttpShell,
     grpc_health: GrpcHealth,
     http_handle: actix_web::dev::ServerHandle,
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -207,6 +209,7 @@ async fn start_with_database(
         grpc_addr,
         ops_addr: ops.as_ref().map(SideListener::addr),
         state,
+        http,
         grpc_health,
         http_handle,
         http_task,

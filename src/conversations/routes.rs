@@ -27,10 +27,13 @@ pub const MAX_PAGE: i64 = 200;
 
 /// The query string of `GET /conversations`, as sent: every value is read by
 /// [`PageParams::read`] so that a bad one is answered naming it.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PageParams {
+    /// Page size, 1 to 200 (default 50).
     limit: Option<String>,
+    /// The previous page's `next_cursor`.
     before: Option<String>,
 }
 
@@ -73,6 +76,15 @@ fn not_found() -> ApiError {
     ApiError::not_found("conversation not found")
 }
 
+/// The organization's conversations, newest first.
+#[utoipa::path(get, path = "/conversations", tag = "conversations", params(PageParams), security(("clerk_session" = [])),
+    responses(
+        (status = 200, description = "`{conversations: [...], next_cursor}`", body = serde_json::Value),
+        (status = 400, description = "A parameter does not read", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
+        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
+        (status = 503, description = "The store is unavailable, or the session could not be verified: retry later", body = crate::error::ErrorBody),
+    ))]
 async fn list(
     who: OrgPrincipal,
     store: web::Data<OrgConversations>,
@@ -86,6 +98,16 @@ async fn list(
     Ok(HttpResponse::Ok().json(page))
 }
 
+/// One conversation with its messages.
+#[utoipa::path(get, path = "/conversations/{id}", tag = "conversations", security(("clerk_session" = [])),
+    params(("id" = String, Path, description = "The conversation's UUID")),
+    responses(
+        (status = 200, description = "`{conversation, messages}`", body = serde_json::Value),
+        (status = 404, description = "Not one of the organization's conversations", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
+        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
+        (status = 503, description = "The store is unavailable, or the session could not be verified: retry later", body = crate::error::ErrorBody),
+    ))]
 async fn get_one(
     who: OrgPrincipal,
     store: web::Data<OrgConversations>,
@@ -100,6 +122,17 @@ async fn get_one(
     Ok(HttpResponse::Ok().json(detail))
 }
 
+/// Forgets a conversation (`org:admin`).
+#[utoipa::path(delete, path = "/conversations/{id}", tag = "conversations", security(("clerk_session" = [])),
+    params(("id" = String, Path, description = "The conversation's UUID")),
+    responses(
+        (status = 200, description = "The counts: `{messages, reply_intents, inbound_events_forgotten, dead_letters_closed}`", body = serde_json::Value),
+        (status = 404, description = "Not one of the organization's conversations", body = crate::error::ErrorBody),
+        (status = 409, description = "A turn is in flight or a reply is being posted: retry once answered", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
+        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
+        (status = 503, description = "The store is unavailable, or the session could not be verified: retry later", body = crate::error::ErrorBody),
+    ))]
 async fn delete(
     req: HttpRequest,
     who: OrgPrincipal,
@@ -146,6 +179,11 @@ async fn delete(
         }
     }
 }
+
+/// The conversation routes' part of the OpenAPI document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(list, get_one, delete))]
+pub struct ConversationsApi;
 
 /// Adds the conversation routes and the store as app data. Needs the app's
 /// [`crate::identity::auth::Authenticator`] (the identity module adds it).

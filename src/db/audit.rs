@@ -140,7 +140,7 @@ impl AuditCursor {
 }
 
 /// One stored entry as the audit routes answer it.
-#[derive(Debug, Clone, PartialEq, Queryable, Serialize)]
+#[derive(Debug, Clone, PartialEq, Queryable, Serialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     /// Row id (ascending with time of writing).
     pub id: i64,
@@ -159,7 +159,7 @@ pub struct AuditRecord {
 }
 
 /// A page of entries, newest first, and the cursor of the next page when there is one.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditPage {
     /// The entries.
     pub entries: Vec<AuditRecord>,
@@ -172,8 +172,9 @@ pub const DEFAULT_AUDIT_PAGE: i64 = 50;
 
 /// The query string of `GET /audit` and `GET /admin/audit`, as sent: every value is read
 /// by [`AuditParams::into_query`] so that a bad one is answered naming it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditParams {
     /// Page size.
     pub limit: Option<String>,

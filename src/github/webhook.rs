@@ -134,6 +134,21 @@ fn rejected(e: GithubSignatureError) -> ApiError {
 }
 
 /// The handler.
+#[utoipa::path(post, path = "/webhooks/github", tag = "webhooks", security(("github_signature" = [])),
+    params(
+        ("X-GitHub-Event" = String, Header, description = "The event name"),
+        ("X-GitHub-Delivery" = String, Header, description = "The delivery id (deduplicates)"),
+    ),
+    request_body(content = serde_json::Value, description = "A GitHub App webhook payload", content_type = "application/json"),
+    responses(
+        (status = 202, description = "Recorded or a duplicate: `{status, delivery_id}`", body = serde_json::Value),
+        (status = 400, description = "The body or a header does not read", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing, stale or wrong signature (checked before the body is read)", body = crate::error::ErrorBody),
+        (status = 408, description = "The body did not arrive within the deadline", body = crate::error::ErrorBody),
+        (status = 413, description = "The body is over the route's limit", body = crate::error::ErrorBody),
+        (status = 422, description = "The event could not be stored", body = crate::error::ErrorBody),
+        (status = 503, description = "Not configured (fail closed), too many deliveries in flight, or the store is down: retry later", body = crate::error::ErrorBody),
+    ))]
 pub async fn receive(
     hook: web::Data<GithubWebhook>,
     req: HttpRequest,
@@ -209,6 +224,11 @@ pub async fn receive(
     tracing::info!(delivery_id = %delivery, kind = %kind, status, "github delivery");
     Ok(HttpResponse::Accepted().json(json!({ "status": status, "delivery_id": delivery })))
 }
+
+/// The GitHub webhook's part of the OpenAPI document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(receive))]
+pub struct GithubWebhookApi;
 
 /// Adds `POST /webhooks/github` and its data. The body is streamed under [`MAX_BODY_BYTES`]
 /// and the process's webhook limits ([`crate::http::webhook_body`]).

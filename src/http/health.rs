@@ -55,9 +55,10 @@ impl Default for Readiness {
 }
 
 /// The outcome of running every check.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ReadinessReport {
     /// `ready` or `not_ready`.
+    #[schema(value_type = String, example = "ready")]
     pub status: &'static str,
     /// Check name → `ok` or why it failed.
     pub checks: BTreeMap<String, String>,
@@ -136,12 +137,24 @@ impl Readiness {
     }
 }
 
+/// The health routes' part of the OpenAPI document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(healthz, readyz))]
+pub struct HealthApi;
+
 /// `GET /healthz`: 200 `{"status":"ok"}` while the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process serves HTTP: `{\"status\":\"ok\"}`", body = serde_json::Value)))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: 200 when every check passes, else 503 naming each failing check.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready (a backlog shows as `degraded: …` but stays ready)", body = ReadinessReport),
+        (status = 503, description = "Not ready: the failing checks say why", body = ReadinessReport),
+    ))]
 pub async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
     let report = readiness.report().await;
     if !report.is_ready() {

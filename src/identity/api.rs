@@ -101,6 +101,11 @@ impl IdentityApi {
     }
 }
 
+/// The identity routes' part of the OpenAPI document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(me, organization, put_metadata))]
+pub struct IdentityRestApi;
+
 /// Adds the `/identity` routes. The [`crate::identity::auth::Authenticator`] must be registered
 /// in the app too (else every route answers 503).
 pub fn configure(cfg: &mut web::ServiceConfig, api: IdentityApi) {
@@ -118,6 +123,15 @@ fn store_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::unavailable("identity store unavailable, retry later")
 }
 
+/// The caller, with the token's organization and role when it names one.
+#[utoipa::path(get, path = "/identity/me", tag = "identity", security(("clerk_session" = [])),
+    responses(
+        (status = 200, description = "`{user, organization, role}`", body = serde_json::Value),
+        (status = 404, description = "The user is not known (yet)", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
+        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
+        (status = 503, description = "The store is unavailable, or the session could not be verified: retry later", body = crate::error::ErrorBody),
+    ))]
 async fn me(
     principal: Principal,
     api: web::Data<IdentityApi>,
@@ -141,6 +155,14 @@ async fn me(
     })))
 }
 
+/// The token's organization with the caller's role and its metadata.
+#[utoipa::path(get, path = "/identity/organization", tag = "identity", security(("clerk_session" = [])),
+    responses(
+        (status = 200, description = "`{organization, role, metadata}`", body = serde_json::Value),
+        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
+        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
+        (status = 503, description = "The store is unavailable, or the session could not be verified: retry later", body = crate::error::ErrorBody),
+    ))]
 async fn organization(
     who: OrgPrincipal,
     api: web::Data<IdentityApi>,
@@ -157,6 +179,19 @@ async fn organization(
     })))
 }
 
+/// Replaces the organization's metadata (`org:admin`).
+#[utoipa::path(put, path = "/identity/organization/metadata", tag = "identity", security(("clerk_session" = [])),
+    request_body(content = serde_json::Value, description = "`{company_size, team_size, use_cases, observability_stack}` (all optional)", content_type = "application/json"),
+    responses(
+        (status = 200, description = "`{metadata}`", body = serde_json::Value),
+        (status = 400, description = "The body is not JSON", body = crate::error::ErrorBody),
+        (status = 413, description = "The body is too large", body = crate::error::ErrorBody),
+        (status = 415, description = "Not `application/json`", body = crate::error::ErrorBody),
+        (status = 422, description = "A key or value is not allowed (`error.field` names it)", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
+        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
+        (status = 503, description = "The store is unavailable, or the session could not be verified: retry later", body = crate::error::ErrorBody),
+    ))]
 async fn put_metadata(
     req: HttpRequest,
     who: OrgPrincipal,

@@ -12,6 +12,11 @@ use crate::db::audit::{AuditParams, PgAudit};
 use crate::error::ApiError;
 use crate::identity::auth::OrgPrincipal;
 
+/// `GET /audit` in the OpenAPI document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(list))]
+pub struct AuditApi;
+
 /// Adds `GET /audit` reading from `audit`. Needs the app's
 /// [`crate::identity::auth::Authenticator`] like the rest of the identity API.
 pub fn configure(cfg: &mut web::ServiceConfig, audit: PgAudit) {
@@ -22,6 +27,15 @@ pub fn configure(cfg: &mut web::ServiceConfig, audit: PgAudit) {
     );
 }
 
+/// The organization's audit log, newest first (`org:admin`).
+#[utoipa::path(get, path = "/audit", tag = "identity", params(AuditParams), security(("clerk_session" = [])),
+    responses(
+        (status = 200, description = "A page of entries", body = crate::db::audit::AuditPage),
+        (status = 400, description = "A parameter does not read (or `organization_id` was given)", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
+        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
+        (status = 503, description = "The store is unavailable, or the session could not be verified: retry later", body = crate::error::ErrorBody),
+    ))]
 async fn list(
     req: HttpRequest,
     who: OrgPrincipal,

@@ -69,6 +69,11 @@ impl ClerkWebhook {
     }
 }
 
+/// The Clerk webhook's part of the OpenAPI document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(receive))]
+pub struct ClerkWebhookApi;
+
 /// Adds `POST /webhooks/clerk` (with its own state) to `cfg`. The body is streamed under
 /// [`MAX_BODY_BYTES`] and the process's webhook limits ([`crate::http::webhook_body`]).
 pub fn configure(cfg: &mut web::ServiceConfig, webhook: ClerkWebhook) {
@@ -83,6 +88,18 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Svix-signed Clerk events (users, organizations, memberships), recorded before the answer.
+#[utoipa::path(post, path = "/webhooks/clerk", tag = "webhooks", security(("svix_signature" = [])),
+    request_body(content = serde_json::Value, description = "A Clerk event `{object: \"event\", type, data}`", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Recorded or a duplicate: `{status, event_id}`", body = serde_json::Value),
+        (status = 400, description = "The body or a header does not read", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing, stale or wrong signature (checked before the body is read)", body = crate::error::ErrorBody),
+        (status = 408, description = "The body did not arrive within the deadline", body = crate::error::ErrorBody),
+        (status = 413, description = "The body is over the route's limit", body = crate::error::ErrorBody),
+        (status = 422, description = "The event could not be stored", body = crate::error::ErrorBody),
+        (status = 503, description = "Not configured (fail closed), too many deliveries in flight, or the store is down: retry later", body = crate::error::ErrorBody),
+    ))]
 async fn receive(
     req: HttpRequest,
     body: web::Payload,

@@ -72,17 +72,21 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct CreateBody {
+    /// `slack` or `github`.
     connector_type: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this connector.
     connector_type: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct CallbackQuery {
     code: Option<String>,
     installation_id: Option<String>,
@@ -92,12 +96,28 @@ struct CallbackQuery {
     error: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
+    /// Only events with a smaller id (the previous page's last).
     before: Option<i64>,
     limit: Option<i64>,
 }
 
+/// Starts an install (`org:admin`): the provider URL to send the browser to.
+#[utoipa::path(post, path = "/integrations", tag = "integrations", security(("clerk_session" = [])),
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "`{type, url, integration_id}`", body = serde_json::Value),
+        (status = 400, description = "The body does not read", body = crate::error::ErrorBody),
+        (status = 409, description = "One exists already", body = crate::error::ErrorBody),
+        (status = 413, description = "The body is too large", body = crate::error::ErrorBody),
+        (status = 415, description = "Not `application/json`", body = crate::error::ErrorBody),
+        (status = 422, description = "Unknown connector", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
+        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
+        (status = 503, description = "The provider, the store or the session check is unavailable: retry later", body = crate::error::ErrorBody),
+    ))]
 async fn create(
     req: HttpRequest,
     service: web::Data<IntegrationService>,
@@ -131,6 +151,16 @@ async fn callback_inner(
     Ok(HttpResponse::Ok().json(json!({ "integration": integration })))
 }
 
+/// The provider's redirect back (authorized by the signed single-use `state`, no token).
+#[utoipa::path(get, path = "/integrations/callback/{connector}", tag = "integrations", params(("connector" = String, Path, description = "`slack` or `github`"), CallbackQuery),
+    responses(
+        (status = 200, description = "`{integration}`", body = serde_json::Value),
+        (status = 400, description = "Missing, invalid, expired or used `state`, or the provider reported an error", body = crate::error::ErrorBody),
+        (status = 404, description = "No such connector", body = crate::error::ErrorBody),
+        (status = 409, description = "Conflicts with the integration's current state", body = crate::error::ErrorBody),
+        (status = 422, description = "Unknown connector", body = crate::error::ErrorBody),
+        (status = 503, description = "The provider or the store is unavailable", body = crate::error::ErrorBody),
+    ))]
 async fn callback(
     service: web::Data<IntegrationService>,
     path: web::Path<String>,
@@ -139,6 +169,16 @@ async fn callback(
     callback_inner(&service, &path.into_inner(), query.into_inner()).await
 }
 
+/// The Slack OAuth redirect under its historic path.
+#[utoipa::path(get, path = "/slack/oauth/callback", tag = "integrations", params(CallbackQuery),
+    responses(
+        (status = 200, description = "`{integration}`", body = serde_json::Value),
+        (status = 400, description = "Missing, invalid, expired or used `state`, or the provider reported an error", body = crate::error::ErrorBody),
+        (status = 404, description = "No such connector", body = crate::error::ErrorBody),
+        (status = 409, description = "Conflicts with the integration's current state", body = crate::error::ErrorBody),
+        (status = 422, description = "Unknown connector", body = crate::error::ErrorBody),
+        (status = 503, description = "The provider or the store is unavailable", body = crate::error::ErrorBody),
+    ))]
 async fn slack_callback(
     service: web::Data<IntegrationService>,
     query: web::Query<CallbackQuery>,
@@ -146,6 +186,16 @@ async fn slack_callback(
     callback_inner(&service, SLACK, query.into_inner()).await
 }
 
+/// The organization's integrations.
+#[utoipa::path(get, path = "/integrations", tag = "integrations", params(ListQuery), security(("clerk_session" = [])),
+    responses(
+        (status = 200, description = "`{integrations: [...]}`", body = serde_json::Value),
+        (status = 400, description = "A parameter does not read", body = crate::error::ErrorBody),
+        (status = 422, description = "Unknown connector", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
+        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
+        (status = 503, description = "The provider, the store or the session check is unavailable: retry later", body = crate::error::ErrorBody),
+    ))]
 async fn list(
     service: web::Data<IntegrationService>,
     principal: Principal,
@@ -157,6 +207,15 @@ async fn list(
     Ok(HttpResponse::Ok().json(json!({ "integrations": items })))
 }
 
+/// One integration.
+#[utoipa::path(get, path = "/integrations/{id}", tag = "integrations", params(("id" = uuid::Uuid, Path, description = "The integration's id")), security(("clerk_session" = [])),
+    responses(
+        (status = 200, description = "The integration", body = serde_json::Value),
+        (status = 404, description = "Not one of the organization's integrations", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
+        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
+        (status = 503, description = "The provider, the store or the session check is unavailable: retry later", body = crate::error::ErrorBody),
+    ))]
 async fn get_one(
     service: web::Data<IntegrationService>,
     principal: Principal,
@@ -165,6 +224,15 @@ async fn get_one(
     Ok(HttpResponse::Ok().json(service.get(&principal, *id).await?))
 }
 
+/// Validates the integration's credentials at the provider now.
+#[utoipa::path(get, path = "/integrations/{id}/status", tag = "integrations", params(("id" = uuid::Uuid, Path, description = "The integration's id")), security(("clerk_session" = [])),
+    responses(
+        (status = 200, description = "The live status", body = serde_json::Value),
+        (status = 404, description = "Not one of the organization's integrations", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
+        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
+        (status = 503, description = "The provider, the store or the session check is unavailable: retry later", body = crate::error::ErrorBody),
+    ))]
 async fn status(
     service: web::Data<IntegrationService>,
     principal: Principal,
@@ -173,6 +241,17 @@ async fn status(
     Ok(HttpResponse::Ok().json(service.status(&principal, *id).await?))
 }
 
+/// Refreshes the credentials now (`org:admin`).
+#[utoipa::path(post, path = "/integrations/{id}/refresh", tag = "integrations", params(("id" = uuid::Uuid, Path, description = "The integration's id")), security(("clerk_session" = [])),
+    responses(
+        (status = 200, description = "The integration after the refresh", body = serde_json::Value),
+        (status = 400, description = "The provider refused", body = crate::error::ErrorBody),
+        (status = 404, description = "Not one of the organization's integrations", body = crate::error::ErrorBody),
+        (status = 409, description = "Conflicts with the integration's state", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
+        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
+        (status = 503, description = "The provider, the store or the session check is unavailable: retry later", body = crate::error::ErrorBody),
+    ))]
 async fn refresh(
     req: HttpRequest,
     service: web::Data<IntegrationService>,
@@ -183,6 +262,17 @@ async fn refresh(
     Ok(HttpResponse::Ok().json(service.refresh(&principal, *id).await?))
 }
 
+/// Revokes at the provider and deletes the credentials (`org:admin`).
+#[utoipa::path(delete, path = "/integrations/{id}", tag = "integrations", params(("id" = uuid::Uuid, Path, description = "The integration's id")), security(("clerk_session" = [])),
+    responses(
+        (status = 200, description = "What was revoked", body = serde_json::Value),
+        (status = 400, description = "The provider refused", body = crate::error::ErrorBody),
+        (status = 404, description = "Not one of the organization's integrations", body = crate::error::ErrorBody),
+        (status = 409, description = "Conflicts with the integration's state", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
+        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
+        (status = 503, description = "The provider, the store or the session check is unavailable: retry later", body = crate::error::ErrorBody),
+    ))]
 async fn delete(
     req: HttpRequest,
     service: web::Data<IntegrationService>,
@@ -193,6 +283,16 @@ async fn delete(
     Ok(HttpResponse::Ok().json(service.delete(&principal, *id).await?))
 }
 
+/// Normalized GitHub events of the integration, newest first.
+#[utoipa::path(get, path = "/integrations/{id}/events", tag = "integrations", params(("id" = uuid::Uuid, Path, description = "The integration's id"), EventsQuery), security(("clerk_session" = [])),
+    responses(
+        (status = 200, description = "A page of events", body = serde_json::Value),
+        (status = 400, description = "A parameter does not read", body = crate::error::ErrorBody),
+        (status = 404, description = "Not one of the organization's integrations", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
+        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
+        (status = 503, description = "The provider, the store or the session check is unavailable: retry later", body = crate::error::ErrorBody),
+    ))]
 async fn events(
     service: web::Data<IntegrationService>,
     principal: Principal,
@@ -205,6 +305,11 @@ async fn events(
             .await?,
     ))
 }
+
+/// The integration routes' part of the OpenAPI document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(create, callback, slack_callback, list, get_one, status, refresh, delete, events))]
+pub struct IntegrationsApi;
 
 /// Adds the integration routes and the service as app data.
 pub fn configure(cfg: &mut web::ServiceConfig, service: IntegrationService) {

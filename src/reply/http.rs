@@ -20,7 +20,7 @@ use super::{ReplyAuth, ReplyCaller, api_error};
 use crate::error::{ApiError, clip};
 
 /// Body of `POST /reply` (the gRPC `SendReplyCommand`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplyRequest {
     /// Our conversation UUID.
@@ -33,7 +33,7 @@ pub struct ReplyRequest {
 }
 
 /// Answer of `POST /reply` (the gRPC `Status`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ReplyStatus {
     /// Posted (or already posted for this turn).
     pub success: bool,
@@ -72,6 +72,18 @@ impl ResponseError for ReplyHttpError {
     }
 }
 
+/// SendReply over HTTP: the agent posts its answer into the conversation's thread (idempotent
+/// per turn). Accepted with the reply token, from `agent.reply_allowed_networks`, or both.
+#[utoipa::path(post, path = "/reply", tag = "reply", security(("reply_token" = []), ()),
+    request_body = ReplyRequest,
+    responses(
+        (status = 200, description = "Posted, or already posted for this turn", body = ReplyStatus),
+        (status = 400, description = "The body does not read (`success: false` added)", body = crate::error::ErrorBody),
+        (status = 401, description = "Not authenticated: wrong token, or no token from outside the allowed networks", body = crate::error::ErrorBody),
+        (status = 404, description = "Unknown conversation", body = crate::error::ErrorBody),
+        (status = 409, description = "Slack refused for good (no token for the workspace, channel not found, archived)", body = crate::error::ErrorBody),
+        (status = 503, description = "Slack or the database is unavailable: retry later", body = crate::error::ErrorBody),
+    ))]
 async fn post_reply(
     req: HttpRequest,
     body: web::Bytes,
@@ -118,6 +130,11 @@ async fn post_reply(
         error: String::new(),
     }))
 }
+
+/// `POST /reply` in the OpenAPI document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(post_reply))]
+pub struct ReplyApi;
 
 /// Adds `POST /reply`. Needs `web::Data<Arc<ReplyService>>` and `web::Data<ReplyAuth>` in the
 /// app (see [`configure`]).

@@ -65,6 +65,11 @@ impl EventsEndpoint {
     }
 }
 
+/// The Events API's part of the OpenAPI document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(slack_events_handler))]
+pub struct SlackEventsApi;
+
 /// Adds `POST /slack/events`.
 pub fn configure(cfg: &mut web::ServiceConfig, endpoint: Arc<EventsEndpoint>) {
     cfg.app_data(web::Data::from(endpoint))
@@ -101,6 +106,19 @@ fn rejected(e: SignatureError) -> ApiError {
     })
 }
 
+/// The Slack Events API over HTTP: a signed event is recorded before the answer;
+/// `url_verification` is answered with its challenge.
+#[utoipa::path(post, path = "/slack/events", tag = "webhooks", security(("slack_signature" = [])),
+    request_body(content = serde_json::Value, description = "An Events API body (`event_callback`, `url_verification`, ...)", content_type = "application/json"),
+    responses(
+        (status = 200, description = "`{ok: true}`, or `{challenge}` for `url_verification`", body = serde_json::Value),
+        (status = 400, description = "The body or a header does not read", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing, stale or wrong signature (checked before the body is read)", body = crate::error::ErrorBody),
+        (status = 408, description = "The body did not arrive within the deadline", body = crate::error::ErrorBody),
+        (status = 413, description = "The body is over the route's limit", body = crate::error::ErrorBody),
+        (status = 422, description = "The event could not be stored", body = crate::error::ErrorBody),
+        (status = 503, description = "Not configured (fail closed), too many deliveries in flight, or the store is down: retry later", body = crate::error::ErrorBody),
+    ))]
 async fn slack_events_handler(
     req: HttpRequest,
     payload: web::Payload,

@@ -12,6 +12,8 @@ mod edge;
 mod github;
 mod identity;
 mod integrations;
+mod openapi;
+mod ops_page;
 mod server;
 mod slack;
 mod support;

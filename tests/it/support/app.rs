@@ -287,6 +287,11 @@ impl TestApp {
         )
     }
 
+    /// The served HTTP app's shell (its routes).
+    pub fn http_shell(&self) -> HttpShell {
+        self.running().http.clone()
+    }
+
     /// A client for the served app.
     pub fn http(&self) -> &reqwest::Client {
         &self.http

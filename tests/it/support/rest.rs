@@ -26,7 +26,7 @@ use infragpt::config::Config;
 use infragpt::conversations::routes as conversation_routes;
 use infragpt::conversations::store::OrgConversations;
 use infragpt::identity::clerk_events::ClerkUser;
-use infragpt::identity::store::{MembershipUpsert, OrganizationUpsert};
+use infragpt::identity::store::{IdentityStore, MembershipUpsert, OrganizationUpsert};
 use infragpt::identity::{ClerkMembershipId, ClerkOrgId, ClerkUserId};
 use infragpt::integrations::connector::ConnectorRegistry;
 use infragpt_actors::Secret;
@@ -125,7 +125,7 @@ impl RestEnv {
     /// Seeds the identities, builds the app and installs `fake` for A and B.
     pub async fn new() -> RestEnv {
         let app = TestApp::builder().with_identity().build().await;
-        seed_identities(&app).await;
+        seed_identities(app.identity_store()).await;
         let fake = Arc::new(FakeConnector {
             name: FAKE,
             ..FakeConnector::default()
@@ -300,8 +300,9 @@ impl RestEnv {
     }
 }
 
-async fn seed_identities(app: &TestApp) {
-    let store = app.identity_store();
+/// Users alice, erin, carol, dave and bob; organizations A and B; alice `org:admin`, erin
+/// legacy `admin` and carol `org:member` of A, bob `org:admin` of B.
+pub async fn seed_identities(store: &IdentityStore) {
     for user in [ALICE, ERIN, CAROL, DAVE, BOB] {
         store
             .upsert_user(
