@@ -52,6 +52,22 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         reply_timeout: u64,
     },
+    /// Run the development agent (keyword answers, no model) for compose files and trials:
+    /// serves the agent's gRPC `ProcessMessage` and answers through the backend's SendReply.
+    Devagent {
+        /// Where to serve `agent.AgentService` (point `agent.endpoint` here).
+        #[arg(long, default_value = "127.0.0.1:50052", env = "INFRAGPT_DEVAGENT_LISTEN")]
+        listen: std::net::SocketAddr,
+        /// The service's gRPC address for SendReply (`host:port` or `http://host:port`).
+        #[arg(long, default_value = "http://127.0.0.1:50051", env = "INFRAGPT_DEVAGENT_BACKEND")]
+        backend: String,
+        /// Sent as the bearer token on SendReply (`agent.reply_token`).
+        #[arg(long, env = "INFRAGPT_DEVAGENT_REPLY_TOKEN", hide_env_values = true)]
+        reply_token: Option<String>,
+        /// Milliseconds spent "thinking" before each answer.
+        #[arg(long, default_value_t = 0)]
+        think_ms: u64,
+    },
     /// Credential vault maintenance.
     Vault {
         #[command(subcommand)]
@@ -125,12 +141,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = load_config(&cli)?;
-    match cli.command.unwrap_or(Command::Serve) {
+fn run(mut cli: Cli) -> anyhow::Result<()> {
+    let command = cli.command.take().unwrap_or(Command::Serve);
+    // Read by every command but the development agent, whose flags are all it needs.
+    let config = || load_config(&cli);
+    match command {
+        Command::Devagent {
+            listen,
+            backend,
+            reply_token,
+            think_ms,
+        } => devagent(listen, backend, reply_token, think_ms),
         Command::Config {
             command: ConfigCommand::Check { format },
         } => {
+            let config = config()?;
             let text = match format {
                 OutputFormat::Yaml => config::to_yaml(&config)?,
                 OutputFormat::Json => serde_json::to_string_pretty(&config)? + "\n",
@@ -139,6 +164,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
+            let config = config()?;
             let _telemetry = infragpt::telemetry::init(&(&config).into())?;
             block_on(infragpt::app::serve(config))
         }
@@ -148,7 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             agent,
             reply_timeout,
         } => {
-            let mut config = config;
+            let mut config = config()?;
             // The chat owns the terminal: service logs go to stderr, warnings only, unless
             // RUST_LOG asks for more.
             config.log_level = "warn".to_owned();
@@ -181,12 +207,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Vault { command } => {
+            let config = config()?;
             let mut telemetry: infragpt::telemetry::TelemetryConfig = (&config).into();
             telemetry.to_stderr = true;
             let _telemetry = infragpt::telemetry::init(&telemetry)?;
             block_on(vault(config, command))
         }
         Command::Migrate { status } => {
+            let config = config()?;
             let mut telemetry: infragpt::telemetry::TelemetryConfig = (&config).into();
             telemetry.to_stderr = true;
             let _telemetry = infragpt::telemetry::init(&telemetry)?;
@@ -260,6 +288,43 @@ async fn vault(config: Config, command: VaultCommand) -> anyhow::Result<()> {
     .await;
     db.shutdown().await;
     result
+}
+
+/// `infragpt devagent`: serves until SIGINT/SIGTERM.
+fn devagent(
+    listen: std::net::SocketAddr,
+    backend: String,
+    reply_token: Option<String>,
+    think_ms: u64,
+) -> anyhow::Result<()> {
+    use infragpt::testkit::devagent::{DevAgent, DevAgentConfig};
+    let _telemetry = infragpt::telemetry::init(&infragpt::telemetry::TelemetryConfig {
+        level: "info".to_owned(),
+        format: infragpt::config::LogFormat::Json,
+        to_stderr: false,
+    })?;
+    block_on(async move {
+        let mut signals = infragpt::server::ShutdownSignals::install()?;
+        let agent = DevAgent::start(DevAgentConfig {
+            bind: listen,
+            reply_endpoint: Some(backend.clone()),
+            reply_token: reply_token.map(infragpt_actors::Secret::from),
+            think_time: std::time::Duration::from_millis(think_ms),
+            // A long-running agent keeps no history of requests.
+            record_requests: false,
+            ..DevAgentConfig::default()
+        })
+        .context("starting the development agent")?;
+        tracing::info!(listen = %agent.addr(), backend = %backend, "development agent serving");
+        println!("development agent on {} (SendReply to {backend})", agent.addr());
+        let signal = signals.recv().await;
+        tracing::info!(signal, "stopping the development agent");
+        // Joining its thread blocks: off the async workers.
+        tokio::task::spawn_blocking(move || agent.stop())
+            .await
+            .context("stopping the development agent")?;
+        Ok(())
+    })
 }
 
 async fn migrate(config: Config, status_only: bool) -> anyhow::Result<()> {
