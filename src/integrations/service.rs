@@ -359,6 +359,13 @@ impl IntegrationService {
         principal: &Principal,
         connector_type: Option<&str>,
     ) -> Result<Vec<Integration>, ServiceError> {
+        // A filter naming no connector is the caller's mistake (422), not a query: text the
+        // database cannot hold (a NUL byte) made it a 500 before (found by schemathesis).
+        if let Some(t) = connector_type
+            && self.connectors.get(t).is_none()
+        {
+            return Err(ServiceError::UnknownConnector(t.to_owned()));
+        }
         Ok(self
             .store
             .list(principal.organization_id, connector_type)

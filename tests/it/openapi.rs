@@ -105,9 +105,12 @@ async fn every_route_is_documented() {
     // Which methods each resource answers: anything but the fallback's 404 or a 405.
     let mut served = BTreeSet::new();
     for pattern in patterns.iter().filter(|p| p.as_str() != PROBE) {
-        let concrete = openapi_path(pattern).replace(['{', '}'], "").split('/').map(|s| {
-            if pattern.contains(&format!("{{{s}")) { "1".to_owned() } else { s.to_owned() }
-        }).collect::<Vec<_>>().join("/");
+        // Every parameter `1`: reads as an id, a kind and a key alike.
+        let concrete = openapi_path(pattern)
+            .split('/')
+            .map(|s| if s.starts_with('{') { "1" } else { s })
+            .collect::<Vec<_>>()
+            .join("/");
         for method in METHODS {
             let req = actix_web::test::TestRequest::default()
                 .method(method.parse().expect("method"))
@@ -131,7 +134,8 @@ async fn every_route_is_documented() {
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for (method, op) in ops.as_object().unwrap() {
             for (status, response) in op["responses"].as_object().unwrap() {
-                if status.starts_with('4') || status.starts_with('5') {
+                // `/readyz` answers its report with 503: that is its documented body.
+                if (status.starts_with('4') || status.starts_with('5')) && path != "/readyz" {
                     let schema = &response["content"]["application/json"]["schema"]["$ref"];
                     assert_eq!(schema, "#/components/schemas/Error", "{method} {path} {status}");
                 }
@@ -175,12 +179,12 @@ async fn schemathesis_finds_no_server_error_and_no_contradiction() {
             let (token, paths) = (token.to_owned(), paths.to_owned());
             move || {
                 Command::new(schemathesis)
-                    .args(["run", &schema, "--no-color", "--max-examples", "25", "--seed", "17"])
+                    .args(["run", &schema, "--no-color", "--max-examples", "20", "--seed", "17"])
                     .args(["--workers", "2", "--phases", "examples,coverage,fuzzing"])
                     .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance"])
                     .args(["--include-path-regex", &paths])
                     .args(["--generation-database", "none", "--request-timeout", "20"])
-                    .args(["--max-time", "60"])
+                    .args(["--max-time", "30"])
                     .arg("--header")
                     .arg(format!("Authorization: Bearer {token}"))
                     .arg("--report-dir")
@@ -198,7 +202,12 @@ async fn schemathesis_finds_no_server_error_and_no_contradiction() {
             "schemathesis ({name}) found problems:\n{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(!stdout.contains("No operations"), "schemathesis ({name}) tested nothing:\n{stdout}");
+        // Shown with --nocapture: what was tested.
+        eprintln!("schemathesis ({name}):\n{stdout}");
+        assert!(
+            stdout.contains("passed") && !stdout.contains("No operations"),
+            "schemathesis ({name}) tested nothing:\n{stdout}"
+        );
     }
     app.stop().await;
 }

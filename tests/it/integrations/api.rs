@@ -237,6 +237,19 @@ async fn github_app_install_flow_events_and_uninstall() {
     .await;
     let list: Value = test::read_body_json(resp).await;
     assert_eq!(list["integrations"].as_array().unwrap().len(), 0);
+    // A filter that names no connector is refused (a NUL byte used to reach the database: 500).
+    for filter in ["gitlab", "%00"] {
+        let resp = test::call_service(
+            &app,
+            as_org(
+                test::TestRequest::get().uri(&format!("/integrations?connector_type={filter}")),
+                org,
+            )
+            .to_request(),
+        )
+        .await;
+        assert_eq!(resp.status().as_u16(), 422, "connector_type={filter}");
+    }
     let before = mock.state.lock().tokens.len();
     let resp = test::call_service(
         &app,
