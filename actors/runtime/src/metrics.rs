@@ -296,6 +296,9 @@ impl Metrics {
         self.router_backlog
             .with_label_values(&[stream])
             .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        // The stream's deferred counter exists from its first backlog report, at zero, so a
+        // rate over it is 0 rather than absent.
+        self.deferred_total.with_label_values(&[stream]);
     }
 
     pub(crate) fn fenced(&self, kind: ActorKind) {
