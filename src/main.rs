@@ -302,6 +302,7 @@ fn devagent(
         level: "info".to_owned(),
         format: infragpt::config::LogFormat::Json,
         to_stderr: false,
+        export: Default::default(),
     })?;
     block_on(async move {
         let mut signals = infragpt::server::ShutdownSignals::install()?;

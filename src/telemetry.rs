@@ -1,12 +1,15 @@
-//! Logging: `tracing` with JSON (default) or pretty output, and a capture helper for tests.
+//! Logging: `tracing` with JSON (default) or pretty output, optionally exporting the spans
+//! over OTLP/gRPC (`telemetry.otlp_endpoint`), and a capture helper for tests.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, TelemetryExportConfig};
 
 /// What [`init`] needs.
 #[derive(Debug, Clone)]
@@ -16,6 +19,8 @@ pub struct TelemetryConfig {
     pub format: LogFormat,
     /// Write to stderr instead of stdout (CLI commands whose stdout is their output).
     pub to_stderr: bool,
+    /// Span export; `otlp_endpoint: None` exports nothing.
+    pub export: TelemetryExportConfig,
 }
 
 impl From<&Config> for TelemetryConfig {
@@ -24,6 +29,7 @@ impl From<&Config> for TelemetryConfig {
             level: c.log_level.clone(),
             format: c.log_format,
             to_stderr: false,
+            export: c.telemetry.clone(),
         }
     }
 }
@@ -41,13 +47,78 @@ pub enum TelemetryError {
     /// A global subscriber is already installed.
     #[error("a global tracing subscriber is already installed: {0}")]
     AlreadyInstalled(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The OTLP exporter could not be built (endpoint, runtime).
+    #[error("OTLP span export to {endpoint}: {reason}")]
+    Export { endpoint: String, reason: String },
 }
 
-/// Keeps telemetry alive; hold it until the process ends.
+/// Keeps telemetry alive; hold it until the process ends. Dropping it flushes the spans
+/// not exported yet.
 #[derive(Debug)]
 #[must_use = "dropping the guard may stop log output"]
 pub struct TelemetryGuard {
-    _private: (),
+    export: Option<SpanExport>,
+}
+
+/// The OTLP pipeline: the provider (its batch processor runs on a thread of its own) and the
+/// tokio runtime the tonic exporter needs, owned here so that export does not depend on
+/// which runtime a command runs.
+#[derive(Debug)]
+struct SpanExport {
+    provider: opentelemetry_sdk::trace::SdkTracerProvider,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(mut export) = self.export.take() {
+            // Flushes what is buffered; a collector that is down must not hold the exit.
+            if let Err(e) = export.provider.shutdown() {
+                eprintln!("telemetry: flushing the spans failed: {e}");
+            }
+            if let Some(runtime) = export.runtime.take() {
+                runtime.shutdown_background();
+            }
+        }
+    }
+}
+
+/// Builds the OTLP/gRPC exporter and its provider on a runtime of their own (tonic needs a
+/// runtime when the channel is created and while it exports; the batch processor exports
+/// from its own thread).
+fn span_export(config: &TelemetryExportConfig, endpoint: &str) -> Result<SpanExport, TelemetryError> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let failed = |reason: String| TelemetryError::Export {
+        endpoint: endpoint.to_owned(),
+        reason,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("otlp-export")
+        .enable_all()
+        .build()
+        .map_err(|e| failed(format!("its runtime: {e}")))?;
+    let provider = {
+        let _entered = runtime.enter();
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .with_timeout(std::time::Duration::from_millis(config.export_timeout_ms))
+            .build()
+            .map_err(|e| failed(e.to_string()))?;
+        opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name(config.service_name.clone())
+                    .build(),
+            )
+            .build()
+    };
+    Ok(SpanExport {
+        provider,
+        runtime: Some(runtime),
+    })
 }
 
 fn filter(level: &str) -> Result<EnvFilter, TelemetryError> {
@@ -61,7 +132,8 @@ fn filter(level: &str) -> Result<EnvFilter, TelemetryError> {
     })
 }
 
-/// Installs the global subscriber, writing to stdout (or stderr).
+/// Installs the global subscriber, writing to stdout (or stderr), and exporting spans when
+/// `config.export` names an endpoint.
 pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     let filter = filter(&config.level)?;
     let to_stderr = config.to_stderr;
@@ -77,21 +149,51 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
     } else {
         std::io::IsTerminal::is_terminal(&std::io::stdout())
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    let result = match config.format {
-        LogFormat::Json => builder
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let logs = match config.format {
+        LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
+            .boxed(),
         // One line per event, coloured only on a terminal.
-        LogFormat::Pretty => builder.with_ansi(is_terminal).try_init(),
+        LogFormat::Pretty => fmt.with_ansi(is_terminal).boxed(),
+    }
+    // The log filter applies to the logs only; exported spans have their own.
+    .with_filter(filter);
+    let export = match config.export.otlp_endpoint.as_deref() {
+        Some(endpoint) => Some((span_export(&config.export, endpoint)?, endpoint)),
+        None => None,
     };
-    result.map_err(TelemetryError::AlreadyInstalled)?;
-    Ok(TelemetryGuard { _private: () })
+    let spans = match &export {
+        Some((export, _)) => {
+            use opentelemetry::trace::TracerProvider as _;
+            let spans_filter = EnvFilter::try_new(&config.export.otlp_filter).map_err(|source| {
+                TelemetryError::Filter {
+                    filter: config.export.otlp_filter.clone(),
+                    source,
+                }
+            })?;
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(export.provider.tracer("infragpt"))
+                    .with_filter(spans_filter),
+            )
+        }
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init()
+        .map_err(|e| TelemetryError::AlreadyInstalled(Box::new(e)))?;
+    if let Some((_, endpoint)) = &export {
+        tracing::info!(endpoint, service_name = %config.export.service_name, "exporting spans over OTLP/gRPC");
+    }
+    Ok(TelemetryGuard {
+        export: export.map(|(e, _)| e),
+    })
 }
 
 /// Log lines captured in memory (JSON, one object per line).

@@ -70,6 +70,9 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Several replicas on one database: lease timing (owned by the actor core).
     pub cluster: ClusterReplicationConfig,
+    /// Export of the tracing spans (OpenTelemetry, OTLP over gRPC); off unless an endpoint
+    /// is set.
+    pub telemetry: TelemetryExportConfig,
 }
 
 impl Default for Config {
@@ -97,6 +100,34 @@ impl Default for Config {
             webhooks: WebhooksConfig::default(),
             retention: RetentionConfig::default(),
             cluster: ClusterReplicationConfig::default(),
+            telemetry: TelemetryExportConfig::default(),
+        }
+    }
+}
+
+/// OpenTelemetry export of the tracing spans (OTLP over gRPC). Off by default.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryExportConfig {
+    /// The collector's OTLP/gRPC endpoint (`http://otel-collector:4317`); unset or empty: no
+    /// export.
+    #[serde(deserialize_with = "opt_string")]
+    pub otlp_endpoint: Option<String>,
+    /// Which spans are exported (tracing filter directives), apart from `log_level`.
+    pub otlp_filter: String,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+    /// How long one export may take.
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TelemetryExportConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            otlp_filter: "info".to_owned(),
+            service_name: "infragpt".to_owned(),
+            export_timeout_ms: 10_000,
         }
     }
 }

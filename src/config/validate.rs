@@ -159,6 +159,24 @@ fn check_listeners(config: &Config) -> Result<(), Failure> {
             format!("{p} is already used by port/grpc_port; pick another port or leave it unset"),
         )?;
     }
+    if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+        match url::Url::parse(endpoint) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => fail(
+                "telemetry.otlp_endpoint",
+                format!("`{endpoint}` is not an http(s):// URL with a host"),
+            )?,
+        }
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.telemetry.otlp_filter) {
+        fail(
+            "telemetry.otlp_filter",
+            format!("invalid filter `{}`: {e}", config.telemetry.otlp_filter),
+        )?;
+    }
+    if config.telemetry.export_timeout_ms == 0 {
+        fail("telemetry.export_timeout_ms", "must be at least 1".to_owned())?;
+    }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log_level) {
         fail(
             "log_level",
