@@ -16,6 +16,7 @@
 //!   counters and circuit state in its detail. Metrics: `infragpt_agent_calls_total{outcome}`,
 //!   `infragpt_agent_call_seconds`, `infragpt_agent_retries_total`.
 
+use tracing::Instrument as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -452,7 +453,13 @@ impl Agent for GrpcAgent {
         };
         self.calls.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let result = self.call(to_request(&turn)).await;
+        let request = to_request(&turn);
+        let span = tracing::info_span!(
+            "agent_call",
+            conversation_id = %request.conversation_id,
+            endpoint = %self.options.endpoint
+        );
+        let result = self.call(request).instrument(span).await;
         let (outcome, error) = match &result {
             Ok(r) if r.success => (Outcome::Success, None),
             Ok(_) => (Outcome::Unsuccessful, None),

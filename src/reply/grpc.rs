@@ -11,6 +11,7 @@
 //! nor a source address in `agent.reply_allowed_networks` (see [`ReplyAuth`]). Caller values
 //! are echoed clipped.
 
+use tracing::Instrument as _;
 use std::sync::Arc;
 
 use infragpt_actors::conversation::{ReplyOutcome, ReplyService};
@@ -74,6 +75,11 @@ impl ReplyGrpc {
             tonic::Status::from(e)
         })?;
         let command = request.into_inner();
+        let span = tracing::info_span!(
+            "send_reply",
+            conversation_id = %command.conversation_id.trim(),
+            transport = path
+        );
         match self
             .service
             .send_reply_to(
@@ -81,6 +87,7 @@ impl ReplyGrpc {
                 &command.message,
                 Some(command.turn_ts.as_str()),
             )
+            .instrument(span)
             .await
         {
             Ok(outcome) => {

@@ -9,6 +9,7 @@
 //! error shape plus `"success": false`, so a client reading the `Status` fields still sees the
 //! failure: `{"success":false,"error":{"code":"...","message":"..."}}`.
 
+use tracing::Instrument as _;
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
@@ -109,12 +110,18 @@ async fn post_reply(
     let request: ReplyRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!("invalid JSON body: {}", clip(&e.to_string(), 256)))
     })?;
+    let span = tracing::info_span!(
+        "send_reply",
+        conversation_id = %request.conversation_id.trim(),
+        transport = "http"
+    );
     let outcome = service
         .send_reply_to(
             &request.conversation_id,
             &request.message,
             request.turn_ts.as_deref(),
         )
+        .instrument(span)
         .await
         .map_err(api_error)?;
     tracing::info!(

@@ -20,6 +20,7 @@
 //! * Pings every `ping_interval`; a socket silent (no frame, no pong) for `idle_timeout` is
 //!   replaced.
 
+use tracing::Instrument as _;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -535,7 +536,16 @@ impl SlackConnection {
         };
         let source_id = event.source_id.clone();
         let cluster = self.ctx.cluster.clone();
-        let recorded = async move { cluster.ingest(event).await };
+        // Where a turn starts: its `event_id` is the `source_id` of the `inbound_event` span
+        // that handles it (and of the inbox row).
+        let span = tracing::info_span!(
+            "slack_envelope",
+            connection = %self.key,
+            envelope_id = %envelope_id,
+            event_id = %source_id,
+            retry_attempt
+        );
+        let recorded = async move { cluster.ingest(event).await }.instrument(span);
         ctx.wait(recorded.into_actor(self).map(move |outcome, act, ctx| match outcome {
             Ok(outcome) => {
                 let duplicate = matches!(outcome, RecordOutcome::Duplicate(_));

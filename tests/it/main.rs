@@ -19,3 +19,4 @@ mod ops_page;
 mod server;
 mod slack;
 mod support;
+mod telemetry;
