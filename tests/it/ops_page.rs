@@ -94,9 +94,9 @@ async fn the_ops_page_shows_the_tree_and_retries_a_dead_letter() {
     // The public port needs the admin token for the data: the page asks once.
     eventually("the page asks for the admin token", async || {
         browser
-            .eval("!document.getElementById('token-form').hidden")
+            .eval("getComputedStyle(document.getElementById('token-form')).display")
             .await
-            == Value::Bool(true)
+            == Value::from("flex")
     })
     .await;
     browser.type_into("#token-input", ADMIN).await;
@@ -156,6 +156,19 @@ async fn the_ops_page_shows_the_tree_and_retries_a_dead_letter() {
             == Value::Bool(true)
     })
     .await;
+    // The laptop screenshot the README shows: the dead letter with its buttons.
+    let form_shown = browser
+        .eval("getComputedStyle(document.getElementById('token-form')).display")
+        .await;
+    assert_eq!(form_shown, Value::from("none"), "the token form is gone once used");
+    let png = browser.screenshot(1280).await;
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::write(root.join("target/ops-page.png"), &png).expect("write the screenshot");
+    if std::env::var_os("INFRAGPT_UPDATE_SCREENSHOT").is_some() {
+        std::fs::write(root.join("deploy/ops-page.png"), &png).expect("update the screenshot");
+    }
+
     let asked_before = app.agent().requests().len();
     browser.click(&format!("{row} button.retry")).await;
     eventually("the retried event is done", async || {
@@ -187,14 +200,6 @@ async fn the_ops_page_shows_the_tree_and_retries_a_dead_letter() {
     assert_eq!(note, Value::from(format!("event {dead_id}: requeued")));
 
     // The laptop screenshot the README shows.
-    let png = browser.screenshot().await;
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::write(root.join("target/ops-page.png"), &png).expect("write the screenshot");
-    if std::env::var_os("INFRAGPT_UPDATE_SCREENSHOT").is_some() {
-        std::fs::write(root.join("deploy/ops-page.png"), &png).expect("update the screenshot");
-    }
-
     // A phone: one column, nothing wider than the screen.
     browser.viewport(390, 844, true).await;
     next_poll(&mut browser).await;

@@ -6,7 +6,7 @@ const POLL_MS = 2000;
 const SPARK_POINTS = 60;
 const TOKEN_KEY = "infragpt.adminToken";
 
-const state = { handledTotal: null, handledAt: null, rates: [], needToken: false };
+const state = { handledTotal: null, handledAt: null, rates: [], needToken: false, actionNote: "" };
 
 const $ = (id) => document.getElementById(id);
 
@@ -116,10 +116,14 @@ function renderSlack(tree) {
   const conns = collect(tree.roots, "slack_connection", []);
   if (!conns.length) body.append(el("tr", {}, el("td", { colspan: 3, class: "muted" }, "no Socket Mode connection")));
   for (const c of conns) {
-    const d = c.detail && typeof c.detail === "object"
-      ? Object.entries(c.detail).filter(([, v]) => v !== null && typeof v !== "object").map(([k, v]) => k + ": " + v).join(", ")
-      : "";
-    body.append(el("tr", { "data-key": c.key, "data-state": c.state }, el("td", {}, c.key), el("td", {}, badge(c.state)), el("td", { class: "opt" }, d, c.last_error ? " · " + c.last_error : "")));
+    // The connection's own facts (state, since when, envelopes, reconnects), one per line.
+    const facts = c.detail && typeof c.detail === "object"
+      ? Object.entries(c.detail).filter(([, v]) => v !== null && typeof v !== "object").map(([k, v]) => el("div", {}, k + ": " + v))
+      : [];
+    if (c.last_error) facts.push(el("div", { class: "err" }, c.last_error));
+    body.append(el("tr", { "data-key": c.key, "data-state": c.state },
+      el("td", { class: "nowrap" }, c.key), el("td", { class: "nowrap" }, badge(c.state)),
+      el("td", { class: "opt detail" }, ...facts)));
   }
 }
 
@@ -144,7 +148,7 @@ function renderRates(metrics) {
 
 async function act(method, id, verb) {
   const r = await api("/admin/events/" + encodeURIComponent(id) + (verb === "retry" ? "/retry" : ""), { method });
-  $("dead-note").textContent = r.status < 300 ? "event " + id + ": " + (verb === "retry" ? "requeued" : "discarded") : "event " + id + ": " + errorText(r);
+  state.actionNote = r.status < 300 ? "event " + id + ": " + (verb === "retry" ? "requeued" : "discarded") : "event " + id + ": " + errorText(r);
   await poll();
 }
 
@@ -158,13 +162,15 @@ function renderDead(r) {
     return;
   }
   if (r.status !== 200) { $("dead-note").textContent = errorText(r); return; }
+  // The outcome of the last retry or discard, if any.
+  $("dead-note").textContent = state.actionNote;
   $("dead-count").textContent = r.body.events.length + (r.body.events.length >= r.body.limit ? "+" : "");
   if (!r.body.events.length) body.append(el("tr", {}, el("td", { colspan: 6, class: "muted" }, "none")));
   for (const e of r.body.events) {
     body.append(el("tr", { "data-id": e.id },
-      el("td", {}, e.id), el("td", {}, e.source + " " + e.kind), el("td", { class: "opt" }, e.routing_key),
+      el("td", { class: "nowrap" }, e.id), el("td", {}, e.source + " " + e.kind), el("td", { class: "opt" }, e.routing_key),
       el("td", {}, e.attempts), el("td", {}, e.last_error || ""),
-      el("td", {},
+      el("td", { class: "nowrap" },
         el("button", { type: "button", class: "retry", onclick: () => act("POST", e.id, "retry") }, "Retry"), " ",
         el("button", { type: "button", class: "discard danger", onclick: () => { if (confirm("Discard event " + e.id + "?")) act("DELETE", e.id, "discard"); } }, "Discard"))));
   }

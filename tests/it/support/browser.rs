@@ -178,13 +178,19 @@ impl Browser {
         .await;
     }
 
-    /// A PNG of the whole page.
-    pub async fn screenshot(&mut self) -> Vec<u8> {
+    /// A PNG of the whole page at `width`: the viewport grows to the page's height first, so
+    /// sticky elements stay where a person sees them.
+    pub async fn screenshot(&mut self, width: u32) -> Vec<u8> {
+        self.viewport(width, 600, false).await;
+        let height = self
+            .eval("document.documentElement.scrollHeight")
+            .await
+            .as_u64()
+            .unwrap_or(900);
+        self.viewport(width, u32::try_from(height).unwrap_or(900), false)
+            .await;
         let shot = self
-            .call(
-                "Page.captureScreenshot",
-                json!({ "format": "png", "captureBeyondViewport": true }),
-            )
+            .call("Page.captureScreenshot", json!({ "format": "png" }))
             .await;
         base64::engine::general_purpose::STANDARD
             .decode(shot["data"].as_str().expect("screenshot data"))
