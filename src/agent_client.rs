@@ -16,10 +16,10 @@
 //!   counters and circuit state in its detail. Metrics: `infragpt_agent_calls_total{outcome}`,
 //!   `infragpt_agent_call_seconds`, `infragpt_agent_retries_total`.
 
-use tracing::Instrument as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use async_trait::async_trait;
 use infragpt_actors::circuit::{CircuitBreaker, CircuitConfig, CircuitState, Clock, SystemClock};

@@ -56,10 +56,18 @@ enum Command {
     /// serves the agent's gRPC `ProcessMessage` and answers through the backend's SendReply.
     Devagent {
         /// Where to serve `agent.AgentService` (point `agent.endpoint` here).
-        #[arg(long, default_value = "127.0.0.1:50052", env = "INFRAGPT_DEVAGENT_LISTEN")]
+        #[arg(
+            long,
+            default_value = "127.0.0.1:50052",
+            env = "INFRAGPT_DEVAGENT_LISTEN"
+        )]
         listen: std::net::SocketAddr,
         /// The service's gRPC address for SendReply (`host:port` or `http://host:port`).
-        #[arg(long, default_value = "http://127.0.0.1:50051", env = "INFRAGPT_DEVAGENT_BACKEND")]
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:50051",
+            env = "INFRAGPT_DEVAGENT_BACKEND"
+        )]
         backend: String,
         /// Sent as the bearer token on SendReply (`agent.reply_token`).
         #[arg(long, env = "INFRAGPT_DEVAGENT_REPLY_TOKEN", hide_env_values = true)]
@@ -317,7 +325,10 @@ fn devagent(
         })
         .context("starting the development agent")?;
         tracing::info!(listen = %agent.addr(), backend = %backend, "development agent serving");
-        println!("development agent on {} (SendReply to {backend})", agent.addr());
+        println!(
+            "development agent on {} (SendReply to {backend})",
+            agent.addr()
+        );
         let signal = signals.recv().await;
         tracing::info!(signal, "stopping the development agent");
         // Joining its thread blocks: off the async workers.

@@ -86,7 +86,10 @@ impl Drop for TelemetryGuard {
 /// Builds the OTLP/gRPC exporter and its provider on a runtime of their own (tonic needs a
 /// runtime when the channel is created and while it exports; the batch processor exports
 /// from its own thread).
-fn span_export(config: &TelemetryExportConfig, endpoint: &str) -> Result<SpanExport, TelemetryError> {
+fn span_export(
+    config: &TelemetryExportConfig,
+    endpoint: &str,
+) -> Result<SpanExport, TelemetryError> {
     use opentelemetry_otlp::WithExportConfig as _;
     let failed = |reason: String| TelemetryError::Export {
         endpoint: endpoint.to_owned(),
@@ -169,12 +172,13 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
     let spans = match &export {
         Some((export, _)) => {
             use opentelemetry::trace::TracerProvider as _;
-            let spans_filter = EnvFilter::try_new(&config.export.otlp_filter).map_err(|source| {
-                TelemetryError::Filter {
-                    filter: config.export.otlp_filter.clone(),
-                    source,
-                }
-            })?;
+            let spans_filter =
+                EnvFilter::try_new(&config.export.otlp_filter).map_err(|source| {
+                    TelemetryError::Filter {
+                        filter: config.export.otlp_filter.clone(),
+                        source,
+                    }
+                })?;
             Some(
                 tracing_opentelemetry::layer()
                     .with_tracer(export.provider.tracer("infragpt"))

@@ -73,7 +73,10 @@ impl utoipa::Modify for AuthSchemes {
         );
         components.add_security_scheme(
             "reply_token",
-            bearer(None, "agent.reply_token; callers from agent.reply_allowed_networks may omit it"),
+            bearer(
+                None,
+                "agent.reply_token; callers from agent.reply_allowed_networks may omit it",
+            ),
         );
         components.add_security_scheme(
             "slack_signature",
@@ -151,10 +154,24 @@ mod tests {
     #[test]
     fn the_document_is_openapi_3_1_with_the_error_shape() {
         let doc: serde_json::Value = serde_json::from_str(super::json()).unwrap();
-        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+        assert!(
+            doc["openapi"].as_str().unwrap().starts_with("3.1"),
+            "{}",
+            doc["openapi"]
+        );
         assert!(doc["components"]["schemas"]["Error"].is_object());
-        for scheme in ["clerk_session", "admin_token", "reply_token", "slack_signature", "svix_signature", "github_signature"] {
-            assert!(doc["components"]["securitySchemes"][scheme].is_object(), "{scheme}");
+        for scheme in [
+            "clerk_session",
+            "admin_token",
+            "reply_token",
+            "slack_signature",
+            "svix_signature",
+            "github_signature",
+        ] {
+            assert!(
+                doc["components"]["securitySchemes"][scheme].is_object(),
+                "{scheme}"
+            );
         }
     }
 }

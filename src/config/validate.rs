@@ -175,7 +175,10 @@ fn check_listeners(config: &Config) -> Result<(), Failure> {
         )?;
     }
     if config.telemetry.export_timeout_ms == 0 {
-        fail("telemetry.export_timeout_ms", "must be at least 1".to_owned())?;
+        fail(
+            "telemetry.export_timeout_ms",
+            "must be at least 1".to_owned(),
+        )?;
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log_level) {
         fail(

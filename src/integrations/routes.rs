@@ -308,7 +308,17 @@ async fn events(
 
 /// The integration routes' part of the OpenAPI document.
 #[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(create, callback, slack_callback, list, get_one, status, refresh, delete, events))]
+#[openapi(paths(
+    create,
+    callback,
+    slack_callback,
+    list,
+    get_one,
+    status,
+    refresh,
+    delete,
+    events
+))]
 pub struct IntegrationsApi;
 
 /// Adds the integration routes and the service as app data.

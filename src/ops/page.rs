@@ -71,7 +71,10 @@ mod tests {
         assert!(INDEX_HTML.contains(&format!("href=\"{CSS_PATH}\"")));
         assert!(INDEX_HTML.contains(&format!("src=\"{JS_PATH}\"")));
         for text in [INDEX_HTML, OPS_CSS, OPS_JS] {
-            assert!(!text.contains("http://") && !text.contains("https://"), "no CDN, no remote asset");
+            assert!(
+                !text.contains("http://") && !text.contains("https://"),
+                "no CDN, no remote asset"
+            );
         }
         // The CSP forbids inline scripts and style attributes.
         assert!(!INDEX_HTML.contains("<script>") && !INDEX_HTML.contains(" style="));

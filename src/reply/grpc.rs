@@ -11,8 +11,8 @@
 //! nor a source address in `agent.reply_allowed_networks` (see [`ReplyAuth`]). Caller values
 //! are echoed clipped.
 
-use tracing::Instrument as _;
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use infragpt_actors::conversation::{ReplyOutcome, ReplyService};
 

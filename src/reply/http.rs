@@ -9,8 +9,8 @@
 //! error shape plus `"success": false`, so a client reading the `Status` fields still sees the
 //! failure: `{"success":false,"error":{"code":"...","message":"..."}}`.
 
-use tracing::Instrument as _;
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};

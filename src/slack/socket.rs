@@ -20,11 +20,11 @@
 //! * Pings every `ping_interval`; a socket silent (no frame, no pong) for `idle_timeout` is
 //!   replaced.
 
-use tracing::Instrument as _;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use actix::prelude::*;
 use futures::{Sink, SinkExt as _, Stream, StreamExt as _};

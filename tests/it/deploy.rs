@@ -89,9 +89,15 @@ fn kubernetes_manifests_name_what_the_binary_has() {
     let mut by_kind: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for entry in std::fs::read_dir(repo("deploy/kubernetes")).expect("deploy/kubernetes") {
         let path = entry.expect("entry").path();
-        let rel = format!("deploy/kubernetes/{}", path.file_name().unwrap().to_string_lossy());
+        let rel = format!(
+            "deploy/kubernetes/{}",
+            path.file_name().unwrap().to_string_lossy()
+        );
         for doc in documents(&rel) {
-            by_kind.entry(s(&doc["kind"]).to_owned()).or_default().push(doc);
+            by_kind
+                .entry(s(&doc["kind"]).to_owned())
+                .or_default()
+                .push(doc);
         }
     }
     let one = |kind: &str| -> &Value {
@@ -121,7 +127,10 @@ fn kubernetes_manifests_name_what_the_binary_has() {
             s(v).to_owned()
         } else {
             let from = &var["valueFrom"]["secretKeyRef"];
-            assert_eq!(from["name"], secret["metadata"]["name"], "{name}: its Secret");
+            assert_eq!(
+                from["name"], secret["metadata"]["name"],
+                "{name}: its Secret"
+            );
             let key = s(&from["key"]);
             s(secret_data
                 .get(key)
@@ -149,7 +158,10 @@ fn kubernetes_manifests_name_what_the_binary_has() {
     );
     let text = s(text);
     for var in env_refs(text) {
-        assert!(env.contains_key(&var), "the ConfigMap uses ${{{var}}}: not in the env");
+        assert!(
+            env.contains_key(&var),
+            "the ConfigMap uses ${{{var}}}: not in the env"
+        );
     }
     let config = load_config(text, "deploy/kubernetes/configmap.yaml", &env);
 
@@ -169,8 +181,14 @@ fn kubernetes_manifests_name_what_the_binary_has() {
         assert!(paths.contains(s(&get["path"])), "{probe} {:?}", get["path"]);
         assert!(ports.contains_key(s(&get["port"])), "{probe} port");
     }
-    assert_eq!(s(&container["readinessProbe"]["httpGet"]["path"]), "/readyz");
-    assert_eq!(s(&container["livenessProbe"]["httpGet"]["path"]), "/healthz");
+    assert_eq!(
+        s(&container["readinessProbe"]["httpGet"]["path"]),
+        "/readyz"
+    );
+    assert_eq!(
+        s(&container["livenessProbe"]["httpGet"]["path"]),
+        "/healthz"
+    );
     let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(
         s(&annotations["prometheus.io/port"]).parse::<u64>().ok(),
@@ -188,7 +206,10 @@ fn kubernetes_manifests_name_what_the_binary_has() {
             targets.insert(target.to_owned());
         }
     }
-    assert!(targets.contains("http") && targets.contains("grpc"), "{targets:?}");
+    assert!(
+        targets.contains("http") && targets.contains("grpc"),
+        "{targets:?}"
+    );
 }
 
 #[test]
@@ -227,7 +248,10 @@ fn compose_and_dockerfile_name_what_the_binary_has() {
     assert_eq!(env["INFRAGPT_CONFIG"], target.trim_end_matches(":ro"));
     let text = read(&format!("deploy/{}", source.trim_start_matches("./")));
     for var in env_refs(&text) {
-        assert!(env.contains_key(&var) || text.contains(&format!("${{{var}:-")), "${{{var}}} is not set by compose");
+        assert!(
+            env.contains_key(&var) || text.contains(&format!("${{{var}:-")),
+            "${{{var}}} is not set by compose"
+        );
     }
     let config = load_config(&text, source, &env);
     let published: BTreeSet<u64> = app["ports"]
@@ -254,7 +278,12 @@ fn compose_and_dockerfile_name_what_the_binary_has() {
     // The development agent: its flags exist, it listens where the service calls it and
     // answers the service's gRPC port with the service's reply token.
     let devagent = &services["devagent"];
-    let args: Vec<&str> = devagent["command"].as_sequence().expect("command").iter().map(s).collect();
+    let args: Vec<&str> = devagent["command"]
+        .as_sequence()
+        .expect("command")
+        .iter()
+        .map(s)
+        .collect();
     assert_eq!(args[0], "devagent");
     let help_text = help(&["devagent"]);
     for flag in args.iter().filter(|a| a.starts_with("--")) {
@@ -262,11 +291,18 @@ fn compose_and_dockerfile_name_what_the_binary_has() {
     }
     let flag = |name: &str| args[args.iter().position(|a| *a == name).expect(name) + 1];
     let listen_port = flag("--listen").rsplit(':').next().unwrap();
-    assert!(config.agent.endpoint.ends_with(&format!(":{listen_port}")), "{}", config.agent.endpoint);
+    assert!(
+        config.agent.endpoint.ends_with(&format!(":{listen_port}")),
+        "{}",
+        config.agent.endpoint
+    );
     assert!(flag("--backend").ends_with(&format!(":{}", config.grpc_port)));
     let agent_env = compose_env(devagent);
     for name in agent_env.keys() {
-        assert!(help_text.contains(name.as_str()), "infragpt devagent reads no {name}");
+        assert!(
+            help_text.contains(name.as_str()),
+            "infragpt devagent reads no {name}"
+        );
     }
     assert_eq!(
         agent_env.get("INFRAGPT_DEVAGENT_REPLY_TOKEN"),
@@ -287,7 +323,10 @@ fn compose_and_dockerfile_name_what_the_binary_has() {
                 image_env.insert(k.to_owned(), v.to_owned());
             }
         } else if let Some(rest) = line.strip_prefix("EXPOSE ") {
-            exposed.extend(rest.split_whitespace().map(|p| p.parse::<u64>().expect("port")));
+            exposed.extend(
+                rest.split_whitespace()
+                    .map(|p| p.parse::<u64>().expect("port")),
+            );
         } else if let Some(rest) = line.strip_prefix("USER ") {
             user = Some(rest.to_owned());
         } else if let Some(rest) = line.strip_prefix("COPY ")
@@ -295,14 +334,27 @@ fn compose_and_dockerfile_name_what_the_binary_has() {
         {
             let parts: Vec<&str> = rest.split_whitespace().collect();
             for src in &parts[..parts.len() - 1] {
-                assert!(repo(src).exists(), "the Dockerfile copies {src}, which does not exist");
+                assert!(
+                    repo(src).exists(),
+                    "the Dockerfile copies {src}, which does not exist"
+                );
             }
         }
     }
     let user = user.expect("a USER line");
-    assert!(!user.starts_with("root") && !user.starts_with("0"), "runs as {user}");
-    let default = load_config(&read("config/default.yaml"), "config/default.yaml", &image_env);
-    assert!(exposed.contains(&u64::from(default.port)) && exposed.contains(&u64::from(default.grpc_port)));
+    assert!(
+        !user.starts_with("root") && !user.starts_with("0"),
+        "runs as {user}"
+    );
+    let default = load_config(
+        &read("config/default.yaml"),
+        "config/default.yaml",
+        &image_env,
+    );
+    assert!(
+        exposed.contains(&u64::from(default.port))
+            && exposed.contains(&u64::from(default.grpc_port))
+    );
     assert!(exposed.is_superset(&want), "the compose ports are exposed");
     let check = dockerfile
         .split("HEALTHCHECK")
@@ -336,7 +388,10 @@ async fn the_devagent_subcommand_answers_a_turn() {
     assert!(reply.text.contains(DEMO_LABEL), "{}", reply.text);
     // SIGTERM: it stops cleanly.
     let pid = child.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     assert!(killed.success());
     let status = child.wait().expect("wait");
     assert!(status.success(), "infragpt devagent exited with {status}");

@@ -44,7 +44,9 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             continue;
         } else if !in_string && depth_braces == 0 && (c.is_ascii_alphabetic() || c == '_') {
             let start = i;
-            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == '_' || bytes[i] == ':') {
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric() || bytes[i] == '_' || bytes[i] == ':')
+            {
                 i += 1;
             }
             let word: String = bytes[start..i].iter().collect();
@@ -56,7 +58,10 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                     | "sum" | "min" | "max" | "avg" | "count" | "group" | "stddev" | "stdvar" | "topk" | "bottomk" | "quantile" | "count_values"
             );
             if keyword {
-                after_grouping = matches!(word.as_str(), "by" | "without" | "on" | "ignoring" | "group_left" | "group_right");
+                after_grouping = matches!(
+                    word.as_str(),
+                    "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
+                );
                 continue;
             }
             if after_grouping && next == Some(')') || next == Some('(') {
@@ -93,9 +98,16 @@ fn dashboard_exprs() -> Vec<String> {
     for panel in dashboard["panels"].as_array().expect("panels") {
         let targets = panel["targets"].as_array().expect("targets");
         assert!(!targets.is_empty(), "panel {} has no query", panel["title"]);
-        out.extend(targets.iter().map(|t| t["expr"].as_str().expect("expr").to_owned()));
+        out.extend(
+            targets
+                .iter()
+                .map(|t| t["expr"].as_str().expect("expr").to_owned()),
+        );
     }
-    for var in dashboard["templating"]["list"].as_array().expect("variables") {
+    for var in dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+    {
         if let Some(q) = var["query"]["query"].as_str() {
             out.push(q.to_owned());
         }
@@ -108,8 +120,16 @@ fn the_expression_reader_finds_metric_names() {
     let names = metric_names(
         r#"sum by (kind, le) (rate(infragpt_a_bucket{kind="x", instance=~"$instance"}[5m])) / clamp_min(sum(infragpt_b), 1e-9) > 0.5 or on() up{job="j"} == 0"#,
     );
-    assert_eq!(names, ["infragpt_a_bucket", "infragpt_b", "up"].map(String::from).into());
-    assert_eq!(metric_names("label_values(infragpt_c, instance)"), ["infragpt_c", "instance"].map(String::from).into());
+    assert_eq!(
+        names,
+        ["infragpt_a_bucket", "infragpt_b", "up"]
+            .map(String::from)
+            .into()
+    );
+    assert_eq!(
+        metric_names("label_values(infragpt_c, instance)"),
+        ["infragpt_c", "instance"].map(String::from).into()
+    );
 }
 
 #[test]
@@ -128,8 +148,17 @@ fn promtool_accepts_the_rules() {
         String::from_utf8_lossy(&out.stderr)
     );
     let rules = rule_exprs();
-    for alert in ["AgentFailing", "DeadLettersGrowing", "InboxBacklog", "SlackDisconnected", "ReplicaDown"] {
-        assert!(read(RULES).contains(&format!("alert: InfraGPT{alert}")), "no {alert} alert");
+    for alert in [
+        "AgentFailing",
+        "DeadLettersGrowing",
+        "InboxBacklog",
+        "SlackDisconnected",
+        "ReplicaDown",
+    ] {
+        assert!(
+            read(RULES).contains(&format!("alert: InfraGPT{alert}")),
+            "no {alert} alert"
+        );
     }
     assert!(rules.len() >= 5);
 }
@@ -169,7 +198,10 @@ async fn every_queried_metric_is_exported() {
         .iter()
         .filter(|n| !exported.contains(n.as_str()) && !PROMETHEUS_OWN.contains(&n.as_str()))
         .collect();
-    assert!(missing.is_empty(), "queried but not exported: {missing:?}\nexported: {exported:?}");
+    assert!(
+        missing.is_empty(),
+        "queried but not exported: {missing:?}\nexported: {exported:?}"
+    );
     // The Slack alert's series exists (the connection is up).
     assert!(
         text.contains(r#"infragpt_actors{kind="slack_connection",state="running"} 1"#),

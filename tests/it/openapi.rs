@@ -75,7 +75,11 @@ async fn every_route_is_documented() {
         .json()
         .await
         .expect("json");
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
     let documented: BTreeSet<(String, String)> = doc["paths"]
         .as_object()
         .expect("paths")
@@ -100,7 +104,10 @@ async fn every_route_is_documented() {
     )
     .await;
     let patterns = leaf_patterns(&String::from_utf8_lossy(&map));
-    assert!(patterns.contains("/healthz") && patterns.contains("/identity/me"), "{patterns:?}");
+    assert!(
+        patterns.contains("/healthz") && patterns.contains("/identity/me"),
+        "{patterns:?}"
+    );
 
     // Which methods each resource answers: anything but the fallback's 404 or a 405.
     let mut served = BTreeSet::new();
@@ -127,8 +134,14 @@ async fn every_route_is_documented() {
     }
     let undocumented: Vec<_> = served.difference(&documented).collect();
     let unserved: Vec<_> = documented.difference(&served).collect();
-    assert!(undocumented.is_empty(), "routes missing from /openapi.json: {undocumented:?}");
-    assert!(unserved.is_empty(), "documented routes the app does not serve: {unserved:?}");
+    assert!(
+        undocumented.is_empty(),
+        "routes missing from /openapi.json: {undocumented:?}"
+    );
+    assert!(
+        unserved.is_empty(),
+        "documented routes the app does not serve: {unserved:?}"
+    );
 
     // Every operation names its errors in the one shape, and the protected ones their scheme.
     for (path, ops) in doc["paths"].as_object().unwrap() {
@@ -137,7 +150,10 @@ async fn every_route_is_documented() {
                 // `/readyz` answers its report with 503: that is its documented body.
                 if (status.starts_with('4') || status.starts_with('5')) && path != "/readyz" {
                     let schema = &response["content"]["application/json"]["schema"]["$ref"];
-                    assert_eq!(schema, "#/components/schemas/Error", "{method} {path} {status}");
+                    assert_eq!(
+                        schema, "#/components/schemas/Error",
+                        "{method} {path} {status}"
+                    );
                 }
             }
             let open = path.starts_with("/healthz")
@@ -145,7 +161,11 @@ async fn every_route_is_documented() {
                 || path.starts_with("/ops")
                 || path == "/openapi.json"
                 || path.contains("callback");
-            assert_eq!(op.get("security").is_none(), open, "{method} {path}: security");
+            assert_eq!(
+                op.get("security").is_none(),
+                open,
+                "{method} {path}: security"
+            );
         }
     }
     app.stop().await;
@@ -169,8 +189,16 @@ async fn schemathesis_finds_no_server_error_and_no_contradiction() {
     // Webhooks are signed (every generated request is refused at the signature, before the
     // body) and /reply posts to Slack: they are covered by their own tests.
     let runs = [
-        ("session", session.as_str(), "^/(identity|integrations|conversations|audit)"),
-        ("admin", ADMIN, "^/(actors|metrics|cluster|admin|healthz|readyz|ops|openapi)"),
+        (
+            "session",
+            session.as_str(),
+            "^/(identity|integrations|conversations|audit)",
+        ),
+        (
+            "admin",
+            ADMIN,
+            "^/(actors|metrics|cluster|admin|healthz|readyz|ops|openapi)",
+        ),
     ];
     for (name, token, paths) in runs {
         let out = tokio::task::spawn_blocking({

@@ -96,7 +96,7 @@ async fn the_ops_page_shows_the_tree_and_retries_a_dead_letter() {
         browser
             .eval("getComputedStyle(document.getElementById('token-form')).display")
             .await
-            == Value::from("flex")
+            == "flex"
     })
     .await;
     browser.type_into("#token-input", ADMIN).await;
@@ -112,7 +112,11 @@ async fn the_ops_page_shows_the_tree_and_retries_a_dead_letter() {
     let kept = browser
         .eval("[sessionStorage.getItem('infragpt.adminToken'), localStorage.length]")
         .await;
-    assert_eq!(kept, serde_json::json!([ADMIN, 0]), "the token is kept in the session only");
+    assert_eq!(
+        kept,
+        serde_json::json!([ADMIN, 0]),
+        "the token is kept in the session only"
+    );
 
     // More traffic while the page is open: it keeps up.
     for i in 3..6 {
@@ -145,7 +149,11 @@ async fn the_ops_page_shows_the_tree_and_retries_a_dead_letter() {
     let slack_rows = browser
         .eval("document.querySelectorAll('#slack tr[data-state=running]').length")
         .await;
-    assert_eq!(slack_rows, Value::from(1), "the one Socket Mode connection, running");
+    assert_eq!(
+        slack_rows,
+        Value::from(1),
+        "the one Socket Mode connection, running"
+    );
 
     // The dead letter is listed; a click on Retry requeues it and the turn is answered.
     let row = format!("#dead tr[data-id='{dead_id}']");
@@ -160,7 +168,11 @@ async fn the_ops_page_shows_the_tree_and_retries_a_dead_letter() {
     let form_shown = browser
         .eval("getComputedStyle(document.getElementById('token-form')).display")
         .await;
-    assert_eq!(form_shown, Value::from("none"), "the token form is gone once used");
+    assert_eq!(
+        form_shown,
+        Value::from("none"),
+        "the token form is gone once used"
+    );
     let png = browser.screenshot(1280).await;
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -191,7 +203,7 @@ async fn the_ops_page_shows_the_tree_and_retries_a_dead_letter() {
         browser
             .eval("document.querySelectorAll('#dead tr[data-id]').length")
             .await
-            == Value::from(0)
+            == 0
     })
     .await;
     let note = browser
@@ -206,7 +218,11 @@ async fn the_ops_page_shows_the_tree_and_retries_a_dead_letter() {
     let fits = browser
         .eval("document.documentElement.scrollWidth <= window.innerWidth + 1")
         .await;
-    assert_eq!(fits, Value::Bool(true), "the page scrolls sideways on a phone");
+    assert_eq!(
+        fits,
+        Value::Bool(true),
+        "the page scrolls sideways on a phone"
+    );
 
     drop(browser);
     app.stop().await;
@@ -231,8 +247,14 @@ async fn the_page_is_served_with_its_assets_and_a_strict_policy() {
         assert_eq!(r.status(), 200, "{base}{path}");
         let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
         assert!(ct.starts_with(kind), "{path}: {ct}");
-        let csp = r.headers()["content-security-policy"].to_str().unwrap().to_owned();
-        assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
+        let csp = r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+            "{csp}"
+        );
     }
     app.stop().await;
 }

@@ -65,7 +65,9 @@ impl TraceService for Collector {
                         attributes: s
                             .attributes
                             .iter()
-                            .filter_map(|a| Some((a.key.clone(), text(a.value.as_ref()?.value.as_ref()?)?)))
+                            .filter_map(|a| {
+                                Some((a.key.clone(), text(a.value.as_ref()?.value.as_ref()?)?))
+                            })
                             .collect(),
                         service: service.clone(),
                     });
@@ -92,7 +94,9 @@ fn text(v: &AnyValue) -> Option<String> {
 async fn a_turn_is_exported_as_spans_that_can_be_followed() {
     // The collector.
     let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let collector_addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -104,8 +108,12 @@ async fn a_turn_is_exported_as_spans_that_can_be_followed() {
     let db = TestDb::new().await;
     let sim = Arc::new(SlackSim::start(replicas::sim_config()).expect("Slack simulator"));
     let agent_addr = replicas::free_port();
-    let mut config =
-        ReplicaSetConfig::new(env!("CARGO_BIN_EXE_infragpt"), 1, db.url.clone(), agent_addr);
+    let mut config = ReplicaSetConfig::new(
+        env!("CARGO_BIN_EXE_infragpt"),
+        1,
+        db.url.clone(),
+        agent_addr,
+    );
     config.slack = Some(SlackSetup::of(&sim, 1));
     config.extra_yaml = format!(
         "telemetry:\n  otlp_endpoint: http://{collector_addr}\n  service_name: infragpt-under-test\n  otlp_filter: info\n"
@@ -124,10 +132,21 @@ async fn a_turn_is_exported_as_spans_that_can_be_followed() {
     .await;
 
     let sim_config = sim.config();
-    let bot = &sim_config.teams.iter().find(|t| t.id == ACME).expect("Acme").bot_user_id;
+    let bot = &sim_config
+        .teams
+        .iter()
+        .find(|t| t.id == ACME)
+        .expect("Acme")
+        .bot_user_id;
     let (team, channel, user) = (ACME, OPS, ALICE);
     let ts = sim
-        .post_user_message(team, channel, user, &format!("<@{bot}> what is on call?"), None)
+        .post_user_message(
+            team,
+            channel,
+            user,
+            &format!("<@{bot}> what is on call?"),
+            None,
+        )
         .expect("post");
     sim.wait_for(
         |s| {
@@ -149,9 +168,14 @@ async fn a_turn_is_exported_as_spans_that_can_be_followed() {
     let spans = eventually("the turn's spans arrived", async || {
         let spans = collector.spans.lock().clone();
         let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
-        if ["slack_envelope", "inbound_event", "agent_call", "send_reply"]
-            .iter()
-            .all(|n| names.contains(n))
+        if [
+            "slack_envelope",
+            "inbound_event",
+            "agent_call",
+            "send_reply",
+        ]
+        .iter()
+        .all(|n| names.contains(n))
         {
             Ok(spans)
         } else {
@@ -161,7 +185,10 @@ async fn a_turn_is_exported_as_spans_that_can_be_followed() {
     .await;
     assert!(spans.iter().all(|s| s.service == "infragpt-under-test"));
     let one = |name: &str| -> &Span {
-        spans.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no {name}"))
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no {name}"))
     };
     let envelope = one("slack_envelope");
     let event_id = &envelope.attributes["event_id"];
@@ -171,10 +198,19 @@ async fn a_turn_is_exported_as_spans_that_can_be_followed() {
         .unwrap_or_else(|| panic!("no inbound_event for {event_id}: {spans:#?}"));
     assert_eq!(handling.attributes["source"], "slack");
     let agent_call = one("agent_call");
-    assert_eq!(agent_call.trace_id, handling.trace_id, "the agent call is in the handling's trace");
-    assert_eq!(agent_call.parent_span_id, handling.span_id, "a child of the handling");
+    assert_eq!(
+        agent_call.trace_id, handling.trace_id,
+        "the agent call is in the handling's trace"
+    );
+    assert_eq!(
+        agent_call.parent_span_id, handling.span_id,
+        "a child of the handling"
+    );
     let reply = one("send_reply");
-    assert_eq!(reply.attributes["conversation_id"], agent_call.attributes["conversation_id"]);
+    assert_eq!(
+        reply.attributes["conversation_id"],
+        agent_call.attributes["conversation_id"]
+    );
 
     server.abort();
 }

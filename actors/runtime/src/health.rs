@@ -145,10 +145,10 @@ impl FromStr for ActorState {
         Self::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-        .ok_or_else(|| UnknownName {
-            what: "state",
-            value: s.to_owned(),
-        })
+            .ok_or_else(|| UnknownName {
+                what: "state",
+                value: s.to_owned(),
+            })
     }
 }
 

@@ -242,10 +242,7 @@ impl Metrics {
     /// source of these counts, so the gauges always agree with `/actors`.
     pub(crate) fn set_counts(
         &self,
-        counts: &std::collections::BTreeMap<
-            ActorKind,
-            std::collections::BTreeMap<ActorState, u64>,
-        >,
+        counts: &std::collections::BTreeMap<ActorKind, std::collections::BTreeMap<ActorState, u64>>,
     ) {
         let mut known = self.live_kinds.lock();
         known.extend(counts.keys().copied());
@@ -306,8 +303,7 @@ impl Metrics {
     }
 
     pub(crate) fn set_replicas_live(&self, n: usize) {
-        self.replicas_live
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
+        self.replicas_live.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn set_partitions_owned(&self, n: usize) {
