@@ -81,9 +81,7 @@ fn not_found() -> ApiError {
     responses(
         (status = 200, description = "`{conversations: [...], next_cursor}`", body = serde_json::Value),
         (status = 400, description = "A parameter does not read", body = crate::error::ErrorBody),
-        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
-        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
-        (status = 503, description = "The store is unavailable, or the session could not be verified: retry later", body = crate::error::ErrorBody),
+        crate::identity::auth::SessionRefusals,
     ))]
 async fn list(
     who: OrgPrincipal,
@@ -104,9 +102,7 @@ async fn list(
     responses(
         (status = 200, description = "`{conversation, messages}`", body = serde_json::Value),
         (status = 404, description = "Not one of the organization's conversations", body = crate::error::ErrorBody),
-        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
-        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
-        (status = 503, description = "The store is unavailable, or the session could not be verified: retry later", body = crate::error::ErrorBody),
+        crate::identity::auth::SessionRefusals,
     ))]
 async fn get_one(
     who: OrgPrincipal,
@@ -129,9 +125,7 @@ async fn get_one(
         (status = 200, description = "The counts: `{messages, reply_intents, inbound_events_forgotten, dead_letters_closed}`", body = serde_json::Value),
         (status = 404, description = "Not one of the organization's conversations", body = crate::error::ErrorBody),
         (status = 409, description = "A turn is in flight or a reply is being posted: retry once answered", body = crate::error::ErrorBody),
-        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
-        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
-        (status = 503, description = "The store is unavailable, or the session could not be verified: retry later", body = crate::error::ErrorBody),
+        crate::identity::auth::SessionRefusals,
     ))]
 async fn delete(
     req: HttpRequest,

@@ -142,12 +142,7 @@ fn rejected(e: GithubSignatureError) -> ApiError {
     request_body(content = serde_json::Value, description = "A GitHub App webhook payload", content_type = "application/json"),
     responses(
         (status = 202, description = "Recorded or a duplicate: `{status, delivery_id}`", body = serde_json::Value),
-        (status = 400, description = "The body or a header does not read", body = crate::error::ErrorBody),
-        (status = 401, description = "Missing, stale or wrong signature (checked before the body is read)", body = crate::error::ErrorBody),
-        (status = 408, description = "The body did not arrive within the deadline", body = crate::error::ErrorBody),
-        (status = 413, description = "The body is over the route's limit", body = crate::error::ErrorBody),
-        (status = 422, description = "The event could not be stored", body = crate::error::ErrorBody),
-        (status = 503, description = "Not configured (fail closed), too many deliveries in flight, or the store is down: retry later", body = crate::error::ErrorBody),
+        crate::http::webhook_body::WebhookRefusals,
     ))]
 pub async fn receive(
     hook: web::Data<GithubWebhook>,

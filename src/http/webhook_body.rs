@@ -40,6 +40,29 @@ pub trait BodyVerifier {
     fn finish(self) -> Result<(), Self::Error>;
 }
 
+/// How every webhook route refuses a delivery, in the OpenAPI document.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum WebhookRefusals {
+    /// The body or a header does not read
+    #[response(status = 400)]
+    BadRequest(crate::error::ErrorBody),
+    /// Missing, stale or wrong signature (checked before the body is read)
+    #[response(status = 401)]
+    BadSignature(crate::error::ErrorBody),
+    /// The body did not arrive within the deadline
+    #[response(status = 408)]
+    Timeout(crate::error::ErrorBody),
+    /// The body is over the route's limit
+    #[response(status = 413)]
+    TooLarge(crate::error::ErrorBody),
+    /// The event could not be stored
+    #[response(status = 422)]
+    NotStored(crate::error::ErrorBody),
+    /// Not configured (fail closed), too many deliveries in flight, or the store is down: retry later
+    #[response(status = 503)]
+    Unavailable(crate::error::ErrorBody),
+}
+
 /// The limits and budgets of webhook body reading, shared by every webhook route of the
 /// process (the HTTP shell registers one as app data; see [`WebhookIntake::for_request`]).
 #[derive(Debug)]

@@ -128,9 +128,7 @@ fn store_error(e: impl std::fmt::Display) -> ApiError {
     responses(
         (status = 200, description = "`{user, organization, role}`", body = serde_json::Value),
         (status = 404, description = "The user is not known (yet)", body = crate::error::ErrorBody),
-        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
-        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
-        (status = 503, description = "The store is unavailable, or the session could not be verified: retry later", body = crate::error::ErrorBody),
+        crate::identity::auth::SessionRefusals,
     ))]
 async fn me(
     principal: Principal,
@@ -159,9 +157,7 @@ async fn me(
 #[utoipa::path(get, path = "/identity/organization", tag = "identity", security(("clerk_session" = [])),
     responses(
         (status = 200, description = "`{organization, role, metadata}`", body = serde_json::Value),
-        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
-        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
-        (status = 503, description = "The store is unavailable, or the session could not be verified: retry later", body = crate::error::ErrorBody),
+        crate::identity::auth::SessionRefusals,
     ))]
 async fn organization(
     who: OrgPrincipal,
@@ -188,9 +184,7 @@ async fn organization(
         (status = 413, description = "The body is too large", body = crate::error::ErrorBody),
         (status = 415, description = "Not `application/json`", body = crate::error::ErrorBody),
         (status = 422, description = "A key or value is not allowed (`error.field` names it)", body = crate::error::ErrorBody),
-        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
-        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
-        (status = 503, description = "The store is unavailable, or the session could not be verified: retry later", body = crate::error::ErrorBody),
+        crate::identity::auth::SessionRefusals,
     ))]
 async fn put_metadata(
     req: HttpRequest,

@@ -32,9 +32,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, audit: PgAudit) {
     responses(
         (status = 200, description = "A page of entries", body = crate::db::audit::AuditPage),
         (status = 400, description = "A parameter does not read (or `organization_id` was given)", body = crate::error::ErrorBody),
-        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
-        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
-        (status = 503, description = "The store is unavailable, or the session could not be verified: retry later", body = crate::error::ErrorBody),
+        crate::identity::auth::SessionRefusals,
     ))]
 async fn list(
     req: HttpRequest,

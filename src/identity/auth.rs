@@ -308,3 +308,17 @@ impl FromRequest for OrgPrincipal {
         })
     }
 }
+
+/// How the routes behind a Clerk session refuse a caller, in the OpenAPI document.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum SessionRefusals {
+    /// Missing or invalid session token
+    #[response(status = 401)]
+    Unauthenticated(crate::error::ErrorBody),
+    /// Not a live member of the token's organization (or not `org:admin` where the route says so)
+    #[response(status = 403)]
+    Forbidden(crate::error::ErrorBody),
+    /// A store, the provider or the session check is unavailable: retry later
+    #[response(status = 503)]
+    Unavailable(crate::error::ErrorBody),
+}

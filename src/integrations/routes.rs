@@ -114,9 +114,7 @@ struct EventsQuery {
         (status = 413, description = "The body is too large", body = crate::error::ErrorBody),
         (status = 415, description = "Not `application/json`", body = crate::error::ErrorBody),
         (status = 422, description = "Unknown connector", body = crate::error::ErrorBody),
-        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
-        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
-        (status = 503, description = "The provider, the store or the session check is unavailable: retry later", body = crate::error::ErrorBody),
+        crate::identity::auth::SessionRefusals,
     ))]
 async fn create(
     req: HttpRequest,
@@ -151,15 +149,31 @@ async fn callback_inner(
     Ok(HttpResponse::Ok().json(json!({ "integration": integration })))
 }
 
+/// How a provider callback is refused (the two callback routes share them).
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum CallbackRefusals {
+    /// Missing, invalid, expired or used `state`, or the provider reported an error
+    #[response(status = 400)]
+    BadState(crate::error::ErrorBody),
+    /// No such connector
+    #[response(status = 404)]
+    NoConnector(crate::error::ErrorBody),
+    /// Conflicts with the integration's current state
+    #[response(status = 409)]
+    Conflict(crate::error::ErrorBody),
+    /// Unknown connector
+    #[response(status = 422)]
+    UnknownConnector(crate::error::ErrorBody),
+    /// The provider or the store is unavailable
+    #[response(status = 503)]
+    Unavailable(crate::error::ErrorBody),
+}
+
 /// The provider's redirect back (authorized by the signed single-use `state`, no token).
 #[utoipa::path(get, path = "/integrations/callback/{connector}", tag = "integrations", params(("connector" = String, Path, description = "`slack` or `github`"), CallbackQuery),
     responses(
         (status = 200, description = "`{integration}`", body = serde_json::Value),
-        (status = 400, description = "Missing, invalid, expired or used `state`, or the provider reported an error", body = crate::error::ErrorBody),
-        (status = 404, description = "No such connector", body = crate::error::ErrorBody),
-        (status = 409, description = "Conflicts with the integration's current state", body = crate::error::ErrorBody),
-        (status = 422, description = "Unknown connector", body = crate::error::ErrorBody),
-        (status = 503, description = "The provider or the store is unavailable", body = crate::error::ErrorBody),
+        CallbackRefusals,
     ))]
 async fn callback(
     service: web::Data<IntegrationService>,
@@ -173,11 +187,7 @@ async fn callback(
 #[utoipa::path(get, path = "/slack/oauth/callback", tag = "integrations", params(CallbackQuery),
     responses(
         (status = 200, description = "`{integration}`", body = serde_json::Value),
-        (status = 400, description = "Missing, invalid, expired or used `state`, or the provider reported an error", body = crate::error::ErrorBody),
-        (status = 404, description = "No such connector", body = crate::error::ErrorBody),
-        (status = 409, description = "Conflicts with the integration's current state", body = crate::error::ErrorBody),
-        (status = 422, description = "Unknown connector", body = crate::error::ErrorBody),
-        (status = 503, description = "The provider or the store is unavailable", body = crate::error::ErrorBody),
+        CallbackRefusals,
     ))]
 async fn slack_callback(
     service: web::Data<IntegrationService>,
@@ -192,9 +202,7 @@ async fn slack_callback(
         (status = 200, description = "`{integrations: [...]}`", body = serde_json::Value),
         (status = 400, description = "A parameter does not read", body = crate::error::ErrorBody),
         (status = 422, description = "Unknown connector", body = crate::error::ErrorBody),
-        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
-        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
-        (status = 503, description = "The provider, the store or the session check is unavailable: retry later", body = crate::error::ErrorBody),
+        crate::identity::auth::SessionRefusals,
     ))]
 async fn list(
     service: web::Data<IntegrationService>,
@@ -212,9 +220,7 @@ async fn list(
     responses(
         (status = 200, description = "The integration", body = serde_json::Value),
         (status = 404, description = "Not one of the organization's integrations", body = crate::error::ErrorBody),
-        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
-        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
-        (status = 503, description = "The provider, the store or the session check is unavailable: retry later", body = crate::error::ErrorBody),
+        crate::identity::auth::SessionRefusals,
     ))]
 async fn get_one(
     service: web::Data<IntegrationService>,
@@ -229,9 +235,7 @@ async fn get_one(
     responses(
         (status = 200, description = "The live status", body = serde_json::Value),
         (status = 404, description = "Not one of the organization's integrations", body = crate::error::ErrorBody),
-        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
-        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
-        (status = 503, description = "The provider, the store or the session check is unavailable: retry later", body = crate::error::ErrorBody),
+        crate::identity::auth::SessionRefusals,
     ))]
 async fn status(
     service: web::Data<IntegrationService>,
@@ -248,9 +252,7 @@ async fn status(
         (status = 400, description = "The provider refused", body = crate::error::ErrorBody),
         (status = 404, description = "Not one of the organization's integrations", body = crate::error::ErrorBody),
         (status = 409, description = "Conflicts with the integration's state", body = crate::error::ErrorBody),
-        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
-        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
-        (status = 503, description = "The provider, the store or the session check is unavailable: retry later", body = crate::error::ErrorBody),
+        crate::identity::auth::SessionRefusals,
     ))]
 async fn refresh(
     req: HttpRequest,
@@ -269,9 +271,7 @@ async fn refresh(
         (status = 400, description = "The provider refused", body = crate::error::ErrorBody),
         (status = 404, description = "Not one of the organization's integrations", body = crate::error::ErrorBody),
         (status = 409, description = "Conflicts with the integration's state", body = crate::error::ErrorBody),
-        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
-        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
-        (status = 503, description = "The provider, the store or the session check is unavailable: retry later", body = crate::error::ErrorBody),
+        crate::identity::auth::SessionRefusals,
     ))]
 async fn delete(
     req: HttpRequest,
@@ -289,9 +289,7 @@ async fn delete(
         (status = 200, description = "A page of events", body = serde_json::Value),
         (status = 400, description = "A parameter does not read", body = crate::error::ErrorBody),
         (status = 404, description = "Not one of the organization's integrations", body = crate::error::ErrorBody),
-        (status = 401, description = "Missing or invalid session token", body = crate::error::ErrorBody),
-        (status = 403, description = "Not a live member of the token's organization", body = crate::error::ErrorBody),
-        (status = 503, description = "The provider, the store or the session check is unavailable: retry later", body = crate::error::ErrorBody),
+        crate::identity::auth::SessionRefusals,
     ))]
 async fn events(
     service: web::Data<IntegrationService>,

@@ -174,15 +174,7 @@ async fn every_queried_metric_is_exported() {
     let ts = app.mention(ALICE, "status?");
     app.wait_replies(&ts, 1).await;
     app.settle().await;
-    let text = app
-        .http()
-        .get(format!("{}/metrics", app.ops_url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = app.metrics_text().await;
     let exported: BTreeSet<&str> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())

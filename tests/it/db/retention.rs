@@ -427,17 +427,6 @@ async fn published_run(app: &TestApp, conversations_deleted: u64) -> Value {
     .await
 }
 
-async fn metrics_text(app: &TestApp) -> String {
-    app.http()
-        .get(format!("{}/metrics", app.ops_url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body")
-}
-
 fn deleted_total(text: &str, table: &str) -> Option<f64> {
     sample(
         text,
@@ -469,7 +458,7 @@ async fn served_app_runs_the_housekeeping_actor_with_its_metrics() {
     assert!(bytes > 0.0, "{actor}");
     assert!(last_run["conversations"]["cutoff"].is_string(), "{actor}");
 
-    let text = metrics_text(&app).await;
+    let text = app.metrics_text().await;
     assert_eq!(
         deleted_total(&text, "inbound_events"),
         last_run["deleted"].as_f64(),
@@ -498,7 +487,7 @@ async fn served_app_runs_the_housekeeping_actor_with_its_metrics() {
     );
     assert_eq!(conversation_ids(app.pool()).await, vec![recent]);
     assert_eq!(rows_of(app.pool(), old).await, (0, 0, 0));
-    let text = metrics_text(&app).await;
+    let text = app.metrics_text().await;
     for (table, n) in [
         ("conversations", 1.0),
         ("messages", 2.0),

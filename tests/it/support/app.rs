@@ -287,6 +287,18 @@ impl TestApp {
         )
     }
 
+    /// `/metrics` from the ops listener, as text.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.ops_url()))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body")
+    }
+
     /// The served HTTP app's shell (its routes).
     pub fn http_shell(&self) -> HttpShell {
         self.running().http.clone()
