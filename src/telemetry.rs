@@ -169,7 +169,10 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         Some(endpoint) => Some((span_export(&config.export, endpoint)?, endpoint)),
         None => None,
     };
-    let spans = match &export {
+    // Two compositions rather than an optional layer: an absent layer (`Option::None`) would
+    // take away the subscriber's level hint, and every trace-level callsite of the
+    // dependencies would be asked again and again.
+    let installed = match &export {
         Some((export, _)) => {
             use opentelemetry::trace::TracerProvider as _;
             let spans_filter =
@@ -179,19 +182,17 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
                         source,
                     }
                 })?;
-            Some(
-                tracing_opentelemetry::layer()
-                    .with_tracer(export.provider.tracer("infragpt"))
-                    .with_filter(spans_filter),
-            )
+            let spans = tracing_opentelemetry::layer()
+                .with_tracer(export.provider.tracer("infragpt"))
+                .with_filter(spans_filter);
+            tracing_subscriber::registry()
+                .with(logs)
+                .with(spans)
+                .try_init()
         }
-        None => None,
+        None => tracing_subscriber::registry().with(logs).try_init(),
     };
-    tracing_subscriber::registry()
-        .with(logs)
-        .with(spans)
-        .try_init()
-        .map_err(|e| TelemetryError::AlreadyInstalled(Box::new(e)))?;
+    installed.map_err(|e| TelemetryError::AlreadyInstalled(Box::new(e)))?;
     if let Some((_, endpoint)) = &export {
         tracing::info!(endpoint, service_name = %config.export.service_name, "exporting spans over OTLP/gRPC");
     }
