@@ -135,11 +135,14 @@ fn filter(level: &str) -> Result<EnvFilter, TelemetryError> {
     })
 }
 
-/// Installs the global subscriber, writing to stdout (or stderr), and exporting spans when
-/// `config.export` names an endpoint.
-pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
-    let filter = filter(&config.level)?;
-    let to_stderr = config.to_stderr;
+/// The log lines: JSON or pretty, to stdout or stderr.
+fn log_layer<S>(
+    format: LogFormat,
+    to_stderr: bool,
+) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     let writer = move || -> Box<dyn Write> {
         if to_stderr {
             Box::new(std::io::stderr())
@@ -153,7 +156,7 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         std::io::IsTerminal::is_terminal(&std::io::stdout())
     };
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
-    let logs = match config.format {
+    match format {
         LogFormat::Json => fmt
             .json()
             .flatten_event(true)
@@ -163,17 +166,23 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         // One line per event, coloured only on a terminal.
         LogFormat::Pretty => fmt.with_ansi(is_terminal).boxed(),
     }
-    // The log filter applies to the logs only; exported spans have their own.
-    .with_filter(filter);
+}
+
+/// Installs the global subscriber, writing to stdout (or stderr), and exporting spans when
+/// `config.export` names an endpoint.
+pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
+    let filter = filter(&config.level)?;
     let export = match config.export.otlp_endpoint.as_deref() {
         Some(endpoint) => Some((span_export(&config.export, endpoint)?, endpoint)),
         None => None,
     };
-    // Two compositions rather than an optional layer: an absent layer (`Option::None`) would
-    // take away the subscriber's level hint, and every trace-level callsite of the
-    // dependencies would be asked again and again.
+    // Without export the log filter is global, as it always was (callsites it disables cost
+    // nothing); with export each layer has its own filter, so spans below `log_level` can
+    // still be exported. A per-layer filter alone made large webhook deliveries cost more
+    // memory at once (edge::memory).
     let installed = match &export {
         Some((export, _)) => {
+            let logs = log_layer(config.format, config.to_stderr);
             use opentelemetry::trace::TracerProvider as _;
             let spans_filter =
                 EnvFilter::try_new(&config.export.otlp_filter).map_err(|source| {
@@ -186,11 +195,14 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
                 .with_tracer(export.provider.tracer("infragpt"))
                 .with_filter(spans_filter);
             tracing_subscriber::registry()
-                .with(logs)
+                .with(logs.with_filter(filter))
                 .with(spans)
                 .try_init()
         }
-        None => tracing_subscriber::registry().with(logs).try_init(),
+        None => tracing_subscriber::registry()
+            .with(filter)
+            .with(log_layer(config.format, config.to_stderr))
+            .try_init(),
     };
     installed.map_err(|e| TelemetryError::AlreadyInstalled(Box::new(e)))?;
     if let Some((_, endpoint)) = &export {
