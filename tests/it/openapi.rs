@@ -218,6 +218,8 @@ async fn schemathesis_finds_no_server_error_and_no_contradiction() {
                     .arg("--report-dir")
                     .arg(&dir)
                     .env("SCHEMATHESIS_TELEMETRY", "false")
+                    // Its cache (`.schemathesis/`) goes to the temporary folder, not the repository.
+                    .current_dir(&dir)
                     .output()
                     .expect("running schemathesis")
             }
