@@ -312,8 +312,10 @@ impl Coordinator {
         self.health.set_backlog(st.releasing.len() as u64);
     }
 
-    /// Stops dispatching `partitions`, waits for their events in flight (bounded), then
-    /// releases their leases.
+    /// Stops dispatching `partitions`, and releases each one's lease as soon as its own events
+    /// in flight have finished (bounded by the timeout, after which the rest go anyway). One
+    /// slow event (a reply waiting out another process's claim) then holds back only its own
+    /// partition, not every partition of a draining replica.
     fn hand_over(&mut self, partitions: Vec<Partition>, ctx: &mut Context<Self>) {
         self.handing_over = true;
         self.ownership.begin_release(&partitions);
@@ -327,21 +329,35 @@ impl Coordinator {
         };
         let work = async move {
             let deadline = Instant::now() + timeout;
+            let mut waiting = partitions.clone();
             loop {
-                let n = cluster.in_flight_in(&partitions).await;
-                if n == 0 {
+                let mut idle = Vec::new();
+                let mut busy = Vec::new();
+                for p in waiting {
+                    if cluster.in_flight_in(&[p]).await == 0 {
+                        idle.push(p);
+                    } else {
+                        busy.push(p);
+                    }
+                }
+                if !idle.is_empty() {
+                    membership.release(&idle).await?;
+                }
+                waiting = busy;
+                if waiting.is_empty() {
                     break;
                 }
                 if Instant::now() >= deadline {
                     tracing::warn!(
-                        in_flight = n,
+                        partitions = ?waiting.iter().map(|p| p.0).collect::<Vec<_>>(),
                         "hand-over timed out: releasing anyway (the new owner redoes what did not finish)"
                     );
+                    membership.release(&waiting).await?;
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            membership.release(&partitions).await.map(|()| partitions)
+            Ok::<_, crate::inbox::StoreError>(partitions)
         };
         ctx.spawn(work.into_actor(self).map(|res, act, _ctx| {
             act.handing_over = false;
