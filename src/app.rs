@@ -155,6 +155,12 @@ impl Module for CoreModule {
         })));
         http.add_routes(Arc::new(ops::routes(ops_state)));
         state.readiness.add(ActorsCheck(self.core.cluster.clone()));
+        self.core
+            .cluster
+            .metrics()
+            .registry()
+            .register(Box::new(http.webhooks.rate_limits().metric()))
+            .context("registering the webhook rate limit metric")?;
         let report = self
             .core
             .cluster
