@@ -9,6 +9,7 @@ mod conversations;
 mod db;
 mod e2e;
 mod edge;
+mod fuzz_corpora;
 mod github;
 mod identity;
 mod integrations;
