@@ -26,7 +26,9 @@ use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 use diesel_async::RunQueryDsl;
 use infragpt::testkit::devagent::{DevAgent, DevAgentConfig};
-use infragpt::testkit::replicas::{self, Load, LoadConfig, ReplicaSet, ReplicaSetConfig, SlackSetup};
+use infragpt::testkit::replicas::{
+    self, Load, LoadConfig, ReplicaSet, ReplicaSetConfig, SlackSetup,
+};
 use infragpt::testkit::slack_sim::SlackSim;
 use infragpt::testkit::test_db::TestDb;
 use serde::Serialize;

@@ -202,14 +202,16 @@ mod tests {
         let l = limits(10.0, 3, 100);
         let t0 = Instant::now();
         for _ in 0..3 {
-            l.admit_at(WebhookRoute::Slack, "T1", t0).expect("within the burst");
+            l.admit_at(WebhookRoute::Slack, "T1", t0)
+                .expect("within the burst");
         }
         let refused = l.admit_at(WebhookRoute::Slack, "T1", t0).unwrap_err();
         assert_eq!(refused.status().as_u16(), 429);
         assert_eq!(refused.code(), "too_many_requests");
         // One interval later one more fits, and only one.
         let t1 = t0 + Duration::from_millis(100);
-        l.admit_at(WebhookRoute::Slack, "T1", t1).expect("refilled by one");
+        l.admit_at(WebhookRoute::Slack, "T1", t1)
+            .expect("refilled by one");
         assert!(l.admit_at(WebhookRoute::Slack, "T1", t1).is_err());
         assert_eq!(
             l.limited.with_label_values(&["slack"]).get(),

@@ -66,7 +66,9 @@ fn text(bytes: &[u8]) -> Option<&str> {
 }
 
 fn now() -> DateTime<Utc> {
-    Utc.timestamp_opt(NOW, 0).single().expect("NOW is a valid time")
+    Utc.timestamp_opt(NOW, 0)
+        .single()
+        .expect("NOW is a valid time")
 }
 
 /// Slack envelopes: Socket Mode frames, Events API bodies (parsed and classified as the
@@ -128,7 +130,11 @@ pub fn slack_signature(data: &[u8]) {
         check.update(&body[cut..]);
         check.finish()
     });
-    assert_eq!(whole.is_ok(), chunked.is_ok(), "chunking changed the outcome");
+    assert_eq!(
+        whole.is_ok(),
+        chunked.is_ok(),
+        "chunking changed the outcome"
+    );
     // The right signature always verifies when the timestamp is fresh and written as Slack
     // writes it (the MAC covers the header's text: "017…" signs differently from "17…").
     if flags & 1 == 1
@@ -136,7 +142,10 @@ pub fn slack_signature(data: &[u8]) {
             .parse::<i64>()
             .is_ok_and(|t| ts == t.to_string() && (t - NOW).abs() <= 300)
     {
-        assert!(whole.is_ok(), "a correctly signed body was refused: {whole:?}");
+        assert!(
+            whole.is_ok(),
+            "a correctly signed body was refused: {whole:?}"
+        );
     }
     let mut headers = http::HeaderMap::new();
     for (name, value) in [
@@ -237,8 +246,7 @@ pub fn jwt(data: &[u8]) {
             .expect("the test key is a valid RSA public key")
     });
     let verifier = VERIFIER.get_or_init(|| {
-        let url = url::Url::parse("http://127.0.0.1:9/.well-known/jwks.json")
-            .expect("a valid URL");
+        let url = url::Url::parse("http://127.0.0.1:9/.well-known/jwks.json").expect("a valid URL");
         // Never fetched: the targets only use verify_with_key.
         let jwks = JwksCache::new(url, reqwest::Client::new(), Default::default());
         let mut config = ClerkJwtConfig::new("https://clerk.example.com");
@@ -260,7 +268,8 @@ pub fn config(data: &[u8]) {
         return;
     };
     let _ = crate::config::load_str_with_env(yaml, "fuzz.yaml", |name| {
-        name.starts_with("FUZZ_").then(|| format!("value-of-{name}"))
+        name.starts_with("FUZZ_")
+            .then(|| format!("value-of-{name}"))
     });
 }
 
@@ -282,7 +291,11 @@ pub fn mrkdwn(data: &[u8]) {
         }
         let kept: usize = parts
             .iter()
-            .map(|p| p.chars().filter(|c| !c.is_whitespace() && *c != '`').count())
+            .map(|p| {
+                p.chars()
+                    .filter(|c| !c.is_whitespace() && *c != '`')
+                    .count()
+            })
             .sum();
         let given = answer
             .chars()

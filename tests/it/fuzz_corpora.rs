@@ -52,13 +52,17 @@ fn saved_fuzz_corpora_replay_without_panics() {
         let corpus = inputs(&fuzz_dir().join("corpus").join(name));
         // An empty corpus would make this test pass vacuously.
         if corpus.is_empty() {
-            problems.push(format!("{name}: no saved corpus in tests/fuzz/corpus/{name}"));
+            problems.push(format!(
+                "{name}: no saved corpus in tests/fuzz/corpus/{name}"
+            ));
             continue;
         }
         let mut all = corpus;
         all.extend(inputs(&fuzz_dir().join("regressions").join(name)));
         match replay(run, all) {
-            Ok(failed) => problems.extend(failed.into_iter().map(|f| format!("{name}: {f} panicked"))),
+            Ok(failed) => {
+                problems.extend(failed.into_iter().map(|f| format!("{name}: {f} panicked")))
+            }
             Err(e) => problems.push(format!("{name}: {e}")),
         }
     }
@@ -81,7 +85,8 @@ fn replay_reports_a_panicking_input() {
 
 #[test]
 fn every_target_has_a_fuzz_binary() {
-    let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).expect("tests/fuzz/Cargo.toml");
+    let manifest =
+        std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).expect("tests/fuzz/Cargo.toml");
     for &(name, _) in TARGETS {
         assert!(
             manifest.contains(&format!("path = \"fuzz_targets/{name}.rs\"")),

@@ -22,7 +22,9 @@ use infragpt::db::private_pg::PrivateCluster;
 use infragpt::db::schema::{inbound_events, messages};
 use infragpt::grpc::pb::agent::AgentRequest;
 use infragpt::testkit::devagent::{DevAgent, DevAgentConfig, DevAgentHandle};
-use infragpt::testkit::replicas::{self, Load, LoadConfig, Repeats, ReplicaSet, ReplicaSetConfig, SlackSetup};
+use infragpt::testkit::replicas::{
+    self, Load, LoadConfig, Repeats, ReplicaSet, ReplicaSetConfig, SlackSetup,
+};
 use infragpt::testkit::slack_sim::SlackSim;
 use infragpt::testkit::test_db::TestDb;
 use rand::Rng as _;
@@ -177,7 +179,9 @@ async fn drill_postgres_restarted_for_ten_seconds() {
         .expect("a private PostgreSQL cluster (needs the postgresql package)");
     let relay = Relay::start(([127, 0, 0, 1], pg.port()).into()).await;
     let admin = relay.url_for(&infragpt_actors::Secret::new(pg.url("postgres")));
-    let db = TestDb::on_server(admin).await.expect("a database on the private cluster");
+    let db = TestDb::on_server(admin)
+        .await
+        .expect("a database on the private cluster");
     let mut pg = Some(pg);
     let d = Drill::start(db).await;
     let load = d.start_load();
@@ -190,10 +194,12 @@ async fn drill_postgres_restarted_for_ten_seconds() {
         .expect("the stop task");
     let down_at = Instant::now();
     // Not ready while the database is gone (after the lease, at the latest).
-    let status = poll(Duration::from_secs(9), async || match d.set.readyz(0).await {
-        Ok((200, _)) => Err("still ready".to_owned()),
-        Ok((status, body)) => Ok(format!("{status} {body}")),
-        Err(e) => Ok(e),
+    let status = poll(Duration::from_secs(9), async || {
+        match d.set.readyz(0).await {
+            Ok((200, _)) => Err("still ready".to_owned()),
+            Ok((status, body)) => Ok(format!("{status} {body}")),
+            Err(e) => Ok(e),
+        }
     })
     .await
     .expect("/readyz reports not ready while PostgreSQL is down");
@@ -252,7 +258,8 @@ async fn drill_slack_rate_limits_and_server_errors() {
         // Posted, but the answer is lost: the service must find it in the thread.
         d.sim.inject_server_error("chat.postMessage", 2, 500, true);
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        d.sim.inject_server_error("conversations.replies", 2, 503, false);
+        d.sim
+            .inject_server_error("conversations.replies", 2, 503, false);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let at_least = load.answered() + 30;

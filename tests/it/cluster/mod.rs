@@ -17,11 +17,11 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use infragpt::db::schema::inbound_events;
+use infragpt::grpc::pb::agent::AgentRequest;
 use infragpt::testkit::devagent::{DevAgent, DevAgentConfig, DevAgentHandle};
 use infragpt::testkit::replicas::{
     self, Holdings, Load, LoadConfig, Repeats, ReplicaSet, ReplicaSetConfig, SlackSetup, ThreadLog,
 };
-use infragpt::grpc::pb::agent::AgentRequest;
 use infragpt::testkit::slack_sim::SlackSim;
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::Secret;

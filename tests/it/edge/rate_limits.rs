@@ -179,7 +179,11 @@ fn assert_refused(answer: &Answer, what: &str) {
 #[actix_rt::test]
 async fn slack_events_over_a_workspace_limit_are_refused_before_recording() {
     let app = served(|c| c.webhooks.rate_limits.slack = tight(2)).await;
-    assert_eq!(limited_total(&app, "slack").await, 0.0, "exported from the start");
+    assert_eq!(
+        limited_total(&app, "slack").await,
+        0.0,
+        "exported from the start"
+    );
     for i in 0..2 {
         let (headers, body) = slack_event("T0RATE0001", &format!("Ev0RATEOK{i}"));
         let a = send(&app, "/slack/events", headers, body).await;
@@ -203,7 +207,10 @@ async fn slack_events_over_a_workspace_limit_are_refused_before_recording() {
 async fn github_deliveries_over_an_installation_limit_are_refused_before_recording() {
     let app = served(|c| c.webhooks.rate_limits.github = tight(1)).await;
     let (headers, body, first) = github_delivery(4242);
-    assert_eq!(send(&app, "/webhooks/github", headers, body).await.status, 202);
+    assert_eq!(
+        send(&app, "/webhooks/github", headers, body).await.status,
+        202
+    );
     let (headers, body, second) = github_delivery(4242);
     let over = send(&app, "/webhooks/github", headers, body).await;
     assert_refused(&over, "second delivery of the installation");
@@ -242,7 +249,8 @@ async fn rate_limits_are_validated() {
     };
     let e = check("webhooks:\n  rate_limits:\n    slack:\n      per_second: -1\n").unwrap();
     assert!(e.contains("webhooks.rate_limits.slack.per_second"), "{e}");
-    let e = check("webhooks:\n  rate_limits:\n    github:\n      per_second: 5\n      burst: 0\n").unwrap();
+    let e = check("webhooks:\n  rate_limits:\n    github:\n      per_second: 5\n      burst: 0\n")
+        .unwrap();
     assert!(e.contains("webhooks.rate_limits.github.burst"), "{e}");
     let e = check("webhooks:\n  rate_limits:\n    max_sources: 0\n").unwrap();
     assert!(e.contains("webhooks.rate_limits.max_sources"), "{e}");
