@@ -444,11 +444,11 @@ impl SlackSim {
         });
     }
 
-    /// Injected rate limits and server errors not answered yet.
-    pub fn pending_faults(&self) -> u32 {
+    /// Injected rate limits and server errors of `method` not answered yet.
+    pub fn pending_faults(&self, method: &str) -> u32 {
         self.with_state(|st| {
-            st.rate_limits.values().map(|(n, _)| n).sum::<u32>()
-                + st.server_errors.values().map(|f| f.remaining).sum::<u32>()
+            st.rate_limits.get(method).map_or(0, |(n, _)| *n)
+                + st.server_errors.get(method).map_or(0, |f| f.remaining)
         })
     }
 
