@@ -27,9 +27,12 @@ use crate::identity::webhook::event_kind;
 use crate::slack::signature::{SlackSignatureVerifier, sign as slack_sign};
 use crate::slack::socket::inbound_event;
 
+/// A target's body: returns for every input, panics when a property breaks.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name: the fuzz crate has one binary per entry, and the corpus of each is
 /// `tests/fuzz/corpus/<name>/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("slack_envelope", slack_envelope),
     ("slack_signature", slack_signature),
     ("clerk_webhook", clerk_webhook),
