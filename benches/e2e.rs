@@ -1,6 +1,6 @@
 //! End-to-end benchmark of the assembled service (not a test). See `BENCHMARKS.md`.
 //!
-//! Run: `cargo bench --bench e2e -- [conversations|webhooks|memory|replicas] [options]`
+//! Run: `cargo bench --bench e2e -- [conversations|webhooks|memory|replicas|soak] [options]`
 //! (`cargo bench --bench e2e -- --help` lists the options).
 //!
 //! Everything runs in this process on loopback: the service (`infragpt::app::start`, the same
@@ -12,6 +12,8 @@
 
 #[path = "e2e/replicas.rs"]
 mod replicas;
+#[path = "e2e/soak.rs"]
+mod soak;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -57,6 +59,10 @@ enum Mode {
     /// Three `infragpt serve` processes (the release binary) on one database: throughput with
     /// 1, 2 and 3 replicas, failover after SIGKILL, latency during a rolling SIGTERM restart.
     Replicas,
+    /// One `infragpt serve` process (the release binary) under steady load for
+    /// `--duration-s`: RSS, open files, database connections and inbox backlog sampled every
+    /// `--sample-s`, and whether each is flat at the end.
+    Soak,
 }
 
 /// End-to-end benchmark of InfraGPT (service, Slack simulator and dev agent in one process).
@@ -109,6 +115,16 @@ struct Args {
     /// Replicas mode: SIGKILLs for the failover figure.
     #[arg(long, default_value_t = 5)]
     kills: usize,
+    /// Soak mode: how long the load runs, in seconds.
+    #[arg(long, default_value_t = 1800)]
+    duration_s: u64,
+    /// Soak mode: seconds between two samples.
+    #[arg(long, default_value_t = 10)]
+    sample_s: u64,
+    /// Soak mode: mentions per Slack thread before the load starts a fresh thread (keeps the
+    /// history each turn sends to the agent bounded).
+    #[arg(long, default_value_t = 20)]
+    soak_turns: usize,
     /// Keep the Slack Web API throttle on (Slack's per-workspace limits).
     #[arg(long)]
     slack_throttle: bool,
@@ -155,6 +171,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Mode::Webhooks => Report::Webhooks(webhooks(&args).await?),
         Mode::Memory => Report::Memory(memory(&args).await?),
         Mode::Replicas => Report::Replicas(replicas::run(&args).await?),
+        Mode::Soak => Report::Soak(soak::run(&args).await?),
     };
     let out = Output {
         mode: args.mode,
@@ -171,6 +188,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Report::Webhooks(r) => r.errors > 0,
         Report::Memory(_) => false,
         Report::Replicas(r) => !r.violations.is_empty() || r.unfinished > 0 || r.dead_letters > 0,
+        Report::Soak(r) => !r.passed(),
     };
     if failed {
         bail!("the run had errors (see above)");
@@ -194,6 +212,7 @@ enum Report {
     Webhooks(WebhooksReport),
     Memory(MemoryReport),
     Replicas(replicas::ReplicasReport),
+    Soak(soak::SoakReport),
 }
 
 #[derive(Debug, Serialize)]
@@ -529,6 +548,7 @@ fn print_table(out: &Output, profile: bool) {
             row("peak RSS (VmHWM)", mib(r.peak_rss_kib));
         }
         Report::Replicas(r) => replicas::print(r, &row),
+        Report::Soak(r) => soak::print(r, &row),
     }
 }
 
@@ -1122,6 +1142,9 @@ async fn webhooks(args: &Args) -> anyhow::Result<WebhooksReport> {
     let db = TestDb::try_new().await.context("creating the database")?;
     let mut config = base_config(&db, args, free_port()?)?;
     config.integrations.github.webhook_secret = Some(Secret::new(WEBHOOK_SECRET));
+    // One installation sends every delivery: the benchmark measures the pipeline, not the
+    // per-installation rate limit (which would cap it at 20/s).
+    config.webhooks.rate_limits.github.per_second = 0.0;
     let (running, _core) = infragpt::app::start(config)
         .await
         .context("starting the service")?;

@@ -202,6 +202,11 @@ impl ApiError {
         self.code
     }
 
+    /// The `Retry-After` seconds, if the response carries one.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.retry_after
+    }
+
     /// The caller-facing message.
     pub fn message(&self) -> &str {
         &self.message

@@ -157,8 +157,11 @@ fn substitute_line(
         let c = bytes[i];
         match quote {
             Quote::Double if c == b'\\' && i + 1 < bytes.len() => {
-                out.push_str(&line[i..i + 2]);
-                i += 2;
+                // The backslash and the whole character it escapes (which may be several
+                // bytes: slicing after one byte panicked, found by the config fuzz target).
+                let escaped = line[i + 1..].chars().next().map_or(0, char::len_utf8);
+                out.push_str(&line[i..i + 1 + escaped]);
+                i += 1 + escaped;
                 continue;
             }
             Quote::Double if c == b'"' => quote = Quote::None,
@@ -278,6 +281,13 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn an_escaped_multibyte_character_in_double_quotes_is_kept_whole() {
+        let text = "a: \"\\\u{9b}\\é ${X}\"\n\"\\";
+        let out = substitute(text, env(&[("X", "1")])).expect("substituted");
+        assert!(out.starts_with("a: \"\\\u{9b}\\é 1\""), "{out:?}");
     }
 
     #[test]

@@ -198,6 +198,12 @@ pub struct GrpcConfig {
     pub max_connections: usize,
     /// Deadline of one call (0: none; a shorter `grpc-timeout` from the client wins).
     pub request_timeout_ms: u64,
+    /// Largest gRPC message accepted or sent, in bytes (a larger request fails with
+    /// `OUT_OF_RANGE` before it is decoded).
+    pub max_message_bytes: usize,
+    /// Calls in flight at once on one connection (HTTP/2 `MAX_CONCURRENT_STREAMS`; a client
+    /// waits for a free stream, and a stream over it is refused).
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for GrpcConfig {
@@ -210,6 +216,9 @@ impl Default for GrpcConfig {
             tcp_keepalive_ms: 60_000,
             max_connections: 1024,
             request_timeout_ms: 60_000,
+            // tonic's own default, made explicit: an answer is text, far below it.
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 128,
         }
     }
 }
@@ -603,6 +612,9 @@ pub struct WebhooksConfig {
     /// Webhook bodies being read and not yet verified at once; more → 503 with Retry-After
     /// at once.
     pub max_unverified_uploads: u32,
+    /// Per-source rate limits of the webhook routes, applied to verified deliveries before
+    /// they are recorded (429 with Retry-After; the sender retries).
+    pub rate_limits: WebhookRateLimits,
 }
 
 impl Default for WebhooksConfig {
@@ -611,6 +623,66 @@ impl Default for WebhooksConfig {
             body_timeout_ms: 10_000,
             max_unverified_bytes: 64 * 1024 * 1024,
             max_unverified_uploads: 32,
+            rate_limits: WebhookRateLimits::default(),
+        }
+    }
+}
+
+/// The rate limit of each webhook route, per sending source: a Slack workspace (`team_id`),
+/// a GitHub App installation (`installation.id`; deliveries without one share one source),
+/// the Clerk application (one source: one signing secret is one Clerk app).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookRateLimits {
+    /// `POST /slack/events`, per workspace.
+    pub slack: RateLimit,
+    /// `POST /webhooks/github`, per installation.
+    pub github: RateLimit,
+    /// `POST /webhooks/clerk`.
+    pub clerk: RateLimit,
+    /// Sources tracked at once per route; sources beyond it share one limit (so memory stays
+    /// bounded whatever the senders do).
+    pub max_sources: usize,
+}
+
+impl Default for WebhookRateLimits {
+    fn default() -> Self {
+        Self {
+            // Slack itself sends at most 30 000 events per workspace and hour (~8/s); the
+            // burst absorbs a backlog Slack redelivers at once.
+            slack: RateLimit {
+                per_second: 50.0,
+                burst: 500,
+            },
+            github: RateLimit {
+                per_second: 20.0,
+                burst: 200,
+            },
+            clerk: RateLimit {
+                per_second: 20.0,
+                burst: 200,
+            },
+            max_sources: 10_000,
+        }
+    }
+}
+
+/// A token bucket: `per_second` deliveries on average, up to `burst` at once. `per_second: 0`
+/// turns the limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimit {
+    /// Sustained deliveries per second per source (0: no limit).
+    pub per_second: f64,
+    /// Deliveries a source may send at once after being idle (at least 1).
+    pub burst: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            per_second: 0.0,
+            burst: 1,
         }
     }
 }

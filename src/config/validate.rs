@@ -127,6 +127,34 @@ fn check_webhooks(webhooks: &WebhooksConfig) -> Result<(), Failure> {
     if webhooks.max_unverified_uploads == 0 {
         fail("webhooks.max_unverified_uploads", "must be at least 1")?;
     }
+    let limits = &webhooks.rate_limits;
+    for (route, limit) in [
+        ("slack", &limits.slack),
+        ("github", &limits.github),
+        ("clerk", &limits.clerk),
+    ] {
+        if !limit.per_second.is_finite() || limit.per_second < 0.0 {
+            fail(
+                &format!("webhooks.rate_limits.{route}.per_second"),
+                "must be a number of at least 0 (0 turns the limit off)",
+            )?;
+        }
+        if limit.per_second > 0.0 && limit.per_second < 0.001 {
+            fail(
+                &format!("webhooks.rate_limits.{route}.per_second"),
+                "must be at least 0.001 (one delivery in about 17 minutes), or 0 for no limit",
+            )?;
+        }
+        if limit.burst == 0 {
+            fail(
+                &format!("webhooks.rate_limits.{route}.burst"),
+                "must be at least 1",
+            )?;
+        }
+    }
+    if limits.max_sources == 0 {
+        fail("webhooks.rate_limits.max_sources", "must be at least 1")?;
+    }
     Ok(())
 }
 
@@ -306,6 +334,15 @@ fn check_grpc(grpc: &GrpcConfig) -> Result<(), Failure> {
             "grpc.max_connections",
             "must be at least 1 (0 would refuse every connection)",
         )?;
+    }
+    if grpc.max_message_bytes < 64 * 1024 {
+        fail(
+            "grpc.max_message_bytes",
+            "must be at least 65536 (an answer of Slack's size must fit)",
+        )?;
+    }
+    if grpc.max_concurrent_streams == 0 {
+        fail("grpc.max_concurrent_streams", "must be at least 1")?;
     }
     if grpc.keepalive_interval_ms > 0 && grpc.keepalive_timeout_ms == 0 {
         fail(

@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 
 use super::signature::{GithubSignatureError, GithubSignatureVerifier, SIGNATURE_HEADER};
 use crate::error::ApiError;
+use crate::http::WebhookRoute;
 use crate::http::webhook_body::{WebhookIntake, read_verified};
 
 /// GitHub's maximum webhook payload.
@@ -78,10 +79,20 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
 /// is skipped (still checked to be JSON) without building a tree; a repeated key keeps its
 /// last value, as a parsed object would.
 #[derive(Debug, Default)]
-struct Delivery {
-    installation_id: Option<i64>,
-    repository_id: Option<i64>,
-    action: Option<String>,
+pub struct Delivery {
+    /// `installation.id`
+    pub installation_id: Option<i64>,
+    /// `repository.id`
+    pub repository_id: Option<i64>,
+    /// `action`
+    pub action: Option<String>,
+}
+
+impl Delivery {
+    /// Reads the fields from a raw body (a JSON object; the rest is only checked to be JSON).
+    pub fn parse(body: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
 }
 
 impl<'de> Deserialize<'de> for Delivery {
@@ -174,7 +185,7 @@ pub async fn receive(
     if delivery.len() > 200 {
         return Err(ApiError::bad_request("X-GitHub-Delivery is too long"));
     }
-    let fields: Delivery = serde_json::from_slice(&body).map_err(|e| {
+    let fields = Delivery::parse(&body).map_err(|e| {
         if e.is_data() {
             ApiError::bad_request("body must be a JSON object")
         } else {
@@ -184,6 +195,12 @@ pub async fn receive(
     // Skipped strings are not checked for UTF-8 by the parse above; the text column needs it.
     let body = String::from_utf8(body)
         .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
+    // Per installation, before recording: a refused delivery is not lost, it shows failed in
+    // the app's recent deliveries and can be redelivered (GitHub does not retry by itself).
+    let source = fields
+        .installation_id
+        .map_or_else(|| "app".to_owned(), |id| id.to_string());
+    intake.rate_limits().admit(WebhookRoute::Github, &source)?;
     let kind = match fields.action {
         Some(action) => format!("{event}.{action}"),
         None => event.clone(),

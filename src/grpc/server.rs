@@ -166,6 +166,11 @@ impl GrpcShell {
         self
     }
 
+    /// The limits (the `grpc` section), for services that apply their own (message size).
+    pub fn limits(&self) -> &GrpcConfig {
+        &self.limits
+    }
+
     /// The health handle.
     pub fn health(&self) -> GrpcHealth {
         self.health.clone()
@@ -181,6 +186,7 @@ impl GrpcShell {
         let limits = &self.limits;
         let incoming = super::limits::incoming(listener, ConnectionLimits::from(limits));
         let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(limits.max_concurrent_streams))
             .http2_keepalive_interval(limits.keepalive_interval())
             .http2_keepalive_timeout(Some(limits.keepalive_timeout()));
         if let Some(timeout) = limits.request_timeout() {

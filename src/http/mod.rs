@@ -3,6 +3,7 @@
 
 pub mod health;
 pub mod middleware;
+pub mod rate_limit;
 pub mod side;
 pub mod webhook_body;
 
@@ -14,6 +15,7 @@ use actix_web::{App, Error, web};
 
 pub use health::{Readiness, ReadinessCheck, ReadinessReport};
 pub use middleware::{REQUEST_ID_HEADER, RequestId};
+pub use rate_limit::{WebhookRateLimits, WebhookRoute};
 pub use webhook_body::WebhookIntake;
 
 use crate::config::{Config, CorsConfig};

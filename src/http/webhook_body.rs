@@ -27,6 +27,7 @@ use futures::StreamExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::rate_limit::WebhookRateLimits;
 use crate::config::WebhooksConfig;
 use crate::error::ApiError;
 
@@ -71,6 +72,7 @@ pub struct WebhookIntake {
     budget: u32,
     bytes: Arc<Semaphore>,
     uploads: Arc<Semaphore>,
+    rate_limits: WebhookRateLimits,
 }
 
 impl WebhookIntake {
@@ -82,7 +84,13 @@ impl WebhookIntake {
             budget,
             bytes: Arc::new(Semaphore::new(budget as usize)),
             uploads: Arc::new(Semaphore::new(config.max_unverified_uploads as usize)),
+            rate_limits: WebhookRateLimits::new(&config.rate_limits),
         }
+    }
+
+    /// The per-source rate limits of the webhook routes (`webhooks.rate_limits`).
+    pub fn rate_limits(&self) -> &WebhookRateLimits {
+        &self.rate_limits
     }
 
     /// The intake the app registered, or a process-wide one with the default limits (routes

@@ -29,6 +29,7 @@ use super::svix::{
     HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, SvixError, SvixHeaders, SvixVerifier,
 };
 use crate::error::ApiError;
+use crate::http::WebhookRoute;
 use crate::http::webhook_body::{WebhookIntake, read_verified};
 
 /// Path of the webhook.
@@ -129,12 +130,9 @@ async fn receive(
         tracing::warn!(svix_id = %svix_id, error = %e, "clerk webhook body is not JSON");
         ApiError::bad_request("body is not valid JSON")
     })?;
-    let kind = match (
-        payload.get("object").and_then(Value::as_str),
-        payload.get("type").and_then(Value::as_str),
-    ) {
-        (Some("event"), Some(kind)) if !kind.is_empty() => kind.to_owned(),
-        _ => {
+    let kind = match event_kind(&payload) {
+        Some(kind) => kind.to_owned(),
+        None => {
             tracing::warn!(svix_id = %svix_id, "clerk webhook body is not an event envelope");
             return Err(ApiError::bad_request(
                 "body is not a Clerk event (needs \"object\": \"event\" and a \"type\")",
@@ -142,6 +140,9 @@ async fn receive(
         }
     };
 
+    // One source: the signing secret is one Clerk application. Before recording, so Svix
+    // retries a refused message.
+    intake.rate_limits().admit(WebhookRoute::Clerk, "clerk")?;
     drop(payload);
     // The body as received (UTF-8: it parsed): kept verbatim when the store has to clean it.
     let raw = String::from_utf8(body).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
@@ -181,4 +182,16 @@ async fn receive(
     };
     tracing::info!(svix_id = %svix_id, kind = %kind, event_id = %event_id, status, "clerk webhook accepted");
     Ok(HttpResponse::Ok().json(json!({ "status": status, "event_id": event_id })))
+}
+
+/// The event type of a Clerk event envelope (`"object": "event"` and a non-empty `"type"`),
+/// `None` for any other body.
+pub fn event_kind(payload: &Value) -> Option<&str> {
+    match (
+        payload.get("object").and_then(Value::as_str),
+        payload.get("type").and_then(Value::as_str),
+    ) {
+        (Some("event"), Some(kind)) if !kind.is_empty() => Some(kind),
+        _ => None,
+    }
 }

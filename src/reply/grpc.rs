@@ -45,10 +45,19 @@ impl ReplyGrpc {
         InfraGptServiceServer::new(self.clone())
     }
 
-    /// Adds both services to the gRPC shell.
+    /// Adds both services to the gRPC shell, with its message size limit.
     pub fn add_to(&self, shell: &mut GrpcShell) {
-        shell.add_service(self.backend_server());
-        shell.add_service(self.legacy_server());
+        let max = shell.limits().max_message_bytes;
+        shell.add_service(
+            self.backend_server()
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        );
+        shell.add_service(
+            self.legacy_server()
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        );
     }
 
     async fn handle(

@@ -22,6 +22,7 @@ use super::signature::{
 };
 use super::socket::{InboundClass, inbound_event};
 use crate::error::ApiError;
+use crate::http::WebhookRoute;
 use crate::http::webhook_body::{WebhookIntake, read_verified};
 
 /// The route path.
@@ -146,6 +147,12 @@ async fn slack_events_handler(
         }
         InboundClass::Event(event) => event,
     };
+    // Per workspace, before recording: a refused event was not acknowledged, Slack retries.
+    let team = value["team_id"]
+        .as_str()
+        .or_else(|| value["enterprise_id"].as_str())
+        .unwrap_or("unknown");
+    intake.rate_limits().admit(WebhookRoute::Slack, team)?;
     drop(value);
     // The body as received (valid UTF-8: it parsed): the store keeps it verbatim when it has
     // to clean the value (a "\u0000" in a message).

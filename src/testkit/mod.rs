@@ -4,6 +4,8 @@
 //! them; no service module imports this tree (a unit test in `lib.rs` checks that).
 
 pub mod devagent;
+// Dev-only: the bodies of the fuzz targets (tests/fuzz) and of the corpus replay test.
+pub mod fuzz;
 // Dev-only: several `infragpt serve` processes on one database, and a load over them.
 #[cfg(any(test, feature = "testkit"))]
 pub mod replicas;

@@ -92,8 +92,17 @@ impl TestDb {
         Self::create(true).await
     }
 
+    /// A fresh migrated database on the server of `admin_url` (a cluster the test controls,
+    /// e.g. one it restarts), instead of the one every test shares.
+    pub async fn on_server(admin_url: Secret) -> Result<TestDb, DbError> {
+        Self::create_on(admin_url, true).await
+    }
+
     async fn create(migrate: bool) -> Result<TestDb, DbError> {
-        let admin_url = server_admin_url().await?;
+        Self::create_on(server_admin_url().await?, migrate).await
+    }
+
+    async fn create_on(admin_url: Secret, migrate: bool) -> Result<TestDb, DbError> {
         let name = format!("t_{}", uuid::Uuid::now_v7().simple());
         let mut admin = connect(&admin_url, TIMEOUT).await?;
         create_database(&mut admin, &name).await?;

@@ -100,7 +100,7 @@ impl AnswerStyle {
 
 /// Slack accepts up to 40 000 characters but renders messages over 4 000 poorly; we split at
 /// this many characters.
-pub(crate) const MAX_MESSAGE_CHARS: usize = 3_900;
+pub const MAX_MESSAGE_CHARS: usize = 3_900;
 
 /// Splits text into Slack-sized messages on line boundaries (a single over-long line is cut
 /// at a character boundary). Code fences left open by a split are closed and reopened so
@@ -108,6 +108,9 @@ pub(crate) const MAX_MESSAGE_CHARS: usize = 3_900;
 pub fn split_message(text: &str) -> Vec<String> {
     split_message_at(text, MAX_MESSAGE_CHARS)
 }
+
+/// What starts a part that continues a code block cut by the split.
+const REOPENED_FENCE: &str = "```\n";
 
 fn split_message_at(text: &str, max: usize) -> Vec<String> {
     if text.chars().count() <= max {
@@ -136,11 +139,14 @@ fn split_message_at(text: &str, max: usize) -> Vec<String> {
                 }
                 break;
             }
-            if current_len > 0 {
+            // A part holding only the fence reopened by the last split counts as empty:
+            // pushing it would reopen the fence again, forever (found by the fuzzer).
+            let only_reopened = in_fence && current == REOPENED_FENCE;
+            if current_len > 0 && !only_reopened {
                 push(&mut parts, &mut current, in_fence);
                 current_len = 0;
                 if in_fence {
-                    current.push_str("```\n");
+                    current.push_str(REOPENED_FENCE);
                     current_len = 4;
                 }
                 continue;
@@ -152,7 +158,7 @@ fn split_message_at(text: &str, max: usize) -> Vec<String> {
             push(&mut parts, &mut current, in_fence);
             current_len = 0;
             if in_fence {
-                current.push_str("```\n");
+                current.push_str(REOPENED_FENCE);
                 current_len = 4;
             }
             line = &line[cut..];
@@ -378,6 +384,26 @@ mod tests {
         let parts = split_message_at(&text, 10);
         assert!(parts.iter().all(|p| p.chars().count() <= 10), "{parts:?}");
         assert_eq!(parts.concat(), text);
+    }
+
+    #[test]
+    fn overlong_line_in_a_reopened_fence_is_cut() {
+        // A split inside a code block, then a line longer than a message: the part that
+        // reopened the fence used to be pushed (empty) and reopened again, forever.
+        let text = format!("```\n{}\n{}\n```\n", "x".repeat(12), "y".repeat(50));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(split_message_at(&text, 20)));
+        let parts = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the split ends");
+        assert!(parts.len() < 10, "{parts:?}");
+        assert!(parts.iter().all(|p| p.chars().count() <= 20), "{parts:?}");
+        for p in &parts {
+            assert_eq!(p.matches("```").count() % 2, 0, "unbalanced fence in {p:?}");
+            assert_ne!(p.trim(), "```\n```", "an empty code block: {parts:?}");
+        }
+        let ys: usize = parts.iter().map(|p| p.matches('y').count()).sum();
+        assert_eq!(ys, 50, "{parts:?}");
     }
 
     #[test]

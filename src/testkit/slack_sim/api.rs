@@ -122,6 +122,34 @@ fn dispatch(
     creds: &Credentials,
     params: &Map<String, Value>,
 ) -> (ApiReply, Option<String>) {
+    if let Some(fault) = st.server_errors.get_mut(method)
+        && fault.remaining > 0
+    {
+        fault.remaining -= 1;
+        let fault = *fault;
+        let team_id = if fault.after_effect {
+            dispatch_call(st, method, creds, params).1
+        } else {
+            None
+        };
+        return (
+            ApiReply {
+                status: fault.status,
+                retry_after: None,
+                body: json!({"ok": false, "error": "internal_error"}),
+            },
+            team_id,
+        );
+    }
+    dispatch_call(st, method, creds, params)
+}
+
+fn dispatch_call(
+    st: &mut SimState,
+    method: &str,
+    creds: &Credentials,
+    params: &Map<String, Value>,
+) -> (ApiReply, Option<String>) {
     if let Some((remaining, retry_after)) = st.rate_limits.get_mut(method)
         && *remaining > 0
     {

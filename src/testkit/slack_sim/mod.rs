@@ -428,6 +428,30 @@ impl SlackSim {
         });
     }
 
+    /// The next `times` calls of `method` answer HTTP `status` (a 5xx) with
+    /// `{"ok": false, "error": "internal_error"}`. With `after_effect` each of them takes
+    /// effect first (the message is posted) and only the answer is an error.
+    pub fn inject_server_error(&self, method: &str, times: u32, status: u16, after_effect: bool) {
+        self.shared.mutate(|st| {
+            st.server_errors.insert(
+                method.to_owned(),
+                state::ServerErrorFault {
+                    remaining: times,
+                    status,
+                    after_effect,
+                },
+            );
+        });
+    }
+
+    /// Injected rate limits and server errors of `method` not answered yet.
+    pub fn pending_faults(&self, method: &str) -> u32 {
+        self.with_state(|st| {
+            st.rate_limits.get(method).map_or(0, |(n, _)| *n)
+                + st.server_errors.get(method).map_or(0, |f| f.remaining)
+        })
+    }
+
     /// While set, every bot-token call for the team answers `invalid_auth`.
     pub fn set_invalid_auth(&self, team_id: &str, invalid: bool) {
         self.shared.mutate(|st| {

@@ -232,6 +232,8 @@ pub struct SimState {
     pub(crate) bot_post_subscribers: Vec<UnboundedSender<BotPost>>,
     pub(crate) rr: HashMap<String, usize>,
     pub(crate) rate_limits: HashMap<String, (u32, u64)>,
+    /// Injected server errors per method (see [`super::SlackSim::inject_server_error`]).
+    pub(crate) server_errors: HashMap<String, ServerErrorFault>,
     pub(crate) invalid_auth_teams: HashSet<String>,
     pub(crate) link_disabled: bool,
     /// Uploads started with `files.getUploadURLExternal`, by file id.
@@ -295,6 +297,7 @@ impl SimState {
             bot_post_subscribers: Vec::new(),
             rr: HashMap::new(),
             rate_limits: HashMap::new(),
+            server_errors: HashMap::new(),
             invalid_auth_teams: HashSet::new(),
             uploads: HashMap::new(),
             files: Vec::new(),
@@ -739,4 +742,14 @@ impl SimState {
         );
         token
     }
+}
+
+/// The next `remaining` calls of a method answer HTTP `status`; with `after_effect` the call
+/// takes effect first (a message is posted) and only the answer is lost, as when Slack's edge
+/// fails after the backend did the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerErrorFault {
+    pub remaining: u32,
+    pub status: u16,
+    pub after_effect: bool,
 }

@@ -7,6 +7,7 @@
 //! test harness around them, a TCP relay that can cut one replica off PostgreSQL, and the
 //! database checks.
 
+mod drills;
 mod processes;
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use infragpt::db::schema::inbound_events;
+use infragpt::grpc::pb::agent::AgentRequest;
 use infragpt::testkit::devagent::{DevAgent, DevAgentConfig, DevAgentHandle};
 use infragpt::testkit::replicas::{
     self, Holdings, Load, LoadConfig, Repeats, ReplicaSet, ReplicaSetConfig, SlackSetup, ThreadLog,
@@ -90,15 +92,7 @@ impl Harness {
 
     /// Waits until every replica's Socket Mode connections are open.
     pub async fn wait_connections(&self) {
-        let want = REPLICAS * CONNECTIONS as usize;
-        eventually(
-            format!("{want} Socket Mode connections are open"),
-            async || {
-                let open = self.sim.with_state(|s| s.open_connections().len());
-                if open >= want { Ok(()) } else { Err(open) }
-            },
-        )
-        .await;
+        wait_connections(&self.sim, REPLICAS).await;
     }
 
     /// Starts (again) replica `index`: ready, holding partitions, its connections open.
@@ -168,42 +162,79 @@ impl Harness {
 
     /// [`Self::check`], accepting the repeated asks `repeats` says.
     pub async fn check_with(&self, logs: &[ThreadLog], at_least: usize, repeats: Repeats) {
-        self.wait_inbox_idle().await;
-        let config = LoadConfig::for_sim(&self.sim, logs.len(), 0);
-        let mut violations = replicas::check_answers(&self.sim, &config, logs);
-        let (order, repeats) = replicas::check_agent_order(&self.agent.requests(), logs, repeats);
-        violations.extend(order);
-        for (id, status, error) in dead_letters(&self.db).await {
-            violations.push(format!("inbox event {id} is {status}: {error:?}"));
-        }
-        let posted = replicas::mentions(logs);
-        if posted < at_least {
-            violations.push(format!(
-                "only {posted} mentions were posted, the test wants at least {at_least}"
-            ));
-        }
-        let bot_posts = bot_post_count(&self.sim, &config);
-        if bot_posts != posted {
-            violations.push(format!("{bot_posts} bot messages for {posted} mentions"));
-        }
-        tracing::info!(
-            mentions = posted,
-            agent_repeats = repeats,
-            reply_failovers = self.agent.reply_failovers(),
-            "load checked"
-        );
-        assert!(
-            violations.is_empty(),
-            "{} violations over {posted} mentions (first 40):\n{}",
-            violations.len(),
-            violations
-                .iter()
-                .take(40)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+        check_load(
+            &self.db,
+            &self.sim,
+            &self.agent.requests(),
+            logs,
+            at_least,
+            repeats,
+        )
+        .await;
     }
+}
+
+/// Waits until `replicas` replicas' Socket Mode connections are open.
+pub async fn wait_connections(sim: &SlackSim, replicas: usize) {
+    let want = replicas * CONNECTIONS as usize;
+    eventually(
+        format!("{want} Socket Mode connections are open"),
+        async || {
+            let open = sim.with_state(|s| s.open_connections().len());
+            if open >= want { Ok(()) } else { Err(open) }
+        },
+    )
+    .await;
+}
+
+/// Every invariant of a finished load (see [`Harness::check`]), with the agent's requests
+/// given (several agent instances: concatenated in order).
+pub async fn check_load(
+    db: &TestDb,
+    sim: &SlackSim,
+    agent_requests: &[AgentRequest],
+    logs: &[ThreadLog],
+    at_least: usize,
+    repeats: Repeats,
+) {
+    eventually("no inbox event is pending or processing", async || {
+        let unfinished = unfinished_events(db).await;
+        if unfinished.is_empty() {
+            Ok(())
+        } else {
+            Err(unfinished)
+        }
+    })
+    .await;
+    let config = LoadConfig::for_sim(sim, logs.len(), 0);
+    let mut violations = replicas::check_answers(sim, &config, logs);
+    let (order, repeats) = replicas::check_agent_order(agent_requests, logs, repeats);
+    violations.extend(order);
+    for (id, status, error) in dead_letters(db).await {
+        violations.push(format!("inbox event {id} is {status}: {error:?}"));
+    }
+    let posted = replicas::mentions(logs);
+    if posted < at_least {
+        violations.push(format!(
+            "only {posted} mentions were posted, the test wants at least {at_least}"
+        ));
+    }
+    let bot_posts = bot_post_count(sim, &config);
+    if bot_posts != posted {
+        violations.push(format!("{bot_posts} bot messages for {posted} mentions"));
+    }
+    tracing::info!(mentions = posted, agent_repeats = repeats, "load checked");
+    assert!(
+        violations.is_empty(),
+        "{} violations over {posted} mentions (first 40):\n{}",
+        violations.len(),
+        violations
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 /// Bot messages in the load's channels.
@@ -255,7 +286,8 @@ pub async fn dead_letters(db: &TestDb) -> Vec<(i64, String, Option<String>)> {
 /// [`Relay::restore`] listens again on the same port.
 pub struct Relay {
     addr: SocketAddr,
-    upstream: SocketAddr,
+    /// Read at each new connection, so a restarted upstream on another port can be set.
+    upstream: Arc<Mutex<SocketAddr>>,
     accept: Mutex<Option<JoinHandle<()>>>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -264,7 +296,7 @@ impl Relay {
     pub async fn start(upstream: SocketAddr) -> Self {
         let relay = Self {
             addr: replicas::free_port(),
-            upstream,
+            upstream: Arc::new(Mutex::new(upstream)),
             accept: Mutex::new(None),
             connections: Arc::new(Mutex::new(Vec::new())),
         };
@@ -296,10 +328,11 @@ impl Relay {
     /// Listens (again) and relays.
     pub async fn restore(&self) {
         let listener = TcpListener::bind(self.addr).await.expect("relay bind");
-        let upstream = self.upstream;
+        let upstream = self.upstream.clone();
         let connections = self.connections.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = *upstream.lock();
                 let task = tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(upstream).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -309,6 +342,11 @@ impl Relay {
             }
         });
         *self.accept.lock() = Some(accept);
+    }
+
+    /// Relays new connections to `upstream` from now on (connections open stay where they are).
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        *self.upstream.lock() = upstream;
     }
 
     /// Closes every connection and stops listening.

@@ -8,6 +8,7 @@
 mod limits;
 mod memory;
 mod nul;
+mod rate_limits;
 
 use std::net::SocketAddr;
 use std::time::Duration;
