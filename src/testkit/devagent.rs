@@ -390,6 +390,17 @@ const STOP_GRACE: Duration = Duration::from_millis(500);
 impl DevAgent {
     /// Binds `config.bind` and serves on a thread of its own.
     pub fn start(config: DevAgentConfig) -> Result<DevAgentHandle, DevAgentError> {
+        let listener = std::net::TcpListener::bind(config.bind)?;
+        Self::start_on(config, listener)
+    }
+
+    /// Serves on `listener`, bound beforehand (`config.bind` is not used): a caller that
+    /// must name the agent's port before the agent starts (a test's service configuration)
+    /// keeps the port bound meanwhile, so nothing else can take it.
+    pub fn start_on(
+        config: DevAgentConfig,
+        listener: std::net::TcpListener,
+    ) -> Result<DevAgentHandle, DevAgentError> {
         if config.reply_endpoint.is_none() {
             if config.call_send_reply {
                 return Err(DevAgentError::Config(
@@ -415,7 +426,6 @@ impl DevAgent {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let listener = std::net::TcpListener::bind(config.bind)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()

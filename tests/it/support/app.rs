@@ -137,9 +137,15 @@ impl TestAppBuilder {
     pub async fn start(self) -> TestApp {
         let (dev_agent, connections) = (self.dev_agent, self.connections);
         let mut app = self.prepare().await;
+        // The agent's port stays bound from here until the agent serves on it: reserved and
+        // released, it could be taken meanwhile (an outgoing connection's ephemeral port).
+        let held = dev_agent.then(|| {
+            std::net::TcpListener::bind(app.agent_addr).expect("bind the dev agent's port")
+        });
         app.start_service().await;
-        if dev_agent {
-            app.start_agent(app.dev_agent_config());
+        if let Some(listener) = held {
+            let config = app.dev_agent_config();
+            app.agent = Some(DevAgent::start_on(config, listener).expect("dev agent"));
         }
         if app.sim.is_some() && app.config.slack.socket_mode {
             app.wait_connected(connections as usize).await;
