@@ -158,13 +158,15 @@ pub const REPLY_FAILOVER_BUDGET: Duration = Duration::from_secs(60);
 /// 10 s for another replica holding the same reply).
 const REPLY_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Codes after which another backend may succeed: the backend is down, stopping, or holds
-/// nothing it could answer.
-fn worth_failing_over(code: Code) -> bool {
+/// Failures after which another backend may succeed: the backend is down, stopping, or
+/// holds nothing it could answer. A connection a stopping backend tore down mid-call comes
+/// back as `INTERNAL` with an HTTP/2 error (tonic's mapping of a reset or GOAWAY); SendReply
+/// is idempotent, so that is retried elsewhere too.
+fn worth_failing_over(status: &tonic::Status) -> bool {
     matches!(
-        code,
+        status.code(),
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-    )
+    ) || (status.code() == Code::Internal && status.message().contains("h2 protocol error"))
 }
 
 #[derive(Clone)]
@@ -255,7 +257,7 @@ impl Service {
                         Err(answer.error)
                     };
                 }
-                Err(status) if worth_failing_over(status.code()) => status,
+                Err(status) if worth_failing_over(&status) => status,
                 Err(status) => return Err(format!("{:?}: {}", status.code(), status.message())),
             };
             if tokio::time::Instant::now() >= deadline {
