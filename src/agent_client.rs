@@ -7,7 +7,9 @@
 //!   `grpc-timeout`.
 //! * Retries happen only when an attempt failed with `UNAVAILABLE` (connection refused, reset
 //!   before a response, or the agent saying so), with exponential backoff and jitter, up to
-//!   `retry_attempts` attempts in all. Any other status, and a timeout, end the call.
+//!   `retry_attempts` attempts in all. Any other status, and a timeout, end the call. A
+//!   connection that broke mid-call also ends it, as [`AgentError::Unavailable`]: the turn
+//!   is retried through the inbox, which first looks for an answer already posted.
 //! * A circuit breaker tracks whether the agent is reachable: a call that ends `UNAVAILABLE`
 //!   or times out is a failure; any answer (even an error status) is a success. While the
 //!   circuit is open calls fail at once with [`AgentError::Unavailable`].
@@ -60,7 +62,8 @@ pub struct GrpcAgentOptions {
 
 impl GrpcAgentOptions {
     /// Options from the `agent` config section (backoff 200 ms doubling up to 5 s; circuit
-    /// opens after 5 consecutive failed calls and probes again after 30 s).
+    /// opens after 5 consecutive failed calls and probes again after 1 s, doubling per
+    /// failed probe up to 30 s).
     pub fn from_config(config: &AgentConfig) -> Self {
         Self {
             endpoint: config.endpoint.clone(),
@@ -384,6 +387,13 @@ impl GrpcAgent {
                             self.options.endpoint,
                             status.message()
                         )),
+                        // Not retried here: the agent may have answered through SendReply
+                        // before it went away, which the turn's retry looks for first.
+                        _ if broke_mid_call(&status) => AgentError::Unavailable(format!(
+                            "{}: the connection broke during the call: {}",
+                            self.options.endpoint,
+                            status.message()
+                        )),
                         Code::DeadlineExceeded => AgentError::Timeout(self.options.call_timeout),
                         other => AgentError::Failed(format!("{other:?}: {}", status.message())),
                     });
@@ -396,6 +406,14 @@ impl GrpcAgent {
 enum Attempt {
     Status(tonic::Status),
     Timeout,
+}
+
+/// Whether tonic made `status` itself from a transport failure (the connection was reset or
+/// went away mid-call: the agent restarted or crashed) rather than receiving it from the
+/// agent: only a local status carries its cause as `source`. tonic maps such failures to
+/// `INTERNAL`, `UNKNOWN` or `CANCELLED`, codes an agent also answers with on purpose.
+fn broke_mid_call(status: &tonic::Status) -> bool {
+    status.code() != Code::DeadlineExceeded && std::error::Error::source(status).is_some()
 }
 
 /// Up to +20 % random jitter so clients do not retry in lockstep.

@@ -251,8 +251,9 @@ fn build_modules(
         // Reply claims carry the replica's name, as leases do; a turn starts only under the
         // replica's lease, as claims and marks do.
         let margin = std::time::Duration::from_millis(config.cluster.safety_margin_ms);
+        let lease = std::time::Duration::from_millis(config.cluster.lease_ms);
         store = store
-            .with_lease_fence(&status.replica, margin)
+            .with_lease_fence(&status.replica, margin, lease)
             .with_owner(status.replica.0);
     }
     let store = Arc::new(store);
@@ -278,7 +279,8 @@ fn build_modules(
     .with_metrics(cluster.metrics().clone())
     .with_failure_notice(config.agent.failure_notice.clone())
     .with_history_sender(config.agent.history_sender)
-    .with_answer_style(answer_style);
+    .with_answer_style(answer_style)
+    .with_agent_retries(config.actors.retry_budget);
     cluster
         .register_stream(StreamSpec {
             name: "conversations".to_owned(),

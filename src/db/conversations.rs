@@ -51,6 +51,9 @@ pub struct PgConversationStore {
     fence_replica: Option<String>,
     /// How much lease that step wants left, in seconds.
     fence_margin_secs: f64,
+    /// The cluster's lease in seconds: reply claims held by a replica silent for longer
+    /// lapse (`None`: only the claim's own lease counts).
+    replica_lease_secs: Option<f64>,
 }
 
 impl std::fmt::Debug for PgConversationStore {
@@ -75,7 +78,12 @@ fn part_number(part: usize) -> i32 {
     i32::try_from(part).unwrap_or(i32::MAX)
 }
 
-/// Records the intent (new key) or claims it again (its claim ran out), in one statement.
+/// Records the intent (new key) or claims it again (its claim lapsed), in one statement.
+///
+/// A claim lapses when its lease runs out, or sooner when its holder is a replica that
+/// stopped or has been silent for longer than the cluster's lease (`$9`, seconds; NULL
+/// outside a cluster): a killed replica's partitions move after that long, and its claims
+/// must move with them rather than outlast every retry of the turn that inherits them.
 const CLAIM_BY_KEY: &str = "\
 INSERT INTO reply_intents AS i
     (conversation_id, turn_ts, digest, kind, posting, parts, claims, claimed_by, claimed_until)
@@ -83,16 +91,23 @@ VALUES ($1, $2, $3, $4, $5, $6, 1, $7, now() + $8 * interval '1 millisecond')
 ON CONFLICT (conversation_id, turn_ts, digest) DO UPDATE
     SET claims = i.claims + 1, claimed_by = EXCLUDED.claimed_by,
         claimed_until = EXCLUDED.claimed_until
-    WHERE i.posted_at IS NULL AND (i.claimed_until IS NULL OR i.claimed_until <= now())
+    WHERE i.posted_at IS NULL AND (i.claimed_until IS NULL OR i.claimed_until <= now()
+        OR ($9::float8 IS NOT NULL AND EXISTS (SELECT 1 FROM cluster_replicas r
+            WHERE r.replica_id = i.claimed_by
+              AND (r.status = 'stopped' OR r.heartbeat_at < now() - make_interval(secs => $9)))))
 RETURNING i.id, i.claims, i.conversation_id, i.turn_ts, i.kind, i.posting, i.parts_done,
     i.posting_part, i.file_id, i.file_done";
 
-/// Claims a recorded intent whose claim ran out.
+/// Claims a recorded intent whose claim lapsed (as in [`CLAIM_BY_KEY`]; `$4` the cluster's
+/// lease in seconds).
 const CLAIM_BY_ID: &str = "\
-UPDATE reply_intents
+UPDATE reply_intents AS i
     SET claims = claims + 1, claimed_by = $2,
         claimed_until = now() + $3 * interval '1 millisecond'
-    WHERE id = $1 AND posted_at IS NULL AND (claimed_until IS NULL OR claimed_until <= now())
+    WHERE id = $1 AND posted_at IS NULL AND (claimed_until IS NULL OR claimed_until <= now()
+        OR ($4::float8 IS NOT NULL AND EXISTS (SELECT 1 FROM cluster_replicas r
+            WHERE r.replica_id = i.claimed_by
+              AND (r.status = 'stopped' OR r.heartbeat_at < now() - make_interval(secs => $4)))))
 RETURNING id, claims, conversation_id, turn_ts, kind, posting, parts_done, posting_part,
     file_id, file_done";
 
@@ -502,14 +517,18 @@ impl PgConversationStore {
             owner: ReplicaId::for_this_process().0,
             fence_replica: None,
             fence_margin_secs: 0.0,
+            replica_lease_secs: None,
         }
     }
 
     /// Checks, when a turn starts, that the inbound event's partition is leased to
-    /// `replica` with at least `margin` left (as [`super::PgInbox::fenced`] does for claims).
-    pub fn with_lease_fence(mut self, replica: &ReplicaId, margin: Duration) -> Self {
+    /// `replica` with at least `margin` left (as [`super::PgInbox::fenced`] does for claims),
+    /// and treats reply claims of replicas that stopped or have been silent for longer than
+    /// `lease` (the cluster's) as lapsed.
+    pub fn with_lease_fence(mut self, replica: &ReplicaId, margin: Duration, lease: Duration) -> Self {
         self.fence_replica = Some(replica.0.clone());
         self.fence_margin_secs = margin.as_secs_f64();
+        self.replica_lease_secs = Some(lease.as_secs_f64());
         self
     }
 
@@ -899,6 +918,7 @@ impl ConversationStore for PgConversationStore {
             .bind::<Integer, _>(parts)
             .bind::<Text, _>(&self.owner)
             .bind::<BigInt, _>(millis(lease))
+            .bind::<Nullable<Double>, _>(self.replica_lease_secs)
             .prepared()
             .get_result(&mut conn)
             .await
@@ -927,6 +947,7 @@ impl ConversationStore for PgConversationStore {
             .bind::<diesel::sql_types::Uuid, _>(id.0)
             .bind::<Text, _>(&self.owner)
             .bind::<BigInt, _>(millis(lease))
+            .bind::<Nullable<Double>, _>(self.replica_lease_secs)
             .prepared()
             .get_result(&mut conn)
             .await

@@ -538,8 +538,10 @@ impl DevAgentHandle {
     }
 
     /// Stops the server and waits for its thread (open calls get a short grace period).
-    pub fn stop(mut self) {
+    /// Returns every request it received, including those that arrived while it stopped.
+    pub fn stop(mut self) -> Vec<AgentRequest> {
         self.stop_inner();
+        self.requests()
     }
 
     fn stop_inner(&mut self) {

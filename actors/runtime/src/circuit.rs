@@ -2,10 +2,13 @@
 //! clock, no I/O.
 //!
 //! * **Closed**: calls pass. `failure_threshold` consecutive failures open the circuit.
-//! * **Open**: calls are rejected at once until `cool_down` has passed since it opened.
+//! * **Open**: calls are rejected at once until the cool-down has passed since it opened.
+//!   The first cool-down is `initial_cool_down`; each failed probe doubles it, up to
+//!   `cool_down`: a dependency that restarts in a second is probed again a second later,
+//!   one that stays down is not hammered.
 //! * **Half-open**: after the cool-down one call (the probe) passes; others are rejected
-//!   while it runs. A successful probe closes the circuit, a failed one opens it again for
-//!   another cool-down. A probe whose [`Permit`] is dropped without an outcome (a cancelled
+//!   while it runs. A successful probe closes the circuit (and resets the cool-down), a
+//!   failed one opens it again for a longer one. A probe whose [`Permit`] is dropped without an outcome (a cancelled
 //!   call) frees the probe slot, so the circuit can never wedge half-open.
 
 use std::fmt;
@@ -68,7 +71,9 @@ impl Clock for ManualClock {
 pub struct CircuitConfig {
     /// Consecutive failures that open the circuit (at least 1).
     pub failure_threshold: u32,
-    /// How long the circuit stays open before a probe is let through.
+    /// How long the circuit stays open the first time before a probe is let through.
+    pub initial_cool_down: Duration,
+    /// The longest cool-down, reached by doubling after each failed probe.
     pub cool_down: Duration,
 }
 
@@ -76,6 +81,7 @@ impl Default for CircuitConfig {
     fn default() -> Self {
         Self {
             failure_threshold: 5,
+            initial_cool_down: Duration::from_secs(1),
             cool_down: Duration::from_secs(30),
         }
     }
@@ -123,6 +129,8 @@ struct Inner {
     consecutive_failures: u32,
     /// Set while open (and half-open): when it opened.
     opened_at: Option<Instant>,
+    /// The cool-down of the current opening.
+    cool_down: Duration,
     probe_in_flight: bool,
     /// Times the circuit opened.
     opened_total: u64,
@@ -204,6 +212,7 @@ impl CircuitBreaker {
             inner: Mutex::new(Inner {
                 consecutive_failures: 0,
                 opened_at: None,
+                cool_down: config.initial_cool_down.min(config.cool_down),
                 probe_in_flight: false,
                 opened_total: 0,
             }),
@@ -218,7 +227,7 @@ impl CircuitBreaker {
     fn state_of(&self, inner: &Inner, now: Instant) -> CircuitState {
         match inner.opened_at {
             None => CircuitState::Closed,
-            Some(at) if now.saturating_duration_since(at) >= self.config.cool_down => {
+            Some(at) if now.saturating_duration_since(at) >= inner.cool_down => {
                 CircuitState::HalfOpen
             }
             Some(_) => CircuitState::Open,
@@ -254,8 +263,7 @@ impl CircuitBreaker {
             CircuitState::Open => {
                 let opened = inner.opened_at.unwrap_or(now);
                 Err(Rejected {
-                    retry_in: self
-                        .config
+                    retry_in: inner
                         .cool_down
                         .saturating_sub(now.saturating_duration_since(opened)),
                 })
@@ -278,6 +286,7 @@ impl CircuitBreaker {
         let mut inner = self.inner.lock();
         inner.consecutive_failures = 0;
         inner.opened_at = None;
+        inner.cool_down = self.config.initial_cool_down.min(self.config.cool_down);
         inner.probe_in_flight = false;
     }
 
@@ -288,6 +297,7 @@ impl CircuitBreaker {
         if probe {
             inner.probe_in_flight = false;
             inner.opened_at = Some(now);
+            inner.cool_down = inner.cool_down.saturating_mul(2).min(self.config.cool_down);
             inner.opened_total += 1;
         } else if inner.opened_at.is_none()
             && inner.consecutive_failures >= self.config.failure_threshold
@@ -308,6 +318,7 @@ mod tests {
         let b = CircuitBreaker::with_clock(
             CircuitConfig {
                 failure_threshold: threshold,
+                initial_cool_down: Duration::from_secs(10),
                 cool_down: Duration::from_secs(10),
             },
             Arc::new(clock.clone()),
@@ -373,6 +384,37 @@ mod tests {
         assert!(b.try_acquire().is_err());
         clock.advance(Duration::from_secs(1));
         assert!(b.try_acquire().unwrap().is_probe());
+    }
+
+    #[test]
+    fn cool_down_doubles_per_failed_probe_and_resets_on_success() {
+        let clock = ManualClock::new();
+        let b = CircuitBreaker::with_clock(
+            CircuitConfig {
+                failure_threshold: 1,
+                initial_cool_down: Duration::from_secs(1),
+                cool_down: Duration::from_secs(5),
+            },
+            Arc::new(clock.clone()),
+        );
+        assert_eq!(b.try_acquire().unwrap().failure(), CircuitState::Open);
+        for expected in [1, 2, 4, 5, 5] {
+            let cool_down = Duration::from_secs(expected);
+            assert_eq!(b.try_acquire().unwrap_err().retry_in, cool_down);
+            clock.advance(cool_down - Duration::from_millis(1));
+            assert_eq!(b.state(), CircuitState::Open, "still open before {expected} s");
+            clock.advance(Duration::from_millis(1));
+            assert_eq!(b.try_acquire().unwrap().failure(), CircuitState::Open);
+        }
+        clock.advance(Duration::from_secs(5));
+        b.try_acquire().unwrap().success();
+        assert_eq!(b.state(), CircuitState::Closed);
+        assert_eq!(b.try_acquire().unwrap().failure(), CircuitState::Open);
+        assert_eq!(
+            b.try_acquire().unwrap_err().retry_in,
+            Duration::from_secs(1),
+            "a success starts over from the initial cool-down"
+        );
     }
 
     #[test]

@@ -343,6 +343,64 @@ async fn an_agent_failure_posts_one_notice_and_dead_letters_the_event() {
     );
 }
 
+/// Within the retry budget an unreachable agent is retried quietly; the last attempt posts
+/// the notice; an agent that answered an error is never retried.
+#[tokio::test]
+async fn an_unreachable_agent_is_retried_within_the_budget() {
+    let store = MemoryConversationStore::new();
+    let slack = FakeSlack::new();
+    let agent = FakeAgent::new();
+    let handler = ConversationHandler::new(
+        store.clone(),
+        slack.clone(),
+        agent.clone(),
+        ReplyMode::Response,
+    )
+    .with_agent_retries(2);
+    agent.fail_with(AgentError::Unavailable("connection broke mid-call".into()));
+    let attempt = |n: i32| {
+        let mut e = event(1, mention(ROOT_TS, None, "<@U0BOT> hi"));
+        e.attempts = n;
+        e
+    };
+    for n in [1, 2] {
+        assert!(
+            matches!(handler.handle(&attempt(n)).await, Err(HandlerError::Retryable(_))),
+            "attempt {n} is retried"
+        );
+        assert!(slack.posts().is_empty(), "no notice before the last attempt");
+    }
+    // The agent is back for the next attempt: the answer comes late, once.
+    agent.answer_with(FakeAgent::success("late answer"));
+    assert_eq!(handler.handle(&attempt(3)).await, Ok(HandleOutcome::Done));
+    let texts: Vec<String> = slack.posts().into_iter().map(|p| p.text).collect();
+    assert_eq!(texts, ["late answer"]);
+    assert_eq!(agent.turns().len(), 3, "asked at every attempt");
+
+    // Down at the last attempt: the notice, and a dead letter.
+    agent.fail_with(AgentError::Unavailable("connection refused".into()));
+    let next = |n: i32| {
+        let mut e = event(2, mention("1700000001.000300", Some(ROOT_TS), "<@U0BOT> again"));
+        e.attempts = n;
+        e
+    };
+    assert!(matches!(
+        handler.handle(&next(3)).await,
+        Err(HandlerError::Permanent(_))
+    ));
+    let texts: Vec<String> = slack.posts().into_iter().map(|p| p.text).collect();
+    assert_eq!(texts, ["late answer", UNAVAILABLE_REPLY]);
+
+    // An agent that answered with an error status is not retried.
+    agent.fail_with(AgentError::Failed("InvalidArgument: bad turn".into()));
+    let third = event(3, mention("1700000001.000400", Some(ROOT_TS), "<@U0BOT> third"));
+    assert!(matches!(
+        handler.handle(&third).await,
+        Err(HandlerError::Permanent(_))
+    ));
+    assert_eq!(slack.posts().len(), 3);
+}
+
 #[tokio::test]
 async fn unsuccessful_and_empty_answers() {
     let f = fixture(ReplyMode::Response);

@@ -114,6 +114,9 @@ pub struct ConversationHandler {
     monitored: Mutex<HashMap<(TeamId, ChannelId), Instant>>,
     /// Where the stage timings go (`infragpt_stage_seconds`), when set.
     metrics: Option<Metrics>,
+    /// Attempts of an event after which an unreachable agent is reported in the thread
+    /// (see [`Self::with_agent_retries`]).
+    agent_retries: u32,
 }
 
 impl std::fmt::Debug for ConversationHandler {
@@ -146,7 +149,19 @@ impl ConversationHandler {
             claims: None,
             monitored: Mutex::default(),
             metrics: None,
+            agent_retries: 0,
         }
+    }
+
+    /// Retries a turn whose agent could not be reached (down, restarting, or the connection
+    /// broke mid-call) while the event has been attempted at most `retry_budget` times,
+    /// instead of posting the "unavailable" notice at once: an agent that is back within
+    /// the inbox's retry backoff answers late rather than not at all. Pass the inbox's retry
+    /// budget (`actors.retry_budget`), so the last attempt still posts the notice before
+    /// the event becomes a dead letter. Default 0: the notice at the first failure.
+    pub fn with_agent_retries(mut self, retry_budget: u32) -> Self {
+        self.agent_retries = retry_budget;
+        self
     }
 
     /// Records how long each stage of a turn takes (`begin_turn`, `start_turn`,
@@ -610,8 +625,11 @@ impl ConversationHandler {
         Ok(HandleOutcome::Done)
     }
 
-    /// The agent could not answer: one short notice in the thread, and the event becomes a
-    /// dead letter (retryable by an operator) instead of a retry storm against a down agent.
+    /// The agent could not answer. An unreachable agent is retried within the budget of
+    /// [`Self::with_agent_retries`] (the inbox's backoff spaces the attempts, the client's
+    /// circuit breaker keeps them cheap); otherwise, and at the last attempt, one short
+    /// notice goes in the thread and the event becomes a dead letter (retryable by an
+    /// operator).
     async fn agent_failed(
         &self,
         event: &InboundEvent,
@@ -619,6 +637,11 @@ impl ConversationHandler {
         turn: &slack_events::Turn,
         error: AgentError,
     ) -> Result<HandleOutcome, HandlerError> {
+        let attempts = u32::try_from(event.attempts).unwrap_or(0);
+        if matches!(error, AgentError::Unavailable(_)) && attempts <= self.agent_retries {
+            warn!(conversation_id = %conversation.id, error = %error, attempts, "agent unreachable; the turn will be retried");
+            return Err(HandlerError::retryable(error));
+        }
         warn!(conversation_id = %conversation.id, error = %error, "agent call failed");
         self.post_notice(
             event,

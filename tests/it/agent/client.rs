@@ -32,6 +32,7 @@ fn options(endpoint: String) -> GrpcAgentOptions {
         backoff_max: Duration::from_millis(20),
         circuit: CircuitConfig {
             failure_threshold: 2,
+            initial_cool_down: Duration::from_secs(30),
             cool_down: Duration::from_secs(30),
         },
         health_parent: None,
@@ -299,6 +300,47 @@ async fn slow_agent_times_out_without_retry() {
         c.agent.circuit_state(),
         CircuitState::Open,
         "timeouts count"
+    );
+}
+
+/// An agent that goes away in the middle of a call (restarted, crashed) leaves the call
+/// `Unavailable`, so the turn is retried later, but not inside the call: the agent may have
+/// answered through SendReply first, which the turn's retry looks for.
+#[tokio::test]
+async fn a_call_cut_by_the_agent_going_away_is_unavailable() {
+    let dev = DevAgent::start(DevAgentConfig {
+        call_send_reply: false,
+        think_time: Duration::from_secs(30),
+        ..DevAgentConfig::default()
+    })
+    .unwrap();
+    let requests = {
+        let dev = &dev;
+        move || dev.requests().len()
+    };
+    let c = client(options(dev.endpoint()));
+    let call = c.agent.process(turn("status"));
+    tokio::pin!(call);
+    // Wait until the agent has the request, then stop it under the call.
+    let asked = async {
+        while requests() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        r = &mut call => panic!("the call ended before the agent went away: {r:?}"),
+        () = asked => {}
+    }
+    assert_eq!(requests(), 1);
+    let stopping = tokio::task::spawn_blocking(move || dev.stop());
+    let err = tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .expect("the cut call ends")
+        .unwrap_err();
+    stopping.await.unwrap();
+    assert!(
+        matches!(&err, AgentError::Unavailable(m) if m.contains("broke during the call")),
+        "{err:?}"
     );
 }
 

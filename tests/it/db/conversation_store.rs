@@ -557,3 +557,108 @@ async fn prepared_raw_statements_are_kept_per_connection() {
     assert_eq!(kept(&mut conn, CACHED).await, 1);
     assert_eq!(kept(&mut conn, FRESH).await, 0);
 }
+
+/// A reply claim held by a replica that stopped, or that has been silent for longer than the
+/// cluster's lease, lapses at once: a killed replica's partitions move after that long, and
+/// the turn that inherits one must not wait out the claim's own 30 s lease.
+#[tokio::test]
+async fn reply_claims_of_silent_or_stopped_replicas_lapse() {
+    use infragpt_actors::conversation::{IntentClaim, NewIntent, Posting};
+    use infragpt_actors::partitions::ReplicaId;
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let lease = Duration::from_secs(5);
+    let replica = |name: &str| {
+        PgConversationStore::new(db.pool().clone())
+            .with_lease_fence(&ReplicaId(name.into()), Duration::ZERO, lease)
+            .with_owner(name)
+    };
+    let (a, b) = (replica("replica-a"), replica("replica-b"));
+    let mut conn = db.pool().get().await.unwrap();
+    diesel::sql_query(
+        "INSERT INTO cluster_replicas (replica_id, host, pid, version, status) VALUES \
+         ('replica-a', 'h', 1, 'v', 'active'), ('replica-b', 'h', 2, 'v', 'active')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let conv = a.upsert_conversation(&key("500.000001")).await.unwrap();
+    let intent = |text: &str| NewIntent {
+        conversation_id: conv.id,
+        in_reply_to: Some(ts("500.000001")),
+        kind: MessageKind::Message,
+        text: text.into(),
+        posting: Posting::Messages {
+            parts: vec![text.into()],
+        },
+    };
+    let claim = |store: PgConversationStore, text: String| {
+        let intent = intent(&text);
+        async move {
+            store
+                .claim_intent(&intent, Duration::from_secs(30))
+                .await
+                .unwrap()
+        }
+    };
+    let claimed = |c: &IntentClaim| matches!(c, IntentClaim::Claimed(_));
+
+    // Both alive: the holder's 30 s claim stands.
+    assert!(claimed(&claim(a.clone(), "one".into()).await));
+    let busy = claim(b.clone(), "one".into()).await;
+    assert!(
+        matches!(&busy, IntentClaim::Busy { claimed_by, .. } if claimed_by == "replica-a"),
+        "{busy:?}"
+    );
+    // The holder falls silent for longer than the cluster's lease: its claim lapses.
+    diesel::sql_query(
+        "UPDATE cluster_replicas SET heartbeat_at = now() - interval '6 seconds' \
+         WHERE replica_id = 'replica-a'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let taken = claim(b.clone(), "one".into()).await;
+    let IntentClaim::Claimed(taken) = taken else {
+        panic!("a silent replica's claim lapses: {taken:?}");
+    };
+    assert_eq!(taken.token.claim, 2, "the second claim");
+    // ... and by id too; a stopped replica's claims lapse as well.
+    assert!(claimed(&claim(b.clone(), "two".into()).await));
+    diesel::sql_query(
+        "UPDATE cluster_replicas SET status = 'stopped' WHERE replica_id = 'replica-b'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    diesel::sql_query(
+        "UPDATE cluster_replicas SET heartbeat_at = now() WHERE replica_id = 'replica-a'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let two: uuid::Uuid = {
+        use infragpt::db::schema::reply_intents;
+        reply_intents::table
+            .filter(reply_intents::claimed_by.eq("replica-b"))
+            .filter(reply_intents::claims.eq(1))
+            .select(reply_intents::id)
+            .first(&mut conn)
+            .await
+            .unwrap()
+    };
+    let by_id = a
+        .claim_intent_by_id(infragpt_actors::ids::ReplyIntentId(two), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(claimed(&by_id), "a stopped replica's claim lapses: {by_id:?}");
+    // A store outside a cluster (no lease given) knows nothing of replicas: a claim by an
+    // unknown holder stands until its own lease runs out.
+    let alone = PgConversationStore::new(db.pool().clone());
+    let busy = alone
+        .claim_intent(&intent("one"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(matches!(busy, IntentClaim::Busy { .. }), "{busy:?}");
+}
