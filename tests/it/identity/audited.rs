@@ -6,7 +6,6 @@
 use actix_web::test;
 use serde_json::{Value, json};
 
-use super::identity_app;
 use crate::support::app::TestApp;
 use crate::support::audit::{REFUSED, allow_audit, entries_with, one_entry, refuse_audit};
 use crate::support::fixtures;
@@ -103,9 +102,25 @@ async fn rows_with(h: &TestApp, table: &str, needle: &str) -> usize {
         .count()
 }
 
+/// The identity app retrying at once, once, and never taking the refusals provoked here for
+/// a restart storm (which would pause the stream).
+async fn app() -> TestApp {
+    TestApp::builder()
+        .with_identity()
+        .configure(|c| {
+            c.actors.backoff_base_ms = 1;
+            c.actors.backoff_max_ms = 5;
+            c.actors.drain_interval_ms = 10;
+            c.actors.retry_budget = 1;
+            c.actors.restart_limit = 1000;
+        })
+        .build()
+        .await
+}
+
 #[actix_rt::test]
 async fn clerk_changes_apply_only_with_their_audit_entry() {
-    let h = identity_app().await;
+    let h = app().await;
     let app = test::init_service(infragpt::http::app(h.identity_shell(None))).await;
     let pool = h.pool();
     for name in ["user.created.docs", "user.created", "user.updated"] {
