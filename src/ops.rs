@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use infragpt_actors::audit::{AuditEntry, AuditLog as _};
 use infragpt_actors::inbox::EventRowId;
 use infragpt_actors::{ActorKind, Cluster, Secret};
 use serde::Deserialize;
@@ -42,7 +41,7 @@ pub struct OpsState {
     pub read_access: ReadAccess,
     /// Admin token; `None` disables the admin API (fail closed).
     pub admin_token: Option<Secret>,
-    /// Where admin actions are recorded, and read back by `/admin/audit`.
+    /// The audit log `/admin/audit` reads.
     pub audit: Arc<PgAudit>,
 }
 
@@ -356,20 +355,8 @@ async fn get_event(
     Ok(HttpResponse::Ok().json(event))
 }
 
-async fn audit(state: &OpsState, action: &str, id: EventRowId) {
-    let entry = AuditEntry {
-        organization_id: None,
-        actor: "admin".to_owned(),
-        action: action.to_owned(),
-        target: Some(format!("inbound_event:{id}")),
-        details: json!({}),
-    };
-    if let Err(e) = state.audit.append(entry).await {
-        tracing::error!(error = %e, event_id = %id, action, "audit log write failed");
-    }
-}
-
-/// Puts a dead letter back in the inbox (audited).
+/// Puts a dead letter back in the inbox. The inbox writes the `event.requeued` entry in the
+/// requeue's transaction: no entry, no requeue (500).
 #[utoipa::path(post, path = "/admin/events/{id}/retry", tag = "admin", params(("id" = String, Path, description = "The event's row id (a number)")), security(("admin_token" = [])),
     responses(
         (status = 202, description = "Requeued; the event as it is now", body = serde_json::Value),
@@ -390,12 +377,12 @@ async fn retry_event(
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::conflict(format!("event {id} is not a dead letter")))?;
-    audit(&state, "event.requeued", id).await;
     tracing::info!(event_id = %id, "dead letter requeued");
     Ok(HttpResponse::Accepted().json(event))
 }
 
-/// Discards a dead letter (audited).
+/// Discards a dead letter. The inbox writes the `event.discarded` entry in the discard's
+/// transaction: no entry, no discard (500).
 #[utoipa::path(delete, path = "/admin/events/{id}", tag = "admin", params(("id" = String, Path, description = "The event's row id (a number)")), security(("admin_token" = [])),
     responses(
         (status = 204, description = "Discarded"),
@@ -420,7 +407,6 @@ async fn discard_event(
             "event {id} is not a dead letter"
         )));
     }
-    audit(&state, "event.discarded", id).await;
     tracing::info!(event_id = %id, "dead letter discarded");
     Ok(HttpResponse::NoContent().finish())
 }

@@ -1,6 +1,9 @@
-//! The audit log port: who did what to which thing, when, in which organization.
+//! Audit entries: who did what to which thing, when, in which organization.
+//!
+//! There is no audit port: an entry is written by the adapter that makes the change it
+//! records, in the same database transaction (`db::audit::insert_entry` in the root crate),
+//! so the change and its entry commit together or not at all.
 
-use async_trait::async_trait;
 use serde::Serialize;
 
 /// One audit entry (`audit_log` row).
@@ -16,16 +19,4 @@ pub struct AuditEntry {
     pub target: Option<String>,
     /// Extra facts (never secrets).
     pub details: serde_json::Value,
-}
-
-/// Audit log failures, with the adapter's error as the source.
-#[derive(Debug, thiserror::Error)]
-#[error("audit log unavailable: {0}")]
-pub struct AuditError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
-
-/// Where audit entries go.
-#[async_trait]
-pub trait AuditLog: Send + Sync + 'static {
-    /// Appends one entry.
-    async fn append(&self, entry: AuditEntry) -> Result<(), AuditError>;
 }

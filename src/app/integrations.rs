@@ -15,8 +15,8 @@ use ring::hkdf;
 use crate::config::{Config, VaultConfig};
 use crate::crypto::state::{StateError, StateSigner};
 use crate::crypto::vault::{DEV_KEY_ID, KeyRing, VaultError, VaultKeysConfig};
+use crate::db::Pool;
 use crate::db::nonces::PgNonceLedger;
-use crate::db::{PgAudit, Pool};
 use crate::github::integration::GithubConnector;
 use crate::github::stream::GithubStreamHandler;
 use crate::github::webhook::{self, GithubWebhook};
@@ -149,21 +149,19 @@ impl IntegrationParts {
             },
             cluster.health().clone(),
         );
-        let audit = Arc::new(PgAudit::new(pool.clone()));
         let service = IntegrationService {
             store: store.clone(),
-            credentials: credentials.clone(),
+            credentials,
             connectors,
             vaults: vaults.clone(),
             signer: Arc::new(StateSigner::new(state_key)?),
             ledger: Arc::new(PgNonceLedger::new(pool)),
-            audit: audit.clone(),
         };
         let webhook = GithubWebhook::new(
             config.integrations.github.webhook_secret.as_ref(),
             cluster.clone(),
         );
-        let stream = GithubStreamHandler::new(store, credentials, Some(vaults), audit);
+        let stream = GithubStreamHandler::new(store, Some(vaults));
         Ok(Self {
             service,
             webhook,

@@ -1,17 +1,18 @@
-//! [`AuditLog`] on the `audit_log` table, and the one query the audit routes read it with.
+//! The `audit_log` table: [`insert_entry`], the one way entries are written (on the
+//! connection of the transaction that makes the change they record), and [`PgAudit::query`],
+//! the one query the audit routes read it with.
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use infragpt_actors::audit::{AuditEntry, AuditError, AuditLog};
+use infragpt_actors::audit::AuditEntry;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::schema::audit_log;
 use super::{Pool, StoreError, conn};
 
-/// The audit log in PostgreSQL (append only; read by [`PgAudit::query`]).
+/// Reads the audit log in PostgreSQL ([`PgAudit::query`]). Writing is [`insert_entry`]'s.
 #[derive(Clone)]
 pub struct PgAudit {
     pool: Pool,
@@ -26,16 +27,15 @@ impl std::fmt::Debug for PgAudit {
 }
 
 impl PgAudit {
-    /// An audit log on `pool`.
+    /// The audit log on `pool`.
     pub fn new(pool: Pool) -> Self {
         Self { pool }
     }
 }
 
-/// Inserts `entry` on `conn`: inside a caller's transaction, the entry commits or rolls back
-/// with the change it records (what [`AuditLog::append`] cannot offer, having no shared
-/// transaction).
-pub(crate) async fn insert_entry(
+/// Inserts `entry` on `conn`. Called inside the transaction of the change the entry records,
+/// so both commit or neither: a failed entry fails (and rolls back) the change.
+pub async fn insert_entry(
     conn: &mut AsyncPgConnection,
     entry: &AuditEntry,
 ) -> Result<(), diesel::result::Error> {
@@ -49,23 +49,8 @@ pub(crate) async fn insert_entry(
         ))
         .execute(conn)
         .await?;
+    tracing::debug!(actor = %entry.actor, action = %entry.action, target = ?entry.target, "audit entry written");
     Ok(())
-}
-
-fn audit_error(e: StoreError) -> AuditError {
-    AuditError(Box::new(e))
-}
-
-#[async_trait]
-impl AuditLog for PgAudit {
-    async fn append(&self, entry: AuditEntry) -> Result<(), AuditError> {
-        let mut conn = conn(&self.pool).await.map_err(audit_error)?;
-        insert_entry(&mut conn, &entry)
-            .await
-            .map_err(|e| audit_error(e.into()))?;
-        tracing::debug!(actor = %entry.actor, action = %entry.action, "audit entry appended");
-        Ok(())
-    }
 }
 
 /// Largest page [`PgAudit::query`] answers.

@@ -6,13 +6,15 @@ use diesel::dsl::now;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Integer, Nullable};
 use diesel::sql_types::{Jsonb, Text};
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection as _, RunQueryDsl};
+use infragpt_actors::audit::AuditEntry;
 use infragpt_actors::inbox::{
     Claim, EventPayload, EventRowId, EventStatus, InboundEvent, InboundEvents, NewInboundEvent,
     Partition, RecordOutcome, RoutingKey, StoreError,
 };
 use infragpt_actors::partitions::ReplicaId;
 
+use super::audit::insert_entry;
 use super::prepared::PreparedExt;
 use super::schema::inbound_events;
 use super::{Conn, Pool, conn};
@@ -367,6 +369,22 @@ impl StoredPayload {
     }
 }
 
+/// The entry of an operator's action on a dead letter (no organization: the inbox does not
+/// know one).
+fn admin_entry(action: &str, row: &EventRow) -> AuditEntry {
+    AuditEntry {
+        organization_id: None,
+        actor: "admin".to_owned(),
+        action: action.to_owned(),
+        target: Some(format!("inbound_event:{}", row.id)),
+        details: serde_json::json!({
+            "source": row.source,
+            "source_id": row.source_id,
+            "kind": row.kind,
+        }),
+    }
+}
+
 fn unavailable(e: diesel::result::Error) -> StoreError {
     super::StoreError::from(e).into()
 }
@@ -607,24 +625,36 @@ impl InboundEvents for PgInbox {
         row.map(InboundEvent::try_from).transpose()
     }
 
+    // Requeueing and discarding a dead letter are the operator's actions (the admin API is
+    // their only caller): each writes its entry (actor `admin`) in its own transaction, so
+    // the action and its record commit together; an event that is not a dead letter is left
+    // alone and records nothing.
     async fn requeue(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError> {
         let mut conn = conn(&self.pool).await?;
-        let row: Option<EventRow> = diesel::update(
-            inbound_events::table
-                .find(id.0)
-                .filter(inbound_events::status.eq(EventStatus::Failed.as_str())),
-        )
-        .set((
-            inbound_events::status.eq(EventStatus::Pending.as_str()),
-            inbound_events::attempts.eq(0),
-            inbound_events::processed_at.eq(None::<DateTime<Utc>>),
-            inbound_events::updated_at.eq(now),
-        ))
-        .returning(EventRow::as_returning())
-        .get_result(&mut conn)
-        .await
-        .optional()
-        .map_err(unavailable)?;
+        let row: Option<EventRow> = conn
+            .transaction::<_, diesel::result::Error, _>(async move |conn| {
+                let row: Option<EventRow> = diesel::update(
+                    inbound_events::table
+                        .find(id.0)
+                        .filter(inbound_events::status.eq(EventStatus::Failed.as_str())),
+                )
+                .set((
+                    inbound_events::status.eq(EventStatus::Pending.as_str()),
+                    inbound_events::attempts.eq(0),
+                    inbound_events::processed_at.eq(None::<DateTime<Utc>>),
+                    inbound_events::updated_at.eq(now),
+                ))
+                .returning(EventRow::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?;
+                if let Some(row) = &row {
+                    insert_entry(conn, &admin_entry("event.requeued", row)).await?;
+                }
+                Ok(row)
+            })
+            .await
+            .map_err(unavailable)?;
         if row.is_some() {
             tracing::info!(event_id = %id, "dead letter requeued");
         }
@@ -633,24 +663,34 @@ impl InboundEvents for PgInbox {
 
     async fn discard(&self, id: EventRowId) -> Result<bool, StoreError> {
         let mut conn = conn(&self.pool).await?;
-        let changed = diesel::update(
-            inbound_events::table
-                .find(id.0)
-                .filter(inbound_events::status.eq(EventStatus::Failed.as_str())),
-        )
-        .set((
-            inbound_events::status.eq(EventStatus::Ignored.as_str()),
-            inbound_events::last_error.eq("discarded"),
-            inbound_events::processed_at.eq(now),
-            inbound_events::updated_at.eq(now),
-        ))
-        .execute(&mut conn)
-        .await
-        .map_err(unavailable)?;
-        if changed > 0 {
+        let row: Option<EventRow> = conn
+            .transaction::<_, diesel::result::Error, _>(async move |conn| {
+                let row: Option<EventRow> = diesel::update(
+                    inbound_events::table
+                        .find(id.0)
+                        .filter(inbound_events::status.eq(EventStatus::Failed.as_str())),
+                )
+                .set((
+                    inbound_events::status.eq(EventStatus::Ignored.as_str()),
+                    inbound_events::last_error.eq("discarded"),
+                    inbound_events::processed_at.eq(now),
+                    inbound_events::updated_at.eq(now),
+                ))
+                .returning(EventRow::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?;
+                if let Some(row) = &row {
+                    insert_entry(conn, &admin_entry("event.discarded", row)).await?;
+                }
+                Ok(row)
+            })
+            .await
+            .map_err(unavailable)?;
+        if row.is_some() {
             tracing::info!(event_id = %id, "dead letter discarded");
         }
-        Ok(changed > 0)
+        Ok(row.is_some())
     }
 
     async fn count_by_status(&self) -> Result<Vec<(EventStatus, i64)>, StoreError> {

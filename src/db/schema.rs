@@ -2,7 +2,8 @@
 // diesel CLI is not installed here). Keep it in sync with every new migration.
 
 diesel::table! {
-    /// Append-only record of who changed what (`AuditLog` port).
+    /// Append-only record of who changed what, written in the transaction of the change
+    /// (`db::audit::insert_entry`).
     audit_log (id) {
         id -> Int8,
         organization_id -> Nullable<Uuid>,

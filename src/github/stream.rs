@@ -8,11 +8,15 @@
 //! * Every supported event (including the two above) is stored once as a normalized row in
 //!   `github_events` (idempotent on the delivery id).
 //! * Unknown events → `ignored`.
+//!
+//! Each integration change writes its audit entry (actor `github`) in the change's
+//! transaction, only when the row changed: a failed entry fails the delivery (retryable) with
+//! nothing changed, and a redelivery that changes nothing records nothing.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use infragpt_actors::audit::{AuditEntry, AuditLog};
+use infragpt_actors::audit::AuditEntry;
 use infragpt_actors::inbox::InboundEvent;
 use infragpt_actors::{EventHandler, HandleOutcome, HandlerError, StreamSpec};
 use infragpt_actors::{kinds, sources};
@@ -24,8 +28,8 @@ use super::normalize::{
 };
 use crate::db::StoreError;
 use crate::github::app_client::GITHUB;
-use crate::integrations::store::{IntegrationStore, status};
-use crate::integrations::vault::{CredentialStore, VaultRegistry};
+use crate::integrations::store::{Integration, IntegrationStore, status};
+use crate::integrations::vault::VaultRegistry;
 
 /// Name of the stream (router) in the actor tree.
 pub(crate) const STREAM_NAME: &str = "github_webhooks";
@@ -34,9 +38,7 @@ pub(crate) const STREAM_NAME: &str = "github_webhooks";
 #[derive(Clone)]
 pub struct GithubStreamHandler {
     store: IntegrationStore,
-    credentials: CredentialStore,
     vaults: Option<VaultRegistry>,
-    audit: Arc<dyn AuditLog>,
 }
 
 impl std::fmt::Debug for GithubStreamHandler {
@@ -51,20 +53,10 @@ fn retryable(e: StoreError) -> HandlerError {
 }
 
 impl GithubStreamHandler {
-    /// A handler writing through `store`/`credentials`; `vaults` (when given) has its cache
+    /// A handler writing (and auditing) through `store`; `vaults` (when given) has its cache
     /// dropped when an installation is deleted.
-    pub fn new(
-        store: IntegrationStore,
-        credentials: CredentialStore,
-        vaults: Option<VaultRegistry>,
-        audit: Arc<dyn AuditLog>,
-    ) -> Self {
-        Self {
-            store,
-            credentials,
-            vaults,
-            audit,
-        }
+    pub fn new(store: IntegrationStore, vaults: Option<VaultRegistry>) -> Self {
+        Self { store, vaults }
     }
 
     /// The stream registration for [`infragpt_actors::Cluster::register_stream`].
@@ -74,25 +66,6 @@ impl GithubStreamHandler {
             kind: kinds::GITHUB_WEBHOOK_STREAM,
             source: sources::GITHUB,
             handler: Arc::new(self),
-        }
-    }
-
-    async fn audit(
-        &self,
-        organization_id: uuid::Uuid,
-        action: &str,
-        target: uuid::Uuid,
-        details: serde_json::Value,
-    ) {
-        let entry = AuditEntry {
-            organization_id: Some(organization_id),
-            actor: "github".to_owned(),
-            action: action.to_owned(),
-            target: Some(target.to_string()),
-            details,
-        };
-        if let Err(error) = self.audit.append(entry).await {
-            tracing::error!(%error, action, "audit entry lost");
         }
     }
 
@@ -131,16 +104,22 @@ impl GithubStreamHandler {
                     obj.insert("permissions".into(), json!(permissions));
                 }
                 self.store
-                    .activate(integration.id, &installation_id.to_string(), &metadata)
+                    .activate(
+                        integration.id,
+                        &installation_id.to_string(),
+                        &metadata,
+                        |before, after| {
+                            changed(before, after).then(|| {
+                                entry(
+                                    after,
+                                    "integration.linked",
+                                    json!({ "installation_id": installation_id }),
+                                )
+                            })
+                        },
+                    )
                     .await
                     .map_err(retryable)?;
-                self.audit(
-                    integration.organization_id,
-                    "integration.linked",
-                    integration.id,
-                    json!({ "installation_id": installation_id }),
-                )
-                .await;
                 Ok(None)
             }
             InstallationChange::Deleted {
@@ -160,25 +139,23 @@ impl GithubStreamHandler {
                         "installation {installation_id} has no integration"
                     )));
                 };
-                self.credentials
-                    .delete_all(integration.id)
+                // Credentials deleted, status revoked and the entry in one transaction.
+                self.store
+                    .revoke(integration.id, |revoked| {
+                        revoked.changed().then(|| {
+                            entry(
+                                &revoked.integration,
+                                "integration.revoked",
+                                json!({ "installation_id": installation_id, "reason": "installation.deleted" }),
+                            )
+                        })
+                    })
                     .await
-                    .map_err(HandlerError::retryable)?;
+                    .map_err(retryable)?;
                 if let Some(vaults) = &self.vaults {
                     vaults.invalidate(integration.organization_id, integration.id);
                 }
-                self.store
-                    .set_status(integration.id, status::REVOKED)
-                    .await
-                    .map_err(retryable)?;
                 tracing::info!(installation_id, integration_id = %integration.id, "github installation deleted; integration revoked");
-                self.audit(
-                    integration.organization_id,
-                    "integration.revoked",
-                    integration.id,
-                    json!({ "installation_id": installation_id, "reason": "installation.deleted" }),
-                )
-                .await;
                 Ok(None)
             }
             InstallationChange::Suspended { installation_id } => {
@@ -233,18 +210,37 @@ impl GithubStreamHandler {
             return Ok(Some("integration is revoked".to_owned()));
         }
         self.store
-            .set_status(integration.id, new_status)
+            .set_status_audited(integration.id, new_status, |before, after| {
+                (before.status != after.status).then(|| {
+                    entry(
+                        after,
+                        &format!("integration.{new_status}"),
+                        json!({ "installation_id": installation_id }),
+                    )
+                })
+            })
             .await
             .map_err(retryable)?;
-        self.audit(
-            integration.organization_id,
-            &format!("integration.{new_status}"),
-            integration.id,
-            json!({ "installation_id": installation_id }),
-        )
-        .await;
         Ok(None)
     }
+}
+
+/// An entry of a change GitHub made to `integration`.
+fn entry(integration: &Integration, action: &str, details: serde_json::Value) -> AuditEntry {
+    AuditEntry {
+        organization_id: Some(integration.organization_id),
+        actor: "github".to_owned(),
+        action: action.to_owned(),
+        target: Some(integration.id.to_string()),
+        details,
+    }
+}
+
+/// Whether an activation changed the row (a redelivered `installation.created` does not).
+fn changed(before: &Integration, after: &Integration) -> bool {
+    before.status != after.status
+        || before.external_id != after.external_id
+        || before.metadata != after.metadata
 }
 
 fn permanent(e: NormalizeError) -> HandlerError {

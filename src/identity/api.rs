@@ -21,10 +21,8 @@
 //! | `use_cases` | array of strings | `incident_response`, `alert_triage`, `root_cause_analysis`, `monitoring`, `deployment_automation`, `infrastructure_management`, `cost_optimization`, `security_compliance`, `log_analysis`, `on_call_support`, `documentation`, `other` |
 //! | `observability_stack` | array of strings | `datadog`, `prometheus`, `grafana`, `new_relic`, `splunk`, `elastic`, `cloudwatch`, `azure_monitor`, `google_cloud_monitoring`, `honeycomb`, `sentry`, `opentelemetry`, `loki`, `jaeger`, `pagerduty`, `opsgenie`, `other` |
 
-use std::sync::Arc;
-
 use actix_web::{HttpRequest, HttpResponse, web};
-use infragpt_actors::audit::{AuditEntry, AuditLog};
+use infragpt_actors::audit::AuditEntry;
 use serde_json::{Map, Value, json};
 
 use super::store::{IdentityStore, MetadataUpdate, OrganizationMetadata};
@@ -80,24 +78,15 @@ pub(crate) const OBSERVABILITY_STACK: &[&str] = &[
 ];
 
 /// What the API handlers share.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct IdentityApi {
     store: IdentityStore,
-    audit: Arc<dyn AuditLog>,
-}
-
-impl std::fmt::Debug for IdentityApi {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdentityApi")
-            .field("store", &self.store)
-            .finish_non_exhaustive()
-    }
 }
 
 impl IdentityApi {
-    /// The API on `store`, auditing to `audit`.
-    pub fn new(store: IdentityStore, audit: Arc<dyn AuditLog>) -> Self {
-        Self { store, audit }
+    /// The API on `store` (which audits the changes it makes).
+    pub fn new(store: IdentityStore) -> Self {
+        Self { store }
     }
 }
 
@@ -195,22 +184,24 @@ async fn put_metadata(
     // Before validation: a member learns nothing about the body's fate.
     who.require_admin(&req)?;
     let update = validate_metadata(&body)?;
-    let (before, after) = api
+    let actor = who.audit_actor();
+    // Recorded in the write's transaction; a write that leaves the answers as they were
+    // (and had been written before) records nothing.
+    let (_, after) = api
         .store
-        .put_metadata(who.organization_id, &update)
+        .put_metadata(who.organization_id, &update, |before, after| {
+            let first = before.updated_at.is_none();
+            let (before, after) = (summary(before), summary(after));
+            (first || before != after).then(|| AuditEntry {
+                organization_id: Some(who.organization_id.0),
+                actor,
+                action: "organization.metadata_updated".to_owned(),
+                target: Some(who.organization_id.to_string()),
+                details: json!({ "before": before, "after": after }),
+            })
+        })
         .await
         .map_err(store_error)?;
-    let entry = AuditEntry {
-        organization_id: Some(who.organization_id.0),
-        actor: who.audit_actor(),
-        action: "organization.metadata_updated".to_owned(),
-        target: Some(who.organization_id.to_string()),
-        details: json!({ "before": summary(&before), "after": summary(&after) }),
-    };
-    if let Err(e) = api.audit.append(entry.clone()).await {
-        // The change is committed; losing its audit entry is logged loudly with the entry.
-        tracing::error!(error = %e, action = %entry.action, details = %entry.details, "audit entry lost");
-    }
     tracing::info!(org = %who.organization_id, user = %who.user_id(), "organization metadata updated");
     Ok(HttpResponse::Ok().json(json!({ "metadata": after })))
 }

@@ -18,16 +18,25 @@
 //! * `organization.created` makes its creator an admin through an *implicit* membership row
 //!   (no membership id), written only when the pair has no row at all; an explicit membership
 //!   row for the pair (created, updated or deleted) replaces it, whichever came first.
+//!
+//! # Audit entries
+//!
+//! The writes that are audited take a closure building the entry from what the write did;
+//! the store calls it only when a row changed and inserts its entry in the write's
+//! transaction, so a change and its entry commit together (a failed entry fails the write)
+//! and a repeated or older event, which changes nothing, records nothing.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use infragpt_actors::audit::AuditEntry;
 use infragpt_actors::ids::OrganizationId;
 use serde::Serialize;
 use uuid::Uuid;
 
 use super::clerk_events::ClerkUser;
 use super::{ClerkMembershipId, ClerkOrgId, ClerkUserId};
+use crate::db::audit::insert_entry;
 use crate::db::schema::{organization_members, organization_metadata, organizations, users};
 use crate::db::{Pool, StoreError, conn};
 
@@ -337,134 +346,48 @@ impl IdentityStore {
     }
 
     /// Applies `organization.created` / `organization.updated` written at Clerk `version`.
-    /// Returns our id of the organization and what happened.
+    /// Returns our id of the organization and what happened; when a row changed, the entry
+    /// `audit` makes of them is written in the same transaction.
     pub async fn upsert_organization(
         &self,
         org: &OrganizationUpsert,
         version: Option<i64>,
+        audit: impl FnOnce(OrganizationId, Applied) -> Option<AuditEntry> + Send,
     ) -> Result<(OrganizationId, Applied), StoreError> {
         let mut conn = conn(&self.pool).await?;
         let org = org.clone();
         conn.transaction::<_, StoreError, _>(async move |conn| {
-            let existing: Option<(Uuid, Option<i64>, Option<DateTime<Utc>>)> =
-                organizations::table
-                    .filter(organizations::clerk_id.eq(org.clerk_id.as_str()))
-                    .select((
-                        organizations::id,
-                        organizations::clerk_updated_at,
-                        organizations::deleted_at,
-                    ))
-                    .for_update()
-                    .first(conn)
-                    .await
-                    .optional()?;
-            if let Some((id, stored, _)) = existing
-                && !newer(stored, version)
+            let (id, applied) = upsert_organization_in(conn, &org, version).await?;
+            if applied.changed()
+                && let Some(entry) = audit(id, applied)
             {
-                return Ok((OrganizationId(id), Applied::Unchanged));
+                insert_entry(conn, &entry).await?;
             }
-            let live = existing.is_none_or(|(_, _, deleted)| deleted.is_none());
-            if live && let Some(slug) = &org.slug {
-                // Slugs are unique among live organizations. Clerk keeps them unique at any
-                // moment, so a clash here means another organization's rename has not reached
-                // us yet: the newer write takes the slug, the other one's own event restores it.
-                let cleared = diesel::update(
-                    organizations::table
-                        .filter(organizations::slug.eq(slug))
-                        .filter(organizations::deleted_at.is_null())
-                        .filter(organizations::clerk_id.ne(org.clerk_id.as_str())),
-                )
-                .set((
-                    organizations::slug.eq(None::<String>),
-                    organizations::updated_at.eq(diesel::dsl::now),
-                ))
-                .execute(conn)
-                .await?;
-                if cleared > 0 {
-                    tracing::warn!(org = %org.clerk_id, slug = %slug, "slug taken over from another organization (events out of order)");
-                }
-            }
-            match existing {
-                None => {
-                    let id: Uuid = diesel::insert_into(organizations::table)
-                        .values((
-                            organizations::clerk_id.eq(org.clerk_id.as_str()),
-                            organizations::name.eq(&org.name),
-                            organizations::slug.eq(&org.slug),
-                            organizations::image_url.eq(&org.image_url),
-                            organizations::created_by_clerk_id
-                                .eq(org.created_by.as_ref().map(ClerkUserId::as_str)),
-                            organizations::clerk_updated_at.eq(version),
-                        ))
-                        .returning(organizations::id)
-                        .get_result(conn)
-                        .await?;
-                    Ok((OrganizationId(id), Applied::Inserted))
-                }
-                Some((id, _, _)) => {
-                    diesel::update(organizations::table.find(id))
-                        .set((
-                            organizations::name.eq(&org.name),
-                            organizations::slug.eq(&org.slug),
-                            organizations::image_url.eq(&org.image_url),
-                            organizations::created_by_clerk_id
-                                .eq(org.created_by.as_ref().map(ClerkUserId::as_str)),
-                            organizations::clerk_updated_at.eq(version),
-                            organizations::updated_at.eq(diesel::dsl::now),
-                        ))
-                        .execute(conn)
-                        .await?;
-                    Ok((OrganizationId(id), Applied::Updated))
-                }
-            }
+            Ok((id, applied))
         })
         .await
     }
 
     /// Applies `organization.deleted` (soft; a tombstone when the organization is unknown).
+    /// When a row changed, the entry `audit` makes of our id is written in the same
+    /// transaction.
     pub async fn delete_organization(
         &self,
         clerk_id: &ClerkOrgId,
+        audit: impl FnOnce(OrganizationId) -> Option<AuditEntry> + Send,
     ) -> Result<(OrganizationId, Applied), StoreError> {
         let mut conn = conn(&self.pool).await?;
-        let deleted: Option<Uuid> = diesel::update(
-            organizations::table
-                .filter(organizations::clerk_id.eq(clerk_id.as_str()))
-                .filter(organizations::deleted_at.is_null()),
-        )
-        .set((
-            organizations::deleted_at.eq(diesel::dsl::now),
-            organizations::updated_at.eq(diesel::dsl::now),
-        ))
-        .returning(organizations::id)
-        .get_result(&mut conn)
+        let clerk_id = clerk_id.clone();
+        conn.transaction::<_, StoreError, _>(async move |conn| {
+            let (id, applied) = delete_organization_in(conn, &clerk_id).await?;
+            if applied.changed()
+                && let Some(entry) = audit(id)
+            {
+                insert_entry(conn, &entry).await?;
+            }
+            Ok((id, applied))
+        })
         .await
-        .optional()?;
-        if let Some(id) = deleted {
-            return Ok((OrganizationId(id), Applied::Deleted));
-        }
-        // Unknown: a tombstone (the name is filled in by a late upsert, if one comes).
-        let inserted: Option<Uuid> = diesel::insert_into(organizations::table)
-            .values((
-                organizations::clerk_id.eq(clerk_id.as_str()),
-                organizations::name.eq(""),
-                organizations::deleted_at.eq(diesel::dsl::now),
-            ))
-            .on_conflict(organizations::clerk_id)
-            .do_nothing()
-            .returning(organizations::id)
-            .get_result(&mut conn)
-            .await
-            .optional()?;
-        if let Some(id) = inserted {
-            return Ok((OrganizationId(id), Applied::Deleted));
-        }
-        let id: Uuid = organizations::table
-            .filter(organizations::clerk_id.eq(clerk_id.as_str()))
-            .select(organizations::id)
-            .first(&mut conn)
-            .await?;
-        Ok((OrganizationId(id), Applied::Unchanged))
     }
 
     /// Our id of an organization (live or deleted), if any row exists.
@@ -473,94 +396,53 @@ impl IdentityStore {
         clerk_id: &ClerkOrgId,
     ) -> Result<Option<OrganizationId>, StoreError> {
         let mut conn = conn(&self.pool).await?;
-        let id: Option<Uuid> = organizations::table
-            .filter(organizations::clerk_id.eq(clerk_id.as_str()))
-            .select(organizations::id)
-            .first(&mut conn)
-            .await
-            .optional()?;
-        Ok(id.map(OrganizationId))
+        organization_id_in(&mut conn, clerk_id).await
     }
 
     /// Applies `organizationMembership.created` / `.updated` written at Clerk `version`.
+    /// When the row changed, the entry `audit` makes of the result (if any: a write that
+    /// keeps the role may not be worth one) is written in the same transaction.
     pub async fn upsert_membership(
         &self,
         m: &MembershipUpsert,
         version: Option<i64>,
+        audit: impl FnOnce(&MembershipApplied) -> Option<AuditEntry> + Send,
     ) -> Result<MembershipApplied, StoreError> {
         let mut conn = conn(&self.pool).await?;
-        let org_clerk_id = m.org_clerk_id.clone();
         let m = m.clone();
-        let (applied, previous_role) = conn
-            .transaction::<_, StoreError, _>(async move |conn| {
-                let existing: Option<(Uuid, String, Option<i64>)> = organization_members::table
-                    .filter(
-                        organization_members::clerk_membership_id
-                            .eq(m.clerk_membership_id.as_str()),
-                    )
-                    .select((
-                        organization_members::id,
-                        organization_members::role,
-                        organization_members::clerk_updated_at,
-                    ))
-                    .for_update()
-                    .first(conn)
-                    .await
-                    .optional()?;
-                match existing {
-                    None => {
-                        diesel::insert_into(organization_members::table)
-                            .values((
-                                organization_members::clerk_membership_id
-                                    .eq(m.clerk_membership_id.as_str()),
-                                organization_members::organization_clerk_id
-                                    .eq(m.org_clerk_id.as_str()),
-                                organization_members::user_clerk_id.eq(m.user_clerk_id.as_str()),
-                                organization_members::role.eq(&m.role),
-                                organization_members::clerk_updated_at.eq(version),
-                            ))
-                            .execute(conn)
-                            .await?;
-                        remove_implicit(conn, &m.org_clerk_id, &m.user_clerk_id).await?;
-                        Ok((Applied::Inserted, None))
-                    }
-                    Some((id, role, stored)) if newer(stored, version) => {
-                        diesel::update(organization_members::table.find(id))
-                            .set((
-                                organization_members::role.eq(&m.role),
-                                organization_members::clerk_updated_at.eq(version),
-                                organization_members::updated_at.eq(diesel::dsl::now),
-                            ))
-                            .execute(conn)
-                            .await?;
-                        Ok((Applied::Updated, Some(role)))
-                    }
-                    Some((_, role, _)) => Ok((Applied::Unchanged, Some(role))),
-                }
-            })
-            .await?;
-        let organization_id = self.organization_id(&org_clerk_id).await?;
-        Ok(MembershipApplied {
-            applied,
-            previous_role,
-            organization_id,
+        conn.transaction::<_, StoreError, _>(async move |conn| {
+            let (applied, previous_role) = upsert_membership_in(conn, &m, version).await?;
+            let result = MembershipApplied {
+                applied,
+                previous_role,
+                organization_id: organization_id_in(conn, &m.org_clerk_id).await?,
+            };
+            if applied.changed()
+                && let Some(entry) = audit(&result)
+            {
+                insert_entry(conn, &entry).await?;
+            }
+            Ok(result)
         })
+        .await
     }
 
     /// Applies `organizationMembership.deleted` (soft; a tombstone with `role` when the
-    /// membership is unknown).
+    /// membership is unknown). When a row changed, the entry `audit` makes of the result is
+    /// written in the same transaction.
     pub async fn delete_membership(
         &self,
         membership: &ClerkMembershipId,
         org: &ClerkOrgId,
         user: &ClerkUserId,
         role: Option<&str>,
+        audit: impl FnOnce(&MembershipApplied) -> Option<AuditEntry> + Send,
     ) -> Result<MembershipApplied, StoreError> {
         let mut conn = conn(&self.pool).await?;
         let (membership, org_id, user_id) = (membership.clone(), org.clone(), user.clone());
         let role = role.unwrap_or_default().to_owned();
-        let (applied, previous_role) = conn
-            .transaction::<_, StoreError, _>(async move |conn| {
+        conn.transaction::<_, StoreError, _>(async move |conn| {
+            let (applied, previous_role) = {
                 let deleted: Option<String> = diesel::update(
                     organization_members::table
                         .filter(organization_members::clerk_membership_id.eq(membership.as_str()))
@@ -575,43 +457,53 @@ impl IdentityStore {
                 .await
                 .optional()?;
                 if let Some(previous) = deleted {
-                    return Ok((Applied::Deleted, Some(previous)));
+                    (Applied::Deleted, Some(previous))
+                } else {
+                    let inserted = diesel::insert_into(organization_members::table)
+                        .values((
+                            organization_members::clerk_membership_id.eq(membership.as_str()),
+                            organization_members::organization_clerk_id.eq(org_id.as_str()),
+                            organization_members::user_clerk_id.eq(user_id.as_str()),
+                            organization_members::role.eq(&role),
+                            organization_members::deleted_at.eq(diesel::dsl::now),
+                        ))
+                        .on_conflict(organization_members::clerk_membership_id)
+                        .do_nothing()
+                        .execute(conn)
+                        .await?;
+                    if inserted == 0 {
+                        (Applied::Unchanged, None)
+                    } else {
+                        // Explicit data about the pair replaces the implicit creator membership.
+                        remove_implicit(conn, &org_id, &user_id).await?;
+                        (Applied::Deleted, None)
+                    }
                 }
-                let inserted = diesel::insert_into(organization_members::table)
-                    .values((
-                        organization_members::clerk_membership_id.eq(membership.as_str()),
-                        organization_members::organization_clerk_id.eq(org_id.as_str()),
-                        organization_members::user_clerk_id.eq(user_id.as_str()),
-                        organization_members::role.eq(&role),
-                        organization_members::deleted_at.eq(diesel::dsl::now),
-                    ))
-                    .on_conflict(organization_members::clerk_membership_id)
-                    .do_nothing()
-                    .execute(conn)
-                    .await?;
-                if inserted == 0 {
-                    return Ok((Applied::Unchanged, None));
-                }
-                // Explicit data about the pair replaces the implicit creator membership.
-                remove_implicit(conn, &org_id, &user_id).await?;
-                Ok((Applied::Deleted, None))
-            })
-            .await?;
-        let organization_id = self.organization_id(org).await?;
-        Ok(MembershipApplied {
-            applied,
-            previous_role,
-            organization_id,
+            };
+            let result = MembershipApplied {
+                applied,
+                previous_role,
+                organization_id: organization_id_in(conn, &org_id).await?,
+            };
+            if applied.changed()
+                && let Some(entry) = audit(&result)
+            {
+                insert_entry(conn, &entry).await?;
+            }
+            Ok(result)
         })
+        .await
     }
 
     /// Makes `creator` an admin of `org` through an implicit membership, unless the pair
     /// already has any membership row (explicit data wins, whatever its role or state).
-    /// Returns true when the row was written.
+    /// Returns true when the row was written, with the entry `audit` makes in the same
+    /// transaction.
     pub(crate) async fn ensure_creator_membership(
         &self,
         org: &ClerkOrgId,
         creator: &ClerkUserId,
+        audit: impl FnOnce() -> AuditEntry + Send,
     ) -> Result<bool, StoreError> {
         let mut conn = conn(&self.pool).await?;
         let (org, creator) = (org.clone(), creator.clone());
@@ -640,6 +532,7 @@ impl IdentityStore {
                 ))
                 .execute(conn)
                 .await?;
+            insert_entry(conn, &audit()).await?;
             Ok(true)
         })
         .await
@@ -732,11 +625,13 @@ impl IdentityStore {
     }
 
     /// Replaces the organization's metadata; returns (before, after). The first write sets
-    /// `onboarding_completed_at`.
+    /// `onboarding_completed_at`. The entry `audit` makes of (before, after), if any, is
+    /// written in the same transaction.
     pub(crate) async fn put_metadata(
         &self,
         id: OrganizationId,
         update: &MetadataUpdate,
+        audit: impl FnOnce(&OrganizationMetadata, &OrganizationMetadata) -> Option<AuditEntry> + Send,
     ) -> Result<(OrganizationMetadata, OrganizationMetadata), StoreError> {
         let mut conn = conn(&self.pool).await?;
         let update = update.clone();
@@ -769,10 +664,199 @@ impl IdentityStore {
                 .returning(MetadataRow::as_returning())
                 .get_result(conn)
                 .await?;
-            Ok((before.map(Into::into).unwrap_or_default(), after.into()))
+            let (before, after) = (before.map(Into::into).unwrap_or_default(), after.into());
+            if let Some(entry) = audit(&before, &after) {
+                insert_entry(conn, &entry).await?;
+            }
+            Ok((before, after))
         })
         .await
     }
+}
+
+/// The body of [`IdentityStore::upsert_organization`], on the caller's transaction.
+async fn upsert_organization_in(
+    conn: &mut AsyncPgConnection,
+    org: &OrganizationUpsert,
+    version: Option<i64>,
+) -> Result<(OrganizationId, Applied), StoreError> {
+    let existing: Option<(Uuid, Option<i64>, Option<DateTime<Utc>>)> = organizations::table
+        .filter(organizations::clerk_id.eq(org.clerk_id.as_str()))
+        .select((
+            organizations::id,
+            organizations::clerk_updated_at,
+            organizations::deleted_at,
+        ))
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?;
+    if let Some((id, stored, _)) = existing
+        && !newer(stored, version)
+    {
+        return Ok((OrganizationId(id), Applied::Unchanged));
+    }
+    let live = existing.is_none_or(|(_, _, deleted)| deleted.is_none());
+    if live && let Some(slug) = &org.slug {
+        // Slugs are unique among live organizations. Clerk keeps them unique at any
+        // moment, so a clash here means another organization's rename has not reached
+        // us yet: the newer write takes the slug, the other one's own event restores it.
+        let cleared = diesel::update(
+            organizations::table
+                .filter(organizations::slug.eq(slug))
+                .filter(organizations::deleted_at.is_null())
+                .filter(organizations::clerk_id.ne(org.clerk_id.as_str())),
+        )
+        .set((
+            organizations::slug.eq(None::<String>),
+            organizations::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await?;
+        if cleared > 0 {
+            tracing::warn!(org = %org.clerk_id, slug = %slug, "slug taken over from another organization (events out of order)");
+        }
+    }
+    match existing {
+        None => {
+            let id: Uuid = diesel::insert_into(organizations::table)
+                .values((
+                    organizations::clerk_id.eq(org.clerk_id.as_str()),
+                    organizations::name.eq(&org.name),
+                    organizations::slug.eq(&org.slug),
+                    organizations::image_url.eq(&org.image_url),
+                    organizations::created_by_clerk_id
+                        .eq(org.created_by.as_ref().map(ClerkUserId::as_str)),
+                    organizations::clerk_updated_at.eq(version),
+                ))
+                .returning(organizations::id)
+                .get_result(conn)
+                .await?;
+            Ok((OrganizationId(id), Applied::Inserted))
+        }
+        Some((id, _, _)) => {
+            diesel::update(organizations::table.find(id))
+                .set((
+                    organizations::name.eq(&org.name),
+                    organizations::slug.eq(&org.slug),
+                    organizations::image_url.eq(&org.image_url),
+                    organizations::created_by_clerk_id
+                        .eq(org.created_by.as_ref().map(ClerkUserId::as_str)),
+                    organizations::clerk_updated_at.eq(version),
+                    organizations::updated_at.eq(diesel::dsl::now),
+                ))
+                .execute(conn)
+                .await?;
+            Ok((OrganizationId(id), Applied::Updated))
+        }
+    }
+}
+
+/// The body of [`IdentityStore::delete_organization`], on the caller's transaction.
+async fn delete_organization_in(
+    conn: &mut AsyncPgConnection,
+    clerk_id: &ClerkOrgId,
+) -> Result<(OrganizationId, Applied), StoreError> {
+    let deleted: Option<Uuid> = diesel::update(
+        organizations::table
+            .filter(organizations::clerk_id.eq(clerk_id.as_str()))
+            .filter(organizations::deleted_at.is_null()),
+    )
+    .set((
+        organizations::deleted_at.eq(diesel::dsl::now),
+        organizations::updated_at.eq(diesel::dsl::now),
+    ))
+    .returning(organizations::id)
+    .get_result(conn)
+    .await
+    .optional()?;
+    if let Some(id) = deleted {
+        return Ok((OrganizationId(id), Applied::Deleted));
+    }
+    // Unknown: a tombstone (the name is filled in by a late upsert, if one comes).
+    let inserted: Option<Uuid> = diesel::insert_into(organizations::table)
+        .values((
+            organizations::clerk_id.eq(clerk_id.as_str()),
+            organizations::name.eq(""),
+            organizations::deleted_at.eq(diesel::dsl::now),
+        ))
+        .on_conflict(organizations::clerk_id)
+        .do_nothing()
+        .returning(organizations::id)
+        .get_result(conn)
+        .await
+        .optional()?;
+    if let Some(id) = inserted {
+        return Ok((OrganizationId(id), Applied::Deleted));
+    }
+    let id: Uuid = organizations::table
+        .filter(organizations::clerk_id.eq(clerk_id.as_str()))
+        .select(organizations::id)
+        .first(conn)
+        .await?;
+    Ok((OrganizationId(id), Applied::Unchanged))
+}
+
+/// The body of [`IdentityStore::upsert_membership`], on the caller's transaction: what
+/// happened and the role before.
+async fn upsert_membership_in(
+    conn: &mut AsyncPgConnection,
+    m: &MembershipUpsert,
+    version: Option<i64>,
+) -> Result<(Applied, Option<String>), StoreError> {
+    let existing: Option<(Uuid, String, Option<i64>)> = organization_members::table
+        .filter(organization_members::clerk_membership_id.eq(m.clerk_membership_id.as_str()))
+        .select((
+            organization_members::id,
+            organization_members::role,
+            organization_members::clerk_updated_at,
+        ))
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?;
+    match existing {
+        None => {
+            diesel::insert_into(organization_members::table)
+                .values((
+                    organization_members::clerk_membership_id.eq(m.clerk_membership_id.as_str()),
+                    organization_members::organization_clerk_id.eq(m.org_clerk_id.as_str()),
+                    organization_members::user_clerk_id.eq(m.user_clerk_id.as_str()),
+                    organization_members::role.eq(&m.role),
+                    organization_members::clerk_updated_at.eq(version),
+                ))
+                .execute(conn)
+                .await?;
+            remove_implicit(conn, &m.org_clerk_id, &m.user_clerk_id).await?;
+            Ok((Applied::Inserted, None))
+        }
+        Some((id, role, stored)) if newer(stored, version) => {
+            diesel::update(organization_members::table.find(id))
+                .set((
+                    organization_members::role.eq(&m.role),
+                    organization_members::clerk_updated_at.eq(version),
+                    organization_members::updated_at.eq(diesel::dsl::now),
+                ))
+                .execute(conn)
+                .await?;
+            Ok((Applied::Updated, Some(role)))
+        }
+        Some((_, role, _)) => Ok((Applied::Unchanged, Some(role))),
+    }
+}
+
+/// Our id of the organization with `clerk_id` (live or deleted), on `conn`.
+async fn organization_id_in(
+    conn: &mut AsyncPgConnection,
+    clerk_id: &ClerkOrgId,
+) -> Result<Option<OrganizationId>, StoreError> {
+    let id: Option<Uuid> = organizations::table
+        .filter(organizations::clerk_id.eq(clerk_id.as_str()))
+        .select(organizations::id)
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(id.map(OrganizationId))
 }
 
 /// Deletes the implicit creator membership of a pair (explicit data replaces it).

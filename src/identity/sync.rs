@@ -1,15 +1,14 @@
 //! `IdentitySync`: the [`EventHandler`] of the Clerk stream. It applies each recorded Clerk
-//! webhook to the identity tables through [`IdentityStore`] and writes membership and
-//! organization changes to the audit log (actor `clerk`).
+//! webhook to the identity tables through [`IdentityStore`]; membership and organization
+//! changes are audited (actor `clerk`) in the transaction of the write, so an entry that
+//! cannot be written fails the event (retryable) with nothing applied.
 //!
 //! Order does not matter (see [`super::store`] for how rows converge), so the webhook routes
 //! every Clerk event to the single key [`ROUTING_KEY`]: application stays serial and simple.
 //! Every write is idempotent, so at-least-once delivery and replays change nothing.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
-use infragpt_actors::audit::{AuditEntry, AuditLog};
+use infragpt_actors::audit::AuditEntry;
 use infragpt_actors::ids::OrganizationId;
 use infragpt_actors::inbox::{InboundEvent, RoutingKey};
 use infragpt_actors::{EventHandler, HandleOutcome, HandlerError};
@@ -33,18 +32,9 @@ pub fn routing_key() -> RoutingKey {
 }
 
 /// Applies Clerk events to the identity tables.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct IdentitySync {
     store: IdentityStore,
-    audit: Arc<dyn AuditLog>,
-}
-
-impl std::fmt::Debug for IdentitySync {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdentitySync")
-            .field("store", &self.store)
-            .finish_non_exhaustive()
-    }
 }
 
 fn retryable(e: StoreError) -> HandlerError {
@@ -52,41 +42,9 @@ fn retryable(e: StoreError) -> HandlerError {
 }
 
 impl IdentitySync {
-    /// A handler writing to `store` and auditing to `audit`.
-    pub fn new(store: IdentityStore, audit: Arc<dyn AuditLog>) -> Self {
-        Self { store, audit }
-    }
-
-    /// Appends an audit entry. A failure is logged with the whole entry and not retried: the
-    /// change is applied already, and a retry would find nothing left to change (and so
-    /// nothing to audit).
-    async fn audit(&self, entry: AuditEntry) {
-        if let Err(e) = self.audit.append(entry.clone()).await {
-            tracing::error!(
-                error = %e,
-                action = %entry.action,
-                target = ?entry.target,
-                details = %entry.details,
-                "audit entry lost"
-            );
-        }
-    }
-
-    async fn audit_change(
-        &self,
-        organization_id: Option<OrganizationId>,
-        action: &str,
-        target: &str,
-        details: Value,
-    ) {
-        self.audit(AuditEntry {
-            organization_id: organization_id.map(|o| o.0),
-            actor: AUDIT_ACTOR.to_owned(),
-            action: action.to_owned(),
-            target: Some(target.to_owned()),
-            details,
-        })
-        .await;
+    /// A handler writing (and auditing) through `store`.
+    pub fn new(store: IdentityStore) -> Self {
+        Self { store }
     }
 
     async fn apply(
@@ -173,56 +131,55 @@ impl IdentitySync {
         upsert: OrganizationUpsert,
     ) -> Result<(), HandlerError> {
         let clerk_id = &upsert.clerk_id;
+        let details = json!({
+            "clerk_org_id": clerk_id,
+            "name": upsert.name,
+            "slug": upsert.slug,
+            "event_type": cx.event_type,
+            "svix_id": cx.svix_id,
+        });
         let (org_id, applied) = self
             .store
-            .upsert_organization(&upsert, cx.version)
+            .upsert_organization(&upsert, cx.version, |org_id, applied| {
+                let action = if applied == Applied::Inserted {
+                    "organization.created"
+                } else {
+                    "organization.updated"
+                };
+                Some(change_entry(
+                    Some(org_id),
+                    action,
+                    clerk_id.as_str(),
+                    details,
+                ))
+            })
             .await
             .map_err(retryable)?;
         tracing::info!(org = %clerk_id, ?applied, "clerk organization applied");
-        if applied.changed() {
-            let action = if applied == Applied::Inserted {
-                "organization.created"
-            } else {
-                "organization.updated"
-            };
-            self.audit_change(
-                Some(org_id),
-                action,
-                clerk_id.as_str(),
-                json!({
-                    "clerk_org_id": clerk_id,
-                    "name": upsert.name,
-                    "slug": upsert.slug,
-                    "event_type": cx.event_type,
-                    "svix_id": cx.svix_id,
-                }),
-            )
-            .await;
-        }
         if cx.event_type == "organization.created"
             && let Some(creator) = &upsert.created_by
         {
             let added = self
                 .store
-                .ensure_creator_membership(clerk_id, creator)
+                .ensure_creator_membership(clerk_id, creator, || {
+                    change_entry(
+                        Some(org_id),
+                        "membership.created",
+                        &format!("{clerk_id}/{creator}"),
+                        json!({
+                            "clerk_org_id": clerk_id,
+                            "clerk_user_id": creator,
+                            "role": CREATOR_ROLE,
+                            "implicit": true,
+                            "event_type": cx.event_type,
+                            "svix_id": cx.svix_id,
+                        }),
+                    )
+                })
                 .await
                 .map_err(retryable)?;
             if added {
                 tracing::info!(org = %clerk_id, user = %creator, "creator made admin");
-                self.audit_change(
-                    Some(org_id),
-                    "membership.created",
-                    &format!("{clerk_id}/{creator}"),
-                    json!({
-                        "clerk_org_id": clerk_id,
-                        "clerk_user_id": creator,
-                        "role": CREATOR_ROLE,
-                        "implicit": true,
-                        "event_type": cx.event_type,
-                        "svix_id": cx.svix_id,
-                    }),
-                )
-                .await;
             }
         }
         Ok(())
@@ -233,21 +190,19 @@ impl IdentitySync {
         cx: &Applying<'_>,
         clerk_id: &ClerkOrgId,
     ) -> Result<(), HandlerError> {
-        let (org_id, applied) = self
+        let (_, applied) = self
             .store
-            .delete_organization(clerk_id)
+            .delete_organization(clerk_id, |org_id| {
+                Some(change_entry(
+                    Some(org_id),
+                    "organization.deleted",
+                    clerk_id.as_str(),
+                    json!({"clerk_org_id": clerk_id, "event_type": cx.event_type, "svix_id": cx.svix_id}),
+                ))
+            })
             .await
             .map_err(retryable)?;
         tracing::info!(org = %clerk_id, ?applied, "clerk organization deleted");
-        if applied.changed() {
-            self.audit_change(
-                Some(org_id),
-                "organization.deleted",
-                clerk_id.as_str(),
-                json!({"clerk_org_id": clerk_id, "event_type": cx.event_type, "svix_id": cx.svix_id}),
-            )
-            .await;
-        }
         Ok(())
     }
 
@@ -257,39 +212,36 @@ impl IdentitySync {
         cx: &Applying<'_>,
         upsert: &MembershipUpsert,
     ) -> Result<(), HandlerError> {
-        let MembershipApplied {
-            applied,
-            previous_role,
-            organization_id,
-        } = self
+        let MembershipApplied { applied, .. } = self
             .store
-            .upsert_membership(upsert, cx.version)
+            .upsert_membership(upsert, cx.version, |result| {
+                let action = match result.applied {
+                    Applied::Inserted => "membership.created",
+                    Applied::Updated
+                        if result.previous_role.as_deref() != Some(upsert.role.as_str()) =>
+                    {
+                        "membership.role_changed"
+                    }
+                    // A newer write that keeps the role changes nothing worth an entry.
+                    _ => return None,
+                };
+                Some(change_entry(
+                    result.organization_id,
+                    action,
+                    upsert.clerk_membership_id.as_str(),
+                    json!({
+                        "clerk_org_id": upsert.org_clerk_id,
+                        "clerk_user_id": upsert.user_clerk_id,
+                        "role": upsert.role,
+                        "previous_role": result.previous_role,
+                        "event_type": cx.event_type,
+                        "svix_id": cx.svix_id,
+                    }),
+                ))
+            })
             .await
             .map_err(retryable)?;
         tracing::info!(membership = %upsert.clerk_membership_id, org = %upsert.org_clerk_id, user = %upsert.user_clerk_id, ?applied, "clerk membership applied");
-        let action = match applied {
-            Applied::Inserted => Some("membership.created"),
-            Applied::Updated if previous_role.as_deref() != Some(upsert.role.as_str()) => {
-                Some("membership.role_changed")
-            }
-            _ => None,
-        };
-        if let Some(action) = action {
-            self.audit_change(
-                organization_id,
-                action,
-                upsert.clerk_membership_id.as_str(),
-                json!({
-                    "clerk_org_id": upsert.org_clerk_id,
-                    "clerk_user_id": upsert.user_clerk_id,
-                    "role": upsert.role,
-                    "previous_role": previous_role,
-                    "event_type": cx.event_type,
-                    "svix_id": cx.svix_id,
-                }),
-            )
-            .await;
-        }
         Ok(())
     }
 
@@ -308,37 +260,48 @@ impl IdentitySync {
             .pointer("/data/role")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let MembershipApplied {
-            applied,
-            previous_role,
-            organization_id,
-        } = self
+        let MembershipApplied { applied, .. } = self
             .store
             .delete_membership(
                 clerk_membership_id,
                 org_clerk_id,
                 user_clerk_id,
                 role.as_deref(),
+                |result| {
+                    Some(change_entry(
+                        result.organization_id,
+                        "membership.deleted",
+                        clerk_membership_id.as_str(),
+                        json!({
+                            "clerk_org_id": org_clerk_id,
+                            "clerk_user_id": user_clerk_id,
+                            "role": result.previous_role.as_deref().or(role.as_deref()),
+                            "event_type": cx.event_type,
+                            "svix_id": cx.svix_id,
+                        }),
+                    ))
+                },
             )
             .await
             .map_err(retryable)?;
         tracing::info!(membership = %clerk_membership_id, org = %org_clerk_id, user = %user_clerk_id, ?applied, "clerk membership deleted");
-        if applied.changed() {
-            self.audit_change(
-                organization_id,
-                "membership.deleted",
-                clerk_membership_id.as_str(),
-                json!({
-                    "clerk_org_id": org_clerk_id,
-                    "clerk_user_id": user_clerk_id,
-                    "role": previous_role.or(role),
-                    "event_type": cx.event_type,
-                    "svix_id": cx.svix_id,
-                }),
-            )
-            .await;
-        }
         Ok(())
+    }
+}
+
+/// An entry of a webhook-driven change (actor [`AUDIT_ACTOR`]).
+fn change_entry(
+    organization_id: Option<OrganizationId>,
+    action: &str,
+    target: &str,
+    details: Value,
+) -> AuditEntry {
+    AuditEntry {
+        organization_id: organization_id.map(|o| o.0),
+        actor: AUDIT_ACTOR.to_owned(),
+        action: action.to_owned(),
+        target: Some(target.to_owned()),
+        details,
     }
 }
 

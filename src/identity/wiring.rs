@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use infragpt_actors::audit::AuditLog;
 use infragpt_actors::{Cluster, StreamSpec};
 use infragpt_actors::{kinds, sources};
 
@@ -80,14 +79,13 @@ impl Module for IdentityModule {
         let pool = state.db.pool().clone();
         let store = IdentityStore::new(pool.clone());
         let audit_log = PgAudit::new(pool);
-        let audit: Arc<dyn AuditLog> = Arc::new(audit_log.clone());
 
         self.cluster
             .register_stream(StreamSpec {
                 name: STREAM_NAME.to_owned(),
                 kind: kinds::IDENTITY_SYNC,
                 source: sources::CLERK,
-                handler: Arc::new(IdentitySync::new(store.clone(), audit.clone())),
+                handler: Arc::new(IdentitySync::new(store.clone())),
             })
             .context("registering the Clerk stream")?;
 
@@ -105,7 +103,7 @@ impl Module for IdentityModule {
                 "identity.clerk.jwks_url or identity.clerk.issuer is not set: authenticated routes refuse every request (503)"
             );
         }
-        let api = IdentityApi::new(store, audit);
+        let api = IdentityApi::new(store);
 
         let routes_hook = hook.clone();
         http.add_routes(Arc::new(move |cfg| {

@@ -7,9 +7,11 @@ use chrono::{DateTime, Utc};
 use diesel::dsl::now;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use infragpt_actors::audit::AuditEntry;
 use uuid::Uuid;
 
 use crate::crypto::vault::Sealed;
+use crate::db::audit::insert_entry;
 use crate::db::schema::integration_credentials as ic;
 use crate::db::{Pool, StoreError, conn};
 
@@ -90,7 +92,7 @@ pub struct SealedCredential<'a> {
 }
 
 /// Inserts or replaces one credential on `conn`; returns the row id.
-async fn upsert_on(
+pub(crate) async fn upsert_on(
     conn: &mut AsyncPgConnection,
     integration_id: Uuid,
     credential_type: &str,
@@ -119,6 +121,18 @@ async fn upsert_on(
         .get_result(conn)
         .await?;
     Ok(id)
+}
+
+/// Deletes every credential of an integration on `conn`; returns how many rows went.
+pub(crate) async fn delete_all_on(
+    conn: &mut AsyncPgConnection,
+    integration_id: Uuid,
+) -> Result<usize, StoreError> {
+    Ok(
+        diesel::delete(ic::table.filter(ic::integration_id.eq(integration_id)))
+            .execute(conn)
+            .await?,
+    )
 }
 
 /// The credential table in PostgreSQL.
@@ -168,11 +182,13 @@ impl PgCredentials {
 
     /// [`PgCredentials::upsert`] for several credentials in one transaction: what one refresh
     /// issued (a rotated bot token and its refresh token) is stored together or not at all, so
-    /// the stored pair always comes from the same answer. Returns the row ids in order.
+    /// the stored pair always comes from the same answer. `audit` (an explicit refresh's
+    /// entry) is written in the same transaction. Returns the row ids in order.
     pub async fn upsert_all(
         &self,
         integration_id: Uuid,
         credentials: &[SealedCredential<'_>],
+        audit: Option<&AuditEntry>,
     ) -> Result<Vec<Uuid>, StoreError> {
         let mut conn = conn(&self.pool).await?;
         conn.transaction::<_, StoreError, _>(async move |conn| {
@@ -188,6 +204,9 @@ impl PgCredentials {
                     )
                     .await?,
                 );
+            }
+            if let Some(entry) = audit {
+                insert_entry(conn, entry).await?;
             }
             Ok(ids)
         })
@@ -221,16 +240,6 @@ impl PgCredentials {
             .load(&mut conn)
             .await?;
         rows.into_iter().map(from_row).collect()
-    }
-
-    /// Deletes every credential of an integration; returns how many rows went.
-    pub(crate) async fn delete_all(&self, integration_id: Uuid) -> Result<usize, StoreError> {
-        let mut conn = conn(&self.pool).await?;
-        Ok(
-            diesel::delete(ic::table.filter(ic::integration_id.eq(integration_id)))
-                .execute(&mut conn)
-                .await?,
-        )
     }
 
     /// Up to `limit` rows not sealed with `active_key`, in id order after `after` (rotation

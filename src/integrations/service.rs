@@ -1,12 +1,27 @@
 //! The integration lifecycle (plain logic behind the REST routes): initiate with a signed
 //! state, complete at the callback, list/get, validate live, refresh, delete (revoke at the
-//! provider), and the GitHub event listing. Every change goes to the audit log; starting and
-//! deleting an integration write their entry in the transaction of the change.
+//! provider), and the GitHub event listing. Every change writes its audit entry in the
+//! transaction of the change (through the store), so a change whose entry cannot be written
+//! does not happen either.
+//!
+//! Provider calls cannot join a database transaction, so each one comes before the
+//! transaction that records its outcome and is ordered so that a failed transaction leaves a
+//! state the same request, retried, finishes:
+//!
+//! * callback: state consumed → provider exchange → one transaction (credentials replaced,
+//!   integration active, `integration.connected`) → the connector's `after_stored`. A failed
+//!   transaction leaves the integration as it was (pending, or its previous credentials); the
+//!   user starts the install again (the state and the provider's code are single use).
+//! * refresh: provider refresh → one transaction (credentials, `integration.refreshed`); see
+//!   [`super::vault::OrgVault`] for what a failed transaction costs.
+//! * delete: provider revocation (best effort) → one transaction (credentials deleted,
+//!   integration revoked, `integration.deleted`). A failed transaction leaves the integration
+//!   and its credentials as they were; deleting again revokes again and finishes.
 
 use std::sync::Arc;
 
 use chrono::Utc;
-use infragpt_actors::audit::{AuditEntry, AuditLog};
+use infragpt_actors::audit::AuditEntry;
 use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -146,8 +161,6 @@ pub struct IntegrationService {
     pub signer: Arc<StateSigner>,
     /// Single use of states.
     pub ledger: Arc<dyn NonceLedger>,
-    /// Audit log.
-    pub audit: Arc<dyn AuditLog>,
 }
 
 impl std::fmt::Debug for IntegrationService {
@@ -176,21 +189,6 @@ fn integration_entry(
 }
 
 impl IntegrationService {
-    async fn audit(
-        &self,
-        organization_id: Uuid,
-        actor: String,
-        action: &str,
-        target: Uuid,
-        details: serde_json::Value,
-    ) {
-        let entry = integration_entry(organization_id, actor, action, target, details);
-        if let Err(error) = self.audit.append(entry).await {
-            // The change happened; a lost audit line is an operational alert, not a failure.
-            tracing::error!(%error, action, integration_id = %target, "audit entry lost");
-        }
-    }
-
     /// `POST /integrations`: a pending integration and the provider URL with a signed state.
     pub async fn initiate(
         &self,
@@ -305,32 +303,46 @@ impl IntegrationService {
                 Ok(row) | Err(row) => row,
             },
         };
+        let sealed = self
+            .credentials
+            .seal_all(integration.id, &authorized.credentials)?;
         // A reinstall replaces the old credentials entirely, under the refresh lock: a refresh
         // on another replica that read the old refresh token must not store its answer after
         // the new credentials (it re-reads them once it holds the lock).
         let lock = self.vaults.refresh_lock(integration.id).await?;
-        self.credentials
-            .delete_all(integration.id)
-            .await
-            .map_err(ServiceError::from)?;
-        let credential_ids = self
-            .credentials
-            .put_all(integration.id, &authorized.credentials)
-            .await?;
-        if let Err(error) = lock.release().await {
-            // The credentials are stored (through the pool); only the lock's session was lost.
-            tracing::warn!(%error, integration_id = %integration.id, "releasing the refresh lock failed");
-        }
-        let integration = self
+        let connected = self
             .store
-            .activate(
+            .connect(
                 integration.id,
                 &authorized.external_id,
                 &authorized.metadata,
+                &sealed,
+                // Recorded with the credentials and the activation, in their transaction.
+                |row, ids| {
+                    integration_entry(
+                        claims.organization_id,
+                        format!("user/{}", claims.user_id),
+                        "integration.connected",
+                        row.id,
+                        json!({
+                            "connector_type": connector_type,
+                            "external_id": authorized.external_id,
+                            "credential_types": ids.keys().collect::<Vec<_>>(),
+                        }),
+                    )
+                },
             )
-            .await?;
+            .await;
+        if let Err(error) = lock.release().await {
+            // The transaction is over (through the pool); only the lock's session was lost.
+            tracing::warn!(%error, integration_id = %integration.id, "releasing the refresh lock failed");
+        }
+        let (integration, credential_ids) = connected?;
         self.vaults
             .invalidate(integration.organization_id, integration.id);
+        // After the commit: what it records (the Slack workspace, the GitHub repositories)
+        // follows from the stored authorization, and a failure here is answered as an error
+        // with the integration connected; installing again records it again.
         connector
             .after_stored(StoredAuthorization {
                 integration: &integration,
@@ -338,18 +350,6 @@ impl IntegrationService {
                 credential_ids: &credential_ids,
             })
             .await?;
-        self.audit(
-            claims.organization_id,
-            format!("user/{}", claims.user_id),
-            "integration.connected",
-            integration.id,
-            json!({
-                "connector_type": connector_type,
-                "external_id": authorized.external_id,
-                "credential_types": credential_ids.keys().collect::<Vec<_>>(),
-            }),
-        )
-        .await;
         Ok(integration)
     }
 
@@ -419,16 +419,18 @@ impl IntegrationService {
         id: Uuid,
     ) -> Result<Integration, ServiceError> {
         // 404 for another organization's id before anything else.
-        self.get(principal, id).await?;
-        let integration = self.vaults.refresh(principal.organization_id, id).await?;
-        self.audit(
+        let integration = self.get(principal, id).await?;
+        // Written with the refreshed credentials, in their transaction.
+        let entry = integration_entry(
             principal.organization_id,
             principal.audit_actor(),
             "integration.refreshed",
             id,
             json!({ "connector_type": integration.connector_type }),
-        )
-        .await;
+        );
+        self.vaults
+            .refresh(principal.organization_id, id, Some(entry))
+            .await?;
         self.get(principal, id).await
     }
 
@@ -456,34 +458,34 @@ impl IntegrationService {
             // that the provider did not confirm.
             tracing::warn!(%error, integration_id = %id, "provider revocation failed; deleting credentials anyway");
         }
-        let credentials_deleted = self
-            .credentials
-            .delete_all(id)
-            .await
-            .map_err(ServiceError::from)?;
-        self.vaults.invalidate(principal.organization_id, id);
-        let entry = integration_entry(
-            principal.organization_id,
-            principal.audit_actor(),
-            "integration.deleted",
-            id,
-            json!({
-                "connector_type": integration.connector_type,
-                "provider_revoked": revoke_error.is_none(),
-                "revoke_error": revoke_error.as_ref().map(ToString::to_string),
-                "credentials_deleted": credentials_deleted,
-            }),
-        );
-        // The revoked status and its audit entry commit together.
-        let integration = self
+        // The credentials' deletion, the revoked status and the entry commit together;
+        // deleting what was revoked already (no credentials left) records nothing.
+        let actor = principal.audit_actor();
+        let revoked = self
             .store
-            .set_status_audited(id, status::REVOKED, Some(&entry))
+            .revoke(id, |revoked| {
+                revoked.changed().then(|| {
+                    integration_entry(
+                        principal.organization_id,
+                        actor,
+                        "integration.deleted",
+                        id,
+                        json!({
+                            "connector_type": integration.connector_type,
+                            "provider_revoked": revoke_error.is_none(),
+                            "revoke_error": revoke_error.as_ref().map(ToString::to_string),
+                            "credentials_deleted": revoked.credentials_deleted,
+                        }),
+                    )
+                })
+            })
             .await?
             .ok_or(ServiceError::NotFound)?;
+        self.vaults.invalidate(principal.organization_id, id);
         Ok(Deleted {
-            integration,
+            integration: revoked.integration,
             provider_revoked: revoke_error.is_none(),
-            credentials_deleted,
+            credentials_deleted: revoked.credentials_deleted,
         })
     }
 

@@ -1,5 +1,12 @@
 //! Integration rows, GitHub repositories and events, Slack workspaces: the non-secret state of
 //! the integrations. Every organization-facing read is scoped by organization id.
+//!
+//! Every lifecycle change of an integration row (begin, connect, activate, status, revoke)
+//! takes the audit entry that records it (or a closure building it from the row before and
+//! after) and writes it with `db::audit::insert_entry` in the change's transaction: the
+//! change and its entry commit together, and a change that changed nothing records nothing.
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
@@ -9,6 +16,7 @@ use infragpt_actors::audit::AuditEntry;
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::credentials::{SealedCredential, delete_all_on, upsert_on};
 use super::providers::{NormalizedEvent, RepoRef};
 use crate::db::audit::insert_entry;
 use crate::db::schema::{github_events, github_repositories, integrations, slack_workspaces};
@@ -234,58 +242,114 @@ impl IntegrationStore {
             .optional()?)
     }
 
-    /// Marks an integration authorized: status, provider id and metadata.
+    /// The OAuth/installation callback's one transaction: replaces the integration's
+    /// credentials with `credentials` (already sealed), marks it active with the provider id
+    /// and metadata, and writes the entry `audit` makes of the row and the credential row ids
+    /// (type → id). Returns both.
+    pub(crate) async fn connect(
+        &self,
+        id: Uuid,
+        external_id: &str,
+        metadata: &serde_json::Value,
+        credentials: &[SealedCredential<'_>],
+        audit: impl FnOnce(&Integration, &BTreeMap<String, Uuid>) -> AuditEntry + Send,
+    ) -> Result<(Integration, BTreeMap<String, Uuid>), StoreError> {
+        let mut conn = conn(&self.pool).await?;
+        conn.transaction::<_, StoreError, _>(async move |conn| {
+            delete_all_on(conn, id).await?;
+            let mut ids = BTreeMap::new();
+            for c in credentials {
+                let row = upsert_on(conn, id, c.credential_type, &c.sealed, c.expires_at).await?;
+                ids.insert(c.credential_type.to_owned(), row);
+            }
+            let (_, row) = activate_in(conn, id, external_id, metadata).await?;
+            insert_entry(conn, &audit(&row, &ids)).await?;
+            Ok((row, ids))
+        })
+        .await
+    }
+
+    /// Marks an integration authorized: status, provider id and metadata. The entry `audit`
+    /// makes of the row before and after, if any, is written in the same transaction.
     pub(crate) async fn activate(
         &self,
         id: Uuid,
         external_id: &str,
         metadata: &serde_json::Value,
+        audit: impl FnOnce(&Integration, &Integration) -> Option<AuditEntry> + Send,
     ) -> Result<Integration, StoreError> {
         let mut conn = conn(&self.pool).await?;
-        Ok(diesel::update(integrations::table.find(id))
-            .set((
-                integrations::status.eq(status::ACTIVE),
-                integrations::external_id.eq(external_id),
-                integrations::metadata.eq(metadata),
-                integrations::updated_at.eq(now),
-            ))
-            .returning(Integration::as_returning())
-            .get_result(&mut conn)
-            .await?)
+        conn.transaction::<_, StoreError, _>(async move |conn| {
+            let (before, after) = activate_in(conn, id, external_id, metadata).await?;
+            if let Some(entry) = audit(&before, &after) {
+                insert_entry(conn, &entry).await?;
+            }
+            Ok(after)
+        })
+        .await
     }
 
-    /// Sets the status; returns the updated row (`None` when it does not exist).
-    pub async fn set_status(
-        &self,
-        id: Uuid,
-        new_status: &str,
-    ) -> Result<Option<Integration>, StoreError> {
-        self.set_status_audited(id, new_status, None).await
-    }
-
-    /// [`set_status`](Self::set_status), writing `audit` in the same transaction when the
-    /// row exists (no row: nothing changed, nothing recorded).
+    /// Sets the status; returns the updated row (`None` when it does not exist). The entry
+    /// `audit` makes of the row before and after, if any, is written in the same transaction
+    /// (no row: nothing changed, nothing recorded).
     pub(crate) async fn set_status_audited(
         &self,
         id: Uuid,
         new_status: &str,
-        audit: Option<&AuditEntry>,
+        audit: impl FnOnce(&Integration, &Integration) -> Option<AuditEntry> + Send,
     ) -> Result<Option<Integration>, StoreError> {
         let mut conn = conn(&self.pool).await?;
         conn.transaction::<_, StoreError, _>(async move |conn| {
-            let row = diesel::update(integrations::table.find(id))
+            let Some(before) = lock_row(conn, id).await? else {
+                return Ok(None);
+            };
+            let after = diesel::update(integrations::table.find(id))
                 .set((
                     integrations::status.eq(new_status),
                     integrations::updated_at.eq(now),
                 ))
                 .returning(Integration::as_returning())
                 .get_result(conn)
-                .await
-                .optional()?;
-            if let (Some(_), Some(entry)) = (&row, audit) {
-                insert_entry(conn, entry).await?;
+                .await?;
+            if let Some(entry) = audit(&before, &after) {
+                insert_entry(conn, &entry).await?;
             }
-            Ok(row)
+            Ok(Some(after))
+        })
+        .await
+    }
+
+    /// Revokes an integration in one transaction: deletes its credentials, marks it
+    /// revoked and writes the entry `audit` makes of what happened, if any. `None` when the
+    /// row does not exist.
+    pub(crate) async fn revoke(
+        &self,
+        id: Uuid,
+        audit: impl FnOnce(&Revoked) -> Option<AuditEntry> + Send,
+    ) -> Result<Option<Revoked>, StoreError> {
+        let mut conn = conn(&self.pool).await?;
+        conn.transaction::<_, StoreError, _>(async move |conn| {
+            let Some(before) = lock_row(conn, id).await? else {
+                return Ok(None);
+            };
+            let credentials_deleted = delete_all_on(conn, id).await?;
+            let integration = diesel::update(integrations::table.find(id))
+                .set((
+                    integrations::status.eq(status::REVOKED),
+                    integrations::updated_at.eq(now),
+                ))
+                .returning(Integration::as_returning())
+                .get_result(conn)
+                .await?;
+            let revoked = Revoked {
+                before,
+                integration,
+                credentials_deleted,
+            };
+            if let Some(entry) = audit(&revoked) {
+                insert_entry(conn, &entry).await?;
+            }
+            Ok(Some(revoked))
         })
         .await
     }
@@ -553,6 +617,65 @@ impl IntegrationStore {
             .await
             .optional()?)
     }
+}
+
+/// What [`IntegrationStore::revoke`] did.
+#[derive(Debug, Clone)]
+pub(crate) struct Revoked {
+    /// The row before.
+    pub before: Integration,
+    /// The row after (revoked).
+    pub integration: Integration,
+    /// Credential rows deleted.
+    pub credentials_deleted: usize,
+}
+
+impl Revoked {
+    /// False when the integration was revoked already and had no credentials left.
+    pub(crate) fn changed(&self) -> bool {
+        self.before.status != status::REVOKED || self.credentials_deleted > 0
+    }
+}
+
+/// The row of integration `id`, locked for the rest of the transaction.
+async fn lock_row(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> Result<Option<Integration>, StoreError> {
+    Ok(integrations::table
+        .find(id)
+        .select(Integration::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Marks integration `id` active with `external_id` and `metadata` on the caller's
+/// transaction; returns the row before and after. The row must exist.
+async fn activate_in(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    external_id: &str,
+    metadata: &serde_json::Value,
+) -> Result<(Integration, Integration), StoreError> {
+    let before = integrations::table
+        .find(id)
+        .select(Integration::as_select())
+        .for_update()
+        .first(conn)
+        .await?;
+    let after = diesel::update(integrations::table.find(id))
+        .set((
+            integrations::status.eq(status::ACTIVE),
+            integrations::external_id.eq(external_id),
+            integrations::metadata.eq(metadata),
+            integrations::updated_at.eq(now),
+        ))
+        .returning(Integration::as_returning())
+        .get_result(conn)
+        .await?;
+    Ok((before, after))
 }
 
 /// The body of [`IntegrationStore::begin`], on the caller's connection (transaction).

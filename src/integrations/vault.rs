@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
+use infragpt_actors::audit::AuditEntry;
 use infragpt_actors::health::{ActorHealth, ActorId};
 use infragpt_actors::kinds;
 use infragpt_actors::{ActorState, HealthRegistry, Secret};
@@ -141,14 +142,13 @@ impl CredentialStore {
             .await?)
     }
 
-    /// [`CredentialStore::put`] for several, in one transaction ([`PgCredentials::upsert_all`]);
-    /// returns type → row id.
-    pub(crate) async fn put_all(
+    /// Seals credentials of an integration for storing (each under its own AAD).
+    pub(crate) fn seal_all<'a>(
         &self,
         integration_id: Uuid,
-        credentials: &[IssuedCredential],
-    ) -> Result<BTreeMap<String, Uuid>, CredentialError> {
-        let sealed = credentials
+        credentials: &'a [IssuedCredential],
+    ) -> Result<Vec<SealedCredential<'a>>, CredentialError> {
+        Ok(credentials
             .iter()
             .map(|c| {
                 let aad = CredentialAad {
@@ -161,8 +161,19 @@ impl CredentialStore {
                     expires_at: c.expires_at,
                 })
             })
-            .collect::<Result<Vec<_>, VaultError>>()?;
-        let ids = self.db.upsert_all(integration_id, &sealed).await?;
+            .collect::<Result<Vec<_>, VaultError>>()?)
+    }
+
+    /// [`CredentialStore::put`] for several, in one transaction ([`PgCredentials::upsert_all`])
+    /// with `audit` when given; returns type → row id.
+    pub(crate) async fn put_all(
+        &self,
+        integration_id: Uuid,
+        credentials: &[IssuedCredential],
+        audit: Option<&AuditEntry>,
+    ) -> Result<BTreeMap<String, Uuid>, CredentialError> {
+        let sealed = self.seal_all(integration_id, credentials)?;
+        let ids = self.db.upsert_all(integration_id, &sealed, audit).await?;
         Ok(credentials
             .iter()
             .map(|c| c.credential_type.clone())
@@ -214,11 +225,6 @@ impl CredentialStore {
             set.insert(row.credential_type.clone(), secret, row.expires_at);
         }
         Ok(set)
-    }
-
-    /// Deletes every credential of an integration.
-    pub(crate) async fn delete_all(&self, integration_id: Uuid) -> Result<usize, CredentialError> {
-        Ok(self.db.delete_all(integration_id).await?)
     }
 }
 
@@ -418,7 +424,7 @@ impl OrgVault {
             }
         }
         let loaded = self
-            .refresh_single_flight(&integration, connector.as_ref(), Wanted::Usable)
+            .refresh_single_flight(&integration, connector.as_ref(), Wanted::Usable, None)
             .await?;
         self.touch(integration_id).await;
         Ok(loaded)
@@ -426,10 +432,13 @@ impl OrgVault {
 
     /// Refreshes the credentials of an integration now (`POST /integrations/{id}/refresh`).
     /// A refresh another replica stored while this one waited for the lock counts: it
-    /// happened after the request.
+    /// happened after the request. `audit` is written with the credentials this refresh
+    /// stores, in their transaction; a refresh found stored meanwhile stored nothing here and
+    /// records nothing.
     pub(crate) async fn force_refresh(
         &self,
         integration_id: Uuid,
+        audit: Option<AuditEntry>,
     ) -> Result<(Integration, Loaded), CredentialError> {
         let integration = self.active_integration(integration_id).await?;
         let connector = self.connector(&integration)?;
@@ -441,7 +450,12 @@ impl OrgVault {
             .await?
             .map(|row| row.updated_at);
         let loaded = self
-            .refresh_single_flight(&integration, connector.as_ref(), Wanted::StoredAfter(seen))
+            .refresh_single_flight(
+                &integration,
+                connector.as_ref(),
+                Wanted::StoredAfter(seen),
+                audit.as_ref(),
+            )
             .await?;
         Ok((integration, loaded))
     }
@@ -453,9 +467,12 @@ impl OrgVault {
         integration: &Integration,
         connector: &dyn Connector,
         wanted: Wanted,
+        audit: Option<&AuditEntry>,
     ) -> Result<Loaded, CredentialError> {
         let lock = self.locks.acquire(integration.id).await?;
-        let result = self.refresh_locked(integration, connector, wanted).await;
+        let result = self
+            .refresh_locked(integration, connector, wanted, audit)
+            .await;
         if let Err(error) = lock.release().await {
             // What the refresh issued is stored already (through the pool, not the lock's
             // session), so the result stands; only the lock's session was lost.
@@ -474,6 +491,7 @@ impl OrgVault {
         integration: &Integration,
         connector: &dyn Connector,
         wanted: Wanted,
+        audit: Option<&AuditEntry>,
     ) -> Result<Loaded, CredentialError> {
         let primary = connector.primary_credential();
         if let Some(stored) = self
@@ -500,15 +518,23 @@ impl OrgVault {
                 });
             }
         }
-        self.refresh(integration, connector).await
+        self.refresh(integration, connector, audit).await
     }
 
     /// Calls the provider (within [`VaultTuning::refresh_timeout`]) and stores what it
-    /// issued. Only under the integration's [`RefreshLock`].
+    /// issued, with `audit` in the same transaction. Only under the integration's
+    /// [`RefreshLock`].
+    ///
+    /// The provider call comes first and cannot be undone: when the transaction fails (the
+    /// credentials or the entry), what the provider issued is lost and the stored credentials
+    /// stay as they were, exactly as for any failed credential write. A GitHub installation
+    /// token is simply minted again by the next refresh; a rotated Slack refresh token was
+    /// spent, so the next refresh is refused and the integration needs a reinstall.
     async fn refresh(
         &self,
         integration: &Integration,
         connector: &dyn Connector,
+        audit: Option<&AuditEntry>,
     ) -> Result<Loaded, CredentialError> {
         let primary = connector.primary_credential();
         // Read under the lock: a rotated refresh token is single use.
@@ -525,7 +551,7 @@ impl OrgVault {
             })??;
         self.deps
             .credentials
-            .put_all(integration.id, &issued)
+            .put_all(integration.id, &issued, audit)
             .await?;
         let fresh = issued
             .iter()
@@ -568,6 +594,8 @@ impl Message for GetCredential {
 pub(crate) struct RefreshCredential {
     /// The integration.
     pub integration_id: Uuid,
+    /// Written with the refreshed credentials, in their transaction.
+    pub audit: Option<AuditEntry>,
 }
 
 impl Message for RefreshCredential {
@@ -585,7 +613,10 @@ pub(crate) struct InvalidateCredential {
 /// A request waiting for its integration's turn.
 enum Op {
     Get(oneshot::Sender<Result<Secret, CredentialError>>),
-    Refresh(oneshot::Sender<Result<Integration, CredentialError>>),
+    Refresh(
+        oneshot::Sender<Result<Integration, CredentialError>>,
+        Option<AuditEntry>,
+    ),
 }
 
 /// The operations of one integration: at most one runs (`busy`), the others wait in order.
@@ -705,7 +736,7 @@ impl CredentialVault {
                     }
                     None => Op::Get(reply),
                 },
-                refresh @ Op::Refresh(_) => refresh,
+                refresh @ Op::Refresh(..) => refresh,
             };
             self.start(integration_id, op, ctx);
             return;
@@ -726,8 +757,8 @@ impl CredentialVault {
                     result: logic.load(integration_id).await,
                     reply,
                 },
-                Op::Refresh(reply) => Done::Refresh {
-                    result: logic.force_refresh(integration_id).await,
+                Op::Refresh(reply, audit) => Done::Refresh {
+                    result: logic.force_refresh(integration_id, audit).await,
                     reply,
                 },
             }
@@ -806,7 +837,7 @@ impl Handler<RefreshCredential> for CredentialVault {
     fn handle(&mut self, msg: RefreshCredential, ctx: &mut Self::Context) -> Self::Result {
         self.health.record_message();
         let (reply, answer) = oneshot::channel();
-        self.enqueue(msg.integration_id, Op::Refresh(reply), ctx);
+        self.enqueue(msg.integration_id, Op::Refresh(reply, msg.audit), ctx);
         Box::pin(async move { answer.await.unwrap_or(Err(CredentialError::VaultStopped)) })
     }
 }
@@ -911,14 +942,19 @@ impl VaultRegistry {
             .map_err(|_| CredentialError::VaultStopped)?
     }
 
-    /// Refreshes an integration's credentials now.
+    /// Refreshes an integration's credentials now; `audit` is written with the credentials
+    /// the refresh stores, in their transaction.
     pub async fn refresh(
         &self,
         organization_id: Uuid,
         integration_id: Uuid,
+        audit: Option<AuditEntry>,
     ) -> Result<Integration, CredentialError> {
         self.vault(organization_id)
-            .send(RefreshCredential { integration_id })
+            .send(RefreshCredential {
+                integration_id,
+                audit,
+            })
             .await
             .map_err(|_| CredentialError::VaultStopped)?
     }

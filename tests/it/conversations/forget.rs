@@ -91,6 +91,7 @@ async fn seed_organization(pool: &Pool) -> Uuid {
                 created_by: None,
             },
             Some(1),
+            |_, _| None,
         )
         .await
         .expect("organization");
@@ -103,6 +104,7 @@ async fn seed_organization(pool: &Pool) -> Uuid {
                 role: "org:admin".into(),
             },
             Some(1),
+            |_| None,
         )
         .await
         .expect("membership");

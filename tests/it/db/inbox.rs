@@ -2,10 +2,11 @@
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use infragpt::db::PgInbox;
+use infragpt::db::audit::insert_entry;
 use infragpt::db::schema::{audit_log, inbound_events};
-use infragpt::db::{PgAudit, PgInbox};
 use infragpt::testkit::test_db::TestDb;
-use infragpt_actors::audit::{AuditEntry, AuditLog};
+use infragpt_actors::audit::AuditEntry;
 use infragpt_actors::inbox::{
     Claim, EventRowId, EventStatus, InboundEvents, NewInboundEvent, Partition, RecordOutcome,
     RoutingKey, StoreError,
@@ -417,32 +418,50 @@ async fn unknown_stored_values_are_reported_as_corrupt() {
 }
 
 #[actix_rt::test]
-async fn audit_entries_are_appended() {
+async fn audit_entries_commit_and_roll_back_with_their_transaction() {
+    use diesel_async::AsyncConnection as _;
+
     let db = TestDb::new().await;
-    let audit = PgAudit::new(db.pool().clone());
     let org = uuid::Uuid::new_v4();
-    audit
-        .append(AuditEntry {
+    let mut conn = db.pool().get().await.expect("connection");
+    insert_entry(
+        &mut conn,
+        &AuditEntry {
             organization_id: Some(org),
             actor: "user/user_123".to_owned(),
             action: "integration.revoked".to_owned(),
             target: Some("github".to_owned()),
             details: json!({"reason": "requested"}),
+        },
+    )
+    .await
+    .expect("insert");
+    // An entry written in a transaction that fails afterwards goes with it.
+    let lost = AuditEntry {
+        organization_id: Some(org),
+        actor: "system".to_owned(),
+        action: "integration.lost".to_owned(),
+        target: None,
+        details: json!({}),
+    };
+    let failed = conn
+        .transaction::<(), diesel::result::Error, _>(async |conn| {
+            insert_entry(conn, &lost).await?;
+            Err(diesel::result::Error::RollbackTransaction)
         })
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    let kept = AuditEntry {
+        organization_id: None,
+        actor: "system".to_owned(),
+        action: "event.requeued".to_owned(),
+        target: None,
+        details: json!({}),
+    };
+    conn.transaction::<(), diesel::result::Error, _>(async |conn| insert_entry(conn, &kept).await)
         .await
-        .expect("append");
-    audit
-        .append(AuditEntry {
-            organization_id: None,
-            actor: "system".to_owned(),
-            action: "event.requeued".to_owned(),
-            target: None,
-            details: json!({}),
-        })
-        .await
-        .expect("append");
+        .expect("committed");
 
-    let mut conn = db.pool().get().await.expect("connection");
     type Row = (
         Option<uuid::Uuid>,
         String,

@@ -13,6 +13,7 @@ use infragpt_actors::{EventHandler, HandleOutcome, HandlerError, StreamSpec, kin
 use serde_json::{Value, json};
 
 use crate::support::app::{ADMIN, TestApp};
+use crate::support::audit::{allow_audit, one_entry, refuse_audit};
 use crate::support::wait::eventually;
 
 /// Fails permanently on payloads with `"fail": true`, handles the rest.
@@ -241,6 +242,32 @@ async fn actors_metrics_and_dead_letters() {
         1.0
     );
 
+    // Each admin action writes its entry in its own transaction: refused, the action fails
+    // (500 in the one error shape) and the dead letter stays as it was.
+    for (method, path, action) in [
+        (
+            "POST",
+            format!("/admin/events/{id}/retry"),
+            "event.requeued",
+        ),
+        ("DELETE", format!("/admin/events/{id}"), "event.discarded"),
+    ] {
+        refuse_audit(app.pool(), &[action]).await;
+        let refused = client
+            .request(method.parse().expect("method"), format!("{base}{path}"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("admin action");
+        assert_eq!(refused.status(), 500, "{method} {path}");
+        let body: Value = refused.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "internal", "{body}");
+        let (_, ev) = app.admin_get(&format!("/admin/events/{id}")).await;
+        assert_eq!(ev["status"], "failed", "{method} {path}: {ev}");
+        assert!(audit_actions(app.pool()).await.is_empty());
+    }
+    allow_audit(app.pool()).await;
+
     // Retry runs it again (it fails again: still a dead letter), discard removes it.
     let retried = client
         .post(format!("{base}/admin/events/{id}/retry"))
@@ -283,11 +310,18 @@ async fn actors_metrics_and_dead_letters() {
         .expect("bad id");
     assert_eq!(bad_id.status(), 400);
 
-    // Both admin actions are audited.
+    // Both admin actions are audited, once each (the refused attempts left nothing).
     assert_eq!(
         audit_actions(app.pool()).await,
         ["event.requeued", "event.discarded"]
     );
+    for action in ["event.requeued", "event.discarded"] {
+        let entry = one_entry(app.pool(), action).await;
+        assert_eq!(entry["actor"], "admin");
+        assert_eq!(entry["organization_id"], Value::Null);
+        assert_eq!(entry["target"], format!("inbound_event:{id}"));
+        assert_eq!(entry["details"]["source_id"], "poison");
+    }
 
     // A panicking handler: retried within the budget, then a dead letter with the panic
     // message; the worker's restarts show in /actors; the service keeps serving.
@@ -603,16 +637,14 @@ async fn admin_audit_needs_the_token_and_sees_every_organization() {
         (None, "event.requeued"),
         (Some(org_b), "integration.deleted"),
     ] {
-        app.audit()
-            .append(AuditEntry {
-                organization_id: org,
-                actor: "system".to_owned(),
-                action: action.to_owned(),
-                target: None,
-                details: json!({}),
-            })
-            .await
-            .expect("append");
+        app.seed_audit_entry(AuditEntry {
+            organization_id: org,
+            actor: "system".to_owned(),
+            action: action.to_owned(),
+            target: None,
+            details: json!({}),
+        })
+        .await;
     }
     let base = app.base_url();
     let client = app.http().clone();

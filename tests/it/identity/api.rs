@@ -49,6 +49,7 @@ async fn seed(h: &TestApp) {
                     created_by: None,
                 },
                 Some(1),
+                |_, _| None,
             )
             .await
             .expect("org");
@@ -66,6 +67,7 @@ async fn seed(h: &TestApp) {
                     role: role.into(),
                 },
                 Some(1),
+                |_| None,
             )
             .await
             .expect("membership");
@@ -364,6 +366,7 @@ async fn removed_members_and_deleted_organizations_lose_access() {
             &ClerkOrgId::new(ORG_B),
             &ClerkUserId::new(BOB),
             None,
+            |_| None,
         )
         .await
         .expect("delete");
@@ -383,7 +386,7 @@ async fn removed_members_and_deleted_organizations_lose_access() {
     .await;
     assert_eq!(status, 200);
     env.identity_store()
-        .delete_organization(&ClerkOrgId::new(ORG_A))
+        .delete_organization(&ClerkOrgId::new(ORG_A), |_| None)
         .await
         .expect("delete");
     for (method, uri) in ROUTES {
@@ -474,8 +477,7 @@ async fn without_jwks_every_protected_route_fails_closed() {
             infragpt::config::CorsConfig::default(),
         )
         .with_routes({
-            let api =
-                infragpt::identity::api::IdentityApi::new(h.identity_store().clone(), h.audit());
+            let api = infragpt::identity::api::IdentityApi::new(h.identity_store().clone());
             move |cfg| infragpt::identity::api::configure(cfg, api.clone())
         }),
     ))

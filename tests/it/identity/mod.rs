@@ -3,6 +3,7 @@
 
 mod api;
 mod audit;
+mod audited;
 mod clerk_payloads;
 mod jwt;
 mod roles;

@@ -516,7 +516,7 @@ async fn a_refused_token_replaced_by_another_replica_keeps_the_workspace_active(
     let old = a.parts.service.vaults.credential(org, id).await.unwrap();
 
     // Replica B replaces the token, and the old one stops working.
-    b.parts.service.vaults.refresh(org, id).await.unwrap();
+    b.parts.service.vaults.refresh(org, id, None).await.unwrap();
     assert!(sim.revoke_token(old.expose()));
 
     // A's cached token is refused: that call fails, but the stored token works, so the

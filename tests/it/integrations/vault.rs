@@ -375,7 +375,7 @@ async fn hundred_concurrent_requests_for_an_expiring_token_refresh_once() {
     ));
 
     // A forced refresh refreshes even a fresh token.
-    registry.refresh(org, integration).await.unwrap();
+    registry.refresh(org, integration, None).await.unwrap();
     assert_eq!(fake.refresh_count(), 2);
 
     let text = logs.contents();

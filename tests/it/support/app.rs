@@ -24,7 +24,6 @@ use infragpt::server::{self, Module, RunningServer};
 use infragpt::testkit::devagent::{DevAgent, DevAgentConfig, DevAgentHandle};
 use infragpt::testkit::slack_sim::{SimConfig, SlackSim};
 use infragpt::testkit::test_db::TestDb;
-use infragpt_actors::audit::AuditLog;
 use infragpt_actors::inbox::EventStatus;
 use infragpt_actors::{Cluster, Secret, StreamSpec};
 use infragpt_actors::{kinds, sources};
@@ -117,13 +116,12 @@ impl TestAppBuilder {
         core.cluster.recover().await.expect("join the cluster");
         if identity {
             let store = IdentityStore::new(app.pool().clone());
-            let audit: Arc<dyn AuditLog> = core.audit.clone();
             core.cluster
                 .register_stream(StreamSpec {
                     name: "identity-sync".into(),
                     kind: kinds::IDENTITY_SYNC,
                     source: sources::CLERK,
-                    handler: Arc::new(IdentitySync::new(store.clone(), audit)),
+                    handler: Arc::new(IdentitySync::new(store.clone())),
                 })
                 .expect("identity stream");
             app.identity = Some(store);
@@ -464,8 +462,13 @@ impl TestApp {
         self.identity.as_ref().expect("built with_identity")
     }
 
-    pub fn audit(&self) -> Arc<dyn AuditLog> {
-        self.core().audit.clone()
+    /// Appends an audit entry on its own, as a seed for the audit routes' tests (the
+    /// service writes entries only in the transaction of the change they record).
+    pub async fn seed_audit_entry(&self, entry: infragpt_actors::audit::AuditEntry) {
+        let mut conn = self.pool().get().await.expect("connection");
+        infragpt::db::audit::insert_entry(&mut conn, &entry)
+            .await
+            .expect("audit entry");
     }
 
     /// The Clerk webhook with `secret` (none: refuses every delivery).
@@ -487,7 +490,7 @@ impl TestApp {
         verifier: Option<Arc<ClerkJwtVerifier>>,
     ) -> HttpShell {
         let auth = Authenticator::new(verifier, self.identity_store().clone());
-        let api = IdentityApi::new(self.identity_store().clone(), self.audit());
+        let api = IdentityApi::new(self.identity_store().clone());
         let audit_log = (*self.core().audit).clone();
         HttpShell::new(Readiness::default(), false, CorsConfig::default()).with_routes(move |cfg| {
             auth.configure(cfg);

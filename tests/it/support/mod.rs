@@ -4,6 +4,7 @@
 //! [`browser`] (a headless Chromium over the DevTools protocol).
 
 pub mod app;
+pub mod audit;
 pub mod browser;
 pub mod conversations;
 pub mod fixtures;

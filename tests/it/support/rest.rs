@@ -294,6 +294,7 @@ impl RestEnv {
                     role: role.into(),
                 },
                 Some(version),
+                |_| None,
             )
             .await
             .expect("membership");
@@ -330,6 +331,7 @@ pub async fn seed_identities(store: &IdentityStore) {
                     created_by: None,
                 },
                 Some(1),
+                |_, _| None,
             )
             .await
             .expect("organization");
@@ -349,6 +351,7 @@ pub async fn seed_identities(store: &IdentityStore) {
                     role: role.into(),
                 },
                 Some(1),
+                |_| None,
             )
             .await
             .expect("membership");
