@@ -573,6 +573,8 @@ mod conversation_fakes {
         lost_answers: Option<SlackApiError>,
         after_post: Option<AfterPost>,
         lookups: usize,
+        /// How long each post takes before it takes effect.
+        post_delay: std::time::Duration,
     }
 
     impl std::fmt::Debug for SlackState {
@@ -638,6 +640,11 @@ mod conversation_fakes {
             self.state.lock().after_post = Some(Arc::new(f));
         }
 
+        /// Makes every post take `delay` before it takes effect (a slow Slack).
+        pub fn delay_posts(&self, delay: std::time::Duration) {
+            self.state.lock().post_delay = delay;
+        }
+
         /// How many times the bot's messages of a thread were looked up.
         pub fn lookups(&self) -> usize {
             self.state.lock().lookups
@@ -672,6 +679,10 @@ mod conversation_fakes {
             text: &str,
             metadata: Option<&MessageMetadata>,
         ) -> Result<MessageTs, SlackApiError> {
+            let delay = self.state.lock().post_delay;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let (ts, count, after, lost) = {
                 let mut st = self.state.lock();
                 if let Some(e) = st.post_error.clone() {

@@ -89,19 +89,16 @@ impl ReplyGrpc {
             conversation_id = %command.conversation_id.trim(),
             transport = path
         );
+        let conversation_id = command.conversation_id.clone();
         match self
             .service
-            .send_reply_to(
-                &command.conversation_id,
-                &command.message,
-                Some(command.turn_ts.as_str()),
-            )
+            .send_reply_detached(command.conversation_id, command.message, Some(command.turn_ts))
             .instrument(span)
             .await
         {
             Ok(outcome) => {
                 tracing::info!(
-                    conversation_id = %command.conversation_id.trim(),
+                    conversation_id = %conversation_id.trim(),
                     already_posted = outcome == ReplyOutcome::AlreadyPosted,
                     superseded = outcome == ReplyOutcome::Superseded,
                     authenticated_by = authenticated.as_str(),

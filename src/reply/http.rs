@@ -116,10 +116,10 @@ async fn post_reply(
         transport = "http"
     );
     let outcome = service
-        .send_reply_to(
-            &request.conversation_id,
-            &request.message,
-            request.turn_ts.as_deref(),
+        .send_reply_detached(
+            request.conversation_id.clone(),
+            request.message,
+            request.turn_ts,
         )
         .instrument(span)
         .await

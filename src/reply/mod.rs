@@ -199,6 +199,7 @@ pub fn api_error(e: ReplyError) -> ApiError {
             tracing::warn!(error = %slack, transient = false, "SendReply: Slack refused the reply");
             ApiError::failed_precondition(format!("slack refused the reply: {slack}"))
         }
+        ReplyError::Aborted(reason) => ApiError::internal(format!("SendReply: {reason}")),
         ReplyError::Contended(contended) => {
             tracing::warn!(error = %contended, "SendReply: another process is posting the same reply");
             ApiError::unavailable(format!(

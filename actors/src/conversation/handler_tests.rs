@@ -469,6 +469,46 @@ async fn an_answer_sent_through_send_reply_is_not_posted_again() {
     assert_eq!(texts, vec!["sent by the agent".to_owned()]);
 }
 
+/// A SendReply caller that gives up while the post is under way (its request future is
+/// dropped) does not leave the reply half-done and claimed: the post finishes, and the
+/// caller's retry finds it posted at once instead of waiting out the claim.
+#[tokio::test]
+async fn a_send_reply_caller_going_away_does_not_stop_the_post() {
+    let f = fixture(ReplyMode::Response);
+    f.handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+        .await
+        .expect("turn");
+    let conversation = f.store.conversation(&thread(ROOT_TS)).expect("conversation");
+    let replies = Arc::new(
+        ReplyService::new(f.store.clone(), f.slack.clone())
+            .with_claim_timing(Duration::from_secs(30), Duration::from_millis(100)),
+    );
+    f.slack.delay_posts(Duration::from_millis(300));
+    let call = replies.send_reply_detached(
+        conversation.id.to_string(),
+        "a second thought".into(),
+        None,
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), call)
+            .await
+            .is_err(),
+        "the caller gives up while the post is under way"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    f.slack.delay_posts(Duration::ZERO);
+    let texts: Vec<String> = f.slack.posts().into_iter().map(|p| p.text).collect();
+    assert_eq!(texts, ["answer to: hi", "a second thought"], "the post finished");
+    assert_eq!(
+        replies
+            .send_reply(&conversation.id.to_string(), "a second thought")
+            .await
+            .expect("the retry"),
+        super::ReplyOutcome::AlreadyPosted
+    );
+}
+
 #[tokio::test]
 async fn edits_and_deletes_change_the_stored_message() {
     let f = fixture(ReplyMode::Response);

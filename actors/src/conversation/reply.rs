@@ -198,6 +198,9 @@ pub enum ReplyError {
     /// has not run out): worth retrying later.
     #[error(transparent)]
     Contended(PostError),
+    /// The task posting the reply panicked or was cancelled (the runtime shutting down).
+    #[error("the reply task stopped: {0}")]
+    Aborted(String),
 }
 
 impl From<PostError> for ReplyError {
@@ -301,6 +304,28 @@ impl ReplyService {
             m.observe_stage("send_reply", started.elapsed());
         }
         outcome
+    }
+
+    /// [`Self::send_reply_to`] in a task of its own, which the caller going away does not
+    /// stop: a request handler's future is dropped when its client disconnects or gives up,
+    /// and a post dropped half-way keeps its reply claim until the lease runs out (30 s),
+    /// so every retry of the same reply (the agent's, through any replica, and the turn's)
+    /// would wait for it. Finished instead, the retry finds it posted.
+    pub async fn send_reply_detached(
+        self: &Arc<Self>,
+        conversation_id: String,
+        message: String,
+        turn: Option<String>,
+    ) -> Result<ReplyOutcome, ReplyError> {
+        use tracing::Instrument as _;
+        let this = Arc::clone(self);
+        let work = async move {
+            this.send_reply_to(&conversation_id, &message, turn.as_deref())
+                .await
+        };
+        tokio::spawn(work.instrument(tracing::Span::current()))
+            .await
+            .map_err(|e| ReplyError::Aborted(e.to_string()))?
     }
 
     /// Records how long each SendReply takes (stage `send_reply`) in `metrics`.
