@@ -12,7 +12,11 @@
 //!   is retried through the inbox, which first looks for an answer already posted.
 //! * A circuit breaker tracks whether the agent is reachable: a call that ends `UNAVAILABLE`
 //!   or times out is a failure; any answer (even an error status) is a success. While the
-//!   circuit is open calls fail at once with [`AgentError::Unavailable`].
+//!   circuit is open a call waits for the next probe when that is at most 5 s away, and
+//!   otherwise fails at once with [`AgentError::Unavailable`]. With the default cool-down
+//!   (1 s, doubling per failed probe up to 5 s) calls always wait: a restarted agent is used
+//!   again as soon as it answers, and the breaker's job is to send one probe at a time to
+//!   an agent that is down rather than every turn's calls.
 //! * Health: `agent_client/agent` in the [`HealthRegistry`] is `running` (circuit closed),
 //!   `restarting` (half-open: the next call probes) or `failed` (open), with the endpoint,
 //!   counters and circuit state in its detail. Metrics: `infragpt_agent_calls_total{outcome}`,
@@ -24,7 +28,9 @@ use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 
 use async_trait::async_trait;
-use infragpt_actors::circuit::{CircuitBreaker, CircuitConfig, CircuitState, Clock, SystemClock};
+use infragpt_actors::circuit::{
+    CircuitBreaker, CircuitConfig, CircuitState, Clock, Permit, Rejected, SystemClock,
+};
 use infragpt_actors::conversation::{Agent, AgentAnswer, AgentError, AgentTurn};
 use infragpt_actors::health::{ActorHealth, ActorId};
 use infragpt_actors::kinds;
@@ -63,7 +69,7 @@ pub struct GrpcAgentOptions {
 impl GrpcAgentOptions {
     /// Options from the `agent` config section (backoff 200 ms doubling up to 5 s; circuit
     /// opens after 5 consecutive failed calls and probes again after 1 s, doubling per
-    /// failed probe up to 30 s).
+    /// failed probe up to 5 s).
     pub fn from_config(config: &AgentConfig) -> Self {
         Self {
             endpoint: config.endpoint.clone(),
@@ -416,6 +422,32 @@ fn broke_mid_call(status: &tonic::Status) -> bool {
     status.code() != Code::DeadlineExceeded && std::error::Error::source(status).is_some()
 }
 
+/// Longest a call waits for the circuit to let it through (the next probe, or the probe
+/// under way to end) before it fails at once. A dependency that restarts in a second or two
+/// is then used again as soon as it answers, instead of every turn in that window failing
+/// and spending its retries; a longer outage still fails fast.
+const CIRCUIT_WAIT: Duration = Duration::from_secs(5);
+
+impl GrpcAgent {
+    /// A permit from the circuit, waiting up to [`CIRCUIT_WAIT`] for it.
+    async fn acquire(&self) -> Result<Permit<'_>, Rejected> {
+        let started = Instant::now();
+        loop {
+            match self.circuit.try_acquire() {
+                Ok(permit) => return Ok(permit),
+                Err(rejected) => {
+                    // Zero while a probe is under way: look again shortly.
+                    let pause = rejected.retry_in.max(Duration::from_millis(50));
+                    if started.elapsed() + pause > CIRCUIT_WAIT {
+                        return Err(rejected);
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+}
+
 /// Up to +20 % random jitter so clients do not retry in lockstep.
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(1.0 + rand::random::<f64>() * 0.2)
@@ -457,7 +489,7 @@ pub(crate) fn from_response(response: AgentResponse) -> AgentAnswer {
 #[async_trait]
 impl Agent for GrpcAgent {
     async fn process(&self, turn: AgentTurn) -> Result<AgentAnswer, AgentError> {
-        let permit = match self.circuit.try_acquire() {
+        let permit = match self.acquire().await {
             Ok(permit) => permit,
             Err(rejected) => {
                 self.finish(Outcome::CircuitOpen, None);

@@ -525,7 +525,12 @@ impl PgConversationStore {
     /// `replica` with at least `margin` left (as [`super::PgInbox::fenced`] does for claims),
     /// and treats reply claims of replicas that stopped or have been silent for longer than
     /// `lease` (the cluster's) as lapsed.
-    pub fn with_lease_fence(mut self, replica: &ReplicaId, margin: Duration, lease: Duration) -> Self {
+    pub fn with_lease_fence(
+        mut self,
+        replica: &ReplicaId,
+        margin: Duration,
+        lease: Duration,
+    ) -> Self {
         self.fence_replica = Some(replica.0.clone());
         self.fence_margin_secs = margin.as_secs_f64();
         self.replica_lease_secs = Some(lease.as_secs_f64());

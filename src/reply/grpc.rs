@@ -92,7 +92,11 @@ impl ReplyGrpc {
         let conversation_id = command.conversation_id.clone();
         match self
             .service
-            .send_reply_detached(command.conversation_id, command.message, Some(command.turn_ts))
+            .send_reply_detached(
+                command.conversation_id,
+                command.message,
+                Some(command.turn_ts),
+            )
             .instrument(span)
             .await
         {

@@ -365,10 +365,16 @@ async fn an_unreachable_agent_is_retried_within_the_budget() {
     };
     for n in [1, 2] {
         assert!(
-            matches!(handler.handle(&attempt(n)).await, Err(HandlerError::Retryable(_))),
+            matches!(
+                handler.handle(&attempt(n)).await,
+                Err(HandlerError::Retryable(_))
+            ),
             "attempt {n} is retried"
         );
-        assert!(slack.posts().is_empty(), "no notice before the last attempt");
+        assert!(
+            slack.posts().is_empty(),
+            "no notice before the last attempt"
+        );
     }
     // The agent is back for the next attempt: the answer comes late, once.
     agent.answer_with(FakeAgent::success("late answer"));
@@ -380,7 +386,10 @@ async fn an_unreachable_agent_is_retried_within_the_budget() {
     // Down at the last attempt: the notice, and a dead letter.
     agent.fail_with(AgentError::Unavailable("connection refused".into()));
     let next = |n: i32| {
-        let mut e = event(2, mention("1700000001.000300", Some(ROOT_TS), "<@U0BOT> again"));
+        let mut e = event(
+            2,
+            mention("1700000001.000300", Some(ROOT_TS), "<@U0BOT> again"),
+        );
         e.attempts = n;
         e
     };
@@ -393,7 +402,10 @@ async fn an_unreachable_agent_is_retried_within_the_budget() {
 
     // An agent that answered with an error status is not retried.
     agent.fail_with(AgentError::Failed("InvalidArgument: bad turn".into()));
-    let third = event(3, mention("1700000001.000400", Some(ROOT_TS), "<@U0BOT> third"));
+    let third = event(
+        3,
+        mention("1700000001.000400", Some(ROOT_TS), "<@U0BOT> third"),
+    );
     assert!(matches!(
         handler.handle(&third).await,
         Err(HandlerError::Permanent(_))
@@ -479,17 +491,17 @@ async fn a_send_reply_caller_going_away_does_not_stop_the_post() {
         .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
         .await
         .expect("turn");
-    let conversation = f.store.conversation(&thread(ROOT_TS)).expect("conversation");
+    let conversation = f
+        .store
+        .conversation(&thread(ROOT_TS))
+        .expect("conversation");
     let replies = Arc::new(
         ReplyService::new(f.store.clone(), f.slack.clone())
             .with_claim_timing(Duration::from_secs(30), Duration::from_millis(100)),
     );
     f.slack.delay_posts(Duration::from_millis(300));
-    let call = replies.send_reply_detached(
-        conversation.id.to_string(),
-        "a second thought".into(),
-        None,
-    );
+    let call =
+        replies.send_reply_detached(conversation.id.to_string(), "a second thought".into(), None);
     assert!(
         tokio::time::timeout(Duration::from_millis(100), call)
             .await
@@ -499,7 +511,11 @@ async fn a_send_reply_caller_going_away_does_not_stop_the_post() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     f.slack.delay_posts(Duration::ZERO);
     let texts: Vec<String> = f.slack.posts().into_iter().map(|p| p.text).collect();
-    assert_eq!(texts, ["answer to: hi", "a second thought"], "the post finished");
+    assert_eq!(
+        texts,
+        ["answer to: hi", "a second thought"],
+        "the post finished"
+    );
     assert_eq!(
         replies
             .send_reply(&conversation.id.to_string(), "a second thought")
