@@ -38,16 +38,14 @@ CREATE INDEX event_rules_org_idx ON event_rules (organization_id, source_kind);
 CREATE TABLE event_messages (
     id               UUID PRIMARY KEY DEFAULT gen_random_uuid(),
     organization_id  UUID NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
-    rule_id          UUID NOT NULL,
     team_id          TEXT NOT NULL,
     channel_id       TEXT NOT NULL,
     -- The workflow run, alert group, incident... ('digest:{rule}:{window}' for a digest).
     thing_key        TEXT NOT NULL,
-    is_digest        BOOLEAN NOT NULL DEFAULT false,
     slack_ts         TEXT,
-    -- What the message should show ({text, blocks}) and the event it shows.
+    -- What the message should show: {text, blocks, event} (event: the OpsEvent it shows,
+    -- absent for a digest).
     rendered         JSONB NOT NULL,
-    event            JSONB,
     version          BIGINT NOT NULL,
     shown_version    BIGINT NOT NULL DEFAULT -1,
     shown_at         TIMESTAMPTZ,
@@ -57,14 +55,12 @@ CREATE TABLE event_messages (
     claimed_until    TIMESTAMPTZ,
     -- A post was sent and its ts not recorded yet: look in the channel first.
     posting          BOOLEAN NOT NULL DEFAULT false,
-    -- A triage turn to queue once posted (TriageRequest), and whether it was.
+    -- A triage turn to queue once posted (TriageRequest); cleared once queued.
     triage           JSONB,
-    triage_queued    BOOLEAN NOT NULL DEFAULT false,
     created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
-    updated_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
     UNIQUE (team_id, channel_id, thing_key)
 );
-CREATE INDEX event_messages_lagging_idx ON event_messages (updated_at)
+CREATE INDEX event_messages_lagging_idx ON event_messages (created_at)
     WHERE slack_ts IS NOT NULL AND shown_version < version;
 
 -- One row per thing reaching a rule in a one-minute window: its place decides between a

@@ -311,14 +311,11 @@ diesel::table! {
     event_messages (id) {
         id -> Uuid,
         organization_id -> Uuid,
-        rule_id -> Uuid,
         team_id -> Text,
         channel_id -> Text,
         thing_key -> Text,
-        is_digest -> Bool,
         slack_ts -> Nullable<Text>,
         rendered -> Jsonb,
-        event -> Nullable<Jsonb>,
         version -> Int8,
         shown_version -> Int8,
         shown_at -> Nullable<Timestamptz>,
@@ -327,9 +324,7 @@ diesel::table! {
         claimed_until -> Nullable<Timestamptz>,
         posting -> Bool,
         triage -> Nullable<Jsonb>,
-        triage_queued -> Bool,
         created_at -> Timestamptz,
-        updated_at -> Timestamptz,
     }
 }
 

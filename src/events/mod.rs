@@ -48,6 +48,12 @@ pub struct TriagePorts {
     pub replies: Arc<ReplyService>,
 }
 
+impl std::fmt::Debug for TriagePorts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TriagePorts").finish_non_exhaustive()
+    }
+}
+
 /// Everything event routing is made of.
 #[derive(Clone)]
 pub struct EventsParts {

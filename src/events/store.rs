@@ -179,6 +179,12 @@ pub enum RuleWriteError {
     Store(#[from] StoreError),
 }
 
+impl From<diesel::result::Error> for RuleWriteError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
 #[derive(QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]
@@ -641,8 +647,6 @@ struct ClaimRow {
     channel_id: String,
     #[diesel(sql_type = Text)]
     thing_key: String,
-    #[diesel(sql_type = Bool)]
-    is_digest: bool,
     #[diesel(sql_type = Nullable<Text>)]
     slack_ts: Option<String>,
     #[diesel(sql_type = Bool)]
@@ -659,8 +663,6 @@ struct ClaimRow {
     created_at: DateTime<Utc>,
     #[diesel(sql_type = Nullable<Jsonb>)]
     triage: Option<serde_json::Value>,
-    #[diesel(sql_type = Bool)]
-    triage_queued: bool,
 }
 
 fn corrupt(what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreFailure {
@@ -671,13 +673,12 @@ impl ClaimRow {
     fn into_claim(self) -> Result<MessageClaim, StoreFailure> {
         let rendered: Rendered =
             serde_json::from_value(self.rendered).map_err(|e| corrupt("event message", e))?;
-        let triage = match (self.triage, self.triage_queued) {
-            (Some(t), false) => Some(
-                serde_json::from_value::<TriageRequest>(t)
-                    .map_err(|e| corrupt("event message triage", e))?,
-            ),
-            _ => None,
-        };
+        let triage = self
+            .triage
+            .map(serde_json::from_value::<TriageRequest>)
+            .transpose()
+            .map_err(|e| corrupt("event message triage", e))?;
+        let digest = self.thing_key.starts_with("digest:");
         Ok(MessageClaim {
             id: self.id,
             claim: self.claims,
@@ -698,7 +699,7 @@ impl ClaimRow {
             shown_version: self.shown_version,
             shown_at: self.shown_at,
             created_at: self.created_at,
-            digest: self.is_digest,
+            digest,
             triage,
         })
     }
@@ -715,7 +716,7 @@ impl EventMessageStore for PgEvents {
     async fn find(&self, key: &EventMessageKey) -> Result<Option<MessageSlot>, StoreFailure> {
         let mut conn = conn(&self.pool).await.map_err(failure)?;
         let row: Option<SlotRow> = diesel::sql_query(
-            "SELECT id, slack_ts, event FROM event_messages WHERE team_id = $1 AND channel_id = $2 AND thing_key = $3",
+            "SELECT id, slack_ts, rendered->'event' AS event FROM event_messages WHERE team_id = $1 AND channel_id = $2 AND thing_key = $3",
         )
         .bind::<Text, _>(key.team.as_str())
         .bind::<Text, _>(key.channel.as_str())
@@ -739,7 +740,7 @@ impl EventMessageStore for PgEvents {
     }
 
     async fn upsert(&self, key: &EventMessageKey, d: &Desired) -> Result<Uuid, StoreFailure> {
-        let rendered = serde_json::to_value(&d.rendered).map_err(|e| corrupt("rendered", e))?;
+        let rendered = json!({ "text": d.rendered.text, "blocks": d.rendered.blocks, "event": d.event });
         let triage = d
             .triage
             .as_ref()
@@ -748,24 +749,19 @@ impl EventMessageStore for PgEvents {
             .map_err(|e| corrupt("triage", e))?;
         let mut conn = conn(&self.pool).await.map_err(failure)?;
         let row: IdRow = diesel::sql_query(
-            "INSERT INTO event_messages (organization_id, rule_id, team_id, channel_id, thing_key, is_digest, rendered, event, version, triage) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+            "INSERT INTO event_messages (organization_id, team_id, channel_id, thing_key, rendered, version, triage) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (team_id, channel_id, thing_key) DO UPDATE SET \
                rendered = CASE WHEN excluded.version > event_messages.version THEN excluded.rendered ELSE event_messages.rendered END, \
-               event = CASE WHEN excluded.version > event_messages.version THEN excluded.event ELSE event_messages.event END, \
                version = GREATEST(excluded.version, event_messages.version), \
-               triage = COALESCE(event_messages.triage, excluded.triage), \
-               updated_at = now() \
+               triage = COALESCE(event_messages.triage, excluded.triage) \
              RETURNING id",
         )
         .bind::<SqlUuid, _>(d.organization_id)
-        .bind::<SqlUuid, _>(d.rule_id)
         .bind::<Text, _>(key.team.as_str())
         .bind::<Text, _>(key.channel.as_str())
         .bind::<Text, _>(&key.thing)
-        .bind::<Bool, _>(key.thing.starts_with("digest:"))
         .bind::<Jsonb, _>(&rendered)
-        .bind::<Nullable<Jsonb>, _>(&d.event)
         .bind::<BigInt, _>(d.version)
         .bind::<Nullable<Jsonb>, _>(&triage)
         .get_result(&mut conn)
@@ -779,7 +775,7 @@ impl EventMessageStore for PgEvents {
         let row: Option<ClaimRow> = diesel::sql_query(
             "UPDATE event_messages SET claims = claims + 1, claimed_by = $2, claimed_until = now() + $3 \
              WHERE id = $1 AND (claimed_until IS NULL OR claimed_until <= now()) \
-             RETURNING id, claims, team_id, channel_id, thing_key, is_digest, slack_ts, posting, rendered, version, shown_version, shown_at, created_at, triage, triage_queued",
+             RETURNING id, claims, team_id, channel_id, thing_key, slack_ts, posting, rendered, version, shown_version, shown_at, created_at, triage",
         )
         .bind::<SqlUuid, _>(id)
         .bind::<Text, _>(&self.owner)
@@ -794,7 +790,7 @@ impl EventMessageStore for PgEvents {
     async fn mark_posting(&self, id: Uuid, claim: i32, lease: Duration) -> Result<bool, StoreFailure> {
         let mut conn = conn(&self.pool).await.map_err(failure)?;
         let n = diesel::sql_query(
-            "UPDATE event_messages SET posting = true, claimed_until = now() + $3, updated_at = now() \
+            "UPDATE event_messages SET posting = true, claimed_until = now() + $3 \
              WHERE id = $1 AND claims = $2 AND claimed_until > now()",
         )
         .bind::<SqlUuid, _>(id)
@@ -810,7 +806,7 @@ impl EventMessageStore for PgEvents {
         let mut conn = conn(&self.pool).await.map_err(failure)?;
         diesel::sql_query(
             "UPDATE event_messages SET slack_ts = COALESCE(slack_ts, $2), posting = false, \
-               shown_version = $3, shown_at = now(), updated_at = now() WHERE id = $1",
+               shown_version = $3, shown_at = now() WHERE id = $1",
         )
         .bind::<SqlUuid, _>(id)
         .bind::<Text, _>(ts.as_str())
@@ -824,7 +820,7 @@ impl EventMessageStore for PgEvents {
     async fn record_shown(&self, id: Uuid, claim: i32, version: i64) -> Result<bool, StoreFailure> {
         let mut conn = conn(&self.pool).await.map_err(failure)?;
         let n = diesel::sql_query(
-            "UPDATE event_messages SET shown_version = GREATEST(shown_version, $3), shown_at = now(), updated_at = now() \
+            "UPDATE event_messages SET shown_version = GREATEST(shown_version, $3), shown_at = now() \
              WHERE id = $1 AND claims = $2",
         )
         .bind::<SqlUuid, _>(id)
@@ -838,7 +834,7 @@ impl EventMessageStore for PgEvents {
 
     async fn triage_queued(&self, id: Uuid) -> Result<(), StoreFailure> {
         let mut conn = conn(&self.pool).await.map_err(failure)?;
-        diesel::sql_query("UPDATE event_messages SET triage_queued = true WHERE id = $1")
+        diesel::sql_query("UPDATE event_messages SET triage = NULL WHERE id = $1")
             .bind::<SqlUuid, _>(id)
             .execute(&mut conn)
             .await
@@ -870,10 +866,12 @@ impl EventMessageStore for PgEvents {
             window_start: DateTime<Utc>,
         }
         let mut conn = conn(&self.pool).await.map_err(failure)?;
-        // The window of the thing's first hit this minute; its place among the window's
-        // things by insertion order (ids grow), the same on every retry.
+        // The rule's window: it opens with a hit when none is open and lasts a minute. The
+        // thing's place among the window's things by insertion order (ids grow), the same on
+        // every retry.
         let hit: Hit = diesel::sql_query(
-            "WITH w AS (SELECT date_trunc('minute', now()) AS start), \
+            "WITH w AS (SELECT COALESCE((SELECT max(window_start) FROM event_rule_hits \
+                                         WHERE rule_id = $1 AND window_start > now() - interval '1 minute'), now()) AS start), \
              ins AS (INSERT INTO event_rule_hits (rule_id, window_start, thing_key, title) \
                      SELECT $1, w.start, $2, $3 FROM w ON CONFLICT (rule_id, window_start, thing_key) DO NOTHING RETURNING id, window_start), \
              mine AS (SELECT id, window_start FROM ins \
@@ -936,7 +934,7 @@ impl EventMessageStore for PgEvents {
         let mut conn = conn(&self.pool).await.map_err(failure)?;
         let rows: Vec<IdRow> = diesel::sql_query(
             "SELECT id FROM event_messages WHERE slack_ts IS NOT NULL AND shown_version < version \
-             AND (claimed_until IS NULL OR claimed_until <= now()) ORDER BY updated_at LIMIT $1",
+             AND (claimed_until IS NULL OR claimed_until <= now()) ORDER BY created_at LIMIT $1",
         )
         .bind::<BigInt, _>(limit)
         .load(&mut conn)

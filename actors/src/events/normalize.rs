@@ -14,16 +14,16 @@ use super::model::{Link, OpsEvent, SourceKind, Tone};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NormalizeError {
     /// A field the event needs is absent or of the wrong type.
-    #[error("{source} payload lacks {field}")]
+    #[error("{origin} payload lacks {field}")]
     Missing {
-        source: &'static str,
+        origin: &'static str,
         /// Dotted path.
         field: &'static str,
     },
     /// A field has a value this service does not know.
-    #[error("{source} payload: {field} is {value:?}, expected {expected}")]
+    #[error("{origin} payload: {field} is {value:?}, expected {expected}")]
     Unexpected {
-        source: &'static str,
+        origin: &'static str,
         field: &'static str,
         value: String,
         expected: &'static str,
@@ -269,18 +269,18 @@ const AM: &str = "alertmanager";
 /// the group resolving, is not. The route hashes it into the inbox's source id.
 pub fn alertmanager_dedup_material(payload: &Value) -> Result<String, NormalizeError> {
     let group_key = s(payload, &["groupKey"]).ok_or(NormalizeError::Missing {
-        source: AM,
+        origin: AM,
         field: "groupKey",
     })?;
     let status = s(payload, &["status"]).ok_or(NormalizeError::Missing {
-        source: AM,
+        origin: AM,
         field: "status",
     })?;
     let alerts = payload
         .get("alerts")
         .and_then(Value::as_array)
         .ok_or(NormalizeError::Missing {
-            source: AM,
+            origin: AM,
             field: "alerts",
         })?;
     let mut starts: Vec<String> = alerts
@@ -304,7 +304,7 @@ pub fn alertmanager(source_id: uuid::Uuid, payload: &Value) -> Result<OpsEvent, 
         let v = version.as_str().unwrap_or_default();
         if v != "4" {
             return Err(NormalizeError::Unexpected {
-                source: AM,
+                origin: AM,
                 field: "version",
                 value: version.to_string(),
                 expected: "\"4\"",
@@ -312,16 +312,16 @@ pub fn alertmanager(source_id: uuid::Uuid, payload: &Value) -> Result<OpsEvent, 
         }
     }
     let group_key = s(payload, &["groupKey"]).ok_or(NormalizeError::Missing {
-        source: AM,
+        origin: AM,
         field: "groupKey",
     })?;
     let status = s(payload, &["status"]).ok_or(NormalizeError::Missing {
-        source: AM,
+        origin: AM,
         field: "status",
     })?;
     if status != "firing" && status != "resolved" {
         return Err(NormalizeError::Unexpected {
-            source: AM,
+            origin: AM,
             field: "status",
             value: status.to_owned(),
             expected: "firing or resolved",
@@ -331,7 +331,7 @@ pub fn alertmanager(source_id: uuid::Uuid, payload: &Value) -> Result<OpsEvent, 
         .get("alerts")
         .and_then(Value::as_array)
         .ok_or(NormalizeError::Missing {
-            source: AM,
+            origin: AM,
             field: "alerts",
         })?;
     let group_labels = string_map(payload.get("groupLabels"));
@@ -447,7 +447,7 @@ pub const PAGERDUTY_ROUTED_EVENTS: &[&str] = &[
 /// `event.id` of a PagerDuty v3 webhook payload: what deduplicates it.
 pub fn pagerduty_event_id(payload: &Value) -> Result<&str, NormalizeError> {
     s(payload, &["event", "id"]).ok_or(NormalizeError::Missing {
-        source: PD,
+        origin: PD,
         field: "event.id",
     })
 }
@@ -455,7 +455,7 @@ pub fn pagerduty_event_id(payload: &Value) -> Result<&str, NormalizeError> {
 /// `event.event_type`.
 pub fn pagerduty_event_type(payload: &Value) -> Result<&str, NormalizeError> {
     s(payload, &["event", "event_type"]).ok_or(NormalizeError::Missing {
-        source: PD,
+        origin: PD,
         field: "event.event_type",
     })
 }
@@ -472,7 +472,7 @@ pub fn pagerduty(source_id: uuid::Uuid, payload: &Value) -> Result<Option<OpsEve
     }
     let ev = &payload["event"];
     let data = ev.get("data").ok_or(NormalizeError::Missing {
-        source: PD,
+        origin: PD,
         field: "event.data",
     })?;
     let agent = s(ev, &["agent", "summary"]).map(str::to_owned);
@@ -482,7 +482,7 @@ pub fn pagerduty(source_id: uuid::Uuid, payload: &Value) -> Result<Option<OpsEve
     let (incident_id, title, status, url, service, severity);
     if event_type == "incident.annotated" {
         incident_id = s(data, &["incident", "id"]).ok_or(NormalizeError::Missing {
-            source: PD,
+            origin: PD,
             field: "event.data.incident.id",
         })?;
         title = s(data, &["incident", "summary"]).unwrap_or("Incident").to_owned();
@@ -496,7 +496,7 @@ pub fn pagerduty(source_id: uuid::Uuid, payload: &Value) -> Result<Option<OpsEve
         ));
     } else {
         incident_id = s(data, &["id"]).ok_or(NormalizeError::Missing {
-            source: PD,
+            origin: PD,
             field: "event.data.id",
         })?;
         let number = n(data, &["number"]);
@@ -596,7 +596,7 @@ mod tests {
     fn alertmanager_needs_its_fields_and_version_4() {
         let id = uuid::Uuid::nil();
         let err = alertmanager(id, &json!({"status": "firing", "alerts": []})).unwrap_err();
-        assert_eq!(err, NormalizeError::Missing { source: AM, field: "groupKey" });
+        assert_eq!(err, NormalizeError::Missing { origin: AM, field: "groupKey" });
         let err = alertmanager(id, &json!({"version": "3", "groupKey": "g", "status": "firing", "alerts": []}))
             .unwrap_err();
         assert!(matches!(err, NormalizeError::Unexpected { field: "version", .. }));

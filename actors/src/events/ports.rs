@@ -64,7 +64,6 @@ pub struct MessageSlot {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
     pub organization_id: uuid::Uuid,
-    pub rule_id: uuid::Uuid,
     pub rendered: Rendered,
     /// The event it shows, for later merges (none for a digest).
     pub event: Option<serde_json::Value>,

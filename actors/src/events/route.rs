@@ -225,7 +225,6 @@ impl EventRouter {
                 };
                 let desired = Desired {
                     organization_id: organization,
-                    rule_id: rule.id,
                     rendered: blocks::event_message(&shown),
                     event: serde_json::to_value(&shown).ok(),
                     version,
@@ -256,7 +255,6 @@ impl EventRouter {
                 };
                 let desired = Desired {
                     organization_id: organization,
-                    rule_id: rule.id,
                     rendered: blocks::digest_message(
                         &rule.spec.name,
                         &window,
@@ -275,7 +273,6 @@ impl EventRouter {
             }
             let desired = Desired {
                 organization_id: organization,
-                rule_id: rule.id,
                 rendered: blocks::event_message(event),
                 event: serde_json::to_value(event).ok(),
                 version,
