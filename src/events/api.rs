@@ -52,7 +52,9 @@ fn read_body<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, ApiError>
         // A missing field is reported at its parent: name the field itself.
         let missing = inner
             .strip_prefix("missing field `")
-            .and_then(|rest| rest.split('`').next());
+            .or_else(|| inner.strip_prefix("unknown field `"))
+            .and_then(|rest| rest.split('`').next())
+            .filter(|name| !path.ends_with(name));
         let field = match (path.as_str(), missing) {
             (".", Some(name)) => name.to_owned(),
             (".", None) => "body".to_owned(),
