@@ -3,5 +3,6 @@
 //! ([`e2e`]); the rules and sources API ([`api`]).
 
 mod api;
+mod demo;
 mod e2e;
 mod replicas;
