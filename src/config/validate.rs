@@ -3,8 +3,8 @@
 use base64::Engine as _;
 
 use super::{
-    AgentConfig, Config, CorsConfig, DatabaseConfig, EventsConfig, GrpcConfig, GrpcTlsConfig, RetentionConfig,
-    SlackConfig, VaultConfig, WebhooksConfig,
+    AgentConfig, Config, CorsConfig, DatabaseConfig, EventsConfig, GrpcConfig, GrpcTlsConfig,
+    RetentionConfig, SlackConfig, VaultConfig, WebhooksConfig,
 };
 
 type Failure = (String, String);
@@ -44,7 +44,10 @@ fn check_events(events: &EventsConfig) -> Result<(), Failure> {
         fail("events.flush_interval_ms", "must be between 50 and 3600000")?;
     }
     if events.digest_update_interval_ms > 3_600_000 {
-        fail("events.digest_update_interval_ms", "must be at most 3600000")?;
+        fail(
+            "events.digest_update_interval_ms",
+            "must be at most 3600000",
+        )?;
     }
     if events.claim_lease_ms < 1000 {
         fail("events.claim_lease_ms", "must be at least 1000")?;

@@ -52,7 +52,10 @@ struct IdRow {
 /// Seeds the demo organization, its GitHub installation, an Alertmanager source and the
 /// rules (replacing those of an earlier run: a source's secret is only known when created).
 pub(crate) async fn seed(config: &Config, pool: Pool, base: String) -> anyhow::Result<Replay> {
-    let mut conn = pool.get().await.context("connecting to the demo database")?;
+    let mut conn = pool
+        .get()
+        .await
+        .context("connecting to the demo database")?;
     let org: IdRow = diesel::sql_query(
         "INSERT INTO organizations (clerk_id, name) VALUES ($1, 'Demo Org') \
          ON CONFLICT (clerk_id) DO UPDATE SET name = excluded.name RETURNING id",
@@ -72,8 +75,8 @@ pub(crate) async fn seed(config: &Config, pool: Pool, base: String) -> anyhow::R
     .await
     .context("linking the demo GitHub installation")?;
     drop(conn);
-    let keyring = crate::app::integrations::load_keyring(&config.vault)
-        .context("loading the vault keys")?;
+    let keyring =
+        crate::app::integrations::load_keyring(&config.vault).context("loading the vault keys")?;
     let store = PgEvents::new(pool, Arc::new(keyring), "demo");
     for rule in store.list_rules(org.id).await? {
         store.delete_rule(org.id, rule.rule.id, ACTOR).await?;
@@ -97,8 +100,18 @@ pub(crate) async fn seed(config: &Config, pool: Pool, base: String) -> anyhow::R
         channel_id: OPS_CHANNEL.to_owned(),
     };
     for (name, kind, source_id, events) in [
-        ("CI failures", "github", None, vec!["workflow_run.completed/failure".to_owned()]),
-        ("Critical alerts", "alertmanager", Some(source.id), vec!["alert.firing".to_owned()]),
+        (
+            "CI failures",
+            "github",
+            None,
+            vec!["workflow_run.completed/failure".to_owned()],
+        ),
+        (
+            "Critical alerts",
+            "alertmanager",
+            Some(source.id),
+            vec!["alert.firing".to_owned()],
+        ),
     ] {
         let spec = RuleSpec {
             name: name.to_owned(),
@@ -165,12 +178,16 @@ impl Replay {
             "alert" | "alert-firing" => {
                 let mut v: Value = serde_json::from_str(ALERT_FIRING)?;
                 let group = fresh_id();
-                v["groupKey"] = format!("{{}}/{{severity=\"critical\"}}:{{replay=\"{group}\"}}").into();
+                v["groupKey"] =
+                    format!("{{}}/{{severity=\"critical\"}}:{{replay=\"{group}\"}}").into();
                 let body = serde_json::to_vec(&v)?;
                 (
                     format!("/webhooks/alertmanager/{}", self.alert_source),
                     body,
-                    vec![("Authorization", format!("Bearer {}", self.alert_token.expose()))],
+                    vec![(
+                        "Authorization",
+                        format!("Bearer {}", self.alert_token.expose()),
+                    )],
                     "Alertmanager: ApiHighErrorRate is firing".to_owned(),
                 )
             }

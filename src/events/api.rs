@@ -85,7 +85,10 @@ fn write_error(e: RuleWriteError, who: &OrgPrincipal) -> ApiError {
         (status = 200, description = "`{rules: [...]}`", body = serde_json::Value),
         crate::identity::auth::SessionRefusals,
     ))]
-async fn list_rules(who: OrgPrincipal, store: web::Data<PgEvents>) -> Result<HttpResponse, ApiError> {
+async fn list_rules(
+    who: OrgPrincipal,
+    store: web::Data<PgEvents>,
+) -> Result<HttpResponse, ApiError> {
     let rules = store
         .list_rules(who.organization_id.0)
         .await
@@ -199,7 +202,10 @@ async fn delete_rule(
         (status = 200, description = "`{sources: [...]}` (never the secrets)", body = serde_json::Value),
         crate::identity::auth::SessionRefusals,
     ))]
-async fn list_sources(who: OrgPrincipal, store: web::Data<PgEvents>) -> Result<HttpResponse, ApiError> {
+async fn list_sources(
+    who: OrgPrincipal,
+    store: web::Data<PgEvents>,
+) -> Result<HttpResponse, ApiError> {
     let sources = store
         .list_sources(who.organization_id.0)
         .await
@@ -247,10 +253,18 @@ async fn create_source(
     let new: NewSource = read_body(body.into_inner())?;
     let kind = match SourceKind::parse(&new.kind) {
         Some(k @ (SourceKind::Alertmanager | SourceKind::Pagerduty)) => k,
-        _ => return Err(ApiError::unprocessable("kind", "must be alertmanager or pagerduty")),
+        _ => {
+            return Err(ApiError::unprocessable(
+                "kind",
+                "must be alertmanager or pagerduty",
+            ));
+        }
     };
     let name = new.name.trim();
-    if name.is_empty() || name.chars().count() > MAX_SOURCE_NAME || name.chars().any(char::is_control) {
+    if name.is_empty()
+        || name.chars().count() > MAX_SOURCE_NAME
+        || name.chars().any(char::is_control)
+    {
         return Err(ApiError::unprocessable(
             "name",
             format!("1 to {MAX_SOURCE_NAME} characters, no control characters"),
@@ -260,13 +274,19 @@ async fn create_source(
         (SourceKind::Alertmanager, None | Some("bearer")) => SourceAuth::Bearer,
         (_, Some("hmac")) | (SourceKind::Pagerduty, None) => SourceAuth::Hmac,
         (SourceKind::Pagerduty, Some(_)) => {
-            return Err(ApiError::unprocessable("auth", "PagerDuty signs its webhooks: hmac only"));
+            return Err(ApiError::unprocessable(
+                "auth",
+                "PagerDuty signs its webhooks: hmac only",
+            ));
         }
         _ => return Err(ApiError::unprocessable("auth", "must be bearer or hmac")),
     };
     let secret = match new.secret {
         Some(s) => {
-            if s.len() < 16 || s.len() > 512 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            if s.len() < 16
+                || s.len() > 512
+                || s.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
                 return Err(ApiError::unprocessable(
                     "secret",
                     "16 to 512 characters, no spaces or control characters",
@@ -278,7 +298,14 @@ async fn create_source(
     };
     let secret = Secret::new(secret);
     let source = store
-        .create_source(who.organization_id.0, kind, name, auth, &secret, &who.audit_actor())
+        .create_source(
+            who.organization_id.0,
+            kind,
+            name,
+            auth,
+            &secret,
+            &who.audit_actor(),
+        )
         .await
         .map_err(|e| store_error(e, &who))?;
     tracing::info!(organization_id = %who.organization_id.0, source_id = %source.id, kind = kind.as_str(), "event source created");

@@ -42,7 +42,11 @@ impl EventMetrics {
         };
         for c in [&this.routed, &this.posted, &this.updated, &this.digested] {
             metrics.registry().register(Box::new(c.clone()))?;
-            for s in [SourceKind::Github, SourceKind::Alertmanager, SourceKind::Pagerduty] {
+            for s in [
+                SourceKind::Github,
+                SourceKind::Alertmanager,
+                SourceKind::Pagerduty,
+            ] {
                 c.with_label_values(&[s.as_str()]);
             }
         }
@@ -55,8 +59,14 @@ impl EventMetrics {
         if report.matched > 0 {
             self.routed.with_label_values(&s).inc();
         }
-        self.posted.with_label_values(&s).inc_by(report.posted as u64);
-        self.updated.with_label_values(&s).inc_by(report.updated as u64);
-        self.digested.with_label_values(&s).inc_by(report.digested as u64);
+        self.posted
+            .with_label_values(&s)
+            .inc_by(report.posted as u64);
+        self.updated
+            .with_label_values(&s)
+            .inc_by(report.updated as u64);
+        self.digested
+            .with_label_values(&s)
+            .inc_by(report.digested as u64);
     }
 }

@@ -119,8 +119,16 @@ impl EventsParts {
     /// Registers the Alertmanager, PagerDuty and triage streams.
     pub fn register_streams(&self) -> Result<(), ClusterError> {
         for (kind, source, name) in [
-            (SourceKind::Alertmanager, sources::ALERTMANAGER, "alertmanager_sources"),
-            (SourceKind::Pagerduty, sources::PAGERDUTY, "pagerduty_sources"),
+            (
+                SourceKind::Alertmanager,
+                sources::ALERTMANAGER,
+                "alertmanager_sources",
+            ),
+            (
+                SourceKind::Pagerduty,
+                sources::PAGERDUTY,
+                "pagerduty_sources",
+            ),
         ] {
             self.cluster.register_stream(StreamSpec {
                 name: name.to_owned(),

@@ -10,14 +10,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::OptionalExtension as _;
 use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Bool, Bytea, Integer, Interval, Jsonb, Nullable, Text, Timestamptz};
+use diesel::sql_types::{
+    BigInt, Bool, Bytea, Integer, Interval, Jsonb, Nullable, Text, Timestamptz,
+};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use infragpt_actors::Secret;
 use infragpt_actors::audit::AuditEntry;
 use infragpt_actors::events::{
-    Desired, DigestState, EventMessageKey, EventMessageStore, EventRule, MessageClaim,
-    MessageSlot, Rendered, RuleSpec, RuleStore, SourceKind, StoreFailure, StormHit,
-    TriageRequest,
+    Desired, DigestState, EventMessageKey, EventMessageStore, EventRule, MessageClaim, MessageSlot,
+    Rendered, RuleSpec, RuleStore, SourceKind, StoreFailure, StormHit, TriageRequest,
 };
 use infragpt_actors::ids::{ChannelId, MessageTs, TeamId};
 use serde::Serialize;
@@ -441,7 +442,10 @@ impl PgEvents {
             if n == 0 {
                 return Err(RuleWriteError::Invalid {
                     field: "source.source_id",
-                    reason: format!("no {} source of this organization has that id", spec.source.kind),
+                    reason: format!(
+                        "no {} source of this organization has that id",
+                        spec.source.kind
+                    ),
                 });
             }
         }
@@ -587,7 +591,11 @@ impl PgEvents {
     }
 
     /// One of the organization's rules.
-    pub async fn get_rule(&self, organization: Uuid, id: Uuid) -> Result<Option<RuleView>, StoreError> {
+    pub async fn get_rule(
+        &self,
+        organization: Uuid,
+        id: Uuid,
+    ) -> Result<Option<RuleView>, StoreError> {
         let mut conn = conn(&self.pool).await?;
         let row: Option<RuleRow> = diesel::sql_query(format!(
             "SELECT {RULE_COLUMNS} FROM event_rules WHERE id = $1 AND organization_id = $2"
@@ -740,7 +748,8 @@ impl EventMessageStore for PgEvents {
     }
 
     async fn upsert(&self, key: &EventMessageKey, d: &Desired) -> Result<Uuid, StoreFailure> {
-        let rendered = json!({ "text": d.rendered.text, "blocks": d.rendered.blocks, "event": d.event });
+        let rendered =
+            json!({ "text": d.rendered.text, "blocks": d.rendered.blocks, "event": d.event });
         let triage = d
             .triage
             .as_ref()
@@ -787,7 +796,12 @@ impl EventMessageStore for PgEvents {
         row.map(ClaimRow::into_claim).transpose()
     }
 
-    async fn mark_posting(&self, id: Uuid, claim: i32, lease: Duration) -> Result<bool, StoreFailure> {
+    async fn mark_posting(
+        &self,
+        id: Uuid,
+        claim: i32,
+        lease: Duration,
+    ) -> Result<bool, StoreFailure> {
         let mut conn = conn(&self.pool).await.map_err(failure)?;
         let n = diesel::sql_query(
             "UPDATE event_messages SET posting = true, claimed_until = now() + $3 \
@@ -802,7 +816,12 @@ impl EventMessageStore for PgEvents {
         Ok(n == 1)
     }
 
-    async fn record_posted(&self, id: Uuid, ts: &MessageTs, version: i64) -> Result<(), StoreFailure> {
+    async fn record_posted(
+        &self,
+        id: Uuid,
+        ts: &MessageTs,
+        version: i64,
+    ) -> Result<(), StoreFailure> {
         let mut conn = conn(&self.pool).await.map_err(failure)?;
         diesel::sql_query(
             "UPDATE event_messages SET slack_ts = COALESCE(slack_ts, $2), posting = false, \
@@ -857,7 +876,12 @@ impl EventMessageStore for PgEvents {
         Ok(())
     }
 
-    async fn storm_hit(&self, rule: Uuid, thing: &str, title: &str) -> Result<StormHit, StoreFailure> {
+    async fn storm_hit(
+        &self,
+        rule: Uuid,
+        thing: &str,
+        title: &str,
+    ) -> Result<StormHit, StoreFailure> {
         #[derive(QueryableByName)]
         struct Hit {
             #[diesel(sql_type = BigInt)]

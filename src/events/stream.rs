@@ -119,7 +119,10 @@ impl EventHandler for SourceStreamHandler {
             .strip_prefix(&prefix)
             .and_then(|id| Uuid::parse_str(id).ok())
             .ok_or_else(|| {
-                HandlerError::permanent(format!("routing key {} names no source", event.routing_key))
+                HandlerError::permanent(format!(
+                    "routing key {} names no source",
+                    event.routing_key
+                ))
             })?;
         let Some(organization) = self
             .store
@@ -131,7 +134,8 @@ impl EventHandler for SourceStreamHandler {
         };
         let ops = match self.kind {
             SourceKind::Alertmanager => Some(
-                normalize::alertmanager(source_id, &event.payload).map_err(HandlerError::permanent)?,
+                normalize::alertmanager(source_id, &event.payload)
+                    .map_err(HandlerError::permanent)?,
             ),
             SourceKind::Pagerduty => {
                 normalize::pagerduty(source_id, &event.payload).map_err(HandlerError::permanent)?
@@ -139,7 +143,10 @@ impl EventHandler for SourceStreamHandler {
             SourceKind::Github => None,
         };
         let Some(ops) = ops else {
-            return Ok(HandleOutcome::Ignored(format!("{} is not routed", event.kind)));
+            return Ok(HandleOutcome::Ignored(format!(
+                "{} is not routed",
+                event.kind
+            )));
         };
         self.dispatch.dispatch(organization, &ops, event).await
     }

@@ -19,7 +19,9 @@ use infragpt_actors::events::SourceKind;
 use infragpt_actors::events::normalize::{
     alertmanager_dedup_material, pagerduty_event_id, pagerduty_event_type,
 };
-use infragpt_actors::inbox::{EventPayload, NewInboundEvent, RecordOutcome, RoutingKey, StoreError};
+use infragpt_actors::inbox::{
+    EventPayload, NewInboundEvent, RecordOutcome, RoutingKey, StoreError,
+};
 use infragpt_actors::{Cluster, IngestError, Secret, sources};
 use ring::hmac;
 use serde_json::{Value, json};
@@ -183,7 +185,11 @@ fn unknown_source() -> ApiError {
 }
 
 /// The live source `raw` of `kind`; 404 for anything else.
-async fn source(hooks: &SourceWebhooks, raw: &str, kind: SourceKind) -> Result<WebhookSource, ApiError> {
+async fn source(
+    hooks: &SourceWebhooks,
+    raw: &str,
+    kind: SourceKind,
+) -> Result<WebhookSource, ApiError> {
     let id = Uuid::parse_str(raw).map_err(|_| unknown_source())?;
     match hooks.store.webhook_source(id, kind).await {
         Ok(Some(s)) => Ok(s),
@@ -192,19 +198,20 @@ async fn source(hooks: &SourceWebhooks, raw: &str, kind: SourceKind) -> Result<W
             // The secret cannot be opened (a vault key is missing): refuse, never accept
             // unverified.
             tracing::error!(source_id = %id, what, error = %source, "event source secret unusable; refusing its deliveries");
-            Err(ApiError::unavailable("this source's secret cannot be read; refusing"))
+            Err(ApiError::unavailable(
+                "this source's secret cannot be read; refusing",
+            ))
         }
         Err(e) => {
             tracing::error!(source_id = %id, error = %e, "event source lookup failed");
-            Err(ApiError::unavailable("could not look the source up, retry later"))
+            Err(ApiError::unavailable(
+                "could not look the source up, retry later",
+            ))
         }
     }
 }
 
-async fn record(
-    hooks: &SourceWebhooks,
-    event: NewInboundEvent,
-) -> Result<HttpResponse, ApiError> {
+async fn record(hooks: &SourceWebhooks, event: NewInboundEvent) -> Result<HttpResponse, ApiError> {
     let source_id = event.source_id.clone();
     let kind = event.kind.clone();
     let outcome = hooks.cluster.ingest(event).await.map_err(|e| match e {
@@ -269,15 +276,21 @@ pub async fn alertmanager(
         }
         SourceAuth::Hmac => {
             let tags = parse_sha256(header(&req, INFRAGPT_SIGNATURE)).map_err(refused)?;
-            read_verified(&intake, &req, payload, MAX_BODY_BYTES, HmacCheck::new(&src.secret, tags))
-                .await
-                .map_err(|e| e.into_api(refused))?
+            read_verified(
+                &intake,
+                &req,
+                payload,
+                MAX_BODY_BYTES,
+                HmacCheck::new(&src.secret, tags),
+            )
+            .await
+            .map_err(|e| e.into_api(refused))?
         }
     };
     let (body, _reservation) = body.into_parts();
     let value = parse_json(&body)?;
-    let material = alertmanager_dedup_material(&value)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let material =
+        alertmanager_dedup_material(&value).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let digest = ring::digest::digest(&ring::digest::SHA256, material.as_bytes());
     let status = value["status"].as_str().unwrap_or("firing").to_owned();
     record(
@@ -313,9 +326,15 @@ pub async fn pagerduty(
     let src = source(&hooks, &path, SourceKind::Pagerduty).await?;
     let tags = parse_pagerduty_signatures(header(&req, PAGERDUTY_SIGNATURE)).map_err(refused)?;
     let intake = WebhookIntake::for_request(&req);
-    let body = read_verified(&intake, &req, payload, MAX_BODY_BYTES, HmacCheck::new(&src.secret, tags))
-        .await
-        .map_err(|e| e.into_api(refused))?;
+    let body = read_verified(
+        &intake,
+        &req,
+        payload,
+        MAX_BODY_BYTES,
+        HmacCheck::new(&src.secret, tags),
+    )
+    .await
+    .map_err(|e| e.into_api(refused))?;
     let (body, _reservation) = body.into_parts();
     let value = parse_json(&body)?;
     let event_id = pagerduty_event_id(&value)
@@ -386,7 +405,8 @@ mod tests {
         let secret = Secret::new("s3cret");
         let body = b"{\"event\":{}}";
         let good = sign_pagerduty(&secret, body);
-        let tags = parse_pagerduty_signatures(Some(&format!("v1={},{good}", "0".repeat(64)))).unwrap();
+        let tags =
+            parse_pagerduty_signatures(Some(&format!("v1={},{good}", "0".repeat(64)))).unwrap();
         let mut check = HmacCheck::new(&secret, tags.clone());
         check.update(&body[..3]);
         check.update(&body[3..]);

@@ -78,7 +78,13 @@ pub fn event_message(event: &OpsEvent) -> Rendered {
         let links = event
             .links
             .iter()
-            .map(|l| format!("<{}|{}>", l.url.replace('|', "%7C").replace('>', "%3E"), escape(&l.label)))
+            .map(|l| {
+                format!(
+                    "<{}|{}>",
+                    l.url.replace('|', "%7C").replace('>', "%3E"),
+                    escape(&l.label)
+                )
+            })
             .collect::<Vec<_>>()
             .join("  ·  ");
         blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": clip(&links, SECTION_TEXT)}]}));
@@ -107,7 +113,9 @@ pub fn digest_message(rule_name: &str, window: &str, count: i64, recent: &[Strin
         .map(|t| format!("• {}", clip(&escape(t), 150)))
         .collect::<Vec<_>>()
         .join("\n");
-    let mut blocks = vec![json!({"type": "section", "text": {"type": "mrkdwn", "text": clip(&header, SECTION_TEXT)}})];
+    let mut blocks = vec![
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": clip(&header, SECTION_TEXT)}}),
+    ];
     if !list.is_empty() {
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": clip(&format!("Latest:\n{list}"), SECTION_TEXT)}}));
     }
@@ -138,7 +146,10 @@ mod tests {
             severity: Some("critical".into()),
             repository: None,
             service: None,
-            links: vec![Link { label: "Alertmanager".into(), url: "http://am:9093".into() }],
+            links: vec![Link {
+                label: "Alertmanager".into(),
+                url: "http://am:9093".into(),
+            }],
             fields: vec![("Alerts".into(), "1 firing".into())],
             labels: Default::default(),
             occurred_at: None,

@@ -154,8 +154,7 @@ pub fn github(name: &str, payload: &Value, delivery: &str) -> Option<OpsEvent> {
         "deployment_status" => {
             let ds = payload.get("deployment_status")?;
             let state = s(ds, &["state"]).unwrap_or("unknown").to_owned();
-            let deployment_id = n(payload, &["deployment", "id"])
-                .or_else(|| n(ds, &["id"]))?;
+            let deployment_id = n(payload, &["deployment", "id"]).or_else(|| n(ds, &["id"]))?;
             let env = s(ds, &["environment"])
                 .or_else(|| s(payload, &["deployment", "environment"]))
                 .unwrap_or("?");
@@ -170,7 +169,10 @@ pub fn github(name: &str, payload: &Value, delivery: &str) -> Option<OpsEvent> {
             if let Some(d) = s(ds, &["description"]) {
                 fields.push(("Description".into(), d.to_owned()));
             }
-            links.extend(link("Logs", s(ds, &["log_url"]).or_else(|| s(ds, &["target_url"]))));
+            links.extend(link(
+                "Logs",
+                s(ds, &["log_url"]).or_else(|| s(ds, &["target_url"])),
+            ));
             links.extend(link("Environment", s(ds, &["environment_url"])));
             occurred_at = s(ds, &["updated_at"]).map(str::to_owned);
         }
@@ -276,13 +278,14 @@ pub fn alertmanager_dedup_material(payload: &Value) -> Result<String, NormalizeE
         origin: AM,
         field: "status",
     })?;
-    let alerts = payload
-        .get("alerts")
-        .and_then(Value::as_array)
-        .ok_or(NormalizeError::Missing {
-            origin: AM,
-            field: "alerts",
-        })?;
+    let alerts =
+        payload
+            .get("alerts")
+            .and_then(Value::as_array)
+            .ok_or(NormalizeError::Missing {
+                origin: AM,
+                field: "alerts",
+            })?;
     let mut starts: Vec<String> = alerts
         .iter()
         .map(|a| {
@@ -327,13 +330,14 @@ pub fn alertmanager(source_id: uuid::Uuid, payload: &Value) -> Result<OpsEvent, 
             expected: "firing or resolved",
         });
     }
-    let alerts = payload
-        .get("alerts")
-        .and_then(Value::as_array)
-        .ok_or(NormalizeError::Missing {
-            origin: AM,
-            field: "alerts",
-        })?;
+    let alerts =
+        payload
+            .get("alerts")
+            .and_then(Value::as_array)
+            .ok_or(NormalizeError::Missing {
+                origin: AM,
+                field: "alerts",
+            })?;
     let group_labels = string_map(payload.get("groupLabels"));
     let mut labels = string_map(payload.get("commonLabels"));
     labels.extend(group_labels.clone());
@@ -342,7 +346,11 @@ pub fn alertmanager(source_id: uuid::Uuid, payload: &Value) -> Result<OpsEvent, 
     let alertname = labels
         .get("alertname")
         .cloned()
-        .or_else(|| first.and_then(|a| s(a, &["labels", "alertname"])).map(str::to_owned))
+        .or_else(|| {
+            first
+                .and_then(|a| s(a, &["labels", "alertname"]))
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| "Alert".to_owned());
     let firing = alerts
         .iter()
@@ -350,10 +358,11 @@ pub fn alertmanager(source_id: uuid::Uuid, payload: &Value) -> Result<OpsEvent, 
         .count();
     let resolved = alerts.len() - firing;
     let truncated = n(payload, &["truncatedAlerts"]).unwrap_or(0);
-    let summary = annotations
-        .get("summary")
-        .cloned()
-        .or_else(|| first.and_then(|a| s(a, &["annotations", "summary"])).map(str::to_owned));
+    let summary = annotations.get("summary").cloned().or_else(|| {
+        first
+            .and_then(|a| s(a, &["annotations", "summary"]))
+            .map(str::to_owned)
+    });
     let title = match &summary {
         Some(sum) => format!("{alertname}: {sum}"),
         None => alertname.clone(),
@@ -383,22 +392,14 @@ pub fn alertmanager(source_id: uuid::Uuid, payload: &Value) -> Result<OpsEvent, 
     }
     let mut links = Vec::new();
     links.extend(link("Alertmanager", s(payload, &["externalURL"])));
-    links.extend(link(
-        "Source",
-        first.and_then(|a| s(a, &["generatorURL"])),
-    ));
+    links.extend(link("Source", first.and_then(|a| s(a, &["generatorURL"]))));
     links.extend(link(
         "Runbook",
         annotations.get("runbook_url").map(String::as_str),
     ));
     let severity = labels.get("severity").cloned();
-    let service = labels
-        .get("service")
-        .or_else(|| labels.get("job"))
-        .cloned();
-    let occurred_at = first
-        .and_then(|a| s(a, &["startsAt"]))
-        .map(str::to_owned);
+    let service = labels.get("service").or_else(|| labels.get("job")).cloned();
+    let occurred_at = first.and_then(|a| s(a, &["startsAt"])).map(str::to_owned);
     let description = format!(
         "Alertmanager group {group_key} is {status}: {title} ({firing} firing, {resolved} resolved). Labels: {}.",
         labels
@@ -464,7 +465,10 @@ pub fn pagerduty_event_type(payload: &Value) -> Result<&str, NormalizeError> {
 /// about an incident (services, ...). `incident.annotated` carries the note in
 /// [`OpsEvent::status`] `annotated` with the note as a field: the router merges it into the
 /// incident's message.
-pub fn pagerduty(source_id: uuid::Uuid, payload: &Value) -> Result<Option<OpsEvent>, NormalizeError> {
+pub fn pagerduty(
+    source_id: uuid::Uuid,
+    payload: &Value,
+) -> Result<Option<OpsEvent>, NormalizeError> {
     let event_type = pagerduty_event_type(payload)?;
     pagerduty_event_id(payload)?;
     if !PAGERDUTY_ROUTED_EVENTS.contains(&event_type) {
@@ -485,7 +489,9 @@ pub fn pagerduty(source_id: uuid::Uuid, payload: &Value) -> Result<Option<OpsEve
             origin: PD,
             field: "event.data.incident.id",
         })?;
-        title = s(data, &["incident", "summary"]).unwrap_or("Incident").to_owned();
+        title = s(data, &["incident", "summary"])
+            .unwrap_or("Incident")
+            .to_owned();
         status = "annotated".to_owned();
         url = s(data, &["incident", "html_url"]);
         service = None;
@@ -589,21 +595,42 @@ mod tests {
     fn merged_pull_requests_have_their_own_event() {
         let pr = json!({"action": "closed", "repository": {"full_name": "o/r"},
             "pull_request": {"number": 3, "merged": true, "title": "x"}});
-        assert_eq!(github("pull_request", &pr, "d").unwrap().event, "pull_request.merged");
+        assert_eq!(
+            github("pull_request", &pr, "d").unwrap().event,
+            "pull_request.merged"
+        );
     }
 
     #[test]
     fn alertmanager_needs_its_fields_and_version_4() {
         let id = uuid::Uuid::nil();
         let err = alertmanager(id, &json!({"status": "firing", "alerts": []})).unwrap_err();
-        assert_eq!(err, NormalizeError::Missing { origin: AM, field: "groupKey" });
-        let err = alertmanager(id, &json!({"version": "3", "groupKey": "g", "status": "firing", "alerts": []}))
-            .unwrap_err();
-        assert!(matches!(err, NormalizeError::Unexpected { field: "version", .. }));
-        let ok = alertmanager(id, &json!({"version": "4", "groupKey": "g", "status": "firing",
+        assert_eq!(
+            err,
+            NormalizeError::Missing {
+                origin: AM,
+                field: "groupKey"
+            }
+        );
+        let err = alertmanager(
+            id,
+            &json!({"version": "3", "groupKey": "g", "status": "firing", "alerts": []}),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            NormalizeError::Unexpected {
+                field: "version",
+                ..
+            }
+        ));
+        let ok = alertmanager(
+            id,
+            &json!({"version": "4", "groupKey": "g", "status": "firing",
             "commonLabels": {"alertname": "Down", "severity": "critical"},
-            "alerts": [{"status": "firing", "labels": {}, "startsAt": "2026-01-01T00:00:00Z"}]}))
-            .unwrap();
+            "alerts": [{"status": "firing", "labels": {}, "startsAt": "2026-01-01T00:00:00Z"}]}),
+        )
+        .unwrap();
         assert_eq!(ok.event, "alert.firing");
         assert_eq!(ok.severity.as_deref(), Some("critical"));
     }

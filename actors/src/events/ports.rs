@@ -123,26 +123,64 @@ pub trait EventMessageStore: Send + Sync + 'static {
     async fn find(&self, key: &EventMessageKey) -> Result<Option<MessageSlot>, StoreFailure>;
     /// Records what the message of `key` should show (creating its row), unless a newer
     /// version is recorded; returns the row's id.
-    async fn upsert(&self, key: &EventMessageKey, desired: &Desired) -> Result<uuid::Uuid, StoreFailure>;
+    async fn upsert(
+        &self,
+        key: &EventMessageKey,
+        desired: &Desired,
+    ) -> Result<uuid::Uuid, StoreFailure>;
     /// Claims the row for `lease` unless another claim holds it (`None`).
-    async fn claim(&self, id: uuid::Uuid, lease: Duration) -> Result<Option<MessageClaim>, StoreFailure>;
+    async fn claim(
+        &self,
+        id: uuid::Uuid,
+        lease: Duration,
+    ) -> Result<Option<MessageClaim>, StoreFailure>;
     /// A post is about to be sent (a later claim must look in the channel first); false when
     /// the claim no longer holds.
-    async fn mark_posting(&self, id: uuid::Uuid, claim: i32, lease: Duration) -> Result<bool, StoreFailure>;
+    async fn mark_posting(
+        &self,
+        id: uuid::Uuid,
+        claim: i32,
+        lease: Duration,
+    ) -> Result<bool, StoreFailure>;
     /// The message is in Slack as `ts` showing `version` (a fact: recorded whoever holds the
     /// claim).
-    async fn record_posted(&self, id: uuid::Uuid, ts: &MessageTs, version: i64) -> Result<(), StoreFailure>;
+    async fn record_posted(
+        &self,
+        id: uuid::Uuid,
+        ts: &MessageTs,
+        version: i64,
+    ) -> Result<(), StoreFailure>;
     /// Slack shows `version` now; false when the claim no longer holds.
-    async fn record_shown(&self, id: uuid::Uuid, claim: i32, version: i64) -> Result<bool, StoreFailure>;
+    async fn record_shown(
+        &self,
+        id: uuid::Uuid,
+        claim: i32,
+        version: i64,
+    ) -> Result<bool, StoreFailure>;
     /// The triage turn was queued.
     async fn triage_queued(&self, id: uuid::Uuid) -> Result<(), StoreFailure>;
     /// Ends the claim at once; `uncertain`: a post may be in Slack unrecorded.
-    async fn release(&self, id: uuid::Uuid, claim: i32, uncertain: bool) -> Result<(), StoreFailure>;
+    async fn release(
+        &self,
+        id: uuid::Uuid,
+        claim: i32,
+        uncertain: bool,
+    ) -> Result<(), StoreFailure>;
     /// Records that `thing` reached `rule` in the current window (once per thing and window)
     /// and answers its place.
-    async fn storm_hit(&self, rule: uuid::Uuid, thing: &str, title: &str) -> Result<StormHit, StoreFailure>;
+    async fn storm_hit(
+        &self,
+        rule: uuid::Uuid,
+        thing: &str,
+        title: &str,
+    ) -> Result<StormHit, StoreFailure>;
     /// The digest of `rule`'s window: things past `threshold`.
-    async fn digest_state(&self, rule: uuid::Uuid, window_start: DateTime<Utc>, threshold: i64) -> Result<DigestState, StoreFailure>;
+    async fn digest_state(
+        &self,
+        rule: uuid::Uuid,
+        window_start: DateTime<Utc>,
+        threshold: i64,
+    ) -> Result<DigestState, StoreFailure>;
     /// Posted messages whose Slack version lags what is recorded and whose claim is free:
     /// updates deferred (digests spaced out) or cut off by a crash.
     async fn lagging(&self, limit: i64) -> Result<Vec<uuid::Uuid>, StoreFailure>;

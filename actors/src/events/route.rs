@@ -27,8 +27,8 @@ use tracing::{debug, info, warn};
 use super::blocks;
 use super::model::OpsEvent;
 use super::ports::{
-    Desired, EventMessageKey, EventMessageStore, EventSlack, MessageClaim, RuleStore,
-    StoreFailure, TriageQueue, TriageRequest,
+    Desired, EventMessageKey, EventMessageStore, EventSlack, MessageClaim, RuleStore, StoreFailure,
+    TriageQueue, TriageRequest,
 };
 use crate::conversation::{BeforePost, FenceError, MessageMetadata, NoFence, SlackApiError};
 use crate::ids::{ChannelId, MessageTs, TeamId};
@@ -145,7 +145,9 @@ pub fn event_metadata(id: uuid::Uuid) -> MessageMetadata {
 fn names_row(metadata: Option<&MessageMetadata>, id: uuid::Uuid) -> bool {
     metadata.is_some_and(|m| {
         m.event_type == EVENT_MESSAGE_TYPE
-            && m.event_payload.get("event_message_id").and_then(|v| v.as_str())
+            && m.event_payload
+                .get("event_message_id")
+                .and_then(|v| v.as_str())
                 == Some(id.to_string().as_str())
     })
 }
@@ -302,7 +304,9 @@ impl EventRouter {
                 Ok(s) if s.updated => done += 1,
                 Ok(_) => {}
                 Err(RouteError::Busy(_)) => {}
-                Err(e) => warn!(event_message_id = %id, error = %e, "could not update an event message"),
+                Err(e) => {
+                    warn!(event_message_id = %id, error = %e, "could not update an event message")
+                }
             }
         }
         Ok(done)

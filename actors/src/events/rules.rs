@@ -140,7 +140,9 @@ fn check_slack_id(field: &str, value: &str, prefixes: &[char]) -> Result<(), Rul
     let ok = value.len() >= 2
         && value.len() <= 32
         && value.starts_with(prefixes)
-        && value.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+        && value
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
     if ok {
         Ok(())
     } else {
@@ -148,7 +150,11 @@ fn check_slack_id(field: &str, value: &str, prefixes: &[char]) -> Result<(), Rul
             field,
             format!(
                 "must be a Slack id starting with {} (upper-case letters and digits)",
-                prefixes.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" or ")
+                prefixes
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             ),
         ))
     }
@@ -173,8 +179,7 @@ fn parse_pattern(p: &str) -> Option<Pattern<'_>> {
     };
     let part_ok = |s: &str| {
         !s.is_empty()
-            && s
-                .chars()
+            && s.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '*')
     };
     if !part_ok(name) || !action.is_none_or(part_ok) || !conclusion.is_none_or(part_ok) {
@@ -213,7 +218,10 @@ impl RuleSpec {
     pub fn validate(&self) -> Result<(), RuleValidationError> {
         check_text("name".into(), &self.name)?;
         if self.name.chars().count() > MAX_NAME {
-            return Err(invalid("name", format!("longer than {MAX_NAME} characters")));
+            return Err(invalid(
+                "name",
+                format!("longer than {MAX_NAME} characters"),
+            ));
         }
         let Some(kind) = SourceKind::parse(&self.source.kind) else {
             return Err(invalid(
@@ -265,7 +273,10 @@ impl RuleSpec {
             }
         }
         if !self.repositories.is_empty() && kind != SourceKind::Github {
-            return Err(invalid("repositories", "only GitHub events have repositories"));
+            return Err(invalid(
+                "repositories",
+                "only GitHub events have repositories",
+            ));
         }
         for (i, s) in self.services.iter().enumerate() {
             check_text(format!("services[{i}]"), s)?;
@@ -324,7 +335,9 @@ impl EventRule {
         if !spec.matchers.iter().all(|m| m.matches(event)) {
             return false;
         }
-        has_message || spec.events.is_empty() || spec.events.iter().any(|p| pattern_matches(p, event))
+        has_message
+            || spec.events.is_empty()
+            || spec.events.iter().any(|p| pattern_matches(p, event))
     }
 }
 
@@ -362,9 +375,15 @@ mod tests {
             spec: RuleSpec {
                 name: "r".into(),
                 enabled: true,
-                source: RuleSource { kind: "github".into(), source_id: None },
+                source: RuleSource {
+                    kind: "github".into(),
+                    source_id: None,
+                },
                 events: events.iter().map(|s| (*s).to_owned()).collect(),
-                slack: SlackTarget { team_id: "T1".into(), channel_id: "C1".into() },
+                slack: SlackTarget {
+                    team_id: "T1".into(),
+                    channel_id: "C1".into(),
+                },
                 ..RuleSpec::default()
             },
         }
@@ -372,11 +391,17 @@ mod tests {
 
     #[test]
     fn patterns_match_event_action_and_conclusion() {
-        let r = rule(&["workflow_run.completed/failure", "deployment_status/failure"]);
+        let r = rule(&[
+            "workflow_run.completed/failure",
+            "deployment_status/failure",
+        ]);
         assert!(r.matches(&event("workflow_run.completed", Some("failure")), false));
         assert!(!r.matches(&event("workflow_run.completed", Some("success")), false));
         assert!(!r.matches(&event("workflow_run.requested", None), false));
-        assert!(r.matches(&event("workflow_run.requested", None), true), "an update of a posted thing");
+        assert!(
+            r.matches(&event("workflow_run.requested", None), true),
+            "an update of a posted thing"
+        );
         assert!(r.matches(&event("deployment_status.created", Some("failure")), false));
         assert!(rule(&["pull_request.merged"]).matches(&event("pull_request.merged", None), false));
         assert!(rule(&[]).matches(&event("release.published", None), false));
@@ -394,8 +419,16 @@ mod tests {
         let mut r = rule(&["alert.firing"]);
         r.spec.source.kind = "alertmanager".into();
         r.spec.matchers = vec![
-            LabelMatcher { label: "severity".into(), op: MatchOp::Eq, value: "critical".into() },
-            LabelMatcher { label: "env".into(), op: MatchOp::Ne, value: "dev".into() },
+            LabelMatcher {
+                label: "severity".into(),
+                op: MatchOp::Eq,
+                value: "critical".into(),
+            },
+            LabelMatcher {
+                label: "env".into(),
+                op: MatchOp::Ne,
+                value: "dev".into(),
+            },
         ];
         assert!(r.matches(&e, false));
         e.labels.insert("env".into(), "dev".into());

@@ -653,8 +653,10 @@ fn conversations_history(
             .decode(cursor.as_bytes())
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|c| c.strip_prefix("skip:").and_then(|n| n.parse::<usize>().ok()))
-        {
+            .and_then(|c| {
+                c.strip_prefix("skip:")
+                    .and_then(|n| n.parse::<usize>().ok())
+            }) {
             Some(n) => n,
             None => return ApiReply::err("invalid_cursor"),
         },

@@ -102,7 +102,14 @@ async fn validation_errors_name_the_field() {
     v.as_object_mut().unwrap().remove("repositories");
     cases.push((v, "source.source_id"));
     for (body, field) in cases {
-        let (status, answer) = call(&svc, "POST", "/event-rules", Some(&alice), Some(body.clone())).await;
+        let (status, answer) = call(
+            &svc,
+            "POST",
+            "/event-rules",
+            Some(&alice),
+            Some(body.clone()),
+        )
+        .await;
         assert_eq!(status, 422, "{body}: {answer}");
         assert_eq!(answer["error"]["code"], "unprocessable", "{answer}");
         assert_eq!(field_of(&answer), field, "{body}: {answer}");
@@ -110,10 +117,23 @@ async fn validation_errors_name_the_field() {
     for (body, field) in [
         (json!({"kind": "nagios", "name": "x"}), "kind"),
         (json!({"kind": "alertmanager", "name": ""}), "name"),
-        (json!({"kind": "pagerduty", "name": "pd", "auth": "bearer"}), "auth"),
-        (json!({"kind": "pagerduty", "name": "pd", "secret": "short"}), "secret"),
+        (
+            json!({"kind": "pagerduty", "name": "pd", "auth": "bearer"}),
+            "auth",
+        ),
+        (
+            json!({"kind": "pagerduty", "name": "pd", "secret": "short"}),
+            "secret",
+        ),
     ] {
-        let (status, answer) = call(&svc, "POST", "/event-sources", Some(&alice), Some(body.clone())).await;
+        let (status, answer) = call(
+            &svc,
+            "POST",
+            "/event-sources",
+            Some(&alice),
+            Some(body.clone()),
+        )
+        .await;
         assert_eq!(status, 422, "{body}: {answer}");
         assert_eq!(field_of(&answer), field, "{body}: {answer}");
     }
@@ -127,36 +147,99 @@ async fn members_read_admins_change_and_other_organizations_are_refused() {
     let (app, svc) = setup().await;
     let (alice, carol, bob) = (token(ALICE, ORG_A), token(CAROL, ORG_A), token(BOB, ORG_B));
     // A member (whose token claims admin) may not create.
-    let (status, answer) = call(&svc, "POST", "/event-rules", Some(&carol), Some(rule("C0OPS00001"))).await;
+    let (status, answer) = call(
+        &svc,
+        "POST",
+        "/event-rules",
+        Some(&carol),
+        Some(rule("C0OPS00001")),
+    )
+    .await;
     assert_eq!(status, 403, "{answer}");
     assert_eq!(answer["error"]["message"], NEEDS_ADMIN);
-    let (status, created) = call(&svc, "POST", "/event-rules", Some(&alice), Some(rule("C0OPS00001"))).await;
+    let (status, created) = call(
+        &svc,
+        "POST",
+        "/event-rules",
+        Some(&alice),
+        Some(rule("C0OPS00001")),
+    )
+    .await;
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
-    assert_eq!(created["organization_id"], org_id(&app, ORG_A).await.to_string());
+    assert_eq!(
+        created["organization_id"],
+        org_id(&app, ORG_A).await.to_string()
+    );
     // Members read.
     let (status, list) = call(&svc, "GET", "/event-rules", Some(&carol), None).await;
     assert_eq!(status, 200);
     assert_eq!(list["rules"].as_array().unwrap().len(), 1);
-    let (status, _) = call(&svc, "GET", &format!("/event-rules/{id}"), Some(&carol), None).await;
+    let (status, _) = call(
+        &svc,
+        "GET",
+        &format!("/event-rules/{id}"),
+        Some(&carol),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     // A member may not change or delete.
-    let (status, _) = call(&svc, "PUT", &format!("/event-rules/{id}"), Some(&carol), Some(rule("C0GENERAL1"))).await;
+    let (status, _) = call(
+        &svc,
+        "PUT",
+        &format!("/event-rules/{id}"),
+        Some(&carol),
+        Some(rule("C0GENERAL1")),
+    )
+    .await;
     assert_eq!(status, 403);
-    let (status, _) = call(&svc, "DELETE", &format!("/event-rules/{id}"), Some(&carol), None).await;
+    let (status, _) = call(
+        &svc,
+        "DELETE",
+        &format!("/event-rules/{id}"),
+        Some(&carol),
+        None,
+    )
+    .await;
     assert_eq!(status, 403);
     // Another organization's admin: A's rule does not exist for them.
     let (status, list) = call(&svc, "GET", "/event-rules", Some(&bob), None).await;
     assert_eq!((status, list["rules"].clone()), (200, json!([])));
-    for (method, body) in [("GET", None), ("PUT", Some(rule("C0GENERAL1"))), ("DELETE", None)] {
-        let (status, answer) = call(&svc, method, &format!("/event-rules/{id}"), Some(&bob), body).await;
+    for (method, body) in [
+        ("GET", None),
+        ("PUT", Some(rule("C0GENERAL1"))),
+        ("DELETE", None),
+    ] {
+        let (status, answer) = call(
+            &svc,
+            method,
+            &format!("/event-rules/{id}"),
+            Some(&bob),
+            body,
+        )
+        .await;
         assert_eq!(status, 404, "{method}: {answer}");
     }
     // A token naming B, from A's admin: not a member of B.
-    let (status, _) = call(&svc, "GET", "/event-rules", Some(&token(ALICE, ORG_B)), None).await;
+    let (status, _) = call(
+        &svc,
+        "GET",
+        "/event-rules",
+        Some(&token(ALICE, ORG_B)),
+        None,
+    )
+    .await;
     assert_eq!(status, 403);
     // B cannot route A's source.
-    let (status, source) = call(&svc, "POST", "/event-sources", Some(&alice), Some(json!({"kind": "alertmanager", "name": "prom"}))).await;
+    let (status, source) = call(
+        &svc,
+        "POST",
+        "/event-sources",
+        Some(&alice),
+        Some(json!({"kind": "alertmanager", "name": "prom"})),
+    )
+    .await;
     assert_eq!(status, 201, "{source}");
     let source_id = source["source"]["id"].as_str().unwrap().to_owned();
     let (status, answer) = call(
@@ -167,8 +250,19 @@ async fn members_read_admins_change_and_other_organizations_are_refused() {
         Some(json!({"name": "steal", "source": {"kind": "alertmanager", "source_id": source_id}, "slack": {"team_id": "T0SIMACME1", "channel_id": "C0OPS00001"}})),
     )
     .await;
-    assert_eq!((status, field_of(&answer)), (422, "source.source_id"), "{answer}");
-    let (status, _) = call(&svc, "DELETE", &format!("/event-sources/{source_id}"), Some(&bob), None).await;
+    assert_eq!(
+        (status, field_of(&answer)),
+        (422, "source.source_id"),
+        "{answer}"
+    );
+    let (status, _) = call(
+        &svc,
+        "DELETE",
+        &format!("/event-sources/{source_id}"),
+        Some(&bob),
+        None,
+    )
+    .await;
     assert_eq!(status, 404);
     let (status, list) = call(&svc, "GET", "/event-sources", Some(&bob), None).await;
     assert_eq!((status, list["sources"].clone()), (200, json!([])));
@@ -176,12 +270,33 @@ async fn members_read_admins_change_and_other_organizations_are_refused() {
     let (status, _) = call(&svc, "GET", "/event-rules", None, None).await;
     assert_eq!(status, 401);
     // The admin changes and deletes.
-    let (status, updated) = call(&svc, "PUT", &format!("/event-rules/{id}"), Some(&alice), Some(rule("C0GENERAL1"))).await;
+    let (status, updated) = call(
+        &svc,
+        "PUT",
+        &format!("/event-rules/{id}"),
+        Some(&alice),
+        Some(rule("C0GENERAL1")),
+    )
+    .await;
     assert_eq!(status, 200, "{updated}");
     assert_eq!(updated["slack"]["channel_id"], "C0GENERAL1");
-    let (status, _) = call(&svc, "DELETE", &format!("/event-rules/{id}"), Some(&alice), None).await;
+    let (status, _) = call(
+        &svc,
+        "DELETE",
+        &format!("/event-rules/{id}"),
+        Some(&alice),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
-    let (status, _) = call(&svc, "GET", &format!("/event-rules/{id}"), Some(&alice), None).await;
+    let (status, _) = call(
+        &svc,
+        "GET",
+        &format!("/event-rules/{id}"),
+        Some(&alice),
+        None,
+    )
+    .await;
     assert_eq!(status, 404);
 }
 
@@ -189,31 +304,90 @@ async fn members_read_admins_change_and_other_organizations_are_refused() {
 async fn changes_are_audited_and_a_secret_is_shown_once() {
     let (app, svc) = setup().await;
     let alice = token(ALICE, ORG_A);
-    let (status, created) = call(&svc, "POST", "/event-rules", Some(&alice), Some(rule("C0OPS00001"))).await;
+    let (status, created) = call(
+        &svc,
+        "POST",
+        "/event-rules",
+        Some(&alice),
+        Some(rule("C0OPS00001")),
+    )
+    .await;
     assert_eq!(status, 201);
     let id = created["id"].as_str().unwrap().to_owned();
-    let (status, _) = call(&svc, "PUT", &format!("/event-rules/{id}"), Some(&alice), Some(rule("C0GENERAL1"))).await;
+    let (status, _) = call(
+        &svc,
+        "PUT",
+        &format!("/event-rules/{id}"),
+        Some(&alice),
+        Some(rule("C0GENERAL1")),
+    )
+    .await;
     assert_eq!(status, 200);
-    let (status, _) = call(&svc, "DELETE", &format!("/event-rules/{id}"), Some(&alice), None).await;
+    let (status, _) = call(
+        &svc,
+        "DELETE",
+        &format!("/event-rules/{id}"),
+        Some(&alice),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
-    let (status, source) = call(&svc, "POST", "/event-sources", Some(&alice), Some(json!({"kind": "pagerduty", "name": "pd", "secret": "pagerduty-generated-secret-01"}))).await;
+    let (status, source) = call(
+        &svc,
+        "POST",
+        "/event-sources",
+        Some(&alice),
+        Some(json!({"kind": "pagerduty", "name": "pd", "secret": "pagerduty-generated-secret-01"})),
+    )
+    .await;
     assert_eq!(status, 201, "{source}");
     assert_eq!(source["secret"], "pagerduty-generated-secret-01");
-    let (status, am) = call(&svc, "POST", "/event-sources", Some(&alice), Some(json!({"kind": "alertmanager", "name": "prom"}))).await;
+    let (status, am) = call(
+        &svc,
+        "POST",
+        "/event-sources",
+        Some(&alice),
+        Some(json!({"kind": "alertmanager", "name": "prom"})),
+    )
+    .await;
     assert_eq!(status, 201);
     let generated = am["secret"].as_str().unwrap().to_owned();
-    assert!(generated.starts_with("igs_") && generated.len() > 60, "{generated}");
-    assert_eq!(am["source"]["webhook_path"], format!("/webhooks/alertmanager/{}", am["source"]["id"].as_str().unwrap()));
+    assert!(
+        generated.starts_with("igs_") && generated.len() > 60,
+        "{generated}"
+    );
+    assert_eq!(
+        am["source"]["webhook_path"],
+        format!(
+            "/webhooks/alertmanager/{}",
+            am["source"]["id"].as_str().unwrap()
+        )
+    );
     let (status, list) = call(&svc, "GET", "/event-sources", Some(&alice), None).await;
     assert_eq!(status, 200);
     let listed = list.to_string();
-    assert!(!listed.contains(&generated) && !listed.contains("pagerduty-generated-secret-01"), "secrets are not listed: {listed}");
+    assert!(
+        !listed.contains(&generated) && !listed.contains("pagerduty-generated-secret-01"),
+        "secrets are not listed: {listed}"
+    );
     let source_id = source["source"]["id"].as_str().unwrap().to_owned();
-    let (status, _) = call(&svc, "DELETE", &format!("/event-sources/{source_id}"), Some(&alice), None).await;
+    let (status, _) = call(
+        &svc,
+        "DELETE",
+        &format!("/event-sources/{source_id}"),
+        Some(&alice),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     // The secret is sealed: neither it nor its text is in the database.
-    let dump = crate::support::identity::dump_table(app.pool(), "event_sources").await.join("\n");
-    assert!(!dump.contains(&generated), "the secret is encrypted at rest");
+    let dump = crate::support::identity::dump_table(app.pool(), "event_sources")
+        .await
+        .join("\n");
+    assert!(
+        !dump.contains(&generated),
+        "the secret is encrypted at rest"
+    );
 
     let audit = audit_rows(app.pool()).await;
     let org = org_id(&app, ORG_A).await.to_string();
@@ -230,17 +404,38 @@ async fn changes_are_audited_and_a_secret_is_shown_once() {
         "event_source.deleted",
     ] {
         assert!(
-            actions.iter().any(|(a, actor)| *a == action && *actor == format!("user/{ALICE}")),
+            actions
+                .iter()
+                .any(|(a, actor)| *a == action && *actor == format!("user/{ALICE}")),
             "{action} by alice in {actions:?}"
         );
     }
-    let updated = audit.iter().find(|r| r["action"] == "event_rule.updated").unwrap();
-    assert_eq!(updated["details"]["before"]["slack"]["channel_id"], "C0OPS00001");
-    assert_eq!(updated["details"]["after"]["slack"]["channel_id"], "C0GENERAL1");
-    assert!(!audit.iter().any(|r| r.to_string().contains(&generated)), "no secret in the audit log");
+    let updated = audit
+        .iter()
+        .find(|r| r["action"] == "event_rule.updated")
+        .unwrap();
+    assert_eq!(
+        updated["details"]["before"]["slack"]["channel_id"],
+        "C0OPS00001"
+    );
+    assert_eq!(
+        updated["details"]["after"]["slack"]["channel_id"],
+        "C0GENERAL1"
+    );
+    assert!(
+        !audit.iter().any(|r| r.to_string().contains(&generated)),
+        "no secret in the audit log"
+    );
     // Refusals change nothing and audit nothing.
     let before = audit_rows(app.pool()).await.len();
-    let (status, _) = call(&svc, "POST", "/event-rules", Some(&token(CAROL, ORG_A)), Some(rule("C0OPS00001"))).await;
+    let (status, _) = call(
+        &svc,
+        "POST",
+        "/event-rules",
+        Some(&token(CAROL, ORG_A)),
+        Some(rule("C0OPS00001")),
+    )
+    .await;
     assert_eq!(status, 403);
     assert_eq!(audit_rows(app.pool()).await.len(), before);
 }

@@ -15,7 +15,9 @@ use infragpt::github::signature::sign;
 use infragpt::testkit::slack_sim::{SimConfig, SimMessage};
 use infragpt_actors::Secret;
 use infragpt_actors::events::normalize::GITHUB_ROUTED_EVENTS;
-use infragpt_actors::events::{LabelMatcher, MatchOp, RuleSource, RuleSpec, SlackTarget, SourceKind};
+use infragpt_actors::events::{
+    LabelMatcher, MatchOp, RuleSource, RuleSpec, SlackTarget, SourceKind,
+};
 use infragpt_actors::inbox::EventStatus;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -54,7 +56,14 @@ async fn env(tweak: impl FnOnce(&mut Config) + 'static) -> Env {
         .await;
     let pool = app.pool().clone();
     let org = create_org(&pool, "Acme").await;
-    insert_integration(&pool, org, "github", "active", Some(&INSTALLATION.to_string())).await;
+    insert_integration(
+        &pool,
+        org,
+        "github",
+        "active",
+        Some(&INSTALLATION.to_string()),
+    )
+    .await;
     let events = PgEvents::new(
         pool,
         Arc::new(keyring(&[("k1", &Secret::new(VAULT_KEY))], "k1")),
@@ -127,7 +136,12 @@ impl Env {
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
-    async fn post_raw(&self, path: &str, headers: &[(&str, String)], body: Vec<u8>) -> (u16, Value) {
+    async fn post_raw(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> (u16, Value) {
         let mut req = self
             .app
             .http()
@@ -184,7 +198,11 @@ impl Env {
 }
 
 fn text_of(m: &SimMessage) -> String {
-    format!("{} {}", m.text, m.blocks.as_ref().map(Value::to_string).unwrap_or_default())
+    format!(
+        "{} {}",
+        m.text,
+        m.blocks.as_ref().map(Value::to_string).unwrap_or_default()
+    )
 }
 
 /// A workflow run of the fixture, delivered by installation 4242, with this action,
@@ -201,12 +219,21 @@ fn workflow_run(file: &str, status: &str, conclusion: Option<&str>, attempt: i64
 #[actix_rt::test]
 async fn failed_workflow_run_posts_once_its_rerun_updates_it_and_triage_asks_the_agent_once() {
     let env = env(|_| {}).await;
-    env.rule(spec("github", None, &["workflow_run.completed/failure"], true))
-        .await;
+    env.rule(spec(
+        "github",
+        None,
+        &["workflow_run.completed/failure"],
+        true,
+    ))
+    .await;
     // The fixture's run, failed (octokit's example completed with success).
     let failed = workflow_run("completed.json", "completed", Some("failure"), 1);
     let (status, answer) = env.github("workflow_run", "wr-failed-1", &failed).await;
-    assert_eq!((status, answer["status"].as_str()), (202, Some("recorded")), "{answer}");
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (202, Some("recorded")),
+        "{answer}"
+    );
     let root = eventually("the failure is posted in #ops", async || {
         let posts = env.posts();
         (posts.len() == 1).then(|| posts[0].clone())
@@ -219,7 +246,9 @@ async fn failed_workflow_run_posts_once_its_rerun_updates_it_and_triage_asks_the
         "the run's link: {shown}"
     );
     assert!(
-        root.metadata.as_ref().is_some_and(|m| m["event_type"] == "infragpt_event"),
+        root.metadata
+            .as_ref()
+            .is_some_and(|m| m["event_type"] == "infragpt_event"),
         "{:?}",
         root.metadata
     );
@@ -233,20 +262,29 @@ async fn failed_workflow_run_posts_once_its_rerun_updates_it_and_triage_asks_the
     assert_eq!(context["event"]["source"], "github");
     assert_eq!(context["event"]["conclusion"], "failure");
     assert_eq!(context["event"]["repository"], "octo-org/octo-repo");
-    assert!(context["event"]["links"][0]["url"].as_str().is_some(), "{context}");
+    assert!(
+        context["event"]["links"][0]["url"].as_str().is_some(),
+        "{context}"
+    );
     assert_eq!(context["thread_ts"], root.ts.as_str());
-    eventually("the agent's answer is in the message's thread", async || {
-        !env.thread_replies(&root.ts).is_empty()
-    })
+    eventually(
+        "the agent's answer is in the message's thread",
+        async || !env.thread_replies(&root.ts).is_empty(),
+    )
     .await;
 
     // A redelivery (same delivery id) is a duplicate; nothing new is posted.
     let (status, answer) = env.github("workflow_run", "wr-failed-1", &failed).await;
-    assert_eq!((status, answer["status"].as_str()), (202, Some("duplicate")));
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (202, Some("duplicate"))
+    );
 
     // The re-run: requested (attempt 2), then completed with success: the same message.
     let rerun = workflow_run("requested.json", "queued", None, 2);
-    let (status, _) = env.github("workflow_run", "wr-rerun-requested", &rerun).await;
+    let (status, _) = env
+        .github("workflow_run", "wr-rerun-requested", &rerun)
+        .await;
     assert_eq!(status, 202);
     eventually("the message shows the re-run", async || {
         let posts = env.posts();
@@ -254,7 +292,9 @@ async fn failed_workflow_run_posts_once_its_rerun_updates_it_and_triage_asks_the
     })
     .await;
     let green = workflow_run("completed.json", "completed", Some("success"), 2);
-    let (status, _) = env.github("workflow_run", "wr-rerun-completed", &green).await;
+    let (status, _) = env
+        .github("workflow_run", "wr-rerun-completed", &green)
+        .await;
     assert_eq!(status, 202);
     eventually("the message shows the re-run's success", async || {
         let posts = env.posts();
@@ -264,13 +304,23 @@ async fn failed_workflow_run_posts_once_its_rerun_updates_it_and_triage_asks_the
     env.app.wait_idle().await;
     assert_eq!(env.posts().len(), 1, "one message for the run");
     assert_eq!(env.posts()[0].ts, root.ts, "the same message");
-    assert_eq!(env.triage_requests().len(), 1, "triage asked the agent once");
+    assert_eq!(
+        env.triage_requests().len(),
+        1,
+        "triage asked the agent once"
+    );
 
     // People continue the thread as usual: a reply there is a turn of the conversation.
     let before = env.thread_replies(&root.ts).len();
     env.app
         .sim()
-        .post_user_message(TEAM, OPS, "U0ALICE001", "what failed in that run?", Some(&root.ts))
+        .post_user_message(
+            TEAM,
+            OPS,
+            "U0ALICE001",
+            "what failed in that run?",
+            Some(&root.ts),
+        )
         .expect("reply in the thread");
     eventually("the agent answers the person in the thread", async || {
         env.thread_replies(&root.ts).len() > before
@@ -284,12 +334,19 @@ async fn failed_workflow_run_posts_once_its_rerun_updates_it_and_triage_asks_the
         .find(|r| r.current_message.contains("what failed"))
         .expect("the follow-up reached the agent");
     assert!(
-        follow_up.past_messages.iter().any(|m| m.content.contains("workflow_run")),
+        follow_up
+            .past_messages
+            .iter()
+            .any(|m| m.content.contains("workflow_run")),
         "the event is the thread's first message: {:?}",
         follow_up.past_messages
     );
     env.app.wait_idle().await;
-    assert_eq!(env.app.count(EventStatus::Failed).await, 0, "no dead letter");
+    assert_eq!(
+        env.app.count(EventStatus::Failed).await,
+        0,
+        "no dead letter"
+    );
     env.app.stop().await;
 }
 
@@ -306,13 +363,19 @@ async fn every_github_fixture_is_routed_without_a_dead_letter() {
         if GITHUB_ROUTED_EVENTS.contains(&event.as_str()) {
             v["installation"] = json!({ "id": INSTALLATION });
         }
-        let (status, answer) = env.github(&event, &format!("fx-{n}-{event}-{file}"), &v).await;
+        let (status, answer) = env
+            .github(&event, &format!("fx-{n}-{event}-{file}"), &v)
+            .await;
         assert_eq!(status, 202, "{event}/{file}: {answer}");
         deliveries += 1;
     }
     assert_eq!(deliveries, 147);
     env.app.wait_idle().await;
-    assert_eq!(env.app.count(EventStatus::Failed).await, 0, "no dead letter");
+    assert_eq!(
+        env.app.count(EventStatus::Failed).await,
+        0,
+        "no dead letter"
+    );
     let posts = env.posts();
     assert!(!posts.is_empty());
     // One message per thing: the fixtures of one run, check, PR or release share theirs.
@@ -333,7 +396,9 @@ async fn every_github_fixture_is_routed_without_a_dead_letter() {
 fn storm_group(n: usize) -> Value {
     let mut v = fixtures::json("alertmanager/firing.json");
     let name = format!("DiskFull{n:03}");
-    v["groupKey"] = json!(format!("{{}}/{{severity=\"critical\"}}:{{alertname=\"{name}\"}}"));
+    v["groupKey"] = json!(format!(
+        "{{}}/{{severity=\"critical\"}}:{{alertname=\"{name}\"}}"
+    ));
     v["groupLabels"]["alertname"] = json!(name);
     v["commonLabels"]["alertname"] = json!(name);
     for (i, a) in v["alerts"].as_array_mut().unwrap().iter_mut().enumerate() {
@@ -348,7 +413,14 @@ async fn alerts_resolve_their_message_and_a_storm_of_200_gives_one_digest() {
     let env = env(|c| c.events.storm_threshold = 10).await;
     let source = env
         .events
-        .create_source(env.org, SourceKind::Alertmanager, "prometheus", SourceAuth::Bearer, &Secret::new(AM_TOKEN), "user/test")
+        .create_source(
+            env.org,
+            SourceKind::Alertmanager,
+            "prometheus",
+            SourceAuth::Bearer,
+            &Secret::new(AM_TOKEN),
+            "user/test",
+        )
         .await
         .expect("source");
     let mut rule = spec("alertmanager", Some(source.id), &["alert.firing"], false);
@@ -361,7 +433,11 @@ async fn alerts_resolve_their_message_and_a_storm_of_200_gives_one_digest() {
 
     let firing = fixtures::json("alertmanager/firing.json");
     let (status, answer) = env.alert(source.id, &firing).await;
-    assert_eq!((status, answer["status"].as_str()), (202, Some("recorded")), "{answer}");
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (202, Some("recorded")),
+        "{answer}"
+    );
     let first = eventually("the firing alert is posted", async || {
         let posts = env.posts();
         (posts.len() == 1).then(|| posts[0].clone())
@@ -373,7 +449,9 @@ async fn alerts_resolve_their_message_and_a_storm_of_200_gives_one_digest() {
     assert_eq!(answer["status"], "duplicate");
     // Resolved: the firing message is updated, nothing new is posted (the rule names
     // alert.firing only: an update of a posted group goes through all the same).
-    let (status, _) = env.alert(source.id, &fixtures::json("alertmanager/resolved.json")).await;
+    let (status, _) = env
+        .alert(source.id, &fixtures::json("alertmanager/resolved.json"))
+        .await;
     assert_eq!(status, 202);
     eventually("the firing message shows resolved", async || {
         let posts = env.posts();
@@ -401,16 +479,30 @@ async fn alerts_resolve_their_message_and_a_storm_of_200_gives_one_digest() {
     })
     .await;
     let posts = env.posts();
-    assert_eq!(posts.len(), 10 + 1, "the threshold's messages and one digest");
+    assert_eq!(
+        posts.len(),
+        10 + 1,
+        "the threshold's messages and one digest"
+    );
     assert!(
         digest.updates <= 200,
         "the digest is updated, not posted again ({} updates)",
         digest.updates
     );
-    assert_eq!(env.app.count(EventStatus::Failed).await, 0, "no dead letter");
+    assert_eq!(
+        env.app.count(EventStatus::Failed).await,
+        0,
+        "no dead letter"
+    );
     let metrics = env.app.metrics_text().await;
-    assert!(metrics.contains("infragpt_events_digested_total{source=\"alertmanager\"} 191"), "{metrics}");
-    assert!(metrics.contains("infragpt_events_posted_total{source=\"alertmanager\"} 10"), "{metrics}");
+    assert!(
+        metrics.contains("infragpt_events_digested_total{source=\"alertmanager\"} 191"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("infragpt_events_posted_total{source=\"alertmanager\"} 10"),
+        "{metrics}"
+    );
     env.app.stop().await;
 }
 
@@ -419,13 +511,25 @@ async fn pagerduty_incident_lifecycle_is_one_message() {
     let env = env(|_| {}).await;
     let source = env
         .events
-        .create_source(env.org, SourceKind::Pagerduty, "pd", SourceAuth::Hmac, &Secret::new(PD_SECRET), "user/test")
+        .create_source(
+            env.org,
+            SourceKind::Pagerduty,
+            "pd",
+            SourceAuth::Hmac,
+            &Secret::new(PD_SECRET),
+            "user/test",
+        )
         .await
         .expect("source");
-    env.rule(spec("pagerduty", None, &["incident.triggered"], false)).await;
+    env.rule(spec("pagerduty", None, &["incident.triggered"], false))
+        .await;
     let triggered = fixtures::read("pagerduty/incident.triggered.json");
     let (status, answer) = env.pagerduty(source.id, &triggered).await;
-    assert_eq!((status, answer["status"].as_str()), (202, Some("recorded")), "{answer}");
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (202, Some("recorded")),
+        "{answer}"
+    );
     let root = eventually("the incident is posted", async || {
         let posts = env.posts();
         (posts.len() == 1).then(|| posts[0].clone())
@@ -434,10 +538,15 @@ async fn pagerduty_incident_lifecycle_is_one_message() {
     assert!(text_of(&root).contains("A little bump in the road"));
     for (file, shows) in [
         ("incident.acknowledged.json", "acknowledged"),
-        ("incident.annotated.json", "I sure am glad we are using PagerDuty!"),
+        (
+            "incident.annotated.json",
+            "I sure am glad we are using PagerDuty!",
+        ),
         ("incident.resolved.json", "resolved"),
     ] {
-        let (status, _) = env.pagerduty(source.id, &fixtures::read(&format!("pagerduty/{file}"))).await;
+        let (status, _) = env
+            .pagerduty(source.id, &fixtures::read(&format!("pagerduty/{file}")))
+            .await;
         assert_eq!(status, 202, "{file}");
         eventually(format!("the message shows {shows}"), async || {
             let posts = env.posts();
@@ -448,74 +557,183 @@ async fn pagerduty_incident_lifecycle_is_one_message() {
     // A redelivery of the trigger is a duplicate; a service event is recorded and ignored.
     let (_, answer) = env.pagerduty(source.id, &triggered).await;
     assert_eq!(answer["status"], "duplicate");
-    let (status, _) = env.pagerduty(source.id, &fixtures::read("pagerduty/service.updated.json")).await;
+    let (status, _) = env
+        .pagerduty(source.id, &fixtures::read("pagerduty/service.updated.json"))
+        .await;
     assert_eq!(status, 202);
     env.app.wait_idle().await;
     let posts = env.posts();
     assert_eq!(posts.len(), 1);
-    assert!(text_of(&posts[0]).contains("resolved"), "{}", text_of(&posts[0]));
+    assert!(
+        text_of(&posts[0]).contains("resolved"),
+        "{}",
+        text_of(&posts[0])
+    );
     assert_eq!(env.app.count(EventStatus::Failed).await, 0);
     env.app.stop().await;
 }
+
+/// A webhook request and the status it must get: path, headers, body, status.
+type Case = (String, Vec<(&'static str, String)>, Vec<u8>, u16);
 
 #[actix_rt::test]
 async fn bad_credentials_get_401_unknown_sources_404_and_nothing_is_stored() {
     let env = env(|_| {}).await;
     let am = env
         .events
-        .create_source(env.org, SourceKind::Alertmanager, "prom", SourceAuth::Bearer, &Secret::new(AM_TOKEN), "user/test")
+        .create_source(
+            env.org,
+            SourceKind::Alertmanager,
+            "prom",
+            SourceAuth::Bearer,
+            &Secret::new(AM_TOKEN),
+            "user/test",
+        )
         .await
         .unwrap();
     let am_hmac = env
         .events
-        .create_source(env.org, SourceKind::Alertmanager, "relay", SourceAuth::Hmac, &Secret::new(AM_TOKEN), "user/test")
+        .create_source(
+            env.org,
+            SourceKind::Alertmanager,
+            "relay",
+            SourceAuth::Hmac,
+            &Secret::new(AM_TOKEN),
+            "user/test",
+        )
         .await
         .unwrap();
     let pd = env
         .events
-        .create_source(env.org, SourceKind::Pagerduty, "pd", SourceAuth::Hmac, &Secret::new(PD_SECRET), "user/test")
+        .create_source(
+            env.org,
+            SourceKind::Pagerduty,
+            "pd",
+            SourceAuth::Hmac,
+            &Secret::new(PD_SECRET),
+            "user/test",
+        )
         .await
         .unwrap();
     let body = fixtures::read("alertmanager/firing.json");
     let pd_body = fixtures::read("pagerduty/incident.triggered.json");
     let am_path = format!("/webhooks/alertmanager/{}", am.id);
-    let cases: Vec<(String, Vec<(&str, String)>, Vec<u8>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         (am_path.clone(), vec![], body.clone(), 401),
-        (am_path.clone(), vec![("Authorization", "Bearer wrong-token".into())], body.clone(), 401),
-        (am_path.clone(), vec![("Authorization", format!("Basic {AM_TOKEN}"))], body.clone(), 401),
-        (format!("/webhooks/alertmanager/{}", am_hmac.id), vec![("X-InfraGPT-Signature", sign_sha256(&Secret::new("other-secret-0123456"), &body))], body.clone(), 401),
-        (format!("/webhooks/alertmanager/{}", am_hmac.id), vec![("X-InfraGPT-Signature", "sha256=xyz".into())], body.clone(), 401),
-        (format!("/webhooks/pagerduty/{}", pd.id), vec![], pd_body.clone(), 401),
-        (format!("/webhooks/pagerduty/{}", pd.id), vec![("X-PagerDuty-Signature", sign_pagerduty(&Secret::new("not-the-secret-01234"), &pd_body))], pd_body.clone(), 401),
-        (format!("/webhooks/alertmanager/{}", Uuid::new_v4()), vec![("Authorization", format!("Bearer {AM_TOKEN}"))], body.clone(), 404),
-        ("/webhooks/alertmanager/not-a-uuid".into(), vec![("Authorization", format!("Bearer {AM_TOKEN}"))], body.clone(), 404),
+        (
+            am_path.clone(),
+            vec![("Authorization", "Bearer wrong-token".into())],
+            body.clone(),
+            401,
+        ),
+        (
+            am_path.clone(),
+            vec![("Authorization", format!("Basic {AM_TOKEN}"))],
+            body.clone(),
+            401,
+        ),
+        (
+            format!("/webhooks/alertmanager/{}", am_hmac.id),
+            vec![(
+                "X-InfraGPT-Signature",
+                sign_sha256(&Secret::new("other-secret-0123456"), &body),
+            )],
+            body.clone(),
+            401,
+        ),
+        (
+            format!("/webhooks/alertmanager/{}", am_hmac.id),
+            vec![("X-InfraGPT-Signature", "sha256=xyz".into())],
+            body.clone(),
+            401,
+        ),
+        (
+            format!("/webhooks/pagerduty/{}", pd.id),
+            vec![],
+            pd_body.clone(),
+            401,
+        ),
+        (
+            format!("/webhooks/pagerduty/{}", pd.id),
+            vec![(
+                "X-PagerDuty-Signature",
+                sign_pagerduty(&Secret::new("not-the-secret-01234"), &pd_body),
+            )],
+            pd_body.clone(),
+            401,
+        ),
+        (
+            format!("/webhooks/alertmanager/{}", Uuid::new_v4()),
+            vec![("Authorization", format!("Bearer {AM_TOKEN}"))],
+            body.clone(),
+            404,
+        ),
+        (
+            "/webhooks/alertmanager/not-a-uuid".into(),
+            vec![("Authorization", format!("Bearer {AM_TOKEN}"))],
+            body.clone(),
+            404,
+        ),
         // A PagerDuty source is not an Alertmanager one.
-        (format!("/webhooks/alertmanager/{}", pd.id), vec![("Authorization", format!("Bearer {PD_SECRET}"))], body.clone(), 404),
-        (format!("/webhooks/pagerduty/{}", Uuid::new_v4()), vec![("X-PagerDuty-Signature", sign_pagerduty(&Secret::new(PD_SECRET), &pd_body))], pd_body.clone(), 404),
+        (
+            format!("/webhooks/alertmanager/{}", pd.id),
+            vec![("Authorization", format!("Bearer {PD_SECRET}"))],
+            body.clone(),
+            404,
+        ),
+        (
+            format!("/webhooks/pagerduty/{}", Uuid::new_v4()),
+            vec![(
+                "X-PagerDuty-Signature",
+                sign_pagerduty(&Secret::new(PD_SECRET), &pd_body),
+            )],
+            pd_body.clone(),
+            404,
+        ),
     ];
     for (path, headers, body, expect) in cases {
         let (status, answer) = env.post_raw(&path, &headers, body).await;
         assert_eq!(status, expect, "{path} {headers:?}: {answer}");
-        assert!(answer["error"]["code"].is_string(), "one error shape: {answer}");
+        assert!(
+            answer["error"]["code"].is_string(),
+            "one error shape: {answer}"
+        );
     }
     assert_eq!(env.inbox_rows("alertmanager").await, 0, "nothing stored");
     assert_eq!(env.inbox_rows("pagerduty").await, 0, "nothing stored");
     // The right credentials are accepted; a deleted source answers 404.
     let (status, _) = env
-        .post_raw(&format!("/webhooks/alertmanager/{}", am_hmac.id), &[("X-InfraGPT-Signature", sign_sha256(&Secret::new(AM_TOKEN), &body))], body.clone())
+        .post_raw(
+            &format!("/webhooks/alertmanager/{}", am_hmac.id),
+            &[(
+                "X-InfraGPT-Signature",
+                sign_sha256(&Secret::new(AM_TOKEN), &body),
+            )],
+            body.clone(),
+        )
         .await;
     assert_eq!(status, 202);
     let (status, _) = env.pagerduty(pd.id, &pd_body).await;
     assert_eq!(status, 202);
-    assert!(env.events.delete_source(env.org, am.id, "user/test").await.unwrap());
-    let (status, _) = env.alert(am.id, &fixtures::json("alertmanager/firing.json")).await;
+    assert!(
+        env.events
+            .delete_source(env.org, am.id, "user/test")
+            .await
+            .unwrap()
+    );
+    let (status, _) = env
+        .alert(am.id, &fixtures::json("alertmanager/firing.json"))
+        .await;
     assert_eq!(status, 404);
     assert_eq!(env.inbox_rows("alertmanager").await, 1);
     assert_eq!(env.inbox_rows("pagerduty").await, 1);
     // No rule: recorded, nothing posted.
     env.app.wait_idle().await;
     assert!(env.posts().is_empty());
-    let quiet = poll(std::time::Duration::from_millis(300), async || !env.posts().is_empty()).await;
+    let quiet = poll(std::time::Duration::from_millis(300), async || {
+        !env.posts().is_empty()
+    })
+    .await;
     assert!(quiet.is_err(), "nothing is posted without a rule");
     env.app.stop().await;
 }

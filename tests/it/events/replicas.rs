@@ -51,7 +51,9 @@ impl EventSlack for RecordingSlack {
             ts
         };
         if std::mem::take(&mut *self.lose_next_answer.lock()) {
-            return Err(SlackApiError::Transport("connection reset after sending".into()));
+            return Err(SlackApiError::Transport(
+                "connection reset after sending".into(),
+            ));
         }
         Ok(MessageTs::parse(ts).unwrap())
     }
@@ -92,7 +94,11 @@ struct OneRule(EventRule);
 #[async_trait]
 impl RuleStore for OneRule {
     async fn rules_for(&self, _: Uuid, kind: SourceKind) -> Result<Vec<EventRule>, StoreFailure> {
-        Ok(if kind == SourceKind::Github { vec![self.0.clone()] } else { vec![] })
+        Ok(if kind == SourceKind::Github {
+            vec![self.0.clone()]
+        } else {
+            vec![]
+        })
     }
 }
 
@@ -101,7 +107,14 @@ struct CountingTriage(Mutex<Vec<Uuid>>);
 
 #[async_trait]
 impl TriageQueue for CountingTriage {
-    async fn enqueue(&self, id: Uuid, _: &TeamId, _: &ChannelId, _: &MessageTs, _: &TriageRequest) -> Result<(), StoreFailure> {
+    async fn enqueue(
+        &self,
+        id: Uuid,
+        _: &TeamId,
+        _: &ChannelId,
+        _: &MessageTs,
+        _: &TriageRequest,
+    ) -> Result<(), StoreFailure> {
         self.0.lock().push(id);
         Ok(())
     }
@@ -130,9 +143,15 @@ async fn setup() -> Setup {
         spec: RuleSpec {
             name: "ci".into(),
             enabled: true,
-            source: RuleSource { kind: "github".into(), source_id: None },
+            source: RuleSource {
+                kind: "github".into(),
+                source_id: None,
+            },
             events: vec!["workflow_run.completed/failure".into()],
-            slack: SlackTarget { team_id: "T0SIMACME1".into(), channel_id: "C0OPS00001".into() },
+            slack: SlackTarget {
+                team_id: "T0SIMACME1".into(),
+                channel_id: "C0OPS00001".into(),
+            },
             triage: true,
             ..RuleSpec::default()
         },
@@ -168,7 +187,10 @@ fn failed_run() -> infragpt_actors::events::OpsEvent {
 #[actix_rt::test]
 async fn two_replicas_routing_one_run_at_once_post_one_message() {
     let s = setup().await;
-    let (a, b) = (s.router(0, RouterSettings::default()), s.router(1, RouterSettings::default()));
+    let (a, b) = (
+        s.router(0, RouterSettings::default()),
+        s.router(1, RouterSettings::default()),
+    );
     let event = failed_run();
     for round in 0..5 {
         // Two deliveries of one run (a redelivery with a new id reaching another replica).
@@ -189,9 +211,19 @@ async fn a_post_whose_answer_was_lost_is_found_in_the_channel_not_posted_again()
     let a = s.router(0, RouterSettings::default());
     let event = failed_run();
     *s.slack.lose_next_answer.lock() = true;
-    let err = a.route(s.org, &event, 7, &NoFence).await.expect_err("the answer was lost");
-    assert!(matches!(err, RouteError::Slack(_)) && err.is_transient(), "{err}");
-    assert_eq!(s.slack.posts.lock().len(), 1, "the message is in the channel");
+    let err = a
+        .route(s.org, &event, 7, &NoFence)
+        .await
+        .expect_err("the answer was lost");
+    assert!(
+        matches!(err, RouteError::Slack(_)) && err.is_transient(),
+        "{err}"
+    );
+    assert_eq!(
+        s.slack.posts.lock().len(),
+        1,
+        "the message is in the channel"
+    );
     // The event is retried, here on the other replica: it looks before posting.
     let b = s.router(1, RouterSettings::default());
     b.route(s.org, &event, 7, &NoFence).await.expect("retry");
@@ -240,14 +272,27 @@ async fn a_replica_that_died_holding_the_claim_is_taken_over_after_its_lease() {
     let claim = a.claim(id, short.lease).await.unwrap().expect("claimed");
     assert!(a.mark_posting(id, claim.claim, short.lease).await.unwrap());
     s.slack
-        .post_event(&key.team, &key.channel, &rendered.text, &rendered.blocks, &event_metadata(id))
+        .post_event(
+            &key.team,
+            &key.channel,
+            &rendered.text,
+            &rendered.blocks,
+            &event_metadata(id),
+        )
         .await
         .unwrap();
     // Replica B handles the retried event: it waits for the lease, then finds the post.
     let b = s.router(1, short);
-    let report = b.route(s.org, &event, 1, &NoFence).await.expect("taken over");
+    let report = b
+        .route(s.org, &event, 1, &NoFence)
+        .await
+        .expect("taken over");
     assert_eq!(report.matched, 1);
-    assert_eq!(s.slack.posts.lock().len(), 1, "the dead replica's post is not repeated");
+    assert_eq!(
+        s.slack.posts.lock().len(),
+        1,
+        "the dead replica's post is not repeated"
+    );
     // Its claim is fenced: a late write of the dead replica's claim changes nothing.
     assert!(!a.record_shown(id, claim.claim, 99).await.unwrap());
 }
