@@ -200,8 +200,14 @@ impl Module for EventsModule {
         self.parts.register_streams()?;
         let parts = self.parts.clone();
         http.add_routes(Arc::new(move |cfg| parts.configure(cfg)));
-        self.flusher =
-            Some(Flusher::new(self.parts.router.clone(), self.parts.flush_interval).start());
+        self.flusher = Some(
+            Flusher::new(
+                self.parts.router.clone(),
+                self.parts.store.clone(),
+                self.parts.flush_interval,
+            )
+            .start(),
+        );
         Ok(())
     }
 

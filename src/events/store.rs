@@ -418,6 +418,19 @@ impl PgEvents {
         Ok(row.map(|r| r.organization_id))
     }
 
+    /// Deletes the storm windows' hits older than an hour (a window lasts a minute; they are
+    /// only read while it is open). Returns how many went.
+    pub async fn prune_storm_windows(&self) -> Result<usize, StoreError> {
+        let mut conn = conn(&self.pool).await?;
+        let n = diesel::sql_query(
+            "DELETE FROM event_rule_hits WHERE id = ANY(ARRAY(SELECT id FROM event_rule_hits \
+             WHERE window_start < now() - interval '1 hour' ORDER BY id LIMIT 10000))",
+        )
+        .execute(&mut conn)
+        .await?;
+        Ok(n)
+    }
+
     // ----- rules ------------------------------------------------------------------------
 
     /// The references of `spec` that the organization must own: its source, its workspace
