@@ -123,6 +123,8 @@ async fn get_rule(
     request_body(content = serde_json::Value, description = "`{name, enabled, source: {kind, source_id?}, events: [\"workflow_run.completed/failure\", ...], matchers: [{label, op: \"=\"|\"!=\", value}], repositories, services, slack: {team_id, channel_id}, triage}`", content_type = "application/json"),
     responses(
         (status = 201, description = "The rule", body = serde_json::Value),
+        (status = 400, description = "The body is not JSON", body = crate::error::ErrorBody),
+        (status = 415, description = "Not `application/json`", body = crate::error::ErrorBody),
         (status = 422, description = "A field does not validate (`field` names it)", body = crate::error::ErrorBody),
         crate::identity::auth::SessionRefusals,
     ))]
@@ -149,6 +151,8 @@ async fn create_rule(
     responses(
         (status = 200, description = "The rule", body = serde_json::Value),
         (status = 404, description = "Not one of the organization's rules", body = crate::error::ErrorBody),
+        (status = 400, description = "The body is not JSON", body = crate::error::ErrorBody),
+        (status = 415, description = "Not `application/json`", body = crate::error::ErrorBody),
         (status = 422, description = "A field does not validate (`field` names it)", body = crate::error::ErrorBody),
         crate::identity::auth::SessionRefusals,
     ))]
@@ -240,6 +244,8 @@ fn generated_secret() -> String {
     request_body(content = serde_json::Value, description = "`{kind: \"alertmanager\"|\"pagerduty\", name, auth?: \"bearer\"|\"hmac\", secret?}`", content_type = "application/json"),
     responses(
         (status = 201, description = "`{source, secret}`: the secret is shown once", body = serde_json::Value),
+        (status = 400, description = "The body is not JSON", body = crate::error::ErrorBody),
+        (status = 415, description = "Not `application/json`", body = crate::error::ErrorBody),
         (status = 422, description = "A field does not validate (`field` names it)", body = crate::error::ErrorBody),
         crate::identity::auth::SessionRefusals,
     ))]
