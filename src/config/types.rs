@@ -643,6 +643,9 @@ pub struct WebhookRateLimits {
     pub github: RateLimit,
     /// `POST /webhooks/clerk`.
     pub clerk: RateLimit,
+    /// `POST /webhooks/alertmanager/{id}` and `/webhooks/pagerduty/{id}`, per organization
+    /// source.
+    pub sources: RateLimit,
     /// Sources tracked at once per route; sources beyond it share one limit (so memory stays
     /// bounded whatever the senders do).
     pub max_sources: usize,
@@ -664,6 +667,12 @@ impl Default for WebhookRateLimits {
             clerk: RateLimit {
                 per_second: 20.0,
                 burst: 200,
+            },
+            // An alert storm is many notifications at once; the storm fold (not a 429) is what
+            // keeps it out of the channel, so the burst is generous.
+            sources: RateLimit {
+                per_second: 50.0,
+                burst: 500,
             },
             max_sources: 10_000,
         }

@@ -159,6 +159,7 @@ fn check_webhooks(webhooks: &WebhooksConfig) -> Result<(), Failure> {
         ("slack", &limits.slack),
         ("github", &limits.github),
         ("clerk", &limits.clerk),
+        ("sources", &limits.sources),
     ] {
         if !limit.per_second.is_finite() || limit.per_second < 0.0 {
             fail(

@@ -30,8 +30,8 @@ use uuid::Uuid;
 
 use super::store::{PgEvents, SourceAuth, WebhookSource};
 use crate::error::ApiError;
-use crate::http::bearer_token;
 use crate::http::webhook_body::{BodyVerifier, WebhookIntake, read_verified};
+use crate::http::{WebhookRoute, bearer_token};
 
 /// Largest Alertmanager or PagerDuty body (Alertmanager groups can be large; PagerDuty's are
 /// small).
@@ -251,6 +251,7 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     responses(
         (status = 202, description = "Recorded or a duplicate: `{status, id}`", body = serde_json::Value),
         (status = 404, description = "No such Alertmanager source", body = crate::error::ErrorBody),
+        (status = 429, description = "Over the source's rate limit (`webhooks.rate_limits.sources`): retry after `Retry-After`", body = crate::error::ErrorBody),
         crate::http::webhook_body::WebhookRefusals,
     ))]
 pub async fn alertmanager(
@@ -289,6 +290,11 @@ pub async fn alertmanager(
     };
     let (body, _reservation) = body.into_parts();
     let value = parse_json(&body)?;
+    // Per source, after verification, before recording: a refused delivery is retried by
+    // Alertmanager.
+    intake
+        .rate_limits()
+        .admit(WebhookRoute::Sources, &src.id.to_string())?;
     let material =
         alertmanager_dedup_material(&value).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let digest = ring::digest::digest(&ring::digest::SHA256, material.as_bytes());
@@ -315,6 +321,7 @@ pub async fn alertmanager(
     responses(
         (status = 202, description = "Recorded or a duplicate: `{status, id}`", body = serde_json::Value),
         (status = 404, description = "No such PagerDuty source", body = crate::error::ErrorBody),
+        (status = 429, description = "Over the source's rate limit (`webhooks.rate_limits.sources`): retry after `Retry-After`", body = crate::error::ErrorBody),
         crate::http::webhook_body::WebhookRefusals,
     ))]
 pub async fn pagerduty(
@@ -337,6 +344,9 @@ pub async fn pagerduty(
     .map_err(|e| e.into_api(refused))?;
     let (body, _reservation) = body.into_parts();
     let value = parse_json(&body)?;
+    intake
+        .rate_limits()
+        .admit(WebhookRoute::Sources, &src.id.to_string())?;
     let event_id = pagerduty_event_id(&value)
         .map_err(|e| ApiError::bad_request(e.to_string()))?
         .to_owned();

@@ -737,3 +737,50 @@ async fn bad_credentials_get_401_unknown_sources_404_and_nothing_is_stored() {
     assert!(quiet.is_err(), "nothing is posted without a rule");
     env.app.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_source_over_its_rate_limit_gets_429_and_nothing_more_is_stored() {
+    let env = env(|c| {
+        c.webhooks.rate_limits.sources.per_second = 0.001;
+        c.webhooks.rate_limits.sources.burst = 2;
+    })
+    .await;
+    let source = env
+        .events
+        .create_source(
+            env.org,
+            SourceKind::Alertmanager,
+            "prom",
+            SourceAuth::Bearer,
+            &Secret::new(AM_TOKEN),
+            "user/test",
+        )
+        .await
+        .unwrap();
+    for n in 0..2 {
+        let (status, answer) = env.alert(source.id, &storm_group(n)).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    let r = env
+        .app
+        .http()
+        .post(format!(
+            "{}/webhooks/alertmanager/{}",
+            env.app.base_url(),
+            source.id
+        ))
+        .header("content-type", "application/json")
+        .header("Authorization", format!("Bearer {AM_TOKEN}"))
+        .body(serde_json::to_vec(&storm_group(2)).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    assert_eq!(
+        env.inbox_rows("alertmanager").await,
+        2,
+        "the refused one is not stored"
+    );
+    env.app.stop().await;
+}
