@@ -9,7 +9,7 @@ pub mod openapi;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use infragpt_actors::conversation::{AnswerStyle, ConversationHandler, ReplyService};
+use infragpt_actors::conversation::{Agent, AnswerStyle, ConversationHandler, ReplyService};
 use infragpt_actors::partitions::{ReplicaId, host_name};
 use infragpt_actors::{Cluster, HealthRegistry, Metrics, StreamSpec};
 use infragpt_actors::{kinds, sources};
@@ -24,6 +24,7 @@ use crate::db::audit::PgAudit;
 use crate::db::cluster::PgMembership;
 use crate::db::conversations::PgConversationStore;
 use crate::db::inbox::PgInbox;
+use crate::events::{EventsModule, EventsParts, TriagePorts};
 use crate::grpc::server::GrpcShell;
 use crate::http::{HttpShell, ReadinessCheck};
 use crate::identity::wiring::IdentityModule;
@@ -231,7 +232,7 @@ fn build_modules(
 
     // Integrations first: the vault holds the bot tokens of installed Slack workspaces.
     let keyring = Arc::new(load_keyring(&config.vault).context("loading the vault keys")?);
-    let integrations = IntegrationParts::build(
+    let mut integrations = IntegrationParts::build(
         pool.clone(),
         config,
         cluster,
@@ -256,6 +257,7 @@ fn build_modules(
             .with_lease_fence(&status.replica, margin, lease)
             .with_owner(status.replica.0);
     }
+    let owner = store.owner().to_owned();
     let store = Arc::new(store);
     let slack_web = SlackModule::build_web(&config.slack, Some(pool.clone()), Some(vault_tokens))
         .context("building the Slack Web API client")?;
@@ -269,10 +271,11 @@ fn build_modules(
         format: config.agent.answer_format,
         file_threshold: config.slack.answer_file_threshold,
     };
+    let agent: Arc<dyn Agent> = Arc::new(agent);
     let handler = ConversationHandler::new(
         store.clone(),
         slack_web.clone(),
-        Arc::new(agent),
+        agent.clone(),
         config.agent.reply_mode,
     )
     .with_claim_fence(cluster.inbox().clone())
@@ -290,10 +293,31 @@ fn build_modules(
         })
         .context("registering the conversation stream")?;
     let replies = Arc::new(
-        ReplyService::new(store, slack_web.clone())
+        ReplyService::new(store.clone(), slack_web.clone())
             .with_answer_style(answer_style)
             .with_metrics(cluster.metrics().clone()),
     );
+
+    // Events: GitHub, Alertmanager and PagerDuty through the organizations' rules into Slack.
+    let events = EventsParts::build(
+        pool.clone(),
+        keyring.clone(),
+        cluster,
+        &config.events,
+        owner,
+        slack_web.clone(),
+        TriagePorts {
+            store,
+            slack: slack_web.clone(),
+            agent,
+            replies: replies.clone(),
+        },
+    )
+    .context("registering the event routing metrics")?;
+    integrations.stream = integrations
+        .stream
+        .clone()
+        .with_events(Arc::new(events.dispatch.clone()));
 
     Ok(vec![
         Box::new(CoreModule::new(core.clone())),
@@ -316,6 +340,7 @@ fn build_modules(
             IntegrationsModule::new(Arc::new(config.clone()), cluster.clone(), keyring)
                 .with_parts(integrations),
         ),
+        Box::new(EventsModule::new(events)),
     ])
 }
 

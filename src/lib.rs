@@ -20,6 +20,7 @@ pub mod crypto;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod events;
 pub mod github;
 pub mod grpc;
 pub mod http;

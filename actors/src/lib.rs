@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod conversation;
+pub mod events;
 pub mod ids;
 pub mod slack_connection;
 pub mod slack_events;
@@ -49,9 +50,13 @@ pub mod kinds {
     /// Periodic database housekeeping (retention of the inbox and of conversations); one per
     /// process, and one process at a time deletes (advisory lock).
     pub const HOUSEKEEPING: ActorKind = ActorKind::new("housekeeping");
+    /// The webhook stream of one Alertmanager or PagerDuty source of an organization.
+    pub const EVENT_SOURCE_STREAM: ActorKind = ActorKind::new("event_source_stream");
+    /// One triage turn queue (a posted event message's thread).
+    pub const EVENT_TRIAGE: ActorKind = ActorKind::new("event_triage");
 
     /// Every kind, in display order.
-    pub const ALL: [ActorKind; 8] = [
+    pub const ALL: [ActorKind; 10] = [
         SUPERVISOR,
         SLACK_CONNECTION,
         GITHUB_WEBHOOK_STREAM,
@@ -60,6 +65,8 @@ pub mod kinds {
         AGENT_CLIENT,
         IDENTITY_SYNC,
         HOUSEKEEPING,
+        EVENT_SOURCE_STREAM,
+        EVENT_TRIAGE,
     ];
 
     /// The kind named `name` (as in URLs and JSON).
@@ -79,9 +86,15 @@ pub mod sources {
     pub const GITHUB: EventSource = EventSource::new("github");
     /// Clerk webhooks through Svix (`svix-id`).
     pub const CLERK: EventSource = EventSource::new("clerk");
+    /// Alertmanager webhooks of an organization's source (group key, status, start times).
+    pub const ALERTMANAGER: EventSource = EventSource::new("alertmanager");
+    /// PagerDuty v3 webhooks of an organization's source (`event.id`).
+    pub const PAGERDUTY: EventSource = EventSource::new("pagerduty");
+    /// Triage turns queued for posted event messages (one per message).
+    pub const TRIAGE: EventSource = EventSource::new("triage");
 
     /// Every source.
-    pub const ALL: [EventSource; 3] = [SLACK, GITHUB, CLERK];
+    pub const ALL: [EventSource; 6] = [SLACK, GITHUB, CLERK, ALERTMANAGER, PAGERDUTY, TRIAGE];
 
     /// The source stored as `name`; anything else is a corrupt row.
     pub fn parse(name: &str) -> Result<EventSource, StoreError> {

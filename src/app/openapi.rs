@@ -33,7 +33,8 @@ pub const PATH: &str = "/openapi.json";
         (name = "integrations", description = "Slack and GitHub connectors (Clerk session token; callbacks use the signed `state`)"),
         (name = "conversations", description = "The organization's Slack threads (Clerk session token)"),
         (name = "reply", description = "SendReply over HTTP, for the agent"),
-        (name = "webhooks", description = "Signed deliveries from Slack, Clerk (Svix) and GitHub"),
+        (name = "webhooks", description = "Signed deliveries from Slack, Clerk (Svix), GitHub, and the organizations' Alertmanager and PagerDuty sources"),
+        (name = "events", description = "Routing rules and event sources of the organization (Clerk session token)"),
         (name = "meta", description = "This document"),
     )
 )]
@@ -99,6 +100,27 @@ impl utoipa::Modify for AuthSchemes {
                 "`sha256=` HMAC-SHA256 of the body with integrations.github.webhook_secret",
             ),
         );
+        components.add_security_scheme(
+            "alertmanager_token",
+            bearer(
+                None,
+                "The secret of an Alertmanager source with `auth: bearer` (POST /event-sources; Alertmanager's `http_config.authorization.credentials`)",
+            ),
+        );
+        components.add_security_scheme(
+            "infragpt_signature",
+            header(
+                "X-InfraGPT-Signature",
+                "`sha256=` HMAC-SHA256 of the body with the secret of an Alertmanager source with `auth: hmac`",
+            ),
+        );
+        components.add_security_scheme(
+            "pagerduty_signature",
+            header(
+                "X-PagerDuty-Signature",
+                "`v1=` HMAC-SHA256 of the body with the PagerDuty source's secret (several comma-separated during rotation; any may match)",
+            ),
+        );
     }
 }
 
@@ -116,6 +138,8 @@ pub fn build() -> OpenApi {
         crate::reply::http::ReplyApi::openapi(),
         crate::slack::events_http::SlackEventsApi::openapi(),
         crate::github::webhook::GithubWebhookApi::openapi(),
+        crate::events::api::EventsApi::openapi(),
+        crate::events::webhook::SourceWebhooksApi::openapi(),
     ] {
         doc.merge(part);
     }
@@ -167,6 +191,9 @@ mod tests {
             "slack_signature",
             "svix_signature",
             "github_signature",
+            "alertmanager_token",
+            "infragpt_signature",
+            "pagerduty_signature",
         ] {
             assert!(
                 doc["components"]["securitySchemes"][scheme].is_object(),

@@ -68,6 +68,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// How long stored data is kept (the inbox).
     pub retention: RetentionConfig,
+    /// Event routing (GitHub, Alertmanager, PagerDuty into Slack): storms and claims.
+    pub events: EventsConfig,
     /// Several replicas on one database: lease timing (owned by the actor core).
     pub cluster: ClusterReplicationConfig,
     /// Export of the tracing spans (OpenTelemetry, OTLP over gRPC); off unless an endpoint
@@ -99,6 +101,7 @@ impl Default for Config {
             actors: ActorsConfig::default(),
             webhooks: WebhooksConfig::default(),
             retention: RetentionConfig::default(),
+            events: EventsConfig::default(),
             cluster: ClusterReplicationConfig::default(),
             telemetry: TelemetryExportConfig::default(),
         }
@@ -640,6 +643,9 @@ pub struct WebhookRateLimits {
     pub github: RateLimit,
     /// `POST /webhooks/clerk`.
     pub clerk: RateLimit,
+    /// `POST /webhooks/alertmanager/{id}` and `/webhooks/pagerduty/{id}`, per organization
+    /// source.
+    pub sources: RateLimit,
     /// Sources tracked at once per route; sources beyond it share one limit (so memory stays
     /// bounded whatever the senders do).
     pub max_sources: usize,
@@ -661,6 +667,12 @@ impl Default for WebhookRateLimits {
             clerk: RateLimit {
                 per_second: 20.0,
                 burst: 200,
+            },
+            // An alert storm is many notifications at once; the storm fold (not a 429) is what
+            // keeps it out of the channel, so the burst is generous.
+            sources: RateLimit {
+                per_second: 50.0,
+                burst: 500,
             },
             max_sources: 10_000,
         }
@@ -737,6 +749,36 @@ impl RetentionConfig {
     /// Delay of the first run.
     pub fn first_run_delay(&self) -> Duration {
         Duration::from_secs(self.first_run_delay_secs)
+    }
+}
+
+/// Event routing: how storms are folded and how event messages are claimed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// More new things (workflow runs, alert groups, incidents) than this for one rule within
+    /// a minute are folded into one digest message.
+    pub storm_threshold: u32,
+    /// Least time between two updates of a digest (`chat.update` is a Tier 3 method).
+    pub digest_update_interval_ms: u64,
+    /// How often deferred digest updates and interrupted updates are brought up to date.
+    pub flush_interval_ms: u64,
+    /// How long a claim on an event message lasts (renewed by nothing: a post takes far less).
+    pub claim_lease_ms: u64,
+    /// How long an event waits for another process's claim on the same message before it is
+    /// retried later.
+    pub busy_wait_ms: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            storm_threshold: 10,
+            digest_update_interval_ms: 2000,
+            flush_interval_ms: 1000,
+            claim_lease_ms: 30_000,
+            busy_wait_ms: 10_000,
+        }
     }
 }
 

@@ -3,8 +3,8 @@
 use base64::Engine as _;
 
 use super::{
-    AgentConfig, Config, CorsConfig, DatabaseConfig, GrpcConfig, GrpcTlsConfig, RetentionConfig,
-    SlackConfig, VaultConfig, WebhooksConfig,
+    AgentConfig, Config, CorsConfig, DatabaseConfig, EventsConfig, GrpcConfig, GrpcTlsConfig,
+    RetentionConfig, SlackConfig, VaultConfig, WebhooksConfig,
 };
 
 type Failure = (String, String);
@@ -31,7 +31,34 @@ pub(super) fn validate(config: &mut Config) -> Result<(), Failure> {
     check_core_section("actors", config.actors.validate())?;
     check_core_section("cluster", config.cluster.validate())?;
     check_webhooks(&config.webhooks)?;
-    check_retention(&config.retention)
+    check_retention(&config.retention)?;
+    check_events(&config.events)
+}
+
+/// `events.*`: a zero threshold would digest everything, zero intervals would spin.
+fn check_events(events: &EventsConfig) -> Result<(), Failure> {
+    if events.storm_threshold == 0 || events.storm_threshold > 10_000 {
+        fail("events.storm_threshold", "must be between 1 and 10000")?;
+    }
+    if events.flush_interval_ms < 50 || events.flush_interval_ms > 3_600_000 {
+        fail("events.flush_interval_ms", "must be between 50 and 3600000")?;
+    }
+    if events.digest_update_interval_ms > 3_600_000 {
+        fail(
+            "events.digest_update_interval_ms",
+            "must be at most 3600000",
+        )?;
+    }
+    if events.claim_lease_ms < 1000 {
+        fail("events.claim_lease_ms", "must be at least 1000")?;
+    }
+    if events.busy_wait_ms == 0 || events.busy_wait_ms > events.claim_lease_ms {
+        fail(
+            "events.busy_wait_ms",
+            "must be greater than 0 and at most events.claim_lease_ms",
+        )?;
+    }
+    Ok(())
 }
 
 /// The networks from which SendReply (and the agent's other calls) would be accepted without
@@ -132,6 +159,7 @@ fn check_webhooks(webhooks: &WebhooksConfig) -> Result<(), Failure> {
         ("slack", &limits.slack),
         ("github", &limits.github),
         ("clerk", &limits.clerk),
+        ("sources", &limits.sources),
     ] {
         if !limit.per_second.is_finite() || limit.per_second < 0.0 {
             fail(

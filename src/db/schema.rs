@@ -276,6 +276,71 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// An organization's Alertmanager and PagerDuty webhook sources (secrets sealed).
+    event_sources (id) {
+        id -> Uuid,
+        organization_id -> Uuid,
+        kind -> Text,
+        name -> Text,
+        auth -> Text,
+        secret_nonce -> Bytea,
+        secret_ciphertext -> Bytea,
+        secret_key_id -> Text,
+        created_by -> Nullable<Text>,
+        created_at -> Timestamptz,
+        deleted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    /// Routing rules: which events go to which Slack channel.
+    event_rules (id) {
+        id -> Uuid,
+        organization_id -> Uuid,
+        source_kind -> Text,
+        enabled -> Bool,
+        spec -> Jsonb,
+        created_by -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// The Slack message of each event thing (one per thing and channel), with its claim.
+    event_messages (id) {
+        id -> Uuid,
+        organization_id -> Uuid,
+        team_id -> Text,
+        channel_id -> Text,
+        thing_key -> Text,
+        slack_ts -> Nullable<Text>,
+        rendered -> Jsonb,
+        version -> Int8,
+        shown_version -> Int8,
+        shown_at -> Nullable<Timestamptz>,
+        claims -> Int4,
+        claimed_by -> Nullable<Text>,
+        claimed_until -> Nullable<Timestamptz>,
+        posting -> Bool,
+        triage -> Nullable<Jsonb>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Things reaching a rule per one-minute window (storm detection).
+    event_rule_hits (id) {
+        id -> Int8,
+        rule_id -> Uuid,
+        window_start -> Timestamptz,
+        thing_key -> Text,
+        title -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(integration_credentials -> integrations (integration_id));
 diesel::joinable!(integrations -> organizations (organization_id));
 diesel::joinable!(messages -> conversations (conversation_id));
@@ -287,6 +352,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
     channels,
     conversations,
+    event_messages,
+    event_rule_hits,
+    event_rules,
+    event_sources,
     github_events,
     github_repositories,
     cluster_partitions,

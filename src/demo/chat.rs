@@ -16,6 +16,9 @@ pub(crate) enum Line {
     Threads,
     /// `/as NAME`: speak as another workspace user.
     As(String),
+    /// `/replay WHAT`: send a sample event (`workflow-failure`, `alert`) through the
+    /// service's webhooks; its message starts a thread the agent triages.
+    Replay(String),
     /// `/help`.
     Help,
     /// `/quit` (or end of input).
@@ -30,6 +33,7 @@ pub(crate) const HELP: &str = "\
   <text>             reply in the current thread (or post in #ops)
   /thread N          switch to thread N        /new       back to the channel
   /threads           list threads              /as NAME   speak as another user
+  /replay WHAT       replay a sample event into #ops (workflow-failure, alert)
   /help              this help                 /quit      leave";
 
 /// Parses one line.
@@ -54,6 +58,10 @@ pub(crate) fn parse_line(line: &str) -> Result<Line, String> {
             ("threads", None) => Ok(Line::Threads),
             ("as", Some(name)) => Ok(Line::As(name.to_owned())),
             ("as", None) => Err("/as needs a user name".to_owned()),
+            ("replay", Some(what)) => Ok(Line::Replay(what.to_owned())),
+            ("replay", None) => {
+                Err("/replay needs what to replay: workflow-failure or alert".to_owned())
+            }
             ("help", None) => Ok(Line::Help),
             ("quit" | "exit", None) => Ok(Line::Quit),
             _ => Err(format!("unknown command /{rest}; try /help")),
@@ -153,6 +161,11 @@ mod tests {
         assert_eq!(parse_line("  # a comment").unwrap(), Line::Nothing);
         assert_eq!(parse_line("/as bob").unwrap(), Line::As("bob".into()));
         assert_eq!(parse_line("/quit").unwrap(), Line::Quit);
+        assert_eq!(
+            parse_line("/replay alert").unwrap(),
+            Line::Replay("alert".into())
+        );
+        assert!(parse_line("/replay").is_err());
     }
 
     #[test]

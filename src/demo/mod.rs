@@ -6,6 +6,7 @@
 //! reach Slack and a real agent: Socket Mode, the Web API and gRPC. Nothing is short-cut.
 
 pub mod chat;
+pub mod replay;
 
 use std::collections::HashSet;
 use std::io::{BufRead, Write};
@@ -100,6 +101,10 @@ fn demo_config(mut config: Config, sim: &SlackSim, agent_endpoint: &str) -> Conf
     config.slack.socket_mode = true;
     config.slack.connections = 1;
     config.agent.endpoint = agent_endpoint.to_owned();
+    // `/replay workflow-failure` signs its delivery with this secret.
+    if config.integrations.github.webhook_secret.is_none() {
+        config.integrations.github.webhook_secret = Some(Secret::new(replay::GITHUB_SECRET));
+    }
     // The actor tree and metrics are on the public port only with the admin token, which a
     // browser cannot send: the demo serves them on a loopback ops listener it can print.
     if config.ops.port.is_none() {
@@ -182,7 +187,7 @@ async fn run_with(
         (None, None) => anyhow::bail!("no agent: neither --agent nor the development agent"),
     };
     let config = demo_config(config, &sim, &agent_endpoint);
-    let (running, _core) = crate::app::start(config)
+    let (running, _core) = crate::app::start(config.clone())
         .await
         .context("starting the service")?;
     let mut shown = running.http_addr;
@@ -194,6 +199,13 @@ async fn run_with(
         .ops_addr
         .map_or_else(|| base.clone(), |a| format!("http://{a}"));
     let database = running.database_description();
+    let replay = match replay::seed(&config, running.state.db.pool().clone(), base.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            running.stop().await?;
+            return Err(e.context("seeding the demo's event sources and rules"));
+        }
+    };
 
     // Wait until the service's Socket Mode connection is open, so the first line is heard.
     let connected = sim
@@ -217,7 +229,7 @@ async fn run_with(
                     agent_endpoint.clone()
                 }
             );
-            chat_loop(&sim, &options).await
+            chat_loop(&sim, &options, &replay).await
         }
         Err(e) => Err(anyhow::anyhow!(
             "the service did not connect to the Slack simulator: {e}"
@@ -259,7 +271,13 @@ impl Printer {
                 .map(|(_, at)| at.elapsed())
                 .unwrap_or_else(|| self.started.elapsed());
             println!("[{label}] infragpt ({:.1}s):", waited.as_secs_f64());
-            for line in m.text.lines() {
+            let lines = m
+                .blocks
+                .as_ref()
+                .map(replay::block_lines)
+                .filter(|l| !l.is_empty())
+                .unwrap_or_else(|| m.text.lines().map(str::to_owned).collect());
+            for line in lines {
                 println!("    {line}");
             }
         }
@@ -280,7 +298,24 @@ fn answered(s: &SimState, thread_ts: &str, after_ts: &MessageTs) -> bool {
         })
 }
 
-async fn chat_loop(sim: &SlackSim, options: &DemoOptions) -> anyhow::Result<DemoSummary> {
+/// The ts of the bot's top-level messages in #ops (event messages).
+fn top_level_posts(s: &SimState) -> Vec<(String, String)> {
+    s.messages
+        .get(&(TEAM_ID.to_owned(), OPS_CHANNEL.to_owned()))
+        .map(|msgs| {
+            msgs.iter()
+                .filter(|m| m.bot_id.is_some() && m.thread_ts.is_none())
+                .map(|m| (m.ts.clone(), m.text.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn chat_loop(
+    sim: &SlackSim,
+    options: &DemoOptions,
+    replay: &replay::Replay,
+) -> anyhow::Result<DemoSummary> {
     let lines: Box<dyn Iterator<Item = std::io::Result<String>>> = match &options.script {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -386,6 +421,55 @@ async fn chat_loop(sim: &SlackSim, options: &DemoOptions) -> anyhow::Result<Demo
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
+                }
+                prompt(&threads, &user);
+                continue;
+            }
+            Line::Replay(what) => {
+                let before: HashSet<String> = sim
+                    .with_state(top_level_posts)
+                    .into_iter()
+                    .map(|(ts, _)| ts)
+                    .collect();
+                match replay.replay(&what).await {
+                    Ok(said) => println!("  > replayed {said}"),
+                    Err(e) => {
+                        println!("  ! {e}");
+                        if scripted {
+                            anyhow::bail!("script line {raw:?}: {e}");
+                        }
+                        prompt(&threads, &user);
+                        continue;
+                    }
+                }
+                summary.turns += 1;
+                let started = Instant::now();
+                let new_post = |s: &SimState| {
+                    top_level_posts(s)
+                        .into_iter()
+                        .find(|(ts, _)| !before.contains(ts))
+                };
+                let posted = sim.wait_for(|s| new_post(s).is_some(), timeout).await;
+                let Some((ts, text)) = posted.ok().and_then(|()| sim.with_state(new_post)) else {
+                    println!("  ! the event was not posted within {}s", timeout.as_secs());
+                    prompt(&threads, &user);
+                    continue;
+                };
+                // The event's message starts a thread: the agent triages there, and what is
+                // typed next continues it.
+                threads.started(&ts, &text);
+                asked.push((ts.clone(), started));
+                let after = MessageTs::parse(ts.as_str()).context("the simulator's message ts")?;
+                let got = sim
+                    .wait_for(|s| answered(s, &ts, &after), timeout)
+                    .await
+                    .is_ok();
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                printer.print_new(sim, &threads, &asked);
+                if got {
+                    summary.answered += 1;
+                } else {
+                    println!("  ! no triage within {}s", timeout.as_secs());
                 }
                 prompt(&threads, &user);
                 continue;

@@ -8,6 +8,8 @@
 //! * Every supported event (including the two above) is stored once as a normalized row in
 //!   `github_events` (idempotent on the delivery id).
 //! * Unknown events → `ignored`.
+//! * With event routing wired ([`GithubStreamHandler::with_events`]), deliveries of an
+//!   installation linked to an organization go through its routing rules ([`GithubEvents`]).
 //!
 //! Each integration change writes its audit entry (actor `github`) in the change's
 //! transaction, only when the row changed: a failed entry fails the delivery (retryable) with
@@ -31,6 +33,21 @@ use crate::github::app_client::GITHUB;
 use crate::integrations::store::{Integration, IntegrationStore, status};
 use crate::integrations::vault::VaultRegistry;
 
+/// Event routing, as the GitHub stream sees it (implemented by the events slice, which the
+/// composition root plugs in; this slice does not depend on it).
+#[async_trait]
+pub trait GithubEvents: Send + Sync + 'static {
+    /// Whether deliveries of `event_name` (`X-GitHub-Event`) can reach a channel.
+    fn routes(&self, event_name: &str) -> bool;
+    /// Routes the delivery `event` of `organization` through its rules.
+    async fn route(
+        &self,
+        organization: uuid::Uuid,
+        event_name: &str,
+        event: &InboundEvent,
+    ) -> Result<(), HandlerError>;
+}
+
 /// Name of the stream (router) in the actor tree.
 pub(crate) const STREAM_NAME: &str = "github_webhooks";
 
@@ -39,6 +56,7 @@ pub(crate) const STREAM_NAME: &str = "github_webhooks";
 pub struct GithubStreamHandler {
     store: IntegrationStore,
     vaults: Option<VaultRegistry>,
+    events: Option<Arc<dyn GithubEvents>>,
 }
 
 impl std::fmt::Debug for GithubStreamHandler {
@@ -56,7 +74,17 @@ impl GithubStreamHandler {
     /// A handler writing (and auditing) through `store`; `vaults` (when given) has its cache
     /// dropped when an installation is deleted.
     pub fn new(store: IntegrationStore, vaults: Option<VaultRegistry>) -> Self {
-        Self { store, vaults }
+        Self {
+            store,
+            vaults,
+            events: None,
+        }
+    }
+
+    /// Routes deliveries of linked installations through their organization's rules.
+    pub fn with_events(mut self, events: Arc<dyn GithubEvents>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// The stream registration for [`infragpt_actors::Cluster::register_stream`].
@@ -281,6 +309,24 @@ impl EventHandler for GithubStreamHandler {
             .map_err(retryable)?;
         if let Some(note) = note {
             tracing::debug!(delivery_id = %event.source_id, %note, "github event stored");
+        }
+        if let Some(events) = &self.events
+            && events.routes(name)
+            && let Some(installation) = event
+                .payload
+                .get("installation")
+                .and_then(|i| i.get("id"))
+                .and_then(serde_json::Value::as_i64)
+            && let Some(integration) = self
+                .store
+                .find_by_external(GITHUB, &installation.to_string())
+                .await
+                .map_err(retryable)?
+            && integration.status != status::REVOKED
+        {
+            events
+                .route(integration.organization_id, name, event)
+                .await?;
         }
         Ok(HandleOutcome::Done)
     }

@@ -31,6 +31,9 @@ pub enum WebhookRoute {
     Github,
     /// `POST /webhooks/clerk`, one source.
     Clerk,
+    /// `POST /webhooks/alertmanager/{id}` and `/webhooks/pagerduty/{id}`, per organization
+    /// source.
+    Sources,
 }
 
 impl WebhookRoute {
@@ -40,11 +43,12 @@ impl WebhookRoute {
             Self::Slack => "slack",
             Self::Github => "github",
             Self::Clerk => "clerk",
+            Self::Sources => "sources",
         }
     }
 
-    fn all() -> [Self; 3] {
-        [Self::Slack, Self::Github, Self::Clerk]
+    fn all() -> [Self; 4] {
+        [Self::Slack, Self::Github, Self::Clerk, Self::Sources]
     }
 }
 
@@ -110,6 +114,7 @@ pub struct WebhookRateLimits {
     slack: Option<Buckets>,
     github: Option<Buckets>,
     clerk: Option<Buckets>,
+    sources: Option<Buckets>,
     limited: IntCounterVec,
 }
 
@@ -132,6 +137,7 @@ impl WebhookRateLimits {
             slack: Buckets::new(&config.slack, config.max_sources),
             github: Buckets::new(&config.github, config.max_sources),
             clerk: Buckets::new(&config.clerk, config.max_sources),
+            sources: Buckets::new(&config.sources, config.max_sources),
             limited,
         }
     }
@@ -141,6 +147,7 @@ impl WebhookRateLimits {
             WebhookRoute::Slack => self.slack.as_ref(),
             WebhookRoute::Github => self.github.as_ref(),
             WebhookRoute::Clerk => self.clerk.as_ref(),
+            WebhookRoute::Sources => self.sources.as_ref(),
         }
     }
 
@@ -193,6 +200,7 @@ mod tests {
             slack: limit,
             github: limit,
             clerk: RateLimit::default(),
+            sources: RateLimit::default(),
             max_sources,
         })
     }

@@ -902,6 +902,129 @@ impl SlackApi for SlackWeb {
     }
 }
 
+/// Event messages (`infragpt_actors::events`): top-level posts with Block Kit blocks, their
+/// updates, and the channel's history to find a post a crash left unrecorded.
+#[async_trait]
+impl infragpt_actors::events::EventSlack for SlackWeb {
+    async fn post_event(
+        &self,
+        team: &TeamId,
+        channel: &ChannelId,
+        text: &str,
+        blocks: &Value,
+        metadata: &MessageMetadata,
+    ) -> Result<MessageTs, SlackApiError> {
+        let body = json!({
+            "channel": channel.as_str(),
+            "text": text,
+            "blocks": blocks,
+            "unfurl_links": false,
+            "metadata": { "event_type": metadata.event_type, "event_payload": metadata.event_payload },
+        });
+        let posted: Posted = match self
+            .post(
+                team,
+                "chat.postMessage",
+                &body,
+                &self.post_message_limit,
+                Repeat::IfNothingHappened,
+            )
+            .await?
+        {
+            Ok(p) => p,
+            Err(code) => return Err(self.code_error(team, "chat.postMessage", code).await),
+        };
+        MessageTs::parse(posted.ts)
+            .map_err(|e| SlackApiError::Api(format!("chat.postMessage ts: {e}")))
+    }
+
+    async fn update_event(
+        &self,
+        team: &TeamId,
+        channel: &ChannelId,
+        ts: &MessageTs,
+        text: &str,
+        blocks: &Value,
+    ) -> Result<(), SlackApiError> {
+        let body = json!({
+            "channel": channel.as_str(),
+            "ts": ts.as_str(),
+            "text": text,
+            "blocks": blocks,
+        });
+        // chat.update is Tier 3; an update is idempotent, so any transient failure is retried.
+        match self
+            .post::<Empty>(
+                team,
+                "chat.update",
+                &body,
+                &SLACK_TIER3_METHOD_CONFIG,
+                Repeat::Always,
+            )
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(code) => Err(self.code_error(team, "chat.update", code).await),
+        }
+    }
+
+    async fn bot_messages_in_channel(
+        &self,
+        team: &TeamId,
+        channel: &ChannelId,
+        oldest: &MessageTs,
+    ) -> Result<Vec<ThreadMessage>, SlackApiError> {
+        let bot = self.bot_identity(team).await?;
+        let ours = |m: &ReplyObj| {
+            m.user.as_deref() == Some(bot.user_id.as_str())
+                || (m.bot_id.is_some() && m.bot_id == bot.bot_id)
+        };
+        let mut found = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_REPLIES_PAGES {
+            let mut params: Vec<(&'static str, Option<String>)> = vec![
+                ("channel", Some(channel.as_str().to_owned())),
+                ("oldest", Some(oldest.as_str().to_owned())),
+                ("include_all_metadata", Some("true".to_owned())),
+                ("limit", Some(REPLIES_PAGE.to_string())),
+            ];
+            if let Some(c) = &cursor {
+                params.push(("cursor", Some(c.clone())));
+            }
+            let page: RepliesPage = self
+                .get(
+                    team,
+                    "conversations.history",
+                    params,
+                    &SLACK_TIER3_METHOD_CONFIG,
+                )
+                .await?;
+            for m in page.messages {
+                if !ours(&m) {
+                    continue;
+                }
+                let ts = MessageTs::parse(m.ts.as_str())
+                    .map_err(|e| SlackApiError::Api(format!("conversations.history ts: {e}")))?;
+                found.push(ThreadMessage {
+                    ts,
+                    file_ids: m.files.into_iter().map(|f| f.id).collect(),
+                    metadata: metadata_of(m.metadata),
+                });
+            }
+            cursor = page
+                .response_metadata
+                .and_then(|r| r.next_cursor)
+                .filter(|c| !c.is_empty());
+            if !page.has_more || cursor.is_none() {
+                return Ok(found);
+            }
+        }
+        Err(SlackApiError::Api(format!(
+            "conversations.history: channel {channel} has more than {MAX_REPLIES_PAGES} pages since {oldest}"
+        )))
+    }
+}
+
 /// `apps.connections.open` with the app token: the Socket Mode URL.
 pub async fn open_socket_url(
     client: &SlackHyperClient,

@@ -10,6 +10,7 @@ mod db;
 mod deploy;
 mod e2e;
 mod edge;
+mod events;
 mod fuzz_corpora;
 mod github;
 mod identity;

@@ -192,7 +192,7 @@ async fn schemathesis_finds_no_server_error_and_no_contradiction() {
         (
             "session",
             session.as_str(),
-            "^/(identity|integrations|conversations|audit)",
+            "^/(identity|integrations|conversations|audit|event-rules|event-sources)",
         ),
         (
             "admin",

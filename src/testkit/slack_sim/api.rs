@@ -259,6 +259,8 @@ fn bot_method(
                     deleted: false,
                     metadata,
                     files: Vec::new(),
+                    blocks: params.get("blocks").filter(|b| !b.is_null()).cloned(),
+                    updates: 0,
                 },
             );
             st.notify_bot_post(super::state::BotPost {
@@ -352,6 +354,8 @@ fn bot_method(
                     deleted: false,
                     metadata: None,
                     files: shared.iter().map(|(id, _)| id.clone()).collect(),
+                    blocks: None,
+                    updates: 0,
                 },
             );
             let mut out = Vec::new();
@@ -427,6 +431,37 @@ fn bot_method(
                 }})),
             }
         }
+        "chat.update" => {
+            let Some(channel) = resolve_channel(param(params, "channel")) else {
+                return ApiReply::err("channel_not_found");
+            };
+            let Some(ts) = param(params, "ts") else {
+                return ApiReply::err("message_not_found");
+            };
+            let text = param(params, "text");
+            let blocks = params.get("blocks").filter(|b| !b.is_null()).cloned();
+            if text.as_deref().is_none_or(str::is_empty) && blocks.is_none() {
+                return ApiReply::err("no_text");
+            }
+            let bot_user = team.bot_user_id.clone();
+            match st.find_message_mut(team_id, &channel, &ts) {
+                None => ApiReply::err("message_not_found"),
+                Some(m) if m.deleted => ApiReply::err("message_not_found"),
+                Some(m) if m.user != bot_user => ApiReply::err("cant_update_message"),
+                Some(m) => {
+                    if let Some(text) = text {
+                        m.text = text;
+                    }
+                    if blocks.is_some() {
+                        m.blocks = blocks;
+                    }
+                    m.updates += 1;
+                    let text = m.text.clone();
+                    ApiReply::ok(json!({ "channel": channel, "ts": ts, "text": text }))
+                }
+            }
+        }
+        "conversations.history" => conversations_history(st, team_id, &resolve_channel, params),
         "conversations.replies" => conversations_replies(st, team_id, &resolve_channel, params),
         "conversations.info" => {
             let Some(channel_id) = param(params, "channel") else {
@@ -579,6 +614,89 @@ fn conversations_replies(
     if more && let Some(next) = replies.get(room) {
         let cursor =
             base64::engine::general_purpose::STANDARD.encode(format!("next_ts:{}", next.ts));
+        body["response_metadata"] = json!({ "next_cursor": cursor });
+    }
+    ApiReply::ok(body)
+}
+
+/// `conversations.history`: the channel's top-level messages (and thread parents), newest
+/// first, after `oldest` (exclusive unless `inclusive`), `limit` a page (default 100, at most
+/// 1 000) with an opaque `next_cursor` while more remain; `metadata` only with
+/// `include_all_metadata=true`.
+fn conversations_history(
+    st: &SimState,
+    team_id: &str,
+    resolve_channel: &dyn Fn(Option<String>) -> Option<String>,
+    params: &Map<String, Value>,
+) -> ApiReply {
+    let Some(channel) = resolve_channel(param(params, "channel")) else {
+        return ApiReply::err("channel_not_found");
+    };
+    let flag = |key: &str| param(params, key).is_some_and(|v| v == "true" || v == "1");
+    let with_metadata = flag("include_all_metadata");
+    let inclusive = flag("inclusive");
+    let limit = match param(params, "limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(l)) => l.clamp(1, 1_000),
+        Some(Err(_)) => return ApiReply::err("invalid_limit"),
+    };
+    let key = |ts: &str| {
+        let (secs, frac) = ts.split_once('.').unwrap_or((ts, ""));
+        (
+            secs.parse::<u64>().unwrap_or(0),
+            frac.parse::<u64>().unwrap_or(0),
+        )
+    };
+    let skip = match param(params, "cursor") {
+        None => 0,
+        Some(cursor) => match base64::engine::general_purpose::STANDARD
+            .decode(cursor.as_bytes())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|c| {
+                c.strip_prefix("skip:")
+                    .and_then(|n| n.parse::<usize>().ok())
+            }) {
+            Some(n) => n,
+            None => return ApiReply::err("invalid_cursor"),
+        },
+    };
+    let oldest = param(params, "oldest").map(|t| key(&t));
+    let mut top: Vec<&SimMessage> = st
+        .messages_in(team_id, &channel)
+        .iter()
+        .filter(|m| !m.deleted && m.thread_ts.as_deref().is_none_or(|t| t == m.ts))
+        .filter(|m| {
+            let k = key(&m.ts);
+            oldest.is_none_or(|o| if inclusive { k >= o } else { k > o })
+        })
+        .collect();
+    top.sort_by_key(|m| std::cmp::Reverse(key(&m.ts)));
+    let more = top.len() > skip + limit;
+    let shaped: Vec<Value> = top
+        .iter()
+        .skip(skip)
+        .take(limit)
+        .map(|m| {
+            let mut v = json!({ "type": "message", "user": m.user, "text": m.text, "ts": m.ts });
+            if let Some(obj) = v.as_object_mut() {
+                if let Some(bot_id) = &m.bot_id {
+                    obj.insert("bot_id".into(), json!(bot_id));
+                }
+                if let Some(blocks) = &m.blocks {
+                    obj.insert("blocks".into(), blocks.clone());
+                }
+                if with_metadata && let Some(metadata) = &m.metadata {
+                    obj.insert("metadata".into(), metadata.clone());
+                }
+            }
+            v
+        })
+        .collect();
+    let mut body = json!({ "messages": shaped, "has_more": more });
+    if more {
+        let cursor =
+            base64::engine::general_purpose::STANDARD.encode(format!("skip:{}", skip + limit));
         body["response_metadata"] = json!({ "next_cursor": cursor });
     }
     ApiReply::ok(body)

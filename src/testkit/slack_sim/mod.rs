@@ -197,6 +197,8 @@ impl SlackSim {
                     deleted: false,
                     metadata: None,
                     files: Vec::new(),
+                    blocks: None,
+                    updates: 0,
                 },
             );
             let client_msg_id = uuid::Uuid::new_v4().to_string();

@@ -72,6 +72,10 @@ pub struct SimMessage {
     pub metadata: Option<Value>,
     /// Ids of the files it shares (`files.completeUploadExternal`).
     pub files: Vec<String>,
+    /// Its Block Kit blocks, as last posted or updated.
+    pub blocks: Option<Value>,
+    /// How many times `chat.update` changed it.
+    pub updates: u32,
 }
 
 /// A message the bot posted (`chat.postMessage`), as told to

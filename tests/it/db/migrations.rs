@@ -19,12 +19,16 @@ diesel::table! {
 }
 
 /// Every table the migrations create.
-const TABLES: [&str; 18] = [
+const TABLES: [&str; 22] = [
     "audit_log",
     "channels",
     "cluster_partitions",
     "cluster_replicas",
     "conversations",
+    "event_messages",
+    "event_rule_hits",
+    "event_rules",
+    "event_sources",
     "github_events",
     "github_repositories",
     "inbound_events",
