@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod conversation;
 pub mod ids;
+pub mod slack_alerts;
 pub mod slack_connection;
 pub mod slack_events;
 pub mod testing;

@@ -402,7 +402,11 @@ mod tests {
             let cool_down = Duration::from_secs(expected);
             assert_eq!(b.try_acquire().unwrap_err().retry_in, cool_down);
             clock.advance(cool_down - Duration::from_millis(1));
-            assert_eq!(b.state(), CircuitState::Open, "still open before {expected} s");
+            assert_eq!(
+                b.state(),
+                CircuitState::Open,
+                "still open before {expected} s"
+            );
             clock.advance(Duration::from_millis(1));
             assert_eq!(b.try_acquire().unwrap().failure(), CircuitState::Open);
         }

@@ -365,10 +365,16 @@ async fn an_unreachable_agent_is_retried_within_the_budget() {
     };
     for n in [1, 2] {
         assert!(
-            matches!(handler.handle(&attempt(n)).await, Err(HandlerError::Retryable(_))),
+            matches!(
+                handler.handle(&attempt(n)).await,
+                Err(HandlerError::Retryable(_))
+            ),
             "attempt {n} is retried"
         );
-        assert!(slack.posts().is_empty(), "no notice before the last attempt");
+        assert!(
+            slack.posts().is_empty(),
+            "no notice before the last attempt"
+        );
     }
     // The agent is back for the next attempt: the answer comes late, once.
     agent.answer_with(FakeAgent::success("late answer"));
@@ -380,7 +386,10 @@ async fn an_unreachable_agent_is_retried_within_the_budget() {
     // Down at the last attempt: the notice, and a dead letter.
     agent.fail_with(AgentError::Unavailable("connection refused".into()));
     let next = |n: i32| {
-        let mut e = event(2, mention("1700000001.000300", Some(ROOT_TS), "<@U0BOT> again"));
+        let mut e = event(
+            2,
+            mention("1700000001.000300", Some(ROOT_TS), "<@U0BOT> again"),
+        );
         e.attempts = n;
         e
     };
@@ -393,7 +402,10 @@ async fn an_unreachable_agent_is_retried_within_the_budget() {
 
     // An agent that answered with an error status is not retried.
     agent.fail_with(AgentError::Failed("InvalidArgument: bad turn".into()));
-    let third = event(3, mention("1700000001.000400", Some(ROOT_TS), "<@U0BOT> third"));
+    let third = event(
+        3,
+        mention("1700000001.000400", Some(ROOT_TS), "<@U0BOT> third"),
+    );
     assert!(matches!(
         handler.handle(&third).await,
         Err(HandlerError::Permanent(_))

@@ -649,10 +649,16 @@ async fn reply_claims_of_silent_or_stopped_replicas_lapse() {
             .unwrap()
     };
     let by_id = a
-        .claim_intent_by_id(infragpt_actors::ids::ReplyIntentId(two), Duration::from_secs(30))
+        .claim_intent_by_id(
+            infragpt_actors::ids::ReplyIntentId(two),
+            Duration::from_secs(30),
+        )
         .await
         .unwrap();
-    assert!(claimed(&by_id), "a stopped replica's claim lapses: {by_id:?}");
+    assert!(
+        claimed(&by_id),
+        "a stopped replica's claim lapses: {by_id:?}"
+    );
     // A store outside a cluster (no lease given) knows nothing of replicas: a claim by an
     // unknown holder stands until its own lease runs out.
     let alone = PgConversationStore::new(db.pool().clone());
