@@ -2,6 +2,7 @@
 //! Slack simulator and the dev agent, the demo binary, the operations endpoints, and Clerk
 //! webhooks with the authenticated REST API.
 
+mod alerts;
 mod auth;
 pub(crate) mod conversations;
 mod demo;
