@@ -101,7 +101,7 @@ pub enum SlackEvent {
     /// Someone mentioned the bot.
     AppMention(AppMention),
     /// A `message` event that is not an edit or delete (any other subtype is kept in `subtype`).
-    Message(MessageEvent),
+    Message(Box<MessageEvent>),
     /// `message` / `message_changed`.
     MessageChanged {
         /// Channel of the edited message.
@@ -332,7 +332,7 @@ fn parse_message(event: &Value) -> Result<SlackEvent, ParseError> {
                 "deleted_ts",
             )?,
         }),
-        _ => Ok(SlackEvent::Message(MessageEvent {
+        _ => Ok(SlackEvent::Message(Box::new(MessageEvent {
             channel,
             channel_type: str_field(event, "channel_type"),
             user: opt_id(str_field(event, "user"), "message", "user")?,
@@ -364,7 +364,7 @@ fn parse_message(event: &Value) -> Result<SlackEvent, ParseError> {
             bot_name: event.get("bot_profile").and_then(|p| str_field(p, "name")),
             attachments: event.get("attachments").cloned().unwrap_or(Value::Null),
             blocks: event.get("blocks").cloned().unwrap_or(Value::Null),
-        })),
+        }))),
     }
 }
 
@@ -445,7 +445,7 @@ pub enum Author {
     /// A person.
     User(UserId),
     /// A bot of `slack.alert_sources`.
-    Alert(AlertOrigin),
+    Alert(Box<AlertOrigin>),
 }
 
 impl Author {
@@ -660,7 +660,7 @@ fn alert_turn(
     if text.is_empty() {
         return Decision::Ignored(IgnoreReason::Empty);
     }
-    let origin = AlertOrigin {
+    let origin = Box::new(AlertOrigin {
         bot_id: bot_id.clone(),
         app_id: m.app_id.clone(),
         name: m
@@ -669,7 +669,7 @@ fn alert_turn(
             .or_else(|| m.bot_name.clone())
             .or_else(|| source.name.clone()),
         user: m.user.clone(),
-    };
+    });
     Decision::Turn(make_turn(
         cb,
         &m.channel,

@@ -6,6 +6,7 @@ mod alerts;
 mod auth;
 pub(crate) mod conversations;
 mod demo;
+mod direct_messages;
 mod long_answers;
 mod ops;
 mod replicas;
