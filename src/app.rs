@@ -283,7 +283,8 @@ fn build_modules(
     .with_failure_notice(config.agent.failure_notice.clone())
     .with_history_sender(config.agent.history_sender)
     .with_answer_style(answer_style)
-    .with_agent_retries(config.actors.retry_budget);
+    .with_agent_retries(config.actors.retry_budget)
+    .with_alert_sources(config.slack.alert_sources.clone());
     cluster
         .register_stream(StreamSpec {
             name: "conversations".to_owned(),

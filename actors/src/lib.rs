@@ -12,6 +12,7 @@ pub mod audit;
 pub mod conversation;
 pub mod events;
 pub mod ids;
+pub mod slack_alerts;
 pub mod slack_connection;
 pub mod slack_events;
 pub mod testing;

@@ -9,6 +9,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::slack_alerts::{AlertOrigin, AlertSources, BotPoster, flatten_message};
+
 crate::id_newtype! {
     /// Slack bot id (`B…`), distinct from the bot's user id.
     pub struct BotId(pub String);
@@ -99,7 +101,7 @@ pub enum SlackEvent {
     /// Someone mentioned the bot.
     AppMention(AppMention),
     /// A `message` event that is not an edit or delete (any other subtype is kept in `subtype`).
-    Message(MessageEvent),
+    Message(Box<MessageEvent>),
     /// `message` / `message_changed`.
     MessageChanged {
         /// Channel of the edited message.
@@ -159,8 +161,29 @@ pub struct MessageEvent {
     pub subtype: Option<String>,
     /// Present when a bot (any app) wrote it.
     pub bot_id: Option<BotId>,
-    /// App that wrote it, when given.
+    /// App that wrote it, when given (`app_id`, else `bot_profile.app_id`).
     pub app_id: Option<AppId>,
+    /// `username` of a bot post (incoming webhooks set it per post).
+    pub username: Option<String>,
+    /// `bot_profile.name` of a bot post.
+    pub bot_name: Option<String>,
+    /// Legacy `attachments` (`Null` when absent).
+    pub attachments: Value,
+    /// Block Kit `blocks` (`Null` when absent).
+    pub blocks: Value,
+}
+
+impl MessageEvent {
+    /// Who posted it, as far as the event says.
+    pub fn poster(&self) -> BotPoster {
+        BotPoster {
+            bot_id: self.bot_id.clone(),
+            app_id: self.app_id.clone(),
+            username: self.username.clone(),
+            profile_name: self.bot_name.clone(),
+            user: self.user.clone(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -290,7 +313,7 @@ fn parse_message(event: &Value) -> Result<SlackEvent, ParseError> {
                     "message_changed",
                     "message.ts",
                 )?,
-                new_text: str_field(message, "text").unwrap_or_default(),
+                new_text: changed_text(message),
                 edited_by: opt_id(
                     message.get("edited").and_then(|e| str_field(e, "user")),
                     "message_changed",
@@ -309,7 +332,7 @@ fn parse_message(event: &Value) -> Result<SlackEvent, ParseError> {
                 "deleted_ts",
             )?,
         }),
-        _ => Ok(SlackEvent::Message(MessageEvent {
+        _ => Ok(SlackEvent::Message(Box::new(MessageEvent {
             channel,
             channel_type: str_field(event, "channel_type"),
             user: opt_id(str_field(event, "user"), "message", "user")?,
@@ -330,8 +353,34 @@ fn parse_message(event: &Value) -> Result<SlackEvent, ParseError> {
             )?,
             subtype,
             bot_id: str_field(event, "bot_id").map(BotId),
-            app_id: str_field(event, "app_id").map(AppId),
-        })),
+            app_id: str_field(event, "app_id")
+                .or_else(|| {
+                    event
+                        .get("bot_profile")
+                        .and_then(|p| str_field(p, "app_id"))
+                })
+                .map(AppId),
+            username: str_field(event, "username"),
+            bot_name: event.get("bot_profile").and_then(|p| str_field(p, "name")),
+            attachments: event.get("attachments").cloned().unwrap_or(Value::Null),
+            blocks: event.get("blocks").cloned().unwrap_or(Value::Null),
+        }))),
+    }
+}
+
+/// The new text of an edited message: a bot's post (an alert updated in place, as PagerDuty
+/// does on acknowledge and resolve) is flattened as its turn was; a person's edit is its
+/// `text` (the link previews Slack attaches are not theirs).
+fn changed_text(message: &Value) -> String {
+    let text = str_field(message, "text").unwrap_or_default();
+    if message.get("bot_id").and_then(Value::as_str).is_some() {
+        flatten_message(
+            &text,
+            message.get("attachments").unwrap_or(&Value::Null),
+            message.get("blocks").unwrap_or(&Value::Null),
+        )
+    } else {
+        text
     }
 }
 
@@ -349,6 +398,11 @@ pub struct DecideContext {
     pub channel_monitored: bool,
     /// The bot has taken part in the thread the message belongs to.
     pub bot_in_thread: bool,
+    /// Our bot's bot id (`B…`, from `auth.test`), when known: its posts are ours whatever
+    /// their user.
+    pub bot_id: Option<BotId>,
+    /// Bots whose posts are turns like a person's (`slack.alert_sources`).
+    pub alert_sources: AlertSources,
 }
 
 /// One human message, identified the same way whether it came as `app_mention` or `message`.
@@ -372,8 +426,10 @@ pub struct Turn {
     pub thread: ThreadKey,
     /// Source event (for the inbox row).
     pub event_id: EventId,
-    pub user: UserId,
-    /// Text with the bot mention stripped and trimmed.
+    /// Who wrote it: a person, or an alert source's bot.
+    pub author: Author,
+    /// Text with the bot mention stripped and trimmed (an alert's: flattened, see
+    /// [`flatten_message`]).
     pub text: String,
     /// Text as Slack sent it.
     pub raw_text: String,
@@ -381,6 +437,26 @@ pub struct Turn {
     pub event_time: i64,
     /// The turn came from an `app_mention`: the channel becomes monitored.
     pub marks_channel_monitored: bool,
+}
+
+/// The author of a turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Author {
+    /// A person.
+    User(UserId),
+    /// A bot of `slack.alert_sources`.
+    Alert(Box<AlertOrigin>),
+}
+
+impl Author {
+    /// The Slack id that stands for the author: the user id, or a bot's user id (else its
+    /// bot id).
+    pub fn slack_id(&self) -> &str {
+        match self {
+            Self::User(u) => u.as_str(),
+            Self::Alert(a) => a.user.as_ref().map_or(a.bot_id.as_str(), |u| u.as_str()),
+        }
+    }
 }
 
 /// Key of a stored message, for edits and deletes.
@@ -408,6 +484,8 @@ pub enum IgnoreReason {
     NoUser,
     /// An event type we do not act on.
     UnsupportedEvent(String),
+    /// An alert source's post with no text to read (only images, say).
+    Empty,
 }
 
 impl std::fmt::Display for IgnoreReason {
@@ -424,6 +502,7 @@ impl std::fmt::Display for IgnoreReason {
             }
             Self::NoUser => f.write_str("message has no user"),
             Self::UnsupportedEvent(k) => write!(f, "event type {k} is not handled"),
+            Self::Empty => f.write_str("bot post without any text"),
         }
     }
 }
@@ -454,6 +533,9 @@ pub enum Decision {
 ///   is a turn when the channel is monitored, the channel is a DM with the bot (`im`), or it is a
 ///   reply in a thread the bot is part of; unless it mentions the bot, in which case the
 ///   `app_mention` Slack also sends makes the turn.
+/// - A bot's post (`bot_id`, with or without the `bot_message` subtype) is a turn under the
+///   same rule when an entry of `ctx.alert_sources` matches it, its text flattened; every
+///   other bot's post is ignored, and our own (our bot user, bot id or app) always is.
 /// - `message_changed` / `message_deleted` update or delete the stored message.
 /// - Everything else is ignored with a reason.
 pub fn decide(cb: &EventCallback, ctx: &DecideContext) -> Decision {
@@ -477,7 +559,7 @@ pub fn decide(cb: &EventCallback, ctx: &DecideContext) -> Decision {
             Decision::Turn(make_turn(
                 cb,
                 &m.channel,
-                user,
+                Author::User(user.clone()),
                 &m.text,
                 &m.ts,
                 m.thread_ts.as_ref(),
@@ -488,15 +570,22 @@ pub fn decide(cb: &EventCallback, ctx: &DecideContext) -> Decision {
         SlackEvent::Message(m) => {
             match m.subtype.as_deref() {
                 None | Some("thread_broadcast") => {}
+                // An incoming webhook's post (Alertmanager, Grafana...): a bot post like any.
+                Some("bot_message") if m.bot_id.is_some() => {}
                 Some(other) => return Decision::Ignored(IgnoreReason::Subtype(other.to_owned())),
             }
-            if m.user.is_some() && m.user.as_ref() == bot_user {
+            // Ours, whichever way Slack says it: our bot user, our bot id, or our app.
+            let own = (m.user.is_some() && m.user.as_ref() == bot_user)
+                || (m.bot_id.is_some() && m.bot_id == ctx.bot_id)
+                || (m.app_id.is_some() && m.app_id == cb.api_app_id);
+            if own {
                 return Decision::Ignored(IgnoreReason::OwnBotMessage);
             }
+            let is_reply = m.thread_ts.as_ref().is_some_and(|t| *t != m.ts);
+            let is_dm = m.channel_type.as_deref() == Some("im");
+            let visible = ctx.channel_monitored || is_dm || (is_reply && ctx.bot_in_thread);
             if let Some(bot_id) = &m.bot_id {
-                return Decision::Ignored(IgnoreReason::FromBot {
-                    bot_id: bot_id.clone(),
-                });
+                return alert_turn(cb, m, bot_id, ctx, visible);
             }
             let Some(user) = &m.user else {
                 return Decision::Ignored(IgnoreReason::NoUser);
@@ -504,15 +593,13 @@ pub fn decide(cb: &EventCallback, ctx: &DecideContext) -> Decision {
             if bot_user.is_some_and(|b| mentions(&m.text, b)) {
                 return Decision::Ignored(IgnoreReason::CoveredByAppMention);
             }
-            let is_reply = m.thread_ts.as_ref().is_some_and(|t| *t != m.ts);
-            let is_dm = m.channel_type.as_deref() == Some("im");
-            if !(ctx.channel_monitored || is_dm || (is_reply && ctx.bot_in_thread)) {
+            if !visible {
                 return Decision::Ignored(IgnoreReason::NotMonitored);
             }
             Decision::Turn(make_turn(
                 cb,
                 &m.channel,
-                user,
+                Author::User(user.clone()),
                 &m.text,
                 &m.ts,
                 m.thread_ts.as_ref(),
@@ -551,11 +638,55 @@ pub fn decide(cb: &EventCallback, ctx: &DecideContext) -> Decision {
     }
 }
 
+/// A bot's post: a turn when it comes from an alert source and the channel is one a person's
+/// message would be a turn in; its text is the flattened post. Other bots are ignored (bots
+/// answering bots would loop).
+fn alert_turn(
+    cb: &EventCallback,
+    m: &MessageEvent,
+    bot_id: &BotId,
+    ctx: &DecideContext,
+    visible: bool,
+) -> Decision {
+    let Some(source) = ctx.alert_sources.find(&m.poster()) else {
+        return Decision::Ignored(IgnoreReason::FromBot {
+            bot_id: bot_id.clone(),
+        });
+    };
+    if !visible {
+        return Decision::Ignored(IgnoreReason::NotMonitored);
+    }
+    let text = flatten_message(&m.text, &m.attachments, &m.blocks);
+    if text.is_empty() {
+        return Decision::Ignored(IgnoreReason::Empty);
+    }
+    let origin = Box::new(AlertOrigin {
+        bot_id: bot_id.clone(),
+        app_id: m.app_id.clone(),
+        name: m
+            .username
+            .clone()
+            .or_else(|| m.bot_name.clone())
+            .or_else(|| source.name.clone()),
+        user: m.user.clone(),
+    });
+    Decision::Turn(make_turn(
+        cb,
+        &m.channel,
+        Author::Alert(origin),
+        &m.text,
+        &m.ts,
+        m.thread_ts.as_ref(),
+        text,
+        false,
+    ))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn make_turn(
     cb: &EventCallback,
     channel: &ChannelId,
-    user: &UserId,
+    author: Author,
     raw_text: &str,
     ts: &Ts,
     thread_ts: Option<&Ts>,
@@ -570,7 +701,7 @@ fn make_turn(
         },
         thread: ThreadKey::of_message(&cb.team_id, channel, ts, thread_ts),
         event_id: cb.event_id.clone(),
-        user: user.clone(),
+        author,
         text,
         raw_text: raw_text.to_owned(),
         event_time: cb.event_time,

@@ -345,6 +345,9 @@ pub struct SlackConfig {
     /// Answers longer than this many characters are posted as their first lines plus the
     /// whole answer as a file snippet in the thread; 0: always as messages.
     pub answer_file_threshold: usize,
+    /// Bots (by bot id or app id, optionally by name) whose posts in monitored channels are
+    /// turns without a mention: alerts from Datadog, Grafana, PagerDuty, Alertmanager...
+    pub alert_sources: Vec<infragpt_actors::slack_alerts::AlertSource>,
 }
 
 impl Default for SlackConfig {
@@ -360,6 +363,7 @@ impl Default for SlackConfig {
             socket_mode: false,
             throttle: true,
             answer_file_threshold: infragpt_actors::conversation::DEFAULT_FILE_THRESHOLD,
+            alert_sources: Vec::new(),
         }
     }
 }

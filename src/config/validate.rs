@@ -284,6 +284,26 @@ fn check_slack(slack: &SlackConfig) -> Result<(), Failure> {
             ),
         )?;
     }
+    for (i, source) in slack.alert_sources.iter().enumerate() {
+        let key = format!("slack.alert_sources[{i}]");
+        if !source.is_valid() {
+            fail(&key, "needs a bot_id (B…) or an app_id (A…)")?;
+        }
+        if source
+            .bot_id
+            .as_ref()
+            .is_some_and(|b| !b.as_str().starts_with('B'))
+        {
+            fail(&format!("{key}.bot_id"), "a Slack bot id starts with B")?;
+        }
+        if source
+            .app_id
+            .as_ref()
+            .is_some_and(|a| !a.as_str().starts_with('A'))
+        {
+            fail(&format!("{key}.app_id"), "a Slack app id starts with A")?;
+        }
+    }
     check_http_url("slack.api_url", &slack.api_url)?;
     if !slack.api_url.ends_with('/') {
         fail(

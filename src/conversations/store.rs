@@ -137,9 +137,9 @@ pub struct MessageView {
     pub slack_ts: String,
     /// `message` (a user's text or the agent's answer) or `notice` (posted by the service).
     pub kind: String,
-    /// `user` or `agent`.
+    /// `user`, `agent`, or `bot` (an alert source's post, `slack.alert_sources`).
     pub sender_kind: String,
-    /// The Slack user id, or `agent`.
+    /// The Slack user id, `agent`, or the bot id (`B…`) of a `bot`.
     pub sender_id: String,
     pub sender_name: Option<String>,
     /// Null when the message was deleted in Slack: its author took it back, so it is not

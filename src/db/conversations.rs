@@ -20,6 +20,7 @@ use infragpt_actors::ids::{
 };
 use infragpt_actors::inbox::{Claim, EventRowId};
 use infragpt_actors::partitions::ReplicaId;
+use infragpt_actors::slack_events::BotId;
 
 use super::prepared::PreparedExt;
 use super::schema::{channels, conversations, messages, reply_intents};
@@ -29,6 +30,9 @@ use super::{Pool, StoreError, conn};
 const KIND_USER: &str = "user";
 /// `messages.sender_kind` of an agent (bot) message.
 const KIND_AGENT: &str = "agent";
+/// `messages.sender_kind` of another bot's post that was a turn (`slack.alert_sources`);
+/// `sender_id` is its bot id.
+const KIND_BOT: &str = "bot";
 /// `messages.sender_id` of agent messages.
 const AGENT_SENDER_ID: &str = "agent";
 
@@ -346,6 +350,7 @@ struct Flag {
 fn sender_columns(sender: &Sender) -> (&'static str, &str) {
     match sender {
         Sender::User(u) => (KIND_USER, u.as_str()),
+        Sender::Bot(b) => (KIND_BOT, b.as_str()),
         Sender::Agent => (KIND_AGENT, AGENT_SENDER_ID),
     }
 }
@@ -486,6 +491,7 @@ impl TryFrom<MessageRow> for StoredMessage {
             KIND_USER => Sender::User(
                 SlackUserId::parse(row.sender_id.as_str()).map_err(|e| corrupt(e.into()))?,
             ),
+            KIND_BOT => Sender::Bot(BotId::new(row.sender_id.as_str())),
             other => return Err(corrupt(format!("unknown sender kind {other:?}").into())),
         };
         let kind = MessageKind::parse(&row.kind)

@@ -87,6 +87,7 @@ pub fn slack_envelope(data: &[u8]) {
                 bot_user_id: Some(UserId::parse("U0BOT").expect("a valid user id")),
                 channel_monitored: monitored,
                 bot_in_thread: in_thread,
+                ..DecideContext::default()
             };
             let _ = slack_events::decide(&cb, &ctx);
         }

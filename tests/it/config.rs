@@ -413,3 +413,29 @@ fn retention_defaults_and_limits() {
     let e = err("retention:\n  days: 3\n");
     assert!(e.contains("retention"), "unknown keys are errors: {e}");
 }
+
+#[test]
+fn alert_sources_need_a_bot_or_app_id() {
+    let c = config::load_str(
+        "slack:\n  alert_sources:\n    - bot_id: B0DATADOG\n    - app_id: A0HOOKS\n      name: Alertmanager\n",
+        "config/x.yaml",
+    )
+    .expect("valid alert sources");
+    assert_eq!(c.slack.alert_sources.len(), 2);
+    assert_eq!(
+        c.slack.alert_sources[1].name.as_deref(),
+        Some("Alertmanager")
+    );
+    let e = err("slack:\n  alert_sources:\n    - name: Grafana\n");
+    assert!(
+        e.starts_with("config/x.yaml: slack.alert_sources[0]: needs a bot_id"),
+        "{e}"
+    );
+    let e = err("slack:\n  alert_sources:\n    - bot_id: U0NOTABOT\n");
+    assert!(
+        e.starts_with("config/x.yaml: slack.alert_sources[0].bot_id: "),
+        "{e}"
+    );
+    let e = err("slack:\n  alert_sources:\n    - bot: B1\n");
+    assert!(e.contains("unknown field"), "{e}");
+}

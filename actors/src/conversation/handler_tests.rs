@@ -1252,3 +1252,93 @@ async fn a_late_send_reply_for_an_answered_turn_is_dropped() {
         Err(super::ReplyError::InvalidTurn(_))
     ));
 }
+
+fn alert_post(ts: &str, bot_id: &str) -> Value {
+    callback(json!({
+        "type": "message", "subtype": "bot_message", "channel": "C1", "channel_type": "channel",
+        "bot_id": bot_id, "username": "Alertmanager", "text": "",
+        "attachments": [{"title": "[FIRING:1] HighLatency", "text": "p99 over 2s",
+                         "fields": [{"title": "severity", "value": "critical"}]}],
+        "ts": ts,
+    }))
+}
+
+#[tokio::test]
+async fn an_alert_sources_post_in_a_monitored_channel_is_a_turn_from_the_bot() {
+    use super::ConversationStore as _;
+    use crate::slack_alerts::AlertSource;
+    use crate::slack_events::BotId;
+
+    let mut f = fixture(ReplyMode::Response);
+    f.handler = f.handler.with_alert_sources(vec![AlertSource {
+        bot_id: Some(BotId::new("B0ALERTS")),
+        ..AlertSource::default()
+    }]);
+    let team = thread(ROOT_TS).team;
+    let channel = thread(ROOT_TS).channel;
+    // Not monitored yet: ignored, like a person's message would be.
+    let outcome = f
+        .handler
+        .handle(&event(1, alert_post(ROOT_TS, "B0ALERTS")))
+        .await;
+    assert!(
+        matches!(outcome, Ok(HandleOutcome::Ignored(_))),
+        "{outcome:?}"
+    );
+    f.store
+        .upsert_channel(&team, &channel, Some("ops"), true)
+        .await
+        .expect("monitored");
+    // Another bot in the monitored channel: still ignored.
+    let other = f
+        .handler
+        .handle(&event(2, alert_post(ROOT_TS, "B0OTHER")))
+        .await;
+    assert_eq!(
+        other,
+        Ok(HandleOutcome::Ignored("message from bot B0OTHER".into()))
+    );
+    assert!(f.agent.turns().is_empty());
+
+    let outcome = f
+        .handler
+        .handle(&event(3, alert_post(ROOT_TS, "B0ALERTS")))
+        .await;
+    assert_eq!(outcome, Ok(HandleOutcome::Done));
+    let flattened = "[FIRING:1] HighLatency\np99 over 2s\nseverity: critical";
+    assert_eq!(
+        thread_texts(&f, ROOT_TS),
+        vec![
+            (Sender::Bot(BotId::new("B0ALERTS")), flattened.to_owned()),
+            (Sender::Agent, format!("answer to: {flattened}")),
+        ]
+    );
+    let turns = f.agent.turns();
+    assert_eq!(turns.len(), 1);
+    assert_eq!(turns[0].current_message, flattened);
+    assert_eq!(
+        turns[0].context["alert"],
+        json!({"bot_id": "B0ALERTS", "app_id": null, "name": "Alertmanager"})
+    );
+    // The name comes from the post: users.info knows no bot ids.
+    assert_eq!(turns[0].context["sender"]["name"], "Alertmanager");
+    assert_eq!(turns[0].user_id, "B0ALERTS");
+    // Our own bot (B0BOT, from auth.test) never starts a turn, even when listed.
+    let mut own = fixture(ReplyMode::Response);
+    own.handler = own.handler.with_alert_sources(vec![AlertSource {
+        bot_id: Some(BotId::new("B0BOT")),
+        ..AlertSource::default()
+    }]);
+    own.store
+        .upsert_channel(&team, &channel, None, true)
+        .await
+        .expect("monitored");
+    let outcome = own
+        .handler
+        .handle(&event(4, alert_post(ROOT_TS, "B0BOT")))
+        .await;
+    assert_eq!(
+        outcome,
+        Ok(HandleOutcome::Ignored("message from our own bot".into()))
+    );
+}

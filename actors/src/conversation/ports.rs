@@ -11,6 +11,7 @@ use crate::ids::{
     ChannelId, ConversationId, MessageTs, ReplyIntentId, SlackUserId, TeamId, ThreadKey,
 };
 use crate::inbox::{Claim, EventRowId};
+use crate::slack_events::BotId;
 
 /// Who wrote a stored message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -18,15 +19,19 @@ use crate::inbox::{Claim, EventRowId};
 pub enum Sender {
     /// A Slack user.
     User(SlackUserId),
+    /// Another app's bot whose post was a turn (`slack.alert_sources`).
+    Bot(BotId),
     /// The agent (posted by our bot).
     Agent,
 }
 
 impl Sender {
-    /// The agent contract's spelling: `agent` or `user/{slack user id}`.
+    /// The agent contract's spelling: `agent` or `user/{slack user id}`. An alert's bot is
+    /// input like a person's message, so it is a `user/…` too, with its bot id (`B…`).
     pub(crate) fn to_agent_sender(&self) -> String {
         match self {
             Self::User(u) => format!("user/{u}"),
+            Self::Bot(b) => format!("user/{b}"),
             Self::Agent => "agent".to_owned(),
         }
     }
@@ -34,7 +39,7 @@ impl Sender {
     /// The spelling `format` asks for in the agent's history.
     pub(crate) fn to_history_sender(&self, format: HistorySender) -> String {
         match (format, self) {
-            (HistorySender::Plain, Self::User(_)) => "user".to_owned(),
+            (HistorySender::Plain, Self::User(_) | Self::Bot(_)) => "user".to_owned(),
             _ => self.to_agent_sender(),
         }
     }

@@ -20,7 +20,10 @@ use crate::Metrics;
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
 use crate::ids::{ChannelId, ConversationId, MessageTs, TeamId, ThreadKey};
 use crate::inbox::{InboundEvent, InboundEvents, RoutingKey};
-use crate::slack_events::{self, DecideContext, Decision, Inbound, MessageKey, SlackEvent};
+use crate::slack_alerts::{AlertSource, AlertSources};
+use crate::slack_events::{
+    self, Author, BotId, DecideContext, Decision, Inbound, MessageKey, SlackEvent,
+};
 
 /// The reply posted in the thread when the agent cannot answer a turn.
 pub const UNAVAILABLE_REPLY: &str = ":warning: The InfraGPT assistant is unavailable right now, \
@@ -117,6 +120,8 @@ pub struct ConversationHandler {
     /// Attempts of an event after which an unreachable agent is reported in the thread
     /// (see [`Self::with_agent_retries`]).
     agent_retries: u32,
+    /// Bots whose posts are turns (`slack.alert_sources`).
+    alert_sources: AlertSources,
 }
 
 impl std::fmt::Debug for ConversationHandler {
@@ -150,7 +155,15 @@ impl ConversationHandler {
             monitored: Mutex::default(),
             metrics: None,
             agent_retries: 0,
+            alert_sources: AlertSources::default(),
         }
+    }
+
+    /// Posts of these bots in monitored channels are turns, their text flattened
+    /// (`slack.alert_sources`).
+    pub fn with_alert_sources(mut self, sources: Vec<AlertSource>) -> Self {
+        self.alert_sources = AlertSources::new(sources);
+        self
     }
 
     /// Retries a turn whose agent could not be reached (down, restarting, or the connection
@@ -452,13 +465,24 @@ impl ConversationHandler {
         self.monitored.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The author's profile (`users.info`); a lookup failure leaves it empty.
+    /// The author's profile (`users.info`); a lookup failure leaves it empty. A bot's is its
+    /// name from the post: `users.info` knows no bot ids.
     async fn sender_profile(&self, turn: &slack_events::Turn) -> UserProfile {
         let team = &turn.thread.team;
-        match self.slack.user_profile(team, &turn.user).await {
+        let user = match &turn.author {
+            Author::User(user) => user,
+            Author::Alert(origin) => {
+                return UserProfile {
+                    name: origin.name.clone(),
+                    username: None,
+                    email: None,
+                };
+            }
+        };
+        match self.slack.user_profile(team, user).await {
             Ok(p) => p,
             Err(e) => {
-                warn!(team_id = %team, user_id = %turn.user, error = %e, "users.info failed");
+                warn!(team_id = %team, user_id = %user, error = %e, "users.info failed");
                 UserProfile::default()
             }
         }
@@ -521,13 +545,21 @@ impl ConversationHandler {
             "thread_ts": key.thread_ts.as_str(),
             "message_ts": ts.as_str(),
             "sender": {
-                "user_id": turn.user.as_str(),
+                "user_id": turn.author.slack_id(),
                 "name": profile.name,
                 "username": profile.username,
                 "email": profile.email,
             },
             "source": "slack",
         });
+        // A post of an alert source: the agent knows it reads an alert, and whose.
+        if let Author::Alert(origin) = &turn.author {
+            context["alert"] = json!({
+                "bot_id": origin.bot_id.as_str(),
+                "app_id": origin.app_id.as_ref().map(|a| a.as_str()),
+                "name": origin.name,
+            });
+        }
         // With plain senders the ids are not in the messages: they travel in the context.
         if self.history_sender == HistorySender::Plain {
             context["history_senders"] = serde_json::Value::Object(
@@ -552,7 +584,7 @@ impl ConversationHandler {
             current_message: turn.text.clone(),
             past_messages,
             context,
-            user_id: turn.user.to_string(),
+            user_id: turn.author.slack_id().to_owned(),
             channel_id: key.channel.to_string(),
         }
     }
@@ -686,6 +718,8 @@ impl ConversationHandler {
             bot_user_id: Some(bot.user_id),
             channel_monitored,
             bot_in_thread,
+            bot_id: bot.bot_id.map(BotId),
+            alert_sources: self.alert_sources.clone(),
         })
     }
 
@@ -728,7 +762,10 @@ fn user_message(
     NewMessage {
         conversation_id: ConversationId(uuid::Uuid::nil()),
         slack_ts: turn.turn_id.ts.clone(),
-        sender: Sender::User(turn.user.clone()),
+        sender: match &turn.author {
+            Author::User(user) => Sender::User(user.clone()),
+            Author::Alert(origin) => Sender::Bot(origin.bot_id.clone()),
+        },
         sender_name: profile.name.clone(),
         sender_email: profile.email.clone(),
         text: turn.text.clone(),
@@ -747,7 +784,7 @@ fn past_messages(history: Vec<StoredMessage>, ts: &MessageTs) -> Vec<StoredMessa
         .filter(|m| m.kind == MessageKind::Message)
         .filter(|m| {
             let turn_of = match m.sender {
-                Sender::User(_) => Some(&m.slack_ts),
+                Sender::User(_) | Sender::Bot(_) => Some(&m.slack_ts),
                 Sender::Agent => m.in_reply_to.as_ref(),
             };
             turn_of.is_none_or(|t| t.chrono_cmp(ts).is_lt())

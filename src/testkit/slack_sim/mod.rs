@@ -229,6 +229,65 @@ impl SlackSim {
         })
     }
 
+    /// Another app posts in `channel` the way monitoring tools do through an incoming
+    /// webhook: a `message` / `bot_message` with `bot_id`, `username`, `text`, `attachments`
+    /// and `blocks` (as the webhook body gave them; `Null` when absent), and no `user`. Stored
+    /// in the channel and sent to the app when it subscribes to messages. Returns its `ts`.
+    #[allow(clippy::too_many_arguments)] // Slack's fields of a webhook post, one each
+    pub fn post_bot_message(
+        &self,
+        team_id: &str,
+        channel: &str,
+        bot_id: &str,
+        username: &str,
+        text: &str,
+        attachments: Value,
+        blocks: Value,
+    ) -> Result<String, SimError> {
+        self.shared.mutate(|st| {
+            let team = st.team(team_id)?.clone();
+            if !team.channels.iter().any(|c| c.id == channel) {
+                return Err(SimError::UnknownChannel {
+                    team: team_id.into(),
+                    channel: channel.into(),
+                });
+            }
+            let ts = st.next_ts();
+            st.store_message(
+                team_id,
+                channel,
+                SimMessage {
+                    ts: ts.clone(),
+                    user: String::new(),
+                    bot_id: Some(bot_id.into()),
+                    text: text.into(),
+                    thread_ts: None,
+                    reactions: Default::default(),
+                    deleted: false,
+                    metadata: None,
+                    files: Vec::new(),
+                },
+            );
+            if st.config.subscriptions.message {
+                let mut event = serde_json::json!({
+                    "type": "message", "subtype": "bot_message", "text": text, "ts": ts,
+                    "username": username, "bot_id": bot_id, "channel": channel,
+                    "event_ts": ts, "channel_type": events::channel_type(channel)
+                });
+                if let Some(obj) = event.as_object_mut() {
+                    for (key, value) in [("attachments", attachments), ("blocks", blocks)] {
+                        if !value.is_null() {
+                            obj.insert(key.into(), value);
+                        }
+                    }
+                }
+                let payload = st.event_callback(&team, event);
+                st.enqueue(payload);
+            }
+            Ok(ts)
+        })
+    }
+
     /// A person edits a message: sends `message` / `message_changed`.
     pub fn edit_message(
         &self,

@@ -2,9 +2,11 @@
 //! Slack simulator and the dev agent, the demo binary, the operations endpoints, and Clerk
 //! webhooks with the authenticated REST API.
 
+mod alerts;
 mod auth;
 pub(crate) mod conversations;
 mod demo;
+mod direct_messages;
 mod long_answers;
 mod ops;
 mod replicas;

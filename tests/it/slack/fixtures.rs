@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use infragpt::slack::signature::{SignatureError, SlackSignatureVerifier, sign};
 use infragpt_actors::Secret;
+use infragpt_actors::slack_alerts::{AlertSource, AlertSources};
 use infragpt_actors::slack_events::{
-    ChannelId, DecideContext, Decision, DisconnectReason, IgnoreReason, Inbound, SlackEvent,
-    SocketFrame, TeamId, Ts, UserId, decide, parse_body, parse_socket_frame, parse_value, turn_id,
+    Author, BotId, ChannelId, DecideContext, Decision, DisconnectReason, IgnoreReason, Inbound,
+    SlackEvent, SocketFrame, TeamId, Ts, UserId, decide, parse_body, parse_socket_frame,
+    parse_value, turn_id,
 };
 use serde_json::Value;
 
@@ -22,6 +24,23 @@ fn ctx(bot: Option<&str>, monitored: bool, in_thread: bool) -> DecideContext {
         bot_user_id: bot.map(|b| UserId::parse(b).expect("id")),
         channel_monitored: monitored,
         bot_in_thread: in_thread,
+        ..DecideContext::default()
+    }
+}
+
+/// [`ctx`] in a monitored channel whose alert sources are `sources`.
+fn alert_ctx(sources: Vec<AlertSource>) -> DecideContext {
+    DecideContext {
+        channel_monitored: true,
+        alert_sources: AlertSources::new(sources),
+        ..DecideContext::default()
+    }
+}
+
+fn by_bot(bot_id: &str) -> AlertSource {
+    AlertSource {
+        bot_id: Some(BotId::new(bot_id)),
+        ..AlertSource::default()
     }
 }
 
@@ -76,12 +95,17 @@ fn check_events_api(name: &str, body: &[u8]) {
                 "1595926230.009600",
             );
             assert!(t.marks_channel_monitored);
-            assert_eq!(t.user, UserId::parse("W222").expect("id"));
+            assert_eq!(t.author, Author::User(UserId::parse("W222").expect("id")));
             assert_eq!(t.raw_text, "<@W111> Hi there!");
         }
         "message.bot_id_no_subtype.json" => {
-            // `user` is the authorized bot user: our own bot's post.
+            // `user` is the authorized bot user: our own bot's post, even when someone lists
+            // our bot as an alert source.
             expect_ignored(decide(&callback(body), &none), IgnoreReason::OwnBotMessage);
+            expect_ignored(
+                decide(&callback(body), &alert_ctx(vec![by_bot("B999")])),
+                IgnoreReason::OwnBotMessage,
+            );
             // Another app's bot (bot_id, no subtype) is ignored too, even in a monitored channel.
             expect_ignored(
                 decide(&callback(body), &ctx(Some("U0OTHER"), true, true)),
@@ -92,10 +116,54 @@ fn check_events_api(name: &str, body: &[u8]) {
         }
         "message.bot_message.classic.json"
         | "message.bot_message.json"
-        | "message.bot_message.with_attachments.zulip.json" => expect_ignored(
-            decide(&callback(body), &ctx(None, true, true)),
-            IgnoreReason::Subtype("bot_message".into()),
-        ),
+        | "message.bot_message.with_attachments.zulip.json" => {
+            // Another bot's post: ignored unless it comes from an alert source.
+            let cb = callback(body);
+            let SlackEvent::Message(m) = &cb.event else {
+                panic!("{name}: not a message");
+            };
+            let bot_id = m.bot_id.clone().expect("bot_id");
+            expect_ignored(
+                decide(&cb, &ctx(None, true, true)),
+                IgnoreReason::FromBot {
+                    bot_id: bot_id.clone(),
+                },
+            );
+            // Listed (by bot id, or by app id and the post's name), it is a turn.
+            let t = match decide(&cb, &alert_ctx(vec![by_bot(bot_id.as_str())])) {
+                Decision::Turn(t) => t,
+                other => panic!("{name}: expected a turn, got {other:?}"),
+            };
+            let Author::Alert(origin) = &t.author else {
+                panic!("{name}: expected an alert author, got {:?}", t.author);
+            };
+            assert_eq!(origin.bot_id, bot_id);
+            assert!(!t.marks_channel_monitored);
+            if name == "message.bot_message.with_attachments.zulip.json" {
+                // The ClickUp post's attachment (its blocks) is in the turn's text, without
+                // the fallback.
+                assert_eq!(
+                    t.text,
+                    "*Task status changed* from `complete` to `to do`\n\n\
+                     *<https://app.clickup.com/t/25567147/86cw30wf2|asd>*\nin dds | To Do"
+                );
+                let by_app_and_name = AlertSource {
+                    app_id: m.app_id.clone(),
+                    name: m.username.clone(),
+                    ..AlertSource::default()
+                };
+                assert!(matches!(
+                    decide(&cb, &alert_ctx(vec![by_app_and_name])),
+                    Decision::Turn(_)
+                ));
+            }
+            // Not in a monitored channel nor a thread of ours: ignored like a person's.
+            let unmonitored = DecideContext {
+                channel_monitored: false,
+                ..alert_ctx(vec![by_bot(bot_id.as_str())])
+            };
+            expect_ignored(decide(&cb, &unmonitored), IgnoreReason::NotMonitored);
+        }
         "message.channel_join.json" => expect_ignored(
             decide(&callback(body), &ctx(None, true, false)),
             IgnoreReason::Subtype("channel_join".into()),
@@ -174,6 +242,12 @@ fn check_events_api(name: &str, body: &[u8]) {
             );
         }
         "message.thread_reply.by_own_bot.json" => {
+            // Our app (`app_id` = `api_app_id`) even without our user id.
+            let ours = DecideContext {
+                bot_user_id: Some(UserId::parse("U0SOMEONE").expect("id")),
+                ..alert_ctx(vec![by_bot("B0439P161B9")])
+            };
+            expect_ignored(decide(&callback(body), &ours), IgnoreReason::OwnBotMessage);
             expect_ignored(
                 decide(&callback(body), &ctx(Some("U0442US8QGH"), true, true)),
                 IgnoreReason::OwnBotMessage,
@@ -401,4 +475,138 @@ fn signing_vector_is_stale_outside_the_window() {
         ),
         Err(SignatureError::Stale { .. })
     ));
+}
+
+/// The `message` event Slack sends for an alert fixture in `tests/data/slack/alerts/`: a
+/// `*.message.json` is the message object itself (posted by the tool's own app); a
+/// `*.webhook.json` is the body a tool POSTs to an incoming webhook, which Slack posts as a
+/// `bot_message` with the webhook's bot id and the body's `username`, `text`, `attachments`
+/// and `blocks`.
+fn alert_event(name: &str, body: &Value) -> Value {
+    let mut event = if name.ends_with(".webhook.json") {
+        serde_json::json!({
+            "type": "message", "subtype": "bot_message",
+            "text": body["text"].as_str().unwrap_or(""),
+            "username": body["username"], "bot_id": "B0HOOK0001", "app_id": "A0HOOK0001",
+            "attachments": body["attachments"], "blocks": body["blocks"],
+            "ts": "1764470000.000200",
+        })
+    } else {
+        body.clone()
+    };
+    let ts = event["ts"].clone();
+    let obj = event.as_object_mut().expect("an object");
+    obj.insert("channel".into(), "C0ALERTS01".into());
+    obj.insert("channel_type".into(), "channel".into());
+    obj.insert("event_ts".into(), ts);
+    event
+}
+
+#[test]
+fn every_alert_fixture_is_a_turn_with_its_text_flattened() {
+    let files = slack_files("alerts");
+    for (name, bytes) in &files {
+        let body: Value = serde_json::from_slice(bytes).expect("json");
+        let envelope = serde_json::json!({
+            "type": "event_callback", "team_id": "T0ALERTS01", "api_app_id": "A0INFRAGPT",
+            "event_id": format!("Ev{name}"), "event_time": 1_764_470_000,
+            "authorizations": [{"user_id": "U0INFRAGPT", "is_bot": true}],
+            "event": alert_event(name, &body),
+        });
+        let cb = match parse_value(envelope).unwrap_or_else(|e| panic!("{name}: {e}")) {
+            Inbound::EventCallback(cb) => *cb,
+            other => panic!("{name}: {other:?}"),
+        };
+        let SlackEvent::Message(m) = &cb.event else {
+            panic!("{name}: not a message");
+        };
+        let bot_id = m.bot_id.clone().expect("bot_id");
+        // Without a source it is another bot's post.
+        expect_ignored(
+            decide(&cb, &ctx(None, true, true)),
+            IgnoreReason::FromBot {
+                bot_id: bot_id.clone(),
+            },
+        );
+        let (source, must_contain, who): (AlertSource, &[&str], &str) = match name.as_str() {
+            "alertmanager.webhook.json" => (
+                AlertSource {
+                    app_id: Some("A0HOOK0001".into()),
+                    name: Some("alertmanager".into()),
+                    ..AlertSource::default()
+                },
+                &[
+                    "[FIRING:2] InstanceDown for api-server (env=\"prod\", severity=\"critical\") (https://alertmanager.local//#/alerts?receiver=default)",
+                    "*Alert:* api-server down - `critical`",
+                    "• *instance:* `1.2.3.4:8081`",
+                ],
+                "Alertmanager",
+            ),
+            "grafana.webhook.json" => (
+                AlertSource {
+                    bot_id: Some(BotId::new("B0HOOK0001")),
+                    name: Some("Grafana".into()),
+                    ..AlertSource::default()
+                },
+                &[
+                    "[FIRING:1]  (val1) (http://localhost/alerting/list)",
+                    "Labels:\n - alertname = alert1",
+                    "Silence: http://localhost/alerting/silence/new?alertmanager=grafana",
+                    "Grafana v11.0.0",
+                ],
+                "Grafana",
+            ),
+            "pagerduty.message.json" => (
+                AlertSource {
+                    bot_id: Some(BotId::new("B52HQJQEM")),
+                    name: None,
+                    ..AlertSource::default()
+                },
+                &[
+                    "Incident Triggered\nAn incident has been triggered.\nProduction XDB Cluster - Laura Haley",
+                ],
+                "",
+            ),
+            "datadog.message.json" => (
+                AlertSource {
+                    app_id: Some("A0DATADOG1".into()),
+                    name: Some("datadog".into()),
+                    ..AlertSource::default()
+                },
+                &[
+                    "[Triggered] High CPU usage on web-1\n\n",
+                    "[Triggered on {host:web-1}] High CPU usage on web-1 (https://app.datadoghq.com/monitors/1234567?group=host%3Aweb-1)",
+                    "Notified: @slack-ops",
+                    "Tags: env:prod, host:web-1, service:api",
+                    "Datadog Monitor Alert",
+                ],
+                "Datadog",
+            ),
+            other => panic!("no expectation for alert fixture {other}"),
+        };
+        let t = match decide(&cb, &alert_ctx(vec![source])) {
+            Decision::Turn(t) => t,
+            other => panic!("{name}: expected a turn, got {other:?}"),
+        };
+        for part in must_contain {
+            assert!(
+                t.text.contains(part),
+                "{name}: {part:?} not in {:?}",
+                t.text
+            );
+        }
+        // The attachment's fallback repeats what is there; it is left out.
+        assert!(
+            !t.text.contains(" | https://alertmanager"),
+            "{name}: {}",
+            t.text
+        );
+        let Author::Alert(origin) = &t.author else {
+            panic!("{name}: {:?}", t.author);
+        };
+        assert_eq!(origin.bot_id, bot_id);
+        assert_eq!(origin.name.as_deref().unwrap_or(""), who, "{name}");
+        assert_eq!(t.raw_text, m.text);
+    }
+    assert_eq!(files.len(), 4, "fixture count changed; add expectations");
 }
