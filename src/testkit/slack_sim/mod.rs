@@ -266,6 +266,8 @@ impl SlackSim {
                     deleted: false,
                     metadata: None,
                     files: Vec::new(),
+                    blocks: (!blocks.is_null()).then(|| blocks.clone()),
+                    updates: 0,
                 },
             );
             if st.config.subscriptions.message {
