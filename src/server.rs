@@ -157,6 +157,13 @@ async fn start_with_database(
     };
     let config = state.config.clone();
 
+    // Bound before the modules start: the actor core starts handling recovered events at
+    // once, and the agent answers them through SendReply on the gRPC port, which must accept
+    // connections by then (they wait in the backlog until the server serves them).
+    let sockets = match bind_listeners(&config) {
+        Ok(sockets) => sockets,
+        Err(e) => return Err((e, db)),
+    };
     let mut http = HttpShell::from_config(&config, readiness.clone());
     let mut grpc = GrpcShell::new().await;
     grpc.set_limits(config.grpc.clone());
@@ -173,7 +180,7 @@ async fn start_with_database(
         stop_modules(&mut modules).await;
         return Err((e.into(), db));
     }
-    let (http_addr, grpc_addr, grpc_listener, server) = match listen(&config, &http) {
+    let (http_addr, grpc_addr, grpc_listener, server) = match listen(&config, &http, sockets) {
         Ok(p) => p,
         Err(e) => {
             stop_modules(&mut modules).await;
@@ -245,7 +252,13 @@ fn grpc_tls(
 }
 
 /// Binds both listeners and builds the HTTP server (not yet polled).
-fn listen(config: &Config, http: &HttpShell) -> anyhow::Result<Listening> {
+/// The HTTP and gRPC sockets, bound and listening, not served yet.
+struct Sockets {
+    http: std::net::TcpListener,
+    grpc: std::net::TcpListener,
+}
+
+fn bind_listeners(config: &Config) -> anyhow::Result<Sockets> {
     let ip: std::net::IpAddr = config.bind_address.parse().with_context(|| {
         format!(
             "bind_address `{}` is not an IP address",
@@ -256,8 +269,17 @@ fn listen(config: &Config, http: &HttpShell) -> anyhow::Result<Listening> {
         let addr = SocketAddr::new(ip, port);
         std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))
     };
-    let http_listener = bind(config.port)?;
-    let grpc_listener = bind(config.grpc_port)?;
+    Ok(Sockets {
+        http: bind(config.port)?,
+        grpc: bind(config.grpc_port)?,
+    })
+}
+
+fn listen(config: &Config, http: &HttpShell, sockets: Sockets) -> anyhow::Result<Listening> {
+    let Sockets {
+        http: http_listener,
+        grpc: grpc_listener,
+    } = sockets;
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
     grpc_listener.set_nonblocking(true)?;
