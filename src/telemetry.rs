@@ -42,7 +42,7 @@ pub enum TelemetryError {
     Filter {
         filter: String,
         #[source]
-        source: tracing_subscriber::filter::ParseError,
+        source: crate::config::FilterError,
     },
     /// A global subscriber is already installed.
     #[error("a global tracing subscriber is already installed: {0}")]
@@ -129,7 +129,7 @@ fn filter(level: &str) -> Result<EnvFilter, TelemetryError> {
         Ok(v) if !v.trim().is_empty() => v,
         _ => level.to_owned(),
     };
-    EnvFilter::try_new(&text).map_err(|source| TelemetryError::Filter {
+    crate::config::parse_filter(&text).map_err(|source| TelemetryError::Filter {
         filter: text,
         source,
     })
@@ -180,30 +180,29 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
     // nothing); with export each layer has its own filter, so spans below `log_level` can
     // still be exported. A per-layer filter alone made large webhook deliveries cost more
     // memory at once (edge::memory).
-    let installed = match &export {
-        Some((export, _)) => {
-            let logs = log_layer(config.format, config.to_stderr);
-            use opentelemetry::trace::TracerProvider as _;
-            let spans_filter =
-                EnvFilter::try_new(&config.export.otlp_filter).map_err(|source| {
-                    TelemetryError::Filter {
+    let installed =
+        match &export {
+            Some((export, _)) => {
+                let logs = log_layer(config.format, config.to_stderr);
+                use opentelemetry::trace::TracerProvider as _;
+                let spans_filter = crate::config::parse_filter(&config.export.otlp_filter)
+                    .map_err(|source| TelemetryError::Filter {
                         filter: config.export.otlp_filter.clone(),
                         source,
-                    }
-                })?;
-            let spans = tracing_opentelemetry::layer()
-                .with_tracer(export.provider.tracer("infragpt"))
-                .with_filter(spans_filter);
-            tracing_subscriber::registry()
-                .with(logs.with_filter(filter))
-                .with(spans)
-                .try_init()
-        }
-        None => tracing_subscriber::registry()
-            .with(filter)
-            .with(log_layer(config.format, config.to_stderr))
-            .try_init(),
-    };
+                    })?;
+                let spans = tracing_opentelemetry::layer()
+                    .with_tracer(export.provider.tracer("infragpt"))
+                    .with_filter(spans_filter);
+                tracing_subscriber::registry()
+                    .with(logs.with_filter(filter))
+                    .with(spans)
+                    .try_init()
+            }
+            None => tracing_subscriber::registry()
+                .with(filter)
+                .with(log_layer(config.format, config.to_stderr))
+                .try_init(),
+        };
     installed.map_err(|e| TelemetryError::AlreadyInstalled(Box::new(e)))?;
     if let Some((_, endpoint)) = &export {
         tracing::info!(endpoint, service_name = %config.export.service_name, "exporting spans over OTLP/gRPC");

@@ -12,7 +12,7 @@ mod validate;
 
 pub use networks::{NetworkParseError, Networks};
 
-pub use validate::{normalize_endpoint, unauthenticated_reply_networks};
+pub use validate::{FilterError, normalize_endpoint, parse_filter, unauthenticated_reply_networks};
 
 pub use types::*;
 

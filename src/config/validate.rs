@@ -224,7 +224,7 @@ fn check_listeners(config: &Config) -> Result<(), Failure> {
             )?,
         }
     }
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.telemetry.otlp_filter) {
+    if let Err(e) = parse_filter(&config.telemetry.otlp_filter) {
         fail(
             "telemetry.otlp_filter",
             format!("invalid filter `{}`: {e}", config.telemetry.otlp_filter),
@@ -236,13 +236,34 @@ fn check_listeners(config: &Config) -> Result<(), Failure> {
             "must be at least 1".to_owned(),
         )?;
     }
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log_level) {
+    if let Err(e) = parse_filter(&config.log_level) {
         fail(
             "log_level",
             format!("invalid filter `{}`: {e}", config.log_level),
         )?;
     }
     Ok(())
+}
+
+/// Why a tracing filter (`log_level`, `telemetry.otlp_filter`, `RUST_LOG`) was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// Filters are ASCII: tracing-subscriber 0.3 panics on some non-ASCII directives (it
+    /// slices at a byte inside a character; found by the `config` fuzz target), and targets,
+    /// levels and field names are ASCII anyway.
+    #[error("only ASCII is allowed (found {0:?})")]
+    NotAscii(char),
+    /// tracing-subscriber's own parse error.
+    #[error(transparent)]
+    Parse(#[from] tracing_subscriber::filter::ParseError),
+}
+
+/// Parses a tracing filter directive list, refusing what would make tracing-subscriber panic.
+pub fn parse_filter(text: &str) -> Result<tracing_subscriber::EnvFilter, FilterError> {
+    if let Some(c) = text.chars().find(|c| !c.is_ascii()) {
+        return Err(FilterError::NotAscii(c));
+    }
+    Ok(tracing_subscriber::EnvFilter::try_new(text)?)
 }
 
 fn check_cors(cors: &CorsConfig) -> Result<(), Failure> {

@@ -439,3 +439,21 @@ fn alert_sources_need_a_bot_or_app_id() {
     let e = err("slack:\n  alert_sources:\n    - bot: B1\n");
     assert!(e.contains("unknown field"), "{e}");
 }
+
+/// tracing-subscriber panics on some non-ASCII filters (the `config` fuzz target's crash):
+/// such a `log_level` or `telemetry.otlp_filter` is a clear error naming the key.
+#[test]
+fn non_ascii_log_filters_are_errors_not_panics() {
+    for (text, key) in [
+        ("log_level: \"S¬TTS¬T=S¬TTS¬T=\"\n", "log_level"),
+        ("log_level: \"info,é=debug\"\n", "log_level"),
+        (
+            "telemetry:\n  otlp_filter: \"S¬TTS¬T=\"\n",
+            "telemetry.otlp_filter",
+        ),
+    ] {
+        let e = err(text);
+        assert!(e.contains(key) && e.contains("ASCII"), "{text}: {e}");
+    }
+    assert!(load_with("log_level: \"info,infragpt=debug\"\n", &[]).is_ok());
+}
