@@ -154,6 +154,9 @@ struct Shared {
 /// How long a SendReply keeps failing over between several reply endpoints before the turn
 /// is answered `success: false`.
 pub const REPLY_FAILOVER_BUDGET: Duration = Duration::from_secs(60);
+/// Attempts of a SendReply to a single backend whose transport failed (100 ms, 200 ms, ...
+/// apart).
+const SINGLE_REPLY_ATTEMPTS: u32 = 5;
 /// Per-call deadline of a SendReply when failing over is possible (SendReply waits up to
 /// 10 s for another replica holding the same reply).
 const REPLY_CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -228,12 +231,24 @@ impl Service {
             Ok(request)
         };
         if clients.len() == 1 {
-            let status = clients[0]
-                .clone()
-                .send_reply(request()?)
-                .await
-                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-                .into_inner();
+            // One backend: a failure of the transport itself (tonic's own status, carrying
+            // its cause: the connection refused or torn down) is tried again a few times.
+            // tonic's channel answers the first call after a failed reconnect with that old
+            // error, even when the backend has since come back (a restarted process).
+            let mut attempt = 1u32;
+            let status = loop {
+                match clients[0].clone().send_reply(request()?).await {
+                    Ok(answer) => break answer.into_inner(),
+                    Err(s)
+                        if attempt < SINGLE_REPLY_ATTEMPTS
+                            && std::error::Error::source(&s).is_some() =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(100) * attempt).await;
+                        attempt += 1;
+                    }
+                    Err(s) => return Err(format!("{:?}: {}", s.code(), s.message())),
+                }
+            };
             return if status.success {
                 Ok(())
             } else {
