@@ -628,6 +628,56 @@ impl SlackWeb {
         .await;
         self.finish(team, method, result).await
     }
+
+    /// Our bot's messages from a paged history method (`conversations.replies`,
+    /// `conversations.history`) called with `params` and `include_all_metadata`, following
+    /// `next_cursor`; `None` when there are more than [`MAX_REPLIES_PAGES`] pages. slack-
+    /// morphism's requests have no `include_all_metadata` (2.31): plain GETs.
+    async fn paged_bot_messages(
+        &self,
+        team: &TeamId,
+        method: &'static str,
+        params: Vec<(&'static str, Option<String>)>,
+    ) -> Result<Option<Vec<ThreadMessage>>, SlackApiError> {
+        let bot = self.bot_identity(team).await?;
+        let ours = |m: &ReplyObj| {
+            m.user.as_deref() == Some(bot.user_id.as_str())
+                || (m.bot_id.is_some() && m.bot_id == bot.bot_id)
+        };
+        let mut found = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_REPLIES_PAGES {
+            let mut page_params = params.clone();
+            page_params.push(("include_all_metadata", Some("true".to_owned())));
+            page_params.push(("limit", Some(REPLIES_PAGE.to_string())));
+            if let Some(c) = &cursor {
+                page_params.push(("cursor", Some(c.clone())));
+            }
+            let page: RepliesPage = self
+                .get(team, method, page_params, &SLACK_TIER3_METHOD_CONFIG)
+                .await?;
+            for m in page.messages {
+                if !ours(&m) {
+                    continue;
+                }
+                let ts = MessageTs::parse(m.ts.as_str())
+                    .map_err(|e| SlackApiError::Api(format!("{method} ts: {e}")))?;
+                found.push(ThreadMessage {
+                    ts,
+                    file_ids: m.files.into_iter().map(|f| f.id).collect(),
+                    metadata: metadata_of(m.metadata),
+                });
+            }
+            cursor = page
+                .response_metadata
+                .and_then(|r| r.next_cursor)
+                .filter(|c| !c.is_empty());
+            if !page.has_more || cursor.is_none() {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
 }
 
 #[async_trait]
@@ -778,59 +828,20 @@ impl SlackApi for SlackWeb {
         thread_ts: &MessageTs,
         after: Option<&MessageTs>,
     ) -> Result<Vec<ThreadMessage>, SlackApiError> {
-        let bot = self.bot_identity(team).await?;
-        let ours = |m: &ReplyObj| {
-            m.user.as_deref() == Some(bot.user_id.as_str())
-                || (m.bot_id.is_some() && m.bot_id == bot.bot_id)
-        };
-        let mut found = Vec::new();
-        let mut cursor: Option<String> = None;
-        for _ in 0..MAX_REPLIES_PAGES {
-            // slack-morphism's replies request has no `include_all_metadata` (2.31): a plain GET.
-            let mut params: Vec<(&'static str, Option<String>)> = vec![
-                ("channel", Some(channel.as_str().to_owned())),
-                ("ts", Some(thread_ts.as_str().to_owned())),
-                ("include_all_metadata", Some("true".to_owned())),
-                ("limit", Some(REPLIES_PAGE.to_string())),
-            ];
-            if let Some(after) = after {
-                params.push(("oldest", Some(after.as_str().to_owned())));
-            }
-            if let Some(c) = &cursor {
-                params.push(("cursor", Some(c.clone())));
-            }
-            let page: RepliesPage = self
-                .get(
-                    team,
-                    "conversations.replies",
-                    params,
-                    &SLACK_TIER3_METHOD_CONFIG,
-                )
-                .await?;
-            for m in page.messages {
-                if !ours(&m) {
-                    continue;
-                }
-                let ts = MessageTs::parse(m.ts.as_str())
-                    .map_err(|e| SlackApiError::Api(format!("conversations.replies ts: {e}")))?;
-                found.push(ThreadMessage {
-                    ts,
-                    file_ids: m.files.into_iter().map(|f| f.id).collect(),
-                    metadata: metadata_of(m.metadata),
-                });
-            }
-            cursor = page
-                .response_metadata
-                .and_then(|r| r.next_cursor)
-                .filter(|c| !c.is_empty());
-            if !page.has_more || cursor.is_none() {
-                return Ok(found);
-            }
+        let mut params: Vec<(&'static str, Option<String>)> = vec![
+            ("channel", Some(channel.as_str().to_owned())),
+            ("ts", Some(thread_ts.as_str().to_owned())),
+        ];
+        if let Some(after) = after {
+            params.push(("oldest", Some(after.as_str().to_owned())));
         }
-        Err(SlackApiError::Api(format!(
-            "conversations.replies: thread {thread_ts} has more than {} pages",
-            MAX_REPLIES_PAGES
-        )))
+        self.paged_bot_messages(team, "conversations.replies", params)
+            .await?
+            .ok_or_else(|| {
+                SlackApiError::Api(format!(
+                    "conversations.replies: thread {thread_ts} has more than {MAX_REPLIES_PAGES} pages"
+                ))
+            })
     }
 
     async fn add_reaction(
@@ -974,54 +985,17 @@ impl infragpt_actors::events::EventSlack for SlackWeb {
         channel: &ChannelId,
         oldest: &MessageTs,
     ) -> Result<Vec<ThreadMessage>, SlackApiError> {
-        let bot = self.bot_identity(team).await?;
-        let ours = |m: &ReplyObj| {
-            m.user.as_deref() == Some(bot.user_id.as_str())
-                || (m.bot_id.is_some() && m.bot_id == bot.bot_id)
-        };
-        let mut found = Vec::new();
-        let mut cursor: Option<String> = None;
-        for _ in 0..MAX_REPLIES_PAGES {
-            let mut params: Vec<(&'static str, Option<String>)> = vec![
-                ("channel", Some(channel.as_str().to_owned())),
-                ("oldest", Some(oldest.as_str().to_owned())),
-                ("include_all_metadata", Some("true".to_owned())),
-                ("limit", Some(REPLIES_PAGE.to_string())),
-            ];
-            if let Some(c) = &cursor {
-                params.push(("cursor", Some(c.clone())));
-            }
-            let page: RepliesPage = self
-                .get(
-                    team,
-                    "conversations.history",
-                    params,
-                    &SLACK_TIER3_METHOD_CONFIG,
-                )
-                .await?;
-            for m in page.messages {
-                if !ours(&m) {
-                    continue;
-                }
-                let ts = MessageTs::parse(m.ts.as_str())
-                    .map_err(|e| SlackApiError::Api(format!("conversations.history ts: {e}")))?;
-                found.push(ThreadMessage {
-                    ts,
-                    file_ids: m.files.into_iter().map(|f| f.id).collect(),
-                    metadata: metadata_of(m.metadata),
-                });
-            }
-            cursor = page
-                .response_metadata
-                .and_then(|r| r.next_cursor)
-                .filter(|c| !c.is_empty());
-            if !page.has_more || cursor.is_none() {
-                return Ok(found);
-            }
-        }
-        Err(SlackApiError::Api(format!(
-            "conversations.history: channel {channel} has more than {MAX_REPLIES_PAGES} pages since {oldest}"
-        )))
+        let params = vec![
+            ("channel", Some(channel.as_str().to_owned())),
+            ("oldest", Some(oldest.as_str().to_owned())),
+        ];
+        self.paged_bot_messages(team, "conversations.history", params)
+            .await?
+            .ok_or_else(|| {
+                SlackApiError::Api(format!(
+                    "conversations.history: channel {channel} has more than {MAX_REPLIES_PAGES} pages since {oldest}"
+                ))
+            })
     }
 }
 
