@@ -457,3 +457,29 @@ fn non_ascii_log_filters_are_errors_not_panics() {
     }
     assert!(load_with("log_level: \"info,infragpt=debug\"\n", &[]).is_ok());
 }
+
+/// Span and field filters compile their values as regular expressions; a pathological one
+/// took the `config` fuzz target over 10 s. Configuration keys take plain directives only.
+#[test]
+fn log_filters_in_the_config_are_plain_directives() {
+    let e = err("log_level: \"d[0s8v{<<=<<<<<<<<<<<<<}\"\n");
+    assert!(e.contains("log_level") && e.contains("RUST_LOG"), "{e}");
+    let started = std::time::Instant::now();
+    let slow = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fuzz/regressions/config/regex-field-filter-timeout"),
+    )
+    .unwrap();
+    assert!(load_with(&String::from_utf8_lossy(&slow), &[]).is_err());
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    for ok in [
+        "info",
+        "warn,infragpt=debug",
+        "infragpt::slack=trace,actix_server=off",
+    ] {
+        assert!(
+            load_with(&format!("log_level: \"{ok}\"\n"), &[]).is_ok(),
+            "{ok}"
+        );
+    }
+}
