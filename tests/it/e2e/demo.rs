@@ -11,9 +11,9 @@ use infragpt::testkit::test_db::TestDb;
 
 use crate::support::app::VAULT_KEY;
 
-#[tokio::test]
-async fn scripted_demo_answers_every_turn_in_its_thread() {
-    let db = TestDb::new().await;
+/// Runs `infragpt demo --script tests/data/{script}` on `db` and returns its output, after
+/// checking the process succeeded.
+pub(crate) async fn run_scripted_demo(db: &TestDb, script: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("demo.yaml");
     std::fs::write(
@@ -24,22 +24,38 @@ async fn scripted_demo_answers_every_turn_in_its_thread() {
         ),
     )
     .expect("config");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/demo.script");
+    let script = format!("{}/tests/data/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_infragpt"))
             .args(["--config", config.to_str().expect("utf-8 path")])
-            .args(["demo", "--script", script, "--reply-timeout", "60"])
+            .args(["demo", "--script", &script, "--reply-timeout", "60"])
             .output()
             .expect("run the demo")
     })
     .await
     .expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
         "demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
+    stdout
+}
+
+/// The `[label]` of each labelled line of the demo's output, in order.
+pub(crate) fn thread_labels(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix('[').and_then(|l| l.split_once(']')))
+        .map(|(label, _)| label)
+        .collect()
+}
+
+#[tokio::test]
+async fn scripted_demo_answers_every_turn_in_its_thread() {
+    let db = TestDb::new().await;
+    let stdout = run_scripted_demo(&db, "demo.script").await;
     assert!(stdout.contains("6 of 6 turns answered"), "{stdout}");
     assert!(
         stdout.contains("/actors"),
@@ -47,11 +63,7 @@ async fn scripted_demo_answers_every_turn_in_its_thread() {
     );
 
     // Replies arrive in the thread of the line that asked, in order.
-    let labels: Vec<&str> = stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix('[').and_then(|l| l.split_once(']')))
-        .map(|(label, _)| label)
-        .collect();
+    let labels = thread_labels(&stdout);
     assert_eq!(
         labels,
         [

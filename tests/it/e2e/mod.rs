@@ -5,7 +5,7 @@
 mod alerts;
 mod auth;
 pub(crate) mod conversations;
-mod demo;
+pub(crate) mod demo;
 mod direct_messages;
 mod long_answers;
 mod ops;
