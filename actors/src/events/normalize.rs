@@ -56,6 +56,19 @@ fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// A workflow or check run's shown status (its conclusion once completed, else its status)
+/// and its conclusion (only once completed).
+fn completion(run: &Value) -> (String, Option<String>) {
+    let status = s(run, &["status"]).unwrap_or("unknown");
+    let conclusion = s(run, &["conclusion"])
+        .filter(|_| status == "completed")
+        .map(str::to_owned);
+    (
+        conclusion.clone().unwrap_or_else(|| status.to_owned()),
+        conclusion,
+    )
+}
+
 fn link(label: &str, url: Option<&str>) -> Option<Link> {
     url.filter(|u| u.starts_with("http://") || u.starts_with("https://"))
         .map(|u| Link {
@@ -109,13 +122,7 @@ pub fn github(name: &str, payload: &Value, delivery: &str) -> Option<OpsEvent> {
             let id = n(run, &["id"])?;
             let wf = s(run, &["name"]).unwrap_or("workflow");
             let branch = s(run, &["head_branch"]).unwrap_or("?");
-            let run_status = s(run, &["status"]).unwrap_or("unknown");
-            let concl = s(run, &["conclusion"]).map(str::to_owned);
-            status = match (&concl, run_status) {
-                (Some(c), "completed") => c.clone(),
-                _ => run_status.to_owned(),
-            };
-            conclusion = concl.filter(|_| run_status == "completed");
+            (status, conclusion) = completion(run);
             thing = format!("github:{repo}:workflow_run:{id}");
             title = format!("{wf} on {branch}: {status}");
             fields.push(("Workflow".into(), wf.to_owned()));
@@ -133,13 +140,7 @@ pub fn github(name: &str, payload: &Value, delivery: &str) -> Option<OpsEvent> {
             let check = payload.get("check_run")?;
             let id = n(check, &["id"])?;
             let check_name = s(check, &["name"]).unwrap_or("check");
-            let check_status = s(check, &["status"]).unwrap_or("unknown");
-            let concl = s(check, &["conclusion"]).map(str::to_owned);
-            status = match (&concl, check_status) {
-                (Some(c), "completed") => c.clone(),
-                _ => check_status.to_owned(),
-            };
-            conclusion = concl.filter(|_| check_status == "completed");
+            (status, conclusion) = completion(check);
             thing = format!("github:{repo}:check_run:{id}");
             title = format!("Check {check_name}: {status}");
             fields.push(("Check".into(), check_name.to_owned()));
