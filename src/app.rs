@@ -9,7 +9,9 @@ pub mod openapi;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use infragpt_actors::conversation::{Agent, AnswerStyle, ConversationHandler, ReplyService};
+use infragpt_actors::conversation::{
+    Agent, AnswerStyle, ConversationHandler, Progress, ReplyService,
+};
 use infragpt_actors::partitions::{ReplicaId, host_name};
 use infragpt_actors::{Cluster, HealthRegistry, Metrics, StreamSpec};
 use infragpt_actors::{kinds, sources};
@@ -24,6 +26,7 @@ use crate::db::audit::PgAudit;
 use crate::db::cluster::PgMembership;
 use crate::db::conversations::PgConversationStore;
 use crate::db::inbox::PgInbox;
+use crate::db::progress::PgProgressStore;
 use crate::events::{EventsModule, EventsParts, TriagePorts};
 use crate::grpc::server::GrpcShell;
 use crate::http::{HttpShell, ReadinessCheck};
@@ -272,6 +275,14 @@ fn build_modules(
         file_threshold: config.slack.answer_file_threshold,
     };
     let agent: Arc<dyn Agent> = Arc::new(agent);
+    // One per process: the worker opens each turn's indicator, the agent's SendProgress
+    // changes it, and answers (worker or SendReply) end it.
+    let progress = Arc::new(Progress::new(
+        config.slack.progress,
+        Arc::new(PgProgressStore::new(pool.clone())),
+        store.clone(),
+        slack_web.clone(),
+    ));
     let handler = ConversationHandler::new(
         store.clone(),
         slack_web.clone(),
@@ -284,7 +295,8 @@ fn build_modules(
     .with_history_sender(config.agent.history_sender)
     .with_answer_style(answer_style)
     .with_agent_retries(config.actors.retry_budget)
-    .with_alert_sources(config.slack.alert_sources.clone());
+    .with_alert_sources(config.slack.alert_sources.clone())
+    .with_progress(progress.clone());
     cluster
         .register_stream(StreamSpec {
             name: "conversations".to_owned(),
@@ -296,7 +308,8 @@ fn build_modules(
     let replies = Arc::new(
         ReplyService::new(store.clone(), slack_web.clone())
             .with_answer_style(answer_style)
-            .with_metrics(cluster.metrics().clone()),
+            .with_metrics(cluster.metrics().clone())
+            .with_progress(progress),
     );
 
     // Events: GitHub, Alertmanager and PagerDuty through the organizations' rules into Slack.

@@ -575,6 +575,8 @@ mod conversation_fakes {
         lookups: usize,
         /// How long each post takes before it takes effect.
         post_delay: std::time::Duration,
+        /// Every `assistant.threads.setStatus`: channel, thread, status.
+        statuses: Vec<(ChannelId, MessageTs, String)>,
     }
 
     impl std::fmt::Debug for SlackState {
@@ -643,6 +645,11 @@ mod conversation_fakes {
         /// Makes every post take `delay` before it takes effect (a slow Slack).
         pub fn delay_posts(&self, delay: std::time::Duration) {
             self.state.lock().post_delay = delay;
+        }
+
+        /// Every thread status set, in order: channel, thread, status.
+        pub fn statuses(&self) -> Vec<(ChannelId, MessageTs, String)> {
+            self.state.lock().statuses.clone()
         }
 
         /// How many times the bot's messages of a thread were looked up.
@@ -805,6 +812,46 @@ mod conversation_fakes {
             );
             found.sort_by(|a, b| a.ts.chrono_cmp(&b.ts));
             Ok(found)
+        }
+
+        async fn update_message(
+            &self,
+            _team: &TeamId,
+            channel: &ChannelId,
+            ts: &MessageTs,
+            text: &str,
+            metadata: Option<&MessageMetadata>,
+        ) -> Result<(), SlackApiError> {
+            let mut st = self.state.lock();
+            if let Some(e) = st.post_error.clone() {
+                return Err(e);
+            }
+            let Some(post) = st
+                .posts
+                .iter_mut()
+                .find(|p| &p.channel == channel && &p.ts == ts)
+            else {
+                return Err(SlackApiError::Api("chat.update: message_not_found".into()));
+            };
+            post.text = text.to_owned();
+            if let Some(m) = metadata {
+                post.metadata = Some(m.clone());
+            }
+            Ok(())
+        }
+
+        async fn set_thread_status(
+            &self,
+            _team: &TeamId,
+            channel: &ChannelId,
+            thread_ts: &MessageTs,
+            status: &str,
+        ) -> Result<(), SlackApiError> {
+            self.state
+                .lock()
+                .statuses
+                .push((channel.clone(), thread_ts.clone(), status.to_owned()));
+            Ok(())
         }
 
         async fn add_reaction(

@@ -348,6 +348,11 @@ pub struct SlackConfig {
     /// Bots (by bot id or app id, optionally by name) whose posts in monitored channels are
     /// turns without a mention: alerts from Datadog, Grafana, PagerDuty, Alertmanager...
     pub alert_sources: Vec<infragpt_actors::slack_alerts::AlertSource>,
+    /// How a turn shows it is being worked on: `status` (Slack's assistant status under the
+    /// thread, "is thinking…", and the agent's SendProgress text; a placeholder message
+    /// where Slack refuses the status), `placeholder` (a message the answer replaces) or
+    /// `off`.
+    pub progress: infragpt_actors::conversation::ProgressMode,
 }
 
 impl Default for SlackConfig {
@@ -364,6 +369,7 @@ impl Default for SlackConfig {
             throttle: true,
             answer_file_threshold: infragpt_actors::conversation::DEFAULT_FILE_THRESHOLD,
             alert_sources: Vec::new(),
+            progress: infragpt_actors::conversation::ProgressMode::default(),
         }
     }
 }

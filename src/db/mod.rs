@@ -9,6 +9,7 @@ pub mod inbox;
 pub mod nonces;
 pub mod prepared;
 pub mod private_pg;
+pub mod progress;
 pub mod retention;
 pub mod schema;
 
@@ -26,6 +27,7 @@ pub use audit::PgAudit;
 pub use conversations::PgConversationStore;
 pub use error::{Conn, StoreError, conn};
 pub use inbox::PgInbox;
+pub use progress::PgProgressStore;
 pub use private_pg::{ClusterError, ClusterOptions, PrivateCluster};
 
 /// The connection pool every adapter uses.

@@ -341,12 +341,29 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// The progress indicator of a turn (assistant status or placeholder message).
+    turn_progress (conversation_id, turn_ts) {
+        conversation_id -> Uuid,
+        turn_ts -> Text,
+        placeholder_ts -> Nullable<Text>,
+        pending_text -> Nullable<Text>,
+        shown_text -> Nullable<Text>,
+        shown_at -> Nullable<Timestamptz>,
+        lock_id -> Nullable<Uuid>,
+        locked_until -> Nullable<Timestamptz>,
+        answer_intent -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(integration_credentials -> integrations (integration_id));
 diesel::joinable!(integrations -> organizations (organization_id));
 diesel::joinable!(messages -> conversations (conversation_id));
 diesel::joinable!(organization_metadata -> organizations (organization_id));
 diesel::joinable!(reply_intents -> conversations (conversation_id));
 diesel::joinable!(slack_workspaces -> organizations (organization_id));
+diesel::joinable!(turn_progress -> conversations (conversation_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
@@ -370,5 +387,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     organizations,
     reply_intents,
     slack_workspaces,
+    turn_progress,
     users,
 );

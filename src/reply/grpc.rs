@@ -16,9 +16,11 @@ use tracing::Instrument as _;
 
 use infragpt_actors::conversation::{ReplyOutcome, ReplyService};
 
-use super::{ReplyAuth, ReplyCaller, api_error};
+use super::{
+    ReplyAuth, ReplyAuthenticated, ReplyCaller, api_error, progress_error, progress_outcome,
+};
 use crate::grpc::pb::backend::backend_service_server::{BackendService, BackendServiceServer};
-use crate::grpc::pb::backend::{SendReplyCommand, Status};
+use crate::grpc::pb::backend::{SendProgressCommand, SendReplyCommand, Status};
 use crate::grpc::pb::infragpt::infra_gpt_service_server::{InfraGptService, InfraGptServiceServer};
 use crate::grpc::server::GrpcShell;
 
@@ -60,11 +62,13 @@ impl ReplyGrpc {
         );
     }
 
-    async fn handle(
+    /// Who the caller is, or UNAUTHENTICATED (the same rules for every agent-facing call).
+    fn authenticate<T>(
         &self,
-        request: tonic::Request<SendReplyCommand>,
+        request: &tonic::Request<T>,
+        call: &'static str,
         path: &'static str,
-    ) -> Result<tonic::Response<Status>, tonic::Status> {
+    ) -> Result<ReplyAuthenticated, tonic::Status> {
         let authorization = request
             .metadata()
             .get("authorization")
@@ -79,10 +83,18 @@ impl ReplyGrpc {
             peer: request.remote_addr().map(|a| a.ip()),
             client_certificate: request.peer_certs().is_some_and(|certs| !certs.is_empty()),
         };
-        let authenticated = self.auth.check(&caller).map_err(|e| {
-            tracing::info!(transport = path, peer = ?caller.peer, error = %e.message(), "SendReply refused");
+        self.auth.check(&caller).map_err(|e| {
+            tracing::info!(call, transport = path, peer = ?caller.peer, error = %e.message(), "agent call refused");
             tonic::Status::from(e)
-        })?;
+        })
+    }
+
+    async fn handle(
+        &self,
+        request: tonic::Request<SendReplyCommand>,
+        path: &'static str,
+    ) -> Result<tonic::Response<Status>, tonic::Status> {
+        let authenticated = self.authenticate(&request, "SendReply", path)?;
         let command = request.into_inner();
         let span = tracing::info_span!(
             "send_reply",
@@ -121,6 +133,45 @@ impl ReplyGrpc {
             }
         }
     }
+
+    async fn progress(
+        &self,
+        request: tonic::Request<SendProgressCommand>,
+        path: &'static str,
+    ) -> Result<tonic::Response<Status>, tonic::Status> {
+        let authenticated = self.authenticate(&request, "SendProgress", path)?;
+        let command = request.into_inner();
+        let span = tracing::info_span!(
+            "send_progress",
+            conversation_id = %command.conversation_id.trim(),
+            transport = path
+        );
+        match self
+            .service
+            .send_progress(&command.conversation_id, &command.text)
+            .instrument(span)
+            .await
+        {
+            Ok(outcome) => {
+                tracing::info!(
+                    conversation_id = %command.conversation_id.trim(),
+                    outcome = progress_outcome(outcome),
+                    authenticated_by = authenticated.as_str(),
+                    transport = path,
+                    "SendProgress handled"
+                );
+                Ok(tonic::Response::new(Status {
+                    success: true,
+                    error: String::new(),
+                }))
+            }
+            Err(e) => {
+                let e = progress_error(e);
+                tracing::info!(transport = path, code = e.code(), error = %e.message(), "SendProgress failed");
+                Err(e.into())
+            }
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -131,6 +182,13 @@ impl BackendService for ReplyGrpc {
     ) -> Result<tonic::Response<Status>, tonic::Status> {
         self.handle(request, "grpc backend.BackendService").await
     }
+
+    async fn send_progress(
+        &self,
+        request: tonic::Request<SendProgressCommand>,
+    ) -> Result<tonic::Response<Status>, tonic::Status> {
+        self.progress(request, "grpc backend.BackendService").await
+    }
 }
 
 #[tonic::async_trait]
@@ -140,5 +198,12 @@ impl InfraGptService for ReplyGrpc {
         request: tonic::Request<SendReplyCommand>,
     ) -> Result<tonic::Response<Status>, tonic::Status> {
         self.handle(request, "grpc infragpt.InfraGPTService").await
+    }
+
+    async fn send_progress(
+        &self,
+        request: tonic::Request<SendProgressCommand>,
+    ) -> Result<tonic::Response<Status>, tonic::Status> {
+        self.progress(request, "grpc infragpt.InfraGPTService").await
     }
 }

@@ -17,7 +17,9 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use infragpt_actors::conversation::{ReplyOutcome, ReplyService};
 use serde::{Deserialize, Serialize};
 
-use super::{ReplyAuth, ReplyCaller, api_error};
+use super::{
+    ReplyAuth, ReplyAuthenticated, ReplyCaller, api_error, progress_error, progress_outcome,
+};
 use crate::error::{ApiError, clip};
 
 /// Body of `POST /reply` (the gRPC `SendReplyCommand`).
@@ -91,21 +93,7 @@ async fn post_reply(
     service: web::Data<Arc<ReplyService>>,
     auth: web::Data<ReplyAuth>,
 ) -> Result<HttpResponse, ReplyHttpError> {
-    let authorization = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| ApiError::unauthorized("authorization header is not ASCII"))
-        })
-        .transpose()?;
-    // Authenticate before reading anything the caller sent. The peer is the TCP peer:
-    // X-Forwarded-For is written by clients and proves nothing.
-    let authenticated = auth.check(&ReplyCaller {
-        authorization,
-        peer: req.peer_addr().map(|a| a.ip()),
-        client_certificate: false,
-    })?;
+    let authenticated = authenticate(&req, &auth)?;
     // serde's message may quote the caller's text (an unknown field): clipped.
     let request: ReplyRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!("invalid JSON body: {}", clip(&e.to_string(), 256)))
@@ -138,15 +126,89 @@ async fn post_reply(
     }))
 }
 
-/// `POST /reply` in the OpenAPI document.
+/// Body of `POST /progress` (the gRPC `SendProgressCommand`).
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressRequest {
+    /// Our conversation UUID.
+    pub conversation_id: String,
+    /// What the agent is doing now, one short line (cut at 150 characters).
+    pub text: String,
+}
+
+/// SendProgress over HTTP: what the agent is doing now, shown in the thread's status or
+/// placeholder until the answer comes (at most one change a second per thread; a report
+/// after the answer is ignored). Authenticated like `POST /reply`.
+#[utoipa::path(post, path = "/progress", tag = "reply", security(("reply_token" = []), ()),
+    request_body = ProgressRequest,
+    responses(
+        (status = 200, description = "Shown, coalesced with the next change, or ignored (the turn is answered)", body = ReplyStatus),
+        (status = 400, description = "The body does not read, the id is not a UUID or the text is empty", body = crate::error::ErrorBody),
+        (status = 401, description = "Not authenticated: wrong token, or no token from outside the allowed networks", body = crate::error::ErrorBody),
+        (status = 404, description = "Unknown conversation", body = crate::error::ErrorBody),
+        (status = 503, description = "The database is unavailable: retry later", body = crate::error::ErrorBody),
+    ))]
+async fn post_progress(
+    req: HttpRequest,
+    body: web::Bytes,
+    service: web::Data<Arc<ReplyService>>,
+    auth: web::Data<ReplyAuth>,
+) -> Result<HttpResponse, ReplyHttpError> {
+    let authenticated = authenticate(&req, &auth)?;
+    let request: ProgressRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("invalid JSON body: {}", clip(&e.to_string(), 256)))
+    })?;
+    let span = tracing::info_span!(
+        "send_progress",
+        conversation_id = %request.conversation_id.trim(),
+        transport = "http"
+    );
+    let outcome = service
+        .send_progress(&request.conversation_id, &request.text)
+        .instrument(span)
+        .await
+        .map_err(progress_error)?;
+    tracing::info!(
+        conversation_id = %request.conversation_id.trim(),
+        outcome = progress_outcome(outcome),
+        authenticated_by = authenticated.as_str(),
+        transport = "http",
+        "SendProgress handled"
+    );
+    Ok(HttpResponse::Ok().json(ReplyStatus {
+        success: true,
+        error: String::new(),
+    }))
+}
+
+/// Who the caller is, checked before anything it sent is read. The peer is the TCP peer:
+/// X-Forwarded-For is written by clients and proves nothing.
+fn authenticate(req: &HttpRequest, auth: &ReplyAuth) -> Result<ReplyAuthenticated, ApiError> {
+    let authorization = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::unauthorized("authorization header is not ASCII"))
+        })
+        .transpose()?;
+    auth.check(&ReplyCaller {
+        authorization,
+        peer: req.peer_addr().map(|a| a.ip()),
+        client_certificate: false,
+    })
+}
+
+/// `POST /reply` and `POST /progress` in the OpenAPI document.
 #[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(post_reply))]
+#[openapi(paths(post_reply, post_progress))]
 pub struct ReplyApi;
 
 /// Adds `POST /reply`. Needs `web::Data<Arc<ReplyService>>` and `web::Data<ReplyAuth>` in the
 /// app (see [`configure`]).
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/reply", web::post().to(post_reply));
+    cfg.route("/reply", web::post().to(post_reply))
+        .route("/progress", web::post().to(post_progress));
 }
 
 /// A route hook that registers the service, the auth and `POST /reply` (for

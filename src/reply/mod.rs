@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use infragpt_actors::Secret;
-use infragpt_actors::conversation::{ReplyError, ReplyService};
+use infragpt_actors::conversation::{ProgressError, ProgressOutcome, ReplyError, ReplyService};
 
 use self::grpc::ReplyGrpc;
 use crate::config::{Config, NetworkParseError, Networks};
@@ -206,6 +206,34 @@ pub fn api_error(e: ReplyError) -> ApiError {
                 "the same reply is being posted by another process; retry later ({contended})"
             ))
         }
+    }
+}
+
+/// The SendProgress error as the API answers it (both gRPC paths and `POST /progress`):
+/// malformed input → 400 / `INVALID_ARGUMENT`, unknown conversation → 404 / `NOT_FOUND`, the
+/// store unavailable → 503 / `UNAVAILABLE`. Slack failures are not errors: progress is best
+/// effort and a failed update is logged.
+pub fn progress_error(e: ProgressError) -> ApiError {
+    match e {
+        ProgressError::InvalidConversationId(raw) => ApiError::bad_request(format!(
+            "conversation_id {:?} is not a valid UUID",
+            echo(&raw)
+        )),
+        ProgressError::EmptyText => ApiError::bad_request(e.to_string()),
+        ProgressError::NotFound(_) => ApiError::not_found(e.to_string()),
+        ProgressError::Store(store) => {
+            tracing::warn!(error = %store, "SendProgress: conversation store unavailable");
+            ApiError::unavailable("the conversation store is unavailable; retry later")
+        }
+    }
+}
+
+/// For logs: what a SendProgress call did.
+pub fn progress_outcome(outcome: ProgressOutcome) -> &'static str {
+    match outcome {
+        ProgressOutcome::Shown => "shown",
+        ProgressOutcome::Coalesced => "coalesced",
+        ProgressOutcome::Ignored(why) => why,
     }
 }
 

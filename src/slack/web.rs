@@ -477,6 +477,10 @@ pub struct SlackWeb {
     board: WorkspaceBoard,
     settings: WebSettings,
     post_message_limit: SlackApiMethodRateControlConfig,
+    /// `assistant.threads.setStatus`: slack-morphism's own limit (1/s per workspace) would
+    /// hold every thread's "is thinking…" behind the others, and the status holds the turn's
+    /// progress lock while it waits (see `conversation::progress`).
+    status_limit: SlackApiMethodRateControlConfig,
     identities: RwLock<HashMap<TeamId, BotIdentity>>,
     users: Mutex<HashMap<(TeamId, SlackUserId), (Instant, UserProfile)>>,
 }
@@ -510,6 +514,16 @@ impl SlackWeb {
         } else {
             SlackApiMethodRateControlConfig::new()
         };
+        let status_limit = if settings.throttle {
+            SlackApiMethodRateControlConfig::new().with_special_rate_limit(
+                SlackApiRateControlSpecialLimit::new(
+                    "assistant.threads.setStatus".into(),
+                    SlackApiRateControlLimit::new(600, Duration::from_secs(60)),
+                ),
+            )
+        } else {
+            SlackApiMethodRateControlConfig::new()
+        };
         Self {
             client,
             tokens,
@@ -517,6 +531,7 @@ impl SlackWeb {
             board: WorkspaceBoard::new(),
             settings,
             post_message_limit,
+            status_limit,
             identities: RwLock::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
         }
@@ -842,6 +857,64 @@ impl SlackApi for SlackWeb {
                     "conversations.replies: thread {thread_ts} has more than {MAX_REPLIES_PAGES} pages"
                 ))
             })
+    }
+
+    async fn update_message(
+        &self,
+        team: &TeamId,
+        channel: &ChannelId,
+        ts: &MessageTs,
+        text: &str,
+        metadata: Option<&MessageMetadata>,
+    ) -> Result<(), SlackApiError> {
+        let mut body = json!({ "channel": channel.as_str(), "ts": ts.as_str(), "text": text });
+        if let (Some(obj), Some(m)) = (body.as_object_mut(), metadata) {
+            obj.insert(
+                "metadata".into(),
+                json!({ "event_type": m.event_type, "event_payload": m.event_payload }),
+            );
+        }
+        // chat.update is Tier 3; an update is idempotent, so any transient failure is retried.
+        match self
+            .post::<Empty>(
+                team,
+                "chat.update",
+                &body,
+                &SLACK_TIER3_METHOD_CONFIG,
+                Repeat::Always,
+            )
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(code) => Err(self.code_error(team, "chat.update", code).await),
+        }
+    }
+
+    async fn set_thread_status(
+        &self,
+        team: &TeamId,
+        channel: &ChannelId,
+        thread_ts: &MessageTs,
+        status: &str,
+    ) -> Result<(), SlackApiError> {
+        let body = json!({
+            "channel_id": channel.as_str(),
+            "thread_ts": thread_ts.as_str(),
+            "status": status,
+        });
+        match self
+            .post::<Empty>(
+                team,
+                "assistant.threads.setStatus",
+                &body,
+                &self.status_limit,
+                Repeat::Always,
+            )
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(code) => Err(self.code_error(team, "assistant.threads.setStatus", code).await),
+        }
     }
 
     async fn add_reaction(

@@ -4,6 +4,7 @@
 pub mod mrkdwn;
 pub mod once;
 pub mod ports;
+pub mod progress;
 pub mod reply;
 pub mod turn;
 
@@ -17,6 +18,10 @@ pub use ports::{
     HistorySender, InsertOutcome, IntentClaim, IntentStep, MessageKind, MessageMetadata, NewIntent,
     NewMessage, PastMessage, Posting, Sender, SlackApi, SlackApiError, StoredMessage,
     TRANSIENT_SLACK_ERRORS, ThreadMessage, TurnStart, TurnState, UserProfile,
+};
+pub use progress::{
+    AnswerSlot, Progress, ProgressClaim, ProgressError, ProgressLock, ProgressMode, ProgressOutcome,
+    ProgressStore,
 };
 pub use reply::{
     AnswerFormat, AnswerStyle, DEFAULT_FILE_THRESHOLD, ReplyError, ReplyMode, ReplyOutcome,

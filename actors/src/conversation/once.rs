@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use super::progress::{AnswerSlot, ProgressStore};
 use super::ports::{
     ClaimToken, ClaimedIntent, ConversationStore, ConversationStoreError, IntentClaim, IntentStep,
     MessageKind, MessageMetadata, NewIntent, NewMessage, Posting, SlackApi, SlackApiError,
@@ -157,6 +158,9 @@ pub(crate) struct Poster<'a> {
     pub busy_wait: Duration,
     /// Checked right before each post.
     pub fence: &'a dyn BeforePost,
+    /// The turns' progress indicators, when progress is shown: a turn's first reply ends
+    /// its indicator, replacing the placeholder if there is one.
+    pub progress: Option<&'a dyn ProgressStore>,
 }
 
 impl Poster<'_> {
@@ -326,18 +330,29 @@ impl Poster<'_> {
         }
         unsure.own = true;
         let metadata = intent_metadata(token.intent, part);
-        let posted = self
-            .renewing(
-                token,
-                self.slack.post_message(
-                    &key.team,
-                    &key.channel,
-                    Some(&key.thread_ts),
-                    &text,
-                    Some(&metadata),
-                ),
-            )
-            .await?;
+        let placeholder = match (part, &c.in_reply_to) {
+            (0, Some(turn)) => self.answer_slot(c, turn).await?,
+            _ => None,
+        };
+        let posted = match placeholder {
+            Some(ts) => {
+                self.replace_placeholder(key, token, ts, &text, &metadata)
+                    .await?
+            }
+            None => {
+                self.renewing(
+                    token,
+                    self.slack.post_message(
+                        &key.team,
+                        &key.channel,
+                        Some(&key.thread_ts),
+                        &text,
+                        Some(&metadata),
+                    ),
+                )
+                .await?
+            }
+        };
         let ts = match posted {
             Ok(ts) => ts,
             Err(e) => {
@@ -348,6 +363,79 @@ impl Poster<'_> {
         self.record_part(c, part, ts, stored).await?;
         unsure.own = false;
         Ok(())
+    }
+
+    /// Ends the turn's progress indicator for this reply: the placeholder its first message
+    /// replaces, if any. Waits while someone changes the indicator (never longer than that
+    /// holder's lease), so a progress update cannot land after the answer.
+    async fn answer_slot(
+        &self,
+        c: &ClaimedIntent,
+        turn: &MessageTs,
+    ) -> Result<Option<MessageTs>, PostError> {
+        let Some(progress) = self.progress else {
+            return Ok(None);
+        };
+        loop {
+            match progress
+                .answer_slot(c.conversation_id, turn, c.token.intent)
+                .await?
+            {
+                AnswerSlot::Replace(ts) => return Ok(Some(ts)),
+                AnswerSlot::Post => return Ok(None),
+                AnswerSlot::Wait(wait) => {
+                    debug!(intent_id = %c.token.intent, wait_ms = wait.as_millis() as u64, "progress indicator busy; waiting to replace it");
+                    self.renewing(c.token, tokio::time::sleep(wait.clamp(
+                        Duration::from_millis(10),
+                        Duration::from_millis(500),
+                    )))
+                    .await?;
+                }
+            }
+        }
+    }
+
+    /// The answer's first message as a `chat.update` of the placeholder, carrying the
+    /// intent's metadata (so a later claim finds it like a posted message). A placeholder
+    /// that is gone (deleted by someone) is replaced by a new post.
+    async fn replace_placeholder(
+        &self,
+        key: &ThreadKey,
+        token: ClaimToken,
+        placeholder: MessageTs,
+        text: &str,
+        metadata: &MessageMetadata,
+    ) -> Result<Result<MessageTs, SlackApiError>, PostError> {
+        let updated = self
+            .renewing(
+                token,
+                self.slack.update_message(
+                    &key.team,
+                    &key.channel,
+                    &placeholder,
+                    text,
+                    Some(metadata),
+                ),
+            )
+            .await?;
+        match updated {
+            Ok(()) => Ok(Ok(placeholder)),
+            Err(e) if matches!(e.api_code(), Some("message_not_found" | "cant_update_message")) => {
+                info!(intent_id = %token.intent, error = %e, "the progress placeholder is gone; posting the answer as a new message");
+                self.renewing(
+                    token,
+                    self.slack.post_message(
+                        &key.team,
+                        &key.channel,
+                        Some(&key.thread_ts),
+                        text,
+                        Some(metadata),
+                    ),
+                )
+                .await
+            }
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     /// Stores message `part` (posted as `ts`) with the intent's progress.

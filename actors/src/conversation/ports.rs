@@ -609,6 +609,14 @@ impl SlackApiError {
         }
     }
 
+    /// Slack's error code, when Slack answered `ok: false`.
+    pub fn api_code(&self) -> Option<&str> {
+        match self {
+            Self::Api(text) => Some(api_error_code(text)),
+            _ => None,
+        }
+    }
+
     /// The one classification of Slack failures: `true` when the same call may succeed if
     /// retried later (rate limits, network and Slack-side failures), `false` when Slack
     /// refused it for good (no token for the workspace, a dead token, an error code about the
@@ -646,6 +654,26 @@ pub trait SlackApi: Send + Sync + 'static {
         text: &str,
         metadata: Option<&MessageMetadata>,
     ) -> Result<MessageTs, SlackApiError>;
+    /// `chat.update` of one of our messages: its text and, when given, its metadata (the
+    /// answer that replaces a progress placeholder carries its intent's metadata). An update
+    /// is idempotent, so the adapter retries transient failures.
+    async fn update_message(
+        &self,
+        team: &TeamId,
+        channel: &ChannelId,
+        ts: &MessageTs,
+        text: &str,
+        metadata: Option<&MessageMetadata>,
+    ) -> Result<(), SlackApiError>;
+    /// `assistant.threads.setStatus`: the "is thinking…" line under the thread ("" clears
+    /// it; Slack also clears it when the app posts in the thread, or after two minutes).
+    async fn set_thread_status(
+        &self,
+        team: &TeamId,
+        channel: &ChannelId,
+        thread_ts: &MessageTs,
+        status: &str,
+    ) -> Result<(), SlackApiError>;
     /// Uploads `content` as a text file (`files.getUploadURLExternal`, then the upload)
     /// without sharing it anywhere; returns the file's id.
     async fn upload_file(

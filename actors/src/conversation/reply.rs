@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::once::{BUSY_WAIT, INTENT_LEASE, NoFence, PostError, PostOutcome, Poster};
+use super::progress::{ProgressError, ProgressOutcome};
 use super::ports::{
     ConversationStore, ConversationStoreError, MessageKind, NewIntent, Posting, SlackApi,
     SlackApiError,
@@ -236,6 +237,8 @@ pub struct ReplyService {
     busy_wait: Duration,
     /// Where the `send_reply` stage timing goes, when set.
     metrics: Option<crate::Metrics>,
+    /// The turns' progress indicators, which an answer ends.
+    progress: Option<Arc<super::progress::Progress>>,
 }
 
 impl std::fmt::Debug for ReplyService {
@@ -254,7 +257,14 @@ impl ReplyService {
             lease: INTENT_LEASE,
             busy_wait: BUSY_WAIT,
             metrics: None,
+            progress: None,
         }
+    }
+
+    /// Answers end their turn's progress indicator (replacing its placeholder).
+    pub fn with_progress(mut self, progress: Arc<super::progress::Progress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     /// Answers are formatted and sized for Slack as `style` says (`agent.answer_format`,
@@ -328,6 +338,31 @@ impl ReplyService {
             .map_err(|e| ReplyError::Aborted(e.to_string()))?
     }
 
+    /// SendProgress: shows what the agent is doing in the conversation's thread (see
+    /// [`super::progress`]). Without progress configured the call is checked and ignored.
+    pub async fn send_progress(
+        &self,
+        conversation_id: &str,
+        text: &str,
+    ) -> Result<ProgressOutcome, ProgressError> {
+        match &self.progress {
+            Some(progress) => progress.report(conversation_id, text).await,
+            None => {
+                let id: ConversationId = conversation_id.trim().parse().map_err(|_| {
+                    ProgressError::InvalidConversationId(conversation_id.to_owned())
+                })?;
+                if text.trim().is_empty() {
+                    return Err(ProgressError::EmptyText);
+                }
+                self.store
+                    .find(id)
+                    .await?
+                    .ok_or(ProgressError::NotFound(id))?;
+                Ok(ProgressOutcome::Ignored("progress is off (slack.progress)"))
+            }
+        }
+    }
+
     /// Records how long each SendReply takes (stage `send_reply`) in `metrics`.
     pub fn with_metrics(mut self, metrics: crate::Metrics) -> Self {
         self.metrics = Some(metrics);
@@ -378,6 +413,7 @@ impl ReplyService {
             lease: self.lease,
             busy_wait: self.busy_wait,
             fence: &NoFence,
+            progress: self.progress.as_deref().map(super::progress::Progress::store),
         };
         match poster.post(&conversation.key, &intent).await? {
             PostOutcome::Posted => Ok(ReplyOutcome::Posted),

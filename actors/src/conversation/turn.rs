@@ -16,6 +16,7 @@ use super::ports::{
     PastMessage, Posting, Sender, SlackApi, SlackApiError, StoredMessage, TurnState, UserProfile,
 };
 use super::reply::{AnswerStyle, ReplyMode, split_message};
+use super::progress::Progress;
 use crate::Metrics;
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
 use crate::ids::{ChannelId, ConversationId, MessageTs, TeamId, ThreadKey};
@@ -122,6 +123,8 @@ pub struct ConversationHandler {
     agent_retries: u32,
     /// Bots whose posts are turns (`slack.alert_sources`).
     alert_sources: AlertSources,
+    /// The turns' progress indicators (`slack.progress`), when shown.
+    progress: Option<Arc<Progress>>,
 }
 
 impl std::fmt::Debug for ConversationHandler {
@@ -156,7 +159,15 @@ impl ConversationHandler {
             metrics: None,
             agent_retries: 0,
             alert_sources: AlertSources::default(),
+            progress: None,
         }
+    }
+
+    /// Shows that a turn is being worked on while the agent works, and ends the indicator
+    /// with the answer (`slack.progress`).
+    pub fn with_progress(mut self, progress: Arc<Progress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     /// Posts of these bots in monitored channels are turns, their text flattened
@@ -232,6 +243,7 @@ impl ConversationHandler {
             lease: self.lease,
             busy_wait: self.busy_wait,
             fence,
+            progress: self.progress.as_deref().map(Progress::store),
         }
     }
 
@@ -381,8 +393,17 @@ impl ConversationHandler {
         let started = Instant::now();
         self.start_agent_turn(event, conversation.id, ts).await?;
         self.stage("start_turn", started);
+        // The indicator opens before the agent is asked (so a reply it sends at once finds
+        // it); Slack is told beside the agent call, which it must not delay.
+        let indicator = match &self.progress {
+            Some(progress) => progress.open(&turn.thread, conversation.id, ts).await,
+            None => None,
+        };
         let started = Instant::now();
-        let answer = self.agent.process(agent_turn).await;
+        let answer = match indicator {
+            Some(indicator) => tokio::join!(self.agent.process(agent_turn), indicator).0,
+            None => self.agent.process(agent_turn).await,
+        };
         self.stage("agent_call", started);
         match answer {
             Ok(answer) => {

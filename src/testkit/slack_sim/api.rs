@@ -263,6 +263,11 @@ fn bot_method(
                     updates: 0,
                 },
             );
+            if let Some(thread) = &thread_ts {
+                // Slack clears the assistant status when the app replies in the thread.
+                st.thread_status
+                    .remove(&(team_id.to_owned(), channel.clone(), thread.clone()));
+            }
             st.notify_bot_post(super::state::BotPost {
                 team_id: team_id.to_owned(),
                 channel: channel.clone(),
@@ -443,6 +448,10 @@ fn bot_method(
             if text.as_deref().is_none_or(str::is_empty) && blocks.is_none() {
                 return ApiReply::err("no_text");
             }
+            let metadata = match message_metadata(params) {
+                Ok(m) => m,
+                Err(error) => return ApiReply::err(error),
+            };
             let bot_user = team.bot_user_id.clone();
             match st.find_message_mut(team_id, &channel, &ts) {
                 None => ApiReply::err("message_not_found"),
@@ -455,11 +464,55 @@ fn bot_method(
                     if blocks.is_some() {
                         m.blocks = blocks;
                     }
+                    if metadata.is_some() {
+                        m.metadata = metadata;
+                    }
                     m.updates += 1;
                     let text = m.text.clone();
                     ApiReply::ok(json!({ "channel": channel, "ts": ts, "text": text }))
                 }
             }
+        }
+        "assistant.threads.setStatus" => {
+            // Slack's checks: the three arguments (an empty status clears it), the channel,
+            // the thread's parent message; the feature (scope) of the app.
+            let (Some(channel), Some(thread_ts), Some(status)) = (
+                param(params, "channel_id"),
+                param(params, "thread_ts"),
+                params.get("status").and_then(Value::as_str),
+            ) else {
+                return ApiReply::err("invalid_arguments");
+            };
+            if !st.config.assistant_status {
+                let mut reply = ApiReply::err("missing_scope");
+                reply.body["needed"] = json!("assistant:write");
+                return reply;
+            }
+            let Some(channel) = resolve_channel(Some(channel)) else {
+                return ApiReply::err("channel_not_found");
+            };
+            let messages = st.messages_in(team_id, &channel);
+            if !messages.iter().any(|m| m.ts == thread_ts) {
+                return ApiReply::err("invalid_thread_ts");
+            }
+            let messages_before = messages
+                .iter()
+                .filter(|m| m.ts == thread_ts || m.thread_ts.as_deref() == Some(&thread_ts))
+                .count();
+            let key = (team_id.to_owned(), channel.clone(), thread_ts.clone());
+            if status.is_empty() {
+                st.thread_status.remove(&key);
+            } else {
+                st.thread_status.insert(key, status.to_owned());
+            }
+            st.statuses.push(super::state::StatusChange {
+                team_id: team_id.to_owned(),
+                channel,
+                thread_ts,
+                status: status.to_owned(),
+                messages_before,
+            });
+            ApiReply::ok(json!({}))
         }
         "conversations.history" => conversations_history(st, team_id, &resolve_channel, params),
         "conversations.replies" => conversations_replies(st, team_id, &resolve_channel, params),

@@ -27,7 +27,7 @@ use serde_json::Value;
 pub use config::{SimApp, SimChannel, SimConfig, SimTeam, SimUser, Subscriptions};
 pub use state::{
     AckRecord, ApiCall, BotPost, ConnState, ConnectionInfo, DeliveryInfo, FrameRecord, SimFile,
-    SimMessage, SimState,
+    SimMessage, SimState, StatusChange,
 };
 
 use server::Shared;
@@ -589,6 +589,20 @@ impl SlackSim {
     /// Files shared with `files.completeUploadExternal`, in order.
     pub fn files(&self) -> Vec<SimFile> {
         self.shared.read(|st| st.files.clone())
+    }
+
+    /// Every thread status set, in order.
+    pub fn statuses(&self) -> Vec<StatusChange> {
+        self.shared.read(|st| st.statuses.clone())
+    }
+
+    /// The status a thread shows now (`None`: none, or cleared by a post of the bot).
+    pub fn thread_status(&self, team_id: &str, channel: &str, thread_ts: &str) -> Option<String> {
+        self.shared.read(|st| {
+            st.thread_status
+                .get(&(team_id.to_owned(), channel.to_owned(), thread_ts.to_owned()))
+                .cloned()
+        })
     }
 
     /// Messages in a channel.

@@ -78,6 +78,19 @@ pub struct SimMessage {
     pub updates: u32,
 }
 
+/// A thread's assistant status set through `assistant.threads.setStatus`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChange {
+    pub team_id: String,
+    pub channel: String,
+    pub thread_ts: String,
+    /// `""` clears it.
+    pub status: String,
+    /// The thread's messages when it was set (a status set after the answer shows as a
+    /// larger count than the answer's position).
+    pub messages_before: usize,
+}
+
 /// A message the bot posted (`chat.postMessage`), as told to
 /// [`super::SlackSim::subscribe_bot_posts`] subscribers.
 #[derive(Debug, Clone)]
@@ -244,6 +257,11 @@ pub struct SimState {
     pub(crate) uploads: HashMap<String, PendingUpload>,
     /// Files shared with `files.completeUploadExternal`.
     pub(crate) files: Vec<SimFile>,
+    /// Every `assistant.threads.setStatus` that succeeded, in order.
+    pub(crate) statuses: Vec<StatusChange>,
+    /// The status each thread shows now: (team, channel, thread ts) → status. Cleared when
+    /// the bot posts in the thread, as Slack does.
+    pub(crate) thread_status: HashMap<(String, String, String), String>,
     seq: u64,
     last_ts_micros: u128,
     event_id_prefix: String,
@@ -298,6 +316,8 @@ impl SimState {
             live: HashMap::new(),
             deliveries: Vec::new(),
             delivery_index: HashMap::new(),
+            statuses: Vec::new(),
+            thread_status: HashMap::new(),
             bot_post_subscribers: Vec::new(),
             rr: HashMap::new(),
             rate_limits: HashMap::new(),

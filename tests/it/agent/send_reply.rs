@@ -117,6 +117,29 @@ impl SlackApi for SimSlack {
         ))
     }
 
+    async fn update_message(
+        &self,
+        _team: &TeamId,
+        _channel: &ChannelId,
+        _ts: &MessageTs,
+        _text: &str,
+        _metadata: Option<&MessageMetadata>,
+    ) -> Result<(), SlackApiError> {
+        Err(SlackApiError::Api("chat.update is not used by these tests".into()))
+    }
+
+    async fn set_thread_status(
+        &self,
+        _team: &TeamId,
+        _channel: &ChannelId,
+        _thread_ts: &MessageTs,
+        _status: &str,
+    ) -> Result<(), SlackApiError> {
+        Err(SlackApiError::Api(
+            "assistant.threads.setStatus is not used by these tests".into(),
+        ))
+    }
+
     async fn add_reaction(
         &self,
         _team: &TeamId,
