@@ -176,6 +176,8 @@ async fn run_with(
             DevAgent::start(DevAgentConfig {
                 reply_endpoint: Some(format!("http://127.0.0.1:{}", config.grpc_port)),
                 reply_token: config.agent.reply_token.clone(),
+                // Shows the thread's progress status ("running demo.service_status…").
+                progress_step: Some(Duration::from_millis(700)),
                 ..DevAgentConfig::default()
             })
             .context("starting the development agent")?,
@@ -245,21 +247,38 @@ async fn run_with(
 
 /// Prints bot messages as they arrive and tracks which user messages were answered.
 struct Printer {
+    /// `ts/updates` of every message printed: a message changed since (a placeholder the
+    /// answer replaced) is printed again.
     printed: HashSet<String>,
+    /// Thread statuses printed so far (an index into the simulator's list).
+    statuses: usize,
     started: Instant,
 }
 
 impl Printer {
     /// Prints every bot message not printed yet; returns the thread roots they answered.
     fn print_new(&mut self, sim: &SlackSim, threads: &Threads, since: &[(String, Instant)]) {
+        // What the thread showed while the agent worked ("is thinking…", its progress).
+        let statuses = sim.statuses();
+        for change in statuses.iter().skip(self.statuses) {
+            if change.status.is_empty() {
+                continue;
+            }
+            let label = threads
+                .number_of(&change.thread_ts)
+                .map_or_else(|| "channel".to_owned(), |n| format!("thread {n}"));
+            println!("[{label}] infragpt {}", change.status);
+        }
+        self.statuses = statuses.len();
+        let key = |m: &crate::testkit::slack_sim::SimMessage| format!("{}/{}", m.ts, m.updates);
         let mut fresh: Vec<_> = sim
             .messages_in(TEAM_ID, OPS_CHANNEL)
             .into_iter()
-            .filter(|m| m.bot_id.is_some() && !self.printed.contains(&m.ts))
+            .filter(|m| m.bot_id.is_some() && !self.printed.contains(&key(m)))
             .collect();
         fresh.sort_by(|a, b| a.ts.cmp(&b.ts));
         for m in fresh {
-            self.printed.insert(m.ts.clone());
+            self.printed.insert(key(&m));
             let thread = m.thread_ts.as_deref().unwrap_or(&m.ts);
             let label = threads
                 .number_of(thread)
@@ -335,6 +354,7 @@ async fn chat_loop(
     let mut threads = Threads::default();
     let mut printer = Printer {
         printed: HashSet::new(),
+        statuses: 0,
         started: Instant::now(),
     };
     let mut asked: Vec<(String, Instant)> = Vec::new();

@@ -25,7 +25,7 @@ use tonic::Code;
 
 use crate::grpc::pb::agent::agent_service_server::{AgentService, AgentServiceServer};
 use crate::grpc::pb::agent::{AgentRequest, AgentResponse};
-use crate::grpc::pb::backend::SendReplyCommand;
+use crate::grpc::pb::backend::{SendProgressCommand, SendReplyCommand};
 use crate::grpc::pb::backend::backend_service_client::BackendServiceClient;
 
 /// `agent_type` of every answer.
@@ -86,6 +86,10 @@ pub struct DevAgentConfig {
     pub call_send_reply: bool,
     /// Time spent "thinking" before answering (default 0).
     pub think_time: Duration,
+    /// Report progress (SendProgress, to the first reply endpoint) before answering: one
+    /// step per tool the answer uses, then "writing the answer", each followed by this pause.
+    /// `None` (default): no progress reports, like the upstream agent.
+    pub progress_step: Option<Duration>,
     /// Deliberate failures.
     pub fail_mode: FailMode,
     /// Keep every request for [`DevAgentHandle::requests`] (default true; benchmarks turn it
@@ -102,6 +106,7 @@ impl Default for DevAgentConfig {
             reply_token: None,
             call_send_reply: true,
             think_time: Duration::ZERO,
+            progress_step: None,
             fail_mode: FailMode::None,
             record_requests: true,
         }
@@ -202,6 +207,33 @@ impl Service {
                     times: Some(1),
                 })
             }
+        }
+    }
+
+    /// Reports what it is doing, step by step (best effort: a refused report is logged).
+    async fn report_progress(&self, conversation_id: &str, answer: &DemoAnswer, pause: Duration) {
+        let Some(client) = self.shared.reply_clients.first() else {
+            return;
+        };
+        let steps = answer
+            .tools_used
+            .iter()
+            .map(|tool| format!("running {tool}…"))
+            .chain(std::iter::once("writing the answer…".to_owned()));
+        for text in steps {
+            let mut request = tonic::Request::new(SendProgressCommand {
+                conversation_id: conversation_id.to_owned(),
+                text,
+            });
+            if let Some(token) = &self.shared.config.reply_token
+                && let Ok(value) = format!("Bearer {}", token.expose()).parse()
+            {
+                request.metadata_mut().insert("authorization", value);
+            }
+            if let Err(status) = client.clone().send_progress(request).await {
+                tracing::warn!(conversation_id, code = ?status.code(), error = %status.message(), "dev agent: SendProgress failed");
+            }
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -351,6 +383,10 @@ impl AgentService for Service {
             Some(FailMode::None) | None => {}
         }
         let answer = compose_answer(&request);
+        if let Some(pause) = self.shared.config.progress_step {
+            self.report_progress(&request.conversation_id, &answer, pause)
+                .await;
+        }
         let turn_ts = serde_json::from_str::<serde_json::Value>(&request.context)
             .ok()
             .and_then(|c| c["message_ts"].as_str().map(str::to_owned))

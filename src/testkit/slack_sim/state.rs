@@ -453,6 +453,11 @@ impl SimState {
 
     // ----- messages -------------------------------------------------------------------------
 
+    /// Every thread status set, in order.
+    pub fn statuses(&self) -> &[StatusChange] {
+        &self.statuses
+    }
+
     pub(crate) fn store_message(&mut self, team_id: &str, channel: &str, msg: SimMessage) {
         self.messages
             .entry((team_id.to_owned(), channel.to_owned()))

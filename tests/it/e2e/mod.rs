@@ -9,4 +9,5 @@ pub(crate) mod demo;
 mod direct_messages;
 mod long_answers;
 mod ops;
+mod progress;
 mod replicas;
