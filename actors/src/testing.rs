@@ -847,10 +847,11 @@ mod conversation_fakes {
             thread_ts: &MessageTs,
             status: &str,
         ) -> Result<(), SlackApiError> {
-            self.state
-                .lock()
-                .statuses
-                .push((channel.clone(), thread_ts.clone(), status.to_owned()));
+            self.state.lock().statuses.push((
+                channel.clone(),
+                thread_ts.clone(),
+                status.to_owned(),
+            ));
             Ok(())
         }
 

@@ -27,8 +27,8 @@ pub use audit::PgAudit;
 pub use conversations::PgConversationStore;
 pub use error::{Conn, StoreError, conn};
 pub use inbox::PgInbox;
-pub use progress::PgProgressStore;
 pub use private_pg::{ClusterError, ClusterOptions, PrivateCluster};
+pub use progress::PgProgressStore;
 
 /// The connection pool every adapter uses.
 pub type Pool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;

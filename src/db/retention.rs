@@ -58,6 +58,13 @@ const DELETE_CONVERSATION_INTENTS: &str =
 const DELETE_CONVERSATION_MESSAGES: &str = "DELETE FROM messages WHERE conversation_id = ANY($1)";
 const DELETE_CONVERSATIONS: &str = "DELETE FROM conversations WHERE id = ANY($1)";
 
+/// Progress indicators of turns older than a day (`turn_progress`): Slack drops a status
+/// after two minutes, and an answered turn's row only tells late reports to stay away. Run by
+/// every replica's housekeeping (a DELETE is safe to run twice), whatever the retention
+/// settings; the conversations' own retention cascades to theirs.
+const DELETE_STALE_PROGRESS: &str =
+    "DELETE FROM turn_progress WHERE created_at < now() - interval '1 day'";
+
 /// What a run deletes and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionSettings {
@@ -244,6 +251,12 @@ pub async fn run_retention_once(
         }
     }
     let mut conn = conn(pool).await?;
+    let stale = diesel::sql_query(DELETE_STALE_PROGRESS)
+        .execute(&mut conn)
+        .await?;
+    if stale > 0 {
+        tracing::debug!(deleted = stale, "stale turn progress rows deleted");
+    }
     report.rows = super::inbox::count_by_status(&mut conn).await?;
     report.bytes = diesel::sql_query("SELECT pg_total_relation_size('inbound_events') AS bytes")
         .get_result::<Size>(&mut conn)

@@ -260,6 +260,22 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// The progress indicator of a turn (assistant status or placeholder message).
+    turn_progress (conversation_id, turn_ts) {
+        conversation_id -> Uuid,
+        turn_ts -> Text,
+        placeholder_ts -> Nullable<Text>,
+        pending_text -> Nullable<Text>,
+        shown_text -> Nullable<Text>,
+        shown_at -> Nullable<Timestamptz>,
+        lock_id -> Nullable<Uuid>,
+        locked_until -> Nullable<Timestamptz>,
+        answer_intent -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     /// Users mirrored from Clerk.
     users (id) {
         id -> Uuid,
@@ -337,22 +353,6 @@ diesel::table! {
         window_start -> Timestamptz,
         thing_key -> Text,
         title -> Text,
-        created_at -> Timestamptz,
-    }
-}
-
-diesel::table! {
-    /// The progress indicator of a turn (assistant status or placeholder message).
-    turn_progress (conversation_id, turn_ts) {
-        conversation_id -> Uuid,
-        turn_ts -> Text,
-        placeholder_ts -> Nullable<Text>,
-        pending_text -> Nullable<Text>,
-        shown_text -> Nullable<Text>,
-        shown_at -> Nullable<Timestamptz>,
-        lock_id -> Nullable<Uuid>,
-        locked_until -> Nullable<Timestamptz>,
-        answer_intent -> Nullable<Uuid>,
         created_at -> Timestamptz,
     }
 }

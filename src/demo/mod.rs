@@ -177,7 +177,7 @@ async fn run_with(
                 reply_endpoint: Some(format!("http://127.0.0.1:{}", config.grpc_port)),
                 reply_token: config.agent.reply_token.clone(),
                 // Shows the thread's progress status ("running demo.service_status…").
-                progress_step: Some(Duration::from_millis(700)),
+                progress_step: Some(Duration::from_millis(1_500)),
                 ..DevAgentConfig::default()
             })
             .context("starting the development agent")?,

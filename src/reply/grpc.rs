@@ -204,6 +204,7 @@ impl InfraGptService for ReplyGrpc {
         &self,
         request: tonic::Request<SendProgressCommand>,
     ) -> Result<tonic::Response<Status>, tonic::Status> {
-        self.progress(request, "grpc infragpt.InfraGPTService").await
+        self.progress(request, "grpc infragpt.InfraGPTService")
+            .await
     }
 }

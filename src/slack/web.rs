@@ -913,7 +913,9 @@ impl SlackApi for SlackWeb {
             .await?
         {
             Ok(_) => Ok(()),
-            Err(code) => Err(self.code_error(team, "assistant.threads.setStatus", code).await),
+            Err(code) => Err(self
+                .code_error(team, "assistant.threads.setStatus", code)
+                .await),
         }
     }
 

@@ -25,8 +25,8 @@ use tonic::Code;
 
 use crate::grpc::pb::agent::agent_service_server::{AgentService, AgentServiceServer};
 use crate::grpc::pb::agent::{AgentRequest, AgentResponse};
-use crate::grpc::pb::backend::{SendProgressCommand, SendReplyCommand};
 use crate::grpc::pb::backend::backend_service_client::BackendServiceClient;
+use crate::grpc::pb::backend::{SendProgressCommand, SendReplyCommand};
 
 /// `agent_type` of every answer.
 pub const AGENT_TYPE: &str = "infragpt-dev";

@@ -20,8 +20,8 @@ pub use ports::{
     TRANSIENT_SLACK_ERRORS, ThreadMessage, TurnStart, TurnState, UserProfile,
 };
 pub use progress::{
-    AnswerSlot, Progress, ProgressClaim, ProgressError, ProgressLock, ProgressMode, ProgressOutcome,
-    ProgressStore,
+    AnswerSlot, Progress, ProgressClaim, ProgressError, ProgressLock, ProgressMode,
+    ProgressOutcome, ProgressStore,
 };
 pub use reply::{
     AnswerFormat, AnswerStyle, DEFAULT_FILE_THRESHOLD, ReplyError, ReplyMode, ReplyOutcome,

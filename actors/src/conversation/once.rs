@@ -17,12 +17,12 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use super::progress::{AnswerSlot, ProgressStore};
 use super::ports::{
     ClaimToken, ClaimedIntent, ConversationStore, ConversationStoreError, IntentClaim, IntentStep,
     MessageKind, MessageMetadata, NewIntent, NewMessage, Posting, SlackApi, SlackApiError,
     ThreadMessage,
 };
+use super::progress::{AnswerSlot, ProgressStore};
 use crate::ids::{ConversationId, MessageTs, ReplyIntentId, ThreadKey};
 
 /// `metadata.event_type` of every message posted for an intent.
@@ -385,10 +385,12 @@ impl Poster<'_> {
                 AnswerSlot::Post => return Ok(None),
                 AnswerSlot::Wait(wait) => {
                     debug!(intent_id = %c.token.intent, wait_ms = wait.as_millis() as u64, "progress indicator busy; waiting to replace it");
-                    self.renewing(c.token, tokio::time::sleep(wait.clamp(
-                        Duration::from_millis(10),
-                        Duration::from_millis(500),
-                    )))
+                    self.renewing(
+                        c.token,
+                        tokio::time::sleep(
+                            wait.clamp(Duration::from_millis(10), Duration::from_millis(500)),
+                        ),
+                    )
                     .await?;
                 }
             }
@@ -420,7 +422,12 @@ impl Poster<'_> {
             .await?;
         match updated {
             Ok(()) => Ok(Ok(placeholder)),
-            Err(e) if matches!(e.api_code(), Some("message_not_found" | "cant_update_message")) => {
+            Err(e)
+                if matches!(
+                    e.api_code(),
+                    Some("message_not_found" | "cant_update_message")
+                ) =>
+            {
                 info!(intent_id = %token.intent, error = %e, "the progress placeholder is gone; posting the answer as a new message");
                 self.renewing(
                     token,

@@ -398,7 +398,9 @@ impl Progress {
             return Ok(ProgressOutcome::Ignored("progress is off (slack.progress)"));
         }
         let Some(turn) = conversation.current_turn_ts else {
-            return Ok(ProgressOutcome::Ignored("the conversation has no turn under way"));
+            return Ok(ProgressOutcome::Ignored(
+                "the conversation has no turn under way",
+            ));
         };
         if !self
             .store
@@ -498,9 +500,15 @@ impl Progress {
                 )
                 .await;
                 match updated {
-                    Ok(Ok(())) => info!(team_id = %key.team, channel_id = %key.channel, "progress shown in the placeholder"),
-                    Ok(Err(e)) => warn!(team_id = %key.team, channel_id = %key.channel, error = %e, "could not update the progress placeholder"),
-                    Err(_) => warn!(team_id = %key.team, channel_id = %key.channel, "updating the progress placeholder timed out"),
+                    Ok(Ok(())) => {
+                        info!(team_id = %key.team, channel_id = %key.channel, "progress shown in the placeholder")
+                    }
+                    Ok(Err(e)) => {
+                        warn!(team_id = %key.team, channel_id = %key.channel, error = %e, "could not update the progress placeholder")
+                    }
+                    Err(_) => {
+                        warn!(team_id = %key.team, channel_id = %key.channel, "updating the progress placeholder timed out")
+                    }
                 }
             }
             None if self.mode == ProgressMode::Status && !self.status_refused(&key.team) => {

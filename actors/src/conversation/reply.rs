@@ -7,11 +7,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::once::{BUSY_WAIT, INTENT_LEASE, NoFence, PostError, PostOutcome, Poster};
-use super::progress::{ProgressError, ProgressOutcome};
 use super::ports::{
     ConversationStore, ConversationStoreError, MessageKind, NewIntent, Posting, SlackApi,
     SlackApiError,
 };
+use super::progress::{ProgressError, ProgressOutcome};
 use crate::ids::{ConversationId, MessageTs};
 
 /// How the agent's answer reaches Slack.
@@ -413,7 +413,10 @@ impl ReplyService {
             lease: self.lease,
             busy_wait: self.busy_wait,
             fence: &NoFence,
-            progress: self.progress.as_deref().map(super::progress::Progress::store),
+            progress: self
+                .progress
+                .as_deref()
+                .map(super::progress::Progress::store),
         };
         match poster.post(&conversation.key, &intent).await? {
             PostOutcome::Posted => Ok(ReplyOutcome::Posted),

@@ -15,8 +15,8 @@ use super::ports::{
     ConversationStoreError, HistorySender, InsertOutcome, MessageKind, NewIntent, NewMessage,
     PastMessage, Posting, Sender, SlackApi, SlackApiError, StoredMessage, TurnState, UserProfile,
 };
-use super::reply::{AnswerStyle, ReplyMode, split_message};
 use super::progress::Progress;
+use super::reply::{AnswerStyle, ReplyMode, split_message};
 use crate::Metrics;
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
 use crate::ids::{ChannelId, ConversationId, MessageTs, TeamId, ThreadKey};

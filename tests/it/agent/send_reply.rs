@@ -125,7 +125,9 @@ impl SlackApi for SimSlack {
         _text: &str,
         _metadata: Option<&MessageMetadata>,
     ) -> Result<(), SlackApiError> {
-        Err(SlackApiError::Api("chat.update is not used by these tests".into()))
+        Err(SlackApiError::Api(
+            "chat.update is not used by these tests".into(),
+        ))
     }
 
     async fn set_thread_status(

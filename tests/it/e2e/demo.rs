@@ -48,6 +48,8 @@ pub(crate) fn thread_labels(stdout: &str) -> Vec<&str> {
     stdout
         .lines()
         .filter_map(|l| l.strip_prefix('[').and_then(|l| l.split_once(']')))
+        // The posts, not the thread's status lines ("[thread 1] infragpt is thinking…").
+        .filter(|(_, rest)| rest.starts_with(" infragpt ("))
         .map(|(label, _)| label)
         .collect()
 }
@@ -57,6 +59,16 @@ async fn scripted_demo_answers_every_turn_in_its_thread() {
     let db = TestDb::new().await;
     let stdout = run_scripted_demo(&db, "demo.script").await;
     assert!(stdout.contains("6 of 6 turns answered"), "{stdout}");
+    // Progress: the thread's status while the agent works, and the agent's own steps.
+    assert!(
+        stdout.contains("] infragpt is thinking…"),
+        "the status shows: {stdout}"
+    );
+    assert!(
+        stdout.contains("] infragpt running demo.")
+            || stdout.contains("] infragpt writing the answer…"),
+        "the agent's progress shows: {stdout}"
+    );
     assert!(
         stdout.contains("/actors"),
         "the status line names /actors: {stdout}"

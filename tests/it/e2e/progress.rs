@@ -88,7 +88,10 @@ async fn the_status_shows_thinking_then_the_agents_steps_and_the_answer_clears_i
     let replies = app.bot_replies(&root);
     assert_eq!(replies.len(), 1, "{replies:?}");
     assert!(replies[0].text.contains(DEMO_LABEL), "{}", replies[0].text);
-    assert_eq!(replies[0].updates, 0, "status mode posts the answer as it is");
+    assert_eq!(
+        replies[0].updates, 0,
+        "status mode posts the answer as it is"
+    );
 
     // A report after the answer is accepted and ignored: nothing changes in the thread.
     let conversation = conversation_of(&app, &root).await;
@@ -112,7 +115,11 @@ async fn the_status_shows_thinking_then_the_agents_steps_and_the_answer_clears_i
         .expect("legacy SendProgress");
     assert!(answer.into_inner().success);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(app.sim().statuses().len(), changes, "no status after the answer");
+    assert_eq!(
+        app.sim().statuses().len(),
+        changes,
+        "no status after the answer"
+    );
     assert_eq!(app.bot_replies(&root).len(), 1);
     app.stop().await;
 }
@@ -126,8 +133,7 @@ async fn send_progress_refuses_bad_input_with_clear_errors_on_every_path() {
     app.wait_replies(&root, 1).await;
     let conversation = conversation_of(&app, &root).await;
 
-    let (status, body) =
-        post_progress(&app, json!({"conversation_id": "nope", "text": "x"})).await;
+    let (status, body) = post_progress(&app, json!({"conversation_id": "nope", "text": "x"})).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["success"], false);
     assert!(
@@ -136,11 +142,8 @@ async fn send_progress_refuses_bad_input_with_clear_errors_on_every_path() {
             .is_some_and(|m| m.contains("not a valid UUID")),
         "{body}"
     );
-    let (status, body) = post_progress(
-        &app,
-        json!({"conversation_id": conversation, "text": "  "}),
-    )
-    .await;
+    let (status, body) =
+        post_progress(&app, json!({"conversation_id": conversation, "text": "  "})).await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = post_progress(
         &app,
