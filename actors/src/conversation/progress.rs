@@ -511,13 +511,14 @@ impl Progress {
                     }
                 }
             }
-            None if self.mode == ProgressMode::Status && !self.status_refused(&key.team) => {
-                if self.set_status(key, text).await == StatusResult::Shown {
+            None => {
+                // Without a placeholder only the status can show it (none where Slack
+                // refused both for this turn).
+                let status = self.mode == ProgressMode::Status && !self.status_refused(&key.team);
+                if status && self.set_status(key, text).await == StatusResult::Shown {
                     info!(team_id = %key.team, channel_id = %key.channel, "progress shown as the thread's status");
                 }
             }
-            // Neither a status nor a placeholder could be shown for this turn.
-            None => {}
         }
     }
 }

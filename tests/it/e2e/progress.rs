@@ -288,7 +288,7 @@ async fn the_placeholder_shows_progress_and_becomes_the_answer() {
         .load(&mut conn)
         .await
         .expect("messages");
-    assert_eq!(stored, [answer.ts.clone()]);
+    assert_eq!(stored, std::slice::from_ref(&answer.ts));
     drop(conn);
     app.stop().await;
 }
