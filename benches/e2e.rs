@@ -33,6 +33,7 @@ use infragpt::db::{Pool, build_pool};
 use infragpt::testkit::devagent::{DevAgent, DevAgentConfig};
 use infragpt::testkit::slack_sim::{ConnState, SimChannel, SimConfig, SimTeam, SimUser, SlackSim};
 use infragpt::testkit::test_db::TestDb;
+use infragpt_actors::conversation::ProgressMode;
 use infragpt_actors::health::ActorState;
 use infragpt_actors::inbox::{InboundEvent, NewInboundEvent, RoutingKey};
 use infragpt_actors::{EventHandler, HandleOutcome, HandlerError, Secret, StreamSpec};
@@ -128,6 +129,11 @@ struct Args {
     /// Keep the Slack Web API throttle on (Slack's per-workspace limits).
     #[arg(long)]
     slack_throttle: bool,
+    /// Conversations mode: how turns show progress (`slack.progress`): `status` (the
+    /// default, as the service ships) or `off`, to see what the indicator costs. Placeholder
+    /// mode is refused: this mode times an answer by the thread's first bot post.
+    #[arg(long, default_value = "status", value_parser = parse_progress)]
+    progress: ProgressMode,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -138,6 +144,17 @@ struct Args {
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+fn parse_progress(text: &str) -> Result<ProgressMode, String> {
+    match text {
+        "status" => Ok(ProgressMode::Status),
+        "off" => Ok(ProgressMode::Off),
+        "placeholder" => Err(
+            "placeholder mode posts before the answer, and this benchmark times an answer by the thread's first bot post: use status or off".to_owned(),
+        ),
+        other => Err(format!("unknown progress mode {other:?}: status or off")),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -306,6 +323,8 @@ struct Rows {
 
 #[derive(Debug, Serialize)]
 struct ConversationsReport {
+    /// `slack.progress` of the run.
+    progress: ProgressMode,
     events: usize,
     concurrency: usize,
     connections: u32,
@@ -401,8 +420,14 @@ fn print_table(out: &Output, profile: bool) {
     match &out.report {
         Report::Conversations(r) => {
             println!(
-                "conversations: {} events, concurrency {}, {} Socket Mode connections, {} load threads, think time {} ms, pool {}",
-                r.events, r.concurrency, r.connections, r.threads, r.think_time_ms, r.pool_size
+                "conversations: {} events, concurrency {}, {} Socket Mode connections, {} load threads, think time {} ms, pool {}, progress {:?}",
+                r.events,
+                r.concurrency,
+                r.connections,
+                r.threads,
+                r.think_time_ms,
+                r.pool_size,
+                r.progress
             );
             row(
                 "end to end",
@@ -817,6 +842,7 @@ async fn conversations(args: &Args) -> anyhow::Result<ConversationsReport> {
     // Slack's per-workspace limits would cap one simulated workspace at a few posts per
     // second: the benchmark measures the pipeline, not the throttle (see BENCHMARKS.md).
     config.slack.throttle = args.slack_throttle;
+    config.slack.progress = args.progress;
     config.agent.endpoint = agent.endpoint();
     let (running, core) = infragpt::app::start(config)
         .await
@@ -1074,6 +1100,7 @@ async fn conversations(args: &Args) -> anyhow::Result<ConversationsReport> {
         threads: args.threads,
         think_time_ms: args.think_time_ms,
         pool_size: args.pool_size,
+        progress: args.progress,
         completed,
         seconds: wall.as_secs_f64(),
         events_per_s,
