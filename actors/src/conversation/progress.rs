@@ -256,9 +256,10 @@ impl Progress {
         self.mode
     }
 
-    /// The indicators' store (the answer's poster ends them through it).
-    pub fn store(&self) -> &dyn ProgressStore {
-        self.store.as_ref()
+    /// The indicators' store, through which an answer ends its turn's indicator; `None`
+    /// when progress is off (no turn has one).
+    pub fn indicators(&self) -> Option<&dyn ProgressStore> {
+        (self.mode != ProgressMode::Off).then_some(self.store.as_ref())
     }
 
     fn status_refused(&self, team: &TeamId) -> bool {

@@ -416,7 +416,7 @@ impl ReplyService {
             progress: self
                 .progress
                 .as_deref()
-                .map(super::progress::Progress::store),
+                .and_then(super::progress::Progress::indicators),
         };
         match poster.post(&conversation.key, &intent).await? {
             PostOutcome::Posted => Ok(ReplyOutcome::Posted),

@@ -243,7 +243,7 @@ impl ConversationHandler {
             lease: self.lease,
             busy_wait: self.busy_wait,
             fence,
-            progress: self.progress.as_deref().map(Progress::store),
+            progress: self.progress.as_deref().and_then(Progress::indicators),
         }
     }
 
