@@ -67,14 +67,20 @@ async fn the_status_shows_thinking_then_the_agents_steps_and_the_answer_clears_i
         .iter()
         .map(|s| s.status.clone())
         .collect();
-    assert_eq!(
-        shown,
-        [
-            "is thinking…",
-            "running demo.service_status…",
-            "writing the answer…"
-        ],
-        "the status while the agent worked"
+    // The agent reports a step every 1.2 s; a machine too busy to keep the pace may fold
+    // the middle one into the next (one change a second at most), never the first or last.
+    let expected = [
+        "is thinking…",
+        "running demo.service_status…",
+        "writing the answer…",
+    ];
+    assert!(shown.len() >= 2, "{shown:?}");
+    assert_eq!(shown[0], expected[0], "{shown:?}");
+    assert_eq!(shown[shown.len() - 1], expected[2], "{shown:?}");
+    let mut remaining = expected.iter();
+    assert!(
+        shown.iter().all(|s| remaining.any(|e| e == s)),
+        "the statuses are the agent's steps in order: {shown:?}"
     );
     // Every status was set while the thread held only the question: none after the answer.
     for change in statuses_of(&app, &root) {
