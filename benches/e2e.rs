@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use async_trait::async_trait;
 use clap::{Parser, ValueEnum};
 use diesel::dsl::now;
 use diesel::prelude::*;
@@ -35,8 +34,8 @@ use infragpt::testkit::slack_sim::{ConnState, SimChannel, SimConfig, SimTeam, Si
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::conversation::ProgressMode;
 use infragpt_actors::health::ActorState;
-use infragpt_actors::inbox::{InboundEvent, NewInboundEvent, RoutingKey};
-use infragpt_actors::{EventHandler, HandleOutcome, HandlerError, Secret, StreamSpec};
+use infragpt_actors::inbox::{NewInboundEvent, RoutingKey};
+use infragpt_actors::Secret;
 use infragpt_actors::{kinds, sources};
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -1332,15 +1331,14 @@ fn spread_over_repositories(body: &[u8], n: usize) -> Vec<Vec<u8>> {
 // ----- memory ----------------------------------------------------------------------------------
 
 /// Counts events and does nothing else: the actor, not the handler, is what is measured.
-#[derive(Debug, Default)]
-struct NoOp(AtomicUsize);
-
-#[async_trait]
-impl EventHandler for NoOp {
-    async fn handle(&self, _event: &InboundEvent) -> Result<HandleOutcome, HandlerError> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(HandleOutcome::Done)
-    }
+/// Inbound events not finished yet.
+async fn unfinished(pool: &Pool) -> anyhow::Result<i64> {
+    let mut conn = pool.get().await.context("connection for counting")?;
+    Ok(inbound_events::table
+        .filter(inbound_events::status.eq_any(["pending", "processing"]))
+        .count()
+        .get_result(&mut conn)
+        .await?)
 }
 
 async fn memory(args: &Args) -> anyhow::Result<MemoryReport> {
@@ -1361,17 +1359,11 @@ async fn memory(args: &Args) -> anyhow::Result<MemoryReport> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = rss_kib();
 
-    // The conversation stream is bound to Slack; Clerk is free in this configuration, so the
-    // no-op stream takes it. Its workers are ConversationThread actors like the real ones.
-    let handler = Arc::new(NoOp::default());
-    core.cluster
-        .register_stream(StreamSpec {
-            name: "bench-threads".to_owned(),
-            kind: kinds::CONVERSATION_THREAD,
-            source: sources::CLERK,
-            handler: handler.clone(),
-        })
-        .context("registering the no-op stream")?;
+    // Every source has its stream in the assembled service, so the actors are the real
+    // conversation threads: Slack events whose body the conversation handler ignores at once
+    // (an unknown body type: no Slack call, no store), which leaves each thread's worker idle
+    // and alive. The handler is one shared object, so per-thread memory is the worker, its
+    // mailbox, its router slot and its health entry.
     let health = core.cluster.health().clone();
     let mut points = Vec::new();
     let mut made = 0usize;
@@ -1386,11 +1378,11 @@ async fn memory(args: &Args) -> anyhow::Result<MemoryReport> {
                 let k = from + i;
                 cluster
                     .ingest(NewInboundEvent {
-                        source: sources::CLERK,
+                        source: sources::SLACK,
                         source_id: format!("bench-{k}"),
                         routing_key: RoutingKey(format!("{TEAM}/C0BENCH000/{k}.000100")),
                         kind: "bench.turn".to_owned(),
-                        payload: json!({}).into(),
+                        payload: json!({"type": "bench_idle"}).into(),
                     })
                     .await?;
                 Ok(())
@@ -1402,8 +1394,8 @@ async fn memory(args: &Args) -> anyhow::Result<MemoryReport> {
         }
         made = target;
         let deadline = Instant::now() + Duration::from_secs(300);
-        while (AtomicUsize::load(&handler.0, Ordering::Relaxed) < target
-            || health.count(kinds::CONVERSATION_THREAD, ActorState::Running) < target)
+        while (health.count(kinds::CONVERSATION_THREAD, ActorState::Running) < target
+            || unfinished(running.state.db.pool()).await? > 0)
             && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(100)).await;
