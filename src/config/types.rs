@@ -348,6 +348,9 @@ pub struct SlackConfig {
     /// Bots (by bot id or app id, optionally by name) whose posts in monitored channels are
     /// turns without a mention: alerts from Datadog, Grafana, PagerDuty, Alertmanager...
     pub alert_sources: Vec<infragpt_actors::slack_alerts::AlertSource>,
+    /// The assistant pane's suggested prompts (`assistant.threads.setSuggestedPrompts`, at
+    /// most 4); empty: the defaults.
+    pub suggested_prompts: Vec<infragpt_actors::slash::SuggestedPrompt>,
 }
 
 impl Default for SlackConfig {
@@ -364,6 +367,7 @@ impl Default for SlackConfig {
             throttle: true,
             answer_file_threshold: infragpt_actors::conversation::DEFAULT_FILE_THRESHOLD,
             alert_sources: Vec::new(),
+            suggested_prompts: Vec::new(),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod prepared;
 pub mod private_pg;
 pub mod retention;
 pub mod schema;
+pub mod slash;
 
 use std::path::PathBuf;
 use std::time::Duration;
