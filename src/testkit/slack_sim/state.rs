@@ -244,6 +244,8 @@ pub struct SimState {
     pub(crate) uploads: HashMap<String, PendingUpload>,
     /// Files shared with `files.completeUploadExternal`.
     pub(crate) files: Vec<SimFile>,
+    /// Slash commands and the assistant pane (`super::commands`).
+    pub(crate) commands: super::commands::CommandsState,
     seq: u64,
     last_ts_micros: u128,
     event_id_prefix: String,
@@ -305,6 +307,7 @@ impl SimState {
             invalid_auth_teams: HashSet::new(),
             uploads: HashMap::new(),
             files: Vec::new(),
+            commands: Default::default(),
             link_disabled: false,
             seq: 0,
             last_ts_micros: 0,

@@ -10,3 +10,4 @@ mod direct_messages;
 mod long_answers;
 mod ops;
 mod replicas;
+mod slash;
