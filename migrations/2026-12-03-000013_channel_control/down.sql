@@ -1,3 +1,2 @@
-DROP INDEX IF EXISTS conversations_team_created_idx;
 DROP TABLE IF EXISTS slash_questions;
 ALTER TABLE channels DROP COLUMN IF EXISTS watch_stopped;

@@ -19,5 +19,5 @@ CREATE TABLE slash_questions (
 );
 CREATE INDEX slash_questions_created_idx ON slash_questions (created_at);
 
--- `/infragpt status` counts a workspace's conversations of the day.
-CREATE INDEX conversations_team_created_idx ON conversations (team_id, created_at);
+-- `/infragpt status` counts a workspace's conversations of the day with
+-- conversations_team_created_idx (migration 2026-12-01-000016).
