@@ -22,9 +22,9 @@ diesel::table! {
         channel_id -> Text,
         name -> Nullable<Text>,
         monitored -> Bool,
-        watch_stopped -> Bool,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        watch_stopped -> Bool,
     }
 }
 
