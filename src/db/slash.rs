@@ -11,8 +11,7 @@ use diesel_async::{AsyncConnection as _, RunQueryDsl};
 use infragpt_actors::audit::AuditEntry;
 use infragpt_actors::ids::{ChannelId, MessageTs, TeamId};
 use infragpt_actors::slash::{
-    ChannelWatch, QuestionPost, SlashCommand, SlashStore, SlashStoreError, TriggerId,
-    WatchChange,
+    ChannelWatch, QuestionPost, SlashCommand, SlashStore, SlashStoreError, TriggerId, WatchChange,
 };
 
 use super::audit::insert_entry;
@@ -57,9 +56,12 @@ impl SlashStore for PgSlashStore {
             .await
             .optional()
             .map_err(unavailable)?;
-        Ok(row.map_or_else(ChannelWatch::default, |(monitored, stopped)| {
-            ChannelWatch { monitored, stopped }
-        }))
+        Ok(
+            row.map_or_else(ChannelWatch::default, |(monitored, stopped)| ChannelWatch {
+                monitored,
+                stopped,
+            }),
+        )
     }
 
     async fn set_channel_watch(

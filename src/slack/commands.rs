@@ -100,7 +100,10 @@ pub async fn intake(cluster: &Cluster, cmd: &SlashCommand) -> Option<Value> {
 }
 
 /// Everything but the MAC, before the body is read.
-fn begin(verifier: &SlackSignatureVerifier, req: &HttpRequest) -> Result<SlackBodyCheck, SignatureError> {
+fn begin(
+    verifier: &SlackSignatureVerifier,
+    req: &HttpRequest,
+) -> Result<SlackBodyCheck, SignatureError> {
     let header = |name: &str| match req.headers().get(name) {
         None => Ok(None),
         Some(v) => v.to_str().map(Some).map_err(|_| {
@@ -335,7 +338,9 @@ impl SlashSlack for SlashWeb {
         channel: &ChannelId,
         oldest: &MessageTs,
     ) -> Result<Vec<ThreadMessage>, SlackApiError> {
-        self.web.bot_messages_in_channel(team, channel, oldest).await
+        self.web
+            .bot_messages_in_channel(team, channel, oldest)
+            .await
     }
 }
 

@@ -595,7 +595,8 @@ impl SlackConnection {
             envelope_id = %envelope_id,
             trigger_id = %cmd.trigger_id,
         );
-        let answered = async move { super::commands::intake(&cluster, &cmd).await }.instrument(span);
+        let answered =
+            async move { super::commands::intake(&cluster, &cmd).await }.instrument(span);
         ctx.wait(answered.into_actor(self).map(move |answer, act, ctx| {
             act.ack_with_payload(id, envelope_id, answer, ctx);
         }));

@@ -78,7 +78,9 @@ fn slack_err(e: SlackApiError) -> HandlerError {
 /// The code in a Slack API error (`method: code`).
 fn error_code(e: &SlackApiError) -> Option<&str> {
     match e {
-        SlackApiError::Api(text) => Some(text.rsplit(": ").next().unwrap_or(text).trim_matches('"')),
+        SlackApiError::Api(text) => {
+            Some(text.rsplit(": ").next().unwrap_or(text).trim_matches('"'))
+        }
         _ => None,
     }
 }
@@ -226,9 +228,7 @@ impl SlashHandler {
             .map_err(store_err)?;
         let channel = match (watch.monitored, watch.stopped) {
             (true, _) => "watched: every message here is answered",
-            (false, true) => {
-                "not watched (stopped): only mentions and threads I'm in are answered"
-            }
+            (false, true) => "not watched (stopped): only mentions and threads I'm in are answered",
             (false, false) => "not watched: only mentions and threads I'm in are answered",
         };
         Ok(format!(
@@ -382,9 +382,7 @@ impl SlashHandler {
                 }
                 if !e.is_transient() {
                     let why = match error_code(&e) {
-                        Some("not_in_channel" | "channel_not_found") => format!(
-                            "I could not post your question here: I'm not in this channel. Invite me, or mention me in a channel I'm in."
-                        ),
+                        Some("not_in_channel" | "channel_not_found") => "I could not post your question here: I'm not in this channel. Invite me, or mention me in a channel I'm in.".to_owned(),
                         _ => "I could not post your question in this channel.".to_owned(),
                     };
                     self.answer(cmd, &why).await;
@@ -474,9 +472,7 @@ impl SlashHandler {
         }
     }
 
-    fn missing_marks(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(TeamId, &'static str), Instant>> {
+    fn missing_marks(&self) -> std::sync::MutexGuard<'_, HashMap<(TeamId, &'static str), Instant>> {
         self.missing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -490,8 +486,12 @@ impl SlashHandler {
         self.optional(
             &t.team_id,
             "assistant.threads.setSuggestedPrompts",
-            self.slack
-                .set_suggested_prompts(&t.team_id, &t.channel_id, &t.thread_ts, &self.prompts),
+            self.slack.set_suggested_prompts(
+                &t.team_id,
+                &t.channel_id,
+                &t.thread_ts,
+                &self.prompts,
+            ),
         )
         .await;
         Ok(HandleOutcome::Done)
@@ -502,8 +502,7 @@ impl SlashHandler {
     pub async fn message(&self, event: &InboundEvent) -> Result<HandleOutcome, HandlerError> {
         let title = self.title_candidate(event).await;
         let outcome = self.conversations.handle(event).await;
-        if let (Ok(HandleOutcome::Done), Some((team, channel, thread_ts, text))) =
-            (&outcome, title)
+        if let (Ok(HandleOutcome::Done), Some((team, channel, thread_ts, text))) = (&outcome, title)
         {
             let title = thread_title(&text);
             if !title.is_empty() {
@@ -540,7 +539,12 @@ impl SlashHandler {
         }
         let key = ThreadKey::new(cb.team_id.clone(), m.channel.clone(), thread_ts.clone());
         match self.conversation_store.find_by_key(&key).await {
-            Ok(None) => Some((cb.team_id.clone(), m.channel.clone(), thread_ts.clone(), m.text.clone())),
+            Ok(None) => Some((
+                cb.team_id.clone(),
+                m.channel.clone(),
+                thread_ts.clone(),
+                m.text.clone(),
+            )),
             Ok(Some(_)) => None,
             Err(e) => {
                 warn!(error = %e, "could not tell whether the thread is new; not titling it");

@@ -205,7 +205,11 @@ impl QuestionTurn {
 
     /// The question's thread.
     pub fn thread(&self) -> ThreadKey {
-        ThreadKey::new(self.team_id.clone(), self.channel_id.clone(), self.ts.clone())
+        ThreadKey::new(
+            self.team_id.clone(),
+            self.channel_id.clone(),
+            self.ts.clone(),
+        )
     }
 }
 
@@ -224,7 +228,10 @@ pub fn default_prompts() -> Vec<SuggestedPrompt> {
     [
         ("What's failing?", "What's failing in production right now?"),
         ("Recent deploys", "What was deployed in the last 24 hours?"),
-        ("Open alerts", "Summarize the open alerts and their likely causes."),
+        (
+            "Open alerts",
+            "Summarize the open alerts and their likely causes.",
+        ),
     ]
     .into_iter()
     .map(|(title, message)| SuggestedPrompt {
@@ -400,7 +407,8 @@ mod tests {
     #[test]
     fn titles_are_the_first_line_cut_on_a_word() {
         assert_eq!(thread_title("  what failed?\nmore "), "what failed?");
-        let long = "why does the checkout service time out every night around two o'clock in eu-west";
+        let long =
+            "why does the checkout service time out every night around two o'clock in eu-west";
         let title = thread_title(long);
         assert!(title.chars().count() <= 60, "{title}");
         assert!(title.ends_with('…'));
@@ -411,7 +419,13 @@ mod tests {
     #[test]
     fn usage_names_the_command_and_every_subcommand() {
         let u = usage("/ops");
-        for word in ["/ops <question>", "/ops status", "/ops watch", "/ops stop", "/ops help"] {
+        for word in [
+            "/ops <question>",
+            "/ops status",
+            "/ops watch",
+            "/ops stop",
+            "/ops help",
+        ] {
             assert!(u.contains(word), "{word}");
         }
     }

@@ -75,7 +75,14 @@ pub struct SimCommand {
     pub payload: Value,
 }
 
-fn command_payload(st: &mut SimState, team: &SimTeam, channel: &str, user: &str, command: &str, text: &str) -> Result<(String, String, Value), SimError> {
+fn command_payload(
+    st: &mut SimState,
+    team: &SimTeam,
+    channel: &str,
+    user: &str,
+    command: &str,
+    text: &str,
+) -> Result<(String, String, Value), SimError> {
     let channel_name = team
         .channels
         .iter()
@@ -96,7 +103,12 @@ fn command_payload(st: &mut SimState, team: &SimTeam, channel: &str, user: &str,
         })?;
     st.commands.next += 1;
     let n = st.commands.next;
-    let trigger_id = format!("{}.{}.{}", 13_345_224_609_u64 + n, 738_474_920, uuid::Uuid::new_v4().simple());
+    let trigger_id = format!(
+        "{}.{}.{}",
+        13_345_224_609_u64 + n,
+        738_474_920,
+        uuid::Uuid::new_v4().simple()
+    );
     let url_id = format!("{}/{}/{}", team.id, n, uuid::Uuid::new_v4().simple());
     let response_url = format!("http://127.0.0.1:{}/commands/{url_id}", st.port);
     st.commands.urls.insert(
@@ -289,7 +301,9 @@ impl SlackSim {
 pub(crate) fn handles(method: &str) -> bool {
     matches!(
         method,
-        "assistant.threads.setSuggestedPrompts" | "assistant.threads.setTitle" | "chat.postEphemeral"
+        "assistant.threads.setSuggestedPrompts"
+            | "assistant.threads.setTitle"
+            | "chat.postEphemeral"
     )
 }
 
@@ -313,7 +327,8 @@ pub(crate) fn bot_method(
             let Some(channel) = param(params, "channel").filter(|c| known_channel(c)) else {
                 return ApiReply::err("channel_not_found");
             };
-            let Some(user) = param(params, "user").filter(|u| team.users.iter().any(|x| x.id == *u))
+            let Some(user) =
+                param(params, "user").filter(|u| team.users.iter().any(|x| x.id == *u))
             else {
                 return ApiReply::err("user_not_in_channel");
             };
@@ -362,9 +377,11 @@ pub(crate) fn bot_method(
                 _ => return ApiReply::err("invalid_arguments"),
             };
             let well_formed = |p: &Value| {
-                ["title", "message"]
-                    .iter()
-                    .all(|k| p.get(*k).and_then(Value::as_str).is_some_and(|s| !s.is_empty()))
+                ["title", "message"].iter().all(|k| {
+                    p.get(*k)
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| !s.is_empty())
+                })
             };
             if prompts.is_empty() || prompts.len() > 4 || !prompts.iter().all(well_formed) {
                 return ApiReply::err("invalid_arguments");
@@ -392,7 +409,11 @@ fn reply(status: u16, body: Value) -> Response<Body> {
 /// `POST /commands/{id}`: a command's `response_url`. JSON with `text` (or `blocks`), an
 /// optional `response_type` (`ephemeral`, the default, or `in_channel`); at most
 /// [`RESPONSE_URL_USES`] uses; an unknown URL is 404.
-pub(crate) async fn response_url(shared: Arc<Shared>, id: String, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn response_url(
+    shared: Arc<Shared>,
+    id: String,
+    req: Request<Incoming>,
+) -> Response<Body> {
     if req.method() != hyper::Method::POST {
         return reply(405, json!({"ok": false, "error": "method_not_allowed"}));
     }
@@ -408,7 +429,8 @@ pub(crate) async fn response_url(shared: Arc<Shared>, id: String, req: Request<I
             (Some(_), None) => (400, Some("invalid_payload")),
             (Some(url), Some(msg)) => {
                 let text = param(msg, "text").unwrap_or_default();
-                let response_type = param(msg, "response_type").unwrap_or_else(|| "ephemeral".into());
+                let response_type =
+                    param(msg, "response_type").unwrap_or_else(|| "ephemeral".into());
                 if text.is_empty() && msg.get("blocks").is_none_or(Value::is_null) {
                     (400, Some("no_text"))
                 } else if !matches!(response_type.as_str(), "ephemeral" | "in_channel") {

@@ -89,7 +89,10 @@ async fn wait_thread_reply(app: &TestApp, channel: &str, thread: &str, n: usize)
     .await;
 }
 
-async fn post_command(app: &TestApp, req: &infragpt::testkit::slack_sim::SignedRequest) -> (u16, String) {
+async fn post_command(
+    app: &TestApp,
+    req: &infragpt::testkit::slack_sim::SignedRequest,
+) -> (u16, String) {
     let response = app
         .http()
         .post(format!("{}/slack/commands", app.base_url()))
@@ -110,7 +113,13 @@ async fn a_question_over_socket_mode_is_posted_once_and_answered_in_its_thread()
     let sim = app.sim();
     let sent = Instant::now();
     let cmd = sim
-        .slash_command(ACME, OPS, ALICE, "/infragpt", "what is the status of production?")
+        .slash_command(
+            ACME,
+            OPS,
+            ALICE,
+            "/infragpt",
+            "what is the status of production?",
+        )
         .expect("command");
     let envelope = cmd.envelope_id.clone().expect("socket mode");
     let ack = eventually("the command is acknowledged", async || {
@@ -120,7 +129,11 @@ async fn a_question_over_socket_mode_is_posted_once_and_answered_in_its_thread()
     assert!(sent.elapsed() < Duration::from_secs(3), "acked within 3 s");
     // Recorded before the ack; its answer is the question in the channel, not the ack.
     assert_eq!(ack.payload, None);
-    assert!(status_of(&app, &format!("slash:{}", cmd.trigger_id)).await.is_some());
+    assert!(
+        status_of(&app, &format!("slash:{}", cmd.trigger_id))
+            .await
+            .is_some()
+    );
 
     let question = wait_question(&app, "what is the status of production?").await;
     wait_thread_reply(&app, OPS, &question.ts, 1).await;
@@ -129,10 +142,15 @@ async fn a_question_over_socket_mode_is_posted_once_and_answered_in_its_thread()
     assert_eq!(bot_replies(sim, ACME, OPS, &question.ts).len(), 1);
     let requests = app.agent().requests();
     assert_eq!(requests.len(), 1);
-    assert_eq!(requests[0].current_message, "what is the status of production?");
+    assert_eq!(
+        requests[0].current_message,
+        "what is the status of production?"
+    );
     assert_eq!(requests[0].user_id, ALICE, "the user is the turn's sender");
     assert_eq!(
-        status_of(&app, &format!("slash:{}:turn", cmd.trigger_id)).await.as_deref(),
+        status_of(&app, &format!("slash:{}:turn", cmd.trigger_id))
+            .await
+            .as_deref(),
         Some("done")
     );
     // Like a mention, the question marks the channel watched.
@@ -157,8 +175,15 @@ async fn a_question_whose_post_may_have_failed_is_found_in_the_channel_not_poste
     let question = wait_question(&app, "why is checkout slow?").await;
     wait_thread_reply(&app, OPS, &question.ts, 1).await;
     quiet(&app).await;
-    assert_eq!(top_level(sim).len(), 1, "the retry found the question instead of posting it again");
-    assert!(!sim.calls("conversations.history").is_empty(), "the retry read the channel");
+    assert_eq!(
+        top_level(sim).len(),
+        1,
+        "the retry found the question instead of posting it again"
+    );
+    assert!(
+        !sim.calls("conversations.history").is_empty(),
+        "the retry read the channel"
+    );
     let mut conn = app.db.pool().get().await.expect("conn");
     let posted: Option<String> = slash_questions::table
         .select(slash_questions::posted_ts)
@@ -191,16 +216,31 @@ async fn signed_http_commands_help_status_watch_and_stop() {
     assert_eq!(status, 200);
     let body: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(body["response_type"], "ephemeral");
-    assert!(body["text"].as_str().expect("text").contains("/infragpt watch"));
-    assert_eq!(status_of(&app, &format!("slash:{}", cmd.trigger_id)).await, None);
+    assert!(
+        body["text"]
+            .as_str()
+            .expect("text")
+            .contains("/infragpt watch")
+    );
+    assert_eq!(
+        status_of(&app, &format!("slash:{}", cmd.trigger_id)).await,
+        None
+    );
 
     // status: an empty ack, then the answer through response_url.
     let (_, req) = command("status");
     let (status, body) = post_command(&app, &req).await;
     assert_eq!((status, body.as_str()), (200, ""));
     let r = last_response(1).await;
-    assert_eq!((r.user_id.as_str(), r.response_type.as_str()), (ALICE, "ephemeral"));
-    assert!(r.text.contains("Agent:") && r.text.contains("Conversations today"), "{}", r.text);
+    assert_eq!(
+        (r.user_id.as_str(), r.response_type.as_str()),
+        (ALICE, "ephemeral")
+    );
+    assert!(
+        r.text.contains("Agent:") && r.text.contains("Conversations today"),
+        "{}",
+        r.text
+    );
     assert!(r.text.contains("not watched"), "{}", r.text);
 
     // watch: every message is a turn; audited.
@@ -219,23 +259,44 @@ async fn signed_http_commands_help_status_watch_and_stop() {
     assert!(last_response(3).await.text.contains("stopped watching"));
     assert_eq!(channel_state(&app).await, Some((false, true)));
     let mention = sim
-        .post_user_message(ACME, OPS, ALICE, &format!("<@{ACME_BOT}> still there?"), None)
+        .post_user_message(
+            ACME,
+            OPS,
+            ALICE,
+            &format!("<@{ACME_BOT}> still there?"),
+            None,
+        )
         .expect("mention");
     wait_thread_reply(&app, OPS, &mention, 1).await;
     quiet(&app).await;
-    assert_eq!(channel_state(&app).await, Some((false, true)), "a mention does not turn watching back on");
+    assert_eq!(
+        channel_state(&app).await,
+        Some((false, true)),
+        "a mention does not turn watching back on"
+    );
     let ignored = sim
         .post_user_message(ACME, OPS, ALICE, "anyone?", None)
         .expect("plain");
     quiet(&app).await;
-    assert!(bot_replies(sim, ACME, OPS, &ignored).is_empty(), "not a turn after stop");
+    assert!(
+        bot_replies(sim, ACME, OPS, &ignored).is_empty(),
+        "not a turn after stop"
+    );
 
     // The same request again (a replay): deduplicated on the trigger, nothing changes twice.
     assert_eq!(post_command(&app, &stop_req).await.0, 200);
     quiet(&app).await;
-    assert_eq!(status_of(&app, &format!("slash:{}", stop.trigger_id)).await.as_deref(), Some("done"));
+    assert_eq!(
+        status_of(&app, &format!("slash:{}", stop.trigger_id))
+            .await
+            .as_deref(),
+        Some("done")
+    );
     assert_eq!(sim.command_responses().len(), 3);
-    assert_eq!(audit_actions(&app).await, ["channel.watched", "channel.unwatched"]);
+    assert_eq!(
+        audit_actions(&app).await,
+        ["channel.watched", "channel.unwatched"]
+    );
 
     // A bad signature is refused before anything is read.
     let (_, mut forged) = command("watch");
@@ -254,36 +315,57 @@ async fn the_assistant_pane_gets_prompts_and_a_title_and_its_messages_are_turns(
         .start_assistant_thread(ACME, ALICE_DM, ALICE, Some(OPS))
         .expect("assistant thread");
     let prompts = eventually("suggested prompts", async || {
-        sim.calls("assistant.threads.setSuggestedPrompts").into_iter().next()
+        sim.calls("assistant.threads.setSuggestedPrompts")
+            .into_iter()
+            .next()
     })
     .await;
     assert_eq!(prompts.error, None);
     assert_eq!(prompts.params["channel_id"], ALICE_DM);
     assert_eq!(prompts.params["thread_ts"], thread.as_str());
-    assert_eq!(prompts.params["prompts"][0]["message"], "What's failing in production right now?");
+    assert_eq!(
+        prompts.params["prompts"][0]["message"],
+        "What's failing in production right now?"
+    );
 
-    sim.post_user_message(ACME, ALICE_DM, ALICE, "What's failing in production right now?", Some(&thread))
-        .expect("first message");
+    sim.post_user_message(
+        ACME,
+        ALICE_DM,
+        ALICE,
+        "What's failing in production right now?",
+        Some(&thread),
+    )
+    .expect("first message");
     wait_thread_reply(&app, ALICE_DM, &thread, 1).await;
     let title = eventually("the title", async || {
         sim.calls("assistant.threads.setTitle").into_iter().next()
     })
     .await;
     assert_eq!(title.error, None);
-    assert_eq!(title.params["title"], "What's failing in production right now?");
+    assert_eq!(
+        title.params["title"],
+        "What's failing in production right now?"
+    );
     sim.post_user_message(ACME, ALICE_DM, ALICE, "and yesterday?", Some(&thread))
         .expect("second message");
     wait_thread_reply(&app, ALICE_DM, &thread, 2).await;
     // A context change is recorded and ignored.
-    sim.send_event(ACME, serde_json::json!({
-        "type": "assistant_thread_context_changed",
-        "assistant_thread": {"user_id": ALICE, "channel_id": ALICE_DM, "thread_ts": thread,
-                             "context": {"channel_id": OPS, "team_id": ACME}},
-        "event_ts": thread,
-    }))
+    sim.send_event(
+        ACME,
+        serde_json::json!({
+            "type": "assistant_thread_context_changed",
+            "assistant_thread": {"user_id": ALICE, "channel_id": ALICE_DM, "thread_ts": thread,
+                                 "context": {"channel_id": OPS, "team_id": ACME}},
+            "event_ts": thread,
+        }),
+    )
     .expect("context changed");
     quiet(&app).await;
-    assert_eq!(sim.calls("assistant.threads.setTitle").len(), 1, "only the first message titles");
+    assert_eq!(
+        sim.calls("assistant.threads.setTitle").len(),
+        1,
+        "only the first message titles"
+    );
     let mut conn = app.db.pool().get().await.expect("conn");
     let ignored: i64 = inbound_events::table
         .filter(inbound_events::kind.eq("assistant_thread_context_changed"))

@@ -43,7 +43,9 @@ macro_rules! app {
         test::init_service(
             App::new()
                 .app_data(infragpt::error::json_config())
-                .configure(move |cfg: &mut web::ServiceConfig| commands::configure(cfg, ep.clone())),
+                .configure(move |cfg: &mut web::ServiceConfig| {
+                    commands::configure(cfg, ep.clone())
+                }),
         )
         .await
     }};
@@ -68,27 +70,46 @@ async fn slacks_signing_example_is_a_verified_help_command() {
         v["expected_signature"].as_str().unwrap(),
     );
     let at: i64 = ts.parse().unwrap();
-    let verifier = SlackSignatureVerifier::with_clock(&Secret::new(secret), Arc::new(move || at + 30));
+    let verifier =
+        SlackSignatureVerifier::with_clock(&Secret::new(secret), Arc::new(move || at + 30));
     let inbox = MemoryInbox::new();
     let (cluster, handler) = cluster_with(inbox.clone());
-    let app = app!(Arc::new(CommandsEndpoint::with_verifier(verifier, cluster.clone())));
+    let app = app!(Arc::new(CommandsEndpoint::with_verifier(
+        verifier,
+        cluster.clone()
+    )));
     // `/webhook-collect` with an empty text: the usage, from the acknowledgement.
     let resp = test::call_service(&app, request(body, ts, sig).to_request()).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let answer: Value = test::read_body_json(resp).await;
     assert_eq!(answer["response_type"], "ephemeral");
-    assert!(answer["text"].as_str().unwrap().contains("/webhook-collect status"));
+    assert!(
+        answer["text"]
+            .as_str()
+            .unwrap()
+            .contains("/webhook-collect status")
+    );
     // The tampered body of the example does not verify; nothing is parsed or recorded.
     let tampered = v["invalid_examples"][0]["body"].as_str().unwrap();
     let resp = test::call_service(&app, request(tampered, ts, sig).to_request()).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     // Stale: the same request 10 minutes later.
     let late = SlackSignatureVerifier::with_clock(&Secret::new(secret), Arc::new(move || at + 600));
-    let stale = app!(Arc::new(CommandsEndpoint::with_verifier(late, cluster.clone())));
+    let stale = app!(Arc::new(CommandsEndpoint::with_verifier(
+        late,
+        cluster.clone()
+    )));
     let resp = test::call_service(&stale, request(body, ts, sig).to_request()).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(handler.total_calls(), 0);
-    assert!(inbox.count_by_status().await.unwrap().iter().all(|(_, n)| *n == 0));
+    assert!(
+        inbox
+            .count_by_status()
+            .await
+            .unwrap()
+            .iter()
+            .all(|(_, n)| *n == 0)
+    );
 }
 
 #[actix_rt::test]
@@ -96,28 +117,49 @@ async fn a_command_is_recorded_once_per_trigger_and_acknowledged_empty() {
     let secret = "s3cr3t-signing";
     let inbox = MemoryInbox::new();
     let (cluster, handler) = cluster_with(inbox.clone());
-    let app = app!(Arc::new(CommandsEndpoint::new(Some(&Secret::new(secret)), cluster)));
+    let app = app!(Arc::new(CommandsEndpoint::new(
+        Some(&Secret::new(secret)),
+        cluster
+    )));
     let body = "team_id=T0SIMACME1&channel_id=C0OPS00001&user_id=U0ALICE001&command=%2Finfragpt\
                 &text=why+is+checkout+slow%3F&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2F1%2F2\
                 &trigger_id=111.222.abc";
     let now = chrono::Utc::now().timestamp();
     let signature = sign(&Secret::new(secret), now, body.as_bytes());
     for _ in 0..2 {
-        let resp = test::call_service(&app, request(body, &now.to_string(), &signature).to_request()).await;
+        let resp = test::call_service(
+            &app,
+            request(body, &now.to_string(), &signature).to_request(),
+        )
+        .await;
         assert_eq!(resp.status(), StatusCode::OK);
         assert!(test::read_body(resp).await.is_empty());
     }
-    eventually("the command is handled", async || handler.handled_count() == 1).await;
+    eventually("the command is handled", async || {
+        handler.handled_count() == 1
+    })
+    .await;
     let event = &handler.handled()[0];
     assert_eq!(event.source_id, "slash:111.222.abc");
     assert_eq!(event.kind, "slash_command");
     assert_eq!(event.routing_key.0, "T0SIMACME1/C0OPS00001/-");
     assert_eq!(event.payload["text"], "why is checkout slow?");
-    assert_eq!(handler.total_calls(), 1, "the second request was a duplicate");
+    assert_eq!(
+        handler.total_calls(),
+        1,
+        "the second request was a duplicate"
+    );
 
     // No signing secret: refused, whatever the request.
-    let closed = app!(Arc::new(CommandsEndpoint::new(None, cluster_with(MemoryInbox::new()).0)));
-    let resp = test::call_service(&closed, request(body, &now.to_string(), &signature).to_request()).await;
+    let closed = app!(Arc::new(CommandsEndpoint::new(
+        None,
+        cluster_with(MemoryInbox::new()).0
+    )));
+    let resp = test::call_service(
+        &closed,
+        request(body, &now.to_string(), &signature).to_request(),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     // Signed, but not a command: 400.
     let junk = "hello=world";
