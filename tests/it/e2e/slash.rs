@@ -411,3 +411,94 @@ async fn without_the_assistant_feature_the_calls_are_skipped_and_turns_still_ans
     assert_eq!(failed, 0);
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn commands_reaching_two_replicas_at_once_are_posted_answered_and_audited_once() {
+    let app = service(SimConfig::default())
+        .with_dev_agent()
+        .configure(|c| {
+            c.cluster.lease_ms = 1_500;
+            c.cluster.heartbeat_ms = 300;
+            c.cluster.safety_margin_ms = 300;
+        })
+        .start()
+        .await;
+    let (second, second_core) = app.start_replica().await;
+    app.wait_connected(2).await;
+    eventually("the two replicas split the partitions", async || {
+        let held =
+            |c: &infragpt_actors::Cluster| c.replica_status().map_or(0, |s| s.partitions.len());
+        let (a, b) = (held(app.cluster()), held(&second_core.cluster));
+        a + b == 64 && a > 0 && b > 0
+    })
+    .await;
+    let sim = app.sim();
+    let urls = [
+        format!("{}/slack/commands", app.base_url()),
+        format!("http://{}/slack/commands", second.http_addr),
+    ];
+    let send_everywhere = |req: infragpt::testkit::slack_sim::SignedRequest| {
+        let urls = urls.clone();
+        let http = app.http().clone();
+        async move {
+            let calls = urls.iter().flat_map(|url| {
+                let (http, req) = (http.clone(), req.clone());
+                (0..2).map(move |_| {
+                    let (http, req, url) = (http.clone(), req.clone(), url.clone());
+                    async move {
+                        http.post(url)
+                            .header("content-type", "application/x-www-form-urlencoded")
+                            .header("x-slack-request-timestamp", &req.timestamp)
+                            .header("x-slack-signature", &req.signature)
+                            .body(req.body.clone())
+                            .send()
+                            .await
+                            .expect("POST")
+                            .status()
+                            .as_u16()
+                    }
+                })
+            });
+            futures::future::join_all(calls).await
+        }
+    };
+    // The same question (one trigger) arriving four times at two replicas at once.
+    let (_, req) = sim
+        .signed_slash_command(ACME, OPS, ALICE, "/infragpt", "is the api up?")
+        .expect("command");
+    assert_eq!(send_everywhere(req).await, [200; 4]);
+    // `watch` twice at once (one trigger), then `watch` again under a new trigger.
+    let (_, req) = sim
+        .signed_slash_command(ACME, OPS, ALICE, "/infragpt", "watch")
+        .expect("command");
+    assert_eq!(send_everywhere(req).await, [200; 4]);
+    let (_, req) = sim
+        .signed_slash_command(ACME, OPS, ALICE, "/infragpt", "watch")
+        .expect("command");
+    assert_eq!(send_everywhere(req).await, [200; 4]);
+
+    let question = wait_question(&app, "is the api up?").await;
+    wait_thread_reply(&app, OPS, &question.ts, 1).await;
+    quiet(&app).await;
+    assert_eq!(top_level(sim).len(), 1, "posted once");
+    assert_eq!(
+        bot_replies(sim, ACME, OPS, &question.ts).len(),
+        1,
+        "answered once"
+    );
+    assert_eq!(app.agent().requests().len(), 1);
+    assert_eq!(
+        audit_actions(&app).await,
+        ["channel.watched"],
+        "the second watch changed nothing"
+    );
+    let responses = sim.command_responses();
+    assert_eq!(responses.len(), 2, "one answer per command: {responses:?}");
+    assert!(
+        responses[1].text.contains("already watching"),
+        "{}",
+        responses[1].text
+    );
+    second.stop().await.expect("clean stop");
+    app.stop().await;
+}
