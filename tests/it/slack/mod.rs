@@ -2,6 +2,7 @@
 //! Web API adapter and the OAuth install.
 
 mod commands_http;
+mod commands_sim;
 mod events_http;
 mod fixtures;
 mod install;
