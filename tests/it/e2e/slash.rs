@@ -161,6 +161,28 @@ async fn a_question_over_socket_mode_is_posted_once_and_answered_in_its_thread()
     wait_thread_reply(&app, OPS, &question.ts, 2).await;
     let requests = app.agent().requests();
     assert_eq!(requests[1].past_messages.len(), 2);
+
+    // `help` over Socket Mode: the usage in the ack's payload, nothing recorded.
+    let help = sim
+        .slash_command(ACME, OPS, ALICE, "/infragpt", "help")
+        .expect("help");
+    let envelope = help.envelope_id.clone().expect("socket mode");
+    let ack = eventually("help is acknowledged", async || {
+        sim.acks().into_iter().find(|a| a.envelope_id == envelope)
+    })
+    .await;
+    let payload = ack.payload.expect("the usage in the ack");
+    assert_eq!(payload["response_type"], "ephemeral");
+    assert!(
+        payload["text"]
+            .as_str()
+            .expect("text")
+            .contains("/infragpt stop")
+    );
+    assert_eq!(
+        status_of(&app, &format!("slash:{}", help.trigger_id)).await,
+        None
+    );
     app.stop().await;
 }
 

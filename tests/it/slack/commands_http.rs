@@ -8,7 +8,10 @@ use actix_web::http::StatusCode;
 use actix_web::{App, test, web};
 use infragpt::slack::commands::{self, CommandsEndpoint};
 use infragpt::slack::signature::{SlackSignatureVerifier, sign};
-use infragpt_actors::inbox::InboundEvents;
+use infragpt_actors::inbox::{
+    Claim, EventRowId, EventStatus, InboundEvent, InboundEvents, NewInboundEvent, Partition,
+    RecordOutcome, StoreError,
+};
 use infragpt_actors::testing::{MemoryInbox, RecordingHandler};
 use infragpt_actors::{Cluster, ClusterConfig, HealthRegistry, Metrics, Secret, StreamSpec};
 use infragpt_actors::{kinds, sources};
@@ -166,4 +169,98 @@ async fn a_command_is_recorded_once_per_trigger_and_acknowledged_empty() {
     let sig = sign(&Secret::new(secret), now, junk.as_bytes());
     let resp = test::call_service(&app, request(junk, &now.to_string(), &sig).to_request()).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}
+
+/// An inbox whose `record` takes `delay` (a slow or overloaded database).
+struct SlowInbox {
+    inner: Arc<MemoryInbox>,
+    delay: std::time::Duration,
+}
+
+#[async_trait::async_trait]
+impl InboundEvents for SlowInbox {
+    async fn record(&self, event: NewInboundEvent) -> Result<RecordOutcome, StoreError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.record(event).await
+    }
+    async fn claim(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError> {
+        self.inner.claim(id).await
+    }
+    async fn confirm(&self, claim: Claim) -> Result<(), StoreError> {
+        self.inner.confirm(claim).await
+    }
+    async fn mark_done(&self, claim: Claim) -> Result<(), StoreError> {
+        self.inner.mark_done(claim).await
+    }
+    async fn mark_ignored(&self, claim: Claim, reason: &str) -> Result<(), StoreError> {
+        self.inner.mark_ignored(claim, reason).await
+    }
+    async fn mark_retry(&self, claim: Claim, error: &str) -> Result<(), StoreError> {
+        self.inner.mark_retry(claim, error).await
+    }
+    async fn mark_failed(&self, claim: Claim, error: &str) -> Result<(), StoreError> {
+        self.inner.mark_failed(claim, error).await
+    }
+    async fn list_unfinished(
+        &self,
+        after: Option<EventRowId>,
+        limit: i64,
+        partitions: Option<&[Partition]>,
+    ) -> Result<Vec<InboundEvent>, StoreError> {
+        self.inner.list_unfinished(after, limit, partitions).await
+    }
+    async fn list_failed(&self, limit: i64, offset: i64) -> Result<Vec<InboundEvent>, StoreError> {
+        self.inner.list_failed(limit, offset).await
+    }
+    async fn get(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn requeue(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError> {
+        self.inner.requeue(id).await
+    }
+    async fn discard(&self, id: EventRowId) -> Result<bool, StoreError> {
+        self.inner.discard(id).await
+    }
+    async fn count_by_status(&self) -> Result<Vec<(EventStatus, i64)>, StoreError> {
+        self.inner.count_by_status().await
+    }
+}
+
+#[actix_rt::test]
+async fn a_slow_record_is_acknowledged_within_three_seconds_and_still_finishes() {
+    let secret = "s3cr3t-signing";
+    let inbox = Arc::new(SlowInbox {
+        inner: MemoryInbox::new(),
+        delay: std::time::Duration::from_secs(4),
+    });
+    let (cluster, handler) = cluster_with(inbox);
+    let app = app!(Arc::new(CommandsEndpoint::new(
+        Some(&Secret::new(secret)),
+        cluster
+    )));
+    let body = "team_id=T0SIMACME1&channel_id=C0OPS00001&user_id=U0ALICE001&command=%2Finfragpt\
+                &text=status&trigger_id=333.444.slow";
+    let now = chrono::Utc::now().timestamp();
+    let signature = sign(&Secret::new(secret), now, body.as_bytes());
+    let started = std::time::Instant::now();
+    let resp = test::call_service(
+        &app,
+        request(body, &now.to_string(), &signature).to_request(),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "answered in {took:?}"
+    );
+    let answer: Value = test::read_body_json(resp).await;
+    assert_eq!(answer["response_type"], "ephemeral");
+    assert!(answer["text"].as_str().unwrap().contains("Working on it"));
+    // The record went on after the acknowledgement: the command runs.
+    eventually("the slow command is handled", async || {
+        handler.handled_count() == 1
+    })
+    .await;
+    assert_eq!(handler.handled()[0].source_id, "slash:333.444.slow");
 }
