@@ -10,6 +10,9 @@
 pub mod handler;
 pub mod ports;
 
+#[cfg(test)]
+mod handler_tests;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
