@@ -163,10 +163,10 @@ impl Command {
     }
 }
 
-/// The usage text (mrkdwn).
+/// The usage text (mrkdwn: `<` and `>` escaped, Slack reads them as link brackets).
 pub fn usage(command: &str) -> String {
     format!(
-        "*{command} <question>*: asks the assistant in this channel; the answer comes in the question's thread.\n\
+        "*{command} &lt;question&gt;*: asks the assistant in this channel; the answer comes in the question's thread.\n\
          *{command} status*: whether the assistant is reachable, today's conversations, and whether this channel is watched.\n\
          *{command} watch*: answer every message in this channel, not only mentions.\n\
          *{command} stop*: answer only mentions and threads the assistant is in (a later mention does not turn watching back on).\n\
@@ -423,7 +423,7 @@ mod tests {
     fn usage_names_the_command_and_every_subcommand() {
         let u = usage("/ops");
         for word in [
-            "/ops <question>",
+            "/ops &lt;question&gt;",
             "/ops status",
             "/ops watch",
             "/ops stop",
