@@ -276,7 +276,7 @@ async fn a_forgotten_slash_question_thread_leaves_no_text_behind() {
         .as_str()
         .expect("id")
         .to_owned();
-    let deleted = crate::support::wait::eventually("forgotten", async || {
+    crate::support::wait::eventually("forgotten", async || {
         let r = h
             .http()
             .delete(format!("{}/conversations/{id}", h.base_url()))
@@ -288,7 +288,6 @@ async fn a_forgotten_slash_question_thread_leaves_no_text_behind() {
         (r.status() == 200).then_some(())
     })
     .await;
-    let () = deleted;
     assert_eq!(
         tables_containing(h.pool(), SECRET).await,
         Vec::<String>::new(),
