@@ -297,12 +297,33 @@ fn build_modules(
     .with_agent_retries(config.actors.retry_budget)
     .with_alert_sources(config.slack.alert_sources.clone())
     .with_progress(progress.clone());
+    // The slash command and the assistant pane share the stream (slash::SlackStreamHandler).
+    let handler = Arc::new(handler);
+    let slash = infragpt_actors::slash::SlashHandler::new(
+        infragpt_actors::slash::SlashPorts {
+            store: Arc::new(crate::db::slash::PgSlashStore::new(pool.clone())),
+            slack: Arc::new(
+                crate::slack::commands::SlashWeb::new(slack_web.clone(), &config.slack.api_url)
+                    .context("building the response_url client")?,
+            ),
+            web: slack_web.clone(),
+            conversation_store: store.clone(),
+            ingest: Arc::new(cluster.clone()),
+        },
+        handler.clone(),
+    )
+    .with_claim_fence(cluster.inbox().clone())
+    .with_health(cluster.health().clone())
+    .with_prompts(config.slack.suggested_prompts.clone());
     cluster
         .register_stream(StreamSpec {
             name: "conversations".to_owned(),
             kind: kinds::CONVERSATION_THREAD,
             source: sources::SLACK,
-            handler: Arc::new(handler),
+            handler: Arc::new(infragpt_actors::slash::SlackStreamHandler::new(
+                handler,
+                Arc::new(slash),
+            )),
         })
         .context("registering the conversation stream")?;
     let replies = Arc::new(

@@ -15,6 +15,7 @@ pub mod ids;
 pub mod slack_alerts;
 pub mod slack_connection;
 pub mod slack_events;
+pub mod slash;
 pub mod testing;
 
 pub use infragpt_runtime::{

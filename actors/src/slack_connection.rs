@@ -6,7 +6,9 @@
 //!
 //! * `hello` → connected; the backoff resets.
 //! * `events_api` envelope → record it in the inbox, then (only then) acknowledge it.
-//! * `interactive` / `slash_commands` envelopes → acknowledge and log them as ignored.
+//! * `slash_commands` envelope → record it (unless the ack answers it), then acknowledge it,
+//!   the answer in the ack's `payload` when there is one.
+//! * `interactive` envelopes → acknowledge and log them as ignored.
 //! * `disconnect` `warning` / `refresh_requested` → open a new connection at once and close
 //!   the old one once it has drained; `too_many_websockets` (or an unknown reason) → back off
 //!   (exponential, capped) and retry; `link_disabled` → fatal: no reconnect, reported failed.
@@ -103,7 +105,15 @@ pub enum FrameAction {
         /// 0 on first delivery.
         retry_attempt: u32,
     },
-    /// Acknowledge without recording (`interactive`, `slash_commands`).
+    /// A slash command: record it (unless the ack answers it), then acknowledge
+    /// `envelope_id`, with the answer as the ack's `payload` when there is one.
+    Command {
+        /// Echo it in the ack.
+        envelope_id: String,
+        /// The command's fields.
+        payload: Value,
+    },
+    /// Acknowledge without recording (`interactive`).
     AckIgnored {
         /// Echo it in the ack.
         envelope_id: String,
@@ -229,6 +239,11 @@ impl ConnectionMachine {
                         envelope_id,
                         payload,
                         retry_attempt,
+                    }
+                } else if kind == "slash_commands" {
+                    FrameAction::Command {
+                        envelope_id,
+                        payload,
                     }
                 } else {
                     FrameAction::AckIgnored { envelope_id, kind }
@@ -408,13 +423,13 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         let slash = frame(
-            r#"{"type":"slash_commands","envelope_id":"e2","payload":{},"accepts_response_payload":true}"#,
+            r#"{"type":"slash_commands","envelope_id":"e2","payload":{"text":"status"},"accepts_response_payload":true}"#,
         );
         assert_eq!(
             m.on_frame(slash, now),
-            FrameAction::AckIgnored {
+            FrameAction::Command {
                 envelope_id: "e2".into(),
-                kind: "slash_commands".into()
+                payload: serde_json::json!({"text": "status"}),
             }
         );
         assert_eq!(m.envelopes(), 2);

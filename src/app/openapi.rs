@@ -137,6 +137,7 @@ pub fn build() -> OpenApi {
         crate::conversations::routes::ConversationsApi::openapi(),
         crate::reply::http::ReplyApi::openapi(),
         crate::slack::events_http::SlackEventsApi::openapi(),
+        crate::slack::commands::SlackCommandsApi::openapi(),
         crate::github::webhook::GithubWebhookApi::openapi(),
         crate::events::api::EventsApi::openapi(),
         crate::events::webhook::SourceWebhooksApi::openapi(),

@@ -353,6 +353,9 @@ pub struct SlackConfig {
     /// where Slack refuses the status), `placeholder` (a message the answer replaces) or
     /// `off`.
     pub progress: infragpt_actors::conversation::ProgressMode,
+    /// The assistant pane's suggested prompts (`assistant.threads.setSuggestedPrompts`, at
+    /// most 4); empty: the defaults.
+    pub suggested_prompts: Vec<infragpt_actors::slash::SuggestedPrompt>,
 }
 
 impl Default for SlackConfig {
@@ -370,6 +373,7 @@ impl Default for SlackConfig {
             answer_file_threshold: infragpt_actors::conversation::DEFAULT_FILE_THRESHOLD,
             alert_sources: Vec::new(),
             progress: infragpt_actors::conversation::ProgressMode::default(),
+            suggested_prompts: Vec::new(),
         }
     }
 }

@@ -103,6 +103,25 @@ const FORGET_EVENTS: &str = "WITH due AS (\
      FROM due WHERE e.id = due.id \
      RETURNING due.status = 'failed' AS flag";
 
+/// A thread that `/infragpt <question>` started: its question record goes, and the
+/// command's event (routed to the channel, `TEAM/CHANNEL/-`, not to the thread) is blanked
+/// like the thread's own events. Returns, per blanked event, whether it was a dead letter.
+const FORGET_SLASH: &str = "WITH q AS (\
+     DELETE FROM slash_questions \
+     WHERE team_id = $1 AND channel_id = $2 AND posted_ts = $3 \
+     RETURNING trigger_id), \
+     due AS (\
+     SELECT e.id, e.status FROM inbound_events e JOIN q ON e.source_id = 'slash:' || q.trigger_id \
+     WHERE e.source = 'slack' AND e.status IN ('done', 'ignored', 'failed') AND e.payload <> $4 \
+     FOR UPDATE OF e) \
+     UPDATE inbound_events e SET payload = $4, raw_body = NULL, \
+     status = CASE WHEN due.status = 'failed' THEN 'ignored' ELSE due.status END, \
+     last_error = CASE WHEN due.status = 'failed' THEN $5 ELSE NULL END, \
+     processed_at = CASE WHEN due.status = 'failed' THEN now() ELSE e.processed_at END, \
+     updated_at = now() \
+     FROM due WHERE e.id = due.id \
+     RETURNING due.status = 'failed' AS flag";
+
 /// One conversation as the API answers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, QueryableByName)]
 pub struct ConversationSummary {
@@ -507,6 +526,15 @@ async fn forget_in(
         .bind::<Text, _>(CLOSED_DEAD_LETTER)
         .load(conn)
         .await?;
+    let slash: Vec<Flag> = diesel::sql_query(FORGET_SLASH)
+        .bind::<Text, _>(&key.team_id)
+        .bind::<Text, _>(&key.channel_id)
+        .bind::<Text, _>(&key.thread_ts)
+        .bind::<Jsonb, _>(tombstone())
+        .bind::<Text, _>(CLOSED_DEAD_LETTER)
+        .load(conn)
+        .await?;
+    let events: Vec<Flag> = events.into_iter().chain(slash).collect();
 
     let forgotten = Forgotten {
         id,

@@ -894,8 +894,10 @@ impl ConversationStore for PgConversationStore {
             .set((
                 // A lookup that found no name keeps the one we have.
                 channels::name.eq(coalesce(excluded(channels::name), channels::name)),
-                // Monitoring only ever turns on here.
-                channels::monitored.eq(channels::monitored.or(excluded(channels::monitored))),
+                // Monitoring only ever turns on here, and not in a channel where someone ran
+                // `/infragpt stop` (only `/infragpt watch` turns it back on there).
+                channels::monitored.eq(channels::monitored
+                    .or(excluded(channels::monitored).and(channels::watch_stopped.eq(false)))),
                 channels::updated_at.eq(now),
             ))
             .execute(&mut conn)

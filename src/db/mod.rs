@@ -12,6 +12,7 @@ pub mod private_pg;
 pub mod progress;
 pub mod retention;
 pub mod schema;
+pub mod slash;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -239,6 +239,7 @@ pub async fn run_retention_once(
             let mut locked = LockedConn { conn: Some(conn) };
             if let Some(cutoff) = report.cutoff {
                 delete_due(locked.get(), settings, cutoff, &mut report).await?;
+                delete_due_slash_questions(locked.get(), cutoff).await?;
             }
             if let Some(cutoff) = report.conversations.cutoff {
                 delete_due_conversations(locked.get(), settings, cutoff, &mut report.conversations)
@@ -264,6 +265,28 @@ pub async fn run_retention_once(
         .bytes;
     report.duration = started.elapsed();
     Ok(report)
+}
+
+/// The questions `/infragpt <question>` posted, kept as long as the inbox keeps their
+/// commands: past the cut-off, unless the command is unfinished or a dead letter (its retry
+/// needs the record to not post twice). A replay of so old a command cannot pass the
+/// signature's 5-minute window.
+const DELETE_SLASH_QUESTIONS: &str = "DELETE FROM slash_questions q \
+     WHERE q.created_at < $1 \
+     AND NOT EXISTS (SELECT 1 FROM inbound_events e \
+         WHERE e.source = 'slack' AND e.source_id = 'slash:' || q.trigger_id \
+         AND e.status IN ('pending', 'processing', 'failed'))";
+
+async fn delete_due_slash_questions(
+    conn: &mut Conn,
+    cutoff: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let deleted = diesel::sql_query(DELETE_SLASH_QUESTIONS)
+        .bind::<Timestamptz, _>(cutoff)
+        .execute(conn)
+        .await?;
+    tracing::debug!(deleted, "retention: slash questions");
+    Ok(())
 }
 
 /// Deletes batch after batch until one comes back short.

@@ -24,6 +24,7 @@ diesel::table! {
         monitored -> Bool,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        watch_stopped -> Bool,
     }
 }
 
@@ -387,6 +388,21 @@ diesel::allow_tables_to_appear_in_same_query!(
     organizations,
     reply_intents,
     slack_workspaces,
+    slash_questions,
     turn_progress,
     users,
 );
+
+diesel::table! {
+    /// The question each `/infragpt <question>` posts, posted once (migration 2026-12-03-000013).
+    slash_questions (trigger_id) {
+        trigger_id -> Text,
+        team_id -> Text,
+        channel_id -> Text,
+        user_id -> Text,
+        question -> Text,
+        posting_since -> Nullable<Timestamptz>,
+        posted_ts -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}

@@ -8,6 +8,7 @@
 //! * [`integration`]: the Slack connector of [`crate::integrations`] and the vault-backed
 //!   token source.
 
+pub mod commands;
 pub mod events_http;
 pub mod http_connector;
 pub mod integration;

@@ -12,6 +12,8 @@
 //!   thread actors when new) and only after it returns `Ok` (recorded or duplicate) the ack
 //!   `{"envelope_id": …}`. An ingest failure (database down) leaves the envelope
 //!   unacknowledged: Slack redelivers it.
+//! * `slash_commands` envelope → [`super::commands::intake`] (recorded unless the ack answers
+//!   it), then the ack, carrying the ephemeral answer as its `payload` when there is one.
 //! * Other envelopes are acknowledged and logged as ignored.
 //! * `disconnect` `warning`/`refresh_requested` → a new connection opens at once while the
 //!   old socket drains (its late envelopes are still recorded and acknowledged) and closes;
@@ -37,6 +39,7 @@ use infragpt_actors::slack_connection::{
     ConnState, ConnectionMachine, ConnectionSettings, FrameAction, Reconnect,
 };
 use infragpt_actors::slack_events::{self, Inbound, SocketFrame, parse_socket_frame};
+use infragpt_actors::slash::SlashCommand;
 use infragpt_actors::{Secret, kinds, sources};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -454,6 +457,10 @@ impl SlackConnection {
                 payload,
                 retry_attempt,
             } => self.ingest_and_ack(id, envelope_id, &payload, retry_attempt, ctx),
+            FrameAction::Command {
+                envelope_id,
+                payload,
+            } => self.command_and_ack(id, envelope_id, &payload, ctx),
             FrameAction::AckIgnored { envelope_id, kind } => {
                 tracing::info!(connection = %self.key, envelope_id = %envelope_id, kind = %kind, "socket mode envelope ignored");
                 self.ack(id, envelope_id, false, ctx);
@@ -502,6 +509,8 @@ impl SlackConnection {
         {
             if kind == "events_api" {
                 self.ingest_and_ack(id, envelope_id, &payload, retry_attempt, ctx);
+            } else if kind == "slash_commands" {
+                self.command_and_ack(id, envelope_id, &payload, ctx);
             } else {
                 self.ack(id, envelope_id, false, ctx);
             }
@@ -559,6 +568,65 @@ impl SlackConnection {
                 act.publish();
             }
         }));
+    }
+
+    /// A `slash_commands` envelope: recorded (unless the ack answers it, see
+    /// [`super::commands::intake`]), then acknowledged within 3 s, the answer as the ack's
+    /// `payload`. Slack never redelivers a slash command, so an unreadable one is
+    /// acknowledged too.
+    fn command_and_ack(
+        &mut self,
+        id: u64,
+        envelope_id: String,
+        payload: &Value,
+        ctx: &mut Context<Self>,
+    ) {
+        let cmd = match SlashCommand::parse(payload) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                tracing::warn!(connection = %self.key, envelope_id, error = %e, "unreadable slash command; acknowledged");
+                return self.ack(id, envelope_id, false, ctx);
+            }
+        };
+        let cluster = self.ctx.cluster.clone();
+        let span = tracing::info_span!(
+            "slack_command",
+            connection = %self.key,
+            envelope_id = %envelope_id,
+            trigger_id = %cmd.trigger_id,
+        );
+        let answered =
+            async move { super::commands::intake(&cluster, &cmd).await }.instrument(span);
+        ctx.wait(answered.into_actor(self).map(move |answer, act, ctx| {
+            act.ack_with_payload(id, envelope_id, answer, ctx);
+        }));
+    }
+
+    /// Acknowledges a slash command's envelope, with `payload` (an ephemeral answer) when
+    /// given.
+    fn ack_with_payload(
+        &mut self,
+        id: u64,
+        envelope_id: String,
+        payload: Option<Value>,
+        ctx: &mut Context<Self>,
+    ) {
+        let ack = match payload {
+            Some(payload) => serde_json::json!({ "envelope_id": envelope_id, "payload": payload }),
+            None => serde_json::json!({ "envelope_id": envelope_id }),
+        };
+        self.send(id, Message::text(ack.to_string()), ctx, move |act, sent, _ctx| {
+            match sent {
+                Ok(()) => {
+                    act.machine.on_acked();
+                    act.health.record_message();
+                }
+                Err(e) => {
+                    tracing::warn!(connection = %act.key, envelope_id, error = %e, "slash command ack not sent");
+                }
+            }
+            act.publish();
+        });
     }
 
     /// Acknowledges an envelope; `counts_as_message` for envelopes that went to the inbox.

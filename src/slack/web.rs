@@ -1103,3 +1103,30 @@ pub async fn open_socket_url(
         Err(Err(e)) => Err(e),
     }
 }
+
+/// Write methods answering only `ok` (the slash command's and the assistant pane's calls,
+/// `src/slack/commands.rs`).
+impl SlackWeb {
+    /// Calls `method` with the JSON `body`; `idempotent` methods are sent again after any
+    /// transient failure, others only after failures that prove nothing happened.
+    pub(crate) async fn call_ok(
+        &self,
+        team: &TeamId,
+        method: &'static str,
+        body: &Value,
+        idempotent: bool,
+    ) -> Result<(), SlackApiError> {
+        let repeat = if idempotent {
+            Repeat::Always
+        } else {
+            Repeat::IfNothingHappened
+        };
+        match self
+            .post::<Empty>(team, method, body, &SLACK_TIER3_METHOD_CONFIG, repeat)
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(code) => Err(self.code_error(team, method, code).await),
+        }
+    }
+}

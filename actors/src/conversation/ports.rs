@@ -465,7 +465,8 @@ pub trait ConversationStore: Send + Sync + 'static {
         team: &TeamId,
         channel: &ChannelId,
     ) -> Result<Option<ChannelRecord>, ConversationStoreError>;
-    /// Creates or updates a channel; `monitored` only ever turns on here.
+    /// Creates or updates a channel; `monitored` only ever turns on here, and not in a
+    /// channel where `/infragpt stop` turned it off (only `/infragpt watch` turns it back on).
     async fn upsert_channel(
         &self,
         team: &TeamId,

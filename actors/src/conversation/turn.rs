@@ -351,7 +351,7 @@ impl ConversationHandler {
 
     /// One turn: record the user message (once per human message), then let the agent answer
     /// it. Each step is idempotent, so a retried event resumes where the last attempt stopped.
-    async fn turn(
+    pub async fn turn(
         &self,
         event: &InboundEvent,
         turn: slack_events::Turn,

@@ -18,7 +18,7 @@ pub(crate) struct ApiReply {
 }
 
 impl ApiReply {
-    fn ok(mut body: Value) -> Self {
+    pub(crate) fn ok(mut body: Value) -> Self {
         if let Some(obj) = body.as_object_mut() {
             obj.insert("ok".into(), Value::Bool(true));
         }
@@ -29,7 +29,7 @@ impl ApiReply {
         }
     }
 
-    fn err(error: &str) -> Self {
+    pub(crate) fn err(error: &str) -> Self {
         Self {
             status: 200,
             retry_after: None,
@@ -540,6 +540,7 @@ fn bot_method(
                 }
             }
         }
+        m if super::commands::handles(m) => super::commands::bot_method(st, m, &team, params),
         _ => ApiReply::err("unknown_method"),
     }
 }

@@ -14,6 +14,7 @@
 //! connection wait and go out when one opens.
 
 mod api;
+pub mod commands;
 pub mod config;
 mod events;
 mod server;

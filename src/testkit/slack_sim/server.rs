@@ -56,7 +56,7 @@ impl Shared {
     }
 }
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 fn json_response(status: u16, body: &Value, retry_after: Option<u64>) -> Response<Body> {
     let mut builder = Response::builder()
@@ -114,6 +114,9 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     if path.starts_with("/link") {
         return upgrade(shared, req);
+    }
+    if let Some(id) = path.strip_prefix("/commands/") {
+        return super::commands::response_url(shared, id.to_owned(), req).await;
     }
     if let Some(file_id) = path.strip_prefix("/upload/") {
         return upload(shared, file_id.to_owned(), req).await;

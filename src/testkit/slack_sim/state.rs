@@ -262,6 +262,8 @@ pub struct SimState {
     /// The status each thread shows now: (team, channel, thread ts) → status. Cleared when
     /// the bot posts in the thread, as Slack does.
     pub(crate) thread_status: HashMap<(String, String, String), String>,
+    /// Slash commands and the assistant pane (`super::commands`).
+    pub(crate) commands: super::commands::CommandsState,
     seq: u64,
     last_ts_micros: u128,
     event_id_prefix: String,
@@ -325,6 +327,7 @@ impl SimState {
             invalid_auth_teams: HashSet::new(),
             uploads: HashMap::new(),
             files: Vec::new(),
+            commands: Default::default(),
             link_disabled: false,
             seq: 0,
             last_ts_micros: 0,

@@ -226,3 +226,72 @@ async fn a_forgotten_thread_leaves_no_text_behind_and_the_next_message_starts_af
 
     h.stop().await;
 }
+
+/// A thread `/infragpt <question>` started: the question's record and the command's event
+/// (routed to the channel, not the thread) are forgotten with it.
+#[actix_rt::test]
+async fn a_forgotten_slash_question_thread_leaves_no_text_behind() {
+    let h = service(SimConfig::default())
+        .with_identity()
+        .with_dev_agent()
+        .start()
+        .await;
+    let org = seed_organization(h.pool()).await;
+    link_workspace(h.pool(), ACME, Some(org)).await;
+    let token = sign_jwt(KEY_A, KID_A, &claims_v2(ADMIN_USER, ORG, "org:admin"));
+    let sim = h.sim();
+    sim.slash_command(
+        ACME,
+        crate::e2e::conversations::OPS,
+        ALICE,
+        "/infragpt",
+        &format!("remember {SECRET} for me"),
+    )
+    .expect("command");
+    let question = crate::support::wait::eventually("the question", async || {
+        sim.messages_in(ACME, crate::e2e::conversations::OPS)
+            .into_iter()
+            .find(|m| m.bot_id.is_some() && m.thread_ts.is_none())
+    })
+    .await;
+    h.wait_replies(&question.ts, 1).await;
+    let before = tables_containing(h.pool(), SECRET).await;
+    for table in ["inbound_events", "messages", "slash_questions"] {
+        assert!(
+            before.iter().any(|t| t.starts_with(table)),
+            "{table}: {before:?}"
+        );
+    }
+    let list: Value = h
+        .http()
+        .get(format!("{}/conversations", h.base_url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let id = list["conversations"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    crate::support::wait::eventually("forgotten", async || {
+        let r = h
+            .http()
+            .delete(format!("{}/conversations/{id}", h.base_url()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("delete");
+        // 409 while the turn's event is still finishing.
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    assert_eq!(
+        tables_containing(h.pool(), SECRET).await,
+        Vec::<String>::new(),
+        "the question's text is gone from every table"
+    );
+    h.stop().await;
+}

@@ -19,7 +19,7 @@ diesel::table! {
 }
 
 /// Every table the migrations create.
-const TABLES: [&str; 23] = [
+const TABLES: [&str; 24] = [
     "audit_log",
     "channels",
     "cluster_partitions",
@@ -41,6 +41,7 @@ const TABLES: [&str; 23] = [
     "organizations",
     "reply_intents",
     "slack_workspaces",
+    "slash_questions",
     "turn_progress",
     "users",
 ];

@@ -496,3 +496,41 @@ async fn served_app_runs_the_housekeeping_actor_with_its_metrics() {
         assert_eq!(deleted_total(&text, table), Some(n), "{table}: {text}");
     }
 }
+
+#[tokio::test]
+async fn slash_questions_go_with_their_commands_unless_the_command_may_run_again() {
+    use infragpt::db::schema::slash_questions;
+    let db = TestDb::new().await;
+    let pool = db.pool();
+    let question = |trigger: &'static str, age: i64| async move {
+        let mut conn = pool.get().await.expect("connection");
+        diesel::insert_into(slash_questions::table)
+            .values((
+                slash_questions::trigger_id.eq(trigger),
+                slash_questions::team_id.eq("T1"),
+                slash_questions::channel_id.eq("C1"),
+                slash_questions::user_id.eq("U1"),
+                slash_questions::question.eq("why?"),
+                slash_questions::created_at.eq(Utc::now() - TimeDelta::days(age)),
+            ))
+            .execute(&mut conn)
+            .await
+            .expect("insert");
+    };
+    question("old-done", 30).await;
+    question("old-dead-letter", 30).await;
+    question("recent", 1).await;
+    insert(pool, "slash:old-done", "done", days_ago(30)).await;
+    insert(pool, "slash:old-dead-letter", "failed", days_ago(30)).await;
+    run_retention_once(pool, &settings(14, 100))
+        .await
+        .expect("retention");
+    let mut conn = pool.get().await.expect("connection");
+    let mut left: Vec<String> = slash_questions::table
+        .select(slash_questions::trigger_id)
+        .load(&mut conn)
+        .await
+        .expect("load");
+    left.sort();
+    assert_eq!(left, ["old-dead-letter", "recent"]);
+}

@@ -11,3 +11,4 @@ mod long_answers;
 mod ops;
 mod progress;
 mod replicas;
+mod slash;
