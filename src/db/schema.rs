@@ -2,6 +2,35 @@
 // diesel CLI is not installed here). Keep it in sync with every new migration.
 
 diesel::table! {
+    /// Approvals the agent asked for (migration 2026-12-03-000014).
+    approvals (id) {
+        id -> Uuid,
+        conversation_id -> Uuid,
+        team_id -> Text,
+        channel_id -> Text,
+        thread_ts -> Text,
+        action_key -> Text,
+        summary -> Text,
+        details -> Text,
+        risk -> Text,
+        approvers -> Array<Text>,
+        requested_by -> Nullable<Text>,
+        turn_ts -> Nullable<Text>,
+        status -> Text,
+        expires_at -> Timestamptz,
+        created_at -> Timestamptz,
+        message_ts -> Nullable<Text>,
+        post_claims -> Int4,
+        post_claimed_until -> Nullable<Timestamptz>,
+        post_started -> Bool,
+        decided_by -> Nullable<Text>,
+        decided_at -> Nullable<Timestamptz>,
+        reason -> Nullable<Text>,
+        decided_event -> Nullable<Int8>,
+    }
+}
+
+diesel::table! {
     /// Append-only record of who changed what, written in the transaction of the change
     /// (`db::audit::insert_entry`).
     audit_log (id) {
@@ -341,6 +370,7 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(approvals -> conversations (conversation_id));
 diesel::joinable!(integration_credentials -> integrations (integration_id));
 diesel::joinable!(integrations -> organizations (organization_id));
 diesel::joinable!(messages -> conversations (conversation_id));
@@ -349,6 +379,7 @@ diesel::joinable!(reply_intents -> conversations (conversation_id));
 diesel::joinable!(slack_workspaces -> organizations (organization_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    approvals,
     audit_log,
     channels,
     conversations,

@@ -19,7 +19,8 @@ diesel::table! {
 }
 
 /// Every table the migrations create.
-const TABLES: [&str; 22] = [
+const TABLES: [&str; 23] = [
+    "approvals",
     "audit_log",
     "channels",
     "cluster_partitions",
