@@ -1,6 +1,8 @@
 //! The conversation handler: what a Slack event does to a conversation. One instance serves
 //! every thread; the router hands it one thread's events one at a time, in order.
 
+mod approvals;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -122,6 +124,8 @@ pub struct ConversationHandler {
     agent_retries: u32,
     /// Bots whose posts are turns (`slack.alert_sources`).
     alert_sources: AlertSources,
+    /// Approvals: clicks and modal submissions are decided here (see [`Self::with_approvals`]).
+    approvals: Option<crate::approvals::ApprovalPorts>,
 }
 
 impl std::fmt::Debug for ConversationHandler {
@@ -156,7 +160,16 @@ impl ConversationHandler {
             metrics: None,
             agent_retries: 0,
             alert_sources: AlertSources::default(),
+            approvals: None,
         }
+    }
+
+    /// Decides approvals: a click or a deny modal's submission recorded for a thread is
+    /// handled by that thread's worker, in order with its messages, and the decision goes
+    /// to the agent as a new turn. Without it, interactions are ignored.
+    pub fn with_approvals(mut self, ports: crate::approvals::ApprovalPorts) -> Self {
+        self.approvals = Some(ports);
+        self
     }
 
     /// Posts of these bots in monitored channels are turns, their text flattened
@@ -814,6 +827,9 @@ fn callback(
 #[async_trait]
 impl EventHandler for ConversationHandler {
     async fn handle(&self, event: &InboundEvent) -> Result<HandleOutcome, HandlerError> {
+        if crate::approvals::interaction::is_interaction(&event.payload) {
+            return self.interaction(event).await;
+        }
         let cb = match callback(event) {
             Ok(cb) => cb,
             Err(outcome) => return outcome,
