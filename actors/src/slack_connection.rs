@@ -6,7 +6,9 @@
 //!
 //! * `hello` → connected; the backoff resets.
 //! * `events_api` envelope → record it in the inbox, then (only then) acknowledge it.
-//! * `interactive` / `slash_commands` envelopes → acknowledge and log them as ignored.
+//! * `interactive` envelope (a button click, a modal submission) → record it in the inbox
+//!   (approvals, issue 14), then acknowledge it.
+//! * `slash_commands` envelopes → acknowledge and log them as ignored.
 //! * `disconnect` `warning` / `refresh_requested` → open a new connection at once and close
 //!   the old one once it has drained; `too_many_websockets` (or an unknown reason) → back off
 //!   (exponential, capped) and retry; `link_disabled` → fatal: no reconnect, reported failed.
@@ -103,7 +105,15 @@ pub enum FrameAction {
         /// 0 on first delivery.
         retry_attempt: u32,
     },
-    /// Acknowledge without recording (`interactive`, `slash_commands`).
+    /// Record the `interactive` payload (when it is an interaction of ours), then
+    /// acknowledge `envelope_id`.
+    Interactive {
+        /// Echo it in the ack.
+        envelope_id: String,
+        /// The interaction payload (`block_actions`, `view_submission`...).
+        payload: Value,
+    },
+    /// Acknowledge without recording (`slash_commands`).
     AckIgnored {
         /// Echo it in the ack.
         envelope_id: String,
@@ -229,6 +239,11 @@ impl ConnectionMachine {
                         envelope_id,
                         payload,
                         retry_attempt,
+                    }
+                } else if kind == "interactive" {
+                    FrameAction::Interactive {
+                        envelope_id,
+                        payload,
                     }
                 } else {
                     FrameAction::AckIgnored { envelope_id, kind }
@@ -429,6 +444,24 @@ mod tests {
         assert_eq!(d["envelopes_acked"], 1);
         assert_eq!(d["ingest_failures"], 1);
         assert_eq!(d["last_error"], "db down");
+    }
+
+    #[test]
+    fn interactive_envelopes_are_recorded() {
+        let mut m = machine();
+        let click = frame(
+            r#"{"type":"interactive","envelope_id":"e3","payload":{"type":"block_actions"},"accepts_response_payload":false}"#,
+        );
+        match m.on_frame(click, Instant::now()) {
+            FrameAction::Interactive {
+                envelope_id,
+                payload,
+            } => {
+                assert_eq!(envelope_id, "e3");
+                assert_eq!(payload["type"], "block_actions");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 pub mod events_http;
 pub mod http_connector;
 pub mod integration;
+pub mod interactions_http;
 pub mod signature;
 pub mod socket;
 pub mod transport;
