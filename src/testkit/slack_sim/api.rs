@@ -461,6 +461,17 @@ fn bot_method(
                 }
             }
         }
+        "chat.postEphemeral" => {
+            let channel = resolve_channel(param(params, "channel"));
+            match super::interactive::post_ephemeral(st, team_id, channel, params) {
+                Ok(body) => ApiReply::ok(body),
+                Err(error) => ApiReply::err(error),
+            }
+        }
+        "views.open" => match super::interactive::views_open(st, team_id, params) {
+            Ok(body) => ApiReply::ok(body),
+            Err(error) => ApiReply::err(error),
+        },
         "conversations.history" => conversations_history(st, team_id, &resolve_channel, params),
         "conversations.replies" => conversations_replies(st, team_id, &resolve_channel, params),
         "conversations.info" => {

@@ -173,8 +173,10 @@ pub struct DeliveryInfo {
     /// When the first acknowledgement arrived.
     #[serde(skip)]
     pub acked_at: Option<Instant>,
-    /// The `events_api` payload (an `event_callback`).
+    /// The `events_api` payload (an `event_callback`), or an interaction payload.
     pub payload: Value,
+    /// `events_api`, or `interactive` for clicks and modal submissions.
+    pub envelope_type: String,
 }
 
 #[derive(Debug, Clone)]
@@ -244,6 +246,8 @@ pub struct SimState {
     pub(crate) uploads: HashMap<String, PendingUpload>,
     /// Files shared with `files.completeUploadExternal`.
     pub(crate) files: Vec<SimFile>,
+    /// Triggers, ephemeral messages and modals (issue 14).
+    pub(crate) interactive: super::interactive::InteractiveState,
     seq: u64,
     last_ts_micros: u128,
     event_id_prefix: String,
@@ -305,6 +309,7 @@ impl SimState {
             invalid_auth_teams: HashSet::new(),
             uploads: HashMap::new(),
             files: Vec::new(),
+            interactive: Default::default(),
             link_disabled: false,
             seq: 0,
             last_ts_micros: 0,
@@ -531,6 +536,7 @@ impl SimState {
             first_sent_at: None,
             acked_at: None,
             payload,
+            envelope_type: "events_api".to_owned(),
         };
         self.delivery_index
             .insert(envelope_id.clone(), self.deliveries.len());
@@ -548,7 +554,7 @@ impl SimState {
         json!({
             "envelope_id": d.envelope_id,
             "payload": d.payload,
-            "type": "events_api",
+            "type": d.envelope_type,
             "accepts_response_payload": false,
             "retry_attempt": retry_attempt,
             "retry_reason": retry_reason
