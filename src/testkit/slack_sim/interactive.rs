@@ -198,6 +198,16 @@ pub(crate) fn views_open(
 }
 
 impl SimState {
+    /// Modals the app opened (for [`SlackSim::wait_for`] predicates).
+    pub fn views(&self) -> &[SimView] {
+        &self.interactive.views
+    }
+
+    /// Ephemeral messages the app showed.
+    pub fn ephemerals(&self) -> &[SimEphemeral] {
+        &self.interactive.ephemerals
+    }
+
     fn issue_trigger(&mut self, team_id: &str, user: &str) -> String {
         let seq = self.next_seq();
         let id = format!(
