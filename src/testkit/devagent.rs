@@ -459,7 +459,7 @@ impl Service {
         reply
             .approval
             .map(|a| a.approval_id)
-            .ok_or_else(|| reply.error)
+            .ok_or(reply.error)
     }
 }
 
