@@ -456,10 +456,7 @@ impl Service {
             .await
             .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
             .into_inner();
-        reply
-            .approval
-            .map(|a| a.approval_id)
-            .ok_or(reply.error)
+        reply.approval.map(|a| a.approval_id).ok_or(reply.error)
     }
 }
 

@@ -4,6 +4,7 @@
 mod events_http;
 mod fixtures;
 mod install;
+mod interactions;
 mod sim;
 mod socket;
 mod web;
