@@ -165,6 +165,15 @@ async fn approve_over_socket_mode_and_the_same_click_twice() {
         "who asked / decides: {text}"
     );
 
+    eventually("the gauge counts the pending approval", async || {
+        let text = app.metrics_text().await;
+        if text.contains("infragpt_approvals_pending 1") {
+            Ok(())
+        } else {
+            Err("not yet")
+        }
+    })
+    .await;
     let click = app
         .sim()
         .click_button(ACME, OPS, &request.ts, ALICE, APPROVE_ACTION)
@@ -178,6 +187,15 @@ async fn approve_over_socket_mode_and_the_same_click_twice() {
     quiet(&app).await;
 
     assert_eq!(status(&app, &id).await, "approved");
+    eventually("the gauge drops", async || {
+        let text = app.metrics_text().await;
+        if text.contains("infragpt_approvals_pending 0") {
+            Ok(())
+        } else {
+            Err("not yet")
+        }
+    })
+    .await;
     let updated = message(&app, &request.ts);
     assert!(
         !has_buttons(&updated),
