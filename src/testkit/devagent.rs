@@ -460,7 +460,8 @@ impl Service {
     }
 }
 
-/// "restart api in staging" → `("api", "staging")` (the environment defaults to staging).
+/// "restart api in staging" → `("api", "staging")`: the verb, a service and `in <env>` (a
+/// bare "restart x" stays an echo, as the tests that use such phrases expect).
 pub fn restart_target(text: &str) -> Option<(String, String)> {
     let words: Vec<String> = text
         .split_whitespace()
@@ -481,8 +482,7 @@ pub fn restart_target(text: &str) -> Option<(String, String)> {
         .iter()
         .position(|w| w == "in")
         .and_then(|i| rest.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| "staging".to_owned());
+        .cloned()?;
     Some((service, env))
 }
 
@@ -951,9 +951,10 @@ mod tests {
             Some(("api".to_owned(), "staging".to_owned()))
         );
         assert_eq!(
-            restart_target("restart payments"),
-            Some(("payments".to_owned(), "staging".to_owned()))
+            restart_target("restart payments in prod"),
+            Some(("payments".to_owned(), "prod".to_owned()))
         );
+        assert_eq!(restart_target("restart tok-x"), None);
         assert_eq!(restart_target("what is the status?"), None);
         let approved = serde_json::json!({"approval": {"decision": "approved",
             "decided_by": "UALICE", "summary": "Restart api in staging"}});
