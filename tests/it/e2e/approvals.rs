@@ -577,3 +577,49 @@ async fn a_restart_between_the_click_and_the_agents_turn() {
     );
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn an_organization_admin_may_decide_for_the_author() {
+    let app = approvals_service().with_dev_agent().start().await;
+    // Bob is an org:admin of the organization Acme's workspace is installed for, matched by
+    // the email Slack's users.info gives for him.
+    let mut conn = app.pool().get().await.expect("conn");
+    for sql in [
+        "INSERT INTO organizations (clerk_id, name) VALUES ('org_acme', 'Acme')",
+        "INSERT INTO users (clerk_id, email) VALUES ('user_bob', 'Bob@Acme.example')",
+        "INSERT INTO organization_members (organization_clerk_id, user_clerk_id, role) \
+         VALUES ('org_acme', 'user_bob', 'org:admin')",
+    ] {
+        diesel::sql_query(sql)
+            .execute(&mut conn)
+            .await
+            .expect("seed identity");
+    }
+    diesel::sql_query(
+        "INSERT INTO slack_workspaces (team_id, organization_id) \
+         SELECT $1, id FROM organizations WHERE clerk_id = 'org_acme' \
+         ON CONFLICT (team_id) DO UPDATE SET organization_id = EXCLUDED.organization_id",
+    )
+    .bind::<diesel::sql_types::Text, _>(ACME)
+    .execute(&mut conn)
+    .await
+    .expect("link the workspace");
+
+    let (thread, request) = ask(&app).await;
+    let id = approval_id_of(&request);
+    app.sim()
+        .click_button(ACME, OPS, &request.ts, BOB, APPROVE_ACTION)
+        .expect("bob clicks");
+    app.wait_replies(&thread, 3).await;
+    quiet(&app).await;
+    assert_eq!(status(&app, &id).await, "approved");
+    assert_eq!(
+        decision_turns(&app),
+        vec![("approved".to_owned(), BOB.to_owned(), None)]
+    );
+    assert!(app.sim().ephemerals().is_empty());
+    let rows = audit(&app, &id).await;
+    assert_eq!(actions(&rows), ["approval.requested", "approval.approved"]);
+    assert_eq!(rows[1].actor, format!("slack/{BOB}"));
+    app.stop().await;
+}
