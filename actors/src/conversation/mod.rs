@@ -27,4 +27,6 @@ pub use turn::{
 };
 
 #[cfg(test)]
+mod approval_tests;
+#[cfg(test)]
 mod handler_tests;
