@@ -623,3 +623,89 @@ async fn an_organization_admin_may_decide_for_the_author() {
     assert_eq!(rows[1].actor, format!("slack/{BOB}"));
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn the_agent_calls_are_authenticated_like_send_reply() {
+    let app = approvals_service()
+        .configure(|c| {
+            c.agent.reply_token = Some(infragpt_actors::Secret::new("approve-token"));
+            c.agent.reply_allowed_networks = Vec::new();
+        })
+        .start()
+        .await;
+    let unknown = serde_json::json!({
+        "conversation_id": uuid::Uuid::new_v4().to_string(),
+        "action_key": "k",
+        "summary": "Do it",
+    });
+    let url = format!("{}/approvals", app.base_url());
+    // No token, a wrong one: 401 before the body is looked at.
+    for auth in [None, Some("Bearer nope")] {
+        let mut req = app.http().post(&url).json(&unknown);
+        if let Some(auth) = auth {
+            req = req.header("authorization", auth);
+        }
+        let resp = req.send().await.expect("post");
+        assert_eq!(resp.status(), 401, "{auth:?}");
+    }
+    // The token: past authentication, the conversation is unknown (404), a bad field 400.
+    let resp = app
+        .http()
+        .post(&url)
+        .header("authorization", "Bearer approve-token")
+        .json(&unknown)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 404);
+    let mut bad = unknown.clone();
+    bad["risk"] = "extreme".into();
+    let resp = app
+        .http()
+        .post(&url)
+        .header("authorization", "Bearer approve-token")
+        .json(&bad)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["success"], false);
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("risk"),
+        "{body}"
+    );
+
+    // gRPC, both paths: UNAUTHENTICATED without the token.
+    let endpoint = format!("http://{}", app.grpc_addr());
+    let mut backend = BackendServiceClient::connect(endpoint.clone())
+        .await
+        .expect("connect");
+    let command = infragpt::grpc::pb::backend::RequestApprovalCommand {
+        conversation_id: uuid::Uuid::new_v4().to_string(),
+        action_key: "k".into(),
+        summary: "Do it".into(),
+        ..Default::default()
+    };
+    let refused = backend.request_approval(command.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let mut legacy =
+        infragpt::grpc::pb::infragpt::infra_gpt_service_client::InfraGptServiceClient::connect(
+            endpoint,
+        )
+        .await
+        .expect("connect");
+    let refused = legacy
+        .get_approval(GetApprovalQuery {
+            approval_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let mut call = tonic::Request::new(command);
+    call.metadata_mut()
+        .insert("authorization", "Bearer approve-token".parse().unwrap());
+    let missing = legacy.request_approval(call).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    app.stop().await;
+}
