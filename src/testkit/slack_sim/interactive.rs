@@ -175,9 +175,10 @@ pub(crate) fn views_open(
     if trigger.issued.elapsed() > TRIGGER_TTL {
         return Err("expired_trigger_id");
     }
+    // A view Slack refuses leaves the trigger unused.
+    check_view(&view)?;
     trigger.used = true;
     let user = trigger.user.clone();
-    check_view(&view)?;
     let id = format!("V{:010}", st.next_seq());
     let hash = format!("{}.{:08x}", st.next_ts(), st.next_seq());
     st.interactive.views.push(SimView {
@@ -294,8 +295,12 @@ impl SimState {
             .cloned()
             .ok_or_else(unknown)?;
         // The button as the message shows it now.
-        let (block_id, button) = message
-            .blocks
+        // A form body carries the blocks as JSON text.
+        let blocks = match &message.blocks {
+            Some(Value::String(text)) => serde_json::from_str(text).ok(),
+            other => other.clone(),
+        };
+        let (block_id, button) = blocks
             .as_ref()
             .and_then(Value::as_array)
             .into_iter()
@@ -324,7 +329,7 @@ impl SimState {
             "channel_id": channel, "is_ephemeral": false});
         let mut msg = json!({"type": "message", "user": message.user, "ts": message.ts,
             "bot_id": message.bot_id, "text": message.text, "team": team_id,
-            "blocks": message.blocks});
+            "blocks": blocks});
         if let Some(thread_ts) = &message.thread_ts {
             container["thread_ts"] = json!(thread_ts);
             msg["thread_ts"] = json!(thread_ts);
