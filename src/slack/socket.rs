@@ -12,6 +12,8 @@
 //!   thread actors when new) and only after it returns `Ok` (recorded or duplicate) the ack
 //!   `{"envelope_id": …}`. An ingest failure (database down) leaves the envelope
 //!   unacknowledged: Slack redelivers it.
+//! * `interactive` envelope (approvals, issue 14) → the same, keyed and routed by
+//!   `infragpt_actors::approvals::interaction`; interactions not ours are acknowledged only.
 //! * Other envelopes are acknowledged and logged as ignored.
 //! * `disconnect` `warning`/`refresh_requested` → a new connection opens at once while the
 //!   old socket drains (its late envelopes are still recorded and acknowledged) and closes;
