@@ -709,3 +709,25 @@ async fn the_agent_calls_are_authenticated_like_send_reply() {
     assert_eq!(missing.code(), tonic::Code::NotFound);
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_decision_whose_audit_entry_fails_is_not_made() {
+    let app = approvals_service().with_dev_agent().start().await;
+    let (_thread, request) = ask(&app).await;
+    let id = approval_id_of(&request);
+    crate::support::audit::refuse_audit(app.pool(), &["approval.approved"]).await;
+    app.sim()
+        .click_button(ACME, OPS, &request.ts, ALICE, APPROVE_ACTION)
+        .expect("click");
+    // The event is retried, then a dead letter: the decision never committed.
+    eventually("the click is a dead letter", async || {
+        let failed = app.count(infragpt_actors::inbox::EventStatus::Failed).await;
+        if failed == 1 { Ok(()) } else { Err(failed) }
+    })
+    .await;
+    assert_eq!(status(&app, &id).await, "pending");
+    assert!(has_buttons(&message(&app, &request.ts)));
+    assert!(decision_turns(&app).is_empty());
+    assert_eq!(actions(&audit(&app, &id).await), ["approval.requested"]);
+    app.stop().await;
+}
