@@ -39,3 +39,7 @@ CREATE TABLE approvals (
 );
 CREATE INDEX approvals_pending_idx ON approvals (expires_at) WHERE status = 'pending';
 CREATE INDEX approvals_team_idx ON approvals (team_id, created_at DESC);
+-- A refused click is audited once per inbound event: the check looks the approval's
+-- refusals up by target (audit_log has no index on target otherwise).
+CREATE INDEX audit_log_approval_refused_idx ON audit_log (target)
+    WHERE action = 'approval.refused';
