@@ -9,6 +9,7 @@ pub mod openapi;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use infragpt_actors::approvals::{ApprovalPorts, ApprovalService};
 use infragpt_actors::conversation::{
     Agent, AnswerStyle, ConversationHandler, Progress, ReplyService,
 };
@@ -19,6 +20,8 @@ use infragpt_actors::{kinds, sources};
 use self::housekeeping::{Housekeeping, StopHousekeeping};
 use self::integrations::{IntegrationParts, IntegrationsModule, load_keyring, state_key};
 use crate::agent_client::{GrpcAgent, GrpcAgentOptions};
+use crate::approvals::ApprovalsModule;
+use crate::approvals::store::PgApprovalStore;
 use crate::config::Config;
 use crate::conversations::ConversationsModule;
 use crate::db::Database;
@@ -283,6 +286,15 @@ fn build_modules(
         store.clone(),
         slack_web.clone(),
     ));
+    let approval_ports = ApprovalPorts {
+        store: Arc::new(PgApprovalStore::new(pool.clone())),
+        slack: slack_web.clone(),
+    };
+    let approvals = Arc::new(ApprovalService::new(
+        approval_ports.clone(),
+        store.clone(),
+        slack_web.clone(),
+    ));
     let handler = ConversationHandler::new(
         store.clone(),
         slack_web.clone(),
@@ -296,7 +308,8 @@ fn build_modules(
     .with_answer_style(answer_style)
     .with_agent_retries(config.actors.retry_budget)
     .with_alert_sources(config.slack.alert_sources.clone())
-    .with_progress(progress.clone());
+    .with_progress(progress.clone())
+    .with_approvals(approval_ports);
     // The slash command and the assistant pane share the stream (slash::SlackStreamHandler).
     let handler = Arc::new(handler);
     let slash = infragpt_actors::slash::SlashHandler::new(
@@ -367,9 +380,17 @@ fn build_modules(
             cluster.clone(),
             slack_web,
         )),
-        Box::new(ReplyModule::new(
-            replies,
-            ReplyAuth::from_config(config).context("agent.reply_allowed_networks")?,
+        Box::new(
+            ReplyModule::new(
+                replies,
+                ReplyAuth::from_config(config).context("agent.reply_allowed_networks")?,
+            )
+            .with_approvals(approvals.clone()),
+        ),
+        Box::new(ApprovalsModule::new(
+            approvals,
+            cluster.metrics().clone(),
+            std::time::Duration::from_millis(config.approvals.expiry_interval_ms),
         )),
         Box::new(
             IntegrationsModule::new(Arc::new(config.clone()), cluster.clone(), keyring)

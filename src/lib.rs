@@ -14,6 +14,7 @@
 
 pub mod agent_client;
 pub mod app;
+pub mod approvals;
 pub mod config;
 pub mod conversations;
 pub mod crypto;

@@ -247,6 +247,10 @@ id_newtype! {
     pub struct OrganizationId(pub Uuid);
 }
 id_newtype! {
+    /// Our id of an approval the agent asked for (issue 14).
+    pub struct ApprovalId(pub Uuid);
+}
+id_newtype! {
     /// Our id of a reply intent (one answer or notice to post once); it travels in the
     /// metadata of every message posted for the intent.
     pub struct ReplyIntentId(pub Uuid);

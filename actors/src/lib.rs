@@ -8,6 +8,7 @@
 //! application's event [`sources`] and actor [`kinds`] and re-exports the runtime's modules
 //! under their usual paths, so the service depends on this crate alone.
 
+pub mod approvals;
 pub mod audit;
 pub mod conversation;
 pub mod events;

@@ -8,7 +8,9 @@
 //! * `events_api` envelope → record it in the inbox, then (only then) acknowledge it.
 //! * `slash_commands` envelope → record it (unless the ack answers it), then acknowledge it,
 //!   the answer in the ack's `payload` when there is one.
-//! * `interactive` envelopes → acknowledge and log them as ignored.
+//! * `interactive` envelope (a button click, a modal submission) → record it in the inbox
+//!   (approvals, issue 14), then acknowledge it.
+//! * Any other envelope type → acknowledge and log it as ignored.
 //! * `disconnect` `warning` / `refresh_requested` → open a new connection at once and close
 //!   the old one once it has drained; `too_many_websockets` (or an unknown reason) → back off
 //!   (exponential, capped) and retry; `link_disabled` → fatal: no reconnect, reported failed.
@@ -113,7 +115,15 @@ pub enum FrameAction {
         /// The command's fields.
         payload: Value,
     },
-    /// Acknowledge without recording (`interactive`).
+    /// Record the `interactive` payload (when it is an interaction of ours), then
+    /// acknowledge `envelope_id`.
+    Interactive {
+        /// Echo it in the ack.
+        envelope_id: String,
+        /// The interaction payload (`block_actions`, `view_submission`...).
+        payload: Value,
+    },
+    /// Acknowledge without recording (an envelope type we do not handle).
     AckIgnored {
         /// Echo it in the ack.
         envelope_id: String,
@@ -242,6 +252,11 @@ impl ConnectionMachine {
                     }
                 } else if kind == "slash_commands" {
                     FrameAction::Command {
+                        envelope_id,
+                        payload,
+                    }
+                } else if kind == "interactive" {
+                    FrameAction::Interactive {
                         envelope_id,
                         payload,
                     }
@@ -444,6 +459,24 @@ mod tests {
         assert_eq!(d["envelopes_acked"], 1);
         assert_eq!(d["ingest_failures"], 1);
         assert_eq!(d["last_error"], "db down");
+    }
+
+    #[test]
+    fn interactive_envelopes_are_recorded() {
+        let mut m = machine();
+        let click = frame(
+            r#"{"type":"interactive","envelope_id":"e3","payload":{"type":"block_actions"},"accepts_response_payload":false}"#,
+        );
+        match m.on_frame(click, Instant::now()) {
+            FrameAction::Interactive {
+                envelope_id,
+                payload,
+            } => {
+                assert_eq!(envelope_id, "e3");
+                assert_eq!(payload["type"], "block_actions");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

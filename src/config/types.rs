@@ -75,6 +75,25 @@ pub struct Config {
     /// Export of the tracing spans (OpenTelemetry, OTLP over gRPC); off unless an endpoint
     /// is set.
     pub telemetry: TelemetryExportConfig,
+    /// Approvals in Slack (issue 14): how often expired requests are swept.
+    pub approvals: ApprovalsConfig,
+}
+
+/// `approvals:`: the agent asks before it acts (RequestApproval).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsConfig {
+    /// Time between two sweeps for expired requests (every replica sweeps; each expiry
+    /// happens once, a conditional update).
+    pub expiry_interval_ms: u64,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self {
+            expiry_interval_ms: 10_000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -104,6 +123,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             cluster: ClusterReplicationConfig::default(),
             telemetry: TelemetryExportConfig::default(),
+            approvals: ApprovalsConfig::default(),
         }
     }
 }

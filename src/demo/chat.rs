@@ -19,6 +19,10 @@ pub(crate) enum Line {
     /// `/replay WHAT`: send a sample event (`workflow-failure`, `alert`) through the
     /// service's webhooks; its message starts a thread the agent triages.
     Replay(String),
+    /// `/approve`: click Approve on the latest pending approval, as the current user.
+    Approve,
+    /// `/deny [reason]`: click Deny on the latest pending approval and submit the reason.
+    Deny(Option<String>),
     /// `/help`.
     Help,
     /// `/quit` (or end of input).
@@ -34,6 +38,8 @@ pub(crate) const HELP: &str = "\
   /thread N          switch to thread N        /new       back to the channel
   /threads           list threads              /as NAME   speak as another user
   /replay WHAT       replay a sample event into #ops (workflow-failure, alert)
+  /approve           click Approve on the latest pending approval (as the current user)
+  /deny [REASON]     click Deny on it and give the reason in the modal
   /help              this help                 /quit      leave";
 
 /// Parses one line.
@@ -41,6 +47,16 @@ pub(crate) fn parse_line(line: &str) -> Result<Line, String> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return Ok(Line::Nothing);
+    }
+    if line == "/approve" {
+        return Ok(Line::Approve);
+    }
+    if let Some(reason) = line
+        .strip_prefix("/deny")
+        .filter(|r| r.is_empty() || r.starts_with(char::is_whitespace))
+    {
+        let reason = reason.trim();
+        return Ok(Line::Deny((!reason.is_empty()).then(|| reason.to_owned())));
     }
     if let Some(rest) = line.strip_prefix('/') {
         let mut words = rest.split_whitespace();
@@ -166,6 +182,13 @@ mod tests {
             Line::Replay("alert".into())
         );
         assert!(parse_line("/replay").is_err());
+        assert_eq!(parse_line("/approve").unwrap(), Line::Approve);
+        assert_eq!(parse_line("/deny").unwrap(), Line::Deny(None));
+        assert_eq!(
+            parse_line("/deny  change freeze today ").unwrap(),
+            Line::Deny(Some("change freeze today".into()))
+        );
+        assert!(parse_line("/denyall").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! like the upstream agent). The service reaches both over loopback exactly as it would
 //! reach Slack and a real agent: Socket Mode, the Web API and gRPC. Nothing is short-cut.
 
+mod approvals;
 pub mod chat;
 pub mod replay;
 
@@ -490,6 +491,30 @@ async fn chat_loop(
                     summary.answered += 1;
                 } else {
                     println!("  ! no triage within {}s", timeout.as_secs());
+                }
+                prompt(&threads, &user);
+                continue;
+            }
+            Line::Approve | Line::Deny(_) => {
+                let deny = match parsed {
+                    Line::Deny(reason) => Some(reason),
+                    _ => None,
+                };
+                match approvals::decide(sim, &user, deny, timeout).await {
+                    Ok(lines) => {
+                        for l in lines {
+                            println!("  > {l}");
+                        }
+                        // The agent's decision turn, when there is one.
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                        printer.print_new(sim, &threads, &asked);
+                    }
+                    Err(e) => {
+                        println!("  ! {e}");
+                        if scripted {
+                            anyhow::bail!("script line {raw:?}: {e}");
+                        }
+                    }
                 }
                 prompt(&threads, &user);
                 continue;

@@ -20,7 +20,10 @@ use super::{
     ReplyAuth, ReplyAuthenticated, ReplyCaller, api_error, progress_error, progress_outcome,
 };
 use crate::grpc::pb::backend::backend_service_server::{BackendService, BackendServiceServer};
-use crate::grpc::pb::backend::{SendProgressCommand, SendReplyCommand, Status};
+use crate::grpc::pb::backend::{
+    ApprovalReply, GetApprovalQuery, RequestApprovalCommand, SendProgressCommand, SendReplyCommand,
+    Status,
+};
 use crate::grpc::pb::infragpt::infra_gpt_service_server::{InfraGptService, InfraGptServiceServer};
 use crate::grpc::server::GrpcShell;
 
@@ -29,12 +32,27 @@ use crate::grpc::server::GrpcShell;
 pub struct ReplyGrpc {
     service: Arc<ReplyService>,
     auth: ReplyAuth,
+    /// RequestApproval / GetApproval (issue 14); `UNIMPLEMENTED` without.
+    approvals: Option<Arc<infragpt_actors::approvals::ApprovalService>>,
 }
 
 impl ReplyGrpc {
     /// Both services over `service`, accepting the callers `auth` accepts.
     pub fn new(service: Arc<ReplyService>, auth: ReplyAuth) -> Self {
-        Self { service, auth }
+        Self {
+            service,
+            auth,
+            approvals: None,
+        }
+    }
+
+    /// Serves RequestApproval and GetApproval with `approvals`.
+    pub fn with_approvals(
+        mut self,
+        approvals: Option<Arc<infragpt_actors::approvals::ApprovalService>>,
+    ) -> Self {
+        self.approvals = approvals;
+        self
     }
 
     /// `backend.BackendService`.
@@ -189,6 +207,32 @@ impl BackendService for ReplyGrpc {
     ) -> Result<tonic::Response<Status>, tonic::Status> {
         self.progress(request, "grpc backend.BackendService").await
     }
+
+    async fn request_approval(
+        &self,
+        request: tonic::Request<RequestApprovalCommand>,
+    ) -> Result<tonic::Response<ApprovalReply>, tonic::Status> {
+        super::approvals::grpc_request(
+            self.approvals.as_ref(),
+            &self.auth,
+            request,
+            "grpc backend.BackendService",
+        )
+        .await
+    }
+
+    async fn get_approval(
+        &self,
+        request: tonic::Request<GetApprovalQuery>,
+    ) -> Result<tonic::Response<ApprovalReply>, tonic::Status> {
+        super::approvals::grpc_get(
+            self.approvals.as_ref(),
+            &self.auth,
+            request,
+            "grpc backend.BackendService",
+        )
+        .await
+    }
 }
 
 #[tonic::async_trait]
@@ -206,5 +250,31 @@ impl InfraGptService for ReplyGrpc {
     ) -> Result<tonic::Response<Status>, tonic::Status> {
         self.progress(request, "grpc infragpt.InfraGPTService")
             .await
+    }
+
+    async fn request_approval(
+        &self,
+        request: tonic::Request<RequestApprovalCommand>,
+    ) -> Result<tonic::Response<ApprovalReply>, tonic::Status> {
+        super::approvals::grpc_request(
+            self.approvals.as_ref(),
+            &self.auth,
+            request,
+            "grpc infragpt.InfraGPTService",
+        )
+        .await
+    }
+
+    async fn get_approval(
+        &self,
+        request: tonic::Request<GetApprovalQuery>,
+    ) -> Result<tonic::Response<ApprovalReply>, tonic::Status> {
+        super::approvals::grpc_get(
+            self.approvals.as_ref(),
+            &self.auth,
+            request,
+            "grpc infragpt.InfraGPTService",
+        )
+        .await
     }
 }

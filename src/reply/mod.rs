@@ -5,6 +5,7 @@
 //! mutual-TLS client certificate) and the error mapping ([`api_error`]); [`ReplyModule`] plugs
 //! them into the server.
 
+pub mod approvals;
 pub mod grpc;
 pub mod http;
 
@@ -242,6 +243,7 @@ pub fn progress_outcome(outcome: ProgressOutcome) -> &'static str {
 pub struct ReplyModule {
     service: Arc<ReplyService>,
     auth: ReplyAuth,
+    approvals: Option<Arc<infragpt_actors::approvals::ApprovalService>>,
 }
 
 impl std::fmt::Debug for ReplyModule {
@@ -256,7 +258,20 @@ impl std::fmt::Debug for ReplyModule {
 impl ReplyModule {
     /// The module; `auth` usually comes from [`ReplyAuth::from_config`].
     pub fn new(service: Arc<ReplyService>, auth: ReplyAuth) -> Self {
-        Self { service, auth }
+        Self {
+            service,
+            auth,
+            approvals: None,
+        }
+    }
+
+    /// Also serves RequestApproval / GetApproval (gRPC) and `POST /approvals` (issue 14).
+    pub fn with_approvals(
+        mut self,
+        approvals: Arc<infragpt_actors::approvals::ApprovalService>,
+    ) -> Self {
+        self.approvals = Some(approvals);
+        self
     }
 }
 
@@ -285,7 +300,15 @@ impl Module for ReplyModule {
             self.service.clone(),
             self.auth.clone(),
         )));
-        ReplyGrpc::new(self.service.clone(), self.auth.clone()).add_to(grpc);
+        if let Some(approvals) = &self.approvals {
+            http.add_routes(Arc::new(self::approvals::configure(
+                approvals.clone(),
+                self.auth.clone(),
+            )));
+        }
+        ReplyGrpc::new(self.service.clone(), self.auth.clone())
+            .with_approvals(self.approvals.clone())
+            .add_to(grpc);
         if self.auth.accepts_nobody() {
             tracing::warn!(
                 "SendReply accepts nobody: agent.reply_token is not set, agent.reply_allowed_networks is empty and grpc_tls.client_ca_file is not set; agent answers arrive only through response_text"

@@ -60,6 +60,11 @@ impl EventsEndpoint {
         Self::with_verifier(SlackSignatureVerifier::new(&secret), cluster)
     }
 
+    /// Where verified requests are recorded (`POST /slack/interactions` shares the endpoint).
+    pub(super) fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
     /// An endpoint with a ready verifier (tests pin its clock).
     pub fn with_verifier(verifier: SlackSignatureVerifier, cluster: Cluster) -> Self {
         Self { verifier, cluster }
@@ -91,13 +96,16 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Result<Option<&'a str>, Signa
 }
 
 /// Everything but the MAC, before the body is read (see [`SlackSignatureVerifier::begin`]).
-fn begin(ep: &EventsEndpoint, req: &HttpRequest) -> Result<SlackBodyCheck, SignatureError> {
+pub(super) fn begin(
+    ep: &EventsEndpoint,
+    req: &HttpRequest,
+) -> Result<SlackBodyCheck, SignatureError> {
     let ts = header(req, TIMESTAMP_HEADER)?;
     let sig = header(req, SIGNATURE_HEADER)?;
     ep.verifier.begin(ts, sig)
 }
 
-fn rejected(e: SignatureError) -> ApiError {
+pub(super) fn rejected(e: SignatureError) -> ApiError {
     tracing::warn!(error = %e, "slack events request rejected");
     ApiError::unauthorized(match e {
         SignatureError::NotConfigured => {

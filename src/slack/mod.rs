@@ -12,6 +12,7 @@ pub mod commands;
 pub mod events_http;
 pub mod http_connector;
 pub mod integration;
+pub mod interactions_http;
 pub mod signature;
 pub mod socket;
 pub mod transport;

@@ -12,6 +12,9 @@
 //!   thread actors when new) and only after it returns `Ok` (recorded or duplicate) the ack
 //!   `{"envelope_id": …}`. An ingest failure (database down) leaves the envelope
 //!   unacknowledged: Slack redelivers it.
+//! * `interactive` envelope (approvals, issue 14) → recorded then acknowledged like
+//!   `events_api`, keyed and routed by `infragpt_actors::approvals::interaction`;
+//!   interactions not ours are acknowledged only.
 //! * `slash_commands` envelope → [`super::commands::intake`] (recorded unless the ack answers
 //!   it), then the ack, carrying the ephemeral answer as its `payload` when there is one.
 //! * Other envelopes are acknowledged and logged as ignored.
@@ -461,6 +464,10 @@ impl SlackConnection {
                 envelope_id,
                 payload,
             } => self.command_and_ack(id, envelope_id, &payload, ctx),
+            FrameAction::Interactive {
+                envelope_id,
+                payload,
+            } => self.interaction_and_ack(id, envelope_id, &payload, ctx),
             FrameAction::AckIgnored { envelope_id, kind } => {
                 tracing::info!(connection = %self.key, envelope_id = %envelope_id, kind = %kind, "socket mode envelope ignored");
                 self.ack(id, envelope_id, false, ctx);
@@ -511,6 +518,8 @@ impl SlackConnection {
                 self.ingest_and_ack(id, envelope_id, &payload, retry_attempt, ctx);
             } else if kind == "slash_commands" {
                 self.command_and_ack(id, envelope_id, &payload, ctx);
+            } else if kind == "interactive" {
+                self.interaction_and_ack(id, envelope_id, &payload, ctx);
             } else {
                 self.ack(id, envelope_id, false, ctx);
             }
@@ -656,6 +665,54 @@ impl SlackConnection {
             }
             act.publish();
         });
+    }
+}
+
+/// Interactions (issue 14): recorded like events, then acknowledged.
+impl SlackConnection {
+    /// Records an `interactive` envelope's payload in the inbox when it is an interaction of
+    /// ours (see `infragpt_actors::approvals::interaction` for its key and routing), then
+    /// (only then) acknowledges it; other interactions are acknowledged at once.
+    fn interaction_and_ack(
+        &mut self,
+        id: u64,
+        envelope_id: String,
+        payload: &Value,
+        ctx: &mut Context<Self>,
+    ) {
+        let event = match infragpt_actors::approvals::interaction::inbox_event(payload) {
+            Ok(Some(event)) => event,
+            Ok(None) => {
+                tracing::info!(connection = %self.key, envelope_id, "interaction not ours; acknowledged");
+                return self.ack(id, envelope_id, false, ctx);
+            }
+            Err(e) => {
+                tracing::warn!(connection = %self.key, envelope_id, error = %e, "unreadable interaction; acknowledging");
+                return self.ack(id, envelope_id, false, ctx);
+            }
+        };
+        let source_id = event.source_id.clone();
+        let cluster = self.ctx.cluster.clone();
+        let span = tracing::info_span!(
+            "slack_interaction",
+            connection = %self.key,
+            envelope_id = %envelope_id,
+            source_id = %source_id,
+        );
+        let recorded = async move { cluster.ingest(event).await }.instrument(span);
+        ctx.wait(recorded.into_actor(self).map(move |outcome, act, ctx| match outcome {
+            Ok(outcome) => {
+                let duplicate = matches!(outcome, RecordOutcome::Duplicate(_));
+                tracing::debug!(connection = %act.key, envelope_id, source_id = %source_id, duplicate, "slack interaction recorded");
+                act.ack(id, envelope_id, true, ctx);
+            }
+            Err(e) => {
+                tracing::error!(connection = %act.key, envelope_id, source_id = %source_id, error = %e, "recording a slack interaction failed; not acknowledging");
+                act.machine.on_ingest_failed(&e.to_string());
+                act.health.record_error(&e.to_string());
+                act.publish();
+            }
+        }));
     }
 }
 

@@ -228,12 +228,16 @@ impl Module for SlackModule {
         _grpc: &mut GrpcShell,
     ) -> anyhow::Result<()> {
         let endpoint = self.events_endpoint();
+        let interactions = endpoint.clone();
         http.add_routes(Arc::new(move |cfg| {
             events_http::configure(cfg, endpoint.clone())
         }));
         let commands = self.commands_endpoint();
         http.add_routes(Arc::new(move |cfg| {
             super::commands::configure(cfg, commands.clone())
+        }));
+        http.add_routes(Arc::new(move |cfg| {
+            super::interactions_http::configure(cfg, interactions.clone())
         }));
         state.readiness.add(self.readiness());
         if self.config.socket_mode {

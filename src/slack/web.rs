@@ -20,6 +20,8 @@
 //! Responses are decoded into small local structs (only the fields we use), so a new or odd
 //! field in a Slack object never breaks a call.
 
+mod approvals;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

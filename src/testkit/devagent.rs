@@ -382,7 +382,7 @@ impl AgentService for Service {
             }
             Some(FailMode::None) | None => {}
         }
-        let answer = compose_answer(&request);
+        let answer = self.answer(&request).await;
         if let Some(pause) = self.shared.config.progress_step {
             self.report_progress(&request.conversation_id, &answer, pause)
                 .await;
@@ -415,6 +415,137 @@ impl AgentService for Service {
             tools_used: answer.tools_used,
         }))
     }
+}
+
+/// Approvals (issue 14): "restart <service> in <env>" asks before acting; the decision turn
+/// is answered accordingly.
+impl Service {
+    async fn answer(&self, request: &AgentRequest) -> DemoAnswer {
+        let context: serde_json::Value = serde_json::from_str(&request.context).unwrap_or_default();
+        if let Some(answer) = decision_answer(&context) {
+            return answer;
+        }
+        let Some((service, env)) = restart_target(&request.current_message) else {
+            return compose_answer(request);
+        };
+        let turn = context["message_ts"].as_str().unwrap_or_default();
+        let summary = format!("Restart {service} in {env}");
+        let action_key = format!("restart:{service}:{env}:{turn}");
+        let text = match self
+            .request_approval(
+                &request.conversation_id,
+                &action_key,
+                &summary,
+                &service,
+                &env,
+            )
+            .await
+        {
+            Ok(id) => format!(
+                "{DEMO_LABEL} Restarting *{service}* in *{env}* needs approval: I asked in this thread (approval `{id}`) and will go ahead only once someone allowed approves."
+            ),
+            Err(e) => format!(
+                "{DEMO_LABEL} I could not ask for approval to restart {service} in {env}: {e}"
+            ),
+        };
+        DemoAnswer {
+            text,
+            confidence: 0.9,
+            tools_used: vec!["backend.RequestApproval".to_owned()],
+        }
+    }
+
+    async fn request_approval(
+        &self,
+        conversation_id: &str,
+        action_key: &str,
+        summary: &str,
+        service: &str,
+        env: &str,
+    ) -> Result<String, String> {
+        let client = self
+            .shared
+            .reply_clients
+            .first()
+            .ok_or_else(|| "no backend endpoint configured".to_owned())?;
+        let mut call = tonic::Request::new(crate::grpc::pb::backend::RequestApprovalCommand {
+            conversation_id: conversation_id.to_owned(),
+            action_key: action_key.to_owned(),
+            summary: summary.to_owned(),
+            details: format!(
+                "Runs `kubectl -n {env} rollout restart deployment/{service}`.\n\n\
+                 * pods are replaced one at a time\n* in-flight requests may be retried"
+            ),
+            risk: "high".to_owned(),
+            approvers: Vec::new(),
+            expires_in_secs: 0,
+        });
+        if let Some(token) = &self.shared.config.reply_token {
+            let value = format!("Bearer {}", token.expose())
+                .parse()
+                .map_err(|_| "the reply token is not valid header text".to_owned())?;
+            call.metadata_mut().insert("authorization", value);
+        }
+        let reply = client
+            .clone()
+            .request_approval(call)
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        reply.approval.map(|a| a.approval_id).ok_or(reply.error)
+    }
+}
+
+/// "restart api in staging" → `("api", "staging")`: the verb, a service and `in <env>` (a
+/// bare "restart x" stays an echo, as the tests that use such phrases expect).
+pub fn restart_target(text: &str) -> Option<(String, String)> {
+    let words: Vec<String> = text
+        .split_whitespace()
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-' && c != '_')
+                .to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .collect();
+    let start = words.iter().position(|w| w == "restart")?;
+    let rest = &words[start + 1..];
+    let skip = ["the", "a", "an", "service", "please"];
+    let service = rest
+        .iter()
+        .find(|w| !skip.contains(&w.as_str()) && *w != "in")?
+        .clone();
+    let env = rest
+        .iter()
+        .position(|w| w == "in")
+        .and_then(|i| rest.get(i + 1))
+        .cloned()?;
+    Some((service, env))
+}
+
+/// The answer to a decision turn (`context.approval`), if this is one.
+pub fn decision_answer(context: &serde_json::Value) -> Option<DemoAnswer> {
+    let approval = context.get("approval")?;
+    let summary = approval["summary"].as_str().unwrap_or("the action");
+    let by = approval["decided_by"]
+        .as_str()
+        .map_or_else(|| "someone".to_owned(), |u| format!("<@{u}>"));
+    let body = match approval["decision"].as_str() {
+        Some("approved") => {
+            format!("Approved by {by}. Done: {summary} (simulated; nothing was really restarted).")
+        }
+        Some("denied") => {
+            let reason = approval["reason"]
+                .as_str()
+                .map_or_else(String::new, |r| format!(" Reason: {r}."));
+            format!("Denied by {by}, so I did not do it: {summary}.{reason}")
+        }
+        _ => format!("Nobody decided in time, so I did not do it: {summary}."),
+    };
+    Some(DemoAnswer {
+        text: format!("{DEMO_LABEL} {body}"),
+        confidence: 1.0,
+        tools_used: Vec::new(),
+    })
 }
 
 /// A running dev agent. Dropping it stops the server.
@@ -847,6 +978,29 @@ mod tests {
         assert!(a.text.contains("summarize"));
         let a = compose_answer(&req("tell me a joke"));
         assert!(a.text.contains("tell me a joke") && a.confidence < 0.5);
+    }
+
+    #[test]
+    fn restarts_ask_and_decisions_are_answered() {
+        assert_eq!(
+            restart_target("<@U0BOT> please restart api in staging"),
+            Some(("api".to_owned(), "staging".to_owned()))
+        );
+        assert_eq!(
+            restart_target("restart payments in prod"),
+            Some(("payments".to_owned(), "prod".to_owned()))
+        );
+        assert_eq!(restart_target("restart tok-x"), None);
+        assert_eq!(restart_target("what is the status?"), None);
+        let approved = serde_json::json!({"approval": {"decision": "approved",
+            "decided_by": "UALICE", "summary": "Restart api in staging"}});
+        let a = decision_answer(&approved).unwrap();
+        assert!(a.text.contains("Approved by <@UALICE>"), "{}", a.text);
+        let denied = serde_json::json!({"approval": {"decision": "denied",
+            "decided_by": "UALICE", "reason": "freeze", "summary": "Restart api in staging"}});
+        let a = decision_answer(&denied).unwrap();
+        assert!(a.text.contains("did not do it") && a.text.contains("freeze"));
+        assert!(decision_answer(&serde_json::json!({"message_ts": "1.2"})).is_none());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! fixtures in `tests/data`.
 
 mod agent;
+mod approvals;
 mod cluster;
 mod config;
 mod conversations;

@@ -140,6 +140,11 @@ impl WorkerCore {
             return None;
         }
         let id = self.queue.pop_first()?;
+        if self.queue.is_empty() {
+            // An emptied BTreeSet keeps its root node (about 100 bytes): an idle worker,
+            // which is most of them, holds none.
+            self.queue = BTreeSet::new();
+        }
         self.current = Some(id);
         Some(id)
     }

@@ -49,6 +49,8 @@ pub(crate) struct Worker {
     /// Waiting for a backoff delay to pass before the next attempt.
     backing_off: bool,
     idle_epoch: u64,
+    /// The armed idle timer.
+    idle_timer: Option<SpawnHandle>,
     exit: Option<Exit>,
     drain_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -84,6 +86,7 @@ impl Worker {
             running: false,
             backing_off: false,
             idle_epoch: 0,
+            idle_timer: None,
             exit: None,
             drain_waiters: Vec::new(),
         }
@@ -282,9 +285,14 @@ impl Worker {
     }
 
     fn arm_idle_timer(&mut self, ctx: &mut Context<Self>) {
+        // One timer at a time: a superseded one would keep its boxed future (and its tokio
+        // timer entry) in the context until it fired, an idle timeout later.
+        if let Some(stale) = self.idle_timer.take() {
+            ctx.cancel_future(stale);
+        }
         self.idle_epoch += 1;
         let epoch = self.idle_epoch;
-        ctx.run_later(self.stream.config.idle_timeout(), move |act, _ctx| {
+        let timer = ctx.run_later(self.stream.config.idle_timeout(), move |act, _ctx| {
             if act.idle_epoch == epoch
                 && act.core.is_idle()
                 && !act.running
@@ -297,6 +305,7 @@ impl Worker {
                 });
             }
         });
+        self.idle_timer = Some(timer);
     }
 
     fn finish_drain(&mut self, ctx: &mut Context<Self>) {

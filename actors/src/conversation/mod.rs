@@ -32,4 +32,6 @@ pub use turn::{
 };
 
 #[cfg(test)]
+mod approval_tests;
+#[cfg(test)]
 mod handler_tests;

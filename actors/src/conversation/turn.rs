@@ -1,6 +1,8 @@
 //! The conversation handler: what a Slack event does to a conversation. One instance serves
 //! every thread; the router hands it one thread's events one at a time, in order.
 
+mod approvals;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -125,6 +127,8 @@ pub struct ConversationHandler {
     alert_sources: AlertSources,
     /// The turns' progress indicators (`slack.progress`), when shown.
     progress: Option<Arc<Progress>>,
+    /// Approvals: clicks and modal submissions are decided here (see [`Self::with_approvals`]).
+    approvals: Option<crate::approvals::ApprovalPorts>,
 }
 
 impl std::fmt::Debug for ConversationHandler {
@@ -160,6 +164,7 @@ impl ConversationHandler {
             agent_retries: 0,
             alert_sources: AlertSources::default(),
             progress: None,
+            approvals: None,
         }
     }
 
@@ -167,6 +172,14 @@ impl ConversationHandler {
     /// with the answer (`slack.progress`).
     pub fn with_progress(mut self, progress: Arc<Progress>) -> Self {
         self.progress = Some(progress);
+        self
+    }
+
+    /// Decides approvals: a click or a deny modal's submission recorded for a thread is
+    /// handled by that thread's worker, in order with its messages, and the decision goes
+    /// to the agent as a new turn. Without it, interactions are ignored.
+    pub fn with_approvals(mut self, ports: crate::approvals::ApprovalPorts) -> Self {
+        self.approvals = Some(ports);
         self
     }
 
@@ -835,6 +848,9 @@ fn callback(
 #[async_trait]
 impl EventHandler for ConversationHandler {
     async fn handle(&self, event: &InboundEvent) -> Result<HandleOutcome, HandlerError> {
+        if crate::approvals::interaction::is_interaction(&event.payload) {
+            return self.interaction(event).await;
+        }
         let cb = match callback(event) {
             Ok(cb) => cb,
             Err(outcome) => return outcome,

@@ -483,7 +483,7 @@ fn bot_method(
             ) else {
                 return ApiReply::err("invalid_arguments");
             };
-            if !st.config.assistant_status {
+            if st.commands.no_assistant.contains(team_id) {
                 let mut reply = ApiReply::err("missing_scope");
                 reply.body["needed"] = json!("assistant:write");
                 return reply;
@@ -514,6 +514,17 @@ fn bot_method(
             });
             ApiReply::ok(json!({}))
         }
+        "chat.postEphemeral" => {
+            let channel = resolve_channel(param(params, "channel"));
+            match super::interactive::post_ephemeral(st, team_id, channel, params) {
+                Ok(body) => ApiReply::ok(body),
+                Err(error) => ApiReply::err(error),
+            }
+        }
+        "views.open" => match super::interactive::views_open(st, team_id, params) {
+            Ok(body) => ApiReply::ok(body),
+            Err(error) => ApiReply::err(error),
+        },
         "conversations.history" => conversations_history(st, team_id, &resolve_channel, params),
         "conversations.replies" => conversations_replies(st, team_id, &resolve_channel, params),
         "conversations.info" => {

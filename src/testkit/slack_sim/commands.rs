@@ -27,7 +27,6 @@ pub const RESPONSE_URL_USES: u32 = 5;
 pub struct CommandsState {
     urls: HashMap<String, ResponseUrl>,
     pub(crate) responses: Vec<SimResponse>,
-    pub(crate) ephemerals: Vec<SimEphemeral>,
     /// Teams whose app lacks the assistant feature: `assistant.threads.*` answer
     /// `missing_scope`.
     pub(crate) no_assistant: HashSet<String>,
@@ -51,15 +50,6 @@ pub struct SimResponse {
     pub user_id: String,
     /// `ephemeral` (Slack's default) or `in_channel`.
     pub response_type: String,
-    pub text: String,
-}
-
-/// A `chat.postEphemeral` message.
-#[derive(Debug, Clone, Serialize)]
-pub struct SimEphemeral {
-    pub team_id: String,
-    pub channel_id: String,
-    pub user_id: String,
     pub text: String,
 }
 
@@ -286,11 +276,6 @@ impl SlackSim {
     pub fn command_responses(&self) -> Vec<SimResponse> {
         self.shared.read(|st| st.commands.responses.clone())
     }
-
-    /// `chat.postEphemeral` messages, oldest first.
-    pub fn ephemerals(&self) -> Vec<SimEphemeral> {
-        self.shared.read(|st| st.commands.ephemerals.clone())
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -301,9 +286,7 @@ impl SlackSim {
 pub(crate) fn handles(method: &str) -> bool {
     matches!(
         method,
-        "assistant.threads.setSuggestedPrompts"
-            | "assistant.threads.setTitle"
-            | "chat.postEphemeral"
+        "assistant.threads.setSuggestedPrompts" | "assistant.threads.setTitle"
     )
 }
 
@@ -323,30 +306,6 @@ pub(crate) fn bot_method(
 ) -> ApiReply {
     let known_channel = |id: &str| team.channels.iter().any(|c| c.id == id);
     match method {
-        "chat.postEphemeral" => {
-            let Some(channel) = param(params, "channel").filter(|c| known_channel(c)) else {
-                return ApiReply::err("channel_not_found");
-            };
-            let Some(user) =
-                param(params, "user").filter(|u| team.users.iter().any(|x| x.id == *u))
-            else {
-                return ApiReply::err("user_not_in_channel");
-            };
-            let text = param(params, "text").unwrap_or_default();
-            let has_blocks = params.get("blocks").is_some_and(|b| !b.is_null())
-                || params.get("attachments").is_some_and(|b| !b.is_null());
-            if text.is_empty() && !has_blocks {
-                return ApiReply::err("no_text");
-            }
-            let ts = st.next_ts();
-            st.commands.ephemerals.push(SimEphemeral {
-                team_id: team.id.clone(),
-                channel_id: channel,
-                user_id: user,
-                text,
-            });
-            ApiReply::ok(json!({ "message_ts": ts }))
-        }
         "assistant.threads.setSuggestedPrompts" | "assistant.threads.setTitle" => {
             if st.commands.no_assistant.contains(&team.id) {
                 let mut reply = ApiReply::err("missing_scope");

@@ -103,9 +103,6 @@ pub struct SimConfig {
     /// Benchmarks turn it off so the simulator's own memory does not grow with the load;
     /// deliveries, acks and messages are always kept.
     pub record_traffic: bool,
-    /// The app may set the assistant status of threads (`assistant.threads.setStatus`);
-    /// without it the method answers `missing_scope`, as for an app without the feature.
-    pub assistant_status: bool,
 }
 
 impl SimConfig {
@@ -130,12 +127,6 @@ impl SimConfig {
     /// Sets whether calls and envelope frames are recorded (builder style).
     pub fn with_record_traffic(mut self, record: bool) -> Self {
         self.record_traffic = record;
-        self
-    }
-
-    /// Sets whether the app may set threads' assistant status (builder style).
-    pub fn with_assistant_status(mut self, allowed: bool) -> Self {
-        self.assistant_status = allowed;
         self
     }
 
@@ -223,7 +214,6 @@ impl Default for SimConfig {
             token_expires_in: Duration::from_secs(12 * 3600),
             echo_bot_messages: true,
             record_traffic: true,
-            assistant_status: true,
         }
     }
 }

@@ -17,6 +17,7 @@ mod api;
 pub mod commands;
 pub mod config;
 mod events;
+pub mod interactive;
 mod server;
 pub mod state;
 
@@ -26,6 +27,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use config::{SimApp, SimChannel, SimConfig, SimTeam, SimUser, Subscriptions};
+pub use interactive::{Click, SimEphemeral, SimView};
 pub use state::{
     AckRecord, ApiCall, BotPost, ConnState, ConnectionInfo, DeliveryInfo, FrameRecord, SimFile,
     SimMessage, SimState, StatusChange,

@@ -186,8 +186,10 @@ pub struct DeliveryInfo {
     /// When the first acknowledgement arrived.
     #[serde(skip)]
     pub acked_at: Option<Instant>,
-    /// The `events_api` payload (an `event_callback`).
+    /// The `events_api` payload (an `event_callback`), or an interaction payload.
     pub payload: Value,
+    /// `events_api`, or `interactive` for clicks and modal submissions.
+    pub envelope_type: String,
 }
 
 #[derive(Debug, Clone)]
@@ -264,6 +266,8 @@ pub struct SimState {
     pub(crate) thread_status: HashMap<(String, String, String), String>,
     /// Slash commands and the assistant pane (`super::commands`).
     pub(crate) commands: super::commands::CommandsState,
+    /// Triggers, ephemeral messages and modals (issue 14).
+    pub(crate) interactive: super::interactive::InteractiveState,
     seq: u64,
     last_ts_micros: u128,
     event_id_prefix: String,
@@ -328,6 +332,7 @@ impl SimState {
             uploads: HashMap::new(),
             files: Vec::new(),
             commands: Default::default(),
+            interactive: Default::default(),
             link_disabled: false,
             seq: 0,
             last_ts_micros: 0,
@@ -559,6 +564,7 @@ impl SimState {
             first_sent_at: None,
             acked_at: None,
             payload,
+            envelope_type: "events_api".to_owned(),
         };
         self.delivery_index
             .insert(envelope_id.clone(), self.deliveries.len());
@@ -576,7 +582,7 @@ impl SimState {
         json!({
             "envelope_id": d.envelope_id,
             "payload": d.payload,
-            "type": "events_api",
+            "type": d.envelope_type,
             "accepts_response_payload": false,
             "retry_attempt": retry_attempt,
             "retry_reason": retry_reason

@@ -18,8 +18,13 @@ diesel::table! {
     }
 }
 
+/// Tables with more columns than diesel's default 16-column `table!` support, read and
+/// written with SQL (typed rows) and so not in schema.rs.
+const SQL_ONLY_TABLES: [&str; 1] = ["approvals"];
+
 /// Every table the migrations create.
-const TABLES: [&str; 24] = [
+const TABLES: [&str; 25] = [
+    "approvals",
     "audit_log",
     "channels",
     "cluster_partitions",
@@ -596,7 +601,11 @@ async fn schema_rs_matches_the_migrated_database_exactly() {
         .expect("key columns");
 
     let mut database: Vec<TableShape> = Vec::new();
-    let mut names: Vec<&String> = column_rows.iter().map(|r| &r.0).collect();
+    let mut names: Vec<&String> = column_rows
+        .iter()
+        .map(|r| &r.0)
+        .filter(|t| !SQL_ONLY_TABLES.contains(&t.as_str()))
+        .collect();
     names.sort();
     names.dedup();
     for name in names {
@@ -621,7 +630,7 @@ async fn schema_rs_matches_the_migrated_database_exactly() {
         ));
     }
     let written = parse_schema_rs();
-    assert_eq!(written.len(), TABLES.len());
+    assert_eq!(written.len(), TABLES.len() - SQL_ONLY_TABLES.len());
     for (db_table, rs_table) in database.iter().zip(&written) {
         assert_eq!(
             db_table, rs_table,

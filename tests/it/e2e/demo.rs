@@ -107,3 +107,26 @@ async fn scripted_demo_answers_every_turn_in_its_thread() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn scripted_demo_approvals_refuse_bob_then_alice_decides() {
+    let db = TestDb::new().await;
+    let stdout = run_scripted_demo(&db, "demo-approvals.script").await;
+    assert!(stdout.contains("2 of 2 turns answered"), "{stdout}");
+    assert!(stdout.contains("Approval needed"), "{stdout}");
+    assert!(
+        stdout.contains("(only bob sees this)") && stdout.contains("cannot decide"),
+        "bob is refused: {stdout}"
+    );
+    assert!(stdout.contains("Denied by"), "{stdout}");
+    assert!(stdout.contains("change freeze until Monday"), "{stdout}");
+    assert!(
+        stdout.contains("did not do it"),
+        "the agent's decision turn: {stdout}"
+    );
+    assert!(stdout.contains("Approved by"), "{stdout}");
+    assert!(
+        stdout.contains("Done: Restart payments in staging"),
+        "{stdout}"
+    );
+}

@@ -3,6 +3,7 @@
 //! webhooks with the authenticated REST API.
 
 mod alerts;
+mod approvals;
 mod auth;
 pub(crate) mod conversations;
 pub(crate) mod demo;

@@ -301,9 +301,8 @@ async fn the_placeholder_shows_progress_and_becomes_the_answer() {
 
 #[actix_rt::test]
 async fn without_the_assistant_feature_the_status_falls_back_to_a_placeholder() {
-    let mut app = service(SimConfig::default().with_assistant_status(false))
-        .start()
-        .await;
+    let mut app = service(SimConfig::default()).start().await;
+    app.sim().set_assistant_enabled(ACME, false);
     let agent = app.dev_agent_config();
     app.start_agent(agent);
 

@@ -6,6 +6,7 @@ mod commands_sim;
 mod events_http;
 mod fixtures;
 mod install;
+mod interactions;
 mod sim;
 mod socket;
 mod web;

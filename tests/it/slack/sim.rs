@@ -860,3 +860,118 @@ fn signed_event_requests_verify_with_the_app_signing_secret() {
     // Not delivered over Socket Mode.
     assert!(sim.deliveries().is_empty());
 }
+
+// ------------------------------------------------------------------------------------------
+// Interactivity (issue 14): clicks, views.open and chat.postEphemeral checked like Slack's
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn clicks_issue_single_use_triggers_and_views_and_ephemerals_are_checked() {
+    let sim = SlackSim::start(SimConfig::default()).expect("sim");
+    let channel = sim.team(ACME).expect("acme").channels[0].id.clone();
+    let token = bot_token(&sim);
+    let blocks = json!([{"type": "actions", "block_id": "b", "elements": [
+        {"type": "button", "action_id": "go", "value": "v1",
+         "text": {"type": "plain_text", "text": "Go"}}]}]);
+    let posted = api(
+        &sim,
+        "chat.postMessage",
+        Some(&token),
+        &[
+            ("channel", &channel),
+            ("text", "pick"),
+            ("blocks", &blocks.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(posted["ok"], true, "{posted}");
+    let ts = posted["ts"].as_str().unwrap().to_owned();
+
+    // A button that is not in the message cannot be clicked.
+    assert!(
+        sim.click_payload(ACME, &channel, &ts, ALICE, "nope")
+            .is_err()
+    );
+    let click = sim
+        .click_payload(ACME, &channel, &ts, ALICE, "go")
+        .expect("click");
+    let p = &click.payload;
+    assert_eq!(p["type"], "block_actions");
+    assert_eq!(p["user"]["id"], ALICE);
+    assert_eq!(p["container"]["message_ts"], ts.as_str());
+    assert_eq!(p["actions"][0]["value"], "v1");
+    assert_eq!(p["actions"][0]["action_ts"], click.action_ts.as_str());
+
+    let view = json!({"type": "modal", "title": {"type": "plain_text", "text": "Why"},
+        "submit": {"type": "plain_text", "text": "Send"},
+        "blocks": [{"type": "input", "block_id": "reason", "label": {"type": "plain_text", "text": "Reason"},
+                    "element": {"type": "plain_text_input", "action_id": "reason"}}]});
+    let open = |trigger: String, view: Value| {
+        let sim = &sim;
+        let token = token.clone();
+        async move {
+            api(
+                sim,
+                "views.open",
+                Some(&token),
+                &[("trigger_id", &trigger), ("view", &view.to_string())],
+            )
+            .await
+        }
+    };
+    let mut long_title = view.clone();
+    long_title["title"]["text"] = json!("a title longer than twenty-four characters");
+    let refused = open(click.trigger_id.clone(), long_title).await;
+    assert_eq!(refused["error"], "invalid_arguments", "{refused}");
+    let opened = open(click.trigger_id.clone(), view.clone()).await;
+    assert_eq!(opened["ok"], true, "{opened}");
+    assert!(opened["view"]["id"].as_str().unwrap().starts_with('V'));
+    let again = open(click.trigger_id.clone(), view.clone()).await;
+    assert_eq!(again["error"], "exchanged_trigger_id");
+    let unknown = open("1.2.unknown".into(), view.clone()).await;
+    assert_eq!(unknown["error"], "invalid_trigger_id");
+    let late = sim
+        .click_payload(ACME, &channel, &ts, ALICE, "go")
+        .expect("click");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let expired = open(late.trigger_id, view).await;
+    assert_eq!(expired["error"], "expired_trigger_id");
+
+    // The modal's submission carries the typed values.
+    let (_, submitted) = sim
+        .submit_view(ACME, &[("reason", "because")])
+        .expect("submit");
+    assert_eq!(submitted["type"], "view_submission");
+    assert_eq!(
+        submitted["view"]["state"]["values"]["reason"]["reason"]["value"],
+        "because"
+    );
+
+    // chat.postEphemeral: a member of the workspace, and a text.
+    let shown = api(
+        &sim,
+        "chat.postEphemeral",
+        Some(&token),
+        &[("channel", &channel), ("user", ALICE), ("text", "only you")],
+    )
+    .await;
+    assert_eq!(shown["ok"], true, "{shown}");
+    let stranger = api(
+        &sim,
+        "chat.postEphemeral",
+        Some(&token),
+        &[("channel", &channel), ("user", "U0NOBODY01"), ("text", "x")],
+    )
+    .await;
+    assert_eq!(stranger["error"], "user_not_in_channel");
+    let empty = api(
+        &sim,
+        "chat.postEphemeral",
+        Some(&token),
+        &[("channel", &channel), ("user", ALICE)],
+    )
+    .await;
+    assert_eq!(empty["error"], "no_text");
+    assert_eq!(sim.ephemerals().len(), 1);
+    assert_eq!(sim.ephemerals()[0].text, "only you");
+}

@@ -1,0 +1,2 @@
+DROP INDEX IF EXISTS audit_log_approval_refused_idx;
+DROP TABLE approvals;
