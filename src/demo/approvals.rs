@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use infragpt_actors::approvals::{APPROVE_ACTION, DENY_ACTION};
+use infragpt_actors::ids::MessageTs;
 
 use super::{OPS_CHANNEL, TEAM_ID, replay};
 use crate::testkit::slack_sim::{SimMessage, SimState, SimUser, SlackSim};
@@ -26,16 +27,37 @@ fn pending(s: &SimState) -> Option<SimMessage> {
         .cloned()
 }
 
-/// Clicks as `user`; returns what to print (the refusal, or the updated request).
+/// What a click did.
+pub(crate) struct Decided {
+    /// What to print: the refusal, or the updated request.
+    pub lines: Vec<String>,
+    /// When a decision was made, the thread and the ts after which the agent's answer to it
+    /// (its decision turn) is the next bot message.
+    pub awaits: Option<(String, MessageTs)>,
+}
+
+/// Clicks as `user`.
 pub(crate) async fn decide(
     sim: &SlackSim,
     user: &SimUser,
     deny: Option<Option<String>>,
     timeout: Duration,
-) -> Result<Vec<String>, String> {
+) -> Result<Decided, String> {
     let request = sim
         .with_state(pending)
         .ok_or("no pending approval in #ops: ask the agent to restart something first")?;
+    let thread = request
+        .thread_ts
+        .clone()
+        .unwrap_or_else(|| request.ts.clone());
+    // The thread's latest message now: the decision turn's answer comes after it.
+    let latest = sim.with_state(|s| {
+        s.messages_in(TEAM_ID, OPS_CHANNEL)
+            .iter()
+            .filter(|m| m.thread_ts.as_deref() == Some(thread.as_str()) || m.ts == thread)
+            .filter_map(|m| MessageTs::parse(m.ts.as_str()).ok())
+            .max_by(|a, b| a.chrono_cmp(b))
+    });
     let (ephemerals, views) = sim.with_state(|s| (s.ephemerals().len(), s.views().len()));
     let action = if deny.is_some() {
         DENY_ACTION
@@ -67,12 +89,14 @@ pub(crate) async fn decide(
     for e in sim.with_state(|s| s.ephemerals()[ephemerals..].to_vec()) {
         out.push(format!("(only {} sees this) {}", user.name, e.text));
     }
+    let mut awaits = None;
     if let Some(now) = sim.with_state(|s| {
         s.messages_in(TEAM_ID, OPS_CHANNEL)
             .iter()
             .find(|m| m.ts == request.ts && m.updates > request.updates)
             .cloned()
     }) {
+        awaits = latest.map(|after| (thread.clone(), after));
         out.push("the request now reads:".to_owned());
         out.extend(
             now.blocks
@@ -83,5 +107,5 @@ pub(crate) async fn decide(
                 .map(|l| format!("  {l}")),
         );
     }
-    Ok(out)
+    Ok(Decided { lines: out, awaits })
 }

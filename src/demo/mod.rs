@@ -178,7 +178,7 @@ async fn run_with(
                 reply_endpoint: Some(format!("http://127.0.0.1:{}", config.grpc_port)),
                 reply_token: config.agent.reply_token.clone(),
                 // Shows the thread's progress status ("running demo.service_status…").
-                progress_step: Some(Duration::from_millis(1_500)),
+                progress_step: Some(Duration::from_millis(1_100)),
                 ..DevAgentConfig::default()
             })
             .context("starting the development agent")?,
@@ -306,6 +306,8 @@ impl Printer {
 }
 
 /// True when the thread `thread_ts` holds a bot message newer than `after_ts`.
+/// An approval request the agent posts while it works is not its answer: the answer comes
+/// after it.
 fn answered(s: &SimState, thread_ts: &str, after_ts: &MessageTs) -> bool {
     s.messages
         .get(&(TEAM_ID.to_owned(), OPS_CHANNEL.to_owned()))
@@ -313,9 +315,16 @@ fn answered(s: &SimState, thread_ts: &str, after_ts: &MessageTs) -> bool {
             msgs.iter().any(|m| {
                 m.bot_id.is_some()
                     && m.thread_ts.as_deref() == Some(thread_ts)
+                    && !is_approval_request(m)
                     && MessageTs::parse(m.ts.as_str()).is_ok_and(|t| t.chrono_cmp(after_ts).is_gt())
             })
         })
+}
+
+fn is_approval_request(m: &crate::testkit::slack_sim::SimMessage) -> bool {
+    m.metadata
+        .as_ref()
+        .is_some_and(|meta| meta["event_type"] == infragpt_actors::approvals::APPROVAL_EVENT_TYPE)
 }
 
 /// The ts of the bot's top-level messages in #ops (event messages).
@@ -501,12 +510,24 @@ async fn chat_loop(
                     _ => None,
                 };
                 match approvals::decide(sim, &user, deny, timeout).await {
-                    Ok(lines) => {
-                        for l in lines {
+                    Ok(decided) => {
+                        for l in decided.lines {
                             println!("  > {l}");
                         }
-                        // The agent's decision turn, when there is one.
-                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                        // A decision goes to the agent as a turn: wait for its answer.
+                        if let Some((thread, after)) = decided.awaits {
+                            if sim
+                                .wait_for(|s| answered(s, &thread, &after), timeout)
+                                .await
+                                .is_err()
+                            {
+                                println!(
+                                    "  ! the agent did not answer the decision within {}s",
+                                    timeout.as_secs()
+                                );
+                            }
+                            tokio::time::sleep(Duration::from_millis(150)).await;
+                        }
                         printer.print_new(sim, &threads, &asked);
                     }
                     Err(e) => {
