@@ -376,6 +376,9 @@ impl Poster<'_> {
         let Some(progress) = self.progress else {
             return Ok(None);
         };
+        // The holder is usually done within one Slack call: look again soon, then less
+        // often, never past its lease.
+        let mut pause = Duration::from_millis(5);
         loop {
             match progress
                 .answer_slot(c.conversation_id, turn, c.token.intent)
@@ -383,15 +386,11 @@ impl Poster<'_> {
             {
                 AnswerSlot::Replace(ts) => return Ok(Some(ts)),
                 AnswerSlot::Post => return Ok(None),
-                AnswerSlot::Wait(wait) => {
-                    debug!(intent_id = %c.token.intent, wait_ms = wait.as_millis() as u64, "progress indicator busy; waiting to replace it");
-                    self.renewing(
-                        c.token,
-                        tokio::time::sleep(
-                            wait.clamp(Duration::from_millis(10), Duration::from_millis(500)),
-                        ),
-                    )
-                    .await?;
+                AnswerSlot::Wait(left) => {
+                    debug!(intent_id = %c.token.intent, left_ms = left.as_millis() as u64, "progress indicator busy; waiting to replace it");
+                    let nap = pause.min(left).max(Duration::from_millis(1));
+                    self.renewing(c.token, tokio::time::sleep(nap)).await?;
+                    pause = (pause * 2).min(Duration::from_millis(100));
                 }
             }
         }
