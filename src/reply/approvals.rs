@@ -17,8 +17,8 @@ use infragpt_actors::approvals::ports::ApprovalStoreError;
 use infragpt_actors::approvals::{Approval, ApprovalError, ApprovalRequest, ApprovalService};
 use serde::Serialize;
 
+use super::ReplyAuth;
 use super::http::ReplyHttpError;
-use super::{ReplyAuth, ReplyCaller};
 use crate::error::{ApiError, clip, echo};
 use crate::grpc::pb::backend::{
     Approval as PbApproval, ApprovalReply, GetApprovalQuery, RequestApprovalCommand,
@@ -88,31 +88,6 @@ fn reply(a: &Approval) -> ApprovalReply {
     }
 }
 
-/// Who called, from a gRPC request.
-fn grpc_check<T>(
-    auth: &ReplyAuth,
-    request: &tonic::Request<T>,
-    path: &'static str,
-) -> Result<(), tonic::Status> {
-    let authorization = request
-        .metadata()
-        .get("authorization")
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| tonic::Status::unauthenticated("authorization is not ASCII"))
-        })
-        .transpose()?;
-    let caller = ReplyCaller {
-        authorization,
-        peer: request.remote_addr().map(|a| a.ip()),
-        client_certificate: request.peer_certs().is_some_and(|certs| !certs.is_empty()),
-    };
-    auth.check(&caller).map(drop).map_err(|e| {
-        tracing::info!(transport = path, peer = ?caller.peer, error = %e.message(), "approval call refused");
-        tonic::Status::from(e)
-    })
-}
-
 fn unimplemented() -> tonic::Status {
     tonic::Status::unimplemented("approvals are not enabled on this service")
 }
@@ -124,7 +99,7 @@ pub async fn grpc_request(
     request: tonic::Request<RequestApprovalCommand>,
     path: &'static str,
 ) -> Result<tonic::Response<ApprovalReply>, tonic::Status> {
-    grpc_check(auth, &request, path)?;
+    auth.check_grpc(&request, "RequestApproval", path)?;
     let service = service.ok_or_else(unimplemented)?;
     let c = request.into_inner();
     let raw = ApprovalRequest {
@@ -158,7 +133,7 @@ pub async fn grpc_get(
     request: tonic::Request<GetApprovalQuery>,
     path: &'static str,
 ) -> Result<tonic::Response<ApprovalReply>, tonic::Status> {
-    grpc_check(auth, &request, path)?;
+    auth.check_grpc(&request, "GetApproval", path)?;
     let service = service.ok_or_else(unimplemented)?;
     let q = request.into_inner();
     match service.get(&q.approval_id).await {
@@ -195,19 +170,7 @@ async fn post_approval(
     service: web::Data<Arc<ApprovalService>>,
     auth: web::Data<ReplyAuth>,
 ) -> Result<HttpResponse, ReplyHttpError> {
-    let authorization = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| ApiError::unauthorized("authorization header is not ASCII"))
-        })
-        .transpose()?;
-    auth.check(&ReplyCaller {
-        authorization,
-        peer: req.peer_addr().map(|a| a.ip()),
-        client_certificate: false,
-    })?;
+    super::http::authenticate(&req, &auth)?;
     let raw: ApprovalRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!("invalid JSON body: {}", clip(&e.to_string(), 256)))
     })?;

@@ -16,9 +16,7 @@ use tracing::Instrument as _;
 
 use infragpt_actors::conversation::{ReplyOutcome, ReplyService};
 
-use super::{
-    ReplyAuth, ReplyAuthenticated, ReplyCaller, api_error, progress_error, progress_outcome,
-};
+use super::{ReplyAuth, api_error, progress_error, progress_outcome};
 use crate::grpc::pb::backend::backend_service_server::{BackendService, BackendServiceServer};
 use crate::grpc::pb::backend::{
     ApprovalReply, GetApprovalQuery, RequestApprovalCommand, SendProgressCommand, SendReplyCommand,
@@ -80,39 +78,12 @@ impl ReplyGrpc {
         );
     }
 
-    /// Who the caller is, or UNAUTHENTICATED (the same rules for every agent-facing call).
-    fn authenticate<T>(
-        &self,
-        request: &tonic::Request<T>,
-        call: &'static str,
-        path: &'static str,
-    ) -> Result<ReplyAuthenticated, tonic::Status> {
-        let authorization = request
-            .metadata()
-            .get("authorization")
-            .map(|v| {
-                v.to_str()
-                    .map_err(|_| tonic::Status::unauthenticated("authorization is not ASCII"))
-            })
-            .transpose()?;
-        // The TCP peer (also under TLS), and whether mutual TLS verified a client certificate.
-        let caller = ReplyCaller {
-            authorization,
-            peer: request.remote_addr().map(|a| a.ip()),
-            client_certificate: request.peer_certs().is_some_and(|certs| !certs.is_empty()),
-        };
-        self.auth.check(&caller).map_err(|e| {
-            tracing::info!(call, transport = path, peer = ?caller.peer, error = %e.message(), "agent call refused");
-            tonic::Status::from(e)
-        })
-    }
-
     async fn handle(
         &self,
         request: tonic::Request<SendReplyCommand>,
         path: &'static str,
     ) -> Result<tonic::Response<Status>, tonic::Status> {
-        let authenticated = self.authenticate(&request, "SendReply", path)?;
+        let authenticated = self.auth.check_grpc(&request, "SendReply", path)?;
         let command = request.into_inner();
         let span = tracing::info_span!(
             "send_reply",
@@ -157,7 +128,7 @@ impl ReplyGrpc {
         request: tonic::Request<SendProgressCommand>,
         path: &'static str,
     ) -> Result<tonic::Response<Status>, tonic::Status> {
-        let authenticated = self.authenticate(&request, "SendProgress", path)?;
+        let authenticated = self.auth.check_grpc(&request, "SendProgress", path)?;
         let command = request.into_inner();
         let span = tracing::info_span!(
             "send_progress",

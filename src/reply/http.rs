@@ -183,7 +183,10 @@ async fn post_progress(
 
 /// Who the caller is, checked before anything it sent is read. The peer is the TCP peer:
 /// X-Forwarded-For is written by clients and proves nothing.
-fn authenticate(req: &HttpRequest, auth: &ReplyAuth) -> Result<ReplyAuthenticated, ApiError> {
+pub(crate) fn authenticate(
+    req: &HttpRequest,
+    auth: &ReplyAuth,
+) -> Result<ReplyAuthenticated, ApiError> {
     let authorization = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)

@@ -161,6 +161,36 @@ impl ReplyAuth {
     }
 }
 
+impl ReplyAuth {
+    /// [`Self::check`] for a gRPC call (`call` and `path` name it in the log of a refusal):
+    /// the `authorization` metadata, the TCP peer (also under TLS) and whether mutual TLS
+    /// verified a client certificate.
+    pub fn check_grpc<T>(
+        &self,
+        request: &tonic::Request<T>,
+        call: &'static str,
+        path: &'static str,
+    ) -> Result<ReplyAuthenticated, tonic::Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| tonic::Status::unauthenticated("authorization is not ASCII"))
+            })
+            .transpose()?;
+        let caller = ReplyCaller {
+            authorization,
+            peer: request.remote_addr().map(|a| a.ip()),
+            client_certificate: request.peer_certs().is_some_and(|certs| !certs.is_empty()),
+        };
+        self.check(&caller).map_err(|e| {
+            tracing::info!(call, transport = path, peer = ?caller.peer, error = %e.message(), "agent call refused");
+            tonic::Status::from(e)
+        })
+    }
+}
+
 /// The SendReply error as the API answers it, the same on both gRPC paths and `POST /reply`.
 /// The code tells the agent what to do:
 ///

@@ -571,6 +571,44 @@ impl SlackWeb {
 
     /// Turns an error code into the port's error, marking the workspace inactive when the
     /// code says the token is dead.
+    /// `chat.postMessage` of `body`: our per-workspace limit, retried only when nothing can
+    /// have been posted; the posted message's ts.
+    async fn chat_post(&self, team: &TeamId, body: &Value) -> Result<MessageTs, SlackApiError> {
+        let posted: Posted = match self
+            .post(
+                team,
+                "chat.postMessage",
+                body,
+                &self.post_message_limit,
+                Repeat::IfNothingHappened,
+            )
+            .await?
+        {
+            Ok(p) => p,
+            Err(code) => return Err(self.code_error(team, "chat.postMessage", code).await),
+        };
+        MessageTs::parse(posted.ts)
+            .map_err(|e| SlackApiError::Api(format!("chat.postMessage ts: {e}")))
+    }
+
+    /// `chat.update` of `body`: Tier 3; an update is idempotent, so any transient failure is
+    /// retried.
+    async fn chat_update(&self, team: &TeamId, body: &Value) -> Result<(), SlackApiError> {
+        match self
+            .post::<Empty>(
+                team,
+                "chat.update",
+                body,
+                &SLACK_TIER3_METHOD_CONFIG,
+                Repeat::Always,
+            )
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(code) => Err(self.code_error(team, "chat.update", code).await),
+        }
+    }
+
     async fn code_error(&self, team: &TeamId, method: &str, code: String) -> SlackApiError {
         if INACTIVE_ERRORS.contains(&code.as_str()) {
             self.board.inactive(team, &code);
@@ -746,21 +784,7 @@ impl SlackApi for SlackWeb {
                 );
             }
         }
-        let posted: Posted = match self
-            .post(
-                team,
-                "chat.postMessage",
-                &body,
-                &self.post_message_limit,
-                Repeat::IfNothingHappened,
-            )
-            .await?
-        {
-            Ok(p) => p,
-            Err(code) => return Err(self.code_error(team, "chat.postMessage", code).await),
-        };
-        MessageTs::parse(posted.ts)
-            .map_err(|e| SlackApiError::Api(format!("chat.postMessage ts: {e}")))
+        self.chat_post(team, &body).await
     }
 
     async fn upload_file(
@@ -876,20 +900,7 @@ impl SlackApi for SlackWeb {
                 json!({ "event_type": m.event_type, "event_payload": m.event_payload }),
             );
         }
-        // chat.update is Tier 3; an update is idempotent, so any transient failure is retried.
-        match self
-            .post::<Empty>(
-                team,
-                "chat.update",
-                &body,
-                &SLACK_TIER3_METHOD_CONFIG,
-                Repeat::Always,
-            )
-            .await?
-        {
-            Ok(_) => Ok(()),
-            Err(code) => Err(self.code_error(team, "chat.update", code).await),
-        }
+        self.chat_update(team, &body).await
     }
 
     async fn set_thread_status(
@@ -1009,21 +1020,7 @@ impl infragpt_actors::events::EventSlack for SlackWeb {
             "unfurl_links": false,
             "metadata": { "event_type": metadata.event_type, "event_payload": metadata.event_payload },
         });
-        let posted: Posted = match self
-            .post(
-                team,
-                "chat.postMessage",
-                &body,
-                &self.post_message_limit,
-                Repeat::IfNothingHappened,
-            )
-            .await?
-        {
-            Ok(p) => p,
-            Err(code) => return Err(self.code_error(team, "chat.postMessage", code).await),
-        };
-        MessageTs::parse(posted.ts)
-            .map_err(|e| SlackApiError::Api(format!("chat.postMessage ts: {e}")))
+        self.chat_post(team, &body).await
     }
 
     async fn update_event(
@@ -1040,20 +1037,7 @@ impl infragpt_actors::events::EventSlack for SlackWeb {
             "text": text,
             "blocks": blocks,
         });
-        // chat.update is Tier 3; an update is idempotent, so any transient failure is retried.
-        match self
-            .post::<Empty>(
-                team,
-                "chat.update",
-                &body,
-                &SLACK_TIER3_METHOD_CONFIG,
-                Repeat::Always,
-            )
-            .await?
-        {
-            Ok(_) => Ok(()),
-            Err(code) => Err(self.code_error(team, "chat.update", code).await),
-        }
+        self.chat_update(team, &body).await
     }
 
     async fn bot_messages_in_channel(

@@ -8,9 +8,9 @@ use infragpt_actors::approvals::ApprovalSlack;
 use infragpt_actors::conversation::{MessageMetadata, SlackApiError};
 use infragpt_actors::ids::{ChannelId, MessageTs, SlackUserId, TeamId};
 use serde_json::{Value, json};
-use slack_morphism::prelude::{SLACK_TIER3_METHOD_CONFIG, SLACK_TIER4_METHOD_CONFIG};
+use slack_morphism::prelude::SLACK_TIER4_METHOD_CONFIG;
 
-use super::{Empty, Posted, Repeat, SlackWeb};
+use super::{Empty, Repeat, SlackWeb};
 
 #[async_trait]
 impl ApprovalSlack for SlackWeb {
@@ -31,21 +31,7 @@ impl ApprovalSlack for SlackWeb {
             "unfurl_links": false,
             "metadata": { "event_type": metadata.event_type, "event_payload": metadata.event_payload },
         });
-        let posted: Posted = match self
-            .post(
-                team,
-                "chat.postMessage",
-                &body,
-                &self.post_message_limit,
-                Repeat::IfNothingHappened,
-            )
-            .await?
-        {
-            Ok(p) => p,
-            Err(code) => return Err(self.code_error(team, "chat.postMessage", code).await),
-        };
-        MessageTs::parse(posted.ts)
-            .map_err(|e| SlackApiError::Api(format!("chat.postMessage ts: {e}")))
+        self.chat_post(team, &body).await
     }
 
     async fn update_blocks(
@@ -62,19 +48,7 @@ impl ApprovalSlack for SlackWeb {
             "text": text,
             "blocks": blocks,
         });
-        match self
-            .post::<Empty>(
-                team,
-                "chat.update",
-                &body,
-                &SLACK_TIER3_METHOD_CONFIG,
-                Repeat::Always,
-            )
-            .await?
-        {
-            Ok(_) => Ok(()),
-            Err(code) => Err(self.code_error(team, "chat.update", code).await),
-        }
+        self.chat_update(team, &body).await
     }
 
     async fn post_ephemeral(
