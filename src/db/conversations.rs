@@ -13,7 +13,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use infragpt_actors::conversation::{
     AgentTurnStart, ChannelRecord, ClaimToken, ClaimedIntent, Conversation, ConversationStore,
     ConversationStoreError, InsertOutcome, IntentClaim, IntentStep, MessageKind, NewIntent,
-    NewMessage, Posting, Sender, StoredMessage, TurnStart, TurnState,
+    NewMessage, Posting, ProgressLock, Sender, StoredMessage, TurnStart, TurnState,
 };
 use infragpt_actors::ids::{
     ChannelId, ConversationId, MessageTs, ReplyIntentId, SlackUserId, TeamId, ThreadKey,
@@ -228,6 +228,31 @@ static START_AGENT_TURN: std::sync::LazyLock<String> = std::sync::LazyLock::new(
     )
 });
 
+/// [`START_AGENT_TURN`] that also opens the turn's progress indicator (`turn_progress`),
+/// locked for `$7` ms, in the same statement; returns whether the turn started and the new
+/// indicator's lock (NULL when the turn already had one, or did not start).
+static START_AGENT_TURN_WITH_PROGRESS: std::sync::LazyLock<String> = std::sync::LazyLock::new(
+    || {
+        format!(
+            "WITH started AS ({} RETURNING id), \
+             opened AS (INSERT INTO turn_progress (conversation_id, turn_ts, lock_id, locked_until) \
+               SELECT id, $2, gen_random_uuid(), now() + $7 * interval '1 millisecond' FROM started \
+               ON CONFLICT (conversation_id, turn_ts) DO NOTHING RETURNING lock_id) \
+             SELECT (SELECT count(*) FROM started) AS started, (SELECT lock_id FROM opened) AS lock_id",
+            START_AGENT_TURN.as_str()
+        )
+    },
+);
+
+/// What [`START_AGENT_TURN_WITH_PROGRESS`] returns.
+#[derive(Debug, QueryableByName)]
+struct StartedRow {
+    #[diesel(sql_type = BigInt)]
+    started: i64,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
+    lock_id: Option<uuid::Uuid>,
+}
+
 /// [`PART_POSTED_WITH_MESSAGE`] followed by [`PART_POSTED`].
 static PART_POSTED_STORING: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("{PART_POSTED_WITH_MESSAGE}{PART_POSTED}"));
@@ -419,6 +444,23 @@ async fn insert_on(
     Ok(InsertOutcome::Exists {
         source_event_id: source.map(EventRowId),
     })
+}
+
+/// Why a turn did not start: fenced, or (an error) no such conversation.
+async fn fenced_or_missing(
+    conn: &mut AsyncPgConnection,
+    id: ConversationId,
+) -> Result<AgentTurnStart, ConversationStoreError> {
+    let exists: i64 = conversations::table
+        .find(id.0)
+        .count()
+        .get_result(conn)
+        .await
+        .map_err(unavailable)?;
+    if exists == 0 {
+        return Err(StoreError::NotFound(format!("conversation {id}")).into());
+    }
+    Ok(AgentTurnStart::Fenced)
 }
 
 /// The port's error, with the store's error as its source.
@@ -774,19 +816,40 @@ impl ConversationStore for PgConversationStore {
         if changed == 1 {
             return Ok(AgentTurnStart::Started);
         }
-        let exists: i64 = conversations::table
-            .find(id.0)
-            .count()
-            .get_result(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        if exists == 0 {
-            return Err(StoreError::NotFound(format!("conversation {id}")).into());
-        }
-        Ok(AgentTurnStart::Fenced)
+        fenced_or_missing(&mut conn, id).await
     }
 
     fn checks_claims(&self) -> bool {
+        true
+    }
+
+    async fn start_agent_turn_with_progress(
+        &self,
+        id: ConversationId,
+        ts: &MessageTs,
+        claim: Option<Claim>,
+        lease: Duration,
+    ) -> Result<(AgentTurnStart, Option<ProgressLock>), ConversationStoreError> {
+        let mut conn = conn(&self.pool).await?;
+        let row: StartedRow = diesel::sql_query(START_AGENT_TURN_WITH_PROGRESS.as_str())
+            .bind::<diesel::sql_types::Uuid, _>(id.0)
+            .bind::<Text, _>(ts.as_str())
+            .bind::<Nullable<BigInt>, _>(claim.map(|c| c.id.0))
+            .bind::<Integer, _>(claim.map_or(0, |c| c.attempt))
+            .bind::<Nullable<Text>, _>(self.fence_replica.as_deref())
+            .bind::<Double, _>(self.fence_margin_secs)
+            .bind::<BigInt, _>(millis(lease))
+            .prepared()
+            .get_result(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if row.started == 1 {
+            return Ok((AgentTurnStart::Started, row.lock_id.map(ProgressLock)));
+        }
+        Ok((fenced_or_missing(&mut conn, id).await?, None))
+    }
+
+    fn opens_progress(&self) -> bool {
         true
     }
 

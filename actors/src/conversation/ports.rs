@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::progress::ProgressLock;
 use crate::ids::{
     ChannelId, ConversationId, MessageTs, ReplyIntentId, SlackUserId, TeamId, ThreadKey,
 };
@@ -433,6 +434,25 @@ pub trait ConversationStore: Send + Sync + 'static {
     }
     /// Whether [`Self::start_agent_turn`] checks the claim itself. False by default.
     fn checks_claims(&self) -> bool {
+        false
+    }
+    /// [`Self::start_agent_turn`] that also opens the turn's progress indicator in the same
+    /// step, held by the caller for `lease` (see [`super::progress`]): the lock when it was
+    /// opened now, `None` when it was open already (a retried turn) or the turn was fenced.
+    /// Stores that cannot (the default) say so with [`Self::opens_progress`], and the
+    /// indicator is opened on its own.
+    async fn start_agent_turn_with_progress(
+        &self,
+        id: ConversationId,
+        ts: &MessageTs,
+        claim: Option<Claim>,
+        lease: Duration,
+    ) -> Result<(AgentTurnStart, Option<ProgressLock>), ConversationStoreError> {
+        let _ = lease;
+        Ok((self.start_agent_turn(id, ts, claim).await?, None))
+    }
+    /// Whether [`Self::start_agent_turn_with_progress`] opens the indicator. False by default.
+    fn opens_progress(&self) -> bool {
         false
     }
     /// True when an agent message (kind `message`, notices do not answer) answering

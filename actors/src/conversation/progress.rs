@@ -269,35 +269,50 @@ impl Progress {
             .unwrap_or(false)
     }
 
-    /// Opens and shows the indicator of a turn that is about to go to the agent. The opening
-    /// (one database write) is awaited, so a reply the agent sends at once finds it; the
-    /// Slack call is the returned future, which the worker runs beside the agent call.
-    /// `None`: progress is off, the turn shows its indicator already (a retry), or the store
-    /// failed (logged; the turn goes on without one).
+    /// Opens the indicator of a turn that is about to go to the agent, for stores that
+    /// cannot open it in the statement that starts the turn. The opening (one database
+    /// write) is awaited, so a reply the agent sends at once finds it; then
+    /// [`Self::show_opened`] tells Slack beside the agent call. `None`: progress is off, the
+    /// turn shows its indicator already (a retry), or the store failed (logged; the turn
+    /// goes on without one).
     pub async fn open(
         &self,
-        key: &ThreadKey,
         conversation: ConversationId,
         turn: &MessageTs,
-    ) -> Option<impl std::future::Future<Output = ()> + Send + '_> {
+    ) -> Option<ProgressLock> {
         if self.mode == ProgressMode::Off {
             return None;
         }
-        let lock = match self
+        match self
             .store
             .open_progress(conversation, turn, self.lease)
             .await
         {
-            Ok(Some(lock)) => lock,
-            Ok(None) => return None,
+            Ok(lock) => lock,
             Err(e) => {
                 warn!(conversation_id = %conversation, error = %e, "could not open the turn's progress indicator");
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    /// How long whoever opens an indicator holds it.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Shows "is thinking…" in an indicator opened already (by this call's caller, holding
+    /// `lock`), then releases it.
+    pub fn show_opened(
+        &self,
+        key: &ThreadKey,
+        conversation: ConversationId,
+        turn: &MessageTs,
+        lock: ProgressLock,
+    ) -> impl std::future::Future<Output = ()> + Send + '_ {
         let key = key.clone();
         let turn = turn.clone();
-        Some(async move {
+        async move {
             let placeholder = self.show_start(&key, &turn).await;
             if let Err(e) = self
                 .store
@@ -307,7 +322,7 @@ impl Progress {
                 // The lease frees the indicator anyway.
                 warn!(conversation_id = %conversation, error = %e, "could not record the progress indicator");
             }
-        })
+        }
     }
 
     /// Shows "is thinking…": the status, or a placeholder (returned) where that is the mode

@@ -17,7 +17,7 @@ use super::ports::{
     ConversationStoreError, HistorySender, InsertOutcome, MessageKind, NewIntent, NewMessage,
     PastMessage, Posting, Sender, SlackApi, SlackApiError, StoredMessage, TurnState, UserProfile,
 };
-use super::progress::Progress;
+use super::progress::{Progress, ProgressLock};
 use super::reply::{AnswerStyle, ReplyMode, split_message};
 use crate::Metrics;
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
@@ -404,12 +404,21 @@ impl ConversationHandler {
         }
         let agent_turn = self.agent_turn(&conversation, &turn, &profile, start.history);
         let started = Instant::now();
-        self.start_agent_turn(event, conversation.id, ts).await?;
+        let opened = self.start_agent_turn(event, conversation.id, ts).await?;
         self.stage("start_turn", started);
         // The indicator opens before the agent is asked (so a reply it sends at once finds
         // it); Slack is told beside the agent call, which it must not delay.
         let indicator = match &self.progress {
-            Some(progress) => progress.open(&turn.thread, conversation.id, ts).await,
+            Some(progress) => {
+                let lock = match opened {
+                    Some(lock) => Some(lock),
+                    None if !self.store.opens_progress() => {
+                        progress.open(conversation.id, ts).await
+                    }
+                    None => None,
+                };
+                lock.map(|lock| progress.show_opened(&turn.thread, conversation.id, ts, lock))
+            }
             None => None,
         };
         let started = Instant::now();
@@ -439,20 +448,34 @@ impl ConversationHandler {
         event: &InboundEvent,
         conversation: ConversationId,
         ts: &MessageTs,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<Option<ProgressLock>, HandlerError> {
         let claim = self.claims.as_ref().map(|_| event.claim());
         if claim.is_some() && !self.store.checks_claims() {
             self.before_post(event)
                 .await
                 .map_err(|e| HandlerError::retryable(format!("not asking the agent: {e}")))?;
         }
-        match self
-            .store
-            .start_agent_turn(conversation, ts, claim)
-            .await
-            .map_err(store_err)?
-        {
-            AgentTurnStart::Started => Ok(()),
+        // The turn's progress indicator opens in the same statement when the store can.
+        let progress = self
+            .progress
+            .as_ref()
+            .filter(|p| p.indicators().is_some() && self.store.opens_progress());
+        let (start, lock) = match progress {
+            Some(p) => self
+                .store
+                .start_agent_turn_with_progress(conversation, ts, claim, p.lease())
+                .await
+                .map_err(store_err)?,
+            None => (
+                self.store
+                    .start_agent_turn(conversation, ts, claim)
+                    .await
+                    .map_err(store_err)?,
+                None,
+            ),
+        };
+        match start {
+            AgentTurnStart::Started => Ok(lock),
             AgentTurnStart::Fenced => Err(HandlerError::retryable(
                 "not asking the agent: the event's claim no longer holds (another replica owns it)",
             )),

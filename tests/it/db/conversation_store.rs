@@ -668,3 +668,48 @@ async fn reply_claims_of_silent_or_stopped_replicas_lapse() {
         .unwrap();
     assert!(matches!(busy, IntentClaim::Busy { .. }), "{busy:?}");
 }
+
+/// Starting a turn opens its progress indicator in the same statement: once per turn, never
+/// for a fenced start.
+#[tokio::test]
+async fn starting_a_turn_opens_its_progress_indicator_once() {
+    use infragpt_actors::conversation::AgentTurnStart;
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let store = PgConversationStore::new(db.pool().clone());
+    let conv = store.upsert_conversation(&key("410.000001")).await.unwrap();
+    let turn = ts("410.000001");
+    let lease = Duration::from_secs(5);
+    let (start, lock) = store
+        .start_agent_turn_with_progress(conv.id, &turn, None, lease)
+        .await
+        .unwrap();
+    assert_eq!(start, AgentTurnStart::Started);
+    assert!(lock.is_some(), "the first start opens the indicator");
+    let (start, again) = store
+        .start_agent_turn_with_progress(conv.id, &turn, None, lease)
+        .await
+        .unwrap();
+    assert_eq!(start, AgentTurnStart::Started);
+    assert_eq!(again, None, "a retried turn keeps its indicator");
+    assert!(
+        store
+            .start_agent_turn_with_progress(
+                ConversationId(uuid::Uuid::new_v4()),
+                &turn,
+                None,
+                lease
+            )
+            .await
+            .is_err(),
+        "an unknown conversation is an error"
+    );
+    let mut conn = db.pool().get().await.unwrap();
+    let rows: i64 = infragpt::db::schema::turn_progress::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+}
