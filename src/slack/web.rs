@@ -1001,6 +1001,29 @@ impl SlackApi for SlackWeb {
     }
 }
 
+/// The `chat.postMessage` body of a Block Kit message with `metadata` (event messages at the
+/// top of a channel, approval requests in a thread). Links are not unfurled: the blocks say
+/// what matters.
+fn blocks_message(
+    channel: &ChannelId,
+    thread_ts: Option<&MessageTs>,
+    text: &str,
+    blocks: &Value,
+    metadata: &MessageMetadata,
+) -> Value {
+    let mut body = json!({
+        "channel": channel.as_str(),
+        "text": text,
+        "blocks": blocks,
+        "unfurl_links": false,
+        "metadata": { "event_type": metadata.event_type, "event_payload": metadata.event_payload },
+    });
+    if let (Some(obj), Some(ts)) = (body.as_object_mut(), thread_ts) {
+        obj.insert("thread_ts".into(), json!(ts.as_str()));
+    }
+    body
+}
+
 /// Event messages (`infragpt_actors::events`): top-level posts with Block Kit blocks, their
 /// updates, and the channel's history to find a post a crash left unrecorded.
 #[async_trait]
@@ -1013,13 +1036,7 @@ impl infragpt_actors::events::EventSlack for SlackWeb {
         blocks: &Value,
         metadata: &MessageMetadata,
     ) -> Result<MessageTs, SlackApiError> {
-        let body = json!({
-            "channel": channel.as_str(),
-            "text": text,
-            "blocks": blocks,
-            "unfurl_links": false,
-            "metadata": { "event_type": metadata.event_type, "event_payload": metadata.event_payload },
-        });
+        let body = blocks_message(channel, None, text, blocks, metadata);
         self.chat_post(team, &body).await
     }
 

@@ -23,14 +23,7 @@ impl ApprovalSlack for SlackWeb {
         blocks: &Value,
         metadata: &MessageMetadata,
     ) -> Result<MessageTs, SlackApiError> {
-        let body = json!({
-            "channel": channel.as_str(),
-            "thread_ts": thread_ts.as_str(),
-            "text": text,
-            "blocks": blocks,
-            "unfurl_links": false,
-            "metadata": { "event_type": metadata.event_type, "event_payload": metadata.event_payload },
-        });
+        let body = super::blocks_message(channel, Some(thread_ts), text, blocks, metadata);
         self.chat_post(team, &body).await
     }
 
@@ -42,13 +35,9 @@ impl ApprovalSlack for SlackWeb {
         text: &str,
         blocks: &Value,
     ) -> Result<(), SlackApiError> {
-        let body = json!({
-            "channel": channel.as_str(),
-            "ts": ts.as_str(),
-            "text": text,
-            "blocks": blocks,
-        });
-        self.chat_update(team, &body).await
+        // The same call as an event message's update.
+        infragpt_actors::events::EventSlack::update_event(self, team, channel, ts, text, blocks)
+            .await
     }
 
     async fn post_ephemeral(
