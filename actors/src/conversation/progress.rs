@@ -213,8 +213,6 @@ pub struct Progress {
     no_status: Mutex<HashSet<TeamId>>,
     /// Turns with a delayed showing scheduled in this process.
     scheduled: Mutex<HashSet<(ConversationId, MessageTs)>>,
-    lease: Duration,
-    interval: Duration,
 }
 
 impl std::fmt::Debug for Progress {
@@ -240,20 +238,7 @@ impl Progress {
             slack,
             no_status: Mutex::default(),
             scheduled: Mutex::default(),
-            lease: PROGRESS_LEASE,
-            interval: PROGRESS_INTERVAL,
         }
-    }
-
-    /// Shortens the least time between two changes (tests).
-    pub fn with_interval(mut self, interval: Duration) -> Self {
-        self.interval = interval;
-        self
-    }
-
-    /// How progress is shown.
-    pub fn mode(&self) -> ProgressMode {
-        self.mode
     }
 
     /// The indicators' store, through which an answer ends its turn's indicator; `None`
@@ -285,7 +270,7 @@ impl Progress {
         }
         match self
             .store
-            .open_progress(conversation, turn, self.lease)
+            .open_progress(conversation, turn, PROGRESS_LEASE)
             .await
         {
             Ok(lock) => lock,
@@ -298,7 +283,7 @@ impl Progress {
 
     /// How long whoever opens an indicator holds it.
     pub fn lease(&self) -> Duration {
-        self.lease
+        PROGRESS_LEASE
     }
 
     /// Shows "is thinking…" in an indicator opened already (by this call's caller, holding
@@ -441,7 +426,7 @@ impl Progress {
         loop {
             match self
                 .store
-                .claim_progress(conversation, turn, self.lease, self.interval)
+                .claim_progress(conversation, turn, PROGRESS_LEASE, PROGRESS_INTERVAL)
                 .await?
             {
                 ProgressClaim::Claimed {
