@@ -56,7 +56,14 @@ impl Core {
         let host = host_name();
         let replica = ReplicaId::generate(&host);
         let margin = std::time::Duration::from_millis(config.cluster.safety_margin_ms);
-        let inbox = Arc::new(PgInbox::fenced(db.pool().clone(), &replica, margin));
+        let mut inbox = PgInbox::fenced(db.pool().clone(), &replica, margin);
+        if config.actors.inbox_group_commit {
+            // The writer keeps one batch in flight; a second connection covers a reconnect.
+            let writer_pool = crate::db::build_pool(db.url(), 2, db.connect_timeout())
+                .context("the inbox writer's connections")?;
+            inbox = inbox.with_record_pool(writer_pool);
+        }
+        let inbox = Arc::new(inbox);
         let membership = Arc::new(PgMembership::new(
             db.pool().clone(),
             db.url().clone(),

@@ -1,5 +1,7 @@
 //! [`InboundEvents`] on the `inbound_events` table.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
@@ -8,6 +10,7 @@ use diesel::sql_types::{BigInt, Double, Integer, Nullable};
 use diesel::sql_types::{Jsonb, Text};
 use diesel_async::{AsyncConnection as _, RunQueryDsl};
 use infragpt_actors::audit::AuditEntry;
+use infragpt_actors::EventSource;
 use infragpt_actors::inbox::{
     Claim, EventPayload, EventRowId, EventStatus, InboundEvent, InboundEvents, NewInboundEvent,
     Partition, RecordOutcome, RoutingKey, StoreError,
@@ -26,6 +29,9 @@ const CLAIMABLE: [&str; 2] = ["pending", "processing"];
 #[derive(Clone)]
 pub struct PgInbox {
     pool: Pool,
+    /// Where records are written: the pool, or connections of their own (see
+    /// [`PgInbox::with_record_pool`]).
+    record_pool: Pool,
     /// The replica whose partition leases fence claims and marks (`None`: a process alone on
     /// the inbox, or a tool).
     replica: Option<String>,
@@ -61,6 +67,7 @@ impl PgInbox {
     /// partition leases; marks still need their claim.
     pub fn new(pool: Pool) -> Self {
         Self {
+            record_pool: pool.clone(),
             pool,
             replica: None,
             confirm_margin_secs: 0.0,
@@ -72,10 +79,18 @@ impl PgInbox {
     /// `margin` of lease left.
     pub fn fenced(pool: Pool, replica: &ReplicaId, margin: std::time::Duration) -> Self {
         Self {
+            record_pool: pool.clone(),
             pool,
             replica: Some(replica.0.clone()),
             confirm_margin_secs: margin.as_secs_f64(),
         }
+    }
+
+    /// Records go through `pool` (the group-commit writer's own connections), so an
+    /// acknowledgement never waits for a connection behind the turns' statements.
+    pub fn with_record_pool(mut self, pool: Pool) -> Self {
+        self.record_pool = pool;
+        self
     }
 
     /// Moves one claimed event to `status` (with `last_error` when given; stamping the finish
@@ -403,9 +418,19 @@ fn convert_all(rows: Vec<EventRow>) -> Result<Vec<InboundEvent>, StoreError> {
     rows.into_iter().map(InboundEvent::try_from).collect()
 }
 
-#[async_trait]
-impl InboundEvents for PgInbox {
-    async fn record(&self, event: NewInboundEvent) -> Result<RecordOutcome, StoreError> {
+/// An event ready to insert: its texts without NUL, its partition, its payload serialized
+/// once.
+struct NewRow {
+    source: EventSource,
+    source_id: String,
+    routing_key: RoutingKey,
+    partition: Partition,
+    kind: String,
+    payload: StoredPayload,
+}
+
+impl NewRow {
+    fn prepare(event: NewInboundEvent) -> Result<Self, StoreError> {
         let NewInboundEvent {
             source,
             source_id,
@@ -414,26 +439,88 @@ impl InboundEvents for PgInbox {
             payload,
         } = event;
         // Text columns cannot hold NUL either (a signed payload's `type` or `action` can).
-        let source_id = text_without_nul(source_id);
         let routing_key = RoutingKey(text_without_nul(routing_key.0));
-        let partition = Partition::of(&routing_key);
-        let kind = text_without_nul(kind);
-        let payload = StoredPayload::prepare(payload)?;
-        let mut conn = conn(&self.pool).await?;
+        Ok(Self {
+            source,
+            source_id: text_without_nul(source_id),
+            partition: Partition::of(&routing_key),
+            routing_key,
+            kind: text_without_nul(kind),
+            payload: StoredPayload::prepare(payload)?,
+        })
+    }
+
+    fn large(&self) -> bool {
+        self.payload.json.len() >= LARGE_STATEMENT_BYTES
+    }
+
+    /// The event as stored under `id`.
+    fn recorded(
+        self,
+        id: i64,
+        received_at: DateTime<Utc>,
+        status: &str,
+        attempts: i32,
+    ) -> Result<InboundEvent, StoreError> {
+        tracing::debug!(
+            source = self.source.as_str(),
+            source_id = %self.source_id,
+            event_id = id,
+            raw_body_kept = self.payload.raw_body.is_some(),
+            "inbound event recorded"
+        );
+        Ok(InboundEvent {
+            id: EventRowId(id),
+            source: self.source,
+            source_id: self.source_id,
+            routing_key: self.routing_key,
+            partition: self.partition,
+            kind: self.kind,
+            payload: self.payload.value,
+            status: status.parse()?,
+            attempts,
+            last_error: None,
+            received_at,
+            processed_at: None,
+        })
+    }
+}
+
+/// A row a batch insert wrote.
+#[derive(QueryableByName)]
+struct InsertedRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    source: String,
+    #[diesel(sql_type = Text)]
+    source_id: String,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    received_at: DateTime<Utc>,
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+}
+
+impl PgInbox {
+    /// Records one event with its own insert (and, when it existed, a lookup).
+    async fn insert_one(&self, row: NewRow) -> Result<RecordOutcome, StoreError> {
+        let mut conn = conn(&self.record_pool).await?;
         // The payload goes as text and PostgreSQL builds the jsonb (no second copy as a bound
         // jsonb value); only the columns the outcome needs come back, never the payload.
         let inserted: Option<(i64, DateTime<Utc>, String, i32)> =
             diesel::insert_into(inbound_events::table)
                 .values((
-                    inbound_events::source.eq(source.as_str()),
-                    inbound_events::source_id.eq(&source_id),
-                    inbound_events::routing_key.eq(&routing_key.0),
-                    inbound_events::partition.eq(partition.stored()),
-                    inbound_events::kind.eq(&kind),
+                    inbound_events::source.eq(row.source.as_str()),
+                    inbound_events::source_id.eq(&row.source_id),
+                    inbound_events::routing_key.eq(&row.routing_key.0),
+                    inbound_events::partition.eq(row.partition.stored()),
+                    inbound_events::kind.eq(&row.kind),
                     inbound_events::payload.eq(diesel::dsl::sql::<Jsonb>("CAST(")
-                        .bind::<Text, _>(payload.json.as_str())
+                        .bind::<Text, _>(row.payload.json.as_str())
                         .sql(" AS jsonb)")),
-                    inbound_events::raw_body.eq(payload.raw_body.as_deref()),
+                    inbound_events::raw_body.eq(row.payload.raw_body.as_deref()),
                 ))
                 .on_conflict((inbound_events::source, inbound_events::source_id))
                 .do_nothing()
@@ -449,46 +536,251 @@ impl InboundEvents for PgInbox {
                 .await
                 .optional()
                 .map_err(unavailable)?;
-        let large = payload.json.len() >= LARGE_STATEMENT_BYTES;
+        let large = row.large();
         if let Some((id, received_at, status, attempts)) = inserted {
             release(conn, large);
-            tracing::debug!(
-                source = source.as_str(),
-                source_id = %source_id,
-                event_id = id,
-                raw_body_kept = payload.raw_body.is_some(),
-                "inbound event recorded"
-            );
-            return Ok(RecordOutcome::Recorded(InboundEvent {
-                id: EventRowId(id),
-                source,
-                source_id,
-                routing_key,
-                partition,
-                kind,
-                payload: payload.value,
-                status: status.parse()?,
-                attempts,
-                last_error: None,
-                received_at,
-                processed_at: None,
-            }));
+            return row
+                .recorded(id, received_at, &status, attempts)
+                .map(RecordOutcome::Recorded);
         }
         let existing: EventRow = inbound_events::table
-            .filter(inbound_events::source.eq(source.as_str()))
-            .filter(inbound_events::source_id.eq(&source_id))
+            .filter(inbound_events::source.eq(row.source.as_str()))
+            .filter(inbound_events::source_id.eq(&row.source_id))
             .select(EventRow::as_select())
             .first(&mut conn)
             .await
             .map_err(unavailable)?;
         release(conn, large);
         tracing::debug!(
-            source = source.as_str(),
-            source_id = %source_id,
+            source = row.source.as_str(),
+            source_id = %row.source_id,
             event_id = existing.id,
             "duplicate inbound event ignored"
         );
         Ok(RecordOutcome::Duplicate(existing.try_into()?))
+    }
+
+    /// Records `rows` (slot in the caller's batch, row) with one insert, filling their
+    /// slots of `outcomes`. A row repeating an earlier one's `(source, source_id)` is that
+    /// row's duplicate.
+    async fn insert_many(
+        &self,
+        rows: Vec<(usize, NewRow)>,
+        outcomes: &mut [Option<Result<RecordOutcome, StoreError>>],
+    ) {
+        if rows.len() <= 1 {
+            for (slot, row) in rows {
+                outcomes[slot] = Some(self.insert_one(row).await);
+            }
+            return;
+        }
+        let mut first_of: HashMap<(EventSource, String), usize> = HashMap::new();
+        let mut unique: Vec<(usize, NewRow)> = Vec::with_capacity(rows.len());
+        let mut twins: Vec<(usize, usize)> = Vec::new();
+        for (slot, row) in rows {
+            match first_of.entry((row.source, row.source_id.clone())) {
+                std::collections::hash_map::Entry::Occupied(first) => {
+                    twins.push((slot, *first.get()));
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(slot);
+                    unique.push((slot, row));
+                }
+            }
+        }
+        match self.insert_unique(unique).await {
+            Ok(done) => {
+                for (slot, outcome) in done {
+                    outcomes[slot] = Some(outcome);
+                }
+            }
+            Err(BatchFailure::Refused(unique, error)) => {
+                tracing::warn!(events = unique.len(), %error, "a batch of inbound events was refused; recording them one by one");
+                for (slot, row) in unique {
+                    outcomes[slot] = Some(self.insert_one(row).await);
+                }
+            }
+            Err(BatchFailure::Unavailable(slots, error)) => {
+                for slot in slots {
+                    outcomes[slot] = Some(Err(StoreError::Unavailable(error.clone().into())));
+                }
+            }
+        }
+        for (slot, first) in twins {
+            outcomes[slot] = Some(match &outcomes[first] {
+                Some(Ok(outcome)) => Ok(RecordOutcome::Duplicate(outcome.event().clone())),
+                Some(Err(e)) => Err(StoreError::Unavailable(e.to_string().into())),
+                None => Err(StoreError::Unavailable(
+                    "the first copy of a repeated event has no outcome".into(),
+                )),
+            });
+        }
+    }
+
+    /// The batch insert of rows with distinct `(source, source_id)`, and the lookup of the
+    /// ones that existed.
+    async fn insert_unique(
+        &self,
+        rows: Vec<(usize, NewRow)>,
+    ) -> Result<Vec<(usize, Result<RecordOutcome, StoreError>)>, BatchFailure> {
+        use diesel::sql_types::{Array, SmallInt};
+        let lost = |rows: &[(usize, NewRow)], e: &dyn std::fmt::Display| {
+            BatchFailure::Unavailable(rows.iter().map(|(s, _)| *s).collect(), e.to_string())
+        };
+        let mut conn = match conn(&self.record_pool).await {
+            Ok(c) => c,
+            Err(e) => return Err(lost(&rows, &e)),
+        };
+        let sources: Vec<&str> = rows.iter().map(|(_, r)| r.source.as_str()).collect();
+        let source_ids: Vec<&str> = rows.iter().map(|(_, r)| r.source_id.as_str()).collect();
+        let inserted: Result<Vec<InsertedRow>, _> = diesel::sql_query(
+            "INSERT INTO inbound_events \
+               (source, source_id, routing_key, partition, kind, payload, raw_body) \
+             SELECT s, i, r, p, k, CAST(j AS jsonb), b \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::text[], \
+                         $6::text[], $7::text[]) WITH ORDINALITY AS t(s, i, r, p, k, j, b, n) \
+             ORDER BY n \
+             ON CONFLICT (source, source_id) DO NOTHING \
+             RETURNING id, source, source_id, received_at, status, attempts",
+        )
+        .bind::<Array<Text>, _>(&sources)
+        .bind::<Array<Text>, _>(&source_ids)
+        .bind::<Array<Text>, _>(
+            rows.iter()
+                .map(|(_, r)| r.routing_key.0.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<SmallInt>, _>(
+            rows.iter()
+                .map(|(_, r)| r.partition.stored())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Text>, _>(rows.iter().map(|(_, r)| r.kind.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(
+            rows.iter()
+                .map(|(_, r)| r.payload.json.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Text>>, _>(
+            rows.iter()
+                .map(|(_, r)| r.payload.raw_body.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .prepared()
+        .load(&mut conn)
+        .await;
+        let inserted = match inserted {
+            Ok(rows) => rows,
+            // The server refused the statement (a payload that is not JSON, say): the
+            // connection is fine and one of the events is bad.
+            Err(e @ diesel::result::Error::DatabaseError(..)) => {
+                return Err(BatchFailure::Refused(rows, e.to_string()));
+            }
+            Err(e) => return Err(lost(&rows, &e)),
+        };
+        let mut by_key: HashMap<(String, String), InsertedRow> = inserted
+            .into_iter()
+            .map(|r| ((r.source.clone(), r.source_id.clone()), r))
+            .collect();
+        let existed: Vec<usize> = rows
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, r))| {
+                !by_key.contains_key(&(r.source.as_str().to_owned(), r.source_id.clone()))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let mut existing: HashMap<(String, String), EventRow> = HashMap::new();
+        if !existed.is_empty() {
+            let found: Result<Vec<EventRow>, _> = diesel::sql_query(format!(
+                "SELECT {EVENT_COLUMNS} FROM inbound_events \
+                 WHERE (source, source_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+            ))
+            .bind::<Array<Text>, _>(existed.iter().map(|&i| sources[i]).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(existed.iter().map(|&i| source_ids[i]).collect::<Vec<_>>())
+            .prepared()
+            .load(&mut conn)
+            .await;
+            match found {
+                Ok(found) => {
+                    existing = found
+                        .into_iter()
+                        .map(|r| ((r.source.clone(), r.source_id.clone()), r))
+                        .collect();
+                }
+                Err(e) => return Err(lost(&rows, &e)),
+            }
+        }
+        Ok(rows
+            .into_iter()
+            .map(|(slot, row)| {
+                let key = (row.source.as_str().to_owned(), row.source_id.clone());
+                let outcome = if let Some(r) = by_key.remove(&key) {
+                    row.recorded(r.id, r.received_at, &r.status, r.attempts)
+                        .map(RecordOutcome::Recorded)
+                } else if let Some(e) = existing.remove(&key) {
+                    tracing::debug!(
+                        source = row.source.as_str(),
+                        source_id = %row.source_id,
+                        event_id = e.id,
+                        "duplicate inbound event ignored"
+                    );
+                    InboundEvent::try_from(e).map(RecordOutcome::Duplicate)
+                } else {
+                    // Neither inserted nor found: deleted between the two statements.
+                    Err(StoreError::Unavailable(
+                        format!("inbound event {} vanished while it was recorded", row.source_id)
+                            .into(),
+                    ))
+                };
+                (slot, outcome)
+            })
+            .collect())
+    }
+}
+
+/// Why a batch insert wrote nothing.
+enum BatchFailure {
+    /// The server refused the statement: the rows, to record one by one.
+    Refused(Vec<(usize, NewRow)>, String),
+    /// The connection failed: the slots, all failed.
+    Unavailable(Vec<usize>, String),
+}
+
+#[async_trait]
+impl InboundEvents for PgInbox {
+    async fn record(&self, event: NewInboundEvent) -> Result<RecordOutcome, StoreError> {
+        self.insert_one(NewRow::prepare(event)?).await
+    }
+
+    /// One `INSERT … SELECT … FROM unnest(…)` for the events whose payloads are below
+    /// [`LARGE_STATEMENT_BYTES`] (a large one goes alone, between the batches before and
+    /// after it, so the ids still follow the order of `events`), then one lookup of those
+    /// that existed. A statement the server refuses (a bad payload) is retried event by
+    /// event, so one bad event fails alone; a lost connection fails them all.
+    async fn record_batch(
+        &self,
+        events: Vec<NewInboundEvent>,
+    ) -> Vec<Result<RecordOutcome, StoreError>> {
+        let mut outcomes: Vec<Option<Result<RecordOutcome, StoreError>>> =
+            events.iter().map(|_| None).collect();
+        let mut batch: Vec<(usize, NewRow)> = Vec::new();
+        for (slot, event) in events.into_iter().enumerate() {
+            match NewRow::prepare(event) {
+                Err(e) => outcomes[slot] = Some(Err(e)),
+                Ok(row) if row.large() => {
+                    self.insert_many(std::mem::take(&mut batch), &mut outcomes)
+                        .await;
+                    outcomes[slot] = Some(self.insert_one(row).await);
+                }
+                Ok(row) => batch.push((slot, row)),
+            }
+        }
+        self.insert_many(batch, &mut outcomes).await;
+        outcomes
+            .into_iter()
+            .map(|o| o.expect("every event of the batch has an outcome"))
+            .collect()
     }
 
     async fn claim(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError> {

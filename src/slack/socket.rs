@@ -552,26 +552,41 @@ impl SlackConnection {
                 return self.ack(id, envelope_id, true, ctx);
             }
         };
-        let source_id = event.source_id.clone();
-        let cluster = self.ctx.cluster.clone();
         // Where a turn starts: its `event_id` is the `source_id` of the `inbound_event` span
         // that handles it (and of the inbox row).
         let span = tracing::info_span!(
             "slack_envelope",
             connection = %self.key,
             envelope_id = %envelope_id,
-            event_id = %source_id,
+            event_id = %event.source_id,
             retry_attempt
         );
-        let recorded = async move { cluster.ingest(event).await }.instrument(span);
-        ctx.wait(recorded.into_actor(self).map(move |outcome, act, ctx| match outcome {
+        self.record_and_ack(id, envelope_id, event, span, ctx);
+    }
+
+    /// Records `event`, then (only then) acknowledges `envelope_id`; an event that could not
+    /// be recorded is not acknowledged, so Slack redelivers it. The event is queued for the
+    /// inbox now, in frame order, but the connection does not wait for the write: the next
+    /// frames are read meanwhile and their events share the write (group commit), and each
+    /// envelope is acknowledged as soon as its own record has committed.
+    fn record_and_ack(
+        &mut self,
+        id: u64,
+        envelope_id: String,
+        event: NewInboundEvent,
+        span: tracing::Span,
+        ctx: &mut Context<Self>,
+    ) {
+        let source_id = event.source_id.clone();
+        let recorded = self.ctx.cluster.ingest(event).instrument(span);
+        ctx.spawn(recorded.into_actor(self).map(move |outcome, act, ctx| match outcome {
             Ok(outcome) => {
                 let duplicate = matches!(outcome, RecordOutcome::Duplicate(_));
-                tracing::debug!(connection = %act.key, envelope_id, event_id = %source_id, retry_attempt, duplicate, "slack event recorded");
+                tracing::debug!(connection = %act.key, envelope_id, source_id = %source_id, duplicate, "slack envelope recorded");
                 act.ack(id, envelope_id, true, ctx);
             }
             Err(e) => {
-                tracing::error!(connection = %act.key, envelope_id, event_id = %source_id, error = %e, "recording a slack event failed; not acknowledging");
+                tracing::error!(connection = %act.key, envelope_id, source_id = %source_id, error = %e, "recording a slack envelope failed; not acknowledging");
                 act.machine.on_ingest_failed(&e.to_string());
                 act.health.record_error(&e.to_string());
                 act.publish();
@@ -691,28 +706,13 @@ impl SlackConnection {
                 return self.ack(id, envelope_id, false, ctx);
             }
         };
-        let source_id = event.source_id.clone();
-        let cluster = self.ctx.cluster.clone();
         let span = tracing::info_span!(
             "slack_interaction",
             connection = %self.key,
             envelope_id = %envelope_id,
-            source_id = %source_id,
+            source_id = %event.source_id,
         );
-        let recorded = async move { cluster.ingest(event).await }.instrument(span);
-        ctx.wait(recorded.into_actor(self).map(move |outcome, act, ctx| match outcome {
-            Ok(outcome) => {
-                let duplicate = matches!(outcome, RecordOutcome::Duplicate(_));
-                tracing::debug!(connection = %act.key, envelope_id, source_id = %source_id, duplicate, "slack interaction recorded");
-                act.ack(id, envelope_id, true, ctx);
-            }
-            Err(e) => {
-                tracing::error!(connection = %act.key, envelope_id, source_id = %source_id, error = %e, "recording a slack interaction failed; not acknowledging");
-                act.machine.on_ingest_failed(&e.to_string());
-                act.health.record_error(&e.to_string());
-                act.publish();
-            }
-        }));
+        self.record_and_ack(id, envelope_id, event, span, ctx);
     }
 }
 

@@ -489,6 +489,19 @@ impl ReplicaSet {
         r.json().await.map_err(|e| e.to_string())
     }
 
+    /// `GET /actors/{kind}/{key}` on the ops port: one actor's snapshot.
+    pub async fn actor(&self, index: usize, kind: &str, key: &str) -> Result<Value, String> {
+        let url = format!(
+            "http://{}/actors/{kind}/{key}",
+            self.replicas[index].ports.ops
+        );
+        let r = self.http.get(url).send().await.map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!("/actors/{kind}/{key} answered {}", r.status()));
+        }
+        r.json().await.map_err(|e| e.to_string())
+    }
+
     /// This replica's id, as `/cluster` names it.
     pub async fn replica_id(&self, index: usize) -> Result<String, String> {
         let view = self.cluster_view(index).await?;

@@ -2,13 +2,16 @@
 //! letters, health, metrics, readiness and shutdown.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix::prelude::*;
+use futures::FutureExt as _;
 use parking_lot::RwLock;
 
 use crate::config::{ClusterConfig, ConfigError};
+use crate::group_commit::GroupCommit;
 use crate::coordinator::{Coordinator, Drain, FirstRound, Leave, ReplicaStatus};
 use crate::handler::EventHandler;
 use crate::health::{ActorHealth, ActorId, ActorKind, ActorState, HealthRegistry};
@@ -92,6 +95,9 @@ struct StreamEntry {
 struct Inner {
     config: ClusterConfig,
     inbox: Arc<dyn InboundEvents>,
+    /// The writer that group-commits records (`inbox_group_commit`); `None`: each event is
+    /// recorded by its own insert.
+    group_commit: Option<GroupCommit>,
     health: HealthRegistry,
     metrics: Metrics,
     root_id: ActorId,
@@ -196,10 +202,23 @@ impl Cluster {
             config: config.clone(),
         }
         .start();
+        let group_commit = config.inbox_group_commit.then(|| {
+            let writer_health = health.register(
+                ActorId::new(ActorKind::SUPERVISOR, "inbox_writer"),
+                Some(root_id.clone()),
+            );
+            GroupCommit::start(
+                inbox.clone(),
+                config.inbox_batch_max,
+                metrics.clone(),
+                writer_health,
+            )
+        });
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 inbox,
+                group_commit,
                 health,
                 metrics,
                 root_id,
@@ -252,44 +271,66 @@ impl Cluster {
     /// key's worker when it is new. A duplicate is never dispatched. Once this returns `Ok`
     /// the event is durable and may be acknowledged; if dispatch has to wait (backpressure),
     /// the drain loop picks it up from the inbox.
-    pub async fn ingest(&self, event: NewInboundEvent) -> Result<RecordOutcome, IngestError> {
+    ///
+    /// The event is handed to the inbox writer when this is called, not when the future is
+    /// first polled: events ingested one after another are recorded in that order even when
+    /// their futures run concurrently (a Socket Mode connection acknowledges each envelope
+    /// when its own record commits, without waiting for the envelopes before it).
+    pub fn ingest(
+        &self,
+        event: NewInboundEvent,
+    ) -> impl Future<Output = Result<RecordOutcome, IngestError>> + Send + use<> {
+        let started = std::time::Instant::now();
+        let recording = self.check_ingest(&event).map(|()| match &self.inner.group_commit {
+            Some(writer) => writer.submit(event).boxed(),
+            None => {
+                let inbox = self.inner.inbox.clone();
+                async move { inbox.record(event).await }.boxed()
+            }
+        });
+        let this = self.clone();
+        async move {
+            let outcome = recording?.await?;
+            this.inner
+                .metrics
+                .observe_stage("inbox_write", started.elapsed());
+            match &outcome {
+                RecordOutcome::Recorded(e) => {
+                    tracing::debug!(
+                        source = e.source.as_str(),
+                        source_id = %e.source_id,
+                        event_id = %e.id,
+                        routing_key = %e.routing_key,
+                        "event recorded"
+                    );
+                    this.route(e.id, e.source, &e.routing_key, e.partition, false)
+                        .await;
+                }
+                RecordOutcome::Duplicate(e) => {
+                    tracing::debug!(
+                        source = e.source.as_str(),
+                        source_id = %e.source_id,
+                        event_id = %e.id,
+                        "duplicate event ignored"
+                    );
+                }
+            }
+            Ok(outcome)
+        }
+    }
+
+    /// Why `event` cannot be ingested now, if it cannot.
+    fn check_ingest(&self, event: &NewInboundEvent) -> Result<(), IngestError> {
         if !self.is_accepting() {
             return Err(IngestError::ShuttingDown);
         }
         if event.routing_key.0.is_empty() {
             return Err(IngestError::EmptyRoutingKey);
         }
-        let source = event.source;
-        if !self.inner.streams.read().contains_key(&source) {
-            return Err(IngestError::NoStream(source.as_str()));
+        if !self.inner.streams.read().contains_key(&event.source) {
+            return Err(IngestError::NoStream(event.source.as_str()));
         }
-        let started = std::time::Instant::now();
-        let outcome = self.inner.inbox.record(event).await?;
-        self.inner
-            .metrics
-            .observe_stage("inbox_write", started.elapsed());
-        match &outcome {
-            RecordOutcome::Recorded(e) => {
-                tracing::debug!(
-                    source = e.source.as_str(),
-                    source_id = %e.source_id,
-                    event_id = %e.id,
-                    routing_key = %e.routing_key,
-                    "event recorded"
-                );
-                self.route(e.id, e.source, &e.routing_key, e.partition, false)
-                    .await;
-            }
-            RecordOutcome::Duplicate(e) => {
-                tracing::debug!(
-                    source = e.source.as_str(),
-                    source_id = %e.source_id,
-                    event_id = %e.id,
-                    "duplicate event ignored"
-                );
-            }
-        }
-        Ok(outcome)
+        Ok(())
     }
 
     /// Dispatches a recorded event here when this replica holds its partition, else tells

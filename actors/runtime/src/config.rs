@@ -44,6 +44,11 @@ pub struct ClusterConfig {
     pub stopped_retention_ms: u64,
     /// How often the root supervisor prunes the registry and refreshes inbox gauges.
     pub housekeeping_interval_ms: u64,
+    /// Group commit: events recorded concurrently are written by one writer in one statement
+    /// per batch, each acknowledged when its batch commits. Off: each event is its own insert.
+    pub inbox_group_commit: bool,
+    /// Most events in one group-committed batch.
+    pub inbox_batch_max: usize,
 }
 
 impl Default for ClusterConfig {
@@ -62,6 +67,8 @@ impl Default for ClusterConfig {
             shutdown_timeout_ms: 10_000,
             stopped_retention_ms: 15 * 60 * 1000,
             housekeeping_interval_ms: 15_000,
+            inbox_group_commit: true,
+            inbox_batch_max: 256,
         }
     }
 }
@@ -83,6 +90,7 @@ impl ClusterConfig {
             ("high_water_mark", self.high_water_mark as u64),
             ("drain_interval_ms", self.drain_interval_ms),
             ("housekeeping_interval_ms", self.housekeeping_interval_ms),
+            ("inbox_batch_max", self.inbox_batch_max as u64),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -319,6 +319,20 @@ pub enum StoreError {
 pub trait InboundEvents: Send + Sync + 'static {
     /// Stores the event unless `(source, source_id)` exists; a duplicate changes nothing.
     async fn record(&self, event: NewInboundEvent) -> Result<RecordOutcome, StoreError>;
+    /// [`InboundEvents::record`] for several events at once, one outcome per event in the
+    /// same order; ids are assigned in that order. A store that can write them in one
+    /// statement does ([`crate::group_commit`] relies on it); this default records them one
+    /// after the other.
+    async fn record_batch(
+        &self,
+        events: Vec<NewInboundEvent>,
+    ) -> Vec<Result<RecordOutcome, StoreError>> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in events {
+            outcomes.push(self.record(event).await);
+        }
+        outcomes
+    }
     /// `pending`/`processing` → `processing` with `attempts + 1`; `None` when the event is
     /// already finished (done, failed or ignored) or does not exist. Refused with
     /// [`StoreError::Behind`] while an older event of the same source and routing key is

@@ -28,6 +28,7 @@ pub mod circuit;
 pub mod cluster;
 pub mod config;
 mod coordinator;
+pub mod group_commit;
 pub mod handler;
 pub mod health;
 pub mod inbox;

@@ -32,6 +32,7 @@ pub struct Metrics {
     failover_seconds: Histogram,
     notify_lag_seconds: Histogram,
     stage_seconds: HistogramVec,
+    inbox_batch_size: Histogram,
     /// Kinds `actors_live` has a series for (kept at zero when none is live).
     live_kinds: std::sync::Arc<parking_lot::Mutex<std::collections::BTreeSet<ActorKind>>>,
 }
@@ -165,6 +166,14 @@ impl Metrics {
             ]),
             &["stage"],
         )?;
+        let inbox_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "infragpt_inbox_batch_size",
+                "Events written by one group-committed inbox insert",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )?;
+        registry.register(Box::new(inbox_batch_size.clone()))?;
         registry.register(Box::new(stage_seconds.clone()))?;
         registry.register(Box::new(fenced_total.clone()))?;
         registry.register(Box::new(partitions_owned.clone()))?;
@@ -201,6 +210,7 @@ impl Metrics {
             failover_seconds,
             notify_lag_seconds,
             stage_seconds,
+            inbox_batch_size,
             live_kinds: Default::default(),
         };
         m.declare_kind(ActorKind::SUPERVISOR);
@@ -329,6 +339,11 @@ impl Metrics {
         self.stage_seconds
             .with_label_values(&[stage])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// The size of one group-committed inbox batch.
+    pub(crate) fn observe_batch(&self, events: usize) {
+        self.inbox_batch_size.observe(events as f64);
     }
 
     /// Count and total seconds per stage observed so far, by stage name.

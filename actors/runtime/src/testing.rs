@@ -32,6 +32,10 @@ struct InboxState {
 pub struct MemoryInbox {
     state: Mutex<InboxState>,
     unavailable: AtomicBool,
+    /// Size of every `record_batch` call, in order.
+    batches: Mutex<Vec<usize>>,
+    /// When set, each `record_batch` waits for a permit before it writes.
+    batch_gate: Mutex<Option<Arc<Semaphore>>>,
 }
 
 impl MemoryInbox {
@@ -43,6 +47,19 @@ impl MemoryInbox {
     /// Makes every call fail with [`StoreError::Unavailable`] (or work again).
     pub fn set_unavailable(&self, unavailable: bool) {
         self.unavailable.store(unavailable, Ordering::SeqCst);
+    }
+
+    /// Makes every later `record_batch` wait for a permit of the returned semaphore (which
+    /// starts with none) before it writes.
+    pub fn hold_batches(&self) -> Arc<Semaphore> {
+        let gate = Arc::new(Semaphore::new(0));
+        *self.batch_gate.lock() = Some(gate.clone());
+        gate
+    }
+
+    /// The size of every `record_batch` call so far, in order.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        self.batches.lock().clone()
     }
 
     /// Every stored event, by id.
@@ -122,6 +139,22 @@ impl InboundEvents for MemoryInbox {
         st.by_source.insert(dedup, id);
         st.events.insert(id, stored.clone());
         Ok(RecordOutcome::Recorded(stored))
+    }
+
+    async fn record_batch(
+        &self,
+        events: Vec<NewInboundEvent>,
+    ) -> Vec<Result<RecordOutcome, StoreError>> {
+        self.batches.lock().push(events.len());
+        let gate = self.batch_gate.lock().clone();
+        if let Some(gate) = gate {
+            gate.acquire().await.expect("the batch gate is never closed").forget();
+        }
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in events {
+            outcomes.push(self.record(event).await);
+        }
+        outcomes
     }
 
     async fn claim(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError> {

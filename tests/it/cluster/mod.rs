@@ -283,9 +283,12 @@ pub async fn dead_letters(db: &TestDb) -> Vec<(i64, String, Option<String>)> {
 
 /// A TCP relay on a fixed loopback port in front of `upstream`. [`Relay::cut`] closes every
 /// relayed connection and the listening socket (new connections are refused);
-/// [`Relay::restore`] listens again on the same port.
+/// [`Relay::restore`] listens again on the same port. [`Relay::hold`] keeps what clients send
+/// (it reaches the server on [`Relay::release`], even from a client that died meanwhile, or
+/// never, after a cut).
 pub struct Relay {
     addr: SocketAddr,
+    held: Arc<tokio::sync::watch::Sender<bool>>,
     /// Read at each new connection, so a restarted upstream on another port can be set.
     upstream: Arc<Mutex<SocketAddr>>,
     accept: Mutex<Option<JoinHandle<()>>>,
@@ -296,6 +299,7 @@ impl Relay {
     pub async fn start(upstream: SocketAddr) -> Self {
         let relay = Self {
             addr: replicas::free_port(),
+            held: Arc::new(tokio::sync::watch::Sender::new(false)),
             upstream: Arc::new(Mutex::new(upstream)),
             accept: Mutex::new(None),
             connections: Arc::new(Mutex::new(Vec::new())),
@@ -330,18 +334,34 @@ impl Relay {
         let listener = TcpListener::bind(self.addr).await.expect("relay bind");
         let upstream = self.upstream.clone();
         let connections = self.connections.clone();
+        let held = self.held.clone();
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 let upstream = *upstream.lock();
+                let held = held.subscribe();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(upstream).await {
+                        let (mut client_in, mut client_out) = inbound.into_split();
+                        let (mut server_in, mut server_out) = outbound.into_split();
+                        let up = forward_unless_held(&mut client_in, &mut server_out, held);
+                        let down = tokio::io::copy(&mut server_in, &mut client_out);
+                        let _ = tokio::join!(up, down);
                     }
                 });
                 connections.lock().push(task);
             }
         });
         *self.accept.lock() = Some(accept);
+    }
+
+    /// Keeps what clients send from now on, until [`Relay::release`].
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Sends on what was kept, and relays again.
+    pub fn release(&self) {
+        self.held.send_replace(false);
     }
 
     /// Relays new connections to `upstream` from now on (connections open stay where they are).
@@ -363,6 +383,27 @@ impl Relay {
         for t in tasks {
             let _ = t.await;
         }
+    }
+}
+
+/// Copies client → server, each chunk only while the relay is not held; at the client's end
+/// (after what was kept has gone on) the server's side is shut down.
+async fn forward_unless_held(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    mut held: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).await.unwrap_or(0);
+        if held.wait_for(|h| !*h).await.is_err() {
+            return Ok(());
+        }
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
     }
 }
 

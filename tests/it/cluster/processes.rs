@@ -3,7 +3,8 @@
 //! * a SIGKILL and restart, then a rolling restart with SIGTERM, during ~1 500 mentions;
 //! * GitHub deliveries sent round robin to the three replicas around a SIGKILL;
 //! * one replica cut off from PostgreSQL (a relay) for longer than the lease;
-//! * one replica paused (SIGSTOP) for longer than the lease.
+//! * one replica paused (SIGSTOP) for longer than the lease;
+//! * one replica killed while its inbox writer is inside a group-committed batch.
 //!
 //! After each: every mention answered exactly once in its own thread, the agent saw each
 //! thread's turns in order, nothing unfinished or dead in the inbox, and `/cluster` shows the
@@ -440,6 +441,82 @@ async fn a_paused_replica_posts_nothing_for_partitions_it_lost_and_rejoins() {
     eprintln!(
         "paused for {paused_for:?}: {} mentions, {:?}",
         infragpt::testkit::replicas::mentions(&logs),
+        started.elapsed()
+    );
+}
+
+/// Waits until replica `index`'s inbox writer has been inside one batch for a while (the
+/// relay holds its statement) with more events queued behind it.
+async fn inside_a_held_batch(h: &Harness, index: usize) -> Value {
+    let writer = async || -> Result<(u64, u64, u64), String> {
+        let w = h.set.actor(index, "supervisor", "inbox_writer").await?;
+        let d = &w["detail"];
+        let field = |k: &str| d[k].as_u64().ok_or_else(|| format!("no {k} in {w}"));
+        Ok((field("writing")?, field("queued")?, field("batches")?))
+    };
+    eventually(
+        format!("replica {index}'s inbox writer is stuck inside a batch with events queued"),
+        async || {
+            let (writing, queued, batch) = writer().await?;
+            if writing == 0 || queued == 0 {
+                return Err(format!("writing {writing}, queued {queued}"));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (writing_later, _, batch_later) = writer().await?;
+            if writing_later > 0 && batch_later == batch {
+                Ok(())
+            } else {
+                Err(format!("batch {batch} finished (now {batch_later})"))
+            }
+        },
+    )
+    .await;
+    h.set
+        .actor(index, "supervisor", "inbox_writer")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Group commit under SIGKILL: the replica dies while its inbox writer is inside a batch
+/// (the relay holds the insert), with envelopes queued behind it and none of them
+/// acknowledged. First the held insert reaches PostgreSQL after the kill (recorded, never
+/// acknowledged: Slack's redeliveries are duplicates and the rows' new owners handle them);
+/// then a held insert is dropped (never recorded: the redeliveries are recorded elsewhere).
+/// Every mention is answered exactly once either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_inside_a_group_committed_batch_loses_and_repeats_nothing() {
+    let started = Instant::now();
+    let mut h = Harness::new("").await;
+    let relay = Relay::start(Relay::upstream_of(&h.db.url)).await;
+    const HELD: usize = 0;
+    h.set.set_database_url(HELD, relay.url_for(&h.db.url));
+    h.start_all().await;
+    let load = h.start_load(12, 1_000);
+    answered(&load, 30).await;
+    for reaches_the_database in [true, false] {
+        relay.hold();
+        let writer = inside_a_held_batch(&h, HELD).await;
+        h.set.kill(HELD);
+        if reaches_the_database {
+            relay.release();
+        } else {
+            relay.cut().await;
+            relay.release();
+            relay.restore().await;
+        }
+        tracing::info!(%writer, reaches_the_database, "killed inside a batch");
+        let next = load.answered() + 30;
+        answered(&load, next).await;
+        h.restart(HELD).await;
+        let next = load.answered() + 30;
+        answered(&load, next).await;
+    }
+    let logs = load.stop().await;
+    let mentions = infragpt::testkit::replicas::mentions(&logs);
+    h.check(&logs, 120).await;
+    check_stored_answers(&h, mentions).await;
+    eprintln!(
+        "killed inside a group-committed batch twice: {mentions} mentions, {:?}",
         started.elapsed()
     );
 }

@@ -501,3 +501,69 @@ async fn audit_entries_commit_and_roll_back_with_their_transaction() {
         ]
     );
 }
+
+/// Group commit's statement: new events, a redelivery of a stored one, twins within the
+/// batch, a payload the server refuses and one too large to share a statement, in one call.
+/// Each gets its own outcome in order, ids follow the order of the batch, and the refused
+/// event fails alone.
+#[tokio::test]
+async fn a_batch_records_each_event_once_in_order_and_a_bad_one_fails_alone() {
+    use infragpt_actors::inbox::EventPayload;
+    let db = TestDb::new().await;
+    let inbox = PgInbox::new(db.pool().clone());
+    let stored = recorded(&inbox, "Old").await;
+    let mut large = event_in("Large", "T1/C1/k");
+    large.payload = json!({ "blob": "x".repeat(1 << 20) }).into();
+    let mut refused = event_in("NotJson", "T1/C1/k");
+    refused.payload = EventPayload::Raw("{\"unterminated\": ".into());
+    let batch = vec![
+        event_in("A", "T1/C1/k"),
+        event("Old"),
+        event_in("B", "T1/C1/k"),
+        event_in("A", "T1/C1/k"),
+        large,
+        refused,
+        event_in("C", "T1/C1/k"),
+    ];
+    let outcomes = inbox.record_batch(batch).await;
+    assert_eq!(outcomes.len(), 7);
+    let id = |i: usize| match &outcomes[i] {
+        Ok(RecordOutcome::Recorded(e)) => e.id,
+        other => panic!("event {i} must be recorded: {other:?}"),
+    };
+    let (a, b, large, c) = (id(0), id(2), id(4), id(6));
+    assert!(a < b && b < large && large < c, "ids in batch order: {a} {b} {large} {c}");
+    match &outcomes[1] {
+        Ok(RecordOutcome::Duplicate(e)) => assert_eq!(e.id, stored),
+        other => panic!("a redelivery is a duplicate: {other:?}"),
+    }
+    match &outcomes[3] {
+        Ok(RecordOutcome::Duplicate(e)) => assert_eq!(e.id, a),
+        other => panic!("a twin is the first one's duplicate: {other:?}"),
+    }
+    assert!(
+        matches!(&outcomes[5], Err(StoreError::Rejected(_))),
+        "{:?}",
+        outcomes[5]
+    );
+    match &outcomes[0] {
+        Ok(RecordOutcome::Recorded(e)) => {
+            assert_eq!(e.source_id, "A");
+            assert_eq!(e.routing_key.0, "T1/C1/k");
+            assert_eq!(e.partition, Partition::of(&e.routing_key));
+            assert_eq!(e.status, EventStatus::Pending);
+            assert_eq!(
+                e.payload,
+                event_in("A", "T1/C1/k").payload.to_value().unwrap()
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Old, A, B, Large, C.
+    assert_eq!(row_count(&db).await, 5);
+    // The key's order is the batch's: B waits for A.
+    match inbox.claim(b).await {
+        Err(StoreError::Behind { older, .. }) => assert_eq!(older, vec![a]),
+        other => panic!("B must wait for A: {other:?}"),
+    }
+}

@@ -1,0 +1,257 @@
+//! Group commit of inbox records: one writer actor turns the records that arrive while a
+//! batch is being written into the next batch ([`InboundEvents::record_batch`], one
+//! statement), and answers each caller when its batch has committed. An acknowledgement
+//! therefore still waits for a durable write, but concurrent events share its round trip
+//! instead of queueing for connections one by one.
+//!
+//! One batch is in flight at a time: ids are assigned in submission order, so two events of
+//! one key submitted in order are recorded (and handled) in that order. A batch that fails
+//! fails every event in it, and none of them is acknowledged; the sender redelivers them.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::health::ActorHealth;
+use crate::inbox::{InboundEvents, NewInboundEvent, RecordOutcome, StoreError};
+use crate::metrics::Metrics;
+
+/// Why a submitted event has no outcome: the writer stopped before its batch was written.
+#[derive(Debug, thiserror::Error)]
+#[error("the inbox writer stopped before the event was recorded")]
+struct WriterStopped;
+
+/// Hands events to the [`InboxWriter`]. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct GroupCommit {
+    writer: Addr<InboxWriter>,
+}
+
+impl GroupCommit {
+    /// Starts the writer on the current arbiter: batches of at most `max_batch` events.
+    pub fn start(
+        inbox: Arc<dyn InboundEvents>,
+        max_batch: usize,
+        metrics: Metrics,
+        health: ActorHealth,
+    ) -> Self {
+        let writer = InboxWriter {
+            inbox,
+            max_batch: max_batch.max(1),
+            queue: VecDeque::new(),
+            writing: false,
+            batches: 0,
+            metrics,
+            health,
+        }
+        .start();
+        Self { writer }
+    }
+
+    /// Queues `event` now (so events submitted one after another are written in that order)
+    /// and returns the outcome once its batch has committed.
+    pub fn submit(
+        &self,
+        event: NewInboundEvent,
+    ) -> impl Future<Output = Result<RecordOutcome, StoreError>> + Send + use<> {
+        let (reply, outcome) = oneshot::channel();
+        self.writer.do_send(Submit(Pending {
+            event,
+            reply,
+        }));
+        async move {
+            outcome
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable(Box::new(WriterStopped))))
+        }
+    }
+}
+
+struct Pending {
+    event: NewInboundEvent,
+    reply: oneshot::Sender<Result<RecordOutcome, StoreError>>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Submit(Pending);
+
+/// The actor that writes the inbox's records in batches.
+pub struct InboxWriter {
+    inbox: Arc<dyn InboundEvents>,
+    max_batch: usize,
+    queue: VecDeque<Pending>,
+    /// A batch is being written; what arrives meanwhile waits for the next.
+    writing: bool,
+    /// Batches written (or tried) so far.
+    batches: u64,
+    metrics: Metrics,
+    health: ActorHealth,
+}
+
+impl InboxWriter {
+    /// Writes the next batch unless one is being written.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.writing || self.queue.is_empty() {
+            return;
+        }
+        let n = self.queue.len().min(self.max_batch);
+        let (events, waiting): (Vec<_>, Vec<_>) = self
+            .queue
+            .drain(..n)
+            .map(|p| (p.event, p.reply))
+            .unzip();
+        self.writing = true;
+        self.batches += 1;
+        self.publish(n);
+        self.metrics.observe_batch(n);
+        let inbox = self.inbox.clone();
+        let written = async move { inbox.record_batch(events).await };
+        ctx.spawn(written.into_actor(self).map(move |results, act, ctx| {
+            act.writing = false;
+            act.publish(0);
+            let mut failed = None;
+            for (reply, result) in waiting.into_iter().zip(results) {
+                if let Err(e) = &result {
+                    failed.get_or_insert_with(|| e.to_string());
+                }
+                // The caller may have given up (its request timed out); the event is recorded
+                // all the same and its redelivery will be a duplicate.
+                let _ = reply.send(result);
+            }
+            match failed {
+                Some(error) => act.health.record_error(&error),
+                None => act.health.record_message(),
+            }
+            act.flush(ctx);
+        }));
+    }
+}
+
+impl std::fmt::Debug for InboxWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxWriter")
+            .field("queued", &self.queue.len())
+            .field("writing", &self.writing)
+            .field("batches", &self.batches)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InboxWriter {
+    /// The writer's state in the actor tree: the batch being written (0: none), what waits
+    /// for the next one, and how many batches it has written.
+    fn publish(&self, writing: usize) {
+        self.health.set_backlog(self.queue.len() as u64);
+        self.health.set_detail(serde_json::json!({
+            "writing": writing,
+            "queued": self.queue.len(),
+            "batches": self.batches,
+        }));
+    }
+}
+
+impl Actor for InboxWriter {
+    type Context = Context<Self>;
+}
+
+impl Handler<Submit> for InboxWriter {
+    type Result = ();
+
+    fn handle(&mut self, Submit(pending): Submit, ctx: &mut Context<Self>) {
+        self.queue.push_back(pending);
+        self.flush(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{ActorId, ActorKind, HealthRegistry};
+    use crate::inbox::{EventPayload, EventSource, RoutingKey};
+    use crate::testing::MemoryInbox;
+
+    fn event(key: &str, n: u32) -> NewInboundEvent {
+        NewInboundEvent {
+            source: EventSource::new("slack"),
+            source_id: format!("{key}-{n}"),
+            routing_key: RoutingKey(key.to_owned()),
+            kind: "message".to_owned(),
+            payload: EventPayload::Json(serde_json::json!({ "n": n })),
+        }
+    }
+
+    fn writer(inbox: Arc<MemoryInbox>, max_batch: usize) -> GroupCommit {
+        let health = HealthRegistry::new().register(
+            ActorId::new(ActorKind::SUPERVISOR, "inbox_writer"),
+            None,
+        );
+        GroupCommit::start(inbox, max_batch, Metrics::new().unwrap(), health)
+    }
+
+    async fn first_batch_started(inbox: &MemoryInbox) {
+        while inbox.batch_sizes().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[actix_rt::test]
+    async fn records_arriving_during_a_write_go_in_the_next_batch_in_order() {
+        let inbox = MemoryInbox::new();
+        let gate = inbox.hold_batches();
+        let gc = writer(inbox.clone(), 3);
+        // The first event is written alone (nothing else is waiting); the next five arrive
+        // while it is held and are written as batches of 3 and 2.
+        let first = tokio::spawn(gc.submit(event("k", 0)));
+        first_batch_started(&inbox).await;
+        let rest: Vec<_> = (1..6).map(|n| tokio::spawn(gc.submit(event("k", n)))).collect();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!first.is_finished(), "answered before its batch was written");
+        gate.add_permits(10);
+        let first = first.await.unwrap().unwrap();
+        let mut ids = vec![first.event().id];
+        for r in rest {
+            let outcome = r.await.unwrap().unwrap();
+            assert!(matches!(outcome, RecordOutcome::Recorded(_)));
+            ids.push(outcome.event().id);
+        }
+        assert_eq!(inbox.batch_sizes(), vec![1, 3, 2]);
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted, "ids follow the order of submission");
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_batch_fails_every_event_in_it_and_the_next_batch_still_runs() {
+        let inbox = MemoryInbox::new();
+        inbox.set_unavailable(true);
+        let gc = writer(inbox.clone(), 10);
+        let failed = gc.submit(event("k", 1)).await;
+        assert!(matches!(failed, Err(StoreError::Unavailable(_))));
+        inbox.set_unavailable(false);
+        let ok = gc.submit(event("k", 1)).await.unwrap();
+        assert!(matches!(ok, RecordOutcome::Recorded(_)));
+    }
+
+    #[actix_rt::test]
+    async fn twins_in_one_batch_are_recorded_once() {
+        let inbox = MemoryInbox::new();
+        let gate = inbox.hold_batches();
+        let gc = writer(inbox.clone(), 10);
+        let hold = tokio::spawn(gc.submit(event("k", 0)));
+        first_batch_started(&inbox).await;
+        let a = tokio::spawn(gc.submit(event("k", 7)));
+        let b = tokio::spawn(gc.submit(event("k", 7)));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        gate.add_permits(10);
+        hold.await.unwrap().unwrap();
+        let a = a.await.unwrap().unwrap();
+        let b = b.await.unwrap().unwrap();
+        assert!(matches!(a, RecordOutcome::Recorded(_)));
+        assert!(matches!(b, RecordOutcome::Duplicate(_)));
+        assert_eq!(a.event().id, b.event().id);
+    }
+}
