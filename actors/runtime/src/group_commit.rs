@@ -42,7 +42,7 @@ impl GroupCommit {
             inbox,
             max_batch: max_batch.max(1),
             queue: VecDeque::new(),
-            writing: false,
+            writing: 0,
             batches: 0,
             metrics,
             health,
@@ -84,8 +84,9 @@ pub struct InboxWriter {
     inbox: Arc<dyn InboundEvents>,
     max_batch: usize,
     queue: VecDeque<Pending>,
-    /// A batch is being written; what arrives meanwhile waits for the next.
-    writing: bool,
+    /// Events in the batch being written (0: none); what arrives meanwhile waits for the
+    /// next batch.
+    writing: usize,
     /// Batches written (or tried) so far.
     batches: u64,
     metrics: Metrics,
@@ -95,7 +96,7 @@ pub struct InboxWriter {
 impl InboxWriter {
     /// Writes the next batch unless one is being written.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.writing || self.queue.is_empty() {
+        if self.writing > 0 || self.queue.is_empty() {
             return;
         }
         let n = self.queue.len().min(self.max_batch);
@@ -104,15 +105,15 @@ impl InboxWriter {
             .drain(..n)
             .map(|p| (p.event, p.reply))
             .unzip();
-        self.writing = true;
+        self.writing = n;
         self.batches += 1;
-        self.publish(n);
+        self.publish();
         self.metrics.observe_batch(n);
         let inbox = self.inbox.clone();
         let written = async move { inbox.record_batch(events).await };
         ctx.spawn(written.into_actor(self).map(move |results, act, ctx| {
-            act.writing = false;
-            act.publish(0);
+            act.writing = 0;
+            act.publish();
             let mut failed = None;
             for (reply, result) in waiting.into_iter().zip(results) {
                 if let Err(e) = &result {
@@ -144,10 +145,10 @@ impl std::fmt::Debug for InboxWriter {
 impl InboxWriter {
     /// The writer's state in the actor tree: the batch being written (0: none), what waits
     /// for the next one, and how many batches it has written.
-    fn publish(&self, writing: usize) {
+    fn publish(&self) {
         self.health.set_backlog(self.queue.len() as u64);
         self.health.set_detail(serde_json::json!({
-            "writing": writing,
+            "writing": self.writing,
             "queued": self.queue.len(),
             "batches": self.batches,
         }));
@@ -163,6 +164,10 @@ impl Handler<Submit> for InboxWriter {
 
     fn handle(&mut self, Submit(pending): Submit, ctx: &mut Context<Self>) {
         self.queue.push_back(pending);
+        if self.writing > 0 {
+            // It waits for the next batch: the tree shows the queue growing.
+            self.publish();
+        }
         self.flush(ctx);
     }
 }

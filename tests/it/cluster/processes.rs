@@ -459,7 +459,18 @@ async fn inside_a_held_batch(h: &Harness, index: usize) -> Value {
         async || {
             let (writing, queued, batch) = writer().await?;
             if writing == 0 || queued == 0 {
-                return Err(format!("writing {writing}, queued {queued}"));
+                let unacked = h.sim.with_state(|s| {
+                    s.deliveries()
+                        .iter()
+                        .filter(|d| d.sends > 0 && !d.acked)
+                        .count()
+                });
+                let open = h.sim.with_state(|s| s.open_connections().len());
+                return Err(format!(
+                    "writing {writing}, queued {queued}; {unacked} envelopes unacked, \
+                     {open} connections open; log: {}",
+                    h.set.log_tail(index, 6)
+                ));
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
             let (writing_later, _, batch_later) = writer().await?;
