@@ -211,7 +211,10 @@ pub struct SlackConnection {
     /// `apps.connections.open` plus the handshake in flight, or the wait before the next try.
     pending: Option<SpawnHandle>,
     stopping: bool,
-    /// Told when the last socket of a stopping connection has closed.
+    /// Envelopes read and being recorded (their acks wait for their records).
+    recording: usize,
+    /// Told when the last socket of a stopping connection has closed and the last envelope
+    /// read has been recorded.
     all_closed: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -248,6 +251,7 @@ impl SlackConnection {
             current: None,
             pending: None,
             stopping: false,
+            recording: 0,
             all_closed: None,
         }
     }
@@ -366,10 +370,12 @@ impl SlackConnection {
         self.notify_if_all_closed();
     }
 
-    /// A stopping connection whose sockets have all closed tells [`StopConnection`].
+    /// A stopping connection whose sockets have all closed, and whose envelopes are all
+    /// recorded, tells [`StopConnection`].
     fn notify_if_all_closed(&mut self) {
         if self.stopping
             && self.sockets.is_empty()
+            && self.recording == 0
             && let Some(tx) = self.all_closed.take()
         {
             let _ = tx.send(());
@@ -579,18 +585,23 @@ impl SlackConnection {
     ) {
         let source_id = event.source_id.clone();
         let recorded = self.ctx.cluster.ingest(event).instrument(span);
-        ctx.spawn(recorded.into_actor(self).map(move |outcome, act, ctx| match outcome {
-            Ok(outcome) => {
-                let duplicate = matches!(outcome, RecordOutcome::Duplicate(_));
-                tracing::debug!(connection = %act.key, envelope_id, source_id = %source_id, duplicate, "slack envelope recorded");
-                act.ack(id, envelope_id, true, ctx);
+        self.recording += 1;
+        ctx.spawn(recorded.into_actor(self).map(move |outcome, act, ctx| {
+            act.recording -= 1;
+            match outcome {
+                Ok(outcome) => {
+                    let duplicate = matches!(outcome, RecordOutcome::Duplicate(_));
+                    tracing::debug!(connection = %act.key, envelope_id, source_id = %source_id, duplicate, "slack envelope recorded");
+                    act.ack(id, envelope_id, true, ctx);
+                }
+                Err(e) => {
+                    tracing::error!(connection = %act.key, envelope_id, source_id = %source_id, error = %e, "recording a slack envelope failed; not acknowledging");
+                    act.machine.on_ingest_failed(&e.to_string());
+                    act.health.record_error(&e.to_string());
+                    act.publish();
+                }
             }
-            Err(e) => {
-                tracing::error!(connection = %act.key, envelope_id, source_id = %source_id, error = %e, "recording a slack envelope failed; not acknowledging");
-                act.machine.on_ingest_failed(&e.to_string());
-                act.health.record_error(&e.to_string());
-                act.publish();
-            }
+            act.notify_if_all_closed();
         }));
     }
 
@@ -761,8 +772,8 @@ impl StreamHandler<SocketEvent> for SlackConnection {
     fn finished(&mut self, _ctx: &mut Self::Context) {}
 }
 
-/// Stops a connection: closes its sockets, reading each until Slack closes it too (bounded by
-/// [`STOP_DRAIN_TIMEOUT`]), then stops.
+/// Stops a connection: closes its sockets, reading each until Slack closes it too, and waits
+/// for the envelopes read to be recorded (both bounded by [`STOP_DRAIN_TIMEOUT`]), then stops.
 ///
 /// Envelopes Slack sent before it saw the close are still read and recorded, so their turns
 /// start now rather than after Slack's redelivery (seconds later, on another replica's
