@@ -133,6 +133,11 @@ struct Args {
     /// mode is refused: this mode times an answer by the thread's first bot post.
     #[arg(long, default_value = "status", value_parser = parse_progress)]
     progress: ProgressMode,
+    /// Conversations and webhooks modes: `actors.inbox_group_commit` (`on`, as the service
+    /// ships, or `off`: one insert per event through the shared pool), to compare the two
+    /// in one session.
+    #[arg(long, default_value = "on", value_parser = parse_on_off)]
+    group_commit: bool,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -324,6 +329,8 @@ struct Rows {
 struct ConversationsReport {
     /// `slack.progress` of the run.
     progress: ProgressMode,
+    /// `actors.inbox_group_commit` of the run.
+    group_commit: bool,
     events: usize,
     concurrency: usize,
     connections: u32,
@@ -369,6 +376,8 @@ struct WebhooksReport {
     concurrency: usize,
     threads: usize,
     pool_size: usize,
+    /// `actors.inbox_group_commit` of the run.
+    group_commit: bool,
     fixtures: usize,
     seconds: f64,
     deliveries_per_s: f64,
@@ -419,14 +428,15 @@ fn print_table(out: &Output, profile: bool) {
     match &out.report {
         Report::Conversations(r) => {
             println!(
-                "conversations: {} events, concurrency {}, {} Socket Mode connections, {} load threads, think time {} ms, pool {}, progress {:?}",
+                "conversations: {} events, concurrency {}, {} Socket Mode connections, {} load threads, think time {} ms, pool {}, progress {:?}, group commit {}",
                 r.events,
                 r.concurrency,
                 r.connections,
                 r.threads,
                 r.think_time_ms,
                 r.pool_size,
-                r.progress
+                r.progress,
+                on_off(r.group_commit)
             );
             row(
                 "end to end",
@@ -511,8 +521,14 @@ fn print_table(out: &Output, profile: bool) {
         }
         Report::Webhooks(r) => {
             println!(
-                "webhooks: {} signed deliveries ({} fixtures, {} repositories), concurrency {}, {} load threads, pool {}",
-                r.deliveries, r.fixtures, r.repositories, r.concurrency, r.threads, r.pool_size
+                "webhooks: {} signed deliveries ({} fixtures, {} repositories), concurrency {}, {} load threads, pool {}, group commit {}",
+                r.deliveries,
+                r.fixtures,
+                r.repositories,
+                r.concurrency,
+                r.threads,
+                r.pool_size,
+                on_off(r.group_commit)
             );
             row(
                 "accepted (202)",
@@ -599,6 +615,18 @@ fn rss_kib() -> u64 {
     proc_status_kib("VmRSS")
 }
 
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("{other:?}: on or off")),
+    }
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
 fn peak_rss_kib() -> u64 {
     proc_status_kib("VmHWM")
 }
@@ -610,9 +638,10 @@ fn free_port() -> anyhow::Result<u16> {
 
 fn base_config(db: &TestDb, args: &Args, grpc_port: u16) -> anyhow::Result<Config> {
     let yaml = format!(
-        "port: 0\ngrpc_port: {grpc_port}\nlog_level: warn\nhttp_log: false\nvault:\n  active_key: k1\n  keys:\n    k1: \"{VAULT_KEY}\"\ndatabase:\n  url: \"{}\"\n  pool_size: {}\n",
+        "port: 0\ngrpc_port: {grpc_port}\nlog_level: warn\nhttp_log: false\nvault:\n  active_key: k1\n  keys:\n    k1: \"{VAULT_KEY}\"\ndatabase:\n  url: \"{}\"\n  pool_size: {}\nactors:\n  inbox_group_commit: {}\n",
         db.url.expose(),
-        args.pool_size
+        args.pool_size,
+        args.group_commit
     );
     config::load_str(&yaml, "e2e-bench.yaml").context("bench configuration")
 }
@@ -1099,6 +1128,7 @@ async fn conversations(args: &Args) -> anyhow::Result<ConversationsReport> {
         threads: args.threads,
         think_time_ms: args.think_time_ms,
         pool_size: args.pool_size,
+        group_commit: args.group_commit,
         progress: args.progress,
         completed,
         seconds: wall.as_secs_f64(),
@@ -1296,6 +1326,7 @@ async fn webhooks(args: &Args) -> anyhow::Result<WebhooksReport> {
         concurrency: args.concurrency,
         threads: args.threads,
         pool_size: args.pool_size,
+        group_commit: args.group_commit,
         fixtures: fixtures.len(),
         seconds: wall.as_secs_f64(),
         deliveries_per_s,

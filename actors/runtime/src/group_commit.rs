@@ -19,6 +19,17 @@ use crate::health::ActorHealth;
 use crate::inbox::{InboundEvents, NewInboundEvent, RecordOutcome, StoreError};
 use crate::metrics::Metrics;
 
+/// How long one batch may take. Every record waits for the batch before it, so a statement
+/// on a connection that hangs (a peer gone without a reset) must not stall all of them: the
+/// batch fails, none of its events is acknowledged, and their senders redeliver them (a
+/// duplicate if the insert did commit after all).
+const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A batch that took longer than [`BATCH_TIMEOUT`].
+#[derive(Debug, thiserror::Error)]
+#[error("the inbox did not answer in time for a batch of records")]
+struct BatchTimedOut;
+
 /// Why a submitted event has no outcome: the writer stopped before its batch was written.
 #[derive(Debug, thiserror::Error)]
 #[error("the inbox writer stopped before the event was recorded")]
@@ -38,8 +49,19 @@ impl GroupCommit {
         metrics: Metrics,
         health: ActorHealth,
     ) -> Self {
+        Self::start_with_timeout(inbox, max_batch, metrics, health, BATCH_TIMEOUT)
+    }
+
+    fn start_with_timeout(
+        inbox: Arc<dyn InboundEvents>,
+        max_batch: usize,
+        metrics: Metrics,
+        health: ActorHealth,
+        timeout: std::time::Duration,
+    ) -> Self {
         let writer = InboxWriter {
             inbox,
+            timeout,
             max_batch: max_batch.max(1),
             queue: VecDeque::new(),
             writing: 0,
@@ -82,6 +104,8 @@ struct Submit(Pending);
 /// The actor that writes the inbox's records in batches.
 pub struct InboxWriter {
     inbox: Arc<dyn InboundEvents>,
+    /// How long one batch may take ([`BATCH_TIMEOUT`]).
+    timeout: std::time::Duration,
     max_batch: usize,
     queue: VecDeque<Pending>,
     /// Events in the batch being written (0: none); what arrives meanwhile waits for the
@@ -110,7 +134,16 @@ impl InboxWriter {
         self.publish();
         self.metrics.observe_batch(n);
         let inbox = self.inbox.clone();
-        let written = async move { inbox.record_batch(events).await };
+        let timeout = self.timeout;
+        let written = async move {
+            let n = events.len();
+            match tokio::time::timeout(timeout, inbox.record_batch(events)).await {
+                Ok(outcomes) => outcomes,
+                Err(_) => (0..n)
+                    .map(|_| Err(StoreError::Unavailable(Box::new(BatchTimedOut))))
+                    .collect(),
+            }
+        };
         ctx.spawn(written.into_actor(self).map(move |results, act, ctx| {
             act.writing = 0;
             act.publish();
@@ -239,6 +272,29 @@ mod tests {
         inbox.set_unavailable(false);
         let ok = gc.submit(event("k", 1)).await.unwrap();
         assert!(matches!(ok, RecordOutcome::Recorded(_)));
+    }
+
+    #[actix_rt::test]
+    async fn a_batch_that_hangs_fails_and_the_writer_goes_on() {
+        let inbox = MemoryInbox::new();
+        let gate = inbox.hold_batches();
+        let health = HealthRegistry::new().register(
+            ActorId::new(ActorKind::SUPERVISOR, "inbox_writer"),
+            None,
+        );
+        let gc = GroupCommit::start_with_timeout(
+            inbox.clone(),
+            10,
+            Metrics::new().unwrap(),
+            health,
+            std::time::Duration::from_millis(50),
+        );
+        let hung = gc.submit(event("k", 1)).await;
+        assert!(matches!(hung, Err(StoreError::Unavailable(_))), "{hung:?}");
+        gate.add_permits(10);
+        let next = gc.submit(event("k", 2)).await.unwrap();
+        assert!(matches!(next, RecordOutcome::Recorded(_)));
+        assert_eq!(inbox.batch_sizes(), vec![1, 1]);
     }
 
     #[actix_rt::test]

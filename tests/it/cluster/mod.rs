@@ -344,7 +344,12 @@ impl Relay {
                         let (mut client_in, mut client_out) = inbound.into_split();
                         let (mut server_in, mut server_out) = outbound.into_split();
                         let up = forward_unless_held(&mut client_in, &mut server_out, held);
-                        let down = tokio::io::copy(&mut server_in, &mut client_out);
+                        let down = async {
+                            let copied = tokio::io::copy(&mut server_in, &mut client_out).await;
+                            // The server is gone: so is the client's side of it.
+                            let _ = tokio::io::AsyncWriteExt::shutdown(&mut client_out).await;
+                            copied
+                        };
                         let _ = tokio::join!(up, down);
                     }
                 });
