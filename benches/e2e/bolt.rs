@@ -111,7 +111,13 @@ pub struct BotRun {
     /// machine (everything, PostgreSQL and other users included).
     pub cpu_bot: f64,
     pub cpu_bench: f64,
+    /// Every `postgres` process on the machine (other users' sessions included).
+    pub cpu_postgres: f64,
     pub cpu_machine: f64,
+    /// infragpt only: where its turns' time went within the window (`infragpt_stage_seconds`
+    /// from its ops `/metrics`, the difference between the window's ends). Stages overlap
+    /// (`agent_call` includes the agent's SendReply).
+    pub stages: Vec<super::Stage>,
 }
 
 impl BotRun {
@@ -297,10 +303,28 @@ fn machine_busy_s() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// CPU seconds of every process named `postgres` (backends that exit in between are missed;
+/// the bots' database connections are pooled and live through the window).
+fn postgres_cpu_s() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(|pid| process_cpu_s(&pid))
+        .sum()
+}
+
 #[derive(Clone, Copy)]
 struct CpuMark {
     bot: f64,
     bench: f64,
+    postgres: f64,
     machine: f64,
 }
 
@@ -309,9 +333,74 @@ impl CpuMark {
         Self {
             bot: process_cpu_s(&bot_pid.to_string()),
             bench: process_cpu_s("self"),
+            postgres: postgres_cpu_s(),
             machine: machine_busy_s(),
         }
     }
+}
+
+/// `infragpt_stage_seconds` sum and count per stage, from a replica's ops `/metrics`.
+async fn stage_totals(ops: std::net::SocketAddr) -> HashMap<String, (f64, f64)> {
+    let mut out: HashMap<String, (f64, f64)> = HashMap::new();
+    let Ok(response) = reqwest::get(format!("http://{ops}/metrics")).await else {
+        return out;
+    };
+    let Ok(text) = response.text().await else {
+        return out;
+    };
+    for line in text.lines() {
+        let (is_sum, rest) = if let Some(r) = line.strip_prefix("infragpt_stage_seconds_sum{") {
+            (true, r)
+        } else if let Some(r) = line.strip_prefix("infragpt_stage_seconds_count{") {
+            (false, r)
+        } else {
+            continue;
+        };
+        let Some(stage) = rest
+            .split("stage=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+        else {
+            continue;
+        };
+        let Some(value) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        let entry = out.entry(stage.to_owned()).or_default();
+        if is_sum {
+            entry.0 += value;
+        } else {
+            entry.1 += value;
+        }
+    }
+    out
+}
+
+fn stage_delta(
+    before: &HashMap<String, (f64, f64)>,
+    after: &HashMap<String, (f64, f64)>,
+    answered: usize,
+) -> Vec<super::Stage> {
+    let mut stages: Vec<super::Stage> = after
+        .iter()
+        .map(|(stage, (sum, count))| {
+            let (sum0, count0) = before.get(stage).copied().unwrap_or_default();
+            let (seconds, count) = (sum - sum0, (count - count0).max(0.0));
+            super::Stage {
+                stage: stage.clone(),
+                count: count as u64,
+                mean_ms: if count > 0.0 {
+                    seconds * 1e3 / count
+                } else {
+                    0.0
+                },
+                per_turn_ms: seconds * 1e3 / answered.max(1) as f64,
+            }
+        })
+        .filter(|s| s.count > 0)
+        .collect();
+    stages.sort_by(|a, b| b.per_turn_ms.total_cmp(&a.per_turn_ms));
+    stages
 }
 
 // ----- the bots' processes -----------------------------------------------------------------
@@ -333,6 +422,13 @@ impl Running {
         match self {
             Self::Infragpt { set, .. } => set.pid(0).unwrap_or(0),
             Self::Bolt { child, .. } => child.id(),
+        }
+    }
+
+    fn ops(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Self::Infragpt { set, .. } => Some(set.ports(0).ops),
+            Self::Bolt { .. } => None,
         }
     }
 
@@ -631,7 +727,9 @@ async fn measure(
         violations: Vec::new(),
         cpu_bot: 0.0,
         cpu_bench: 0.0,
+        cpu_postgres: 0.0,
         cpu_machine: 0.0,
+        stages: Vec::new(),
     };
     match probe(bot) {
         Ok(v) => run.runtime = v,
@@ -669,14 +767,24 @@ async fn measure(
     load_config.turn_timeout = Duration::from_secs(args.timeout_s);
     let load = SlotLoad::start(sim.clone(), load_config.clone(), k);
     tokio::time::sleep(Duration::from_secs(args.warmup_s)).await;
+    let ops = running.ops();
+    let stages0 = match ops {
+        Some(ops) => stage_totals(ops).await,
+        None => HashMap::new(),
+    };
     let (from, cpu0) = (Instant::now(), CpuMark::now(pid));
     tokio::time::sleep(Duration::from_secs(args.window_s)).await;
     let (to, cpu1) = (Instant::now(), CpuMark::now(pid));
+    let stages1 = match ops {
+        Some(ops) => stage_totals(ops).await,
+        None => HashMap::new(),
+    };
     let logs = load.stop().await;
     let window = (to - from).as_secs_f64();
     run.window_s = window;
     run.cpu_bot = (cpu1.bot - cpu0.bot) / window;
     run.cpu_bench = (cpu1.bench - cpu0.bench) / window;
+    run.cpu_postgres = (cpu1.postgres - cpu0.postgres) / window;
     run.cpu_machine = (cpu1.machine - cpu0.machine) / window;
 
     run.answered = logs
@@ -685,6 +793,7 @@ async fn measure(
         .filter(|t| t.answered_at.is_some_and(|a| a >= from && a < to))
         .count();
     run.answered_per_s = run.answered as f64 / window;
+    run.stages = stage_delta(&stages0, &stages1, run.answered);
     run.turn = Latency::of(
         logs.iter()
             .flat_map(|l| &l.turns)
@@ -816,10 +925,19 @@ pub fn print(r: &BoltReport, row: &dyn Fn(&str, String)) {
         row(
             "  CPU in the window (cores)",
             format!(
-                "bot {:.2}, bench process {:.2}, machine {:.2}",
-                run.cpu_bot, run.cpu_bench, run.cpu_machine
+                "bot {:.2}, bench process {:.2}, postgres {:.2}, machine {:.2}",
+                run.cpu_bot, run.cpu_bench, run.cpu_postgres, run.cpu_machine
             ),
         );
+        for st in &run.stages {
+            row(
+                &format!("  stage {}", st.stage),
+                format!(
+                    "{} × {:.3} ms mean = {:.3} ms per answer",
+                    st.count, st.mean_ms, st.per_turn_ms
+                ),
+            );
+        }
         row(
             "  envelopes unacked / redelivered",
             format!("{} / {}", run.unacked, run.redelivered),
