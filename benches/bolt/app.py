@@ -28,8 +28,9 @@ MENTION = re.compile(r"<@[A-Z0-9]+(\|[^>]*)?>\s*")
 
 async def main() -> None:
     logging.basicConfig(level=os.environ.get("BOLT_LOG", "WARNING"))
+    # Popped: AsyncApp would also read SLACK_BOT_TOKEN, and warn that the client's wins.
     client = AsyncWebClient(
-        token=os.environ["SLACK_BOT_TOKEN"], base_url=os.environ["SLACK_API_URL"]
+        token=os.environ.pop("SLACK_BOT_TOKEN"), base_url=os.environ["SLACK_API_URL"]
     )
     app = AsyncApp(client=client)
 

@@ -872,6 +872,12 @@ pub async fn run(args: &Args) -> anyhow::Result<BoltReport> {
         let url = db.as_ref().map_or(&no_db, |d| &d.url);
         runs.push(measure(bot, k, index, &sim, url, args, &dir).await);
     }
+    // The bots' logs stay for a look when something failed.
+    if runs.iter().all(|r| r.measured() && r.violations.is_empty()) {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("bolt: the bots' logs are in {}", dir.display());
+    }
     let at_k = |bot: Bot| {
         runs.iter()
             .find(|r| r.bot == bot && r.concurrency == args.concurrency && r.measured())
