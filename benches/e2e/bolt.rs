@@ -408,7 +408,7 @@ fn stage_delta(
 /// A running bot: the replica set (infragpt, with its agent) or a Bolt process.
 enum Running {
     Infragpt {
-        set: ReplicaSet,
+        set: Box<ReplicaSet>,
         agent: infragpt::testkit::devagent::DevAgentHandle,
     },
     Bolt {
@@ -506,7 +506,10 @@ async fn start_bot(bot: Bot, s: &RunSetup<'_>) -> anyhow::Result<(Running, usize
                 ..DevAgentConfig::default()
             })?;
             set.start(0).await?;
-            Running::Infragpt { set, agent }
+            Running::Infragpt {
+                set: Box::new(set),
+                agent,
+            }
         }
         Bot::BoltPython | Bot::BoltJs => {
             let (program, script) = if bot == Bot::BoltPython {
@@ -931,8 +934,13 @@ pub fn print(r: &BoltReport, row: &dyn Fn(&str, String)) {
         row(
             "  CPU in the window (cores)",
             format!(
-                "bot {:.2}, bench process {:.2}, postgres {:.2}, machine {:.2}",
-                run.cpu_bot, run.cpu_bench, run.cpu_postgres, run.cpu_machine
+                "bot {:.2}, bench process {:.2}, postgres {:.2}, machine {:.2} (per answer: bot {:.2} ms, postgres {:.2} ms)",
+                run.cpu_bot,
+                run.cpu_bench,
+                run.cpu_postgres,
+                run.cpu_machine,
+                run.cpu_bot * 1e3 / run.answered_per_s.max(f64::MIN_POSITIVE),
+                run.cpu_postgres * 1e3 / run.answered_per_s.max(f64::MIN_POSITIVE)
             ),
         );
         for st in &run.stages {
