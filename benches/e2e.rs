@@ -1,6 +1,6 @@
 //! End-to-end benchmark of the assembled service (not a test). See `BENCHMARKS.md`.
 //!
-//! Run: `cargo bench --bench e2e -- [conversations|webhooks|memory|replicas|soak] [options]`
+//! Run: `cargo bench --bench e2e -- [conversations|webhooks|memory|replicas|soak|bolt] [options]`
 //! (`cargo bench --bench e2e -- --help` lists the options).
 //!
 //! Everything runs in this process on loopback: the service (`infragpt::app::start`, the same
@@ -10,6 +10,8 @@
 //! one event driven through a pool of the same size at the same concurrency, so the ratio
 //! says how much of the database's capacity the pipeline turns into finished work.
 
+#[path = "e2e/bolt.rs"]
+mod bolt;
 #[path = "e2e/replicas.rs"]
 mod replicas;
 #[path = "e2e/soak.rs"]
@@ -63,6 +65,9 @@ enum Mode {
     /// `--duration-s`: RSS, open files, database connections and inbox backlog sampled every
     /// `--sample-s`, and whether each is flat at the end.
     Soak,
+    /// The same closed loop of mentions against `infragpt serve`, bolt-python and bolt-js,
+    /// each a separate process on Socket Mode to the simulator (issue 12's comparison).
+    Bolt,
 }
 
 /// End-to-end benchmark of InfraGPT (service, Slack simulator and dev agent in one process).
@@ -108,8 +113,8 @@ struct Args {
     /// per-repository routing buys: with one repository every delivery shares one worker.
     #[arg(long, default_value_t = 0)]
     repositories: usize,
-    /// Replicas mode: seconds of each measuring window (throughput per replica count, steady
-    /// latency).
+    /// Replicas and bolt modes: seconds of each measuring window (throughput per replica count,
+    /// steady latency; each bot's window).
     #[arg(long, default_value_t = 15)]
     window_s: u64,
     /// Replicas mode: SIGKILLs for the failover figure.
@@ -125,6 +130,18 @@ struct Args {
     /// history each turn sends to the agent bounded).
     #[arg(long, default_value_t = 20)]
     soak_turns: usize,
+    /// Bolt mode: the bots to measure, in this order (each at `--concurrency`).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [bolt::Bot::Infragpt, bolt::Bot::BoltPython, bolt::Bot::BoltJs])]
+    bots: Vec<bolt::Bot>,
+    /// Bolt mode: Slack threads the mentions go round (one mention in flight per thread).
+    #[arg(long, default_value_t = 100)]
+    mention_threads: usize,
+    /// Bolt mode: seconds of load before the measuring window (`--window-s`).
+    #[arg(long, default_value_t = 5)]
+    warmup_s: u64,
+    /// Bolt mode: also measure infragpt at this concurrency, right after its run (0: no).
+    #[arg(long, default_value_t = 100)]
+    infragpt_extra_k: usize,
     /// Keep the Slack Web API throttle on (Slack's per-workspace limits).
     #[arg(long)]
     slack_throttle: bool,
@@ -193,6 +210,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Mode::Memory => Report::Memory(memory(&args).await?),
         Mode::Replicas => Report::Replicas(replicas::run(&args).await?),
         Mode::Soak => Report::Soak(soak::run(&args).await?),
+        Mode::Bolt => Report::Bolt(bolt::run(&args).await?),
     };
     let out = Output {
         mode: args.mode,
@@ -210,6 +228,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Report::Memory(_) => false,
         Report::Replicas(r) => !r.violations.is_empty() || r.unfinished > 0 || r.dead_letters > 0,
         Report::Soak(r) => !r.passed(),
+        Report::Bolt(r) => !r.passed(),
     };
     if failed {
         bail!("the run had errors (see above)");
@@ -234,6 +253,7 @@ enum Report {
     Memory(MemoryReport),
     Replicas(replicas::ReplicasReport),
     Soak(soak::SoakReport),
+    Bolt(bolt::BoltReport),
 }
 
 #[derive(Debug, Serialize)]
@@ -589,6 +609,7 @@ fn print_table(out: &Output, profile: bool) {
         }
         Report::Replicas(r) => replicas::print(r, &row),
         Report::Soak(r) => soak::print(r, &row),
+        Report::Bolt(r) => bolt::print(r, &row),
     }
 }
 
