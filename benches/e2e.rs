@@ -153,7 +153,7 @@ struct Args {
     /// Conversations and webhooks modes: `actors.inbox_group_commit` (`on`, as the service
     /// ships, or `off`: one insert per event through the shared pool), to compare the two
     /// in one session.
-    #[arg(long, default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     group_commit: bool,
     /// Print JSON instead of the table.
     #[arg(long)]
