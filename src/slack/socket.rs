@@ -831,24 +831,27 @@ impl Handler<StopConnection> for SlackConnection {
     }
 }
 
-/// Starts `settings.connections` connection actors (`conn-1` …) on the current arbiter.
+/// Starts `settings.connections` connection actors (`conn-1` …) on an arbiter (thread) of
+/// their own, returned with them: reading a frame and sending its ack never wait behind the
+/// conversation workers' turns on the main arbiter. Stop the arbiter once the connections
+/// have stopped.
 pub fn start_connections(
     ctx: SocketContext,
     settings: &SocketSettings,
     parent: Option<ActorId>,
-) -> Vec<Addr<SlackConnection>> {
+) -> (Arbiter, Vec<Addr<SlackConnection>>) {
+    let arbiter = Arbiter::new();
     let n = settings.connections.clamp(1, MAX_CONNECTIONS);
-    (1..=n)
+    let connections = (1..=n)
         .map(|i| {
-            SlackConnection::new(
-                format!("conn-{i}"),
-                ctx.clone(),
-                settings.connection.clone(),
-                parent.clone(),
-            )
-            .start()
+            let (ctx, connection, parent) =
+                (ctx.clone(), settings.connection.clone(), parent.clone());
+            SlackConnection::start_in_arbiter(&arbiter.handle(), move |_| {
+                SlackConnection::new(format!("conn-{i}"), ctx, connection, parent)
+            })
         })
-        .collect()
+        .collect();
+    (arbiter, connections)
 }
 
 /// Why the Socket Mode readiness check fails: a connection is in a fatal state.

@@ -68,6 +68,8 @@ pub struct SlackModule {
     web: Arc<SlackWeb>,
     socket: SocketSettings,
     connections: Vec<Addr<SlackConnection>>,
+    /// The thread the connections run on.
+    socket_arbiter: Option<actix::Arbiter>,
 }
 
 impl std::fmt::Debug for SlackModule {
@@ -93,6 +95,7 @@ impl SlackModule {
             web,
             socket,
             connections: Vec::new(),
+            socket_arbiter: None,
         }
     }
 
@@ -200,7 +203,9 @@ impl SlackModule {
             app_token,
             board: self.web.board().clone(),
         };
-        self.connections = start_connections(ctx, &self.socket, None);
+        let (arbiter, connections) = start_connections(ctx, &self.socket, None);
+        self.connections = connections;
+        self.socket_arbiter = Some(arbiter);
         tracing::info!(
             connections = self.connections.len(),
             "slack socket mode started"
@@ -212,6 +217,9 @@ impl SlackModule {
     pub async fn stop_socket_mode(&mut self) {
         let conns = std::mem::take(&mut self.connections);
         futures::future::join_all(conns.iter().map(|a| a.send(StopConnection))).await;
+        if let Some(arbiter) = self.socket_arbiter.take() {
+            arbiter.stop();
+        }
     }
 }
 

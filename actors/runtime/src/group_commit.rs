@@ -42,7 +42,7 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the writer on the current arbiter: batches of at most `max_batch` events.
+    /// Starts the writer on an arbiter of its own: batches of at most `max_batch` events.
     pub fn start(
         inbox: Arc<dyn InboundEvents>,
         max_batch: usize,
@@ -68,8 +68,11 @@ impl GroupCommit {
             batches: 0,
             metrics,
             health,
-        }
-        .start();
+        };
+        // A thread of its own: an acknowledgement waits for this actor, never for the
+        // workers' turns on the arbiter that started the cluster.
+        let arbiter = Arbiter::new();
+        let writer = InboxWriter::start_in_arbiter(&arbiter.handle(), move |_| writer);
         Self { writer }
     }
 
