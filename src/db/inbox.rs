@@ -9,8 +9,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Integer, Nullable};
 use diesel::sql_types::{Jsonb, Text};
 use diesel_async::{AsyncConnection as _, RunQueryDsl};
-use infragpt_actors::audit::AuditEntry;
 use infragpt_actors::EventSource;
+use infragpt_actors::audit::AuditEntry;
 use infragpt_actors::inbox::{
     Claim, EventPayload, EventRowId, EventStatus, InboundEvent, InboundEvents, NewInboundEvent,
     Partition, RecordOutcome, RoutingKey, StoreError,
@@ -655,7 +655,11 @@ impl PgInbox {
                 .map(|(_, r)| r.partition.stored())
                 .collect::<Vec<_>>(),
         )
-        .bind::<Array<Text>, _>(rows.iter().map(|(_, r)| r.kind.as_str()).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(
+            rows.iter()
+                .map(|(_, r)| r.kind.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind::<Array<Text>, _>(
             rows.iter()
                 .map(|(_, r)| r.payload.json.as_str())
@@ -729,8 +733,11 @@ impl PgInbox {
                 } else {
                     // Neither inserted nor found: deleted between the two statements.
                     Err(StoreError::Unavailable(
-                        format!("inbound event {} vanished while it was recorded", row.source_id)
-                            .into(),
+                        format!(
+                            "inbound event {} vanished while it was recorded",
+                            row.source_id
+                        )
+                        .into(),
                     ))
                 };
                 (slot, outcome)

@@ -11,8 +11,8 @@ use futures::FutureExt as _;
 use parking_lot::RwLock;
 
 use crate::config::{ClusterConfig, ConfigError};
-use crate::group_commit::GroupCommit;
 use crate::coordinator::{Coordinator, Drain, FirstRound, Leave, ReplicaStatus};
+use crate::group_commit::GroupCommit;
 use crate::handler::EventHandler;
 use crate::health::{ActorHealth, ActorId, ActorKind, ActorState, HealthRegistry};
 use crate::inbox::{
@@ -281,13 +281,15 @@ impl Cluster {
         event: NewInboundEvent,
     ) -> impl Future<Output = Result<RecordOutcome, IngestError>> + Send + use<> {
         let started = std::time::Instant::now();
-        let recording = self.check_ingest(&event).map(|()| match &self.inner.group_commit {
-            Some(writer) => writer.submit(event).boxed(),
-            None => {
-                let inbox = self.inner.inbox.clone();
-                async move { inbox.record(event).await }.boxed()
-            }
-        });
+        let recording = self
+            .check_ingest(&event)
+            .map(|()| match &self.inner.group_commit {
+                Some(writer) => writer.submit(event).boxed(),
+                None => {
+                    let inbox = self.inner.inbox.clone();
+                    async move { inbox.record(event).await }.boxed()
+                }
+            });
         let this = self.clone();
         async move {
             let outcome = recording?.await?;

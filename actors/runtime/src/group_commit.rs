@@ -83,10 +83,7 @@ impl GroupCommit {
         event: NewInboundEvent,
     ) -> impl Future<Output = Result<RecordOutcome, StoreError>> + Send + use<> {
         let (reply, outcome) = oneshot::channel();
-        self.writer.do_send(Submit(Pending {
-            event,
-            reply,
-        }));
+        self.writer.do_send(Submit(Pending { event, reply }));
         async move {
             outcome
                 .await
@@ -127,11 +124,8 @@ impl InboxWriter {
             return;
         }
         let n = self.queue.len().min(self.max_batch);
-        let (events, waiting): (Vec<_>, Vec<_>) = self
-            .queue
-            .drain(..n)
-            .map(|p| (p.event, p.reply))
-            .unzip();
+        let (events, waiting): (Vec<_>, Vec<_>) =
+            self.queue.drain(..n).map(|p| (p.event, p.reply)).unzip();
         self.writing = n;
         self.batches += 1;
         self.publish();
@@ -226,10 +220,8 @@ mod tests {
     }
 
     fn writer(inbox: Arc<MemoryInbox>, max_batch: usize) -> GroupCommit {
-        let health = HealthRegistry::new().register(
-            ActorId::new(ActorKind::SUPERVISOR, "inbox_writer"),
-            None,
-        );
+        let health = HealthRegistry::new()
+            .register(ActorId::new(ActorKind::SUPERVISOR, "inbox_writer"), None);
         GroupCommit::start(inbox, max_batch, Metrics::new().unwrap(), health)
     }
 
@@ -248,9 +240,14 @@ mod tests {
         // while it is held and are written as batches of 3 and 2.
         let first = tokio::spawn(gc.submit(event("k", 0)));
         first_batch_started(&inbox).await;
-        let rest: Vec<_> = (1..6).map(|n| tokio::spawn(gc.submit(event("k", n)))).collect();
+        let rest: Vec<_> = (1..6)
+            .map(|n| tokio::spawn(gc.submit(event("k", n))))
+            .collect();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert!(!first.is_finished(), "answered before its batch was written");
+        assert!(
+            !first.is_finished(),
+            "answered before its batch was written"
+        );
         gate.add_permits(10);
         let first = first.await.unwrap().unwrap();
         let mut ids = vec![first.event().id];
@@ -281,10 +278,8 @@ mod tests {
     async fn a_batch_that_hangs_fails_and_the_writer_goes_on() {
         let inbox = MemoryInbox::new();
         let gate = inbox.hold_batches();
-        let health = HealthRegistry::new().register(
-            ActorId::new(ActorKind::SUPERVISOR, "inbox_writer"),
-            None,
-        );
+        let health = HealthRegistry::new()
+            .register(ActorId::new(ActorKind::SUPERVISOR, "inbox_writer"), None);
         let gc = GroupCommit::start_with_timeout(
             inbox.clone(),
             10,

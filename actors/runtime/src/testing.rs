@@ -148,7 +148,10 @@ impl InboundEvents for MemoryInbox {
         self.batches.lock().push(events.len());
         let gate = self.batch_gate.lock().clone();
         if let Some(gate) = gate {
-            gate.acquire().await.expect("the batch gate is never closed").forget();
+            gate.acquire()
+                .await
+                .expect("the batch gate is never closed")
+                .forget();
         }
         let mut outcomes = Vec::with_capacity(events.len());
         for event in events {

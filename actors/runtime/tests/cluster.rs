@@ -243,7 +243,11 @@ async fn duplicate_source_id_dispatches_once() {
     // this key has been claimed.
     cluster.ingest(slack_event(&key(7), 2)).await.unwrap();
     assert!(eventually(GUARD, || handler.handled_count() == 2).await);
-    assert_eq!(inbox.claim_calls(d.id), claims, "the duplicate was dispatched");
+    assert_eq!(
+        inbox.claim_calls(d.id),
+        claims,
+        "the duplicate was dispatched"
+    );
     assert_eq!(handler.calls(d.id), 1);
     cluster.shutdown().await;
 }

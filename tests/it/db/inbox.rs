@@ -532,7 +532,10 @@ async fn a_batch_records_each_event_once_in_order_and_a_bad_one_fails_alone() {
         other => panic!("event {i} must be recorded: {other:?}"),
     };
     let (a, b, large, c) = (id(0), id(2), id(4), id(6));
-    assert!(a < b && b < large && large < c, "ids in batch order: {a} {b} {large} {c}");
+    assert!(
+        a < b && b < large && large < c,
+        "ids in batch order: {a} {b} {large} {c}"
+    );
     match &outcomes[1] {
         Ok(RecordOutcome::Duplicate(e)) => assert_eq!(e.id, stored),
         other => panic!("a redelivery is a duplicate: {other:?}"),
