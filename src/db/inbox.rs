@@ -762,8 +762,8 @@ impl InboundEvents for PgInbox {
 
     /// One `INSERT … SELECT … FROM unnest(…)` for the events whose payloads are below
     /// [`LARGE_STATEMENT_BYTES`] (a large one goes alone, between the batches before and
-    /// after it, so the ids still follow the order of `events`), then one lookup of those
-    /// that existed. A statement the server refuses (a bad payload) is retried event by
+    /// after it, so the ids still follow the order of `events`; a run of payloads that adds
+    /// up to that size is cut there), then one lookup of those that existed. A statement the server refuses (a bad payload) is retried event by
     /// event, so one bad event fails alone; a lost connection fails them all.
     async fn record_batch(
         &self,
@@ -772,15 +772,27 @@ impl InboundEvents for PgInbox {
         let mut outcomes: Vec<Option<Result<RecordOutcome, StoreError>>> =
             events.iter().map(|_| None).collect();
         let mut batch: Vec<(usize, NewRow)> = Vec::new();
+        let mut batch_bytes = 0;
         for (slot, event) in events.into_iter().enumerate() {
             match NewRow::prepare(event) {
                 Err(e) => outcomes[slot] = Some(Err(e)),
                 Ok(row) if row.large() => {
                     self.insert_many(std::mem::take(&mut batch), &mut outcomes)
                         .await;
+                    batch_bytes = 0;
                     outcomes[slot] = Some(self.insert_one(row).await);
                 }
-                Ok(row) => batch.push((slot, row)),
+                Ok(row) => {
+                    batch_bytes += row.payload.json.len();
+                    batch.push((slot, row));
+                    // Many mid-sized payloads (GitHub pushes) make one statement per
+                    // LARGE_STATEMENT_BYTES, not one of hundreds of megabytes.
+                    if batch_bytes >= LARGE_STATEMENT_BYTES {
+                        self.insert_many(std::mem::take(&mut batch), &mut outcomes)
+                            .await;
+                        batch_bytes = 0;
+                    }
+                }
             }
         }
         self.insert_many(batch, &mut outcomes).await;

@@ -516,6 +516,12 @@ async fn a_batch_records_each_event_once_in_order_and_a_bad_one_fails_alone() {
     large.payload = json!({ "blob": "x".repeat(1 << 20) }).into();
     let mut refused = event_in("NotJson", "T1/C1/k");
     refused.payload = EventPayload::Raw("{\"unterminated\": ".into());
+    // Two payloads that together pass the size of one statement: the batch is cut after them.
+    let mid = |id: &str| {
+        let mut e = event_in(id, "T1/C1/k");
+        e.payload = json!({ "blob": "m".repeat(600 * 1024) }).into();
+        e
+    };
     let batch = vec![
         event_in("A", "T1/C1/k"),
         event("Old"),
@@ -523,19 +529,22 @@ async fn a_batch_records_each_event_once_in_order_and_a_bad_one_fails_alone() {
         event_in("A", "T1/C1/k"),
         large,
         refused,
+        mid("M1"),
+        mid("M2"),
         event_in("C", "T1/C1/k"),
     ];
     let outcomes = inbox.record_batch(batch).await;
-    assert_eq!(outcomes.len(), 7);
+    assert_eq!(outcomes.len(), 9);
     let id = |i: usize| match &outcomes[i] {
         Ok(RecordOutcome::Recorded(e)) => e.id,
         other => panic!("event {i} must be recorded: {other:?}"),
     };
-    let (a, b, large, c) = (id(0), id(2), id(4), id(6));
+    let ids = [id(0), id(2), id(4), id(6), id(7), id(8)];
     assert!(
-        a < b && b < large && large < c,
-        "ids in batch order: {a} {b} {large} {c}"
+        ids.is_sorted(),
+        "ids in batch order (A B Large M1 M2 C): {ids:?}"
     );
+    let (a, b) = (ids[0], ids[1]);
     match &outcomes[1] {
         Ok(RecordOutcome::Duplicate(e)) => assert_eq!(e.id, stored),
         other => panic!("a redelivery is a duplicate: {other:?}"),
@@ -562,8 +571,8 @@ async fn a_batch_records_each_event_once_in_order_and_a_bad_one_fails_alone() {
         }
         other => panic!("{other:?}"),
     }
-    // Old, A, B, Large, C.
-    assert_eq!(row_count(&db).await, 5);
+    // Old, A, B, Large, M1, M2, C.
+    assert_eq!(row_count(&db).await, 7);
     // The key's order is the batch's: B waits for A.
     match inbox.claim(b).await {
         Err(StoreError::Behind { older, .. }) => assert_eq!(older, vec![a]),
