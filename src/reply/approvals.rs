@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::ReplyAuth;
 use super::http::ReplyHttpError;
-use crate::error::{ApiError, clip, echo};
+use crate::error::{ApiError, echo};
 use crate::grpc::pb::backend::{
     Approval as PbApproval, ApprovalReply, GetApprovalQuery, RequestApprovalCommand,
 };
@@ -171,9 +171,7 @@ async fn post_approval(
     auth: web::Data<ReplyAuth>,
 ) -> Result<HttpResponse, ReplyHttpError> {
     super::http::authenticate(&req, &auth)?;
-    let raw: ApprovalRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!("invalid JSON body: {}", clip(&e.to_string(), 256)))
-    })?;
+    let raw: ApprovalRequest = super::http::agent_body(&body)?;
     let service = service.get_ref().clone();
     let approval = tokio::spawn(async move { service.request(&raw).await })
         .await

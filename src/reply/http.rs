@@ -75,6 +75,14 @@ impl ResponseError for ReplyHttpError {
     }
 }
 
+/// The JSON body of an agent's call, or a 400 (serde's message may quote the caller's text,
+/// an unknown field say: clipped).
+pub(crate) fn agent_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("invalid JSON body: {}", clip(&e.to_string(), 256)))
+    })
+}
+
 /// SendReply over HTTP: the agent posts its answer into the conversation's thread (idempotent
 /// per turn). Accepted with the reply token, from `agent.reply_allowed_networks`, or both.
 #[utoipa::path(post, path = "/reply", tag = "reply", security(("reply_token" = []), ()),
@@ -94,10 +102,7 @@ async fn post_reply(
     auth: web::Data<ReplyAuth>,
 ) -> Result<HttpResponse, ReplyHttpError> {
     let authenticated = authenticate(&req, &auth)?;
-    // serde's message may quote the caller's text (an unknown field): clipped.
-    let request: ReplyRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!("invalid JSON body: {}", clip(&e.to_string(), 256)))
-    })?;
+    let request: ReplyRequest = agent_body(&body)?;
     let span = tracing::info_span!(
         "send_reply",
         conversation_id = %request.conversation_id.trim(),
@@ -155,9 +160,7 @@ async fn post_progress(
     auth: web::Data<ReplyAuth>,
 ) -> Result<HttpResponse, ReplyHttpError> {
     let authenticated = authenticate(&req, &auth)?;
-    let request: ProgressRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!("invalid JSON body: {}", clip(&e.to_string(), 256)))
-    })?;
+    let request: ProgressRequest = agent_body(&body)?;
     let span = tracing::info_span!(
         "send_progress",
         conversation_id = %request.conversation_id.trim(),

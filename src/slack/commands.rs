@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use async_trait::async_trait;
-use infragpt_actors::Secret;
 use infragpt_actors::cluster::Cluster;
 use infragpt_actors::conversation::{SlackApiError, ThreadMessage};
 use infragpt_actors::events::EventSlack as _;
@@ -29,9 +28,7 @@ use infragpt_actors::slash::{self, COMMAND_KIND, SlashCommand, SlashSlack, Sugge
 use infragpt_actors::sources;
 use serde_json::{Map, Value, json};
 
-use super::signature::{
-    SIGNATURE_HEADER, SignatureError, SlackBodyCheck, SlackSignatureVerifier, TIMESTAMP_HEADER,
-};
+use super::events_http::{EventsEndpoint, begin, rejected_as};
 use super::web::SlackWeb;
 use crate::error::ApiError;
 use crate::http::WebhookRoute;
@@ -99,68 +96,14 @@ pub async fn intake(cluster: &Cluster, cmd: &SlashCommand) -> Option<Value> {
     }
 }
 
-/// Everything but the MAC, before the body is read.
-fn begin(
-    verifier: &SlackSignatureVerifier,
-    req: &HttpRequest,
-) -> Result<SlackBodyCheck, SignatureError> {
-    let header = |name: &str| match req.headers().get(name) {
-        None => Ok(None),
-        Some(v) => v.to_str().map(Some).map_err(|_| {
-            if name == SIGNATURE_HEADER {
-                SignatureError::BadSignatureFormat
-            } else {
-                SignatureError::BadTimestamp("<non-ascii>".into())
-            }
-        }),
-    };
-    verifier.begin(header(TIMESTAMP_HEADER)?, header(SIGNATURE_HEADER)?)
-}
-
-fn rejected(e: SignatureError) -> ApiError {
-    tracing::warn!(error = %e, "slack command request rejected");
-    ApiError::unauthorized(match e {
-        SignatureError::NotConfigured => {
-            "slack commands are not accepted: no signing secret is configured".to_owned()
-        }
-        other => format!("invalid slack signature: {other}"),
-    })
-}
-
-/// State of `POST /slack/commands`.
-pub struct CommandsEndpoint {
-    verifier: SlackSignatureVerifier,
-    cluster: Cluster,
-}
-
-impl std::fmt::Debug for CommandsEndpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CommandsEndpoint")
-            .field("verifier", &self.verifier)
-            .finish_non_exhaustive()
-    }
-}
-
-impl CommandsEndpoint {
-    /// An endpoint verifying with `signing_secret`; `None` refuses every request.
-    pub fn new(signing_secret: Option<&Secret>, cluster: Cluster) -> Self {
-        let secret = signing_secret.cloned().unwrap_or_default();
-        Self::with_verifier(SlackSignatureVerifier::new(&secret), cluster)
-    }
-
-    /// An endpoint with a ready verifier (tests pin its clock).
-    pub fn with_verifier(verifier: SlackSignatureVerifier, cluster: Cluster) -> Self {
-        Self { verifier, cluster }
-    }
-}
-
 /// The slash command endpoint's part of the OpenAPI document.
 #[derive(Debug, utoipa::OpenApi)]
 #[openapi(paths(slack_commands_handler))]
 pub struct SlackCommandsApi;
 
-/// Adds `POST /slack/commands`.
-pub fn configure(cfg: &mut web::ServiceConfig, endpoint: Arc<CommandsEndpoint>) {
+/// Adds `POST /slack/commands`, verified by the Events API's endpoint (the same signing
+/// secret and rules).
+pub fn configure(cfg: &mut web::ServiceConfig, endpoint: Arc<EventsEndpoint>) {
     cfg.app_data(web::Data::from(endpoint))
         .route(COMMANDS_PATH, web::post().to(slack_commands_handler));
 }
@@ -177,9 +120,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, endpoint: Arc<CommandsEndpoint>) 
 async fn slack_commands_handler(
     req: HttpRequest,
     payload: web::Payload,
-    ep: web::Data<CommandsEndpoint>,
+    ep: web::Data<EventsEndpoint>,
 ) -> Result<HttpResponse, ApiError> {
-    let check = begin(&ep.verifier, &req).map_err(rejected)?;
+    let rejected = |e| rejected_as("commands", e);
+    let check = begin(&ep, &req).map_err(rejected)?;
     let intake_limits = WebhookIntake::for_request(&req);
     let verified = read_verified(&intake_limits, &req, payload, MAX_BODY_BYTES, check)
         .await
@@ -190,7 +134,7 @@ async fn slack_commands_handler(
     intake_limits
         .rate_limits()
         .admit(WebhookRoute::Slack, cmd.team_id.as_str())?;
-    Ok(match intake(&ep.cluster, &cmd).await {
+    Ok(match intake(ep.cluster(), &cmd).await {
         Some(answer) => HttpResponse::Ok().json(answer),
         None => HttpResponse::Ok().finish(),
     })

@@ -60,7 +60,8 @@ impl EventsEndpoint {
         Self::with_verifier(SlackSignatureVerifier::new(&secret), cluster)
     }
 
-    /// Where verified requests are recorded (`POST /slack/interactions` shares the endpoint).
+    /// Where verified requests are recorded (`POST /slack/interactions` and
+    /// `POST /slack/commands` share the endpoint).
     pub(super) fn cluster(&self) -> &Cluster {
         &self.cluster
     }
@@ -106,10 +107,15 @@ pub(super) fn begin(
 }
 
 pub(super) fn rejected(e: SignatureError) -> ApiError {
-    tracing::warn!(error = %e, "slack events request rejected");
+    rejected_as("events", e)
+}
+
+/// The 401 of a signed Slack route refusing `what` (`events`, `commands`).
+pub(super) fn rejected_as(what: &str, e: SignatureError) -> ApiError {
+    tracing::warn!(error = %e, route = what, "slack request rejected");
     ApiError::unauthorized(match e {
         SignatureError::NotConfigured => {
-            "slack events are not accepted: no signing secret is configured".to_owned()
+            format!("slack {what} are not accepted: no signing secret is configured")
         }
         other => format!("invalid slack signature: {other}"),
     })

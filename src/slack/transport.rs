@@ -174,14 +174,6 @@ impl SlackModule {
         ))
     }
 
-    /// The `POST /slack/commands` endpoint state.
-    pub fn commands_endpoint(&self) -> Arc<super::commands::CommandsEndpoint> {
-        Arc::new(super::commands::CommandsEndpoint::new(
-            self.config.signing_secret.as_ref(),
-            self.cluster.clone(),
-        ))
-    }
-
     /// Starts the Socket Mode connections (when `slack.socket_mode` and `slack.app_token`
     /// are set); returns how many. Must run inside an actix system.
     pub fn start_socket_mode(&mut self) -> usize {
@@ -237,10 +229,10 @@ impl Module for SlackModule {
     ) -> anyhow::Result<()> {
         let endpoint = self.events_endpoint();
         let interactions = endpoint.clone();
+        let commands = endpoint.clone();
         http.add_routes(Arc::new(move |cfg| {
             events_http::configure(cfg, endpoint.clone())
         }));
-        let commands = self.commands_endpoint();
         http.add_routes(Arc::new(move |cfg| {
             super::commands::configure(cfg, commands.clone())
         }));

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::{App, test, web};
-use infragpt::slack::commands::{self, CommandsEndpoint};
+use infragpt::slack::commands;
+use infragpt::slack::events_http::EventsEndpoint;
 use infragpt::slack::signature::{SlackSignatureVerifier, sign};
 use infragpt_actors::inbox::{
     Claim, EventRowId, EventStatus, InboundEvent, InboundEvents, NewInboundEvent, Partition,
@@ -42,7 +43,7 @@ fn cluster_with(inbox: Arc<dyn InboundEvents>) -> (Cluster, Arc<RecordingHandler
 
 macro_rules! app {
     ($endpoint:expr) => {{
-        let ep: Arc<CommandsEndpoint> = $endpoint;
+        let ep: Arc<EventsEndpoint> = $endpoint;
         test::init_service(
             App::new()
                 .app_data(infragpt::error::json_config())
@@ -77,7 +78,7 @@ async fn slacks_signing_example_is_a_verified_help_command() {
         SlackSignatureVerifier::with_clock(&Secret::new(secret), Arc::new(move || at + 30));
     let inbox = MemoryInbox::new();
     let (cluster, handler) = cluster_with(inbox.clone());
-    let app = app!(Arc::new(CommandsEndpoint::with_verifier(
+    let app = app!(Arc::new(EventsEndpoint::with_verifier(
         verifier,
         cluster.clone()
     )));
@@ -98,7 +99,7 @@ async fn slacks_signing_example_is_a_verified_help_command() {
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     // Stale: the same request 10 minutes later.
     let late = SlackSignatureVerifier::with_clock(&Secret::new(secret), Arc::new(move || at + 600));
-    let stale = app!(Arc::new(CommandsEndpoint::with_verifier(
+    let stale = app!(Arc::new(EventsEndpoint::with_verifier(
         late,
         cluster.clone()
     )));
@@ -120,7 +121,7 @@ async fn a_command_is_recorded_once_per_trigger_and_acknowledged_empty() {
     let secret = "s3cr3t-signing";
     let inbox = MemoryInbox::new();
     let (cluster, handler) = cluster_with(inbox.clone());
-    let app = app!(Arc::new(CommandsEndpoint::new(
+    let app = app!(Arc::new(EventsEndpoint::new(
         Some(&Secret::new(secret)),
         cluster
     )));
@@ -154,7 +155,7 @@ async fn a_command_is_recorded_once_per_trigger_and_acknowledged_empty() {
     );
 
     // No signing secret: refused, whatever the request.
-    let closed = app!(Arc::new(CommandsEndpoint::new(
+    let closed = app!(Arc::new(EventsEndpoint::new(
         None,
         cluster_with(MemoryInbox::new()).0
     )));
@@ -234,7 +235,7 @@ async fn a_slow_record_is_acknowledged_within_three_seconds_and_still_finishes()
         delay: std::time::Duration::from_secs(4),
     });
     let (cluster, handler) = cluster_with(inbox);
-    let app = app!(Arc::new(CommandsEndpoint::new(
+    let app = app!(Arc::new(EventsEndpoint::new(
         Some(&Secret::new(secret)),
         cluster
     )));
