@@ -309,6 +309,7 @@ fn build_modules(
         config.agent.reply_mode,
     )
     .with_claim_fence(cluster.inbox().clone())
+    .with_standing(Arc::new(cluster.clone()))
     .with_metrics(cluster.metrics().clone())
     .with_failure_notice(config.agent.failure_notice.clone())
     .with_history_sender(config.agent.history_sender)
@@ -349,6 +350,7 @@ fn build_modules(
     let replies = Arc::new(
         ReplyService::new(store.clone(), slack_web.clone())
             .with_answer_style(answer_style)
+            .with_standing(Arc::new(cluster.clone()))
             .with_metrics(cluster.metrics().clone())
             .with_progress(progress),
     );

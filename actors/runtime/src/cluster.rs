@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use actix::prelude::*;
 use futures::FutureExt as _;
@@ -591,6 +592,16 @@ impl Cluster {
             .replication
             .as_ref()
             .is_none_or(|r| r.status.read().in_contact(&r.config))
+    }
+
+    /// True while this replica has been in contact with the cluster without a break since
+    /// `since` (its own monotonic clock; see [`ReplicaStatus::in_contact_since`]); always
+    /// true for a process alone on its inbox.
+    pub fn in_contact_since(&self, since: Instant) -> bool {
+        self.inner
+            .replication
+            .as_ref()
+            .is_none_or(|r| r.status.read().in_contact_since(since, &r.config))
     }
 
     /// Replicas, leases and backlogs as the database has them; `None` for a process alone on

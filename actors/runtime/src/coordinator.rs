@@ -44,6 +44,12 @@ pub struct ReplicaStatus {
     pub last_error: Option<String>,
     #[serde(skip)]
     pub(crate) last_ok: Option<Instant>,
+    /// When the current unbroken stretch of contact began: the first round that succeeded
+    /// after a round's gap longer than the local validity (observed when its answer came,
+    /// so any moment at which others may have seen this replica's heartbeat as stale lies
+    /// before it).
+    #[serde(skip)]
+    pub(crate) in_contact_since: Option<Instant>,
 }
 
 impl ReplicaStatus {
@@ -58,6 +64,7 @@ impl ReplicaStatus {
             last_rebalance: None,
             last_error: None,
             last_ok: None,
+            in_contact_since: None,
         }
     }
 
@@ -66,6 +73,12 @@ impl ReplicaStatus {
     pub fn in_contact(&self, config: &ReplicationConfig) -> bool {
         self.last_ok
             .is_some_and(|t| t.elapsed() < config.local_validity())
+    }
+
+    /// True while in contact ([`Self::in_contact`]) without a break since `since`: nothing
+    /// this replica claimed at `since` can have been taken over for a silent heartbeat.
+    pub fn in_contact_since(&self, since: Instant, config: &ReplicationConfig) -> bool {
+        self.in_contact(config) && self.in_contact_since.is_some_and(|t| t <= since)
     }
 }
 
@@ -194,7 +207,8 @@ impl Coordinator {
         self.rounds += 1;
         match res {
             Ok((live, wanted, report)) => {
-                let reconnected = self.rounds > 1 && !self.status.read().in_contact(&self.config);
+                let was_in_contact = self.status.read().in_contact(&self.config);
+                let reconnected = self.rounds > 1 && !was_in_contact;
                 if reconnected {
                     // Back after losing the database: announcements sent meanwhile were
                     // dropped (this replica held nothing), and the listener's connection may
@@ -252,6 +266,10 @@ impl Coordinator {
                     st.draining = self.draining;
                     st.last_heartbeat = Some(Utc::now());
                     st.last_ok = Some(started);
+                    if !was_in_contact {
+                        // Now, not `started`: the gap may have ended while this round ran.
+                        st.in_contact_since = Some(Instant::now());
+                    }
                     st.last_error = None;
                     if rebalanced {
                         st.last_rebalance = Some(Utc::now());
@@ -534,5 +552,29 @@ impl Handler<Leave> for Coordinator {
                 ctx.stop();
             }),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A claim is vouched for only inside one unbroken stretch of contact that is still on.
+    #[test]
+    fn contact_since_a_claim_needs_the_stretch_to_cover_it() {
+        let config = ReplicationConfig::default();
+        let mut st = ReplicaStatus::new(ReplicaId("r1".into()));
+        let claim = Instant::now();
+        assert!(!st.in_contact_since(claim, &config), "no round yet");
+        st.last_ok = Some(Instant::now());
+        st.in_contact_since = Some(claim - Duration::from_millis(1));
+        assert!(st.in_contact_since(claim, &config));
+        // The stretch began after the claim: the contact broke in between.
+        st.in_contact_since = Some(claim + Duration::from_millis(1));
+        assert!(!st.in_contact_since(claim, &config));
+        // The last renewal is older than the local validity: out of contact now.
+        st.in_contact_since = Some(claim - Duration::from_millis(1));
+        st.last_ok = Instant::now().checked_sub(config.local_validity());
+        assert!(!st.in_contact_since(claim, &config));
     }
 }

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::{
     AgentAnswer, AgentError, AnswerFormat, AnswerStyle, ConversationHandler,
-    DEFAULT_FAILURE_NOTICE, MessageKind, ReplyMode, ReplyService, Sender, SlackApiError,
+    DEFAULT_FAILURE_NOTICE, MessageKind, PostError, ReplyMode, ReplyService, Sender, SlackApiError,
     UNAVAILABLE_REPLY,
 };
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
@@ -523,6 +523,75 @@ async fn a_send_reply_caller_going_away_does_not_stop_the_post() {
             .expect("the retry"),
         super::ReplyOutcome::AlreadyPosted
     );
+}
+
+/// Contact with the cluster that may have broken since the claim (what [`Standing`] says).
+#[derive(Default)]
+struct Contact(std::sync::atomic::AtomicBool);
+
+impl super::Standing for Contact {
+    fn unbroken_since(&self, _since: std::time::Instant) -> Result<(), super::FenceError> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(super::FenceError("lost contact".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A process whose contact with the cluster broke after it claimed a reply (it was paused,
+/// and another replica may have taken the claim over) posts nothing on either path, and
+/// posts once when asked again with its standing back.
+#[tokio::test]
+async fn a_reply_is_not_posted_once_contact_broke_after_the_claim() {
+    let contact = Arc::new(Contact::default());
+    let store = MemoryConversationStore::new();
+    let slack = FakeSlack::new();
+    let agent = FakeAgent::new();
+    let handler = ConversationHandler::new(
+        store.clone(),
+        slack.clone(),
+        agent.clone(),
+        ReplyMode::Response,
+    )
+    .with_standing(contact.clone());
+    contact.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    let outcome = handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+        .await;
+    assert!(
+        matches!(outcome, Err(HandlerError::Retryable(_))),
+        "{outcome:?}"
+    );
+    assert!(slack.posts().is_empty(), "{:?}", slack.posts());
+
+    let conversation = store.conversation(&thread(ROOT_TS)).expect("conversation");
+    let replies = ReplyService::new(store.clone(), slack.clone()).with_standing(contact.clone());
+    let refused = replies
+        .send_reply(&conversation.id.to_string(), "a second thought")
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(super::ReplyError::Contended(PostError::Fenced(_)))
+        ),
+        "{refused:?}"
+    );
+    assert!(slack.posts().is_empty(), "{:?}", slack.posts());
+
+    contact.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        handler
+            .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+            .await,
+        Ok(HandleOutcome::Done)
+    );
+    replies
+        .send_reply(&conversation.id.to_string(), "a second thought")
+        .await
+        .expect("posted");
+    let texts: Vec<String> = slack.posts().into_iter().map(|p| p.text).collect();
+    assert_eq!(texts, ["answer to: hi", "a second thought"]);
 }
 
 #[tokio::test]

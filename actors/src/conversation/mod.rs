@@ -9,8 +9,8 @@ pub mod reply;
 pub mod turn;
 
 pub use once::{
-    BUSY_WAIT, BeforePost, FenceError, INTENT_LEASE, NoFence, PostError, PostOutcome,
-    REPLY_EVENT_TYPE, intent_metadata,
+    Alone, BUSY_WAIT, BeforePost, FenceError, INTENT_LEASE, NoFence, PostError, PostOutcome,
+    REPLY_EVENT_TYPE, Standing, intent_metadata,
 };
 pub use ports::{
     Agent, AgentAnswer, AgentError, AgentTurn, AgentTurnStart, BotIdentity, ChannelRecord,

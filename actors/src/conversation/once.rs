@@ -10,7 +10,7 @@
 //! says what is recorded when and which windows remain.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -52,6 +52,44 @@ pub struct FenceError(pub String);
 pub trait BeforePost: Send + Sync {
     /// `Err` stops the posting before the call reaches Slack.
     async fn check(&self) -> Result<(), FenceError>;
+}
+
+/// Whether this process's claims are still its own in the others' eyes, asked right before
+/// each Slack write from nothing but this process's own clock (no round trip, so no window
+/// between the check and the call for a pause to fall into).
+///
+/// Another replica may take over a reply claim as soon as this process's heartbeat is older
+/// than the cluster's lease. A process stopped (SIGSTOP, a long GC-like stall, a VM pause)
+/// after confirming its claim and before its post would otherwise post on waking, after the
+/// new holder looked in the thread and posted too.
+pub trait Standing: Send + Sync {
+    /// `Err` unless this process has been in contact with the cluster without a break
+    /// since `since` (the instant its claim was asked for) and still is.
+    fn unbroken_since(&self, since: Instant) -> Result<(), FenceError>;
+}
+
+/// A process alone on its database: nobody takes its claims over but by their lease.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Alone;
+
+impl Standing for Alone {
+    fn unbroken_since(&self, _since: Instant) -> Result<(), FenceError> {
+        Ok(())
+    }
+}
+
+impl Standing for infragpt_runtime::Cluster {
+    fn unbroken_since(&self, since: Instant) -> Result<(), FenceError> {
+        if self.in_contact_since(since) {
+            Ok(())
+        } else {
+            Err(FenceError(
+                "this replica lost contact with the cluster after claiming the reply; \
+                 whoever holds the claim now posts it"
+                    .to_owned(),
+            ))
+        }
+    }
 }
 
 /// No check: SendReply serves the agent's request, not an inbound event.
@@ -158,6 +196,8 @@ pub(crate) struct Poster<'a> {
     pub busy_wait: Duration,
     /// Checked right before each post.
     pub fence: &'a dyn BeforePost,
+    /// Asked right before each Slack write, after every other check.
+    pub standing: &'a dyn Standing,
     /// The turns' progress indicators, when progress is shown: a turn's first reply ends
     /// its indicator, replacing the placeholder if there is one.
     pub progress: Option<&'a dyn ProgressStore>,
@@ -174,8 +214,8 @@ impl Poster<'_> {
         let claim = self.claim(Target::New(intent)).await?;
         match claim {
             None => Ok(PostOutcome::AlreadyPosted),
-            Some(claimed) => {
-                self.finish(key, claimed).await?;
+            Some((claimed, since)) => {
+                self.finish(key, claimed, since).await?;
                 Ok(PostOutcome::Posted)
             }
         }
@@ -198,9 +238,9 @@ impl Poster<'_> {
             .await?;
         for id in started {
             let claim = self.claim(Target::Recorded(id)).await?;
-            if let Some(claimed) = claim {
+            if let Some((claimed, since)) = claim {
                 info!(conversation_id = %conversation, intent_id = %id, claim = claimed.token.claim, "finishing an answer an earlier attempt started");
-                self.finish(key, claimed).await?;
+                self.finish(key, claimed, since).await?;
                 finished = true;
             }
         }
@@ -208,17 +248,21 @@ impl Poster<'_> {
     }
 
     /// Claims, waiting up to `busy_wait` while another process holds the claim. `None`: it
-    /// is posted.
-    async fn claim(&self, target: Target<'_>) -> Result<Option<ClaimedIntent>, PostError> {
+    /// is posted. With the claim comes the instant it was asked for.
+    async fn claim(
+        &self,
+        target: Target<'_>,
+    ) -> Result<Option<(ClaimedIntent, Instant)>, PostError> {
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(50);
         loop {
+            let asked = Instant::now();
             let claim = match target {
                 Target::New(intent) => self.store.claim_intent(intent, self.lease).await?,
                 Target::Recorded(id) => self.store.claim_intent_by_id(id, self.lease).await?,
             };
             match claim {
-                IntentClaim::Claimed(c) => return Ok(Some(c)),
+                IntentClaim::Claimed(c) => return Ok(Some((c, asked))),
                 IntentClaim::Posted => return Ok(None),
                 IntentClaim::Busy {
                     claimed_by,
@@ -241,13 +285,18 @@ impl Poster<'_> {
     /// Posts what the claimed intent lacks. On failure the claim is given up at once (so
     /// another attempt need not wait for the lease), saying whether something may be in the
     /// thread unrecorded.
-    async fn finish(&self, key: &ThreadKey, mut c: ClaimedIntent) -> Result<(), PostError> {
+    async fn finish(
+        &self,
+        key: &ThreadKey,
+        mut c: ClaimedIntent,
+        since: Instant,
+    ) -> Result<(), PostError> {
         let token = c.token;
         let mut unsure = Uncertainty {
             earlier: c.uncertain_part.is_some() || (c.file_id.is_some() && !c.file_done),
             own: false,
         };
-        let result = self.drive(key, &mut c, &mut unsure).await;
+        let result = self.drive(key, &mut c, since, &mut unsure).await;
         if let Err(e) = &result
             && !matches!(e, PostError::ClaimLost(_))
         {
@@ -266,6 +315,7 @@ impl Poster<'_> {
         &self,
         key: &ThreadKey,
         c: &mut ClaimedIntent,
+        since: Instant,
         unsure: &mut Uncertainty,
     ) -> Result<(), PostError> {
         let mut retries = 0u32;
@@ -280,7 +330,10 @@ impl Poster<'_> {
                 .map(|(t, s)| (t.to_owned(), s.to_owned()))
             {
                 let part = c.parts_done;
-                match self.post_part(key, c, (part, text, stored), unsure).await {
+                match self
+                    .post_part(key, c, since, (part, text, stored), unsure)
+                    .await
+                {
                     Ok(()) => continue,
                     Err(PostError::Slack(e))
                         if e.may_have_taken_effect() && retries < UNCERTAIN_RETRIES =>
@@ -294,7 +347,7 @@ impl Poster<'_> {
                 }
             }
             if c.posting.has_file() && !c.file_done {
-                match self.post_file(key, c, unsure).await {
+                match self.post_file(key, c, since, unsure).await {
                     Ok(()) => continue,
                     Err(PostError::Slack(e))
                         if e.may_have_taken_effect() && retries < UNCERTAIN_RETRIES =>
@@ -316,6 +369,7 @@ impl Poster<'_> {
         &self,
         key: &ThreadKey,
         c: &mut ClaimedIntent,
+        since: Instant,
         (part, text, stored): (usize, String, String),
         unsure: &mut Uncertainty,
     ) -> Result<(), PostError> {
@@ -336,10 +390,11 @@ impl Poster<'_> {
         };
         let posted = match placeholder {
             Some(ts) => {
-                self.replace_placeholder(key, token, ts, &text, &metadata)
+                self.replace_placeholder(key, (token, since), ts, &text, &metadata)
                     .await?
             }
             None => {
+                self.standing(token, since)?;
                 self.renewing(
                     token,
                     self.slack.post_message(
@@ -402,11 +457,12 @@ impl Poster<'_> {
     async fn replace_placeholder(
         &self,
         key: &ThreadKey,
-        token: ClaimToken,
+        (token, since): (ClaimToken, Instant),
         placeholder: MessageTs,
         text: &str,
         metadata: &MessageMetadata,
     ) -> Result<Result<MessageTs, SlackApiError>, PostError> {
+        self.standing(token, since)?;
         let updated = self
             .renewing(
                 token,
@@ -428,6 +484,7 @@ impl Poster<'_> {
                 ) =>
             {
                 info!(intent_id = %token.intent, error = %e, "the progress placeholder is gone; posting the answer as a new message");
+                self.standing(token, since)?;
                 self.renewing(
                     token,
                     self.slack.post_message(
@@ -472,6 +529,7 @@ impl Poster<'_> {
         &self,
         key: &ThreadKey,
         c: &mut ClaimedIntent,
+        since: Instant,
         unsure: &mut Uncertainty,
     ) -> Result<(), PostError> {
         let token = c.token;
@@ -501,6 +559,7 @@ impl Poster<'_> {
             }
         };
         self.fence.check().await?;
+        self.standing(token, since)?;
         unsure.own = true;
         let shared = self
             .renewing(
@@ -581,6 +640,15 @@ impl Poster<'_> {
         }
         c.uncertain_part = None;
         Ok(())
+    }
+
+    /// Refuses a Slack write once this process's standing broke after `since` (the claim's
+    /// instant): see [`Standing`].
+    fn standing(&self, token: ClaimToken, since: Instant) -> Result<(), PostError> {
+        self.standing.unbroken_since(since).map_err(|e| {
+            warn!(intent_id = %token.intent, error = %e, "not posting: the reply's claim may be another process's now");
+            PostError::Fenced(e)
+        })
     }
 
     /// Runs a Slack call while renewing the claim every third of the lease, so a call that

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::once::{BUSY_WAIT, INTENT_LEASE, NoFence, PostError, PostOutcome, Poster};
+use super::once::{
+    Alone, BUSY_WAIT, INTENT_LEASE, NoFence, PostError, PostOutcome, Poster, Standing,
+};
 use super::ports::{
     ConversationStore, ConversationStoreError, MessageKind, NewIntent, Posting, SlackApi,
     SlackApiError,
@@ -239,6 +241,8 @@ pub struct ReplyService {
     metrics: Option<crate::Metrics>,
     /// The turns' progress indicators, which an answer ends.
     progress: Option<Arc<super::progress::Progress>>,
+    /// Asked right before each Slack write (see [`Self::with_standing`]).
+    standing: Arc<dyn Standing>,
 }
 
 impl std::fmt::Debug for ReplyService {
@@ -258,7 +262,16 @@ impl ReplyService {
             busy_wait: BUSY_WAIT,
             metrics: None,
             progress: None,
+            standing: Arc::new(Alone),
         }
+    }
+
+    /// A reply claimed by this process is not posted once its contact with the cluster
+    /// broke after the claim (the others may have taken it over): the service passes its
+    /// cluster; the default ([`Alone`]) never refuses.
+    pub fn with_standing(mut self, standing: Arc<dyn Standing>) -> Self {
+        self.standing = standing;
+        self
     }
 
     /// Answers end their turn's progress indicator (replacing its placeholder).
@@ -413,6 +426,7 @@ impl ReplyService {
             lease: self.lease,
             busy_wait: self.busy_wait,
             fence: &NoFence,
+            standing: self.standing.as_ref(),
             progress: self
                 .progress
                 .as_deref()

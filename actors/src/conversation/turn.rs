@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::once::{BUSY_WAIT, BeforePost, FenceError, INTENT_LEASE, PostError, Poster};
+use super::once::{
+    Alone, BUSY_WAIT, BeforePost, FenceError, INTENT_LEASE, PostError, Poster, Standing,
+};
 use super::ports::{
     Agent, AgentAnswer, AgentError, AgentTurn, AgentTurnStart, Conversation, ConversationStore,
     ConversationStoreError, HistorySender, InsertOutcome, MessageKind, NewIntent, NewMessage,
@@ -116,6 +118,8 @@ pub struct ConversationHandler {
     busy_wait: Duration,
     /// The inbox whose claims fence posts (see [`Self::with_claim_fence`]).
     claims: Option<Arc<dyn InboundEvents>>,
+    /// Asked right before each Slack write (see [`Self::with_standing`]).
+    standing: Arc<dyn Standing>,
     /// Channels this handler marked monitored, and when (see [`MONITORED_RECHECK`]).
     monitored: Mutex<HashMap<(TeamId, ChannelId), Instant>>,
     /// Where the stage timings go (`infragpt_stage_seconds`), when set.
@@ -159,6 +163,7 @@ impl ConversationHandler {
             lease: INTENT_LEASE,
             busy_wait: BUSY_WAIT,
             claims: None,
+            standing: Arc::new(Alone),
             monitored: Mutex::default(),
             metrics: None,
             agent_retries: 0,
@@ -223,6 +228,13 @@ impl ConversationHandler {
         self
     }
 
+    /// A reply claimed by this process is not posted once its contact with the cluster
+    /// broke after the claim (see [`Standing`]); the service passes its cluster.
+    pub fn with_standing(mut self, standing: Arc<dyn Standing>) -> Self {
+        self.standing = standing;
+        self
+    }
+
     /// How long a claim on a reply lasts, and how long the handler waits for another
     /// process's claim on the same reply (tests shorten them).
     pub fn with_claim_timing(mut self, lease: Duration, busy_wait: Duration) -> Self {
@@ -256,6 +268,7 @@ impl ConversationHandler {
             lease: self.lease,
             busy_wait: self.busy_wait,
             fence,
+            standing: self.standing.as_ref(),
             progress: self.progress.as_deref().and_then(Progress::indicators),
         }
     }
