@@ -97,7 +97,8 @@ impl EventsParts {
                 busy_wait: Duration::from_millis(config.busy_wait_ms),
                 digest_interval: Duration::from_millis(config.digest_update_interval_ms),
             },
-        );
+        )
+        .with_standing(Arc::new(cluster.clone()));
         let inbox: Arc<dyn InboundEvents> = cluster.inbox().clone();
         let dispatch = EventDispatch {
             router: router.clone(),

@@ -30,7 +30,9 @@ use super::ports::{
     Desired, EventMessageKey, EventMessageStore, EventSlack, MessageClaim, RuleStore, StoreFailure,
     TriageQueue, TriageRequest,
 };
-use crate::conversation::{BeforePost, FenceError, MessageMetadata, NoFence, SlackApiError};
+use crate::conversation::{
+    Alone, BeforePost, FenceError, MessageMetadata, NoFence, SlackApiError, Standing,
+};
 use crate::ids::{ChannelId, MessageTs, TeamId};
 
 /// `metadata.event_type` of the messages posted for events.
@@ -123,6 +125,8 @@ pub struct EventRouter {
     slack: Arc<dyn EventSlack>,
     triage: Arc<dyn TriageQueue>,
     settings: RouterSettings,
+    /// Asked right before each Slack write (see [`Self::with_standing`]).
+    standing: Arc<dyn Standing>,
 }
 
 impl std::fmt::Debug for EventRouter {
@@ -180,7 +184,16 @@ impl EventRouter {
             slack,
             triage,
             settings,
+            standing: Arc::new(Alone),
         }
+    }
+
+    /// An event message claimed by this process is not posted or updated once its contact
+    /// with the cluster broke after the claim (see [`Standing`]); the service passes its
+    /// cluster.
+    pub fn with_standing(mut self, standing: Arc<dyn Standing>) -> Self {
+        self.standing = standing;
+        self
     }
 
     /// The settings.
@@ -329,10 +342,11 @@ impl EventRouter {
 
     /// Makes Slack show what row `id` records: claims it, posts or updates, releases.
     pub async fn sync(&self, id: uuid::Uuid, fence: &dyn BeforePost) -> Result<Synced, RouteError> {
+        let since = std::time::Instant::now();
         let mut claim = self.claim(id).await?;
         let number = claim.claim;
         let mut uncertain = false;
-        let result = self.drive(&mut claim, fence, &mut uncertain).await;
+        let result = self.drive(&mut claim, (fence, since), &mut uncertain).await;
         match &result {
             Err(RouteError::ClaimLost(_)) => {}
             _ => {
@@ -347,7 +361,7 @@ impl EventRouter {
     async fn drive(
         &self,
         c: &mut MessageClaim,
-        fence: &dyn BeforePost,
+        (fence, since): (&dyn BeforePost, std::time::Instant),
         uncertain: &mut bool,
     ) -> Result<Synced, RouteError> {
         let mut synced = Synced::default();
@@ -370,6 +384,7 @@ impl EventRouter {
             {
                 return Err(RouteError::ClaimLost(c.id));
             }
+            self.standing.unbroken_since(since)?;
             *uncertain = true;
             let posted = self
                 .slack
@@ -415,6 +430,7 @@ impl EventRouter {
                 synced.deferred = true;
                 return Ok(synced);
             }
+            self.standing.unbroken_since(since)?;
             self.slack
                 .update_event(
                     &c.key.team,
