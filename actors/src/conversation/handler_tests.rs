@@ -545,16 +545,13 @@ impl super::Standing for Contact {
 #[tokio::test]
 async fn a_reply_is_not_posted_once_contact_broke_after_the_claim() {
     let contact = Arc::new(Contact::default());
-    let store = MemoryConversationStore::new();
-    let slack = FakeSlack::new();
-    let agent = FakeAgent::new();
-    let handler = ConversationHandler::new(
-        store.clone(),
-        slack.clone(),
-        agent.clone(),
-        ReplyMode::Response,
-    )
-    .with_standing(contact.clone());
+    let Fixture {
+        store,
+        slack,
+        handler,
+        ..
+    } = fixture(ReplyMode::Response);
+    let handler = handler.with_standing(contact.clone());
     contact.0.store(true, std::sync::atomic::Ordering::SeqCst);
     let outcome = handler
         .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
