@@ -17,6 +17,32 @@ pub fn slack_event(key: &str, seq: u64) -> NewInboundEvent {
     }
 }
 
+/// A process's standing in the cluster ([`crate::conversation::Standing`]) that a test
+/// breaks and restores: broken, it says contact was lost after every claim (a replica
+/// paused past its lease).
+#[derive(Debug, Default)]
+pub struct Contact(std::sync::atomic::AtomicBool);
+
+impl Contact {
+    /// Contact lost (`true`) or back (`false`).
+    pub fn set_broken(&self, broken: bool) {
+        self.0.store(broken, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl crate::conversation::Standing for Contact {
+    fn unbroken_since(
+        &self,
+        _since: std::time::Instant,
+    ) -> Result<(), crate::conversation::FenceError> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(crate::conversation::FenceError("contact lost".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 pub use conversation_fakes::{
     FakeAgent, FakeSlack, MemoryConversationStore, PostedMessage, StoredIntent, UploadedFile,
 };

@@ -525,26 +525,12 @@ async fn a_send_reply_caller_going_away_does_not_stop_the_post() {
     );
 }
 
-/// Contact with the cluster that may have broken since the claim (what [`Standing`] says).
-#[derive(Default)]
-struct Contact(std::sync::atomic::AtomicBool);
-
-impl super::Standing for Contact {
-    fn unbroken_since(&self, _since: std::time::Instant) -> Result<(), super::FenceError> {
-        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
-            Err(super::FenceError("lost contact".into()))
-        } else {
-            Ok(())
-        }
-    }
-}
-
 /// A process whose contact with the cluster broke after it claimed a reply (it was paused,
 /// and another replica may have taken the claim over) posts nothing on either path, and
 /// posts once when asked again with its standing back.
 #[tokio::test]
 async fn a_reply_is_not_posted_once_contact_broke_after_the_claim() {
-    let contact = Arc::new(Contact::default());
+    let contact = Arc::new(crate::testing::Contact::default());
     let Fixture {
         store,
         slack,
@@ -552,7 +538,7 @@ async fn a_reply_is_not_posted_once_contact_broke_after_the_claim() {
         ..
     } = fixture(ReplyMode::Response);
     let handler = handler.with_standing(contact.clone());
-    contact.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    contact.set_broken(true);
     let outcome = handler
         .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
         .await;
@@ -576,7 +562,7 @@ async fn a_reply_is_not_posted_once_contact_broke_after_the_claim() {
     );
     assert!(slack.posts().is_empty(), "{:?}", slack.posts());
 
-    contact.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    contact.set_broken(false);
     assert_eq!(
         handler
             .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))

@@ -235,6 +235,11 @@ impl ConversationHandler {
         self
     }
 
+    /// What this handler asks right before each Slack write (the slash handler asks it too).
+    pub(crate) fn standing(&self) -> &dyn Standing {
+        self.standing.as_ref()
+    }
+
     /// How long a claim on a reply lasts, and how long the handler waits for another
     /// process's claim on the same reply (tests shorten them).
     pub fn with_claim_timing(mut self, lease: Duration, busy_wait: Duration) -> Self {

@@ -349,6 +349,7 @@ impl SlashHandler {
         cmd: &SlashCommand,
         question: &str,
     ) -> Result<Ts, HandlerError> {
+        let since = Instant::now();
         self.fence(event).await?;
         self.store
             .question_posting(&cmd.trigger_id, true)
@@ -362,6 +363,11 @@ impl SlashHandler {
                 .unwrap_or_default(),
         };
         let text = question_text(&cmd.user_id, question);
+        // A replica paused since the fence may have lost the event to another one.
+        self.conversations
+            .standing()
+            .unbroken_since(since)
+            .map_err(|e| HandlerError::retryable(format!("not posting: {e}")))?;
         match self
             .web
             .post_message(&cmd.team_id, &cmd.channel_id, None, &text, Some(&metadata))

@@ -190,6 +190,13 @@ struct Harness {
 }
 
 fn harness(health: Option<HealthRegistry>) -> Harness {
+    harness_with(health, Arc::new(crate::conversation::Alone))
+}
+
+fn harness_with(
+    health: Option<HealthRegistry>,
+    standing: Arc<dyn crate::conversation::Standing>,
+) -> Harness {
     let web = FakeSlack::new();
     let store = Arc::new(Store::default());
     let slack = Arc::new(Slack {
@@ -200,12 +207,15 @@ fn harness(health: Option<HealthRegistry>) -> Harness {
         history_reads: AtomicUsize::new(0),
     });
     let conversations_store = MemoryConversationStore::new();
-    let conversations = Arc::new(ConversationHandler::new(
-        conversations_store.clone(),
-        web.clone(),
-        FakeAgent::new(),
-        ReplyMode::SendReply,
-    ));
+    let conversations = Arc::new(
+        ConversationHandler::new(
+            conversations_store.clone(),
+            web.clone(),
+            FakeAgent::new(),
+            ReplyMode::SendReply,
+        )
+        .with_standing(standing),
+    );
     let ingested = Arc::new(Recorder::default());
     let mut handler = SlashHandler::new(
         SlashPorts {
@@ -287,6 +297,29 @@ async fn a_question_whose_answer_was_lost_is_found_in_the_channel_not_posted_aga
     );
     assert_eq!((h.web.posts().len(), h.ingested.0.lock().len()), (1, 1));
     assert_eq!(h.slack.history_reads.load(Ordering::SeqCst), 1);
+}
+
+/// A replica whose contact with the cluster broke after the fence (paused: the command may
+/// be another replica's now) does not post the question; the retry does, once.
+#[tokio::test]
+async fn a_question_is_not_posted_once_contact_broke_after_the_fence() {
+    let contact = Arc::new(crate::testing::Contact::default());
+    let h = harness_with(None, contact.clone());
+    let ev = command("is prod up?", "t3");
+    contact.set_broken(true);
+    let refused = h.handler.command(&ev).await;
+    assert!(
+        matches!(refused, Err(HandlerError::Retryable(_))),
+        "{refused:?}"
+    );
+    assert!(h.web.posts().is_empty());
+    assert!(h.ingested.0.lock().is_empty());
+    contact.set_broken(false);
+    assert_eq!(
+        h.handler.command(&ev).await.expect("retry"),
+        HandleOutcome::Done
+    );
+    assert_eq!((h.web.posts().len(), h.ingested.0.lock().len()), (1, 1));
 }
 
 #[tokio::test]

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use infragpt::events::store::PgEvents;
-use infragpt_actors::conversation::{
-    FenceError, MessageMetadata, NoFence, SlackApiError, Standing, ThreadMessage,
-};
+use infragpt_actors::conversation::{MessageMetadata, NoFence, SlackApiError, ThreadMessage};
 use infragpt_actors::events::normalize;
 use infragpt_actors::events::{
     EventMessageKey, EventMessageStore, EventRouter, EventRule, EventSlack, RouteError,
@@ -207,15 +205,6 @@ async fn two_replicas_routing_one_run_at_once_post_one_message() {
     assert_eq!(s.triage.0.lock().len(), 1, "one triage turn");
 }
 
-/// This process's contact with the cluster broke after it claimed (what `Standing` says).
-struct Broken;
-
-impl Standing for Broken {
-    fn unbroken_since(&self, _since: std::time::Instant) -> Result<(), FenceError> {
-        Err(FenceError("paused past the lease".into()))
-    }
-}
-
 /// A replica whose contact with the cluster broke after it claimed the event's message (it
 /// was paused: another replica may hold the event now) neither posts nor updates it; the
 /// retry with its standing back posts once.
@@ -223,9 +212,11 @@ impl Standing for Broken {
 async fn a_replica_whose_contact_broke_after_the_claim_posts_nothing() {
     let s = setup().await;
     let event = failed_run();
+    let contact = Arc::new(infragpt_actors::testing::Contact::default());
+    contact.set_broken(true);
     let paused = s
         .router(0, RouterSettings::default())
-        .with_standing(Arc::new(Broken));
+        .with_standing(contact);
     let err = paused
         .route(s.org, &event, 7, &NoFence)
         .await
