@@ -539,6 +539,9 @@ impl Handler<Drain> for Coordinator {
 impl Handler<Leave> for Coordinator {
     type Result = ResponseActFuture<Self, ()>;
     fn handle(&mut self, _: Leave, _ctx: &mut Self::Context) -> Self::Result {
+        // Claims of a replica marked stopped lapse at once: from the moment the statement
+        // may reach the database, nothing claimed here is vouched for any more.
+        self.status.write().in_contact_since = None;
         let membership = self.membership.clone();
         Box::pin(
             async move {
