@@ -84,8 +84,8 @@ impl Standing for infragpt_runtime::Cluster {
             Ok(())
         } else {
             Err(FenceError(
-                "this replica lost contact with the cluster after claiming the reply; \
-                 whoever holds the claim now posts it"
+                "this replica lost contact with the cluster after its claim; whoever \
+                 holds the claim now acts on it"
                     .to_owned(),
             ))
         }
