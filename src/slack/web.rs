@@ -224,6 +224,11 @@ where
 {
     let mut attempt = 0u32;
     loop {
+        // A write for a claim this process may have lost is not sent (see `write_gate`).
+        if let Err(e) = infragpt_actors::conversation::write_gate() {
+            tracing::warn!(method, error = %e, "slack write not sent");
+            return Err(Err(SlackApiError::NotSent(e.0)));
+        }
         match send().await {
             Ok(rs) => return Ok(rs),
             Err(e) => match classify(e) {

@@ -10,6 +10,7 @@
 //! says what is recorded when and which windows remain.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -66,6 +67,32 @@ pub trait Standing: Send + Sync {
     /// `Err` unless this process has been in contact with the cluster without a break
     /// since `since` (the instant its claim was asked for) and still is.
     fn unbroken_since(&self, since: Instant) -> Result<(), FenceError>;
+}
+
+tokio::task_local! {
+    /// The standing, and the claim's instant, that a Slack write made inside
+    /// [`gated`] must still have when it leaves.
+    static WRITE_GATE: (Arc<dyn Standing>, Instant);
+}
+
+/// Asked by the Slack adapter right before each request it sends (every attempt): `Err`
+/// when the write runs inside [`gated`] and this process's standing broke since its claim.
+/// Outside [`gated`] (reads, unclaimed calls) always `Ok`. Asking here, after the token
+/// lookup and the client's own waits, leaves only the HTTP client's hand-off to the
+/// connection between the check and the bytes on the wire.
+pub fn write_gate() -> Result<(), FenceError> {
+    WRITE_GATE
+        .try_with(|(standing, since)| standing.unbroken_since(*since))
+        .unwrap_or(Ok(()))
+}
+
+/// Runs `call` (a Slack write for a claim taken at `since`) with the write gate set.
+pub async fn gated<T>(
+    standing: Arc<dyn Standing>,
+    since: Instant,
+    call: impl std::future::Future<Output = T>,
+) -> T {
+    WRITE_GATE.scope((standing, since), call).await
 }
 
 /// A process alone on its database: nobody takes its claims over but by their lease.
@@ -196,8 +223,9 @@ pub(crate) struct Poster<'a> {
     pub busy_wait: Duration,
     /// Checked right before each post.
     pub fence: &'a dyn BeforePost,
-    /// Asked right before each Slack write, after every other check.
-    pub standing: &'a dyn Standing,
+    /// Asked right before each Slack write, after every other check, and by the adapter
+    /// right before the request leaves ([`gated`]).
+    pub standing: Arc<dyn Standing>,
     /// The turns' progress indicators, when progress is shown: a turn's first reply ends
     /// its indicator, replacing the placeholder if there is one.
     pub progress: Option<&'a dyn ProgressStore>,
@@ -397,12 +425,15 @@ impl Poster<'_> {
                 self.standing(token, since)?;
                 self.renewing(
                     token,
-                    self.slack.post_message(
-                        &key.team,
-                        &key.channel,
-                        Some(&key.thread_ts),
-                        &text,
-                        Some(&metadata),
+                    self.gated(
+                        since,
+                        self.slack.post_message(
+                            &key.team,
+                            &key.channel,
+                            Some(&key.thread_ts),
+                            &text,
+                            Some(&metadata),
+                        ),
                     ),
                 )
                 .await?
@@ -466,12 +497,15 @@ impl Poster<'_> {
         let updated = self
             .renewing(
                 token,
-                self.slack.update_message(
-                    &key.team,
-                    &key.channel,
-                    &placeholder,
-                    text,
-                    Some(metadata),
+                self.gated(
+                    since,
+                    self.slack.update_message(
+                        &key.team,
+                        &key.channel,
+                        &placeholder,
+                        text,
+                        Some(metadata),
+                    ),
                 ),
             )
             .await?;
@@ -487,12 +521,15 @@ impl Poster<'_> {
                 self.standing(token, since)?;
                 self.renewing(
                     token,
-                    self.slack.post_message(
-                        &key.team,
-                        &key.channel,
-                        Some(&key.thread_ts),
-                        text,
-                        Some(metadata),
+                    self.gated(
+                        since,
+                        self.slack.post_message(
+                            &key.team,
+                            &key.channel,
+                            Some(&key.thread_ts),
+                            text,
+                            Some(metadata),
+                        ),
                     ),
                 )
                 .await
@@ -564,12 +601,15 @@ impl Poster<'_> {
         let shared = self
             .renewing(
                 token,
-                self.slack.share_file(
-                    &key.team,
-                    &key.channel,
-                    &key.thread_ts,
-                    &file_id,
-                    FILE_TITLE,
+                self.gated(
+                    since,
+                    self.slack.share_file(
+                        &key.team,
+                        &key.channel,
+                        &key.thread_ts,
+                        &file_id,
+                        FILE_TITLE,
+                    ),
                 ),
             )
             .await?;
@@ -649,6 +689,15 @@ impl Poster<'_> {
             warn!(intent_id = %token.intent, error = %e, "not posting: the reply's claim may be another process's now");
             PostError::Fenced(e)
         })
+    }
+
+    /// `call` with the write gate set for a claim taken at `since`.
+    fn gated<T>(
+        &self,
+        since: Instant,
+        call: impl std::future::Future<Output = T>,
+    ) -> impl std::future::Future<Output = T> {
+        gated(self.standing.clone(), since, call)
     }
 
     /// Runs a Slack call while renewing the claim every third of the lease, so a call that

@@ -579,6 +579,10 @@ pub enum SlackApiError {
     /// Network or protocol failure.
     #[error("slack transport error: {0}")]
     Transport(String),
+    /// Not sent: the write gate ([`crate::conversation::write_gate`]) refused it right
+    /// before it would have left (this process's claim may be another's now).
+    #[error("slack write not sent: {0}")]
+    NotSent(String),
 }
 
 /// Machine-readable data attached to a posted message (Slack's message `metadata`).
@@ -626,7 +630,8 @@ impl SlackApiError {
             Self::Api(text) => MAYBE_DONE_SLACK_ERRORS.contains(&api_error_code(text)),
             Self::RateLimited { .. }
             | Self::WorkspaceInactive { .. }
-            | Self::UnknownWorkspace(_) => false,
+            | Self::UnknownWorkspace(_)
+            | Self::NotSent(_) => false,
         }
     }
 
@@ -645,7 +650,7 @@ impl SlackApiError {
     /// them UNAVAILABLE and the others FAILED_PRECONDITION.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::RateLimited { .. } | Self::Transport(_) => true,
+            Self::RateLimited { .. } | Self::Transport(_) | Self::NotSent(_) => true,
             Self::WorkspaceInactive { .. } | Self::UnknownWorkspace(_) => false,
             Self::Api(text) => TRANSIENT_SLACK_ERRORS.contains(&api_error_code(text)),
         }

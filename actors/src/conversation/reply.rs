@@ -426,7 +426,7 @@ impl ReplyService {
             lease: self.lease,
             busy_wait: self.busy_wait,
             fence: &NoFence,
-            standing: self.standing.as_ref(),
+            standing: self.standing.clone(),
             progress: self
                 .progress
                 .as_deref()

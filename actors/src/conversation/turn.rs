@@ -236,8 +236,8 @@ impl ConversationHandler {
     }
 
     /// What this handler asks right before each Slack write (the slash handler asks it too).
-    pub(crate) fn standing(&self) -> &dyn Standing {
-        self.standing.as_ref()
+    pub(crate) fn standing(&self) -> &Arc<dyn Standing> {
+        &self.standing
     }
 
     /// How long a claim on a reply lasts, and how long the handler waits for another
@@ -273,7 +273,7 @@ impl ConversationHandler {
             lease: self.lease,
             busy_wait: self.busy_wait,
             fence,
-            standing: self.standing.as_ref(),
+            standing: self.standing.clone(),
             progress: self.progress.as_deref().and_then(Progress::indicators),
         }
     }

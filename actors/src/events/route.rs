@@ -31,7 +31,7 @@ use super::ports::{
     TriageQueue, TriageRequest,
 };
 use crate::conversation::{
-    Alone, BeforePost, FenceError, MessageMetadata, NoFence, SlackApiError, Standing,
+    Alone, BeforePost, FenceError, MessageMetadata, NoFence, SlackApiError, Standing, gated,
 };
 use crate::ids::{ChannelId, MessageTs, TeamId};
 
@@ -386,16 +386,15 @@ impl EventRouter {
             }
             self.standing.unbroken_since(since)?;
             *uncertain = true;
-            let posted = self
-                .slack
-                .post_event(
-                    &c.key.team,
-                    &c.key.channel,
-                    &c.rendered.text,
-                    &c.rendered.blocks,
-                    &event_metadata(c.id),
-                )
-                .await;
+            let metadata = event_metadata(c.id);
+            let post = self.slack.post_event(
+                &c.key.team,
+                &c.key.channel,
+                &c.rendered.text,
+                &c.rendered.blocks,
+                &metadata,
+            );
+            let posted = gated(self.standing.clone(), since, post).await;
             let ts = match posted {
                 Ok(ts) => ts,
                 Err(e) => {
@@ -431,15 +430,14 @@ impl EventRouter {
                 return Ok(synced);
             }
             self.standing.unbroken_since(since)?;
-            self.slack
-                .update_event(
-                    &c.key.team,
-                    &c.key.channel,
-                    &ts,
-                    &c.rendered.text,
-                    &c.rendered.blocks,
-                )
-                .await?;
+            let update = self.slack.update_event(
+                &c.key.team,
+                &c.key.channel,
+                &ts,
+                &c.rendered.text,
+                &c.rendered.blocks,
+            );
+            gated(self.standing.clone(), since, update).await?;
             if !self.messages.record_shown(c.id, c.claim, c.version).await? {
                 return Err(RouteError::ClaimLost(c.id));
             }

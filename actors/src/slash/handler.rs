@@ -368,11 +368,10 @@ impl SlashHandler {
             .standing()
             .unbroken_since(since)
             .map_err(|e| HandlerError::retryable(format!("not posting: {e}")))?;
-        match self
+        let post = self
             .web
-            .post_message(&cmd.team_id, &cmd.channel_id, None, &text, Some(&metadata))
-            .await
-        {
+            .post_message(&cmd.team_id, &cmd.channel_id, None, &text, Some(&metadata));
+        match crate::conversation::gated(self.conversations.standing().clone(), since, post).await {
             Ok(ts) => {
                 self.store
                     .question_posted(&cmd.trigger_id, &ts)

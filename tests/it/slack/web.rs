@@ -281,3 +281,33 @@ async fn config_bot_token_serves_the_team_auth_test_reports() {
     web.bot_identity(&team(GLOBEX)).await.unwrap_err();
     assert_eq!(sim.calls("auth.test").len(), 2);
 }
+
+/// A write made for a claim this process may have lost (its standing broke since the claim)
+/// never leaves the adapter: no request reaches Slack; with the standing intact it posts.
+#[tokio::test]
+async fn a_gated_write_is_not_sent_once_the_standing_broke() {
+    let db = TestDb::new().await;
+    let sim = sim();
+    let web = web_for(&sim, &db, fast());
+    let contact = Arc::new(infragpt_actors::testing::Contact::default());
+    let (acme, general) = (team(ACME), ChannelId::parse(GENERAL).unwrap());
+    let post = || web.post_message(&acme, &general, None, "once", None);
+    contact.set_broken(true);
+    let refused = infragpt_actors::conversation::gated(
+        contact.clone(),
+        std::time::Instant::now(),
+        post(),
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(SlackApiError::NotSent(_))),
+        "{refused:?}"
+    );
+    assert!(!refused.unwrap_err().may_have_taken_effect());
+    assert!(sim.calls("chat.postMessage").is_empty());
+    contact.set_broken(false);
+    infragpt_actors::conversation::gated(contact, std::time::Instant::now(), post())
+        .await
+        .expect("posted");
+    assert_eq!(sim.messages_in(ACME, GENERAL).len(), 1);
+}
