@@ -866,6 +866,21 @@ mod conversation_fakes {
             Ok(())
         }
 
+        async fn delete_message(
+            &self,
+            _team: &TeamId,
+            channel: &ChannelId,
+            ts: &MessageTs,
+        ) -> Result<(), SlackApiError> {
+            let mut st = self.state.lock();
+            let before = st.posts.len();
+            st.posts.retain(|p| !(&p.channel == channel && &p.ts == ts));
+            if st.posts.len() == before {
+                return Err(SlackApiError::Api("chat.delete: message_not_found".into()));
+            }
+            Ok(())
+        }
+
         async fn set_thread_status(
             &self,
             _team: &TeamId,

@@ -599,10 +599,21 @@ impl SlackWeb {
     /// `chat.update` of `body`: Tier 3; an update is idempotent, so any transient failure is
     /// retried.
     async fn chat_update(&self, team: &TeamId, body: &Value) -> Result<(), SlackApiError> {
+        self.idempotent_tier3(team, "chat.update", body).await
+    }
+
+    /// A Tier 3 call whose repetition is harmless (`chat.update`, `chat.delete`): every
+    /// transient failure is retried.
+    async fn idempotent_tier3(
+        &self,
+        team: &TeamId,
+        method: &'static str,
+        body: &Value,
+    ) -> Result<(), SlackApiError> {
         match self
             .post::<Empty>(
                 team,
-                "chat.update",
+                method,
                 body,
                 &SLACK_TIER3_METHOD_CONFIG,
                 Repeat::Always,
@@ -610,7 +621,7 @@ impl SlackWeb {
             .await?
         {
             Ok(_) => Ok(()),
-            Err(code) => Err(self.code_error(team, "chat.update", code).await),
+            Err(code) => Err(self.code_error(team, method, code).await),
         }
     }
 
@@ -906,6 +917,16 @@ impl SlackApi for SlackWeb {
             );
         }
         self.chat_update(team, &body).await
+    }
+
+    async fn delete_message(
+        &self,
+        team: &TeamId,
+        channel: &ChannelId,
+        ts: &MessageTs,
+    ) -> Result<(), SlackApiError> {
+        let body = json!({ "channel": channel.as_str(), "ts": ts.as_str() });
+        self.idempotent_tier3(team, "chat.delete", &body).await
     }
 
     async fn set_thread_status(

@@ -930,7 +930,8 @@ pub fn check_answers(sim: &SlackSim, config: &LoadConfig, logs: &[ThreadLog]) ->
     let mut answers: HashMap<(usize, usize), Vec<Place>> = HashMap::new();
     for channel in &config.channels {
         for m in sim.messages_in(&config.team, channel) {
-            if m.bot_id.is_none() {
+            // A duplicate the bot withdrew (chat.delete) is not an answer.
+            if m.bot_id.is_none() || m.deleted {
                 continue;
             }
             match parse_tag(&m.text) {

@@ -577,6 +577,61 @@ async fn a_reply_is_not_posted_once_contact_broke_after_the_claim() {
     assert_eq!(texts, ["answer to: hi", "a second thought"]);
 }
 
+/// A process whose post left after its claim was taken over (it was paused past every
+/// check) while the new holder posted the same reply withdraws its copy: one message stays
+/// in the thread and one answer in the store.
+#[tokio::test]
+async fn a_reply_posted_after_the_claim_was_taken_over_is_withdrawn() {
+    let f = fixture(ReplyMode::Response);
+    f.handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+        .await
+        .expect("turn");
+    let id = f
+        .store
+        .conversation(&thread(ROOT_TS))
+        .expect("conversation")
+        .id
+        .to_string();
+    let replies = || {
+        Arc::new(
+            ReplyService::new(f.store.clone(), f.slack.clone())
+                .with_claim_timing(Duration::from_secs(30), Duration::from_secs(2)),
+        )
+    };
+    let (a, b) = (replies(), replies());
+    f.slack.delay_posts(Duration::from_millis(300));
+    let paused = {
+        let id = id.clone();
+        tokio::spawn(async move { a.send_reply(&id, "a second thought").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A's post is on its way; its claim lapses and B takes the reply over.
+    f.store.expire_claims();
+    b.send_reply(&id, "a second thought")
+        .await
+        .expect("B posts it");
+    let lost = paused.await.expect("A's task");
+    assert!(
+        matches!(
+            lost,
+            Err(super::ReplyError::Contended(PostError::ClaimLost(_)))
+        ),
+        "{lost:?}"
+    );
+    let texts: Vec<String> = f.slack.posts().into_iter().map(|p| p.text).collect();
+    assert_eq!(texts, ["answer to: hi", "a second thought"]);
+    let stored: Vec<String> =
+        super::ConversationStore::history(f.store.as_ref(), id.parse().expect("id"))
+            .await
+            .expect("history")
+            .into_iter()
+            .filter(|m| m.sender == super::Sender::Agent)
+            .map(|m| m.text)
+            .collect();
+    assert_eq!(stored, ["answer to: hi", "a second thought"]);
+}
+
 #[tokio::test]
 async fn edits_and_deletes_change_the_stored_message() {
     let f = fixture(ReplyMode::Response);

@@ -422,21 +422,8 @@ impl Poster<'_> {
                     .await?
             }
             None => {
-                self.standing(token, since)?;
-                self.renewing(
-                    token,
-                    self.gated(
-                        since,
-                        self.slack.post_message(
-                            &key.team,
-                            &key.channel,
-                            Some(&key.thread_ts),
-                            &text,
-                            Some(&metadata),
-                        ),
-                    ),
-                )
-                .await?
+                self.post_in_thread(key, (token, since), &text, &metadata)
+                    .await?
             }
         };
         let ts = match posted {
@@ -446,9 +433,63 @@ impl Poster<'_> {
                 return Err(e.into());
             }
         };
-        self.record_part(c, part, ts, stored).await?;
+        match self.record_part(c, part, ts.clone(), stored.clone()).await {
+            Err(PostError::ClaimLost(id)) => {
+                unsure.own = false;
+                self.withdraw(key, c, &ts, &stored).await;
+                return Err(PostError::ClaimLost(id));
+            }
+            other => other?,
+        }
         unsure.own = false;
         Ok(())
+    }
+
+    /// This process posted `ts` for a claim another process had taken over by then (it was
+    /// paused, past every check, before the request left). When that process posted the
+    /// part too, ours is the duplicate: it is deleted from the thread and marked deleted in
+    /// the store. When the other found ours in the thread and recorded it, no other copy
+    /// appears and ours stays: this looks for one for `busy_wait` (a rare path: only a
+    /// process that lost its claim while its post was under way takes it).
+    async fn withdraw(&self, key: &ThreadKey, c: &ClaimedIntent, ts: &MessageTs, stored: &str) {
+        let deadline = tokio::time::Instant::now() + self.busy_wait;
+        loop {
+            let history = match self.store.history(c.conversation_id).await {
+                Ok(h) => h,
+                Err(e) => {
+                    warn!(intent_id = %c.token.intent, ts = %ts, error = %e, "could not check a reply posted after its claim was lost; it may be in the thread twice");
+                    return;
+                }
+            };
+            let other = history.iter().any(|m| {
+                m.sender == super::ports::Sender::Agent
+                    && m.kind == c.kind
+                    && m.in_reply_to == c.in_reply_to
+                    && m.text == stored
+                    && &m.slack_ts != ts
+            });
+            if other {
+                match self.slack.delete_message(&key.team, &key.channel, ts).await {
+                    Ok(()) => {
+                        info!(intent_id = %c.token.intent, ts = %ts, "withdrew a duplicate posted after the claim was taken over");
+                        if let Err(e) = self.store.mark_deleted(&key.team, &key.channel, ts).await {
+                            warn!(intent_id = %c.token.intent, ts = %ts, error = %e, "could not mark the withdrawn duplicate deleted");
+                        }
+                    }
+                    Err(e) => {
+                        warn!(intent_id = %c.token.intent, ts = %ts, error = %e, "could not withdraw a duplicate posted after the claim was taken over");
+                    }
+                }
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // The new holder found ours in the thread (and recorded it), or has not
+                // posted within the wait: ours stays.
+                debug!(intent_id = %c.token.intent, ts = %ts, "no other copy of a reply posted after its claim was lost; it stays");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Ends the turn's progress indicator for this reply: the placeholder its first message
@@ -518,21 +559,8 @@ impl Poster<'_> {
                 ) =>
             {
                 info!(intent_id = %token.intent, error = %e, "the progress placeholder is gone; posting the answer as a new message");
-                self.standing(token, since)?;
-                self.renewing(
-                    token,
-                    self.gated(
-                        since,
-                        self.slack.post_message(
-                            &key.team,
-                            &key.channel,
-                            Some(&key.thread_ts),
-                            text,
-                            Some(metadata),
-                        ),
-                    ),
-                )
-                .await
+                self.post_in_thread(key, (token, since), text, metadata)
+                    .await
             }
             Err(e) => Ok(Err(e)),
         }
@@ -689,6 +717,26 @@ impl Poster<'_> {
             warn!(intent_id = %token.intent, error = %e, "not posting: the reply's claim may be another process's now");
             PostError::Fenced(e)
         })
+    }
+
+    /// `chat.postMessage` of `text` in the thread for the claim `token` (taken at `since`):
+    /// asked of the standing first and gated, while the claim is renewed.
+    async fn post_in_thread(
+        &self,
+        key: &ThreadKey,
+        (token, since): (ClaimToken, Instant),
+        text: &str,
+        metadata: &MessageMetadata,
+    ) -> Result<Result<MessageTs, SlackApiError>, PostError> {
+        self.standing(token, since)?;
+        let post = self.slack.post_message(
+            &key.team,
+            &key.channel,
+            Some(&key.thread_ts),
+            text,
+            Some(metadata),
+        );
+        self.renewing(token, self.gated(since, post)).await
     }
 
     /// `call` with the write gate set for a claim taken at `since`.

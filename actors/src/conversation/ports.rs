@@ -691,6 +691,14 @@ pub trait SlackApi: Send + Sync + 'static {
         text: &str,
         metadata: Option<&MessageMetadata>,
     ) -> Result<(), SlackApiError>;
+    /// `chat.delete` of one of our messages: a duplicate this process posted for a claim it
+    /// had lost meanwhile (see `once::Poster::withdraw`).
+    async fn delete_message(
+        &self,
+        team: &TeamId,
+        channel: &ChannelId,
+        ts: &MessageTs,
+    ) -> Result<(), SlackApiError>;
     /// `assistant.threads.setStatus`: the "is thinking…" line under the thread ("" clears
     /// it; Slack also clears it when the app posts in the thread, or after two minutes).
     async fn set_thread_status(

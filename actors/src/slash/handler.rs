@@ -368,9 +368,9 @@ impl SlashHandler {
             .standing()
             .unbroken_since(since)
             .map_err(|e| HandlerError::retryable(format!("not posting: {e}")))?;
-        let post = self
-            .web
-            .post_message(&cmd.team_id, &cmd.channel_id, None, &text, Some(&metadata));
+        let post =
+            self.web
+                .post_message(&cmd.team_id, &cmd.channel_id, None, &text, Some(&metadata));
         match crate::conversation::gated(self.conversations.standing().clone(), since, post).await {
             Ok(ts) => {
                 self.store

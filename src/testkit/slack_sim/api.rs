@@ -473,6 +473,25 @@ fn bot_method(
                 }
             }
         }
+        "chat.delete" => {
+            // Slack's checks: the channel, the message, and that a bot deletes only its own.
+            let Some(channel) = resolve_channel(param(params, "channel")) else {
+                return ApiReply::err("channel_not_found");
+            };
+            let Some(ts) = param(params, "ts") else {
+                return ApiReply::err("message_not_found");
+            };
+            let bot_user = team.bot_user_id.clone();
+            match st.find_message_mut(team_id, &channel, &ts) {
+                None => ApiReply::err("message_not_found"),
+                Some(m) if m.deleted => ApiReply::err("message_not_found"),
+                Some(m) if m.user != bot_user => ApiReply::err("cant_delete_message"),
+                Some(m) => {
+                    m.deleted = true;
+                    ApiReply::ok(json!({ "channel": channel, "ts": ts }))
+                }
+            }
+        }
         "assistant.threads.setStatus" => {
             // Slack's checks: the three arguments (an empty status clears it), the channel,
             // the thread's parent message; the feature (scope) of the app.

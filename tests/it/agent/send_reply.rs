@@ -81,6 +81,17 @@ impl SlackApi for SimSlack {
             .map_err(|e| SlackApiError::Api(e.to_string()))
     }
 
+    async fn delete_message(
+        &self,
+        _team: &TeamId,
+        _channel: &ChannelId,
+        _ts: &MessageTs,
+    ) -> Result<(), SlackApiError> {
+        Err(SlackApiError::Api(
+            "chat.delete is not used by these tests".into(),
+        ))
+    }
+
     async fn upload_file(
         &self,
         _team: &TeamId,

@@ -245,7 +245,7 @@ fn bot_post_count(sim: &SlackSim, config: &LoadConfig) -> usize {
         .map(|c| {
             sim.messages_in(&config.team, c)
                 .iter()
-                .filter(|m| m.bot_id.is_some())
+                .filter(|m| m.bot_id.is_some() && !m.deleted)
                 .count()
         })
         .sum()

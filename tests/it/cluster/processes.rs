@@ -58,6 +58,8 @@ async fn check_stored_answers(h: &Harness, mentions: usize) {
     let mut conn = h.db.pool().get().await.unwrap();
     let rows: Vec<(uuid::Uuid, Option<String>, String)> = messages::table
         .filter(messages::sender_kind.eq("agent"))
+        // A duplicate the poster withdrew is marked deleted.
+        .filter(messages::deleted.eq(false))
         .select((
             messages::conversation_id,
             messages::in_reply_to,

@@ -293,12 +293,9 @@ async fn a_gated_write_is_not_sent_once_the_standing_broke() {
     let (acme, general) = (team(ACME), ChannelId::parse(GENERAL).unwrap());
     let post = || web.post_message(&acme, &general, None, "once", None);
     contact.set_broken(true);
-    let refused = infragpt_actors::conversation::gated(
-        contact.clone(),
-        std::time::Instant::now(),
-        post(),
-    )
-    .await;
+    let refused =
+        infragpt_actors::conversation::gated(contact.clone(), std::time::Instant::now(), post())
+            .await;
     assert!(
         matches!(&refused, Err(SlackApiError::NotSent(_))),
         "{refused:?}"
