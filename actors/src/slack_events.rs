@@ -435,7 +435,8 @@ pub struct Turn {
     pub raw_text: String,
     /// Unix seconds of the event.
     pub event_time: i64,
-    /// The turn came from an `app_mention`: the channel becomes monitored.
+    /// The turn mentions the bot (`app_mention` or its `message` twin): the channel becomes
+    /// monitored.
     pub marks_channel_monitored: bool,
 }
 
@@ -476,8 +477,6 @@ pub enum IgnoreReason {
     FromBot { bot_id: BotId },
     /// A message subtype that is not a human message (`channel_join`, `bot_message`, ...).
     Subtype(String),
-    /// The `message` twin of an `app_mention`: the mention event makes the turn.
-    CoveredByAppMention,
     /// Neither a monitored channel nor a thread the bot is part of.
     NotMonitored,
     /// No author.
@@ -494,9 +493,6 @@ impl std::fmt::Display for IgnoreReason {
             Self::OwnBotMessage => f.write_str("message from our own bot"),
             Self::FromBot { bot_id } => write!(f, "message from bot {bot_id}"),
             Self::Subtype(s) => write!(f, "message subtype {s} is not a human message"),
-            Self::CoveredByAppMention => {
-                f.write_str("message mentions the bot; its app_mention makes the turn")
-            }
             Self::NotMonitored => {
                 f.write_str("channel not monitored and bot not part of the thread")
             }
@@ -531,8 +527,8 @@ pub enum Decision {
 ///   (bots mentioning bots would loop).
 /// - A `message` without subtype (or `thread_broadcast`, which is a thread reply) from a human
 ///   is a turn when the channel is monitored, the channel is a DM with the bot (`im`), or it is a
-///   reply in a thread the bot is part of; unless it mentions the bot, in which case the
-///   `app_mention` Slack also sends makes the turn.
+///   reply in a thread the bot is part of. One that mentions the bot is a turn anywhere, like
+///   its `app_mention` twin: the two share a turn id and the first one handled makes it.
 /// - A bot's post (`bot_id`, with or without the `bot_message` subtype) is a turn under the
 ///   same rule when an entry of `ctx.alert_sources` matches it, its text flattened; every
 ///   other bot's post is ignored, and our own (our bot user, bot id or app) always is.
@@ -590,8 +586,22 @@ pub fn decide(cb: &EventCallback, ctx: &DecideContext) -> Decision {
             let Some(user) = &m.user else {
                 return Decision::Ignored(IgnoreReason::NoUser);
             };
+            // A message that mentions the bot is the same turn as its `app_mention` twin
+            // (same turn id, see [`turn_id`]). Whichever of the two is handled first makes
+            // it and the other finds it stored: over several Socket Mode connections the
+            // twins come on different sockets, and waiting for the mention could let a
+            // later reply in the thread, recorded in between, be answered first.
             if bot_user.is_some_and(|b| mentions(&m.text, b)) {
-                return Decision::Ignored(IgnoreReason::CoveredByAppMention);
+                return Decision::Turn(make_turn(
+                    cb,
+                    &m.channel,
+                    Author::User(user.clone()),
+                    &m.text,
+                    &m.ts,
+                    m.thread_ts.as_ref(),
+                    strip_mention(&m.text, bot_user, true),
+                    true,
+                ));
             }
             if !visible {
                 return Decision::Ignored(IgnoreReason::NotMonitored);

@@ -232,14 +232,16 @@ async fn twins_and_redeliveries_make_one_turn() {
             .await,
         Ok(HandleOutcome::Done)
     );
-    // The `message` twin of the mention: its app_mention makes the turn.
+    // The `message` twin of the mention: the turn is made already.
     let twin = f
         .handler
         .handle(&event(2, message("channel", ROOT_TS, None, text)))
         .await;
-    assert!(
-        matches!(&twin, Ok(HandleOutcome::Ignored(r)) if r.contains("app_mention")),
-        "{twin:?}"
+    assert_eq!(
+        twin,
+        Ok(HandleOutcome::Ignored(format!(
+            "message {ROOT_TS} already handled as inbound event 1"
+        )))
     );
     // The same human message under another inbound event (a redelivery with a new id).
     let again = f
@@ -262,6 +264,57 @@ async fn twins_and_redeliveries_make_one_turn() {
     assert_eq!(f.agent.turns().len(), 1);
     assert_eq!(f.slack.posts().len(), 1);
     assert_eq!(thread_texts(&f, ROOT_TS).len(), 2);
+}
+
+/// Over two Socket Mode connections the `message` twin of a mention can be recorded first,
+/// and a reply in the thread before the `app_mention`: the twin makes the turn (monitoring
+/// the channel, like the mention), so the question is answered before the reply that follows
+/// it, and the late `app_mention` finds its turn made.
+#[tokio::test]
+async fn the_message_twin_of_a_mention_recorded_first_makes_the_turn() {
+    let f = fixture(ReplyMode::Response);
+    let text = "<@U0BOT> is prod up?";
+    assert_eq!(
+        f.handler
+            .handle(&event(1, message("channel", ROOT_TS, None, text)))
+            .await,
+        Ok(HandleOutcome::Done)
+    );
+    assert_eq!(
+        f.handler
+            .handle(&event(
+                2,
+                message(
+                    "channel",
+                    "1700000001.000200",
+                    Some(ROOT_TS),
+                    "and staging?"
+                )
+            ))
+            .await,
+        Ok(HandleOutcome::Done)
+    );
+    assert_eq!(
+        f.handler
+            .handle(&event(3, mention(ROOT_TS, None, text)))
+            .await,
+        Ok(HandleOutcome::Ignored(format!(
+            "message {ROOT_TS} already handled as inbound event 1"
+        )))
+    );
+    let asked: Vec<String> = f
+        .agent
+        .turns()
+        .iter()
+        .map(|t| t.current_message.clone())
+        .collect();
+    assert_eq!(asked, ["is prod up?", "and staging?"]);
+    assert_eq!(f.slack.posts().len(), 2);
+    let channel = f
+        .store
+        .channel_record(&thread(ROOT_TS).team, &thread(ROOT_TS).channel)
+        .expect("channel");
+    assert!(channel.monitored, "the mention monitors the channel");
 }
 
 #[tokio::test]
