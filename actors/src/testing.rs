@@ -21,12 +21,27 @@ pub fn slack_event(key: &str, seq: u64) -> NewInboundEvent {
 /// breaks and restores: broken, it says contact was lost after every claim (a replica
 /// paused past its lease).
 #[derive(Debug, Default)]
-pub struct Contact(std::sync::atomic::AtomicBool);
+pub struct Contact {
+    broken: std::sync::atomic::AtomicBool,
+    /// One more than the asks left before the contact breaks by itself (0: never).
+    breaks_in: std::sync::atomic::AtomicUsize,
+}
 
 impl Contact {
     /// Contact lost (`true`) or back (`false`).
     pub fn set_broken(&self, broken: bool) {
-        self.0.store(broken, std::sync::atomic::Ordering::SeqCst);
+        self.breaks_in.store(0, std::sync::atomic::Ordering::SeqCst);
+        self.broken
+            .store(broken, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The next `asks` questions are answered in contact, every later one lost: contact that
+    /// breaks between two checks of one write.
+    pub fn break_after(&self, asks: usize) {
+        self.broken
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.breaks_in
+            .store(asks + 1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -35,7 +50,15 @@ impl crate::conversation::Standing for Contact {
         &self,
         _since: std::time::Instant,
     ) -> Result<(), crate::conversation::FenceError> {
-        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let left = self
+            .breaks_in
+            .fetch_update(SeqCst, SeqCst, |n| (n > 1).then(|| n - 1))
+            .unwrap_or_else(|n| n);
+        if left == 1 {
+            self.broken.store(true, SeqCst);
+        }
+        if self.broken.load(SeqCst) {
             Err(crate::conversation::FenceError("contact lost".into()))
         } else {
             Ok(())

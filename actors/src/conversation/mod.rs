@@ -10,7 +10,7 @@ pub mod turn;
 
 pub use once::{
     Alone, BUSY_WAIT, BeforePost, FenceError, INTENT_LEASE, NoFence, PostError, PostOutcome,
-    REPLY_EVENT_TYPE, Standing, gated, intent_metadata, write_gate,
+    REPLY_EVENT_TYPE, Standing, fenced_write, intent_metadata, write_gate,
 };
 pub use ports::{
     Agent, AgentAnswer, AgentError, AgentTurn, AgentTurnStart, BotIdentity, ChannelRecord,

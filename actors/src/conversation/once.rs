@@ -86,13 +86,17 @@ pub fn write_gate() -> Result<(), FenceError> {
         .unwrap_or(Ok(()))
 }
 
-/// Runs `call` (a Slack write for a claim taken at `since`) with the write gate set.
-pub async fn gated<T>(
-    standing: Arc<dyn Standing>,
+/// Runs `call`, a Slack write for a claim taken at `since`, unless this process's standing
+/// broke since then; with the write gate set, so the adapter asks again before each attempt
+/// it sends. Asking here first fences in-memory fakes too, which never ask the gate. `call`
+/// must not start before it is polled (an `async` call), so a refusal sends nothing.
+pub async fn fenced_write<T>(
+    standing: &Arc<dyn Standing>,
     since: Instant,
     call: impl std::future::Future<Output = T>,
-) -> T {
-    WRITE_GATE.scope((standing, since), call).await
+) -> Result<T, FenceError> {
+    standing.unbroken_since(since)?;
+    Ok(WRITE_GATE.scope((standing.clone(), since), call).await)
 }
 
 /// A process alone on its database: nobody takes its claims over but by their lease.
@@ -453,6 +457,9 @@ impl Poster<'_> {
     /// process that lost its claim while its post was under way takes it).
     async fn withdraw(&self, key: &ThreadKey, c: &ClaimedIntent, ts: &MessageTs, stored: &str) {
         let deadline = tokio::time::Instant::now() + self.busy_wait;
+        // The new holder posts within a Slack call or two of its claim: look soon, then less
+        // often (each look reads the conversation's history; this path is rare).
+        let mut pause = Duration::from_millis(200);
         loop {
             let history = match self.store.history(c.conversation_id).await {
                 Ok(h) => h,
@@ -488,7 +495,8 @@ impl Poster<'_> {
                 debug!(intent_id = %c.token.intent, ts = %ts, "no other copy of a reply posted after its claim was lost; it stays");
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -534,22 +542,10 @@ impl Poster<'_> {
         text: &str,
         metadata: &MessageMetadata,
     ) -> Result<Result<MessageTs, SlackApiError>, PostError> {
-        self.standing(token, since)?;
-        let updated = self
-            .renewing(
-                token,
-                self.gated(
-                    since,
-                    self.slack.update_message(
-                        &key.team,
-                        &key.channel,
-                        &placeholder,
-                        text,
-                        Some(metadata),
-                    ),
-                ),
-            )
-            .await?;
+        let update =
+            self.slack
+                .update_message(&key.team, &key.channel, &placeholder, text, Some(metadata));
+        let updated = self.write((token, since), update).await?;
         match updated {
             Ok(()) => Ok(Ok(placeholder)),
             Err(e)
@@ -624,23 +620,20 @@ impl Poster<'_> {
             }
         };
         self.fence.check().await?;
-        self.standing(token, since)?;
+        let share = self.slack.share_file(
+            &key.team,
+            &key.channel,
+            &key.thread_ts,
+            &file_id,
+            FILE_TITLE,
+        );
         unsure.own = true;
-        let shared = self
-            .renewing(
-                token,
-                self.gated(
-                    since,
-                    self.slack.share_file(
-                        &key.team,
-                        &key.channel,
-                        &key.thread_ts,
-                        &file_id,
-                        FILE_TITLE,
-                    ),
-                ),
-            )
-            .await?;
+        let shared = self.write((token, since), share).await.inspect_err(|e| {
+            // Refused before it was sent: nothing to look for.
+            if matches!(e, PostError::Fenced(_)) {
+                unsure.own = false;
+            }
+        })?;
         if let Err(e) = shared {
             unsure.own = e.may_have_taken_effect();
             if !unsure.own {
@@ -710,25 +703,32 @@ impl Poster<'_> {
         Ok(())
     }
 
-    /// Refuses a Slack write once this process's standing broke after `since` (the claim's
-    /// instant): see [`Standing`].
-    fn standing(&self, token: ClaimToken, since: Instant) -> Result<(), PostError> {
-        self.standing.unbroken_since(since).map_err(|e| {
-            warn!(intent_id = %token.intent, error = %e, "not posting: the reply's claim may be another process's now");
-            PostError::Fenced(e)
-        })
+    /// `call`, a Slack write for the claim `token` taken at `since`: refused once this
+    /// process's standing broke after the claim ([`Standing`], nothing sent: `Fenced`), and
+    /// renewing the claim while it runs.
+    async fn write<T>(
+        &self,
+        (token, since): (ClaimToken, Instant),
+        call: impl std::future::Future<Output = T>,
+    ) -> Result<T, PostError> {
+        let gated = fenced_write(&self.standing, since, call);
+        match self.renewing(token, gated).await? {
+            Ok(out) => Ok(out),
+            Err(e) => {
+                warn!(intent_id = %token.intent, error = %e, "not posting: the reply's claim may be another process's now");
+                Err(PostError::Fenced(e))
+            }
+        }
     }
 
-    /// `chat.postMessage` of `text` in the thread for the claim `token` (taken at `since`):
-    /// asked of the standing first and gated, while the claim is renewed.
+    /// `chat.postMessage` of `text` in the thread for the claim `token` (taken at `since`).
     async fn post_in_thread(
         &self,
         key: &ThreadKey,
-        (token, since): (ClaimToken, Instant),
+        claim: (ClaimToken, Instant),
         text: &str,
         metadata: &MessageMetadata,
     ) -> Result<Result<MessageTs, SlackApiError>, PostError> {
-        self.standing(token, since)?;
         let post = self.slack.post_message(
             &key.team,
             &key.channel,
@@ -736,16 +736,7 @@ impl Poster<'_> {
             text,
             Some(metadata),
         );
-        self.renewing(token, self.gated(since, post)).await
-    }
-
-    /// `call` with the write gate set for a claim taken at `since`.
-    fn gated<T>(
-        &self,
-        since: Instant,
-        call: impl std::future::Future<Output = T>,
-    ) -> impl std::future::Future<Output = T> {
-        gated(self.standing.clone(), since, call)
+        self.write(claim, post).await
     }
 
     /// Runs a Slack call while renewing the claim every third of the lease, so a call that

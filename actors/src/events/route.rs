@@ -31,7 +31,7 @@ use super::ports::{
     TriageQueue, TriageRequest,
 };
 use crate::conversation::{
-    Alone, BeforePost, FenceError, MessageMetadata, NoFence, SlackApiError, Standing, gated,
+    Alone, BeforePost, FenceError, MessageMetadata, NoFence, SlackApiError, Standing, fenced_write,
 };
 use crate::ids::{ChannelId, MessageTs, TeamId};
 
@@ -384,8 +384,6 @@ impl EventRouter {
             {
                 return Err(RouteError::ClaimLost(c.id));
             }
-            self.standing.unbroken_since(since)?;
-            *uncertain = true;
             let metadata = event_metadata(c.id);
             let post = self.slack.post_event(
                 &c.key.team,
@@ -394,7 +392,10 @@ impl EventRouter {
                 &c.rendered.blocks,
                 &metadata,
             );
-            let posted = gated(self.standing.clone(), since, post).await;
+            *uncertain = true;
+            let posted = fenced_write(&self.standing, since, post)
+                .await
+                .inspect_err(|_| *uncertain = false)?;
             let ts = match posted {
                 Ok(ts) => ts,
                 Err(e) => {
@@ -429,7 +430,6 @@ impl EventRouter {
                 synced.deferred = true;
                 return Ok(synced);
             }
-            self.standing.unbroken_since(since)?;
             let update = self.slack.update_event(
                 &c.key.team,
                 &c.key.channel,
@@ -437,7 +437,7 @@ impl EventRouter {
                 &c.rendered.text,
                 &c.rendered.blocks,
             );
-            gated(self.standing.clone(), since, update).await?;
+            fenced_write(&self.standing, since, update).await??;
             if !self.messages.record_shown(c.id, c.claim, c.version).await? {
                 return Err(RouteError::ClaimLost(c.id));
             }

@@ -363,15 +363,14 @@ impl SlashHandler {
                 .unwrap_or_default(),
         };
         let text = question_text(&cmd.user_id, question);
-        // A replica paused since the fence may have lost the event to another one.
-        self.conversations
-            .standing()
-            .unbroken_since(since)
-            .map_err(|e| HandlerError::retryable(format!("not posting: {e}")))?;
         let post =
             self.web
                 .post_message(&cmd.team_id, &cmd.channel_id, None, &text, Some(&metadata));
-        match crate::conversation::gated(self.conversations.standing().clone(), since, post).await {
+        // A replica paused since the fence may have lost the event to another one.
+        let posted = crate::conversation::fenced_write(self.conversations.standing(), since, post)
+            .await
+            .map_err(|e| HandlerError::retryable(format!("not posting: {e}")))?;
+        match posted {
             Ok(ts) => {
                 self.store
                     .question_posted(&cmd.trigger_id, &ts)

@@ -283,28 +283,35 @@ async fn config_bot_token_serves_the_team_auth_test_reports() {
 }
 
 /// A write made for a claim this process may have lost (its standing broke since the claim)
-/// never leaves the adapter: no request reaches Slack; with the standing intact it posts.
+/// never leaves the adapter: the contact breaks after the caller's own check, and the adapter's
+/// gate, asked before the request, refuses it; no request reaches Slack. With the standing
+/// intact it posts.
 #[tokio::test]
 async fn a_gated_write_is_not_sent_once_the_standing_broke() {
     let db = TestDb::new().await;
     let sim = sim();
     let web = web_for(&sim, &db, fast());
     let contact = Arc::new(infragpt_actors::testing::Contact::default());
+    let standing: Arc<dyn infragpt_actors::conversation::Standing> = contact.clone();
     let (acme, general) = (team(ACME), ChannelId::parse(GENERAL).unwrap());
     let post = || web.post_message(&acme, &general, None, "once", None);
-    contact.set_broken(true);
-    let refused =
-        infragpt_actors::conversation::gated(contact.clone(), std::time::Instant::now(), post())
-            .await;
+    let write = || {
+        infragpt_actors::conversation::fenced_write(&standing, std::time::Instant::now(), post())
+    };
+    // In contact for the caller's check, lost by the time the adapter asks.
+    contact.break_after(1);
+    let refused = write().await.expect("the caller's check passes");
     assert!(
         matches!(&refused, Err(SlackApiError::NotSent(_))),
         "{refused:?}"
     );
     assert!(!refused.unwrap_err().may_have_taken_effect());
     assert!(sim.calls("chat.postMessage").is_empty());
+    // Lost before the caller's check: refused there.
+    contact.set_broken(true);
+    assert!(write().await.is_err());
+    assert!(sim.calls("chat.postMessage").is_empty());
     contact.set_broken(false);
-    infragpt_actors::conversation::gated(contact, std::time::Instant::now(), post())
-        .await
-        .expect("posted");
+    write().await.expect("in contact").expect("posted");
     assert_eq!(sim.messages_in(ACME, GENERAL).len(), 1);
 }
