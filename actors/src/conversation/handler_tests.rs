@@ -317,6 +317,37 @@ async fn the_message_twin_of_a_mention_recorded_first_makes_the_turn() {
     assert!(channel.monitored, "the mention monitors the channel");
 }
 
+/// The twin of a mention this process made a turn of is ignored without asking the store
+/// (one round trip saved per mention); a process that did not make it (restarted, or another
+/// replica) finds the turn in the store and ignores it the same way.
+#[tokio::test]
+async fn a_twin_is_ignored_from_memory_and_from_the_store() {
+    let f = fixture(ReplyMode::Response);
+    let text = "<@U0BOT> is prod up?";
+    assert_eq!(
+        f.handler
+            .handle(&event(1, mention(ROOT_TS, None, text)))
+            .await,
+        Ok(HandleOutcome::Done)
+    );
+    let ignored = Ok(HandleOutcome::Ignored(format!(
+        "message {ROOT_TS} already handled as inbound event 1"
+    )));
+    f.store.set_unavailable(true);
+    let twin = event(2, message("channel", ROOT_TS, None, text));
+    assert_eq!(f.handler.handle(&twin).await, ignored, "from memory");
+    f.store.set_unavailable(false);
+    let restarted = ConversationHandler::new(
+        f.store.clone(),
+        f.slack.clone(),
+        f.agent.clone(),
+        ReplyMode::Response,
+    );
+    assert_eq!(restarted.handle(&twin).await, ignored, "from the store");
+    assert_eq!(f.agent.turns().len(), 1);
+    assert_eq!(f.slack.posts().len(), 1);
+}
+
 #[tokio::test]
 async fn a_retry_resumes_a_turn_whose_reply_was_not_posted() {
     let f = fixture(ReplyMode::Response);

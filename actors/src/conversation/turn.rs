@@ -24,10 +24,10 @@ use super::reply::{AnswerStyle, ReplyMode, split_message};
 use crate::Metrics;
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
 use crate::ids::{ChannelId, ConversationId, MessageTs, TeamId, ThreadKey};
-use crate::inbox::{InboundEvent, InboundEvents, RoutingKey};
+use crate::inbox::{EventRowId, InboundEvent, InboundEvents, RoutingKey};
 use crate::slack_alerts::{AlertSource, AlertSources};
 use crate::slack_events::{
-    self, Author, BotId, DecideContext, Decision, Inbound, MessageKey, SlackEvent,
+    self, Author, BotId, DecideContext, Decision, Inbound, MessageKey, SlackEvent, TurnId,
 };
 
 /// The reply posted in the thread when the agent cannot answer a turn.
@@ -122,6 +122,9 @@ pub struct ConversationHandler {
     standing: Arc<dyn Standing>,
     /// Channels this handler marked monitored, and when (see [`MONITORED_RECHECK`]).
     monitored: Mutex<HashMap<(TeamId, ChannelId), Instant>>,
+    /// Human messages this process made turns of lately, by the event that made each: the
+    /// other twin (`app_mention` / `message`) is ignored without a statement.
+    recent_turns: Mutex<RecentTurns>,
     /// Where the stage timings go (`infragpt_stage_seconds`), when set.
     metrics: Option<Metrics>,
     /// Attempts of an event after which an unreachable agent is reported in the thread
@@ -165,6 +168,7 @@ impl ConversationHandler {
             claims: None,
             standing: Arc::new(Alone),
             monitored: Mutex::default(),
+            recent_turns: Mutex::new(RecentTurns::new(RECENT_TURNS)),
             metrics: None,
             agent_retries: 0,
             alert_sources: AlertSources::default(),
@@ -400,15 +404,18 @@ impl ConversationHandler {
             .await
             .map_err(store_err)?;
         self.stage("begin_turn", started);
-        if let InsertOutcome::Exists { source_event_id } = start.inserted
-            && source_event_id != Some(event.id)
-        {
-            // The same human message arrived as another event (app_mention and message
-            // twins, or a redelivery with a new event id): one turn only.
-            return Ok(HandleOutcome::Ignored(format!(
-                "message {ts} already handled as inbound event {}",
-                source_event_id.map_or_else(|| "?".to_owned(), |i| i.to_string())
-            )));
+        match start.inserted {
+            InsertOutcome::Exists { source_event_id } if source_event_id != Some(event.id) => {
+                // The same human message arrived as another event (app_mention and message
+                // twins, or a redelivery with a new event id): one turn only.
+                return Ok(match source_event_id {
+                    Some(made_by) => already_handled(ts, made_by),
+                    None => HandleOutcome::Ignored(format!(
+                        "message {ts} already handled as inbound event ?"
+                    )),
+                });
+            }
+            _ => self.remember_turn(&turn.turn_id, event.id),
         }
         let conversation = start.conversation;
         self.add_seen_reaction(&turn);
@@ -533,6 +540,21 @@ impl ConversationHandler {
             marks.insert(remembered, Instant::now());
         }
         Ok(())
+    }
+
+    /// The event that made a turn of this human message in this process lately, if any.
+    fn made_by(&self, id: &TurnId) -> Option<EventRowId> {
+        self.recent_turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+    }
+
+    fn remember_turn(&self, id: &TurnId, made_by: EventRowId) {
+        self.recent_turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), made_by);
     }
 
     fn monitored_marks(&self) -> std::sync::MutexGuard<'_, HashMap<(TeamId, ChannelId), Instant>> {
@@ -867,6 +889,52 @@ fn past_messages(history: Vec<StoredMessage>, ts: &MessageTs) -> Vec<StoredMessa
         .collect()
 }
 
+/// The outcome for the twin (or a redelivery under a new event id) of a message whose turn
+/// `made_by` made.
+fn already_handled(ts: &MessageTs, made_by: EventRowId) -> HandleOutcome {
+    HandleOutcome::Ignored(format!(
+        "message {ts} already handled as inbound event {made_by}"
+    ))
+}
+
+/// How many recent turns a handler remembers for twins: they arrive within a second of each
+/// other, so a few thousand cover any burst (about 100 bytes each).
+const RECENT_TURNS: usize = 4096;
+
+/// A bounded memory of recent turn ids: the oldest is forgotten first.
+#[derive(Debug)]
+struct RecentTurns {
+    cap: usize,
+    made_by: HashMap<TurnId, EventRowId>,
+    order: std::collections::VecDeque<TurnId>,
+}
+
+impl RecentTurns {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            made_by: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn get(&self, id: &TurnId) -> Option<EventRowId> {
+        self.made_by.get(id).copied()
+    }
+
+    fn insert(&mut self, id: TurnId, made_by: EventRowId) {
+        if self.made_by.insert(id.clone(), made_by).is_some() {
+            return;
+        }
+        self.order.push_back(id);
+        if self.order.len() > self.cap
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.made_by.remove(&oldest);
+        }
+    }
+}
+
 /// The callback inside an inbound Slack event; bodies that hold none are ignored, unreadable
 /// ones are dead letters at once.
 fn callback(
@@ -896,6 +964,15 @@ impl EventHandler for ConversationHandler {
             Ok(cb) => cb,
             Err(outcome) => return outcome,
         };
+        if let Some(id) = slack_events::turn_id(&cb)
+            && let Some(made_by) = self.made_by(&id)
+            && made_by != event.id
+        {
+            // The twin of a message this process made a turn of: both come for every
+            // mention, usually together, so skipping the store here saves a round trip per
+            // mention. After a restart (or on another replica) the store answers the same.
+            return Ok(already_handled(&id.ts, made_by));
+        }
         let ctx = self.decide_context(&cb).await?;
         match slack_events::decide(&cb, &ctx) {
             Decision::Turn(turn) => self.turn(event, turn).await,
