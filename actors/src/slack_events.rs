@@ -587,23 +587,12 @@ pub fn decide(cb: &EventCallback, ctx: &DecideContext) -> Decision {
                 return Decision::Ignored(IgnoreReason::NoUser);
             };
             // A message that mentions the bot is the same turn as its `app_mention` twin
-            // (same turn id, see [`turn_id`]). Whichever of the two is handled first makes
-            // it and the other finds it stored: over several Socket Mode connections the
-            // twins come on different sockets, and waiting for the mention could let a
-            // later reply in the thread, recorded in between, be answered first.
-            if bot_user.is_some_and(|b| mentions(&m.text, b)) {
-                return Decision::Turn(make_turn(
-                    cb,
-                    &m.channel,
-                    Author::User(user.clone()),
-                    &m.text,
-                    &m.ts,
-                    m.thread_ts.as_ref(),
-                    strip_mention(&m.text, bot_user, true),
-                    true,
-                ));
-            }
-            if !visible {
+            // (same turn id, see [`turn_id`]), anywhere. Whichever of the two is handled
+            // first makes it and the other finds it stored: over several Socket Mode
+            // connections the twins come on different sockets, and waiting for the mention
+            // could let a later reply in the thread, recorded in between, be answered first.
+            let mentioned = bot_user.is_some_and(|b| mentions(&m.text, b));
+            if !mentioned && !visible {
                 return Decision::Ignored(IgnoreReason::NotMonitored);
             }
             Decision::Turn(make_turn(
@@ -614,7 +603,7 @@ pub fn decide(cb: &EventCallback, ctx: &DecideContext) -> Decision {
                 &m.ts,
                 m.thread_ts.as_ref(),
                 strip_mention(&m.text, bot_user, false),
-                false,
+                mentioned,
             ))
         }
         SlackEvent::MessageChanged {
