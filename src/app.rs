@@ -58,8 +58,9 @@ impl Core {
         let margin = std::time::Duration::from_millis(config.cluster.safety_margin_ms);
         let mut inbox = PgInbox::fenced(db.pool().clone(), &replica, margin);
         if config.actors.inbox_group_commit {
-            // The writer keeps one batch in flight; a second connection covers a reconnect.
-            let writer_pool = crate::db::build_pool(db.url(), 2, db.connect_timeout())
+            // The record and done-mark writers keep one batch in flight each; a third
+            // connection covers a reconnect.
+            let writer_pool = crate::db::build_pool(db.url(), 3, db.connect_timeout())
                 .context("the inbox writer's connections")?;
             inbox = inbox.with_record_pool(writer_pool);
         }

@@ -29,8 +29,8 @@ const CLAIMABLE: [&str; 2] = ["pending", "processing"];
 #[derive(Clone)]
 pub struct PgInbox {
     pool: Pool,
-    /// Where records are written: the pool, or connections of their own (see
-    /// [`PgInbox::with_record_pool`]).
+    /// Where records and batched done marks are written: the pool, or connections of their
+    /// own (see [`PgInbox::with_record_pool`]).
     record_pool: Pool,
     /// The replica whose partition leases fence claims and marks (`None`: a process alone on
     /// the inbox, or a tool).
@@ -86,8 +86,9 @@ impl PgInbox {
         }
     }
 
-    /// Records go through `pool` (the group-commit writer's own connections), so an
-    /// acknowledgement never waits for a connection behind the turns' statements.
+    /// Records and batched done marks go through `pool` (the group-commit writers' own
+    /// connections), so an acknowledgement, or a worker's last step, never waits for a
+    /// connection behind the turns' statements.
     pub fn with_record_pool(mut self, pool: Pool) -> Self {
         self.record_pool = pool;
         self
@@ -867,6 +868,66 @@ impl InboundEvents for PgInbox {
 
     async fn mark_done(&self, claim: Claim) -> Result<(), StoreError> {
         self.set_claimed(claim, EventStatus::Done, None, true).await
+    }
+
+    /// One `UPDATE … FROM unnest(…)` on the writer's connections (the done marks' writer
+    /// is the only caller): each row changes only under its own claim and, for a replica,
+    /// its lease; a claim whose row did not change is `Fenced`, like a single mark's.
+    async fn mark_done_batch(&self, claims: Vec<Claim>) -> Vec<Result<(), StoreError>> {
+        #[derive(QueryableByName)]
+        struct Marked {
+            #[diesel(sql_type = BigInt)]
+            id: i64,
+        }
+        let ids: Vec<i64> = claims.iter().map(|c| c.id.0).collect();
+        let attempts: Vec<i32> = claims.iter().map(|c| c.attempt).collect();
+        let marked = async {
+            let mut conn = conn(&self.record_pool).await?;
+            diesel::sql_query(format!(
+                "UPDATE inbound_events SET status = 'done', processed_at = now(), \
+                 updated_at = now() \
+                 FROM unnest($1::bigint[], $2::int[]) AS c(id, attempt) \
+                 WHERE inbound_events.id = c.id AND inbound_events.status = 'processing' \
+                 AND inbound_events.attempts = c.attempt AND {} \
+                 RETURNING inbound_events.id",
+                fence("$3", "0")
+            ))
+            .bind::<diesel::sql_types::Array<BigInt>, _>(&ids)
+            .bind::<diesel::sql_types::Array<Integer>, _>(&attempts)
+            .bind::<Nullable<Text>, _>(self.replica.as_deref())
+            .prepared()
+            .load::<Marked>(&mut conn)
+            .await
+            .map_err(unavailable)
+        }
+        .await;
+        match marked {
+            Ok(rows) => {
+                let done: std::collections::HashSet<i64> = rows.into_iter().map(|r| r.id).collect();
+                tracing::debug!(
+                    events = claims.len(),
+                    marked = done.len(),
+                    "inbound events marked done in one batch"
+                );
+                claims
+                    .iter()
+                    .map(|c| {
+                        if done.contains(&c.id.0) {
+                            Ok(())
+                        } else {
+                            Err(StoreError::Fenced(c.id))
+                        }
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                let error = e.to_string();
+                claims
+                    .iter()
+                    .map(|_| Err(StoreError::Unavailable(error.clone().into())))
+                    .collect()
+            }
+        }
     }
 
     async fn mark_ignored(&self, claim: Claim, reason: &str) -> Result<(), StoreError> {

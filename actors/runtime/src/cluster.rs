@@ -13,7 +13,7 @@ use parking_lot::RwLock;
 
 use crate::config::{ClusterConfig, ConfigError};
 use crate::coordinator::{Coordinator, Drain, FirstRound, Leave, ReplicaStatus};
-use crate::group_commit::GroupCommit;
+use crate::group_commit::{GroupCommit, MarkCommit};
 use crate::handler::EventHandler;
 use crate::health::{ActorHealth, ActorId, ActorKind, ActorState, HealthRegistry};
 use crate::inbox::{
@@ -99,6 +99,8 @@ struct Inner {
     /// The writer that group-commits records (`inbox_group_commit`); `None`: each event is
     /// recorded by its own insert.
     group_commit: Option<GroupCommit>,
+    /// The writer that group-commits done marks (with `inbox_group_commit`).
+    marks: Option<MarkCommit>,
     health: HealthRegistry,
     metrics: Metrics,
     root_id: ActorId,
@@ -215,11 +217,19 @@ impl Cluster {
                 writer_health,
             )
         });
+        let marks = config.inbox_group_commit.then(|| {
+            let writer_health = health.register(
+                ActorId::new(ActorKind::SUPERVISOR, "inbox_marks"),
+                Some(root_id.clone()),
+            );
+            MarkCommit::start(inbox.clone(), config.inbox_batch_max, writer_health)
+        });
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 inbox,
                 group_commit,
+                marks,
                 health,
                 metrics,
                 root_id,
@@ -248,6 +258,7 @@ impl Cluster {
             source: spec.source,
             handler: spec.handler,
             inbox: self.inner.inbox.clone(),
+            marks: self.inner.marks.clone(),
             config: self.inner.config.clone(),
             metrics: self.inner.metrics.clone(),
             health: self.inner.health.clone(),

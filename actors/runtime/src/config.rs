@@ -45,9 +45,10 @@ pub struct ClusterConfig {
     /// How often the root supervisor prunes the registry and refreshes inbox gauges.
     pub housekeeping_interval_ms: u64,
     /// Group commit: events recorded concurrently are written by one writer in one statement
-    /// per batch, each acknowledged when its batch commits. Off: each event is its own insert.
+    /// per batch, each acknowledged when its batch commits; events that finish together are
+    /// marked done in one statement too. Off: each event is its own insert and its own mark.
     pub inbox_group_commit: bool,
-    /// Most events in one group-committed batch.
+    /// Most events (or done marks) in one group-committed batch.
     pub inbox_batch_max: usize,
 }
 

@@ -7,16 +7,22 @@
 //! One batch is in flight at a time: ids are assigned in submission order, so two events of
 //! one key submitted in order are recorded (and handled) in that order. A batch that fails
 //! fails every event in it, and none of them is acknowledged; the sender redelivers them.
+//!
+//! Done marks go the same way through a writer of their own ([`MarkCommit`],
+//! [`InboundEvents::mark_done_batch`]): the events that finish together are marked in one
+//! statement, each only under its own claim.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use crate::health::ActorHealth;
-use crate::inbox::{InboundEvents, NewInboundEvent, RecordOutcome, StoreError};
+use crate::inbox::{Claim, InboundEvents, NewInboundEvent, RecordOutcome, StoreError};
 use crate::metrics::Metrics;
 
 /// How long one batch may take. Every record waits for the batch before it, so a statement
@@ -27,18 +33,66 @@ const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A batch that took longer than [`BATCH_TIMEOUT`].
 #[derive(Debug, thiserror::Error)]
-#[error("the inbox did not answer in time for a batch of records")]
+#[error("the inbox did not answer in time for a batch")]
 struct BatchTimedOut;
 
-/// Why a submitted event has no outcome: the writer stopped before its batch was written.
+/// Why a submitted item has no outcome: the writer stopped before its batch was written.
 #[derive(Debug, thiserror::Error)]
-#[error("the inbox writer stopped before the event was recorded")]
+#[error("the inbox writer stopped before the batch was written")]
 struct WriterStopped;
 
-/// Hands events to the [`InboxWriter`]. Cheap to clone.
+/// What a [`BatchWriter`] writes: items handed over one by one, written as one statement.
+pub trait BatchWrite: Send + Sync + 'static {
+    type Item: Send + Unpin + 'static;
+    type Out: Send + Unpin + 'static;
+    /// Writes `items`; one outcome per item, in the same order.
+    fn write(
+        &self,
+        items: Vec<Self::Item>,
+    ) -> BoxFuture<'static, Vec<Result<Self::Out, StoreError>>>;
+    /// A batch of `n` items is being written (metrics).
+    fn observe(&self, _n: usize) {}
+}
+
+/// Inbox records ([`InboundEvents::record_batch`]).
+struct Records {
+    inbox: Arc<dyn InboundEvents>,
+    metrics: Metrics,
+}
+
+impl BatchWrite for Records {
+    type Item = NewInboundEvent;
+    type Out = RecordOutcome;
+    fn write(
+        &self,
+        events: Vec<NewInboundEvent>,
+    ) -> BoxFuture<'static, Vec<Result<RecordOutcome, StoreError>>> {
+        let inbox = self.inbox.clone();
+        async move { inbox.record_batch(events).await }.boxed()
+    }
+    fn observe(&self, n: usize) {
+        self.metrics.observe_batch(n);
+    }
+}
+
+/// Done marks ([`InboundEvents::mark_done_batch`]).
+struct DoneMarks {
+    inbox: Arc<dyn InboundEvents>,
+}
+
+impl BatchWrite for DoneMarks {
+    type Item = Claim;
+    type Out = ();
+    fn write(&self, claims: Vec<Claim>) -> BoxFuture<'static, Vec<Result<(), StoreError>>> {
+        let inbox = self.inbox.clone();
+        async move { inbox.mark_done_batch(claims).await }.boxed()
+    }
+}
+
+/// Hands events to the inbox's record writer. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct GroupCommit {
-    writer: Addr<InboxWriter>,
+    writer: Addr<BatchWriter<Records>>,
 }
 
 impl GroupCommit {
@@ -59,21 +113,13 @@ impl GroupCommit {
         health: ActorHealth,
         timeout: std::time::Duration,
     ) -> Self {
-        let writer = InboxWriter {
+        let records = Records {
             inbox,
-            timeout,
-            max_batch: max_batch.max(1),
-            queue: VecDeque::new(),
-            writing: 0,
-            batches: 0,
-            metrics,
-            health,
+            metrics: metrics.clone(),
         };
-        // A thread of its own: an acknowledgement waits for this actor, never for the
-        // workers' turns on the arbiter that started the cluster.
-        let arbiter = Arbiter::new();
-        let writer = InboxWriter::start_in_arbiter(&arbiter.handle(), move |_| writer);
-        Self { writer }
+        Self {
+            writer: BatchWriter::start(records, max_batch, health, timeout),
+        }
     }
 
     /// Queues `event` now (so events submitted one after another are written in that order)
@@ -82,59 +128,111 @@ impl GroupCommit {
         &self,
         event: NewInboundEvent,
     ) -> impl Future<Output = Result<RecordOutcome, StoreError>> + Send + use<> {
-        let (reply, outcome) = oneshot::channel();
-        self.writer.do_send(Submit(Pending { event, reply }));
-        async move {
-            outcome
-                .await
-                .unwrap_or_else(|_| Err(StoreError::Unavailable(Box::new(WriterStopped))))
-        }
+        submit(&self.writer, event)
     }
 }
 
-struct Pending {
-    event: NewInboundEvent,
-    reply: oneshot::Sender<Result<RecordOutcome, StoreError>>,
+/// Hands done marks to their writer, which marks the claims that finish together in one
+/// statement. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct MarkCommit {
+    writer: Addr<BatchWriter<DoneMarks>>,
+}
+
+impl MarkCommit {
+    /// Starts the writer on an arbiter of its own: batches of at most `max_batch` marks.
+    pub fn start(inbox: Arc<dyn InboundEvents>, max_batch: usize, health: ActorHealth) -> Self {
+        Self {
+            writer: BatchWriter::start(DoneMarks { inbox }, max_batch, health, BATCH_TIMEOUT),
+        }
+    }
+
+    /// Marks `claim` done in the next batch; `Err(Fenced)` when the claim no longer holds,
+    /// like [`InboundEvents::mark_done`].
+    pub fn submit(
+        &self,
+        claim: Claim,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + use<> {
+        submit(&self.writer, claim)
+    }
+}
+
+fn submit<B: BatchWrite>(
+    writer: &Addr<BatchWriter<B>>,
+    item: B::Item,
+) -> impl Future<Output = Result<B::Out, StoreError>> + Send + use<B> {
+    let (reply, outcome) = oneshot::channel();
+    writer.do_send(Submit(Pending { item, reply }));
+    async move {
+        outcome
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable(Box::new(WriterStopped))))
+    }
+}
+
+struct Pending<B: BatchWrite> {
+    item: B::Item,
+    reply: oneshot::Sender<Result<B::Out, StoreError>>,
 }
 
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Submit(Pending);
+struct Submit<B: BatchWrite>(Pending<B>);
 
-/// The actor that writes the inbox's records in batches.
-pub struct InboxWriter {
-    inbox: Arc<dyn InboundEvents>,
+/// The actor that writes what it is handed in batches: one batch in flight, what arrives
+/// meanwhile goes in the next one.
+pub struct BatchWriter<B: BatchWrite> {
+    what: Arc<B>,
     /// How long one batch may take ([`BATCH_TIMEOUT`]).
     timeout: std::time::Duration,
     max_batch: usize,
-    queue: VecDeque<Pending>,
-    /// Events in the batch being written (0: none); what arrives meanwhile waits for the
+    queue: VecDeque<Pending<B>>,
+    /// Items in the batch being written (0: none); what arrives meanwhile waits for the
     /// next batch.
     writing: usize,
     /// Batches written (or tried) so far.
     batches: u64,
-    metrics: Metrics,
     health: ActorHealth,
 }
 
-impl InboxWriter {
+impl<B: BatchWrite> BatchWriter<B> {
+    /// Starts a writer on an arbiter (a thread) of its own: a caller's wait for its batch
+    /// never waits for the workers' turns on the arbiter that started the cluster.
+    fn start(
+        what: B,
+        max_batch: usize,
+        health: ActorHealth,
+        timeout: std::time::Duration,
+    ) -> Addr<Self> {
+        let writer = Self {
+            what: Arc::new(what),
+            timeout,
+            max_batch: max_batch.max(1),
+            queue: VecDeque::new(),
+            writing: 0,
+            batches: 0,
+            health,
+        };
+        let arbiter = Arbiter::new();
+        Self::start_in_arbiter(&arbiter.handle(), move |_| writer)
+    }
+
     /// Writes the next batch unless one is being written.
     fn flush(&mut self, ctx: &mut Context<Self>) {
         if self.writing > 0 || self.queue.is_empty() {
             return;
         }
         let n = self.queue.len().min(self.max_batch);
-        let (events, waiting): (Vec<_>, Vec<_>) =
-            self.queue.drain(..n).map(|p| (p.event, p.reply)).unzip();
+        let (items, waiting): (Vec<_>, Vec<_>) =
+            self.queue.drain(..n).map(|p| (p.item, p.reply)).unzip();
         self.writing = n;
         self.batches += 1;
         self.publish();
-        self.metrics.observe_batch(n);
-        let inbox = self.inbox.clone();
+        self.what.observe(n);
+        let write = self.what.write(items);
         let timeout = self.timeout;
         let written = async move {
-            let n = events.len();
-            match tokio::time::timeout(timeout, inbox.record_batch(events)).await {
+            match tokio::time::timeout(timeout, write).await {
                 Ok(outcomes) => outcomes,
                 Err(_) => (0..n)
                     .map(|_| Err(StoreError::Unavailable(Box::new(BatchTimedOut))))
@@ -149,8 +247,8 @@ impl InboxWriter {
                 if let Err(e) = &result {
                     failed.get_or_insert_with(|| e.to_string());
                 }
-                // The caller may have given up (its request timed out); the event is recorded
-                // all the same and its redelivery will be a duplicate.
+                // The caller may have given up (its request timed out); the batch is written
+                // all the same (a redelivered event is a duplicate, a mark stays made).
                 let _ = reply.send(result);
             }
             match failed {
@@ -160,19 +258,7 @@ impl InboxWriter {
             act.flush(ctx);
         }));
     }
-}
 
-impl std::fmt::Debug for InboxWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InboxWriter")
-            .field("queued", &self.queue.len())
-            .field("writing", &self.writing)
-            .field("batches", &self.batches)
-            .finish_non_exhaustive()
-    }
-}
-
-impl InboxWriter {
     /// The writer's state in the actor tree: the batch being written (0: none), what waits
     /// for the next one, and how many batches it has written.
     fn publish(&self) {
@@ -185,14 +271,24 @@ impl InboxWriter {
     }
 }
 
-impl Actor for InboxWriter {
+impl<B: BatchWrite> std::fmt::Debug for BatchWriter<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchWriter")
+            .field("queued", &self.queue.len())
+            .field("writing", &self.writing)
+            .field("batches", &self.batches)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: BatchWrite> Actor for BatchWriter<B> {
     type Context = Context<Self>;
 }
 
-impl Handler<Submit> for InboxWriter {
+impl<B: BatchWrite> Handler<Submit<B>> for BatchWriter<B> {
     type Result = ();
 
-    fn handle(&mut self, Submit(pending): Submit, ctx: &mut Context<Self>) {
+    fn handle(&mut self, Submit(pending): Submit<B>, ctx: &mut Context<Self>) {
         self.queue.push_back(pending);
         if self.writing > 0 {
             // It waits for the next batch: the tree shows the queue growing.
@@ -293,6 +389,37 @@ mod tests {
         let next = gc.submit(event("k", 2)).await.unwrap();
         assert!(matches!(next, RecordOutcome::Recorded(_)));
         assert_eq!(inbox.batch_sizes(), vec![1, 1]);
+    }
+
+    /// Marks handed over together are answered each with its own outcome: a claim that was
+    /// taken over since is fenced, the others are done.
+    #[actix_rt::test]
+    async fn done_marks_are_answered_each_with_its_own_outcome() {
+        let inbox = MemoryInbox::new();
+        let mut claims = Vec::new();
+        for n in 0..3 {
+            let id = inbox
+                .record(event(&format!("k{n}"), n))
+                .await
+                .unwrap()
+                .event()
+                .id;
+            claims.push(inbox.claim(id).await.unwrap().expect("claimable").claim());
+        }
+        // The second event is claimed again: its first claim no longer marks it.
+        let retaken = inbox.claim(claims[1].id).await.unwrap().unwrap().claim();
+        let health = HealthRegistry::new()
+            .register(ActorId::new(ActorKind::SUPERVISOR, "inbox_marks"), None);
+        let marks = MarkCommit::start(inbox.clone(), 2, health);
+        let pending: Vec<_> = claims.iter().map(|c| marks.submit(*c)).collect();
+        let outcomes = futures::future::join_all(pending).await;
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+        assert!(matches!(outcomes[1], Err(StoreError::Fenced(id)) if id == claims[1].id));
+        marks
+            .submit(retaken)
+            .await
+            .expect("the current claim marks it");
+        assert_eq!(inbox.count(crate::inbox::EventStatus::Done), 3);
     }
 
     #[actix_rt::test]

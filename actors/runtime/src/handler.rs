@@ -10,6 +10,7 @@ use futures::FutureExt;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
+use crate::group_commit::MarkCommit;
 use crate::inbox::{EventRowId, InboundEvent, InboundEvents, RoutingKey, StoreError};
 use crate::metrics::Metrics;
 use crate::supervision::AttemptResult;
@@ -106,6 +107,7 @@ where
 /// An event claimed more than `1 + retry_budget` times becomes a dead letter when it fails.
 pub(crate) async fn attempt(
     inbox: Arc<dyn InboundEvents>,
+    marks: Option<MarkCommit>,
     handler: Arc<dyn EventHandler>,
     id: EventRowId,
     key: RoutingKey,
@@ -171,7 +173,11 @@ pub(crate) async fn attempt(
         let error = match outcome {
             Ok(Ok(HandleOutcome::Done)) => {
                 let marking = Instant::now();
-                let r = mark_with_retry(|| inbox.mark_done(claim)).await;
+                let r = mark_with_retry(|| match &marks {
+                    Some(marks) => marks.submit(claim).boxed(),
+                    None => inbox.mark_done(claim),
+                })
+                .await;
                 metrics.observe_stage("mark", marking.elapsed());
                 return finished(r, handler_time, "done");
             }

@@ -346,6 +346,17 @@ pub trait InboundEvents: Send + Sync + 'static {
     async fn confirm(&self, claim: Claim) -> Result<(), StoreError>;
     /// → `done`. Every mark applies only under its claim ([`StoreError::Fenced`] otherwise).
     async fn mark_done(&self, claim: Claim) -> Result<(), StoreError>;
+    /// [`InboundEvents::mark_done`] for several claims at once, one outcome per claim in the
+    /// same order, each applied only under its own claim. A store that can do it in one
+    /// statement does ([`crate::group_commit::MarkCommit`]); this default marks them one
+    /// after the other.
+    async fn mark_done_batch(&self, claims: Vec<Claim>) -> Vec<Result<(), StoreError>> {
+        let mut outcomes = Vec::with_capacity(claims.len());
+        for claim in claims {
+            outcomes.push(self.mark_done(claim).await);
+        }
+        outcomes
+    }
     /// → `ignored` with the reason in `last_error`.
     async fn mark_ignored(&self, claim: Claim, reason: &str) -> Result<(), StoreError>;
     /// An attempt failed and will be retried: → `pending`, `last_error` set.

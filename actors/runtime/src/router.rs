@@ -33,6 +33,8 @@ pub(crate) struct StreamCtx {
     pub source: EventSource,
     pub handler: Arc<dyn EventHandler>,
     pub inbox: Arc<dyn InboundEvents>,
+    /// Where done marks are group-committed, when they are.
+    pub marks: Option<crate::group_commit::MarkCommit>,
     pub config: ClusterConfig,
     pub metrics: Metrics,
     pub health: HealthRegistry,

@@ -126,6 +126,7 @@ impl Worker {
         self.running = true;
         let fut = attempt(
             self.stream.inbox.clone(),
+            self.stream.marks.clone(),
             self.stream.handler.clone(),
             id,
             self.key.clone(),

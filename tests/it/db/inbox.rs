@@ -170,6 +170,46 @@ async fn claim_counts_attempts_and_finished_events_are_not_claimed() {
     assert!(err.to_string().contains("999999"), "{err}");
 }
 
+/// Done marks written in one statement (the marks' writer) apply each under its own claim:
+/// a claim taken over since, or an unknown event, is `Fenced` and changes nothing, the others
+/// are done.
+#[tokio::test]
+async fn done_marks_in_one_batch_apply_each_under_its_own_claim() {
+    let db = TestDb::new().await;
+    let inbox = PgInbox::new(db.pool().clone());
+    let ids = [
+        recorded(&inbox, "Ev1").await,
+        recorded(&inbox, "Ev2").await,
+        recorded(&inbox, "Ev3").await,
+    ];
+    let first = claimed(&inbox, ids[0]).await;
+    let stale = claimed(&inbox, ids[1]).await;
+    let current = claimed(&inbox, ids[1]).await;
+    let third = claimed(&inbox, ids[2]).await;
+    let unknown = Claim {
+        id: EventRowId(999_999),
+        attempt: 1,
+    };
+    let outcomes = inbox
+        .mark_done_batch(vec![first, stale, third, unknown])
+        .await;
+    assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+    assert!(matches!(outcomes[1], Err(StoreError::Fenced(id)) if id == ids[1]));
+    assert!(matches!(outcomes[3], Err(StoreError::Fenced(id)) if id == unknown.id));
+    for (id, status) in [
+        (ids[0], EventStatus::Done),
+        (ids[1], EventStatus::Processing),
+        (ids[2], EventStatus::Done),
+    ] {
+        let row = inbox.get(id).await.expect("get").expect("exists");
+        assert_eq!(row.status, status, "event {id}");
+        assert_eq!(row.processed_at.is_some(), status == EventStatus::Done);
+    }
+    // The current claim of the taken-over event still marks it.
+    assert!(inbox.mark_done_batch(vec![current]).await[0].is_ok());
+    assert!(inbox.mark_done_batch(Vec::new()).await.is_empty());
+}
+
 #[tokio::test]
 async fn a_key_is_claimed_in_id_order_whatever_reaches_the_worker_first() {
     let db = TestDb::new().await;

@@ -210,6 +210,12 @@ async fn the_lease_fences_claims_marks_and_posts() {
         inbox_a.confirm(claimed_by_a.claim()).await,
         inbox_a.mark_done(claimed_by_a.claim()).await,
         inbox_a.mark_retry(claimed_by_a.claim(), "late").await,
+        // The group-committed mark is fenced by the lease as well, with the claim's
+        // attempt it carries (B's claim has the next one).
+        inbox_a
+            .mark_done_batch(vec![claimed_by_a.claim(), claimed_by_b.claim()])
+            .await
+            .remove(1),
     ] {
         assert!(matches!(result, Err(StoreError::Fenced(_))), "{result:?}");
     }
