@@ -114,6 +114,20 @@ fn deleted(ts: &str) -> Value {
     }))
 }
 
+/// Handles the thread's first mention ("hi", answered at once in `Response` mode) and returns
+/// its conversation's id, as SendReply takes it.
+async fn answered_first_turn(f: &Fixture) -> String {
+    f.handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+        .await
+        .expect("turn");
+    f.store
+        .conversation(&thread(ROOT_TS))
+        .expect("conversation")
+        .id
+        .to_string()
+}
+
 /// The texts stored in the thread, with who wrote them.
 fn thread_texts(f: &Fixture, root: &str) -> Vec<(Sender, String)> {
     let conversation = f.store.conversation(&thread(root)).expect("conversation");
@@ -571,21 +585,13 @@ async fn an_answer_sent_through_send_reply_is_not_posted_again() {
 #[tokio::test]
 async fn a_send_reply_caller_going_away_does_not_stop_the_post() {
     let f = fixture(ReplyMode::Response);
-    f.handler
-        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
-        .await
-        .expect("turn");
-    let conversation = f
-        .store
-        .conversation(&thread(ROOT_TS))
-        .expect("conversation");
+    let id = answered_first_turn(&f).await;
     let replies = Arc::new(
         ReplyService::new(f.store.clone(), f.slack.clone())
             .with_claim_timing(Duration::from_secs(30), Duration::from_millis(100)),
     );
     f.slack.delay_posts(Duration::from_millis(300));
-    let call =
-        replies.send_reply_detached(conversation.id.to_string(), "a second thought".into(), None);
+    let call = replies.send_reply_detached(id.clone(), "a second thought".into(), None);
     assert!(
         tokio::time::timeout(Duration::from_millis(100), call)
             .await
@@ -602,7 +608,7 @@ async fn a_send_reply_caller_going_away_does_not_stop_the_post() {
     );
     assert_eq!(
         replies
-            .send_reply(&conversation.id.to_string(), "a second thought")
+            .send_reply(&id, "a second thought")
             .await
             .expect("the retry"),
         super::ReplyOutcome::AlreadyPosted
@@ -667,16 +673,7 @@ async fn a_reply_is_not_posted_once_contact_broke_after_the_claim() {
 #[tokio::test]
 async fn a_reply_posted_after_the_claim_was_taken_over_is_withdrawn() {
     let f = fixture(ReplyMode::Response);
-    f.handler
-        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
-        .await
-        .expect("turn");
-    let id = f
-        .store
-        .conversation(&thread(ROOT_TS))
-        .expect("conversation")
-        .id
-        .to_string();
+    let id = answered_first_turn(&f).await;
     let replies = || {
         Arc::new(
             ReplyService::new(f.store.clone(), f.slack.clone())

@@ -71,13 +71,13 @@ pub trait Standing: Send + Sync {
 
 tokio::task_local! {
     /// The standing, and the claim's instant, that a Slack write made inside
-    /// [`gated`] must still have when it leaves.
+    /// [`fenced_write`] must still have when it leaves.
     static WRITE_GATE: (Arc<dyn Standing>, Instant);
 }
 
 /// Asked by the Slack adapter right before each request it sends (every attempt): `Err`
-/// when the write runs inside [`gated`] and this process's standing broke since its claim.
-/// Outside [`gated`] (reads, unclaimed calls) always `Ok`. Asking here, after the token
+/// when the write runs inside [`fenced_write`] and this process's standing broke since its claim.
+/// Outside [`fenced_write`] (reads, unclaimed calls) always `Ok`. Asking here, after the token
 /// lookup and the client's own waits, leaves only the HTTP client's hand-off to the
 /// connection between the check and the bytes on the wire.
 pub fn write_gate() -> Result<(), FenceError> {
@@ -228,7 +228,7 @@ pub(crate) struct Poster<'a> {
     /// Checked right before each post.
     pub fence: &'a dyn BeforePost,
     /// Asked right before each Slack write, after every other check, and by the adapter
-    /// right before the request leaves ([`gated`]).
+    /// right before the request leaves ([`fenced_write`]).
     pub standing: Arc<dyn Standing>,
     /// The turns' progress indicators, when progress is shown: a turn's first reply ends
     /// its indicator, replacing the placeholder if there is one.

@@ -408,12 +408,7 @@ impl ConversationHandler {
             InsertOutcome::Exists { source_event_id } if source_event_id != Some(event.id) => {
                 // The same human message arrived as another event (app_mention and message
                 // twins, or a redelivery with a new event id): one turn only.
-                return Ok(match source_event_id {
-                    Some(made_by) => already_handled(ts, made_by),
-                    None => HandleOutcome::Ignored(format!(
-                        "message {ts} already handled as inbound event ?"
-                    )),
-                });
+                return Ok(already_handled(ts, source_event_id));
             }
             _ => self.remember_turn(&turn.turn_id, event.id),
         }
@@ -890,8 +885,9 @@ fn past_messages(history: Vec<StoredMessage>, ts: &MessageTs) -> Vec<StoredMessa
 }
 
 /// The outcome for the twin (or a redelivery under a new event id) of a message whose turn
-/// `made_by` made.
-fn already_handled(ts: &MessageTs, made_by: EventRowId) -> HandleOutcome {
+/// `made_by` made (`None`: a row stored before events were remembered).
+fn already_handled(ts: &MessageTs, made_by: Option<EventRowId>) -> HandleOutcome {
+    let made_by = made_by.map_or_else(|| "?".to_owned(), |id| id.to_string());
     HandleOutcome::Ignored(format!(
         "message {ts} already handled as inbound event {made_by}"
     ))
@@ -971,7 +967,7 @@ impl EventHandler for ConversationHandler {
             // The twin of a message this process made a turn of: both come for every
             // mention, usually together, so skipping the store here saves a round trip per
             // mention. After a restart (or on another replica) the store answers the same.
-            return Ok(already_handled(&id.ts, made_by));
+            return Ok(already_handled(&id.ts, Some(made_by)));
         }
         let ctx = self.decide_context(&cb).await?;
         match slack_events::decide(&cb, &ctx) {
