@@ -13,7 +13,7 @@ use infragpt_actors::EventSource;
 use infragpt_actors::audit::AuditEntry;
 use infragpt_actors::inbox::{
     Claim, EventPayload, EventRowId, EventStatus, InboundEvent, InboundEvents, NewInboundEvent,
-    Partition, RecordOutcome, RoutingKey, StoreError,
+    Partition, RecordOutcome, Recording, RoutingKey, StoreError,
 };
 use infragpt_actors::partitions::ReplicaId;
 
@@ -419,6 +419,27 @@ fn convert_all(rows: Vec<EventRow>) -> Result<Vec<InboundEvent>, StoreError> {
     rows.into_iter().map(InboundEvent::try_from).collect()
 }
 
+/// The batch insert: one row per element of the arrays, in their order. A row whose claim
+/// flag (`$8`) is set is recorded claimed (`processing`, attempt 1) when nothing older of its
+/// source and key is unfinished and, for a replica (`$9`), its partition is leased to it (as
+/// [`PgInbox::claim`] would claim it); the others are recorded `pending`.
+const CLAIMING_INSERT: &str = "\
+INSERT INTO inbound_events
+    (source, source_id, routing_key, partition, kind, payload, raw_body, status, attempts)
+SELECT s, i, r, p, k, CAST(j AS jsonb), b,
+    CASE WHEN claimed THEN 'processing' ELSE 'pending' END, CASE WHEN claimed THEN 1 ELSE 0 END
+FROM (SELECT t.*, CASE WHEN c THEN
+        ($9::text IS NULL OR EXISTS (SELECT 1 FROM cluster_partitions cp
+            WHERE cp.partition = t.p AND cp.owner = $9 AND cp.lease_until > now()))
+        AND NOT EXISTS (SELECT 1 FROM inbound_events o
+            WHERE o.routing_key = t.r AND o.source = t.s AND o.status IN ('pending', 'processing'))
+        ELSE false END AS claimed
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::text[],
+                $7::text[], $8::bool[]) WITH ORDINALITY AS t(s, i, r, p, k, j, b, c, n)) AS t
+ORDER BY n
+ON CONFLICT (source, source_id) DO NOTHING
+RETURNING id, source, source_id, received_at, status, attempts";
+
 /// An event ready to insert: its texts without NUL, its partition, its payload serialized
 /// once.
 struct NewRow {
@@ -428,26 +449,45 @@ struct NewRow {
     partition: Partition,
     kind: String,
     payload: StoredPayload,
+    /// Claim it in the same insert when it can be ([`Recording::claim`]): asked for, and
+    /// `payload.value` is the payload as stored.
+    claim: bool,
 }
 
 impl NewRow {
-    fn prepare(event: NewInboundEvent) -> Result<Self, StoreError> {
-        let NewInboundEvent {
-            source,
-            source_id,
-            routing_key,
-            kind,
-            payload,
-        } = event;
+    fn prepare(recording: Recording) -> Result<Self, StoreError> {
+        let Recording {
+            event:
+                NewInboundEvent {
+                    source,
+                    source_id,
+                    routing_key,
+                    kind,
+                    payload,
+                },
+            claim,
+        } = recording;
         // Text columns cannot hold NUL either (a signed payload's `type` or `action` can).
         let routing_key = RoutingKey(text_without_nul(routing_key.0));
+        let mut payload = StoredPayload::prepare(payload)?;
+        // A claimed event goes to its worker with its payload. A raw body is parsed for it
+        // here instead of from the stored jsonb by the claim; a large one, or one whose
+        // stored value differs from its text, is left to the claim.
+        let claim = claim
+            && payload.json.len() < LARGE_STATEMENT_BYTES
+            && (!payload.value.is_null()
+                || (payload.raw_body.is_none()
+                    && serde_json::from_str(&payload.json)
+                        .map(|value| payload.value = value)
+                        .is_ok()));
         Ok(Self {
             source,
             source_id: text_without_nul(source_id),
             partition: Partition::of(&routing_key),
             routing_key,
             kind: text_without_nul(kind),
-            payload: StoredPayload::prepare(payload)?,
+            payload,
+            claim,
         })
     }
 
@@ -569,7 +609,7 @@ impl PgInbox {
         rows: Vec<(usize, NewRow)>,
         outcomes: &mut [Option<Result<RecordOutcome, StoreError>>],
     ) {
-        if rows.len() <= 1 {
+        if rows.len() <= 1 && !rows.iter().any(|(_, row)| row.claim) {
             for (slot, row) in rows {
                 outcomes[slot] = Some(self.insert_one(row).await);
             }
@@ -634,46 +674,46 @@ impl PgInbox {
         };
         let sources: Vec<&str> = rows.iter().map(|(_, r)| r.source.as_str()).collect();
         let source_ids: Vec<&str> = rows.iter().map(|(_, r)| r.source_id.as_str()).collect();
-        let inserted: Result<Vec<InsertedRow>, _> = diesel::sql_query(
-            "INSERT INTO inbound_events \
-               (source, source_id, routing_key, partition, kind, payload, raw_body) \
-             SELECT s, i, r, p, k, CAST(j AS jsonb), b \
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::text[], \
-                         $6::text[], $7::text[]) WITH ORDINALITY AS t(s, i, r, p, k, j, b, n) \
-             ORDER BY n \
-             ON CONFLICT (source, source_id) DO NOTHING \
-             RETURNING id, source, source_id, received_at, status, attempts",
-        )
-        .bind::<Array<Text>, _>(&sources)
-        .bind::<Array<Text>, _>(&source_ids)
-        .bind::<Array<Text>, _>(
-            rows.iter()
-                .map(|(_, r)| r.routing_key.0.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<SmallInt>, _>(
-            rows.iter()
-                .map(|(_, r)| r.partition.stored())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Text>, _>(
-            rows.iter()
-                .map(|(_, r)| r.kind.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Text>, _>(
-            rows.iter()
-                .map(|(_, r)| r.payload.json.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Nullable<Text>>, _>(
-            rows.iter()
-                .map(|(_, r)| r.payload.raw_body.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .prepared()
-        .load(&mut conn)
-        .await;
+        // Only the first row of a key in the statement may be claimed: the check for older
+        // unfinished events does not see the rows the statement itself inserts.
+        let mut keys_seen = std::collections::HashSet::new();
+        let claims: Vec<bool> = rows
+            .iter()
+            .map(|(_, r)| keys_seen.insert((r.source, r.routing_key.0.as_str())) && r.claim)
+            .collect();
+        let inserted: Result<Vec<InsertedRow>, _> = diesel::sql_query(CLAIMING_INSERT)
+            .bind::<Array<Text>, _>(&sources)
+            .bind::<Array<Text>, _>(&source_ids)
+            .bind::<Array<Text>, _>(
+                rows.iter()
+                    .map(|(_, r)| r.routing_key.0.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<Array<SmallInt>, _>(
+                rows.iter()
+                    .map(|(_, r)| r.partition.stored())
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<Array<Text>, _>(
+                rows.iter()
+                    .map(|(_, r)| r.kind.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<Array<Text>, _>(
+                rows.iter()
+                    .map(|(_, r)| r.payload.json.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<Array<Nullable<Text>>, _>(
+                rows.iter()
+                    .map(|(_, r)| r.payload.raw_body.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<Array<diesel::sql_types::Bool>, _>(&claims)
+            .bind::<Nullable<Text>, _>(self.replica.as_deref())
+            .prepared()
+            .load(&mut conn)
+            .await;
         let inserted = match inserted {
             Ok(rows) => rows,
             // The server refused the statement (a payload that is not JSON, say): the
@@ -758,7 +798,7 @@ enum BatchFailure {
 #[async_trait]
 impl InboundEvents for PgInbox {
     async fn record(&self, event: NewInboundEvent) -> Result<RecordOutcome, StoreError> {
-        self.insert_one(NewRow::prepare(event)?).await
+        self.insert_one(NewRow::prepare(event.into())?).await
     }
 
     /// One `INSERT … SELECT … FROM unnest(…)` for the events whose payloads are below
@@ -766,10 +806,7 @@ impl InboundEvents for PgInbox {
     /// after it, so the ids still follow the order of `events`; a run of payloads that adds
     /// up to that size is cut there), then one lookup of those that existed. A statement the server refuses (a bad payload) is retried event by
     /// event, so one bad event fails alone; a lost connection fails them all.
-    async fn record_batch(
-        &self,
-        events: Vec<NewInboundEvent>,
-    ) -> Vec<Result<RecordOutcome, StoreError>> {
+    async fn record_batch(&self, events: Vec<Recording>) -> Vec<Result<RecordOutcome, StoreError>> {
         let mut outcomes: Vec<Option<Result<RecordOutcome, StoreError>>> =
             events.iter().map(|_| None).collect();
         let mut batch: Vec<(usize, NewRow)> = Vec::new();

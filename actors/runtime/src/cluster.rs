@@ -18,7 +18,7 @@ use crate::handler::EventHandler;
 use crate::health::{ActorHealth, ActorId, ActorKind, ActorState, HealthRegistry};
 use crate::inbox::{
     EventRowId, EventSource, EventStatus, InboundEvent, InboundEvents, NewInboundEvent, Partition,
-    RecordOutcome, RoutingKey, StoreError,
+    RecordOutcome, Recording, RoutingKey, StoreError,
 };
 use crate::metrics::Metrics;
 use crate::partitions::{ClusterView, Membership, Ownership, RecordedNotice, ReplicationConfig};
@@ -295,8 +295,8 @@ impl Cluster {
         let started = std::time::Instant::now();
         let recording = self
             .check_ingest(&event)
-            .map(|()| match &self.inner.group_commit {
-                Some(writer) => writer.submit(event).boxed(),
+            .map(|claim| match &self.inner.group_commit {
+                Some(writer) => writer.submit(Recording { event, claim }).boxed(),
                 None => {
                     let inbox = self.inner.inbox.clone();
                     async move { inbox.record(event).await }.boxed()
@@ -304,20 +304,30 @@ impl Cluster {
             });
         let this = self.clone();
         async move {
-            let outcome = recording?.await?;
+            let mut outcome = recording?.await?;
             this.inner
                 .metrics
                 .observe_stage("inbox_write", started.elapsed());
-            match &outcome {
+            match &mut outcome {
                 RecordOutcome::Recorded(e) => {
                     tracing::debug!(
                         source = e.source.as_str(),
                         source_id = %e.source_id,
                         event_id = %e.id,
                         routing_key = %e.routing_key,
+                        claimed = e.status == EventStatus::Processing,
                         "event recorded"
                     );
-                    this.route(e.id, e.source, &e.routing_key, e.partition, false)
+                    // The claimed event goes to its worker with its payload; the caller's
+                    // outcome keeps the rest (it never needs the payload).
+                    let claimed = (e.status == EventStatus::Processing).then(|| {
+                        let payload = std::mem::take(&mut e.payload);
+                        Box::new(InboundEvent {
+                            payload,
+                            ..e.clone()
+                        })
+                    });
+                    this.route(e.id, e.source, &e.routing_key, e.partition, false, claimed)
                         .await;
                 }
                 RecordOutcome::Duplicate(e) => {
@@ -333,18 +343,24 @@ impl Cluster {
         }
     }
 
-    /// Why `event` cannot be ingested now, if it cannot.
-    fn check_ingest(&self, event: &NewInboundEvent) -> Result<(), IngestError> {
+    /// Why `event` cannot be ingested now, if it cannot; else whether to claim it in the
+    /// same write: when it will be dispatched here at once (its partition is held here and
+    /// its stream is not deferring or full). A claimed event that is not dispatched after
+    /// all (the partition moved, the stream started deferring meanwhile) is claimed again by
+    /// the scan that picks it up, as after a crash.
+    fn check_ingest(&self, event: &NewInboundEvent) -> Result<bool, IngestError> {
         if !self.is_accepting() {
             return Err(IngestError::ShuttingDown);
         }
         if event.routing_key.0.is_empty() {
             return Err(IngestError::EmptyRoutingKey);
         }
-        if !self.inner.streams.read().contains_key(&event.source) {
+        let streams = self.inner.streams.read();
+        let Some(stream) = streams.get(&event.source) else {
             return Err(IngestError::NoStream(event.source.as_str()));
-        }
-        Ok(())
+        };
+        Ok(!stream.shared.is_overloaded()
+            && self.inner.ownership.owns(Partition::of(&event.routing_key)))
     }
 
     /// Dispatches a recorded event here when this replica holds its partition, else tells
@@ -357,9 +373,10 @@ impl Cluster {
         key: &RoutingKey,
         partition: Partition,
         requeued: bool,
+        claimed: Option<Box<InboundEvent>>,
     ) {
         if self.inner.ownership.owns(partition) {
-            self.dispatch(id, source, key.clone(), partition, requeued);
+            self.dispatch(id, source, key.clone(), partition, requeued, claimed);
             return;
         }
         let Some(replication) = &self.inner.replication else {
@@ -393,6 +410,7 @@ impl Cluster {
                 notice.routing_key.clone(),
                 notice.partition,
                 false,
+                None,
             ),
             None => {
                 tracing::warn!(event_id = %notice.id, source = %notice.source, "announced event of a source without a stream here")
@@ -438,6 +456,7 @@ impl Cluster {
         key: RoutingKey,
         partition: Partition,
         requeued: bool,
+        claimed: Option<Box<InboundEvent>>,
     ) {
         let streams = self.inner.streams.read();
         let Some(stream) = streams.get(&source) else {
@@ -449,6 +468,7 @@ impl Cluster {
             key,
             partition,
             requeued,
+            claimed,
         }) {
             // Full mailbox (or a stopped router): the event is durable; the drain loop
             // dispatches it in order later.
@@ -531,6 +551,7 @@ impl Cluster {
             &event.routing_key,
             event.partition,
             true,
+            None,
         )
         .await;
         Ok(Some(event))

@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use crate::health::ActorHealth;
-use crate::inbox::{Claim, InboundEvents, NewInboundEvent, RecordOutcome, StoreError};
+use crate::inbox::{Claim, InboundEvents, RecordOutcome, Recording, StoreError};
 use crate::metrics::Metrics;
 
 /// How long one batch may take. Every record waits for the batch before it, so a statement
@@ -61,11 +61,11 @@ struct Records {
 }
 
 impl BatchWrite for Records {
-    type Item = NewInboundEvent;
+    type Item = Recording;
     type Out = RecordOutcome;
     fn write(
         &self,
-        events: Vec<NewInboundEvent>,
+        events: Vec<Recording>,
     ) -> BoxFuture<'static, Vec<Result<RecordOutcome, StoreError>>> {
         let inbox = self.inbox.clone();
         async move { inbox.record_batch(events).await }.boxed()
@@ -123,10 +123,11 @@ impl GroupCommit {
     }
 
     /// Queues `event` now (so events submitted one after another are written in that order)
-    /// and returns the outcome once its batch has committed.
+    /// and returns the outcome once its batch has committed (claimed in the same write when
+    /// it asks for it and the store can: [`Recording::claim`]).
     pub fn submit(
         &self,
-        event: NewInboundEvent,
+        event: Recording,
     ) -> impl Future<Output = Result<RecordOutcome, StoreError>> + Send + use<> {
         submit(&self.writer, event)
     }
@@ -302,7 +303,7 @@ impl<B: BatchWrite> Handler<Submit<B>> for BatchWriter<B> {
 mod tests {
     use super::*;
     use crate::health::{ActorId, ActorKind, HealthRegistry};
-    use crate::inbox::{EventPayload, EventSource, RoutingKey};
+    use crate::inbox::{EventPayload, EventSource, NewInboundEvent, RoutingKey};
     use crate::testing::MemoryInbox;
 
     fn event(key: &str, n: u32) -> NewInboundEvent {
@@ -334,10 +335,10 @@ mod tests {
         let gc = writer(inbox.clone(), 3);
         // The first event is written alone (nothing else is waiting); the next five arrive
         // while it is held and are written as batches of 3 and 2.
-        let first = tokio::spawn(gc.submit(event("k", 0)));
+        let first = tokio::spawn(gc.submit(event("k", 0).into()));
         first_batch_started(&inbox).await;
         let rest: Vec<_> = (1..6)
-            .map(|n| tokio::spawn(gc.submit(event("k", n))))
+            .map(|n| tokio::spawn(gc.submit(event("k", n).into())))
             .collect();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(
@@ -363,10 +364,10 @@ mod tests {
         let inbox = MemoryInbox::new();
         inbox.set_unavailable(true);
         let gc = writer(inbox.clone(), 10);
-        let failed = gc.submit(event("k", 1)).await;
+        let failed = gc.submit(event("k", 1).into()).await;
         assert!(matches!(failed, Err(StoreError::Unavailable(_))));
         inbox.set_unavailable(false);
-        let ok = gc.submit(event("k", 1)).await.unwrap();
+        let ok = gc.submit(event("k", 1).into()).await.unwrap();
         assert!(matches!(ok, RecordOutcome::Recorded(_)));
     }
 
@@ -383,10 +384,10 @@ mod tests {
             health,
             std::time::Duration::from_millis(50),
         );
-        let hung = gc.submit(event("k", 1)).await;
+        let hung = gc.submit(event("k", 1).into()).await;
         assert!(matches!(hung, Err(StoreError::Unavailable(_))), "{hung:?}");
         gate.add_permits(10);
-        let next = gc.submit(event("k", 2)).await.unwrap();
+        let next = gc.submit(event("k", 2).into()).await.unwrap();
         assert!(matches!(next, RecordOutcome::Recorded(_)));
         assert_eq!(inbox.batch_sizes(), vec![1, 1]);
     }
@@ -427,10 +428,10 @@ mod tests {
         let inbox = MemoryInbox::new();
         let gate = inbox.hold_batches();
         let gc = writer(inbox.clone(), 10);
-        let hold = tokio::spawn(gc.submit(event("k", 0)));
+        let hold = tokio::spawn(gc.submit(event("k", 0).into()));
         first_batch_started(&inbox).await;
-        let a = tokio::spawn(gc.submit(event("k", 7)));
-        let b = tokio::spawn(gc.submit(event("k", 7)));
+        let a = tokio::spawn(gc.submit(event("k", 7).into()));
+        let b = tokio::spawn(gc.submit(event("k", 7).into()));
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         gate.add_permits(10);
         hold.await.unwrap().unwrap();

@@ -103,13 +103,14 @@ where
     }
 }
 
-/// One attempt at event `id`: claim it, run the handler with panics caught, record the outcome.
-/// An event claimed more than `1 + retry_budget` times becomes a dead letter when it fails.
+/// One attempt at event `id`: claim it (unless it comes claimed, as it was recorded), run the
+/// handler with panics caught, record the outcome. An event claimed more than
+/// `1 + retry_budget` times becomes a dead letter when it fails.
 pub(crate) async fn attempt(
     inbox: Arc<dyn InboundEvents>,
     marks: Option<MarkCommit>,
     handler: Arc<dyn EventHandler>,
-    id: EventRowId,
+    (id, claimed): (EventRowId, Option<Box<InboundEvent>>),
     key: RoutingKey,
     retry_budget: u32,
     metrics: Metrics,
@@ -124,9 +125,15 @@ pub(crate) async fn attempt(
         attempt = tracing::field::Empty,
     );
     async move {
-        let claiming = Instant::now();
-        let claimed = inbox.claim(id).await;
-        metrics.observe_stage("claim", claiming.elapsed());
+        let claimed = match claimed {
+            Some(event) => Ok(Some(*event)),
+            None => {
+                let claiming = Instant::now();
+                let claimed = inbox.claim(id).await;
+                metrics.observe_stage("claim", claiming.elapsed());
+                claimed
+            }
+        };
         let event = match claimed {
             Ok(Some(e)) => e,
             Ok(None) => {

@@ -200,6 +200,29 @@ pub struct NewInboundEvent {
     pub payload: EventPayload,
 }
 
+/// An event for [`InboundEvents::record_batch`], and whether the caller wants it claimed in
+/// the same write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recording {
+    pub event: NewInboundEvent,
+    /// Claim the event for this process in the same write when it is new and could be
+    /// claimed right away: nothing older of its source and routing key is unfinished (nor
+    /// earlier in the same write) and, in a replicated store, its partition is leased to this
+    /// replica. The caller hands a claimed event to its worker with the claim, which saves
+    /// the claim's round trip and the payload's trip back. A store may decline (a large
+    /// payload, an event it cannot return as stored); the event is then recorded `pending`.
+    pub claim: bool,
+}
+
+impl From<NewInboundEvent> for Recording {
+    fn from(event: NewInboundEvent) -> Self {
+        Self {
+            event,
+            claim: false,
+        }
+    }
+}
+
 /// The payload of an event to record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventPayload {
@@ -269,7 +292,9 @@ impl InboundEvent {
 pub enum RecordOutcome {
     /// First time this source id was seen; the event must be dispatched. Its `payload` may
     /// be `Null` when it was given raw: a store need not parse a large body again just to
-    /// return it (claim loads it).
+    /// return it (claim loads it). When it was claimed in the same write
+    /// ([`Recording::claim`]) its status is `processing`, `attempts` is 1 and `payload` is
+    /// the payload as stored.
     Recorded(InboundEvent),
     /// Seen before; nothing was changed and nothing must be dispatched.
     Duplicate(InboundEvent),
@@ -280,6 +305,14 @@ impl RecordOutcome {
     pub fn event(&self) -> &InboundEvent {
         match self {
             Self::Recorded(e) | Self::Duplicate(e) => e,
+        }
+    }
+
+    /// The event when it was recorded now and claimed in the same write.
+    pub fn claimed(&self) -> Option<&InboundEvent> {
+        match self {
+            Self::Recorded(e) if e.status == EventStatus::Processing => Some(e),
+            _ => None,
         }
     }
 }
@@ -321,15 +354,13 @@ pub trait InboundEvents: Send + Sync + 'static {
     async fn record(&self, event: NewInboundEvent) -> Result<RecordOutcome, StoreError>;
     /// [`InboundEvents::record`] for several events at once, one outcome per event in the
     /// same order; ids are assigned in that order. A store that can write them in one
-    /// statement does ([`crate::group_commit`] relies on it); this default records them one
-    /// after the other.
-    async fn record_batch(
-        &self,
-        events: Vec<NewInboundEvent>,
-    ) -> Vec<Result<RecordOutcome, StoreError>> {
+    /// statement does ([`crate::group_commit`] relies on it), claiming those that ask for it
+    /// ([`Recording::claim`]); this default records them one after the other and claims
+    /// none.
+    async fn record_batch(&self, events: Vec<Recording>) -> Vec<Result<RecordOutcome, StoreError>> {
         let mut outcomes = Vec::with_capacity(events.len());
-        for event in events {
-            outcomes.push(self.record(event).await);
+        for recording in events {
+            outcomes.push(self.record(recording.event).await);
         }
         outcomes
     }

@@ -88,6 +88,10 @@ pub(crate) struct Dispatch {
     /// A requeued dead letter: it may still be counted in flight for a moment (its worker's
     /// report can arrive after the requeue), so it must not be dropped as a duplicate.
     pub requeued: bool,
+    /// The event, claimed when it was recorded ([`crate::inbox::Recording::claim`]): its
+    /// worker handles it under that claim without claiming it again. Dropped when the event
+    /// is not dispatched now; the scan that dispatches it later claims it again.
+    pub claimed: Option<Box<InboundEvent>>,
 }
 
 /// Scan the inbox for unfinished events now (a router also does so when it starts).
@@ -241,6 +245,7 @@ impl Router {
         id: EventRowId,
         key: RoutingKey,
         partition: Partition,
+        claimed: Option<Box<InboundEvent>>,
         ctx: &mut Context<Self>,
     ) {
         self.in_flight.insert(id, partition);
@@ -268,7 +273,7 @@ impl Router {
         slot.outstanding += 1;
         // `do_send` ignores the worker's mailbox bound on purpose: the high-water mark bounds
         // the events in flight, so worker queues stay bounded too.
-        slot.addr.do_send(Enqueue(id));
+        slot.addr.do_send(Enqueue { id, claimed });
         self.backlog_changed();
     }
 
@@ -359,7 +364,7 @@ impl Router {
             if let Some(scan) = self.scan.as_mut() {
                 scan.dispatched.insert(event.id);
             }
-            self.dispatch_now(event.id, event.routing_key, event.partition, ctx);
+            self.dispatch_now(event.id, event.routing_key, event.partition, None, ctx);
         }
         if let Some(last) = last
             && full_page
@@ -386,7 +391,7 @@ impl Router {
                 self.shared.defer();
                 break;
             }
-            self.dispatch_now(id, key, partition, ctx);
+            self.dispatch_now(id, key, partition, None, ctx);
         }
         // Events deferred without reaching the router (full mailbox, recovery) before the
         // scan began are covered; later ones need another scan.
@@ -480,7 +485,7 @@ impl Handler<Dispatch> for Router {
             self.maybe_drain(ctx);
             return;
         }
-        self.dispatch_now(msg.id, msg.key, msg.partition, ctx);
+        self.dispatch_now(msg.id, msg.key, msg.partition, msg.claimed, ctx);
     }
 }
 

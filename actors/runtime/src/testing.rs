@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
 use crate::inbox::{
     Claim, EventPayload, EventRowId, EventSource, EventStatus, InboundEvent, InboundEvents,
-    NewInboundEvent, Partition, RecordOutcome, RoutingKey, StoreError,
+    NewInboundEvent, Partition, RecordOutcome, Recording, RoutingKey, StoreError,
 };
 
 #[derive(Debug, Default)]
@@ -104,9 +104,10 @@ impl MemoryInbox {
     }
 }
 
-#[async_trait]
-impl InboundEvents for MemoryInbox {
-    async fn record(&self, event: NewInboundEvent) -> Result<RecordOutcome, StoreError> {
+impl MemoryInbox {
+    /// Records `event`, claimed at once when `claim` asks for it and nothing older of its
+    /// source and key is unfinished (as [`Recording::claim`] says).
+    fn record_one(&self, event: NewInboundEvent, claim: bool) -> Result<RecordOutcome, StoreError> {
         self.check()?;
         let mut st = self.state.lock();
         let dedup = (event.source, event.source_id.clone());
@@ -120,6 +121,12 @@ impl InboundEvents for MemoryInbox {
                 serde_json::from_str(&text).map_err(|e| StoreError::Rejected(Box::new(e)))?
             }
         };
+        let claimed = claim
+            && !st.events.values().any(|o| {
+                o.status.is_unfinished()
+                    && o.source == event.source
+                    && o.routing_key == event.routing_key
+            });
         st.next_id += 1;
         let id = EventRowId(st.next_id);
         let stored = InboundEvent {
@@ -130,8 +137,12 @@ impl InboundEvents for MemoryInbox {
             routing_key: event.routing_key,
             kind: event.kind,
             payload,
-            status: EventStatus::Pending,
-            attempts: 0,
+            status: if claimed {
+                EventStatus::Processing
+            } else {
+                EventStatus::Pending
+            },
+            attempts: i32::from(claimed),
             last_error: None,
             received_at: Utc::now(),
             processed_at: None,
@@ -140,11 +151,15 @@ impl InboundEvents for MemoryInbox {
         st.events.insert(id, stored.clone());
         Ok(RecordOutcome::Recorded(stored))
     }
+}
 
-    async fn record_batch(
-        &self,
-        events: Vec<NewInboundEvent>,
-    ) -> Vec<Result<RecordOutcome, StoreError>> {
+#[async_trait]
+impl InboundEvents for MemoryInbox {
+    async fn record(&self, event: NewInboundEvent) -> Result<RecordOutcome, StoreError> {
+        self.record_one(event, false)
+    }
+
+    async fn record_batch(&self, events: Vec<Recording>) -> Vec<Result<RecordOutcome, StoreError>> {
         self.batches.lock().push(events.len());
         let gate = self.batch_gate.lock().clone();
         if let Some(gate) = gate {
@@ -153,11 +168,10 @@ impl InboundEvents for MemoryInbox {
                 .expect("the batch gate is never closed")
                 .forget();
         }
-        let mut outcomes = Vec::with_capacity(events.len());
-        for event in events {
-            outcomes.push(self.record(event).await);
-        }
-        outcomes
+        events
+            .into_iter()
+            .map(|r| self.record_one(r.event, r.claim))
+            .collect()
     }
 
     async fn claim(&self, id: EventRowId) -> Result<Option<InboundEvent>, StoreError> {

@@ -10,14 +10,17 @@ use tokio::sync::oneshot;
 
 use crate::handler::{Attempted, attempt};
 use crate::health::{ActorHealth, ActorId, ActorState};
-use crate::inbox::{EventRowId, RoutingKey};
+use crate::inbox::{EventRowId, InboundEvent, RoutingKey};
 use crate::router::{Adopted, Router, StreamCtx, WorkerFailed, WorkerFinished, WorkerIdle};
 use crate::supervision::{AttemptResult, FailureWindow, Next, WorkerCore};
 
-/// Queue an event (router → worker).
+/// Queue an event (router → worker), with its claim when it was claimed as it was recorded.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub(crate) struct Enqueue(pub EventRowId);
+pub(crate) struct Enqueue {
+    pub id: EventRowId,
+    pub claimed: Option<Box<InboundEvent>>,
+}
 
 /// Stop now: idle and nothing outstanding (router → worker).
 #[derive(Debug, Message)]
@@ -44,6 +47,10 @@ pub(crate) struct Worker {
     router: WeakAddr<Router>,
     core: WorkerCore,
     health: Option<ActorHealth>,
+    /// The queued event that was claimed as it was recorded, handled under that claim. One
+    /// slot: an event is claimed at record only when nothing older of its key is unfinished,
+    /// so a key has at most one such event at a time.
+    claimed: Option<Box<InboundEvent>>,
     /// An attempt is running.
     running: bool,
     /// Waiting for a backoff delay to pass before the next attempt.
@@ -83,6 +90,7 @@ impl Worker {
             router,
             core,
             health: None,
+            claimed: None,
             running: false,
             backing_off: false,
             idle_epoch: 0,
@@ -124,11 +132,13 @@ impl Worker {
 
     fn run(&mut self, id: EventRowId, ctx: &mut Context<Self>) {
         self.running = true;
+        // Only the first attempt uses the record's claim; a retry claims the event again.
+        let claimed = self.claimed.take_if(|e| e.id == id);
         let fut = attempt(
             self.stream.inbox.clone(),
             self.stream.marks.clone(),
             self.stream.handler.clone(),
-            id,
+            (id, claimed),
             self.key.clone(),
             self.stream.config.retry_budget,
             self.stream.metrics.clone(),
@@ -310,8 +320,10 @@ impl Worker {
     }
 
     fn finish_drain(&mut self, ctx: &mut Context<Self>) {
-        // Queued events were never claimed: they stay `pending` for the next start. The drain
-        // waiters hear from `stopped`, once the worker's health and metrics are final.
+        // Queued events stay in the inbox for the next start (`pending`, or `processing` when
+        // claimed at record: claimed again then). The drain waiters hear from `stopped`, once
+        // the worker's health and metrics are final.
+        self.claimed = None;
         self.core.release_all();
         ctx.stop();
     }
@@ -352,7 +364,12 @@ impl Handler<Enqueue> for Worker {
             return;
         }
         self.idle_epoch += 1;
-        self.core.enqueue(msg.0);
+        if msg.claimed.is_some() {
+            // One replacing another would mean two unfinished events of the key claimed at
+            // record (replicas racing): the earlier is claimed again when its turn comes.
+            self.claimed = msg.claimed;
+        }
+        self.core.enqueue(msg.id);
         self.pump(ctx);
     }
 }

@@ -567,3 +567,56 @@ async fn a_newer_event_that_arrives_first_waits_for_the_older_ones() {
     assert_eq!(inbox.count(EventStatus::Done), 4);
     cluster.shutdown().await;
 }
+
+/// With group commit an event dispatched here is claimed by the insert that records it: its
+/// worker handles it under that claim (attempt 1) without claiming it again. A later event
+/// of the key recorded while the first is still handled is recorded pending and claimed when
+/// its turn comes; a retry claims again. Each runs once per attempt, in order.
+#[actix_rt::test]
+async fn an_event_claimed_as_it_is_recorded_is_handled_without_claiming_it_again() {
+    let inbox = MemoryInbox::new();
+    let handler = RecordingHandler::new();
+    let config = ClusterConfig {
+        retry_budget: 2,
+        restart_limit: 100,
+        ..fast_config()
+    };
+    let cluster = start(config, inbox.clone(), handler.clone());
+    cluster.recover().await.expect("recover");
+    let k = key(1);
+    let gate = handler.gate_key(&RoutingKey(k.clone()));
+    handler.script(format!("{k}#2"), Script::Fail("always".into()));
+
+    let first = cluster.ingest(slack_event(&k, 0)).await.expect("ingest");
+    let first = first.claimed().expect("claimed as it was recorded").id;
+    assert!(eventually(GUARD, || handler.calls(first) == 1).await);
+    // Still in the handler: the next one of the key cannot be claimed yet.
+    let second = cluster.ingest(slack_event(&k, 1)).await.expect("ingest");
+    assert!(second.claimed().is_none(), "{second:?}");
+    assert_eq!(second.event().status, EventStatus::Pending);
+    let second = second.event().id;
+    gate.add_permits(2);
+    assert!(eventually(GUARD, || inbox.count(EventStatus::Done) == 2).await);
+    let third = cluster.ingest(slack_event(&k, 2)).await.expect("ingest");
+    let third = third.claimed().expect("nothing older unfinished").id;
+    gate.add_permits(10);
+    assert!(eventually(GUARD, || inbox.count(EventStatus::Failed) == 1).await);
+
+    assert_eq!(
+        inbox.claim_calls(first),
+        0,
+        "handled under the record's claim"
+    );
+    assert_eq!(inbox.claim_calls(second), 1);
+    assert_eq!(inbox.claim_calls(third), 2, "each retry claims again");
+    assert_eq!(handler.calls(third), 3);
+    let handled = handler.handled();
+    assert_eq!(handled.iter().map(seq).collect::<Vec<_>>(), [0, 1]);
+    assert!(handled.iter().all(|e| e.attempts == 1), "{handled:?}");
+    let dead = inbox.all().into_iter().find(|e| e.id == third).unwrap();
+    assert_eq!(
+        dead.attempts, 3,
+        "the record's claim counts as the first attempt"
+    );
+    cluster.shutdown().await;
+}

@@ -573,7 +573,9 @@ async fn a_batch_records_each_event_once_in_order_and_a_bad_one_fails_alone() {
         mid("M2"),
         event_in("C", "T1/C1/k"),
     ];
-    let outcomes = inbox.record_batch(batch).await;
+    let outcomes = inbox
+        .record_batch(batch.into_iter().map(Into::into).collect())
+        .await;
     assert_eq!(outcomes.len(), 9);
     let id = |i: usize| match &outcomes[i] {
         Ok(RecordOutcome::Recorded(e)) => e.id,
@@ -618,4 +620,93 @@ async fn a_batch_records_each_event_once_in_order_and_a_bad_one_fails_alone() {
         Err(StoreError::Behind { older, .. }) => assert_eq!(older, vec![a]),
         other => panic!("B must wait for A: {other:?}"),
     }
+}
+
+/// Records asked to be claimed in the same write ([`Recording`]): the first event of a key
+/// with nothing older unfinished is recorded claimed (attempt 1, its payload as stored, a raw
+/// body parsed); a later one of the same key in the batch, one behind an older unfinished
+/// event, one not asked, and one too large to share the statement are recorded pending.
+/// The record's claim marks the event; the next of its key is claimable after it.
+#[tokio::test]
+async fn a_batch_claims_the_events_it_may_and_records_the_others_pending() {
+    use infragpt_actors::inbox::{EventPayload, Recording};
+    let db = TestDb::new().await;
+    let inbox = PgInbox::new(db.pool().clone());
+    let waiting = recorded(&inbox, "Older").await;
+    let claim = |event: NewInboundEvent| Recording { event, claim: true };
+    let mut raw = event_in("Raw", "T1/C1/raw");
+    raw.payload = EventPayload::Raw(r#"{"event_id": "Raw", "n": [1, 2.5]}"#.into());
+    let mut large = event_in("Large", "T1/C1/large");
+    large.payload = json!({ "blob": "x".repeat(1 << 20) }).into();
+    let batch = vec![
+        claim(event_in("K1", "T1/C1/k")),
+        claim(event_in("K2", "T1/C1/k")),
+        claim(event_in("Behind", "T1/C1/Older")),
+        Recording::from(event_in("Unasked", "T1/C1/unasked")),
+        claim(raw),
+        claim(large),
+    ];
+    let outcomes = inbox.record_batch(batch).await;
+    let stored = |i: usize| match &outcomes[i] {
+        Ok(RecordOutcome::Recorded(e)) => e.clone(),
+        other => panic!("event {i} must be recorded: {other:?}"),
+    };
+    let k1 = stored(0);
+    assert_eq!((k1.status, k1.attempts), (EventStatus::Processing, 1));
+    assert_eq!(outcomes[0].as_ref().unwrap().claimed(), Some(&k1));
+    assert_eq!(
+        k1.payload,
+        event_in("K1", "T1/C1/k").payload.to_value().unwrap()
+    );
+    let raw = stored(4);
+    assert_eq!((raw.status, raw.attempts), (EventStatus::Processing, 1));
+    assert_eq!(raw.payload, json!({"event_id": "Raw", "n": [1, 2.5]}));
+    for (i, what) in [
+        (1, "a second of the key"),
+        (2, "behind an older one"),
+        (3, "not asked"),
+        (5, "large"),
+    ] {
+        let e = stored(i);
+        assert_eq!((e.status, e.attempts), (EventStatus::Pending, 0), "{what}");
+        assert!(outcomes[i].as_ref().unwrap().claimed().is_none(), "{what}");
+    }
+    // The stored rows say the same.
+    let stored_status = inbox.get(k1.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored_status.status, stored_status.attempts),
+        (EventStatus::Processing, 1)
+    );
+    assert_eq!(
+        inbox.get(waiting).await.unwrap().unwrap().status,
+        EventStatus::Pending
+    );
+
+    // K2 waits for K1, which the record's claim finishes.
+    let k2 = stored(1).id;
+    assert!(matches!(
+        inbox.claim(k2).await,
+        Err(StoreError::Behind { .. })
+    ));
+    inbox
+        .mark_done(k1.claim())
+        .await
+        .expect("the record's claim marks it");
+    let k2 = claimed(&inbox, k2).await;
+    assert_eq!(k2.attempt, 1);
+
+    // One event alone in its batch is claimed too.
+    let alone = inbox.record_batch(vec![claim(event("Alone"))]).await;
+    let alone = alone[0]
+        .as_ref()
+        .unwrap()
+        .claimed()
+        .expect("claimed")
+        .clone();
+    assert_eq!(alone.attempts, 1);
+    // A redelivery of a claimed event is a duplicate and claims nothing.
+    let again = inbox.record_batch(vec![claim(event("Alone"))]).await;
+    assert!(
+        matches!(&again[0], Ok(RecordOutcome::Duplicate(e)) if e.id == alone.id && e.attempts == 1)
+    );
 }

@@ -12,7 +12,7 @@ use infragpt::testkit::slack_sim::SimConfig;
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::Cluster;
 use infragpt_actors::inbox::{
-    InboundEvents, NewInboundEvent, Partition, RecordOutcome, RoutingKey, StoreError,
+    EventStatus, InboundEvents, NewInboundEvent, Partition, RecordOutcome, RoutingKey, StoreError,
 };
 use infragpt_actors::partitions::{Membership, ReplicaId};
 use infragpt_actors::sources;
@@ -129,6 +129,73 @@ fn event(source_id: &str, key: &str) -> NewInboundEvent {
         kind: "app_mention".to_owned(),
         payload: json!({"event_id": source_id}).into(),
     }
+}
+
+/// A record claims its event only for the replica that holds its partition's lease: nobody
+/// while the partition is free, A once A holds it, never B.
+#[tokio::test]
+async fn a_record_claims_only_for_the_partitions_holder() {
+    use infragpt_actors::inbox::Recording;
+    let db = TestDb::new().await;
+    let pool = db.pool().clone();
+    let (a, b) = (ReplicaId("replica-a".into()), ReplicaId("replica-b".into()));
+    let member_a = PgMembership::new(
+        pool.clone(),
+        db.url.clone(),
+        Duration::from_secs(5),
+        a.clone(),
+        "test-host".to_owned(),
+    );
+    let inbox_a = PgInbox::fenced(pool.clone(), &a, Duration::ZERO);
+    let inbox_b = PgInbox::fenced(pool.clone(), &b, Duration::ZERO);
+    let claiming = |id: &str, key: &str| {
+        vec![Recording {
+            event: event(id, key),
+            claim: true,
+        }]
+    };
+    let status = |outcomes: &[Result<RecordOutcome, StoreError>]| match &outcomes[0] {
+        Ok(RecordOutcome::Recorded(e)) => (e.status, e.attempts),
+        other => panic!("new event: {other:?}"),
+    };
+    let key = "T1/C1/1700000000.000100";
+    let free = inbox_a.record_batch(claiming("Free", key)).await;
+    assert_eq!(
+        status(&free),
+        (EventStatus::Pending, 0),
+        "nobody holds the partition"
+    );
+    let p = free[0].as_ref().unwrap().event().partition;
+    // The first event is finished elsewhere so the next ones are not behind it.
+    let first = free[0].as_ref().unwrap().event().id;
+    member_a
+        .heartbeat(false, Duration::from_secs(30))
+        .await
+        .expect("heartbeat");
+    member_a
+        .renew_and_acquire(&[p], Duration::from_secs(30))
+        .await
+        .expect("acquire");
+    let claim = inbox_a.claim(first).await.unwrap().unwrap().claim();
+    inbox_a.mark_done(claim).await.unwrap();
+
+    let by_b = inbox_b.record_batch(claiming("ByB", key)).await;
+    assert_eq!(
+        status(&by_b),
+        (EventStatus::Pending, 0),
+        "B does not hold it"
+    );
+    let pending = by_b[0].as_ref().unwrap().event().id;
+    let claim = inbox_a.claim(pending).await.unwrap().unwrap().claim();
+    inbox_a.mark_done(claim).await.unwrap();
+    let by_a = inbox_a.record_batch(claiming("ByA", key)).await;
+    assert_eq!(status(&by_a), (EventStatus::Processing, 1), "A holds it");
+    assert!(matches!(
+        inbox_b
+            .mark_done(by_a[0].as_ref().unwrap().event().claim())
+            .await,
+        Err(StoreError::Fenced(_))
+    ));
 }
 
 #[tokio::test]
