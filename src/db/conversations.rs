@@ -13,7 +13,8 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use infragpt_actors::conversation::{
     AgentTurnStart, ChannelRecord, ClaimToken, ClaimedIntent, Conversation, ConversationStore,
     ConversationStoreError, InsertOutcome, IntentClaim, IntentStep, MessageKind, NewIntent,
-    NewMessage, Posting, ProgressLock, Sender, StoredMessage, TurnStart, TurnState,
+    NewMessage, Posting, ProgressLock, Sender, StartIfNew, StartedTurn, StoredMessage, TurnStart,
+    TurnState,
 };
 use infragpt_actors::ids::{
     ChannelId, ConversationId, MessageTs, ReplyIntentId, SlackUserId, TeamId, ThreadKey,
@@ -158,11 +159,27 @@ UPDATE reply_intents
 /// user message (unless stored already), and the turn's answer so far. The subqueries see
 /// the database as it was before the statement, so a message stored now is not among
 /// them; one stored before is, with the event that stored it.
-const BEGIN_TURN: &str = "\
-WITH conv AS (
-    INSERT INTO conversations AS c (team_id, channel_id, thread_ts) VALUES ($1, $2, $3)
+///
+/// When `$13` asks for it and the message is new, the statement also starts the agent turn
+/// as [`START_AGENT_TURN_WITH_PROGRESS`] would: the message becomes the current turn while
+/// the event's claim (`$14`, `$15`; `$16`, `$17` the replica and margin of the lease fence)
+/// holds, and the progress indicator opens for `$18` ms when given.
+static BEGIN_TURN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "\
+WITH start AS (
+    SELECT $13::bool
+        AND NOT EXISTS (SELECT 1 FROM messages m JOIN conversations t ON t.id = m.conversation_id
+            WHERE t.team_id = $1 AND t.channel_id = $2 AND t.thread_ts = $3 AND m.slack_ts = $4)
+        AND ($14::bigint IS NULL OR EXISTS (SELECT 1 FROM inbound_events
+            WHERE id = $14 AND status = 'processing' AND attempts = $15 AND {}))
+        AS go
+), conv AS (
+    INSERT INTO conversations AS c (team_id, channel_id, thread_ts, current_turn_ts)
+    SELECT $1, $2, $3, CASE WHEN start.go THEN $4 END FROM start
     ON CONFLICT (team_id, channel_id, thread_ts)
-        DO UPDATE SET updated_at = now(), last_message_at = now()
+        DO UPDATE SET updated_at = now(), last_message_at = now(),
+            current_turn_ts = COALESCE(EXCLUDED.current_turn_ts, c.current_turn_ts)
     RETURNING c.id, c.team_id, c.channel_id, c.thread_ts, c.current_turn_ts
 ), msg AS (
     INSERT INTO messages (conversation_id, slack_ts, sender_kind, sender_id, sender_name,
@@ -170,6 +187,12 @@ WITH conv AS (
     SELECT conv.id, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM conv
     ON CONFLICT (conversation_id, slack_ts) DO NOTHING
     RETURNING id
+), opened AS (
+    INSERT INTO turn_progress (conversation_id, turn_ts, lock_id, locked_until)
+    SELECT conv.id, $4, gen_random_uuid(), now() + $18 * interval '1 millisecond'
+    FROM conv, start WHERE start.go AND $18::bigint IS NOT NULL
+    ON CONFLICT (conversation_id, turn_ts) DO NOTHING
+    RETURNING lock_id
 )
 SELECT conv.id, conv.team_id, conv.channel_id, conv.thread_ts, conv.current_turn_ts,
     EXISTS (SELECT 1 FROM msg) AS inserted,
@@ -180,8 +203,13 @@ SELECT conv.id, conv.team_id, conv.channel_id, conv.thread_ts, conv.current_turn
           AND i.posted_at IS NULL ORDER BY i.created_at) AS unfinished,
     EXISTS (SELECT 1 FROM messages a
         WHERE a.conversation_id = conv.id AND a.in_reply_to = $4 AND a.sender_kind = 'agent'
-          AND a.kind = 'message') AS answered
-FROM conv";
+          AND a.kind = 'message') AS answered,
+    (SELECT go FROM start) AS started,
+    (SELECT lock_id FROM opened) AS lock_id
+FROM conv",
+        super::inbox::fence("$16", "$17")
+    )
+});
 
 /// The history of the thread `($1, $2, $3)`, oldest first: sent right behind
 /// [`BEGIN_TURN`] on the same connection (pipelined), so it names the thread, not the id
@@ -324,6 +352,10 @@ struct BeginTurnRow {
     stored_by: Option<i64>,
     #[diesel(embed)]
     state: TurnStateRow,
+    #[diesel(sql_type = Bool)]
+    started: bool,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
+    lock_id: Option<uuid::Uuid>,
 }
 
 /// What [`TURN_STATE`] returns (and the end of [`BEGIN_TURN`]'s row).
@@ -598,6 +630,67 @@ impl PgConversationStore {
     }
 
     /// Why `key`'s intent could not be claimed.
+    /// [`ConversationStore::begin_turn`], starting the agent turn too when `start` asks
+    /// ([`BEGIN_TURN`]), with the thread's history read in the same round trip.
+    async fn begin(
+        &self,
+        key: &ThreadKey,
+        message: NewMessage,
+        start: Option<StartIfNew>,
+    ) -> Result<TurnStart, ConversationStoreError> {
+        let claim = start.and_then(|s| s.claim);
+        let pooled = conn(&self.pool).await?;
+        let conn: &AsyncPgConnection = &pooled;
+        let begin = diesel::sql_query(BEGIN_TURN.as_str())
+            .bind::<Text, _>(key.team.as_str())
+            .bind::<Text, _>(key.channel.as_str())
+            .bind::<Text, _>(key.thread_ts.as_str());
+        let begin = bind_message!(begin, &message)
+            .bind::<Bool, _>(start.is_some())
+            .bind::<Nullable<BigInt>, _>(claim.map(|c| c.id.0))
+            .bind::<Integer, _>(claim.map_or(0, |c| c.attempt))
+            .bind::<Nullable<Text>, _>(self.fence_replica.as_deref())
+            .bind::<Double, _>(self.fence_margin_secs)
+            .bind::<Nullable<BigInt>, _>(start.and_then(|s| s.progress_lease).map(millis))
+            .prepared()
+            .get_result::<BeginTurnRow>(&mut &*conn);
+        // Sent behind the first statement without waiting for it: one round trip for both.
+        let history = diesel::sql_query(THREAD_HISTORY)
+            .bind::<Text, _>(key.team.as_str())
+            .bind::<Text, _>(key.channel.as_str())
+            .bind::<Text, _>(key.thread_ts.as_str())
+            .prepared()
+            .load::<MessageRow>(&mut &*conn);
+        let (row, history) = futures::try_join!(begin, history).map_err(unavailable)?;
+        drop(pooled);
+        let inserted = if row.inserted {
+            InsertOutcome::Inserted
+        } else {
+            InsertOutcome::Exists {
+                source_event_id: row.stored_by.map(EventRowId),
+            }
+        };
+        let conversation = Conversation::try_from(ConversationRow {
+            id: row.id,
+            team_id: row.team_id,
+            channel_id: row.channel_id,
+            thread_ts: row.thread_ts,
+            current_turn_ts: row.current_turn_ts,
+        })?;
+        Ok(TurnStart {
+            conversation,
+            inserted,
+            state: row.state.into(),
+            started: row.started.then_some(StartedTurn {
+                progress: row.lock_id.map(ProgressLock),
+            }),
+            history: history
+                .into_iter()
+                .map(StoredMessage::try_from)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
     async fn holder(
         conn: &mut AsyncPgConnection,
         filter: reply_intents::BoxedQuery<'_, diesel::pg::Pg>,
@@ -736,49 +829,17 @@ impl ConversationStore for PgConversationStore {
         key: &ThreadKey,
         message: NewMessage,
     ) -> Result<TurnStart, ConversationStoreError> {
-        let pooled = conn(&self.pool).await?;
-        let conn: &AsyncPgConnection = &pooled;
-        let begin = diesel::sql_query(BEGIN_TURN)
-            .bind::<Text, _>(key.team.as_str())
-            .bind::<Text, _>(key.channel.as_str())
-            .bind::<Text, _>(key.thread_ts.as_str());
-        let begin = bind_message!(begin, &message)
-            .prepared()
-            .get_result::<BeginTurnRow>(&mut &*conn);
-        // Sent behind the first statement without waiting for it: one round trip for both.
-        let history = diesel::sql_query(THREAD_HISTORY)
-            .bind::<Text, _>(key.team.as_str())
-            .bind::<Text, _>(key.channel.as_str())
-            .bind::<Text, _>(key.thread_ts.as_str())
-            .prepared()
-            .load::<MessageRow>(&mut &*conn);
-        let (row, history) = futures::try_join!(begin, history).map_err(unavailable)?;
-        drop(pooled);
-        let inserted = if row.inserted {
-            InsertOutcome::Inserted
-        } else {
-            InsertOutcome::Exists {
-                source_event_id: row.stored_by.map(EventRowId),
-            }
-        };
-        let conversation = Conversation::try_from(ConversationRow {
-            id: row.id,
-            team_id: row.team_id,
-            channel_id: row.channel_id,
-            thread_ts: row.thread_ts,
-            current_turn_ts: row.current_turn_ts,
-        })?;
-        Ok(TurnStart {
-            conversation,
-            inserted,
-            state: row.state.into(),
-            history: history
-                .into_iter()
-                .map(StoredMessage::try_from)
-                .collect::<Result<_, _>>()?,
-        })
+        self.begin(key, message, None).await
     }
 
+    async fn begin_turn_starting(
+        &self,
+        key: &ThreadKey,
+        message: NewMessage,
+        start: StartIfNew,
+    ) -> Result<TurnStart, ConversationStoreError> {
+        self.begin(key, message, Some(start)).await
+    }
     async fn turn_state(
         &self,
         id: ConversationId,

@@ -16,8 +16,8 @@ pub use ports::{
     Agent, AgentAnswer, AgentError, AgentTurn, AgentTurnStart, BotIdentity, ChannelRecord,
     ClaimToken, ClaimedIntent, Conversation, ConversationStore, ConversationStoreError,
     HistorySender, InsertOutcome, IntentClaim, IntentStep, MessageKind, MessageMetadata, NewIntent,
-    NewMessage, PastMessage, Posting, Sender, SlackApi, SlackApiError, StoredMessage,
-    TRANSIENT_SLACK_ERRORS, ThreadMessage, TurnStart, TurnState, UserProfile,
+    NewMessage, PastMessage, Posting, Sender, SlackApi, SlackApiError, StartIfNew, StartedTurn,
+    StoredMessage, TRANSIENT_SLACK_ERRORS, ThreadMessage, TurnStart, TurnState, UserProfile,
 };
 pub use progress::{
     AnswerSlot, Progress, ProgressClaim, ProgressError, ProgressLock, ProgressMode,

@@ -195,6 +195,25 @@ pub struct TurnStart {
     pub state: TurnState,
     /// The conversation's non-deleted messages, oldest first (the turn's own included).
     pub history: Vec<StoredMessage>,
+    /// Set when the step also started the agent turn ([`ConversationStore::begin_turn_starting`]).
+    pub started: Option<StartedTurn>,
+}
+
+/// What [`ConversationStore::begin_turn_starting`] asks for besides [`ConversationStore::begin_turn`]:
+/// when the user message is new, make it the current turn in the same step, under `claim`
+/// as [`ConversationStore::start_agent_turn`] would, and open the turn's progress indicator
+/// for `progress_lease` when given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartIfNew {
+    pub claim: Option<Claim>,
+    pub progress_lease: Option<Duration>,
+}
+
+/// The agent turn [`ConversationStore::begin_turn_starting`] started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartedTurn {
+    /// The progress indicator's lock, when one was asked for and opened.
+    pub progress: Option<ProgressLock>,
 }
 
 /// Whether [`ConversationStore::start_agent_turn`] moved the current turn.
@@ -401,7 +420,23 @@ pub trait ConversationStore: Send + Sync + 'static {
             inserted,
             state,
             history,
+            started: None,
         })
+    }
+    /// [`Self::begin_turn`] that, when the user message is new (stored now), also starts
+    /// the agent turn in the same step ([`StartIfNew`]): a new message has no answer yet, so
+    /// its turn always goes on to the agent. `started` says whether it did; when not (the
+    /// message was stored before, the claim no longer holds, or the store cannot: this
+    /// default), the caller starts the turn itself. Only stores that check claims themselves
+    /// ([`Self::checks_claims`]) are asked.
+    async fn begin_turn_starting(
+        &self,
+        key: &ThreadKey,
+        message: NewMessage,
+        start: StartIfNew,
+    ) -> Result<TurnStart, ConversationStoreError> {
+        let _ = start;
+        self.begin_turn(key, message).await
     }
     /// The answer to the turn at `ts` so far: answers started and not finished, and whether
     /// one is stored.

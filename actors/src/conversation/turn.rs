@@ -17,7 +17,8 @@ use super::once::{
 use super::ports::{
     Agent, AgentAnswer, AgentError, AgentTurn, AgentTurnStart, Conversation, ConversationStore,
     ConversationStoreError, HistorySender, InsertOutcome, MessageKind, NewIntent, NewMessage,
-    PastMessage, Posting, Sender, SlackApi, SlackApiError, StoredMessage, TurnState, UserProfile,
+    PastMessage, Posting, Sender, SlackApi, SlackApiError, StartIfNew, StoredMessage, TurnState,
+    UserProfile,
 };
 use super::progress::{Progress, ProgressLock};
 use super::reply::{AnswerStyle, ReplyMode, split_message};
@@ -398,11 +399,20 @@ impl ConversationHandler {
         let profile = self.sender_profile(&turn).await;
         let ts = &turn.turn_id.ts;
         let started = Instant::now();
-        let start = self
-            .store
-            .begin_turn(&turn.thread, user_message(event, &turn, &profile))
-            .await
-            .map_err(store_err)?;
+        let message = user_message(event, &turn, &profile);
+        let start = if self.store.checks_claims() {
+            // A new message starts its agent turn in the same statement.
+            let start = StartIfNew {
+                claim: self.claims.as_ref().map(|_| event.claim()),
+                progress_lease: self.progress_opened_by_store().map(Progress::lease),
+            };
+            self.store
+                .begin_turn_starting(&turn.thread, message, start)
+                .await
+        } else {
+            self.store.begin_turn(&turn.thread, message).await
+        }
+        .map_err(store_err)?;
         self.stage("begin_turn", started);
         match start.inserted {
             InsertOutcome::Exists { source_event_id } if source_event_id != Some(event.id) => {
@@ -423,9 +433,15 @@ impl ConversationHandler {
             return Ok(HandleOutcome::Done);
         }
         let agent_turn = self.agent_turn(&conversation, &turn, &profile, start.history);
-        let started = Instant::now();
-        let opened = self.start_agent_turn(event, conversation.id, ts).await?;
-        self.stage("start_turn", started);
+        let opened = match start.started {
+            Some(started) => started.progress,
+            None => {
+                let started = Instant::now();
+                let opened = self.start_agent_turn(event, conversation.id, ts).await?;
+                self.stage("start_turn", started);
+                opened
+            }
+        };
         // The indicator opens before the agent is asked (so a reply it sends at once finds
         // it); Slack is told beside the agent call, which it must not delay.
         let indicator = match &self.progress {
@@ -476,11 +492,7 @@ impl ConversationHandler {
                 .map_err(|e| HandlerError::retryable(format!("not asking the agent: {e}")))?;
         }
         // The turn's progress indicator opens in the same statement when the store can.
-        let progress = self
-            .progress
-            .as_ref()
-            .filter(|p| p.indicators().is_some() && self.store.opens_progress());
-        let (start, lock) = match progress {
+        let (start, lock) = match self.progress_opened_by_store() {
             Some(p) => self
                 .store
                 .start_agent_turn_with_progress(conversation, ts, claim, p.lease())
@@ -500,6 +512,14 @@ impl ConversationHandler {
                 "not asking the agent: the event's claim no longer holds (another replica owns it)",
             )),
         }
+    }
+
+    /// The progress settings when turns show progress and the store opens the indicator as
+    /// it starts the turn.
+    fn progress_opened_by_store(&self) -> Option<&Progress> {
+        self.progress
+            .as_deref()
+            .filter(|p| p.indicators().is_some() && self.store.opens_progress())
     }
 
     /// An `app_mention` makes its channel monitored, named from `conversations.info` once.

@@ -713,3 +713,131 @@ async fn starting_a_turn_opens_its_progress_indicator_once() {
         .unwrap();
     assert_eq!(rows, 1);
 }
+
+/// `begin_turn_starting` starts the agent turn in the same statement only for a new message
+/// and only while the event's claim holds; it opens the progress indicator when asked. A
+/// message stored before (a retry, a twin) starts nothing: the caller starts it itself.
+#[tokio::test]
+async fn a_new_message_starts_its_turn_in_the_same_statement_under_the_claim() {
+    use infragpt::db::PgInbox;
+    use infragpt_actors::conversation::StartIfNew;
+    use infragpt_actors::inbox::{InboundEvents, NewInboundEvent, RecordOutcome, RoutingKey};
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let store = PgConversationStore::new(db.pool().clone());
+    let inbox = PgInbox::new(db.pool().clone());
+    let claim_of = |id: &'static str| {
+        let inbox = inbox.clone();
+        async move {
+            let RecordOutcome::Recorded(event) = inbox
+                .record(NewInboundEvent {
+                    source: infragpt_actors::sources::SLACK,
+                    source_id: id.into(),
+                    routing_key: RoutingKey(format!("T1/C1/{id}")),
+                    kind: "app_mention".into(),
+                    payload: serde_json::json!({"event_id": id}).into(),
+                })
+                .await
+                .unwrap()
+            else {
+                panic!("a new event is recorded");
+            };
+            inbox
+                .claim(event.id)
+                .await
+                .unwrap()
+                .expect("claimable")
+                .claim()
+        }
+    };
+    let thread = key("500.000001");
+    let msg = |ts: &str, event: EventRowId| NewMessage {
+        source_event_id: Some(event),
+        ..message(ConversationId(uuid::Uuid::nil()), ts, user("U1"), "hi")
+    };
+    let lease = Some(Duration::from_secs(5));
+
+    // A new thread: conversation, message and turn in one statement, indicator opened.
+    let claim = claim_of("Ev1").await;
+    let start = StartIfNew {
+        claim: Some(claim),
+        progress_lease: lease,
+    };
+    let first = store
+        .begin_turn_starting(&thread, msg("500.000001", claim.id), start)
+        .await
+        .unwrap();
+    assert_eq!(first.inserted, InsertOutcome::Inserted);
+    let started = first.started.expect("a new message starts its turn");
+    assert!(started.progress.is_some(), "the indicator opens");
+    let id = first.conversation.id;
+    assert_eq!(
+        store.find(id).await.unwrap().unwrap().current_turn_ts,
+        Some(ts("500.000001"))
+    );
+    // The same message again (a retry of the event) starts nothing here.
+    let again = store
+        .begin_turn_starting(&thread, msg("500.000001", claim.id), start)
+        .await
+        .unwrap();
+    assert!(again.started.is_none());
+
+    // A reply in the thread whose event's claim no longer holds: stored, not started.
+    let stale = claim_of("Ev2").await;
+    inbox.mark_done(stale).await.unwrap();
+    let fenced = store
+        .begin_turn_starting(
+            &thread,
+            msg("500.000002", stale.id),
+            StartIfNew {
+                claim: Some(stale),
+                progress_lease: lease,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(fenced.inserted, InsertOutcome::Inserted);
+    assert!(fenced.started.is_none(), "a fenced start changes nothing");
+    assert_eq!(
+        store.find(id).await.unwrap().unwrap().current_turn_ts,
+        Some(ts("500.000001"))
+    );
+
+    // A reply under a holding claim, without progress: the turn moves, no indicator.
+    let claim = claim_of("Ev3").await;
+    let next = store
+        .begin_turn_starting(
+            &thread,
+            msg("500.000003", claim.id),
+            StartIfNew {
+                claim: Some(claim),
+                progress_lease: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(next.started.expect("started").progress, None);
+    assert_eq!(
+        store.find(id).await.unwrap().unwrap().current_turn_ts,
+        Some(ts("500.000003"))
+    );
+    assert_eq!(next.history.len(), 3);
+    // Plain begin_turn never starts.
+    let plain = store
+        .begin_turn(&thread, msg("500.000004", claim.id))
+        .await
+        .unwrap();
+    assert!(plain.started.is_none());
+    assert_eq!(
+        store.find(id).await.unwrap().unwrap().current_turn_ts,
+        Some(ts("500.000003"))
+    );
+    let mut conn = db.pool().get().await.unwrap();
+    let indicators: i64 = infragpt::db::schema::turn_progress::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(indicators, 1);
+}
