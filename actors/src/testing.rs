@@ -220,6 +220,7 @@ mod conversation_fakes {
                 uncertain_part: i.posting_part,
                 file_id: i.file_id.clone(),
                 file_done: i.file_done,
+                first_part_marked: false,
             })
         }
 
@@ -480,7 +481,18 @@ mod conversation_fakes {
                     st.intents.len() - 1
                 }
             };
-            Ok(self.claim(&mut st.intents[idx], lease))
+            let stored = &mut st.intents[idx];
+            let new = stored.claims == 0;
+            let mut claim = self.claim(stored, lease);
+            // As in PostgreSQL: a new intent is recorded with its first message under way.
+            if let IntentClaim::Claimed(c) = &mut claim
+                && new
+                && c.posting.message_count() > 0
+            {
+                stored.posting_part = Some(0);
+                c.first_part_marked = true;
+            }
+            Ok(claim)
         }
 
         async fn claim_intent_by_id(

@@ -83,7 +83,10 @@ fn part_number(part: usize) -> i32 {
     i32::try_from(part).unwrap_or(i32::MAX)
 }
 
-/// Records the intent (new key) or claims it again (its claim lapsed), in one statement.
+/// Records the intent (new key) or claims it again (its claim lapsed), in one statement. A
+/// new intent is recorded with its first message marked under way (`posting_part` 0), which
+/// saves the mark's own statement; only a new intent's claim has `claims` 1.
+/// ([`ClaimedIntent::first_part_marked`]).
 ///
 /// A claim lapses when its lease runs out, or sooner when its holder is a replica that
 /// stopped or has been silent for longer than the cluster's lease (`$9`, seconds; NULL
@@ -91,8 +94,10 @@ fn part_number(part: usize) -> i32 {
 /// must move with them rather than outlast every retry of the turn that inherits them.
 const CLAIM_BY_KEY: &str = "\
 INSERT INTO reply_intents AS i
-    (conversation_id, turn_ts, digest, kind, posting, parts, claims, claimed_by, claimed_until)
-VALUES ($1, $2, $3, $4, $5, $6, 1, $7, now() + $8 * interval '1 millisecond')
+    (conversation_id, turn_ts, digest, kind, posting, parts, claims, claimed_by, claimed_until,
+     posting_part)
+VALUES ($1, $2, $3, $4, $5, $6, 1, $7, now() + $8 * interval '1 millisecond',
+    CASE WHEN $6 > 0 THEN 0 END)
 ON CONFLICT (conversation_id, turn_ts, digest) DO UPDATE
     SET claims = i.claims + 1, claimed_by = EXCLUDED.claimed_by,
         claimed_until = EXCLUDED.claimed_until
@@ -316,6 +321,13 @@ impl TryFrom<ClaimRow> for ClaimedIntent {
         let posting: Posting =
             serde_json::from_value(row.posting.clone()).map_err(|e| corrupt(e.into()))?;
         let count = |n: i32| usize::try_from(n).map_err(|e| corrupt(e.into()));
+        // The first claim's own mark ([`CLAIM_BY_KEY`]), not an earlier claim's post.
+        let first_part_marked = row.claims == 1 && row.posting_part == Some(0);
+        let uncertain_part = if first_part_marked {
+            None
+        } else {
+            row.posting_part.map(count).transpose()?
+        };
         Ok(ClaimedIntent {
             token: ClaimToken {
                 intent: ReplyIntentId(row.id),
@@ -326,9 +338,10 @@ impl TryFrom<ClaimRow> for ClaimedIntent {
             kind,
             posting,
             parts_done: count(row.parts_done)?,
-            uncertain_part: row.posting_part.map(count).transpose()?,
+            uncertain_part,
             file_id: row.file_id,
             file_done: row.file_done,
+            first_part_marked,
         })
     }
 }

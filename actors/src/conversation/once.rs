@@ -407,10 +407,13 @@ impl Poster<'_> {
     ) -> Result<(), PostError> {
         let token = c.token;
         self.fence.check().await?;
-        if !self
-            .store
-            .advance_intent(token, IntentStep::Posting { part }, self.lease)
-            .await?
+        // A new intent's claim marked its first message under way already.
+        let marked = part == 0 && std::mem::take(&mut c.first_part_marked);
+        if !marked
+            && !self
+                .store
+                .advance_intent(token, IntentStep::Posting { part }, self.lease)
+                .await?
         {
             return Err(PostError::ClaimLost(token.intent));
         }

@@ -318,6 +318,11 @@ pub struct ClaimedIntent {
     pub file_id: Option<String>,
     /// The file is shared in the thread.
     pub file_done: bool,
+    /// The claim recorded a new intent with its first message already marked under way, so
+    /// posting that message needs no mark of its own ([`IntentStep::Posting`]). Should this
+    /// claim stop before the post, the next one looks in the thread first, as after any
+    /// post under way.
+    pub first_part_marked: bool,
 }
 
 /// What claiming an intent found.

@@ -841,3 +841,58 @@ async fn a_new_message_starts_its_turn_in_the_same_statement_under_the_claim() {
         .unwrap();
     assert_eq!(indicators, 1);
 }
+
+/// A new intent's claim records its first message as under way (saving the mark's own
+/// statement) and tells the poster so; should that claim stop before its post, the next
+/// claim sees the mark as a post that may be in the thread, and looks there first.
+#[tokio::test]
+async fn a_new_intents_claim_marks_its_first_message_under_way() {
+    use infragpt_actors::conversation::{IntentClaim, NewIntent, Posting};
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let store = PgConversationStore::new(db.pool().clone());
+    let conv = store.upsert_conversation(&key("600.000001")).await.unwrap();
+    let intent = NewIntent {
+        conversation_id: conv.id,
+        in_reply_to: Some(ts("600.000001")),
+        kind: MessageKind::Message,
+        text: "answer".into(),
+        posting: Posting::Messages {
+            parts: vec!["answer".into()],
+        },
+    };
+    let IntentClaim::Claimed(first) = store
+        .claim_intent(&intent, Duration::from_secs(30))
+        .await
+        .unwrap()
+    else {
+        panic!("a new intent is claimed");
+    };
+    assert!(first.first_part_marked);
+    assert_eq!(
+        first.uncertain_part, None,
+        "its own mark is not an earlier post"
+    );
+    // The claim stops here (its process dies before posting); its lease runs out.
+    let mut conn = db.pool().get().await.unwrap();
+    diesel::sql_query("UPDATE reply_intents SET claimed_until = now() - interval '1 second'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let IntentClaim::Claimed(next) = store
+        .claim_intent(&intent, Duration::from_secs(30))
+        .await
+        .unwrap()
+    else {
+        panic!("a lapsed claim is claimed again");
+    };
+    assert_eq!(next.token.intent, first.token.intent);
+    assert_eq!(next.token.claim, 2);
+    assert!(!next.first_part_marked);
+    assert_eq!(
+        next.uncertain_part,
+        Some(0),
+        "the first message may be in the thread"
+    );
+}
