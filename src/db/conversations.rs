@@ -92,12 +92,21 @@ fn part_number(part: usize) -> i32 {
 /// stopped or has been silent for longer than the cluster's lease (`$9`, seconds; NULL
 /// outside a cluster): a killed replica's partitions move after that long, and its claims
 /// must move with them rather than outlast every retry of the turn that inherits them.
-const CLAIM_BY_KEY: &str = "\
+static CLAIM_BY_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "\
 INSERT INTO reply_intents AS i
     (conversation_id, turn_ts, digest, kind, posting, parts, claims, claimed_by, claimed_until,
      posting_part)
 VALUES ($1, $2, $3, $4, $5, $6, 1, $7, now() + $8 * interval '1 millisecond',
     CASE WHEN $6 > 0 THEN 0 END)
+{CLAIM_ON_CONFLICT}"
+    )
+});
+
+/// How [`CLAIM_BY_KEY`] and [`CLAIM_REPLY`] claim an intent recorded already, and what they
+/// return.
+const CLAIM_ON_CONFLICT: &str = "\
 ON CONFLICT (conversation_id, turn_ts, digest) DO UPDATE
     SET claims = i.claims + 1, claimed_by = EXCLUDED.claimed_by,
         claimed_until = EXCLUDED.claimed_until
@@ -107,6 +116,82 @@ ON CONFLICT (conversation_id, turn_ts, digest) DO UPDATE
               AND (r.status = 'stopped' OR r.heartbeat_at < now() - make_interval(secs => $9)))))
 RETURNING i.id, i.claims, i.conversation_id, i.turn_ts, i.kind, i.posting, i.parts_done,
     i.posting_part, i.file_id, i.file_done";
+
+/// SendReply's first statement: conversation `$1` and, when the reply names no turn (`$2`
+/// NULL) or its current turn, [`CLAIM_BY_KEY`] under the current turn. The claim's columns
+/// are NULL when nothing was claimed.
+static CLAIM_REPLY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "\
+WITH conv AS (
+    SELECT id, team_id, channel_id, thread_ts, current_turn_ts FROM conversations WHERE id = $1
+), claimed AS (
+    INSERT INTO reply_intents AS i
+        (conversation_id, turn_ts, digest, kind, posting, parts, claims, claimed_by,
+         claimed_until, posting_part)
+    SELECT conv.id, COALESCE(conv.current_turn_ts, '{NO_TURN}'), $3, $4, $5, $6, 1, $7,
+        now() + $8 * interval '1 millisecond', CASE WHEN $6 > 0 THEN 0 END
+    FROM conv WHERE $2::text IS NULL OR $2 = conv.current_turn_ts
+    {CLAIM_ON_CONFLICT}
+)
+SELECT conv.id AS conversation, conv.team_id, conv.channel_id, conv.thread_ts,
+    conv.current_turn_ts, claimed.id, claimed.claims, claimed.turn_ts, claimed.kind,
+    claimed.posting, claimed.parts_done, claimed.posting_part, claimed.file_id,
+    claimed.file_done
+FROM conv LEFT JOIN claimed ON true"
+    )
+});
+
+/// What [`CLAIM_REPLY`] returns.
+#[derive(Debug, QueryableByName)]
+struct ReplyClaimRow {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    conversation: uuid::Uuid,
+    #[diesel(sql_type = Text)]
+    team_id: String,
+    #[diesel(sql_type = Text)]
+    channel_id: String,
+    #[diesel(sql_type = Text)]
+    thread_ts: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    current_turn_ts: Option<String>,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
+    id: Option<uuid::Uuid>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    claims: Option<i32>,
+    #[diesel(sql_type = Nullable<Text>)]
+    turn_ts: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    kind: Option<String>,
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    posting: Option<serde_json::Value>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    parts_done: Option<i32>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    posting_part: Option<i32>,
+    #[diesel(sql_type = Nullable<Text>)]
+    file_id: Option<String>,
+    #[diesel(sql_type = Nullable<Bool>)]
+    file_done: Option<bool>,
+}
+
+impl ReplyClaimRow {
+    /// The claimed intent's row, when the statement claimed one.
+    fn claimed(&mut self) -> Option<ClaimRow> {
+        Some(ClaimRow {
+            id: self.id.take()?,
+            claims: self.claims?,
+            conversation_id: self.conversation,
+            turn_ts: self.turn_ts.take()?,
+            kind: self.kind.take()?,
+            posting: self.posting.take()?,
+            parts_done: self.parts_done?,
+            posting_part: self.posting_part,
+            file_id: self.file_id.take(),
+            file_done: self.file_done?,
+        })
+    }
+}
 
 /// Claims a recorded intent whose claim lapsed (as in [`CLAIM_BY_KEY`]; `$4` the cluster's
 /// lease in seconds).
@@ -1059,7 +1144,7 @@ impl ConversationStore for PgConversationStore {
         let parts = i32::try_from(intent.posting.message_count())
             .map_err(|e| StoreError::corrupt("reply intent parts", e))?;
         let mut conn = conn(&self.pool).await?;
-        let claimed: Option<ClaimRow> = diesel::sql_query(CLAIM_BY_KEY)
+        let claimed: Option<ClaimRow> = diesel::sql_query(CLAIM_BY_KEY.as_str())
             .bind::<diesel::sql_types::Uuid, _>(intent.conversation_id.0)
             .bind::<Text, _>(&turn)
             .bind::<Text, _>(&digest)
@@ -1085,6 +1170,61 @@ impl ConversationStore for PgConversationStore {
                 Self::holder(&mut conn, filter).await
             }
         }
+    }
+
+    async fn claim_reply(
+        &self,
+        intent: &NewIntent,
+        lease: Duration,
+    ) -> Result<Option<(Conversation, Option<IntentClaim>)>, ConversationStoreError> {
+        let digest = intent_digest(&intent.text);
+        let posting = serde_json::to_value(&intent.posting)
+            .map_err(|e| StoreError::corrupt("reply intent posting", e))?;
+        let parts = i32::try_from(intent.posting.message_count())
+            .map_err(|e| StoreError::corrupt("reply intent parts", e))?;
+        let mut conn = conn(&self.pool).await?;
+        let row: Option<ReplyClaimRow> = diesel::sql_query(CLAIM_REPLY.as_str())
+            .bind::<diesel::sql_types::Uuid, _>(intent.conversation_id.0)
+            .bind::<Nullable<Text>, _>(intent.in_reply_to.as_ref().map(MessageTs::as_str))
+            .bind::<Text, _>(&digest)
+            .bind::<Text, _>(intent.kind.as_str())
+            .bind::<Jsonb, _>(&posting)
+            .bind::<Integer, _>(parts)
+            .bind::<Text, _>(&self.owner)
+            .bind::<BigInt, _>(millis(lease))
+            .bind::<Nullable<Double>, _>(self.replica_lease_secs)
+            .prepared()
+            .get_result(&mut conn)
+            .await
+            .optional()
+            .map_err(unavailable)?;
+        let Some(mut row) = row else {
+            return Ok(None);
+        };
+        let claimed = row.claimed();
+        let conversation = Conversation::try_from(ConversationRow {
+            id: row.conversation,
+            team_id: row.team_id,
+            channel_id: row.channel_id,
+            thread_ts: row.thread_ts,
+            current_turn_ts: row.current_turn_ts,
+        })?;
+        let current = conversation.current_turn_ts.as_ref();
+        let claim = match (claimed, &intent.in_reply_to) {
+            (Some(claimed), _) => Some(IntentClaim::Claimed(claimed.try_into()?)),
+            // Another turn's reply: the caller decides.
+            (None, Some(turn)) if current != Some(turn) => None,
+            // Under the current turn and not claimed: posted, or someone else's claim.
+            (None, _) => {
+                let filter = reply_intents::table
+                    .filter(reply_intents::conversation_id.eq(conversation.id.0))
+                    .filter(reply_intents::turn_ts.eq(current.map_or(NO_TURN, MessageTs::as_str)))
+                    .filter(reply_intents::digest.eq(digest))
+                    .into_boxed();
+                Some(Self::holder(&mut conn, filter).await?)
+            }
+        };
+        Ok(Some((conversation, claim)))
     }
 
     async fn claim_intent_by_id(

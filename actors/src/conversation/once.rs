@@ -243,7 +243,18 @@ impl Poster<'_> {
         key: &ThreadKey,
         intent: &NewIntent,
     ) -> Result<PostOutcome, PostError> {
-        let claim = self.claim(Target::New(intent)).await?;
+        self.post_claimed(key, intent, None).await
+    }
+
+    /// [`Self::post`] when the first claim of `intent` was asked for already (at the instant
+    /// given, with the outcome given): a busy claim is waited for and asked again as usual.
+    pub async fn post_claimed(
+        &self,
+        key: &ThreadKey,
+        intent: &NewIntent,
+        first: Option<(IntentClaim, Instant)>,
+    ) -> Result<PostOutcome, PostError> {
+        let claim = self.claim(Target::New(intent), first).await?;
         match claim {
             None => Ok(PostOutcome::AlreadyPosted),
             Some((claimed, since)) => {
@@ -269,7 +280,7 @@ impl Poster<'_> {
             .unfinished_intents(conversation, turn, MessageKind::Message)
             .await?;
         for id in started {
-            let claim = self.claim(Target::Recorded(id)).await?;
+            let claim = self.claim(Target::Recorded(id), None).await?;
             if let Some((claimed, since)) = claim {
                 info!(conversation_id = %conversation, intent_id = %id, claim = claimed.token.claim, "finishing an answer an earlier attempt started");
                 self.finish(key, claimed, since).await?;
@@ -280,18 +291,28 @@ impl Poster<'_> {
     }
 
     /// Claims, waiting up to `busy_wait` while another process holds the claim. `None`: it
-    /// is posted. With the claim comes the instant it was asked for.
+    /// is posted. With the claim comes the instant it was asked for. `first`: the first
+    /// claim's outcome, asked for already.
     async fn claim(
         &self,
         target: Target<'_>,
+        mut first: Option<(IntentClaim, Instant)>,
     ) -> Result<Option<(ClaimedIntent, Instant)>, PostError> {
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(50);
         loop {
-            let asked = Instant::now();
-            let claim = match target {
-                Target::New(intent) => self.store.claim_intent(intent, self.lease).await?,
-                Target::Recorded(id) => self.store.claim_intent_by_id(id, self.lease).await?,
+            let (claim, asked) = match first.take() {
+                Some(first) => first,
+                None => {
+                    let asked = Instant::now();
+                    let claim = match target {
+                        Target::New(intent) => self.store.claim_intent(intent, self.lease).await?,
+                        Target::Recorded(id) => {
+                            self.store.claim_intent_by_id(id, self.lease).await?
+                        }
+                    };
+                    (claim, asked)
+                }
             };
             match claim {
                 IntentClaim::Claimed(c) => return Ok(Some((c, asked))),

@@ -546,6 +546,36 @@ pub trait ConversationStore: Send + Sync + 'static {
         intent: &NewIntent,
         lease: Duration,
     ) -> Result<IntentClaim, ConversationStoreError>;
+    /// SendReply's first step: the conversation of `intent` and, when `intent.in_reply_to`
+    /// is `None` or the conversation's current turn, the claim of the intent under that turn
+    /// ([`Self::claim_intent`] with `in_reply_to` set to the current turn), in one step. The
+    /// claim is `None` when the intent names another turn (the caller decides what to do
+    /// with a late answer); the whole is `None` when the conversation does not exist. The
+    /// default looks the conversation up, then claims.
+    async fn claim_reply(
+        &self,
+        intent: &NewIntent,
+        lease: Duration,
+    ) -> Result<Option<(Conversation, Option<IntentClaim>)>, ConversationStoreError> {
+        let Some(conversation) = self.find(intent.conversation_id).await? else {
+            return Ok(None);
+        };
+        let current = conversation.current_turn_ts.clone();
+        let claim = match &intent.in_reply_to {
+            Some(turn) if current.as_ref() != Some(turn) => None,
+            _ => Some(
+                self.claim_intent(
+                    &NewIntent {
+                        in_reply_to: current,
+                        ..intent.clone()
+                    },
+                    lease,
+                )
+                .await?,
+            ),
+        };
+        Ok(Some((conversation, claim)))
+    }
     /// [`Self::claim_intent`] for an intent recorded already.
     async fn claim_intent_by_id(
         &self,

@@ -2,7 +2,7 @@
 //! HTTP), and splitting long answers at Slack's message size.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -401,24 +401,38 @@ impl ReplyService {
             }
             None => None,
         };
-        let conversation = self.store.find(id).await?.ok_or(ReplyError::NotFound(id))?;
-        let in_reply_to = match turn {
-            Some(turn) if conversation.current_turn_ts.as_ref() != Some(&turn) => {
-                if self.store.agent_reply_exists(id, &turn, None).await? {
-                    tracing::info!(conversation_id = %id, turn_ts = %turn, "late reply for an answered turn dropped");
-                    return Ok(ReplyOutcome::Superseded);
-                }
-                Some(turn)
-            }
-            Some(turn) => Some(turn),
-            None => conversation.current_turn_ts.clone(),
-        };
-        let intent = NewIntent {
+        let mut intent = NewIntent {
             conversation_id: id,
-            in_reply_to,
+            in_reply_to: turn,
             kind: MessageKind::Message,
             text: message.to_owned(),
             posting: self.style.plan(message),
+        };
+        // The conversation and, for its current turn, the claim: one statement.
+        let asked = Instant::now();
+        let (conversation, first) = self
+            .store
+            .claim_reply(&intent, self.lease)
+            .await?
+            .ok_or(ReplyError::NotFound(id))?;
+        let first = match (first, &intent.in_reply_to) {
+            (Some(claim), _) => {
+                intent.in_reply_to = conversation.current_turn_ts.clone();
+                Some((claim, asked))
+            }
+            (None, Some(turn)) => {
+                // A reply for an older turn.
+                if self.store.agent_reply_exists(id, turn, None).await? {
+                    tracing::info!(conversation_id = %id, turn_ts = %turn, "late reply for an answered turn dropped");
+                    return Ok(ReplyOutcome::Superseded);
+                }
+                None
+            }
+            (None, None) => {
+                return Err(ReplyError::Aborted(
+                    "the store claimed no reply for the current turn".into(),
+                ));
+            }
         };
         let poster = Poster {
             store: self.store.as_ref(),
@@ -432,7 +446,10 @@ impl ReplyService {
                 .as_deref()
                 .and_then(super::progress::Progress::indicators),
         };
-        match poster.post(&conversation.key, &intent).await? {
+        match poster
+            .post_claimed(&conversation.key, &intent, first)
+            .await?
+        {
             PostOutcome::Posted => Ok(ReplyOutcome::Posted),
             PostOutcome::AlreadyPosted => Ok(ReplyOutcome::AlreadyPosted),
         }

@@ -896,3 +896,123 @@ async fn a_new_intents_claim_marks_its_first_message_under_way() {
         "the first message may be in the thread"
     );
 }
+
+/// SendReply's first statement: the conversation and the claim under its current turn
+/// (recorded when new), whether the reply names no turn or the current one; a reply naming
+/// another turn claims nothing; a posted intent answers Posted and one claimed elsewhere
+/// Busy; an unknown conversation is `None`.
+#[tokio::test]
+async fn claim_reply_finds_the_conversation_and_claims_under_its_current_turn() {
+    use infragpt_actors::conversation::{IntentClaim, IntentStep, NewIntent, Posting};
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let store = PgConversationStore::new(db.pool().clone());
+    let conv = store.upsert_conversation(&key("700.000001")).await.unwrap();
+    let intent = |turn: Option<&str>, text: &str| NewIntent {
+        conversation_id: conv.id,
+        in_reply_to: turn.map(ts),
+        kind: MessageKind::Message,
+        text: text.into(),
+        posting: Posting::Messages {
+            parts: vec![text.into()],
+        },
+    };
+    let lease = Duration::from_secs(30);
+
+    // No current turn yet: the reply goes under no turn.
+    let (found, claim) = store
+        .claim_reply(&intent(None, "early"), lease)
+        .await
+        .unwrap()
+        .expect("the conversation exists");
+    assert_eq!(found, conv);
+    let Some(IntentClaim::Claimed(early)) = claim else {
+        panic!("claimed: {claim:?}");
+    };
+    assert_eq!(early.in_reply_to, None);
+
+    store
+        .set_current_turn(conv.id, &ts("700.000002"))
+        .await
+        .unwrap();
+    for turn in [None, Some("700.000002")] {
+        let (found, claim) = store
+            .claim_reply(&intent(turn, "answer"), lease)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.current_turn_ts, Some(ts("700.000002")));
+        match (turn, claim) {
+            (None, Some(IntentClaim::Claimed(c))) => {
+                assert_eq!(c.in_reply_to, Some(ts("700.000002")));
+                assert!(c.first_part_marked);
+                // Posted: the same reply again, under either spelling, is Posted.
+                store
+                    .advance_intent(
+                        c.token,
+                        IntentStep::Posted {
+                            part: 0,
+                            message: NewMessage::from_agent(
+                                conv.id,
+                                ts("700.000003"),
+                                "answer".into(),
+                                c.in_reply_to.clone(),
+                                MessageKind::Message,
+                            ),
+                        },
+                        lease,
+                    )
+                    .await
+                    .unwrap();
+            }
+            (Some(_), Some(IntentClaim::Posted)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    // Claimed by someone else and still leased: Busy.
+    let (_, claim) = store
+        .claim_reply(&intent(None, "second"), lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(claim, Some(IntentClaim::Claimed(_))));
+    let (_, claim) = store
+        .claim_reply(&intent(None, "second"), lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(claim, Some(IntentClaim::Busy { .. })), "{claim:?}");
+
+    // Another turn's reply claims nothing and records nothing.
+    let before = store
+        .unfinished_intents(conv.id, &ts("700.000001"), MessageKind::Message)
+        .await
+        .unwrap();
+    let (_, claim) = store
+        .claim_reply(&intent(Some("700.000001"), "late"), lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim, None);
+    assert_eq!(
+        store
+            .unfinished_intents(conv.id, &ts("700.000001"), MessageKind::Message)
+            .await
+            .unwrap(),
+        before
+    );
+    assert!(
+        store
+            .claim_reply(
+                &NewIntent {
+                    conversation_id: ConversationId(uuid::Uuid::new_v4()),
+                    ..intent(None, "x")
+                },
+                lease
+            )
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
