@@ -60,7 +60,7 @@ impl Core {
         if config.actors.inbox_group_commit {
             // The record and done-mark writers keep one batch in flight each; a third
             // connection covers a reconnect.
-            let writer_pool = crate::db::build_pool(db.url(), 3, db.connect_timeout())
+            let writer_pool = crate::db::build_writer_pool(db.url(), 3, db.connect_timeout())
                 .context("the inbox writer's connections")?;
             inbox = inbox.with_record_pool(writer_pool);
         }

@@ -422,21 +422,26 @@ fn convert_all(rows: Vec<EventRow>) -> Result<Vec<InboundEvent>, StoreError> {
 /// The batch insert: one row per element of the arrays, in their order. A row whose claim
 /// flag (`$8`) is set is recorded claimed (`processing`, attempt 1) when nothing older of its
 /// source and key is unfinished and, for a replica (`$9`), its partition is leased to it (as
-/// [`PgInbox::claim`] would claim it); the others are recorded `pending`.
+/// [`PgInbox::claim`] would claim it); the others are recorded `pending`. The checks are
+/// `LATERAL … LIMIT 1` so that each row probes the unfinished-key index: as a plain
+/// `NOT EXISTS` the generic plan hashes every unfinished event, which a backlog makes slow.
 const CLAIMING_INSERT: &str = "\
 INSERT INTO inbound_events
     (source, source_id, routing_key, partition, kind, payload, raw_body, status, attempts)
-SELECT s, i, r, p, k, CAST(j AS jsonb), b,
-    CASE WHEN claimed THEN 'processing' ELSE 'pending' END, CASE WHEN claimed THEN 1 ELSE 0 END
-FROM (SELECT t.*, CASE WHEN c THEN
-        ($9::text IS NULL OR EXISTS (SELECT 1 FROM cluster_partitions cp
-            WHERE cp.partition = t.p AND cp.owner = $9 AND cp.lease_until > now()))
-        AND NOT EXISTS (SELECT 1 FROM inbound_events o
-            WHERE o.routing_key = t.r AND o.source = t.s AND o.status IN ('pending', 'processing'))
-        ELSE false END AS claimed
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::text[],
-                $7::text[], $8::bool[]) WITH ORDINALITY AS t(s, i, r, p, k, j, b, c, n)) AS t
-ORDER BY n
+SELECT t.s, t.i, t.r, t.p, t.k, CAST(t.j AS jsonb), t.b,
+    CASE WHEN t.c AND older.behind IS NULL AND ($9::text IS NULL OR lease.held)
+         THEN 'processing' ELSE 'pending' END,
+    CASE WHEN t.c AND older.behind IS NULL AND ($9::text IS NULL OR lease.held) THEN 1 ELSE 0 END
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::text[],
+            $7::text[], $8::bool[]) WITH ORDINALITY AS t(s, i, r, p, k, j, b, c, n)
+LEFT JOIN LATERAL (SELECT true AS behind FROM inbound_events o
+    WHERE t.c AND o.routing_key = t.r AND o.source = t.s AND o.status IN ('pending', 'processing')
+    LIMIT 1) AS older ON true
+LEFT JOIN LATERAL (SELECT true AS held FROM cluster_partitions cp
+    WHERE t.c AND $9::text IS NOT NULL AND cp.partition = t.p AND cp.owner = $9
+      AND cp.lease_until > now()
+    LIMIT 1) AS lease ON true
+ORDER BY t.n
 ON CONFLICT (source, source_id) DO NOTHING
 RETURNING id, source, source_id, received_at, status, attempts";
 

@@ -615,6 +615,29 @@ async fn ensure_database(url: &Secret, timeout: Duration) -> Result<(), DbError>
 /// notices the closed socket). A connection that breaks in between fails its statement,
 /// which callers treat as the database being unavailable and retry.
 pub fn build_pool(url: &Secret, size: usize, connect_timeout: Duration) -> Result<Pool, DbError> {
+    build_pool_with(url, size, connect_timeout, false)
+}
+
+/// [`build_pool`] for the inbox writers' batch statements (`… FROM unnest($1, …)`), which
+/// plan every execution afresh under PostgreSQL's default plan cache mode: a custom plan
+/// knows the arrays' lengths, so it always looks cheaper than the generic one (which assumes
+/// ten rows), and planning cost more than the insert itself (~0.3-1 ms a batch). Their
+/// generic plans are the per-row index lookups they need, so these connections keep them
+/// (`plan_cache_mode = force_generic_plan`, set as each connection is made).
+pub fn build_writer_pool(
+    url: &Secret,
+    size: usize,
+    connect_timeout: Duration,
+) -> Result<Pool, DbError> {
+    build_pool_with(url, size, connect_timeout, true)
+}
+
+fn build_pool_with(
+    url: &Secret,
+    size: usize,
+    connect_timeout: Duration,
+    generic_plans: bool,
+) -> Result<Pool, DbError> {
     use diesel_async::pooled_connection::deadpool::{Hook, HookError};
     use diesel_async::pooled_connection::{ManagerConfig, PoolError, RecyclingMethod};
 
@@ -635,7 +658,21 @@ pub fn build_pool(url: &Secret, size: usize, connect_timeout: Duration) -> Resul
                     .map_err(|e| HookError::Backend(PoolError::QueryError(e)))
             })
         });
+    let generic =
+        Hook::<AsyncPgConnection>::async_fn(move |conn: &mut AsyncPgConnection, _metrics| {
+            Box::pin(async move {
+                if !generic_plans {
+                    return Ok(());
+                }
+                diesel::sql_query("SET plan_cache_mode = force_generic_plan")
+                    .execute(conn)
+                    .await
+                    .map(drop)
+                    .map_err(|e| HookError::Backend(PoolError::QueryError(e)))
+            })
+        });
     Pool::builder(manager)
+        .post_create(generic)
         .pre_recycle(verify_idle)
         .max_size(size)
         .runtime(deadpool::Runtime::Tokio1)

@@ -710,3 +710,29 @@ async fn a_batch_claims_the_events_it_may_and_records_the_others_pending() {
         matches!(&again[0], Ok(RecordOutcome::Duplicate(e)) if e.id == alone.id && e.attempts == 1)
     );
 }
+
+/// The inbox writers' connections keep generic plans (their batch statements would be
+/// planned afresh at every execution otherwise); the shared pool keeps PostgreSQL's default.
+#[tokio::test]
+async fn the_writers_connections_keep_generic_plans() {
+    #[derive(QueryableByName)]
+    struct Mode {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        plan_cache_mode: String,
+    }
+    let db = TestDb::new().await;
+    let timeout = std::time::Duration::from_secs(5);
+    let url = db.url.clone();
+    let mode = |pool: infragpt::db::Pool| async move {
+        let mut conn = pool.get().await.expect("connection");
+        diesel::sql_query("SHOW plan_cache_mode")
+            .get_result::<Mode>(&mut conn)
+            .await
+            .expect("show")
+            .plan_cache_mode
+    };
+    let writers = infragpt::db::build_writer_pool(&url, 1, timeout).unwrap();
+    assert_eq!(mode(writers).await, "force_generic_plan");
+    let shared = infragpt::db::build_pool(&url, 1, timeout).unwrap();
+    assert_eq!(mode(shared).await, "auto");
+}
