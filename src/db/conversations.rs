@@ -529,6 +529,42 @@ macro_rules! bind_message {
     }};
 }
 
+/// What a new intent stores besides its key: the digest of its text, its planned posting and
+/// its number of messages.
+struct IntentColumns {
+    digest: String,
+    posting: serde_json::Value,
+    parts: i32,
+}
+
+impl IntentColumns {
+    fn of(intent: &NewIntent) -> Result<Self, ConversationStoreError> {
+        Ok(Self {
+            digest: intent_digest(&intent.text),
+            posting: serde_json::to_value(&intent.posting)
+                .map_err(|e| StoreError::corrupt("reply intent posting", e))?,
+            parts: i32::try_from(intent.posting.message_count())
+                .map_err(|e| StoreError::corrupt("reply intent parts", e))?,
+        })
+    }
+}
+
+/// Binds `$3`–`$9` of [`CLAIM_BY_KEY`] and [`CLAIM_REPLY`]: the intent's columns, the claim's
+/// owner and lease, and the cluster's lease.
+macro_rules! bind_intent {
+    ($query:expr, $columns:expr, $intent:expr, $store:expr, $lease:expr) => {{
+        let columns: &IntentColumns = $columns;
+        $query
+            .bind::<Text, _>(&columns.digest)
+            .bind::<Text, _>($intent.kind.as_str())
+            .bind::<Jsonb, _>(&columns.posting)
+            .bind::<Integer, _>(columns.parts)
+            .bind::<Text, _>(&$store.owner)
+            .bind::<BigInt, _>(millis($lease))
+            .bind::<Nullable<Double>, _>($store.replica_lease_secs)
+    }};
+}
+
 /// Stores a message unless its ts is stored in the conversation already (on `conn`, so it
 /// can share a transaction).
 async fn insert_on(
@@ -803,6 +839,21 @@ impl PgConversationStore {
             .await
             .map_err(unavailable)?;
         Ok(row.into())
+    }
+
+    /// [`Self::holder`] of the intent `(conversation, turn, digest)`.
+    async fn holder_by_key(
+        conn: &mut AsyncPgConnection,
+        conversation: ConversationId,
+        turn: &str,
+        digest: &str,
+    ) -> Result<IntentClaim, ConversationStoreError> {
+        let filter = reply_intents::table
+            .filter(reply_intents::conversation_id.eq(conversation.0))
+            .filter(reply_intents::turn_ts.eq(turn.to_owned()))
+            .filter(reply_intents::digest.eq(digest.to_owned()))
+            .into_boxed();
+        Self::holder(conn, filter).await
     }
 
     /// Ids of the conversations of one channel (for edits and deletes, which Slack addresses
@@ -1138,22 +1189,12 @@ impl ConversationStore for PgConversationStore {
             .as_ref()
             .map_or(NO_TURN, MessageTs::as_str)
             .to_owned();
-        let digest = intent_digest(&intent.text);
-        let posting = serde_json::to_value(&intent.posting)
-            .map_err(|e| StoreError::corrupt("reply intent posting", e))?;
-        let parts = i32::try_from(intent.posting.message_count())
-            .map_err(|e| StoreError::corrupt("reply intent parts", e))?;
+        let columns = IntentColumns::of(intent)?;
         let mut conn = conn(&self.pool).await?;
-        let claimed: Option<ClaimRow> = diesel::sql_query(CLAIM_BY_KEY.as_str())
+        let query = diesel::sql_query(CLAIM_BY_KEY.as_str())
             .bind::<diesel::sql_types::Uuid, _>(intent.conversation_id.0)
-            .bind::<Text, _>(&turn)
-            .bind::<Text, _>(&digest)
-            .bind::<Text, _>(intent.kind.as_str())
-            .bind::<Jsonb, _>(&posting)
-            .bind::<Integer, _>(parts)
-            .bind::<Text, _>(&self.owner)
-            .bind::<BigInt, _>(millis(lease))
-            .bind::<Nullable<Double>, _>(self.replica_lease_secs)
+            .bind::<Text, _>(&turn);
+        let claimed: Option<ClaimRow> = bind_intent!(query, &columns, intent, self, lease)
             .prepared()
             .get_result(&mut conn)
             .await
@@ -1162,12 +1203,7 @@ impl ConversationStore for PgConversationStore {
         match claimed {
             Some(row) => Ok(IntentClaim::Claimed(row.try_into()?)),
             None => {
-                let filter = reply_intents::table
-                    .filter(reply_intents::conversation_id.eq(intent.conversation_id.0))
-                    .filter(reply_intents::turn_ts.eq(turn))
-                    .filter(reply_intents::digest.eq(digest))
-                    .into_boxed();
-                Self::holder(&mut conn, filter).await
+                Self::holder_by_key(&mut conn, intent.conversation_id, &turn, &columns.digest).await
             }
         }
     }
@@ -1177,22 +1213,12 @@ impl ConversationStore for PgConversationStore {
         intent: &NewIntent,
         lease: Duration,
     ) -> Result<Option<(Conversation, Option<IntentClaim>)>, ConversationStoreError> {
-        let digest = intent_digest(&intent.text);
-        let posting = serde_json::to_value(&intent.posting)
-            .map_err(|e| StoreError::corrupt("reply intent posting", e))?;
-        let parts = i32::try_from(intent.posting.message_count())
-            .map_err(|e| StoreError::corrupt("reply intent parts", e))?;
+        let columns = IntentColumns::of(intent)?;
         let mut conn = conn(&self.pool).await?;
-        let row: Option<ReplyClaimRow> = diesel::sql_query(CLAIM_REPLY.as_str())
+        let query = diesel::sql_query(CLAIM_REPLY.as_str())
             .bind::<diesel::sql_types::Uuid, _>(intent.conversation_id.0)
-            .bind::<Nullable<Text>, _>(intent.in_reply_to.as_ref().map(MessageTs::as_str))
-            .bind::<Text, _>(&digest)
-            .bind::<Text, _>(intent.kind.as_str())
-            .bind::<Jsonb, _>(&posting)
-            .bind::<Integer, _>(parts)
-            .bind::<Text, _>(&self.owner)
-            .bind::<BigInt, _>(millis(lease))
-            .bind::<Nullable<Double>, _>(self.replica_lease_secs)
+            .bind::<Nullable<Text>, _>(intent.in_reply_to.as_ref().map(MessageTs::as_str));
+        let row: Option<ReplyClaimRow> = bind_intent!(query, &columns, intent, self, lease)
             .prepared()
             .get_result(&mut conn)
             .await
@@ -1216,12 +1242,8 @@ impl ConversationStore for PgConversationStore {
             (None, Some(turn)) if current != Some(turn) => None,
             // Under the current turn and not claimed: posted, or someone else's claim.
             (None, _) => {
-                let filter = reply_intents::table
-                    .filter(reply_intents::conversation_id.eq(conversation.id.0))
-                    .filter(reply_intents::turn_ts.eq(current.map_or(NO_TURN, MessageTs::as_str)))
-                    .filter(reply_intents::digest.eq(digest))
-                    .into_boxed();
-                Some(Self::holder(&mut conn, filter).await?)
+                let turn = current.map_or(NO_TURN, MessageTs::as_str);
+                Some(Self::holder_by_key(&mut conn, conversation.id, turn, &columns.digest).await?)
             }
         };
         Ok(Some((conversation, claim)))
