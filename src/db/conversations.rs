@@ -134,8 +134,8 @@ WITH conv AS (
     FROM conv WHERE $2::text IS NULL OR $2 = conv.current_turn_ts
     {CLAIM_ON_CONFLICT}
 )
-SELECT conv.id AS conversation, conv.team_id, conv.channel_id, conv.thread_ts,
-    conv.current_turn_ts, claimed.id, claimed.claims, claimed.turn_ts, claimed.kind,
+SELECT conv.id, conv.team_id, conv.channel_id, conv.thread_ts,
+    conv.current_turn_ts, claimed.id AS intent_id, claimed.claims, claimed.turn_ts, claimed.kind,
     claimed.posting, claimed.parts_done, claimed.posting_part, claimed.file_id,
     claimed.file_done
 FROM conv LEFT JOIN claimed ON true"
@@ -145,18 +145,10 @@ FROM conv LEFT JOIN claimed ON true"
 /// What [`CLAIM_REPLY`] returns.
 #[derive(Debug, QueryableByName)]
 struct ReplyClaimRow {
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    conversation: uuid::Uuid,
-    #[diesel(sql_type = Text)]
-    team_id: String,
-    #[diesel(sql_type = Text)]
-    channel_id: String,
-    #[diesel(sql_type = Text)]
-    thread_ts: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    current_turn_ts: Option<String>,
+    #[diesel(embed)]
+    conversation: ConversationRow,
     #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
-    id: Option<uuid::Uuid>,
+    intent_id: Option<uuid::Uuid>,
     #[diesel(sql_type = Nullable<Integer>)]
     claims: Option<i32>,
     #[diesel(sql_type = Nullable<Text>)]
@@ -179,9 +171,9 @@ impl ReplyClaimRow {
     /// The claimed intent's row, when the statement claimed one.
     fn claimed(&mut self) -> Option<ClaimRow> {
         Some(ClaimRow {
-            id: self.id.take()?,
+            id: self.intent_id.take()?,
             claims: self.claims?,
-            conversation_id: self.conversation,
+            conversation_id: self.conversation.id,
             turn_ts: self.turn_ts.take()?,
             kind: self.kind.take()?,
             posting: self.posting.take()?,
@@ -434,16 +426,8 @@ impl TryFrom<ClaimRow> for ClaimedIntent {
 /// What [`BEGIN_TURN`] returns.
 #[derive(Debug, QueryableByName)]
 struct BeginTurnRow {
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    id: uuid::Uuid,
-    #[diesel(sql_type = Text)]
-    team_id: String,
-    #[diesel(sql_type = Text)]
-    channel_id: String,
-    #[diesel(sql_type = Text)]
-    thread_ts: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    current_turn_ts: Option<String>,
+    #[diesel(embed)]
+    conversation: ConversationRow,
     #[diesel(sql_type = Bool)]
     inserted: bool,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -641,7 +625,7 @@ fn unavailable(e: diesel::result::Error) -> ConversationStoreError {
 }
 
 /// One `conversations` row (the columns the port needs).
-#[derive(Debug, Queryable, Selectable)]
+#[derive(Debug, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = conversations, check_for_backend(diesel::pg::Pg))]
 struct ConversationRow {
     id: uuid::Uuid,
@@ -804,13 +788,7 @@ impl PgConversationStore {
                 source_event_id: row.stored_by.map(EventRowId),
             }
         };
-        let conversation = Conversation::try_from(ConversationRow {
-            id: row.id,
-            team_id: row.team_id,
-            channel_id: row.channel_id,
-            thread_ts: row.thread_ts,
-            current_turn_ts: row.current_turn_ts,
-        })?;
+        let conversation = Conversation::try_from(row.conversation)?;
         Ok(TurnStart {
             conversation,
             inserted,
@@ -1228,13 +1206,7 @@ impl ConversationStore for PgConversationStore {
             return Ok(None);
         };
         let claimed = row.claimed();
-        let conversation = Conversation::try_from(ConversationRow {
-            id: row.conversation,
-            team_id: row.team_id,
-            channel_id: row.channel_id,
-            thread_ts: row.thread_ts,
-            current_turn_ts: row.current_turn_ts,
-        })?;
+        let conversation = Conversation::try_from(row.conversation)?;
         let current = conversation.current_turn_ts.as_ref();
         let claim = match (claimed, &intent.in_reply_to) {
             (Some(claimed), _) => Some(IntentClaim::Claimed(claimed.try_into()?)),
