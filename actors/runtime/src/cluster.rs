@@ -22,7 +22,9 @@ use crate::inbox::{
 };
 use crate::metrics::Metrics;
 use crate::partitions::{ClusterView, Membership, Ownership, RecordedNotice, ReplicationConfig};
-use crate::router::{Dispatch, InFlightIn, Recover, Router, RouterShared, Shutdown, StreamCtx};
+use crate::router::{
+    ClaimedAtRecord, Dispatch, InFlightIn, Recover, Router, RouterShared, Shutdown, StreamCtx,
+};
 
 /// A stream of events of one source, handled by one keyed router.
 #[derive(Clone)]
@@ -295,16 +297,20 @@ impl Cluster {
         let started = std::time::Instant::now();
         let recording = self
             .check_ingest(&event)
-            .map(|claim| match &self.inner.group_commit {
-                Some(writer) => writer.submit(Recording { event, claim }).boxed(),
+            .map(|scans| match &self.inner.group_commit {
+                Some(writer) => {
+                    let claim = scans.is_some();
+                    (writer.submit(Recording { event, claim }).boxed(), scans)
+                }
                 None => {
                     let inbox = self.inner.inbox.clone();
-                    async move { inbox.record(event).await }.boxed()
+                    (async move { inbox.record(event).await }.boxed(), None)
                 }
             });
         let this = self.clone();
         async move {
-            let mut outcome = recording?.await?;
+            let (recording, scans) = recording?;
+            let mut outcome = recording.await?;
             this.inner
                 .metrics
                 .observe_stage("inbox_write", started.elapsed());
@@ -320,13 +326,19 @@ impl Cluster {
                     );
                     // The claimed event goes to its worker with its payload; the caller's
                     // outcome keeps the rest (it never needs the payload).
-                    let claimed = (e.status == EventStatus::Processing).then(|| {
-                        let payload = std::mem::take(&mut e.payload);
-                        Box::new(InboundEvent {
-                            payload,
-                            ..e.clone()
-                        })
-                    });
+                    let claimed =
+                        scans
+                            .filter(|_| e.status == EventStatus::Processing)
+                            .map(|scans| {
+                                let payload = std::mem::take(&mut e.payload);
+                                ClaimedAtRecord {
+                                    event: Box::new(InboundEvent {
+                                        payload,
+                                        ..e.clone()
+                                    }),
+                                    scans,
+                                }
+                            });
                     this.route(e.id, e.source, &e.routing_key, e.partition, false, claimed)
                         .await;
                 }
@@ -345,10 +357,11 @@ impl Cluster {
 
     /// Why `event` cannot be ingested now, if it cannot; else whether to claim it in the
     /// same write: when it will be dispatched here at once (its partition is held here and
-    /// its stream is not deferring or full). A claimed event that is not dispatched after
-    /// all (the partition moved, the stream started deferring meanwhile) is claimed again by
-    /// the scan that picks it up, as after a crash.
-    fn check_ingest(&self, event: &NewInboundEvent) -> Result<bool, IngestError> {
+    /// its stream is not deferring or full, so no scan is running), with the number of
+    /// scans started so far ([`RouterShared::scans`]). A claimed event that is not dispatched
+    /// with its claim after all (the partition moved, the stream started deferring, a scan
+    /// started meanwhile) is claimed again from the inbox, as after a crash.
+    fn check_ingest(&self, event: &NewInboundEvent) -> Result<Option<u64>, IngestError> {
         if !self.is_accepting() {
             return Err(IngestError::ShuttingDown);
         }
@@ -359,8 +372,15 @@ impl Cluster {
         let Some(stream) = streams.get(&event.source) else {
             return Err(IngestError::NoStream(event.source.as_str()));
         };
-        Ok(!stream.shared.is_overloaded()
-            && self.inner.ownership.owns(Partition::of(&event.routing_key)))
+        let claim = self.inner.config.inbox_claim_at_record
+            && !stream.shared.is_overloaded()
+            && self.inner.ownership.owns(Partition::of(&event.routing_key));
+        Ok(claim.then(|| {
+            stream
+                .shared
+                .scans
+                .load(std::sync::atomic::Ordering::SeqCst)
+        }))
     }
 
     /// Dispatches a recorded event here when this replica holds its partition, else tells
@@ -373,7 +393,7 @@ impl Cluster {
         key: &RoutingKey,
         partition: Partition,
         requeued: bool,
-        claimed: Option<Box<InboundEvent>>,
+        claimed: Option<ClaimedAtRecord>,
     ) {
         if self.inner.ownership.owns(partition) {
             self.dispatch(id, source, key.clone(), partition, requeued, claimed);
@@ -456,7 +476,7 @@ impl Cluster {
         key: RoutingKey,
         partition: Partition,
         requeued: bool,
-        claimed: Option<Box<InboundEvent>>,
+        claimed: Option<ClaimedAtRecord>,
     ) {
         let streams = self.inner.streams.read();
         let Some(stream) = streams.get(&source) else {

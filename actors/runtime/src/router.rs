@@ -54,6 +54,12 @@ pub(crate) struct RouterShared {
     /// Dispatched, unfinished events.
     pub backlog: AtomicUsize,
     pub high_water_mark: usize,
+    /// Scans started (monotonic). An event claimed as it was recorded is handed to its
+    /// worker with that claim only if no scan started since the ingest decided to claim it:
+    /// a scan could have found the claimed row, dispatched it and seen it finish before the
+    /// event's own dispatch arrives, which would then run the handler again under a claim
+    /// that is no longer current.
+    pub scans: AtomicU64,
 }
 
 impl RouterShared {
@@ -90,8 +96,18 @@ pub(crate) struct Dispatch {
     pub requeued: bool,
     /// The event, claimed when it was recorded ([`crate::inbox::Recording::claim`]): its
     /// worker handles it under that claim without claiming it again. Dropped when the event
-    /// is not dispatched now; the scan that dispatches it later claims it again.
-    pub claimed: Option<Box<InboundEvent>>,
+    /// is not dispatched now, or when a scan started since the claim was decided
+    /// ([`RouterShared::scans`]); the worker then claims it from the inbox (finding it
+    /// finished if a scan's dispatch handled it meanwhile).
+    pub claimed: Option<ClaimedAtRecord>,
+}
+
+/// An event claimed as it was recorded, with the number of scans started when the ingest
+/// decided to claim it.
+#[derive(Debug)]
+pub(crate) struct ClaimedAtRecord {
+    pub event: Box<InboundEvent>,
+    pub scans: u64,
 }
 
 /// Scan the inbox for unfinished events now (a router also does so when it starts).
@@ -295,6 +311,7 @@ impl Router {
         if self.scan.is_some() || self.stopping {
             return;
         }
+        self.shared.scans.fetch_add(1, Ordering::SeqCst);
         self.scan = Some(Scan {
             mark: self.shared.skipped.load(Ordering::SeqCst),
             buffer: Vec::new(),
@@ -485,7 +502,9 @@ impl Handler<Dispatch> for Router {
             self.maybe_drain(ctx);
             return;
         }
-        self.dispatch_now(msg.id, msg.key, msg.partition, msg.claimed, ctx);
+        let scans = self.shared.scans.load(Ordering::SeqCst);
+        let claimed = msg.claimed.filter(|c| c.scans == scans).map(|c| c.event);
+        self.dispatch_now(msg.id, msg.key, msg.partition, claimed, ctx);
     }
 }
 

@@ -579,6 +579,7 @@ async fn an_event_claimed_as_it_is_recorded_is_handled_without_claiming_it_again
     let config = ClusterConfig {
         retry_budget: 2,
         restart_limit: 100,
+        inbox_claim_at_record: true,
         ..fast_config()
     };
     let cluster = start(config, inbox.clone(), handler.clone());
