@@ -160,8 +160,6 @@ pub(crate) struct WorkerIdle {
 pub(crate) struct WorkerFailed {
     pub key: RoutingKey,
     pub generation: u64,
-    pub finished: Option<EventRowId>,
-    pub released: Vec<EventRowId>,
 }
 
 /// A drain scan: pages through the inbox in id order.
@@ -182,13 +180,21 @@ struct Slot {
     outstanding: usize,
 }
 
+/// A dispatched, unfinished event: its partition, and the generation of the worker that
+/// owes it.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    partition: Partition,
+    generation: u64,
+}
+
 /// The router actor of one stream.
 pub(crate) struct Router {
     stream: Arc<StreamCtx>,
     shared: Arc<RouterShared>,
     health: ActorHealth,
     slots: HashMap<RoutingKey, Slot>,
-    in_flight: HashMap<EventRowId, Partition>,
+    in_flight: HashMap<EventRowId, InFlight>,
     next_generation: u64,
     /// The drain scan in progress.
     scan: Option<Scan>,
@@ -264,7 +270,6 @@ impl Router {
         claimed: Option<Box<InboundEvent>>,
         ctx: &mut Context<Self>,
     ) {
-        self.in_flight.insert(id, partition);
         self.health.record_message();
         let slot = match self.slots.get_mut(&key) {
             Some(slot) => slot,
@@ -287,6 +292,13 @@ impl Router {
             }
         };
         slot.outstanding += 1;
+        self.in_flight.insert(
+            id,
+            InFlight {
+                partition,
+                generation: slot.generation,
+            },
+        );
         // `do_send` ignores the worker's mailbox bound on purpose: the high-water mark bounds
         // the events in flight, so worker queues stay bounded too.
         slot.addr.do_send(Enqueue { id, claimed });
@@ -513,7 +525,7 @@ impl Handler<InFlightIn> for Router {
     fn handle(&mut self, msg: InFlightIn, _ctx: &mut Self::Context) -> usize {
         self.in_flight
             .values()
-            .filter(|p| msg.0.contains(p))
+            .filter(|f| msg.0.contains(&f.partition))
             .count()
     }
 }
@@ -557,7 +569,10 @@ impl Handler<Adopted> for Router {
         };
         for id in msg.ids {
             if let std::collections::hash_map::Entry::Vacant(e) = self.in_flight.entry(id) {
-                e.insert(partition);
+                e.insert(InFlight {
+                    partition,
+                    generation: msg.generation,
+                });
                 slot.outstanding += 1;
             }
         }
@@ -588,9 +603,10 @@ impl Handler<WorkerFailed> for Router {
         {
             self.slots.remove(&msg.key);
         }
-        for id in msg.finished.iter().chain(msg.released.iter()) {
-            self.release(*id);
-        }
+        // Everything the failed worker owed goes back to the inbox, including events whose
+        // `Enqueue` reached it after it stopped (sent before this message arrived): they are
+        // picked up when the quarantine ends, not left in flight for ever.
+        self.in_flight.retain(|_, f| f.generation != msg.generation);
         self.quarantine.insert(
             msg.key.clone(),
             Instant::now() + self.stream.config.restart_window(),

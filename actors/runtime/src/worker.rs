@@ -51,6 +51,10 @@ pub(crate) struct Worker {
     /// slot: an event is claimed at record only when nothing older of its key is unfinished,
     /// so a key has at most one such event at a time.
     claimed: Option<Box<InboundEvent>>,
+    /// The highest event id this worker has started an attempt for. A claim at record for
+    /// an event at or below it is stale (the event was adopted, or reached this worker from
+    /// a scan, and handled under a claim of its own), so the event is claimed afresh.
+    last_started: Option<EventRowId>,
     /// An attempt is running.
     running: bool,
     /// Waiting for a backoff delay to pass before the next attempt.
@@ -91,6 +95,7 @@ impl Worker {
             core,
             health: None,
             claimed: None,
+            last_started: None,
             running: false,
             backing_off: false,
             idle_epoch: 0,
@@ -134,6 +139,7 @@ impl Worker {
         self.running = true;
         // Only the first attempt uses the record's claim; a retry claims the event again.
         let claimed = self.claimed.take_if(|e| e.id == id);
+        self.last_started = self.last_started.max(Some(id));
         let fut = attempt(
             self.stream.inbox.clone(),
             self.stream.marks.clone(),
@@ -246,14 +252,15 @@ impl Worker {
                     act.pump(ctx);
                 });
             }
-            Next::Storm { finished, released } => {
+            Next::Storm { released, .. } => {
                 let error = format!(
                     "restart limit reached ({} failures within {:?}): {}",
                     self.stream.config.restart_limit,
                     self.stream.config.restart_window(),
                     error.as_deref().unwrap_or("failure")
                 );
-                tracing::error!(routing_key = %self.key, stream = %self.stream.name, error = %error, "worker failed");
+                // The queued events wait in the inbox (the key is quarantined).
+                tracing::error!(routing_key = %self.key, stream = %self.stream.name, error = %error, waiting = released.len(), "worker failed");
                 self.stream.metrics.retry(kind);
                 if let Some(h) = &self.health {
                     h.retrying(&error);
@@ -263,8 +270,6 @@ impl Worker {
                 self.send_router(WorkerFailed {
                     key: self.key.clone(),
                     generation: self.generation,
-                    finished,
-                    released,
                 });
                 ctx.stop();
             }
@@ -364,7 +369,7 @@ impl Handler<Enqueue> for Worker {
             return;
         }
         self.idle_epoch += 1;
-        if msg.claimed.is_some() {
+        if msg.claimed.is_some() && self.last_started.is_none_or(|last| msg.id > last) {
             // One replacing another would mean two unfinished events of the key claimed at
             // record (replicas racing): the earlier is claimed again when its turn comes.
             self.claimed = msg.claimed;
