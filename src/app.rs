@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use infragpt_actors::approvals::{ApprovalPorts, ApprovalService};
 use infragpt_actors::conversation::{
-    Agent, AnswerStyle, ConversationHandler, Progress, ReplyService,
+    Agent, AnswerStyle, ConversationHandler, Progress, RepliesHere, ReplyService,
 };
 use infragpt_actors::partitions::{ReplicaId, host_name};
 use infragpt_actors::{Cluster, HealthRegistry, Metrics, StreamSpec};
@@ -303,6 +303,8 @@ fn build_modules(
         store.clone(),
         slack_web.clone(),
     ));
+    // What this process's SendReplies posted, read by the turns' workers here.
+    let replies_here = Arc::new(RepliesHere::new());
     let handler = ConversationHandler::new(
         store.clone(),
         slack_web.clone(),
@@ -318,6 +320,7 @@ fn build_modules(
     .with_agent_retries(config.actors.retry_budget)
     .with_alert_sources(config.slack.alert_sources.clone())
     .with_progress(progress.clone())
+    .with_replies_here(replies_here.clone())
     .with_approvals(approval_ports);
     // The slash command and the assistant pane share the stream (slash::SlackStreamHandler).
     let handler = Arc::new(handler);
@@ -353,7 +356,8 @@ fn build_modules(
             .with_answer_style(answer_style)
             .with_standing(Arc::new(cluster.clone()))
             .with_metrics(cluster.metrics().clone())
-            .with_progress(progress),
+            .with_progress(progress)
+            .with_replies_here(replies_here),
     );
 
     // Events: GitHub, Alertmanager and PagerDuty through the organizations' rules into Slack.

@@ -87,7 +87,8 @@ mod conversation_fakes {
         Agent, AgentAnswer, AgentError, AgentTurn, BotIdentity, ChannelRecord, ClaimToken,
         ClaimedIntent, Conversation, ConversationStore, ConversationStoreError, InsertOutcome,
         IntentClaim, IntentStep, MessageKind, MessageMetadata, NewIntent, NewMessage, Posting,
-        ReplyService, SlackApi, SlackApiError, StoredMessage, ThreadMessage, UserProfile,
+        ReplyService, SlackApi, SlackApiError, StoredMessage, ThreadMessage, TurnState,
+        UserProfile,
     };
     use crate::ids::{
         ChannelId, ConversationId, MessageTs, ReplyIntentId, SlackUserId, TeamId, ThreadKey,
@@ -148,6 +149,7 @@ mod conversation_fakes {
         unavailable: AtomicBool,
         fail_next_record: AtomicBool,
         owner: String,
+        turn_state_reads: AtomicU64,
     }
 
     impl Default for MemoryConversationStore {
@@ -156,6 +158,7 @@ mod conversation_fakes {
                 state: Mutex::default(),
                 unavailable: AtomicBool::new(false),
                 fail_next_record: AtomicBool::new(false),
+                turn_state_reads: AtomicU64::new(0),
                 owner: "memory".to_owned(),
             }
         }
@@ -176,6 +179,11 @@ mod conversation_fakes {
         /// lost the database right after the post.
         pub fn fail_next_record(&self) {
             self.fail_next_record.store(true, Ordering::SeqCst);
+        }
+
+        /// How many times a turn's answer so far was read ([`ConversationStore::turn_state`]).
+        pub fn turn_state_reads(&self) -> u64 {
+            self.turn_state_reads.load(Ordering::SeqCst)
         }
 
         /// Every reply intent, oldest first.
@@ -301,6 +309,20 @@ mod conversation_fakes {
 
     #[async_trait]
     impl ConversationStore for MemoryConversationStore {
+        async fn turn_state(
+            &self,
+            id: ConversationId,
+            ts: &MessageTs,
+        ) -> Result<TurnState, ConversationStoreError> {
+            self.turn_state_reads.fetch_add(1, Ordering::SeqCst);
+            Ok(TurnState {
+                unfinished: self
+                    .unfinished_intents(id, ts, MessageKind::Message)
+                    .await?,
+                answered: self.agent_reply_exists(id, ts, None).await?,
+            })
+        }
+
         async fn upsert_conversation(
             &self,
             key: &ThreadKey,

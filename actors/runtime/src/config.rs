@@ -51,9 +51,8 @@ pub struct ClusterConfig {
     /// Most events (or done marks) in one group-committed batch.
     pub inbox_batch_max: usize,
     /// With group commit, the insert that records an event also claims it when it is
-    /// dispatched here at once, and its worker skips the claim. Off by default: one
-    /// fresh-clone CI run with it on left an event unhandled for 60 s in a runtime cluster
-    /// test, which has not been reproduced or explained yet.
+    /// dispatched here at once, and its worker skips the claim (one statement less per
+    /// event). Off: every event is claimed by its worker, as without group commit.
     pub inbox_claim_at_record: bool,
 }
 
@@ -75,7 +74,7 @@ impl Default for ClusterConfig {
             housekeeping_interval_ms: 15_000,
             inbox_group_commit: true,
             inbox_batch_max: 256,
-            inbox_claim_at_record: false,
+            inbox_claim_at_record: true,
         }
     }
 }

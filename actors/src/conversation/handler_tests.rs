@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 use super::{
     AgentAnswer, AgentError, AnswerFormat, AnswerStyle, ConversationHandler,
-    DEFAULT_FAILURE_NOTICE, MessageKind, PostError, ReplyMode, ReplyService, Sender, SlackApiError,
-    UNAVAILABLE_REPLY,
+    DEFAULT_FAILURE_NOTICE, MessageKind, PostError, RepliesHere, ReplyMode, ReplyService, Sender,
+    SlackApiError, UNAVAILABLE_REPLY,
 };
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
 use crate::ids::{ChannelId, MessageTs, SlackUserId, TeamId, ThreadKey};
@@ -577,6 +577,48 @@ async fn an_answer_sent_through_send_reply_is_not_posted_again() {
     );
     let texts: Vec<String> = f.slack.posts().into_iter().map(|p| p.text).collect();
     assert_eq!(texts, vec!["sent by the agent".to_owned()]);
+}
+
+/// The agent answered through a SendReply this process handled: once the agent returns, the
+/// turn is done without reading its answer's state from the store again (the store says the
+/// same). A worker without that record reads it.
+#[tokio::test]
+async fn a_turn_answered_by_a_send_reply_here_is_not_read_again() {
+    let f = fixture(ReplyMode::SendReply);
+    let here = Arc::new(RepliesHere::new());
+    let handler = ConversationHandler::new(
+        f.store.clone(),
+        f.slack.clone(),
+        f.agent.clone(),
+        ReplyMode::SendReply,
+    )
+    .with_replies_here(here.clone());
+    let replies =
+        Arc::new(ReplyService::new(f.store.clone(), f.slack.clone()).with_replies_here(here));
+    f.agent.send_reply_with(replies, "sent by the agent");
+    assert_eq!(
+        handler
+            .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+            .await,
+        Ok(HandleOutcome::Done)
+    );
+    assert_eq!(f.store.turn_state_reads(), 1, "read as the turn began only");
+
+    let other_root = "1700000000.000200";
+    assert_eq!(
+        f.handler
+            .handle(&event(2, mention(other_root, None, "<@U0BOT> again")))
+            .await,
+        Ok(HandleOutcome::Done)
+    );
+    assert_eq!(
+        f.store.turn_state_reads(),
+        3,
+        "without the record: read as the turn began and after the agent"
+    );
+    let texts: Vec<String> = f.slack.posts().into_iter().map(|p| p.text).collect();
+    assert_eq!(texts, vec!["sent by the agent".to_owned(); 2]);
+    assert_eq!(f.store.intents().len(), 2);
 }
 
 /// A SendReply caller that gives up while the post is under way (its request future is

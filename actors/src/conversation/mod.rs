@@ -5,6 +5,7 @@ pub mod mrkdwn;
 pub mod once;
 pub mod ports;
 pub mod progress;
+pub mod replied;
 pub mod reply;
 pub mod turn;
 
@@ -23,6 +24,7 @@ pub use progress::{
     AnswerSlot, Progress, ProgressClaim, ProgressError, ProgressLock, ProgressMode,
     ProgressOutcome, ProgressStore,
 };
+pub use replied::RepliesHere;
 pub use reply::{
     AnswerFormat, AnswerStyle, DEFAULT_FILE_THRESHOLD, ReplyError, ReplyMode, ReplyOutcome,
     ReplyService, split_message,

@@ -243,6 +243,9 @@ pub struct ReplyService {
     progress: Option<Arc<super::progress::Progress>>,
     /// Asked right before each Slack write (see [`Self::with_standing`]).
     standing: Arc<dyn Standing>,
+    /// Where replies to a current turn are tallied for its worker (see
+    /// [`Self::with_replies_here`]).
+    here: Option<Arc<super::RepliesHere>>,
 }
 
 impl std::fmt::Debug for ReplyService {
@@ -263,7 +266,15 @@ impl ReplyService {
             metrics: None,
             progress: None,
             standing: Arc::new(Alone),
+            here: None,
         }
+    }
+
+    /// Tallies each reply to a conversation's current turn in `here`, which the turn's
+    /// worker in this process reads instead of the store once the agent returns.
+    pub fn with_replies_here(mut self, here: Arc<super::RepliesHere>) -> Self {
+        self.here = Some(here);
+        self
     }
 
     /// A reply claimed by this process is not posted once its contact with the cluster
@@ -415,9 +426,15 @@ impl ReplyService {
             .claim_reply(&intent, self.lease)
             .await?
             .ok_or(ReplyError::NotFound(id))?;
+        let mut tally = None;
         let first = match (first, &intent.in_reply_to) {
             (Some(claim), _) => {
                 intent.in_reply_to = conversation.current_turn_ts.clone();
+                tally = self
+                    .here
+                    .as_deref()
+                    .zip(intent.in_reply_to.as_ref())
+                    .map(|(here, turn)| here.begin(id, turn));
                 Some((claim, asked))
             }
             (None, Some(turn)) => {
@@ -446,13 +463,18 @@ impl ReplyService {
                 .as_deref()
                 .and_then(super::progress::Progress::indicators),
         };
-        match poster
+        let outcome = match poster
             .post_claimed(&conversation.key, &intent, first)
             .await?
         {
-            PostOutcome::Posted => Ok(ReplyOutcome::Posted),
-            PostOutcome::AlreadyPosted => Ok(ReplyOutcome::AlreadyPosted),
+            PostOutcome::Posted => ReplyOutcome::Posted,
+            PostOutcome::AlreadyPosted => ReplyOutcome::AlreadyPosted,
+        };
+        // Dropped without this on an error: the turn's worker then reads the store.
+        if let Some(tally) = tally {
+            tally.posted();
         }
+        Ok(outcome)
     }
 }
 

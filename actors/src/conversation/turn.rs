@@ -137,6 +137,8 @@ pub struct ConversationHandler {
     progress: Option<Arc<Progress>>,
     /// Approvals: clicks and modal submissions are decided here (see [`Self::with_approvals`]).
     approvals: Option<crate::approvals::ApprovalPorts>,
+    /// The SendReplies this process handled (see [`Self::with_replies_here`]).
+    replies_here: Option<Arc<super::RepliesHere>>,
 }
 
 impl std::fmt::Debug for ConversationHandler {
@@ -174,6 +176,7 @@ impl ConversationHandler {
             agent_retries: 0,
             alert_sources: AlertSources::default(),
             progress: None,
+            replies_here: None,
             approvals: None,
         }
     }
@@ -182,6 +185,14 @@ impl ConversationHandler {
     /// with the answer (`slack.progress`).
     pub fn with_progress(mut self, progress: Arc<Progress>) -> Self {
         self.progress = Some(progress);
+        self
+    }
+
+    /// Reads what the SendReplies of this process did (tallied by the [`super::ReplyService`]
+    /// built with the same record): once the agent returns, a turn whose answer was posted
+    /// here is done without reading its state from the store again.
+    pub fn with_replies_here(mut self, here: Arc<super::RepliesHere>) -> Self {
+        self.replies_here = Some(here);
         self
     }
 
@@ -425,6 +436,8 @@ impl ConversationHandler {
         let conversation = start.conversation;
         self.add_seen_reaction(&turn);
 
+        // Nothing answers the turn yet: whatever answers it from here on is the agent's.
+        let fresh = !start.state.answered && start.state.unfinished.is_empty();
         // A retry after a crash: the answer may already be in the thread, or half of it.
         if self
             .answered(event, &turn.thread, conversation.id, ts, start.state)
@@ -466,7 +479,9 @@ impl ConversationHandler {
         match answer {
             Ok(answer) => {
                 let started = Instant::now();
-                let delivered = self.deliver(event, &conversation, &turn, answer).await;
+                let delivered = self
+                    .deliver(event, &conversation, (&turn, fresh), answer)
+                    .await;
                 self.stage("deliver", started);
                 delivered
             }
@@ -702,24 +717,35 @@ impl ConversationHandler {
     }
 
     /// The agent answered: post its answer unless it was posted through SendReply already.
+    /// `fresh`: the turn had no answer, finished or not, when this attempt started it.
     async fn deliver(
         &self,
         event: &InboundEvent,
         conversation: &Conversation,
-        turn: &slack_events::Turn,
+        (turn, fresh): (&slack_events::Turn, bool),
         answer: AgentAnswer,
     ) -> Result<HandleOutcome, HandlerError> {
         let ts = &turn.turn_id.ts;
-        // A SendReply that stopped half way (here or on another replica) is finished first.
-        let state = self
-            .store
-            .turn_state(conversation.id, ts)
-            .await
-            .map_err(store_err)?;
-        if self
-            .answered(event, &turn.thread, conversation.id, ts, state)
-            .await?
-        {
+        let posted_here = self
+            .replies_here
+            .as_deref()
+            .is_some_and(|here| here.take_answered(conversation.id, ts));
+        // The agent's SendReply posted the answer in this process, and no earlier attempt
+        // left one half-posted: the store would say the same.
+        let answered = if posted_here && fresh {
+            true
+        } else {
+            // A SendReply that stopped half way (here or on another replica) is finished
+            // first.
+            let state = self
+                .store
+                .turn_state(conversation.id, ts)
+                .await
+                .map_err(store_err)?;
+            self.answered(event, &turn.thread, conversation.id, ts, state)
+                .await?
+        };
+        if answered {
             // The agent posted through SendReply (send_reply mode).
             if !answer.success {
                 warn!(conversation_id = %conversation.id, agent_type = %answer.agent_type, error = %answer.error_message, "agent posted a reply but answered success=false");

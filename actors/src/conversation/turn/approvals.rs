@@ -301,6 +301,7 @@ impl ConversationHandler {
             .turn_state(conversation.id, &ts)
             .await
             .map_err(store_err)?;
+        let fresh = !state.answered && state.unfinished.is_empty();
         if self
             .answered(event, key, conversation.id, &ts, state)
             .await?
@@ -342,7 +343,10 @@ impl ConversationHandler {
         agent_turn.context["approval"] = approval.decision_context();
         self.start_agent_turn(event, conversation.id, &ts).await?;
         match self.agent.process(agent_turn).await {
-            Ok(answer) => self.deliver(event, &conversation, &turn, answer).await,
+            Ok(answer) => {
+                self.deliver(event, &conversation, (&turn, fresh), answer)
+                    .await
+            }
             Err(e) => self.agent_failed(event, &conversation, &turn, e).await,
         }
     }

@@ -1,0 +1,180 @@
+//! What this process's SendReplies did, by the turn they answered, so the turn's worker in
+//! the same process knows the agent's answer is posted without reading the store again.
+//!
+//! Only a shortcut: a SendReply that reached another replica, or whose record was lost with
+//! a crash, is not here, and the worker then reads the turn's state from the store as it
+//! always did.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use crate::ids::{ConversationId, MessageTs};
+
+/// How many turns are remembered. An entry is taken as soon as its turn's agent call
+/// returns; the bound only matters for replies whose turn is worked on elsewhere.
+const REMEMBERED: usize = 4096;
+
+type TurnKey = (ConversationId, MessageTs);
+
+/// The SendReplies of one turn handled here.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    /// Insertion number, so an old entry of the eviction queue cannot evict a newer one.
+    seq: u64,
+    running: u32,
+    posted: u32,
+    failed: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    turns: HashMap<TurnKey, Tally>,
+    order: VecDeque<(TurnKey, u64)>,
+    next_seq: u64,
+}
+
+/// The SendReplies this process handled lately (see the module docs).
+#[derive(Debug, Default)]
+pub struct RepliesHere {
+    state: Mutex<State>,
+}
+
+impl RepliesHere {
+    /// An empty record.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding it leaves plain maps: still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A SendReply for the turn starts; the returned guard says how it ended (a guard
+    /// dropped without [`ReplyTally::posted`] counts as failed).
+    pub fn begin(&self, conversation: ConversationId, turn: &MessageTs) -> ReplyTally<'_> {
+        let key = (conversation, turn.clone());
+        let mut st = self.state();
+        if !st.turns.contains_key(&key) {
+            while st.order.len() >= REMEMBERED {
+                let Some((old, seq)) = st.order.pop_front() else {
+                    break;
+                };
+                if st.turns.get(&old).is_some_and(|t| t.seq == seq) {
+                    st.turns.remove(&old);
+                }
+            }
+            st.next_seq += 1;
+            let seq = st.next_seq;
+            st.order.push_back((key.clone(), seq));
+            st.turns.insert(
+                key.clone(),
+                Tally {
+                    seq,
+                    ..Tally::default()
+                },
+            );
+        }
+        if let Some(t) = st.turns.get_mut(&key) {
+            t.running += 1;
+        }
+        ReplyTally {
+            here: self,
+            key: Some(key),
+            posted: false,
+        }
+    }
+
+    fn end(&self, key: &TurnKey, posted: bool) {
+        if let Some(t) = self.state().turns.get_mut(key) {
+            t.running = t.running.saturating_sub(1);
+            if posted {
+                t.posted += 1;
+            } else {
+                t.failed = true;
+            }
+        }
+    }
+
+    /// True when SendReplies handled here posted the turn's answer (at least one did, none
+    /// failed, none is still under way). Forgets the turn either way.
+    pub fn take_answered(&self, conversation: ConversationId, turn: &MessageTs) -> bool {
+        self.state()
+            .turns
+            .remove(&(conversation, turn.clone()))
+            .is_some_and(|t| t.posted > 0 && t.running == 0 && !t.failed)
+    }
+}
+
+/// One SendReply under way ([`RepliesHere::begin`]).
+#[derive(Debug)]
+pub struct ReplyTally<'a> {
+    here: &'a RepliesHere,
+    key: Option<TurnKey>,
+    posted: bool,
+}
+
+impl ReplyTally<'_> {
+    /// The reply is in the thread and recorded (posted now, or found posted).
+    pub fn posted(mut self) {
+        self.posted = true;
+    }
+}
+
+impl Drop for ReplyTally<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.here.end(&key, self.posted);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turn(s: &str) -> MessageTs {
+        MessageTs::parse(s).expect("ts")
+    }
+
+    #[test]
+    fn a_turn_is_answered_when_its_replies_all_posted() {
+        let here = RepliesHere::new();
+        let c = ConversationId::new_random();
+        let t = turn("1700000000.000100");
+        assert!(!here.take_answered(c, &t), "nothing handled here");
+        here.begin(c, &t).posted();
+        here.begin(c, &t).posted();
+        assert!(here.take_answered(c, &t));
+        assert!(!here.take_answered(c, &t), "taken once");
+    }
+
+    #[test]
+    fn a_reply_under_way_or_failed_leaves_the_turn_to_the_store() {
+        let here = RepliesHere::new();
+        let c = ConversationId::new_random();
+        let t = turn("1700000000.000100");
+        here.begin(c, &t).posted();
+        let running = here.begin(c, &t);
+        assert!(!here.take_answered(c, &t), "one is still under way");
+        drop(running);
+
+        here.begin(c, &t).posted();
+        drop(here.begin(c, &t));
+        assert!(!here.take_answered(c, &t), "one failed");
+    }
+
+    #[test]
+    fn old_turns_are_forgotten_past_the_bound() {
+        let here = RepliesHere::new();
+        let c = ConversationId::new_random();
+        let first = turn("1700000000.000001");
+        here.begin(c, &first).posted();
+        for i in 0..REMEMBERED {
+            here.begin(c, &turn(&format!("1700000001.{i:06}"))).posted();
+        }
+        assert!(!here.take_answered(c, &first), "evicted");
+        assert!(here.take_answered(c, &turn("1700000001.000010")));
+        assert!(here.state().turns.len() < REMEMBERED);
+    }
+}
