@@ -229,6 +229,7 @@ mod conversation_fakes {
                 file_id: i.file_id.clone(),
                 file_done: i.file_done,
                 first_part_marked: false,
+                answer_slot: None,
             })
         }
 

@@ -11,10 +11,10 @@ use diesel::sql_types::{BigInt, Bool, Double, Integer, Jsonb, Nullable, Text};
 use diesel::upsert::excluded;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use infragpt_actors::conversation::{
-    AgentTurnStart, ChannelRecord, ClaimToken, ClaimedIntent, Conversation, ConversationStore,
-    ConversationStoreError, InsertOutcome, IntentClaim, IntentStep, MessageKind, NewIntent,
-    NewMessage, Posting, ProgressLock, Sender, StartIfNew, StartedTurn, StoredMessage, TurnStart,
-    TurnState,
+    AgentTurnStart, AnswerSlot, ChannelRecord, ClaimToken, ClaimedIntent, Conversation,
+    ConversationStore, ConversationStoreError, InsertOutcome, IntentClaim, IntentStep, MessageKind,
+    NewIntent, NewMessage, Posting, ProgressLock, Sender, StartIfNew, StartedTurn, StoredMessage,
+    TurnStart, TurnState,
 };
 use infragpt_actors::ids::{
     ChannelId, ConversationId, MessageTs, ReplyIntentId, SlackUserId, TeamId, ThreadKey,
@@ -119,7 +119,10 @@ RETURNING i.id, i.claims, i.conversation_id, i.turn_ts, i.kind, i.posting, i.par
 
 /// SendReply's first statement: conversation `$1` and, when the reply names no turn (`$2`
 /// NULL) or its current turn, [`CLAIM_BY_KEY`] under the current turn. The claim's columns
-/// are NULL when nothing was claimed.
+/// are NULL when nothing was claimed. With `$10` (progress is shown), a new intent (first
+/// claim) also takes its turn's progress indicator over when nobody holds it, as
+/// `db::progress`'s `ANSWER` does: `indicator_taken` with the placeholder to replace, or
+/// `has_indicator` false when the turn has none (the answer is a new message either way).
 static CLAIM_REPLY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "\
@@ -133,11 +136,26 @@ WITH conv AS (
         now() + $8 * interval '1 millisecond', CASE WHEN $6 > 0 THEN 0 END
     FROM conv WHERE $2::text IS NULL OR $2 = conv.current_turn_ts
     {CLAIM_ON_CONFLICT}
+), indicator AS (
+    SELECT 1 FROM turn_progress p JOIN claimed c
+        ON p.conversation_id = c.conversation_id AND p.turn_ts = c.turn_ts
+    WHERE $10 AND c.claims = 1
+), taken AS (
+    UPDATE turn_progress p
+    SET answer_intent = c.id, lock_id = NULL, locked_until = NULL, pending_text = NULL
+    FROM claimed c
+    WHERE $10 AND c.claims = 1 AND p.conversation_id = c.conversation_id
+      AND p.turn_ts = c.turn_ts
+      AND p.answer_intent IS NULL AND (p.locked_until IS NULL OR p.locked_until <= now())
+    RETURNING p.placeholder_ts
 )
 SELECT conv.id, conv.team_id, conv.channel_id, conv.thread_ts,
     conv.current_turn_ts, claimed.id AS intent_id, claimed.claims, claimed.turn_ts, claimed.kind,
     claimed.posting, claimed.parts_done, claimed.posting_part, claimed.file_id,
-    claimed.file_done
+    claimed.file_done,
+    EXISTS (SELECT 1 FROM indicator) AS has_indicator,
+    EXISTS (SELECT 1 FROM taken) AS indicator_taken,
+    (SELECT placeholder_ts FROM taken) AS placeholder_ts
 FROM conv LEFT JOIN claimed ON true"
     )
 });
@@ -165,9 +183,34 @@ struct ReplyClaimRow {
     file_id: Option<String>,
     #[diesel(sql_type = Nullable<Bool>)]
     file_done: Option<bool>,
+    #[diesel(sql_type = Bool)]
+    has_indicator: bool,
+    #[diesel(sql_type = Bool)]
+    indicator_taken: bool,
+    #[diesel(sql_type = Nullable<Text>)]
+    placeholder_ts: Option<String>,
 }
 
 impl ReplyClaimRow {
+    /// Where the claimed intent's first message goes, when the statement settled it
+    /// ([`ClaimedIntent::answer_slot`]): taken over, or no indicator to take. Asked only for
+    /// a first claim (`take_indicator`).
+    fn answer_slot(
+        &mut self,
+        take_indicator: bool,
+    ) -> Result<Option<AnswerSlot>, ConversationStoreError> {
+        if !take_indicator || self.claims != Some(1) {
+            return Ok(None);
+        }
+        if self.indicator_taken {
+            let placeholder = super::progress::placeholder(self.placeholder_ts.take())?;
+            return Ok(Some(
+                placeholder.map_or(AnswerSlot::Post, AnswerSlot::Replace),
+            ));
+        }
+        Ok((!self.has_indicator).then_some(AnswerSlot::Post))
+    }
+
     /// The claimed intent's row, when the statement claimed one.
     fn claimed(&mut self) -> Option<ClaimRow> {
         Some(ClaimRow {
@@ -419,6 +462,7 @@ impl TryFrom<ClaimRow> for ClaimedIntent {
             file_id: row.file_id,
             file_done: row.file_done,
             first_part_marked,
+            answer_slot: None,
         })
     }
 }
@@ -1190,6 +1234,7 @@ impl ConversationStore for PgConversationStore {
         &self,
         intent: &NewIntent,
         lease: Duration,
+        take_indicator: bool,
     ) -> Result<Option<(Conversation, Option<IntentClaim>)>, ConversationStoreError> {
         let columns = IntentColumns::of(intent)?;
         let mut conn = conn(&self.pool).await?;
@@ -1197,6 +1242,7 @@ impl ConversationStore for PgConversationStore {
             .bind::<diesel::sql_types::Uuid, _>(intent.conversation_id.0)
             .bind::<Nullable<Text>, _>(intent.in_reply_to.as_ref().map(MessageTs::as_str));
         let row: Option<ReplyClaimRow> = bind_intent!(query, &columns, intent, self, lease)
+            .bind::<Bool, _>(take_indicator)
             .prepared()
             .get_result(&mut conn)
             .await
@@ -1205,11 +1251,16 @@ impl ConversationStore for PgConversationStore {
         let Some(mut row) = row else {
             return Ok(None);
         };
+        let answer_slot = row.answer_slot(take_indicator)?;
         let claimed = row.claimed();
         let conversation = Conversation::try_from(row.conversation)?;
         let current = conversation.current_turn_ts.as_ref();
         let claim = match (claimed, &intent.in_reply_to) {
-            (Some(claimed), _) => Some(IntentClaim::Claimed(claimed.try_into()?)),
+            (Some(claimed), _) => {
+                let mut claimed = ClaimedIntent::try_from(claimed)?;
+                claimed.answer_slot = answer_slot;
+                Some(IntentClaim::Claimed(claimed))
+            }
             // Another turn's reply: the caller decides.
             (None, Some(turn)) if current != Some(turn) => None,
             // Under the current turn and not claimed: posted, or someone else's claim.

@@ -125,7 +125,8 @@ fn wait(ms: i64) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-fn placeholder(ts: Option<String>) -> Result<Option<MessageTs>, ConversationStoreError> {
+/// A stored placeholder ts.
+pub(crate) fn placeholder(ts: Option<String>) -> Result<Option<MessageTs>, ConversationStoreError> {
     ts.map(MessageTs::parse)
         .transpose()
         .map_err(|e| StoreError::corrupt("turn_progress.placeholder_ts", e).into())

@@ -440,8 +440,11 @@ impl Poster<'_> {
         }
         unsure.own = true;
         let metadata = intent_metadata(token.intent, part);
-        let placeholder = match (part, &c.in_reply_to) {
-            (0, Some(turn)) => self.answer_slot(c, turn).await?,
+        let placeholder = match (part, &c.in_reply_to, c.answer_slot.take()) {
+            // The claim took the indicator over already.
+            (0, Some(_), Some(AnswerSlot::Replace(ts))) => Some(ts),
+            (0, Some(_), Some(_)) => None,
+            (0, Some(turn), None) => self.answer_slot(c, turn).await?,
             _ => None,
         };
         let posted = match placeholder {

@@ -323,6 +323,11 @@ pub struct ClaimedIntent {
     /// claim stop before the post, the next one looks in the thread first, as after any
     /// post under way.
     pub first_part_marked: bool,
+    /// Where the first message goes, when the claim also took the turn's progress indicator
+    /// over for this reply ([`ConversationStore::claim_reply`] asked to): replacing its
+    /// placeholder, or as a new message. `None`: not asked, or the indicator was held (the
+    /// poster then takes it over itself, waiting while it is held).
+    pub answer_slot: Option<super::progress::AnswerSlot>,
 }
 
 /// What claiming an intent found.
@@ -552,11 +557,17 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// claim is `None` when the intent names another turn (the caller decides what to do
     /// with a late answer); the whole is `None` when the conversation does not exist. The
     /// default looks the conversation up, then claims.
+    ///
+    /// With `take_indicator` (progress is shown), a store may also take the turn's progress
+    /// indicator over for a new intent in the same step
+    /// ([`ClaimedIntent::answer_slot`]); the default does not.
     async fn claim_reply(
         &self,
         intent: &NewIntent,
         lease: Duration,
+        take_indicator: bool,
     ) -> Result<Option<(Conversation, Option<IntentClaim>)>, ConversationStoreError> {
+        let _ = take_indicator;
         let Some(conversation) = self.find(intent.conversation_id).await? else {
             return Ok(None);
         };

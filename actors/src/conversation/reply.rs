@@ -387,6 +387,15 @@ impl ReplyService {
         }
     }
 
+    /// Whether replies end progress indicators (progress is shown), so the claim may take a
+    /// new reply's indicator over in the same step.
+    fn takes_indicator(&self) -> bool {
+        self.progress
+            .as_deref()
+            .and_then(super::progress::Progress::indicators)
+            .is_some()
+    }
+
     /// Records how long each SendReply takes (stage `send_reply`) in `metrics`.
     pub fn with_metrics(mut self, metrics: crate::Metrics) -> Self {
         self.metrics = Some(metrics);
@@ -423,7 +432,7 @@ impl ReplyService {
         let asked = Instant::now();
         let (conversation, first) = self
             .store
-            .claim_reply(&intent, self.lease)
+            .claim_reply(&intent, self.lease, self.takes_indicator())
             .await?
             .ok_or(ReplyError::NotFound(id))?;
         let mut tally = None;

@@ -922,7 +922,7 @@ async fn claim_reply_finds_the_conversation_and_claims_under_its_current_turn() 
 
     // No current turn yet: the reply goes under no turn.
     let (found, claim) = store
-        .claim_reply(&intent(None, "early"), lease)
+        .claim_reply(&intent(None, "early"), lease, false)
         .await
         .unwrap()
         .expect("the conversation exists");
@@ -938,7 +938,7 @@ async fn claim_reply_finds_the_conversation_and_claims_under_its_current_turn() 
         .unwrap();
     for turn in [None, Some("700.000002")] {
         let (found, claim) = store
-            .claim_reply(&intent(turn, "answer"), lease)
+            .claim_reply(&intent(turn, "answer"), lease, false)
             .await
             .unwrap()
             .unwrap();
@@ -972,13 +972,13 @@ async fn claim_reply_finds_the_conversation_and_claims_under_its_current_turn() 
     }
     // Claimed by someone else and still leased: Busy.
     let (_, claim) = store
-        .claim_reply(&intent(None, "second"), lease)
+        .claim_reply(&intent(None, "second"), lease, false)
         .await
         .unwrap()
         .unwrap();
     assert!(matches!(claim, Some(IntentClaim::Claimed(_))));
     let (_, claim) = store
-        .claim_reply(&intent(None, "second"), lease)
+        .claim_reply(&intent(None, "second"), lease, false)
         .await
         .unwrap()
         .unwrap();
@@ -990,7 +990,7 @@ async fn claim_reply_finds_the_conversation_and_claims_under_its_current_turn() 
         .await
         .unwrap();
     let (_, claim) = store
-        .claim_reply(&intent(Some("700.000001"), "late"), lease)
+        .claim_reply(&intent(Some("700.000001"), "late"), lease, false)
         .await
         .unwrap()
         .unwrap();
@@ -1009,10 +1009,110 @@ async fn claim_reply_finds_the_conversation_and_claims_under_its_current_turn() 
                     conversation_id: ConversationId(uuid::Uuid::new_v4()),
                     ..intent(None, "x")
                 },
-                lease
+                lease,
+                false
             )
             .await
             .unwrap()
             .is_none()
     );
+}
+
+/// With progress shown, SendReply's claim of a new reply also takes the turn's progress
+/// indicator over when nobody holds it (with the placeholder to replace, if any), says there
+/// is nothing to take when the turn has no indicator, and leaves a held or taken indicator to
+/// the poster, untouched.
+#[tokio::test]
+async fn claim_reply_takes_a_free_progress_indicator_over() {
+    use infragpt::db::progress::PgProgressStore;
+    use infragpt_actors::conversation::{
+        AnswerSlot, IntentClaim, NewIntent, Posting, ProgressStore,
+    };
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let store = PgConversationStore::new(db.pool().clone());
+    let progress = PgProgressStore::new(db.pool().clone());
+    let conv = store.upsert_conversation(&key("800.000001")).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let claim = |text: &'static str, take: bool| {
+        let store = &store;
+        async move {
+            let intent = NewIntent {
+                conversation_id: conv.id,
+                in_reply_to: None,
+                kind: MessageKind::Message,
+                text: text.into(),
+                posting: Posting::Messages {
+                    parts: vec![text.into()],
+                },
+            };
+            match store.claim_reply(&intent, lease, take).await.unwrap() {
+                Some((_, Some(IntentClaim::Claimed(c)))) => c,
+                other => panic!("claimed: {other:?}"),
+            }
+        }
+    };
+
+    // A turn without an indicator: the answer is a new message.
+    store
+        .set_current_turn(conv.id, &ts("800.000002"))
+        .await
+        .unwrap();
+    assert_eq!(claim("a", true).await.answer_slot, Some(AnswerSlot::Post));
+    assert_eq!(claim("b", false).await.answer_slot, None, "not asked");
+
+    // Shown with a placeholder and free: taken over, the placeholder to replace.
+    let shown = ts("800.000003");
+    store.set_current_turn(conv.id, &shown).await.unwrap();
+    let lock = progress
+        .open_progress(conv.id, &shown, lease)
+        .await
+        .unwrap()
+        .expect("opens");
+    let placeholder = ts("800.000009");
+    progress
+        .progress_shown(conv.id, &shown, lock, Some(&placeholder), "is thinking…")
+        .await
+        .unwrap();
+    let first = claim("c", true).await;
+    assert_eq!(
+        first.answer_slot,
+        Some(AnswerSlot::Replace(placeholder.clone()))
+    );
+    // It is that reply's: the reply asking again gets the same, another finds it taken.
+    assert_eq!(
+        progress
+            .answer_slot(conv.id, &shown, first.token.intent)
+            .await
+            .unwrap(),
+        AnswerSlot::Replace(placeholder)
+    );
+    let second = claim("d", true).await;
+    assert_eq!(second.answer_slot, None, "taken by the first reply");
+    assert_eq!(
+        progress
+            .answer_slot(conv.id, &shown, second.token.intent)
+            .await
+            .unwrap(),
+        AnswerSlot::Post
+    );
+
+    // Held (being shown right now): left to the poster, which waits for it.
+    let held = ts("800.000004");
+    store.set_current_turn(conv.id, &held).await.unwrap();
+    progress
+        .open_progress(conv.id, &held, lease)
+        .await
+        .unwrap()
+        .expect("opens");
+    let waiting = claim("e", true).await;
+    assert_eq!(waiting.answer_slot, None);
+    assert!(matches!(
+        progress
+            .answer_slot(conv.id, &held, waiting.token.intent)
+            .await
+            .unwrap(),
+        AnswerSlot::Wait(_)
+    ));
 }
