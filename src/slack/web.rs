@@ -926,7 +926,26 @@ impl SlackApi for SlackWeb {
         ts: &MessageTs,
     ) -> Result<(), SlackApiError> {
         let body = json!({ "channel": channel.as_str(), "ts": ts.as_str() });
-        self.idempotent_tier3(team, "chat.delete", &body).await
+        match self
+            .post::<Empty>(
+                team,
+                "chat.delete",
+                &body,
+                &SLACK_TIER3_METHOD_CONFIG,
+                Repeat::Always,
+            )
+            .await?
+        {
+            Ok(_) => Ok(()),
+            // Gone already: the adapter repeated a delete whose first answer was lost in
+            // transit (Slack then says `message_not_found`), or someone deleted it. Either
+            // way what the caller asked for holds.
+            Err(code) if code == "message_not_found" => {
+                tracing::debug!(team_id = %team, channel_id = %channel, ts = %ts, "message to delete was gone already");
+                Ok(())
+            }
+            Err(code) => Err(self.code_error(team, "chat.delete", code).await),
+        }
     }
 
     async fn set_thread_status(

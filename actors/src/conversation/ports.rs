@@ -773,7 +773,8 @@ pub trait SlackApi: Send + Sync + 'static {
         metadata: Option<&MessageMetadata>,
     ) -> Result<(), SlackApiError>;
     /// `chat.delete` of one of our messages: a duplicate this process posted for a claim it
-    /// had lost meanwhile (see `once::Poster::withdraw`).
+    /// had lost meanwhile (see `once::Poster::withdraw`). `Ok` once the message is gone,
+    /// including when it was gone already (a repeated delete whose first answer was lost).
     async fn delete_message(
         &self,
         team: &TeamId,

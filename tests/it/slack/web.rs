@@ -315,3 +315,36 @@ async fn a_gated_write_is_not_sent_once_the_standing_broke() {
     write().await.expect("in contact").expect("posted");
     assert_eq!(sim.messages_in(ACME, GENERAL).len(), 1);
 }
+
+/// `chat.delete` is done once the message is gone: a second delete of it (as when the
+/// adapter repeats a delete whose answer was lost) finds it gone and succeeds; a message
+/// that is not ours is still refused.
+#[tokio::test]
+async fn deleting_a_message_that_is_gone_already_succeeds() {
+    let db = TestDb::new().await;
+    let sim = sim();
+    let web = web_for(&sim, &db, fast());
+    let channel = ChannelId::parse(GENERAL).unwrap();
+    let ts = web
+        .post_message(&team(ACME), &channel, None, "a duplicate", None)
+        .await
+        .expect("posted");
+    web.delete_message(&team(ACME), &channel, &ts)
+        .await
+        .expect("deleted");
+    web.delete_message(&team(ACME), &channel, &ts)
+        .await
+        .expect("gone already: done");
+    let calls = sim.calls("chat.delete");
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let theirs = sim
+        .post_user_message(ACME, GENERAL, ALICE, "from a person", None)
+        .unwrap();
+    let refused = web
+        .delete_message(&team(ACME), &channel, &MessageTs::parse(&theirs).unwrap())
+        .await;
+    assert!(
+        matches!(&refused, Err(SlackApiError::Api(e)) if e.contains("cant_delete_message")),
+        "{refused:?}"
+    );
+}
