@@ -599,16 +599,19 @@ impl SlackWeb {
     /// `chat.update` of `body`: Tier 3; an update is idempotent, so any transient failure is
     /// retried.
     async fn chat_update(&self, team: &TeamId, body: &Value) -> Result<(), SlackApiError> {
-        self.idempotent_tier3(team, "chat.update", body).await
+        self.idempotent_tier3(team, "chat.update", body, &[]).await
     }
 
     /// A Tier 3 call whose repetition is harmless (`chat.update`, `chat.delete`): every
     /// transient failure is retried.
+    /// A Tier 3 call that may be repeated; an error code in `done` means the call's effect
+    /// holds already.
     async fn idempotent_tier3(
         &self,
         team: &TeamId,
         method: &'static str,
         body: &Value,
+        done: &[&str],
     ) -> Result<(), SlackApiError> {
         match self
             .post::<Empty>(
@@ -621,6 +624,10 @@ impl SlackWeb {
             .await?
         {
             Ok(_) => Ok(()),
+            Err(code) if done.contains(&code.as_str()) => {
+                tracing::debug!(team_id = %team, method, error = %code, "already done");
+                Ok(())
+            }
             Err(code) => Err(self.code_error(team, method, code).await),
         }
     }
@@ -926,26 +933,11 @@ impl SlackApi for SlackWeb {
         ts: &MessageTs,
     ) -> Result<(), SlackApiError> {
         let body = json!({ "channel": channel.as_str(), "ts": ts.as_str() });
-        match self
-            .post::<Empty>(
-                team,
-                "chat.delete",
-                &body,
-                &SLACK_TIER3_METHOD_CONFIG,
-                Repeat::Always,
-            )
-            .await?
-        {
-            Ok(_) => Ok(()),
-            // Gone already: the adapter repeated a delete whose first answer was lost in
-            // transit (Slack then says `message_not_found`), or someone deleted it. Either
-            // way what the caller asked for holds.
-            Err(code) if code == "message_not_found" => {
-                tracing::debug!(team_id = %team, channel_id = %channel, ts = %ts, "message to delete was gone already");
-                Ok(())
-            }
-            Err(code) => Err(self.code_error(team, "chat.delete", code).await),
-        }
+        // Gone already: the adapter repeated a delete whose first answer was lost in transit
+        // (Slack then says `message_not_found`), or someone deleted it. Either way what the
+        // caller asked for holds.
+        self.idempotent_tier3(team, "chat.delete", &body, &["message_not_found"])
+            .await
     }
 
     async fn set_thread_status(

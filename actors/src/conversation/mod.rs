@@ -5,6 +5,7 @@ pub mod mrkdwn;
 pub mod once;
 pub mod ports;
 pub mod progress;
+mod recent;
 pub mod replied;
 pub mod reply;
 pub mod turn;

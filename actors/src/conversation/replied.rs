@@ -5,9 +5,9 @@
 //! a crash, is not here, and the worker then reads the turn's state from the store as it
 //! always did.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
+use super::recent::RecentMap;
 use crate::ids::{ConversationId, MessageTs};
 
 /// How many turns are remembered. An entry is taken as soon as its turn's agent call
@@ -19,24 +19,23 @@ type TurnKey = (ConversationId, MessageTs);
 /// The SendReplies of one turn handled here.
 #[derive(Debug, Clone, Copy, Default)]
 struct Tally {
-    /// Insertion number, so an old entry of the eviction queue cannot evict a newer one.
-    seq: u64,
     running: u32,
     posted: u32,
     failed: bool,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    turns: HashMap<TurnKey, Tally>,
-    order: VecDeque<(TurnKey, u64)>,
-    next_seq: u64,
+/// The SendReplies this process handled lately (see the module docs).
+#[derive(Debug)]
+pub struct RepliesHere {
+    turns: Mutex<RecentMap<TurnKey, Tally>>,
 }
 
-/// The SendReplies this process handled lately (see the module docs).
-#[derive(Debug, Default)]
-pub struct RepliesHere {
-    state: Mutex<State>,
+impl Default for RepliesHere {
+    fn default() -> Self {
+        Self {
+            turns: Mutex::new(RecentMap::new(REMEMBERED)),
+        }
+    }
 }
 
 impl RepliesHere {
@@ -45,39 +44,18 @@ impl RepliesHere {
         Self::default()
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding it leaves plain maps: still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn turns(&self) -> std::sync::MutexGuard<'_, RecentMap<TurnKey, Tally>> {
+        // A panic while holding it leaves a plain map: still usable.
+        self.turns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A SendReply for the turn starts; the returned guard says how it ended (a guard
     /// dropped without [`ReplyTally::posted`] counts as failed).
     pub fn begin(&self, conversation: ConversationId, turn: &MessageTs) -> ReplyTally<'_> {
         let key = (conversation, turn.clone());
-        let mut st = self.state();
-        if !st.turns.contains_key(&key) {
-            while st.order.len() >= REMEMBERED {
-                let Some((old, seq)) = st.order.pop_front() else {
-                    break;
-                };
-                if st.turns.get(&old).is_some_and(|t| t.seq == seq) {
-                    st.turns.remove(&old);
-                }
-            }
-            st.next_seq += 1;
-            let seq = st.next_seq;
-            st.order.push_back((key.clone(), seq));
-            st.turns.insert(
-                key.clone(),
-                Tally {
-                    seq,
-                    ..Tally::default()
-                },
-            );
-        }
-        if let Some(t) = st.turns.get_mut(&key) {
-            t.running += 1;
-        }
+        self.turns()
+            .get_or_insert_with(key.clone(), Tally::default)
+            .running += 1;
         ReplyTally {
             here: self,
             key: Some(key),
@@ -86,7 +64,7 @@ impl RepliesHere {
     }
 
     fn end(&self, key: &TurnKey, posted: bool) {
-        if let Some(t) = self.state().turns.get_mut(key) {
+        if let Some(t) = self.turns().get_mut(key) {
             t.running = t.running.saturating_sub(1);
             if posted {
                 t.posted += 1;
@@ -99,8 +77,7 @@ impl RepliesHere {
     /// True when SendReplies handled here posted the turn's answer (at least one did, none
     /// failed, none is still under way). Forgets the turn either way.
     pub fn take_answered(&self, conversation: ConversationId, turn: &MessageTs) -> bool {
-        self.state()
-            .turns
+        self.turns()
             .remove(&(conversation, turn.clone()))
             .is_some_and(|t| t.posted > 0 && t.running == 0 && !t.failed)
     }
@@ -175,6 +152,6 @@ mod tests {
         }
         assert!(!here.take_answered(c, &first), "evicted");
         assert!(here.take_answered(c, &turn("1700000001.000010")));
-        assert!(here.state().turns.len() < REMEMBERED);
+        assert!(here.turns().len() <= REMEMBERED);
     }
 }

@@ -21,6 +21,7 @@ use super::ports::{
     UserProfile,
 };
 use super::progress::{Progress, ProgressLock};
+use super::recent::RecentMap;
 use super::reply::{AnswerStyle, ReplyMode, split_message};
 use crate::Metrics;
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
@@ -125,7 +126,7 @@ pub struct ConversationHandler {
     monitored: Mutex<HashMap<(TeamId, ChannelId), Instant>>,
     /// Human messages this process made turns of lately, by the event that made each: the
     /// other twin (`app_mention` / `message`) is ignored without a statement.
-    recent_turns: Mutex<RecentTurns>,
+    recent_turns: Mutex<RecentMap<TurnId, EventRowId>>,
     /// Where the stage timings go (`infragpt_stage_seconds`), when set.
     metrics: Option<Metrics>,
     /// Attempts of an event after which an unreachable agent is reported in the thread
@@ -171,7 +172,7 @@ impl ConversationHandler {
             claims: None,
             standing: Arc::new(Alone),
             monitored: Mutex::default(),
-            recent_turns: Mutex::new(RecentTurns::new(RECENT_TURNS)),
+            recent_turns: Mutex::new(RecentMap::new(RECENT_TURNS)),
             metrics: None,
             agent_retries: 0,
             alert_sources: AlertSources::default(),
@@ -480,7 +481,7 @@ impl ConversationHandler {
             Ok(answer) => {
                 let started = Instant::now();
                 let delivered = self
-                    .deliver(event, &conversation, (&turn, fresh), answer)
+                    .deliver(event, &conversation, &turn, fresh, answer)
                     .await;
                 self.stage("deliver", started);
                 delivered
@@ -578,13 +579,14 @@ impl ConversationHandler {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
+            .copied()
     }
 
     fn remember_turn(&self, id: &TurnId, made_by: EventRowId) {
         self.recent_turns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), made_by);
+            .get_or_insert_with(id.clone(), || made_by);
     }
 
     fn monitored_marks(&self) -> std::sync::MutexGuard<'_, HashMap<(TeamId, ChannelId), Instant>> {
@@ -722,7 +724,8 @@ impl ConversationHandler {
         &self,
         event: &InboundEvent,
         conversation: &Conversation,
-        (turn, fresh): (&slack_events::Turn, bool),
+        turn: &slack_events::Turn,
+        fresh: bool,
         answer: AgentAnswer,
     ) -> Result<HandleOutcome, HandlerError> {
         let ts = &turn.turn_id.ts;
@@ -942,40 +945,6 @@ fn already_handled(ts: &MessageTs, made_by: Option<EventRowId>) -> HandleOutcome
 /// How many recent turns a handler remembers for twins: they arrive within a second of each
 /// other, so a few thousand cover any burst (about 100 bytes each).
 const RECENT_TURNS: usize = 4096;
-
-/// A bounded memory of recent turn ids: the oldest is forgotten first.
-#[derive(Debug)]
-struct RecentTurns {
-    cap: usize,
-    made_by: HashMap<TurnId, EventRowId>,
-    order: std::collections::VecDeque<TurnId>,
-}
-
-impl RecentTurns {
-    fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            made_by: HashMap::new(),
-            order: std::collections::VecDeque::new(),
-        }
-    }
-
-    fn get(&self, id: &TurnId) -> Option<EventRowId> {
-        self.made_by.get(id).copied()
-    }
-
-    fn insert(&mut self, id: TurnId, made_by: EventRowId) {
-        if self.made_by.insert(id.clone(), made_by).is_some() {
-            return;
-        }
-        self.order.push_back(id);
-        if self.order.len() > self.cap
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.made_by.remove(&oldest);
-        }
-    }
-}
 
 /// The callback inside an inbound Slack event; bodies that hold none are ignored, unreadable
 /// ones are dead letters at once.

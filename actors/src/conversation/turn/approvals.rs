@@ -344,7 +344,7 @@ impl ConversationHandler {
         self.start_agent_turn(event, conversation.id, &ts).await?;
         match self.agent.process(agent_turn).await {
             Ok(answer) => {
-                self.deliver(event, &conversation, (&turn, fresh), answer)
+                self.deliver(event, &conversation, &turn, fresh, answer)
                     .await
             }
             Err(e) => self.agent_failed(event, &conversation, &turn, e).await,
