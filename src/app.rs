@@ -288,12 +288,17 @@ fn build_modules(
     let agent: Arc<dyn Agent> = Arc::new(agent);
     // One per process: the worker opens each turn's indicator, the agent's SendProgress
     // changes it, and answers (worker or SendReply) end it.
-    let progress = Arc::new(Progress::new(
-        config.slack.progress,
-        Arc::new(PgProgressStore::new(pool.clone())),
-        store.clone(),
-        slack_web.clone(),
-    ));
+    let progress = Arc::new(
+        Progress::new(
+            config.slack.progress,
+            Arc::new(PgProgressStore::new(pool.clone())),
+            store.clone(),
+            slack_web.clone(),
+        )
+        .with_delay(std::time::Duration::from_millis(
+            config.slack.progress_delay_ms,
+        )),
+    );
     let approval_ports = ApprovalPorts {
         store: Arc::new(PgApprovalStore::new(pool.clone())),
         slack: slack_web.clone(),

@@ -373,6 +373,11 @@ pub struct SlackConfig {
     /// where Slack refuses the status), `placeholder` (a message the answer replaces) or
     /// `off`.
     pub progress: infragpt_actors::conversation::ProgressMode,
+    /// How long the agent works on a turn before the indicator is shown (ms): an answer
+    /// within it is all the thread sees, with no status flashing past or placeholder to
+    /// replace. 0: as soon as the agent is asked. A report the agent sends meanwhile is
+    /// shown at once.
+    pub progress_delay_ms: u64,
     /// The assistant pane's suggested prompts (`assistant.threads.setSuggestedPrompts`, at
     /// most 4); empty: the defaults.
     pub suggested_prompts: Vec<infragpt_actors::slash::SuggestedPrompt>,
@@ -393,6 +398,8 @@ impl Default for SlackConfig {
             answer_file_threshold: infragpt_actors::conversation::DEFAULT_FILE_THRESHOLD,
             alert_sources: Vec::new(),
             progress: infragpt_actors::conversation::ProgressMode::default(),
+            progress_delay_ms: infragpt_actors::conversation::DEFAULT_PROGRESS_DELAY.as_millis()
+                as u64,
             suggested_prompts: Vec::new(),
         }
     }

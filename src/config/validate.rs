@@ -326,6 +326,9 @@ fn check_cors(cors: &CorsConfig) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Longest wait before a turn's indicator: past a minute the thread would look dead.
+const MAX_PROGRESS_DELAY_MS: u64 = 60_000;
+
 fn check_slack(slack: &SlackConfig) -> Result<(), Failure> {
     if !(1..=10).contains(&slack.connections) {
         fail(
@@ -355,6 +358,12 @@ fn check_slack(slack: &SlackConfig) -> Result<(), Failure> {
         {
             fail(&format!("{key}.app_id"), "a Slack app id starts with A")?;
         }
+    }
+    if slack.progress_delay_ms > MAX_PROGRESS_DELAY_MS {
+        fail(
+            "slack.progress_delay_ms",
+            format!("must be at most {MAX_PROGRESS_DELAY_MS} (0 shows the indicator at once)"),
+        )?;
     }
     check_http_url("slack.api_url", &slack.api_url)?;
     if !slack.api_url.ends_with('/') {

@@ -22,7 +22,16 @@ VALUES ($1, $2, gen_random_uuid(), now() + $3 * interval '1 millisecond')
 ON CONFLICT (conversation_id, turn_ts) DO NOTHING
 RETURNING lock_id";
 
-/// The opened indicator is shown; releases it.
+/// Takes an opened indicator that shows nothing yet and is neither held nor answered.
+const LOCK_UNSHOWN: &str = "\
+UPDATE turn_progress
+SET lock_id = gen_random_uuid(), locked_until = now() + $3 * interval '1 millisecond'
+WHERE conversation_id = $1 AND turn_ts = $2
+  AND answer_intent IS NULL AND shown_at IS NULL
+  AND (locked_until IS NULL OR locked_until <= now())
+RETURNING lock_id";
+
+/// The indicator is shown; releases it.
 const SHOWN: &str = "\
 UPDATE turn_progress
 SET placeholder_ts = $4, shown_text = $5, shown_at = now(), lock_id = NULL, locked_until = NULL
@@ -151,6 +160,27 @@ impl PgProgressStore {
     pub fn new(pool: Pool) -> Self {
         Self { pool }
     }
+
+    /// Runs a statement on a turn's indicator that returns the lock it took, if any.
+    async fn lock(
+        &self,
+        statement: &'static str,
+        conversation: ConversationId,
+        turn: &MessageTs,
+        lease: Duration,
+    ) -> Result<Option<ProgressLock>, ConversationStoreError> {
+        let mut conn = conn(&self.pool).await?;
+        let row: Option<LockRow> = diesel::sql_query(statement)
+            .bind::<SqlUuid, _>(conversation.0)
+            .bind::<Text, _>(turn.as_str())
+            .bind::<BigInt, _>(millis(lease))
+            .prepared()
+            .get_result(&mut conn)
+            .await
+            .optional()
+            .map_err(unavailable)?;
+        Ok(row.map(|r| ProgressLock(r.lock_id)))
+    }
 }
 
 #[async_trait]
@@ -161,17 +191,16 @@ impl ProgressStore for PgProgressStore {
         turn: &MessageTs,
         lease: Duration,
     ) -> Result<Option<ProgressLock>, ConversationStoreError> {
-        let mut conn = conn(&self.pool).await?;
-        let row: Option<LockRow> = diesel::sql_query(OPEN)
-            .bind::<SqlUuid, _>(conversation.0)
-            .bind::<Text, _>(turn.as_str())
-            .bind::<BigInt, _>(millis(lease))
-            .prepared()
-            .get_result(&mut conn)
-            .await
-            .optional()
-            .map_err(unavailable)?;
-        Ok(row.map(|r| ProgressLock(r.lock_id)))
+        self.lock(OPEN, conversation, turn, lease).await
+    }
+
+    async fn lock_unshown(
+        &self,
+        conversation: ConversationId,
+        turn: &MessageTs,
+        lease: Duration,
+    ) -> Result<Option<ProgressLock>, ConversationStoreError> {
+        self.lock(LOCK_UNSHOWN, conversation, turn, lease).await
     }
 
     async fn progress_shown(

@@ -70,6 +70,11 @@ fn semantic_errors_use_the_same_shape() {
     );
     let e = err("slack:\n  connections: 0\n");
     assert!(e.starts_with("config/x.yaml: slack.connections: "), "{e}");
+    let e = err("slack:\n  progress_delay_ms: 60001\n");
+    assert!(
+        e.starts_with("config/x.yaml: slack.progress_delay_ms: must be at most 60000"),
+        "{e}"
+    );
     let e = err("cors:\n  allowed_origins: ['*']\n  allow_credentials: true\n");
     assert!(
         e.starts_with("config/x.yaml: cors.allowed_origins[0]: `*` cannot be combined"),

@@ -22,8 +22,8 @@ pub use ports::{
     StoredMessage, TRANSIENT_SLACK_ERRORS, ThreadMessage, TurnStart, TurnState, UserProfile,
 };
 pub use progress::{
-    AnswerSlot, Progress, ProgressClaim, ProgressError, ProgressLock, ProgressMode,
-    ProgressOutcome, ProgressStore,
+    AnswerSlot, DEFAULT_PROGRESS_DELAY, Progress, ProgressClaim, ProgressError, ProgressLock,
+    ProgressMode, ProgressOutcome, ProgressStore,
 };
 pub use replied::RepliesHere;
 pub use reply::{

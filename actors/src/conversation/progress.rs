@@ -45,6 +45,8 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 const SLACK_CALL_TIMEOUT: Duration = Duration::from_secs(4);
 /// Longest progress text shown (characters); longer reports are cut with an ellipsis.
 pub const MAX_PROGRESS_CHARS: usize = 150;
+/// How long the agent may work before "is thinking…" is shown (`slack.progress_delay_ms`).
+pub const DEFAULT_PROGRESS_DELAY: Duration = Duration::from_millis(500);
 
 /// How a turn's progress is shown (`slack.progress`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -102,7 +104,15 @@ pub trait ProgressStore: Send + Sync + 'static {
         turn: &MessageTs,
         lease: Duration,
     ) -> Result<Option<ProgressLock>, ConversationStoreError>;
-    /// The opened indicator shows `text` (in `placeholder`, when one was posted): releases it.
+    /// Takes an opened indicator that nothing has been shown in yet, for `lease`: `None`
+    /// when it is answered, held, or shows something already (a report came first).
+    async fn lock_unshown(
+        &self,
+        conversation: ConversationId,
+        turn: &MessageTs,
+        lease: Duration,
+    ) -> Result<Option<ProgressLock>, ConversationStoreError>;
+    /// The indicator shows `text` (in `placeholder`, when one was posted): releases it.
     async fn progress_shown(
         &self,
         conversation: ConversationId,
@@ -206,6 +216,9 @@ fn placeholder_metadata(turn: &MessageTs) -> MessageMetadata {
 /// (which opens the indicator) and the agent-facing SendProgress.
 pub struct Progress {
     mode: ProgressMode,
+    /// How long the agent works before the indicator is shown: an answer within it is all
+    /// the thread sees.
+    delay: Duration,
     store: Arc<dyn ProgressStore>,
     conversations: Arc<dyn ConversationStore>,
     slack: Arc<dyn SlackApi>,
@@ -219,6 +232,7 @@ impl std::fmt::Debug for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Progress")
             .field("mode", &self.mode)
+            .field("delay", &self.delay)
             .finish_non_exhaustive()
     }
 }
@@ -233,12 +247,20 @@ impl Progress {
     ) -> Self {
         Self {
             mode,
+            delay: DEFAULT_PROGRESS_DELAY,
             store,
             conversations,
             slack,
             no_status: Mutex::default(),
             scheduled: Mutex::default(),
         }
+    }
+
+    /// Shows "is thinking…" only once the agent has worked `delay` on a turn (zero: as soon
+    /// as it is asked).
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
     }
 
     /// The indicators' store, through which an answer ends its turn's indicator; `None`
@@ -257,7 +279,7 @@ impl Progress {
     /// Opens the indicator of a turn that is about to go to the agent, for stores that
     /// cannot open it in the statement that starts the turn. The opening (one database
     /// write) is awaited, so a reply the agent sends at once finds it; then
-    /// [`Self::show_opened`] tells Slack beside the agent call. `None`: progress is off, the
+    /// [`Self::beside`] tells Slack while the agent works. `None`: progress is off, the
     /// turn shows its indicator already (a retry), or the store failed (logged; the turn
     /// goes on without one).
     pub async fn open(
@@ -270,7 +292,7 @@ impl Progress {
         }
         match self
             .store
-            .open_progress(conversation, turn, PROGRESS_LEASE)
+            .open_progress(conversation, turn, self.lease())
             .await
         {
             Ok(lock) => lock,
@@ -281,40 +303,87 @@ impl Progress {
         }
     }
 
-    /// How long whoever opens an indicator holds it.
+    /// How long whoever opens an indicator holds it: nobody, when it is shown after a delay
+    /// (an answer within the delay takes it over in its own claim, with no wait).
     pub fn lease(&self) -> Duration {
-        PROGRESS_LEASE
+        if self.delay.is_zero() {
+            PROGRESS_LEASE
+        } else {
+            Duration::ZERO
+        }
     }
 
-    /// Shows "is thinking…" in an indicator opened already (by this call's caller, holding
-    /// `lock`), then releases it.
-    pub fn show_opened(
+    /// Runs `work` (the agent call) while the turn's indicator, opened by this caller, shows
+    /// "is thinking…": at once when there is no delay; otherwise only when `work` is still
+    /// going after the delay and nothing else has shown or answered the turn meanwhile. An
+    /// indicator change that has begun is finished before this returns, so the answer never
+    /// waits for a lock that nobody will release.
+    pub async fn beside<F: std::future::Future>(
+        &self,
+        key: &ThreadKey,
+        conversation: ConversationId,
+        turn: &MessageTs,
+        opened: ProgressLock,
+        work: F,
+    ) -> F::Output {
+        if self.delay.is_zero() {
+            return tokio::join!(work, self.show_thinking(key, conversation, turn, opened)).0;
+        }
+        let mut work = std::pin::pin!(work);
+        tokio::select! {
+            biased;
+            done = &mut work => return done,
+            () = tokio::time::sleep(self.delay) => {}
+        }
+        let show = async {
+            match self
+                .store
+                .lock_unshown(conversation, turn, PROGRESS_LEASE)
+                .await
+            {
+                Ok(Some(lock)) => self.show_thinking(key, conversation, turn, lock).await,
+                Ok(None) => {
+                    debug!(conversation_id = %conversation, "the indicator is answered or showing already")
+                }
+                Err(e) => {
+                    warn!(conversation_id = %conversation, error = %e, "could not take the turn's progress indicator")
+                }
+            }
+        };
+        tokio::join!(work, show).0
+    }
+
+    /// Shows "is thinking…" in an indicator the caller holds (`lock`), then releases it.
+    async fn show_thinking(
         &self,
         key: &ThreadKey,
         conversation: ConversationId,
         turn: &MessageTs,
         lock: ProgressLock,
-    ) -> impl std::future::Future<Output = ()> + Send + '_ {
-        let key = key.clone();
-        let turn = turn.clone();
-        async move {
-            let placeholder = self.show_start(&key, &turn).await;
-            if let Err(e) = self
-                .store
-                .progress_shown(conversation, &turn, lock, placeholder.as_ref(), THINKING)
-                .await
-            {
-                // The lease frees the indicator anyway.
-                warn!(conversation_id = %conversation, error = %e, "could not record the progress indicator");
-            }
+    ) {
+        let placeholder = self.show_first(key, turn, THINKING, "Thinking…").await;
+        if let Err(e) = self
+            .store
+            .progress_shown(conversation, turn, lock, placeholder.as_ref(), THINKING)
+            .await
+        {
+            // The lease frees the indicator anyway.
+            warn!(conversation_id = %conversation, error = %e, "could not record the progress indicator");
         }
     }
 
-    /// Shows "is thinking…": the status, or a placeholder (returned) where that is the mode
-    /// or Slack refuses the status.
-    async fn show_start(&self, key: &ThreadKey, turn: &MessageTs) -> Option<MessageTs> {
+    /// Shows a turn's indicator for the first time: `status` as the thread's status, or a
+    /// placeholder saying `words` (returned) where that is the mode or Slack refuses the
+    /// status.
+    async fn show_first(
+        &self,
+        key: &ThreadKey,
+        turn: &MessageTs,
+        status: &str,
+        words: &str,
+    ) -> Option<MessageTs> {
         if self.mode == ProgressMode::Status && !self.status_refused(&key.team) {
-            match self.set_status(key, THINKING).await {
+            match self.set_status(key, status).await {
                 StatusResult::Shown | StatusResult::Failed => return None,
                 StatusResult::Refused => {}
             }
@@ -325,7 +394,7 @@ impl Progress {
                 &key.team,
                 &key.channel,
                 Some(&key.thread_ts),
-                &placeholder_text("Thinking…"),
+                &placeholder_text(words),
                 Some(&placeholder_metadata(turn)),
             ),
         )
@@ -434,10 +503,23 @@ impl Progress {
                     text,
                     placeholder,
                 } => {
-                    self.show(key, placeholder.as_ref(), &text).await;
-                    self.store
-                        .release_progress(conversation, turn, lock)
-                        .await?;
+                    match placeholder {
+                        Some(ts) => {
+                            self.update_placeholder(key, &ts, &text).await;
+                            self.store
+                                .release_progress(conversation, turn, lock)
+                                .await?;
+                        }
+                        None => {
+                            // The first showing (a report within the delay), or a
+                            // placeholder that could not be posted before: show it as the
+                            // worker would have, placeholder included.
+                            let posted = self.show_first(key, turn, &text, &text).await;
+                            self.store
+                                .progress_shown(conversation, turn, lock, posted.as_ref(), &text)
+                                .await?;
+                        }
+                    }
                     outcome = ProgressOutcome::Shown;
                 }
                 ProgressClaim::Later(wait) => {
@@ -485,40 +567,23 @@ impl Progress {
         });
     }
 
-    /// Changes the indicator to `text`.
-    async fn show(&self, key: &ThreadKey, placeholder: Option<&MessageTs>, text: &str) {
-        match placeholder {
-            Some(ts) => {
-                let updated = tokio::time::timeout(
-                    SLACK_CALL_TIMEOUT,
-                    self.slack.update_message(
-                        &key.team,
-                        &key.channel,
-                        ts,
-                        &placeholder_text(text),
-                        None,
-                    ),
-                )
-                .await;
-                match updated {
-                    Ok(Ok(())) => {
-                        info!(team_id = %key.team, channel_id = %key.channel, "progress shown in the placeholder")
-                    }
-                    Ok(Err(e)) => {
-                        warn!(team_id = %key.team, channel_id = %key.channel, error = %e, "could not update the progress placeholder")
-                    }
-                    Err(_) => {
-                        warn!(team_id = %key.team, channel_id = %key.channel, "updating the progress placeholder timed out")
-                    }
-                }
+    /// Changes the placeholder to `text`.
+    async fn update_placeholder(&self, key: &ThreadKey, ts: &MessageTs, text: &str) {
+        let updated = tokio::time::timeout(
+            SLACK_CALL_TIMEOUT,
+            self.slack
+                .update_message(&key.team, &key.channel, ts, &placeholder_text(text), None),
+        )
+        .await;
+        match updated {
+            Ok(Ok(())) => {
+                info!(team_id = %key.team, channel_id = %key.channel, "progress shown in the placeholder")
             }
-            None => {
-                // Without a placeholder only the status can show it (none where Slack
-                // refused both for this turn).
-                let status = self.mode == ProgressMode::Status && !self.status_refused(&key.team);
-                if status && self.set_status(key, text).await == StatusResult::Shown {
-                    info!(team_id = %key.team, channel_id = %key.channel, "progress shown as the thread's status");
-                }
+            Ok(Err(e)) => {
+                warn!(team_id = %key.team, channel_id = %key.channel, error = %e, "could not update the progress placeholder")
+            }
+            Err(_) => {
+                warn!(team_id = %key.team, channel_id = %key.channel, "updating the progress placeholder timed out")
             }
         }
     }

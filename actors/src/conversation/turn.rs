@@ -459,22 +459,25 @@ impl ConversationHandler {
         // The indicator opens before the agent is asked (so a reply it sends at once finds
         // it); Slack is told beside the agent call, which it must not delay.
         let indicator = match &self.progress {
-            Some(progress) => {
-                let lock = match opened {
-                    Some(lock) => Some(lock),
-                    None if !self.store.opens_progress() => {
-                        progress.open(conversation.id, ts).await
-                    }
-                    None => None,
-                };
-                lock.map(|lock| progress.show_opened(&turn.thread, conversation.id, ts, lock))
-            }
+            Some(progress) => match opened {
+                Some(lock) => Some((progress, lock)),
+                None if !self.store.opens_progress() => progress
+                    .open(conversation.id, ts)
+                    .await
+                    .map(|lock| (progress, lock)),
+                None => None,
+            },
             None => None,
         };
         let started = Instant::now();
+        let work = self.agent.process(agent_turn);
         let answer = match indicator {
-            Some(indicator) => tokio::join!(self.agent.process(agent_turn), indicator).0,
-            None => self.agent.process(agent_turn).await,
+            Some((progress, lock)) => {
+                progress
+                    .beside(&turn.thread, conversation.id, ts, lock, work)
+                    .await
+            }
+            None => work.await,
         };
         self.stage("agent_call", started);
         match answer {

@@ -1116,3 +1116,121 @@ async fn claim_reply_takes_a_free_progress_indicator_over() {
         AnswerSlot::Wait(_)
     ));
 }
+
+/// An indicator opened for showing later (a lease of zero) is free at once: SendReply's claim
+/// takes it over. Otherwise the worker takes it when the delay is up, but only while it shows
+/// nothing, nobody holds it and no answer took it: a report shown first, an answer, or a
+/// holder keeps "is thinking…" out.
+#[tokio::test]
+async fn an_indicator_opened_for_later_is_taken_only_while_it_shows_nothing() {
+    use infragpt::db::progress::PgProgressStore;
+    use infragpt_actors::conversation::{
+        AnswerSlot, IntentClaim, NewIntent, Posting, ProgressClaim, ProgressStore,
+    };
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let store = PgConversationStore::new(db.pool().clone());
+    let progress = PgProgressStore::new(db.pool().clone());
+    let conv = store.upsert_conversation(&key("810.000001")).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let open_later = |turn: &'static str| {
+        let (store, progress) = (&store, &progress);
+        async move {
+            let turn = ts(turn);
+            store.set_current_turn(conv.id, &turn).await.unwrap();
+            progress
+                .open_progress(conv.id, &turn, Duration::ZERO)
+                .await
+                .unwrap()
+                .expect("opens");
+            turn
+        }
+    };
+
+    // Answered within the delay: the reply's claim takes it over, and the delay finds
+    // nothing to show.
+    let answered = open_later("810.000002").await;
+    let intent = NewIntent {
+        conversation_id: conv.id,
+        in_reply_to: None,
+        kind: MessageKind::Message,
+        text: "done".into(),
+        posting: Posting::Messages {
+            parts: vec!["done".into()],
+        },
+    };
+    match store.claim_reply(&intent, lease, true).await.unwrap() {
+        Some((_, Some(IntentClaim::Claimed(c)))) => {
+            assert_eq!(c.answer_slot, Some(AnswerSlot::Post), "free at once")
+        }
+        other => panic!("claimed: {other:?}"),
+    }
+    assert_eq!(
+        progress
+            .lock_unshown(conv.id, &answered, lease)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Still working when the delay is up: taken once; not again while held, nor once shown.
+    let slow = open_later("810.000003").await;
+    let lock = progress
+        .lock_unshown(conv.id, &slow, lease)
+        .await
+        .unwrap()
+        .expect("taken");
+    assert_eq!(
+        progress.lock_unshown(conv.id, &slow, lease).await.unwrap(),
+        None,
+        "held"
+    );
+    progress
+        .progress_shown(conv.id, &slow, lock, None, "is thinking…")
+        .await
+        .unwrap();
+    assert_eq!(
+        progress.lock_unshown(conv.id, &slow, lease).await.unwrap(),
+        None,
+        "shown already"
+    );
+
+    // A report within the delay is shown first: the delay does not bring "is thinking…"
+    // over it.
+    let reported = open_later("810.000004").await;
+    assert!(
+        progress
+            .note_progress(conv.id, &reported, "querying Datadog")
+            .await
+            .unwrap()
+    );
+    let claimed = progress
+        .claim_progress(conv.id, &reported, lease, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let ProgressClaim::Claimed { lock, text, .. } = claimed else {
+        panic!("the report is claimable at once: {claimed:?}");
+    };
+    assert_eq!(text, "querying Datadog");
+    assert_eq!(
+        progress
+            .lock_unshown(conv.id, &reported, lease)
+            .await
+            .unwrap(),
+        None,
+        "the report holds it"
+    );
+    progress
+        .progress_shown(conv.id, &reported, lock, None, &text)
+        .await
+        .unwrap();
+    assert_eq!(
+        progress
+            .lock_unshown(conv.id, &reported, lease)
+            .await
+            .unwrap(),
+        None,
+        "the report shows"
+    );
+}

@@ -54,7 +54,11 @@ async fn post_progress(app: &TestApp, body: serde_json::Value) -> (u16, serde_js
 
 #[actix_rt::test]
 async fn the_status_shows_thinking_then_the_agents_steps_and_the_answer_clears_it() {
-    let mut app = service(SimConfig::default()).start().await;
+    // No delay: "is thinking…" shows before the agent's first report, which comes at once.
+    let mut app = service(SimConfig::default())
+        .configure(|c| c.slack.progress_delay_ms = 0)
+        .start()
+        .await;
     let mut agent = app.dev_agent_config();
     agent.progress_step = Some(Duration::from_millis(1_200));
     app.start_agent(agent);
@@ -238,7 +242,10 @@ async fn reports_within_a_second_are_coalesced_and_the_latest_is_shown() {
 #[actix_rt::test]
 async fn the_placeholder_shows_progress_and_becomes_the_answer() {
     let mut app = service(SimConfig::default())
-        .configure(|c| c.slack.progress = ProgressMode::Placeholder)
+        .configure(|c| {
+            c.slack.progress = ProgressMode::Placeholder;
+            c.slack.progress_delay_ms = 0;
+        })
         .start()
         .await;
     let mut agent = app.dev_agent_config();
@@ -301,7 +308,10 @@ async fn the_placeholder_shows_progress_and_becomes_the_answer() {
 
 #[actix_rt::test]
 async fn without_the_assistant_feature_the_status_falls_back_to_a_placeholder() {
-    let mut app = service(SimConfig::default()).start().await;
+    let mut app = service(SimConfig::default())
+        .configure(|c| c.slack.progress_delay_ms = 0)
+        .start()
+        .await;
     app.sim().set_assistant_enabled(ACME, false);
     let agent = app.dev_agent_config();
     app.start_agent(agent);
@@ -345,4 +355,113 @@ async fn with_progress_off_the_thread_shows_nothing_and_reports_are_ignored() {
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0].updates, 0);
     app.stop().await;
+}
+
+/// The default delay: an answer that comes within it is all the thread sees, in either mode.
+/// No status flashes past, no placeholder is posted to be replaced, and the answer took the
+/// indicator over in its own claim.
+#[actix_rt::test]
+async fn an_answer_within_the_delay_is_all_the_thread_sees() {
+    for mode in [ProgressMode::Status, ProgressMode::Placeholder] {
+        let mut app = service(SimConfig::default())
+            .configure(move |c| {
+                c.slack.progress = mode;
+                c.slack.progress_delay_ms = 5_000;
+            })
+            .start()
+            .await;
+        let agent = app.dev_agent_config();
+        app.start_agent(agent);
+        let root = app.mention(ALICE, "what is the status of production?");
+        app.wait_replies(&root, 1).await;
+        app.settle().await;
+        assert!(
+            app.sim().calls("assistant.threads.setStatus").is_empty(),
+            "{mode:?}: no status"
+        );
+        assert!(
+            app.sim().calls("chat.update").is_empty(),
+            "{mode:?}: nothing replaced"
+        );
+        let replies = app.bot_replies(&root);
+        assert_eq!(replies.len(), 1, "{mode:?}: {replies:?}");
+        assert!(replies[0].text.contains(DEMO_LABEL), "{}", replies[0].text);
+        assert_eq!(replies[0].updates, 0, "{mode:?}");
+        let conversation = conversation_of(&app, &root).await;
+        let mut conn = app.pool().get().await.expect("conn");
+        let (taken, shown): (bool, bool) = diesel::sql_query(
+            "SELECT answer_intent IS NOT NULL AS taken, shown_at IS NOT NULL AS shown \
+             FROM turn_progress WHERE conversation_id = $1",
+        )
+        .bind::<diesel::sql_types::Uuid, _>(conversation)
+        .get_result::<IndicatorRow>(&mut conn)
+        .await
+        .map(|r| (r.taken, r.shown))
+        .expect("the turn's indicator");
+        assert!(taken && !shown, "{mode:?}: answered, never shown");
+        drop(conn);
+        app.stop().await;
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct IndicatorRow {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    taken: bool,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    shown: bool,
+}
+
+/// A report the agent sends within the delay is the first thing the thread shows, at once:
+/// as the status, or as the placeholder's text (the placeholder is posted for it). "is
+/// thinking…" never comes after it, and the answer still replaces the placeholder.
+#[actix_rt::test]
+async fn a_report_within_the_delay_is_shown_at_once_and_thinking_never_comes() {
+    for mode in [ProgressMode::Status, ProgressMode::Placeholder] {
+        let mut app = service(SimConfig::default())
+            .configure(move |c| {
+                c.slack.progress = mode;
+                c.slack.progress_delay_ms = 5_000;
+            })
+            .start()
+            .await;
+        let mut agent = app.dev_agent_config();
+        // The first report at once, the second 1.2 s later, then the answer.
+        agent.progress_step = Some(Duration::from_millis(1_200));
+        app.start_agent(agent);
+        let root = app.mention(ALICE, "what is the status of production?");
+        app.wait_replies(&root, 1).await;
+        app.settle().await;
+        let steps = ["running demo.service_status…", "writing the answer…"];
+        let replies = app.bot_replies(&root);
+        assert_eq!(replies.len(), 1, "{mode:?}: one message: {replies:?}");
+        assert!(replies[0].text.contains(DEMO_LABEL), "{}", replies[0].text);
+        match mode {
+            ProgressMode::Status => {
+                let shown: Vec<String> = statuses_of(&app, &root)
+                    .iter()
+                    .map(|s| s.status.clone())
+                    .collect();
+                assert_eq!(shown, steps, "no \"is thinking…\"");
+                assert_eq!(replies[0].updates, 0);
+            }
+            _ => {
+                let posted: Vec<String> = app
+                    .sim()
+                    .calls("chat.postMessage")
+                    .iter()
+                    .filter_map(|c| c.params["text"].as_str().map(str::to_owned))
+                    .collect();
+                assert_eq!(
+                    posted,
+                    [format!(":hourglass_flowing_sand: _{}_", steps[0])],
+                    "the placeholder is posted for the first report, and only it"
+                );
+                // The second report, then the answer, replaced the placeholder.
+                assert_eq!(replies[0].updates, 2, "{:?}", replies[0]);
+                assert!(app.sim().statuses().is_empty());
+            }
+        }
+        app.stop().await;
+    }
 }
