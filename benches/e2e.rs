@@ -155,6 +155,10 @@ struct Args {
     /// delay existed).
     #[arg(long)]
     progress_delay_ms: Option<u64>,
+    /// Conversations mode: subscribe to `message` events too, so every mention also arrives
+    /// as its `message` twin (as in a workspace where the app watches monitored channels).
+    #[arg(long)]
+    twins: bool,
     /// Conversations and webhooks modes: `actors.inbox_group_commit` (`on`, as the service
     /// ships, or `off`: one insert per event through the shared pool), to compare the two
     /// in one session.
@@ -356,6 +360,8 @@ struct ConversationsReport {
     progress: ProgressMode,
     /// `slack.progress_delay_ms` of the run.
     progress_delay_ms: u64,
+    /// Every mention also arrived as its `message` twin.
+    twins: bool,
     /// `actors.inbox_group_commit` of the run.
     group_commit: bool,
     events: usize,
@@ -455,7 +461,7 @@ fn print_table(out: &Output, profile: bool) {
     match &out.report {
         Report::Conversations(r) => {
             println!(
-                "conversations: {} events, concurrency {}, {} Socket Mode connections, {} load threads, think time {} ms, pool {}, progress {:?} after {} ms, group commit {}",
+                "conversations: {} events, concurrency {}, {} Socket Mode connections, {} load threads, think time {} ms, pool {}, progress {:?} after {} ms, group commit {}, twins {}",
                 r.events,
                 r.concurrency,
                 r.connections,
@@ -464,7 +470,8 @@ fn print_table(out: &Output, profile: bool) {
                 r.pool_size,
                 r.progress,
                 r.progress_delay_ms,
-                on_off(r.group_commit)
+                on_off(r.group_commit),
+                on_off(r.twins)
             );
             row(
                 "end to end",
@@ -823,13 +830,14 @@ async fn conversation_ceiling(db: &TestDb, args: &Args) -> anyhow::Result<Ceilin
 
 // ----- conversations ---------------------------------------------------------------------------
 
-fn bench_sim_config(channels: usize) -> SimConfig {
+fn bench_sim_config(channels: usize, twins: bool) -> SimConfig {
     let mut config = SimConfig::default()
         .with_echo_bot_messages(false)
         .with_record_traffic(false);
-    // One envelope per mention (`app_mention`); the `message` copy Slack also sends when both
-    // are subscribed would only be deduplicated.
-    config.subscriptions.message = false;
+    // One envelope per mention (`app_mention`) unless asked for the `message` copy Slack also
+    // sends when both are subscribed (as monitored channels need): recorded, acknowledged
+    // and marked ignored, never answered.
+    config.subscriptions.message = twins;
     let app_id = config.apps[0].app_id.clone();
     let users = (1..=5)
         .map(|i| SimUser {
@@ -880,7 +888,7 @@ struct TurnStats {
 async fn conversations(args: &Args) -> anyhow::Result<ConversationsReport> {
     let rss_start = rss_kib();
     let db = TestDb::try_new().await.context("creating the database")?;
-    let sim = Arc::new(SlackSim::start(bench_sim_config(args.channels))?);
+    let sim = Arc::new(SlackSim::start(bench_sim_config(args.channels, args.twins))?);
     let grpc_port = free_port()?;
     let agent = DevAgent::start(DevAgentConfig {
         reply_endpoint: Some(format!("http://127.0.0.1:{grpc_port}")),
@@ -1165,6 +1173,7 @@ async fn conversations(args: &Args) -> anyhow::Result<ConversationsReport> {
         progress_delay_ms: args
             .progress_delay_ms
             .unwrap_or(infragpt::config::SlackConfig::default().progress_delay_ms),
+        twins: args.twins,
         completed,
         seconds: wall.as_secs_f64(),
         events_per_s,

@@ -8,9 +8,9 @@
 //! one key submitted in order are recorded (and handled) in that order. A batch that fails
 //! fails every event in it, and none of them is acknowledged; the sender redelivers them.
 //!
-//! Done marks go the same way through a writer of their own ([`MarkCommit`],
-//! [`InboundEvents::mark_done_batch`]): the events that finish together are marked in one
-//! statement, each only under its own claim.
+//! Done and ignored marks go the same way through a writer of their own ([`MarkCommit`],
+//! [`InboundEvents::mark_finished_batch`]): the events that finish together are marked in
+//! one statement, each only under its own claim.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use crate::health::ActorHealth;
-use crate::inbox::{Claim, InboundEvents, RecordOutcome, Recording, StoreError};
+use crate::inbox::{Finished, InboundEvents, RecordOutcome, Recording, StoreError};
 use crate::metrics::Metrics;
 
 /// How long one batch may take. Every record waits for the batch before it, so a statement
@@ -75,17 +75,17 @@ impl BatchWrite for Records {
     }
 }
 
-/// Done marks ([`InboundEvents::mark_done_batch`]).
-struct DoneMarks {
+/// Done and ignored marks ([`InboundEvents::mark_finished_batch`]).
+struct FinishMarks {
     inbox: Arc<dyn InboundEvents>,
 }
 
-impl BatchWrite for DoneMarks {
-    type Item = Claim;
+impl BatchWrite for FinishMarks {
+    type Item = Finished;
     type Out = ();
-    fn write(&self, claims: Vec<Claim>) -> BoxFuture<'static, Vec<Result<(), StoreError>>> {
+    fn write(&self, marks: Vec<Finished>) -> BoxFuture<'static, Vec<Result<(), StoreError>>> {
         let inbox = self.inbox.clone();
-        async move { inbox.mark_done_batch(claims).await }.boxed()
+        async move { inbox.mark_finished_batch(marks).await }.boxed()
     }
 }
 
@@ -133,28 +133,28 @@ impl GroupCommit {
     }
 }
 
-/// Hands done marks to their writer, which marks the claims that finish together in one
-/// statement. Cheap to clone.
+/// Hands done and ignored marks to their writer, which marks the claims that finish
+/// together in one statement. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct MarkCommit {
-    writer: Addr<BatchWriter<DoneMarks>>,
+    writer: Addr<BatchWriter<FinishMarks>>,
 }
 
 impl MarkCommit {
     /// Starts the writer on an arbiter of its own: batches of at most `max_batch` marks.
     pub fn start(inbox: Arc<dyn InboundEvents>, max_batch: usize, health: ActorHealth) -> Self {
         Self {
-            writer: BatchWriter::start(DoneMarks { inbox }, max_batch, health, BATCH_TIMEOUT),
+            writer: BatchWriter::start(FinishMarks { inbox }, max_batch, health, BATCH_TIMEOUT),
         }
     }
 
-    /// Marks `claim` done in the next batch; `Err(Fenced)` when the claim no longer holds,
-    /// like [`InboundEvents::mark_done`].
+    /// Marks an event done or ignored in the next batch; `Err(Fenced)` when its claim no
+    /// longer holds, like [`InboundEvents::mark_done`].
     pub fn submit(
         &self,
-        claim: Claim,
+        mark: Finished,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + use<> {
-        submit(&self.writer, claim)
+        submit(&self.writer, mark)
     }
 }
 
