@@ -697,8 +697,9 @@ async fn count_rows(pool: &Pool) -> anyhow::Result<Rows> {
     let conversations: i64 = conversations::table.count().get_result(&mut conn).await?;
     let messages: i64 = messages::table.count().get_result(&mut conn).await?;
     let inbound: i64 = inbound_events::table.count().get_result(&mut conn).await?;
+    // Twins (`--twins`) end `ignored`, which is finished too.
     let not_done: i64 = inbound_events::table
-        .filter(inbound_events::status.ne("done"))
+        .filter(inbound_events::status.ne_all(["done", "ignored"]))
         .count()
         .get_result(&mut conn)
         .await?;
