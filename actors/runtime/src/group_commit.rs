@@ -393,9 +393,9 @@ mod tests {
     }
 
     /// Marks handed over together are answered each with its own outcome: a claim that was
-    /// taken over since is fenced, the others are done.
+    /// taken over since is fenced, the others are done or ignored as asked.
     #[actix_rt::test]
-    async fn done_marks_are_answered_each_with_its_own_outcome() {
+    async fn finish_marks_are_answered_each_with_its_own_outcome() {
         let inbox = MemoryInbox::new();
         let mut claims = Vec::new();
         for n in 0..3 {
@@ -412,15 +412,23 @@ mod tests {
         let health = HealthRegistry::new()
             .register(ActorId::new(ActorKind::SUPERVISOR, "inbox_marks"), None);
         let marks = MarkCommit::start(inbox.clone(), 2, health);
-        let pending: Vec<_> = claims.iter().map(|c| marks.submit(*c)).collect();
+        let pending: Vec<_> = [
+            Finished::done(claims[0]),
+            Finished::done(claims[1]),
+            Finished::ignored(claims[2], "a twin"),
+        ]
+        .into_iter()
+        .map(|m| marks.submit(m))
+        .collect();
         let outcomes = futures::future::join_all(pending).await;
         assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
         assert!(matches!(outcomes[1], Err(StoreError::Fenced(id)) if id == claims[1].id));
         marks
-            .submit(retaken)
+            .submit(Finished::done(retaken))
             .await
             .expect("the current claim marks it");
-        assert_eq!(inbox.count(crate::inbox::EventStatus::Done), 3);
+        assert_eq!(inbox.count(crate::inbox::EventStatus::Done), 2);
+        assert_eq!(inbox.count(crate::inbox::EventStatus::Ignored), 1);
     }
 
     #[actix_rt::test]
