@@ -889,7 +889,10 @@ struct TurnStats {
 async fn conversations(args: &Args) -> anyhow::Result<ConversationsReport> {
     let rss_start = rss_kib();
     let db = TestDb::try_new().await.context("creating the database")?;
-    let sim = Arc::new(SlackSim::start(bench_sim_config(args.channels, args.twins))?);
+    let sim = Arc::new(SlackSim::start(bench_sim_config(
+        args.channels,
+        args.twins,
+    ))?);
     let grpc_port = free_port()?;
     let agent = DevAgent::start(DevAgentConfig {
         reply_endpoint: Some(format!("http://127.0.0.1:{grpc_port}")),

@@ -13,8 +13,7 @@ use infragpt_actors::EventSource;
 use infragpt_actors::audit::AuditEntry;
 use infragpt_actors::inbox::{
     Claim, EventPayload, EventRowId, EventStatus, Finished, InboundEvent, InboundEvents,
-    NewInboundEvent,
-    Partition, RecordOutcome, Recording, RoutingKey, StoreError,
+    NewInboundEvent, Partition, RecordOutcome, Recording, RoutingKey, StoreError,
 };
 use infragpt_actors::partitions::ReplicaId;
 

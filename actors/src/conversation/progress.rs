@@ -1,11 +1,12 @@
 //! Live progress of a turn in its Slack thread: the indicator people see while the agent
 //! works, and `SendProgress`, the agent's way to say what it is doing.
 //!
-//! As soon as a turn is handed to the agent the thread shows that it is being worked on:
+//! When the agent has worked on a turn for a moment (the delay, `slack.progress_delay_ms`;
+//! an answer within it is all the thread sees) the thread shows that it is being worked on:
 //! Slack's assistant status under the thread (`assistant.threads.setStatus`, "is
 //! thinking…") in [`ProgressMode::Status`], or a short placeholder message in
 //! [`ProgressMode::Placeholder`] (also where Slack refuses the status: the app lacks the
-//! feature). The agent's progress reports replace what the indicator shows, at most once a
+//! feature). A report the agent sends within the delay is shown at once instead. The agent's progress reports replace what the indicator shows, at most once a
 //! second per thread (the latest report wins; the ones in between are never shown). The
 //! answer ends the indicator: Slack clears the status when the app posts in the thread, and
 //! the answer's first message replaces the placeholder through `chat.update`, so the thread

@@ -8,8 +8,8 @@ use infragpt::db::schema::{audit_log, inbound_events};
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::audit::AuditEntry;
 use infragpt_actors::inbox::{
-    Claim, EventRowId, EventStatus, Finished, InboundEvents, NewInboundEvent, Partition, RecordOutcome,
-    RoutingKey, StoreError,
+    Claim, EventRowId, EventStatus, Finished, InboundEvents, NewInboundEvent, Partition,
+    RecordOutcome, RoutingKey, StoreError,
 };
 use infragpt_actors::sources;
 use serde_json::json;
@@ -219,7 +219,12 @@ async fn finish_marks_in_one_batch_apply_each_under_its_own_claim() {
         Some("message 1.2 already handled as inbound event 1")
     );
     // The current claim of the taken-over event still marks it.
-    assert!(inbox.mark_finished_batch(vec![Finished::done(current)]).await[0].is_ok());
+    assert!(
+        inbox
+            .mark_finished_batch(vec![Finished::done(current)])
+            .await[0]
+            .is_ok()
+    );
     assert!(inbox.mark_finished_batch(Vec::new()).await.is_empty());
 }
 

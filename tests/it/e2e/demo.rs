@@ -59,11 +59,9 @@ async fn scripted_demo_answers_every_turn_in_its_thread() {
     let db = TestDb::new().await;
     let stdout = run_scripted_demo(&db, "demo.script").await;
     assert!(stdout.contains("6 of 6 turns answered"), "{stdout}");
-    // Progress: the thread's status while the agent works, and the agent's own steps.
-    assert!(
-        stdout.contains("] infragpt is thinking…"),
-        "the status shows: {stdout}"
-    );
+    // Progress: the thread's status shows the agent's own steps while it works. The
+    // development agent reports its first step at once, within the indicator's delay, so
+    // that step is what the thread shows first rather than "is thinking…".
     assert!(
         stdout.contains("] infragpt running demo.")
             || stdout.contains("] infragpt writing the answer…"),

@@ -12,7 +12,8 @@ use infragpt::testkit::slack_sim::SimConfig;
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::Cluster;
 use infragpt_actors::inbox::{
-    EventStatus, Finished, InboundEvents, NewInboundEvent, Partition, RecordOutcome, RoutingKey, StoreError,
+    EventStatus, Finished, InboundEvents, NewInboundEvent, Partition, RecordOutcome, RoutingKey,
+    StoreError,
 };
 use infragpt_actors::partitions::{Membership, ReplicaId};
 use infragpt_actors::sources;
