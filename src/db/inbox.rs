@@ -12,8 +12,8 @@ use diesel_async::{AsyncConnection as _, RunQueryDsl};
 use infragpt_actors::EventSource;
 use infragpt_actors::audit::AuditEntry;
 use infragpt_actors::inbox::{
-    Claim, EventPayload, EventRowId, EventStatus, Finished, InboundEvent, InboundEvents,
-    NewInboundEvent, Partition, RecordOutcome, Recording, RoutingKey, StoreError,
+    Claim, EventPayload, EventRowId, EventStatus, InboundEvent, InboundEvents, NewInboundEvent,
+    Partition, RecordOutcome, Recording, RoutingKey, StoreError,
 };
 use infragpt_actors::partitions::ReplicaId;
 
@@ -912,31 +912,23 @@ impl InboundEvents for PgInbox {
         self.set_claimed(claim, EventStatus::Done, None, true).await
     }
 
-    /// One `UPDATE … FROM unnest(…)` on the writer's connections (the marks' writer is the
-    /// only caller): each row changes only under its own claim and, for a replica, its
-    /// lease; a claim whose row did not change is `Fenced`, like a single mark's.
-    async fn mark_finished_batch(&self, marks: Vec<Finished>) -> Vec<Result<(), StoreError>> {
+    /// One `UPDATE … FROM unnest(…)` on the writer's connections (the done marks' writer
+    /// is the only caller): each row changes only under its own claim and, for a replica,
+    /// its lease; a claim whose row did not change is `Fenced`, like a single mark's.
+    async fn mark_done_batch(&self, claims: Vec<Claim>) -> Vec<Result<(), StoreError>> {
         #[derive(QueryableByName)]
         struct Marked {
             #[diesel(sql_type = BigInt)]
             id: i64,
         }
-        let claims: Vec<Claim> = marks.iter().map(|m| m.claim).collect();
         let ids: Vec<i64> = claims.iter().map(|c| c.id.0).collect();
         let attempts: Vec<i32> = claims.iter().map(|c| c.attempt).collect();
-        // NULL: done; the reason: ignored.
-        let ignored: Vec<Option<String>> = marks
-            .iter()
-            .map(|m| m.ignored.as_deref().map(|r| error_text(r).into_owned()))
-            .collect();
         let marked = async {
             let mut conn = conn(&self.record_pool).await?;
             diesel::sql_query(format!(
-                "UPDATE inbound_events SET \
-                 status = CASE WHEN c.reason IS NULL THEN 'done' ELSE 'ignored' END, \
-                 last_error = COALESCE(c.reason, inbound_events.last_error), \
-                 processed_at = now(), updated_at = now() \
-                 FROM unnest($1::bigint[], $2::int[], $4::text[]) AS c(id, attempt, reason) \
+                "UPDATE inbound_events SET status = 'done', processed_at = now(), \
+                 updated_at = now() \
+                 FROM unnest($1::bigint[], $2::int[]) AS c(id, attempt) \
                  WHERE inbound_events.id = c.id AND inbound_events.status = 'processing' \
                  AND inbound_events.attempts = c.attempt AND {} \
                  RETURNING inbound_events.id",
@@ -945,7 +937,6 @@ impl InboundEvents for PgInbox {
             .bind::<diesel::sql_types::Array<BigInt>, _>(&ids)
             .bind::<diesel::sql_types::Array<Integer>, _>(&attempts)
             .bind::<Nullable<Text>, _>(self.replica.as_deref())
-            .bind::<diesel::sql_types::Array<Nullable<Text>>, _>(&ignored)
             .prepared()
             .load::<Marked>(&mut conn)
             .await
@@ -958,7 +949,7 @@ impl InboundEvents for PgInbox {
                 tracing::debug!(
                     events = claims.len(),
                     marked = done.len(),
-                    "inbound events marked done or ignored in one batch"
+                    "inbound events marked done in one batch"
                 );
                 claims
                     .iter()

@@ -8,9 +8,9 @@
 //! one key submitted in order are recorded (and handled) in that order. A batch that fails
 //! fails every event in it, and none of them is acknowledged; the sender redelivers them.
 //!
-//! Done and ignored marks go the same way through a writer of their own ([`MarkCommit`],
-//! [`InboundEvents::mark_finished_batch`]): the events that finish together are marked in
-//! one statement, each only under its own claim.
+//! Done marks go the same way through a writer of their own ([`MarkCommit`],
+//! [`InboundEvents::mark_done_batch`]): the events that finish together are marked in one
+//! statement, each only under its own claim.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use crate::health::ActorHealth;
-use crate::inbox::{Finished, InboundEvents, RecordOutcome, Recording, StoreError};
+use crate::inbox::{Claim, InboundEvents, RecordOutcome, Recording, StoreError};
 use crate::metrics::Metrics;
 
 /// How long one batch may take. Every record waits for the batch before it, so a statement
@@ -75,17 +75,17 @@ impl BatchWrite for Records {
     }
 }
 
-/// Done and ignored marks ([`InboundEvents::mark_finished_batch`]).
-struct FinishMarks {
+/// Done marks ([`InboundEvents::mark_done_batch`]).
+struct DoneMarks {
     inbox: Arc<dyn InboundEvents>,
 }
 
-impl BatchWrite for FinishMarks {
-    type Item = Finished;
+impl BatchWrite for DoneMarks {
+    type Item = Claim;
     type Out = ();
-    fn write(&self, marks: Vec<Finished>) -> BoxFuture<'static, Vec<Result<(), StoreError>>> {
+    fn write(&self, claims: Vec<Claim>) -> BoxFuture<'static, Vec<Result<(), StoreError>>> {
         let inbox = self.inbox.clone();
-        async move { inbox.mark_finished_batch(marks).await }.boxed()
+        async move { inbox.mark_done_batch(claims).await }.boxed()
     }
 }
 
@@ -133,28 +133,28 @@ impl GroupCommit {
     }
 }
 
-/// Hands done and ignored marks to their writer, which marks the claims that finish
-/// together in one statement. Cheap to clone.
+/// Hands done marks to their writer, which marks the claims that finish together in one
+/// statement. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct MarkCommit {
-    writer: Addr<BatchWriter<FinishMarks>>,
+    writer: Addr<BatchWriter<DoneMarks>>,
 }
 
 impl MarkCommit {
     /// Starts the writer on an arbiter of its own: batches of at most `max_batch` marks.
     pub fn start(inbox: Arc<dyn InboundEvents>, max_batch: usize, health: ActorHealth) -> Self {
         Self {
-            writer: BatchWriter::start(FinishMarks { inbox }, max_batch, health, BATCH_TIMEOUT),
+            writer: BatchWriter::start(DoneMarks { inbox }, max_batch, health, BATCH_TIMEOUT),
         }
     }
 
-    /// Marks an event done or ignored in the next batch; `Err(Fenced)` when its claim no
-    /// longer holds, like [`InboundEvents::mark_done`].
+    /// Marks `claim` done in the next batch; `Err(Fenced)` when the claim no longer holds,
+    /// like [`InboundEvents::mark_done`].
     pub fn submit(
         &self,
-        mark: Finished,
+        claim: Claim,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + use<> {
-        submit(&self.writer, mark)
+        submit(&self.writer, claim)
     }
 }
 
@@ -393,9 +393,9 @@ mod tests {
     }
 
     /// Marks handed over together are answered each with its own outcome: a claim that was
-    /// taken over since is fenced, the others are done or ignored as asked.
+    /// taken over since is fenced, the others are done.
     #[actix_rt::test]
-    async fn finish_marks_are_answered_each_with_its_own_outcome() {
+    async fn done_marks_are_answered_each_with_its_own_outcome() {
         let inbox = MemoryInbox::new();
         let mut claims = Vec::new();
         for n in 0..3 {
@@ -412,23 +412,15 @@ mod tests {
         let health = HealthRegistry::new()
             .register(ActorId::new(ActorKind::SUPERVISOR, "inbox_marks"), None);
         let marks = MarkCommit::start(inbox.clone(), 2, health);
-        let pending: Vec<_> = [
-            Finished::done(claims[0]),
-            Finished::done(claims[1]),
-            Finished::ignored(claims[2], "a twin"),
-        ]
-        .into_iter()
-        .map(|m| marks.submit(m))
-        .collect();
+        let pending: Vec<_> = claims.iter().map(|c| marks.submit(*c)).collect();
         let outcomes = futures::future::join_all(pending).await;
         assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
         assert!(matches!(outcomes[1], Err(StoreError::Fenced(id)) if id == claims[1].id));
         marks
-            .submit(Finished::done(retaken))
+            .submit(retaken)
             .await
             .expect("the current claim marks it");
-        assert_eq!(inbox.count(crate::inbox::EventStatus::Done), 2);
-        assert_eq!(inbox.count(crate::inbox::EventStatus::Ignored), 1);
+        assert_eq!(inbox.count(crate::inbox::EventStatus::Done), 3);
     }
 
     #[actix_rt::test]

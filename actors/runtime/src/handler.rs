@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::group_commit::MarkCommit;
-use crate::inbox::{EventRowId, Finished, InboundEvent, InboundEvents, RoutingKey, StoreError};
+use crate::inbox::{EventRowId, InboundEvent, InboundEvents, RoutingKey, StoreError};
 use crate::metrics::Metrics;
 use crate::supervision::AttemptResult;
 
@@ -181,7 +181,7 @@ pub(crate) async fn attempt(
             Ok(Ok(HandleOutcome::Done)) => {
                 let marking = Instant::now();
                 let r = mark_with_retry(|| match &marks {
-                    Some(marks) => marks.submit(Finished::done(claim)).boxed(),
+                    Some(marks) => marks.submit(claim).boxed(),
                     None => inbox.mark_done(claim),
                 })
                 .await;
@@ -189,12 +189,7 @@ pub(crate) async fn attempt(
                 return finished(r, handler_time, "done");
             }
             Ok(Ok(HandleOutcome::Ignored(reason))) => {
-                // Every twin of a mention ends here: batched like the done marks.
-                let r = mark_with_retry(|| match &marks {
-                    Some(marks) => marks.submit(Finished::ignored(claim, &reason)).boxed(),
-                    None => inbox.mark_ignored(claim, &reason),
-                })
-                .await;
+                let r = mark_with_retry(|| inbox.mark_ignored(claim, &reason)).await;
                 return finished(r, handler_time, "ignored");
             }
             Ok(Err(HandlerError::Permanent(msg))) => {

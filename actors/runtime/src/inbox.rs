@@ -127,33 +127,6 @@ impl std::fmt::Display for Partition {
     }
 }
 
-/// The last mark of an event its handler finished: `done`, or `ignored` with why (twins,
-/// events nobody handles). Both end the event, so both can share a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finished {
-    pub claim: Claim,
-    /// `None`: done; the reason otherwise, kept in `last_error`.
-    pub ignored: Option<String>,
-}
-
-impl Finished {
-    /// Handled: → `done`.
-    pub fn done(claim: Claim) -> Self {
-        Self {
-            claim,
-            ignored: None,
-        }
-    }
-
-    /// Nothing to do: → `ignored`, with `reason`.
-    pub fn ignored(claim: Claim, reason: impl Into<String>) -> Self {
-        Self {
-            claim,
-            ignored: Some(reason.into()),
-        }
-    }
-}
-
 /// Proof of one claim of an event: its id and the attempt number the claim set. Every mark
 /// names it, so a mark from an attempt that lost its claim (another replica claimed the event
 /// since, after this one's partition lease lapsed) changes nothing.
@@ -404,17 +377,14 @@ pub trait InboundEvents: Send + Sync + 'static {
     async fn confirm(&self, claim: Claim) -> Result<(), StoreError>;
     /// → `done`. Every mark applies only under its claim ([`StoreError::Fenced`] otherwise).
     async fn mark_done(&self, claim: Claim) -> Result<(), StoreError>;
-    /// [`InboundEvents::mark_done`] and [`InboundEvents::mark_ignored`] for several claims at
-    /// once, one outcome per mark in the same order, each applied only under its own claim. A
-    /// store that can do it in one statement does ([`crate::group_commit::MarkCommit`]); this
-    /// default marks them one after the other.
-    async fn mark_finished_batch(&self, marks: Vec<Finished>) -> Vec<Result<(), StoreError>> {
-        let mut outcomes = Vec::with_capacity(marks.len());
-        for mark in marks {
-            outcomes.push(match &mark.ignored {
-                None => self.mark_done(mark.claim).await,
-                Some(reason) => self.mark_ignored(mark.claim, reason).await,
-            });
+    /// [`InboundEvents::mark_done`] for several claims at once, one outcome per claim in the
+    /// same order, each applied only under its own claim. A store that can do it in one
+    /// statement does ([`crate::group_commit::MarkCommit`]); this default marks them one
+    /// after the other.
+    async fn mark_done_batch(&self, claims: Vec<Claim>) -> Vec<Result<(), StoreError>> {
+        let mut outcomes = Vec::with_capacity(claims.len());
+        for claim in claims {
+            outcomes.push(self.mark_done(claim).await);
         }
         outcomes
     }

@@ -8,8 +8,8 @@ use infragpt::db::schema::{audit_log, inbound_events};
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::audit::AuditEntry;
 use infragpt_actors::inbox::{
-    Claim, EventRowId, EventStatus, Finished, InboundEvents, NewInboundEvent, Partition,
-    RecordOutcome, RoutingKey, StoreError,
+    Claim, EventRowId, EventStatus, InboundEvents, NewInboundEvent, Partition, RecordOutcome,
+    RoutingKey, StoreError,
 };
 use infragpt_actors::sources;
 use serde_json::json;
@@ -170,11 +170,11 @@ async fn claim_counts_attempts_and_finished_events_are_not_claimed() {
     assert!(err.to_string().contains("999999"), "{err}");
 }
 
-/// Done and ignored marks written in one statement (the marks' writer) apply each under its
-/// own claim: a claim taken over since, or an unknown event, is `Fenced` and changes nothing,
-/// the others are done, or ignored with their reason.
+/// Done marks written in one statement (the marks' writer) apply each under its own claim:
+/// a claim taken over since, or an unknown event, is `Fenced` and changes nothing, the others
+/// are done.
 #[tokio::test]
-async fn finish_marks_in_one_batch_apply_each_under_its_own_claim() {
+async fn done_marks_in_one_batch_apply_each_under_its_own_claim() {
     let db = TestDb::new().await;
     let inbox = PgInbox::new(db.pool().clone());
     let ids = [
@@ -191,12 +191,7 @@ async fn finish_marks_in_one_batch_apply_each_under_its_own_claim() {
         attempt: 1,
     };
     let outcomes = inbox
-        .mark_finished_batch(vec![
-            Finished::done(first),
-            Finished::done(stale),
-            Finished::ignored(third, "message 1.2 already handled as inbound event 1"),
-            Finished::ignored(unknown, "never recorded"),
-        ])
+        .mark_done_batch(vec![first, stale, third, unknown])
         .await;
     assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
     assert!(matches!(outcomes[1], Err(StoreError::Fenced(id)) if id == ids[1]));
@@ -204,28 +199,15 @@ async fn finish_marks_in_one_batch_apply_each_under_its_own_claim() {
     for (id, status) in [
         (ids[0], EventStatus::Done),
         (ids[1], EventStatus::Processing),
-        (ids[2], EventStatus::Ignored),
+        (ids[2], EventStatus::Done),
     ] {
         let row = inbox.get(id).await.expect("get").expect("exists");
         assert_eq!(row.status, status, "event {id}");
-        assert_eq!(
-            row.processed_at.is_some(),
-            status != EventStatus::Processing
-        );
+        assert_eq!(row.processed_at.is_some(), status == EventStatus::Done);
     }
-    let ignored = inbox.get(ids[2]).await.expect("get").expect("exists");
-    assert_eq!(
-        ignored.last_error.as_deref(),
-        Some("message 1.2 already handled as inbound event 1")
-    );
     // The current claim of the taken-over event still marks it.
-    assert!(
-        inbox
-            .mark_finished_batch(vec![Finished::done(current)])
-            .await[0]
-            .is_ok()
-    );
-    assert!(inbox.mark_finished_batch(Vec::new()).await.is_empty());
+    assert!(inbox.mark_done_batch(vec![current]).await[0].is_ok());
+    assert!(inbox.mark_done_batch(Vec::new()).await.is_empty());
 }
 
 #[tokio::test]

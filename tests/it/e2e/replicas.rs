@@ -12,8 +12,7 @@ use infragpt::testkit::slack_sim::SimConfig;
 use infragpt::testkit::test_db::TestDb;
 use infragpt_actors::Cluster;
 use infragpt_actors::inbox::{
-    EventStatus, Finished, InboundEvents, NewInboundEvent, Partition, RecordOutcome, RoutingKey,
-    StoreError,
+    EventStatus, InboundEvents, NewInboundEvent, Partition, RecordOutcome, RoutingKey, StoreError,
 };
 use infragpt_actors::partitions::{Membership, ReplicaId};
 use infragpt_actors::sources;
@@ -281,10 +280,7 @@ async fn the_lease_fences_claims_marks_and_posts() {
         // The group-committed mark is fenced by the lease as well, with the claim's
         // attempt it carries (B's claim has the next one).
         inbox_a
-            .mark_finished_batch(vec![
-                Finished::done(claimed_by_a.claim()),
-                Finished::done(claimed_by_b.claim()),
-            ])
+            .mark_done_batch(vec![claimed_by_a.claim(), claimed_by_b.claim()])
             .await
             .remove(1),
     ] {
