@@ -6,9 +6,9 @@
 //! Slack's assistant status under the thread (`assistant.threads.setStatus`, "is
 //! thinking…") in [`ProgressMode::Status`], or a short placeholder message in
 //! [`ProgressMode::Placeholder`] (also where Slack refuses the status: the app lacks the
-//! feature). A report the agent sends within the delay is shown at once instead. The agent's progress reports replace what the indicator shows, at most once a
-//! second per thread (the latest report wins; the ones in between are never shown). The
-//! answer ends the indicator: Slack clears the status when the app posts in the thread, and
+//! feature). A report the agent sends within the delay is shown at once instead. The
+//! agent's progress reports replace what the indicator shows, at most once a second per
+//! thread (the latest report wins; the ones in between are never shown). The answer ends the indicator: Slack clears the status when the app posts in the thread, and
 //! the answer's first message replaces the placeholder through `chat.update`, so the thread
 //! ends with one message, not two.
 //!
@@ -318,7 +318,8 @@ impl Progress {
     /// "is thinking…": at once when there is no delay; otherwise only when `work` is still
     /// going after the delay and nothing else has shown or answered the turn meanwhile. An
     /// indicator change that has begun is finished before this returns, so the answer never
-    /// waits for a lock that nobody will release.
+    /// waits for a lock that nobody will release. `opened` is the lock the opening returned:
+    /// held without a delay, lapsed at once with one (the row is then taken afresh).
     pub async fn beside<F: std::future::Future>(
         &self,
         key: &ThreadKey,
