@@ -305,7 +305,7 @@ impl PrivateCluster {
             }
         }
         tracing::warn!(dir = %self.data.display(), "running private cluster does not answer; restarting it");
-        self.pg_ctl_stop()?;
+        self.pg_ctl_stop("fast")?;
         Ok(None)
     }
 
@@ -452,6 +452,17 @@ impl PrivateCluster {
     /// Stops using the cluster: when no other process uses it, runs `pg_ctl stop -m fast`
     /// and waits for the server to exit. Blocking. Calling it again does nothing.
     pub fn stop(&mut self) -> Result<(), ClusterError> {
+        self.stop_in("fast")
+    }
+
+    /// [`Self::stop`] as a crash of the server would (`pg_ctl stop -m immediate`): no
+    /// shutdown checkpoint, and commits whose WAL was not flushed yet are lost; the next
+    /// start recovers from the WAL on disk. For fault drills.
+    pub fn crash(&mut self) -> Result<(), ClusterError> {
+        self.stop_in("immediate")
+    }
+
+    fn stop_in(&mut self, mode: &str) -> Result<(), ClusterError> {
         let Some(users_lock) = self.users_lock.take() else {
             return Ok(());
         };
@@ -464,7 +475,7 @@ impl PrivateCluster {
         let last_user = users.try_lock().is_ok();
         let result = if last_user && self.is_running() {
             tracing::info!(dir = %self.data.display(), "stopping private PostgreSQL cluster");
-            self.pg_ctl_stop()
+            self.pg_ctl_stop(mode)
         } else {
             if !last_user {
                 tracing::info!(dir = %self.data.display(), "private cluster still used by another process; leaving it running");
@@ -480,11 +491,11 @@ impl PrivateCluster {
         result
     }
 
-    fn pg_ctl_stop(&self) -> Result<(), ClusterError> {
+    fn pg_ctl_stop(&self, mode: &str) -> Result<(), ClusterError> {
         let mut cmd = self.server_command(&self.binaries.pg_ctl);
         cmd.arg("-D")
             .arg(&self.data)
-            .args(["-m", "fast", "-w", "-t", "60", "stop"]);
+            .args(["-m", mode, "-w", "-t", "60", "stop"]);
         run(cmd)
     }
 

@@ -2,7 +2,8 @@
 //! the Slack simulator (Socket Mode) and the development agent (a real tonic server), while
 //! one thing fails on purpose:
 //!
-//! * PostgreSQL restarted (a private cluster this test owns, down for 10 s);
+//! * PostgreSQL restarted (a private cluster this test owns, down for 10 s), and crashed
+//!   three times under load (recovering from its WAL);
 //! * the agent's gRPC server stopped and started again every few seconds;
 //! * Slack's Web API answering 429 with Retry-After, and bursts of 5xx (some after the
 //!   message was posted, so only the answer is lost);
@@ -166,11 +167,10 @@ async fn answered(load: &Load, n: usize) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drill_postgres_restarted_for_ten_seconds() {
-    let started = Instant::now();
-    // A cluster of this test's own (it stops it), behind a relay so the service keeps one
-    // address while the restarted server listens on another port.
+/// A private cluster of the test's own (a drill stops it), behind a relay so the service
+/// keeps one address while a restarted server listens on another port, and a test database
+/// on it.
+async fn on_private_cluster() -> (tempfile::TempDir, PrivateCluster, Relay, TestDb) {
     let root = tempfile::tempdir().expect("a directory for the cluster");
     let dir = root.path().to_owned();
     let pg = tokio::task::spawn_blocking(move || PrivateCluster::start(&dir))
@@ -182,6 +182,25 @@ async fn drill_postgres_restarted_for_ten_seconds() {
     let db = TestDb::on_server(admin)
         .await
         .expect("a database on the private cluster");
+    (root, pg, relay, db)
+}
+
+/// Starts the cluster in `root` again (recovering from its WAL after a crash) and points
+/// the relay at it.
+async fn start_again(root: &tempfile::TempDir, relay: &Relay) -> PrivateCluster {
+    let dir = root.path().to_owned();
+    let restarted = tokio::task::spawn_blocking(move || PrivateCluster::start(&dir))
+        .await
+        .expect("the start task")
+        .expect("PostgreSQL starts again");
+    relay.set_upstream(([127, 0, 0, 1], restarted.port()).into());
+    restarted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_postgres_restarted_for_ten_seconds() {
+    let started = Instant::now();
+    let (root, pg, relay, db) = on_private_cluster().await;
     let mut pg = Some(pg);
     let d = Drill::start(db).await;
     let load = d.start_load();
@@ -205,13 +224,7 @@ async fn drill_postgres_restarted_for_ten_seconds() {
     .expect("/readyz reports not ready while PostgreSQL is down");
     eprintln!("postgres down: /readyz {status}");
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(down_at.elapsed())).await;
-    let dir = root.path().to_owned();
-    let restarted = tokio::task::spawn_blocking(move || PrivateCluster::start(&dir))
-        .await
-        .expect("the start task")
-        .expect("PostgreSQL starts again");
-    relay.set_upstream(([127, 0, 0, 1], restarted.port()).into());
-    pg = Some(restarted);
+    pg = Some(start_again(&root, &relay).await);
     eprintln!("postgres back after {:?}", down_at.elapsed());
     // It recovers by itself: ready again, and the load goes on.
     eventually("the service is ready again", async || {
@@ -222,6 +235,35 @@ async fn drill_postgres_restarted_for_ten_seconds() {
     d.check(load, before + 100, Repeats::Adjacent).await;
     drop(pg);
     eprintln!("postgres restart drill: {:?}", started.elapsed());
+}
+
+/// PostgreSQL crashes under load (`pg_ctl stop -m immediate`: no shutdown checkpoint) three
+/// times and recovers from its WAL at once, while statements are in flight on every
+/// connection. Every acknowledged envelope is still recorded and every mention answered
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_postgres_crashed_three_times() {
+    let started = Instant::now();
+    let (root, pg, relay, db) = on_private_cluster().await;
+    let mut pg = Some(pg);
+    let d = Drill::start(db).await;
+    let load = d.start_load();
+    answered(&load, 30).await;
+    for round in 0..3 {
+        let before = load.answered();
+        let mut crashing = pg.take().expect("the cluster");
+        tokio::task::spawn_blocking(move || crashing.crash().expect("pg_ctl stop -m immediate"))
+            .await
+            .expect("the crash task");
+        pg = Some(start_again(&root, &relay).await);
+        eprintln!("postgres crash {round}: back after {before} answers");
+        answered(&load, before + 30).await;
+    }
+    let at_least = load.answered() + 10;
+    answered(&load, at_least).await;
+    d.check(load, at_least, Repeats::Adjacent).await;
+    drop(pg);
+    eprintln!("postgres crash drill: {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
