@@ -289,15 +289,24 @@ UPDATE reply_intents
 /// as [`START_AGENT_TURN_WITH_PROGRESS`] would: the message becomes the current turn while
 /// the event's claim (`$14`, `$15`; `$16`, `$17` the replica and margin of the lease fence)
 /// holds, and the progress indicator opens for `$18` ms when given.
+///
+/// The `start` checks look rows up by key only (the conversation by its thread, then the
+/// message by conversation and ts; the event by id), so that no plan can scan a table:
+/// a prepared statement keeps the generic plan made when its connection first ran it, and
+/// one made while the tables were nearly empty (a new database, before autovacuum's first
+/// analyze) had scanned `messages` by ts and a partial index of `inbound_events` by its
+/// second column at every turn (BENCHMARKS.md, "Plans made on empty tables").
 static BEGIN_TURN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "\
 WITH start AS (
     SELECT $13::bool
-        AND NOT EXISTS (SELECT 1 FROM messages m JOIN conversations t ON t.id = m.conversation_id
-            WHERE t.team_id = $1 AND t.channel_id = $2 AND t.thread_ts = $3 AND m.slack_ts = $4)
-        AND ($14::bigint IS NULL OR EXISTS (SELECT 1 FROM inbound_events
-            WHERE id = $14 AND status = 'processing' AND attempts = $15 AND {}))
+        AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id =
+                (SELECT t.id FROM conversations t
+                 WHERE t.team_id = $1 AND t.channel_id = $2 AND t.thread_ts = $3)
+            AND m.slack_ts = $4)
+        AND ($14::bigint IS NULL OR (SELECT status = 'processing' AND attempts = $15 AND {}
+            FROM inbound_events WHERE id = $14) IS TRUE)
         AS go
 ), conv AS (
     INSERT INTO conversations AS c (team_id, channel_id, thread_ts, current_turn_ts)

@@ -915,6 +915,9 @@ impl InboundEvents for PgInbox {
     /// One `UPDATE … FROM unnest(…)` on the writer's connections (the done marks' writer
     /// is the only caller): each row changes only under its own claim and, for a replica,
     /// its lease; a claim whose row did not change is `Fenced`, like a single mark's.
+    /// `id = ANY($1)` lets the plan probe the rows by id: without it, the generic plan
+    /// these connections keep read every unfinished row (and the finished ones' index
+    /// entries not yet vacuumed) through a bitmap scan of the unfinished partial index.
     async fn mark_done_batch(&self, claims: Vec<Claim>) -> Vec<Result<(), StoreError>> {
         #[derive(QueryableByName)]
         struct Marked {
@@ -929,7 +932,8 @@ impl InboundEvents for PgInbox {
                 "UPDATE inbound_events SET status = 'done', processed_at = now(), \
                  updated_at = now() \
                  FROM unnest($1::bigint[], $2::int[]) AS c(id, attempt) \
-                 WHERE inbound_events.id = c.id AND inbound_events.status = 'processing' \
+                 WHERE inbound_events.id = ANY($1::bigint[]) AND inbound_events.id = c.id \
+                 AND inbound_events.status = 'processing' \
                  AND inbound_events.attempts = c.attempt AND {} \
                  RETURNING inbound_events.id",
                 fence("$3", "0")
