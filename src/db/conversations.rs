@@ -384,8 +384,8 @@ WITH stored AS (
 static START_AGENT_TURN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "UPDATE conversations SET current_turn_ts = $2, updated_at = now() \
-         WHERE id = $1 AND ($3::bigint IS NULL OR EXISTS (SELECT 1 FROM inbound_events \
-           WHERE id = $3 AND status = 'processing' AND attempts = $4 AND {}))",
+         WHERE id = $1 AND ($3::bigint IS NULL OR (SELECT status = 'processing' \
+           AND attempts = $4 AND {} FROM inbound_events WHERE id = $3) IS TRUE)",
         super::inbox::fence("$5", "$6")
     )
 });

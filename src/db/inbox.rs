@@ -25,6 +25,14 @@ use super::{Conn, Pool, conn};
 /// Statuses a handler may still claim.
 const CLAIMABLE: [&str; 2] = ["pending", "processing"];
 
+// Lookups of one event by id: the statements never name its status as a literal in
+// their `WHERE`. A literal status lets the plan use a partial index of unfinished events
+// (`status IN ('pending', 'processing')`), and the generic plan a connection keeps, made
+// on a nearly empty table, read `inbound_events_unfinished_key_idx` by its second column
+// (`id`): every unfinished event at every call. A bound status, or the status checked in
+// the select list of a lookup by id, leaves only the primary key to probe (BENCHMARKS.md,
+// "Plans made on empty tables").
+
 /// The durable inbox in PostgreSQL.
 #[derive(Clone)]
 pub struct PgInbox {
@@ -95,7 +103,8 @@ impl PgInbox {
     }
 
     /// Moves one claimed event to `status` (with `last_error` when given; stamping the finish
-    /// time when `finished`), only under its claim and, for a replica, its lease.
+    /// time when `finished`), only under its claim and, for a replica, its lease. The
+    /// status it must have is a bind (see "Lookups of one event by id" above).
     async fn set_claimed(
         &self,
         claim: Claim,
@@ -108,7 +117,7 @@ impl PgInbox {
         let changed = diesel::sql_query(format!(
             "UPDATE inbound_events SET status = $3, last_error = COALESCE($4, last_error), \
              processed_at = CASE WHEN $5 THEN now() ELSE processed_at END, updated_at = now() \
-             WHERE id = $1 AND status = 'processing' AND attempts = $2 AND {}",
+             WHERE id = $1 AND status = $7 AND attempts = $2 AND {}",
             fence("$6", "0")
         ))
         .bind::<BigInt, _>(claim.id.0)
@@ -117,6 +126,7 @@ impl PgInbox {
         .bind::<Nullable<Text>, _>(error.as_deref())
         .bind::<diesel::sql_types::Bool, _>(finished)
         .bind::<Nullable<Text>, _>(self.replica.as_deref())
+        .bind::<Text, _>(EventStatus::Processing.as_str())
         .prepared()
         .execute(&mut conn)
         .await
@@ -849,10 +859,11 @@ impl InboundEvents for PgInbox {
         let mut conn = conn(&self.pool).await?;
         // Per-key order is decided here, not by the dispatch path: an event is claimed only
         // when no older event of its key is unfinished (`inbound_events_unfinished_key_idx`).
+        // The event's own statuses are a bind ("Lookups of one event by id" above).
         let row: Option<EventRow> = diesel::sql_query(format!(
             "UPDATE inbound_events SET status = 'processing', attempts = attempts + 1, \
              updated_at = now() \
-             WHERE id = $1 AND status IN ('pending', 'processing') AND {} \
+             WHERE id = $1 AND status = ANY($3::text[]) AND {} \
              AND NOT EXISTS (SELECT 1 FROM inbound_events o \
                WHERE o.routing_key = inbound_events.routing_key \
                  AND o.source = inbound_events.source AND o.id < inbound_events.id \
@@ -862,6 +873,7 @@ impl InboundEvents for PgInbox {
         ))
         .bind::<BigInt, _>(id.0)
         .bind::<Nullable<Text>, _>(self.replica.as_deref())
+        .bind::<diesel::sql_types::Array<Text>, _>(&CLAIMABLE[..])
         .prepared()
         .get_result(&mut conn)
         .await
@@ -889,8 +901,8 @@ impl InboundEvents for PgInbox {
         }
         let mut conn = conn(&self.pool).await?;
         let row: Held = diesel::sql_query(format!(
-            "SELECT EXISTS (SELECT 1 FROM inbound_events WHERE id = $1 \
-             AND status = 'processing' AND attempts = $2 AND {}) AS held",
+            "SELECT COALESCE((SELECT status = 'processing' AND attempts = $2 AND {} \
+             FROM inbound_events WHERE id = $1), false) AS held",
             fence("$3", "$4")
         ))
         .bind::<BigInt, _>(claim.id.0)
