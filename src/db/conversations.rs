@@ -305,8 +305,7 @@ WITH start AS (
                 (SELECT t.id FROM conversations t
                  WHERE t.team_id = $1 AND t.channel_id = $2 AND t.thread_ts = $3)
             AND m.slack_ts = $4)
-        AND ($14::bigint IS NULL OR (SELECT status = 'processing' AND attempts = $15 AND {}
-            FROM inbound_events WHERE id = $14) IS TRUE)
+        AND ($14::bigint IS NULL OR {} IS TRUE)
         AS go
 ), conv AS (
     INSERT INTO conversations AS c (team_id, channel_id, thread_ts, current_turn_ts)
@@ -341,7 +340,7 @@ SELECT conv.id, conv.team_id, conv.channel_id, conv.thread_ts, conv.current_turn
     (SELECT go FROM start) AS started,
     (SELECT lock_id FROM opened) AS lock_id
 FROM conv",
-        super::inbox::fence("$16", "$17")
+        super::inbox::claim_held("$14", "$15", "$16", "$17")
     )
 });
 
@@ -384,9 +383,8 @@ WITH stored AS (
 static START_AGENT_TURN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "UPDATE conversations SET current_turn_ts = $2, updated_at = now() \
-         WHERE id = $1 AND ($3::bigint IS NULL OR (SELECT status = 'processing' \
-           AND attempts = $4 AND {} FROM inbound_events WHERE id = $3) IS TRUE)",
-        super::inbox::fence("$5", "$6")
+         WHERE id = $1 AND ($3::bigint IS NULL OR {} IS TRUE)",
+        super::inbox::claim_held("$3", "$4", "$5", "$6")
     )
 });
 

@@ -58,6 +58,18 @@ pub(super) fn fence(owner: &str, margin: &str) -> String {
     )
 }
 
+/// True while event `id` is processing under `attempt` and, for a replica, its partition is
+/// leased to `owner` with `margin` seconds left; NULL for an unknown event. The event is
+/// found by primary key and its status checked in the select list (see "Lookups of one
+/// event by id" above).
+pub(super) fn claim_held(id: &str, attempt: &str, owner: &str, margin: &str) -> String {
+    format!(
+        "(SELECT status = 'processing' AND attempts = {attempt} AND {} \
+         FROM inbound_events WHERE id = {id})",
+        fence(owner, margin)
+    )
+}
+
 /// The columns of [`EventRow`], for statements written in SQL.
 const EVENT_COLUMNS: &str = "id, source, source_id, routing_key, kind, payload, received_at, \
      status, attempts, last_error, processed_at, partition";
@@ -901,9 +913,8 @@ impl InboundEvents for PgInbox {
         }
         let mut conn = conn(&self.pool).await?;
         let row: Held = diesel::sql_query(format!(
-            "SELECT COALESCE((SELECT status = 'processing' AND attempts = $2 AND {} \
-             FROM inbound_events WHERE id = $1), false) AS held",
-            fence("$3", "$4")
+            "SELECT COALESCE({}, false) AS held",
+            claim_held("$1", "$2", "$3", "$4")
         ))
         .bind::<BigInt, _>(claim.id.0)
         .bind::<Integer, _>(claim.attempt)

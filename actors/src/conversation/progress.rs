@@ -8,8 +8,9 @@
 //! [`ProgressMode::Placeholder`] (also where Slack refuses the status: the app lacks the
 //! feature). A report the agent sends within the delay is shown at once instead. The
 //! agent's progress reports replace what the indicator shows, at most once a second per
-//! thread (the latest report wins; the ones in between are never shown). The answer ends the indicator: Slack clears the status when the app posts in the thread, and
-//! the answer's first message replaces the placeholder through `chat.update`, so the thread
+//! thread (the latest report wins; the ones in between are never shown). The answer ends
+//! the indicator: Slack clears the status when the app posts in the thread, and the
+//! answer's first message replaces the placeholder through `chat.update`, so the thread
 //! ends with one message, not two.
 //!
 //! Several replicas may serve one turn (the worker on one, the agent's SendProgress and
