@@ -199,7 +199,7 @@ fn bot_method(
     creds: &Credentials,
     params: &Map<String, Value>,
 ) -> ApiReply {
-    let Some(team) = st.config.team(team_id).cloned() else {
+    let Some(team) = st.team(team_id).ok() else {
         return ApiReply::err("team_not_found");
     };
     let resolve_channel = |raw: Option<String>| -> Option<String> {
@@ -873,7 +873,7 @@ fn oauth_access(st: &mut SimState, creds: &Credentials, params: &Map<String, Val
         };
         (grant.team_id, Some(grant.user_id))
     };
-    let Some(team) = st.config.team(&team_id).cloned() else {
+    let Some(team) = st.team(&team_id).ok() else {
         return ApiReply::err("team_not_found");
     };
     if team.app_id != app.app_id {

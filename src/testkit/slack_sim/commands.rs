@@ -161,7 +161,7 @@ impl SlackSim {
         text: &str,
     ) -> Result<SimCommand, SimError> {
         self.shared.mutate(|st| {
-            let team = st.team(team_id)?.clone();
+            let team = st.team(team_id)?;
             let (trigger_id, response_url, payload) =
                 command_payload(st, &team, channel, user, command, text)?;
             let conn = st
@@ -198,7 +198,7 @@ impl SlackSim {
         text: &str,
     ) -> Result<(SimCommand, SignedRequest), SimError> {
         self.shared.mutate(|st| {
-            let team = st.team(team_id)?.clone();
+            let team = st.team(team_id)?;
             let (trigger_id, response_url, payload) =
                 command_payload(st, &team, channel, user, command, text)?;
             let secret = st
@@ -236,7 +236,7 @@ impl SlackSim {
         context_channel: Option<&str>,
     ) -> Result<String, SimError> {
         self.shared.mutate(|st| {
-            let team = st.team(team_id)?.clone();
+            let team = st.team(team_id)?;
             if !team.channels.iter().any(|c| c.id == dm) {
                 return Err(SimError::UnknownChannel {
                     team: team_id.into(),

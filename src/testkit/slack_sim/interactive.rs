@@ -96,7 +96,7 @@ pub(crate) fn post_ephemeral(
     params: &Map<String, Value>,
 ) -> Result<Value, &'static str> {
     let channel = channel.ok_or("channel_not_found")?;
-    let team = st.team(team_id).map_err(|_| "team_not_found")?.clone();
+    let team = st.team(team_id).map_err(|_| "team_not_found")?;
     let user = param(params, "user").ok_or("user_not_in_channel")?;
     if !team.users.iter().any(|u| u.id == user) {
         return Err("user_not_in_channel");
@@ -281,7 +281,7 @@ impl SimState {
         user: &str,
         action_id: &str,
     ) -> Result<Click, SimError> {
-        let team = self.team(team_id)?.clone();
+        let team = self.team(team_id)?;
         let user_obj = self.user_object(team_id, user)?;
         let unknown = || SimError::UnknownMessage {
             channel: channel.into(),
@@ -423,7 +423,7 @@ impl SlackSim {
         payload: &Value,
     ) -> Result<SignedRequest, SimError> {
         self.shared.mutate(|st| {
-            let team = st.team(team_id)?.clone();
+            let team = st.team(team_id)?;
             let secret = st
                 .config
                 .apps
@@ -452,7 +452,7 @@ impl SlackSim {
         values: &[(&str, &str)],
     ) -> Result<(String, Value), SimError> {
         self.shared.mutate(|st| {
-            let team = st.team(team_id)?.clone();
+            let team = st.team(team_id)?;
             let idx = st
                 .interactive
                 .views

@@ -149,12 +149,12 @@ impl SlackSim {
 
     /// A copy of the configuration.
     pub fn config(&self) -> SimConfig {
-        self.shared.read(|st| st.config.clone())
+        self.shared.read(|st| SimConfig::clone(&st.config))
     }
 
     /// A workspace's configuration.
     pub fn team(&self, team_id: &str) -> Result<SimTeam, SimError> {
-        self.shared.read(|st| st.team(team_id).cloned())
+        self.shared.read(|st| st.team(team_id).map(|t| SimTeam::clone(&t)))
     }
 
     // ----- generating traffic ---------------------------------------------------------------
@@ -172,7 +172,7 @@ impl SlackSim {
         thread_ts: Option<&str>,
     ) -> Result<String, SimError> {
         self.shared.mutate(|st| {
-            let team = st.team(team_id)?.clone();
+            let team = st.team(team_id)?;
             if !team.channels.iter().any(|c| c.id == channel) {
                 return Err(SimError::UnknownChannel {
                     team: team_id.into(),
@@ -248,7 +248,7 @@ impl SlackSim {
         blocks: Value,
     ) -> Result<String, SimError> {
         self.shared.mutate(|st| {
-            let team = st.team(team_id)?.clone();
+            let team = st.team(team_id)?;
             if !team.channels.iter().any(|c| c.id == channel) {
                 return Err(SimError::UnknownChannel {
                     team: team_id.into(),
@@ -302,7 +302,7 @@ impl SlackSim {
         new_text: &str,
     ) -> Result<(), SimError> {
         self.shared.mutate(|st| {
-            let team = st.team(team_id)?.clone();
+            let team = st.team(team_id)?;
             let Some(msg) = st.find_message_mut(team_id, channel, ts) else {
                 return Err(SimError::UnknownMessage {
                     channel: channel.into(),
@@ -339,7 +339,7 @@ impl SlackSim {
     /// A message is deleted: sends `message` / `message_deleted`.
     pub fn delete_message(&self, team_id: &str, channel: &str, ts: &str) -> Result<(), SimError> {
         self.shared.mutate(|st| {
-            let team = st.team(team_id)?.clone();
+            let team = st.team(team_id)?;
             let Some(msg) = st.find_message_mut(team_id, channel, ts) else {
                 return Err(SimError::UnknownMessage {
                     channel: channel.into(),
@@ -370,7 +370,7 @@ impl SlackSim {
     /// `event_callback` and an `events_api` envelope. Returns the envelope id.
     pub fn send_event(&self, team_id: &str, event: Value) -> Result<String, SimError> {
         self.shared.mutate(|st| {
-            let team = st.team(team_id)?.clone();
+            let team = st.team(team_id)?;
             let payload = st.event_callback(&team, event);
             Ok(st.enqueue(payload))
         })
@@ -385,7 +385,7 @@ impl SlackSim {
         event: Value,
     ) -> Result<SignedRequest, SimError> {
         self.shared.mutate(|st| {
-            let team = st.team(team_id)?.clone();
+            let team = st.team(team_id)?;
             let secret = st
                 .config
                 .apps
