@@ -154,7 +154,8 @@ impl SlackSim {
 
     /// A workspace's configuration.
     pub fn team(&self, team_id: &str) -> Result<SimTeam, SimError> {
-        self.shared.read(|st| st.team(team_id).map(|t| SimTeam::clone(&t)))
+        self.shared
+            .read(|st| st.team(team_id).map(|t| SimTeam::clone(&t)))
     }
 
     // ----- generating traffic ---------------------------------------------------------------
