@@ -171,6 +171,24 @@ pub struct PrivateCluster {
     guardian: Option<Child>,
 }
 
+/// How `pg_ctl stop` shuts the server down.
+#[derive(Clone, Copy, Debug)]
+enum StopMode {
+    /// Ends sessions and writes a shutdown checkpoint.
+    Fast,
+    /// Exits at once, as a crash would; the next start recovers from the WAL.
+    Immediate,
+}
+
+impl StopMode {
+    fn as_arg(self) -> &'static str {
+        match self {
+            Self::Fast => "fast",
+            Self::Immediate => "immediate",
+        }
+    }
+}
+
 impl PrivateCluster {
     /// Starts (or adopts) the cluster in `root` with default (durable) options. Blocking:
     /// call it from `spawn_blocking` in async code.
@@ -305,7 +323,7 @@ impl PrivateCluster {
             }
         }
         tracing::warn!(dir = %self.data.display(), "running private cluster does not answer; restarting it");
-        self.pg_ctl_stop("fast")?;
+        self.pg_ctl_stop(StopMode::Fast)?;
         Ok(None)
     }
 
@@ -452,17 +470,17 @@ impl PrivateCluster {
     /// Stops using the cluster: when no other process uses it, runs `pg_ctl stop -m fast`
     /// and waits for the server to exit. Blocking. Calling it again does nothing.
     pub fn stop(&mut self) -> Result<(), ClusterError> {
-        self.stop_in("fast")
+        self.stop_in(StopMode::Fast)
     }
 
     /// [`Self::stop`] as a crash of the server would (`pg_ctl stop -m immediate`): no
     /// shutdown checkpoint, and commits whose WAL was not flushed yet are lost; the next
     /// start recovers from the WAL on disk. For fault drills.
     pub fn crash(&mut self) -> Result<(), ClusterError> {
-        self.stop_in("immediate")
+        self.stop_in(StopMode::Immediate)
     }
 
-    fn stop_in(&mut self, mode: &str) -> Result<(), ClusterError> {
+    fn stop_in(&mut self, mode: StopMode) -> Result<(), ClusterError> {
         let Some(users_lock) = self.users_lock.take() else {
             return Ok(());
         };
@@ -491,11 +509,11 @@ impl PrivateCluster {
         result
     }
 
-    fn pg_ctl_stop(&self, mode: &str) -> Result<(), ClusterError> {
+    fn pg_ctl_stop(&self, mode: StopMode) -> Result<(), ClusterError> {
         let mut cmd = self.server_command(&self.binaries.pg_ctl);
         cmd.arg("-D")
             .arg(&self.data)
-            .args(["-m", mode, "-w", "-t", "60", "stop"]);
+            .args(["-m", mode.as_arg(), "-w", "-t", "60", "stop"]);
         run(cmd)
     }
 
