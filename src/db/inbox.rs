@@ -444,7 +444,9 @@ fn convert_all(rows: Vec<EventRow>) -> Result<Vec<InboundEvent>, StoreError> {
 /// The batch insert: one row per element of the arrays, in their order. A row whose claim
 /// flag (`$8`) is set is recorded claimed (`processing`, attempt 1) when nothing older of its
 /// source and key is unfinished and, for a replica (`$9`), its partition is leased to it (as
-/// [`PgInbox::claim`] would claim it); the others are recorded `pending`. The checks are
+/// [`PgInbox::claim`] would claim it); the others are recorded `pending`. An older event
+/// `processing` under the row's `(id, attempt)` of `$10`/`$11` ([`Recording::behind`]: the
+/// one this process's worker for the key is handling) does not count. The checks are
 /// `LATERAL … LIMIT 1` so that each row probes the unfinished-key index: as a plain
 /// `NOT EXISTS` the generic plan hashes every unfinished event, which a backlog makes slow.
 const CLAIMING_INSERT: &str = "\
@@ -455,9 +457,11 @@ SELECT t.s, t.i, t.r, t.p, t.k, CAST(t.j AS jsonb), t.b,
          THEN 'processing' ELSE 'pending' END,
     CASE WHEN t.c AND older.behind IS NULL AND ($9::text IS NULL OR lease.held) THEN 1 ELSE 0 END
 FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::text[],
-            $7::text[], $8::bool[]) WITH ORDINALITY AS t(s, i, r, p, k, j, b, c, n)
+            $7::text[], $8::bool[], $10::int8[], $11::int4[])
+    WITH ORDINALITY AS t(s, i, r, p, k, j, b, c, bi, ba, n)
 LEFT JOIN LATERAL (SELECT true AS behind FROM inbound_events o
     WHERE t.c AND o.routing_key = t.r AND o.source = t.s AND o.status IN ('pending', 'processing')
+      AND (o.id = t.bi AND o.status = 'processing' AND o.attempts = t.ba) IS NOT TRUE
     LIMIT 1) AS older ON true
 LEFT JOIN LATERAL (SELECT true AS held FROM cluster_partitions cp
     WHERE t.c AND $9::text IS NOT NULL AND cp.partition = t.p AND cp.owner = $9
@@ -479,6 +483,8 @@ struct NewRow {
     /// Claim it in the same insert when it can be ([`Recording::claim`]): asked for, and
     /// `payload.value` is the payload as stored.
     claim: bool,
+    /// The older event's claim that does not stop the claim ([`Recording::behind`]).
+    behind: Option<Claim>,
 }
 
 impl NewRow {
@@ -493,6 +499,7 @@ impl NewRow {
                     payload,
                 },
             claim,
+            behind,
         } = recording;
         // Text columns cannot hold NUL either (a signed payload's `type` or `action` can).
         let routing_key = RoutingKey(text_without_nul(routing_key.0));
@@ -515,6 +522,7 @@ impl NewRow {
             kind: text_without_nul(kind),
             payload,
             claim,
+            behind,
         })
     }
 
@@ -738,6 +746,16 @@ impl PgInbox {
             )
             .bind::<Array<diesel::sql_types::Bool>, _>(&claims)
             .bind::<Nullable<Text>, _>(self.replica.as_deref())
+            .bind::<Array<Nullable<BigInt>>, _>(
+                rows.iter()
+                    .map(|(_, r)| r.behind.map(|b| b.id.0))
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<Array<Nullable<Integer>>, _>(
+                rows.iter()
+                    .map(|(_, r)| r.behind.map(|b| b.attempt))
+                    .collect::<Vec<_>>(),
+            )
             .prepared()
             .load(&mut conn)
             .await;

@@ -17,13 +17,14 @@ use crate::group_commit::{GroupCommit, MarkCommit};
 use crate::handler::EventHandler;
 use crate::health::{ActorHealth, ActorId, ActorKind, ActorState, HealthRegistry};
 use crate::inbox::{
-    EventRowId, EventSource, EventStatus, InboundEvent, InboundEvents, NewInboundEvent, Partition,
-    RecordOutcome, Recording, RoutingKey, StoreError,
+    Claim, EventRowId, EventSource, EventStatus, InboundEvent, InboundEvents, NewInboundEvent,
+    Partition, RecordOutcome, Recording, RoutingKey, StoreError,
 };
 use crate::metrics::Metrics;
 use crate::partitions::{ClusterView, Membership, Ownership, RecordedNotice, ReplicationConfig};
 use crate::router::{
-    ClaimedAtRecord, Dispatch, InFlightIn, Recover, Router, RouterShared, Shutdown, StreamCtx,
+    ClaimedAtRecord, Dispatch, InFlightIn, Recover, Router, RouterShared, RunningClaims, Shutdown,
+    StreamCtx,
 };
 
 /// A stream of events of one source, handled by one keyed router.
@@ -93,6 +94,16 @@ struct StreamEntry {
     name: String,
     addr: Addr<Router>,
     shared: Arc<RouterShared>,
+    running: Arc<RunningClaims>,
+}
+
+/// What [`Cluster::check_ingest`] decided for an event to claim as it is recorded.
+#[derive(Debug, Clone, Copy)]
+struct Claiming {
+    /// Scans started when it was decided ([`RouterShared::scans`]).
+    scans: u64,
+    /// The claim its key's worker was handling then ([`Recording::behind`]).
+    behind: Option<Claim>,
 }
 
 struct Inner {
@@ -253,6 +264,7 @@ impl Cluster {
         if streams.contains_key(&spec.source) {
             return Err(ClusterError::DuplicateStream(spec.source.as_str()));
         }
+        let running = Arc::new(RunningClaims::default());
         let stream = Arc::new(StreamCtx {
             router_id: ActorId::new(ActorKind::SUPERVISOR, spec.name.clone()),
             name: spec.name.clone(),
@@ -265,6 +277,7 @@ impl Cluster {
             metrics: self.inner.metrics.clone(),
             health: self.inner.health.clone(),
             ownership: self.inner.ownership.clone(),
+            running: running.clone(),
         });
         let shared = Arc::new(RouterShared::new(self.inner.config.high_water_mark));
         self.inner.metrics.declare_kind(spec.kind);
@@ -276,6 +289,7 @@ impl Cluster {
                 name: spec.name,
                 addr,
                 shared,
+                running,
             },
         );
         Ok(())
@@ -297,10 +311,14 @@ impl Cluster {
         let started = std::time::Instant::now();
         let recording = self
             .check_ingest(&event)
-            .map(|scans| match &self.inner.group_commit {
+            .map(|claiming| match &self.inner.group_commit {
                 Some(writer) => {
-                    let claim = scans.is_some();
-                    (writer.submit(Recording { event, claim }).boxed(), scans)
+                    let recording = Recording {
+                        event,
+                        claim: claiming.is_some(),
+                        behind: claiming.and_then(|c| c.behind),
+                    };
+                    (writer.submit(recording).boxed(), claiming)
                 }
                 None => {
                     let inbox = self.inner.inbox.clone();
@@ -309,7 +327,7 @@ impl Cluster {
             });
         let this = self.clone();
         async move {
-            let (recording, scans) = recording?;
+            let (recording, claiming) = recording?;
             let mut outcome = recording.await?;
             this.inner
                 .metrics
@@ -326,19 +344,19 @@ impl Cluster {
                     );
                     // The claimed event goes to its worker with its payload; the caller's
                     // outcome keeps the rest (it never needs the payload).
-                    let claimed =
-                        scans
-                            .filter(|_| e.status == EventStatus::Processing)
-                            .map(|scans| {
-                                let payload = std::mem::take(&mut e.payload);
-                                ClaimedAtRecord {
-                                    event: Box::new(InboundEvent {
-                                        payload,
-                                        ..e.clone()
-                                    }),
-                                    scans,
-                                }
-                            });
+                    let claimed = claiming
+                        .filter(|_| e.status == EventStatus::Processing)
+                        .map(|c| {
+                            let payload = std::mem::take(&mut e.payload);
+                            ClaimedAtRecord {
+                                event: Box::new(InboundEvent {
+                                    payload,
+                                    ..e.clone()
+                                }),
+                                scans: c.scans,
+                                behind: c.behind,
+                            }
+                        });
                     this.route(e.id, e.source, &e.routing_key, e.partition, false, claimed)
                         .await;
                 }
@@ -358,10 +376,12 @@ impl Cluster {
     /// Why `event` cannot be ingested now, if it cannot; else whether to claim it in the
     /// same write: when it will be dispatched here at once (its partition is held here and
     /// its stream is not deferring or full, so no scan is running), with the number of
-    /// scans started so far ([`RouterShared::scans`]). A claimed event that is not dispatched
-    /// with its claim after all (the partition moved, the stream started deferring, a scan
-    /// started meanwhile) is claimed again from the inbox, as after a crash.
-    fn check_ingest(&self, event: &NewInboundEvent) -> Result<Option<u64>, IngestError> {
+    /// scans started so far ([`RouterShared::scans`]) and the claim its key's worker is
+    /// handling ([`RunningClaims`]). A claimed event that is not dispatched with its claim
+    /// after all (the partition moved, the stream started deferring, a scan started
+    /// meanwhile, the worker it was let behind is gone) is claimed again from the inbox, as
+    /// after a crash.
+    fn check_ingest(&self, event: &NewInboundEvent) -> Result<Option<Claiming>, IngestError> {
         if !self.is_accepting() {
             return Err(IngestError::ShuttingDown);
         }
@@ -375,11 +395,12 @@ impl Cluster {
         let claim = self.inner.config.inbox_claim_at_record
             && !stream.shared.is_overloaded()
             && self.inner.ownership.owns(Partition::of(&event.routing_key));
-        Ok(claim.then(|| {
-            stream
+        Ok(claim.then(|| Claiming {
+            scans: stream
                 .shared
                 .scans
-                .load(std::sync::atomic::Ordering::SeqCst)
+                .load(std::sync::atomic::Ordering::SeqCst),
+            behind: stream.running.of(&event.routing_key),
         }))
     }
 

@@ -10,9 +10,8 @@ use futures::FutureExt;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
-use crate::group_commit::MarkCommit;
-use crate::inbox::{EventRowId, InboundEvent, InboundEvents, RoutingKey, StoreError};
-use crate::metrics::Metrics;
+use crate::inbox::{EventRowId, InboundEvent, RoutingKey, StoreError};
+use crate::router::StreamCtx;
 use crate::supervision::AttemptResult;
 
 /// What a handler did with an event.
@@ -107,13 +106,9 @@ where
 /// handler with panics caught, record the outcome. An event claimed more than
 /// `1 + retry_budget` times becomes a dead letter when it fails.
 pub(crate) async fn attempt(
-    inbox: Arc<dyn InboundEvents>,
-    marks: Option<MarkCommit>,
-    handler: Arc<dyn EventHandler>,
+    stream: Arc<StreamCtx>,
     (id, claimed): (EventRowId, Option<Box<InboundEvent>>),
     key: RoutingKey,
-    retry_budget: u32,
-    metrics: Metrics,
 ) -> Attempted {
     let span = tracing::info_span!(
         "inbound_event",
@@ -125,6 +120,7 @@ pub(crate) async fn attempt(
         attempt = tracing::field::Empty,
     );
     async move {
+        let (inbox, marks, metrics) = (&stream.inbox, &stream.marks, &stream.metrics);
         let claimed = match claimed {
             Some(event) => Ok(Some(*event)),
             None => {
@@ -171,9 +167,12 @@ pub(crate) async fn attempt(
         span.record("kind", event.kind.as_str());
         span.record("attempt", event.attempts);
         let claim = event.claim();
+        // Until the outcome is recorded: the next event of the key may be claimed as it is
+        // recorded meanwhile, behind this one.
+        let _running = stream.running.hold(&key, claim);
 
         let started = Instant::now();
-        let outcome = AssertUnwindSafe(handler.handle(&event))
+        let outcome = AssertUnwindSafe(stream.handler.handle(&event))
             .catch_unwind()
             .await;
         let handler_time = Some(started.elapsed());
@@ -208,7 +207,7 @@ pub(crate) async fn attempt(
             Err(payload) => format!("handler panicked: {}", panic_message(payload.as_ref())),
         };
         let attempts = u32::try_from(event.attempts).unwrap_or(0);
-        if attempts > retry_budget {
+        if attempts > stream.config.retry_budget {
             tracing::warn!(error = %error, attempts, "retry budget spent, dead letter");
             match mark_with_retry(|| inbox.mark_failed(claim, &error)).await {
                 Ok(()) => Attempted {

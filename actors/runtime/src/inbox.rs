@@ -212,6 +212,12 @@ pub struct Recording {
     /// the claim's round trip and the payload's trip back. A store may decline (a large
     /// payload, an event it cannot return as stored); the event is then recorded `pending`.
     pub claim: bool,
+    /// With `claim`: the claim of the older event of the same key that this process's worker
+    /// for the key is handling now. That event being `processing` under exactly this claim
+    /// does not stop the claim (the worker handles this one after it); any other unfinished
+    /// event of the key still does. A user typing fast, or a redelivery racing its
+    /// predecessor's done mark, then still saves the separate claim.
+    pub behind: Option<Claim>,
 }
 
 impl From<NewInboundEvent> for Recording {
@@ -219,6 +225,7 @@ impl From<NewInboundEvent> for Recording {
         Self {
             event,
             claim: false,
+            behind: None,
         }
     }
 }

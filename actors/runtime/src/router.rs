@@ -20,7 +20,7 @@ use crate::config::ClusterConfig;
 use crate::handler::EventHandler;
 use crate::health::{ActorHealth, ActorId, ActorKind, ActorState, HealthRegistry};
 use crate::inbox::{
-    EventRowId, EventSource, InboundEvent, InboundEvents, Partition, RoutingKey, StoreError,
+    Claim, EventRowId, EventSource, InboundEvent, InboundEvents, Partition, RoutingKey, StoreError,
 };
 use crate::metrics::Metrics;
 use crate::partitions::Ownership;
@@ -41,6 +41,51 @@ pub(crate) struct StreamCtx {
     pub router_id: ActorId,
     /// Which partitions this process handles now.
     pub ownership: Arc<Ownership>,
+    /// The claims this stream's workers are handling now.
+    pub running: Arc<RunningClaims>,
+}
+
+/// The claims a stream's workers hold while they handle them, at most one per key (a worker
+/// runs one attempt at a time), from the claim until its outcome is recorded. The ingest
+/// names its key's entry in the record ([`crate::inbox::Recording::behind`]): an event that
+/// arrives while the one before it is still being handled, or its done mark committed, is
+/// then claimed in the same write, and its worker handles it next.
+#[derive(Debug, Default)]
+pub(crate) struct RunningClaims(parking_lot::Mutex<HashMap<RoutingKey, Claim>>);
+
+impl RunningClaims {
+    /// The claim `key`'s worker is handling now, if any.
+    pub fn of(&self, key: &RoutingKey) -> Option<Claim> {
+        self.0.lock().get(key).copied()
+    }
+
+    /// Holds `claim` as `key`'s running claim until the guard drops.
+    pub fn hold(self: &Arc<Self>, key: &RoutingKey, claim: Claim) -> RunningClaim {
+        self.0.lock().insert(key.clone(), claim);
+        RunningClaim {
+            claims: self.clone(),
+            key: key.clone(),
+            claim,
+        }
+    }
+}
+
+/// A claim in [`RunningClaims`], removed when this drops (also when the attempt panics or
+/// is dropped unfinished).
+#[derive(Debug)]
+pub(crate) struct RunningClaim {
+    claims: Arc<RunningClaims>,
+    key: RoutingKey,
+    claim: Claim,
+}
+
+impl Drop for RunningClaim {
+    fn drop(&mut self) {
+        let mut running = self.claims.0.lock();
+        if running.get(&self.key) == Some(&self.claim) {
+            running.remove(&self.key);
+        }
+    }
 }
 
 /// State the router shares with the cluster facade (readable without a message round trip).
@@ -108,6 +153,9 @@ pub(crate) struct Dispatch {
 pub(crate) struct ClaimedAtRecord {
     pub event: Box<InboundEvent>,
     pub scans: u64,
+    /// The claim of the older event of its key that the record let it pass
+    /// ([`crate::inbox::Recording::behind`]).
+    pub behind: Option<Claim>,
 }
 
 /// Scan the inbox for unfinished events now (a router also does so when it starts).
@@ -267,7 +315,7 @@ impl Router {
         id: EventRowId,
         key: RoutingKey,
         partition: Partition,
-        claimed: Option<Box<InboundEvent>>,
+        claimed: Option<ClaimedAtRecord>,
         ctx: &mut Context<Self>,
     ) {
         self.health.record_message();
@@ -301,7 +349,15 @@ impl Router {
         );
         // `do_send` ignores the worker's mailbox bound on purpose: the high-water mark bounds
         // the events in flight, so worker queues stay bounded too.
-        slot.addr.do_send(Enqueue { id, claimed });
+        let (claimed, behind) = match claimed {
+            Some(c) => (Some(c.event), c.behind),
+            None => (None, None),
+        };
+        slot.addr.do_send(Enqueue {
+            id,
+            claimed,
+            behind,
+        });
         self.backlog_changed();
     }
 
@@ -515,7 +571,7 @@ impl Handler<Dispatch> for Router {
             return;
         }
         let scans = self.shared.scans.load(Ordering::SeqCst);
-        let claimed = msg.claimed.filter(|c| c.scans == scans).map(|c| c.event);
+        let claimed = msg.claimed.filter(|c| c.scans == scans);
         self.dispatch_now(msg.id, msg.key, msg.partition, claimed, ctx);
     }
 }

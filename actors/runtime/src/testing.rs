@@ -106,8 +106,14 @@ impl MemoryInbox {
 
 impl MemoryInbox {
     /// Records `event`, claimed at once when `claim` asks for it and nothing older of its
-    /// source and key is unfinished (as [`Recording::claim`] says).
-    fn record_one(&self, event: NewInboundEvent, claim: bool) -> Result<RecordOutcome, StoreError> {
+    /// source and key is unfinished but the event `processing` under `behind` (as
+    /// [`Recording::claim`] and [`Recording::behind`] say).
+    fn record_one(
+        &self,
+        event: NewInboundEvent,
+        claim: bool,
+        behind: Option<Claim>,
+    ) -> Result<RecordOutcome, StoreError> {
         self.check()?;
         let mut st = self.state.lock();
         let dedup = (event.source, event.source_id.clone());
@@ -126,6 +132,7 @@ impl MemoryInbox {
                 o.status.is_unfinished()
                     && o.source == event.source
                     && o.routing_key == event.routing_key
+                    && !(o.status == EventStatus::Processing && Some(o.claim()) == behind)
             });
         st.next_id += 1;
         let id = EventRowId(st.next_id);
@@ -156,7 +163,7 @@ impl MemoryInbox {
 #[async_trait]
 impl InboundEvents for MemoryInbox {
     async fn record(&self, event: NewInboundEvent) -> Result<RecordOutcome, StoreError> {
-        self.record_one(event, false)
+        self.record_one(event, false, None)
     }
 
     async fn record_batch(&self, events: Vec<Recording>) -> Vec<Result<RecordOutcome, StoreError>> {
@@ -170,7 +177,7 @@ impl InboundEvents for MemoryInbox {
         }
         events
             .into_iter()
-            .map(|r| self.record_one(r.event, r.claim))
+            .map(|r| self.record_one(r.event, r.claim, r.behind))
             .collect()
     }
 
@@ -370,6 +377,11 @@ impl RecordingHandler {
     /// Scripts the behaviour for the event with this source id.
     pub fn script(&self, source_id: impl Into<String>, script: Script) {
         self.scripts.lock().insert(source_id.into(), script);
+    }
+
+    /// Drops the script of the event with this source id: it succeeds from now on.
+    pub fn unscript(&self, source_id: &str) {
+        self.scripts.lock().remove(source_id);
     }
 
     /// From now on each event of `key` waits for one permit of the returned semaphore.

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use crate::handler::{Attempted, attempt};
 use crate::health::{ActorHealth, ActorId, ActorState};
-use crate::inbox::{EventRowId, InboundEvent, RoutingKey};
+use crate::inbox::{Claim, EventRowId, InboundEvent, RoutingKey};
 use crate::router::{Adopted, Router, StreamCtx, WorkerFailed, WorkerFinished, WorkerIdle};
 use crate::supervision::{AttemptResult, FailureWindow, Next, WorkerCore};
 
@@ -20,6 +20,9 @@ use crate::supervision::{AttemptResult, FailureWindow, Next, WorkerCore};
 pub(crate) struct Enqueue {
     pub id: EventRowId,
     pub claimed: Option<Box<InboundEvent>>,
+    /// The claim of the older event of the key that the record let `claimed` pass: only the
+    /// worker that started that event may use `claimed` (it handles the two in order).
+    pub behind: Option<Claim>,
 }
 
 /// Stop now: idle and nothing outstanding (router → worker).
@@ -48,8 +51,8 @@ pub(crate) struct Worker {
     core: WorkerCore,
     health: Option<ActorHealth>,
     /// The queued event that was claimed as it was recorded, handled under that claim. One
-    /// slot: an event is claimed at record only when nothing older of its key is unfinished,
-    /// so a key has at most one such event at a time.
+    /// slot: an event is claimed at record only when nothing older of its key is unfinished
+    /// but the event this worker is running, so a key has at most one such event queued.
     claimed: Option<Box<InboundEvent>>,
     /// The highest event id this worker has started an attempt for. A claim at record for
     /// an event at or below it is stale (the event was adopted, or reached this worker from
@@ -140,15 +143,7 @@ impl Worker {
         // Only the first attempt uses the record's claim; a retry claims the event again.
         let claimed = self.claimed.take_if(|e| e.id == id);
         self.last_started = self.last_started.max(Some(id));
-        let fut = attempt(
-            self.stream.inbox.clone(),
-            self.stream.marks.clone(),
-            self.stream.handler.clone(),
-            (id, claimed),
-            self.key.clone(),
-            self.stream.config.retry_budget,
-            self.stream.metrics.clone(),
-        );
+        let fut = attempt(self.stream.clone(), (id, claimed), self.key.clone());
         ctx.spawn(
             fut.into_actor(self)
                 .map(|attempted, act, ctx| act.on_attempted(attempted, ctx)),
@@ -369,7 +364,16 @@ impl Handler<Enqueue> for Worker {
             return;
         }
         self.idle_epoch += 1;
-        if msg.claimed.is_some() && self.last_started.is_none_or(|last| msg.id > last) {
+        // An event let past an older one is this worker's only if it started that one: a new
+        // worker (the one that started it stopped) claims it afresh, behind whatever older
+        // event is still unfinished then.
+        let started_behind = msg
+            .behind
+            .is_none_or(|b| self.last_started.is_some_and(|last| last >= b.id));
+        if msg.claimed.is_some()
+            && started_behind
+            && self.last_started.is_none_or(|last| msg.id > last)
+        {
             // One replacing another would mean two unfinished events of the key claimed at
             // record (replicas racing): the earlier is claimed again when its turn comes.
             self.claimed = msg.claimed;

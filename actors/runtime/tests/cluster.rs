@@ -619,9 +619,11 @@ async fn a_newer_event_that_arrives_first_waits_for_the_older_ones() {
 }
 
 /// With group commit an event dispatched here is claimed by the insert that records it: its
-/// worker handles it under that claim (attempt 1) without claiming it again. A later event
-/// of the key recorded while the first is still handled is recorded pending and claimed when
-/// its turn comes; a retry claims again. Each runs once per attempt, in order.
+/// worker handles it under that claim (attempt 1) without claiming it again. The next event
+/// of the key, recorded while the first is still handled, is claimed too, behind the first
+/// (its worker handles the two in order); a third recorded then is pending (the second is
+/// unfinished) and claimed when its turn comes; a retry claims again. Each runs once per
+/// attempt, in order.
 #[actix_rt::test]
 async fn an_event_claimed_as_it_is_recorded_is_handled_without_claiming_it_again() {
     let inbox = MemoryInbox::new();
@@ -636,39 +638,101 @@ async fn an_event_claimed_as_it_is_recorded_is_handled_without_claiming_it_again
     cluster.recover().await.expect("recover");
     let k = key(1);
     let gate = handler.gate_key(&RoutingKey(k.clone()));
-    handler.script(format!("{k}#2"), Script::Fail("always".into()));
+    handler.script(format!("{k}#3"), Script::Fail("always".into()));
 
     let first = cluster.ingest(slack_event(&k, 0)).await.expect("ingest");
     let first = first.claimed().expect("claimed as it was recorded").id;
     assert!(eventually(GUARD, || handler.calls(first) == 1).await);
-    // Still in the handler: the next one of the key cannot be claimed yet.
+    // Still in the handler: the next one of the key is claimed behind it...
     let second = cluster.ingest(slack_event(&k, 1)).await.expect("ingest");
-    assert!(second.claimed().is_none(), "{second:?}");
-    assert_eq!(second.event().status, EventStatus::Pending);
-    let second = second.event().id;
-    gate.add_permits(2);
-    assert!(eventually(GUARD, || inbox.count(EventStatus::Done) == 2).await);
+    let second = second
+        .claimed()
+        .expect("claimed behind the running event")
+        .id;
+    // ... but not a third: the second is unfinished and not running.
     let third = cluster.ingest(slack_event(&k, 2)).await.expect("ingest");
-    let third = third.claimed().expect("nothing older unfinished").id;
+    assert!(third.claimed().is_none(), "{third:?}");
+    assert_eq!(third.event().status, EventStatus::Pending);
+    let third = third.event().id;
+    gate.add_permits(3);
+    assert!(eventually(GUARD, || inbox.count(EventStatus::Done) == 3).await);
+    let fourth = cluster.ingest(slack_event(&k, 3)).await.expect("ingest");
+    let fourth = fourth.claimed().expect("nothing older unfinished").id;
     gate.add_permits(10);
     assert!(eventually(GUARD, || inbox.count(EventStatus::Failed) == 1).await);
 
-    assert_eq!(
-        inbox.claim_calls(first),
-        0,
-        "handled under the record's claim"
-    );
-    assert_eq!(inbox.claim_calls(second), 1);
-    assert_eq!(inbox.claim_calls(third), 2, "each retry claims again");
-    assert_eq!(handler.calls(third), 3);
+    for (id, what) in [(first, "first"), (second, "second")] {
+        assert_eq!(
+            inbox.claim_calls(id),
+            0,
+            "{what}: handled under the record's claim"
+        );
+    }
+    assert_eq!(inbox.claim_calls(third), 1);
+    assert_eq!(inbox.claim_calls(fourth), 2, "each retry claims again");
+    assert_eq!(handler.calls(fourth), 3);
     let handled = handler.handled();
-    assert_eq!(handled.iter().map(seq).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(handled.iter().map(seq).collect::<Vec<_>>(), [0, 1, 2]);
     assert!(handled.iter().all(|e| e.attempts == 1), "{handled:?}");
-    let dead = inbox.all().into_iter().find(|e| e.id == third).unwrap();
+    assert_eq!(handler.overlaps(), 0);
+    let dead = inbox.all().into_iter().find(|e| e.id == fourth).unwrap();
     assert_eq!(
         dead.attempts, 3,
         "the record's claim counts as the first attempt"
     );
+    cluster.shutdown().await;
+}
+
+/// An event claimed behind a running one still waits for it when that attempt fails: the
+/// worker retries the older event first (claiming it again), then handles the newer one
+/// under the record's claim. Nothing runs twice at once, and the order holds.
+#[actix_rt::test]
+async fn an_event_claimed_behind_a_failing_one_runs_after_its_retry() {
+    let inbox = MemoryInbox::new();
+    let handler = RecordingHandler::new();
+    let config = ClusterConfig {
+        retry_budget: 2,
+        restart_limit: 100,
+        inbox_claim_at_record: true,
+        ..fast_config()
+    };
+    let cluster = start(config, inbox.clone(), handler.clone());
+    cluster.recover().await.expect("recover");
+    let k = key(1);
+    let gate = handler.gate_key(&RoutingKey(k.clone()));
+    let flaky = format!("{k}#0");
+    handler.script(flaky.clone(), Script::Fail("flaky".into()));
+
+    let first = cluster.ingest(slack_event(&k, 0)).await.expect("ingest");
+    let first = first.claimed().expect("claimed as it was recorded").id;
+    assert!(eventually(GUARD, || handler.calls(first) == 1).await);
+    let second = cluster.ingest(slack_event(&k, 1)).await.expect("ingest");
+    let second = second
+        .claimed()
+        .expect("claimed behind the running event")
+        .id;
+    // The first attempt fails; the retry enters the handler and waits at the gate.
+    gate.add_permits(1);
+    assert!(eventually(GUARD, || handler.calls(first) == 2).await);
+    assert_eq!(
+        handler.calls(second),
+        0,
+        "the newer event waits for the retry"
+    );
+    handler.unscript(&flaky);
+    gate.add_permits(10);
+    assert!(eventually(GUARD, || inbox.count(EventStatus::Done) == 2).await);
+
+    let handled = handler.handled();
+    assert_eq!(handled.iter().map(seq).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(inbox.claim_calls(first), 1, "the retry claims again");
+    assert_eq!(
+        inbox.claim_calls(second),
+        0,
+        "handled under the record's claim"
+    );
+    assert_eq!(handler.calls(second), 1);
+    assert_eq!(handler.overlaps(), 0);
     cluster.shutdown().await;
 }
 

@@ -633,7 +633,11 @@ async fn a_batch_claims_the_events_it_may_and_records_the_others_pending() {
     let db = TestDb::new().await;
     let inbox = PgInbox::new(db.pool().clone());
     let waiting = recorded(&inbox, "Older").await;
-    let claim = |event: NewInboundEvent| Recording { event, claim: true };
+    let claim = |event: NewInboundEvent| Recording {
+        event,
+        claim: true,
+        behind: None,
+    };
     let mut raw = event_in("Raw", "T1/C1/raw");
     raw.payload = EventPayload::Raw(r#"{"event_id": "Raw", "n": [1, 2.5]}"#.into());
     let mut large = event_in("Large", "T1/C1/large");
@@ -709,6 +713,100 @@ async fn a_batch_claims_the_events_it_may_and_records_the_others_pending() {
     assert!(
         matches!(&again[0], Ok(RecordOutcome::Duplicate(e)) if e.id == alone.id && e.attempts == 1)
     );
+}
+
+/// A record may be claimed behind the one older event of its key that is `processing` under
+/// the claim it names ([`Recording::behind`]: the claim its worker is handling), and only
+/// behind that: not behind an older event under another attempt, not behind one that went
+/// back to `pending`, not when a second older event is unfinished. The claimed event waits
+/// for nothing at the claim (it was claimed), and the marks of both hold.
+#[tokio::test]
+async fn a_record_is_claimed_behind_the_event_its_worker_is_handling() {
+    use infragpt_actors::inbox::Recording;
+    let db = TestDb::new().await;
+    let inbox = PgInbox::new(db.pool().clone());
+    let behind = |id: &str, key: &str, claim: Option<Claim>| Recording {
+        event: event_in(id, key),
+        claim: true,
+        behind: claim,
+    };
+    let status = |outcome: &Result<RecordOutcome, StoreError>| match outcome {
+        Ok(RecordOutcome::Recorded(e)) => (e.status, e.attempts),
+        other => panic!("new event: {other:?}"),
+    };
+    let first = inbox
+        .record_batch(vec![behind("A1", "T1/C1/a", None)])
+        .await;
+    let a1 = first[0]
+        .as_ref()
+        .unwrap()
+        .claimed()
+        .expect("claimed")
+        .claim();
+
+    // Another attempt's claim, or no claim named: the older event stops it.
+    let stale = Claim {
+        id: a1.id,
+        attempt: a1.attempt + 1,
+    };
+    let refused = inbox
+        .record_batch(vec![
+            behind("A2", "T1/C1/a", Some(stale)),
+            behind("A3", "T1/C1/a", None),
+        ])
+        .await;
+    assert_eq!(
+        status(&refused[0]),
+        (EventStatus::Pending, 0),
+        "stale claim"
+    );
+    assert_eq!(
+        status(&refused[1]),
+        (EventStatus::Pending, 0),
+        "no claim named"
+    );
+    // The right claim, but A2 and A3 are unfinished too.
+    let second = inbox
+        .record_batch(vec![behind("A4", "T1/C1/a", Some(a1))])
+        .await;
+    assert_eq!(status(&second[0]), (EventStatus::Pending, 0), "two older");
+
+    // A key whose only unfinished event is the named claim's: claimed.
+    let b1 = inbox
+        .record_batch(vec![behind("B1", "T1/C1/b", None)])
+        .await;
+    let b1 = b1[0].as_ref().unwrap().claimed().expect("claimed").claim();
+    let b2 = inbox
+        .record_batch(vec![behind("B2", "T1/C1/b", Some(b1))])
+        .await;
+    assert_eq!(
+        status(&b2[0]),
+        (EventStatus::Processing, 1),
+        "behind its worker's claim"
+    );
+    let b2 = b2[0].as_ref().unwrap().claimed().expect("claimed").claim();
+    inbox.mark_done(b1).await.expect("B1's claim holds");
+    inbox.mark_done(b2).await.expect("B2's claim holds");
+
+    // Behind an event that went back to pending (a retry): not claimed.
+    let c1 = inbox
+        .record_batch(vec![behind("C1", "T1/C1/c", None)])
+        .await;
+    let c1 = c1[0].as_ref().unwrap().claimed().expect("claimed").claim();
+    inbox.mark_retry(c1, "flaky").await.expect("retry");
+    let c2 = inbox
+        .record_batch(vec![behind("C2", "T1/C1/c", Some(c1))])
+        .await;
+    assert_eq!(status(&c2[0]), (EventStatus::Pending, 0), "behind a retry");
+    // And the claim still finds C2 behind C1.
+    let c2 = match &c2[0] {
+        Ok(RecordOutcome::Recorded(e)) => e.id,
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(
+        inbox.claim(c2).await,
+        Err(StoreError::Behind { .. })
+    ));
 }
 
 /// The inbox writers' connections keep generic plans (their batch statements would be

@@ -152,6 +152,7 @@ async fn a_record_claims_only_for_the_partitions_holder() {
         vec![Recording {
             event: event(id, key),
             claim: true,
+            behind: None,
         }]
     };
     let status = |outcomes: &[Result<RecordOutcome, StoreError>]| match &outcomes[0] {
