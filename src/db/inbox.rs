@@ -28,7 +28,7 @@ const CLAIMABLE: [&str; 2] = ["pending", "processing"];
 // Lookups of one event by id: the statements never name its status as a literal in
 // their `WHERE`. A literal status lets the plan use a partial index of unfinished events
 // (`status IN ('pending', 'processing')`), and the generic plan a connection keeps, made
-// on a nearly empty table, read `inbound_events_unfinished_key_idx` by its second column
+// on a nearly empty table, read `inbound_events_unfinished_key_idx` by its last column
 // (`id`): every unfinished event at every call. A bound status, or the status checked in
 // the select list of a lookup by id, leaves only the primary key to probe (BENCHMARKS.md,
 // "Plans made on empty tables").
