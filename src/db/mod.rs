@@ -624,6 +624,14 @@ pub fn build_pool(url: &Secret, size: usize, connect_timeout: Duration) -> Resul
 /// ten rows), and planning cost more than the insert itself (~0.3-1 ms a batch). Their
 /// generic plans are the per-row index lookups they need, so these connections keep them
 /// (`plan_cache_mode = force_generic_plan`, set as each connection is made).
+///
+/// A kept plan is made once, often while the inbox is young, and lives until the next
+/// analyze of the table: made on a few hundred rows, the older-event check of the record
+/// batch chose a sequential scan, or a bitmap of every event of the source, and then read
+/// that at every row of every batch as the inbox grew. Every statement of these connections
+/// is a lookup by a key that an index holds, so they also turn sequential and bitmap scans
+/// off (`enable_seqscan`, `enable_bitmapscan`): a plan can then only be the keyed index probe
+/// (BENCHMARKS.md, "The record batch's older-event check").
 pub fn build_writer_pool(
     url: &Secret,
     size: usize,
@@ -664,11 +672,13 @@ fn build_pool_with(
                 if !generic_plans {
                     return Ok(());
                 }
-                diesel::sql_query("SET plan_cache_mode = force_generic_plan")
-                    .execute(conn)
-                    .await
-                    .map(drop)
-                    .map_err(|e| HookError::Backend(PoolError::QueryError(e)))
+                diesel_async::SimpleAsyncConnection::batch_execute(
+                    conn,
+                    "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; \
+                     SET enable_bitmapscan = off",
+                )
+                .await
+                .map_err(|e| HookError::Backend(PoolError::QueryError(e)))
             })
         });
     Pool::builder(manager)

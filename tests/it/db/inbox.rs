@@ -834,3 +834,100 @@ async fn the_writers_connections_keep_generic_plans() {
     let shared = infragpt::db::build_pool(&url, 1, timeout).unwrap();
     assert_eq!(mode(shared).await, "auto");
 }
+
+/// A writer connection makes its generic plan of the record batch once, often while the
+/// inbox is young, and keeps it while the inbox grows: that plan must stay a probe of the
+/// event's key, never a scan of the table nor of every event of the source (BENCHMARKS.md,
+/// "The record batch's older-event check"). The plan is read from the writer's own
+/// connection, as `EXPLAIN EXECUTE` of the statement it prepared.
+#[tokio::test]
+async fn the_record_batch_keeps_a_keyed_plan_as_the_inbox_grows() {
+    use infragpt_actors::inbox::Recording;
+    #[derive(diesel::QueryableByName)]
+    struct Named {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+    }
+    #[derive(diesel::QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        #[diesel(column_name = "QUERY PLAN")]
+        line: String,
+    }
+    let db = TestDb::new().await;
+    let timeout = std::time::Duration::from_secs(10);
+    // One connection: the batch below and the plan read after it share it.
+    let writer = infragpt::db::build_writer_pool(&db.url, 1, timeout).expect("writer pool");
+    let inbox = PgInbox::new(db.pool().clone()).with_record_pool(writer.clone());
+    let mut conn = db.pool().get().await.expect("connection");
+    // A young inbox: 400 events of 100 threads, every one being handled, and analyzed so.
+    diesel::sql_query(
+        "INSERT INTO inbound_events \
+           (source, source_id, routing_key, partition, kind, payload, status, attempts) \
+         SELECT 'slack', 'young-' || k || '-' || i, 'T1/C1/' || k, 0, 'app_mention', '{}', \
+           'processing', 1 \
+         FROM generate_series(1, 4) i, generate_series(1, 100) k",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("young inbox");
+    diesel::sql_query("ANALYZE inbound_events")
+        .execute(&mut conn)
+        .await
+        .expect("analyze");
+    let first = inbox
+        .record_batch(vec![Recording {
+            event: event_in("first", "T1/C1/1"),
+            claim: true,
+            behind: None,
+        }])
+        .await;
+    assert!(
+        matches!(first[0], Ok(RecordOutcome::Recorded(_))),
+        "{first:?}"
+    );
+    // It grows to ten times that within the minute before autovacuum's next analyze.
+    diesel::sql_query("UPDATE inbound_events SET status = 'done'")
+        .execute(&mut conn)
+        .await
+        .expect("done");
+    diesel::sql_query(
+        "INSERT INTO inbound_events \
+           (source, source_id, routing_key, partition, kind, payload, status, attempts) \
+         SELECT 'slack', 'grown-' || k || '-' || i, 'T1/C1/' || k, 0, 'app_mention', '{}', \
+           'done', 1 \
+         FROM generate_series(1, 370) i, generate_series(1, 100) k",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("grown inbox");
+
+    let mut writer_conn = writer.get().await.expect("the writer's connection");
+    let statements: Vec<Named> = diesel::sql_query(
+        "SELECT name FROM pg_prepared_statements \
+         WHERE statement LIKE 'INSERT INTO inbound_events%unnest%'",
+    )
+    .load(&mut writer_conn)
+    .await
+    .expect("prepared statements");
+    assert_eq!(statements.len(), 1, "the record batch is prepared once");
+    let plan: Vec<PlanLine> = diesel::sql_query(format!(
+        "EXPLAIN EXECUTE {}(ARRAY['slack'], ARRAY['probe'], ARRAY['T1/C1/1'], \
+           ARRAY[0]::int2[], ARRAY['app_mention'], ARRAY['{{}}'], ARRAY[NULL]::text[], \
+           ARRAY[true], NULL, ARRAY[NULL]::int8[], ARRAY[NULL]::int4[])",
+        statements[0].name
+    ))
+    .load(&mut writer_conn)
+    .await
+    .expect("explain");
+    let plan: Vec<String> = plan.into_iter().map(|l| l.line).collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Scan using inbound_events_unfinished_key_idx on inbound_events o"),
+        "the older-event check probes the key:\n{plan}"
+    );
+    assert!(
+        !plan.contains("Seq Scan on inbound_events") && !plan.contains("BitmapAnd"),
+        "no scan of the inbox nor of the source's events:\n{plan}"
+    );
+}
