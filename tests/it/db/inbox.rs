@@ -860,21 +860,26 @@ async fn the_record_batch_keeps_a_keyed_plan_as_the_inbox_grows() {
     let writer = infragpt::db::build_writer_pool(&db.url, 1, timeout).expect("writer pool");
     let inbox = PgInbox::new(db.pool().clone()).with_record_pool(writer.clone());
     let mut conn = db.pool().get().await.expect("connection");
+    // Statements of this test's own, one after the other.
+    let mut run = async |sql: &str| {
+        diesel::sql_query(sql)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    };
+    // `per_key` events in each of 100 threads (source ids starting with `tag`).
+    let events = |tag: &str, per_key: u32, status: &str| {
+        format!(
+            "INSERT INTO inbound_events \
+               (source, source_id, routing_key, partition, kind, payload, status, attempts) \
+             SELECT 'slack', '{tag}-' || k || '-' || i, 'T1/C1/' || k, 0, 'app_mention', '{{}}', \
+               '{status}', 1 \
+             FROM generate_series(1, {per_key}) i, generate_series(1, 100) k"
+        )
+    };
     // A young inbox: 400 events of 100 threads, every one being handled, and analyzed so.
-    diesel::sql_query(
-        "INSERT INTO inbound_events \
-           (source, source_id, routing_key, partition, kind, payload, status, attempts) \
-         SELECT 'slack', 'young-' || k || '-' || i, 'T1/C1/' || k, 0, 'app_mention', '{}', \
-           'processing', 1 \
-         FROM generate_series(1, 4) i, generate_series(1, 100) k",
-    )
-    .execute(&mut conn)
-    .await
-    .expect("young inbox");
-    diesel::sql_query("ANALYZE inbound_events")
-        .execute(&mut conn)
-        .await
-        .expect("analyze");
+    run(&events("young", 4, "processing")).await;
+    run("ANALYZE inbound_events").await;
     let first = inbox
         .record_batch(vec![Recording {
             event: event_in("first", "T1/C1/1"),
@@ -887,20 +892,8 @@ async fn the_record_batch_keeps_a_keyed_plan_as_the_inbox_grows() {
         "{first:?}"
     );
     // It grows to ten times that within the minute before autovacuum's next analyze.
-    diesel::sql_query("UPDATE inbound_events SET status = 'done'")
-        .execute(&mut conn)
-        .await
-        .expect("done");
-    diesel::sql_query(
-        "INSERT INTO inbound_events \
-           (source, source_id, routing_key, partition, kind, payload, status, attempts) \
-         SELECT 'slack', 'grown-' || k || '-' || i, 'T1/C1/' || k, 0, 'app_mention', '{}', \
-           'done', 1 \
-         FROM generate_series(1, 370) i, generate_series(1, 100) k",
-    )
-    .execute(&mut conn)
-    .await
-    .expect("grown inbox");
+    run("UPDATE inbound_events SET status = 'done'").await;
+    run(&events("grown", 370, "done")).await;
 
     let mut writer_conn = writer.get().await.expect("the writer's connection");
     let statements: Vec<Named> = diesel::sql_query(
