@@ -644,7 +644,7 @@ fn build_pool_with(
     url: &Secret,
     size: usize,
     connect_timeout: Duration,
-    generic_plans: bool,
+    writer: bool,
 ) -> Result<Pool, DbError> {
     use diesel_async::pooled_connection::deadpool::{Hook, HookError};
     use diesel_async::pooled_connection::{ManagerConfig, PoolError, RecyclingMethod};
@@ -666,10 +666,11 @@ fn build_pool_with(
                     .map_err(|e| HookError::Backend(PoolError::QueryError(e)))
             })
         });
-    let generic =
+    // The writers' session settings ([`build_writer_pool`]).
+    let keyed_plans =
         Hook::<AsyncPgConnection>::async_fn(move |conn: &mut AsyncPgConnection, _metrics| {
             Box::pin(async move {
-                if !generic_plans {
+                if !writer {
                     return Ok(());
                 }
                 diesel_async::SimpleAsyncConnection::batch_execute(
@@ -682,7 +683,7 @@ fn build_pool_with(
             })
         });
     Pool::builder(manager)
-        .post_create(generic)
+        .post_create(keyed_plans)
         .pre_recycle(verify_idle)
         .max_size(size)
         .runtime(deadpool::Runtime::Tokio1)
