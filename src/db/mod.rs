@@ -666,32 +666,30 @@ fn build_pool_with(
                     .map_err(|e| HookError::Backend(PoolError::QueryError(e)))
             })
         });
-    // The writers' session settings ([`build_writer_pool`]).
-    let keyed_plans =
-        Hook::<AsyncPgConnection>::async_fn(move |conn: &mut AsyncPgConnection, _metrics| {
-            Box::pin(async move {
-                if !writer {
-                    return Ok(());
-                }
-                diesel_async::SimpleAsyncConnection::batch_execute(
-                    conn,
-                    "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; \
-                     SET enable_bitmapscan = off",
-                )
-                .await
-                .map_err(|e| HookError::Backend(PoolError::QueryError(e)))
-            })
-        });
-    Pool::builder(manager)
-        .post_create(keyed_plans)
+    let mut builder = Pool::builder(manager)
         .pre_recycle(verify_idle)
         .max_size(size)
         .runtime(deadpool::Runtime::Tokio1)
         .wait_timeout(Some(POOL_WAIT_TIMEOUT.max(connect_timeout)))
         .create_timeout(Some(connect_timeout))
-        .recycle_timeout(Some(connect_timeout))
-        .build()
-        .map_err(DbError::PoolBuild)
+        .recycle_timeout(Some(connect_timeout));
+    if writer {
+        // The writers' session settings ([`build_writer_pool`]), once per connection.
+        builder = builder.post_create(Hook::<AsyncPgConnection>::async_fn(
+            |conn: &mut AsyncPgConnection, _metrics| {
+                Box::pin(async move {
+                    diesel_async::SimpleAsyncConnection::batch_execute(
+                        conn,
+                        "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; \
+                         SET enable_bitmapscan = off",
+                    )
+                    .await
+                    .map_err(|e| HookError::Backend(PoolError::QueryError(e)))
+                })
+            },
+        ));
+    }
+    builder.build().map_err(DbError::PoolBuild)
 }
 
 /// A synchronous diesel connection (for `diesel_migrations`).

@@ -913,8 +913,11 @@ async fn the_record_batch_keeps_a_keyed_plan_as_the_inbox_grows() {
     .load(&mut writer_conn)
     .await
     .expect("explain");
-    let plan: Vec<String> = plan.into_iter().map(|l| l.line).collect();
-    let plan = plan.join("\n");
+    let plan = plan
+        .into_iter()
+        .map(|l| l.line)
+        .collect::<Vec<_>>()
+        .join("\n");
     assert!(
         plan.contains("Index Scan using inbound_events_unfinished_key_idx on inbound_events o"),
         "the older-event check probes the key:\n{plan}"
