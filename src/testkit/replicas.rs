@@ -404,6 +404,23 @@ impl ReplicaSet {
         Ok(())
     }
 
+    /// New ports for replica `index`: none another replica or the agent uses.
+    fn rebind(&mut self, index: usize) {
+        let mut except = vec![self.config.agent_addr];
+        except.extend(
+            self.replicas
+                .iter()
+                .flat_map(|r| [r.ports.http, r.ports.grpc, r.ports.ops]),
+        );
+        let mut ports = free_ports(3, &except).into_iter();
+        let mut next = || ports.next().expect("three ports");
+        self.replicas[index].ports = Ports {
+            http: next(),
+            grpc: next(),
+            ops: next(),
+        };
+    }
+
     fn failed(&self, index: usize, what: impl Into<String>) -> ReplicaError {
         ReplicaError::Failed {
             index,
@@ -425,10 +442,32 @@ impl ReplicaSet {
     }
 
     /// Waits until `/readyz` on the replica's ops port answers 200.
+    ///
+    /// The ports reserved in [`ReplicaSet::new`] are free again until the replica binds them,
+    /// and parallel tests may take one meanwhile. A first start that fails only because a
+    /// port is taken is started again on new ports (up to three times); a later start keeps
+    /// its ports, which other parts of a test may know by then.
     pub async fn wait_ready(&mut self, index: usize, within: Duration) -> Result<(), ReplicaError> {
         let deadline = Instant::now() + within;
+        let mut rebinds = 0;
+        // Where this attempt's part of the log starts.
+        let mut attempt_log = 0;
         loop {
             if let Some(status) = self.exited(index) {
+                let log = std::fs::read_to_string(self.log_path(index)).unwrap_or_default();
+                let first_start = self.replicas[index].starts == rebinds + 1;
+                if first_start
+                    && rebinds < 3
+                    && log
+                        .get(attempt_log..)
+                        .is_some_and(|l| l.contains("Address already in use"))
+                {
+                    rebinds += 1;
+                    attempt_log = log.len();
+                    self.rebind(index);
+                    self.spawn(index)?;
+                    continue;
+                }
                 return Err(self.failed(index, format!("exited while starting ({status})")));
             }
             let last = match self.readyz(index).await {

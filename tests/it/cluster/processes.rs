@@ -533,3 +533,18 @@ async fn a_replica_killed_inside_a_group_committed_batch_loses_and_repeats_nothi
         started.elapsed()
     );
 }
+
+/// Another process takes a replica's reserved port before the replica binds it (parallel
+/// tests do): its first start moves to new ports instead of failing.
+#[tokio::test]
+async fn a_replica_whose_reserved_port_was_taken_starts_on_new_ports() {
+    let mut h = Harness::new("").await;
+    let taken = h.set.ports(0).ops;
+    let _squatter = std::net::TcpListener::bind(taken).expect("taking the replica's port");
+    h.start_all().await;
+    assert_ne!(h.set.ports(0).ops, taken, "replica 0 moved to another port");
+    assert!(
+        h.set.log_tail(0, 1000).contains("Address already in use"),
+        "its first attempt failed on the taken port"
+    );
+}
