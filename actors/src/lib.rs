@@ -25,8 +25,8 @@ pub use infragpt_runtime::{
     Secret, StreamSpec,
 };
 pub use infragpt_runtime::{
-    backoff, circuit, cluster, config, handler, health, inbox, metrics, partitions, secret,
-    supervision,
+    backoff, circuit, cluster, config, group_commit, handler, health, inbox, metrics, partitions,
+    secret, supervision,
 };
 
 /// The application's actor kinds (the runtime itself only defines

@@ -161,7 +161,7 @@ impl IntegrationParts {
             config.integrations.github.webhook_secret.as_ref(),
             cluster.clone(),
         );
-        let stream = GithubStreamHandler::new(store, Some(vaults));
+        let stream = GithubStreamHandler::new(store, Some(vaults), cluster.health());
         Ok(Self {
             service,
             webhook,

@@ -40,6 +40,11 @@ pub enum StoreError {
     /// A row the operation needs does not exist.
     #[error("{0} does not exist")]
     NotFound(String),
+    /// A grouped write's batch did not commit ([`infragpt_actors::group_commit::Batcher`]):
+    /// its statement failed (the first item's error says why), timed out, or never ran.
+    /// Worth retrying.
+    #[error("database batch write failed: {0}")]
+    Batch(String),
     /// A stored value could not be read back.
     #[error("stored {what} is corrupt: {source}")]
     Corrupt {
@@ -49,6 +54,12 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+}
+
+impl From<infragpt_actors::group_commit::BatchFailure> for StoreError {
+    fn from(failure: infragpt_actors::group_commit::BatchFailure) -> Self {
+        Self::Batch(failure.to_string())
+    }
 }
 
 impl From<DieselError> for StoreError {

@@ -19,9 +19,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use infragpt_actors::audit::AuditEntry;
+use infragpt_actors::group_commit::Batcher;
+use infragpt_actors::health::ActorId;
 use infragpt_actors::inbox::InboundEvent;
+use infragpt_actors::{ActorState, HealthRegistry, kinds, sources};
 use infragpt_actors::{EventHandler, HandleOutcome, HandlerError, StreamSpec};
-use infragpt_actors::{kinds, sources};
 use serde_json::json;
 
 use super::normalize::{
@@ -30,7 +32,7 @@ use super::normalize::{
 };
 use crate::db::StoreError;
 use crate::github::app_client::GITHUB;
-use crate::integrations::store::{Integration, IntegrationStore, status};
+use crate::integrations::store::{GithubEventBatch, Integration, IntegrationStore, status};
 use crate::integrations::vault::VaultRegistry;
 
 /// Event routing, as the GitHub stream sees it (implemented by the events slice, which the
@@ -57,6 +59,8 @@ pub struct GithubStreamHandler {
     store: IntegrationStore,
     vaults: Option<VaultRegistry>,
     events: Option<Arc<dyn GithubEvents>>,
+    /// Stores the normalized rows of the deliveries handled together in one statement.
+    event_rows: Batcher<GithubEventBatch>,
 }
 
 impl std::fmt::Debug for GithubStreamHandler {
@@ -72,12 +76,24 @@ fn retryable(e: StoreError) -> HandlerError {
 
 impl GithubStreamHandler {
     /// A handler writing (and auditing) through `store`; `vaults` (when given) has its cache
-    /// dropped when an installation is deleted.
-    pub fn new(store: IntegrationStore, vaults: Option<VaultRegistry>) -> Self {
+    /// dropped when an installation is deleted. Its event rows' writer shows in `health` as
+    /// `supervisor/github_events` under the cluster's root. Needs a running actix system.
+    pub fn new(
+        store: IntegrationStore,
+        vaults: Option<VaultRegistry>,
+        health: &HealthRegistry,
+    ) -> Self {
+        let writer = health.register(
+            ActorId::new(kinds::SUPERVISOR, "github_events"),
+            Some(ActorId::new(kinds::SUPERVISOR, "root")),
+        );
+        writer.set_state(ActorState::Running);
+        let event_rows = GithubEventBatch::start(store.pool().clone(), writer);
         Self {
             store,
             vaults,
             events: None,
+            event_rows,
         }
     }
 
@@ -303,8 +319,8 @@ impl EventHandler for GithubStreamHandler {
             }
             _ => None,
         };
-        self.store
-            .insert_event(&event.source_id, &normalized)
+        self.event_rows
+            .submit((event.source_id.clone(), *normalized))
             .await
             .map_err(retryable)?;
         if let Some(note) = note {

@@ -11,14 +11,20 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Nullable, Text};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
 use infragpt_actors::audit::AuditEntry;
+use infragpt_actors::group_commit::{BatchWrite, Batcher};
+use infragpt_actors::health::ActorHealth;
 use serde::Serialize;
 use uuid::Uuid;
 
 use super::credentials::{SealedCredential, delete_all_on, upsert_on};
 use super::providers::{NormalizedEvent, RepoRef};
 use crate::db::audit::insert_entry;
+use crate::db::prepared::PreparedExt as _;
 use crate::db::schema::{github_events, github_repositories, integrations, slack_workspaces};
 use crate::db::{Pool, StoreError, conn};
 
@@ -125,6 +131,124 @@ impl std::fmt::Debug for IntegrationStore {
             .field("pool", &self.pool.status())
             .finish()
     }
+}
+
+/// The normalized GitHub events handled at the same moment (one per repository worker),
+/// stored by one statement and one commit ([`Batcher`]): each delivery's row used to be an
+/// insert and a commit of its own, the largest share of a delivery's database work after its
+/// inbox record ("Group commit" in ARCHITECTURE.md).
+pub(crate) struct GithubEventBatch {
+    pool: Pool,
+}
+
+/// A delivery id and its normalized event, stored once per delivery id.
+pub(crate) type NewGithubEvent = (String, NormalizedEvent);
+
+/// Deliveries whose rows one statement inserts at most.
+const GITHUB_EVENTS_BATCH_MAX: usize = 256;
+
+/// How long one batch of event rows may take before its deliveries fail (and are retried).
+const GITHUB_EVENTS_BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The rows in submission order; a delivery already stored (or twice in the batch) is
+/// skipped. Returns the delivery ids inserted.
+const INSERT_GITHUB_EVENTS: &str = "\
+INSERT INTO github_events (delivery_id, installation_id, event, action, repository, actor,
+    git_ref, number, title, state, conclusion, summary)
+SELECT d, i, e, a, r, ac, g, n, t, s, c, CAST(j AS jsonb)
+FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::int8[], $9::text[], $10::text[], $11::text[], $12::text[])
+    WITH ORDINALITY AS x(d, i, e, a, r, ac, g, n, t, s, c, j, o)
+ORDER BY o
+ON CONFLICT (delivery_id) DO NOTHING
+RETURNING delivery_id";
+
+impl GithubEventBatch {
+    /// Starts the writer; its state shows in the actor tree as `health`.
+    pub(crate) fn start(pool: Pool, health: ActorHealth) -> Batcher<Self> {
+        Batcher::start(
+            Self { pool },
+            GITHUB_EVENTS_BATCH_MAX,
+            health,
+            GITHUB_EVENTS_BATCH_TIMEOUT,
+        )
+    }
+}
+
+impl BatchWrite for GithubEventBatch {
+    type Item = NewGithubEvent;
+    /// True when the delivery's row is new.
+    type Out = bool;
+    type Error = StoreError;
+
+    fn write(
+        &self,
+        rows: Vec<NewGithubEvent>,
+    ) -> BoxFuture<'static, Vec<Result<bool, StoreError>>> {
+        let pool = self.pool.clone();
+        async move {
+            match insert_github_events(&pool, &rows).await {
+                Ok(new) => new.into_iter().map(Ok).collect(),
+                // One delivery's data was refused: each alone, so that only it fails.
+                Err(StoreError::Data(_)) if rows.len() > 1 => {
+                    let mut outcomes = Vec::with_capacity(rows.len());
+                    for row in &rows {
+                        let one = insert_github_events(&pool, std::slice::from_ref(row)).await;
+                        outcomes.push(one.map(|new| new.into_iter().next().unwrap_or(false)));
+                    }
+                    outcomes
+                }
+                Err(e) => {
+                    let error = e.to_string();
+                    let mut outcomes = vec![Err(e)];
+                    outcomes.extend((1..rows.len()).map(|_| Err(StoreError::Batch(error.clone()))));
+                    outcomes
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Inserts `rows` in one statement; for each row, whether it was new.
+async fn insert_github_events(
+    pool: &Pool,
+    rows: &[NewGithubEvent],
+) -> Result<Vec<bool>, StoreError> {
+    #[derive(QueryableByName)]
+    struct Inserted {
+        #[diesel(sql_type = Text)]
+        delivery_id: String,
+    }
+    let column = |f: fn(&NormalizedEvent) -> Option<String>| -> Vec<Option<String>> {
+        rows.iter().map(|(_, e)| f(e)).collect()
+    };
+    let ids: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
+    let installations: Vec<Option<i64>> = rows.iter().map(|(_, e)| e.installation_id).collect();
+    let events: Vec<&str> = rows.iter().map(|(_, e)| e.event.as_str()).collect();
+    let numbers: Vec<Option<i64>> = rows.iter().map(|(_, e)| e.number).collect();
+    let summaries: Vec<String> = rows.iter().map(|(_, e)| e.summary.to_string()).collect();
+    let mut conn = conn(pool).await?;
+    let inserted: Vec<Inserted> = diesel::sql_query(INSERT_GITHUB_EVENTS)
+        .bind::<Array<Text>, _>(&ids)
+        .bind::<Array<Nullable<BigInt>>, _>(&installations)
+        .bind::<Array<Text>, _>(&events)
+        .bind::<Array<Nullable<Text>>, _>(column(|e| e.action.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(|e| e.repository.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(|e| e.actor.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(|e| e.git_ref.clone()))
+        .bind::<Array<Nullable<BigInt>>, _>(&numbers)
+        .bind::<Array<Nullable<Text>>, _>(column(|e| e.title.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(|e| e.state.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(|e| e.conclusion.clone()))
+        .bind::<Array<Text>, _>(&summaries)
+        .prepared()
+        .load(&mut conn)
+        .await?;
+    let mut new: std::collections::HashSet<String> =
+        inserted.into_iter().map(|row| row.delivery_id).collect();
+    // A delivery twice in one batch is new once: its first row.
+    Ok(ids.iter().map(|id| new.remove(*id)).collect())
 }
 
 impl IntegrationStore {
@@ -494,35 +618,6 @@ impl IntegrationStore {
     }
 
     // ----- GitHub events -------------------------------------------------------------------
-
-    /// Stores a normalized event once per delivery id; true when it was new.
-    pub(crate) async fn insert_event(
-        &self,
-        delivery_id: &str,
-        event: &NormalizedEvent,
-    ) -> Result<bool, StoreError> {
-        let mut conn = conn(&self.pool).await?;
-        let n = diesel::insert_into(github_events::table)
-            .values((
-                github_events::delivery_id.eq(delivery_id),
-                github_events::installation_id.eq(event.installation_id),
-                github_events::event.eq(&event.event),
-                github_events::action.eq(&event.action),
-                github_events::repository.eq(&event.repository),
-                github_events::actor.eq(&event.actor),
-                github_events::git_ref.eq(&event.git_ref),
-                github_events::number.eq(event.number),
-                github_events::title.eq(&event.title),
-                github_events::state.eq(&event.state),
-                github_events::conclusion.eq(&event.conclusion),
-                github_events::summary.eq(&event.summary),
-            ))
-            .on_conflict(github_events::delivery_id)
-            .do_nothing()
-            .execute(&mut conn)
-            .await?;
-        Ok(n == 1)
-    }
 
     /// Newest events of an installation, `limit` at most, older than the `before` row id.
     pub async fn events(

@@ -31,27 +31,79 @@ use crate::metrics::Metrics;
 /// duplicate if the insert did commit after all).
 const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A batch that took longer than [`BATCH_TIMEOUT`].
+/// Why a submitted item has no outcome of its store's own.
 #[derive(Debug, thiserror::Error)]
-#[error("the inbox did not answer in time for a batch")]
-struct BatchTimedOut;
+pub enum BatchFailure {
+    /// The batch took longer than the writer's timeout ([`BATCH_TIMEOUT`] for the inbox).
+    #[error("the store did not answer in time for a batch")]
+    TimedOut,
+    /// The writer stopped before the item's batch was written.
+    #[error("the batch writer stopped before the batch was written")]
+    WriterStopped,
+}
 
-/// Why a submitted item has no outcome: the writer stopped before its batch was written.
-#[derive(Debug, thiserror::Error)]
-#[error("the inbox writer stopped before the batch was written")]
-struct WriterStopped;
+impl From<BatchFailure> for StoreError {
+    fn from(failure: BatchFailure) -> Self {
+        StoreError::Unavailable(Box::new(failure))
+    }
+}
 
 /// What a [`BatchWriter`] writes: items handed over one by one, written as one statement.
 pub trait BatchWrite: Send + Sync + 'static {
     type Item: Send + Unpin + 'static;
     type Out: Send + Unpin + 'static;
+    /// The store's error; a batch that timed out or never ran fails with a [`BatchFailure`].
+    type Error: From<BatchFailure> + std::fmt::Display + Send + Unpin + 'static;
     /// Writes `items`; one outcome per item, in the same order.
     fn write(
         &self,
         items: Vec<Self::Item>,
-    ) -> BoxFuture<'static, Vec<Result<Self::Out, StoreError>>>;
+    ) -> BoxFuture<'static, Vec<Result<Self::Out, Self::Error>>>;
     /// A batch of `n` items is being written (metrics).
     fn observe(&self, _n: usize) {}
+}
+
+/// A [`BatchWriter`] of any [`BatchWrite`]: what adapters outside the inbox use to group
+/// their own statements (the GitHub events' inserts). Cheap to clone.
+pub struct Batcher<B: BatchWrite> {
+    writer: Addr<BatchWriter<B>>,
+}
+
+impl<B: BatchWrite> Clone for Batcher<B> {
+    fn clone(&self) -> Self {
+        Self {
+            writer: self.writer.clone(),
+        }
+    }
+}
+
+impl<B: BatchWrite> std::fmt::Debug for Batcher<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher").finish_non_exhaustive()
+    }
+}
+
+impl<B: BatchWrite> Batcher<B> {
+    /// Starts the writer on an arbiter of its own: batches of at most `max_batch` items, each
+    /// allowed `timeout`.
+    pub fn start(
+        what: B,
+        max_batch: usize,
+        health: ActorHealth,
+        timeout: std::time::Duration,
+    ) -> Self {
+        Self {
+            writer: BatchWriter::start(what, max_batch, health, timeout),
+        }
+    }
+
+    /// Queues `item` now and returns its outcome once its batch has been written.
+    pub fn submit(
+        &self,
+        item: B::Item,
+    ) -> impl Future<Output = Result<B::Out, B::Error>> + Send + use<B> {
+        submit(&self.writer, item)
+    }
 }
 
 /// Inbox records ([`InboundEvents::record_batch`]).
@@ -63,6 +115,7 @@ struct Records {
 impl BatchWrite for Records {
     type Item = Recording;
     type Out = RecordOutcome;
+    type Error = StoreError;
     fn write(
         &self,
         events: Vec<Recording>,
@@ -83,6 +136,7 @@ struct DoneMarks {
 impl BatchWrite for DoneMarks {
     type Item = Claim;
     type Out = ();
+    type Error = StoreError;
     fn write(&self, claims: Vec<Claim>) -> BoxFuture<'static, Vec<Result<(), StoreError>>> {
         let inbox = self.inbox.clone();
         async move { inbox.mark_done_batch(claims).await }.boxed()
@@ -161,19 +215,19 @@ impl MarkCommit {
 fn submit<B: BatchWrite>(
     writer: &Addr<BatchWriter<B>>,
     item: B::Item,
-) -> impl Future<Output = Result<B::Out, StoreError>> + Send + use<B> {
+) -> impl Future<Output = Result<B::Out, B::Error>> + Send + use<B> {
     let (reply, outcome) = oneshot::channel();
     writer.do_send(Submit(Pending { item, reply }));
     async move {
         outcome
             .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable(Box::new(WriterStopped))))
+            .unwrap_or_else(|_| Err(BatchFailure::WriterStopped.into()))
     }
 }
 
 struct Pending<B: BatchWrite> {
     item: B::Item,
-    reply: oneshot::Sender<Result<B::Out, StoreError>>,
+    reply: oneshot::Sender<Result<B::Out, B::Error>>,
 }
 
 #[derive(Message)]
@@ -235,9 +289,7 @@ impl<B: BatchWrite> BatchWriter<B> {
         let written = async move {
             match tokio::time::timeout(timeout, write).await {
                 Ok(outcomes) => outcomes,
-                Err(_) => (0..n)
-                    .map(|_| Err(StoreError::Unavailable(Box::new(BatchTimedOut))))
-                    .collect(),
+                Err(_) => (0..n).map(|_| Err(BatchFailure::TimedOut.into())).collect(),
             }
         };
         ctx.spawn(written.into_actor(self).map(move |results, act, ctx| {

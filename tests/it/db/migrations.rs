@@ -671,3 +671,39 @@ async fn test_databases_are_dropped_with_their_handle() {
     let after: i64 = count(name).get_result(&mut conn).await.expect("count");
     assert_eq!(after, 0);
 }
+
+/// Inbox payloads are compressed with lz4 wherever the server has it (a server built without
+/// it refuses `default_toast_compression = lz4`, and the migration leaves its default).
+#[tokio::test]
+async fn inbox_payloads_use_lz4_where_the_server_has_it() {
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct Compression {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        attname: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        method: String,
+    }
+    let db = TestDb::new().await;
+    let mut conn = db.pool().get().await.unwrap();
+    let has_lz4 = diesel::sql_query("SET default_toast_compression = 'lz4'")
+        .execute(&mut conn)
+        .await
+        .is_ok();
+    let columns: Vec<Compression> = diesel::sql_query(
+        "SELECT attname::text AS attname, attcompression::text AS method FROM pg_attribute \
+         WHERE attrelid = 'inbound_events'::regclass AND attname IN ('payload', 'raw_body') \
+         ORDER BY attname",
+    )
+    .load(&mut conn)
+    .await
+    .unwrap();
+    let method = if has_lz4 { "l" } else { "" };
+    let expected: Vec<Compression> = ["payload", "raw_body"]
+        .into_iter()
+        .map(|attname| Compression {
+            attname: attname.to_owned(),
+            method: method.to_owned(),
+        })
+        .collect();
+    assert_eq!(columns, expected, "lz4 available: {has_lz4}");
+}

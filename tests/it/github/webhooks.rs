@@ -288,3 +288,72 @@ async fn bad_deliveries_are_refused_and_nothing_is_stored() {
     assert_eq!(counts(&pool).await, (1, 1));
     cluster.shutdown().await;
 }
+
+/// Deliveries handled at the same moment store their normalized rows in one statement
+/// (`supervisor/github_events`): each row once, a delivery handled twice stays one row, and
+/// a delivery whose data PostgreSQL refuses (a NUL in a title) fails alone while the rest of
+/// its batch is stored.
+#[actix_rt::test]
+async fn deliveries_handled_together_share_one_insert_and_a_bad_one_fails_alone() {
+    use infragpt::github::stream::GithubStreamHandler;
+    use infragpt::integrations::store::IntegrationStore;
+    use infragpt_actors::inbox::{EventRowId, EventStatus, InboundEvent, Partition, RoutingKey};
+    use infragpt_actors::{ActorKind, EventHandler as _, HandleOutcome, HealthRegistry};
+
+    let db = infragpt::testkit::test_db::TestDb::new().await;
+    let pool = db.pool().clone();
+    let health = HealthRegistry::new();
+    let handler = GithubStreamHandler::new(IntegrationStore::new(pool.clone()), None, &health);
+    let event = |delivery: &str, title: &str| {
+        let mut payload = fixtures::json("github-webhooks/pull_request/opened.json");
+        payload["pull_request"]["title"] = Value::String(title.to_owned());
+        let key = RoutingKey(format!("repository:{delivery}"));
+        InboundEvent {
+            id: EventRowId(1),
+            source: infragpt_actors::sources::GITHUB,
+            source_id: delivery.to_owned(),
+            partition: Partition::of(&key),
+            routing_key: key,
+            kind: "pull_request.opened".to_owned(),
+            payload,
+            status: EventStatus::Processing,
+            attempts: 1,
+            last_error: None,
+            received_at: chrono::Utc::now(),
+            processed_at: None,
+        }
+    };
+    let mut events: Vec<InboundEvent> = (0..8)
+        .map(|i| event(&format!("delivery-{i}"), &format!("Change {i}")))
+        .collect();
+    events.push(event("delivery-0", "Change 0"));
+    events.push(event("delivery-nul", "a\u{0}b"));
+
+    let outcomes = futures::future::join_all(events.iter().map(|e| handler.handle(e))).await;
+    for (e, outcome) in events.iter().zip(&outcomes) {
+        if e.source_id == "delivery-nul" {
+            assert!(outcome.is_err(), "the NUL title is refused: {outcome:?}");
+        } else {
+            assert_eq!(outcome, &Ok(HandleOutcome::Done), "{}", e.source_id);
+        }
+    }
+    let mut conn = pool.get().await.unwrap();
+    let mut stored: Vec<(String, Option<String>)> = github_events::table
+        .select((github_events::delivery_id, github_events::title))
+        .load(&mut conn)
+        .await
+        .unwrap();
+    stored.sort();
+    let expected: Vec<(String, Option<String>)> = (0..8)
+        .map(|i| (format!("delivery-{i}"), Some(format!("Change {i}"))))
+        .collect();
+    assert_eq!(stored, expected);
+    let writer = health
+        .get(ActorKind::SUPERVISOR, "github_events")
+        .expect("the writer is in the actor tree");
+    let batches = writer.detail["batches"].as_u64().expect("batches");
+    assert!(
+        (1..10).contains(&batches),
+        "ten deliveries handled together share batches: {batches}"
+    );
+}

@@ -300,7 +300,8 @@ async fn github_installation_changes_apply_only_with_their_audit_entry() {
     let pool = db.pool();
     let org = create_org(pool, "Audited").await;
     let id = insert_integration(pool, org, "github", "pending", Some("957387")).await;
-    let handler = GithubStreamHandler::new(IntegrationStore::new(pool.clone()), None);
+    let health = infragpt_actors::HealthRegistry::new();
+    let handler = GithubStreamHandler::new(IntegrationStore::new(pool.clone()), None, &health);
     let integration = || async move {
         let rows = dump_table(pool, "integrations").await;
         assert_eq!(rows.len(), 1);
