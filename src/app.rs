@@ -261,7 +261,8 @@ fn build_modules(
     ));
 
     // Conversations: Slack events → thread actors → agent → reply in the thread.
-    let mut store = PgConversationStore::new(pool.clone());
+    let mut store =
+        PgConversationStore::new(pool.clone()).with_history_limit(config.agent.history_limit);
     if let Some(status) = cluster.replica_status() {
         // Reply claims carry the replica's name, as leases do; a turn starts only under the
         // replica's lease, as claims and marks do.

@@ -485,6 +485,9 @@ pub struct AgentConfig {
     pub failure_notice: String,
     /// How past senders are spelled in the history sent to the agent.
     pub history_sender: HistorySender,
+    /// The history a turn sends to the agent: the thread's first message and at most this
+    /// many of its latest ones (the turn's own among them, so this many minus one before it).
+    pub history_limit: u32,
     /// What the agent writes its answers in: Markdown is converted to Slack mrkdwn.
     pub answer_format: AnswerFormat,
 }
@@ -508,6 +511,7 @@ impl Default for AgentConfig {
             allow_unauthenticated_replies: false,
             failure_notice: infragpt_actors::conversation::DEFAULT_FAILURE_NOTICE.to_owned(),
             history_sender: HistorySender::Proto,
+            history_limit: crate::db::conversations::DEFAULT_HISTORY_LIMIT,
             answer_format: AnswerFormat::Markdown,
         }
     }

@@ -422,6 +422,12 @@ fn check_agent(agent: &mut AgentConfig) -> Result<(), Failure> {
     if agent.retry_attempts == 0 {
         fail("agent.retry_attempts", "must be at least 1")?;
     }
+    if !(2..=10_000).contains(&agent.history_limit) {
+        fail(
+            "agent.history_limit",
+            "must be between 2 (the turn and the message before it) and 10000",
+        )?;
+    }
     for (i, entry) in agent.reply_allowed_networks.iter().enumerate() {
         if let Err(e) = super::Networks::parse([entry]) {
             fail(&format!("agent.reply_allowed_networks[{i}]"), e.to_string())?;

@@ -59,6 +59,8 @@ pub struct PgConversationStore {
     /// The cluster's lease in seconds: reply claims held by a replica silent for longer
     /// lapse (`None`: only the claim's own lease counts).
     replica_lease_secs: Option<f64>,
+    /// The latest messages a turn's history holds besides the thread's first one.
+    history_limit: u32,
 }
 
 impl std::fmt::Debug for PgConversationStore {
@@ -344,14 +346,26 @@ FROM conv",
     )
 });
 
-/// The history of the thread `($1, $2, $3)`, oldest first: sent right behind
-/// [`BEGIN_TURN`] on the same connection (pipelined), so it names the thread, not the id
-/// that statement returns.
+/// The history of the thread `($1, $2, $3)` that a turn sends to the agent, oldest first:
+/// its first message and its latest `$4` (the turn's own among them), so that a turn of a
+/// long thread reads a bounded number of rows through `messages_conversation_idx` instead
+/// of the whole thread (`agent.history_limit`). Sent right behind [`BEGIN_TURN`] on the same
+/// connection (pipelined), so it names the thread, not the id that statement returns.
 const THREAD_HISTORY: &str = "\
-SELECT m.id, m.slack_ts, m.sender_kind, m.sender_id, m.text, m.created_at, m.in_reply_to, m.kind
-FROM messages m JOIN conversations c ON c.id = m.conversation_id
-WHERE c.team_id = $1 AND c.channel_id = $2 AND c.thread_ts = $3 AND NOT m.deleted
-ORDER BY m.created_at, m.slack_ts";
+(SELECT m.id, m.slack_ts, m.sender_kind, m.sender_id, m.text, m.created_at, m.in_reply_to, m.kind
+ FROM messages m JOIN conversations c ON c.id = m.conversation_id
+ WHERE c.team_id = $1 AND c.channel_id = $2 AND c.thread_ts = $3 AND NOT m.deleted
+ ORDER BY m.created_at, m.slack_ts LIMIT 1)
+UNION
+(SELECT m.id, m.slack_ts, m.sender_kind, m.sender_id, m.text, m.created_at, m.in_reply_to, m.kind
+ FROM messages m JOIN conversations c ON c.id = m.conversation_id
+ WHERE c.team_id = $1 AND c.channel_id = $2 AND c.thread_ts = $3 AND NOT m.deleted
+ ORDER BY m.created_at DESC, m.slack_ts DESC LIMIT $4)
+ORDER BY created_at, slack_ts";
+
+/// The default of `agent.history_limit`: the latest messages of a thread a turn reads for
+/// the agent, besides the thread's first one.
+pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
 
 /// The answer to turn `$2` of conversation `$1` so far.
 const TURN_STATE: &str = "\
@@ -767,7 +781,15 @@ impl PgConversationStore {
             fence_replica: None,
             fence_margin_secs: 0.0,
             replica_lease_secs: None,
+            history_limit: DEFAULT_HISTORY_LIMIT,
         }
+    }
+
+    /// Reads a turn's history as the thread's first message and its latest `limit`
+    /// ([`THREAD_HISTORY`]; at least 1).
+    pub fn with_history_limit(mut self, limit: u32) -> Self {
+        self.history_limit = limit.max(1);
+        self
     }
 
     /// Checks, when a turn starts, that the inbound event's partition is leased to
@@ -798,7 +820,6 @@ impl PgConversationStore {
         &self.owner
     }
 
-    /// Why `key`'s intent could not be claimed.
     /// [`ConversationStore::begin_turn`], starting the agent turn too when `start` asks
     /// ([`BEGIN_TURN`]), with the thread's history read in the same round trip.
     async fn begin(
@@ -828,6 +849,7 @@ impl PgConversationStore {
             .bind::<Text, _>(key.team.as_str())
             .bind::<Text, _>(key.channel.as_str())
             .bind::<Text, _>(key.thread_ts.as_str())
+            .bind::<BigInt, _>(i64::from(self.history_limit))
             .prepared()
             .load::<MessageRow>(&mut &*conn);
         let (row, history) = futures::try_join!(begin, history).map_err(unavailable)?;

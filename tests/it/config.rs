@@ -85,6 +85,13 @@ fn semantic_errors_use_the_same_shape() {
         e.starts_with("config/x.yaml: integrations.github.api_url: "),
         "{e}"
     );
+    for limit in [1, 10_001] {
+        let e = err(&format!("agent:\n  history_limit: {limit}\n"));
+        assert!(
+            e.starts_with("config/x.yaml: agent.history_limit: must be between 2"),
+            "{e}"
+        );
+    }
     let e = err("agent:\n  endpoint: agent\n");
     assert!(
         e.starts_with("config/x.yaml: agent.endpoint: `agent` needs a port"),

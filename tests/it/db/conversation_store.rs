@@ -1234,3 +1234,49 @@ async fn an_indicator_opened_for_later_is_taken_only_while_it_shows_nothing() {
         "the report shows"
     );
 }
+
+/// A turn of a long thread reads the thread's first message and its latest ones
+/// (`agent.history_limit`), oldest first, not the whole thread; the full history is still
+/// there for everything else.
+#[tokio::test]
+async fn a_turn_reads_the_first_message_and_the_latest_ones() {
+    let db = TestDb::new().await;
+    let store = PgConversationStore::new(db.pool().clone()).with_history_limit(3);
+    let thread = key("400.000001");
+    let ts = |i: u32| format!("400.{:06}", i + 1);
+    let say = |i: u32| NewMessage {
+        source_event_id: Some(EventRowId(i64::from(i) + 1)),
+        ..message(
+            ConversationId(uuid::Uuid::nil()),
+            &ts(i),
+            user("U1"),
+            &format!("message {i}"),
+        )
+    };
+    for i in 0..7 {
+        store.begin_turn(&thread, say(i)).await.unwrap();
+    }
+    let start = store.begin_turn(&thread, say(7)).await.unwrap();
+    let read: Vec<String> = start.history.iter().map(|m| m.text.clone()).collect();
+    assert_eq!(read, ["message 0", "message 5", "message 6", "message 7"]);
+    assert_eq!(
+        store.history(start.conversation.id).await.unwrap().len(),
+        8,
+        "the stored thread is whole"
+    );
+
+    // A short thread is read whole, its first message once.
+    let short = key("500.000001");
+    let first = NewMessage {
+        source_event_id: Some(EventRowId(100)),
+        ..message(
+            ConversationId(uuid::Uuid::nil()),
+            "500.000001",
+            user("U1"),
+            "only",
+        )
+    };
+    let start = store.begin_turn(&short, first).await.unwrap();
+    let read: Vec<String> = start.history.iter().map(|m| m.text.clone()).collect();
+    assert_eq!(read, ["only"]);
+}
