@@ -511,7 +511,7 @@ impl Default for AgentConfig {
             allow_unauthenticated_replies: false,
             failure_notice: infragpt_actors::conversation::DEFAULT_FAILURE_NOTICE.to_owned(),
             history_sender: HistorySender::Proto,
-            history_limit: crate::db::conversations::DEFAULT_HISTORY_LIMIT,
+            history_limit: infragpt_actors::conversation::DEFAULT_HISTORY_LIMIT,
             answer_format: AnswerFormat::Markdown,
         }
     }

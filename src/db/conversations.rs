@@ -363,10 +363,6 @@ UNION
  ORDER BY m.created_at DESC, m.slack_ts DESC LIMIT $4)
 ORDER BY created_at, slack_ts";
 
-/// The default of `agent.history_limit`: the latest messages of a thread a turn reads for
-/// the agent, besides the thread's first one.
-pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
-
 /// The answer to turn `$2` of conversation `$1` so far.
 const TURN_STATE: &str = "\
 SELECT ARRAY(SELECT i.id FROM reply_intents i
@@ -781,7 +777,7 @@ impl PgConversationStore {
             fence_replica: None,
             fence_margin_secs: 0.0,
             replica_lease_secs: None,
-            history_limit: DEFAULT_HISTORY_LIMIT,
+            history_limit: infragpt_actors::conversation::DEFAULT_HISTORY_LIMIT,
         }
     }
 

@@ -31,7 +31,8 @@ pub use reply::{
     ReplyService, split_message,
 };
 pub use turn::{
-    ConversationHandler, DEFAULT_FAILURE_NOTICE, SEEN_REACTION, UNAVAILABLE_REPLY, routing_key,
+    ConversationHandler, DEFAULT_FAILURE_NOTICE, DEFAULT_HISTORY_LIMIT, SEEN_REACTION,
+    UNAVAILABLE_REPLY, routing_key,
 };
 
 #[cfg(test)]

@@ -36,6 +36,10 @@ use crate::slack_events::{
 pub const UNAVAILABLE_REPLY: &str = ":warning: The InfraGPT assistant is unavailable right now, \
 so I could not answer this message. It has been saved and an operator can retry it.";
 
+/// The default of `agent.history_limit`: the latest messages of a thread a turn reads for
+/// the agent, besides the thread's first one.
+pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
+
 /// The notice posted in the thread when the agent answers `success: false` (the default of
 /// `agent.failure_notice`). The agent's error text stays in the logs, the dead letter and the
 /// admin API: it can be an internal exception, not something for the channel.
