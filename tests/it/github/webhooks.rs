@@ -297,7 +297,7 @@ async fn bad_deliveries_are_refused_and_nothing_is_stored() {
 async fn deliveries_handled_together_share_one_insert_and_a_bad_one_fails_alone() {
     use infragpt::github::stream::GithubStreamHandler;
     use infragpt::integrations::store::IntegrationStore;
-    use infragpt_actors::inbox::{EventRowId, EventStatus, InboundEvent, Partition, RoutingKey};
+    use infragpt_actors::inbox::InboundEvent;
     use infragpt_actors::{ActorKind, EventHandler as _, HandleOutcome, HealthRegistry};
 
     let db = infragpt::testkit::test_db::TestDb::new().await;
@@ -307,21 +307,12 @@ async fn deliveries_handled_together_share_one_insert_and_a_bad_one_fails_alone(
     let event = |delivery: &str, title: &str| {
         let mut payload = fixtures::json("github-webhooks/pull_request/opened.json");
         payload["pull_request"]["title"] = Value::String(title.to_owned());
-        let key = RoutingKey(format!("repository:{delivery}"));
-        InboundEvent {
-            id: EventRowId(1),
-            source: infragpt_actors::sources::GITHUB,
-            source_id: delivery.to_owned(),
-            partition: Partition::of(&key),
-            routing_key: key,
-            kind: "pull_request.opened".to_owned(),
+        github_delivery(
+            delivery,
+            &format!("repository:{delivery}"),
+            "pull_request.opened",
             payload,
-            status: EventStatus::Processing,
-            attempts: 1,
-            last_error: None,
-            received_at: chrono::Utc::now(),
-            processed_at: None,
-        }
+        )
     };
     let mut events: Vec<InboundEvent> = (0..8)
         .map(|i| event(&format!("delivery-{i}"), &format!("Change {i}")))

@@ -262,26 +262,15 @@ async fn refused_entries_name_the_refusal() {
 
 /// A GitHub delivery of `installation` as the stream's handler sees it, for `installation_id`.
 fn installation_event(action: &str, installation_id: i64) -> infragpt_actors::inbox::InboundEvent {
-    use infragpt_actors::inbox::{EventRowId, EventStatus, InboundEvent, Partition, RoutingKey};
-
     let mut payload =
         crate::support::fixtures::json(&format!("github-webhooks/installation/{action}.json"));
     payload["installation"]["id"] = json!(installation_id);
-    let key = RoutingKey(format!("installation:{installation_id}"));
-    InboundEvent {
-        id: EventRowId(1),
-        source: infragpt_actors::sources::GITHUB,
-        source_id: uuid::Uuid::new_v4().to_string(),
-        partition: Partition::of(&key),
-        routing_key: key,
-        kind: format!("installation.{action}"),
+    crate::support::integrations::github_delivery(
+        &uuid::Uuid::new_v4().to_string(),
+        &format!("installation:{installation_id}"),
+        &format!("installation.{action}"),
         payload,
-        status: EventStatus::Processing,
-        attempts: 1,
-        last_error: None,
-        received_at: chrono::Utc::now(),
-        processed_at: None,
-    }
+    )
 }
 
 #[actix_rt::test]

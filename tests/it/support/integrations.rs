@@ -408,3 +408,30 @@ pub async fn age_credential(
     .expect("age credential");
     assert_eq!(changed, 1);
 }
+
+/// A GitHub delivery as the stream's handler sees it: claimed (`processing`, attempt 1),
+/// `kind` as the webhook records it (`event.action`).
+pub fn github_delivery(
+    delivery_id: &str,
+    routing_key: &str,
+    kind: &str,
+    payload: serde_json::Value,
+) -> infragpt_actors::inbox::InboundEvent {
+    use infragpt_actors::inbox::{EventRowId, EventStatus, InboundEvent, Partition, RoutingKey};
+
+    let key = RoutingKey(routing_key.to_owned());
+    InboundEvent {
+        id: EventRowId(1),
+        source: infragpt_actors::sources::GITHUB,
+        source_id: delivery_id.to_owned(),
+        partition: Partition::of(&key),
+        routing_key: key,
+        kind: kind.to_owned(),
+        payload,
+        status: EventStatus::Processing,
+        attempts: 1,
+        last_error: None,
+        received_at: chrono::Utc::now(),
+        processed_at: None,
+    }
+}
