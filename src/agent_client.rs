@@ -453,24 +453,25 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(1.0 + rand::random::<f64>() * 0.2)
 }
 
-/// The turn as the agent contract's request.
-pub fn to_request(turn: &AgentTurn) -> AgentRequest {
+/// The turn as the agent contract's request (taking the turn: a long history is moved, not
+/// copied).
+pub fn to_request(turn: AgentTurn) -> AgentRequest {
     AgentRequest {
         conversation_id: turn.conversation_id.to_string(),
-        current_message: turn.current_message.clone(),
+        current_message: turn.current_message,
         past_messages: turn
             .past_messages
-            .iter()
+            .into_iter()
             .map(|m| Message {
-                message_id: m.message_id.clone(),
-                content: m.content.clone(),
-                sender: m.sender.clone(),
-                timestamp: m.timestamp.clone(),
+                message_id: m.message_id,
+                content: m.content,
+                sender: m.sender,
+                timestamp: m.timestamp,
             })
             .collect(),
         context: turn.context.to_string(),
-        user_id: turn.user_id.clone(),
-        channel_id: turn.channel_id.clone(),
+        user_id: turn.user_id,
+        channel_id: turn.channel_id,
     }
 }
 
@@ -503,7 +504,8 @@ impl Agent for GrpcAgent {
         };
         self.calls.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let request = to_request(&turn);
+        let conversation_id = turn.conversation_id;
+        let request = to_request(turn);
         let span = tracing::info_span!(
             "agent_call",
             conversation_id = %request.conversation_id,
@@ -541,13 +543,13 @@ impl Agent for GrpcAgent {
         self.report_health(error.as_deref());
         match &error {
             Some(e) => tracing::warn!(
-                conversation_id = %turn.conversation_id,
+                conversation_id = %conversation_id,
                 outcome = outcome.as_str(),
                 error = %e,
                 "agent call failed"
             ),
             None => tracing::debug!(
-                conversation_id = %turn.conversation_id,
+                conversation_id = %conversation_id,
                 outcome = outcome.as_str(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "agent answered"
