@@ -350,7 +350,9 @@ FROM conv",
 /// its first message and its latest `$4` (the turn's own among them), so that a turn of a
 /// long thread reads a bounded number of rows through `messages_conversation_idx` instead
 /// of the whole thread (`agent.history_limit`). Sent right behind [`BEGIN_TURN`] on the same
-/// connection (pipelined), so it names the thread, not the id that statement returns.
+/// connection (pipelined), so it names the thread, not the id that statement returns. The
+/// thread's filter is written twice: a CTE read by both halves would be materialized, which
+/// reads the whole thread again.
 const THREAD_HISTORY: &str = "\
 (SELECT m.id, m.slack_ts, m.sender_kind, m.sender_id, m.text, m.created_at, m.in_reply_to, m.kind
  FROM messages m JOIN conversations c ON c.id = m.conversation_id

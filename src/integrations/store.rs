@@ -164,9 +164,10 @@ ON CONFLICT (delivery_id) DO NOTHING
 RETURNING delivery_id";
 
 impl GithubEventBatch {
-    /// Starts the writer; its state shows in the actor tree as `health`.
+    /// Starts the writer on the caller's arbiter (the handlers that wait for it need no
+    /// thread of its own); its state shows in the actor tree as `health`.
     pub(crate) fn start(pool: Pool, health: ActorHealth) -> Batcher<Self> {
-        Batcher::start(
+        Batcher::start_here(
             Self { pool },
             GITHUB_EVENTS_BATCH_MAX,
             health,
@@ -220,7 +221,7 @@ async fn insert_github_events(
         #[diesel(sql_type = Text)]
         delivery_id: String,
     }
-    let column = |f: fn(&NormalizedEvent) -> Option<String>| -> Vec<Option<String>> {
+    let column = |f: for<'a> fn(&'a NormalizedEvent) -> Option<&'a str>| -> Vec<Option<&str>> {
         rows.iter().map(|(_, e)| f(e)).collect()
     };
     let ids: Vec<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
@@ -233,14 +234,14 @@ async fn insert_github_events(
         .bind::<Array<Text>, _>(&ids)
         .bind::<Array<Nullable<BigInt>>, _>(&installations)
         .bind::<Array<Text>, _>(&events)
-        .bind::<Array<Nullable<Text>>, _>(column(|e| e.action.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(|e| e.repository.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(|e| e.actor.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(|e| e.git_ref.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(|e| e.action.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column(|e| e.repository.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column(|e| e.actor.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column(|e| e.git_ref.as_deref()))
         .bind::<Array<Nullable<BigInt>>, _>(&numbers)
-        .bind::<Array<Nullable<Text>>, _>(column(|e| e.title.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(|e| e.state.clone()))
-        .bind::<Array<Nullable<Text>>, _>(column(|e| e.conclusion.clone()))
+        .bind::<Array<Nullable<Text>>, _>(column(|e| e.title.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column(|e| e.state.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(column(|e| e.conclusion.as_deref()))
         .bind::<Array<Text>, _>(&summaries)
         .prepared()
         .load(&mut conn)

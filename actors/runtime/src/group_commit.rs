@@ -84,25 +84,48 @@ impl<B: BatchWrite> std::fmt::Debug for Batcher<B> {
 }
 
 impl<B: BatchWrite> Batcher<B> {
-    /// Starts the writer on an arbiter of its own: batches of at most `max_batch` items, each
-    /// allowed `timeout`.
+    /// Starts the writer on an arbiter (a thread) of its own: batches of at most `max_batch`
+    /// items, each allowed `timeout`. For writers whose callers must never wait for the
+    /// workers' turns on the arbiter that started them (the inbox's acknowledgements).
     pub fn start(
         what: B,
         max_batch: usize,
         health: ActorHealth,
         timeout: std::time::Duration,
     ) -> Self {
+        let writer = BatchWriter::new(what, max_batch, health, timeout);
+        let arbiter = Arbiter::new();
         Self {
-            writer: BatchWriter::start(what, max_batch, health, timeout),
+            writer: BatchWriter::start_in_arbiter(&arbiter.handle(), move |_| writer),
         }
     }
 
-    /// Queues `item` now and returns its outcome once its batch has been written.
+    /// Starts the writer on the caller's arbiter: no thread of its own, for a writer its
+    /// callers can share a thread with (the GitHub events' rows).
+    pub fn start_here(
+        what: B,
+        max_batch: usize,
+        health: ActorHealth,
+        timeout: std::time::Duration,
+    ) -> Self {
+        Self {
+            writer: BatchWriter::new(what, max_batch, health, timeout).start(),
+        }
+    }
+
+    /// Queues `item` now (so items submitted one after another are written in that order)
+    /// and returns its outcome once its batch has been written.
     pub fn submit(
         &self,
         item: B::Item,
     ) -> impl Future<Output = Result<B::Out, B::Error>> + Send + use<B> {
-        submit(&self.writer, item)
+        let (reply, outcome) = oneshot::channel();
+        self.writer.do_send(Submit(Pending { item, reply }));
+        async move {
+            outcome
+                .await
+                .unwrap_or_else(|_| Err(BatchFailure::WriterStopped.into()))
+        }
     }
 }
 
@@ -146,7 +169,7 @@ impl BatchWrite for DoneMarks {
 /// Hands events to the inbox's record writer. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct GroupCommit {
-    writer: Addr<BatchWriter<Records>>,
+    writer: Batcher<Records>,
 }
 
 impl GroupCommit {
@@ -172,7 +195,7 @@ impl GroupCommit {
             metrics: metrics.clone(),
         };
         Self {
-            writer: BatchWriter::start(records, max_batch, health, timeout),
+            writer: Batcher::start(records, max_batch, health, timeout),
         }
     }
 
@@ -183,7 +206,7 @@ impl GroupCommit {
         &self,
         event: Recording,
     ) -> impl Future<Output = Result<RecordOutcome, StoreError>> + Send + use<> {
-        submit(&self.writer, event)
+        self.writer.submit(event)
     }
 }
 
@@ -191,14 +214,14 @@ impl GroupCommit {
 /// statement. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct MarkCommit {
-    writer: Addr<BatchWriter<DoneMarks>>,
+    writer: Batcher<DoneMarks>,
 }
 
 impl MarkCommit {
     /// Starts the writer on an arbiter of its own: batches of at most `max_batch` marks.
     pub fn start(inbox: Arc<dyn InboundEvents>, max_batch: usize, health: ActorHealth) -> Self {
         Self {
-            writer: BatchWriter::start(DoneMarks { inbox }, max_batch, health, BATCH_TIMEOUT),
+            writer: Batcher::start(DoneMarks { inbox }, max_batch, health, BATCH_TIMEOUT),
         }
     }
 
@@ -208,20 +231,7 @@ impl MarkCommit {
         &self,
         claim: Claim,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + use<> {
-        submit(&self.writer, claim)
-    }
-}
-
-fn submit<B: BatchWrite>(
-    writer: &Addr<BatchWriter<B>>,
-    item: B::Item,
-) -> impl Future<Output = Result<B::Out, B::Error>> + Send + use<B> {
-    let (reply, outcome) = oneshot::channel();
-    writer.do_send(Submit(Pending { item, reply }));
-    async move {
-        outcome
-            .await
-            .unwrap_or_else(|_| Err(BatchFailure::WriterStopped.into()))
+        self.writer.submit(claim)
     }
 }
 
@@ -251,15 +261,8 @@ pub struct BatchWriter<B: BatchWrite> {
 }
 
 impl<B: BatchWrite> BatchWriter<B> {
-    /// Starts a writer on an arbiter (a thread) of its own: a caller's wait for its batch
-    /// never waits for the workers' turns on the arbiter that started the cluster.
-    fn start(
-        what: B,
-        max_batch: usize,
-        health: ActorHealth,
-        timeout: std::time::Duration,
-    ) -> Addr<Self> {
-        let writer = Self {
+    fn new(what: B, max_batch: usize, health: ActorHealth, timeout: std::time::Duration) -> Self {
+        Self {
             what: Arc::new(what),
             timeout,
             max_batch: max_batch.max(1),
@@ -267,9 +270,7 @@ impl<B: BatchWrite> BatchWriter<B> {
             writing: 0,
             batches: 0,
             health,
-        };
-        let arbiter = Arbiter::new();
-        Self::start_in_arbiter(&arbiter.handle(), move |_| writer)
+        }
     }
 
     /// Writes the next batch unless one is being written.
