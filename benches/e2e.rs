@@ -392,8 +392,19 @@ struct ConversationsReport {
     peak_rss_kib: u64,
     ceiling: Ceiling,
     ratio: f64,
+    /// CPU spent per completed turn while the turns ran.
+    cpu_per_turn: CpuPerTurn,
     /// Where a turn's time went (`infragpt_stage_seconds`).
     stages: Vec<Stage>,
+}
+
+/// CPU milliseconds per completed turn: this process (service, simulator, agent and load
+/// together) and every `postgres` process (backends that exit meanwhile are missed; the
+/// service's are pooled and live through the run).
+#[derive(Debug, Serialize)]
+struct CpuPerTurn {
+    process_ms: f64,
+    postgres_ms: f64,
 }
 
 /// One stage of the service's work over the whole run.
@@ -529,6 +540,13 @@ fn print_table(out: &Output, profile: bool) {
                     mib(r.rss_start_kib),
                     mib(r.rss_end_kib),
                     mib(r.peak_rss_kib)
+                ),
+            );
+            row(
+                "CPU per turn process / postgres",
+                format!(
+                    "{:.2} / {:.2} ms (process: service + simulator + agent + load)",
+                    r.cpu_per_turn.process_ms, r.cpu_per_turn.postgres_ms
                 ),
             );
             row(
@@ -983,6 +1001,9 @@ async fn conversations(args: &Args) -> anyhow::Result<ConversationsReport> {
     let next = Arc::new(AtomicUsize::new(0));
     let timeout = Duration::from_secs(args.timeout_s);
     let n = args.events;
+    // CPU of this process (service, simulator, agent and load) and of PostgreSQL while the
+    // turns run: steadier than a throughput on a shared machine for comparing two builds.
+    let cpu_start = (bolt::process_cpu_s("self"), bolt::postgres_cpu_s());
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency.min(n) {
         let (sim, slots, next, channels, users) = (
@@ -1069,7 +1090,13 @@ async fn conversations(args: &Args) -> anyhow::Result<ConversationsReport> {
             (a, b) => a.or(b),
         };
     }
+    let cpu_end = (bolt::process_cpu_s("self"), bolt::postgres_cpu_s());
     let completed = e2e.len();
+    let per_turn_ms = |start: f64, end: f64| (end - start) * 1000.0 / completed.max(1) as f64;
+    let cpu_per_turn = CpuPerTurn {
+        process_ms: per_turn_ms(cpu_start.0, cpu_end.0),
+        postgres_ms: per_turn_ms(cpu_start.1, cpu_end.1),
+    };
     let wall = match (first, last) {
         (Some(f), Some(l)) => l.saturating_duration_since(f),
         _ => Duration::ZERO,
@@ -1200,6 +1227,7 @@ async fn conversations(args: &Args) -> anyhow::Result<ConversationsReport> {
         peak_rss_kib: peak,
         ratio: events_per_s / ceiling.tx_per_s,
         ceiling,
+        cpu_per_turn,
         stages,
     })
 }

@@ -261,8 +261,10 @@ fn build_modules(
     ));
 
     // Conversations: Slack events → thread actors → agent → reply in the thread.
-    let mut store =
-        PgConversationStore::new(pool.clone()).with_history_limit(config.agent.history_limit);
+    // The parts SendReplies post at the same moment are recorded together.
+    let mut store = PgConversationStore::new(pool.clone())
+        .with_history_limit(config.agent.history_limit)
+        .with_grouped_parts(cluster.health().register_supervisor("reply_parts"));
     if let Some(status) = cluster.replica_status() {
         // Reply claims carry the replica's name, as leases do; a turn starts only under the
         // replica's lease, as claims and marks do.

@@ -269,7 +269,7 @@ fn probe(bot: Bot) -> Result<String, String> {
 // ----- CPU accounting ----------------------------------------------------------------------
 
 /// utime + stime of a process, in seconds (`/proc/<pid>/stat`, clock ticks of 1/100 s).
-fn process_cpu_s(pid: &str) -> f64 {
+pub(crate) fn process_cpu_s(pid: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
@@ -305,7 +305,7 @@ fn machine_busy_s() -> f64 {
 
 /// CPU seconds of every process named `postgres` (backends that exit in between are missed;
 /// the bots' database connections are pooled and live through the window).
-fn postgres_cpu_s() -> f64 {
+pub(crate) fn postgres_cpu_s() -> f64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0.0;
     };

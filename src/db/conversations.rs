@@ -26,6 +26,10 @@ use infragpt_actors::slack_events::BotId;
 use super::prepared::PreparedExt;
 use super::schema::{channels, conversations, messages, reply_intents};
 use super::{Pool, StoreError, conn};
+use infragpt_actors::group_commit::Batcher;
+use infragpt_actors::health::ActorHealth;
+
+mod parts;
 
 /// `messages.sender_kind` of a Slack user's message.
 const KIND_USER: &str = "user";
@@ -61,6 +65,9 @@ pub struct PgConversationStore {
     replica_lease_secs: Option<f64>,
     /// The latest messages a turn's history holds besides the thread's first one.
     history_limit: u32,
+    /// The writer that records the parts posted at the same moment together (see
+    /// [`Self::with_grouped_parts`]); without it each part is a statement of its own.
+    parts: Option<Batcher<parts::PartsPosted>>,
 }
 
 impl std::fmt::Debug for PgConversationStore {
@@ -243,20 +250,6 @@ UPDATE reply_intents AS i
 RETURNING id, claims, conversation_id, turn_ts, kind, posting, parts_done, posting_part,
     file_id, file_done";
 
-/// Records that part `$3 - 1` is in the thread (a fact, whoever holds the claim); clears the
-/// in-flight mark and extends the lease only for the current claim. True: still ours.
-const PART_POSTED: &str = "\
-UPDATE reply_intents
-    SET parts_done = GREATEST(parts_done, $3),
-        posting_part = CASE WHEN claims = $2 THEN NULL ELSE posting_part END,
-        claimed_until = CASE WHEN claims = $2 THEN now() + $4 * interval '1 millisecond'
-                             ELSE claimed_until END,
-        posted_at = CASE WHEN GREATEST(parts_done, $3) >= parts
-                              AND (posting->>'kind' <> 'file' OR file_done)
-                         THEN COALESCE(posted_at, now()) ELSE posted_at END
-    WHERE id = $1
-RETURNING claims = $2 AS flag";
-
 /// Records that the file is in the thread (a fact). True: the claim is still ours.
 const FILE_SHARED: &str = "\
 UPDATE reply_intents
@@ -321,7 +314,7 @@ WITH start AS (
         sender_email, text, source_event_id, in_reply_to, kind)
     SELECT conv.id, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM conv
     ON CONFLICT (conversation_id, slack_ts) DO NOTHING
-    RETURNING id
+    RETURNING id, created_at
 ), opened AS (
     INSERT INTO turn_progress (conversation_id, turn_ts, lock_id, locked_until)
     SELECT conv.id, $4, gen_random_uuid(), now() + $18 * interval '1 millisecond'
@@ -340,7 +333,10 @@ SELECT conv.id, conv.team_id, conv.channel_id, conv.thread_ts, conv.current_turn
         WHERE a.conversation_id = conv.id AND a.in_reply_to = $4 AND a.sender_kind = 'agent'
           AND a.kind = 'message') AS answered,
     (SELECT go FROM start) AS started,
-    (SELECT lock_id FROM opened) AS lock_id
+    (SELECT lock_id FROM opened) AS lock_id,
+    (SELECT id FROM msg) AS message_id,
+    (SELECT created_at FROM msg) AS message_at,
+    NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = conv.id) AS alone
 FROM conv",
         super::inbox::claim_held("$14", "$15", "$16", "$17")
     )
@@ -373,21 +369,6 @@ SELECT ARRAY(SELECT i.id FROM reply_intents i
     EXISTS (SELECT 1 FROM messages a
         WHERE a.conversation_id = $1 AND a.in_reply_to = $2 AND a.sender_kind = 'agent'
           AND a.kind = 'message') AS answered";
-
-/// Stores an agent message (a posted part) unless its ts is stored, and records the part in
-/// its intent ([`PART_POSTED`]'s update), in one statement.
-const PART_POSTED_WITH_MESSAGE: &str = "\
-WITH stored AS (
-    INSERT INTO messages (conversation_id, slack_ts, sender_kind, sender_id, sender_name,
-        sender_email, text, source_event_id, in_reply_to, kind)
-    VALUES ($5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-    ON CONFLICT (conversation_id, slack_ts) DO NOTHING
-    RETURNING conversation_id
-), touched AS (
-    UPDATE conversations SET last_message_at = now(), updated_at = now()
-    WHERE id IN (SELECT conversation_id FROM stored)
-)
-";
 
 /// Makes `$2` the current turn of conversation `$1`, only while the claim `($3, $4)` holds
 /// (when given): the event is still processing under that attempt, and its partition is
@@ -424,10 +405,6 @@ struct StartedRow {
     #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
     lock_id: Option<uuid::Uuid>,
 }
-
-/// [`PART_POSTED_WITH_MESSAGE`] followed by [`PART_POSTED`].
-static PART_POSTED_STORING: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("{PART_POSTED_WITH_MESSAGE}{PART_POSTED}"));
 
 /// One claimed `reply_intents` row.
 #[derive(Debug, QueryableByName)]
@@ -501,6 +478,14 @@ struct BeginTurnRow {
     started: bool,
     #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
     lock_id: Option<uuid::Uuid>,
+    /// The message's row, when this statement stored it.
+    #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
+    message_id: Option<uuid::Uuid>,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Timestamptz>)]
+    message_at: Option<DateTime<Utc>>,
+    /// The thread had no message before this statement.
+    #[diesel(sql_type = Bool)]
+    alone: bool,
 }
 
 /// What [`TURN_STATE`] returns (and the end of [`BEGIN_TURN`]'s row).
@@ -557,8 +542,8 @@ fn sender_columns(sender: &Sender) -> (&'static str, &str) {
     }
 }
 
-/// Binds a message's columns after a statement's first binds, as [`BEGIN_TURN`]'s and
-/// [`PART_POSTED_WITH_MESSAGE`]'s inserts take them (the ts first, the kind last).
+/// Binds a message's columns after a statement's first binds, as [`BEGIN_TURN`]'s insert
+/// takes them (the ts first, the kind last).
 macro_rules! bind_message {
     ($query:expr, $msg:expr) => {{
         let msg: &NewMessage = $msg;
@@ -735,6 +720,10 @@ struct MessageRow {
     kind: String,
 }
 
+fn rows_to_history(rows: Vec<MessageRow>) -> Result<Vec<StoredMessage>, ConversationStoreError> {
+    rows.into_iter().map(StoredMessage::try_from).collect()
+}
+
 impl TryFrom<MessageRow> for StoredMessage {
     type Error = ConversationStoreError;
     fn try_from(row: MessageRow) -> Result<Self, Self::Error> {
@@ -780,7 +769,41 @@ impl PgConversationStore {
             fence_margin_secs: 0.0,
             replica_lease_secs: None,
             history_limit: infragpt_actors::conversation::DEFAULT_HISTORY_LIMIT,
+            parts: None,
         }
+    }
+
+    /// [`IntentStep::Posted`]: through the grouped writer when there is one.
+    async fn part_posted(
+        &self,
+        token: ClaimToken,
+        part: usize,
+        message: NewMessage,
+        lease: Duration,
+    ) -> Result<bool, ConversationStoreError> {
+        let part = parts::PartPosted {
+            id: token.intent.0,
+            claim: token.claim,
+            parts: part_number(part).saturating_add(1),
+            lease_ms: millis(lease),
+            message,
+        };
+        let ours = match &self.parts {
+            Some(writer) => writer.submit(part).await,
+            None => parts::record(&self.pool, std::slice::from_ref(&part))
+                .await
+                .pop()
+                .unwrap_or_else(|| Err(StoreError::Batch("no outcome for the part".into()))),
+        };
+        Ok(ours?)
+    }
+
+    /// Records the parts that SendReplies post at the same moment in one statement, through
+    /// a writer on the caller's arbiter whose state shows as `health`. Needs a running actix
+    /// system.
+    pub fn with_grouped_parts(mut self, health: ActorHealth) -> Self {
+        self.parts = Some(parts::PartsPosted::start(self.pool.clone(), health));
+        self
     }
 
     /// Reads a turn's history as the thread's first message and its latest `limit`
@@ -842,15 +865,38 @@ impl PgConversationStore {
             .bind::<Nullable<BigInt>, _>(start.and_then(|s| s.progress_lease).map(millis))
             .prepared()
             .get_result::<BeginTurnRow>(&mut &*conn);
-        // Sent behind the first statement without waiting for it: one round trip for both.
-        let history = diesel::sql_query(THREAD_HISTORY)
-            .bind::<Text, _>(key.team.as_str())
-            .bind::<Text, _>(key.channel.as_str())
-            .bind::<Text, _>(key.thread_ts.as_str())
-            .bind::<BigInt, _>(i64::from(self.history_limit))
-            .prepared()
-            .load::<MessageRow>(&mut &*conn);
-        let (row, history) = futures::try_join!(begin, history).map_err(unavailable)?;
+        let history = || {
+            diesel::sql_query(THREAD_HISTORY)
+                .bind::<Text, _>(key.team.as_str())
+                .bind::<Text, _>(key.channel.as_str())
+                .bind::<Text, _>(key.thread_ts.as_str())
+                .bind::<BigInt, _>(i64::from(self.history_limit))
+                .prepared()
+                .load::<MessageRow>(&mut &*conn)
+        };
+        let (row, history) = if key.thread_ts == message.slack_ts {
+            // A thread's first message nearly always starts its conversation, whose history
+            // is that message alone: the history is read only when the thread had messages
+            // before (a redelivery, or replies stored ahead of their parent).
+            let row = begin.await.map_err(unavailable)?;
+            let history = match (row.alone, row.message_id, row.message_at) {
+                (true, Some(id), Some(created_at)) => vec![StoredMessage {
+                    id,
+                    slack_ts: message.slack_ts,
+                    sender: message.sender,
+                    text: message.text,
+                    created_at,
+                    in_reply_to: message.in_reply_to,
+                    kind: message.kind,
+                }],
+                _ => rows_to_history(history().await.map_err(unavailable)?)?,
+            };
+            (row, history)
+        } else {
+            // Sent behind the first statement without waiting for it: one round trip for both.
+            let (row, rows) = futures::try_join!(begin, history()).map_err(unavailable)?;
+            (row, rows_to_history(rows)?)
+        };
         drop(pooled);
         let inserted = if row.inserted {
             InsertOutcome::Inserted
@@ -867,10 +913,7 @@ impl PgConversationStore {
             started: row.started.then_some(StartedTurn {
                 progress: row.lock_id.map(ProgressLock),
             }),
-            history: history
-                .into_iter()
-                .map(StoredMessage::try_from)
-                .collect::<Result<_, _>>()?,
+            history,
         })
     }
 
@@ -999,7 +1042,7 @@ impl ConversationStore for PgConversationStore {
             .load(&mut conn)
             .await
             .map_err(unavailable)?;
-        rows.into_iter().map(StoredMessage::try_from).collect()
+        rows_to_history(rows)
     }
 
     async fn set_current_turn(
@@ -1351,7 +1394,13 @@ impl ConversationStore for PgConversationStore {
         lease: Duration,
     ) -> Result<bool, ConversationStoreError> {
         let id = token.intent.0;
-        let mut conn = conn(&self.pool).await?;
+        let (mut conn, step) = match step {
+            // Grouped with the parts posted beside it; takes no connection here.
+            IntentStep::Posted { part, message } => {
+                return self.part_posted(token, part, message, lease).await;
+            }
+            step => (conn(&self.pool).await?, step),
+        };
         let renew = async |conn: &mut AsyncPgConnection, part: Option<i32>| {
             diesel::sql_query(RENEW)
                 .bind::<diesel::sql_types::Uuid, _>(id)
@@ -1367,17 +1416,8 @@ impl ConversationStore for PgConversationStore {
             IntentStep::Renew => renew(&mut conn, None).await,
             IntentStep::Posting { part } => renew(&mut conn, Some(part_number(part))).await,
             IntentStep::Posted { part, message } => {
-                let query = diesel::sql_query(PART_POSTED_STORING.as_str())
-                    .bind::<diesel::sql_types::Uuid, _>(id)
-                    .bind::<Integer, _>(token.claim)
-                    .bind::<Integer, _>(part_number(part).saturating_add(1))
-                    .bind::<BigInt, _>(millis(lease))
-                    .bind::<diesel::sql_types::Uuid, _>(message.conversation_id.0);
-                bind_message!(query, &message)
-                    .prepared()
-                    .get_result::<Flag>(&mut conn)
-                    .await
-                    .map(|f| f.flag)
+                drop(conn);
+                return self.part_posted(token, part, message, lease).await;
             }
             IntentStep::FileUploaded { file_id } => diesel::update(
                 reply_intents::table

@@ -2,6 +2,7 @@
 //! cluster), the diesel-async connection pool and the embedded migrations.
 
 pub mod audit;
+pub(crate) mod batch;
 pub mod cluster;
 pub mod conversations;
 pub mod error;

@@ -20,10 +20,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use infragpt_actors::audit::AuditEntry;
 use infragpt_actors::group_commit::Batcher;
-use infragpt_actors::health::ActorId;
 use infragpt_actors::inbox::InboundEvent;
-use infragpt_actors::{ActorState, HealthRegistry, kinds, sources};
 use infragpt_actors::{EventHandler, HandleOutcome, HandlerError, StreamSpec};
+use infragpt_actors::{HealthRegistry, kinds, sources};
 use serde_json::json;
 
 use super::normalize::{
@@ -83,11 +82,7 @@ impl GithubStreamHandler {
         vaults: Option<VaultRegistry>,
         health: &HealthRegistry,
     ) -> Self {
-        let writer = health.register(
-            ActorId::new(kinds::SUPERVISOR, "github_events"),
-            Some(ActorId::new(kinds::SUPERVISOR, "root")),
-        );
-        writer.set_state(ActorState::Running);
+        let writer = health.register_supervisor("github_events");
         let event_rows = GithubEventBatch::start(store.pool().clone(), writer);
         Self {
             store,

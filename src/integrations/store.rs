@@ -24,6 +24,7 @@ use uuid::Uuid;
 use super::credentials::{SealedCredential, delete_all_on, upsert_on};
 use super::providers::{NormalizedEvent, RepoRef};
 use crate::db::audit::insert_entry;
+use crate::db::batch::write_batch;
 use crate::db::prepared::PreparedExt as _;
 use crate::db::schema::{github_events, github_repositories, integrations, slack_workspaces};
 use crate::db::{Pool, StoreError, conn};
@@ -188,24 +189,14 @@ impl BatchWrite for GithubEventBatch {
     ) -> BoxFuture<'static, Vec<Result<bool, StoreError>>> {
         let pool = self.pool.clone();
         async move {
-            match insert_github_events(&pool, &rows).await {
-                Ok(new) => new.into_iter().map(Ok).collect(),
-                // One delivery's data was refused: each alone, so that only it fails.
-                Err(StoreError::Data(_)) if rows.len() > 1 => {
-                    let mut outcomes = Vec::with_capacity(rows.len());
-                    for row in &rows {
-                        let one = insert_github_events(&pool, std::slice::from_ref(row)).await;
-                        outcomes.push(one.map(|new| new.into_iter().next().unwrap_or(false)));
-                    }
-                    outcomes
-                }
-                Err(e) => {
-                    let error = e.to_string();
-                    let mut outcomes = vec![Err(e)];
-                    outcomes.extend((1..rows.len()).map(|_| Err(StoreError::Batch(error.clone()))));
-                    outcomes
-                }
-            }
+            write_batch(&rows, |rows| async {
+                Ok(insert_github_events(&pool, rows)
+                    .await?
+                    .into_iter()
+                    .map(Ok)
+                    .collect())
+            })
+            .await
         }
         .boxed()
     }

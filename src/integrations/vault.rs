@@ -883,10 +883,7 @@ impl VaultRegistry {
     /// the cluster's `root`).
     pub fn new(deps: VaultDeps, health: HealthRegistry) -> Self {
         let supervisor = ActorId::new(kinds::SUPERVISOR, "credential_vaults");
-        let supervisor_health = health.register(
-            supervisor.clone(),
-            Some(ActorId::new(kinds::SUPERVISOR, "root")),
-        );
+        let supervisor_health = health.register_supervisor(&supervisor.key);
         supervisor_health.set_state(ActorState::Running);
         Self {
             inner: Arc::new(RegistryInner {

@@ -337,6 +337,14 @@ impl<B: BatchWrite> std::fmt::Debug for BatchWriter<B> {
 
 impl<B: BatchWrite> Actor for BatchWriter<B> {
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        self.health.set_state(crate::health::ActorState::Running);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.health.set_state(crate::health::ActorState::Stopped);
+    }
 }
 
 impl<B: BatchWrite> Handler<Submit<B>> for BatchWriter<B> {

@@ -294,6 +294,15 @@ impl HealthRegistry {
         }
     }
 
+    /// Registers a supervisor node `key` under the cluster's `root` (a writer, a registry of
+    /// actors started elsewhere), in state `starting`.
+    pub fn register_supervisor(&self, key: &str) -> ActorHealth {
+        self.register(
+            ActorId::new(ActorKind::SUPERVISOR, key),
+            Some(ActorId::new(ActorKind::SUPERVISOR, "root")),
+        )
+    }
+
     /// One actor.
     pub fn get(&self, kind: ActorKind, key: &str) -> Option<ActorSnapshot> {
         let id = ActorId::new(kind, key);

@@ -1280,3 +1280,164 @@ async fn a_turn_reads_the_first_message_and_the_latest_ones() {
     let read: Vec<String> = start.history.iter().map(|m| m.text.clone()).collect();
     assert_eq!(read, ["only"]);
 }
+
+/// A thread's first message that starts its conversation is its history without a read; a
+/// first message stored after replies of its thread, or stored already, reads the thread.
+#[tokio::test]
+async fn a_new_threads_history_is_its_first_message() {
+    let db = TestDb::new().await;
+    let store = PgConversationStore::new(db.pool().clone());
+    let say = |ts: &str, text: &str, event: i64| NewMessage {
+        source_event_id: Some(EventRowId(event)),
+        ..message(ConversationId(uuid::Uuid::nil()), ts, user("U1"), text)
+    };
+
+    let thread = key("600.000001");
+    let start = store
+        .begin_turn(&thread, say("600.000001", "hello", 1))
+        .await
+        .unwrap();
+    assert_eq!(start.inserted, InsertOutcome::Inserted);
+    let stored = store.history(start.conversation.id).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        start.history, stored,
+        "the same message as a read would give"
+    );
+
+    // Its redelivery reads the thread, which holds a reply by now.
+    store
+        .insert_message(message(
+            start.conversation.id,
+            "600.000002",
+            user("U1"),
+            "a reply",
+        ))
+        .await
+        .unwrap();
+    let again = store
+        .begin_turn(&thread, say("600.000001", "hello", 1))
+        .await
+        .unwrap();
+    assert!(matches!(again.inserted, InsertOutcome::Exists { .. }));
+    let texts: Vec<&str> = again.history.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["hello", "a reply"]);
+
+    // A reply stored ahead of its parent: the parent's turn reads both.
+    let late = key("700.000001");
+    store
+        .begin_turn(&late, say("700.000002", "reply first", 3))
+        .await
+        .unwrap();
+    let parent = store
+        .begin_turn(&late, say("700.000001", "parent", 4))
+        .await
+        .unwrap();
+    assert_eq!(parent.inserted, InsertOutcome::Inserted);
+    let texts: Vec<&str> = parent.history.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(texts.contains(&"parent") && texts.contains(&"reply first"));
+}
+
+/// Parts that SendReplies post at the same moment are recorded in one statement
+/// (`supervisor/reply_parts`): each stores its message and completes its intent, a part
+/// recorded under a claim taken over since is recorded but reported lost, and a part whose
+/// text PostgreSQL refuses (a NUL) fails alone.
+#[actix_rt::test]
+async fn parts_posted_together_share_a_statement_and_a_bad_one_fails_alone() {
+    use infragpt::db::schema::reply_intents;
+    use infragpt_actors::conversation::{IntentClaim, IntentStep, NewIntent, Posting};
+    use infragpt_actors::health::ActorId;
+    use infragpt_actors::{ActorKind, ActorState, HealthRegistry};
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let health = HealthRegistry::new();
+    let store = PgConversationStore::new(db.pool().clone()).with_grouped_parts(
+        health.register(ActorId::new(ActorKind::SUPERVISOR, "reply_parts"), None),
+    );
+    let conv = store.upsert_conversation(&key("800.000001")).await.unwrap();
+    let claim = |text: String, lease: Duration| {
+        let store = store.clone();
+        async move {
+            let intent = NewIntent {
+                conversation_id: conv.id,
+                in_reply_to: Some(ts("800.000001")),
+                kind: MessageKind::Message,
+                text: text.clone(),
+                posting: Posting::Messages { parts: vec![text] },
+            };
+            match store.claim_intent(&intent, lease).await.unwrap() {
+                IntentClaim::Claimed(c) => c.token,
+                other => panic!("claimed: {other:?}"),
+            }
+        }
+    };
+    let lease = Duration::from_secs(30);
+    let mut parts = Vec::new();
+    for i in 0..8 {
+        parts.push((
+            claim(format!("answer {i}"), lease).await,
+            format!("answer {i}"),
+        ));
+    }
+    // Claimed, lapsed and claimed again: the first claim's record is no longer its own.
+    let stale = claim("taken over".into(), Duration::ZERO).await;
+    claim("taken over".into(), lease).await;
+    parts.push((stale, "taken over".into()));
+    // Its intent is fine; the message it posted has a NUL, which PostgreSQL refuses.
+    let nul = claim("refused".into(), lease).await;
+    parts.push((nul, "a\u{0}b".into()));
+
+    let outcomes = futures::future::join_all(parts.iter().enumerate().map(|(i, (token, text))| {
+        let message = NewMessage::from_agent(
+            conv.id,
+            ts(&format!("800.{:06}", i + 2)),
+            text.clone(),
+            Some(ts("800.000001")),
+            MessageKind::Message,
+        );
+        store.advance_intent(*token, IntentStep::Posted { part: 0, message }, lease)
+    }))
+    .await;
+    for (i, outcome) in outcomes.iter().take(8).enumerate() {
+        assert_eq!(outcome.as_ref().ok(), Some(&true), "part {i}: {outcome:?}");
+    }
+    assert_eq!(outcomes[8].as_ref().ok(), Some(&false), "{:?}", outcomes[8]);
+    assert!(
+        outcomes[9].is_err(),
+        "the NUL is refused: {:?}",
+        outcomes[9]
+    );
+
+    let mut conn = db.pool().get().await.unwrap();
+    let mut stored: Vec<String> = messages::table
+        .filter(messages::sender_kind.eq("agent"))
+        .select(messages::text)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    stored.sort();
+    let mut expected: Vec<String> = (0..8).map(|i| format!("answer {i}")).collect();
+    expected.push("taken over".into());
+    assert_eq!(stored, expected);
+    let posted: i64 = reply_intents::table
+        .filter(reply_intents::posted_at.is_not_null())
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        posted, 9,
+        "every recorded part completes its one-part intent"
+    );
+    let writer = health
+        .get(ActorKind::SUPERVISOR, "reply_parts")
+        .expect("the writer is in the actor tree");
+    assert_eq!(writer.state, ActorState::Running);
+    let batches = writer.detail["batches"].as_u64().expect("batches");
+    assert!(
+        (1..10).contains(&batches),
+        "ten parts recorded together share batches: {batches}"
+    );
+}
