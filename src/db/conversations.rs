@@ -1394,13 +1394,6 @@ impl ConversationStore for PgConversationStore {
         lease: Duration,
     ) -> Result<bool, ConversationStoreError> {
         let id = token.intent.0;
-        let (mut conn, step) = match step {
-            // Grouped with the parts posted beside it; takes no connection here.
-            IntentStep::Posted { part, message } => {
-                return self.part_posted(token, part, message, lease).await;
-            }
-            step => (conn(&self.pool).await?, step),
-        };
         let renew = async |conn: &mut AsyncPgConnection, part: Option<i32>| {
             diesel::sql_query(RENEW)
                 .bind::<diesel::sql_types::Uuid, _>(id)
@@ -1413,11 +1406,13 @@ impl ConversationStore for PgConversationStore {
                 .map(|n| n == 1)
         };
         let ours = match step {
-            IntentStep::Renew => renew(&mut conn, None).await,
-            IntentStep::Posting { part } => renew(&mut conn, Some(part_number(part))).await,
+            // Grouped with the parts posted beside it: takes no connection here.
             IntentStep::Posted { part, message } => {
-                drop(conn);
                 return self.part_posted(token, part, message, lease).await;
+            }
+            IntentStep::Renew => renew(&mut *conn(&self.pool).await?, None).await,
+            IntentStep::Posting { part } => {
+                renew(&mut *conn(&self.pool).await?, Some(part_number(part))).await
             }
             IntentStep::FileUploaded { file_id } => diesel::update(
                 reply_intents::table
@@ -1426,14 +1421,14 @@ impl ConversationStore for PgConversationStore {
                     .filter(reply_intents::posted_at.is_null()),
             )
             .set(reply_intents::file_id.eq(file_id))
-            .execute(&mut conn)
+            .execute(&mut conn(&self.pool).await?)
             .await
             .map(|n| n == 1),
             IntentStep::FileShared => diesel::sql_query(FILE_SHARED)
                 .bind::<diesel::sql_types::Uuid, _>(id)
                 .bind::<Integer, _>(token.claim)
                 .prepared()
-                .get_result::<Flag>(&mut conn)
+                .get_result::<Flag>(&mut conn(&self.pool).await?)
                 .await
                 .map(|f| f.flag),
             IntentStep::Abandon { uncertain } => diesel::sql_query(ABANDON)
@@ -1441,7 +1436,7 @@ impl ConversationStore for PgConversationStore {
                 .bind::<Integer, _>(token.claim)
                 .bind::<Bool, _>(uncertain)
                 .prepared()
-                .execute(&mut conn)
+                .execute(&mut conn(&self.pool).await?)
                 .await
                 .map(|n| n == 1),
         };

@@ -536,6 +536,33 @@ pub fn keyed_event(source: EventSource, key: &str, seq: u64) -> NewInboundEvent 
     }
 }
 
+/// An event as its handler sees it on a first attempt: row `id`, claimed (`processing`,
+/// attempt 1), received now.
+pub fn claimed_event(
+    id: i64,
+    source: EventSource,
+    source_id: &str,
+    routing_key: &str,
+    kind: &str,
+    payload: serde_json::Value,
+) -> InboundEvent {
+    let routing_key = RoutingKey(routing_key.to_owned());
+    InboundEvent {
+        id: EventRowId(id),
+        source,
+        source_id: source_id.to_owned(),
+        partition: Partition::of(&routing_key),
+        routing_key,
+        kind: kind.to_owned(),
+        payload,
+        status: EventStatus::Processing,
+        attempts: 1,
+        last_error: None,
+        received_at: Utc::now(),
+        processed_at: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,9 +23,9 @@ use crate::handler::{EventHandler, HandleOutcome};
 use crate::ids::{
     ApprovalId, ChannelId, ConversationId, MessageTs, SlackUserId, TeamId, ThreadKey,
 };
-use crate::inbox::{EventRowId, EventStatus, InboundEvent, Partition, RoutingKey};
+use crate::inbox::{EventRowId, InboundEvent};
 use crate::sources;
-use crate::testing::{FakeAgent, FakeSlack, MemoryConversationStore};
+use crate::testing::{FakeAgent, FakeSlack, MemoryConversationStore, claimed_event};
 
 const ROOT: &str = "1700000000.000100";
 const REQUEST_TS: &str = "1700000001.000100";
@@ -183,21 +183,14 @@ fn click(id: ApprovalId, who: &str, action_id: &str, action_ts: &str) -> Value {
 }
 
 fn event(id: i64, payload: Value) -> InboundEvent {
-    let key = RoutingKey(format!("T1/C1/{ROOT}"));
-    InboundEvent {
-        id: EventRowId(id),
-        source: sources::SLACK,
-        source_id: format!("interaction-{id}"),
-        partition: Partition::of(&key),
-        routing_key: key,
-        kind: "block_actions".into(),
+    claimed_event(
+        id,
+        sources::SLACK,
+        &format!("interaction-{id}"),
+        &format!("T1/C1/{ROOT}"),
+        "block_actions",
         payload,
-        status: EventStatus::Processing,
-        attempts: 1,
-        last_error: None,
-        received_at: Utc::now(),
-        processed_at: None,
-    }
+    )
 }
 
 #[tokio::test]

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::{
@@ -13,9 +12,9 @@ use super::{
 };
 use crate::handler::{EventHandler, HandleOutcome, HandlerError};
 use crate::ids::{ChannelId, MessageTs, SlackUserId, TeamId, ThreadKey};
-use crate::inbox::{EventRowId, EventStatus, InboundEvent, Partition, RoutingKey};
+use crate::inbox::InboundEvent;
 use crate::sources;
-use crate::testing::{FakeAgent, FakeSlack, MemoryConversationStore, eventually};
+use crate::testing::{FakeAgent, FakeSlack, MemoryConversationStore, claimed_event, eventually};
 
 const ROOT_TS: &str = "1700000000.000100";
 
@@ -57,23 +56,18 @@ fn thread(root: &str) -> ThreadKey {
 }
 
 fn event(id: i64, payload: Value) -> InboundEvent {
-    InboundEvent {
-        id: EventRowId(id),
-        source: sources::SLACK,
-        source_id: format!("Ev{id}"),
-        routing_key: RoutingKey(format!("T1/C1/{ROOT_TS}")),
-        partition: Partition::of(&RoutingKey(format!("T1/C1/{ROOT_TS}"))),
-        kind: payload["event"]["type"]
-            .as_str()
-            .unwrap_or("unknown")
-            .to_owned(),
+    let kind = payload["event"]["type"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_owned();
+    claimed_event(
+        id,
+        sources::SLACK,
+        &format!("Ev{id}"),
+        &format!("T1/C1/{ROOT_TS}"),
+        &kind,
         payload,
-        status: EventStatus::Processing,
-        attempts: 1,
-        last_error: None,
-        received_at: Utc::now(),
-        processed_at: None,
-    }
+    )
 }
 
 fn callback(event: Value) -> Value {

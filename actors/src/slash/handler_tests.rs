@@ -23,8 +23,8 @@ use crate::conversation::{ConversationHandler, ReplyMode, SlackApiError, ThreadM
 use crate::handler::{HandleOutcome, HandlerError};
 use crate::health::{ActorId, ActorState, HealthRegistry};
 use crate::ids::{ChannelId, MessageTs, SlackUserId, TeamId};
-use crate::inbox::{EventRowId, EventStatus, InboundEvent, NewInboundEvent, Partition, RoutingKey};
-use crate::testing::{FakeAgent, FakeSlack, MemoryConversationStore};
+use crate::inbox::{InboundEvent, NewInboundEvent};
+use crate::testing::{FakeAgent, FakeSlack, MemoryConversationStore, claimed_event};
 use crate::{kinds, sources};
 
 #[derive(Default)]
@@ -248,21 +248,7 @@ fn command(text: &str, trigger: &str) -> InboundEvent {
 }
 
 fn event(kind: &str, payload: Value) -> InboundEvent {
-    let key = RoutingKey("T1/C1/-".into());
-    InboundEvent {
-        id: EventRowId(1),
-        source: sources::SLACK,
-        source_id: "slash:x".into(),
-        partition: Partition::of(&key),
-        routing_key: key,
-        kind: kind.to_owned(),
-        payload,
-        status: EventStatus::Processing,
-        attempts: 1,
-        last_error: None,
-        received_at: Utc::now(),
-        processed_at: None,
-    }
+    claimed_event(1, sources::SLACK, "slash:x", "T1/C1/-", kind, payload)
 }
 
 #[tokio::test]

@@ -417,21 +417,12 @@ pub fn github_delivery(
     kind: &str,
     payload: serde_json::Value,
 ) -> infragpt_actors::inbox::InboundEvent {
-    use infragpt_actors::inbox::{EventRowId, EventStatus, InboundEvent, Partition, RoutingKey};
-
-    let key = RoutingKey(routing_key.to_owned());
-    InboundEvent {
-        id: EventRowId(1),
-        source: infragpt_actors::sources::GITHUB,
-        source_id: delivery_id.to_owned(),
-        partition: Partition::of(&key),
-        routing_key: key,
-        kind: kind.to_owned(),
+    infragpt_actors::testing::claimed_event(
+        1,
+        infragpt_actors::sources::GITHUB,
+        delivery_id,
+        routing_key,
+        kind,
         payload,
-        status: EventStatus::Processing,
-        attempts: 1,
-        last_error: None,
-        received_at: chrono::Utc::now(),
-        processed_at: None,
-    }
+    )
 }
