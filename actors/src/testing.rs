@@ -148,6 +148,7 @@ mod conversation_fakes {
         state: Mutex<StoreState>,
         unavailable: AtomicBool,
         fail_next_record: AtomicBool,
+        fail_next_claim: AtomicBool,
         owner: String,
         turn_state_reads: AtomicU64,
     }
@@ -158,6 +159,7 @@ mod conversation_fakes {
                 state: Mutex::default(),
                 unavailable: AtomicBool::new(false),
                 fail_next_record: AtomicBool::new(false),
+                fail_next_claim: AtomicBool::new(false),
                 turn_state_reads: AtomicU64::new(0),
                 owner: "memory".to_owned(),
             }
@@ -179,6 +181,12 @@ mod conversation_fakes {
         /// lost the database right after the post.
         pub fn fail_next_record(&self) {
             self.fail_next_record.store(true, Ordering::SeqCst);
+        }
+
+        /// The next claim of a reply intent fails (once), as if the database went away for
+        /// a moment before anything was posted.
+        pub fn fail_next_claim(&self) {
+            self.fail_next_claim.store(true, Ordering::SeqCst);
         }
 
         /// How many times a turn's answer so far was read ([`ConversationStore::turn_state`]).
@@ -477,6 +485,11 @@ mod conversation_fakes {
             lease: Duration,
         ) -> Result<IntentClaim, ConversationStoreError> {
             self.check()?;
+            if self.fail_next_claim.swap(false, Ordering::SeqCst) {
+                return Err(ConversationStoreError::Unavailable(
+                    "memory store failed the claim once".into(),
+                ));
+            }
             let mut st = self.state.lock();
             let idx = match st.intents.iter().position(|i| {
                 i.conversation == intent.conversation_id
@@ -999,6 +1012,9 @@ mod conversation_fakes {
         /// Posts the text through SendReply and answers successfully with it whether or not
         /// SendReply worked.
         SendReplyBestEffort(String),
+        /// Posts the text through SendReply; answers `success: false` with SendReply's error
+        /// when it failed (what the development agent does).
+        SendReplyOrReport(String),
     }
 
     /// An [`Agent`] that records the turns it got and answers as told (by default
@@ -1042,6 +1058,13 @@ mod conversation_fakes {
         pub fn send_reply_best_effort(&self, replies: Arc<ReplyService>, text: impl Into<String>) {
             *self.replies.lock() = Some(replies);
             *self.behaviour.lock() = Some(Behaviour::SendReplyBestEffort(text.into()));
+        }
+
+        /// Like [`Self::send_reply_with`], but answers `success: false` with SendReply's
+        /// error when it failed, as the development agent does.
+        pub fn send_reply_or_report(&self, replies: Arc<ReplyService>, text: impl Into<String>) {
+            *self.replies.lock() = Some(replies);
+            *self.behaviour.lock() = Some(Behaviour::SendReplyOrReport(text.into()));
         }
 
         /// A successful answer with `text`.
@@ -1089,6 +1112,24 @@ mod conversation_fakes {
                         tracing::warn!(error = %e, "fake agent: SendReply failed; answering anyway");
                     }
                     Ok(Self::success(&text))
+                }
+                Some(Behaviour::SendReplyOrReport(text)) => {
+                    let replies = self.replies.lock().clone();
+                    let sent = match replies {
+                        Some(replies) => replies
+                            .send_reply(&turn.conversation_id.to_string(), &text)
+                            .await
+                            .map(drop),
+                        None => Ok(()),
+                    };
+                    Ok(match sent {
+                        Ok(()) => Self::success(&text),
+                        Err(e) => AgentAnswer {
+                            success: false,
+                            error_message: format!("SendReply failed: {e}"),
+                            ..Self::success("")
+                        },
+                    })
                 }
             }
         }

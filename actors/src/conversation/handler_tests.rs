@@ -615,6 +615,68 @@ async fn a_turn_answered_by_a_send_reply_here_is_not_read_again() {
     assert_eq!(f.store.intents().len(), 2);
 }
 
+/// An agent that gives up when its SendReply is refused for a moment (the store down before
+/// anything was posted) answers `success: false`: the turn is retried within the agent
+/// budget rather than answered with a notice, and answered at the next attempt; at the
+/// last attempt the notice goes out as for any unsuccessful answer.
+#[tokio::test]
+async fn a_send_reply_refused_for_a_moment_retries_the_turn() {
+    let f = fixture(ReplyMode::SendReply);
+    let here = Arc::new(RepliesHere::new());
+    let handler = ConversationHandler::new(
+        f.store.clone(),
+        f.slack.clone(),
+        f.agent.clone(),
+        ReplyMode::SendReply,
+    )
+    .with_agent_retries(1)
+    .with_replies_here(here.clone());
+    let replies =
+        Arc::new(ReplyService::new(f.store.clone(), f.slack.clone()).with_replies_here(here));
+    f.agent.send_reply_or_report(replies, "sent by the agent");
+    let texts = || -> Vec<String> { f.slack.posts().into_iter().map(|p| p.text).collect() };
+    let attempt = |id: i64, root: &str, n: i32| {
+        let mut e = event(id, mention(root, None, "<@U0BOT> hi"));
+        e.attempts = n;
+        e
+    };
+
+    f.store.fail_next_claim();
+    assert!(
+        matches!(
+            handler.handle(&attempt(1, ROOT_TS, 1)).await,
+            Err(HandlerError::Retryable(_))
+        ),
+        "the refusal was ours: the turn is tried again"
+    );
+    assert!(texts().is_empty(), "no notice for a refusal that passes");
+    assert_eq!(
+        handler.handle(&attempt(1, ROOT_TS, 2)).await,
+        Ok(HandleOutcome::Done)
+    );
+    assert_eq!(texts(), ["sent by the agent"]);
+    assert_eq!(f.agent.turns().len(), 2, "asked again");
+
+    // Refused again at the last attempt: the notice, and a dead letter.
+    f.store.fail_next_claim();
+    assert!(matches!(
+        handler.handle(&attempt(2, "1700000000.000200", 2)).await,
+        Err(HandlerError::Permanent(_))
+    ));
+    assert_eq!(texts(), ["sent by the agent", DEFAULT_FAILURE_NOTICE]);
+
+    // An agent failing on its own (no SendReply refused) is not retried.
+    f.agent.answer_with(AgentAnswer {
+        success: false,
+        error_message: "quota exceeded".into(),
+        ..FakeAgent::success("")
+    });
+    assert!(matches!(
+        handler.handle(&attempt(3, "1700000000.000300", 1)).await,
+        Err(HandlerError::Permanent(_))
+    ));
+}
+
 /// A SendReply caller that gives up while the post is under way (its request future is
 /// dropped) does not leave the reply half-done and claimed: the post finishes, and the
 /// caller's retry finds it posted at once instead of waiting out the claim.

@@ -4,6 +4,10 @@
 //! Only a shortcut: a SendReply that reached another replica, or whose record was lost with
 //! a crash, is not here, and the worker then reads the turn's state from the store as it
 //! always did.
+//!
+//! It also keeps the conversations whose SendReply this process refused for a moment (the
+//! store or Slack unavailable): an agent that gives up on such a refusal answers
+//! `success: false`, and that turn is tried again rather than answered with a notice.
 
 use std::sync::Mutex;
 
@@ -28,12 +32,16 @@ struct Tally {
 #[derive(Debug)]
 pub struct RepliesHere {
     turns: Mutex<RecentMap<TurnKey, Tally>>,
+    /// Conversations with a SendReply refused for a moment since their worker last looked
+    /// ([`RepliesHere::refused`]).
+    refused: Mutex<RecentMap<ConversationId, ()>>,
 }
 
 impl Default for RepliesHere {
     fn default() -> Self {
         Self {
             turns: Mutex::new(RecentMap::new(REMEMBERED)),
+            refused: Mutex::new(RecentMap::new(REMEMBERED)),
         }
     }
 }
@@ -45,8 +53,7 @@ impl RepliesHere {
     }
 
     fn turns(&self) -> std::sync::MutexGuard<'_, RecentMap<TurnKey, Tally>> {
-        // A panic while holding it leaves a plain map: still usable.
-        self.turns.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.turns)
     }
 
     /// A SendReply for the turn starts; the returned guard says how it ended (a guard
@@ -74,6 +81,19 @@ impl RepliesHere {
         }
     }
 
+    /// A SendReply to `conversation` was refused for a reason that passes (the store or
+    /// Slack unavailable, another process posting the same reply).
+    pub fn refused(&self, conversation: ConversationId) {
+        lock(&self.refused).get_or_insert_with(conversation, || ());
+    }
+
+    /// True when a SendReply to `conversation` was refused for a moment since the last call
+    /// (the conversation's worker asks once per agent answer, so an old refusal does not
+    /// linger). Forgets it.
+    pub fn take_refused(&self, conversation: ConversationId) -> bool {
+        lock(&self.refused).remove(&conversation).is_some()
+    }
+
     /// True when SendReplies handled here posted the turn's answer (at least one did, none
     /// failed, none is still under way). Forgets the turn either way.
     pub fn take_answered(&self, conversation: ConversationId, turn: &MessageTs) -> bool {
@@ -81,6 +101,11 @@ impl RepliesHere {
             .remove(&(conversation, turn.clone()))
             .is_some_and(|t| t.posted > 0 && t.running == 0 && !t.failed)
     }
+}
+
+/// A panic while holding one of the maps leaves a plain map: still usable.
+fn lock<T>(map: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    map.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One SendReply under way ([`RepliesHere::begin`]).
@@ -139,6 +164,21 @@ mod tests {
         here.begin(c, &t).posted();
         drop(here.begin(c, &t));
         assert!(!here.take_answered(c, &t), "one failed");
+    }
+
+    #[test]
+    fn a_refusal_is_taken_once() {
+        let here = RepliesHere::new();
+        let c = ConversationId::new_random();
+        assert!(!here.take_refused(c), "nothing refused");
+        here.refused(c);
+        here.refused(c);
+        assert!(
+            !here.take_refused(ConversationId::new_random()),
+            "another one"
+        );
+        assert!(here.take_refused(c));
+        assert!(!here.take_refused(c), "taken once");
     }
 
     #[test]

@@ -206,6 +206,22 @@ pub enum ReplyError {
     Aborted(String),
 }
 
+impl ReplyError {
+    /// True when the same call may succeed later: the store or Slack was unavailable, or
+    /// another process held the same reply (what the API answers UNAVAILABLE).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Store(_) | Self::Contended(_) => true,
+            Self::Slack(slack) => slack.is_transient(),
+            Self::InvalidConversationId(_)
+            | Self::EmptyMessage
+            | Self::InvalidTurn(_)
+            | Self::NotFound(_)
+            | Self::Aborted(_) => false,
+        }
+    }
+}
+
 impl From<PostError> for ReplyError {
     fn from(e: PostError) -> Self {
         match e {
@@ -336,6 +352,14 @@ impl ReplyService {
         let outcome = self.send(conversation_id, message, turn).await;
         if let Some(m) = &self.metrics {
             m.observe_stage("send_reply", started.elapsed());
+        }
+        if let (Err(e), Some(here)) = (&outcome, &self.here)
+            && e.is_transient()
+            && let Ok(id) = conversation_id.trim().parse::<ConversationId>()
+        {
+            // The agent may give up on it and answer success=false: the turn's worker then
+            // tries again instead of posting a notice.
+            here.refused(id);
         }
         outcome
     }

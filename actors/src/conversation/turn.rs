@@ -740,6 +740,10 @@ impl ConversationHandler {
             .replies_here
             .as_deref()
             .is_some_and(|here| here.take_answered(conversation.id, ts));
+        let refused_here = self
+            .replies_here
+            .as_deref()
+            .is_some_and(|here| here.take_refused(conversation.id));
         // The agent's SendReply posted the answer in this process, and no earlier attempt
         // left one half-posted: the store would say the same.
         let answered = if posted_here && fresh {
@@ -770,6 +774,15 @@ impl ConversationHandler {
             } else {
                 answer.error_message.as_str()
             };
+            let attempts = u32::try_from(event.attempts).unwrap_or(0);
+            if refused_here && attempts <= self.agent_retries {
+                // Its SendReply was refused here for a moment (the store or Slack down):
+                // the agent gave up on our failure, not on the question.
+                warn!(conversation_id = %conversation.id, agent_type = %answer.agent_type, error, attempts, "the agent could not answer because its SendReply was refused for a moment; the turn will be retried");
+                return Err(HandlerError::retryable(format!(
+                    "the agent answered success=false after its SendReply was refused: {error}"
+                )));
+            }
             warn!(conversation_id = %conversation.id, agent_type = %answer.agent_type, error, "agent could not answer the turn");
             self.post_notice(
                 event,
