@@ -2,6 +2,7 @@
 //! entry in the same transaction; decisions and expiry as conditional updates, so with
 //! several replicas each happens once) and the organization-scoped reads of the REST API.
 
+use crate::db::committed::CommittedExt as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -172,7 +173,7 @@ async fn organization_of(
     Ok(
         diesel::sql_query("SELECT organization_id FROM slack_workspaces WHERE team_id = $1")
             .bind::<Text, _>(team)
-            .get_result::<OrgRow>(conn)
+            .get_committed::<OrgRow>(conn)
             .await
             .optional()?
             .and_then(|r| r.organization_id),
@@ -236,7 +237,7 @@ impl PgApprovalStore {
         diesel::sql_query(sql)
             .bind::<SqlUuid, _>(organization_id)
             .bind::<SqlUuid, _>(id)
-            .get_result::<Row>(&mut c)
+            .get_committed::<Row>(&mut c)
             .await
             .optional()
             .map_err(unavailable)?
@@ -285,7 +286,7 @@ impl ApprovalStore for PgApprovalStore {
                 .bind::<Nullable<Text>, _>(new.requested_by.as_ref().map(|u| u.as_str()))
                 .bind::<Nullable<Text>, _>(new.turn_ts.as_ref().map(|t| t.as_str()))
                 .bind::<Double, _>(new.expires_in.as_secs_f64())
-                .get_result(conn)
+                .get_committed(conn)
                 .await
                 .optional()?;
             match inserted {
@@ -319,7 +320,7 @@ impl ApprovalStore for PgApprovalStore {
                     let row: Row = diesel::sql_query(sql)
                         .bind::<SqlUuid, _>(new.conversation_id.0)
                         .bind::<Text, _>(&new.action_key)
-                        .get_result(conn)
+                        .get_committed(conn)
                         .await?;
                     Ok((row, false))
                 }
@@ -334,7 +335,7 @@ impl ApprovalStore for PgApprovalStore {
         let mut c = conn(&self.pool).await?;
         diesel::sql_query(format!("SELECT {COLUMNS} FROM approvals WHERE id = $1"))
             .bind::<SqlUuid, _>(id.0)
-            .get_result::<Row>(&mut c)
+            .get_committed::<Row>(&mut c)
             .await
             .optional()
             .map_err(unavailable)?
@@ -357,7 +358,7 @@ impl ApprovalStore for PgApprovalStore {
         )
         .bind::<SqlUuid, _>(id.0)
         .bind::<Double, _>(lease.as_secs_f64())
-        .get_result(&mut c)
+        .get_committed(&mut c)
         .await
         .optional()
         .map_err(unavailable)?;
@@ -369,7 +370,7 @@ impl ApprovalStore for PgApprovalStore {
         }
         let ts: Option<TsRow> = diesel::sql_query("SELECT message_ts FROM approvals WHERE id = $1")
             .bind::<SqlUuid, _>(id.0)
-            .get_result(&mut c)
+            .get_committed(&mut c)
             .await
             .optional()
             .map_err(unavailable)?;
@@ -455,7 +456,7 @@ impl ApprovalStore for PgApprovalStore {
                     .bind::<Text, _>(by.as_str())
                     .bind::<Nullable<Text>, _>(reason.as_deref())
                     .bind::<BigInt, _>(event.0)
-                    .get_result(conn)
+                    .get_committed(conn)
                     .await
                     .optional()?;
                 if let Some(row) = &row {
@@ -503,7 +504,7 @@ impl ApprovalStore for PgApprovalStore {
             )
             .bind::<Text, _>(approval.id.to_string())
             .bind::<Text, _>(event.0.to_string())
-            .get_result::<Flag>(conn)
+            .get_committed::<Flag>(conn)
             .await?
             .flag;
             if seen {
@@ -578,7 +579,7 @@ impl ApprovalStore for PgApprovalStore {
         let mut c = conn(&self.pool).await?;
         Ok(
             diesel::sql_query("SELECT count(*) AS n FROM approvals WHERE status = 'pending'")
-                .get_result::<Count>(&mut c)
+                .get_committed::<Count>(&mut c)
                 .await
                 .map_err(unavailable)?
                 .n,
@@ -598,7 +599,7 @@ impl ApprovalStore for PgApprovalStore {
         )
         .bind::<Text, _>(team.as_str())
         .bind::<Text, _>(email)
-        .get_result::<Flag>(&mut c)
+        .get_committed::<Flag>(&mut c)
         .await
         .map_err(unavailable)?
         .flag)
@@ -614,7 +615,7 @@ impl ApprovalStore for PgApprovalStore {
         let status: Option<Status> =
             diesel::sql_query("SELECT status FROM slack_workspaces WHERE team_id = $1")
                 .bind::<Text, _>(team.as_str())
-                .get_result(&mut c)
+                .get_committed(&mut c)
                 .await
                 .optional()
                 .map_err(unavailable)?;

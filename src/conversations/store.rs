@@ -6,6 +6,7 @@
 //! (`slack_workspaces.organization_id`); conversations of a workspace no organization
 //! installed (the single-workspace bot token) belong to none and are not reachable here.
 
+use crate::db::committed::CommittedExt as _;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Jsonb, Nullable, Text, Timestamptz};
@@ -423,7 +424,7 @@ impl OrgConversations {
         ))
         .bind::<diesel::sql_types::Uuid, _>(organization_id)
         .bind::<diesel::sql_types::Uuid, _>(id)
-        .get_result(&mut conn)
+        .get_committed(&mut conn)
         .await
         .optional()?;
         let Some(conversation) = conversation else {
@@ -480,7 +481,7 @@ async fn forget_in(
     let key: Option<KeyRow> = diesel::sql_query(LOCK)
         .bind::<diesel::sql_types::Uuid, _>(id)
         .bind::<diesel::sql_types::Uuid, _>(organization_id)
-        .get_result(conn)
+        .get_committed(conn)
         .await
         .optional()?;
     let Some(key) = key else {
@@ -495,7 +496,7 @@ async fn forget_in(
 
     let unfinished = diesel::sql_query(UNFINISHED)
         .bind::<Array<Text>, _>(&keys)
-        .get_result::<Count>(conn)
+        .get_committed::<Count>(conn)
         .await?
         .n;
     if unfinished > 0 {
@@ -503,7 +504,7 @@ async fn forget_in(
     }
     let posting = diesel::sql_query(POSTING)
         .bind::<diesel::sql_types::Uuid, _>(id)
-        .get_result::<Count>(conn)
+        .get_committed::<Count>(conn)
         .await?
         .n;
     if posting > 0 {

@@ -5,6 +5,7 @@
 //! disagree still agree on who holds a lease. Statements are single round trips; the only
 //! connection kept open is the listener's.
 
+use crate::db::committed::CommittedExt as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -446,7 +447,7 @@ pub async fn sql_partition(pool: &Pool, key: &str) -> Result<u16, StoreError> {
     let mut conn = conn(pool).await?;
     let row: Option<Row> = diesel::sql_query("SELECT infragpt_partition($1) AS p")
         .bind::<Text, _>(key)
-        .get_result(&mut conn)
+        .get_committed(&mut conn)
         .await
         .optional()
         .map_err(unavailable)?;

@@ -1,6 +1,7 @@
 //! [`ConversationStore`] on the `conversations`, `messages`, `channels` and `reply_intents`
 //! tables.
 
+use crate::db::committed::CommittedExt as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -620,7 +621,7 @@ async fn insert_on(
         .on_conflict((messages::conversation_id, messages::slack_ts))
         .do_nothing()
         .returning(messages::id)
-        .get_result(conn)
+        .get_committed(conn)
         .await
         .optional()?;
     if inserted.is_some() {
@@ -652,7 +653,7 @@ async fn fenced_or_missing(
     let exists: i64 = conversations::table
         .find(id.0)
         .count()
-        .get_result(conn)
+        .get_committed(conn)
         .await
         .map_err(unavailable)?;
     if exists == 0 {
@@ -864,7 +865,7 @@ impl PgConversationStore {
             .bind::<Double, _>(self.fence_margin_secs)
             .bind::<Nullable<BigInt>, _>(start.and_then(|s| s.progress_lease).map(millis))
             .prepared()
-            .get_result::<BeginTurnRow>(&mut &*conn);
+            .get_committed::<BeginTurnRow>(&mut &*conn);
         let history = || {
             diesel::sql_query(THREAD_HISTORY)
                 .bind::<Text, _>(key.team.as_str())
@@ -983,7 +984,7 @@ impl ConversationStore for PgConversationStore {
             .do_update()
             .set(conversations::updated_at.eq(now))
             .returning(ConversationRow::as_returning())
-            .get_result(&mut conn)
+            .get_committed(&mut conn)
             .await
             .map_err(unavailable)?;
         row.try_into()
@@ -1091,7 +1092,7 @@ impl ConversationStore for PgConversationStore {
             .bind::<diesel::sql_types::Uuid, _>(id.0)
             .bind::<Text, _>(ts.as_str())
             .prepared()
-            .get_result(&mut conn)
+            .get_committed(&mut conn)
             .await
             .map_err(unavailable)?;
         Ok(row.into())
@@ -1142,7 +1143,7 @@ impl ConversationStore for PgConversationStore {
             .bind::<Double, _>(self.fence_margin_secs)
             .bind::<BigInt, _>(millis(lease))
             .prepared()
-            .get_result(&mut conn)
+            .get_committed(&mut conn)
             .await
             .map_err(unavailable)?;
         if row.started == 1 {
@@ -1174,7 +1175,7 @@ impl ConversationStore for PgConversationStore {
         }
         let found: i64 = query
             .count()
-            .get_result(&mut conn)
+            .get_committed(&mut conn)
             .await
             .map_err(unavailable)?;
         Ok(found > 0)
@@ -1288,7 +1289,7 @@ impl ConversationStore for PgConversationStore {
             .bind::<Text, _>(&turn);
         let claimed: Option<ClaimRow> = bind_intent!(query, &columns, intent, self, lease)
             .prepared()
-            .get_result(&mut conn)
+            .get_committed(&mut conn)
             .await
             .optional()
             .map_err(unavailable)?;
@@ -1314,7 +1315,7 @@ impl ConversationStore for PgConversationStore {
         let row: Option<ReplyClaimRow> = bind_intent!(query, &columns, intent, self, lease)
             .bind::<Bool, _>(take_indicator)
             .prepared()
-            .get_result(&mut conn)
+            .get_committed(&mut conn)
             .await
             .optional()
             .map_err(unavailable)?;
@@ -1354,7 +1355,7 @@ impl ConversationStore for PgConversationStore {
             .bind::<BigInt, _>(millis(lease))
             .bind::<Nullable<Double>, _>(self.replica_lease_secs)
             .prepared()
-            .get_result(&mut conn)
+            .get_committed(&mut conn)
             .await
             .optional()
             .map_err(unavailable)?;
@@ -1428,7 +1429,7 @@ impl ConversationStore for PgConversationStore {
                 .bind::<diesel::sql_types::Uuid, _>(id)
                 .bind::<Integer, _>(token.claim)
                 .prepared()
-                .get_result::<Flag>(&mut conn(&self.pool).await?)
+                .get_committed::<Flag>(&mut conn(&self.pool).await?)
                 .await
                 .map(|f| f.flag),
             IntentStep::Abandon { uncertain } => diesel::sql_query(ABANDON)

@@ -1,5 +1,6 @@
 //! [`InboundEvents`] on the `inbound_events` table.
 
+use crate::db::committed::CommittedExt as _;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
@@ -608,7 +609,7 @@ impl PgInbox {
                 ))
                 // Its text is fixed (the `CAST` literal makes diesel assume otherwise).
                 .prepared()
-                .get_result(&mut conn)
+                .get_committed(&mut conn)
                 .await
                 .optional()
                 .map_err(unavailable)?;
@@ -905,7 +906,7 @@ impl InboundEvents for PgInbox {
         .bind::<Nullable<Text>, _>(self.replica.as_deref())
         .bind::<diesel::sql_types::Array<Text>, _>(&CLAIMABLE[..])
         .prepared()
-        .get_result(&mut conn)
+        .get_committed(&mut conn)
         .await
         .optional()
         .map_err(unavailable)?;
@@ -939,7 +940,7 @@ impl InboundEvents for PgInbox {
         .bind::<Nullable<Text>, _>(self.replica.as_deref())
         .bind::<Double, _>(self.confirm_margin_secs)
         .prepared()
-        .get_result(&mut conn)
+        .get_committed(&mut conn)
         .await
         .map_err(unavailable)?;
         if row.held {
@@ -1104,7 +1105,7 @@ impl InboundEvents for PgInbox {
                     inbound_events::updated_at.eq(now),
                 ))
                 .returning(EventRow::as_returning())
-                .get_result(conn)
+                .get_committed(conn)
                 .await
                 .optional()?;
                 if let Some(row) = &row {
@@ -1136,7 +1137,7 @@ impl InboundEvents for PgInbox {
                     inbound_events::updated_at.eq(now),
                 ))
                 .returning(EventRow::as_returning())
-                .get_result(conn)
+                .get_committed(conn)
                 .await
                 .optional()?;
                 if let Some(row) = &row {

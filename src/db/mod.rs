@@ -4,6 +4,7 @@
 pub mod audit;
 pub(crate) mod batch;
 pub mod cluster;
+pub mod committed;
 pub mod conversations;
 pub mod error;
 pub mod inbox;
@@ -15,6 +16,7 @@ pub mod retention;
 pub mod schema;
 pub mod slash;
 
+use crate::db::committed::CommittedExt as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -358,7 +360,7 @@ impl Database {
         let check = async {
             let mut conn = self.pool.get().await.map_err(DbError::Pool)?;
             diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
-                .get_result::<i32>(&mut conn)
+                .get_committed::<i32>(&mut conn)
                 .await?;
             Ok(())
         };
@@ -556,7 +558,7 @@ pub(crate) async fn database_exists(
     let found: i64 = pg_database::table
         .filter(pg_database::datname.eq(name))
         .count()
-        .get_result(conn)
+        .get_committed(conn)
         .await?;
     Ok(found > 0)
 }

@@ -1,6 +1,7 @@
 //! [`ProgressStore`] on `turn_progress`: each step is one statement, and the times are the
 //! database's, so every replica agrees on who holds an indicator and when it may change.
 
+use crate::db::committed::CommittedExt as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -175,7 +176,7 @@ impl PgProgressStore {
             .bind::<Text, _>(turn.as_str())
             .bind::<BigInt, _>(millis(lease))
             .prepared()
-            .get_result(&mut conn)
+            .get_committed(&mut conn)
             .await
             .optional()
             .map_err(unavailable)?;
@@ -257,7 +258,7 @@ impl ProgressStore for PgProgressStore {
             .bind::<BigInt, _>(millis(lease))
             .bind::<BigInt, _>(millis(interval))
             .prepared()
-            .get_result(&mut conn)
+            .get_committed(&mut conn)
             .await
             .optional()
             .map_err(unavailable)?;
@@ -273,7 +274,7 @@ impl ProgressStore for PgProgressStore {
             .bind::<Text, _>(turn.as_str())
             .bind::<BigInt, _>(millis(interval))
             .prepared()
-            .get_result(&mut conn)
+            .get_committed(&mut conn)
             .await
             .optional()
             .map_err(unavailable)?;
@@ -313,7 +314,7 @@ impl ProgressStore for PgProgressStore {
             .bind::<Text, _>(turn.as_str())
             .bind::<SqlUuid, _>(intent.0)
             .prepared()
-            .get_result(&mut conn)
+            .get_committed(&mut conn)
             .await
             .optional()
             .map_err(unavailable)?;
@@ -327,7 +328,7 @@ impl ProgressStore for PgProgressStore {
             .bind::<SqlUuid, _>(conversation.0)
             .bind::<Text, _>(turn.as_str())
             .prepared()
-            .get_result(&mut conn)
+            .get_committed(&mut conn)
             .await
             .optional()
             .map_err(unavailable)?;

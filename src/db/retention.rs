@@ -6,6 +6,7 @@
 //! (`pending`, `processing`) are work. Neither is ever deleted here, and neither is a
 //! conversation with a turn in flight.
 
+use crate::db::committed::CommittedExt as _;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -177,7 +178,7 @@ impl LockedConn {
             .expect("the connection is present until released or dropped");
         let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1) AS flag")
             .bind::<BigInt, _>(RETENTION_LOCK_KEY)
-            .get_result::<Flag>(&mut conn)
+            .get_committed::<Flag>(&mut conn)
             .await;
         match unlocked {
             Ok(Flag { flag: true }) => Ok(()),
@@ -233,7 +234,7 @@ pub async fn run_retention_once(
         let mut conn = conn(pool).await?;
         let locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS flag")
             .bind::<BigInt, _>(RETENTION_LOCK_KEY)
-            .get_result::<Flag>(&mut conn)
+            .get_committed::<Flag>(&mut conn)
             .await?;
         if locked.flag {
             let mut locked = LockedConn { conn: Some(conn) };
@@ -260,7 +261,7 @@ pub async fn run_retention_once(
     }
     report.rows = super::inbox::count_by_status(&mut conn).await?;
     report.bytes = diesel::sql_query("SELECT pg_total_relation_size('inbound_events') AS bytes")
-        .get_result::<Size>(&mut conn)
+        .get_committed::<Size>(&mut conn)
         .await?
         .bytes;
     report.duration = started.elapsed();

@@ -2,6 +2,7 @@
 //! state (with its audit entry in the same transaction), the question posts of
 //! `/infragpt <question>`, and the count of a workspace's conversations for `status`.
 
+use crate::db::committed::CommittedExt as _;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
@@ -137,7 +138,7 @@ impl SlashStore for PgSlashStore {
             .filter(conversations::team_id.eq(team.as_str()))
             .filter(conversations::created_at.ge(since))
             .count()
-            .get_result(&mut conn)
+            .get_committed(&mut conn)
             .await
             .map_err(unavailable)
     }

@@ -4,6 +4,7 @@
 //! and a firing alert (with the source's bearer token) through the service's real webhook
 //! routes. The service posts the event in `#ops` and the agent triages it in the thread.
 
+use crate::db::committed::CommittedExt as _;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -61,7 +62,7 @@ pub(crate) async fn seed(config: &Config, pool: Pool, base: String) -> anyhow::R
          ON CONFLICT (clerk_id) DO UPDATE SET name = excluded.name RETURNING id",
     )
     .bind::<diesel::sql_types::Text, _>(ORG_CLERK_ID)
-    .get_result(&mut conn)
+    .get_committed(&mut conn)
     .await
     .context("seeding the demo organization")?;
     diesel::sql_query(

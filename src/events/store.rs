@@ -3,6 +3,7 @@
 //! the event messages with their claims and the storm windows (the ports of
 //! [`infragpt_actors::events`]).
 
+use crate::db::committed::CommittedExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -300,7 +301,7 @@ impl PgEvents {
             .bind::<Bytea, _>(&sealed.ciphertext)
             .bind::<Text, _>(sealed.key_id.as_str())
             .bind::<Text, _>(&actor)
-            .get_result(conn)
+            .get_committed(conn)
             .await?;
             audit(
                 conn,
@@ -344,7 +345,7 @@ impl PgEvents {
             )
             .bind::<SqlUuid, _>(id)
             .bind::<SqlUuid, _>(organization)
-            .get_result(conn)
+            .get_committed(conn)
             .await
             .optional()?;
             if gone.is_none() {
@@ -368,7 +369,7 @@ impl PgEvents {
         ))
         .bind::<SqlUuid, _>(id)
         .bind::<Text, _>(kind.as_str())
-        .get_result(&mut conn)
+        .get_committed(&mut conn)
         .await
         .optional()?;
         let Some(row) = row else {
@@ -412,7 +413,7 @@ impl PgEvents {
             "SELECT organization_id FROM event_sources WHERE id = $1 AND deleted_at IS NULL",
         )
         .bind::<SqlUuid, _>(id)
-        .get_result(&mut conn)
+        .get_committed(&mut conn)
         .await
         .optional()?;
         Ok(row.map(|r| r.organization_id))
@@ -448,7 +449,7 @@ impl PgEvents {
             .bind::<SqlUuid, _>(source)
             .bind::<SqlUuid, _>(organization)
             .bind::<Text, _>(&spec.source.kind)
-            .get_result::<Count>(conn)
+            .get_committed::<Count>(conn)
             .await
             .map_err(StoreError::from)?
             .n;
@@ -467,7 +468,7 @@ impl PgEvents {
         )
         .bind::<Text, _>(&spec.slack.team_id)
         .bind::<SqlUuid, _>(organization)
-        .get_result::<Count>(conn)
+        .get_committed::<Count>(conn)
         .await
         .map_err(StoreError::from)?
         .n;
@@ -504,7 +505,7 @@ impl PgEvents {
             .bind::<Bool, _>(spec.enabled)
             .bind::<Jsonb, _>(&json)
             .bind::<Text, _>(&actor)
-            .get_result(conn)
+            .get_committed(conn)
             .await
             .map_err(StoreError::from)?;
             audit(conn, organization, &actor, "event_rule.created", row.id, json!({ "rule": json })).await?;
@@ -531,7 +532,7 @@ impl PgEvents {
             ))
             .bind::<SqlUuid, _>(id)
             .bind::<SqlUuid, _>(organization)
-            .get_result(conn)
+            .get_committed(conn)
             .await
             .optional()
             .map_err(StoreError::from)?;
@@ -547,7 +548,7 @@ impl PgEvents {
             .bind::<Text, _>(&spec.source.kind)
             .bind::<Bool, _>(spec.enabled)
             .bind::<Jsonb, _>(&json)
-            .get_result(conn)
+            .get_committed(conn)
             .await
             .map_err(StoreError::from)?;
             audit(
@@ -579,7 +580,7 @@ impl PgEvents {
             ))
             .bind::<SqlUuid, _>(id)
             .bind::<SqlUuid, _>(organization)
-            .get_result(conn)
+            .get_committed(conn)
             .await
             .optional()?;
             let Some(gone) = gone else {
@@ -615,7 +616,7 @@ impl PgEvents {
         ))
         .bind::<SqlUuid, _>(id)
         .bind::<SqlUuid, _>(organization)
-        .get_result(&mut conn)
+        .get_committed(&mut conn)
         .await
         .optional()?;
         row.map(RuleRow::view).transpose()
@@ -742,7 +743,7 @@ impl EventMessageStore for PgEvents {
         .bind::<Text, _>(key.team.as_str())
         .bind::<Text, _>(key.channel.as_str())
         .bind::<Text, _>(&key.thing)
-        .get_result(&mut conn)
+        .get_committed(&mut conn)
         .await
         .optional()
         .map_err(q)?;
@@ -786,7 +787,7 @@ impl EventMessageStore for PgEvents {
         .bind::<Jsonb, _>(&rendered)
         .bind::<BigInt, _>(d.version)
         .bind::<Nullable<Jsonb>, _>(&triage)
-        .get_result(&mut conn)
+        .get_committed(&mut conn)
         .await
         .map_err(q)?;
         Ok(row.id)
@@ -802,7 +803,7 @@ impl EventMessageStore for PgEvents {
         .bind::<SqlUuid, _>(id)
         .bind::<Text, _>(&self.owner)
         .bind::<Interval, _>(interval(lease))
-        .get_result(&mut conn)
+        .get_committed(&mut conn)
         .await
         .optional()
         .map_err(q)?;
@@ -920,7 +921,7 @@ impl EventMessageStore for PgEvents {
         .bind::<SqlUuid, _>(rule)
         .bind::<Text, _>(thing)
         .bind::<Text, _>(title)
-        .get_result(&mut conn)
+        .get_committed(&mut conn)
         .await
         .map_err(q)?;
         Ok(StormHit {
@@ -946,7 +947,7 @@ impl EventMessageStore for PgEvents {
         )
         .bind::<SqlUuid, _>(rule)
         .bind::<Timestamptz, _>(window_start)
-        .get_result::<Count>(&mut conn)
+        .get_committed::<Count>(&mut conn)
         .await
         .map_err(q)?
         .n;

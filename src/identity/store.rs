@@ -26,6 +26,7 @@
 //! transaction, so a change and its entry commit together (a failed entry fails the write)
 //! and a repeated or older event, which changes nothing, records nothing.
 
+use crate::db::committed::CommittedExt as _;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -453,7 +454,7 @@ impl IdentityStore {
                     organization_members::updated_at.eq(diesel::dsl::now),
                 ))
                 .returning(organization_members::role)
-                .get_result(conn)
+                .get_committed(conn)
                 .await
                 .optional()?;
                 if let Some(previous) = deleted {
@@ -519,7 +520,7 @@ impl IdentityStore {
                 .filter(organization_members::organization_clerk_id.eq(org.as_str()))
                 .filter(organization_members::user_clerk_id.eq(creator.as_str()))
                 .count()
-                .get_result(conn)
+                .get_committed(conn)
                 .await?;
             if rows > 0 {
                 return Ok(false);
@@ -573,7 +574,7 @@ impl IdentityStore {
             .filter(users::clerk_id.eq(user.as_str()))
             .filter(users::deleted_at.is_null())
             .count()
-            .get_result(&mut conn)
+            .get_committed(&mut conn)
             .await?;
         if user_live == 0 {
             return Ok(OrgAccess::NotMember);
@@ -662,7 +663,7 @@ impl IdentityStore {
                     organization_metadata::updated_at.eq(diesel::dsl::now),
                 ))
                 .returning(MetadataRow::as_returning())
-                .get_result(conn)
+                .get_committed(conn)
                 .await?;
             let (before, after) = (before.map(Into::into).unwrap_or_default(), after.into());
             if let Some(entry) = audit(&before, &after) {
@@ -730,7 +731,7 @@ async fn upsert_organization_in(
                     organizations::clerk_updated_at.eq(version),
                 ))
                 .returning(organizations::id)
-                .get_result(conn)
+                .get_committed(conn)
                 .await?;
             Ok((OrganizationId(id), Applied::Inserted))
         }
@@ -767,7 +768,7 @@ async fn delete_organization_in(
         organizations::updated_at.eq(diesel::dsl::now),
     ))
     .returning(organizations::id)
-    .get_result(conn)
+    .get_committed(conn)
     .await
     .optional()?;
     if let Some(id) = deleted {
@@ -783,7 +784,7 @@ async fn delete_organization_in(
         .on_conflict(organizations::clerk_id)
         .do_nothing()
         .returning(organizations::id)
-        .get_result(conn)
+        .get_committed(conn)
         .await
         .optional()?;
     if let Some(id) = inserted {

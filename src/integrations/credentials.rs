@@ -3,6 +3,7 @@
 //! and loads sealed bytes only; sealing and opening happen in
 //! [`crate::integrations::vault::CredentialStore`].
 
+use crate::db::committed::CommittedExt as _;
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
 use diesel::prelude::*;
@@ -118,7 +119,7 @@ pub(crate) async fn upsert_on(
             ic::updated_at.eq(now),
         ))
         .returning(ic::id)
-        .get_result(conn)
+        .get_committed(conn)
         .await?;
     Ok(id)
 }

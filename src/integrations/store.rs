@@ -6,6 +6,7 @@
 //! after) and writes it with `db::audit::insert_entry` in the change's transaction: the
 //! change and its entry commit together, and a change that changed nothing records nothing.
 
+use crate::db::committed::CommittedExt as _;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -425,7 +426,7 @@ impl IntegrationStore {
                     integrations::updated_at.eq(now),
                 ))
                 .returning(Integration::as_returning())
-                .get_result(conn)
+                .get_committed(conn)
                 .await?;
             if let Some(entry) = audit(&before, &after) {
                 insert_entry(conn, &entry).await?;
@@ -455,7 +456,7 @@ impl IntegrationStore {
                     integrations::updated_at.eq(now),
                 ))
                 .returning(Integration::as_returning())
-                .get_result(conn)
+                .get_committed(conn)
                 .await?;
             let revoked = Revoked {
                 before,
@@ -760,7 +761,7 @@ async fn activate_in(
             integrations::updated_at.eq(now),
         ))
         .returning(Integration::as_returning())
-        .get_result(conn)
+        .get_committed(conn)
         .await?;
     Ok((before, after))
 }
@@ -781,7 +782,7 @@ async fn begin_in(
         ))
         .on_conflict_do_nothing()
         .returning(Integration::as_returning())
-        .get_result(conn)
+        .get_committed(conn)
         .await
         .optional()?;
     if let Some(row) = inserted {
@@ -800,7 +801,7 @@ async fn begin_in(
         integrations::updated_at.eq(now),
     ))
     .returning(Integration::as_returning())
-    .get_result(conn)
+    .get_committed(conn)
     .await
     .optional()?;
     if let Some(row) = reset {

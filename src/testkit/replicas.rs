@@ -967,6 +967,8 @@ pub fn check_answers(sim: &SlackSim, config: &LoadConfig, logs: &[ThreadLog]) ->
     let mut violations = Vec::new();
     // tag → (channel, thread_ts) of each bot message carrying it.
     let mut answers: HashMap<(usize, usize), Vec<Place>> = HashMap::new();
+    // tag → each such message, described (for a mention answered more than once).
+    let mut posts: HashMap<(usize, usize), Vec<String>> = HashMap::new();
     for channel in &config.channels {
         for m in sim.messages_in(&config.team, channel) {
             // A duplicate the bot withdrew (chat.delete) is not an answer.
@@ -974,10 +976,20 @@ pub fn check_answers(sim: &SlackSim, config: &LoadConfig, logs: &[ThreadLog]) ->
                 continue;
             }
             match parse_tag(&m.text) {
-                Some(t) => answers
-                    .entry(t)
-                    .or_default()
-                    .push((channel.clone(), m.thread_ts.clone())),
+                Some(t) => {
+                    answers
+                        .entry(t)
+                        .or_default()
+                        .push((channel.clone(), m.thread_ts.clone()));
+                    posts.entry(t).or_default().push(format!(
+                        "ts {} metadata {} text {:?}",
+                        m.ts,
+                        m.metadata
+                            .as_ref()
+                            .map_or_else(|| "none".to_owned(), |v| v["event_payload"].to_string()),
+                        m.text.chars().take(80).collect::<String>()
+                    ));
+                }
                 None => violations.push(format!(
                     "a bot message without a mention tag in {channel} (thread {:?}): {:?}",
                     m.thread_ts,
@@ -1005,8 +1017,9 @@ pub fn check_answers(sim: &SlackSim, config: &LoadConfig, logs: &[ThreadLog]) ->
                     }
                 }
                 more => violations.push(format!(
-                    "{name} was answered {} times: {more:?}",
-                    more.len()
+                    "{name} was answered {} times: {more:?}; the answers: {}",
+                    more.len(),
+                    posts.remove(&key).unwrap_or_default().join(" | ")
                 )),
             }
         }

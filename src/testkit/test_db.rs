@@ -13,6 +13,7 @@
 //! mortem. Nothing shared holds a connection: every test gets its own pool on its own runtime,
 //! so `#[tokio::test]` and `#[actix_rt::test]` functions can run in parallel threads.
 
+use crate::db::committed::CommittedExt as _;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -273,7 +274,7 @@ async fn drop_stale_databases(admin_url: &Secret) -> Result<(), DbError> {
         let in_use: i64 = pg_stat_activity::table
             .filter(pg_stat_activity::datname.eq(&name))
             .count()
-            .get_result(&mut conn)
+            .get_committed(&mut conn)
             .await?;
         if in_use == 0 {
             // No FORCE: if someone connected meanwhile, leave it.

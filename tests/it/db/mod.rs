@@ -2,6 +2,7 @@
 //! the actor system over the real inbox.
 
 mod actors;
+mod committed;
 mod conversation_store;
 mod inbox;
 mod migrations;
