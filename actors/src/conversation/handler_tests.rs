@@ -1374,6 +1374,70 @@ async fn the_fallback_answer_and_a_send_reply_of_the_same_text_post_once() {
     assert_eq!(f.slack.posts().len(), 1);
 }
 
+/// The store goes away right after a post and comes back a moment later: the failed
+/// SendReply still gives its claim up (asking again while the store is away), so its retry
+/// finds the post in the thread at once instead of waiting out the lease.
+#[tokio::test]
+async fn a_claim_is_given_up_when_the_store_comes_back_in_a_moment() {
+    let f = fixture(ReplyMode::SendReply);
+    f.handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+        .await
+        .expect("the turn");
+    let id = f
+        .store
+        .conversation(&thread(ROOT_TS))
+        .expect("conversation")
+        .id
+        .to_string();
+    // A lease longer than the test: only giving the claim up frees it.
+    let replies = ReplyService::new(f.store.clone(), f.slack.clone())
+        .with_claim_timing(Duration::from_secs(300), Duration::from_millis(200));
+    let store = f.store.clone();
+    f.slack.after_post(move |_| {
+        store.set_unavailable(true);
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            store.set_unavailable(false);
+        });
+    });
+    let failed = replies.send_reply(&id, "Search is degraded.").await;
+    assert!(
+        matches!(failed, Err(super::ReplyError::Store(_))),
+        "{failed:?}"
+    );
+    f.slack.after_post(|_| {});
+    let intent = f
+        .store
+        .intents()
+        .into_iter()
+        .find(|i| i.text == "Search is degraded.")
+        .expect("the intent");
+    assert!(
+        intent
+            .claimed_until
+            .is_some_and(|until| until <= chrono::Utc::now()),
+        "the claim was given up: {intent:?}"
+    );
+    assert_eq!(intent.posting_part, Some(0), "its post is marked uncertain");
+    assert_eq!(
+        replies
+            .send_reply(&id, "Search is degraded.")
+            .await
+            .expect("the retry"),
+        super::ReplyOutcome::Posted,
+        "the part found in the thread is recorded"
+    );
+    let posted = f
+        .slack
+        .posts()
+        .into_iter()
+        .filter(|p| p.text == "Search is degraded.")
+        .count();
+    assert_eq!(posted, 1);
+}
+
 #[tokio::test]
 async fn concurrent_send_replies_post_once_and_a_held_claim_is_waited_for() {
     let f = fixture(ReplyMode::SendReply);

@@ -41,6 +41,11 @@ const UNCERTAIN_RETRIES: u32 = 2;
 /// First delay before such a retry; doubles.
 const UNCERTAIN_RETRY_DELAY: Duration = Duration::from_millis(250);
 /// Title of a long answer's file.
+/// Tries at giving a claim up after a failed post ([`Poster::give_up`]), the first pause
+/// between them, doubled each time: 1.5 s in all.
+const GIVE_UP_ATTEMPTS: u32 = 5;
+const GIVE_UP_PAUSE: Duration = Duration::from_millis(100);
+
 const FILE_TITLE: &str = "The whole answer";
 
 /// The caller no longer may post for the event it handles (checked right before each post).
@@ -353,15 +358,30 @@ impl Poster<'_> {
         if let Err(e) = &result
             && !matches!(e, PostError::ClaimLost(_))
         {
-            let step = IntentStep::Abandon {
-                uncertain: unsure.any(),
-            };
-            if let Err(release) = self.store.advance_intent(token, step, self.lease).await {
-                // The lease ends the claim anyway; the next attempt waits for it.
-                warn!(intent_id = %token.intent, error = %release, "could not give up the reply intent's claim");
-            }
+            self.give_up(token, unsure.any()).await;
         }
         result
+    }
+
+    /// Gives the claim up, saying whether something may be in the thread unrecorded. A
+    /// failure here is often the store away for a moment (a database restarting), so it is
+    /// asked again a few times ([`GIVE_UP_ATTEMPTS`]) before the lease is left to end the
+    /// claim: every retry of the reply, the turn's included, would wait out the lease.
+    async fn give_up(&self, token: ClaimToken, uncertain: bool) {
+        let mut pause = GIVE_UP_PAUSE;
+        for attempt in 1..=GIVE_UP_ATTEMPTS {
+            let step = IntentStep::Abandon { uncertain };
+            match self.store.advance_intent(token, step, self.lease).await {
+                Ok(_) => return,
+                Err(e) if attempt == GIVE_UP_ATTEMPTS => {
+                    warn!(intent_id = %token.intent, error = %e, attempts = attempt, "could not give up the reply intent's claim; its lease ends it");
+                }
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        }
     }
 
     async fn drive(
