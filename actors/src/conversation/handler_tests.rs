@@ -43,6 +43,11 @@ fn fixture_with_style(mode: ReplyMode, style: AnswerStyle) -> Fixture {
     }
 }
 
+/// How many posts in the fake Slack have `text`.
+fn posts_of(slack: &FakeSlack, text: &str) -> usize {
+    slack.posts().iter().filter(|p| p.text == text).count()
+}
+
 fn ts(s: &str) -> MessageTs {
     MessageTs::parse(s).expect("ts")
 }
@@ -1429,12 +1434,7 @@ async fn a_claim_is_given_up_when_the_store_comes_back_in_a_moment() {
         super::ReplyOutcome::Posted,
         "the part found in the thread is recorded"
     );
-    let posted = f
-        .slack
-        .posts()
-        .into_iter()
-        .filter(|p| p.text == "Search is degraded.")
-        .count();
+    let posted = posts_of(&f.slack, "Search is degraded.");
     assert_eq!(posted, 1);
 }
 
@@ -1467,12 +1467,7 @@ async fn concurrent_send_replies_post_once_and_a_held_claim_is_waited_for() {
         1,
         "{outcomes:?}"
     );
-    let greens = f
-        .slack
-        .posts()
-        .into_iter()
-        .filter(|p| p.text == "All green.")
-        .count();
+    let greens = posts_of(&f.slack, "All green.");
     assert_eq!(greens, 1);
 
     // Another process holds the claim of a new text (it stopped mid-way): a caller waits
@@ -1502,12 +1497,7 @@ async fn concurrent_send_replies_post_once_and_a_held_claim_is_waited_for() {
         super::ReplyOutcome::Posted,
         "the part found in the thread is recorded: finished here"
     );
-    let degraded = f
-        .slack
-        .posts()
-        .into_iter()
-        .filter(|p| p.text == "Search is degraded.")
-        .count();
+    let degraded = posts_of(&f.slack, "Search is degraded.");
     assert_eq!(degraded, 1);
 }
 
