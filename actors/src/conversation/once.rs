@@ -41,9 +41,10 @@ const UNCERTAIN_RETRIES: u32 = 2;
 /// First delay before such a retry; doubles.
 const UNCERTAIN_RETRY_DELAY: Duration = Duration::from_millis(250);
 /// Title of a long answer's file.
-/// Tries at giving a claim up after a failed post ([`Poster::give_up`]), the first pause
-/// between them, doubled each time: 1.5 s in all.
-const GIVE_UP_ATTEMPTS: u32 = 5;
+/// How long giving a claim up after a failed post is tried ([`Poster::give_up`]) while the
+/// store is away: about as long as PostgreSQL takes to restart or recover from a crash. The
+/// pause between tries starts at [`GIVE_UP_PAUSE`] and doubles up to 1 s.
+const GIVE_UP_WITHIN: Duration = Duration::from_secs(5);
 const GIVE_UP_PAUSE: Duration = Duration::from_millis(100);
 
 const FILE_TITLE: &str = "The whole answer";
@@ -365,20 +366,22 @@ impl Poster<'_> {
 
     /// Gives the claim up, saying whether something may be in the thread unrecorded. A
     /// failure here is often the store away for a moment (a database restarting), so it is
-    /// asked again a few times ([`GIVE_UP_ATTEMPTS`]) before the lease is left to end the
-    /// claim: every retry of the reply, the turn's included, would wait out the lease.
+    /// asked again for up to [`GIVE_UP_WITHIN`] before the lease is left to end the claim:
+    /// every retry of the reply, the turn's included, would wait out the lease.
     async fn give_up(&self, token: ClaimToken, uncertain: bool) {
+        let started = tokio::time::Instant::now();
         let mut pause = GIVE_UP_PAUSE;
-        for attempt in 1..=GIVE_UP_ATTEMPTS {
+        loop {
             let step = IntentStep::Abandon { uncertain };
             match self.store.advance_intent(token, step, self.lease).await {
                 Ok(_) => return,
-                Err(e) if attempt == GIVE_UP_ATTEMPTS => {
-                    warn!(intent_id = %token.intent, error = %e, attempts = attempt, "could not give up the reply intent's claim; its lease ends it");
+                Err(e) if started.elapsed() + pause > GIVE_UP_WITHIN => {
+                    warn!(intent_id = %token.intent, error = %e, "could not give up the reply intent's claim; its lease ends it");
+                    return;
                 }
                 Err(_) => {
                     tokio::time::sleep(pause).await;
-                    pause *= 2;
+                    pause = (pause * 2).min(Duration::from_secs(1));
                 }
             }
         }
