@@ -40,13 +40,12 @@ pub const BUSY_WAIT: Duration = Duration::from_secs(10);
 const UNCERTAIN_RETRIES: u32 = 2;
 /// First delay before such a retry; doubles.
 const UNCERTAIN_RETRY_DELAY: Duration = Duration::from_millis(250);
-/// Title of a long answer's file.
 /// How long giving a claim up after a failed post is tried ([`Poster::give_up`]) while the
 /// store is away: about as long as PostgreSQL takes to restart or recover from a crash. The
 /// pause between tries starts at [`GIVE_UP_PAUSE`] and doubles up to 1 s.
 const GIVE_UP_WITHIN: Duration = Duration::from_secs(5);
 const GIVE_UP_PAUSE: Duration = Duration::from_millis(100);
-
+/// Title of a long answer's file.
 const FILE_TITLE: &str = "The whole answer";
 
 /// The caller no longer may post for the event it handles (checked right before each post).
