@@ -1385,16 +1385,7 @@ async fn the_fallback_answer_and_a_send_reply_of_the_same_text_post_once() {
 #[tokio::test]
 async fn a_claim_is_given_up_when_the_store_comes_back_in_a_moment() {
     let f = fixture(ReplyMode::SendReply);
-    f.handler
-        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
-        .await
-        .expect("the turn");
-    let id = f
-        .store
-        .conversation(&thread(ROOT_TS))
-        .expect("conversation")
-        .id
-        .to_string();
+    let id = answered_first_turn(&f).await;
     // A lease longer than the test: only giving the claim up frees it.
     let replies = ReplyService::new(f.store.clone(), f.slack.clone())
         .with_claim_timing(Duration::from_secs(300), Duration::from_millis(200));
@@ -1441,15 +1432,7 @@ async fn a_claim_is_given_up_when_the_store_comes_back_in_a_moment() {
 #[tokio::test]
 async fn concurrent_send_replies_post_once_and_a_held_claim_is_waited_for() {
     let f = fixture(ReplyMode::SendReply);
-    f.handler
-        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
-        .await
-        .expect("turn");
-    let conversation = f
-        .store
-        .conversation(&thread(ROOT_TS))
-        .expect("conversation");
-    let id = conversation.id.to_string();
+    let id = answered_first_turn(&f).await;
     let replies = Arc::new(ReplyService::new(f.store.clone(), f.slack.clone()));
     let calls = (0..8).map(|_| {
         let (replies, id) = (replies.clone(), id.clone());
