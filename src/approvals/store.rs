@@ -2,7 +2,6 @@
 //! entry in the same transaction; decisions and expiry as conditional updates, so with
 //! several replicas each happens once) and the organization-scoped reads of the REST API.
 
-use crate::db::committed::CommittedExt as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,6 +24,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::db::audit::insert_entry;
+use crate::db::committed::CommittedExt as _;
 use crate::db::{Pool, StoreError, conn};
 
 /// Every column an [`Approval`] is read from.

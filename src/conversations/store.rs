@@ -6,7 +6,6 @@
 //! (`slack_workspaces.organization_id`); conversations of a workspace no organization
 //! installed (the single-workspace bot token) belong to none and are not reachable here.
 
-use crate::db::committed::CommittedExt as _;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Jsonb, Nullable, Text, Timestamptz};
@@ -18,6 +17,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::db::audit::insert_entry;
+use crate::db::committed::CommittedExt as _;
 use crate::db::schema::{messages, reply_intents};
 use crate::db::{Pool, StoreError, conn};
 

@@ -5,7 +5,6 @@
 //! disagree still agree on who holds a lease. Statements are single round trips; the only
 //! connection kept open is the listener's.
 
-use crate::db::committed::CommittedExt as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,6 +22,7 @@ use infragpt_actors::partitions::{
 };
 
 use super::{Pool, conn};
+use crate::db::committed::CommittedExt as _;
 
 /// Announcements of events recorded by a replica that does not hold their partition.
 const INBOX_CHANNEL: &str = "infragpt_inbox";

@@ -1,7 +1,6 @@
 //! [`ConversationStore`] on the `conversations`, `messages`, `channels` and `reply_intents`
 //! tables.
 
-use crate::db::committed::CommittedExt as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,6 +26,7 @@ use infragpt_actors::slack_events::BotId;
 use super::prepared::PreparedExt;
 use super::schema::{channels, conversations, messages, reply_intents};
 use super::{Pool, StoreError, conn};
+use crate::db::committed::CommittedExt as _;
 use infragpt_actors::group_commit::Batcher;
 use infragpt_actors::health::ActorHealth;
 

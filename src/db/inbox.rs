@@ -1,6 +1,5 @@
 //! [`InboundEvents`] on the `inbound_events` table.
 
-use crate::db::committed::CommittedExt as _;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
@@ -22,6 +21,7 @@ use super::audit::insert_entry;
 use super::prepared::PreparedExt;
 use super::schema::inbound_events;
 use super::{Conn, Pool, conn};
+use crate::db::committed::CommittedExt as _;
 
 /// Statuses a handler may still claim.
 const CLAIMABLE: [&str; 2] = ["pending", "processing"];

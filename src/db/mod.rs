@@ -16,7 +16,6 @@ pub mod retention;
 pub mod schema;
 pub mod slash;
 
-use crate::db::committed::CommittedExt as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use infragpt_actors::Secret;
 
 pub use audit::PgAudit;
+use committed::CommittedExt as _;
 pub use conversations::PgConversationStore;
 pub use error::{Conn, StoreError, conn};
 pub use inbox::PgInbox;

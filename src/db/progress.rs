@@ -1,7 +1,6 @@
 //! [`ProgressStore`] on `turn_progress`: each step is one statement, and the times are the
 //! database's, so every replica agrees on who holds an indicator and when it may change.
 
-use crate::db::committed::CommittedExt as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,6 +14,7 @@ use infragpt_actors::ids::{ConversationId, MessageTs, ReplyIntentId};
 
 use super::prepared::PreparedExt;
 use super::{Pool, StoreError, conn};
+use crate::db::committed::CommittedExt as _;
 
 /// Opens a turn's indicator, held by a new lock (a retried turn finds it open).
 const OPEN: &str = "\

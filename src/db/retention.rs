@@ -6,7 +6,6 @@
 //! (`pending`, `processing`) are work. Neither is ever deleted here, and neither is a
 //! conversation with a turn in flight.
 
-use crate::db::committed::CommittedExt as _;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -16,6 +15,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use infragpt_actors::inbox::EventStatus;
 
 use super::{Conn, Pool, StoreError, conn};
+use crate::db::committed::CommittedExt as _;
 
 /// Session advisory lock key held for a whole retention run: with several replicas on one
 /// database only one deletes at a time ("infragpt_retention" in spirit; any fixed value).

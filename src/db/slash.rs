@@ -2,7 +2,6 @@
 //! state (with its audit entry in the same transaction), the question posts of
 //! `/infragpt <question>`, and the count of a workspace's conversations for `status`.
 
-use crate::db::committed::CommittedExt as _;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
@@ -18,6 +17,7 @@ use infragpt_actors::slash::{
 use super::audit::insert_entry;
 use super::schema::{channels, conversations, slack_workspaces, slash_questions};
 use super::{Pool, StoreError, conn};
+use crate::db::committed::CommittedExt as _;
 
 fn unavailable(e: impl Into<StoreError>) -> SlashStoreError {
     SlashStoreError::Unavailable(Box::new(e.into()))

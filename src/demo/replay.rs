@@ -4,7 +4,6 @@
 //! and a firing alert (with the source's bearer token) through the service's real webhook
 //! routes. The service posts the event in `#ops` and the agent triages it in the thread.
 
-use crate::db::committed::CommittedExt as _;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -18,6 +17,7 @@ use uuid::Uuid;
 use super::{OPS_CHANNEL, TEAM_ID};
 use crate::config::Config;
 use crate::db::Pool;
+use crate::db::committed::CommittedExt as _;
 use crate::events::store::{PgEvents, SourceAuth};
 
 /// The demo's GitHub App installation.

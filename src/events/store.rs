@@ -3,7 +3,6 @@
 //! the event messages with their claims and the storm windows (the ports of
 //! [`infragpt_actors::events`]).
 
-use crate::db::committed::CommittedExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use uuid::Uuid;
 
 use crate::crypto::vault::{CredentialAad, KeyRing, Sealed, VaultError};
 use crate::db::audit::insert_entry;
+use crate::db::committed::CommittedExt as _;
 use crate::db::{Pool, StoreError, conn};
 
 type SqlUuid = diesel::sql_types::Uuid;

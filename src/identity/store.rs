@@ -26,7 +26,6 @@
 //! transaction, so a change and its entry commit together (a failed entry fails the write)
 //! and a repeated or older event, which changes nothing, records nothing.
 
-use crate::db::committed::CommittedExt as _;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -38,6 +37,7 @@ use uuid::Uuid;
 use super::clerk_events::ClerkUser;
 use super::{ClerkMembershipId, ClerkOrgId, ClerkUserId};
 use crate::db::audit::insert_entry;
+use crate::db::committed::CommittedExt as _;
 use crate::db::schema::{organization_members, organization_metadata, organizations, users};
 use crate::db::{Pool, StoreError, conn};
 

@@ -3,7 +3,6 @@
 //! and loads sealed bytes only; sealing and opening happen in
 //! [`crate::integrations::vault::CredentialStore`].
 
-use crate::db::committed::CommittedExt as _;
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
 use diesel::prelude::*;
@@ -13,6 +12,7 @@ use uuid::Uuid;
 
 use crate::crypto::vault::Sealed;
 use crate::db::audit::insert_entry;
+use crate::db::committed::CommittedExt as _;
 use crate::db::schema::integration_credentials as ic;
 use crate::db::{Pool, StoreError, conn};
 

@@ -6,7 +6,6 @@
 //! after) and writes it with `db::audit::insert_entry` in the change's transaction: the
 //! change and its entry commit together, and a change that changed nothing records nothing.
 
-use crate::db::committed::CommittedExt as _;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -26,6 +25,7 @@ use super::credentials::{SealedCredential, delete_all_on, upsert_on};
 use super::providers::{NormalizedEvent, RepoRef};
 use crate::db::audit::insert_entry;
 use crate::db::batch::write_batch;
+use crate::db::committed::CommittedExt as _;
 use crate::db::prepared::PreparedExt as _;
 use crate::db::schema::{github_events, github_repositories, integrations, slack_workspaces};
 use crate::db::{Pool, StoreError, conn};

@@ -13,7 +13,6 @@
 //! mortem. Nothing shared holds a connection: every test gets its own pool on its own runtime,
 //! so `#[tokio::test]` and `#[actix_rt::test]` functions can run in parallel threads.
 
-use crate::db::committed::CommittedExt as _;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,6 +21,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use infragpt_actors::Secret;
 
+use crate::db::committed::CommittedExt as _;
 use crate::db::{
     ClusterOptions, Database, DbError, Pool, PrivateCluster, build_pool, connect, create_database,
     quote_ident, redact, with_database,
