@@ -965,10 +965,9 @@ type Place = (String, Option<String>);
 /// load's channels. Returns the violations, each naming the mention.
 pub fn check_answers(sim: &SlackSim, config: &LoadConfig, logs: &[ThreadLog]) -> Vec<String> {
     let mut violations = Vec::new();
-    // tag → (channel, thread_ts) of each bot message carrying it.
-    let mut answers: HashMap<(usize, usize), Vec<Place>> = HashMap::new();
-    // tag → each such message, described (for a mention answered more than once).
-    let mut posts: HashMap<(usize, usize), Vec<String>> = HashMap::new();
+    // tag → (channel, thread_ts) of each bot message carrying it, with the message described
+    // (ts, reply intent, text) for a mention answered more than once.
+    let mut answers: HashMap<(usize, usize), Vec<(Place, String)>> = HashMap::new();
     for channel in &config.channels {
         for m in sim.messages_in(&config.team, channel) {
             // A duplicate the bot withdrew (chat.delete) is not an answer.
@@ -976,20 +975,17 @@ pub fn check_answers(sim: &SlackSim, config: &LoadConfig, logs: &[ThreadLog]) ->
                 continue;
             }
             match parse_tag(&m.text) {
-                Some(t) => {
-                    answers
-                        .entry(t)
-                        .or_default()
-                        .push((channel.clone(), m.thread_ts.clone()));
-                    posts.entry(t).or_default().push(format!(
+                Some(t) => answers.entry(t).or_default().push((
+                    (channel.clone(), m.thread_ts.clone()),
+                    format!(
                         "ts {} metadata {} text {:?}",
                         m.ts,
                         m.metadata
                             .as_ref()
                             .map_or_else(|| "none".to_owned(), |v| v["event_payload"].to_string()),
                         m.text.chars().take(80).collect::<String>()
-                    ));
-                }
+                    ),
+                )),
                 None => violations.push(format!(
                     "a bot message without a mention tag in {channel} (thread {:?}): {:?}",
                     m.thread_ts,
@@ -1008,7 +1004,7 @@ pub fn check_answers(sim: &SlackSim, config: &LoadConfig, logs: &[ThreadLog]) ->
             let name = tag(thread, turn);
             match found.as_slice() {
                 [] => violations.push(format!("{name} was never answered")),
-                [(channel, thread_ts)] => {
+                [((channel, thread_ts), _)] => {
                     if *channel != log.channel || thread_ts.as_ref() != log.root_ts.as_ref() {
                         violations.push(format!(
                             "{name} was answered in {channel} thread {thread_ts:?}, not in its own ({} thread {:?})",
@@ -1016,11 +1012,15 @@ pub fn check_answers(sim: &SlackSim, config: &LoadConfig, logs: &[ThreadLog]) ->
                         ));
                     }
                 }
-                more => violations.push(format!(
-                    "{name} was answered {} times: {more:?}; the answers: {}",
-                    more.len(),
-                    posts.remove(&key).unwrap_or_default().join(" | ")
-                )),
+                more => {
+                    let (places, posts): (Vec<&Place>, Vec<&str>) =
+                        more.iter().map(|(p, d)| (p, d.as_str())).unzip();
+                    violations.push(format!(
+                        "{name} was answered {} times: {places:?}; the answers: {}",
+                        more.len(),
+                        posts.join(" | ")
+                    ));
+                }
             }
         }
     }
