@@ -178,6 +178,14 @@ impl Module for CoreModule {
             .registry()
             .register(Box::new(http.webhooks.rate_limits().metric()))
             .context("registering the webhook rate limit metric")?;
+        for collector in http.webhooks.collectors() {
+            self.core
+                .cluster
+                .metrics()
+                .registry()
+                .register(collector)
+                .context("registering the webhook intake metrics")?;
+        }
         let report = self
             .core
             .cluster

@@ -24,6 +24,8 @@ use std::time::Duration;
 use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::{HttpRequest, web};
 use futures::StreamExt as _;
+use prometheus::core::Collector;
+use prometheus::{IntCounterVec, IntGauge, Opts};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -73,6 +75,58 @@ pub struct WebhookIntake {
     bytes: Arc<Semaphore>,
     uploads: Arc<Semaphore>,
     rate_limits: WebhookRateLimits,
+    metrics: IntakeMetrics,
+}
+
+/// What an operator watches when senders see 503 or 408: how full the upload slots are, and
+/// what was shed and why.
+#[derive(Debug, Clone)]
+struct IntakeMetrics {
+    uploads_in_flight: IntGauge,
+    shed: IntCounterVec,
+}
+
+impl IntakeMetrics {
+    fn new() -> Self {
+        let uploads_in_flight = IntGauge::new(
+            "infragpt_webhook_uploads_in_flight",
+            "Webhook bodies being read now (at most webhooks.max_unverified_uploads)",
+        )
+        .expect("a valid gauge");
+        let shed = IntCounterVec::new(
+            Opts::new(
+                "infragpt_webhook_shed_total",
+                "Webhook deliveries refused while their body was due: no upload slot (503), \
+                 no room in the byte budget before the deadline (503), or the body late (408)",
+            ),
+            &["reason"],
+        )
+        .expect("a valid counter");
+        // Every reason from the start, so a rate over one that never happened is 0.
+        for reason in [SHED_UPLOADS, SHED_BYTES, SHED_TIMEOUT] {
+            shed.with_label_values(&[reason]);
+        }
+        Self {
+            uploads_in_flight,
+            shed,
+        }
+    }
+}
+
+const SHED_UPLOADS: &str = "uploads";
+const SHED_BYTES: &str = "bytes";
+const SHED_TIMEOUT: &str = "timeout";
+
+/// An upload slot, counted in `infragpt_webhook_uploads_in_flight` while held.
+struct UploadSlot {
+    _permit: OwnedSemaphorePermit,
+    gauge: IntGauge,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 impl WebhookIntake {
@@ -85,7 +139,29 @@ impl WebhookIntake {
             bytes: Arc::new(Semaphore::new(budget as usize)),
             uploads: Arc::new(Semaphore::new(config.max_unverified_uploads as usize)),
             rate_limits: WebhookRateLimits::new(&config.rate_limits),
+            metrics: IntakeMetrics::new(),
         }
+    }
+
+    /// The intake's collectors (uploads in flight, deliveries shed), for the metrics registry.
+    pub fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.metrics.uploads_in_flight.clone()),
+            Box::new(self.metrics.shed.clone()),
+        ]
+    }
+
+    fn take_upload_slot(&self) -> Option<UploadSlot> {
+        let permit = self.uploads.clone().try_acquire_owned().ok()?;
+        self.metrics.uploads_in_flight.inc();
+        Some(UploadSlot {
+            _permit: permit,
+            gauge: self.metrics.uploads_in_flight.clone(),
+        })
+    }
+
+    fn shed(&self, reason: &str) {
+        self.metrics.shed.with_label_values(&[reason]).inc();
     }
 
     /// The per-source rate limits of the webhook routes (`webhooks.rate_limits`).
@@ -257,22 +333,23 @@ pub async fn read_verified<V: BodyVerifier>(
     if declared.is_some_and(|n| n > limit) {
         return Err(BodyError::TooLarge { limit });
     }
-    let busy = || BodyError::Busy {
-        retry_after: intake.retry_after_secs(),
+    let busy = |reason| {
+        intake.shed(reason);
+        BodyError::Busy {
+            retry_after: intake.retry_after_secs(),
+        }
     };
     // No waiting for a slot: the slots bound the connections parked here.
     let upload = intake
-        .uploads
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| busy())?;
+        .take_upload_slot()
+        .ok_or_else(|| busy(SHED_UPLOADS))?;
     let deadline = Instant::now() + intake.body_timeout;
     let mut reservation = Reservation { permit: None };
     if let Some(n) = declared {
         reservation
             .grow(intake, n, deadline)
             .await
-            .map_err(|Busy| busy())?;
+            .map_err(|Busy| busy(SHED_BYTES))?;
     }
     // One buffer of the declared size (reserved above, at most `limit`).
     let mut body = Vec::with_capacity(declared.unwrap_or(0));
@@ -286,7 +363,7 @@ pub async fn read_verified<V: BodyVerifier>(
                 reservation
                     .grow(intake, chunk.len(), deadline)
                     .await
-                    .map_err(|Busy| busy())?;
+                    .map_err(|Busy| busy(SHED_BYTES))?;
             }
             verifier.update(&chunk);
             body.extend_from_slice(&chunk);
@@ -295,7 +372,10 @@ pub async fn read_verified<V: BodyVerifier>(
     };
     match tokio::time::timeout_at(deadline, read).await {
         Ok(result) => result?,
-        Err(_) => return Err(BodyError::Timeout(intake.body_timeout)),
+        Err(_) => {
+            intake.shed(SHED_TIMEOUT);
+            return Err(BodyError::Timeout(intake.body_timeout));
+        }
     }
     drop(upload);
     verifier.finish().map_err(BodyError::Rejected)?;

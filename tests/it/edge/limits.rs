@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt as _;
 use super::{Spawned, post, read_response, send_head};
 use crate::support::app::TestApp;
 use crate::support::identity::{SVIX_SECRET, new_svix_id, svix_sign};
-use crate::support::wait::eventually;
+use crate::support::wait::{GUARD, poll};
 
 const GITHUB_SECRET: &str = "edge-github-webhook-secret";
 const SLACK_SECRET: &str = "edge-slack-signing-secret";
@@ -143,38 +143,44 @@ async fn oversized_content_length_is_413_before_the_body_is_read() {
     app.stop().await;
 }
 
-/// With one upload slot: a body that trickles holds it, a second upload is 503 with
-/// Retry-After at once, and the slow one gets 408 at its deadline; then the slot is free again.
+/// With one upload slot: a body that trickles holds it (the uploads gauge says so), a second
+/// upload is 503 with Retry-After at once, and the slow one gets 408 at its deadline; then
+/// the slot is free again. Each step waits on what the service reports, not on the clock.
 #[actix_rt::test]
 async fn slow_bodies_time_out_and_excess_uploads_are_shed() {
     let app = served(|c| {
         c.webhooks.max_unverified_uploads = 1;
-        // Long enough that a loaded machine (the whole suite on two cores) still probes
-        // while the slow upload holds the slot: 15 s was not, once, in CI (every probe of
-        // those 15 s came back 401).
-        c.webhooks.body_timeout_ms = 30_000;
+        c.webhooks.body_timeout_ms = 10_000;
     })
     .await;
     let addr = app.http_addr();
     let mut slow = send_head(addr, "/webhooks/github", &well_formed_github(), 1000).await;
     slow.write_all(b"{\"zen\":").await.unwrap();
 
-    let body = b"{}";
-    let signed_wrong = || {
-        let mut h = well_formed_github();
-        h[0].1 = sign(&Secret::new("another secret"), body);
-        h
-    };
-    // Until the slow upload holds the slot, the probe itself gets in (and is 401).
-    let shed = eventually("a second upload is shed", async || {
-        let resp = post(addr, "/webhooks/github", &signed_wrong(), body).await;
-        if resp.status == 503 {
-            Ok(resp)
+    // The slow upload holds the slot once its handler reads the body.
+    let held = poll(GUARD, async || {
+        let in_flight = intake_sample(&app, "infragpt_webhook_uploads_in_flight", None).await;
+        if in_flight == 1.0 {
+            Ok(())
         } else {
-            Err(resp.status)
+            Err(in_flight)
         }
     })
     .await;
+    if let Err(in_flight) = held {
+        let slow_state =
+            tokio::time::timeout(Duration::from_secs(5), super::read_any(&mut slow)).await;
+        panic!(
+            "the slow upload never held the slot ({in_flight} in flight after {GUARD:?}); \
+             the slow upload: {slow_state:?}"
+        );
+    }
+
+    let body = b"{}";
+    let mut signed_wrong = well_formed_github();
+    signed_wrong[0].1 = sign(&Secret::new("another secret"), body);
+    let shed = post(addr, "/webhooks/github", &signed_wrong, body).await;
+    assert_eq!(shed.status, 503, "{shed:?}");
     assert_eq!(shed.json()["error"]["code"], "unavailable", "{shed:?}");
     let retry_after: u64 = shed
         .header("retry-after")
@@ -182,16 +188,49 @@ async fn slow_bodies_time_out_and_excess_uploads_are_shed() {
         .parse()
         .unwrap();
     assert!(retry_after >= 1, "{shed:?}");
+    let uploads_shed = Some(("reason", "uploads"));
+    assert_eq!(
+        intake_sample(&app, "infragpt_webhook_shed_total", uploads_shed).await,
+        1.0
+    );
 
     let timed_out = read_response(&mut slow, Duration::from_secs(60)).await;
     assert_eq!(timed_out.status, 408, "{timed_out:?}");
     assert_eq!(timed_out.json()["error"]["code"], "request_timeout");
+    let timeouts = Some(("reason", "timeout"));
+    assert_eq!(
+        intake_sample(&app, "infragpt_webhook_shed_total", timeouts).await,
+        1.0
+    );
 
     // The slot came back: the next bad signature is judged on its merits.
-    let resp = post(addr, "/webhooks/github", &signed_wrong(), body).await;
+    let resp = post(addr, "/webhooks/github", &signed_wrong, body).await;
     assert_eq!(resp.status, 401, "{resp:?}");
+    assert_eq!(
+        intake_sample(&app, "infragpt_webhook_uploads_in_flight", None).await,
+        0.0
+    );
     assert_eq!(app.recorded().await, 0);
     app.stop().await;
+}
+
+/// The value of one of the webhook intake's samples on the app's `/metrics`.
+async fn intake_sample(app: &TestApp, metric: &str, label: Option<(&str, &str)>) -> f64 {
+    let text = app.metrics_text().await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text");
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == metric
+                && label.is_none_or(|(name, value)| s.labels.get(name) == Some(value))
+        })
+        .unwrap_or_else(|| panic!("{metric} {label:?} on /metrics"));
+    match sample.value {
+        prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+        ref other => panic!("{metric}: {other:?}"),
+    }
 }
 
 /// Sixteen 8 MiB uploads at once with well-formed but wrong signatures (anyone can forge the

@@ -67,6 +67,20 @@ pub async fn read_response(stream: &mut TcpStream, within: Duration) -> RawRespo
         .expect("a response in time")
 }
 
+/// Everything the server sends until it closes the connection (or the caller's timeout),
+/// lossily as text: for describing a connection in a failure message.
+pub async fn read_any(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) => return format!("closed after {:?}", String::from_utf8_lossy(&buf)),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return format!("{e} after {:?}", String::from_utf8_lossy(&buf)),
+        }
+    }
+}
+
 async fn read_from<R: AsyncRead + Unpin>(rd: &mut R) -> RawResponse {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
