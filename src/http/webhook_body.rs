@@ -384,3 +384,113 @@ pub async fn read_verified<V: BodyVerifier>(
         reservation,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::FromRequest as _;
+    use actix_web::test::TestRequest;
+
+    use super::*;
+
+    /// Accepts every body.
+    struct AnyBody;
+
+    impl BodyVerifier for AnyBody {
+        type Error = ();
+        fn update(&mut self, _: &[u8]) {}
+        fn finish(self) -> Result<(), ()> {
+            Ok(())
+        }
+    }
+
+    fn intake(uploads: u32, bytes: u64, timeout_ms: u64) -> WebhookIntake {
+        WebhookIntake::new(&WebhooksConfig {
+            body_timeout_ms: timeout_ms,
+            max_unverified_bytes: bytes,
+            max_unverified_uploads: uploads,
+            ..WebhooksConfig::default()
+        })
+    }
+
+    /// A request declaring `length` bytes whose body is `body`, or never arrives (`None`).
+    async fn request(length: usize, body: Option<&'static [u8]>) -> (HttpRequest, web::Payload) {
+        let (req, _) = TestRequest::post()
+            .insert_header((CONTENT_LENGTH, length.to_string()))
+            .to_http_parts();
+        let mut payload: actix_web::dev::Payload = match body {
+            Some(body) => web::Bytes::from_static(body).into(),
+            None => actix_web::dev::Payload::Stream {
+                payload: Box::pin(futures::stream::pending()),
+            },
+        };
+        let payload = web::Payload::from_request(&req, &mut payload)
+            .await
+            .expect("a payload");
+        (req, payload)
+    }
+
+    fn shed(intake: &WebhookIntake, reason: &str) -> u64 {
+        intake.metrics.shed.with_label_values(&[reason]).get()
+    }
+
+    #[actix_rt::test]
+    async fn a_body_is_read_and_its_slot_given_back() {
+        let intake = intake(1, 1024, 1000);
+        let (req, payload) = request(2, Some(b"{}")).await;
+        let body = read_verified(&intake, &req, payload, 1024, AnyBody)
+            .await
+            .expect("read");
+        assert_eq!(body.as_bytes(), b"{}");
+        assert_eq!(intake.metrics.uploads_in_flight.get(), 0);
+        assert_eq!(intake.available_uploads(), 1);
+        // The bytes stay reserved until the request is answered.
+        assert_eq!(intake.available_bytes(), 1022);
+        drop(body);
+        assert_eq!(intake.available_bytes(), 1024);
+    }
+
+    #[actix_rt::test]
+    async fn no_free_slot_is_shed_at_once_and_counted() {
+        let intake = intake(1, 1024, 1000);
+        let held = intake.take_upload_slot().expect("the one slot");
+        assert_eq!(intake.metrics.uploads_in_flight.get(), 1);
+        let (req, payload) = request(2, Some(b"{}")).await;
+        let refused = read_verified(&intake, &req, payload, 1024, AnyBody).await;
+        assert!(
+            matches!(refused, Err(BodyError::Busy { retry_after: 1 })),
+            "{refused:?}"
+        );
+        assert_eq!(shed(&intake, SHED_UPLOADS), 1);
+        assert_eq!(shed(&intake, SHED_BYTES) + shed(&intake, SHED_TIMEOUT), 0);
+        drop(held);
+        assert_eq!(intake.metrics.uploads_in_flight.get(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn no_room_in_the_budget_by_the_deadline_is_shed_and_counted() {
+        let intake = intake(2, 10, 50);
+        let mut taken = Reservation { permit: None };
+        let deadline = Instant::now() + Duration::from_secs(1);
+        assert!(taken.grow(&intake, 10, deadline).await.is_ok());
+        let (req, payload) = request(5, Some(b"12345")).await;
+        let refused = read_verified(&intake, &req, payload, 1024, AnyBody).await;
+        assert!(
+            matches!(refused, Err(BodyError::Busy { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(shed(&intake, SHED_BYTES), 1);
+        // The refused request gave its slot back.
+        assert_eq!(intake.metrics.uploads_in_flight.get(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn a_body_that_never_arrives_times_out_and_is_counted() {
+        let intake = intake(1, 1024, 50);
+        let (req, payload) = request(5, None).await;
+        let late = read_verified(&intake, &req, payload, 1024, AnyBody).await;
+        assert!(matches!(late, Err(BodyError::Timeout(_))), "{late:?}");
+        assert_eq!(shed(&intake, SHED_TIMEOUT), 1);
+        assert_eq!(intake.metrics.uploads_in_flight.get(), 0);
+        assert_eq!(intake.available_bytes(), 1024);
+    }
+}
