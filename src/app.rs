@@ -172,12 +172,6 @@ impl Module for CoreModule {
         http.add_routes(Arc::new(ops::routes(ops_state)));
         http.add_routes(Arc::new(openapi::routes));
         state.readiness.add(ActorsCheck(self.core.cluster.clone()));
-        self.core
-            .cluster
-            .metrics()
-            .registry()
-            .register(Box::new(http.webhooks.rate_limits().metric()))
-            .context("registering the webhook rate limit metric")?;
         for collector in http.webhooks.collectors() {
             self.core
                 .cluster

@@ -24,7 +24,8 @@ use std::time::Duration;
 use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::{HttpRequest, web};
 use futures::StreamExt as _;
-use prometheus::core::Collector;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, IntGauge, Opts};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -75,93 +76,96 @@ pub struct WebhookIntake {
     bytes: Arc<Semaphore>,
     uploads: Arc<Semaphore>,
     rate_limits: WebhookRateLimits,
-    metrics: IntakeMetrics,
-}
-
-/// What an operator watches when senders see 503 or 408: how full the upload slots are, and
-/// what was shed and why.
-#[derive(Debug, Clone)]
-struct IntakeMetrics {
-    uploads_in_flight: IntGauge,
+    uploads_in_flight: UploadsInFlight,
     shed: IntCounterVec,
 }
 
-impl IntakeMetrics {
-    fn new() -> Self {
-        let uploads_in_flight = IntGauge::new(
-            "infragpt_webhook_uploads_in_flight",
-            "Webhook bodies being read now (at most webhooks.max_unverified_uploads)",
-        )
-        .expect("a valid gauge");
-        let shed = IntCounterVec::new(
-            Opts::new(
-                "infragpt_webhook_shed_total",
-                "Webhook deliveries refused while their body was due: no upload slot (503), \
-                 no room in the byte budget before the deadline (503), or the body late (408)",
-            ),
-            &["reason"],
-        )
-        .expect("a valid counter");
-        // Every reason from the start, so a rate over one that never happened is 0.
-        for reason in [SHED_UPLOADS, SHED_BYTES, SHED_TIMEOUT] {
-            shed.with_label_values(&[reason]);
-        }
-        Self {
-            uploads_in_flight,
-            shed,
-        }
+/// `infragpt_webhook_uploads_in_flight`, read off the upload slots at each scrape.
+#[derive(Debug, Clone)]
+struct UploadsInFlight {
+    uploads: Arc<Semaphore>,
+    max: usize,
+    gauge: IntGauge,
+}
+
+impl UploadsInFlight {
+    fn now(&self) -> usize {
+        self.max - self.uploads.available_permits()
     }
+}
+
+impl Collector for UploadsInFlight {
+    fn desc(&self) -> Vec<&Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.gauge
+            .set(i64::try_from(self.now()).unwrap_or(i64::MAX));
+        self.gauge.collect()
+    }
+}
+
+/// What was shed and why, every reason from the start (a rate over one that never happened
+/// is 0, not absent).
+fn shed_counter() -> IntCounterVec {
+    let shed = IntCounterVec::new(
+        Opts::new(
+            "infragpt_webhook_shed_total",
+            "Webhook deliveries refused while their body was due: no upload slot (503), \
+                 no room in the byte budget before the deadline (503), or the body late (408)",
+        ),
+        &["reason"],
+    )
+    .expect("a valid counter");
+    for reason in [SHED_UPLOADS, SHED_BYTES, SHED_TIMEOUT] {
+        shed.with_label_values(&[reason]);
+    }
+    shed
 }
 
 const SHED_UPLOADS: &str = "uploads";
 const SHED_BYTES: &str = "bytes";
 const SHED_TIMEOUT: &str = "timeout";
 
-/// An upload slot, counted in `infragpt_webhook_uploads_in_flight` while held.
-struct UploadSlot {
-    _permit: OwnedSemaphorePermit,
-    gauge: IntGauge,
-}
-
-impl Drop for UploadSlot {
-    fn drop(&mut self) {
-        self.gauge.dec();
-    }
-}
-
 impl WebhookIntake {
     /// Limits from `webhooks:` (validated: budget within `u32`, at least one upload).
     pub fn new(config: &WebhooksConfig) -> Self {
         let budget = u32::try_from(config.max_unverified_bytes).unwrap_or(u32::MAX);
+        let max_uploads = config.max_unverified_uploads as usize;
+        let uploads = Arc::new(Semaphore::new(max_uploads));
+        let gauge = IntGauge::new(
+            "infragpt_webhook_uploads_in_flight",
+            "Webhook bodies being read now (at most webhooks.max_unverified_uploads)",
+        )
+        .expect("a valid gauge");
         Self {
             body_timeout: config.body_timeout(),
             budget,
             bytes: Arc::new(Semaphore::new(budget as usize)),
-            uploads: Arc::new(Semaphore::new(config.max_unverified_uploads as usize)),
+            uploads: uploads.clone(),
             rate_limits: WebhookRateLimits::new(&config.rate_limits),
-            metrics: IntakeMetrics::new(),
+            uploads_in_flight: UploadsInFlight {
+                uploads,
+                max: max_uploads,
+                gauge,
+            },
+            shed: shed_counter(),
         }
     }
 
-    /// The intake's collectors (uploads in flight, deliveries shed), for the metrics registry.
+    /// The intake's collectors, for the metrics registry: uploads in flight, deliveries
+    /// shed, and the rate limits' refusals.
     pub fn collectors(&self) -> Vec<Box<dyn Collector>> {
         vec![
-            Box::new(self.metrics.uploads_in_flight.clone()),
-            Box::new(self.metrics.shed.clone()),
+            Box::new(self.uploads_in_flight.clone()),
+            Box::new(self.shed.clone()),
+            Box::new(self.rate_limits.metric()),
         ]
     }
 
-    fn take_upload_slot(&self) -> Option<UploadSlot> {
-        let permit = self.uploads.clone().try_acquire_owned().ok()?;
-        self.metrics.uploads_in_flight.inc();
-        Some(UploadSlot {
-            _permit: permit,
-            gauge: self.metrics.uploads_in_flight.clone(),
-        })
-    }
-
     fn shed(&self, reason: &str) {
-        self.metrics.shed.with_label_values(&[reason]).inc();
+        self.shed.with_label_values(&[reason]).inc();
     }
 
     /// The per-source rate limits of the webhook routes (`webhooks.rate_limits`).
@@ -341,8 +345,10 @@ pub async fn read_verified<V: BodyVerifier>(
     };
     // No waiting for a slot: the slots bound the connections parked here.
     let upload = intake
-        .take_upload_slot()
-        .ok_or_else(|| busy(SHED_UPLOADS))?;
+        .uploads
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| busy(SHED_UPLOADS))?;
     let deadline = Instant::now() + intake.body_timeout;
     let mut reservation = Reservation { permit: None };
     if let Some(n) = declared {
@@ -430,7 +436,7 @@ mod tests {
     }
 
     fn shed(intake: &WebhookIntake, reason: &str) -> u64 {
-        intake.metrics.shed.with_label_values(&[reason]).get()
+        intake.shed.with_label_values(&[reason]).get()
     }
 
     #[actix_rt::test]
@@ -441,7 +447,7 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(body.as_bytes(), b"{}");
-        assert_eq!(intake.metrics.uploads_in_flight.get(), 0);
+        assert_eq!(intake.uploads_in_flight.now(), 0);
         assert_eq!(intake.available_uploads(), 1);
         // The bytes stay reserved until the request is answered.
         assert_eq!(intake.available_bytes(), 1022);
@@ -452,8 +458,12 @@ mod tests {
     #[actix_rt::test]
     async fn no_free_slot_is_shed_at_once_and_counted() {
         let intake = intake(1, 1024, 1000);
-        let held = intake.take_upload_slot().expect("the one slot");
-        assert_eq!(intake.metrics.uploads_in_flight.get(), 1);
+        let held = intake
+            .uploads
+            .clone()
+            .try_acquire_owned()
+            .expect("the one slot");
+        assert_eq!(intake.uploads_in_flight.now(), 1);
         let (req, payload) = request(2, Some(b"{}")).await;
         let refused = read_verified(&intake, &req, payload, 1024, AnyBody).await;
         assert!(
@@ -463,7 +473,7 @@ mod tests {
         assert_eq!(shed(&intake, SHED_UPLOADS), 1);
         assert_eq!(shed(&intake, SHED_BYTES) + shed(&intake, SHED_TIMEOUT), 0);
         drop(held);
-        assert_eq!(intake.metrics.uploads_in_flight.get(), 0);
+        assert_eq!(intake.uploads_in_flight.now(), 0);
     }
 
     #[actix_rt::test]
@@ -480,7 +490,7 @@ mod tests {
         );
         assert_eq!(shed(&intake, SHED_BYTES), 1);
         // The refused request gave its slot back.
-        assert_eq!(intake.metrics.uploads_in_flight.get(), 0);
+        assert_eq!(intake.uploads_in_flight.now(), 0);
     }
 
     #[actix_rt::test]
@@ -490,7 +500,7 @@ mod tests {
         let late = read_verified(&intake, &req, payload, 1024, AnyBody).await;
         assert!(matches!(late, Err(BodyError::Timeout(_))), "{late:?}");
         assert_eq!(shed(&intake, SHED_TIMEOUT), 1);
-        assert_eq!(intake.metrics.uploads_in_flight.get(), 0);
+        assert_eq!(intake.uploads_in_flight.now(), 0);
         assert_eq!(intake.available_bytes(), 1024);
     }
 }

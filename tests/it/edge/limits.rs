@@ -159,7 +159,7 @@ async fn slow_bodies_time_out_and_excess_uploads_are_shed() {
 
     // The slow upload holds the slot once its handler reads the body.
     let held = poll(GUARD, async || {
-        let in_flight = intake_sample(&app, "infragpt_webhook_uploads_in_flight", None).await;
+        let in_flight = app.metric("infragpt_webhook_uploads_in_flight", None).await;
         if in_flight == 1.0 {
             Ok(())
         } else {
@@ -190,7 +190,8 @@ async fn slow_bodies_time_out_and_excess_uploads_are_shed() {
     assert!(retry_after >= 1, "{shed:?}");
     let uploads_shed = Some(("reason", "uploads"));
     assert_eq!(
-        intake_sample(&app, "infragpt_webhook_shed_total", uploads_shed).await,
+        app.metric("infragpt_webhook_shed_total", uploads_shed)
+            .await,
         1.0
     );
 
@@ -199,7 +200,7 @@ async fn slow_bodies_time_out_and_excess_uploads_are_shed() {
     assert_eq!(timed_out.json()["error"]["code"], "request_timeout");
     let timeouts = Some(("reason", "timeout"));
     assert_eq!(
-        intake_sample(&app, "infragpt_webhook_shed_total", timeouts).await,
+        app.metric("infragpt_webhook_shed_total", timeouts).await,
         1.0
     );
 
@@ -207,30 +208,11 @@ async fn slow_bodies_time_out_and_excess_uploads_are_shed() {
     let resp = post(addr, "/webhooks/github", &signed_wrong, body).await;
     assert_eq!(resp.status, 401, "{resp:?}");
     assert_eq!(
-        intake_sample(&app, "infragpt_webhook_uploads_in_flight", None).await,
+        app.metric("infragpt_webhook_uploads_in_flight", None).await,
         0.0
     );
     assert_eq!(app.recorded().await, 0);
     app.stop().await;
-}
-
-/// The value of one of the webhook intake's samples on the app's `/metrics`.
-async fn intake_sample(app: &TestApp, metric: &str, label: Option<(&str, &str)>) -> f64 {
-    let text = app.metrics_text().await;
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .expect("Prometheus text");
-    let sample = scrape
-        .samples
-        .iter()
-        .find(|s| {
-            s.metric == metric
-                && label.is_none_or(|(name, value)| s.labels.get(name) == Some(value))
-        })
-        .unwrap_or_else(|| panic!("{metric} {label:?} on /metrics"));
-    match sample.value {
-        prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
-        ref other => panic!("{metric}: {other:?}"),
-    }
 }
 
 /// Sixteen 8 MiB uploads at once with well-formed but wrong signatures (anyone can forge the

@@ -136,29 +136,11 @@ async fn recorded(app: &TestApp, source: &str, source_id: &str) -> bool {
 }
 
 async fn limited_total(app: &TestApp, route: &str) -> f64 {
-    let text = app
-        .http()
-        .get(format!("{}/metrics", app.ops_url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .expect("Prometheus text");
-    scrape
-        .samples
-        .iter()
-        .filter(|s| {
-            s.metric == "infragpt_webhook_rate_limited_total"
-                && s.labels.get("route") == Some(route)
-        })
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) => v,
-            _ => f64::NAN,
-        })
-        .sum()
+    app.metric(
+        "infragpt_webhook_rate_limited_total",
+        Some(("route", route)),
+    )
+    .await
 }
 
 fn assert_refused(answer: &Answer, what: &str) {
