@@ -263,10 +263,16 @@ fn build_modules(
     ));
 
     // Conversations: Slack events → thread actors → agent → reply in the thread.
-    // The parts SendReplies post at the same moment are recorded together.
+    // The parts SendReplies post at the same moment are recorded together, on connections
+    // whose kept plans cannot scan (one batch in flight, a second for a reconnect).
+    let parts_pool = crate::db::build_writer_pool(db.url(), 2, db.connect_timeout())
+        .context("the posted parts writer's connections")?;
     let mut store = PgConversationStore::new(pool.clone())
         .with_history_limit(config.agent.history_limit)
-        .with_grouped_parts(cluster.health().register_supervisor("reply_parts"));
+        .with_grouped_parts(
+            parts_pool,
+            cluster.health().register_supervisor("reply_parts"),
+        );
     if let Some(status) = cluster.replica_status() {
         // Reply claims carry the replica's name, as leases do; a turn starts only under the
         // replica's lease, as claims and marks do.

@@ -800,10 +800,15 @@ impl PgConversationStore {
     }
 
     /// Records the parts that SendReplies post at the same moment in one statement, through
-    /// a writer on the caller's arbiter whose state shows as `health`. Needs a running actix
-    /// system.
-    pub fn with_grouped_parts(mut self, health: ActorHealth) -> Self {
-        self.parts = Some(parts::PartsPosted::start(self.pool.clone(), health));
+    /// a writer on the caller's arbiter whose state shows as `health`, on `pool`. Needs a
+    /// running actix system.
+    ///
+    /// `pool` should be a [`crate::db::build_writer_pool`]: the statement's generic plan,
+    /// made while `conversations` was small, had scanned the whole table at every batch to
+    /// touch the parts' conversations (BENCHMARKS.md, "HOT updates of conversations and
+    /// reply intents").
+    pub fn with_grouped_parts(mut self, pool: Pool, health: ActorHealth) -> Self {
+        self.parts = Some(parts::PartsPosted::start(pool, health));
         self
     }
 

@@ -33,23 +33,25 @@ const DELETE_BATCH: &str = "DELETE FROM inbound_events WHERE id = ANY(ARRAY(\
      FOR UPDATE SKIP LOCKED)) \
      AND status IN ('done', 'ignored')";
 
-/// One batch of conversations: those whose last message is before the cut-off, oldest first,
-/// except those with a turn in flight: an unfinished event of the thread (its routing key is
-/// `ThreadKey::to_routing_key`, `team/channel/thread_ts`; the literal source matches the
-/// partial index `inbound_events_slack_key_idx`) or a reply being posted (an unposted intent
-/// with a live claim); a worker storing a message is handling such an event. Rows another
-/// transaction locked are skipped, the next run takes them. A message stored after this
-/// selection waits on the row lock (its foreign key), fails once the batch commits, and its
-/// retry starts a new conversation.
+/// One batch of conversations: those whose last message is before the cut-off, oldest
+/// created first (`conversations_created_idx`; such a conversation was created before the
+/// cut-off too, and the time of the last message, which every turn updates, has no index,
+/// so those updates stay HOT), except those with a turn in flight: an unfinished event of
+/// the thread (its routing key is `ThreadKey::to_routing_key`, `team/channel/thread_ts`; the
+/// literal source matches the partial index `inbound_events_slack_key_idx`) or a reply being
+/// posted (an unposted intent with a live claim); a worker storing a message is handling
+/// such an event. Rows another transaction locked are skipped, the next run takes them. A
+/// message stored after this selection waits on the row lock (its foreign key), fails once
+/// the batch commits, and its retry starts a new conversation.
 const DUE_CONVERSATIONS: &str = "SELECT c.id FROM conversations c \
-     WHERE c.last_message_at < $1 \
+     WHERE c.created_at < $1 AND c.last_message_at < $1 \
      AND NOT EXISTS (SELECT 1 FROM inbound_events e \
          WHERE e.source = 'slack' \
          AND e.routing_key = c.team_id || '/' || c.channel_id || '/' || c.thread_ts \
          AND e.status IN ('pending', 'processing')) \
      AND NOT EXISTS (SELECT 1 FROM reply_intents i \
          WHERE i.conversation_id = c.id AND i.posted_at IS NULL AND i.claimed_until > now()) \
-     ORDER BY c.last_message_at LIMIT $2 \
+     ORDER BY c.created_at LIMIT $2 \
      FOR UPDATE OF c SKIP LOCKED";
 
 /// The rows that reference a batch of conversations, then the conversations. The foreign

@@ -1353,7 +1353,10 @@ async fn parts_posted_together_share_a_statement_and_a_bad_one_fails_alone() {
 
     let db = TestDb::new().await;
     let health = HealthRegistry::new();
+    let writer =
+        infragpt::db::build_writer_pool(&db.url, 2, Duration::from_secs(10)).expect("writer pool");
     let store = PgConversationStore::new(db.pool().clone()).with_grouped_parts(
+        writer,
         health.register(ActorId::new(ActorKind::SUPERVISOR, "reply_parts"), None),
     );
     let conv = store.upsert_conversation(&key("800.000001")).await.unwrap();
@@ -1439,5 +1442,119 @@ async fn parts_posted_together_share_a_statement_and_a_bad_one_fails_alone() {
     assert!(
         (1..10).contains(&batches),
         "ten parts recorded together share batches: {batches}"
+    );
+}
+
+/// The parts' writer makes its generic plan once, often while `conversations` and
+/// `reply_intents` are young, and keeps it while they grow: touching the parts'
+/// conversations and completing their intents must stay probes by id, never a scan of
+/// either table (BENCHMARKS.md, "HOT updates of conversations and reply intents"). The plan
+/// is read from the writer's own connection, as `EXPLAIN EXECUTE` of the statement it
+/// prepared.
+#[actix_rt::test]
+async fn the_parts_batch_keeps_a_keyed_plan_as_the_conversations_grow() {
+    use infragpt_actors::conversation::{IntentClaim, IntentStep, NewIntent, Posting};
+    use infragpt_actors::health::ActorId;
+    use infragpt_actors::{ActorKind, HealthRegistry};
+    use std::time::Duration;
+    #[derive(diesel::QueryableByName)]
+    struct Named {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+    }
+    #[derive(diesel::QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        #[diesel(column_name = "QUERY PLAN")]
+        line: String,
+    }
+
+    let db = TestDb::new().await;
+    // One connection: the batch below and the plan read after it share it.
+    let writer =
+        infragpt::db::build_writer_pool(&db.url, 1, Duration::from_secs(10)).expect("writer pool");
+    let health = HealthRegistry::new();
+    let store = PgConversationStore::new(db.pool().clone()).with_grouped_parts(
+        writer.clone(),
+        health.register(ActorId::new(ActorKind::SUPERVISOR, "reply_parts"), None),
+    );
+    // Young tables: one conversation, one intent, one part recorded.
+    let conv = store.upsert_conversation(&key("810.000001")).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let intent = NewIntent {
+        conversation_id: conv.id,
+        in_reply_to: Some(ts("810.000001")),
+        kind: MessageKind::Message,
+        text: "answer".into(),
+        posting: Posting::Messages {
+            parts: vec!["answer".into()],
+        },
+    };
+    let token = match store.claim_intent(&intent, lease).await.unwrap() {
+        IntentClaim::Claimed(c) => c.token,
+        other => panic!("claimed: {other:?}"),
+    };
+    let message = NewMessage::from_agent(
+        conv.id,
+        ts("810.000002"),
+        "answer".into(),
+        Some(ts("810.000001")),
+        MessageKind::Message,
+    );
+    let ours = store
+        .advance_intent(token, IntentStep::Posted { part: 0, message }, lease)
+        .await
+        .unwrap();
+    assert!(ours);
+
+    // They grow a thousandfold within the minute before autovacuum's next analyze.
+    let mut conn = db.pool().get().await.unwrap();
+    for sql in [
+        "INSERT INTO conversations (team_id, channel_id, thread_ts) \
+         SELECT 'T1', 'C1', 'grown.' || i FROM generate_series(1, 5000) i",
+        "INSERT INTO reply_intents (conversation_id, turn_ts, digest, kind, posting, parts) \
+         SELECT id, thread_ts, 'd', 'message', '{}', 1 FROM conversations",
+    ] {
+        diesel::sql_query(sql)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    let mut writer_conn = writer.get().await.expect("the writer's connection");
+    let statements: Vec<Named> = diesel::sql_query(
+        "SELECT name FROM pg_prepared_statements WHERE statement LIKE 'WITH p AS%unnest%'",
+    )
+    .load(&mut writer_conn)
+    .await
+    .expect("prepared statements");
+    assert_eq!(statements.len(), 1, "the parts batch is prepared once");
+    let uuids = "ARRAY[gen_random_uuid(), gen_random_uuid()]";
+    let texts = "ARRAY['a', 'b']";
+    let plan: Vec<PlanLine> = diesel::sql_query(format!(
+        "EXPLAIN EXECUTE {}({uuids}, ARRAY[1, 1], ARRAY[1, 1], ARRAY[1000, 1000]::int8[], \
+           {uuids}, {texts}, {texts}, {texts}, {texts}, {texts}, {texts}, \
+           ARRAY[NULL, NULL]::int8[], {texts}, ARRAY['message', 'message'])",
+        statements[0].name
+    ))
+    .load(&mut writer_conn)
+    .await
+    .expect("explain");
+    let plan = plan
+        .into_iter()
+        .map(|l| l.line)
+        .collect::<Vec<_>>()
+        .join("\n");
+    for table in ["conversations", "reply_intents"] {
+        assert!(
+            !plan.contains(&format!("Seq Scan on {table}"))
+                && !plan.contains(&format!("Bitmap Heap Scan on {table}")),
+            "{table} is probed by id, not scanned:\n{plan}"
+        );
+    }
+    assert!(
+        plan.contains("Index Scan using conversations_pkey on conversations")
+            && plan.contains("Index Scan using reply_intents_pkey on reply_intents"),
+        "both are probed by their primary key:\n{plan}"
     );
 }

@@ -275,6 +275,10 @@ async fn conversation_retention_deletes_old_conversations_in_batches() {
     for (n, age) in [(4, 29), (5, 1)] {
         recent.push(aged_conversation(pool, n, age).await);
     }
+    // Created long ago, but its last message is recent: kept.
+    let revived = aged_conversation(pool, 9, 1).await;
+    set_times(pool, revived, days_before(90), days_before(1)).await;
+    recent.push(revived);
     // Old, but with a turn in flight: a queued event, a running one, a reply being posted.
     let queued = aged_conversation(pool, 6, 60).await;
     let queued_event = insert_event(
