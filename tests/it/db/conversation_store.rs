@@ -11,6 +11,8 @@ use infragpt_actors::conversation::{
 use infragpt_actors::ids::{ChannelId, ConversationId, MessageTs, SlackUserId, TeamId, ThreadKey};
 use infragpt_actors::inbox::EventRowId;
 
+use crate::support::plans::kept_plan;
+
 fn team() -> TeamId {
     TeamId::parse("T1").unwrap()
 }
@@ -1457,17 +1459,6 @@ async fn the_parts_batch_keeps_a_keyed_plan_as_the_conversations_grow() {
     use infragpt_actors::health::ActorId;
     use infragpt_actors::{ActorKind, HealthRegistry};
     use std::time::Duration;
-    #[derive(diesel::QueryableByName)]
-    struct Named {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        name: String,
-    }
-    #[derive(diesel::QueryableByName)]
-    struct PlanLine {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        #[diesel(column_name = "QUERY PLAN")]
-        line: String,
-    }
 
     let db = TestDb::new().await;
     // One connection: the batch below and the plan read after it share it.
@@ -1522,29 +1513,19 @@ async fn the_parts_batch_keeps_a_keyed_plan_as_the_conversations_grow() {
     }
 
     let mut writer_conn = writer.get().await.expect("the writer's connection");
-    let statements: Vec<Named> = diesel::sql_query(
-        "SELECT name FROM pg_prepared_statements WHERE statement LIKE 'WITH p AS%unnest%'",
-    )
-    .load(&mut writer_conn)
-    .await
-    .expect("prepared statements");
-    assert_eq!(statements.len(), 1, "the parts batch is prepared once");
     let uuids = "ARRAY[gen_random_uuid(), gen_random_uuid()]";
     let texts = "ARRAY['a', 'b']";
-    let plan: Vec<PlanLine> = diesel::sql_query(format!(
-        "EXPLAIN EXECUTE {}({uuids}, ARRAY[1, 1], ARRAY[1, 1], ARRAY[1000, 1000]::int8[], \
-           {uuids}, {texts}, {texts}, {texts}, {texts}, {texts}, {texts}, \
-           ARRAY[NULL, NULL]::int8[], {texts}, ARRAY['message', 'message'])",
-        statements[0].name
-    ))
-    .load(&mut writer_conn)
-    .await
-    .expect("explain");
-    let plan = plan
-        .into_iter()
-        .map(|l| l.line)
-        .collect::<Vec<_>>()
-        .join("\n");
+    let plan = kept_plan(
+        &mut writer_conn,
+        "WITH p AS%unnest%",
+        &format!(
+            "{uuids}, ARRAY[1, 1], ARRAY[1, 1], ARRAY[1000, 1000]::int8[], \
+             {uuids}, {texts}, {texts}, {texts}, {texts}, {texts}, {texts}, \
+             ARRAY[NULL, NULL]::int8[], {texts}, ARRAY['message', 'message']"
+        ),
+        "the parts batch",
+    )
+    .await;
     for table in ["conversations", "reply_intents"] {
         assert!(
             !plan.contains(&format!("Seq Scan on {table}"))

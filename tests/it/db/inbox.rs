@@ -842,18 +842,8 @@ async fn the_writers_connections_keep_generic_plans() {
 /// connection, as `EXPLAIN EXECUTE` of the statement it prepared.
 #[tokio::test]
 async fn the_record_batch_keeps_a_keyed_plan_as_the_inbox_grows() {
+    use crate::support::plans::kept_plan;
     use infragpt_actors::inbox::Recording;
-    #[derive(diesel::QueryableByName)]
-    struct Named {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        name: String,
-    }
-    #[derive(diesel::QueryableByName)]
-    struct PlanLine {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        #[diesel(column_name = "QUERY PLAN")]
-        line: String,
-    }
     let db = TestDb::new().await;
     let timeout = std::time::Duration::from_secs(10);
     // One connection: the batch below and the plan read after it share it.
@@ -896,28 +886,15 @@ async fn the_record_batch_keeps_a_keyed_plan_as_the_inbox_grows() {
     run(&events("grown", 370, "done")).await;
 
     let mut writer_conn = writer.get().await.expect("the writer's connection");
-    let statements: Vec<Named> = diesel::sql_query(
-        "SELECT name FROM pg_prepared_statements \
-         WHERE statement LIKE 'INSERT INTO inbound_events%unnest%'",
+    let plan = kept_plan(
+        &mut writer_conn,
+        "INSERT INTO inbound_events%unnest%",
+        "ARRAY['slack'], ARRAY['probe'], ARRAY['T1/C1/1'], ARRAY[0]::int2[], \
+         ARRAY['app_mention'], ARRAY['{}'], ARRAY[NULL]::text[], ARRAY[true], NULL, \
+         ARRAY[NULL]::int8[], ARRAY[NULL]::int4[]",
+        "the record batch",
     )
-    .load(&mut writer_conn)
-    .await
-    .expect("prepared statements");
-    assert_eq!(statements.len(), 1, "the record batch is prepared once");
-    let plan: Vec<PlanLine> = diesel::sql_query(format!(
-        "EXPLAIN EXECUTE {}(ARRAY['slack'], ARRAY['probe'], ARRAY['T1/C1/1'], \
-           ARRAY[0]::int2[], ARRAY['app_mention'], ARRAY['{{}}'], ARRAY[NULL]::text[], \
-           ARRAY[true], NULL, ARRAY[NULL]::int8[], ARRAY[NULL]::int4[])",
-        statements[0].name
-    ))
-    .load(&mut writer_conn)
-    .await
-    .expect("explain");
-    let plan = plan
-        .into_iter()
-        .map(|l| l.line)
-        .collect::<Vec<_>>()
-        .join("\n");
+    .await;
     assert!(
         plan.contains("Index Scan using inbound_events_unfinished_key_idx on inbound_events o"),
         "the older-event check probes the key:\n{plan}"

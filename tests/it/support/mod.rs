@@ -10,6 +10,7 @@ pub mod conversations;
 pub mod fixtures;
 pub mod identity;
 pub mod integrations;
+pub mod plans;
 pub mod rest;
 pub mod wait;
 
