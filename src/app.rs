@@ -269,6 +269,7 @@ fn build_modules(
         .context("the posted parts writer's connections")?;
     let mut store = PgConversationStore::new(pool.clone())
         .with_history_limit(config.agent.history_limit)
+        .with_history_cache(config.agent.history_cache_mib as usize * 1024 * 1024)
         .with_grouped_parts(
             parts_pool,
             cluster.health().register_supervisor("reply_parts"),
@@ -283,6 +284,11 @@ fn build_modules(
             .with_owner(status.replica.0);
     }
     let owner = store.owner().to_owned();
+    cluster
+        .metrics()
+        .registry()
+        .register(Box::new(store.history_counter()))
+        .context("registering the turn history metric")?;
     let store = Arc::new(store);
     let slack_web = SlackModule::build_web(&config.slack, Some(pool.clone()), Some(vault_tokens))
         .context("building the Slack Web API client")?;

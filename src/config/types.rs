@@ -488,6 +488,9 @@ pub struct AgentConfig {
     /// The history a turn sends to the agent: the thread's first message and at most this
     /// many of its latest ones (the turn's own among them, so this many minus one before it).
     pub history_limit: u32,
+    /// MiB of memory for the histories of the threads a replica served, so that a turn of a
+    /// known thread reads none of its messages again (0: every turn reads its history).
+    pub history_cache_mib: u32,
     /// What the agent writes its answers in: Markdown is converted to Slack mrkdwn.
     pub answer_format: AnswerFormat,
 }
@@ -512,6 +515,7 @@ impl Default for AgentConfig {
             failure_notice: infragpt_actors::conversation::DEFAULT_FAILURE_NOTICE.to_owned(),
             history_sender: HistorySender::Proto,
             history_limit: infragpt_actors::conversation::DEFAULT_HISTORY_LIMIT,
+            history_cache_mib: 16,
             answer_format: AnswerFormat::Markdown,
         }
     }

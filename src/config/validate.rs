@@ -428,6 +428,12 @@ fn check_agent(agent: &mut AgentConfig) -> Result<(), Failure> {
             "must be between 2 (the turn and the message before it) and 10000",
         )?;
     }
+    if agent.history_cache_mib > 4096 {
+        fail(
+            "agent.history_cache_mib",
+            "must be at most 4096 (MiB; 0 turns the cache off)",
+        )?;
+    }
     for (i, entry) in agent.reply_allowed_networks.iter().enumerate() {
         if let Err(e) = super::Networks::parse([entry]) {
             fail(&format!("agent.reply_allowed_networks[{i}]"), e.to_string())?;

@@ -9,7 +9,7 @@ use diesel::dsl::now;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Double, Integer, Jsonb, Nullable, Text};
 use diesel::upsert::excluded;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
 use infragpt_actors::conversation::{
     AgentTurnStart, AnswerSlot, ChannelRecord, ClaimToken, ClaimedIntent, Conversation,
     ConversationStore, ConversationStoreError, InsertOutcome, IntentClaim, IntentStep, MessageKind,
@@ -30,7 +30,10 @@ use crate::db::committed::CommittedExt as _;
 use infragpt_actors::group_commit::Batcher;
 use infragpt_actors::health::ActorHealth;
 
+mod history;
 mod parts;
+
+use history::HistoryCache;
 
 /// `messages.sender_kind` of a Slack user's message.
 const KIND_USER: &str = "user";
@@ -45,6 +48,27 @@ const AGENT_SENDER_ID: &str = "agent";
 diesel::define_sql_function! {
     /// SQL `COALESCE` of two nullable texts.
     fn coalesce(x: diesel::sql_types::Nullable<diesel::sql_types::Text>, y: diesel::sql_types::Nullable<diesel::sql_types::Text>) -> diesel::sql_types::Nullable<diesel::sql_types::Text>;
+}
+
+/// `infragpt_turn_history_total` sources.
+const HISTORY_KEPT: &str = "kept";
+const HISTORY_NEW_THREAD: &str = "new_thread";
+const HISTORY_READ: &str = "read";
+
+fn history_turns_counter() -> prometheus::IntCounterVec {
+    let counter = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "infragpt_turn_history_total",
+            "Turns by where their history came from: kept in memory, a new thread's first \
+             message, or read from the database",
+        ),
+        &["source"],
+    )
+    .expect("a valid metric");
+    for source in [HISTORY_KEPT, HISTORY_NEW_THREAD, HISTORY_READ] {
+        counter.with_label_values(&[source]);
+    }
+    counter
 }
 
 /// `reply_intents.turn_ts` of an intent that answers no known turn.
@@ -69,6 +93,10 @@ pub struct PgConversationStore {
     /// The writer that records the parts posted at the same moment together (see
     /// [`Self::with_grouped_parts`]); without it each part is a statement of its own.
     parts: Option<Batcher<parts::PartsPosted>>,
+    /// The threads' histories this process has read or written ([`Self::with_history_cache`]).
+    history: std::sync::Arc<HistoryCache>,
+    /// Where turns' histories came from ([`Self::history_counter`]).
+    history_turns: prometheus::IntCounterVec,
 }
 
 impl std::fmt::Debug for PgConversationStore {
@@ -277,7 +305,10 @@ UPDATE reply_intents
     WHERE id = $1 AND claims = $2";
 
 /// A turn's first step in one statement: the thread's conversation (created when new), the
-/// user message (unless stored already), and the turn's answer so far. The subqueries see
+/// user message (unless stored already), and the turn's answer so far. An existing
+/// conversation's `history_seq` moves by one whether or not the message is stored (a new one
+/// starts at 0 with it), so the history kept in memory at the number before is the history
+/// now with the stored message added ([`history`]). The subqueries see
 /// the database as it was before the statement, so a message stored now is not among
 /// them; one stored before is, with the event that stored it.
 ///
@@ -308,8 +339,9 @@ WITH start AS (
     SELECT $1, $2, $3, CASE WHEN start.go THEN $4 END FROM start
     ON CONFLICT (team_id, channel_id, thread_ts)
         DO UPDATE SET updated_at = now(), last_message_at = now(),
-            current_turn_ts = COALESCE(EXCLUDED.current_turn_ts, c.current_turn_ts)
-    RETURNING c.id, c.team_id, c.channel_id, c.thread_ts, c.current_turn_ts
+            current_turn_ts = COALESCE(EXCLUDED.current_turn_ts, c.current_turn_ts),
+            history_seq = c.history_seq + 1
+    RETURNING c.id, c.team_id, c.channel_id, c.thread_ts, c.current_turn_ts, c.history_seq
 ), msg AS (
     INSERT INTO messages (conversation_id, slack_ts, sender_kind, sender_id, sender_name,
         sender_email, text, source_event_id, in_reply_to, kind)
@@ -337,7 +369,8 @@ SELECT conv.id, conv.team_id, conv.channel_id, conv.thread_ts, conv.current_turn
     (SELECT lock_id FROM opened) AS lock_id,
     (SELECT id FROM msg) AS message_id,
     (SELECT created_at FROM msg) AS message_at,
-    NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = conv.id) AS alone
+    NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = conv.id) AS alone,
+    conv.history_seq
 FROM conv",
         super::inbox::claim_held("$14", "$15", "$16", "$17")
     )
@@ -349,14 +382,17 @@ FROM conv",
 /// of the whole thread (`agent.history_limit`). Sent right behind [`BEGIN_TURN`] on the same
 /// connection (pipelined), so it names the thread, not the id that statement returns. The
 /// thread's filter is written twice: a CTE read by both halves would be materialized, which
-/// reads the whole thread again.
+/// reads the whole thread again. Each row carries the conversation's `history_seq` as the
+/// read saw it: the number the history in memory is kept at.
 const THREAD_HISTORY: &str = "\
-(SELECT m.id, m.slack_ts, m.sender_kind, m.sender_id, m.text, m.created_at, m.in_reply_to, m.kind
+(SELECT m.id, m.slack_ts, m.sender_kind, m.sender_id, m.text, m.created_at, m.in_reply_to, m.kind,
+    c.history_seq
  FROM messages m JOIN conversations c ON c.id = m.conversation_id
  WHERE c.team_id = $1 AND c.channel_id = $2 AND c.thread_ts = $3 AND NOT m.deleted
  ORDER BY m.created_at, m.slack_ts LIMIT 1)
 UNION
-(SELECT m.id, m.slack_ts, m.sender_kind, m.sender_id, m.text, m.created_at, m.in_reply_to, m.kind
+(SELECT m.id, m.slack_ts, m.sender_kind, m.sender_id, m.text, m.created_at, m.in_reply_to, m.kind,
+    c.history_seq
  FROM messages m JOIN conversations c ON c.id = m.conversation_id
  WHERE c.team_id = $1 AND c.channel_id = $2 AND c.thread_ts = $3 AND NOT m.deleted
  ORDER BY m.created_at DESC, m.slack_ts DESC LIMIT $4)
@@ -487,6 +523,17 @@ struct BeginTurnRow {
     /// The thread had no message before this statement.
     #[diesel(sql_type = Bool)]
     alone: bool,
+    #[diesel(sql_type = BigInt)]
+    history_seq: i64,
+}
+
+/// A row of [`THREAD_HISTORY`].
+#[derive(Debug, QueryableByName)]
+struct HistoryRow {
+    #[diesel(embed)]
+    message: MessageRow,
+    #[diesel(sql_type = BigInt)]
+    history_seq: i64,
 }
 
 /// What [`TURN_STATE`] returns (and the end of [`BEGIN_TURN`]'s row).
@@ -629,6 +676,7 @@ async fn insert_on(
             .set((
                 conversations::last_message_at.eq(now),
                 conversations::updated_at.eq(now),
+                conversations::history_seq.eq(conversations::history_seq + 1),
             ))
             .execute(conn)
             .await?;
@@ -771,6 +819,8 @@ impl PgConversationStore {
             replica_lease_secs: None,
             history_limit: infragpt_actors::conversation::DEFAULT_HISTORY_LIMIT,
             parts: None,
+            history: std::sync::Arc::default(),
+            history_turns: history_turns_counter(),
         }
     }
 
@@ -791,7 +841,7 @@ impl PgConversationStore {
         };
         let ours = match &self.parts {
             Some(writer) => writer.submit(part).await,
-            None => parts::record(&self.pool, std::slice::from_ref(&part))
+            None => parts::record(&self.pool, &self.history, std::slice::from_ref(&part))
                 .await
                 .pop()
                 .unwrap_or_else(|| Err(StoreError::Batch("no outcome for the part".into()))),
@@ -808,7 +858,11 @@ impl PgConversationStore {
     /// touch the parts' conversations (BENCHMARKS.md, "HOT updates of conversations and
     /// reply intents").
     pub fn with_grouped_parts(mut self, pool: Pool, health: ActorHealth) -> Self {
-        self.parts = Some(parts::PartsPosted::start(pool, health));
+        self.parts = Some(parts::PartsPosted::start(
+            pool,
+            self.history.clone(),
+            health,
+        ));
         self
     }
 
@@ -816,6 +870,15 @@ impl PgConversationStore {
     /// ([`THREAD_HISTORY`]; at least 1).
     pub fn with_history_limit(mut self, limit: u32) -> Self {
         self.history_limit = limit.max(1);
+        self.history.set_limit(self.history_limit);
+        self
+    }
+
+    /// Keeps the histories of the threads this store reads or writes in memory, `bytes` in
+    /// all (0: none), so that a turn of a known thread reads no message it has read before
+    /// ([`history`]; `agent.history_cache_mib`).
+    pub fn with_history_cache(self, bytes: usize) -> Self {
+        self.history.configure(self.history_limit, bytes);
         self
     }
 
@@ -840,6 +903,13 @@ impl PgConversationStore {
     pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = owner.into();
         self
+    }
+
+    /// `infragpt_turn_history_total{source}`: turns whose history was `kept` in memory, was
+    /// the `new_thread`'s first message, or was `read` from the database. Register it where
+    /// the service's metrics are.
+    pub fn history_counter(&self) -> prometheus::IntCounterVec {
+        self.history_turns.clone()
     }
 
     /// The name this store claims reply intents under.
@@ -878,31 +948,52 @@ impl PgConversationStore {
                 .bind::<Text, _>(key.thread_ts.as_str())
                 .bind::<BigInt, _>(i64::from(self.history_limit))
                 .prepared()
-                .load::<MessageRow>(&mut &*conn)
+                .load::<HistoryRow>(&mut &*conn)
         };
-        let (row, history) = if key.thread_ts == message.slack_ts {
-            // A thread's first message nearly always starts its conversation, whose history
-            // is that message alone: the history is read only when the thread had messages
-            // before (a redelivery, or replies stored ahead of their parent).
-            let row = begin.await.map_err(unavailable)?;
-            let history = match (row.alone, row.message_id, row.message_at) {
-                (true, Some(id), Some(created_at)) => vec![StoredMessage {
-                    id,
-                    slack_ts: message.slack_ts,
-                    sender: message.sender,
-                    text: message.text,
-                    created_at,
-                    in_reply_to: message.in_reply_to,
-                    kind: message.kind,
-                }],
-                _ => rows_to_history(history().await.map_err(unavailable)?)?,
-            };
-            (row, history)
+        let first = key.thread_ts == message.slack_ts;
+        // A thread's first message nearly always starts its conversation, and a thread whose
+        // history is kept needs only what the statement stored: neither reads the thread
+        // together with the statement (but after it, when it must).
+        let (row, read) = if first || self.history.knows(key) {
+            (begin.await.map_err(unavailable)?, None)
         } else {
             // Sent behind the first statement without waiting for it: one round trip for both.
             let (row, rows) = futures::try_join!(begin, history()).map_err(unavailable)?;
-            (row, rows_to_history(rows)?)
+            (row, Some(rows))
         };
+        let conversation_id = row.conversation.id;
+        let stored = match (row.message_id, row.message_at) {
+            (Some(id), Some(created_at)) => vec![StoredMessage {
+                id,
+                slack_ts: message.slack_ts,
+                sender: message.sender,
+                text: message.text,
+                created_at,
+                in_reply_to: message.in_reply_to,
+                kind: message.kind,
+            }],
+            _ => Vec::new(),
+        };
+        let (history, source) = match read {
+            Some(rows) => (self.kept(key, conversation_id, rows)?, HISTORY_READ),
+            // Into an empty thread, the history is the message stored.
+            None if row.alone && !stored.is_empty() => {
+                self.history
+                    .fill(key, conversation_id, row.history_seq, &stored);
+                (stored, HISTORY_NEW_THREAD)
+            }
+            None => match self
+                .history
+                .advance(conversation_id, row.history_seq, stored)
+            {
+                Some(history) => (history, HISTORY_KEPT),
+                None => {
+                    let rows = history().await.map_err(unavailable)?;
+                    (self.kept(key, conversation_id, rows)?, HISTORY_READ)
+                }
+            },
+        };
+        self.history_turns.with_label_values(&[source]).inc();
         drop(pooled);
         let inserted = if row.inserted {
             InsertOutcome::Inserted
@@ -921,6 +1012,22 @@ impl PgConversationStore {
             }),
             history,
         })
+    }
+
+    /// The history [`THREAD_HISTORY`] read, kept in memory at the number the read saw.
+    fn kept(
+        &self,
+        key: &ThreadKey,
+        conversation: uuid::Uuid,
+        rows: Vec<HistoryRow>,
+    ) -> Result<Vec<StoredMessage>, ConversationStoreError> {
+        let seq = <[HistoryRow]>::first(&rows).map(|r| r.history_seq);
+        let history = rows_to_history(rows.into_iter().map(|r| r.message).collect())?;
+        match seq {
+            Some(seq) => self.history.fill(key, conversation, seq, &history),
+            None => self.history.forget(conversation),
+        }
+        Ok(history)
     }
 
     async fn holder(
@@ -1032,7 +1139,13 @@ impl ConversationStore for PgConversationStore {
         msg: NewMessage,
     ) -> Result<InsertOutcome, ConversationStoreError> {
         let mut conn = conn(&self.pool).await?;
-        insert_on(&mut conn, &msg).await.map_err(unavailable)
+        // One transaction: no turn may see the message before its conversation's
+        // `history_seq` has moved.
+        conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+            insert_on(conn, &msg).await
+        })
+        .await
+        .map_err(unavailable)
     }
 
     async fn history(

@@ -44,6 +44,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         last_message_at -> Timestamptz,
         current_turn_ts -> Nullable<Text>,
+        history_seq -> Int8,
     }
 }
 

@@ -92,6 +92,11 @@ fn semantic_errors_use_the_same_shape() {
             "{e}"
         );
     }
+    let e = err("agent:\n  history_cache_mib: 4097\n");
+    assert!(
+        e.starts_with("config/x.yaml: agent.history_cache_mib: must be at most 4096"),
+        "{e}"
+    );
     let e = err("agent:\n  endpoint: agent\n");
     assert!(
         e.starts_with("config/x.yaml: agent.endpoint: `agent` needs a port"),

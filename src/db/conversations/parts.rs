@@ -3,15 +3,20 @@
 //! runtime's group-commit [`Batcher`]), as the inbox's done marks are.
 
 use diesel::QueryableByName;
-use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Uuid};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamptz, Uuid};
 use diesel_async::RunQueryDsl;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use infragpt_actors::conversation::NewMessage;
+use infragpt_actors::conversation::{NewMessage, StoredMessage};
 use infragpt_actors::group_commit::{BatchWrite, Batcher};
 use infragpt_actors::health::ActorHealth;
 use infragpt_actors::ids::MessageTs;
 
+use super::history::HistoryCache;
 use super::sender_columns;
 use crate::db::Pool;
 use crate::db::batch::write_batch;
@@ -39,7 +44,9 @@ pub(crate) struct PartPosted {
 /// Records each part: stores its agent message unless its ts is stored (touching its
 /// conversation when it was not), and records the part in its intent, a fact whoever holds
 /// the claim; the in-flight mark is cleared and the lease extended only for the current
-/// claim. Returns each intent with whether the claim is still the caller's.
+/// claim. Returns each intent with whether the claim is still the caller's, and, when its
+/// message was stored, that message's row and its conversation's new `history_seq` (moved
+/// by one however many of its messages the batch stored), for the histories kept in memory.
 ///
 /// `i.id = ANY($1)` lets the generic plan probe the intents by id (the intents of a batch
 /// are distinct: [`record`] writes a batch that names one twice row by row); the probe also
@@ -59,10 +66,12 @@ WITH p AS (
         source_event_id, in_reply_to, kind
     FROM p ORDER BY n
     ON CONFLICT (conversation_id, slack_ts) DO NOTHING
-    RETURNING conversation_id
+    RETURNING id, conversation_id, slack_ts, created_at
 ), touched AS (
-    UPDATE conversations SET last_message_at = now(), updated_at = now()
+    UPDATE conversations
+        SET last_message_at = now(), updated_at = now(), history_seq = history_seq + 1
     WHERE id = ANY($5::uuid[]) AND id IN (SELECT conversation_id FROM stored)
+    RETURNING id, history_seq
 )
 UPDATE reply_intents AS i
     SET parts_done = GREATEST(i.parts_done, p.parts),
@@ -75,18 +84,28 @@ UPDATE reply_intents AS i
                          THEN COALESCE(i.posted_at, now()) ELSE i.posted_at END
     FROM p
     WHERE i.id = ANY($1::uuid[]) AND i.id = p.id
-RETURNING i.id, i.claims = p.claim AS ours";
+RETURNING i.id, i.claims = p.claim AS ours,
+    (SELECT t.history_seq FROM touched t WHERE t.id = p.conversation_id) AS history_seq,
+    (SELECT s.id FROM stored s
+        WHERE s.conversation_id = p.conversation_id AND s.slack_ts = p.slack_ts) AS message_id,
+    (SELECT s.created_at FROM stored s
+        WHERE s.conversation_id = p.conversation_id AND s.slack_ts = p.slack_ts) AS message_at";
 
 /// The grouped writer of posted parts.
 pub(crate) struct PartsPosted {
     pool: Pool,
+    history: Arc<HistoryCache>,
 }
 
 impl PartsPosted {
     /// Starts the writer on the caller's arbiter (its callers, the SendReplies, only wait
     /// for it); its state shows as `health`. Needs a running actix system.
-    pub(crate) fn start(pool: Pool, health: ActorHealth) -> Batcher<Self> {
-        Batcher::start_here(Self { pool }, BATCH_MAX, health, BATCH_TIMEOUT)
+    pub(crate) fn start(
+        pool: Pool,
+        history: Arc<HistoryCache>,
+        health: ActorHealth,
+    ) -> Batcher<Self> {
+        Batcher::start_here(Self { pool, history }, BATCH_MAX, health, BATCH_TIMEOUT)
     }
 }
 
@@ -97,22 +116,29 @@ impl BatchWrite for PartsPosted {
     type Error = StoreError;
 
     fn write(&self, parts: Vec<PartPosted>) -> BoxFuture<'static, Vec<Result<bool, StoreError>>> {
-        let pool = self.pool.clone();
-        async move { record(&pool, &parts).await }.boxed()
+        let (pool, history) = (self.pool.clone(), self.history.clone());
+        async move { record(&pool, &history, &parts).await }.boxed()
     }
 }
 
 /// Records `parts` ([`PARTS_POSTED`]): in one statement when their intents are distinct,
 /// else one by one in order.
-pub(crate) async fn record(pool: &Pool, parts: &[PartPosted]) -> Vec<Result<bool, StoreError>> {
+pub(crate) async fn record(
+    pool: &Pool,
+    history: &HistoryCache,
+    parts: &[PartPosted],
+) -> Vec<Result<bool, StoreError>> {
     let mut seen = std::collections::HashSet::with_capacity(parts.len());
     if parts.iter().all(|p| seen.insert(p.id)) {
-        write_batch(parts, |parts| record_distinct(pool, parts)).await
+        write_batch(parts, |parts| record_distinct(pool, history, parts)).await
     } else {
         let mut outcomes = Vec::with_capacity(parts.len());
         for part in parts {
             outcomes.extend(
-                write_batch(std::slice::from_ref(part), |one| record_distinct(pool, one)).await,
+                write_batch(std::slice::from_ref(part), |one| {
+                    record_distinct(pool, history, one)
+                })
+                .await,
             );
         }
         outcomes
@@ -122,6 +148,7 @@ pub(crate) async fn record(pool: &Pool, parts: &[PartPosted]) -> Vec<Result<bool
 /// [`PARTS_POSTED`] for parts of distinct intents.
 async fn record_distinct(
     pool: &Pool,
+    history: &HistoryCache,
     parts: &[PartPosted],
 ) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
     #[derive(QueryableByName)]
@@ -130,6 +157,12 @@ async fn record_distinct(
         id: uuid::Uuid,
         #[diesel(sql_type = Bool)]
         ours: bool,
+        #[diesel(sql_type = Nullable<BigInt>)]
+        history_seq: Option<i64>,
+        #[diesel(sql_type = Nullable<Uuid>)]
+        message_id: Option<uuid::Uuid>,
+        #[diesel(sql_type = Nullable<Timestamptz>)]
+        message_at: Option<DateTime<Utc>>,
     }
     let messages = || parts.iter().map(|p| &p.message);
     let ids: Vec<uuid::Uuid> = parts.iter().map(|p| p.id).collect();
@@ -167,8 +200,37 @@ async fn record_distinct(
         .prepared()
         .load(&mut conn)
         .await?;
-    let ours: std::collections::HashMap<uuid::Uuid, bool> =
-        recorded.into_iter().map(|r| (r.id, r.ours)).collect();
+    // The messages each conversation got, at its new number.
+    let mut stored: HashMap<uuid::Uuid, (i64, Vec<StoredMessage>)> = HashMap::new();
+    let by_intent: HashMap<uuid::Uuid, &PartPosted> = parts.iter().map(|p| (p.id, p)).collect();
+    for r in &recorded {
+        let (Some(seq), Some(id), Some(created_at), Some(part)) = (
+            r.history_seq,
+            r.message_id,
+            r.message_at,
+            by_intent.get(&r.id),
+        ) else {
+            continue;
+        };
+        let m = &part.message;
+        stored
+            .entry(m.conversation_id.0)
+            .or_insert_with(|| (seq, Vec::new()))
+            .1
+            .push(StoredMessage {
+                id,
+                slack_ts: m.slack_ts.clone(),
+                sender: m.sender.clone(),
+                text: m.text.clone(),
+                created_at,
+                in_reply_to: m.in_reply_to.clone(),
+                kind: m.kind,
+            });
+    }
+    for (conversation, (seq, messages)) in stored {
+        history.advance(conversation, seq, messages);
+    }
+    let ours: HashMap<uuid::Uuid, bool> = recorded.into_iter().map(|r| (r.id, r.ours)).collect();
     Ok(ids
         .iter()
         .map(|id| {

@@ -1539,3 +1539,153 @@ async fn the_parts_batch_keeps_a_keyed_plan_as_the_conversations_grow() {
         "both are probed by their primary key:\n{plan}"
     );
 }
+
+/// What a turn's read of the thread gives ([`PgConversationStore::with_history_limit`]): the
+/// first message and the latest `limit`, from the whole stored history.
+async fn first_and_latest(
+    store: &PgConversationStore,
+    id: ConversationId,
+    limit: usize,
+) -> Vec<infragpt_actors::conversation::StoredMessage> {
+    let mut all = store.history(id).await.unwrap();
+    if all.len() > limit + 1 {
+        all.drain(1..all.len() - limit);
+    }
+    all
+}
+
+/// The agent's answer to turn `turn` of `conv`, recorded as a SendReply records it.
+async fn answer(
+    store: &PgConversationStore,
+    conv: ConversationId,
+    turn: &str,
+    at: &str,
+    text: &str,
+) {
+    use infragpt_actors::conversation::{IntentClaim, IntentStep, NewIntent, Posting};
+    let lease = std::time::Duration::from_secs(30);
+    let intent = NewIntent {
+        conversation_id: conv,
+        in_reply_to: Some(ts(turn)),
+        kind: MessageKind::Message,
+        text: text.into(),
+        posting: Posting::Messages {
+            parts: vec![text.into()],
+        },
+    };
+    let token = match store.claim_intent(&intent, lease).await.unwrap() {
+        IntentClaim::Claimed(c) => c.token,
+        other => panic!("claimed: {other:?}"),
+    };
+    let message = NewMessage::from_agent(
+        conv,
+        ts(at),
+        text.into(),
+        Some(ts(turn)),
+        MessageKind::Message,
+    );
+    let ours = store
+        .advance_intent(token, IntentStep::Posted { part: 0, message }, lease)
+        .await
+        .unwrap();
+    assert!(ours);
+}
+
+/// A turn of a thread this store served reads none of its messages: the history it keeps
+/// (its turns' messages and the answers it recorded) is the thread's. Any other change to
+/// the thread (another replica's turn, an edit, a deletion, a message stored on its own)
+/// makes the next turn read the thread, and the turn after that is served from memory again.
+#[tokio::test]
+async fn a_kept_history_is_the_threads_and_every_other_change_is_read() {
+    const LIMIT: usize = 3;
+    let db = TestDb::new().await;
+    let store = PgConversationStore::new(db.pool().clone())
+        .with_history_limit(LIMIT as u32)
+        .with_history_cache(1 << 20);
+    // Another replica on the same database, keeping nothing.
+    let other = PgConversationStore::new(db.pool().clone()).with_history_limit(LIMIT as u32);
+    let counter = store.history_counter();
+    let count = |source: &str| counter.with_label_values(&[source]).get();
+    let thread = key("900.000001");
+    let at = |i: u32| format!("900.{:06}", 2 * i + 1);
+    let reply_at = |i: u32| format!("900.{:06}", 2 * i + 2);
+    let say = |i: u32| NewMessage {
+        source_event_id: Some(EventRowId(i64::from(i) + 1)),
+        ..message(
+            ConversationId(uuid::Uuid::nil()),
+            &at(i),
+            user("U1"),
+            &format!("message {i}"),
+        )
+    };
+    let texts = |h: &[infragpt_actors::conversation::StoredMessage]| {
+        h.iter().map(|m| m.text.clone()).collect::<Vec<_>>()
+    };
+
+    let start = store.begin_turn(&thread, say(0)).await.unwrap();
+    let conv = start.conversation.id;
+    assert_eq!(start.history, first_and_latest(&store, conv, LIMIT).await);
+    assert_eq!(count("new_thread"), 1);
+    answer(&store, conv, &at(0), &reply_at(0), "answer 0").await;
+    for i in 1..=4 {
+        let start = store.begin_turn(&thread, say(i)).await.unwrap();
+        assert_eq!(
+            start.history,
+            first_and_latest(&store, conv, LIMIT).await,
+            "turn {i}"
+        );
+        answer(&store, conv, &at(i), &reply_at(i), &format!("answer {i}")).await;
+    }
+    assert_eq!(
+        (count("kept"), count("read")),
+        (4, 0),
+        "no turn read the thread"
+    );
+    // A redelivered message moves nothing but its own turn: still kept.
+    let again = store.begin_turn(&thread, say(4)).await.unwrap();
+    assert!(matches!(again.inserted, InsertOutcome::Exists { .. }));
+    assert_eq!(again.history, first_and_latest(&store, conv, LIMIT).await);
+    assert_eq!((count("kept"), count("read")), (5, 0));
+
+    // An edit of the latest answer.
+    assert!(
+        store
+            .edit_message(&team(), &channel(), &ts(&reply_at(4)), "edited")
+            .await
+            .unwrap()
+    );
+    let start = store.begin_turn(&thread, say(5)).await.unwrap();
+    assert_eq!(start.history, first_and_latest(&store, conv, LIMIT).await);
+    assert!(texts(&start.history).contains(&"edited".to_owned()));
+    assert_eq!(count("read"), 1);
+
+    // Another replica's turn in the thread.
+    other.begin_turn(&thread, say(6)).await.unwrap();
+    let start = store.begin_turn(&thread, say(7)).await.unwrap();
+    assert_eq!(start.history, first_and_latest(&store, conv, LIMIT).await);
+    assert!(texts(&start.history).contains(&"message 6".to_owned()));
+    assert_eq!(count("read"), 2);
+
+    // A deletion, and a message stored on its own.
+    assert!(
+        store
+            .mark_deleted(&team(), &channel(), &ts(&at(7)))
+            .await
+            .unwrap()
+    );
+    store
+        .insert_message(message(conv, &reply_at(7), user("U2"), "aside"))
+        .await
+        .unwrap();
+    let start = store.begin_turn(&thread, say(8)).await.unwrap();
+    assert_eq!(start.history, first_and_latest(&store, conv, LIMIT).await);
+    let read = texts(&start.history);
+    assert!(!read.contains(&"message 7".to_owned()) && read.contains(&"aside".to_owned()));
+    assert_eq!(count("read"), 3);
+
+    // From memory again.
+    answer(&store, conv, &at(8), &reply_at(8), "answer 8").await;
+    let start = store.begin_turn(&thread, say(9)).await.unwrap();
+    assert_eq!(start.history, first_and_latest(&store, conv, LIMIT).await);
+    assert_eq!((count("kept"), count("read")), (6, 3));
+}
