@@ -1689,3 +1689,71 @@ async fn a_kept_history_is_the_threads_and_every_other_change_is_read() {
     assert_eq!(start.history, first_and_latest(&store, conv, LIMIT).await);
     assert_eq!((count("kept"), count("read")), (6, 3));
 }
+
+/// The turn's first statement looks its message up by conversation and ts through the
+/// unique key in the plan a connection keeps, made while the tables were nearly empty: with
+/// an index of the conversation's messages to choose from instead, that plan had read every
+/// message of a long thread at every turn (BENCHMARKS.md, "History in memory").
+#[tokio::test]
+async fn the_turns_first_statement_keeps_a_keyed_plan_as_a_thread_grows() {
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    // One connection, planning generically from its first execution, on young tables.
+    let pool = infragpt::db::build_pool(&db.url, 1, Duration::from_secs(10)).expect("pool");
+    {
+        let mut conn = pool.get().await.unwrap();
+        diesel::sql_query("SET plan_cache_mode = force_generic_plan")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let store = PgConversationStore::new(pool.clone());
+    let thread = key("950.000001");
+    let say = |at: &str| NewMessage {
+        source_event_id: Some(EventRowId(1)),
+        ..message(ConversationId(uuid::Uuid::nil()), at, user("U1"), "hello")
+    };
+    let start = store.begin_turn(&thread, say("950.000001")).await.unwrap();
+    store.begin_turn(&thread, say("950.000002")).await.unwrap();
+
+    // The thread grows to thousands of messages, among thousands of others.
+    let mut conn = pool.get().await.unwrap();
+    for sql in [
+        format!(
+            "INSERT INTO messages (conversation_id, slack_ts, sender_kind, sender_id, text) \
+             SELECT '{}', '951.' || lpad(i::text, 6, '0'), 'user', 'U1', 'more' \
+             FROM generate_series(1, 3000) i",
+            start.conversation.id
+        ),
+        "INSERT INTO conversations (team_id, channel_id, thread_ts) \
+         SELECT 'T1', 'C1', 'grown.' || i FROM generate_series(1, 3000) i"
+            .to_owned(),
+        "INSERT INTO messages (conversation_id, slack_ts, sender_kind, sender_id, text) \
+         SELECT id, '952.000001', 'user', 'U1', 'other' FROM conversations \
+         WHERE thread_ts LIKE 'grown.%'"
+            .to_owned(),
+        "ANALYZE messages".to_owned(),
+    ] {
+        diesel::sql_query(&sql)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let plan = kept_plan(
+        &mut conn,
+        "WITH start AS%",
+        "'T1', 'C1', '950.000001', '950.000003', 'user', 'U1', NULL, NULL, 'hi', 1, NULL, \
+         'message', true, NULL, 0, NULL, 0, NULL",
+        "the turn's first statement",
+    )
+    .await;
+    assert!(
+        !plan.contains("messages_conversation_idx") && !plan.contains("Seq Scan on messages"),
+        "no lookup reads the thread's messages:\n{plan}"
+    );
+    assert!(
+        plan.contains("messages_conversation_id_slack_ts_key"),
+        "the message is found by its key:\n{plan}"
+    );
+}
