@@ -1455,7 +1455,6 @@ async fn parts_posted_together_share_a_statement_and_a_bad_one_fails_alone() {
 /// prepared.
 #[actix_rt::test]
 async fn the_parts_batch_keeps_a_keyed_plan_as_the_conversations_grow() {
-    use infragpt_actors::conversation::{IntentClaim, IntentStep, NewIntent, Posting};
     use infragpt_actors::health::ActorId;
     use infragpt_actors::{ActorKind, HealthRegistry};
     use std::time::Duration;
@@ -1471,32 +1470,7 @@ async fn the_parts_batch_keeps_a_keyed_plan_as_the_conversations_grow() {
     );
     // Young tables: one conversation, one intent, one part recorded.
     let conv = store.upsert_conversation(&key("810.000001")).await.unwrap();
-    let lease = Duration::from_secs(30);
-    let intent = NewIntent {
-        conversation_id: conv.id,
-        in_reply_to: Some(ts("810.000001")),
-        kind: MessageKind::Message,
-        text: "answer".into(),
-        posting: Posting::Messages {
-            parts: vec!["answer".into()],
-        },
-    };
-    let token = match store.claim_intent(&intent, lease).await.unwrap() {
-        IntentClaim::Claimed(c) => c.token,
-        other => panic!("claimed: {other:?}"),
-    };
-    let message = NewMessage::from_agent(
-        conv.id,
-        ts("810.000002"),
-        "answer".into(),
-        Some(ts("810.000001")),
-        MessageKind::Message,
-    );
-    let ours = store
-        .advance_intent(token, IntentStep::Posted { part: 0, message }, lease)
-        .await
-        .unwrap();
-    assert!(ours);
+    answer(&store, conv.id, "810.000001", "810.000002", "answer").await;
 
     // They grow a thousandfold within the minute before autovacuum's next analyze.
     let mut conn = db.pool().get().await.unwrap();
