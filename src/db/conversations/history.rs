@@ -21,7 +21,7 @@ use infragpt_actors::ids::ThreadKey;
 /// the maps.
 const MESSAGE_OVERHEAD: usize = 160;
 
-/// Threads' histories within a byte budget; the least recently filled go first. A budget of
+/// Threads' histories within a byte budget; the least recently served go first. A budget of
 /// 0 keeps nothing.
 #[derive(Debug, Default)]
 pub(crate) struct HistoryCache {
@@ -37,8 +37,8 @@ struct Inner {
     /// The conversation of each kept thread: a turn knows the thread before the statement
     /// tells it the conversation.
     threads: HashMap<ThreadKey, uuid::Uuid>,
-    /// Conversations in the order they were last filled, with that fill's stamp: an older
-    /// place of a refilled entry does not evict it.
+    /// Conversations in the order they were last filled or advanced, with that stamp: an
+    /// entry's older places do not evict it.
     order: VecDeque<(uuid::Uuid, u64)>,
     bytes: usize,
     next: u64,
@@ -94,7 +94,8 @@ impl HistoryCache {
 
     /// The thread's history after a statement that moved conversation `id` to `seq` and
     /// stored `stored` (nothing when the message was there already), when this process knew
-    /// the history just before it; `None` (and the entry dropped) otherwise.
+    /// the history just before it; `None` otherwise, the entry dropped when it is older than
+    /// the statement.
     pub(crate) fn advance(
         &self,
         id: uuid::Uuid,
@@ -105,8 +106,8 @@ impl HistoryCache {
         let limit = inner.limit;
         let entry = inner.entries.get_mut(&id)?;
         if entry.seq.checked_add(1) != Some(seq) {
-            // Behind (somebody else wrote) or ahead (a read already saw this statement's
-            // rows): either way the next turn reads.
+            // Behind: somebody else wrote, so the thread must be read. Ahead: a read already
+            // saw this statement's rows, and stays.
             let behind = entry.seq < seq;
             if behind {
                 inner.remove(id);
@@ -119,6 +120,12 @@ impl HistoryCache {
         entry.bytes = weight(&entry.messages);
         let history = entry.messages.clone();
         let after = entry.bytes;
+        inner.next += 1;
+        let stamp = inner.next;
+        if let Some(entry) = inner.entries.get_mut(&id) {
+            entry.stamp = stamp;
+        }
+        inner.order.push_back((id, stamp));
         inner.bytes = inner.bytes - before + after;
         inner.evict();
         Some(history)
@@ -338,7 +345,7 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_evicts_the_least_recently_filled_threads() {
+    fn the_budget_evicts_the_least_recently_served_threads() {
         let one = weight(&[message(1, "a")]);
         let cache = HistoryCache::new(100, 2 * one);
         let (a, b, c) = (
@@ -354,6 +361,12 @@ mod tests {
         assert!(!cache.knows(&key("2.0")));
         assert!(cache.knows(&key("3.0")));
         assert_eq!(cache.bytes(), 2 * one);
+        // A turn served from memory counts as recent too.
+        assert!(cache.advance(a, 2, vec![]).is_some());
+        cache.fill(&key("2.0"), b, 0, &[message(2, "a")]);
+        assert!(cache.knows(&key("1.0")), "served after 3.0 was filled");
+        assert!(!cache.knows(&key("3.0")));
+        assert!(cache.knows(&key("2.0")));
         // A history larger than the whole budget is not kept.
         cache.fill(
             &key("4.0"),
