@@ -976,10 +976,16 @@ impl PgConversationStore {
         };
         let (history, source) = match read {
             Some(rows) => (self.kept(key, conversation_id, rows)?, HISTORY_READ),
-            // Into an empty thread, the history is the message stored.
+            // Into an empty thread, the history is the message stored. It is kept only when
+            // the statement created the conversation (the number is then 0): an existing one
+            // may have got another writer's message while the statement waited for its row,
+            // which the statement's view of "empty" predates.
             None if row.alone && !stored.is_empty() => {
-                self.history
-                    .fill(key, conversation_id, row.history_seq, &stored);
+                if row.history_seq == 0 {
+                    self.history.fill(key, conversation_id, 0, &stored);
+                } else {
+                    self.history.forget(conversation_id);
+                }
                 (stored, HISTORY_NEW_THREAD)
             }
             None => match self

@@ -95,12 +95,12 @@ impl HistoryCache {
     /// The thread's history after a statement that moved conversation `id` to `seq` and
     /// stored `stored` (nothing when the message was there already), when this process knew
     /// the history just before it; `None` otherwise, the entry dropped when it is older than
-    /// the statement.
+    /// the statement. `stored` is only iterated when it is kept.
     pub(crate) fn advance(
         &self,
         id: uuid::Uuid,
         seq: i64,
-        stored: Vec<StoredMessage>,
+        stored: impl IntoIterator<Item = StoredMessage>,
     ) -> Option<Vec<StoredMessage>> {
         let mut inner = self.lock();
         let limit = inner.limit;
@@ -228,7 +228,11 @@ fn order(a: &StoredMessage, b: &StoredMessage) -> std::cmp::Ordering {
 /// first and the latest `limit` as a read of the thread would. A message the history did not
 /// hold is older than all it holds but the first, or new: the first and the latest of the
 /// union are the thread's.
-fn merge(messages: &mut Vec<StoredMessage>, stored: Vec<StoredMessage>, limit: usize) {
+fn merge(
+    messages: &mut Vec<StoredMessage>,
+    stored: impl IntoIterator<Item = StoredMessage>,
+    limit: usize,
+) {
     for message in stored {
         if !messages.iter().any(|m| m.id == message.id) {
             messages.push(message);

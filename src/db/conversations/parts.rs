@@ -200,34 +200,29 @@ async fn record_distinct(
         .prepared()
         .load(&mut conn)
         .await?;
-    // The messages each conversation got, at its new number.
-    let mut stored: HashMap<uuid::Uuid, (i64, Vec<StoredMessage>)> = HashMap::new();
-    let by_intent: HashMap<uuid::Uuid, &PartPosted> = parts.iter().map(|p| (p.id, p)).collect();
-    for r in &recorded {
-        let (Some(seq), Some(id), Some(created_at), Some(part)) = (
-            r.history_seq,
-            r.message_id,
-            r.message_at,
-            by_intent.get(&r.id),
-        ) else {
-            continue;
-        };
-        let m = &part.message;
-        stored
-            .entry(m.conversation_id.0)
-            .or_insert_with(|| (seq, Vec::new()))
-            .1
-            .push(StoredMessage {
-                id,
+    // Each conversation's new number, and the messages it got; these are copied into the
+    // kept history only where this process keeps the conversation's.
+    let by_intent: HashMap<uuid::Uuid, &NewMessage> =
+        parts.iter().map(|p| (p.id, &p.message)).collect();
+    let seqs: HashMap<uuid::Uuid, i64> = recorded
+        .iter()
+        .filter_map(|r| Some((by_intent.get(&r.id)?.conversation_id.0, r.history_seq?)))
+        .collect();
+    for (conversation, seq) in seqs {
+        let messages = recorded.iter().filter_map(|r| {
+            let m = by_intent
+                .get(&r.id)
+                .filter(|m| m.conversation_id.0 == conversation)?;
+            Some(StoredMessage {
+                id: r.message_id?,
                 slack_ts: m.slack_ts.clone(),
                 sender: m.sender.clone(),
                 text: m.text.clone(),
-                created_at,
+                created_at: r.message_at?,
                 in_reply_to: m.in_reply_to.clone(),
                 kind: m.kind,
-            });
-    }
-    for (conversation, (seq, messages)) in stored {
+            })
+        });
         history.advance(conversation, seq, messages);
     }
     let ours: HashMap<uuid::Uuid, bool> = recorded.into_iter().map(|r| (r.id, r.ours)).collect();
