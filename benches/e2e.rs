@@ -416,6 +416,8 @@ struct CpuPerTurn {
 struct Stage {
     stage: String,
     count: u64,
+    /// Observations above 100 ms.
+    over_100ms: u64,
     mean_ms: f64,
     /// Time in this stage per completed turn.
     per_turn_ms: f64,
@@ -574,8 +576,8 @@ fn print_table(out: &Output, profile: bool) {
                     row(
                         &format!("stage {}", st.stage),
                         format!(
-                            "{} × {:.3} ms mean = {:.3} ms per turn",
-                            st.count, st.mean_ms, st.per_turn_ms
+                            "{} × {:.3} ms mean = {:.3} ms per turn ({} over 100 ms)",
+                            st.count, st.mean_ms, st.per_turn_ms, st.over_100ms
                         ),
                     );
                 }
@@ -1171,15 +1173,16 @@ async fn conversations(args: &Args) -> anyhow::Result<ConversationsReport> {
         .metrics()
         .stage_totals()
         .into_iter()
-        .map(|(stage, count, seconds)| Stage {
-            stage,
-            count,
-            mean_ms: if count == 0 {
+        .map(|t| Stage {
+            mean_ms: if t.count == 0 {
                 0.0
             } else {
-                seconds * 1e3 / count as f64
+                t.seconds * 1e3 / t.count as f64
             },
-            per_turn_ms: seconds * 1e3 / completed.max(1) as f64,
+            per_turn_ms: t.seconds * 1e3 / completed.max(1) as f64,
+            stage: t.stage,
+            count: t.count,
+            over_100ms: t.over_100ms,
         })
         .collect();
     dispatcher.abort();

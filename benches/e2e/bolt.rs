@@ -339,9 +339,18 @@ impl CpuMark {
     }
 }
 
-/// `infragpt_stage_seconds` sum and count per stage, from a replica's ops `/metrics`.
-async fn stage_totals(ops: std::net::SocketAddr) -> HashMap<String, (f64, f64)> {
-    let mut out: HashMap<String, (f64, f64)> = HashMap::new();
+/// One stage's `infragpt_stage_seconds` figures, cumulative since the replica started.
+#[derive(Debug, Clone, Copy, Default)]
+struct StageTotals {
+    seconds: f64,
+    count: f64,
+    /// Observations of at most 100 ms (the `le="0.1"` bucket).
+    within_100ms: f64,
+}
+
+/// `infragpt_stage_seconds` per stage, from a replica's ops `/metrics`.
+async fn stage_totals(ops: std::net::SocketAddr) -> HashMap<String, StageTotals> {
+    let mut out: HashMap<String, StageTotals> = HashMap::new();
     let Ok(response) = reqwest::get(format!("http://{ops}/metrics")).await else {
         return out;
     };
@@ -349,46 +358,50 @@ async fn stage_totals(ops: std::net::SocketAddr) -> HashMap<String, (f64, f64)> 
         return out;
     };
     for line in text.lines() {
-        let (is_sum, rest) = if let Some(r) = line.strip_prefix("infragpt_stage_seconds_sum{") {
-            (true, r)
-        } else if let Some(r) = line.strip_prefix("infragpt_stage_seconds_count{") {
-            (false, r)
-        } else {
+        let Some(rest) = line.strip_prefix("infragpt_stage_seconds_") else {
             continue;
         };
-        let Some(stage) = rest
-            .split("stage=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-        else {
+        let Some((series, labels)) = rest.split_once('{') else {
             continue;
         };
-        let Some(value) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+        let label = |name: &str| {
+            labels
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+        };
+        let (Some(stage), Some(value)) = (
+            label("stage"),
+            rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()),
+        ) else {
             continue;
         };
         let entry = out.entry(stage.to_owned()).or_default();
-        if is_sum {
-            entry.0 += value;
-        } else {
-            entry.1 += value;
+        match series {
+            "sum" => entry.seconds += value,
+            "count" => entry.count += value,
+            "bucket" if label("le") == Some("0.1") => entry.within_100ms += value,
+            _ => {}
         }
     }
     out
 }
 
 fn stage_delta(
-    before: &HashMap<String, (f64, f64)>,
-    after: &HashMap<String, (f64, f64)>,
+    before: &HashMap<String, StageTotals>,
+    after: &HashMap<String, StageTotals>,
     answered: usize,
 ) -> Vec<super::Stage> {
     let mut stages: Vec<super::Stage> = after
         .iter()
-        .map(|(stage, (sum, count))| {
-            let (sum0, count0) = before.get(stage).copied().unwrap_or_default();
-            let (seconds, count) = (sum - sum0, (count - count0).max(0.0));
+        .map(|(stage, a)| {
+            let b = before.get(stage).copied().unwrap_or_default();
+            let (seconds, count) = (a.seconds - b.seconds, (a.count - b.count).max(0.0));
+            let within = (a.within_100ms - b.within_100ms).max(0.0);
             super::Stage {
                 stage: stage.clone(),
                 count: count as u64,
+                over_100ms: (count - within).max(0.0) as u64,
                 mean_ms: if count > 0.0 {
                     seconds * 1e3 / count
                 } else {
@@ -947,8 +960,8 @@ pub fn print(r: &BoltReport, row: &dyn Fn(&str, String)) {
             row(
                 &format!("  stage {}", st.stage),
                 format!(
-                    "{} × {:.3} ms mean = {:.3} ms per answer",
-                    st.count, st.mean_ms, st.per_turn_ms
+                    "{} × {:.3} ms mean = {:.3} ms per answer ({} over 100 ms)",
+                    st.count, st.mean_ms, st.per_turn_ms, st.over_100ms
                 ),
             );
         }

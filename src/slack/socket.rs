@@ -584,6 +584,7 @@ impl SlackConnection {
         ctx: &mut Context<Self>,
     ) {
         let source_id = event.source_id.clone();
+        let received = Instant::now();
         let recorded = self.ctx.cluster.ingest(event).instrument(span);
         self.recording += 1;
         ctx.spawn(recorded.into_actor(self).map(move |outcome, act, ctx| {
@@ -592,7 +593,7 @@ impl SlackConnection {
                 Ok(outcome) => {
                     let duplicate = matches!(outcome, RecordOutcome::Duplicate(_));
                     tracing::debug!(connection = %act.key, envelope_id, source_id = %source_id, duplicate, "slack envelope recorded");
-                    act.ack(id, envelope_id, true, ctx);
+                    act.ack_recorded(id, envelope_id, received, ctx);
                 }
                 Err(e) => {
                     tracing::error!(connection = %act.key, envelope_id, source_id = %source_id, error = %e, "recording a slack envelope failed; not acknowledging");
@@ -672,6 +673,29 @@ impl SlackConnection {
         counts_as_message: bool,
         ctx: &mut Context<Self>,
     ) {
+        self.send_ack(id, envelope_id, counts_as_message, None, ctx);
+    }
+
+    /// Acknowledges an envelope whose event was recorded; the time from its ingest to the
+    /// ack's send goes to the `ack` stage (Slack's side of it, less the network).
+    fn ack_recorded(
+        &mut self,
+        id: u64,
+        envelope_id: String,
+        received: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        self.send_ack(id, envelope_id, true, Some(received), ctx);
+    }
+
+    fn send_ack(
+        &mut self,
+        id: u64,
+        envelope_id: String,
+        counts_as_message: bool,
+        received: Option<Instant>,
+        ctx: &mut Context<Self>,
+    ) {
         let ack = serde_json::json!({ "envelope_id": envelope_id }).to_string();
         self.send(id, Message::text(ack), ctx, move |act, sent, _ctx| {
             match sent {
@@ -679,6 +703,12 @@ impl SlackConnection {
                     act.machine.on_acked();
                     if counts_as_message {
                         act.health.record_message();
+                    }
+                    if let Some(received) = received {
+                        act.ctx
+                            .cluster
+                            .metrics()
+                            .observe_stage("ack", received.elapsed());
                     }
                 }
                 // Stopping: the envelope is recorded, Slack's redelivery will be a duplicate.

@@ -47,5 +47,5 @@ pub use coordinator::ReplicaStatus;
 pub use handler::{EventHandler, HandleOutcome, HandlerError};
 pub use health::{ActorKind, ActorState, HealthRegistry};
 pub use inbox::EventSource;
-pub use metrics::Metrics;
+pub use metrics::{Metrics, StageTotal};
 pub use secret::Secret;

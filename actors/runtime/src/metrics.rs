@@ -37,6 +37,16 @@ pub struct Metrics {
     live_kinds: std::sync::Arc<parking_lot::Mutex<std::collections::BTreeSet<ActorKind>>>,
 }
 
+/// One stage's `infragpt_stage_seconds`, cumulative since the process started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageTotal {
+    pub stage: String,
+    pub count: u64,
+    pub seconds: f64,
+    /// Observations above 100 ms: stalls that a mean hides.
+    pub over_100ms: u64,
+}
+
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
@@ -157,7 +167,7 @@ impl Metrics {
         let stage_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "infragpt_stage_seconds",
-                "Time spent in one stage of handling an event (inbox_write, claim, mark, and \
+                "Time spent in one stage of handling an event (inbox_write, ack, claim, mark, and \
                  the conversation's begin_turn, start_turn, agent_call, deliver, send_reply)",
             )
             .buckets(vec![
@@ -346,8 +356,8 @@ impl Metrics {
         self.inbox_batch_size.observe(events as f64);
     }
 
-    /// Count and total seconds per stage observed so far, by stage name.
-    pub fn stage_totals(&self) -> Vec<(String, u64, f64)> {
+    /// What each stage observed so far, by stage name.
+    pub fn stage_totals(&self) -> Vec<StageTotal> {
         use prometheus::core::Collector;
         let mut out = Vec::new();
         for family in self.stage_seconds.collect() {
@@ -359,10 +369,20 @@ impl Metrics {
                     .map(|l| l.value().to_owned())
                     .unwrap_or_default();
                 let h = metric.get_histogram();
-                out.push((stage, h.get_sample_count(), h.get_sample_sum()));
+                let within_100ms = h
+                    .get_bucket()
+                    .iter()
+                    .find(|b| b.upper_bound() == 0.1)
+                    .map_or(0, |b| b.cumulative_count());
+                out.push(StageTotal {
+                    stage,
+                    count: h.get_sample_count(),
+                    seconds: h.get_sample_sum(),
+                    over_100ms: h.get_sample_count().saturating_sub(within_100ms),
+                });
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by(|a, b| a.stage.cmp(&b.stage));
         out
     }
 

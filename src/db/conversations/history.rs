@@ -102,6 +102,27 @@ impl HistoryCache {
         seq: i64,
         stored: impl IntoIterator<Item = StoredMessage>,
     ) -> Option<Vec<StoredMessage>> {
+        self.advance_with(id, seq, stored, <[StoredMessage]>::to_vec)
+    }
+
+    /// As [`Self::advance`] for a writer that only keeps the history current (the posted
+    /// parts): true when it was kept, and nothing is copied out.
+    pub(crate) fn extend(
+        &self,
+        id: uuid::Uuid,
+        seq: i64,
+        stored: impl IntoIterator<Item = StoredMessage>,
+    ) -> bool {
+        self.advance_with(id, seq, stored, |_| ()).is_some()
+    }
+
+    fn advance_with<R>(
+        &self,
+        id: uuid::Uuid,
+        seq: i64,
+        stored: impl IntoIterator<Item = StoredMessage>,
+        read: impl FnOnce(&[StoredMessage]) -> R,
+    ) -> Option<R> {
         let mut inner = self.lock();
         let limit = inner.limit;
         let entry = inner.entries.get_mut(&id)?;
@@ -118,7 +139,7 @@ impl HistoryCache {
         entry.seq = seq;
         merge(&mut entry.messages, stored, limit);
         entry.bytes = weight(&entry.messages);
-        let history = entry.messages.clone();
+        let history = read(&entry.messages);
         let after = entry.bytes;
         inner.next += 1;
         let stamp = inner.next;
@@ -299,6 +320,19 @@ mod tests {
         // A statement that stored nothing (a redelivery) still moved the number by one.
         let history = cache.advance(conv, 2, vec![]).unwrap();
         assert_eq!(ids(&history), [1, 2]);
+    }
+
+    #[test]
+    fn a_writer_that_only_extends_keeps_the_history_current() {
+        let cache = HistoryCache::new(100, 1 << 20);
+        let conv = uuid::Uuid::from_u128(7);
+        cache.fill(&key("1.0"), conv, 0, &[message(1, "a")]);
+        assert!(cache.extend(conv, 1, vec![message(2, "b")]));
+        assert!(cache.extend(conv, 2, vec![message(3, "c")]));
+        assert_eq!(ids(&cache.advance(conv, 3, vec![]).unwrap()), [1, 2, 3]);
+        // Out of step (another writer moved the number): dropped, as `advance` drops it.
+        assert!(!cache.extend(conv, 5, vec![message(4, "d")]));
+        assert_eq!(cache.advance(conv, 6, vec![]), None);
     }
 
     #[test]

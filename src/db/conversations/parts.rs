@@ -223,7 +223,7 @@ async fn record_distinct(
                 kind: m.kind,
             })
         });
-        history.advance(conversation, seq, messages);
+        history.extend(conversation, seq, messages);
     }
     let ours: HashMap<uuid::Uuid, bool> = recorded.into_iter().map(|r| (r.id, r.ours)).collect();
     Ok(ids
