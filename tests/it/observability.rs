@@ -194,6 +194,19 @@ async fn every_queried_metric_is_exported() {
         missing.is_empty(),
         "queried but not exported: {missing:?}\nexported: {exported:?}"
     );
+    // The turn's stages were timed, its acknowledgement among them (recorded over Socket
+    // Mode, so its ingest-to-ack time is the `ack` stage).
+    for stage in ["inbox_write", "ack", "begin_turn", "agent_call", "mark"] {
+        let count = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "infragpt_stage_seconds_count{{stage=\"{stage}\"}} "
+                ))
+            })
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(count >= Some(1.0), "stage {stage}: {count:?}\n{text}");
+    }
     // The Slack alert's series exists (the connection is up).
     assert!(
         text.contains(r#"infragpt_actors{kind="slack_connection",state="running"} 1"#),
