@@ -357,30 +357,27 @@ async fn stage_totals(ops: std::net::SocketAddr) -> HashMap<String, StageTotals>
     let Ok(text) = response.text().await else {
         return out;
     };
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("infragpt_stage_seconds_") else {
-            continue;
-        };
-        let Some((series, labels)) = rest.split_once('{') else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-        };
-        let (Some(stage), Some(value)) = (
-            label("stage"),
-            rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()),
+    let Ok(scrape) = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))) else {
+        return out;
+    };
+    for sample in &scrape.samples {
+        let (Some(series), Some(stage)) = (
+            sample.metric.strip_prefix("infragpt_stage_seconds"),
+            sample.labels.get("stage"),
         ) else {
             continue;
         };
-        let entry = out.entry(stage.to_owned()).or_default();
-        match series {
-            "sum" => entry.seconds += value,
-            "count" => entry.count += value,
-            "bucket" if label("le") == Some("0.1") => entry.within_100ms += value,
+        let total = out.entry(stage.to_owned()).or_default();
+        // The histogram's `_sum` and `_count` lines parse as untyped samples of their own.
+        match (series, &sample.value) {
+            ("", prometheus_parse::Value::Histogram(buckets)) => {
+                total.within_100ms = buckets
+                    .iter()
+                    .find(|b| b.less_than == 0.1)
+                    .map_or(0.0, |b| b.count);
+            }
+            ("_sum", prometheus_parse::Value::Untyped(v)) => total.seconds = *v,
+            ("_count", prometheus_parse::Value::Untyped(v)) => total.count = *v,
             _ => {}
         }
     }

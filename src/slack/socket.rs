@@ -593,7 +593,7 @@ impl SlackConnection {
                 Ok(outcome) => {
                     let duplicate = matches!(outcome, RecordOutcome::Duplicate(_));
                     tracing::debug!(connection = %act.key, envelope_id, source_id = %source_id, duplicate, "slack envelope recorded");
-                    act.ack_recorded(id, envelope_id, received, ctx);
+                    act.send_ack(id, envelope_id, true, Some(received), ctx);
                 }
                 Err(e) => {
                     tracing::error!(connection = %act.key, envelope_id, source_id = %source_id, error = %e, "recording a slack envelope failed; not acknowledging");
@@ -676,18 +676,9 @@ impl SlackConnection {
         self.send_ack(id, envelope_id, counts_as_message, None, ctx);
     }
 
-    /// Acknowledges an envelope whose event was recorded; the time from its ingest to the
-    /// ack's send goes to the `ack` stage (Slack's side of it, less the network).
-    fn ack_recorded(
-        &mut self,
-        id: u64,
-        envelope_id: String,
-        received: Instant,
-        ctx: &mut Context<Self>,
-    ) {
-        self.send_ack(id, envelope_id, true, Some(received), ctx);
-    }
-
+    /// As [`Self::ack`]; for an envelope whose event was ingested at `received`, the time
+    /// from then to the ack's send goes to the `ack` stage (Slack's side of it, less the
+    /// network).
     fn send_ack(
         &mut self,
         id: u64,
