@@ -176,8 +176,9 @@ struct Args {
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
-    /// Conversations mode: also print where a turn's time went, stage by stage (the
-    /// service's `infragpt_stage_seconds`: count, mean, and time per completed turn).
+    /// Conversations and webhooks modes: also print where the time went, stage by stage (the
+    /// service's `infragpt_stage_seconds`: count, mean, and time per completed turn or
+    /// accepted delivery).
     #[arg(long)]
     profile: bool,
     /// Passed by `cargo bench`; ignored.
@@ -445,6 +446,8 @@ struct WebhooksReport {
     peak_rss_kib: u64,
     ceiling: Ceiling,
     ratio: f64,
+    /// The service's stages over the whole run (`per_turn_ms`: per accepted delivery).
+    stages: Vec<Stage>,
 }
 
 #[derive(Debug, Serialize)]
@@ -471,6 +474,19 @@ fn mib(kib: u64) -> String {
 
 fn lat(l: &Latency) -> String {
     format!("{:.2} / {:.2} / {:.2} ms", l.p50_ms, l.p99_ms, l.max_ms)
+}
+
+/// One line per stage: count, mean, time per `per` (a completed turn, an accepted delivery).
+fn print_stages(stages: &[Stage], per: &str, row: &dyn Fn(&str, String)) {
+    for st in stages {
+        row(
+            &format!("stage {}", st.stage),
+            format!(
+                "{} × {:.3} ms mean = {:.3} ms per {per} ({} over 100 ms)",
+                st.count, st.mean_ms, st.per_turn_ms, st.over_100ms
+            ),
+        );
+    }
 }
 
 fn print_table(out: &Output, profile: bool) {
@@ -572,15 +588,7 @@ fn print_table(out: &Output, profile: bool) {
                 format!("{:.3}", r.ratio),
             );
             if profile {
-                for st in &r.stages {
-                    row(
-                        &format!("stage {}", st.stage),
-                        format!(
-                            "{} × {:.3} ms mean = {:.3} ms per turn ({} over 100 ms)",
-                            st.count, st.mean_ms, st.per_turn_ms, st.over_100ms
-                        ),
-                    );
-                }
+                print_stages(&r.stages, "turn", &row);
             }
         }
         Report::Webhooks(r) => {
@@ -631,6 +639,9 @@ fn print_table(out: &Output, profile: bool) {
                 "ratio deliveries/s ÷ ceiling tx/s",
                 format!("{:.3}", r.ratio),
             );
+            if profile {
+                print_stages(&r.stages, "delivery", &row);
+            }
         }
         Report::Memory(r) => {
             println!("memory: live ConversationThread actors over the PostgreSQL inbox");
@@ -1168,23 +1179,7 @@ async fn conversations(args: &Args) -> anyhow::Result<ConversationsReport> {
     let rows = count_rows(db.pool()).await?;
     let rss_end = rss_kib();
     let peak = peak_rss_kib();
-    let stages = core
-        .cluster
-        .metrics()
-        .stage_totals()
-        .into_iter()
-        .map(|t| Stage {
-            mean_ms: if t.count == 0 {
-                0.0
-            } else {
-                t.seconds * 1e3 / t.count as f64
-            },
-            per_turn_ms: t.seconds * 1e3 / completed.max(1) as f64,
-            stage: t.stage,
-            count: t.count,
-            over_100ms: t.over_100ms,
-        })
-        .collect();
+    let stages = stages_of(&core.cluster, completed);
     dispatcher.abort();
     load.shutdown_background();
     running.stop().await.context("stopping the service")?;
@@ -1277,6 +1272,27 @@ fn load_fixtures(dir: &Path) -> anyhow::Result<Vec<(String, String, Vec<u8>)>> {
     Ok(out)
 }
 
+/// The service's `infragpt_stage_seconds` so far, each stage's time also divided by `done`
+/// (completed turns or accepted deliveries).
+fn stages_of(cluster: &infragpt_actors::Cluster, done: usize) -> Vec<Stage> {
+    cluster
+        .metrics()
+        .stage_totals()
+        .into_iter()
+        .map(|t| Stage {
+            mean_ms: if t.count == 0 {
+                0.0
+            } else {
+                t.seconds * 1e3 / t.count as f64
+            },
+            per_turn_ms: t.seconds * 1e3 / done.max(1) as f64,
+            stage: t.stage,
+            count: t.count,
+            over_100ms: t.over_100ms,
+        })
+        .collect()
+}
+
 async fn webhooks(args: &Args) -> anyhow::Result<WebhooksReport> {
     let dir = match &args.fixtures {
         Some(dir) => dir.clone(),
@@ -1289,7 +1305,7 @@ async fn webhooks(args: &Args) -> anyhow::Result<WebhooksReport> {
     // One installation sends every delivery: the benchmark measures the pipeline, not the
     // per-installation rate limit (which would cap it at 20/s).
     config.webhooks.rate_limits.github.per_second = 0.0;
-    let (running, _core) = infragpt::app::start(config)
+    let (running, core) = infragpt::app::start(config)
         .await
         .context("starting the service")?;
     let url = format!(
@@ -1365,6 +1381,7 @@ async fn webhooks(args: &Args) -> anyhow::Result<WebhooksReport> {
     }
     let processed = started.elapsed();
     let peak = peak_rss_kib();
+    let stages = stages_of(&core.cluster, n - errors);
     load.shutdown_background();
     running.stop().await.context("stopping the service")?;
 
@@ -1427,6 +1444,7 @@ async fn webhooks(args: &Args) -> anyhow::Result<WebhooksReport> {
         peak_rss_kib: peak,
         ratio: deliveries_per_s / ceiling.tx_per_s,
         ceiling,
+        stages,
     })
 }
 
