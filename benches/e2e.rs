@@ -420,7 +420,8 @@ struct Stage {
     /// Observations above 100 ms.
     over_100ms: u64,
     mean_ms: f64,
-    /// Time in this stage per completed turn.
+    /// Time in this stage per completed turn (conversations) or accepted delivery
+    /// (webhooks).
     per_turn_ms: f64,
 }
 
@@ -446,7 +447,7 @@ struct WebhooksReport {
     peak_rss_kib: u64,
     ceiling: Ceiling,
     ratio: f64,
-    /// The service's stages over the whole run (`per_turn_ms`: per accepted delivery).
+    /// The service's stages over the whole run.
     stages: Vec<Stage>,
 }
 
