@@ -344,7 +344,7 @@ impl CpuMark {
 struct StageTotals {
     seconds: f64,
     count: f64,
-    /// Observations of at most 100 ms (the `le="0.1"` bucket).
+    /// Observations of at most 100 ms (the `STAGE_STALL_SECONDS` bucket).
     within_100ms: f64,
 }
 
@@ -373,7 +373,7 @@ async fn stage_totals(ops: std::net::SocketAddr) -> HashMap<String, StageTotals>
             ("", prometheus_parse::Value::Histogram(buckets)) => {
                 total.within_100ms = buckets
                     .iter()
-                    .find(|b| b.less_than == 0.1)
+                    .find(|b| b.less_than == infragpt_actors::metrics::STAGE_STALL_SECONDS)
                     .map_or(0.0, |b| b.count);
             }
             ("_sum", prometheus_parse::Value::Untyped(v)) => total.seconds = *v,

@@ -197,15 +197,10 @@ async fn every_queried_metric_is_exported() {
     // The turn's stages were timed, its acknowledgement among them (recorded over Socket
     // Mode, so its ingest-to-ack time is the `ack` stage).
     for stage in ["inbox_write", "ack", "begin_turn", "agent_call", "mark"] {
-        let count = text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(&format!(
-                    "infragpt_stage_seconds_count{{stage=\"{stage}\"}} "
-                ))
-            })
-            .and_then(|v| v.parse::<f64>().ok());
-        assert!(count >= Some(1.0), "stage {stage}: {count:?}\n{text}");
+        let count = app
+            .metric("infragpt_stage_seconds_count", Some(("stage", stage)))
+            .await;
+        assert!(count >= 1.0, "stage {stage}: {count}\n{text}");
     }
     // The Slack alert's series exists (the connection is up).
     assert!(

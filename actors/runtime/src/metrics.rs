@@ -37,6 +37,10 @@ pub struct Metrics {
     live_kinds: std::sync::Arc<parking_lot::Mutex<std::collections::BTreeSet<ActorKind>>>,
 }
 
+/// The bound of `infragpt_stage_seconds` above which an observation counts as a stall
+/// ([`StageTotal::over_100ms`]); one of the histogram's buckets.
+pub const STAGE_STALL_SECONDS: f64 = 0.1;
+
 /// One stage's `infragpt_stage_seconds`, cumulative since the process started.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageTotal {
@@ -171,7 +175,18 @@ impl Metrics {
                  the conversation's begin_turn, start_turn, agent_call, deliver, send_reply)",
             )
             .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                0.0001,
+                0.00025,
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                STAGE_STALL_SECONDS,
+                0.25,
+                1.0,
                 5.0,
             ]),
             &["stage"],
@@ -372,7 +387,7 @@ impl Metrics {
                 let within_100ms = h
                     .get_bucket()
                     .iter()
-                    .find(|b| b.upper_bound() == 0.1)
+                    .find(|b| b.upper_bound() == STAGE_STALL_SECONDS)
                     .map_or(0, |b| b.cumulative_count());
                 out.push(StageTotal {
                     stage,

@@ -303,8 +303,9 @@ impl TestApp {
             .expect("body")
     }
 
-    /// The sum of the samples of `metric` on the ops listener's `/metrics` (counters and
-    /// gauges), only those with `label` when given; 0 when there are none.
+    /// The sum of the samples of `metric` on the ops listener's `/metrics` (counters, gauges,
+    /// and a histogram's `_count` and `_sum`, which parse as untyped), only those with `label`
+    /// when given; 0 when there are none.
     pub async fn metric(&self, metric: &str, label: Option<(&str, &str)>) -> f64 {
         let text = self.metrics_text().await;
         let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
@@ -317,7 +318,9 @@ impl TestApp {
                     && label.is_none_or(|(name, value)| s.labels.get(name) == Some(value))
             })
             .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
                 _ => f64::NAN,
             })
             .sum()
