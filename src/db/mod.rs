@@ -654,6 +654,7 @@ fn build_pool_with(
 
     let mut config = ManagerConfig::default();
     config.recycling_method = RecyclingMethod::Fast;
+    config.custom_setup = Box::new(|url| Box::pin(establish_pinned(url.to_owned())));
     let manager =
         AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url.expose(), config);
     let verify_idle =
@@ -693,6 +694,43 @@ fn build_pool_with(
         ));
     }
     builder.build().map_err(DbError::PoolBuild)
+}
+
+/// Opens a pooled connection whose protocol driver (the task that reads and writes its
+/// socket) runs on the thread that opened it when that thread is an actix arbiter.
+/// diesel-async's `establish` spawns the driver with `tokio::spawn`, which on the system's
+/// thread (the service runs actix on a multi-threaded runtime, `main.rs`) puts it on a
+/// runtime worker: every statement of a conversation actor then woke a worker to write the
+/// query and was woken back with the answer. Driven where it was opened, such a statement
+/// stays on one thread. (On an arbiter of its own, with its current-thread runtime,
+/// `tokio::spawn` already kept the driver there: the inbox's writers are unchanged.)
+/// Elsewhere (a tonic handler, a test without actix) the driver is spawned on the runtime
+/// as before. BENCHMARKS.md, "Connection drivers on the system thread".
+///
+/// When the arbiter stops, its drivers end and their connections close; the pool notices
+/// the closed connection at its next checkout and opens a new one where it is asked for.
+async fn establish_pinned(url: String) -> diesel::ConnectionResult<AsyncPgConnection> {
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+    let driver = async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "database connection ended");
+        }
+    };
+    match actix_rt::Arbiter::try_current() {
+        Some(arbiter) => {
+            if !arbiter.spawn(driver) {
+                return Err(diesel::ConnectionError::BadConnection(
+                    "the opening thread's arbiter has stopped".to_owned(),
+                ));
+            }
+        }
+        None => {
+            tokio::spawn(driver);
+        }
+    }
+    AsyncPgConnection::try_from(client).await
 }
 
 /// A synchronous diesel connection (for `diesel_migrations`).

@@ -95,3 +95,55 @@ async fn checkouts_in_a_row_send_no_test_query() {
         "no statement since"
     );
 }
+
+/// A pooled connection opened on an actix arbiter is driven there (`db::establish_pinned`),
+/// also on the system's thread of a multi-threaded runtime, where diesel-async's own
+/// `establish` would put its driver on a runtime worker: while that thread is busy, a
+/// statement sent on the connection from a worker waits for it, and completes once the
+/// thread runs its tasks again.
+#[test]
+fn a_connection_opened_on_an_arbiter_is_driven_by_that_thread() {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    actix_rt::System::with_tokio_rt(runtime).block_on(async {
+        let db = TestDb::new().await;
+        let pool =
+            infragpt::db::build_pool(db.database().url(), 1, std::time::Duration::from_secs(5))
+                .expect("pool");
+        let opened = {
+            let mut conn = pool.get().await.expect("checkout on the system thread");
+            backend_pid(&mut conn).await
+        };
+        let (done, finished) = std::sync::mpsc::channel();
+        let from_worker = pool.clone();
+        tokio::spawn(async move {
+            let mut conn = from_worker.get().await.expect("checkout on a worker");
+            let _ = done.send(backend_pid(&mut conn).await);
+        });
+        // This thread does not run its tasks now, the connection's driver among them.
+        assert!(
+            finished
+                .recv_timeout(std::time::Duration::from_millis(1500))
+                .is_err(),
+            "the statement completed while the thread that opened its connection was blocked: \
+             its driver runs elsewhere"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let pid = loop {
+            if let Ok(pid) = finished.try_recv() {
+                break pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the statement did not complete once the thread ran again"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        assert_eq!(pid, opened, "the same pooled connection");
+    });
+}
