@@ -342,6 +342,9 @@ fn build_modules(
     .with_agent_retries(config.actors.retry_budget)
     .with_alert_sources(config.slack.alert_sources.clone())
     .with_progress(progress.clone())
+    .with_seen_delay(std::time::Duration::from_millis(
+        config.slack.progress_delay_ms,
+    ))
     .with_replies_here(replies_here.clone())
     .with_approvals(approval_ports);
     // The slash command and the assistant pane share the stream (slash::SlackStreamHandler).

@@ -1024,6 +1024,7 @@ mod conversation_fakes {
         turns: Mutex<Vec<AgentTurn>>,
         behaviour: Mutex<Option<Behaviour>>,
         replies: Mutex<Option<Arc<ReplyService>>>,
+        think: Mutex<std::time::Duration>,
     }
 
     impl FakeAgent {
@@ -1035,6 +1036,11 @@ mod conversation_fakes {
         /// Every turn it was asked, in order.
         pub fn turns(&self) -> Vec<AgentTurn> {
             self.turns.lock().clone()
+        }
+
+        /// Works `think` on each turn before answering, from now on.
+        pub fn think_for(&self, think: std::time::Duration) {
+            *self.think.lock() = think;
         }
 
         /// Answers with `answer` from now on.
@@ -1084,6 +1090,10 @@ mod conversation_fakes {
     impl Agent for FakeAgent {
         async fn process(&self, turn: AgentTurn) -> Result<AgentAnswer, AgentError> {
             self.turns.lock().push(turn.clone());
+            let think = *self.think.lock();
+            if !think.is_zero() {
+                tokio::time::sleep(think).await;
+            }
             let behaviour = self.behaviour.lock().clone();
             match behaviour {
                 None => Ok(Self::success(&format!(

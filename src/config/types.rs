@@ -373,10 +373,10 @@ pub struct SlackConfig {
     /// where Slack refuses the status), `placeholder` (a message the answer replaces) or
     /// `off`.
     pub progress: infragpt_actors::conversation::ProgressMode,
-    /// How long the agent works on a turn before the indicator is shown (ms): an answer
-    /// within it is all the thread sees, with no status flashing past or placeholder to
-    /// replace. 0: as soon as the agent is asked. A report the agent sends meanwhile is
-    /// shown at once.
+    /// How long the agent works on a turn before the indicator is shown and the message
+    /// gets its `eyes` reaction (ms): an answer within it is all the thread sees, with no
+    /// status flashing past, placeholder to replace or reaction beside it. 0: as soon as the
+    /// agent is asked. A report the agent sends meanwhile is shown at once.
     pub progress_delay_ms: u64,
     /// The assistant pane's suggested prompts (`assistant.threads.setSuggestedPrompts`, at
     /// most 4); empty: the defaults.

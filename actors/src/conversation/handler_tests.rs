@@ -194,6 +194,36 @@ async fn a_mention_stores_the_message_asks_the_agent_and_posts_the_reply() {
 }
 
 #[tokio::test]
+async fn the_seen_reaction_waits_for_the_delay_and_an_answer_within_it_has_none() {
+    let delay = Duration::from_millis(150);
+    // A fast agent: the answer is all the message gets.
+    let mut f = fixture(ReplyMode::Response);
+    f.handler = f.handler.with_seen_delay(delay);
+    f.handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+        .await
+        .expect("turn");
+    assert_eq!(posts_of(&f.slack, "answer to: hi"), 1);
+    tokio::time::sleep(delay * 2).await;
+    assert!(f.slack.reactions().is_empty(), "{:?}", f.slack.reactions());
+
+    // An agent working past the delay: the message is marked seen meanwhile, once.
+    let mut f = fixture(ReplyMode::Response);
+    f.handler = f.handler.with_seen_delay(delay);
+    f.agent.think_for(delay * 3);
+    f.handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+        .await
+        .expect("turn");
+    let slack = f.slack.clone();
+    assert!(eventually(Duration::from_secs(10), || !slack.reactions().is_empty()).await);
+    let reactions = f.slack.reactions();
+    assert_eq!(reactions.len(), 1, "{reactions:?}");
+    assert_eq!(reactions[0].1, ts(ROOT_TS));
+    assert_eq!(reactions[0].2, "eyes");
+}
+
+#[tokio::test]
 async fn the_agent_sees_the_thread_before_the_turn() {
     let f = fixture(ReplyMode::Response);
     f.handler

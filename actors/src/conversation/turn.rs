@@ -144,6 +144,9 @@ pub struct ConversationHandler {
     approvals: Option<crate::approvals::ApprovalPorts>,
     /// The SendReplies this process handled (see [`Self::with_replies_here`]).
     replies_here: Option<Arc<super::RepliesHere>>,
+    /// How long the agent works on a turn before the seen reaction is added (see
+    /// [`Self::with_seen_delay`]).
+    seen_delay: Duration,
 }
 
 impl std::fmt::Debug for ConversationHandler {
@@ -183,7 +186,18 @@ impl ConversationHandler {
             progress: None,
             replies_here: None,
             approvals: None,
+            seen_delay: Duration::ZERO,
         }
+    }
+
+    /// Adds the seen reaction only when the agent is still working on a turn after `delay`
+    /// (`slack.progress_delay_ms`, like the progress indicator): an answer within it says
+    /// the message was seen, and a reaction landing beside it is noise in the thread and a
+    /// Tier 3 call (about 50 a minute per workspace) spent. Zero (the default): as soon as
+    /// the agent is asked.
+    pub fn with_seen_delay(mut self, delay: Duration) -> Self {
+        self.seen_delay = delay;
+        self
     }
 
     /// Shows that a turn is being worked on while the agent works, and ends the indicator
@@ -439,7 +453,6 @@ impl ConversationHandler {
             _ => self.remember_turn(&turn.turn_id, event.id),
         }
         let conversation = start.conversation;
-        self.add_seen_reaction(&turn);
 
         // Nothing answers the turn yet: whatever answers it from here on is the agent's.
         let fresh = !start.state.answered && start.state.unfinished.is_empty();
@@ -474,7 +487,7 @@ impl ConversationHandler {
             None => None,
         };
         let started = Instant::now();
-        let work = self.agent.process(agent_turn);
+        let work = self.seen_beside(&turn, self.agent.process(agent_turn));
         let answer = match indicator {
             Some((progress, lock)) => {
                 progress
@@ -622,6 +635,28 @@ impl ConversationHandler {
                 UserProfile::default()
             }
         }
+    }
+
+    /// Runs `work` (the agent call) and adds the seen reaction once it has taken the seen
+    /// delay ([`Self::with_seen_delay`]; at once without one). The reaction never delays
+    /// the work: it is sent in the background.
+    async fn seen_beside<F: std::future::Future>(
+        &self,
+        turn: &slack_events::Turn,
+        work: F,
+    ) -> F::Output {
+        if self.seen_delay.is_zero() {
+            self.add_seen_reaction(turn);
+            return work.await;
+        }
+        let mut work = std::pin::pin!(work);
+        tokio::select! {
+            biased;
+            done = &mut work => return done,
+            () = tokio::time::sleep(self.seen_delay) => {}
+        }
+        self.add_seen_reaction(turn);
+        work.await
     }
 
     /// Adds the "seen" reaction, best effort and off the turn's path: reactions.add is a

@@ -269,7 +269,13 @@ fn echoed(text: &str) -> Option<&str> {
 
 #[actix_rt::test]
 async fn mention_is_answered_in_its_thread_and_follow_up_carries_history() {
-    let h = service(SimConfig::default()).with_dev_agent().start().await;
+    // The reaction at once: with a delay, the dev agent's answer within it is the only sign
+    // (progress::an_answer_within_the_delay_is_all_the_thread_sees).
+    let h = service(SimConfig::default())
+        .configure(|c| c.slack.progress_delay_ms = 0)
+        .with_dev_agent()
+        .start()
+        .await;
 
     let ts1 = h.mention(ALICE, "why is the api slow? tok-1");
     h.wait_replies(&ts1, 1).await;

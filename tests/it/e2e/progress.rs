@@ -236,6 +236,14 @@ async fn reports_within_a_second_are_coalesced_and_the_latest_is_shown() {
     // Five reports within about a second of "is thinking…": at most one shown at once,
     // the rest folded into one change a second later.
     assert!(shown.len() <= 3, "coalesced: {shown:?}");
+    // The agent worked past the delay: the message got its seen reaction too, once.
+    let seen: Vec<_> = app
+        .sim()
+        .calls("reactions.add")
+        .into_iter()
+        .filter(|c| c.params["timestamp"] == root.as_str() && c.params["name"] == "eyes")
+        .collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
     app.stop().await;
 }
 
@@ -382,6 +390,10 @@ async fn an_answer_within_the_delay_is_all_the_thread_sees() {
         assert!(
             app.sim().calls("chat.update").is_empty(),
             "{mode:?}: nothing replaced"
+        );
+        assert!(
+            app.sim().calls("reactions.add").is_empty(),
+            "{mode:?}: no seen reaction beside the answer"
         );
         let replies = app.bot_replies(&root);
         assert_eq!(replies.len(), 1, "{mode:?}: {replies:?}");
