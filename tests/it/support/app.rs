@@ -135,11 +135,7 @@ impl TestAppBuilder {
     pub async fn start(self) -> TestApp {
         let (dev_agent, connections) = (self.dev_agent, self.connections);
         let mut app = self.prepare().await;
-        // The agent's port stays bound from here until the agent serves on it: reserved and
-        // released, it could be taken meanwhile (an outgoing connection's ephemeral port).
-        let held = dev_agent.then(|| {
-            std::net::TcpListener::bind(app.agent_addr).expect("bind the dev agent's port")
-        });
+        let held = dev_agent.then(|| app.agent_listener());
         app.start_service().await;
         if let Some(listener) = held {
             let config = app.dev_agent_config();
@@ -159,7 +155,8 @@ impl TestAppBuilder {
         } else {
             None
         };
-        let agent_addr = reserve_port();
+        let agent_port = AgentPort::bind();
+        let agent_addr = agent_port.addr;
         let mut yaml = format!(
             "bind_address: 127.0.0.1\nport: 0\ngrpc_port: 0\nlog_level: warn\nhttp_log: false\n\
              admin:\n  token: {ADMIN}\n\
@@ -202,6 +199,7 @@ impl TestAppBuilder {
             running: None,
             agent: None,
             agent_addr,
+            agent_port: Some(agent_port),
             http: reqwest::Client::new(),
         }
     }
@@ -220,7 +218,47 @@ pub struct TestApp {
     running: Option<RunningServer>,
     agent: Option<DevAgentHandle>,
     agent_addr: SocketAddr,
+    /// The agent's port, held until an agent first serves on it.
+    agent_port: Option<AgentPort>,
     http: reqwest::Client,
+}
+
+/// A loopback port bound but not listening: held for the dev agent from the moment the
+/// service's configuration names it, so that no outgoing connection of the service or of a
+/// parallel test takes it as its ephemeral port meanwhile (reserved and released, it was
+/// taken now and then), while a call to it is still refused at once, as to a stopped agent.
+struct AgentPort {
+    socket: socket2::Socket,
+    addr: SocketAddr,
+}
+
+impl AgentPort {
+    fn bind() -> Self {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .expect("a socket for the dev agent");
+        // The agent may be stopped and started again on the same address.
+        socket.set_reuse_address(true).expect("SO_REUSEADDR");
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("loopback");
+        socket.bind(&any.into()).expect("bind the dev agent's port");
+        let addr = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("the dev agent's port");
+        Self { socket, addr }
+    }
+
+    /// Starts listening on the held port.
+    fn listen(self) -> std::net::TcpListener {
+        self.socket
+            .listen(128)
+            .expect("listen on the dev agent's port");
+        self.socket.into()
+    }
 }
 
 impl TestApp {
@@ -407,7 +445,21 @@ impl TestApp {
     /// Starts the dev agent with `config` (see [`dev_agent_config`](Self::dev_agent_config)).
     pub fn start_agent(&mut self, config: DevAgentConfig) {
         assert!(self.agent.is_none(), "the agent already runs");
-        self.agent = Some(DevAgent::start(config).expect("dev agent"));
+        let agent = match self.agent_port.take() {
+            Some(port) if config.bind == port.addr => DevAgent::start_on(config, port.listen()),
+            _ => DevAgent::start(config),
+        };
+        self.agent = Some(agent.expect("dev agent"));
+    }
+
+    /// The held agent port, listening (a new listener on its address once it was used).
+    fn agent_listener(&mut self) -> std::net::TcpListener {
+        match self.agent_port.take() {
+            Some(port) => port.listen(),
+            None => {
+                std::net::TcpListener::bind(self.agent_addr).expect("bind the dev agent's port")
+            }
+        }
     }
 
     /// Stops the dev agent (the service then finds it unreachable).
