@@ -490,6 +490,42 @@ pub struct SlackWeb {
     status_limit: SlackApiMethodRateControlConfig,
     identities: RwLock<HashMap<TeamId, BotIdentity>>,
     users: Mutex<HashMap<(TeamId, SlackUserId), (Instant, UserProfile)>>,
+    /// `reactions.add` under the throttle (see [`ReactionBudget`]).
+    reactions: ReactionBudget,
+}
+
+/// The reactions a workspace may still add now, under `slack.throttle`: Slack's Tier 3 rate
+/// (about 50 a minute) with a burst of [`Self::BURST`]. A reaction beyond it is refused at
+/// once rather than queued behind slack-morphism's throttle: the only reaction we add says
+/// "seen", which a reaction minutes late does not, and every queued one is a task waiting
+/// in the background, as many as the workspace's turns outrun the rate.
+#[derive(Debug, Default)]
+struct ReactionBudget {
+    /// Per workspace: reactions left, as of when.
+    left: Mutex<HashMap<TeamId, (f64, Instant)>>,
+}
+
+impl ReactionBudget {
+    /// Reactions a second: Tier 3's 50 a minute.
+    const RATE: f64 = 50.0 / 60.0;
+    /// Reactions a quiet workspace may add at once (slack-morphism's Tier 3 bucket holds
+    /// more, so these go out without waiting).
+    const BURST: f64 = 20.0;
+
+    /// Takes one of `team`'s reactions at `now`, or says how long until one is free.
+    fn take(&self, team: &TeamId, now: Instant) -> Result<(), Duration> {
+        let mut left = self.left.lock();
+        let (tokens, at) = left.entry(team.clone()).or_insert((Self::BURST, now));
+        let refilled = now.saturating_duration_since(*at).as_secs_f64() * Self::RATE;
+        *tokens = (*tokens + refilled).min(Self::BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *tokens) / Self::RATE))
+        }
+    }
 }
 
 impl std::fmt::Debug for SlackWeb {
@@ -541,6 +577,7 @@ impl SlackWeb {
             status_limit,
             identities: RwLock::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
+            reactions: ReactionBudget::default(),
         }
     }
 
@@ -976,6 +1013,11 @@ impl SlackApi for SlackWeb {
         ts: &MessageTs,
         name: &str,
     ) -> Result<(), SlackApiError> {
+        if self.settings.throttle
+            && let Err(retry_after) = self.reactions.take(team, Instant::now())
+        {
+            return Err(SlackApiError::RateLimited { retry_after });
+        }
         let body = json!({ "channel": channel.as_str(), "timestamp": ts.as_str(), "name": name });
         match self
             .post::<Empty>(
@@ -1168,5 +1210,41 @@ impl SlackWeb {
             Ok(_) => Ok(()),
             Err(code) => Err(self.code_error(team, method, code).await),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use infragpt_actors::ids::TeamId;
+
+    use super::ReactionBudget;
+
+    #[test]
+    fn the_reaction_budget_allows_a_burst_then_tier_3s_rate_per_workspace() {
+        let budget = ReactionBudget::default();
+        let (acme, globex) = (
+            TeamId::parse("T1").expect("team"),
+            TeamId::parse("T2").expect("team"),
+        );
+        let start = Instant::now();
+        for _ in 0..20 {
+            budget.take(&acme, start).expect("within the burst");
+        }
+        let wait = budget.take(&acme, start).expect_err("the burst is spent");
+        assert_eq!(wait, Duration::from_secs_f64(1.2));
+        // Another workspace has its own budget.
+        budget.take(&globex, start).expect("its own burst");
+        // One more every 1.2 s, and no more.
+        let later = start + Duration::from_millis(1_200);
+        budget.take(&acme, later).expect("refilled by one");
+        budget.take(&acme, later).expect_err("only one");
+        // A quiet minute refills the burst, not more.
+        let quiet = later + Duration::from_secs(60);
+        for _ in 0..20 {
+            budget.take(&acme, quiet).expect("a full burst again");
+        }
+        budget.take(&acme, quiet).expect_err("capped at the burst");
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::once::{
     Alone, BUSY_WAIT, BeforePost, FenceError, INTENT_LEASE, PostError, Poster, Standing,
@@ -666,11 +666,18 @@ impl ConversationHandler {
         let slack = self.slack.clone();
         let id = turn.turn_id.clone();
         tokio::spawn(async move {
-            if let Err(e) = slack
+            match slack
                 .add_reaction(&id.team_id, &id.channel, &id.ts, SEEN_REACTION)
                 .await
             {
-                warn!(team_id = %id.team_id, channel_id = %id.channel, ts = %id.ts, error = %e, "reactions.add failed");
+                Ok(()) => {}
+                // Over the workspace's rate: a late "seen" says nothing; the answer will.
+                Err(SlackApiError::RateLimited { .. }) => {
+                    debug!(team_id = %id.team_id, channel_id = %id.channel, ts = %id.ts, "seen reaction skipped: over the workspace's rate");
+                }
+                Err(e) => {
+                    warn!(team_id = %id.team_id, channel_id = %id.channel, ts = %id.ts, error = %e, "reactions.add failed");
+                }
             }
         });
     }

@@ -199,6 +199,61 @@ async fn users_info_and_auth_test_are_cached() {
     );
 }
 
+/// Under the throttle a workspace adds reactions at Tier 3's rate after a burst of 20; one
+/// beyond it is refused at once, unsent, instead of waiting in the background for minutes.
+/// Without the throttle (benchmarks, simulators) every one is sent.
+#[tokio::test]
+async fn reactions_beyond_the_workspaces_rate_are_refused_at_once() {
+    let db = TestDb::new().await;
+    for throttle in [true, false] {
+        let sim = sim();
+        let web = web_for(&sim, &db, WebSettings { throttle, ..fast() });
+        let general = ChannelId::parse(GENERAL).unwrap();
+        let mut refused = Vec::new();
+        let started = std::time::Instant::now();
+        for i in 0..25 {
+            let ts = sim
+                .post_user_message(ACME, GENERAL, ALICE, &format!("m{i}"), None)
+                .unwrap();
+            let ts = MessageTs::parse(ts).unwrap();
+            if let Err(e) = web.add_reaction(&team(ACME), &general, &ts, "eyes").await {
+                refused.push(e);
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nothing waited"
+        );
+        let sent = sim.calls("reactions.add").len();
+        if throttle {
+            assert_eq!(sent, 20, "the burst");
+            assert_eq!(refused.len(), 5, "{refused:?}");
+            assert!(
+                refused
+                    .iter()
+                    .all(|e| matches!(e, SlackApiError::RateLimited { retry_after }
+                        if *retry_after <= Duration::from_millis(1_200))),
+                "{refused:?}"
+            );
+            // Another workspace has its own.
+            let ts = sim
+                .post_user_message(GLOBEX, "C0GLOBGEN1", "U0CAROL001", "hi", None)
+                .unwrap();
+            web.add_reaction(
+                &team(GLOBEX),
+                &ChannelId::parse("C0GLOBGEN1").unwrap(),
+                &MessageTs::parse(ts).unwrap(),
+                "eyes",
+            )
+            .await
+            .unwrap();
+        } else {
+            assert_eq!(sent, 25);
+            assert!(refused.is_empty(), "{refused:?}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn reactions_and_channel_names() {
     let db = TestDb::new().await;
