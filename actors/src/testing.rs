@@ -1038,7 +1038,8 @@ mod conversation_fakes {
             self.turns.lock().clone()
         }
 
-        /// Works `think` on each turn before answering, from now on.
+        /// Works `think` on each turn after its SendReply (if it sends one) and before
+        /// returning, from now on.
         pub fn think_for(&self, think: std::time::Duration) {
             *self.think.lock() = think;
         }
@@ -1090,10 +1091,18 @@ mod conversation_fakes {
     impl Agent for FakeAgent {
         async fn process(&self, turn: AgentTurn) -> Result<AgentAnswer, AgentError> {
             self.turns.lock().push(turn.clone());
+            let answer = self.answer(turn).await;
             let think = *self.think.lock();
             if !think.is_zero() {
                 tokio::time::sleep(think).await;
             }
+            answer
+        }
+    }
+
+    impl FakeAgent {
+        /// What [`Agent::process`] returns for `turn`, SendReplies sent.
+        async fn answer(&self, turn: AgentTurn) -> Result<AgentAnswer, AgentError> {
             let behaviour = self.behaviour.lock().clone();
             match behaviour {
                 None => Ok(Self::success(&format!(

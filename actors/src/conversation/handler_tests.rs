@@ -221,6 +221,30 @@ async fn the_seen_reaction_waits_for_the_delay_and_an_answer_within_it_has_none(
     assert_eq!(reactions.len(), 1, "{reactions:?}");
     assert_eq!(reactions[0].1, ts(ROOT_TS));
     assert_eq!(reactions[0].2, "eyes");
+
+    // An agent whose SendReply (here) posted the answer within the delay and that returns
+    // after it: the answer said "seen".
+    let f = fixture(ReplyMode::SendReply);
+    let here = Arc::new(RepliesHere::new());
+    let handler = ConversationHandler::new(
+        f.store.clone(),
+        f.slack.clone(),
+        f.agent.clone(),
+        ReplyMode::SendReply,
+    )
+    .with_replies_here(here.clone())
+    .with_seen_delay(delay);
+    let replies =
+        Arc::new(ReplyService::new(f.store.clone(), f.slack.clone()).with_replies_here(here));
+    f.agent.send_reply_with(replies, "sent by the agent");
+    f.agent.think_for(delay * 3);
+    handler
+        .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
+        .await
+        .expect("turn");
+    assert_eq!(posts_of(&f.slack, "sent by the agent"), 1);
+    tokio::time::sleep(delay).await;
+    assert!(f.slack.reactions().is_empty(), "{:?}", f.slack.reactions());
 }
 
 #[tokio::test]

@@ -94,6 +94,12 @@ impl RepliesHere {
         lock(&self.refused).remove(&conversation).is_some()
     }
 
+    /// True when a SendReply for the turn has begun here (under way, posted or failed):
+    /// the agent is answering it. Forgets nothing.
+    pub fn replying(&self, conversation: ConversationId, turn: &MessageTs) -> bool {
+        self.turns().get(&(conversation, turn.clone())).is_some()
+    }
+
     /// True when SendReplies handled here posted the turn's answer (at least one did, none
     /// failed, none is still under way). Forgets the turn either way.
     pub fn take_answered(&self, conversation: ConversationId, turn: &MessageTs) -> bool {

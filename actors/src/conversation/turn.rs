@@ -487,7 +487,7 @@ impl ConversationHandler {
             None => None,
         };
         let started = Instant::now();
-        let work = self.seen_beside(&turn, self.agent.process(agent_turn));
+        let work = self.seen_beside(conversation.id, &turn, self.agent.process(agent_turn));
         let answer = match indicator {
             Some((progress, lock)) => {
                 progress
@@ -638,10 +638,13 @@ impl ConversationHandler {
     }
 
     /// Runs `work` (the agent call) and adds the seen reaction once it has taken the seen
-    /// delay ([`Self::with_seen_delay`]; at once without one). The reaction never delays
-    /// the work: it is sent in the background.
+    /// delay ([`Self::with_seen_delay`]; at once without one), unless the agent's answer is
+    /// under way here by then (a SendReply of this process began for the turn; one that
+    /// reached another replica is not known here). The reaction never delays the work: it
+    /// is sent in the background.
     async fn seen_beside<F: std::future::Future>(
         &self,
+        conversation: ConversationId,
         turn: &slack_events::Turn,
         work: F,
     ) -> F::Output {
@@ -655,7 +658,13 @@ impl ConversationHandler {
             done = &mut work => return done,
             () = tokio::time::sleep(self.seen_delay) => {}
         }
-        self.add_seen_reaction(turn);
+        let replying = self
+            .replies_here
+            .as_ref()
+            .is_some_and(|here| here.replying(conversation, &turn.turn_id.ts));
+        if !replying {
+            self.add_seen_reaction(turn);
+        }
         work.await
     }
 
