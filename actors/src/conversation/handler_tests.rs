@@ -43,6 +43,23 @@ fn fixture_with_style(mode: ReplyMode, style: AnswerStyle) -> Fixture {
     }
 }
 
+/// A `SendReply` handler over `f`'s ports whose agent answers "sent by the agent" through
+/// a SendReply of the same process, which the handler learns of (`RepliesHere`).
+fn replying_here(f: &Fixture) -> ConversationHandler {
+    let here = Arc::new(RepliesHere::new());
+    let replies = Arc::new(
+        ReplyService::new(f.store.clone(), f.slack.clone()).with_replies_here(here.clone()),
+    );
+    f.agent.send_reply_with(replies, "sent by the agent");
+    ConversationHandler::new(
+        f.store.clone(),
+        f.slack.clone(),
+        f.agent.clone(),
+        ReplyMode::SendReply,
+    )
+    .with_replies_here(here)
+}
+
 /// How many posts in the fake Slack have `text`.
 fn posts_of(slack: &FakeSlack, text: &str) -> usize {
     slack.posts().iter().filter(|p| p.text == text).count()
@@ -225,18 +242,7 @@ async fn the_seen_reaction_waits_for_the_delay_and_an_answer_within_it_has_none(
     // An agent whose SendReply (here) posted the answer within the delay and that returns
     // after it: the answer said "seen".
     let f = fixture(ReplyMode::SendReply);
-    let here = Arc::new(RepliesHere::new());
-    let handler = ConversationHandler::new(
-        f.store.clone(),
-        f.slack.clone(),
-        f.agent.clone(),
-        ReplyMode::SendReply,
-    )
-    .with_replies_here(here.clone())
-    .with_seen_delay(delay);
-    let replies =
-        Arc::new(ReplyService::new(f.store.clone(), f.slack.clone()).with_replies_here(here));
-    f.agent.send_reply_with(replies, "sent by the agent");
+    let handler = replying_here(&f).with_seen_delay(delay);
     f.agent.think_for(delay * 3);
     handler
         .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
@@ -638,17 +644,7 @@ async fn an_answer_sent_through_send_reply_is_not_posted_again() {
 #[tokio::test]
 async fn a_turn_answered_by_a_send_reply_here_is_not_read_again() {
     let f = fixture(ReplyMode::SendReply);
-    let here = Arc::new(RepliesHere::new());
-    let handler = ConversationHandler::new(
-        f.store.clone(),
-        f.slack.clone(),
-        f.agent.clone(),
-        ReplyMode::SendReply,
-    )
-    .with_replies_here(here.clone());
-    let replies =
-        Arc::new(ReplyService::new(f.store.clone(), f.slack.clone()).with_replies_here(here));
-    f.agent.send_reply_with(replies, "sent by the agent");
+    let handler = replying_here(&f);
     assert_eq!(
         handler
             .handle(&event(1, mention(ROOT_TS, None, "<@U0BOT> hi")))
