@@ -669,8 +669,9 @@ impl ConversationHandler {
     }
 
     /// Adds the "seen" reaction, best effort and off the turn's path: reactions.add is a
-    /// Tier 3 method (about 50 a minute per workspace), so under load the client throttles it
-    /// for seconds, which must not delay the agent call or the thread's next turn.
+    /// Tier 3 method (about 50 a minute per workspace), which must not delay the agent call
+    /// or the thread's next turn; over the workspace's rate the adapter refuses it at once
+    /// (`RateLimited`) and it is skipped.
     fn add_seen_reaction(&self, turn: &slack_events::Turn) {
         let slack = self.slack.clone();
         let id = turn.turn_id.clone();
