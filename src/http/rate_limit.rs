@@ -55,9 +55,9 @@ impl WebhookRoute {
 /// The key of the bucket shared by the sources beyond `max_sources`.
 const OVERFLOW_KEY: &str = "\u{0}overflow";
 
-/// One route's buckets.
+/// A token bucket per source (one route's, or the Slack adapter's reactions per workspace).
 #[derive(Debug)]
-struct Buckets {
+pub(crate) struct Buckets {
     /// Time between two deliveries at the sustained rate.
     interval: Duration,
     /// How far ahead of now a source's arrival time may run: `(burst - 1) * interval`.
@@ -68,7 +68,8 @@ struct Buckets {
 }
 
 impl Buckets {
-    fn new(limit: &RateLimit, max_sources: usize) -> Option<Self> {
+    /// Buckets of `limit` for at most `max_sources` sources; none when the limit is off.
+    pub(crate) fn new(limit: &RateLimit, max_sources: usize) -> Option<Self> {
         if limit.per_second <= 0.0 {
             return None;
         }
@@ -82,7 +83,7 @@ impl Buckets {
     }
 
     /// Counts one delivery of `source` at `now`, or says how long until one would fit.
-    fn take(&self, source: &str, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn take(&self, source: &str, now: Instant) -> Result<(), Duration> {
         let mut tats = self.tat.lock();
         if !tats.contains_key(source) && tats.len() >= self.max_sources {
             // Forget the sources whose buckets have refilled; they count as new anyway.

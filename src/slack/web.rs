@@ -495,36 +495,37 @@ pub struct SlackWeb {
 }
 
 /// The reactions a workspace may still add now, under `slack.throttle`: Slack's Tier 3 rate
-/// (about 50 a minute) with a burst of [`Self::BURST`]. A reaction beyond it is refused at
-/// once rather than queued behind slack-morphism's throttle: the only reaction we add says
-/// "seen", which a reaction minutes late does not, and every queued one is a task waiting
-/// in the background, as many as the workspace's turns outrun the rate.
-#[derive(Debug, Default)]
-struct ReactionBudget {
-    /// Per workspace: reactions left, as of when.
-    left: Mutex<HashMap<TeamId, (f64, Instant)>>,
-}
+/// (about 50 a minute) with a burst of [`Self::BURST`], in the webhook routes' token buckets
+/// ([`crate::http::rate_limit::Buckets`]). A reaction beyond it is refused at once rather
+/// than queued behind slack-morphism's throttle: the only reaction we add says "seen", which
+/// a reaction minutes late does not, and every queued one is a task waiting in the
+/// background, as many as the workspace's turns outrun the rate.
+#[derive(Debug)]
+struct ReactionBudget(crate::http::rate_limit::Buckets);
 
 impl ReactionBudget {
-    /// Reactions a second: Tier 3's 50 a minute.
-    const RATE: f64 = 50.0 / 60.0;
     /// Reactions a quiet workspace may add at once (slack-morphism's Tier 3 bucket holds
     /// more, so these go out without waiting).
-    const BURST: f64 = 20.0;
+    const BURST: u32 = 20;
+    /// Workspaces tracked before the busy ones beyond share a bucket.
+    const WORKSPACES: usize = 10_000;
 
     /// Takes one of `team`'s reactions at `now`, or says how long until one is free.
     fn take(&self, team: &TeamId, now: Instant) -> Result<(), Duration> {
-        let mut left = self.left.lock();
-        let (tokens, at) = left.entry(team.clone()).or_insert((Self::BURST, now));
-        let refilled = now.saturating_duration_since(*at).as_secs_f64() * Self::RATE;
-        *tokens = (*tokens + refilled).min(Self::BURST);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - *tokens) / Self::RATE))
-        }
+        self.0.take(team.as_str(), now)
+    }
+}
+
+impl Default for ReactionBudget {
+    fn default() -> Self {
+        let tier3 = crate::config::RateLimit {
+            per_second: 50.0 / 60.0,
+            burst: Self::BURST,
+        };
+        Self(
+            crate::http::rate_limit::Buckets::new(&tier3, Self::WORKSPACES)
+                .expect("a positive rate"),
+        )
     }
 }
 
